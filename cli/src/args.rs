@@ -1,0 +1,142 @@
+//! Command-line syntax.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// A misuse of the command line detected after parsing.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::error::Error for UsageError {}
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// tessera: deduplicating, content-addressed backups of disk images.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+pub struct Cli {
+    /// Print one JSON document on stdout instead of text (errors too); no progress bars.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Never show progress bars (they are shown only on a terminal anyway).
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new, empty repository.
+    Init {
+        /// Directory to create (must not exist or be empty).
+        repo: PathBuf,
+        /// Default block size: a power of two from 64K to 8M (e.g. 64K, 1M).
+        #[arg(long, default_value = "64K")]
+        block_size: String,
+        /// Compression of new data: zstd:LEVEL (1-19), zstd, or none.
+        #[arg(long, default_value = "zstd:3")]
+        compression: String,
+    },
+    /// Back up one or more disks into one snapshot.
+    Backup {
+        /// The repository.
+        repo: PathBuf,
+        /// Series (backup job) name, e.g. the VM's name.
+        #[arg(long)]
+        series: String,
+        /// Disks as NAME=PATH (raw image file or block device).
+        #[arg(required = true)]
+        disks: Vec<String>,
+        /// Tags as KEY=VALUE (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Block size for new disks of this series (default: the repository's).
+        #[arg(long)]
+        block_size: Option<String>,
+    },
+    /// List snapshots, oldest first.
+    List {
+        /// The repository.
+        repo: PathBuf,
+        /// Only this series.
+        #[arg(long)]
+        series: Option<String>,
+    },
+    /// Show one snapshot in detail.
+    Show {
+        /// The repository.
+        repo: PathBuf,
+        /// Snapshot: id prefix, `latest` or `latest@SERIES`.
+        snapshot: String,
+    },
+    /// Space used and saved by the repository.
+    Stats {
+        /// The repository.
+        repo: PathBuf,
+    },
+    /// Restore a snapshot's disk to a raw file (sparse) or an existing block device.
+    Restore {
+        /// The repository.
+        repo: PathBuf,
+        /// SNAPSHOT or SNAPSHOT:DISK. Without :DISK, a one-disk snapshot restores to OUT, and a
+        /// snapshot with several disks restores each to OUT/DISK.raw.
+        snapshot: String,
+        /// Output file, block device, or directory (several disks).
+        out: PathBuf,
+        /// Overwrite an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check the repository: snapshots, references, counts and (unless --metadata-only) every stored byte.
+    Verify {
+        /// The repository.
+        repo: PathBuf,
+        /// Check structure and counts without reading chunk data.
+        #[arg(long)]
+        metadata_only: bool,
+    },
+    /// Repair the repository.
+    Repair {
+        /// The repository.
+        repo: PathBuf,
+        /// Rebuild the index from packs and snapshot files (also when it is missing or corrupt).
+        #[arg(long)]
+        rebuild_index: bool,
+    },
+}
+
+/// Parses sizes like `65536`, `64K`, `64KiB`, `1M`, `1MiB`, `8M` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, UsageError> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| UsageError(format!("{s:?} is not a size (examples: 64K, 1M)")))?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(UsageError(format!(
+                "{s:?} has an unknown unit (use K, M or G)"
+            )))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| UsageError(format!("{s:?} is too large")))
+}
+
+/// Splits `KEY=VALUE`.
+pub fn split_pair<'a>(what: &str, s: &'a str) -> Result<(&'a str, &'a str), UsageError> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| UsageError(format!("{what} {s:?} must look like NAME=VALUE")))
+}

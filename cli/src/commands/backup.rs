@@ -1,0 +1,93 @@
+//! `tessera backup`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde_json::json;
+use tessera_engine::ops::backup::{backup as run_backup, BackupRequest, DiskSpec};
+use tessera_engine::Repository;
+
+use crate::args::{parse_size, split_pair};
+use crate::output::{bytes, print_json, Bars};
+
+pub fn backup(
+    repo: &Path,
+    series: String,
+    disks: &[String],
+    tags: &[String],
+    block_size: Option<&str>,
+    json: bool,
+    bars: &Bars,
+) -> Result<i32> {
+    let disks = disks
+        .iter()
+        .map(|d| {
+            split_pair("disk", d).map(|(n, p)| DiskSpec {
+                name: n.to_string(),
+                path: PathBuf::from(p),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tags = tags
+        .iter()
+        .map(|t| split_pair("tag", t).map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let block_size = block_size
+        .map(parse_size)
+        .transpose()?
+        .map(|b| u32::try_from(b).unwrap_or(u32::MAX));
+    let repository = Repository::open_writer(repo)?;
+    let r = &repository.recovery;
+    if !json && (r.staged_removed + r.packs_adopted + r.orphan_snapshots_removed > 0) {
+        eprintln!(
+            "note: recovered from an interrupted run: {} staged files removed, {} sealed packs adopted, {} unpublished snapshots dropped",
+            r.staged_removed, r.packs_adopted, r.orphan_snapshots_removed
+        );
+    }
+    let req = BackupRequest {
+        series,
+        disks,
+        tags,
+        block_size,
+    };
+    let out = run_backup(&repository, &req, bars)?;
+    let h = &out.header;
+    if json {
+        print_json(&json!({
+            "ok": true,
+            "snapshot": out.id.to_hex(),
+            "series": h.series,
+            "time": tessera_engine::time::format_us(h.time_us),
+            "duration_ms": h.duration_ms,
+            "packs_written": out.packs_written,
+            "disks": h.disks.iter().map(|d| json!({
+                "name": d.name, "size": d.size, "block_size": d.block_size,
+                "bytes_read": d.stats.bytes_read, "zero_blocks": d.stats.zero_blocks,
+                "new_chunks": d.stats.new_chunks, "new_raw_bytes": d.stats.new_raw_bytes,
+                "new_stored_bytes": d.stats.new_stored_bytes,
+            })).collect::<Vec<_>>(),
+        }));
+    } else {
+        println!(
+            "snapshot {} of series {} ({} ms)",
+            out.id.to_hex(),
+            h.series,
+            h.duration_ms
+        );
+        for d in &h.disks {
+            let secs = (h.duration_ms as f64 / 1000.0).max(0.001);
+            println!(
+                "  {}: {} ({} blocks of {}), read {}, new data {} stored as {}, {:.0} MB/s",
+                d.name,
+                bytes(d.size),
+                d.size.div_ceil(u64::from(d.block_size)),
+                bytes(u64::from(d.block_size)),
+                bytes(d.stats.bytes_read),
+                bytes(d.stats.new_raw_bytes),
+                bytes(d.stats.new_stored_bytes),
+                d.size as f64 / 1e6 / secs
+            );
+        }
+    }
+    Ok(0)
+}

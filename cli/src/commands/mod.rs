@@ -1,0 +1,56 @@
+//! One function per subcommand. Each returns the process exit code.
+
+mod backup;
+mod inspect;
+mod maintain;
+mod restore;
+
+use anyhow::Result;
+
+use crate::args::{Cli, Command};
+use crate::output::Bars;
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<i32> {
+    let bars = Bars::new(cli.json, cli.quiet);
+    let json = cli.json;
+    match cli.command {
+        Command::Init {
+            repo,
+            block_size,
+            compression,
+        } => maintain::init(&repo, &block_size, &compression, json),
+        Command::Backup {
+            repo,
+            series,
+            disks,
+            tags,
+            block_size,
+        } => backup::backup(
+            &repo,
+            series,
+            &disks,
+            &tags,
+            block_size.as_deref(),
+            json,
+            &bars,
+        ),
+        Command::List { repo, series } => inspect::list(&repo, series.as_deref(), json),
+        Command::Show { repo, snapshot } => inspect::show(&repo, &snapshot, json),
+        Command::Stats { repo } => inspect::stats(&repo, json),
+        Command::Restore {
+            repo,
+            snapshot,
+            out,
+            force,
+        } => restore::restore(&repo, &snapshot, &out, force, json, &bars),
+        Command::Verify {
+            repo,
+            metadata_only,
+        } => maintain::verify(&repo, metadata_only, json, &bars),
+        Command::Repair {
+            repo,
+            rebuild_index,
+        } => maintain::repair(&repo, rebuild_index, json, &bars),
+    }
+}

@@ -1,0 +1,38 @@
+//! `tessera`: the command-line front end. Parses arguments, calls the engine, prints
+//! human-readable text or (`--json`) one JSON document on stdout.
+//!
+//! Exit codes: 0 success; 1 the operation failed; 2 bad usage; 3 the repository is locked
+//! by another writer (retry later); 4 verification found problems.
+
+mod args;
+mod commands;
+mod output;
+
+use clap::Parser;
+
+fn main() {
+    let cli = args::Cli::parse();
+    let json = cli.json;
+    let code = match commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            let code = exit_code_for(&err);
+            output::print_error(&err, json);
+            code
+        }
+    };
+    std::process::exit(code);
+}
+
+fn exit_code_for(err: &anyhow::Error) -> i32 {
+    match err.downcast_ref::<tessera_engine::Error>() {
+        Some(tessera_engine::Error::Locked { .. }) => 3,
+        Some(
+            tessera_engine::Error::InvalidArgument(_)
+            | tessera_engine::Error::SnapshotNotFound { .. }
+            | tessera_engine::Error::AmbiguousSnapshot { .. },
+        ) => 2,
+        _ if err.downcast_ref::<args::UsageError>().is_some() => 2,
+        _ => 1,
+    }
+}

@@ -1,0 +1,40 @@
+//! # tessera-engine
+//!
+//! The chunk store, the RocksDB index and the operations of a tessera repository.
+//!
+//! - [`repo::Repository`] opens a repository as a reader or as the single writer.
+//! - [`ops`] holds one file per operation: backup, restore, check, stats, index rebuild.
+//! - [`store`] encodes objects and writes/reads pack files through a [`backend::Backend`].
+//! - [`index`] and [`refcount`] keep locations and hierarchical reference counts.
+//!
+//! ## Who may run together
+//!
+//! | running \ starting | reader (list/show/stats/restore/verify) | writer (backup/repair) |
+//! |---|---|---|
+//! | reader | yes | yes |
+//! | writer | yes (sees snapshots published before it opened) | no: `Error::Locked` |
+//!
+//! ## Crash safety
+//!
+//! Data reaches disk in this order: objects in sealed, fsynced packs → the pack's objects in
+//! the index → the snapshot file, fsynced → one atomic, synced index batch publishing the
+//! snapshot and its reference counts. Whatever the moment of a crash, a reader sees the
+//! old set of snapshots or the new one, and the next writer cleans up (see [`repo`]).
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod error;
+pub mod index;
+pub mod lock;
+pub mod ops;
+pub mod progress;
+pub mod refcount;
+pub mod repo;
+pub mod sources;
+pub mod store;
+pub mod time;
+
+pub use error::{Error, Result};
+pub use progress::{NoProgress, Progress};
+pub use repo::{InitOptions, Repository};

@@ -1,0 +1,8 @@
+//! The operations, one per file. Each takes an open [`crate::Repository`] (or a path, for
+//! operations that must run without a working index) and reports what it did.
+
+pub mod backup;
+pub mod check;
+pub mod rebuild_index;
+pub mod restore;
+pub mod stats;

@@ -1,0 +1,197 @@
+//! Rebuilding the index from packs and snapshot files, the escape hatch of every other
+//! operation: it works when the RocksDB directory is missing or corrupt.
+//!
+//! The new index is built aside in `REPO/index.rebuild` and swapped in by renames only when
+//! complete, so a crash during the rebuild leaves the previous index (or none) untouched and
+//! the rebuild can simply be rerun.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use rocksdb::WriteBatch;
+use tessera_format::{ObjectKind, PackId, Snapshot, SnapshotId};
+
+use crate::backend::{sync_dir, Backend, LocalBackend, Namespace};
+use crate::error::{Error, IoContext, Result};
+use crate::index::Index;
+use crate::progress::Progress;
+use crate::refcount::expected_counts;
+use crate::repo::{index_path, Repository};
+use crate::store::pack_scan::read_pack_contents;
+use crate::store::session::object_entry;
+
+/// What the rebuild found.
+#[derive(Debug, Default, Clone)]
+pub struct RebuildReport {
+    /// Packs indexed.
+    pub packs: usize,
+    /// Objects indexed (distinct).
+    pub objects: usize,
+    /// Snapshots catalogued.
+    pub snapshots: usize,
+    /// Packs that could not be read, or whose footer was damaged (records were scanned).
+    pub pack_problems: Vec<(String, String)>,
+    /// Snapshot files that could not be used.
+    pub bad_snapshots: Vec<(String, String)>,
+    /// Objects referenced by snapshots but absent or unreadable.
+    pub missing: Vec<String>,
+}
+
+/// Rebuilds `REPO/index` from scratch. Takes the writer lock.
+pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildReport> {
+    let (config, _lock) = Repository::lock_for_rebuild(root)?;
+    let backend = LocalBackend::new(root);
+    let building = root.join("index.rebuild");
+    remove_dir_if_exists(&building)?;
+    let index = Index::create(&building, config.repo_id)?;
+    let mut report = RebuildReport::default();
+
+    let packs = backend.list(Namespace::Packs)?;
+    progress.start("index packs", packs.len() as u64);
+    for name in packs {
+        progress.advance(1);
+        let Ok(id) = name.parse::<PackId>() else {
+            report
+                .pack_problems
+                .push((name, "file name is not a pack id; ignored".into()));
+            continue;
+        };
+        let contents = match read_pack_contents(&backend, id) {
+            Ok(c) => c,
+            Err(e) => {
+                report.pack_problems.push((name, e.to_string()));
+                continue;
+            }
+        };
+        if let Some(problem) = &contents.footer_problem {
+            report.pack_problems.push((
+                name.clone(),
+                format!(
+                    "footer unusable ({problem}); {} intact records recovered by scanning",
+                    contents.entries.len()
+                ),
+            ));
+        }
+        let mut batch = WriteBatch::default();
+        for e in &contents.entries {
+            if index.get_object(e.info.kind, &e.info.digest.0)?.is_none() {
+                index.put_object(
+                    &mut batch,
+                    e.info.kind,
+                    &e.info.digest.0,
+                    &object_entry(id, e),
+                );
+                report.objects += 1;
+            }
+        }
+        index.put_pack(
+            &mut batch,
+            id,
+            crate::index::PackEntry {
+                size: contents.size,
+                objects: contents.entries.len() as u32,
+            },
+        );
+        index.write(batch)?;
+        report.packs += 1;
+    }
+    progress.finish();
+
+    let names = backend.list(Namespace::Snapshots)?;
+    progress.start("read snapshots", names.len() as u64);
+    let mut snapshots = Vec::new();
+    for name in names {
+        progress.advance(1);
+        match load_snapshot_file(&backend, &name) {
+            Ok((id, s)) => snapshots.push((id, s)),
+            Err(reason) => report.bad_snapshots.push((name, reason)),
+        }
+    }
+    progress.finish();
+
+    let counts = expected_counts(
+        &index,
+        &backend,
+        snapshots
+            .iter()
+            .flat_map(|(_, s)| s.roots.iter().map(Vec::as_slice)),
+    )?;
+    for (page, reason) in &counts.unreadable_pages {
+        report.missing.push(format!("page {page}: {reason}"));
+    }
+    let mut batch = WriteBatch::default();
+    for (kind, counted) in [
+        (
+            ObjectKind::Page,
+            counts
+                .pages
+                .iter()
+                .map(|(d, n)| (d.0, *n))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            ObjectKind::Chunk,
+            counts
+                .chunks
+                .iter()
+                .map(|(d, n)| (d.0, *n))
+                .collect::<Vec<_>>(),
+        ),
+    ] {
+        for (digest, n) in counted {
+            match index.get_object(kind, &digest)? {
+                Some(mut entry) => {
+                    entry.refcount = n;
+                    index.put_object(&mut batch, kind, &digest, &entry);
+                }
+                None if kind == ObjectKind::Chunk => report
+                    .missing
+                    .push(format!("chunk {}: not in any pack", hex::encode(digest))),
+                None => {}
+            }
+        }
+    }
+    for (id, s) in &snapshots {
+        index.put_snapshot(&mut batch, *id, &s.header);
+    }
+    index.write(batch)?;
+    report.snapshots = snapshots.len();
+    drop(index);
+
+    // Swap: old index aside, new one in, old one removed. Each step is a rename, so a crash
+    // leaves either the old index, no index (rerun the rebuild), or the new one.
+    let live = index_path(root);
+    let old = root.join("index.old");
+    remove_dir_if_exists(&old)?;
+    if live.exists() {
+        fs::rename(&live, &old).ctx(|| format!("moving {} aside", live.display()))?;
+    }
+    fs::rename(&building, &live).ctx(|| format!("installing {}", live.display()))?;
+    sync_dir(root)?;
+    remove_dir_if_exists(&old)?;
+    Ok(report)
+}
+
+fn load_snapshot_file(backend: &dyn Backend, name: &str) -> Result<(SnapshotId, Snapshot), String> {
+    let id: SnapshotId = name
+        .parse()
+        .map_err(|e: tessera_format::DecodeError| format!("file name is not a snapshot id: {e}"))?;
+    let bytes = backend
+        .read_all(Namespace::Snapshots, name)
+        .map_err(|e| e.to_string())?;
+    if SnapshotId::of(&bytes) != id {
+        return Err("content does not hash to the file name".into());
+    }
+    Snapshot::decode(&bytes)
+        .map(|s| (id, s))
+        .map_err(|e| e.to_string())
+}
+
+fn remove_dir_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+}

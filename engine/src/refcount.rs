@@ -1,0 +1,113 @@
+//! Hierarchical reference counts: snapshot → pages → chunks.
+//!
+//! A page's count is how many times published snapshot root lists name it. A chunk's count
+//! is how many times *live* pages (count > 0) name it; all-zero digests are never counted.
+//! A page going 0 → live adds one reference to each of its chunks; live → 0 removes them.
+//! So publishing or dropping a snapshot touches only its own pages, and the chunks of
+//! the pages that it alone holds: cost proportional to what it uniquely owns.
+
+use std::collections::HashMap;
+
+use rocksdb::WriteBatch;
+use tessera_format::{ChunkDigest, ObjectKind, PageDigest};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::store::reader::read_object;
+
+/// Pending count changes, applied in one batch.
+#[derive(Debug, Default)]
+pub struct RefDeltas {
+    /// Page count changes.
+    pub pages: HashMap<PageDigest, i64>,
+    /// Chunk count changes.
+    pub chunks: HashMap<ChunkDigest, i64>,
+}
+
+impl RefDeltas {
+    /// Adds `delta` references to each non-zero chunk in `digests`.
+    pub fn add_chunks(&mut self, digests: &[ChunkDigest], delta: i64) {
+        for d in digests.iter().filter(|d| !d.is_zero()) {
+            *self.chunks.entry(*d).or_default() += delta;
+        }
+    }
+
+    /// Adds the count changes to `batch`. Every object must be in the index (it was indexed
+    /// when its pack was sealed); a count that would go negative means the index is
+    /// inconsistent and is refused rather than clamped.
+    pub fn stage(&self, index: &Index, batch: &mut WriteBatch) -> Result<()> {
+        let pages: Vec<([u8; 32], i64)> = self.pages.iter().map(|(d, n)| (d.0, *n)).collect();
+        let chunks: Vec<([u8; 32], i64)> = self.chunks.iter().map(|(d, n)| (d.0, *n)).collect();
+        stage_kind(index, batch, ObjectKind::Page, &pages)?;
+        stage_kind(index, batch, ObjectKind::Chunk, &chunks)
+    }
+}
+
+fn stage_kind(
+    index: &Index,
+    batch: &mut WriteBatch,
+    kind: ObjectKind,
+    deltas: &[([u8; 32], i64)],
+) -> Result<()> {
+    for group in deltas.chunks(4096) {
+        let keys: Vec<[u8; 32]> = group.iter().map(|(d, _)| *d).collect();
+        for ((digest, delta), entry) in group.iter().zip(index.get_many(kind, &keys)?) {
+            let mut entry = entry.ok_or_else(|| Error::ObjectMissing {
+                kind,
+                digest: hex::encode(digest),
+            })?;
+            let new = i128::from(entry.refcount) + i128::from(*delta);
+            entry.refcount = u64::try_from(new).map_err(|_| Error::IndexCorrupt {
+                what: format!("{kind:?} {} reference count would become {new}; run `tessera repair REPO --rebuild-index`", hex::encode(digest)),
+            })?;
+            index.put_object(batch, kind, digest, &entry);
+        }
+    }
+    Ok(())
+}
+
+/// Reference counts recomputed from scratch from a set of snapshot root lists.
+#[derive(Debug, Default)]
+pub struct ExpectedCounts {
+    /// Page counts.
+    pub pages: HashMap<PageDigest, u64>,
+    /// Chunk counts.
+    pub chunks: HashMap<ChunkDigest, u64>,
+    /// Pages that could not be read, with the reason; their chunks are not counted.
+    pub unreadable_pages: Vec<(PageDigest, String)>,
+}
+
+/// Recomputes counts from `roots` (every root list of every published snapshot), reading
+/// each distinct page once.
+pub fn expected_counts<'a>(
+    index: &Index,
+    backend: &dyn Backend,
+    roots: impl IntoIterator<Item = &'a [PageDigest]>,
+) -> Result<ExpectedCounts> {
+    let mut out = ExpectedCounts::default();
+    for root in roots {
+        for p in root {
+            *out.pages.entry(*p).or_default() += 1;
+        }
+    }
+    for page in out.pages.keys() {
+        let loaded = index
+            .get_object(ObjectKind::Page, page.as_bytes())?
+            .ok_or_else(|| "not in the store".to_string())
+            .and_then(|entry| {
+                read_object(backend, ObjectKind::Page, page.as_bytes(), &entry)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|raw| tessera_format::ManifestPage::decode(&raw).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(p) => {
+                for d in p.digests.iter().filter(|d| !d.is_zero()) {
+                    *out.chunks.entry(*d).or_default() += 1;
+                }
+            }
+            Err(reason) => out.unreadable_pages.push((*page, reason)),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,135 @@
+//! Raw images and block devices.
+//!
+//! Regular files are probed with `SEEK_DATA`/`SEEK_HOLE` when opened, so holes of sparse
+//! images are never read: they come back as zeros, which the backup recognises as zero
+//! blocks. Block devices report their size through `lseek(SEEK_END)`.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::SeekFrom as RxSeek;
+
+use crate::error::{Error, Result};
+use crate::sources::BlockSource;
+
+/// A raw image file or block device.
+pub struct RawSource {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    kind: &'static str,
+    /// Sorted, disjoint `[start, end)` ranges that hold data; `None` when unknown (read all).
+    data: Option<Vec<(u64, u64)>>,
+}
+
+fn source_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Source {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl RawSource {
+    /// Opens `path` for reading.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = File::open(path).map_err(|e| source_err(path, e))?;
+        let meta = file.metadata().map_err(|e| source_err(path, e))?;
+        let ft = meta.file_type();
+        let (kind, size) = if ft.is_block_device() {
+            (
+                "block-device",
+                file.seek(SeekFrom::End(0))
+                    .map_err(|e| source_err(path, e))?,
+            )
+        } else if ft.is_file() {
+            ("raw-file", meta.len())
+        } else {
+            return Err(source_err(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file or block device",
+                ),
+            ));
+        };
+        let data = if kind == "raw-file" {
+            data_ranges(&file, size)
+        } else {
+            None
+        };
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            size,
+            kind,
+            data,
+        })
+    }
+}
+
+/// Maps the data ranges of a regular file; `None` when the filesystem cannot tell.
+fn data_ranges(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
+    let mut ranges = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match rustix::fs::seek(file, RxSeek::Data(pos)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => return None,
+        };
+        let end = rustix::fs::seek(file, RxSeek::Hole(start)).ok()?.min(size);
+        if end <= start {
+            return None;
+        }
+        ranges.push((start, end));
+        pos = end;
+    }
+    Some(ranges)
+}
+
+impl BlockSource for RawSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<u64> {
+        let end = offset + buf.len() as u64;
+        let read_range = |from: u64, to: u64, buf: &mut [u8]| -> Result<u64> {
+            let lo = (from - offset) as usize;
+            let hi = (to - offset) as usize;
+            let dst = buf
+                .get_mut(lo..hi)
+                .ok_or_else(|| Error::InvalidArgument("read range outside buffer".into()))?;
+            self.file.read_exact_at(dst, from).map_err(|e| {
+                Error::Source { path: self.path.clone(), source: std::io::Error::new(e.kind(), format!("reading {} bytes at offset {from}: {e} (did the source shrink while it was read?)", to - from)) }
+            })?;
+            Ok(to - from)
+        };
+        match &self.data {
+            None => read_range(offset, end, buf),
+            Some(ranges) => {
+                buf.fill(0);
+                let first = ranges.partition_point(|&(_, e)| e <= offset);
+                let mut read = 0;
+                for &(s, e) in ranges.iter().skip(first) {
+                    if s >= end {
+                        break;
+                    }
+                    read += read_range(s.max(offset), e.min(end), buf)?;
+                }
+                Ok(read)
+            }
+        }
+    }
+
+    fn identity(&self) -> Vec<(String, String)> {
+        let path = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        vec![
+            ("source.kind".into(), self.kind.into()),
+            ("source.path".into(), path.display().to_string()),
+            ("source.size".into(), self.size.to_string()),
+        ]
+    }
+}

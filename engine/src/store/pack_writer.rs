@@ -1,0 +1,95 @@
+//! Writing one pack file.
+
+use std::io::Write;
+
+use tessera_format::pack::{
+    encode_footer, encode_pack_header, encode_record_header, FooterEntry, PACK_HEADER_LEN,
+    RECORD_HEADER_LEN,
+};
+use tessera_format::{ObjectInfo, PackId};
+
+use crate::backend::{Backend, Namespace, ObjectWriter};
+use crate::error::{Error, IoContext, Result};
+
+/// A pack being written. Nothing is visible until [`PackWriter::finish`] returns; dropping
+/// the writer discards the staged file.
+pub struct PackWriter {
+    id: PackId,
+    out: Box<dyn ObjectWriter>,
+    len: u64,
+    entries: Vec<FooterEntry>,
+}
+
+/// A sealed, durable pack.
+#[derive(Debug, Clone)]
+pub struct SealedPack {
+    /// Its id.
+    pub id: PackId,
+    /// File size.
+    pub size: u64,
+    /// Its footer entries.
+    pub entries: Vec<FooterEntry>,
+}
+
+impl PackWriter {
+    /// Starts a new pack with a random id.
+    pub fn create(backend: &dyn Backend) -> Result<Self> {
+        let id = PackId(rand::random());
+        let mut out = backend.create(Namespace::Packs, &id.to_hex())?;
+        out.write_all(&encode_pack_header())
+            .ctx(|| format!("writing pack {id}"))?;
+        Ok(Self {
+            id,
+            out,
+            len: PACK_HEADER_LEN as u64,
+            entries: Vec::new(),
+        })
+    }
+
+    /// Appends one record.
+    pub fn append(&mut self, info: &ObjectInfo, stored: &[u8]) -> Result<()> {
+        if stored.len() != info.stored_len as usize {
+            return Err(Error::InvalidArgument(
+                "stored bytes do not match their record header".into(),
+            ));
+        }
+        let id = self.id;
+        self.out
+            .write_all(&encode_record_header(info))
+            .ctx(|| format!("writing pack {id}"))?;
+        self.out
+            .write_all(stored)
+            .ctx(|| format!("writing pack {id}"))?;
+        self.entries.push(FooterEntry {
+            info: *info,
+            offset: self.len,
+        });
+        self.len += (RECORD_HEADER_LEN + stored.len()) as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether no record has been appended.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the footer and makes the pack durable (fsync, rename, directory fsync).
+    pub fn finish(mut self) -> Result<SealedPack> {
+        let id = self.id;
+        let footer = encode_footer(&self.entries, self.len);
+        self.out
+            .write_all(&footer)
+            .ctx(|| format!("writing pack {id}"))?;
+        self.out.commit()?;
+        Ok(SealedPack {
+            id,
+            size: self.len + footer.len() as u64,
+            entries: self.entries,
+        })
+    }
+}

@@ -1,0 +1,204 @@
+//! The repository `config` file: written once by `init`, read by every command.
+//!
+//! Layout (all integers little-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `TSRCONF1` |
+//! | 8 | 4 | format version (1) |
+//! | 12 | 16 | repository id |
+//! | 28 | 1 | chunk id scheme (1 = plain SHA-256) |
+//! | 29 | 1 | compression codec (0 = none, 1 = zstd) |
+//! | 30 | 2 | reserved, zero |
+//! | 32 | 4 | compression level (i32) |
+//! | 36 | 4 | default block size in bytes |
+//! | 40 | 4 | manifest page entries |
+//! | 44 | 8 | created-at, Unix microseconds (i64) |
+//! | 52 | 4 | CRC-32C of bytes 0..52 |
+
+use crate::codec::{
+    expect_magic, push_crc_trailer, put_i64, put_u16, put_u32, split_crc_trailer, Reader,
+};
+use crate::{Codec, DecodeError, RepoId, FORMAT_VERSION};
+
+/// Magic of the config file.
+pub const CONFIG_MAGIC: &[u8; 8] = b"TSRCONF1";
+/// Smallest allowed block size (64 KiB).
+pub const MIN_BLOCK_SIZE: u32 = 64 * 1024;
+/// Largest allowed block size (8 MiB).
+pub const MAX_BLOCK_SIZE: u32 = 8 * 1024 * 1024;
+/// Default number of chunk digests per manifest page.
+pub const DEFAULT_PAGE_ENTRIES: u32 = 512;
+/// Encoded size of the config file.
+pub const CONFIG_LEN: usize = 56;
+
+/// How chunk ids are derived from content. Versioned so that keyed ids (for encryption at
+/// rest) can be added without a new repository layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdScheme {
+    /// `SHA-256(raw block bytes)`.
+    Sha256 = 1,
+}
+
+impl TryFrom<u8> for IdScheme {
+    type Error = DecodeError;
+    fn try_from(v: u8) -> Result<Self, DecodeError> {
+        match v {
+            1 => Ok(Self::Sha256),
+            other => Err(DecodeError::invalid(
+                "config",
+                format!("unknown chunk id scheme {other}"),
+            )),
+        }
+    }
+}
+
+/// Compression applied to new chunks and pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    /// The codec.
+    pub codec: Codec,
+    /// Codec level (zstd: 1..=19; ignored for none).
+    pub level: i32,
+}
+
+impl Compression {
+    /// Parses `zstd:3`, `zstd` (level 3) or `none`.
+    pub fn parse(s: &str) -> Result<Self, DecodeError> {
+        let (name, level) = match s.split_once(':') {
+            Some((n, l)) => (n, Some(l)),
+            None => (s, None),
+        };
+        match name {
+            "none" if level.is_none() => Ok(Self {
+                codec: Codec::None,
+                level: 0,
+            }),
+            "zstd" => {
+                let level = match level {
+                    None => 3,
+                    Some(l) => l.parse::<i32>().map_err(|_| {
+                        DecodeError::invalid("compression", format!("level {l:?} is not a number"))
+                    })?,
+                };
+                if !(1..=19).contains(&level) {
+                    return Err(DecodeError::invalid(
+                        "compression",
+                        format!("zstd level {level} is outside 1..=19"),
+                    ));
+                }
+                Ok(Self {
+                    codec: Codec::Zstd,
+                    level,
+                })
+            }
+            _ => Err(DecodeError::invalid(
+                "compression",
+                format!("{s:?} is not one of none, zstd, zstd:LEVEL"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.codec {
+            Codec::None => f.write_str("none"),
+            Codec::Zstd => write!(f, "zstd:{}", self.level),
+        }
+    }
+}
+
+/// Contents of the `config` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoConfig {
+    /// Format version the repository was created with.
+    pub format_version: u32,
+    /// Random identity of the repository.
+    pub repo_id: RepoId,
+    /// How chunk ids are derived.
+    pub id_scheme: IdScheme,
+    /// Compression for new objects.
+    pub compression: Compression,
+    /// Block size used when a backup does not name one.
+    pub default_block_size: u32,
+    /// Digests per manifest page.
+    pub page_entries: u32,
+    /// Creation time, Unix microseconds.
+    pub created_at_us: i64,
+}
+
+/// Checks that `size` is a power of two within [`MIN_BLOCK_SIZE`]..=[`MAX_BLOCK_SIZE`].
+pub fn validate_block_size(size: u64) -> Result<u32, DecodeError> {
+    if size.is_power_of_two()
+        && (u64::from(MIN_BLOCK_SIZE)..=u64::from(MAX_BLOCK_SIZE)).contains(&size)
+    {
+        Ok(size as u32)
+    } else {
+        Err(DecodeError::invalid(
+            "block size",
+            format!("{size} bytes is not a power of two between 64 KiB and 8 MiB"),
+        ))
+    }
+}
+
+impl RepoConfig {
+    /// Encodes the config file.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CONFIG_LEN);
+        out.extend_from_slice(CONFIG_MAGIC);
+        put_u32(&mut out, self.format_version);
+        out.extend_from_slice(self.repo_id.as_bytes());
+        out.push(self.id_scheme as u8);
+        out.push(self.compression.codec as u8);
+        put_u16(&mut out, 0);
+        put_u32(&mut out, self.compression.level as u32);
+        put_u32(&mut out, self.default_block_size);
+        put_u32(&mut out, self.page_entries);
+        put_i64(&mut out, self.created_at_us);
+        push_crc_trailer(&mut out);
+        out
+    }
+
+    /// Decodes and validates the config file.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        const WHAT: &str = "config";
+        let mut r = Reader::new(buf, WHAT);
+        expect_magic(&mut r, CONFIG_MAGIC, WHAT)?;
+        let format_version = r.u32()?;
+        if format_version == 0 || format_version > FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                what: WHAT,
+                version: format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let body = split_crc_trailer(buf, WHAT)?;
+        let mut r = Reader::new(body, WHAT);
+        r.take(12)?;
+        let repo_id = RepoId(r.array()?);
+        let id_scheme = IdScheme::try_from(r.u8()?)?;
+        let codec = Codec::try_from(r.u8()?)?;
+        r.u16()?;
+        let level = r.u32()? as i32;
+        let default_block_size = validate_block_size(u64::from(r.u32()?))?;
+        let page_entries = r.u32()?;
+        if !(16..=65536).contains(&page_entries) {
+            return Err(DecodeError::invalid(
+                WHAT,
+                format!("page entries {page_entries} outside 16..=65536"),
+            ));
+        }
+        let created_at_us = r.i64()?;
+        r.finish()?;
+        Ok(Self {
+            format_version,
+            repo_id,
+            id_scheme,
+            compression: Compression { codec, level },
+            default_block_size,
+            page_entries,
+            created_at_us,
+        })
+    }
+}

@@ -1,0 +1,35 @@
+//! # tessera-format
+//!
+//! The on-disk types of a tessera repository and their byte encodings: the `config` file,
+//! pack files, manifest pages and snapshot files. This crate is pure: it performs no I/O
+//! and knows nothing of RocksDB. Every decoder takes untrusted bytes and returns a typed
+//! [`DecodeError`] instead of panicking; the modules are linted to forbid `unwrap` and
+//! slice indexing. `SPEC.md` at the repository root is the normative description; the
+//! module docs repeat each byte table next to the code that implements it.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod config;
+mod error;
+mod ids;
+pub mod manifest;
+pub mod pack;
+pub mod snapshot;
+
+pub use config::{Compression, IdScheme, RepoConfig};
+pub use error::DecodeError;
+pub use ids::{is_all_zero, ChunkDigest, PackId, PageDigest, RepoId, SnapshotId};
+pub use manifest::ManifestPage;
+pub use pack::{Codec, ObjectInfo, ObjectKind};
+pub use snapshot::{DiskEntry, DiskStats, Snapshot, SnapshotHeader};
+
+/// The newest format version this build writes and reads. Bump it, and record why in
+/// SPEC.md's version log, whenever any byte layout changes.
+pub const FORMAT_VERSION: u32 = 1;
