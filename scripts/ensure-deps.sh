@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the system packages tessera's build and tests need, if they are missing:
+# libclang-dev (bindgen for the rocksdb crate) and qemu-utils (qemu-img, used by tests).
+set -euo pipefail
+need=()
+for pkg in libclang-dev qemu-utils; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
