@@ -211,6 +211,10 @@ impl Index {
     }
 
     /// Handle of a column family.
+    ///
+    /// # Panics
+    ///
+    /// Never: every column family is created with the database and opened with it.
     pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // Every CF in ALL_CFS is created with the database and opened with it, so the lookup cannot fail.
         #[expect(

@@ -15,7 +15,7 @@ use crate::error::{Error, IoContext, Result};
 
 /// A held writer lock; released when dropped (or when the process dies).
 pub struct WriterLock {
-    _file: File,
+    file: File,
     /// What the lock file said before we took it, if a previous holder died holding it.
     pub stale_holder: Option<String>,
 }
@@ -68,16 +68,13 @@ impl WriterLock {
             .ctx(|| format!("writing lock file {}", path.display()))?;
         file.write_all(record.as_bytes())
             .ctx(|| format!("writing lock file {}", path.display()))?;
-        Ok(Self {
-            _file: file,
-            stale_holder,
-        })
+        Ok(Self { file, stale_holder })
     }
 }
 
 impl Drop for WriterLock {
     fn drop(&mut self) {
         // Clear the record so the next writer does not report us as a stale holder.
-        let _ = self._file.set_len(0);
+        let _ = self.file.set_len(0);
     }
 }

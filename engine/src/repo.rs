@@ -235,8 +235,7 @@ impl Repository {
         if let Some(series) = query.strip_prefix("latest@") {
             return all
                 .into_iter()
-                .filter(|(_, h)| h.series == series)
-                .last()
+                .rfind(|(_, h)| h.series == series)
                 .ok_or_else(not_found);
         }
         let q = query.to_ascii_lowercase();

@@ -152,7 +152,7 @@ impl RepoConfig {
         out.push(self.id_scheme as u8);
         out.push(self.compression.codec as u8);
         put_u16(&mut out, 0);
-        put_u32(&mut out, self.compression.level as u32);
+        put_u32(&mut out, self.compression.level.cast_unsigned());
         put_u32(&mut out, self.default_block_size);
         put_u32(&mut out, self.page_entries);
         put_i64(&mut out, self.created_at_us);
@@ -180,7 +180,7 @@ impl RepoConfig {
         let id_scheme = IdScheme::try_from(r.u8()?)?;
         let codec = Codec::try_from(r.u8()?)?;
         r.u16()?;
-        let level = r.u32()? as i32;
+        let level = r.u32()?.cast_signed();
         let default_block_size = validate_block_size(u64::from(r.u32()?))?;
         let page_entries = r.u32()?;
         if !(16..=65536).contains(&page_entries) {

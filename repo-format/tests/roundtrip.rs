@@ -4,13 +4,13 @@
 use proptest::prelude::*;
 use tessera_format::config::{RepoConfig, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 use tessera_format::pack::{
-    decode_footer, decode_pack_header, decode_record_header, decode_trailer, encode_footer, encode_pack_header, encode_record_header, FooterEntry,
-    PACK_HEADER_LEN, TRAILER_LEN,
+    decode_footer, decode_pack_header, decode_record_header, decode_trailer, encode_footer,
+    encode_pack_header, encode_record_header, FooterEntry, PACK_HEADER_LEN, TRAILER_LEN,
 };
 use tessera_format::snapshot::{page_count_for, root_digest};
 use tessera_format::{
-    ChunkDigest, Codec, Compression, DecodeError, DiskEntry, DiskStats, IdScheme, ManifestPage, ObjectInfo, ObjectKind, PageDigest, RepoId, Snapshot,
-    SnapshotHeader,
+    ChunkDigest, Codec, Compression, DecodeError, DiskEntry, DiskStats, IdScheme, ManifestPage,
+    ObjectInfo, ObjectKind, PageDigest, RepoId, Snapshot, SnapshotHeader,
 };
 
 fn name() -> impl Strategy<Value = String> {
@@ -18,38 +18,80 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 fn config() -> impl Strategy<Value = RepoConfig> {
-    (any::<[u8; 16]>(), 16u32..=23, prop::bool::ANY, 1i32..=19, 16u32..=4096, any::<i64>()).prop_map(|(id, shift, zstd, level, pe, t)| RepoConfig {
-        format_version: 1,
-        repo_id: RepoId(id),
-        id_scheme: IdScheme::Sha256,
-        compression: if zstd { Compression { codec: Codec::Zstd, level } } else { Compression { codec: Codec::None, level: 0 } },
-        default_block_size: 1 << shift,
-        page_entries: pe,
-        created_at_us: t,
-    })
+    (
+        any::<[u8; 16]>(),
+        16u32..=23,
+        prop::bool::ANY,
+        1i32..=19,
+        16u32..=4096,
+        any::<i64>(),
+    )
+        .prop_map(|(id, shift, zstd, level, pe, t)| RepoConfig {
+            format_version: 1,
+            repo_id: RepoId(id),
+            id_scheme: IdScheme::Sha256,
+            compression: if zstd {
+                Compression {
+                    codec: Codec::Zstd,
+                    level,
+                }
+            } else {
+                Compression {
+                    codec: Codec::None,
+                    level: 0,
+                }
+            },
+            default_block_size: 1 << shift,
+            page_entries: pe,
+            created_at_us: t,
+        })
 }
 
 fn object_info() -> impl Strategy<Value = ObjectInfo> {
-    (prop::bool::ANY, any::<[u8; 32]>(), 0u32..=MAX_BLOCK_SIZE, any::<u32>()).prop_map(|(page, d, raw, crc)| ObjectInfo {
-        kind: if page { ObjectKind::Page } else { ObjectKind::Chunk },
-        codec: Codec::None,
-        digest: ChunkDigest(d),
-        raw_len: raw,
-        stored_len: raw,
-        stored_crc: crc,
-    })
+    (
+        prop::bool::ANY,
+        any::<[u8; 32]>(),
+        0u32..=MAX_BLOCK_SIZE,
+        any::<u32>(),
+    )
+        .prop_map(|(page, d, raw, crc)| ObjectInfo {
+            kind: if page {
+                ObjectKind::Page
+            } else {
+                ObjectKind::Chunk
+            },
+            codec: Codec::None,
+            digest: ChunkDigest(d),
+            raw_len: raw,
+            stored_len: raw,
+            stored_crc: crc,
+        })
 }
 
 fn snapshot() -> impl Strategy<Value = Snapshot> {
-    let disk = (name(), 0u64..(1 << 24), 16u32..=18, 16u32..=64, prop::collection::vec((name(), ".{0,10}"), 0..3));
-    (name(), any::<i64>(), any::<u64>(), prop::collection::vec((name(), ".{0,12}"), 0..4), prop::collection::vec(disk, 0..4)).prop_map(
-        |(series, time_us, duration_ms, tags, disks)| {
+    let disk = (
+        name(),
+        0u64..(1 << 24),
+        16u32..=18,
+        16u32..=64,
+        prop::collection::vec((name(), ".{0,10}"), 0..3),
+    );
+    (
+        name(),
+        any::<i64>(),
+        any::<u64>(),
+        prop::collection::vec((name(), ".{0,12}"), 0..4),
+        prop::collection::vec(disk, 0..4),
+    )
+        .prop_map(|(series, time_us, duration_ms, tags, disks)| {
             let mut entries: Vec<DiskEntry> = Vec::new();
             let mut roots = Vec::new();
             for (i, (n, size, shift, pe, identity)) in disks.into_iter().enumerate() {
                 let bs = 1u32 << shift;
                 let pages = page_count_for(size, bs, pe);
-                let root: Vec<PageDigest> = (0..pages).map(|p| PageDigest::of(&p.to_le_bytes())).collect();
+                let root: Vec<PageDigest> = (0..pages)
+                    .map(|p| PageDigest::of(&p.to_le_bytes()))
+                    .collect();
                 entries.push(DiskEntry {
                     name: format!("{n}{i}"),
                     size,
@@ -58,13 +100,27 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                     page_count: pages as u32,
                     root_digest: root_digest(&root),
                     identity,
-                    stats: DiskStats { bytes_read: size, zero_blocks: 1, new_chunks: 2, new_raw_bytes: 3, new_stored_bytes: 4 },
+                    stats: DiskStats {
+                        bytes_read: size,
+                        zero_blocks: 1,
+                        new_chunks: 2,
+                        new_raw_bytes: 3,
+                        new_stored_bytes: 4,
+                    },
                 });
                 roots.push(root);
             }
-            Snapshot { header: SnapshotHeader { series, time_us, duration_ms, tags, disks: entries }, roots }
-        },
-    )
+            Snapshot {
+                header: SnapshotHeader {
+                    series,
+                    time_us,
+                    duration_ms,
+                    tags,
+                    disks: entries,
+                },
+                roots,
+            }
+        })
 }
 
 proptest! {
@@ -167,17 +223,26 @@ fn future_versions_are_refused_by_name() {
         format_version: 1,
         repo_id: RepoId([7; 16]),
         id_scheme: IdScheme::Sha256,
-        compression: Compression { codec: Codec::Zstd, level: 3 },
+        compression: Compression {
+            codec: Codec::Zstd,
+            level: 3,
+        },
         default_block_size: 1 << 20,
         page_entries: 512,
         created_at_us: 0,
     };
     let mut bytes = c.encode();
     bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert!(matches!(RepoConfig::decode(&bytes), Err(DecodeError::UnsupportedVersion { version: 2, .. })));
+    assert!(matches!(
+        RepoConfig::decode(&bytes),
+        Err(DecodeError::UnsupportedVersion { version: 2, .. })
+    ));
     let mut header = encode_pack_header();
     header[8..12].copy_from_slice(&9u32.to_le_bytes());
-    assert!(matches!(decode_pack_header(&header), Err(DecodeError::UnsupportedVersion { version: 9, .. })));
+    assert!(matches!(
+        decode_pack_header(&header),
+        Err(DecodeError::UnsupportedVersion { version: 9, .. })
+    ));
 }
 
 #[test]
@@ -185,7 +250,10 @@ fn hostile_counts_do_not_allocate() {
     // A page claiming 4 billion entries with no bytes behind them is refused as truncated.
     let mut bytes = b"TSRPAGE1".to_vec();
     bytes.extend_from_slice(&u32::MAX.to_le_bytes());
-    assert!(matches!(ManifestPage::decode(&bytes), Err(DecodeError::Truncated { .. })));
+    assert!(matches!(
+        ManifestPage::decode(&bytes),
+        Err(DecodeError::Truncated { .. })
+    ));
 }
 
 #[test]

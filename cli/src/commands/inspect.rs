@@ -29,7 +29,12 @@ fn disk_json(h: &SnapshotHeader) -> serde_json::Value {
 }
 
 fn hex_string(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {

@@ -156,8 +156,7 @@ pub fn backup(
         .index()
         .snapshots()?
         .into_iter()
-        .filter(|(_, h)| h.series == req.series)
-        .last();
+        .rfind(|(_, h)| h.series == req.series);
     let previous = match previous {
         Some((id, _)) => Some(repo.load_snapshot(id)?),
         None => None,

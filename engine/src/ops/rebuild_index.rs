@@ -46,7 +46,21 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
     remove_dir_if_exists(&building)?;
     let index = Index::create(&building, config.repo_id)?;
     let mut report = RebuildReport::default();
+    index_packs(&index, &backend, &mut report, progress)?;
+    let snapshots = read_snapshots(&backend, &mut report, progress)?;
+    publish_snapshots(&index, &backend, &snapshots, &mut report)?;
+    drop(index);
+    install(root, &building)?;
+    Ok(report)
+}
 
+/// Indexes every object of every readable pack (first copy wins), count 0.
+fn index_packs(
+    index: &Index,
+    backend: &LocalBackend,
+    report: &mut RebuildReport,
+    progress: &dyn Progress,
+) -> Result<()> {
     let packs = backend.list(Namespace::Packs)?;
     progress.start("index packs", packs.len() as u64);
     for name in packs {
@@ -57,7 +71,7 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
                 .push((name, "file name is not a pack id; ignored".into()));
             continue;
         };
-        let contents = match read_pack_contents(&backend, id) {
+        let contents = match read_pack_contents(backend, id) {
             Ok(c) => c,
             Err(e) => {
                 report.pack_problems.push((name, e.to_string()));
@@ -97,22 +111,39 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
         report.packs += 1;
     }
     progress.finish();
+    Ok(())
+}
 
+/// Reads every snapshot file whose content hashes to its name.
+fn read_snapshots(
+    backend: &LocalBackend,
+    report: &mut RebuildReport,
+    progress: &dyn Progress,
+) -> Result<Vec<(SnapshotId, Snapshot)>> {
     let names = backend.list(Namespace::Snapshots)?;
     progress.start("read snapshots", names.len() as u64);
     let mut snapshots = Vec::new();
     for name in names {
         progress.advance(1);
-        match load_snapshot_file(&backend, &name) {
+        match load_snapshot_file(backend, &name) {
             Ok((id, s)) => snapshots.push((id, s)),
             Err(reason) => report.bad_snapshots.push((name, reason)),
         }
     }
     progress.finish();
+    Ok(snapshots)
+}
 
+/// Catalogues the snapshots and sets every reference count from scratch, in one batch.
+fn publish_snapshots(
+    index: &Index,
+    backend: &LocalBackend,
+    snapshots: &[(SnapshotId, Snapshot)],
+    report: &mut RebuildReport,
+) -> Result<()> {
     let counts = expected_counts(
-        &index,
-        &backend,
+        index,
+        backend,
         snapshots
             .iter()
             .flat_map(|(_, s)| s.roots.iter().map(Vec::as_slice)),
@@ -121,56 +152,47 @@ pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildRepo
         report.missing.push(format!("page {page}: {reason}"));
     }
     let mut batch = WriteBatch::default();
-    for (kind, counted) in [
-        (
-            ObjectKind::Page,
-            counts
-                .pages
-                .iter()
-                .map(|(d, n)| (d.0, *n))
-                .collect::<Vec<_>>(),
-        ),
-        (
-            ObjectKind::Chunk,
-            counts
-                .chunks
-                .iter()
-                .map(|(d, n)| (d.0, *n))
-                .collect::<Vec<_>>(),
-        ),
-    ] {
-        for (digest, n) in counted {
-            match index.get_object(kind, &digest)? {
-                Some(mut entry) => {
-                    entry.refcount = n;
-                    index.put_object(&mut batch, kind, &digest, &entry);
-                }
-                None if kind == ObjectKind::Chunk => report
-                    .missing
-                    .push(format!("chunk {}: not in any pack", hex::encode(digest))),
-                None => {}
+    let pages = counts
+        .pages
+        .iter()
+        .map(|(d, n)| (ObjectKind::Page, d.0, *n));
+    let chunks = counts
+        .chunks
+        .iter()
+        .map(|(d, n)| (ObjectKind::Chunk, d.0, *n));
+    for (kind, digest, n) in pages.chain(chunks) {
+        match index.get_object(kind, &digest)? {
+            Some(mut entry) => {
+                entry.refcount = n;
+                index.put_object(&mut batch, kind, &digest, &entry);
             }
+            // Unreadable pages are already reported above.
+            None if kind == ObjectKind::Chunk => report
+                .missing
+                .push(format!("chunk {}: not in any pack", hex::encode(digest))),
+            None => {}
         }
     }
-    for (id, s) in &snapshots {
+    for (id, s) in snapshots {
         index.put_snapshot(&mut batch, *id, &s.header);
     }
     index.write(batch)?;
     report.snapshots = snapshots.len();
-    drop(index);
+    Ok(())
+}
 
-    // Swap: old index aside, new one in, old one removed. Each step is a rename, so a crash
-    // leaves either the old index, no index (rerun the rebuild), or the new one.
+/// Swaps the rebuilt index in: old index aside, new one in, old one removed. Each step is a
+/// rename, so a crash leaves either the old index, no index (rerun the rebuild), or the new one.
+fn install(root: &Path, building: &Path) -> Result<()> {
     let live = index_path(root);
     let old = root.join("index.old");
     remove_dir_if_exists(&old)?;
     if live.exists() {
         fs::rename(&live, &old).ctx(|| format!("moving {} aside", live.display()))?;
     }
-    fs::rename(&building, &live).ctx(|| format!("installing {}", live.display()))?;
+    fs::rename(building, &live).ctx(|| format!("installing {}", live.display()))?;
     sync_dir(root)?;
-    remove_dir_if_exists(&old)?;
-    Ok(report)
+    remove_dir_if_exists(&old)
 }
 
 fn load_snapshot_file(backend: &dyn Backend, name: &str) -> Result<(SnapshotId, Snapshot), String> {
