@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod direct_write;
 pub mod error;
 pub mod index;
 pub mod lock;
