@@ -108,7 +108,104 @@ pub enum Command {
         /// Rebuild the index from packs and snapshot files (also when it is missing or corrupt).
         #[arg(long)]
         rebuild_index: bool,
+        /// Recompute every reference count from the snapshots and fix the ones that differ.
+        #[arg(long)]
+        recount: bool,
     },
+    /// Forget snapshots (metadata only; `compact` reclaims the space later).
+    Forget {
+        /// The repository.
+        repo: PathBuf,
+        /// Snapshots: id prefixes, `latest` or `latest@SERIES`.
+        #[arg(required = true)]
+        snapshots: Vec<String>,
+        /// Show what would be forgotten and freed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Forget the snapshots a retention policy does not keep.
+    Prune {
+        /// The repository.
+        repo: PathBuf,
+        /// Only this series (default: every series, each on its own).
+        #[arg(long)]
+        series: Option<String>,
+        #[command(flatten)]
+        keep: KeepArgs,
+        /// Show the plan (kept by which rule, forgotten, bytes freed), change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Protect a snapshot from prune and forget.
+    Protect {
+        /// The repository.
+        repo: PathBuf,
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// Remove a snapshot's protection.
+    Unprotect {
+        /// The repository.
+        repo: PathBuf,
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// Rewrite packs with too much unreferenced data, reclaiming the space.
+    Compact {
+        /// The repository.
+        repo: PathBuf,
+        /// Rewrite packs whose unused share exceeds this (e.g. 10%).
+        #[arg(long, default_value = "10%")]
+        max_unused: String,
+        /// Show which packs would be rewritten, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Retention rules of `prune`.
+#[derive(Debug, clap::Args)]
+pub struct KeepArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the last N days.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N ISO weeks.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the last N years.
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep everything within this duration of the newest snapshot (e.g. 30d, 12h, 1y6m).
+    #[arg(long)]
+    pub keep_within: Option<String>,
+}
+
+/// Parses a percentage like `10%`, `10` or `0.1` into a fraction.
+pub fn parse_fraction(s: &str) -> Result<f64, UsageError> {
+    let t = s.trim();
+    let v: f64 = t
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| UsageError(format!("{s:?} is not a percentage (e.g. 10%)")))?;
+    let f = if t.ends_with('%') || v > 1.0 {
+        v / 100.0
+    } else {
+        v
+    };
+    if (0.0..=1.0).contains(&f) {
+        Ok(f)
+    } else {
+        Err(UsageError(format!("{s:?} is outside 0%..100%")))
+    }
 }
 
 /// Parses sizes like `65536`, `64K`, `64KiB`, `1M`, `1MiB`, `8M` (binary units).

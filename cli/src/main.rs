@@ -10,7 +10,21 @@ mod output;
 
 use clap::Parser;
 
+/// Makes a closed stdout (e.g. `tessera list | head`) end the process quietly, as for any
+/// Unix tool, instead of panicking inside `println!`.
+#[expect(
+    unsafe_code,
+    reason = "signal(2) has no safe wrapper in std; SIG_DFL for SIGPIPE is always valid"
+)]
+fn restore_default_sigpipe() {
+    // SAFETY: installing the default disposition for SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
+    restore_default_sigpipe();
     let cli = args::Cli::parse();
     let json = cli.json;
     let code = match commands::run(cli) {

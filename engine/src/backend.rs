@@ -27,6 +27,9 @@ pub enum Namespace {
     Packs,
     /// Snapshot files (`snapshots/<id>.snap`).
     Snapshots,
+    /// Protection markers (`snapshots/<id>.protected`, empty files): mutable state that
+    /// must survive an index rebuild, kept beside the immutable snapshot files.
+    Protections,
 }
 
 /// A staged object being written.
@@ -58,6 +61,7 @@ pub struct LocalBackend {
 
 const PACK_EXT: &str = ".pack";
 const SNAP_EXT: &str = ".snap";
+const PROTECT_EXT: &str = ".protected";
 
 impl LocalBackend {
     /// A backend rooted at a repository directory.
@@ -102,6 +106,10 @@ impl LocalBackend {
                 .root
                 .join("snapshots")
                 .join(format!("{name}{SNAP_EXT}")),
+            Namespace::Protections => self
+                .root
+                .join("snapshots")
+                .join(format!("{name}{PROTECT_EXT}")),
         }
     }
 
@@ -239,6 +247,7 @@ impl Backend for LocalBackend {
                 (shards, PACK_EXT)
             }
             Namespace::Snapshots => (vec![self.root.join("snapshots")], SNAP_EXT),
+            Namespace::Protections => (vec![self.root.join("snapshots")], PROTECT_EXT),
         };
         let mut names = Vec::new();
         for dir in dirs {

@@ -10,6 +10,8 @@
 //! | `snapshots` | snapshot id (32) | encoded snapshot header |
 //! | `packs` | pack id (16) | size:u64 objects:u32 |
 //! | `meta` | `repo_id` | repository id (16) |
+//! | `protected` | snapshot id (32) | empty |
+//! | `doomed_packs` | pack id (16) | empty |
 //!
 //! Reference counts are hierarchical: a page's count is the number of times snapshot root
 //! lists name it; a chunk's count is the number of *live* pages (count > 0) naming it,
@@ -40,7 +42,20 @@ pub const CF_SNAPSHOTS: &str = "snapshots";
 pub const CF_PACKS: &str = "packs";
 /// Miscellaneous.
 pub const CF_META: &str = "meta";
-const ALL_CFS: [&str; 5] = [CF_CHUNKS, CF_PAGES, CF_SNAPSHOTS, CF_PACKS, CF_META];
+/// Protected snapshots (mirror of the `protected/` marker files).
+pub const CF_PROTECTED: &str = "protected";
+/// Packs whose objects were moved by compaction; their files are deleted once no reader
+/// that might still use them is running.
+pub const CF_DOOMED: &str = "doomed_packs";
+const ALL_CFS: [&str; 7] = [
+    CF_CHUNKS,
+    CF_PAGES,
+    CF_SNAPSHOTS,
+    CF_PACKS,
+    CF_META,
+    CF_PROTECTED,
+    CF_DOOMED,
+];
 const META_REPO_ID: &[u8] = b"repo_id";
 
 /// Index record of one stored object.
@@ -277,6 +292,64 @@ impl Index {
     /// Adds a snapshot catalog put to `batch`.
     pub fn put_snapshot(&self, batch: &mut WriteBatch, id: SnapshotId, header: &SnapshotHeader) {
         batch.put_cf(&self.cf(CF_SNAPSHOTS), id.as_bytes(), header.encode());
+    }
+
+    /// Adds a snapshot catalog deletion (and of its protection) to `batch`.
+    pub fn delete_snapshot(&self, batch: &mut WriteBatch, id: SnapshotId) {
+        batch.delete_cf(self.cf(CF_SNAPSHOTS), id.as_bytes());
+        batch.delete_cf(self.cf(CF_PROTECTED), id.as_bytes());
+    }
+
+    /// Adds an object deletion to `batch`.
+    pub fn delete_object(&self, batch: &mut WriteBatch, kind: ObjectKind, digest: &[u8; 32]) {
+        batch.delete_cf(self.cf(cf_for(kind)), digest);
+    }
+
+    /// Moves a pack from the catalog to the doomed list in `batch`.
+    pub fn doom_pack(&self, batch: &mut WriteBatch, pack: PackId) {
+        batch.delete_cf(self.cf(CF_PACKS), pack.as_bytes());
+        batch.put_cf(self.cf(CF_DOOMED), pack.as_bytes(), []);
+    }
+
+    /// Removes a pack from the doomed list (its file is gone).
+    pub fn forget_doomed(&self, batch: &mut WriteBatch, pack: PackId) {
+        batch.delete_cf(self.cf(CF_DOOMED), pack.as_bytes());
+    }
+
+    /// Packs waiting for deletion.
+    pub fn doomed_packs(&self) -> Result<Vec<PackId>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_DOOMED), IteratorMode::Start) {
+            let (k, _) = item?;
+            out.push(PackId::from_slice(&k).map_err(|e| Error::IndexCorrupt {
+                what: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Marks or unmarks a snapshot as protected in `batch`.
+    pub fn set_protected(&self, batch: &mut WriteBatch, id: SnapshotId, protected: bool) {
+        if protected {
+            batch.put_cf(self.cf(CF_PROTECTED), id.as_bytes(), []);
+        } else {
+            batch.delete_cf(self.cf(CF_PROTECTED), id.as_bytes());
+        }
+    }
+
+    /// Protected snapshots.
+    pub fn protected(&self) -> Result<std::collections::HashSet<SnapshotId>> {
+        let mut out = std::collections::HashSet::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_PROTECTED), IteratorMode::Start)
+        {
+            let (k, _) = item?;
+            out.insert(SnapshotId::from_slice(&k).map_err(|e| Error::IndexCorrupt {
+                what: e.to_string(),
+            })?);
+        }
+        Ok(out)
     }
 
     /// Applies a batch atomically and durably (WAL fsync).

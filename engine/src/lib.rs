@@ -30,6 +30,8 @@ pub mod index;
 pub mod lock;
 pub mod ops;
 pub mod progress;
+pub mod readers;
+pub mod recovery;
 pub mod refcount;
 pub mod repo;
 pub mod sources;

@@ -35,8 +35,8 @@ use crate::backend::{sync_dir, Backend, LocalBackend, Namespace};
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
 use crate::lock::WriterLock;
+use crate::readers::ReaderLease;
 use crate::store::reader::read_object;
-use crate::store::session::adopt_unindexed_packs;
 
 /// Default block size for new repositories (see SPEC.md for the measurement behind it).
 pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
@@ -73,6 +73,8 @@ pub struct Recovery {
     pub packs_adopted: usize,
     /// Unpublished snapshot files removed.
     pub orphan_snapshots_removed: usize,
+    /// Packs emptied by an earlier compaction whose files could now be deleted.
+    pub doomed_packs_deleted: usize,
     /// The lock file's content if its previous holder died holding it.
     pub stale_lock: Option<String>,
 }
@@ -84,6 +86,7 @@ pub struct Repository {
     backend: LocalBackend,
     index: Index,
     _lock: Option<WriterLock>,
+    _lease: Option<ReaderLease>,
     /// What recovery did (writers only).
     pub recovery: Recovery,
 }
@@ -152,6 +155,7 @@ impl Repository {
     /// Opens for reading: no lock, index read-only.
     pub fn open(root: &Path) -> Result<Self> {
         let config = read_config(root)?;
+        let lease = ReaderLease::acquire(root)?;
         let index = Index::open(&index_path(root), config.repo_id, true)?;
         Ok(Self {
             root: root.to_path_buf(),
@@ -159,6 +163,7 @@ impl Repository {
             backend: LocalBackend::new(root),
             index,
             _lock: None,
+            _lease: Some(lease),
             recovery: Recovery::default(),
         })
     }
@@ -169,28 +174,15 @@ impl Repository {
         let lock = WriterLock::acquire(root)?;
         let index = Index::open(&index_path(root), config.repo_id, false)?;
         let backend = LocalBackend::new(root);
-        let mut recovery = Recovery {
-            stale_lock: lock.stale_holder.clone(),
-            ..Recovery::default()
-        };
-        recovery.staged_removed = backend.clean_staging()?;
-        recovery.packs_adopted = adopt_unindexed_packs(&index, &backend)?;
-        for name in backend.list(Namespace::Snapshots)? {
-            let published = match name.parse::<SnapshotId>() {
-                Ok(id) => index.has_snapshot(id)?,
-                Err(_) => false,
-            };
-            if !published {
-                backend.delete(Namespace::Snapshots, &name)?;
-                recovery.orphan_snapshots_removed += 1;
-            }
-        }
+        let mut recovery = crate::recovery::recover(root, &index, &backend)?;
+        recovery.stale_lock.clone_from(&lock.stale_holder);
         Ok(Self {
             root: root.to_path_buf(),
             config,
             backend,
             index,
             _lock: Some(lock),
+            _lease: None,
             recovery,
         })
     }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde_json::json;
+use tessera_engine::ops::usage::{exclusive_bytes_all, snapshot_usage};
 use tessera_engine::time::format_us;
 use tessera_engine::Repository;
 use tessera_format::SnapshotHeader;
@@ -45,6 +46,7 @@ pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
         .into_iter()
         .filter(|(_, h)| series.is_none_or(|s| h.series == s))
         .collect();
+    let protected = repository.index().protected()?;
     if json {
         let items: Vec<_> = snaps
             .iter()
@@ -52,6 +54,7 @@ pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
                 json!({
                     "id": id.to_hex(), "series": h.series, "time": format_us(h.time_us),
                     "time_us": h.time_us, "logical_bytes": h.logical_bytes(),
+                    "protected": protected.contains(id),
                     "tags": h.tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                     "disks": h.disks.iter().map(|d| json!({"name": d.name, "size": d.size})).collect::<Vec<_>>(),
                 })
@@ -65,15 +68,23 @@ pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
             "{:<16} {:<20} {:<24} {:>12}  disks",
             "id", "series", "time", "size"
         );
+        let mark = |id| {
+            if protected.contains(id) {
+                "  (protected)"
+            } else {
+                ""
+            }
+        };
         for (id, h) in &snaps {
             let disks: Vec<&str> = h.disks.iter().map(|d| d.name.as_str()).collect();
             println!(
-                "{:<16} {:<20} {:<24} {:>12}  {}",
+                "{:<16} {:<20} {:<24} {:>12}  {}{}",
                 &id.to_hex()[..16],
                 h.series,
                 format_us(h.time_us),
                 bytes(h.logical_bytes()),
-                disks.join(",")
+                disks.join(","),
+                mark(id)
             );
         }
     }
@@ -83,10 +94,12 @@ pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
 pub fn show(repo: &Path, query: &str, json: bool) -> Result<i32> {
     let repository = Repository::open(repo)?;
     let (id, h) = repository.resolve_snapshot(query)?;
+    let protected = repository.index().protected()?.contains(&id);
+    let usage = snapshot_usage(&repository, id)?;
     if json {
         print_json(&json!({
             "ok": true, "id": id.to_hex(), "series": h.series, "time": format_us(h.time_us), "time_us": h.time_us,
-            "duration_ms": h.duration_ms,
+            "duration_ms": h.duration_ms, "protected": protected, "usage": usage,
             "tags": h.tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "disks": disk_json(&h),
         }));
@@ -100,6 +113,16 @@ pub fn show(repo: &Path, query: &str, json: bool) -> Result<i32> {
         for (k, v) in &h.tags {
             println!("  tag      {k}={v}");
         }
+        if protected {
+            println!("  protected (prune and forget leave it alone)");
+        }
+        println!(
+            "  space    references {} in {} objects; {} of it only this snapshot references (freed if forgotten), {} shared",
+            bytes(usage.referenced_stored_bytes),
+            usage.referenced_objects,
+            bytes(usage.exclusive_stored_bytes),
+            bytes(usage.shared_stored_bytes)
+        );
         for d in &h.disks {
             println!(
                 "  disk {}: {} in {} blocks of {}, {} manifest pages",
@@ -128,9 +151,21 @@ pub fn show(repo: &Path, query: &str, json: bool) -> Result<i32> {
 pub fn stats(repo: &Path, json: bool) -> Result<i32> {
     let repository = Repository::open(repo)?;
     let s = tessera_engine::ops::stats::stats(&repository)?;
+    let exclusive = exclusive_bytes_all(&repository)?;
     if json {
-        print_json(&json!({ "ok": true, "stats": s }));
+        let per: Vec<_> = exclusive
+            .iter()
+            .map(|(id, b)| json!({ "id": id.to_hex(), "exclusive_stored_bytes": b }))
+            .collect();
+        print_json(&json!({ "ok": true, "stats": s, "snapshots": per }));
     } else {
+        for (id, b) in &exclusive {
+            println!(
+                "snapshot {}  only it references {}",
+                &id.to_hex()[..16],
+                bytes(*b)
+            );
+        }
         println!(
             "snapshots            {} in {} series",
             s.snapshots, s.series

@@ -64,9 +64,25 @@ pub fn verify(repo: &Path, metadata_only: bool, json: bool, bars: &Bars) -> Resu
     Ok(if report.is_clean() { 0 } else { 4 })
 }
 
-pub fn repair(repo: &Path, rebuild_index: bool, json: bool, bars: &Bars) -> Result<i32> {
+pub fn repair(
+    repo: &Path,
+    rebuild_index: bool,
+    recount: bool,
+    json: bool,
+    bars: &Bars,
+) -> Result<i32> {
+    if recount && !rebuild_index {
+        let repository = Repository::open_writer(repo)?;
+        let fixed = tessera_engine::ops::check::recount(&repository)?;
+        if json {
+            print_json(&json!({ "ok": true, "counts_fixed": fixed }));
+        } else {
+            println!("reference counts recomputed: {fixed} fixed");
+        }
+        return Ok(0);
+    }
     if !rebuild_index {
-        return Err(UsageError("say what to repair: --rebuild-index".into()).into());
+        return Err(UsageError("say what to repair: --rebuild-index or --recount".into()).into());
     }
     let r = tessera_engine::ops::rebuild_index::rebuild_index(repo, bars)?;
     let clean = r.pack_problems.is_empty() && r.bad_snapshots.is_empty() && r.missing.is_empty();

@@ -4,6 +4,7 @@ mod backup;
 mod inspect;
 mod maintain;
 mod restore;
+mod retention;
 
 use anyhow::Result;
 
@@ -51,6 +52,25 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Repair {
             repo,
             rebuild_index,
-        } => maintain::repair(&repo, rebuild_index, json, &bars),
+            recount,
+        } => maintain::repair(&repo, rebuild_index, recount, json, &bars),
+        Command::Forget {
+            repo,
+            snapshots,
+            dry_run,
+        } => retention::forget(&repo, &snapshots, dry_run, json),
+        Command::Prune {
+            repo,
+            series,
+            keep,
+            dry_run,
+        } => retention::prune(&repo, series.as_deref(), &keep, dry_run, json),
+        Command::Protect { repo, snapshot } => retention::protect(&repo, &snapshot, true, json),
+        Command::Unprotect { repo, snapshot } => retention::protect(&repo, &snapshot, false, json),
+        Command::Compact {
+            repo,
+            max_unused,
+            dry_run,
+        } => retention::compact(&repo, &max_unused, dry_run, json, &bars),
     }
 }

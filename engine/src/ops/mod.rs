@@ -3,6 +3,10 @@
 
 pub mod backup;
 pub mod check;
+pub mod compact;
+pub mod forget;
+pub mod prune;
 pub mod rebuild_index;
 pub mod restore;
 pub mod stats;
+pub mod usage;

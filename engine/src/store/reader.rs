@@ -2,7 +2,7 @@
 //! length, and finally the SHA-256 of the raw bytes against the digest that named them.
 
 use tessera_format::pack::{decode_record_header, RECORD_HEADER_LEN};
-use tessera_format::{ChunkDigest, ObjectKind, PageDigest};
+use tessera_format::{ChunkDigest, ObjectInfo, ObjectKind, PageDigest};
 
 use crate::backend::{Backend, Namespace};
 use crate::error::{Error, Result};
@@ -16,6 +16,30 @@ pub fn read_object(
     digest: &[u8; 32],
     entry: &ObjectEntry,
 ) -> Result<Vec<u8>> {
+    read_checked(backend, kind, digest, entry, false).map(|(_, raw, _)| raw)
+}
+
+/// Like [`read_object`], but returns the record's info and stored bytes (after the same
+/// checks), for copying the object verbatim into another pack.
+pub fn read_stored(
+    backend: &dyn Backend,
+    kind: ObjectKind,
+    digest: &[u8; 32],
+    entry: &ObjectEntry,
+) -> Result<(ObjectInfo, Vec<u8>)> {
+    let (info, _, stored) = read_checked(backend, kind, digest, entry, true)?;
+    Ok((info, stored.unwrap_or_default()))
+}
+
+/// Reads and checks an object; returns its info, raw bytes, and (if `keep_stored`) a copy
+/// of its stored bytes.
+fn read_checked(
+    backend: &dyn Backend,
+    kind: ObjectKind,
+    digest: &[u8; 32],
+    entry: &ObjectEntry,
+    keep_stored: bool,
+) -> Result<(ObjectInfo, Vec<u8>, Option<Vec<u8>>)> {
     let corrupt = |reason: String| Error::ObjectCorrupt {
         kind,
         digest: hex::encode(digest),
@@ -56,6 +80,7 @@ pub fn read_object(
             info.stored_crc
         )));
     }
+    let stored_copy = keep_stored.then(|| stored.clone());
     let raw = decode_stored(info.codec, stored, info.raw_len).map_err(corrupt)?;
     let actual = match kind {
         ObjectKind::Chunk => ChunkDigest::of(&raw).0,
@@ -67,5 +92,5 @@ pub fn read_object(
             hex::encode(actual)
         )));
     }
-    Ok(raw)
+    Ok((info, raw, stored_copy))
 }

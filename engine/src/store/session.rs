@@ -144,8 +144,13 @@ pub fn object_entry(pack: PackId, e: &FooterEntry) -> ObjectEntry {
 
 /// Indexes sealed packs the index does not know: those whose writer crashed between sealing
 /// and indexing. Cost: one directory listing, plus a footer read per unknown pack.
-pub fn adopt_unindexed_packs(index: &Index, backend: &dyn Backend) -> Result<usize> {
-    let known: HashSet<PackId> = index.packs()?.into_iter().map(|(id, _)| id).collect();
+pub fn adopt_unindexed_packs(
+    index: &Index,
+    backend: &dyn Backend,
+    skip: &HashSet<PackId>,
+) -> Result<usize> {
+    let mut known: HashSet<PackId> = index.packs()?.into_iter().map(|(id, _)| id).collect();
+    known.extend(skip);
     let mut adopted = 0;
     for name in backend.list(Namespace::Packs)? {
         let Ok(id) = name.parse::<PackId>() else {

@@ -1,0 +1,264 @@
+//! Pack compaction: reclaiming the space of unreferenced objects.
+//!
+//! Plan: one pass over the index sums, per pack, the stored bytes of the objects that are
+//! referenced *and* located in that pack; packs whose unused fraction exceeds the threshold
+//! are selected. Apply: the live objects of selected packs are read, fully checked, and
+//! copied verbatim (no recompression) into new packs; when a new pack is sealed, one index
+//! batch points the moved objects at their new locations, deletes the entries of dead
+//! objects, and moves the emptied old packs to the doomed list. Doomed pack files are deleted
+//! once no reader holds a lease (see `readers.rs`), now or by a later writer.
+//!
+//! Crash reasoning: before a batch commits, the index points at the old packs, which still
+//! exist; a new pack sealed but not committed is adopted by the next writer as a pack whose
+//! objects all live elsewhere, and a later compaction removes it. After the batch, the new
+//! locations are durable and the old packs are only deleted once unused. At no instant is an
+//! object without a valid location. A damaged live object is never dropped: its pack is
+//! skipped and reported.
+
+use std::collections::HashMap;
+
+use rocksdb::WriteBatch;
+use tessera_format::pack::{FooterEntry, PACK_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
+use tessera_format::{ObjectKind, PackId};
+
+use crate::error::Result;
+use crate::index::{ObjectEntry, PackEntry};
+use crate::progress::Progress;
+use crate::recovery::delete_doomed_packs;
+use crate::repo::Repository;
+use crate::store::pack_scan::read_pack_contents;
+use crate::store::pack_writer::PackWriter;
+use crate::store::reader::read_stored;
+use crate::store::session::TARGET_PACK_SIZE;
+
+/// How much of a pack is in use.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PackUsage {
+    /// The pack.
+    #[serde(serialize_with = "hex_pack")]
+    pub pack: PackId,
+    /// File size.
+    pub size: u64,
+    /// Stored bytes (with record headers and footer entries) of referenced objects located here.
+    pub live_bytes: u64,
+    /// Number of those objects.
+    pub live_objects: u64,
+}
+
+fn hex_pack<S: serde::Serializer>(id: &PackId, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&id.to_hex())
+}
+
+impl PackUsage {
+    /// Fraction of the file not used by live objects.
+    pub fn unused_fraction(&self) -> f64 {
+        if self.size == 0 {
+            return 1.0;
+        }
+        1.0 - (self.live_bytes + (PACK_HEADER_LEN + TRAILER_LEN) as u64) as f64 / self.size as f64
+    }
+}
+
+/// What compaction will do.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CompactPlan {
+    /// Packs to rewrite.
+    pub packs: Vec<PackUsage>,
+    /// Packs in the repository.
+    pub total_packs: usize,
+    /// Live bytes that will be copied.
+    pub bytes_to_move: u64,
+    /// Bytes that will be freed.
+    pub bytes_to_free: u64,
+}
+
+/// What compaction did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CompactReport {
+    /// Packs rewritten.
+    pub packs_rewritten: usize,
+    /// New packs written.
+    pub packs_written: usize,
+    /// Stored bytes moved.
+    pub bytes_moved: u64,
+    /// Old packs deleted now (others wait for running readers to finish).
+    pub packs_deleted: usize,
+    /// Packs skipped because a live object in them is damaged.
+    pub damaged: Vec<String>,
+}
+
+/// Selects packs whose unused fraction exceeds `max_unused` (0.0..=1.0).
+pub fn plan_compact(repo: &Repository, max_unused: f64) -> Result<CompactPlan> {
+    let mut usage: HashMap<PackId, PackUsage> = repo
+        .index()
+        .packs()?
+        .into_iter()
+        .map(|(pack, e)| {
+            (
+                pack,
+                PackUsage {
+                    pack,
+                    size: e.size,
+                    live_bytes: 0,
+                    live_objects: 0,
+                },
+            )
+        })
+        .collect();
+    for kind in [ObjectKind::Chunk, ObjectKind::Page] {
+        repo.index().for_each_object(kind, |_, e| {
+            if e.refcount > 0 {
+                if let Some(u) = usage.get_mut(&e.pack) {
+                    u.live_bytes += u64::from(e.stored_len) + 2 * RECORD_HEADER_LEN as u64;
+                    u.live_objects += 1;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    let total_packs = usage.len();
+    let mut packs: Vec<PackUsage> = usage
+        .into_values()
+        .filter(|u| u.unused_fraction() > max_unused)
+        .collect();
+    packs.sort_by_key(|u| u.pack);
+    let bytes_to_move = packs.iter().map(|u| u.live_bytes).sum();
+    let bytes_to_free = packs
+        .iter()
+        .map(|u| u.size.saturating_sub(u.live_bytes))
+        .sum();
+    Ok(CompactPlan {
+        packs,
+        total_packs,
+        bytes_to_move,
+        bytes_to_free,
+    })
+}
+
+struct Mover<'r> {
+    repo: &'r Repository,
+    writer: Option<PackWriter>,
+    /// Objects appended to `writer`, with their current index entries.
+    moved: Vec<(ObjectKind, [u8; 32], ObjectEntry)>,
+    /// Dead index entries to delete.
+    dead: Vec<(ObjectKind, [u8; 32])>,
+    /// Old packs fully processed since the last commit.
+    emptied: Vec<PackId>,
+    report: CompactReport,
+}
+
+impl Mover<'_> {
+    /// Moves the live objects of `pack` into the open new pack.
+    fn drain(&mut self, pack: PackId) -> Result<()> {
+        let contents = read_pack_contents(self.repo.backend(), pack)?;
+        let mut moved = Vec::new();
+        let mut dead = Vec::new();
+        let mut copies = Vec::new();
+        for fe in &contents.entries {
+            let kind = fe.info.kind;
+            let digest = fe.info.digest.0;
+            let Some(entry) = self.repo.index().get_object(kind, &digest)? else {
+                continue;
+            };
+            if entry.pack != pack || entry.offset != fe.offset {
+                continue; // a duplicate; the index uses another copy
+            }
+            if entry.refcount == 0 {
+                dead.push((kind, digest));
+                continue;
+            }
+            match read_stored(self.repo.backend(), kind, &digest, &entry) {
+                Ok((info, stored)) => copies.push((kind, digest, entry, info, stored)),
+                Err(e) => {
+                    self.report.damaged.push(format!("pack {pack} kept: {e}"));
+                    return Ok(());
+                }
+            }
+        }
+        for (kind, digest, entry, info, stored) in copies {
+            let writer = match &mut self.writer {
+                Some(w) => w,
+                None => self.writer.insert(PackWriter::create(self.repo.backend())?),
+            };
+            writer.append(&info, &stored)?;
+            self.report.bytes_moved += stored.len() as u64;
+            moved.push((kind, digest, entry));
+        }
+        self.moved.extend(moved);
+        self.dead.extend(dead);
+        self.emptied.push(pack);
+        self.report.packs_rewritten += 1;
+        if self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.len() >= TARGET_PACK_SIZE)
+        {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Seals the new pack and commits new locations, dead entries and doomed packs at once.
+    fn commit(&mut self) -> Result<()> {
+        let index = self.repo.index();
+        let mut batch = WriteBatch::default();
+        if let Some(writer) = self.writer.take() {
+            let sealed = writer.finish()?;
+            self.report.packs_written += 1;
+            index.put_pack(
+                &mut batch,
+                sealed.id,
+                PackEntry {
+                    size: sealed.size,
+                    objects: sealed.entries.len() as u32,
+                },
+            );
+            let moved = std::mem::take(&mut self.moved);
+            for ((kind, digest, old), fe) in moved.iter().zip(&sealed.entries) {
+                let new = relocated(old, sealed.id, fe);
+                index.put_object(&mut batch, *kind, digest, &new);
+            }
+        }
+        for (kind, digest) in self.dead.drain(..) {
+            index.delete_object(&mut batch, kind, &digest);
+        }
+        for pack in self.emptied.drain(..) {
+            index.doom_pack(&mut batch, pack);
+        }
+        index.write(batch)
+    }
+}
+
+fn relocated(old: &ObjectEntry, pack: PackId, fe: &FooterEntry) -> ObjectEntry {
+    ObjectEntry {
+        pack,
+        offset: fe.offset,
+        ..*old
+    }
+}
+
+/// Rewrites the packs of `plan`. The caller holds the writer lock (opened as writer).
+pub fn apply_compact(
+    repo: &Repository,
+    plan: &CompactPlan,
+    progress: &dyn Progress,
+) -> Result<CompactReport> {
+    let mut mover = Mover {
+        repo,
+        writer: None,
+        moved: Vec::new(),
+        dead: Vec::new(),
+        emptied: Vec::new(),
+        report: CompactReport::default(),
+    };
+    progress.start("compact", plan.packs.iter().map(|p| p.size).sum());
+    for usage in &plan.packs {
+        mover.drain(usage.pack)?;
+        progress.advance(usage.size);
+    }
+    mover.commit()?;
+    progress.finish();
+    let mut report = mover.report;
+    report.packs_deleted = delete_doomed_packs(repo.root(), repo.index(), repo.backend())?;
+    Ok(report)
+}

@@ -1,0 +1,158 @@
+//! Forgetting snapshots: metadata only. A plan computes, from the snapshots' own root lists
+//! and the counts of the objects they reach, exactly which objects would drop to zero
+//! references and how many bytes that frees; applying it commits the count changes and the
+//! catalog deletions in one atomic batch, then deletes the snapshot files. No block data is
+//! read or rewritten; space comes back when compaction rewrites the packs.
+//!
+//! Cost: one page-count update per root-list entry, plus, for each page that drops to zero,
+//! one page read and one update per chunk it lists. Pages shared with surviving snapshots are
+//! never read: the cost follows what the forgotten snapshots uniquely own.
+//!
+//! Crash reasoning: before the batch, nothing changed; after it, the snapshots are gone from
+//! the catalog and any snapshot file still present is removed by the next writer's recovery.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+
+use rocksdb::WriteBatch;
+use tessera_format::pack::RECORD_HEADER_LEN;
+use tessera_format::{
+    ChunkDigest, ManifestPage, ObjectKind, PageDigest, SnapshotHeader, SnapshotId,
+};
+
+use crate::backend::Namespace;
+use crate::error::{Error, IoContext, Result};
+use crate::refcount::RefDeltas;
+use crate::repo::Repository;
+
+/// What forgetting a set of snapshots would do.
+#[derive(Debug, Default)]
+pub struct ForgetPlan {
+    /// The snapshots, as catalogued.
+    pub snapshots: Vec<(SnapshotId, SnapshotHeader)>,
+    /// The count changes (all negative).
+    pub deltas: RefDeltas,
+    /// Objects that drop to zero references.
+    pub freed_objects: u64,
+    /// Their stored bytes (with record headers): space compaction can reclaim.
+    pub freed_stored_bytes: u64,
+    /// Raw bytes of the chunks among them.
+    pub freed_raw_bytes: u64,
+}
+
+/// Plans forgetting `ids` (duplicates are ignored). Fails for protected snapshots unless
+/// `allow_protected`.
+pub fn plan_forget(
+    repo: &Repository,
+    ids: &[SnapshotId],
+    allow_protected: bool,
+) -> Result<ForgetPlan> {
+    let protected = repo.index().protected()?;
+    let catalog: HashMap<SnapshotId, SnapshotHeader> =
+        repo.index().snapshots()?.into_iter().collect();
+    let mut plan = ForgetPlan::default();
+    let mut seen = HashSet::new();
+    for id in ids {
+        if !seen.insert(*id) {
+            continue;
+        }
+        let header = catalog
+            .get(id)
+            .ok_or_else(|| Error::SnapshotNotFound { query: id.to_hex() })?;
+        if protected.contains(id) && !allow_protected {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot {id} is protected; run `tessera unprotect` first"
+            )));
+        }
+        let snapshot = repo.load_snapshot(*id)?;
+        for p in snapshot.roots.iter().flatten() {
+            *plan.deltas.pages.entry(*p).or_default() -= 1;
+        }
+        plan.snapshots.push((*id, header.clone()));
+    }
+    let pages: Vec<(PageDigest, i64)> = plan.deltas.pages.iter().map(|(d, n)| (*d, *n)).collect();
+    for group in pages.chunks(4096) {
+        let keys: Vec<[u8; 32]> = group.iter().map(|(d, _)| d.0).collect();
+        for ((page, delta), entry) in group
+            .iter()
+            .zip(repo.index().get_many(ObjectKind::Page, &keys)?)
+        {
+            let entry = entry.ok_or_else(|| Error::ObjectMissing {
+                kind: ObjectKind::Page,
+                digest: page.to_hex(),
+            })?;
+            if i128::from(entry.refcount) + i128::from(*delta) == 0 {
+                let raw = repo.read_object(ObjectKind::Page, page.as_bytes())?;
+                let digests = ManifestPage::decode(&raw)
+                    .map_err(|e| Error::IndexCorrupt {
+                        what: format!("page {page}: {e}"),
+                    })?
+                    .digests;
+                plan.deltas.add_chunks(&digests, -1);
+                plan.freed_objects += 1;
+                plan.freed_stored_bytes += u64::from(entry.stored_len) + RECORD_HEADER_LEN as u64;
+            }
+        }
+    }
+    let chunks: Vec<(ChunkDigest, i64)> =
+        plan.deltas.chunks.iter().map(|(d, n)| (*d, *n)).collect();
+    for group in chunks.chunks(4096) {
+        let keys: Vec<[u8; 32]> = group.iter().map(|(d, _)| d.0).collect();
+        for ((_, delta), entry) in group
+            .iter()
+            .zip(repo.index().get_many(ObjectKind::Chunk, &keys)?)
+        {
+            if let Some(entry) = entry {
+                if i128::from(entry.refcount) + i128::from(*delta) == 0 {
+                    plan.freed_objects += 1;
+                    plan.freed_stored_bytes +=
+                        u64::from(entry.stored_len) + RECORD_HEADER_LEN as u64;
+                    plan.freed_raw_bytes += u64::from(entry.raw_len);
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Applies a plan made by [`plan_forget`] on the same writer (nothing may change between).
+pub fn apply_forget(repo: &Repository, plan: &ForgetPlan) -> Result<()> {
+    let mut batch = WriteBatch::default();
+    plan.deltas.stage(repo.index(), &mut batch)?;
+    for (id, _) in &plan.snapshots {
+        repo.index().delete_snapshot(&mut batch, *id);
+    }
+    repo.index().write(batch)?;
+    for (id, _) in &plan.snapshots {
+        repo.backend()
+            .delete(Namespace::Protections, &id.to_hex())?;
+        repo.backend().delete(Namespace::Snapshots, &id.to_hex())?;
+    }
+    Ok(())
+}
+
+/// Protects or unprotects a snapshot. The marker file is the durable truth (it survives an
+/// index rebuild); it is written before the index learns of protection and removed after the
+/// index forgets it, so a crash can only leave a snapshot more protected than asked.
+pub fn set_protected(repo: &Repository, id: SnapshotId, protected: bool) -> Result<()> {
+    if !repo.index().has_snapshot(id)? {
+        return Err(Error::SnapshotNotFound { query: id.to_hex() });
+    }
+    let mut batch = WriteBatch::default();
+    repo.index().set_protected(&mut batch, id, protected);
+    if protected {
+        let mut marker = repo
+            .backend()
+            .create(Namespace::Protections, &id.to_hex())?;
+        marker
+            .write_all(b"protected\n")
+            .ctx(|| format!("writing protection marker of {id}"))?;
+        marker.commit()?;
+        repo.index().write(batch)?;
+    } else {
+        repo.index().write(batch)?;
+        repo.backend()
+            .delete(Namespace::Protections, &id.to_hex())?;
+    }
+    Ok(())
+}
