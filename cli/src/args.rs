@@ -165,6 +165,10 @@ pub enum Command {
 
 /// Retention rules of `prune`.
 #[derive(Debug, clap::Args)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "the fields are the --keep-* flags"
+)]
 pub struct KeepArgs {
     /// Keep the N newest snapshots.
     #[arg(long, default_value_t = 0)]

@@ -14,10 +14,11 @@
 //! `tmp/`, then `fsync` → `rename` into place → `fsync` of the target directory.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::direct_write::SequentialWriter;
 use crate::error::{Error, IoContext, Result};
 
 /// The kinds of object a repository stores.
@@ -127,35 +128,33 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 struct LocalWriter {
-    file: Option<BufWriter<File>>,
+    file: Option<SequentialWriter>,
     staged: PathBuf,
     target: PathBuf,
     failed: bool,
+    committed: bool,
+}
+
+impl LocalWriter {
+    fn sink(&mut self) -> io::Result<&mut SequentialWriter> {
+        if self.failed {
+            return Err(io::Error::other("an earlier write to this object failed"));
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("object already committed"))
+    }
 }
 
 impl Write for LocalWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("writer already failed"))?;
-        file.write(buf).inspect_err(|_| self.failed = true)
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("writer already failed"))?;
-        file.write_all(buf).inspect_err(|_| self.failed = true)
+        let result = self.sink()?.write(buf);
+        self.failed |= result.is_err();
+        result
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("writer already failed"))?;
-        file.flush().inspect_err(|_| self.failed = true)
+        Ok(())
     }
 }
 
@@ -164,11 +163,11 @@ impl ObjectWriter for LocalWriter {
         if self.failed {
             return Err(Error::PreviousIo);
         }
-        let file = self.file.take().ok_or(Error::PreviousIo)?;
+        let writer = self.file.take().ok_or(Error::PreviousIo)?;
         let staged = self.staged.clone();
-        let file = file
-            .into_inner()
-            .map_err(|e| Error::io(format!("writing {}", staged.display()), e.into_error()))?;
+        let file = writer
+            .finish()
+            .ctx(|| format!("writing {}", staged.display()))?;
         // A failed fsync leaves the page cache state unknown: give up on this object
         // (redb's PreviousIo rule); the staged file is removed by Drop.
         file.sync_all()
@@ -178,13 +177,14 @@ impl ObjectWriter for LocalWriter {
         fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         fs::rename(&staged, &self.target)
             .ctx(|| format!("renaming {} into place", staged.display()))?;
+        self.committed = true;
         sync_dir(dir)
     }
 }
 
 impl Drop for LocalWriter {
     fn drop(&mut self) {
-        if self.file.is_some() || self.failed {
+        if !self.committed {
             let _ = fs::remove_file(&self.staged);
         }
     }
@@ -201,11 +201,14 @@ impl Backend for LocalBackend {
             .create_new(true)
             .open(&staged)
             .ctx(|| format!("creating {}", staged.display()))?;
+        let writer = SequentialWriter::new(file, &staged)
+            .ctx(|| format!("starting the writer of {}", staged.display()))?;
         Ok(Box::new(LocalWriter {
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            file: Some(writer),
             staged,
             target: self.path_of(ns, name),
             failed: false,
+            committed: false,
         }))
     }
 

@@ -62,7 +62,8 @@ impl<'f> BlockWriter<'f> {
     /// Writes `data` at `offset`. The largest 4 KiB-aligned prefix goes through `O_DIRECT`
     /// when `data` itself starts on a page boundary; everything else is written normally.
     pub fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        let page_aligned = (data.as_ptr() as usize) % ALIGN as usize == 0 && offset % ALIGN == 0;
+        let page_aligned =
+            (data.as_ptr() as usize).is_multiple_of(ALIGN as usize) && offset.is_multiple_of(ALIGN);
         let direct_len = if page_aligned {
             data.len() - data.len() % ALIGN as usize
         } else {
@@ -88,5 +89,185 @@ impl<'f> BlockWriter<'f> {
     /// Whether `O_DIRECT` is in use.
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
+    }
+}
+
+/// Size of the buffers a [`SequentialWriter`] hands to its I/O thread.
+const SEQ_BUFFER: usize = 4 << 20;
+/// Buffers per writer: one being filled, the rest queued or being written. Recycled, so the
+/// writer maps (and the kernel zeroes) them only once.
+const SEQ_BUFFERS: usize = 3;
+
+/// Where a [`SequentialWriter`]'s I/O thread puts full buffers.
+struct IoThread {
+    full: std::sync::mpsc::SyncSender<MmapMut>,
+    empty: std::sync::mpsc::Receiver<MmapMut>,
+    done: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+/// A sequential writer for a new file that keeps the caller's thread free: data is copied
+/// into 4 MiB page-aligned buffers, and a background thread writes each full buffer with
+/// `O_DIRECT` (no page-cache allocation cost, device speed) while the caller goes on. The
+/// tail that does not fill a buffer is written normally by [`SequentialWriter::finish`], which
+/// waits for the thread and reports its first error. Without `O_DIRECT` (tmpfs, …) buffers
+/// are written normally by the same thread.
+pub struct SequentialWriter {
+    file: Option<File>,
+    buf: Option<MmapMut>,
+    filled: usize,
+    offset: u64,
+    mapped: usize,
+    io: Option<IoThread>,
+}
+
+impl SequentialWriter {
+    /// Wraps a newly created, empty file at `path`.
+    pub fn new(file: File, path: &Path) -> std::io::Result<Self> {
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok();
+        let writer_file = match direct {
+            Some(d) => d,
+            None => file.try_clone()?,
+        };
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<MmapMut>(2);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<MmapMut>();
+        let done = std::thread::Builder::new()
+            .name("pack-writer".into())
+            .spawn(move || -> std::io::Result<()> {
+                let mut offset = 0u64;
+                let mut fallback: Option<File> = None;
+                for buf in full_rx {
+                    let result = match &fallback {
+                        Some(f) => f.write_all_at(&buf, offset),
+                        None => writer_file.write_all_at(&buf, offset),
+                    };
+                    if let Err(e) = result {
+                        if e.raw_os_error() != Some(libc::EINVAL) || fallback.is_some() {
+                            return Err(e);
+                        }
+                        // The filesystem refused O_DIRECT after all: continue without it.
+                        let f = writer_file.try_clone()?;
+                        let flags = rustix::fs::fcntl_getfl(&f)? - rustix::fs::OFlags::DIRECT;
+                        rustix::fs::fcntl_setfl(&f, flags)?;
+                        f.write_all_at(&buf, offset)?;
+                        fallback = Some(f);
+                    }
+                    offset += buf.len() as u64;
+                    let _ = empty_tx.send(buf);
+                }
+                Ok(())
+            })?;
+        Ok(Self {
+            file: Some(file),
+            buf: None,
+            filled: 0,
+            offset: 0,
+            mapped: 0,
+            io: Some(IoThread {
+                full: full_tx,
+                empty: empty_rx,
+                done,
+            }),
+        })
+    }
+
+    fn hand_over(&mut self) -> std::io::Result<()> {
+        let Some(buf) = self.buf.take() else {
+            return Ok(());
+        };
+        let io = self
+            .io
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("writer already finished"))?;
+        if io.full.send(buf).is_err() {
+            return Err(self
+                .join()
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("pack writer thread stopped")));
+        }
+        self.offset += SEQ_BUFFER as u64;
+        self.filled = 0;
+        Ok(())
+    }
+
+    fn join(&mut self) -> std::io::Result<()> {
+        match self.io.take() {
+            Some(io) => {
+                drop(io.full);
+                io.done
+                    .join()
+                    .map_err(|_| std::io::Error::other("pack writer thread panicked"))?
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the tail, waits for the I/O thread, and returns the file (not yet synced).
+    pub fn finish(mut self) -> std::io::Result<File> {
+        self.join()?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| std::io::Error::other("writer already finished"))?;
+        if let Some(buf) = &self.buf {
+            let tail = buf.get(..self.filled).unwrap_or_default();
+            file.write_all_at(tail, self.offset)?;
+        }
+        Ok(file)
+    }
+}
+
+impl std::io::Write for SequentialWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.is_none() {
+            let io = self
+                .io
+                .as_ref()
+                .ok_or_else(|| std::io::Error::other("writer already finished"))?;
+            let recycled = if self.mapped < SEQ_BUFFERS {
+                io.empty.try_recv().ok()
+            } else {
+                io.empty.recv().ok()
+            };
+            self.buf = Some(match recycled {
+                Some(b) => b,
+                None if self.mapped < SEQ_BUFFERS => {
+                    self.mapped += 1;
+                    MmapMut::map_anon(SEQ_BUFFER)?
+                }
+                None => {
+                    return Err(self
+                        .join()
+                        .err()
+                        .unwrap_or_else(|| std::io::Error::other("pack writer thread stopped")))
+                }
+            });
+        }
+        let buf = self
+            .buf
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no buffer"))?;
+        let n = data.len().min(SEQ_BUFFER - self.filled);
+        buf.get_mut(self.filled..self.filled + n)
+            .ok_or_else(|| std::io::Error::other("buffer overrun"))?
+            .copy_from_slice(data.get(..n).unwrap_or_default());
+        self.filled += n;
+        if self.filled == SEQ_BUFFER {
+            self.hand_over()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SequentialWriter {
+    fn drop(&mut self) {
+        let _ = self.join();
     }
 }

@@ -22,7 +22,10 @@ use tessera_format::SnapshotId;
 const BLOCK: usize = 64 * 1024;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn mutate(rng: &mut StdRng, image: &mut Vec<u8>) {
@@ -42,24 +45,45 @@ fn mutate(rng: &mut StdRng, image: &mut Vec<u8>) {
     }
 }
 
-fn restore_all_and_compare(repo_path: &Path, model: &BTreeMap<SnapshotId, Vec<u8>>, work: &Path, step: usize) {
+fn restore_all_and_compare(
+    repo_path: &Path,
+    model: &BTreeMap<SnapshotId, Vec<u8>>,
+    work: &Path,
+    step: usize,
+) {
     let repo = Repository::open(repo_path).unwrap();
-    let listed: Vec<SnapshotId> = repo.index().snapshots().unwrap().into_iter().map(|(id, _)| id).collect();
+    let listed: Vec<SnapshotId> = repo
+        .index()
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let mut expected: Vec<SnapshotId> = model.keys().copied().collect();
     let mut got = listed.clone();
     expected.sort();
     got.sort();
-    assert_eq!(got, expected, "step {step}: listed snapshots differ from the model");
+    assert_eq!(
+        got, expected,
+        "step {step}: listed snapshots differ from the model"
+    );
     for id in listed {
         let snapshot = repo.load_snapshot(id).unwrap();
         let out = work.join(format!("restore-{step}-{id}"));
         restore_disk(&repo, id, &snapshot, "d0", &out, true, &NoProgress).unwrap();
         let bytes = std::fs::read(&out).unwrap();
-        assert!(bytes == model[&id], "step {step}: snapshot {id} restores differently from the model");
+        assert!(
+            bytes == model[&id],
+            "step {step}: snapshot {id} restores differently from the model"
+        );
         std::fs::remove_file(&out).unwrap();
     }
     let report = check(&repo, true, &NoProgress).unwrap();
-    assert!(report.is_clean(), "step {step}: check found {:?}", report.problems);
+    assert!(
+        report.is_clean(),
+        "step {step}: check found {:?}",
+        report.problems
+    );
 }
 
 #[test]
@@ -77,17 +101,33 @@ fn random_backup_forget_prune_compact_sequences_match_the_model() {
     let mut protected = Vec::new();
     for step in 0..steps {
         let repo = Repository::open_writer(&repo_path).unwrap();
-        let action = if model.is_empty() { 0 } else { rng.gen_range(0..10) };
+        let action = if model.is_empty() {
+            0
+        } else {
+            rng.gen_range(0..10)
+        };
         match action {
             0..=4 => {
                 mutate(&mut rng, &mut image);
                 std::fs::write(&image_path, &image).unwrap();
-                let req = BackupRequest { series: "vm".into(), disks: vec![DiskSpec { name: "d0".into(), path: image_path.clone() }], tags: vec![], block_size: None };
+                let req = BackupRequest {
+                    series: "vm".into(),
+                    disks: vec![DiskSpec {
+                        name: "d0".into(),
+                        path: image_path.clone(),
+                    }],
+                    tags: vec![],
+                    block_size: None,
+                };
                 let out = backup(&repo, &req, &NoProgress).unwrap();
                 model.insert(out.id, image.clone());
             }
             5 | 6 => {
-                let ids: Vec<SnapshotId> = model.keys().copied().filter(|id| !protected.contains(id)).collect();
+                let ids: Vec<SnapshotId> = model
+                    .keys()
+                    .copied()
+                    .filter(|id| !protected.contains(id))
+                    .collect();
                 if let Some(&id) = ids.get(rng.gen_range(0..ids.len().max(1))) {
                     let plan = plan_forget(&repo, &[id], false).unwrap();
                     apply_forget(&repo, &plan).unwrap();
@@ -95,11 +135,22 @@ fn random_backup_forget_prune_compact_sequences_match_the_model() {
                 }
             }
             7 => {
-                let policy = KeepPolicy { last: rng.gen_range(1..4), ..KeepPolicy::default() };
+                let policy = KeepPolicy {
+                    last: rng.gen_range(1..4),
+                    ..KeepPolicy::default()
+                };
                 let prot = repo.index().protected().unwrap();
-                let decisions = plan_prune(&repo.index().snapshots().unwrap(), &prot, &policy, None).unwrap();
-                let gone: Vec<SnapshotId> = decisions.iter().filter(|d| !d.keep()).map(|d| d.id).collect();
-                assert!(gone.iter().all(|id| !prot.contains(id)), "prune chose a protected snapshot");
+                let decisions =
+                    plan_prune(&repo.index().snapshots().unwrap(), &prot, &policy, None).unwrap();
+                let gone: Vec<SnapshotId> = decisions
+                    .iter()
+                    .filter(|d| !d.keep())
+                    .map(|d| d.id)
+                    .collect();
+                assert!(
+                    gone.iter().all(|id| !prot.contains(id)),
+                    "prune chose a protected snapshot"
+                );
                 let plan = plan_forget(&repo, &gone, false).unwrap();
                 apply_forget(&repo, &plan).unwrap();
                 for id in gone {
@@ -136,14 +187,35 @@ fn forgetting_a_protected_snapshot_is_refused_and_changes_nothing() {
     let image_path = work.path().join("image");
     std::fs::write(&image_path, vec![5u8; 3 * BLOCK]).unwrap();
     let repo = Repository::open_writer(&repo_path).unwrap();
-    let req = BackupRequest { series: "vm".into(), disks: vec![DiskSpec { name: "d0".into(), path: image_path }], tags: vec![], block_size: None };
+    let req = BackupRequest {
+        series: "vm".into(),
+        disks: vec![DiskSpec {
+            name: "d0".into(),
+            path: image_path,
+        }],
+        tags: vec![],
+        block_size: None,
+    };
     let out = backup(&repo, &req, &NoProgress).unwrap();
     set_protected(&repo, out.id, true).unwrap();
-    let err = plan_forget(&repo, &[out.id], false).unwrap_err().to_string();
+    let err = plan_forget(&repo, &[out.id], false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("protected"), "{err}");
     assert_eq!(repo.index().snapshots().unwrap().len(), 1);
-    let decisions = plan_prune(&repo.index().snapshots().unwrap(), &repo.index().protected().unwrap(), &KeepPolicy { last: 1, ..KeepPolicy::default() }, None).unwrap();
-    assert!(decisions.iter().all(tessera_engine::ops::prune::Decision::keep));
+    let decisions = plan_prune(
+        &repo.index().snapshots().unwrap(),
+        &repo.index().protected().unwrap(),
+        &KeepPolicy {
+            last: 1,
+            ..KeepPolicy::default()
+        },
+        None,
+    )
+    .unwrap();
+    assert!(decisions
+        .iter()
+        .all(tessera_engine::ops::prune::Decision::keep));
 }
 
 #[test]
@@ -159,7 +231,7 @@ fn steady_workload_stops_growing_under_keep_last() {
     rng.fill(&mut image[..]);
     let mut sizes = Vec::new();
     let mut model = BTreeMap::new();
-    for day in 0..30 {
+    for day in 0..30u64 {
         let repo = Repository::open_writer(&repo_path).unwrap();
         // Each day rewrites the same-sized 2 blocks' worth of random data.
         for _ in 0..2 {
@@ -167,11 +239,32 @@ fn steady_workload_stops_growing_under_keep_last() {
             rng.fill(&mut image[at..at + BLOCK]);
         }
         std::fs::write(&image_path, &image).unwrap();
-        let req = BackupRequest { series: "vm".into(), disks: vec![DiskSpec { name: "d0".into(), path: image_path.clone() }], tags: vec![], block_size: None };
+        let req = BackupRequest {
+            series: "vm".into(),
+            disks: vec![DiskSpec {
+                name: "d0".into(),
+                path: image_path.clone(),
+            }],
+            tags: vec![],
+            block_size: None,
+        };
         let out = backup(&repo, &req, &NoProgress).unwrap();
         model.insert(out.id, image.clone());
-        let decisions = plan_prune(&repo.index().snapshots().unwrap(), &repo.index().protected().unwrap(), &KeepPolicy { last: 7, ..KeepPolicy::default() }, None).unwrap();
-        let gone: Vec<SnapshotId> = decisions.iter().filter(|d| !d.keep()).map(|d| d.id).collect();
+        let decisions = plan_prune(
+            &repo.index().snapshots().unwrap(),
+            &repo.index().protected().unwrap(),
+            &KeepPolicy {
+                last: 7,
+                ..KeepPolicy::default()
+            },
+            None,
+        )
+        .unwrap();
+        let gone: Vec<SnapshotId> = decisions
+            .iter()
+            .filter(|d| !d.keep())
+            .map(|d| d.id)
+            .collect();
         apply_forget(&repo, &plan_forget(&repo, &gone, false).unwrap()).unwrap();
         for id in &gone {
             model.remove(id);
@@ -179,12 +272,15 @@ fn steady_workload_stops_growing_under_keep_last() {
         apply_compact(&repo, &plan_compact(&repo, 0.2).unwrap(), &NoProgress).unwrap();
         let stats = tessera_engine::ops::stats::stats(&repo).unwrap();
         sizes.push(stats.pack_bytes);
-        assert_eq!(stats.snapshots, (day + 1).min(7) as u64);
+        assert_eq!(stats.snapshots, (day + 1).min(7));
     }
     // Steady state: the last 10 days grow by less than one day's new data per day on average
     // compared with day 15 (compaction reclaims what prune released).
     let day15 = sizes[15];
     let last = *sizes.last().unwrap();
-    assert!(last <= day15 + 4 * (BLOCK as u64 * 2), "store keeps growing: day 15 {day15}, day 30 {last} ({sizes:?})");
+    assert!(
+        last <= day15 + 4 * (BLOCK as u64 * 2),
+        "store keeps growing: day 15 {day15}, day 30 {last} ({sizes:?})"
+    );
     restore_all_and_compare(&repo_path, &model, work.path(), 99);
 }

@@ -14,7 +14,6 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, sync_channel};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -37,8 +36,8 @@ use crate::sources::BlockSource;
 use crate::store::encode::encode_object;
 use crate::store::session::WriteSession;
 
-/// Bytes read per batch (rounded to whole blocks).
-const BATCH_BYTES: u64 = 32 << 20;
+/// Bytes read and hashed by one worker at a time (rounded to whole blocks).
+const BATCH_BYTES: u64 = 8 << 20;
 
 /// One disk to back up.
 #[derive(Debug, Clone)]
@@ -135,6 +134,7 @@ struct Batch {
     first_block: u64,
     buf: Vec<u8>,
     read: u64,
+    digests: Vec<ChunkDigest>,
 }
 
 /// Runs a full backup and publishes it as one snapshot.
@@ -273,38 +273,51 @@ impl DiskBackup<'_, '_> {
         let size = source.size();
         let bs = u64::from(self.block_size);
         let blocks = block_count(size, self.block_size);
-        let batch_blocks = (BATCH_BYTES / bs).max(2);
-        std::thread::scope(|scope| {
-            let (tx, rx) = sync_channel::<Result<Batch>>(2);
-            let (free_tx, free_rx) = channel::<Vec<u8>>();
-            scope.spawn(move || {
-                let mut block = 0;
-                while block < blocks {
-                    let n = batch_blocks.min(blocks - block);
-                    let offset = block * bs;
-                    let len = (n * bs).min(size - offset) as usize;
-                    let mut buf = free_rx.try_recv().unwrap_or_default();
-                    buf.resize(len, 0);
-                    let batch = source.read_at(offset, &mut buf).map(|read| Batch {
-                        first_block: block,
+        let batch_blocks = (BATCH_BYTES / bs).max(1);
+        let window = 2 * rayon::current_num_threads();
+        let mut pool: Vec<Vec<u8>> = Vec::new();
+        let mut block = 0;
+        while block < blocks {
+            // A window of batches, each read and hashed by one worker: reading and hashing
+            // proceed on every core at once, and buffers are recycled through `pool`.
+            let mut jobs = Vec::with_capacity(window);
+            while jobs.len() < window && block < blocks {
+                let n = batch_blocks.min(blocks - block);
+                let offset = block * bs;
+                let mut buf = pool.pop().unwrap_or_default();
+                buf.resize((n * bs).min(size - offset) as usize, 0);
+                jobs.push((block, offset, buf));
+                block += n;
+            }
+            let batches: Vec<Result<Batch>> = jobs
+                .into_par_iter()
+                .map(|(first_block, offset, mut buf)| {
+                    let read = source.read_at(offset, &mut buf)?;
+                    let digests = buf
+                        .chunks(bs as usize)
+                        .map(|b| {
+                            if is_all_zero(b) {
+                                ChunkDigest::ZERO
+                            } else {
+                                ChunkDigest::of(b)
+                            }
+                        })
+                        .collect();
+                    Ok(Batch {
+                        first_block,
                         buf,
                         read,
-                    });
-                    let failed = batch.is_err();
-                    if tx.send(batch).is_err() || failed {
-                        return;
-                    }
-                    block += n;
-                }
-            });
-            for batch in rx {
+                        digests,
+                    })
+                })
+                .collect();
+            for batch in batches {
                 let batch = batch?;
                 self.process(&batch, reference.as_mut())?;
                 progress.advance(batch.buf.len() as u64);
-                let _ = free_tx.send(batch.buf);
+                pool.push(batch.buf);
             }
-            Ok::<(), Error>(())
-        })?;
+        }
         if !self.page.is_empty() {
             self.finish_page()?;
         }
@@ -319,17 +332,7 @@ impl DiskBackup<'_, '_> {
         let bs = self.block_size as usize;
         let compression = self.repo.config().compression;
         self.stats.bytes_read += batch.read;
-        let digests: Vec<ChunkDigest> = batch
-            .buf
-            .par_chunks(bs)
-            .map(|b| {
-                if is_all_zero(b) {
-                    ChunkDigest::ZERO
-                } else {
-                    ChunkDigest::of(b)
-                }
-            })
-            .collect();
+        let digests = &batch.digests;
 
         let mut seen = HashSet::new();
         let mut candidates = Vec::new();
@@ -374,7 +377,7 @@ impl DiskBackup<'_, '_> {
             }
         }
         let page_entries = self.repo.config().page_entries as usize;
-        for d in digests {
+        for &d in digests {
             self.page.push(d);
             if self.page.len() == page_entries {
                 self.finish_page()?;

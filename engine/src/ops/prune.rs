@@ -118,9 +118,9 @@ fn rules(policy: &KeepPolicy) -> [(&'static str, u32, Bucket); 5] {
 
 /// Decides, for every snapshot of the selected series (all series when `series` is `None`),
 /// whether it stays and why. Snapshots of other series are not listed.
-pub fn plan_prune(
+pub fn plan_prune<S: std::hash::BuildHasher>(
     snapshots: &[(SnapshotId, SnapshotHeader)],
-    protected: &HashSet<SnapshotId>,
+    protected: &HashSet<SnapshotId, S>,
     policy: &KeepPolicy,
     series: Option<&str>,
 ) -> Result<Vec<Decision>> {

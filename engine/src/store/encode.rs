@@ -1,5 +1,6 @@
 //! Turning raw bytes into stored bytes and back.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use tessera_format::pack::MAX_OBJECT_LEN;
@@ -18,7 +19,7 @@ pub fn encode_object(
     digest: ChunkDigest,
     raw: &[u8],
     compression: Compression,
-) -> (ObjectInfo, Vec<u8>) {
+) -> (ObjectInfo, Cow<'_, [u8]>) {
     let compressed = match compression.codec {
         Codec::None => None,
         Codec::Zstd => COMPRESSOR.with(|cell| {
@@ -32,12 +33,15 @@ pub fn encode_object(
                     .map(|c| (compression.level, c));
             }
             let (_, c) = slot.as_mut()?;
-            c.compress(raw).ok()
+            // Room for strictly less than the input: zstd gives up as soon as the output
+            // would not be smaller, and nothing bigger than the block is ever allocated.
+            let mut out = Vec::with_capacity(raw.len().saturating_sub(1));
+            c.compress_to_buffer(raw, &mut out).ok().map(|_| out)
         }),
     };
     let (codec, stored) = match compressed {
-        Some(c) if c.len() < raw.len() => (Codec::Zstd, c),
-        _ => (Codec::None, raw.to_vec()),
+        Some(c) if c.len() < raw.len() => (Codec::Zstd, Cow::Owned(c)),
+        _ => (Codec::None, Cow::Borrowed(raw)),
     };
     let info = ObjectInfo {
         kind,

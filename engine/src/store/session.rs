@@ -147,7 +147,7 @@ pub fn object_entry(pack: PackId, e: &FooterEntry) -> ObjectEntry {
 pub fn adopt_unindexed_packs(
     index: &Index,
     backend: &dyn Backend,
-    skip: &HashSet<PackId>,
+    skip: &HashSet<PackId, impl std::hash::BuildHasher>,
 ) -> Result<usize> {
     let mut known: HashSet<PackId> = index.packs()?.into_iter().map(|(id, _)| id).collect();
     known.extend(skip);
