@@ -1,1 +1,736 @@
-//! placeholder
+//! Shared support for tessera's end-to-end tests (the files under `tests/tests/`).
+//!
+//! - [`tessera_bin`] finds (and first brings up to date) the `tessera` binary.
+//! - [`tessera`] / [`tessera_cmd`] run it and capture exit code, stdout and stderr.
+//! - [`DataGen`], [`make_image`], [`mutate`] produce seeded disk images: zero regions,
+//!   compressible text-like data and random data, optionally sparse with real holes.
+//! - [`sha256_file`], [`assert_same_file`], [`block_digests`] are the oracles.
+//!
+//! ## How the binary is found
+//!
+//! Integration tests of *this* package do not get `CARGO_BIN_EXE_tessera`: the binary
+//! belongs to `tessera-cli`, and Cargo builds a package's binaries automatically only for
+//! that same package's integration tests. `cargo test --workspace` does **not** build
+//! `target/debug/tessera`: it builds the CLI's *unit-test* harness (`deps/tessera-<hash>`)
+//! only. (Checked with `cargo test --workspace --no-run --unit-graph`: the only unit of the
+//! `tessera` bin target has mode `test`, none has mode `build`.) So on a clean target
+//! directory the binary would be missing, and on a warm one it could be stale.
+//!
+//! Therefore the first call in each test process runs
+//! `cargo build -p tessera-cli --bin tessera` (guarded by a `OnceLock`; a no-op of ~0.1 s
+//! when up to date) with the `cargo` that runs the tests (`$CARGO`), into the target
+//! directory the test executable lives in (from `current_exe()`: `TARGET/PROFILE/deps/NAME`
+//! → `TARGET`, so `CARGO_TARGET_DIR` is honoured), with the same profile. Cargo releases its
+//! build-directory lock before it runs test executables, so this does not deadlock (it may
+//! wait while another cargo process builds into the same directory).
+//!
+//! Overrides: `TESSERA_BIN=/path/to/tessera` uses that binary and builds nothing;
+//! `TESSERA_NO_BUILD=1` skips the build and only looks for `TARGET/PROFILE/tessera`.
+
+#![allow(
+    clippy::missing_panics_doc,
+    reason = "test support: every helper panics with a message on failure, by design"
+)]
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+pub use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------
+// Locating and running the binary
+// ---------------------------------------------------------------------------------------
+
+/// Path of the `tessera` binary under test (see the module docs).
+pub fn tessera_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(locate_or_build)
+}
+
+fn locate_or_build() -> PathBuf {
+    if let Some(p) = std::env::var_os("TESSERA_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "TESSERA_BIN={} does not name an existing file",
+            p.display()
+        );
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // TARGET/PROFILE/deps/NAME-HASH
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in TARGET/PROFILE/deps")
+        .to_path_buf();
+    let target_dir = profile_dir
+        .parent()
+        .expect("profile directory has a parent")
+        .to_path_buf();
+    let profile_name = profile_dir
+        .file_name()
+        .and_then(OsStr::to_str)
+        .unwrap_or("debug")
+        .to_string();
+    let bin = profile_dir.join("tessera");
+    if std::env::var_os("TESSERA_NO_BUILD").is_none() {
+        let cargo = std::env::var_os("CARGO")
+            .or_else(|| option_env!("CARGO").map(Into::into))
+            .unwrap_or_else(|| "cargo".into());
+        let profile = match profile_name.as_str() {
+            "debug" => "dev",
+            other => other,
+        };
+        let started = Instant::now();
+        let out = Command::new(&cargo)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "-p", "tessera-cli", "--bin", "tessera", "--profile", profile])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} to build the tessera binary: {e}; run `cargo build -p tessera-cli` \
+                     first and set TESSERA_NO_BUILD=1 (or TESSERA_BIN=path)",
+                    Path::new(&cargo).display()
+                )
+            });
+        assert!(
+            out.status.success(),
+            "`cargo build -p tessera-cli` failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "[support] cargo build -p tessera-cli: up to date after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    assert!(
+        bin.is_file(),
+        "the tessera binary is missing at {}: run `cargo build -p tessera-cli` first \
+         (with the same CARGO_TARGET_DIR and profile as the tests)",
+        bin.display()
+    );
+    bin
+}
+
+/// A finished run of the binary.
+#[derive(Debug, Clone)]
+pub struct Out {
+    /// The arguments (for messages).
+    pub args: Vec<String>,
+    /// Exit code; `128 + signal` if it died of a signal.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Out {
+    /// Panics, showing everything, unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, code, "unexpected exit code of {self}");
+        self
+    }
+
+    /// Panics unless the exit code is 0.
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        self.expect_code(0)
+    }
+
+    /// Parses stdout as one JSON document.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}) in {self}"))
+    }
+
+    /// Panics unless stderr contains `needle` (case-insensitive).
+    #[track_caller]
+    pub fn stderr_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.to_lowercase().contains(&needle.to_lowercase()),
+            "stderr lacks {needle:?} in {self}"
+        );
+        self
+    }
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`tessera {}` exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.args.join(" "),
+            self.code,
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// A `Command` for the binary with `args`; stdin null, stdout/stderr piped.
+pub fn tessera_cmd<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(tessera_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs the binary to completion: (exit code, stdout, stderr) in an [`Out`].
+pub fn tessera<I, S>(args: I) -> Out
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let output = tessera_cmd(&args).output().expect("running tessera");
+    Out {
+        args: args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        code: exit_code(output.status),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Exit code, or `128 + signal` for a process killed by a signal.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+/// Collects a spawned child's output.
+pub fn finish_child(child: Child, args: &[&str]) -> Out {
+    let output = child.wait_with_output().expect("waiting for tessera");
+    Out {
+        args: args.iter().map(ToString::to_string).collect(),
+        code: exit_code(output.status),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Sends a signal by name (`STOP`, `CONT`, ...) with the `kill` utility (the workspace
+/// forbids `unsafe`, so no `libc::kill`). `Child::kill` covers SIGKILL.
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("running kill");
+    assert!(st.success(), "kill -{sig} {pid} failed");
+}
+
+/// Polls `cond` every 2 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Repository helpers through the CLI
+// ---------------------------------------------------------------------------------------
+
+/// `tessera init REPO [extra...]`, asserting success.
+pub fn init_repo(repo: &Path, extra: &[&str]) {
+    let mut args: Vec<&OsStr> = vec!["init".as_ref(), repo.as_os_str()];
+    args.extend(extra.iter().map(OsStr::new));
+    tessera(args).ok();
+}
+
+/// `tessera --json backup REPO --series S NAME=PATH...`, asserting success; returns the JSON.
+pub fn backup_json(repo: &Path, series: &str, disks: &[(&str, &Path)]) -> Value {
+    let out = tessera(backup_args(repo, series, disks));
+    out.ok();
+    let v = out.json();
+    assert_eq!(v["ok"], true, "{out}");
+    v
+}
+
+/// Arguments of `tessera --json backup REPO --series S NAME=PATH...`.
+pub fn backup_args(repo: &Path, series: &str, disks: &[(&str, &Path)]) -> Vec<String> {
+    let mut args = vec![
+        "--json".to_string(),
+        "backup".into(),
+        repo.display().to_string(),
+        "--series".into(),
+        series.into(),
+    ];
+    for (name, path) in disks {
+        args.push(format!("{name}={}", path.display()));
+    }
+    args
+}
+
+/// The snapshot id of a backup's JSON.
+pub fn snapshot_id(backup: &Value) -> String {
+    backup["snapshot"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no snapshot id in {backup}"))
+        .to_string()
+}
+
+/// Sum of a per-disk field of a backup's JSON.
+pub fn disk_sum(backup: &Value, field: &str) -> u64 {
+    backup["disks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no disks in {backup}"))
+        .iter()
+        .map(|d| {
+            d[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {field} in {d}"))
+        })
+        .sum()
+}
+
+/// `tessera --json list REPO`, asserting success; returns the snapshots array.
+pub fn list_json(repo: &Path) -> Vec<Value> {
+    let out = tessera([OsStr::new("--json"), "list".as_ref(), repo.as_os_str()]);
+    out.ok();
+    let v = out.json();
+    assert_eq!(v["ok"], true, "{out}");
+    v["snapshots"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no snapshots array in {out}"))
+        .clone()
+}
+
+/// Ids of `list --json`, oldest first.
+pub fn list_ids(repo: &Path) -> Vec<String> {
+    list_json(repo)
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// `tessera restore REPO SPEC OUT [--force]`.
+pub fn restore(repo: &Path, spec: &str, out: &Path, force: bool) -> Out {
+    let mut args: Vec<&OsStr> = vec![
+        "restore".as_ref(),
+        repo.as_os_str(),
+        spec.as_ref(),
+        out.as_os_str(),
+    ];
+    if force {
+        args.push("--force".as_ref());
+    }
+    tessera(args)
+}
+
+/// `tessera verify REPO`.
+pub fn verify(repo: &Path) -> Out {
+    tessera([OsStr::new("verify"), repo.as_os_str()])
+}
+
+/// Restores `spec` to a fresh file in `scratch`, returns its SHA-256 and removes it.
+pub fn restored_sha(repo: &Path, spec: &str, scratch: &Path) -> String {
+    let out = scratch.join(format!("restored-{}", spec.replace([':', '@', '/'], "_")));
+    let _ = fs::remove_file(&out);
+    restore(repo, spec, &out, false).ok();
+    let sha = sha256_file(&out);
+    fs::remove_file(&out).expect("removing restored file");
+    sha
+}
+
+/// Total size of the pack files under `REPO/packs`, and their count.
+pub fn pack_bytes(repo: &Path) -> (u64, usize) {
+    let mut total = 0;
+    let mut count = 0;
+    for p in pack_files(repo) {
+        total += fs::metadata(&p).expect("pack metadata").len();
+        count += 1;
+    }
+    (total, count)
+}
+
+/// Every `*.pack` file under `REPO/packs`, sorted.
+pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(shards) = fs::read_dir(repo.join("packs")) else {
+        return out;
+    };
+    for shard in shards {
+        let shard = shard.expect("listing packs").path();
+        if !shard.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&shard).expect("listing pack shard") {
+            let p = f.expect("listing pack shard").path();
+            if p.extension().is_some_and(|e| e == "pack") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Names of the entries of a directory (empty if it does not exist).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// Seeds and knobs
+// ---------------------------------------------------------------------------------------
+
+/// The seed of a randomized test: `TESSERA_SEED` if set, else a fresh random one. Printed
+/// (shown when the test fails) so that any failure can be reproduced.
+pub fn seed(test: &str) -> u64 {
+    let seed = match std::env::var("TESSERA_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("TESSERA_SEED={s:?} is not a u64")),
+        Err(_) => rand::random(),
+    };
+    eprintln!("[{test}] seed {seed} (reproduce with TESSERA_SEED={seed})");
+    seed
+}
+
+/// An integer knob from the environment.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------------
+// Image generation
+// ---------------------------------------------------------------------------------------
+
+/// What a region of an image holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// All zero (a hole in sparse images).
+    Zero,
+    /// Text-like, compressible bytes (unique per region, but compressing ~3-4x).
+    Text,
+    /// Incompressible random bytes.
+    Random,
+}
+
+/// Seeded data source. Text regions are cut from a pool of generated text at random byte
+/// offsets, so they compress well yet two blocks are almost never identical.
+pub struct DataGen {
+    /// The generator; use it for any other random choice so one seed fixes everything.
+    pub rng: StdRng,
+    pool: Vec<u8>,
+}
+
+const WORDS: &[&str] = &[
+    "block", "disk", "sector", "the", "of", "and", "kernel", "inode", "journal", "commit", "write",
+    "read", "tessera", "snapshot", "backup", "restore", "page", "chunk", "pack", "index", "error",
+    "warning", "info", "user", "root", "var", "log", "etc", "usr", "lib", "GET", "POST",
+    "HTTP/1.1", "200", "404", "request", "response", "session", "cache",
+];
+
+impl DataGen {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut pool = Vec::with_capacity(1 << 20);
+        let mut line = 0u64;
+        while pool.len() < (1 << 20) {
+            line += 1;
+            write!(
+                pool,
+                "{:08} {:>5} ",
+                line * 7919 % 100_000_000,
+                rng.gen_range(0..65536u32)
+            )
+            .expect("vec write");
+            for _ in 0..rng.gen_range(3..14) {
+                pool.extend_from_slice(WORDS[rng.gen_range(0..WORDS.len())].as_bytes());
+                pool.push(b' ');
+            }
+            pool.push(b'\n');
+        }
+        Self { rng, pool }
+    }
+
+    /// Fills `buf` with data of `kind`.
+    pub fn fill(&mut self, kind: Fill, buf: &mut [u8]) {
+        match kind {
+            Fill::Zero => buf.fill(0),
+            Fill::Random => self.rng.fill_bytes(buf),
+            Fill::Text => {
+                let mut done = 0;
+                while done < buf.len() {
+                    let start = self.rng.gen_range(0..self.pool.len());
+                    let n = (self.pool.len() - start)
+                        .min(buf.len() - done)
+                        .min(self.rng.gen_range(4096..=256 * 1024));
+                    buf[done..done + n].copy_from_slice(&self.pool[start..start + n]);
+                    done += n;
+                }
+            }
+        }
+    }
+
+    /// A random fill kind with the given weights (zero, text, random).
+    pub fn pick(&mut self, weights: (u32, u32, u32)) -> Fill {
+        let (z, t, r) = weights;
+        let x = self.rng.gen_range(0..z + t + r);
+        if x < z {
+            Fill::Zero
+        } else if x < z + t {
+            Fill::Text
+        } else {
+            Fill::Random
+        }
+    }
+
+    /// `len` bytes of data of `kind`.
+    pub fn bytes(&mut self, kind: Fill, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.fill(kind, &mut v);
+        v
+    }
+}
+
+/// How to build an image.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageSpec {
+    /// Size in bytes.
+    pub size: u64,
+    /// Weights of zero, text and random regions.
+    pub weights: (u32, u32, u32),
+    /// Region lengths are drawn from `1..=max_region`.
+    pub max_region: u64,
+    /// Leave zero regions as holes (the file is created with `set_len`), else write zeros.
+    pub sparse: bool,
+}
+
+impl ImageSpec {
+    /// A mixed image: 20% zero, 40% text, 40% random regions of up to 512 KiB, not sparse.
+    pub fn mixed(size: u64) -> Self {
+        Self {
+            size,
+            weights: (2, 4, 4),
+            max_region: 512 * 1024,
+            sparse: false,
+        }
+    }
+}
+
+/// Writes an image following `spec` to `path` (replacing it).
+pub fn make_image(path: &Path, spec: ImageSpec, gen: &mut DataGen) {
+    let f = File::create(path).expect("creating image");
+    if spec.sparse {
+        f.set_len(spec.size).expect("sizing image");
+    }
+    let mut pos = 0u64;
+    let mut buf = Vec::new();
+    while pos < spec.size {
+        let len = gen.rng.gen_range(1..=spec.max_region).min(spec.size - pos);
+        let kind = gen.pick(spec.weights);
+        if !(spec.sparse && kind == Fill::Zero) {
+            buf.resize(len as usize, 0);
+            gen.fill(kind, &mut buf);
+            f.write_all_at(&buf, pos).expect("writing image");
+        }
+        pos += len;
+    }
+    f.sync_all().expect("syncing image");
+    assert_eq!(f.metadata().expect("metadata").len(), spec.size);
+}
+
+/// `writes` random writes into the file at `path` without changing its size: random
+/// offsets, lengths `1..=max_len`, data of random kind (zero included).
+pub fn mutate(
+    path: &Path,
+    gen: &mut DataGen,
+    writes: usize,
+    max_len: u64,
+    weights: (u32, u32, u32),
+) {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("opening image");
+    let size = f.metadata().expect("metadata").len();
+    if size == 0 {
+        return;
+    }
+    for _ in 0..writes {
+        let off = gen.rng.gen_range(0..size);
+        let len = gen.rng.gen_range(1..=max_len).min(size - off);
+        let kind = gen.pick(weights);
+        let data = gen.bytes(kind, len as usize);
+        f.write_all_at(&data, off).expect("writing image");
+    }
+    f.sync_all().expect("syncing image");
+}
+
+// ---------------------------------------------------------------------------------------
+// Oracles
+// ---------------------------------------------------------------------------------------
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// SHA-256 of a file's content, in hex.
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("reading for sha256");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex(&h.finalize())
+}
+
+/// Asserts that two files have identical size and bytes; names the first difference.
+#[track_caller]
+pub fn assert_same_file(expected: &Path, actual: &Path) {
+    let expected_len = fs::metadata(expected)
+        .unwrap_or_else(|e| panic!("{}: {e}", expected.display()))
+        .len();
+    let actual_len = fs::metadata(actual)
+        .unwrap_or_else(|e| panic!("{}: {e}", actual.display()))
+        .len();
+    assert_eq!(
+        expected_len,
+        actual_len,
+        "size of {} differs from {}",
+        actual.display(),
+        expected.display()
+    );
+    let mut fa = File::open(expected).expect("open expected");
+    let mut fb = File::open(actual).expect("open actual");
+    let mut ba = vec![0u8; 1 << 20];
+    let mut bb = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    loop {
+        let n = read_full(&mut fa, &mut ba);
+        let m = read_full(&mut fb, &mut bb);
+        assert_eq!(n, m, "short read comparing at {pos}");
+        if n == 0 {
+            return;
+        }
+        if ba[..n] != bb[..n] {
+            let i = ba[..n]
+                .iter()
+                .zip(&bb[..n])
+                .position(|(x, y)| x != y)
+                .unwrap_or(0);
+            panic!(
+                "{} differs from {} first at byte {} (expected {:#04x}, got {:#04x})",
+                actual.display(),
+                expected.display(),
+                pos + i as u64,
+                ba[i],
+                bb[i]
+            );
+        }
+        pos += n as u64;
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read(&mut buf[done..]).expect("read");
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    done
+}
+
+/// One block of an image as the engine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockInfo {
+    /// SHA-256 of the block's bytes.
+    pub digest: [u8; 32],
+    /// Its length (the last block may be short).
+    pub len: u64,
+    /// Whether every byte is zero (such blocks are never stored).
+    pub zero: bool,
+}
+
+/// The blocks of a file cut at `block_size`, with their digests.
+pub fn block_digests(path: &Path, block_size: u64) -> Vec<BlockInfo> {
+    let mut f = File::open(path).expect("open image");
+    let mut buf = vec![0u8; block_size as usize];
+    let mut out = Vec::new();
+    loop {
+        let n = read_full(&mut f, &mut buf);
+        if n == 0 {
+            break;
+        }
+        let b = &buf[..n];
+        out.push(BlockInfo {
+            digest: Sha256::digest(b).into(),
+            len: n as u64,
+            zero: b.iter().all(|&x| x == 0),
+        });
+        if n < buf.len() {
+            break;
+        }
+    }
+    out
+}
+
+/// Bytes actually allocated to a file (`st_blocks * 512`).
+pub fn allocated_bytes(path: &Path) -> u64 {
+    fs::metadata(path).expect("metadata").blocks() * 512
+}

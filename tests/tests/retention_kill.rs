@@ -44,7 +44,8 @@ fn kill_trials(name: &str, base: &Path, shas: &BTreeMap<String, String>, args: &
     let started = Instant::now();
     tessera(args(&probe)).ok();
     let full = started.elapsed();
-    let after_full: Vec<String> = list_ids(&probe);
+    let mut after_full: Vec<String> = list_ids(&probe);
+    after_full.sort();
     eprintln!("[{name}] an uninterrupted run takes {full:?}");
     for trial in 0..trials {
         let repo = work.path().join(format!("trial-{trial}"));

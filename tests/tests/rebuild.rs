@@ -1,0 +1,229 @@
+//! The index is derived data: after it is deleted or garbled, `repair --rebuild-index`
+//! brings back the same catalog (ids, series, times, tags, disks), every snapshot restores
+//! byte-identical, and verify (which also checks reference counts) is clean.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+use tempfile::TempDir;
+use tessera_tests::{
+    backup_json, init_repo, list_json, make_image, mutate, restored_sha, seed, sha256_file,
+    snapshot_id, tessera, verify, DataGen, ImageSpec, Value,
+};
+
+/// A repository with several series, multi-disk snapshots and shared data; returns the
+/// SHA-256 each `SNAPSHOT:DISK` must restore to.
+fn populated(t: &TempDir, gen: &mut DataGen) -> (PathBuf, Vec<(String, String)>) {
+    let repo = t.path().join("repo");
+    init_repo(&repo, &[]);
+    let a = t.path().join("a");
+    let b = t.path().join("b");
+    make_image(&a, ImageSpec::mixed(3 * (1 << 20) + 11), gen);
+    make_image(
+        &b,
+        ImageSpec {
+            sparse: true,
+            ..ImageSpec::mixed((1 << 20) + 7)
+        },
+        gen,
+    );
+    let mut expect = Vec::new();
+    for round in 0..3 {
+        let sa = sha256_file(&a);
+        let sb = sha256_file(&b);
+        let id = snapshot_id(&backup_json(&repo, "vm1", &[("a", &a), ("b", &b)]));
+        expect.push((format!("{id}:a"), sa.clone()));
+        expect.push((format!("{id}:b"), sb));
+        let id = snapshot_id(&backup_json(&repo, "vm2", &[("root", &a)]));
+        expect.push((format!("{id}:root"), sa));
+        mutate(&a, gen, 5 + round, 200_000, (1, 1, 1));
+        mutate(&b, gen, 3, 50_000, (1, 1, 1));
+    }
+    let r = repo.display().to_string();
+    let tagged = tessera([
+        "--json",
+        "backup",
+        &r,
+        "--series",
+        "tagged",
+        "--tag",
+        "env=prod",
+        "--tag",
+        "note=x",
+        &format!("d={}", b.display()),
+    ]);
+    tagged.ok();
+    expect.push((format!("{}:d", snapshot_id(&tagged.json())), sha256_file(&b)));
+    (repo, expect)
+}
+
+fn catalog(repo: &Path) -> Vec<Value> {
+    list_json(repo)
+}
+
+fn stats(repo: &Path) -> Value {
+    let out = tessera(["--json".as_ref(), "stats".as_ref(), repo.as_os_str()]);
+    out.ok();
+    out.json()["stats"].clone()
+}
+
+fn check_rebuilt(t: &TempDir, repo: &Path, before: &[Value], stats_before: &Value, expect: &[(String, String)]) {
+    let out = tessera([
+        "--json".as_ref(),
+        "repair".as_ref(),
+        repo.as_os_str(),
+        "--rebuild-index".as_ref(),
+    ]);
+    out.ok();
+    let v = out.json();
+    assert_eq!(v["ok"], true, "{out}");
+    assert_eq!(v["snapshots"], before.len(), "{out}");
+    assert_eq!(catalog(repo), before, "the rebuilt catalog differs");
+    let s = stats(repo);
+    for k in [
+        "snapshots",
+        "series",
+        "logical_bytes",
+        "live_chunks",
+        "live_raw_bytes",
+        "live_stored_bytes",
+        "live_pages",
+        "packs",
+        "pack_bytes",
+    ] {
+        assert_eq!(s[k], stats_before[k], "stats.{k} changed by the rebuild");
+    }
+    verify(repo).ok();
+    for (spec, sha) in expect {
+        assert_eq!(&restored_sha(repo, spec, t.path()), sha, "{spec}");
+    }
+    assert!(!repo.join("index.rebuild").exists());
+    assert!(!repo.join("index.old").exists());
+    // A writer works on the rebuilt index.
+    let again = t.path().join("again");
+    fs::write(&again, b"after the rebuild").unwrap();
+    backup_json(repo, "after", &[("d", &again)]);
+    verify(repo).ok();
+}
+
+#[test]
+fn rebuild_after_the_index_is_deleted() {
+    let mut gen = DataGen::new(seed("rebuild_rm"));
+    let t = TempDir::new().unwrap();
+    let (repo, expect) = populated(&t, &mut gen);
+    let before = catalog(&repo);
+    assert_eq!(before.len(), 7);
+    let stats_before = stats(&repo);
+
+    fs::remove_dir_all(repo.join("index")).unwrap();
+    for args in [vec!["list"], vec!["stats"], vec!["verify"]] {
+        let mut a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        a.push(repo.as_os_str());
+        tessera(&a).expect_code(1).stderr_has("--rebuild-index");
+    }
+    let img = t.path().join("x");
+    fs::write(&img, b"x").unwrap();
+    tessera([
+        "backup".as_ref(),
+        repo.as_os_str(),
+        "--series".as_ref(),
+        "s".as_ref(),
+        format!("d={}", img.display()).as_ref(),
+    ])
+    .expect_code(1)
+    .stderr_has("--rebuild-index");
+    assert!(!repo.join("index").exists(), "a failed command created an index");
+
+    check_rebuilt(&t, &repo, &before, &stats_before, &expect);
+}
+
+#[test]
+fn rebuild_after_the_index_is_garbled() {
+    let mut gen = DataGen::new(seed("rebuild_garbage"));
+    let t = TempDir::new().unwrap();
+    let (repo, expect) = populated(&t, &mut gen);
+    let before = catalog(&repo);
+    let stats_before = stats(&repo);
+
+    // Overwrite every file of the RocksDB directory with random bytes of the same length.
+    let mut garbled = 0;
+    for e in fs::read_dir(repo.join("index")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            let len = fs::metadata(&p).unwrap().len().max(64) as usize;
+            let mut junk = vec![0u8; len];
+            gen.rng.fill_bytes(&mut junk);
+            fs::write(&p, junk).unwrap();
+            garbled += 1;
+        }
+    }
+    assert!(garbled > 0);
+    let out = tessera(["list".as_ref(), repo.as_os_str()]);
+    assert_ne!(out.code, 0, "list worked on a garbled index: {out}");
+    assert!(!out.stderr.contains("panicked"), "{out}");
+    out.stderr_has("--rebuild-index");
+
+    check_rebuilt(&t, &repo, &before, &stats_before, &expect);
+}
+
+#[test]
+fn rebuild_of_a_healthy_index_changes_nothing() {
+    let mut gen = DataGen::new(seed("rebuild_healthy"));
+    let t = TempDir::new().unwrap();
+    let (repo, expect) = populated(&t, &mut gen);
+    let before = catalog(&repo);
+    let stats_before = stats(&repo);
+    check_rebuilt(&t, &repo, &before, &stats_before, &expect);
+}
+
+#[test]
+fn kill_during_rebuild_then_rebuild_again() {
+    // A rebuild of this repository takes some tens of milliseconds, so kills land mostly
+    // before the swap: run three times as many trials as the backup crash test.
+    let trials = 3 * tessera_tests::env_usize("TESSERA_KILL_TRIALS", 8);
+    let mut gen = DataGen::new(seed("rebuild_kill"));
+    let t = TempDir::new().unwrap();
+    let (repo, expect) = populated(&t, &mut gen);
+    let before = catalog(&repo);
+    let args = [
+        "repair".to_string(),
+        repo.display().to_string(),
+        "--rebuild-index".to_string(),
+    ];
+    let started = std::time::Instant::now();
+    tessera(&args).ok();
+    let duration = started.elapsed();
+    eprintln!("a rebuild takes {duration:?}");
+    for trial in 0..trials {
+        let delay = std::time::Duration::from_micros(rand::Rng::gen_range(
+            &mut gen.rng,
+            0..duration.as_micros() as u64 + 1,
+        ));
+        let mut child = tessera_tests::tessera_cmd(&args).spawn().unwrap();
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        if !finished {
+            child.kill().unwrap();
+        }
+        let out = tessera_tests::finish_child(child, &[]);
+        let listed = tessera(["--json".as_ref(), "list".as_ref(), repo.as_os_str()]);
+        eprintln!(
+            "trial {trial}: killed after {delay:?} (finished: {finished}, exit {}); list exit {}",
+            out.code, listed.code
+        );
+        if listed.code == 0 {
+            // Whatever index is in place is a complete one.
+            assert_eq!(listed.json()["snapshots"], Value::Array(before.clone()), "trial {trial}");
+            verify(&repo).ok();
+        } else {
+            listed.stderr_has("--rebuild-index");
+        }
+        tessera(&args).ok();
+        assert_eq!(catalog(&repo), before, "trial {trial}");
+        verify(&repo).ok();
+    }
+    for (spec, sha) in &expect {
+        assert_eq!(&restored_sha(&repo, spec, t.path()), sha, "{spec}");
+    }
+}
