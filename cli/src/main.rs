@@ -8,7 +8,7 @@ mod args;
 mod commands;
 mod output;
 
-use clap::Parser;
+use clap::Parser as _;
 
 /// Makes a closed stdout (e.g. `tessera list | head`) end the process quietly, as for any
 /// Unix tool, instead of panicking inside `println!`.
@@ -25,7 +25,27 @@ fn restore_default_sigpipe() {
 
 fn main() {
     restore_default_sigpipe();
-    let cli = args::Cli::parse();
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; everything else is bad usage (exit 2),
+            // reported as JSON too when --json was given.
+            let usage_error = e.use_stderr();
+            if usage_error && std::env::args().any(|a| a == "--json") {
+                let text = e.render().to_string();
+                let first_paragraph = text.split("\n\n").next().unwrap_or("invalid command line");
+                let first = first_paragraph
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let first = first.trim_start_matches("error: ");
+                output::print_json(
+                    &serde_json::json!({ "ok": false, "error": first, "usage": text }),
+                );
+            }
+            e.exit();
+        }
+    };
     let json = cli.json;
     let code = match commands::run(cli) {
         Ok(code) => code,

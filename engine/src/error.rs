@@ -51,7 +51,7 @@ pub enum Error {
     },
     /// RocksDB reported an error.
     #[error("index error: {0}; if the index is damaged, rebuild it with `tessera repair REPO --rebuild-index`")]
-    Index(#[from] rocksdb::Error),
+    Index(rocksdb::Error),
     /// An index value does not decode.
     #[error("index entry is corrupt ({what}); rebuild the index with `tessera repair REPO --rebuild-index`")]
     IndexCorrupt {
@@ -154,6 +154,20 @@ pub enum Error {
     /// An earlier write or fsync on this handle failed; its state on disk is unknown.
     #[error("an earlier write failed, so this writer refuses further writes; rerun the operation")]
     PreviousIo,
+}
+
+impl From<rocksdb::Error> for Error {
+    /// RocksDB reports I/O errors as text; a full disk must not be mistaken for damage.
+    fn from(e: rocksdb::Error) -> Self {
+        let text = e.to_string();
+        if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+            Self::NoSpace {
+                context: format!("writing the index ({text})"),
+            }
+        } else {
+            Self::Index(e)
+        }
+    }
 }
 
 impl Error {

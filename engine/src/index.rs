@@ -26,7 +26,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
     WriteOptions, DB,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tessera_format::codec::{put_i64, put_u32, put_u64, Reader};
 use tessera_format::{Codec, ObjectKind, PackId, RepoId, SnapshotHeader, SnapshotId};
 
@@ -158,7 +158,58 @@ impl PackEntry {
 /// An open index.
 pub struct Index {
     db: DB,
+    /// Readers: the secondary instance's directory (dropped after `db`).
+    _secondary: Option<SecondaryDir>,
+    /// Writers: where to publish the sequence hint after each commit, and the DB identity.
+    hint: Option<(PathBuf, Vec<u8>)>,
 }
+
+/// Path of the sequence hint of the index at `path` (`REPO/index` → `REPO/index.seq`).
+///
+/// Readers open RocksDB read-only next to a live writer, whose flushes and compactions
+/// delete WAL and SST files. An open that races with such a deletion either fails or, worse,
+/// silently misses the last batches (it read an old MANIFEST whose WAL is gone). So after
+/// every commit the writer publishes `"<db identity hex> <latest sequence number>"` here
+/// (write to a temporary file, rename), and a reader that read the hint *before* opening
+/// retries until its view reaches at least that sequence number. A missing hint, or one of
+/// another database (e.g. after a rebuild), is ignored.
+pub fn hint_path(path: &Path) -> PathBuf {
+    path.with_extension("seq")
+}
+
+fn read_hint(path: &Path) -> Option<(Vec<u8>, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (id, seq) = text.trim().split_once(' ')?;
+    Some((hex::decode(id).ok()?, seq.parse().ok()?))
+}
+
+/// The private directory of a secondary (reader) RocksDB instance, removed when dropped.
+/// Readers open the index as *secondary* instances: the mode RocksDB provides for reading
+/// next to a live primary, which tails the primary's MANIFEST and WAL instead of racing
+/// with its file deletions.
+pub struct SecondaryDir(PathBuf);
+
+impl SecondaryDir {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "tessera-reader-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for SecondaryDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How long a reader keeps retrying an open that races with the writer.
+const READ_OPEN_ATTEMPTS: u32 = 20;
 
 fn options(block_cache: &Cache) -> Options {
     let mut opts = Options::default();
@@ -167,12 +218,61 @@ fn options(block_cache: &Cache) -> Options {
     opts.set_max_background_jobs(2);
     opts.set_bytes_per_sync(1 << 20);
     opts.set_keep_log_file_num(3);
+    // One commit writes several column families; their flushes must be recorded in the
+    // MANIFEST as one atomic edit, or a reader opening next to a flush can see one column
+    // family flushed and another not (a catalog entry missing although later batches are
+    // visible).
+    opts.set_atomic_flush(true);
     let mut table = BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
     table.set_block_cache(block_cache);
     table.set_cache_index_and_filter_blocks(true);
     opts.set_block_based_table_factory(&table);
     opts
+}
+
+/// Opens a reader's view: a secondary instance caught up with the primary, validated
+/// against the sequence hint and retried while it races with the writer (see [`hint_path`]).
+fn open_read_only_validated(
+    opts: &Options,
+    path: &Path,
+    cache: &Cache,
+) -> Result<(DB, SecondaryDir)> {
+    let mut last = None;
+    for attempt in 0..READ_OPEN_ATTEMPTS {
+        let hint = read_hint(&hint_path(path));
+        let secondary = SecondaryDir::new()?;
+        let opened =
+            DB::open_cf_descriptors_as_secondary(opts, path, &secondary.0, descriptors(cache))
+                .and_then(|db| db.try_catch_up_with_primary().map(|()| db));
+        match opened {
+            Ok(db) => {
+                let current = match &hint {
+                    Some((identity, seq)) => {
+                        db.get_db_identity().ok().as_ref() != Some(identity)
+                            || db.latest_sequence_number() >= *seq
+                    }
+                    None => true,
+                };
+                if current {
+                    return Ok((db, secondary));
+                }
+                last = Some(Error::IndexCorrupt {
+                    what: format!(
+                        "the index at {} kept changing while it was opened; retry",
+                        path.display()
+                    ),
+                });
+            }
+            Err(e) => last = Some(Error::from(e)),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(
+            10 * u64::from(attempt.min(10) + 1),
+        ));
+    }
+    Err(last.unwrap_or_else(|| Error::IndexMissing {
+        path: path.to_path_buf(),
+    }))
 }
 
 fn descriptors(block_cache: &Cache) -> Vec<ColumnFamilyDescriptor> {
@@ -190,7 +290,11 @@ impl Index {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let db = DB::open_cf_descriptors(&opts, path, descriptors(&cache))?;
-        let index = Self { db };
+        let index = Self {
+            hint: Some((hint_path(path), db.get_db_identity()?)),
+            db,
+            _secondary: None,
+        };
         let mut batch = WriteBatch::default();
         batch.put_cf(index.cf(CF_META), META_REPO_ID, repo_id.as_bytes());
         index.write(batch)?;
@@ -207,12 +311,23 @@ impl Index {
         }
         let cache = Cache::new_lru_cache(64 << 20);
         let opts = options(&cache);
-        let db = if read_only {
-            DB::open_cf_descriptors_read_only(&opts, path, descriptors(&cache), false)?
+        let index = if read_only {
+            let (db, secondary) = open_read_only_validated(&opts, path, &cache)?;
+            Self {
+                db,
+                _secondary: Some(secondary),
+                hint: None,
+            }
         } else {
-            DB::open_cf_descriptors(&opts, path, descriptors(&cache))?
+            let db = DB::open_cf_descriptors(&opts, path, descriptors(&cache))?;
+            let index = Self {
+                hint: Some((hint_path(path), db.get_db_identity()?)),
+                db,
+                _secondary: None,
+            };
+            index.publish_hint();
+            index
         };
-        let index = Self { db };
         let stored = index.db.get_cf(index.cf(CF_META), META_REPO_ID)?;
         if stored.as_deref() != Some(repo_id.as_bytes().as_slice()) {
             return Err(Error::IndexCorrupt {
@@ -357,7 +472,24 @@ impl Index {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo)?;
+        self.publish_hint();
         Ok(())
+    }
+
+    /// Publishes the sequence hint (see [`hint_path`]). Best effort: a missing or old hint
+    /// only makes readers less strict, never wrong.
+    fn publish_hint(&self) {
+        if let Some((path, identity)) = &self.hint {
+            let tmp = path.with_extension("seq.tmp");
+            let text = format!(
+                "{} {}\n",
+                hex::encode(identity),
+                self.db.latest_sequence_number()
+            );
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, path);
+            }
+        }
     }
 
     /// All catalogued snapshots, oldest first.

@@ -44,7 +44,11 @@ pub fn verify(repo: &Path, metadata_only: bool, json: bool, bars: &Bars) -> Resu
     let repository = Repository::open(repo)?;
     let report = tessera_engine::ops::check::check(&repository, !metadata_only, bars)?;
     if json {
-        print_json(&json!({ "ok": report.is_clean(), "report": report }));
+        let mut doc = json!({ "ok": report.is_clean(), "report": report });
+        if !report.is_clean() {
+            doc["error"] = json!(format!("{} problems found", report.problems.len()));
+        }
+        print_json(&doc);
     } else {
         for p in &report.problems {
             println!("problem: {p}");

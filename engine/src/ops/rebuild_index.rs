@@ -196,6 +196,10 @@ fn install(root: &Path, building: &Path) -> Result<()> {
         fs::rename(&live, &old).ctx(|| format!("moving {} aside", live.display()))?;
     }
     fs::rename(building, &live).ctx(|| format!("installing {}", live.display()))?;
+    let _ = fs::rename(
+        crate::index::hint_path(building),
+        crate::index::hint_path(&live),
+    );
     sync_dir(root)?;
     remove_dir_if_exists(&old)
 }

@@ -35,6 +35,17 @@ pub struct RestoreOutcome {
     pub path: PathBuf,
 }
 
+/// Removes a staged restore file unless the restore completed (then it was renamed).
+struct StagedFile(Option<PathBuf>);
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
 enum Target {
     /// A fresh file being written under `staged`, renamed to the target at the end.
     Fresh { file: File, staged: PathBuf },
@@ -212,6 +223,10 @@ pub fn restore_disk(
     let entry = &snapshot.header.disks[pos];
     let root = &snapshot.roots[pos];
     let target = open_target(output, entry.size, force)?;
+    let mut staged_guard = StagedFile(match &target {
+        Target::Fresh { staged, .. } => Some(staged.clone()),
+        Target::Device { .. } => None,
+    });
     let (file, writer) = match &target {
         Target::Fresh { file, staged } => (file, BlockWriter::new(file, staged, true)),
         Target::Device { file } => (file, BlockWriter::new(file, output, false)),
@@ -271,6 +286,7 @@ pub fn restore_disk(
     if let Target::Fresh { staged, .. } = &target {
         fs::rename(staged, output)
             .ctx(|| format!("renaming {} to {}", staged.display(), output.display()))?;
+        staged_guard.0 = None;
         sync_dir(
             output
                 .parent()

@@ -34,18 +34,11 @@ fn source_err(path: &Path, source: std::io::Error) -> Error {
 impl RawSource {
     /// Opens `path` for reading.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut file = File::open(path).map_err(|e| source_err(path, e))?;
-        let meta = file.metadata().map_err(|e| source_err(path, e))?;
-        let ft = meta.file_type();
-        let (kind, size) = if ft.is_block_device() {
-            (
-                "block-device",
-                file.seek(SeekFrom::End(0))
-                    .map_err(|e| source_err(path, e))?,
-            )
-        } else if ft.is_file() {
-            ("raw-file", meta.len())
-        } else {
+        // Look before opening: opening a FIFO for reading would block until a writer appears.
+        let ft = std::fs::metadata(path)
+            .map_err(|e| source_err(path, e))?
+            .file_type();
+        if !ft.is_block_device() && !ft.is_file() {
             return Err(source_err(
                 path,
                 std::io::Error::new(
@@ -53,6 +46,17 @@ impl RawSource {
                     "not a regular file or block device",
                 ),
             ));
+        }
+        let mut file = File::open(path).map_err(|e| source_err(path, e))?;
+        let meta = file.metadata().map_err(|e| source_err(path, e))?;
+        let (kind, size) = if meta.file_type().is_block_device() {
+            (
+                "block-device",
+                file.seek(SeekFrom::End(0))
+                    .map_err(|e| source_err(path, e))?,
+            )
+        } else {
+            ("raw-file", meta.len())
         };
         let data = if kind == "raw-file" {
             data_ranges(&file, size)
