@@ -78,6 +78,17 @@ pub struct ExpectedCounts {
     pub unreadable_pages: Vec<(PageDigest, String)>,
 }
 
+impl ExpectedCounts {
+    /// The recomputed count of an object (0 when nothing references it).
+    pub fn count(&self, kind: ObjectKind, digest: [u8; 32]) -> u64 {
+        let found = match kind {
+            ObjectKind::Page => self.pages.get(&PageDigest(digest)),
+            ObjectKind::Chunk => self.chunks.get(&ChunkDigest(digest)),
+        };
+        found.copied().unwrap_or(0)
+    }
+}
+
 /// Recomputes counts from `roots` (every root list of every published snapshot), reading
 /// each distinct page once.
 pub fn expected_counts<'a>(

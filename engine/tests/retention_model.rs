@@ -21,6 +21,20 @@ use tessera_format::SnapshotId;
 
 const BLOCK: usize = 64 * 1024;
 
+/// Backs up `image` as disk `d0` of series `vm`.
+fn backup_image(repo: &Repository, image: &Path) -> tessera_engine::ops::backup::BackupOutcome {
+    let req = BackupRequest {
+        series: "vm".into(),
+        disks: vec![DiskSpec {
+            name: "d0".into(),
+            path: image.to_path_buf(),
+        }],
+        tags: vec![],
+        block_size: None,
+    };
+    backup(repo, &req, &NoProgress).unwrap()
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -110,16 +124,7 @@ fn random_backup_forget_prune_compact_sequences_match_the_model() {
             0..=4 => {
                 mutate(&mut rng, &mut image);
                 std::fs::write(&image_path, &image).unwrap();
-                let req = BackupRequest {
-                    series: "vm".into(),
-                    disks: vec![DiskSpec {
-                        name: "d0".into(),
-                        path: image_path.clone(),
-                    }],
-                    tags: vec![],
-                    block_size: None,
-                };
-                let out = backup(&repo, &req, &NoProgress).unwrap();
+                let out = backup_image(&repo, &image_path);
                 model.insert(out.id, image.clone());
             }
             5 | 6 => {
@@ -187,16 +192,7 @@ fn forgetting_a_protected_snapshot_is_refused_and_changes_nothing() {
     let image_path = work.path().join("image");
     std::fs::write(&image_path, vec![5u8; 3 * BLOCK]).unwrap();
     let repo = Repository::open_writer(&repo_path).unwrap();
-    let req = BackupRequest {
-        series: "vm".into(),
-        disks: vec![DiskSpec {
-            name: "d0".into(),
-            path: image_path,
-        }],
-        tags: vec![],
-        block_size: None,
-    };
-    let out = backup(&repo, &req, &NoProgress).unwrap();
+    let out = backup_image(&repo, &image_path);
     set_protected(&repo, out.id, true).unwrap();
     let err = plan_forget(&repo, &[out.id], false)
         .unwrap_err()
@@ -239,16 +235,7 @@ fn steady_workload_stops_growing_under_keep_last() {
             rng.fill(&mut image[at..at + BLOCK]);
         }
         std::fs::write(&image_path, &image).unwrap();
-        let req = BackupRequest {
-            series: "vm".into(),
-            disks: vec![DiskSpec {
-                name: "d0".into(),
-                path: image_path.clone(),
-            }],
-            tags: vec![],
-            block_size: None,
-        };
-        let out = backup(&repo, &req, &NoProgress).unwrap();
+        let out = backup_image(&repo, &image_path);
         model.insert(out.id, image.clone());
         let decisions = plan_prune(
             &repo.index().snapshots().unwrap(),

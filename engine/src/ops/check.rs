@@ -65,17 +65,7 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
     for kind in [ObjectKind::Page, ObjectKind::Chunk] {
         let mut seen = 0u64;
         repo.index().for_each_object(kind, |digest, entry| {
-            let want = match kind {
-                ObjectKind::Page => expected
-                    .pages
-                    .get(&tessera_format::PageDigest(digest))
-                    .copied(),
-                ObjectKind::Chunk => expected
-                    .chunks
-                    .get(&tessera_format::ChunkDigest(digest))
-                    .copied(),
-            }
-            .unwrap_or(0);
+            let want = expected.count(kind, digest);
             if want > 0 {
                 seen += 1;
             }
@@ -146,17 +136,7 @@ pub fn recount(repo: &Repository) -> Result<u64> {
     let mut fixed = 0;
     for kind in [ObjectKind::Page, ObjectKind::Chunk] {
         repo.index().for_each_object(kind, |digest, mut entry| {
-            let want = match kind {
-                ObjectKind::Page => expected
-                    .pages
-                    .get(&tessera_format::PageDigest(digest))
-                    .copied(),
-                ObjectKind::Chunk => expected
-                    .chunks
-                    .get(&tessera_format::ChunkDigest(digest))
-                    .copied(),
-            }
-            .unwrap_or(0);
+            let want = expected.count(kind, digest);
             if want != entry.refcount {
                 entry.refcount = want;
                 repo.index().put_object(&mut batch, kind, &digest, &entry);
