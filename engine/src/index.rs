@@ -512,6 +512,26 @@ impl Index {
         Ok(out)
     }
 
+    /// The catalog entry of one snapshot.
+    pub fn snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotHeader>> {
+        self.db
+            .get_pinned_cf(self.cf(CF_SNAPSHOTS), id.as_bytes())?
+            .map(|v| {
+                SnapshotHeader::decode(&v).map_err(|e| Error::IndexCorrupt {
+                    what: format!("catalog entry {id}: {e}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Whether a snapshot is protected.
+    pub fn is_protected(&self, id: SnapshotId) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_PROTECTED), id.as_bytes())?
+            .is_some())
+    }
+
     /// Whether a snapshot is in the catalog.
     pub fn has_snapshot(&self, id: SnapshotId) -> Result<bool> {
         Ok(self

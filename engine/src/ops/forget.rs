@@ -11,7 +11,7 @@
 //! Crash reasoning: before the batch, nothing changed; after it, the snapshots are gone from
 //! the catalog and any snapshot file still present is removed by the next writer's recovery.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::Write as _;
 
 use rocksdb::WriteBatch;
@@ -47,19 +47,17 @@ pub fn plan_forget(
     ids: &[SnapshotId],
     allow_protected: bool,
 ) -> Result<ForgetPlan> {
-    let protected = repo.index().protected()?;
-    let catalog: HashMap<SnapshotId, SnapshotHeader> =
-        repo.index().snapshots()?.into_iter().collect();
     let mut plan = ForgetPlan::default();
     let mut seen = HashSet::new();
     for id in ids {
         if !seen.insert(*id) {
             continue;
         }
-        let header = catalog
-            .get(id)
+        let header = repo
+            .index()
+            .snapshot(*id)?
             .ok_or_else(|| Error::SnapshotNotFound { query: id.to_hex() })?;
-        if protected.contains(id) && !allow_protected {
+        if !allow_protected && repo.index().is_protected(*id)? {
             return Err(Error::InvalidArgument(format!(
                 "snapshot {id} is protected; run `tessera unprotect` first"
             )));
@@ -68,7 +66,7 @@ pub fn plan_forget(
         for p in snapshot.roots.iter().flatten() {
             *plan.deltas.pages.entry(*p).or_default() -= 1;
         }
-        plan.snapshots.push((*id, header.clone()));
+        plan.snapshots.push((*id, header));
     }
     let pages: Vec<(PageDigest, i64)> = plan.deltas.pages.iter().map(|(d, n)| (*d, *n)).collect();
     for group in pages.chunks(4096) {
