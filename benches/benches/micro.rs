@@ -1,1 +1,171 @@
-fn main() {}
+//! Criterion micro-benchmarks of the building blocks of a backup and a restore: hashing,
+//! compression, the zero check, index lookups and manifest pages. Each benchmark is kept
+//! short (about 2 s of measurement) so the whole run takes well under two minutes:
+//!
+//! ```text
+//! cargo bench -p tessera-benches --bench micro
+//! ```
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use rocksdb::WriteBatch;
+use sha2::{Digest, Sha256};
+use tessera_benches::datagen::{block_of, mixed_block, Kind, Rng};
+use tessera_engine::index::{Index, ObjectEntry};
+use tessera_engine::store::encode::{decode_stored, encode_object};
+use tessera_format::config::DEFAULT_PAGE_ENTRIES;
+use tessera_format::{
+    is_all_zero, ChunkDigest, Codec, Compression, ManifestPage, ObjectKind, PackId, RepoId,
+};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+fn short() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+}
+
+fn sha256(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sha256");
+    for (name, len) in [("64KiB", 64 * KIB), ("1MiB", MIB)] {
+        let data = block_of(Kind::Random, 0, 1, len);
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function(format!("sha2/{name}"), |b| {
+            b.iter(|| Sha256::digest(black_box(&data)));
+        });
+        g.bench_function(format!("ChunkDigest::of/{name}"), |b| {
+            b.iter(|| ChunkDigest::of(black_box(&data)));
+        });
+    }
+    g.finish();
+}
+
+fn zstd_codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("zstd_64KiB");
+    let blocks = [
+        ("mixed", mixed_block(7, 64 * KIB)),
+        ("os-like", block_of(Kind::Os, 0, 7, 64 * KIB)),
+    ];
+    for (what, data) in &blocks {
+        let digest = ChunkDigest::of(data);
+        g.throughput(Throughput::Bytes(data.len() as u64));
+        for level in [1, 3] {
+            let compression = Compression {
+                codec: Codec::Zstd,
+                level,
+            };
+            let (info, stored) = encode_object(ObjectKind::Chunk, digest, data, compression);
+            let stored: Vec<u8> = stored.to_vec();
+            eprintln!(
+                "zstd-{level} {what} 64 KiB block: {} -> {} bytes ({:.2}x)",
+                data.len(),
+                stored.len(),
+                data.len() as f64 / stored.len() as f64
+            );
+            g.bench_function(format!("encode_object/{what}/zstd-{level}"), |b| {
+                b.iter(|| encode_object(ObjectKind::Chunk, digest, black_box(data), compression));
+            });
+            g.bench_function(format!("decode_stored/{what}/zstd-{level}"), |b| {
+                b.iter_batched(
+                    || stored.clone(),
+                    |s| decode_stored(info.codec, s, info.raw_len),
+                    BatchSize::SmallInput,
+                );
+            });
+        }
+    }
+    g.finish();
+}
+
+fn zero_check(c: &mut Criterion) {
+    let mut g = c.benchmark_group("is_all_zero");
+    let zeros = vec![0u8; MIB];
+    g.throughput(Throughput::Bytes(MIB as u64));
+    g.bench_function("1MiB_zero", |b| b.iter(|| is_all_zero(black_box(&zeros))));
+    g.finish();
+}
+
+fn random_digests(seed: u64, n: usize) -> Vec<[u8; 32]> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let mut d = [0u8; 32];
+            rng.fill(&mut d);
+            d
+        })
+        .collect()
+}
+
+fn index_lookups(c: &mut Criterion) {
+    const ENTRIES: usize = 100_000;
+    // One backup batch: 32 MiB of 64 KiB blocks.
+    const BATCH: usize = 512;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let index = Index::create(&dir.path().join("index"), RepoId([9; 16])).expect("index");
+    let present = random_digests(1, ENTRIES);
+    for (n, part) in present.chunks(10_000).enumerate() {
+        let mut batch = WriteBatch::default();
+        for (i, d) in part.iter().enumerate() {
+            let entry = ObjectEntry {
+                pack: PackId([n as u8; 16]),
+                offset: (i * 40_000) as u64,
+                stored_len: 30_000,
+                raw_len: 65_536,
+                codec: Codec::Zstd,
+                stored_crc: i as u32,
+                refcount: 1,
+                verified_at_us: 0,
+            };
+            index.put_object(&mut batch, ObjectKind::Chunk, d, &entry);
+        }
+        index.write(batch).expect("write");
+    }
+    let mut rng = Rng::new(5);
+    let hits: Vec<[u8; 32]> = (0..BATCH)
+        .map(|_| present[rng.below(ENTRIES as u64) as usize])
+        .collect();
+    let misses = random_digests(2, BATCH);
+
+    let mut g = c.benchmark_group("index_100k");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("contains_many/512_hits", |b| {
+        b.iter(|| index.contains_many(ObjectKind::Chunk, black_box(&hits)));
+    });
+    g.bench_function("contains_many/512_misses", |b| {
+        b.iter(|| index.contains_many(ObjectKind::Chunk, black_box(&misses)));
+    });
+    g.bench_function("get_many/512_hits", |b| {
+        b.iter(|| index.get_many(ObjectKind::Chunk, black_box(&hits)));
+    });
+    g.finish();
+}
+
+fn manifest_pages(c: &mut Criterion) {
+    let n = DEFAULT_PAGE_ENTRIES as usize;
+    let page = ManifestPage {
+        digests: random_digests(3, n).into_iter().map(ChunkDigest).collect(),
+    };
+    let encoded = page.encode();
+    let mut g = c.benchmark_group(format!("manifest_page_{n}"));
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("encode", |b| b.iter(|| black_box(&page).encode()));
+    g.bench_function("encode_with_digest", |b| {
+        b.iter(|| black_box(&page).encode_with_digest());
+    });
+    g.bench_function("decode", |b| {
+        b.iter(|| ManifestPage::decode(black_box(&encoded)));
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = micro;
+    config = short();
+    targets = sha256, zstd_codec, zero_check, index_lookups, manifest_pages
+}
+criterion_main!(micro);

@@ -1,0 +1,274 @@
+//! The backup tools under test, driven through their command lines: tessera (always), and
+//! optionally restic and borg as peers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tessera_benches::measure::{run, Measured};
+
+/// Which tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tessera,
+    Restic,
+    Borg,
+}
+
+/// One tool with its repository in the work directory.
+pub struct Tool {
+    pub kind: Kind,
+    bin: PathBuf,
+    pub repo: PathBuf,
+    base: PathBuf,
+    block_size: Option<String>,
+    backups: u32,
+}
+
+/// A measured step and what the tool said about it.
+pub struct Step {
+    pub m: Measured,
+    pub info: Value,
+}
+
+fn check(m: Measured, what: &str) -> Result<Measured> {
+    if m.ok() {
+        Ok(m)
+    } else {
+        bail!(
+            "{what} failed (exit {:?}):\n{}\n{}",
+            m.code,
+            m.stdout.trim(),
+            m.stderr.trim()
+        )
+    }
+}
+
+/// Restic's and borg's restores do not fsync; make them as durable as tessera's (which
+/// fsyncs the file before renaming it into place) with `sync FILE` (an fsync of that file).
+fn fsync_file(path: &Path) -> Result<Measured> {
+    let m = run(Command::new("sync").arg(path))?;
+    check(m, "sync")
+}
+
+impl Tool {
+    pub fn new(kind: Kind, bin: PathBuf, work: &Path, block_size: Option<String>) -> Self {
+        let name = match kind {
+            Kind::Tessera => "tessera",
+            Kind::Restic => "restic",
+            Kind::Borg => "borg",
+        };
+        Self {
+            kind,
+            bin,
+            repo: work.join(format!("repo-{name}")),
+            base: work.join(format!("{name}-home")),
+            block_size,
+            backups: 0,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Tessera => "tessera",
+            Kind::Restic => "restic",
+            Kind::Borg => "borg",
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        match self.kind {
+            Kind::Tessera => {}
+            Kind::Restic => {
+                c.env("RESTIC_REPOSITORY", &self.repo)
+                    .env("RESTIC_PASSWORD", "tessera-bench")
+                    .env("RESTIC_CACHE_DIR", self.base.join("cache"))
+                    .env("RESTIC_PROGRESS_FPS", "0.1");
+            }
+            Kind::Borg => {
+                c.env("BORG_REPO", &self.repo)
+                    .env("BORG_BASE_DIR", &self.base)
+                    .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+                    .env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes");
+            }
+        }
+        c
+    }
+
+    /// Creates the repository.
+    pub fn init(&mut self) -> Result<Step> {
+        std::fs::create_dir_all(&self.base)?;
+        let mut c = self.cmd();
+        match self.kind {
+            Kind::Tessera => {
+                c.arg("--json").arg("init").arg(&self.repo);
+                if let Some(bs) = &self.block_size {
+                    c.arg("--block-size").arg(bs);
+                }
+            }
+            Kind::Restic => {
+                c.arg("init");
+            }
+            Kind::Borg => {
+                c.args(["init", "--encryption", "none"]);
+            }
+        }
+        let m = check(run(&mut c)?, &format!("{} init", self.name()))?;
+        let info = parse_json(self.kind, &m.stdout);
+        Ok(Step { m, info })
+    }
+
+    /// Backs up `image` (a full read every time: restic gets `--force` and borg
+    /// `--files-cache disabled`, so neither skips the file because its metadata is unchanged).
+    pub fn backup(&mut self, image: &Path) -> Result<Step> {
+        self.backups += 1;
+        let mut c = self.cmd();
+        match self.kind {
+            Kind::Tessera => {
+                c.arg("--json")
+                    .arg("backup")
+                    .arg(&self.repo)
+                    .args(["--series", "bench"])
+                    .arg(format!("disk={}", image.display()));
+            }
+            Kind::Restic => {
+                c.args(["backup", "--force", "--quiet"]).arg(image);
+            }
+            Kind::Borg => {
+                c.args([
+                    "create",
+                    "--compression",
+                    "zstd,3",
+                    "--files-cache",
+                    "disabled",
+                ])
+                .arg(format!("::b{}", self.backups))
+                .arg(image);
+            }
+        }
+        let m = check(run(&mut c)?, &format!("{} backup", self.name()))?;
+        let info = parse_json(self.kind, &m.stdout);
+        Ok(Step { m, info })
+    }
+
+    /// Restores the latest backup of `image` into `out_dir`; returns the step and the
+    /// restored file.
+    pub fn restore(&mut self, image: &Path, out_dir: &Path) -> Result<(Step, PathBuf)> {
+        std::fs::create_dir_all(out_dir)?;
+        let image = std::fs::canonicalize(image)?;
+        let relative = image.strip_prefix("/").unwrap_or(&image).to_path_buf();
+        let mut c = self.cmd();
+        let restored = match self.kind {
+            Kind::Tessera => {
+                let out = out_dir.join("restored.raw");
+                c.arg("--json")
+                    .arg("restore")
+                    .arg(&self.repo)
+                    .arg("latest")
+                    .arg(&out);
+                out
+            }
+            Kind::Restic => {
+                c.args(["restore", "latest", "--target"]).arg(out_dir);
+                out_dir.join(&relative)
+            }
+            Kind::Borg => {
+                c.arg("extract")
+                    .arg(format!("::b{}", self.backups))
+                    .current_dir(out_dir);
+                out_dir.join(&relative)
+            }
+        };
+        let mut m = check(run(&mut c)?, &format!("{} restore", self.name()))?;
+        if self.kind != Kind::Tessera {
+            m = m.then(&fsync_file(&restored)?);
+        }
+        let info = parse_json(self.kind, &m.stdout);
+        if !restored.is_file() {
+            bail!(
+                "{} restore did not produce {}",
+                self.name(),
+                restored.display()
+            );
+        }
+        Ok((Step { m, info }, restored))
+    }
+
+    /// Deletes the repository (and the tool's cache) so that `init` can run again.
+    pub fn reset(&mut self) -> Result<()> {
+        for d in [&self.repo, &self.base] {
+            if d.exists() {
+                std::fs::remove_dir_all(d)?;
+            }
+        }
+        self.backups = 0;
+        Ok(())
+    }
+
+    /// Apparent size of the repository.
+    pub fn repo_size(&self) -> u64 {
+        tessera_benches::measure::tree_size(&self.repo)
+    }
+
+    /// For tessera: bytes in packs, index and snapshots.
+    pub fn breakdown(&self) -> Option<(u64, u64, u64)> {
+        (self.kind == Kind::Tessera).then(|| {
+            let s = |d: &str| tessera_benches::measure::tree_size(&self.repo.join(d));
+            (s("packs"), s("index"), s("snapshots"))
+        })
+    }
+}
+
+fn parse_json(kind: Kind, stdout: &str) -> Value {
+    if kind == Kind::Tessera {
+        serde_json::from_str(stdout).unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    }
+}
+
+/// Finds the tessera binary: `--tessera`, else beside this program when it is a release
+/// build (both are built into the same target directory), else `$CARGO_TARGET_DIR/release/tessera`, else
+/// `target/release/tessera` of the workspace.
+pub fn find_tessera(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("--tessera {}: no such file", p.display());
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        // Only a release build: a debug tessera would measure the wrong thing.
+        if let Some(dir) = exe.parent().filter(|d| d.ends_with("release")) {
+            candidates.push(dir.join("tessera"));
+        }
+    }
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(t).join("release").join("tessera"));
+    }
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target")
+            .join("release")
+            .join("tessera"),
+    );
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no tessera binary found (looked at {}); build it with \
+                 `cargo build --release -p tessera-cli` or pass --tessera PATH",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
