@@ -58,7 +58,15 @@ pub trait Backend: Send + Sync {
 /// Repository-relative directory layout of a [`LocalBackend`].
 pub struct LocalBackend {
     root: PathBuf,
+    /// Packs kept open for reading: a restore reads tens of thousands of chunks from a few
+    /// dozen packs, and an open/close per chunk was a measurable share of its time. Packs
+    /// are immutable, so a cached descriptor never sees stale data; a deleted pack stays
+    /// readable through it (compaction defers deletion while readers run anyway).
+    open_packs: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<File>>>,
 }
+
+/// How many pack descriptors a backend keeps open.
+const OPEN_PACKS: usize = 256;
 
 const PACK_EXT: &str = ".pack";
 const SNAP_EXT: &str = ".snap";
@@ -69,6 +77,7 @@ impl LocalBackend {
     pub fn new(root: &Path) -> Self {
         Self {
             root: root.to_path_buf(),
+            open_packs: std::sync::Mutex::default(),
         }
     }
 
@@ -114,9 +123,30 @@ impl LocalBackend {
         }
     }
 
-    fn open(&self, ns: Namespace, name: &str) -> Result<File> {
+    fn open(&self, ns: Namespace, name: &str) -> Result<std::sync::Arc<File>> {
         let path = self.path_of(ns, name);
-        File::open(&path).ctx(|| format!("opening {}", path.display()))
+        if ns != Namespace::Packs {
+            return Ok(std::sync::Arc::new(
+                File::open(&path).ctx(|| format!("opening {}", path.display()))?,
+            ));
+        }
+        if let Some(f) = self
+            .open_packs
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).cloned())
+        {
+            return Ok(f);
+        }
+        let file =
+            std::sync::Arc::new(File::open(&path).ctx(|| format!("opening {}", path.display()))?);
+        if let Ok(mut m) = self.open_packs.lock() {
+            if m.len() >= OPEN_PACKS {
+                m.clear();
+            }
+            m.insert(name.to_string(), file.clone());
+        }
+        Ok(file)
     }
 }
 
@@ -266,6 +296,9 @@ impl Backend for LocalBackend {
     }
 
     fn delete(&self, ns: Namespace, name: &str) -> Result<()> {
+        if let Ok(mut m) = self.open_packs.lock() {
+            m.remove(name);
+        }
         let path = self.path_of(ns, name);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),

@@ -114,15 +114,20 @@ impl BlockSource for RawSource {
         match &self.data {
             None => read_range(offset, end, buf),
             Some(ranges) => {
-                buf.fill(0);
+                // Read the data ranges; zero only the holes between them.
                 let first = ranges.partition_point(|&(_, e)| e <= offset);
                 let mut read = 0;
+                let mut filled_to = offset;
                 for &(s, e) in ranges.iter().skip(first) {
                     if s >= end {
                         break;
                     }
-                    read += read_range(s.max(offset), e.min(end), buf)?;
+                    let (from, to) = (s.max(offset), e.min(end));
+                    buf[(filled_to - offset) as usize..(from - offset) as usize].fill(0);
+                    read += read_range(from, to, buf)?;
+                    filled_to = to;
                 }
+                buf[(filled_to - offset) as usize..].fill(0);
                 Ok(read)
             }
         }
