@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what it needs first.
-# Knobs: TESSERA_KILL_TRIALS (crash trials, default 8), TESSERA_MODEL_GENERATIONS (default 12).
+# Knobs: TESSERA_KILL_TRIALS (crash trials, default 8), TESSERA_MODEL_GENERATIONS (default 12),
+# TESSERA_MODEL_STEPS (retention model steps, default 40), TESSERA_SEED (replay a seed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/ensure-deps.sh
 cargo build --workspace --bins
-cargo test --workspace
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace 2>&1 | tee "$log" || status=$?
+# One closing line with the totals over every test binary (cargo prints one per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
