@@ -271,3 +271,78 @@ fn steady_workload_stops_growing_under_keep_last() {
     );
     restore_all_and_compare(&repo_path, &model, work.path(), 99);
 }
+
+#[test]
+fn compaction_next_to_a_reader_defers_deleting_old_packs() {
+    let work = tempfile::tempdir().unwrap();
+    let repo_path = work.path().join("repo");
+    Repository::init(&repo_path, InitOptions::default()).unwrap();
+    let image_path = work.path().join("image");
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut image = vec![0u8; 48 * BLOCK];
+    rng.fill(&mut image[..]);
+    std::fs::write(&image_path, &image).unwrap();
+    let writer = Repository::open_writer(&repo_path).unwrap();
+    let first = backup_image(&writer, &image_path).id;
+    for b in (0..48).step_by(2) {
+        rng.fill(&mut image[b * BLOCK..(b + 1) * BLOCK]);
+    }
+    std::fs::write(&image_path, &image).unwrap();
+    let second = backup_image(&writer, &image_path).id;
+    drop(writer);
+    let pack_files = || walk_packs(&repo_path.join("packs"));
+    let before = pack_files();
+
+    // A reader opens (lease + index view with the old locations), then the writer forgets
+    // the first snapshot and compacts everything.
+    let reader = Repository::open(&repo_path).unwrap();
+    let writer = Repository::open_writer(&repo_path).unwrap();
+    apply_forget(&writer, &plan_forget(&writer, &[first], false).unwrap()).unwrap();
+    let report = apply_compact(&writer, &plan_compact(&writer, 0.0).unwrap(), &NoProgress).unwrap();
+    assert!(
+        report.packs_rewritten > 0,
+        "nothing was compacted: {report:?}"
+    );
+    assert_eq!(
+        report.packs_deleted, 0,
+        "old packs deleted while a reader runs"
+    );
+    assert!(
+        before.iter().all(|p| p.exists()),
+        "an old pack vanished under the reader"
+    );
+
+    // The reader still restores through its old view.
+    let snapshot = reader.load_snapshot(second).unwrap();
+    let out = work.path().join("restored");
+    restore_disk(&reader, second, &snapshot, "d0", &out, true, &NoProgress).unwrap();
+    assert!(
+        std::fs::read(&out).unwrap() == image,
+        "restore next to compaction differs"
+    );
+    drop(writer);
+    drop(reader);
+
+    // With the reader gone, the next writer deletes the doomed packs; everything verifies.
+    let writer = Repository::open_writer(&repo_path).unwrap();
+    assert_eq!(writer.recovery.doomed_packs_deleted, report.packs_rewritten);
+    assert!(
+        before.iter().any(|p| !p.exists()),
+        "doomed packs were not deleted"
+    );
+    drop(writer);
+    let mut model = BTreeMap::new();
+    model.insert(second, image);
+    restore_all_and_compare(&repo_path, &model, work.path(), 1);
+    assert!(pack_files().len() < before.len() + report.packs_written);
+}
+
+fn walk_packs(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(dir).unwrap() {
+        for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out
+}
