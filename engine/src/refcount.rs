@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use rocksdb::WriteBatch;
-use tessera_format::{ChunkDigest, ObjectKind, PageDigest};
+use tessera_format::{ChunkDigest, ObjectKind, PageDigest, Snapshot};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -87,6 +87,21 @@ impl ExpectedCounts {
         };
         found.copied().unwrap_or(0)
     }
+}
+
+/// Recomputes counts from the root lists of `snapshots`.
+pub fn expected_counts_of<'a>(
+    index: &Index,
+    backend: &dyn Backend,
+    snapshots: impl IntoIterator<Item = &'a Snapshot>,
+) -> Result<ExpectedCounts> {
+    expected_counts(
+        index,
+        backend,
+        snapshots
+            .into_iter()
+            .flat_map(|s| s.roots.iter().map(Vec::as_slice)),
+    )
 }
 
 /// Recomputes counts from `roots` (every root list of every published snapshot), reading

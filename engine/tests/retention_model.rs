@@ -10,7 +10,7 @@ use std::path::Path;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tessera_engine::ops::backup::{backup, BackupRequest, DiskSpec};
+use tessera_engine::ops::backup::{backup, BackupRequest};
 use tessera_engine::ops::check::check;
 use tessera_engine::ops::compact::{apply_compact, plan_compact};
 use tessera_engine::ops::forget::{apply_forget, plan_forget, set_protected};
@@ -23,16 +23,12 @@ const BLOCK: usize = 64 * 1024;
 
 /// Backs up `image` as disk `d0` of series `vm`.
 fn backup_image(repo: &Repository, image: &Path) -> tessera_engine::ops::backup::BackupOutcome {
-    let req = BackupRequest {
-        series: "vm".into(),
-        disks: vec![DiskSpec {
-            name: "d0".into(),
-            path: image.to_path_buf(),
-        }],
-        tags: vec![],
-        block_size: None,
-    };
-    backup(repo, &req, &NoProgress).unwrap()
+    backup(
+        repo,
+        &BackupRequest::one_disk("vm", "d0", image),
+        &NoProgress,
+    )
+    .unwrap()
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tessera_engine::ops::backup::{backup, BackupRequest, DiskSpec};
+use tessera_engine::ops::backup::{backup, BackupRequest};
 use tessera_engine::ops::compact::{apply_compact, plan_compact};
 use tessera_engine::ops::forget::{apply_forget, plan_forget};
 use tessera_engine::{InitOptions, NoProgress, Repository};
@@ -29,16 +29,12 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 fn backup_image(repo: &Repository, image: &Path) -> tessera_engine::ops::backup::BackupOutcome {
-    let req = BackupRequest {
-        series: "vm".into(),
-        disks: vec![DiskSpec {
-            name: "d0".into(),
-            path: image.to_path_buf(),
-        }],
-        tags: vec![],
-        block_size: None,
-    };
-    backup(repo, &req, &NoProgress).expect("backup")
+    backup(
+        repo,
+        &BackupRequest::one_disk("vm", "d0", image),
+        &NoProgress,
+    )
+    .expect("backup")
 }
 
 fn rewrite_blocks(rng: &mut StdRng, image: &mut [u8], blocks: usize) {
@@ -113,7 +109,7 @@ fn compaction_rate(dir: &Path, mib: usize) -> (f64, u64, f64) {
     (
         secs,
         report.bytes_moved,
-        plan.bytes_to_free as f64 / (1 << 20) as f64,
+        plan.bytes_to_free as f64 / 1_048_576.0,
     )
 }
 
@@ -140,7 +136,7 @@ fn main() {
         println!("{n:>10} {plan_ms:>10.3} {commit_ms:>18.2} {pages:>14} {freed:>14}");
     }
     let (secs, moved, freed_mib) = compaction_rate(dir.path(), compact_mib);
-    let moved_mib = moved as f64 / (1 << 20) as f64;
+    let moved_mib = moved as f64 / 1_048_576.0;
     println!(
         "compaction: moved {moved_mib:.0} MiB of live data and freed {freed_mib:.0} MiB in {secs:.2} s: {:.0} MiB/s moved, {:.1} s per GiB moved",
         moved_mib / secs,

@@ -61,6 +61,21 @@ pub struct BackupRequest {
     pub block_size: Option<u32>,
 }
 
+impl BackupRequest {
+    /// A backup of one disk, with no tags and the default block size.
+    pub fn one_disk(series: &str, disk: &str, path: &std::path::Path) -> Self {
+        Self {
+            series: series.into(),
+            disks: vec![DiskSpec {
+                name: disk.into(),
+                path: path.to_path_buf(),
+            }],
+            tags: Vec::new(),
+            block_size: None,
+        }
+    }
+}
+
 /// A published snapshot.
 #[derive(Debug, Clone)]
 pub struct BackupOutcome {

@@ -13,7 +13,7 @@ use tessera_format::ObjectKind;
 use crate::error::Result;
 use crate::index::ObjectEntry;
 use crate::progress::Progress;
-use crate::refcount::expected_counts;
+use crate::refcount::expected_counts_of;
 use crate::repo::Repository;
 use crate::store::reader::read_object;
 
@@ -51,13 +51,7 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
         }
     }
     report.snapshots = snapshots.len();
-    let expected = expected_counts(
-        repo.index(),
-        repo.backend(),
-        snapshots
-            .iter()
-            .flat_map(|s| s.roots.iter().map(Vec::as_slice)),
-    )?;
+    let expected = expected_counts_of(repo.index(), repo.backend(), &snapshots)?;
     for (page, reason) in &expected.unreadable_pages {
         report.problems.push(format!("page {page}: {reason}"));
     }
@@ -125,13 +119,7 @@ pub fn recount(repo: &Repository) -> Result<u64> {
     for (id, _) in repo.index().snapshots()? {
         snapshots.push(repo.load_snapshot(id)?);
     }
-    let expected = expected_counts(
-        repo.index(),
-        repo.backend(),
-        snapshots
-            .iter()
-            .flat_map(|s| s.roots.iter().map(Vec::as_slice)),
-    )?;
+    let expected = expected_counts_of(repo.index(), repo.backend(), &snapshots)?;
     let mut batch = rocksdb::WriteBatch::default();
     let mut fixed = 0;
     for kind in [ObjectKind::Page, ObjectKind::Chunk] {

@@ -16,7 +16,7 @@ use crate::backend::{sync_dir, Backend, LocalBackend, Namespace};
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
 use crate::progress::Progress;
-use crate::refcount::expected_counts;
+use crate::refcount::expected_counts_of;
 use crate::repo::{index_path, Repository};
 use crate::store::pack_scan::read_pack_contents;
 use crate::store::session::object_entry;
@@ -141,13 +141,7 @@ fn publish_snapshots(
     snapshots: &[(SnapshotId, Snapshot)],
     report: &mut RebuildReport,
 ) -> Result<()> {
-    let counts = expected_counts(
-        index,
-        backend,
-        snapshots
-            .iter()
-            .flat_map(|(_, s)| s.roots.iter().map(Vec::as_slice)),
-    )?;
+    let counts = expected_counts_of(index, backend, snapshots.iter().map(|(_, s)| s))?;
     for (page, reason) in &counts.unreadable_pages {
         report.missing.push(format!("page {page}: {reason}"));
     }
