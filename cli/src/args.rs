@@ -88,10 +88,33 @@ pub enum Command {
         /// snapshot with several disks restores each to OUT/DISK.raw.
         snapshot: String,
         /// Output file, block device, or directory (several disks).
-        out: PathBuf,
+        #[arg(required_unless_present = "onto", conflicts_with = "onto")]
+        out: Option<PathBuf>,
         /// Overwrite an existing output file.
         #[arg(long)]
         force: bool,
+        /// Incremental restore: turn this existing file or block device, which holds the
+        /// --assume snapshot's disk, into SNAPSHOT's disk by writing only the blocks that differ.
+        #[arg(long, requires = "assume")]
+        onto: Option<PathBuf>,
+        /// The snapshot whose disk --onto's target holds now.
+        #[arg(long, requires = "onto")]
+        assume: Option<String>,
+        /// Before writing, hash the whole target and refuse unless it really holds --assume.
+        #[arg(long, requires = "onto")]
+        check_target: bool,
+    },
+    /// Changed extents between two snapshots, from their manifests alone.
+    Diff {
+        /// The repository.
+        repo: PathBuf,
+        /// The older snapshot.
+        from: String,
+        /// The newer snapshot.
+        to: String,
+        /// Only this disk (default: every disk both snapshots have).
+        #[arg(long)]
+        disk: Option<String>,
     },
     /// Check the repository: snapshots, references, counts and (unless --metadata-only) every stored byte.
     Verify {

@@ -151,6 +151,14 @@ pub enum Error {
         /// The target.
         path: PathBuf,
     },
+    /// An incremental restore target does not hold the snapshot it is assumed to hold.
+    #[error("{path} differs from the assumed snapshot at offset {offset}; nothing was written. Restore in full, or name the snapshot it really holds")]
+    TargetMismatch {
+        /// The target.
+        path: PathBuf,
+        /// Offset of the first block that differs (or the size, when sizes differ).
+        offset: u64,
+    },
     /// An earlier write or fsync on this handle failed; its state on disk is unknown.
     #[error("an earlier write failed, so this writer refuses further writes; rerun the operation")]
     PreviousIo,

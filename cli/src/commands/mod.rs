@@ -42,9 +42,28 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore {
             repo,
             snapshot,
-            out,
+            out: Some(out),
             force,
+            ..
         } => restore::restore(&repo, &snapshot, &out, force, json, &bars),
+        Command::Restore {
+            repo,
+            snapshot,
+            onto: Some(onto),
+            assume: Some(assume),
+            check_target,
+            ..
+        } => restore::restore_onto(&repo, &snapshot, &onto, &assume, check_target, json, &bars),
+        Command::Restore { .. } => Err(crate::args::UsageError(
+            "give OUT, or --onto TARGET --assume SNAPSHOT".into(),
+        )
+        .into()),
+        Command::Diff {
+            repo,
+            from,
+            to,
+            disk,
+        } => restore::diff(&repo, &from, &to, disk.as_deref(), json),
         Command::Verify {
             repo,
             metadata_only,

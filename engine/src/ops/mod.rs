@@ -4,9 +4,11 @@
 pub mod backup;
 pub mod check;
 pub mod compact;
+pub mod diff;
 pub mod forget;
 pub mod prune;
 pub mod rebuild_index;
 pub mod restore;
+pub mod restore_onto;
 pub mod stats;
 pub mod usage;

@@ -103,29 +103,29 @@ fn open_target(output: &Path, size: u64, force: bool) -> Result<Target> {
 
 /// Blocks restored together: read and checked in parallel within the group, then written as
 /// runs of consecutive blocks (large writes keep `O_DIRECT` at device speed).
-const GROUP_BYTES: u64 = 4 << 20;
+pub(crate) const GROUP_BYTES: u64 = 4 << 20;
 
 /// One block position of a page, with where its chunk is stored.
-struct Slot {
-    block: u64,
-    digest: ChunkDigest,
-    location: Option<ObjectEntry>,
+pub(crate) struct Slot {
+    pub(crate) block: u64,
+    pub(crate) digest: ChunkDigest,
+    pub(crate) location: Option<ObjectEntry>,
 }
 
-struct GroupContext<'a> {
-    repo: &'a Repository,
-    size: u64,
-    bs: u64,
-    writer: &'a BlockWriter<'a>,
+pub(crate) struct GroupContext<'a> {
+    pub(crate) repo: &'a Repository,
+    pub(crate) size: u64,
+    pub(crate) bs: u64,
+    pub(crate) writer: &'a BlockWriter<'a>,
     /// Block devices get explicit zeros; fresh files keep holes.
-    write_zeros: bool,
-    disk: &'a str,
-    output: &'a Path,
+    pub(crate) write_zeros: bool,
+    pub(crate) disk: &'a str,
+    pub(crate) output: &'a Path,
 }
 
 impl GroupContext<'_> {
     /// Reads, checks and writes one group of consecutive blocks; returns bytes written.
-    fn restore_group(&self, group: &[Slot]) -> Result<u64> {
+    pub(crate) fn restore_group(&self, group: &[Slot]) -> Result<u64> {
         let Some(first) = group.first() else {
             return Ok(0);
         };
