@@ -104,6 +104,44 @@ pub enum Command {
         #[arg(long, requires = "onto")]
         check_target: bool,
     },
+    /// Serve a snapshot's disks read-only over NBD (qemu-img, nbdcopy, nbd-client, a VM).
+    ServeNbd {
+        /// The repository.
+        repo: PathBuf,
+        /// SNAPSHOT or SNAPSHOT:DISK (one export per disk, named after the disk).
+        snapshot: String,
+        /// TCP address to listen on.
+        #[arg(long, default_value = "127.0.0.1:10809", conflicts_with = "socket")]
+        listen: String,
+        /// Unix socket to listen on instead of TCP.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Memory for decompressed chunks shared by all clients, in MiB.
+        #[arg(long, default_value_t = 256)]
+        cache_mib: u64,
+    },
+    /// Export a snapshot's disk, or only its delta from a base snapshot, as raw, qcow2 or VHD.
+    Export {
+        /// The repository.
+        repo: PathBuf,
+        /// SNAPSHOT or SNAPSHOT:DISK.
+        snapshot: String,
+        /// Output file.
+        out: PathBuf,
+        /// raw, qcow2 or vhd.
+        #[arg(long, default_value = "raw")]
+        format: String,
+        /// Write only the blocks that differ from this snapshot: a qcow2 overlay or a VHD
+        /// differencing disk on top of the base's export.
+        #[arg(long)]
+        base: Option<String>,
+        /// With --base: the file name to record as the backing file / parent (default: derived from the base).
+        #[arg(long, requires = "base")]
+        backing_file: Option<String>,
+        /// Overwrite an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Changed extents between two snapshots, from their manifests alone.
     Diff {
         /// The repository.

@@ -26,8 +26,10 @@
 pub mod backend;
 pub mod direct_write;
 pub mod error;
+pub mod export;
 pub mod index;
 pub mod lock;
+pub mod nbd;
 pub mod ops;
 pub mod progress;
 pub mod readers;

@@ -1,10 +1,12 @@
 //! One function per subcommand. Each returns the process exit code.
 
 mod backup;
+mod export;
 mod inspect;
 mod maintain;
 mod restore;
 mod retention;
+mod serve_nbd;
 
 use anyhow::Result;
 
@@ -64,6 +66,39 @@ pub fn run(cli: Cli) -> Result<i32> {
             to,
             disk,
         } => restore::diff(&repo, &from, &to, disk.as_deref(), json),
+        Command::ServeNbd {
+            repo,
+            snapshot,
+            listen,
+            socket,
+            cache_mib,
+        } => serve_nbd::run(
+            &repo,
+            &snapshot,
+            &listen,
+            socket.as_deref(),
+            cache_mib,
+            json,
+        ),
+        Command::Export {
+            repo,
+            snapshot,
+            out,
+            format,
+            base,
+            backing_file,
+            force,
+        } => export::run(
+            &repo,
+            &snapshot,
+            &out,
+            &format,
+            base.as_deref(),
+            backing_file.as_deref(),
+            force,
+            json,
+            &bars,
+        ),
         Command::Verify {
             repo,
             metadata_only,

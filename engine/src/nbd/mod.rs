@@ -1,0 +1,1 @@
+//! Read-only NBD export of a snapshot's disks (in progress).
