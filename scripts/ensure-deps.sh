@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages tessera's build and tests need, if they are missing:
-# libclang-dev (bindgen for the rocksdb crate) and qemu-utils (qemu-img, used by tests).
+# libclang-dev (bindgen for the rocksdb crate), qemu-utils (qemu-img, qemu-nbd) and libnbd-bin
+# (nbdinfo, nbdcopy), the real NBD clients the tests use.
 set -euo pipefail
 need=()
-for pkg in libclang-dev qemu-utils; do
+for pkg in libclang-dev qemu-utils libnbd-bin; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

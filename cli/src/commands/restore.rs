@@ -72,7 +72,7 @@ pub fn restore(
 }
 
 /// Splits `SNAPSHOT[:DISK]`.
-fn split_spec(spec: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_spec(spec: &str) -> (&str, Option<&str>) {
     match spec.rsplit_once(':') {
         Some((q, d)) => (q, Some(d)),
         None => (spec, None),
@@ -80,7 +80,7 @@ fn split_spec(spec: &str) -> (&str, Option<&str>) {
 }
 
 /// The one disk a spec names: `:DISK`, or the snapshot's only disk.
-fn single_disk(snapshot: &Snapshot, disk: Option<&str>) -> Result<String> {
+pub(crate) fn single_disk(snapshot: &Snapshot, disk: Option<&str>) -> Result<String> {
     match disk {
         Some(d) => Ok(d.to_string()),
         None if snapshot.header.disks.len() == 1 => Ok(snapshot.header.disks[0].name.clone()),

@@ -1,0 +1,506 @@
+//! `tessera serve-nbd` against real NBD clients (qemu-img, nbdinfo, nbdcopy) and against a
+//! hand-written client sending malformed messages. Every copy is compared byte for byte
+//! with the image that was backed up; block status is compared with the image's own zero
+//! blocks.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rand::Rng;
+use tempfile::TempDir;
+use tessera_tests::{
+    assert_same_file, backup_json, block_digests, init_repo, make_image, seed, tessera_cmd,
+    DataGen, ImageSpec, Value,
+};
+
+const BS: u64 = 64 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Local helpers
+// ---------------------------------------------------------------------------------------
+
+/// Whether `tool` is available, installing Debian package `pkg` if it is missing.
+fn have_tool(tool: &str, pkg: &str) -> bool {
+    let found = || {
+        Command::new("which")
+            .arg(tool)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if found() {
+        return true;
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", pkg])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        let _ = Command::new("apt-get")
+            .arg("update")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        install();
+    }
+    if found() {
+        return true;
+    }
+    eprintln!(
+        "!!!!!!!! SKIP: {tool} (package {pkg}) is not available; that part is not tested !!!!!!!!"
+    );
+    false
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running `tessera serve-nbd`, killed on drop.
+struct NbdServer {
+    child: Child,
+    /// TCP port, if serving TCP.
+    port: Option<u16>,
+    /// The `--json` document it printed.
+    info: Value,
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NbdServer {
+    fn uri(&self, export: &str) -> String {
+        format!(
+            "nbd://127.0.0.1:{}/{export}",
+            self.port.expect("a TCP server")
+        )
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s =
+            TcpStream::connect(("127.0.0.1", self.port.expect("a TCP server"))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+}
+
+/// Starts the server with `extra` args; reads its JSON announcement. `None` if the port
+/// was taken.
+fn spawn_server(repo: &Path, spec: &str, extra: &[String]) -> Option<NbdServer> {
+    let mut args = vec![
+        "--json".to_string(),
+        "serve-nbd".into(),
+        repo.display().to_string(),
+        spec.into(),
+    ];
+    args.extend_from_slice(extra);
+    let mut server = NbdServer {
+        child: tessera_cmd(&args).spawn().expect("spawning serve-nbd"),
+        port: None,
+        info: Value::Null,
+    };
+    let mut out = BufReader::new(server.child.stdout.take().expect("stdout"));
+    let mut doc = String::new();
+    loop {
+        let mut line = String::new();
+        let n = out.read_line(&mut line).expect("reading serve-nbd output");
+        if n == 0 {
+            let mut err = String::new();
+            let _ = server
+                .child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err);
+            if err.contains("in use") {
+                return None;
+            }
+            panic!("serve-nbd {args:?} exited early: {doc}\n{err}");
+        }
+        doc.push_str(&line);
+        if let Ok(info) = serde_json::from_str::<Value>(&doc) {
+            assert_eq!(info["ok"], true, "{doc}");
+            server.info = info;
+            return Some(server);
+        }
+    }
+}
+
+fn serve_tcp(repo: &Path, spec: &str) -> NbdServer {
+    for _ in 0..30 {
+        let port: u16 = rand::thread_rng().gen_range(20000..60000);
+        let listen = format!("127.0.0.1:{port}");
+        if let Some(mut s) = spawn_server(repo, spec, &["--listen".into(), listen.clone()]) {
+            assert_eq!(s.info["listen"], listen.as_str(), "{}", s.info);
+            s.port = Some(port);
+            // It printed after binding, so it accepts now.
+            TcpStream::connect(("127.0.0.1", port)).expect("server accepts");
+            return s;
+        }
+    }
+    panic!("no free port found in 30 tries");
+}
+
+fn serve_unix(repo: &Path, spec: &str, socket: &Path) -> NbdServer {
+    spawn_server(
+        repo,
+        spec,
+        &["--socket".into(), socket.display().to_string()],
+    )
+    .expect("serving on a unix socket")
+}
+
+/// A repository with one snapshot of the given disks (64 KiB blocks).
+fn repo_with(t: &TempDir, disks: &[(&str, &Path)]) -> PathBuf {
+    let repo = t.path().join("repo");
+    init_repo(&repo, &["--block-size", "64K"]);
+    backup_json(&repo, "vm", disks);
+    repo
+}
+
+/// An image with zero, text and random regions whose size is a multiple of 512 (qemu
+/// rounds NBD sizes up to sectors) but not of the block size, with zero blocks.
+fn mixed_image(path: &Path, gen: &mut DataGen, size: u64) {
+    let spec = ImageSpec {
+        max_region: 256 * 1024,
+        ..ImageSpec::mixed(size)
+    };
+    make_image(path, spec, gen);
+    let blocks = block_digests(path, BS);
+    assert!(blocks.iter().any(|b| b.zero), "the image needs zero blocks");
+    assert!(
+        blocks.iter().any(|b| !b.zero),
+        "the image needs data blocks"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Real clients
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn qemu_img_reads_maps_and_compares_over_tcp_and_unix_socket() {
+    if !have_tool("qemu-img", "qemu-utils") {
+        return;
+    }
+    let mut gen = DataGen::new(seed("nbd_qemu"));
+    let t = TempDir::new().unwrap();
+    let img = t.path().join("img.raw");
+    let size = 6 * (1 << 20) + 3 * 4096 + 512;
+    assert_ne!(size % BS, 0);
+    mixed_image(&img, &mut gen, size);
+    let repo = repo_with(&t, &[("disk0", &img)]);
+
+    let server = serve_tcp(&repo, "latest");
+    assert_eq!(server.info["exports"][0]["name"], "disk0");
+    assert_eq!(server.info["exports"][0]["size"], size);
+    let uri = server.uri("disk0");
+
+    // Byte-for-byte copy.
+    let out = t.path().join("out.raw");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", &uri])
+            .arg(&out),
+    );
+    assert_same_file(&img, &out);
+
+    // qemu-img compare against the original.
+    run_ok(
+        Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(&img)
+            .arg(&uri),
+    );
+
+    // Block status: all-zero blocks are zero, every other block is data.
+    let map: Value = serde_json::from_str(&run_ok(Command::new("qemu-img").args([
+        "map",
+        "--output=json",
+        "-f",
+        "raw",
+        &uri,
+    ])))
+    .expect("qemu-img map JSON");
+    let entries = map.as_array().expect("map array");
+    let blocks = block_digests(&img, BS);
+    for (i, b) in blocks.iter().enumerate() {
+        let start = i as u64 * BS;
+        let e = entries
+            .iter()
+            .find(|e| {
+                let s = e["start"].as_u64().unwrap();
+                s <= start && start < s + e["length"].as_u64().unwrap()
+            })
+            .unwrap_or_else(|| panic!("no map entry covers offset {start}: {map}"));
+        if b.zero {
+            assert_eq!(e["zero"], true, "zero block at {start} mapped as {e}");
+            assert_eq!(e["data"], false, "zero block at {start} mapped as {e}");
+        } else {
+            assert_eq!(e["data"], true, "data block at {start} mapped as {e}");
+            assert_eq!(e["zero"], false, "data block at {start} mapped as {e}");
+        }
+    }
+    drop(server);
+
+    // The same over a unix socket, replacing a stale socket file.
+    let sock = t.path().join("nbd.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let server = serve_unix(&repo, "latest:disk0", &sock);
+    assert_eq!(server.info["socket"], sock.display().to_string().as_str());
+    let out2 = t.path().join("out2.raw");
+    let uri = format!("nbd+unix:///disk0?socket={}", sock.display());
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", &uri])
+            .arg(&out2),
+    );
+    assert_same_file(&img, &out2);
+    // The default export (empty name) is the disk too.
+    let out3 = t.path().join("out3.raw");
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", &uri])
+            .arg(&out3),
+    );
+    assert_same_file(&img, &out3);
+}
+
+#[test]
+fn nbdinfo_lists_every_disk_and_nbdcopy_copies_with_four_connections() {
+    if !have_tool("nbdinfo", "libnbd-bin") || !have_tool("nbdcopy", "libnbd-bin") {
+        return;
+    }
+    let mut gen = DataGen::new(seed("nbd_multi"));
+    let t = TempDir::new().unwrap();
+    let a = t.path().join("a.raw");
+    let b = t.path().join("b.raw");
+    mixed_image(&a, &mut gen, 5 * (1 << 20) + 4096);
+    // Any size at all for nbdcopy.
+    make_image(&b, ImageSpec::mixed(3 * (1 << 20) + 12345), &mut gen);
+    let repo = repo_with(&t, &[("alpha", &a), ("beta", &b)]);
+    let server = serve_tcp(&repo, "latest");
+
+    let list = run_ok(Command::new("nbdinfo").args(["--list", &server.uri("")]));
+    assert!(list.contains("export=\"alpha\""), "{list}");
+    assert!(list.contains("export=\"beta\""), "{list}");
+    assert!(list.contains("base:allocation"), "{list}");
+    assert!(list.contains("is_read_only: true"), "{list}");
+
+    for (name, img) in [("alpha", &a), ("beta", &b)] {
+        let out = t.path().join(format!("{name}.copy"));
+        run_ok(
+            Command::new("nbdcopy")
+                .args(["--connections=4", &server.uri(name)])
+                .arg(&out),
+        );
+        assert_same_file(img, &out);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw client
+// ---------------------------------------------------------------------------------------
+
+const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const OPT_GO: u32 = 7;
+const REP_ACK: u32 = 1;
+const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const EPERM: u32 = 1;
+const EINVAL: u32 = 22;
+
+fn rd<const N: usize>(s: &mut TcpStream) -> [u8; N] {
+    let mut b = [0u8; N];
+    s.read_exact(&mut b).expect("reading from the server");
+    b
+}
+
+/// Reads the greeting and sends fixed-newstyle + no-zeroes client flags.
+fn greet(s: &mut TcpStream) {
+    let hello: [u8; 18] = rd(s);
+    assert_eq!(&hello[..8], b"NBDMAGIC");
+    assert_eq!(
+        u64::from_be_bytes(hello[8..16].try_into().unwrap()),
+        IHAVEOPT
+    );
+    assert_eq!(u16::from_be_bytes([hello[16], hello[17]]) & 3, 3);
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+}
+
+fn send_option(s: &mut TcpStream, opt: u32, len: u32, data: &[u8]) {
+    let mut b = IHAVEOPT.to_be_bytes().to_vec();
+    b.extend_from_slice(&opt.to_be_bytes());
+    b.extend_from_slice(&len.to_be_bytes());
+    b.extend_from_slice(data);
+    s.write_all(&b).unwrap();
+}
+
+/// One option reply: (type, data).
+fn option_reply(s: &mut TcpStream, opt: u32) -> (u32, Vec<u8>) {
+    let h: [u8; 20] = rd(s);
+    assert_eq!(u64::from_be_bytes(h[..8].try_into().unwrap()), REPLY_MAGIC);
+    assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), opt);
+    let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+    let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
+    let mut data = vec![0u8; len as usize];
+    s.read_exact(&mut data).unwrap();
+    (kind, data)
+}
+
+/// GO to `name`; returns the final reply type (ACK, or an error).
+fn go(s: &mut TcpStream, name: &str) -> u32 {
+    let mut d = (name.len() as u32).to_be_bytes().to_vec();
+    d.extend_from_slice(name.as_bytes());
+    d.extend_from_slice(&0u16.to_be_bytes());
+    send_option(s, OPT_GO, d.len() as u32, &d);
+    loop {
+        let (kind, _) = option_reply(s, OPT_GO);
+        if kind == REP_ACK || kind & (1 << 31) != 0 {
+            return kind;
+        }
+    }
+}
+
+fn request(s: &mut TcpStream, magic: u32, cmd: u16, cookie: u64, offset: u64, len: u32) {
+    let mut b = magic.to_be_bytes().to_vec();
+    b.extend_from_slice(&0u16.to_be_bytes());
+    b.extend_from_slice(&cmd.to_be_bytes());
+    b.extend_from_slice(&cookie.to_be_bytes());
+    b.extend_from_slice(&offset.to_be_bytes());
+    b.extend_from_slice(&len.to_be_bytes());
+    s.write_all(&b).unwrap();
+}
+
+/// A simple reply's error code, checking the cookie.
+fn simple_reply(s: &mut TcpStream, cookie: u64) -> u32 {
+    let h: [u8; 16] = rd(s);
+    assert_eq!(
+        u32::from_be_bytes(h[..4].try_into().unwrap()),
+        SIMPLE_REPLY_MAGIC
+    );
+    assert_eq!(u64::from_be_bytes(h[8..].try_into().unwrap()), cookie);
+    u32::from_be_bytes(h[4..8].try_into().unwrap())
+}
+
+fn read_range(s: &mut TcpStream, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+    request(s, REQUEST_MAGIC, 0, cookie, offset, len);
+    assert_eq!(simple_reply(s, cookie), 0, "read {offset}+{len} failed");
+    let mut data = vec![0u8; len as usize];
+    s.read_exact(&mut data).unwrap();
+    data
+}
+
+/// The server closed the connection: EOF (or a reset) on read, not a timeout.
+fn assert_closed(s: &mut TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => {}
+        Ok(n) => panic!(
+            "expected the connection closed, got {n} bytes: {:?}",
+            &b[..n]
+        ),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the server kept the connection open"
+        ),
+    }
+}
+
+#[test]
+fn malformed_client_messages_only_end_that_connection() {
+    let mut gen = DataGen::new(seed("nbd_malformed"));
+    let t = TempDir::new().unwrap();
+    let img = t.path().join("img.raw");
+    let size = 2 * (1 << 20) + 1000;
+    make_image(&img, ImageSpec::mixed(size), &mut gen);
+    let bytes = std::fs::read(&img).unwrap();
+    let repo = repo_with(&t, &[("disk0", &img)]);
+    let server = serve_tcp(&repo, "latest");
+
+    // Bad option magic: closed.
+    let mut s = server.connect();
+    greet(&mut s);
+    s.write_all(&[0xAB; 16]).unwrap();
+    assert_closed(&mut s);
+
+    // Oversized option length: NBD_REP_ERR_TOO_BIG, then closed.
+    let mut s = server.connect();
+    greet(&mut s);
+    send_option(&mut s, OPT_GO, 0x4000_0000, &[]);
+    let (kind, _) = option_reply(&mut s, OPT_GO);
+    assert_eq!(kind, REP_ERR_TOO_BIG);
+    assert_closed(&mut s);
+
+    // Unknown export: NBD_REP_ERR_UNKNOWN, and haggling goes on.
+    let mut s = server.connect();
+    greet(&mut s);
+    assert_eq!(go(&mut s, "nope"), REP_ERR_UNKNOWN);
+    assert_eq!(go(&mut s, "disk0"), REP_ACK);
+    // Reads past the end and oversized reads: EINVAL; the connection goes on.
+    request(&mut s, REQUEST_MAGIC, 0, 1, size - 10, 11);
+    assert_eq!(simple_reply(&mut s, 1), EINVAL);
+    request(&mut s, REQUEST_MAGIC, 0, 2, u64::MAX - 5, 10);
+    assert_eq!(simple_reply(&mut s, 2), EINVAL);
+    request(&mut s, REQUEST_MAGIC, 0, 3, 0, 64 << 20);
+    assert_eq!(simple_reply(&mut s, 3), EINVAL);
+    // WRITE (with its payload): EPERM; TRIM: EPERM.
+    request(&mut s, REQUEST_MAGIC, 1, 4, 0, 4096);
+    s.write_all(&[0x55; 4096]).unwrap();
+    assert_eq!(simple_reply(&mut s, 4), EPERM);
+    request(&mut s, REQUEST_MAGIC, 4, 5, 0, 4096);
+    assert_eq!(simple_reply(&mut s, 5), EPERM);
+    // FLUSH succeeds; reads still work, the end of the disk included.
+    request(&mut s, REQUEST_MAGIC, 3, 6, 0, 0);
+    assert_eq!(simple_reply(&mut s, 6), 0);
+    assert_eq!(read_range(&mut s, 7, 0, 100_000), bytes[..100_000]);
+    let tail = read_range(&mut s, 8, size - 70_000, 70_000);
+    assert_eq!(tail, bytes[(size - 70_000) as usize..]);
+    // Bad request magic: closed.
+    request(&mut s, 0xdead_beef, 0, 9, 0, 512);
+    assert_closed(&mut s);
+
+    // Another client still reads everything correctly.
+    let mut s = server.connect();
+    greet(&mut s);
+    assert_eq!(go(&mut s, ""), REP_ACK);
+    let mut all = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        let n = (size - off).min(300_001) as u32;
+        all.extend(read_range(&mut s, off, off, n));
+        off += u64::from(n);
+    }
+    assert!(all == bytes, "the whole disk read back differs");
+    request(&mut s, REQUEST_MAGIC, 2, 99, 0, 0);
+    assert_closed(&mut s);
+}
