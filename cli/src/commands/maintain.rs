@@ -53,6 +53,16 @@ pub fn verify(repo: &Path, metadata_only: bool, json: bool, bars: &Bars) -> Resu
         for p in &report.problems {
             println!("problem: {p}");
         }
+        for d in &report.damaged {
+            let place = match (&d.pack, d.pack_offset) {
+                (Some(p), Some(o)) => format!("pack {p} offset {o}"),
+                _ => "not in the store".to_string(),
+            };
+            println!("damaged {} {} ({place}) is needed by {} ranges:", d.kind, d.digest, d.ranges.len());
+            for r in &d.ranges {
+                println!("  snapshot {} disk {} bytes {}..{}", &r.snapshot[..16], r.disk, r.offset, r.offset + r.length);
+            }
+        }
         println!(
             "checked {} snapshots, read {} objects ({}): {}",
             report.snapshots,

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod check;
 pub mod compact;
+pub mod damage;
 pub mod diff;
 pub mod forget;
 pub mod prune;

@@ -47,46 +47,7 @@ pub fn restore_onto(
     progress: &dyn Progress,
 ) -> Result<OntoOutcome> {
     let diff = diff_disks(repo, from, to)?;
-    let meta = fs::metadata(target).map_err(|e| {
-        Error::io(
-            format!(
-                "inspecting {} (an incremental restore needs the existing disk)",
-                target.display()
-            ),
-            e,
-        )
-    })?;
-    let device = meta.file_type().is_block_device();
-    if !device && !meta.is_file() {
-        return Err(Error::InvalidArgument(format!(
-            "{} is neither a regular file nor a block device",
-            target.display()
-        )));
-    }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(target)
-        .ctx(|| format!("opening {}", target.display()))?;
-    let current = if device {
-        file.seek(SeekFrom::End(0))
-            .ctx(|| format!("sizing {}", target.display()))?
-    } else {
-        meta.len()
-    };
-    if device && current < diff.size_to.max(diff.size_from) {
-        return Err(Error::InvalidArgument(format!(
-            "{} holds {current} bytes, the disk needs {}",
-            target.display(),
-            diff.size_to
-        )));
-    }
-    if !device && current != diff.size_from {
-        return Err(Error::TargetMismatch {
-            path: target.to_path_buf(),
-            offset: current.min(diff.size_from),
-        });
-    }
+    let (file, device) = open_target(target, &diff)?;
     let mut outcome = OntoOutcome {
         size: diff.size_to,
         changed_blocks: diff.changed.len() as u64,
@@ -148,6 +109,52 @@ pub fn restore_onto(
     file.sync_all()
         .ctx(|| format!("syncing {}", target.display()))?;
     Ok(outcome)
+}
+
+/// Opens the target and checks its size against the diff; returns it and whether it is a
+/// block device.
+fn open_target(target: &Path, diff: &crate::ops::diff::ManifestDiff) -> Result<(fs::File, bool)> {
+    let meta = fs::metadata(target).map_err(|e| {
+        Error::io(
+            format!(
+                "inspecting {} (an incremental restore needs the existing disk)",
+                target.display()
+            ),
+            e,
+        )
+    })?;
+    let device = meta.file_type().is_block_device();
+    if !device && !meta.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is neither a regular file nor a block device",
+            target.display()
+        )));
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(target)
+        .ctx(|| format!("opening {}", target.display()))?;
+    let current = if device {
+        file.seek(SeekFrom::End(0))
+            .ctx(|| format!("sizing {}", target.display()))?
+    } else {
+        meta.len()
+    };
+    if device && current < diff.size_to.max(diff.size_from) {
+        return Err(Error::InvalidArgument(format!(
+            "{} holds {current} bytes, the disk needs {}",
+            target.display(),
+            diff.size_to
+        )));
+    }
+    if !device && current != diff.size_from {
+        return Err(Error::TargetMismatch {
+            path: target.to_path_buf(),
+            offset: current.min(diff.size_from),
+        });
+    }
+    Ok((file, device))
 }
 
 /// Splits slots (ascending blocks) into runs of consecutive blocks of at most `max` blocks.
