@@ -233,6 +233,21 @@ fn qemu_img_reads_maps_and_compares_over_tcp_and_unix_socket() {
             .arg(&uri),
     );
 
+    // qemu-img info sees the export's exact size.
+    let info: Value = serde_json::from_str(&run_ok(Command::new("qemu-img").args([
+        "info",
+        "--output=json",
+        "-f",
+        "raw",
+        &uri,
+    ])))
+    .expect("qemu-img info JSON");
+    assert_eq!(
+        info["virtual-size"],
+        std::fs::metadata(&img).unwrap().len(),
+        "qemu-img info over NBD: {info}"
+    );
+
     // Block status: all-zero blocks are zero, every other block is data.
     let map: Value = serde_json::from_str(&run_ok(Command::new("qemu-img").args([
         "map",
