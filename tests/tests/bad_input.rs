@@ -82,7 +82,10 @@ fn missing_source_file() {
     // The source is opened before anything is written.
     assert_eq!(pack_bytes(&f.repo), packs);
     // With several disks, one bad path fails the whole backup.
-    let out = f.backup_many(&[format!("a={}", f.img.display()), format!("b={}", missing.display())]);
+    let out = f.backup_many(&[
+        format!("a={}", f.img.display()),
+        format!("b={}", missing.display()),
+    ]);
     out.expect_code(1).stderr_has("cannot read source");
     assert_eq!(pack_bytes(&f.repo), packs);
     f.assert_intact();
@@ -128,7 +131,9 @@ fn fifo_as_source_fails_instead_of_hanging() {
     ];
     let mut child = tessera_cmd(&args).spawn().unwrap();
     // Opening a FIFO for reading blocks until a writer appears; a backup must not.
-    let exited = wait_until(Duration::from_secs(5), || child.try_wait().unwrap().is_some());
+    let exited = wait_until(Duration::from_secs(5), || {
+        child.try_wait().unwrap().is_some()
+    });
     if !exited {
         child.kill().unwrap();
     }
@@ -200,7 +205,11 @@ fn future_format_version() {
             .stderr_has("upgrade");
     }
     assert!(!Path::new(&out_file).exists());
-    assert_eq!(fs::read(&config).unwrap(), patched, "the config was rewritten");
+    assert_eq!(
+        fs::read(&config).unwrap(),
+        patched,
+        "the config was rewritten"
+    );
     fs::write(&config, &original).unwrap();
     f.assert_intact();
 }
@@ -258,7 +267,11 @@ fn truncate_victim_pack(f: &Fixture) -> (String, String) {
         .into_iter()
         .filter(|p| !before.contains(p))
         .collect();
-    assert_eq!(new_packs.len(), 1, "expected the second backup to write one pack");
+    assert_eq!(
+        new_packs.len(),
+        1,
+        "expected the second backup to write one pack"
+    );
     let pack = &new_packs[0];
     let pack_id = pack.file_stem().unwrap().to_string_lossy().into_owned();
     let len = fs::metadata(pack).unwrap().len();
@@ -282,11 +295,17 @@ fn truncated_pack() {
         out.stderr.contains("damaged") || out.stderr.contains("truncated"),
         "{out}"
     );
-    assert!(!f.path("victim.out").exists(), "a failed restore left its output");
+    assert!(
+        !f.path("victim.out").exists(),
+        "a failed restore left its output"
+    );
 
     let v = verify(&f.repo);
     v.expect_code(4);
-    assert!(v.stdout.contains(&pack_id), "verify does not name the pack: {v}");
+    assert!(
+        v.stdout.contains(&pack_id),
+        "verify does not name the pack: {v}"
+    );
 
     // The snapshot that does not use the damaged pack still restores.
     assert_eq!(restored_sha(&f.repo, &f.id, f.t.path()), f.sha);
@@ -340,7 +359,9 @@ fn flipped_byte_in_a_pack() {
         (id, pack.file_stem().unwrap().to_string_lossy().into_owned())
     };
     let out = restore(&f.repo, &victim_id, &f.path("victim.out"), false);
-    out.expect_code(1).stderr_has(&pack_id).stderr_has("damaged");
+    out.expect_code(1)
+        .stderr_has(&pack_id)
+        .stderr_has("damaged");
     assert!(!f.path("victim.out").exists());
     let v = verify(&f.repo);
     v.expect_code(4);
@@ -468,7 +489,10 @@ fn invalid_block_size_at_init() {
                 || out.stderr.contains("unknown unit"),
             "{out}"
         );
-        assert!(!repo.join("config").exists(), "init {bs} created a repository");
+        assert!(
+            !repo.join("config").exists(),
+            "init {bs} created a repository"
+        );
     }
     // And at backup time.
     let f = Fixture::new("bad_block_size_backup");

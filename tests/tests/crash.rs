@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tempfile::TempDir;
 use tessera_tests::{
-    backup_args, backup_json, dir_entries, disk_sum, env_usize, finish_child, init_repo,
-    list_ids, make_image, mutate, restored_sha, seed, sha256_file, signal, snapshot_id, tessera,
-    tessera_cmd, verify, wait_until, DataGen, ImageSpec,
+    backup_args, backup_json, dir_entries, disk_sum, env_usize, finish_child, init_repo, list_ids,
+    make_image, mutate, restored_sha, seed, sha256_file, signal, snapshot_id, tessera, tessera_cmd,
+    verify, wait_until, DataGen, ImageSpec,
 };
 
 /// The tests are timing-sensitive (random kill moments, freezing a running writer):
@@ -25,7 +25,9 @@ use tessera_tests::{
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Random writes (of up to 2 MiB) per trial.
@@ -39,6 +41,7 @@ fn snapshot_files(repo: &Path) -> BTreeSet<String> {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario: setup, trials, and the final restore of every snapshot")]
 fn kill_during_backup_publishes_all_or_nothing() {
     let _serial = serial();
     let trials = env_usize("TESSERA_KILL_TRIALS", 8);
@@ -107,7 +110,10 @@ fn kill_during_backup_publishes_all_or_nothing() {
             known_before.is_subset(&listed),
             "trial {trial}: a published snapshot disappeared: had {known_before:?}, list shows {listed:?}"
         );
-        assert!(new.len() <= 1, "trial {trial}: more than one new snapshot: {new:?}");
+        assert!(
+            new.len() <= 1,
+            "trial {trial}: more than one new snapshot: {new:?}"
+        );
         if let Some(id) = new.first() {
             eprintln!("trial {trial}: the killed backup had published {id}");
             if finished_first {
@@ -115,7 +121,10 @@ fn kill_during_backup_publishes_all_or_nothing() {
             }
             published.insert((*id).clone(), sha.clone());
         } else {
-            assert!(!finished_first, "a backup exited 0 but its snapshot is not listed");
+            assert!(
+                !finished_first,
+                "a backup exited 0 but its snapshot is not listed"
+            );
             kills_before_publish += 1;
         }
         verify(&repo).ok();
@@ -284,7 +293,10 @@ fn crash_just_before_publishing_is_recovered_and_reused() {
             carried += 1;
         }
     }
-    assert!(carried >= 2, "expected the 48 MiB backup to seal several packs, got {carried}");
+    assert!(
+        carried >= 2,
+        "expected the 48 MiB backup to seal several packs, got {carried}"
+    );
     let snap = format!("snapshots/{lost}.snap");
     fs::copy(twin.join(&snap), repo.join(&snap)).unwrap();
 
@@ -304,14 +316,25 @@ fn crash_just_before_publishing_is_recovered_and_reused() {
     out.ok();
     out.stderr_has(&format!("{carried} sealed packs adopted"))
         .stderr_has("1 unpublished snapshots dropped");
-    assert!(!repo.join(&snap).exists(), "the unpublished snapshot file survived recovery");
+    assert!(
+        !repo.join(&snap).exists(),
+        "the unpublished snapshot file survived recovery"
+    );
     let ids = list_ids(&repo);
     assert_eq!(ids.len(), 2);
     assert_eq!(ids[0], first);
-    let shown = tessera(["--json".as_ref(), "show".as_ref(), repo.as_os_str(), ids[1].as_ref()]);
+    let shown = tessera([
+        "--json".as_ref(),
+        "show".as_ref(),
+        repo.as_os_str(),
+        ids[1].as_ref(),
+    ]);
     shown.ok();
     let stats = &shown.json()["disks"][0]["stats"];
-    assert_eq!(stats["new_raw_bytes"], 0, "the adopted packs were not reused: {stats}");
+    assert_eq!(
+        stats["new_raw_bytes"], 0,
+        "the adopted packs were not reused: {stats}"
+    );
     verify(&repo).ok();
     assert_eq!(restored_sha(&repo, &ids[0], t.path()), sha_a);
     assert_eq!(restored_sha(&repo, &ids[1], t.path()), sha_b);

@@ -159,8 +159,14 @@ fn stats_are_consistent_with_the_images() {
 
     let s = stats_json(&repo);
     eprintln!("{s:#}");
-    let int = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("stats.{k} missing in {s}"));
-    let float = |k: &str| s[k].as_f64().unwrap_or_else(|| panic!("stats.{k} missing in {s}"));
+    let int = |k: &str| {
+        s[k].as_u64()
+            .unwrap_or_else(|| panic!("stats.{k} missing in {s}"))
+    };
+    let float = |k: &str| {
+        s[k].as_f64()
+            .unwrap_or_else(|| panic!("stats.{k} missing in {s}"))
+    };
     assert_eq!(int("snapshots"), 3);
     assert_eq!(int("series"), 2);
     assert_eq!(int("logical_bytes"), logical);
@@ -176,7 +182,11 @@ fn stats_are_consistent_with_the_images() {
     assert_eq!(int("pack_bytes"), pb);
     assert_eq!(int("packs"), pc as u64);
     assert!(int("live_stored_bytes") + int("page_stored_bytes") <= pb);
-    assert_eq!(int("unreferenced_objects"), 0, "nothing was interrupted or forgotten");
+    assert_eq!(
+        int("unreferenced_objects"),
+        0,
+        "nothing was interrupted or forgotten"
+    );
     let dedup = float("dedup_ratio");
     assert!(dedup > 1.0, "dedup ratio {dedup}");
     assert!((dedup - logical as f64 / live_raw as f64).abs() < 1e-9);

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use rand::{Rng, SeedableRng};
 use tessera_tests::{
-    assert_same_file, backup_json, block_digests, init_repo, make_image, mutate, seed, sha256_file, snapshot_id, tessera, DataGen, ImageSpec,
+    assert_same_file, backup_json, block_digests, init_repo, make_image, mutate, seed, sha256_file,
+    snapshot_id, tessera, DataGen, ImageSpec,
 };
 
 const BS: u64 = 64 * 1024;
@@ -44,9 +45,17 @@ fn incremental_restore_between_random_pairs_writes_only_the_differences() {
         if g > 0 {
             mutate(&image, &mut gen, rng.gen_range(1..20), 200_000, (1, 2, 3));
             if rng.gen_bool(0.3) {
-                let f = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&image)
+                    .unwrap();
                 let len = f.metadata().unwrap().len();
-                f.set_len(if rng.gen_bool(0.5) { len + rng.gen_range(1..400_000) } else { len - rng.gen_range(1..400_000) }).unwrap();
+                f.set_len(if rng.gen_bool(0.5) {
+                    len + rng.gen_range(1..400_000)
+                } else {
+                    len - rng.gen_range(1..400_000)
+                })
+                .unwrap();
             }
         }
         let copy = work.path().join(format!("gen{g}"));
@@ -64,12 +73,30 @@ fn incremental_restore_between_random_pairs_writes_only_the_differences() {
 
         let diff = tessera(["--json", "diff", repo.to_str().unwrap(), b_id, a_id]);
         diff.ok();
-        assert_eq!(diff.json()["disks"][0]["changed_bytes"], expected, "diff gen{from} -> gen{to}:\n{diff}");
+        assert_eq!(
+            diff.json()["disks"][0]["changed_bytes"],
+            expected,
+            "diff gen{from} -> gen{to}:\n{diff}"
+        );
 
-        let out = tessera(["--json", "restore", repo.to_str().unwrap(), a_id, "--onto", target.to_str().unwrap(), "--assume", b_id, "--check-target"]);
+        let out = tessera([
+            "--json",
+            "restore",
+            repo.to_str().unwrap(),
+            a_id,
+            "--onto",
+            target.to_str().unwrap(),
+            "--assume",
+            b_id,
+            "--check-target",
+        ]);
         out.ok();
         assert_same_file(a_img, &target);
-        assert_eq!(out.json()["result"]["bytes_written"], expected, "gen{from} -> gen{to} wrote more or less than the differing blocks:\n{out}");
+        assert_eq!(
+            out.json()["result"]["bytes_written"],
+            expected,
+            "gen{from} -> gen{to} wrote more or less than the differing blocks:\n{out}"
+        );
     }
 }
 
@@ -87,20 +114,62 @@ fn check_target_refuses_a_target_that_does_not_hold_the_assumed_snapshot() {
     let target = work.path().join("target");
     std::fs::copy(&image, &target).unwrap();
     // Tamper with one byte: the target no longer holds `new`.
-    let f = std::fs::OpenOptions::new().write(true).open(&target).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&target)
+        .unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b"\x5a", 1_234_567).unwrap();
     drop(f);
     let before = sha256_file(&target);
-    let r = tessera(["restore", repo.to_str().unwrap(), &old, "--onto", target.to_str().unwrap(), "--assume", &new, "--check-target"]);
+    let r = tessera([
+        "restore",
+        repo.to_str().unwrap(),
+        &old,
+        "--onto",
+        target.to_str().unwrap(),
+        "--assume",
+        &new,
+        "--check-target",
+    ]);
     assert_eq!(r.code, 1, "{r}");
-    assert!(r.stderr.contains("differs from the assumed snapshot at offset 1179648"), "{r}");
-    assert_eq!(sha256_file(&target), before, "the refused restore changed the target");
+    assert!(
+        r.stderr
+            .contains("differs from the assumed snapshot at offset 1179648"),
+        "{r}"
+    );
+    assert_eq!(
+        sha256_file(&target),
+        before,
+        "the refused restore changed the target"
+    );
     // A target of the wrong size is refused even without --check-target.
-    std::fs::OpenOptions::new().write(true).open(&target).unwrap().set_len(12345).unwrap();
-    let r = tessera(["restore", repo.to_str().unwrap(), &old, "--onto", target.to_str().unwrap(), "--assume", &new]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&target)
+        .unwrap()
+        .set_len(12345)
+        .unwrap();
+    let r = tessera([
+        "restore",
+        repo.to_str().unwrap(),
+        &old,
+        "--onto",
+        target.to_str().unwrap(),
+        "--assume",
+        &new,
+    ]);
     assert_eq!(r.code, 1, "{r}");
-    assert!(r.stderr.contains("differs from the assumed snapshot"), "{r}");
+    assert!(
+        r.stderr.contains("differs from the assumed snapshot"),
+        "{r}"
+    );
     // --onto without --assume is bad usage.
-    let r = tessera(["restore", repo.to_str().unwrap(), &old, "--onto", target.to_str().unwrap()]);
+    let r = tessera([
+        "restore",
+        repo.to_str().unwrap(),
+        &old,
+        "--onto",
+        target.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 2, "{r}");
 }

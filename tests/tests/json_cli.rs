@@ -54,7 +54,14 @@ fn every_command_succeeds_with_json() {
     make_image(&img, ImageSpec::mixed(777_777), &mut gen);
     let disk = format!("d={}", img.display());
 
-    let v = assert_success(&["init", &r, "--block-size", "128K", "--compression", "zstd:5"]);
+    let v = assert_success(&[
+        "init",
+        &r,
+        "--block-size",
+        "128K",
+        "--compression",
+        "zstd:5",
+    ]);
     assert!(is_hex(v["repository_id"].as_str().unwrap(), 32), "{v}");
     assert_eq!(v["block_size"], 128 * 1024);
     assert_eq!(v["compression"], "zstd:5");
@@ -119,19 +126,52 @@ fn every_command_fails_with_json() {
 
     let v = assert_failure(&["init", &r], 1);
     assert!(v["error"].as_str().unwrap().contains("not empty"), "{v}");
-    assert_failure(&["init", &t.path().join("new").display().to_string(), "--block-size", "3K"], 2);
-    assert_failure(&["init", &t.path().join("new2").display().to_string(), "--compression", "lz9"], 2);
+    assert_failure(
+        &[
+            "init",
+            &t.path().join("new").display().to_string(),
+            "--block-size",
+            "3K",
+        ],
+        2,
+    );
+    assert_failure(
+        &[
+            "init",
+            &t.path().join("new2").display().to_string(),
+            "--compression",
+            "lz9",
+        ],
+        2,
+    );
     let v = assert_failure(&["backup", &r, "--series", "s", &missing], 1);
-    assert!(v["error"].as_str().unwrap().contains("cannot read source"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("cannot read source"),
+        "{v}"
+    );
     assert_failure(&["backup", &r, "--series", "s", "noequals"], 2);
-    assert_failure(&["backup", &n, "--series", "s", &format!("d={existing}")], 1);
+    assert_failure(
+        &["backup", &n, "--series", "s", &format!("d={existing}")],
+        1,
+    );
     assert_failure(&["list", &n], 1);
     assert_failure(&["show", &r, "zzzz"], 2);
     assert_failure(&["show", &r, "ffffffff"], 2);
     assert_failure(&["stats", &n], 1);
     let v = assert_failure(&["restore", &r, "latest", &existing], 1);
-    assert!(v["error"].as_str().unwrap().contains("already exists"), "{v}");
-    assert_failure(&["restore", &r, "latest:nodisk", &t.path().join("o").display().to_string()], 1);
+    assert!(
+        v["error"].as_str().unwrap().contains("already exists"),
+        "{v}"
+    );
+    assert_failure(
+        &[
+            "restore",
+            &r,
+            "latest:nodisk",
+            &t.path().join("o").display().to_string(),
+        ],
+        1,
+    );
     assert_failure(&["verify", &n], 1);
     assert_failure(&["repair", &r], 2);
     assert_failure(&["repair", &n, "--rebuild-index"], 1);
@@ -148,11 +188,19 @@ fn verify_with_problems_reports_ok_false() {
     backup_json(&repo, "s", &[("d", &img)]);
     let pack = &pack_files(&repo)[0];
     let len = fs::metadata(pack).unwrap().len();
-    fs::OpenOptions::new().write(true).open(pack).unwrap().set_len(len / 2).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(pack)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let (out, v) = run_json(&["verify", &repo.display().to_string()]);
     out.expect_code(4);
     assert_eq!(v["ok"], false, "{out}");
-    assert!(!v["report"]["problems"].as_array().unwrap().is_empty(), "{out}");
+    assert!(
+        !v["report"]["problems"].as_array().unwrap().is_empty(),
+        "{out}"
+    );
 }
 
 #[test]
@@ -257,9 +305,13 @@ fn progress_bars_only_on_a_terminal_and_never_with_json_or_quiet() {
         let args = [extra[0], "backup", &r, "--series", "s", &disk];
         let (code, shown) = on_a_terminal(&args).unwrap();
         assert_eq!(code, 0, "{shown}");
-        assert!(!shown.contains("ETA") && !shown.contains('\u{1b}'), "{extra:?}: {shown:?}");
+        assert!(
+            !shown.contains("ETA") && !shown.contains('\u{1b}'),
+            "{extra:?}: {shown:?}"
+        );
         if extra[0] == "--json" {
-            let v: Value = serde_json::from_str(&shown).unwrap_or_else(|e| panic!("{e}: {shown:?}"));
+            let v: Value =
+                serde_json::from_str(&shown).unwrap_or_else(|e| panic!("{e}: {shown:?}"));
             assert_eq!(v["ok"], true);
         }
     }

@@ -10,8 +10,7 @@ use rand::RngCore;
 use tempfile::TempDir;
 use tessera_tests::{
     backup_args, backup_json, finish_child, init_repo, list_ids, make_image, restored_sha, seed,
-    sha256_file, signal, snapshot_id, tessera, tessera_cmd, verify, wait_until, DataGen,
-    ImageSpec,
+    sha256_file, signal, snapshot_id, tessera, tessera_cmd, verify, wait_until, DataGen, ImageSpec,
 };
 
 fn lock_says(repo: &Path, pid: u32) -> bool {
@@ -93,7 +92,13 @@ fn second_writer_is_refused_readers_work_and_stale_lock_is_recovered() {
     second.expect_code(3);
     let v = second.json();
     assert_eq!(v["ok"], false);
-    assert!(v["error"].as_str().unwrap().contains(&format!("PID {pid} ")), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("PID {pid} ")),
+        "{v}"
+    );
     // Repair is a writer too.
     tessera(["repair", &r, "--rebuild-index"])
         .expect_code(3)
@@ -111,14 +116,20 @@ fn second_writer_is_refused_readers_work_and_stale_lock_is_recovered() {
     child.kill().unwrap();
     let out = finish_child(child, &[]);
     assert_eq!(out.code, 128 + 9, "{out}");
-    assert!(lock_says(&repo, pid), "the killed holder's record should still be in the lock file");
+    assert!(
+        lock_says(&repo, pid),
+        "the killed holder's record should still be in the lock file"
+    );
 
     // The next writer takes over.
     let next = backup_json(&repo, "small", &[("d", &small)]);
     let ids = list_ids(&repo);
     assert_eq!(ids, vec![first.clone(), snapshot_id(&next)]);
     assert!(
-        fs::read_to_string(repo.join("lock")).unwrap().trim().is_empty(),
+        fs::read_to_string(repo.join("lock"))
+            .unwrap()
+            .trim()
+            .is_empty(),
         "a writer that finished left its record in the lock file"
     );
     verify(&repo).ok();
@@ -222,7 +233,10 @@ fn readers_work_while_a_writer_commits() {
     for (n, l) in listings.iter().enumerate() {
         if l[..] != last[..l.len().min(last.len())] {
             let unknown = l.iter().filter(|id| !last.contains(id)).count();
-            let newest = l.iter().filter_map(|id| last.iter().position(|x| x == id)).max();
+            let newest = l
+                .iter()
+                .filter_map(|id| last.iter().position(|x| x == id))
+                .max();
             let gaps = newest.map_or(0, |m| (0..=m).filter(|&i| !l.contains(&last[i])).count());
             problems.push(format!(
                 "listing {n} is not a prefix of the final catalog: {} ids, {unknown} unknown, \
@@ -239,14 +253,22 @@ fn readers_work_while_a_writer_commits() {
         prev = prev.max(l.len());
     }
     if !failures.is_empty() {
-        let mut kinds: Vec<String> = failures.iter().map(|f| f.chars().take(90).collect()).collect();
+        let mut kinds: Vec<String> = failures
+            .iter()
+            .map(|f| f.chars().take(90).collect())
+            .collect();
         kinds.sort();
         kinds.dedup();
         problems.push(format!(
             "{} of {} `list` runs failed; distinct errors (truncated):\n  {}",
             failures.len(),
             failures.len() + listings.len(),
-            kinds.iter().take(6).cloned().collect::<Vec<_>>().join("\n  ")
+            kinds
+                .iter()
+                .take(6)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
         ));
     }
     assert!(

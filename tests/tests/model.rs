@@ -51,7 +51,9 @@ fn run_model(test: &str, init_args: &[&str]) {
         assert_eq!(b["disks"][0]["size"], size, "generation {g}: {b}");
         eprintln!(
             "gen {g:2}: size {size:8}, new chunks {:4}, new raw {:8}, zero blocks {}",
-            b["disks"][0]["new_chunks"], b["disks"][0]["new_raw_bytes"], b["disks"][0]["zero_blocks"]
+            b["disks"][0]["new_chunks"],
+            b["disks"][0]["new_raw_bytes"],
+            b["disks"][0]["zero_blocks"]
         );
         model.push(Generation {
             id: snapshot_id(&b),
@@ -90,7 +92,11 @@ fn run_model(test: &str, init_args: &[&str]) {
 /// One generation of change: random writes (some zeroing), sometimes a resize.
 fn evolve(img: &std::path::Path, gen: &mut DataGen, g: usize) {
     let writes = gen.rng.gen_range(1..24);
-    let max_len = if gen.rng.gen_bool(0.3) { 4096 } else { 256 * 1024 };
+    let max_len = if gen.rng.gen_bool(0.3) {
+        4096
+    } else {
+        256 * 1024
+    };
     mutate(img, gen, writes, max_len, (3, 3, 4));
     let f = OpenOptions::new().write(true).open(img).unwrap();
     let size = f.metadata().unwrap().len();
@@ -102,7 +108,11 @@ fn evolve(img: &std::path::Path, gen: &mut DataGen, g: usize) {
         if new > size && gen.rng.gen_bool(0.7) {
             let off = gen.rng.gen_range(size..new);
             let len = gen.rng.gen_range(1..=(new - off).min(300_000));
-            let kind = if gen.rng.gen_bool(0.5) { Fill::Text } else { Fill::Random };
+            let kind = if gen.rng.gen_bool(0.5) {
+                Fill::Text
+            } else {
+                Fill::Random
+            };
             std::os::unix::fs::FileExt::write_all_at(&f, &gen.bytes(kind, len as usize), off)
                 .unwrap();
         }
@@ -131,5 +141,8 @@ fn generations_restore_to_the_model() {
 
 #[test]
 fn generations_restore_to_the_model_large_blocks_no_compression() {
-    run_model("model_128k_none", &["--block-size", "128K", "--compression", "none"]);
+    run_model(
+        "model_128k_none",
+        &["--block-size", "128K", "--compression", "none"],
+    );
 }

@@ -54,7 +54,10 @@ fn populated(t: &TempDir, gen: &mut DataGen) -> (PathBuf, Vec<(String, String)>)
         &format!("d={}", b.display()),
     ]);
     tagged.ok();
-    expect.push((format!("{}:d", snapshot_id(&tagged.json())), sha256_file(&b)));
+    expect.push((
+        format!("{}:d", snapshot_id(&tagged.json())),
+        sha256_file(&b),
+    ));
     (repo, expect)
 }
 
@@ -68,7 +71,13 @@ fn stats(repo: &Path) -> Value {
     out.json()["stats"].clone()
 }
 
-fn check_rebuilt(t: &TempDir, repo: &Path, before: &[Value], stats_before: &Value, expect: &[(String, String)]) {
+fn check_rebuilt(
+    t: &TempDir,
+    repo: &Path,
+    before: &[Value],
+    stats_before: &Value,
+    expect: &[(String, String)],
+) {
     let out = tessera([
         "--json".as_ref(),
         "repair".as_ref(),
@@ -133,7 +142,10 @@ fn rebuild_after_the_index_is_deleted() {
     ])
     .expect_code(1)
     .stderr_has("--rebuild-index");
-    assert!(!repo.join("index").exists(), "a failed command created an index");
+    assert!(
+        !repo.join("index").exists(),
+        "a failed command created an index"
+    );
 
     check_rebuilt(&t, &repo, &before, &stats_before, &expect);
 }
@@ -214,7 +226,11 @@ fn kill_during_rebuild_then_rebuild_again() {
         );
         if listed.code == 0 {
             // Whatever index is in place is a complete one.
-            assert_eq!(listed.json()["snapshots"], Value::Array(before.clone()), "trial {trial}");
+            assert_eq!(
+                listed.json()["snapshots"],
+                Value::Array(before.clone()),
+                "trial {trial}"
+            );
             verify(&repo).ok();
         } else {
             listed.stderr_has("--rebuild-index");

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tessera_tests::{
-    backup_json, env_usize, init_repo, list_ids, make_image, mutate, restored_sha, seed, sha256_file, snapshot_id, tessera,
-    tessera_cmd, verify, DataGen, ImageSpec,
+    backup_json, env_usize, init_repo, list_ids, make_image, mutate, restored_sha, seed,
+    sha256_file, snapshot_id, tessera, tessera_cmd, verify, DataGen, ImageSpec,
 };
 
 /// A repository with several generations of a mixed image; returns snapshot id → sha256.
@@ -29,12 +29,22 @@ fn build_repo(repo: &Path, work: &Path, gen: &mut DataGen) -> BTreeMap<String, S
 }
 
 fn copy_repo(from: &Path, to: &Path) {
-    let st = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
     assert!(st.success());
 }
 
 /// Runs `args` on a copy of `base`, kills it after a random delay, and checks the invariants.
-fn kill_trials(name: &str, base: &Path, shas: &BTreeMap<String, String>, args: &dyn Fn(&Path) -> Vec<String>) {
+fn kill_trials(
+    name: &str,
+    base: &Path,
+    shas: &BTreeMap<String, String>,
+    args: &dyn Fn(&Path) -> Vec<String>,
+) {
     let trials = env_usize("TESSERA_KILL_TRIALS", 6);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed(name));
     let work = tempfile::tempdir().unwrap();
@@ -50,7 +60,8 @@ fn kill_trials(name: &str, base: &Path, shas: &BTreeMap<String, String>, args: &
     for trial in 0..trials {
         let repo = work.path().join(format!("trial-{trial}"));
         copy_repo(base, &repo);
-        let delay = Duration::from_micros(rng.gen_range(0..(full.as_micros() as u64 * 5 / 4).max(1)));
+        let delay =
+            Duration::from_micros(rng.gen_range(0..(full.as_micros() as u64 * 5 / 4).max(1)));
         let mut child = tessera_cmd(args(&repo)).spawn().unwrap();
         std::thread::sleep(delay);
         let _ = child.kill();
@@ -59,28 +70,48 @@ fn kill_trials(name: &str, base: &Path, shas: &BTreeMap<String, String>, args: &
         let before: Vec<String> = shas.keys().cloned().collect();
         let mut sorted = listed.clone();
         sorted.sort();
-        assert!(sorted == before || sorted == after_full, "[{name} trial {trial}, kill after {delay:?}] listed {sorted:?}");
+        assert!(
+            sorted == before || sorted == after_full,
+            "[{name} trial {trial}, kill after {delay:?}] listed {sorted:?}"
+        );
         let v = verify(&repo);
-        assert_eq!(v.code, 0, "[{name} trial {trial}, kill after {delay:?}] verify after kill:\n{v}");
+        assert_eq!(
+            v.code, 0,
+            "[{name} trial {trial}, kill after {delay:?}] verify after kill:\n{v}"
+        );
         for id in &listed {
             let got = restored_sha(&repo, id, work.path());
-            assert_eq!(&got, &shas[id], "[{name} trial {trial}] snapshot {id} restores differently after the kill");
+            assert_eq!(
+                &got, &shas[id],
+                "[{name} trial {trial}] snapshot {id} restores differently after the kill"
+            );
         }
         // Rerun to completion; the repository then matches an uninterrupted run.
         tessera(args(&repo)).ok();
         let mut done = list_ids(&repo);
         done.sort();
-        assert_eq!(done, after_full, "[{name} trial {trial}] rerun ends elsewhere than an uninterrupted run");
+        assert_eq!(
+            done, after_full,
+            "[{name} trial {trial}] rerun ends elsewhere than an uninterrupted run"
+        );
         let v = verify(&repo);
         assert_eq!(v.code, 0, "[{name} trial {trial}] verify after rerun:\n{v}");
         if name == "compact" {
             let stats = tessera(["--json", "stats", repo.to_str().unwrap()]);
             stats.ok();
-            assert_eq!(stats.json()["stats"]["unreferenced_objects"], 0, "[{name} trial {trial}] garbage left after the rerun:\n{stats}");
+            assert_eq!(
+                stats.json()["stats"]["unreferenced_objects"],
+                0,
+                "[{name} trial {trial}] garbage left after the rerun:\n{stats}"
+            );
         }
         let recount = tessera(["--json", "repair", repo.to_str().unwrap(), "--recount"]);
         recount.ok();
-        assert_eq!(recount.json()["counts_fixed"], 0, "[{name} trial {trial}] counts drifted:\n{recount}");
+        assert_eq!(
+            recount.json()["counts_fixed"],
+            0,
+            "[{name} trial {trial}] counts drifted:\n{recount}"
+        );
         std::fs::remove_dir_all(&repo).unwrap();
     }
 }
@@ -92,7 +123,12 @@ fn kill_during_prune_leaves_old_or_new_state() {
     let mut gen = DataGen::new(seed("prune-data"));
     let shas = build_repo(&base, work.path(), &mut gen);
     kill_trials("prune", &base, &shas, &|repo| {
-        vec!["prune".into(), repo.display().to_string(), "--keep-last".into(), "3".into()]
+        vec![
+            "prune".into(),
+            repo.display().to_string(),
+            "--keep-last".into(),
+            "3".into(),
+        ]
     });
 }
 
@@ -104,11 +140,19 @@ fn kill_during_compaction_loses_nothing() {
     let all = build_repo(&base, work.path(), &mut gen);
     // Forget most snapshots so that compaction has real work: it must move live data.
     tessera(["prune", base.to_str().unwrap(), "--keep-last", "2"]).ok();
-    let kept: BTreeMap<String, String> = list_ids(&base).into_iter().map(|id| {
-        let sha = all[&id].clone();
-        (id, sha)
-    }).collect();
+    let kept: BTreeMap<String, String> = list_ids(&base)
+        .into_iter()
+        .map(|id| {
+            let sha = all[&id].clone();
+            (id, sha)
+        })
+        .collect();
     kill_trials("compact", &base, &kept, &|repo| {
-        vec!["compact".into(), repo.display().to_string(), "--max-unused".into(), "0%".into()]
+        vec![
+            "compact".into(),
+            repo.display().to_string(),
+            "--max-unused".into(),
+            "0%".into(),
+        ]
     });
 }

@@ -154,7 +154,12 @@ fn several_disks_in_one_snapshot() {
     let t = TempDir::new().unwrap();
     let repo = t.path().join("repo");
     init_repo(&repo, &[]);
-    let disks: Vec<(&str, u64)> = vec![("sys", (1 << 20) + 12345), ("data", 300_001), ("empty", 0), ("one", 1)];
+    let disks: Vec<(&str, u64)> = vec![
+        ("sys", (1 << 20) + 12345),
+        ("data", 300_001),
+        ("empty", 0),
+        ("one", 1),
+    ];
     let mut paths = Vec::new();
     for (name, size) in &disks {
         let p = t.path().join(format!("{name}.img"));
@@ -197,7 +202,10 @@ fn several_disks_in_one_snapshot() {
     entries.sort();
     let mut want: Vec<String> = disks.iter().map(|(n, _)| format!("{n}.raw")).collect();
     want.sort();
-    assert_eq!(entries, want, "directory restore left extra or missing files");
+    assert_eq!(
+        entries, want,
+        "directory restore left extra or missing files"
+    );
 
     // A disk the snapshot does not have.
     let out = restore(&repo, &format!("{id}:nope"), &t.path().join("x"), false);
@@ -274,7 +282,10 @@ fn engine_api_roundtrip() {
         backup(&repo, &req, &NoProgress).unwrap()
     }; // writer (and lock) dropped here
     assert_eq!(outcome.header.disks.len(), 2);
-    assert_eq!(outcome.header.disks[0].size, fs::metadata(&a).unwrap().len());
+    assert_eq!(
+        outcome.header.disks[0].size,
+        fs::metadata(&a).unwrap().len()
+    );
 
     let repo = Repository::open(&root).unwrap();
     let (id, header) = repo.resolve_snapshot("latest@api").unwrap();
