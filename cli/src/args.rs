@@ -155,24 +155,9 @@ pub enum Command {
         disk: Option<String>,
     },
     /// Check the repository: snapshots, references, counts and (unless --metadata-only) every stored byte.
-    Verify {
-        /// The repository.
-        repo: PathBuf,
-        /// Check structure and counts without reading chunk data.
-        #[arg(long)]
-        metadata_only: bool,
-    },
+    Verify(VerifyArgs),
     /// Repair the repository.
-    Repair {
-        /// The repository.
-        repo: PathBuf,
-        /// Rebuild the index from packs and snapshot files (also when it is missing or corrupt).
-        #[arg(long)]
-        rebuild_index: bool,
-        /// Recompute every reference count from the snapshots and fix the ones that differ.
-        #[arg(long)]
-        recount: bool,
-    },
+    Repair(RepairArgs),
     /// Forget snapshots (metadata only; `compact` reclaims the space later).
     Forget {
         /// The repository.
@@ -222,6 +207,50 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// Options of `verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The repository.
+    pub repo: PathBuf,
+    /// Check structure and counts without reading chunk data.
+    #[arg(long)]
+    pub metadata_only: bool,
+    /// Only what these snapshots need (id prefixes, `latest`, `latest@SERIES`; repeatable).
+    #[arg(long = "snapshot")]
+    pub snapshots: Vec<String>,
+    /// Only what the snapshots of this series need.
+    #[arg(long)]
+    pub series: Option<String>,
+    /// Read a random subset: a share of the objects (`5%`) or an amount of stored data (`10GiB`).
+    #[arg(long)]
+    pub sample: Option<String>,
+    /// Seed of `--sample` (default: random, printed in the report).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Skip objects the verification ledger says were verified within this duration (e.g. 30d).
+    #[arg(long)]
+    pub skip_verified_within: Option<String>,
+}
+
+/// Options of `repair`.
+#[derive(Debug, clap::Args)]
+pub struct RepairArgs {
+    /// The repository.
+    pub repo: PathBuf,
+    /// Rebuild the index from packs and snapshot files (also when it is missing or corrupt).
+    #[arg(long)]
+    pub rebuild_index: bool,
+    /// Recompute every reference count from the snapshots and fix the ones that differ.
+    #[arg(long)]
+    pub recount: bool,
+    /// Fetch intact copies of damaged or missing objects from another repository.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// Re-read damaged or missing chunks from a source image of a disk, as DISK=PATH (repeatable).
+    #[arg(long = "from-source")]
+    pub from_source: Vec<String>,
 }
 
 /// Retention rules of `prune`.

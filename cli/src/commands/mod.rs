@@ -4,9 +4,11 @@ mod backup;
 mod export;
 mod inspect;
 mod maintain;
+mod repair;
 mod restore;
 mod retention;
 mod serve_nbd;
+mod verify;
 
 use anyhow::Result;
 
@@ -100,15 +102,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
             &bars,
         ),
-        Command::Verify {
-            repo,
-            metadata_only,
-        } => maintain::verify(&repo, metadata_only, json, &bars),
-        Command::Repair {
-            repo,
-            rebuild_index,
-            recount,
-        } => maintain::repair(&repo, rebuild_index, recount, json, &bars),
+        Command::Verify(args) => verify::run(&args, json, &bars),
+        Command::Repair(args) => repair::run(&args, json, &bars),
         Command::Forget {
             repo,
             snapshots,
