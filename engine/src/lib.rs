@@ -3,13 +3,17 @@
 //! The chunk store, the RocksDB index and the operations of a tessera repository.
 //!
 //! - [`repo::Repository`] opens a repository as a reader or as the single writer.
-//! - [`ops`] holds one file per operation: backup, restore, check, stats, index rebuild.
+//! - [`ops`] holds one file per operation: backup, restore (full and `--onto`), diff, check
+//!   and damage mapping, stats and per-snapshot usage, forget/prune, compaction, index rebuild.
 //! - [`store`] encodes objects and writes/reads pack files through a [`backend::Backend`].
-//! - [`index`] and [`refcount`] keep locations and hierarchical reference counts.
+//! - [`index`] and [`refcount`] keep locations and hierarchical reference counts;
+//!   [`recovery`] finishes or undoes an interrupted writer; [`readers`] holds the reader
+//!   leases that keep compaction from deleting packs in use.
+//! - [`nbd`] serves snapshots read-only over NBD; [`export`] writes raw, qcow2 and VHD files.
 //!
 //! ## Who may run together
 //!
-//! | running \ starting | reader (list/show/stats/restore/verify) | writer (backup/repair) |
+//! | running \ starting | reader (list/show/stats/restore/verify/diff/export/serve-nbd) | writer (backup/repair/forget/prune/protect/compact) |
 //! |---|---|---|
 //! | reader | yes | yes |
 //! | writer | yes (sees snapshots published before it opened) | no: `Error::Locked` |
