@@ -4,8 +4,8 @@
 //! - Each disk of a snapshot is an [`Export`] named after the disk; an empty export name
 //!   means the first export. Exports are read-only (`NBD_FLAG_READ_ONLY`), may be used by
 //!   several connections at once (`CAN_MULTI_CONN`) and never change while served.
-//! - Fixed-newstyle handshake only (see [`handshake`]); no TLS.
-//! - Transmission (see [`transmission`]): READ, BLOCK_STATUS with `base:allocation`, FLUSH,
+//! - Fixed-newstyle handshake only (see `handshake.rs`); no TLS.
+//! - Transmission (see `transmission.rs`): READ, BLOCK_STATUS with `base:allocation`, FLUSH,
 //!   CACHE, DISC; writes get EPERM.
 //! - Every client number is bounded: option payloads ≤ 64 KiB, requests ≤ 32 MiB, ranges
 //!   within the export. A client that breaks the protocol loses its own connection only.
