@@ -32,6 +32,7 @@ pub mod direct_write;
 pub mod error;
 pub mod export;
 pub mod index;
+pub mod ledger;
 pub mod lock;
 pub mod nbd;
 pub mod ops;

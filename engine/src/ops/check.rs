@@ -4,16 +4,26 @@
 //!
 //! This is the verification used by `tessera verify` and by the tests after crashes. Damaged
 //! or missing objects are mapped to every snapshot range that needs them (`damage.rs`).
-//! Verification runs with a ledger and sampling come with the integrity work.
+//!
+//! [`verify`] adds to this what `tessera verify` needs: a scope (only the objects some
+//! snapshots reference are read), a seeded random sample of that scope, and the
+//! verification ledger (`crate::ledger`): objects read back intact are recorded there, and
+//! objects verified recently (at their current location) can be skipped. [`check`] is
+//! [`verify`] with no scope, no sample and no ledger.
 
 use std::collections::HashSet;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
-use tessera_format::ObjectKind;
+use tessera_format::{ObjectKind, SnapshotId};
 
 use crate::error::Result;
 use crate::index::ObjectEntry;
+use crate::ledger::Ledger;
 use crate::ops::damage::{map_damage, BadKey, DamagedObject};
 use crate::progress::Progress;
 use crate::refcount::expected_counts_of;
@@ -33,6 +43,69 @@ pub struct CheckReport {
     pub problems: Vec<String>,
     /// Damaged or missing objects, each with every snapshot range that needs it.
     pub damaged: Vec<DamagedObject>,
+    /// What was in scope of the read.
+    pub scope: ScopeReport,
+    /// The sample drawn from the scope, if any.
+    pub sample: Option<SampleReport>,
+    /// Objects skipped because the ledger says they were verified recently.
+    pub objects_skipped_recently_verified: u64,
+    /// Their stored bytes.
+    pub bytes_skipped_recently_verified: u64,
+    /// Objects recorded as verified in the ledger by this run.
+    pub ledger_recorded: u64,
+}
+
+/// The scope of a verification run.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ScopeReport {
+    /// The snapshots whose objects were in scope (hex ids); `None` = every live object.
+    pub snapshots: Option<Vec<String>>,
+    /// Live objects in scope.
+    pub objects: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+}
+
+/// The random sample of a verification run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SampleReport {
+    /// Seed of the random choice (repeat the run with `--seed`).
+    pub seed: u64,
+    /// Requested share of the candidate objects (0..=1), if the sample was given as a share.
+    pub share: Option<f64>,
+    /// Requested stored bytes, if the sample was given as an amount of data.
+    pub bytes: Option<u64>,
+    /// Objects that were candidates (in scope, not skipped as recently verified).
+    pub candidates: u64,
+    /// Objects chosen.
+    pub objects_chosen: u64,
+    /// SHA-256 (hex) of the chosen objects' kinds and digests, in index order: equal
+    /// fingerprints mean the same objects were chosen.
+    pub fingerprint: String,
+}
+
+/// How large a sample to draw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SampleSize {
+    /// A share (0..=1) of the candidate objects, rounded up.
+    Share(f64),
+    /// Objects until this many stored bytes are reached (the last one may cross it).
+    Bytes(u64),
+}
+
+/// What a verification run does beyond the structural checks.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Read objects back (false = `--metadata-only`).
+    pub read_data: bool,
+    /// Only objects these snapshots reference (`None` = every live object).
+    pub scope: Option<Vec<SnapshotId>>,
+    /// A random sample of the candidates, with its seed.
+    pub sample: Option<(SampleSize, u64)>,
+    /// Skip objects the ledger says were verified within this many microseconds.
+    pub skip_verified_within_us: Option<i64>,
+    /// Open the ledger (record verified objects; needed for skipping).
+    pub use_ledger: bool,
 }
 
 impl CheckReport {
@@ -42,8 +115,23 @@ impl CheckReport {
     }
 }
 
-/// Runs the check (see module docs).
+/// Runs the check (see module docs): every live object, no ledger.
 pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Result<CheckReport> {
+    verify(repo, &VerifyOptions { read_data, ..VerifyOptions::default() }, progress)
+}
+
+/// Objects are read and recorded in the ledger in groups of this many.
+const GROUP: usize = 4096;
+
+/// Runs a verification (see module docs). The structural checks (snapshot files, reference
+/// counts) always cover the whole repository; the scope, sample and ledger only limit which
+/// objects are read back.
+pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Progress) -> Result<CheckReport> {
+    let ledger = if opts.read_data && opts.use_ledger {
+        Some(Ledger::open(repo.root(), repo.config().repo_id)?)
+    } else {
+        None
+    };
     let mut report = CheckReport::default();
     let mut snapshots = Vec::new();
     for (id, header) in repo.index().snapshots()? {
@@ -105,14 +193,141 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
             }
         }
     }
-    if read_data {
-        let total: u64 = live.iter().map(|(_, _, e)| u64::from(e.stored_len)).sum();
-        progress.start("read data", total);
-        let objects = AtomicU64::new(0);
-        let bytes = AtomicU64::new(0);
-        let mut unreadable: Vec<(BadKey, DamagedObject)> = live
+    if opts.read_data {
+        let live = select(repo, opts, &snapshots, ledger.as_ref(), live, &mut report)?;
+        let unreadable = read_back(repo, &live, ledger.as_ref(), progress, &mut report)?;
+        report.problems.extend(unreadable.iter().map(|(_, d)| d.reason.clone()));
+        for (key, obj) in unreadable {
+            if !bad.iter().any(|(k, _)| *k == key) {
+                bad.push((key, obj));
+            }
+        }
+    }
+    if !bad.is_empty() {
+        report.damaged = map_damage(repo, &snapshots, bad);
+    }
+    Ok(report)
+}
+
+type Live = (ObjectKind, [u8; 32], ObjectEntry);
+
+/// Narrows the live objects to those this run reads: the scope, minus the recently
+/// verified, then the sample.
+fn select(
+    repo: &Repository,
+    opts: &VerifyOptions,
+    snapshots: &[(SnapshotId, tessera_format::Snapshot)],
+    ledger: Option<&Ledger>,
+    mut live: Vec<Live>,
+    report: &mut CheckReport,
+) -> Result<Vec<Live>> {
+    if let Some(ids) = &opts.scope {
+        let mut chosen = Vec::new();
+        for id in ids {
+            match snapshots.iter().find(|(i, _)| i == id) {
+                Some((_, s)) => chosen.push(s),
+                None => report.problems.push(format!("snapshot {id}: unreadable, its objects cannot be scoped")),
+            }
+        }
+        let scoped = expected_counts_of(repo.index(), repo.backend(), chosen)?;
+        live.retain(|(kind, digest, _)| scoped.count(*kind, *digest) > 0);
+        report.scope.snapshots = Some(ids.iter().map(SnapshotId::to_hex).collect());
+    }
+    report.scope.objects = live.len() as u64;
+    report.scope.bytes = live.iter().map(|(_, _, e)| u64::from(e.stored_len)).sum();
+    if let (Some(ledger), Some(within)) = (ledger, opts.skip_verified_within_us) {
+        let cutoff = crate::time::now_us().saturating_sub(within);
+        let mut kept = Vec::with_capacity(live.len());
+        for obj in live {
+            let (kind, digest, entry) = &obj;
+            if ledger.verified_at(*kind, digest, entry)?.is_some_and(|at| at >= cutoff) {
+                report.objects_skipped_recently_verified += 1;
+                report.bytes_skipped_recently_verified += u64::from(entry.stored_len);
+            } else {
+                kept.push(obj);
+            }
+        }
+        live = kept;
+    }
+    if let Some((size, seed)) = opts.sample {
+        let (chosen, sample) = draw_sample(live, size, seed);
+        live = chosen;
+        report.sample = Some(sample);
+    }
+    Ok(live)
+}
+
+/// How many of `n` objects a share selects (rounded up).
+#[expect(clippy::cast_sign_loss, reason = "the share is clamped to 0..=1, so the product is within 0..=n")]
+fn share_of(n: usize, share: f64) -> usize {
+    (((n as f64) * share.clamp(0.0, 1.0)).ceil() as usize).min(n)
+}
+
+/// A uniformly random subset of `live` (kept in index order), chosen by a shuffle seeded
+/// with `seed`.
+fn draw_sample(live: Vec<Live>, size: SampleSize, seed: u64) -> (Vec<Live>, SampleReport) {
+    let candidates = live.len() as u64;
+    let mut order: Vec<usize> = (0..live.len()).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let mut take = vec![false; live.len()];
+    match size {
+        SampleSize::Share(f) => {
+            for &i in order.iter().take(share_of(live.len(), f)) {
+                take[i] = true;
+            }
+        }
+        SampleSize::Bytes(budget) => {
+            let mut got = 0u64;
+            for &i in &order {
+                if got >= budget {
+                    break;
+                }
+                take[i] = true;
+                got += u64::from(live[i].2.stored_len);
+            }
+        }
+    }
+    let chosen: Vec<Live> = live.into_iter().zip(take).filter_map(|(obj, t)| t.then_some(obj)).collect();
+    let mut h = Sha256::new();
+    for (kind, digest, _) in &chosen {
+        h.update([*kind as u8]);
+        h.update(digest);
+    }
+    let sample = SampleReport {
+        seed,
+        share: match size {
+            SampleSize::Share(f) => Some(f),
+            SampleSize::Bytes(_) => None,
+        },
+        bytes: match size {
+            SampleSize::Bytes(b) => Some(b),
+            SampleSize::Share(_) => None,
+        },
+        candidates,
+        objects_chosen: chosen.len() as u64,
+        fingerprint: hex::encode(h.finalize()),
+    };
+    (chosen, sample)
+}
+
+/// Reads `live` back in parallel, in groups; records the intact ones in the ledger after
+/// each group. Returns the damaged ones, sorted.
+fn read_back(
+    repo: &Repository,
+    live: &[Live],
+    ledger: Option<&Ledger>,
+    progress: &dyn Progress,
+    report: &mut CheckReport,
+) -> Result<Vec<(BadKey, DamagedObject)>> {
+    let total: u64 = live.iter().map(|(_, _, e)| u64::from(e.stored_len)).sum();
+    progress.start("read data", total);
+    let objects = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let mut unreadable: Vec<(BadKey, DamagedObject)> = Vec::new();
+    for group in live.chunks(GROUP) {
+        let results: Vec<Option<(BadKey, DamagedObject)>> = group
             .par_iter()
-            .filter_map(|(kind, digest, entry)| {
+            .map(|(kind, digest, entry)| {
                 let r = read_object(repo.backend(), *kind, digest, entry);
                 objects.fetch_add(1, Ordering::Relaxed);
                 bytes.fetch_add(u64::from(entry.stored_len), Ordering::Relaxed);
@@ -120,21 +335,23 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
                 r.err().map(|e| ((*kind, *digest), damaged(*kind, *digest, Some(entry), e.to_string())))
             })
             .collect();
-        progress.finish();
-        unreadable.sort_by_key(|(key, _)| *key);
-        report.problems.extend(unreadable.iter().map(|(_, d)| d.reason.clone()));
-        for (key, obj) in unreadable {
-            if !bad.iter().any(|(k, _)| *k == key) {
-                bad.push((key, obj));
-            }
+        if let Some(ledger) = ledger {
+            report.ledger_recorded += ledger.record(
+                crate::time::now_us(),
+                group
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_none())
+                    .map(|((kind, digest, entry), _)| (*kind, digest, entry)),
+            )?;
         }
-        report.objects_read = objects.into_inner();
-        report.bytes_read = bytes.into_inner();
+        unreadable.extend(results.into_iter().flatten());
     }
-    if !bad.is_empty() {
-        report.damaged = map_damage(repo, &snapshots, bad);
-    }
-    Ok(report)
+    progress.finish();
+    unreadable.sort_by_key(|(key, _)| *key);
+    report.objects_read = objects.into_inner();
+    report.bytes_read = bytes.into_inner();
+    Ok(unreadable)
 }
 
 fn damaged(kind: ObjectKind, digest: [u8; 32], entry: Option<&ObjectEntry>, reason: String) -> DamagedObject {
