@@ -9,6 +9,7 @@ pub mod diff;
 pub mod forget;
 pub mod prune;
 pub mod rebuild_index;
+pub mod repair;
 pub mod restore;
 pub mod restore_onto;
 pub mod stats;
