@@ -37,13 +37,30 @@ fn a_flipped_chunk_is_mapped_to_every_snapshot_range_that_uses_it() {
             rng.fill(&mut image[9 * BLOCK..10 * BLOCK]);
         }
         std::fs::write(&image_path, &image).unwrap();
-        let id = backup(&writer, &BackupRequest::one_disk("vm", "d0", &image_path), &NoProgress).unwrap().id;
+        let id = backup(
+            &writer,
+            &BackupRequest::one_disk("vm", "d0", &image_path),
+            &NoProgress,
+        )
+        .unwrap()
+        .id;
         images.push((id, image.clone()));
     }
-    let entry = writer.index().get_object(ObjectKind::Chunk, victim.as_bytes()).unwrap().unwrap();
+    let entry = writer
+        .index()
+        .get_object(ObjectKind::Chunk, victim.as_bytes())
+        .unwrap()
+        .unwrap();
     drop(writer);
-    let pack = repo_path.join("packs").join(&entry.pack.to_hex()[..2]).join(format!("{}.pack", entry.pack.to_hex()));
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&pack).unwrap();
+    let pack = repo_path
+        .join("packs")
+        .join(&entry.pack.to_hex()[..2])
+        .join(format!("{}.pack", entry.pack.to_hex()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .unwrap();
     let at = entry.offset + RECORD_HEADER_LEN as u64 + 17;
     let mut byte = [0u8];
     f.read_exact_at(&mut byte, at).unwrap();
@@ -53,7 +70,12 @@ fn a_flipped_chunk_is_mapped_to_every_snapshot_range_that_uses_it() {
     let repo = Repository::open(&repo_path).unwrap();
     let report = check(&repo, true, &NoProgress).unwrap();
     assert!(!report.is_clean());
-    assert_eq!(report.damaged.len(), 1, "exactly one damaged object expected: {:?}", report.damaged);
+    assert_eq!(
+        report.damaged.len(),
+        1,
+        "exactly one damaged object expected: {:?}",
+        report.damaged
+    );
     let damaged = &report.damaged[0];
     assert_eq!(damaged.digest, victim.to_hex());
     assert_eq!(damaged.pack.as_deref(), Some(entry.pack.to_hex().as_str()));
@@ -63,7 +85,12 @@ fn a_flipped_chunk_is_mapped_to_every_snapshot_range_that_uses_it() {
     for (id, img) in &images {
         for (i, block) in img.chunks(BLOCK).enumerate() {
             if ChunkDigest::of(block) == victim {
-                expected.push(DamagedRange { snapshot: id.to_hex(), disk: "d0".into(), offset: (i * BLOCK) as u64, length: BLOCK as u64 });
+                expected.push(DamagedRange {
+                    snapshot: id.to_hex(),
+                    disk: "d0".into(),
+                    offset: (i * BLOCK) as u64,
+                    length: BLOCK as u64,
+                });
             }
         }
     }

@@ -19,7 +19,7 @@ pub mod qcow2;
 pub mod raw;
 pub mod vhd;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -296,17 +296,7 @@ impl Staged {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("inspecting {}", output.display()), e)),
         }
-        let name = output.file_name().ok_or_else(|| {
-            Error::InvalidArgument(format!("{} is not a file path", output.display()))
-        })?;
-        let staged = output.with_file_name(format!(".{}.tessera-partial", name.to_string_lossy()));
-        let _ = fs::remove_file(&staged);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&staged)
-            .ctx(|| format!("creating {}", staged.display()))?;
+        let (file, staged) = crate::ops::restore::create_staged(output)?;
         Ok(Self {
             file,
             temp: Some(staged),

@@ -117,7 +117,14 @@ impl CheckReport {
 
 /// Runs the check (see module docs): every live object, no ledger.
 pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Result<CheckReport> {
-    verify(repo, &VerifyOptions { read_data, ..VerifyOptions::default() }, progress)
+    verify(
+        repo,
+        &VerifyOptions {
+            read_data,
+            ..VerifyOptions::default()
+        },
+        progress,
+    )
 }
 
 /// Objects are read and recorded in the ledger in groups of this many.
@@ -126,7 +133,11 @@ const GROUP: usize = 4096;
 /// Runs a verification (see module docs). The structural checks (snapshot files, reference
 /// counts) always cover the whole repository; the scope, sample and ledger only limit which
 /// objects are read back.
-pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Progress) -> Result<CheckReport> {
+pub fn verify(
+    repo: &Repository,
+    opts: &VerifyOptions,
+    progress: &dyn Progress,
+) -> Result<CheckReport> {
     let ledger = if opts.read_data && opts.use_ledger {
         Some(Ledger::open(repo.root(), repo.config().repo_id)?)
     } else {
@@ -144,12 +155,19 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Progress) 
         }
     }
     report.snapshots = snapshots.len();
-    let expected = expected_counts_of(repo.index(), repo.backend(), snapshots.iter().map(|(_, s)| s))?;
+    let expected = expected_counts_of(
+        repo.index(),
+        repo.backend(),
+        snapshots.iter().map(|(_, s)| s),
+    )?;
     let mut bad: Vec<(BadKey, DamagedObject)> = Vec::new();
     for (page, reason) in &expected.unreadable_pages {
         report.problems.push(format!("page {page}: {reason}"));
         let entry = repo.index().get_object(ObjectKind::Page, page.as_bytes())?;
-        bad.push(((ObjectKind::Page, page.0), damaged(ObjectKind::Page, page.0, entry.as_ref(), reason.clone())));
+        bad.push((
+            (ObjectKind::Page, page.0),
+            damaged(ObjectKind::Page, page.0, entry.as_ref(), reason.clone()),
+        ));
     }
     let mut indexed: HashSet<BadKey> = HashSet::new();
     let mut live: Vec<(ObjectKind, [u8; 32], ObjectEntry)> = Vec::new();
@@ -186,9 +204,20 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Progress) 
                 ObjectKind::Page => expected.pages.keys().map(|d| d.0).collect(),
                 ObjectKind::Chunk => expected.chunks.keys().map(|d| d.0).collect(),
             };
-            for digest in referenced.into_iter().filter(|d| !indexed.contains(&(kind, *d))) {
+            for digest in referenced
+                .into_iter()
+                .filter(|d| !indexed.contains(&(kind, *d)))
+            {
                 if !bad.iter().any(|(k, _)| *k == (kind, digest)) {
-                    bad.push(((kind, digest), damaged(kind, digest, None, "missing from the index and the packs".into())));
+                    bad.push((
+                        (kind, digest),
+                        damaged(
+                            kind,
+                            digest,
+                            None,
+                            "missing from the index and the packs".into(),
+                        ),
+                    ));
                 }
             }
         }
@@ -196,7 +225,9 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions, progress: &dyn Progress) 
     if opts.read_data {
         let live = select(repo, opts, &snapshots, ledger.as_ref(), live, &mut report)?;
         let unreadable = read_back(repo, &live, ledger.as_ref(), progress, &mut report)?;
-        report.problems.extend(unreadable.iter().map(|(_, d)| d.reason.clone()));
+        report
+            .problems
+            .extend(unreadable.iter().map(|(_, d)| d.reason.clone()));
         for (key, obj) in unreadable {
             if !bad.iter().any(|(k, _)| *k == key) {
                 bad.push((key, obj));
@@ -226,7 +257,9 @@ fn select(
         for id in ids {
             match snapshots.iter().find(|(i, _)| i == id) {
                 Some((_, s)) => chosen.push(s),
-                None => report.problems.push(format!("snapshot {id}: unreadable, its objects cannot be scoped")),
+                None => report.problems.push(format!(
+                    "snapshot {id}: unreadable, its objects cannot be scoped"
+                )),
             }
         }
         let scoped = expected_counts_of(repo.index(), repo.backend(), chosen)?;
@@ -240,7 +273,10 @@ fn select(
         let mut kept = Vec::with_capacity(live.len());
         for obj in live {
             let (kind, digest, entry) = &obj;
-            if ledger.verified_at(*kind, digest, entry)?.is_some_and(|at| at >= cutoff) {
+            if ledger
+                .verified_at(*kind, digest, entry)?
+                .is_some_and(|at| at >= cutoff)
+            {
                 report.objects_skipped_recently_verified += 1;
                 report.bytes_skipped_recently_verified += u64::from(entry.stored_len);
             } else {
@@ -258,7 +294,10 @@ fn select(
 }
 
 /// How many of `n` objects a share selects (rounded up).
-#[expect(clippy::cast_sign_loss, reason = "the share is clamped to 0..=1, so the product is within 0..=n")]
+#[expect(
+    clippy::cast_sign_loss,
+    reason = "the share is clamped to 0..=1, so the product is within 0..=n"
+)]
 fn share_of(n: usize, share: f64) -> usize {
     (((n as f64) * share.clamp(0.0, 1.0)).ceil() as usize).min(n)
 }
@@ -287,7 +326,11 @@ fn draw_sample(live: Vec<Live>, size: SampleSize, seed: u64) -> (Vec<Live>, Samp
             }
         }
     }
-    let chosen: Vec<Live> = live.into_iter().zip(take).filter_map(|(obj, t)| t.then_some(obj)).collect();
+    let chosen: Vec<Live> = live
+        .into_iter()
+        .zip(take)
+        .filter_map(|(obj, t)| t.then_some(obj))
+        .collect();
     let mut h = Sha256::new();
     for (kind, digest, _) in &chosen {
         h.update([*kind as u8]);
@@ -332,7 +375,12 @@ fn read_back(
                 objects.fetch_add(1, Ordering::Relaxed);
                 bytes.fetch_add(u64::from(entry.stored_len), Ordering::Relaxed);
                 progress.advance(u64::from(entry.stored_len));
-                r.err().map(|e| ((*kind, *digest), damaged(*kind, *digest, Some(entry), e.to_string())))
+                r.err().map(|e| {
+                    (
+                        (*kind, *digest),
+                        damaged(*kind, *digest, Some(entry), e.to_string()),
+                    )
+                })
             })
             .collect();
         if let Some(ledger) = ledger {
@@ -354,7 +402,12 @@ fn read_back(
     Ok(unreadable)
 }
 
-fn damaged(kind: ObjectKind, digest: [u8; 32], entry: Option<&ObjectEntry>, reason: String) -> DamagedObject {
+fn damaged(
+    kind: ObjectKind,
+    digest: [u8; 32],
+    entry: Option<&ObjectEntry>,
+    reason: String,
+) -> DamagedObject {
     DamagedObject {
         kind: match kind {
             ObjectKind::Chunk => "chunk",

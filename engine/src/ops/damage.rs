@@ -46,7 +46,11 @@ pub struct DamagedObject {
 pub type BadKey = (ObjectKind, [u8; 32]);
 
 /// Fills in the `ranges` of each bad object from the snapshots' manifests.
-pub fn map_damage(repo: &Repository, snapshots: &[(SnapshotId, Snapshot)], bad: Vec<(BadKey, DamagedObject)>) -> Vec<DamagedObject> {
+pub fn map_damage(
+    repo: &Repository,
+    snapshots: &[(SnapshotId, Snapshot)],
+    bad: Vec<(BadKey, DamagedObject)>,
+) -> Vec<DamagedObject> {
     let mut index: HashMap<BadKey, usize> = HashMap::new();
     let mut objects: Vec<DamagedObject> = Vec::with_capacity(bad.len());
     for (key, obj) in bad {
@@ -61,8 +65,19 @@ pub fn map_damage(repo: &Repository, snapshots: &[(SnapshotId, Snapshot)], bad: 
             let mut push = |slot: usize, offset: u64, length: u64| {
                 let ranges = &mut objects[slot].ranges;
                 match ranges.last_mut() {
-                    Some(r) if r.snapshot == id.to_hex() && r.disk == disk.name && r.offset + r.length == offset => r.length += length,
-                    _ => ranges.push(DamagedRange { snapshot: id.to_hex(), disk: disk.name.clone(), offset, length }),
+                    Some(r)
+                        if r.snapshot == id.to_hex()
+                            && r.disk == disk.name
+                            && r.offset + r.length == offset =>
+                    {
+                        r.length += length
+                    }
+                    _ => ranges.push(DamagedRange {
+                        snapshot: id.to_hex(),
+                        disk: disk.name.clone(),
+                        offset,
+                        length,
+                    }),
                 }
             };
             for (page_no, page) in root.iter().enumerate() {
@@ -73,7 +88,10 @@ pub fn map_damage(repo: &Repository, snapshots: &[(SnapshotId, Snapshot)], bad: 
                     push(slot, page_start, page_end - page_start);
                     continue;
                 }
-                let Ok(digests) = repo.read_page(*page, blocks, disk.page_entries, page_no as u64) else { continue };
+                let Ok(digests) = repo.read_page(*page, blocks, disk.page_entries, page_no as u64)
+                else {
+                    continue;
+                };
                 for (i, d) in digests.iter().enumerate() {
                     if let Some(&slot) = index.get(&(ObjectKind::Chunk, d.0)) {
                         let offset = (first + i as u64) * bs;

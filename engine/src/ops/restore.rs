@@ -35,6 +35,23 @@ pub struct RestoreOutcome {
     pub path: PathBuf,
 }
 
+/// Creates `.NAME.tessera-partial` beside `output` (replacing a leftover of an interrupted
+/// run), for a file that is renamed over `output` only once it is complete and synced.
+pub(crate) fn create_staged(output: &Path) -> Result<(File, PathBuf)> {
+    let name = output.file_name().ok_or_else(|| {
+        Error::InvalidArgument(format!("{} is not a file path", output.display()))
+    })?;
+    let staged = output.with_file_name(format!(".{}.tessera-partial", name.to_string_lossy()));
+    let _ = fs::remove_file(&staged);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&staged)
+        .ctx(|| format!("creating {}", staged.display()))?;
+    Ok((file, staged))
+}
+
 /// Removes a staged restore file unless the restore completed (then it was renamed).
 struct StagedFile(Option<PathBuf>);
 
@@ -86,16 +103,7 @@ fn open_target(output: &Path, size: u64, force: bool) -> Result<Target> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("inspecting {}", output.display()), e)),
     }
-    let name = output.file_name().ok_or_else(|| {
-        Error::InvalidArgument(format!("{} is not a file path", output.display()))
-    })?;
-    let staged = output.with_file_name(format!(".{}.tessera-partial", name.to_string_lossy()));
-    let _ = fs::remove_file(&staged);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&staged)
-        .ctx(|| format!("creating {}", staged.display()))?;
+    let (file, staged) = create_staged(output)?;
     file.set_len(size)
         .ctx(|| format!("sizing {}", staged.display()))?;
     Ok(Target::Fresh { file, staged })
