@@ -70,7 +70,7 @@ pub fn map_damage(
                             && r.disk == disk.name
                             && r.offset + r.length == offset =>
                     {
-                        r.length += length
+                        r.length += length;
                     }
                     _ => ranges.push(DamagedRange {
                         snapshot: id.to_hex(),
