@@ -734,3 +734,26 @@ pub fn block_digests(path: &Path, block_size: u64) -> Vec<BlockInfo> {
 pub fn allocated_bytes(path: &Path) -> u64 {
     fs::metadata(path).expect("metadata").blocks() * 512
 }
+
+// ---------------------------------------------------------------------------------------
+// Writers held still
+// ---------------------------------------------------------------------------------------
+
+/// Whether `REPO/lock` names `pid` as the writer holding it.
+pub fn lock_says(repo: &Path, pid: u32) -> bool {
+    fs::read_to_string(repo.join("lock"))
+        .is_ok_and(|s| s.lines().any(|l| l == format!("pid={pid}")))
+}
+
+/// A child process that is SIGKILLed when dropped (e.g. if the test fails while it is
+/// frozen), so no stopped writer outlives the test.
+pub struct KillOnDrop(pub Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -41,7 +41,10 @@ fn snapshot_files(repo: &Path) -> BTreeSet<String> {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario: setup, trials, and the final restore of every snapshot")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: setup, trials, and the final restore of every snapshot"
+)]
 fn kill_during_backup_publishes_all_or_nothing() {
     let _serial = serial();
     let trials = env_usize("TESSERA_KILL_TRIALS", 8);

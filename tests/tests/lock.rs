@@ -9,27 +9,10 @@ use std::time::Duration;
 use rand::RngCore;
 use tempfile::TempDir;
 use tessera_tests::{
-    backup_args, backup_json, finish_child, init_repo, list_ids, make_image, restored_sha, seed,
-    sha256_file, signal, snapshot_id, tessera, tessera_cmd, verify, wait_until, DataGen, ImageSpec,
+    backup_args, backup_json, finish_child, init_repo, list_ids, lock_says, make_image,
+    restored_sha, seed, sha256_file, signal, snapshot_id, tessera, tessera_cmd, verify, wait_until,
+    DataGen, ImageSpec, KillOnDrop,
 };
-
-fn lock_says(repo: &Path, pid: u32) -> bool {
-    fs::read_to_string(repo.join("lock"))
-        .is_ok_and(|s| s.lines().any(|l| l == format!("pid={pid}")))
-}
-
-/// A child process that is SIGKILLed if the test fails while it is frozen, so no stopped
-/// writer outlives the test.
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Spawns a backup of `img` and freezes it (SIGSTOP) once it holds the writer lock, so the
 /// test does not depend on how long the backup would take. The backup is big anyway (64

@@ -6,14 +6,14 @@ use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Duration;
 
 use tempfile::TempDir;
 use tessera_format::ObjectKind;
 use tessera_tests::{
-    backup_args, backup_json, block_digests, finish_child, init_repo, make_image, mutate, seed,
-    signal, snapshot_id, tessera, tessera_cmd, wait_until, DataGen, ImageSpec, Out, Value,
+    backup_args, backup_json, block_digests, finish_child, init_repo, lock_says, make_image,
+    mutate, seed, signal, snapshot_id, tessera, tessera_cmd, wait_until, DataGen, ImageSpec,
+    KillOnDrop, Out, Value,
 };
 
 const BLOCK: u64 = 64 * 1024;
@@ -340,23 +340,6 @@ fn ledger_skips_recently_verified_objects() {
         let r = report(&f.repo, &skip, 4);
         assert_eq!(damaged_digests(&r), vec![hex.clone()], "{r}");
         assert_eq!(num(&r, "objects_read"), 1, "{r}");
-    }
-}
-
-fn lock_says(repo: &Path, pid: u32) -> bool {
-    fs::read_to_string(repo.join("lock"))
-        .is_ok_and(|s| s.lines().any(|l| l == format!("pid={pid}")))
-}
-
-/// Kills a frozen writer if the test fails.
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
