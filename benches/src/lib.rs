@@ -1,6 +1,8 @@
 //! Shared pieces of tessera's benchmarks: the seeded test-data generator (used by the
 //! criterion micro-benchmarks and the macro benchmark) and, for the macro benchmark, the
-//! process runner that measures wall time, CPU time and peak memory of external commands.
+//! process runner that measures wall time, CPU time and peak memory of external commands, and
+//! the retention cost curves.
 
 pub mod datagen;
 pub mod measure;
+pub mod retention;

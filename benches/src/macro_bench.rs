@@ -86,6 +86,9 @@ struct Args {
     /// Keep the work directory (image, repositories) afterwards.
     #[arg(long)]
     keep: bool,
+    /// Also print the retention curves: forget cost with 10/100/1000 snapshots, compaction rate.
+    #[arg(long)]
+    retention: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -299,6 +302,10 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
         fs::write(path, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    if args.retention {
+        println!();
+        tessera_benches::retention::run_and_print(&[10, 100, 1000], 16, 512);
     }
     Ok(())
 }

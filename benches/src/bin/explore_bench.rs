@@ -15,7 +15,10 @@ use rand::{Rng, SeedableRng};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_string())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
 }
 
 fn tessera_path() -> PathBuf {
@@ -29,13 +32,23 @@ fn tessera_path() -> PathBuf {
 
 fn run(cmd: &mut Command) -> f64 {
     let started = Instant::now();
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().expect("spawn");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     started.elapsed().as_secs_f64()
 }
 
 fn sync_file(path: &Path) {
-    std::fs::File::open(path).and_then(|f| f.sync_all()).expect("sync");
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .expect("sync");
 }
 
 struct Server(Child);
@@ -47,10 +60,14 @@ impl Drop for Server {
     }
 }
 
+#[expect(clippy::too_many_lines, reason = "one linear benchmark script")]
 fn main() {
     let size_mib: usize = arg("--size-mib", "1024").parse().expect("--size-mib");
     let tessera = tessera_path();
-    let dir = tempfile::Builder::new().prefix("tessera-explore-bench").tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .prefix("tessera-explore-bench")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
     let d = dir.path();
     let image = d.join("image");
     let mut rng = StdRng::seed_from_u64(1);
@@ -64,7 +81,11 @@ fn main() {
     std::fs::write(&image, &data).expect("image");
     let repo = d.join("repo");
     run(Command::new(&tessera).arg("init").arg(&repo));
-    run(Command::new(&tessera).arg("backup").arg(&repo).args(["--series", "b"]).arg(format!("d0={}", image.display())));
+    run(Command::new(&tessera)
+        .arg("backup")
+        .arg(&repo)
+        .args(["--series", "b"])
+        .arg(format!("d0={}", image.display())));
     let old_copy = d.join("old.raw");
     std::fs::copy(&image, &old_copy).expect("copy");
     // 1 % of the 64 KiB blocks rewritten.
@@ -74,10 +95,21 @@ fn main() {
         rng.fill(&mut data[at..at + 65536]);
     }
     std::fs::write(&image, &data).expect("image");
-    run(Command::new(&tessera).arg("backup").arg(&repo).args(["--series", "b"]).arg(format!("d0={}", image.display())));
-    let list = Command::new(&tessera).args(["--json", "list"]).arg(&repo).output().expect("list");
+    run(Command::new(&tessera)
+        .arg("backup")
+        .arg(&repo)
+        .args(["--series", "b"])
+        .arg(format!("d0={}", image.display())));
+    let list = Command::new(&tessera)
+        .args(["--json", "list"])
+        .arg(&repo)
+        .output()
+        .expect("list");
     let listed: serde_json::Value = serde_json::from_slice(&list.stdout).expect("list json");
-    let first = listed["snapshots"][0]["id"].as_str().expect("id").to_string();
+    let first = listed["snapshots"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
 
     let cp_out = d.join("cp.raw");
     let started = Instant::now();
@@ -87,7 +119,11 @@ fn main() {
     std::fs::remove_file(&cp_out).expect("rm");
 
     let restored = d.join("restored.raw");
-    let full = run(Command::new(&tessera).arg("restore").arg(&repo).arg("latest").arg(&restored));
+    let full = run(Command::new(&tessera)
+        .arg("restore")
+        .arg(&repo)
+        .arg("latest")
+        .arg(&restored));
     std::fs::remove_file(&restored).expect("rm");
 
     let port = 20000 + rng.gen_range(0..30000);
@@ -109,7 +145,10 @@ fn main() {
     }
     let nbd_out = d.join("nbd.raw");
     let started = Instant::now();
-    run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(format!("nbd://127.0.0.1:{port}/d0")).arg(&nbd_out));
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw"])
+        .arg(format!("nbd://127.0.0.1:{port}/d0"))
+        .arg(&nbd_out));
     sync_file(&nbd_out);
     let nbd = started.elapsed().as_secs_f64();
     drop(server);
@@ -119,9 +158,18 @@ fn main() {
     let target = d.join("target.raw");
     std::fs::copy(&image, &target).expect("copy");
     sync_file(&target);
-    let incremental = run(Command::new(&tessera).arg("restore").arg(&repo).arg(&first).arg("--onto").arg(&target).args(["--assume", "latest"]));
+    let incremental = run(Command::new(&tessera)
+        .arg("restore")
+        .arg(&repo)
+        .arg(&first)
+        .arg("--onto")
+        .arg(&target)
+        .args(["--assume", "latest"]));
     let same = std::fs::read(&target).expect("read") == std::fs::read(&old_copy).expect("read");
-    assert!(same, "incremental restore did not produce the first snapshot");
+    assert!(
+        same,
+        "incremental restore did not produce the first snapshot"
+    );
 
     let mb = (size_mib << 20) as f64 / 1e6;
     println!("{size_mib} MiB image (1/2 random, 1/4 zero, 1/4 text), 1 % of 64 KiB blocks changed");

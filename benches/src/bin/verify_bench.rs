@@ -13,13 +13,20 @@ use rand::{Rng, SeedableRng};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_string())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
 }
 
 fn tessera_path() -> PathBuf {
     let given = arg("--tessera", "");
     if given.is_empty() {
-        std::env::current_exe().expect("current exe").parent().expect("exe dir").join("tessera")
+        std::env::current_exe()
+            .expect("current exe")
+            .parent()
+            .expect("exe dir")
+            .join("tessera")
     } else {
         PathBuf::from(given)
     }
@@ -27,23 +34,39 @@ fn tessera_path() -> PathBuf {
 
 fn timed_shell(script: &str) -> f64 {
     let started = Instant::now();
-    let st = Command::new("bash").args(["-c", script]).stdout(Stdio::null()).status().expect("bash");
+    let st = Command::new("bash")
+        .args(["-c", script])
+        .stdout(Stdio::null())
+        .status()
+        .expect("bash");
     assert!(st.success(), "{script} failed");
     started.elapsed().as_secs_f64()
 }
 
 fn timed(tessera: &Path, args: &[&str]) -> f64 {
     let started = Instant::now();
-    let out = Command::new(tessera).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).output().expect("tessera");
+    let out = Command::new(tessera)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("tessera");
     // verify exits 4 on damage; anything but 0 here is a failed benchmark.
-    assert!(out.status.success(), "tessera {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tessera {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     started.elapsed().as_secs_f64()
 }
 
 fn main() {
     let size_mib: usize = arg("--size-mib", "1024").parse().expect("--size-mib");
     let tessera = tessera_path();
-    let dir = tempfile::Builder::new().prefix("tessera-verify-bench").tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .prefix("tessera-verify-bench")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
     let d = dir.path();
     // No zero regions, so that verify and the baseline process the same amount of data:
     // half random, half compressible text (varied lines, ~3-4x with zstd).
@@ -53,7 +76,14 @@ fn main() {
     rng.fill(&mut data[..half]);
     let mut pos = half;
     while pos < data.len() {
-        let line = format!("{:08x} host-{} service[{}]: request {} handled in {} ms\n", pos, rng.gen_range(0..16), rng.gen_range(100..999), rng.gen_range(0..1_000_000), rng.gen_range(0..500));
+        let line = format!(
+            "{:08x} host-{} service[{}]: request {} handled in {} ms\n",
+            pos,
+            rng.gen_range(0..16),
+            rng.gen_range(100..999),
+            rng.gen_range(0..1_000_000),
+            rng.gen_range(0..500)
+        );
         let n = line.len().min(data.len() - pos);
         data[pos..pos + n].copy_from_slice(&line.as_bytes()[..n]);
         pos += n;
@@ -64,17 +94,48 @@ fn main() {
     let repo = d.join("repo");
     let repo_s = repo.to_str().expect("utf-8 path");
     timed(&tessera, &["init", repo_s]);
-    timed(&tessera, &["backup", repo_s, "--series", "v", &format!("d0={}", image.display())]);
+    timed(
+        &tessera,
+        &[
+            "backup",
+            repo_s,
+            "--series",
+            "v",
+            &format!("d0={}", image.display()),
+        ],
+    );
     // The baseline's input: the same data compressed with zstd (untimed).
     let zst = d.join("image.zst");
-    timed_shell(&format!("zstd -q -3 -T2 -f -o {} {}", zst.display(), image.display()));
-    timed_shell(&format!("cat {} {} > /dev/null", zst.display(), repo.display().to_string() + "/packs/*/*"));
-    let baseline = timed_shell(&format!("zstd -q -d -c {} | openssl dgst -sha256", zst.display()));
+    timed_shell(&format!(
+        "zstd -q -3 -T2 -f -o {} {}",
+        zst.display(),
+        image.display()
+    ));
+    timed_shell(&format!(
+        "cat {} {} > /dev/null",
+        zst.display(),
+        repo.display().to_string() + "/packs/*/*"
+    ));
+    let baseline = timed_shell(&format!(
+        "zstd -q -d -c {} | openssl dgst -sha256",
+        zst.display()
+    ));
     let verify = timed(&tessera, &["verify", repo_s]);
     let mb = (size_mib << 20) as f64 / 1e6;
     println!("{size_mib} MiB image (half random, half text), warm page cache");
     println!("{:<40} {:>9} {:>9}", "operation", "seconds", "MB/s");
-    println!("{:<40} {baseline:>9.2} {:>9.0}", "zstd -d | openssl dgst -sha256", mb / baseline);
-    println!("{:<40} {verify:>9.2} {:>9.0}", "tessera verify (everything)", mb / verify);
-    println!("ratio: tessera verify / baseline = {:.2} (goal >= 0.80)", baseline / verify);
+    println!(
+        "{:<40} {baseline:>9.2} {:>9.0}",
+        "zstd -d | openssl dgst -sha256",
+        mb / baseline
+    );
+    println!(
+        "{:<40} {verify:>9.2} {:>9.0}",
+        "tessera verify (everything)",
+        mb / verify
+    );
+    println!(
+        "ratio: tessera verify / baseline = {:.2} (goal >= 0.80)",
+        baseline / verify
+    );
 }
