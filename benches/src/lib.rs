@@ -3,6 +3,7 @@
 //! process runner that measures wall time, CPU time and peak memory of external commands, and
 //! the retention cost curves.
 
+pub mod bin_args;
 pub mod datagen;
 pub mod measure;
 pub mod retention;

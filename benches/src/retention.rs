@@ -6,7 +6,10 @@
 //!    since forget touches only the forgotten snapshot's pages and the chunks it alone holds;
 //! 2. compaction throughput: MiB/s of live data moved when half of a pack set is dead.
 
-#![expect(clippy::missing_panics_doc, reason = "benchmark code: any failure aborts the run with its message")]
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "benchmark code: any failure aborts the run with its message"
+)]
 
 use std::path::Path;
 use std::time::Instant;

@@ -6,29 +6,13 @@
 //!
 //! `cargo run --release -p tessera-benches --bin explore-bench [-- --size-mib 1024 --tessera PATH]`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn tessera_path() -> PathBuf {
-    let given = arg("--tessera", "");
-    if !given.is_empty() {
-        return PathBuf::from(given);
-    }
-    let me = std::env::current_exe().expect("current exe");
-    me.parent().expect("exe dir").join("tessera")
-}
+use tessera_benches::bin_args::{arg, tessera_path};
 
 fn run(cmd: &mut Command) -> f64 {
     let started = Instant::now();

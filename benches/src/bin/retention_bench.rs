@@ -2,13 +2,7 @@
 //!
 //! `cargo run --release -p tessera-benches --bin retention-bench [-- --sizes 10,100,1000 --disk-mib 16 --compact-mib 512]`
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
+use tessera_benches::bin_args::arg;
 
 fn main() {
     let sizes: Vec<usize> = arg("--sizes", "10,100,1000")

@@ -4,33 +4,13 @@
 //!
 //! `cargo run --release -p tessera-benches --bin verify-bench [-- --size-mib 1024 --tessera PATH]`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn tessera_path() -> PathBuf {
-    let given = arg("--tessera", "");
-    if given.is_empty() {
-        std::env::current_exe()
-            .expect("current exe")
-            .parent()
-            .expect("exe dir")
-            .join("tessera")
-    } else {
-        PathBuf::from(given)
-    }
-}
+use tessera_benches::bin_args::{arg, tessera_path};
 
 fn timed_shell(script: &str) -> f64 {
     let started = Instant::now();
