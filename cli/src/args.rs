@@ -16,6 +16,34 @@ impl std::fmt::Display for UsageError {
     }
 }
 
+/// How `backup` uses delta information (VHD differencing disks, qcow2 overlays, NBD dirty
+/// bitmaps, changed-block lists).
+#[derive(Debug, clap::Args)]
+pub struct DeltaArgs {
+    /// The snapshot the delta applies on: an id prefix or `latest` (the series' newest).
+    /// Without it, a delta source is used as a delta when the series' newest snapshot was
+    /// taken from its base, and read in full otherwise.
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Read the whole disk when a delta does not belong to the reference, instead of failing.
+    #[arg(long)]
+    pub fallback_full: bool,
+    /// Make this a key backup: read every disk in full, report drift from the delta
+    /// information, check the stored copy of every chunk and heal damaged ones.
+    #[arg(long)]
+    pub full: bool,
+    /// Every Nth backup of a series is a key backup (0: only with --full or when a disk's
+    /// size or identity changes).
+    #[arg(long, default_value_t = 20)]
+    pub key_interval: u32,
+    /// How to read the disks: auto (probe), raw, vhd or qcow2.
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// A changed-block list for a raw disk, as DISK=FILE (repeatable); see SPEC.md.
+    #[arg(long = "changes")]
+    pub changes: Vec<String>,
+}
+
 /// tessera: deduplicating, content-addressed backups of disk images.
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, about, long_about = None)]
@@ -59,6 +87,8 @@ pub enum Command {
         /// Block size for new disks of this series (default: the repository's).
         #[arg(long)]
         block_size: Option<String>,
+        #[command(flatten)]
+        delta: DeltaArgs,
     },
     /// List snapshots, oldest first.
     List {
@@ -196,6 +226,13 @@ pub enum Command {
         /// The snapshot.
         snapshot: String,
     },
+    /// Copy snapshots to another repository, sending only the objects it lacks.
+    Sync(crate::sync_args::SyncArgs),
+    /// Seed bundles: carry a repository's data to another site on a removable disk.
+    #[command(subcommand)]
+    Seed(crate::sync_args::SeedCommand),
+    /// Serve a repository over HTTP, for `tessera sync` from or to another machine.
+    Serve(crate::sync_args::ServeArgs),
     /// Rewrite packs with too much unreferenced data, reclaiming the space.
     Compact {
         /// The repository.

@@ -7,6 +7,7 @@
 mod args;
 mod commands;
 mod output;
+mod sync_args;
 
 use clap::Parser as _;
 

@@ -80,6 +80,30 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// A source image is malformed, truncated, or uses a feature tessera does not read.
+    #[error("{path}: not a usable {format} image: {reason}; nothing was stored")]
+    BadImage {
+        /// The image (path or URL).
+        path: String,
+        /// `VHD`, `qcow2`, `NBD`, `changed-block list`.
+        format: &'static str,
+        /// What is wrong, with offsets where they help.
+        reason: String,
+    },
+    /// A delta source does not apply on the reference snapshot's disk.
+    #[error("disk {disk:?}: the delta from {source_desc} applies on {base}, but reference snapshot {reference} was taken from {reference_state}; back up against the snapshot taken from that base (--reference), or pass --fallback-full to read the whole disk")]
+    WrongBase {
+        /// The disk name.
+        disk: String,
+        /// The source (path or URL).
+        source_desc: String,
+        /// The base the delta applies on.
+        base: String,
+        /// The reference snapshot.
+        reference: String,
+        /// The state recorded in the reference snapshot's disk.
+        reference_state: String,
+    },
     /// No snapshot matches the given reference.
     #[error("no snapshot matches {query:?}; see `tessera list REPO`")]
     SnapshotNotFound {

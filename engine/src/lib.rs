@@ -43,6 +43,7 @@ pub mod refcount;
 pub mod repo;
 pub mod sources;
 pub mod store;
+pub mod sync;
 pub mod time;
 
 pub use error::{Error, Result};

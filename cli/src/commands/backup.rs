@@ -7,7 +7,7 @@ use serde_json::json;
 use tessera_engine::ops::backup::{backup as run_backup, BackupRequest, DiskSpec};
 use tessera_engine::Repository;
 
-use crate::args::{parse_size, split_pair};
+use crate::args::{parse_size, split_pair, DeltaArgs};
 use crate::output::{bytes, print_json, Bars};
 
 pub fn backup(
@@ -16,6 +16,7 @@ pub fn backup(
     disks: &[String],
     tags: &[String],
     block_size: Option<&str>,
+    _delta: &DeltaArgs,
     json: bool,
     bars: &Bars,
 ) -> Result<i32> {

@@ -8,6 +8,7 @@ mod repair;
 mod restore;
 mod retention;
 mod serve_nbd;
+mod sync;
 mod verify;
 
 use anyhow::Result;
@@ -32,12 +33,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             disks,
             tags,
             block_size,
+            delta,
         } => backup::backup(
             &repo,
             series,
             &disks,
             &tags,
             block_size.as_deref(),
+            &delta,
             json,
             &bars,
         ),
@@ -117,6 +120,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         } => retention::prune(&repo, series.as_deref(), &keep, dry_run, json),
         Command::Protect { repo, snapshot } => retention::protect(&repo, &snapshot, true, json),
         Command::Unprotect { repo, snapshot } => retention::protect(&repo, &snapshot, false, json),
+        Command::Sync(args) => sync::sync(&args, json, &bars),
+        Command::Seed(cmd) => sync::seed(&cmd, json, &bars),
+        Command::Serve(args) => sync::serve(&args, json),
         Command::Compact {
             repo,
             max_unused,

@@ -135,10 +135,17 @@ impl BlockSource for RawSource {
 
     fn identity(&self) -> Vec<(String, String)> {
         let path = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
-        vec![
+        let mut id = vec![
             ("source.kind".into(), self.kind.into()),
             ("source.path".into(), path.display().to_string()),
             ("source.size".into(), self.size.to_string()),
-        ]
+        ];
+        // A block device has no stable token (it changes under a running VM).
+        if self.kind == "raw-file" {
+            if let Ok(token) = crate::sources::file_state_token(&self.path) {
+                id.push((crate::sources::STATE_KEY.into(), token));
+            }
+        }
+        id
     }
 }

@@ -1,0 +1,1 @@
+//! Repository-to-repository sync and seed bundles. Not implemented yet.
