@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages tessera's build and tests need, if they are missing:
 # libclang-dev (bindgen for the rocksdb crate), qemu-utils (qemu-img, qemu-nbd) and libnbd-bin
-# (nbdinfo, nbdcopy), the real NBD clients the tests use.
+# (nbdinfo, nbdcopy), the real NBD clients the tests use; nbdkit, a second NBD server.
 set -euo pipefail
 need=()
-for pkg in libclang-dev qemu-utils libnbd-bin; do
+for pkg in libclang-dev qemu-utils libnbd-bin nbdkit; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

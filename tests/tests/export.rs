@@ -20,21 +20,7 @@ use tessera_tests::{
     assert_same_file, backup_json, block_digests, init_repo, make_image, mutate, seed, snapshot_id,
     tessera, DataGen, ImageSpec, Value,
 };
-
-fn qemu_img(args: &[&str]) -> String {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("running qemu-img (install qemu-utils)");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use tessera_tests::qemu::qemu_img;
 
 /// `actual` is `expected` followed by zeros up to the next multiple of 512.
 #[track_caller]
