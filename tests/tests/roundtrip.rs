@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use tempfile::TempDir;
-use tessera_engine::ops::backup::{backup, BackupRequest, DiskSpec};
+use tessera_engine::ops::backup::{backup, BackupRequest, DeltaOptions, DiskSpec};
 use tessera_engine::ops::restore::restore_disk;
 use tessera_engine::{InitOptions, NoProgress, Repository};
 use tessera_tests::{
@@ -266,18 +266,10 @@ fn engine_api_roundtrip() {
         let repo = Repository::open_writer(&root).unwrap();
         let req = BackupRequest {
             series: "api".into(),
-            disks: vec![
-                DiskSpec {
-                    name: "a".into(),
-                    path: a.clone(),
-                },
-                DiskSpec {
-                    name: "b".into(),
-                    path: b.clone(),
-                },
-            ],
+            disks: vec![DiskSpec::new("a", &a), DiskSpec::new("b", &b)],
             tags: vec![("k".into(), "v".into())],
             block_size: Some(128 * 1024),
+            delta: DeltaOptions::default(),
         };
         backup(&repo, &req, &NoProgress).unwrap()
     }; // writer (and lock) dropped here

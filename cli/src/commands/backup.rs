@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde_json::json;
-use tessera_engine::ops::backup::{backup as run_backup, BackupRequest, DiskSpec};
+use tessera_engine::ops::backup::{
+    backup as run_backup, BackupRequest, DeltaOptions, DiskSpec, ReferenceChoice,
+};
 use tessera_engine::Repository;
 
 use crate::args::{parse_size, split_pair, DeltaArgs};
@@ -16,17 +18,14 @@ pub fn backup(
     disks: &[String],
     tags: &[String],
     block_size: Option<&str>,
-    _delta: &DeltaArgs,
+    delta: &DeltaArgs,
     json: bool,
     bars: &Bars,
 ) -> Result<i32> {
     let disks = disks
         .iter()
         .map(|d| {
-            split_pair("disk", d).map(|(n, p)| DiskSpec {
-                name: n.to_string(),
-                path: PathBuf::from(p),
-            })
+            split_pair("disk", d).map(|(n, p)| DiskSpec::new(n, Path::new(p)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let tags = tags
@@ -45,11 +44,31 @@ pub fn backup(
             r.staged_removed, r.packs_adopted, r.orphan_snapshots_removed
         );
     }
+    let mut disks = disks;
+    for c in &delta.changes {
+        let (name, file) = split_pair("changed-block list", c)?;
+        let disk = disks.iter_mut().find(|d| d.name == name).ok_or_else(|| {
+            crate::args::UsageError(format!("--changes names disk {name:?}, which is not being backed up"))
+        })?;
+        disk.changes = Some(PathBuf::from(file));
+    }
+    let reference = match delta.reference.as_deref() {
+        None => ReferenceChoice::Auto,
+        Some("latest") => ReferenceChoice::Latest,
+        Some(id) => ReferenceChoice::Snapshot(id.to_string()),
+    };
     let req = BackupRequest {
         series,
         disks,
         tags,
         block_size,
+        delta: DeltaOptions {
+            reference,
+            fallback_full: delta.fallback_full,
+            force_key: delta.full,
+            key_interval: delta.key_interval,
+            format: delta.format.parse()?,
+        },
     };
     let out = run_backup(&repository, &req, bars)?;
     let h = &out.header;

@@ -31,8 +31,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::refcount::RefDeltas;
 use crate::repo::Repository;
-use crate::sources::raw::RawSource;
-use crate::sources::BlockSource;
+use crate::sources::{open_source, BlockSource, SourceFormat, SourceSpec};
 use crate::store::encode::encode_object;
 use crate::store::session::WriteSession;
 
@@ -44,8 +43,60 @@ const BATCH_BYTES: u64 = 8 << 20;
 pub struct DiskSpec {
     /// Disk name within the snapshot.
     pub name: String,
-    /// Image file or block device.
+    /// Image file, block device, or NBD URL.
     pub path: PathBuf,
+    /// A changed-block list describing the image's delta (raw images and devices only).
+    pub changes: Option<PathBuf>,
+}
+
+impl DiskSpec {
+    /// A disk read from `path`, with no changed-block list.
+    pub fn new(name: &str, path: &std::path::Path) -> Self {
+        Self {
+            name: name.into(),
+            path: path.to_path_buf(),
+            changes: None,
+        }
+    }
+}
+
+/// Which snapshot a delta applies on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferenceChoice {
+    /// The series' newest snapshot, used as a delta base only if its state matches
+    /// (otherwise the disk is read in full).
+    Auto,
+    /// The series' newest snapshot; a delta that does not belong to it is an error.
+    Latest,
+    /// This snapshot (id prefix); a delta that does not belong to it is an error.
+    Snapshot(String),
+}
+
+/// How a backup uses delta information.
+#[derive(Debug, Clone)]
+pub struct DeltaOptions {
+    /// The reference snapshot.
+    pub reference: ReferenceChoice,
+    /// Read in full instead of failing when a delta does not belong to the reference.
+    pub fallback_full: bool,
+    /// Force a key backup.
+    pub force_key: bool,
+    /// Every Nth backup of a series is a key backup; 0 disables the interval.
+    pub key_interval: u32,
+    /// How to interpret the disk paths.
+    pub format: SourceFormat,
+}
+
+impl Default for DeltaOptions {
+    fn default() -> Self {
+        Self {
+            reference: ReferenceChoice::Auto,
+            fallback_full: false,
+            force_key: false,
+            key_interval: 20,
+            format: SourceFormat::Auto,
+        }
+    }
 }
 
 /// What to back up.
@@ -59,6 +110,8 @@ pub struct BackupRequest {
     pub tags: Vec<(String, String)>,
     /// Block size; default: the series' previous block size for the disk, else the repository default.
     pub block_size: Option<u32>,
+    /// Delta handling.
+    pub delta: DeltaOptions,
 }
 
 impl BackupRequest {
@@ -66,12 +119,10 @@ impl BackupRequest {
     pub fn one_disk(series: &str, disk: &str, path: &std::path::Path) -> Self {
         Self {
             series: series.into(),
-            disks: vec![DiskSpec {
-                name: disk.into(),
-                path: path.to_path_buf(),
-            }],
+            disks: vec![DiskSpec::new(disk, path)],
             tags: Vec::new(),
             block_size: None,
+            delta: DeltaOptions::default(),
         }
     }
 }
@@ -162,10 +213,16 @@ pub fn backup(
     let started = Instant::now();
     let time_us = crate::time::now_us();
     // Open every source before writing anything, so a bad path costs nothing.
-    let sources: Vec<RawSource> = req
+    let sources: Vec<Box<dyn BlockSource>> = req
         .disks
         .iter()
-        .map(|d| RawSource::open(&d.path))
+        .map(|d| {
+            open_source(&SourceSpec {
+                location: d.path.to_string_lossy().into_owned(),
+                format: req.delta.format,
+                changes: d.changes.clone(),
+            })
+        })
         .collect::<Result<_>>()?;
     let previous = repo
         .index()
@@ -220,7 +277,7 @@ pub fn backup(
             page: Vec::new(),
             stats: DiskStats::default(),
         };
-        disk.run(source, reference, progress)?;
+        disk.run(source.as_ref(), reference, progress)?;
         progress.finish();
         let DiskBackup {
             roots: root, stats, ..
