@@ -12,12 +12,10 @@
 //! unpublished snapshot file), and a rerun finds the sealed packs' objects in the index.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use rocksdb::WriteBatch;
 use tessera_format::config::validate_block_size;
 use tessera_format::manifest::block_count;
 use tessera_format::snapshot::{root_digest, validate_name};
@@ -26,8 +24,8 @@ use tessera_format::{
     SnapshotHeader, SnapshotId,
 };
 
-use crate::backend::Namespace;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::ops::publish::publish_snapshot;
 use crate::progress::Progress;
 use crate::refcount::RefDeltas;
 use crate::repo::Repository;
@@ -303,26 +301,12 @@ pub fn backup(
         disks,
     };
     let snapshot = Snapshot { header, roots };
-    let id = publish(repo, &snapshot, &refs)?;
+    let id = publish_snapshot(repo, &snapshot, &refs)?;
     Ok(BackupOutcome {
         id,
         header: snapshot.header,
         packs_written: session_stats.packs,
     })
-}
-
-/// Writes the snapshot file durably, then commits catalog entry and counts in one batch.
-fn publish(repo: &Repository, snapshot: &Snapshot, refs: &RefDeltas) -> Result<SnapshotId> {
-    let mut batch = WriteBatch::default();
-    refs.stage(repo.index(), &mut batch)?;
-    let (id, bytes) = snapshot.encode();
-    let mut file = repo.backend().create(Namespace::Snapshots, &id.to_hex())?;
-    file.write_all(&bytes)
-        .ctx(|| format!("writing snapshot {id}"))?;
-    file.commit()?;
-    repo.index().put_snapshot(&mut batch, id, &snapshot.header);
-    repo.index().write(batch)?;
-    Ok(id)
 }
 
 struct DiskBackup<'a, 'r> {

@@ -8,6 +8,7 @@ pub mod damage;
 pub mod diff;
 pub mod forget;
 pub mod prune;
+pub mod publish;
 pub mod rebuild_index;
 pub mod repair;
 pub mod restore;
