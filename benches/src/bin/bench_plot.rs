@@ -44,16 +44,16 @@ fn size_groups(doc: &Value) -> Vec<Group> {
             "growth of the delta backup" => "growth by the delta".to_string(),
             other => other.to_string(),
         };
-        let i = match groups.iter().position(|g| g.label == label) {
-            Some(i) => i,
-            None => {
+        let i = groups
+            .iter()
+            .position(|g| g.label == label)
+            .unwrap_or_else(|| {
                 groups.push(Group {
                     label,
                     bars: vec![("tessera".into(), ours)],
                 });
                 groups.len() - 1
-            }
-        };
+            });
         groups[i].bars.push((peer.to_string(), theirs));
     }
     groups
