@@ -257,14 +257,47 @@ pub fn run_all(
     let size = fs::metadata(image)?.len();
     let writes = plan_writes(size, percent, seed);
     let mut rows = Vec::new();
-    let dir = |name: &str| -> Result<PathBuf> {
-        let p = work.join(name);
+    let ctx = Ctx {
+        bin,
+        image,
+        work,
+        size,
+        writes: &writes,
+    };
+    rows.push(qcow2_overlay(&ctx)?);
+    rows.push(nbd_bitmap(&ctx)?);
+    let (vhd, changed) = vhd_differencing(&ctx)?;
+    rows.push(vhd);
+    rows.push(changed_list(&ctx, &changed)?);
+    Ok(rows)
+}
+
+/// What every source's run needs.
+struct Ctx<'a> {
+    bin: &'a Path,
+    image: &'a Path,
+    work: &'a Path,
+    size: u64,
+    writes: &'a [(u64, u64)],
+}
+
+impl Ctx<'_> {
+    fn dir(&self, name: &str) -> Result<PathBuf> {
+        let p = self.work.join(name);
         fs::create_dir_all(&p)?;
         Ok(p)
-    };
-    let init = |repo: &Path| tessera(bin, &["init", &repo.display().to_string()]).map(|_| ());
+    }
 
-    // qcow2 overlay.
+    fn init(&self, repo: &Path) -> Result<()> {
+        tessera(self.bin, &["init", &repo.display().to_string()]).map(|_| ())
+    }
+}
+
+/// A qcow2 overlay made by `qemu-img create -b` on the image converted to qcow2.
+fn qcow2_overlay(ctx: &Ctx<'_>) -> Result<DeltaRow> {
+    let (bin, image, writes) = (ctx.bin, ctx.image, ctx.writes);
+    let init = |r: &Path| ctx.init(r);
+    let dir = |n: &str| ctx.dir(n);
     let d = dir("delta-qcow2")?;
     let base = d.join("base.qcow2");
     tool(
@@ -297,7 +330,7 @@ pub fn run_all(
             &overlay.display().to_string(),
         ],
     )?;
-    qemu_io_writes("qcow2", &overlay, &writes)?;
+    qemu_io_writes("qcow2", &overlay, writes)?;
     let delta = backup(
         bin,
         &repo,
@@ -325,9 +358,16 @@ pub fn run_all(
         &expected,
         &d,
     )?;
-    rows.push(row("qcow2 overlay", full, delta)?);
+    row("qcow2 overlay", full, delta)
+}
 
-    // NBD dirty bitmap (qemu-nbd --bitmap on a qcow2 image with a persistent bitmap).
+/// A persistent QEMU dirty bitmap on a qcow2 image, exported by `qemu-nbd --bitmap`.
+fn nbd_bitmap(ctx: &Ctx<'_>) -> Result<DeltaRow> {
+    let (bin, writes) = (ctx.bin, ctx.writes);
+    let init = |r: &Path| ctx.init(r);
+    let d = ctx.dir("delta-qcow2")?;
+    let base = d.join("base.qcow2");
+    let expected = d.join("expected.raw");
     let img = d.join("bitmap.qcow2");
     fs::copy(&base, &img)?;
     tool(
@@ -342,7 +382,7 @@ pub fn run_all(
         let _server = NbdServer::start(&socket, &img, None)?;
         backup(bin, &repo_n, "n", &url_full, &[])?
     };
-    qemu_io_writes("qcow2", &img, &writes)?;
+    qemu_io_writes("qcow2", &img, writes)?;
     let url_delta = format!("nbd+unix:///?socket={}&bitmap=b0", socket.display());
     let delta = {
         let _server = NbdServer::start(&socket, &img, Some("b0"))?;
@@ -355,10 +395,16 @@ pub fn run_all(
         &expected,
         &d,
     )?;
-    rows.push(row("NBD dirty bitmap", full, delta)?);
     fs::remove_file(&img)?;
+    row("NBD dirty bitmap", full, delta)
+}
 
-    // VHD differencing disk, as exported by `tessera export --base` (XO's delta shape).
+/// A VHD differencing disk, as `tessera export --base` writes it (Xen Orchestra's delta
+/// shape). Returns the row and the changed raw image.
+fn vhd_differencing(ctx: &Ctx<'_>) -> Result<(DeltaRow, PathBuf)> {
+    let (bin, image, writes) = (ctx.bin, ctx.image, ctx.writes);
+    let init = |r: &Path| ctx.init(r);
+    let dir = |n: &str| ctx.dir(n);
     let v = dir("delta-vhd")?;
     let scratch_repo = v.join("raw-repo");
     init(&scratch_repo)?;
@@ -375,7 +421,7 @@ pub fn run_all(
             &changed.display().to_string(),
         ],
     )?;
-    raw_writes(&changed, &writes)?;
+    raw_writes(&changed, writes)?;
     let s1 = backup(
         bin,
         &scratch_repo,
@@ -433,9 +479,14 @@ pub fn run_all(
         &changed,
         &v,
     )?;
-    rows.push(row("VHD differencing", full, delta)?);
+    Ok((row("VHD differencing", full, delta)?, changed))
+}
 
-    // Changed-block list next to the raw image.
+/// A changed-block list next to the raw image.
+fn changed_list(ctx: &Ctx<'_>, changed: &Path) -> Result<DeltaRow> {
+    let (bin, image, writes, size) = (ctx.bin, ctx.image, ctx.writes, ctx.size);
+    let init = |r: &Path| ctx.init(r);
+    let v = ctx.dir("delta-vhd")?;
     let repo_l = v.join("repo-list");
     init(&repo_l)?;
     let list0 = v.join("list0.txt");
@@ -462,10 +513,10 @@ pub fn run_all(
         &cbt_image.display().to_string(),
         &["--changes", &changes0],
     )?;
-    raw_writes(&cbt_image, &writes)?;
+    raw_writes(&cbt_image, writes)?;
     let mut list =
         format!("tessera-changed-blocks v1\nsize {size}\nbase-state cbt:0\nstate cbt:1\n");
-    for (off, len) in &writes {
+    for (off, len) in writes {
         let _ = writeln!(list, "extent {off} {len}");
     }
     let list1 = v.join("list1.txt");
@@ -482,11 +533,10 @@ pub fn run_all(
         bin,
         &repo_l,
         delta.1["snapshot"].as_str().unwrap_or_default(),
-        &changed,
+        changed,
         &v,
     )?;
-    rows.push(row("changed-block list", full, delta)?);
-    Ok(rows)
+    row("changed-block list", full, delta)
 }
 
 /// The rows as a text table.

@@ -9,6 +9,7 @@
 
 mod delta;
 mod disk;
+mod full_read;
 mod heal;
 pub mod plan;
 mod reference;
