@@ -1,0 +1,1 @@
+//! Unit tests: hand-built images and never-panic loops.
