@@ -315,3 +315,65 @@ fn differencing_disk_without_its_parent_is_refused_naming_it() {
     assert!(text.contains(&uuid_text(&footer_uuid(&w.join("moved.vhd")))), "{out}");
     assert!(list_ids(&repo).is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// Delta backups of a chain
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn differencing_chain_backs_up_as_deltas_on_the_parent_snapshots() {
+    let c = build_chain("vhd_chain_delta", 1);
+    let w = c.dir.path();
+    let repo = w.join("repo");
+    init_repo(&repo, &[]);
+    let full = backup(&repo, "s", &c.base, &[]);
+    full.ok();
+    let full = full.json();
+    assert_eq!(disk0(&full)["mode"], "full", "{full}");
+    let full_id = snapshot_id(&full);
+
+    // d1 is read only where it holds sectors; its parent is not even needed for that.
+    let hidden = w.join("hidden.vhd");
+    fs::rename(&c.base, &hidden).expect("hide base");
+    let v1 = backup(&repo, "s", &c.d1, &["--reference", "latest"]);
+    v1.ok();
+    let v1 = v1.json();
+    fs::rename(&hidden, &c.base).expect("unhide base");
+    let d = disk0(&v1);
+    assert_eq!(d["mode"], "delta", "{v1}");
+    assert_eq!(d["changed_bytes"].as_u64(), Some(c.written[0]), "{v1}");
+    assert_eq!(d["bytes_read"].as_u64(), Some(c.written[0]), "{v1}");
+    assert!(c.written[0] < footer_size(&c.base) / 4);
+    assert_restores_to(&repo, &snapshot_id(&v1), &c.oracles[1], w);
+
+    let v2 = backup(&repo, "s", &c.d2, &["--reference", "latest"]);
+    v2.ok();
+    let v2 = v2.json();
+    let d = disk0(&v2);
+    assert_eq!(d["mode"], "delta", "{v2}");
+    assert_eq!(d["bytes_read"].as_u64(), Some(c.written[1]), "{v2}");
+    assert_restores_to(&repo, &snapshot_id(&v2), &c.oracles[2], w);
+    // Earlier snapshots still restore to their own state.
+    assert_restores_to(&repo, &full_id, &c.oracles[0], w);
+    assert_restores_to(&repo, &snapshot_id(&v1), &c.oracles[1], w);
+
+    // d2 applies on d1, not on the base: refused against the base's snapshot, naming both.
+    let ids = list_ids(&repo);
+    let packs = pack_files(&repo);
+    let wrong = backup(&repo, "s", &c.d2, &["--reference", &full_id]);
+    assert_ne!(wrong.code, 0, "{wrong}");
+    let text = format!("{}{}", wrong.stdout, wrong.stderr);
+    assert!(text.contains(&uuid_text(&footer_uuid(&c.d1))), "names d1's id: {wrong}");
+    assert!(text.contains(&uuid_text(&footer_uuid(&c.base))), "names the base's id: {wrong}");
+    assert_eq!(list_ids(&repo), ids);
+    assert_eq!(pack_files(&repo), packs);
+
+    // With --fallback-full it reads the whole chain through the parent locators.
+    let fb = backup(&repo, "s", &c.d2, &["--reference", &full_id, "--fallback-full"]);
+    fb.ok();
+    let fb = fb.json();
+    assert_ne!(disk0(&fb)["mode"], "delta", "{fb}");
+    assert!(disk0(&fb)["bytes_read"].as_u64() > Some(c.written[0] + c.written[1]), "{fb}");
+    assert_restores_to(&repo, &snapshot_id(&fb), &c.oracles[2], w);
+    verify(&repo).ok();
+}
