@@ -5,7 +5,6 @@
 //! (which qemu's `vpc` driver cannot follow to a parent), a raw copy to which the test
 //! applies the same writes, cross-checked with libvhdi (`pyvhdi`) when it is installed.
 
-use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +12,8 @@ use std::process::Command;
 
 use rand::{Rng, RngCore};
 use tempfile::TempDir;
+use tessera_engine::sources::vhd::VhdSource;
+use tessera_engine::sources::BlockSource;
 use tessera_tests::qemu::{convert_to_raw, qemu_img, qemu_io};
 use tessera_tests::vhd_build::{
     fix_checksum, footer_size, footer_uuid, macx, uuid_text, w2ku, w2ru, ParentSpec, VhdImage,
@@ -299,12 +300,29 @@ fn differencing_disk_without_its_parent_is_refused_naming_it() {
     let repo = w.join("repo");
     init_repo(&repo, &[]);
     fs::rename(&c.base, w.join("moved.vhd")).expect("rename");
-    let out = backup(&repo, "s", &c.d2, &[]);
-    assert_ne!(out.code, 0, "{out}");
-    let text = format!("{}{}", out.stdout, out.stderr);
-    assert!(text.contains("base.vhd") && text.contains(&uuid_text(&footer_uuid(&w.join("moved.vhd")))), "{out}");
-    assert!(list_ids(&repo).is_empty());
-    assert!(pack_files(&repo).is_empty());
+    let base_id = uuid_text(&footer_uuid(&w.join("moved.vhd")));
+
+    // Through the engine: the source opens (its own sectors are readable) but cannot read
+    // what lies in the missing grandparent, and says which file is missing.
+    let src = VhdSource::open(&c.d2).expect("opening d2 without its grandparent");
+    assert!(!src.reads_full());
+    let changes = src.changes().expect("a differencing disk is a delta");
+    assert_eq!(changes.base_state, format!("vhd:{}", uuid_text(&footer_uuid(&c.d1))));
+    let (s0, e0) = changes.extents[0];
+    let mut buf = vec![0u8; (e0 - s0) as usize];
+    assert_eq!(src.read_at(s0, &mut buf).expect("own sectors"), e0 - s0);
+    let mut all = vec![0u8; footer_size(&c.d2) as usize];
+    let err = src.read_at(0, &mut all).expect_err("the base is missing").to_string();
+    assert!(err.contains("base.vhd") && err.contains(&base_id), "{err}");
+
+    // Through the CLI: refused (it can be read only as a delta), nothing stored.
+    for extra in [&[][..], &["--fallback-full"][..]] {
+        let out = backup(&repo, "s", &c.d2, extra);
+        assert_ne!(out.code, 0, "{out}");
+        assert!(out.stderr.contains(&uuid_text(&footer_uuid(&c.d1))), "{out}");
+        assert!(list_ids(&repo).is_empty());
+        assert!(pack_files(&repo).is_empty());
+    }
 
     // A file with another unique id where the locator points is refused, naming both ids.
     qemu_img(&["create", "-q", "-f", "vpc", s(&c.base), "16M"]);
@@ -376,4 +394,109 @@ fn differencing_chain_backs_up_as_deltas_on_the_parent_snapshots() {
     assert!(disk0(&fb)["bytes_read"].as_u64() > Some(c.written[0] + c.written[1]), "{fb}");
     assert_restores_to(&repo, &snapshot_id(&fb), &c.oracles[2], w);
     verify(&repo).ok();
+}
+
+// ---------------------------------------------------------------------------------------
+// Damaged images
+// ---------------------------------------------------------------------------------------
+
+/// A damaged copy of a good VHD: name, bytes, what the error must say.
+type Damage = (&'static str, Vec<u8>, Vec<&'static str>);
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4"))
+}
+
+fn damaged_images(good: &[u8], diff: &[u8]) -> Vec<Damage> {
+    let len = good.len();
+    let hdr = HEADER_AT as usize;
+    let table = u64::from_be_bytes(good[hdr + 16..hdr + 24].try_into().expect("8")) as usize;
+    let first_alloc = (0..)
+        .map(|i| be32(good, table + i * 4))
+        .find(|&e| e != u32::MAX)
+        .expect("an allocated block") as usize
+        * 512;
+    let with_header = |f: &dyn Fn(&mut [u8])| {
+        let mut b = good.to_vec();
+        f(&mut b[hdr..hdr + 1024]);
+        fix_checksum(&mut b[hdr..hdr + 1024], HEADER_CHECKSUM);
+        b
+    };
+    let mut v: Vec<Damage> = Vec::new();
+    let mut b = good.to_vec();
+    b[len - 512 + 64] ^= 0x01;
+    v.push(("footer checksum", b, vec!["footer at offset", "checksum"]));
+    let mut b = good.to_vec();
+    b[hdr + 36] ^= 0x10;
+    v.push(("header checksum", b, vec!["dynamic header at offset 512", "checksum"]));
+    let mut b = good.to_vec();
+    b[table..table + 4].copy_from_slice(&0x00ff_0000u32.to_be_bytes());
+    v.push(("BAT entry past EOF", b, vec!["BAT entry 0", "sector 16711680"]));
+    let mut b = good.to_vec();
+    b[table..table + 4].copy_from_slice(&2u32.to_be_bytes());
+    v.push(("BAT entry into the header", b, vec!["BAT entr"]));
+    v.push((
+        "truncated in a block",
+        good[..first_alloc + 700_000].to_vec(),
+        vec!["no footer at the end", "truncated"],
+    ));
+    v.push((
+        "block size not a power of two",
+        with_header(&|h| h[32..36].copy_from_slice(&0x0030_0000u32.to_be_bytes())),
+        vec!["block size 3145728", "power of two"],
+    ));
+    v.push((
+        "max table entries huge",
+        with_header(&|h| h[28..32].copy_from_slice(&u32::MAX.to_be_bytes())),
+        vec!["4294967295 entries"],
+    ));
+    // Garbage with a valid-looking footer: first alone, then with its copy at offset 0.
+    let mut gen = DataGen::new(7);
+    let mut b = gen.bytes(tessera_tests::Fill::Random, 3 << 20);
+    b.extend_from_slice(&good[len - 512..]);
+    v.push(("garbage, footer at the end", b.clone(), vec!["footer copy at offset 0"]));
+    b[..512].copy_from_slice(&good[len - 512..]);
+    v.push(("garbage, both footers", b, vec!["dynamic header at offset 512", "cookie"]));
+    // A parent locator of absurd length (differencing disk).
+    let mut b = diff.to_vec();
+    b[hdr + 576 + 8..hdr + 576 + 12].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    fix_checksum(&mut b[hdr..hdr + 1024], HEADER_CHECKSUM);
+    v.push(("locator length", b, vec!["parent locator 0", "platform data length 2147483647"]));
+    v
+}
+
+#[test]
+fn damaged_vhds_are_refused_with_the_problem_named_and_nothing_stored() {
+    let dir = TempDir::new().expect("tempdir");
+    let w = dir.path();
+    let good_path = w.join("good.vhd");
+    qemu_img(&["create", "-q", "-f", "vpc", s(&good_path), "8M"]);
+    qemu_io("vpc", &good_path, "write -P 0x42 3M 1M");
+    let mut diff = VhdImage::differencing(
+        footer_size(&good_path),
+        2 * MIB,
+        [9; 16],
+        ParentSpec { uuid: footer_uuid(&good_path), name: "good.vhd".into(), locators: vec![w2ru("good.vhd")] },
+    );
+    diff.write(4096, &[0x55; 1024]);
+    let repo = w.join("repo");
+    init_repo(&repo, &[]);
+    backup(&repo, "s", &good_path, &[]).ok();
+    let ids = list_ids(&repo);
+    let packs = pack_files(&repo);
+    let good = fs::read(&good_path).expect("good");
+    for (name, bytes, needles) in damaged_images(&good, &diff.to_bytes()) {
+        let path = w.join("bad.vhd");
+        fs::write(&path, &bytes).expect("writing damaged copy");
+        let out = backup(&repo, "s", &path, &["--format", "vhd"]);
+        assert_ne!(out.code, 0, "[{name}] {out}");
+        assert_ne!(out.code, 101, "[{name}] panicked: {out}");
+        eprintln!("[{name}] {}", out.stderr.trim());
+        for needle in needles {
+            assert!(out.stderr.contains(needle), "[{name}] stderr lacks {needle:?}: {out}");
+        }
+        assert!(out.stderr.contains("not a usable VHD image"), "[{name}] {out}");
+        assert_eq!(list_ids(&repo), ids, "[{name}]");
+        assert_eq!(pack_files(&repo), packs, "[{name}]");
+    }
 }
