@@ -22,7 +22,9 @@ pub const HEADER_CHECKSUM: usize = 36;
 
 /// One's complement of the byte sum.
 pub fn checksum(bytes: &[u8]) -> u32 {
-    !bytes.iter().fold(0u32, |s, &b| s.wrapping_add(u32::from(b)))
+    !bytes
+        .iter()
+        .fold(0u32, |s, &b| s.wrapping_add(u32::from(b)))
 }
 
 /// Recomputes the checksum stored at `field` of the structure `bytes`.
@@ -49,8 +51,15 @@ pub fn footer_size(path: &Path) -> u64 {
 
 /// Lowercase, dashed form of a unique id (stored byte order).
 pub fn uuid_text(id: &[u8; 16]) -> String {
-    let h: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    let h = crate::hex(id);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// A parent locator: platform code and data.
@@ -67,12 +76,18 @@ pub fn w2ku(path: &Path) -> Locator {
 
 /// `W2ru`: path relative to the child's directory, UTF-16LE (written with backslashes).
 pub fn w2ru(relative: &str) -> Locator {
-    (*b"W2ru", utf16le(&format!(".\\{}", relative.replace('/', "\\"))))
+    (
+        *b"W2ru",
+        utf16le(&format!(".\\{}", relative.replace('/', "\\"))),
+    )
 }
 
 /// `MacX`: a `file://` URL, UTF-8 (spaces percent-encoded).
 pub fn macx(path: &Path) -> Locator {
-    (*b"MacX", format!("file://{}", path.display().to_string().replace(' ', "%20")).into_bytes())
+    (
+        *b"MacX",
+        format!("file://{}", path.display().to_string().replace(' ', "%20")).into_bytes(),
+    )
 }
 
 /// What a differencing disk records about its parent.
@@ -105,18 +120,30 @@ impl VhdImage {
     /// An empty dynamic disk.
     pub fn dynamic(size: u64, block_size: u64, uuid: [u8; 16]) -> Self {
         assert!(size.is_multiple_of(SECTOR) && block_size.is_power_of_two());
-        Self { size, block_size, uuid, parent: None, blocks: BTreeMap::new() }
+        Self {
+            size,
+            block_size,
+            uuid,
+            parent: None,
+            blocks: BTreeMap::new(),
+        }
     }
 
     /// An empty differencing disk over `parent`.
     pub fn differencing(size: u64, block_size: u64, uuid: [u8; 16], parent: ParentSpec) -> Self {
-        Self { parent: Some(parent), ..Self::dynamic(size, block_size, uuid) }
+        Self {
+            parent: Some(parent),
+            ..Self::dynamic(size, block_size, uuid)
+        }
     }
 
     /// Writes `data` at `offset` (both sector-aligned), allocating blocks and setting bits.
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         assert!(offset.is_multiple_of(SECTOR) && (data.len() as u64).is_multiple_of(SECTOR));
-        assert!(offset + data.len() as u64 <= self.size, "write past the disk end");
+        assert!(
+            offset + data.len() as u64 <= self.size,
+            "write past the disk end"
+        );
         let bs = self.block_size;
         let bitmap_len = (bs / SECTOR / 8).next_multiple_of(SECTOR) as usize;
         for (i, sector) in data.chunks(SECTOR as usize).enumerate() {
@@ -172,7 +199,12 @@ impl VhdImage {
         hdr[32..36].copy_from_slice(&(bs as u32).to_be_bytes());
         if let Some(p) = &self.parent {
             hdr[40..56].copy_from_slice(&p.uuid);
-            let name: Vec<u8> = p.name.encode_utf16().take(256).flat_map(u16::to_be_bytes).collect();
+            let name: Vec<u8> = p
+                .name
+                .encode_utf16()
+                .take(256)
+                .flat_map(u16::to_be_bytes)
+                .collect();
             hdr[64..64 + name.len()].copy_from_slice(&name);
             for (i, (code, data)) in p.locators.iter().enumerate() {
                 let at = out.len() as u64;

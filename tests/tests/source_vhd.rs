@@ -67,7 +67,9 @@ fn allocated_blocks(vhd: &Path) -> u64 {
     let hdr = be64(16) as usize;
     let table = be64(hdr + 16) as usize;
     let entries = be32(hdr + 28) as usize;
-    (0..entries).filter(|i| be32(table + i * 4) != u32::MAX).count() as u64
+    (0..entries)
+        .filter(|i| be32(table + i * 4) != u32::MAX)
+        .count() as u64
 }
 
 #[test]
@@ -90,12 +92,18 @@ fn dynamic_vhd_written_by_qemu_io_restores_like_qemu() {
     let v = backup_json(&repo, "s", &[("disk", &vhd)]);
     let d = disk0(&v);
     // qemu creates the current size rounded up to CHS geometry and reads it as such.
-    assert_eq!(d["size"].as_u64(), Some(fs::metadata(&oracle).expect("oracle").len()));
+    assert_eq!(
+        d["size"].as_u64(),
+        Some(fs::metadata(&oracle).expect("oracle").len())
+    );
     assert_eq!(d["size"].as_u64(), Some(footer_size(&vhd)));
     // qemu allocates whole 2 MiB blocks with all bitmap bits set: exactly those are read.
     let read = d["bytes_read"].as_u64().expect("bytes_read");
     assert_eq!(read, allocated_blocks(&vhd) * 2 * MIB, "{v}");
-    assert!(read < footer_size(&vhd) / 2, "a sparse VHD is read only where allocated: {v}");
+    assert!(
+        read < footer_size(&vhd) / 2,
+        "a sparse VHD is read only where allocated: {v}"
+    );
     assert_restores_to(&repo, &snapshot_id(&v), &oracle, dir.path());
     verify(&repo).ok();
 }
@@ -134,7 +142,17 @@ fn fixed_vhd_restores_like_qemu() {
     let raw = dir.path().join("orig.raw");
     make_image(&raw, ImageSpec::mixed(12 * MIB), &mut gen);
     let vhd = dir.path().join("f.vhd");
-    qemu_img(&["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed", s(&raw), s(&vhd)]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vpc",
+        "-o",
+        "subformat=fixed",
+        s(&raw),
+        s(&vhd),
+    ]);
     let oracle = dir.path().join("f.raw");
     convert_to_raw(&vhd, "vpc", &oracle);
     let repo = dir.path().join("repo");
@@ -143,7 +161,10 @@ fn fixed_vhd_restores_like_qemu() {
     assert_eq!(disk0(&v)["size"].as_u64(), Some(footer_size(&vhd)));
     assert_restores_to(&repo, &snapshot_id(&v), &oracle, dir.path());
     // Auto-detection must not take the fixed VHD for a raw image (footer included).
-    assert_eq!(fs::metadata(&vhd).expect("vhd").len(), footer_size(&vhd) + 512);
+    assert_eq!(
+        fs::metadata(&vhd).expect("vhd").len(),
+        footer_size(&vhd) + 512
+    );
     verify(&repo).ok();
 }
 
@@ -165,7 +186,10 @@ struct Chain {
 /// Random writes of whole `align`-sector units into `img` and the same into the raw file
 /// `oracle` (20% of them all zeros).
 fn random_writes(gen: &mut DataGen, img: &mut VhdImage, oracle: &Path, count: usize, align: u64) {
-    let f = fs::OpenOptions::new().write(true).open(oracle).expect("oracle");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(oracle)
+        .expect("oracle");
     let units = img.size / 512 / align;
     for _ in 0..count {
         let n = gen.rng.gen_range(1..=300 / align).min(units);
@@ -202,7 +226,10 @@ fn build_chain(test: &str, align: u64) -> Chain {
         ParentSpec {
             uuid: footer_uuid(&base),
             name: "base.vhd".into(),
-            locators: vec![w2ku(Path::new("/nonexistent/base.vhd")), w2ru("../base.vhd")],
+            locators: vec![
+                w2ku(Path::new("/nonexistent/base.vhd")),
+                w2ru("../base.vhd"),
+            ],
         },
     );
     fs::copy(&oracles[0], &oracles[1]).expect("copy oracle");
@@ -226,7 +253,14 @@ fn build_chain(test: &str, align: u64) -> Chain {
     random_writes(&mut gen, &mut img2, &oracles[2], 25, align);
     img2.save(&d2);
     let written = [img1.written_bytes(), img2.written_bytes()];
-    Chain { dir, base, d1, d2, oracles, written }
+    Chain {
+        dir,
+        base,
+        d1,
+        d2,
+        oracles,
+        written,
+    }
 }
 
 fn pyvhdi_available() -> bool {
@@ -257,7 +291,11 @@ open(out, 'wb').write(files[0].read_buffer_at_offset(files[0].media_size, 0))
         .args(chain)
         .output()
         .expect("python3");
-    assert!(o.status.success(), "libvhdi: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "libvhdi: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// The builder writes VHD chains that libvhdi reads as the raw oracles say. Writes are
@@ -307,19 +345,28 @@ fn differencing_disk_without_its_parent_is_refused_naming_it() {
     let src = VhdSource::open(&c.d2).expect("opening d2 without its grandparent");
     assert!(!src.reads_full());
     let changes = src.changes().expect("a differencing disk is a delta");
-    assert_eq!(changes.base_state, format!("vhd:{}", uuid_text(&footer_uuid(&c.d1))));
+    assert_eq!(
+        changes.base_state,
+        format!("vhd:{}", uuid_text(&footer_uuid(&c.d1)))
+    );
     let (s0, e0) = changes.extents[0];
     let mut buf = vec![0u8; (e0 - s0) as usize];
     assert_eq!(src.read_at(s0, &mut buf).expect("own sectors"), e0 - s0);
     let mut all = vec![0u8; footer_size(&c.d2) as usize];
-    let err = src.read_at(0, &mut all).expect_err("the base is missing").to_string();
+    let err = src
+        .read_at(0, &mut all)
+        .expect_err("the base is missing")
+        .to_string();
     assert!(err.contains("base.vhd") && err.contains(&base_id), "{err}");
 
     // Through the CLI: refused (it can be read only as a delta), nothing stored.
     for extra in [&[][..], &["--fallback-full"][..]] {
         let out = backup(&repo, "s", &c.d2, extra);
         assert_ne!(out.code, 0, "{out}");
-        assert!(out.stderr.contains(&uuid_text(&footer_uuid(&c.d1))), "{out}");
+        assert!(
+            out.stderr.contains(&uuid_text(&footer_uuid(&c.d1))),
+            "{out}"
+        );
         assert!(list_ids(&repo).is_empty());
         assert!(pack_files(&repo).is_empty());
     }
@@ -330,7 +377,10 @@ fn differencing_disk_without_its_parent_is_refused_naming_it() {
     assert_ne!(out.code, 0, "{out}");
     let text = format!("{}{}", out.stdout, out.stderr);
     assert!(text.contains(&uuid_text(&footer_uuid(&c.base))), "{out}");
-    assert!(text.contains(&uuid_text(&footer_uuid(&w.join("moved.vhd")))), "{out}");
+    assert!(
+        text.contains(&uuid_text(&footer_uuid(&w.join("moved.vhd")))),
+        "{out}"
+    );
     assert!(list_ids(&repo).is_empty());
 }
 
@@ -381,17 +431,31 @@ fn differencing_chain_backs_up_as_deltas_on_the_parent_snapshots() {
     let wrong = backup(&repo, "s", &c.d2, &["--reference", &full_id]);
     assert_ne!(wrong.code, 0, "{wrong}");
     let text = format!("{}{}", wrong.stdout, wrong.stderr);
-    assert!(text.contains(&uuid_text(&footer_uuid(&c.d1))), "names d1's id: {wrong}");
-    assert!(text.contains(&uuid_text(&footer_uuid(&c.base))), "names the base's id: {wrong}");
+    assert!(
+        text.contains(&uuid_text(&footer_uuid(&c.d1))),
+        "names d1's id: {wrong}"
+    );
+    assert!(
+        text.contains(&uuid_text(&footer_uuid(&c.base))),
+        "names the base's id: {wrong}"
+    );
     assert_eq!(list_ids(&repo), ids);
     assert_eq!(pack_files(&repo), packs);
 
     // With --fallback-full it reads the whole chain through the parent locators.
-    let fb = backup(&repo, "s", &c.d2, &["--reference", &full_id, "--fallback-full"]);
+    let fb = backup(
+        &repo,
+        "s",
+        &c.d2,
+        &["--reference", &full_id, "--fallback-full"],
+    );
     fb.ok();
     let fb = fb.json();
     assert_ne!(disk0(&fb)["mode"], "delta", "{fb}");
-    assert!(disk0(&fb)["bytes_read"].as_u64() > Some(c.written[0] + c.written[1]), "{fb}");
+    assert!(
+        disk0(&fb)["bytes_read"].as_u64() > Some(c.written[0] + c.written[1]),
+        "{fb}"
+    );
     assert_restores_to(&repo, &snapshot_id(&fb), &c.oracles[2], w);
     verify(&repo).ok();
 }
@@ -411,7 +475,7 @@ fn damaged_images(good: &[u8], diff: &[u8]) -> Vec<Damage> {
     let len = good.len();
     let hdr = HEADER_AT as usize;
     let table = u64::from_be_bytes(good[hdr + 16..hdr + 24].try_into().expect("8")) as usize;
-    let first_alloc = (0..)
+    let first_alloc = (0..good.len() / 4)
         .map(|i| be32(good, table + i * 4))
         .find(|&e| e != u32::MAX)
         .expect("an allocated block") as usize
@@ -428,10 +492,18 @@ fn damaged_images(good: &[u8], diff: &[u8]) -> Vec<Damage> {
     v.push(("footer checksum", b, vec!["footer at offset", "checksum"]));
     let mut b = good.to_vec();
     b[hdr + 36] ^= 0x10;
-    v.push(("header checksum", b, vec!["dynamic header at offset 512", "checksum"]));
+    v.push((
+        "header checksum",
+        b,
+        vec!["dynamic header at offset 512", "checksum"],
+    ));
     let mut b = good.to_vec();
     b[table..table + 4].copy_from_slice(&0x00ff_0000u32.to_be_bytes());
-    v.push(("BAT entry past EOF", b, vec!["BAT entry 0", "sector 16711680"]));
+    v.push((
+        "BAT entry past EOF",
+        b,
+        vec!["BAT entry 0", "sector 16711680"],
+    ));
     let mut b = good.to_vec();
     b[table..table + 4].copy_from_slice(&2u32.to_be_bytes());
     v.push(("BAT entry into the header", b, vec!["BAT entr"]));
@@ -454,14 +526,26 @@ fn damaged_images(good: &[u8], diff: &[u8]) -> Vec<Damage> {
     let mut gen = DataGen::new(7);
     let mut b = gen.bytes(tessera_tests::Fill::Random, 3 << 20);
     b.extend_from_slice(&good[len - 512..]);
-    v.push(("garbage, footer at the end", b.clone(), vec!["footer copy at offset 0"]));
+    v.push((
+        "garbage, footer at the end",
+        b.clone(),
+        vec!["footer copy at offset 0"],
+    ));
     b[..512].copy_from_slice(&good[len - 512..]);
-    v.push(("garbage, both footers", b, vec!["dynamic header at offset 512", "cookie"]));
+    v.push((
+        "garbage, both footers",
+        b,
+        vec!["dynamic header at offset 512", "cookie"],
+    ));
     // A parent locator of absurd length (differencing disk).
     let mut b = diff.to_vec();
     b[hdr + 576 + 8..hdr + 576 + 12].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
     fix_checksum(&mut b[hdr..hdr + 1024], HEADER_CHECKSUM);
-    v.push(("locator length", b, vec!["parent locator 0", "platform data length 2147483647"]));
+    v.push((
+        "locator length",
+        b,
+        vec!["parent locator 0", "platform data length 2147483647"],
+    ));
     v
 }
 
@@ -476,7 +560,11 @@ fn damaged_vhds_are_refused_with_the_problem_named_and_nothing_stored() {
         footer_size(&good_path),
         2 * MIB,
         [9; 16],
-        ParentSpec { uuid: footer_uuid(&good_path), name: "good.vhd".into(), locators: vec![w2ru("good.vhd")] },
+        ParentSpec {
+            uuid: footer_uuid(&good_path),
+            name: "good.vhd".into(),
+            locators: vec![w2ru("good.vhd")],
+        },
     );
     diff.write(4096, &[0x55; 1024]);
     let repo = w.join("repo");
@@ -493,9 +581,15 @@ fn damaged_vhds_are_refused_with_the_problem_named_and_nothing_stored() {
         assert_ne!(out.code, 101, "[{name}] panicked: {out}");
         eprintln!("[{name}] {}", out.stderr.trim());
         for needle in needles {
-            assert!(out.stderr.contains(needle), "[{name}] stderr lacks {needle:?}: {out}");
+            assert!(
+                out.stderr.contains(needle),
+                "[{name}] stderr lacks {needle:?}: {out}"
+            );
         }
-        assert!(out.stderr.contains("not a usable VHD image"), "[{name}] {out}");
+        assert!(
+            out.stderr.contains("not a usable VHD image"),
+            "[{name}] {out}"
+        );
         assert_eq!(list_ids(&repo), ids, "[{name}]");
         assert_eq!(pack_files(&repo), packs, "[{name}]");
     }

@@ -83,7 +83,8 @@ pub struct Sparse {
 /// Reads the header, the BAT and the bitmaps of a dynamic or differencing disk.
 pub fn read(file: &File, path: &Path, footer: &Footer) -> Result<Sparse> {
     let hdr_at = footer.data_offset;
-    let fits = |at: u64, len: u64| at >= FOOTER_LEN && at.checked_add(len).is_some_and(|e| e <= footer.at);
+    let fits =
+        |at: u64, len: u64| at >= FOOTER_LEN && at.checked_add(len).is_some_and(|e| e <= footer.at);
     if !fits(hdr_at, DYNAMIC_HEADER_LEN) {
         return Err(bad(path, format!(
             "footer data offset {hdr_at} (footer at {}, field at +16): the 1024-byte dynamic header must lie between the footer copy and the footer",
@@ -139,7 +140,9 @@ pub fn read(file: &File, path: &Path, footer: &Footer) -> Result<Sparse> {
         }
         let i = i as u64;
         let start = u64::from(sector) * SECTOR;
-        let data_len = (footer.current_size - i * block_size).min(block_size).next_multiple_of(SECTOR);
+        let data_len = (footer.current_size - i * block_size)
+            .min(block_size)
+            .next_multiple_of(SECTOR);
         if !fits(start, bitmap_len + data_len) {
             return Err(bad(path, format!(
                 "BAT entry {i} (offset {}) points to sector {sector} (offset {start}): the block's bitmap and data ({} bytes) must lie between the footer copy and the footer at {}",
@@ -151,12 +154,20 @@ pub fn read(file: &File, path: &Path, footer: &Footer) -> Result<Sparse> {
         placed.push((start, start + bitmap_len + data_len, i));
     }
     let mut metadata = vec![
-        (hdr_at, hdr_at + DYNAMIC_HEADER_LEN, "the dynamic header".to_string()),
+        (
+            hdr_at,
+            hdr_at + DYNAMIC_HEADER_LEN,
+            "the dynamic header".to_string(),
+        ),
         (table_at, table_at + entries * 4, "the BAT".to_string()),
     ];
     if let Some(p) = &parent {
         for l in &p.locators {
-            metadata.push((l.at, l.at + l.len, format!("{} parent locator data", l.code)));
+            metadata.push((
+                l.at,
+                l.at + l.len,
+                format!("{} parent locator data", l.code),
+            ));
         }
     }
     check_overlaps(&mut placed, &metadata, table_at).map_err(|r| bad(path, r))?;
@@ -171,7 +182,11 @@ pub fn read(file: &File, path: &Path, footer: &Footer) -> Result<Sparse> {
             });
         }
     }
-    Ok(Sparse { block_size, blocks, parent })
+    Ok(Sparse {
+        block_size,
+        blocks,
+        parent,
+    })
 }
 
 fn check_header(hdr: &[u8], at: u64) -> std::result::Result<(), String> {

@@ -10,8 +10,8 @@ use std::path::Path;
 use super::{bad, be_u32, be_u64, read_exact};
 use crate::error::Result;
 use crate::formats::vhd::{
-    checksum_without_field, footer as f, format_uuid, FOOTER_COOKIE, FOOTER_LEN,
-    TYPE_DIFFERENCING, TYPE_DYNAMIC, TYPE_FIXED,
+    checksum_without_field, footer as f, format_uuid, FOOTER_COOKIE, FOOTER_LEN, TYPE_DIFFERENCING,
+    TYPE_DYNAMIC, TYPE_FIXED,
 };
 
 /// The three disk types tessera reads.
@@ -82,8 +82,8 @@ pub fn read(file: &File, path: &Path, len: u64) -> Result<Footer> {
 
 fn no_footer(file: &File, path: &Path, len: u64, tail: &[u8]) -> crate::error::Error {
     let mut head = [0u8; 8];
-    let copy_ok = read_exact(file, path, &mut head, 0, "the footer copy").is_ok()
-        && head == *FOOTER_COOKIE;
+    let copy_ok =
+        read_exact(file, path, &mut head, 0, "the footer copy").is_ok() && head == *FOOTER_COOKIE;
     let found = String::from_utf8_lossy(tail.get(..8).unwrap_or_default()).into_owned();
     if copy_ok {
         bad(
@@ -166,7 +166,9 @@ fn check_copy(file: &File, path: &Path, footer: &Footer) -> Result<()> {
     let copy = parse(&raw, 0).map_err(|e| {
         bad(
             path,
-            format!("the footer copy at offset 0 is damaged ({e}); the footer at the end is intact"),
+            format!(
+                "the footer copy at offset 0 is damaged ({e}); the footer at the end is intact"
+            ),
         )
     })?;
     let same = copy.disk_type == footer.disk_type

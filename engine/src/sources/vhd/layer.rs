@@ -39,7 +39,10 @@ impl Layer {
         if !meta.is_file() {
             return Err(source_err(
                 path,
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "a VHD must be a regular file"),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a VHD must be a regular file",
+                ),
             ));
         }
         let file = File::open(path).map_err(|e| source_err(path, e))?;
@@ -59,7 +62,12 @@ impl Layer {
                 Some(dynamic::read(&file, path, &footer)?)
             }
         };
-        Ok(Self { path: path.to_path_buf(), file, footer, sparse })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            footer,
+            sparse,
+        })
     }
 
     /// Disk size.

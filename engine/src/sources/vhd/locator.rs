@@ -98,11 +98,17 @@ pub fn read(file: &File, path: &Path, hdr: &[u8], hdr_at: u64, end: u64) -> Resu
         let code = String::from_utf8_lossy(&entry[..4]).into_owned();
         let len = u64::from(be_u32(entry, 8));
         let at = be_u64(entry, 16);
-        let where_ = format!("parent locator {i} ({code:?}, entry at offset {})", hdr_at + e as u64);
+        let where_ = format!(
+            "parent locator {i} ({code:?}, entry at offset {})",
+            hdr_at + e as u64
+        );
         if len == 0 || len > MAX_LOCATOR {
-            return Err(bad(path, format!(
-                "{where_}: platform data length {len} is out of range (1 to {MAX_LOCATOR})"
-            )));
+            return Err(bad(
+                path,
+                format!(
+                    "{where_}: platform data length {len} is out of range (1 to {MAX_LOCATOR})"
+                ),
+            ));
         }
         if at < FOOTER_LEN || at.checked_add(len).is_none_or(|x| x > end) {
             return Err(bad(path, format!(
@@ -112,9 +118,18 @@ pub fn read(file: &File, path: &Path, hdr: &[u8], hdr_at: u64, end: u64) -> Resu
         let mut data = vec![0u8; len as usize];
         read_exact(file, path, &mut data, at, "parent locator data")?;
         let target = decode(&code, &data);
-        locators.push(Locator { code, at, len, target });
+        locators.push(Locator {
+            code,
+            at,
+            len,
+            target,
+        });
     }
-    Ok(ParentLink { uuid, name, locators })
+    Ok(ParentLink {
+        uuid,
+        name,
+        locators,
+    })
 }
 
 /// The path a locator's data names (see the module docs).
@@ -162,8 +177,14 @@ mod tests {
     #[test]
     fn locator_paths_decode() {
         let le = |s: &str| -> Vec<u8> { s.encode_utf16().flat_map(u16::to_le_bytes).collect() };
-        assert_eq!(decode("W2ru", &le(".\\a\\b.vhd")).as_deref(), Some("a/b.vhd"));
-        assert_eq!(decode("W2ku", &le("/x/y.vhd\0")).as_deref(), Some("/x/y.vhd"));
+        assert_eq!(
+            decode("W2ru", &le(".\\a\\b.vhd")).as_deref(),
+            Some("a/b.vhd")
+        );
+        assert_eq!(
+            decode("W2ku", &le("/x/y.vhd\0")).as_deref(),
+            Some("/x/y.vhd")
+        );
         assert_eq!(
             decode("MacX", b"file://localhost/x/a%20b.vhd").as_deref(),
             Some("/x/a b.vhd")

@@ -59,11 +59,15 @@ impl VhdSource {
     /// Opens and validates a VHD file and, for a differencing disk, its parents.
     pub fn open(path: &Path) -> Result<Self> {
         let top = Layer::open(path)?;
-        let changes = top.sparse.as_ref().and_then(|s| s.parent.as_ref()).map(|p| Changes {
-            base_state: state_token(&p.uuid),
-            base_description: p.describe(),
-            extents: normalize_extents(top.own_extents()),
-        });
+        let changes = top
+            .sparse
+            .as_ref()
+            .and_then(|s| s.parent.as_ref())
+            .map(|p| Changes {
+                base_state: state_token(&p.uuid),
+                base_description: p.describe(),
+                extents: normalize_extents(top.own_extents()),
+            });
         let mut layers = vec![top];
         let mut seen = HashSet::new();
         seen.insert(canonical(path));
@@ -81,10 +85,13 @@ impl VhdSource {
             match find_parent(&last.path, link)? {
                 Found::Parent(p) => {
                     if !seen.insert(canonical(&p)) {
-                        return Err(bad(path, format!(
-                            "the chain of parents loops: {} is its own ancestor",
-                            p.display()
-                        )));
+                        return Err(bad(
+                            path,
+                            format!(
+                                "the chain of parents loops: {} is its own ancestor",
+                                p.display()
+                            ),
+                        ));
                     }
                     layers.push(Layer::open(&p)?);
                 }
@@ -94,15 +101,25 @@ impl VhdSource {
                 }
             }
         }
-        Ok(Self { layers, missing_parent, changes })
+        Ok(Self {
+            layers,
+            missing_parent,
+            changes,
+        })
     }
 
     /// Reads `buf` at `offset` from layer `i` down; returns bytes read from files.
     fn read_layer(&self, i: usize, offset: u64, buf: &mut [u8]) -> Result<u64> {
         let Some(layer) = self.layers.get(i) else {
-            let why = self.missing_parent.as_deref().unwrap_or("the parent is missing");
+            let why = self
+                .missing_parent
+                .as_deref()
+                .unwrap_or("the parent is missing");
             return Err(Error::BadImage {
-                path: self.layers.first().map_or_else(String::new, |l| l.path.display().to_string()),
+                path: self
+                    .layers
+                    .first()
+                    .map_or_else(String::new, |l| l.path.display().to_string()),
                 format: "VHD",
                 reason: format!(
                     "reading {} bytes at disk offset {offset} needs the parent: {why}",
@@ -150,12 +167,19 @@ fn find_parent(child: &Path, link: &locator::ParentLink) -> Result<Found> {
             tried.push(format!("{code} → {} (not found)", candidate.display()));
             continue;
         };
-        let len = file.metadata().map_err(|e| source_err(&candidate, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| source_err(&candidate, e))?
+            .len();
         let found = footer::read(&file, &candidate, len)?;
         if found.uuid == link.uuid {
             return Ok(Found::Parent(candidate));
         }
-        wrong.push(format!("{code} → {} has unique id {}", candidate.display(), format_uuid(&found.uuid)));
+        wrong.push(format!(
+            "{code} → {} has unique id {}",
+            candidate.display(),
+            format_uuid(&found.uuid)
+        ));
     }
     if !wrong.is_empty() {
         return Err(bad(child, format!(
@@ -163,7 +187,11 @@ fn find_parent(child: &Path, link: &locator::ParentLink) -> Result<Found> {
             wrong.join("; ")
         )));
     }
-    let tried = if tried.is_empty() { "it has no usable parent locator".to_string() } else { tried.join(", ") };
+    let tried = if tried.is_empty() {
+        "it has no usable parent locator".to_string()
+    } else {
+        tried.join(", ")
+    };
     Ok(Found::Missing(format!(
         "{} of {} was not found ({tried}); only the sectors the differencing disk holds can be read",
         link.describe(),
@@ -194,7 +222,10 @@ impl BlockSource for VhdSource {
         };
         let mut id = vec![
             ("source.kind".to_string(), "vhd".to_string()),
-            ("source.path".into(), canonical(&top.path).display().to_string()),
+            (
+                "source.path".into(),
+                canonical(&top.path).display().to_string(),
+            ),
             ("vhd.type".into(), top.footer.disk_type.name().into()),
             ("vhd.uuid".into(), format_uuid(&top.footer.uuid)),
         ];
@@ -205,7 +236,10 @@ impl BlockSource for VhdSource {
             }
         }
         if let Some(parent) = self.layers.get(1) {
-            id.push(("vhd.parent_path".into(), canonical(&parent.path).display().to_string()));
+            id.push((
+                "vhd.parent_path".into(),
+                canonical(&parent.path).display().to_string(),
+            ));
         }
         id.push((STATE_KEY.into(), state_token(&top.footer.uuid)));
         id
@@ -230,16 +264,31 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 }
 
 fn source_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Source { path: path.to_path_buf(), source }
+    Error::Source {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Reads exactly `buf.len()` bytes at `at`; a short file is a malformed image.
 fn read_exact(file: &File, path: &Path, buf: &mut [u8], at: u64, what: &str) -> Result<()> {
     file.read_exact_at(buf, at).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            bad(path, format!("{what} at offset {at} ({} bytes) extends past the end of the file", buf.len()))
+            bad(
+                path,
+                format!(
+                    "{what} at offset {at} ({} bytes) extends past the end of the file",
+                    buf.len()
+                ),
+            )
         } else {
-            source_err(path, std::io::Error::new(e.kind(), format!("reading {what} ({} bytes at offset {at}): {e}", buf.len())))
+            source_err(
+                path,
+                std::io::Error::new(
+                    e.kind(),
+                    format!("reading {what} ({} bytes at offset {at}): {e}", buf.len()),
+                ),
+            )
         }
     })
 }
@@ -257,4 +306,3 @@ fn be_u64(b: &[u8], at: usize) -> u64 {
         .and_then(|s| s.try_into().ok())
         .map_or(0, u64::from_be_bytes)
 }
-
