@@ -209,3 +209,29 @@ fn random_bytes_and_mutations_never_panic() {
         "seed {seed}: no mutation produced an openable image"
     );
 }
+
+#[test]
+fn fixed_disk_with_a_511_byte_footer_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f.vhd");
+    let mut foot = [0u8; 512];
+    foot[0..8].copy_from_slice(b"conectix");
+    foot[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    foot[16..24].fill(0xff);
+    foot[48..56].copy_from_slice(&4096u64.to_be_bytes());
+    foot[60..64].copy_from_slice(&2u32.to_be_bytes());
+    let sum = checksum(&foot);
+    foot[64..68].copy_from_slice(&sum.to_be_bytes());
+    let mut bytes: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let data = bytes.clone();
+    bytes.extend_from_slice(&foot[..511]);
+    std::fs::write(&path, &bytes).expect("write");
+    let src = VhdSource::open(&path).expect("open");
+    assert_eq!(src.size(), 4096);
+    assert!(src.changes().is_none());
+    assert_eq!(read_all(&src).expect("read"), data);
+    // One byte less of data: the fixed disk no longer fits before its footer.
+    std::fs::write(&path, &bytes[1..]).expect("write");
+    let err = VhdSource::open(&path).err().expect("truncated").to_string();
+    assert!(err.contains("truncated"), "{err}");
+}
