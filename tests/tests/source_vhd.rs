@@ -594,3 +594,50 @@ fn damaged_vhds_are_refused_with_the_problem_named_and_nothing_stored() {
         assert_eq!(pack_files(&repo), packs, "[{name}]");
     }
 }
+
+/// A key backup reads the chain in full and compares it with the delta information: none
+/// while the chain is intact; drift where the base was written after the children were made
+/// (its unique id does not change, so only a key backup notices).
+#[test]
+fn key_backup_of_a_chain_reports_drift_when_the_base_changed_in_place() {
+    let c = build_chain("vhd_chain_key", 1);
+    let w = c.dir.path();
+    let repo = w.join("repo");
+    init_repo(&repo, &[]);
+    backup(&repo, "s", &c.base, &[]).ok();
+    let v1 = backup(&repo, "s", &c.d1, &["--reference", "latest"]);
+    v1.ok();
+    let d1_id = snapshot_id(&v1.json());
+    let key = backup(&repo, "s", &c.d2, &["--reference", "latest", "--full"]);
+    key.ok();
+    let key = key.json();
+    assert_eq!(disk0(&key)["mode"], "key", "{key}");
+    assert_eq!(disk0(&key)["drift_blocks"].as_u64(), Some(0), "{key}");
+    assert_restores_to(&repo, &snapshot_id(&key), &c.oracles[2], w);
+
+    // Write the base's last MiB (which neither child holds), behind the children's back.
+    let size = footer_size(&c.base);
+    let at = size - MIB / 2;
+    qemu_io("vpc", &c.base, &format!("write -P 0x99 {at} 65536"));
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&c.oracles[2])
+        .expect("oracle");
+    f.write_all_at(&[0x99; 65536], at).expect("oracle write");
+    let key = backup(&repo, "s", &c.d2, &["--reference", &d1_id, "--full"]);
+    key.ok();
+    let key = key.json();
+    let d = disk0(&key);
+    assert_eq!(d["mode"], "key", "{key}");
+    assert!(d["drift_blocks"].as_u64() >= Some(1), "{key}");
+    let bs = d["block_size"].as_u64().expect("block_size");
+    let offsets: Vec<u64> = d["drift_offsets"]
+        .as_array()
+        .expect("drift_offsets")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert!(offsets.contains(&(at / bs * bs)), "{key}");
+    assert_restores_to(&repo, &snapshot_id(&key), &c.oracles[2], w);
+    verify(&repo).ok();
+}

@@ -10,7 +10,8 @@
 //!
 //! Codes read: `W2ru` (path relative to the child's directory, UTF-16LE), `W2ku` (absolute
 //! path, UTF-16LE), `MacX` (a `file://` URL, UTF-8, percent-encoded). Backslashes become
-//! slashes and a leading `.\` is dropped; trailing NULs are ignored. The deprecated `Wi2r`
+//! slashes and a leading `.\` is dropped; trailing NULs are ignored; absolute paths that are
+//! not absolute here (Windows drive letters) are skipped. The deprecated `Wi2r`
 //! and `Wi2k` codes are bounds-checked but not followed. Candidates are tried in the order
 //! W2ru, W2ku, MacX; the first existing file whose footer unique id equals the parent
 //! unique id is the parent. The parent's time stamp is not compared.
@@ -56,15 +57,21 @@ impl ParentLink {
     }
 
     /// Candidate files for the parent, in the order tried, with the code naming each.
+    /// `W2ru` paths are taken relative to the child's directory; `W2ku` and `MacX` paths
+    /// must be absolute here (a Windows path such as `C:/vms/base.vhd` names nothing on
+    /// this system and is skipped).
     pub fn candidates(&self, child: &Path) -> Vec<(String, PathBuf)> {
         let dir = child.parent().unwrap_or(Path::new("."));
         let mut out = Vec::new();
         for code in ["W2ru", "W2ku", "MacX"] {
             for l in self.locators.iter().filter(|l| l.code == code) {
-                if let Some(t) = &l.target {
-                    let p = PathBuf::from(t);
-                    let p = if p.is_absolute() { p } else { dir.join(p) };
+                let Some(p) = l.target.as_deref().map(PathBuf::from) else {
+                    continue;
+                };
+                if p.is_absolute() {
                     out.push((code.to_string(), p));
+                } else if code == "W2ru" {
+                    out.push((code.to_string(), dir.join(p)));
                 }
             }
         }
