@@ -184,13 +184,14 @@ struct Chain {
 }
 
 /// Random writes of whole `align`-sector units into `img` and the same into the raw file
-/// `oracle` (20% of them all zeros).
+/// `oracle` (20% of them all zeros), all below the disk's last MiB.
 fn random_writes(gen: &mut DataGen, img: &mut VhdImage, oracle: &Path, count: usize, align: u64) {
     let f = fs::OpenOptions::new()
         .write(true)
         .open(oracle)
         .expect("oracle");
-    let units = img.size / 512 / align;
+    // Below the last MiB, which is kept for writes into the base.
+    let units = (img.size - MIB) / 512 / align;
     for _ in 0..count {
         let n = gen.rng.gen_range(1..=300 / align).min(units);
         let first = gen.rng.gen_range(0..=units - n) * align;
@@ -623,7 +624,15 @@ fn key_backup_of_a_chain_reports_drift_when_the_base_changed_in_place() {
         .write(true)
         .open(&c.oracles[2])
         .expect("oracle");
-    f.write_all_at(&[0x99; 65536], at).expect("oracle write");
+    f.write_all_at(&vec![0x99; 65536], at)
+        .expect("oracle write");
+    let src = VhdSource::open(&c.d2).expect("open d2");
+    let mut buf = vec![0u8; 65536];
+    src.read_at(at, &mut buf).expect("read d2");
+    assert!(
+        buf.iter().all(|&b| b == 0x99),
+        "the base's new data shows through d2"
+    );
     let key = backup(&repo, "s", &c.d2, &["--reference", &d1_id, "--full"]);
     key.ok();
     let key = key.json();

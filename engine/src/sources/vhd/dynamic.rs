@@ -80,12 +80,26 @@ pub struct Sparse {
     pub parent: Option<ParentLink>,
 }
 
+/// Where the BAT is and what it must cover.
+struct Table {
+    block_size: u64,
+    /// Max table entries.
+    entries: u64,
+    /// Offset of the BAT.
+    at: u64,
+    /// Entries covering the disk (the ones read).
+    needed: u64,
+}
+
+/// Whether `len` bytes at `at` lie between the footer copy and the footer.
+fn fits(footer: &Footer, at: u64, len: u64) -> bool {
+    at >= FOOTER_LEN && at.checked_add(len).is_some_and(|e| e <= footer.at)
+}
+
 /// Reads the header, the BAT and the bitmaps of a dynamic or differencing disk.
 pub fn read(file: &File, path: &Path, footer: &Footer) -> Result<Sparse> {
     let hdr_at = footer.data_offset;
-    let fits =
-        |at: u64, len: u64| at >= FOOTER_LEN && at.checked_add(len).is_some_and(|e| e <= footer.at);
-    if !fits(hdr_at, DYNAMIC_HEADER_LEN) {
+    if !fits(footer, hdr_at, DYNAMIC_HEADER_LEN) {
         return Err(bad(path, format!(
             "footer data offset {hdr_at} (footer at {}, field at +16): the 1024-byte dynamic header must lie between the footer copy and the footer",
             footer.at
@@ -94,86 +108,40 @@ pub fn read(file: &File, path: &Path, footer: &Footer) -> Result<Sparse> {
     let mut hdr = [0u8; DYNAMIC_HEADER_LEN as usize];
     read_exact(file, path, &mut hdr, hdr_at, "the dynamic disk header")?;
     check_header(&hdr, hdr_at).map_err(|r| bad(path, r))?;
-
-    let block_size = u64::from(be_u32(&hdr, h::BLOCK_SIZE));
-    if !block_size.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&block_size) {
-        return Err(bad(path, format!(
-            "dynamic header at {hdr_at}: block size {block_size} (offset {}) is not a power of two between 4 KiB and 256 MiB",
-            hdr_at + h::BLOCK_SIZE as u64
-        )));
-    }
-    let entries = u64::from(be_u32(&hdr, h::MAX_TABLE_ENTRIES));
-    let table_at = be_u64(&hdr, h::TABLE_OFFSET);
-    let needed = footer.current_size.div_ceil(block_size);
-    if entries < needed {
-        return Err(bad(path, format!(
-            "dynamic header at {hdr_at}: max table entries {entries} × block size {block_size} do not cover the current size {}",
-            footer.current_size
-        )));
-    }
-    if !fits(table_at, entries * 4) {
-        return Err(bad(path, format!(
-            "dynamic header at {hdr_at}: the BAT at offset {table_at} with {entries} entries ({} bytes) does not fit between the footer copy and the footer at {}",
-            entries * 4,
-            footer.at
-        )));
-    }
-    if needed > MAX_ENTRIES {
-        return Err(bad(path, format!(
-            "the disk needs {needed} BAT entries of {block_size} bytes; tessera reads at most {MAX_ENTRIES}"
-        )));
-    }
+    let table = table(&hdr, hdr_at, footer).map_err(|r| bad(path, r))?;
     let parent = if footer.disk_type == DiskType::Differencing {
         Some(locator::read(file, path, &hdr, hdr_at, footer.at)?)
     } else {
         None
     };
 
-    let mut bat = vec![0u8; (needed * 4) as usize];
-    read_exact(file, path, &mut bat, table_at, "the BAT")?;
-    let bitmap_len = (block_size / SECTOR / 8).next_multiple_of(SECTOR);
-    let mut placed = Vec::new();
-    for (i, entry) in bat.chunks_exact(4).enumerate() {
-        let sector = be_u32(entry, 0);
-        if sector == BAT_UNALLOCATED {
-            continue;
-        }
-        let i = i as u64;
-        let start = u64::from(sector) * SECTOR;
-        let data_len = (footer.current_size - i * block_size)
-            .min(block_size)
-            .next_multiple_of(SECTOR);
-        if !fits(start, bitmap_len + data_len) {
-            return Err(bad(path, format!(
-                "BAT entry {i} (offset {}) points to sector {sector} (offset {start}): the block's bitmap and data ({} bytes) must lie between the footer copy and the footer at {}",
-                table_at + i * 4,
-                bitmap_len + data_len,
-                footer.at
-            )));
-        }
-        placed.push((start, start + bitmap_len + data_len, i));
-    }
+    let mut bat = vec![0u8; (table.needed * 4) as usize];
+    read_exact(file, path, &mut bat, table.at, "the BAT")?;
+    let bitmap_len = (table.block_size / SECTOR / 8).next_multiple_of(SECTOR);
+    let mut placed = place_blocks(&bat, &table, bitmap_len, footer).map_err(|r| bad(path, r))?;
     let mut metadata = vec![
         (
             hdr_at,
             hdr_at + DYNAMIC_HEADER_LEN,
             "the dynamic header".to_string(),
         ),
-        (table_at, table_at + entries * 4, "the BAT".to_string()),
+        (
+            table.at,
+            table.at + table.entries * 4,
+            "the BAT".to_string(),
+        ),
     ];
-    if let Some(p) = &parent {
-        for l in &p.locators {
-            metadata.push((
-                l.at,
-                l.at + l.len,
-                format!("{} parent locator data", l.code),
-            ));
-        }
+    for l in parent.iter().flat_map(|p| &p.locators) {
+        metadata.push((
+            l.at,
+            l.at + l.len,
+            format!("{} parent locator data", l.code),
+        ));
     }
-    check_overlaps(&mut placed, &metadata, table_at).map_err(|r| bad(path, r))?;
+    check_overlaps(&mut placed, &metadata, table.at).map_err(|r| bad(path, r))?;
 
-    let mut bitmaps = read_bitmaps(file, path, &placed, bitmap_len, block_size)?;
-    let mut blocks: Vec<Option<Block>> = (0..needed).map(|_| None).collect();
+    let mut bitmaps = read_bitmaps(file, path, &placed, bitmap_len, table.block_size)?;
+    let mut blocks: Vec<Option<Block>> = (0..table.needed).map(|_| None).collect();
     for &(start, _, i) in &placed {
         if let Some(slot) = blocks.get_mut(i as usize) {
             *slot = Some(Block {
@@ -183,10 +151,80 @@ pub fn read(file: &File, path: &Path, footer: &Footer) -> Result<Sparse> {
         }
     }
     Ok(Sparse {
-        block_size,
+        block_size: table.block_size,
         blocks,
         parent,
     })
+}
+
+/// Block size and BAT placement from the header, checked against the file and the size.
+fn table(hdr: &[u8], hdr_at: u64, footer: &Footer) -> std::result::Result<Table, String> {
+    let block_size = u64::from(be_u32(hdr, h::BLOCK_SIZE));
+    if !block_size.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&block_size) {
+        return Err(format!(
+            "dynamic header at {hdr_at}: block size {block_size} (offset {}) is not a power of two between 4 KiB and 256 MiB",
+            hdr_at + h::BLOCK_SIZE as u64
+        ));
+    }
+    let entries = u64::from(be_u32(hdr, h::MAX_TABLE_ENTRIES));
+    let at = be_u64(hdr, h::TABLE_OFFSET);
+    let needed = footer.current_size.div_ceil(block_size);
+    if entries < needed {
+        return Err(format!(
+            "dynamic header at {hdr_at}: max table entries {entries} × block size {block_size} do not cover the current size {}",
+            footer.current_size
+        ));
+    }
+    if !fits(footer, at, entries * 4) {
+        return Err(format!(
+            "dynamic header at {hdr_at}: the BAT at offset {at} with {entries} entries ({} bytes) does not fit between the footer copy and the footer at {}",
+            entries * 4,
+            footer.at
+        ));
+    }
+    if needed > MAX_ENTRIES {
+        return Err(format!(
+            "the disk needs {needed} BAT entries of {block_size} bytes; tessera reads at most {MAX_ENTRIES}"
+        ));
+    }
+    Ok(Table {
+        block_size,
+        entries,
+        at,
+        needed,
+    })
+}
+
+/// The file ranges `(start, end, BAT index)` of the allocated blocks, each checked to lie
+/// inside the file (bitmap, then data as far as the disk reaches).
+fn place_blocks(
+    bat: &[u8],
+    table: &Table,
+    bitmap_len: u64,
+    footer: &Footer,
+) -> std::result::Result<Vec<(u64, u64, u64)>, String> {
+    let mut placed = Vec::new();
+    for (i, entry) in bat.chunks_exact(4).enumerate() {
+        let sector = be_u32(entry, 0);
+        if sector == BAT_UNALLOCATED {
+            continue;
+        }
+        let i = i as u64;
+        let start = u64::from(sector) * SECTOR;
+        let data_len = (footer.current_size - i * table.block_size)
+            .min(table.block_size)
+            .next_multiple_of(SECTOR);
+        if !fits(footer, start, bitmap_len + data_len) {
+            return Err(format!(
+                "BAT entry {i} (offset {}) points to sector {sector} (offset {start}): the block's bitmap and data ({} bytes) must lie between the footer copy and the footer at {}",
+                table.at + i * 4,
+                bitmap_len + data_len,
+                footer.at
+            ));
+        }
+        placed.push((start, start + bitmap_len + data_len, i));
+    }
+    Ok(placed)
 }
 
 fn check_header(hdr: &[u8], at: u64) -> std::result::Result<(), String> {
