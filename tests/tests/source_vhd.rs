@@ -364,8 +364,14 @@ fn differencing_disk_without_its_parent_is_refused_naming_it() {
     for extra in [&[][..], &["--fallback-full"][..]] {
         let out = backup(&repo, "s", &c.d2, extra);
         assert_ne!(out.code, 0, "{out}");
+        eprintln!("[{extra:?}] {}", out.stderr.trim());
         assert!(
             out.stderr.contains(&uuid_text(&footer_uuid(&c.d1))),
+            "{out}"
+        );
+        // ... and why it cannot be read in full: the missing base, with its id.
+        assert!(
+            out.stderr.contains("base.vhd") && out.stderr.contains(&base_id),
             "{out}"
         );
         assert!(list_ids(&repo).is_empty());

@@ -101,6 +101,15 @@ impl VhdSource {
                 }
             }
         }
+        // Say in the delta's description why the disk cannot be read in full, so that a
+        // refusal to use it without a matching reference explains itself.
+        let mut changes = changes;
+        if let (Some(c), Some(why)) = (changes.as_mut(), &missing_parent) {
+            c.base_description = format!(
+                "{} (the disk cannot be read in full: {why})",
+                c.base_description
+            );
+        }
         Ok(Self {
             layers,
             missing_parent,
@@ -193,7 +202,7 @@ fn find_parent(child: &Path, link: &locator::ParentLink) -> Result<Found> {
         tried.join(", ")
     };
     Ok(Found::Missing(format!(
-        "{} of {} was not found ({tried}); only the sectors the differencing disk holds can be read",
+        "{} of {} was not found ({tried}); only sectors held by the differencing disks above it can be read",
         link.describe(),
         child.display()
     )))
