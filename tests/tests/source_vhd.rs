@@ -656,3 +656,46 @@ fn key_backup_of_a_chain_reports_drift_when_the_base_changed_in_place() {
     assert_restores_to(&repo, &snapshot_id(&key), &c.oracles[2], w);
     verify(&repo).ok();
 }
+
+/// tessera's own VHD exports are sources: B's export backed up in full, then A's
+/// differencing export on it backed up as a delta (its parent id is B's export's id), each
+/// restoring to the image it came from.
+#[test]
+fn exported_vhd_chain_backs_up_again_as_full_then_delta() {
+    let dir = TempDir::new().expect("tempdir");
+    let w = dir.path();
+    let mut gen = DataGen::new(seed("vhd_export_roundtrip"));
+    let (b_img, a_img) = (w.join("b.img"), w.join("a.img"));
+    make_image(&b_img, ImageSpec::mixed(10 * MIB), &mut gen);
+    fs::copy(&b_img, &a_img).expect("copy");
+    tessera_tests::mutate(&a_img, &mut gen, 12, 20_000, (1, 2, 2));
+    let repo = w.join("repo");
+    init_repo(&repo, &[]);
+    let b_id = snapshot_id(&backup_json(&repo, "vm", &[("d", &b_img)]));
+    let a_id = snapshot_id(&backup_json(&repo, "vm", &[("d", &a_img)]));
+    let (b_vhd, a_vhd) = (w.join("b.vhd"), w.join("a-delta.vhd"));
+    tessera(["export", s(&repo), &b_id, s(&b_vhd), "--format", "vhd"]).ok();
+    let args = ["export", s(&repo), &a_id, s(&a_vhd), "--format", "vhd"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend(["--base", &b_id, "--backing-file", "b.vhd"]);
+    tessera(&args).ok();
+
+    let repo2 = w.join("repo2");
+    init_repo(&repo2, &[]);
+    let full = backup(&repo2, "s", &b_vhd, &[]);
+    full.ok();
+    let full = full.json();
+    assert_eq!(disk0(&full)["mode"], "full", "{full}");
+    assert_restores_to(&repo2, &snapshot_id(&full), &b_img, w);
+    let delta = backup(&repo2, "s", &a_vhd, &["--reference", "latest"]);
+    delta.ok();
+    let delta = delta.json();
+    let d = disk0(&delta);
+    assert_eq!(d["mode"], "delta", "{delta}");
+    // The export marks exactly the sectors of changed 64 KiB tessera blocks.
+    let changed = d["changed_bytes"].as_u64().expect("changed_bytes");
+    assert_eq!(d["bytes_read"].as_u64(), Some(changed), "{delta}");
+    assert!(changed <= 12 * 3 * 65536 && changed > 0, "{delta}");
+    assert_restores_to(&repo2, &snapshot_id(&delta), &a_img, w);
+    verify(&repo2).ok();
+}
