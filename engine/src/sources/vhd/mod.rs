@@ -5,6 +5,7 @@
 //! - [`dynamic`]: dynamic header, BAT and sector bitmaps, with every offset bounds-checked.
 //! - [`locator`]: a differencing disk's parent id and parent locators.
 //! - [`layer`]: one opened file and how disk bytes map into it.
+//! - [`chain`]: a differencing disk's ancestors, found through its locators.
 //!
 //! **Size.** The disk size is the footer's current size, as the specification says. qemu
 //! (checked with qemu-img 10.0.2) reads images whose creator application is `vpc ` or
@@ -26,6 +27,7 @@
 //! Every malformed input is [`Error::BadImage`] naming the field and offset; sizes read
 //! from the file are bounded by the file's length before anything is allocated.
 
+mod chain;
 mod dynamic;
 mod footer;
 mod layer;
@@ -33,18 +35,14 @@ mod locator;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use self::layer::{Layer, Run};
 use crate::error::{Error, Result};
 use crate::formats::vhd::format_uuid;
 use crate::sources::{normalize_extents, BlockSource, Changes, STATE_KEY};
-
-/// Most files in a chain (the image and its ancestors).
-const MAX_CHAIN: usize = 32;
 
 /// A VHD image opened for reading, with its parents.
 pub struct VhdSource {
@@ -58,58 +56,25 @@ pub struct VhdSource {
 impl VhdSource {
     /// Opens and validates a VHD file and, for a differencing disk, its parents.
     pub fn open(path: &Path) -> Result<Self> {
-        let top = Layer::open(path)?;
-        let changes = top
-            .sparse
-            .as_ref()
-            .and_then(|s| s.parent.as_ref())
-            .map(|p| Changes {
-                base_state: state_token(&p.uuid),
-                base_description: p.describe(),
+        let chain::Chain {
+            layers,
+            missing_parent,
+        } = chain::open(path)?;
+        let changes = layers.first().and_then(|top| {
+            let link = top.sparse.as_ref()?.parent.as_ref()?;
+            let mut base_description = link.describe();
+            // Say why the disk cannot be read in full, so that a refusal to use the delta
+            // without a matching reference explains itself.
+            if let Some(why) = &missing_parent {
+                base_description =
+                    format!("{base_description} (the disk cannot be read in full: {why})");
+            }
+            Some(Changes {
+                base_state: state_token(&link.uuid),
+                base_description,
                 extents: normalize_extents(top.own_extents()),
-            });
-        let mut layers = vec![top];
-        let mut seen = HashSet::new();
-        seen.insert(canonical(path));
-        let mut missing_parent = None;
-        while let Some(last) = layers.last() {
-            let Some(link) = last.sparse.as_ref().and_then(|s| s.parent.as_ref()) else {
-                break;
-            };
-            if layers.len() >= MAX_CHAIN {
-                return Err(bad(path, format!(
-                    "the chain of differencing disks is deeper than {MAX_CHAIN} files ({} is the {MAX_CHAIN}th)",
-                    last.path.display()
-                )));
-            }
-            match find_parent(&last.path, link)? {
-                Found::Parent(p) => {
-                    if !seen.insert(canonical(&p)) {
-                        return Err(bad(
-                            path,
-                            format!(
-                                "the chain of parents loops: {} is its own ancestor",
-                                p.display()
-                            ),
-                        ));
-                    }
-                    layers.push(Layer::open(&p)?);
-                }
-                Found::Missing(why) => {
-                    missing_parent = Some(why);
-                    break;
-                }
-            }
-        }
-        // Say in the delta's description why the disk cannot be read in full, so that a
-        // refusal to use it without a matching reference explains itself.
-        let mut changes = changes;
-        if let (Some(c), Some(why)) = (changes.as_mut(), &missing_parent) {
-            c.base_description = format!(
-                "{} (the disk cannot be read in full: {why})",
-                c.base_description
-            );
-        }
+            })
+        });
         Ok(Self {
             layers,
             missing_parent,
@@ -160,58 +125,6 @@ impl VhdSource {
     }
 }
 
-enum Found {
-    Parent(PathBuf),
-    Missing(String),
-}
-
-/// Tries the parent locators of `child`; refuses when files are found but none is the
-/// parent (wrong unique id).
-fn find_parent(child: &Path, link: &locator::ParentLink) -> Result<Found> {
-    let want = format_uuid(&link.uuid);
-    let mut tried = Vec::new();
-    let mut wrong = Vec::new();
-    for (code, candidate) in link.candidates(child) {
-        let Ok(file) = File::open(&candidate) else {
-            tried.push(format!("{code} → {} (not found)", candidate.display()));
-            continue;
-        };
-        let len = file
-            .metadata()
-            .map_err(|e| source_err(&candidate, e))?
-            .len();
-        let found = footer::read(&file, &candidate, len)?;
-        if found.uuid == link.uuid {
-            return Ok(Found::Parent(candidate));
-        }
-        wrong.push(format!(
-            "{code} → {} has unique id {}",
-            candidate.display(),
-            format_uuid(&found.uuid)
-        ));
-    }
-    if !wrong.is_empty() {
-        return Err(bad(child, format!(
-            "the parent must have unique id {want}, but {}: the parent was replaced or the locators are stale",
-            wrong.join("; ")
-        )));
-    }
-    let tried = if tried.is_empty() {
-        "it has no usable parent locator".to_string()
-    } else {
-        tried.join(", ")
-    };
-    Ok(Found::Missing(format!(
-        "{} of {} was not found ({tried}); only sectors held by the differencing disks above it can be read",
-        link.describe(),
-        child.display()
-    )))
-}
-
-fn canonical(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
 fn state_token(uuid: &[u8; 16]) -> String {
     format!("vhd:{}", format_uuid(uuid))
 }
@@ -233,7 +146,7 @@ impl BlockSource for VhdSource {
             ("source.kind".to_string(), "vhd".to_string()),
             (
                 "source.path".into(),
-                canonical(&top.path).display().to_string(),
+                chain::canonical(&top.path).display().to_string(),
             ),
             ("vhd.type".into(), top.footer.disk_type.name().into()),
             ("vhd.uuid".into(), format_uuid(&top.footer.uuid)),
@@ -247,7 +160,7 @@ impl BlockSource for VhdSource {
         if let Some(parent) = self.layers.get(1) {
             id.push((
                 "vhd.parent_path".into(),
-                canonical(&parent.path).display().to_string(),
+                chain::canonical(&parent.path).display().to_string(),
             ));
         }
         id.push((STATE_KEY.into(), state_token(&top.footer.uuid)));
