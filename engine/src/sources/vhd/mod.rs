@@ -1,11 +1,11 @@
 //! VHD images (fixed, dynamic, differencing), per Microsoft's "Virtual Hard Disk Image
 //! Format Specification" 1.0 (field tables in [`crate::formats::vhd`]; SPEC.md §19).
 //!
-//! - [`footer`]: the footer at the end (and its copy at offset 0): type, size, unique id.
-//! - [`dynamic`]: dynamic header, BAT and sector bitmaps, with every offset bounds-checked.
-//! - [`locator`]: a differencing disk's parent id and parent locators.
-//! - [`layer`]: one opened file and how disk bytes map into it.
-//! - [`chain`]: a differencing disk's ancestors, found through its locators.
+//! - `footer`: the footer at the end (and its copy at offset 0): type, size, unique id.
+//! - `dynamic`: dynamic header, BAT and sector bitmaps, with every offset bounds-checked.
+//! - `locator`: a differencing disk's parent id and parent locators.
+//! - `layer`: one opened file and how disk bytes map into it.
+//! - `chain`: a differencing disk's ancestors, found through its locators.
 //!
 //! **Size.** The disk size is the footer's current size, as the specification says. qemu
 //! (checked with qemu-img 10.0.2) reads images whose creator application is `vpc ` or
