@@ -11,7 +11,9 @@
 //! (checked with qemu-img 10.0.2) reads images whose creator application is `vpc ` or
 //! `qemu` with the CHS geometry's size instead; for the images qemu itself creates the two
 //! are equal (`qemu-img create -f vpc` rounds the size up to the geometry and stores that
-//! as the current size), so restores equal `qemu-img convert -f vpc -O raw` byte for byte.
+//! as the current size; with `force_size=on` it stores the exact size and writes creator
+//! `qem2`, read at the current size), so restores equal `qemu-img convert -f vpc -O raw`
+//! byte for byte.
 //!
 //! **State.** [`STATE_KEY`] is `vhd:` + the footer's unique id (lowercase hex with dashes,
 //! in stored byte order). A differencing disk is a delta: its [`Changes`] are the sectors
