@@ -87,7 +87,10 @@ impl DiskBackup<'_, '_> {
     /// Backs up disk `name` in `mode`: a delta reads `delta_extents` on `reference`; full
     /// and key backups read everything (a key backup of a delta that applies reports drift
     /// outside `drift_extents`).
-    #[expect(clippy::too_many_arguments, reason = "the disk's whole plan, spelled out")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the disk's whole plan, spelled out"
+    )]
     pub fn run(
         &mut self,
         name: &str,
@@ -111,7 +114,11 @@ impl DiskBackup<'_, '_> {
                 "disk {name:?}: a delta backup needs a reference snapshot"
             ))),
             (_, reference) => {
-                let label = if mode == Mode::Key { "key backup" } else { "backup" };
+                let label = if mode == Mode::Key {
+                    "key backup"
+                } else {
+                    "backup"
+                };
                 progress.start(&format!("{label} {name}"), source.size());
                 self.run_full(source, reference, drift_extents, progress)
             }
