@@ -90,11 +90,11 @@ impl NbdSource {
         };
         Ok(Self {
             url: parsed,
-            display,
             size: neg.size,
             min_block: u64::from(neg.min_block),
             max_read: u64::from(neg.max_read),
-            pool: Pool::new(first, max, opener),
+            pool: Pool::new(first, max, opener, display.clone()),
+            display,
             data: map.data,
             changes,
         })

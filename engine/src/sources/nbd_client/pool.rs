@@ -2,15 +2,19 @@
 //!
 //! Connections are opened on demand, up to `max`: a thread takes an idle one, or opens a
 //! new one while fewer than `max` exist, or waits on the condition variable until one is
-//! returned. A connection that failed in a way that leaves its stream out of step is
-//! dropped instead of returned, which frees its slot (the next caller opens a fresh one),
-//! so a dead connection never blocks the others and waiting threads always wake.
-//! Every new connection must agree with the first on size and flags.
+//! returned. A connection that failed in a way that leaves its stream out of step (I/O
+//! error, timeout, protocol violation) is dropped instead of returned, and the pool is then
+//! *failed*: every later request gets that first error at once instead of reconnecting, so
+//! a dead or hostile server costs one timeout, not one per reading thread, and waiting
+//! threads always wake. Errors the server reports in a well-formed reply (an NBD error
+//! chunk) leave the connection and the pool usable. Every new connection must agree with
+//! the first on size and flags (checked by the opener).
 
+use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, PoisonError};
 
 use super::transmission::Connection;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Opens one more negotiated connection.
 pub type Opener = Box<dyn Fn() -> Result<Connection> + Send + Sync>;
@@ -18,6 +22,8 @@ pub type Opener = Box<dyn Fn() -> Result<Connection> + Send + Sync>;
 struct State {
     idle: Vec<Connection>,
     open: usize,
+    /// The first error that broke a connection.
+    failed: Option<String>,
 }
 
 /// Connections to one export.
@@ -26,19 +32,22 @@ pub struct Pool {
     returned: Condvar,
     max: usize,
     opener: Opener,
+    url: String,
 }
 
 impl Pool {
     /// A pool holding `first`, growing to `max` connections with `opener`.
-    pub fn new(first: Connection, max: usize, opener: Opener) -> Self {
+    pub fn new(first: Connection, max: usize, opener: Opener, url: String) -> Self {
         Self {
             state: Mutex::new(State {
                 idle: vec![first],
                 open: 1,
+                failed: None,
             }),
             returned: Condvar::new(),
             max: max.max(1),
             opener,
+            url,
         }
     }
 
@@ -49,12 +58,16 @@ impl Pool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if conn.broken {
             state.open -= 1;
+            if let Err(e) = &result {
+                state.failed.get_or_insert_with(|| e.to_string());
+            }
             drop(state);
             drop(conn);
-        } else {
-            state.idle.push(conn);
-            drop(state);
+            self.returned.notify_all();
+            return result;
         }
+        state.idle.push(conn);
+        drop(state);
         self.returned.notify_one();
         result
     }
@@ -62,6 +75,14 @@ impl Pool {
     fn take(&self) -> Result<Connection> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
+            if let Some(first) = &state.failed {
+                return Err(Error::Source {
+                    path: PathBuf::from(&self.url),
+                    source: std::io::Error::other(format!(
+                        "an earlier request to this NBD server failed, so no more are sent ({first})"
+                    )),
+                });
+            }
             if let Some(c) = state.idle.pop() {
                 return Ok(c);
             }
@@ -69,12 +90,12 @@ impl Pool {
                 state.open += 1;
                 drop(state);
                 let opened = (self.opener)();
-                if opened.is_err() {
-                    self.state
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .open -= 1;
-                    self.returned.notify_one();
+                if let Err(e) = &opened {
+                    let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                    state.open -= 1;
+                    state.failed.get_or_insert_with(|| e.to_string());
+                    drop(state);
+                    self.returned.notify_all();
                 }
                 return opened;
             }
