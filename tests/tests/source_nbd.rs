@@ -547,3 +547,118 @@ fn hostile_servers_give_clear_errors_and_never_hang() {
         assert!(!out.stderr.contains("panicked"), "{mode:?}: {out}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// 2b. Delta chains over rotated bitmaps, through the CLI
+// ---------------------------------------------------------------------------------------
+
+/// Random writes of nonzero patterns; returns the `(offset, length)` written.
+fn random_writes(img: &Path, gen: &mut DataGen, count: usize, size: u64) -> Vec<(u64, u64)> {
+    use rand::Rng;
+    let mut done = Vec::new();
+    for i in 0..count {
+        let len = gen.rng.gen_range(1..=300 * 1024u64);
+        let offset = gen.rng.gen_range(0..size - len);
+        let pattern = 1 + (i % 250);
+        qemu_io("qcow2", img, &format!("write -P {pattern} {offset} {len}"));
+        done.push((offset, len));
+    }
+    done
+}
+
+fn disk0(out: &Out) -> Value {
+    out.ok();
+    out.json()["disks"][0].clone()
+}
+
+/// Restores `snapshot` and compares it with `qemu-img convert -O raw` of `img` now.
+fn assert_restores_image(repo: &Path, snapshot: &str, img: &Path, scratch: &Path) {
+    let expected = scratch.join("expected.raw");
+    let restored = scratch.join("restored.raw");
+    for f in [&expected, &restored] {
+        let _ = std::fs::remove_file(f);
+    }
+    convert_to_raw(img, "qcow2", &expected);
+    restore(repo, snapshot, &restored, false).ok();
+    assert_same_file(&expected, &restored);
+}
+
+#[test]
+fn rotated_bitmaps_give_delta_backups_that_restore_identically() {
+    let dir = TempDir::new().unwrap();
+    let size = 32 * MIB;
+    let raw = dir.path().join("src.raw");
+    let mut gen = DataGen::new(seed("nbd-bitmap-chain"));
+    make_image(&raw, ImageSpec::mixed(size), &mut gen);
+    let img = dir.path().join("vm.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", path(&raw), path(&img)]);
+    qemu_img(&["bitmap", "--add", path(&img), "b1"]);
+    let sock = dir.path().join("c.sock");
+    let repo = new_repo(dir.path());
+
+    // The first backup is full and records that b1 tracks changes from it.
+    let out = {
+        let server = qemu_nbd(&img, "qcow2", &Listen::Unix(&sock), &[]);
+        backup_url(&repo, &format!("{}&track=b1", server.url), &[])
+    };
+    let d = disk0(&out);
+    assert_eq!(d["mode"], "full", "{out}");
+    assert_restores_image(&repo, out.json()["snapshot"].as_str().unwrap(), &img, dir.path());
+
+    for round in 1..=3u32 {
+        let (old, new) = (format!("b{round}"), format!("b{}", round + 1));
+        let writes = random_writes(&img, &mut gen, 6, size);
+        // Checkpoint: the new bitmap starts tracking at the moment of this backup.
+        qemu_img(&["bitmap", "--add", path(&img), &new]);
+        let out = {
+            let server = qemu_nbd(&img, "qcow2", &Listen::Unix(&sock), &["--bitmap", &old]);
+            backup_url(
+                &repo,
+                &format!("{}&bitmap={old}&track={new}", server.url),
+                &["--reference", "latest"],
+            )
+        };
+        let d = disk0(&out);
+        let expected: u64 = rounded(&writes, 64 * 1024).iter().map(|(s, e)| e - s).sum();
+        assert_eq!(d["mode"], "delta", "round {round}: {out}");
+        assert_eq!(d["changed_bytes"], expected, "round {round}: {out}");
+        let read = d["bytes_read"].as_u64().unwrap();
+        assert!(read > 0 && read <= expected, "round {round}: read {read} of {expected} dirty bytes");
+        assert_restores_image(&repo, out.json()["snapshot"].as_str().unwrap(), &img, dir.path());
+        qemu_img(&["bitmap", "--remove", path(&img), &old]);
+    }
+
+    // A key backup through the current bitmap finds no drift: the bitmap saw every write.
+    random_writes(&img, &mut gen, 4, size);
+    qemu_img(&["bitmap", "--add", path(&img), "b5"]);
+    let server = qemu_nbd(&img, "qcow2", &Listen::Unix(&sock), &["--bitmap", "b4", "--bitmap", "b5"]);
+    let out = backup_url(
+        &repo,
+        &format!("{}&bitmap=b4&track=b5", server.url),
+        &["--reference", "latest", "--full"],
+    );
+    let d = disk0(&out);
+    assert_eq!(d["mode"], "key", "{out}");
+    assert_eq!(d["drift_blocks"], 0, "{out}");
+    assert_restores_image(&repo, out.json()["snapshot"].as_str().unwrap(), &img, dir.path());
+
+    // The wrong bitmap (b4 is not what the newest snapshot recorded: b5) is refused, and
+    // nothing is stored.
+    let before = list_ids(&repo);
+    let out = backup_url(&repo, &format!("{}&bitmap=b4", server.url), &["--reference", "latest"]);
+    assert_ne!(out.code, 0, "{out}");
+    out.stderr_has("nbd-bitmap:b5").stderr_has("--fallback-full");
+    assert_eq!(list_ids(&repo), before, "a refused delta stored a snapshot");
+    // With --fallback-full the disk is read whole instead.
+    let out = backup_url(
+        &repo,
+        &format!("{}&bitmap=b4", server.url),
+        &["--reference", "latest", "--fallback-full"],
+    );
+    let d = disk0(&out);
+    assert_eq!(d["mode"], "key", "{out}");
+    assert_eq!(d["bytes_read"].as_u64().unwrap() > size / 2, true, "{out}");
+    assert_restores_image(&repo, out.json()["snapshot"].as_str().unwrap(), &img, dir.path());
+    drop(server);
+    tessera_tests::verify(&repo).ok();
+}
