@@ -13,6 +13,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -81,9 +83,11 @@ fn spawn_server(program: &str, args: &[String], url: String, ready: impl Fn() ->
     server
 }
 
-/// `qemu-nbd -r -t -e 8 -f FORMAT [extra] IMAGE` listening as `listen` says.
+/// `qemu-nbd -r -t -f FORMAT [extra] IMAGE` listening as `listen` says. Without `-e N`
+/// qemu-nbd serves one client at a time and does not offer multi-conn, so tessera must
+/// use a single connection (otherwise its second connection would wait forever).
 fn qemu_nbd(image: &Path, format: &str, listen: &Listen<'_>, extra: &[&str]) -> Server {
-    let mut args: Vec<String> = ["-r", "-t", "-e", "8", "-f", format]
+    let mut args: Vec<String> = ["-r", "-t", "-f", format]
         .iter()
         .map(ToString::to_string)
         .collect();
@@ -198,7 +202,8 @@ fn raw_image_over_tcp_with_two_connections_restores_identically() {
     let dir = TempDir::new().unwrap();
     let img = dir.path().join("disk.raw");
     make_image(&img, ImageSpec::mixed(20 * MIB), &mut DataGen::new(seed("nbd-raw-tcp")));
-    let server = qemu_nbd(&img, "raw", &Listen::Tcp, &[]);
+    // -e 4: qemu-nbd then serves 4 clients at once and offers multi-conn.
+    let server = qemu_nbd(&img, "raw", &Listen::Tcp, &["-e", "4"]);
     let repo = new_repo(dir.path());
     let url = format!("{}?connections=2", server.url);
     let disk = backup_and_compare(&repo, &url, &img, dir.path());
@@ -319,6 +324,8 @@ fn dirty_bitmap_changes_are_the_written_ranges_rounded_to_the_granularity() {
     let mut buf = vec![0u8; 200 * 1024];
     src.read_at(5 * MIB, &mut buf).expect("reading a changed extent");
     assert!(buf.iter().all(|&b| b == 0x7e));
+    // qemu-nbd without -e serves one client at a time: disconnect first.
+    drop(src);
     // Without track=, the state recorded is the bitmap itself.
     let src = open_url(&format!("{}&bitmap=b1", server.url));
     assert_eq!(state_of(src.as_ref()).as_deref(), Some("nbd-bitmap:b1"));
@@ -408,9 +415,50 @@ enum Misbehave {
     ErrorChunk,
     /// Refuses structured replies.
     NoStructuredReplies,
+    /// Serves [`fake_byte`] correctly (every 4th MiB as holes), one chunk per MiB in
+    /// reverse order; offers NBD_FLAG_CAN_MULTI_CONN when `multi_conn`.
+    Honest { multi_conn: bool },
 }
 
-const FAKE_SIZE: u64 = 4 * MIB;
+const FAKE_SIZE: u64 = 24 * MIB;
+
+/// The honest fake disk's byte at `offset`.
+fn fake_byte(offset: u64) -> u8 {
+    if (offset / MIB) % 4 == 3 {
+        0
+    } else {
+        (offset % 251 + 1) as u8
+    }
+}
+
+/// Answers a read honestly: one OFFSET_DATA or OFFSET_HOLE chunk per MiB piece, last
+/// piece first.
+fn honest_read(s: &mut TcpStream, handle: u64, offset: u64, len: u32) -> std::io::Result<()> {
+    let end = offset + u64::from(len);
+    let mut pieces = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let next = ((pos / MIB + 1) * MIB).min(end);
+        pieces.push((pos, next));
+        pos = next;
+    }
+    let count = pieces.len();
+    for (i, (a, b)) in pieces.into_iter().rev().enumerate() {
+        let done = u16::from(i + 1 == count);
+        let n = (b - a) as u32;
+        if fake_byte(a) == 0 {
+            s.write_all(&chunk_header(done, 2, handle, 12))?;
+            s.write_all(&a.to_be_bytes())?;
+            s.write_all(&n.to_be_bytes())?;
+        } else {
+            s.write_all(&chunk_header(done, 1, handle, 8 + n))?;
+            s.write_all(&a.to_be_bytes())?;
+            let data: Vec<u8> = (a..b).map(fake_byte).collect();
+            s.write_all(&data)?;
+        }
+    }
+    Ok(())
+}
 
 fn be32(s: &mut TcpStream) -> std::io::Result<u32> {
     let mut b = [0u8; 4];
@@ -460,7 +508,10 @@ fn fake_connection(mut s: TcpStream, mode: Misbehave) -> std::io::Result<()> {
             7 => {
                 let mut info = 0u16.to_be_bytes().to_vec();
                 info.extend_from_slice(&FAKE_SIZE.to_be_bytes());
-                info.extend_from_slice(&3u16.to_be_bytes()); // HAS_FLAGS | READ_ONLY
+                // HAS_FLAGS | READ_ONLY, + CAN_MULTI_CONN
+                let multi = matches!(mode, Misbehave::Honest { multi_conn: true });
+                let flags = 3u16 | if multi { 1 << 8 } else { 0 };
+                info.extend_from_slice(&flags.to_be_bytes());
                 option_reply(&mut s, opt, 3, &info)?;
                 option_reply(&mut s, opt, 1, &[])?;
                 break;
@@ -492,7 +543,7 @@ fn fake_connection(mut s: TcpStream, mode: Misbehave) -> std::io::Result<()> {
                 return Ok(());
             }
             Misbehave::Silent => {
-                std::thread::sleep(Duration::from_secs(60));
+                std::thread::sleep(Duration::from_secs(30));
                 return Ok(());
             }
             Misbehave::ErrorChunk => {
@@ -503,22 +554,47 @@ fn fake_connection(mut s: TcpStream, mode: Misbehave) -> std::io::Result<()> {
                 s.write_all(&chunk_header(1, (1 << 15) + 1, handle, p.len() as u32))?;
                 s.write_all(&p)?;
             }
+            Misbehave::Honest { .. } => honest_read(&mut s, handle, offset, len)?,
             Misbehave::BadMagic | Misbehave::NoStructuredReplies => return Ok(()),
         }
     }
 }
 
-/// Starts a fake server on a loopback port; returns its URL. Its threads end with the
-/// test process (or when the client goes away).
-fn fake_server(mode: Misbehave) -> String {
+/// Starts a fake server on a loopback port; returns its URL and the count of connections
+/// it accepted. Its threads end with the test process (or when the client goes away).
+fn fake_server(mode: Misbehave) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake server");
     let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     std::thread::spawn(move || {
         for s in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || fake_connection(s, mode));
         }
     });
-    format!("nbd://127.0.0.1:{port}/")
+    (format!("nbd://127.0.0.1:{port}/"), accepted)
+}
+
+#[test]
+fn several_connections_are_used_only_when_the_server_offers_multi_conn() {
+    let dir = TempDir::new().unwrap();
+    let repo = new_repo(dir.path());
+    let expected = dir.path().join("expected.raw");
+    let bytes: Vec<u8> = (0..FAKE_SIZE).map(fake_byte).collect();
+    std::fs::write(&expected, bytes).expect("writing the expected disk");
+    for multi_conn in [false, true] {
+        let (url, accepted) = fake_server(Misbehave::Honest { multi_conn });
+        let disk = backup_and_compare(&repo, &format!("{url}?connections=3"), &expected, dir.path());
+        // Holes came as OFFSET_HOLE chunks: only 3 of every 4 MiB were transferred.
+        assert_eq!(disk["bytes_read"], FAKE_SIZE / 4 * 3, "{disk}");
+        let n = accepted.load(Ordering::SeqCst);
+        if multi_conn {
+            assert!((2..=3).contains(&n), "{n} connections with connections=3 and multi-conn");
+        } else {
+            assert_eq!(n, 1, "a server without multi-conn got {n} connections");
+        }
+    }
 }
 
 #[test]
@@ -535,7 +611,7 @@ fn hostile_servers_give_clear_errors_and_never_hang() {
         (Misbehave::NoStructuredReplies, "does not support structured replies"),
     ];
     for (mode, needle) in cases {
-        let url = fake_server(mode);
+        let (url, _) = fake_server(mode);
         let started = Instant::now();
         let out = failing_backup(&repo, &url, "2", limit);
         out.stderr_has(needle).stderr_has(&url);
@@ -657,7 +733,7 @@ fn rotated_bitmaps_give_delta_backups_that_restore_identically() {
     );
     let d = disk0(&out);
     assert_eq!(d["mode"], "key", "{out}");
-    assert_eq!(d["bytes_read"].as_u64().unwrap() > size / 2, true, "{out}");
+    assert!(d["bytes_read"].as_u64().unwrap() > size / 2, "{out}");
     assert_restores_image(&repo, out.json()["snapshot"].as_str().unwrap(), &img, dir.path());
     drop(server);
     tessera_tests::verify(&repo).ok();
