@@ -21,8 +21,8 @@ use tempfile::TempDir;
 use tessera_engine::sources::{open_source, BlockSource, SourceSpec, STATE_KEY};
 use tessera_tests::qemu::{convert_to_raw, qemu_img, qemu_io};
 use tessera_tests::{
-    assert_same_file, init_repo, list_ids, make_image, restore, seed, tessera,
-    tessera_cmd, wait_until, DataGen, ImageSpec, Out, Value,
+    assert_same_file, init_repo, list_ids, make_image, restore, seed, tessera, tessera_cmd,
+    wait_until, DataGen, ImageSpec, Out, Value,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -104,7 +104,12 @@ fn qemu_nbd(image: &Path, format: &str, listen: &Listen<'_>, extra: &[&str]) -> 
         }
         Listen::Tcp => {
             let port = free_port();
-            args.extend(["-b".into(), "127.0.0.1".into(), "-p".into(), port.to_string()]);
+            args.extend([
+                "-b".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ]);
             args.push(image.display().to_string());
             let url = format!("nbd://127.0.0.1:{port}/");
             spawn_server("qemu-nbd", &args, url, move || {
@@ -157,7 +162,13 @@ fn backup_and_compare(repo: &Path, url: &str, expected: &Path, scratch: &Path) -
     let v = out.json();
     let restored = scratch.join("restored.raw");
     let _ = std::fs::remove_file(&restored);
-    restore(repo, v["snapshot"].as_str().expect("snapshot id"), &restored, false).ok();
+    restore(
+        repo,
+        v["snapshot"].as_str().expect("snapshot id"),
+        &restored,
+        false,
+    )
+    .ok();
     assert_same_file(expected, &restored);
     std::fs::remove_file(&restored).expect("removing restored file");
     v["disks"][0].clone()
@@ -201,7 +212,11 @@ fn sparse_raw_image_over_unix_socket_restores_identically_and_skips_holes() {
 fn raw_image_over_tcp_with_two_connections_restores_identically() {
     let dir = TempDir::new().unwrap();
     let img = dir.path().join("disk.raw");
-    make_image(&img, ImageSpec::mixed(20 * MIB), &mut DataGen::new(seed("nbd-raw-tcp")));
+    make_image(
+        &img,
+        ImageSpec::mixed(20 * MIB),
+        &mut DataGen::new(seed("nbd-raw-tcp")),
+    );
     // -e 4: qemu-nbd then serves 4 clients at once and offers multi-conn.
     let server = qemu_nbd(&img, "raw", &Listen::Tcp, &["-e", "4"]);
     let repo = new_repo(dir.path());
@@ -220,11 +235,24 @@ fn qcow2_image_restores_like_qemu_img_convert() {
     };
     make_image(&raw, spec, &mut DataGen::new(seed("nbd-qcow2")));
     let img = dir.path().join("disk.qcow2");
-    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", path(&raw), path(&img)]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        path(&raw),
+        path(&img),
+    ]);
     qemu_io("qcow2", &img, "write -P 0x5a 3M 300k");
     let expected = dir.path().join("expected.raw");
     convert_to_raw(&img, "qcow2", &expected);
-    let server = qemu_nbd(&img, "qcow2", &Listen::Unix(&dir.path().join("q.sock")), &[]);
+    let server = qemu_nbd(
+        &img,
+        "qcow2",
+        &Listen::Unix(&dir.path().join("q.sock")),
+        &[],
+    );
     let repo = new_repo(dir.path());
     backup_and_compare(&repo, &server.url, &expected, dir.path());
 }
@@ -254,7 +282,10 @@ fn nbdkit_memory_disk_written_through_qemu_io_restores_identically() {
     // nbdkit's memory plugin reports unwritten space as holes: only what was written
     // (rounded to its 32 KiB pages) comes over the wire.
     let read = disk["bytes_read"].as_u64().unwrap();
-    assert!(read < 8 * MIB, "bytes_read {read}: unwritten space was read");
+    assert!(
+        read < 8 * MIB,
+        "bytes_read {read}: unwritten space was read"
+    );
 }
 
 fn path(p: &Path) -> &str {
@@ -269,7 +300,12 @@ fn path(p: &Path) -> &str {
 fn rounded(writes: &[(u64, u64)], granularity: u64) -> Vec<(u64, u64)> {
     let ranges = writes
         .iter()
-        .map(|&(o, l)| (o / granularity * granularity, (o + l).div_ceil(granularity) * granularity))
+        .map(|&(o, l)| {
+            (
+                o / granularity * granularity,
+                (o + l).div_ceil(granularity) * granularity,
+            )
+        })
         .collect();
     tessera_engine::sources::normalize_extents(ranges)
 }
@@ -307,7 +343,12 @@ fn dirty_bitmap_changes_are_the_written_ranges_rounded_to_the_granularity() {
         assert!(src.changes().is_none(), "no bitmap= means a full read");
         assert_eq!(state_of(src.as_ref()).as_deref(), Some("nbd-bitmap:b1"));
     }
-    let writes = [(100 * 1024, 10 * 1024), (5 * MIB, 200 * 1024), (20 * MIB - 1, 2), (31 * MIB, MIB)];
+    let writes = [
+        (100 * 1024, 10 * 1024),
+        (5 * MIB, 200 * 1024),
+        (20 * MIB - 1, 2),
+        (31 * MIB, MIB),
+    ];
     for &(o, l) in &writes {
         qemu_io("qcow2", &img, &format!("write -P 0x7e {o} {l}"));
     }
@@ -319,10 +360,14 @@ fn dirty_bitmap_changes_are_the_written_ranges_rounded_to_the_granularity() {
     assert_eq!(state_of(src.as_ref()).as_deref(), Some("nbd-bitmap:b2"));
     let id = src.identity();
     assert!(id.contains(&("nbd.export".into(), String::new())), "{id:?}");
-    assert!(id.contains(&("nbd.size".into(), (32 * MIB).to_string())), "{id:?}");
+    assert!(
+        id.contains(&("nbd.size".into(), (32 * MIB).to_string())),
+        "{id:?}"
+    );
     // Reads inside the changed extents return the new bytes.
     let mut buf = vec![0u8; 200 * 1024];
-    src.read_at(5 * MIB, &mut buf).expect("reading a changed extent");
+    src.read_at(5 * MIB, &mut buf)
+        .expect("reading a changed extent");
     assert!(buf.iter().all(|&b| b == 0x7e));
     // qemu-nbd without -e serves one client at a time: disconnect first.
     drop(src);
@@ -356,9 +401,16 @@ fn failing_backup(repo: &Path, url: &str, timeout_secs: &str, limit: Duration) -
     }
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = tessera_tests::finish_child(child, &arg_refs);
-    assert!(done, "backup of {url} hung for {:?}: {out}", started.elapsed());
+    assert!(
+        done,
+        "backup of {url} hung for {:?}: {out}",
+        started.elapsed()
+    );
     assert_ne!(out.code, 0, "backup of {url} succeeded: {out}");
-    assert!(list_ids(repo).is_empty(), "a failed backup stored a snapshot: {out}");
+    assert!(
+        list_ids(repo).is_empty(),
+        "a failed backup stored a snapshot: {out}"
+    );
     out
 }
 
@@ -388,7 +440,8 @@ fn wrong_export_name_and_missing_bitmap_are_refused_clearly() {
     let server = qemu_nbd(&img, "qcow2", &Listen::Unix(&sock), &["-x", "vda"]);
     let repo = new_repo(dir.path());
     let wrong = format!("nbd+unix:///vdb?socket={}", sock.display());
-    failing_backup(&repo, &wrong, "5", Duration::from_secs(30)).stderr_has("no export named \"vdb\"");
+    failing_backup(&repo, &wrong, "5", Duration::from_secs(30))
+        .stderr_has("no export named \"vdb\"");
     // The bitmap exists in the image but the server was not told to export it.
     let url = format!("nbd+unix:///vda?socket={}&bitmap=b1", sock.display());
     failing_backup(&repo, &url, "5", Duration::from_secs(30))
@@ -396,7 +449,8 @@ fn wrong_export_name_and_missing_bitmap_are_refused_clearly() {
         .stderr_has("qemu-nbd --bitmap b1");
     // Unknown URL parameters are refused before connecting.
     let url = format!("nbd+unix:///vda?socket={}&bitmpa=b1", sock.display());
-    failing_backup(&repo, &url, "5", Duration::from_secs(30)).stderr_has("unknown query parameter \"bitmpa\"");
+    failing_backup(&repo, &url, "5", Duration::from_secs(30))
+        .stderr_has("unknown query parameter \"bitmpa\"");
     drop(server);
 }
 
@@ -416,8 +470,57 @@ enum Misbehave {
     /// Refuses structured replies.
     NoStructuredReplies,
     /// Serves [`fake_byte`] correctly (every 4th MiB as holes), one chunk per MiB in
-    /// reverse order; offers NBD_FLAG_CAN_MULTI_CONN when `multi_conn`.
-    Honest { multi_conn: bool },
+    /// reverse order; offers NBD_FLAG_CAN_MULTI_CONN when `multi_conn`. With
+    /// `block_status`, grants `base:allocation` and describes at most 2 MiB per
+    /// BLOCK_STATUS request (fewer extents than asked), holes as HOLE|ZERO.
+    Honest {
+        multi_conn: bool,
+        block_status: bool,
+    },
+    /// Grants `base:allocation`, then answers BLOCK_STATUS with an extent of length 0.
+    ZeroLengthExtent,
+}
+
+/// Context id the fake server gives `base:allocation`.
+const FAKE_CONTEXT: u32 = 7;
+
+/// What the fake server saw.
+#[derive(Default)]
+struct FakeStats {
+    /// Connections accepted.
+    accepted: AtomicUsize,
+    /// Bytes of zero regions the client asked to read.
+    hole_bytes_read: AtomicUsize,
+}
+
+/// Answers BLOCK_STATUS: at most two extents of at most 1 MiB, or one of length 0 in
+/// `ZeroLengthExtent` mode.
+fn block_status_reply(
+    s: &mut TcpStream,
+    mode: Misbehave,
+    handle: u64,
+    offset: u64,
+    len: u32,
+) -> std::io::Result<()> {
+    let end = offset + u64::from(len);
+    let mut payload = FAKE_CONTEXT.to_be_bytes().to_vec();
+    if let Misbehave::ZeroLengthExtent = mode {
+        payload.extend_from_slice(&[0; 8]);
+    } else {
+        let mut pos = offset;
+        for _ in 0..2 {
+            if pos >= end {
+                break;
+            }
+            let next = ((pos / MIB + 1) * MIB).min(end);
+            let flags: u32 = if fake_byte(pos) == 0 { 3 } else { 0 };
+            payload.extend_from_slice(&((next - pos) as u32).to_be_bytes());
+            payload.extend_from_slice(&flags.to_be_bytes());
+            pos = next;
+        }
+    }
+    s.write_all(&chunk_header(1, 5, handle, payload.len() as u32))?;
+    s.write_all(&payload)
 }
 
 const FAKE_SIZE: u64 = 24 * MIB;
@@ -484,9 +587,17 @@ fn chunk_header(flags: u16, kind: u16, handle: u64, len: u32) -> Vec<u8> {
     m
 }
 
-/// One connection of the fake server: a correct handshake (no meta contexts, no
-/// multi-conn), then `mode`'s misbehaviour on the first read.
-fn fake_connection(mut s: TcpStream, mode: Misbehave) -> std::io::Result<()> {
+/// One connection of the fake server: a correct handshake (meta contexts and multi-conn
+/// only as `mode` says), then `mode`'s behaviour on reads.
+fn fake_connection(mut s: TcpStream, mode: Misbehave, stats: &FakeStats) -> std::io::Result<()> {
+    let grants_context = matches!(
+        mode,
+        Misbehave::ZeroLengthExtent
+            | Misbehave::Honest {
+                block_status: true,
+                ..
+            }
+    );
     if let Misbehave::BadMagic = mode {
         return s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
     }
@@ -503,18 +614,35 @@ fn fake_connection(mut s: TcpStream, mode: Misbehave) -> std::io::Result<()> {
         s.read_exact(&mut data)?;
         match opt {
             8 if matches!(mode, Misbehave::NoStructuredReplies) => {
-                option_reply(&mut s, opt, (1 << 31) + 1, b"structured replies? never heard of them")?;
+                option_reply(
+                    &mut s,
+                    opt,
+                    (1 << 31) + 1,
+                    b"structured replies? never heard of them",
+                )?;
             }
             7 => {
                 let mut info = 0u16.to_be_bytes().to_vec();
                 info.extend_from_slice(&FAKE_SIZE.to_be_bytes());
                 // HAS_FLAGS | READ_ONLY, + CAN_MULTI_CONN
-                let multi = matches!(mode, Misbehave::Honest { multi_conn: true });
+                let multi = matches!(
+                    mode,
+                    Misbehave::Honest {
+                        multi_conn: true,
+                        ..
+                    }
+                );
                 let flags = 3u16 | if multi { 1 << 8 } else { 0 };
                 info.extend_from_slice(&flags.to_be_bytes());
                 option_reply(&mut s, opt, 3, &info)?;
                 option_reply(&mut s, opt, 1, &[])?;
                 break;
+            }
+            10 if grants_context => {
+                let mut granted = FAKE_CONTEXT.to_be_bytes().to_vec();
+                granted.extend_from_slice(b"base:allocation");
+                option_reply(&mut s, opt, 4, &granted)?;
+                option_reply(&mut s, opt, 1, &[])?;
             }
             _ => option_reply(&mut s, opt, 1, &[])?, // ACK (SET_META_CONTEXT: nothing granted)
         }
@@ -529,6 +657,17 @@ fn fake_connection(mut s: TcpStream, mode: Misbehave) -> std::io::Result<()> {
         if cmd == 2 {
             return Ok(());
         }
+        if cmd == 7 {
+            block_status_reply(&mut s, mode, handle, offset, len)?;
+            continue;
+        }
+        let holes = (offset..offset + u64::from(len))
+            .step_by(4096)
+            .filter(|&o| fake_byte(o) == 0)
+            .count();
+        stats
+            .hole_bytes_read
+            .fetch_add(holes * 4096, Ordering::SeqCst);
         match mode {
             Misbehave::LongRead => {
                 let extra = 4096;
@@ -555,25 +694,28 @@ fn fake_connection(mut s: TcpStream, mode: Misbehave) -> std::io::Result<()> {
                 s.write_all(&p)?;
             }
             Misbehave::Honest { .. } => honest_read(&mut s, handle, offset, len)?,
-            Misbehave::BadMagic | Misbehave::NoStructuredReplies => return Ok(()),
+            Misbehave::BadMagic | Misbehave::NoStructuredReplies | Misbehave::ZeroLengthExtent => {
+                return Ok(())
+            }
         }
     }
 }
 
-/// Starts a fake server on a loopback port; returns its URL and the count of connections
-/// it accepted. Its threads end with the test process (or when the client goes away).
-fn fake_server(mode: Misbehave) -> (String, Arc<AtomicUsize>) {
+/// Starts a fake server on a loopback port; returns its URL and what it saw. Its threads
+/// end with the test process (or when the client goes away).
+fn fake_server(mode: Misbehave) -> (String, Arc<FakeStats>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake server");
     let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
+    let stats = Arc::new(FakeStats::default());
+    let seen = Arc::clone(&stats);
     std::thread::spawn(move || {
         for s in listener.incoming().flatten() {
-            counter.fetch_add(1, Ordering::SeqCst);
-            std::thread::spawn(move || fake_connection(s, mode));
+            seen.accepted.fetch_add(1, Ordering::SeqCst);
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || fake_connection(s, mode, &seen));
         }
     });
-    (format!("nbd://127.0.0.1:{port}/"), accepted)
+    (format!("nbd://127.0.0.1:{port}/"), stats)
 }
 
 #[test]
@@ -584,17 +726,52 @@ fn several_connections_are_used_only_when_the_server_offers_multi_conn() {
     let bytes: Vec<u8> = (0..FAKE_SIZE).map(fake_byte).collect();
     std::fs::write(&expected, bytes).expect("writing the expected disk");
     for multi_conn in [false, true] {
-        let (url, accepted) = fake_server(Misbehave::Honest { multi_conn });
-        let disk = backup_and_compare(&repo, &format!("{url}?connections=3"), &expected, dir.path());
+        let (url, stats) = fake_server(Misbehave::Honest {
+            multi_conn,
+            block_status: false,
+        });
+        let disk = backup_and_compare(
+            &repo,
+            &format!("{url}?connections=3"),
+            &expected,
+            dir.path(),
+        );
         // Holes came as OFFSET_HOLE chunks: only 3 of every 4 MiB were transferred.
         assert_eq!(disk["bytes_read"], FAKE_SIZE / 4 * 3, "{disk}");
-        let n = accepted.load(Ordering::SeqCst);
+        assert!(
+            stats.hole_bytes_read.load(Ordering::SeqCst) > 0,
+            "no map: holes are asked for"
+        );
+        let n = stats.accepted.load(Ordering::SeqCst);
         if multi_conn {
-            assert!((2..=3).contains(&n), "{n} connections with connections=3 and multi-conn");
+            assert!(
+                (2..=3).contains(&n),
+                "{n} connections with connections=3 and multi-conn"
+            );
         } else {
             assert_eq!(n, 1, "a server without multi-conn got {n} connections");
         }
     }
+}
+
+#[test]
+fn block_status_answering_less_than_asked_still_maps_every_hole() {
+    let dir = TempDir::new().unwrap();
+    let repo = new_repo(dir.path());
+    let expected = dir.path().join("expected.raw");
+    let bytes: Vec<u8> = (0..FAKE_SIZE).map(fake_byte).collect();
+    std::fs::write(&expected, bytes).expect("writing the expected disk");
+    let (url, stats) = fake_server(Misbehave::Honest {
+        multi_conn: true,
+        block_status: true,
+    });
+    let disk = backup_and_compare(&repo, &url, &expected, dir.path());
+    assert_eq!(disk["bytes_read"], FAKE_SIZE / 4 * 3, "{disk}");
+    assert_eq!(
+        stats.hole_bytes_read.load(Ordering::SeqCst),
+        0,
+        "zero extents from block status were read anyway"
+    );
 }
 
 #[test]
@@ -606,9 +783,16 @@ fn hostile_servers_give_clear_errors_and_never_hang() {
         (Misbehave::BadMagic, "is this an NBD server?"),
         (Misbehave::LongRead, "outside the"),
         (Misbehave::CloseMidReply, "closed the connection"),
-        (Misbehave::Silent, "no answer from the NBD server within 2 s"),
+        (
+            Misbehave::Silent,
+            "no answer from the NBD server within 2 s",
+        ),
         (Misbehave::ErrorChunk, "server reported EIO (5) reading"),
-        (Misbehave::NoStructuredReplies, "does not support structured replies"),
+        (
+            Misbehave::NoStructuredReplies,
+            "does not support structured replies",
+        ),
+        (Misbehave::ZeroLengthExtent, "extent of length 0"),
     ];
     for (mode, needle) in cases {
         let (url, _) = fake_server(mode);
@@ -667,7 +851,15 @@ fn rotated_bitmaps_give_delta_backups_that_restore_identically() {
     let mut gen = DataGen::new(seed("nbd-bitmap-chain"));
     make_image(&raw, ImageSpec::mixed(size), &mut gen);
     let img = dir.path().join("vm.qcow2");
-    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", path(&raw), path(&img)]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        path(&raw),
+        path(&img),
+    ]);
     qemu_img(&["bitmap", "--add", path(&img), "b1"]);
     let sock = dir.path().join("c.sock");
     let repo = new_repo(dir.path());
@@ -679,7 +871,12 @@ fn rotated_bitmaps_give_delta_backups_that_restore_identically() {
     };
     let d = disk0(&out);
     assert_eq!(d["mode"], "full", "{out}");
-    assert_restores_image(&repo, out.json()["snapshot"].as_str().unwrap(), &img, dir.path());
+    assert_restores_image(
+        &repo,
+        out.json()["snapshot"].as_str().unwrap(),
+        &img,
+        dir.path(),
+    );
 
     for round in 1..=3u32 {
         let (old, new) = (format!("b{round}"), format!("b{}", round + 1));
@@ -699,15 +896,28 @@ fn rotated_bitmaps_give_delta_backups_that_restore_identically() {
         assert_eq!(d["mode"], "delta", "round {round}: {out}");
         assert_eq!(d["changed_bytes"], expected, "round {round}: {out}");
         let read = d["bytes_read"].as_u64().unwrap();
-        assert!(read > 0 && read <= expected, "round {round}: read {read} of {expected} dirty bytes");
-        assert_restores_image(&repo, out.json()["snapshot"].as_str().unwrap(), &img, dir.path());
+        assert!(
+            read > 0 && read <= expected,
+            "round {round}: read {read} of {expected} dirty bytes"
+        );
+        assert_restores_image(
+            &repo,
+            out.json()["snapshot"].as_str().unwrap(),
+            &img,
+            dir.path(),
+        );
         qemu_img(&["bitmap", "--remove", path(&img), &old]);
     }
 
     // A key backup through the current bitmap finds no drift: the bitmap saw every write.
     random_writes(&img, &mut gen, 4, size);
     qemu_img(&["bitmap", "--add", path(&img), "b5"]);
-    let server = qemu_nbd(&img, "qcow2", &Listen::Unix(&sock), &["--bitmap", "b4", "--bitmap", "b5"]);
+    let server = qemu_nbd(
+        &img,
+        "qcow2",
+        &Listen::Unix(&sock),
+        &["--bitmap", "b4", "--bitmap", "b5"],
+    );
     let out = backup_url(
         &repo,
         &format!("{}&bitmap=b4&track=b5", server.url),
@@ -716,14 +926,24 @@ fn rotated_bitmaps_give_delta_backups_that_restore_identically() {
     let d = disk0(&out);
     assert_eq!(d["mode"], "key", "{out}");
     assert_eq!(d["drift_blocks"], 0, "{out}");
-    assert_restores_image(&repo, out.json()["snapshot"].as_str().unwrap(), &img, dir.path());
+    assert_restores_image(
+        &repo,
+        out.json()["snapshot"].as_str().unwrap(),
+        &img,
+        dir.path(),
+    );
 
     // The wrong bitmap (b4 is not what the newest snapshot recorded: b5) is refused, and
     // nothing is stored.
     let before = list_ids(&repo);
-    let out = backup_url(&repo, &format!("{}&bitmap=b4", server.url), &["--reference", "latest"]);
+    let out = backup_url(
+        &repo,
+        &format!("{}&bitmap=b4", server.url),
+        &["--reference", "latest"],
+    );
     assert_ne!(out.code, 0, "{out}");
-    out.stderr_has("nbd-bitmap:b5").stderr_has("--fallback-full");
+    out.stderr_has("nbd-bitmap:b5")
+        .stderr_has("--fallback-full");
     assert_eq!(list_ids(&repo), before, "a refused delta stored a snapshot");
     // With --fallback-full the disk is read whole instead.
     let out = backup_url(
@@ -734,7 +954,12 @@ fn rotated_bitmaps_give_delta_backups_that_restore_identically() {
     let d = disk0(&out);
     assert_eq!(d["mode"], "key", "{out}");
     assert!(d["bytes_read"].as_u64().unwrap() > size / 2, "{out}");
-    assert_restores_image(&repo, out.json()["snapshot"].as_str().unwrap(), &img, dir.path());
+    assert_restores_image(
+        &repo,
+        out.json()["snapshot"].as_str().unwrap(),
+        &img,
+        dir.path(),
+    );
     drop(server);
     tessera_tests::verify(&repo).ok();
 }

@@ -116,7 +116,9 @@ pub fn map_export(conn: &mut Connection, url: &str) -> Result<BlockMap> {
             }
         }
         if next <= pos {
-            return Err(bad(format!("block status at offset {pos} made no progress")));
+            return Err(bad(format!(
+                "block status at offset {pos} made no progress"
+            )));
         }
         pos = next;
     }

@@ -110,9 +110,7 @@ fn read_reply(w: &mut Wire, option: u32) -> Result<OptReply> {
     }
     let echoed = w.u32(&what)?;
     if echoed != option {
-        return Err(w.bad(format!(
-            "reply to option {option} names option {echoed}"
-        )));
+        return Err(w.bad(format!("reply to option {option} names option {echoed}")));
     }
     let kind = w.u32(&what)?;
     let len = w.u32(&what)?;
@@ -298,8 +296,10 @@ fn go(w: &mut Wire, export: &str) -> Result<Negotiated> {
                         }
                     }
                     Some(INFO_BLOCK_SIZE) => {
-                        let (min, pref, max) = (be_u32(&r.data, 2), be_u32(&r.data, 6), be_u32(&r.data, 10));
-                        let (Some(min), Some(pref), Some(max), 14) = (min, pref, max, r.data.len()) else {
+                        let (min, pref, max) =
+                            (be_u32(&r.data, 2), be_u32(&r.data, 6), be_u32(&r.data, 10));
+                        let (Some(min), Some(pref), Some(max), 14) = (min, pref, max, r.data.len())
+                        else {
                             return Err(w.bad(format!(
                                 "NBD_INFO_BLOCK_SIZE reply is {} bytes, expected 14",
                                 r.data.len()
@@ -339,11 +339,7 @@ fn go(w: &mut Wire, export: &str) -> Result<Negotiated> {
                     r.describe_error()
                 )))
             }
-            kind => {
-                return Err(w.bad(format!(
-                    "unexpected reply type 0x{kind:08x} to NBD_OPT_GO"
-                )))
-            }
+            kind => return Err(w.bad(format!("unexpected reply type 0x{kind:08x} to NBD_OPT_GO"))),
         }
     }
     Err(w.bad("NBD_OPT_GO: more than 64 information replies without an acknowledgement"))

@@ -63,7 +63,11 @@ impl NbdSource {
         let mut first = open_connection(&parsed)?;
         let map = block_map::map_export(&mut first, &display)?;
         let neg = first.neg.clone();
-        let max = if neg.multi_conn() { parsed.connections } else { 1 };
+        let max = if neg.multi_conn() {
+            parsed.connections
+        } else {
+            1
+        };
         let opener_url = parsed.clone();
         let expected = neg.clone();
         let opener: pool::Opener = Box::new(move || {
@@ -109,7 +113,10 @@ impl NbdSource {
             // Aligned request covering pos.
             let start = pos - pos % self.min_block;
             let mut end = (start + self.max_read).min(to);
-            end = end.div_ceil(self.min_block).saturating_mul(self.min_block).min(self.size);
+            end = end
+                .div_ceil(self.min_block)
+                .saturating_mul(self.min_block)
+                .min(self.size);
             if end <= pos {
                 return Err(Error::InvalidArgument(format!(
                     "{}: cannot form an aligned read at offset {pos}",
@@ -167,7 +174,8 @@ impl BlockSource for NbdSource {
                 break;
             }
             let (from, to) = (s.max(offset), e.min(end));
-            if let Some(gap) = buf.get_mut((filled_to - offset) as usize..(from - offset) as usize) {
+            if let Some(gap) = buf.get_mut((filled_to - offset) as usize..(from - offset) as usize)
+            {
                 gap.fill(0);
             }
             fetched += self.fetch(offset, buf, from, to)?;

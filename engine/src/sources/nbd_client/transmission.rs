@@ -102,7 +102,8 @@ impl Connection {
         buf[8..16].copy_from_slice(&handle.to_be_bytes());
         buf[16..24].copy_from_slice(&offset.to_be_bytes());
         buf[24..28].copy_from_slice(&len.to_be_bytes());
-        self.wire.send(&buf, &format!("sending command {cmd} at offset {offset}"))?;
+        self.wire
+            .send(&buf, &format!("sending command {cmd} at offset {offset}"))?;
         Ok(handle)
     }
 
@@ -114,7 +115,9 @@ impl Connection {
             let errno = w.u32(what)?;
             let h = w.u64(what)?;
             if h != handle {
-                return Err(w.bad(format!("{what}: simple reply for handle {h}, expected {handle}")));
+                return Err(w.bad(format!(
+                    "{what}: simple reply for handle {h}, expected {handle}"
+                )));
             }
             if errno == 0 {
                 return Err(w.bad(format!(
@@ -133,7 +136,9 @@ impl Connection {
         let h = w.u64(what)?;
         let len = w.u32(what)?;
         if h != handle {
-            return Err(w.bad(format!("{what}: reply chunk for handle {h}, expected {handle}")));
+            return Err(w.bad(format!(
+                "{what}: reply chunk for handle {h}, expected {handle}"
+            )));
         }
         Ok(Chunk { flags, kind, len })
     }
@@ -149,9 +154,11 @@ impl Connection {
         let p = self.wire.bytes(c.len as usize, what)?;
         let errno = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
         let mlen = usize::from(u16::from_be_bytes([p[4], p[5]]));
-        let msg = p
-            .get(6..6 + mlen)
-            .ok_or_else(|| self.wire.bad(format!("{what}: error message length {mlen} exceeds the chunk")))?;
+        let msg = p.get(6..6 + mlen).ok_or_else(|| {
+            self.wire.bad(format!(
+                "{what}: error message length {mlen} exceeds the chunk"
+            ))
+        })?;
         let mut text = String::from_utf8_lossy(msg).into_owned();
         if c.kind == REPLY_TYPE_ERROR_OFFSET {
             if let Some(o) = p.get(6 + mlen..14 + mlen) {
@@ -172,7 +179,9 @@ impl Connection {
         let len = u32::try_from(buf.len())
             .ok()
             .filter(|&l| l > 0 && l <= self.neg.max_read)
-            .ok_or_else(|| Error::InvalidArgument(format!("NBD read of {} bytes is not allowed", buf.len())))?;
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("NBD read of {} bytes is not allowed", buf.len()))
+            })?;
         let end = offset + u64::from(len);
         let handle = self.request(CMD_READ, 0, offset, len)?;
         let what = format!("reading {len} bytes at offset {offset}");
@@ -205,10 +214,14 @@ impl Connection {
                 if let Some((errno, msg)) = server_err {
                     return Ok(Err(server_error(&self.wire.url, &what, errno, &msg)));
                 }
-                return self.check_coverage(covered, offset, end, &what).map(|()| Ok(fetched));
+                return self
+                    .check_coverage(covered, offset, end, &what)
+                    .map(|()| Ok(fetched));
             }
         }
-        Err(self.wire.bad(format!("{what}: more than {MAX_CHUNKS} reply chunks")))
+        Err(self
+            .wire
+            .bad(format!("{what}: more than {MAX_CHUNKS} reply chunks")))
     }
 
     /// Reads an OFFSET_DATA (into `buf`) or OFFSET_HOLE (zero-fills) chunk; returns its
@@ -223,14 +236,20 @@ impl Connection {
     ) -> Result<(u64, u64)> {
         let w = &mut self.wire;
         if c.len < 8 {
-            return Err(w.bad(format!("{what}: chunk type {} of only {} bytes", c.kind, c.len)));
+            return Err(w.bad(format!(
+                "{what}: chunk type {} of only {} bytes",
+                c.kind, c.len
+            )));
         }
         let start = w.u64(what)?;
         let n = if c.kind == REPLY_TYPE_OFFSET_DATA {
             u64::from(c.len - 8)
         } else {
             if c.len != 12 {
-                return Err(w.bad(format!("{what}: OFFSET_HOLE chunk of {} bytes, expected 12", c.len)));
+                return Err(w.bad(format!(
+                    "{what}: OFFSET_HOLE chunk of {} bytes, expected 12",
+                    c.len
+                )));
             }
             u64::from(w.u32(what)?)
         };
@@ -254,13 +273,26 @@ impl Connection {
         Ok((start, n))
     }
 
-    fn check_coverage(&self, mut covered: Vec<(u64, u64)>, offset: u64, end: u64, what: &str) -> Result<()> {
+    fn check_coverage(
+        &self,
+        mut covered: Vec<(u64, u64)>,
+        offset: u64,
+        end: u64,
+        what: &str,
+    ) -> Result<()> {
         covered.sort_unstable();
         let mut pos = offset;
         for (s, e) in covered {
             if s != pos {
-                let problem = if s < pos { "overlapping chunks" } else { "a gap" };
-                return Err(self.wire.bad(format!("{what}: the reply has {problem} at offset {}", s.min(pos))));
+                let problem = if s < pos {
+                    "overlapping chunks"
+                } else {
+                    "a gap"
+                };
+                return Err(self.wire.bad(format!(
+                    "{what}: the reply has {problem} at offset {}",
+                    s.min(pos)
+                )));
             }
             pos = e;
         }
@@ -278,7 +310,12 @@ impl Connection {
         self.guarded(|c| c.block_status_inner(offset, len, ids))
     }
 
-    fn block_status_inner(&mut self, offset: u64, len: u32, ids: &[u32]) -> Result<Result<Vec<Descriptors>>> {
+    fn block_status_inner(
+        &mut self,
+        offset: u64,
+        len: u32,
+        ids: &[u32],
+    ) -> Result<Result<Vec<Descriptors>>> {
         let handle = self.request(CMD_BLOCK_STATUS, 0, offset, len)?;
         let what = format!("block status of {len} bytes at offset {offset}");
         let mut out: Vec<Option<Descriptors>> = vec![None; ids.len()];
@@ -287,7 +324,11 @@ impl Connection {
             let c = self.chunk(handle, &what)?;
             match c.kind {
                 REPLY_TYPE_BLOCK_STATUS => {
-                    let count = c.len.checked_sub(4).filter(|n| n % 8 == 0 && *n > 0).map(|n| n / 8);
+                    let count = c
+                        .len
+                        .checked_sub(4)
+                        .filter(|n| n % 8 == 0 && *n > 0)
+                        .map(|n| n / 8);
                     let Some(count) = count.filter(|&n| n <= MAX_DESCRIPTORS) else {
                         return Err(self.wire.bad(format!(
                             "{what}: BLOCK_STATUS chunk of {} bytes (expected 4 + 8 x 1..{MAX_DESCRIPTORS})",
@@ -301,13 +342,18 @@ impl Connection {
                         .position(|&i| i == id)
                         .and_then(|i| out.get_mut(i))
                         .filter(|s| s.is_none())
-                        .ok_or_else(|| self.wire.bad(format!("{what}: unexpected or repeated context id {id}")))?;
+                        .ok_or_else(|| {
+                            self.wire
+                                .bad(format!("{what}: unexpected or repeated context id {id}"))
+                        })?;
                     let mut d = Vec::with_capacity(count as usize);
                     for pair in payload.chunks_exact(8) {
                         let l = u32::from_be_bytes([pair[0], pair[1], pair[2], pair[3]]);
                         let f = u32::from_be_bytes([pair[4], pair[5], pair[6], pair[7]]);
                         if l == 0 {
-                            return Err(self.wire.bad(format!("{what}: extent of length 0 for context {id}")));
+                            return Err(self
+                                .wire
+                                .bad(format!("{what}: extent of length 0 for context {id}")));
                         }
                         d.push((l, f));
                     }
@@ -332,7 +378,12 @@ impl Connection {
                 return out
                     .into_iter()
                     .zip(ids)
-                    .map(|(d, id)| d.ok_or_else(|| self.wire.bad(format!("{what}: no extents for context {id}"))))
+                    .map(|(d, id)| {
+                        d.ok_or_else(|| {
+                            self.wire
+                                .bad(format!("{what}: no extents for context {id}"))
+                        })
+                    })
                     .collect::<Result<Vec<_>>>()
                     .map(Ok);
             }

@@ -139,12 +139,18 @@ impl NbdUrl {
                 .ok()
                 .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
                 .ok_or_else(|| {
-                    bad(url, format!("connections={n} is not a number from 1 to {MAX_CONNECTIONS}"))
+                    bad(
+                        url,
+                        format!("connections={n} is not a number from 1 to {MAX_CONNECTIONS}"),
+                    )
                 })?,
         };
         let endpoint = if unix {
             if !authority.is_empty() {
-                return Err(bad(url, "nbd+unix:// URLs have an empty host: nbd+unix:///EXPORT?socket=PATH"));
+                return Err(bad(
+                    url,
+                    "nbd+unix:// URLs have an empty host: nbd+unix:///EXPORT?socket=PATH",
+                ));
             }
             let socket = socket.ok_or_else(|| bad(url, "nbd+unix:// needs ?socket=PATH"))?;
             Endpoint::Unix(PathBuf::from(socket))
@@ -216,7 +222,10 @@ fn parse_authority(url: &str, authority: &str) -> Result<Endpoint> {
         }
     };
     if host.is_empty() {
-        return Err(bad(url, "no host (for a Unix socket use nbd+unix:///EXPORT?socket=PATH)"));
+        return Err(bad(
+            url,
+            "no host (for a Unix socket use nbd+unix:///EXPORT?socket=PATH)",
+        ));
     }
     let port = match port {
         None => DEFAULT_PORT,

@@ -103,9 +103,8 @@ impl Wire {
                 Stream::Tcp(s)
             }
             Endpoint::Unix(path) => {
-                let s = UnixStream::connect(path).map_err(|e| {
-                    fail(format!("connecting to socket {}", path.display()), e)
-                })?;
+                let s = UnixStream::connect(path)
+                    .map_err(|e| fail(format!("connecting to socket {}", path.display()), e))?;
                 s.set_read_timeout(Some(timeout))
                     .and_then(|()| s.set_write_timeout(Some(timeout)))
                     .map_err(|e| fail("setting socket options".into(), e))?;
