@@ -9,12 +9,10 @@
 //! Servers listen on Unix sockets in a tempdir or on free loopback ports, and are killed
 //! when their guard drops.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -454,269 +452,9 @@ fn wrong_export_name_and_missing_bitmap_are_refused_clearly() {
     drop(server);
 }
 
-/// How the fake server misbehaves.
-#[derive(Clone, Copy, Debug)]
-enum Misbehave {
-    /// Greets with something that is not NBD.
-    BadMagic,
-    /// Answers a read with more data than asked for.
-    LongRead,
-    /// Sends half a read reply, then closes.
-    CloseMidReply,
-    /// Never answers a read.
-    Silent,
-    /// Answers a read with an error chunk.
-    ErrorChunk,
-    /// Refuses structured replies.
-    NoStructuredReplies,
-    /// Serves [`fake_byte`] correctly (every 4th MiB as holes), one chunk per MiB in
-    /// reverse order; offers NBD_FLAG_CAN_MULTI_CONN when `multi_conn`. With
-    /// `block_status`, grants `base:allocation` and describes at most 2 MiB per
-    /// BLOCK_STATUS request (fewer extents than asked), holes as HOLE|ZERO.
-    Honest {
-        multi_conn: bool,
-        block_status: bool,
-    },
-    /// Grants `base:allocation`, then answers BLOCK_STATUS with an extent of length 0.
-    ZeroLengthExtent,
-}
-
-/// Context id the fake server gives `base:allocation`.
-const FAKE_CONTEXT: u32 = 7;
-
-/// What the fake server saw.
-#[derive(Default)]
-struct FakeStats {
-    /// Connections accepted.
-    accepted: AtomicUsize,
-    /// Bytes of zero regions the client asked to read.
-    hole_bytes_read: AtomicUsize,
-}
-
-/// Answers BLOCK_STATUS: at most two extents of at most 1 MiB, or one of length 0 in
-/// `ZeroLengthExtent` mode.
-fn block_status_reply(
-    s: &mut TcpStream,
-    mode: Misbehave,
-    handle: u64,
-    offset: u64,
-    len: u32,
-) -> std::io::Result<()> {
-    let end = offset + u64::from(len);
-    let mut payload = FAKE_CONTEXT.to_be_bytes().to_vec();
-    if let Misbehave::ZeroLengthExtent = mode {
-        payload.extend_from_slice(&[0; 8]);
-    } else {
-        let mut pos = offset;
-        for _ in 0..2 {
-            if pos >= end {
-                break;
-            }
-            let next = ((pos / MIB + 1) * MIB).min(end);
-            let flags: u32 = if fake_byte(pos) == 0 { 3 } else { 0 };
-            payload.extend_from_slice(&((next - pos) as u32).to_be_bytes());
-            payload.extend_from_slice(&flags.to_be_bytes());
-            pos = next;
-        }
-    }
-    s.write_all(&chunk_header(1, 5, handle, payload.len() as u32))?;
-    s.write_all(&payload)
-}
-
-const FAKE_SIZE: u64 = 24 * MIB;
-
-/// The honest fake disk's byte at `offset`.
-fn fake_byte(offset: u64) -> u8 {
-    if (offset / MIB) % 4 == 3 {
-        0
-    } else {
-        (offset % 251 + 1) as u8
-    }
-}
-
-/// Answers a read honestly: one OFFSET_DATA or OFFSET_HOLE chunk per MiB piece, last
-/// piece first.
-fn honest_read(s: &mut TcpStream, handle: u64, offset: u64, len: u32) -> std::io::Result<()> {
-    let end = offset + u64::from(len);
-    let mut pieces = Vec::new();
-    let mut pos = offset;
-    while pos < end {
-        let next = ((pos / MIB + 1) * MIB).min(end);
-        pieces.push((pos, next));
-        pos = next;
-    }
-    let count = pieces.len();
-    for (i, (a, b)) in pieces.into_iter().rev().enumerate() {
-        let done = u16::from(i + 1 == count);
-        let n = (b - a) as u32;
-        if fake_byte(a) == 0 {
-            s.write_all(&chunk_header(done, 2, handle, 12))?;
-            s.write_all(&a.to_be_bytes())?;
-            s.write_all(&n.to_be_bytes())?;
-        } else {
-            s.write_all(&chunk_header(done, 1, handle, 8 + n))?;
-            s.write_all(&a.to_be_bytes())?;
-            let data: Vec<u8> = (a..b).map(fake_byte).collect();
-            s.write_all(&data)?;
-        }
-    }
-    Ok(())
-}
-
-fn be32(s: &mut TcpStream) -> std::io::Result<u32> {
-    let mut b = [0u8; 4];
-    s.read_exact(&mut b)?;
-    Ok(u32::from_be_bytes(b))
-}
-
-fn option_reply(s: &mut TcpStream, opt: u32, kind: u32, data: &[u8]) -> std::io::Result<()> {
-    let mut m = 0x0003_e889_0455_65a9u64.to_be_bytes().to_vec();
-    m.extend_from_slice(&opt.to_be_bytes());
-    m.extend_from_slice(&kind.to_be_bytes());
-    m.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    m.extend_from_slice(data);
-    s.write_all(&m)
-}
-
-fn chunk_header(flags: u16, kind: u16, handle: u64, len: u32) -> Vec<u8> {
-    let mut m = 0x668e_33efu32.to_be_bytes().to_vec();
-    m.extend_from_slice(&flags.to_be_bytes());
-    m.extend_from_slice(&kind.to_be_bytes());
-    m.extend_from_slice(&handle.to_be_bytes());
-    m.extend_from_slice(&len.to_be_bytes());
-    m
-}
-
-/// One connection of the fake server: a correct handshake (meta contexts and multi-conn
-/// only as `mode` says), then `mode`'s behaviour on reads.
-fn fake_connection(mut s: TcpStream, mode: Misbehave, stats: &FakeStats) -> std::io::Result<()> {
-    let grants_context = matches!(
-        mode,
-        Misbehave::ZeroLengthExtent
-            | Misbehave::Honest {
-                block_status: true,
-                ..
-            }
-    );
-    if let Misbehave::BadMagic = mode {
-        return s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
-    }
-    s.write_all(&0x4e42_444d_4147_4943u64.to_be_bytes())?;
-    s.write_all(&0x4948_4156_454F_5054u64.to_be_bytes())?;
-    s.write_all(&3u16.to_be_bytes())?;
-    be32(&mut s)?; // client flags
-    loop {
-        let mut head = [0u8; 16];
-        s.read_exact(&mut head)?;
-        let opt = u32::from_be_bytes(head[8..12].try_into().unwrap());
-        let len = u32::from_be_bytes(head[12..16].try_into().unwrap());
-        let mut data = vec![0u8; len as usize];
-        s.read_exact(&mut data)?;
-        match opt {
-            8 if matches!(mode, Misbehave::NoStructuredReplies) => {
-                option_reply(
-                    &mut s,
-                    opt,
-                    (1 << 31) + 1,
-                    b"structured replies? never heard of them",
-                )?;
-            }
-            7 => {
-                let mut info = 0u16.to_be_bytes().to_vec();
-                info.extend_from_slice(&FAKE_SIZE.to_be_bytes());
-                // HAS_FLAGS | READ_ONLY, + CAN_MULTI_CONN
-                let multi = matches!(
-                    mode,
-                    Misbehave::Honest {
-                        multi_conn: true,
-                        ..
-                    }
-                );
-                let flags = 3u16 | if multi { 1 << 8 } else { 0 };
-                info.extend_from_slice(&flags.to_be_bytes());
-                option_reply(&mut s, opt, 3, &info)?;
-                option_reply(&mut s, opt, 1, &[])?;
-                break;
-            }
-            10 if grants_context => {
-                let mut granted = FAKE_CONTEXT.to_be_bytes().to_vec();
-                granted.extend_from_slice(b"base:allocation");
-                option_reply(&mut s, opt, 4, &granted)?;
-                option_reply(&mut s, opt, 1, &[])?;
-            }
-            _ => option_reply(&mut s, opt, 1, &[])?, // ACK (SET_META_CONTEXT: nothing granted)
-        }
-    }
-    loop {
-        let mut req = [0u8; 28];
-        s.read_exact(&mut req)?;
-        let cmd = u16::from_be_bytes([req[6], req[7]]);
-        let handle = u64::from_be_bytes(req[8..16].try_into().unwrap());
-        let offset = u64::from_be_bytes(req[16..24].try_into().unwrap());
-        let len = u32::from_be_bytes(req[24..28].try_into().unwrap());
-        if cmd == 2 {
-            return Ok(());
-        }
-        if cmd == 7 {
-            block_status_reply(&mut s, mode, handle, offset, len)?;
-            continue;
-        }
-        let holes = (offset..offset + u64::from(len))
-            .step_by(4096)
-            .filter(|&o| fake_byte(o) == 0)
-            .count();
-        stats
-            .hole_bytes_read
-            .fetch_add(holes * 4096, Ordering::SeqCst);
-        match mode {
-            Misbehave::LongRead => {
-                let extra = 4096;
-                s.write_all(&chunk_header(1, 1, handle, 8 + len + extra))?;
-                s.write_all(&offset.to_be_bytes())?;
-                s.write_all(&vec![0xaa; (len + extra) as usize])?;
-            }
-            Misbehave::CloseMidReply => {
-                s.write_all(&chunk_header(1, 1, handle, 8 + len))?;
-                s.write_all(&offset.to_be_bytes())?;
-                s.write_all(&vec![0xaa; (len / 2) as usize])?;
-                return Ok(());
-            }
-            Misbehave::Silent => {
-                std::thread::sleep(Duration::from_secs(30));
-                return Ok(());
-            }
-            Misbehave::ErrorChunk => {
-                let msg = b"disk on fire";
-                let mut p = 5u32.to_be_bytes().to_vec();
-                p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-                p.extend_from_slice(msg);
-                s.write_all(&chunk_header(1, (1 << 15) + 1, handle, p.len() as u32))?;
-                s.write_all(&p)?;
-            }
-            Misbehave::Honest { .. } => honest_read(&mut s, handle, offset, len)?,
-            Misbehave::BadMagic | Misbehave::NoStructuredReplies | Misbehave::ZeroLengthExtent => {
-                return Ok(())
-            }
-        }
-    }
-}
-
-/// Starts a fake server on a loopback port; returns its URL and what it saw. Its threads
-/// end with the test process (or when the client goes away).
-fn fake_server(mode: Misbehave) -> (String, Arc<FakeStats>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake server");
-    let port = listener.local_addr().unwrap().port();
-    let stats = Arc::new(FakeStats::default());
-    let seen = Arc::clone(&stats);
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            seen.accepted.fetch_add(1, Ordering::SeqCst);
-            let seen = Arc::clone(&seen);
-            std::thread::spawn(move || fake_connection(s, mode, &seen));
-        }
-    });
-    (format!("nbd://127.0.0.1:{port}/"), stats)
-}
+#[path = "source_nbd/fake_server.rs"]
+mod fake_server;
+use fake_server::{fake_byte, fake_server, Misbehave, FAKE_SIZE};
 
 #[test]
 fn several_connections_are_used_only_when_the_server_offers_multi_conn() {
@@ -933,33 +671,40 @@ fn rotated_bitmaps_give_delta_backups_that_restore_identically() {
         dir.path(),
     );
 
+    wrong_bitmap_is_refused_unless_fallback_full(&repo, &server.url, &img, dir.path());
+    drop(server);
+    tessera_tests::verify(&repo).ok();
+}
+
+/// After a backup that recorded state `nbd-bitmap:b5`, a delta through bitmap b4 (served
+/// at `url`) is refused with nothing stored, and `--fallback-full` reads the disk whole.
+fn wrong_bitmap_is_refused_unless_fallback_full(
+    repo: &Path,
+    url: &str,
+    img: &Path,
+    scratch: &Path,
+) {
+    let size = 32 * MIB;
     // The wrong bitmap (b4 is not what the newest snapshot recorded: b5) is refused, and
     // nothing is stored.
-    let before = list_ids(&repo);
+    let before = list_ids(repo);
     let out = backup_url(
-        &repo,
-        &format!("{}&bitmap=b4", server.url),
+        repo,
+        &format!("{url}&bitmap=b4"),
         &["--reference", "latest"],
     );
     assert_ne!(out.code, 0, "{out}");
     out.stderr_has("nbd-bitmap:b5")
         .stderr_has("--fallback-full");
-    assert_eq!(list_ids(&repo), before, "a refused delta stored a snapshot");
+    assert_eq!(list_ids(repo), before, "a refused delta stored a snapshot");
     // With --fallback-full the disk is read whole instead.
     let out = backup_url(
-        &repo,
-        &format!("{}&bitmap=b4", server.url),
+        repo,
+        &format!("{url}&bitmap=b4"),
         &["--reference", "latest", "--fallback-full"],
     );
     let d = disk0(&out);
     assert_eq!(d["mode"], "key", "{out}");
     assert!(d["bytes_read"].as_u64().unwrap() > size / 2, "{out}");
-    assert_restores_image(
-        &repo,
-        out.json()["snapshot"].as_str().unwrap(),
-        &img,
-        dir.path(),
-    );
-    drop(server);
-    tessera_tests::verify(&repo).ok();
+    assert_restores_image(repo, out.json()["snapshot"].as_str().unwrap(), img, scratch);
 }
