@@ -48,12 +48,13 @@ impl Drop for Server {
 /// Where a server should listen.
 enum Listen<'a> {
     Unix(&'a Path),
-    Tcp,
+    /// A loopback address: `127.0.0.1` or `::1`.
+    Tcp(&'a str),
 }
 
-/// A free loopback TCP port (bound, then released for the server).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+/// A free TCP port on loopback address `host` (bound, then released for the server).
+fn free_port(host: &str) -> u16 {
+    let l = TcpListener::bind((host, 0)).expect("binding a free port");
     l.local_addr().expect("local addr").port()
 }
 
@@ -100,18 +101,18 @@ fn qemu_nbd(image: &Path, format: &str, listen: &Listen<'_>, extra: &[&str]) -> 
                 std::os::unix::net::UnixStream::connect(&sock).is_ok()
             })
         }
-        Listen::Tcp => {
-            let port = free_port();
-            args.extend([
-                "-b".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-            ]);
+        Listen::Tcp(host) => {
+            let port = free_port(host);
+            args.extend(["-b".into(), (*host).into(), "-p".into(), port.to_string()]);
             args.push(image.display().to_string());
-            let url = format!("nbd://127.0.0.1:{port}/");
+            let url = if host.contains(':') {
+                format!("nbd://[{host}]:{port}/")
+            } else {
+                format!("nbd://{host}:{port}/")
+            };
+            let host = host.to_string();
             spawn_server("qemu-nbd", &args, url, move || {
-                TcpStream::connect(("127.0.0.1", port)).is_ok()
+                TcpStream::connect((host.as_str(), port)).is_ok()
             })
         }
     }
@@ -216,11 +217,26 @@ fn raw_image_over_tcp_with_two_connections_restores_identically() {
         &mut DataGen::new(seed("nbd-raw-tcp")),
     );
     // -e 4: qemu-nbd then serves 4 clients at once and offers multi-conn.
-    let server = qemu_nbd(&img, "raw", &Listen::Tcp, &["-e", "4"]);
+    let server = qemu_nbd(&img, "raw", &Listen::Tcp("127.0.0.1"), &["-e", "4"]);
     let repo = new_repo(dir.path());
     let url = format!("{}?connections=2", server.url);
     let disk = backup_and_compare(&repo, &url, &img, dir.path());
     assert_eq!(disk["size"], 20 * MIB);
+}
+
+#[test]
+fn ipv6_loopback_url_with_brackets_restores_identically() {
+    let dir = TempDir::new().unwrap();
+    let img = dir.path().join("disk.raw");
+    make_image(
+        &img,
+        ImageSpec::mixed(4 * MIB),
+        &mut DataGen::new(seed("nbd-ipv6")),
+    );
+    let server = qemu_nbd(&img, "raw", &Listen::Tcp("::1"), &[]);
+    assert!(server.url.starts_with("nbd://[::1]:"), "{}", server.url);
+    let repo = new_repo(dir.path());
+    backup_and_compare(&repo, &server.url, &img, dir.path());
 }
 
 #[test]
@@ -421,7 +437,7 @@ fn server_not_running_is_a_clear_error_naming_the_url() {
     failing_backup(&repo, &url, "5", Duration::from_secs(30))
         .stderr_has(&url)
         .stderr_has("connecting to socket");
-    let port = free_port();
+    let port = free_port("127.0.0.1");
     let url = format!("nbd://127.0.0.1:{port}/x");
     failing_backup(&repo, &url, "5", Duration::from_secs(30))
         .stderr_has(&url)
