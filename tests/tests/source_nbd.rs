@@ -547,6 +547,8 @@ fn hostile_servers_give_clear_errors_and_never_hang() {
             "does not support structured replies",
         ),
         (Misbehave::ZeroLengthExtent, "extent of length 0"),
+        (Misbehave::ShortRead, "ended after covering up to offset"),
+        (Misbehave::WrongHandle, "reply chunk for handle"),
     ];
     for (mode, needle) in cases {
         let (url, _) = fake_server(mode);

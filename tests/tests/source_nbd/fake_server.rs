@@ -22,6 +22,10 @@ pub enum Misbehave {
     CloseMidReply,
     /// Never answers a read.
     Silent,
+    /// Answers a read with data for its first half only, flagged DONE.
+    ShortRead,
+    /// Answers a read under another request's handle.
+    WrongHandle,
     /// Answers a read with an error chunk.
     ErrorChunk,
     /// Refuses structured replies.
@@ -246,6 +250,16 @@ fn fake_connection(mut s: TcpStream, mode: Misbehave, stats: &FakeStats) -> std:
                 s.write_all(&offset.to_be_bytes())?;
                 s.write_all(&vec![0xaa; (len / 2) as usize])?;
                 return Ok(());
+            }
+            Misbehave::ShortRead => {
+                s.write_all(&chunk_header(1, 1, handle, 8 + len / 2))?;
+                s.write_all(&offset.to_be_bytes())?;
+                s.write_all(&vec![0xaa; (len / 2) as usize])?;
+            }
+            Misbehave::WrongHandle => {
+                s.write_all(&chunk_header(1, 1, handle ^ 0x55, 8 + len))?;
+                s.write_all(&offset.to_be_bytes())?;
+                s.write_all(&vec![0xaa; len as usize])?;
             }
             Misbehave::Silent => {
                 std::thread::sleep(Duration::from_secs(30));
