@@ -302,6 +302,46 @@ fn nbdkit_memory_disk_written_through_qemu_io_restores_identically() {
     );
 }
 
+#[test]
+fn minimum_and_maximum_block_sizes_are_honoured() {
+    let dir = TempDir::new().unwrap();
+    let img = dir.path().join("disk.raw");
+    make_image(
+        &img,
+        ImageSpec::mixed(6 * MIB),
+        &mut DataGen::new(seed("nbd-blocksize")),
+    );
+    let sock = dir.path().join("bs.sock");
+    // The policy filter announces 4 KiB / 64 KiB and fails every request breaking them.
+    let server = nbdkit(
+        &sock,
+        &[
+            "-r",
+            "--filter=blocksize-policy",
+            "file",
+            path(&img),
+            "blocksize-minimum=4096",
+            "blocksize-preferred=4096",
+            "blocksize-maximum=65536",
+            "blocksize-error-policy=error",
+        ],
+    );
+    // Unaligned reads through the engine API, as a delta's unaligned extents would ask.
+    let src = open_url(&server.url);
+    let want = std::fs::read(&img).expect("reading the image");
+    for (offset, len) in [(1, 10), (4095, 2), (70_000, 200_000), (6 * MIB - 5, 5)] {
+        let mut buf = vec![0u8; len];
+        src.read_at(offset, &mut buf)
+            .unwrap_or_else(|e| panic!("reading {len} bytes at {offset}: {e}"));
+        let at = offset as usize;
+        assert!(buf == want[at..at + len], "bytes at {offset}+{len} differ");
+    }
+    drop(src);
+    // A full backup splits its 8 MiB batches into 64 KiB requests.
+    let repo = new_repo(dir.path());
+    backup_and_compare(&repo, &server.url, &img, dir.path());
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }

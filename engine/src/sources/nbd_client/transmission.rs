@@ -406,8 +406,13 @@ fn server_error(url: &str, what: &str, errno: u32, msg: &str) -> Error {
     Error::Source {
         path: PathBuf::from(url),
         source: std::io::Error::other(format!(
-            "server reported {} ({errno}) {what}: {msg}",
-            errno_name(errno)
+            "server reported {} ({errno}) {what}: {}",
+            errno_name(errno),
+            if msg.trim().is_empty() {
+                "(no message)"
+            } else {
+                msg
+            }
         )),
     }
 }
