@@ -19,12 +19,13 @@
 use super::wire::Wire;
 use crate::error::Result;
 use crate::nbd::proto::{
-    BASE_ALLOCATION, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
-    IHAVEOPT, INFO_BLOCK_SIZE, INFO_EXPORT, MAX_OPTION, MAX_REQUEST, NBDMAGIC, OLDSTYLE_MAGIC,
-    OPT_GO, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, QEMU_DIRTY_BITMAP, REPLY_MAGIC, REP_ACK,
-    REP_ERR_BLOCK_SIZE_REQD, REP_ERR_INVALID, REP_ERR_PLATFORM, REP_ERR_POLICY, REP_ERR_SHUTDOWN,
-    REP_ERR_TLS_REQD, REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_FLAG_ERROR, REP_INFO,
-    REP_META_CONTEXT, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS,
+    BASE_ALLOCATION, CMD_DISC, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, FLAG_FIXED_NEWSTYLE,
+    FLAG_NO_ZEROES, IHAVEOPT, INFO_BLOCK_SIZE, INFO_EXPORT, MAX_OPTION, MAX_REQUEST, NBDMAGIC,
+    OLDSTYLE_MAGIC, OPT_ABORT, OPT_GO, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY,
+    QEMU_DIRTY_BITMAP, REPLY_MAGIC, REP_ACK, REP_ERR_BLOCK_SIZE_REQD, REP_ERR_INVALID,
+    REP_ERR_PLATFORM, REP_ERR_POLICY, REP_ERR_SHUTDOWN, REP_ERR_TLS_REQD, REP_ERR_TOO_BIG,
+    REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_FLAG_ERROR, REP_INFO, REP_META_CONTEXT, REQUEST_MAGIC,
+    TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS,
 };
 
 /// Largest minimum block size accepted (proto.md: servers SHOULD NOT exceed 64 KiB).
@@ -159,20 +160,42 @@ pub fn negotiate(w: &mut Wire, export: &str, bitmap: Option<&str>) -> Result<Neg
     }
     w.send(&client.to_be_bytes(), "sending the client flags")?;
 
-    structured_replies(w)?;
-    let wanted_bitmap = bitmap.map(|b| format!("{QEMU_DIRTY_BITMAP}{b}"));
-    let (allocation_id, bitmap_id, meta_err) = meta_contexts(w, export, wanted_bitmap.as_deref())?;
-    let mut neg = go(w, export)?;
+    // On failure, say goodbye the way the phase allows (best effort), so the server logs a
+    // clean disconnect rather than a broken handshake.
+    let options = |w: &mut Wire| -> Result<_> {
+        structured_replies(w)?;
+        let wanted = bitmap.map(|b| format!("{QEMU_DIRTY_BITMAP}{b}"));
+        let (allocation_id, bitmap_id, meta_err) = meta_contexts(w, export, wanted.as_deref())?;
+        Ok((allocation_id, bitmap_id, meta_err, wanted))
+    };
+    let settled = options(w).and_then(|o| go(w, export).map(|neg| (o, neg)));
+    let ((allocation_id, bitmap_id, meta_err, wanted_bitmap), mut neg) = match settled {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = send_option(w, OPT_ABORT, &[]);
+            return Err(e);
+        }
+    };
     neg.allocation_id = allocation_id;
     if let (Some(name), Some(full)) = (bitmap, &wanted_bitmap) {
-        let why = meta_err.map_or(String::new(), |e| format!("; SET_META_CONTEXT got {e}"));
-        neg.bitmap_id = Some(bitmap_id.ok_or_else(|| {
-            w.bad(format!(
+        let Some(id) = bitmap_id else {
+            let why = meta_err.map_or(String::new(), |e| format!("; SET_META_CONTEXT got {e}"));
+            let _ = w.send(&disconnect_request(), "disconnecting");
+            return Err(w.bad(format!(
                 "server does not export dirty bitmap {name} (metadata context {full} was not granted{why}); export it with qemu-nbd --bitmap {name} / qemu-storage-daemon --export nbd,...,bitmaps={name}"
-            ))
-        })?);
+            )));
+        };
+        neg.bitmap_id = Some(id);
     }
     Ok(neg)
+}
+
+/// NBD_CMD_DISC, the goodbye of the transmission phase.
+fn disconnect_request() -> [u8; 28] {
+    let mut buf = [0u8; 28];
+    buf[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    buf[6..8].copy_from_slice(&CMD_DISC.to_be_bytes());
+    buf
 }
 
 fn structured_replies(w: &mut Wire) -> Result<()> {

@@ -72,13 +72,22 @@ impl NbdSource {
         let expected = neg.clone();
         let opener: pool::Opener = Box::new(move || {
             let c = open_connection(&opener_url)?;
-            if c.neg != expected {
+            // Context ids are per connection and may differ; only the first maps the disk.
+            let same = (c.neg.size, c.neg.flags, c.neg.min_block, c.neg.max_read)
+                == (
+                    expected.size,
+                    expected.flags,
+                    expected.min_block,
+                    expected.max_read,
+                );
+            if !same {
                 return Err(Error::BadImage {
                     path: opener_url.display(),
                     format: "NBD",
                     reason: format!(
-                        "a second connection saw a different export (size {} flags 0x{:04x}, first saw size {} flags 0x{:04x})",
-                        c.neg.size, c.neg.flags, expected.size, expected.flags
+                        "a further connection saw a different export (size {} flags 0x{:04x} block sizes {}/{}; the first saw size {} flags 0x{:04x} block sizes {}/{})",
+                        c.neg.size, c.neg.flags, c.neg.min_block, c.neg.max_read,
+                        expected.size, expected.flags, expected.min_block, expected.max_read
                     ),
                 });
             }
