@@ -589,6 +589,12 @@ fn hostile_servers_give_clear_errors_and_never_hang() {
         (Misbehave::ZeroLengthExtent, "extent of length 0"),
         (Misbehave::ShortRead, "ended after covering up to offset"),
         (Misbehave::WrongHandle, "reply chunk for handle"),
+        (Misbehave::Oldstyle, "oldstyle negotiation"),
+        (Misbehave::HugeOptionReply, "announces 1073741824 bytes"),
+        (
+            Misbehave::HugeBlockStatus,
+            "BLOCK_STATUS chunk of 4294967292 bytes",
+        ),
     ];
     for (mode, needle) in cases {
         let (url, _) = fake_server(mode);

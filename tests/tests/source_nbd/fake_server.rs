@@ -30,6 +30,12 @@ pub enum Misbehave {
     ErrorChunk,
     /// Refuses structured replies.
     NoStructuredReplies,
+    /// Speaks oldstyle negotiation.
+    Oldstyle,
+    /// Announces a 1 GiB reply to NBD_OPT_STRUCTURED_REPLY (and never sends it).
+    HugeOptionReply,
+    /// Grants `base:allocation`, then announces a BLOCK_STATUS chunk of almost 4 GiB.
+    HugeBlockStatus,
     /// Serves [`fake_byte`] correctly (every 4th MiB as holes), one chunk per MiB in
     /// reverse order; offers NBD_FLAG_CAN_MULTI_CONN when `multi_conn`. With
     /// `block_status`, grants `base:allocation` and describes at most 2 MiB per
@@ -65,6 +71,11 @@ fn block_status_reply(
 ) -> std::io::Result<()> {
     let end = offset + u64::from(len);
     let mut payload = FAKE_CONTEXT.to_be_bytes().to_vec();
+    if let Misbehave::HugeBlockStatus = mode {
+        s.write_all(&chunk_header(1, 5, handle, u32::MAX - 3))?;
+        std::thread::sleep(Duration::from_secs(30));
+        return Ok(());
+    }
     if let Misbehave::ZeroLengthExtent = mode {
         payload.extend_from_slice(&[0; 8]);
     } else {
@@ -154,6 +165,7 @@ fn fake_handshake(s: &mut TcpStream, mode: Misbehave) -> std::io::Result<bool> {
     let grants_context = matches!(
         mode,
         Misbehave::ZeroLengthExtent
+            | Misbehave::HugeBlockStatus
             | Misbehave::Honest {
                 block_status: true,
                 ..
@@ -164,6 +176,12 @@ fn fake_handshake(s: &mut TcpStream, mode: Misbehave) -> std::io::Result<bool> {
         return Ok(false);
     }
     s.write_all(&0x4e42_444d_4147_4943u64.to_be_bytes())?;
+    if let Misbehave::Oldstyle = mode {
+        s.write_all(&0x0000_4202_8186_1253u64.to_be_bytes())?;
+        s.write_all(&FAKE_SIZE.to_be_bytes())?;
+        s.write_all(&[0; 128])?;
+        return Ok(false);
+    }
     s.write_all(&0x4948_4156_454F_5054u64.to_be_bytes())?;
     s.write_all(&3u16.to_be_bytes())?;
     be32(s)?; // client flags
@@ -175,6 +193,15 @@ fn fake_handshake(s: &mut TcpStream, mode: Misbehave) -> std::io::Result<bool> {
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data)?;
         match opt {
+            8 if matches!(mode, Misbehave::HugeOptionReply) => {
+                let mut m = 0x0003_e889_0455_65a9u64.to_be_bytes().to_vec();
+                m.extend_from_slice(&opt.to_be_bytes());
+                m.extend_from_slice(&1u32.to_be_bytes());
+                m.extend_from_slice(&(1u32 << 30).to_be_bytes());
+                s.write_all(&m)?;
+                std::thread::sleep(Duration::from_secs(30));
+                return Ok(false);
+            }
             8 if matches!(mode, Misbehave::NoStructuredReplies) => {
                 option_reply(
                     s,
@@ -274,9 +301,12 @@ fn fake_connection(mut s: TcpStream, mode: Misbehave, stats: &FakeStats) -> std:
                 s.write_all(&p)?;
             }
             Misbehave::Honest { .. } => honest_read(&mut s, handle, offset, len)?,
-            Misbehave::BadMagic | Misbehave::NoStructuredReplies | Misbehave::ZeroLengthExtent => {
-                return Ok(())
-            }
+            Misbehave::BadMagic
+            | Misbehave::NoStructuredReplies
+            | Misbehave::ZeroLengthExtent
+            | Misbehave::Oldstyle
+            | Misbehave::HugeOptionReply
+            | Misbehave::HugeBlockStatus => return Ok(()),
         }
     }
 }
