@@ -303,6 +303,42 @@ fn nbdkit_memory_disk_written_through_qemu_io_restores_identically() {
 }
 
 #[test]
+fn a_snapshot_served_by_tessera_serve_nbd_backs_up_identically() {
+    let dir = TempDir::new().unwrap();
+    let img = dir.path().join("disk.raw");
+    let spec = ImageSpec {
+        sparse: true,
+        weights: (5, 3, 2),
+        ..ImageSpec::mixed(12 * MIB)
+    };
+    make_image(&img, spec, &mut DataGen::new(seed("nbd-own-server")));
+    let first = dir.path().join("first");
+    init_repo(&first, &[]);
+    tessera_tests::backup_json(&first, "s", &[("vda", &img)]);
+    let sock = dir.path().join("serve.sock");
+    let args: Vec<String> = vec![
+        "serve-nbd".into(),
+        first.display().to_string(),
+        "latest".into(),
+        "--socket".into(),
+        sock.display().to_string(),
+    ];
+    let probe = sock.clone();
+    let server = spawn_server(
+        tessera_tests::tessera_bin().to_str().expect("UTF-8 path"),
+        &args,
+        format!("nbd+unix:///vda?socket={}", sock.display()),
+        move || std::os::unix::net::UnixStream::connect(&probe).is_ok(),
+    );
+    let second = new_repo(dir.path());
+    let disk = backup_and_compare(&second, &server.url, &img, dir.path());
+    // Zero blocks are HOLE|ZERO in serve-nbd's block status: never fetched.
+    let zero_bytes = disk["zero_blocks"].as_u64().unwrap() * 64 * 1024;
+    let read = disk["bytes_read"].as_u64().unwrap();
+    assert!(zero_bytes > 0 && read <= spec.size - zero_bytes, "{disk}");
+}
+
+#[test]
 fn minimum_and_maximum_block_sizes_are_honoured() {
     let dir = TempDir::new().unwrap();
     let img = dir.path().join("disk.raw");
