@@ -585,6 +585,48 @@ fn several_connections_are_used_only_when_the_server_offers_multi_conn() {
 }
 
 #[test]
+fn a_server_limiting_its_clients_is_read_with_the_connections_it_accepts() {
+    let dir = TempDir::new().unwrap();
+    let repo = new_repo(dir.path());
+    let expected = dir.path().join("expected.raw");
+    let bytes: Vec<u8> = (0..FAKE_SIZE).map(fake_byte).collect();
+    std::fs::write(&expected, bytes).expect("writing the expected disk");
+    let (url, stats) = fake_server(Misbehave::OneClientAtATime);
+    // The second connection gets no greeting; after its handshake limit (5 s, less with
+    // TESSERA_NBD_TIMEOUT_SECS) the backup carries on with the first.
+    let started = Instant::now();
+    let out = tessera_tests::tessera_cmd([
+        "--json".to_string(),
+        "backup".into(),
+        repo.display().to_string(),
+        "--series".into(),
+        "s".into(),
+        format!("disk={url}?connections=4"),
+    ])
+    .env("TESSERA_NBD_TIMEOUT_SECS", "2")
+    .output()
+    .expect("running tessera");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("backup JSON");
+    let restored = dir.path().join("restored.raw");
+    restore(&repo, v["snapshot"].as_str().unwrap(), &restored, false).ok();
+    assert_same_file(&expected, &restored);
+    assert!(
+        stats.accepted.load(Ordering::SeqCst) >= 2,
+        "no further connection was tried"
+    );
+}
+
+#[test]
 fn block_status_answering_less_than_asked_still_maps_every_hole() {
     let dir = TempDir::new().unwrap();
     let repo = new_repo(dir.path());

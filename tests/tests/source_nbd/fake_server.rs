@@ -44,6 +44,9 @@ pub enum Misbehave {
         multi_conn: bool,
         block_status: bool,
     },
+    /// Like `Honest` with multi-conn offered, but, like qemu-nbd `-e 1`, greets a second
+    /// client only once the first has gone (the second waits in the listen queue).
+    OneClientAtATime,
     /// Grants `base:allocation`, then answers BLOCK_STATUS with an extent of length 0.
     ZeroLengthExtent,
 }
@@ -56,6 +59,8 @@ const FAKE_CONTEXT: u32 = 7;
 pub struct FakeStats {
     /// Connections accepted.
     pub accepted: AtomicUsize,
+    /// Connections open now.
+    pub active: AtomicUsize,
     /// Bytes of zero regions the client asked to read.
     pub hole_bytes_read: AtomicUsize,
 }
@@ -216,10 +221,11 @@ fn fake_handshake(s: &mut TcpStream, mode: Misbehave) -> std::io::Result<bool> {
                 // HAS_FLAGS | READ_ONLY, + CAN_MULTI_CONN
                 let multi = matches!(
                     mode,
-                    Misbehave::Honest {
-                        multi_conn: true,
-                        ..
-                    }
+                    Misbehave::OneClientAtATime
+                        | Misbehave::Honest {
+                            multi_conn: true,
+                            ..
+                        }
                 );
                 let flags = 3u16 | if multi { 1 << 8 } else { 0 };
                 info.extend_from_slice(&flags.to_be_bytes());
@@ -241,6 +247,10 @@ fn fake_handshake(s: &mut TcpStream, mode: Misbehave) -> std::io::Result<bool> {
 /// One connection of the fake server: [`fake_handshake`], then `mode`'s behaviour on
 /// requests.
 fn fake_connection(mut s: TcpStream, mode: Misbehave, stats: &FakeStats) -> std::io::Result<()> {
+    if matches!(mode, Misbehave::OneClientAtATime) && stats.active.load(Ordering::SeqCst) > 1 {
+        std::thread::sleep(Duration::from_secs(30));
+        return Ok(());
+    }
     if !fake_handshake(&mut s, mode)? {
         return Ok(());
     }
@@ -300,7 +310,9 @@ fn fake_connection(mut s: TcpStream, mode: Misbehave, stats: &FakeStats) -> std:
                 s.write_all(&chunk_header(1, (1 << 15) + 1, handle, p.len() as u32))?;
                 s.write_all(&p)?;
             }
-            Misbehave::Honest { .. } => honest_read(&mut s, handle, offset, len)?,
+            Misbehave::Honest { .. } | Misbehave::OneClientAtATime => {
+                honest_read(&mut s, handle, offset, len)?;
+            }
             Misbehave::BadMagic
             | Misbehave::NoStructuredReplies
             | Misbehave::ZeroLengthExtent
@@ -321,8 +333,12 @@ pub fn fake_server(mode: Misbehave) -> (String, Arc<FakeStats>) {
     std::thread::spawn(move || {
         for s in listener.incoming().flatten() {
             seen.accepted.fetch_add(1, Ordering::SeqCst);
+            seen.active.fetch_add(1, Ordering::SeqCst);
             let seen = Arc::clone(&seen);
-            std::thread::spawn(move || fake_connection(s, mode, &seen));
+            std::thread::spawn(move || {
+                let _ = fake_connection(s, mode, &seen);
+                seen.active.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     });
     (format!("nbd://127.0.0.1:{port}/"), stats)

@@ -23,6 +23,8 @@ pub mod transmission;
 pub mod url;
 pub mod wire;
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
 use crate::sources::{normalize_extents, BlockSource, Changes, STATE_KEY};
 
@@ -48,11 +50,23 @@ pub struct NbdSource {
 }
 
 /// Opens and negotiates one connection.
-fn open_connection(url: &NbdUrl) -> Result<Connection> {
+/// Opens and negotiates one connection. A further connection (`first` false) gets at most
+/// [`FURTHER_HANDSHAKE_SECS`] for its handshake: a server that limits its clients (qemu-nbd
+/// `-e N`) leaves connection N+1 waiting for a greeting, and the pool then carries on with
+/// the connections it has.
+fn open_connection(url: &NbdUrl, first: bool) -> Result<Connection> {
     let mut wire = Wire::connect(url)?;
+    let normal = wire::timeout();
+    if !first {
+        wire.set_read_timeout(normal.min(Duration::from_secs(FURTHER_HANDSHAKE_SECS)))?;
+    }
     let neg = handshake::negotiate(&mut wire, &url.export, url.bitmap.as_deref())?;
+    wire.set_read_timeout(normal)?;
     Ok(Connection::new(wire, neg))
 }
+
+/// Handshake time limit of connections after the first, in seconds.
+pub const FURTHER_HANDSHAKE_SECS: u64 = 5;
 
 impl NbdSource {
     /// Connects to `url` (`nbd://HOST[:PORT]/EXPORT[?bitmap=NAME&track=NAME&connections=N]`
@@ -60,7 +74,7 @@ impl NbdSource {
     pub fn connect(url: &str) -> Result<Self> {
         let parsed = NbdUrl::parse(url)?;
         let display = parsed.display();
-        let mut first = open_connection(&parsed)?;
+        let mut first = open_connection(&parsed, true)?;
         let map = block_map::map_export(&mut first, &display)?;
         let neg = first.neg.clone();
         let max = if neg.multi_conn() {
@@ -71,7 +85,7 @@ impl NbdSource {
         let opener_url = parsed.clone();
         let expected = neg.clone();
         let opener: pool::Opener = Box::new(move || {
-            let c = open_connection(&opener_url)?;
+            let c = open_connection(&opener_url, false)?;
             // Context ids are per connection and may differ; only the first maps the disk.
             let same = (c.neg.size, c.neg.flags, c.neg.min_block, c.neg.max_read)
                 == (

@@ -2,7 +2,8 @@
 //!
 //! Connections are opened on demand, up to `max`: a thread takes an idle one, or opens a
 //! new one while fewer than `max` exist, or waits on the condition variable until one is
-//! returned. A connection that failed in a way that leaves its stream out of step (I/O
+//! returned. When opening a further connection fails while others exist (a server
+//! limiting its clients), the limit drops to the connections open and the pool carries on. A connection that failed in a way that leaves its stream out of step (I/O
 //! error, timeout, protocol violation) is dropped instead of returned, and the pool is then
 //! *failed*: every later request gets that first error at once instead of reconnecting, so
 //! a dead or hostile server costs one timeout, not one per reading thread, and waiting
@@ -22,6 +23,8 @@ pub type Opener = Box<dyn Fn() -> Result<Connection> + Send + Sync>;
 struct State {
     idle: Vec<Connection>,
     open: usize,
+    /// Most connections to have open (lowered when the server refuses more).
+    limit: usize,
     /// The first error that broke a connection.
     failed: Option<String>,
 }
@@ -30,7 +33,6 @@ struct State {
 pub struct Pool {
     state: Mutex<State>,
     returned: Condvar,
-    max: usize,
     opener: Opener,
     url: String,
 }
@@ -42,10 +44,10 @@ impl Pool {
             state: Mutex::new(State {
                 idle: vec![first],
                 open: 1,
+                limit: max.max(1),
                 failed: None,
             }),
             returned: Condvar::new(),
-            max: max.max(1),
             opener,
             url,
         }
@@ -86,18 +88,24 @@ impl Pool {
             if let Some(c) = state.idle.pop() {
                 return Ok(c);
             }
-            if state.open < self.max {
+            if state.open < state.limit {
                 state.open += 1;
                 drop(state);
                 let opened = (self.opener)();
-                if let Err(e) = &opened {
-                    let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                    state.open -= 1;
-                    state.failed.get_or_insert_with(|| e.to_string());
-                    drop(state);
-                    self.returned.notify_all();
+                state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                match opened {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        state.open -= 1;
+                        if state.open == 0 {
+                            state.failed.get_or_insert_with(|| e.to_string());
+                        } else {
+                            state.limit = state.open;
+                        }
+                        self.returned.notify_all();
+                        continue;
+                    }
                 }
-                return opened;
             }
             state = self
                 .returned

@@ -118,6 +118,17 @@ impl Wire {
         })
     }
 
+    /// Changes the read timeout (the limit for the server's answers).
+    pub fn set_read_timeout(&mut self, limit: Duration) -> Result<()> {
+        let r = match self.io.get_ref() {
+            Stream::Tcp(s) => s.set_read_timeout(Some(limit)),
+            Stream::Unix(s) => s.set_read_timeout(Some(limit)),
+        };
+        r.map_err(|e| self.os("setting the socket timeout", &e))?;
+        self.timeout = limit;
+        Ok(())
+    }
+
     /// A protocol violation: `BadImage` with format `NBD`.
     pub fn bad(&self, reason: impl Into<String>) -> Error {
         Error::BadImage {
