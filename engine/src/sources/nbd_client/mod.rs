@@ -6,7 +6,9 @@
 //! - [`handshake`]: fixed newstyle, structured replies (required), meta contexts, GO;
 //! - [`transmission`]: checked READ and BLOCK_STATUS replies on one connection;
 //! - [`pool`]: parallel connections (`connections=N`, used only when the server advertises
-//!   `NBD_FLAG_CAN_MULTI_CONN`; otherwise one, as proto.md asks);
+//!   `NBD_FLAG_CAN_MULTI_CONN`: without it proto.md promises no consistency between
+//!   connections, and single-client servers such as qemu-nbd without `-e` would leave a
+//!   second connection waiting for its greeting);
 //! - [`block_map`]: the export's data ranges (`base:allocation`) and dirty ranges, mapped
 //!   once at connect.
 //!
