@@ -67,11 +67,25 @@ pub fn print_json<T: Serialize>(value: &T) {
 
 /// Prints an error: text on stderr, and with `json` also `{"error": ...}` on stdout.
 pub fn print_error(err: &anyhow::Error, json: bool) {
-    let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
-    eprintln!("error: {}", chain.join(": "));
+    let message = error_message(err);
+    eprintln!("error: {message}");
     if json {
-        print_json(&serde_json::json!({ "ok": false, "error": chain.join(": ") }));
+        print_json(&serde_json::json!({ "ok": false, "error": message }));
     }
+}
+
+/// The error and its causes joined with ": ", leaving out a cause whose text the message
+/// already holds (engine errors quote their OS error, which is also their source).
+fn error_message(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain().map(ToString::to_string) {
+        if message.is_empty() {
+            message = cause;
+        } else if !message.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
+    message
 }
 
 /// Formats a byte count with binary units.

@@ -1,6 +1,6 @@
 //! Reading a disk from an NBD server (issue 3, part 3): `nbd://HOST[:PORT]/EXPORT` and
 //! `nbd+unix:///EXPORT?socket=PATH` ([`url`]), optionally with a qemu dirty bitmap as the
-//! delta. See SPEC.md §19 "Sources: NBD client".
+//! delta. See SPEC.md §20 "Sources: NBD client".
 //!
 //! - [`wire`]: sockets with timeouts, error kinds;
 //! - [`handshake`]: fixed newstyle, structured replies (required), meta contexts, GO;
