@@ -83,8 +83,37 @@ fn print_report(r: &SyncReport, json: bool) {
     }
 }
 
-pub fn seed(_cmd: &SeedCommand, _json: bool, _bars: &Bars) -> Result<i32> {
-    bail!("seed is not implemented yet")
+pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
+    match cmd {
+        SeedCommand::Export { repo, out, select } => {
+            let select = selection(select)?;
+            let repository = Repository::open(repo)?;
+            let r = tessera_engine::sync::bundle::export(&repository, out, &select, bars)
+                .map_err(refused)?;
+            if json {
+                let mut v = serde_json::to_value(&r).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("ok".into(), json!(true));
+                }
+                print_json(&v);
+            } else {
+                println!(
+                    "wrote {} snapshots, {} objects in {} packs ({}) to {}",
+                    r.snapshots.len(),
+                    r.objects,
+                    r.packs,
+                    bytes(r.bytes),
+                    out.display()
+                );
+            }
+        }
+        SeedCommand::Import { bundle, repo } => {
+            let r = tessera_engine::sync::bundle::import(bundle, repo, &SyncOptions::default(), bars)
+                .map_err(refused)?;
+            print_report(&r, json);
+        }
+    }
+    Ok(0)
 }
 
 pub fn serve(_args: &ServeArgs, _json: bool) -> Result<i32> {

@@ -8,8 +8,11 @@
 //! indexed, with [`crate::ops::publish::publish_snapshot`], so a killed or refused transfer
 //! never leaves a partial snapshot visible.
 
+pub mod bundle;
+pub mod bundle_manifest;
 pub mod bwlimit;
 pub mod checked;
+pub mod flat_dir;
 pub mod sink;
 pub mod source;
 pub mod transfer;
