@@ -3,6 +3,12 @@
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tessera_engine::sync::bwlimit::parse_rate;
+use std::path::Path;
+
+use tessera_engine::sync::http::client::Remote;
+use tessera_engine::sync::http::server::{bind, serve as http_serve};
+use tessera_engine::sync::source::ObjectSource;
+use tessera_engine::sync::transfer::transfer;
 use tessera_engine::sync::{Selection, SyncOptions, SyncReport};
 use tessera_engine::Repository;
 
@@ -55,7 +61,26 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
             let dst = Repository::open_writer(args.dst.as_ref())?;
             tessera_engine::sync::sync(&src, &dst, &select, &opts, bars).map_err(refused)?
         }
-        _ => bail!("remote repositories are not supported yet"),
+        (src_remote, dst_remote) => {
+            let token = read_token(args.token_file.as_deref())?;
+            let remote = |url: &str| Remote::new(url, &token).map_err(refused);
+            let local_src;
+            let remote_src;
+            let src: &dyn ObjectSource = if src_remote {
+                remote_src = remote(&args.src)?;
+                &remote_src
+            } else {
+                local_src = Repository::open(args.src.as_ref())?;
+                &local_src
+            };
+            if dst_remote {
+                let mut dst = remote(&args.dst)?;
+                transfer(src, &mut dst, &select, &opts, bars).map_err(refused)?
+            } else {
+                let dst = Repository::open_writer(args.dst.as_ref())?;
+                tessera_engine::sync::sync(src, &dst, &select, &opts, bars).map_err(refused)?
+            }
+        }
     };
     print_report(&report, json);
     Ok(0)
@@ -116,7 +141,31 @@ pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
     Ok(0)
 }
 
-pub fn serve(_args: &ServeArgs, _json: bool) -> Result<i32> {
-    let _ = Context::context(Ok::<(), anyhow::Error>(()), "");
-    bail!("serve is not implemented yet")
+/// The bearer token in `path` (surrounding whitespace removed; must not be empty).
+fn read_token(path: Option<&Path>) -> Result<String> {
+    let Some(path) = path else {
+        return Err(UsageError("a remote side needs --token-file FILE".into()).into());
+    };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token.to_string())
+}
+
+pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
+    let token = read_token(Some(&args.token_file))?;
+    tessera_engine::repo::read_config(&args.repo)?;
+    let listener = bind(&args.listen).map_err(refused)?;
+    let url = format!("http://{}", listener.addr);
+    if json {
+        print_json(&json!({ "ok": true, "listening": url }));
+    } else {
+        println!("listening on {url}");
+    }
+    std::io::Write::flush(&mut std::io::stdout())?;
+    http_serve(&listener, args.repo.clone(), &token).map_err(refused)?;
+    Ok(0)
 }

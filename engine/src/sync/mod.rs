@@ -13,6 +13,7 @@ pub mod bundle_manifest;
 pub mod bwlimit;
 pub mod checked;
 pub mod flat_dir;
+pub mod http;
 pub mod sink;
 pub mod source;
 pub mod transfer;

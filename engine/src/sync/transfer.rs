@@ -112,7 +112,11 @@ impl Run<'_> {
             .filter(|p| seen.insert(*p))
             .collect();
         let missing_pages = self.missing(dst, ObjectKind::Page, &pages)?;
-        let new_pages = self.fetch(ObjectKind::Page, &missing_pages)?;
+        let mut new_pages = Vec::new();
+        self.fetch(ObjectKind::Page, &missing_pages, &mut |got| {
+            new_pages.extend(got);
+            Ok(())
+        })?;
         let mut seen_chunks = HashSet::new();
         let mut chunks = Vec::new();
         for page in &new_pages {
@@ -141,11 +145,11 @@ impl Run<'_> {
             // Pages were fetched (their chunk lists are needed); chunks are only counted.
             self.report.chunks_transferred += missing_chunks.len() as u64;
         } else {
-            for batch in missing_chunks.chunks(FETCH_BATCH) {
-                let got = self.fetch(ObjectKind::Chunk, batch)?;
-                self.progress.advance(got.len() as u64);
-                dst.put(ObjectKind::Chunk, got)?;
-            }
+            let progress = self.progress;
+            self.fetch(ObjectKind::Chunk, &missing_chunks, &mut |got| {
+                progress.advance(got.len() as u64);
+                dst.put(ObjectKind::Chunk, got)
+            })?;
             dst.put(ObjectKind::Page, new_pages)?;
             dst.publish(&bytes)?;
         }
@@ -183,9 +187,14 @@ impl Run<'_> {
         Ok(out)
     }
 
-    /// Fetches and checks `digests` (pages, or one batch of chunks).
-    fn fetch(&mut self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<CheckedObject>> {
-        let mut out = Vec::with_capacity(digests.len());
+    /// Fetches and checks `digests`, handing each checked batch (bounded by what the
+    /// source returns per call) to `sink`, so memory stays bounded.
+    fn fetch(
+        &mut self,
+        kind: ObjectKind,
+        digests: &[[u8; 32]],
+        sink: &mut dyn FnMut(Vec<CheckedObject>) -> Result<()>,
+    ) -> Result<()> {
         let mut rest = digests;
         while !rest.is_empty() {
             let ask = rest.get(..FETCH_BATCH.min(rest.len())).unwrap_or(rest);
@@ -214,10 +223,10 @@ impl Run<'_> {
                 }
             }
             self.report.stored_bytes_transferred += stored;
-            out.extend(checked);
+            sink(checked)?;
             rest = rest.get(n..).unwrap_or_default();
         }
-        Ok(out)
+        Ok(())
     }
 
     fn count_transfer(&mut self, bytes: u64) {
