@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tessera_tests::{
-    backup_json, dir_entries, disk_sum, hex, init_repo, list_ids, make_image, mutate,
-    pack_files, restored_sha, seed, tessera, verify, DataGen, ImageSpec, Out,
+    backup_json, dir_entries, disk_sum, hex, init_repo, list_ids, make_image, mutate, pack_files,
+    restored_sha, seed, tessera, verify, DataGen, ImageSpec, Out,
 };
 
 const MIB: u64 = 1 << 20;
@@ -47,7 +47,11 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn flip_byte(path: &Path, at: u64) {
-    let f = fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 0x5a;
@@ -96,7 +100,11 @@ fn reseal_file(bundle: &Path, file: &Path) {
 fn seed_then_sync_moves_only_new_data() {
     let mut gen = DataGen::new(seed("seed-flow"));
     let work = tempfile::tempdir().unwrap();
-    let (a, b, bundle) = (work.path().join("a"), work.path().join("b"), work.path().join("bundle"));
+    let (a, b, bundle) = (
+        work.path().join("a"),
+        work.path().join("b"),
+        work.path().join("bundle"),
+    );
     init_repo(&a, &[]);
     let disk = work.path().join("disk.img");
     make_image(&disk, ImageSpec::mixed(40 * MIB), &mut gen);
@@ -106,7 +114,11 @@ fn seed_then_sync_moves_only_new_data() {
         backup_json(&a, "vm", &[("d0", &disk)]);
     }
     let exported = export(&a, &bundle);
-    assert_eq!(exported["snapshots"].as_array().unwrap().len(), 3, "{exported}");
+    assert_eq!(
+        exported["snapshots"].as_array().unwrap().len(),
+        3,
+        "{exported}"
+    );
     // The import creates B (with A's block size and compression).
     let imported = import(&bundle, &b);
     imported.ok();
@@ -119,7 +131,11 @@ fn seed_then_sync_moves_only_new_data() {
         new_raw += disk_sum(&backup_json(&a, "vm", &[("d0", &disk)]), "new_raw_bytes");
     }
     let synced = run_json(&["sync", p(&a), p(&b)]);
-    assert_eq!(synced["snapshots_copied"].as_array().unwrap().len(), 3, "{synced}");
+    assert_eq!(
+        synced["snapshots_copied"].as_array().unwrap().len(),
+        3,
+        "{synced}"
+    );
     let pages = synced["pages_transferred"].as_u64().unwrap();
     assert!(pages <= 6, "{synced}");
     let raw = synced["raw_bytes_transferred"].as_u64().unwrap();
@@ -130,7 +146,11 @@ fn seed_then_sync_moves_only_new_data() {
     let ids = list_ids(&a);
     assert_eq!(list_ids(&b), ids);
     for id in &ids {
-        assert_eq!(restored_sha(&b, id, work.path()), restored_sha(&a, id, work.path()), "{id}");
+        assert_eq!(
+            restored_sha(&b, id, work.path()),
+            restored_sha(&a, id, work.path()),
+            "{id}"
+        );
     }
     verify(&b).ok();
     let again = run_json(&["sync", p(&a), p(&b)]);
@@ -143,14 +163,24 @@ fn seed_then_sync_moves_only_new_data() {
 
 /// What must not change when an import is refused.
 fn state(repo: &Path) -> (Vec<String>, Vec<PathBuf>, Vec<String>) {
-    (list_ids(repo), pack_files(repo), dir_entries(&repo.join("snapshots")))
+    (
+        list_ids(repo),
+        pack_files(repo),
+        dir_entries(&repo.join("snapshots")),
+    )
 }
+
+type Tamper = Box<dyn Fn(&Path)>;
 
 #[test]
 fn damaged_or_malicious_bundles_are_refused_and_change_nothing() {
     let mut gen = DataGen::new(seed("seed-tamper"));
     let work = tempfile::tempdir().unwrap();
-    let (a, b, good) = (work.path().join("a"), work.path().join("b"), work.path().join("good"));
+    let (a, b, good) = (
+        work.path().join("a"),
+        work.path().join("b"),
+        work.path().join("good"),
+    );
     init_repo(&a, &[]);
     init_repo(&b, &[]);
     let disk = work.path().join("disk.img");
@@ -163,48 +193,103 @@ fn damaged_or_malicious_bundles_are_refused_and_change_nothing() {
     let before = state(&b);
     let outside = work.path().join("outside.pack");
 
-    type Tamper = Box<dyn Fn(&Path)>;
     let cases: Vec<(&str, Tamper, &str)> = vec![
-        ("flipped pack byte", Box::new(|d: &Path| {
-            let pack = &files_with(d, ".pack")[0];
-            flip_byte(pack, fs::metadata(pack).unwrap().len() / 2);
-        }), ".pack"),
-        ("flipped manifest byte", Box::new(|d: &Path| {
-            let m = d.join("bundle.json");
-            flip_byte(&m, fs::metadata(&m).unwrap().len() / 2);
-        }), "manifest"),
-        ("flipped snapshot byte", Box::new(|d: &Path| flip_byte(&files_with(d, ".snap")[0], 40)), ".snap"),
-        ("truncated pack", Box::new(|d: &Path| {
-            let pack = &files_with(d, ".pack")[0];
-            let f = fs::OpenOptions::new().write(true).open(pack).unwrap();
-            f.set_len(fs::metadata(pack).unwrap().len() - 1000).unwrap();
-        }), "truncated"),
-        ("deleted snapshot file", Box::new(|d: &Path| fs::remove_file(&files_with(d, ".snap")[1]).unwrap()), ".snap"),
-        ("deleted pack", Box::new(|d: &Path| fs::remove_file(&files_with(d, ".pack")[0]).unwrap()), ".pack"),
-        ("deleted manifest", Box::new(|d: &Path| fs::remove_file(d.join("bundle.json")).unwrap()), "manifest"),
-        ("traversal ../x", Box::new(|d: &Path| rewrite_manifest(d, |m| {
-            m["files"][0]["name"] = "../x".into();
-        })), "../x"),
-        ("absolute /etc/passwd", Box::new(|d: &Path| rewrite_manifest(d, |m| {
-            m["files"][0]["name"] = "/etc/passwd".into();
-        })), "/etc/passwd"),
-        ("symlinked pack", Box::new({
-            let outside = outside.clone();
-            move |d: &Path| {
+        (
+            "flipped pack byte",
+            Box::new(|d: &Path| {
                 let pack = &files_with(d, ".pack")[0];
-                fs::copy(pack, &outside).unwrap();
-                fs::remove_file(pack).unwrap();
-                std::os::unix::fs::symlink(&outside, pack).unwrap();
-            }
-        }), "symbolic link"),
-        ("pack altered and re-hashed in the manifest", Box::new(|d: &Path| {
-            let pack = &files_with(d, ".pack")[0];
-            flip_byte(pack, 16 + 56 + 100);
-            reseal_file(d, pack);
-        }), "checksum"),
-        ("snapshot dropped from the files list", Box::new(|d: &Path| rewrite_manifest(d, |m| {
-            m["files"].as_array_mut().unwrap().retain(|f| !f["name"].as_str().unwrap().ends_with(".snap"));
-        })), "not listed"),
+                flip_byte(pack, fs::metadata(pack).unwrap().len() / 2);
+            }),
+            ".pack",
+        ),
+        (
+            "flipped manifest byte",
+            Box::new(|d: &Path| {
+                let m = d.join("bundle.json");
+                flip_byte(&m, fs::metadata(&m).unwrap().len() / 2);
+            }),
+            "manifest",
+        ),
+        (
+            "flipped snapshot byte",
+            Box::new(|d: &Path| flip_byte(&files_with(d, ".snap")[0], 40)),
+            ".snap",
+        ),
+        (
+            "truncated pack",
+            Box::new(|d: &Path| {
+                let pack = &files_with(d, ".pack")[0];
+                let f = fs::OpenOptions::new().write(true).open(pack).unwrap();
+                f.set_len(fs::metadata(pack).unwrap().len() - 1000).unwrap();
+            }),
+            "truncated",
+        ),
+        (
+            "deleted snapshot file",
+            Box::new(|d: &Path| fs::remove_file(&files_with(d, ".snap")[1]).unwrap()),
+            ".snap",
+        ),
+        (
+            "deleted pack",
+            Box::new(|d: &Path| fs::remove_file(&files_with(d, ".pack")[0]).unwrap()),
+            ".pack",
+        ),
+        (
+            "deleted manifest",
+            Box::new(|d: &Path| fs::remove_file(d.join("bundle.json")).unwrap()),
+            "manifest",
+        ),
+        (
+            "traversal ../x",
+            Box::new(|d: &Path| {
+                rewrite_manifest(d, |m| {
+                    m["files"][0]["name"] = "../x".into();
+                })
+            }),
+            "../x",
+        ),
+        (
+            "absolute /etc/passwd",
+            Box::new(|d: &Path| {
+                rewrite_manifest(d, |m| {
+                    m["files"][0]["name"] = "/etc/passwd".into();
+                })
+            }),
+            "/etc/passwd",
+        ),
+        (
+            "symlinked pack",
+            Box::new({
+                let outside = outside.clone();
+                move |d: &Path| {
+                    let pack = &files_with(d, ".pack")[0];
+                    fs::copy(pack, &outside).unwrap();
+                    fs::remove_file(pack).unwrap();
+                    std::os::unix::fs::symlink(&outside, pack).unwrap();
+                }
+            }),
+            "symbolic link",
+        ),
+        (
+            "pack altered and re-hashed in the manifest",
+            Box::new(|d: &Path| {
+                let pack = &files_with(d, ".pack")[0];
+                flip_byte(pack, 16 + 56 + 100);
+                reseal_file(d, pack);
+            }),
+            "checksum",
+        ),
+        (
+            "snapshot dropped from the files list",
+            Box::new(|d: &Path| {
+                rewrite_manifest(d, |m| {
+                    m["files"].as_array_mut().unwrap().retain(|f| {
+                        Path::new(f["name"].as_str().unwrap()).extension() != Some("snap".as_ref())
+                    });
+                })
+            }),
+            "not listed",
+        ),
     ];
     for (i, (what, tamper, needle)) in cases.iter().enumerate() {
         let bundle = work.path().join(format!("case{i}"));

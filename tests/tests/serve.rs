@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use tessera_format::pack::encode_record_header;
 use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind};
 use tessera_tests::{
-    backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed,
-    tessera, tessera_cmd, verify, DataGen, ImageSpec, KillOnDrop, Out,
+    backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed, tessera,
+    tessera_cmd, verify, DataGen, ImageSpec, KillOnDrop, Out,
 };
 
 const MIB: u64 = 1 << 20;
@@ -66,7 +66,9 @@ fn sync(src: &str, dst: &str, token_file: &Path) -> Out {
 fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
     let addr = url.strip_prefix("http://").unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -82,7 +84,10 @@ fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -92,7 +97,11 @@ fn crc32c(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -120,7 +129,11 @@ fn assert_same(a: &Path, b: &Path, scratch: &Path) {
     let ids = list_ids(a);
     assert_eq!(list_ids(b), ids);
     for id in &ids {
-        assert_eq!(restored_sha(b, id, scratch), restored_sha(a, id, scratch), "{id}");
+        assert_eq!(
+            restored_sha(b, id, scratch),
+            restored_sha(a, id, scratch),
+            "{id}"
+        );
     }
 }
 
@@ -128,43 +141,58 @@ fn assert_same(a: &Path, b: &Path, scratch: &Path) {
 fn push_and_pull_over_http() {
     let mut gen = DataGen::new(seed("serve-flow"));
     let work = tempfile::tempdir().unwrap();
-    let (a, b, c) = (work.path().join("a"), work.path().join("b"), work.path().join("c"));
-    for r in [&a, &b, &c] {
+    let (src, mid, dst) = (
+        work.path().join("a"),
+        work.path().join("b"),
+        work.path().join("c"),
+    );
+    for r in [&src, &mid, &dst] {
         init_repo(r, &[]);
     }
     let token = work.path().join("token");
     std::fs::write(&token, "s3cret-token\n").unwrap();
     let disk = work.path().join("disk.img");
     make_image(&disk, ImageSpec::mixed(24 * MIB), &mut gen);
-    backup_json(&a, "vm", &[("d0", &disk)]);
+    backup_json(&src, "vm", &[("d0", &disk)]);
     mutate(&disk, &mut gen, 10, 256 * 1024, (1, 2, 2));
-    backup_json(&a, "vm", &[("d0", &disk)]);
+    backup_json(&src, "vm", &[("d0", &disk)]);
 
-    let server = serve(&b, &token);
-    let pushed = sync(a.to_str().unwrap(), &server.url, &token);
+    let server = serve(&mid, &token);
+    let pushed = sync(src.to_str().unwrap(), &server.url, &token);
     pushed.ok();
-    assert_eq!(pushed.json()["snapshots_copied"].as_array().unwrap().len(), 2, "{pushed}");
-    assert_same(&a, &b, work.path());
-    verify(&b).ok();
+    assert_eq!(
+        pushed.json()["snapshots_copied"].as_array().unwrap().len(),
+        2,
+        "{pushed}"
+    );
+    assert_same(&src, &mid, work.path());
+    verify(&mid).ok();
 
     // More backups: the next push moves only the new chunks.
     mutate(&disk, &mut gen, 5, 128 * 1024, (1, 2, 2));
-    let v = backup_json(&a, "vm", &[("d0", &disk)]);
-    let new_raw = tessera_tests::disk_sum(&v, "new_raw_bytes");
-    let again = sync(a.to_str().unwrap(), &server.url, &token);
+    let backup = backup_json(&src, "vm", &[("d0", &disk)]);
+    let new_raw = tessera_tests::disk_sum(&backup, "new_raw_bytes");
+    let again = sync(src.to_str().unwrap(), &server.url, &token);
     again.ok();
-    let j = again.json();
-    assert_eq!(j["snapshots_copied"].as_array().unwrap().len(), 1, "{again}");
-    let raw = j["raw_bytes_transferred"].as_u64().unwrap();
-    assert!(raw >= new_raw && raw <= new_raw + 2 * (12 + 32 * 512), "{again}");
-    assert_same(&a, &b, work.path());
+    let answer = again.json();
+    assert_eq!(
+        answer["snapshots_copied"].as_array().unwrap().len(),
+        1,
+        "{again}"
+    );
+    let raw = answer["raw_bytes_transferred"].as_u64().unwrap();
+    assert!(
+        raw >= new_raw && raw <= new_raw + 2 * (12 + 32 * 512),
+        "{again}"
+    );
+    assert_same(&src, &mid, work.path());
 
     // Pull from the server into C.
-    let pulled = sync(&server.url, c.to_str().unwrap(), &token);
+    let pulled = sync(&server.url, dst.to_str().unwrap(), &token);
     pulled.ok();
-    assert_same(&a, &c, work.path());
-    verify(&c).ok();
-    let nothing = sync(&server.url, c.to_str().unwrap(), &token);
+    assert_same(&src, &dst, work.path());
+    verify(&dst).ok();
+    let nothing = sync(&server.url, dst.to_str().unwrap(), &token);
     nothing.ok();
     assert_eq!(nothing.json()["raw_bytes_transferred"], 0, "{nothing}");
 }
@@ -206,7 +234,13 @@ fn unauthorized_and_forged_requests_change_nothing() {
     // even alongside a good object in the same request.
     let mut forged = good.clone();
     forged.extend(record([7; 32], &data));
-    let (status, body) = http(&server.url, "POST", "/v1/put/chunk", Some("right-token"), &forged);
+    let (status, body) = http(
+        &server.url,
+        "POST",
+        "/v1/put/chunk",
+        Some("right-token"),
+        &forged,
+    );
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("hashes to"), "{body}");
     assert_eq!(state(&b), before);
@@ -214,16 +248,34 @@ fn unauthorized_and_forged_requests_change_nothing() {
     // A snapshot whose objects were never sent cannot be published.
     let id = &list_ids(&a)[0];
     let snap = std::fs::read(a.join("snapshots").join(format!("{id}.snap"))).unwrap();
-    let (status, body) = http(&server.url, "POST", "/v1/publish", Some("right-token"), &snap);
+    let (status, body) = http(
+        &server.url,
+        "POST",
+        "/v1/publish",
+        Some("right-token"),
+        &snap,
+    );
     assert!(status == 422 || status == 404, "{status} {body}");
     assert_eq!(list_ids(&b), before.0);
 
     // A body over the limit is refused without being read.
-    let (status, _) = http(&server.url, "POST", "/v1/have/chunk", Some("right-token"), &vec![0u8; 65_537 * 32]);
+    let (status, _) = http(
+        &server.url,
+        "POST",
+        "/v1/have/chunk",
+        Some("right-token"),
+        &vec![0u8; 65_537 * 32],
+    );
     assert_eq!(status, 413);
 
     // The good object alone is accepted; the repository still verifies.
-    let (status, body) = http(&server.url, "POST", "/v1/put/chunk", Some("right-token"), &good);
+    let (status, body) = http(
+        &server.url,
+        "POST",
+        "/v1/put/chunk",
+        Some("right-token"),
+        &good,
+    );
     assert_eq!(status, 200, "{body}");
     verify(&b).ok();
 }

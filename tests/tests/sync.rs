@@ -11,8 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tessera_tests::{
     backup_json, disk_sum, env_usize, init_repo, list_ids, make_image, mutate, pack_files,
-    restored_sha, seed, snapshot_id, tessera, tessera_cmd, verify, DataGen, ImageSpec,
-    KillOnDrop,
+    restored_sha, seed, snapshot_id, tessera, tessera_cmd, verify, DataGen, ImageSpec, KillOnDrop,
 };
 
 const MIB: u64 = 1 << 20;
@@ -39,7 +38,7 @@ fn stats_json(repo: &Path) -> Value {
 }
 
 /// Records in every pack file, from the pack trailers (SPEC.md §4).
-pub fn pack_records(repo: &Path) -> u64 {
+fn pack_records(repo: &Path) -> u64 {
     pack_files(repo)
         .iter()
         .map(|p| {
@@ -57,7 +56,11 @@ fn assert_no_duplicates(repo: &Path) {
     let indexed = s["live_chunks"].as_u64().unwrap()
         + s["live_pages"].as_u64().unwrap()
         + s["unreferenced_objects"].as_u64().unwrap();
-    assert_eq!(pack_records(repo), indexed, "pack records vs index objects: {s}");
+    assert_eq!(
+        pack_records(repo),
+        indexed,
+        "pack records vs index objects: {s}"
+    );
 }
 
 fn assert_same_snapshots(a: &Path, b: &Path, scratch: &Path) {
@@ -87,7 +90,11 @@ fn sync_copies_only_missing_objects_and_is_idempotent() {
         backup_json(&a, "vm", &[("d0", &disk)]);
     }
     let first = sync_json(&a, &b, &[]);
-    assert_eq!(first["snapshots_copied"].as_array().unwrap().len(), 3, "{first}");
+    assert_eq!(
+        first["snapshots_copied"].as_array().unwrap().len(),
+        3,
+        "{first}"
+    );
     assert_same_snapshots(&a, &b, work.path());
 
     // Three more backups: the next sync moves exactly their new data (and pages).
@@ -98,10 +105,21 @@ fn sync_copies_only_missing_objects_and_is_idempotent() {
         new_raw += disk_sum(&v, "new_raw_bytes");
     }
     let second = sync_json(&a, &b, &[]);
-    assert_eq!(second["snapshots_copied"].as_array().unwrap().len(), 3, "{second}");
-    assert_eq!(second["snapshots_skipped"].as_array().unwrap().len(), 3, "{second}");
+    assert_eq!(
+        second["snapshots_copied"].as_array().unwrap().len(),
+        3,
+        "{second}"
+    );
+    assert_eq!(
+        second["snapshots_skipped"].as_array().unwrap().len(),
+        3,
+        "{second}"
+    );
     let pages = second["pages_transferred"].as_u64().unwrap();
-    assert!(pages <= 3 * 2, "{pages} pages for 3 snapshots of 2 pages: {second}");
+    assert!(
+        pages <= 3 * 2,
+        "{pages} pages for 3 snapshots of 2 pages: {second}"
+    );
     let raw = second["raw_bytes_transferred"].as_u64().unwrap();
     let bound = (new_raw + pages * PAGE_BYTES) as f64 * 1.05;
     assert!(
@@ -114,19 +132,31 @@ fn sync_copies_only_missing_objects_and_is_idempotent() {
 
     let again = sync_json(&a, &b, &[]);
     assert_eq!(again["bytes_received"], 0, "{again}");
-    assert_eq!(again["snapshots_copied"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(
+        again["snapshots_copied"].as_array().unwrap().len(),
+        0,
+        "{again}"
+    );
 
     // Selection: a dry run of one snapshot into an empty repository writes nothing.
     let c = work.path().join("c");
     init_repo(&c, &[]);
     let latest = list_ids(&a).last().unwrap().clone();
     let dry = sync_json(&a, &c, &["--dry-run", "--snapshot", &latest[..12]]);
-    assert_eq!(dry["snapshots_copied"], serde_json::json!([latest]), "{dry}");
+    assert_eq!(
+        dry["snapshots_copied"],
+        serde_json::json!([latest]),
+        "{dry}"
+    );
     assert!(dry["chunks_transferred"].as_u64().unwrap() > 0, "{dry}");
     assert!(list_ids(&c).is_empty());
     assert!(pack_files(&c).is_empty(), "a dry run wrote packs");
     let one = sync_json(&a, &c, &["--latest", "1", "--jobs", "1"]);
-    assert_eq!(one["snapshots_copied"], serde_json::json!([latest]), "{one}");
+    assert_eq!(
+        one["snapshots_copied"],
+        serde_json::json!([latest]),
+        "{one}"
+    );
     assert_eq!(list_ids(&c), vec![latest.clone()]);
     assert_eq!(
         restored_sha(&c, &latest, work.path()),
@@ -166,7 +196,14 @@ fn killed_sync_resumes_without_duplicates() {
     let a = work.path().join("a");
     init_repo(&a, &[]);
     let disk = work.path().join("disk.img");
-    make_image(&disk, ImageSpec { weights: (1, 2, 6), ..ImageSpec::mixed(48 * MIB) }, &mut gen);
+    make_image(
+        &disk,
+        ImageSpec {
+            weights: (1, 2, 6),
+            ..ImageSpec::mixed(48 * MIB)
+        },
+        &mut gen,
+    );
     backup_json(&a, "vm", &[("d0", &disk)]);
     for _ in 0..3 {
         mutate(&disk, &mut gen, 12, 2 * MIB, (1, 1, 3));
@@ -194,7 +231,11 @@ fn killed_sync_resumes_without_duplicates() {
         }
         // Only complete snapshots are visible, as a prefix of A's.
         let listed = list_ids(&b);
-        assert_eq!(listed[..], ids[..listed.len()], "trial {trial} after {delay:?}");
+        assert_eq!(
+            listed[..],
+            ids[..listed.len()],
+            "trial {trial} after {delay:?}"
+        );
         verify(&b).ok();
         let rest = sync_json(&a, &b, &[]);
         assert_eq!(

@@ -2,8 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use tessera_engine::sync::bwlimit::parse_rate;
 use std::path::Path;
+use tessera_engine::sync::bwlimit::parse_rate;
 
 use tessera_engine::sync::http::client::Remote;
 use tessera_engine::sync::http::server::{bind, serve as http_serve};
@@ -19,7 +19,9 @@ use crate::sync_args::{SeedCommand, SelectArgs, ServeArgs, SyncArgs};
 fn selection(s: &SelectArgs) -> Result<Selection> {
     for q in &s.snapshots {
         if q.len() < 4 || !q.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(UsageError(format!("--snapshot {q:?}: give 4+ hex digits of an id")).into());
+            return Err(
+                UsageError(format!("--snapshot {q:?}: give 4+ hex digits of an id")).into(),
+            );
         }
     }
     Ok(Selection {
@@ -133,8 +135,9 @@ pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
             }
         }
         SeedCommand::Import { bundle, repo } => {
-            let r = tessera_engine::sync::bundle::import(bundle, repo, &SyncOptions::default(), bars)
-                .map_err(refused)?;
+            let r =
+                tessera_engine::sync::bundle::import(bundle, repo, &SyncOptions::default(), bars)
+                    .map_err(refused)?;
             print_report(&r, json);
         }
     }
@@ -166,6 +169,6 @@ pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
         println!("listening on {url}");
     }
     std::io::Write::flush(&mut std::io::stdout())?;
-    http_serve(&listener, args.repo.clone(), &token).map_err(refused)?;
+    http_serve(&listener, &args.repo, &token).map_err(refused)?;
     Ok(0)
 }

@@ -18,9 +18,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use tessera_format::pack::FooterEntry;
-use tessera_format::{
-    Compression, IdScheme, ManifestPage, ObjectKind, PackId, SnapshotId,
-};
+use tessera_format::{Compression, IdScheme, ManifestPage, ObjectKind, PackId, SnapshotId};
 
 use crate::backend::{Backend, Namespace};
 use crate::error::{Error, Result};
@@ -32,8 +30,7 @@ use crate::store::reader::{read_object, read_stored};
 use crate::store::session::{object_entry, TARGET_PACK_SIZE};
 
 use super::bundle_manifest::{
-    hash_file, BundleBlockSize, BundleFile, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION,
-    MANIFEST_NAME,
+    hash_file, BundleBlockSize, BundleFile, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_NAME,
 };
 use super::flat_dir::FlatDir;
 use super::sink::{block_sizes, decode_snapshot, LocalSink};
@@ -61,12 +58,17 @@ pub fn export(
     selection: &Selection,
     progress: &dyn Progress,
 ) -> Result<ExportReport> {
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    let occupied = match std::fs::read_dir(out) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    };
+    if occupied {
         return Err(Error::AlreadyExists {
             path: out.to_path_buf(),
         });
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
     let flat = FlatDir::new(out);
     let selected = selection.select(&ObjectSource::snapshots(repo)?)?;
     let mut w = BundleWriter {
@@ -89,7 +91,9 @@ pub fn export(
         files.push(format!("{name}.pack"));
     }
     for s in &selected {
-        let bytes = repo.backend().read_all(Namespace::Snapshots, &s.id.to_hex())?;
+        let bytes = repo
+            .backend()
+            .read_all(Namespace::Snapshots, &s.id.to_hex())?;
         let mut f = flat.create(Namespace::Snapshots, &s.id.to_hex())?;
         std::io::Write::write_all(&mut f, &bytes)
             .map_err(|e| Error::io(format!("writing snapshot {} into the bundle", s.id), e))?;
@@ -226,44 +230,15 @@ impl Bundle {
     /// Opens and checks the bundle at `dir` (see the module docs).
     pub fn open(dir: &Path, progress: &dyn Progress) -> Result<Self> {
         let manifest = Manifest::read(dir)?;
-        let bad = |name: &str, reason: String| {
-            Error::InvalidArgument(format!(
-                "seed bundle {}: file {name}: {reason}; nothing was imported",
-                dir.display()
-            ))
-        };
-        let total: u64 = manifest.files.iter().map(|f| f.size).sum();
-        progress.start("checking bundle", total);
-        for f in &manifest.files {
-            let path = dir.join(&f.name);
-            let meta = std::fs::symlink_metadata(&path)
-                .map_err(|e| bad(&f.name, format!("missing or unreadable ({e})")))?;
-            if meta.file_type().is_symlink() {
-                return Err(bad(&f.name, "is a symbolic link".into()));
-            }
-            if !meta.file_type().is_file() {
-                return Err(bad(&f.name, "is not a regular file".into()));
-            }
-            if meta.len() != f.size {
-                return Err(bad(
-                    &f.name,
-                    format!("is {} bytes, the manifest says {} (truncated or altered)", meta.len(), f.size),
-                ));
-            }
-            let (len, sha) = hash_file(&path)?;
-            if len != f.size || sha != f.sha256 {
-                return Err(bad(
-                    &f.name,
-                    format!("content hashes to {sha}, the manifest says {} (altered)", f.sha256),
-                ));
-            }
-            progress.advance(f.size);
-        }
-        progress.finish();
+        let bad = |name: &str, reason: String| bundle_error(dir, name, &reason);
+        check_files(dir, &manifest, progress)?;
         let flat = FlatDir::new(dir);
         let mut objects = HashMap::new();
-        for f in manifest.files.iter().filter(|f| f.name.ends_with(".pack")) {
-            let stem = f.name.trim_end_matches(".pack");
+        for (f, stem) in manifest
+            .files
+            .iter()
+            .filter_map(|f| Some((f, f.name.strip_suffix(".pack")?)))
+        {
             let id: PackId = stem
                 .parse()
                 .map_err(|e| bad(&f.name, format!("not a pack id: {e}")))?;
@@ -281,8 +256,13 @@ impl Bundle {
             .par_iter()
             .map(|(pack, e)| {
                 let name = format!("{pack}.pack");
-                let raw = read_object(&flat, e.info.kind, &e.info.digest.0, &object_entry(*pack, e))
-                    .map_err(|err| bad(&name, err.to_string()))?;
+                let raw = read_object(
+                    &flat,
+                    e.info.kind,
+                    &e.info.digest.0,
+                    &object_entry(*pack, e),
+                )
+                .map_err(|err| bad(&name, err.to_string()))?;
                 if e.info.kind != ObjectKind::Page {
                     return Ok(None);
                 }
@@ -290,7 +270,11 @@ impl Bundle {
                     .map_err(|err| bad(&name, format!("page {}: {err}", e.info.digest)))?;
                 Ok(Some((
                     e.info.digest.0,
-                    page.digests.iter().filter(|d| !d.is_zero()).map(|d| d.0).collect(),
+                    page.digests
+                        .iter()
+                        .filter(|d| !d.is_zero())
+                        .map(|d| d.0)
+                        .collect(),
                 )))
             })
             .collect::<Result<Vec<_>>>()?
@@ -302,7 +286,10 @@ impl Bundle {
         for id_hex in &manifest.snapshots {
             let name = format!("{id_hex}.snap");
             if !listed.contains(name.as_str()) {
-                return Err(bad(&name, "snapshot named by the manifest is not listed among its files".into()));
+                return Err(bad(
+                    &name,
+                    "snapshot named by the manifest is not listed among its files".into(),
+                ));
             }
             let bytes = flat.read_all(Namespace::Snapshots, id_hex)?;
             let (id, snapshot) = decode_snapshot(&dir.display().to_string(), &bytes)?;
@@ -310,16 +297,22 @@ impl Bundle {
                 return Err(bad(&name, format!("content hashes to {id}")));
             }
             for page in snapshot.roots.iter().flatten() {
-                let chunks = page_digests
-                    .get(&page.0)
-                    .ok_or_else(|| bad(&name, format!("needs page {page}, which no pack of the bundle holds")))?;
+                let chunks = page_digests.get(&page.0).ok_or_else(|| {
+                    bad(
+                        &name,
+                        format!("needs page {page}, which no pack of the bundle holds"),
+                    )
+                })?;
                 if let Some(c) = chunks
                     .iter()
                     .find(|c| !objects.contains_key(&(ObjectKind::Chunk, **c)))
                 {
                     return Err(bad(
                         &name,
-                        format!("needs chunk {}, which no pack of the bundle holds", hex::encode(c)),
+                        format!(
+                            "needs chunk {}, which no pack of the bundle holds",
+                            hex::encode(c)
+                        ),
                     ));
                 }
             }
@@ -340,15 +333,63 @@ impl Bundle {
     }
 }
 
+fn bundle_error(dir: &Path, name: &str, reason: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "seed bundle {}: file {name}: {reason}; nothing was imported",
+        dir.display()
+    ))
+}
+
+/// Checks every listed file: a regular file (not a symbolic link) of the listed size and
+/// SHA-256.
+fn check_files(dir: &Path, manifest: &Manifest, progress: &dyn Progress) -> Result<()> {
+    let bad = |name: &str, reason: String| bundle_error(dir, name, &reason);
+    let total: u64 = manifest.files.iter().map(|f| f.size).sum();
+    progress.start("checking bundle", total);
+    for f in &manifest.files {
+        let path = dir.join(&f.name);
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|e| bad(&f.name, format!("missing or unreadable ({e})")))?;
+        if meta.file_type().is_symlink() {
+            return Err(bad(&f.name, "is a symbolic link".into()));
+        }
+        if !meta.file_type().is_file() {
+            return Err(bad(&f.name, "is not a regular file".into()));
+        }
+        if meta.len() != f.size {
+            return Err(bad(
+                &f.name,
+                format!(
+                    "is {} bytes, the manifest says {} (truncated or altered)",
+                    meta.len(),
+                    f.size
+                ),
+            ));
+        }
+        let (len, sha) = hash_file(&path)?;
+        if len != f.size || sha != f.sha256 {
+            return Err(bad(
+                &f.name,
+                format!(
+                    "content hashes to {sha}, the manifest says {} (altered)",
+                    f.sha256
+                ),
+            ));
+        }
+        progress.advance(f.size);
+    }
+    progress.finish();
+    Ok(())
+}
+
 impl ObjectSource for Bundle {
     fn describe(&self) -> String {
         format!("seed bundle {}", self.dir.display())
     }
 
     fn id_scheme(&self) -> Result<IdScheme> {
-        IdScheme::try_from(self.manifest.id_scheme).map_err(|e| {
-            Error::InvalidArgument(format!("{}: {e}", self.describe()))
-        })
+        IdScheme::try_from(self.manifest.id_scheme)
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", self.describe())))
     }
 
     fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
@@ -367,10 +408,13 @@ impl ObjectSource for Bundle {
         let mut out = Vec::new();
         let mut bytes = 0u64;
         for d in digests {
-            let (pack, e) = self.objects.get(&(kind, *d)).ok_or_else(|| Error::ObjectMissing {
-                kind,
-                digest: format!("{} (in {})", hex::encode(d), self.describe()),
-            })?;
+            let (pack, e) = self
+                .objects
+                .get(&(kind, *d))
+                .ok_or_else(|| Error::ObjectMissing {
+                    kind,
+                    digest: format!("{} (in {})", hex::encode(d), self.describe()),
+                })?;
             if !out.is_empty() && bytes + u64::from(e.info.stored_len) > MAX_BATCH_BYTES {
                 break;
             }
@@ -394,7 +438,11 @@ pub fn import(
     if !repo_path.join("config").exists() {
         let m = bundle.manifest();
         let compression = Compression::parse(&m.compression).map_err(|e| {
-            Error::InvalidArgument(format!("{}: compression {:?}: {e}", bundle.describe(), m.compression))
+            Error::InvalidArgument(format!(
+                "{}: compression {:?}: {e}",
+                bundle.describe(),
+                m.compression
+            ))
         })?;
         Repository::init(
             repo_path,

@@ -173,7 +173,9 @@ impl Manifest {
 /// `<32 hex>.pack` or `<64 hex>.snap`, lower-case: nothing else may appear in a manifest.
 pub fn is_bundle_file_name(name: &str) -> bool {
     let hex_of = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     match (name.strip_suffix(".pack"), name.strip_suffix(".snap")) {
         (Some(stem), _) => hex_of(stem, 32),

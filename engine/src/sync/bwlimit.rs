@@ -25,8 +25,8 @@ impl TokenBucket {
     /// Takes `bytes` tokens, sleeping until the bucket has refilled enough.
     pub fn take(&mut self, bytes: u64) {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
-            .min(self.rate);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
         self.last = now;
         self.tokens -= bytes as f64;
         if self.tokens < 0.0 {
@@ -35,6 +35,7 @@ impl TokenBucket {
     }
 }
 
+#[expect(clippy::cast_sign_loss, reason = "the value is checked to be positive")]
 /// Parses `50M`, `1.5G`, `800K`, `1000` (bytes per second; binary multiples).
 pub fn parse_rate(text: &str) -> Option<u64> {
     let t = text.trim();
@@ -45,7 +46,7 @@ pub fn parse_rate(text: &str) -> Option<u64> {
         _ => (t, 1),
     };
     let value: f64 = num.parse().ok()?;
-    (value.is_finite() && value > 0.0).then(|| (value * mult as f64) as u64)
+    (value.is_finite() && value > 0.0).then_some((value * mult as f64) as u64)
 }
 
 #[cfg(test)]

@@ -54,7 +54,10 @@ impl Selection {
                         "{q:?} is not a snapshot id: give 4+ hex digits"
                     )));
                 }
-                let hits: Vec<_> = out.iter().filter(|s| s.id.to_hex().starts_with(&q)).collect();
+                let hits: Vec<_> = out
+                    .iter()
+                    .filter(|s| s.id.to_hex().starts_with(&q))
+                    .collect();
                 match hits.as_slice() {
                     [one] => {
                         wanted.insert(one.id);

@@ -173,8 +173,8 @@ pub fn block_sizes(catalog: &[SnapshotSummary]) -> HashMap<(String, String), u32
 
 /// Refuses a snapshot whose disk block size differs from the destination's for the same
 /// series and disk: its blocks would never deduplicate against what is already there.
-pub fn check_block_sizes(
-    known: &HashMap<(String, String), u32>,
+pub fn check_block_sizes<S: std::hash::BuildHasher>(
+    known: &HashMap<(String, String), u32, S>,
     snap: &SnapshotSummary,
 ) -> Result<()> {
     for (disk, bs) in &snap.disks {

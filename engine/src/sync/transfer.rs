@@ -69,7 +69,7 @@ pub fn transfer(
             ..SyncReport::default()
         },
         progress,
-        dry_run: opts.dry_run,
+        count_only: opts.dry_run,
         pool: super::pool(opts.jobs)?,
     };
     for summary in &selected {
@@ -88,7 +88,7 @@ struct Run<'a> {
     bucket: Option<TokenBucket>,
     report: SyncReport,
     progress: &'a dyn Progress,
-    dry_run: bool,
+    count_only: bool,
     pool: Option<rayon::ThreadPool>,
 }
 
@@ -141,7 +141,7 @@ impl Run<'_> {
             &format!("snapshot {}", &summary.id.to_hex()[..8]),
             missing_chunks.len() as u64,
         );
-        if self.dry_run {
+        if self.count_only {
             // Pages were fetched (their chunk lists are needed); chunks are only counted.
             self.report.chunks_transferred += missing_chunks.len() as u64;
         } else {

@@ -13,8 +13,8 @@ use crate::sync::sink::ObjectSink;
 use crate::sync::source::{ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
 
 use super::wire::{
-    decode_records, encode_digests, encode_record, kind_name, MAX_ANSWER_BYTES,
-    MAX_GET_DIGESTS, MAX_HAVE_DIGESTS,
+    decode_records, encode_digests, encode_record, kind_name, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
+    MAX_HAVE_DIGESTS,
 };
 
 /// A repository served by `tessera serve`.
@@ -90,11 +90,18 @@ impl Remote {
         let bad = || Error::InvalidArgument(format!("{}: malformed snapshot list", self.base));
         let mut out = Vec::new();
         for s in v.as_array().ok_or_else(bad)? {
-            let id: SnapshotId = s["id"].as_str().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+            let id: SnapshotId = s["id"]
+                .as_str()
+                .ok_or_else(bad)?
+                .parse()
+                .map_err(|_| bad())?;
             let mut disks = Vec::new();
             for d in s["disks"].as_array().ok_or_else(bad)? {
                 let name = d[0].as_str().ok_or_else(bad)?.to_string();
-                let bs = d[1].as_u64().and_then(|b| u32::try_from(b).ok()).ok_or_else(bad)?;
+                let bs = d[1]
+                    .as_u64()
+                    .and_then(|b| u32::try_from(b).ok())
+                    .ok_or_else(bad)?;
                 disks.push((name, bs));
             }
             out.push(SnapshotSummary {
@@ -140,7 +147,9 @@ impl ObjectSource for Remote {
     }
 
     fn get_objects(&self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<StoredObject>> {
-        let ask = digests.get(..MAX_GET_DIGESTS.min(digests.len())).unwrap_or(digests);
+        let ask = digests
+            .get(..MAX_GET_DIGESTS.min(digests.len()))
+            .unwrap_or(digests);
         let body = self.call(
             "POST",
             &format!("/v1/get/{}", kind_name(kind)),

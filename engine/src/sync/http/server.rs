@@ -12,7 +12,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use tessera_format::{ObjectKind, SnapshotId};
@@ -26,8 +26,8 @@ use crate::sync::sink::{publish_checked, LocalSink, ObjectSink};
 use crate::sync::source::ObjectSource;
 
 use super::wire::{
-    decode_digests, decode_records, encode_record, parse_kind, MAX_ANSWER_BYTES,
-    MAX_GET_DIGESTS, MAX_HAVE_DIGESTS, MAX_PUT_BYTES,
+    decode_digests, decode_records, encode_record, parse_kind, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
+    MAX_HAVE_DIGESTS, MAX_PUT_BYTES,
 };
 
 /// A bound listening socket.
@@ -52,20 +52,27 @@ pub fn bind(listen: &str) -> Result<Listener> {
 /// comparison runs over fixed-length SHA-256 digests of both).
 pub fn token_matches(given: &[u8], expected: &[u8]) -> bool {
     let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Serves `repo` until the process ends.
-pub fn serve(listener: &Listener, repo: PathBuf, token: &str) -> Result<()> {
+pub fn serve(listener: &Listener, repo: &Path, token: &str) -> Result<()> {
     // Fail early on a path that is not a repository.
-    read_config(&repo)?;
+    read_config(repo)?;
     for mut request in listener.server.incoming_requests() {
-        let (status, body) = match authorized(&request, token) {
-            false => (401, b"missing or wrong bearer token; nothing was done".to_vec()),
-            true => match handle(&mut request, &repo) {
+        let (status, body) = if authorized(&request, token) {
+            match handle(&mut request, repo) {
                 Ok(body) => (200, body),
                 Err((status, msg)) => (status, msg.into_bytes()),
-            },
+            }
+        } else {
+            (
+                401,
+                b"missing or wrong bearer token; nothing was done".to_vec(),
+            )
         };
         let _ = request.respond(Response::from_data(body).with_status_code(status));
     }
@@ -93,6 +100,7 @@ fn status_of(e: &Error) -> u16 {
     }
 }
 
+#[expect(clippy::needless_pass_by_value, reason = "used as `map_err(fail)`")]
 fn fail(e: Error) -> (u16, String) {
     (status_of(&e), e.to_string())
 }
@@ -113,7 +121,7 @@ fn read_body(request: &mut Request, limit: u64) -> Reply {
     Ok(body)
 }
 
-fn handle(request: &mut Request, root: &std::path::Path) -> Reply {
+fn handle(request: &mut Request, root: &Path) -> Reply {
     let url = request.url().to_string();
     let method = request.method().clone();
     let parts: Vec<&str> = url.trim_start_matches('/').split('/').collect();
@@ -184,13 +192,17 @@ fn handle(request: &mut Request, root: &std::path::Path) -> Reply {
             let mut sink = LocalSink::new(&repo);
             sink.put(kind, checked).map_err(fail)?;
             sink.seal().map_err(fail)?;
-            Ok(serde_json::json!({ "stored": stored }).to_string().into_bytes())
+            Ok(serde_json::json!({ "stored": stored })
+                .to_string()
+                .into_bytes())
         }
         (Method::Post, ["v1", "publish"]) => {
             let body = read_body(request, MAX_ANSWER_BYTES)?;
             let repo = Repository::open_writer(root).map_err(fail)?;
             let id = publish_checked(&repo, &body).map_err(fail)?;
-            Ok(serde_json::json!({ "id": id.to_hex() }).to_string().into_bytes())
+            Ok(serde_json::json!({ "id": id.to_hex() })
+                .to_string()
+                .into_bytes())
         }
         (m, _) => Err((404, format!("no such endpoint: {m} {url}"))),
     }

@@ -41,7 +41,7 @@ pub fn encode_digests(digests: &[[u8; 32]]) -> Vec<u8> {
 /// Splits a body into digests; its length must be a multiple of 32 and at most `max`
 /// digests.
 pub fn decode_digests(body: &[u8], max: usize) -> Result<Vec<[u8; 32]>> {
-    if body.len() % 32 != 0 || body.len() / 32 > max {
+    if !body.len().is_multiple_of(32) || body.len() / 32 > max {
         return Err(Error::InvalidArgument(format!(
             "a digest list of {} bytes is not a multiple of 32 or longer than {max} digests",
             body.len()
@@ -68,17 +68,26 @@ pub fn decode_records(mut body: &[u8], kind: ObjectKind) -> Result<Vec<StoredObj
         let bad = |reason: String| {
             Error::InvalidArgument(format!("record at offset {offset} of the stream: {reason}"))
         };
-        let header = body
-            .get(..RECORD_HEADER_LEN)
-            .ok_or_else(|| bad(format!("{} bytes left, a header needs {RECORD_HEADER_LEN}", body.len())))?;
+        let header = body.get(..RECORD_HEADER_LEN).ok_or_else(|| {
+            bad(format!(
+                "{} bytes left, a header needs {RECORD_HEADER_LEN}",
+                body.len()
+            ))
+        })?;
         let info = decode_record_header(header).map_err(|e| bad(e.to_string()))?;
         if info.kind != kind {
-            return Err(bad(format!("a {:?} where a {kind:?} was expected", info.kind)));
+            return Err(bad(format!(
+                "a {:?} where a {kind:?} was expected",
+                info.kind
+            )));
         }
         let end = RECORD_HEADER_LEN + info.stored_len as usize;
-        let stored = body
-            .get(RECORD_HEADER_LEN..end)
-            .ok_or_else(|| bad(format!("truncated: {} stored bytes announced", info.stored_len)))?;
+        let stored = body.get(RECORD_HEADER_LEN..end).ok_or_else(|| {
+            bad(format!(
+                "truncated: {} stored bytes announced",
+                info.stored_len
+            ))
+        })?;
         out.push((info, stored.to_vec()));
         body = body.get(end..).unwrap_or_default();
         offset += end;
