@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -151,7 +151,21 @@ fn sync_copies_only_missing_objects_and_is_idempotent() {
     assert!(dry["chunks_transferred"].as_u64().unwrap() > 0, "{dry}");
     assert!(list_ids(&c).is_empty());
     assert!(pack_files(&c).is_empty(), "a dry run wrote packs");
-    let one = sync_json(&a, &c, &["--latest", "1", "--jobs", "1"]);
+    // --bwlimit: the token bucket holds one second of burst, the rest waits.
+    let limit = 8 * MIB;
+    let started = Instant::now();
+    let one = sync_json(&a, &c, &["--latest", "1", "--jobs", "1", "--bwlimit", "8M"]);
+    let received = one["bytes_received"].as_u64().unwrap();
+    let least = received.saturating_sub(limit) as f64 / limit as f64;
+    assert!(
+        least > 1.0,
+        "too little data ({received} bytes) to see the limit"
+    );
+    assert!(
+        started.elapsed().as_secs_f64() >= 0.95 * least,
+        "{received} bytes at 8 MiB/s in {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         one["snapshots_copied"],
         serde_json::json!([latest]),
@@ -253,5 +267,4 @@ fn killed_sync_resumes_without_duplicates() {
         );
         let _ = fs::remove_dir_all(&b);
     }
-    let _ = Duration::ZERO;
 }

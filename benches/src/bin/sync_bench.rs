@@ -109,7 +109,14 @@ fn main() {
     let token = d.join("token");
     std::fs::write(&token, "bench-token").expect("token");
     let mut child = Command::new(&tessera)
-        .args(["serve", p(&served), "--listen", "127.0.0.1:0", "--token-file", p(&token)])
+        .args([
+            "serve",
+            p(&served),
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            p(&token),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -124,14 +131,20 @@ fn main() {
 
     let mib = (size_mib as f64).max(1.0);
     println!("image {size_mib} MiB (1/2 random, 1/4 zero, 1/4 text), 64 KiB blocks");
-    println!("full transfer: cp -r packs + sync {cp_secs:.2} s ({:.0} MiB/s of image)", mib / cp_secs);
+    println!(
+        "full transfer: cp -r packs + sync {cp_secs:.2} s ({:.0} MiB/s of image)",
+        mib / cp_secs
+    );
     println!(
         "  local sync {sync_secs:.2} s ({:.2}x cp); seed export {export_secs:.2} s + import {import_secs:.2} s ({:.2}x cp)",
         sync_secs / cp_secs,
         (export_secs + import_secs) / cp_secs
     );
     println!("delta: backup reported {new_raw} new raw bytes, {new_stored} stored");
-    for (name, secs, r) in [("local", local_secs, &local), ("http push", http_secs, &http)] {
+    for (name, secs, r) in [
+        ("local", local_secs, &local),
+        ("http push", http_secs, &http),
+    ] {
         let raw = r["raw_bytes_transferred"].as_u64().unwrap_or(0);
         let received = r["bytes_received"].as_u64().unwrap_or(0);
         println!(

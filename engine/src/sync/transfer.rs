@@ -137,9 +137,17 @@ impl Run<'_> {
             );
         }
         let missing_chunks = self.missing(dst, ObjectKind::Chunk, &chunks)?;
+        // Progress in raw bytes; the total assumes full blocks (the last one may be short).
+        let block = snapshot
+            .header
+            .disks
+            .iter()
+            .map(|d| u64::from(d.block_size))
+            .max()
+            .unwrap_or(0);
         self.progress.start(
             &format!("snapshot {}", &summary.id.to_hex()[..8]),
-            missing_chunks.len() as u64,
+            missing_chunks.len() as u64 * block,
         );
         if self.count_only {
             // Pages were fetched (their chunk lists are needed); chunks are only counted.
@@ -147,7 +155,7 @@ impl Run<'_> {
         } else {
             let progress = self.progress;
             self.fetch(ObjectKind::Chunk, &missing_chunks, &mut |got| {
-                progress.advance(got.len() as u64);
+                progress.advance(got.iter().map(|c| u64::from(c.info.raw_len)).sum());
                 dst.put(ObjectKind::Chunk, got)
             })?;
             dst.put(ObjectKind::Page, new_pages)?;
