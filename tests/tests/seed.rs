@@ -172,28 +172,9 @@ fn state(repo: &Path) -> (Vec<String>, Vec<PathBuf>, Vec<String>) {
 
 type Tamper = Box<dyn Fn(&Path)>;
 
-#[test]
-fn damaged_or_malicious_bundles_are_refused_and_change_nothing() {
-    let mut gen = DataGen::new(seed("seed-tamper"));
-    let work = tempfile::tempdir().unwrap();
-    let (a, b, good) = (
-        work.path().join("a"),
-        work.path().join("b"),
-        work.path().join("good"),
-    );
-    init_repo(&a, &[]);
-    init_repo(&b, &[]);
-    let disk = work.path().join("disk.img");
-    make_image(&disk, ImageSpec::mixed(6 * MIB), &mut gen);
-    backup_json(&b, "other", &[("d0", &disk)]);
-    backup_json(&a, "vm", &[("d0", &disk)]);
-    mutate(&disk, &mut gen, 10, 128 * 1024, (1, 2, 2));
-    backup_json(&a, "vm", &[("d0", &disk)]);
-    export(&a, &good);
-    let before = state(&b);
-    let outside = work.path().join("outside.pack");
-
-    let cases: Vec<(&str, Tamper, &str)> = vec![
+/// Each way of damaging a bundle, with the text the refusal must contain.
+fn tamper_cases(outside: &Path) -> Vec<(&'static str, Tamper, &'static str)> {
+    vec![
         (
             "flipped pack byte",
             Box::new(|d: &Path| {
@@ -244,7 +225,7 @@ fn damaged_or_malicious_bundles_are_refused_and_change_nothing() {
             Box::new(|d: &Path| {
                 rewrite_manifest(d, |m| {
                     m["files"][0]["name"] = "../x".into();
-                })
+                });
             }),
             "../x",
         ),
@@ -253,14 +234,14 @@ fn damaged_or_malicious_bundles_are_refused_and_change_nothing() {
             Box::new(|d: &Path| {
                 rewrite_manifest(d, |m| {
                     m["files"][0]["name"] = "/etc/passwd".into();
-                })
+                });
             }),
             "/etc/passwd",
         ),
         (
             "symlinked pack",
             Box::new({
-                let outside = outside.clone();
+                let outside = outside.to_path_buf();
                 move |d: &Path| {
                     let pack = &files_with(d, ".pack")[0];
                     fs::copy(pack, &outside).unwrap();
@@ -286,11 +267,35 @@ fn damaged_or_malicious_bundles_are_refused_and_change_nothing() {
                     m["files"].as_array_mut().unwrap().retain(|f| {
                         Path::new(f["name"].as_str().unwrap()).extension() != Some("snap".as_ref())
                     });
-                })
+                });
             }),
             "not listed",
         ),
-    ];
+    ]
+}
+
+#[test]
+fn damaged_or_malicious_bundles_are_refused_and_change_nothing() {
+    let mut gen = DataGen::new(seed("seed-tamper"));
+    let work = tempfile::tempdir().unwrap();
+    let (a, b, good) = (
+        work.path().join("a"),
+        work.path().join("b"),
+        work.path().join("good"),
+    );
+    init_repo(&a, &[]);
+    init_repo(&b, &[]);
+    let disk = work.path().join("disk.img");
+    make_image(&disk, ImageSpec::mixed(6 * MIB), &mut gen);
+    backup_json(&b, "other", &[("d0", &disk)]);
+    backup_json(&a, "vm", &[("d0", &disk)]);
+    mutate(&disk, &mut gen, 10, 128 * 1024, (1, 2, 2));
+    backup_json(&a, "vm", &[("d0", &disk)]);
+    export(&a, &good);
+    let before = state(&b);
+    let outside = work.path().join("outside.pack");
+
+    let cases = tamper_cases(&outside);
     for (i, (what, tamper, needle)) in cases.iter().enumerate() {
         let bundle = work.path().join(format!("case{i}"));
         copy_dir(&good, &bundle);
