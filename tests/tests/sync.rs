@@ -245,6 +245,12 @@ fn killed_sync_resumes_without_duplicates() {
         }
         // Only complete snapshots are visible, as a prefix of A's.
         let listed = list_ids(&b);
+        eprintln!(
+            "trial {trial}: killed after {delay:?} of {full:?}: {} of {} snapshots published, {} packs",
+            listed.len(),
+            ids.len(),
+            pack_files(&b).len()
+        );
         assert_eq!(
             listed[..],
             ids[..listed.len()],
