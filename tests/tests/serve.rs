@@ -279,3 +279,77 @@ fn unauthorized_and_forged_requests_change_nothing() {
     assert_eq!(status, 200, "{body}");
     verify(&b).ok();
 }
+
+/// Records in every pack file, from the pack trailers (SPEC.md §4).
+fn pack_records(repo: &Path) -> u64 {
+    pack_files(repo)
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).unwrap();
+            let trailer = &bytes[bytes.len() - 32..];
+            u64::from(u32::from_le_bytes(trailer[8..12].try_into().unwrap()))
+        })
+        .sum()
+}
+
+#[test]
+fn killed_push_resumes_without_duplicates() {
+    use rand::{Rng, SeedableRng};
+    let run_seed = seed("serve-kill");
+    let mut gen = DataGen::new(run_seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(run_seed);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("a");
+    init_repo(&src, &[]);
+    let disk = work.path().join("disk.img");
+    make_image(
+        &disk,
+        ImageSpec {
+            weights: (1, 1, 6),
+            ..ImageSpec::mixed(32 * MIB)
+        },
+        &mut gen,
+    );
+    backup_json(&src, "vm", &[("d0", &disk)]);
+    mutate(&disk, &mut gen, 8, 2 * MIB, (1, 1, 3));
+    backup_json(&src, "vm", &[("d0", &disk)]);
+    let token = work.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    let ids = list_ids(&src);
+    for trial in 0..tessera_tests::env_usize("TESSERA_KILL_TRIALS", 4).min(3) {
+        let dst = work.path().join(format!("b{trial}"));
+        init_repo(&dst, &[]);
+        let server = serve(&dst, &token);
+        let child = tessera_cmd([
+            "sync",
+            src.to_str().unwrap(),
+            &server.url,
+            "--token-file",
+            token.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+        let mut child = KillOnDrop(Some(child));
+        std::thread::sleep(std::time::Duration::from_millis(rng.gen_range(50..600)));
+        if let Some(c) = child.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let listed = list_ids(&dst);
+        assert_eq!(listed[..], ids[..listed.len()], "trial {trial}");
+        sync(src.to_str().unwrap(), &server.url, &token).ok();
+        assert_eq!(list_ids(&dst), ids, "trial {trial}");
+        verify(&dst).ok();
+        let stats = tessera(["--json", "stats", dst.to_str().unwrap()]);
+        stats.ok();
+        let s = &stats.json()["stats"];
+        let indexed = s["live_chunks"].as_u64().unwrap()
+            + s["live_pages"].as_u64().unwrap()
+            + s["unreferenced_objects"].as_u64().unwrap();
+        assert_eq!(pack_records(&dst), indexed, "trial {trial}: {s}");
+        assert_eq!(
+            restored_sha(&dst, ids.last().unwrap(), work.path()),
+            restored_sha(&src, ids.last().unwrap(), work.path())
+        );
+    }
+}
