@@ -4,13 +4,41 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+/// Which snapshots to copy.
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// Only snapshots of this series.
+    #[arg(long)]
+    pub series: Option<String>,
+    /// Only this snapshot (id or unique prefix; repeatable).
+    #[arg(long = "snapshot")]
+    pub snapshots: Vec<String>,
+    /// Only the newest N snapshots (after --series / --snapshot).
+    #[arg(long)]
+    pub latest: Option<usize>,
+}
+
 /// `tessera sync SRC DST`.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// Source repository: a directory or `http(s)://HOST:PORT`.
+    /// Source repository: a directory or `http://HOST:PORT`.
     pub src: String,
-    /// Destination repository: a directory or `http(s)://HOST:PORT`.
+    /// Destination repository: a directory or `http://HOST:PORT`.
     pub dst: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Only report what would be copied.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Limit received bytes per second, e.g. 50M, 800K.
+    #[arg(long)]
+    pub bwlimit: Option<String>,
+    /// Threads checking received objects (default: all cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// File holding the bearer token of a remote side.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `tessera seed ...`.
@@ -20,14 +48,16 @@ pub enum SeedCommand {
     Export {
         /// The repository.
         repo: PathBuf,
-        /// Output directory or file.
+        /// Output directory (must not exist or be empty).
         out: PathBuf,
+        #[command(flatten)]
+        select: SelectArgs,
     },
     /// Verify a bundle and import it into a repository.
     Import {
         /// The bundle.
         bundle: PathBuf,
-        /// The repository.
+        /// The repository (created with the bundle's block size if it does not exist).
         repo: PathBuf,
     },
 }
@@ -37,4 +67,10 @@ pub enum SeedCommand {
 pub struct ServeArgs {
     /// The repository.
     pub repo: PathBuf,
+    /// Address to listen on, e.g. 127.0.0.1:8420 (port 0: any free port, printed).
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    pub listen: String,
+    /// File holding the bearer token clients must present.
+    #[arg(long)]
+    pub token_file: PathBuf,
 }

@@ -1,4 +1,4 @@
-//! Backing up disks from NBD servers (`nbd://`, `nbd+unix://` sources; SPEC.md §19).
+//! Backing up disks from NBD servers (`nbd://`, `nbd+unix://` sources; SPEC.md §22).
 //!
 //! Real servers: `qemu-nbd` (raw and qcow2 images, Unix socket and TCP, dirty bitmaps) and
 //! `nbdkit` (memory plugin filled through `qemu-io`). Every backup is restored and compared

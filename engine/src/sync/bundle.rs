@@ -1,0 +1,458 @@
+//! Seed bundles (SPEC.md §22.2): a directory carrying selected snapshots and exactly the
+//! objects they need, for moving a repository's data on a removable disk.
+//!
+//! Export writes **new packs** holding exactly the needed objects (copied verbatim,
+//! stored bytes and all, with the pack writer), never whole source packs: a source pack
+//! usually also holds objects of other snapshots or dead ones. Then the snapshot files,
+//! then the manifest, last (see [`super::bundle_manifest`]).
+//!
+//! Import trusts nothing in the bundle. Before the destination is touched (or even
+//! created) it checks the manifest, every listed file (plain name, regular file — not a
+//! symbolic link —, size, SHA-256), every pack's footer, every object (decoded and hashed),
+//! every snapshot file (hashes to its name, decodes), and that the bundle holds every page
+//! and chunk its snapshots need. Only then does the ordinary transfer path run
+//! ([`super::transfer`]), which checks each object once more as it appends it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use tessera_format::pack::FooterEntry;
+use tessera_format::{Compression, IdScheme, ManifestPage, ObjectKind, PackId, SnapshotId};
+
+use crate::backend::{Backend, Namespace};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repo::{InitOptions, Repository};
+use crate::store::pack_scan::read_pack_contents;
+use crate::store::pack_writer::PackWriter;
+use crate::store::reader::{read_object, read_stored};
+use crate::store::session::{object_entry, TARGET_PACK_SIZE};
+
+use super::bundle_manifest::{
+    hash_file, BundleBlockSize, BundleFile, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_NAME,
+};
+use super::flat_dir::FlatDir;
+use super::sink::{block_sizes, decode_snapshot, LocalSink};
+use super::source::{ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
+use super::{Selection, SyncOptions, SyncReport};
+
+/// What an export wrote.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ExportReport {
+    /// Snapshot ids, oldest first.
+    pub snapshots: Vec<String>,
+    /// Objects written (chunks and pages).
+    pub objects: u64,
+    /// Pack files written.
+    pub packs: u64,
+    /// Bytes of all files, manifest excluded.
+    pub bytes: u64,
+}
+
+/// Writes a bundle of the selected snapshots of `repo` into `out` (which must not exist,
+/// or be an empty directory).
+pub fn export(
+    repo: &Repository,
+    out: &Path,
+    selection: &Selection,
+    progress: &dyn Progress,
+) -> Result<ExportReport> {
+    let occupied = match std::fs::read_dir(out) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    };
+    if occupied {
+        return Err(Error::AlreadyExists {
+            path: out.to_path_buf(),
+        });
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
+    let flat = FlatDir::new(out);
+    let selected = selection.select(&ObjectSource::snapshots(repo)?)?;
+    let mut w = BundleWriter {
+        repo,
+        flat: &flat,
+        pack: None,
+        seen: HashSet::new(),
+        report: ExportReport::default(),
+    };
+    for s in &selected {
+        progress.start(&format!("snapshot {}", &s.id.to_hex()[..8]), 0);
+        w.snapshot(s.id)?;
+        progress.finish();
+        w.report.snapshots.push(s.id.to_hex());
+    }
+    w.seal()?;
+    let mut report = w.report;
+    let mut files = Vec::new();
+    for name in flat.list(Namespace::Packs)? {
+        files.push(format!("{name}.pack"));
+    }
+    for s in &selected {
+        let bytes = repo
+            .backend()
+            .read_all(Namespace::Snapshots, &s.id.to_hex())?;
+        let mut f = flat.create(Namespace::Snapshots, &s.id.to_hex())?;
+        std::io::Write::write_all(&mut f, &bytes)
+            .map_err(|e| Error::io(format!("writing snapshot {} into the bundle", s.id), e))?;
+        f.commit()?;
+        files.push(format!("{}.snap", s.id.to_hex()));
+    }
+    let mut listed = Vec::new();
+    for name in files {
+        let (size, sha256) = hash_file(&out.join(&name))?;
+        report.bytes += size;
+        listed.push(BundleFile { name, size, sha256 });
+    }
+    let config = repo.config();
+    let manifest = Manifest {
+        format: BUNDLE_FORMAT.into(),
+        version: BUNDLE_VERSION,
+        source_repo: config.repo_id.to_string(),
+        id_scheme: config.id_scheme as u8,
+        default_block_size: config.default_block_size,
+        compression: config.compression.to_string(),
+        block_sizes: block_sizes(&selected)
+            .into_iter()
+            .map(|((series, disk), block_size)| BundleBlockSize {
+                series,
+                disk,
+                block_size,
+            })
+            .collect(),
+        snapshots: report.snapshots.clone(),
+        files: listed,
+    };
+    write_manifest(out, &manifest.encode())?;
+    Ok(report)
+}
+
+fn write_manifest(dir: &Path, bytes: &[u8]) -> Result<()> {
+    let staged = dir.join(format!(".{MANIFEST_NAME}.tmp"));
+    let io = |what: &str, e| Error::io(format!("{what} {}", staged.display()), e);
+    std::fs::write(&staged, bytes).map_err(|e| io("writing", e))?;
+    std::fs::File::open(&staged)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("syncing", e))?;
+    std::fs::rename(&staged, dir.join(MANIFEST_NAME)).map_err(|e| io("renaming", e))?;
+    crate::backend::sync_dir(dir)
+}
+
+struct BundleWriter<'a> {
+    repo: &'a Repository,
+    flat: &'a FlatDir,
+    pack: Option<PackWriter>,
+    seen: HashSet<(ObjectKind, [u8; 32])>,
+    report: ExportReport,
+}
+
+impl BundleWriter<'_> {
+    /// Appends the pages of snapshot `id` not written yet, each after its chunks.
+    fn snapshot(&mut self, id: SnapshotId) -> Result<()> {
+        let snapshot = self.repo.load_snapshot(id)?;
+        for page in snapshot.roots.iter().flatten() {
+            if self.seen.contains(&(ObjectKind::Page, page.0)) {
+                continue;
+            }
+            let raw = self.repo.read_object(ObjectKind::Page, page.as_bytes())?;
+            let decoded = ManifestPage::decode(&raw).map_err(|e| Error::ObjectCorrupt {
+                kind: ObjectKind::Page,
+                digest: page.to_hex(),
+                pack: PackId([0; 16]),
+                offset: 0,
+                reason: e.to_string(),
+            })?;
+            let chunks: Vec<[u8; 32]> = decoded
+                .digests
+                .iter()
+                .filter(|d| !d.is_zero())
+                .map(|d| d.0)
+                .filter(|d| self.seen.insert((ObjectKind::Chunk, *d)))
+                .collect();
+            self.copy(ObjectKind::Chunk, &chunks)?;
+            self.seen.insert((ObjectKind::Page, page.0));
+            self.copy(ObjectKind::Page, &[page.0])?;
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<()> {
+        let entries = self.repo.index().get_many(kind, digests)?;
+        let backend = self.repo.backend();
+        let objects: Vec<StoredObject> = digests
+            .par_iter()
+            .zip(entries)
+            .map(|(d, e)| {
+                let e = e.ok_or_else(|| Error::ObjectMissing {
+                    kind,
+                    digest: hex::encode(d),
+                })?;
+                read_stored(backend, kind, d, &e)
+            })
+            .collect::<Result<_>>()?;
+        for (info, stored) in objects {
+            let writer = match &mut self.pack {
+                Some(w) => w,
+                None => self.pack.insert(PackWriter::create(self.flat)?),
+            };
+            writer.append(&info, &stored)?;
+            self.report.objects += 1;
+            if writer.len() >= TARGET_PACK_SIZE {
+                self.seal()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seal(&mut self) -> Result<()> {
+        if let Some(w) = self.pack.take() {
+            if !w.is_empty() {
+                w.finish()?;
+                self.report.packs += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A bundle that passed every check of the module docs, usable as an [`ObjectSource`].
+pub struct Bundle {
+    dir: PathBuf,
+    flat: FlatDir,
+    manifest: Manifest,
+    objects: HashMap<(ObjectKind, [u8; 32]), (PackId, FooterEntry)>,
+    snapshots: Vec<(SnapshotSummary, Vec<u8>)>,
+}
+
+impl Bundle {
+    /// Opens and checks the bundle at `dir` (see the module docs).
+    pub fn open(dir: &Path, progress: &dyn Progress) -> Result<Self> {
+        let manifest = Manifest::read(dir)?;
+        let bad = |name: &str, reason: String| bundle_error(dir, name, &reason);
+        check_files(dir, &manifest, progress)?;
+        let flat = FlatDir::new(dir);
+        let mut objects = HashMap::new();
+        for (f, stem) in manifest
+            .files
+            .iter()
+            .filter_map(|f| Some((f, f.name.strip_suffix(".pack")?)))
+        {
+            let id: PackId = stem
+                .parse()
+                .map_err(|e| bad(&f.name, format!("not a pack id: {e}")))?;
+            let contents = read_pack_contents(&flat, id)?;
+            if let Some(problem) = contents.footer_problem {
+                return Err(bad(&f.name, format!("pack footer is damaged: {problem}")));
+            }
+            for e in contents.entries {
+                objects.insert((e.info.kind, e.info.digest.0), (id, e));
+            }
+        }
+        // Every object decodes and hashes to its digest; pages are kept to check completeness.
+        let all: Vec<(PackId, FooterEntry)> = objects.values().copied().collect();
+        let page_digests: HashMap<[u8; 32], Vec<[u8; 32]>> = all
+            .par_iter()
+            .map(|(pack, e)| {
+                let name = format!("{pack}.pack");
+                let raw = read_object(
+                    &flat,
+                    e.info.kind,
+                    &e.info.digest.0,
+                    &object_entry(*pack, e),
+                )
+                .map_err(|err| bad(&name, err.to_string()))?;
+                if e.info.kind != ObjectKind::Page {
+                    return Ok(None);
+                }
+                let page = ManifestPage::decode(&raw)
+                    .map_err(|err| bad(&name, format!("page {}: {err}", e.info.digest)))?;
+                Ok(Some((
+                    e.info.digest.0,
+                    page.digests
+                        .iter()
+                        .filter(|d| !d.is_zero())
+                        .map(|d| d.0)
+                        .collect(),
+                )))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let listed: HashSet<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+        let mut snapshots = Vec::new();
+        for id_hex in &manifest.snapshots {
+            let name = format!("{id_hex}.snap");
+            if !listed.contains(name.as_str()) {
+                return Err(bad(
+                    &name,
+                    "snapshot named by the manifest is not listed among its files".into(),
+                ));
+            }
+            let bytes = flat.read_all(Namespace::Snapshots, id_hex)?;
+            let (id, snapshot) = decode_snapshot(&dir.display().to_string(), &bytes)?;
+            if &id.to_hex() != id_hex {
+                return Err(bad(&name, format!("content hashes to {id}")));
+            }
+            for page in snapshot.roots.iter().flatten() {
+                let chunks = page_digests.get(&page.0).ok_or_else(|| {
+                    bad(
+                        &name,
+                        format!("needs page {page}, which no pack of the bundle holds"),
+                    )
+                })?;
+                if let Some(c) = chunks
+                    .iter()
+                    .find(|c| !objects.contains_key(&(ObjectKind::Chunk, **c)))
+                {
+                    return Err(bad(
+                        &name,
+                        format!(
+                            "needs chunk {}, which no pack of the bundle holds",
+                            hex::encode(c)
+                        ),
+                    ));
+                }
+            }
+            snapshots.push((SnapshotSummary::of(id, &snapshot.header), bytes));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            flat,
+            manifest,
+            objects,
+            snapshots,
+        })
+    }
+
+    /// The checked manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+}
+
+fn bundle_error(dir: &Path, name: &str, reason: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "seed bundle {}: file {name}: {reason}; nothing was imported",
+        dir.display()
+    ))
+}
+
+/// Checks every listed file: a regular file (not a symbolic link) of the listed size and
+/// SHA-256.
+fn check_files(dir: &Path, manifest: &Manifest, progress: &dyn Progress) -> Result<()> {
+    let bad = |name: &str, reason: String| bundle_error(dir, name, &reason);
+    let total: u64 = manifest.files.iter().map(|f| f.size).sum();
+    progress.start("checking bundle", total);
+    for f in &manifest.files {
+        let path = dir.join(&f.name);
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|e| bad(&f.name, format!("missing or unreadable ({e})")))?;
+        if meta.file_type().is_symlink() {
+            return Err(bad(&f.name, "is a symbolic link".into()));
+        }
+        if !meta.file_type().is_file() {
+            return Err(bad(&f.name, "is not a regular file".into()));
+        }
+        if meta.len() != f.size {
+            return Err(bad(
+                &f.name,
+                format!(
+                    "is {} bytes, the manifest says {} (truncated or altered)",
+                    meta.len(),
+                    f.size
+                ),
+            ));
+        }
+        let (len, sha) = hash_file(&path)?;
+        if len != f.size || sha != f.sha256 {
+            return Err(bad(
+                &f.name,
+                format!(
+                    "content hashes to {sha}, the manifest says {} (altered)",
+                    f.sha256
+                ),
+            ));
+        }
+        progress.advance(f.size);
+    }
+    progress.finish();
+    Ok(())
+}
+
+impl ObjectSource for Bundle {
+    fn describe(&self) -> String {
+        format!("seed bundle {}", self.dir.display())
+    }
+
+    fn id_scheme(&self) -> Result<IdScheme> {
+        IdScheme::try_from(self.manifest.id_scheme)
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", self.describe())))
+    }
+
+    fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
+        Ok(self.snapshots.iter().map(|(s, _)| s.clone()).collect())
+    }
+
+    fn snapshot_bytes(&self, id: SnapshotId) -> Result<Vec<u8>> {
+        self.snapshots
+            .iter()
+            .find(|(s, _)| s.id == id)
+            .map(|(_, b)| b.clone())
+            .ok_or_else(|| Error::SnapshotNotFound { query: id.to_hex() })
+    }
+
+    fn get_objects(&self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<StoredObject>> {
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for d in digests {
+            let (pack, e) = self
+                .objects
+                .get(&(kind, *d))
+                .ok_or_else(|| Error::ObjectMissing {
+                    kind,
+                    digest: format!("{} (in {})", hex::encode(d), self.describe()),
+                })?;
+            if !out.is_empty() && bytes + u64::from(e.info.stored_len) > MAX_BATCH_BYTES {
+                break;
+            }
+            bytes += u64::from(e.info.stored_len);
+            out.push(read_stored(&self.flat, kind, d, &object_entry(*pack, e))?);
+        }
+        Ok(out)
+    }
+}
+
+/// Imports a bundle into the repository at `repo_path`, creating it (with the source's
+/// default block size and compression) when it does not exist. The bundle is checked in
+/// full before the repository is created or opened.
+pub fn import(
+    bundle_dir: &Path,
+    repo_path: &Path,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<SyncReport> {
+    let bundle = Bundle::open(bundle_dir, progress)?;
+    if !repo_path.join("config").exists() {
+        let m = bundle.manifest();
+        let compression = Compression::parse(&m.compression).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "{}: compression {:?}: {e}",
+                bundle.describe(),
+                m.compression
+            ))
+        })?;
+        Repository::init(
+            repo_path,
+            InitOptions {
+                block_size: m.default_block_size,
+                compression,
+            },
+        )?;
+    }
+    let repo = Repository::open_writer(repo_path)?;
+    let mut sink = LocalSink::new(&repo);
+    super::transfer::transfer(&bundle, &mut sink, &Selection::default(), opts, progress)
+}

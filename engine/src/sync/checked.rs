@@ -1,0 +1,106 @@
+//! Checking an object received from an untrusted source before it may be appended:
+//! the record info must name the expected kind and digest, lengths must be within the
+//! format's bounds (SPEC.md §4: raw and stored ≤ 8 MiB, `codec = none` ⇒ equal lengths),
+//! the stored bytes must match their length and CRC, decode to exactly `raw_len` bytes
+//! (never more is allocated), and the raw bytes must hash to the digest. Only then is the
+//! object "checked". The receiver recomputes all of this itself: nothing the sender claims
+//! is believed.
+
+use rayon::prelude::*;
+use tessera_format::pack::MAX_OBJECT_LEN;
+use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind, PageDigest};
+
+use crate::error::{Error, Result};
+use crate::store::encode::decode_stored;
+
+use super::source::StoredObject;
+
+/// An object whose stored bytes were decoded and hashed to its digest.
+#[derive(Debug)]
+pub struct CheckedObject {
+    /// Record info (CRC recomputed by the receiver).
+    pub info: ObjectInfo,
+    /// Stored bytes, to be appended verbatim.
+    pub stored: Vec<u8>,
+    /// Raw bytes, kept for pages only (their digests are needed next).
+    pub raw_page: Option<Vec<u8>>,
+}
+
+/// Checks one object that `from` sent for `(kind, digest)`.
+pub fn check_object(
+    from: &str,
+    kind: ObjectKind,
+    digest: &[u8; 32],
+    object: StoredObject,
+) -> Result<CheckedObject> {
+    let (info, stored) = object;
+    let bad = |reason: String| {
+        Error::InvalidArgument(format!(
+            "{from} sent a bad {kind:?} {}: {reason}; nothing from it was published",
+            hex::encode(digest)
+        ))
+    };
+    if info.kind != kind || info.digest.as_bytes() != digest {
+        return Err(bad(format!(
+            "its record names {:?} {} instead",
+            info.kind, info.digest
+        )));
+    }
+    if info.raw_len > MAX_OBJECT_LEN || info.stored_len > MAX_OBJECT_LEN {
+        return Err(bad(format!(
+            "raw length {} / stored length {} exceeds {MAX_OBJECT_LEN}",
+            info.raw_len, info.stored_len
+        )));
+    }
+    if stored.len() != info.stored_len as usize {
+        return Err(bad(format!(
+            "{} stored bytes where its record says {}",
+            stored.len(),
+            info.stored_len
+        )));
+    }
+    if info.codec == Codec::None && info.raw_len != info.stored_len {
+        return Err(bad("uncompressed with raw length != stored length".into()));
+    }
+    let crc = crc32c::crc32c(&stored);
+    if crc != info.stored_crc {
+        return Err(bad(format!(
+            "stored bytes CRC {crc:08x} != {:08x}",
+            info.stored_crc
+        )));
+    }
+    let raw = decode_stored(info.codec, stored.clone(), info.raw_len).map_err(bad)?;
+    let actual = match kind {
+        ObjectKind::Chunk => ChunkDigest::of(&raw).0,
+        ObjectKind::Page => PageDigest::of(&raw).0,
+    };
+    if &actual != digest {
+        return Err(bad(format!("content hashes to {}", hex::encode(actual))));
+    }
+    Ok(CheckedObject {
+        info,
+        stored,
+        raw_page: (kind == ObjectKind::Page).then_some(raw),
+    })
+}
+
+/// Checks a batch in parallel; the first failure (in batch order) fails the batch.
+pub fn check_batch(
+    from: &str,
+    kind: ObjectKind,
+    digests: &[[u8; 32]],
+    objects: Vec<StoredObject>,
+) -> Result<Vec<CheckedObject>> {
+    if objects.len() > digests.len() || objects.is_empty() && !digests.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{from} answered a request for {} objects with {}",
+            digests.len(),
+            objects.len()
+        )));
+    }
+    objects
+        .into_par_iter()
+        .zip(digests.par_iter())
+        .map(|(o, d)| check_object(from, kind, d, o))
+        .collect()
+}

@@ -1,0 +1,217 @@
+//! The client side of the protocol in [`super`]: a remote repository as an
+//! [`ObjectSource`] (pull) and an [`ObjectSink`] (push). Answers are bounded in size and
+//! checked like any untrusted input; what a remote source sends is checked again by the
+//! transfer ([`crate::sync::checked`]).
+
+use std::io::Read;
+
+use tessera_format::{IdScheme, ObjectKind, SnapshotId};
+
+use crate::error::{Error, Result};
+use crate::sync::checked::CheckedObject;
+use crate::sync::sink::ObjectSink;
+use crate::sync::source::{ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
+
+use super::wire::{
+    decode_records, encode_digests, encode_record, kind_name, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
+    MAX_HAVE_DIGESTS,
+};
+
+/// A repository served by `tessera serve`.
+pub struct Remote {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Remote {
+    /// A remote at `url` (`http://HOST:PORT`), authenticating with `token`.
+    pub fn new(url: &str, token: &str) -> Result<Self> {
+        if !url.starts_with("http://") {
+            return Err(Error::InvalidArgument(format!(
+                "{url}: only http:// URLs are supported (TLS is not implemented yet)"
+            )));
+        }
+        Ok(Self {
+            base: url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(std::time::Duration::from_secs(10))
+                .build(),
+        })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        let req = self
+            .agent
+            .request(method, &url)
+            .set("Authorization", &format!("Bearer {}", self.token));
+        let answer = match body {
+            Some(b) => req.send_bytes(b),
+            None => req.call(),
+        };
+        let response = match answer {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                let mut msg = String::new();
+                let _ = r.into_reader().take(64 * 1024).read_to_string(&mut msg);
+                return Err(Error::InvalidArgument(format!(
+                    "{method} {url}: HTTP {code}: {msg}"
+                )));
+            }
+            Err(e) => {
+                return Err(Error::InvalidArgument(format!("{method} {url}: {e}")));
+            }
+        };
+        let mut out = Vec::new();
+        response
+            .into_reader()
+            .take(MAX_ANSWER_BYTES + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io(format!("reading the answer of {url}"), e))?;
+        if out.len() as u64 > MAX_ANSWER_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "{url}: answer larger than {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        Ok(out)
+    }
+
+    fn json(&self, path: &str) -> Result<serde_json::Value> {
+        let body = self.call("GET", path, None)?;
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::InvalidArgument(format!("{}{path}: answer is not JSON: {e}", self.base))
+        })
+    }
+
+    fn catalog(&self) -> Result<Vec<SnapshotSummary>> {
+        let v = self.json("/v1/snapshots")?;
+        let bad = || Error::InvalidArgument(format!("{}: malformed snapshot list", self.base));
+        let mut out = Vec::new();
+        for s in v.as_array().ok_or_else(bad)? {
+            let id: SnapshotId = s["id"]
+                .as_str()
+                .ok_or_else(bad)?
+                .parse()
+                .map_err(|_| bad())?;
+            let mut disks = Vec::new();
+            for d in s["disks"].as_array().ok_or_else(bad)? {
+                let name = d[0].as_str().ok_or_else(bad)?.to_string();
+                let bs = d[1]
+                    .as_u64()
+                    .and_then(|b| u32::try_from(b).ok())
+                    .ok_or_else(bad)?;
+                disks.push((name, bs));
+            }
+            out.push(SnapshotSummary {
+                id,
+                series: s["series"].as_str().ok_or_else(bad)?.to_string(),
+                time_us: s["time_us"].as_i64().ok_or_else(bad)?,
+                disks,
+            });
+        }
+        Ok(out)
+    }
+
+    fn scheme(&self) -> Result<IdScheme> {
+        let v = self.json("/v1/info")?;
+        let n = v["id_scheme"]
+            .as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| Error::InvalidArgument(format!("{}: malformed info", self.base)))?;
+        IdScheme::try_from(n).map_err(|e| Error::InvalidArgument(format!("{}: {e}", self.base)))
+    }
+
+    fn send_records(&self, kind: ObjectKind, body: &[u8]) -> Result<()> {
+        self.call("POST", &format!("/v1/put/{}", kind_name(kind)), Some(body))
+            .map(drop)
+    }
+}
+
+impl ObjectSource for Remote {
+    fn describe(&self) -> String {
+        self.base.clone()
+    }
+
+    fn id_scheme(&self) -> Result<IdScheme> {
+        self.scheme()
+    }
+
+    fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
+        self.catalog()
+    }
+
+    fn snapshot_bytes(&self, id: SnapshotId) -> Result<Vec<u8>> {
+        self.call("GET", &format!("/v1/snapshots/{}", id.to_hex()), None)
+    }
+
+    fn get_objects(&self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<StoredObject>> {
+        let ask = digests
+            .get(..MAX_GET_DIGESTS.min(digests.len()))
+            .unwrap_or(digests);
+        let body = self.call(
+            "POST",
+            &format!("/v1/get/{}", kind_name(kind)),
+            Some(&encode_digests(ask)),
+        )?;
+        decode_records(&body, kind).map_err(|e| {
+            Error::InvalidArgument(format!("{}: malformed object answer: {e}", self.base))
+        })
+    }
+}
+
+impl ObjectSink for Remote {
+    fn describe(&self) -> String {
+        self.base.clone()
+    }
+
+    fn id_scheme(&self) -> Result<IdScheme> {
+        self.scheme()
+    }
+
+    fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
+        self.catalog()
+    }
+
+    fn contains_many(&mut self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(digests.len());
+        for batch in digests.chunks(MAX_HAVE_DIGESTS) {
+            let body = self.call(
+                "POST",
+                &format!("/v1/have/{}", kind_name(kind)),
+                Some(&encode_digests(batch)),
+            )?;
+            out.extend(body.iter().map(|b| *b != 0));
+        }
+        Ok(out)
+    }
+
+    fn put(&mut self, kind: ObjectKind, objects: Vec<CheckedObject>) -> Result<()> {
+        let mut body = Vec::new();
+        for o in objects {
+            encode_record(&mut body, &(o.info, o.stored));
+            if body.len() as u64 >= MAX_BATCH_BYTES {
+                self.send_records(kind, &body)?;
+                body.clear();
+            }
+        }
+        if !body.is_empty() {
+            self.send_records(kind, &body)?;
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, snapshot_bytes: &[u8]) -> Result<SnapshotId> {
+        let v = self.call("POST", "/v1/publish", Some(snapshot_bytes))?;
+        let id = SnapshotId::of(snapshot_bytes);
+        let answer: serde_json::Value = serde_json::from_slice(&v).unwrap_or_default();
+        if answer["id"].as_str() != Some(id.to_hex().as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: publishing {id} answered {answer}",
+                self.base
+            )));
+        }
+        Ok(id)
+    }
+}

@@ -1,0 +1,209 @@
+//! `tessera serve`: the repository over HTTP (protocol in [`super`]).
+//!
+//! Requests are handled one at a time, in arrival order. Each opens the repository for
+//! what it does: reads open it as a reader (seeing every snapshot published so far); `put`
+//! and `publish` open it as **the writer for the duration of that request** (lock, recovery,
+//! append, seal, release), so local backups can run between requests and a push never
+//! holds the lock while the client is busy elsewhere. A `put` is checked completely
+//! (record headers, decoding, digests) before the writer is opened: a refused `put`
+//! writes nothing. Objects of an accepted `put` are sealed and indexed at count 0 before
+//! the answer; `publish` checks every object the snapshot references (see
+//! [`crate::sync::sink::publish_checked`]).
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tessera_format::{ObjectKind, SnapshotId};
+use tiny_http::{Method, Request, Response, Server};
+
+use crate::backend::Namespace;
+use crate::error::{Error, Result};
+use crate::repo::{read_config, Repository};
+use crate::sync::checked::check_batch;
+use crate::sync::sink::{publish_checked, LocalSink, ObjectSink};
+use crate::sync::source::ObjectSource;
+
+use super::wire::{
+    decode_digests, decode_records, encode_record, parse_kind, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
+    MAX_HAVE_DIGESTS, MAX_PUT_BYTES,
+};
+
+/// A bound listening socket.
+pub struct Listener {
+    server: Server,
+    /// The address actually bound (port 0 resolved).
+    pub addr: SocketAddr,
+}
+
+/// Binds `listen` (e.g. `127.0.0.1:0`).
+pub fn bind(listen: &str) -> Result<Listener> {
+    let server = Server::http(listen)
+        .map_err(|e| Error::InvalidArgument(format!("cannot listen on {listen}: {e}")))?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| Error::InvalidArgument(format!("{listen} is not an IP address")))?;
+    Ok(Listener { server, addr })
+}
+
+/// Whether two tokens are equal, in time independent of where they differ (the
+/// comparison runs over fixed-length SHA-256 digests of both).
+pub fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Serves `repo` until the process ends.
+pub fn serve(listener: &Listener, repo: &Path, token: &str) -> Result<()> {
+    // Fail early on a path that is not a repository.
+    read_config(repo)?;
+    for mut request in listener.server.incoming_requests() {
+        let (status, body) = if authorized(&request, token) {
+            match handle(&mut request, repo) {
+                Ok(body) => (200, body),
+                Err((status, msg)) => (status, msg.into_bytes()),
+            }
+        } else {
+            (
+                401,
+                b"missing or wrong bearer token; nothing was done".to_vec(),
+            )
+        };
+        let _ = request.respond(Response::from_data(body).with_status_code(status));
+    }
+    Ok(())
+}
+
+fn authorized(request: &Request, token: &str) -> bool {
+    let given = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .unwrap_or("");
+    token_matches(given.as_bytes(), token.as_bytes())
+}
+
+type Reply = std::result::Result<Vec<u8>, (u16, String)>;
+
+fn status_of(e: &Error) -> u16 {
+    match e {
+        Error::Locked { .. } => 409,
+        Error::SnapshotNotFound { .. } | Error::ObjectMissing { .. } => 404,
+        Error::InvalidArgument(_) => 422,
+        _ => 500,
+    }
+}
+
+#[expect(clippy::needless_pass_by_value, reason = "used as `map_err(fail)`")]
+fn fail(e: Error) -> (u16, String) {
+    (status_of(&e), e.to_string())
+}
+
+fn read_body(request: &mut Request, limit: u64) -> Reply {
+    if request.body_length().is_some_and(|n| n as u64 > limit) {
+        return Err((413, format!("request body larger than {limit} bytes")));
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(limit + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| (400, format!("reading the request body: {e}")))?;
+    if body.len() as u64 > limit {
+        return Err((413, format!("request body larger than {limit} bytes")));
+    }
+    Ok(body)
+}
+
+fn handle(request: &mut Request, root: &Path) -> Reply {
+    let url = request.url().to_string();
+    let method = request.method().clone();
+    let parts: Vec<&str> = url.trim_start_matches('/').split('/').collect();
+    let kind_of = |name: &str| -> std::result::Result<ObjectKind, (u16, String)> {
+        parse_kind(name).ok_or((404, format!("unknown object kind {name:?}")))
+    };
+    match (method, parts.as_slice()) {
+        (Method::Get, ["v1", "info"]) => {
+            let config = read_config(root).map_err(fail)?;
+            Ok(serde_json::json!({ "id_scheme": config.id_scheme as u8 })
+                .to_string()
+                .into_bytes())
+        }
+        (Method::Get, ["v1", "snapshots"]) => {
+            let repo = Repository::open(root).map_err(fail)?;
+            let list: Vec<serde_json::Value> = ObjectSource::snapshots(&repo)
+                .map_err(fail)?
+                .into_iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "id": s.id.to_hex(), "series": s.series, "time_us": s.time_us,
+                        "disks": s.disks,
+                    })
+                })
+                .collect();
+            Ok(serde_json::Value::from(list).to_string().into_bytes())
+        }
+        (Method::Get, ["v1", "snapshots", id]) => {
+            let id: SnapshotId = id
+                .parse()
+                .map_err(|e| (400, format!("snapshot id {id:?}: {e}")))?;
+            let repo = Repository::open(root).map_err(fail)?;
+            if !repo.index().has_snapshot(id).map_err(fail)? {
+                return Err((404, format!("no published snapshot {id}")));
+            }
+            repo.backend()
+                .read_all(Namespace::Snapshots, &id.to_hex())
+                .map_err(fail)
+        }
+        (Method::Post, ["v1", "have", kind]) => {
+            let kind = kind_of(kind)?;
+            let body = read_body(request, (MAX_HAVE_DIGESTS * 32) as u64)?;
+            let digests = decode_digests(&body, MAX_HAVE_DIGESTS).map_err(fail)?;
+            let repo = Repository::open(root).map_err(fail)?;
+            let have = repo.index().contains_many(kind, &digests).map_err(fail)?;
+            Ok(have.into_iter().map(u8::from).collect())
+        }
+        (Method::Post, ["v1", "get", kind]) => {
+            let kind = kind_of(kind)?;
+            let body = read_body(request, (MAX_GET_DIGESTS * 32) as u64)?;
+            let digests = decode_digests(&body, MAX_GET_DIGESTS).map_err(fail)?;
+            let repo = Repository::open(root).map_err(fail)?;
+            let mut out = Vec::new();
+            for o in repo.get_objects(kind, &digests).map_err(fail)? {
+                encode_record(&mut out, &o);
+            }
+            debug_assert!(out.len() as u64 <= MAX_ANSWER_BYTES);
+            Ok(out)
+        }
+        (Method::Post, ["v1", "put", kind]) => {
+            let kind = kind_of(kind)?;
+            let body = read_body(request, MAX_PUT_BYTES)?;
+            let records = decode_records(&body, kind).map_err(fail)?;
+            let digests: Vec<[u8; 32]> = records.iter().map(|(i, _)| i.digest.0).collect();
+            let checked = check_batch("the client", kind, &digests, records).map_err(fail)?;
+            let stored = checked.len();
+            let repo = Repository::open_writer(root).map_err(fail)?;
+            let mut sink = LocalSink::new(&repo);
+            sink.put(kind, checked).map_err(fail)?;
+            sink.seal().map_err(fail)?;
+            Ok(serde_json::json!({ "stored": stored })
+                .to_string()
+                .into_bytes())
+        }
+        (Method::Post, ["v1", "publish"]) => {
+            let body = read_body(request, MAX_ANSWER_BYTES)?;
+            let repo = Repository::open_writer(root).map_err(fail)?;
+            let id = publish_checked(&repo, &body).map_err(fail)?;
+            Ok(serde_json::json!({ "id": id.to_hex() })
+                .to_string()
+                .into_bytes())
+        }
+        (m, _) => Err((404, format!("no such endpoint: {m} {url}"))),
+    }
+}

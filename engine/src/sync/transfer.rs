@@ -1,0 +1,246 @@
+//! The transfer of selected snapshots from an [`ObjectSource`] into an [`ObjectSink`], the
+//! one code path behind `sync`, `seed import` and push/pull over HTTP.
+//!
+//! Per snapshot, in this order:
+//! 1. its file is fetched, hashed (the id must match) and decoded; block sizes are
+//!    compared with what the destination already has for the same series and disk;
+//! 2. the destination is asked which of its pages it lacks (batches of
+//!    [`QUERY_BATCH`] digests); those are fetched, checked (decoded and hashed here, in
+//!    parallel) and decoded to learn their chunk digests;
+//! 3. the destination is asked which of those chunks it lacks; they are fetched, checked
+//!    and appended;
+//! 4. the new pages are appended *after* their chunks, so that a sealed page implies its
+//!    chunks were sealed no later (a rerun after a kill that finds the page present may
+//!    skip its chunks safely);
+//! 5. the sink seals, checks the snapshot's objects, stages counts and publishes it.
+//!
+//! A kill at any point leaves at most sealed packs at count 0 (adopted by the next
+//! writer) and no half-published snapshot; a rerun fetches only what is still missing.
+
+use std::collections::HashSet;
+
+use tessera_format::{ChunkDigest, ManifestPage, ObjectKind, PageDigest, SnapshotId};
+
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+use super::bwlimit::TokenBucket;
+use super::checked::{check_batch, CheckedObject};
+use super::sink::{block_sizes, check_block_sizes, decode_snapshot, ObjectSink};
+use super::source::{ObjectSource, SnapshotSummary};
+use super::{Selection, SyncOptions, SyncReport};
+
+/// Digests per "which do you have" query.
+pub const QUERY_BATCH: usize = 4096;
+/// Digests per object request (the source may return fewer).
+pub const FETCH_BATCH: usize = 1024;
+
+/// Copies the selected snapshots (see the module docs).
+pub fn transfer(
+    src: &dyn ObjectSource,
+    dst: &mut dyn ObjectSink,
+    selection: &Selection,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<SyncReport> {
+    let (src_scheme, dst_scheme) = (src.id_scheme()?, dst.id_scheme()?);
+    if src_scheme != dst_scheme {
+        return Err(Error::InvalidArgument(format!(
+            "{} uses chunk id scheme {src_scheme:?} but {} uses {dst_scheme:?}: their digests cannot be compared, nothing was copied",
+            src.describe(),
+            dst.describe()
+        )));
+    }
+    let selected = selection.select(&src.snapshots()?)?;
+    let dst_catalog = dst.snapshots()?;
+    let mut known_sizes = block_sizes(&dst_catalog);
+    let present: HashSet<SnapshotId> = dst_catalog.iter().map(|s| s.id).collect();
+    // Refuse block-size mismatches before copying anything.
+    for s in selected.iter().filter(|s| !present.contains(&s.id)) {
+        check_block_sizes(&known_sizes, s)?;
+        known_sizes.extend(block_sizes(std::slice::from_ref(s)));
+    }
+    let mut run = Run {
+        src,
+        from: src.describe(),
+        bucket: opts.bwlimit.map(TokenBucket::new),
+        report: SyncReport {
+            dry_run: opts.dry_run,
+            ..SyncReport::default()
+        },
+        progress,
+        count_only: opts.dry_run,
+        pool: super::pool(opts.jobs)?,
+    };
+    for summary in &selected {
+        if present.contains(&summary.id) {
+            run.report.snapshots_skipped.push(summary.id.to_hex());
+            continue;
+        }
+        run.copy_snapshot(dst, summary)?;
+    }
+    Ok(run.report)
+}
+
+struct Run<'a> {
+    src: &'a dyn ObjectSource,
+    from: String,
+    bucket: Option<TokenBucket>,
+    report: SyncReport,
+    progress: &'a dyn Progress,
+    count_only: bool,
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Run<'_> {
+    fn copy_snapshot(&mut self, dst: &mut dyn ObjectSink, summary: &SnapshotSummary) -> Result<()> {
+        let bytes = self.src.snapshot_bytes(summary.id)?;
+        self.count_transfer(bytes.len() as u64);
+        let (id, snapshot) = decode_snapshot(&self.from, &bytes)?;
+        if id != summary.id {
+            return Err(Error::InvalidArgument(format!(
+                "{}: snapshot {} has content hashing to {id}; nothing was copied from it",
+                self.from, summary.id
+            )));
+        }
+        let mut seen = HashSet::new();
+        let pages: Vec<[u8; 32]> = snapshot
+            .roots
+            .iter()
+            .flatten()
+            .map(|p| p.0)
+            .filter(|p| seen.insert(*p))
+            .collect();
+        let missing_pages = self.missing(dst, ObjectKind::Page, &pages)?;
+        let mut new_pages = Vec::new();
+        self.fetch(ObjectKind::Page, &missing_pages, &mut |got| {
+            new_pages.extend(got);
+            Ok(())
+        })?;
+        let mut seen_chunks = HashSet::new();
+        let mut chunks = Vec::new();
+        for page in &new_pages {
+            let raw = page.raw_page.as_deref().unwrap_or_default();
+            let decoded = ManifestPage::decode(raw).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "{}: page {} does not decode: {e}",
+                    self.from,
+                    PageDigest(page.info.digest.0)
+                ))
+            })?;
+            chunks.extend(
+                decoded
+                    .digests
+                    .iter()
+                    .filter(|d| !d.is_zero() && seen_chunks.insert(**d))
+                    .map(|d: &ChunkDigest| d.0),
+            );
+        }
+        let missing_chunks = self.missing(dst, ObjectKind::Chunk, &chunks)?;
+        // Progress in raw bytes; the total assumes full blocks (the last one may be short).
+        let block = snapshot
+            .header
+            .disks
+            .iter()
+            .map(|d| u64::from(d.block_size))
+            .max()
+            .unwrap_or(0);
+        self.progress.start(
+            &format!("snapshot {}", &summary.id.to_hex()[..8]),
+            missing_chunks.len() as u64 * block,
+        );
+        if self.count_only {
+            // Pages were fetched (their chunk lists are needed); chunks are only counted.
+            self.report.chunks_transferred += missing_chunks.len() as u64;
+        } else {
+            let progress = self.progress;
+            self.fetch(ObjectKind::Chunk, &missing_chunks, &mut |got| {
+                progress.advance(got.iter().map(|c| u64::from(c.info.raw_len)).sum());
+                dst.put(ObjectKind::Chunk, got)
+            })?;
+            dst.put(ObjectKind::Page, new_pages)?;
+            dst.publish(&bytes)?;
+        }
+        self.progress.finish();
+        self.report.snapshots_copied.push(id.to_hex());
+        Ok(())
+    }
+
+    /// The digests of `all` the destination lacks, asked in batches.
+    fn missing(
+        &mut self,
+        dst: &mut dyn ObjectSink,
+        kind: ObjectKind,
+        all: &[[u8; 32]],
+    ) -> Result<Vec<[u8; 32]>> {
+        let mut out = Vec::new();
+        for batch in all.chunks(QUERY_BATCH) {
+            let have = dst.contains_many(kind, batch)?;
+            if have.len() != batch.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} answered a query for {} digests with {}",
+                    dst.describe(),
+                    batch.len(),
+                    have.len()
+                )));
+            }
+            for (d, h) in batch.iter().zip(have) {
+                if h {
+                    self.report.objects_skipped += 1;
+                } else {
+                    out.push(*d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches and checks `digests`, handing each checked batch (bounded by what the
+    /// source returns per call) to `sink`, so memory stays bounded.
+    fn fetch(
+        &mut self,
+        kind: ObjectKind,
+        digests: &[[u8; 32]],
+        sink: &mut dyn FnMut(Vec<CheckedObject>) -> Result<()>,
+    ) -> Result<()> {
+        let mut rest = digests;
+        while !rest.is_empty() {
+            let ask = rest.get(..FETCH_BATCH.min(rest.len())).unwrap_or(rest);
+            let got = self.src.get_objects(kind, ask)?;
+            let n = got.len();
+            if n == 0 || n > ask.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} answered a request for {} objects with {n}",
+                    self.from,
+                    ask.len()
+                )));
+            }
+            let stored: u64 = got.iter().map(|(i, _)| u64::from(i.stored_len)).sum();
+            self.count_transfer(stored);
+            let asked = ask.get(..n).unwrap_or(ask);
+            let from = self.from.as_str();
+            let checked = match &self.pool {
+                Some(pool) => pool.install(|| check_batch(from, kind, asked, got))?,
+                None => check_batch(from, kind, asked, got)?,
+            };
+            for c in &checked {
+                self.report.raw_bytes_transferred += u64::from(c.info.raw_len);
+                match kind {
+                    ObjectKind::Chunk => self.report.chunks_transferred += 1,
+                    ObjectKind::Page => self.report.pages_transferred += 1,
+                }
+            }
+            self.report.stored_bytes_transferred += stored;
+            sink(checked)?;
+            rest = rest.get(n..).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    fn count_transfer(&mut self, bytes: u64) {
+        self.report.bytes_received += bytes;
+        if let Some(b) = self.bucket.as_mut() {
+            b.take(bytes);
+        }
+    }
+}
