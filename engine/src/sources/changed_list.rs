@@ -14,7 +14,9 @@
 //! ```
 //!
 //! `extent` and `bitmap` statements may be mixed and repeated; bitmap lines continue one
-//! another. The first backup that uses the list must name a reference snapshot whose disk
+//! another. `base-state *` makes the list an *allocation map* (VMware's changeId `*`): the
+//! backup is a full one that reads only the listed ranges and takes everything else as
+//! zeros, and records `state` so that the next list can name it as its base. The first backup that uses the list must name a reference snapshot whose disk
 //! state is `base-state` (a snapshot taken with the previous list, whose `state` it
 //! recorded, or one whose state was set with `--state`).
 
@@ -184,8 +186,12 @@ impl ChangedList {
 pub struct WithChangedList {
     inner: Box<dyn BlockSource>,
     list: ChangedList,
-    changes: Changes,
+    /// `None` for an allocation map (`base-state *`).
+    changes: Option<Changes>,
 }
+
+/// The `base-state` of an allocation map.
+pub const ALLOCATION_MAP: &str = "*";
 
 impl WithChangedList {
     /// Reads the list at `path` and checks it against `inner`.
@@ -202,11 +208,11 @@ impl WithChangedList {
                 ),
             });
         }
-        let changes = Changes {
+        let changes = (list.base_state != ALLOCATION_MAP).then(|| Changes {
             base_state: list.base_state.clone(),
             base_description: format!("tracker state {:?} ({})", list.base_state, path.display()),
             extents: list.extents.clone(),
-        };
+        });
         Ok(Self {
             inner,
             list,
@@ -220,7 +226,25 @@ impl BlockSource for WithChangedList {
         self.inner.size()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<u64> {
-        self.inner.read_at(offset, buf)
+        if self.changes.is_some() {
+            return self.inner.read_at(offset, buf);
+        }
+        // Allocation map: read the listed ranges, zeros elsewhere.
+        let end = offset + buf.len() as u64;
+        buf.fill(0);
+        let extents = &self.list.extents;
+        let first = extents.partition_point(|&(_, e)| e <= offset);
+        let mut read = 0;
+        for &(s, e) in extents.get(first..).unwrap_or_default() {
+            if s >= end {
+                break;
+            }
+            let (from, to) = (s.max(offset), e.min(end));
+            if let Some(dst) = buf.get_mut((from - offset) as usize..(to - offset) as usize) {
+                read += self.inner.read_at(from, dst)?;
+            }
+        }
+        Ok(read)
     }
     fn identity(&self) -> Vec<(String, String)> {
         let mut id: Vec<_> = self
@@ -233,7 +257,7 @@ impl BlockSource for WithChangedList {
         id
     }
     fn changes(&self) -> Option<&Changes> {
-        Some(&self.changes)
+        self.changes.as_ref()
     }
 }
 

@@ -1,0 +1,352 @@
+//! Backing up one disk: the parts every mode shares (finding and storing new chunks,
+//! cutting manifest pages, key-backup store checks) and the full read.
+//!
+//! Full read: a window of 8 MiB batches is read and hashed on every core at once (holes of
+//! sparse sources are not read); digests equal to the reference's at the same position, or
+//! already in the index, are known; the rest are compressed in parallel and appended to
+//! packs. Digests are cut into manifest pages as they come, so memory is bounded by a few
+//! batches plus the root list.
+
+use std::collections::HashSet;
+
+use rayon::prelude::*;
+use tessera_format::manifest::block_count;
+use tessera_format::{
+    is_all_zero, ChunkDigest, DiskStats, ManifestPage, ObjectInfo, ObjectKind, PageDigest,
+};
+
+use crate::error::{Error, Result};
+use crate::ops::backup::reference::ReferenceManifest;
+use crate::progress::Progress;
+use crate::refcount::RefDeltas;
+use crate::repo::Repository;
+use crate::sources::BlockSource;
+use crate::store::encode::encode_object;
+use crate::store::reader::read_object;
+use crate::store::session::WriteSession;
+
+/// Bytes read and hashed by one worker at a time (rounded to whole blocks).
+pub const BATCH_BYTES: u64 = 8 << 20;
+
+/// Drift offsets kept in the report and the snapshot record (the count is always exact).
+pub const MAX_DRIFT_OFFSETS: usize = 64;
+
+/// The digest of a block's content (all-zero blocks get [`ChunkDigest::ZERO`]).
+pub fn digest_of(block: &[u8]) -> ChunkDigest {
+    if is_all_zero(block) {
+        ChunkDigest::ZERO
+    } else {
+        ChunkDigest::of(block)
+    }
+}
+
+/// One block with its content, ready to be stored.
+pub struct BlockItem<'b> {
+    /// Block number.
+    pub block: u64,
+    /// Its digest.
+    pub digest: ChunkDigest,
+    /// Its content.
+    pub data: &'b [u8],
+    /// What the reference has at this position.
+    pub reference: Option<ChunkDigest>,
+}
+
+/// Blocks whose content differs from the reference although no delta said so.
+#[derive(Debug, Default, Clone)]
+pub struct Drift {
+    /// How many.
+    pub blocks: u64,
+    /// The first [`MAX_DRIFT_OFFSETS`] byte offsets.
+    pub offsets: Vec<u64>,
+}
+
+/// The state of one disk's backup.
+pub struct DiskBackup<'a, 'r> {
+    pub repo: &'r Repository,
+    pub session: &'a mut WriteSession<'r>,
+    pub refs: &'a mut RefDeltas,
+    /// Damaged chunks found by a key backup, re-encoded from the source; shared by disks.
+    pub heal: &'a mut Vec<(ObjectInfo, Vec<u8>)>,
+    /// Chunks a key backup has already checked (shared by disks).
+    pub checked: &'a mut HashSet<ChunkDigest>,
+    pub block_size: u32,
+    /// Key backup: check the stored copy of every referenced chunk.
+    pub key: bool,
+    pub roots: Vec<PageDigest>,
+    pub page: Vec<ChunkDigest>,
+    pub stats: DiskStats,
+    pub drift: Drift,
+}
+
+impl DiskBackup<'_, '_> {
+    /// Reads the whole disk. With `drift_extents` (a key backup of a delta source whose
+    /// delta applies on the reference), blocks that differ from the reference outside those
+    /// extents are reported as drift.
+    pub fn run_full(
+        &mut self,
+        source: &dyn BlockSource,
+        mut reference: Option<ReferenceManifest<'_>>,
+        drift_extents: Option<&[(u64, u64)]>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let size = source.size();
+        let bs = u64::from(self.block_size);
+        let blocks = block_count(size, self.block_size);
+        let batch_blocks = (BATCH_BYTES / bs).max(1);
+        let window = 2 * rayon::current_num_threads();
+        let mut pool: Vec<Vec<u8>> = Vec::new();
+        let mut block = 0;
+        while block < blocks {
+            // A window of batches, each read and hashed by one worker: reading and hashing
+            // proceed on every core at once, and buffers are recycled through `pool`.
+            let mut jobs = Vec::with_capacity(window);
+            while jobs.len() < window && block < blocks {
+                let n = batch_blocks.min(blocks - block);
+                let offset = block * bs;
+                let mut buf = pool.pop().unwrap_or_default();
+                buf.resize((n * bs).min(size - offset) as usize, 0);
+                jobs.push((block, offset, buf));
+                block += n;
+            }
+            let batches: Vec<Result<(u64, Vec<u8>, u64, Vec<ChunkDigest>)>> = jobs
+                .into_par_iter()
+                .map(|(first_block, offset, mut buf)| {
+                    let read = source.read_at(offset, &mut buf)?;
+                    let digests = buf.chunks(bs as usize).map(digest_of).collect();
+                    Ok((first_block, buf, read, digests))
+                })
+                .collect();
+            for batch in batches {
+                let (first_block, buf, read, digests) = batch?;
+                self.stats.bytes_read += read;
+                let mut items = Vec::with_capacity(digests.len());
+                for (i, (digest, data)) in digests.iter().zip(buf.chunks(bs as usize)).enumerate() {
+                    let b = first_block + i as u64;
+                    // The reference only saves lookups here: if it cannot be read, do without.
+                    let reference_digest = match reference.as_mut().map(|r| r.digest_at(b)) {
+                        Some(Ok(d)) => d,
+                        Some(Err(_)) => {
+                            reference = None;
+                            None
+                        }
+                        None => None,
+                    };
+                    items.push(BlockItem {
+                        block: b,
+                        digest: *digest,
+                        data,
+                        reference: reference_digest,
+                    });
+                }
+                if let (Some(extents), Some(r)) = (drift_extents, reference.as_ref()) {
+                    self.find_drift(&items, extents, r);
+                }
+                self.store(&items)?;
+                for d in digests {
+                    self.push_digest(d)?;
+                }
+                progress.advance(buf.len() as u64);
+                pool.push(buf);
+            }
+        }
+        self.finish_partial_page()
+    }
+
+    fn find_drift(
+        &mut self,
+        items: &[BlockItem<'_>],
+        extents: &[(u64, u64)],
+        reference: &ReferenceManifest<'_>,
+    ) {
+        let bs = u64::from(self.block_size);
+        for it in items {
+            let Some(expected) = it.reference else {
+                continue;
+            };
+            let start = it.block * bs;
+            let len = it.data.len() as u64;
+            if expected == it.digest
+                || reference.block_len(it.block) != len
+                || overlaps(extents, start, start + len)
+            {
+                continue;
+            }
+            self.drift.blocks += 1;
+            if self.drift.offsets.len() < MAX_DRIFT_OFFSETS {
+                self.drift.offsets.push(start);
+            }
+        }
+    }
+
+    /// Stores the blocks' chunks that the store lacks. In a key backup, also reads back the
+    /// stored copy of every chunk the blocks reference and queues damaged ones for healing.
+    pub fn store(&mut self, items: &[BlockItem<'_>]) -> Result<()> {
+        let compression = self.repo.config().compression;
+        let mut seen = HashSet::new();
+        let mut candidates: Vec<&BlockItem<'_>> = Vec::new();
+        for it in items {
+            let d = it.digest;
+            if d.is_zero() {
+                self.stats.zero_blocks += 1;
+                continue;
+            }
+            // Known live through the reference (a key backup checks those too).
+            if !self.key && it.reference == Some(d) {
+                continue;
+            }
+            if self.session.is_pending(ObjectKind::Chunk, &d.0)
+                || !seen.insert(d)
+                || self.checked.contains(&d)
+            {
+                continue;
+            }
+            candidates.push(it);
+        }
+        let keys: Vec<[u8; 32]> = candidates.iter().map(|it| it.digest.0).collect();
+        let entries = self.repo.index().get_many(ObjectKind::Chunk, &keys)?;
+        let (known, new): (Vec<_>, Vec<_>) = candidates
+            .into_iter()
+            .zip(entries)
+            .partition(|(_, e)| e.is_some());
+        if self.key {
+            let backend = self.repo.backend();
+            let damaged: Vec<Result<Option<&BlockItem<'_>>>> = known
+                .par_iter()
+                .map(|(it, entry)| {
+                    let Some(entry) = entry else { return Ok(None) };
+                    match read_object(backend, ObjectKind::Chunk, &it.digest.0, entry) {
+                        Ok(_) => Ok(None),
+                        Err(
+                            Error::ObjectCorrupt { .. }
+                            | Error::ObjectMissing { .. }
+                            | Error::Io { .. }
+                            | Error::PackCorrupt { .. },
+                        ) => Ok(Some(*it)),
+                        Err(e) => Err(e),
+                    }
+                })
+                .collect();
+            for (it, _) in &known {
+                self.checked.insert(it.digest);
+            }
+            for d in damaged {
+                if let Some(it) = d? {
+                    let (info, stored) =
+                        encode_object(ObjectKind::Chunk, it.digest, it.data, compression);
+                    self.heal.push((info, stored.into_owned()));
+                }
+            }
+        }
+        let encoded: Vec<_> = new
+            .par_iter()
+            .map(|(it, _)| encode_object(ObjectKind::Chunk, it.digest, it.data, compression))
+            .collect();
+        for (info, stored) in &encoded {
+            if self.session.add(info, stored)? {
+                self.stats.new_chunks += 1;
+                self.stats.new_raw_bytes += u64::from(info.raw_len);
+                self.stats.new_stored_bytes += u64::from(info.stored_len);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one digest to the manifest, cutting a page when it is full.
+    pub fn push_digest(&mut self, digest: ChunkDigest) -> Result<()> {
+        self.page.push(digest);
+        if self.page.len() == self.repo.config().page_entries as usize {
+            self.finish_page()?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the last, partial page (if any).
+    pub fn finish_partial_page(&mut self) -> Result<()> {
+        if self.page.is_empty() {
+            Ok(())
+        } else {
+            self.finish_page()
+        }
+    }
+
+    /// Cuts the current page: names it, stores it if new, and records its references.
+    pub fn finish_page(&mut self) -> Result<()> {
+        let page = ManifestPage {
+            digests: std::mem::take(&mut self.page),
+        };
+        let (digest, bytes) = page.encode_with_digest();
+        if self.count_page(digest, || Ok(page.digests.clone()))? {
+            let (info, stored) = encode_object(
+                ObjectKind::Page,
+                ChunkDigest(digest.0),
+                &bytes,
+                self.repo.config().compression,
+            );
+            self.session.add(&info, &stored)?;
+        }
+        self.roots.push(digest);
+        Ok(())
+    }
+
+    /// Appends a page that already exists (the reference's, unchanged) to the root list.
+    pub fn push_existing_page(
+        &mut self,
+        digest: PageDigest,
+        digests: impl FnOnce() -> Result<Vec<ChunkDigest>>,
+    ) -> Result<()> {
+        if self.count_page(digest, digests)? {
+            return Err(Error::ObjectMissing {
+                kind: ObjectKind::Page,
+                digest: digest.to_hex(),
+            });
+        }
+        self.roots.push(digest);
+        Ok(())
+    }
+
+    /// Records one more reference to page `digest`; when the page becomes live with this
+    /// snapshot, its chunks gain a reference too. Returns whether the page must be stored
+    /// (neither in the index nor written in this session).
+    fn count_page(
+        &mut self,
+        digest: PageDigest,
+        digests: impl FnOnce() -> Result<Vec<ChunkDigest>>,
+    ) -> Result<bool> {
+        let first_in_backup = !self.refs.pages.contains_key(&digest);
+        *self.refs.pages.entry(digest).or_default() += 1;
+        if !first_in_backup {
+            return Ok(false);
+        }
+        let existing = self
+            .repo
+            .index()
+            .get_object(ObjectKind::Page, digest.as_bytes())?;
+        if existing.is_none_or(|e| e.refcount == 0) {
+            self.refs.add_chunks(&digests()?, 1);
+        }
+        Ok(existing.is_none() && !self.session.is_pending(ObjectKind::Page, digest.as_bytes()))
+    }
+}
+
+/// Whether `[start, end)` overlaps any of the sorted, disjoint `extents`.
+pub fn overlaps(extents: &[(u64, u64)], start: u64, end: u64) -> bool {
+    let i = extents.partition_point(|&(_, e)| e <= start);
+    extents.get(i).is_some_and(|&(s, _)| s < end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlaps;
+
+    #[test]
+    fn overlap_queries() {
+        let ex = [(10, 20), (30, 40)];
+        assert!(!overlaps(&ex, 0, 10));
+        assert!(overlaps(&ex, 0, 11));
+        assert!(overlaps(&ex, 19, 25));
+        assert!(!overlaps(&ex, 20, 30));
+        assert!(overlaps(&ex, 35, 36));
+        assert!(!overlaps(&ex, 40, 100));
+    }
+}
