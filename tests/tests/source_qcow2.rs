@@ -9,7 +9,11 @@
 //!   base that is larger than it, read in full through the chain; a missing backing file.
 //! - Refusals: encrypted, corrupt bit, external data file, broken L1/L2 offsets, truncated
 //!   file, garbled compressed payload, cluster_bits 40, a backing chain cycle: each a clear
-//!   message, exit code 1, and nothing stored.
+//!   message, a non-zero exit code, and nothing stored.
+//! - Deltas (`--reference`): each overlay of a chain is a delta that reads only what it
+//!   defines (exact `changed_bytes`); a wrong base (another file, or the base written after
+//!   its backup) is refused without storing anything, `--fallback-full` reads it in full; a
+//!   missing base cannot be proven, so the overlay is refused either way.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -77,14 +81,15 @@ impl Fx {
         v["disks"][0].clone()
     }
 
-    /// Asserts that backing up `image` fails with exit code 1 and `needle` in the message,
-    /// and that nothing was stored.
+    /// Asserts that backing up `image` fails with `needle` in the message, and that
+    /// nothing was stored.
     #[track_caller]
     fn assert_refused(&self, image: &Path, needle: &str) {
         let snaps = list_ids(&self.repo);
         let packs = pack_bytes(&self.repo);
         let out = self.backup_out("refused", image, &[]);
-        out.expect_code(1).stderr_has(needle);
+        assert_ne!(out.code, 0, "{out}");
+        out.stderr_has(needle);
         assert_eq!(list_ids(&self.repo), snaps, "a snapshot was stored: {out}");
         assert_eq!(pack_bytes(&self.repo), packs, "pack files changed: {out}");
     }
@@ -404,4 +409,116 @@ fn backing_chain_cycle_is_refused() {
     patch(&a, name_at, b"b");
     fx.assert_refused(&b, "cycle");
     fx.assert_refused(&a, "cycle");
+}
+
+// ---------------------------------------------------------------------------------------
+// Delta backups of overlays (--reference)
+// ---------------------------------------------------------------------------------------
+
+/// Backs up `image` with `--reference latest` in `series`, expecting `mode`; checks the
+/// restore against the oracle and returns the disk JSON.
+#[track_caller]
+fn reference_roundtrip(fx: &Fx, series: &str, image: &Path, mode: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["--reference", "latest"];
+    args.extend_from_slice(extra);
+    let v = fx.backup(series, image, &args);
+    let disk = v["disks"][0].clone();
+    assert_eq!(disk["mode"], mode, "{}: {disk}", image.display());
+    fx.assert_restores_as(&snapshot_id(&v), image, "qcow2");
+    disk
+}
+
+#[test]
+fn overlay_chain_backs_up_as_deltas() {
+    let fx = Fx::new();
+    let [base, ov1, ov2] = qcow2_chain(&fx);
+    let first = fx.full_roundtrip("chain", &base);
+    assert_eq!(first["mode"], "full", "{first}");
+
+    // ov1 (64 KiB clusters): data clusters 1, 30, 112, 113 and zero clusters 16, 17.
+    let d1 = reference_roundtrip(&fx, "chain", &ov1, "delta", &[]);
+    assert_eq!(u64_of(&d1, "changed_bytes"), 6 * 65536, "{d1}");
+    assert!(u64_of(&d1, "bytes_read") <= 4 * 65536, "{d1}");
+
+    // ov2 (extended L2, 2 KiB subclusters): 4 KiB data, 4 KiB zero, one 2 KiB subcluster
+    // around an unaligned 300-byte write, one whole cluster.
+    let d2 = reference_roundtrip(&fx, "chain", &ov2, "delta", &[]);
+    assert_eq!(u64_of(&d2, "changed_bytes"), 4096 + 4096 + 2048 + 65536, "{d2}");
+    assert!(u64_of(&d2, "bytes_read") <= 2048 + 4096 + 65536, "{d2}");
+    verify(&fx.repo).ok();
+}
+
+#[test]
+fn overlay_on_raw_base_backs_up_as_delta() {
+    let fx = Fx::new();
+    let base = fx.path("base.raw");
+    let mut gen = DataGen::new(seed("overlay_on_raw_base_backs_up_as_delta"));
+    make_image(&base, ImageSpec::mixed(6 * MIB), &mut gen);
+    let base_snapshot = snapshot_id(&fx.backup("raw", &base, &[]));
+    let ov = fx.path("ov.qcow2");
+    create(&ov, "6M", &["-b", "base.raw", "-F", "raw"]);
+    io(&ov, &["write -P 0x71 100000 50000", "write -z 2M 64k", "write -P 0x72 5M 10k"]);
+    let d = reference_roundtrip(&fx, "raw", &ov, "delta", &[]);
+    assert!(u64_of(&d, "bytes_read") < 6 * 65536, "{d}");
+
+    // A larger overlay on the same base: the size changed, so a key backup (full read).
+    let big = fx.path("big.qcow2");
+    create(&big, "9M", &["-b", "base.raw", "-F", "raw"]);
+    io(&big, &["write -P 0x73 8M 100k"]);
+    let v = fx.backup("raw", &big, &["--reference", &base_snapshot]);
+    assert_eq!(v["disks"][0]["mode"], "key", "{v}");
+    fx.assert_restores_as(&snapshot_id(&v), &big, "qcow2");
+}
+
+#[test]
+fn overlay_on_a_wrong_base_is_refused_unless_fallback_full() {
+    let fx = Fx::new();
+    let base1 = good_image(&fx, "base1.qcow2");
+    let base2 = good_image(&fx, "base2.qcow2");
+    fx.backup("s", &base1, &[]);
+
+    // An overlay on a different base.
+    let other = fx.path("other.qcow2");
+    create(&other, "4M", &["-b", "base2.qcow2", "-F", "qcow2"]);
+    io(&other, &["write -P 0x91 0 64k"]);
+    assert_wrong_base(&fx, &other, &base2);
+
+    // An overlay on base1, but base1 was written after its backup.
+    let ov = fx.path("ov.qcow2");
+    create(&ov, "4M", &["-b", "base1.qcow2", "-F", "qcow2"]);
+    io(&ov, &["write -P 0x92 64k 64k"]);
+    io(&base1, &["write -P 0x93 2M 64k"]);
+    assert_wrong_base(&fx, &ov, &base1);
+}
+
+/// `--reference latest` refuses `overlay` (whose base is `base`) and stores nothing;
+/// `--fallback-full` reads it in full.
+#[track_caller]
+fn assert_wrong_base(fx: &Fx, overlay: &Path, base: &Path) {
+    let snaps = list_ids(&fx.repo);
+    let packs = pack_bytes(&fx.repo);
+    let out = fx.backup_out("s", overlay, &["--reference", "latest"]);
+    out.expect_code(1)
+        .stderr_has("applies on")
+        .stderr_has(base.file_name().unwrap().to_str().unwrap())
+        .stderr_has("--fallback-full");
+    assert_eq!(list_ids(&fx.repo), snaps, "{out}");
+    assert_eq!(pack_bytes(&fx.repo), packs, "{out}");
+    let d = reference_roundtrip(fx, "s", overlay, "key", &["--fallback-full"]);
+    assert_eq!(u64_of(&d, "size"), 4 * MIB);
+}
+
+#[test]
+fn overlay_with_missing_base_is_refused_as_delta() {
+    let fx = Fx::new();
+    let [base, ov1, _] = qcow2_chain(&fx);
+    fx.backup("chain", &base, &[]);
+    fs::rename(&base, fx.path("moved.qcow2")).unwrap();
+    let snaps = list_ids(&fx.repo);
+    let out = fx.backup_out("chain", &ov1, &["--reference", "latest"]);
+    out.expect_code(1).stderr_has("base.qcow2");
+    assert_eq!(list_ids(&fx.repo), snaps, "{out}");
+    let out = fx.backup_out("chain", &ov1, &["--reference", "latest", "--fallback-full"]);
+    out.expect_code(1).stderr_has("base.qcow2");
+    assert_eq!(list_ids(&fx.repo), snaps, "{out}");
 }

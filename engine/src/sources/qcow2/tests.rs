@@ -149,3 +149,23 @@ fn absurd_header_fields_are_refused_without_allocating() {
     let err = src.err().expect("virtual size u64::MAX accepted").to_string();
     assert!(err.contains("L1 table"), "{err}");
 }
+
+#[test]
+fn missing_backing_file_reads_only_the_overlay() {
+    let (mut img, disk) = sample();
+    let name = b"missing.raw";
+    img[200..200 + name.len()].copy_from_slice(name);
+    put64(&mut img, 8, 200);
+    put32(&mut img, 16, name.len() as u32);
+    let (_dir, src) = open_bytes(&img);
+    let src = src.unwrap();
+    assert!(!src.reads_full());
+    let changes = src.changes().expect("an overlay is a delta");
+    assert_eq!(changes.extents, vec![(0, 4 * CS as u64)]);
+    assert!(changes.base_state.contains("missing.raw"), "{changes:?}");
+    let mut buf = vec![0u8; 4 * CS];
+    src.read_at(0, &mut buf).unwrap();
+    assert!(buf == disk[..4 * CS], "overlay clusters differ");
+    let err = src.read_at(4 * CS as u64, &mut [0u8; 512]).unwrap_err().to_string();
+    assert!(err.contains("missing.raw") && err.contains("missing"), "{err}");
+}
