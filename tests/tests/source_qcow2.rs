@@ -110,7 +110,9 @@ fn io(image: &Path, commands: &[&str]) {
 }
 
 fn u64_of(v: &Value, field: &str) -> u64 {
-    v[field].as_u64().unwrap_or_else(|| panic!("no {field} in {v}"))
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {v}"))
 }
 
 fn patch(image: &Path, offset: u64, bytes: &[u8]) {
@@ -142,14 +144,20 @@ const WRITES: &[&str] = &[
 #[test]
 fn written_v3_and_v2_images_restore_exactly() {
     let fx = Fx::new();
-    for (name, opts) in [("v3.qcow2", &[][..]), ("v2.qcow2", &["-o", "compat=0.10"][..])] {
+    for (name, opts) in [
+        ("v3.qcow2", &[][..]),
+        ("v2.qcow2", &["-o", "compat=0.10"][..]),
+    ] {
         let img = fx.path(name);
         create(&img, "8M", opts);
         io(&img, WRITES);
         let disk = fx.full_roundtrip(name, &img);
         assert_eq!(u64_of(&disk, "size"), 8 * MIB);
         let read = u64_of(&disk, "bytes_read");
-        assert!(read > 0 && read < 2 * MIB, "{name}: bytes_read {read} for a sparse 8 MiB image");
+        assert!(
+            read > 0 && read < 2 * MIB,
+            "{name}: bytes_read {read} for a sparse 8 MiB image"
+        );
     }
     verify(&fx.repo).ok();
 }
@@ -175,7 +183,10 @@ fn compressed_images_restore_exactly() {
         assert_same_file(&raw, &restored);
         let read = u64_of(&disk, "bytes_read");
         let file_len = fs::metadata(&img).unwrap().len();
-        assert!(read <= file_len, "{name}: read {read} bytes from a {file_len}-byte file");
+        assert!(
+            read <= file_len,
+            "{name}: read {read} bytes from a {file_len}-byte file"
+        );
     }
 }
 
@@ -198,7 +209,10 @@ fn extended_l2_subclusters_restore_exactly() {
     );
     let disk = fx.full_roundtrip("ext", &img);
     let read = u64_of(&disk, "bytes_read");
-    assert!(read < 256 * 1024, "bytes_read {read}: subclusters not allocated were read");
+    assert!(
+        read < 256 * 1024,
+        "bytes_read {read}: subclusters not allocated were read"
+    );
 }
 
 #[test]
@@ -254,7 +268,14 @@ fn qcow2_chain(fx: &Fx) -> [PathBuf; 3] {
     create(
         &ov2,
         "8M",
-        &["-b", "ov1.qcow2", "-F", "qcow2", "-o", "extended_l2=on,cluster_size=64k"],
+        &[
+            "-b",
+            "ov1.qcow2",
+            "-F",
+            "qcow2",
+            "-o",
+            "extended_l2=on,cluster_size=64k",
+        ],
     );
     io(
         &ov2,
@@ -286,7 +307,14 @@ fn overlay_on_a_smaller_raw_base_reads_zeros_beyond_it() {
     make_image(&base, ImageSpec::mixed(6 * MIB), &mut gen);
     let ov = fx.path("ov.qcow2");
     create(&ov, "9M", &["-b", base.to_str().unwrap(), "-F", "raw"]);
-    io(&ov, &["write -P 0x71 100k 50k", "write -z 2M 64k", "write -P 0x72 7M 10k"]);
+    io(
+        &ov,
+        &[
+            "write -P 0x71 100k 50k",
+            "write -z 2M 64k",
+            "write -P 0x72 7M 10k",
+        ],
+    );
     fx.full_roundtrip("raw-base", &ov);
 }
 
@@ -334,7 +362,11 @@ fn encrypted_corrupt_and_external_data_images_are_refused() {
 
     let ext = fx.path("ext.qcow2");
     let data = fx.path("ext.data");
-    create(&ext, "1M", &["-o", &format!("data_file={}", data.display())]);
+    create(
+        &ext,
+        "1M",
+        &["-o", &format!("data_file={}", data.display())],
+    );
     fx.assert_refused(&ext, "external data file");
 }
 
@@ -345,12 +377,20 @@ fn damaged_tables_and_truncation_are_refused() {
 
     let l2_out = good_image(&fx, "l2-out.qcow2");
     let l1 = l1_offset_of(&l2_out);
-    patch(&l2_out, l1, &(0x00ff_ffff_0000_0000u64 | 1 << 63).to_be_bytes());
+    patch(
+        &l2_out,
+        l1,
+        &(0x00ff_ffff_0000_0000u64 | 1 << 63).to_be_bytes(),
+    );
     fx.assert_refused(&l2_out, "L2 table offset");
 
     let l2_unaligned = good_image(&fx, "l2-unaligned.qcow2");
     let entry = read_be64(&l2_unaligned, l1_offset_of(&l2_unaligned));
-    patch(&l2_unaligned, l1_offset_of(&l2_unaligned), &(entry + 512).to_be_bytes());
+    patch(
+        &l2_unaligned,
+        l1_offset_of(&l2_unaligned),
+        &(entry + 512).to_be_bytes(),
+    );
     fx.assert_refused(&l2_unaligned, "not aligned");
 
     let l1_out = good_image(&fx, "l1-out.qcow2");
@@ -363,7 +403,12 @@ fn damaged_tables_and_truncation_are_refused() {
 
     let truncated = good_image(&fx, "truncated.qcow2");
     let len = fs::metadata(&truncated).unwrap().len();
-    OpenOptions::new().write(true).open(&truncated).unwrap().set_len(len / 2).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     fx.assert_refused(&truncated, "past the end of the file");
 }
 
@@ -386,7 +431,17 @@ fn garbled_compressed_payload_is_refused() {
     let mut gen = DataGen::new(seed("garbled_compressed_payload_is_refused"));
     make_image(&raw, ImageSpec::mixed(4 * MIB), &mut gen);
     let img = fx.path("c.qcow2");
-    qemu_img(&["convert", "-q", "-c", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), img.to_str().unwrap()]);
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
     let payload = first_compressed_payload(&img);
     // 0xff: final block of the invalid deflate block type 3.
     patch(&img, payload, &[0xff; 16]);
@@ -443,7 +498,11 @@ fn overlay_chain_backs_up_as_deltas() {
     // ov2 (extended L2, 2 KiB subclusters): 4 KiB data, 4 KiB zero, one 2 KiB subcluster
     // around an unaligned 300-byte write, one whole cluster.
     let d2 = reference_roundtrip(&fx, "chain", &ov2, "delta", &[]);
-    assert_eq!(u64_of(&d2, "changed_bytes"), 4096 + 4096 + 2048 + 65536, "{d2}");
+    assert_eq!(
+        u64_of(&d2, "changed_bytes"),
+        4096 + 4096 + 2048 + 65536,
+        "{d2}"
+    );
     assert!(u64_of(&d2, "bytes_read") <= 2048 + 4096 + 65536, "{d2}");
     verify(&fx.repo).ok();
 }
@@ -457,7 +516,14 @@ fn overlay_on_raw_base_backs_up_as_delta() {
     let base_snapshot = snapshot_id(&fx.backup("raw", &base, &[]));
     let ov = fx.path("ov.qcow2");
     create(&ov, "6M", &["-b", "base.raw", "-F", "raw"]);
-    io(&ov, &["write -P 0x71 100000 50000", "write -z 2M 64k", "write -P 0x72 5M 10k"]);
+    io(
+        &ov,
+        &[
+            "write -P 0x71 100000 50000",
+            "write -z 2M 64k",
+            "write -P 0x72 5M 10k",
+        ],
+    );
     let d = reference_roundtrip(&fx, "raw", &ov, "delta", &[]);
     assert!(u64_of(&d, "bytes_read") < 6 * 65536, "{d}");
 

@@ -82,7 +82,12 @@ pub fn resolve(image: &Path, name: &str) -> PathBuf {
 
 /// Opens the backing file `name` of `image`. `chain` holds the canonical paths of the
 /// images above it, `image` included.
-pub fn open(image: &Path, name: &str, recorded_format: Option<&str>, chain: &mut Vec<PathBuf>) -> Result<Backing> {
+pub fn open(
+    image: &Path,
+    name: &str,
+    recorded_format: Option<&str>,
+    chain: &mut Vec<PathBuf>,
+) -> Result<Backing> {
     if name.starts_with("json:") {
         return Err(bad_image(image, format!("the backing file name {name:?} is a qemu JSON specification, not a file; rebase the image onto a file path")));
     }
@@ -111,7 +116,11 @@ pub fn open(image: &Path, name: &str, recorded_format: Option<&str>, chain: &mut
         SourceFormat::Vhd => ("vpc", Box::new(VhdSource::open(&path)?)),
         SourceFormat::Raw | SourceFormat::Auto => ("raw", Box::new(RawSource::open(&path)?)),
     };
-    Ok(Backing::Present { path, format, source })
+    Ok(Backing::Present {
+        path,
+        format,
+        source,
+    })
 }
 
 /// Adds `path` to the chain, refusing cycles and chains that are too deep.
@@ -122,10 +131,20 @@ pub fn enter_chain(path: &Path, chain: &mut Vec<PathBuf>) -> Result<()> {
     })?;
     if chain.contains(&canonical) {
         let names: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
-        return Err(bad_image(path, format!("the backing chain has a cycle: {} → {}", names.join(" → "), canonical.display())));
+        return Err(bad_image(
+            path,
+            format!(
+                "the backing chain has a cycle: {} → {}",
+                names.join(" → "),
+                canonical.display()
+            ),
+        ));
     }
     if chain.len() >= MAX_DEPTH {
-        return Err(bad_image(path, format!("the backing chain is deeper than {MAX_DEPTH} images")));
+        return Err(bad_image(
+            path,
+            format!("the backing chain is deeper than {MAX_DEPTH} images"),
+        ));
     }
     chain.push(canonical);
     Ok(())

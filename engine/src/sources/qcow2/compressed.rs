@@ -11,7 +11,11 @@ use std::io::Read;
 use super::header::Compression;
 
 /// Inflates `payload` into exactly `cluster_size` bytes.
-pub fn inflate_cluster(kind: Compression, payload: &[u8], cluster_size: usize) -> Result<Vec<u8>, String> {
+pub fn inflate_cluster(
+    kind: Compression,
+    payload: &[u8],
+    cluster_size: usize,
+) -> Result<Vec<u8>, String> {
     let mut out = vec![0u8; cluster_size];
     match kind {
         Compression::Deflate => {

@@ -100,7 +100,13 @@ fn be64(h: &[u8; HEADER_READ], at: usize) -> u64 {
 }
 
 /// Reads `len` bytes at `offset`, refusing ranges past `file_len`.
-fn read_range(file: &File, file_len: u64, offset: u64, len: u64, what: &str) -> Result<Vec<u8>, String> {
+fn read_range(
+    file: &File,
+    file_len: u64,
+    offset: u64,
+    len: u64,
+    what: &str,
+) -> Result<Vec<u8>, String> {
     let end = offset
         .checked_add(len)
         .filter(|&e| e <= file_len)
@@ -125,15 +131,21 @@ pub fn parse(file: &File, file_len: u64) -> Result<Header, String> {
         .map_err(|e| format!("reading the header: {e}"))?;
     let magic = be32(&h, 0);
     if magic != MAGIC {
-        return Err(format!("bad magic {magic:#010x} at offset 0 (expected 0x514649fb, \"QFI\\xfb\")"));
+        return Err(format!(
+            "bad magic {magic:#010x} at offset 0 (expected 0x514649fb, \"QFI\\xfb\")"
+        ));
     }
     let version = be32(&h, 4);
     if version != 2 && version != 3 {
-        return Err(format!("version {version} at offset 4 is not supported (2 or 3)"));
+        return Err(format!(
+            "version {version} at offset 4 is not supported (2 or 3)"
+        ));
     }
     let cluster_bits = be32(&h, 20);
     if !(9..=21).contains(&cluster_bits) {
-        return Err(format!("cluster_bits {cluster_bits} at offset 20 is out of range (9..=21)"));
+        return Err(format!(
+            "cluster_bits {cluster_bits} at offset 20 is out of range (9..=21)"
+        ));
     }
     let cluster_size = 1u64 << cluster_bits;
     let crypt_method = be32(&h, 32);
@@ -147,7 +159,10 @@ pub fn parse(file: &File, file_len: u64) -> Result<Header, String> {
             return Err(format!("the file is {file_len} bytes, shorter than the {V3_HEADER_LEN}-byte version 3 header"));
         }
         let len = be32(&h, 100);
-        if len < V3_HEADER_LEN || len % 8 != 0 || u64::from(len) > cluster_size.min(file_len) {
+        if len < V3_HEADER_LEN
+            || !len.is_multiple_of(8)
+            || u64::from(len) > cluster_size.min(file_len)
+        {
             return Err(format!("header_length {len} at offset 100 is invalid (at least {V3_HEADER_LEN}, a multiple of 8, inside the first cluster and the file)"));
         }
         let compression = if len > V3_HEADER_LEN { h[104] } else { 0 };
@@ -160,7 +175,14 @@ pub fn parse(file: &File, file_len: u64) -> Result<Header, String> {
     let l1_size = u64::from(be32(&h, 36));
     let l1_table_offset = be64(&h, 40);
     let l2_entries = cluster_size / if extended_l2 { 16 } else { 8 };
-    let l1_entries = check_l1(size, l1_size, l1_table_offset, cluster_size, l2_entries, file_len)?;
+    let l1_entries = check_l1(
+        size,
+        l1_size,
+        l1_table_offset,
+        cluster_size,
+        l2_entries,
+        file_len,
+    )?;
 
     let backing_offset = be64(&h, 8);
     let backing_file = read_backing_name(file, file_len, backing_offset, be32(&h, 16))?;
@@ -185,7 +207,11 @@ pub fn parse(file: &File, file_len: u64) -> Result<Header, String> {
     })
 }
 
-fn check_features(features: u64, compression_byte: u8, cluster_bits: u32) -> Result<Compression, String> {
+fn check_features(
+    features: u64,
+    compression_byte: u8,
+    cluster_bits: u32,
+) -> Result<Compression, String> {
     let unknown = features & !INCOMPAT_KNOWN;
     if unknown != 0 {
         return Err(format!("unknown incompatible feature bits {unknown:#x} (incompatible_features {features:#x} at offset 72)"));
@@ -203,8 +229,12 @@ fn check_features(features: u64, compression_byte: u8, cluster_bits: u32) -> Res
     match (typed, compression_byte) {
         (false, 0) => Ok(Compression::Deflate),
         (true, 1) => Ok(Compression::Zstd),
-        (false, t) => Err(format!("compression_type {t} at offset 104 without incompatible feature bit 3")),
-        (true, t) => Err(format!("compression_type {t} at offset 104 is not supported (1 = zstd with feature bit 3)")),
+        (false, t) => Err(format!(
+            "compression_type {t} at offset 104 without incompatible feature bit 3"
+        )),
+        (true, t) => Err(format!(
+            "compression_type {t} at offset 104 is not supported (1 = zstd with feature bit 3)"
+        )),
     }
 }
 
@@ -223,9 +253,11 @@ fn check_l1(
         return Err(format!("the L1 table has {l1_size} entries (l1_size at offset 36) but the virtual size {size} needs {needed}"));
     }
     if l1_size * 8 > MAX_L1_BYTES {
-        return Err(format!("l1_size {l1_size} at offset 36 exceeds the {MAX_L1_BYTES}-byte L1 limit"));
+        return Err(format!(
+            "l1_size {l1_size} at offset 36 exceeds the {MAX_L1_BYTES}-byte L1 limit"
+        ));
     }
-    if offset % cluster_size != 0 && l1_size > 0 {
+    if !offset.is_multiple_of(cluster_size) && l1_size > 0 {
         return Err(format!("l1_table_offset {offset:#x} at offset 40 is not aligned to the {cluster_size}-byte cluster"));
     }
     let end = offset.checked_add(needed * 8);
@@ -235,21 +267,39 @@ fn check_l1(
     Ok(needed)
 }
 
-fn read_backing_name(file: &File, file_len: u64, offset: u64, len: u32) -> Result<Option<String>, String> {
+fn read_backing_name(
+    file: &File,
+    file_len: u64,
+    offset: u64,
+    len: u32,
+) -> Result<Option<String>, String> {
     if offset == 0 {
         return Ok(None);
     }
     if len == 0 || len > MAX_BACKING_NAME {
-        return Err(format!("backing_file_size {len} at offset 16 is out of range (1..={MAX_BACKING_NAME})"));
+        return Err(format!(
+            "backing_file_size {len} at offset 16 is out of range (1..={MAX_BACKING_NAME})"
+        ));
     }
-    let bytes = read_range(file, file_len, offset, u64::from(len), "the backing file name")?;
+    let bytes = read_range(
+        file,
+        file_len,
+        offset,
+        u64::from(len),
+        "the backing file name",
+    )?;
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|_| format!("the backing file name at offset {offset} is not UTF-8"))
 }
 
 /// Walks the header extensions; returns the backing format name if present.
-fn read_extensions(file: &File, file_len: u64, start: u64, end: u64) -> Result<Option<String>, String> {
+fn read_extensions(
+    file: &File,
+    file_len: u64,
+    start: u64,
+    end: u64,
+) -> Result<Option<String>, String> {
     if start >= end {
         return Ok(None);
     }
@@ -266,8 +316,9 @@ fn read_extensions(file: &File, file_len: u64, start: u64, end: u64) -> Result<O
             format!("header extension {kind:#010x} at offset {pos} ({len} bytes) runs past the extension area (which ends at offset {end})")
         })?;
         if kind == EXT_BACKING_FORMAT {
-            let name = std::str::from_utf8(data)
-                .map_err(|_| format!("the backing format extension at offset {pos} is not UTF-8"))?;
+            let name = std::str::from_utf8(data).map_err(|_| {
+                format!("the backing format extension at offset {pos} is not UTF-8")
+            })?;
             backing_format = Some(name.to_string());
         }
         pos += 8 + len.div_ceil(8) * 8;

@@ -98,8 +98,13 @@ impl Qcow2Source {
         };
         let defined = source.defined_extents()?;
         if let Some(name) = source.header.backing_file.clone() {
-            source.backing = backing::open(path, &name, source.header.backing_format.as_deref(), chain)?;
-            let base = source.backing.path().unwrap_or(Path::new(&name)).to_path_buf();
+            source.backing =
+                backing::open(path, &name, source.header.backing_format.as_deref(), chain)?;
+            let base = source
+                .backing
+                .path()
+                .unwrap_or(Path::new(&name))
+                .to_path_buf();
             let base_state = match &source.backing {
                 // The base cannot be fingerprinted: no reference snapshot can match it.
                 Backing::Missing { .. } => format!("missing-backing-file:{}", base.display()),
@@ -116,11 +121,15 @@ impl Qcow2Source {
 
     /// The L2 table at `offset`, from the cache or the file.
     fn l2_table(&self, offset: u64) -> Result<std::sync::Arc<Vec<u64>>> {
-        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(t) = cache.get(offset) {
             return Ok(t);
         }
-        let table = table::read_l2(&self.file, &self.geo, offset).map_err(|r| bad_image(&self.path, r))?;
+        let table =
+            table::read_l2(&self.file, &self.geo, offset).map_err(|r| bad_image(&self.path, r))?;
         cache.insert(offset, table.clone());
         Ok(table)
     }
@@ -146,7 +155,13 @@ impl Qcow2Source {
         };
         self.geo.decode(word, bitmap).map_err(|r| {
             let at = l2_offset + index as u64 * 8;
-            bad_image(&self.path, format!("guest offset {}: L2 entry at file offset {at:#x}: {r}", cluster << self.geo.cluster_bits))
+            bad_image(
+                &self.path,
+                format!(
+                    "guest offset {}: L2 entry at file offset {at:#x}: {r}",
+                    cluster << self.geo.cluster_bits
+                ),
+            )
         })
     }
 
@@ -166,7 +181,8 @@ impl Qcow2Source {
             if l2_offset == 0 {
                 continue;
             }
-            let t = table::read_l2(&self.file, &self.geo, l2_offset).map_err(|r| bad_image(&self.path, r))?;
+            let t = table::read_l2(&self.file, &self.geo, l2_offset)
+                .map_err(|r| bad_image(&self.path, r))?;
             for j in 0..per {
                 let cluster = i as u64 * per + j;
                 let start = cluster << cb;
@@ -204,14 +220,19 @@ impl Qcow2Source {
 fn read_l1(file: &File, h: &Header, file_len: u64) -> Result<Vec<u64>, String> {
     let mut bytes = vec![0u8; (h.l1_entries * 8) as usize];
     file.read_exact_at(&mut bytes, h.l1_table_offset)
-        .map_err(|e| format!("reading the L1 table at offset {:#x}: {e}", h.l1_table_offset))?;
+        .map_err(|e| {
+            format!(
+                "reading the L1 table at offset {:#x}: {e}",
+                h.l1_table_offset
+            )
+        })?;
     let cs = h.cluster_size();
     let mut l1 = Vec::with_capacity(h.l1_entries as usize);
     for (i, raw) in bytes.chunks_exact(8).enumerate() {
         let entry = u64::from_be_bytes(raw.try_into().unwrap_or([0; 8]));
         let offset = entry & OFFSET_MASK;
         let at = h.l1_table_offset + i as u64 * 8;
-        if offset % cs != 0 {
+        if !offset.is_multiple_of(cs) {
             return Err(format!("L1 entry {i} at file offset {at:#x}: L2 table offset {offset:#x} is not aligned to the {cs}-byte cluster"));
         }
         if offset != 0 && offset.checked_add(cs).is_none_or(|e| e > file_len) {
@@ -238,7 +259,10 @@ impl BlockSource for Qcow2Source {
             ("source.path".into(), path.display().to_string()),
             ("source.size".into(), self.header.size.to_string()),
             ("qcow2.version".into(), self.header.version.to_string()),
-            ("qcow2.cluster_size".into(), self.geo.cluster_size().to_string()),
+            (
+                "qcow2.cluster_size".into(),
+                self.geo.cluster_size().to_string(),
+            ),
         ];
         if let Ok(token) = file_state_token(&self.path) {
             id.push((STATE_KEY.into(), token));

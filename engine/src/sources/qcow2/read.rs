@@ -22,15 +22,22 @@ enum Run {
 /// `buf[guest - base ..][..len]`.
 fn slice(buf: &mut [u8], base: u64, guest: u64, len: u64) -> Result<&mut [u8]> {
     let lo = (guest - base) as usize;
-    buf.get_mut(lo..lo + len as usize)
-        .ok_or_else(|| Error::InvalidArgument(format!("qcow2 read piece {guest}+{len} outside the buffer")))
+    buf.get_mut(lo..lo + len as usize).ok_or_else(|| {
+        Error::InvalidArgument(format!("qcow2 read piece {guest}+{len} outside the buffer"))
+    })
 }
 
 pub fn read_at(src: &Qcow2Source, offset: u64, buf: &mut [u8]) -> Result<u64> {
     let end = offset
         .checked_add(buf.len() as u64)
         .filter(|&e| e <= src.header.size)
-        .ok_or_else(|| Error::InvalidArgument(format!("read of {} bytes at {offset} is outside the {}-byte qcow2 disk", buf.len(), src.header.size)))?;
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "read of {} bytes at {offset} is outside the {}-byte qcow2 disk",
+                buf.len(),
+                src.header.size
+            ))
+        })?;
     let cb = src.geo.cluster_bits;
     let ub = src.geo.unit_bits();
     let mut run: Option<Run> = None;
@@ -49,16 +56,31 @@ pub fn read_at(src: &Qcow2Source, offset: u64, buf: &mut [u8]) -> Result<u64> {
                 Mapping::Data(host_cluster) => {
                     let host = host_cluster + (pos - cluster_start);
                     run = match run {
-                        Some(Run::Data { guest, host: h, len: l }) if h + l == host => Some(Run::Data { guest, host: h, len: l + len }),
+                        Some(Run::Data {
+                            guest,
+                            host: h,
+                            len: l,
+                        }) if h + l == host => Some(Run::Data {
+                            guest,
+                            host: h,
+                            len: l + len,
+                        }),
                         other => {
                             read += flush(src, other, offset, buf)?;
-                            Some(Run::Data { guest: pos, host, len })
+                            Some(Run::Data {
+                                guest: pos,
+                                host,
+                                len,
+                            })
                         }
                     };
                 }
                 Mapping::Backing => {
                     run = match run {
-                        Some(Run::Backing { guest, len: l }) => Some(Run::Backing { guest, len: l + len }),
+                        Some(Run::Backing { guest, len: l }) => Some(Run::Backing {
+                            guest,
+                            len: l + len,
+                        }),
                         other => {
                             read += flush(src, other, offset, buf)?;
                             Some(Run::Backing { guest: pos, len })
@@ -74,7 +96,9 @@ pub fn read_at(src: &Qcow2Source, offset: u64, buf: &mut [u8]) -> Result<u64> {
                     let data = inflate(src, cluster_start, host, payload)?;
                     let from = (pos - cluster_start) as usize;
                     let bytes = data.get(from..from + len as usize).ok_or_else(|| {
-                        Error::InvalidArgument(format!("qcow2 read piece {pos}+{len} outside its cluster"))
+                        Error::InvalidArgument(format!(
+                            "qcow2 read piece {pos}+{len} outside its cluster"
+                        ))
                     })?;
                     slice(buf, offset, pos, len)?.copy_from_slice(bytes);
                     read += payload.min(src.geo.file_len - host);
@@ -100,7 +124,9 @@ fn flush(src: &Qcow2Source, run: Option<Run>, base: u64, buf: &mut [u8]) -> Resu
                 .map_err(|e| src.source_err(e))?;
             Ok(len)
         }
-        Some(Run::Backing { guest, len }) => read_backing(src, guest, slice(buf, base, guest, len)?),
+        Some(Run::Backing { guest, len }) => {
+            read_backing(src, guest, slice(buf, base, guest, len)?)
+        }
     }
 }
 
@@ -135,7 +161,9 @@ fn inflate(src: &Qcow2Source, guest: u64, host: u64, payload: u64) -> Result<Vec
     // The payload's last sector may be cut short by the end of the file.
     let len = payload.min(src.geo.file_len - host);
     let mut bytes = vec![0u8; len as usize];
-    src.file.read_exact_at(&mut bytes, host).map_err(|e| src.source_err(e))?;
+    src.file
+        .read_exact_at(&mut bytes, host)
+        .map_err(|e| src.source_err(e))?;
     compressed::inflate_cluster(src.header.compression, &bytes, src.geo.cluster_size() as usize)
         .map_err(|r| bad_image(&src.path, format!("guest offset {guest}: compressed cluster at file offset {host:#x} ({payload} bytes): {r}")))
 }

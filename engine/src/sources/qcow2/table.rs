@@ -136,7 +136,9 @@ impl Geometry {
         if !self.extended_l2 {
             if word & ZERO_FLAG != 0 {
                 if self.version < 3 {
-                    return Err(format!("entry {word:#018x} has the zero flag, which version 2 images do not have"));
+                    return Err(format!(
+                        "entry {word:#018x} has the zero flag, which version 2 images do not have"
+                    ));
                 }
                 return Ok(ClusterMap::Whole(Mapping::Zero));
             }
@@ -149,7 +151,10 @@ impl Geometry {
         let alloc = bitmap as u32;
         let zero = (bitmap >> 32) as u32;
         if alloc & zero != 0 {
-            return Err(format!("subcluster bitmap {bitmap:#018x} marks subclusters {:#x} both allocated and zero", alloc & zero));
+            return Err(format!(
+                "subcluster bitmap {bitmap:#018x} marks subclusters {:#x} both allocated and zero",
+                alloc & zero
+            ));
         }
         if alloc != 0 {
             if host == 0 {
@@ -161,11 +166,17 @@ impl Geometry {
     }
 
     fn check_host(&self, host: u64) -> Result<(), String> {
-        if host % self.cluster_size() != 0 {
-            return Err(format!("data cluster offset {host:#x} is not aligned to the {}-byte cluster", self.cluster_size()));
+        if !host.is_multiple_of(self.cluster_size()) {
+            return Err(format!(
+                "data cluster offset {host:#x} is not aligned to the {}-byte cluster",
+                self.cluster_size()
+            ));
         }
         if host >= self.file_len {
-            return Err(format!("data cluster offset {host:#x} lies past the end of the file ({} bytes)", self.file_len));
+            return Err(format!(
+                "data cluster offset {host:#x} lies past the end of the file ({} bytes)",
+                self.file_len
+            ));
         }
         Ok(())
     }

@@ -35,9 +35,9 @@ fn sample() -> (Vec<u8>, Vec<u8>) {
     put64(&mut img, 40, CS as u64);
     put32(&mut img, 96, 4);
     put32(&mut img, 100, 104);
-    put64(&mut img, CS, 2 * CS as u64 | super::table::COPIED);
+    put64(&mut img, CS, (2 * CS as u64) | super::table::COPIED);
     let l2 = 2 * CS;
-    put64(&mut img, l2, 3 * CS as u64 | super::table::COPIED);
+    put64(&mut img, l2, (3 * CS as u64) | super::table::COPIED);
     put64(&mut img, l2 + 8, super::table::ZERO_FLAG);
     // Compressed: x = 62 - (9 - 8) = 61; one sector → field 0.
     put64(&mut img, l2 + 16, (1 << 62) | (4 * CS) as u64);
@@ -101,13 +101,17 @@ fn random_mutations_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for _ in 0..1500 {
         let mut m = img.clone();
-        for _ in 0..1 + rng.next() % 6 {
+        for _ in 0..=rng.next() % 6 {
             // Mostly the metadata clusters (header, L1, L2), sometimes anywhere.
-            let span = if rng.next() % 4 == 0 { m.len() } else { 3 * CS };
+            let span = if rng.next().is_multiple_of(4) {
+                m.len()
+            } else {
+                3 * CS
+            };
             let at = (rng.next() % span as u64) as usize;
             m[at] = rng.next() as u8;
         }
-        if rng.next() % 8 == 0 {
+        if rng.next().is_multiple_of(8) {
             m.truncate((rng.next() % m.len() as u64) as usize);
         }
         let (_dir, src) = open_bytes(&m);
@@ -120,12 +124,12 @@ fn random_mutations_never_panic() {
 #[test]
 fn random_bytes_never_panic() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
-    for i in 0..300 {
+    for i in 0..300u32 {
         let len = (rng.next() % 4096) as usize;
         let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        if i % 2 == 0 && len >= 8 {
+        if i.is_multiple_of(2) && len >= 8 {
             bytes[..4].copy_from_slice(b"QFI\xfb");
-            bytes[4..8].copy_from_slice(&(2 + (i as u32 % 2)).to_be_bytes());
+            bytes[4..8].copy_from_slice(&(2 + i % 2).to_be_bytes());
         }
         let (_dir, src) = open_bytes(&bytes);
         if let Ok(src) = src {
@@ -137,16 +141,19 @@ fn random_bytes_never_panic() {
 #[test]
 fn absurd_header_fields_are_refused_without_allocating() {
     let (img, _) = sample();
-    for (at, value) in [(36usize, u32::MAX as u64), (20, 40), (32, 2)] {
+    for (at, value) in [(36usize, u32::MAX), (20, 40), (32, 2)] {
         let mut m = img.clone();
-        put32(&mut m, at, value as u32);
+        put32(&mut m, at, value);
         let (_dir, src) = open_bytes(&m);
         assert!(src.is_err(), "field at {at} = {value} accepted");
     }
     let mut m = img.clone();
     put64(&mut m, 24, u64::MAX);
     let (_dir, src) = open_bytes(&m);
-    let err = src.err().expect("virtual size u64::MAX accepted").to_string();
+    let err = src
+        .err()
+        .expect("virtual size u64::MAX accepted")
+        .to_string();
     assert!(err.contains("L1 table"), "{err}");
 }
 
@@ -166,6 +173,12 @@ fn missing_backing_file_reads_only_the_overlay() {
     let mut buf = vec![0u8; 4 * CS];
     src.read_at(0, &mut buf).unwrap();
     assert!(buf == disk[..4 * CS], "overlay clusters differ");
-    let err = src.read_at(4 * CS as u64, &mut [0u8; 512]).unwrap_err().to_string();
-    assert!(err.contains("missing.raw") && err.contains("missing"), "{err}");
+    let err = src
+        .read_at(4 * CS as u64, &mut [0u8; 512])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing.raw") && err.contains("missing"),
+        "{err}"
+    );
 }
