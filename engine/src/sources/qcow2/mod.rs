@@ -228,6 +228,7 @@ fn read_l1(file: &File, h: &Header, file_len: u64) -> Result<Vec<u64>, String> {
         })?;
     let cs = h.cluster_size();
     let mut l1 = Vec::with_capacity(h.l1_entries as usize);
+    let mut seen = std::collections::HashSet::new();
     for (i, raw) in bytes.chunks_exact(8).enumerate() {
         let entry = u64::from_be_bytes(raw.try_into().unwrap_or([0; 8]));
         let offset = entry & OFFSET_MASK;
@@ -237,6 +238,11 @@ fn read_l1(file: &File, h: &Header, file_len: u64) -> Result<Vec<u64>, String> {
         }
         if offset != 0 && offset.checked_add(cs).is_none_or(|e| e > file_len) {
             return Err(format!("L1 entry {i} at file offset {at:#x}: L2 table offset {offset:#x} lies past the end of the file ({file_len} bytes)"));
+        }
+        // One L2 table per L1 entry: this bounds the opening scan (and the extents it
+        // collects) by the file size, whatever l1_size claims.
+        if offset != 0 && !seen.insert(offset) {
+            return Err(format!("L1 entry {i} at file offset {at:#x}: L2 table offset {offset:#x} is used by an earlier L1 entry too"));
         }
         l1.push(offset);
     }

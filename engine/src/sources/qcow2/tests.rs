@@ -182,3 +182,15 @@ fn missing_backing_file_reads_only_the_overlay() {
         "{err}"
     );
 }
+
+#[test]
+fn an_l2_table_shared_by_two_l1_entries_is_refused() {
+    let (mut img, _) = sample();
+    // Two L1 entries (the disk grows to two L2 tables' worth) naming the same table.
+    put64(&mut img, 24, 2 * 64 * CS as u64);
+    put32(&mut img, 36, 2);
+    put64(&mut img, CS + 8, 2 * CS as u64);
+    let (_dir, src) = open_bytes(&img);
+    let err = src.err().expect("shared L2 table accepted").to_string();
+    assert!(err.contains("used by an earlier L1 entry"), "{err}");
+}
