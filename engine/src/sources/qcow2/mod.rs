@@ -110,9 +110,14 @@ impl Qcow2Source {
                 Backing::Missing { .. } => format!("missing-backing-file:{}", base.display()),
                 _ => file_state_token(&base)?,
             };
+            let missing = if matches!(source.backing, Backing::Missing { .. }) {
+                " (missing, so its state cannot be checked)"
+            } else {
+                ""
+            };
             source.changes = Some(Changes {
                 base_state,
-                base_description: format!("backing file {}", base.display()),
+                base_description: format!("backing file {}{missing}", base.display()),
                 extents: defined,
             });
         }
