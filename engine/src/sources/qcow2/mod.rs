@@ -2,14 +2,14 @@
 //! SPEC.md §19).
 //!
 //! Opening reads and checks the header ([`header`]), the L1 table and every L2 table it
-//! points to ([`table`]), so a malformed image is refused before anything is read, and
+//! points to ([`scan`], entries decoded by [`table`]), so a malformed image is refused before anything is read, and
 //! collects the guest ranges this image defines itself: data, zero and compressed clusters
 //! (per subcluster with extended L2). For an image with a backing file those ranges are
 //! its [`Changes`] against the backing file, whose state token
 //! ([`file_state_token`]) is the base state; everything else reads from the backing chain
 //! ([`backing`]). An image without a backing file is a plain full source.
 //!
-//! Reads go cluster by cluster: data clusters are read where they are stored (adjacent ones
+//! Reads ([`read`]) go cluster by cluster: data clusters are read where they are stored (adjacent ones
 //! in one call), zero clusters are filled, compressed clusters are inflated
 //! ([`compressed`]), the rest is read from the backing file (zeros beyond its size or
 //! without one). L2 tables are cached (bounded) behind a mutex; file reads use positioned
@@ -19,21 +19,21 @@ mod backing;
 mod compressed;
 pub(crate) mod header;
 mod read;
+mod scan;
 pub(crate) mod table;
 #[cfg(test)]
 mod tests;
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use backing::Backing;
 use header::Header;
-use table::{ClusterMap, Geometry, L2Cache, OFFSET_MASK};
+use table::{ClusterMap, Geometry, L2Cache};
 
 use crate::error::{Error, Result};
-use crate::sources::{file_state_token, normalize_extents, BlockSource, Changes, STATE_KEY};
+use crate::sources::{file_state_token, BlockSource, Changes, STATE_KEY};
 
 /// An `Error::BadImage` for the qcow2 image at `path`.
 pub(crate) fn bad_image(path: &Path, reason: impl Into<String>) -> Error {
@@ -71,13 +71,10 @@ impl Qcow2Source {
             path: path.to_path_buf(),
             source: e,
         })?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| Error::Source {
-                path: path.to_path_buf(),
-                source: e,
-            })?
-            .len();
+        let file_len = image_len(&file).map_err(|e| Error::Source {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         let header = header::parse(&file, file_len).map_err(|r| bad_image(path, r))?;
         let geo = Geometry {
             cluster_bits: header.cluster_bits,
@@ -85,7 +82,7 @@ impl Qcow2Source {
             version: header.version,
             file_len,
         };
-        let l1 = read_l1(&file, &header, file_len).map_err(|r| bad_image(path, r))?;
+        let l1 = scan::read_l1(&file, &header, file_len).map_err(|r| bad_image(path, r))?;
         let mut source = Self {
             path: path.to_path_buf(),
             file,
@@ -96,7 +93,7 @@ impl Qcow2Source {
             changes: None,
             header,
         };
-        let defined = source.defined_extents()?;
+        let defined = scan::defined_extents(&source)?;
         if let Some(name) = source.header.backing_file.clone() {
             source.backing =
                 backing::open(path, &name, source.header.backing_format.as_deref(), chain)?;
@@ -170,49 +167,6 @@ impl Qcow2Source {
         })
     }
 
-    /// Checks every L2 entry that maps the virtual size; returns the normalized guest
-    /// ranges this image defines itself.
-    fn defined_extents(&self) -> Result<Vec<(u64, u64)>> {
-        let size = self.header.size;
-        let per = self.geo.l2_entries();
-        let cb = self.geo.cluster_bits;
-        let ub = self.geo.unit_bits();
-        let mut extents: Vec<(u64, u64)> = Vec::new();
-        let mut push = |s: u64, e: u64| match extents.last_mut() {
-            Some(last) if last.1 == s => last.1 = e,
-            _ => extents.push((s, e)),
-        };
-        for (i, &l2_offset) in self.l1.iter().enumerate() {
-            if l2_offset == 0 {
-                continue;
-            }
-            let t = table::read_l2(&self.file, &self.geo, l2_offset)
-                .map_err(|r| bad_image(&self.path, r))?;
-            for j in 0..per {
-                let cluster = i as u64 * per + j;
-                let start = cluster << cb;
-                if start >= size {
-                    break;
-                }
-                match self.decode_entry(&t, l2_offset, cluster)? {
-                    ClusterMap::Whole(table::Mapping::Backing) => {}
-                    ClusterMap::Whole(_) => push(start, (start + (1 << cb)).min(size)),
-                    ClusterMap::Sub { alloc, zero, .. } => {
-                        for sub in 0..table::SUBCLUSTERS {
-                            if (alloc | zero) >> sub & 1 == 1 {
-                                let s = start + (sub << ub);
-                                if s < size {
-                                    push(s, (s + (1 << ub)).min(size));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok(normalize_extents(extents))
-    }
-
     fn source_err(&self, e: std::io::Error) -> Error {
         Error::Source {
             path: self.path.clone(),
@@ -221,37 +175,18 @@ impl Qcow2Source {
     }
 }
 
-/// Reads the L1 entries that map the virtual size and checks where they point.
-fn read_l1(file: &File, h: &Header, file_len: u64) -> Result<Vec<u64>, String> {
-    let mut bytes = vec![0u8; (h.l1_entries * 8) as usize];
-    file.read_exact_at(&mut bytes, h.l1_table_offset)
-        .map_err(|e| {
-            format!(
-                "reading the L1 table at offset {:#x}: {e}",
-                h.l1_table_offset
-            )
-        })?;
-    let cs = h.cluster_size();
-    let mut l1 = Vec::with_capacity(h.l1_entries as usize);
-    let mut seen = std::collections::HashSet::new();
-    for (i, raw) in bytes.chunks_exact(8).enumerate() {
-        let entry = u64::from_be_bytes(raw.try_into().unwrap_or([0; 8]));
-        let offset = entry & OFFSET_MASK;
-        let at = h.l1_table_offset + i as u64 * 8;
-        if !offset.is_multiple_of(cs) {
-            return Err(format!("L1 entry {i} at file offset {at:#x}: L2 table offset {offset:#x} is not aligned to the {cs}-byte cluster"));
-        }
-        if offset != 0 && offset.checked_add(cs).is_none_or(|e| e > file_len) {
-            return Err(format!("L1 entry {i} at file offset {at:#x}: L2 table offset {offset:#x} lies past the end of the file ({file_len} bytes)"));
-        }
-        // One L2 table per L1 entry: this bounds the opening scan (and the extents it
-        // collects) by the file size, whatever l1_size claims.
-        if offset != 0 && !seen.insert(offset) {
-            return Err(format!("L1 entry {i} at file offset {at:#x}: L2 table offset {offset:#x} is used by an earlier L1 entry too"));
-        }
-        l1.push(offset);
+/// Length of the image: the file's size, or the size of a block device (an LV holding a
+/// qcow2 image; open it with `--format qcow2`, block devices are not probed).
+fn image_len(file: &File) -> std::io::Result<u64> {
+    use std::io::Seek;
+    use std::os::unix::fs::FileTypeExt;
+    let meta = file.metadata()?;
+    if meta.file_type().is_block_device() {
+        let mut f = file;
+        f.seek(std::io::SeekFrom::End(0))
+    } else {
+        Ok(meta.len())
     }
-    Ok(l1)
 }
 
 impl BlockSource for Qcow2Source {
