@@ -95,20 +95,70 @@ fn hand_built_image_reads_back() {
     assert_eq!(read_all(&src).unwrap(), disk);
 }
 
+/// 16 KiB clusters, extended L2 and zstd: guest cluster 0 has subclusters 0, 1, 3 stored
+/// and 2 zero; cluster 1 is compressed; the rest is unallocated (zeros).
+fn sample_extended_zstd() -> (Vec<u8>, Vec<u8>) {
+    const C: usize = 16 * 1024;
+    const SUB: usize = C / 32;
+    let plain: Vec<u8> = (0..C).map(|i| (i / 100) as u8).collect();
+    let payload = zstd::bulk::compress(&plain, 3).unwrap();
+    assert!(payload.len() <= C);
+    let mut img = vec![0u8; 5 * C];
+    put32(&mut img, 0, super::header::MAGIC);
+    put32(&mut img, 4, 3);
+    put32(&mut img, 20, 14);
+    put64(&mut img, 24, 4 * C as u64);
+    put32(&mut img, 36, 1);
+    put64(&mut img, 40, C as u64);
+    put64(&mut img, 72, (1 << 3) | (1 << 4));
+    put32(&mut img, 96, 4);
+    put32(&mut img, 100, 112);
+    img[104] = 1;
+    put64(&mut img, C, 2 * C as u64);
+    let l2 = 2 * C;
+    put64(&mut img, l2, 3 * C as u64);
+    put64(&mut img, l2 + 8, 0b1011 | (0b100 << 32));
+    // Compressed: x = 62 - (14 - 8) = 56; additional sectors in bits 56..=61.
+    let sectors = payload.len().div_ceil(512) as u64 - 1;
+    put64(
+        &mut img,
+        l2 + 16,
+        (1 << 62) | (sectors << 56) | (4 * C) as u64,
+    );
+    for (i, b) in img[3 * C..4 * C].iter_mut().enumerate() {
+        *b = 0x40 + (i / SUB) as u8;
+    }
+    img[4 * C..4 * C + payload.len()].copy_from_slice(&payload);
+
+    let mut disk = vec![0u8; 4 * C];
+    for sub in [0, 1, 3] {
+        disk[sub * SUB..(sub + 1) * SUB].fill(0x40 + sub as u8);
+    }
+    disk[C..2 * C].copy_from_slice(&plain);
+    (img, disk)
+}
+
 #[test]
-fn random_mutations_never_panic() {
-    let (img, _) = sample();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for _ in 0..1500 {
-        let mut m = img.clone();
+fn hand_built_extended_zstd_image_reads_back() {
+    let (img, disk) = sample_extended_zstd();
+    let (_dir, src) = open_bytes(&img);
+    let src = src.unwrap();
+    assert_eq!(read_all(&src).unwrap(), disk);
+}
+
+/// Mutates bytes of `img` (mostly in `hot`, the metadata), sometimes truncates it; opening
+/// and reading must not panic.
+fn mutate_and_read(img: &[u8], hot: &[(usize, usize)], seed: u64, rounds: usize) {
+    let mut rng = Rng(seed);
+    for _ in 0..rounds {
+        let mut m = img.to_vec();
         for _ in 0..=rng.next() % 6 {
-            // Mostly the metadata clusters (header, L1, L2), sometimes anywhere.
-            let span = if rng.next().is_multiple_of(4) {
-                m.len()
+            let at = if rng.next().is_multiple_of(4) {
+                (rng.next() % m.len() as u64) as usize
             } else {
-                3 * CS
+                let (s, e) = hot[(rng.next() % hot.len() as u64) as usize];
+                s + (rng.next() % (e - s) as u64) as usize
             };
-            let at = (rng.next() % span as u64) as usize;
             m[at] = rng.next() as u8;
         }
         if rng.next().is_multiple_of(8) {
@@ -119,6 +169,21 @@ fn random_mutations_never_panic() {
             let _ = read_all(&src);
         }
     }
+}
+
+#[test]
+fn random_mutations_never_panic() {
+    let (img, _) = sample();
+    mutate_and_read(&img, &[(0, 3 * CS)], 0x9e37_79b9_7f4a_7c15, 1500);
+    let (img, _) = sample_extended_zstd();
+    let c = 16 * 1024;
+    let hot = [
+        (0, 112),
+        (c, c + 16),
+        (2 * c, 2 * c + 48),
+        (4 * c, 4 * c + 64),
+    ];
+    mutate_and_read(&img, &hot, 0x5851_f42d_4c95_7f2d, 1500);
 }
 
 #[test]
