@@ -172,6 +172,10 @@ fn compressed_images_restore_exactly() {
         ("deflate.qcow2", &[][..]),
         ("zstd.qcow2", &["-o", "compression_type=zstd"][..]),
         ("deflate-v2.qcow2", &["-o", "compat=0.10"][..]),
+        (
+            "zstd-extended-l2.qcow2",
+            &["-o", "compression_type=zstd,extended_l2=on"][..],
+        ),
     ] {
         let img = fx.path(name);
         let mut args = vec!["convert", "-q", "-c", "-f", "raw", "-O", "qcow2"];

@@ -6,7 +6,7 @@
 use std::os::unix::fs::FileExt;
 
 use super::backing::Backing;
-use super::table::Mapping;
+use super::table::{ClusterMap, Mapping};
 use super::{bad_image, compressed, Qcow2Source};
 use crate::error::{Error, Result};
 
@@ -50,7 +50,11 @@ pub fn read_at(src: &Qcow2Source, offset: u64, buf: &mut [u8]) -> Result<u64> {
         let map = src.cluster_map(cluster)?;
         while pos < cluster_end {
             let sub = (pos - cluster_start) >> ub;
-            let piece_end = (cluster_start + ((sub + 1) << ub)).min(cluster_end);
+            // A whole-cluster mapping is one piece (a compressed cluster is inflated once).
+            let piece_end = match map {
+                ClusterMap::Whole(_) => cluster_end,
+                ClusterMap::Sub { .. } => (cluster_start + ((sub + 1) << ub)).min(cluster_end),
+            };
             let len = piece_end - pos;
             match map.at(sub) {
                 Mapping::Data(host_cluster) => {
