@@ -102,19 +102,17 @@ impl Qcow2Source {
                 .path()
                 .unwrap_or(Path::new(&name))
                 .to_path_buf();
-            let base_state = match &source.backing {
+            let (base_state, note) = match &source.backing {
                 // The base cannot be fingerprinted: no reference snapshot can match it.
-                Backing::Missing { .. } => format!("missing-backing-file:{}", base.display()),
-                _ => file_state_token(&base)?,
-            };
-            let missing = if matches!(source.backing, Backing::Missing { .. }) {
-                " (missing, so its state cannot be checked)"
-            } else {
-                ""
+                Backing::Missing { .. } => (
+                    format!("missing-backing-file:{}", base.display()),
+                    " (missing, so its state cannot be checked)",
+                ),
+                _ => (file_state_token(&base)?, ""),
             };
             source.changes = Some(Changes {
                 base_state,
-                base_description: format!("backing file {}{missing}", base.display()),
+                base_description: format!("backing file {}{note}", base.display()),
                 extents: defined,
             });
         }
