@@ -6,4 +6,5 @@
 pub mod bin_args;
 pub mod datagen;
 pub mod measure;
+pub mod plot;
 pub mod retention;

@@ -84,6 +84,7 @@ pub const OBJECT_ENTRY_LEN: usize = 53;
 
 impl ObjectEntry {
     /// The same object (same count) at its new location `fe` in `pack`, not yet verified there.
+    #[must_use]
     pub fn relocated(&self, pack: PackId, fe: &tessera_format::pack::FooterEntry) -> Self {
         Self {
             pack,

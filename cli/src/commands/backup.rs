@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 use tessera_engine::ops::backup::{
-    backup as run_backup, BackupRequest, DeltaOptions, DiskSpec, Mode, ReferenceChoice,
+    backup as run_backup, BackupOutcome, BackupRequest, DeltaOptions, DiskSpec, Mode, ReferenceChoice,
 };
 use tessera_engine::Repository;
 
@@ -75,6 +75,11 @@ pub fn backup(
         },
     };
     let out = run_backup(&repository, &req, bars)?;
+    print_outcome(&out, json);
+    Ok(0)
+}
+
+fn print_outcome(out: &BackupOutcome, json: bool) {
     let h = &out.header;
     if json {
         print_json(&json!({
@@ -148,5 +153,4 @@ pub fn backup(
             }
         }
     }
-    Ok(0)
 }

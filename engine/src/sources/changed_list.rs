@@ -126,23 +126,8 @@ impl ChangedList {
                     let g = granularity.ok_or_else(|| {
                         format!("line {n}: a bitmap needs a granularity line before it")
                     })?;
-                    let hexits = rest.as_bytes();
-                    if hexits.len() % 2 != 0 {
-                        return Err(format!("line {n}: odd number of hex digits"));
-                    }
-                    let raw = hex::decode(rest)
-                        .map_err(|e| format!("line {n}: bitmap is not hex ({e})"))?;
-                    for byte in raw {
-                        for b in 0..8 {
-                            if byte & (1 << b) != 0 {
-                                let start = (bit + b).checked_mul(g).ok_or_else(|| {
-                                    format!("line {n}: bitmap reaches past any disk size")
-                                })?;
-                                extents.push((start, start.saturating_add(g)));
-                            }
-                        }
-                        bit += 8;
-                    }
+                    bit = push_bitmap(rest, g, bit, &mut extents)
+                        .map_err(|e| format!("line {n}: {e}"))?;
                 }
                 _ => return Err(format!("line {n}: unknown statement {line:?}")),
             }
@@ -180,6 +165,33 @@ impl ChangedList {
             extents,
         })
     }
+}
+
+/// Appends the regions of the set bits of hex bitmap `hexits` (bits `first_bit..`) of
+/// granularity `g` to `extents`; returns the next bit number.
+fn push_bitmap(
+    hexits: &str,
+    g: u64,
+    first_bit: u64,
+    extents: &mut Vec<(u64, u64)>,
+) -> std::result::Result<u64, String> {
+    if !hexits.len().is_multiple_of(2) {
+        return Err("odd number of hex digits".into());
+    }
+    let raw = hex::decode(hexits).map_err(|e| format!("bitmap is not hex ({e})"))?;
+    let mut bit = first_bit;
+    for byte in raw {
+        for b in 0..8 {
+            if byte & (1 << b) != 0 {
+                let start = (bit + b)
+                    .checked_mul(g)
+                    .ok_or("bitmap reaches past any disk size")?;
+                extents.push((start, start.saturating_add(g)));
+            }
+        }
+        bit += 8;
+    }
+    Ok(bit)
 }
 
 /// A full source (raw image or block device) plus the list describing its delta.

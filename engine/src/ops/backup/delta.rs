@@ -134,7 +134,7 @@ impl DiskBackup<'_, '_> {
         let start = page_no * page_entries;
         let end = (start + page_entries).min(blocks);
         let touched = pending.range(start..end).next().is_some();
-        let same_span = reference.entry.page_entries as u64 == page_entries
+        let same_span = u64::from(reference.entry.page_entries) == page_entries
             && start < reference.blocks
             && (start + page_entries).min(reference.blocks) == end;
         if !touched && same_span {

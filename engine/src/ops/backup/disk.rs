@@ -16,6 +16,7 @@ use tessera_format::{
 };
 
 use crate::error::{Error, Result};
+use crate::ops::backup::plan::Mode;
 use crate::ops::backup::reference::ReferenceManifest;
 use crate::progress::Progress;
 use crate::refcount::RefDeltas;
@@ -39,6 +40,9 @@ pub fn digest_of(block: &[u8]) -> ChunkDigest {
         ChunkDigest::of(block)
     }
 }
+
+/// A batch read and hashed by one worker: first block, content, bytes read, digests.
+type ReadBatch = (u64, Vec<u8>, u64, Vec<ChunkDigest>);
 
 /// One block with its content, ready to be stored.
 pub struct BlockItem<'b> {
@@ -80,6 +84,40 @@ pub struct DiskBackup<'a, 'r> {
 }
 
 impl DiskBackup<'_, '_> {
+    /// Backs up disk `name` in `mode`: a delta reads `delta_extents` on `reference`; full
+    /// and key backups read everything (a key backup of a delta that applies reports drift
+    /// outside `drift_extents`).
+    #[expect(clippy::too_many_arguments, reason = "the disk's whole plan, spelled out")]
+    pub fn run(
+        &mut self,
+        name: &str,
+        mode: Mode,
+        source: &dyn BlockSource,
+        reference: Option<ReferenceManifest<'_>>,
+        delta_extents: Option<&[(u64, u64)]>,
+        drift_extents: Option<&[(u64, u64)]>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        match (mode, reference) {
+            (Mode::Delta, Some(mut reference)) => {
+                let extents = delta_extents.unwrap_or_default();
+                progress.start(
+                    &format!("delta {name}"),
+                    extents.iter().map(|(s, e)| e - s).sum(),
+                );
+                self.run_delta(source, extents, &mut reference, progress)
+            }
+            (Mode::Delta, None) => Err(Error::InvalidArgument(format!(
+                "disk {name:?}: a delta backup needs a reference snapshot"
+            ))),
+            (_, reference) => {
+                let label = if mode == Mode::Key { "key backup" } else { "backup" };
+                progress.start(&format!("{label} {name}"), source.size());
+                self.run_full(source, reference, drift_extents, progress)
+            }
+        }
+    }
+
     /// Reads the whole disk. With `drift_extents` (a key backup of a delta source whose
     /// delta applies on the reference), blocks that differ from the reference outside those
     /// extents are reported as drift.
@@ -109,7 +147,7 @@ impl DiskBackup<'_, '_> {
                 jobs.push((block, offset, buf));
                 block += n;
             }
-            let batches: Vec<Result<(u64, Vec<u8>, u64, Vec<ChunkDigest>)>> = jobs
+            let batches: Vec<Result<ReadBatch>> = jobs
                 .into_par_iter()
                 .map(|(first_block, offset, mut buf)| {
                     let read = source.read_at(offset, &mut buf)?;

@@ -191,70 +191,8 @@ pub fn backup(
     let started = Instant::now();
     let time_us = crate::time::now_us();
     // Open every source before writing anything, so a bad path or image costs nothing.
-    let sources: Vec<Box<dyn BlockSource>> = req
-        .disks
-        .iter()
-        .map(|d| {
-            open_source(&SourceSpec {
-                location: d.path.to_string_lossy().into_owned(),
-                format: req.delta.format,
-                changes: d.changes.clone(),
-            })
-        })
-        .collect::<Result<_>>()?;
-    let catalog = repo.index().snapshots()?;
-    let series: Vec<&SnapshotHeader> = catalog
-        .iter()
-        .filter(|(_, h)| h.series == req.series)
-        .map(|(_, h)| h)
-        .collect();
-    let key_due = key_backup_due(&series, req.delta.key_interval);
-    let (reference_id, explicit) = match &req.delta.reference {
-        ReferenceChoice::Auto => (
-            catalog.iter().rfind(|(_, h)| h.series == req.series).map(|(id, _)| *id),
-            false,
-        ),
-        ReferenceChoice::Latest => {
-            let id = catalog
-                .iter()
-                .rfind(|(_, h)| h.series == req.series)
-                .map(|(id, _)| *id)
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "--reference latest: series {:?} has no snapshot yet; take a full backup first",
-                        req.series
-                    ))
-                })?;
-            (Some(id), true)
-        }
-        ReferenceChoice::Snapshot(q) => (Some(repo.resolve_snapshot(q)?.0), true),
-    };
-    let reference_snapshot = match reference_id {
-        Some(id) => Some((id, repo.load_snapshot(id)?)),
-        None => None,
-    };
-
-    // Decide every disk's mode before writing anything: a wrong base costs nothing.
-    let mut plans = Vec::new();
-    for (spec, source) in req.disks.iter().zip(&sources) {
-        let block_size = block_size_for(repo, req, spec, reference_snapshot.as_ref())?;
-        let reference = reference_snapshot.as_ref().and_then(|(id, snap)| {
-            let i = snap.header.disks.iter().position(|d| d.name == spec.name)?;
-            let entry = snap.header.disks[i].clone();
-            (entry.block_size == block_size)
-                .then(|| ReferenceManifest::new(repo, *id, entry, snap.roots[i].clone()))
-        });
-        let plan = plan_disk(
-            &spec.name,
-            &spec.path.to_string_lossy(),
-            source.as_ref(),
-            reference.as_ref(),
-            explicit,
-            &req.delta,
-            key_due,
-        )?;
-        plans.push((block_size, reference, plan));
-    }
+    let sources = open_sources(req)?;
+    let plans = plan_disks(repo, req, &sources)?;
 
     let mut session = WriteSession::new(repo.index(), repo.backend());
     let mut refs = RefDeltas::default();
@@ -272,14 +210,7 @@ pub fn backup(
             note,
         } = plan;
         let reference_id = reference.as_ref().map(|r| r.snapshot);
-        let changes = source.changes();
-        let extents: Option<Vec<(u64, u64)>> = changes.map(|c| {
-            c.extents
-                .iter()
-                .map(|&(s, e)| (s.min(source.size()), e.min(source.size())))
-                .filter(|(s, e)| e > s)
-                .collect()
-        });
+        let extents = clipped_extents(source.as_ref());
         let changed_bytes = extents
             .as_ref()
             .map(|x| x.iter().map(|(s, e)| e - s).sum::<u64>());
@@ -297,32 +228,17 @@ pub fn backup(
             stats: DiskStats::default(),
             drift: Drift::default(),
         };
-        match (mode, reference) {
-            (Mode::Delta, Some(mut reference)) => {
-                let extents = extents.as_deref().unwrap_or_default();
-                progress.start(
-                    &format!("delta {}", spec.name),
-                    changed_bytes.unwrap_or_default(),
-                );
-                disk.run_delta(source.as_ref(), extents, &mut reference, progress)?;
-            }
-            (Mode::Delta, None) => {
-                return Err(Error::InvalidArgument(format!(
-                    "disk {:?}: a delta backup needs a reference snapshot",
-                    spec.name
-                )))
-            }
-            (_, reference) => {
-                let label = if mode == Mode::Key { "key backup" } else { "backup" };
-                progress.start(&format!("{label} {}", spec.name), source.size());
-                let drift_extents = if mode == Mode::Key && delta_applies {
-                    extents.as_deref()
-                } else {
-                    None
-                };
-                disk.run_full(source.as_ref(), reference, drift_extents, progress)?;
-            }
-        }
+        let drift_extents = extents.as_deref().filter(|_| mode == Mode::Key && delta_applies);
+        let delta_extents = extents.as_deref().filter(|_| mode == Mode::Delta);
+        disk.run(
+            &spec.name,
+            mode,
+            source.as_ref(),
+            reference,
+            delta_extents,
+            drift_extents,
+            progress,
+        )?;
         progress.finish();
         let DiskBackup {
             roots: root,
@@ -371,6 +287,103 @@ pub fn backup(
         packs_written: session_stats.packs,
         disks: reports,
     })
+}
+
+/// Opens every disk's source.
+fn open_sources(req: &BackupRequest) -> Result<Vec<Box<dyn BlockSource>>> {
+    req.disks
+        .iter()
+        .map(|d| {
+            open_source(&SourceSpec {
+                location: d.path.to_string_lossy().into_owned(),
+                format: req.delta.format,
+                changes: d.changes.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Each disk's block size, reference and plan, decided before anything is written (a
+/// wrong base costs nothing).
+fn plan_disks<'r>(
+    repo: &'r Repository,
+    req: &BackupRequest,
+    sources: &[Box<dyn BlockSource>],
+) -> Result<Vec<(u32, Option<ReferenceManifest<'r>>, DiskPlan)>> {
+    let catalog = repo.index().snapshots()?;
+    let series: Vec<&SnapshotHeader> = catalog
+        .iter()
+        .filter(|(_, h)| h.series == req.series)
+        .map(|(_, h)| h)
+        .collect();
+    let key_due = key_backup_due(&series, req.delta.key_interval);
+    let (reference_snapshot, explicit) = choose_reference(repo, req, &catalog)?;
+
+    let mut plans = Vec::new();
+    for (spec, source) in req.disks.iter().zip(sources) {
+        let block_size = block_size_for(repo, req, spec, reference_snapshot.as_ref())?;
+        let reference = reference_snapshot.as_ref().and_then(|(id, snap)| {
+            let i = snap.header.disks.iter().position(|d| d.name == spec.name)?;
+            let entry = snap.header.disks[i].clone();
+            (entry.block_size == block_size)
+                .then(|| ReferenceManifest::new(repo, *id, entry, snap.roots[i].clone()))
+        });
+        let plan = plan_disk(
+            &spec.name,
+            &spec.path.to_string_lossy(),
+            source.as_ref(),
+            reference.as_ref(),
+            explicit,
+            &req.delta,
+            key_due,
+        )?;
+        plans.push((block_size, reference, plan));
+    }
+    Ok(plans)
+
+}
+
+/// The source's changed extents clipped to its size.
+fn clipped_extents(source: &dyn BlockSource) -> Option<Vec<(u64, u64)>> {
+    source.changes().map(|c| {
+        c.extents
+            .iter()
+            .map(|&(s, e)| (s.min(source.size()), e.min(source.size())))
+            .filter(|(s, e)| e > s)
+            .collect()
+    })
+}
+
+/// The reference snapshot (loaded) and whether the operator named it.
+fn choose_reference(
+    repo: &Repository,
+    req: &BackupRequest,
+    catalog: &[(SnapshotId, SnapshotHeader)],
+) -> Result<(Option<(SnapshotId, Snapshot)>, bool)> {
+    let newest = || {
+        catalog
+            .iter()
+            .rfind(|(_, h)| h.series == req.series)
+            .map(|(id, _)| *id)
+    };
+    let (id, explicit) = match &req.delta.reference {
+        ReferenceChoice::Auto => (newest(), false),
+        ReferenceChoice::Latest => {
+            let id = newest().ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "--reference latest: series {:?} has no snapshot yet; take a full backup first",
+                    req.series
+                ))
+            })?;
+            (Some(id), true)
+        }
+        ReferenceChoice::Snapshot(q) => (Some(repo.resolve_snapshot(q)?.0), true),
+    };
+    let loaded = match id {
+        Some(id) => Some((id, repo.load_snapshot(id)?)),
+        None => None,
+    };
+    Ok((loaded, explicit))
 }
 
 /// The block size of `spec`'s disk: `--block-size`, else the one the reference (or the

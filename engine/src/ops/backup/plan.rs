@@ -151,14 +151,13 @@ pub fn plan_disk(
     if !source.reads_full() {
         return Err(mismatch());
     }
-    let note = match reference {
-        Some(r) => Some(format!(
+    let note = reference.map(|r| {
+        format!(
             "the delta applies on {}, not on snapshot {}: read in full",
             changes.base_description,
             r.snapshot.to_hex()
-        )),
-        None => None,
-    };
+        )
+    });
     Ok(DiskPlan {
         // A changed identity is a key backup (the first backup of a disk is a plain full).
         mode: if reference.is_some() {
