@@ -1,4 +1,4 @@
-//! The qcow2 header, header extensions and backing file name (QEMU `docs/interop/qcow2.txt`,
+//! The qcow2 header and backing file name (QEMU `docs/interop/qcow2.txt`,
 //! "Header", "Header extensions", "String header extensions"). All fields big-endian:
 //!
 //! | offset | field | checked |
@@ -14,20 +14,17 @@
 //! | 100 | header_length (v3) | ≥ 104, multiple of 8, inside the first cluster |
 //! | 104 | compression_type (v3, when header_length > 104) | 0 deflate, 1 zstd; non-zero only with bit 3 |
 //!
-//! A version 2 header is 72 bytes. Header extensions (`type:u32 length:u32 data`, padded to
-//! 8 bytes) follow the header inside the first cluster until type 0; only the backing
-//! format name (`0xe2792aca`) is used, the others are skipped. The writer in
-//! `export/qcow2.rs` shares the constants below.
+//! A version 2 header is 72 bytes. Header extensions follow it ([`super::extensions`]).
+//! The writer in `export/qcow2.rs` shares the constants below.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use super::extensions::{self, read_range};
+
 /// `QFI\xfb`.
 pub(crate) const MAGIC: u32 = 0x5146_49fb;
-/// Header extension: backing file format name.
-pub(crate) const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
-/// Header extension: end of the extension area.
-const EXT_END: u32 = 0;
+pub(crate) use super::extensions::EXT_BACKING_FORMAT;
 /// Length of a version 2 header.
 const V2_HEADER_LEN: u32 = 72;
 /// Minimum length of a version 3 header (through `header_length`).
@@ -99,24 +96,6 @@ fn be64(h: &[u8; HEADER_READ], at: usize) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// Reads `len` bytes at `offset`, refusing ranges past `file_len`.
-fn read_range(
-    file: &File,
-    file_len: u64,
-    offset: u64,
-    len: u64,
-    what: &str,
-) -> Result<Vec<u8>, String> {
-    let end = offset
-        .checked_add(len)
-        .filter(|&e| e <= file_len)
-        .ok_or_else(|| format!("{what} at offset {offset} ({len} bytes) lies past the end of the file ({file_len} bytes)"))?;
-    let mut buf = vec![0u8; (end - offset) as usize];
-    file.read_exact_at(&mut buf, offset)
-        .map_err(|e| format!("reading {what} at offset {offset}: {e}"))?;
-    Ok(buf)
-}
-
 /// Parses and checks the header of `file` (`file_len` bytes long). Errors are the reason
 /// text of an `Error::BadImage`.
 pub fn parse(file: &File, file_len: u64) -> Result<Header, String> {
@@ -168,7 +147,22 @@ pub fn parse(file: &File, file_len: u64) -> Result<Header, String> {
         let compression = if len > V3_HEADER_LEN { h[104] } else { 0 };
         (be64(&h, 72), len, compression)
     };
-    let compression = check_features(features, compression_byte, cluster_bits)?;
+    // Features first: an image tessera must not read is refused for that reason, whatever
+    // else is wrong with it. As in qemu, the extension area ends where the backing name
+    // starts (old v2 images put it right after the header), or at the end of the first
+    // cluster.
+    let backing_offset = be64(&h, 8);
+    let mut ext_end = cluster_size.min(file_len);
+    if backing_offset > u64::from(header_len) {
+        ext_end = ext_end.min(backing_offset);
+    }
+    let ext = extensions::read(file, file_len, u64::from(header_len), ext_end)?;
+    let compression = check_features(
+        features,
+        compression_byte,
+        cluster_bits,
+        &ext.incompatible_names,
+    )?;
     let extended_l2 = features & INCOMPAT_EXTENDED_L2 != 0;
 
     let size = be64(&h, 24);
@@ -183,16 +177,7 @@ pub fn parse(file: &File, file_len: u64) -> Result<Header, String> {
         l2_entries,
         file_len,
     )?;
-
-    let backing_offset = be64(&h, 8);
     let backing_file = read_backing_name(file, file_len, backing_offset, be32(&h, 16))?;
-    // As in qemu, the extension area ends where the backing name starts (old v2 images put
-    // the name right after the header), or at the end of the first cluster.
-    let mut ext_end = cluster_size.min(file_len);
-    if backing_offset > u64::from(header_len) {
-        ext_end = ext_end.min(backing_offset);
-    }
-    let backing_format = read_extensions(file, file_len, u64::from(header_len), ext_end)?;
     Ok(Header {
         version,
         cluster_bits,
@@ -203,7 +188,7 @@ pub fn parse(file: &File, file_len: u64) -> Result<Header, String> {
         extended_l2,
         compression,
         backing_file,
-        backing_format,
+        backing_format: ext.backing_format,
     })
 }
 
@@ -211,10 +196,18 @@ fn check_features(
     features: u64,
     compression_byte: u8,
     cluster_bits: u32,
+    names: &[(u8, String)],
 ) -> Result<Compression, String> {
     let unknown = features & !INCOMPAT_KNOWN;
     if unknown != 0 {
-        return Err(format!("unknown incompatible feature bits {unknown:#x} (incompatible_features {features:#x} at offset 72)"));
+        let described: Vec<String> = (0..64u8)
+            .filter(|bit| unknown >> bit & 1 == 1)
+            .map(|bit| match names.iter().find(|(b, _)| *b == bit) {
+                Some((_, name)) => format!("bit {bit} {name:?}"),
+                None => format!("bit {bit}"),
+            })
+            .collect();
+        return Err(format!("unknown incompatible features: {} (incompatible_features {features:#x} at offset 72); tessera cannot read this image safely", described.join(", ")));
     }
     if features & INCOMPAT_CORRUPT != 0 {
         return Err("the image is marked corrupt (incompatible feature bit 1 at offset 72); repair it with `qemu-img check -r all` first".into());
@@ -291,37 +284,4 @@ fn read_backing_name(
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|_| format!("the backing file name at offset {offset} is not UTF-8"))
-}
-
-/// Walks the header extensions; returns the backing format name if present.
-fn read_extensions(
-    file: &File,
-    file_len: u64,
-    start: u64,
-    end: u64,
-) -> Result<Option<String>, String> {
-    if start >= end {
-        return Ok(None);
-    }
-    let area = read_range(file, file_len, 0, end, "the first cluster")?;
-    let mut backing_format = None;
-    let mut pos = start as usize;
-    while let Some(head) = area.get(pos..pos + 8) {
-        let kind = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
-        if kind == EXT_END {
-            break;
-        }
-        let data = area.get(pos + 8..pos + 8 + len).ok_or_else(|| {
-            format!("header extension {kind:#010x} at offset {pos} ({len} bytes) runs past the extension area (which ends at offset {end})")
-        })?;
-        if kind == EXT_BACKING_FORMAT {
-            let name = std::str::from_utf8(data).map_err(|_| {
-                format!("the backing format extension at offset {pos} is not UTF-8")
-            })?;
-            backing_format = Some(name.to_string());
-        }
-        pos += 8 + len.div_ceil(8) * 8;
-    }
-    Ok(backing_format)
 }

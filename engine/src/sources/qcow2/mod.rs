@@ -17,6 +17,7 @@
 
 mod backing;
 mod compressed;
+mod extensions;
 pub(crate) mod header;
 mod read;
 mod scan;

@@ -259,3 +259,18 @@ fn an_l2_table_shared_by_two_l1_entries_is_refused() {
     let err = src.err().expect("shared L2 table accepted").to_string();
     assert!(err.contains("used by an earlier L1 entry"), "{err}");
 }
+
+#[test]
+fn unknown_incompatible_bits_are_refused_by_name() {
+    let (mut img, _) = sample();
+    put64(&mut img, 72, 1 << 9);
+    // Feature name table after the header: incompatible bit 9 "future thing".
+    put32(&mut img, 104, 0x6803_f857);
+    put32(&mut img, 108, 48);
+    img[112] = 0;
+    img[113] = 9;
+    img[114..126].copy_from_slice(b"future thing");
+    let (_dir, src) = open_bytes(&img);
+    let err = src.err().expect("unknown bit accepted").to_string();
+    assert!(err.contains("bit 9 \"future thing\""), "{err}");
+}
