@@ -8,7 +8,8 @@
 //! - Overlays: chains base → ov1 → ov2 (with an extended-L2 overlay), an overlay on a raw
 //!   base that is larger than it, read in full through the chain; a missing backing file.
 //! - Refusals: encrypted, corrupt bit, external data file, broken L1/L2 offsets, truncated
-//!   file, garbled compressed payload, cluster_bits 40, a backing chain cycle: each a clear
+//!   file, garbled compressed payload, cluster_bits 40, a backing chain cycle, a chain of
+//!   more than 16 images: each a clear
 //!   message, a non-zero exit code, and nothing stored.
 //! - Deltas (`--reference`): each overlay of a chain is a delta that reads only what it
 //!   defines (exact `changed_bytes`); a wrong base (another file, or the base written after
@@ -600,4 +601,22 @@ fn overlay_with_missing_base_is_refused_as_delta() {
     let out = fx.backup_out("chain", &ov1, &["--reference", "latest", "--fallback-full"]);
     out.expect_code(1).stderr_has("base.qcow2");
     assert_eq!(list_ids(&fx.repo), snaps, "{out}");
+}
+
+#[test]
+fn backing_chains_deeper_than_16_images_are_refused() {
+    let fx = Fx::new();
+    create(&fx.path("l0.qcow2"), "1M", &[]);
+    for i in 1..=16 {
+        let below = format!("l{}.qcow2", i - 1);
+        create(
+            &fx.path(&format!("l{i}.qcow2")),
+            "1M",
+            &["-b", &below, "-F", "qcow2"],
+        );
+    }
+    io(&fx.path("l0.qcow2"), &["write -P 0x61 0 4k"]);
+    // l15 → … → l0 is 16 images: still read; l16 adds a 17th.
+    fx.full_roundtrip("ok", &fx.path("l15.qcow2"));
+    fx.assert_refused(&fx.path("l16.qcow2"), "deeper than 16");
 }

@@ -274,3 +274,28 @@ fn unknown_incompatible_bits_are_refused_by_name() {
     let err = src.err().expect("unknown bit accepted").to_string();
     assert!(err.contains("bit 9 \"future thing\""), "{err}");
 }
+
+#[test]
+fn concurrent_reads_agree_with_the_disk() {
+    let (img, disk) = sample_extended_zstd();
+    let (_dir, src) = open_bytes(&img);
+    let src = src.unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (src, disk) = (&src, &disk);
+            s.spawn(move || {
+                let mut rng = Rng(0xdead_beef + t);
+                for _ in 0..500 {
+                    let off = rng.next() % disk.len() as u64;
+                    let len = 1 + rng.next() % (disk.len() as u64 - off).min(40_000);
+                    let mut buf = vec![0u8; len as usize];
+                    src.read_at(off, &mut buf).unwrap();
+                    assert!(
+                        buf == disk[off as usize..(off + len) as usize],
+                        "{off}+{len}"
+                    );
+                }
+            });
+        }
+    });
+}
