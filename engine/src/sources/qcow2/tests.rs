@@ -299,3 +299,16 @@ fn concurrent_reads_agree_with_the_disk() {
         }
     });
 }
+
+#[test]
+fn l2_cache_evicts_the_oldest_table_beyond_its_budget() {
+    // 2 MiB tables: the 16 MiB budget holds 8.
+    let mut cache = super::table::L2Cache::new(2 << 20);
+    for i in 0..9u64 {
+        cache.insert(i << 21, std::sync::Arc::new(vec![i]));
+    }
+    assert!(cache.get(0).is_none(), "the oldest table is still cached");
+    for i in 1..9u64 {
+        assert_eq!(cache.get(i << 21).map(|t| t[0]), Some(i));
+    }
+}
