@@ -20,7 +20,8 @@ use tessera_tests::{
 const BS: u64 = 64 * 1024;
 
 fn write_list(path: &Path, size: u64, base: &str, state: &str, extents: &[(u64, u64)]) {
-    let mut text = format!("tessera-changed-blocks v1\nsize {size}\nbase-state {base}\nstate {state}\n");
+    let mut text =
+        format!("tessera-changed-blocks v1\nsize {size}\nbase-state {base}\nstate {state}\n");
     for (o, l) in extents {
         writeln!(text, "extent {o} {l}").unwrap();
     }
@@ -113,12 +114,26 @@ fn changed_list_chain_restores_every_generation() {
             .filter(|&(o, _)| o < size)
             .map(|(o, l)| (o, l.min(size - o)))
             .collect();
-        write_list(&list, size, &format!("cbt:{}", g - 1), &format!("cbt:{g}"), &extents);
-        let out = backup_with_list(&repo, &image, &list, &["--reference", "latest", "--key-interval", "4"]);
+        write_list(
+            &list,
+            size,
+            &format!("cbt:{}", g - 1),
+            &format!("cbt:{g}"),
+            &extents,
+        );
+        let out = backup_with_list(
+            &repo,
+            &image,
+            &list,
+            &["--reference", "latest", "--key-interval", "4"],
+        );
         let d = disk0(&out);
         let mode = d["mode"].as_str().unwrap().to_string();
         if size != size_before {
-            assert_eq!(mode, "key", "generation {g}: a size change makes a key backup");
+            assert_eq!(
+                mode, "key",
+                "generation {g}: a size change makes a key backup"
+            );
         }
         if mode == "delta" {
             let mut merged: Vec<(u64, u64)> = extents.iter().map(|&(o, l)| (o, o + l)).collect();
@@ -132,9 +147,16 @@ fn changed_list_chain_restores_every_generation() {
                     end = e;
                 }
             }
-            assert_eq!(d["changed_bytes"].as_u64().unwrap(), changed, "generation {g}");
+            assert_eq!(
+                d["changed_bytes"].as_u64().unwrap(),
+                changed,
+                "generation {g}"
+            );
             // Only changed bytes are read (holes of the raw file are not read either).
-            assert!(d["bytes_read"].as_u64().unwrap() <= changed, "generation {g}: {d}");
+            assert!(
+                d["bytes_read"].as_u64().unwrap() <= changed,
+                "generation {g}: {d}"
+            );
             assert!(d["reference"].is_string());
         } else {
             assert_eq!(d["drift_blocks"], 0, "generation {g}: the lists were exact");
@@ -222,7 +244,9 @@ fn key_backup_reports_drift_and_heals_damaged_chunks() {
     let out = dir.path().join("restored");
     restore(&repo, &snapshot_id(&key), &out, true).ok();
     assert_same_file(&image, &out);
-    let show = tessera(["show", repo.to_str().unwrap(), &snapshot_id(&key), "--json"]).ok().json();
+    let show = tessera(["show", repo.to_str().unwrap(), &snapshot_id(&key), "--json"])
+        .ok()
+        .json();
     let text = show.to_string();
     assert!(text.contains("drift.blocks"), "{text}");
     // The index points at the healed copy: the repository verifies clean again (the damaged
@@ -263,22 +287,37 @@ fn wrong_base_is_refused_and_nothing_is_stored() {
         "--reference",
         "latest",
     ]);
-    r.expect_code(1).stderr_has("cbt:7").stderr_has("cbt:0").stderr_has("--fallback-full");
+    r.expect_code(1)
+        .stderr_has("cbt:7")
+        .stderr_has("cbt:0")
+        .stderr_has("--fallback-full");
     assert_eq!(list_ids(&repo), ids);
     assert_eq!(pack_files(&repo), packs);
 
     // Without --reference the series' newest snapshot is only used if it matches: full read.
     let auto = backup_with_list(&repo, &image, &list, &[]);
     assert_eq!(disk0(&auto)["mode"], "key");
-    assert!(disk0(&auto)["note"].as_str().unwrap().contains("read in full"));
-    let forced = backup_with_list(&repo, &image, &list, &["--reference", "latest", "--fallback-full"]);
+    assert!(disk0(&auto)["note"]
+        .as_str()
+        .unwrap()
+        .contains("read in full"));
+    let forced = backup_with_list(
+        &repo,
+        &image,
+        &list,
+        &["--reference", "latest", "--fallback-full"],
+    );
     assert_ne!(disk0(&forced)["mode"], "delta");
     let out = dir.path().join("restored");
     restore(&repo, &snapshot_id(&forced), &out, true).ok();
     assert_same_file(&image, &out);
 
     // Malformed lists are refused with the line.
-    fs::write(&list, "tessera-changed-blocks v1\nsize 5\nbase-state a\nstate b\nextent 9 9\n").unwrap();
+    fs::write(
+        &list,
+        "tessera-changed-blocks v1\nsize 5\nbase-state a\nstate b\nextent 9 9\n",
+    )
+    .unwrap();
     tessera([
         "backup",
         repo.to_str().unwrap(),

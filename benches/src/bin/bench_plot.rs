@@ -30,9 +30,8 @@ fn size_groups(doc: &Value) -> Vec<Group> {
         let Some((peer, what)) = label.split_once(" / tessera: ") else {
             continue;
         };
-        let Some((Some(theirs), Some(ours))) = context
-            .split_once(" vs ")
-            .map(|(a, b)| (mib(a), mib(b)))
+        let Some((Some(theirs), Some(ours))) =
+            context.split_once(" vs ").map(|(a, b)| (mib(a), mib(b)))
         else {
             continue;
         };
@@ -104,11 +103,17 @@ fn main() -> Result<()> {
             .as_u64()
             .map_or_else(|| "?".into(), |s| format!("{} MiB", s >> 20))
     );
-    std::fs::write(out.join("bench-speed.svg"), bar_chart(&title, "MB/s, higher is better", &speed))?;
+    std::fs::write(
+        out.join("bench-speed.svg"),
+        bar_chart(&title, "MB/s, higher is better", &speed),
+    )?;
     std::fs::write(
         out.join("bench-size.svg"),
         bar_chart("Repository size", "MiB, lower is better", &sizes),
     )?;
-    println!("wrote {0}/bench-speed.svg and {0}/bench-size.svg", out.display());
+    println!(
+        "wrote {0}/bench-speed.svg and {0}/bench-size.svg",
+        out.display()
+    );
     Ok(())
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 use tessera_engine::ops::backup::{
-    backup as run_backup, BackupOutcome, BackupRequest, DeltaOptions, DiskSpec, Mode, ReferenceChoice,
+    backup as run_backup, BackupOutcome, BackupRequest, DeltaOptions, DiskSpec, Mode,
+    ReferenceChoice,
 };
 use tessera_engine::Repository;
 
@@ -28,9 +29,7 @@ pub fn backup(
 ) -> Result<i32> {
     let disks = disks
         .iter()
-        .map(|d| {
-            split_pair("disk", d).map(|(n, p)| DiskSpec::new(n, Path::new(p)))
-        })
+        .map(|d| split_pair("disk", d).map(|(n, p)| DiskSpec::new(n, Path::new(p))))
         .collect::<Result<Vec<_>, _>>()?;
     let tags = tags
         .iter()
@@ -52,7 +51,9 @@ pub fn backup(
     for c in &delta.changes {
         let (name, file) = split_pair("changed-block list", c)?;
         let disk = disks.iter_mut().find(|d| d.name == name).ok_or_else(|| {
-            crate::args::UsageError(format!("--changes names disk {name:?}, which is not being backed up"))
+            crate::args::UsageError(format!(
+                "--changes names disk {name:?}, which is not being backed up"
+            ))
         })?;
         disk.changes = Some(PathBuf::from(file));
     }

@@ -296,16 +296,28 @@ mod tests {
         for (text, needle) in [
             ("", "empty"),
             ("hello\n", "header"),
-            ("tessera-changed-blocks v1\nsize 10\nstate b\n", "base-state"),
+            (
+                "tessera-changed-blocks v1\nsize 10\nstate b\n",
+                "base-state",
+            ),
             (&format!("{HEAD}extent 1048576 1\n"), "beyond"),
             (&format!("{HEAD}extent 1048000 1000\n"), "beyond"),
             (&format!("{HEAD}extent x 1\n"), "not a number"),
             (&format!("{HEAD}bitmap ff\n"), "granularity"),
             (&format!("{HEAD}granularity 100\n"), "power of two"),
             (&format!("{HEAD}granularity 65536\nbitmap f\n"), "odd"),
-            (&format!("{HEAD}granularity 65536\nbitmap 0000000000000000000001\n"), "beyond"),
-            (&format!("{HEAD}extent 18446744073709551615 2\n"), "overflows"),
-            ("tessera-changed-blocks v1\nsize 1\nbase-state a\nstate a\n", "new state"),
+            (
+                &format!("{HEAD}granularity 65536\nbitmap 0000000000000000000001\n"),
+                "beyond",
+            ),
+            (
+                &format!("{HEAD}extent 18446744073709551615 2\n"),
+                "overflows",
+            ),
+            (
+                "tessera-changed-blocks v1\nsize 1\nbase-state a\nstate a\n",
+                "new state",
+            ),
             (&format!("{HEAD}frobnicate\n"), "unknown"),
         ] {
             let err = ChangedList::parse(text).unwrap_err();

@@ -27,7 +27,12 @@ use crate::repo::Repository;
 use crate::sources::BlockSource;
 
 /// Blocks a delta must rebuild, sorted and unique.
-pub fn touched_blocks(extents: &[(u64, u64)], block_size: u64, size: u64, ref_size: u64) -> Vec<u64> {
+pub fn touched_blocks(
+    extents: &[(u64, u64)],
+    block_size: u64,
+    size: u64,
+    ref_size: u64,
+) -> Vec<u64> {
     let blocks = size.div_ceil(block_size);
     let mut touched: Vec<u64> = Vec::new();
     for &(s, e) in extents {
@@ -104,9 +109,10 @@ impl DiskBackup<'_, '_> {
             progress.advance(contents.iter().map(|c| c.len() as u64).sum());
             pending.extend(group.iter().copied().zip(digests));
             // Pages before the next group's first block are complete.
-            let limit = touched
-                .get((w + 1) * window)
-                .map_or_else(|| page_count(blocks, page_entries as u32), |&b| b / page_entries);
+            let limit = touched.get((w + 1) * window).map_or_else(
+                || page_count(blocks, page_entries as u32),
+                |&b| b / page_entries,
+            );
             while next_page < limit {
                 self.emit_page(next_page, blocks, &mut pending, reference)?;
                 next_page += 1;
@@ -215,7 +221,10 @@ mod tests {
     #[test]
     fn touched_blocks_cover_extents_and_length_changes() {
         // Extents inside and across blocks of 100 bytes.
-        assert_eq!(touched_blocks(&[(0, 1), (150, 260)], 100, 1000, 1000), vec![0, 1, 2]);
+        assert_eq!(
+            touched_blocks(&[(0, 1), (150, 260)], 100, 1000, 1000),
+            vec![0, 1, 2]
+        );
         // Grow from 950 to 1200: old last block 9 changes length; 10 and 11 are new (zero).
         assert_eq!(touched_blocks(&[], 100, 1200, 950), vec![9]);
         // Shrink from 1000 to 850: the new last block 8 is truncated.

@@ -10,7 +10,6 @@
 use std::collections::HashSet;
 
 use rayon::prelude::*;
-use tessera_format::manifest::block_count;
 use tessera_format::{
     is_all_zero, ChunkDigest, DiskStats, ManifestPage, ObjectInfo, ObjectKind, PageDigest,
 };
@@ -40,9 +39,6 @@ pub fn digest_of(block: &[u8]) -> ChunkDigest {
         ChunkDigest::of(block)
     }
 }
-
-/// A batch read and hashed by one worker: first block, content, bytes read, digests.
-type ReadBatch = (u64, Vec<u8>, u64, Vec<ChunkDigest>);
 
 /// One block with its content, ready to be stored.
 pub struct BlockItem<'b> {
@@ -87,7 +83,10 @@ impl DiskBackup<'_, '_> {
     /// Backs up disk `name` in `mode`: a delta reads `delta_extents` on `reference`; full
     /// and key backups read everything (a key backup of a delta that applies reports drift
     /// outside `drift_extents`).
-    #[expect(clippy::too_many_arguments, reason = "the disk's whole plan, spelled out")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the disk's whole plan, spelled out"
+    )]
     pub fn run(
         &mut self,
         name: &str,
@@ -111,87 +110,18 @@ impl DiskBackup<'_, '_> {
                 "disk {name:?}: a delta backup needs a reference snapshot"
             ))),
             (_, reference) => {
-                let label = if mode == Mode::Key { "key backup" } else { "backup" };
+                let label = if mode == Mode::Key {
+                    "key backup"
+                } else {
+                    "backup"
+                };
                 progress.start(&format!("{label} {name}"), source.size());
                 self.run_full(source, reference, drift_extents, progress)
             }
         }
     }
 
-    /// Reads the whole disk. With `drift_extents` (a key backup of a delta source whose
-    /// delta applies on the reference), blocks that differ from the reference outside those
-    /// extents are reported as drift.
-    pub fn run_full(
-        &mut self,
-        source: &dyn BlockSource,
-        mut reference: Option<ReferenceManifest<'_>>,
-        drift_extents: Option<&[(u64, u64)]>,
-        progress: &dyn Progress,
-    ) -> Result<()> {
-        let size = source.size();
-        let bs = u64::from(self.block_size);
-        let blocks = block_count(size, self.block_size);
-        let batch_blocks = (BATCH_BYTES / bs).max(1);
-        let window = 2 * rayon::current_num_threads();
-        let mut pool: Vec<Vec<u8>> = Vec::new();
-        let mut block = 0;
-        while block < blocks {
-            // A window of batches, each read and hashed by one worker: reading and hashing
-            // proceed on every core at once, and buffers are recycled through `pool`.
-            let mut jobs = Vec::with_capacity(window);
-            while jobs.len() < window && block < blocks {
-                let n = batch_blocks.min(blocks - block);
-                let offset = block * bs;
-                let mut buf = pool.pop().unwrap_or_default();
-                buf.resize((n * bs).min(size - offset) as usize, 0);
-                jobs.push((block, offset, buf));
-                block += n;
-            }
-            let batches: Vec<Result<ReadBatch>> = jobs
-                .into_par_iter()
-                .map(|(first_block, offset, mut buf)| {
-                    let read = source.read_at(offset, &mut buf)?;
-                    let digests = buf.chunks(bs as usize).map(digest_of).collect();
-                    Ok((first_block, buf, read, digests))
-                })
-                .collect();
-            for batch in batches {
-                let (first_block, buf, read, digests) = batch?;
-                self.stats.bytes_read += read;
-                let mut items = Vec::with_capacity(digests.len());
-                for (i, (digest, data)) in digests.iter().zip(buf.chunks(bs as usize)).enumerate() {
-                    let b = first_block + i as u64;
-                    // The reference only saves lookups here: if it cannot be read, do without.
-                    let reference_digest = match reference.as_mut().map(|r| r.digest_at(b)) {
-                        Some(Ok(d)) => d,
-                        Some(Err(_)) => {
-                            reference = None;
-                            None
-                        }
-                        None => None,
-                    };
-                    items.push(BlockItem {
-                        block: b,
-                        digest: *digest,
-                        data,
-                        reference: reference_digest,
-                    });
-                }
-                if let (Some(extents), Some(r)) = (drift_extents, reference.as_ref()) {
-                    self.find_drift(&items, extents, r);
-                }
-                self.store(&items)?;
-                for d in digests {
-                    self.push_digest(d)?;
-                }
-                progress.advance(buf.len() as u64);
-                pool.push(buf);
-            }
-        }
-        self.finish_partial_page()
-    }
-
-    fn find_drift(
+    pub fn find_drift(
         &mut self,
         items: &[BlockItem<'_>],
         extents: &[(u64, u64)],
@@ -220,73 +150,35 @@ impl DiskBackup<'_, '_> {
     /// Stores the blocks' chunks that the store lacks. In a key backup, also reads back the
     /// stored copy of every chunk the blocks reference and queues damaged ones for healing.
     pub fn store(&mut self, items: &[BlockItem<'_>]) -> Result<()> {
+        let (session, checked) = (&*self.session, &*self.checked);
+        let prepared = prepare_chunks(self.repo, items, self.key, |d| {
+            session.is_pending(ObjectKind::Chunk, &d.0) || checked.contains(d)
+        })?;
+        self.absorb(items, prepared)
+    }
+
+    /// Takes in what [`prepare_chunks`] found for `items`: appends the new chunks to the
+    /// session (skipping any another batch appended meanwhile), counts, and queues damaged
+    /// chunks for healing.
+    pub fn absorb(&mut self, items: &[BlockItem<'_>], prepared: PreparedChunks) -> Result<()> {
         let compression = self.repo.config().compression;
-        let mut seen = HashSet::new();
-        let mut candidates: Vec<&BlockItem<'_>> = Vec::new();
-        for it in items {
-            let d = it.digest;
-            if d.is_zero() {
-                self.stats.zero_blocks += 1;
-                continue;
-            }
-            // Known live through the reference (a key backup checks those too).
-            if !self.key && it.reference == Some(d) {
-                continue;
-            }
-            if self.session.is_pending(ObjectKind::Chunk, &d.0)
-                || !seen.insert(d)
-                || self.checked.contains(&d)
-            {
-                continue;
-            }
-            candidates.push(it);
-        }
-        let keys: Vec<[u8; 32]> = candidates.iter().map(|it| it.digest.0).collect();
-        let entries = self.repo.index().get_many(ObjectKind::Chunk, &keys)?;
-        let (known, new): (Vec<_>, Vec<_>) = candidates
-            .into_iter()
-            .zip(entries)
-            .partition(|(_, e)| e.is_some());
-        if self.key {
-            let backend = self.repo.backend();
-            let damaged: Vec<Result<Option<&BlockItem<'_>>>> = known
-                .par_iter()
-                .map(|(it, entry)| {
-                    let Some(entry) = entry else { return Ok(None) };
-                    match read_object(backend, ObjectKind::Chunk, &it.digest.0, entry) {
-                        Ok(_) => Ok(None),
-                        Err(
-                            Error::ObjectCorrupt { .. }
-                            | Error::ObjectMissing { .. }
-                            | Error::Io { .. }
-                            | Error::PackCorrupt { .. },
-                        ) => Ok(Some(*it)),
-                        Err(e) => Err(e),
-                    }
-                })
-                .collect();
-            for (it, _) in &known {
-                self.checked.insert(it.digest);
-            }
-            for d in damaged {
-                if let Some(it) = d? {
-                    let (info, stored) =
-                        encode_object(ObjectKind::Chunk, it.digest, it.data, compression);
-                    self.heal.push((info, stored.into_owned()));
-                }
-            }
-        }
-        let encoded: Vec<_> = new
-            .par_iter()
-            .map(|(it, _)| encode_object(ObjectKind::Chunk, it.digest, it.data, compression))
-            .collect();
-        for (info, stored) in &encoded {
+        self.stats.zero_blocks += prepared.zero_blocks;
+        for (info, stored) in &prepared.encoded {
             if self.session.add(info, stored)? {
                 self.stats.new_chunks += 1;
                 self.stats.new_raw_bytes += u64::from(info.raw_len);
                 self.stats.new_stored_bytes += u64::from(info.stored_len);
             }
         }
+        for &i in &prepared.damaged {
+            let Some(it) = items.get(i) else { continue };
+            if self.checked.insert(it.digest) {
+                let (info, stored) =
+                    encode_object(ObjectKind::Chunk, it.digest, it.data, compression);
+                self.heal.push((info, stored.into_owned()));
+            }
+        }
+        self.checked.extend(prepared.checked);
         Ok(())
     }
 
@@ -365,6 +257,87 @@ impl DiskBackup<'_, '_> {
         }
         Ok(existing.is_none() && !self.session.is_pending(ObjectKind::Page, digest.as_bytes()))
     }
+}
+
+/// What [`prepare_chunks`] found for a set of blocks.
+#[derive(Default)]
+pub struct PreparedChunks {
+    /// Chunks the index does not have, encoded for storage.
+    pub encoded: Vec<(ObjectInfo, Vec<u8>)>,
+    /// All-zero blocks.
+    pub zero_blocks: u64,
+    /// Key backups: items whose stored chunk is damaged or missing.
+    pub damaged: Vec<usize>,
+    /// Key backups: digests whose stored copy was read back intact.
+    pub checked: Vec<ChunkDigest>,
+}
+
+/// The thread-safe part of storing blocks: finds (one batched index lookup) which chunks
+/// the store lacks and encodes them; in a key backup also reads back the stored copy of
+/// every other chunk with every check. `skip` names digests already handled elsewhere
+/// (pending in the session, already checked). Writes nothing.
+pub fn prepare_chunks(
+    repo: &Repository,
+    items: &[BlockItem<'_>],
+    key: bool,
+    skip: impl Fn(&ChunkDigest) -> bool,
+) -> Result<PreparedChunks> {
+    let compression = repo.config().compression;
+    let mut out = PreparedChunks::default();
+    let mut seen = HashSet::new();
+    let mut candidates: Vec<usize> = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let d = it.digest;
+        if d.is_zero() {
+            out.zero_blocks += 1;
+            continue;
+        }
+        // Known live through the reference (a key backup checks those too).
+        if (!key && it.reference == Some(d)) || skip(&d) || !seen.insert(d) {
+            continue;
+        }
+        candidates.push(i);
+    }
+    let keys: Vec<[u8; 32]> = candidates.iter().map(|&i| items[i].digest.0).collect();
+    let entries = repo.index().get_many(ObjectKind::Chunk, &keys)?;
+    let (known, new): (Vec<_>, Vec<_>) = candidates
+        .into_iter()
+        .zip(entries)
+        .partition(|(_, e)| e.is_some());
+    if key {
+        let backend = repo.backend();
+        let results: Vec<Result<(usize, bool)>> = known
+            .par_iter()
+            .filter_map(|(i, entry)| entry.as_ref().map(|e| (*i, e)))
+            .map(|(i, entry)| {
+                match read_object(backend, ObjectKind::Chunk, &items[i].digest.0, entry) {
+                    Ok(_) => Ok((i, true)),
+                    Err(
+                        Error::ObjectCorrupt { .. }
+                        | Error::ObjectMissing { .. }
+                        | Error::Io { .. }
+                        | Error::PackCorrupt { .. },
+                    ) => Ok((i, false)),
+                    Err(e) => Err(e),
+                }
+            })
+            .collect();
+        for r in results {
+            match r? {
+                (i, true) => out.checked.push(items[i].digest),
+                (i, false) => out.damaged.push(i),
+            }
+        }
+    }
+    out.encoded = new
+        .par_iter()
+        .map(|(i, _)| {
+            let it = &items[*i];
+            let (info, stored) = encode_object(ObjectKind::Chunk, it.digest, it.data, compression);
+            (info, stored.into_owned())
+        })
+        .collect();
+    Ok(out)
 }
 
 /// Whether `[start, end)` overlaps any of the sorted, disjoint `extents`.

@@ -9,6 +9,7 @@
 
 mod delta;
 mod disk;
+mod full_read;
 mod heal;
 pub mod plan;
 mod reference;
@@ -29,9 +30,9 @@ use crate::repo::Repository;
 use crate::sources::{open_source, BlockSource, SourceFormat, SourceSpec};
 use crate::store::session::WriteSession;
 
+use disk::DiskBackup;
 pub use disk::Drift;
 pub use plan::Mode;
-use disk::DiskBackup;
 use plan::{key_backup_due, plan_disk, DiskPlan, MODE_KEY};
 use reference::ReferenceManifest;
 
@@ -201,8 +202,7 @@ pub fn backup(
     let mut disks = Vec::new();
     let mut roots = Vec::new();
     let mut reports = Vec::new();
-    for ((spec, source), (block_size, reference, plan)) in
-        req.disks.iter().zip(&sources).zip(plans)
+    for ((spec, source), (block_size, reference, plan)) in req.disks.iter().zip(&sources).zip(plans)
     {
         let DiskPlan {
             mode,
@@ -228,7 +228,9 @@ pub fn backup(
             stats: DiskStats::default(),
             drift: Drift::default(),
         };
-        let drift_extents = extents.as_deref().filter(|_| mode == Mode::Key && delta_applies);
+        let drift_extents = extents
+            .as_deref()
+            .filter(|_| mode == Mode::Key && delta_applies);
         let delta_extents = extents.as_deref().filter(|_| mode == Mode::Delta);
         disk.run(
             &spec.name,
@@ -340,7 +342,6 @@ fn plan_disks<'r>(
         plans.push((block_size, reference, plan));
     }
     Ok(plans)
-
 }
 
 /// The source's changed extents clipped to its size.

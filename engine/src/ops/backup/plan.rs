@@ -60,11 +60,7 @@ pub fn key_backup_due(series: &[&SnapshotHeader], interval: u32) -> bool {
     if interval == 0 || series.is_empty() {
         return false;
     }
-    let since_key = series
-        .iter()
-        .rev()
-        .take_while(|h| !is_key(h))
-        .count();
+    let since_key = series.iter().rev().take_while(|h| !is_key(h)).count();
     // Without any key snapshot, the first snapshot of the series starts the count.
     let since = if since_key == series.len() {
         since_key - 1
@@ -132,7 +128,8 @@ pub fn plan_disk(
         });
     }
     // The delta does not apply on the reference.
-    let mismatch = || match reference {
+    let mismatch = || {
+        match reference {
         Some(r) => Error::WrongBase {
             disk: disk.to_string(),
             source_desc: location.to_string(),
@@ -144,6 +141,7 @@ pub fn plan_disk(
             "disk {disk:?}: {location} is a delta on {}, but the reference snapshot has no disk {disk:?} with the same block size; back up its base first, or pass --fallback-full",
             changes.base_description
         )),
+    }
     };
     if explicit_reference && !opts.fallback_full {
         return Err(mismatch());
