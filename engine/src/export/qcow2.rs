@@ -32,8 +32,9 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::Repository;
 
-use crate::sources::qcow2::header::{EXT_BACKING_FORMAT, MAGIC, MAX_BACKING_NAME, V3_HEADER_LEN};
-use crate::sources::qcow2::table::{COPIED, ZERO_FLAG};
+use crate::formats::qcow2::{
+    COPIED, EXT_BACKING_FORMAT, MAGIC, MAX_BACKING_NAME, V3_HEADER_LEN, ZERO_FLAG,
+};
 
 const HEADER_LEN: usize = V3_HEADER_LEN as usize;
 const MAX_CLUSTER: u64 = 2 << 20;

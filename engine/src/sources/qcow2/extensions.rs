@@ -7,12 +7,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-/// Header extension: backing file format name.
-pub(crate) const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
-/// Header extension: feature name table.
-const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
-/// Header extension: end of the extension area.
-const EXT_END: u32 = 0;
+use crate::formats::qcow2::{EXT_BACKING_FORMAT, EXT_END, EXT_FEATURE_NAMES};
 
 /// What the extensions say.
 #[derive(Debug, Default)]

@@ -15,24 +15,16 @@
 //! | 104 | compression_type (v3, when header_length > 104) | 0 deflate, 1 zstd; non-zero only with bit 3 |
 //!
 //! A version 2 header is 72 bytes. Header extensions follow it ([`super::extensions`]).
-//! The writer in `export/qcow2.rs` shares the constants below.
+//! Constants shared with the writer (`export/qcow2.rs`) are in `formats/qcow2.rs`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::extensions::{self, read_range};
+use crate::formats::qcow2::{MAGIC, MAX_BACKING_NAME, V2_HEADER_LEN, V3_HEADER_LEN};
 
-/// `QFI\xfb`.
-pub(crate) const MAGIC: u32 = 0x5146_49fb;
-pub(crate) use super::extensions::EXT_BACKING_FORMAT;
-/// Length of a version 2 header.
-const V2_HEADER_LEN: u32 = 72;
-/// Minimum length of a version 3 header (through `header_length`).
-pub(crate) const V3_HEADER_LEN: u32 = 104;
 /// Bytes of the header read up front: v3 fields plus `compression_type` and its padding.
 const HEADER_READ: usize = 112;
-/// Longest backing file name the spec allows.
-pub(crate) const MAX_BACKING_NAME: u32 = 1023;
 /// qemu's limit on the L1 table size; bounds the memory the L1 table takes.
 const MAX_L1_BYTES: u64 = 32 << 20;
 

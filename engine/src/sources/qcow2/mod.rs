@@ -18,10 +18,10 @@
 mod backing;
 mod compressed;
 mod extensions;
-pub(crate) mod header;
+mod header;
 mod read;
 mod scan;
-pub(crate) mod table;
+mod table;
 #[cfg(test)]
 mod tests;
 

@@ -9,9 +9,10 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::header::Header;
-use super::table::{self, ClusterMap, OFFSET_MASK};
+use super::table::{self, ClusterMap};
 use super::{bad_image, Qcow2Source};
 use crate::error::Result;
+use crate::formats::qcow2::OFFSET_MASK;
 use crate::sources::normalize_extents;
 
 /// Reads the L1 entries that map the virtual size and checks where they point.

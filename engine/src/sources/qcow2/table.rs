@@ -20,14 +20,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-/// Offset bits of L1 and standard L2 entries.
-pub(crate) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-/// L2 entry bit 62: compressed cluster.
-const COMPRESSED: u64 = 1 << 62;
-/// L1/L2 entry bit 63: refcount is exactly one.
-pub(crate) const COPIED: u64 = 1 << 63;
-/// Standard L2 entry bit 0: the cluster reads as zeros (v3).
-pub(crate) const ZERO_FLAG: u64 = 1;
+use crate::formats::qcow2::{COMPRESSED, OFFSET_MASK, ZERO_FLAG};
+
 /// Subclusters per cluster with extended L2 entries.
 pub const SUBCLUSTERS: u64 = 32;
 /// Bytes of L2 tables kept in the cache.

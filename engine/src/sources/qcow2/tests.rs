@@ -27,7 +27,7 @@ fn sample() -> (Vec<u8>, Vec<u8>) {
     assert!(payload.len() <= CS);
 
     let mut img = vec![0u8; 6 * CS];
-    put32(&mut img, 0, super::header::MAGIC);
+    put32(&mut img, 0, crate::formats::qcow2::MAGIC);
     put32(&mut img, 4, 3);
     put32(&mut img, 20, 9);
     put64(&mut img, 24, SIZE);
@@ -35,10 +35,18 @@ fn sample() -> (Vec<u8>, Vec<u8>) {
     put64(&mut img, 40, CS as u64);
     put32(&mut img, 96, 4);
     put32(&mut img, 100, 104);
-    put64(&mut img, CS, (2 * CS as u64) | super::table::COPIED);
+    put64(
+        &mut img,
+        CS,
+        (2 * CS as u64) | crate::formats::qcow2::COPIED,
+    );
     let l2 = 2 * CS;
-    put64(&mut img, l2, (3 * CS as u64) | super::table::COPIED);
-    put64(&mut img, l2 + 8, super::table::ZERO_FLAG);
+    put64(
+        &mut img,
+        l2,
+        (3 * CS as u64) | crate::formats::qcow2::COPIED,
+    );
+    put64(&mut img, l2 + 8, crate::formats::qcow2::ZERO_FLAG);
     // Compressed: x = 62 - (9 - 8) = 61; one sector → field 0.
     put64(&mut img, l2 + 16, (1 << 62) | (4 * CS) as u64);
     put64(&mut img, l2 + 24, 5 * CS as u64);
@@ -104,7 +112,7 @@ fn sample_extended_zstd() -> (Vec<u8>, Vec<u8>) {
     let payload = zstd::bulk::compress(&plain, 3).unwrap();
     assert!(payload.len() <= C);
     let mut img = vec![0u8; 5 * C];
-    put32(&mut img, 0, super::header::MAGIC);
+    put32(&mut img, 0, crate::formats::qcow2::MAGIC);
     put32(&mut img, 4, 3);
     put32(&mut img, 20, 14);
     put64(&mut img, 24, 4 * C as u64);
