@@ -17,7 +17,7 @@
 mod cache;
 mod export;
 mod handshake;
-mod proto;
+pub(crate) mod proto;
 mod transmission;
 
 use std::io::{BufReader, BufWriter, Read, Write};

@@ -31,6 +31,14 @@ pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
 pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
 pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
 pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
+pub const REP_ERR_PLATFORM: u32 = (1 << 31) + 4;
+pub const REP_ERR_TLS_REQD: u32 = (1 << 31) + 5;
+pub const REP_ERR_SHUTDOWN: u32 = (1 << 31) + 7;
+pub const REP_ERR_BLOCK_SIZE_REQD: u32 = (1 << 31) + 8;
+/// Bit set in every option error reply type.
+pub const REP_FLAG_ERROR: u32 = 1 << 31;
+/// What an oldstyle server sends where a newstyle one sends IHAVEOPT.
+pub const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
 
 pub const INFO_EXPORT: u16 = 0;
 pub const INFO_NAME: u16 = 1;
@@ -65,6 +73,9 @@ pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
 pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+pub const REPLY_TYPE_ERROR_OFFSET: u16 = (1 << 15) + 2;
+/// Bit set in every structured reply error type.
+pub const REPLY_FLAG_ERROR_TYPE: u16 = 1 << 15;
 
 pub const EPERM: u32 = 1;
 pub const EIO: u32 = 5;
@@ -77,6 +88,10 @@ pub const STATE_ZERO: u32 = 2;
 /// The one metadata context served, and its id.
 pub const BASE_ALLOCATION: &str = "base:allocation";
 pub const BASE_ALLOCATION_ID: u32 = 1;
+/// Prefix of qemu's dirty-bitmap metadata contexts (`qemu:dirty-bitmap:NAME`); bit 0 of
+/// their status flags means "dirty".
+pub const QEMU_DIRTY_BITMAP: &str = "qemu:dirty-bitmap:";
+pub const STATE_DIRTY: u32 = 1;
 
 /// Largest option payload accepted.
 pub const MAX_OPTION: u32 = 64 * 1024;
