@@ -32,11 +32,11 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::Repository;
 
-const MAGIC: u32 = 0x5146_49fb;
-const HEADER_LEN: usize = 104;
-const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
-const COPIED: u64 = 1 << 63;
-const ZERO_FLAG: u64 = 1;
+use crate::formats::qcow2::{
+    COPIED, EXT_BACKING_FORMAT, MAGIC, MAX_BACKING_NAME, V3_HEADER_LEN, ZERO_FLAG,
+};
+
+const HEADER_LEN: usize = V3_HEADER_LEN as usize;
 const MAX_CLUSTER: u64 = 2 << 20;
 
 /// Where each guest cluster goes.
@@ -234,9 +234,9 @@ fn header(lay: &Layout, backing: Option<&str>) -> Result<Vec<u8>> {
     }
     ext.extend_from_slice(&[0; 8]); // end of extensions
     let (backing_offset, backing_len) = match backing {
-        Some(name) if name.is_empty() || name.len() > 1023 => {
+        Some(name) if name.is_empty() || name.len() > MAX_BACKING_NAME as usize => {
             return Err(Error::InvalidArgument(format!(
-                "the backing file name must be 1 to 1023 bytes, not {}",
+                "the backing file name must be 1 to {MAX_BACKING_NAME} bytes, not {}",
                 name.len()
             )))
         }
