@@ -102,11 +102,14 @@ pub fn show(repo: &Path, query: &str, json: bool) -> Result<i32> {
     let (id, h) = repository.resolve_snapshot(query)?;
     let protected = repository.index().protected()?.contains(&id);
     let damage = load_damage_marks(repository.root())?.get(&id).copied();
-    let usage = snapshot_usage(&repository, id)?;
+    // A damaged snapshot (a page missing or unreadable) has no space accounting, but `show`
+    // must still describe it, damage included.
+    let usage = snapshot_usage(&repository, id).map_err(|e| e.to_string());
     if json {
         print_json(&json!({
             "ok": true, "id": id.to_hex(), "series": h.series, "time": format_us(h.time_us), "time_us": h.time_us,
-            "duration_ms": h.duration_ms, "protected": protected, "usage": usage,
+            "duration_ms": h.duration_ms, "protected": protected,
+            "usage": usage.as_ref().ok(), "usage_error": usage.as_ref().err(),
             "damaged": damage.is_some(), "damage": damage.map(damage_json),
             "tags": h.tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "disks": disk_json(&h),
@@ -127,13 +130,16 @@ pub fn show(repo: &Path, query: &str, json: bool) -> Result<i32> {
         if let Some(m) = damage {
             println!("  DAMAGED  {}", damage_text(&m));
         }
-        println!(
-            "  space    references {} in {} objects; {} of it only this snapshot references (freed if forgotten), {} shared",
-            bytes(usage.referenced_stored_bytes),
-            usage.referenced_objects,
-            bytes(usage.exclusive_stored_bytes),
-            bytes(usage.shared_stored_bytes)
-        );
+        match &usage {
+            Ok(usage) => println!(
+                "  space    references {} in {} objects; {} of it only this snapshot references (freed if forgotten), {} shared",
+                bytes(usage.referenced_stored_bytes),
+                usage.referenced_objects,
+                bytes(usage.exclusive_stored_bytes),
+                bytes(usage.shared_stored_bytes)
+            ),
+            Err(e) => println!("  space    unknown: {e}"),
+        }
         for d in &h.disks {
             println!(
                 "  disk {}: {} in {} blocks of {}, {} manifest pages",
