@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions, TryLockError};
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -331,13 +332,14 @@ pub fn update_damage_marks(root: &Path, _lock: &LedgerLock, findings: &DamageFin
     }
     let mut text = format!("{DAMAGE_MARKS_HEADER}\n");
     for (id, m) in &marks {
-        text.push_str(&format!(
-            "{id} {} {} {} {}\n",
+        let _ = writeln!(
+            text,
+            "{id} {} {} {} {}",
             m.ranges,
             m.bytes,
             u8::from(m.file_damaged),
             m.marked_at_us
-        ));
+        );
     }
     let tmp = root.join(format!("{DAMAGE_MARKS_FILE}.tmp"));
     let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;

@@ -592,6 +592,9 @@ fn rerun_finishes_an_interrupted_quarantine() {
 /// `(snapshot, disk, offset, length)` of a damaged range.
 type Range = (String, String, u64, u64);
 
+/// `(kind, digest)` of damaged objects → their ranges.
+type ObjectRanges = BTreeMap<(String, String), BTreeSet<Range>>;
+
 /// Snapshots `tessera list --json` marks as damaged.
 fn damaged_in_list(repo: &Path) -> BTreeSet<String> {
     let out = tessera([OsStr::new("--json"), "list".as_ref(), repo.as_os_str()]);
@@ -607,7 +610,7 @@ fn damaged_in_list(repo: &Path) -> BTreeSet<String> {
 
 /// `verify --json` (exit 4): the report's damaged objects with their ranges, and its
 /// damaged packs.
-fn damage_report(repo: &Path) -> (BTreeMap<(String, String), BTreeSet<Range>>, Vec<String>) {
+fn damage_report(repo: &Path) -> (ObjectRanges, Vec<String>) {
     let out = tessera([OsStr::new("--json"), "verify".as_ref(), repo.as_os_str()]);
     out.expect_code(4);
     let report = out.json()["report"].clone();
@@ -656,17 +659,17 @@ impl Fixture {
         &self,
         objects: &BTreeSet<(String, String)>,
     ) -> BTreeMap<(String, String), BTreeSet<Range>> {
-        let r = Repository::open(&self.repo).unwrap();
+        let repo = Repository::open(&self.repo).unwrap();
         let mut out: BTreeMap<(String, String), BTreeSet<Range>> =
             objects.iter().map(|o| (o.clone(), BTreeSet::new())).collect();
         for (snap, disk, img) in &self.images {
-            let Ok(s) = r.load_snapshot(snap.parse::<SnapshotId>().unwrap()) else {
+            let Ok(snapshot) = repo.load_snapshot(snap.parse::<SnapshotId>().unwrap()) else {
                 continue;
             };
-            let i = s.header.disks.iter().position(|d| &d.name == disk).unwrap();
-            let size = s.header.disks[i].size;
-            assert_eq!(s.roots[i].len(), 1, "one page per disk");
-            let page = ("page".to_string(), s.roots[i][0].to_hex());
+            let nth = snapshot.header.disks.iter().position(|d| &d.name == disk).unwrap();
+            let size = snapshot.header.disks[nth].size;
+            assert_eq!(snapshot.roots[nth].len(), 1, "one page per disk");
+            let page = ("page".to_string(), snapshot.roots[nth][0].to_hex());
             if let Some(set) = out.get_mut(&page) {
                 set.insert((snap.clone(), disk.clone(), 0, size));
                 continue;
@@ -683,10 +686,10 @@ impl Fixture {
             for (n, b) in block_digests(img, BLOCK).into_iter().enumerate() {
                 let key = ("chunk".to_string(), tessera_tests::hex(&b.digest));
                 let offset = n as u64 * BLOCK;
-                let extends = matches!(&run, Some((s, l, d)) if *d == key.1 && s + l == offset);
+                let extends = matches!(&run, Some((start, len, digest)) if *digest == key.1 && start + len == offset);
                 if extends {
-                    if let Some((_, l, _)) = &mut run {
-                        *l += b.len;
+                    if let Some((_, len, _)) = &mut run {
+                        *len += b.len;
                     }
                 } else {
                     close(&mut run, &mut out);
@@ -892,10 +895,10 @@ fn snapshot_naming_a_missing_page_is_reported_unrecoverable() {
     let out = f.repair(&[OsStr::new("--from"), f.other.as_os_str()]);
     out.expect_code(4);
     let v = out.json();
-    let lost = v["unrecoverable"].as_array().unwrap();
-    assert_eq!(lost.len(), 1, "{out}");
-    assert_eq!(lost[0]["digest"], bogus.as_str());
-    assert_eq!(lost[0]["ranges"][0]["snapshot"], forged.as_str());
+    let unrecoverable = v["unrecoverable"].as_array().unwrap();
+    assert_eq!(unrecoverable.len(), 1, "{out}");
+    assert_eq!(unrecoverable[0]["digest"], bogus.as_str());
+    assert_eq!(unrecoverable[0]["ranges"][0]["snapshot"], forged.as_str());
     // Still marked after the repair; `show` counts its damaged range.
     assert_eq!(damaged_in_list(&f.repo), BTreeSet::from([forged.clone()]));
     let show = tessera([OsStr::new("--json"), "show".as_ref(), f.repo.as_os_str(), forged.as_ref()]);

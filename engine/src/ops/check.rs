@@ -151,39 +151,13 @@ pub fn verify(
         None
     };
     let mut report = CheckReport::default();
-    let mut snapshots = Vec::new();
-    let catalog = repo.index().snapshots()?;
-    let catalogued: HashSet<SnapshotId> = catalog.iter().map(|(id, _)| *id).collect();
-    for (id, header) in catalog {
-        match repo.load_snapshot(id) {
-            Ok(s) if s.header == header => snapshots.push((id, s)),
-            Ok(_) => {
-                report.problems.push(format!(
-                    "snapshot {id}: catalog entry differs from the snapshot file"
-                ));
-                report.damaged_snapshot_files.push(id.to_hex());
-            }
-            Err(e) => {
-                report.problems.push(format!("snapshot {id}: {e}"));
-                report.damaged_snapshot_files.push(id.to_hex());
-            }
-        }
-    }
-    report.snapshots = snapshots.len();
+    let (snapshots, catalogued) = load_catalogued(repo, &mut report)?;
     let expected = expected_counts_of(
         repo.index(),
         repo.backend(),
         snapshots.iter().map(|(_, s)| s),
     )?;
-    let mut bad: Vec<(BadKey, DamagedObject)> = Vec::new();
-    for (page, reason) in &expected.unreadable_pages {
-        report.problems.push(format!("page {page}: {reason}"));
-        let entry = repo.index().get_object(ObjectKind::Page, page.as_bytes())?;
-        bad.push((
-            (ObjectKind::Page, page.0),
-            damaged(ObjectKind::Page, page.0, entry.as_ref(), reason.clone()),
-        ));
-    }
+    let mut bad = unreadable_pages(repo, &expected.unreadable_pages, &mut report)?;
     let mut indexed: HashSet<BadKey> = HashSet::new();
     let mut live: Vec<Live> = Vec::new();
     let mut dead: Vec<Live> = Vec::new();
@@ -264,16 +238,76 @@ pub fn verify(
         report.damaged = map_damage(repo, &snapshots, bad);
     }
     if let Some(ledger) = &ledger {
-        report.ledger_pruned = ledger.prune(repo.index())?;
-        // A sampled run cannot vouch for a snapshot: it only adds marks.
-        let checked = match (&opts.sample, &opts.scope) {
-            (Some(_), _) => HashSet::new(),
-            (None, Some(ids)) => ids.iter().copied().collect(),
-            (None, None) => catalogued.clone(),
-        };
-        record_damage(repo, ledger.lock(), &report, checked, catalogued)?;
+        update_ledger(repo, ledger, opts, catalogued, &mut report)?;
     }
     Ok(report)
+}
+
+/// After a run with the ledger: prunes the entries of objects gone from the index and
+/// updates the damage marks. A sampled run cannot vouch for a snapshot: it only adds marks.
+fn update_ledger(
+    repo: &Repository,
+    ledger: &Ledger,
+    opts: &VerifyOptions,
+    catalogued: Vec<SnapshotId>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    report.ledger_pruned = ledger.prune(repo.index())?;
+    let checked: Vec<SnapshotId> = match (&opts.sample, &opts.scope) {
+        (Some(_), _) => Vec::new(),
+        (None, Some(ids)) => ids.clone(),
+        (None, None) => catalogued.clone(),
+    };
+    record_damage(repo, ledger.lock(), report, checked, catalogued)
+}
+
+/// The pages the count recomputation could not read, as damaged objects.
+fn unreadable_pages(
+    repo: &Repository,
+    pages: &[(tessera_format::PageDigest, String)],
+    report: &mut CheckReport,
+) -> Result<Vec<(BadKey, DamagedObject)>> {
+    let mut bad = Vec::new();
+    for (page, reason) in pages {
+        report.problems.push(format!("page {page}: {reason}"));
+        let entry = repo.index().get_object(ObjectKind::Page, page.as_bytes())?;
+        bad.push((
+            (ObjectKind::Page, page.0),
+            damaged(ObjectKind::Page, page.0, entry.as_ref(), reason.clone()),
+        ));
+    }
+    Ok(bad)
+}
+
+/// Snapshots loaded from their files.
+type Loaded = Vec<(SnapshotId, tessera_format::Snapshot)>;
+
+/// Loads every catalogued snapshot, reporting those whose file is unreadable or differs from
+/// its catalog entry. Returns the loaded ones and every catalogued id.
+fn load_catalogued(
+    repo: &Repository,
+    report: &mut CheckReport,
+) -> Result<(Loaded, Vec<SnapshotId>)> {
+    let mut snapshots = Vec::new();
+    let catalog = repo.index().snapshots()?;
+    let catalogued: Vec<SnapshotId> = catalog.iter().map(|(id, _)| *id).collect();
+    for (id, header) in catalog {
+        match repo.load_snapshot(id) {
+            Ok(s) if s.header == header => snapshots.push((id, s)),
+            Ok(_) => {
+                report.problems.push(format!(
+                    "snapshot {id}: catalog entry differs from the snapshot file"
+                ));
+                report.damaged_snapshot_files.push(id.to_hex());
+            }
+            Err(e) => {
+                report.problems.push(format!("snapshot {id}: {e}"));
+                report.damaged_snapshot_files.push(id.to_hex());
+            }
+        }
+    }
+    report.snapshots = snapshots.len();
+    Ok((snapshots, catalogued))
 }
 
 /// Updates the damage marks (`REPO/damaged`, see `crate::ledger`) with what `report` found:
@@ -283,8 +317,8 @@ pub fn record_damage(
     repo: &Repository,
     lock: &LedgerLock,
     report: &CheckReport,
-    checked: HashSet<SnapshotId>,
-    catalogued: HashSet<SnapshotId>,
+    checked: impl IntoIterator<Item = SnapshotId>,
+    catalogued: impl IntoIterator<Item = SnapshotId>,
 ) -> Result<()> {
     let findings = DamageFindings {
         damaged: damage_marks(
@@ -292,27 +326,31 @@ pub fn record_damage(
             &report.damaged_snapshot_files,
             crate::time::now_us(),
         ),
-        checked,
-        catalogued,
+        checked: checked.into_iter().collect(),
+        catalogued: catalogued.into_iter().collect(),
     };
     update_damage_marks(repo.root(), lock, &findings)
 }
 
 type Live = (ObjectKind, [u8; 32], ObjectEntry);
 
+/// A pack's catalogued object count (`None`: not in the catalog) and the index entries that
+/// place objects in it.
+type PackObjects<'a> = (Option<u32>, Vec<&'a Live>);
+
 /// Checks every catalogued pack's footer and trailer (and those of packs the index names
 /// but the catalog lacks) against its layout, its catalog entry and the index entries that
 /// place objects in it (`pack_scan::check_footer`), in parallel. Returns the damaged packs,
 /// sorted by id.
 fn check_footers(repo: &Repository, live: &[Live], dead: &[Live]) -> Result<Vec<DamagedPack>> {
-    let mut by_pack: HashMap<PackId, (Option<u32>, Vec<&Live>)> = HashMap::new();
+    let mut by_pack: HashMap<PackId, PackObjects<'_>> = HashMap::new();
     for (id, entry) in repo.index().packs()? {
         by_pack.entry(id).or_default().0 = Some(entry.objects);
     }
     for obj in live.iter().chain(dead) {
         by_pack.entry(obj.2.pack).or_default().1.push(obj);
     }
-    let packs: Vec<(PackId, (Option<u32>, Vec<&Live>))> = by_pack.into_iter().collect();
+    let packs: Vec<(PackId, PackObjects<'_>)> = by_pack.into_iter().collect();
     let found: Vec<Option<DamagedPack>> = packs
         .par_iter()
         .map(|(pack, (catalog, indexed))| {

@@ -284,7 +284,7 @@ pub fn repair(
     // The final check read everything: it replaces the damage marks `list` and `show`
     // display (unless a verify holds the ledger right now; it will record its own findings).
     if let Some(lock) = LedgerLock::try_acquire(repo.root())? {
-        let catalogued: HashSet<SnapshotId> = repo
+        let catalogued: Vec<SnapshotId> = repo
             .index()
             .snapshots()?
             .into_iter()
