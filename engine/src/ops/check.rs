@@ -2,8 +2,14 @@
 //! chunk it references exists, the stored reference counts equal counts recomputed from
 //! scratch, and (with `read_data`) every live object reads back intact.
 //!
+//! Every pack's footer and trailer are checked against the pack's layout, its catalog entry
+//! and the index (`store::pack_scan::check_footer`, SPEC §11a): a damaged footer is *pack
+//! damage* even when every record is intact, and repair rewrites such packs.
+//!
 //! This is the verification used by `tessera verify` and by the tests after crashes. Damaged
 //! or missing objects are mapped to every snapshot range that needs them (`damage.rs`).
+//! A run with the ledger also prunes the ledger and updates the damage marks that `list` and
+//! `show` display (`crate::ledger`).
 //!
 //! [`verify`] adds to this what `tessera verify` needs: a scope (only the objects some
 //! snapshots reference are read), a seeded random sample of that scope, and the
