@@ -789,6 +789,9 @@ fn footer_and_trailer_bit_flips_are_pack_damage_and_repaired() {
     let (footer, count) = footer_of(&path);
     flip_byte(&path, footer + 56 * (count / 2) + 12);
     f.assert_damage_exactly(&BTreeSet::new(), std::slice::from_ref(&id));
+    let text = verify(&f.repo);
+    text.expect_code(4);
+    assert!(text.stdout.contains(&format!("damaged pack {id}")), "{text}");
     // Every snapshot still restores before the repair: no data is lost.
     for (spec, sha) in &f.expect {
         assert_eq!(&restored_sha(&f.repo, spec, f.t.path()), sha, "{spec}");
