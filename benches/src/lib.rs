@@ -5,6 +5,8 @@
 
 pub mod bin_args;
 pub mod datagen;
+pub mod delta_sources;
 pub mod measure;
+pub mod plot;
 pub mod retention;
 pub mod verify_measure;

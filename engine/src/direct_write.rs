@@ -92,6 +92,97 @@ impl<'f> BlockWriter<'f> {
     }
 }
 
+/// A run of bytes to write: `buf[start..end]` at file offset `offset`.
+pub type Run = (usize, usize, u64);
+
+/// Parallel producers, one writer: producers fill page-aligned buffers (taken with
+/// [`PipelineProducer::buffer`]) and [`PipelineProducer::submit`] them with the runs to write;
+/// the thread running [`PipelineDrain::run`] writes them through a [`BlockWriter`] and
+/// recycles the buffers. CPU work (reading, checking, decompressing) then overlaps the
+/// synchronous `O_DIRECT` writes instead of alternating with them on the same threads.
+///
+/// The drain ends when the producer is dropped and the queue is empty. After a write error
+/// it keeps receiving (without writing) so producers never block, and returns that error.
+pub fn write_pipeline(buffer_len: usize, queue: usize) -> (PipelineProducer, PipelineDrain) {
+    let (full, rx) = std::sync::mpsc::sync_channel(queue);
+    let spare = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    (
+        PipelineProducer {
+            full,
+            spare: spare.clone(),
+            failed: failed.clone(),
+            buffer_len,
+        },
+        PipelineDrain { rx, spare, failed },
+    )
+}
+
+type Spare = std::sync::Arc<std::sync::Mutex<Vec<MmapMut>>>;
+
+/// The producing side of [`write_pipeline`] (shared by reference among worker threads).
+pub struct PipelineProducer {
+    full: std::sync::mpsc::SyncSender<(MmapMut, Vec<Run>)>,
+    spare: Spare,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    buffer_len: usize,
+}
+
+impl PipelineProducer {
+    /// A page-aligned buffer of the pipeline's length (recycled when possible).
+    pub fn buffer(&self) -> std::io::Result<MmapMut> {
+        let recycled = self.spare.lock().ok().and_then(|mut v| v.pop());
+        match recycled {
+            Some(b) => Ok(b),
+            None => MmapMut::map_anon(self.buffer_len.max(1)),
+        }
+    }
+
+    /// Hands a filled buffer to the writer (blocks while the queue is full). Returns false
+    /// when the writer has failed (or is gone): producers should stop, the drain's result
+    /// says why.
+    pub fn submit(&self, buf: MmapMut, runs: Vec<Run>) -> bool {
+        !self.failed.load(std::sync::atomic::Ordering::Relaxed)
+            && self.full.send((buf, runs)).is_ok()
+    }
+}
+
+/// The writing side of [`write_pipeline`].
+pub struct PipelineDrain {
+    rx: std::sync::mpsc::Receiver<(MmapMut, Vec<Run>)>,
+    spare: Spare,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PipelineDrain {
+    /// Writes submitted buffers in arrival order until the producer is dropped. Returns the
+    /// bytes written or the first error.
+    pub fn run(self, writer: &BlockWriter<'_>) -> std::io::Result<u64> {
+        let mut written = 0u64;
+        let mut first_error = None;
+        for (buf, runs) in self.rx {
+            if first_error.is_none() {
+                for (start, end, offset) in runs {
+                    let Some(data) = buf.get(start..end) else {
+                        continue;
+                    };
+                    if let Err(e) = writer.write_at(data, offset) {
+                        first_error = Some(e);
+                        self.failed
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                    written += data.len() as u64;
+                }
+            }
+            if let Ok(mut spare) = self.spare.lock() {
+                spare.push(buf);
+            }
+        }
+        first_error.map_or(Ok(written), Err)
+    }
+}
+
 /// Size of the buffers a [`SequentialWriter`] hands to its I/O thread.
 const SEQ_BUFFER: usize = 4 << 20;
 /// Buffers per writer: one being filled, the rest queued or being written. Recycled, so the

@@ -83,6 +83,21 @@ pub struct ObjectEntry {
 pub const OBJECT_ENTRY_LEN: usize = 53;
 
 impl ObjectEntry {
+    /// The same object (same count) at its new location `fe` in `pack`, not yet verified there.
+    #[must_use]
+    pub fn relocated(&self, pack: PackId, fe: &tessera_format::pack::FooterEntry) -> Self {
+        Self {
+            pack,
+            offset: fe.offset,
+            stored_len: fe.info.stored_len,
+            raw_len: fe.info.raw_len,
+            codec: fe.info.codec,
+            stored_crc: fe.info.stored_crc,
+            verified_at_us: 0,
+            ..*self
+        }
+    }
+
     /// Encodes the entry.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(OBJECT_ENTRY_LEN);

@@ -31,6 +31,7 @@ pub mod backend;
 pub mod direct_write;
 pub mod error;
 pub mod export;
+pub mod formats;
 pub mod index;
 pub mod ledger;
 pub mod lock;

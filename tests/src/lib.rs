@@ -48,6 +48,7 @@ use sha2::{Digest, Sha256};
 pub use serde_json::Value;
 
 pub mod qemu;
+pub mod vhd_build;
 
 // ---------------------------------------------------------------------------------------
 // Locating and running the binary

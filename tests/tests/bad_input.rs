@@ -588,6 +588,37 @@ fn full_disk() {
     verify(&repo).ok();
 }
 
+/// A restore onto a full filesystem fails with the write error (not a later, vaguer one),
+/// stops early, and leaves no partial file.
+#[test]
+fn restore_onto_a_full_disk() {
+    let t = TempDir::new().unwrap();
+    let Some(_mount) = mount_tmpfs(&t, "restore_onto_a_full_disk") else {
+        return;
+    };
+    let mnt = t.path().join("tmpfs");
+    let mut gen = DataGen::new(seed("restore_full_disk"));
+    let repo = t.path().join("repo");
+    init_repo(&repo, &[]);
+    let big = t.path().join("big.img");
+    make_image(
+        &big,
+        ImageSpec {
+            weights: (0, 0, 1),
+            ..ImageSpec::mixed(40 << 20)
+        },
+        &mut gen,
+    );
+    let id = snapshot_id(&backup_json(&repo, "big", &[("d", &big)]));
+    let out = restore(&repo, &id, &mnt.join("out.raw"), false);
+    out.expect_code(1).stderr_has("no space left");
+    assert!(
+        dir_entries(&mnt).is_empty(),
+        "a failed restore left files on the full disk: {:?}",
+        dir_entries(&mnt)
+    );
+}
+
 #[test]
 fn full_disk_while_writing_the_index() {
     // The packs of a tiny backup fit, but RocksDB then runs out of space. The error must

@@ -16,11 +16,11 @@ use std::path::Path;
 use std::process::Command;
 
 use rand::Rng;
+use tessera_tests::qemu::qemu_img;
 use tessera_tests::{
     assert_same_file, backup_json, block_digests, init_repo, make_image, mutate, seed, snapshot_id,
     tessera, DataGen, ImageSpec, Value,
 };
-use tessera_tests::qemu::qemu_img;
 
 /// `actual` is `expected` followed by zeros up to the next multiple of 512.
 #[track_caller]

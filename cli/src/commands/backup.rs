@@ -5,13 +5,18 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 use tessera_engine::ops::backup::{
-    backup as run_backup, BackupRequest, DeltaOptions, DiskSpec, ReferenceChoice,
+    backup as run_backup, BackupOutcome, BackupRequest, DeltaOptions, DiskSpec, Mode,
+    ReferenceChoice,
 };
 use tessera_engine::Repository;
 
 use crate::args::{parse_size, split_pair, DeltaArgs};
 use crate::output::{bytes, print_json, Bars};
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per option group of the subcommand"
+)]
 pub fn backup(
     repo: &Path,
     series: String,
@@ -24,9 +29,7 @@ pub fn backup(
 ) -> Result<i32> {
     let disks = disks
         .iter()
-        .map(|d| {
-            split_pair("disk", d).map(|(n, p)| DiskSpec::new(n, Path::new(p)))
-        })
+        .map(|d| split_pair("disk", d).map(|(n, p)| DiskSpec::new(n, Path::new(p))))
         .collect::<Result<Vec<_>, _>>()?;
     let tags = tags
         .iter()
@@ -48,7 +51,9 @@ pub fn backup(
     for c in &delta.changes {
         let (name, file) = split_pair("changed-block list", c)?;
         let disk = disks.iter_mut().find(|d| d.name == name).ok_or_else(|| {
-            crate::args::UsageError(format!("--changes names disk {name:?}, which is not being backed up"))
+            crate::args::UsageError(format!(
+                "--changes names disk {name:?}, which is not being backed up"
+            ))
         })?;
         disk.changes = Some(PathBuf::from(file));
     }
@@ -71,6 +76,11 @@ pub fn backup(
         },
     };
     let out = run_backup(&repository, &req, bars)?;
+    print_outcome(&out, json);
+    Ok(0)
+}
+
+fn print_outcome(out: &BackupOutcome, json: bool) {
     let h = &out.header;
     if json {
         print_json(&json!({
@@ -80,11 +90,18 @@ pub fn backup(
             "time": tessera_engine::time::format_us(h.time_us),
             "duration_ms": h.duration_ms,
             "packs_written": out.packs_written,
-            "disks": h.disks.iter().map(|d| json!({
+            "disks": h.disks.iter().zip(&out.disks).map(|(d, r)| json!({
                 "name": d.name, "size": d.size, "block_size": d.block_size,
+                "mode": r.mode.as_str(),
+                "reference": r.reference.map(|id| id.to_hex()),
+                "changed_bytes": r.changed_bytes,
                 "bytes_read": d.stats.bytes_read, "zero_blocks": d.stats.zero_blocks,
                 "new_chunks": d.stats.new_chunks, "new_raw_bytes": d.stats.new_raw_bytes,
                 "new_stored_bytes": d.stats.new_stored_bytes,
+                "drift_blocks": r.drift.as_ref().map(|x| x.blocks),
+                "drift_offsets": r.drift.as_ref().map(|x| x.offsets.clone()),
+                "healed_chunks": r.healed_chunks,
+                "note": r.note,
             })).collect::<Vec<_>>(),
         }));
     } else {
@@ -94,10 +111,16 @@ pub fn backup(
             h.series,
             h.duration_ms
         );
-        for d in &h.disks {
+        for (d, r) in h.disks.iter().zip(&out.disks) {
             let secs = (h.duration_ms as f64 / 1000.0).max(0.001);
+            let how = match (r.mode, r.reference, r.changed_bytes) {
+                (Mode::Delta, Some(id), Some(c)) => {
+                    format!("delta on {} ({} changed)", &id.to_hex()[..12], bytes(c))
+                }
+                (mode, _, _) => mode.as_str().to_string(),
+            };
             println!(
-                "  {}: {} ({} blocks of {}), read {}, new data {} stored as {}, {:.0} MB/s",
+                "  {}: {how}, {} ({} blocks of {}), read {}, new data {} stored as {}, {:.0} MB/s",
                 d.name,
                 bytes(d.size),
                 d.size.div_ceil(u64::from(d.block_size)),
@@ -107,7 +130,28 @@ pub fn backup(
                 bytes(d.stats.new_stored_bytes),
                 d.size as f64 / 1e6 / secs
             );
+            if let Some(note) = &r.note {
+                println!("    note: {note}");
+            }
+            if let Some(drift) = &r.drift {
+                if drift.blocks == 0 {
+                    println!("    drift: none (the delta information matched the disk)");
+                } else {
+                    let shown: Vec<String> = drift.offsets.iter().map(u64::to_string).collect();
+                    println!(
+                        "    DRIFT: {} blocks changed although no delta said so (changed-block tracking is unreliable); offsets: {}{}",
+                        drift.blocks,
+                        shown.join(", "),
+                        if drift.blocks as usize > shown.len() { ", ..." } else { "" }
+                    );
+                }
+            }
+            if r.healed_chunks > 0 {
+                println!(
+                    "    healed: {} damaged chunks in the store were rewritten from this disk",
+                    r.healed_chunks
+                );
+            }
         }
     }
-    Ok(0)
 }

@@ -52,11 +52,11 @@ use tessera_format::{ChunkDigest, SnapshotId};
 
 use super::{round_up, BlockList, ExportDisk, ExportOutcome, Format, Staged, BATCH};
 use crate::error::{Error, Result};
+use crate::formats::vhd::{checksum, DYNAMIC_COOKIE, FOOTER_COOKIE, SECTOR};
 use crate::progress::Progress;
 use crate::repo::Repository;
 
 const VHD_BLOCK: u64 = 2 << 20;
-const SECTOR: u64 = 512;
 /// VHD blocks read together.
 const VBATCH: usize = BATCH / 8 + 1;
 /// The VHD format's limit: 2040 GiB.
@@ -82,13 +82,6 @@ pub fn disk_uuid(snapshot: SnapshotId, name: &str) -> [u8; 16] {
 
 fn timestamp(time_us: i64) -> u32 {
     u32::try_from((time_us / 1_000_000 - EPOCH_2000).max(0)).unwrap_or(u32::MAX)
-}
-
-/// One's complement of the byte sum.
-fn checksum(bytes: &[u8]) -> u32 {
-    !bytes
-        .iter()
-        .fold(0u32, |s, &b| s.wrapping_add(u32::from(b)))
 }
 
 /// CHS geometry per the VHD specification (appendix "CHS calculation").
@@ -123,7 +116,7 @@ fn geometry(size: u64) -> (u16, u8, u8) {
 
 fn footer(size: u64, disk_type: u32, time: u32, uuid: [u8; 16]) -> [u8; 512] {
     let mut f = [0u8; 512];
-    f[0..8].copy_from_slice(b"conectix");
+    f[0..8].copy_from_slice(FOOTER_COOKIE);
     f[8..12].copy_from_slice(&2u32.to_be_bytes());
     f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes());
     f[16..24].copy_from_slice(&512u64.to_be_bytes());
@@ -155,7 +148,7 @@ struct Parent {
 
 fn dynamic_header(bat_at: u64, entries: u32, parent: Option<&Parent>) -> [u8; 1024] {
     let mut d = [0u8; 1024];
-    d[0..8].copy_from_slice(b"cxsparse");
+    d[0..8].copy_from_slice(DYNAMIC_COOKIE);
     d[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
     d[16..24].copy_from_slice(&bat_at.to_be_bytes());
     d[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());

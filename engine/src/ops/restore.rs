@@ -15,7 +15,9 @@ use tessera_format::manifest::block_count;
 use tessera_format::{ChunkDigest, ObjectKind, Snapshot, SnapshotId};
 
 use crate::backend::sync_dir;
-use crate::direct_write::{with_aligned_buffer, BlockWriter};
+use crate::direct_write::{
+    with_aligned_buffer, write_pipeline, BlockWriter, PipelineProducer, Run,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::index::ObjectEntry;
 use crate::progress::Progress;
@@ -134,63 +136,14 @@ pub(crate) struct GroupContext<'a> {
 impl GroupContext<'_> {
     /// Reads, checks and writes one group of consecutive blocks; returns bytes written.
     pub(crate) fn restore_group(&self, group: &[Slot]) -> Result<u64> {
-        let Some(first) = group.first() else {
-            return Ok(0);
-        };
-        let group_offset = first.block * self.bs;
-        let group_len = (group.len() as u64 * self.bs).min(self.size - group_offset) as usize;
+        let group_len = self.group_len(group);
         with_aligned_buffer(group_len, |buf| {
-            let mut present = vec![false; group.len()];
-            for (i, slot) in group.iter().enumerate() {
-                let start = i * self.bs as usize;
-                let len = (self.bs as usize).min(group_len - start);
-                let dst = &mut buf[start..start + len];
-                if slot.digest.is_zero() {
-                    if self.write_zeros {
-                        dst.fill(0);
-                        present[i] = true;
-                    }
-                    continue;
-                }
-                let offset = slot.block * self.bs;
-                let location = slot.location.ok_or_else(|| Error::ObjectMissing {
-                    kind: ObjectKind::Chunk,
-                    digest: format!("{} (disk {}, offset {offset})", slot.digest, self.disk),
-                })?;
-                let raw = read_object(
-                    self.repo.backend(),
-                    ObjectKind::Chunk,
-                    &slot.digest.0,
-                    &location,
-                )?;
-                if raw.len() != len {
-                    return Err(Error::InvalidArgument(format!(
-                        "chunk {} at offset {offset} holds {} bytes where the disk needs {len}",
-                        slot.digest,
-                        raw.len()
-                    )));
-                }
-                dst.copy_from_slice(&raw);
-                present[i] = true;
-            }
-            let mut written = 0u64;
-            let mut i = 0;
-            while i < group.len() {
-                if !present[i] {
-                    i += 1;
-                    continue;
-                }
-                let run_end = (i..group.len())
-                    .find(|&j| !present[j])
-                    .unwrap_or(group.len());
-                let start = i * self.bs as usize;
-                let end = (run_end * self.bs as usize).min(group_len);
-                let offset = group_offset + start as u64;
+            let mut written = 0;
+            for (start, end, offset) in self.fill_group(group, buf)? {
                 self.writer
                     .write_at(&buf[start..end], offset)
                     .ctx(|| format!("writing {} at offset {offset}", self.output.display()))?;
                 written += (end - start) as u64;
-                i = run_end;
             }
             Ok(written)
         })
@@ -200,6 +153,123 @@ impl GroupContext<'_> {
             )))
         })
     }
+
+    /// Bytes of the disk that `group` covers.
+    fn group_len(&self, group: &[Slot]) -> usize {
+        group.first().map_or(0, |first| {
+            (group.len() as u64 * self.bs).min(self.size - first.block * self.bs) as usize
+        })
+    }
+
+    /// Reads and checks the chunks of one group of consecutive blocks into `buf` (at least
+    /// the group's length). Returns the runs of `buf` to write, with their disk offsets
+    /// (zero blocks of files are left out: they stay holes).
+    pub(crate) fn fill_group(&self, group: &[Slot], buf: &mut [u8]) -> Result<Vec<Run>> {
+        let Some(first) = group.first() else {
+            return Ok(Vec::new());
+        };
+        let group_offset = first.block * self.bs;
+        let group_len = self.group_len(group);
+        let mut present = vec![false; group.len()];
+        for (i, slot) in group.iter().enumerate() {
+            let start = i * self.bs as usize;
+            let len = (self.bs as usize).min(group_len - start);
+            let dst = buf
+                .get_mut(start..start + len)
+                .ok_or_else(|| Error::InvalidArgument("restore buffer too small".into()))?;
+            if slot.digest.is_zero() {
+                if self.write_zeros {
+                    dst.fill(0);
+                    present[i] = true;
+                }
+                continue;
+            }
+            let offset = slot.block * self.bs;
+            let location = slot.location.ok_or_else(|| Error::ObjectMissing {
+                kind: ObjectKind::Chunk,
+                digest: format!("{} (disk {}, offset {offset})", slot.digest, self.disk),
+            })?;
+            let raw = read_object(
+                self.repo.backend(),
+                ObjectKind::Chunk,
+                &slot.digest.0,
+                &location,
+            )?;
+            if raw.len() != len {
+                return Err(Error::InvalidArgument(format!(
+                    "chunk {} at offset {offset} holds {} bytes where the disk needs {len}",
+                    slot.digest,
+                    raw.len()
+                )));
+            }
+            dst.copy_from_slice(&raw);
+            present[i] = true;
+        }
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < group.len() {
+            if !present[i] {
+                i += 1;
+                continue;
+            }
+            let run_end = (i..group.len())
+                .find(|&j| !present[j])
+                .unwrap_or(group.len());
+            let start = i * self.bs as usize;
+            let end = (run_end * self.bs as usize).min(group_len);
+            runs.push((start, end, group_offset + start as u64));
+            i = run_end;
+        }
+        Ok(runs)
+    }
+}
+
+/// Slots for `(block, digest)` pairs, with each chunk's location from the index (one
+/// batched lookup).
+pub(crate) fn locate(
+    repo: &Repository,
+    blocks: impl Iterator<Item = (u64, ChunkDigest)> + Clone,
+) -> Result<Vec<Slot>> {
+    let keys: Vec<[u8; 32]> = blocks
+        .clone()
+        .filter(|(_, d)| !d.is_zero())
+        .map(|(_, d)| d.0)
+        .collect();
+    let mut locations = repo.index().get_many(ObjectKind::Chunk, &keys)?.into_iter();
+    Ok(blocks
+        .map(|(block, digest)| Slot {
+            block,
+            digest,
+            location: if digest.is_zero() {
+                None
+            } else {
+                locations.next().flatten()
+            },
+        })
+        .collect())
+}
+
+/// Fills the groups of `slots` in parallel (rayon workers read, check and decompress into
+/// page-aligned buffers) and hands them to the pipeline's writer thread.
+fn fill_groups(
+    ctx: &GroupContext<'_>,
+    producer: &PipelineProducer,
+    slots: &[Slot],
+    group_blocks: usize,
+) -> Result<()> {
+    let buffer_len = (GROUP_BYTES.max(ctx.bs)) as usize;
+    slots.par_chunks(group_blocks).try_for_each(|group| {
+        let mut buf = producer
+            .buffer()
+            .ctx(|| format!("mapping a {buffer_len}-byte restore buffer"))?;
+        let runs = ctx.fill_group(group, &mut buf)?;
+        if producer.submit(buf, runs) {
+            Ok(())
+        } else {
+            // The writer failed; its error is what the caller reports.
+            Err(Error::PreviousIo)
+        }
+    })
 }
 
 /// Restores disk `disk` of `snapshot` to `output`.
@@ -258,36 +328,39 @@ pub fn restore_disk(
         path: output.to_path_buf(),
     };
     progress.start(&format!("restore {disk}"), entry.size);
-    for (page_no, page_digest) in root.iter().enumerate() {
-        let page_no = page_no as u64;
-        let digests = repo.read_page(*page_digest, blocks, entry.page_entries, page_no)?;
-        let first_block = page_no * u64::from(entry.page_entries);
-        let keys: Vec<[u8; 32]> = digests
-            .iter()
-            .filter(|d| !d.is_zero())
-            .map(|d| d.0)
-            .collect();
-        let mut locations = repo.index().get_many(ObjectKind::Chunk, &keys)?.into_iter();
-        let slots: Vec<Slot> = digests
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Slot {
-                block: first_block + i as u64,
-                digest: *d,
-                location: if d.is_zero() {
-                    None
-                } else {
-                    locations.next().flatten()
-                },
-            })
-            .collect();
-        outcome.zero_blocks += slots.iter().filter(|s| s.digest.is_zero()).count() as u64;
-        outcome.bytes_written += slots
-            .par_chunks(group_blocks)
-            .map(|group| ctx.restore_group(group))
-            .sum::<Result<u64>>()?;
-        progress.advance((digests.len() as u64 * bs).min(entry.size - first_block * bs));
-    }
+    // One writer thread for the whole disk; workers fill buffers page by page.
+    let (producer, drain) =
+        write_pipeline((GROUP_BYTES.max(bs)) as usize, rayon::current_num_threads());
+    let filled: Result<()> = std::thread::scope(|scope| {
+        let writer_thread = scope.spawn(|| drain.run(ctx.writer));
+        let filled = (|| -> Result<()> {
+            for (page_no, page_digest) in root.iter().enumerate() {
+                let page_no = page_no as u64;
+                let digests = repo.read_page(*page_digest, blocks, entry.page_entries, page_no)?;
+                let first_block = page_no * u64::from(entry.page_entries);
+                let slots = locate(
+                    repo,
+                    digests
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| (first_block + i as u64, *d)),
+                )?;
+                outcome.zero_blocks += slots.iter().filter(|s| s.digest.is_zero()).count() as u64;
+                fill_groups(&ctx, &producer, &slots, group_blocks)?;
+                progress.advance((digests.len() as u64 * bs).min(entry.size - first_block * bs));
+            }
+            Ok(())
+        })();
+        drop(producer);
+        let written = writer_thread
+            .join()
+            .map_err(|_| Error::InvalidArgument("the restore writer thread panicked".into()))?
+            .ctx(|| format!("writing {}", output.display()))?;
+        outcome.bytes_written += written;
+        // A write error stopped the workers: report it (it came first), not PreviousIo.
+        filled
+    });
+    filled?;
     progress.finish();
     file.sync_all()
         .ctx(|| format!("syncing {}", output.display()))?;

@@ -15,12 +15,12 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 
 use rayon::prelude::*;
-use tessera_format::{is_all_zero, ChunkDigest, ObjectKind};
+use tessera_format::{is_all_zero, ChunkDigest};
 
 use crate::direct_write::BlockWriter;
 use crate::error::{Error, IoContext, Result};
 use crate::ops::diff::{diff_disks, DiskView};
-use crate::ops::restore::{GroupContext, Slot, GROUP_BYTES};
+use crate::ops::restore::{locate, GroupContext, Slot, GROUP_BYTES};
 use crate::progress::Progress;
 use crate::repo::Repository;
 
@@ -60,26 +60,7 @@ pub fn restore_onto(
         file.set_len(diff.size_to)
             .ctx(|| format!("resizing {}", target.display()))?;
     }
-    let keys: Vec<[u8; 32]> = diff
-        .changed
-        .iter()
-        .filter(|(_, d)| !d.is_zero())
-        .map(|(_, d)| d.0)
-        .collect();
-    let mut locations = repo.index().get_many(ObjectKind::Chunk, &keys)?.into_iter();
-    let slots: Vec<Slot> = diff
-        .changed
-        .iter()
-        .map(|(block, digest)| Slot {
-            block: *block,
-            digest: *digest,
-            location: if digest.is_zero() {
-                None
-            } else {
-                locations.next().flatten()
-            },
-        })
-        .collect();
+    let slots = locate(repo, diff.changed.iter().copied())?;
     let bs = u64::from(diff.block_size);
     let group_blocks = (GROUP_BYTES / bs).max(1) as usize;
     let runs = consecutive_runs(&slots, group_blocks);

@@ -14,7 +14,9 @@
 //! ```
 //!
 //! `extent` and `bitmap` statements may be mixed and repeated; bitmap lines continue one
-//! another. The first backup that uses the list must name a reference snapshot whose disk
+//! another. `base-state *` makes the list an *allocation map* (VMware's changeId `*`): the
+//! backup is a full one that reads only the listed ranges and takes everything else as
+//! zeros, and records `state` so that the next list can name it as its base. The first backup that uses the list must name a reference snapshot whose disk
 //! state is `base-state` (a snapshot taken with the previous list, whose `state` it
 //! recorded, or one whose state was set with `--state`).
 
@@ -124,23 +126,8 @@ impl ChangedList {
                     let g = granularity.ok_or_else(|| {
                         format!("line {n}: a bitmap needs a granularity line before it")
                     })?;
-                    let hexits = rest.as_bytes();
-                    if hexits.len() % 2 != 0 {
-                        return Err(format!("line {n}: odd number of hex digits"));
-                    }
-                    let raw = hex::decode(rest)
-                        .map_err(|e| format!("line {n}: bitmap is not hex ({e})"))?;
-                    for byte in raw {
-                        for b in 0..8 {
-                            if byte & (1 << b) != 0 {
-                                let start = (bit + b).checked_mul(g).ok_or_else(|| {
-                                    format!("line {n}: bitmap reaches past any disk size")
-                                })?;
-                                extents.push((start, start.saturating_add(g)));
-                            }
-                        }
-                        bit += 8;
-                    }
+                    bit = push_bitmap(rest, g, bit, &mut extents)
+                        .map_err(|e| format!("line {n}: {e}"))?;
                 }
                 _ => return Err(format!("line {n}: unknown statement {line:?}")),
             }
@@ -180,12 +167,43 @@ impl ChangedList {
     }
 }
 
+/// Appends the regions of the set bits of hex bitmap `hexits` (bits `first_bit..`) of
+/// granularity `g` to `extents`; returns the next bit number.
+fn push_bitmap(
+    hexits: &str,
+    g: u64,
+    first_bit: u64,
+    extents: &mut Vec<(u64, u64)>,
+) -> std::result::Result<u64, String> {
+    if !hexits.len().is_multiple_of(2) {
+        return Err("odd number of hex digits".into());
+    }
+    let raw = hex::decode(hexits).map_err(|e| format!("bitmap is not hex ({e})"))?;
+    let mut bit = first_bit;
+    for byte in raw {
+        for b in 0..8 {
+            if byte & (1 << b) != 0 {
+                let start = (bit + b)
+                    .checked_mul(g)
+                    .ok_or("bitmap reaches past any disk size")?;
+                extents.push((start, start.saturating_add(g)));
+            }
+        }
+        bit += 8;
+    }
+    Ok(bit)
+}
+
 /// A full source (raw image or block device) plus the list describing its delta.
 pub struct WithChangedList {
     inner: Box<dyn BlockSource>,
     list: ChangedList,
-    changes: Changes,
+    /// `None` for an allocation map (`base-state *`).
+    changes: Option<Changes>,
 }
+
+/// The `base-state` of an allocation map.
+pub const ALLOCATION_MAP: &str = "*";
 
 impl WithChangedList {
     /// Reads the list at `path` and checks it against `inner`.
@@ -202,11 +220,11 @@ impl WithChangedList {
                 ),
             });
         }
-        let changes = Changes {
+        let changes = (list.base_state != ALLOCATION_MAP).then(|| Changes {
             base_state: list.base_state.clone(),
             base_description: format!("tracker state {:?} ({})", list.base_state, path.display()),
             extents: list.extents.clone(),
-        };
+        });
         Ok(Self {
             inner,
             list,
@@ -220,7 +238,25 @@ impl BlockSource for WithChangedList {
         self.inner.size()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<u64> {
-        self.inner.read_at(offset, buf)
+        if self.changes.is_some() {
+            return self.inner.read_at(offset, buf);
+        }
+        // Allocation map: read the listed ranges, zeros elsewhere.
+        let end = offset + buf.len() as u64;
+        buf.fill(0);
+        let extents = &self.list.extents;
+        let first = extents.partition_point(|&(_, e)| e <= offset);
+        let mut read = 0;
+        for &(s, e) in extents.get(first..).unwrap_or_default() {
+            if s >= end {
+                break;
+            }
+            let (from, to) = (s.max(offset), e.min(end));
+            if let Some(dst) = buf.get_mut((from - offset) as usize..(to - offset) as usize) {
+                read += self.inner.read_at(from, dst)?;
+            }
+        }
+        Ok(read)
     }
     fn identity(&self) -> Vec<(String, String)> {
         let mut id: Vec<_> = self
@@ -233,7 +269,7 @@ impl BlockSource for WithChangedList {
         id
     }
     fn changes(&self) -> Option<&Changes> {
-        Some(&self.changes)
+        self.changes.as_ref()
     }
 }
 
@@ -260,16 +296,28 @@ mod tests {
         for (text, needle) in [
             ("", "empty"),
             ("hello\n", "header"),
-            ("tessera-changed-blocks v1\nsize 10\nstate b\n", "base-state"),
+            (
+                "tessera-changed-blocks v1\nsize 10\nstate b\n",
+                "base-state",
+            ),
             (&format!("{HEAD}extent 1048576 1\n"), "beyond"),
             (&format!("{HEAD}extent 1048000 1000\n"), "beyond"),
             (&format!("{HEAD}extent x 1\n"), "not a number"),
             (&format!("{HEAD}bitmap ff\n"), "granularity"),
             (&format!("{HEAD}granularity 100\n"), "power of two"),
             (&format!("{HEAD}granularity 65536\nbitmap f\n"), "odd"),
-            (&format!("{HEAD}granularity 65536\nbitmap 0000000000000000000001\n"), "beyond"),
-            (&format!("{HEAD}extent 18446744073709551615 2\n"), "overflows"),
-            ("tessera-changed-blocks v1\nsize 1\nbase-state a\nstate a\n", "new state"),
+            (
+                &format!("{HEAD}granularity 65536\nbitmap 0000000000000000000001\n"),
+                "beyond",
+            ),
+            (
+                &format!("{HEAD}extent 18446744073709551615 2\n"),
+                "overflows",
+            ),
+            (
+                "tessera-changed-blocks v1\nsize 1\nbase-state a\nstate a\n",
+                "new state",
+            ),
             (&format!("{HEAD}frobnicate\n"), "unknown"),
         ] {
             let err = ChangedList::parse(text).unwrap_err();

@@ -1,0 +1,363 @@
+//! Backing up one disk: the parts every mode shares (finding and storing new chunks,
+//! cutting manifest pages, key-backup store checks) and the full read.
+//!
+//! Full read: a window of 8 MiB batches is read and hashed on every core at once (holes of
+//! sparse sources are not read); digests equal to the reference's at the same position, or
+//! already in the index, are known; the rest are compressed in parallel and appended to
+//! packs. Digests are cut into manifest pages as they come, so memory is bounded by a few
+//! batches plus the root list.
+
+use std::collections::HashSet;
+
+use rayon::prelude::*;
+use tessera_format::{
+    is_all_zero, ChunkDigest, DiskStats, ManifestPage, ObjectInfo, ObjectKind, PageDigest,
+};
+
+use crate::error::{Error, Result};
+use crate::ops::backup::plan::Mode;
+use crate::ops::backup::reference::ReferenceManifest;
+use crate::progress::Progress;
+use crate::refcount::RefDeltas;
+use crate::repo::Repository;
+use crate::sources::BlockSource;
+use crate::store::encode::encode_object;
+use crate::store::reader::read_object;
+use crate::store::session::WriteSession;
+
+/// Bytes read and hashed by one worker at a time (rounded to whole blocks).
+pub const BATCH_BYTES: u64 = 8 << 20;
+
+/// Drift offsets kept in the report and the snapshot record (the count is always exact).
+pub const MAX_DRIFT_OFFSETS: usize = 64;
+
+/// The digest of a block's content (all-zero blocks get [`ChunkDigest::ZERO`]).
+pub fn digest_of(block: &[u8]) -> ChunkDigest {
+    if is_all_zero(block) {
+        ChunkDigest::ZERO
+    } else {
+        ChunkDigest::of(block)
+    }
+}
+
+/// One block with its content, ready to be stored.
+pub struct BlockItem<'b> {
+    /// Block number.
+    pub block: u64,
+    /// Its digest.
+    pub digest: ChunkDigest,
+    /// Its content.
+    pub data: &'b [u8],
+    /// What the reference has at this position.
+    pub reference: Option<ChunkDigest>,
+}
+
+/// Blocks whose content differs from the reference although no delta said so.
+#[derive(Debug, Default, Clone)]
+pub struct Drift {
+    /// How many.
+    pub blocks: u64,
+    /// The first [`MAX_DRIFT_OFFSETS`] byte offsets.
+    pub offsets: Vec<u64>,
+}
+
+/// The state of one disk's backup.
+pub struct DiskBackup<'a, 'r> {
+    pub repo: &'r Repository,
+    pub session: &'a mut WriteSession<'r>,
+    pub refs: &'a mut RefDeltas,
+    /// Damaged chunks found by a key backup, re-encoded from the source; shared by disks.
+    pub heal: &'a mut Vec<(ObjectInfo, Vec<u8>)>,
+    /// Chunks a key backup has already checked (shared by disks).
+    pub checked: &'a mut HashSet<ChunkDigest>,
+    pub block_size: u32,
+    /// Key backup: check the stored copy of every referenced chunk.
+    pub key: bool,
+    pub roots: Vec<PageDigest>,
+    pub page: Vec<ChunkDigest>,
+    pub stats: DiskStats,
+    pub drift: Drift,
+}
+
+impl DiskBackup<'_, '_> {
+    /// Backs up disk `name` in `mode`: a delta reads `delta_extents` on `reference`; full
+    /// and key backups read everything (a key backup of a delta that applies reports drift
+    /// outside `drift_extents`).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the disk's whole plan, spelled out"
+    )]
+    pub fn run(
+        &mut self,
+        name: &str,
+        mode: Mode,
+        source: &dyn BlockSource,
+        reference: Option<ReferenceManifest<'_>>,
+        delta_extents: Option<&[(u64, u64)]>,
+        drift_extents: Option<&[(u64, u64)]>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        match (mode, reference) {
+            (Mode::Delta, Some(mut reference)) => {
+                let extents = delta_extents.unwrap_or_default();
+                progress.start(
+                    &format!("delta {name}"),
+                    extents.iter().map(|(s, e)| e - s).sum(),
+                );
+                self.run_delta(source, extents, &mut reference, progress)
+            }
+            (Mode::Delta, None) => Err(Error::InvalidArgument(format!(
+                "disk {name:?}: a delta backup needs a reference snapshot"
+            ))),
+            (_, reference) => {
+                let label = if mode == Mode::Key {
+                    "key backup"
+                } else {
+                    "backup"
+                };
+                progress.start(&format!("{label} {name}"), source.size());
+                self.run_full(source, reference, drift_extents, progress)
+            }
+        }
+    }
+
+    pub fn find_drift(
+        &mut self,
+        items: &[BlockItem<'_>],
+        extents: &[(u64, u64)],
+        reference: &ReferenceManifest<'_>,
+    ) {
+        let bs = u64::from(self.block_size);
+        for it in items {
+            let Some(expected) = it.reference else {
+                continue;
+            };
+            let start = it.block * bs;
+            let len = it.data.len() as u64;
+            if expected == it.digest
+                || reference.block_len(it.block) != len
+                || overlaps(extents, start, start + len)
+            {
+                continue;
+            }
+            self.drift.blocks += 1;
+            if self.drift.offsets.len() < MAX_DRIFT_OFFSETS {
+                self.drift.offsets.push(start);
+            }
+        }
+    }
+
+    /// Stores the blocks' chunks that the store lacks. In a key backup, also reads back the
+    /// stored copy of every chunk the blocks reference and queues damaged ones for healing.
+    pub fn store(&mut self, items: &[BlockItem<'_>]) -> Result<()> {
+        let (session, checked) = (&*self.session, &*self.checked);
+        let prepared = prepare_chunks(self.repo, items, self.key, |d| {
+            session.is_pending(ObjectKind::Chunk, &d.0) || checked.contains(d)
+        })?;
+        self.absorb(items, prepared)
+    }
+
+    /// Takes in what [`prepare_chunks`] found for `items`: appends the new chunks to the
+    /// session (skipping any another batch appended meanwhile), counts, and queues damaged
+    /// chunks for healing.
+    pub fn absorb(&mut self, items: &[BlockItem<'_>], prepared: PreparedChunks) -> Result<()> {
+        let compression = self.repo.config().compression;
+        self.stats.zero_blocks += prepared.zero_blocks;
+        for (info, stored) in &prepared.encoded {
+            if self.session.add(info, stored)? {
+                self.stats.new_chunks += 1;
+                self.stats.new_raw_bytes += u64::from(info.raw_len);
+                self.stats.new_stored_bytes += u64::from(info.stored_len);
+            }
+        }
+        for &i in &prepared.damaged {
+            let Some(it) = items.get(i) else { continue };
+            if self.checked.insert(it.digest) {
+                let (info, stored) =
+                    encode_object(ObjectKind::Chunk, it.digest, it.data, compression);
+                self.heal.push((info, stored.into_owned()));
+            }
+        }
+        self.checked.extend(prepared.checked);
+        Ok(())
+    }
+
+    /// Appends one digest to the manifest, cutting a page when it is full.
+    pub fn push_digest(&mut self, digest: ChunkDigest) -> Result<()> {
+        self.page.push(digest);
+        if self.page.len() == self.repo.config().page_entries as usize {
+            self.finish_page()?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the last, partial page (if any).
+    pub fn finish_partial_page(&mut self) -> Result<()> {
+        if self.page.is_empty() {
+            Ok(())
+        } else {
+            self.finish_page()
+        }
+    }
+
+    /// Cuts the current page: names it, stores it if new, and records its references.
+    pub fn finish_page(&mut self) -> Result<()> {
+        let page = ManifestPage {
+            digests: std::mem::take(&mut self.page),
+        };
+        let (digest, bytes) = page.encode_with_digest();
+        if self.count_page(digest, || Ok(page.digests.clone()))? {
+            let (info, stored) = encode_object(
+                ObjectKind::Page,
+                ChunkDigest(digest.0),
+                &bytes,
+                self.repo.config().compression,
+            );
+            self.session.add(&info, &stored)?;
+        }
+        self.roots.push(digest);
+        Ok(())
+    }
+
+    /// Appends a page that already exists (the reference's, unchanged) to the root list.
+    pub fn push_existing_page(
+        &mut self,
+        digest: PageDigest,
+        digests: impl FnOnce() -> Result<Vec<ChunkDigest>>,
+    ) -> Result<()> {
+        if self.count_page(digest, digests)? {
+            return Err(Error::ObjectMissing {
+                kind: ObjectKind::Page,
+                digest: digest.to_hex(),
+            });
+        }
+        self.roots.push(digest);
+        Ok(())
+    }
+
+    /// Records one more reference to page `digest`; when the page becomes live with this
+    /// snapshot, its chunks gain a reference too. Returns whether the page must be stored
+    /// (neither in the index nor written in this session).
+    fn count_page(
+        &mut self,
+        digest: PageDigest,
+        digests: impl FnOnce() -> Result<Vec<ChunkDigest>>,
+    ) -> Result<bool> {
+        let first_in_backup = !self.refs.pages.contains_key(&digest);
+        *self.refs.pages.entry(digest).or_default() += 1;
+        if !first_in_backup {
+            return Ok(false);
+        }
+        let existing = self
+            .repo
+            .index()
+            .get_object(ObjectKind::Page, digest.as_bytes())?;
+        if existing.is_none_or(|e| e.refcount == 0) {
+            self.refs.add_chunks(&digests()?, 1);
+        }
+        Ok(existing.is_none() && !self.session.is_pending(ObjectKind::Page, digest.as_bytes()))
+    }
+}
+
+/// What [`prepare_chunks`] found for a set of blocks.
+#[derive(Default)]
+pub struct PreparedChunks {
+    /// Chunks the index does not have, encoded for storage.
+    pub encoded: Vec<(ObjectInfo, Vec<u8>)>,
+    /// All-zero blocks.
+    pub zero_blocks: u64,
+    /// Key backups: items whose stored chunk is damaged or missing.
+    pub damaged: Vec<usize>,
+    /// Key backups: digests whose stored copy was read back intact.
+    pub checked: Vec<ChunkDigest>,
+}
+
+/// The thread-safe part of storing blocks: finds (one batched index lookup) which chunks
+/// the store lacks and encodes them; in a key backup also reads back the stored copy of
+/// every other chunk with every check. `skip` names digests already handled elsewhere
+/// (pending in the session, already checked). Writes nothing.
+pub fn prepare_chunks(
+    repo: &Repository,
+    items: &[BlockItem<'_>],
+    key: bool,
+    skip: impl Fn(&ChunkDigest) -> bool,
+) -> Result<PreparedChunks> {
+    let compression = repo.config().compression;
+    let mut out = PreparedChunks::default();
+    let mut seen = HashSet::new();
+    let mut candidates: Vec<usize> = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let d = it.digest;
+        if d.is_zero() {
+            out.zero_blocks += 1;
+            continue;
+        }
+        // Known live through the reference (a key backup checks those too).
+        if (!key && it.reference == Some(d)) || skip(&d) || !seen.insert(d) {
+            continue;
+        }
+        candidates.push(i);
+    }
+    let keys: Vec<[u8; 32]> = candidates.iter().map(|&i| items[i].digest.0).collect();
+    let entries = repo.index().get_many(ObjectKind::Chunk, &keys)?;
+    let (known, new): (Vec<_>, Vec<_>) = candidates
+        .into_iter()
+        .zip(entries)
+        .partition(|(_, e)| e.is_some());
+    if key {
+        let backend = repo.backend();
+        let results: Vec<Result<(usize, bool)>> = known
+            .par_iter()
+            .filter_map(|(i, entry)| entry.as_ref().map(|e| (*i, e)))
+            .map(|(i, entry)| {
+                match read_object(backend, ObjectKind::Chunk, &items[i].digest.0, entry) {
+                    Ok(_) => Ok((i, true)),
+                    Err(
+                        Error::ObjectCorrupt { .. }
+                        | Error::ObjectMissing { .. }
+                        | Error::Io { .. }
+                        | Error::PackCorrupt { .. },
+                    ) => Ok((i, false)),
+                    Err(e) => Err(e),
+                }
+            })
+            .collect();
+        for r in results {
+            match r? {
+                (i, true) => out.checked.push(items[i].digest),
+                (i, false) => out.damaged.push(i),
+            }
+        }
+    }
+    out.encoded = new
+        .par_iter()
+        .map(|(i, _)| {
+            let it = &items[*i];
+            let (info, stored) = encode_object(ObjectKind::Chunk, it.digest, it.data, compression);
+            (info, stored.into_owned())
+        })
+        .collect();
+    Ok(out)
+}
+
+/// Whether `[start, end)` overlaps any of the sorted, disjoint `extents`.
+pub fn overlaps(extents: &[(u64, u64)], start: u64, end: u64) -> bool {
+    let i = extents.partition_point(|&(_, e)| e <= start);
+    extents.get(i).is_some_and(|&(s, _)| s < end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlaps;
+
+    #[test]
+    fn overlap_queries() {
+        let ex = [(10, 20), (30, 40)];
+        assert!(!overlaps(&ex, 0, 10));
+        assert!(overlaps(&ex, 0, 11));
+        assert!(overlaps(&ex, 19, 25));
+        assert!(!overlaps(&ex, 20, 30));
+        assert!(overlaps(&ex, 35, 36));
+        assert!(!overlaps(&ex, 40, 100));
+    }
+}

@@ -1,0 +1,433 @@
+//! Backups: full reads ([`disk`]), deltas on a reference snapshot ([`delta`]) and key
+//! backups that read in full, report drift and heal the store ([`heal`]); which one each
+//! disk gets is decided in [`plan`].
+//!
+//! Commit order (see SPEC.md "Crash safety"): all packs sealed and indexed → snapshot file
+//! durable → one index batch with the catalog entry and every reference count change. A
+//! crash anywhere before that batch leaves the previous state (the next writer removes the
+//! unpublished snapshot file), and a rerun finds the sealed packs' objects in the index.
+
+mod delta;
+mod disk;
+mod full_read;
+mod heal;
+pub mod plan;
+mod reference;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tessera_format::config::validate_block_size;
+use tessera_format::snapshot::{root_digest, validate_name};
+use tessera_format::{DiskEntry, DiskStats, Snapshot, SnapshotHeader, SnapshotId};
+
+use crate::error::{Error, Result};
+use crate::ops::publish::publish_snapshot;
+use crate::progress::Progress;
+use crate::refcount::RefDeltas;
+use crate::repo::Repository;
+use crate::sources::{open_source, BlockSource, SourceFormat, SourceSpec};
+use crate::store::session::WriteSession;
+
+use disk::DiskBackup;
+pub use disk::Drift;
+pub use plan::Mode;
+use plan::{key_backup_due, plan_disk, DiskPlan, MODE_KEY};
+use reference::ReferenceManifest;
+
+/// One disk to back up.
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    /// Disk name within the snapshot.
+    pub name: String,
+    /// Image file, block device, or NBD URL.
+    pub path: PathBuf,
+    /// A changed-block list describing the image's delta (raw images and devices only).
+    pub changes: Option<PathBuf>,
+}
+
+impl DiskSpec {
+    /// A disk read from `path`, with no changed-block list.
+    pub fn new(name: &str, path: &std::path::Path) -> Self {
+        Self {
+            name: name.into(),
+            path: path.to_path_buf(),
+            changes: None,
+        }
+    }
+}
+
+/// Which snapshot a delta applies on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferenceChoice {
+    /// The series' newest snapshot, used as a delta base only if its state matches
+    /// (otherwise the disk is read in full).
+    Auto,
+    /// The series' newest snapshot; a delta that does not belong to it is an error.
+    Latest,
+    /// This snapshot (id prefix); a delta that does not belong to it is an error.
+    Snapshot(String),
+}
+
+/// How a backup uses delta information.
+#[derive(Debug, Clone)]
+pub struct DeltaOptions {
+    /// The reference snapshot.
+    pub reference: ReferenceChoice,
+    /// Read in full instead of failing when a delta does not belong to the reference.
+    pub fallback_full: bool,
+    /// Force a key backup.
+    pub force_key: bool,
+    /// Every Nth backup of a series is a key backup; 0 disables the interval.
+    pub key_interval: u32,
+    /// How to interpret the disk paths.
+    pub format: SourceFormat,
+}
+
+impl Default for DeltaOptions {
+    fn default() -> Self {
+        Self {
+            reference: ReferenceChoice::Auto,
+            fallback_full: false,
+            force_key: false,
+            key_interval: 20,
+            format: SourceFormat::Auto,
+        }
+    }
+}
+
+/// What to back up.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    /// Series name.
+    pub series: String,
+    /// The disks; all go into one snapshot.
+    pub disks: Vec<DiskSpec>,
+    /// Tags.
+    pub tags: Vec<(String, String)>,
+    /// Block size; default: the series' previous block size for the disk, else the repository default.
+    pub block_size: Option<u32>,
+    /// Delta handling.
+    pub delta: DeltaOptions,
+}
+
+impl BackupRequest {
+    /// A backup of one disk, with no tags and the default block size.
+    pub fn one_disk(series: &str, disk: &str, path: &std::path::Path) -> Self {
+        Self {
+            series: series.into(),
+            disks: vec![DiskSpec::new(disk, path)],
+            tags: Vec::new(),
+            block_size: None,
+            delta: DeltaOptions::default(),
+        }
+    }
+}
+
+/// A published snapshot.
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Its header.
+    pub header: SnapshotHeader,
+    /// Packs written.
+    pub packs_written: u64,
+    /// How each disk was read, in the order of the header's disks.
+    pub disks: Vec<DiskReport>,
+}
+
+/// How one disk was backed up (also recorded in the disk's identity, see [`plan::MODE_KEY`]).
+#[derive(Debug, Clone)]
+pub struct DiskReport {
+    /// Full, delta or key.
+    pub mode: Mode,
+    /// The snapshot the disk's unchanged blocks came from (delta), or was compared with (key).
+    pub reference: Option<SnapshotId>,
+    /// Bytes the delta said changed (delta and key backups of delta sources).
+    pub changed_bytes: Option<u64>,
+    /// Drift found by a key backup.
+    pub drift: Option<Drift>,
+    /// Damaged stored chunks a key backup rewrote from this disk.
+    pub healed_chunks: u64,
+    /// Why the mode is what it is, when that is not obvious.
+    pub note: Option<String>,
+}
+
+fn validate(req: &BackupRequest) -> Result<()> {
+    let invalid = |e: tessera_format::DecodeError| Error::InvalidArgument(e.to_string());
+    validate_name("series name", &req.series).map_err(invalid)?;
+    if req.disks.is_empty() {
+        return Err(Error::InvalidArgument(
+            "name at least one disk as NAME=PATH".into(),
+        ));
+    }
+    let mut names = HashSet::new();
+    for d in &req.disks {
+        validate_name("disk name", &d.name).map_err(invalid)?;
+        if !names.insert(&d.name) {
+            return Err(Error::InvalidArgument(format!(
+                "disk name {:?} is given twice",
+                d.name
+            )));
+        }
+    }
+    for (k, _) in &req.tags {
+        validate_name("tag key", k).map_err(invalid)?;
+    }
+    if let Some(bs) = req.block_size {
+        validate_block_size(u64::from(bs)).map_err(invalid)?;
+    }
+    Ok(())
+}
+
+/// Runs a backup (each disk full, delta or key, see [`plan`]) and publishes it as one snapshot.
+pub fn backup(
+    repo: &Repository,
+    req: &BackupRequest,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
+    validate(req)?;
+    let started = Instant::now();
+    let time_us = crate::time::now_us();
+    // Open every source before writing anything, so a bad path or image costs nothing.
+    let sources = open_sources(req)?;
+    let plans = plan_disks(repo, req, &sources)?;
+
+    let mut session = WriteSession::new(repo.index(), repo.backend());
+    let mut refs = RefDeltas::default();
+    let mut heal = Vec::new();
+    let mut checked = HashSet::new();
+    let mut disks = Vec::new();
+    let mut roots = Vec::new();
+    let mut reports = Vec::new();
+    for ((spec, source), (block_size, reference, plan)) in req.disks.iter().zip(&sources).zip(plans)
+    {
+        let DiskPlan {
+            mode,
+            delta_applies,
+            note,
+        } = plan;
+        let reference_id = reference.as_ref().map(|r| r.snapshot);
+        let extents = clipped_extents(source.as_ref());
+        let changed_bytes = extents
+            .as_ref()
+            .map(|x| x.iter().map(|(s, e)| e - s).sum::<u64>());
+        let heal_before = heal.len();
+        let mut disk = DiskBackup {
+            repo,
+            session: &mut session,
+            refs: &mut refs,
+            heal: &mut heal,
+            checked: &mut checked,
+            block_size,
+            key: mode == Mode::Key,
+            roots: Vec::new(),
+            page: Vec::new(),
+            stats: DiskStats::default(),
+            drift: Drift::default(),
+        };
+        let drift_extents = extents
+            .as_deref()
+            .filter(|_| mode == Mode::Key && delta_applies);
+        let delta_extents = extents.as_deref().filter(|_| mode == Mode::Delta);
+        disk.run(
+            &spec.name,
+            mode,
+            source.as_ref(),
+            reference,
+            delta_extents,
+            drift_extents,
+            progress,
+        )?;
+        progress.finish();
+        let DiskBackup {
+            roots: root,
+            stats,
+            drift,
+            ..
+        } = disk;
+        let healed_chunks = (heal.len() - heal_before) as u64;
+        let report = DiskReport {
+            mode,
+            reference: reference_id.filter(|_| mode == Mode::Delta || delta_applies),
+            changed_bytes: changed_bytes.filter(|_| mode == Mode::Delta || delta_applies),
+            drift: (mode == Mode::Key && delta_applies).then_some(drift),
+            healed_chunks,
+            note,
+        };
+        let mut identity = source.identity();
+        identity.extend(report_identity(&report));
+        disks.push(DiskEntry {
+            name: spec.name.clone(),
+            size: source.size(),
+            block_size,
+            page_entries: repo.config().page_entries,
+            page_count: root.len() as u32,
+            root_digest: root_digest(&root),
+            identity,
+            stats,
+        });
+        roots.push(root);
+        reports.push(report);
+    }
+    let session_stats = session.finish()?;
+    heal::rehome_objects(repo, &heal)?;
+    let header = SnapshotHeader {
+        series: req.series.clone(),
+        time_us,
+        duration_ms: started.elapsed().as_millis() as u64,
+        tags: req.tags.clone(),
+        disks,
+    };
+    let snapshot = Snapshot { header, roots };
+    let id = publish_snapshot(repo, &snapshot, &refs)?;
+    Ok(BackupOutcome {
+        id,
+        header: snapshot.header,
+        packs_written: session_stats.packs,
+        disks: reports,
+    })
+}
+
+/// Opens every disk's source.
+fn open_sources(req: &BackupRequest) -> Result<Vec<Box<dyn BlockSource>>> {
+    req.disks
+        .iter()
+        .map(|d| {
+            open_source(&SourceSpec {
+                location: d.path.to_string_lossy().into_owned(),
+                format: req.delta.format,
+                changes: d.changes.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Each disk's block size, reference and plan, decided before anything is written (a
+/// wrong base costs nothing).
+fn plan_disks<'r>(
+    repo: &'r Repository,
+    req: &BackupRequest,
+    sources: &[Box<dyn BlockSource>],
+) -> Result<Vec<(u32, Option<ReferenceManifest<'r>>, DiskPlan)>> {
+    let catalog = repo.index().snapshots()?;
+    let series: Vec<&SnapshotHeader> = catalog
+        .iter()
+        .filter(|(_, h)| h.series == req.series)
+        .map(|(_, h)| h)
+        .collect();
+    let key_due = key_backup_due(&series, req.delta.key_interval);
+    let (reference_snapshot, explicit) = choose_reference(repo, req, &catalog)?;
+
+    let mut plans = Vec::new();
+    for (spec, source) in req.disks.iter().zip(sources) {
+        let block_size = block_size_for(repo, req, spec, reference_snapshot.as_ref())?;
+        let reference = reference_snapshot.as_ref().and_then(|(id, snap)| {
+            let i = snap.header.disks.iter().position(|d| d.name == spec.name)?;
+            let entry = snap.header.disks[i].clone();
+            (entry.block_size == block_size)
+                .then(|| ReferenceManifest::new(repo, *id, entry, snap.roots[i].clone()))
+        });
+        let plan = plan_disk(
+            &spec.name,
+            &spec.path.to_string_lossy(),
+            source.as_ref(),
+            reference.as_ref(),
+            explicit,
+            &req.delta,
+            key_due,
+        )?;
+        plans.push((block_size, reference, plan));
+    }
+    Ok(plans)
+}
+
+/// The source's changed extents clipped to its size.
+fn clipped_extents(source: &dyn BlockSource) -> Option<Vec<(u64, u64)>> {
+    source.changes().map(|c| {
+        c.extents
+            .iter()
+            .map(|&(s, e)| (s.min(source.size()), e.min(source.size())))
+            .filter(|(s, e)| e > s)
+            .collect()
+    })
+}
+
+/// The reference snapshot (loaded) and whether the operator named it.
+fn choose_reference(
+    repo: &Repository,
+    req: &BackupRequest,
+    catalog: &[(SnapshotId, SnapshotHeader)],
+) -> Result<(Option<(SnapshotId, Snapshot)>, bool)> {
+    let newest = || {
+        catalog
+            .iter()
+            .rfind(|(_, h)| h.series == req.series)
+            .map(|(id, _)| *id)
+    };
+    let (id, explicit) = match &req.delta.reference {
+        ReferenceChoice::Auto => (newest(), false),
+        ReferenceChoice::Latest => {
+            let id = newest().ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "--reference latest: series {:?} has no snapshot yet; take a full backup first",
+                    req.series
+                ))
+            })?;
+            (Some(id), true)
+        }
+        ReferenceChoice::Snapshot(q) => (Some(repo.resolve_snapshot(q)?.0), true),
+    };
+    let loaded = match id {
+        Some(id) => Some((id, repo.load_snapshot(id)?)),
+        None => None,
+    };
+    Ok((loaded, explicit))
+}
+
+/// The block size of `spec`'s disk: `--block-size`, else the one the reference (or the
+/// series' previous snapshot) used for the disk, else the repository default.
+fn block_size_for(
+    repo: &Repository,
+    req: &BackupRequest,
+    spec: &DiskSpec,
+    reference: Option<&(SnapshotId, Snapshot)>,
+) -> Result<u32> {
+    let previous = reference.and_then(|(_, s)| s.header.disks.iter().find(|d| d.name == spec.name));
+    match (req.block_size, previous) {
+        (Some(bs), Some(d)) if bs != d.block_size => Err(Error::InvalidArgument(format!(
+            "disk {:?} of series {:?} was backed up with {} KiB blocks; a different block size would share no data with it. \
+             Omit --block-size, or start a new series",
+            spec.name,
+            req.series,
+            d.block_size / 1024
+        ))),
+        (Some(bs), _) => Ok(bs),
+        (None, Some(d)) => Ok(d.block_size),
+        (None, None) => Ok(repo.config().default_block_size),
+    }
+}
+
+/// The identity entries that record how a disk was backed up (SPEC.md "Delta backups").
+fn report_identity(report: &DiskReport) -> Vec<(String, String)> {
+    let mut out = vec![(MODE_KEY.to_string(), report.mode.as_str().to_string())];
+    if let Some(r) = report.reference {
+        out.push(("backup.reference".into(), r.to_hex()));
+    }
+    if let Some(c) = report.changed_bytes {
+        out.push(("backup.changed_bytes".into(), c.to_string()));
+    }
+    if let Some(d) = &report.drift {
+        out.push(("drift.blocks".into(), d.blocks.to_string()));
+        if !d.offsets.is_empty() {
+            let offsets: Vec<String> = d.offsets.iter().map(u64::to_string).collect();
+            out.push(("drift.offsets".into(), offsets.join(",")));
+        }
+    }
+    if report.healed_chunks > 0 {
+        out.push(("heal.chunks".into(), report.healed_chunks.to_string()));
+    }
+    out
+}

@@ -1,0 +1,215 @@
+//! Deciding how each disk is read: in full, as a delta on the reference, or as a key backup.
+//!
+//! Rules (SPEC.md "Delta backups"):
+//! - A delta source is used as a delta only when the reference snapshot's disk (same name,
+//!   same block size) recorded the state the delta applies on ([`Changes::base_state`]).
+//!   Otherwise: with `--reference` given, an error ([`Error::WrongBase`]) unless
+//!   `--fallback-full`; without it, a full read. Never a delta on the wrong base.
+//! - A key backup reads the whole disk even when a delta applies, reports drift, and
+//!   checks (and heals) the stored copy of every chunk it references. It happens with
+//!   `--full`, every `key_interval`-th backup of the series, when a delta source's size
+//!   changed since the reference, and when a delta source no longer matches the reference.
+
+use tessera_format::SnapshotHeader;
+
+use crate::error::{Error, Result};
+use crate::ops::backup::reference::ReferenceManifest;
+use crate::ops::backup::DeltaOptions;
+use crate::sources::BlockSource;
+
+/// Identity key recording how a disk was read: `full`, `delta` or `key`.
+pub const MODE_KEY: &str = "backup.mode";
+
+/// How one disk is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The whole disk, no delta information used.
+    Full,
+    /// Only the changed extents; everything else from the reference.
+    Delta,
+    /// The whole disk, with drift report and store check.
+    Key,
+}
+
+impl Mode {
+    /// The recorded name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Delta => "delta",
+            Self::Key => "key",
+        }
+    }
+}
+
+/// The decision for one disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskPlan {
+    /// How to read it.
+    pub mode: Mode,
+    /// Whether the source's delta applies on the reference (drift is checked in key mode).
+    pub delta_applies: bool,
+    /// Why the mode differs from what the source suggests, for the report.
+    pub note: Option<String>,
+}
+
+/// Whether the next backup of a series is due to be a key backup: `interval - 1` snapshots
+/// have been taken since the last key backup (the series' first snapshot counts as one).
+/// `series` is the series' snapshots, oldest first.
+pub fn key_backup_due(series: &[&SnapshotHeader], interval: u32) -> bool {
+    if interval == 0 || series.is_empty() {
+        return false;
+    }
+    let since_key = series.iter().rev().take_while(|h| !is_key(h)).count();
+    // Without any key snapshot, the first snapshot of the series starts the count.
+    let since = if since_key == series.len() {
+        since_key - 1
+    } else {
+        since_key
+    };
+    since + 1 >= interval as usize
+}
+
+fn is_key(h: &SnapshotHeader) -> bool {
+    h.disks
+        .iter()
+        .any(|d| d.identity.iter().any(|(k, v)| k == MODE_KEY && v == "key"))
+}
+
+/// Decides how to read `source` for disk `disk`.
+pub fn plan_disk(
+    disk: &str,
+    location: &str,
+    source: &dyn BlockSource,
+    reference: Option<&ReferenceManifest<'_>>,
+    explicit_reference: bool,
+    opts: &DeltaOptions,
+    key_due: bool,
+) -> Result<DiskPlan> {
+    let key_wanted = opts.force_key || key_due;
+    let Some(changes) = source.changes() else {
+        let mode = if key_wanted { Mode::Key } else { Mode::Full };
+        return Ok(DiskPlan {
+            mode,
+            delta_applies: false,
+            note: None,
+        });
+    };
+    let ref_state = reference.and_then(ReferenceManifest::state);
+    if ref_state == Some(changes.base_state.as_str()) {
+        let reference = reference.ok_or_else(|| Error::InvalidArgument("no reference".into()))?;
+        let resized = reference.size() != source.size();
+        if (key_wanted || resized) && source.reads_full() {
+            let note = (resized && !key_wanted).then(|| {
+                format!(
+                    "size changed from {} to {} bytes: key backup",
+                    reference.size(),
+                    source.size()
+                )
+            });
+            return Ok(DiskPlan {
+                mode: Mode::Key,
+                delta_applies: true,
+                note,
+            });
+        }
+        if opts.force_key {
+            return Err(Error::InvalidArgument(format!(
+                "disk {disk:?}: --full needs the whole disk, but {location} can only be read where it changed (its base cannot be found)"
+            )));
+        }
+        let note = key_wanted.then(|| {
+            "key backup due, but the source can only be read where it changed: delta".to_string()
+        });
+        return Ok(DiskPlan {
+            mode: Mode::Delta,
+            delta_applies: true,
+            note,
+        });
+    }
+    // The delta does not apply on the reference.
+    let mismatch = || {
+        match reference {
+        Some(r) => Error::WrongBase {
+            disk: disk.to_string(),
+            source_desc: location.to_string(),
+            base: changes.base_description.clone(),
+            reference: r.snapshot.to_hex(),
+            reference_state: r.state().unwrap_or("a source without a state token").to_string(),
+        },
+        None => Error::InvalidArgument(format!(
+            "disk {disk:?}: {location} is a delta on {}, but the reference snapshot has no disk {disk:?} with the same block size; back up its base first, or pass --fallback-full",
+            changes.base_description
+        )),
+    }
+    };
+    if explicit_reference && !opts.fallback_full {
+        return Err(mismatch());
+    }
+    if !source.reads_full() {
+        return Err(mismatch());
+    }
+    let note = reference.map(|r| {
+        format!(
+            "the delta applies on {}, not on snapshot {}: read in full",
+            changes.base_description,
+            r.snapshot.to_hex()
+        )
+    });
+    Ok(DiskPlan {
+        // A changed identity is a key backup (the first backup of a disk is a plain full).
+        mode: if reference.is_some() {
+            Mode::Key
+        } else {
+            Mode::Full
+        },
+        delta_applies: false,
+        note,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_format::{DiskEntry, DiskStats};
+
+    fn header(key: bool) -> SnapshotHeader {
+        SnapshotHeader {
+            series: "s".into(),
+            time_us: 0,
+            duration_ms: 0,
+            tags: Vec::new(),
+            disks: vec![DiskEntry {
+                name: "d".into(),
+                size: 0,
+                block_size: 65536,
+                page_entries: 512,
+                page_count: 0,
+                root_digest: [0; 32],
+                identity: vec![(MODE_KEY.into(), if key { "key" } else { "delta" }.into())],
+                stats: DiskStats::default(),
+            }],
+        }
+    }
+
+    #[test]
+    fn every_nth_backup_is_a_key_backup() {
+        // Simulate 60 backups with interval 20: key backups at 21 and 41 (1-based).
+        let mut series: Vec<SnapshotHeader> = Vec::new();
+        let mut keys = Vec::new();
+        for n in 1..=60 {
+            let refs: Vec<&SnapshotHeader> = series.iter().collect();
+            let due = key_backup_due(&refs, 20);
+            if due {
+                keys.push(n);
+            }
+            series.push(header(due));
+        }
+        assert_eq!(keys, vec![21, 41]);
+        let none: Vec<&SnapshotHeader> = Vec::new();
+        assert!(!key_backup_due(&none, 20));
+        let one = [header(false)];
+        assert!(key_backup_due(&one.iter().collect::<Vec<_>>(), 1));
+        assert!(!key_backup_due(&one.iter().collect::<Vec<_>>(), 0));
+    }
+}
