@@ -4,7 +4,8 @@
 //!
 //! Order of work: generate the image → baselines → for every tool: init + first backup →
 //! for every tool: unchanged re-backup → rewrite ~3 % of the image → for every tool: delta
-//! backup → for every tool: restore of the latest backup, checked against the image.
+//! backup → for every tool: restore of the latest backup, checked against the image →
+//! tessera's full verify next to `zstd -d | openssl dgst -sha256` (shared with verify-bench).
 //! Every measured step's input is read right before it (warm page cache; dropping caches is
 //! not possible here), and `sync` runs between steps (untimed) so that one step's
 //! write-back does not land in the next one's time.
@@ -268,7 +269,13 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
         "blocks_64k_hit": delta.blocks_hit, "blocks_64k": delta.blocks,
     });
 
-    // 5. Ratios, table, JSON.
+    // 5. Full verify of tessera's repository (every object read back), next to
+    //    `zstd -d | openssl dgst -sha256` over the image.
+    if let Some(tool) = tools.iter().find(|t| t.name() == "tessera") {
+        phases::verify(&mut report, tool, work, &image_path, args.no_baselines)?;
+    }
+
+    // 6. Ratios, table, JSON.
     phases::ratios(&mut report);
     let load_end = loadavg();
     header["machine"]["loadavg_end"] = json!(load_end);

@@ -15,24 +15,85 @@
 //! An entry counts only while the index still places the object at the same pack and offset
 //! (compaction moves objects; the moved copy has not been verified). The ledger is a cache:
 //! deleting it only makes the next verify read more; entries of objects no longer in the
-//! index are ignored; a ledger of another repository (different id) is discarded.
-//! Only objects that were read back intact are ever recorded.
+//! index (forgotten and compacted away) are pruned by every verify that reads data
+//! ([`Ledger::prune`]: one merge of the ledger's sorted keys with the index's sorted keys, no
+//! memory beyond one write batch); a ledger of another repository (different id) is
+//! discarded. Only objects that were read back intact are ever recorded.
+//!
+//! The same lock also guards the **damage marks** (SPEC §11a): `REPO/damaged`, the snapshots
+//! the last verification found damaged, so that `list` and `show` can flag them until a
+//! verify finds them clean or a repair fixes them. It is a small text file replaced
+//! atomically (temporary file, fsync, rename, directory fsync), so readers never take a lock:
+//!
+//! ```text
+//! tessera damaged snapshots 1
+//! <snapshot id, 64 hex> <damaged ranges> <damaged bytes> <file damaged: 0|1> <marked at, µs>
+//! ```
 
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions, TryLockError};
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{Options, WriteBatch, DB};
-use tessera_format::{ObjectKind, RepoId};
+use tessera_format::{ObjectKind, RepoId, SnapshotId};
 
+use crate::backend::sync_dir;
 use crate::error::{Error, IoContext, Result};
-use crate::index::ObjectEntry;
+use crate::index::{Index, ObjectEntry};
 
 const META_REPO_ID: &[u8] = b"repo_id";
 
 /// An open ledger (held exclusively by this process).
 pub struct Ledger {
     db: DB,
-    _lock: File,
+    lock: LedgerLock,
+}
+
+/// The exclusive lock on `REPO/ledger.lock`: held by the verify that has the ledger open, and
+/// briefly by a repair updating the damage marks.
+pub struct LedgerLock {
+    _file: File,
+}
+
+impl LedgerLock {
+    fn open_file(root: &Path) -> Result<(File, PathBuf)> {
+        let lock_path = root.join("ledger.lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .ctx(|| format!("opening {}", lock_path.display()))?;
+        Ok((file, lock_path))
+    }
+
+    /// Takes the lock, failing with a clear message when another verify holds it.
+    pub fn acquire(root: &Path) -> Result<Self> {
+        let (file, lock_path) = Self::open_file(root)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(TryLockError::WouldBlock) => Err(Error::io(
+                format!("locking {}", lock_path.display()),
+                std::io::Error::other(
+                    "another `tessera verify` is running on this repository; wait for it to finish",
+                ),
+            )),
+            Err(TryLockError::Error(e)) => Err(Error::io(format!("locking {}", lock_path.display()), e)),
+        }
+    }
+
+    /// Takes the lock if nobody holds it (`None` while a verify runs).
+    pub fn try_acquire(root: &Path) -> Result<Option<Self>> {
+        let (file, lock_path) = Self::open_file(root)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(Error::io(format!("locking {}", lock_path.display()), e)),
+        }
+    }
 }
 
 /// Path of the ledger database.
@@ -62,26 +123,7 @@ impl Ledger {
     /// Opens (creating if needed) the ledger of the repository at `root`. Fails with a clear
     /// message when another verify holds it.
     pub fn open(root: &Path, repo_id: RepoId) -> Result<Self> {
-        let lock_path = root.join("ledger.lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .ctx(|| format!("opening {}", lock_path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(Error::io(
-                format!("locking {}", lock_path.display()),
-                std::io::Error::other(
-                    "another `tessera verify` is running on this repository; wait for it to finish",
-                ),
-            )),
-            Err(TryLockError::Error(e)) => {
-                return Err(Error::io(format!("locking {}", lock_path.display()), e))
-            }
-        }
+        let lock = LedgerLock::acquire(root)?;
         let path = ledger_path(root);
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -94,7 +136,7 @@ impl Ledger {
             db = DB::open(&opts, &path)?;
             db.put(META_REPO_ID, repo_id.as_bytes())?;
         }
-        Ok(Self { db, _lock: lock })
+        Ok(Self { db, lock })
     }
 
     /// When `entry`'s object was last verified at its current location, if ever.
@@ -133,4 +175,177 @@ impl Ledger {
         self.db.write(batch)?;
         Ok(n)
     }
+
+    /// The lock this ledger holds (it also guards the damage marks).
+    pub fn lock(&self) -> &LedgerLock {
+        &self.lock
+    }
+
+    /// Deletes the entries of objects the index no longer has (forgotten and compacted away):
+    /// for each kind, the ledger's keys and the index's keys are both sorted by digest, so
+    /// one merge finds them. Returns how many entries were removed.
+    pub fn prune(&self, index: &Index) -> Result<u64> {
+        let mut removed = 0u64;
+        for kind in [ObjectKind::Chunk, ObjectKind::Page] {
+            let prefix = key(kind, &[0; 32])[0];
+            let mut it = self.db.raw_iterator();
+            it.seek([prefix]);
+            let mut batch = WriteBatch::default();
+            let flush = |batch: &mut WriteBatch| -> Result<()> {
+                if batch.len() >= GROUP {
+                    self.db.write(std::mem::take(batch))?;
+                }
+                Ok(())
+            };
+            // Is the iterator on a ledger key of this kind? Its digest, if so.
+            let current = |it: &rocksdb::DBRawIterator<'_>| -> Option<[u8; 32]> {
+                let k = it.key()?;
+                if k.len() != 33 || k.first() != Some(&prefix) {
+                    return None;
+                }
+                k.get(1..)?.try_into().ok()
+            };
+            index.for_each_object(kind, |digest, _| {
+                while let Some(d) = current(&it) {
+                    match d.cmp(&digest) {
+                        std::cmp::Ordering::Less => {
+                            batch.delete(key(kind, &d));
+                            removed += 1;
+                            flush(&mut batch)?;
+                            it.next();
+                        }
+                        std::cmp::Ordering::Equal => {
+                            it.next();
+                            break;
+                        }
+                        std::cmp::Ordering::Greater => break,
+                    }
+                }
+                Ok(())
+            })?;
+            while let Some(d) = current(&it) {
+                batch.delete(key(kind, &d));
+                removed += 1;
+                flush(&mut batch)?;
+                it.next();
+            }
+            it.status()?;
+            self.db.write(batch)?;
+        }
+        Ok(removed)
+    }
+
+    /// Number of object entries (for tests and reports).
+    pub fn entry_count(&self) -> Result<u64> {
+        let mut n = 0;
+        for item in self.db.iterator(rocksdb::IteratorMode::Start) {
+            let (k, _) = item?;
+            if k.len() == 33 {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Ledger deletions are written in groups of this many.
+const GROUP: usize = 4096;
+
+/// Name of the damage-marks file under the repository root.
+pub const DAMAGE_MARKS_FILE: &str = "damaged";
+const DAMAGE_MARKS_HEADER: &str = "tessera damaged snapshots 1";
+
+/// What the last verification found wrong with one snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct DamageMark {
+    /// Damaged byte ranges of its disks (adjacent and overlapping ranges merged).
+    pub ranges: u64,
+    /// Bytes in those ranges.
+    pub bytes: u64,
+    /// Its snapshot file is unreadable or differs from its catalog entry.
+    pub file_damaged: bool,
+    /// When the damage was found (Unix µs).
+    pub marked_at_us: i64,
+}
+
+/// The damage marks (empty when the file is missing). Lines that do not parse are skipped:
+/// the marks are a record of findings, not a source of truth.
+pub fn load_damage_marks(root: &Path) -> Result<BTreeMap<SnapshotId, DamageMark>> {
+    let path = root.join(DAMAGE_MARKS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let mut marks = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_ascii_whitespace().collect();
+        let [id, ranges, bytes, file, at] = f.as_slice() else {
+            continue;
+        };
+        let (Ok(id), Ok(ranges), Ok(bytes), Ok(at)) = (
+            id.parse::<SnapshotId>(),
+            ranges.parse(),
+            bytes.parse(),
+            at.parse(),
+        ) else {
+            continue;
+        };
+        marks.insert(
+            id,
+            DamageMark {
+                ranges,
+                bytes,
+                file_damaged: *file == "1",
+                marked_at_us: at,
+            },
+        );
+    }
+    Ok(marks)
+}
+
+/// What one check found, for updating the damage marks.
+#[derive(Debug, Default)]
+pub struct DamageFindings {
+    /// Snapshots found damaged.
+    pub damaged: BTreeMap<SnapshotId, DamageMark>,
+    /// Snapshots whose every object this check covered (their old marks are cleared unless
+    /// they are damaged again).
+    pub checked: HashSet<SnapshotId>,
+    /// Every catalogued snapshot (marks of other snapshots are dropped).
+    pub catalogued: HashSet<SnapshotId>,
+}
+
+/// Updates the damage marks with a check's findings (see [`DamageFindings`]); the file is
+/// replaced atomically, or removed when no mark is left. Requires the ledger lock.
+pub fn update_damage_marks(root: &Path, _lock: &LedgerLock, findings: &DamageFindings) -> Result<()> {
+    let mut marks = load_damage_marks(root)?;
+    marks.retain(|id, _| findings.catalogued.contains(id) && !findings.checked.contains(id));
+    marks.extend(findings.damaged.iter().map(|(id, m)| (*id, *m)));
+    let path = root.join(DAMAGE_MARKS_FILE);
+    if marks.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(root),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+        };
+    }
+    let mut text = format!("{DAMAGE_MARKS_HEADER}\n");
+    for (id, m) in &marks {
+        let _ = writeln!(
+            text,
+            "{id} {} {} {} {}",
+            m.ranges,
+            m.bytes,
+            u8::from(m.file_damaged),
+            m.marked_at_us
+        );
+    }
+    let tmp = root.join(format!("{DAMAGE_MARKS_FILE}.tmp"));
+    let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .ctx(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).ctx(|| format!("renaming {} into place", tmp.display()))?;
+    sync_dir(root)
 }

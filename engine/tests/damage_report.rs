@@ -1,5 +1,5 @@
 //! Verification names exactly the damaged chunk and every snapshot range that needs it: no
-//! more, no less. A byte of one chunk's stored data is flipped in its pack; the expected
+//! more, no less. And the damage marks `list`/`show` display count merged ranges. A byte of one chunk's stored data is flipped in its pack; the expected
 //! ranges are computed independently from the images' own blocks.
 
 use std::os::unix::fs::FileExt;
@@ -8,10 +8,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tessera_engine::ops::backup::{backup, BackupRequest};
 use tessera_engine::ops::check::check;
-use tessera_engine::ops::damage::DamagedRange;
+use tessera_engine::ops::damage::{damage_marks, DamagedObject, DamagedRange};
 use tessera_engine::{InitOptions, NoProgress, Repository};
 use tessera_format::pack::RECORD_HEADER_LEN;
-use tessera_format::{ChunkDigest, ObjectKind};
+use tessera_format::{ChunkDigest, ObjectKind, SnapshotId};
 
 const BLOCK: usize = 64 * 1024;
 
@@ -99,4 +99,57 @@ fn a_flipped_chunk_is_mapped_to_every_snapshot_range_that_uses_it() {
     expected.sort_by(|a, b| (&a.snapshot, a.offset).cmp(&(&b.snapshot, b.offset)));
     assert_eq!(expected.len(), 5, "test setup: 2 + 2 + 1 places");
     assert_eq!(got, expected);
+}
+
+fn object(kind: &'static str, ranges: &[(&str, &str, u64, u64)]) -> DamagedObject {
+    DamagedObject {
+        kind,
+        digest: "00".repeat(32),
+        pack: None,
+        pack_offset: None,
+        reason: "test".into(),
+        ranges: ranges
+            .iter()
+            .map(|&(snapshot, disk, offset, length)| DamagedRange {
+                snapshot: snapshot.into(),
+                disk: disk.into(),
+                offset,
+                length,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn damage_marks_count_merged_ranges_per_snapshot() {
+    let s1 = "11".repeat(32);
+    let s2 = "22".repeat(32);
+    let s3 = "33".repeat(32);
+    let damaged = vec![
+        // A damaged page of s1/d0 covering 0..1000, and a chunk inside it: one range.
+        object("page", &[(&s1, "d0", 0, 1000)]),
+        object(
+            "chunk",
+            &[
+                (&s1, "d0", 100, 50),
+                // Touching the page's range: merged with it.
+                (&s1, "d0", 1000, 24),
+                // Another disk at the same offsets: a range of its own.
+                (&s1, "d1", 0, 10),
+                // Two separate places in s2.
+                (&s2, "d0", 0, 64),
+                (&s2, "d0", 128, 64),
+            ],
+        ),
+    ];
+    let marks = damage_marks(&damaged, std::slice::from_ref(&s3), 42);
+    let get = |hex: &str| marks[&hex.parse::<SnapshotId>().unwrap()];
+    assert_eq!(marks.len(), 3);
+    let m1 = get(&s1);
+    assert_eq!((m1.ranges, m1.bytes, m1.file_damaged), (2, 1034, false));
+    let m2 = get(&s2);
+    assert_eq!((m2.ranges, m2.bytes, m2.file_damaged), (2, 128, false));
+    let m3 = get(&s3);
+    assert_eq!((m3.ranges, m3.bytes, m3.file_damaged), (0, 0, true));
+    assert_eq!(m3.marked_at_us, 42);
 }

@@ -7,7 +7,7 @@
 //!
 //! Knobs: `TESSERA_KILL_TRIALS` (default 3), `TESSERA_SEED`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,8 @@ struct Fixture {
     expect: Vec<(String, String)>,
     /// Packs present before the last backup round.
     packs_before_last: Vec<PathBuf>,
+    /// `(snapshot, disk, copy of the image it backed up)`: the oracle for damaged ranges.
+    images: Vec<(String, String, PathBuf)>,
     gen: DataGen,
 }
 
@@ -68,6 +70,7 @@ impl Fixture {
             &mut gen,
         );
         let mut expect = Vec::new();
+        let mut images = Vec::new();
         let mut packs_before_last = Vec::new();
         for round in 0..3 {
             if round == 2 {
@@ -78,6 +81,11 @@ impl Fixture {
             backup_json(&other, "vm", &[("a", &a), ("b", &b)]);
             expect.push((format!("{id}:a"), sa));
             expect.push((format!("{id}:b"), sb));
+            for (disk, img) in [("a", &a), ("b", &b)] {
+                let copy = t.path().join(format!("{disk}-{round}.img"));
+                fs::copy(img, &copy).unwrap();
+                images.push((id.clone(), disk.to_string(), copy));
+            }
             if round < 2 {
                 mutate(&a, &mut gen, 6, 200_000, (1, 1, 3));
                 mutate(&b, &mut gen, 3, 100_000, (1, 1, 3));
@@ -91,6 +99,7 @@ impl Fixture {
             b,
             expect,
             packs_before_last,
+            images,
             gen,
         }
     }
@@ -99,10 +108,12 @@ impl Fixture {
         self.t.path().join(name)
     }
 
-    /// Every snapshot restores byte-identical and verify is clean.
+    /// Every snapshot restores byte-identical, verify is clean, and no snapshot is marked
+    /// damaged any more.
     #[track_caller]
     fn assert_all_restore(&self) {
         verify(&self.repo).ok();
+        assert!(damaged_in_list(&self.repo).is_empty());
         for (spec, sha) in &self.expect {
             assert_eq!(
                 &restored_sha(&self.repo, spec, self.t.path()),
@@ -576,4 +587,343 @@ fn rerun_finishes_an_interrupted_quarantine() {
     assert!(!pack_path(&f.repo, &pack).exists());
     assert!(!catalogued(&f.repo));
     f.assert_all_restore();
+}
+
+/// `(snapshot, disk, offset, length)` of a damaged range.
+type Range = (String, String, u64, u64);
+
+/// `(kind, digest)` of damaged objects → their ranges.
+type ObjectRanges = BTreeMap<(String, String), BTreeSet<Range>>;
+
+/// Snapshots `tessera list --json` marks as damaged.
+fn damaged_in_list(repo: &Path) -> BTreeSet<String> {
+    let out = tessera([OsStr::new("--json"), "list".as_ref(), repo.as_os_str()]);
+    out.ok();
+    out.json()["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["damaged"] == true)
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `verify --json` (exit 4): the report's damaged objects with their ranges, and its
+/// damaged packs.
+fn damage_report(repo: &Path) -> (ObjectRanges, Vec<String>) {
+    let out = tessera([OsStr::new("--json"), "verify".as_ref(), repo.as_os_str()]);
+    out.expect_code(4);
+    let report = out.json()["report"].clone();
+    let objects = report["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let ranges = d["ranges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["snapshot"].as_str().unwrap().to_string(),
+                        r["disk"].as_str().unwrap().to_string(),
+                        r["offset"].as_u64().unwrap(),
+                        r["length"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            (
+                (
+                    d["kind"].as_str().unwrap().to_string(),
+                    d["digest"].as_str().unwrap().to_string(),
+                ),
+                ranges,
+            )
+        })
+        .collect();
+    let packs = report["damaged_packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pack"].as_str().unwrap().to_string())
+        .collect();
+    (objects, packs)
+}
+
+impl Fixture {
+    /// The ranges each of `objects` must be reported with, from the images themselves: a
+    /// page covers its whole disk (one page per disk here); a chunk covers each block that
+    /// holds its bytes, except in disks whose page is damaged too (those blocks cannot be
+    /// located); contiguous blocks form one range.
+    fn expected_ranges(
+        &self,
+        objects: &BTreeSet<(String, String)>,
+    ) -> BTreeMap<(String, String), BTreeSet<Range>> {
+        let repo = Repository::open(&self.repo).unwrap();
+        let mut out: BTreeMap<(String, String), BTreeSet<Range>> =
+            objects.iter().map(|o| (o.clone(), BTreeSet::new())).collect();
+        for (snap, disk, img) in &self.images {
+            let Ok(snapshot) = repo.load_snapshot(snap.parse::<SnapshotId>().unwrap()) else {
+                continue;
+            };
+            let nth = snapshot.header.disks.iter().position(|d| &d.name == disk).unwrap();
+            let size = snapshot.header.disks[nth].size;
+            assert_eq!(snapshot.roots[nth].len(), 1, "one page per disk");
+            let page = ("page".to_string(), snapshot.roots[nth][0].to_hex());
+            if let Some(set) = out.get_mut(&page) {
+                set.insert((snap.clone(), disk.clone(), 0, size));
+                continue;
+            }
+            let mut run: Option<(u64, u64, String)> = None;
+            let close = |run: &mut Option<(u64, u64, String)>,
+                             out: &mut BTreeMap<(String, String), BTreeSet<Range>>| {
+                if let Some((start, len, digest)) = run.take() {
+                    out.get_mut(&("chunk".to_string(), digest))
+                        .unwrap()
+                        .insert((snap.clone(), disk.clone(), start, len));
+                }
+            };
+            for (n, b) in block_digests(img, BLOCK).into_iter().enumerate() {
+                let key = ("chunk".to_string(), tessera_tests::hex(&b.digest));
+                let offset = n as u64 * BLOCK;
+                let extends = matches!(&run, Some((start, len, digest)) if *digest == key.1 && start + len == offset);
+                if extends {
+                    if let Some((_, len, _)) = &mut run {
+                        *len += b.len;
+                    }
+                } else {
+                    close(&mut run, &mut out);
+                    if !b.zero && out.contains_key(&key) {
+                        run = Some((offset, b.len, key.1));
+                    }
+                }
+            }
+            close(&mut run, &mut out);
+        }
+        out
+    }
+
+    /// Verify names exactly `objects` (with exactly their ranges) and exactly `packs`;
+    /// `list` marks exactly the snapshots those ranges belong to.
+    #[track_caller]
+    fn assert_damage_exactly(&self, objects: &BTreeSet<(String, String)>, packs: &[String]) {
+        let (found, found_packs) = damage_report(&self.repo);
+        assert_eq!(
+            found.keys().cloned().collect::<BTreeSet<_>>(),
+            *objects,
+            "damaged objects"
+        );
+        let expected = self.expected_ranges(objects);
+        for (obj, ranges) in &expected {
+            assert_eq!(&found[obj], ranges, "ranges of {obj:?}");
+        }
+        assert_eq!(found_packs, packs, "damaged packs");
+        let hurt: BTreeSet<String> = expected
+            .values()
+            .flatten()
+            .map(|(s, _, _, _)| s.clone())
+            .collect();
+        assert_eq!(damaged_in_list(&self.repo), hurt, "snapshots marked damaged");
+    }
+
+    /// The newest pack (written by the last backup) and its live objects.
+    fn newest_pack(&self) -> (PathBuf, String) {
+        let new: Vec<PathBuf> = pack_files(&self.repo)
+            .into_iter()
+            .filter(|p| !self.packs_before_last.contains(p))
+            .collect();
+        assert_eq!(new.len(), 1, "the last backup should write one pack");
+        let id = new[0].file_stem().unwrap().to_string_lossy().into_owned();
+        (new[0].clone(), id)
+    }
+}
+
+/// Offset of the footer and its entry count, from the trailer.
+fn footer_of(pack: &Path) -> (u64, u64) {
+    let bytes = fs::read(pack).unwrap();
+    let t = &bytes[bytes.len() - 32..];
+    (
+        u64::from_le_bytes(t[..8].try_into().unwrap()),
+        u64::from(u32::from_le_bytes(t[8..12].try_into().unwrap())),
+    )
+}
+
+fn live_set(repo: &Path, pack: &str) -> BTreeSet<(String, String)> {
+    live_in_pack(repo, pack).into_iter().map(|(k, _)| k).collect()
+}
+
+#[test]
+fn record_header_bit_flip_names_exactly_its_chunk() {
+    let mut f = Fixture::new("repair_record_header");
+    let blocks: Vec<_> = block_digests(&f.a, BLOCK)
+        .into_iter()
+        .filter(|b| !b.zero)
+        .collect();
+    let block = blocks[f.gen.rng.gen_range(0..blocks.len())];
+    let entry = {
+        let r = Repository::open(&f.repo).unwrap();
+        r.index()
+            .get_object(ObjectKind::Chunk, &block.digest)
+            .unwrap()
+            .unwrap()
+    };
+    // A bit of the raw-length field (header bytes 40..44): only the header CRC notices.
+    flip_byte(&pack_path(&f.repo, &entry.pack.to_hex()), entry.offset + 41);
+    let digest = tessera_tests::hex(&block.digest);
+    f.assert_damage_exactly(&one("chunk", &digest), &[]);
+    let out = f.repair(&[OsStr::new("--from"), f.other.as_os_str()]);
+    out.ok();
+    let v = out.json();
+    assert_eq!(repaired_from(&v).len(), 1, "{out}");
+    assert_eq!(v["quarantined"], serde_json::json!([entry.pack.to_hex()]), "{out}");
+    assert_eq!(v["damage_marks_updated"], true, "{out}");
+    f.assert_all_restore();
+}
+
+#[test]
+fn footer_and_trailer_bit_flips_are_pack_damage_and_repaired() {
+    let f = Fixture::new("repair_footer");
+    // 1. A bit in the middle of the newest pack's footer: every record is intact.
+    let (path, id) = f.newest_pack();
+    let live = live_in_pack(&f.repo, &id).len() as u64;
+    let (footer, count) = footer_of(&path);
+    flip_byte(&path, footer + 56 * (count / 2) + 12);
+    f.assert_damage_exactly(&BTreeSet::new(), std::slice::from_ref(&id));
+    let text = verify(&f.repo);
+    text.expect_code(4);
+    assert!(text.stdout.contains(&format!("damaged pack {id}")), "{text}");
+    // Every snapshot still restores before the repair: no data is lost.
+    for (spec, sha) in &f.expect {
+        assert_eq!(&restored_sha(&f.repo, spec, f.t.path()), sha, "{spec}");
+    }
+    let out = f.repair(&[OsStr::new("--from"), f.other.as_os_str()]);
+    out.ok();
+    let v = out.json();
+    assert_eq!(v["damaged_found"], 0, "{out}");
+    assert_eq!(v["damaged_packs_found"][0]["pack"], id.as_str(), "{out}");
+    assert!(
+        v["damaged_packs_found"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("footer"),
+        "{out}"
+    );
+    assert_eq!(v["quarantined"], serde_json::json!([id.clone()]), "{out}");
+    assert_eq!(v["rehomed"], live, "{out}");
+    assert_eq!(repaired_from(&v), vec![], "{out}");
+    assert!(!pack_path(&f.repo, &id).exists());
+    f.assert_all_restore();
+
+    // 2. A bit of another pack's trailer (its entry count), repaired with only a source
+    //    image at hand (nothing needs fetching).
+    let victim = pack_files(&f.repo)
+        .into_iter()
+        .find(|p| f.packs_before_last.contains(p))
+        .unwrap();
+    let vid = victim.file_stem().unwrap().to_string_lossy().into_owned();
+    let len = fs::metadata(&victim).unwrap().len();
+    flip_byte(&victim, len - 32 + 9);
+    f.assert_damage_exactly(&BTreeSet::new(), std::slice::from_ref(&vid));
+    let src = format!("a={}", f.a.display());
+    let out = f.repair(&[OsStr::new("--from-source"), src.as_ref()]);
+    out.ok();
+    assert_eq!(out.json()["quarantined"], serde_json::json!([vid]), "{out}");
+    f.assert_all_restore();
+}
+
+#[test]
+fn pack_replaced_by_another_pack() {
+    let f = Fixture::new("repair_replaced_pack");
+    let (path, id) = f.newest_pack();
+    let other_pack = f.packs_before_last[0].clone();
+    let expected = live_set(&f.repo, &id);
+    assert!(!expected.is_empty());
+    let untouched = live_set(
+        &f.repo,
+        &other_pack.file_stem().unwrap().to_string_lossy(),
+    );
+    fs::copy(&other_pack, &path).unwrap();
+    // Exactly the objects the index places in the replaced pack; the copied pack's own
+    // objects are intact where the index expects them.
+    f.assert_damage_exactly(&expected, std::slice::from_ref(&id));
+    assert!(untouched.is_disjoint(&expected));
+    let out = f.repair(&[OsStr::new("--from"), f.other.as_os_str()]);
+    out.ok();
+    let v = out.json();
+    assert_eq!(repaired_from(&v).len(), expected.len(), "{out}");
+    assert_eq!(v["quarantined"], serde_json::json!([id]), "{out}");
+    f.assert_all_restore();
+}
+
+#[test]
+fn snapshot_naming_a_missing_page_is_reported_unrecoverable() {
+    let f = Fixture::new("repair_missing_page");
+    let (last, _) = f.expect.last().unwrap().0.split_once(':').unwrap();
+    // A valid snapshot file whose disk `a` root names a page that exists nowhere: the last
+    // snapshot with one page digest replaced, its root digest fixed and the file named
+    // after its new SHA-256; catalogued by an index rebuild (which recomputes the counts
+    // and reports the missing page).
+    let forged = {
+        let r = Repository::open(&f.repo).unwrap();
+        let mut s = r.load_snapshot(last.parse::<SnapshotId>().unwrap()).unwrap();
+        s.header.time_us += 1;
+        s.roots[0][0] = tessera_format::PageDigest([0x5a; 32]);
+        s.header.disks[0].root_digest = tessera_format::snapshot::root_digest(&s.roots[0]);
+        let (id, bytes) = s.encode();
+        let hex = id.to_hex();
+        fs::write(f.repo.join("snapshots").join(format!("{hex}.snap")), bytes).unwrap();
+        hex
+    };
+    tessera([
+        OsStr::new("repair"),
+        f.repo.as_os_str(),
+        "--rebuild-index".as_ref(),
+    ])
+    .expect_code(4);
+    let bogus = tessera_tests::hex(&[0x5a; 32]);
+    let out = tessera([OsStr::new("--json"), "verify".as_ref(), f.repo.as_os_str()]);
+    out.expect_code(4);
+    let (found, packs) = damage_report(&f.repo);
+    assert!(packs.is_empty());
+    let size_a = fs::metadata(&f.a).unwrap().len();
+    assert_eq!(
+        found,
+        BTreeMap::from([(
+            ("page".to_string(), bogus.clone()),
+            BTreeSet::from([(forged.clone(), "a".to_string(), 0, size_a)])
+        )])
+    );
+    assert_eq!(damaged_in_list(&f.repo), BTreeSet::from([forged.clone()]));
+
+    let out = f.repair(&[OsStr::new("--from"), f.other.as_os_str()]);
+    out.expect_code(4);
+    let v = out.json();
+    let unrecoverable = v["unrecoverable"].as_array().unwrap();
+    assert_eq!(unrecoverable.len(), 1, "{out}");
+    assert_eq!(unrecoverable[0]["digest"], bogus.as_str());
+    assert_eq!(unrecoverable[0]["ranges"][0]["snapshot"], forged.as_str());
+    // Still marked after the repair; `show` counts its damaged range.
+    assert_eq!(damaged_in_list(&f.repo), BTreeSet::from([forged.clone()]));
+    let show = tessera([OsStr::new("--json"), "show".as_ref(), f.repo.as_os_str(), forged.as_ref()]);
+    show.ok();
+    let sv = show.json();
+    assert_eq!(sv["damaged"], true, "{show}");
+    assert_eq!(sv["damage"]["ranges"], 1, "{show}");
+    assert_eq!(sv["damage"]["bytes"], size_a, "{show}");
+    // Everything else restores byte-identical; the forged disk `b` too.
+    for (spec, sha) in &f.expect {
+        assert_eq!(&restored_sha(&f.repo, spec, f.t.path()), sha, "{spec}");
+    }
+    let b_sha = &f.expect.last().unwrap().1;
+    assert_eq!(
+        &restored_sha(&f.repo, &format!("{forged}:b"), f.t.path()),
+        b_sha
+    );
+    tessera([
+        OsStr::new("restore"),
+        f.repo.as_os_str(),
+        format!("{forged}:a").as_ref(),
+        f.path("forged-a").as_os_str(),
+    ])
+    .expect_code(1);
 }

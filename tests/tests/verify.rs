@@ -464,3 +464,151 @@ fn a_second_verify_is_refused_while_one_holds_the_ledger() {
     drop(held);
     report(&f.repo, &[], 0);
 }
+
+/// `tessera --json list REPO`: id → damaged flag.
+fn list_damaged(repo: &Path) -> Vec<(String, bool)> {
+    let out = tessera(["--json", "list", &repo.display().to_string()]);
+    out.ok();
+    out.json()["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["damaged"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn show_json(repo: &Path, id: &str) -> Value {
+    let out = tessera(["--json", "show", &repo.display().to_string(), id]);
+    out.ok();
+    out.json()
+}
+
+#[test]
+fn damaged_snapshots_are_marked_until_verified_clean() {
+    let f = Fixture::new();
+    let mut gen = DataGen::new(seed("verify_marks"));
+    let img = f.path("img");
+    make_image(&img, ImageSpec::mixed(3 << 20), &mut gen);
+    let (first_blocks, _) = distinct_blocks(&img);
+    let s1 = snapshot_id(&backup_json(&f.repo, "s", &[("d", &img)]));
+    mutate(&img, &mut gen, 4, 150_000, (0, 1, 1));
+    let s2 = snapshot_id(&backup_json(&f.repo, "s", &[("d", &img)]));
+    let repo = f.repo.display().to_string();
+    assert_eq!(
+        list_damaged(&f.repo),
+        vec![(s1.clone(), false), (s2.clone(), false)]
+    );
+
+    // A chunk only the second snapshot has, at a known number of places.
+    let blocks = block_digests(&img, BLOCK);
+    let victim = blocks
+        .iter()
+        .find(|b| !b.zero && !first_blocks.contains(&b.digest))
+        .unwrap()
+        .digest;
+    let places = blocks.iter().filter(|b| b.digest == victim).count() as u64;
+    flip_chunk(&f.repo, &victim);
+    report(&f.repo, &[], 4);
+    assert_eq!(
+        list_damaged(&f.repo),
+        vec![(s1.clone(), false), (s2.clone(), true)]
+    );
+    let text = tessera(["list", &repo]);
+    text.ok();
+    assert_eq!(text.stdout.matches("DAMAGED").count(), 1, "{text}");
+    let v = show_json(&f.repo, &s2);
+    assert_eq!(v["damaged"], true, "{v}");
+    // Places of one chunk are single blocks unless adjacent; count merged runs.
+    let mut runs = 0;
+    let mut prev = false;
+    for b in &blocks {
+        let hit = b.digest == victim;
+        if hit && !prev {
+            runs += 1;
+        }
+        prev = hit;
+    }
+    assert_eq!(v["damage"]["ranges"], runs, "{v}");
+    assert_eq!(v["damage"]["bytes"], places * BLOCK, "{v}");
+    assert_eq!(show_json(&f.repo, &s1)["damaged"], false);
+    let text = tessera(["show", &repo, &s2]);
+    text.ok();
+    assert!(text.stdout.contains(&format!("DAMAGED  {runs} byte ranges")), "{text}");
+
+    // A run that did not cover the snapshot, or only sampled it, leaves the mark.
+    report(&f.repo, &["--snapshot", &s1], 0);
+    assert_eq!(show_json(&f.repo, &s2)["damaged"], true);
+    flip_chunk(&f.repo, &victim); // flips the same bit back: intact again
+    report(&f.repo, &["--sample", "100%", "--seed", "1"], 0);
+    assert_eq!(show_json(&f.repo, &s2)["damaged"], true);
+    tessera(["verify", &repo, "--metadata-only"]).ok();
+    assert_eq!(show_json(&f.repo, &s2)["damaged"], true);
+    // A run that covers it and finds it clean clears the mark.
+    report(&f.repo, &["--snapshot", &s2], 0);
+    assert_eq!(
+        list_damaged(&f.repo),
+        vec![(s1.clone(), false), (s2.clone(), false)]
+    );
+    assert!(!f.repo.join("damaged").exists());
+}
+
+/// Entries of the ledger (opened directly, as no verify runs).
+fn ledger_entries(repo: &Path) -> u64 {
+    let r = tessera_engine::Repository::open(repo).unwrap();
+    let ledger = tessera_engine::ledger::Ledger::open(repo, r.config().repo_id).unwrap();
+    ledger.entry_count().unwrap()
+}
+
+/// Objects in the index, of both kinds.
+fn index_objects(repo: &Path) -> u64 {
+    let r = tessera_engine::Repository::open(repo).unwrap();
+    let mut n = 0;
+    for kind in [ObjectKind::Chunk, ObjectKind::Page] {
+        r.index()
+            .for_each_object(kind, |_, _| {
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+    }
+    n
+}
+
+#[test]
+fn ledger_entries_of_forgotten_and_compacted_objects_are_pruned() {
+    let f = Fixture::new();
+    let mut gen = DataGen::new(seed("verify_ledger_prune"));
+    let img = f.path("img");
+    let spec = ImageSpec {
+        weights: (0, 1, 1),
+        ..ImageSpec::mixed(2 << 20)
+    };
+    make_image(&img, spec, &mut gen);
+    let s1 = snapshot_id(&backup_json(&f.repo, "s", &[("d", &img)]));
+    make_image(&img, spec, &mut gen);
+    backup_json(&f.repo, "s", &[("d", &img)]);
+    let first = report(&f.repo, &[], 0);
+    let all = index_objects(&f.repo);
+    assert_eq!(num(&first, "ledger_recorded"), all, "{first}");
+    assert_eq!(ledger_entries(&f.repo), all);
+    assert_eq!(num(&first, "ledger_pruned"), 0, "{first}");
+
+    let repo = f.repo.display().to_string();
+    tessera(["forget", &repo, &s1]).ok();
+    // Forgotten but not compacted: the objects are still in the index, nothing is pruned.
+    let r = report(&f.repo, &["--skip-verified-within", "1d"], 0);
+    assert_eq!(num(&r, "ledger_pruned"), 0, "{r}");
+    tessera(["compact", &repo, "--max-unused", "0%"]).ok();
+    let left = index_objects(&f.repo);
+    assert!(left < all, "compaction removed nothing");
+    let r = report(&f.repo, &["--skip-verified-within", "1d"], 0);
+    assert_eq!(num(&r, "ledger_pruned"), all - left, "{r}");
+    assert_eq!(ledger_entries(&f.repo), left);
+    let r = report(&f.repo, &[], 0);
+    assert_eq!(num(&r, "ledger_pruned"), 0, "{r}");
+}

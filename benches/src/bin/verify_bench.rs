@@ -1,4 +1,5 @@
-//! Full-verify throughput against the same-run baseline the integrity issue names: `zstd -d`
+//! Full-verify throughput (measured by `tessera_benches::verify_measure`, shared with
+//! `macro-bench`) against the same-run baseline the integrity issue names: `zstd -d`
 //! piped into `openssl dgst -sha256` over the same data (decompress + hash, the work a verify
 //! must do, using both cores: one per process). Runs the release `tessera` binary.
 //!
@@ -11,17 +12,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tessera_benches::bin_args::{arg, tessera_path};
-
-fn timed_shell(script: &str) -> f64 {
-    let started = Instant::now();
-    let st = Command::new("bash")
-        .args(["-c", script])
-        .stdout(Stdio::null())
-        .status()
-        .expect("bash");
-    assert!(st.success(), "{script} failed");
-    started.elapsed().as_secs_f64()
-}
+use tessera_benches::verify_measure::measure;
 
 fn timed(tessera: &Path, args: &[&str]) -> f64 {
     let started = Instant::now();
@@ -84,23 +75,8 @@ fn main() {
             &format!("d0={}", image.display()),
         ],
     );
-    // The baseline's input: the same data compressed with zstd (untimed).
-    let zst = d.join("image.zst");
-    timed_shell(&format!(
-        "zstd -q -3 -T2 -f -o {} {}",
-        zst.display(),
-        image.display()
-    ));
-    timed_shell(&format!(
-        "cat {} {} > /dev/null",
-        zst.display(),
-        repo.display().to_string() + "/packs/*/*"
-    ));
-    let baseline = timed_shell(&format!(
-        "zstd -q -d -c {} | openssl dgst -sha256",
-        zst.display()
-    ));
-    let verify = timed(&tessera, &["verify", repo_s]);
+    let fig = measure(&tessera, &repo, &image, d).expect("verify measurement");
+    let (baseline, verify) = (fig.baseline.wall_s, fig.verify.wall_s);
     let mb = (size_mib << 20) as f64 / 1e6;
     println!("{size_mib} MiB image (half random, half text), warm page cache");
     println!("{:<40} {:>9} {:>9}", "operation", "seconds", "MB/s");
@@ -116,6 +92,6 @@ fn main() {
     );
     println!(
         "ratio: tessera verify / baseline = {:.2} (goal >= 0.80)",
-        baseline / verify
+        fig.ratio()
     );
 }

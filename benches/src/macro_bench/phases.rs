@@ -13,6 +13,7 @@ use crate::host::{settle, warm};
 use crate::image::{apply_delta, file_digest, Delta};
 use crate::report::{human, Ratio, Report, Row};
 use crate::tools::{Kind, Step, Tool};
+use tessera_benches::verify_measure;
 
 fn tessera_note(info: &Value) -> String {
     let d = &info["disks"][0];
@@ -265,8 +266,60 @@ pub fn run_tools(
     Ok(delta)
 }
 
+/// tessera's full verify of its repository (after the restores: it holds the first, the
+/// unchanged and the delta backup) and its baseline, `zstd -d | openssl dgst -sha256` over
+/// the image (skipped with `--no-baselines`). Both rates use the image size.
+pub fn verify(
+    report: &mut Report,
+    tool: &Tool,
+    work: &Path,
+    image: &Path,
+    no_baselines: bool,
+) -> Result<()> {
+    eprintln!("full verify:");
+    let size = fs::metadata(image)?.len();
+    if no_baselines {
+        let m = verify_measure::time_verify(&tool.bin, &tool.repo)?;
+        report.push(Row::new(
+            "tessera.verify",
+            "tessera",
+            "verify (every object)",
+            m,
+            size,
+            "no baseline run".into(),
+        ));
+        return Ok(());
+    }
+    let fig = verify_measure::measure(&tool.bin, &tool.repo, image, work)?;
+    report.push(Row::new(
+        "baseline.zstd_d_sha256",
+        "baseline",
+        "zstd -d | openssl dgst -sha256",
+        fig.baseline.clone(),
+        size,
+        "the image, zstd -3; decompress + hash on 2 processes".into(),
+    ));
+    let mut row = Row::new(
+        "tessera.verify",
+        "tessera",
+        "verify (every object)",
+        fig.verify.clone(),
+        size,
+        format!("{:.2}x the baseline (goal >= 0.80)", fig.ratio()),
+    );
+    row.extra = json!({ "verify_mb_s": fig.verify_mb_s(), "baseline_mb_s": fig.baseline_mb_s(), "ratio": fig.ratio() });
+    report.push(row);
+    Ok(())
+}
+
 /// The ratios: tessera against the baselines and the goals, and the peers against tessera.
 pub fn ratios(report: &mut Report) {
+    report.rate_ratio(
+        "tessera verify / zstd -d | openssl dgst -sha256",
+        "tessera.verify",
+        "baseline.zstd_d_sha256",
+        "goal >= 0.80",
+    );
     report.rate_ratio(
         "tessera first backup / zstd -3 -T2",
         "tessera.first_backup",

@@ -19,7 +19,7 @@ pub enum Kind {
 /// One tool with its repository in the work directory.
 pub struct Tool {
     pub kind: Kind,
-    bin: PathBuf,
+    pub bin: PathBuf,
     pub repo: PathBuf,
     base: PathBuf,
     block_size: Option<String>,

@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::json;
 use tessera_engine::ops::usage::{exclusive_bytes_all, snapshot_usage};
+use tessera_engine::ledger::{load_damage_marks, DamageMark};
 use tessera_engine::time::format_us;
 use tessera_engine::Repository;
 use tessera_format::SnapshotHeader;
@@ -47,6 +48,7 @@ pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
         .filter(|(_, h)| series.is_none_or(|s| h.series == s))
         .collect();
     let protected = repository.index().protected()?;
+    let marks = load_damage_marks(repository.root())?;
     if json {
         let items: Vec<_> = snaps
             .iter()
@@ -55,6 +57,7 @@ pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
                     "id": id.to_hex(), "series": h.series, "time": format_us(h.time_us),
                     "time_us": h.time_us, "logical_bytes": h.logical_bytes(),
                     "protected": protected.contains(id),
+                    "damaged": marks.contains_key(id),
                     "tags": h.tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                     "disks": h.disks.iter().map(|d| json!({"name": d.name, "size": d.size})).collect::<Vec<_>>(),
                 })
@@ -69,11 +72,14 @@ pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
             "id", "series", "time", "size"
         );
         let mark = |id| {
+            let mut m = String::new();
             if protected.contains(id) {
-                "  (protected)"
-            } else {
-                ""
+                m.push_str("  (protected)");
             }
+            if marks.contains_key(id) {
+                m.push_str("  DAMAGED (see `tessera show`, `tessera repair`)");
+            }
+            m
         };
         for (id, h) in &snaps {
             let disks: Vec<&str> = h.disks.iter().map(|d| d.name.as_str()).collect();
@@ -95,11 +101,16 @@ pub fn show(repo: &Path, query: &str, json: bool) -> Result<i32> {
     let repository = Repository::open(repo)?;
     let (id, h) = repository.resolve_snapshot(query)?;
     let protected = repository.index().protected()?.contains(&id);
-    let usage = snapshot_usage(&repository, id)?;
+    let damage = load_damage_marks(repository.root())?.get(&id).copied();
+    // A damaged snapshot (a page missing or unreadable) has no space accounting, but `show`
+    // must still describe it, damage included.
+    let usage = snapshot_usage(&repository, id).map_err(|e| e.to_string());
     if json {
         print_json(&json!({
             "ok": true, "id": id.to_hex(), "series": h.series, "time": format_us(h.time_us), "time_us": h.time_us,
-            "duration_ms": h.duration_ms, "protected": protected, "usage": usage,
+            "duration_ms": h.duration_ms, "protected": protected,
+            "usage": usage.as_ref().ok(), "usage_error": usage.as_ref().err(),
+            "damaged": damage.is_some(), "damage": damage.map(damage_json),
             "tags": h.tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "disks": disk_json(&h),
         }));
@@ -116,13 +127,19 @@ pub fn show(repo: &Path, query: &str, json: bool) -> Result<i32> {
         if protected {
             println!("  protected (prune and forget leave it alone)");
         }
-        println!(
-            "  space    references {} in {} objects; {} of it only this snapshot references (freed if forgotten), {} shared",
-            bytes(usage.referenced_stored_bytes),
-            usage.referenced_objects,
-            bytes(usage.exclusive_stored_bytes),
-            bytes(usage.shared_stored_bytes)
-        );
+        if let Some(m) = damage {
+            println!("  DAMAGED  {}", damage_text(&m));
+        }
+        match &usage {
+            Ok(usage) => println!(
+                "  space    references {} in {} objects; {} of it only this snapshot references (freed if forgotten), {} shared",
+                bytes(usage.referenced_stored_bytes),
+                usage.referenced_objects,
+                bytes(usage.exclusive_stored_bytes),
+                bytes(usage.shared_stored_bytes)
+            ),
+            Err(e) => println!("  space    unknown: {e}"),
+        }
         for d in &h.disks {
             println!(
                 "  disk {}: {} in {} blocks of {}, {} manifest pages",
@@ -146,6 +163,33 @@ pub fn show(repo: &Path, query: &str, json: bool) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The damage mark of a snapshot, as `show --json` prints it.
+fn damage_json(m: DamageMark) -> serde_json::Value {
+    json!({
+        "ranges": m.ranges, "bytes": m.bytes, "file_damaged": m.file_damaged,
+        "found": format_us(m.marked_at_us), "found_us": m.marked_at_us,
+    })
+}
+
+fn damage_text(m: &DamageMark) -> String {
+    let mut parts = Vec::new();
+    if m.ranges > 0 {
+        parts.push(format!(
+            "{} byte ranges ({}) cannot be read intact",
+            m.ranges,
+            bytes(m.bytes)
+        ));
+    }
+    if m.file_damaged {
+        parts.push("the snapshot file is unreadable or differs from the catalog".to_string());
+    }
+    format!(
+        "{}; found by the verification of {} (run `tessera verify REPO` for details, `tessera repair` to fix)",
+        parts.join("; "),
+        format_us(m.marked_at_us)
+    )
 }
 
 pub fn stats(repo: &Path, json: bool) -> Result<i32> {

@@ -20,6 +20,7 @@ pub fn run(args: &RepairArgs, json: bool, bars: &Bars) -> Result<i32> {
         }
         return repair_from(args, json, bars);
     }
+
     repair(&args.repo, args.rebuild_index, args.recount, json, bars)
 }
 
@@ -104,6 +105,8 @@ fn print_report(r: &RepairReport, json: bool) {
             "missing_packs": r.missing_packs,
             "packs_written": r.packs_written,
             "unrecoverable": r.unrecoverable,
+            "damaged_packs_found": r.damaged_packs_found,
+            "damage_marks_updated": r.damage_marks_updated,
             "problems": r.problems,
         });
         if !r.is_clean() {
@@ -118,6 +121,9 @@ fn print_report(r: &RepairReport, json: bool) {
     }
     for o in &r.repaired {
         println!("repaired {} {} from {}", o.kind, o.digest, o.from);
+    }
+    for p in &r.damaged_packs_found {
+        println!("pack {} had a damaged footer: {}", p.pack, p.reason);
     }
     for p in &r.quarantined {
         println!("quarantined pack {p} (kept in quarantine/ for inspection)");
@@ -172,7 +178,7 @@ fn repair(repo: &Path, rebuild_index: bool, recount: bool, json: bool, bars: &Ba
         return Ok(0);
     }
     if !rebuild_index {
-        return Err(UsageError("say what to repair: --rebuild-index or --recount".into()).into());
+        return Err(UsageError("say what to repair: --from OTHER_REPO and/or --from-source DISK=PATH (damaged objects and packs), --rebuild-index or --recount".into()).into());
     }
     let r = tessera_engine::ops::rebuild_index::rebuild_index(repo, bars)?;
     let clean = r.pack_problems.is_empty() && r.bad_snapshots.is_empty() && r.missing.is_empty();

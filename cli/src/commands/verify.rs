@@ -167,6 +167,18 @@ fn print_text(report: &CheckReport, metadata_only: bool, skipping: bool) {
             );
         }
     }
+    for p in &report.damaged_packs {
+        println!(
+            "damaged pack {} (its records may be intact; `tessera repair` rewrites it): {}",
+            p.pack, p.reason
+        );
+    }
+    if report.ledger_pruned > 0 {
+        println!(
+            "ledger: removed {} entries of objects no longer in the index",
+            report.ledger_pruned
+        );
+    }
     println!(
         "checked {} snapshots, read {} objects ({}): {}",
         report.snapshots,

@@ -2,8 +2,14 @@
 //! chunk it references exists, the stored reference counts equal counts recomputed from
 //! scratch, and (with `read_data`) every live object reads back intact.
 //!
+//! Every pack's footer and trailer are checked against the pack's layout, its catalog entry
+//! and the index (`store::pack_scan::check_footer`, SPEC §11a): a damaged footer is *pack
+//! damage* even when every record is intact, and repair rewrites such packs.
+//!
 //! This is the verification used by `tessera verify` and by the tests after crashes. Damaged
 //! or missing objects are mapped to every snapshot range that needs them (`damage.rs`).
+//! A run with the ledger also prunes the ledger and updates the damage marks that `list` and
+//! `show` display (`crate::ledger`).
 //!
 //! [`verify`] adds to this what `tessera verify` needs: a scope (only the objects some
 //! snapshots reference are read), a seeded random sample of that scope, and the
@@ -11,7 +17,7 @@
 //! objects verified recently (at their current location) can be skipped. [`check`] is
 //! [`verify`] with no scope, no sample and no ledger.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -19,15 +25,16 @@ use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
-use tessera_format::{ObjectKind, SnapshotId};
+use tessera_format::{ObjectKind, PackId, SnapshotId};
 
 use crate::error::Result;
 use crate::index::ObjectEntry;
-use crate::ledger::Ledger;
-use crate::ops::damage::{map_damage, BadKey, DamagedObject};
+use crate::ledger::{update_damage_marks, DamageFindings, Ledger, LedgerLock};
+use crate::ops::damage::{damage_marks, map_damage, BadKey, DamagedObject, DamagedPack};
 use crate::progress::Progress;
 use crate::refcount::expected_counts_of;
 use crate::repo::Repository;
+use crate::store::pack_scan::check_footer;
 use crate::store::reader::read_object;
 
 /// What the check found. `is_clean` tells whether the repository is consistent.
@@ -43,6 +50,10 @@ pub struct CheckReport {
     pub problems: Vec<String>,
     /// Damaged or missing objects, each with every snapshot range that needs it.
     pub damaged: Vec<DamagedObject>,
+    /// Packs whose footer or trailer is damaged or disagrees with the index.
+    pub damaged_packs: Vec<DamagedPack>,
+    /// Catalogued snapshots whose file is unreadable or differs from its catalog entry (hex).
+    pub damaged_snapshot_files: Vec<String>,
     /// What was in scope of the read.
     pub scope: ScopeReport,
     /// The sample drawn from the scope, if any.
@@ -53,6 +64,8 @@ pub struct CheckReport {
     pub bytes_skipped_recently_verified: u64,
     /// Objects recorded as verified in the ledger by this run.
     pub ledger_recorded: u64,
+    /// Ledger entries of objects no longer in the index, removed by this run.
+    pub ledger_pruned: u64,
 }
 
 /// The scope of a verification run.
@@ -144,33 +157,16 @@ pub fn verify(
         None
     };
     let mut report = CheckReport::default();
-    let mut snapshots = Vec::new();
-    for (id, header) in repo.index().snapshots()? {
-        match repo.load_snapshot(id) {
-            Ok(s) if s.header == header => snapshots.push((id, s)),
-            Ok(_) => report.problems.push(format!(
-                "snapshot {id}: catalog entry differs from the snapshot file"
-            )),
-            Err(e) => report.problems.push(format!("snapshot {id}: {e}")),
-        }
-    }
-    report.snapshots = snapshots.len();
+    let (snapshots, catalogued) = load_catalogued(repo, &mut report)?;
     let expected = expected_counts_of(
         repo.index(),
         repo.backend(),
         snapshots.iter().map(|(_, s)| s),
     )?;
-    let mut bad: Vec<(BadKey, DamagedObject)> = Vec::new();
-    for (page, reason) in &expected.unreadable_pages {
-        report.problems.push(format!("page {page}: {reason}"));
-        let entry = repo.index().get_object(ObjectKind::Page, page.as_bytes())?;
-        bad.push((
-            (ObjectKind::Page, page.0),
-            damaged(ObjectKind::Page, page.0, entry.as_ref(), reason.clone()),
-        ));
-    }
+    let mut bad = unreadable_pages(repo, &expected.unreadable_pages, &mut report)?;
     let mut indexed: HashSet<BadKey> = HashSet::new();
-    let mut live: Vec<(ObjectKind, [u8; 32], ObjectEntry)> = Vec::new();
+    let mut live: Vec<Live> = Vec::new();
+    let mut dead: Vec<Live> = Vec::new();
     for kind in [ObjectKind::Page, ObjectKind::Chunk] {
         let mut seen = 0u64;
         repo.index().for_each_object(kind, |digest, entry| {
@@ -188,6 +184,8 @@ pub fn verify(
             }
             if entry.refcount > 0 || want > 0 {
                 live.push((kind, digest, entry));
+            } else {
+                dead.push((kind, digest, entry));
             }
             Ok(())
         })?;
@@ -222,6 +220,14 @@ pub fn verify(
             }
         }
     }
+    report.damaged_packs = check_footers(repo, &live, &dead)?;
+    drop(dead);
+    report.problems.extend(
+        report
+            .damaged_packs
+            .iter()
+            .map(|p| format!("pack {}: {}", p.pack, p.reason)),
+    );
     if opts.read_data {
         let live = select(repo, opts, &snapshots, ledger.as_ref(), live, &mut report)?;
         let unreadable = read_back(repo, &live, ledger.as_ref(), progress, &mut report)?;
@@ -237,10 +243,138 @@ pub fn verify(
     if !bad.is_empty() {
         report.damaged = map_damage(repo, &snapshots, bad);
     }
+    if let Some(ledger) = &ledger {
+        update_ledger(repo, ledger, opts, catalogued, &mut report)?;
+    }
     Ok(report)
 }
 
+/// After a run with the ledger: prunes the entries of objects gone from the index and
+/// updates the damage marks. A sampled run cannot vouch for a snapshot: it only adds marks.
+fn update_ledger(
+    repo: &Repository,
+    ledger: &Ledger,
+    opts: &VerifyOptions,
+    catalogued: Vec<SnapshotId>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    report.ledger_pruned = ledger.prune(repo.index())?;
+    let checked: Vec<SnapshotId> = match (&opts.sample, &opts.scope) {
+        (Some(_), _) => Vec::new(),
+        (None, Some(ids)) => ids.clone(),
+        (None, None) => catalogued.clone(),
+    };
+    record_damage(repo, ledger.lock(), report, checked, catalogued)
+}
+
+/// The pages the count recomputation could not read, as damaged objects.
+fn unreadable_pages(
+    repo: &Repository,
+    pages: &[(tessera_format::PageDigest, String)],
+    report: &mut CheckReport,
+) -> Result<Vec<(BadKey, DamagedObject)>> {
+    let mut bad = Vec::new();
+    for (page, reason) in pages {
+        report.problems.push(format!("page {page}: {reason}"));
+        let entry = repo.index().get_object(ObjectKind::Page, page.as_bytes())?;
+        bad.push((
+            (ObjectKind::Page, page.0),
+            damaged(ObjectKind::Page, page.0, entry.as_ref(), reason.clone()),
+        ));
+    }
+    Ok(bad)
+}
+
+/// Snapshots loaded from their files.
+type Loaded = Vec<(SnapshotId, tessera_format::Snapshot)>;
+
+/// Loads every catalogued snapshot, reporting those whose file is unreadable or differs from
+/// its catalog entry. Returns the loaded ones and every catalogued id.
+fn load_catalogued(
+    repo: &Repository,
+    report: &mut CheckReport,
+) -> Result<(Loaded, Vec<SnapshotId>)> {
+    let mut snapshots = Vec::new();
+    let catalog = repo.index().snapshots()?;
+    let catalogued: Vec<SnapshotId> = catalog.iter().map(|(id, _)| *id).collect();
+    for (id, header) in catalog {
+        match repo.load_snapshot(id) {
+            Ok(s) if s.header == header => snapshots.push((id, s)),
+            Ok(_) => {
+                report.problems.push(format!(
+                    "snapshot {id}: catalog entry differs from the snapshot file"
+                ));
+                report.damaged_snapshot_files.push(id.to_hex());
+            }
+            Err(e) => {
+                report.problems.push(format!("snapshot {id}: {e}"));
+                report.damaged_snapshot_files.push(id.to_hex());
+            }
+        }
+    }
+    report.snapshots = snapshots.len();
+    Ok((snapshots, catalogued))
+}
+
+/// Updates the damage marks (`REPO/damaged`, see `crate::ledger`) with what `report` found:
+/// snapshots it found damaged are marked, the `checked` ones it found clean are cleared.
+/// Called by verify (holding the ledger) and by repair after its final check.
+pub fn record_damage(
+    repo: &Repository,
+    lock: &LedgerLock,
+    report: &CheckReport,
+    checked: impl IntoIterator<Item = SnapshotId>,
+    catalogued: impl IntoIterator<Item = SnapshotId>,
+) -> Result<()> {
+    let findings = DamageFindings {
+        damaged: damage_marks(
+            &report.damaged,
+            &report.damaged_snapshot_files,
+            crate::time::now_us(),
+        ),
+        checked: checked.into_iter().collect(),
+        catalogued: catalogued.into_iter().collect(),
+    };
+    update_damage_marks(repo.root(), lock, &findings)
+}
+
 type Live = (ObjectKind, [u8; 32], ObjectEntry);
+
+/// A pack's catalogued object count (`None`: not in the catalog) and the index entries that
+/// place objects in it.
+type PackObjects<'a> = (Option<u32>, Vec<&'a Live>);
+
+/// Checks every catalogued pack's footer and trailer (and those of packs the index names
+/// but the catalog lacks) against its layout, its catalog entry and the index entries that
+/// place objects in it (`pack_scan::check_footer`), in parallel. Returns the damaged packs,
+/// sorted by id.
+fn check_footers(repo: &Repository, live: &[Live], dead: &[Live]) -> Result<Vec<DamagedPack>> {
+    let mut by_pack: HashMap<PackId, PackObjects<'_>> = HashMap::new();
+    for (id, entry) in repo.index().packs()? {
+        by_pack.entry(id).or_default().0 = Some(entry.objects);
+    }
+    for obj in live.iter().chain(dead) {
+        by_pack.entry(obj.2.pack).or_default().1.push(obj);
+    }
+    let packs: Vec<(PackId, PackObjects<'_>)> = by_pack.into_iter().collect();
+    let found: Vec<Option<DamagedPack>> = packs
+        .par_iter()
+        .map(|(pack, (catalog, indexed))| {
+            let problem = check_footer(repo.backend(), *pack, *catalog, indexed)?;
+            Ok(problem.map(|reason| DamagedPack {
+                pack: pack.to_hex(),
+                reason: if catalog.is_none() {
+                    format!("{reason} (and the pack is not in the pack catalog)")
+                } else {
+                    reason
+                },
+            }))
+        })
+        .collect::<Result<_>>()?;
+    let mut damaged: Vec<DamagedPack> = found.into_iter().flatten().collect();
+    damaged.sort_by(|a, b| a.pack.cmp(&b.pack));
+    Ok(damaged)
+}
 
 /// Narrows the live objects to those this run reads: the scope, minus the recently
 /// verified, then the sample.

@@ -5,11 +5,12 @@
 //! Cost: every page of every snapshot is read once (pages shared between snapshots are read
 //! again per snapshot): proportional to the metadata, run only when damage was found.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tessera_format::manifest::block_count;
 use tessera_format::{ObjectKind, Snapshot, SnapshotId};
 
+use crate::ledger::DamageMark;
 use crate::repo::Repository;
 
 /// A byte range of one snapshot's disk that cannot be read intact.
@@ -40,6 +41,17 @@ pub struct DamagedObject {
     pub reason: String,
     /// Every snapshot range that needs it.
     pub ranges: Vec<DamagedRange>,
+}
+
+/// A pack whose footer or trailer is damaged, or disagrees with the records or the index
+/// (SPEC §11a). Its records may all be intact: the damage hurts no snapshot range, but the
+/// pack can no longer be adopted or re-indexed from its footer, so repair rewrites it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DamagedPack {
+    /// The pack (hex id).
+    pub pack: String,
+    /// What is wrong.
+    pub reason: String,
 }
 
 /// Key of a bad object.
@@ -102,4 +114,58 @@ pub fn map_damage(
         }
     }
     objects
+}
+
+/// Per snapshot: how many byte ranges of its disks are damaged and how many bytes they hold,
+/// from the objects' ranges (ranges of one disk that overlap or touch are merged, so a
+/// block needed twice, or a chunk inside a damaged page, is counted once). Snapshots whose
+/// file is damaged get a mark too. Ranges of snapshots that are not valid ids are skipped.
+pub fn damage_marks(
+    damaged: &[DamagedObject],
+    damaged_files: &[String],
+    at_us: i64,
+) -> BTreeMap<SnapshotId, DamageMark> {
+    let mut per: BTreeMap<SnapshotId, Vec<(&str, u64, u64)>> = BTreeMap::new();
+    for r in damaged.iter().flat_map(|d| &d.ranges) {
+        if let Ok(id) = r.snapshot.parse::<SnapshotId>() {
+            per.entry(id)
+                .or_default()
+                .push((r.disk.as_str(), r.offset, r.offset.saturating_add(r.length)));
+        }
+    }
+    let mut marks = BTreeMap::new();
+    for (id, mut ranges) in per {
+        ranges.sort_unstable();
+        let mut mark = DamageMark {
+            marked_at_us: at_us,
+            ..DamageMark::default()
+        };
+        let mut open: Option<(&str, u64, u64)> = None;
+        for (disk, start, end) in ranges {
+            match &mut open {
+                Some((d, _, e)) if *d == disk && start <= *e => *e = (*e).max(end),
+                _ => {
+                    if let Some((_, s, e)) = open.replace((disk, start, end)) {
+                        mark.ranges += 1;
+                        mark.bytes += e - s;
+                    }
+                }
+            }
+        }
+        if let Some((_, s, e)) = open {
+            mark.ranges += 1;
+            mark.bytes += e - s;
+        }
+        marks.insert(id, mark);
+    }
+    for id in damaged_files.iter().filter_map(|h| h.parse::<SnapshotId>().ok()) {
+        marks
+            .entry(id)
+            .or_insert(DamageMark {
+                marked_at_us: at_us,
+                ..DamageMark::default()
+            })
+            .file_damaged = true;
+    }
+    marks
 }

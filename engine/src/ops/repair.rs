@@ -2,8 +2,9 @@
 //!
 //! 1. The check ([`check`], reading every object) lists every damaged or missing chunk and
 //!    page, with the snapshot ranges that need it.
-//! 2. Every pack that holds a damaged object (or is missing, or was marked for quarantine by
-//!    an interrupted repair) is *quarantined*: each intact object the index still places in
+//! 2. Every pack that holds a damaged object (or is missing, or whose footer or trailer is
+//!    damaged or disagrees with the index, or was marked for quarantine by an interrupted
+//!    repair) is *quarantined*: each intact object the index still places in
 //!    it is read with every check and copied verbatim into a new pack; dead objects
 //!    (count 0) are dropped; damaged ones are fetched from another copy if possible.
 //! 3. Copies: `--from OTHER` (another repository with the same id scheme; objects are read
@@ -46,8 +47,9 @@ use tessera_format::{
 use crate::backend::{sync_dir, LocalBackend, Namespace};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{ObjectEntry, CF_PACKS};
-use crate::ops::check::{check, CheckReport};
-use crate::ops::damage::{DamagedObject, DamagedRange};
+use crate::ledger::LedgerLock;
+use crate::ops::check::{check, record_damage, CheckReport};
+use crate::ops::damage::{DamagedObject, DamagedPack, DamagedRange};
 use crate::progress::Progress;
 use crate::refcount::expected_counts_of;
 use crate::repo::Repository;
@@ -101,6 +103,12 @@ pub struct RepairReport {
     pub packs_written: usize,
     /// What still cannot be read after the repair, with every snapshot range needing it.
     pub unrecoverable: Vec<DamagedObject>,
+    /// Packs whose footer or trailer the first check found damaged (or disagreeing with the
+    /// index); each is quarantined, its intact objects re-homed.
+    pub damaged_packs_found: Vec<DamagedPack>,
+    /// Whether the damage marks shown by `list`/`show` were replaced by the final check's
+    /// findings (false while a verify holds the ledger).
+    pub damage_marks_updated: bool,
     /// Problems of the final check.
     pub problems: Vec<String>,
 }
@@ -251,6 +259,7 @@ pub fn repair(
     let mut report = RepairReport::default();
     let mut last = check(repo, true, progress)?;
     report.damaged_found = last.damaged.len();
+    let first_packs = last.damaged_packs.clone();
     // Several rounds: chunks named only by a damaged page have no known ranges (nothing
     // can be re-read from a source image for them) until the page itself is repaired.
     for _ in 0..MAX_ROUNDS {
@@ -272,6 +281,19 @@ pub fn repair(
             break;
         }
     }
+    // The final check read everything: it replaces the damage marks `list` and `show`
+    // display (unless a verify holds the ledger right now; it will record its own findings).
+    if let Some(lock) = LedgerLock::try_acquire(repo.root())? {
+        let catalogued: Vec<SnapshotId> = repo
+            .index()
+            .snapshots()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        record_damage(repo, &lock, &last, catalogued.clone(), catalogued)?;
+        report.damage_marks_updated = true;
+    }
+    report.damaged_packs_found = first_packs;
     report.unrecoverable = last.damaged;
     report.problems = last.problems;
     Ok(report)
@@ -312,6 +334,15 @@ fn round(
             bad_packs.insert(pack);
         }
     }
+    // A pack whose footer or trailer is damaged (or disagrees with the index) is rewritten
+    // even when every record in it is intact: its footer can no longer be trusted by an
+    // adoption or an index rebuild.
+    bad_packs.extend(
+        first
+            .damaged_packs
+            .iter()
+            .filter_map(|p| p.pack.parse::<PackId>().ok()),
+    );
     // Every index entry that lives in a bad pack, and counts an interrupted repair left at 0.
     let mut in_bad: Vec<(ObjectKind, [u8; 32], ObjectEntry)> = Vec::new();
     let mut batch = WriteBatch::default();

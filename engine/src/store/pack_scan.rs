@@ -1,9 +1,10 @@
 //! Reading a pack's table of contents: from its footer, or, when the footer is damaged, by
-//! walking its self-describing records from the start.
+//! walking its self-describing records from the start (SPEC §4, §10); and checking a footer
+//! against the pack's layout and the index ([`check_footer`], SPEC §11a).
 
 use tessera_format::pack::{
     decode_footer, decode_pack_header, decode_record_header, decode_trailer, FooterEntry,
-    PACK_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN,
+    FOOTER_ENTRY_LEN, PACK_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN,
 };
 use tessera_format::PackId;
 
@@ -98,4 +99,100 @@ pub fn scan_records(backend: &dyn Backend, pack: PackId, size: u64) -> Result<Ve
         offset += (RECORD_HEADER_LEN + info.stored_len as usize) as u64;
     }
     Ok(entries)
+}
+
+/// An object the index places in a pack: its kind, digest and index entry.
+pub type Indexed = (tessera_format::ObjectKind, [u8; 32], crate::index::ObjectEntry);
+
+/// Checks a pack's trailer and footer against its layout, its catalog entry and the index
+/// (SPEC §4, §11a). Returns what is wrong, or `None` when the footer agrees with everything:
+///
+/// - the trailer and footer decode and their CRCs check out;
+/// - the footer entries, in offset order, tile the record area exactly: the first record
+///   starts at 16, each starts where the previous one ends, the last ends at the footer;
+///   so a footer cannot point into the middle of a record or skip one;
+/// - the catalog's object count equals the footer's entry count;
+/// - every object the index places in the pack has a footer entry at the same offset with
+///   the same kind, digest, lengths, codec and stored CRC (a pack file replaced by another
+///   one fails here even though its own footer is intact).
+///
+/// The record headers themselves are compared with the index (hence with the footer) when
+/// verify reads each object back. Reads only the trailer and the footer (56 bytes per
+/// object); the footer is bounded by the file size.
+pub fn check_footer(
+    backend: &dyn Backend,
+    pack: PackId,
+    catalog_objects: Option<u32>,
+    indexed: &[&Indexed],
+) -> Result<Option<String>> {
+    let name = pack.to_hex();
+    let size = match backend.size(Namespace::Packs, &name) {
+        Ok(s) => s,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Some("the pack file is missing".into()))
+        }
+        Err(e) => return Err(e),
+    };
+    let entries = match read_footer(backend, pack, size) {
+        Ok(e) => e,
+        Err(problem) => return Ok(Some(format!("footer or trailer is damaged: {problem}"))),
+    };
+    let footer_offset = size - TRAILER_LEN as u64 - (entries.len() * FOOTER_ENTRY_LEN) as u64;
+    let mut by_offset: Vec<&FooterEntry> = entries.iter().collect();
+    by_offset.sort_by_key(|e| e.offset);
+    let mut next = PACK_HEADER_LEN as u64;
+    for (i, e) in by_offset.iter().enumerate() {
+        if e.offset != next {
+            return Ok(Some(format!(
+                "footer entry {i} (by offset) starts at {} but the previous record ends at {next}",
+                e.offset
+            )));
+        }
+        next = e.offset + (RECORD_HEADER_LEN as u64) + u64::from(e.info.stored_len);
+    }
+    if next != footer_offset {
+        return Ok(Some(format!(
+            "footer entries end at {next} but the footer starts at {footer_offset}"
+        )));
+    }
+    if let Some(n) = catalog_objects {
+        if n as usize != entries.len() {
+            return Ok(Some(format!(
+                "the pack catalog says {n} objects, the footer lists {}",
+                entries.len()
+            )));
+        }
+    }
+    for (kind, digest, entry) in indexed {
+        let found = by_offset
+            .binary_search_by_key(&entry.offset, |e| e.offset)
+            .ok()
+            .and_then(|i| by_offset.get(i));
+        let agrees = found.is_some_and(|fe| {
+            fe.info.kind == *kind
+                && fe.info.digest.as_bytes() == digest
+                && fe.info.stored_len == entry.stored_len
+                && fe.info.raw_len == entry.raw_len
+                && fe.info.codec == entry.codec
+                && fe.info.stored_crc == entry.stored_crc
+        });
+        if !agrees {
+            return Ok(Some(match found {
+                Some(fe) => format!(
+                    "the index places {kind:?} {} at offset {}, but the footer lists {:?} {} (stored length {}) there",
+                    hex::encode(digest),
+                    entry.offset,
+                    fe.info.kind,
+                    fe.info.digest,
+                    fe.info.stored_len
+                ),
+                None => format!(
+                    "the index places {kind:?} {} at offset {}, where the footer lists no record",
+                    hex::encode(digest),
+                    entry.offset
+                ),
+            }));
+        }
+    }
+    Ok(None)
 }
