@@ -288,6 +288,10 @@ pub struct RepairArgs {
     /// Re-read damaged or missing chunks from a source image of a disk, as DISK=PATH (repeatable).
     #[arg(long = "from-source")]
     pub from_source: Vec<String>,
+    /// Without other copies: move the intact objects of damaged packs (bad footer, trailer
+    /// or records) into new packs, quarantine the old packs, and report what is lost.
+    #[arg(long)]
+    pub quarantine: bool,
 }
 
 /// Retention rules of `prune`.

@@ -814,8 +814,8 @@ fn footer_and_trailer_bit_flips_are_pack_damage_and_repaired() {
     assert!(!pack_path(&f.repo, &id).exists());
     f.assert_all_restore();
 
-    // 2. A bit of another pack's trailer (its entry count), repaired with only a source
-    //    image at hand (nothing needs fetching).
+    // 2. A bit of another pack's trailer (its entry count), repaired with no other copy at
+    //    all (`--quarantine`): nothing needs fetching.
     let victim = pack_files(&f.repo)
         .into_iter()
         .find(|p| f.packs_before_last.contains(p))
@@ -824,11 +824,11 @@ fn footer_and_trailer_bit_flips_are_pack_damage_and_repaired() {
     let len = fs::metadata(&victim).unwrap().len();
     flip_byte(&victim, len - 32 + 9);
     f.assert_damage_exactly(&BTreeSet::new(), std::slice::from_ref(&vid));
-    let src = format!("a={}", f.a.display());
-    let out = f.repair(&[OsStr::new("--from-source"), src.as_ref()]);
+    let out = f.repair(&[OsStr::new("--quarantine")]);
     out.ok();
     assert_eq!(out.json()["quarantined"], serde_json::json!([vid]), "{out}");
     f.assert_all_restore();
+    verify(&f.repo).ok();
 }
 
 #[test]

@@ -11,10 +11,10 @@ use crate::args::{RepairArgs, UsageError};
 use crate::output::{print_json, Bars};
 
 pub fn run(args: &RepairArgs, json: bool, bars: &Bars) -> Result<i32> {
-    if args.from.is_some() || !args.from_source.is_empty() {
+    if args.from.is_some() || !args.from_source.is_empty() || args.quarantine {
         if args.rebuild_index || args.recount {
             return Err(UsageError(
-                "--from/--from-source cannot be combined with --rebuild-index or --recount: run them one after the other".into(),
+                "--from/--from-source/--quarantine cannot be combined with --rebuild-index or --recount: run them one after the other".into(),
             )
             .into());
         }
@@ -178,7 +178,7 @@ fn repair(repo: &Path, rebuild_index: bool, recount: bool, json: bool, bars: &Ba
         return Ok(0);
     }
     if !rebuild_index {
-        return Err(UsageError("say what to repair: --from OTHER_REPO and/or --from-source DISK=PATH (damaged objects and packs), --rebuild-index or --recount".into()).into());
+        return Err(UsageError("say what to repair: --from OTHER_REPO and/or --from-source DISK=PATH (damaged objects and packs), --quarantine (damaged packs, no other copy), --rebuild-index or --recount".into()).into());
     }
     let r = tessera_engine::ops::rebuild_index::rebuild_index(repo, bars)?;
     let clean = r.pack_problems.is_empty() && r.bad_snapshots.is_empty() && r.missing.is_empty();
