@@ -87,6 +87,14 @@ struct Args {
     /// Keep the work directory (image, repositories) afterwards.
     #[arg(long)]
     keep: bool,
+    /// Also back up through delta sources (qcow2 overlay, NBD dirty bitmap, VHD differencing
+    /// disk, changed-block list) and print delta time / full time and bytes read. Use with
+    /// --sparse for the "sparse multi-GiB image".
+    #[arg(long)]
+    delta_sources: bool,
+    /// Percent of 64 KiB blocks the delta sources change.
+    #[arg(long, default_value_t = 1.0)]
+    delta_sources_percent: f64,
     /// Also print the retention curves: forget cost with 10/100/1000 snapshots, compaction rate.
     #[arg(long)]
     retention: bool,
@@ -238,7 +246,7 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
     // 3./4. The tools.
     let mut tools = vec![Tool::new(
         tools::Kind::Tessera,
-        tessera_bin,
+        tessera_bin.clone(),
         work,
         args.block_size.clone(),
     )];
@@ -275,7 +283,41 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
         phases::verify(&mut report, tool, work, &image_path, args.no_baselines)?;
     }
 
-    // 6. Ratios, table, JSON.
+    // 6. Delta sources against full reads of the same image.
+    let delta_rows = match (&tessera_bin, args.delta_sources) {
+        (bin, true) => {
+            eprintln!("delta sources ({} % of blocks changed) ...", args.delta_sources_percent);
+            let dir = work.join("delta-sources");
+            fs::create_dir_all(&dir)?;
+            let rows = tessera_benches::delta_sources::run_all(
+                bin,
+                &image_path,
+                &dir,
+                args.delta_sources_percent,
+                seed,
+            )?;
+            header["delta_sources"] = json!(rows
+                .iter()
+                .map(tessera_benches::delta_sources::DeltaRow::to_json)
+                .collect::<Vec<_>>());
+            for r in &rows {
+                report.ratios.push(report::Ratio {
+                    label: format!("tessera delta / full backup time, {}", r.source),
+                    value: r.delta.wall_s / r.full.wall_s.max(1e-9),
+                    context: format!(
+                        "read {} of {} (full read {})",
+                        human(r.delta_read),
+                        human(size),
+                        human(r.full_read)
+                    ),
+                });
+            }
+            Some(rows)
+        }
+        (_, false) => None,
+    };
+
+    // 7. Ratios, table, JSON.
     phases::ratios(&mut report);
     let load_end = loadavg();
     header["machine"]["loadavg_end"] = json!(load_end);
@@ -304,6 +346,10 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
         header["versions"]["workspace_git"].as_str().unwrap_or("?")
     );
     report.print();
+    if let Some(rows) = &delta_rows {
+        println!();
+        print!("{}", tessera_benches::delta_sources::table(rows));
+    }
     if let Some(path) = &args.json_out {
         let doc = report.to_json(&header);
         fs::write(path, serde_json::to_string_pretty(&doc)?)
