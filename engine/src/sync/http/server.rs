@@ -9,6 +9,10 @@
 //! writes nothing. Objects of an accepted `put` are sealed and indexed at count 0 before
 //! the answer; `publish` checks every object the snapshot references (see
 //! [`crate::sync::sink::publish_checked`]).
+//!
+//! With TLS, `tiny_http` runs each TLS handshake on its accepting thread: a connection that
+//! never completes its handshake delays later connections until it is closed (SPEC.md
+//! §22.3).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -35,17 +39,35 @@ pub struct Listener {
     server: Server,
     /// The address actually bound (port 0 resolved).
     pub addr: SocketAddr,
+    tls: bool,
 }
 
-/// Binds `listen` (e.g. `127.0.0.1:0`).
-pub fn bind(listen: &str) -> Result<Listener> {
-    let server = Server::http(listen)
-        .map_err(|e| Error::InvalidArgument(format!("cannot listen on {listen}: {e}")))?;
+impl Listener {
+    /// The URL clients use: `http://ADDR`, or `https://ADDR` when serving TLS.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
+/// Binds `listen` (e.g. `127.0.0.1:0`); with `tls` (see [`super::tls::server_config`]) it
+/// serves HTTPS only.
+pub fn bind(listen: &str, tls: Option<tiny_http::SslConfig>) -> Result<Listener> {
+    let is_tls = tls.is_some();
+    let server = match tls {
+        Some(config) => Server::https(listen, config),
+        None => Server::http(listen),
+    }
+    .map_err(|e| Error::InvalidArgument(format!("cannot listen on {listen}: {e}")))?;
     let addr = server
         .server_addr()
         .to_ip()
         .ok_or_else(|| Error::InvalidArgument(format!("{listen} is not an IP address")))?;
-    Ok(Listener { server, addr })
+    Ok(Listener {
+        server,
+        addr,
+        tls: is_tls,
+    })
 }
 
 /// Whether two tokens are equal, in time independent of where they differ (the
