@@ -13,11 +13,11 @@ use crate::sync::checked::CheckedObject;
 use crate::sync::sink::ObjectSink;
 use crate::sync::source::{ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
 
+use super::tls::client_connector;
 use super::wire::{
     decode_records, encode_digests, encode_record, kind_name, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
     MAX_HAVE_DIGESTS,
 };
-use super::tls::client_connector;
 
 /// A repository served by `tessera serve`.
 pub struct Remote {
