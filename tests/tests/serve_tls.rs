@@ -363,3 +363,53 @@ fn bad_certificate_and_key_files_are_refused() {
         .expect_code(1)
         .stderr_has("garbage.pem");
 }
+
+/// A push over TLS killed at a random moment (mid-handshake, mid-request) leaves the server
+/// serving and the repository consistent; the next push completes it.
+#[test]
+fn killed_push_over_tls_resumes() {
+    use rand::{Rng, SeedableRng};
+    let run_seed = seed("serve-tls-kill");
+    let mut gen = DataGen::new(run_seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(run_seed);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("a");
+    let disk = work.path().join("disk.img");
+    let shas = source_repo(&src, &disk, &mut gen);
+    let ids = list_ids(&src);
+    let token = work.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    let cert = localhost_cert(work.path());
+    for trial in 0..2 {
+        let dst = work.path().join(format!("b{trial}"));
+        init_repo(&dst, &[]);
+        let server = serve_tls(&dst, &token, &cert);
+        let child = tessera_cmd([
+            "sync",
+            src.to_str().unwrap(),
+            &server.url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--tls-ca",
+            cert.cert.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+        let mut child = KillOnDrop(Some(child));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..400)));
+        if let Some(c) = child.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let listed = list_ids(&dst);
+        assert_eq!(listed[..], ids[..listed.len()], "trial {trial}");
+        sync(src.to_str().unwrap(), &server.url, &token, Some(&cert.cert)).ok();
+        assert_eq!(list_ids(&dst), ids, "trial {trial}");
+        verify(&dst).ok();
+        assert_eq!(
+            &restored_sha(&dst, ids.last().unwrap(), work.path()),
+            shas.last().unwrap(),
+            "trial {trial}"
+        );
+    }
+}
