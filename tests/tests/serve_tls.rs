@@ -59,21 +59,28 @@ struct Served {
 }
 
 fn serve_tls(repo: &Path, token_file: &Path, cert: &Cert) -> Served {
-    let mut child = tessera_cmd([
+    serve(repo, token_file, Some(cert))
+}
+
+/// `tessera serve`, with TLS when `cert` is given.
+fn serve(repo: &Path, token_file: &Path, cert: Option<&Cert>) -> Served {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "serve".as_ref(),
         repo.as_os_str(),
         "--listen".as_ref(),
         "127.0.0.1:0".as_ref(),
         "--token-file".as_ref(),
         token_file.as_os_str(),
-        "--tls-cert".as_ref(),
-        cert.cert.as_os_str(),
-        "--tls-key".as_ref(),
-        cert.key.as_os_str(),
-    ])
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    ];
+    if let Some(c) = cert {
+        args.extend([
+            "--tls-cert".as_ref(),
+            c.cert.as_os_str(),
+            "--tls-key".as_ref(),
+            c.key.as_os_str(),
+        ]);
+    }
+    let mut child = tessera_cmd(args).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -83,7 +90,8 @@ fn serve_tls(repo: &Path, token_file: &Path, cert: &Cert) -> Served {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
-    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let scheme = if cert.is_some() { "https" } else { "http" };
+    assert!(url.starts_with(&format!("{scheme}://127.0.0.1:")), "{url}");
     Served {
         _child: KillOnDrop(Some(child)),
         url,
@@ -181,6 +189,19 @@ fn push_and_pull_over_https_restore_identical() {
     let again = sync(&by_name, dst.to_str().unwrap(), &token, Some(&cert.cert));
     again.ok();
     assert_eq!(again.json()["raw_bytes_transferred"], 0, "{again}");
+
+    // Remote to remote, plain HTTP source to HTTPS destination: `--tls-ca` serves the
+    // https:// side and does not get in the way of the http:// one.
+    let last = work.path().join("e");
+    init_repo(&last, &[]);
+    let plain = serve(&dst, &token, None);
+    let tls = serve_tls(&last, &token, &cert);
+    sync(&plain.url, &tls.url, &token, Some(&cert.cert)).ok();
+    assert_eq!(list_ids(&last), ids);
+    assert_eq!(
+        &restored_sha(&last, ids.last().unwrap(), work.path()),
+        shas.last().unwrap()
+    );
 }
 
 #[test]
@@ -270,10 +291,21 @@ fn plain_http_and_wrong_token_against_tls_server_fail() {
     );
     assert_eq!(state(&mid), before);
 
-    // `--tls-ca` with an http:// side is refused rather than silently ignored.
+    // `--tls-ca` without an https:// side is a usage error rather than silently ignored.
     sync(src.to_str().unwrap(), &http_url, &token, Some(&cert.cert))
-        .expect_code(1)
-        .stderr_has("only to https://");
+        .expect_code(2)
+        .stderr_has("only to an https:// side");
+    let local = work.path().join("local");
+    init_repo(&local, &[]);
+    sync(
+        src.to_str().unwrap(),
+        local.to_str().unwrap(),
+        &token,
+        Some(&cert.cert),
+    )
+    .expect_code(2)
+    .stderr_has("only to an https:// side");
+    assert!(list_ids(&local).is_empty());
 
     // Wrong token over TLS: 401, nothing stored.
     let denied = sync(src.to_str().unwrap(), &server.url, &wrong, Some(&cert.cert));

@@ -58,10 +58,11 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         jobs: args.jobs,
     };
     let select = selection(&args.select)?;
+    let is_https = |s: &str| s.starts_with("https://");
+    if args.tls_ca.is_some() && !is_https(&args.src) && !is_https(&args.dst) {
+        return Err(UsageError("--tls-ca applies only to an https:// side".into()).into());
+    }
     let report = match (is_url(&args.src), is_url(&args.dst)) {
-        (false, false) if args.tls_ca.is_some() => {
-            return Err(UsageError("--tls-ca applies only to an https:// side".into()).into());
-        }
         (false, false) => {
             let src = Repository::open(args.src.as_ref())?;
             let dst = Repository::open_writer(args.dst.as_ref())?;
@@ -69,8 +70,11 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         }
         (src_remote, dst_remote) => {
             let token = read_token(args.token_file.as_deref())?;
-            let ca = args.tls_ca.as_deref();
-            let remote = |url: &str| Remote::new(url, &token, ca).map_err(refused);
+            // The trusted roots of `--tls-ca` concern the https:// side(s) only.
+            let remote = |url: &str| {
+                let ca = args.tls_ca.as_deref().filter(|_| is_https(url));
+                Remote::new(url, &token, ca).map_err(refused)
+            };
             let local_src;
             let remote_src;
             let src: &dyn ObjectSource = if src_remote {
