@@ -445,3 +445,42 @@ fn killed_push_over_tls_resumes() {
         );
     }
 }
+
+/// Peers that connect and never finish (or never start) a TLS handshake do not keep
+/// others out: a push with several of them open goes through at once.
+#[test]
+fn stalled_handshakes_do_not_block_other_clients() {
+    let mut gen = DataGen::new(seed("serve-tls-stall"));
+    let work = tempfile::tempdir().unwrap();
+    let (src, mid) = (work.path().join("a"), work.path().join("b"));
+    source_repo(&src, &work.path().join("disk.img"), &mut gen);
+    init_repo(&mid, &[]);
+    let token = work.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    let cert = localhost_cert(work.path());
+    let server = serve_tls(&mid, &token, &cert);
+    let addr = server.url.strip_prefix("https://").unwrap();
+    // Silent connections, and one that sends half a TLS record header and stops.
+    let mut stalled: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(&[0x16, 0x03]).unwrap();
+    stalled.push(half);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // (A server that handshakes on its accepting thread never answers this push: it would
+    // be killed after 20 s and fail the test.)
+    let args = [
+        "sync",
+        src.to_str().unwrap(),
+        &server.url,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--tls-ca",
+        cert.cert.to_str().unwrap(),
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::convert::AsRef::as_ref).collect();
+    run_to_exit(&args).ok();
+    assert_eq!(list_ids(&mid), list_ids(&src));
+    verify(&mid).ok();
+    drop(stalled);
+}

@@ -10,14 +10,14 @@
 //! the answer; `publish` checks every object the snapshot references (see
 //! [`crate::sync::sink::publish_checked`]).
 //!
-//! With TLS, `tiny_http` runs each TLS handshake on its accepting thread: a connection that
-//! never completes its handshake delays later connections until it is closed (SPEC.md
-//! §22.3).
+//! With TLS, the listening socket belongs to the relay of [`super::tls_front`], and this
+//! server listens on a private Unix socket behind it.
 
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use openssl::ssl::SslAcceptor;
 use sha2::{Digest, Sha256};
 use tessera_format::{ObjectKind, SnapshotId};
 use tiny_http::{Method, Request, Response, Server};
@@ -29,6 +29,7 @@ use crate::sync::checked::check_batch;
 use crate::sync::sink::{publish_checked, LocalSink, ObjectSink};
 use crate::sync::source::ObjectSource;
 
+use super::tls_front;
 use super::wire::{
     decode_digests, decode_records, encode_record, parse_kind, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
     MAX_HAVE_DIGESTS, MAX_PUT_BYTES,
@@ -51,22 +52,33 @@ impl Listener {
 }
 
 /// Binds `listen` (e.g. `127.0.0.1:0`); with `tls` (see [`super::tls::server_config`]) it
-/// serves HTTPS only.
-pub fn bind(listen: &str, tls: Option<tiny_http::SslConfig>) -> Result<Listener> {
-    let is_tls = tls.is_some();
-    let server = match tls {
-        Some(config) => Server::https(listen, config),
-        None => Server::http(listen),
-    }
-    .map_err(|e| Error::InvalidArgument(format!("cannot listen on {listen}: {e}")))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| Error::InvalidArgument(format!("{listen} is not an IP address")))?;
+/// serves HTTPS only, through the relay of [`super::tls_front`] (started here).
+pub fn bind(listen: &str, tls: Option<SslAcceptor>) -> Result<Listener> {
+    let cannot = |e: &dyn std::fmt::Display| {
+        Error::InvalidArgument(format!("cannot listen on {listen}: {e}"))
+    };
+    let Some(acceptor) = tls else {
+        let server = Server::http(listen).map_err(|e| cannot(&e))?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| Error::InvalidArgument(format!("{listen} is not an IP address")))?;
+        return Ok(Listener {
+            server,
+            addr,
+            tls: false,
+        });
+    };
+    let public = std::net::TcpListener::bind(listen).map_err(|e| cannot(&e))?;
+    let addr = public.local_addr().map_err(|e| cannot(&e))?;
+    let (inner, inner_addr) =
+        tls_front::inner_listener().map_err(|e| Error::io("binding the relay's Unix socket", e))?;
+    let server = Server::from_listener(inner, None).map_err(|e| cannot(&e))?;
+    tls_front::spawn(public, acceptor, inner_addr);
     Ok(Listener {
         server,
         addr,
-        tls: is_tls,
+        tls: true,
     })
 }
 

@@ -3,8 +3,9 @@
 //! Server: `--tls-cert` (PEM, the leaf certificate first, then any intermediates) and
 //! `--tls-key` (PEM private key, PKCS#8 or traditional) are checked here before the server
 //! starts, so a wrong file is named with what is wrong with it (no certificate in it, not a
-//! key, a key that does not belong to the certificate) instead of an OpenSSL error stack
-//! from deep inside `tiny_http`. `tiny_http`'s `ssl-openssl` then serves with them.
+//! key, a key that does not belong to the certificate) instead of a bare OpenSSL error
+//! stack. They make an acceptor with Mozilla's "intermediate" settings (TLS 1.2 and 1.3)
+//! for the relay in [`super::tls_front`].
 //!
 //! Client: `https://` URLs go through `native-tls` (OpenSSL on Linux) with certificate and
 //! host-name verification always on, TLS 1.2 or newer. The trusted roots are the system's,
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use openssl::pkey::PKey;
+use openssl::ssl::{SslAcceptor, SslMethod};
 use openssl::x509::X509;
 use ureq::native_tls::{Certificate, Protocol, TlsConnector};
 
@@ -52,9 +54,9 @@ fn certificates(path: &Path, pem: &[u8], what: &str) -> Result<Vec<X509>> {
     Ok(certs)
 }
 
-/// The certificate chain and private key `tessera serve` presents, checked: both parse,
-/// and the key is the private half of the first (leaf) certificate.
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<tiny_http::SslConfig> {
+/// The TLS acceptor of `tessera serve`: the certificate chain and private key, checked
+/// (both parse, and the key is the private half of the first, leaf, certificate).
+pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<SslAcceptor> {
     let certificate = read_pem(cert_path, "TLS certificate")?;
     let private_key = read_pem(key_path, "TLS private key")?;
     let certs = certificates(cert_path, &certificate, "TLS certificate")?;
@@ -80,10 +82,25 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<tiny_http::Ssl
             cert_path.display()
         )));
     }
-    Ok(tiny_http::SslConfig {
-        certificate,
-        private_key,
-    })
+    let setup = |e: openssl::error::ErrorStack| {
+        Error::InvalidArgument(format!(
+            "setting up TLS with {} and {}: {e}",
+            cert_path.display(),
+            key_path.display()
+        ))
+    };
+    let mut builder =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(setup)?;
+    let mut chain = certs.into_iter();
+    if let Some(leaf) = chain.next() {
+        builder.set_certificate(&leaf).map_err(setup)?;
+    }
+    for intermediate in chain {
+        builder.add_extra_chain_cert(intermediate).map_err(setup)?;
+    }
+    builder.set_private_key(&key).map_err(setup)?;
+    builder.check_private_key().map_err(setup)?;
+    Ok(builder.build())
 }
 
 /// The client's TLS settings: system roots plus every certificate in `ca` (if given).
