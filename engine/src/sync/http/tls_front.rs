@@ -5,7 +5,8 @@
 //! accepting thread with no timeout, so one peer that connects and never finishes its
 //! handshake stops the server from accepting anyone else for as long as it likes. Here each
 //! connection gets its own thread; the handshake and every read or write are bounded by
-//! [`IO_TIMEOUT`], an idle connection is closed after [`IDLE_TIMEOUT`], and at most
+//! [`IO_TIMEOUT`], a connection idle between requests is closed after [`IDLE_TIMEOUT`]
+//! (one waiting for its answer after [`ANSWER_TIMEOUT`]), and at most
 //! [`MAX_CONNECTIONS`] are relayed at once (more are closed at once).
 //!
 //! After the handshake the relay copies bytes both ways between the TLS stream and a
@@ -26,8 +27,16 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 /// Longest a handshake, a read of a started TLS record, or a write may take.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// A connection with no traffic either way for this long is closed.
+/// A connection with no traffic either way for this long after the server's last bytes
+/// (idle between requests, or a peer that vanished) is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The same while the client's last bytes are not answered yet: the server may be busy
+/// (requests are served one at a time; `publish` checks every object).
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "Duration::from_hours needs Rust 1.91; the workspace's rust-version is 1.89"
+)]
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Most connections relayed at once.
 pub const MAX_CONNECTIONS: usize = 64;
 
@@ -74,11 +83,14 @@ fn relay(tcp: TcpStream, acceptor: &SslAcceptor, inner: &UnixAddr) -> io::Result
     result
 }
 
-/// Copies both ways until either side closes, an error, or [`IDLE_TIMEOUT`] of silence.
+/// Copies both ways until either side closes, an error, or silence ([`IDLE_TIMEOUT`], or
+/// [`ANSWER_TIMEOUT`] while the client waits for an answer).
 fn pump(tls: &mut SslStream<TcpStream>, plain: &mut UnixStream) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let idle = Timespec::try_from(IDLE_TIMEOUT).map_err(io::Error::other)?;
+    let answer = Timespec::try_from(ANSWER_TIMEOUT).map_err(io::Error::other)?;
     let ready = PollFlags::IN | PollFlags::HUP | PollFlags::ERR;
+    let mut awaiting_answer = false;
     loop {
         // Bytes OpenSSL already decrypted do not show up as readable on the socket.
         let (from_client, from_server) = if tls.ssl().pending() > 0 {
@@ -88,7 +100,8 @@ fn pump(tls: &mut SslStream<TcpStream>, plain: &mut UnixStream) -> io::Result<()
                 PollFd::new(tls.get_ref(), PollFlags::IN),
                 PollFd::new(plain, PollFlags::IN),
             ];
-            if poll(&mut fds, Some(&idle))? == 0 {
+            let timeout = if awaiting_answer { &answer } else { &idle };
+            if poll(&mut fds, Some(timeout))? == 0 {
                 return Ok(());
             }
             (
@@ -102,6 +115,7 @@ fn pump(tls: &mut SslStream<TcpStream>, plain: &mut UnixStream) -> io::Result<()
                 return Ok(());
             };
             plain.write_all(bytes)?;
+            awaiting_answer = true;
         }
         if from_server {
             let n = plain.read(&mut buf)?;
@@ -109,6 +123,7 @@ fn pump(tls: &mut SslStream<TcpStream>, plain: &mut UnixStream) -> io::Result<()
                 return Ok(());
             };
             tls.write_all(bytes)?;
+            awaiting_answer = false;
         }
     }
 }
