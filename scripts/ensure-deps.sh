@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages tessera's build and tests need, if they are missing:
 # libclang-dev (bindgen for the rocksdb crate), qemu-utils (qemu-img, qemu-nbd) and libnbd-bin
-# (nbdinfo, nbdcopy), the real NBD clients the tests use; nbdkit, a second NBD server.
+# (nbdinfo, nbdcopy), the real NBD clients the tests use; nbdkit, a second NBD server;
+# libssl-dev and pkg-config (the system OpenSSL that `tessera serve`/`sync` use for TLS) and
+# openssl (the CLI the TLS tests make certificates with).
 set -euo pipefail
 need=()
-for pkg in libclang-dev qemu-utils libnbd-bin nbdkit; do
+for pkg in libclang-dev qemu-utils libnbd-bin nbdkit libssl-dev pkg-config openssl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

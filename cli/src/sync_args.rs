@@ -21,9 +21,9 @@ pub struct SelectArgs {
 /// `tessera sync SRC DST`.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// Source repository: a directory or `http://HOST:PORT`.
+    /// Source repository: a directory, `http://HOST:PORT` or `https://HOST:PORT`.
     pub src: String,
-    /// Destination repository: a directory or `http://HOST:PORT`.
+    /// Destination repository: a directory, `http://HOST:PORT` or `https://HOST:PORT`.
     pub dst: String,
     #[command(flatten)]
     pub select: SelectArgs,
@@ -39,6 +39,10 @@ pub struct SyncArgs {
     /// File holding the bearer token of a remote side.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// PEM file of root certificates to trust for an https:// side, besides the system's
+    /// (e.g. a self-signed server certificate). Verification cannot be switched off.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// `tessera seed ...`.
@@ -73,4 +77,10 @@ pub struct ServeArgs {
     /// File holding the bearer token clients must present.
     #[arg(long)]
     pub token_file: PathBuf,
+    /// Serve HTTPS with this PEM certificate (chain, leaf first); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (unencrypted).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }

@@ -7,6 +7,7 @@ use tessera_engine::sync::bwlimit::parse_rate;
 
 use tessera_engine::sync::http::client::Remote;
 use tessera_engine::sync::http::server::{bind, serve as http_serve};
+use tessera_engine::sync::http::tls::server_config;
 use tessera_engine::sync::source::ObjectSource;
 use tessera_engine::sync::transfer::transfer;
 use tessera_engine::sync::{Selection, SyncOptions, SyncReport};
@@ -57,6 +58,10 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         jobs: args.jobs,
     };
     let select = selection(&args.select)?;
+    let is_https = |s: &str| s.starts_with("https://");
+    if args.tls_ca.is_some() && !is_https(&args.src) && !is_https(&args.dst) {
+        return Err(UsageError("--tls-ca applies only to an https:// side".into()).into());
+    }
     let report = match (is_url(&args.src), is_url(&args.dst)) {
         (false, false) => {
             let src = Repository::open(args.src.as_ref())?;
@@ -65,7 +70,11 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         }
         (src_remote, dst_remote) => {
             let token = read_token(args.token_file.as_deref())?;
-            let remote = |url: &str| Remote::new(url, &token).map_err(refused);
+            // The trusted roots of `--tls-ca` concern the https:// side(s) only.
+            let remote = |url: &str| {
+                let ca = args.tls_ca.as_deref().filter(|_| is_https(url));
+                Remote::new(url, &token, ca).map_err(refused)
+            };
             let local_src;
             let remote_src;
             let src: &dyn ObjectSource = if src_remote {
@@ -161,8 +170,13 @@ fn read_token(path: Option<&Path>) -> Result<String> {
 pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
     let token = read_token(Some(&args.token_file))?;
     tessera_engine::repo::read_config(&args.repo)?;
-    let listener = bind(&args.listen).map_err(refused)?;
-    let url = format!("http://{}", listener.addr);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(server_config(cert, key).map_err(refused)?),
+        (None, None) => None,
+        _ => return Err(UsageError("--tls-cert and --tls-key go together".into()).into()),
+    };
+    let listener = bind(&args.listen, tls).map_err(refused)?;
+    let url = listener.url();
     if json {
         print_json(&json!({ "ok": true, "listening": url }));
     } else {

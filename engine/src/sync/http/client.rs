@@ -4,6 +4,7 @@
 //! transfer ([`crate::sync::checked`]).
 
 use std::io::Read;
+use std::path::Path;
 
 use tessera_format::{IdScheme, ObjectKind, SnapshotId};
 
@@ -12,6 +13,7 @@ use crate::sync::checked::CheckedObject;
 use crate::sync::sink::ObjectSink;
 use crate::sync::source::{ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
 
+use super::tls::client_connector;
 use super::wire::{
     decode_records, encode_digests, encode_record, kind_name, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
     MAX_HAVE_DIGESTS,
@@ -25,19 +27,30 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// A remote at `url` (`http://HOST:PORT`), authenticating with `token`.
-    pub fn new(url: &str, token: &str) -> Result<Self> {
-        if !url.starts_with("http://") {
+    /// A remote at `url` (`http://HOST:PORT` or `https://HOST:PORT`), authenticating with
+    /// `token`. `tls_ca`: a PEM file of extra trusted root certificates for `https://` (see
+    /// [`super::tls`]); refused with an `http://` URL, where it would silently do nothing.
+    pub fn new(url: &str, token: &str, tls_ca: Option<&Path>) -> Result<Self> {
+        let agent = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(10));
+        let agent = if url.starts_with("https://") {
+            agent.tls_connector(client_connector(tls_ca)?)
+        } else if url.starts_with("http://") {
+            if let Some(ca) = tls_ca {
+                return Err(Error::InvalidArgument(format!(
+                    "{url}: --tls-ca {} applies only to https:// URLs",
+                    ca.display()
+                )));
+            }
+            agent
+        } else {
             return Err(Error::InvalidArgument(format!(
-                "{url}: only http:// URLs are supported (TLS is not implemented yet)"
+                "{url}: a remote repository is an http:// or https:// URL"
             )));
-        }
+        };
         Ok(Self {
             base: url.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(std::time::Duration::from_secs(10))
-                .build(),
+            agent: agent.build(),
         })
     }
 
@@ -61,7 +74,8 @@ impl Remote {
                 )));
             }
             Err(e) => {
-                return Err(Error::InvalidArgument(format!("{method} {url}: {e}")));
+                let hint = transport_hint(&url, &e);
+                return Err(Error::InvalidArgument(format!("{method} {url}: {e}{hint}")));
             }
         };
         let mut out = Vec::new();
@@ -126,6 +140,24 @@ impl Remote {
     fn send_records(&self, kind: ObjectKind, body: &[u8]) -> Result<()> {
         self.call("POST", &format!("/v1/put/{}", kind_name(kind)), Some(body))
             .map(drop)
+    }
+}
+
+/// What a failed connection most likely means, for the two mistakes TLS makes likely: an
+/// `http://` URL for a server that speaks TLS (it drops the connection without an HTTP
+/// answer), and a server certificate the client does not trust for that host.
+fn transport_hint(url: &str, e: &ureq::Error) -> &'static str {
+    let connected = !matches!(
+        e.kind(),
+        ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Dns
+    );
+    if url.starts_with("http://") && connected {
+        " (no HTTP answer: if the server was started with --tls-cert, use an https:// URL)"
+    } else if e.to_string().contains("certificate verify failed") {
+        " (the server's certificate is not trusted for this host name or address: give its \
+         certificate or CA with --tls-ca, and use a name or address the certificate is for)"
+    } else {
+        ""
     }
 }
 

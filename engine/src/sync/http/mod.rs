@@ -14,7 +14,12 @@
 //! | `POST /v1/publish` | a snapshot file, ≤ 64 MiB | JSON `{"id": ID}` |
 //!
 //! `KIND` is `chunk` or `page`. Records use the pack record header of SPEC.md §4.
+//!
+//! The same protocol runs over HTTPS when the server is given a certificate and key
+//! ([`tls`], [`tls_front`]).
 
 pub mod client;
 pub mod server;
+pub mod tls;
+pub mod tls_front;
 pub mod wire;

@@ -9,11 +9,15 @@
 //! writes nothing. Objects of an accepted `put` are sealed and indexed at count 0 before
 //! the answer; `publish` checks every object the snapshot references (see
 //! [`crate::sync::sink::publish_checked`]).
+//!
+//! With TLS, the listening socket belongs to the relay of [`super::tls_front`], and this
+//! server listens on a private Unix socket behind it.
 
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use openssl::ssl::SslAcceptor;
 use sha2::{Digest, Sha256};
 use tessera_format::{ObjectKind, SnapshotId};
 use tiny_http::{Method, Request, Response, Server};
@@ -25,6 +29,7 @@ use crate::sync::checked::check_batch;
 use crate::sync::sink::{publish_checked, LocalSink, ObjectSink};
 use crate::sync::source::ObjectSource;
 
+use super::tls_front;
 use super::wire::{
     decode_digests, decode_records, encode_record, parse_kind, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
     MAX_HAVE_DIGESTS, MAX_PUT_BYTES,
@@ -35,17 +40,46 @@ pub struct Listener {
     server: Server,
     /// The address actually bound (port 0 resolved).
     pub addr: SocketAddr,
+    tls: bool,
 }
 
-/// Binds `listen` (e.g. `127.0.0.1:0`).
-pub fn bind(listen: &str) -> Result<Listener> {
-    let server = Server::http(listen)
-        .map_err(|e| Error::InvalidArgument(format!("cannot listen on {listen}: {e}")))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| Error::InvalidArgument(format!("{listen} is not an IP address")))?;
-    Ok(Listener { server, addr })
+impl Listener {
+    /// The URL clients use: `http://ADDR`, or `https://ADDR` when serving TLS.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
+/// Binds `listen` (e.g. `127.0.0.1:0`); with `tls` (see [`super::tls::server_config`]) it
+/// serves HTTPS only, through the relay of [`super::tls_front`] (started here).
+pub fn bind(listen: &str, tls: Option<SslAcceptor>) -> Result<Listener> {
+    let cannot = |e: &dyn std::fmt::Display| {
+        Error::InvalidArgument(format!("cannot listen on {listen}: {e}"))
+    };
+    let Some(acceptor) = tls else {
+        let server = Server::http(listen).map_err(|e| cannot(&e))?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| Error::InvalidArgument(format!("{listen} is not an IP address")))?;
+        return Ok(Listener {
+            server,
+            addr,
+            tls: false,
+        });
+    };
+    let public = std::net::TcpListener::bind(listen).map_err(|e| cannot(&e))?;
+    let addr = public.local_addr().map_err(|e| cannot(&e))?;
+    let (inner, inner_addr) =
+        tls_front::inner_listener().map_err(|e| Error::io("binding the relay's Unix socket", e))?;
+    let server = Server::from_listener(inner, None).map_err(|e| cannot(&e))?;
+    tls_front::spawn(public, acceptor, inner_addr);
+    Ok(Listener {
+        server,
+        addr,
+        tls: true,
+    })
 }
 
 /// Whether two tokens are equal, in time independent of where they differ (the
