@@ -286,7 +286,10 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
     // 6. Delta sources against full reads of the same image.
     let delta_rows = match (&tessera_bin, args.delta_sources) {
         (bin, true) => {
-            eprintln!("delta sources ({} % of blocks changed) ...", args.delta_sources_percent);
+            eprintln!(
+                "delta sources ({} % of blocks changed) ...",
+                args.delta_sources_percent
+            );
             let dir = work.join("delta-sources");
             fs::create_dir_all(&dir)?;
             let rows = tessera_benches::delta_sources::run_all(

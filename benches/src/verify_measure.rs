@@ -62,7 +62,10 @@ pub fn prepare_baseline(image: &Path, zst: &Path) -> std::io::Result<()> {
 
 /// Times `zstd -d -c ZST | openssl dgst -sha256`, after reading `zst` once.
 pub fn time_baseline(zst: &Path) -> std::io::Result<Measured> {
-    checked(sh(&format!("cat '{}' > /dev/null", zst.display()), None)?, "cat")?;
+    checked(
+        sh(&format!("cat '{}' > /dev/null", zst.display()), None)?,
+        "cat",
+    )?;
     let line = format!("zstd -q -d -c '{}' | openssl dgst -sha256", zst.display());
     checked(sh(&line, None)?, "zstd -d | openssl dgst -sha256")
 }

@@ -31,8 +31,8 @@
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{File, OpenOptions, TryLockError};
 use std::fmt::Write as _;
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -81,7 +81,9 @@ impl LedgerLock {
                     "another `tessera verify` is running on this repository; wait for it to finish",
                 ),
             )),
-            Err(TryLockError::Error(e)) => Err(Error::io(format!("locking {}", lock_path.display()), e)),
+            Err(TryLockError::Error(e)) => {
+                Err(Error::io(format!("locking {}", lock_path.display()), e))
+            }
         }
     }
 
@@ -91,7 +93,9 @@ impl LedgerLock {
         match file.try_lock() {
             Ok(()) => Ok(Some(Self { _file: file })),
             Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(e)) => Err(Error::io(format!("locking {}", lock_path.display()), e)),
+            Err(TryLockError::Error(e)) => {
+                Err(Error::io(format!("locking {}", lock_path.display()), e))
+            }
         }
     }
 }
@@ -318,7 +322,11 @@ pub struct DamageFindings {
 
 /// Updates the damage marks with a check's findings (see [`DamageFindings`]); the file is
 /// replaced atomically, or removed when no mark is left. Requires the ledger lock.
-pub fn update_damage_marks(root: &Path, _lock: &LedgerLock, findings: &DamageFindings) -> Result<()> {
+pub fn update_damage_marks(
+    root: &Path,
+    _lock: &LedgerLock,
+    findings: &DamageFindings,
+) -> Result<()> {
     let mut marks = load_damage_marks(root)?;
     marks.retain(|id, _| findings.catalogued.contains(id) && !findings.checked.contains(id));
     marks.extend(findings.damaged.iter().map(|(id, m)| (*id, *m)));

@@ -660,13 +660,20 @@ impl Fixture {
         objects: &BTreeSet<(String, String)>,
     ) -> BTreeMap<(String, String), BTreeSet<Range>> {
         let repo = Repository::open(&self.repo).unwrap();
-        let mut out: BTreeMap<(String, String), BTreeSet<Range>> =
-            objects.iter().map(|o| (o.clone(), BTreeSet::new())).collect();
+        let mut out: BTreeMap<(String, String), BTreeSet<Range>> = objects
+            .iter()
+            .map(|o| (o.clone(), BTreeSet::new()))
+            .collect();
         for (snap, disk, img) in &self.images {
             let Ok(snapshot) = repo.load_snapshot(snap.parse::<SnapshotId>().unwrap()) else {
                 continue;
             };
-            let nth = snapshot.header.disks.iter().position(|d| &d.name == disk).unwrap();
+            let nth = snapshot
+                .header
+                .disks
+                .iter()
+                .position(|d| &d.name == disk)
+                .unwrap();
             let size = snapshot.header.disks[nth].size;
             assert_eq!(snapshot.roots[nth].len(), 1, "one page per disk");
             let page = ("page".to_string(), snapshot.roots[nth][0].to_hex());
@@ -675,14 +682,15 @@ impl Fixture {
                 continue;
             }
             let mut run: Option<(u64, u64, String)> = None;
-            let close = |run: &mut Option<(u64, u64, String)>,
-                             out: &mut BTreeMap<(String, String), BTreeSet<Range>>| {
-                if let Some((start, len, digest)) = run.take() {
-                    out.get_mut(&("chunk".to_string(), digest))
-                        .unwrap()
-                        .insert((snap.clone(), disk.clone(), start, len));
-                }
-            };
+            let close =
+                |run: &mut Option<(u64, u64, String)>,
+                 out: &mut BTreeMap<(String, String), BTreeSet<Range>>| {
+                    if let Some((start, len, digest)) = run.take() {
+                        out.get_mut(&("chunk".to_string(), digest))
+                            .unwrap()
+                            .insert((snap.clone(), disk.clone(), start, len));
+                    }
+                };
             for (n, b) in block_digests(img, BLOCK).into_iter().enumerate() {
                 let key = ("chunk".to_string(), tessera_tests::hex(&b.digest));
                 let offset = n as u64 * BLOCK;
@@ -723,7 +731,11 @@ impl Fixture {
             .flatten()
             .map(|(s, _, _, _)| s.clone())
             .collect();
-        assert_eq!(damaged_in_list(&self.repo), hurt, "snapshots marked damaged");
+        assert_eq!(
+            damaged_in_list(&self.repo),
+            hurt,
+            "snapshots marked damaged"
+        );
     }
 
     /// The newest pack (written by the last backup) and its live objects.
@@ -749,7 +761,10 @@ fn footer_of(pack: &Path) -> (u64, u64) {
 }
 
 fn live_set(repo: &Path, pack: &str) -> BTreeSet<(String, String)> {
-    live_in_pack(repo, pack).into_iter().map(|(k, _)| k).collect()
+    live_in_pack(repo, pack)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
 }
 
 #[test]
@@ -775,7 +790,11 @@ fn record_header_bit_flip_names_exactly_its_chunk() {
     out.ok();
     let v = out.json();
     assert_eq!(repaired_from(&v).len(), 1, "{out}");
-    assert_eq!(v["quarantined"], serde_json::json!([entry.pack.to_hex()]), "{out}");
+    assert_eq!(
+        v["quarantined"],
+        serde_json::json!([entry.pack.to_hex()]),
+        "{out}"
+    );
     assert_eq!(v["damage_marks_updated"], true, "{out}");
     f.assert_all_restore();
 }
@@ -791,7 +810,10 @@ fn footer_and_trailer_bit_flips_are_pack_damage_and_repaired() {
     f.assert_damage_exactly(&BTreeSet::new(), std::slice::from_ref(&id));
     let text = verify(&f.repo);
     text.expect_code(4);
-    assert!(text.stdout.contains(&format!("damaged pack {id}")), "{text}");
+    assert!(
+        text.stdout.contains(&format!("damaged pack {id}")),
+        "{text}"
+    );
     // Every snapshot still restores before the repair: no data is lost.
     for (spec, sha) in &f.expect {
         assert_eq!(&restored_sha(&f.repo, spec, f.t.path()), sha, "{spec}");
@@ -838,10 +860,7 @@ fn pack_replaced_by_another_pack() {
     let other_pack = f.packs_before_last[0].clone();
     let expected = live_set(&f.repo, &id);
     assert!(!expected.is_empty());
-    let untouched = live_set(
-        &f.repo,
-        &other_pack.file_stem().unwrap().to_string_lossy(),
-    );
+    let untouched = live_set(&f.repo, &other_pack.file_stem().unwrap().to_string_lossy());
     fs::copy(&other_pack, &path).unwrap();
     // Exactly the objects the index places in the replaced pack; the copied pack's own
     // objects are intact where the index expects them.
@@ -865,7 +884,9 @@ fn snapshot_naming_a_missing_page_is_reported_unrecoverable() {
     // and reports the missing page).
     let forged = {
         let r = Repository::open(&f.repo).unwrap();
-        let mut s = r.load_snapshot(last.parse::<SnapshotId>().unwrap()).unwrap();
+        let mut s = r
+            .load_snapshot(last.parse::<SnapshotId>().unwrap())
+            .unwrap();
         s.header.time_us += 1;
         s.roots[0][0] = tessera_format::PageDigest([0x5a; 32]);
         s.header.disks[0].root_digest = tessera_format::snapshot::root_digest(&s.roots[0]);
@@ -904,7 +925,12 @@ fn snapshot_naming_a_missing_page_is_reported_unrecoverable() {
     assert_eq!(unrecoverable[0]["ranges"][0]["snapshot"], forged.as_str());
     // Still marked after the repair; `show` counts its damaged range.
     assert_eq!(damaged_in_list(&f.repo), BTreeSet::from([forged.clone()]));
-    let show = tessera([OsStr::new("--json"), "show".as_ref(), f.repo.as_os_str(), forged.as_ref()]);
+    let show = tessera([
+        OsStr::new("--json"),
+        "show".as_ref(),
+        f.repo.as_os_str(),
+        forged.as_ref(),
+    ]);
     show.ok();
     let sv = show.json();
     assert_eq!(sv["damaged"], true, "{show}");

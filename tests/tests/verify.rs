@@ -538,7 +538,11 @@ fn damaged_snapshots_are_marked_until_verified_clean() {
     assert_eq!(show_json(&f.repo, &s1)["damaged"], false);
     let text = tessera(["show", &repo, &s2]);
     text.ok();
-    assert!(text.stdout.contains(&format!("DAMAGED  {runs} byte ranges")), "{text}");
+    assert!(
+        text.stdout
+            .contains(&format!("DAMAGED  {runs} byte ranges")),
+        "{text}"
+    );
 
     // A run that did not cover the snapshot, or only sampled it, leaves the mark.
     report(&f.repo, &["--snapshot", &s1], 0);

@@ -10,9 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use tessera_benches::bin_args::{arg, tessera_path};
+use rand::Rng;
+use tessera_benches::bin_args::{arg, scratch_with_image, tessera_path, ScratchImage};
 
 fn run(cmd: &mut Command) -> f64 {
     let started = Instant::now();
@@ -48,21 +47,18 @@ impl Drop for Server {
 fn main() {
     let size_mib: usize = arg("--size-mib", "1024").parse().expect("--size-mib");
     let tessera = tessera_path();
-    let dir = tempfile::Builder::new()
-        .prefix("tessera-explore-bench")
-        .tempdir_in("/var/tmp")
-        .expect("tempdir");
-    let d = dir.path();
-    let image = d.join("image");
-    let mut rng = StdRng::seed_from_u64(1);
     // Half random, a quarter zeros, a quarter repetitive text.
-    let mut data = vec![0u8; size_mib << 20];
-    let quarter = data.len() / 4;
-    rng.fill(&mut data[..2 * quarter]);
-    for (i, b) in data[3 * quarter..].iter_mut().enumerate() {
-        *b = b"tessera explore bench line 0123456789\n"[i % 38];
-    }
-    std::fs::write(&image, &data).expect("image");
+    let ScratchImage {
+        dir,
+        image,
+        mut data,
+        mut rng,
+    } = scratch_with_image(
+        "tessera-explore-bench",
+        size_mib,
+        b"tessera explore bench line 0123456789\n",
+    );
+    let d = dir.path();
     let repo = d.join("repo");
     run(Command::new(&tessera).arg("init").arg(&repo));
     run(Command::new(&tessera)

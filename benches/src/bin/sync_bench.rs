@@ -13,10 +13,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde_json::Value;
-use tessera_benches::bin_args::{arg, tessera_path};
+use tessera_benches::bin_args::{arg, scratch_with_image, tessera_path, ScratchImage};
 
 fn run_json(tessera: &Path, args: &[&str]) -> (f64, Value) {
     let started = Instant::now();
@@ -55,20 +54,17 @@ fn disk_u64(backup: &Value, field: &str) -> u64 {
 fn main() {
     let size_mib: usize = arg("--size-mib", "512").parse().expect("--size-mib");
     let tessera = tessera_path();
-    let dir = tempfile::Builder::new()
-        .prefix("tessera-sync-bench")
-        .tempdir_in("/var/tmp")
-        .expect("tempdir");
+    let ScratchImage {
+        dir,
+        image,
+        mut data,
+        mut rng,
+    } = scratch_with_image(
+        "tessera-sync-bench",
+        size_mib,
+        b"tessera sync bench line 0123456789\n",
+    );
     let d = dir.path();
-    let image = d.join("image");
-    let mut rng = StdRng::seed_from_u64(1);
-    let mut data = vec![0u8; size_mib << 20];
-    let quarter = data.len() / 4;
-    rng.fill(&mut data[..2 * quarter]);
-    for (i, b) in data[3 * quarter..].iter_mut().enumerate() {
-        *b = b"tessera sync bench line 0123456789\n"[i % 35];
-    }
-    std::fs::write(&image, &data).expect("image");
     let (a, b, c, served) = (d.join("a"), d.join("b"), d.join("c"), d.join("served"));
     for r in [&a, &b, &served] {
         run_json(&tessera, &["init", p(r)]);

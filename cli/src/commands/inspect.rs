@@ -4,8 +4,8 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde_json::json;
-use tessera_engine::ops::usage::{exclusive_bytes_all, snapshot_usage};
 use tessera_engine::ledger::{load_damage_marks, DamageMark};
+use tessera_engine::ops::usage::{exclusive_bytes_all, snapshot_usage};
 use tessera_engine::time::format_us;
 use tessera_engine::Repository;
 use tessera_format::SnapshotHeader;

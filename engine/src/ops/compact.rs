@@ -22,7 +22,7 @@ use tessera_format::pack::{FooterEntry, PACK_HEADER_LEN, RECORD_HEADER_LEN, TRAI
 use tessera_format::{ObjectKind, PackId};
 
 use crate::error::Result;
-use crate::index::{ObjectEntry, PackEntry};
+use crate::index::ObjectEntry;
 use crate::progress::Progress;
 use crate::recovery::delete_doomed_packs;
 use crate::repo::Repository;
@@ -205,14 +205,7 @@ impl Mover<'_> {
         if let Some(writer) = self.writer.take() {
             let sealed = writer.finish()?;
             self.report.packs_written += 1;
-            index.put_pack(
-                &mut batch,
-                sealed.id,
-                PackEntry {
-                    size: sealed.size,
-                    objects: sealed.entries.len() as u32,
-                },
-            );
+            index.put_pack(&mut batch, sealed.id, sealed.catalog_entry());
             let moved = std::mem::take(&mut self.moved);
             for ((kind, digest, old), fe) in moved.iter().zip(&sealed.entries) {
                 let new = relocated(old, sealed.id, fe);

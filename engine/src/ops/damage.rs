@@ -128,9 +128,11 @@ pub fn damage_marks(
     let mut per: BTreeMap<SnapshotId, Vec<(&str, u64, u64)>> = BTreeMap::new();
     for r in damaged.iter().flat_map(|d| &d.ranges) {
         if let Ok(id) = r.snapshot.parse::<SnapshotId>() {
-            per.entry(id)
-                .or_default()
-                .push((r.disk.as_str(), r.offset, r.offset.saturating_add(r.length)));
+            per.entry(id).or_default().push((
+                r.disk.as_str(),
+                r.offset,
+                r.offset.saturating_add(r.length),
+            ));
         }
     }
     let mut marks = BTreeMap::new();
@@ -158,7 +160,10 @@ pub fn damage_marks(
         }
         marks.insert(id, mark);
     }
-    for id in damaged_files.iter().filter_map(|h| h.parse::<SnapshotId>().ok()) {
+    for id in damaged_files
+        .iter()
+        .filter_map(|h| h.parse::<SnapshotId>().ok())
+    {
         marks
             .entry(id)
             .or_insert(DamageMark {

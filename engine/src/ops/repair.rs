@@ -38,7 +38,6 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::WriteBatch;
 use tessera_format::manifest::{block_count, entries_in_page};
-use tessera_format::pack::FooterEntry;
 use tessera_format::{
     is_all_zero, ChunkDigest, ManifestPage, ObjectInfo, ObjectKind, PackId, PageDigest, Snapshot,
     SnapshotId,
@@ -202,19 +201,6 @@ impl Out<'_> {
                 .push((sealed, std::mem::take(&mut self.pending)));
         }
         Ok(())
-    }
-}
-
-fn relocated(old: &ObjectEntry, pack: PackId, fe: &FooterEntry) -> ObjectEntry {
-    ObjectEntry {
-        pack,
-        offset: fe.offset,
-        stored_len: fe.info.stored_len,
-        raw_len: fe.info.raw_len,
-        codec: fe.info.codec,
-        stored_crc: fe.info.stored_crc,
-        verified_at_us: 0,
-        ..*old
     }
 }
 
@@ -471,16 +457,9 @@ fn round(
     let index = repo.index();
     let mut batch = WriteBatch::default();
     for (sealed, objects) in &out.sealed {
-        index.put_pack(
-            &mut batch,
-            sealed.id,
-            crate::index::PackEntry {
-                size: sealed.size,
-                objects: sealed.entries.len() as u32,
-            },
-        );
+        index.put_pack(&mut batch, sealed.id, sealed.catalog_entry());
         for ((kind, digest, old), fe) in objects.iter().zip(&sealed.entries) {
-            index.put_object(&mut batch, *kind, digest, &relocated(old, sealed.id, fe));
+            index.put_object(&mut batch, *kind, digest, &old.relocated(sealed.id, fe));
         }
         report.packs_written += 1;
     }

@@ -102,7 +102,11 @@ pub fn scan_records(backend: &dyn Backend, pack: PackId, size: u64) -> Result<Ve
 }
 
 /// An object the index places in a pack: its kind, digest and index entry.
-pub type Indexed = (tessera_format::ObjectKind, [u8; 32], crate::index::ObjectEntry);
+pub type Indexed = (
+    tessera_format::ObjectKind,
+    [u8; 32],
+    crate::index::ObjectEntry,
+);
 
 /// Checks a pack's trailer and footer against its layout, its catalog entry and the index
 /// (SPEC §4, §11a). Returns what is wrong, or `None` when the footer agrees with everything:

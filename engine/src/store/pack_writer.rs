@@ -31,6 +31,16 @@ pub struct SealedPack {
     pub entries: Vec<FooterEntry>,
 }
 
+impl SealedPack {
+    /// Its catalog entry in the index.
+    pub fn catalog_entry(&self) -> crate::index::PackEntry {
+        crate::index::PackEntry {
+            size: self.size,
+            objects: self.entries.len() as u32,
+        }
+    }
+}
+
 impl PackWriter {
     /// Starts a new pack with a random id.
     pub fn create(backend: &dyn Backend) -> Result<Self> {

@@ -11,7 +11,6 @@ use rocksdb::WriteBatch;
 use tessera_format::ObjectInfo;
 
 use crate::error::Result;
-use crate::index::PackEntry;
 use crate::repo::Repository;
 use crate::store::pack_writer::PackWriter;
 use crate::store::session::{object_entry, TARGET_PACK_SIZE};
@@ -41,14 +40,7 @@ pub fn rehome_objects(repo: &Repository, objects: &[(ObjectInfo, Vec<u8>)]) -> R
             };
             index.put_object(&mut batch, kind, &fe.info.digest.0, &entry);
         }
-        index.put_pack(
-            &mut batch,
-            sealed.id,
-            PackEntry {
-                size: sealed.size,
-                objects: sealed.entries.len() as u32,
-            },
-        );
+        index.put_pack(&mut batch, sealed.id, sealed.catalog_entry());
         index.write(batch)?;
     }
     Ok(objects.len() as u64)
