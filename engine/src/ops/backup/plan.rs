@@ -135,10 +135,17 @@ pub fn plan_disk(
             source_desc: location.to_string(),
             base: changes.base_description.clone(),
             reference: r.snapshot.to_hex(),
-            reference_state: r.state().unwrap_or("a source without a state token").to_string(),
+            reference_state: r
+                .state()
+                .unwrap_or("a source without a state token")
+                .to_string(),
         },
-        None => Error::InvalidArgument(format!(
+        None if source.reads_full() => Error::InvalidArgument(format!(
             "disk {disk:?}: {location} is a delta on {}, but the reference snapshot has no disk {disk:?} with the same block size; back up its base first, or pass --fallback-full",
+            changes.base_description
+        )),
+        None => Error::InvalidArgument(format!(
+            "disk {disk:?}: {location} is a delta on {} and cannot be read in full; back up its base first, then this delta with --reference",
             changes.base_description
         )),
     }
