@@ -12,6 +12,8 @@
 
 #[path = "macro_bench/baselines.rs"]
 mod baselines;
+#[path = "macro_bench/generations.rs"]
+mod generations;
 #[path = "macro_bench/host.rs"]
 mod host;
 #[path = "macro_bench/image.rs"]
@@ -92,6 +94,11 @@ struct Args {
     /// --sparse for the "sparse multi-GiB image".
     #[arg(long)]
     delta_sources: bool,
+    /// After everything else: a sequence of N more generations (each rewrites --delta-percent
+    /// of the blocks, makes small random writes and appends 0.5 %) backed up by every tool
+    /// into fresh repositories; repository size after all, restore of the first and the last.
+    #[arg(long, default_value_t = 0)]
+    generations: u32,
     /// Percent of 64 KiB blocks the delta sources change.
     #[arg(long, default_value_t = 1.0)]
     delta_sources_percent: f64,
@@ -320,7 +327,38 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
         (_, false) => None,
     };
 
-    // 7. Ratios, table, JSON.
+    // 7. A sequence of generations into fresh repositories (the image changes and grows).
+    if args.generations > 0 {
+        eprintln!("generations ({} after the first):", args.generations);
+        header["generations"] = generations::run(
+            &mut report,
+            &mut tools,
+            work,
+            &image_path,
+            (args.generations, seed, args.delta_percent),
+        )?;
+        for peer in ["restic", "borg"] {
+            report.rate_ratio(
+                &format!("tessera / {peer}: generations, total time"),
+                "tessera.generations",
+                &format!("{peer}.generations"),
+                "> 1: tessera faster",
+            );
+            let repo = |id: &str| report.get(id).and_then(|r| r.extra["repo_bytes"].as_u64());
+            if let (Some(ours), Some(theirs)) = (
+                repo("tessera.generations"),
+                repo(&format!("{peer}.generations")),
+            ) {
+                report.ratios.push(report::Ratio {
+                    label: format!("{peer} / tessera: repo size after all generations"),
+                    value: theirs as f64 / ours.max(1) as f64,
+                    context: format!("{} vs {}", human(theirs), human(ours)),
+                });
+            }
+        }
+    }
+
+    // 8. Ratios, table, JSON.
     phases::ratios(&mut report);
     let load_end = loadavg();
     header["machine"]["loadavg_end"] = json!(load_end);

@@ -156,6 +156,47 @@ impl Tool {
     /// Restores the latest backup of `image` into `out_dir`; returns the step and the
     /// restored file.
     pub fn restore(&mut self, image: &Path, out_dir: &Path) -> Result<(Step, PathBuf)> {
+        self.restore_backup(image, out_dir, false)
+    }
+
+    /// The id of the repository's oldest backup, in the tool's own terms.
+    fn first_backup_id(&self) -> Result<String> {
+        let mut c = self.cmd();
+        match self.kind {
+            Kind::Tessera => {
+                c.arg("--json").arg("list").arg(&self.repo);
+            }
+            Kind::Restic => {
+                c.args(["snapshots", "--json"]);
+            }
+            Kind::Borg => return Ok("b1".into()),
+        }
+        let m = check(run(&mut c)?, &format!("{} list", self.name()))?;
+        let v: Value = serde_json::from_str(&m.stdout).context("list output")?;
+        let list = if self.kind == Kind::Tessera {
+            &v["snapshots"]
+        } else {
+            &v
+        };
+        list[0]["id"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("{}: no backup to restore", self.name()))
+    }
+
+    /// Restores the latest backup of `image` (or, with `first`, the repository's oldest)
+    /// into `out_dir`; returns the step and the restored file.
+    pub fn restore_backup(
+        &mut self,
+        image: &Path,
+        out_dir: &Path,
+        first: bool,
+    ) -> Result<(Step, PathBuf)> {
+        let which = if first {
+            Some(self.first_backup_id()?)
+        } else {
+            None
+        };
         std::fs::create_dir_all(out_dir)?;
         let image = std::fs::canonicalize(image)?;
         let relative = image.strip_prefix("/").unwrap_or(&image).to_path_buf();
@@ -166,17 +207,21 @@ impl Tool {
                 c.arg("--json")
                     .arg("restore")
                     .arg(&self.repo)
-                    .arg("latest")
+                    .arg(which.as_deref().unwrap_or("latest"))
                     .arg(&out);
                 out
             }
             Kind::Restic => {
-                c.args(["restore", "latest", "--target"]).arg(out_dir);
+                c.args(["restore", which.as_deref().unwrap_or("latest"), "--target"])
+                    .arg(out_dir);
                 out_dir.join(&relative)
             }
             Kind::Borg => {
                 c.arg("extract")
-                    .arg(format!("::b{}", self.backups))
+                    .arg(format!(
+                        "::{}",
+                        which.unwrap_or_else(|| format!("b{}", self.backups))
+                    ))
                     .current_dir(out_dir);
                 out_dir.join(&relative)
             }
