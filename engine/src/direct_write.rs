@@ -189,6 +189,33 @@ const SEQ_BUFFER: usize = 4 << 20;
 /// writer maps (and the kernel zeroes) them only once.
 const SEQ_BUFFERS: usize = 3;
 
+/// Buffers of finished [`SequentialWriter`]s, kept for the next one: a backup writes a pack
+/// every 32 MiB, and mapping fresh buffers for each made the appending thread take a page
+/// fault per 4 KiB of every pack. At most this many are kept.
+const SEQ_POOL_MAX: usize = 2 * SEQ_BUFFERS;
+
+static SEQ_POOL: std::sync::Mutex<Vec<MmapMut>> = std::sync::Mutex::new(Vec::new());
+
+/// A buffer from the pool, or a freshly mapped one.
+fn pooled_buffer() -> std::io::Result<MmapMut> {
+    let recycled = SEQ_POOL.lock().ok().and_then(|mut p| p.pop());
+    match recycled {
+        Some(b) => Ok(b),
+        None => MmapMut::map_anon(SEQ_BUFFER),
+    }
+}
+
+/// Returns buffers to the pool (dropping those beyond its size).
+fn return_buffers(buffers: impl IntoIterator<Item = MmapMut>) {
+    if let Ok(mut pool) = SEQ_POOL.lock() {
+        for b in buffers {
+            if pool.len() < SEQ_POOL_MAX {
+                pool.push(b);
+            }
+        }
+    }
+}
+
 /// Where a [`SequentialWriter`]'s I/O thread puts full buffers.
 struct IoThread {
     full: std::sync::mpsc::SyncSender<MmapMut>,
@@ -288,9 +315,13 @@ impl SequentialWriter {
         match self.io.take() {
             Some(io) => {
                 drop(io.full);
-                io.done
+                let result = io
+                    .done
                     .join()
-                    .map_err(|_| std::io::Error::other("pack writer thread panicked"))?
+                    .map_err(|_| std::io::Error::other("pack writer thread panicked"))?;
+                // The thread has exited: every buffer it wrote is back in `empty`.
+                return_buffers(io.empty.try_iter());
+                result
             }
             None => Ok(()),
         }
@@ -303,9 +334,10 @@ impl SequentialWriter {
             .file
             .take()
             .ok_or_else(|| std::io::Error::other("writer already finished"))?;
-        if let Some(buf) = &self.buf {
+        if let Some(buf) = self.buf.take() {
             let tail = buf.get(..self.filled).unwrap_or_default();
             file.write_all_at(tail, self.offset)?;
+            return_buffers([buf]);
         }
         Ok(file)
     }
@@ -327,7 +359,7 @@ impl std::io::Write for SequentialWriter {
                 Some(b) => b,
                 None if self.mapped < SEQ_BUFFERS => {
                     self.mapped += 1;
-                    MmapMut::map_anon(SEQ_BUFFER)?
+                    pooled_buffer()?
                 }
                 None => {
                     return Err(self

@@ -355,10 +355,16 @@ pub fn restore_disk(
         let written = writer_thread
             .join()
             .map_err(|_| Error::InvalidArgument("the restore writer thread panicked".into()))?
-            .ctx(|| format!("writing {}", output.display()))?;
-        outcome.bytes_written += written;
-        // A write error stopped the workers: report it (it came first), not PreviousIo.
-        filled
+            .ctx(|| format!("writing {}", output.display()));
+        // A damaged chunk (or any reading error) is the news, unless the workers only
+        // stopped because the writer had failed: then the write error is.
+        match (filled, written) {
+            (Ok(()), Ok(n)) => {
+                outcome.bytes_written += n;
+                Ok(())
+            }
+            (Err(Error::PreviousIo) | Ok(()), Err(e)) | (Err(e), _) => Err(e),
+        }
     });
     filled?;
     progress.finish();

@@ -186,7 +186,13 @@ fn push_bitmap(
                 let start = (bit + b)
                     .checked_mul(g)
                     .ok_or("bitmap reaches past any disk size")?;
-                extents.push((start, start.saturating_add(g)));
+                let end = start.saturating_add(g);
+                // Merge runs as they come: a 256 MiB list of set bits must not become
+                // billions of extents before normalizing.
+                match extents.last_mut() {
+                    Some(last) if last.1 == start => last.1 = end,
+                    _ => extents.push((start, end)),
+                }
             }
         }
         bit += 8;

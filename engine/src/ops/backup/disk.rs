@@ -68,6 +68,8 @@ pub struct DiskBackup<'a, 'r> {
     pub refs: &'a mut RefDeltas,
     /// Damaged chunks found by a key backup, re-encoded from the source; shared by disks.
     pub heal: &'a mut Vec<(ObjectInfo, Vec<u8>)>,
+    /// Damaged chunks this disk rewrote (queued or already re-homed).
+    pub healed: u64,
     /// Chunks a key backup has already checked (shared by disks).
     pub checked: &'a mut HashSet<ChunkDigest>,
     pub block_size: u32,
@@ -176,9 +178,16 @@ impl DiskBackup<'_, '_> {
                 let (info, stored) =
                     encode_object(ObjectKind::Chunk, it.digest, it.data, compression);
                 self.heal.push((info, stored.into_owned()));
+                self.healed += 1;
             }
         }
         self.checked.extend(prepared.checked);
+        // Re-home a pack's worth at a time: a lost pack must not be held in memory whole.
+        let queued: usize = self.heal.iter().map(|(_, s)| s.len()).sum();
+        if queued as u64 >= crate::store::session::TARGET_PACK_SIZE {
+            crate::ops::backup::heal::rehome_objects(self.repo, self.heal)?;
+            self.heal.clear();
+        }
         Ok(())
     }
 

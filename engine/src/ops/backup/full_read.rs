@@ -110,24 +110,40 @@ impl DiskBackup<'_, '_> {
                 while outcome.is_ok() && block < blocks && submitted - absorbed < max_in_flight {
                     let n = batch_blocks.min(blocks - block);
                     let offset = block * bs;
-                    // The reference only saves lookups: if it cannot be read, do without.
-                    let references: Vec<Option<ChunkDigest>> = (block..block + n)
-                        .map(|b| match reference.as_mut().map(|r| r.digest_at(b)) {
+                    // The reference only saves lookups: if it cannot be read, do without —
+                    // unless drift is being measured against it, which would then be wrong.
+                    let mut references: Vec<Option<ChunkDigest>> = Vec::with_capacity(n as usize);
+                    for b in block..block + n {
+                        references.push(match reference.as_mut().map(|r| r.digest_at(b)) {
                             Some(Ok(d)) => d,
+                            Some(Err(e)) if drift_extents.is_some() => {
+                                outcome = Err(e);
+                                break;
+                            }
                             Some(Err(_)) => {
                                 reference = None;
                                 None
                             }
                             None => None,
-                        })
-                        .collect();
+                        });
+                    }
+                    if outcome.is_err() {
+                        break;
+                    }
                     let mut buf = pool.pop().unwrap_or_default();
                     buf.resize((n * bs).min(size - offset) as usize, 0);
                     let tx = tx.clone();
                     let seq = submitted;
                     scope.spawn(move |_| {
-                        let r =
-                            prepare_batch(repo, source, key, (block, offset, bs), buf, references);
+                        // Every job must send, or the loop below would wait forever.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            prepare_batch(repo, source, key, (block, offset, bs), buf, references)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(Error::InvalidArgument(format!(
+                                "reading or encoding the blocks at offset {offset} failed unexpectedly (a bug); nothing was committed"
+                            )))
+                        });
                         // The receiver outlives every job (it is drained below).
                         let _ = tx.send((seq, r));
                     });

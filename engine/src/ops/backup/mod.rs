@@ -214,12 +214,12 @@ pub fn backup(
         let changed_bytes = extents
             .as_ref()
             .map(|x| x.iter().map(|(s, e)| e - s).sum::<u64>());
-        let heal_before = heal.len();
         let mut disk = DiskBackup {
             repo,
             session: &mut session,
             refs: &mut refs,
             heal: &mut heal,
+            healed: 0,
             checked: &mut checked,
             block_size,
             key: mode == Mode::Key,
@@ -246,9 +246,9 @@ pub fn backup(
             roots: root,
             stats,
             drift,
+            healed: healed_chunks,
             ..
         } = disk;
-        let healed_chunks = (heal.len() - heal_before) as u64;
         let report = DiskReport {
             mode,
             reference: reference_id.filter(|_| mode == Mode::Delta || delta_applies),
