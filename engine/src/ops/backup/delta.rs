@@ -55,9 +55,10 @@ pub fn touched_blocks(
 }
 
 impl DiskBackup<'_, '_> {
-    /// Backs up a delta source on `reference`, reading only `extents`.
+    /// Backs up disk `name`, a delta source on `reference`, reading only `extents`.
     pub fn run_delta(
         &mut self,
+        name: &str,
         source: &dyn BlockSource,
         extents: &[(u64, u64)],
         reference: &mut ReferenceManifest<'_>,
@@ -68,6 +69,9 @@ impl DiskBackup<'_, '_> {
         let blocks = block_count(size, self.block_size);
         let page_entries = u64::from(self.repo.config().page_entries);
         let touched = touched_blocks(extents, bs, size, reference.size());
+        // Progress counts the rebuilt blocks' bytes (what is hashed and stored).
+        let rebuilt: u64 = touched.iter().map(|&b| (size - b * bs).min(bs)).sum();
+        progress.start(&format!("delta {name}"), rebuilt);
         let window = ((BATCH_BYTES / bs).max(1) as usize) * 2 * rayon::current_num_threads();
         let mut pending: BTreeMap<u64, ChunkDigest> = BTreeMap::new();
         let mut next_page = 0;

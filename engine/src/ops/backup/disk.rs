@@ -102,11 +102,7 @@ impl DiskBackup<'_, '_> {
         match (mode, reference) {
             (Mode::Delta, Some(mut reference)) => {
                 let extents = delta_extents.unwrap_or_default();
-                progress.start(
-                    &format!("delta {name}"),
-                    extents.iter().map(|(s, e)| e - s).sum(),
-                );
-                self.run_delta(source, extents, &mut reference, progress)
+                self.run_delta(name, source, extents, &mut reference, progress)
             }
             (Mode::Delta, None) => Err(Error::InvalidArgument(format!(
                 "disk {name:?}: a delta backup needs a reference snapshot"
