@@ -760,3 +760,43 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// A running `tessera serve`, killed on drop.
+pub struct Served {
+    _child: KillOnDrop,
+    /// The URL it printed (`http://` or `https://127.0.0.1:PORT`).
+    pub url: String,
+}
+
+/// Starts `tessera serve REPO --listen 127.0.0.1:0 --token-file TOKEN EXTRA...` and waits for
+/// its first line, `listening on URL`.
+pub fn start_serve(repo: &Path, token_file: &Path, extra: &[&OsStr]) -> Served {
+    let mut args: Vec<&OsStr> = vec![
+        "serve".as_ref(),
+        repo.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--token-file".as_ref(),
+        token_file.as_os_str(),
+    ];
+    args.extend_from_slice(extra);
+    let mut child = tessera_cmd(args)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tessera serve");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped stdout")),
+        &mut line,
+    )
+    .expect("reading the serve banner");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Served {
+        _child: KillOnDrop(Some(child)),
+        url,
+    }
+}

@@ -3,52 +3,22 @@
 //! nothing; an object whose bytes do not hash to its digest, and a snapshot whose objects
 //! are not there, are refused and change nothing.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
 use tessera_format::pack::encode_record_header;
 use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind};
 use tessera_tests::{
-    backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed, tessera,
-    tessera_cmd, verify, DataGen, ImageSpec, KillOnDrop, Out,
+    backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed,
+    start_serve, tessera, tessera_cmd, verify, DataGen, ImageSpec, KillOnDrop, Out, Served,
 };
 
 const MIB: u64 = 1 << 20;
 
-/// A running `tessera serve`, killed on drop.
-struct Served {
-    _child: KillOnDrop,
-    url: String,
-}
-
 fn serve(repo: &Path, token_file: &Path) -> Served {
-    let mut child = tessera_cmd([
-        "serve".as_ref(),
-        repo.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--token-file".as_ref(),
-        token_file.as_os_str(),
-    ])
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Served {
-        _child: KillOnDrop(Some(child)),
-        url,
-    }
+    start_serve(repo, token_file, &[])
 }
 
 fn sync(src: &str, dst: &str, token_file: &Path) -> Out {

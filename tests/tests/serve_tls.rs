@@ -5,15 +5,16 @@
 //! no HTTP answer and is told so; a wrong token over TLS still gets 401; bad certificate
 //! and key files are refused with a message naming the file.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tessera_tests::{
     backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed,
-    sha256_file, tessera, tessera_cmd, verify, wait_until, DataGen, ImageSpec, KillOnDrop, Out,
+    sha256_file, start_serve, tessera, tessera_cmd, verify, wait_until, DataGen, ImageSpec,
+    KillOnDrop, Out, Served,
 };
 
 const MIB: u64 = 1 << 20;
@@ -52,50 +53,29 @@ fn localhost_cert(dir: &Path) -> Cert {
     make_cert(dir, "localhost", "localhost", "IP:127.0.0.1,DNS:localhost")
 }
 
-/// A running `tessera serve` with TLS, killed on drop.
-struct Served {
-    _child: KillOnDrop,
-    url: String,
-}
-
 fn serve_tls(repo: &Path, token_file: &Path, cert: &Cert) -> Served {
     serve(repo, token_file, Some(cert))
 }
 
 /// `tessera serve`, with TLS when `cert` is given.
 fn serve(repo: &Path, token_file: &Path, cert: Option<&Cert>) -> Served {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "serve".as_ref(),
-        repo.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--token-file".as_ref(),
-        token_file.as_os_str(),
-    ];
+    let mut extra: Vec<&std::ffi::OsStr> = Vec::new();
     if let Some(c) = cert {
-        args.extend([
+        extra.extend([
             "--tls-cert".as_ref(),
             c.cert.as_os_str(),
             "--tls-key".as_ref(),
             c.key.as_os_str(),
         ]);
     }
-    let mut child = tessera_cmd(args).stderr(Stdio::null()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let served = start_serve(repo, token_file, &extra);
     let scheme = if cert.is_some() { "https" } else { "http" };
-    assert!(url.starts_with(&format!("{scheme}://127.0.0.1:")), "{url}");
-    Served {
-        _child: KillOnDrop(Some(child)),
-        url,
-    }
+    assert!(
+        served.url.starts_with(&format!("{scheme}://127.0.0.1:")),
+        "{}",
+        served.url
+    );
+    served
 }
 
 fn sync(src: &str, dst: &str, token_file: &Path, ca: Option<&Path>) -> Out {
