@@ -43,6 +43,16 @@ fn backup_with_list(repo: &Path, image: &Path, list: &Path, extra: &[&str]) -> V
     tessera(&args).ok().json()
 }
 
+/// A scratch directory with an initialized `repo` and the path of `disk.raw` (not created),
+/// and the test's seeded data generator.
+fn setup(test: &str) -> (tempfile::TempDir, PathBuf, PathBuf, DataGen) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    init_repo(&repo, &[]);
+    let image = dir.path().join("disk.raw");
+    (dir, repo, image, DataGen::new(seed(test)))
+}
+
 fn disk0(v: &Value) -> &Value {
     &v["disks"][0]
 }
@@ -83,11 +93,7 @@ fn resize(image: &Path, gen: &mut DataGen, new_size: u64) -> Vec<(u64, u64)> {
 /// backups read exactly the listed bytes, modes follow the rules.
 #[test]
 fn changed_list_chain_restores_every_generation() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    init_repo(&repo, &[]);
-    let image = dir.path().join("disk.raw");
-    let mut gen = DataGen::new(seed("changed_list_chain"));
+    let (dir, repo, image, mut gen) = setup("changed_list_chain");
     let size0 = 6 * BS * 16 + 12_345;
     make_image(&image, ImageSpec::mixed(size0), &mut gen);
     let list = dir.path().join("changes.txt");
@@ -189,11 +195,7 @@ fn changed_list_chain_restores_every_generation() {
 /// offsets), and the key backup's snapshot holds the true content.
 #[test]
 fn key_backup_reports_drift_and_heals_damaged_chunks() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    init_repo(&repo, &[]);
-    let image = dir.path().join("disk.raw");
-    let mut gen = DataGen::new(seed("drift"));
+    let (dir, repo, image, mut gen) = setup("drift");
     let size = 64 * BS;
     make_image(
         &image,
@@ -261,11 +263,7 @@ fn key_backup_reports_drift_and_heals_damaged_chunks() {
 /// `--fallback-full` reads the whole disk instead.
 #[test]
 fn wrong_base_is_refused_and_nothing_is_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    init_repo(&repo, &[]);
-    let image = dir.path().join("disk.raw");
-    let mut gen = DataGen::new(seed("wrong_base"));
+    let (dir, repo, image, mut gen) = setup("wrong_base");
     let size = 16 * BS;
     make_image(&image, ImageSpec::mixed(size), &mut gen);
     let list = dir.path().join("changes.txt");
