@@ -95,9 +95,8 @@ pub fn plan_disk(
             note: None,
         });
     };
-    let ref_state = reference.and_then(ReferenceManifest::state);
-    if ref_state == Some(changes.base_state.as_str()) {
-        let reference = reference.ok_or_else(|| Error::InvalidArgument("no reference".into()))?;
+    let applies_on = reference.filter(|r| r.state() == Some(changes.base_state.as_str()));
+    if let Some(reference) = applies_on {
         let resized = reference.size() != source.size();
         if (key_wanted || resized) && source.reads_full() {
             let note = (resized && !key_wanted).then(|| {
