@@ -62,6 +62,9 @@ struct Args {
     /// Passed to `tessera init --block-size` (default: tessera's default, 64K).
     #[arg(long)]
     block_size: Option<String>,
+    /// Passed to `tessera init --compression` (default: tessera's default).
+    #[arg(long)]
+    compression: Option<String>,
     /// Also run restic and borg (skipped, with an install hint, when not installed).
     #[arg(long)]
     peers: bool,
@@ -188,6 +191,18 @@ fn real_main() -> Result<()> {
     result
 }
 
+/// `tessera init` arguments from `--block-size` and `--compression`.
+fn tessera_init_args(args: &Args) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(bs) = &args.block_size {
+        out.extend(["--block-size".to_owned(), bs.clone()]);
+    }
+    if let Some(c) = &args.compression {
+        out.extend(["--compression".to_owned(), c.clone()]);
+    }
+    out
+}
+
 #[allow(
     clippy::too_many_lines,
     reason = "the benchmark's script, step by step"
@@ -255,7 +270,7 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
         tools::Kind::Tessera,
         tessera_bin.clone(),
         work,
-        args.block_size.clone(),
+        tessera_init_args(args),
     )];
     if args.peers {
         for (kind, prog, flag) in [
@@ -264,7 +279,7 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
         ] {
             if let Some(p) = which(prog) {
                 header["versions"][prog] = json!(version_of(&p, &[flag]));
-                tools.push(Tool::new(kind, p, work, None));
+                tools.push(Tool::new(kind, p, work, Vec::new()));
             } else {
                 eprintln!(
                     "{prog} is not installed: skipped (install with `apt-get install -y restic borgbackup`)"

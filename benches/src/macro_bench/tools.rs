@@ -22,7 +22,8 @@ pub struct Tool {
     pub bin: PathBuf,
     pub repo: PathBuf,
     base: PathBuf,
-    block_size: Option<String>,
+    /// Extra arguments of `tessera init` (ignored for the peers).
+    init_args: Vec<String>,
     backups: u32,
 }
 
@@ -53,7 +54,7 @@ fn fsync_file(path: &Path) -> Result<Measured> {
 }
 
 impl Tool {
-    pub fn new(kind: Kind, bin: PathBuf, work: &Path, block_size: Option<String>) -> Self {
+    pub fn new(kind: Kind, bin: PathBuf, work: &Path, init_args: Vec<String>) -> Self {
         let name = match kind {
             Kind::Tessera => "tessera",
             Kind::Restic => "restic",
@@ -64,7 +65,7 @@ impl Tool {
             bin,
             repo: work.join(format!("repo-{name}")),
             base: work.join(format!("{name}-home")),
-            block_size,
+            init_args,
             backups: 0,
         }
     }
@@ -104,9 +105,7 @@ impl Tool {
         match self.kind {
             Kind::Tessera => {
                 c.arg("--json").arg("init").arg(&self.repo);
-                if let Some(bs) = &self.block_size {
-                    c.arg("--block-size").arg(bs);
-                }
+                c.args(&self.init_args);
             }
             Kind::Restic => {
                 c.arg("init");

@@ -12,15 +12,38 @@ thread_local! {
 }
 
 /// Encodes `raw` for storage. Compression is kept only when it makes the object smaller;
-/// otherwise the raw bytes are stored with [`Codec::None`]. Reuses a per-thread zstd context
-/// (creating one per block would dominate small-block backups).
+/// otherwise the raw bytes are stored with [`Codec::None`]. Allocates the compressed copy;
+/// [`compress_into`] is the allocation-free form.
 pub fn encode_object(
     kind: ObjectKind,
     digest: ChunkDigest,
     raw: &[u8],
     compression: Compression,
 ) -> (ObjectInfo, Cow<'_, [u8]>) {
-    let compressed = match compression.codec {
+    // Room for strictly less than the input: zstd gives up as soon as the output would not
+    // be smaller, and nothing bigger than the block is ever allocated.
+    let mut out = vec![0u8; raw.len().saturating_sub(1)];
+    let stored = match compress_into(raw, compression, &mut out) {
+        Some(len) => {
+            out.truncate(len);
+            Cow::Owned(out)
+        }
+        None => Cow::Borrowed(raw),
+    };
+    (
+        stored_info(kind, digest, raw.len(), &stored, stored.len() < raw.len()),
+        stored,
+    )
+}
+
+/// Compresses `raw` into `out` with `compression`; returns the compressed length, or `None`
+/// when the object is to be stored raw (no compression configured, or the result would not
+/// be strictly smaller than `raw` or would not fit `out`). Reuses a per-thread zstd context
+/// (creating one per block would dominate small-block backups).
+pub fn compress_into(raw: &[u8], compression: Compression, out: &mut [u8]) -> Option<usize> {
+    let room = out.len().min(raw.len().saturating_sub(1));
+    let out = out.get_mut(..room)?;
+    match compression.codec {
         Codec::None => None,
         Codec::Zstd => COMPRESSOR.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -33,25 +56,31 @@ pub fn encode_object(
                     .map(|c| (compression.level, c));
             }
             let (_, c) = slot.as_mut()?;
-            // Room for strictly less than the input: zstd gives up as soon as the output
-            // would not be smaller, and nothing bigger than the block is ever allocated.
-            let mut out = Vec::with_capacity(raw.len().saturating_sub(1));
-            c.compress_to_buffer(raw, &mut out).ok().map(|_| out)
+            // Fails (quickly) when the output would not fit: then the block is stored raw.
+            c.compress_to_buffer(raw, out)
+                .ok()
+                .filter(|&n| n < raw.len())
         }),
-    };
-    let (codec, stored) = match compressed {
-        Some(c) if c.len() < raw.len() => (Codec::Zstd, Cow::Owned(c)),
-        _ => (Codec::None, Cow::Borrowed(raw)),
-    };
-    let info = ObjectInfo {
+    }
+}
+
+/// The record header of an object whose stored form is `stored` (`compressed`: zstd, else
+/// the raw bytes themselves).
+pub fn stored_info(
+    kind: ObjectKind,
+    digest: ChunkDigest,
+    raw_len: usize,
+    stored: &[u8],
+    compressed: bool,
+) -> ObjectInfo {
+    ObjectInfo {
         kind,
-        codec,
+        codec: if compressed { Codec::Zstd } else { Codec::None },
         digest,
-        raw_len: raw.len() as u32,
+        raw_len: raw_len as u32,
         stored_len: stored.len() as u32,
-        stored_crc: crc32c::crc32c(&stored),
-    };
-    (info, stored)
+        stored_crc: crc32c::crc32c(stored),
+    }
 }
 
 /// Decodes stored bytes back to raw bytes, refusing to produce more than `raw_len` bytes
@@ -79,5 +108,47 @@ pub fn decode_stored(codec: Codec, stored: Vec<u8>, raw_len: u32) -> Result<Vec<
             "decoded to {} bytes, expected {raw_len}",
             raw.len()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{compress_into, decode_stored, encode_object};
+    use tessera_format::{ChunkDigest, Codec, Compression, ObjectKind};
+
+    const ZSTD: Compression = Compression {
+        codec: Codec::Zstd,
+        level: 3,
+    };
+
+    fn random(len: usize) -> Vec<u8> {
+        (0..len).map(|_| rand::random::<u8>()).collect()
+    }
+
+    #[test]
+    fn compressible_bytes_compress_into_the_slot_and_decode_back() {
+        let raw: Vec<u8> = b"tessera ".iter().copied().cycle().take(65536).collect();
+        let mut slot = vec![0u8; raw.len()];
+        let n = compress_into(&raw, ZSTD, &mut slot).expect("compresses");
+        assert!(n < raw.len() / 10);
+        let decoded = decode_stored(Codec::Zstd, slot[..n].to_vec(), 65536).unwrap();
+        assert_eq!(decoded, raw);
+    }
+
+    #[test]
+    fn incompressible_bytes_and_small_slots_are_stored_raw() {
+        let raw = random(65536);
+        let mut slot = vec![0u8; raw.len()];
+        assert_eq!(compress_into(&raw, ZSTD, &mut slot), None);
+        let text: Vec<u8> = b"abcd".iter().copied().cycle().take(4096).collect();
+        assert_eq!(compress_into(&text, ZSTD, &mut [0u8; 4]), None);
+        let none = Compression {
+            codec: Codec::None,
+            level: 0,
+        };
+        assert_eq!(compress_into(&text, none, &mut vec![0u8; 4096]), None);
+        let (info, stored) = encode_object(ObjectKind::Chunk, ChunkDigest::of(&raw), &raw, ZSTD);
+        assert_eq!((info.codec, &stored[..]), (Codec::None, &raw[..]));
+        assert_eq!(info.stored_crc, crc32c::crc32c(&raw));
     }
 }

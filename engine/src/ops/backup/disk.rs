@@ -21,7 +21,7 @@ use crate::progress::Progress;
 use crate::refcount::RefDeltas;
 use crate::repo::Repository;
 use crate::sources::BlockSource;
-use crate::store::encode::encode_object;
+use crate::store::encode::{compress_into, encode_object, stored_info};
 use crate::store::reader::read_object;
 use crate::store::session::WriteSession;
 
@@ -149,20 +149,25 @@ impl DiskBackup<'_, '_> {
     /// stored copy of every chunk the blocks reference and queues damaged ones for healing.
     pub fn store(&mut self, items: &[BlockItem<'_>]) -> Result<()> {
         let (session, checked) = (&*self.session, &*self.checked);
-        let prepared = prepare_chunks(self.repo, items, self.key, |d| {
-            session.is_pending(ObjectKind::Chunk, &d.0) || checked.contains(d)
-        })?;
-        self.absorb(items, prepared)
+        let prepared = prepare_chunks(
+            self.repo,
+            items,
+            self.key,
+            |d| session.is_pending(ObjectKind::Chunk, &d.0) || checked.contains(d),
+            Vec::new(),
+        )?;
+        self.absorb(items, &prepared)
     }
 
     /// Takes in what [`prepare_chunks`] found for `items`: appends the new chunks to the
     /// session (skipping any another batch appended meanwhile), counts, and queues damaged
     /// chunks for healing.
-    pub fn absorb(&mut self, items: &[BlockItem<'_>], prepared: PreparedChunks) -> Result<()> {
+    pub fn absorb(&mut self, items: &[BlockItem<'_>], prepared: &PreparedChunks) -> Result<()> {
         let compression = self.repo.config().compression;
         self.stats.zero_blocks += prepared.zero_blocks;
-        for (info, stored) in &prepared.encoded {
-            if self.session.add(info, stored)? {
+        for chunk in &prepared.encoded {
+            let info = &chunk.info;
+            if self.session.add(info, prepared.stored(chunk, items))? {
                 self.stats.new_chunks += 1;
                 self.stats.new_raw_bytes += u64::from(info.raw_len);
                 self.stats.new_stored_bytes += u64::from(info.stored_len);
@@ -177,7 +182,7 @@ impl DiskBackup<'_, '_> {
                 self.healed += 1;
             }
         }
-        self.checked.extend(prepared.checked);
+        self.checked.extend(prepared.checked.iter().copied());
         // Re-home a pack's worth at a time: a lost pack must not be held in memory whole.
         let queued: usize = self.heal.iter().map(|(_, s)| s.len()).sum();
         if queued as u64 >= crate::store::session::TARGET_PACK_SIZE {
@@ -264,11 +269,26 @@ impl DiskBackup<'_, '_> {
     }
 }
 
+/// One new chunk, encoded: its record header and where its stored bytes are.
+pub struct EncodedChunk {
+    /// The record header.
+    pub info: ObjectInfo,
+    /// The item (block) it encodes.
+    pub item: usize,
+    /// Its compressed bytes in [`PreparedChunks::arena`]; `None`: stored raw (the item's
+    /// own bytes, not copied).
+    pub compressed: Option<std::ops::Range<usize>>,
+}
+
 /// What [`prepare_chunks`] found for a set of blocks.
 #[derive(Default)]
 pub struct PreparedChunks {
     /// Chunks the index does not have, encoded for storage.
-    pub encoded: Vec<(ObjectInfo, Vec<u8>)>,
+    pub encoded: Vec<EncodedChunk>,
+    /// The compressed bytes of `encoded`, one block-sized slot per chunk. Reused across
+    /// batches (see [`prepare_chunks`]): a fresh allocation per chunk cost a page fault per
+    /// 4 KiB written and a copy of every incompressible block.
+    pub arena: Vec<u8>,
     /// All-zero blocks.
     pub zero_blocks: u64,
     /// Key backups: items whose stored chunk is damaged or missing.
@@ -277,18 +297,33 @@ pub struct PreparedChunks {
     pub checked: Vec<ChunkDigest>,
 }
 
+impl PreparedChunks {
+    /// The stored bytes of `chunk`, one of `self.encoded` for `items`.
+    pub fn stored<'s>(&'s self, chunk: &EncodedChunk, items: &[BlockItem<'s>]) -> &'s [u8] {
+        match &chunk.compressed {
+            Some(range) => self.arena.get(range.clone()).unwrap_or_default(),
+            None => items.get(chunk.item).map_or(&[][..], |it| it.data),
+        }
+    }
+}
+
 /// The thread-safe part of storing blocks: finds (one batched index lookup) which chunks
 /// the store lacks and encodes them; in a key backup also reads back the stored copy of
 /// every other chunk with every check. `skip` names digests already handled elsewhere
-/// (pending in the session, already checked). Writes nothing.
+/// (pending in the session, already checked). `arena` is a buffer to reuse for the
+/// compressed bytes (its contents do not matter). Writes nothing.
 pub fn prepare_chunks(
     repo: &Repository,
     items: &[BlockItem<'_>],
     key: bool,
     skip: impl Fn(&ChunkDigest) -> bool,
+    arena: Vec<u8>,
 ) -> Result<PreparedChunks> {
     let compression = repo.config().compression;
-    let mut out = PreparedChunks::default();
+    let mut out = PreparedChunks {
+        arena,
+        ..PreparedChunks::default()
+    };
     let mut seen = HashSet::new();
     let mut candidates: Vec<usize> = Vec::new();
     for (i, it) in items.iter().enumerate() {
@@ -334,12 +369,38 @@ pub fn prepare_chunks(
             }
         }
     }
-    out.encoded = new
-        .par_iter()
-        .map(|(i, _)| {
+    // One slot per new chunk, as long as the longest block: jobs compress side by side.
+    let slot = items
+        .iter()
+        .map(|it| it.data.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let needed = slot * new.len();
+    if out.arena.len() < needed {
+        out.arena.resize(needed, 0);
+    }
+    out.encoded = out.arena[..needed]
+        .par_chunks_mut(slot)
+        .zip(new.par_iter())
+        .enumerate()
+        .map(|(n, (room, (i, _)))| {
             let it = &items[*i];
-            let (info, stored) = encode_object(ObjectKind::Chunk, it.digest, it.data, compression);
-            (info, stored.into_owned())
+            let compressed = compress_into(it.data, compression, room);
+            let stored = compressed.map_or(it.data, |len| &room[..len]);
+            let info = stored_info(
+                ObjectKind::Chunk,
+                it.digest,
+                it.data.len(),
+                stored,
+                compressed.is_some(),
+            );
+            let start = n * slot;
+            EncodedChunk {
+                info,
+                item: *i,
+                compressed: compressed.map(|len| start..start + len),
+            }
         })
         .collect();
     Ok(out)

@@ -7,7 +7,8 @@
 //! for hashing. Here up to `2 × threads + 1` batches are in flight and the only serial work
 //! is appending already-encoded bytes.
 //!
-//! Memory: at most `in flight + 1` batch buffers (8 MiB each) plus their encoded chunks.
+//! Memory: at most `in flight + 1` batch buffers (8 MiB each), each with an arena of the
+//! same size for its compressed chunks; both are reused from batch to batch.
 //!
 //! Correctness: a job decides "new" from the index alone; two jobs may both encode a chunk
 //! that appears in both their batches, and [`crate::store::session::WriteSession::add`]
@@ -45,14 +46,14 @@ fn prepare_batch(
     source: &dyn BlockSource,
     key: bool,
     (first_block, offset, bs): (u64, u64, u64),
-    mut buf: Vec<u8>,
+    (mut buf, arena): (Vec<u8>, Vec<u8>),
     references: Vec<Option<ChunkDigest>>,
 ) -> Result<Prepared> {
     let read = source.read_at(offset, &mut buf)?;
     let digests: Vec<ChunkDigest> = buf.chunks(bs as usize).map(digest_of).collect();
     let chunks = {
         let items = items_of(first_block, bs, &buf, &digests, &references);
-        prepare_chunks(repo, &items, key, |_| false)?
+        prepare_chunks(repo, &items, key, |_| false, arena)?
     };
     Ok(Prepared {
         first_block,
@@ -101,7 +102,7 @@ impl DiskBackup<'_, '_> {
         let max_in_flight = 2 * rayon::current_num_threads() as u64 + 1;
         let (repo, key) = (self.repo, self.key);
         let (tx, rx) = std::sync::mpsc::channel::<(u64, Result<Prepared>)>();
-        let mut pool: Vec<Vec<u8>> = Vec::new();
+        let mut pool: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut ready: BTreeMap<u64, Result<Prepared>> = BTreeMap::new();
         let outcome: Result<()> = rayon::in_place_scope(|scope| {
             let mut outcome = Ok(());
@@ -130,14 +131,14 @@ impl DiskBackup<'_, '_> {
                     if outcome.is_err() {
                         break;
                     }
-                    let mut buf = pool.pop().unwrap_or_default();
+                    let (mut buf, arena) = pool.pop().unwrap_or_default();
                     buf.resize((n * bs).min(size - offset) as usize, 0);
                     let tx = tx.clone();
                     let seq = submitted;
                     scope.spawn(move |_| {
                         // Every job must send, or the loop below would wait forever.
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            prepare_batch(repo, source, key, (block, offset, bs), buf, references)
+                            prepare_batch(repo, source, key, (block, offset, bs), (buf, arena), references)
                         }))
                         .unwrap_or_else(|_| {
                             Err(Error::InvalidArgument(format!(
@@ -164,9 +165,9 @@ impl DiskBackup<'_, '_> {
                     absorbed += 1;
                     if outcome.is_ok() {
                         outcome = r.and_then(|p| {
-                            let buf =
+                            let buffers =
                                 self.absorb_batch(p, drift_extents, reference.as_ref(), progress)?;
-                            pool.push(buf);
+                            pool.push(buffers);
                             Ok(())
                         });
                     }
@@ -178,25 +179,25 @@ impl DiskBackup<'_, '_> {
         self.finish_partial_page()
     }
 
-    /// Takes in one finished batch, in disk order; returns its buffer for reuse.
+    /// Takes in one finished batch, in disk order; returns its buffers for reuse.
     fn absorb_batch(
         &mut self,
         p: Prepared,
         drift_extents: Option<&[(u64, u64)]>,
         reference: Option<&ReferenceManifest<'_>>,
         progress: &dyn Progress,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
         let bs = u64::from(self.block_size);
         self.stats.bytes_read += p.read;
         let items = items_of(p.first_block, bs, &p.buf, &p.digests, &p.references);
         if let (Some(extents), Some(r)) = (drift_extents, reference) {
             self.find_drift(&items, extents, r);
         }
-        self.absorb(&items, p.chunks)?;
+        self.absorb(&items, &p.chunks)?;
         for d in &p.digests {
             self.push_digest(*d)?;
         }
         progress.advance(p.buf.len() as u64);
-        Ok(p.buf)
+        Ok((p.buf, p.chunks.arena))
     }
 }
