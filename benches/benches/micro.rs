@@ -1,5 +1,5 @@
 //! Criterion micro-benchmarks of the building blocks of a backup and a restore: hashing,
-//! compression, the zero check, index lookups and manifest pages. Each benchmark is kept
+//! compression, the zero check, index lookups, manifest pages and manifest diffs. Each benchmark is kept
 //! short (about 2 s of measurement) so the whole run takes well under two minutes:
 //!
 //! ```text
@@ -54,7 +54,7 @@ fn zstd_codec(c: &mut Criterion) {
     for (what, data) in &blocks {
         let digest = ChunkDigest::of(data);
         g.throughput(Throughput::Bytes(data.len() as u64));
-        for level in [1, 3] {
+        for level in [1, 2, 3] {
             let compression = Compression {
                 codec: Codec::Zstd,
                 level,
@@ -163,9 +163,81 @@ fn manifest_pages(c: &mut Criterion) {
     g.finish();
 }
 
+/// A sparse 16 GiB disk with one random 64 KiB block in every 32 MiB (so every manifest
+/// page differs from its neighbours), backed up twice: the second time after rewriting one
+/// block in every tenth page. `diff_disks` then reads 2 × 52 pages and skips the rest.
+fn manifest_diff(c: &mut Criterion) {
+    use std::os::unix::fs::FileExt;
+    use tessera_engine::ops::backup::{backup, BackupRequest, DeltaOptions, DiskSpec};
+    use tessera_engine::ops::diff::{diff_disks, DiskView};
+    use tessera_engine::{InitOptions, NoProgress, Repository};
+
+    const SIZE: u64 = 16 << 30;
+    const PAGE_SPAN: u64 = 32 << 20;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("disk.raw");
+    let file = std::fs::File::create(&image).expect("image");
+    file.set_len(SIZE).expect("size");
+    let write_blocks = |step: u64, seed: u64| {
+        for (n, offset) in (0..SIZE).step_by(step as usize).enumerate() {
+            let block = block_of(Kind::Random, 0, seed + n as u64, 64 * KIB);
+            file.write_all_at(&block, offset).expect("write");
+        }
+    };
+    let root = dir.path().join("repo");
+    Repository::init(
+        &root,
+        InitOptions {
+            compression: Compression {
+                codec: Codec::None,
+                level: 0,
+            },
+            ..InitOptions::default()
+        },
+    )
+    .expect("init");
+    let repo = Repository::open_writer(&root).expect("open");
+    let take = || {
+        let req = BackupRequest {
+            series: "diff".into(),
+            disks: vec![DiskSpec::new("d", &image)],
+            tags: Vec::new(),
+            block_size: None,
+            delta: DeltaOptions::default(),
+        };
+        backup(&repo, &req, &NoProgress).expect("backup").id
+    };
+    write_blocks(PAGE_SPAN, 1);
+    let from_id = take();
+    write_blocks(10 * PAGE_SPAN, 1_000_000);
+    let to_id = take();
+    let from = repo.load_snapshot(from_id).expect("load");
+    let to = repo.load_snapshot(to_id).expect("load");
+    let (from_disk, to_disk) = (
+        DiskView::of(&from, "d").expect("disk"),
+        DiskView::of(&to, "d").expect("disk"),
+    );
+    let diff = diff_disks(&repo, from_disk, to_disk).expect("diff");
+    eprintln!(
+        "manifest diff of a 16 GiB disk: {} pages read, {} skipped, {} blocks changed",
+        diff.pages_read,
+        diff.pages_skipped,
+        diff.changed.len()
+    );
+    let mut g = c.benchmark_group("manifest_diff_16GiB");
+    g.throughput(Throughput::Elements(SIZE / (64 * KIB) as u64));
+    g.bench_function("10%_of_pages_changed", |b| {
+        b.iter(|| diff_disks(&repo, black_box(from_disk), to_disk));
+    });
+    g.bench_function("identical", |b| {
+        b.iter(|| diff_disks(&repo, black_box(to_disk), to_disk));
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = micro;
     config = short();
-    targets = sha256, zstd_codec, zero_check, index_lookups, manifest_pages
+    targets = sha256, zstd_codec, zero_check, index_lookups, manifest_pages, manifest_diff
 }
 criterion_main!(micro);

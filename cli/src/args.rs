@@ -68,7 +68,7 @@ pub enum Command {
         #[arg(long, default_value = "64K")]
         block_size: String,
         /// Compression of new data: zstd:LEVEL (1-19), zstd, or none.
-        #[arg(long, default_value = "zstd:3")]
+        #[arg(long, default_value = "zstd:2")]
         compression: String,
     },
     /// Back up one or more disks into one snapshot.

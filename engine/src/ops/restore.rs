@@ -22,7 +22,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::index::ObjectEntry;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::store::reader::read_object;
+use crate::store::reader::read_object_into;
 
 /// What a restore did.
 #[derive(Debug, Clone)]
@@ -189,20 +189,20 @@ impl GroupContext<'_> {
                 kind: ObjectKind::Chunk,
                 digest: format!("{} (disk {}, offset {offset})", slot.digest, self.disk),
             })?;
-            let raw = read_object(
+            if location.raw_len as usize != len {
+                return Err(Error::InvalidArgument(format!(
+                    "chunk {} at offset {offset} holds {} bytes where the disk needs {len}",
+                    slot.digest, location.raw_len
+                )));
+            }
+            // Decoded and checked in place: no intermediate buffers.
+            read_object_into(
                 self.repo.backend(),
                 ObjectKind::Chunk,
                 &slot.digest.0,
                 &location,
+                dst,
             )?;
-            if raw.len() != len {
-                return Err(Error::InvalidArgument(format!(
-                    "chunk {} at offset {offset} holds {} bytes where the disk needs {len}",
-                    slot.digest,
-                    raw.len()
-                )));
-            }
-            dst.copy_from_slice(&raw);
             present[i] = true;
         }
         let mut runs = Vec::new();

@@ -86,28 +86,63 @@ pub fn stored_info(
 /// Decodes stored bytes back to raw bytes, refusing to produce more than `raw_len` bytes
 /// (no decompression bombs). Returns a reason string on failure.
 pub fn decode_stored(codec: Codec, stored: Vec<u8>, raw_len: u32) -> Result<Vec<u8>, String> {
+    match codec {
+        Codec::None => {
+            expect_len(stored.len(), raw_len as usize)?;
+            Ok(stored)
+        }
+        Codec::Zstd => decompress(&stored, raw_len),
+    }
+}
+
+/// Decompresses a zstd frame that must decode to exactly `raw_len` bytes (at most
+/// [`MAX_OBJECT_LEN`]; nothing longer is ever produced).
+pub fn decompress(stored: &[u8], raw_len: u32) -> Result<Vec<u8>, String> {
     if raw_len > MAX_OBJECT_LEN {
         return Err(format!("raw length {raw_len} exceeds {MAX_OBJECT_LEN}"));
     }
-    let raw = match codec {
-        Codec::None => stored,
-        Codec::Zstd => DECOMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
-            }
-            let d = slot.as_mut().ok_or("no zstd context")?;
-            d.decompress(&stored, raw_len as usize)
+    let raw = with_decompressor(|d| {
+        d.decompress(stored, raw_len as usize)
+            .map_err(|e| format!("zstd: {e}"))
+    })?;
+    expect_len(raw.len(), raw_len as usize)?;
+    Ok(raw)
+}
+
+/// Decodes stored bytes into `dst`, which must be exactly as long as the raw bytes (so
+/// nothing longer can be produced). Returns a reason string on failure.
+pub fn decode_into(codec: Codec, stored: &[u8], dst: &mut [u8]) -> Result<(), String> {
+    let len = match codec {
+        Codec::None => {
+            expect_len(stored.len(), dst.len())?;
+            dst.copy_from_slice(stored);
+            stored.len()
+        }
+        Codec::Zstd => with_decompressor(|d| {
+            d.decompress_to_buffer(stored, dst)
                 .map_err(|e| format!("zstd: {e}"))
         })?,
     };
-    if raw.len() == raw_len as usize {
-        Ok(raw)
+    expect_len(len, dst.len())
+}
+
+fn with_decompressor<R>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> Result<R, String>,
+) -> Result<R, String> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        f(slot.as_mut().ok_or("no zstd context")?)
+    })
+}
+
+fn expect_len(actual: usize, expected: usize) -> Result<(), String> {
+    if actual == expected {
+        Ok(())
     } else {
-        Err(format!(
-            "decoded to {} bytes, expected {raw_len}",
-            raw.len()
-        ))
+        Err(format!("decoded to {actual} bytes, expected {expected}"))
     }
 }
 

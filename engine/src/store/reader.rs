@@ -2,12 +2,12 @@
 //! length, and finally the SHA-256 of the raw bytes against the digest that named them.
 
 use tessera_format::pack::{decode_record_header, RECORD_HEADER_LEN};
-use tessera_format::{ChunkDigest, ObjectInfo, ObjectKind, PageDigest};
+use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind, PageDigest};
 
 use crate::backend::{Backend, Namespace};
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
-use crate::store::encode::decode_stored;
+use crate::store::encode::{decode_into, decompress};
 
 /// Reads and fully checks the object `digest` of `kind` at the location `entry` gives.
 pub fn read_object(
@@ -16,7 +16,41 @@ pub fn read_object(
     digest: &[u8; 32],
     entry: &ObjectEntry,
 ) -> Result<Vec<u8>> {
-    read_checked(backend, kind, digest, entry, false).map(|(_, raw, _)| raw)
+    let record = Record::read(backend, kind, digest, entry)?;
+    let (info, stored) = record.check()?;
+    if info.codec == Codec::None {
+        // The raw bytes are the record's own: drop the header in place, no second buffer.
+        record.check_raw(&info, stored)?;
+        let mut raw = record.buf;
+        raw.drain(..RECORD_HEADER_LEN);
+        return Ok(raw);
+    }
+    let raw = decompress(stored, info.raw_len).map_err(|reason| record.corrupt(reason))?;
+    record.check_digest(&raw)?;
+    Ok(raw)
+}
+
+/// Like [`read_object`], but decodes straight into `dst`, which must be exactly the
+/// object's raw length (the restore path: no intermediate buffers).
+pub fn read_object_into(
+    backend: &dyn Backend,
+    kind: ObjectKind,
+    digest: &[u8; 32],
+    entry: &ObjectEntry,
+    dst: &mut [u8],
+) -> Result<()> {
+    let record = Record::read(backend, kind, digest, entry)?;
+    let (info, stored) = record.check()?;
+    if info.raw_len as usize != dst.len() {
+        return Err(Error::InvalidArgument(format!(
+            "{kind:?} {} holds {} bytes where {} are needed",
+            hex::encode(digest),
+            info.raw_len,
+            dst.len()
+        )));
+    }
+    decode_into(info.codec, stored, dst).map_err(|reason| record.corrupt(reason))?;
+    record.check_digest(dst)
 }
 
 /// Like [`read_object`], but returns the record's info and stored bytes (after the same
@@ -27,70 +61,115 @@ pub fn read_stored(
     digest: &[u8; 32],
     entry: &ObjectEntry,
 ) -> Result<(ObjectInfo, Vec<u8>)> {
-    let (info, _, stored) = read_checked(backend, kind, digest, entry, true)?;
-    Ok((info, stored.unwrap_or_default()))
+    let record = Record::read(backend, kind, digest, entry)?;
+    let (info, stored) = record.check()?;
+    match info.codec {
+        Codec::None => record.check_raw(&info, stored)?,
+        Codec::Zstd => {
+            let raw = decompress(stored, info.raw_len).map_err(|reason| record.corrupt(reason))?;
+            record.check_digest(&raw)?;
+        }
+    }
+    let mut stored = record.buf;
+    stored.drain(..RECORD_HEADER_LEN);
+    Ok((info, stored))
 }
 
-/// Reads and checks an object; returns its info, raw bytes, and (if `keep_stored`) a copy
-/// of its stored bytes.
-fn read_checked(
-    backend: &dyn Backend,
+/// One record as read from its pack (header and stored bytes), with what it should be.
+struct Record<'a> {
     kind: ObjectKind,
-    digest: &[u8; 32],
-    entry: &ObjectEntry,
-    keep_stored: bool,
-) -> Result<(ObjectInfo, Vec<u8>, Option<Vec<u8>>)> {
-    let corrupt = |reason: String| Error::ObjectCorrupt {
-        kind,
-        digest: hex::encode(digest),
-        pack: entry.pack,
-        offset: entry.offset,
-        reason,
-    };
-    let len = RECORD_HEADER_LEN + entry.stored_len as usize;
-    let mut buf =
-        match backend.read_range(Namespace::Packs, &entry.pack.to_hex(), entry.offset, len) {
-            Ok(b) => b,
+    digest: &'a [u8; 32],
+    entry: &'a ObjectEntry,
+    buf: Vec<u8>,
+}
+
+impl<'a> Record<'a> {
+    fn read(
+        backend: &dyn Backend,
+        kind: ObjectKind,
+        digest: &'a [u8; 32],
+        entry: &'a ObjectEntry,
+    ) -> Result<Self> {
+        let len = RECORD_HEADER_LEN + entry.stored_len as usize;
+        let read = backend.read_range(Namespace::Packs, &entry.pack.to_hex(), entry.offset, len);
+        let record = |buf| Record {
+            kind,
+            digest,
+            entry,
+            buf,
+        };
+        match read {
+            Ok(buf) => Ok(record(buf)),
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(corrupt(
-                    "pack is shorter than the record (truncated)".into(),
-                ))
+                Err(record(Vec::new())
+                    .corrupt("pack is shorter than the record (truncated)".into()))
             }
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::ObjectMissing {
+                Err(Error::ObjectMissing {
                     kind,
                     digest: format!("{} (pack {} is missing)", hex::encode(digest), entry.pack),
                 })
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn corrupt(&self, reason: String) -> Error {
+        Error::ObjectCorrupt {
+            kind: self.kind,
+            digest: hex::encode(self.digest),
+            pack: self.entry.pack,
+            offset: self.entry.offset,
+            reason,
+        }
+    }
+
+    /// Checks the record header against what was asked for and the stored bytes' CRC;
+    /// returns the header and the stored bytes.
+    fn check(&self) -> Result<(ObjectInfo, &[u8])> {
+        let info = decode_record_header(&self.buf).map_err(|e| self.corrupt(e.to_string()))?;
+        if info.kind != self.kind
+            || info.digest.as_bytes() != self.digest
+            || info.stored_len != self.entry.stored_len
+        {
+            return Err(self.corrupt(format!(
+                "record header names {:?} {} instead",
+                info.kind, info.digest
+            )));
+        }
+        let stored = self.buf.get(RECORD_HEADER_LEN..).unwrap_or_default();
+        let crc = crc32c::crc32c(stored);
+        if crc != info.stored_crc {
+            return Err(self.corrupt(format!(
+                "stored bytes checksum {crc:08x} != {:08x}",
+                info.stored_crc
+            )));
+        }
+        Ok((info, stored))
+    }
+
+    /// Checks a record stored raw: its length and its digest.
+    fn check_raw(&self, info: &ObjectInfo, stored: &[u8]) -> Result<()> {
+        if stored.len() != info.raw_len as usize {
+            return Err(self.corrupt(format!(
+                "decoded to {} bytes, expected {}",
+                stored.len(),
+                info.raw_len
+            )));
+        }
+        self.check_digest(stored)
+    }
+
+    /// Checks that `raw` hashes to the digest that named the object.
+    fn check_digest(&self, raw: &[u8]) -> Result<()> {
+        let actual = match self.kind {
+            ObjectKind::Chunk => ChunkDigest::of(raw).0,
+            ObjectKind::Page => PageDigest::of(raw).0,
         };
-    let info = decode_record_header(&buf).map_err(|e| corrupt(e.to_string()))?;
-    if info.kind != kind || info.digest.as_bytes() != digest || info.stored_len != entry.stored_len
-    {
-        return Err(corrupt(format!(
-            "record header names {:?} {} instead",
-            info.kind, info.digest
-        )));
+        if &actual == self.digest {
+            Ok(())
+        } else {
+            Err(self.corrupt(format!("content hashes to {}", hex::encode(actual))))
+        }
     }
-    let stored = buf.split_off(RECORD_HEADER_LEN);
-    let crc = crc32c::crc32c(&stored);
-    if crc != info.stored_crc {
-        return Err(corrupt(format!(
-            "stored bytes checksum {crc:08x} != {:08x}",
-            info.stored_crc
-        )));
-    }
-    let stored_copy = keep_stored.then(|| stored.clone());
-    let raw = decode_stored(info.codec, stored, info.raw_len).map_err(corrupt)?;
-    let actual = match kind {
-        ObjectKind::Chunk => ChunkDigest::of(&raw).0,
-        ObjectKind::Page => PageDigest::of(&raw).0,
-    };
-    if &actual != digest {
-        return Err(corrupt(format!(
-            "content hashes to {}",
-            hex::encode(actual)
-        )));
-    }
-    Ok((info, raw, stored_copy))
 }
