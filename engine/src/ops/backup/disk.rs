@@ -152,7 +152,7 @@ impl DiskBackup<'_, '_> {
         let prepared = prepare_chunks(
             self.repo,
             items,
-            self.key,
+            (self.key, Cores::All),
             |d| session.is_pending(ObjectKind::Chunk, &d.0) || checked.contains(d),
             Vec::new(),
         )?;
@@ -307,6 +307,27 @@ impl PreparedChunks {
     }
 }
 
+/// Which threads [`prepare_chunks`] works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cores {
+    /// Spread the work over the thread pool: the caller is a single thread (delta backups).
+    All,
+    /// Only the calling thread: the caller already runs batches side by side on every core
+    /// (full reads). Splitting each batch again made a worker that finished its half wait
+    /// for the other's: 1.71 → 1.87 cores busy, 2.43–2.52 → 2.30–2.43 s for a 2 GiB image.
+    One,
+}
+
+impl Cores {
+    /// The `with_min_len` that gives this behaviour to a parallel iterator.
+    fn min_len(self) -> usize {
+        match self {
+            Cores::All => 1,
+            Cores::One => usize::MAX,
+        }
+    }
+}
+
 /// The thread-safe part of storing blocks: finds (one batched index lookup) which chunks
 /// the store lacks and encodes them; in a key backup also reads back the stored copy of
 /// every other chunk with every check. `skip` names digests already handled elsewhere
@@ -315,7 +336,7 @@ impl PreparedChunks {
 pub fn prepare_chunks(
     repo: &Repository,
     items: &[BlockItem<'_>],
-    key: bool,
+    (key, cores): (bool, Cores),
     skip: impl Fn(&ChunkDigest) -> bool,
     arena: Vec<u8>,
 ) -> Result<PreparedChunks> {
@@ -348,6 +369,7 @@ pub fn prepare_chunks(
         let backend = repo.backend();
         let results: Vec<Result<(usize, bool)>> = known
             .par_iter()
+            .with_min_len(cores.min_len())
             .filter_map(|(i, entry)| entry.as_ref().map(|e| (*i, e)))
             .map(|(i, entry)| {
                 match read_object(backend, ObjectKind::Chunk, &items[i].digest.0, entry) {
@@ -382,6 +404,7 @@ pub fn prepare_chunks(
     }
     out.encoded = out.arena[..needed]
         .par_chunks_mut(slot)
+        .with_min_len(cores.min_len())
         .zip(new.par_iter())
         .enumerate()
         .map(|(n, (room, (i, _)))| {

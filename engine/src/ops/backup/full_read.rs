@@ -23,7 +23,7 @@ use tessera_format::ChunkDigest;
 
 use crate::error::{Error, Result};
 use crate::ops::backup::disk::{
-    digest_of, prepare_chunks, BlockItem, DiskBackup, PreparedChunks, BATCH_BYTES,
+    digest_of, prepare_chunks, BlockItem, Cores, DiskBackup, PreparedChunks, BATCH_BYTES,
 };
 use crate::ops::backup::reference::ReferenceManifest;
 use crate::progress::Progress;
@@ -53,7 +53,7 @@ fn prepare_batch(
     let digests: Vec<ChunkDigest> = buf.chunks(bs as usize).map(digest_of).collect();
     let chunks = {
         let items = items_of(first_block, bs, &buf, &digests, &references);
-        prepare_chunks(repo, &items, key, |_| false, arena)?
+        prepare_chunks(repo, &items, (key, Cores::One), |_| false, arena)?
     };
     Ok(Prepared {
         first_block,
