@@ -154,32 +154,53 @@ pub struct PipelineDrain {
     failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Threads writing a pipeline's buffers. One synchronous 4 MiB `O_DIRECT` write at a time
+/// reached ~1.1 GB/s on the project machine, two at a time ~2.0 GB/s: the writes go to
+/// disjoint ranges, so their order does not matter.
+const DRAIN_WRITERS: usize = 2;
+
 impl PipelineDrain {
-    /// Writes submitted buffers in arrival order until the producer is dropped. Returns the
-    /// bytes written or the first error.
+    /// Writes submitted buffers (on [`DRAIN_WRITERS`] threads, in any order) until the
+    /// producer is dropped. Returns the bytes written or the first error; after an error the
+    /// buffers still arriving are received but not written, so producers never block.
     pub fn run(self, writer: &BlockWriter<'_>) -> std::io::Result<u64> {
-        let mut written = 0u64;
-        let mut first_error = None;
-        for (buf, runs) in self.rx {
-            if first_error.is_none() {
-                for (start, end, offset) in runs {
-                    let Some(data) = buf.get(start..end) else {
-                        continue;
-                    };
-                    if let Err(e) = writer.write_at(data, offset) {
-                        first_error = Some(e);
-                        self.failed
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
-                        break;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let rx = std::sync::Mutex::new(self.rx);
+        let written = AtomicU64::new(0);
+        let first_error: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
+        let next = || rx.lock().ok().and_then(|rx| rx.recv().ok());
+        let drain = || {
+            while let Some((buf, runs)) = next() {
+                if !self.failed.load(Ordering::Relaxed) {
+                    for (start, end, offset) in runs {
+                        let Some(data) = buf.get(start..end) else {
+                            continue;
+                        };
+                        if let Err(e) = writer.write_at(data, offset) {
+                            if let Ok(mut slot) = first_error.lock() {
+                                slot.get_or_insert(e);
+                            }
+                            self.failed.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                        written.fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
-                    written += data.len() as u64;
+                }
+                if let Ok(mut spare) = self.spare.lock() {
+                    spare.push(buf);
                 }
             }
-            if let Ok(mut spare) = self.spare.lock() {
-                spare.push(buf);
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..DRAIN_WRITERS {
+                scope.spawn(drain);
             }
+            drain();
+        });
+        match first_error.into_inner().ok().flatten() {
+            Some(e) => Err(e),
+            None => Ok(written.into_inner()),
         }
-        first_error.map_or(Ok(written), Err)
     }
 }
 
