@@ -95,10 +95,10 @@ impl<'f> BlockWriter<'f> {
 /// A run of bytes to write: `buf[start..end]` at file offset `offset`.
 pub type Run = (usize, usize, u64);
 
-/// Parallel producers, one writer: producers fill page-aligned buffers (taken with
+/// Parallel producers, dedicated writers: producers fill page-aligned buffers (taken with
 /// [`PipelineProducer::buffer`]) and [`PipelineProducer::submit`] them with the runs to write;
-/// the thread running [`PipelineDrain::run`] writes them through a [`BlockWriter`] and
-/// recycles the buffers. CPU work (reading, checking, decompressing) then overlaps the
+/// [`PipelineDrain::run`] writes them through a [`BlockWriter`] (on [`DRAIN_WRITERS`]
+/// threads) and recycles the buffers. CPU work (reading, checking, decompressing) then overlaps the
 /// synchronous `O_DIRECT` writes instead of alternating with them on the same threads.
 ///
 /// The drain ends when the producer is dropped and the queue is empty. After a write error

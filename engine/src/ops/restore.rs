@@ -253,7 +253,7 @@ pub(crate) fn locate(
 }
 
 /// Fills the groups of `slots` in parallel (rayon workers read, check and decompress into
-/// page-aligned buffers) and hands them to the pipeline's writer thread.
+/// page-aligned buffers) and hands them to the pipeline's writer threads.
 fn fill_groups(
     ctx: &GroupContext<'_>,
     producer: &PipelineProducer,
@@ -370,7 +370,7 @@ pub fn restore_disk(
         path: output.to_path_buf(),
     };
     progress.start(&format!("restore {disk}"), entry.size);
-    // One writer thread for the whole disk; workers fill buffers page by page.
+    // Writer threads for the whole disk; workers fill buffers several pages at a time.
     let (producer, drain) =
         write_pipeline((GROUP_BYTES.max(bs)) as usize, rayon::current_num_threads());
     let filled: Result<()> = std::thread::scope(|scope| {

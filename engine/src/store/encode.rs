@@ -9,10 +9,13 @@ use tessera_format::{ChunkDigest, Codec, Compression, ObjectInfo, ObjectKind};
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    /// Where [`encode_object`] compresses before copying out the result.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Encodes `raw` for storage. Compression is kept only when it makes the object smaller;
-/// otherwise the raw bytes are stored with [`Codec::None`]. Allocates the compressed copy;
+/// otherwise the raw bytes are stored with [`Codec::None`]. The compressed copy is allocated
+/// at its exact size (queues of encoded objects are bounded by their lengths);
 /// [`compress_into`] is the allocation-free form.
 pub fn encode_object(
     kind: ObjectKind,
@@ -20,16 +23,15 @@ pub fn encode_object(
     raw: &[u8],
     compression: Compression,
 ) -> (ObjectInfo, Cow<'_, [u8]>) {
-    // Room for strictly less than the input: zstd gives up as soon as the output would not
-    // be smaller, and nothing bigger than the block is ever allocated.
-    let mut out = vec![0u8; raw.len().saturating_sub(1)];
-    let stored = match compress_into(raw, compression, &mut out) {
-        Some(len) => {
-            out.truncate(len);
-            Cow::Owned(out)
+    let compressed = SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        if scratch.len() < raw.len() {
+            scratch.resize(raw.len(), 0);
         }
-        None => Cow::Borrowed(raw),
-    };
+        let room = scratch.get_mut(..raw.len())?;
+        compress_into(raw, compression, room).and_then(|len| room.get(..len).map(<[u8]>::to_vec))
+    });
+    let stored = compressed.map_or(Cow::Borrowed(raw), Cow::Owned);
     (
         stored_info(kind, digest, raw.len(), &stored, stored.len() < raw.len()),
         stored,

@@ -42,9 +42,8 @@ pub fn read_object_into(
     let record = Record::read(backend, kind, digest, entry)?;
     let (info, stored) = record.check()?;
     if info.raw_len as usize != dst.len() {
-        return Err(Error::InvalidArgument(format!(
-            "{kind:?} {} holds {} bytes where {} are needed",
-            hex::encode(digest),
+        return Err(record.corrupt(format!(
+            "record holds {} raw bytes where {} are needed",
             info.raw_len,
             dst.len()
         )));

@@ -79,6 +79,8 @@ pub struct DiskBackup<'a, 'r> {
     pub page: Vec<ChunkDigest>,
     pub stats: DiskStats,
     pub drift: Drift,
+    /// The compression arena of [`DiskBackup::store`], reused from call to call.
+    pub arena: Vec<u8>,
 }
 
 impl DiskBackup<'_, '_> {
@@ -154,9 +156,11 @@ impl DiskBackup<'_, '_> {
             items,
             (self.key, Cores::All),
             |d| session.is_pending(ObjectKind::Chunk, &d.0) || checked.contains(d),
-            Vec::new(),
+            std::mem::take(&mut self.arena),
         )?;
-        self.absorb(items, &prepared)
+        self.absorb(items, &prepared)?;
+        self.arena = prepared.arena;
+        Ok(())
     }
 
     /// Takes in what [`prepare_chunks`] found for `items`: appends the new chunks to the

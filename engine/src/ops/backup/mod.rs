@@ -227,6 +227,7 @@ pub fn backup(
             page: Vec::new(),
             stats: DiskStats::default(),
             drift: Drift::default(),
+            arena: Vec::new(),
         };
         let drift_extents = extents
             .as_deref()
