@@ -144,6 +144,28 @@ impl Connection {
     }
 
     /// Reads an error chunk's payload; returns the message for [`server_error`].
+    /// The chunks any structured reply may carry besides its own kinds: the closing empty
+    /// chunk, or an error (the first one is kept). Anything else breaks the protocol.
+    fn closing_or_error_chunk(
+        &mut self,
+        c: &Chunk,
+        what: &str,
+        server_err: &mut Option<(u32, String)>,
+    ) -> Result<()> {
+        match c.kind {
+            REPLY_TYPE_NONE if c.len == 0 && c.flags & REPLY_FLAG_DONE != 0 => Ok(()),
+            k if k & REPLY_FLAG_ERROR_TYPE != 0 => {
+                let e = self.error_payload(c, what)?;
+                server_err.get_or_insert(e);
+                Ok(())
+            }
+            k => Err(self.wire.bad(format!(
+                "{what}: unexpected reply chunk type {k} (length {}, flags 0x{:04x})",
+                c.len, c.flags
+            ))),
+        }
+    }
+
     fn error_payload(&mut self, c: &Chunk, what: &str) -> Result<(u32, String)> {
         if c.len < 6 || c.len > MAX_ERROR_PAYLOAD {
             return Err(self.wire.bad(format!(
@@ -198,17 +220,7 @@ impl Connection {
                         fetched += n;
                     }
                 }
-                REPLY_TYPE_NONE if c.len == 0 && c.flags & REPLY_FLAG_DONE != 0 => {}
-                k if k & REPLY_FLAG_ERROR_TYPE != 0 => {
-                    let e = self.error_payload(&c, &what)?;
-                    server_err.get_or_insert(e);
-                }
-                k => {
-                    return Err(self.wire.bad(format!(
-                        "{what}: unexpected reply chunk type {k} (length {}, flags 0x{:04x})",
-                        c.len, c.flags
-                    )))
-                }
+                _ => self.closing_or_error_chunk(&c, &what, &mut server_err)?,
             }
             if c.flags & REPLY_FLAG_DONE != 0 {
                 if let Some((errno, msg)) = server_err {
@@ -359,17 +371,7 @@ impl Connection {
                     }
                     *slot = Some(d);
                 }
-                REPLY_TYPE_NONE if c.len == 0 && c.flags & REPLY_FLAG_DONE != 0 => {}
-                k if k & REPLY_FLAG_ERROR_TYPE != 0 => {
-                    let e = self.error_payload(&c, &what)?;
-                    server_err.get_or_insert(e);
-                }
-                k => {
-                    return Err(self.wire.bad(format!(
-                        "{what}: unexpected reply chunk type {k} (length {})",
-                        c.len
-                    )))
-                }
+                _ => self.closing_or_error_chunk(&c, &what, &mut server_err)?,
             }
             if c.flags & REPLY_FLAG_DONE != 0 {
                 if let Some((errno, msg)) = server_err {
