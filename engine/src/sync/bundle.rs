@@ -34,7 +34,7 @@ use super::bundle_manifest::{
 };
 use super::flat_dir::FlatDir;
 use super::sink::{block_sizes, decode_snapshot, LocalSink};
-use super::source::{ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
+use super::source::{Catalog, ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
 use super::{Selection, SyncOptions, SyncReport};
 
 /// What an export wrote.
@@ -70,7 +70,7 @@ pub fn export(
     std::fs::create_dir_all(out)
         .map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
     let flat = FlatDir::new(out);
-    let selected = selection.select(&ObjectSource::snapshots(repo)?)?;
+    let selected = selection.select(&Catalog::snapshots(repo)?)?;
     let mut w = BundleWriter {
         repo,
         flat: &flat,
@@ -382,7 +382,7 @@ fn check_files(dir: &Path, manifest: &Manifest, progress: &dyn Progress) -> Resu
     Ok(())
 }
 
-impl ObjectSource for Bundle {
+impl Catalog for Bundle {
     fn describe(&self) -> String {
         format!("seed bundle {}", self.dir.display())
     }
@@ -395,7 +395,9 @@ impl ObjectSource for Bundle {
     fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
         Ok(self.snapshots.iter().map(|(s, _)| s.clone()).collect())
     }
+}
 
+impl ObjectSource for Bundle {
     fn snapshot_bytes(&self, id: SnapshotId) -> Result<Vec<u8>> {
         self.snapshots
             .iter()

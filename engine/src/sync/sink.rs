@@ -14,16 +14,10 @@ use crate::repo::Repository;
 use crate::store::session::WriteSession;
 
 use super::checked::CheckedObject;
-use super::source::{ObjectSource, SnapshotSummary};
+use super::source::{Catalog, SnapshotSummary};
 
 /// Receives objects and publishes snapshots.
-pub trait ObjectSink {
-    /// Name for messages.
-    fn describe(&self) -> String;
-    /// The chunk id scheme of the destination.
-    fn id_scheme(&self) -> Result<IdScheme>;
-    /// Published snapshots.
-    fn snapshots(&self) -> Result<Vec<SnapshotSummary>>;
+pub trait ObjectSink: Catalog {
     /// For each digest, whether the destination already holds it (durably, or pending in
     /// this session).
     fn contains_many(&mut self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<bool>>;
@@ -63,19 +57,21 @@ impl<'r> LocalSink<'r> {
     }
 }
 
-impl ObjectSink for LocalSink<'_> {
+impl Catalog for LocalSink<'_> {
     fn describe(&self) -> String {
         self.repo.describe()
     }
 
     fn id_scheme(&self) -> Result<IdScheme> {
-        Ok(self.repo.config().id_scheme)
+        self.repo.id_scheme()
     }
 
     fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
-        ObjectSource::snapshots(self.repo)
+        self.repo.snapshots()
     }
+}
 
+impl ObjectSink for LocalSink<'_> {
     fn contains_many(&mut self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<bool>> {
         let known = self.repo.index().contains_many(kind, digests)?;
         let session = self.session.as_ref();
@@ -123,7 +119,7 @@ pub fn publish_checked(repo: &Repository, bytes: &[u8]) -> Result<SnapshotId> {
     if repo.index().has_snapshot(id)? {
         return Ok(id);
     }
-    let known = block_sizes(&ObjectSource::snapshots(repo)?);
+    let known = block_sizes(&Catalog::snapshots(repo)?);
     check_block_sizes(&known, &SnapshotSummary::of(id, &snapshot.header))?;
     let mut refs = RefDeltas::default();
     let mut seen: HashSet<PageDigest> = HashSet::new();

@@ -41,14 +41,18 @@ impl SnapshotSummary {
 /// One object as a source hands it over: its record info and stored bytes (unverified).
 pub type StoredObject = (ObjectInfo, Vec<u8>);
 
-/// A source of snapshots and objects (see the module docs: all of it is untrusted).
-pub trait ObjectSource {
+/// What both ends of a transfer tell about themselves.
+pub trait Catalog {
     /// Human-readable name for messages (a path or URL).
     fn describe(&self) -> String;
-    /// The chunk id scheme of the source's digests.
+    /// The chunk id scheme of its digests.
     fn id_scheme(&self) -> Result<IdScheme>;
     /// Published snapshots, oldest first.
     fn snapshots(&self) -> Result<Vec<SnapshotSummary>>;
+}
+
+/// A source of snapshots and objects (see the module docs: all of it is untrusted).
+pub trait ObjectSource: Catalog {
     /// The bytes of a snapshot file.
     fn snapshot_bytes(&self, id: SnapshotId) -> Result<Vec<u8>>;
     /// Objects of `kind`, in the order asked. May return fewer than asked (a prefix: the
@@ -60,8 +64,7 @@ pub trait ObjectSource {
 /// Largest batch of stored bytes a source returns per call.
 pub const MAX_BATCH_BYTES: u64 = 64 << 20;
 
-/// Objects of a local repository, read with every check of [`read_stored`].
-impl ObjectSource for Repository {
+impl Catalog for Repository {
     fn describe(&self) -> String {
         self.root().display().to_string()
     }
@@ -78,7 +81,10 @@ impl ObjectSource for Repository {
             .map(|(id, h)| SnapshotSummary::of(*id, h))
             .collect())
     }
+}
 
+/// Objects of a local repository, read with every check of [`read_stored`].
+impl ObjectSource for Repository {
     fn snapshot_bytes(&self, id: SnapshotId) -> Result<Vec<u8>> {
         self.backend()
             .read_all(crate::backend::Namespace::Snapshots, &id.to_hex())

@@ -11,7 +11,7 @@ use tessera_format::{IdScheme, ObjectKind, SnapshotId};
 use crate::error::{Error, Result};
 use crate::sync::checked::CheckedObject;
 use crate::sync::sink::ObjectSink;
-use crate::sync::source::{ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
+use crate::sync::source::{Catalog, ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
 
 use super::tls::client_connector;
 use super::wire::{
@@ -161,7 +161,7 @@ fn transport_hint(url: &str, e: &ureq::Error) -> &'static str {
     }
 }
 
-impl ObjectSource for Remote {
+impl Catalog for Remote {
     fn describe(&self) -> String {
         self.base.clone()
     }
@@ -173,7 +173,9 @@ impl ObjectSource for Remote {
     fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
         self.catalog()
     }
+}
 
+impl ObjectSource for Remote {
     fn snapshot_bytes(&self, id: SnapshotId) -> Result<Vec<u8>> {
         self.call("GET", &format!("/v1/snapshots/{}", id.to_hex()), None)
     }
@@ -194,18 +196,6 @@ impl ObjectSource for Remote {
 }
 
 impl ObjectSink for Remote {
-    fn describe(&self) -> String {
-        self.base.clone()
-    }
-
-    fn id_scheme(&self) -> Result<IdScheme> {
-        self.scheme()
-    }
-
-    fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
-        self.catalog()
-    }
-
     fn contains_many(&mut self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(digests.len());
         for batch in digests.chunks(MAX_HAVE_DIGESTS) {

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::repo::{read_config, Repository};
 use crate::sync::checked::check_batch;
 use crate::sync::sink::{publish_checked, LocalSink, ObjectSink};
-use crate::sync::source::ObjectSource;
+use crate::sync::source::{Catalog, ObjectSource};
 
 use super::tls_front;
 use super::wire::{
@@ -171,7 +171,7 @@ fn handle(request: &mut Request, root: &Path) -> Reply {
         }
         (Method::Get, ["v1", "snapshots"]) => {
             let repo = Repository::open(root).map_err(fail)?;
-            let list: Vec<serde_json::Value> = ObjectSource::snapshots(&repo)
+            let list: Vec<serde_json::Value> = Catalog::snapshots(&repo)
                 .map_err(fail)?
                 .into_iter()
                 .map(|s| {
