@@ -259,6 +259,88 @@ fn key_backup_reports_drift_and_heals_damaged_chunks() {
     }
 }
 
+/// A key backup that finds more damage than one pack holds (the path that re-homes the queue
+/// of re-encoded chunks whenever it reaches the pack size): every chunk's stored bytes are
+/// damaged, the key backup rewrites all of them into at least two new packs, and the
+/// repository verifies clean and restores again.
+#[test]
+fn key_backup_heals_more_than_a_pack_of_damage() {
+    let (dir, repo, image, mut gen) = setup("heal_steps");
+    // 48 MiB of random data: stored raw, so the damaged chunks exceed one 32 MiB pack.
+    let size = 768 * BS;
+    make_image(
+        &image,
+        ImageSpec {
+            weights: (0, 0, 1),
+            ..ImageSpec::mixed(size)
+        },
+        &mut gen,
+    );
+    let plain = |extra: &[&str]| {
+        let mut args = vec![
+            "backup".to_string(),
+            repo.display().to_string(),
+            "--series".into(),
+            "vm".into(),
+            format!("d={}", image.display()),
+            "--json".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_string()));
+        tessera(&args).ok().json()
+    };
+    let first = plain(&[]);
+    let packs_before = pack_files(&repo);
+
+    // Flip one byte in the middle of every chunk's stored bytes (record headers stay intact).
+    let mut victims = Vec::new();
+    {
+        let r = tessera_engine::Repository::open(&repo).unwrap();
+        r.index()
+            .for_each_object(tessera_format::ObjectKind::Chunk, |_, e| {
+                victims.push((e.pack.to_hex(), e.offset, e.stored_len));
+                Ok(())
+            })
+            .unwrap();
+    }
+    assert!(victims.len() >= 700, "{} chunks", victims.len());
+    for (pack, offset, stored_len) in &victims {
+        let path = packs_before
+            .iter()
+            .find(|p| p.to_string_lossy().contains(pack.as_str()))
+            .unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let at =
+            offset + tessera_format::pack::RECORD_HEADER_LEN as u64 + u64::from(*stored_len) / 2;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    }
+    assert_ne!(verify(&repo).code, 0, "the damage must be detected");
+
+    let key = plain(&["--full"]);
+    let d = disk0(&key);
+    assert_eq!(d["mode"], "key", "{d}");
+    assert_eq!(
+        d["healed_chunks"].as_u64(),
+        Some(victims.len() as u64),
+        "{d}"
+    );
+    let new_packs = pack_files(&repo).len() - packs_before.len();
+    assert!(
+        new_packs >= 2,
+        "healed in one step: {new_packs} new pack(s)"
+    );
+
+    verify(&repo).ok();
+    let out = dir.path().join("restored");
+    restore(&repo, &snapshot_id(&first), &out, true).ok();
+    assert_same_file(&image, &out);
+}
+
 /// A list whose base is not the reference's state is refused before anything is written;
 /// `--fallback-full` reads the whole disk instead.
 #[test]
