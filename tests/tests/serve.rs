@@ -251,6 +251,58 @@ fn unauthorized_and_forged_requests_change_nothing() {
 }
 
 /// Records in every pack file, from the pack trailers (SPEC.md §4).
+/// Clients that stop in the middle of a request body (with and without the token) hold their
+/// own connections only: other clients are served meanwhile, and a push completes.
+#[test]
+fn stalled_clients_do_not_block_others() {
+    let mut gen = DataGen::new(seed("serve-stall"));
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    init_repo(&a, &[]);
+    init_repo(&b, &[]);
+    let disk = work.path().join("disk.img");
+    make_image(&disk, ImageSpec::mixed(4 * MIB), &mut gen);
+    backup_json(&a, "vm", &[("d0", &disk)]);
+    let token = work.path().join("token");
+    std::fs::write(&token, "t0ken").unwrap();
+    let server = serve(&b, &token);
+    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+
+    // Headers promising 1 MB, then 10 bytes, then silence (the connection stays open).
+    let mut stalled_body = TcpStream::connect(&addr).unwrap();
+    write!(
+        stalled_body,
+        "POST /v1/put/chunk HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer t0ken\r\nContent-Length: 1000000\r\n\r\n0123456789"
+    )
+    .unwrap();
+    // The same without the token (refused with 401, but its body is never sent).
+    let mut stalled_stranger = TcpStream::connect(&addr).unwrap();
+    write!(
+        stalled_stranger,
+        "POST /v1/put/chunk HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000000\r\n\r\n0123456789"
+    )
+    .unwrap();
+
+    // Bounded waits: a blocked server must fail the test, not hang it.
+    let (done, finished) = std::sync::mpsc::channel();
+    let url = server.url.clone();
+    let token_path = token.clone();
+    let source = a.to_str().unwrap().to_string();
+    std::thread::spawn(move || {
+        let info = http(&url, "GET", "/v1/info", Some("t0ken"), b"");
+        let pushed = sync(&source, &url, &token_path);
+        let _ = done.send((info, pushed.code));
+    });
+    let (info, code) = finished
+        .recv_timeout(std::time::Duration::from_secs(90))
+        .expect("the server answered nobody while a client stalled");
+    assert_eq!(info.0, 200, "{info:?}");
+    assert_eq!(code, 0, "push failed");
+    assert_eq!(list_ids(&a), list_ids(&b));
+    verify(&b).ok();
+    drop((stalled_body, stalled_stranger));
+}
+
 fn pack_records(repo: &Path) -> u64 {
     pack_files(repo)
         .iter()

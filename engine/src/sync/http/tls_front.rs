@@ -31,7 +31,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// (idle between requests, or a peer that vanished) is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The same while the client's last bytes are not answered yet: the server may be busy
-/// (requests are served one at a time; `publish` checks every object).
+/// (the repository work of requests runs one at a time; `publish` checks every object).
 #[expect(
     clippy::duration_suboptimal_units,
     reason = "Duration::from_hours needs Rust 1.91; the workspace's rust-version is 1.89"
