@@ -28,19 +28,25 @@ fn write_list(path: &Path, size: u64, base: &str, state: &str, extents: &[(u64, 
     fs::write(path, text).unwrap();
 }
 
-fn backup_with_list(repo: &Path, image: &Path, list: &Path, extra: &[&str]) -> Value {
+/// `tessera backup --json` of `image` as disk `d` of series `vm`, with `extra` arguments.
+fn backup_disk(repo: &Path, image: &Path, extra: &[&str]) -> Value {
     let mut args = vec![
         "backup".to_string(),
         repo.display().to_string(),
         "--series".into(),
         "vm".into(),
         format!("d={}", image.display()),
-        "--changes".into(),
-        format!("d={}", list.display()),
         "--json".into(),
     ];
     args.extend(extra.iter().map(|s| (*s).to_string()));
     tessera(&args).ok().json()
+}
+
+fn backup_with_list(repo: &Path, image: &Path, list: &Path, extra: &[&str]) -> Value {
+    let changes = format!("d={}", list.display());
+    let mut args = vec!["--changes", changes.as_str()];
+    args.extend_from_slice(extra);
+    backup_disk(repo, image, &args)
 }
 
 /// A scratch directory with an initialized `repo` and the path of `disk.raw` (not created),
@@ -276,19 +282,7 @@ fn key_backup_heals_more_than_a_pack_of_damage() {
         },
         &mut gen,
     );
-    let plain = |extra: &[&str]| {
-        let mut args = vec![
-            "backup".to_string(),
-            repo.display().to_string(),
-            "--series".into(),
-            "vm".into(),
-            format!("d={}", image.display()),
-            "--json".into(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_string()));
-        tessera(&args).ok().json()
-    };
-    let first = plain(&[]);
+    let first = backup_disk(&repo, &image, &[]);
     let packs_before = pack_files(&repo);
 
     // Flip one byte in the middle of every chunk's stored bytes (record headers stay intact).
@@ -321,7 +315,7 @@ fn key_backup_heals_more_than_a_pack_of_damage() {
     }
     assert_ne!(verify(&repo).code, 0, "the damage must be detected");
 
-    let key = plain(&["--full"]);
+    let key = backup_disk(&repo, &image, &["--full"]);
     let d = disk0(&key);
     assert_eq!(d["mode"], "key", "{d}");
     assert_eq!(

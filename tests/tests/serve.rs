@@ -32,6 +32,23 @@ fn sync(src: &str, dst: &str, token_file: &Path) -> Out {
     ])
 }
 
+/// A scratch directory with repository `a` holding one 4 MiB backup, an empty repository
+/// `b` served over HTTP, and the token file (content `token`).
+fn pushed_pair(test: &str, token: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, Served) {
+    let mut gen = DataGen::new(seed(test));
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    init_repo(&a, &[]);
+    init_repo(&b, &[]);
+    let disk = work.path().join("disk.img");
+    make_image(&disk, ImageSpec::mixed(4 * MIB), &mut gen);
+    backup_json(&a, "vm", &[("d0", &disk)]);
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let server = serve(&b, &token_file);
+    (work, a, b, token_file, server)
+}
+
 /// One raw HTTP/1.1 request; returns the status code and body.
 fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
     let addr = url.strip_prefix("http://").unwrap();
@@ -169,19 +186,9 @@ fn push_and_pull_over_http() {
 
 #[test]
 fn unauthorized_and_forged_requests_change_nothing() {
-    let mut gen = DataGen::new(seed("serve-refuse"));
-    let work = tempfile::tempdir().unwrap();
-    let (a, b) = (work.path().join("a"), work.path().join("b"));
-    init_repo(&a, &[]);
-    init_repo(&b, &[]);
-    let disk = work.path().join("disk.img");
-    make_image(&disk, ImageSpec::mixed(4 * MIB), &mut gen);
-    backup_json(&a, "vm", &[("d0", &disk)]);
-    let token = work.path().join("token");
-    std::fs::write(&token, "right-token").unwrap();
+    let (work, a, b, _token, server) = pushed_pair("serve-refuse", "right-token");
     let wrong = work.path().join("wrong");
     std::fs::write(&wrong, "wrong-token").unwrap();
-    let server = serve(&b, &token);
     let before = state(&b);
 
     // Wrong token through the CLI: refused with 401, nothing copied.
@@ -250,22 +257,11 @@ fn unauthorized_and_forged_requests_change_nothing() {
     verify(&b).ok();
 }
 
-/// Records in every pack file, from the pack trailers (SPEC.md §4).
 /// Clients that stop in the middle of a request body (with and without the token) hold their
 /// own connections only: other clients are served meanwhile, and a push completes.
 #[test]
 fn stalled_clients_do_not_block_others() {
-    let mut gen = DataGen::new(seed("serve-stall"));
-    let work = tempfile::tempdir().unwrap();
-    let (a, b) = (work.path().join("a"), work.path().join("b"));
-    init_repo(&a, &[]);
-    init_repo(&b, &[]);
-    let disk = work.path().join("disk.img");
-    make_image(&disk, ImageSpec::mixed(4 * MIB), &mut gen);
-    backup_json(&a, "vm", &[("d0", &disk)]);
-    let token = work.path().join("token");
-    std::fs::write(&token, "t0ken").unwrap();
-    let server = serve(&b, &token);
+    let (_work, a, b, token, server) = pushed_pair("serve-stall", "t0ken");
     let addr = server.url.strip_prefix("http://").unwrap().to_string();
 
     // Headers promising 1 MB, then 10 bytes, then silence (the connection stays open).
@@ -303,6 +299,7 @@ fn stalled_clients_do_not_block_others() {
     drop((stalled_body, stalled_stranger));
 }
 
+/// Records in every pack file, from the pack trailers (SPEC.md §4).
 fn pack_records(repo: &Path) -> u64 {
     pack_files(repo)
         .iter()
