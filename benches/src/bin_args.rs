@@ -71,3 +71,30 @@ pub fn tessera_path() -> PathBuf {
         PathBuf::from(given)
     }
 }
+
+/// Parses a size with an optional binary unit: `512M`, `2G`, `64K`, `64KiB` or bytes.
+///
+/// # Errors
+///
+/// When `s` is not a number with a known unit, or overflows.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    use anyhow::{bail, Context};
+
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size"))?;
+    let unit = unit.to_ascii_lowercase();
+    let mult: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => bail!("{s:?}: unknown unit (use K, M, G or T)"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("{s:?} is too large"))
+}

@@ -32,6 +32,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::json;
+use tessera_benches::bin_args::parse_size;
 use tessera_benches::datagen::Layout;
 use tessera_benches::measure::which;
 
@@ -108,26 +109,6 @@ struct Args {
     /// Also print the retention curves: forget cost with 10/100/1000 snapshots, compaction rate.
     #[arg(long)]
     retention: bool,
-}
-
-fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("{s:?} is not a size"))?;
-    let unit = unit.to_ascii_lowercase();
-    let mult: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        _ => bail!("{s:?}: unknown unit (use K, M, G or T)"),
-    };
-    n.checked_mul(mult)
-        .with_context(|| format!("{s:?} is too large"))
 }
 
 fn main() {
