@@ -16,6 +16,31 @@ impl std::fmt::Display for UsageError {
     }
 }
 
+/// TCP keepalive of a server's client connections (`serve`, `serve-nbd`).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct KeepaliveArg {
+    /// Seconds of silence before a client connection is probed (TCP keepalive). A client
+    /// that went away without closing (power loss, network cut) is dropped about twice this
+    /// long after its last bytes, and its thread and request slot are freed (at most 32767,
+    /// the kernel's limit).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = tessera_engine::net::DEFAULT_KEEPALIVE.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=32_767)
+    )]
+    pub keepalive: u64,
+}
+
+impl KeepaliveArg {
+    /// The engine's form.
+    pub fn get(self) -> tessera_engine::net::Keepalive {
+        tessera_engine::net::Keepalive {
+            idle: std::time::Duration::from_secs(self.keepalive),
+        }
+    }
+}
+
 /// How `backup` uses delta information (VHD differencing disks, qcow2 overlays, NBD dirty
 /// bitmaps, changed-block lists).
 #[derive(Debug, clap::Args)]
@@ -149,6 +174,8 @@ pub enum Command {
         /// Memory for decompressed chunks shared by all clients, in MiB.
         #[arg(long, default_value_t = 256)]
         cache_mib: u64,
+        #[command(flatten)]
+        keepalive: KeepaliveArg,
     },
     /// Export a snapshot's disk, or only its delta from a base snapshot, as raw, qcow2 or VHD.
     Export {

@@ -83,4 +83,6 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert (unencrypted).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub keepalive: crate::args::KeepaliveArg,
 }

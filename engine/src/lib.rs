@@ -36,6 +36,7 @@ pub mod index;
 pub mod ledger;
 pub mod lock;
 pub mod nbd;
+pub mod net;
 pub mod ops;
 pub mod progress;
 pub mod readers;

@@ -761,6 +761,52 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Makes the connection of `socket` vanish the way a client machine that loses power does:
+/// once the caller drops `socket`, it is gone here without a FIN or a reset (`TCP_REPAIR`,
+/// which needs CAP_NET_ADMIN: run the tests as root), so the server learns of it only by
+/// probing (TCP keepalive), and then gets a reset, as from a rebooted machine. Bytes still
+/// queued are never sent: write the last ones with `set_nodelay(true)` and give them a moment.
+///
+/// # Panics
+///
+/// When the kernel refuses repair mode.
+pub fn vanish(socket: &std::net::TcpStream) {
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::TcpRepair, &1)
+        .expect("TCP_REPAIR (needs CAP_NET_ADMIN: run the tests as root)");
+}
+
+/// After clients that hold every request slot of a server started with `--keepalive
+/// keepalive_secs` have vanished ([`vanish`]): asserts that the server turns work away
+/// (`status()` = 503) before the first keepalive probe, then answers again (200) within six
+/// times the keepalive time; returns how long that took.
+///
+/// # Panics
+///
+/// When either does not happen.
+pub fn slots_held_then_freed(keepalive_secs: u64, status: impl Fn() -> u16) -> Duration {
+    let vanished = Instant::now();
+    let held = loop {
+        let code = status();
+        if code == 503 || vanished.elapsed() > Duration::from_secs(keepalive_secs - 1) {
+            break code;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        held, 503,
+        "the vanished clients never held the request slots"
+    );
+    let deadline = Duration::from_secs(6 * keepalive_secs);
+    while status() != 200 {
+        assert!(
+            vanished.elapsed() < deadline,
+            "slots still held {deadline:?} after the clients vanished"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    vanished.elapsed()
+}
+
 /// A running `tessera serve`, killed on drop.
 pub struct Served {
     _child: KillOnDrop,

@@ -12,7 +12,8 @@ use tessera_format::pack::encode_record_header;
 use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind};
 use tessera_tests::{
     backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed,
-    start_serve, tessera, tessera_cmd, verify, DataGen, ImageSpec, KillOnDrop, Out, Served,
+    slots_held_then_freed, start_serve, tessera, tessera_cmd, vanish, verify, DataGen, ImageSpec,
+    KillOnDrop, Out, Served,
 };
 
 const MIB: u64 = 1 << 20;
@@ -297,6 +298,53 @@ fn stalled_clients_do_not_block_others() {
     assert_eq!(list_ids(&a), list_ids(&b));
     verify(&b).ok();
     drop((stalled_body, stalled_stranger));
+}
+
+/// A client whose machine loses power mid-request never closes its connection. Each such
+/// client holds one of the server's request slots; TCP keepalive (`--keepalive`, SPEC.md
+/// §22.3) must find it gone and free the slot (clients made to vanish by [`vanish`]).
+#[test]
+fn vanished_clients_release_their_slots() {
+    use tessera_engine::sync::http::server::MAX_REQUESTS;
+
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("r");
+    init_repo(&repo, &[]);
+    let token = work.path().join("token");
+    std::fs::write(&token, "t0ken").unwrap();
+    let keepalive = 4;
+    let server = start_serve(
+        &repo,
+        &token,
+        &["--keepalive".as_ref(), keepalive.to_string().as_ref()],
+    );
+    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    let info = || http(&server.url, "GET", "/v1/info", Some("t0ken"), b"").0;
+    assert_eq!(info(), 200);
+
+    let clients: Vec<TcpStream> = (0..MAX_REQUESTS)
+        .map(|_| {
+            let mut client = TcpStream::connect(&addr).unwrap();
+            client.set_nodelay(true).unwrap();
+            let request = format!(
+                "POST /v1/put/chunk HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer t0ken\r\nContent-Length: 1000000\r\n\r\n0123456789"
+            );
+            client.write_all(request.as_bytes()).unwrap();
+            // One connection at a time: tiny_http's thread pool can leave connections that
+            // arrive in a burst queued behind busy ones (never dispatched while those live).
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            client
+        })
+        .collect();
+    // Past the server's delayed acknowledgements (at most 200 ms): a packet arriving after
+    // a client vanished would be answered with a reset at once.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for client in clients {
+        vanish(&client);
+    }
+    let freed = slots_held_then_freed(keepalive, info);
+    eprintln!("slots freed {freed:?} after the clients vanished");
+    verify(&repo).ok();
 }
 
 /// Records in every pack file, from the pack trailers (SPEC.md §4).

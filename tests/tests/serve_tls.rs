@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tessera_tests::{
     backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed,
-    sha256_file, start_serve, tessera, tessera_cmd, verify, wait_until, DataGen, ImageSpec,
-    KillOnDrop, Out, Served,
+    sha256_file, slots_held_then_freed, start_serve, tessera, tessera_cmd, vanish, verify,
+    wait_until, DataGen, ImageSpec, KillOnDrop, Out, Served,
 };
 
 const MIB: u64 = 1 << 20;
@@ -463,4 +463,85 @@ fn stalled_handshakes_do_not_block_other_clients() {
     assert_eq!(list_ids(&mid), list_ids(&src));
     verify(&mid).ok();
     drop(stalled);
+}
+
+/// A TLS connection to `addr` that trusts `cert` (for `localhost`).
+fn tls_connect(addr: &str, cert: &Cert) -> openssl::ssl::SslStream<TcpStream> {
+    let mut builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+    builder.set_ca_file(&cert.cert).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    builder.build().connect("localhost", tcp).unwrap()
+}
+
+/// The status of one HTTPS request without a body.
+fn https_status(addr: &str, cert: &Cert, path: &str, token: &str) -> u16 {
+    let mut tls = tls_connect(addr, cert);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+/// The TLS relay waits up to an hour for the answer to a started request; a client that
+/// vanished mid-body (power loss: no FIN, no reset) must still free its request slot once
+/// TCP keepalive finds it gone (SPEC.md §22.3; the plain-HTTP case is in `serve.rs`).
+#[test]
+fn vanished_tls_clients_release_their_slots() {
+    use tessera_engine::sync::http::server::MAX_REQUESTS;
+
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("r");
+    init_repo(&repo, &[]);
+    let token = work.path().join("token");
+    std::fs::write(&token, "t0ken").unwrap();
+    let cert = localhost_cert(work.path());
+    let keepalive = 4;
+    let server = start_serve(
+        &repo,
+        &token,
+        &[
+            "--tls-cert".as_ref(),
+            cert.cert.as_os_str(),
+            "--tls-key".as_ref(),
+            cert.key.as_os_str(),
+            "--keepalive".as_ref(),
+            keepalive.to_string().as_ref(),
+        ],
+    );
+    let addr = server.url.strip_prefix("https://").unwrap().to_string();
+    let info = || https_status(&addr, &cert, "/v1/info", "t0ken");
+    assert_eq!(info(), 200);
+
+    let clients: Vec<_> = (0..MAX_REQUESTS)
+        .map(|_| {
+            let mut tls = tls_connect(&addr, &cert);
+            tls.write_all(
+                b"POST /v1/put/chunk HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer t0ken\r\nContent-Length: 1000000\r\n\r\n0123456789",
+            )
+            .unwrap();
+            // One connection at a time: tiny_http's thread pool can leave connections that
+            // arrive in a burst queued behind busy ones (never dispatched while those live).
+            std::thread::sleep(Duration::from_millis(50));
+            tls
+        })
+        .collect();
+    // Past the server's delayed acknowledgements (at most 200 ms): a packet arriving after
+    // a client vanished would be answered with a reset at once.
+    std::thread::sleep(Duration::from_millis(300));
+    for tls in clients {
+        vanish(tls.get_ref());
+    }
+    let freed = slots_held_then_freed(keepalive, info);
+    eprintln!("slots freed {freed:?} after the TLS clients vanished");
+    verify(&repo).ok();
 }

@@ -78,12 +78,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             listen,
             socket,
             cache_mib,
+            keepalive,
         } => serve_nbd::run(
             &repo,
             &snapshot,
             &listen,
             socket.as_deref(),
             cache_mib,
+            keepalive.get(),
             json,
         ),
         Command::Export {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tessera_engine::nbd::{Caches, Export, Server};
+use tessera_engine::net::{listen_tcp, Keepalive};
 use tessera_engine::Repository;
 
 use crate::output::print_json;
@@ -32,6 +33,7 @@ pub fn run(
     listen: &str,
     socket: Option<&Path>,
     cache_mib: u64,
+    keepalive: Keepalive,
     json: bool,
 ) -> Result<i32> {
     let repository = Arc::new(Repository::open(repo)?);
@@ -78,7 +80,7 @@ pub fn run(
             Box::new(move |n: &str| format!("nbd+unix:///{n}?socket={p2}")),
         )
     } else {
-        let l = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+        let l = listen_tcp(listen, keepalive).with_context(|| format!("listening on {listen}"))?;
         let addr = l.local_addr().context("reading the listening address")?;
         let a = addr.to_string();
         (

@@ -175,7 +175,7 @@ pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
         (None, None) => None,
         _ => return Err(UsageError("--tls-cert and --tls-key go together".into()).into()),
     };
-    let listener = bind(&args.listen, tls).map_err(refused)?;
+    let listener = bind(&args.listen, tls, args.keepalive.get()).map_err(refused)?;
     let url = listener.url();
     if json {
         print_json(&json!({ "ok": true, "listening": url }));

@@ -33,6 +33,7 @@ use tiny_http::{Method, Request, Response, Server};
 
 use crate::backend::Namespace;
 use crate::error::{Error, Result};
+use crate::net::{listen_tcp, Keepalive};
 use crate::repo::{read_config, Repository};
 use crate::sync::checked::check_batch;
 use crate::sync::sink::{publish_checked, LocalSink, ObjectSink};
@@ -60,26 +61,23 @@ impl Listener {
     }
 }
 
-/// Binds `listen` (e.g. `127.0.0.1:0`); with `tls` (see [`super::tls::server_config`]) it
-/// serves HTTPS only, through the relay of [`super::tls_front`] (started here).
-pub fn bind(listen: &str, tls: Option<SslAcceptor>) -> Result<Listener> {
+/// Binds `listen` (e.g. `127.0.0.1:0`) with TCP `keepalive` (see [`crate::net`]); with
+/// `tls` (see [`super::tls::server_config`]) it serves HTTPS only, through the relay of
+/// [`super::tls_front`] (started here).
+pub fn bind(listen: &str, tls: Option<SslAcceptor>, keepalive: Keepalive) -> Result<Listener> {
     let cannot = |e: &dyn std::fmt::Display| {
         Error::InvalidArgument(format!("cannot listen on {listen}: {e}"))
     };
+    let public = listen_tcp(listen, keepalive).map_err(|e| cannot(&e))?;
+    let addr = public.local_addr().map_err(|e| cannot(&e))?;
     let Some(acceptor) = tls else {
-        let server = Server::http(listen).map_err(|e| cannot(&e))?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| Error::InvalidArgument(format!("{listen} is not an IP address")))?;
+        let server = Server::from_listener(public, None).map_err(|e| cannot(&e))?;
         return Ok(Listener {
             server,
             addr,
             tls: false,
         });
     };
-    let public = std::net::TcpListener::bind(listen).map_err(|e| cannot(&e))?;
-    let addr = public.local_addr().map_err(|e| cannot(&e))?;
     let (inner, inner_addr) =
         tls_front::inner_listener().map_err(|e| Error::io("binding the relay's Unix socket", e))?;
     let server = Server::from_listener(inner, None).map_err(|e| cannot(&e))?;
