@@ -529,9 +529,6 @@ fn vanished_tls_clients_release_their_slots() {
                 b"POST /v1/put/chunk HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer t0ken\r\nContent-Length: 1000000\r\n\r\n0123456789",
             )
             .unwrap();
-            // One connection at a time: tiny_http's thread pool can leave connections that
-            // arrive in a burst queued behind busy ones (never dispatched while those live).
-            std::thread::sleep(Duration::from_millis(50));
             tls
         })
         .collect();

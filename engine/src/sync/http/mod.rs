@@ -16,10 +16,10 @@
 //! `KIND` is `chunk` or `page`. Records use the pack record header of SPEC.md §4.
 //!
 //! The same protocol runs over HTTPS when the server is given a certificate and key
-//! ([`tls`], [`tls_front`]).
+//! ([`tls`]). The server speaks HTTP/1.1 through [`http1`].
 
 pub mod client;
+pub mod http1;
 pub mod server;
 pub mod tls;
-pub mod tls_front;
 pub mod wire;

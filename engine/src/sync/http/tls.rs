@@ -4,8 +4,9 @@
 //! `--tls-key` (PEM private key, PKCS#8 or traditional) are checked here before the server
 //! starts, so a wrong file is named with what is wrong with it (no certificate in it, not a
 //! key, a key that does not belong to the certificate) instead of a bare OpenSSL error
-//! stack. They make an acceptor with Mozilla's "intermediate" settings (TLS 1.2 and 1.3)
-//! for the relay in [`super::tls_front`].
+//! stack. They make an acceptor with Mozilla's "intermediate" settings (TLS 1.2 and 1.3),
+//! used by each connection's thread in [`super::server`] (handshakes bounded by its
+//! timeouts: one silent peer cannot hold up the others).
 //!
 //! Client: `https://` URLs go through `native-tls` (OpenSSL on Linux) with certificate and
 //! host-name verification always on, TLS 1.2 or newer. The trusted roots are the system's,
