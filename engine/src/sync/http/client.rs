@@ -20,7 +20,20 @@ use super::wire::{
 };
 
 /// A repository served by `tessera serve`.
+///
+/// Pushes overlap: [`ObjectSink::put`] sends each batch of records on a thread of its own
+/// and returns, so that the next batch is read and checked here while the server checks
+/// and stores the previous one. At most one `put` request is in flight; every other call
+/// first waits for it and reports its failure, so a snapshot is published only after
+/// every object it needs has been acknowledged.
 pub struct Remote {
+    endpoint: Endpoint,
+    in_flight: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+/// Where and how requests go (cheap to clone: the agent shares its connection pool).
+#[derive(Clone)]
+struct Endpoint {
     base: String,
     token: String,
     agent: ureq::Agent,
@@ -48,12 +61,47 @@ impl Remote {
             )));
         };
         Ok(Self {
-            base: url.trim_end_matches('/').to_string(),
-            token: token.to_string(),
-            agent: agent.build(),
+            endpoint: Endpoint {
+                base: url.trim_end_matches('/').to_string(),
+                token: token.to_string(),
+                agent: agent.build(),
+            },
+            in_flight: None,
         })
     }
 
+    /// Waits for the `put` in flight, if any; its error, if it failed.
+    fn settle(&mut self) -> Result<()> {
+        match self.in_flight.take() {
+            None => Ok(()),
+            Some(put) => put.join().unwrap_or_else(|_| {
+                Err(Error::io(
+                    "sending a put request",
+                    std::io::Error::other("its thread panicked"),
+                ))
+            }),
+        }
+    }
+
+    /// Sends `body` as a `put` of `kind` on a thread of its own (after the previous one).
+    fn send_records(&mut self, kind: ObjectKind, body: Vec<u8>) -> Result<()> {
+        self.settle()?;
+        let endpoint = self.endpoint.clone();
+        self.in_flight = Some(std::thread::spawn(move || {
+            endpoint
+                .call("POST", &format!("/v1/put/{}", kind_name(kind)), Some(&body))
+                .map(drop)
+        }));
+        Ok(())
+    }
+
+    fn call(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
+        self.settle()?;
+        self.endpoint.call(method, path, body)
+    }
+}
+
+impl Endpoint {
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
         let url = format!("{}{path}", self.base);
         let req = self
@@ -136,11 +184,6 @@ impl Remote {
             .ok_or_else(|| Error::InvalidArgument(format!("{}: malformed info", self.base)))?;
         IdScheme::try_from(n).map_err(|e| Error::InvalidArgument(format!("{}: {e}", self.base)))
     }
-
-    fn send_records(&self, kind: ObjectKind, body: &[u8]) -> Result<()> {
-        self.call("POST", &format!("/v1/put/{}", kind_name(kind)), Some(body))
-            .map(drop)
-    }
 }
 
 /// What a failed connection most likely means, for the two mistakes TLS makes likely: an
@@ -163,34 +206,38 @@ fn transport_hint(url: &str, e: &ureq::Error) -> &'static str {
 
 impl Catalog for Remote {
     fn describe(&self) -> String {
-        self.base.clone()
+        self.endpoint.base.clone()
     }
 
     fn id_scheme(&self) -> Result<IdScheme> {
-        self.scheme()
+        self.endpoint.scheme()
     }
 
     fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
-        self.catalog()
+        self.endpoint.catalog()
     }
 }
 
 impl ObjectSource for Remote {
     fn snapshot_bytes(&self, id: SnapshotId) -> Result<Vec<u8>> {
-        self.call("GET", &format!("/v1/snapshots/{}", id.to_hex()), None)
+        self.endpoint
+            .call("GET", &format!("/v1/snapshots/{}", id.to_hex()), None)
     }
 
     fn get_objects(&self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<StoredObject>> {
         let ask = digests
             .get(..MAX_GET_DIGESTS.min(digests.len()))
             .unwrap_or(digests);
-        let body = self.call(
+        let body = self.endpoint.call(
             "POST",
             &format!("/v1/get/{}", kind_name(kind)),
             Some(&encode_digests(ask)),
         )?;
         decode_records(&body, kind).map_err(|e| {
-            Error::InvalidArgument(format!("{}: malformed object answer: {e}", self.base))
+            Error::InvalidArgument(format!(
+                "{}: malformed object answer: {e}",
+                self.endpoint.base
+            ))
         })
     }
 }
@@ -214,12 +261,11 @@ impl ObjectSink for Remote {
         for o in objects {
             encode_record(&mut body, &(o.info, o.stored));
             if body.len() as u64 >= MAX_BATCH_BYTES {
-                self.send_records(kind, &body)?;
-                body.clear();
+                self.send_records(kind, std::mem::take(&mut body))?;
             }
         }
         if !body.is_empty() {
-            self.send_records(kind, &body)?;
+            self.send_records(kind, body)?;
         }
         Ok(())
     }
@@ -231,9 +277,75 @@ impl ObjectSink for Remote {
         if answer["id"].as_str() != Some(id.to_hex().as_str()) {
             return Err(Error::InvalidArgument(format!(
                 "{}: publishing {id} answered {answer}",
-                self.base
+                self.endpoint.base
             )));
         }
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use tessera_format::{ChunkDigest, Codec, Compression};
+
+    use super::super::http1::Conn;
+    use super::*;
+    use crate::store::encode::encode_object;
+
+    /// A server on loopback that answers every `put` with 500 and accepts every `publish`.
+    fn refusing_puts() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut conn = Conn::new(stream);
+                    while conn.await_request().unwrap_or(false) {
+                        let Ok(head) = conn.read_head() else { return };
+                        let Ok(body) = conn.read_body(head.content_length) else {
+                            return;
+                        };
+                        let (status, answer) = if head.target.starts_with("/v1/put/") {
+                            (500, b"disk on fire".to_vec())
+                        } else {
+                            let id = SnapshotId::of(&body).to_hex();
+                            (
+                                200,
+                                serde_json::json!({ "id": id }).to_string().into_bytes(),
+                            )
+                        };
+                        if conn.respond(status, &answer, false).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    /// `put` returns before the server answers; its failure must stop the next call, so
+    /// that no snapshot is published without its objects.
+    #[test]
+    fn a_failed_put_stops_the_publish_after_it() {
+        let mut remote = Remote::new(&refusing_puts(), "t", None).unwrap();
+        let raw = vec![7u8; 4096];
+        let zstd = Compression {
+            codec: Codec::Zstd,
+            level: 2,
+        };
+        let (info, stored) = encode_object(ObjectKind::Chunk, ChunkDigest::of(&raw), &raw, zstd);
+        let object = CheckedObject {
+            info,
+            stored: stored.into_owned(),
+            raw_page: None,
+        };
+        remote.put(ObjectKind::Chunk, vec![object]).unwrap();
+        let refused = remote.publish(b"a snapshot").unwrap_err();
+        assert!(refused.to_string().contains("disk on fire"), "{refused}");
+        // Reported once: with nothing in flight, the publish itself goes through.
+        remote.publish(b"a snapshot").unwrap();
     }
 }
