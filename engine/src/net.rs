@@ -11,8 +11,8 @@
 //! connection (the servers bound that case in their own ways, see SPEC.md §22.3).
 //!
 //! The options are set on the listening socket: Linux copies them to every connection it
-//! accepts, so they also cover connections accepted by code we do not own (`tiny_http`).
-//! They do not change how `accept` itself waits.
+//! accepts, so no server has to remember to set them per connection. They do not change
+//! how `accept` itself waits.
 
 use std::net::TcpListener;
 use std::os::fd::AsFd;

@@ -260,7 +260,8 @@ fn unauthorized_and_forged_requests_change_nothing() {
 
 /// Clients that stop in the middle of a request body (with and without the token) hold their
 /// own connections only: other clients are served meanwhile, and a push completes; the
-/// server closes each stalled connection after 30 s of silence (SPEC.md §22.3).
+/// server closes each stalled connection once its deadline has passed, also one that
+/// trickles bytes (SPEC.md §22.3).
 #[test]
 fn stalled_clients_do_not_block_others() {
     let (_work, a, b, token, server) = pushed_pair("serve-stall", "t0ken");
@@ -281,6 +282,19 @@ fn stalled_clients_do_not_block_others() {
     )
     .unwrap();
 
+    // A client without the token that trickles a request head, a byte every 2 s: never
+    // silent for 30 s, but the head has 30 s in all.
+    let trickler = TcpStream::connect(&addr).unwrap();
+    let mut trickle = trickler.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for b in b"POST /v1/put/chunk HTTP/1.1\r\nX-Slow: ".iter().cycle() {
+            if trickle.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+    });
+
     // Bounded waits: a blocked server must fail the test, not hang it.
     let (done, finished) = std::sync::mpsc::channel();
     let url = server.url.clone();
@@ -299,9 +313,10 @@ fn stalled_clients_do_not_block_others() {
     assert_eq!(list_ids(&a), list_ids(&b));
     verify(&b).ok();
 
-    // Neither keeps its connection: the server gives up on each after 30 s without a byte
-    // (the read below would wait 70 s for a server that does not).
-    for mut stalled in [stalled_body, stalled_stranger] {
+    // None keeps its connection: the server gives up on the body 30 s + 1 MB at 64 KiB/s
+    // after its head, on the refused stranger 5 s after its answer, on the trickled head 30 s
+    // after the connection (the read below would wait 70 s for a server that does not).
+    for mut stalled in [stalled_body, stalled_stranger, trickler] {
         let started = std::time::Instant::now();
         stalled
             .set_read_timeout(Some(std::time::Duration::from_secs(70)))
@@ -354,6 +369,56 @@ fn connections_arriving_in_a_burst_are_all_answered() {
             "trial {trial}: no answer after {:?}: {answer:?}",
             asked.elapsed()
         );
+    }
+}
+
+/// One address cannot take every connection: beyond 32 from one IP address, new connections
+/// are closed at once (SPEC.md §22.3), and served again once that address holds fewer.
+#[test]
+fn one_address_cannot_take_every_connection() {
+    use std::time::{Duration, Instant};
+    use tessera_engine::sync::http::server::MAX_PER_ADDRESS;
+
+    let (_work, _a, _b, _token, server) = pushed_pair("serve-per-address", "t0ken");
+    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    // The raw answer to GET /v1/info on a new connection; empty when it is closed unanswered.
+    let ask = || {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = write!(
+            s,
+            "GET /v1/info HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer t0ken\r\nConnection: close\r\n\r\n"
+        );
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        answer
+    };
+    let idle: Vec<TcpStream> = (0..MAX_PER_ADDRESS)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    // Until the server has counted them all, one more may still be served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let answer = ask();
+        if answer.is_empty() || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        refused.is_empty(),
+        "connection {} from one address was served: {}",
+        MAX_PER_ADDRESS + 1,
+        String::from_utf8_lossy(&refused)
+    );
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ask().starts_with(b"HTTP/1.1 200") {
+        assert!(
+            Instant::now() < deadline,
+            "not served after the idle connections closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

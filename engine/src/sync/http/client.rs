@@ -290,7 +290,9 @@ mod tests {
 
     use tessera_format::{ChunkDigest, Codec, Compression};
 
-    use super::super::http1::Conn;
+    use std::time::Duration;
+
+    use super::super::http1::{Conn, Timed};
     use super::*;
     use crate::store::encode::encode_object;
 
@@ -301,7 +303,7 @@ mod tests {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 std::thread::spawn(move || {
-                    let mut conn = Conn::new(stream);
+                    let mut conn = Conn::new(Timed::new(stream, Duration::from_secs(30)));
                     while conn.await_request().unwrap_or(false) {
                         let Ok(head) = conn.read_head() else { return };
                         let Ok(body) = conn.read_body(head.content_length) else {

@@ -4,11 +4,14 @@
 //! close. Everything read is bounded: a head by [`MAX_HEAD`], a body by the limit its
 //! caller names before reading it.
 //!
-//! Timeouts are the caller's, set on the TCP socket beneath ([`Stream::tcp`]): this module
-//! only reads and writes, and reports a timeout as the I/O error it is.
+//! Time: every read and write goes through [`Timed`], which fails it once the deadline its
+//! owner set has passed (each single socket operation is bounded by the time left), so a
+//! peer that trickles bytes cannot stretch a bounded wait: a deadline covers a whole wait,
+//! not the silence between two bytes.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use openssl::ssl::SslStream;
 
@@ -17,21 +20,80 @@ pub const MAX_HEAD: usize = 16 << 10;
 /// Most headers in a request head.
 const MAX_HEADERS: usize = 32;
 
-/// A connection's byte stream: plain TCP or TLS over TCP.
-pub trait Stream: Read + Write {
-    /// The TCP socket beneath, for timeouts.
-    fn tcp(&self) -> &TcpStream;
+/// A TCP socket whose reads and writes fail with `TimedOut` once a deadline has passed.
+#[derive(Debug)]
+pub struct Timed {
+    tcp: TcpStream,
+    deadline: Instant,
 }
 
-impl Stream for TcpStream {
-    fn tcp(&self) -> &TcpStream {
+impl Timed {
+    /// `tcp`, with a deadline `within` from now.
+    pub fn new(tcp: TcpStream, within: Duration) -> Self {
+        Self {
+            tcp,
+            deadline: Instant::now() + within,
+        }
+    }
+
+    /// Reads and writes from now on fail once `within` has passed.
+    pub fn set_deadline(&mut self, within: Duration) {
+        self.deadline = Instant::now() + within;
+    }
+
+    /// Time left, or `TimedOut`.
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(deadline_passed(io::ErrorKind::WouldBlock.into()))
+        } else {
+            Ok(left)
+        }
+    }
+}
+
+/// A socket timeout (reported by Linux as `EAGAIN`) is the deadline passing.
+fn deadline_passed(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(io::ErrorKind::TimedOut, "deadline passed")
+    } else {
+        e
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.tcp.read(buf).map_err(deadline_passed)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.tcp.write(buf).map_err(deadline_passed)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// A connection's byte stream: plain TCP or TLS over TCP, always through [`Timed`].
+pub trait Stream: Read + Write {
+    /// The deadline-bounded socket beneath.
+    fn timed(&mut self) -> &mut Timed;
+}
+
+impl Stream for Timed {
+    fn timed(&mut self) -> &mut Timed {
         self
     }
 }
 
-impl Stream for SslStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref()
+impl Stream for SslStream<Timed> {
+    fn timed(&mut self) -> &mut Timed {
+        self.get_mut()
     }
 }
 
@@ -81,9 +143,9 @@ impl<S: Stream> Conn<S> {
         }
     }
 
-    /// The TCP socket beneath, for timeouts.
-    pub fn tcp(&self) -> &TcpStream {
-        self.stream.tcp()
+    /// Reads and writes from now on fail once `within` has passed (see [`Timed`]).
+    pub fn set_deadline(&mut self, within: Duration) {
+        self.stream.timed().set_deadline(within);
     }
 
     /// Waits for the first byte of a request: `Ok(false)` when the client closed the
@@ -91,7 +153,7 @@ impl<S: Stream> Conn<S> {
     ///
     /// # Errors
     ///
-    /// The socket's (a timeout included).
+    /// The socket's (the deadline included).
     pub fn await_request(&mut self) -> io::Result<bool> {
         if !self.pending.is_empty() {
             return Ok(true);
@@ -123,6 +185,9 @@ impl<S: Stream> Conn<S> {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut request = httparse::Request::new(&mut headers);
             match request.parse(&self.pending) {
+                Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                    return Err(HeadError::TooLarge)
+                }
                 Ok(httparse::Status::Complete(len)) => {
                     let head = head_of(&request)?;
                     self.pending.drain(..len);
@@ -158,9 +223,9 @@ impl<S: Stream> Conn<S> {
         Ok(body)
     }
 
-    /// Reads and drops up to `limit` bytes, until the client closes, goes quiet (the
-    /// socket's timeout) or fails: after a refusal, so that a client still sending the
-    /// body of a refused request reads the answer rather than a connection reset.
+    /// Reads and drops up to `limit` bytes, until the client closes, the deadline passes
+    /// or a read fails: after a refusal, so that a client still sending the body of a
+    /// refused request reads the answer rather than a connection reset.
     pub fn discard(&mut self, limit: u64) {
         let mut left = limit.saturating_sub(self.pending.len() as u64);
         self.pending.clear();
@@ -253,6 +318,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",
@@ -270,14 +336,14 @@ mod tests {
     use super::*;
 
     /// A connection whose client side has sent `bytes` and then closed its sending side.
-    fn conn_with(bytes: &[u8]) -> Conn<TcpStream> {
+    fn conn_with(bytes: &[u8]) -> Conn<Timed> {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         client.write_all(bytes).unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
         let (server, _) = listener.accept().unwrap();
         std::mem::forget(client);
-        Conn::new(server)
+        Conn::new(Timed::new(server, Duration::from_secs(10)))
     }
 
     #[test]
@@ -331,5 +397,36 @@ mod tests {
         let mut c = conn_with(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
         let head = c.read_head().unwrap();
         assert!(c.read_body(head.content_length).is_err(), "body cut short");
+    }
+
+    /// A client that sends a byte every 50 ms never lets a read time out, but the deadline
+    /// still ends the wait.
+    #[test]
+    fn a_trickling_client_meets_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut client = TcpStream::connect(addr).unwrap();
+            for b in b"GET /".iter().chain([b'a'; 400].iter()) {
+                if client.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (server, _) = listener.accept().unwrap();
+        let mut c = Conn::new(Timed::new(server, Duration::from_secs(30)));
+        c.set_deadline(Duration::from_millis(600));
+        let started = Instant::now();
+        assert!(c.await_request().unwrap());
+        match c.read_head() {
+            Err(HeadError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

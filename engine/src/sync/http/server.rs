@@ -2,21 +2,24 @@
 //! [`super::http1`]).
 //!
 //! Connections: each accepted connection gets a thread of its own (at most
-//! [`MAX_CONNECTIONS`]; more are closed at once), which does the TLS handshake if serving
-//! TLS, then reads requests one after another. Every wait on the client is bounded: the
-//! handshake, the first request, the rest of a started request head, each read of a body
-//! and each write by [`IO_TIMEOUT`]; the wait for a further request by [`IDLE_TIMEOUT`]. TCP
-//! keepalive ([`crate::net`]) finds clients that vanished, also while no timeout applies
-//! (the server does not read from a client while the serving loop works on its request). So a client that stalls anywhere holds its
-//! own thread for a bounded time and nothing else. (This replaced `tiny_http`, whose
-//! connection pool could leave a connection that arrived in a burst queued, unanswered,
-//! behind others that stayed open, and which gave no way to time out a stalled body.)
+//! [`MAX_CONNECTIONS`], [`MAX_PER_ADDRESS`] from one IP address; more are closed at once),
+//! which does the TLS handshake if serving TLS, then reads requests one after another.
+//! Every wait on the client has a deadline for the whole wait, not just for the silence
+//! between two bytes (see [`super::http1::Timed`]): from accept to the end of the first
+//! request head, [`IO_TIMEOUT`]; a later head, [`IO_TIMEOUT`] from its first byte; the wait
+//! for a further request, [`IDLE_TIMEOUT`]; a body or an answer, [`IO_TIMEOUT`] plus its
+//! length at [`MIN_RATE`]. TCP keepalive ([`crate::net`]) finds clients that vanished, also
+//! while no deadline runs (the server does not read from a client while the serving loop
+//! works on its request). So a client that stalls anywhere holds its own thread for a
+//! bounded time. (This replaced `tiny_http`, whose connection pool could leave a connection
+//! that arrived in a burst queued, unanswered, behind others that stayed open, and which
+//! gave no way to time out a stalled body.)
 //!
 //! Requests: without the right bearer token the answer is 401 before the body is read or
 //! the repository touched. An authorized request takes one of [`MAX_REQUESTS`] slots
-//! (503 when none is free), reads its body (bounded by the endpoint's limit; 413 over it),
-//! and hands it to the one serving loop, which does the repository work of requests one at
-//! a time, in the order their bodies became complete; its thread then writes the answer.
+//! (503 when none is free) until its answer is written; it reads its body (bounded by the
+//! endpoint's limit; 413 over it) and hands it to the one serving loop, which does the
+//! repository work of requests one at a time, in the order their bodies became complete.
 //! After a refusal the connection is closed (once the refused body, up to
 //! [`REFUSED_BODY_DRAINED`], has been read and dropped, so that the client sees the answer).
 //!
@@ -29,7 +32,7 @@
 //! are sealed and indexed at count 0 before the answer; `publish` checks every object the
 //! snapshot references (see [`crate::sync::sink::publish_checked`]).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, SyncSender};
@@ -48,24 +51,37 @@ use crate::sync::checked::check_batch;
 use crate::sync::sink::{publish_checked, LocalSink, ObjectSink};
 use crate::sync::source::{Catalog, ObjectSource};
 
-use super::http1::{Conn, Head, HeadError, Stream};
+use super::http1::{Conn, Head, HeadError, Stream, Timed};
 use super::wire::{
     decode_digests, decode_records, encode_record, parse_kind, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
     MAX_HAVE_DIGESTS, MAX_PUT_BYTES,
 };
 
-/// Longest a TLS handshake, the wait for a connection's first request, the rest of a
-/// started request head, one read of a body, or one write may take.
+/// Longest a connection may take from its accept to the end of its first request head
+/// (TLS handshake included), and longest any later request head may take from its first
+/// byte.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a kept-alive connection may wait for its next request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The slowest a body may arrive or an answer leave: each may take [`IO_TIMEOUT`] plus its
+/// length at this rate (80 MiB: 21 min).
+pub const MIN_RATE: u64 = 64 << 10;
+/// Longest the server reads and drops a refused body before closing.
+pub const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Most connections served at once from one IP address.
+pub const MAX_PER_ADDRESS: usize = 32;
 /// Requests read or answered at once. Bodies are at most 80 MiB, so bodies in memory stay
 /// under 640 MiB even when every slot holds one.
 pub const MAX_REQUESTS: usize = 8;
 /// Most bytes of a refused request's body read (and dropped) before its connection closes.
 pub const REFUSED_BODY_DRAINED: u64 = 4 << 20;
+
+/// The deadline for moving `len` bytes of a body or an answer.
+fn transfer_time(len: u64) -> Duration {
+    IO_TIMEOUT + Duration::from_secs(len / MIN_RATE)
+}
 
 /// A bound listening socket.
 pub struct Listener {
@@ -133,7 +149,7 @@ pub fn serve(listener: &Listener, repo: &Path, token: &str) -> Result<()> {
         jobs,
         in_flight: AtomicUsize::new(0),
     };
-    let connections = AtomicUsize::new(0);
+    let connections = Connections::default();
     std::thread::scope(|scope| {
         scope.spawn(move || {
             for job in queue {
@@ -151,18 +167,68 @@ pub fn serve(listener: &Listener, repo: &Path, token: &str) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             };
-            if connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                connections.fetch_sub(1, Ordering::SeqCst);
+            let Some(admitted) = stream
+                .peer_addr()
+                .ok()
+                .and_then(|a| connections.admit(a.ip()))
+            else {
                 continue;
-            }
-            let (shared, connections, tls) = (&shared, &connections, listener.tls.as_deref());
-            scope.spawn(move || {
+            };
+            let (shared, tls) = (&shared, listener.tls.as_deref());
+            // If no thread can be had, the stream and the admission are dropped here.
+            let _ = std::thread::Builder::new().spawn_scoped(scope, move || {
                 let _ = connection(stream, tls, shared);
-                connections.fetch_sub(1, Ordering::SeqCst);
+                drop(admitted);
             });
         }
     });
     Ok(())
+}
+
+/// Connections being served, in all and per peer address.
+#[derive(Default)]
+struct Connections {
+    per_address: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+impl Connections {
+    /// Counts a new connection from `peer`, or `None` when the server or that address is at
+    /// its limit ([`MAX_CONNECTIONS`], [`MAX_PER_ADDRESS`]).
+    fn admit(&self, peer: IpAddr) -> Option<Admitted<'_>> {
+        let mut counts = self
+            .per_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total: usize = counts.values().sum();
+        let mine = counts.entry(peer).or_insert(0);
+        if total >= MAX_CONNECTIONS || *mine >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *mine += 1;
+        Some(Admitted { all: self, peer })
+    }
+}
+
+/// One counted connection, uncounted on drop (also when its thread panics).
+struct Admitted<'a> {
+    all: &'a Connections,
+    peer: IpAddr,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut counts = self
+            .all
+            .per_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// Serves one connection until it closes, fails or times out.
@@ -172,13 +238,14 @@ fn connection(
     shared: &Shared<'_>,
 ) -> std::io::Result<()> {
     tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
-    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+    // One deadline for the handshake and the whole first request head.
+    let timed = Timed::new(tcp, IO_TIMEOUT);
     match tls {
-        None => requests(Conn::new(tcp), shared).map(drop),
+        None => requests(Conn::new(timed), shared).map(drop),
         Some(acceptor) => {
-            let tls = acceptor.accept(tcp).map_err(std::io::Error::other)?;
+            let tls = acceptor.accept(timed).map_err(std::io::Error::other)?;
             let mut tls = requests(Conn::new(tls), shared)?;
+            tls.get_mut().set_deadline(DRAIN_TIME);
             let _ = tls.shutdown();
             Ok(())
         }
@@ -188,14 +255,18 @@ fn connection(
 /// Answers the requests of `conn` one after another; returns its stream when the
 /// connection is to be closed.
 fn requests<S: Stream>(mut conn: Conn<S>, shared: &Shared<'_>) -> std::io::Result<S> {
-    let mut wait = IO_TIMEOUT;
+    let mut first = true;
     loop {
-        conn.tcp().set_read_timeout(Some(wait))?;
+        if !first {
+            conn.set_deadline(IDLE_TIMEOUT);
+        }
         if !conn.await_request()? {
             return Ok(conn.into_stream());
         }
-        conn.tcp().set_read_timeout(Some(IO_TIMEOUT))?;
-        wait = IDLE_TIMEOUT;
+        if !first {
+            conn.set_deadline(IO_TIMEOUT);
+        }
+        first = false;
         let head = match conn.read_head() {
             Ok(head) => head,
             Err(HeadError::Io(e)) => return Err(e),
@@ -206,19 +277,20 @@ fn requests<S: Stream>(mut conn: Conn<S>, shared: &Shared<'_>) -> std::io::Resul
                 return refuse(conn, 431, "request head too large", 0);
             }
         };
-        let (status, answer) = match admit(&head, shared) {
+        let slot = match admit(&head, shared) {
+            Ok(slot) => slot,
             Err((status, why)) => return refuse(conn, status, &why, head.content_length),
-            Ok(slot) => {
-                if head.expects_continue {
-                    conn.write_continue()?;
-                }
-                let body = conn.read_body(head.content_length)?;
-                let reply = run(shared, head.method.clone(), head.target.clone(), body);
-                drop(slot);
-                reply
-            }
         };
+        conn.set_deadline(transfer_time(head.content_length));
+        if head.expects_continue {
+            conn.write_continue()?;
+        }
+        let body = conn.read_body(head.content_length)?;
+        let (status, answer) = run(shared, head.method.clone(), head.target.clone(), body);
+        conn.set_deadline(transfer_time(answer.len() as u64));
         conn.respond(status, &answer, head.close)?;
+        // The slot is held until the answer is out: answers in memory stay bounded too.
+        drop(slot);
         if head.close {
             return Ok(conn.into_stream());
         }
@@ -226,14 +298,17 @@ fn requests<S: Stream>(mut conn: Conn<S>, shared: &Shared<'_>) -> std::io::Resul
 }
 
 /// Answers `status` with `why`, reads and drops what the client still sends of a body of
-/// `body_len` bytes (at most [`REFUSED_BODY_DRAINED`]), and ends the connection.
+/// `body_len` bytes (at most [`REFUSED_BODY_DRAINED`], for at most [`DRAIN_TIME`]), and
+/// ends the connection.
 fn refuse<S: Stream>(
     mut conn: Conn<S>,
     status: u16,
     why: &str,
     body_len: u64,
 ) -> std::io::Result<S> {
+    conn.set_deadline(IO_TIMEOUT);
     conn.respond(status, why.as_bytes(), true)?;
+    conn.set_deadline(DRAIN_TIME);
     conn.discard(body_len.min(REFUSED_BODY_DRAINED));
     Ok(conn.into_stream())
 }
@@ -250,6 +325,12 @@ impl Drop for Slot<'_> {
 /// Checks `head` before its body is read: the token, the body's framing and size, a free
 /// request slot.
 fn admit<'a>(head: &Head, shared: &'a Shared<'_>) -> std::result::Result<Slot<'a>, (u16, String)> {
+    if head.method != "GET" && head.method != "POST" {
+        return Err((
+            405,
+            format!("{} is not served here: GET or POST", head.method),
+        ));
+    }
     if !authorized(head, shared.token) {
         return Err((
             401,
