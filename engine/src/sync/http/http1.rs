@@ -21,11 +21,20 @@ pub const MAX_HEAD: usize = 16 << 10;
 const MAX_HEADERS: usize = 32;
 
 /// A TCP socket whose reads and writes fail with `TimedOut` once a deadline has passed.
+///
+/// Each read or write runs with a socket timeout of the time left. Setting the timeout is a
+/// system call, so it is set again only when the deadline changed or [`REARM`] has passed
+/// since it was last set: an operation can then end at most [`REARM`] after the deadline.
 #[derive(Debug)]
 pub struct Timed {
     tcp: TcpStream,
     deadline: Instant,
+    /// When the read and the write timeout were last set for the current deadline.
+    armed: [Option<Instant>; 2],
 }
+
+/// How long a socket timeout, once set, is used for the current deadline.
+pub const REARM: Duration = Duration::from_millis(500);
 
 impl Timed {
     /// `tcp`, with a deadline `within` from now.
@@ -33,12 +42,34 @@ impl Timed {
         Self {
             tcp,
             deadline: Instant::now() + within,
+            armed: [None; 2],
         }
     }
 
     /// Reads and writes from now on fail once `within` has passed.
     pub fn set_deadline(&mut self, within: Duration) {
         self.deadline = Instant::now() + within;
+        self.armed = [None; 2];
+    }
+
+    /// Sets the read (`which` = 0) or write (1) timeout to the time left, unless it was set
+    /// less than [`REARM`] ago; `TimedOut` when the deadline has passed.
+    fn arm(&mut self, which: usize) -> io::Result<()> {
+        let left = self.left()?;
+        let slot = self
+            .armed
+            .get_mut(which)
+            .ok_or_else(|| io::Error::other("no such timeout"))?;
+        if slot.is_some_and(|at| at.elapsed() < REARM) {
+            return Ok(());
+        }
+        if which == 0 {
+            self.tcp.set_read_timeout(Some(left))?;
+        } else {
+            self.tcp.set_write_timeout(Some(left))?;
+        }
+        *slot = Some(Instant::now());
+        Ok(())
     }
 
     /// Time left, or `TimedOut`.
@@ -63,14 +94,14 @@ fn deadline_passed(e: io::Error) -> io::Error {
 
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.arm(0)?;
         self.tcp.read(buf).map_err(deadline_passed)
     }
 }
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.arm(1)?;
         self.tcp.write(buf).map_err(deadline_passed)
     }
 
@@ -256,13 +287,18 @@ impl<S: Stream> Conn<S> {
     /// The socket's.
     pub fn respond(&mut self, status: u16, body: &[u8], close: bool) -> io::Result<()> {
         let head = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nContent-Type: {}\r\n{}\r\n",
+            "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nContent-Type: {}\r\n{}{}\r\n",
             reason(status),
             body.len(),
             if status == 200 {
                 "application/octet-stream"
             } else {
                 "text/plain; charset=utf-8"
+            },
+            if status == 405 {
+                "Allow: GET, POST\r\n"
+            } else {
+                ""
             },
             if close { "Connection: close\r\n" } else { "" },
         );

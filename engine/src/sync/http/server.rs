@@ -64,13 +64,14 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a kept-alive connection may wait for its next request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The slowest a body may arrive or an answer leave: each may take [`IO_TIMEOUT`] plus its
-/// length at this rate (80 MiB: 21 min).
-pub const MIN_RATE: u64 = 64 << 10;
+/// length at this rate (64 kbit/s; 80 MiB: 2 h 51 min). Only clients with the token get
+/// this far, so the rate is set for slow links, not against attackers.
+pub const MIN_RATE: u64 = 8 << 10;
 /// Longest the server reads and drops a refused body before closing.
 pub const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;
-/// Most connections served at once from one IP address.
+/// Most connections served at once from one IPv4 address or IPv6 /64.
 pub const MAX_PER_ADDRESS: usize = 32;
 /// Requests read or answered at once. Bodies are at most 80 MiB, so bodies in memory stay
 /// under 640 MiB even when every slot holds one.
@@ -188,44 +189,62 @@ pub fn serve(listener: &Listener, repo: &Path, token: &str) -> Result<()> {
 /// Connections being served, in all and per peer address.
 #[derive(Default)]
 struct Connections {
-    per_address: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    /// Total, and per peer address (IPv6 by /64: one host usually holds a whole /64).
+    counts: std::sync::Mutex<(usize, std::collections::HashMap<IpAddr, usize>)>,
+}
+
+/// The key a peer is counted under: its IPv4 address, or its IPv6 /64 prefix.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !u128::from(u64::MAX),
+            )),
+        },
+    }
 }
 
 impl Connections {
-    /// Counts a new connection from `peer`, or `None` when the server or that address is at
-    /// its limit ([`MAX_CONNECTIONS`], [`MAX_PER_ADDRESS`]).
+    /// Counts a new connection from `peer`, or `None` when the server or that peer is at
+    /// its limit ([`MAX_CONNECTIONS`], [`MAX_PER_ADDRESS`]); a refused peer leaves no entry.
     fn admit(&self, peer: IpAddr) -> Option<Admitted<'_>> {
-        let mut counts = self
-            .per_address
+        let key = peer_key(peer);
+        let mut guard = self
+            .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let total: usize = counts.values().sum();
-        let mine = counts.entry(peer).or_insert(0);
-        if total >= MAX_CONNECTIONS || *mine >= MAX_PER_ADDRESS {
+        let (total, per_peer) = &mut *guard;
+        if *total >= MAX_CONNECTIONS || per_peer.get(&key).copied().unwrap_or(0) >= MAX_PER_ADDRESS
+        {
             return None;
         }
-        *mine += 1;
-        Some(Admitted { all: self, peer })
+        *total += 1;
+        *per_peer.entry(key).or_insert(0) += 1;
+        Some(Admitted { all: self, key })
     }
 }
 
 /// One counted connection, uncounted on drop (also when its thread panics).
 struct Admitted<'a> {
     all: &'a Connections,
-    peer: IpAddr,
+    key: IpAddr,
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        let mut counts = self
+        let mut guard = self
             .all
-            .per_address
+            .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(&self.peer) {
-            *n -= 1;
+        let (total, per_peer) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per_peer.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
             if *n == 0 {
-                counts.remove(&self.peer);
+                per_peer.remove(&self.key);
             }
         }
     }
@@ -485,5 +504,49 @@ fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
                 .into_bytes())
         }
         (m, _) => Err((404, format!("no such endpoint: {m} {url}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    fn v6(last: u16, net: u16) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, net, 0, 0, 0, last))
+    }
+
+    #[test]
+    fn connections_are_limited_per_peer_and_in_all() {
+        let all = Connections::default();
+        // One IPv6 /64 counts as one peer, whatever the host part.
+        let held: Vec<_> = (0..MAX_PER_ADDRESS)
+            .map(|i| all.admit(v6(i as u16 + 1, 1)).unwrap())
+            .collect();
+        assert!(all.admit(v6(999, 1)).is_none());
+        assert!(all.admit(v6(1, 2)).is_some(), "another /64 is another peer");
+        drop(held);
+        assert!(all.admit(v6(999, 1)).is_some(), "given back on drop");
+
+        // Full in all: refused peers leave nothing behind.
+        let peers = MAX_CONNECTIONS / MAX_PER_ADDRESS;
+        let held: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|i| {
+                let peer = IpAddr::V4(Ipv4Addr::new(10, 0, 0, (i % peers) as u8));
+                all.admit(peer).unwrap()
+            })
+            .collect();
+        for i in 0..1000u32 {
+            assert!(all
+                .admit(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)))
+                .is_none());
+        }
+        {
+            let (total, per_peer) = &*all.counts.lock().unwrap();
+            assert_eq!((*total, per_peer.len()), (MAX_CONNECTIONS, peers));
+        }
+        drop(held);
+        assert_eq!(all.counts.lock().unwrap().0, 0);
     }
 }
