@@ -54,12 +54,12 @@ fn localhost_cert(dir: &Path) -> Cert {
 }
 
 fn serve_tls(repo: &Path, token_file: &Path, cert: &Cert) -> Served {
-    serve(repo, token_file, Some(cert))
+    serve(repo, token_file, Some(cert), &[])
 }
 
-/// `tessera serve`, with TLS when `cert` is given.
-fn serve(repo: &Path, token_file: &Path, cert: Option<&Cert>) -> Served {
-    let mut extra: Vec<&std::ffi::OsStr> = Vec::new();
+/// `tessera serve`, with TLS when `cert` is given, and `more` arguments.
+fn serve(repo: &Path, token_file: &Path, cert: Option<&Cert>, more: &[&str]) -> Served {
+    let mut extra: Vec<&std::ffi::OsStr> = more.iter().map(std::convert::AsRef::as_ref).collect();
     if let Some(c) = cert {
         extra.extend([
             "--tls-cert".as_ref(),
@@ -174,7 +174,7 @@ fn push_and_pull_over_https_restore_identical() {
     // https:// side and does not get in the way of the http:// one.
     let last = work.path().join("e");
     init_repo(&last, &[]);
-    let plain = serve(&dst, &token, None);
+    let plain = serve(&dst, &token, None, &[]);
     let tls = serve_tls(&last, &token, &cert);
     sync(&plain.url, &tls.url, &token, Some(&cert.cert)).ok();
     assert_eq!(list_ids(&last), ids);
@@ -492,9 +492,9 @@ fn https_status(addr: &str, cert: &Cert, path: &str, token: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status in {text:?}"))
 }
 
-/// The TLS relay waits up to an hour for the answer to a started request; a client that
-/// vanished mid-body (power loss: no FIN, no reset) must still free its request slot once
-/// TCP keepalive finds it gone (SPEC.md §22.3; the plain-HTTP case is in `serve.rs`).
+/// A TLS client that vanished mid-body (power loss: no FIN, no reset) must free its request
+/// slot as soon as TCP keepalive finds it gone, long before the body's deadline (SPEC.md
+/// §22.3; the plain-HTTP case is in `serve.rs`).
 #[test]
 fn vanished_tls_clients_release_their_slots() {
     use tessera_engine::sync::http::server::MAX_REQUESTS;
@@ -506,17 +506,11 @@ fn vanished_tls_clients_release_their_slots() {
     std::fs::write(&token, "t0ken").unwrap();
     let cert = localhost_cert(work.path());
     let keepalive = 4;
-    let server = start_serve(
+    let server = serve(
         &repo,
         &token,
-        &[
-            "--tls-cert".as_ref(),
-            cert.cert.as_os_str(),
-            "--tls-key".as_ref(),
-            cert.key.as_os_str(),
-            "--keepalive".as_ref(),
-            keepalive.to_string().as_ref(),
-        ],
+        Some(&cert),
+        &["--keepalive", &keepalive.to_string()],
     );
     let addr = server.url.strip_prefix("https://").unwrap().to_string();
     let info = || https_status(&addr, &cert, "/v1/info", "t0ken");
