@@ -277,6 +277,18 @@ pub fn init_repo(repo: &Path, extra: &[&str]) {
     tessera(args).ok();
 }
 
+/// Writes `token` to `DIR/token` for `tessera serve --token-file` / `sync --token-file`;
+/// returns the path.
+///
+/// # Panics
+///
+/// When the file cannot be written.
+pub fn token_file(dir: &Path, token: &str) -> PathBuf {
+    let path = dir.join("token");
+    fs::write(&path, token).expect("writing the token file");
+    path
+}
+
 /// `tessera --json backup REPO --series S NAME=PATH...`, asserting success; returns the JSON.
 pub fn backup_json(repo: &Path, series: &str, disks: &[(&str, &Path)]) -> Value {
     let out = tessera(backup_args(repo, series, disks));

@@ -12,8 +12,8 @@ use tessera_format::pack::encode_record_header;
 use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind};
 use tessera_tests::{
     backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed,
-    slots_held_then_freed, start_serve, tessera, tessera_cmd, vanish, verify, DataGen, ImageSpec,
-    KillOnDrop, Out, Served,
+    slots_held_then_freed, start_serve, tessera, tessera_cmd, token_file, vanish, verify, DataGen,
+    ImageSpec, KillOnDrop, Out, Served,
 };
 
 const MIB: u64 = 1 << 20;
@@ -44,10 +44,9 @@ fn pushed_pair(test: &str, token: &str) -> (tempfile::TempDir, PathBuf, PathBuf,
     let disk = work.path().join("disk.img");
     make_image(&disk, ImageSpec::mixed(4 * MIB), &mut gen);
     backup_json(&a, "vm", &[("d0", &disk)]);
-    let token_file = work.path().join("token");
-    std::fs::write(&token_file, token).unwrap();
-    let server = serve(&b, &token_file);
-    (work, a, b, token_file, server)
+    let token_path = token_file(work.path(), token);
+    let server = serve(&b, &token_path);
+    (work, a, b, token_path, server)
 }
 
 /// One raw HTTP/1.1 request; returns the status code and body.
@@ -137,8 +136,7 @@ fn push_and_pull_over_http() {
     for r in [&src, &mid, &dst] {
         init_repo(r, &[]);
     }
-    let token = work.path().join("token");
-    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let token = token_file(work.path(), "s3cret-token\n");
     let disk = work.path().join("disk.img");
     make_image(&disk, ImageSpec::mixed(24 * MIB), &mut gen);
     backup_json(&src, "vm", &[("d0", &disk)]);
@@ -432,8 +430,7 @@ fn vanished_clients_release_their_slots() {
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("r");
     init_repo(&repo, &[]);
-    let token = work.path().join("token");
-    std::fs::write(&token, "t0ken").unwrap();
+    let token = token_file(work.path(), "t0ken");
     let keepalive = 4;
     let server = start_serve(
         &repo,
@@ -499,8 +496,7 @@ fn killed_push_resumes_without_duplicates() {
     backup_json(&src, "vm", &[("d0", &disk)]);
     mutate(&disk, &mut gen, 8, 2 * MIB, (1, 1, 3));
     backup_json(&src, "vm", &[("d0", &disk)]);
-    let token = work.path().join("token");
-    std::fs::write(&token, "t").unwrap();
+    let token = token_file(work.path(), "t");
     let ids = list_ids(&src);
     for trial in 0..tessera_tests::env_usize("TESSERA_KILL_TRIALS", 4).min(3) {
         let dst = work.path().join(format!("b{trial}"));

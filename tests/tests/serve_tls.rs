@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tessera_tests::{
     backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed,
-    sha256_file, slots_held_then_freed, start_serve, tessera, tessera_cmd, vanish, verify,
-    wait_until, DataGen, ImageSpec, KillOnDrop, Out, Served,
+    sha256_file, slots_held_then_freed, start_serve, tessera, tessera_cmd, token_file, vanish,
+    verify, wait_until, DataGen, ImageSpec, KillOnDrop, Out, Served,
 };
 
 const MIB: u64 = 1 << 20;
@@ -137,8 +137,7 @@ fn push_and_pull_over_https_restore_identical() {
     let shas = source_repo(&src, &disk, &mut gen);
     init_repo(&mid, &[]);
     init_repo(&dst, &[]);
-    let token = work.path().join("token");
-    std::fs::write(&token, "tls-token\n").unwrap();
+    let token = token_file(work.path(), "tls-token\n");
     let cert = localhost_cert(work.path());
     let server = serve_tls(&mid, &token, &cert);
 
@@ -196,8 +195,7 @@ fn untrusted_certificates_are_refused_and_nothing_is_written() {
     source_repo(&src, &work.path().join("disk.img"), &mut gen);
     init_repo(&mid, &[]);
     init_repo(&dst, &[]);
-    let token = work.path().join("token");
-    std::fs::write(&token, "tls-token").unwrap();
+    let token = token_file(work.path(), "tls-token");
     let cert = localhost_cert(work.path());
     // Same names, another key: trusting it must not make the server's certificate trusted.
     let impostor = make_cert(
@@ -244,8 +242,7 @@ fn plain_http_and_wrong_token_against_tls_server_fail() {
     let (src, mid) = (work.path().join("a"), work.path().join("b"));
     source_repo(&src, &work.path().join("disk.img"), &mut gen);
     init_repo(&mid, &[]);
-    let token = work.path().join("token");
-    std::fs::write(&token, "right-token").unwrap();
+    let token = token_file(work.path(), "right-token");
     let wrong = work.path().join("wrong");
     std::fs::write(&wrong, "wrong-token").unwrap();
     let cert = localhost_cert(work.path());
@@ -313,8 +310,7 @@ fn bad_certificate_and_key_files_are_refused() {
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("r");
     init_repo(&repo, &[]);
-    let token = work.path().join("token");
-    std::fs::write(&token, "t").unwrap();
+    let token = token_file(work.path(), "t");
     let cert = localhost_cert(work.path());
     let other = make_cert(work.path(), "other", "localhost", "DNS:localhost");
     let garbage = work.path().join("garbage.pem");
@@ -389,8 +385,7 @@ fn killed_push_over_tls_resumes() {
     let disk = work.path().join("disk.img");
     let shas = source_repo(&src, &disk, &mut gen);
     let ids = list_ids(&src);
-    let token = work.path().join("token");
-    std::fs::write(&token, "t").unwrap();
+    let token = token_file(work.path(), "t");
     let cert = localhost_cert(work.path());
     for trial in 0..2 {
         let dst = work.path().join(format!("b{trial}"));
@@ -435,8 +430,7 @@ fn stalled_handshakes_do_not_block_other_clients() {
     let (src, mid) = (work.path().join("a"), work.path().join("b"));
     source_repo(&src, &work.path().join("disk.img"), &mut gen);
     init_repo(&mid, &[]);
-    let token = work.path().join("token");
-    std::fs::write(&token, "t").unwrap();
+    let token = token_file(work.path(), "t");
     let cert = localhost_cert(work.path());
     let server = serve_tls(&mid, &token, &cert);
     let addr = server.url.strip_prefix("https://").unwrap();
@@ -502,8 +496,7 @@ fn vanished_tls_clients_release_their_slots() {
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("r");
     init_repo(&repo, &[]);
-    let token = work.path().join("token");
-    std::fs::write(&token, "t0ken").unwrap();
+    let token = token_file(work.path(), "t0ken");
     let cert = localhost_cert(work.path());
     let keepalive = 4;
     let server = serve(

@@ -81,11 +81,7 @@ fn main() {
     }
 }
 
-fn list<T: std::str::FromStr>(
-    s: &str,
-    what: &str,
-    parse: impl Fn(&str) -> Result<T>,
-) -> Result<Vec<T>> {
+fn list<T>(s: &str, what: &str, parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
     s.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())

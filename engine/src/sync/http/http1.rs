@@ -29,8 +29,10 @@ const MAX_HEADERS: usize = 32;
 pub struct Timed {
     tcp: TcpStream,
     deadline: Instant,
-    /// When the read and the write timeout were last set for the current deadline.
-    armed: [Option<Instant>; 2],
+    /// When the read timeout was last set for the current deadline.
+    read_armed: Option<Instant>,
+    /// The same for the write timeout.
+    write_armed: Option<Instant>,
 }
 
 /// How long a socket timeout, once set, is used for the current deadline.
@@ -42,51 +44,37 @@ impl Timed {
         Self {
             tcp,
             deadline: Instant::now() + within,
-            armed: [None; 2],
+            read_armed: None,
+            write_armed: None,
         }
     }
 
     /// Reads and writes from now on fail once `within` has passed.
     pub fn set_deadline(&mut self, within: Duration) {
         self.deadline = Instant::now() + within;
-        self.armed = [None; 2];
+        self.read_armed = None;
+        self.write_armed = None;
     }
 
-    /// Sets the read (`which` = 0) or write (1) timeout to the time left, unless it was set
-    /// less than [`REARM`] ago; `TimedOut` when the deadline has passed.
-    fn arm(&mut self, which: usize) -> io::Result<()> {
-        let left = self.left()?;
-        let slot = self
-            .armed
-            .get_mut(which)
-            .ok_or_else(|| io::Error::other("no such timeout"))?;
-        if slot.is_some_and(|at| at.elapsed() < REARM) {
-            return Ok(());
-        }
-        if which == 0 {
-            self.tcp.set_read_timeout(Some(left))?;
-        } else {
-            self.tcp.set_write_timeout(Some(left))?;
-        }
-        *slot = Some(Instant::now());
-        Ok(())
-    }
-
-    /// Time left, or `TimedOut`.
-    fn left(&self) -> io::Result<Duration> {
+    /// The time left when a socket timeout last set at `armed` is due to be set again,
+    /// `None` while it still serves; `TimedOut` when the deadline has passed.
+    fn rearm(&self, armed: Option<Instant>) -> io::Result<Option<Duration>> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            Err(deadline_passed(io::ErrorKind::WouldBlock.into()))
-        } else {
-            Ok(left)
+            return Err(timed_out());
         }
+        Ok(armed.is_none_or(|at| at.elapsed() >= REARM).then_some(left))
     }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "deadline passed")
 }
 
 /// A socket timeout (reported by Linux as `EAGAIN`) is the deadline passing.
 fn deadline_passed(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::WouldBlock {
-        io::Error::new(io::ErrorKind::TimedOut, "deadline passed")
+        timed_out()
     } else {
         e
     }
@@ -94,14 +82,20 @@ fn deadline_passed(e: io::Error) -> io::Error {
 
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.arm(0)?;
+        if let Some(left) = self.rearm(self.read_armed)? {
+            self.tcp.set_read_timeout(Some(left))?;
+            self.read_armed = Some(Instant::now());
+        }
         self.tcp.read(buf).map_err(deadline_passed)
     }
 }
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.arm(1)?;
+        if let Some(left) = self.rearm(self.write_armed)? {
+            self.tcp.set_write_timeout(Some(left))?;
+            self.write_armed = Some(Instant::now());
+        }
         self.tcp.write(buf).map_err(deadline_passed)
     }
 

@@ -36,7 +36,6 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, SyncSender};
-use std::sync::Arc;
 use std::time::Duration;
 
 use openssl::ssl::SslAcceptor;
@@ -73,8 +72,8 @@ pub const DRAIN_TIME: Duration = Duration::from_secs(5);
 pub const MAX_CONNECTIONS: usize = 256;
 /// Most connections served at once from one IPv4 address or IPv6 /64.
 pub const MAX_PER_ADDRESS: usize = 32;
-/// Requests read or answered at once. Bodies are at most 80 MiB, so bodies in memory stay
-/// under 640 MiB even when every slot holds one.
+/// Requests read or answered at once. A slot holds a body, then an answer, each at most
+/// 80 MiB, so they stay under 640 MiB in memory even when every slot is taken.
 pub const MAX_REQUESTS: usize = 8;
 /// Most bytes of a refused request's body read (and dropped) before its connection closes.
 pub const REFUSED_BODY_DRAINED: u64 = 4 << 20;
@@ -87,7 +86,7 @@ fn transfer_time(len: u64) -> Duration {
 /// A bound listening socket.
 pub struct Listener {
     socket: TcpListener,
-    tls: Option<Arc<SslAcceptor>>,
+    tls: Option<SslAcceptor>,
     /// The address actually bound (port 0 resolved).
     pub addr: SocketAddr,
 }
@@ -108,11 +107,7 @@ pub fn bind(listen: &str, tls: Option<SslAcceptor>, keepalive: Keepalive) -> Res
     };
     let socket = listen_tcp(listen, keepalive).map_err(|e| cannot(&e))?;
     let addr = socket.local_addr().map_err(|e| cannot(&e))?;
-    Ok(Listener {
-        socket,
-        tls: tls.map(Arc::new),
-        addr,
-    })
+    Ok(Listener { socket, tls, addr })
 }
 
 /// Whether two tokens are equal, in time independent of where they differ (the
@@ -175,7 +170,7 @@ pub fn serve(listener: &Listener, repo: &Path, token: &str) -> Result<()> {
             else {
                 continue;
             };
-            let (shared, tls) = (&shared, listener.tls.as_deref());
+            let (shared, tls) = (&shared, listener.tls.as_ref());
             // If no thread can be had, the stream and the admission are dropped here.
             let _ = std::thread::Builder::new().spawn_scoped(scope, move || {
                 let _ = connection(stream, tls, shared);
