@@ -10,7 +10,6 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use rocksdb::WriteBatch;
 use sha2::{Digest, Sha256};
 use tessera_benches::datagen::{block_of, mixed_block, Kind, Rng};
 use tessera_engine::index::{Index, ObjectEntry};
@@ -109,7 +108,7 @@ fn index_lookups(c: &mut Criterion) {
     let index = Index::create(&dir.path().join("index"), RepoId([9; 16])).expect("index");
     let present = random_digests(1, ENTRIES);
     for (n, part) in present.chunks(10_000).enumerate() {
-        let mut batch = WriteBatch::default();
+        let mut batch = index.batch();
         for (i, d) in part.iter().enumerate() {
             let entry = ObjectEntry {
                 pack: PackId([n as u8; 16]),
@@ -119,11 +118,10 @@ fn index_lookups(c: &mut Criterion) {
                 codec: Codec::Zstd,
                 stored_crc: i as u32,
                 refcount: 1,
-                verified_at_us: 0,
             };
-            index.put_object(&mut batch, ObjectKind::Chunk, d, &entry);
+            batch.put_object(ObjectKind::Chunk, d, &entry);
         }
-        index.write(batch).expect("write");
+        index.commit(batch).expect("write");
     }
     let mut rng = Rng::new(5);
     let hits: Vec<[u8; 32]> = (0..BATCH)

@@ -13,11 +13,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What went wrong in an engine operation.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// The path holds no tessera repository.
-    #[error("{path} is not a tessera repository (no config file); create one with `tessera init`")]
+    /// The location holds no tessera repository.
+    #[error(
+        "{location} is not a tessera repository (no config file); create one with `tessera init`"
+    )]
     NotARepository {
-        /// The path given.
-        path: PathBuf,
+        /// The path or URL given.
+        location: String,
     },
     /// `init` was pointed at a non-empty directory.
     #[error("{path} already exists and is not empty; choose a new directory for the repository")]
@@ -26,10 +28,10 @@ pub enum Error {
         path: PathBuf,
     },
     /// The config file does not decode.
-    #[error("repository config {path} is unreadable: {source}")]
+    #[error("repository config of {location} is unreadable: {source}")]
     BadConfig {
-        /// The config file.
-        path: PathBuf,
+        /// The repository.
+        location: String,
         /// Why.
         source: DecodeError,
     },
@@ -49,9 +51,9 @@ pub enum Error {
         /// The index directory.
         path: PathBuf,
     },
-    /// RocksDB reported an error.
+    /// The index's database reported an error (its message).
     #[error("index error: {0}; if the index is damaged, rebuild it with `tessera repair REPO --rebuild-index`")]
-    Index(rocksdb::Error),
+    Index(String),
     /// An index value does not decode.
     #[error("index entry is corrupt ({what}); rebuild the index with `tessera repair REPO --rebuild-index`")]
     IndexCorrupt {
@@ -183,26 +185,32 @@ pub enum Error {
         /// Offset of the first block that differs (or the size, when sizes differ).
         offset: u64,
     },
+    /// A snapshot to publish or catalogue names objects the repository lacks or cannot read.
+    #[error("the snapshot refers to objects this repository lacks or cannot read: {reason}")]
+    SnapshotIncomplete {
+        /// Which object, and why.
+        reason: String,
+    },
+    /// A create-only put found an object under its key.
+    #[error("object {key} already exists")]
+    ObjectExists {
+        /// The object's key.
+        key: String,
+    },
+    /// An invariant of tessera's own code does not hold: a bug, not bad input.
+    #[error("internal error: {0}; please report this as a bug")]
+    Internal(String),
     /// An earlier write or fsync on this handle failed; its state on disk is unknown.
     #[error("an earlier write failed, so this writer refuses further writes; rerun the operation")]
     PreviousIo,
 }
 
-impl From<rocksdb::Error> for Error {
-    /// RocksDB reports I/O errors as text; a full disk must not be mistaken for damage.
-    fn from(e: rocksdb::Error) -> Self {
-        let text = e.to_string();
-        if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
-            Self::NoSpace {
-                context: format!("writing the index ({text})"),
-            }
-        } else {
-            Self::Index(e)
-        }
-    }
-}
-
 impl Error {
+    /// Whether this is a read of something that does not exist (an object, a file).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+
     /// Wraps an I/O error with context, recognising a full disk.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         let context = context.into();

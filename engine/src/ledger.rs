@@ -20,26 +20,14 @@
 //! memory beyond one write batch); a ledger of another repository (different id) is
 //! discarded. Only objects that were read back intact are ever recorded.
 //!
-//! The same lock also guards the **damage marks** (SPEC §11a): `REPO/damaged`, the snapshots
-//! the last verification found damaged, so that `list` and `show` can flag them until a
-//! verify finds them clean or a repair fixes them. It is a small text file replaced
-//! atomically (temporary file, fsync, rename, directory fsync), so readers never take a lock:
-//!
-//! ```text
-//! tessera damaged snapshots 1
-//! <snapshot id, 64 hex> <damaged ranges> <damaged bytes> <file damaged: 0|1> <marked at, µs>
-//! ```
+//! The same lock also guards updates of the damage marks ([`crate::damage_marks`]).
 
-use std::collections::{BTreeMap, HashSet};
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{Options, WriteBatch, DB};
-use tessera_format::{ObjectKind, RepoId, SnapshotId};
+use tessera_format::{ObjectKind, RepoId};
 
-use crate::backend::sync_dir;
 use crate::error::{Error, IoContext, Result};
 use crate::index::{Index, ObjectEntry};
 
@@ -254,106 +242,3 @@ impl Ledger {
 
 /// Ledger deletions are written in groups of this many.
 const GROUP: usize = 4096;
-
-/// Name of the damage-marks file under the repository root.
-pub const DAMAGE_MARKS_FILE: &str = "damaged";
-const DAMAGE_MARKS_HEADER: &str = "tessera damaged snapshots 1";
-
-/// What the last verification found wrong with one snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct DamageMark {
-    /// Damaged byte ranges of its disks (adjacent and overlapping ranges merged).
-    pub ranges: u64,
-    /// Bytes in those ranges.
-    pub bytes: u64,
-    /// Its snapshot file is unreadable or differs from its catalog entry.
-    pub file_damaged: bool,
-    /// When the damage was found (Unix µs).
-    pub marked_at_us: i64,
-}
-
-/// The damage marks (empty when the file is missing). Lines that do not parse are skipped:
-/// the marks are a record of findings, not a source of truth.
-pub fn load_damage_marks(root: &Path) -> Result<BTreeMap<SnapshotId, DamageMark>> {
-    let path = root.join(DAMAGE_MARKS_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
-    };
-    let mut marks = BTreeMap::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_ascii_whitespace().collect();
-        let [id, ranges, bytes, file, at] = f.as_slice() else {
-            continue;
-        };
-        let (Ok(id), Ok(ranges), Ok(bytes), Ok(at)) = (
-            id.parse::<SnapshotId>(),
-            ranges.parse(),
-            bytes.parse(),
-            at.parse(),
-        ) else {
-            continue;
-        };
-        marks.insert(
-            id,
-            DamageMark {
-                ranges,
-                bytes,
-                file_damaged: *file == "1",
-                marked_at_us: at,
-            },
-        );
-    }
-    Ok(marks)
-}
-
-/// What one check found, for updating the damage marks.
-#[derive(Debug, Default)]
-pub struct DamageFindings {
-    /// Snapshots found damaged.
-    pub damaged: BTreeMap<SnapshotId, DamageMark>,
-    /// Snapshots whose every object this check covered (their old marks are cleared unless
-    /// they are damaged again).
-    pub checked: HashSet<SnapshotId>,
-    /// Every catalogued snapshot (marks of other snapshots are dropped).
-    pub catalogued: HashSet<SnapshotId>,
-}
-
-/// Updates the damage marks with a check's findings (see [`DamageFindings`]); the file is
-/// replaced atomically, or removed when no mark is left. Requires the ledger lock.
-pub fn update_damage_marks(
-    root: &Path,
-    _lock: &LedgerLock,
-    findings: &DamageFindings,
-) -> Result<()> {
-    let mut marks = load_damage_marks(root)?;
-    marks.retain(|id, _| findings.catalogued.contains(id) && !findings.checked.contains(id));
-    marks.extend(findings.damaged.iter().map(|(id, m)| (*id, *m)));
-    let path = root.join(DAMAGE_MARKS_FILE);
-    if marks.is_empty() {
-        return match std::fs::remove_file(&path) {
-            Ok(()) => sync_dir(root),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
-        };
-    }
-    let mut text = format!("{DAMAGE_MARKS_HEADER}\n");
-    for (id, m) in &marks {
-        let _ = writeln!(
-            text,
-            "{id} {} {} {} {}",
-            m.ranges,
-            m.bytes,
-            u8::from(m.file_damaged),
-            m.marked_at_us
-        );
-    }
-    let tmp = root.join(format!("{DAMAGE_MARKS_FILE}.tmp"));
-    let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).ctx(|| format!("renaming {} into place", tmp.display()))?;
-    sync_dir(root)
-}

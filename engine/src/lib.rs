@@ -5,7 +5,9 @@
 //! - [`repo::Repository`] opens a repository as a reader or as the single writer.
 //! - [`ops`] holds one file per operation: backup, restore (full and `--onto`), diff, check
 //!   and damage mapping, stats and per-snapshot usage, forget/prune, compaction, index rebuild.
-//! - [`store`] encodes objects and writes/reads pack files through a [`backend::Backend`].
+//! - [`storage`] is the seam to where objects live: a [`storage::Backend`] (a local directory
+//!   today) holding config, packs and snapshot files, named by [`storage::ObjectKey`].
+//! - [`store`] encodes objects and writes/reads pack files through that backend.
 //! - [`index`] and [`refcount`] keep locations and hierarchical reference counts;
 //!   [`recovery`] finishes or undoes an interrupted writer; [`readers`] holds the reader
 //!   leases that keep compaction from deleting packs in use.
@@ -27,7 +29,7 @@
 
 #![warn(missing_docs)]
 
-pub mod backend;
+pub mod damage_marks;
 pub mod direct_write;
 pub mod error;
 pub mod export;
@@ -44,6 +46,7 @@ pub mod recovery;
 pub mod refcount;
 pub mod repo;
 pub mod sources;
+pub mod storage;
 pub mod store;
 pub mod sync;
 pub mod time;

@@ -31,12 +31,35 @@ pub struct ReaderLease {
 }
 
 impl ReaderLease {
-    /// Takes a shared lease (waits while doomed packs are being deleted). On a read-only
-    /// repository (the lock file cannot be created) readers go without a lease: nothing can
-    /// be compacted there anyway.
+    /// Takes a shared lease (waits while doomed packs are being deleted).
+    ///
+    /// A reader that may not write `readers.lock` (another user's repository) takes the
+    /// lease on a read-only descriptor: `flock` works on one. Only on a read-only
+    /// *filesystem* without the lock file does a reader go without a lease: no writer can
+    /// compact there. Anything else is refused: a reader without a lease could have packs
+    /// deleted under it.
     pub fn acquire(repo: &Path) -> Result<Self> {
-        let Ok(file) = open(repo) else {
-            return Ok(Self { _file: None });
+        let file = match open(repo) {
+            Ok(f) => f,
+            Err(Error::Io { source, context }) => {
+                let path = repo.join("readers.lock");
+                match File::open(&path) {
+                    Ok(f) => f,
+                    Err(_) if source.raw_os_error() == Some(libc::EROFS) => {
+                        return Ok(Self { _file: None })
+                    }
+                    Err(e) => {
+                        return Err(Error::io(
+                            format!(
+                                "{context} ({source}), and it cannot be opened read-only either; a reader needs its lease so that compaction keeps the packs it reads: ask the repository's owner to create {} readable by you",
+                                path.display()
+                            ),
+                            e,
+                        ))
+                    }
+                }
+            }
+            Err(e) => return Err(e),
         };
         file.lock_shared()
             .ctx(|| format!("taking a reader lease on {}", repo.display()))?;

@@ -1,69 +1,252 @@
 //! What a writer does when it opens a repository, to finish or undo whatever an interrupted
-//! writer left behind. Each step is idempotent, so a crash during recovery is recovered by
-//! the next writer in the same way.
+//! writer left behind. The stored objects are the source of truth and the index follows
+//! them; nothing published is ever deleted here. Each step is idempotent, so a crash during
+//! recovery is recovered by the next writer in the same way.
 //!
-//! 1. Staged files in `tmp/` are deleted (a crash while writing a pack or snapshot file).
+//! 1. Staged puts of crashed writers are discarded ([`Backend::clean_staging`]).
 //! 2. Doomed packs (emptied by compaction) are deleted if no reader holds a lease.
 //! 3. Sealed packs the catalog does not know are adopted (a crash between sealing a pack and
 //!    indexing it), so a rerun of the interrupted backup reuses them. Doomed packs are not
-//!    adopted: their objects live elsewhere now.
-//! 4. Snapshot files and protection markers the catalog does not list are deleted: a crash
-//!    after writing the file but before the publishing batch (that backup was never
-//!    published), or after the batch that forgot a snapshot but before its file was deleted.
+//!    adopted: their objects live elsewhere now. A pack too damaged to scan is moved to
+//!    quarantine; one that cannot be read right now is reported and left alone.
+//! 4. Forgotten snapshots whose files a crash kept (a tombstone says so) lose their file and
+//!    protection marker, then their tombstone.
+//! 5. Snapshot files the catalog does not list are catalogued: a crash after storing the file
+//!    but before the publishing batch (the backup completed; everything it references was
+//!    durable first), or an index that lost entries (restored from an older copy, rebuilt
+//!    while a file could not be read). A file that cannot be catalogued — it does not hash to
+//!    its name, does not decode, or names objects the index lacks — is moved to quarantine,
+//!    never deleted; one that cannot be read right now is reported and left alone.
+//! 6. Protection markers are the truth about protection (a crash can only leave a snapshot
+//!    more protected than asked): a catalogued snapshot with a marker is marked protected;
+//!    a marker without a snapshot file is deleted (left by an interrupted forget).
+//! 7. Catalogued snapshots whose files are missing are reported (only `repair
+//!    --rebuild-index` can correct their counts: their root lists are gone with the files).
 
 use std::collections::HashSet;
-use std::path::Path;
 
-use rocksdb::WriteBatch;
 use tessera_format::{PackId, SnapshotId};
 
-use crate::backend::{Backend, LocalBackend, Namespace};
 use crate::error::Result;
 use crate::index::Index;
+use crate::ops::publish::catalogue_stored;
 use crate::readers::NoReaders;
-use crate::repo::Recovery;
+use crate::repo::RepoStorage;
+use crate::storage::key::{self, KeyKind};
+use crate::storage::{Backend, ObjectKey, PutMode};
+use crate::store::reader::load_snapshot;
 use crate::store::session::adopt_unindexed_packs;
 
+/// What recovery found when a writer opened the repository.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Recovery {
+    /// Staged puts discarded.
+    pub staged_removed: usize,
+    /// Sealed packs that had not been indexed.
+    pub packs_adopted: usize,
+    /// Packs too damaged to scan, moved to quarantine.
+    pub packs_quarantined: Vec<String>,
+    /// Packs that could not be read now, with why (left in place).
+    pub packs_unreadable: Vec<(String, String)>,
+    /// Packs emptied by an earlier compaction whose files could now be deleted.
+    pub doomed_packs_deleted: usize,
+    /// Snapshot files of forgotten snapshots that a crash had kept, now deleted.
+    pub forgotten_files_deleted: usize,
+    /// Stored snapshots the index did not list, now catalogued.
+    pub snapshots_catalogued: Vec<String>,
+    /// Snapshot files that could not be catalogued, moved to quarantine, with why.
+    pub snapshots_quarantined: Vec<(String, String)>,
+    /// Snapshot files that could not be read now, with why (left in place).
+    pub snapshots_unreadable: Vec<(String, String)>,
+    /// Catalogued snapshots whose files are missing.
+    pub snapshot_files_missing: Vec<String>,
+    /// The lock file's content if its previous holder died holding it.
+    pub stale_lock: Option<String>,
+}
+
+impl Recovery {
+    /// What recovery did or found, in one line for the operator; `None` when nothing.
+    pub fn summary(&self) -> Option<String> {
+        let counted = [
+            (self.staged_removed, "staged files removed"),
+            (self.packs_adopted, "sealed packs adopted"),
+            (self.packs_quarantined.len(), "damaged packs quarantined"),
+            (
+                self.packs_unreadable.len(),
+                "packs unreadable now (left in place)",
+            ),
+            (
+                self.forgotten_files_deleted,
+                "files of forgotten snapshots deleted",
+            ),
+            (
+                self.snapshots_catalogued.len(),
+                "stored snapshots catalogued",
+            ),
+            (
+                self.snapshots_quarantined.len(),
+                "snapshot files quarantined",
+            ),
+            (
+                self.snapshots_unreadable.len(),
+                "snapshot files unreadable now",
+            ),
+            (
+                self.snapshot_files_missing.len(),
+                "catalogued snapshots without a file (run `tessera repair REPO --rebuild-index`)",
+            ),
+        ];
+        let parts: Vec<String> = counted
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+        (!parts.is_empty())
+            .then(|| format!("recovered from an interrupted run: {}", parts.join(", ")))
+    }
+}
+
 /// Runs the recovery steps (see module docs). The caller holds the writer lock.
-pub fn recover(root: &Path, index: &Index, backend: &LocalBackend) -> Result<Recovery> {
+pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
+    let backend = &*storage.backend;
     let mut recovery = Recovery {
         staged_removed: backend.clean_staging()?,
         ..Recovery::default()
     };
-    recovery.doomed_packs_deleted = delete_doomed_packs(root, index, backend)?;
+    recovery.doomed_packs_deleted = delete_doomed_packs(storage, index)?;
     let doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
-    recovery.packs_adopted = adopt_unindexed_packs(index, backend, &doomed)?;
-    for ns in [Namespace::Snapshots, Namespace::Protections] {
-        for name in backend.list(ns)? {
-            let published = match name.parse::<SnapshotId>() {
-                Ok(id) => index.has_snapshot(id)?,
-                Err(_) => false,
-            };
-            if !published {
-                backend.delete(ns, &name)?;
-                if ns == Namespace::Snapshots {
-                    recovery.orphan_snapshots_removed += 1;
-                }
-            }
+    let adoption = adopt_unindexed_packs(index, backend, &doomed)?;
+    recovery.packs_adopted = adoption.adopted;
+    recovery.packs_quarantined = adoption.quarantined.iter().map(PackId::to_hex).collect();
+    recovery.packs_unreadable = adoption
+        .unreadable
+        .into_iter()
+        .map(|(id, why)| (id.to_hex(), why))
+        .collect();
+    finish_forgets(backend, index, &mut recovery)?;
+    let listed = backend.list(key::SNAPSHOTS)?;
+    let stored: HashSet<SnapshotId> = listed.iter().filter_map(ObjectKey::as_snapshot).collect();
+    catalogue_unlisted(backend, index, &stored, &mut recovery)?;
+    apply_markers(backend, index, &listed, &stored)?;
+    for (id, _) in index.snapshots()? {
+        if !stored.contains(&id) {
+            recovery.snapshot_files_missing.push(id.to_hex());
         }
     }
     Ok(recovery)
 }
 
+/// Step 4: deletes the files of snapshots a committed forget left behind.
+fn finish_forgets(backend: &dyn Backend, index: &Index, recovery: &mut Recovery) -> Result<()> {
+    for id in index.tombstones()? {
+        backend.delete(&ObjectKey::protection(id))?;
+        if backend.size(&ObjectKey::snapshot(id))?.is_some() {
+            recovery.forgotten_files_deleted += 1;
+        }
+        backend.delete(&ObjectKey::snapshot(id))?;
+        let mut batch = index.batch();
+        batch.clear_tombstone(id);
+        index.commit(batch)?;
+    }
+    Ok(())
+}
+
+/// Step 5: catalogues stored snapshots the index does not list.
+fn catalogue_unlisted(
+    backend: &dyn Backend,
+    index: &Index,
+    stored: &HashSet<SnapshotId>,
+    recovery: &mut Recovery,
+) -> Result<()> {
+    let mut unlisted: Vec<SnapshotId> = Vec::new();
+    for id in stored {
+        if !index.has_snapshot(*id)? {
+            unlisted.push(*id);
+        }
+    }
+    unlisted.sort();
+    for id in unlisted {
+        let snapshot = match load_snapshot(backend, id) {
+            Ok(s) => s,
+            Err(e @ crate::error::Error::SnapshotCorrupt { .. }) => {
+                quarantine_snapshot(backend, id)?;
+                recovery
+                    .snapshots_quarantined
+                    .push((id.to_hex(), e.to_string()));
+                continue;
+            }
+            Err(e) => {
+                recovery
+                    .snapshots_unreadable
+                    .push((id.to_hex(), e.to_string()));
+                continue;
+            }
+        };
+        match catalogue_stored(index, backend, id, &snapshot) {
+            Ok(()) => recovery.snapshots_catalogued.push(id.to_hex()),
+            Err(e @ crate::error::Error::SnapshotIncomplete { .. }) => {
+                quarantine_snapshot(backend, id)?;
+                recovery
+                    .snapshots_quarantined
+                    .push((id.to_hex(), e.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Moves a snapshot file that cannot be catalogued into quarantine (copy, then delete).
+fn quarantine_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<()> {
+    let bytes = backend.get(&ObjectKey::snapshot(id))?;
+    backend.put_bytes(
+        &ObjectKey::quarantined_snapshot(id),
+        PutMode::Replace,
+        &bytes,
+    )?;
+    backend.delete(&ObjectKey::protection(id))?;
+    backend.delete(&ObjectKey::snapshot(id))
+}
+
+/// Step 6: protection markers decide protection.
+fn apply_markers(
+    backend: &dyn Backend,
+    index: &Index,
+    listed: &[ObjectKey],
+    stored: &HashSet<SnapshotId>,
+) -> Result<()> {
+    let protected = index.protected()?;
+    let mut batch = index.batch();
+    for key in listed {
+        let Some(KeyKind::Protection(id)) = key.kind() else {
+            continue;
+        };
+        if !stored.contains(&id) {
+            backend.delete(key)?;
+        } else if !protected.contains(&id) && index.has_snapshot(id)? {
+            batch.set_protected(id, true);
+        }
+    }
+    if !batch.is_empty() {
+        index.commit(batch)?;
+    }
+    Ok(())
+}
+
 /// Deletes the files of doomed packs if no reader is running; returns how many.
-pub fn delete_doomed_packs(root: &Path, index: &Index, backend: &dyn Backend) -> Result<usize> {
+pub fn delete_doomed_packs(storage: &RepoStorage, index: &Index) -> Result<usize> {
     let doomed = index.doomed_packs()?;
     if doomed.is_empty() {
         return Ok(0);
     }
-    let Some(_no_readers) = NoReaders::try_acquire(root)? else {
+    let Some(_no_readers) = NoReaders::try_acquire(&storage.local_dir)? else {
         return Ok(0);
     };
-    let mut batch = WriteBatch::default();
+    let mut batch = index.batch();
     for pack in &doomed {
-        backend.delete(Namespace::Packs, &pack.to_hex())?;
-        index.forget_doomed(&mut batch, *pack);
+        storage.backend.delete(&ObjectKey::pack(*pack))?;
+        batch.forget_doomed(*pack);
     }
-    index.write(batch)?;
+    index.commit(batch)?;
     Ok(doomed.len())
 }

@@ -8,12 +8,11 @@
 
 use std::collections::HashMap;
 
-use rocksdb::WriteBatch;
 use tessera_format::{ChunkDigest, ObjectKind, PageDigest, Snapshot};
 
-use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::index::Index;
+use crate::index::{Index, IndexBatch};
+use crate::storage::Backend;
 use crate::store::reader::read_object;
 
 /// Pending count changes, applied in one batch.
@@ -36,7 +35,7 @@ impl RefDeltas {
     /// Adds the count changes to `batch`. Every object must be in the index (it was indexed
     /// when its pack was sealed); a count that would go negative means the index is
     /// inconsistent and is refused rather than clamped.
-    pub fn stage(&self, index: &Index, batch: &mut WriteBatch) -> Result<()> {
+    pub fn stage(&self, index: &Index, batch: &mut IndexBatch<'_>) -> Result<()> {
         let pages: Vec<([u8; 32], i64)> = self.pages.iter().map(|(d, n)| (d.0, *n)).collect();
         let chunks: Vec<([u8; 32], i64)> = self.chunks.iter().map(|(d, n)| (d.0, *n)).collect();
         stage_kind(index, batch, ObjectKind::Page, &pages)?;
@@ -46,7 +45,7 @@ impl RefDeltas {
 
 fn stage_kind(
     index: &Index,
-    batch: &mut WriteBatch,
+    batch: &mut IndexBatch<'_>,
     kind: ObjectKind,
     deltas: &[([u8; 32], i64)],
 ) -> Result<()> {
@@ -61,7 +60,7 @@ fn stage_kind(
             entry.refcount = u64::try_from(new).map_err(|_| Error::IndexCorrupt {
                 what: format!("{kind:?} {} reference count would become {new}; run `tessera repair REPO --rebuild-index`", hex::encode(digest)),
             })?;
-            index.put_object(batch, kind, digest, &entry);
+            batch.put_object(kind, digest, &entry);
         }
     }
     Ok(())

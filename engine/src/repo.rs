@@ -1,42 +1,48 @@
 //! The repository façade: creating, opening (as reader or as the single writer), and
 //! reading snapshots, pages and chunks.
 //!
-//! On-disk layout:
+//! A repository lives in two places ([`RepoStorage`]):
+//!
+//! - its **objects** (config, packs, snapshot files, markers, damage marks, quarantine)
+//!   behind a [`Backend`] — the source of truth;
+//! - its **local state** in a directory: the RocksDB index (a cache of the objects that can
+//!   always be rebuilt from them), the verification ledger, and the writer lock and reader
+//!   leases. For a local repository both are the repository directory:
 //!
 //! ```text
-//! REPO/config              format parameters (tessera_format::config)
-//! REPO/lock                writer lock (see lock.rs)
-//! REPO/packs/XY/<id>.pack  sealed packs (XY = first two hex digits of the id)
-//! REPO/snapshots/<id>.snap snapshot files (id = SHA-256 of the file)
-//! REPO/index/              RocksDB index, rebuildable from packs + snapshots
-//! REPO/tmp/                staged files of the current writer
+//! REPO/config, packs/, snapshots/, damaged, quarantine/   objects (storage::key)
+//! REPO/tmp/                                               staged puts (local backend)
+//! REPO/index/, index.seq                                  the index (index.rs)
+//! REPO/lock, readers.lock                                 writer lock, reader leases
+//! REPO/ledger/, ledger.lock                               verification ledger
 //! ```
 //!
 //! Concurrency: one writer at a time (the lock); any number of readers next to it. Readers
 //! open the index read-only and see the snapshots published when they opened it; packs and
 //! snapshot files are immutable, so nothing a reader uses changes under it.
 //!
-//! Recovery: opening as writer removes staged files, indexes sealed packs the index does not
-//! know (a crash between sealing and indexing), and deletes snapshot files the catalog does
-//! not list (a crash between writing the file and committing the index batch: that backup
-//! was never published, so the old state is restored).
+//! Recovery: opening as writer runs [`crate::recovery::recover`], which finishes or undoes
+//! what an interrupted writer left behind.
 
-use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tessera_format::config::DEFAULT_PAGE_ENTRIES;
-use tessera_format::manifest::entries_in_page;
 use tessera_format::{
-    ChunkDigest, Compression, ManifestPage, ObjectKind, PageDigest, RepoConfig, RepoId, Snapshot,
-    SnapshotHeader, SnapshotId, FORMAT_VERSION,
+    ChunkDigest, Compression, ObjectKind, PageDigest, RepoConfig, RepoId, Snapshot, SnapshotHeader,
+    SnapshotId, FORMAT_VERSION,
 };
 
-use crate::backend::{sync_dir, Backend, LocalBackend, Namespace};
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
 use crate::lock::WriterLock;
 use crate::readers::ReaderLease;
-use crate::store::reader::read_object;
+use crate::recovery::Recovery;
+use crate::storage::local::LocalBackend;
+use crate::storage::sim::CrashClock;
+use crate::storage::{Backend, ObjectKey, PutMode};
+use crate::store::reader;
+use crate::store::session::TARGET_PACK_SIZE;
 
 /// Default block size for new repositories (see SPEC.md for the measurement behind it).
 pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
@@ -66,26 +72,57 @@ impl Default for InitOptions {
     }
 }
 
-/// What recovery found when a writer opened the repository.
-#[derive(Debug, Default, Clone)]
-pub struct Recovery {
-    /// Staged files removed.
-    pub staged_removed: usize,
-    /// Sealed packs that had not been indexed.
-    pub packs_adopted: usize,
-    /// Unpublished snapshot files removed.
-    pub orphan_snapshots_removed: usize,
-    /// Packs emptied by an earlier compaction whose files could now be deleted.
-    pub doomed_packs_deleted: usize,
-    /// The lock file's content if its previous holder died holding it.
-    pub stale_lock: Option<String>,
+/// Where a repository lives: its objects and its local state (see the module docs).
+#[derive(Clone)]
+pub struct RepoStorage {
+    /// The objects.
+    pub backend: Arc<dyn Backend>,
+    /// The index, ledger and locks.
+    pub local_dir: PathBuf,
+    /// Crash tests: every index commit is a step of this clock.
+    pub crash_clock: Option<Arc<CrashClock>>,
+    /// Size at which packs are sealed ([`TARGET_PACK_SIZE`]; crash tests use small packs).
+    pub pack_target: u64,
+}
+
+impl RepoStorage {
+    /// A repository in the local directory `root` (objects and local state alike).
+    pub fn local(root: &Path) -> Self {
+        Self {
+            backend: Arc::new(LocalBackend::new(root)),
+            local_dir: root.to_path_buf(),
+            crash_clock: None,
+            pack_target: TARGET_PACK_SIZE,
+        }
+    }
+
+    /// Path of the index directory.
+    pub fn index_path(&self) -> PathBuf {
+        self.local_dir.join("index")
+    }
+
+    /// Reads and decodes the config.
+    pub fn read_config(&self) -> Result<RepoConfig> {
+        let location = self.backend.describe();
+        let bytes = self
+            .backend
+            .get_if_exists(&ObjectKey::config())?
+            .ok_or_else(|| Error::NotARepository {
+                location: location.clone(),
+            })?;
+        RepoConfig::decode(&bytes).map_err(|source| Error::BadConfig { location, source })
+    }
+
+    fn open_index(&self, config: &RepoConfig, read_only: bool) -> Result<Index> {
+        Ok(Index::open(&self.index_path(), config.repo_id, read_only)?
+            .with_crash_clock(self.crash_clock.clone()))
+    }
 }
 
 /// An open repository.
 pub struct Repository {
-    root: PathBuf,
+    storage: RepoStorage,
     config: RepoConfig,
-    backend: LocalBackend,
     index: Index,
     _lock: Option<WriterLock>,
     _lease: Option<ReaderLease>,
@@ -93,44 +130,34 @@ pub struct Repository {
     pub recovery: Recovery,
 }
 
-fn config_path(root: &Path) -> PathBuf {
-    root.join("config")
-}
-
-/// Path of the index directory.
-pub fn index_path(root: &Path) -> PathBuf {
-    root.join("index")
-}
-
-/// Reads and decodes the config file.
+/// Reads and decodes the config of the local repository at `root`.
 pub fn read_config(root: &Path) -> Result<RepoConfig> {
-    let path = config_path(root);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::NotARepository {
-                path: root.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
-    };
-    RepoConfig::decode(&bytes).map_err(|source| Error::BadConfig { path, source })
+    RepoStorage::local(root).read_config()
 }
 
 impl Repository {
-    /// Creates a new repository at `root`, which must not exist or be an empty directory.
+    /// Creates a new local repository at `root`, which must not exist or be an empty
+    /// directory.
     pub fn init(root: &Path, opts: InitOptions) -> Result<RepoConfig> {
-        if root.exists() {
-            let mut entries =
-                fs::read_dir(root).ctx(|| format!("inspecting {}", root.display()))?;
+        if let Ok(mut entries) = std::fs::read_dir(root) {
             if entries.next().is_some() {
                 return Err(Error::AlreadyExists {
                     path: root.to_path_buf(),
                 });
             }
         }
-        fs::create_dir_all(root).ctx(|| format!("creating {}", root.display()))?;
-        LocalBackend::create_layout(root)?;
+        for dir in ["packs", "snapshots", "tmp"] {
+            let path = root.join(dir);
+            crate::storage::durable::create_dir_all(&crate::storage::fs::OsFs, &path)
+                .ctx(|| format!("creating {}", path.display()))?;
+        }
+        Self::init_on(&RepoStorage::local(root), opts)
+    }
+
+    /// Creates a new repository in `storage`. The config is written last, create-only: a
+    /// location without it is not a repository, so a crash during init leaves nothing that
+    /// could be mistaken for one, and of two racing inits exactly one succeeds.
+    pub fn init_on(storage: &RepoStorage, opts: InitOptions) -> Result<RepoConfig> {
         let config = RepoConfig {
             format_version: FORMAT_VERSION,
             repo_id: RepoId(rand::random()),
@@ -140,29 +167,41 @@ impl Repository {
             page_entries: DEFAULT_PAGE_ENTRIES,
             created_at_us: crate::time::now_us(),
         };
-        Index::create(&index_path(root), config.repo_id)?;
-        // The config is written last: a directory without it is not a repository, so a
-        // crash during init leaves nothing that could be mistaken for one.
-        let staged = root.join("tmp").join("config.tmp");
-        fs::write(&staged, config.encode()).ctx(|| format!("writing {}", staged.display()))?;
-        fs::File::open(&staged)
-            .and_then(|f| f.sync_all())
-            .ctx(|| format!("syncing {}", staged.display()))?;
-        fs::rename(&staged, config_path(root))
-            .ctx(|| format!("renaming config into {}", root.display()))?;
-        sync_dir(root)?;
-        Ok(config)
+        if storage.backend.size(&ObjectKey::config())?.is_some() {
+            return Err(Error::AlreadyExists {
+                path: PathBuf::from(storage.backend.describe()),
+            });
+        }
+        drop(Index::create(&storage.index_path(), config.repo_id)?);
+        match storage
+            .backend
+            .put_bytes(&ObjectKey::config(), PutMode::Create, &config.encode())
+        {
+            Err(Error::ObjectExists { .. }) => Err(Error::AlreadyExists {
+                path: PathBuf::from(storage.backend.describe()),
+            }),
+            other => other.map(|()| config),
+        }
     }
 
-    /// Opens for reading: no lock, index read-only.
+    /// Opens the local repository at `root` for reading.
     pub fn open(root: &Path) -> Result<Self> {
-        let config = read_config(root)?;
-        let lease = ReaderLease::acquire(root)?;
-        let index = Index::open(&index_path(root), config.repo_id, true)?;
+        Self::open_on(RepoStorage::local(root))
+    }
+
+    /// Opens the local repository at `root` as the single writer.
+    pub fn open_writer(root: &Path) -> Result<Self> {
+        Self::open_writer_on(RepoStorage::local(root))
+    }
+
+    /// Opens for reading: no lock, a reader lease, the index read-only.
+    pub fn open_on(storage: RepoStorage) -> Result<Self> {
+        let config = storage.read_config()?;
+        let lease = ReaderLease::acquire(&storage.local_dir)?;
+        let index = storage.open_index(&config, true)?;
         Ok(Self {
-            root: root.to_path_buf(),
+            storage,
             config,
-            backend: LocalBackend::new(root),
             index,
             _lock: None,
             _lease: Some(lease),
@@ -171,17 +210,15 @@ impl Repository {
     }
 
     /// Opens as the single writer: takes the lock, then recovers from any interrupted writer.
-    pub fn open_writer(root: &Path) -> Result<Self> {
-        let config = read_config(root)?;
-        let lock = WriterLock::acquire(root)?;
-        let index = Index::open(&index_path(root), config.repo_id, false)?;
-        let backend = LocalBackend::new(root);
-        let mut recovery = crate::recovery::recover(root, &index, &backend)?;
+    pub fn open_writer_on(storage: RepoStorage) -> Result<Self> {
+        let config = storage.read_config()?;
+        let lock = WriterLock::acquire(&storage.local_dir)?;
+        let index = storage.open_index(&config, false)?;
+        let mut recovery = crate::recovery::recover(&storage, &index)?;
         recovery.stale_lock.clone_from(&lock.stale_holder);
         Ok(Self {
-            root: root.to_path_buf(),
+            storage,
             config,
-            backend,
             index,
             _lock: Some(lock),
             _lease: None,
@@ -189,17 +226,33 @@ impl Repository {
         })
     }
 
-    /// Opens as the writer without opening the index (for rebuilding it).
-    pub fn lock_for_rebuild(root: &Path) -> Result<(RepoConfig, WriterLock)> {
-        let config = read_config(root)?;
-        let lock = WriterLock::acquire(root)?;
-        LocalBackend::new(root).clean_staging()?;
+    /// Takes the writer lock without opening the index (for rebuilding it) and discards
+    /// staged puts of crashed writers.
+    pub fn lock_for_rebuild(storage: &RepoStorage) -> Result<(RepoConfig, WriterLock)> {
+        let config = storage.read_config()?;
+        let lock = WriterLock::acquire(&storage.local_dir)?;
+        storage.backend.clean_staging()?;
         Ok((config, lock))
     }
 
-    /// Repository directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where the repository lives.
+    pub fn storage(&self) -> &RepoStorage {
+        &self.storage
+    }
+
+    /// The directory of the index, ledger and locks.
+    pub fn local_dir(&self) -> &Path {
+        &self.storage.local_dir
+    }
+
+    /// Where the objects live, for messages (a path or a URL).
+    pub fn describe(&self) -> String {
+        self.storage.backend.describe()
+    }
+
+    /// Size at which new packs are sealed.
+    pub fn pack_target(&self) -> u64 {
+        self.storage.pack_target
     }
 
     /// The config.
@@ -209,7 +262,7 @@ impl Repository {
 
     /// The object storage.
     pub fn backend(&self) -> &dyn Backend {
-        &self.backend
+        &*self.storage.backend
     }
 
     /// The index.
@@ -254,29 +307,12 @@ impl Repository {
 
     /// Reads a snapshot file and checks it against its id.
     pub fn load_snapshot(&self, id: SnapshotId) -> Result<Snapshot> {
-        let bytes = self.backend.read_all(Namespace::Snapshots, &id.to_hex())?;
-        if SnapshotId::of(&bytes) != id {
-            return Err(Error::SnapshotCorrupt {
-                id: id.to_hex(),
-                reason: "file content does not hash to its name".into(),
-            });
-        }
-        Snapshot::decode(&bytes).map_err(|e| Error::SnapshotCorrupt {
-            id: id.to_hex(),
-            reason: e.to_string(),
-        })
+        reader::load_snapshot(self.backend(), id)
     }
 
-    /// Reads an object by digest, with every check of [`read_object`].
+    /// Reads an object by digest, with every check of [`reader::read_object`].
     pub fn read_object(&self, kind: ObjectKind, digest: &[u8; 32]) -> Result<Vec<u8>> {
-        let entry = self
-            .index
-            .get_object(kind, digest)?
-            .ok_or_else(|| Error::ObjectMissing {
-                kind,
-                digest: hex::encode(digest),
-            })?;
-        read_object(&self.backend, kind, digest, &entry)
+        reader::read_indexed(&self.index, self.backend(), kind, digest)
     }
 
     /// Reads manifest page `page_no` of a disk with `blocks` blocks and checks its length.
@@ -287,21 +323,13 @@ impl Repository {
         page_entries: u32,
         page_no: u64,
     ) -> Result<Vec<ChunkDigest>> {
-        let raw = self.read_object(ObjectKind::Page, digest.as_bytes())?;
-        let page = ManifestPage::decode(&raw).map_err(|e| Error::ObjectCorrupt {
-            kind: ObjectKind::Page,
-            digest: digest.to_hex(),
-            pack: tessera_format::PackId([0; 16]),
-            offset: 0,
-            reason: e.to_string(),
-        })?;
-        let expected = entries_in_page(blocks, page_entries, page_no);
-        if page.digests.len() as u64 != expected {
-            return Err(Error::InvalidArgument(format!(
-                "manifest page {digest} has {} entries where {expected} belong",
-                page.digests.len()
-            )));
-        }
-        Ok(page.digests)
+        reader::read_page(
+            &self.index,
+            self.backend(),
+            digest,
+            blocks,
+            page_entries,
+            page_no,
+        )
     }
 }

@@ -254,9 +254,10 @@ fn staged_files_of_a_killed_writer_are_removed_by_the_next_writer() {
 /// The state a writer leaves when it dies at the last moment before publishing: sealed
 /// packs the index does not know, and a durable snapshot file the catalog does not list.
 /// Built deterministically by running the backup in a copy of the repository and carrying
-/// its new packs and snapshot file over.
+/// its new packs and snapshot file over. The snapshot file is the source of truth and
+/// everything it names was durable first, so the next writer catalogues it.
 #[test]
-fn crash_just_before_publishing_is_recovered_and_reused() {
+fn crash_just_before_publishing_is_recovered_and_catalogued() {
     let _serial = serial();
     let mut gen = DataGen::new(seed("last_moment"));
     let t = TempDir::new().unwrap();
@@ -308,7 +309,7 @@ fn crash_just_before_publishing_is_recovered_and_reused() {
     verify(&repo).ok();
     tessera(["show".as_ref(), repo.as_os_str(), lost.as_ref()]).expect_code(2);
 
-    // The next writer adopts the packs, drops the unpublished snapshot, and reuses the data.
+    // The next writer adopts the packs, catalogues the stored snapshot, and reuses the data.
     let out = tessera([
         "backup".as_ref(),
         repo.as_os_str(),
@@ -318,19 +319,16 @@ fn crash_just_before_publishing_is_recovered_and_reused() {
     ]);
     out.ok();
     out.stderr_has(&format!("{carried} sealed packs adopted"))
-        .stderr_has("1 unpublished snapshots dropped");
-    assert!(
-        !repo.join(&snap).exists(),
-        "the unpublished snapshot file survived recovery"
-    );
+        .stderr_has("1 stored snapshots catalogued");
     let ids = list_ids(&repo);
-    assert_eq!(ids.len(), 2);
+    assert_eq!(ids.len(), 3, "{ids:?}");
     assert_eq!(ids[0], first);
+    assert_eq!(ids[1], lost, "the stored snapshot was not catalogued");
     let shown = tessera([
         "--json".as_ref(),
         "show".as_ref(),
         repo.as_os_str(),
-        ids[1].as_ref(),
+        ids[2].as_ref(),
     ]);
     shown.ok();
     let stats = &shown.json()["disks"][0]["stats"];
@@ -341,4 +339,5 @@ fn crash_just_before_publishing_is_recovered_and_reused() {
     verify(&repo).ok();
     assert_eq!(restored_sha(&repo, &ids[0], t.path()), sha_a);
     assert_eq!(restored_sha(&repo, &ids[1], t.path()), sha_b);
+    assert_eq!(restored_sha(&repo, &ids[2], t.path()), sha_b);
 }

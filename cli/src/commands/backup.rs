@@ -40,12 +40,8 @@ pub fn backup(
         .transpose()?
         .map(|b| u32::try_from(b).unwrap_or(u32::MAX));
     let repository = Repository::open_writer(repo)?;
-    let r = &repository.recovery;
-    if !json && (r.staged_removed + r.packs_adopted + r.orphan_snapshots_removed > 0) {
-        eprintln!(
-            "note: recovered from an interrupted run: {} staged files removed, {} sealed packs adopted, {} unpublished snapshots dropped",
-            r.staged_removed, r.packs_adopted, r.orphan_snapshots_removed
-        );
+    if let (false, Some(note)) = (json, repository.recovery.summary()) {
+        eprintln!("note: {note}");
     }
     let mut disks = disks;
     for c in &delta.changes {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde_json::json;
-use tessera_engine::ledger::{load_damage_marks, DamageMark};
+use tessera_engine::damage_marks::{load_damage_marks, DamageMark};
 use tessera_engine::ops::usage::{exclusive_bytes_all, snapshot_usage};
 use tessera_engine::time::format_us;
 use tessera_engine::Repository;
@@ -48,7 +48,7 @@ pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
         .filter(|(_, h)| series.is_none_or(|s| h.series == s))
         .collect();
     let protected = repository.index().protected()?;
-    let marks = load_damage_marks(repository.root())?;
+    let marks = load_damage_marks(repository.backend())?;
     if json {
         let items: Vec<_> = snaps
             .iter()
@@ -101,7 +101,7 @@ pub fn show(repo: &Path, query: &str, json: bool) -> Result<i32> {
     let repository = Repository::open(repo)?;
     let (id, h) = repository.resolve_snapshot(query)?;
     let protected = repository.index().protected()?.contains(&id);
-    let damage = load_damage_marks(repository.root())?.get(&id).copied();
+    let damage = load_damage_marks(repository.backend())?.get(&id).copied();
     // A damaged snapshot (a page missing or unreadable) has no space accounting, but `show`
     // must still describe it, damage included.
     let usage = snapshot_usage(&repository, id).map_err(|e| e.to_string());

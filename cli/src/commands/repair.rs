@@ -180,7 +180,10 @@ fn repair(repo: &Path, rebuild_index: bool, recount: bool, json: bool, bars: &Ba
     if !rebuild_index {
         return Err(UsageError("say what to repair: --from OTHER_REPO and/or --from-source DISK=PATH (damaged objects and packs), --quarantine (damaged packs, no other copy), --rebuild-index or --recount".into()).into());
     }
-    let r = tessera_engine::ops::rebuild_index::rebuild_index(repo, bars)?;
+    let r = tessera_engine::ops::rebuild_index::rebuild_index(
+        &tessera_engine::repo::RepoStorage::local(repo),
+        bars,
+    )?;
     let clean = r.pack_problems.is_empty() && r.bad_snapshots.is_empty() && r.missing.is_empty();
     if json {
         print_json(&json!({

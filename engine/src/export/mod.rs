@@ -26,11 +26,11 @@ use rayon::prelude::*;
 use tessera_format::manifest::block_count;
 use tessera_format::{ChunkDigest, ObjectKind, SnapshotId};
 
-use crate::backend::sync_dir;
 use crate::error::{Error, IoContext, Result};
 use crate::ops::diff::{diff_disks, DiskView};
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::storage::durable;
 use crate::store::reader::read_object;
 
 /// An output format.
@@ -323,18 +323,14 @@ impl Staged {
         self.file
             .set_len(len)
             .ctx(|| format!("sizing {}", staged.display()))?;
-        self.file
-            .sync_all()
-            .ctx(|| format!("syncing {}", staged.display()))?;
-        fs::rename(&staged, &self.output)
-            .ctx(|| format!("renaming {} to {}", staged.display(), self.output.display()))?;
+        durable::install_written(&self.file, &staged, &self.output).ctx(|| {
+            format!(
+                "installing {} as {}",
+                staged.display(),
+                self.output.display()
+            )
+        })?;
         self.temp = None;
-        sync_dir(
-            self.output
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-        )?;
         Ok(len)
     }
 }

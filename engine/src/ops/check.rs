@@ -27,9 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use tessera_format::{ObjectKind, PackId, SnapshotId};
 
+use crate::damage_marks::{update_damage_marks, DamageFindings};
 use crate::error::Result;
 use crate::index::ObjectEntry;
-use crate::ledger::{update_damage_marks, DamageFindings, Ledger, LedgerLock};
+use crate::ledger::{Ledger, LedgerLock};
 use crate::ops::damage::{damage_marks, map_damage, BadKey, DamagedObject, DamagedPack};
 use crate::progress::Progress;
 use crate::refcount::expected_counts_of;
@@ -152,7 +153,7 @@ pub fn verify(
     progress: &dyn Progress,
 ) -> Result<CheckReport> {
     let ledger = if opts.read_data && opts.use_ledger {
-        Some(Ledger::open(repo.root(), repo.config().repo_id)?)
+        Some(Ledger::open(repo.local_dir(), repo.config().repo_id)?)
     } else {
         None
     };
@@ -335,7 +336,7 @@ pub fn record_damage(
         checked: checked.into_iter().collect(),
         catalogued: catalogued.into_iter().collect(),
     };
-    update_damage_marks(repo.root(), lock, &findings)
+    update_damage_marks(repo.backend(), lock, &findings)
 }
 
 type Live = (ObjectKind, [u8; 32], ObjectEntry);
@@ -565,19 +566,19 @@ pub fn recount(repo: &Repository) -> Result<u64> {
         snapshots.push(repo.load_snapshot(id)?);
     }
     let expected = expected_counts_of(repo.index(), repo.backend(), &snapshots)?;
-    let mut batch = rocksdb::WriteBatch::default();
+    let mut batch = repo.index().batch();
     let mut fixed = 0;
     for kind in [ObjectKind::Page, ObjectKind::Chunk] {
         repo.index().for_each_object(kind, |digest, mut entry| {
             let want = expected.count(kind, digest);
             if want != entry.refcount {
                 entry.refcount = want;
-                repo.index().put_object(&mut batch, kind, &digest, &entry);
+                batch.put_object(kind, &digest, &entry);
                 fixed += 1;
             }
             Ok(())
         })?;
     }
-    repo.index().write(batch)?;
+    repo.index().commit(batch)?;
     Ok(fixed)
 }

@@ -2,23 +2,25 @@
 //!
 //! Plan: one pass over the index sums, per pack, the stored bytes of the objects that are
 //! referenced *and* located in that pack; packs whose unused fraction exceeds the threshold
-//! are selected. Apply: the live objects of selected packs are read, fully checked, and
-//! copied verbatim (no recompression) into new packs; when a new pack is sealed, one index
-//! batch points the moved objects at their new locations, deletes the entries of dead
-//! objects, and moves the emptied old packs to the doomed list. Doomed pack files are deleted
-//! once no reader holds a lease (see `readers.rs`), now or by a later writer.
+//! are selected. Apply: the objects the **index** places in selected packs (never the
+//! packs' own footers, which may be damaged or incomplete) are taken one pack at a time: the
+//! live ones are read, fully checked, and copied verbatim (no recompression) into new packs
+//! through the [`PackSink`]; when a new pack is sealed, one index batch points the moved
+//! objects at their new locations, deletes the entries of dead objects, and moves the
+//! emptied old packs to the doomed list. Doomed pack files are deleted once no reader holds
+//! a lease (see `readers.rs`), now or by a later writer.
 //!
 //! Crash reasoning: before a batch commits, the index points at the old packs, which still
 //! exist; a new pack sealed but not committed is adopted by the next writer as a pack whose
 //! objects all live elsewhere, and a later compaction removes it. After the batch, the new
 //! locations are durable and the old packs are only deleted once unused. At no instant is an
-//! object without a valid location. A damaged live object is never dropped: its pack is
-//! skipped and reported.
+//! object without a valid location. A pack is doomed only when every live object the index
+//! places in it has been copied and checked: a damaged (or unreadable) live object keeps its
+//! whole pack in place, reported (exit 4), for `repair` to deal with.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use rocksdb::WriteBatch;
-use tessera_format::pack::{FooterEntry, PACK_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
+use tessera_format::pack::{PACK_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
 use tessera_format::{ObjectKind, PackId};
 
 use crate::error::Result;
@@ -26,10 +28,8 @@ use crate::index::ObjectEntry;
 use crate::progress::Progress;
 use crate::recovery::delete_doomed_packs;
 use crate::repo::Repository;
-use crate::store::pack_scan::read_pack_contents;
-use crate::store::pack_writer::PackWriter;
+use crate::store::pack_sink::PackSink;
 use crate::store::reader::read_stored;
-use crate::store::session::TARGET_PACK_SIZE;
 
 /// How much of a pack is in use.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -135,64 +135,46 @@ pub fn plan_compact(repo: &Repository, max_unused: f64) -> Result<CompactPlan> {
     })
 }
 
+/// An object the index places in a pack: its kind, digest and entry.
+type Placed = (ObjectKind, [u8; 32], ObjectEntry);
+
 struct Mover<'r> {
     repo: &'r Repository,
-    writer: Option<PackWriter>,
-    /// Objects appended to `writer`, with their current index entries.
-    moved: Vec<(ObjectKind, [u8; 32], ObjectEntry)>,
+    sink: PackSink<'r, Placed>,
     /// Dead index entries to delete.
     dead: Vec<(ObjectKind, [u8; 32])>,
-    /// Old packs fully processed since the last commit.
+    /// Old packs whose live objects are all in the sink since the last commit.
     emptied: Vec<PackId>,
     report: CompactReport,
 }
 
 impl Mover<'_> {
-    /// Moves the live objects of `pack` into the open new pack.
-    fn drain(&mut self, pack: PackId) -> Result<()> {
-        let contents = read_pack_contents(self.repo.backend(), pack)?;
-        let mut moved = Vec::new();
-        let mut dead = Vec::new();
+    /// Moves the live objects the index places in `pack` into the sink; keeps the pack
+    /// (and moves nothing of it) if any of them cannot be read intact.
+    fn drain(&mut self, pack: PackId, objects: Vec<Placed>) -> Result<()> {
         let mut copies = Vec::new();
-        for fe in &contents.entries {
-            let kind = fe.info.kind;
-            let digest = fe.info.digest.0;
-            let Some(entry) = self.repo.index().get_object(kind, &digest)? else {
-                continue;
-            };
-            if entry.pack != pack || entry.offset != fe.offset {
-                continue; // a duplicate; the index uses another copy
-            }
+        let mut dead = Vec::new();
+        for (kind, digest, entry) in objects {
             if entry.refcount == 0 {
                 dead.push((kind, digest));
                 continue;
             }
             match read_stored(self.repo.backend(), kind, &digest, &entry) {
-                Ok((info, stored)) => copies.push((kind, digest, entry, info, stored)),
+                Ok((info, stored)) => copies.push((info, stored, (kind, digest, entry))),
                 Err(e) => {
                     self.report.damaged.push(format!("pack {pack} kept: {e}"));
                     return Ok(());
                 }
             }
         }
-        for (kind, digest, entry, info, stored) in copies {
-            let writer = match &mut self.writer {
-                Some(w) => w,
-                None => self.writer.insert(PackWriter::create(self.repo.backend())?),
-            };
-            writer.append(&info, &stored)?;
+        for (info, stored, placed) in copies {
+            self.sink.append(&info, &stored, placed)?;
             self.report.bytes_moved += stored.len() as u64;
-            moved.push((kind, digest, entry));
         }
-        self.moved.extend(moved);
         self.dead.extend(dead);
         self.emptied.push(pack);
         self.report.packs_rewritten += 1;
-        if self
-            .writer
-            .as_ref()
-            .is_some_and(|w| w.len() >= TARGET_PACK_SIZE)
-        {
+        if self.sink.is_full() {
             self.commit()?;
         }
         Ok(())
@@ -201,32 +183,20 @@ impl Mover<'_> {
     /// Seals the new pack and commits new locations, dead entries and doomed packs at once.
     fn commit(&mut self) -> Result<()> {
         let index = self.repo.index();
-        let mut batch = WriteBatch::default();
-        if let Some(writer) = self.writer.take() {
-            let sealed = writer.finish()?;
+        let mut batch = index.batch();
+        if let Some(sealed) = self.sink.seal()? {
             self.report.packs_written += 1;
-            index.put_pack(&mut batch, sealed.id, sealed.catalog_entry());
-            let moved = std::mem::take(&mut self.moved);
-            for ((kind, digest, old), fe) in moved.iter().zip(&sealed.entries) {
-                let new = relocated(old, sealed.id, fe);
-                index.put_object(&mut batch, *kind, digest, &new);
-            }
+            let known: Vec<Option<ObjectEntry>> =
+                sealed.tags.iter().map(|(_, _, e)| Some(*e)).collect();
+            sealed.pack.index_into(&mut batch, &known);
         }
         for (kind, digest) in self.dead.drain(..) {
-            index.delete_object(&mut batch, kind, &digest);
+            batch.delete_object(kind, &digest);
         }
         for pack in self.emptied.drain(..) {
-            index.doom_pack(&mut batch, pack);
+            batch.doom_pack(pack);
         }
-        index.write(batch)
-    }
-}
-
-fn relocated(old: &ObjectEntry, pack: PackId, fe: &FooterEntry) -> ObjectEntry {
-    ObjectEntry {
-        pack,
-        offset: fe.offset,
-        ..*old
+        index.commit(batch)
     }
 }
 
@@ -236,22 +206,36 @@ pub fn apply_compact(
     plan: &CompactPlan,
     progress: &dyn Progress,
 ) -> Result<CompactReport> {
+    let selected: HashSet<PackId> = plan.packs.iter().map(|p| p.pack).collect();
+    let mut placed: HashMap<PackId, Vec<Placed>> = HashMap::new();
+    for kind in [ObjectKind::Chunk, ObjectKind::Page] {
+        repo.index().for_each_object(kind, |digest, entry| {
+            if selected.contains(&entry.pack) {
+                placed
+                    .entry(entry.pack)
+                    .or_default()
+                    .push((kind, digest, entry));
+            }
+            Ok(())
+        })?;
+    }
     let mut mover = Mover {
         repo,
-        writer: None,
-        moved: Vec::new(),
+        sink: PackSink::new(repo.backend(), repo.pack_target()),
         dead: Vec::new(),
         emptied: Vec::new(),
         report: CompactReport::default(),
     };
     progress.start("compact", plan.packs.iter().map(|p| p.size).sum());
     for usage in &plan.packs {
-        mover.drain(usage.pack)?;
+        let mut objects = placed.remove(&usage.pack).unwrap_or_default();
+        objects.sort_by_key(|(_, _, e)| e.offset);
+        mover.drain(usage.pack, objects)?;
         progress.advance(usage.size);
     }
     mover.commit()?;
     progress.finish();
     let mut report = mover.report;
-    report.packs_deleted = delete_doomed_packs(repo.root(), repo.index(), repo.backend())?;
+    report.packs_deleted = delete_doomed_packs(repo.storage(), repo.index())?;
     Ok(report)
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use tessera_format::manifest::block_count;
 use tessera_format::{ObjectKind, Snapshot, SnapshotId};
 
-use crate::ledger::DamageMark;
+use crate::damage_marks::DamageMark;
 use crate::repo::Repository;
 
 /// A byte range of one snapshot's disk that cannot be read intact.

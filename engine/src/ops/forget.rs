@@ -8,22 +8,23 @@
 //! one page read and one update per chunk it lists. Pages shared with surviving snapshots are
 //! never read: the cost follows what the forgotten snapshots uniquely own.
 //!
-//! Crash reasoning: before the batch, nothing changed; after it, the snapshots are gone from
-//! the catalog and any snapshot file still present is removed by the next writer's recovery.
+//! Crash reasoning: before the batch, nothing changed. The batch drops the snapshots from
+//! the catalog and leaves a tombstone for each; their files are deleted after it, then the
+//! tombstones. A crash in between leaves tombstoned files, which the next writer's recovery
+//! deletes (a snapshot file without a tombstone would be catalogued again: the files are the
+//! source of truth).
 
 use std::collections::HashSet;
-use std::io::Write as _;
 
-use rocksdb::WriteBatch;
 use tessera_format::pack::RECORD_HEADER_LEN;
 use tessera_format::{
     ChunkDigest, ManifestPage, ObjectKind, PageDigest, SnapshotHeader, SnapshotId,
 };
 
-use crate::backend::Namespace;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::refcount::RefDeltas;
 use crate::repo::Repository;
+use crate::storage::{ObjectKey, PutMode};
 
 /// What forgetting a set of snapshots would do.
 #[derive(Debug, Default)]
@@ -115,42 +116,43 @@ pub fn plan_forget(
 
 /// Applies a plan made by [`plan_forget`] on the same writer (nothing may change between).
 pub fn apply_forget(repo: &Repository, plan: &ForgetPlan) -> Result<()> {
-    let mut batch = WriteBatch::default();
-    plan.deltas.stage(repo.index(), &mut batch)?;
+    let index = repo.index();
+    let mut batch = index.batch();
+    plan.deltas.stage(index, &mut batch)?;
     for (id, _) in &plan.snapshots {
-        repo.index().delete_snapshot(&mut batch, *id);
+        batch.forget_snapshot(*id);
     }
-    repo.index().write(batch)?;
+    index.commit(batch)?;
+    let mut done = index.batch();
     for (id, _) in &plan.snapshots {
-        repo.backend()
-            .delete(Namespace::Protections, &id.to_hex())?;
-        repo.backend().delete(Namespace::Snapshots, &id.to_hex())?;
+        repo.backend().delete(&ObjectKey::protection(*id))?;
+        repo.backend().delete(&ObjectKey::snapshot(*id))?;
+        done.clear_tombstone(*id);
     }
-    Ok(())
+    index.commit(done)
 }
 
-/// Protects or unprotects a snapshot. The marker file is the durable truth (it survives an
-/// index rebuild); it is written before the index learns of protection and removed after the
+/// Protects or unprotects a snapshot. The marker object is the durable truth (it survives an
+/// index rebuild); it is stored before the index learns of protection and deleted after the
 /// index forgets it, so a crash can only leave a snapshot more protected than asked.
 pub fn set_protected(repo: &Repository, id: SnapshotId, protected: bool) -> Result<()> {
     if !repo.index().has_snapshot(id)? {
         return Err(Error::SnapshotNotFound { query: id.to_hex() });
     }
-    let mut batch = WriteBatch::default();
-    repo.index().set_protected(&mut batch, id, protected);
+    let marker = ObjectKey::protection(id);
+    let mut batch = repo.index().batch();
+    batch.set_protected(id, protected);
     if protected {
-        let mut marker = repo
+        match repo
             .backend()
-            .create(Namespace::Protections, &id.to_hex())?;
-        marker
-            .write_all(b"protected\n")
-            .ctx(|| format!("writing protection marker of {id}"))?;
-        marker.commit()?;
-        repo.index().write(batch)?;
+            .put_bytes(&marker, PutMode::Create, b"protected\n")
+        {
+            Ok(()) | Err(Error::ObjectExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        repo.index().commit(batch)
     } else {
-        repo.index().write(batch)?;
-        repo.backend()
-            .delete(Namespace::Protections, &id.to_hex())?;
+        repo.index().commit(batch)?;
+        repo.backend().delete(&marker)
     }
-    Ok(())
 }

@@ -1,25 +1,26 @@
 //! Rebuilding the index from packs and snapshot files, the escape hatch of every other
 //! operation: it works when the RocksDB directory is missing or corrupt.
 //!
-//! The new index is built aside in `REPO/index.rebuild` and swapped in by renames only when
-//! complete, so a crash during the rebuild leaves the previous index (or none) untouched and
-//! the rebuild can simply be rerun.
+//! The new index is built aside in `index.rebuild` (in the repository's local directory)
+//! and swapped in by renames only when complete, so a crash during the rebuild leaves the
+//! previous index (or none) untouched and the rebuild can simply be rerun.
 
 use std::fs;
 use std::io;
 use std::path::Path;
 
-use rocksdb::WriteBatch;
-use tessera_format::{ObjectKind, PackId, Snapshot, SnapshotId};
+use tessera_format::{ObjectKind, Snapshot, SnapshotId};
 
-use crate::backend::{sync_dir, Backend, LocalBackend, Namespace};
 use crate::error::{Error, IoContext, Result};
-use crate::index::Index;
+use crate::index::{Index, ObjectEntry};
 use crate::progress::Progress;
 use crate::refcount::expected_counts_of;
-use crate::repo::{index_path, Repository};
+use crate::repo::{RepoStorage, Repository};
+use crate::storage::fs::OsFs;
+use crate::storage::key::{self, KeyKind};
+use crate::storage::{durable, Backend};
 use crate::store::pack_scan::read_pack_contents;
-use crate::store::session::object_entry;
+use crate::store::reader::load_snapshot;
 
 /// What the rebuild found.
 #[derive(Debug, Default, Clone)]
@@ -38,39 +39,46 @@ pub struct RebuildReport {
     pub missing: Vec<String>,
 }
 
-/// Rebuilds `REPO/index` from scratch. Takes the writer lock.
-pub fn rebuild_index(root: &Path, progress: &dyn Progress) -> Result<RebuildReport> {
-    let (config, _lock) = Repository::lock_for_rebuild(root)?;
-    let backend = LocalBackend::new(root);
-    let building = root.join("index.rebuild");
+/// Rebuilds the index of the repository in `storage` from scratch. Takes the writer lock.
+pub fn rebuild_index(storage: &RepoStorage, progress: &dyn Progress) -> Result<RebuildReport> {
+    let (config, _lock) = Repository::lock_for_rebuild(storage)?;
+    let backend = &*storage.backend;
+    let building = storage.local_dir.join("index.rebuild");
     remove_dir_if_exists(&building)?;
-    let index = Index::create(&building, config.repo_id)?;
+    let index =
+        Index::create(&building, config.repo_id)?.with_crash_clock(storage.crash_clock.clone());
     let mut report = RebuildReport::default();
-    index_packs(&index, &backend, &mut report, progress)?;
-    let snapshots = read_snapshots(&backend, &mut report, progress)?;
-    publish_snapshots(&index, &backend, &snapshots, &mut report)?;
+    index_packs(&index, backend, &mut report, progress)?;
+    let snapshots = read_snapshots(backend, &mut report, progress)?;
+    publish_snapshots(&index, backend, &snapshots, &mut report)?;
     drop(index);
-    install(root, &building)?;
+    if let Some(clock) = &storage.crash_clock {
+        clock
+            .tick()
+            .map_err(|e| Error::io("installing the rebuilt index", e))?;
+    }
+    install(&storage.local_dir, &storage.index_path(), &building)?;
     Ok(report)
 }
 
 /// Indexes every object of every readable pack (first copy wins), count 0.
 fn index_packs(
     index: &Index,
-    backend: &LocalBackend,
+    backend: &dyn Backend,
     report: &mut RebuildReport,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let packs = backend.list(Namespace::Packs)?;
+    let packs = backend.list(key::PACKS)?;
     progress.start("index packs", packs.len() as u64);
-    for name in packs {
+    for key in packs {
         progress.advance(1);
-        let Ok(id) = name.parse::<PackId>() else {
+        let Some(id) = key.as_pack() else {
             report
                 .pack_problems
-                .push((name, "file name is not a pack id; ignored".into()));
+                .push((key.to_string(), "not the name of a pack; ignored".into()));
             continue;
         };
+        let name = id.to_hex();
         let contents = match read_pack_contents(backend, id) {
             Ok(c) => c,
             Err(e) => {
@@ -87,27 +95,21 @@ fn index_packs(
                 ),
             ));
         }
-        let mut batch = WriteBatch::default();
+        let mut batch = index.batch();
         for e in &contents.entries {
             if index.get_object(e.info.kind, &e.info.digest.0)?.is_none() {
-                index.put_object(
-                    &mut batch,
-                    e.info.kind,
-                    &e.info.digest.0,
-                    &object_entry(id, e),
-                );
+                batch.put_object(e.info.kind, &e.info.digest.0, &ObjectEntry::found(id, e));
                 report.objects += 1;
             }
         }
-        index.put_pack(
-            &mut batch,
+        batch.put_pack(
             id,
             crate::index::PackEntry {
                 size: contents.size,
                 objects: contents.entries.len() as u32,
             },
         );
-        index.write(batch)?;
+        index.commit(batch)?;
         report.packs += 1;
     }
     progress.finish();
@@ -116,18 +118,24 @@ fn index_packs(
 
 /// Reads every snapshot file whose content hashes to its name.
 fn read_snapshots(
-    backend: &LocalBackend,
+    backend: &dyn Backend,
     report: &mut RebuildReport,
     progress: &dyn Progress,
 ) -> Result<Vec<(SnapshotId, Snapshot)>> {
-    let names = backend.list(Namespace::Snapshots)?;
-    progress.start("read snapshots", names.len() as u64);
+    let keys = backend.list(key::SNAPSHOTS)?;
+    progress.start("read snapshots", keys.len() as u64);
     let mut snapshots = Vec::new();
-    for name in names {
+    for key in keys {
         progress.advance(1);
-        match load_snapshot_file(backend, &name) {
-            Ok((id, s)) => snapshots.push((id, s)),
-            Err(reason) => report.bad_snapshots.push((name, reason)),
+        match key.kind() {
+            Some(KeyKind::Snapshot(id)) => match load_snapshot(backend, id) {
+                Ok(s) => snapshots.push((id, s)),
+                Err(e) => report.bad_snapshots.push((id.to_hex(), e.to_string())),
+            },
+            Some(_) => {}
+            None => report
+                .bad_snapshots
+                .push((key.to_string(), "not the name of a snapshot file".into())),
         }
     }
     progress.finish();
@@ -137,7 +145,7 @@ fn read_snapshots(
 /// Catalogues the snapshots and sets every reference count from scratch, in one batch.
 fn publish_snapshots(
     index: &Index,
-    backend: &LocalBackend,
+    backend: &dyn Backend,
     snapshots: &[(SnapshotId, Snapshot)],
     report: &mut RebuildReport,
 ) -> Result<()> {
@@ -145,7 +153,7 @@ fn publish_snapshots(
     for (page, reason) in &counts.unreadable_pages {
         report.missing.push(format!("page {page}: {reason}"));
     }
-    let mut batch = WriteBatch::default();
+    let mut batch = index.batch();
     let pages = counts
         .pages
         .iter()
@@ -158,7 +166,7 @@ fn publish_snapshots(
         match index.get_object(kind, &digest)? {
             Some(mut entry) => {
                 entry.refcount = n;
-                index.put_object(&mut batch, kind, &digest, &entry);
+                batch.put_object(kind, &digest, &entry);
             }
             // Unreadable pages are already reported above.
             None if kind == ObjectKind::Chunk => report
@@ -167,50 +175,41 @@ fn publish_snapshots(
             None => {}
         }
     }
-    let protected: std::collections::HashSet<String> =
-        backend.list(Namespace::Protections)?.into_iter().collect();
+    let protected: std::collections::HashSet<SnapshotId> = backend
+        .list(key::SNAPSHOTS)?
+        .iter()
+        .filter_map(|k| match k.kind() {
+            Some(KeyKind::Protection(id)) => Some(id),
+            _ => None,
+        })
+        .collect();
     for (id, s) in snapshots {
-        index.put_snapshot(&mut batch, *id, &s.header);
-        if protected.contains(&id.to_hex()) {
-            index.set_protected(&mut batch, *id, true);
+        batch.put_snapshot(*id, &s.header);
+        if protected.contains(id) {
+            batch.set_protected(*id, true);
         }
     }
-    index.write(batch)?;
+    index.commit(batch)?;
     report.snapshots = snapshots.len();
     Ok(())
 }
 
 /// Swaps the rebuilt index in: old index aside, new one in, old one removed. Each step is a
-/// rename, so a crash leaves either the old index, no index (rerun the rebuild), or the new one.
-fn install(root: &Path, building: &Path) -> Result<()> {
-    let live = index_path(root);
-    let old = root.join("index.old");
+/// durable rename, so a crash leaves either the old index, no index (rerun the rebuild), or
+/// the new one.
+fn install(dir: &Path, live: &Path, building: &Path) -> Result<()> {
+    let old = dir.join("index.old");
     remove_dir_if_exists(&old)?;
     if live.exists() {
-        fs::rename(&live, &old).ctx(|| format!("moving {} aside", live.display()))?;
+        durable::rename(&OsFs, live, &old).ctx(|| format!("moving {} aside", live.display()))?;
     }
-    fs::rename(building, &live).ctx(|| format!("installing {}", live.display()))?;
-    let _ = fs::rename(
-        crate::index::hint_path(building),
-        crate::index::hint_path(&live),
+    durable::rename(&OsFs, building, live).ctx(|| format!("installing {}", live.display()))?;
+    let _ = durable::rename(
+        &OsFs,
+        &crate::index::hint_path(building),
+        &crate::index::hint_path(live),
     );
-    sync_dir(root)?;
     remove_dir_if_exists(&old)
-}
-
-fn load_snapshot_file(backend: &dyn Backend, name: &str) -> Result<(SnapshotId, Snapshot), String> {
-    let id: SnapshotId = name
-        .parse()
-        .map_err(|e: tessera_format::DecodeError| format!("file name is not a snapshot id: {e}"))?;
-    let bytes = backend
-        .read_all(Namespace::Snapshots, name)
-        .map_err(|e| e.to_string())?;
-    if SnapshotId::of(&bytes) != id {
-        return Err("content does not hash to the file name".into());
-    }
-    Snapshot::decode(&bytes)
-        .map(|s| (id, s))
-        .map_err(|e| e.to_string())
 }
 
 fn remove_dir_if_exists(path: &Path) -> Result<()> {

@@ -14,7 +14,6 @@ use rayon::prelude::*;
 use tessera_format::manifest::block_count;
 use tessera_format::{ChunkDigest, DiskEntry, ObjectKind, PageDigest, Snapshot, SnapshotId};
 
-use crate::backend::sync_dir;
 use crate::direct_write::{
     with_aligned_buffer, write_pipeline, BlockWriter, PipelineProducer, Run,
 };
@@ -22,6 +21,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::index::ObjectEntry;
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::storage::durable;
 use crate::store::reader::read_object_into;
 
 /// What a restore did.
@@ -394,18 +394,13 @@ pub fn restore_disk(
     });
     filled?;
     progress.finish();
-    file.sync_all()
-        .ctx(|| format!("syncing {}", output.display()))?;
     if let Target::Fresh { staged, .. } = &target {
-        fs::rename(staged, output)
-            .ctx(|| format!("renaming {} to {}", staged.display(), output.display()))?;
+        durable::install_written(file, staged, output)
+            .ctx(|| format!("installing {} as {}", staged.display(), output.display()))?;
         staged_guard.0 = None;
-        sync_dir(
-            output
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-        )?;
+    } else {
+        file.sync_all()
+            .ctx(|| format!("syncing {}", output.display()))?;
     }
     Ok(outcome)
 }

@@ -4,11 +4,13 @@
 //! ([`pack_writer::PackWriter::finish`]) and then (2) an index batch records its location
 //! ([`session::WriteSession`]). A crash between the two leaves a sealed pack the index does
 //! not know; the next writer adopts it ([`session::adopt_unindexed_packs`]), so rerunning
-//! an interrupted backup reuses what was already sealed. A crash before (1) leaves only a
-//! staged file in `tmp/`, removed by the next writer.
+//! an interrupted backup reuses what was already sealed. A crash before (1) leaves only
+//! what the backend staged, which the next writer discards.
 
 pub mod encode;
 pub mod pack_scan;
+pub mod pack_sink;
 pub mod pack_writer;
+pub mod quarantine;
 pub mod reader;
 pub mod session;

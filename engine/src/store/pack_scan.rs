@@ -8,8 +8,8 @@ use tessera_format::pack::{
 };
 use tessera_format::PackId;
 
-use crate::backend::{Backend, Namespace};
 use crate::error::{Error, Result};
+use crate::storage::{Backend, ObjectKey};
 
 /// A pack's contents as found on disk.
 #[derive(Debug)]
@@ -24,8 +24,11 @@ pub struct PackContents {
 
 /// Reads the footer of `pack`, falling back to a record scan when it is damaged.
 pub fn read_pack_contents(backend: &dyn Backend, pack: PackId) -> Result<PackContents> {
-    let name = pack.to_hex();
-    let size = backend.size(Namespace::Packs, &name)?;
+    let key = ObjectKey::pack(pack);
+    let size = backend.size(&key)?.ok_or_else(|| Error::PackCorrupt {
+        pack,
+        reason: "the pack file is missing".into(),
+    })?;
     match read_footer(backend, pack, size) {
         Ok(entries) => Ok(PackContents {
             size,
@@ -44,26 +47,21 @@ pub fn read_pack_contents(backend: &dyn Backend, pack: PackId) -> Result<PackCon
 }
 
 fn read_footer(backend: &dyn Backend, pack: PackId, size: u64) -> Result<Vec<FooterEntry>, String> {
-    let name = pack.to_hex();
+    let key = ObjectKey::pack(pack);
     if size < (PACK_HEADER_LEN + TRAILER_LEN) as u64 {
         return Err(format!("{size} bytes is too short for a sealed pack"));
     }
     let header = backend
-        .read_range(Namespace::Packs, &name, 0, PACK_HEADER_LEN)
+        .get_range(&key, 0, PACK_HEADER_LEN)
         .map_err(|e| e.to_string())?;
     decode_pack_header(&header).map_err(|e| e.to_string())?;
     let trailer_buf = backend
-        .read_range(
-            Namespace::Packs,
-            &name,
-            size - TRAILER_LEN as u64,
-            TRAILER_LEN,
-        )
+        .get_range(&key, size - TRAILER_LEN as u64, TRAILER_LEN)
         .map_err(|e| e.to_string())?;
     let trailer = decode_trailer(&trailer_buf, size).map_err(|e| e.to_string())?;
     let footer_len = (size - TRAILER_LEN as u64 - trailer.footer_offset) as usize;
     let footer = backend
-        .read_range(Namespace::Packs, &name, trailer.footer_offset, footer_len)
+        .get_range(&key, trailer.footer_offset, footer_len)
         .map_err(|e| e.to_string())?;
     decode_footer(&footer, &trailer).map_err(|e| e.to_string())
 }
@@ -72,8 +70,7 @@ fn read_footer(backend: &dyn Backend, pack: PackId, size: u64) -> Result<Vec<Foo
 /// (the footer, damage, or the end). Each record's stored bytes are CRC-checked, so a
 /// record is only returned when it is intact.
 pub fn scan_records(backend: &dyn Backend, pack: PackId, size: u64) -> Result<Vec<FooterEntry>> {
-    let name = pack.to_hex();
-    let all = backend.read_all(Namespace::Packs, &name)?;
+    let all = backend.get(&ObjectKey::pack(pack))?;
     if decode_pack_header(&all).is_err() {
         return Err(Error::PackCorrupt {
             pack,
@@ -129,13 +126,8 @@ pub fn check_footer(
     catalog_objects: Option<u32>,
     indexed: &[&Indexed],
 ) -> Result<Option<String>> {
-    let name = pack.to_hex();
-    let size = match backend.size(Namespace::Packs, &name) {
-        Ok(s) => s,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Some("the pack file is missing".into()))
-        }
-        Err(e) => return Err(e),
+    let Some(size) = backend.size(&ObjectKey::pack(pack))? else {
+        return Ok(Some("the pack file is missing".into()));
     };
     let entries = match read_footer(backend, pack, size) {
         Ok(e) => e,

@@ -8,8 +8,9 @@ use tessera_format::pack::{
 };
 use tessera_format::{ObjectInfo, PackId};
 
-use crate::backend::{Backend, Namespace, ObjectWriter};
 use crate::error::{Error, IoContext, Result};
+use crate::index::{IndexBatch, ObjectEntry, PackEntry};
+use crate::storage::{Backend, ObjectKey, ObjectWriter, PutMode};
 
 /// A pack being written. Nothing is visible until [`PackWriter::finish`] returns; dropping
 /// the writer discards the staged file.
@@ -33,10 +34,26 @@ pub struct SealedPack {
 
 impl SealedPack {
     /// Its catalog entry in the index.
-    pub fn catalog_entry(&self) -> crate::index::PackEntry {
-        crate::index::PackEntry {
+    pub fn catalog_entry(&self) -> PackEntry {
+        PackEntry {
             size: self.size,
             objects: self.entries.len() as u32,
+        }
+    }
+}
+
+impl SealedPack {
+    /// Adds the pack to the catalog and points each object at its new location in `batch`,
+    /// keeping the count of objects the index knew (`known[i]`, the entry of `entries[i]`)
+    /// and giving new ones count 0.
+    pub fn index_into(&self, batch: &mut IndexBatch<'_>, known: &[Option<ObjectEntry>]) {
+        batch.put_pack(self.id, self.catalog_entry());
+        for (i, fe) in self.entries.iter().enumerate() {
+            let entry = match known.get(i).copied().flatten() {
+                Some(old) => old.relocated(self.id, fe),
+                None => ObjectEntry::found(self.id, fe),
+            };
+            batch.put_object(fe.info.kind, &fe.info.digest.0, &entry);
         }
     }
 }
@@ -45,7 +62,7 @@ impl PackWriter {
     /// Starts a new pack with a random id.
     pub fn create(backend: &dyn Backend) -> Result<Self> {
         let id = PackId(rand::random());
-        let mut out = backend.create(Namespace::Packs, &id.to_hex())?;
+        let mut out = backend.put(&ObjectKey::pack(id), PutMode::Create)?;
         out.write_all(&encode_pack_header())
             .ctx(|| format!("writing pack {id}"))?;
         Ok(Self {
@@ -59,9 +76,12 @@ impl PackWriter {
     /// Appends one record.
     pub fn append(&mut self, info: &ObjectInfo, stored: &[u8]) -> Result<()> {
         if stored.len() != info.stored_len as usize {
-            return Err(Error::InvalidArgument(
-                "stored bytes do not match their record header".into(),
-            ));
+            return Err(Error::Internal(format!(
+                "pack {}: {} stored bytes under a record header saying {}",
+                self.id,
+                stored.len(),
+                info.stored_len
+            )));
         }
         let id = self.id;
         self.out
@@ -88,14 +108,14 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
-    /// Writes the footer and makes the pack durable (fsync, rename, directory fsync).
+    /// Writes the footer and makes the pack durable (a finished put of the backend).
     pub fn finish(mut self) -> Result<SealedPack> {
         let id = self.id;
         let footer = encode_footer(&self.entries, self.len);
         self.out
             .write_all(&footer)
             .ctx(|| format!("writing pack {id}"))?;
-        self.out.commit()?;
+        self.out.finish()?;
         Ok(SealedPack {
             id,
             size: self.len + footer.len() as u64,

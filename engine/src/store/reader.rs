@@ -1,13 +1,82 @@
 //! Reading objects back, checking every layer: record header, stored-bytes CRC, decoded
 //! length, and finally the SHA-256 of the raw bytes against the digest that named them.
 
+use tessera_format::manifest::entries_in_page;
 use tessera_format::pack::{decode_record_header, RECORD_HEADER_LEN};
-use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind, PageDigest};
+use tessera_format::{
+    ChunkDigest, Codec, ManifestPage, ObjectInfo, ObjectKind, PackId, PageDigest, Snapshot,
+    SnapshotId,
+};
 
-use crate::backend::{Backend, Namespace};
 use crate::error::{Error, Result};
-use crate::index::ObjectEntry;
+use crate::index::{Index, ObjectEntry};
+use crate::storage::{Backend, ObjectKey};
 use crate::store::encode::{decode_into, decompress};
+
+/// Reads a snapshot file and checks it against its id.
+pub fn load_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<Snapshot> {
+    let bytes = backend.get(&ObjectKey::snapshot(id))?;
+    if SnapshotId::of(&bytes) != id {
+        return Err(Error::SnapshotCorrupt {
+            id: id.to_hex(),
+            reason: "file content does not hash to its name".into(),
+        });
+    }
+    Snapshot::decode(&bytes).map_err(|e| Error::SnapshotCorrupt {
+        id: id.to_hex(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads an object by digest, wherever the index places it, with every check of
+/// [`read_object`].
+pub fn read_indexed(
+    index: &Index,
+    backend: &dyn Backend,
+    kind: ObjectKind,
+    digest: &[u8; 32],
+) -> Result<Vec<u8>> {
+    let entry = index
+        .get_object(kind, digest)?
+        .ok_or_else(|| Error::ObjectMissing {
+            kind,
+            digest: hex::encode(digest),
+        })?;
+    read_object(backend, kind, digest, &entry)
+}
+
+/// Reads manifest page `page_no` of a disk with `blocks` blocks and checks its length.
+pub fn read_page(
+    index: &Index,
+    backend: &dyn Backend,
+    digest: PageDigest,
+    blocks: u64,
+    page_entries: u32,
+    page_no: u64,
+) -> Result<Vec<ChunkDigest>> {
+    let raw = read_indexed(index, backend, ObjectKind::Page, digest.as_bytes())?;
+    let page = ManifestPage::decode(&raw).map_err(|e| Error::ObjectCorrupt {
+        kind: ObjectKind::Page,
+        digest: digest.to_hex(),
+        pack: PackId([0; 16]),
+        offset: 0,
+        reason: e.to_string(),
+    })?;
+    let expected = entries_in_page(blocks, page_entries, page_no);
+    if page.digests.len() as u64 != expected {
+        return Err(Error::ObjectCorrupt {
+            kind: ObjectKind::Page,
+            digest: digest.to_hex(),
+            pack: PackId([0; 16]),
+            offset: 0,
+            reason: format!(
+                "the page has {} entries where {expected} belong",
+                page.digests.len()
+            ),
+        });
+    }
+    Ok(page.digests)
+}
 
 /// Reads and fully checks the object `digest` of `kind` at the location `entry` gives.
 pub fn read_object(
@@ -90,7 +159,7 @@ impl<'a> Record<'a> {
         entry: &'a ObjectEntry,
     ) -> Result<Self> {
         let len = RECORD_HEADER_LEN + entry.stored_len as usize;
-        let read = backend.read_range(Namespace::Packs, &entry.pack.to_hex(), entry.offset, len);
+        let read = backend.get_range(&ObjectKey::pack(entry.pack), entry.offset, len);
         let record = |buf| Record {
             kind,
             digest,
@@ -103,12 +172,10 @@ impl<'a> Record<'a> {
                 Err(record(Vec::new())
                     .corrupt("pack is shorter than the record (truncated)".into()))
             }
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                Err(Error::ObjectMissing {
-                    kind,
-                    digest: format!("{} (pack {} is missing)", hex::encode(digest), entry.pack),
-                })
-            }
+            Err(e) if e.is_not_found() => Err(Error::ObjectMissing {
+                kind,
+                digest: format!("{} (pack {} is missing)", hex::encode(digest), entry.pack),
+            }),
             Err(e) => Err(e),
         }
     }

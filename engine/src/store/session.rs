@@ -1,21 +1,20 @@
-//! A writer's session with the store: appends encoded objects into packs, seals packs at a
-//! target size, and indexes each sealed pack's objects (with reference count 0; counts are
+//! A writer's session with the store: appends encoded objects into packs through the
+//! [`PackSink`], and indexes each sealed pack's objects (with reference count 0; counts are
 //! raised only when a snapshot that references them is committed).
 
 use std::collections::HashSet;
 
-use rocksdb::WriteBatch;
 use tessera_format::pack::FooterEntry;
 use tessera_format::{ObjectInfo, ObjectKind, PackId};
 
-use crate::backend::{Backend, Namespace};
 use crate::error::Result;
 use crate::index::{Index, ObjectEntry, PackEntry};
+use crate::storage::Backend;
 use crate::store::pack_scan::read_pack_contents;
-use crate::store::pack_writer::{PackWriter, SealedPack};
+use crate::store::pack_sink::PackSink;
+use crate::store::pack_writer::SealedPack;
 
-/// Packs are sealed once they reach this size.
-pub const TARGET_PACK_SIZE: u64 = 32 << 20;
+pub use crate::store::pack_sink::TARGET_PACK_SIZE;
 
 /// Counters of what a session wrote.
 #[derive(Debug, Default, Clone, Copy)]
@@ -33,20 +32,19 @@ pub struct SessionStats {
 /// See the module docs. Must be used by the lock holder only.
 pub struct WriteSession<'a> {
     index: &'a Index,
-    backend: &'a dyn Backend,
-    current: Option<PackWriter>,
+    sink: PackSink<'a, ()>,
     pending: HashSet<(ObjectKind, [u8; 32])>,
     /// What was written.
     pub stats: SessionStats,
 }
 
 impl<'a> WriteSession<'a> {
-    /// A session writing into `backend` and indexing into `index`.
-    pub fn new(index: &'a Index, backend: &'a dyn Backend) -> Self {
+    /// A session writing packs of about `pack_target` bytes into `backend` and indexing
+    /// them into `index`.
+    pub fn new(index: &'a Index, backend: &'a dyn Backend, pack_target: u64) -> Self {
         Self {
             index,
-            backend,
-            current: None,
+            sink: PackSink::new(backend, pack_target),
             pending: HashSet::new(),
             stats: SessionStats::default(),
         }
@@ -64,15 +62,11 @@ impl<'a> WriteSession<'a> {
         if !self.pending.insert((info.kind, info.digest.0)) {
             return Ok(false);
         }
-        let writer = match &mut self.current {
-            Some(w) => w,
-            None => self.current.insert(PackWriter::create(self.backend)?),
-        };
-        writer.append(info, stored)?;
+        self.sink.append(info, stored, ())?;
         self.stats.objects += 1;
         self.stats.raw_bytes += u64::from(info.raw_len);
         self.stats.stored_bytes += u64::from(info.stored_len);
-        if writer.len() >= TARGET_PACK_SIZE {
+        if self.sink.is_full() {
             self.seal()?;
         }
         Ok(true)
@@ -80,12 +74,8 @@ impl<'a> WriteSession<'a> {
 
     /// Seals the open pack, if any, and indexes its objects.
     pub fn seal(&mut self) -> Result<()> {
-        if let Some(writer) = self.current.take() {
-            if writer.is_empty() {
-                return Ok(());
-            }
-            let sealed = writer.finish()?;
-            index_pack(self.index, &sealed)?;
+        if let Some(sealed) = self.sink.seal()? {
+            index_pack(self.index, &sealed.pack)?;
             self.pending.clear();
             self.stats.packs += 1;
         }
@@ -106,62 +96,68 @@ pub fn index_pack(index: &Index, sealed: &SealedPack) -> Result<()> {
 }
 
 fn index_entries(index: &Index, pack: PackId, size: u64, entries: &[FooterEntry]) -> Result<()> {
-    let mut batch = WriteBatch::default();
+    let mut batch = index.batch();
     for kind in [ObjectKind::Chunk, ObjectKind::Page] {
         let of_kind: Vec<&FooterEntry> = entries.iter().filter(|e| e.info.kind == kind).collect();
         let keys: Vec<[u8; 32]> = of_kind.iter().map(|e| e.info.digest.0).collect();
         let known = index.contains_many(kind, &keys)?;
         for (e, known) in of_kind.iter().zip(known) {
             if !known {
-                index.put_object(&mut batch, kind, &e.info.digest.0, &object_entry(pack, e));
+                batch.put_object(kind, &e.info.digest.0, &ObjectEntry::found(pack, e));
             }
         }
     }
-    index.put_pack(
-        &mut batch,
+    batch.put_pack(
         pack,
         PackEntry {
             size,
             objects: entries.len() as u32,
         },
     );
-    index.write(batch)
+    index.commit(batch)
 }
 
-/// The index entry (count 0, never verified) of an object found in a pack.
-pub fn object_entry(pack: PackId, e: &FooterEntry) -> ObjectEntry {
-    ObjectEntry {
-        pack,
-        offset: e.offset,
-        stored_len: e.info.stored_len,
-        raw_len: e.info.raw_len,
-        codec: e.info.codec,
-        stored_crc: e.info.stored_crc,
-        refcount: 0,
-        verified_at_us: 0,
-    }
+/// What adopting unindexed packs found.
+#[derive(Debug, Default, Clone)]
+pub struct Adoption {
+    /// Packs indexed.
+    pub adopted: usize,
+    /// Packs that could not be read now (left in place for the next writer), with why.
+    pub unreadable: Vec<(PackId, String)>,
+    /// Packs whose header is damaged (no record can be trusted): moved to quarantine.
+    pub quarantined: Vec<PackId>,
 }
 
 /// Indexes sealed packs the index does not know: those whose writer crashed between sealing
-/// and indexing. Cost: one directory listing, plus a footer read per unknown pack.
+/// and indexing. Cost: one listing, plus a footer read per unknown pack. A pack that cannot
+/// be read is reported and skipped (never deleted); one whose header is damaged is moved to
+/// quarantine, so that it no longer stops every writer from opening.
 pub fn adopt_unindexed_packs(
     index: &Index,
     backend: &dyn Backend,
     skip: &HashSet<PackId, impl std::hash::BuildHasher>,
-) -> Result<usize> {
+) -> Result<Adoption> {
     let mut known: HashSet<PackId> = index.packs()?.into_iter().map(|(id, _)| id).collect();
     known.extend(skip);
-    let mut adopted = 0;
-    for name in backend.list(Namespace::Packs)? {
-        let Ok(id) = name.parse::<PackId>() else {
+    let mut found = Adoption::default();
+    for key in backend.list(crate::storage::key::PACKS)? {
+        let Some(id) = key.as_pack() else {
             continue;
         };
         if known.contains(&id) {
             continue;
         }
-        let contents = read_pack_contents(backend, id)?;
-        index_entries(index, id, contents.size, &contents.entries)?;
-        adopted += 1;
+        match read_pack_contents(backend, id) {
+            Ok(contents) => {
+                index_entries(index, id, contents.size, &contents.entries)?;
+                found.adopted += 1;
+            }
+            Err(crate::error::Error::PackCorrupt { .. }) => {
+                crate::store::quarantine::quarantine_pack(backend, id)?;
+                found.quarantined.push(id);
+            }
+            Err(e) => found.unreadable.push((id, e.to_string())),
+        }
     }
-    Ok(adopted)
+    Ok(found)
 }

@@ -20,19 +20,20 @@ use rayon::prelude::*;
 use tessera_format::pack::FooterEntry;
 use tessera_format::{Compression, IdScheme, ManifestPage, ObjectKind, PackId, SnapshotId};
 
-use crate::backend::{Backend, Namespace};
 use crate::error::{Error, Result};
+use crate::index::ObjectEntry;
 use crate::progress::Progress;
 use crate::repo::{InitOptions, Repository};
+use crate::storage::local::LocalBackend;
+use crate::storage::{key, Backend, ObjectKey, PutMode};
 use crate::store::pack_scan::read_pack_contents;
-use crate::store::pack_writer::PackWriter;
+use crate::store::pack_sink::PackSink;
 use crate::store::reader::{read_object, read_stored};
-use crate::store::session::{object_entry, TARGET_PACK_SIZE};
+use crate::store::session::TARGET_PACK_SIZE;
 
 use super::bundle_manifest::{
-    hash_file, BundleBlockSize, BundleFile, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_NAME,
+    hash_file, BundleBlockSize, BundleFile, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION,
 };
-use super::flat_dir::FlatDir;
 use super::sink::{block_sizes, decode_snapshot, LocalSink};
 use super::source::{Catalog, ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
 use super::{Selection, SyncOptions, SyncReport};
@@ -69,12 +70,11 @@ pub fn export(
     }
     std::fs::create_dir_all(out)
         .map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
-    let flat = FlatDir::new(out);
+    let flat = LocalBackend::flat(out);
     let selected = selection.select(&Catalog::snapshots(repo)?)?;
     let mut w = BundleWriter {
         repo,
-        flat: &flat,
-        pack: None,
+        sink: PackSink::new(&flat, TARGET_PACK_SIZE),
         seen: HashSet::new(),
         report: ExportReport::default(),
     };
@@ -87,17 +87,15 @@ pub fn export(
     w.seal()?;
     let mut report = w.report;
     let mut files = Vec::new();
-    for name in flat.list(Namespace::Packs)? {
-        files.push(format!("{name}.pack"));
+    for key in flat.list(key::PACKS)? {
+        if let Some(id) = key.as_pack() {
+            files.push(format!("{id}.pack"));
+        }
     }
     for s in &selected {
-        let bytes = repo
-            .backend()
-            .read_all(Namespace::Snapshots, &s.id.to_hex())?;
-        let mut f = flat.create(Namespace::Snapshots, &s.id.to_hex())?;
-        std::io::Write::write_all(&mut f, &bytes)
-            .map_err(|e| Error::io(format!("writing snapshot {} into the bundle", s.id), e))?;
-        f.commit()?;
+        let key = ObjectKey::snapshot(s.id);
+        let bytes = repo.backend().get(&key)?;
+        flat.put_bytes(&key, PutMode::Create, &bytes)?;
         files.push(format!("{}.snap", s.id.to_hex()));
     }
     let mut listed = Vec::new();
@@ -125,25 +123,18 @@ pub fn export(
         snapshots: report.snapshots.clone(),
         files: listed,
     };
-    write_manifest(out, &manifest.encode())?;
+    // The manifest goes last: a bundle without it is incomplete and refused by import.
+    flat.put_bytes(
+        &ObjectKey::bundle_manifest(),
+        PutMode::Create,
+        &manifest.encode(),
+    )?;
     Ok(report)
-}
-
-fn write_manifest(dir: &Path, bytes: &[u8]) -> Result<()> {
-    let staged = dir.join(format!(".{MANIFEST_NAME}.tmp"));
-    let io = |what: &str, e| Error::io(format!("{what} {}", staged.display()), e);
-    std::fs::write(&staged, bytes).map_err(|e| io("writing", e))?;
-    std::fs::File::open(&staged)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io("syncing", e))?;
-    std::fs::rename(&staged, dir.join(MANIFEST_NAME)).map_err(|e| io("renaming", e))?;
-    crate::backend::sync_dir(dir)
 }
 
 struct BundleWriter<'a> {
     repo: &'a Repository,
-    flat: &'a FlatDir,
-    pack: Option<PackWriter>,
+    sink: PackSink<'a, ()>,
     seen: HashSet<(ObjectKind, [u8; 32])>,
     report: ExportReport,
 }
@@ -193,25 +184,18 @@ impl BundleWriter<'_> {
             })
             .collect::<Result<_>>()?;
         for (info, stored) in objects {
-            let writer = match &mut self.pack {
-                Some(w) => w,
-                None => self.pack.insert(PackWriter::create(self.flat)?),
-            };
-            writer.append(&info, &stored)?;
+            self.sink.append(&info, &stored, ())?;
             self.report.objects += 1;
-            if writer.len() >= TARGET_PACK_SIZE {
-                self.seal()?;
+            if self.sink.seal_if_full()?.is_some() {
+                self.report.packs += 1;
             }
         }
         Ok(())
     }
 
     fn seal(&mut self) -> Result<()> {
-        if let Some(w) = self.pack.take() {
-            if !w.is_empty() {
-                w.finish()?;
-                self.report.packs += 1;
-            }
+        if self.sink.seal()?.is_some() {
+            self.report.packs += 1;
         }
         Ok(())
     }
@@ -220,7 +204,7 @@ impl BundleWriter<'_> {
 /// A bundle that passed every check of the module docs, usable as an [`ObjectSource`].
 pub struct Bundle {
     dir: PathBuf,
-    flat: FlatDir,
+    flat: LocalBackend,
     manifest: Manifest,
     objects: HashMap<(ObjectKind, [u8; 32]), (PackId, FooterEntry)>,
     snapshots: Vec<(SnapshotSummary, Vec<u8>)>,
@@ -232,7 +216,7 @@ impl Bundle {
         let manifest = Manifest::read(dir)?;
         let bad = |name: &str, reason: String| bundle_error(dir, name, &reason);
         check_files(dir, &manifest, progress)?;
-        let flat = FlatDir::new(dir);
+        let flat = LocalBackend::flat(dir);
         let mut objects = HashMap::new();
         for (f, stem) in manifest
             .files
@@ -260,7 +244,7 @@ impl Bundle {
                     &flat,
                     e.info.kind,
                     &e.info.digest.0,
-                    &object_entry(*pack, e),
+                    &ObjectEntry::found(*pack, e),
                 )
                 .map_err(|err| bad(&name, err.to_string()))?;
                 if e.info.kind != ObjectKind::Page {
@@ -291,7 +275,10 @@ impl Bundle {
                     "snapshot named by the manifest is not listed among its files".into(),
                 ));
             }
-            let bytes = flat.read_all(Namespace::Snapshots, id_hex)?;
+            let snapshot_id: SnapshotId = id_hex
+                .parse()
+                .map_err(|e| bad(&name, format!("not a snapshot id: {e}")))?;
+            let bytes = flat.get(&ObjectKey::snapshot(snapshot_id))?;
             let (id, snapshot) = decode_snapshot(&dir.display().to_string(), &bytes)?;
             if &id.to_hex() != id_hex {
                 return Err(bad(&name, format!("content hashes to {id}")));
@@ -421,7 +408,12 @@ impl ObjectSource for Bundle {
                 break;
             }
             bytes += u64::from(e.info.stored_len);
-            out.push(read_stored(&self.flat, kind, d, &object_entry(*pack, e))?);
+            out.push(read_stored(
+                &self.flat,
+                kind,
+                d,
+                &ObjectEntry::found(*pack, e),
+            )?);
         }
         Ok(out)
     }

@@ -15,8 +15,6 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-use super::flat_dir::open_nofollow;
-
 /// File name of the manifest inside the bundle directory.
 pub const MANIFEST_NAME: &str = "bundle.json";
 /// `format` of a seed bundle manifest.
@@ -75,6 +73,21 @@ pub struct Manifest {
     pub snapshots: Vec<String>,
     /// Every file of the bundle except the manifest.
     pub files: Vec<BundleFile>,
+}
+
+/// Opens a file for reading without following a symbolic link in its last component.
+pub fn open_nofollow(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            Error::io(
+                format!("opening {} (symbolic links are refused)", path.display()),
+                e,
+            )
+        })
 }
 
 /// SHA-256 of a file read through `O_NOFOLLOW`, with its length.

@@ -12,7 +12,6 @@ pub mod bundle;
 pub mod bundle_manifest;
 pub mod bwlimit;
 pub mod checked;
-pub mod flat_dir;
 pub mod http;
 pub mod sink;
 pub mod source;

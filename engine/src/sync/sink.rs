@@ -44,8 +44,13 @@ impl<'r> LocalSink<'r> {
     }
 
     fn session(&mut self) -> &mut WriteSession<'r> {
-        self.session
-            .get_or_insert_with(|| WriteSession::new(self.repo.index(), self.repo.backend()))
+        self.session.get_or_insert_with(|| {
+            WriteSession::new(
+                self.repo.index(),
+                self.repo.backend(),
+                self.repo.pack_target(),
+            )
+        })
     }
 
     /// Seals the open pack, so that everything put so far is durable and indexed.

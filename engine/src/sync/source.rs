@@ -66,7 +66,7 @@ pub const MAX_BATCH_BYTES: u64 = 64 << 20;
 
 impl Catalog for Repository {
     fn describe(&self) -> String {
-        self.root().display().to_string()
+        Repository::describe(self)
     }
 
     fn id_scheme(&self) -> Result<IdScheme> {
@@ -86,8 +86,7 @@ impl Catalog for Repository {
 /// Objects of a local repository, read with every check of [`read_stored`].
 impl ObjectSource for Repository {
     fn snapshot_bytes(&self, id: SnapshotId) -> Result<Vec<u8>> {
-        self.backend()
-            .read_all(crate::backend::Namespace::Snapshots, &id.to_hex())
+        self.backend().get(&crate::storage::ObjectKey::snapshot(id))
     }
 
     fn get_objects(&self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<StoredObject>> {

@@ -7,41 +7,35 @@
 //! copy, which the next key backup or `repair` heals again); after it, the damaged record is
 //! dead weight in its old pack until compaction or `repair` quarantines it.
 
-use rocksdb::WriteBatch;
 use tessera_format::ObjectInfo;
 
 use crate::error::Result;
 use crate::repo::Repository;
-use crate::store::pack_writer::PackWriter;
-use crate::store::session::{object_entry, TARGET_PACK_SIZE};
+use crate::store::pack_sink::{PackSink, Sealed};
 
 /// Stores `objects` in new packs and re-points their index entries. Returns how many.
 pub fn rehome_objects(repo: &Repository, objects: &[(ObjectInfo, Vec<u8>)]) -> Result<u64> {
-    let mut rest = objects;
-    while !rest.is_empty() {
-        let mut writer = PackWriter::create(repo.backend())?;
-        let mut taken = 0;
-        for (info, stored) in rest {
-            writer.append(info, stored)?;
-            taken += 1;
-            if writer.len() >= TARGET_PACK_SIZE {
-                break;
-            }
+    let mut sink = PackSink::new(repo.backend(), repo.pack_target());
+    for (info, stored) in objects {
+        sink.append(info, stored, ())?;
+        if let Some(sealed) = sink.seal_if_full()? {
+            commit(repo, &sealed)?;
         }
-        rest = &rest[taken..];
-        let sealed = writer.finish()?;
-        let index = repo.index();
-        let mut batch = WriteBatch::default();
-        for fe in &sealed.entries {
-            let kind = fe.info.kind;
-            let entry = match index.get_object(kind, &fe.info.digest.0)? {
-                Some(old) => old.relocated(sealed.id, fe),
-                None => object_entry(sealed.id, fe),
-            };
-            index.put_object(&mut batch, kind, &fe.info.digest.0, &entry);
-        }
-        index.put_pack(&mut batch, sealed.id, sealed.catalog_entry());
-        index.write(batch)?;
+    }
+    if let Some(sealed) = sink.seal()? {
+        commit(repo, &sealed)?;
     }
     Ok(objects.len() as u64)
+}
+
+/// Points the objects of a sealed pack at their new locations, keeping their counts.
+fn commit(repo: &Repository, sealed: &Sealed<()>) -> Result<()> {
+    let index = repo.index();
+    let mut known = Vec::with_capacity(sealed.pack.entries.len());
+    for fe in &sealed.pack.entries {
+        known.push(index.get_object(fe.info.kind, &fe.info.digest.0)?);
+    }
+    let mut batch = index.batch();
+    sealed.pack.index_into(&mut batch, &known);
+    index.commit(batch)
 }

@@ -195,7 +195,7 @@ pub fn backup(
     let sources = open_sources(req)?;
     let plans = plan_disks(repo, req, &sources)?;
 
-    let mut session = WriteSession::new(repo.index(), repo.backend());
+    let mut session = WriteSession::new(repo.index(), repo.backend(), repo.pack_target());
     let mut refs = RefDeltas::default();
     let mut heal = Vec::new();
     let mut checked = HashSet::new();

@@ -42,10 +42,10 @@ use openssl::ssl::SslAcceptor;
 use sha2::{Digest, Sha256};
 use tessera_format::{ObjectKind, SnapshotId};
 
-use crate::backend::Namespace;
 use crate::error::{Error, Result};
 use crate::net::{listen_tcp, Keepalive};
 use crate::repo::{read_config, Repository};
+use crate::storage::ObjectKey;
 use crate::sync::checked::check_batch;
 use crate::sync::sink::{publish_checked, LocalSink, ObjectSink};
 use crate::sync::source::{Catalog, ObjectSource};
@@ -455,9 +455,7 @@ fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
             if !repo.index().has_snapshot(id).map_err(fail)? {
                 return Err((404, format!("no published snapshot {id}")));
             }
-            repo.backend()
-                .read_all(Namespace::Snapshots, &id.to_hex())
-                .map_err(fail)
+            repo.backend().get(&ObjectKey::snapshot(id)).map_err(fail)
         }
         ("POST", ["v1", "have", kind]) => {
             let kind = kind_of(kind)?;

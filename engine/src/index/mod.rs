@@ -1,5 +1,7 @@
-//! The RocksDB index: where every object lives, how many references it has, when it was
-//! last verified, and the snapshot catalog.
+//! The RocksDB index: where every object lives, how many references it has, and the
+//! snapshot catalog. RocksDB's types stay inside this module: the engine reads through
+//! [`Index`]'s methods and changes the index only through [`IndexBatch`] verbs committed by
+//! [`Index::commit`].
 //!
 //! Column families and their records (all integers little-endian):
 //!
@@ -12,42 +14,48 @@
 //! | `meta` | `repo_id` | repository id (16) |
 //! | `protected` | snapshot id (32) | empty |
 //! | `doomed_packs` | pack id (16) | empty |
+//! | `tombstones` | snapshot id (32) | empty: forgotten, its file not yet deleted |
 //!
 //! Reference counts are hierarchical: a page's count is the number of times snapshot root
 //! lists name it; a chunk's count is the number of *live* pages (count > 0) naming it,
 //! counted once per occurrence. Snapshot commits change counts only in the same atomic
-//! `WriteBatch` (fsynced through the WAL) that adds the catalog entry, so the counts always
+//! batch (fsynced through the WAL) that adds the catalog entry, so the counts always
 //! describe exactly the published snapshots, plus zero-count objects left by interrupted
 //! runs (reclaimed by compaction).
 //!
+//! Every commit is synced: when [`Index::commit`] returns, the batch survives power loss.
 //! Everything here can be rebuilt from packs and snapshot files (`ops::rebuild_index`).
 
+mod batch;
+mod entry;
+
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
     WriteOptions, DB,
 };
 use std::path::{Path, PathBuf};
-use tessera_format::codec::{put_i64, put_u32, put_u64, Reader};
-use tessera_format::{Codec, ObjectKind, PackId, RepoId, SnapshotHeader, SnapshotId};
+use std::sync::Arc;
+use tessera_format::{ObjectKind, PackId, RepoId, SnapshotHeader, SnapshotId};
+
+pub use batch::IndexBatch;
+pub use entry::{ObjectEntry, PackEntry, OBJECT_ENTRY_LEN};
 
 use crate::error::{Error, Result};
+use crate::storage::sim::CrashClock;
 
-/// Column family names.
-pub const CF_CHUNKS: &str = "chunks";
-/// Manifest pages.
-pub const CF_PAGES: &str = "pages";
-/// Snapshot catalog.
-pub const CF_SNAPSHOTS: &str = "snapshots";
-/// Pack catalog.
-pub const CF_PACKS: &str = "packs";
-/// Miscellaneous.
-pub const CF_META: &str = "meta";
-/// Protected snapshots (mirror of the `protected/` marker files).
-pub const CF_PROTECTED: &str = "protected";
+const CF_CHUNKS: &str = "chunks";
+const CF_PAGES: &str = "pages";
+const CF_SNAPSHOTS: &str = "snapshots";
+const CF_PACKS: &str = "packs";
+const CF_META: &str = "meta";
+/// Protected snapshots (mirror of the marker objects).
+const CF_PROTECTED: &str = "protected";
 /// Packs whose objects were moved by compaction; their files are deleted once no reader
 /// that might still use them is running.
-pub const CF_DOOMED: &str = "doomed_packs";
-const ALL_CFS: [&str; 7] = [
+const CF_DOOMED: &str = "doomed_packs";
+/// Snapshots forgotten whose files may still exist (see [`IndexBatch::forget_snapshot`]).
+const CF_TOMBSTONES: &str = "tombstones";
+const ALL_CFS: [&str; 8] = [
     CF_CHUNKS,
     CF_PAGES,
     CF_SNAPSHOTS,
@@ -55,118 +63,29 @@ const ALL_CFS: [&str; 7] = [
     CF_META,
     CF_PROTECTED,
     CF_DOOMED,
+    CF_TOMBSTONES,
 ];
 const META_REPO_ID: &[u8] = b"repo_id";
 
-/// Index record of one stored object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObjectEntry {
-    /// Pack holding the object.
-    pub pack: PackId,
-    /// Offset of its record header in the pack.
-    pub offset: u64,
-    /// Stored length.
-    pub stored_len: u32,
-    /// Raw length.
-    pub raw_len: u32,
-    /// Stored encoding.
-    pub codec: Codec,
-    /// CRC-32C of the stored bytes.
-    pub stored_crc: u32,
-    /// Hierarchical reference count.
-    pub refcount: u64,
-    /// Last successful verification, Unix microseconds (0 = never).
-    pub verified_at_us: i64,
-}
-
-/// Encoded size of an [`ObjectEntry`].
-pub const OBJECT_ENTRY_LEN: usize = 53;
-
-impl ObjectEntry {
-    /// The same object (same count) at its new location `fe` in `pack`, not yet verified there.
-    #[must_use]
-    pub fn relocated(&self, pack: PackId, fe: &tessera_format::pack::FooterEntry) -> Self {
-        Self {
-            pack,
-            offset: fe.offset,
-            stored_len: fe.info.stored_len,
-            raw_len: fe.info.raw_len,
-            codec: fe.info.codec,
-            stored_crc: fe.info.stored_crc,
-            verified_at_us: 0,
-            ..*self
+impl From<rocksdb::Error> for Error {
+    /// RocksDB reports I/O errors as text; a full disk must not be mistaken for damage.
+    fn from(e: rocksdb::Error) -> Self {
+        let text = e.to_string();
+        if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+            Self::NoSpace {
+                context: format!("writing the index ({text})"),
+            }
+        } else {
+            Self::Index(text)
         }
-    }
-
-    /// Encodes the entry.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(OBJECT_ENTRY_LEN);
-        out.extend_from_slice(self.pack.as_bytes());
-        put_u64(&mut out, self.offset);
-        put_u32(&mut out, self.stored_len);
-        put_u32(&mut out, self.raw_len);
-        out.push(self.codec as u8);
-        put_u32(&mut out, self.stored_crc);
-        put_u64(&mut out, self.refcount);
-        put_i64(&mut out, self.verified_at_us);
-        out
-    }
-
-    /// Decodes an entry.
-    pub fn decode(buf: &[u8]) -> Result<Self> {
-        let corrupt = |e: tessera_format::DecodeError| Error::IndexCorrupt {
-            what: e.to_string(),
-        };
-        let mut r = Reader::new(buf, "index object entry");
-        let entry = Self {
-            pack: PackId(r.array().map_err(corrupt)?),
-            offset: r.u64().map_err(corrupt)?,
-            stored_len: r.u32().map_err(corrupt)?,
-            raw_len: r.u32().map_err(corrupt)?,
-            codec: Codec::try_from(r.u8().map_err(corrupt)?).map_err(corrupt)?,
-            stored_crc: r.u32().map_err(corrupt)?,
-            refcount: r.u64().map_err(corrupt)?,
-            verified_at_us: r.i64().map_err(corrupt)?,
-        };
-        r.finish().map_err(corrupt)?;
-        Ok(entry)
     }
 }
 
 /// Column family holding objects of `kind`.
-pub fn cf_for(kind: ObjectKind) -> &'static str {
+fn cf_for(kind: ObjectKind) -> &'static str {
     match kind {
         ObjectKind::Chunk => CF_CHUNKS,
         ObjectKind::Page => CF_PAGES,
-    }
-}
-
-/// Pack catalog record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PackEntry {
-    /// File size.
-    pub size: u64,
-    /// Number of objects.
-    pub objects: u32,
-}
-
-impl PackEntry {
-    fn encode(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12);
-        put_u64(&mut out, self.size);
-        put_u32(&mut out, self.objects);
-        out
-    }
-
-    fn decode(buf: &[u8]) -> Result<Self> {
-        let corrupt = |e: tessera_format::DecodeError| Error::IndexCorrupt {
-            what: e.to_string(),
-        };
-        let mut r = Reader::new(buf, "index pack entry");
-        Ok(Self {
-            size: r.u64().map_err(corrupt)?,
-            objects: r.u32().map_err(corrupt)?,
-        })
     }
 }
 
@@ -177,6 +96,8 @@ pub struct Index {
     _secondary: Option<SecondaryDir>,
     /// Writers: where to publish the sequence hint after each commit, and the DB identity.
     hint: Option<(PathBuf, Vec<u8>)>,
+    /// Crash tests: every commit is a step of this clock.
+    clock: Option<Arc<CrashClock>>,
 }
 
 /// Path of the sequence hint of the index at `path` (`REPO/index` → `REPO/index.seq`).
@@ -257,9 +178,13 @@ fn open_read_only_validated(
     for attempt in 0..READ_OPEN_ATTEMPTS {
         let hint = read_hint(&hint_path(path));
         let secondary = SecondaryDir::new()?;
-        let opened =
-            DB::open_cf_descriptors_as_secondary(opts, path, &secondary.0, descriptors(cache))
-                .and_then(|db| db.try_catch_up_with_primary().map(|()| db));
+        let opened = DB::open_cf_descriptors_as_secondary(
+            opts,
+            path,
+            &secondary.0,
+            descriptors(cache, path, true),
+        )
+        .and_then(|db| db.try_catch_up_with_primary().map(|()| db));
         match opened {
             Ok(db) => {
                 let current = match &hint {
@@ -290,9 +215,18 @@ fn open_read_only_validated(
     }))
 }
 
-fn descriptors(block_cache: &Cache) -> Vec<ColumnFamilyDescriptor> {
+/// Descriptors of the column families to open: all of them for writers (missing ones are
+/// created: an index made before `tombstones` existed gains it), and for readers those the
+/// database has (a reader cannot create one and never needs the newer ones).
+fn descriptors(block_cache: &Cache, path: &Path, reader: bool) -> Vec<ColumnFamilyDescriptor> {
+    let present = if reader {
+        DB::list_cf(&Options::default(), path).ok()
+    } else {
+        None
+    };
     ALL_CFS
         .iter()
+        .filter(|n| present.as_ref().is_none_or(|p| p.iter().any(|x| x == *n)))
         .map(|n| ColumnFamilyDescriptor::new(*n, options(block_cache)))
         .collect()
 }
@@ -304,15 +238,19 @@ impl Index {
         let mut opts = options(&cache);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let db = DB::open_cf_descriptors(&opts, path, descriptors(&cache))?;
+        let db = DB::open_cf_descriptors(&opts, path, descriptors(&cache, path, false))?;
         let index = Self {
             hint: Some((hint_path(path), db.get_db_identity()?)),
             db,
             _secondary: None,
+            clock: None,
         };
-        let mut batch = WriteBatch::default();
-        batch.put_cf(index.cf(CF_META), META_REPO_ID, repo_id.as_bytes());
-        index.write(batch)?;
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        index
+            .db
+            .put_cf_opt(index.cf(CF_META), META_REPO_ID, repo_id.as_bytes(), &wo)?;
+        index.publish_hint();
         Ok(index)
     }
 
@@ -332,13 +270,17 @@ impl Index {
                 db,
                 _secondary: Some(secondary),
                 hint: None,
+                clock: None,
             }
         } else {
-            let db = DB::open_cf_descriptors(&opts, path, descriptors(&cache))?;
+            let mut opts = opts;
+            opts.create_missing_column_families(true);
+            let db = DB::open_cf_descriptors(&opts, path, descriptors(&cache, path, false))?;
             let index = Self {
                 hint: Some((hint_path(path), db.get_db_identity()?)),
                 db,
                 _secondary: None,
+                clock: None,
             };
             index.publish_hint();
             index
@@ -355,12 +297,19 @@ impl Index {
         Ok(index)
     }
 
+    /// Makes every commit a step of `clock` (crash tests).
+    #[must_use]
+    pub fn with_crash_clock(mut self, clock: Option<Arc<CrashClock>>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Handle of a column family.
     ///
     /// # Panics
     ///
     /// Never: every column family is created with the database and opened with it.
-    pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // Every CF in ALL_CFS is created with the database and opened with it, so the lookup cannot fail.
         #[expect(
             clippy::expect_used,
@@ -403,92 +352,62 @@ impl Index {
             .collect()
     }
 
-    /// Adds an object put to `batch`.
-    pub fn put_object(
-        &self,
-        batch: &mut WriteBatch,
-        kind: ObjectKind,
-        digest: &[u8; 32],
-        entry: &ObjectEntry,
-    ) {
-        batch.put_cf(&self.cf(cf_for(kind)), digest, entry.encode());
-    }
-
-    /// Adds a pack catalog put to `batch`.
-    pub fn put_pack(&self, batch: &mut WriteBatch, pack: PackId, entry: PackEntry) {
-        batch.put_cf(&self.cf(CF_PACKS), pack.as_bytes(), entry.encode());
-    }
-
-    /// Adds a snapshot catalog put to `batch`.
-    pub fn put_snapshot(&self, batch: &mut WriteBatch, id: SnapshotId, header: &SnapshotHeader) {
-        batch.put_cf(&self.cf(CF_SNAPSHOTS), id.as_bytes(), header.encode());
-    }
-
-    /// Adds a snapshot catalog deletion (and of its protection) to `batch`.
-    pub fn delete_snapshot(&self, batch: &mut WriteBatch, id: SnapshotId) {
-        batch.delete_cf(self.cf(CF_SNAPSHOTS), id.as_bytes());
-        batch.delete_cf(self.cf(CF_PROTECTED), id.as_bytes());
-    }
-
-    /// Adds an object deletion to `batch`.
-    pub fn delete_object(&self, batch: &mut WriteBatch, kind: ObjectKind, digest: &[u8; 32]) {
-        batch.delete_cf(self.cf(cf_for(kind)), digest);
-    }
-
-    /// Moves a pack from the catalog to the doomed list in `batch`.
-    pub fn doom_pack(&self, batch: &mut WriteBatch, pack: PackId) {
-        batch.delete_cf(self.cf(CF_PACKS), pack.as_bytes());
-        batch.put_cf(self.cf(CF_DOOMED), pack.as_bytes(), []);
-    }
-
-    /// Removes a pack from the doomed list (its file is gone).
-    pub fn forget_doomed(&self, batch: &mut WriteBatch, pack: PackId) {
-        batch.delete_cf(self.cf(CF_DOOMED), pack.as_bytes());
-    }
-
     /// Packs waiting for deletion.
     pub fn doomed_packs(&self) -> Result<Vec<PackId>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_DOOMED), IteratorMode::Start) {
-            let (k, _) = item?;
-            out.push(PackId::from_slice(&k).map_err(|e| Error::IndexCorrupt {
-                what: e.to_string(),
-            })?);
-        }
-        Ok(out)
-    }
-
-    /// Marks or unmarks a snapshot as protected in `batch`.
-    pub fn set_protected(&self, batch: &mut WriteBatch, id: SnapshotId, protected: bool) {
-        if protected {
-            batch.put_cf(self.cf(CF_PROTECTED), id.as_bytes(), []);
-        } else {
-            batch.delete_cf(self.cf(CF_PROTECTED), id.as_bytes());
-        }
+        self.ids(CF_DOOMED, PackId::from_slice)
     }
 
     /// Protected snapshots.
     pub fn protected(&self) -> Result<std::collections::HashSet<SnapshotId>> {
-        let mut out = std::collections::HashSet::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_PROTECTED), IteratorMode::Start)
-        {
+        Ok(self
+            .ids(CF_PROTECTED, SnapshotId::from_slice)?
+            .into_iter()
+            .collect())
+    }
+
+    /// The keys of a column family whose keys are ids (a reader's view may lack a column
+    /// family added after the index was created: it is empty then).
+    fn ids<T>(
+        &self,
+        cf: &str,
+        parse: fn(&[u8]) -> std::result::Result<T, tessera_format::DecodeError>,
+    ) -> Result<Vec<T>> {
+        let Some(handle) = self.db.cf_handle(cf) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(handle, IteratorMode::Start) {
             let (k, _) = item?;
-            out.insert(SnapshotId::from_slice(&k).map_err(|e| Error::IndexCorrupt {
-                what: e.to_string(),
+            out.push(parse(&k).map_err(|e| Error::IndexCorrupt {
+                what: format!("{cf} key: {e}"),
             })?);
         }
         Ok(out)
     }
 
-    /// Applies a batch atomically and durably (WAL fsync).
-    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+    /// A new, empty batch of changes.
+    pub fn batch(&self) -> IndexBatch<'_> {
+        IndexBatch::new(self)
+    }
+
+    /// Applies a batch atomically and durably (WAL fsync): when this returns `Ok`, all of
+    /// the batch survives power loss; after an error, none or all of it may have.
+    pub fn commit(&self, batch: IndexBatch<'_>) -> Result<()> {
+        if let Some(clock) = &self.clock {
+            clock
+                .tick()
+                .map_err(|e| Error::io("committing the index", e))?;
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(batch, &wo)?;
+        self.db.write_opt(batch.batch, &wo)?;
         self.publish_hint();
         Ok(())
+    }
+
+    /// Snapshots forgotten whose files may still exist.
+    pub fn tombstones(&self) -> Result<Vec<SnapshotId>> {
+        self.ids(CF_TOMBSTONES, SnapshotId::from_slice)
     }
 
     /// Publishes the sequence hint (see [`hint_path`]). Best effort: a missing or old hint

@@ -1,0 +1,202 @@
+//! Repair from other copies (`tessera repair REPO --from OTHER --from-source DISK=PATH`).
+//!
+//! 1. The check ([`check`], reading every object) lists every damaged or missing chunk and
+//!    page, with the snapshot ranges that need it.
+//! 2. Every pack that holds a damaged object (or is missing, or whose footer or trailer is
+//!    damaged or disagrees with the index, or was marked for quarantine by an interrupted
+//!    repair) is *quarantined*: each intact object the index still places in
+//!    it is read with every check and copied verbatim into a new pack; dead objects
+//!    (count 0) are dropped; damaged ones are fetched from another copy if possible.
+//! 3. Copies: `--from OTHER` (another repository with the same id scheme; objects are read
+//!    there with every check and copied verbatim), then `--from-source DISK=PATH` (for a
+//!    chunk, the block at each range that needs it is read from the image and hashed; for a
+//!    page, the page is recomputed from the image's blocks and hashed). Only a copy whose
+//!    digest matches is stored.
+//! 4. The check runs again; the report says what was repaired (from where), what was
+//!    re-homed and quarantined, and what could not be recovered (with its ranges).
+//!
+//! Crash reasoning, in order:
+//! - new packs are sealed (durable) first; a crash here leaves sealed packs the next writer
+//!   adopts (objects already indexed keep their entries; an object absent from the index is
+//!   adopted with count 0, which the next repair raises to its recomputed count);
+//! - an intent file `quarantine/<pack>.intent` is written (fsynced) for each pack to be
+//!   quarantined, so a rerun quarantines it even when the index no longer shows damage;
+//! - one synced index batch re-points re-homed objects to the new packs, indexes repaired
+//!   objects (keeping this repository's reference count), and deletes the entries of
+//!   damaged objects that could not be recovered. Before it, the index points at the old
+//!   (still present) locations; after it, at the new ones;
+//! - each quarantined pack is moved to `quarantine/` (a finished copy, then the delete of the
+//!   original: [`crate::store::quarantine`]), then one batch drops those packs from the
+//!   catalog, then the intent files are removed. Since the catalog drop comes after the
+//!   move, a writer never adopts a pack that is being quarantined (its catalog entry still
+//!   exists while its file is in `packs/`).
+//!
+//! A rerun after a kill at any point finds whatever damage is left and finishes the work.
+
+mod fetch;
+mod round;
+
+use std::path::{Path, PathBuf};
+
+use tessera_format::{ObjectKind, SnapshotId};
+
+use crate::error::{Error, Result};
+use crate::ledger::LedgerLock;
+use crate::ops::check::{check, record_damage};
+use crate::ops::damage::{DamagedObject, DamagedPack};
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::sources::raw::RawSource;
+use crate::store::quarantine;
+
+use round::{round, MAX_ROUNDS};
+
+/// Where copies may come from.
+pub struct RepairSources<'a> {
+    /// Another repository (opened for reading).
+    pub other: Option<&'a Repository>,
+    /// Source images by disk name.
+    pub images: Vec<(String, PathBuf)>,
+}
+
+/// One object stored again, and where the intact copy came from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RepairedObject {
+    /// `chunk` or `page`.
+    pub kind: &'static str,
+    /// Digest (hex).
+    pub digest: String,
+    /// `repository OTHER`, or `source DISK=PATH`.
+    pub from: String,
+}
+
+/// What the repair did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RepairReport {
+    /// Damaged or missing objects found by the first check.
+    pub damaged_found: usize,
+    /// Objects stored again from another copy.
+    pub repaired: Vec<RepairedObject>,
+    /// Intact objects copied out of quarantined packs.
+    pub rehomed: u64,
+    /// Reference counts raised back after an interrupted repair.
+    pub counts_restored: u64,
+    /// Packs moved to `REPO/quarantine/` (or dropped from the catalog when their file was
+    /// already gone).
+    pub quarantined: Vec<String>,
+    /// Packs whose file was already gone: dropped from the catalog.
+    pub missing_packs: Vec<String>,
+    /// New packs written.
+    pub packs_written: usize,
+    /// What still cannot be read after the repair, with every snapshot range needing it.
+    pub unrecoverable: Vec<DamagedObject>,
+    /// Packs whose footer or trailer the first check found damaged (or disagreeing with the
+    /// index); each is quarantined, its intact objects re-homed.
+    pub damaged_packs_found: Vec<DamagedPack>,
+    /// Whether the damage marks shown by `list`/`show` were replaced by the final check's
+    /// findings (false while a verify holds the ledger).
+    pub damage_marks_updated: bool,
+    /// Problems of the final check.
+    pub problems: Vec<String>,
+}
+
+impl RepairReport {
+    /// Whether the repository verified clean at the end.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks that `other` can supply copies to `repo` (digests are comparable).
+pub fn check_compatible(repo: &Repository, other: &Repository) -> Result<()> {
+    if repo.config().id_scheme != other.config().id_scheme {
+        return Err(Error::InvalidArgument(format!(
+            "{} uses another id scheme ({:?}, here {:?}): its digests cannot be compared",
+            other.describe(),
+            other.config().id_scheme,
+            repo.config().id_scheme
+        )));
+    }
+    Ok(())
+}
+
+fn kind_of(name: &str) -> ObjectKind {
+    if name == "page" {
+        ObjectKind::Page
+    } else {
+        ObjectKind::Chunk
+    }
+}
+
+pub(super) fn kind_name(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Chunk => "chunk",
+        ObjectKind::Page => "page",
+    }
+}
+
+fn parse_digest(hex_digest: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_digest).ok()?.try_into().ok()
+}
+
+/// Runs the repair (see module docs). `repo` is open as the writer.
+pub fn repair(
+    repo: &Repository,
+    sources: &RepairSources<'_>,
+    progress: &dyn Progress,
+) -> Result<RepairReport> {
+    if let Some(other) = sources.other {
+        check_compatible(repo, other)?;
+    }
+    let images: Vec<(String, PathBuf, RawSource)> = sources
+        .images
+        .iter()
+        .map(|(disk, path)| Ok((disk.clone(), path.clone(), RawSource::open(path)?)))
+        .collect::<Result<_>>()?;
+    let mut report = RepairReport::default();
+    let mut last = check(repo, true, progress)?;
+    report.damaged_found = last.damaged.len();
+    let first_packs = last.damaged_packs.clone();
+    // Several rounds: chunks named only by a damaged page have no known ranges (nothing
+    // can be re-read from a source image for them) until the page itself is repaired.
+    for _ in 0..MAX_ROUNDS {
+        let pending_intents = quarantine::intents(repo.backend())?;
+        if last.is_clean() && pending_intents.is_empty() {
+            break;
+        }
+        let repaired = round(
+            repo,
+            sources.other,
+            &images,
+            &last,
+            pending_intents,
+            &mut report,
+            progress,
+        )?;
+        last = check(repo, true, progress)?;
+        if repaired == 0 || last.damaged.is_empty() {
+            break;
+        }
+    }
+    // The final check read everything: it replaces the damage marks `list` and `show`
+    // display (unless a verify holds the ledger right now; it will record its own findings).
+    if let Some(lock) = LedgerLock::try_acquire(repo.local_dir())? {
+        let catalogued: Vec<SnapshotId> = repo
+            .index()
+            .snapshots()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        record_damage(repo, &lock, &last, catalogued.clone(), catalogued)?;
+        report.damage_marks_updated = true;
+    }
+    report.damaged_packs_found = first_packs;
+    report.unrecoverable = last.damaged;
+    report.problems = last.problems;
+    Ok(report)
+}
+
+/// Whether a path looks like a repository (has a config file).
+pub fn is_repository(path: &Path) -> bool {
+    path.join("config").is_file()
+}

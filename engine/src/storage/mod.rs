@@ -1,0 +1,113 @@
+//! The storage seam: every durable object of a repository (config, packs, snapshot files,
+//! protection markers, damage marks, quarantined packs) goes through [`Backend`], a trait
+//! shaped like an object store. Only the backends know where bytes physically live; the rest
+//! of the engine names objects by [`ObjectKey`].
+//!
+//! # Contract of [`Backend`]
+//!
+//! - **Put is whole-object and atomic.** [`Backend::put`] returns a writer; nothing is visible
+//!   under the key until [`ObjectWriter::finish`] returns `Ok`, and then the whole object is.
+//!   Dropping an unfinished writer abandons the put (nothing becomes visible). A reader never
+//!   sees a partial object.
+//! - **Durable on return.** When `finish` returns `Ok`, the object survives a crash or power
+//!   loss. When [`Backend::delete`] returns `Ok`, the deletion does too. Nothing else is
+//!   promised about durability: there is no rename and no fsync in this contract (the local
+//!   backend performs write → fsync → rename → directory fsync inside its own `finish`,
+//!   see [`durable`]).
+//! - **Create-only puts.** With [`PutMode::Create`], `finish` fails with
+//!   [`Error::ObjectExists`] if an object already exists under the key, atomically (two
+//!   racing creators: exactly one wins). [`PutMode::Replace`] atomically replaces: readers
+//!   see the old object or the new one.
+//! - **Reads.** [`Backend::get_range`] reads a byte range of a finished object; a range past
+//!   its end is an error of kind [`std::io::ErrorKind::UnexpectedEof`]; a missing object is
+//!   [`Error::is_not_found`]. Reads of finished objects may run concurrently with anything.
+//! - **List.** [`Backend::list`] returns the keys under a prefix (sorted): every object whose
+//!   put finished before the call started and that was not deleted before it started; objects
+//!   put or deleted during the call may or may not appear. Unfinished puts never appear.
+//! - **Staging.** [`Backend::clean_staging`] discards what unfinished puts of crashed
+//!   processes left behind (staged files, incomplete multipart uploads). Only a process that
+//!   knows no put of its own repository is in flight may call it (the writer, under its lock).
+//!
+//! Implementations: [`local::LocalBackend`] on a POSIX directory (through the [`fs::Fs`]
+//! seam, so that [`sim::SimFs`] can simulate power loss under it), in two layouts: the
+//! repository tree and the flat layout of a seed bundle.
+
+pub mod durable;
+pub mod fs;
+pub mod key;
+pub mod local;
+pub mod sim;
+
+use std::io::Write;
+
+pub use key::ObjectKey;
+
+use crate::error::{Error, Result};
+
+/// What a put does when the key already holds an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fail with [`Error::ObjectExists`] (atomically: of two racing creators one wins).
+    Create,
+    /// Replace the object atomically.
+    Replace,
+}
+
+/// An object being written (see the module contract).
+pub trait ObjectWriter: Write + Send {
+    /// Makes the object visible and durable under its key.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// Object storage: atomic whole-object put, ranged get, list by prefix, delete.
+pub trait Backend: Send + Sync {
+    /// Starts a put of `key` (see the module contract).
+    fn put(&self, key: &ObjectKey, mode: PutMode) -> Result<Box<dyn ObjectWriter>>;
+    /// Reads `len` bytes at `offset` of `key`.
+    fn get_range(&self, key: &ObjectKey, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Reads a whole object.
+    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>>;
+    /// Size of an object in bytes, `None` if there is none under `key`.
+    fn size(&self, key: &ObjectKey) -> Result<Option<u64>>;
+    /// Keys under `prefix` (one of the prefixes of [`key`]), sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>>;
+    /// Deletes an object; deleting a missing object is not an error. Durable on return.
+    fn delete(&self, key: &ObjectKey) -> Result<()>;
+    /// Discards the leftovers of crashed puts; returns how many (see the module contract).
+    fn clean_staging(&self) -> Result<usize>;
+    /// Where the objects live, for messages (a path or a URL).
+    fn describe(&self) -> String;
+
+    /// Puts a whole object from memory.
+    fn put_bytes(&self, key: &ObjectKey, mode: PutMode, bytes: &[u8]) -> Result<()> {
+        let mut writer = self.put(key, mode)?;
+        writer
+            .write_all(bytes)
+            .map_err(|e| Error::io(format!("writing {key}"), e))?;
+        writer.finish()
+    }
+
+    /// Puts a content-addressed object: an existing object under `key` with the same bytes
+    /// counts as success; one with other bytes (damaged) is replaced.
+    fn put_content_addressed(&self, key: &ObjectKey, bytes: &[u8]) -> Result<()> {
+        match self.put_bytes(key, PutMode::Create, bytes) {
+            Err(Error::ObjectExists { .. }) => {
+                if self.get(key).is_ok_and(|have| have == bytes) {
+                    Ok(())
+                } else {
+                    self.put_bytes(key, PutMode::Replace, bytes)
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Reads a whole object, `None` if there is none.
+    fn get_if_exists(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>> {
+        match self.get(key) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
