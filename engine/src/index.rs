@@ -419,9 +419,18 @@ impl Index {
         batch.put_cf(&self.cf(CF_PACKS), pack.as_bytes(), entry.encode());
     }
 
-    /// Adds a snapshot catalog put to `batch`.
-    pub fn put_snapshot(&self, batch: &mut WriteBatch, id: SnapshotId, header: &SnapshotHeader) {
-        batch.put_cf(&self.cf(CF_SNAPSHOTS), id.as_bytes(), header.encode());
+    /// Adds a snapshot catalog put to `batch`; refuses a header that would not decode.
+    pub fn put_snapshot(
+        &self,
+        batch: &mut WriteBatch,
+        id: SnapshotId,
+        header: &SnapshotHeader,
+    ) -> Result<()> {
+        let bytes = header
+            .encode()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        batch.put_cf(&self.cf(CF_SNAPSHOTS), id.as_bytes(), bytes);
+        Ok(())
     }
 
     /// Adds a snapshot catalog deletion (and of its protection) to `batch`.

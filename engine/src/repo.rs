@@ -144,7 +144,10 @@ impl Repository {
         // The config is written last: a directory without it is not a repository, so a
         // crash during init leaves nothing that could be mistaken for one.
         let staged = root.join("tmp").join("config.tmp");
-        fs::write(&staged, config.encode()).ctx(|| format!("writing {}", staged.display()))?;
+        let bytes = config
+            .encode()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        fs::write(&staged, bytes).ctx(|| format!("writing {}", staged.display()))?;
         fs::File::open(&staged)
             .and_then(|f| f.sync_all())
             .ctx(|| format!("syncing {}", staged.display()))?;

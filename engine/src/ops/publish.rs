@@ -17,7 +17,7 @@ use rocksdb::WriteBatch;
 use tessera_format::{Snapshot, SnapshotId};
 
 use crate::backend::Namespace;
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::refcount::RefDeltas;
 use crate::repo::Repository;
 
@@ -29,12 +29,15 @@ pub fn publish_snapshot(
 ) -> Result<SnapshotId> {
     let mut batch = WriteBatch::default();
     refs.stage(repo.index(), &mut batch)?;
-    let (id, bytes) = snapshot.encode();
+    let (id, bytes) = snapshot
+        .encode()
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let mut file = repo.backend().create(Namespace::Snapshots, &id.to_hex())?;
     file.write_all(&bytes)
         .ctx(|| format!("writing snapshot {id}"))?;
     file.commit()?;
-    repo.index().put_snapshot(&mut batch, id, &snapshot.header);
+    repo.index()
+        .put_snapshot(&mut batch, id, &snapshot.header)?;
     repo.index().write(batch)?;
     Ok(id)
 }

@@ -170,7 +170,7 @@ fn publish_snapshots(
     let protected: std::collections::HashSet<String> =
         backend.list(Namespace::Protections)?.into_iter().collect();
     for (id, s) in snapshots {
-        index.put_snapshot(&mut batch, *id, &s.header);
+        index.put_snapshot(&mut batch, *id, &s.header)?;
         if protected.contains(&id.to_hex()) {
             index.set_protected(&mut batch, *id, true);
         }

@@ -624,7 +624,7 @@ fn page_from_image(
             ChunkDigest::of(block)
         });
     }
-    Some(ManifestPage { digests }.encode())
+    ManifestPage { digests }.encode().ok()
 }
 
 /// Whether a path looks like a repository (has a config file).
