@@ -172,10 +172,13 @@ impl Repository {
                 path: PathBuf::from(storage.backend.describe()),
             });
         }
+        let bytes = config
+            .encode()
+            .map_err(|e| Error::InvalidArgument(format!("repository parameters: {e}")))?;
         drop(Index::create(&storage.index_path(), config.repo_id)?);
         match storage
             .backend
-            .put_bytes(&ObjectKey::config(), PutMode::Create, &config.encode())
+            .put_bytes(&ObjectKey::config(), PutMode::Create, &bytes)
         {
             Err(Error::ObjectExists { .. }) => Err(Error::AlreadyExists {
                 path: PathBuf::from(storage.backend.describe()),

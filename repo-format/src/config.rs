@@ -9,17 +9,19 @@
 //! | 12 | 16 | repository id |
 //! | 28 | 1 | chunk id scheme (1 = plain SHA-256) |
 //! | 29 | 1 | compression codec (0 = none, 1 = zstd) |
-//! | 30 | 2 | reserved, zero |
+//! | 30 | 2 | reserved, 0 (readers refuse any other value) |
 //! | 32 | 4 | compression level (i32) |
 //! | 36 | 4 | default block size in bytes |
 //! | 40 | 4 | manifest page entries |
 //! | 44 | 8 | created-at, Unix microseconds (i64) |
 //! | 52 | 4 | CRC-32C of bytes 0..52 |
 
-use crate::codec::{
-    expect_magic, push_crc_trailer, put_i64, put_u16, put_u32, split_crc_trailer, Reader,
-};
-use crate::{Codec, DecodeError, RepoId, FORMAT_VERSION};
+use crate::codec::{check_version, checksummed, push_crc_trailer, put_i64, put_u16, put_u32};
+use crate::manifest::MAX_PAGE_ENTRIES;
+use crate::{Codec, DecodeError, EncodeError, RepoId};
+
+/// Names the config file in errors.
+const WHAT: &str = "config";
 
 /// Magic of the config file.
 pub const CONFIG_MAGIC: &[u8; 8] = b"TSRCONF1";
@@ -29,6 +31,8 @@ pub const MIN_BLOCK_SIZE: u32 = 64 * 1024;
 pub const MAX_BLOCK_SIZE: u32 = 8 * 1024 * 1024;
 /// Default number of chunk digests per manifest page.
 pub const DEFAULT_PAGE_ENTRIES: u32 = 512;
+/// Fewest manifest page entries a repository may be configured with.
+pub const MIN_PAGE_ENTRIES: u32 = 16;
 /// Encoded size of the config file.
 pub const CONFIG_LEN: usize = 56;
 
@@ -46,7 +50,7 @@ impl TryFrom<u8> for IdScheme {
         match v {
             1 => Ok(Self::Sha256),
             other => Err(DecodeError::invalid(
-                "config",
+                WHAT,
                 format!("unknown chunk id scheme {other}"),
             )),
         }
@@ -130,21 +134,38 @@ pub struct RepoConfig {
 
 /// Checks that `size` is a power of two within [`MIN_BLOCK_SIZE`]..=[`MAX_BLOCK_SIZE`].
 pub fn validate_block_size(size: u64) -> Result<u32, DecodeError> {
-    if size.is_power_of_two()
-        && (u64::from(MIN_BLOCK_SIZE)..=u64::from(MAX_BLOCK_SIZE)).contains(&size)
-    {
-        Ok(size as u32)
-    } else {
-        Err(DecodeError::invalid(
+    match u32::try_from(size) {
+        Ok(size) if size.is_power_of_two() && (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&size) => {
+            Ok(size)
+        }
+        _ => Err(DecodeError::invalid(
             "block size",
             format!("{size} bytes is not a power of two between 64 KiB and 8 MiB"),
-        ))
+        )),
     }
 }
 
 impl RepoConfig {
-    /// Encodes the config file.
-    pub fn encode(&self) -> Vec<u8> {
+    /// Checks every rule [`RepoConfig::decode`] enforces on the values: a supported format
+    /// version, a valid block size and 16..=65536 page entries.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_version(WHAT, self.format_version)?;
+        validate_block_size(u64::from(self.default_block_size))?;
+        if !(MIN_PAGE_ENTRIES..=MAX_PAGE_ENTRIES).contains(&self.page_entries) {
+            return Err(DecodeError::invalid(
+                WHAT,
+                format!(
+                    "page entries {} outside {MIN_PAGE_ENTRIES}..={MAX_PAGE_ENTRIES}",
+                    self.page_entries
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Encodes the config file; refuses a config [`RepoConfig::validate`] refuses.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        self.validate()?;
         let mut out = Vec::with_capacity(CONFIG_LEN);
         out.extend_from_slice(CONFIG_MAGIC);
         put_u32(&mut out, self.format_version);
@@ -157,41 +178,25 @@ impl RepoConfig {
         put_u32(&mut out, self.page_entries);
         put_i64(&mut out, self.created_at_us);
         push_crc_trailer(&mut out);
-        out
+        Ok(out)
     }
 
     /// Decodes and validates the config file.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        const WHAT: &str = "config";
-        let mut r = Reader::new(buf, WHAT);
-        expect_magic(&mut r, CONFIG_MAGIC, WHAT)?;
-        let format_version = r.u32()?;
-        if format_version == 0 || format_version > FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedVersion {
-                what: WHAT,
-                version: format_version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let body = split_crc_trailer(buf, WHAT)?;
-        let mut r = Reader::new(body, WHAT);
-        r.take(12)?;
+        let (format_version, mut r) = checksummed(buf, WHAT, |r| {
+            r.magic(CONFIG_MAGIC)?;
+            r.version()
+        })?;
         let repo_id = RepoId(r.array()?);
         let id_scheme = IdScheme::try_from(r.u8()?)?;
         let codec = Codec::try_from(r.u8()?)?;
-        r.u16()?;
+        r.reserved::<2>()?;
         let level = r.u32()?.cast_signed();
-        let default_block_size = validate_block_size(u64::from(r.u32()?))?;
+        let default_block_size = r.u32()?;
         let page_entries = r.u32()?;
-        if !(16..=65536).contains(&page_entries) {
-            return Err(DecodeError::invalid(
-                WHAT,
-                format!("page entries {page_entries} outside 16..=65536"),
-            ));
-        }
         let created_at_us = r.i64()?;
         r.finish()?;
-        Ok(Self {
+        let config = Self {
             format_version,
             repo_id,
             id_scheme,
@@ -199,6 +204,8 @@ impl RepoConfig {
             default_block_size,
             page_entries,
             created_at_us,
-        })
+        };
+        config.validate()?;
+        Ok(config)
     }
 }

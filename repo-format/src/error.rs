@@ -1,4 +1,6 @@
-//! Typed decoding errors. Decoders return these for every malformed input and never panic.
+//! Typed errors. Decoders return [`DecodeError`] for every malformed input and never panic;
+//! encoders return [`EncodeError`] for every value whose bytes a decoder would refuse, so
+//! nothing written can turn out unreadable later.
 
 use thiserror::Error;
 
@@ -43,6 +45,27 @@ pub enum DecodeError {
         /// The checksum of the bytes as read.
         got: u32,
     },
+    /// A field the format reserves (and writes as zero) is not zero. Format version 1 gives
+    /// these bytes no meaning, so a non-zero value is damage or a writer that broke the rules.
+    #[error("{what}: reserved bytes at offset {offset} are not zero")]
+    ReservedNotZero {
+        /// The structure being decoded.
+        what: &'static str,
+        /// Offset of the reserved field within the structure.
+        offset: usize,
+    },
+    /// A count or length exceeds what the format allows.
+    #[error("{what}: {count} {field} exceed the limit of {max}")]
+    TooMany {
+        /// The structure being decoded.
+        what: &'static str,
+        /// What was counted (`disks`, `entries`, `string bytes`).
+        field: &'static str,
+        /// The count found.
+        count: u64,
+        /// The largest count allowed.
+        max: u64,
+    },
     /// A field holds a value the format does not allow.
     #[error("{what}: {reason}")]
     Invalid {
@@ -61,4 +84,15 @@ impl DecodeError {
             reason: reason.into(),
         }
     }
+}
+
+/// Why a value was not encoded.
+///
+/// Encoders check a value against every rule its decoder enforces before producing bytes,
+/// so for every encoder `encode(v)` is `Ok(bytes)` exactly when `decode(&bytes) == Ok(v)`.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The value breaks a rule of the format; the decoder would refuse its bytes with this error.
+    #[error("refusing to write bytes no reader would accept: {0}")]
+    WouldNotDecode(#[from] DecodeError),
 }

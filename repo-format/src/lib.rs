@@ -3,15 +3,21 @@
 //! The on-disk types of a tessera repository and their byte encodings: the `config` file,
 //! pack files, manifest pages and snapshot files. This crate is pure: it performs no I/O
 //! and knows nothing of RocksDB. Every decoder takes untrusted bytes and returns a typed
-//! [`DecodeError`] instead of panicking; the modules are linted to forbid `unwrap` and
-//! slice indexing. `SPEC.md` at the repository root is the normative description; the
-//! module docs repeat each byte table next to the code that implements it.
+//! [`DecodeError`] instead of panicking; the crate is linted to forbid `unwrap`, slice
+//! indexing, unchecked arithmetic (every offset and length read from disk is added and
+//! multiplied with checked or saturating operations) and truncating casts. Every encoder
+//! checks its value against the rules its decoder enforces and returns an [`EncodeError`]
+//! instead of writing bytes that could not be read back. `SPEC.md` at the repository root
+//! is the normative description; the module docs repeat each byte table next to the code
+//! that implements it.
 
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::panic,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation
 )]
 #![warn(missing_docs)]
 
@@ -24,7 +30,7 @@ pub mod pack;
 pub mod snapshot;
 
 pub use config::{Compression, IdScheme, RepoConfig};
-pub use error::DecodeError;
+pub use error::{DecodeError, EncodeError};
 pub use ids::{is_all_zero, ChunkDigest, PackId, PageDigest, RepoId, SnapshotId};
 pub use manifest::ManifestPage;
 pub use pack::{Codec, ObjectInfo, ObjectKind};

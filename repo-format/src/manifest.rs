@@ -9,8 +9,13 @@
 //! page = "TSRPAGE1" count:u32 digest[32]*count
 //! ```
 
-use crate::codec::{expect_magic, put_u32, Reader};
-use crate::{ChunkDigest, DecodeError, PageDigest};
+use crate::codec::{check_count, put_len, Reader};
+use crate::{ChunkDigest, DecodeError, EncodeError, PageDigest};
+
+/// Names a page in errors.
+const WHAT: &str = "manifest page";
+/// Bytes before the first digest: magic and count.
+const PAGE_HEADER_LEN: usize = 12;
 
 /// Magic at the start of every encoded page.
 pub const PAGE_MAGIC: &[u8; 8] = b"TSRPAGE1";
@@ -25,35 +30,35 @@ pub struct ManifestPage {
 }
 
 impl ManifestPage {
-    /// Encodes the page.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12 + self.digests.len() * 32);
+    /// Encodes the page; refuses more than [`MAX_PAGE_ENTRIES`] digests.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        check_entries(self.digests.len())?;
+        let mut out = Vec::with_capacity(
+            self.digests
+                .len()
+                .saturating_mul(ChunkDigest::LEN)
+                .saturating_add(PAGE_HEADER_LEN),
+        );
         out.extend_from_slice(PAGE_MAGIC);
-        put_u32(&mut out, self.digests.len() as u32);
+        put_len(&mut out, WHAT, "entries", self.digests.len())?;
         for d in &self.digests {
             out.extend_from_slice(d.as_bytes());
         }
-        out
+        Ok(out)
     }
 
     /// Encodes the page and returns its digest.
-    pub fn encode_with_digest(&self) -> (PageDigest, Vec<u8>) {
-        let bytes = self.encode();
-        (PageDigest::of(&bytes), bytes)
+    pub fn encode_with_digest(&self) -> Result<(PageDigest, Vec<u8>), EncodeError> {
+        let bytes = self.encode()?;
+        Ok((PageDigest::of(&bytes), bytes))
     }
 
     /// Decodes a page.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        const WHAT: &str = "manifest page";
         let mut r = Reader::new(buf, WHAT);
-        expect_magic(&mut r, PAGE_MAGIC, WHAT)?;
-        let count = r.count(32)?;
-        if count as u64 > u64::from(MAX_PAGE_ENTRIES) {
-            return Err(DecodeError::invalid(
-                WHAT,
-                format!("{count} entries exceed {MAX_PAGE_ENTRIES}"),
-            ));
-        }
+        r.magic(PAGE_MAGIC)?;
+        let count = r.count(ChunkDigest::LEN)?;
+        check_entries(count)?;
         let mut digests = Vec::with_capacity(count);
         for _ in 0..count {
             digests.push(ChunkDigest(r.array()?));
@@ -61,6 +66,10 @@ impl ManifestPage {
         r.finish()?;
         Ok(Self { digests })
     }
+}
+
+fn check_entries(count: usize) -> Result<(), DecodeError> {
+    check_count(WHAT, "entries", count, MAX_PAGE_ENTRIES as usize)
 }
 
 /// Number of blocks of a disk of `size` bytes.
@@ -73,8 +82,8 @@ pub fn page_count(blocks: u64, page_entries: u32) -> u64 {
     blocks.div_ceil(u64::from(page_entries.max(1)))
 }
 
-/// Number of entries page `page` must hold.
+/// Number of entries page `page` must hold (0 for a page past the end).
 pub fn entries_in_page(blocks: u64, page_entries: u32, page: u64) -> u64 {
-    let start = page * u64::from(page_entries);
+    let start = page.saturating_mul(u64::from(page_entries));
     blocks.saturating_sub(start).min(u64::from(page_entries))
 }

@@ -13,10 +13,13 @@
 //! Records are self-describing (they repeat everything the footer says), so a pack whose
 //! footer is damaged can still be indexed by scanning records from the start. Both layers
 //! carry CRC-32C checksums: the record header checks itself, and `stored_crc` checks the
-//! stored (possibly compressed) bytes without decompressing or re-hashing them.
+//! stored (possibly compressed) bytes without decompressing or re-hashing them. Reserved
+//! fields are written as zero and decoders refuse any other value.
 
-use crate::codec::{expect_magic, put_u16, put_u32, put_u64, Reader};
-use crate::{ChunkDigest, DecodeError, FORMAT_VERSION};
+use crate::codec::{
+    checksummed, push_crc_trailer, put_u16, put_u32, put_u64, split_crc_trailer, to_u32, Reader,
+};
+use crate::{ChunkDigest, DecodeError, EncodeError, FORMAT_VERSION};
 
 /// Magic at the start of every pack.
 pub const PACK_MAGIC: &[u8; 8] = b"TSRPACK1";
@@ -32,6 +35,8 @@ pub const RECORD_HEADER_LEN: usize = 56;
 pub const FOOTER_ENTRY_LEN: usize = 56;
 /// Size of the trailer.
 pub const TRAILER_LEN: usize = 32;
+/// Trailer bytes before the end magic: the fields and the CRC-32C that covers them.
+const TRAILER_CHECKED_LEN: usize = TRAILER_LEN - PACK_END_MAGIC.len();
 /// Largest raw or stored length of one object (a 8 MiB block; pages are far smaller).
 /// Bounds every allocation and every decompression (no decompression bombs).
 pub const MAX_OBJECT_LEN: u32 = 8 * 1024 * 1024;
@@ -100,7 +105,9 @@ pub struct ObjectInfo {
 }
 
 impl ObjectInfo {
-    fn validate(self, what: &'static str) -> Result<Self, DecodeError> {
+    /// Checks the rules every record header and footer entry obeys: raw and stored lengths
+    /// of at most [`MAX_OBJECT_LEN`], and stored length = raw length for `codec = none`.
+    fn check(&self, what: &'static str) -> Result<(), DecodeError> {
         if self.raw_len > MAX_OBJECT_LEN || self.stored_len > MAX_OBJECT_LEN {
             return Err(DecodeError::invalid(
                 what,
@@ -116,7 +123,7 @@ impl ObjectInfo {
                 "uncompressed object with raw length != stored length",
             ));
         }
-        Ok(self)
+        Ok(())
     }
 }
 
@@ -131,21 +138,13 @@ pub fn encode_pack_header() -> [u8; PACK_HEADER_LEN] {
     arr
 }
 
-/// Checks a pack header.
+/// Checks the pack header in the first [`PACK_HEADER_LEN`] bytes of `buf` (the rest of
+/// `buf`, if any, is ignored): magic, supported version, zero reserved field.
 pub fn decode_pack_header(buf: &[u8]) -> Result<(), DecodeError> {
-    const WHAT: &str = "pack header";
-    let mut r = Reader::new(buf, WHAT);
-    expect_magic(&mut r, PACK_MAGIC, WHAT)?;
-    let version = r.u32()?;
-    if version == 0 || version > FORMAT_VERSION {
-        return Err(DecodeError::UnsupportedVersion {
-            what: WHAT,
-            version,
-            supported: FORMAT_VERSION,
-        });
-    }
-    r.u32()?;
-    Ok(())
+    let mut r = Reader::new(buf, "pack header");
+    r.magic(PACK_MAGIC)?;
+    r.version()?;
+    r.reserved::<4>()
 }
 
 fn put_info(out: &mut Vec<u8>, info: &ObjectInfo) {
@@ -161,56 +160,53 @@ fn put_info(out: &mut Vec<u8>, info: &ObjectInfo) {
 fn read_info(r: &mut Reader<'_>, what: &'static str) -> Result<ObjectInfo, DecodeError> {
     let kind = ObjectKind::try_from(r.u8()?)?;
     let codec = Codec::try_from(r.u8()?)?;
-    r.u16()?;
-    let digest = ChunkDigest(r.array()?);
-    let raw_len = r.u32()?;
-    let stored_len = r.u32()?;
-    let stored_crc = r.u32()?;
-    ObjectInfo {
+    r.reserved::<2>()?;
+    let info = ObjectInfo {
         kind,
         codec,
-        digest,
-        raw_len,
-        stored_len,
-        stored_crc,
-    }
-    .validate(what)
+        digest: ChunkDigest(r.array()?),
+        raw_len: r.u32()?,
+        stored_len: r.u32()?,
+        stored_crc: r.u32()?,
+    };
+    info.check(what)?;
+    Ok(info)
 }
 
+/// Names a record header in errors.
+const RECORD_WHAT: &str = "pack record header";
+
 /// Encodes a record header: magic, info, then a CRC-32C over the preceding 52 bytes.
-pub fn encode_record_header(info: &ObjectInfo) -> [u8; RECORD_HEADER_LEN] {
+/// Refuses an `info` that [`decode_record_header`] would refuse.
+pub fn encode_record_header(info: &ObjectInfo) -> Result<[u8; RECORD_HEADER_LEN], EncodeError> {
+    info.check(RECORD_WHAT)?;
     let mut out = Vec::with_capacity(RECORD_HEADER_LEN);
     out.extend_from_slice(RECORD_MAGIC);
     put_info(&mut out, info);
-    crate::codec::push_crc_trailer(&mut out);
+    push_crc_trailer(&mut out);
     let mut arr = [0u8; RECORD_HEADER_LEN];
     arr.copy_from_slice(&out);
-    arr
+    Ok(arr)
 }
 
-/// Decodes and checks a record header.
+/// Decodes and checks the record header in the first [`RECORD_HEADER_LEN`] bytes of `buf`
+/// (the rest of `buf`, if any, is ignored).
 pub fn decode_record_header(buf: &[u8]) -> Result<ObjectInfo, DecodeError> {
-    const WHAT: &str = "pack record header";
     let buf = buf.get(..RECORD_HEADER_LEN).ok_or(DecodeError::Truncated {
-        what: WHAT,
+        what: RECORD_WHAT,
         needed: RECORD_HEADER_LEN,
         available: buf.len(),
     })?;
-    let mut r = Reader::new(buf, WHAT);
-    let magic = r.array::<4>()?;
-    if &magic != RECORD_MAGIC {
-        return Err(DecodeError::BadMagic {
-            what: WHAT,
-            found: magic.to_vec(),
-        });
-    }
-    let body = crate::codec::split_crc_trailer(buf, WHAT)?;
-    let mut r = Reader::new(body, WHAT);
-    r.take(4)?;
-    let info = read_info(&mut r, WHAT)?;
+    let ((), mut r) = checksummed(buf, RECORD_WHAT, |r| r.magic(RECORD_MAGIC))?;
+    let info = read_info(&mut r, RECORD_WHAT)?;
     r.finish()?;
     Ok(info)
 }
+
+/// Names the footer in errors.
+const FOOTER_WHAT: &str = "pack footer";
+/// Names the trailer in errors.
+const TRAILER_WHAT: &str = "pack trailer";
 
 /// One entry of the footer index: the object's info and the offset of its record header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,29 +218,63 @@ pub struct FooterEntry {
 }
 
 impl FooterEntry {
-    /// Offset of the stored bytes (just past the record header).
+    /// Offset of the stored bytes (just past the record header). Exact for every decoded
+    /// entry (its record lies before the footer); saturates for a hand-made one.
     pub fn data_offset(&self) -> u64 {
-        self.offset + RECORD_HEADER_LEN as u64
+        self.offset.saturating_add(RECORD_HEADER_LEN as u64)
+    }
+
+    /// Checks the info and that the record lies between the pack header and `footer_offset`.
+    fn check(&self, footer_offset: u64) -> Result<(), DecodeError> {
+        self.info.check(FOOTER_WHAT)?;
+        let end = self
+            .data_offset()
+            .checked_add(u64::from(self.info.stored_len));
+        if self.offset < PACK_HEADER_LEN as u64 || end.is_none_or(|end| end > footer_offset) {
+            return Err(DecodeError::invalid(
+                FOOTER_WHAT,
+                format!(
+                    "entry at {} with {} stored bytes lies outside the record area {PACK_HEADER_LEN}..{footer_offset}",
+                    self.offset, self.info.stored_len
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
-/// Encodes footer entries followed by the trailer. `footer_offset` is where the first entry starts.
-pub fn encode_footer(entries: &[FooterEntry], footer_offset: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len() * FOOTER_ENTRY_LEN + TRAILER_LEN);
+/// Encodes footer entries followed by the trailer. `footer_offset` is where the first
+/// entry starts (the length of the pack so far). Refuses entries and offsets that
+/// [`decode_trailer`] and [`decode_footer`] would refuse.
+pub fn encode_footer(entries: &[FooterEntry], footer_offset: u64) -> Result<Vec<u8>, EncodeError> {
+    let trailer = Trailer {
+        footer_offset,
+        count: to_u32(FOOTER_WHAT, "entries", entries.len())?,
+        footer_crc: 0,
+    };
+    let pack_len = trailer.pack_len().ok_or_else(|| trailer.misfit(u64::MAX))?;
+    trailer.check(pack_len)?;
+    let mut out = Vec::with_capacity(
+        entries
+            .len()
+            .saturating_mul(FOOTER_ENTRY_LEN)
+            .saturating_add(TRAILER_LEN),
+    );
     for e in entries {
+        e.check(footer_offset)?;
         put_info(&mut out, &e.info);
         put_u64(&mut out, e.offset);
     }
     let footer_crc = crc32c::crc32c(&out);
-    let trailer_start = out.len();
-    put_u64(&mut out, footer_offset);
-    put_u32(&mut out, entries.len() as u32);
-    put_u32(&mut out, footer_crc);
-    put_u32(&mut out, 0);
-    let trailer_crc = crc32c::crc32c(out.get(trailer_start..).unwrap_or_default());
-    put_u32(&mut out, trailer_crc);
-    out.extend_from_slice(PACK_END_MAGIC);
-    out
+    let mut trailer_bytes = Vec::with_capacity(TRAILER_LEN);
+    put_u64(&mut trailer_bytes, footer_offset);
+    put_u32(&mut trailer_bytes, trailer.count);
+    put_u32(&mut trailer_bytes, footer_crc);
+    put_u32(&mut trailer_bytes, 0);
+    push_crc_trailer(&mut trailer_bytes);
+    trailer_bytes.extend_from_slice(PACK_END_MAGIC);
+    out.extend_from_slice(&trailer_bytes);
+    Ok(out)
 }
 
 /// The decoded trailer: where the footer is and how many entries it has.
@@ -258,68 +288,79 @@ pub struct Trailer {
     pub footer_crc: u32,
 }
 
+impl Trailer {
+    /// Length of the pack this trailer ends: `footer_offset + 56·count + 32`, or `None`
+    /// when that does not fit a `u64`.
+    pub fn pack_len(&self) -> Option<u64> {
+        (FOOTER_ENTRY_LEN as u64)
+            .checked_mul(u64::from(self.count))
+            .and_then(|footer_len| footer_len.checked_add(TRAILER_LEN as u64))
+            .and_then(|tail| tail.checked_add(self.footer_offset))
+    }
+
+    /// Checks that the footer starts after the pack header and ends where the trailer does.
+    fn check(&self, pack_len: u64) -> Result<(), DecodeError> {
+        if self.footer_offset < PACK_HEADER_LEN as u64 || self.pack_len() != Some(pack_len) {
+            return Err(self.misfit(pack_len));
+        }
+        Ok(())
+    }
+
+    fn misfit(&self, pack_len: u64) -> DecodeError {
+        DecodeError::invalid(
+            TRAILER_WHAT,
+            format!(
+                "footer at {} with {} entries does not fit a pack of {pack_len} bytes",
+                self.footer_offset, self.count
+            ),
+        )
+    }
+}
+
 /// Decodes the last [`TRAILER_LEN`] bytes of a pack of `pack_len` bytes.
 pub fn decode_trailer(buf: &[u8], pack_len: u64) -> Result<Trailer, DecodeError> {
-    const WHAT: &str = "pack trailer";
-    if buf.len() != TRAILER_LEN {
+    let Some((checked, end_magic)) = buf.split_at_checked(TRAILER_CHECKED_LEN) else {
         return Err(DecodeError::Truncated {
-            what: WHAT,
+            what: TRAILER_WHAT,
             needed: TRAILER_LEN,
             available: buf.len(),
         });
-    }
-    let (body, magic) = buf.split_at(TRAILER_LEN - 8);
-    if magic != PACK_END_MAGIC {
-        return Err(DecodeError::BadMagic {
-            what: WHAT,
-            found: magic.to_vec(),
-        });
-    }
-    let checked = crate::codec::split_crc_trailer(body, WHAT)?;
-    let mut r = Reader::new(checked, WHAT);
-    let footer_offset = r.u64()?;
-    let count = r.u32()?;
-    let footer_crc = r.u32()?;
-    r.u32()?;
+    };
+    let mut magic = Reader::new(end_magic, TRAILER_WHAT);
+    magic.magic(PACK_END_MAGIC)?;
+    magic.finish()?;
+    let mut r = Reader::new(split_crc_trailer(checked, TRAILER_WHAT)?, TRAILER_WHAT);
+    let trailer = Trailer {
+        footer_offset: r.u64()?,
+        count: r.u32()?,
+        footer_crc: r.u32()?,
+    };
+    r.reserved::<4>()?;
     r.finish()?;
-    let expected_end = footer_offset
-        .checked_add(u64::from(count) * FOOTER_ENTRY_LEN as u64)
-        .and_then(|v| v.checked_add(TRAILER_LEN as u64));
-    if footer_offset < PACK_HEADER_LEN as u64 || expected_end != Some(pack_len) {
-        return Err(DecodeError::invalid(WHAT, format!("footer at {footer_offset} with {count} entries does not fit a pack of {pack_len} bytes")));
-    }
-    Ok(Trailer {
-        footer_offset,
-        count,
-        footer_crc,
-    })
+    trailer.check(pack_len)?;
+    Ok(trailer)
 }
 
 /// Decodes the footer entries (the bytes between `footer_offset` and the trailer).
 pub fn decode_footer(buf: &[u8], trailer: &Trailer) -> Result<Vec<FooterEntry>, DecodeError> {
-    const WHAT: &str = "pack footer";
     let got = crc32c::crc32c(buf);
     if got != trailer.footer_crc {
         return Err(DecodeError::ChecksumMismatch {
-            what: WHAT,
+            what: FOOTER_WHAT,
             expected: trailer.footer_crc,
             got,
         });
     }
-    let mut r = Reader::new(buf, WHAT);
-    let mut entries =
-        Vec::with_capacity((trailer.count as usize).min(buf.len() / FOOTER_ENTRY_LEN));
-    for _ in 0..trailer.count {
-        let info = read_info(&mut r, WHAT)?;
-        let offset = r.u64()?;
-        let end = offset + RECORD_HEADER_LEN as u64 + u64::from(info.stored_len);
-        if offset < PACK_HEADER_LEN as u64 || end > trailer.footer_offset {
-            return Err(DecodeError::invalid(
-                WHAT,
-                format!("entry at {offset} lies outside the record area"),
-            ));
-        }
-        entries.push(FooterEntry { info, offset });
+    let mut r = Reader::new(buf, FOOTER_WHAT);
+    let count = trailer.count as usize;
+    let mut entries = Vec::with_capacity(count.min(buf.len() / FOOTER_ENTRY_LEN));
+    for _ in 0..count {
+        let entry = FooterEntry {
+            info: read_info(&mut r, FOOTER_WHAT)?,
+            offset: r.u64()?,
+        };
+        entry.check(trailer.footer_offset)?;
+        entries.push(entry);
     }
     r.finish()?;
     Ok(entries)

@@ -14,16 +14,21 @@
 //! catalog, so listing snapshots never reads manifests. `root_digest` is the SHA-256 of a
 //! disk's concatenated page digests; it ties the catalog entry to the roots and lets two
 //! disks be compared for equality without reading them.
+//!
+//! Each type's rules live in one `validate` method, which the decoder runs on what it
+//! parsed and the encoder runs before writing, so a snapshot that encodes always decodes.
+
+use std::collections::HashSet;
 
 use sha2::{Digest as _, Sha256};
 
 use crate::codec::{
-    expect_magic, push_crc_trailer, put_i64, put_string, put_u32, put_u64, split_crc_trailer,
+    check_count, checksummed, push_crc_trailer, put_i64, put_len, put_string, put_u32, put_u64,
     Reader,
 };
 use crate::config::validate_block_size;
 use crate::manifest::{block_count, page_count, MAX_PAGE_ENTRIES};
-use crate::{DecodeError, PageDigest, SnapshotId, FORMAT_VERSION};
+use crate::{DecodeError, EncodeError, PageDigest, SnapshotId, FORMAT_VERSION};
 
 /// Magic at the start of every snapshot file.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"TSRSNAP1";
@@ -31,6 +36,16 @@ pub const SNAPSHOT_MAGIC: &[u8; 8] = b"TSRSNAP1";
 pub const MAX_DISKS: usize = 1024;
 /// Largest length of a series, disk, or tag name.
 pub const MAX_NAME_LEN: usize = 128;
+
+/// Names a snapshot header in errors.
+const HEADER_WHAT: &str = "snapshot header";
+/// Names a snapshot file in errors.
+const FILE_WHAT: &str = "snapshot file";
+/// Bytes before the header: magic, version, header length.
+const SNAPSHOT_PREAMBLE_LEN: usize = 16;
+/// Smallest encoded disk entry: an empty-name length (4), size, block size, page entries,
+/// page count (20), root digest (32), an empty identity (4) and the stats (40).
+const MIN_DISK_ENTRY_LEN: usize = 100;
 
 /// Per-disk counters gathered while the backup ran.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -113,15 +128,21 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), DecodeError> 
     Ok(())
 }
 
-fn put_kv(out: &mut Vec<u8>, kv: &[(String, String)]) {
-    put_u32(out, kv.len() as u32);
+fn put_kv(
+    out: &mut Vec<u8>,
+    field: &'static str,
+    kv: &[(String, String)],
+) -> Result<(), EncodeError> {
+    put_len(out, HEADER_WHAT, field, kv.len())?;
     for (k, v) in kv {
-        put_string(out, k);
-        put_string(out, v);
+        put_string(out, HEADER_WHAT, k)?;
+        put_string(out, HEADER_WHAT, v)?;
     }
+    Ok(())
 }
 
 fn read_kv(r: &mut Reader<'_>) -> Result<Vec<(String, String)>, DecodeError> {
+    // Each pair is at least two empty strings: two 4-byte lengths.
     let n = r.count(8)?;
     let mut kv = Vec::with_capacity(n);
     for _ in 0..n {
@@ -130,100 +151,137 @@ fn read_kv(r: &mut Reader<'_>) -> Result<Vec<(String, String)>, DecodeError> {
     Ok(kv)
 }
 
-impl SnapshotHeader {
-    /// Encodes the header (the part kept in the index catalog).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        put_string(&mut out, &self.series);
-        put_i64(&mut out, self.time_us);
-        put_u64(&mut out, self.duration_ms);
-        put_kv(&mut out, &self.tags);
-        put_u32(&mut out, self.disks.len() as u32);
-        for d in &self.disks {
-            put_string(&mut out, &d.name);
-            put_u64(&mut out, d.size);
-            put_u32(&mut out, d.block_size);
-            put_u32(&mut out, d.page_entries);
-            put_u32(&mut out, d.page_count);
-            out.extend_from_slice(&d.root_digest);
-            put_kv(&mut out, &d.identity);
-            let s = &d.stats;
-            for v in [
-                s.bytes_read,
-                s.zero_blocks,
-                s.new_chunks,
-                s.new_raw_bytes,
-                s.new_stored_bytes,
-            ] {
-                put_u64(&mut out, v);
-            }
-        }
-        out
-    }
+fn check_disk_count(n: usize) -> Result<(), DecodeError> {
+    check_count(HEADER_WHAT, "disks", n, MAX_DISKS)
+}
 
-    /// Decodes and validates a header.
-    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        const WHAT: &str = "snapshot header";
-        let mut r = Reader::new(buf, WHAT);
-        let series = r.string()?;
-        validate_name("series name", &series)?;
-        let time_us = r.i64()?;
-        let duration_ms = r.u64()?;
-        let tags = read_kv(&mut r)?;
-        let ndisks = r.count(64)?;
-        if ndisks > MAX_DISKS {
+impl DiskEntry {
+    /// Checks the rules of one disk entry: a valid name and block size, 1..=65536 page
+    /// entries and a page count that matches the size.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        validate_name("disk name", &self.name)?;
+        validate_block_size(u64::from(self.block_size))?;
+        if self.page_entries == 0 || self.page_entries > MAX_PAGE_ENTRIES {
             return Err(DecodeError::invalid(
-                WHAT,
-                format!("{ndisks} disks exceed {MAX_DISKS}"),
+                HEADER_WHAT,
+                format!(
+                    "disk {:?}: page entries {} out of range 1..={MAX_PAGE_ENTRIES}",
+                    self.name, self.page_entries
+                ),
             ));
         }
-        let mut disks: Vec<DiskEntry> = Vec::with_capacity(ndisks);
-        for _ in 0..ndisks {
-            let name = r.string()?;
-            validate_name("disk name", &name)?;
-            if disks.iter().any(|d| d.name == name) {
-                return Err(DecodeError::invalid(
-                    WHAT,
-                    format!("disk {name:?} appears twice"),
-                ));
-            }
-            let size = r.u64()?;
-            let block_size = validate_block_size(u64::from(r.u32()?))?;
-            let page_entries = r.u32()?;
-            if page_entries == 0 || page_entries > MAX_PAGE_ENTRIES {
-                return Err(DecodeError::invalid(
-                    WHAT,
-                    format!("page entries {page_entries} out of range"),
-                ));
-            }
-            let page_count = r.u32()?;
-            if u64::from(page_count) != page_count_for(size, block_size, page_entries) {
-                return Err(DecodeError::invalid(
-                    WHAT,
-                    format!("disk {name:?}: {page_count} pages do not match size {size}"),
-                ));
-            }
-            let root_digest = r.array()?;
-            let identity = read_kv(&mut r)?;
-            let stats = DiskStats {
+        if u64::from(self.page_count)
+            != page_count_for(self.size, self.block_size, self.page_entries)
+        {
+            return Err(DecodeError::invalid(
+                HEADER_WHAT,
+                format!(
+                    "disk {:?}: {} pages do not match size {}",
+                    self.name, self.page_count, self.size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn write(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        put_string(out, HEADER_WHAT, &self.name)?;
+        put_u64(out, self.size);
+        put_u32(out, self.block_size);
+        put_u32(out, self.page_entries);
+        put_u32(out, self.page_count);
+        out.extend_from_slice(&self.root_digest);
+        put_kv(out, "identity entries", &self.identity)?;
+        let s = &self.stats;
+        for v in [
+            s.bytes_read,
+            s.zero_blocks,
+            s.new_chunks,
+            s.new_raw_bytes,
+            s.new_stored_bytes,
+        ] {
+            put_u64(out, v);
+        }
+        Ok(())
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            name: r.string()?,
+            size: r.u64()?,
+            block_size: r.u32()?,
+            page_entries: r.u32()?,
+            page_count: r.u32()?,
+            root_digest: r.array()?,
+            identity: read_kv(r)?,
+            stats: DiskStats {
                 bytes_read: r.u64()?,
                 zero_blocks: r.u64()?,
                 new_chunks: r.u64()?,
                 new_raw_bytes: r.u64()?,
                 new_stored_bytes: r.u64()?,
-            };
-            disks.push(DiskEntry {
-                name,
-                size,
-                block_size,
-                page_entries,
-                page_count,
-                root_digest,
-                identity,
-                stats,
-            });
+            },
+        })
+    }
+}
+
+impl SnapshotHeader {
+    /// Checks every rule [`SnapshotHeader::decode`] enforces on the values: a valid series
+    /// name, at most [`MAX_DISKS`] disks, each valid ([`DiskEntry::validate`]) and uniquely
+    /// named. (String lengths and counts that do not fit their fields are refused by
+    /// [`SnapshotHeader::encode`] itself.)
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        validate_name("series name", &self.series)?;
+        check_disk_count(self.disks.len())?;
+        let mut names = HashSet::with_capacity(self.disks.len());
+        for d in &self.disks {
+            d.validate()?;
+            if !names.insert(d.name.as_str()) {
+                return Err(DecodeError::invalid(
+                    HEADER_WHAT,
+                    format!("disk {:?} appears twice", d.name),
+                ));
+            }
         }
+        Ok(())
+    }
+
+    /// Encodes the header (the part kept in the index catalog); refuses a header the
+    /// decoder would refuse.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        self.validate()?;
+        let mut out = Vec::new();
+        put_string(&mut out, HEADER_WHAT, &self.series)?;
+        put_i64(&mut out, self.time_us);
+        put_u64(&mut out, self.duration_ms);
+        put_kv(&mut out, "tags", &self.tags)?;
+        put_len(&mut out, HEADER_WHAT, "disks", self.disks.len())?;
+        for d in &self.disks {
+            d.write(&mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Decodes and validates a header.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf, HEADER_WHAT);
+        let header = Self::read(&mut r)?;
         r.finish()?;
+        header.validate()?;
+        Ok(header)
+    }
+
+    /// Reads the fields, checking only what bounds the work: the disk count.
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let series = r.string()?;
+        let time_us = r.i64()?;
+        let duration_ms = r.u64()?;
+        let tags = read_kv(r)?;
+        let ndisks = r.count(MIN_DISK_ENTRY_LEN)?;
+        check_disk_count(ndisks)?;
+        let disks = (0..ndisks)
+            .map(|_| DiskEntry::read(r))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             series,
             time_us,
@@ -233,9 +291,11 @@ impl SnapshotHeader {
         })
     }
 
-    /// Logical bytes protected by this snapshot (sum of disk sizes).
+    /// Logical bytes protected by this snapshot (sum of disk sizes; saturates at `u64::MAX`).
     pub fn logical_bytes(&self) -> u64 {
-        self.disks.iter().map(|d| d.size).sum()
+        self.disks
+            .iter()
+            .fold(0u64, |sum, d| sum.saturating_add(d.size))
     }
 }
 
@@ -245,15 +305,67 @@ pub fn page_count_for(size: u64, block_size: u32, page_entries: u32) -> u64 {
 }
 
 impl Snapshot {
-    /// Encodes the whole snapshot file and returns it with its id.
-    pub fn encode(&self) -> (SnapshotId, Vec<u8>) {
-        let header = self.header.encode();
+    /// Checks every rule [`Snapshot::decode`] enforces: the header's
+    /// ([`SnapshotHeader::validate`]), one root list per disk, each with `page_count`
+    /// pages and matching the disk's `root_digest`.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        self.header.validate()?;
+        self.check_roots()
+    }
+
+    fn check_roots(&self) -> Result<(), DecodeError> {
+        if self.roots.len() != self.header.disks.len() {
+            return Err(DecodeError::invalid(
+                FILE_WHAT,
+                format!(
+                    "{} root lists for {} disks",
+                    self.roots.len(),
+                    self.header.disks.len()
+                ),
+            ));
+        }
+        for (d, root) in self.header.disks.iter().zip(&self.roots) {
+            if root.len() as u64 != u64::from(d.page_count) {
+                return Err(DecodeError::invalid(
+                    FILE_WHAT,
+                    format!(
+                        "disk {:?}: root list of {} pages, header says {}",
+                        d.name,
+                        root.len(),
+                        d.page_count
+                    ),
+                ));
+            }
+            if root_digest(root) != d.root_digest {
+                return Err(DecodeError::invalid(
+                    FILE_WHAT,
+                    format!(
+                        "disk {:?}: root list does not match its root digest",
+                        d.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes the whole snapshot file and returns it with its id; refuses a snapshot the
+    /// decoder would refuse ([`Snapshot::validate`]).
+    pub fn encode(&self) -> Result<(SnapshotId, Vec<u8>), EncodeError> {
+        self.check_roots()?;
+        let header = self.header.encode()?;
+        let root_bytes = self.roots.iter().fold(0usize, |n, r| {
+            n.saturating_add(r.len().saturating_mul(PageDigest::LEN))
+        });
         let mut out = Vec::with_capacity(
-            header.len() + 20 + self.roots.iter().map(|r| r.len() * 32).sum::<usize>(),
+            header
+                .len()
+                .saturating_add(root_bytes)
+                .saturating_add(SNAPSHOT_PREAMBLE_LEN + 4),
         );
         out.extend_from_slice(SNAPSHOT_MAGIC);
         put_u32(&mut out, FORMAT_VERSION);
-        put_u32(&mut out, header.len() as u32);
+        put_len(&mut out, FILE_WHAT, "header bytes", header.len())?;
         out.extend_from_slice(&header);
         for root in &self.roots {
             for p in root {
@@ -261,51 +373,34 @@ impl Snapshot {
             }
         }
         push_crc_trailer(&mut out);
-        (SnapshotId::of(&out), out)
+        Ok((SnapshotId::of(&out), out))
     }
 
     /// Decodes a snapshot file, checking its checksum, its structure and each disk's root digest.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        const WHAT: &str = "snapshot file";
-        let mut r = Reader::new(buf, WHAT);
-        expect_magic(&mut r, SNAPSHOT_MAGIC, WHAT)?;
-        let version = r.u32()?;
-        if version == 0 || version > FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedVersion {
-                what: WHAT,
-                version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let body = split_crc_trailer(buf, WHAT)?;
-        let mut r = Reader::new(body, WHAT);
-        r.take(12)?;
+        let ((), mut r) = checksummed(buf, FILE_WHAT, |r| {
+            r.magic(SNAPSHOT_MAGIC)?;
+            r.version().map(drop)
+        })?;
         let header_len = r.u32()? as usize;
         let header = SnapshotHeader::decode(r.take(header_len)?)?;
-        let mut roots = Vec::with_capacity(header.disks.len());
-        for d in &header.disks {
-            let n = d.page_count as usize;
-            let bytes = r.take(
-                n.checked_mul(32)
-                    .ok_or_else(|| DecodeError::invalid(WHAT, "page count overflow"))?,
-            )?;
-            let pages: Vec<PageDigest> = bytes
-                .chunks_exact(32)
-                .map(PageDigest::from_slice)
-                .collect::<Result<_, _>>()?;
-            if root_digest(&pages) != d.root_digest {
-                return Err(DecodeError::invalid(
-                    WHAT,
-                    format!(
-                        "disk {:?}: root list does not match its root digest",
-                        d.name
-                    ),
-                ));
-            }
-            roots.push(pages);
-        }
+        let roots = header
+            .disks
+            .iter()
+            .map(|d| {
+                let n = d.page_count as usize;
+                // Cannot overflow: `n < 2^32`, so `32 n < 2^37`.
+                let bytes = r.take(n.saturating_mul(PageDigest::LEN))?;
+                bytes
+                    .chunks_exact(PageDigest::LEN)
+                    .map(PageDigest::from_slice)
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, DecodeError>>()?;
         r.finish()?;
-        Ok(Self { header, roots })
+        let snapshot = Self { header, roots };
+        snapshot.check_roots()?;
+        Ok(snapshot)
     }
 
     /// Decodes only the header of a snapshot file (checks magic, version and checksum).

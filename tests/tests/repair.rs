@@ -890,7 +890,7 @@ fn snapshot_naming_a_missing_page_is_reported_unrecoverable() {
         s.header.time_us += 1;
         s.roots[0][0] = tessera_format::PageDigest([0x5a; 32]);
         s.header.disks[0].root_digest = tessera_format::snapshot::root_digest(&s.roots[0]);
-        let (id, bytes) = s.encode();
+        let (id, bytes) = s.encode().unwrap();
         let hex = id.to_hex();
         fs::write(f.repo.join("snapshots").join(format!("{hex}.snap")), bytes).unwrap();
         hex

@@ -103,7 +103,7 @@ fn record(digest: [u8; 32], stored: &[u8]) -> Vec<u8> {
         stored_len: stored.len() as u32,
         stored_crc: crc32c(stored),
     };
-    let mut out = encode_record_header(&info).to_vec();
+    let mut out = encode_record_header(&info).unwrap().to_vec();
     out.extend_from_slice(stored);
     out
 }

@@ -4,6 +4,8 @@
 use rocksdb::WriteBatch;
 use tessera_format::{ObjectKind, PackId, SnapshotHeader, SnapshotId};
 
+use crate::error::{Error, Result};
+
 use super::{
     cf_for, Index, ObjectEntry, PackEntry, CF_DOOMED, CF_PACKS, CF_PROTECTED, CF_SNAPSHOTS,
     CF_TOMBSTONES,
@@ -72,9 +74,15 @@ impl<'i> IndexBatch<'i> {
         self.delete(CF_DOOMED, pack.as_bytes());
     }
 
-    /// Adds a snapshot to the catalog.
-    pub fn put_snapshot(&mut self, id: SnapshotId, header: &SnapshotHeader) {
-        self.put(CF_SNAPSHOTS, id.as_bytes(), &header.encode());
+    /// Adds a snapshot to the catalog; refuses a header that would not decode.
+    pub fn put_snapshot(&mut self, id: SnapshotId, header: &SnapshotHeader) -> Result<()> {
+        let bytes = header.encode().map_err(|e| {
+            Error::Internal(format!(
+                "catalog entry of snapshot {id} cannot be encoded: {e}"
+            ))
+        })?;
+        self.put(CF_SNAPSHOTS, id.as_bytes(), &bytes);
+        Ok(())
     }
 
     /// Drops a snapshot (and its protection) from the catalog and leaves a tombstone: its

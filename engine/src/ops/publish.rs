@@ -31,12 +31,14 @@ pub fn publish_snapshot(
     snapshot: &Snapshot,
     refs: &RefDeltas,
 ) -> Result<SnapshotId> {
-    let (id, bytes) = snapshot.encode();
+    let (id, bytes) = snapshot
+        .encode()
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let mut batch = repo.index().batch();
     refs.stage(repo.index(), &mut batch)?;
     repo.backend()
         .put_content_addressed(&ObjectKey::snapshot(id), &bytes)?;
-    batch.put_snapshot(id, &snapshot.header);
+    batch.put_snapshot(id, &snapshot.header)?;
     repo.index().commit(batch)?;
     Ok(id)
 }
@@ -96,6 +98,6 @@ pub fn catalogue_stored(
         },
         other => other,
     })?;
-    batch.put_snapshot(id, &snapshot.header);
+    batch.put_snapshot(id, &snapshot.header)?;
     index.commit(batch)
 }

@@ -184,7 +184,7 @@ fn publish_snapshots(
         })
         .collect();
     for (id, s) in snapshots {
-        batch.put_snapshot(*id, &s.header);
+        batch.put_snapshot(*id, &s.header)?;
         if protected.contains(id) {
             batch.set_protected(*id, true);
         }

@@ -84,8 +84,10 @@ impl PackWriter {
             )));
         }
         let id = self.id;
+        let header =
+            encode_record_header(info).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         self.out
-            .write_all(&encode_record_header(info))
+            .write_all(&header)
             .ctx(|| format!("writing pack {id}"))?;
         self.out
             .write_all(stored)
@@ -111,7 +113,8 @@ impl PackWriter {
     /// Writes the footer and makes the pack durable (a finished put of the backend).
     pub fn finish(mut self) -> Result<SealedPack> {
         let id = self.id;
-        let footer = encode_footer(&self.entries, self.len);
+        let footer = encode_footer(&self.entries, self.len)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         self.out
             .write_all(&footer)
             .ctx(|| format!("writing pack {id}"))?;

@@ -219,7 +219,9 @@ impl DiskBackup<'_, '_> {
         let page = ManifestPage {
             digests: std::mem::take(&mut self.page),
         };
-        let (digest, bytes) = page.encode_with_digest();
+        let (digest, bytes) = page
+            .encode_with_digest()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         if self.count_page(digest, || Ok(page.digests.clone()))? {
             let (info, stored) = encode_object(
                 ObjectKind::Page,

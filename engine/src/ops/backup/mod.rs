@@ -18,8 +18,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use tessera_format::codec::MAX_STRING_LEN;
 use tessera_format::config::validate_block_size;
-use tessera_format::snapshot::{root_digest, validate_name};
+use tessera_format::snapshot::{root_digest, validate_name, MAX_DISKS};
 use tessera_format::{DiskEntry, DiskStats, Snapshot, SnapshotHeader, SnapshotId};
 
 use crate::error::{Error, Result};
@@ -163,6 +164,13 @@ fn validate(req: &BackupRequest) -> Result<()> {
             "name at least one disk as NAME=PATH".into(),
         ));
     }
+    // The snapshot file could not hold them (SPEC §6): refuse before reading or writing.
+    if req.disks.len() > MAX_DISKS {
+        return Err(Error::InvalidArgument(format!(
+            "{} disks given, but one snapshot holds at most {MAX_DISKS}; back them up in several series",
+            req.disks.len()
+        )));
+    }
     let mut names = HashSet::new();
     for d in &req.disks {
         validate_name("disk name", &d.name).map_err(invalid)?;
@@ -173,8 +181,14 @@ fn validate(req: &BackupRequest) -> Result<()> {
             )));
         }
     }
-    for (k, _) in &req.tags {
+    for (k, v) in &req.tags {
         validate_name("tag key", k).map_err(invalid)?;
+        if v.len() > MAX_STRING_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "tag {k:?}: the value is {} bytes, at most {MAX_STRING_LEN} fit a snapshot",
+                v.len()
+            )));
+        }
     }
     if let Some(bs) = req.block_size {
         validate_block_size(u64::from(bs)).map_err(invalid)?;

@@ -111,5 +111,5 @@ fn page_from_image(
             ChunkDigest::of(block)
         });
     }
-    Some(ManifestPage { digests }.encode())
+    ManifestPage { digests }.encode().ok()
 }

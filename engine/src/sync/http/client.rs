@@ -259,7 +259,7 @@ impl ObjectSink for Remote {
     fn put(&mut self, kind: ObjectKind, objects: Vec<CheckedObject>) -> Result<()> {
         let mut body = Vec::new();
         for o in objects {
-            encode_record(&mut body, &(o.info, o.stored));
+            encode_record(&mut body, &(o.info, o.stored))?;
             if body.len() as u64 >= MAX_BATCH_BYTES {
                 self.send_records(kind, std::mem::take(&mut body))?;
             }

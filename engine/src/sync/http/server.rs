@@ -470,7 +470,7 @@ fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
             let repo = Repository::open(root).map_err(fail)?;
             let mut out = Vec::new();
             for o in repo.get_objects(kind, &digests).map_err(fail)? {
-                encode_record(&mut out, &o);
+                encode_record(&mut out, &o).map_err(fail)?;
             }
             debug_assert!(out.len() as u64 <= MAX_ANSWER_BYTES);
             Ok(out)

@@ -53,10 +53,13 @@ pub fn decode_digests(body: &[u8], max: usize) -> Result<Vec<[u8; 32]>> {
         .collect())
 }
 
-/// Appends one record (header + stored bytes).
-pub fn encode_record(out: &mut Vec<u8>, object: &StoredObject) {
-    out.extend_from_slice(&encode_record_header(&object.0));
+/// Appends one record (header + stored bytes); refuses a header that would not decode.
+pub fn encode_record(out: &mut Vec<u8>, object: &StoredObject) -> Result<()> {
+    let header =
+        encode_record_header(&object.0).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    out.extend_from_slice(&header);
     out.extend_from_slice(&object.1);
+    Ok(())
 }
 
 /// Splits a record stream; every header is checked (magic, CRC, bounded lengths) and must

@@ -1,187 +1,77 @@
-//! Every on-disk type round-trips through its encoding, and every decoder returns an error
-//! (never panics) on arbitrary, truncated or bit-flipped bytes.
+//! Every on-disk type round-trips exactly through its encoding, and every decoder returns
+//! an error (never panics) on arbitrary, truncated or bit-flipped bytes.
 
 use proptest::prelude::*;
 use tessera_format::config::{RepoConfig, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 use tessera_format::pack::{
     decode_footer, decode_pack_header, decode_record_header, decode_trailer, encode_footer,
-    encode_pack_header, encode_record_header, FooterEntry, PACK_HEADER_LEN, TRAILER_LEN,
+    encode_pack_header, encode_record_header, TRAILER_LEN,
 };
-use tessera_format::snapshot::{page_count_for, root_digest};
 use tessera_format::{
-    ChunkDigest, Codec, Compression, DecodeError, DiskEntry, DiskStats, IdScheme, ManifestPage,
-    ObjectInfo, ObjectKind, PageDigest, RepoId, Snapshot, SnapshotHeader,
+    ChunkDigest, Codec, Compression, DecodeError, IdScheme, ManifestPage, PageDigest, RepoId,
+    Snapshot, SnapshotHeader,
 };
 
-fn name() -> impl Strategy<Value = String> {
-    "[a-z0-9][a-z0-9._-]{0,20}"
-}
-
-fn config() -> impl Strategy<Value = RepoConfig> {
-    (
-        any::<[u8; 16]>(),
-        16u32..=23,
-        prop::bool::ANY,
-        1i32..=19,
-        16u32..=4096,
-        any::<i64>(),
-    )
-        .prop_map(|(id, shift, zstd, level, pe, t)| RepoConfig {
-            format_version: 1,
-            repo_id: RepoId(id),
-            id_scheme: IdScheme::Sha256,
-            compression: if zstd {
-                Compression {
-                    codec: Codec::Zstd,
-                    level,
-                }
-            } else {
-                Compression {
-                    codec: Codec::None,
-                    level: 0,
-                }
-            },
-            default_block_size: 1 << shift,
-            page_entries: pe,
-            created_at_us: t,
-        })
-}
-
-fn object_info() -> impl Strategy<Value = ObjectInfo> {
-    (
-        prop::bool::ANY,
-        any::<[u8; 32]>(),
-        0u32..=MAX_BLOCK_SIZE,
-        any::<u32>(),
-    )
-        .prop_map(|(page, d, raw, crc)| ObjectInfo {
-            kind: if page {
-                ObjectKind::Page
-            } else {
-                ObjectKind::Chunk
-            },
-            codec: Codec::None,
-            digest: ChunkDigest(d),
-            raw_len: raw,
-            stored_len: raw,
-            stored_crc: crc,
-        })
-}
-
-fn snapshot() -> impl Strategy<Value = Snapshot> {
-    let disk = (
-        name(),
-        0u64..(1 << 24),
-        16u32..=18,
-        16u32..=64,
-        prop::collection::vec((name(), ".{0,10}"), 0..3),
-    );
-    (
-        name(),
-        any::<i64>(),
-        any::<u64>(),
-        prop::collection::vec((name(), ".{0,12}"), 0..4),
-        prop::collection::vec(disk, 0..4),
-    )
-        .prop_map(|(series, time_us, duration_ms, tags, disks)| {
-            let mut entries: Vec<DiskEntry> = Vec::new();
-            let mut roots = Vec::new();
-            for (i, (n, size, shift, pe, identity)) in disks.into_iter().enumerate() {
-                let bs = 1u32 << shift;
-                let pages = page_count_for(size, bs, pe);
-                let root: Vec<PageDigest> = (0..pages)
-                    .map(|p| PageDigest::of(&p.to_le_bytes()))
-                    .collect();
-                entries.push(DiskEntry {
-                    name: format!("{n}{i}"),
-                    size,
-                    block_size: bs,
-                    page_entries: pe,
-                    page_count: pages as u32,
-                    root_digest: root_digest(&root),
-                    identity,
-                    stats: DiskStats {
-                        bytes_read: size,
-                        zero_blocks: 1,
-                        new_chunks: 2,
-                        new_raw_bytes: 3,
-                        new_stored_bytes: 4,
-                    },
-                });
-                roots.push(root);
-            }
-            Snapshot {
-                header: SnapshotHeader {
-                    series,
-                    time_us,
-                    duration_ms,
-                    tags,
-                    disks: entries,
-                },
-                roots,
-            }
-        })
-}
+use crate::strategies::{config, footer_entries, object_info, snapshot};
 
 proptest! {
     #[test]
     fn config_roundtrips(c in config()) {
-        prop_assert_eq!(RepoConfig::decode(&c.encode()).unwrap(), c);
+        let bytes = c.encode().unwrap();
+        prop_assert_eq!(RepoConfig::decode(&bytes).unwrap(), c);
     }
 
     #[test]
     fn config_rejects_any_single_bit_flip(c in config(), bit in 0usize..(56 * 8)) {
-        let mut bytes = c.encode();
+        let mut bytes = c.encode().unwrap();
         bytes[bit / 8] ^= 1 << (bit % 8);
         prop_assert!(RepoConfig::decode(&bytes).is_err());
     }
 
     #[test]
     fn record_header_roundtrips(info in object_info()) {
-        prop_assert_eq!(decode_record_header(&encode_record_header(&info)).unwrap(), info);
+        let bytes = encode_record_header(&info).unwrap();
+        prop_assert_eq!(decode_record_header(&bytes).unwrap(), info);
     }
 
     #[test]
     fn record_header_rejects_bit_flips(info in object_info(), bit in 0usize..(56 * 8)) {
-        let mut bytes = encode_record_header(&info);
+        let mut bytes = encode_record_header(&info).unwrap();
         bytes[bit / 8] ^= 1 << (bit % 8);
         prop_assert!(decode_record_header(&bytes).is_err());
     }
 
     #[test]
     fn footer_roundtrips(infos in prop::collection::vec(object_info(), 0..20)) {
-        let mut offset = PACK_HEADER_LEN as u64;
-        let entries: Vec<FooterEntry> = infos.iter().map(|i| {
-            let e = FooterEntry { info: *i, offset };
-            offset += 56 + u64::from(i.stored_len);
-            e
-        }).collect();
-        let footer = encode_footer(&entries, offset);
-        let pack_len = offset + footer.len() as u64;
+        let (entries, footer_offset) = footer_entries(&infos);
+        let footer = encode_footer(&entries, footer_offset).unwrap();
+        let pack_len = footer_offset + footer.len() as u64;
         let (body, trailer_bytes) = footer.split_at(footer.len() - TRAILER_LEN);
         let trailer = decode_trailer(trailer_bytes, pack_len).unwrap();
+        prop_assert_eq!(trailer.footer_offset, footer_offset);
+        prop_assert_eq!(trailer.pack_len(), Some(pack_len));
         prop_assert_eq!(decode_footer(body, &trailer).unwrap(), entries);
     }
 
     #[test]
     fn manifest_page_roundtrips(ds in prop::collection::vec(any::<[u8; 32]>(), 0..100)) {
         let page = ManifestPage { digests: ds.into_iter().map(ChunkDigest).collect() };
-        let (digest, bytes) = page.encode_with_digest();
+        let (digest, bytes) = page.encode_with_digest().unwrap();
         prop_assert_eq!(PageDigest::of(&bytes), digest);
         prop_assert_eq!(ManifestPage::decode(&bytes).unwrap(), page);
     }
 
     #[test]
     fn snapshot_roundtrips(s in snapshot()) {
-        let (id, bytes) = s.encode();
+        let (id, bytes) = s.encode().unwrap();
         prop_assert_eq!(tessera_format::SnapshotId::of(&bytes), id);
         prop_assert_eq!(Snapshot::decode(&bytes).unwrap(), s.clone());
-        prop_assert_eq!(SnapshotHeader::decode(&s.header.encode()).unwrap(), s.header);
+        prop_assert_eq!(SnapshotHeader::decode(&s.header.encode().unwrap()).unwrap(), s.header);
     }
 
     #[test]
     fn snapshot_rejects_truncation_and_flips(s in snapshot(), cut in any::<prop::sample::Index>(), bit in any::<prop::sample::Index>()) {
-        let (_, bytes) = s.encode();
+        let (_, bytes) = s.encode().unwrap();
         let cut = cut.index(bytes.len());
         prop_assert!(Snapshot::decode(&bytes[..cut]).is_err());
         let mut flipped = bytes.clone();
@@ -231,7 +121,7 @@ fn future_versions_are_refused_by_name() {
         page_entries: 512,
         created_at_us: 0,
     };
-    let mut bytes = c.encode();
+    let mut bytes = c.encode().unwrap();
     bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
     assert!(matches!(
         RepoConfig::decode(&bytes),
