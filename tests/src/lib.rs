@@ -47,6 +47,7 @@ use sha2::{Digest, Sha256};
 
 pub use serde_json::Value;
 
+pub mod kill;
 pub mod libvhdi;
 pub mod qemu;
 pub mod vhd_build;
