@@ -10,8 +10,9 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tessera_tests::{
-    backup_json, disk_sum, env_usize, init_repo, list_ids, make_image, mutate, pack_files,
-    restored_sha, seed, snapshot_id, tessera, tessera_cmd, verify, DataGen, ImageSpec, KillOnDrop,
+    assert_no_duplicates, backup_json, disk_sum, env_usize, init_repo, list_ids, make_image,
+    mutate, pack_files, restored_sha, seed, snapshot_id, tessera, tessera_cmd, verify, DataGen,
+    ImageSpec, KillOnDrop,
 };
 
 const MIB: u64 = 1 << 20;
@@ -29,38 +30,6 @@ fn sync_json(src: &Path, dst: &Path, extra: &[&str]) -> Value {
     let out = tessera(&args);
     out.ok();
     out.json()
-}
-
-fn stats_json(repo: &Path) -> Value {
-    let out = tessera(["--json".as_ref(), "stats".as_ref(), repo.as_os_str()]);
-    out.ok();
-    out.json()["stats"].clone()
-}
-
-/// Records in every pack file, from the pack trailers (SPEC.md §4).
-fn pack_records(repo: &Path) -> u64 {
-    pack_files(repo)
-        .iter()
-        .map(|p| {
-            let bytes = fs::read(p).expect("reading pack");
-            let trailer = &bytes[bytes.len() - 32..];
-            u64::from(u32::from_le_bytes(trailer[8..12].try_into().unwrap()))
-        })
-        .sum()
-}
-
-/// Every record of B's packs is an object of its index exactly once, and every object is
-/// referenced: nothing was stored twice and nothing was left over.
-fn assert_no_duplicates(repo: &Path) {
-    let s = stats_json(repo);
-    let indexed = s["live_chunks"].as_u64().unwrap()
-        + s["live_pages"].as_u64().unwrap()
-        + s["unreferenced_objects"].as_u64().unwrap();
-    assert_eq!(
-        pack_records(repo),
-        indexed,
-        "pack records vs index objects: {s}"
-    );
 }
 
 fn assert_same_snapshots(a: &Path, b: &Path, scratch: &Path) {
@@ -128,7 +97,7 @@ fn sync_copies_only_missing_objects_and_is_idempotent() {
     );
     assert_same_snapshots(&a, &b, work.path());
     verify(&b).ok();
-    assert_no_duplicates(&b);
+    assert_no_duplicates(&b, "B");
 
     let again = sync_json(&a, &b, &[]);
     assert_eq!(again["bytes_received"], 0, "{again}");
@@ -265,7 +234,7 @@ fn killed_sync_resumes_without_duplicates() {
         );
         assert_eq!(list_ids(&b), ids);
         verify(&b).ok();
-        assert_no_duplicates(&b);
+        assert_no_duplicates(&b, "B");
         let last = ids.last().unwrap();
         assert_eq!(
             restored_sha(&b, last, work.path()),
