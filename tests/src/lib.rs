@@ -5,6 +5,12 @@
 //! - [`DataGen`], [`make_image`], [`mutate`] produce seeded disk images: zero regions,
 //!   compressible text-like data and random data, optionally sparse with real holes.
 //! - [`sha256_file`], [`assert_same_file`], [`block_digests`] are the oracles.
+//! - [`kill::KillLoop`] kills writers inside their operation and proves it did.
+//! - [`remote::Transport`] runs `serve`/`sync` scenarios over `http://` or `https://`.
+//! - [`qemu`], [`libvhdi`] and [`vhd_build`] are the independent image tools.
+//!
+//! Every tool the tests use is installed by `scripts/ensure-deps.sh`; a test never skips
+//! because one is missing, it fails and names the script.
 //!
 //! ## How the binary is found
 //!
