@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs the system packages tessera's build and tests need, if they are missing:
+# Installs the system packages tessera's build and tests need, if they are missing, and fails
+# if any of them cannot be had (the tests require every one of them and never skip):
 # libclang-dev (bindgen for the rocksdb crate), qemu-utils (qemu-img, qemu-nbd) and libnbd-bin
 # (nbdinfo, nbdcopy), the real NBD clients the tests use; nbdkit, a second NBD server;
 # libssl-dev and pkg-config (the system OpenSSL that `tessera serve`/`sync` use for TLS) and
-# openssl (the CLI the TLS tests make certificates with).
+# openssl (the CLI the TLS tests make certificates with); bsdutils (`script`, the terminal the
+# progress-bar test runs the CLI on).
 set -euo pipefail
 need=()
-for pkg in libclang-dev qemu-utils libnbd-bin nbdkit libssl-dev pkg-config openssl; do
+for pkg in libclang-dev qemu-utils libnbd-bin nbdkit libssl-dev pkg-config openssl bsdutils; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -16,8 +18,15 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# libvhdi (Python module pyvhdi) reads VHD differencing chains, which qemu-img cannot follow;
-# the export tests use it as an independent reader. Best effort: without it that check skips.
+# libvhdi (Python module pyvhdi, pip package libvhdi-python) reads VHD differencing chains,
+# which qemu-img cannot follow; the export and VHD source tests use it as an independent reader.
 if ! python3 -c "import pyvhdi" >/dev/null 2>&1; then
-    python3 -m pip install -q libvhdi-python >/dev/null 2>&1 || echo "warning: could not install libvhdi-python; the VHD chain check will be skipped" >&2
+    echo "installing: libvhdi-python (pip)" >&2
+    # A Python that marks itself externally managed (PEP 668) refuses a plain install.
+    python3 -m pip install -q libvhdi-python \
+        || python3 -m pip install -q --break-system-packages libvhdi-python
+    if ! python3 -c "import pyvhdi" >/dev/null 2>&1; then
+        echo "error: python3 cannot import pyvhdi after installing libvhdi-python" >&2
+        exit 1
+    fi
 fi

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs what it needs first.
-# Knobs: TESSERA_KILL_TRIALS (crash trials, default 8), TESSERA_MODEL_GENERATIONS (default 12),
-# TESSERA_MODEL_STEPS (retention model steps, default 40), TESSERA_SEED (replay a seed).
+# Runs the whole test suite. Installs what it needs first (no test skips: one that cannot run
+# fails). Knobs: TESSERA_KILL_TRIALS (trials of each kill -9 loop: backup, prune, compact,
+# rebuild (3x), repair, sync, killed pushes; default 4; each loop fails unless one of its kills
+# interrupted the running operation), TESSERA_CRASH_IMAGE_MIB (image of the backup kill loop,
+# default 256), TESSERA_MODEL_GENERATIONS (default 12), TESSERA_MODEL_STEPS (retention model
+# steps, default 40), TESSERA_SEED (replay a seed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/ensure-deps.sh

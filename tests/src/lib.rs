@@ -5,6 +5,12 @@
 //! - [`DataGen`], [`make_image`], [`mutate`] produce seeded disk images: zero regions,
 //!   compressible text-like data and random data, optionally sparse with real holes.
 //! - [`sha256_file`], [`assert_same_file`], [`block_digests`] are the oracles.
+//! - [`kill::KillLoop`] kills writers inside their operation and proves it did.
+//! - [`remote::Transport`] runs `serve`/`sync` scenarios over `http://` or `https://`.
+//! - [`qemu`], [`libvhdi`] and [`vhd_build`] are the independent image tools.
+//!
+//! Every tool the tests use is installed by `scripts/ensure-deps.sh`; a test never skips
+//! because one is missing, it fails and names the script.
 //!
 //! ## How the binary is found
 //!
@@ -47,7 +53,10 @@ use sha2::{Digest, Sha256};
 
 pub use serde_json::Value;
 
+pub mod kill;
+pub mod libvhdi;
 pub mod qemu;
+pub mod remote;
 pub mod vhd_build;
 
 // ---------------------------------------------------------------------------------------
@@ -415,6 +424,40 @@ pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Records in every pack file of `repo`, from the pack trailers (SPEC.md §4).
+pub fn pack_records(repo: &Path) -> u64 {
+    pack_files(repo)
+        .iter()
+        .map(|p| {
+            let bytes = fs::read(p).expect("reading pack");
+            let trailer = &bytes[bytes.len() - 32..];
+            u64::from(u32::from_le_bytes(
+                trailer[8..12].try_into().expect("4 bytes"),
+            ))
+        })
+        .sum()
+}
+
+/// Every record of `repo`'s packs is an object of its index exactly once: nothing was
+/// stored twice (`context` leads the failure message).
+#[track_caller]
+pub fn assert_no_duplicates(repo: &Path, context: &str) {
+    let out = tessera([OsStr::new("--json"), "stats".as_ref(), repo.as_os_str()]);
+    out.ok();
+    let s = &out.json()["stats"];
+    let count = |field: &str| {
+        s[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{context}: no {field} in {s}"))
+    };
+    let indexed = count("live_chunks") + count("live_pages") + count("unreferenced_objects");
+    assert_eq!(
+        pack_records(repo),
+        indexed,
+        "{context}: pack records vs objects in the index: {s}"
+    );
 }
 
 /// Names of the entries of a directory (empty if it does not exist).

@@ -2,18 +2,20 @@
 //! snapshot, never damages earlier snapshots, and the next writer recovers (removes staged
 //! files, adopts sealed packs, drops unpublished snapshot files) and reuses what was stored.
 //!
-//! Knobs: `TESSERA_KILL_TRIALS` (default 8), `TESSERA_CRASH_IMAGE_MIB` (default 256: in
-//! the test build a first backup of it takes ~1.3-1.9 s and a backup with 40% changed
-//! data ~0.5-0.7 s; kill moments are drawn from the measured duration), `TESSERA_SEED`.
+//! Knobs: `TESSERA_KILL_TRIALS` (default `tessera_tests::kill::DEFAULT_KILL_TRIALS`),
+//! `TESSERA_CRASH_IMAGE_MIB` (default 256: in the test build a first backup of it takes
+//! ~1.3-1.9 s and a backup with 40% changed data ~0.5-0.7 s; kill moments are drawn from the
+//! span an uninterrupted backup holds the writer lock, and the loop fails unless at least one
+//! kill interrupted a running backup), `TESSERA_SEED`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rand::Rng;
 use tempfile::TempDir;
+use tessera_tests::kill::{kill_trials, KillLoop, Landed};
 use tessera_tests::{
     backup_args, backup_json, dir_entries, disk_sum, env_usize, finish_child, init_repo, list_ids,
     make_image, mutate, restored_sha, seed, sha256_file, signal, snapshot_id, tessera, tessera_cmd,
@@ -41,13 +43,9 @@ fn snapshot_files(repo: &Path) -> BTreeSet<String> {
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one scenario: setup, trials, and the final restore of every snapshot"
-)]
 fn kill_during_backup_publishes_all_or_nothing() {
     let _serial = serial();
-    let trials = env_usize("TESSERA_KILL_TRIALS", 8);
+    let trials = kill_trials();
     let mib = env_usize("TESSERA_CRASH_IMAGE_MIB", 256) as u64;
     let mut gen = DataGen::new(seed("kill9"));
     let t = TempDir::new().unwrap();
@@ -69,64 +67,44 @@ fn kill_during_backup_publishes_all_or_nothing() {
     let mut published: HashMap<String, String> = HashMap::new();
     let good = backup_json(&repo, "vm", &[("d", &img)]);
     published.insert(snapshot_id(&good), sha256_file(&img));
-    // Calibrate: how long does a backup with as much change as a trial's take?
+    // Calibrate: how long does a backup with as much change as a trial's hold the lock?
     mutate(&img, &mut gen, CHANGES, 2 << 20, (1, 3, 6));
-    let started = Instant::now();
-    let calibration = backup_json(&repo, "vm", &[("d", &img)]);
-    let duration = started.elapsed();
-    published.insert(snapshot_id(&calibration), sha256_file(&img));
+    let args = backup_args(&repo, "vm", &[("d", &img)]);
+    let (mut kills, calibration) = KillLoop::calibrate("backup", &repo, &args);
+    published.insert(snapshot_id(&calibration.json()), sha256_file(&img));
     eprintln!(
-        "a backup of {size} bytes with {} new bytes takes {duration:?}",
-        disk_sum(&calibration, "new_raw_bytes")
+        "a backup of {size} bytes stores {} new bytes",
+        disk_sum(&calibration.json(), "new_raw_bytes")
     );
 
-    let args = backup_args(&repo, "vm", &[("d", &img)]);
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut kills_before_publish = 0;
     for trial in 0..trials {
         // Rewrite about 40% of the image: the backup seals several packs before it publishes.
         mutate(&img, &mut gen, CHANGES, 2 << 20, (1, 3, 6));
         let sha = sha256_file(&img);
         let known_before: BTreeSet<String> = published.keys().cloned().collect();
-
-        let delay = Duration::from_micros(gen.rng.gen_range(0..duration.as_micros() as u64));
-        let child = tessera_cmd(&args).spawn().unwrap();
-        std::thread::sleep(delay);
-        let mut child = child;
-        let finished_first = child.try_wait().unwrap().is_some();
-        if !finished_first {
-            child.kill().unwrap(); // SIGKILL
-        }
-        let out = finish_child(child, &arg_refs);
-        eprintln!(
-            "trial {trial}: killed after {delay:?} (finished first: {finished_first}), exit {}",
-            out.code
-        );
-        if finished_first {
-            out.ok();
-        }
+        let kill = kills.kill(trial, &repo, &args);
+        let at = format!("[backup trial {trial}, {:?}]", kill.landed);
 
         // Readers work and see old snapshots plus at most this backup, complete.
         let listed: BTreeSet<String> = list_ids(&repo).into_iter().collect();
         let new: Vec<&String> = listed.difference(&known_before).collect();
         assert!(
             known_before.is_subset(&listed),
-            "trial {trial}: a published snapshot disappeared: had {known_before:?}, list shows {listed:?}"
+            "{at} a published snapshot disappeared: had {known_before:?}, list shows {listed:?}"
         );
-        assert!(
-            new.len() <= 1,
-            "trial {trial}: more than one new snapshot: {new:?}"
-        );
+        assert!(new.len() <= 1, "{at} more than one new snapshot: {new:?}");
         if let Some(id) = new.first() {
-            eprintln!("trial {trial}: the killed backup had published {id}");
-            if finished_first {
-                assert_eq!(*id, &snapshot_id(&out.json()));
+            eprintln!("{at} the killed backup had published {id}");
+            if kill.landed == Landed::Finished {
+                assert_eq!(*id, &snapshot_id(&kill.out.json()), "{at}");
             }
             published.insert((*id).clone(), sha.clone());
         } else {
-            assert!(
-                !finished_first,
-                "a backup exited 0 but its snapshot is not listed"
+            assert_ne!(
+                kill.landed,
+                Landed::Finished,
+                "{at} a backup exited 0 but its snapshot is not listed"
             );
             kills_before_publish += 1;
         }
@@ -135,25 +113,26 @@ fn kill_during_backup_publishes_all_or_nothing() {
         // The next writer recovers and succeeds; afterwards no unpublished snapshot file remains.
         let rerun = backup_json(&repo, "vm", &[("d", &img)]);
         eprintln!(
-            "trial {trial}: rerun stored {} new raw bytes",
+            "{at} rerun stored {} new raw bytes",
             disk_sum(&rerun, "new_raw_bytes")
         );
         published.insert(snapshot_id(&rerun), sha);
         let listed: BTreeSet<String> = list_ids(&repo).into_iter().collect();
         let expected: BTreeSet<String> = published.keys().cloned().collect();
-        assert_eq!(listed, expected, "trial {trial}");
+        assert_eq!(listed, expected, "{at}");
         assert_eq!(
             snapshot_files(&repo),
             expected,
-            "trial {trial}: snapshot files differ from the catalog after recovery"
+            "{at} snapshot files differ from the catalog after recovery"
         );
         assert!(
             dir_entries(&repo.join("tmp")).is_empty(),
-            "trial {trial}: staged files left after a successful backup: {:?}",
+            "{at} staged files left after a successful backup: {:?}",
             dir_entries(&repo.join("tmp"))
         );
     }
     eprintln!("{kills_before_publish} of {trials} kills landed before publication");
+    kills.finish();
 
     verify(&repo).ok();
     for id in list_ids(&repo) {

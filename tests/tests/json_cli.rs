@@ -262,9 +262,9 @@ fn no_progress_output_when_stderr_is_not_a_terminal() {
     }
 }
 
-/// Runs `tessera ARGS` under a pseudo-terminal (util-linux `script`); returns the merged
-/// terminal output, or `None` when `script` is unavailable.
-fn on_a_terminal(args: &[&str]) -> Option<(i32, String)> {
+/// Runs `tessera ARGS` under a pseudo-terminal (util-linux `script`, package bsdutils, which
+/// `scripts/ensure-deps.sh` installs); returns the exit code and the merged terminal output.
+fn on_a_terminal(args: &[&str]) -> (i32, String) {
     let cmd = std::iter::once(tessera_tests::tessera_bin().display().to_string())
         .chain(args.iter().map(ToString::to_string))
         .collect::<Vec<_>>()
@@ -273,11 +273,13 @@ fn on_a_terminal(args: &[&str]) -> Option<(i32, String)> {
         .args(["-qec", &cmd, "/dev/null"])
         .stdin(std::process::Stdio::null())
         .output()
-        .ok()?;
-    Some((
+        .unwrap_or_else(|e| {
+            panic!("running `script` (util-linux) for a terminal: {e} (run scripts/ensure-deps.sh)")
+        });
+    (
         tessera_tests::exit_code(out.status),
         String::from_utf8_lossy(&out.stdout).replace('\r', ""),
-    ))
+    )
 }
 
 #[test]
@@ -292,10 +294,7 @@ fn progress_bars_only_on_a_terminal_and_never_with_json_or_quiet() {
     let img = t.path().join("img");
     make_image(&img, ImageSpec::mixed(48 << 20), &mut gen);
     let disk = format!("d={}", img.display());
-    let Some((code, shown)) = on_a_terminal(&["backup", &r, "--series", "s", &disk]) else {
-        eprintln!("\n*** SKIP: util-linux `script` is not available to provide a terminal ***\n");
-        return;
-    };
+    let (code, shown) = on_a_terminal(&["backup", &r, "--series", "s", &disk]);
     assert_eq!(code, 0, "{shown}");
     assert!(
         shown.contains("ETA") && shown.contains("backup d"),
@@ -303,7 +302,7 @@ fn progress_bars_only_on_a_terminal_and_never_with_json_or_quiet() {
     );
     for extra in [["--quiet"], ["--json"]] {
         let args = [extra[0], "backup", &r, "--series", "s", &disk];
-        let (code, shown) = on_a_terminal(&args).unwrap();
+        let (code, shown) = on_a_terminal(&args);
         assert_eq!(code, 0, "{shown}");
         assert!(
             !shown.contains("ETA") && !shown.contains('\u{1b}'),

@@ -1,12 +1,12 @@
 //! `tessera serve-nbd` against real NBD clients (qemu-img, nbdinfo, nbdcopy) and against a
 //! hand-written client sending malformed messages. Every copy is compared byte for byte
 //! with the image that was backed up; block status is compared with the image's own zero
-//! blocks.
+//! blocks. `scripts/ensure-deps.sh` installs the clients; a missing one fails the test.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use rand::Rng;
@@ -22,47 +22,10 @@ const BS: u64 = 64 * 1024;
 // Local helpers
 // ---------------------------------------------------------------------------------------
 
-/// Whether `tool` is available, installing Debian package `pkg` if it is missing.
-fn have_tool(tool: &str, pkg: &str) -> bool {
-    let found = || {
-        Command::new("which")
-            .arg(tool)
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if found() {
-        return true;
-    }
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", pkg])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install() {
-        let _ = Command::new("apt-get")
-            .arg("update")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        install();
-    }
-    if found() {
-        return true;
-    }
-    eprintln!(
-        "!!!!!!!! SKIP: {tool} (package {pkg}) is not available; that part is not tested !!!!!!!!"
-    );
-    false
-}
-
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e} (run scripts/ensure-deps.sh)"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -200,9 +163,6 @@ fn mixed_image(path: &Path, gen: &mut DataGen, size: u64) {
 
 #[test]
 fn qemu_img_reads_maps_and_compares_over_tcp_and_unix_socket() {
-    if !have_tool("qemu-img", "qemu-utils") {
-        return;
-    }
     let mut gen = DataGen::new(seed("nbd_qemu"));
     let t = TempDir::new().unwrap();
     let img = t.path().join("img.raw");
@@ -305,9 +265,6 @@ fn qemu_img_reads_maps_and_compares_over_tcp_and_unix_socket() {
 
 #[test]
 fn nbdinfo_lists_every_disk_and_nbdcopy_copies_with_four_connections() {
-    if !have_tool("nbdinfo", "libnbd-bin") || !have_tool("nbdcopy", "libnbd-bin") {
-        return;
-    }
     let mut gen = DataGen::new(seed("nbd_multi"));
     let t = TempDir::new().unwrap();
     let a = t.path().join("a.raw");

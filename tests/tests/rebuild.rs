@@ -1,12 +1,15 @@
 //! The index is derived data: after it is deleted or garbled, `repair --rebuild-index`
 //! brings back the same catalog (ids, series, times, tags, disks), every snapshot restores
-//! byte-identical, and verify (which also checks reference counts) is clean.
+//! byte-identical, and verify (which also checks reference counts) is clean. A rebuild
+//! killed while it holds the writer lock leaves either the complete old or new index, or
+//! one that readers refuse with advice to rebuild, and the next rebuild completes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
 use tempfile::TempDir;
+use tessera_tests::kill::{kill_trials, KillLoop, Landed};
 use tessera_tests::{
     backup_json, init_repo, list_json, make_image, mutate, restored_sha, seed, sha256_file,
     snapshot_id, tessera, verify, DataGen, ImageSpec, Value,
@@ -191,9 +194,9 @@ fn rebuild_of_a_healthy_index_changes_nothing() {
 
 #[test]
 fn kill_during_rebuild_then_rebuild_again() {
-    // A rebuild of this repository takes some tens of milliseconds, so kills land mostly
-    // before the swap: run three times as many trials as the backup crash test.
-    let trials = 3 * tessera_tests::env_usize("TESSERA_KILL_TRIALS", 8);
+    // A rebuild of this repository holds the lock for some tens of milliseconds, most of it
+    // before the swap: run three times as many trials as the other kill loops.
+    let trials = 3 * kill_trials();
     let mut gen = DataGen::new(seed("rebuild_kill"));
     let t = TempDir::new().unwrap();
     let (repo, expect) = populated(&t, &mut gen);
@@ -203,42 +206,32 @@ fn kill_during_rebuild_then_rebuild_again() {
         repo.display().to_string(),
         "--rebuild-index".to_string(),
     ];
-    let started = std::time::Instant::now();
-    tessera(&args).ok();
-    let duration = started.elapsed();
-    eprintln!("a rebuild takes {duration:?}");
+    let (mut kills, _) = KillLoop::calibrate("rebuild", &repo, &args);
     for trial in 0..trials {
-        let delay = std::time::Duration::from_micros(rand::Rng::gen_range(
-            &mut gen.rng,
-            0..duration.as_micros() as u64 + 1,
-        ));
-        let mut child = tessera_tests::tessera_cmd(&args).spawn().unwrap();
-        std::thread::sleep(delay);
-        let finished = child.try_wait().unwrap().is_some();
-        if !finished {
-            child.kill().unwrap();
-        }
-        let out = tessera_tests::finish_child(child, &[]);
+        let kill = kills.kill(trial, &repo, &args);
+        let at = format!("[rebuild trial {trial}, {:?}]", kill.landed);
         let listed = tessera(["--json".as_ref(), "list".as_ref(), repo.as_os_str()]);
-        eprintln!(
-            "trial {trial}: killed after {delay:?} (finished: {finished}, exit {}); list exit {}",
-            out.code, listed.code
-        );
         if listed.code == 0 {
             // Whatever index is in place is a complete one.
             assert_eq!(
                 listed.json()["snapshots"],
                 Value::Array(before.clone()),
-                "trial {trial}"
+                "{at}"
             );
             verify(&repo).ok();
         } else {
+            assert_eq!(
+                kill.landed,
+                Landed::Inside,
+                "{at} the index is unreadable after a rebuild that was not interrupted: {listed}"
+            );
             listed.stderr_has("--rebuild-index");
         }
         tessera(&args).ok();
-        assert_eq!(catalog(&repo), before, "trial {trial}");
+        assert_eq!(catalog(&repo), before, "{at}");
         verify(&repo).ok();
     }
+    kills.finish();
     for (spec, sha) in &expect {
         assert_eq!(&restored_sha(&repo, spec, t.path()), sha, "{spec}");
     }

@@ -3,25 +3,26 @@
 //! repository that backed up the same images, or from the source images) must bring every
 //! snapshot back byte-identical, quarantining damaged packs. What nothing can recover is
 //! reported with its snapshot ranges (exit 4), and the rest stays intact. `kill -9` during
-//! a repair is finished by a rerun.
+//! a repair (at least one kill must land while it holds the writer lock) is finished by a
+//! rerun.
 //!
-//! Knobs: `TESSERA_KILL_TRIALS` (default 3), `TESSERA_SEED`.
+//! Knobs: `TESSERA_KILL_TRIALS` (default `tessera_tests::kill::DEFAULT_KILL_TRIALS`),
+//! `TESSERA_SEED`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tempfile::TempDir;
 use tessera_engine::Repository;
 use tessera_format::pack::RECORD_HEADER_LEN;
 use tessera_format::{ObjectKind, SnapshotId};
+use tessera_tests::kill::{kill_trials, KillLoop};
 use tessera_tests::{
-    backup_json, block_digests, dir_entries, env_usize, finish_child, init_repo, make_image,
-    mutate, pack_files, restored_sha, seed, sha256_file, snapshot_id, tessera, tessera_cmd, verify,
-    DataGen, ImageSpec, Out, Value,
+    backup_json, block_digests, dir_entries, init_repo, make_image, mutate, pack_files,
+    restored_sha, seed, sha256_file, snapshot_id, tessera, verify, DataGen, ImageSpec, Out, Value,
 };
 
 const BLOCK: u64 = 64 * 1024;
@@ -443,7 +444,6 @@ fn damage_without_a_good_copy_is_reported_with_its_ranges() {
 
 #[test]
 fn kill_during_repair_then_rerun() {
-    let trials = env_usize("TESSERA_KILL_TRIALS", 3);
     let mut f = Fixture::new("repair_kill");
     let args: Vec<String> = vec![
         "repair".into(),
@@ -451,48 +451,35 @@ fn kill_during_repair_then_rerun() {
         "--from".into(),
         f.other.display().to_string(),
     ];
-    // Kill moments are drawn from the duration of the last complete repair (measured on
-    // the way), so that they land in every phase: check, copy, index batch, quarantine.
-    let mut duration = Duration::from_millis(100);
-    for trial in 0..trials {
+    // Kill moments are drawn from the span a complete repair of one flipped chunk holds the
+    // lock, so that they land in every phase: check, copy, index batch, quarantine.
+    f.flip_chunk(0);
+    let (mut kills, _) = KillLoop::calibrate("repair", &f.repo, &args);
+    verify(&f.repo).ok();
+    for trial in 0..kill_trials() {
         // A fresh fault per trial: a flipped chunk, or a deleted pack every third trial.
         if trial % 3 == 2 {
             let packs = pack_files(&f.repo);
             let victim = packs[f.gen.rng.gen_range(0..packs.len())].clone();
             fs::remove_file(victim).unwrap();
         } else {
-            f.flip_chunk(trial);
+            f.flip_chunk(trial + 1);
         }
-        let delay = Duration::from_micros(f.gen.rng.gen_range(0..duration.as_micros() as u64 + 1));
-        let started = Instant::now();
-        let mut child = tessera_cmd(&args).spawn().unwrap();
-        std::thread::sleep(delay);
-        let finished = child.try_wait().unwrap().is_some();
-        if !finished {
-            child.kill().unwrap();
-        }
-        let out = finish_child(child, &[]);
-        if finished {
-            duration = started.elapsed();
-        }
-        eprintln!(
-            "trial {trial}: killed after {delay:?} (finished: {finished}, exit {})",
-            out.code
-        );
-        let rerun_started = Instant::now();
-        let rerun = tessera(&args);
-        rerun.ok();
-        if !finished {
-            duration = rerun_started.elapsed();
-        }
-        verify(&f.repo).ok();
+        let kill = kills.kill(trial, &f.repo, &args);
+        let at = format!("[repair trial {trial}, {:?}]", kill.landed);
+        tessera(&args).ok();
+        let v = verify(&f.repo);
+        assert_eq!(v.code, 0, "{at} verify after the rerun:\n{v}");
+        let intents: Vec<String> = dir_entries(&f.repo.join("quarantine"))
+            .into_iter()
+            .filter(|n| n.ends_with(".intent"))
+            .collect();
         assert!(
-            !dir_entries(&f.repo.join("quarantine"))
-                .iter()
-                .any(|n| n.ends_with(".intent")),
-            "an intent file was left behind"
+            intents.is_empty(),
+            "{at} intent files left behind: {intents:?}"
         );
     }
+    kills.finish();
     f.assert_all_restore();
 }
 

@@ -1,17 +1,17 @@
-//! Kill -9 during `prune` and during `compact`, at random moments (TESSERA_KILL_TRIALS
-//! trials each, default 6): afterwards the repository verifies, every snapshot still listed
-//! restores byte-identical to what was backed up, the listed set is the old one or the
-//! pruned one (never something else), rerunning the command completes, and a recount finds
-//! no count to fix.
+//! Kill -9 during `prune` and during `compact`, at random moments while the command holds
+//! the writer lock (`TESSERA_KILL_TRIALS` trials each; see `tessera_tests::kill`): afterwards
+//! the repository verifies, every snapshot still listed restores byte-identical to what was
+//! backed up, the listed set is the old one or the pruned one (never something else),
+//! rerunning the command completes where an uninterrupted run ends, and a recount finds no
+//! count to fix. Each loop fails unless at least one kill interrupted the running command.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
+use tessera_tests::kill::{kill_trials, KillLoop};
 use tessera_tests::{
-    backup_json, env_usize, init_repo, list_ids, make_image, mutate, restored_sha, seed,
-    sha256_file, snapshot_id, tessera, tessera_cmd, verify, DataGen, ImageSpec,
+    backup_json, init_repo, list_ids, make_image, mutate, restored_sha, seed, sha256_file,
+    snapshot_id, tessera, verify, DataGen, ImageSpec, Out,
 };
 
 /// A repository with several generations of a mixed image; returns snapshot id → sha256.
@@ -38,71 +38,95 @@ fn copy_repo(from: &Path, to: &Path) {
     assert!(st.success());
 }
 
-/// Runs `args` on a copy of `base`, kills it after a random delay, and checks the invariants.
-fn kill_trials(
-    name: &str,
-    base: &Path,
-    shas: &BTreeMap<String, String>,
-    args: &dyn Fn(&Path) -> Vec<String>,
-) {
-    let trials = env_usize("TESSERA_KILL_TRIALS", 6);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed(name));
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+/// One retention command to kill.
+struct Case {
+    /// Its name, in every message.
+    name: &'static str,
+    /// Its arguments, given the repository.
+    args: fn(&Path) -> Vec<String>,
+    /// Whether a completed run leaves no unreferenced object (compaction's promise).
+    leaves_no_garbage: bool,
+}
+
+const PRUNE: Case = Case {
+    name: "prune",
+    args: |repo| {
+        vec![
+            "prune".into(),
+            repo.display().to_string(),
+            "--keep-last".into(),
+            "3".into(),
+        ]
+    },
+    leaves_no_garbage: false,
+};
+
+const COMPACT: Case = Case {
+    name: "compact",
+    args: |repo| {
+        vec![
+            "--json".into(),
+            "compact".into(),
+            repo.display().to_string(),
+            "--max-unused".into(),
+            "0%".into(),
+        ]
+    },
+    leaves_no_garbage: true,
+};
+
+/// Runs the case on copies of `base` (whose snapshots restore to `shas`): once to
+/// completion, then killed in every trial, checking the invariants after each kill. Returns
+/// the output of the uninterrupted run.
+fn kill_trials_of(case: &Case, base: &Path, shas: &BTreeMap<String, String>) -> Out {
+    let name = case.name;
     let work = tempfile::tempdir().unwrap();
-    // Time one uninterrupted run to spread the kill moments over it.
     let probe = work.path().join("probe");
     copy_repo(base, &probe);
-    let started = Instant::now();
-    tessera(args(&probe)).ok();
-    let full = started.elapsed();
-    let mut after_full: Vec<String> = list_ids(&probe);
-    after_full.sort();
-    eprintln!("[{name}] an uninterrupted run takes {full:?}");
-    for trial in 0..trials {
+    let (mut kills, full) = KillLoop::calibrate(name, &probe, &(case.args)(&probe));
+    let after_full = sorted(list_ids(&probe));
+    let before: Vec<String> = shas.keys().cloned().collect();
+    for trial in 0..kill_trials() {
         let repo = work.path().join(format!("trial-{trial}"));
         copy_repo(base, &repo);
-        let delay =
-            Duration::from_micros(rng.gen_range(0..(full.as_micros() as u64 * 5 / 4).max(1)));
-        let mut child = tessera_cmd(args(&repo)).spawn().unwrap();
-        std::thread::sleep(delay);
-        let _ = child.kill();
-        let _ = child.wait();
+        let kill = kills.kill(trial, &repo, &(case.args)(&repo));
+        let at = format!("[{name} trial {trial}, {:?}]", kill.landed);
         let listed = list_ids(&repo);
-        let before: Vec<String> = shas.keys().cloned().collect();
-        let mut sorted = listed.clone();
-        sorted.sort();
+        let set = sorted(listed.clone());
         assert!(
-            sorted == before || sorted == after_full,
-            "[{name} trial {trial}, kill after {delay:?}] listed {sorted:?}"
+            set == before || set == after_full,
+            "{at} listed {set:?}, neither the old {before:?} nor the new {after_full:?}"
         );
         let v = verify(&repo);
-        assert_eq!(
-            v.code, 0,
-            "[{name} trial {trial}, kill after {delay:?}] verify after kill:\n{v}"
-        );
+        assert_eq!(v.code, 0, "{at} verify after the kill:\n{v}");
         for id in &listed {
-            let got = restored_sha(&repo, id, work.path());
             assert_eq!(
-                &got, &shas[id],
-                "[{name} trial {trial}] snapshot {id} restores differently after the kill"
+                restored_sha(&repo, id, work.path()),
+                shas[id],
+                "{at} snapshot {id} restores differently after the kill"
             );
         }
         // Rerun to completion; the repository then matches an uninterrupted run.
-        tessera(args(&repo)).ok();
-        let mut done = list_ids(&repo);
-        done.sort();
+        tessera((case.args)(&repo)).ok();
         assert_eq!(
-            done, after_full,
-            "[{name} trial {trial}] rerun ends elsewhere than an uninterrupted run"
+            sorted(list_ids(&repo)),
+            after_full,
+            "{at} the rerun ends elsewhere than an uninterrupted run"
         );
         let v = verify(&repo);
-        assert_eq!(v.code, 0, "[{name} trial {trial}] verify after rerun:\n{v}");
-        if name == "compact" {
+        assert_eq!(v.code, 0, "{at} verify after the rerun:\n{v}");
+        if case.leaves_no_garbage {
             let stats = tessera(["--json", "stats", repo.to_str().unwrap()]);
             stats.ok();
             assert_eq!(
                 stats.json()["stats"]["unreferenced_objects"],
                 0,
-                "[{name} trial {trial}] garbage left after the rerun:\n{stats}"
+                "{at} garbage left after the rerun:\n{stats}"
             );
         }
         let recount = tessera(["--json", "repair", repo.to_str().unwrap(), "--recount"]);
@@ -110,10 +134,12 @@ fn kill_trials(
         assert_eq!(
             recount.json()["counts_fixed"],
             0,
-            "[{name} trial {trial}] counts drifted:\n{recount}"
+            "{at} counts drifted:\n{recount}"
         );
         std::fs::remove_dir_all(&repo).unwrap();
     }
+    kills.finish();
+    full
 }
 
 #[test]
@@ -122,14 +148,7 @@ fn kill_during_prune_leaves_old_or_new_state() {
     let base = work.path().join("base");
     let mut gen = DataGen::new(seed("prune-data"));
     let shas = build_repo(&base, work.path(), &mut gen);
-    kill_trials("prune", &base, &shas, &|repo| {
-        vec![
-            "prune".into(),
-            repo.display().to_string(),
-            "--keep-last".into(),
-            "3".into(),
-        ]
-    });
+    kill_trials_of(&PRUNE, &base, &shas);
 }
 
 #[test]
@@ -147,12 +166,11 @@ fn kill_during_compaction_loses_nothing() {
             (id, sha)
         })
         .collect();
-    kill_trials("compact", &base, &kept, &|repo| {
-        vec![
-            "compact".into(),
-            repo.display().to_string(),
-            "--max-unused".into(),
-            "0%".into(),
-        ]
-    });
+    assert_eq!(kept.len(), 2, "prune --keep-last 2 kept {kept:?}");
+    let full = kill_trials_of(&COMPACT, &base, &kept);
+    let moved = full.json()["report"]["bytes_moved"].as_u64();
+    assert!(
+        moved.is_some_and(|m| m > 0),
+        "the uninterrupted compaction moved no live data, so the kills interrupted no move: {full}"
+    );
 }

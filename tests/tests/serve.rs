@@ -1,7 +1,9 @@
-//! `tessera serve` and sync with `http://` URLs: push and pull move snapshots that restore
-//! byte-identical and verify; requests without the right bearer token get 401 and change
-//! nothing; an object whose bytes do not hash to its digest, and a snapshot whose objects
-//! are not there, are refused and change nothing.
+//! `tessera serve` and sync with `http://` URLs (push and pull, vanished clients and killed
+//! pushes run over both schemes in `serve_both.rs`): requests without the right bearer token
+//! get 401 and change nothing; an object whose bytes do not hash to its digest, and a
+//! snapshot whose objects are not there, are refused and change nothing; stalled clients and
+//! bursts of connections do not keep others out, and one address cannot take every
+//! connection.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,27 +12,20 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tessera_format::pack::encode_record_header;
 use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind};
+use tessera_tests::remote::Transport;
 use tessera_tests::{
-    backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed,
-    slots_held_then_freed, start_serve, tessera, tessera_cmd, token_file, vanish, verify, DataGen,
-    ImageSpec, KillOnDrop, Out, Served,
+    backup_json, init_repo, list_ids, make_image, pack_files, seed, token_file, verify, DataGen,
+    ImageSpec, Out, Served,
 };
 
 const MIB: u64 = 1 << 20;
 
 fn serve(repo: &Path, token_file: &Path) -> Served {
-    start_serve(repo, token_file, &[])
+    Transport::Http.serve(repo, token_file, &[])
 }
 
 fn sync(src: &str, dst: &str, token_file: &Path) -> Out {
-    tessera([
-        "--json",
-        "sync",
-        src,
-        dst,
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ])
+    Transport::Http.sync(src, dst, token_file)
 }
 
 /// A scratch directory with repository `a` holding one 4 MiB backup, an empty repository
@@ -51,31 +46,7 @@ fn pushed_pair(test: &str, token: &str) -> (tempfile::TempDir, PathBuf, PathBuf,
 
 /// One raw HTTP/1.1 request; returns the status code and body.
 fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
-    let addr = url.strip_prefix("http://").unwrap();
-    let mut s = TcpStream::connect(addr).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).unwrap();
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    Transport::Http.request(url, method, path, token, body)
 }
 
 /// CRC-32C (Castagnoli), bitwise: an independent implementation for building records.
@@ -110,77 +81,6 @@ fn record(digest: [u8; 32], stored: &[u8]) -> Vec<u8> {
 
 fn state(repo: &Path) -> (Vec<String>, Vec<PathBuf>) {
     (list_ids(repo), pack_files(repo))
-}
-
-fn assert_same(a: &Path, b: &Path, scratch: &Path) {
-    let ids = list_ids(a);
-    assert_eq!(list_ids(b), ids);
-    for id in &ids {
-        assert_eq!(
-            restored_sha(b, id, scratch),
-            restored_sha(a, id, scratch),
-            "{id}"
-        );
-    }
-}
-
-#[test]
-fn push_and_pull_over_http() {
-    let mut gen = DataGen::new(seed("serve-flow"));
-    let work = tempfile::tempdir().unwrap();
-    let (src, mid, dst) = (
-        work.path().join("a"),
-        work.path().join("b"),
-        work.path().join("c"),
-    );
-    for r in [&src, &mid, &dst] {
-        init_repo(r, &[]);
-    }
-    let token = token_file(work.path(), "s3cret-token\n");
-    let disk = work.path().join("disk.img");
-    make_image(&disk, ImageSpec::mixed(24 * MIB), &mut gen);
-    backup_json(&src, "vm", &[("d0", &disk)]);
-    mutate(&disk, &mut gen, 10, 256 * 1024, (1, 2, 2));
-    backup_json(&src, "vm", &[("d0", &disk)]);
-
-    let server = serve(&mid, &token);
-    let pushed = sync(src.to_str().unwrap(), &server.url, &token);
-    pushed.ok();
-    assert_eq!(
-        pushed.json()["snapshots_copied"].as_array().unwrap().len(),
-        2,
-        "{pushed}"
-    );
-    assert_same(&src, &mid, work.path());
-    verify(&mid).ok();
-
-    // More backups: the next push moves only the new chunks.
-    mutate(&disk, &mut gen, 5, 128 * 1024, (1, 2, 2));
-    let backup = backup_json(&src, "vm", &[("d0", &disk)]);
-    let new_raw = tessera_tests::disk_sum(&backup, "new_raw_bytes");
-    let again = sync(src.to_str().unwrap(), &server.url, &token);
-    again.ok();
-    let answer = again.json();
-    assert_eq!(
-        answer["snapshots_copied"].as_array().unwrap().len(),
-        1,
-        "{again}"
-    );
-    let raw = answer["raw_bytes_transferred"].as_u64().unwrap();
-    assert!(
-        raw >= new_raw && raw <= new_raw + 2 * (12 + 32 * 512),
-        "{again}"
-    );
-    assert_same(&src, &mid, work.path());
-
-    // Pull from the server into C.
-    let pulled = sync(&server.url, dst.to_str().unwrap(), &token);
-    pulled.ok();
-    assert_same(&src, &dst, work.path());
-    verify(&dst).ok();
-    let nothing = sync(&server.url, dst.to_str().unwrap(), &token);
-    nothing.ok();
-    assert_eq!(nothing.json()["raw_bytes_transferred"], 0, "{nothing}");
 }
 
 #[test]
@@ -417,121 +317,5 @@ fn one_address_cannot_take_every_connection() {
             "not served after the idle connections closed"
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A client whose machine loses power mid-request never closes its connection. Each such
-/// client holds one of the server's request slots; TCP keepalive (`--keepalive`, SPEC.md
-/// §22.3) must find it gone and free the slot (clients made to vanish by [`vanish`]).
-#[test]
-fn vanished_clients_release_their_slots() {
-    use tessera_engine::sync::http::server::MAX_REQUESTS;
-
-    let work = tempfile::tempdir().unwrap();
-    let repo = work.path().join("r");
-    init_repo(&repo, &[]);
-    let token = token_file(work.path(), "t0ken");
-    let keepalive = 4;
-    let server = start_serve(
-        &repo,
-        &token,
-        &["--keepalive".as_ref(), keepalive.to_string().as_ref()],
-    );
-    let addr = server.url.strip_prefix("http://").unwrap().to_string();
-    let info = || http(&server.url, "GET", "/v1/info", Some("t0ken"), b"").0;
-    assert_eq!(info(), 200);
-
-    let clients: Vec<TcpStream> = (0..MAX_REQUESTS)
-        .map(|_| {
-            let mut client = TcpStream::connect(&addr).unwrap();
-            client.set_nodelay(true).unwrap();
-            let request = format!(
-                "POST /v1/put/chunk HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer t0ken\r\nContent-Length: 1000000\r\n\r\n0123456789"
-            );
-            client.write_all(request.as_bytes()).unwrap();
-            client
-        })
-        .collect();
-    // Past the server's delayed acknowledgements (at most 200 ms): a packet arriving after
-    // a client vanished would be answered with a reset at once.
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    for client in clients {
-        vanish(&client);
-    }
-    let freed = slots_held_then_freed(keepalive, info);
-    eprintln!("slots freed {freed:?} after the clients vanished");
-    verify(&repo).ok();
-}
-
-/// Records in every pack file, from the pack trailers (SPEC.md §4).
-fn pack_records(repo: &Path) -> u64 {
-    pack_files(repo)
-        .iter()
-        .map(|p| {
-            let bytes = std::fs::read(p).unwrap();
-            let trailer = &bytes[bytes.len() - 32..];
-            u64::from(u32::from_le_bytes(trailer[8..12].try_into().unwrap()))
-        })
-        .sum()
-}
-
-#[test]
-fn killed_push_resumes_without_duplicates() {
-    use rand::{Rng, SeedableRng};
-    let run_seed = seed("serve-kill");
-    let mut gen = DataGen::new(run_seed);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(run_seed);
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("a");
-    init_repo(&src, &[]);
-    let disk = work.path().join("disk.img");
-    make_image(
-        &disk,
-        ImageSpec {
-            weights: (1, 1, 6),
-            ..ImageSpec::mixed(32 * MIB)
-        },
-        &mut gen,
-    );
-    backup_json(&src, "vm", &[("d0", &disk)]);
-    mutate(&disk, &mut gen, 8, 2 * MIB, (1, 1, 3));
-    backup_json(&src, "vm", &[("d0", &disk)]);
-    let token = token_file(work.path(), "t");
-    let ids = list_ids(&src);
-    for trial in 0..tessera_tests::env_usize("TESSERA_KILL_TRIALS", 4).min(3) {
-        let dst = work.path().join(format!("b{trial}"));
-        init_repo(&dst, &[]);
-        let server = serve(&dst, &token);
-        let child = tessera_cmd([
-            "sync",
-            src.to_str().unwrap(),
-            &server.url,
-            "--token-file",
-            token.to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
-        let mut child = KillOnDrop(Some(child));
-        std::thread::sleep(std::time::Duration::from_millis(rng.gen_range(50..600)));
-        if let Some(c) = child.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let listed = list_ids(&dst);
-        assert_eq!(listed[..], ids[..listed.len()], "trial {trial}");
-        sync(src.to_str().unwrap(), &server.url, &token).ok();
-        assert_eq!(list_ids(&dst), ids, "trial {trial}");
-        verify(&dst).ok();
-        let stats = tessera(["--json", "stats", dst.to_str().unwrap()]);
-        stats.ok();
-        let s = &stats.json()["stats"];
-        let indexed = s["live_chunks"].as_u64().unwrap()
-            + s["live_pages"].as_u64().unwrap()
-            + s["unreferenced_objects"].as_u64().unwrap();
-        assert_eq!(pack_records(&dst), indexed, "trial {trial}: {s}");
-        assert_eq!(
-            restored_sha(&dst, ids.last().unwrap(), work.path()),
-            restored_sha(&src, ids.last().unwrap(), work.path())
-        );
     }
 }

@@ -1,6 +1,7 @@
 //! `tessera serve --tls-cert/--tls-key` and sync with `https://` URLs, against certificates
-//! made by the `openssl` CLI: push and pull with `--tls-ca` restore byte-identical and
-//! verify; a client that does not trust the certificate (no `--tls-ca`, another CA, a
+//! made by the `openssl` CLI (push and pull, vanished clients and killed pushes run over both
+//! schemes in `serve_both.rs`): the certificate's name works as well as the address, and
+//! `--tls-ca` serves the https:// side of a server-to-server sync; a client that does not trust the certificate (no `--tls-ca`, another CA, a
 //! certificate for another host) refuses before sending anything; a plain-HTTP client gets
 //! no HTTP answer and is told so; a wrong token over TLS still gets 401; bad certificate
 //! and key files are refused with a message naming the file.
@@ -8,76 +9,23 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use tessera_tests::remote::{localhost_cert, make_cert, Cert, Transport};
 use tessera_tests::{
     backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed,
-    sha256_file, slots_held_then_freed, start_serve, tessera, tessera_cmd, token_file, vanish,
-    verify, wait_until, DataGen, ImageSpec, KillOnDrop, Out, Served,
+    sha256_file, tessera, tessera_cmd, token_file, verify, wait_until, DataGen, ImageSpec,
+    KillOnDrop, Out, Served,
 };
 
 const MIB: u64 = 1 << 20;
 
-/// A self-signed certificate and its key, made by the `openssl` CLI.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-/// A self-signed certificate `name` for `subject_alt_name` (e.g. `IP:127.0.0.1,DNS:localhost`).
-fn make_cert(dir: &Path, name: &str, cn: &str, subject_alt_name: &str) -> Cert {
-    let (cert, key) = (
-        dir.join(format!("{name}.crt.pem")),
-        dir.join(format!("{name}.key.pem")),
-    );
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .arg("-subj")
-        .arg(format!("/CN={cn}"))
-        .arg("-addext")
-        .arg(format!("subjectAltName={subject_alt_name}"))
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("running openssl (scripts/ensure-deps.sh installs it)");
-    assert!(out.status.success(), "openssl req: {out:?}");
-    Cert { cert, key }
-}
-
-fn localhost_cert(dir: &Path) -> Cert {
-    make_cert(dir, "localhost", "localhost", "IP:127.0.0.1,DNS:localhost")
-}
-
+/// `tessera serve` with TLS, serving `cert`.
 fn serve_tls(repo: &Path, token_file: &Path, cert: &Cert) -> Served {
-    serve(repo, token_file, Some(cert), &[])
+    Transport::Https(cert.clone()).serve(repo, token_file, &[])
 }
 
-/// `tessera serve`, with TLS when `cert` is given, and `more` arguments.
-fn serve(repo: &Path, token_file: &Path, cert: Option<&Cert>, more: &[&str]) -> Served {
-    let mut extra: Vec<&std::ffi::OsStr> = more.iter().map(std::convert::AsRef::as_ref).collect();
-    if let Some(c) = cert {
-        extra.extend([
-            "--tls-cert".as_ref(),
-            c.cert.as_os_str(),
-            "--tls-key".as_ref(),
-            c.key.as_os_str(),
-        ]);
-    }
-    let served = start_serve(repo, token_file, &extra);
-    let scheme = if cert.is_some() { "https" } else { "http" };
-    assert!(
-        served.url.starts_with(&format!("{scheme}://127.0.0.1:")),
-        "{}",
-        served.url
-    );
-    served
-}
-
+/// `tessera --json sync SRC DST --token-file TOKEN`, trusting `ca` if given.
 fn sync(src: &str, dst: &str, token_file: &Path, ca: Option<&Path>) -> Out {
     let mut args = vec![
         "--json".to_string(),
@@ -124,63 +72,40 @@ fn source_repo(repo: &Path, disk: &Path, gen: &mut DataGen) -> Vec<String> {
     vec![first, sha256_file(disk)]
 }
 
+/// Over TLS, the name in the certificate works as well as the address, and `--tls-ca`
+/// serves the https:// side of a sync between two servers without getting in the way of
+/// the http:// one. (Push and pull themselves are in `serve_both.rs`.)
 #[test]
-fn push_and_pull_over_https_restore_identical() {
-    let mut gen = DataGen::new(seed("serve-tls-flow"));
+fn host_name_and_server_to_server_over_https() {
+    let mut gen = DataGen::new(seed("serve-tls-names"));
     let work = tempfile::tempdir().unwrap();
-    let (src, mid, dst) = (
-        work.path().join("a"),
-        work.path().join("b"),
-        work.path().join("c"),
-    );
-    let disk = work.path().join("disk.img");
-    let shas = source_repo(&src, &disk, &mut gen);
-    init_repo(&mid, &[]);
-    init_repo(&dst, &[]);
-    let token = token_file(work.path(), "tls-token\n");
+    let w = |name: &str| work.path().join(name);
+    let (src, mid, dst, last) = (w("a"), w("b"), w("c"), w("e"));
+    let shas = source_repo(&src, &w("disk.img"), &mut gen);
+    let ids = list_ids(&src);
+    for r in [&mid, &dst, &last] {
+        init_repo(r, &[]);
+    }
+    let token = token_file(work.path(), "tls-token");
     let cert = localhost_cert(work.path());
     let server = serve_tls(&mid, &token, &cert);
+    sync(src.to_str().unwrap(), &server.url, &token, Some(&cert.cert)).ok();
 
-    let pushed = sync(src.to_str().unwrap(), &server.url, &token, Some(&cert.cert));
-    pushed.ok();
-    assert_eq!(
-        pushed.json()["snapshots_copied"].as_array().unwrap().len(),
-        2,
-        "{pushed}"
-    );
-    let ids = list_ids(&src);
-    assert_eq!(list_ids(&mid), ids);
-    verify(&mid).ok();
-
-    let pulled = sync(&server.url, dst.to_str().unwrap(), &token, Some(&cert.cert));
-    pulled.ok();
-    assert_eq!(list_ids(&dst), ids);
-    verify(&dst).ok();
-    // Byte-identical to the disk as it was at each backup (independent oracle: the image
-    // files' own SHA-256), in both the pushed-to and the pulled-to repository.
-    for (id, sha) in ids.iter().zip(&shas) {
-        assert_eq!(&restored_sha(&mid, id, work.path()), sha, "{id} pushed");
-        assert_eq!(&restored_sha(&dst, id, work.path()), sha, "{id} pulled");
-    }
-
-    // The name in the certificate works as well as the address.
+    // Pulled by the name in the certificate rather than the address.
     let by_name = server.url.replace("127.0.0.1", "localhost");
-    let again = sync(&by_name, dst.to_str().unwrap(), &token, Some(&cert.cert));
-    again.ok();
-    assert_eq!(again.json()["raw_bytes_transferred"], 0, "{again}");
+    assert_ne!(by_name, server.url);
+    sync(&by_name, dst.to_str().unwrap(), &token, Some(&cert.cert)).ok();
+    assert_eq!(list_ids(&dst), ids);
 
-    // Remote to remote, plain HTTP source to HTTPS destination: `--tls-ca` serves the
-    // https:// side and does not get in the way of the http:// one.
-    let last = work.path().join("e");
-    init_repo(&last, &[]);
-    let plain = serve(&dst, &token, None, &[]);
+    // Remote to remote, plain HTTP source to HTTPS destination.
+    let plain = Transport::Http.serve(&dst, &token, &[]);
     let tls = serve_tls(&last, &token, &cert);
     sync(&plain.url, &tls.url, &token, Some(&cert.cert)).ok();
     assert_eq!(list_ids(&last), ids);
-    assert_eq!(
-        &restored_sha(&last, ids.last().unwrap(), work.path()),
-        shas.last().unwrap()
-    );
+    for (id, sha) in ids.iter().zip(&shas) {
+        assert_eq!(&restored_sha(&last, id, work.path()), sha, "{id}");
+    }
+    verify(&last).ok();
 }
 
 #[test]
@@ -372,55 +297,6 @@ fn bad_certificate_and_key_files_are_refused() {
         .stderr_has("garbage.pem");
 }
 
-/// A push over TLS killed at a random moment (mid-handshake, mid-request) leaves the server
-/// serving and the repository consistent; the next push completes it.
-#[test]
-fn killed_push_over_tls_resumes() {
-    use rand::{Rng, SeedableRng};
-    let run_seed = seed("serve-tls-kill");
-    let mut gen = DataGen::new(run_seed);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(run_seed);
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("a");
-    let disk = work.path().join("disk.img");
-    let shas = source_repo(&src, &disk, &mut gen);
-    let ids = list_ids(&src);
-    let token = token_file(work.path(), "t");
-    let cert = localhost_cert(work.path());
-    for trial in 0..2 {
-        let dst = work.path().join(format!("b{trial}"));
-        init_repo(&dst, &[]);
-        let server = serve_tls(&dst, &token, &cert);
-        let child = tessera_cmd([
-            "sync",
-            src.to_str().unwrap(),
-            &server.url,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--tls-ca",
-            cert.cert.to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
-        let mut child = KillOnDrop(Some(child));
-        std::thread::sleep(Duration::from_millis(rng.gen_range(20..400)));
-        if let Some(c) = child.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let listed = list_ids(&dst);
-        assert_eq!(listed[..], ids[..listed.len()], "trial {trial}");
-        sync(src.to_str().unwrap(), &server.url, &token, Some(&cert.cert)).ok();
-        assert_eq!(list_ids(&dst), ids, "trial {trial}");
-        verify(&dst).ok();
-        assert_eq!(
-            &restored_sha(&dst, ids.last().unwrap(), work.path()),
-            shas.last().unwrap(),
-            "trial {trial}"
-        );
-    }
-}
-
 /// Peers that connect and never finish (or never start) a TLS handshake do not keep
 /// others out: a push with several of them open goes through at once.
 #[test]
@@ -457,75 +333,4 @@ fn stalled_handshakes_do_not_block_other_clients() {
     assert_eq!(list_ids(&mid), list_ids(&src));
     verify(&mid).ok();
     drop(stalled);
-}
-
-/// A TLS connection to `addr` that trusts `cert` (for `localhost`).
-fn tls_connect(addr: &str, cert: &Cert) -> openssl::ssl::SslStream<TcpStream> {
-    let mut builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
-    builder.set_ca_file(&cert.cert).unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_nodelay(true).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    builder.build().connect("localhost", tcp).unwrap()
-}
-
-/// The status of one HTTPS request without a body.
-fn https_status(addr: &str, cert: &Cert, path: &str, token: &str) -> u16 {
-    let mut tls = tls_connect(addr, cert);
-    write!(
-        tls,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = Vec::new();
-    let _ = tls.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {text:?}"))
-}
-
-/// A TLS client that vanished mid-body (power loss: no FIN, no reset) must free its request
-/// slot as soon as TCP keepalive finds it gone, long before the body's deadline (SPEC.md
-/// §22.3; the plain-HTTP case is in `serve.rs`).
-#[test]
-fn vanished_tls_clients_release_their_slots() {
-    use tessera_engine::sync::http::server::MAX_REQUESTS;
-
-    let work = tempfile::tempdir().unwrap();
-    let repo = work.path().join("r");
-    init_repo(&repo, &[]);
-    let token = token_file(work.path(), "t0ken");
-    let cert = localhost_cert(work.path());
-    let keepalive = 4;
-    let server = serve(
-        &repo,
-        &token,
-        Some(&cert),
-        &["--keepalive", &keepalive.to_string()],
-    );
-    let addr = server.url.strip_prefix("https://").unwrap().to_string();
-    let info = || https_status(&addr, &cert, "/v1/info", "t0ken");
-    assert_eq!(info(), 200);
-
-    let clients: Vec<_> = (0..MAX_REQUESTS)
-        .map(|_| {
-            let mut tls = tls_connect(&addr, &cert);
-            tls.write_all(
-                b"POST /v1/put/chunk HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer t0ken\r\nContent-Length: 1000000\r\n\r\n0123456789",
-            )
-            .unwrap();
-            tls
-        })
-        .collect();
-    // Past the server's delayed acknowledgements (at most 200 ms): a packet arriving after
-    // a client vanished would be answered with a reset at once.
-    std::thread::sleep(Duration::from_millis(300));
-    for tls in clients {
-        vanish(tls.get_ref());
-    }
-    let freed = slots_held_then_freed(keepalive, info);
-    eprintln!("slots freed {freed:?} after the TLS clients vanished");
-    verify(&repo).ok();
 }

@@ -3,17 +3,18 @@
 //!
 //! Oracles: `qemu-img convert -f vpc -O raw` for what qemu made; for differencing disks
 //! (which qemu's `vpc` driver cannot follow to a parent), a raw copy to which the test
-//! applies the same writes, cross-checked with libvhdi (`pyvhdi`) when it is installed.
+//! applies the same writes, cross-checked with libvhdi (`pyvhdi`, which
+//! `scripts/ensure-deps.sh` installs; a missing one fails the test).
 
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rand::{Rng, RngCore};
 use tempfile::TempDir;
 use tessera_engine::sources::vhd::VhdSource;
 use tessera_engine::sources::BlockSource;
+use tessera_tests::libvhdi::vhdi_read;
 use tessera_tests::qemu::{convert_to_raw, qemu_img, qemu_io};
 use tessera_tests::vhd_build::{
     fix_checksum, footer_size, footer_uuid, macx, uuid_text, w2ku, w2ru, ParentSpec, VhdImage,
@@ -271,51 +272,12 @@ fn build_chain(test: &str, align: u64) -> Chain {
     }
 }
 
-fn pyvhdi_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import pyvhdi"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Reads `chain[0]` through libvhdi, giving it `chain[1..]` as parent, grandparent, ….
-fn vhdi_read(chain: &[&Path], out: &Path) {
-    let script = r"
-import sys, pyvhdi
-out, paths = sys.argv[1], sys.argv[2:]
-files = []
-for p in paths:
-    f = pyvhdi.file(); f.open(p); files.append(f)
-for child, parent in zip(files, files[1:]):
-    assert child.disk_type == 4, child.disk_type
-    assert child.get_parent_identifier() == parent.get_identifier()
-for child, parent in reversed(list(zip(files, files[1:]))):
-    child.set_parent(parent)
-open(out, 'wb').write(files[0].read_buffer_at_offset(files[0].media_size, 0))
-";
-    let o = Command::new("python3")
-        .args(["-c", script])
-        .arg(out)
-        .args(chain)
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "libvhdi: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// The builder writes VHD chains that libvhdi reads as the raw oracles say. Writes are
 /// 4 KiB-aligned here: libvhdi (checked with 20260901) takes every sector from the first
 /// set bit of a bitmap byte to the end of that byte as present, so it misreads bitmap bytes
 /// such as 0xa0; whole bitmap bytes it reads right (most significant bit = first sector).
 #[test]
 fn builder_output_reads_through_libvhdi_like_the_oracles() {
-    if !pyvhdi_available() {
-        eprintln!("SKIPPED: python3 module pyvhdi (pip install libvhdi-python) is missing");
-        return;
-    }
     let c = build_chain("vhd_chain_libvhdi", 8);
     let w = c.dir.path();
     vhdi_read(&[&c.d1, &c.base], &w.join("d1.vhdi"));

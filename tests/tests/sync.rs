@@ -1,17 +1,17 @@
 //! `tessera sync SRC DST` between local repositories: only missing objects move, every
 //! snapshot restores byte-identical in the destination, a rerun moves nothing, a kill at a
-//! random instant leaves a destination that verifies and a rerun completes without storing
-//! anything twice, and a block-size mismatch is refused before anything is written.
+//! random instant while it holds the destination's lock (at least one must land there)
+//! leaves a destination that verifies and a rerun completes without storing anything twice, and a block-size mismatch is refused before anything is written.
 
 use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
 use serde_json::Value;
+use tessera_tests::kill::{kill_trials, KillLoop};
 use tessera_tests::{
-    backup_json, disk_sum, env_usize, init_repo, list_ids, make_image, mutate, pack_files,
-    restored_sha, seed, snapshot_id, tessera, tessera_cmd, verify, DataGen, ImageSpec, KillOnDrop,
+    assert_no_duplicates, backup_json, disk_sum, init_repo, list_ids, make_image, mutate,
+    pack_files, restored_sha, seed, snapshot_id, tessera, verify, DataGen, ImageSpec,
 };
 
 const MIB: u64 = 1 << 20;
@@ -29,38 +29,6 @@ fn sync_json(src: &Path, dst: &Path, extra: &[&str]) -> Value {
     let out = tessera(&args);
     out.ok();
     out.json()
-}
-
-fn stats_json(repo: &Path) -> Value {
-    let out = tessera(["--json".as_ref(), "stats".as_ref(), repo.as_os_str()]);
-    out.ok();
-    out.json()["stats"].clone()
-}
-
-/// Records in every pack file, from the pack trailers (SPEC.md §4).
-fn pack_records(repo: &Path) -> u64 {
-    pack_files(repo)
-        .iter()
-        .map(|p| {
-            let bytes = fs::read(p).expect("reading pack");
-            let trailer = &bytes[bytes.len() - 32..];
-            u64::from(u32::from_le_bytes(trailer[8..12].try_into().unwrap()))
-        })
-        .sum()
-}
-
-/// Every record of B's packs is an object of its index exactly once, and every object is
-/// referenced: nothing was stored twice and nothing was left over.
-fn assert_no_duplicates(repo: &Path) {
-    let s = stats_json(repo);
-    let indexed = s["live_chunks"].as_u64().unwrap()
-        + s["live_pages"].as_u64().unwrap()
-        + s["unreferenced_objects"].as_u64().unwrap();
-    assert_eq!(
-        pack_records(repo),
-        indexed,
-        "pack records vs index objects: {s}"
-    );
 }
 
 fn assert_same_snapshots(a: &Path, b: &Path, scratch: &Path) {
@@ -128,7 +96,7 @@ fn sync_copies_only_missing_objects_and_is_idempotent() {
     );
     assert_same_snapshots(&a, &b, work.path());
     verify(&b).ok();
-    assert_no_duplicates(&b);
+    assert_no_duplicates(&b, "B");
 
     let again = sync_json(&a, &b, &[]);
     assert_eq!(again["bytes_received"], 0, "{again}");
@@ -203,9 +171,7 @@ fn block_size_mismatch_is_refused_before_anything_is_written() {
 
 #[test]
 fn killed_sync_resumes_without_duplicates() {
-    let run_seed = seed("sync-kill");
-    let mut gen = DataGen::new(run_seed);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(run_seed);
+    let mut gen = DataGen::new(seed("sync-kill"));
     let work = tempfile::tempdir().unwrap();
     let a = work.path().join("a");
     init_repo(&a, &[]);
@@ -223,54 +189,49 @@ fn killed_sync_resumes_without_duplicates() {
         mutate(&disk, &mut gen, 12, 2 * MIB, (1, 1, 3));
         backup_json(&a, "vm", &[("d0", &disk)]);
     }
-    // How long an uninterrupted sync takes, to spread the kills over it.
+    // How long an uninterrupted sync holds the destination's lock, to spread the kills over it.
+    let args = |dst: &Path| {
+        vec![
+            "sync".to_string(),
+            a.display().to_string(),
+            dst.display().to_string(),
+        ]
+    };
     let probe = work.path().join("probe");
     init_repo(&probe, &[]);
-    let started = Instant::now();
-    sync_json(&a, &probe, &[]);
-    let full = started.elapsed();
+    let (mut kills, _) = KillLoop::calibrate("sync", &probe, &args(&probe));
     let ids = list_ids(&a);
-    for trial in 0..env_usize("TESSERA_KILL_TRIALS", 4) {
+    for trial in 0..kill_trials() {
         let b = work.path().join(format!("b{trial}"));
         init_repo(&b, &[]);
-        let delay = full.mul_f64(rng.gen_range(0.05..0.95));
-        let child = tessera_cmd(["sync".as_ref(), a.as_os_str(), b.as_os_str()])
-            .spawn()
-            .unwrap();
-        let mut child = KillOnDrop(Some(child));
-        std::thread::sleep(delay);
-        if let Some(c) = child.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let kill = kills.kill(trial, &b, &args(&b));
+        let at = format!("[sync trial {trial}, {:?}]", kill.landed);
         // Only complete snapshots are visible, as a prefix of A's.
         let listed = list_ids(&b);
         eprintln!(
-            "trial {trial}: killed after {delay:?} of {full:?}: {} of {} snapshots published, {} packs",
+            "{at} {} of {} snapshots published, {} packs",
             listed.len(),
             ids.len(),
             pack_files(&b).len()
         );
-        assert_eq!(
-            listed[..],
-            ids[..listed.len()],
-            "trial {trial} after {delay:?}"
-        );
+        assert_eq!(listed[..], ids[..listed.len()], "{at}");
         verify(&b).ok();
         let rest = sync_json(&a, &b, &[]);
         assert_eq!(
             rest["snapshots_copied"].as_array().unwrap().len() + listed.len(),
             ids.len(),
-            "{rest}"
+            "{at} {rest}"
         );
-        assert_eq!(list_ids(&b), ids);
+        assert_eq!(list_ids(&b), ids, "{at}");
         verify(&b).ok();
-        assert_no_duplicates(&b);
+        assert_no_duplicates(&b, &at);
         let last = ids.last().unwrap();
         assert_eq!(
             restored_sha(&b, last, work.path()),
-            restored_sha(&a, last, work.path())
+            restored_sha(&a, last, work.path()),
+            "{at}"
         );
-        let _ = fs::remove_dir_all(&b);
+        fs::remove_dir_all(&b).unwrap();
     }
+    kills.finish();
 }
