@@ -197,6 +197,16 @@ pub enum Error {
         /// The object's key.
         key: String,
     },
+    /// Remote object storage (S3) refused or failed a request, after the retries that help.
+    #[error("{location}: {context}: {problem}")]
+    Remote {
+        /// The repository (`s3://BUCKET/PREFIX`; never credentials).
+        location: String,
+        /// What was being done.
+        context: String,
+        /// What went wrong and what to do about it.
+        problem: crate::storage::s3::RemoteProblem,
+    },
     /// An invariant of tessera's own code does not hold: a bug, not bad input.
     #[error("internal error: {0}; please report this as a bug")]
     Internal(String),

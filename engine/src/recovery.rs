@@ -4,7 +4,10 @@
 //! recovery is recovered by the next writer in the same way.
 //!
 //! 1. Staged puts of crashed writers are discarded ([`Backend::clean_staging`]).
-//! 2. Doomed packs (emptied by compaction) are deleted if no reader holds a lease.
+//! 2. Doomed packs (emptied by compaction) are deleted if no reader holds a lease. Then the
+//!    snapshot files are listed, before any pack is: a snapshot file is stored only after
+//!    every pack it names, so every pack a listed snapshot names is in the pack listing of
+//!    step 3, even while another client sharing an object store publishes.
 //! 3. Sealed packs the catalog does not know are adopted (a crash between sealing a pack and
 //!    indexing it), so a rerun of the interrupted backup reuses them. Doomed packs are not
 //!    adopted: their objects live elsewhere now. A pack too damaged to scan is moved to
@@ -16,12 +19,22 @@
 //!    durable first), or an index that lost entries (restored from an older copy, rebuilt
 //!    while a file could not be read). A file that cannot be catalogued — it does not hash to
 //!    its name, does not decode, or names objects the index lacks — is moved to quarantine,
-//!    never deleted; one that cannot be read right now is reported and left alone.
+//!    never deleted; one that cannot be read right now is reported and left alone. While a
+//!    pack could not be read (step 3), a file naming objects the index lacks is not
+//!    quarantined but reported as unreadable now: the objects may be in that pack.
 //! 6. Protection markers are the truth about protection (a crash can only leave a snapshot
 //!    more protected than asked): a catalogued snapshot with a marker is marked protected;
 //!    a marker without a snapshot file is deleted (left by an interrupted forget).
 //! 7. Catalogued snapshots whose files are missing are reported (only `repair
 //!    --rebuild-index` can correct their counts: their root lists are gone with the files).
+//!
+//! # The index of an object store is a cache
+//!
+//! For a repository in an object store shared by several clients (S3), the local state
+//! directory is a cache, marked by a [`CACHE_MARKER`] file. Every open of such a repository
+//! first brings the cache up to date from the bucket ([`refresh_cache`], under the writer
+//! lock of the cache directory; a reader does it before opening the index read-only). See
+//! SPEC §2a, "The index of an S3 repository".
 
 use std::collections::HashSet;
 
@@ -62,6 +75,8 @@ pub struct Recovery {
     pub snapshot_files_missing: Vec<String>,
     /// The lock file's content if its previous holder died holding it.
     pub stale_lock: Option<String>,
+    /// What bringing the cache up to date did (object-store repositories).
+    pub cache: Option<CacheRefresh>,
 }
 
 impl Recovery {
@@ -101,8 +116,13 @@ impl Recovery {
             .filter(|(n, _)| *n > 0)
             .map(|(n, what)| format!("{n} {what}"))
             .collect();
-        (!parts.is_empty())
-            .then(|| format!("recovered from an interrupted run: {}", parts.join(", ")))
+        let recovered = (!parts.is_empty())
+            .then(|| format!("recovered from an interrupted run: {}", parts.join(", ")));
+        let cache = self.cache.as_ref().and_then(CacheRefresh::summary);
+        match (recovered, cache) {
+            (Some(r), Some(c)) => Some(format!("{c}; {r}")),
+            (r, c) => r.or(c),
+        }
     }
 }
 
@@ -114,6 +134,9 @@ pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
         ..Recovery::default()
     };
     recovery.doomed_packs_deleted = delete_doomed_packs(storage, index)?;
+    // Snapshots before packs (step 2 of the module docs).
+    let listed = backend.list(key::SNAPSHOTS)?;
+    let tombstoned: HashSet<SnapshotId> = index.tombstones()?.into_iter().collect();
     let doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
     let adoption = adopt_unindexed_packs(index, backend, &doomed)?;
     recovery.packs_adopted = adoption.adopted;
@@ -124,8 +147,11 @@ pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
         .map(|(id, why)| (id.to_hex(), why))
         .collect();
     finish_forgets(backend, index, &mut recovery)?;
-    let listed = backend.list(key::SNAPSHOTS)?;
-    let stored: HashSet<SnapshotId> = listed.iter().filter_map(ObjectKey::as_snapshot).collect();
+    let stored: HashSet<SnapshotId> = listed
+        .iter()
+        .filter_map(ObjectKey::as_snapshot)
+        .filter(|id| !tombstoned.contains(id))
+        .collect();
     catalogue_unlisted(backend, index, &stored, &mut recovery)?;
     apply_markers(backend, index, &listed, &stored)?;
     for (id, _) in index.snapshots()? {
@@ -184,6 +210,14 @@ fn catalogue_unlisted(
         };
         match catalogue_stored(index, backend, id, &snapshot) {
             Ok(()) => recovery.snapshots_catalogued.push(id.to_hex()),
+            Err(e @ crate::error::Error::SnapshotIncomplete { .. })
+                if !recovery.packs_unreadable.is_empty() =>
+            {
+                recovery.snapshots_unreadable.push((
+                    id.to_hex(),
+                    format!("{e} (a pack could not be read now; it may hold them)"),
+                ));
+            }
             Err(e @ crate::error::Error::SnapshotIncomplete { .. }) => {
                 quarantine_snapshot(backend, id)?;
                 recovery
@@ -249,4 +283,188 @@ pub fn delete_doomed_packs(storage: &RepoStorage, index: &Index) -> Result<usize
     }
     index.commit(batch)?;
     Ok(doomed.len())
+}
+
+/// The file that marks a local state directory as the cache of an object store's repository
+/// (it holds the repository's location and endpoint).
+pub const CACHE_MARKER: &str = "cache-of";
+
+/// What bringing an object store repository's cache up to date did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CacheRefresh {
+    /// Why the index was rebuilt from the bucket, if it was.
+    pub rebuilt: Option<String>,
+    /// Snapshots another client published, now catalogued.
+    pub snapshots_catalogued: usize,
+    /// Packs another client sealed, now indexed.
+    pub packs_adopted: usize,
+    /// Snapshots whose files are gone from the bucket (another client forgot them), dropped.
+    pub snapshots_dropped: Vec<String>,
+    /// Reference counts corrected after dropping them.
+    pub counts_fixed: u64,
+    /// Left as it was because a local writer holds the cache (its lock record).
+    pub skipped_locked: Option<String>,
+}
+
+impl CacheRefresh {
+    /// One line for the operator; `None` when the cache was up to date.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(why) = &self.rebuilt {
+            parts.push(format!("index rebuilt from the bucket ({why})"));
+        }
+        for (n, what) in [
+            (self.snapshots_catalogued, "snapshots of other clients catalogued"),
+            (self.packs_adopted, "packs of other clients indexed"),
+            (
+                self.snapshots_dropped.len(),
+                "snapshots forgotten by other clients dropped",
+            ),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        if let Some(holder) = &self.skipped_locked {
+            parts.push(format!("not refreshed: a local writer holds it ({holder})"));
+        }
+        (!parts.is_empty()).then(|| format!("index cache: {}", parts.join(", ")))
+    }
+}
+
+/// Marks `dir` as the cache of the repository `identity` (its location and endpoint),
+/// creating it; refuses a directory that caches another repository.
+pub fn mark_cache(dir: &std::path::Path, identity: &str) -> Result<()> {
+    let marker = dir.join(CACHE_MARKER);
+    let want = format!("{identity}\n");
+    match std::fs::read_to_string(&marker) {
+        Ok(have) if have == want => Ok(()),
+        Ok(have) => Err(crate::error::Error::InvalidArgument(format!(
+            "the cache directory {} belongs to {}, not {identity}; choose another cache directory",
+            dir.display(),
+            have.trim()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| crate::error::Error::io(format!("creating {}", dir.display()), e))?;
+            crate::storage::durable::write_file(
+                &crate::storage::fs::OsFs,
+                &dir.join(format!(".{CACHE_MARKER}.{}.tmp", std::process::id())),
+                &marker,
+                want.as_bytes(),
+                PutMode::Replace,
+            )
+            .map_err(|e| crate::error::Error::io(format!("writing {}", marker.display()), e))
+        }
+        Err(e) => Err(crate::error::Error::io(format!("reading {}", marker.display()), e)),
+    }
+}
+
+/// Brings the index cache of an object store repository up to date from the bucket; does
+/// nothing for a repository whose local directory is not a cache, or a location that holds
+/// no repository yet. Takes the cache directory's writer lock for the duration; if a local
+/// writer holds it, leaves the cache as that writer keeps it.
+///
+/// - no index, or one that cannot be opened or belongs to another repository: rebuilt from
+///   the bucket ([`crate::ops::rebuild_index`]);
+/// - a catalogued pack is gone from the bucket (another client compacted): rebuilt, since
+///   the objects it held have moved to packs the index cannot tell apart;
+/// - snapshots or packs the index lacks: [`recover`] catalogues and adopts them;
+/// - catalogued snapshots whose files are gone, by the listing and by a `HEAD` of each:
+///   dropped from the catalog, then every reference count is recomputed (their root lists are
+///   gone with the files, so their references cannot be subtracted one by one).
+pub fn refresh_cache(storage: &RepoStorage) -> Result<Option<CacheRefresh>> {
+    use crate::error::Error;
+    if !storage.local_dir.join(CACHE_MARKER).exists() {
+        return Ok(None);
+    }
+    let config = match storage.read_config() {
+        Err(Error::NotARepository { .. }) => return Ok(None),
+        other => other?,
+    };
+    let lock = match crate::lock::WriterLock::acquire(&storage.local_dir) {
+        Err(Error::Locked { pid, host, since }) => {
+            return Ok(Some(CacheRefresh {
+                skipped_locked: Some(format!("PID {pid} on {host} since {since}")),
+                ..CacheRefresh::default()
+            }))
+        }
+        other => other?,
+    };
+    let index = match Index::open(&storage.index_path(), config.repo_id, false) {
+        Ok(index) => index,
+        Err(e @ (Error::IndexMissing { .. } | Error::IndexCorrupt { .. } | Error::Index(_))) => {
+            drop(lock);
+            let why = match e {
+                Error::IndexMissing { .. } => "the cache had no index".to_string(),
+                other => format!("the cached index was unusable: {other}"),
+            };
+            return rebuild_cache(storage, why);
+        }
+        Err(e) => return Err(e),
+    };
+    let backend = &*storage.backend;
+    // Snapshots before packs, as in `recover`.
+    let stored: HashSet<SnapshotId> = backend
+        .list(key::SNAPSHOTS)?
+        .iter()
+        .filter_map(ObjectKey::as_snapshot)
+        .collect();
+    let listed_packs: HashSet<PackId> = backend
+        .list(key::PACKS)?
+        .iter()
+        .filter_map(ObjectKey::as_pack)
+        .collect();
+    let catalogued_packs: HashSet<PackId> = index.packs()?.into_iter().map(|(id, _)| id).collect();
+    let vanished_packs = catalogued_packs.difference(&listed_packs).count();
+    if vanished_packs > 0 {
+        drop(index);
+        drop(lock);
+        return rebuild_cache(
+            storage,
+            format!("{vanished_packs} packs it knew are gone from the bucket"),
+        );
+    }
+    let doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
+    let catalogued: HashSet<SnapshotId> =
+        index.snapshots()?.into_iter().map(|(id, _)| id).collect();
+    let new_packs = listed_packs
+        .iter()
+        .any(|p| !catalogued_packs.contains(p) && !doomed.contains(p));
+    let mut vanished: Vec<SnapshotId> = catalogued.difference(&stored).copied().collect();
+    vanished.sort();
+    if !new_packs && vanished.is_empty() && stored.is_subset(&catalogued) {
+        return Ok(Some(CacheRefresh::default()));
+    }
+    let recovered = recover(storage, &index)?;
+    let mut refresh = CacheRefresh {
+        snapshots_catalogued: recovered.snapshots_catalogued.len(),
+        packs_adopted: recovered.packs_adopted,
+        ..CacheRefresh::default()
+    };
+    let mut batch = index.batch();
+    for id in vanished {
+        // The listing said so; a HEAD confirms (a listing glitch must not drop a live
+        // snapshot, whose objects compaction would then count as unreferenced).
+        if backend.size(&ObjectKey::snapshot(id))?.is_none() {
+            batch.forget_snapshot(id);
+            batch.clear_tombstone(id);
+            refresh.snapshots_dropped.push(id.to_hex());
+        }
+    }
+    if !batch.is_empty() {
+        index.commit(batch)?;
+        refresh.counts_fixed = crate::ops::check::recount_index(&index, backend)?;
+    }
+    Ok(Some(refresh))
+}
+
+fn rebuild_cache(storage: &RepoStorage, why: String) -> Result<Option<CacheRefresh>> {
+    let report = crate::ops::rebuild_index::rebuild_index(storage, &crate::NoProgress)?;
+    Ok(Some(CacheRefresh {
+        rebuilt: Some(why),
+        snapshots_catalogued: report.snapshots,
+        packs_adopted: report.packs,
+        ..CacheRefresh::default()
+    }))
 }

@@ -39,6 +39,7 @@ use crate::lock::WriterLock;
 use crate::readers::ReaderLease;
 use crate::recovery::Recovery;
 use crate::storage::local::LocalBackend;
+use crate::storage::s3::{S3Backend, S3Location, S3Options};
 use crate::storage::sim::CrashClock;
 use crate::storage::{Backend, ObjectKey, PutMode};
 use crate::store::reader;
@@ -85,7 +86,46 @@ pub struct RepoStorage {
     pub pack_target: u64,
 }
 
+/// How to reach a repository named by a location string ([`RepoStorage::at`]).
+#[derive(Debug, Clone, Default)]
+pub struct LocationOptions {
+    /// Endpoint, region, addressing, profile and retry bounds of `s3://` locations.
+    pub s3: S3Options,
+    /// The local state directory (index cache, ledger, locks) of an `s3://` repository.
+    /// Default: `$XDG_CACHE_HOME/tessera/BUCKET/HASH` (else `~/.cache/…`), `HASH` = the first
+    /// 16 hex digits of SHA-256 of `ENDPOINT\nLOCATION`.
+    pub cache_dir: Option<PathBuf>,
+}
+
 impl RepoStorage {
+    /// The repository at `location`: `s3://BUCKET/PREFIX` (objects in the bucket, local
+    /// state in the cache directory of `options`), or `file://PATH` or a plain path (a local
+    /// repository, as [`Self::local`]). For S3 this connects and checks the bucket (a wrong
+    /// endpoint, refused credentials or a missing bucket fail here, before anything is
+    /// written), then creates and marks the cache directory. Opening the repository brings
+    /// the cache up to date ([`crate::recovery::refresh_cache`]).
+    pub fn at(location: &str, options: &LocationOptions) -> Result<Self> {
+        match Location::parse(location)? {
+            Location::Local(path) => Ok(Self::local(&path)),
+            Location::S3(s3) => Self::on_s3(S3Backend::connect(s3, &options.s3)?, options),
+        }
+    }
+
+    fn on_s3(backend: S3Backend, options: &LocationOptions) -> Result<Self> {
+        let identity = format!("{}\n{}", backend.describe(), backend.endpoint());
+        let local_dir = match &options.cache_dir {
+            Some(dir) => dir.clone(),
+            None => default_cache_dir(&backend.location().bucket, &identity)?,
+        };
+        crate::recovery::mark_cache(&local_dir, &identity)?;
+        Ok(Self {
+            backend: Arc::new(backend),
+            local_dir,
+            crash_clock: None,
+            pack_target: TARGET_PACK_SIZE,
+        })
+    }
+
     /// A repository in the local directory `root` (objects and local state alike).
     pub fn local(root: &Path) -> Self {
         Self {
@@ -117,6 +157,44 @@ impl RepoStorage {
         Ok(Index::open(&self.index_path(), config.repo_id, read_only)?
             .with_crash_clock(self.crash_clock.clone()))
     }
+}
+
+/// A location string, parsed.
+enum Location {
+    Local(PathBuf),
+    S3(S3Location),
+}
+
+impl Location {
+    fn parse(location: &str) -> Result<Self> {
+        if location.starts_with("s3://") {
+            return S3Location::parse(location).map(Self::S3);
+        }
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        if path.is_empty() || path.contains("://") {
+            return Err(Error::InvalidArgument(format!(
+                "{location:?} is not a repository location: give a path, file://PATH or s3://BUCKET/PREFIX"
+            )));
+        }
+        Ok(Self::Local(PathBuf::from(path)))
+    }
+}
+
+/// `$XDG_CACHE_HOME/tessera/BUCKET/HASH` or `~/.cache/tessera/BUCKET/HASH` (see
+/// [`LocationOptions::cache_dir`]).
+fn default_cache_dir(bucket: &str, identity: &str) -> Result<PathBuf> {
+    use sha2::Digest;
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or_else(|| {
+            Error::InvalidArgument(
+                "no cache directory for the S3 repository's index: set XDG_CACHE_HOME or HOME, or name one".into(),
+            )
+        })?;
+    let hash = hex::encode(sha2::Sha256::digest(identity.as_bytes()));
+    Ok(base.join("tessera").join(bucket).join(&hash[..16]))
 }
 
 /// An open repository.
@@ -152,6 +230,42 @@ impl Repository {
                 .ctx(|| format!("creating {}", path.display()))?;
         }
         Self::init_on(&RepoStorage::local(root), opts)
+    }
+
+    /// Creates a new repository at a location string ([`RepoStorage::at`]). A local one as
+    /// [`Self::init`]; an S3 one only under a prefix that holds no object at all (a
+    /// repository or anything else), after clearing what its cache directory may hold of
+    /// an earlier repository there.
+    pub fn init_at(
+        location: &str,
+        options: &LocationOptions,
+        opts: InitOptions,
+    ) -> Result<(RepoStorage, RepoConfig)> {
+        let s3 = match Location::parse(location)? {
+            Location::Local(path) => {
+                let config = Self::init(&path, opts)?;
+                return Ok((RepoStorage::local(&path), config));
+            }
+            Location::S3(s3) => S3Backend::connect(s3, &options.s3)?,
+        };
+        if !s3.is_empty()? {
+            return Err(Error::AlreadyExists {
+                path: PathBuf::from(s3.describe()),
+            });
+        }
+        let storage = RepoStorage::on_s3(s3, options)?;
+        let _lock = WriterLock::acquire(&storage.local_dir)?;
+        for stale in ["index", "index.rebuild", "index.old", "ledger"] {
+            let path = storage.local_dir.join(stale);
+            match std::fs::remove_dir_all(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(format!("clearing {}", path.display()), e))
+                }
+                _ => {}
+            }
+        }
+        let config = Self::init_on(&storage, opts)?;
+        Ok((storage, config))
     }
 
     /// Creates a new repository in `storage`. The config is written last, create-only: a
@@ -199,6 +313,7 @@ impl Repository {
 
     /// Opens for reading: no lock, a reader lease, the index read-only.
     pub fn open_on(storage: RepoStorage) -> Result<Self> {
+        let cache = crate::recovery::refresh_cache(&storage)?;
         let config = storage.read_config()?;
         let lease = ReaderLease::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, true)?;
@@ -208,17 +323,22 @@ impl Repository {
             index,
             _lock: None,
             _lease: Some(lease),
-            recovery: Recovery::default(),
+            recovery: Recovery {
+                cache,
+                ..Recovery::default()
+            },
         })
     }
 
     /// Opens as the single writer: takes the lock, then recovers from any interrupted writer.
     pub fn open_writer_on(storage: RepoStorage) -> Result<Self> {
+        let cache = crate::recovery::refresh_cache(&storage)?;
         let config = storage.read_config()?;
         let lock = WriterLock::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, false)?;
         let mut recovery = crate::recovery::recover(&storage, &index)?;
         recovery.stale_lock.clone_from(&lock.stale_holder);
+        recovery.cache = cache;
         Ok(Self {
             storage,
             config,

@@ -8,6 +8,8 @@
 //! - [`kill::KillLoop`] kills writers inside their operation and proves it did.
 //! - [`remote::Transport`] runs `serve`/`sync` scenarios over `http://` or `https://`.
 //! - [`qemu`], [`libvhdi`] and [`vhd_build`] are the independent image tools.
+//! - [`seaweed::Seaweed`] runs a real SeaweedFS (S3) on loopback for one test;
+//!   [`fault_proxy::FaultProxy`] sits in front of it and breaks chosen requests.
 //!
 //! Every tool the tests use is installed by `scripts/ensure-deps.sh`; a test never skips
 //! because one is missing, it fails and names the script.
@@ -53,10 +55,12 @@ use sha2::{Digest, Sha256};
 
 pub use serde_json::Value;
 
+pub mod fault_proxy;
 pub mod kill;
 pub mod libvhdi;
 pub mod qemu;
 pub mod remote;
+pub mod seaweed;
 pub mod vhd_build;
 
 // ---------------------------------------------------------------------------------------

@@ -561,15 +561,20 @@ fn damaged(
 /// counts fixed. Objects referenced but absent from the index cannot be fixed here; they
 /// are reported by [`check`].
 pub fn recount(repo: &Repository) -> Result<u64> {
+    recount_index(repo.index(), repo.backend())
+}
+
+/// [`recount`] on an index and the backend of its objects (the writer holds the lock).
+pub fn recount_index(index: &crate::index::Index, backend: &dyn crate::storage::Backend) -> Result<u64> {
     let mut snapshots = Vec::new();
-    for (id, _) in repo.index().snapshots()? {
-        snapshots.push(repo.load_snapshot(id)?);
+    for (id, _) in index.snapshots()? {
+        snapshots.push(crate::store::reader::load_snapshot(backend, id)?);
     }
-    let expected = expected_counts_of(repo.index(), repo.backend(), &snapshots)?;
-    let mut batch = repo.index().batch();
+    let expected = expected_counts_of(index, backend, &snapshots)?;
+    let mut batch = index.batch();
     let mut fixed = 0;
     for kind in [ObjectKind::Page, ObjectKind::Chunk] {
-        repo.index().for_each_object(kind, |digest, mut entry| {
+        index.for_each_object(kind, |digest, mut entry| {
             let want = expected.count(kind, digest);
             if want != entry.refcount {
                 entry.refcount = want;
@@ -579,6 +584,6 @@ pub fn recount(repo: &Repository) -> Result<u64> {
             Ok(())
         })?;
     }
-    repo.index().commit(batch)?;
+    index.commit(batch)?;
     Ok(fixed)
 }

@@ -30,12 +30,14 @@
 //!
 //! Implementations: [`local::LocalBackend`] on a POSIX directory (through the [`fs::Fs`]
 //! seam, so that [`sim::SimFs`] can simulate power loss under it), in two layouts: the
-//! repository tree and the flat layout of a seed bundle.
+//! repository tree and the flat layout of a seed bundle; [`s3::S3Backend`] on an
+//! S3-compatible bucket and key prefix.
 
 pub mod durable;
 pub mod fs;
 pub mod key;
 pub mod local;
+pub mod s3;
 pub mod sim;
 
 use std::io::Write;

@@ -1,0 +1,265 @@
+//! A real SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one process) on
+//! loopback, one per test, on free ports, for the S3 tests. Installed by
+//! `scripts/ensure-deps.sh` into `.deps/seaweedfs/bin/weed`; a test that cannot start it
+//! fails and says why (it never skips).
+//!
+//! `weed` runs under a small `sh` whose standard input is a pipe held by [`Seaweed`]: when
+//! the test ends (the value is dropped) or its process dies however it dies, the pipe closes
+//! and the shell stops `weed`, so no server outlives its test. Telemetry, WebDAV and the
+//! Iceberg and Lance endpoints are off, and every port is bound on 127.0.0.1 only.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tessera_engine::storage::s3::{Credentials, RetryBounds, S3Options};
+
+/// The access key the server accepts.
+pub const KEY_ID: &str = "tessera-test-key";
+/// Its secret (the tests check that it never shows in messages).
+pub const SECRET: &str = "tessera-test-secret-Zq8w";
+
+/// How long the server may take to answer S3 requests after starting.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// A running SeaweedFS; stopped when dropped.
+pub struct Seaweed {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// Its data directory and log.
+    pub dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT` of the S3 gateway.
+    pub endpoint: String,
+    /// The bucket created at start.
+    pub bucket: String,
+}
+
+/// The `weed` binary ensure-deps installs.
+pub fn weed_bin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/seaweedfs/bin/weed")
+}
+
+/// A port nothing listens on now, whose `+ 10000` neighbour is free too (`weed` puts a
+/// component's gRPC port there unless told otherwise).
+fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+        let port = l.local_addr().expect("local address").port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Seaweed {
+    /// Starts a server with bucket `bucket` and waits until its S3 gateway answers.
+    pub fn start(bucket: &str) -> Self {
+        let weed = weed_bin();
+        assert!(
+            weed.exists(),
+            "SeaweedFS is not installed at {}: run scripts/ensure-deps.sh",
+            weed.display()
+        );
+        let dir = tempfile::tempdir().expect("temp dir for SeaweedFS");
+        let s3 = free_port();
+        let ports = [
+            ("s3.port", s3),
+            ("s3.port.grpc", free_port()),
+            ("master.port", free_port()),
+            ("master.port.grpc", free_port()),
+            ("volume.port", free_port()),
+            ("volume.port.grpc", free_port()),
+            ("filer.port", free_port()),
+            ("filer.port.grpc", free_port()),
+            ("admin.port", free_port()),
+        ];
+        let mut args = vec![
+            format!("{}", weed.display()),
+            "mini".into(),
+            format!("-dir={}", dir.path().display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-bucket={bucket}"),
+            "-admin.ui=false".into(),
+            "-master.telemetry=false".into(),
+            "-webdav=false".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            "-master.volumeSizeLimitMB=64".into(),
+        ];
+        args.extend(ports.iter().map(|(flag, port)| format!("-{flag}={port}")));
+        let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+        let log = dir.path().join("weed.log");
+        let script = format!(
+            "{} >'{}' 2>&1 & w=$!; read _; kill $w; wait $w",
+            quoted.join(" "),
+            log.display()
+        );
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("starting sh for SeaweedFS");
+        let stdin = child.stdin.take();
+        let server = Self {
+            child,
+            stdin,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            bucket: bucket.to_string(),
+            dir,
+        };
+        server.wait_ready(s3, &log);
+        server
+    }
+
+    /// Polls until a signed listing of the bucket succeeds (the gateway is up and the
+    /// bucket exists); fails the test with the server's log otherwise.
+    fn wait_ready(&self, port: u16, log: &Path) {
+        let start = Instant::now();
+        let mut last = String::from("the S3 port never opened");
+        while start.elapsed() < READY_WITHIN {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let location = format!("s3://{}/ready-probe", self.bucket);
+                match tessera_engine::storage::s3::S3Backend::connect(
+                    tessera_engine::storage::s3::S3Location::parse(&location).expect("location"),
+                    &self.options(),
+                ) {
+                    Ok(_) => return,
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let tail = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: String = tail.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+        panic!(
+            "SeaweedFS did not become ready within {READY_WITHIN:?} (last: {last}); log, newest first:\n{tail}"
+        );
+    }
+
+    /// Options reaching this server with the right credentials and quick retries.
+    pub fn options(&self) -> S3Options {
+        options_for(&self.endpoint, KEY_ID, SECRET)
+    }
+
+    /// `s3://BUCKET/PREFIX`.
+    pub fn location(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+}
+
+/// Options for `endpoint` with the given key, path-style, and retries bounded for tests
+/// (up to 10 retries within 30 s, backoff from 20 ms).
+pub fn options_for(endpoint: &str, key_id: &str, secret: &str) -> S3Options {
+    S3Options {
+        endpoint: Some(endpoint.to_string()),
+        region: Some("us-east-1".into()),
+        path_style: Some(true),
+        profile: None,
+        credentials: Some(Credentials::new(key_id.into(), secret.into(), None)),
+        retry: RetryBounds {
+            max_retries: 10,
+            max_elapsed: Duration::from_secs(30),
+            first_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+        },
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        // Closing the pipe makes the shell stop weed.
+        drop(self.stdin.take());
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client of an S3 repository with its own cache directory (what one machine has).
+pub struct Client {
+    /// `s3://BUCKET/PREFIX`.
+    pub location: String,
+    /// Connection options and the cache directory.
+    pub options: tessera_engine::repo::LocationOptions,
+    cache: tempfile::TempDir,
+}
+
+impl Client {
+    /// A client of `location` with `options` and a new, empty cache directory.
+    pub fn new(location: &str, options: S3Options) -> Self {
+        let cache = tempfile::tempdir().expect("cache dir");
+        Self {
+            location: location.to_string(),
+            options: tessera_engine::repo::LocationOptions {
+                s3: options,
+                cache_dir: Some(cache.path().join("cache")),
+            },
+            cache,
+        }
+    }
+
+    /// The cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache.path().join("cache")
+    }
+
+    /// The repository's storage.
+    pub fn storage(&self) -> tessera_engine::repo::RepoStorage {
+        tessera_engine::repo::RepoStorage::at(&self.location, &self.options)
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.location))
+    }
+
+    /// Creates the repository.
+    pub fn init(&self) {
+        tessera_engine::Repository::init_at(
+            &self.location,
+            &self.options,
+            tessera_engine::InitOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("init {}: {e}", self.location));
+    }
+
+    /// Opens it as the writer (the cache is brought up to date first).
+    pub fn writer(&self) -> tessera_engine::Repository {
+        tessera_engine::Repository::open_writer_on(self.storage())
+            .unwrap_or_else(|e| panic!("opening {} as writer: {e}", self.location))
+    }
+
+    /// Opens it for reading (the cache is brought up to date first).
+    pub fn reader(&self) -> tessera_engine::Repository {
+        tessera_engine::Repository::open_on(self.storage())
+            .unwrap_or_else(|e| panic!("opening {} for reading: {e}", self.location))
+    }
+}
+
+/// Every object under the repository's prefix with its size: what "nothing was written"
+/// is checked against.
+pub fn bucket_listing(
+    backend: &dyn tessera_engine::storage::Backend,
+) -> std::collections::BTreeMap<String, u64> {
+    backend
+        .list("")
+        .expect("listing the bucket")
+        .into_iter()
+        .map(|k| {
+            let size = backend
+                .size(&k)
+                .expect("sizing an object")
+                .expect("a listed object exists");
+            (k.to_string(), size)
+        })
+        .collect()
+}
