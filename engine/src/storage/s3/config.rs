@@ -126,6 +126,44 @@ impl Default for RetryBounds {
     }
 }
 
+/// What one attempt of a request came to (see [`RetryBounds::retry`]).
+pub(super) enum Attempt<T, E> {
+    /// It succeeded.
+    Done(T),
+    /// It failed in a way another attempt may not.
+    Again(E),
+    /// It failed for good.
+    Fail(E),
+}
+
+impl RetryBounds {
+    /// Runs `attempt` until it is done or fails for good, sleeping between attempts with
+    /// exponential backoff and jitter (each wait drawn from `[b, 2b)`, `b` doubling from
+    /// `first_backoff`, at most `max_backoff`); gives up with the last failure after
+    /// `max_retries` retries or once `max_elapsed` has passed. For the few requests tessera
+    /// retries itself: `object_store` retries its own.
+    pub(super) fn retry<T, E>(&self, mut attempt: impl FnMut() -> Attempt<T, E>) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let mut backoff = self.first_backoff;
+        let mut retries = 0;
+        loop {
+            match attempt() {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Again(e) => {
+                    if retries >= self.max_retries || started.elapsed() > self.max_elapsed {
+                        return Err(e);
+                    }
+                }
+            }
+            retries += 1;
+            let wait = backoff.mul_f64(1.0 + rand::random::<f64>());
+            std::thread::sleep(wait.min(self.max_backoff));
+            backoff = (backoff * 2).min(self.max_backoff);
+        }
+    }
+}
+
 /// An access key. `Debug` shows the key id only.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {

@@ -5,7 +5,7 @@
 //! server's clock (its `Date` header, so a skewed local clock cannot make a young upload look
 //! old); [`super::Backend::clean_staging`] waits [`super::STALE_UPLOAD`].
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -14,6 +14,7 @@ use object_store::client::HttpRequestBody;
 use object_store::multipart::MultipartStore;
 use serde::Deserialize;
 
+use super::config::Attempt;
 use super::error::RemoteProblem;
 use super::Inner;
 use crate::error::{Error, Result};
@@ -142,23 +143,14 @@ fn protocol(inner: &Inner, what: String) -> Error {
 /// returns the body (at most [`MAX_PAGE`] bytes) and the server's `Date`.
 fn get_signed(inner: &Inner, query: &str) -> Result<(String, DateTime<Utc>)> {
     let url = format!("{}?{query}", inner.bucket_endpoint.trim_end_matches('/'));
-    let started = Instant::now();
-    let mut backoff = inner.retry.first_backoff;
-    let mut attempt = 0;
-    loop {
-        let last = match inner.run(send(inner, &url)) {
-            Ok(Ok(answer)) => return Ok(answer),
-            Ok(Err(problem)) => problem,
-            Err(problem) => return Err(inner.classify().remote("listing incomplete uploads", problem)),
-        };
-        attempt += 1;
-        if attempt > inner.retry.max_retries || started.elapsed() > inner.retry.max_elapsed {
-            return Err(inner.classify().remote("listing incomplete uploads", last));
-        }
-        let jittered = backoff.mul_f64(rand::random::<f64>().mul_add(1.0, 1.0));
-        std::thread::sleep(jittered.min(inner.retry.max_backoff));
-        backoff = (backoff * 2).min(inner.retry.max_backoff);
-    }
+    inner
+        .retry
+        .retry(|| match inner.run(send(inner, &url)) {
+            Ok(Ok(answer)) => Attempt::Done(answer),
+            Ok(Err(problem)) => Attempt::Again(problem),
+            Err(problem) => Attempt::Fail(problem),
+        })
+        .map_err(|problem| inner.classify().remote("listing incomplete uploads", problem))
 }
 
 /// One attempt. `Ok(Err(_))` is a failure worth retrying, `Err(_)` one that is not.

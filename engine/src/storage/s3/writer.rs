@@ -17,6 +17,9 @@ use object_store::{
 };
 use tokio::task::JoinHandle;
 
+use object_store::client::{HttpError, HttpErrorKind};
+
+use super::config::Attempt;
 use super::{Inner, PARTS_IN_FLIGHT, PART_SIZE};
 use crate::error::{Error, Result};
 use crate::storage::{ObjectKey, ObjectWriter, PutMode};
@@ -122,8 +125,17 @@ impl S3Writer {
             ..PutOptions::default()
         };
         let payload = PutPayload::from(bytes.clone());
-        match inner.run(inner.store.put_opts(&path, payload, opts)) {
-            Ok(_) => Ok(()),
+        // `object_store` does not retry a create-only put whose connection broke after it
+        // was sent (it is not idempotent); the read-back below makes retrying it safe.
+        let put = inner.retry.retry(|| {
+            match inner.run(inner.store.put_opts(&path, payload.clone(), opts.clone())) {
+                Ok(_) => Attempt::Done(()),
+                Err(e) if self.mode == PutMode::Create && interrupted(&e) => Attempt::Again(e),
+                Err(e) => Attempt::Fail(e),
+            }
+        });
+        match put {
+            Ok(()) => Ok(()),
             Err(
                 e @ (object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. }),
@@ -173,6 +185,21 @@ impl S3Writer {
             }
         }
     }
+}
+
+/// A transport failure after the request may have been sent (reset, timeout).
+fn interrupted(e: &object_store::Error) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(http) = err.downcast_ref::<HttpError>() {
+            return matches!(
+                http.kind(),
+                HttpErrorKind::Interrupted | HttpErrorKind::Timeout | HttpErrorKind::Request
+            );
+        }
+        current = err.source();
+    }
+    false
 }
 
 impl Write for S3Writer {

@@ -1,0 +1,215 @@
+//! S3 under faults: a real SeaweedFS behind a fault-injecting proxy ([`FaultProxy`]) that
+//! answers chosen requests with 500 `InternalError` or 503 `SlowDown`, resets connections
+//! halfway through an upload, or loses the answer to a request the server carried out.
+//! Backups either complete after retries or fail with a message that says what happened;
+//! nothing is ever half-visible, and verify is clean afterwards.
+
+use std::path::{Path, PathBuf};
+
+use tessera_engine::ops::backup::{backup, BackupRequest};
+use tessera_engine::ops::check::check;
+use tessera_engine::ops::restore::restore_disk;
+use tessera_engine::storage::s3::{S3Backend, S3Location};
+use tessera_engine::{NoProgress, Repository};
+use tessera_format::SnapshotId;
+use tessera_tests::fault_proxy::{Fault, FaultProxy, Request};
+use tessera_tests::seaweed::{bucket_listing, options_for, Client, Seaweed, KEY_ID, SECRET};
+use tessera_tests::{make_image, DataGen, ImageSpec};
+
+const MIB: u64 = 1 << 20;
+
+/// A SeaweedFS, a proxy in front of it, and a client going through the proxy.
+struct World {
+    _sw: Seaweed,
+    proxy: FaultProxy,
+    client: Client,
+    work: tempfile::TempDir,
+}
+
+fn world(bucket: &str) -> World {
+    let sw = Seaweed::start(bucket);
+    let proxy = FaultProxy::start(&sw.endpoint);
+    let client = Client::new(
+        &sw.location("faulty"),
+        options_for(&proxy.endpoint, KEY_ID, SECRET),
+    );
+    client.init();
+    World {
+        _sw: sw,
+        proxy,
+        client,
+        work: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl World {
+    fn image(&self, name: &str, seed: u64) -> PathBuf {
+        let path = self.work.path().join(name);
+        make_image(&path, ImageSpec::mixed(40 * MIB), &mut DataGen::new(seed));
+        path
+    }
+
+    fn backup(&self, image: &Path) -> tessera_engine::Result<SnapshotId> {
+        let repo = self.client.writer();
+        backup(&repo, &BackupRequest::one_disk("vm", "d0", image), &NoProgress).map(|o| o.id)
+    }
+
+    /// With the faults off: verify is clean, every snapshot in `expect` restores to its
+    /// image, the catalog is exactly `expect`, and no upload is left incomplete.
+    fn assert_sound(&self, expect: &[(SnapshotId, &Path)]) {
+        self.proxy.set_rule(Box::new(|_| None));
+        let repo = self.client.writer();
+        let report = check(&repo, true, &NoProgress).unwrap();
+        assert!(report.is_clean(), "check: {:?}", report.problems);
+        let mut ids: Vec<SnapshotId> = expect.iter().map(|(id, _)| *id).collect();
+        ids.sort();
+        let mut catalog: Vec<SnapshotId> = repo
+            .index()
+            .snapshots()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        catalog.sort();
+        assert_eq!(catalog, ids, "catalog");
+        for (id, image) in expect {
+            assert_restores(&repo, *id, image, self.work.path());
+        }
+        let backend = S3Backend::connect(
+            S3Location::parse(&self.client.location).unwrap(),
+            &self.client.options.s3,
+        )
+        .unwrap();
+        let pending = backend.incomplete_uploads().unwrap();
+        assert!(pending.is_empty(), "incomplete uploads left: {pending:?}");
+    }
+}
+
+fn assert_restores(repo: &Repository, id: SnapshotId, image: &Path, scratch: &Path) {
+    let snapshot = repo.load_snapshot(id).unwrap();
+    let out = scratch.join("restored");
+    restore_disk(repo, id, &snapshot, "d0", &out, true, &NoProgress)
+        .unwrap_or_else(|e| panic!("restoring {id}: {e}"));
+    tessera_tests::assert_same_file(image, &out);
+}
+
+fn is_part(r: &Request) -> bool {
+    r.method == "PUT" && r.target.contains("partNumber=")
+}
+
+fn kinds(injected: &[(Request, Fault)]) -> Vec<String> {
+    injected
+        .iter()
+        .map(|(r, f)| format!("{f:?} {} {}", r.method, r.target))
+        .collect()
+}
+
+#[test]
+fn server_errors_and_slowdowns_are_retried_until_the_backup_completes() {
+    let w = world("flaky");
+    // Every distinct request fails once, alternately with 503 SlowDown and 500 InternalError:
+    // each kind of request (list, head, get, put, part, complete, list uploads) meets a
+    // failure and has to be retried.
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    w.proxy.set_rule(Box::new(move |r| {
+        let mut seen = seen.lock().unwrap();
+        let first = seen.insert((r.method.clone(), r.target.clone()));
+        match (first, seen.len() % 2) {
+            (false, _) => None,
+            (true, 0) => Some(Fault::Status(503, "SlowDown")),
+            (true, _) => Some(Fault::Status(500, "InternalError")),
+        }
+    }));
+    let img1 = w.image("one.img", 1);
+    let first = w.backup(&img1).expect("backup through 5xx answers");
+    let img2 = w.image("two.img", 2);
+    let second = w.backup(&img2).expect("second backup through 5xx answers");
+    let injected = w.proxy.injected();
+    assert!(injected.len() > 20, "only {} faults injected", injected.len());
+    assert!(
+        injected.iter().any(|(r, _)| is_part(r)),
+        "no part upload was failed: {:?}",
+        kinds(&injected)
+    );
+    assert!(
+        injected.iter().any(|(r, _)| r.method == "POST" && r.target.contains("uploadId=")),
+        "no upload completion was failed: {:?}",
+        kinds(&injected)
+    );
+    w.assert_sound(&[(first, &img1), (second, &img2)]);
+}
+
+#[test]
+fn connections_reset_mid_upload_or_before_the_answer_are_survived() {
+    let w = world("resets");
+    let parts = std::sync::atomic::AtomicUsize::new(0);
+    let completes = std::sync::atomic::AtomicUsize::new(0);
+    let snapshots = std::sync::atomic::AtomicUsize::new(0);
+    w.proxy.set_rule(Box::new(move |r| {
+        use std::sync::atomic::Ordering::Relaxed;
+        if is_part(r) && parts.fetch_add(1, Relaxed) % 3 == 0 {
+            Some(Fault::ResetMidBody)
+        } else if r.method == "POST"
+            && r.target.contains("uploadId=")
+            && completes.fetch_add(1, Relaxed) == 0
+        {
+            Some(Fault::ResetAfterForward)
+        } else if r.method == "PUT"
+            && r.target.contains("/snapshots/")
+            && snapshots.fetch_add(1, Relaxed) == 0
+        {
+            Some(Fault::ResetAfterForward)
+        } else {
+            None
+        }
+    }));
+    let img = w.image("one.img", 3);
+    let id = w.backup(&img).expect("backup through connection resets");
+    let injected = w.proxy.injected();
+    let count = |f: Fault| injected.iter().filter(|(_, g)| *g == f).count();
+    assert!(count(Fault::ResetMidBody) >= 2, "{:?}", kinds(&injected));
+    assert_eq!(count(Fault::ResetAfterForward), 2, "{:?}", kinds(&injected));
+    w.assert_sound(&[(id, &img)]);
+}
+
+#[test]
+fn a_server_that_keeps_failing_fails_the_backup_clearly_and_leaves_nothing_visible() {
+    let w = world("down");
+    let img1 = w.image("one.img", 4);
+    let first = w.backup(&img1).expect("backup before the outage");
+    let before = bucket_listing(&*w.client.storage().backend);
+    // Every write fails from now on; reads still work.
+    w.proxy.set_rule(Box::new(|r| {
+        (r.method == "PUT" || r.method == "POST").then_some(Fault::Status(503, "SlowDown"))
+    }));
+    let img2 = w.image("two.img", 5);
+    let err = w.backup(&img2).expect_err("a backup while every write fails");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("kept failing") && msg.contains("503 SlowDown"),
+        "unclear message: {msg}"
+    );
+    assert!(msg.contains("s3://down/faulty"), "the message names no repository: {msg}");
+    w.proxy.set_rule(Box::new(|_| None));
+    let after = bucket_listing(&*w.client.storage().backend);
+    assert_eq!(after, before, "a failed backup left objects behind");
+    // The same happens mid-pack: the upload starts, then its parts keep failing.
+    let started = std::sync::atomic::AtomicBool::new(false);
+    w.proxy.set_rule(Box::new(move |r| {
+        if r.method == "POST" && r.target.contains("uploads") {
+            started.store(true, std::sync::atomic::Ordering::Relaxed);
+            None
+        } else {
+            is_part(r).then_some(Fault::Status(500, "InternalError"))
+        }
+    }));
+    let err = w.backup(&img2).expect_err("a backup whose parts keep failing");
+    assert!(err.to_string().contains("500 InternalError"), "{err}");
+    w.proxy.set_rule(Box::new(|_| None));
+    assert_eq!(
+        bucket_listing(&*w.client.storage().backend),
+        before,
+        "a failed multipart upload became visible"
+    );
+    w.assert_sound(&[(first, &img1)]);
+}
