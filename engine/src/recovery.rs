@@ -314,7 +314,10 @@ impl CacheRefresh {
             parts.push(format!("index rebuilt from the bucket ({why})"));
         }
         for (n, what) in [
-            (self.snapshots_catalogued, "snapshots of other clients catalogued"),
+            (
+                self.snapshots_catalogued,
+                "snapshots of other clients catalogued",
+            ),
             (self.packs_adopted, "packs of other clients indexed"),
             (
                 self.snapshots_dropped.len(),
@@ -356,7 +359,10 @@ pub fn mark_cache(dir: &std::path::Path, identity: &str) -> Result<()> {
             )
             .map_err(|e| crate::error::Error::io(format!("writing {}", marker.display()), e))
         }
-        Err(e) => Err(crate::error::Error::io(format!("reading {}", marker.display()), e)),
+        Err(e) => Err(crate::error::Error::io(
+            format!("reading {}", marker.display()),
+            e,
+        )),
     }
 }
 

@@ -132,7 +132,7 @@ impl Drop for FaultProxy {
 }
 
 fn serve(shared: &Shared, mut client: TcpStream) -> io::Result<()> {
-    client.set_read_timeout(Some(Duration::from_secs(60)))?;
+    client.set_read_timeout(Some(Duration::from_mins(1)))?;
     let (head, mut body_start) = read_head(&mut client)?;
     let text = String::from_utf8_lossy(&head).into_owned();
     let mut lines = text.split("\r\n");
@@ -142,7 +142,11 @@ fn serve(shared: &Shared, mut client: TcpStream) -> io::Result<()> {
     let mut body_len = 0;
     let mut kept = Vec::new();
     for line in lines.filter(|l| !l.is_empty()) {
-        let name = line.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         if name == "content-length" {
             body_len = line[15..].trim().parse().unwrap_or(0);
         }

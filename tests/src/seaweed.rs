@@ -21,7 +21,7 @@ pub const KEY_ID: &str = "tessera-test-key";
 pub const SECRET: &str = "tessera-test-secret-Zq8w";
 
 /// How long the server may take to answer S3 requests after starting.
-const READY_WITHIN: Duration = Duration::from_secs(60);
+const READY_WITHIN: Duration = Duration::from_mins(1);
 
 /// A running SeaweedFS; stopped when dropped.
 pub struct Seaweed {
@@ -166,7 +166,7 @@ pub fn options_for(endpoint: &str, key_id: &str, secret: &str) -> S3Options {
             max_elapsed: Duration::from_secs(30),
             first_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_mins(1),
             connect_timeout: Duration::from_secs(5),
         },
     }

@@ -51,7 +51,12 @@ impl World {
 
     fn backup(&self, image: &Path) -> tessera_engine::Result<SnapshotId> {
         let repo = self.client.writer();
-        backup(&repo, &BackupRequest::one_disk("vm", "d0", image), &NoProgress).map(|o| o.id)
+        backup(
+            &repo,
+            &BackupRequest::one_disk("vm", "d0", image),
+            &NoProgress,
+        )
+        .map(|o| o.id)
     }
 
     /// With the faults off: verify is clean, every snapshot in `expect` restores to its
@@ -125,14 +130,20 @@ fn server_errors_and_slowdowns_are_retried_until_the_backup_completes() {
     let img2 = w.image("two.img", 2);
     let second = w.backup(&img2).expect("second backup through 5xx answers");
     let injected = w.proxy.injected();
-    assert!(injected.len() > 20, "only {} faults injected", injected.len());
+    assert!(
+        injected.len() > 20,
+        "only {} faults injected",
+        injected.len()
+    );
     assert!(
         injected.iter().any(|(r, _)| is_part(r)),
         "no part upload was failed: {:?}",
         kinds(&injected)
     );
     assert!(
-        injected.iter().any(|(r, _)| r.method == "POST" && r.target.contains("uploadId=")),
+        injected
+            .iter()
+            .any(|(r, _)| r.method == "POST" && r.target.contains("uploadId=")),
         "no upload completion was failed: {:?}",
         kinds(&injected)
     );
@@ -147,17 +158,15 @@ fn connections_reset_mid_upload_or_before_the_answer_are_survived() {
     let snapshots = std::sync::atomic::AtomicUsize::new(0);
     w.proxy.set_rule(Box::new(move |r| {
         use std::sync::atomic::Ordering::Relaxed;
-        if is_part(r) && parts.fetch_add(1, Relaxed) % 3 == 0 {
-            Some(Fault::ResetMidBody)
-        } else if r.method == "POST"
+        let first_complete = r.method == "POST"
             && r.target.contains("uploadId=")
-            && completes.fetch_add(1, Relaxed) == 0
-        {
-            Some(Fault::ResetAfterForward)
-        } else if r.method == "PUT"
+            && completes.fetch_add(1, Relaxed) == 0;
+        let first_snapshot = r.method == "PUT"
             && r.target.contains("/snapshots/")
-            && snapshots.fetch_add(1, Relaxed) == 0
-        {
+            && snapshots.fetch_add(1, Relaxed) == 0;
+        if is_part(r) && parts.fetch_add(1, Relaxed).is_multiple_of(3) {
+            Some(Fault::ResetMidBody)
+        } else if first_complete || first_snapshot {
             Some(Fault::ResetAfterForward)
         } else {
             None
@@ -183,13 +192,18 @@ fn a_server_that_keeps_failing_fails_the_backup_clearly_and_leaves_nothing_visib
         (r.method == "PUT" || r.method == "POST").then_some(Fault::Status(503, "SlowDown"))
     }));
     let img2 = w.image("two.img", 5);
-    let err = w.backup(&img2).expect_err("a backup while every write fails");
+    let err = w
+        .backup(&img2)
+        .expect_err("a backup while every write fails");
     let msg = err.to_string();
     assert!(
         msg.contains("kept failing") && msg.contains("503 SlowDown"),
         "unclear message: {msg}"
     );
-    assert!(msg.contains("s3://down/faulty"), "the message names no repository: {msg}");
+    assert!(
+        msg.contains("s3://down/faulty"),
+        "the message names no repository: {msg}"
+    );
     w.proxy.set_rule(Box::new(|_| None));
     let after = bucket_listing(&*w.client.storage().backend);
     assert_eq!(after, before, "a failed backup left objects behind");
@@ -203,7 +217,9 @@ fn a_server_that_keeps_failing_fails_the_backup_clearly_and_leaves_nothing_visib
             is_part(r).then_some(Fault::Status(500, "InternalError"))
         }
     }));
-    let err = w.backup(&img2).expect_err("a backup whose parts keep failing");
+    let err = w
+        .backup(&img2)
+        .expect_err("a backup whose parts keep failing");
     assert!(err.to_string().contains("500 InternalError"), "{err}");
     w.proxy.set_rule(Box::new(|_| None));
     assert_eq!(

@@ -565,7 +565,10 @@ pub fn recount(repo: &Repository) -> Result<u64> {
 }
 
 /// [`recount`] on an index and the backend of its objects (the writer holds the lock).
-pub fn recount_index(index: &crate::index::Index, backend: &dyn crate::storage::Backend) -> Result<u64> {
+pub fn recount_index(
+    index: &crate::index::Index,
+    backend: &dyn crate::storage::Backend,
+) -> Result<u64> {
     let mut snapshots = Vec::new();
     for (id, _) in index.snapshots()? {
         snapshots.push(crate::store::reader::load_snapshot(backend, id)?);

@@ -47,7 +47,9 @@ impl S3Location {
             && !bucket.starts_with(['.', '-'])
             && !bucket.ends_with(['.', '-']);
         if !bucket_ok {
-            return Err(bad("the bucket name must be 3-63 characters of a-z 0-9 . -"));
+            return Err(bad(
+                "the bucket name must be 3-63 characters of a-z 0-9 . -",
+            ));
         }
         let prefix = prefix.trim_end_matches('/');
         if !prefix.is_empty()
@@ -58,7 +60,9 @@ impl S3Location {
             return Err(bad("the prefix has an empty, `.` or `..` segment"));
         }
         if prefix.len() > 512 || prefix.chars().any(char::is_control) {
-            return Err(bad("the prefix is over 512 bytes or holds control characters"));
+            return Err(bad(
+                "the prefix is over 512 bytes or holds control characters",
+            ));
         }
         Ok(Self {
             bucket: bucket.to_string(),
@@ -117,10 +121,10 @@ impl Default for RetryBounds {
     fn default() -> Self {
         Self {
             max_retries: 8,
-            max_elapsed: Duration::from_secs(120),
+            max_elapsed: Duration::from_mins(2),
             first_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_mins(2),
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -206,9 +210,12 @@ pub(super) struct Resolved {
 /// Largest profile file read (they are a few lines).
 const MAX_PROFILE_FILE: u64 = 1 << 20;
 
+/// Reads an environment variable.
+type VarFn<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
 /// The process environment and home directory, replaceable in tests.
 pub(super) struct Env<'a> {
-    pub var: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    pub var: Box<VarFn<'a>>,
     pub home: Option<PathBuf>,
 }
 
@@ -266,7 +273,10 @@ pub(super) fn resolve(options: &S3Options, env: &Env<'_>) -> Result<Resolved> {
         }
         .unwrap_or_else(|| "us-east-1".into()),
     };
-    let credentials = match (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) {
+    let credentials = match (
+        env.get("AWS_ACCESS_KEY_ID"),
+        env.get("AWS_SECRET_ACCESS_KEY"),
+    ) {
         _ if options.credentials.is_some() => options.credentials.clone(),
         (Some(key_id), Some(secret)) => Some(Credentials::new(
             key_id,
@@ -344,7 +354,9 @@ fn read_ini(path: &Path) -> Result<Option<Ini>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         Ok(m) if m.len() > MAX_PROFILE_FILE => return Err(refuse("it is larger than 1 MiB")),
-        Ok(_) => std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
+        Ok(_) => {
+            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+        }
     };
     let text = String::from_utf8(bytes).map_err(|_| refuse("it is not UTF-8"))?;
     Ok(Some(parse_ini(&text)))
@@ -373,7 +385,10 @@ mod tests {
     #[test]
     fn locations_parse_and_print_back() {
         let l = S3Location::parse("s3://my-bucket/backups/vm1/").unwrap();
-        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("my-bucket", "backups/vm1"));
+        assert_eq!(
+            (l.bucket.as_str(), l.prefix.as_str()),
+            ("my-bucket", "backups/vm1")
+        );
         assert_eq!(l.url(), "s3://my-bucket/backups/vm1");
         assert_eq!(S3Location::parse("s3://abc").unwrap().url(), "s3://abc");
         for bad in [
@@ -420,7 +435,10 @@ mod tests {
         vars.insert("AWS_PROFILE", "other".to_string());
         let r = resolve(&S3Options::default(), &env_of(&vars, home.path())).unwrap();
         assert_eq!(r.credentials.as_ref().unwrap().key_id, "AKIOTHER");
-        assert_eq!(r.credentials.as_ref().unwrap().token.as_deref(), Some("tok"));
+        assert_eq!(
+            r.credentials.as_ref().unwrap().token.as_deref(),
+            Some("tok")
+        );
         assert_eq!(r.region, "eu-west-3");
         vars.insert("AWS_ACCESS_KEY_ID", "ENVKEY".to_string());
         vars.insert("AWS_SECRET_ACCESS_KEY", "envsecret".to_string());
@@ -436,7 +454,12 @@ mod tests {
     fn endpoints_with_user_info_or_paths_are_refused() {
         let home = tempfile::tempdir().unwrap();
         let vars = HashMap::new();
-        for bad in ["http://key:secret@host:1", "ftp://host", "http://host/path", "http://"] {
+        for bad in [
+            "http://key:secret@host:1",
+            "ftp://host",
+            "http://host/path",
+            "http://",
+        ] {
             let opts = S3Options {
                 endpoint: Some(bad.into()),
                 ..S3Options::default()

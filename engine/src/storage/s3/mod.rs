@@ -63,7 +63,7 @@ pub const PART_SIZE: usize = 8 << 20;
 pub const PARTS_IN_FLIGHT: usize = 4;
 /// Incomplete uploads younger than this are never aborted: another client sharing the
 /// bucket may be uploading them now (no upload of a 32 MiB pack takes an hour).
-pub const STALE_UPLOAD: Duration = Duration::from_secs(3600);
+pub const STALE_UPLOAD: Duration = Duration::from_hours(1);
 
 /// See the module docs.
 pub struct S3Backend {
@@ -146,7 +146,10 @@ impl S3Backend {
             classify.remote(
                 "setting up the S3 client",
                 RemoteProblem::Protocol {
-                    what: format!("invalid client settings ({})", error::s3_code(&e.to_string()).unwrap_or("see the endpoint and region")),
+                    what: format!(
+                        "invalid client settings ({})",
+                        error::s3_code(&e.to_string()).unwrap_or("see the endpoint and region")
+                    ),
                 },
             )
         };
@@ -324,10 +327,9 @@ impl Inner {
                 // way the contract asks, if the object exists and is that short.
                 match (range, &err) {
                     (Some((offset, len)), Error::Remote { .. }) => match self.size(key) {
-                        Ok(Some(size)) if offset + len as u64 > size => Err(past_end(
-                            context(),
-                            format!("the object ends at {size}"),
-                        )),
+                        Ok(Some(size)) if offset + len as u64 > size => {
+                            Err(past_end(context(), format!("the object ends at {size}")))
+                        }
                         _ => Err(err),
                     },
                     _ => Err(err),

@@ -38,6 +38,10 @@ struct ListPage {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
+#[expect(
+    clippy::struct_field_names,
+    reason = "the field names are S3's XML element names"
+)]
 struct Upload {
     key: String,
     upload_id: String,
@@ -83,12 +87,15 @@ pub(super) fn list(inner: &Inner) -> Result<Vec<Pending>> {
     for _ in 0..MAX_PAGES {
         let mut query = format!("uploads=&prefix={}", encode(&inner.root));
         if let Some((key, id)) = &markers {
-            query.push_str(&format!("&key-marker={}&upload-id-marker={}", encode(key), encode(id)));
+            query = format!(
+                "{query}&key-marker={}&upload-id-marker={}",
+                encode(key),
+                encode(id)
+            );
         }
         let (body, now) = get_signed(inner, &query)?;
-        let page: ListPage = quick_xml::de::from_str(&body).map_err(|e| {
-            protocol(inner, format!("an unreadable upload listing ({e})"))
-        })?;
+        let page: ListPage = quick_xml::de::from_str(&body)
+            .map_err(|e| protocol(inner, format!("an unreadable upload listing ({e})")))?;
         for upload in page.upload {
             let Some(key) = upload.key.strip_prefix(inner.root.as_str()) else {
                 continue;
@@ -107,7 +114,11 @@ pub(super) fn list(inner: &Inner) -> Result<Vec<Pending>> {
                 age,
             });
         }
-        match (page.is_truncated, page.next_key_marker, page.next_upload_id_marker) {
+        match (
+            page.is_truncated,
+            page.next_key_marker,
+            page.next_upload_id_marker,
+        ) {
             (true, Some(key), id) => {
                 let next = (key, id.unwrap_or_default());
                 if markers.as_ref() == Some(&next) {
@@ -116,12 +127,18 @@ pub(super) fn list(inner: &Inner) -> Result<Vec<Pending>> {
                 markers = Some(next);
             }
             (true, None, _) => {
-                return Err(protocol(inner, "a truncated listing without a marker".into()))
+                return Err(protocol(
+                    inner,
+                    "a truncated listing without a marker".into(),
+                ))
             }
             (false, _, _) => return Ok(out),
         }
     }
-    Err(protocol(inner, format!("more than {MAX_PAGES} pages of uploads")))
+    Err(protocol(
+        inner,
+        format!("more than {MAX_PAGES} pages of uploads"),
+    ))
 }
 
 /// Whether `key` (under the prefix) is one tessera writes: other uploads under the same
@@ -134,9 +151,10 @@ fn is_tessera_key(key: &str) -> bool {
 }
 
 fn protocol(inner: &Inner, what: String) -> Error {
-    inner
-        .classify()
-        .remote("listing incomplete uploads", RemoteProblem::Protocol { what })
+    inner.classify().remote(
+        "listing incomplete uploads",
+        RemoteProblem::Protocol { what },
+    )
 }
 
 /// A signed `GET` of the bucket with `query`, retried like `object_store`'s own requests;
@@ -150,7 +168,11 @@ fn get_signed(inner: &Inner, query: &str) -> Result<(String, DateTime<Utc>)> {
             Ok(Err(problem)) => Attempt::Again(problem),
             Err(problem) => Attempt::Fail(problem),
         })
-        .map_err(|problem| inner.classify().remote("listing incomplete uploads", problem))
+        .map_err(|problem| {
+            inner
+                .classify()
+                .remote("listing incomplete uploads", problem)
+        })
 }
 
 /// One attempt. `Ok(Err(_))` is a failure worth retrying, `Err(_)` one that is not.
@@ -232,7 +254,7 @@ fn encode(value: &str) -> String {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out = format!("{out}%{b:02X}");
         }
     }
     out

@@ -86,7 +86,9 @@ impl S3Writer {
         };
         multipart.sent += payload.content_length() as u64;
         let part = multipart.upload.put_part(payload);
-        multipart.in_flight.push_back(self.inner.runtime.spawn(part));
+        multipart
+            .in_flight
+            .push_back(self.inner.runtime.spawn(part));
         while self
             .upload
             .as_ref()
@@ -159,7 +161,11 @@ impl S3Writer {
         if !self.buf.is_empty() {
             self.ship_part()?;
         }
-        while self.upload.as_ref().is_some_and(|m| !m.in_flight.is_empty()) {
+        while self
+            .upload
+            .as_ref()
+            .is_some_and(|m| !m.in_flight.is_empty())
+        {
             self.wait_oldest()?;
         }
         if self.mode == PutMode::Create && self.inner.size(&self.key)?.is_some() {
