@@ -17,6 +17,10 @@
 //! REPO/ledger/, ledger.lock                               verification ledger
 //! ```
 //!
+//! An S3 repository ([`RepoStorage::at`] with `s3://BUCKET/PREFIX`) keeps its objects in the
+//! bucket and its local state in a cache directory, whose index every open first brings up
+//! to date from the bucket ([`crate::recovery::refresh_cache`]; SPEC §2a).
+//!
 //! Concurrency: one writer at a time (the lock); any number of readers next to it. Readers
 //! open the index read-only and see the snapshots published when they opened it; packs and
 //! snapshot files are immutable, so nothing a reader uses changes under it.
