@@ -34,7 +34,7 @@ use crate::store::session::TARGET_PACK_SIZE;
 use super::bundle_manifest::{
     hash_file, BundleBlockSize, BundleFile, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION,
 };
-use super::sink::{block_sizes, decode_snapshot, LocalSink};
+use super::sink::{block_sizes, decode_snapshot, LocalSink, Publisher};
 use super::source::{Catalog, ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
 use super::{Selection, SyncOptions, SyncReport};
 
@@ -447,6 +447,6 @@ pub fn import(
         )?;
     }
     let repo = Repository::open_writer(repo_path)?;
-    let mut sink = LocalSink::new(&repo);
+    let mut sink = LocalSink::new(&repo, Publisher::Operator);
     super::transfer::transfer(&bundle, &mut sink, &Selection::default(), opts, progress)
 }

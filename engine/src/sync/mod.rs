@@ -122,7 +122,7 @@ pub fn sync(
     opts: &SyncOptions,
     progress: &dyn Progress,
 ) -> Result<SyncReport> {
-    let mut sink = sink::LocalSink::new(dst);
+    let mut sink = sink::LocalSink::new(dst, sink::Publisher::Operator);
     transfer::transfer(src, &mut sink, selection, opts, progress)
 }
 

@@ -103,6 +103,21 @@ impl Run<'_> {
                 self.from, summary.id
             )));
         }
+        // What is delivered must be what was listed (and selected by series, time and
+        // disks): a source must not slip a snapshot of another series in under a listed id.
+        let delivered = SnapshotSummary::of(id, &snapshot.header);
+        if delivered != *summary {
+            return Err(Error::InvalidArgument(format!(
+                "{}: snapshot {id} was listed as series {:?} at {} with disks {:?}, but its file says series {:?} at {} with disks {:?}; nothing was copied from it",
+                self.from,
+                summary.series,
+                crate::time::format_us(summary.time_us),
+                summary.disks,
+                delivered.series,
+                crate::time::format_us(delivered.time_us),
+                delivered.disks
+            )));
+        }
         let mut seen = HashSet::new();
         let pages: Vec<[u8; 32]> = snapshot
             .roots
@@ -242,5 +257,82 @@ impl Run<'_> {
         if let Some(b) = self.bucket.as_mut() {
             b.take(bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{transfer, ObjectSource, SnapshotSummary};
+    use crate::error::Result;
+    use crate::ops::backup::{backup, BackupRequest};
+    use crate::repo::{InitOptions, Repository};
+    use crate::sync::sink::{LocalSink, Publisher};
+    use crate::sync::source::{Catalog, StoredObject};
+    use crate::sync::{Selection, SyncOptions};
+    use crate::NoProgress;
+    use tessera_format::{IdScheme, ObjectKind, SnapshotId};
+
+    /// A source that lists its snapshots under another series than their files say.
+    struct Relabelling<'a>(&'a Repository);
+
+    impl Catalog for Relabelling<'_> {
+        fn describe(&self) -> String {
+            "a relabelling source".into()
+        }
+        fn id_scheme(&self) -> Result<IdScheme> {
+            self.0.id_scheme()
+        }
+        fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
+            let mut list = Catalog::snapshots(self.0)?;
+            for s in &mut list {
+                s.series = "trusted-series".into();
+            }
+            Ok(list)
+        }
+    }
+
+    impl ObjectSource for Relabelling<'_> {
+        fn snapshot_bytes(&self, id: SnapshotId) -> Result<Vec<u8>> {
+            self.0.snapshot_bytes(id)
+        }
+        fn get_objects(&self, kind: ObjectKind, d: &[[u8; 32]]) -> Result<Vec<StoredObject>> {
+            self.0.get_objects(kind, d)
+        }
+    }
+
+    #[test]
+    fn a_snapshot_delivered_under_another_listing_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src_path, dst_path) = (dir.path().join("src"), dir.path().join("dst"));
+        Repository::init(&src_path, InitOptions::default()).unwrap();
+        Repository::init(&dst_path, InitOptions::default()).unwrap();
+        let image = dir.path().join("image");
+        std::fs::write(&image, vec![7u8; 200_000]).unwrap();
+        {
+            let src = Repository::open_writer(&src_path).unwrap();
+            backup(
+                &src,
+                &BackupRequest::one_disk("other-series", "d0", &image),
+                &NoProgress,
+            )
+            .unwrap();
+        }
+        let src = Repository::open(&src_path).unwrap();
+        let dst = Repository::open_writer(&dst_path).unwrap();
+        let mut sink = LocalSink::new(&dst, Publisher::Operator);
+        let selection = Selection {
+            series: Some("trusted-series".into()),
+            ..Selection::default()
+        };
+        let err = transfer(
+            &Relabelling(&src),
+            &mut sink,
+            &selection,
+            &SyncOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("was listed as series"), "{err}");
+        assert!(dst.index().snapshots().unwrap().is_empty());
     }
 }

@@ -47,7 +47,7 @@ use crate::net::{listen_tcp, Keepalive};
 use crate::repo::{read_config, Repository};
 use crate::storage::ObjectKey;
 use crate::sync::checked::check_batch;
-use crate::sync::sink::{publish_checked, LocalSink, ObjectSink};
+use crate::sync::sink::{publish_checked, LocalSink, ObjectSink, Publisher};
 use crate::sync::source::{Catalog, ObjectSource};
 
 use super::http1::{Conn, Head, HeadError, Stream, Timed};
@@ -482,7 +482,7 @@ fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
             let checked = check_batch("the client", kind, &digests, records).map_err(fail)?;
             let stored = checked.len();
             let repo = Repository::open_writer(root).map_err(fail)?;
-            let mut sink = LocalSink::new(&repo);
+            let mut sink = LocalSink::new(&repo, Publisher::Client);
             sink.put(kind, checked).map_err(fail)?;
             sink.seal().map_err(fail)?;
             Ok(serde_json::json!({ "stored": stored })
@@ -491,7 +491,7 @@ fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
         }
         ("POST", ["v1", "publish"]) => {
             let repo = Repository::open_writer(root).map_err(fail)?;
-            let id = publish_checked(&repo, body).map_err(fail)?;
+            let id = publish_checked(&repo, body, Publisher::Client).map_err(fail)?;
             Ok(serde_json::json!({ "id": id.to_hex() })
                 .to_string()
                 .into_bytes())
