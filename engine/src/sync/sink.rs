@@ -180,6 +180,16 @@ pub fn publish_checked(
     if repo.index().has_snapshot(id)? {
         return Ok(id);
     }
+    // The file must be in canonical form: publishing stores the engine's own encoding.
+    let canonical = snapshot
+        .encode()
+        .map(|(again, _)| again == id)
+        .unwrap_or(false);
+    if !canonical {
+        return Err(Error::InvalidArgument(format!(
+            "{from}: snapshot {id} is not in canonical form (it would be stored under another id); nothing was published"
+        )));
+    }
     check_time(repo, &snapshot, publisher)?;
     let known = block_sizes(&Catalog::snapshots(repo)?);
     check_block_sizes(&known, &SnapshotSummary::of(id, &snapshot.header))?;
@@ -189,13 +199,7 @@ pub fn publish_checked(
         }
         other => other,
     })?;
-    let published = publish_snapshot(repo, &snapshot, &refs)?;
-    if published != id {
-        return Err(Error::InvalidArgument(format!(
-            "snapshot {id} re-encoded as {published}: its file is not in canonical form"
-        )));
-    }
-    Ok(id)
+    publish_snapshot(repo, &snapshot, &refs)
 }
 
 /// `(series, disk) → block size` of a catalog.
