@@ -181,10 +181,7 @@ pub fn publish_checked(
         return Ok(id);
     }
     // The file must be in canonical form: publishing stores the engine's own encoding.
-    let canonical = snapshot
-        .encode()
-        .map(|(again, _)| again == id)
-        .unwrap_or(false);
+    let canonical = snapshot.encode().is_ok_and(|(again, _)| again == id);
     if !canonical {
         return Err(Error::InvalidArgument(format!(
             "{from}: snapshot {id} is not in canonical form (it would be stored under another id); nothing was published"
