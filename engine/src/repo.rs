@@ -63,6 +63,30 @@ pub struct InitOptions {
     pub compression: Compression,
 }
 
+impl InitOptions {
+    /// Refuses parameters no repository may have (before anything is created).
+    pub fn validate(&self) -> Result<()> {
+        self.config().map(|_| ())
+    }
+
+    /// A new repository's config with these parameters, and its encoding.
+    fn config(&self) -> Result<(RepoConfig, Vec<u8>)> {
+        let config = RepoConfig {
+            format_version: FORMAT_VERSION,
+            repo_id: RepoId(rand::random()),
+            id_scheme: tessera_format::IdScheme::Sha256,
+            compression: self.compression,
+            default_block_size: self.block_size,
+            page_entries: DEFAULT_PAGE_ENTRIES,
+            created_at_us: crate::time::now_us(),
+        };
+        let bytes = config
+            .encode()
+            .map_err(|e| Error::InvalidArgument(format!("repository parameters: {e}")))?;
+        Ok((config, bytes))
+    }
+}
+
 impl Default for InitOptions {
     fn default() -> Self {
         Self {
@@ -139,6 +163,7 @@ impl Repository {
     /// Creates a new local repository at `root`, which must not exist or be an empty
     /// directory.
     pub fn init(root: &Path, opts: InitOptions) -> Result<RepoConfig> {
+        opts.validate()?;
         if let Ok(mut entries) = std::fs::read_dir(root) {
             if entries.next().is_some() {
                 return Err(Error::AlreadyExists {
@@ -158,23 +183,12 @@ impl Repository {
     /// location without it is not a repository, so a crash during init leaves nothing that
     /// could be mistaken for one, and of two racing inits exactly one succeeds.
     pub fn init_on(storage: &RepoStorage, opts: InitOptions) -> Result<RepoConfig> {
-        let config = RepoConfig {
-            format_version: FORMAT_VERSION,
-            repo_id: RepoId(rand::random()),
-            id_scheme: tessera_format::IdScheme::Sha256,
-            compression: opts.compression,
-            default_block_size: opts.block_size,
-            page_entries: DEFAULT_PAGE_ENTRIES,
-            created_at_us: crate::time::now_us(),
-        };
+        let (config, bytes) = opts.config()?;
         if storage.backend.size(&ObjectKey::config())?.is_some() {
             return Err(Error::AlreadyExists {
                 path: PathBuf::from(storage.backend.describe()),
             });
         }
-        let bytes = config
-            .encode()
-            .map_err(|e| Error::InvalidArgument(format!("repository parameters: {e}")))?;
         drop(Index::create(&storage.index_path(), config.repo_id)?);
         match storage
             .backend

@@ -311,6 +311,17 @@ fn damaged_or_malicious_bundles_are_refused_and_change_nothing() {
     }
     verify(&b).ok();
 
+    // A bundle whose repository parameters no repository may have: refused before a new
+    // repository is created (it used to leave a directory with an index but no config).
+    let odd = work.path().join("odd-block-size");
+    copy_dir(&good, &odd);
+    rewrite_manifest(&odd, |m| m["default_block_size"] = 3000.into());
+    let fresh = work.path().join("fresh-odd");
+    let out = import(&odd, &fresh);
+    assert_ne!(out.code, 0, "{out}");
+    out.stderr_has("block size");
+    assert!(!fresh.exists(), "created {}", fresh.display());
+
     // Same series and disk at another block size: refused, nothing written.
     let c = work.path().join("c");
     init_repo(&c, &["--block-size", "128K"]);

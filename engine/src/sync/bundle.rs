@@ -438,13 +438,17 @@ pub fn import(
                 m.compression
             ))
         })?;
-        Repository::init(
-            repo_path,
-            InitOptions {
-                block_size: m.default_block_size,
-                compression,
-            },
-        )?;
+        let opts = InitOptions {
+            block_size: m.default_block_size,
+            compression,
+        };
+        opts.validate().map_err(|e| {
+            Error::InvalidArgument(format!(
+                "{}: the bundle's repository parameters are unusable ({e}); nothing was created",
+                bundle.describe()
+            ))
+        })?;
+        Repository::init(repo_path, opts)?;
     }
     let repo = Repository::open_writer(repo_path)?;
     let mut sink = LocalSink::new(&repo, Publisher::Operator);
