@@ -67,6 +67,10 @@ pub struct DeltaArgs {
     /// A changed-block list for a raw disk, as DISK=FILE (repeatable); see SPEC.md.
     #[arg(long = "changes")]
     pub changes: Vec<String>,
+    /// A directory besides each image's own from which the backing files (qcow2) and
+    /// parents (VHD) that images name may be opened (repeatable).
+    #[arg(long = "allow-backing-dir", value_name = "DIR")]
+    pub allow_backing_dirs: Vec<std::path::PathBuf>,
 }
 
 /// tessera: deduplicating, content-addressed backups of disk images.

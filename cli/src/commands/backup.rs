@@ -69,6 +69,7 @@ pub fn backup(
             force_key: delta.full,
             key_interval: delta.key_interval,
             format: delta.format.parse()?,
+            allow_backing_dirs: delta.allow_backing_dirs.clone(),
         },
     };
     let out = run_backup(&repository, &req, bars)?;

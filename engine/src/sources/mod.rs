@@ -9,6 +9,7 @@
 //! disk carries the base's state token (see SPEC.md "Delta backups").
 
 pub mod changed_list;
+pub mod confine;
 pub mod nbd_client;
 pub mod qcow2;
 pub mod raw;
@@ -124,6 +125,9 @@ pub struct SourceSpec {
     pub format: SourceFormat,
     /// A changed-block list (see [`changed_list`]) describing a raw image's delta.
     pub changes: Option<std::path::PathBuf>,
+    /// Directories besides the image's own that its backing files or parents may be
+    /// opened from ([`confine`]).
+    pub allow_backing_dirs: Vec<std::path::PathBuf>,
 }
 
 /// Opens a source as `spec` says.
@@ -143,9 +147,12 @@ pub fn open_source(spec: &SourceSpec) -> Result<Box<dyn BlockSource>> {
             SourceFormat::Auto => detect_format(path)?,
             f => f,
         };
+        let confinement = || confine::Confinement::for_image(path, &spec.allow_backing_dirs);
         match format {
-            SourceFormat::Vhd => Box::new(vhd::VhdSource::open(path)?),
-            SourceFormat::Qcow2 => Box::new(qcow2::Qcow2Source::open(path)?),
+            SourceFormat::Vhd => Box::new(vhd::VhdSource::open_confined(path, &confinement()?)?),
+            SourceFormat::Qcow2 => {
+                Box::new(qcow2::Qcow2Source::open_confined(path, &confinement()?)?)
+            }
             SourceFormat::Raw | SourceFormat::Auto => Box::new(raw::RawSource::open(path)?),
         }
     };

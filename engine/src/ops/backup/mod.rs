@@ -84,6 +84,9 @@ pub struct DeltaOptions {
     pub key_interval: u32,
     /// How to interpret the disk paths.
     pub format: SourceFormat,
+    /// Directories besides each image's own that its backing files or parents may be
+    /// opened from (`--allow-backing-dir`, SPEC §21).
+    pub allow_backing_dirs: Vec<PathBuf>,
 }
 
 impl Default for DeltaOptions {
@@ -94,6 +97,7 @@ impl Default for DeltaOptions {
             force_key: false,
             key_interval: 20,
             format: SourceFormat::Auto,
+            allow_backing_dirs: Vec::new(),
         }
     }
 }
@@ -315,6 +319,7 @@ fn open_sources(req: &BackupRequest) -> Result<Vec<Box<dyn BlockSource>>> {
                 location: d.path.to_string_lossy().into_owned(),
                 format: req.delta.format,
                 changes: d.changes.clone(),
+                allow_backing_dirs: req.delta.allow_backing_dirs.clone(),
             })
         })
         .collect()
