@@ -274,6 +274,10 @@ pub enum Command {
         /// Show which packs would be rewritten, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Leave alone packs indexed within this long (e.g. 7d, 12h, 0): their objects may
+        /// belong to a push or an interrupted backup that has not published yet.
+        #[arg(long, default_value = "7d")]
+        grace: String,
     },
 }
 

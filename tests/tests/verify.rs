@@ -607,7 +607,7 @@ fn ledger_entries_of_forgotten_and_compacted_objects_are_pruned() {
     // Forgotten but not compacted: the objects are still in the index, nothing is pruned.
     let r = report(&f.repo, &["--skip-verified-within", "1d"], 0);
     assert_eq!(num(&r, "ledger_pruned"), 0, "{r}");
-    tessera(["compact", &repo, "--max-unused", "0%"]).ok();
+    tessera(["compact", &repo, "--max-unused", "0%", "--grace", "0"]).ok();
     let left = index_objects(&f.repo);
     assert!(left < all, "compaction removed nothing");
     let r = report(&f.repo, &["--skip-verified-within", "1d"], 0);

@@ -129,6 +129,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             repo,
             max_unused,
             dry_run,
-        } => retention::compact(&repo, &max_unused, dry_run, json, &bars),
+            grace,
+        } => retention::compact(&repo, &max_unused, &grace, dry_run, json, &bars),
     }
 }

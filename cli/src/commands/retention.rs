@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde_json::json;
-use tessera_engine::ops::compact::{apply_compact, plan_compact};
+use tessera_engine::ops::compact::{apply_compact, plan_compact_with_grace};
 use tessera_engine::ops::forget::{apply_forget, plan_forget, set_protected, ForgetPlan};
 use tessera_engine::ops::prune::{parse_duration, plan_prune, KeepPolicy};
 use tessera_engine::time::format_us;
@@ -158,13 +158,19 @@ pub fn protect(repo: &Path, query: &str, protected: bool, json: bool) -> Result<
 pub fn compact(
     repo: &Path,
     max_unused: &str,
+    grace: &str,
     dry_run: bool,
     json: bool,
     bars: &Bars,
 ) -> Result<i32> {
     let max_unused = parse_fraction(max_unused)?;
+    let grace_us = if grace.trim() == "0" {
+        0
+    } else {
+        parse_duration(grace)?
+    };
     let repository = Repository::open_writer(repo)?;
-    let plan = plan_compact(&repository, max_unused)?;
+    let plan = plan_compact_with_grace(&repository, max_unused, grace_us)?;
     let report = if dry_run {
         None
     } else {
@@ -183,6 +189,12 @@ pub fn compact(
             bytes(plan.bytes_to_move),
             bytes(plan.bytes_to_free)
         );
+        if plan.packs_in_grace > 0 {
+            println!(
+                "{} packs indexed within the last {grace} left alone (--grace)",
+                plan.packs_in_grace
+            );
+        }
         if let Some(r) = &report {
             for d in &r.damaged {
                 println!("damaged: {d}");

@@ -70,7 +70,13 @@ pub struct CompactPlan {
     pub bytes_to_move: u64,
     /// Bytes that will be freed.
     pub bytes_to_free: u64,
+    /// Packs left alone because they were indexed within the grace period.
+    pub packs_in_grace: usize,
 }
+
+/// How long a newly indexed pack is left alone by default: its objects may belong to a
+/// push or an interrupted backup that has not published yet (SPEC §13).
+pub const DEFAULT_GRACE_US: i64 = 7 * 24 * 3600 * 1_000_000;
 
 /// What compaction did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -87,12 +93,32 @@ pub struct CompactReport {
     pub damaged: Vec<String>,
 }
 
-/// Selects packs whose unused fraction exceeds `max_unused` (0.0..=1.0).
+/// Selects packs whose unused fraction exceeds `max_unused` (0.0..=1.0), with no grace
+/// period (see [`plan_compact_with_grace`]).
 pub fn plan_compact(repo: &Repository, max_unused: f64) -> Result<CompactPlan> {
+    plan_compact_with_grace(repo, max_unused, 0)
+}
+
+/// Selects packs whose unused fraction exceeds `max_unused` (0.0..=1.0), leaving alone
+/// every pack the index learnt of less than `grace_us` ago: objects of a push or of an
+/// interrupted backup are unreferenced (count 0) until their snapshot is published, and
+/// must not be reclaimed under it.
+pub fn plan_compact_with_grace(
+    repo: &Repository,
+    max_unused: f64,
+    grace_us: i64,
+) -> Result<CompactPlan> {
+    let young_after = crate::time::now_us().saturating_sub(grace_us);
+    let mut packs_in_grace = 0;
     let mut usage: HashMap<PackId, PackUsage> = repo
         .index()
         .packs()?
         .into_iter()
+        .filter(|(_, e)| {
+            let young = grace_us > 0 && e.indexed_at_us > young_after;
+            packs_in_grace += usize::from(young);
+            !young
+        })
         .map(|(pack, e)| {
             (
                 pack,
@@ -116,7 +142,7 @@ pub fn plan_compact(repo: &Repository, max_unused: f64) -> Result<CompactPlan> {
             Ok(())
         })?;
     }
-    let total_packs = usage.len();
+    let total_packs = usage.len() + packs_in_grace;
     let mut packs: Vec<PackUsage> = usage
         .into_values()
         .filter(|u| u.unused_fraction() > max_unused)
@@ -132,6 +158,7 @@ pub fn plan_compact(repo: &Repository, max_unused: f64) -> Result<CompactPlan> {
         total_packs,
         bytes_to_move,
         bytes_to_free,
+        packs_in_grace,
     })
 }
 

@@ -104,10 +104,7 @@ fn index_packs(
         }
         batch.put_pack(
             id,
-            crate::index::PackEntry {
-                size: contents.size,
-                objects: contents.entries.len() as u32,
-            },
+            crate::index::PackEntry::now(contents.size, contents.entries.len() as u32),
         );
         index.commit(batch)?;
         report.packs += 1;

@@ -35,10 +35,7 @@ pub struct SealedPack {
 impl SealedPack {
     /// Its catalog entry in the index.
     pub fn catalog_entry(&self) -> PackEntry {
-        PackEntry {
-            size: self.size,
-            objects: self.entries.len() as u32,
-        }
+        PackEntry::now(self.size, self.entries.len() as u32)
     }
 }
 
