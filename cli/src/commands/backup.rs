@@ -8,7 +8,6 @@ use tessera_engine::ops::backup::{
     backup as run_backup, BackupOutcome, BackupRequest, DeltaOptions, DiskSpec, Mode,
     ReferenceChoice,
 };
-use tessera_engine::Repository;
 
 use crate::args::{parse_size, split_pair, DeltaArgs};
 use crate::output::{bytes, print_json, Bars};
@@ -39,10 +38,7 @@ pub fn backup(
         .map(parse_size)
         .transpose()?
         .map(|b| u32::try_from(b).unwrap_or(u32::MAX));
-    let repository = Repository::open_writer(repo)?;
-    if let (false, Some(note)) = (json, repository.recovery.summary()) {
-        eprintln!("note: {note}");
-    }
+    let repository = super::open_writer(repo)?;
     let mut disks = disks;
     for c in &delta.changes {
         let (name, file) = split_pair("changed-block list", c)?;

@@ -133,3 +133,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         } => retention::compact(&repo, &max_unused, &grace, dry_run, json, &bars),
     }
 }
+
+/// Opens `repo` as the writer and tells the operator (on stderr, never in `--json` output)
+/// what recovery finished or undid of an interrupted run.
+pub fn open_writer(repo: &std::path::Path) -> tessera_engine::Result<tessera_engine::Repository> {
+    let repository = tessera_engine::Repository::open_writer(repo)?;
+    if let Some(note) = repository.recovery.summary() {
+        eprintln!("note: {note}");
+    }
+    Ok(repository)
+}

@@ -53,7 +53,7 @@ fn repair_from(args: &RepairArgs, json: bool, bars: &Bars) -> Result<i32> {
             .into());
         }
     }
-    let repository = Repository::open_writer(&args.repo)?;
+    let repository = super::open_writer(&args.repo)?;
     // Every named disk must be a disk of some snapshot.
     let mut disks = std::collections::BTreeSet::new();
     for (_, header) in repository.index().snapshots()? {
@@ -168,7 +168,7 @@ fn print_report(r: &RepairReport, json: bool) {
 
 fn repair(repo: &Path, rebuild_index: bool, recount: bool, json: bool, bars: &Bars) -> Result<i32> {
     if recount && !rebuild_index {
-        let repository = Repository::open_writer(repo)?;
+        let repository = super::open_writer(repo)?;
         let fixed = tessera_engine::ops::check::recount(&repository)?;
         if json {
             print_json(&json!({ "ok": true, "counts_fixed": fixed }));

@@ -8,7 +8,6 @@ use tessera_engine::ops::compact::{apply_compact, plan_compact_with_grace};
 use tessera_engine::ops::forget::{apply_forget, plan_forget, set_protected, ForgetPlan};
 use tessera_engine::ops::prune::{parse_duration, plan_prune, KeepPolicy};
 use tessera_engine::time::format_us;
-use tessera_engine::Repository;
 
 use crate::args::{parse_fraction, KeepArgs};
 use crate::output::{bytes, print_json, Bars};
@@ -18,7 +17,7 @@ fn freed_json(plan: &ForgetPlan) -> serde_json::Value {
 }
 
 pub fn forget(repo: &Path, queries: &[String], dry_run: bool, json: bool) -> Result<i32> {
-    let repository = Repository::open_writer(repo)?;
+    let repository = super::open_writer(repo)?;
     let ids = queries
         .iter()
         .map(|q| repository.resolve_snapshot(q).map(|(id, _)| id))
@@ -77,7 +76,7 @@ pub fn prune(
     json: bool,
 ) -> Result<i32> {
     let policy = policy(keep)?;
-    let repository = Repository::open_writer(repo)?;
+    let repository = super::open_writer(repo)?;
     let snapshots = repository.index().snapshots()?;
     let decisions = plan_prune(
         &snapshots,
@@ -136,7 +135,7 @@ pub fn prune(
 }
 
 pub fn protect(repo: &Path, query: &str, protected: bool, json: bool) -> Result<i32> {
-    let repository = Repository::open_writer(repo)?;
+    let repository = super::open_writer(repo)?;
     let (id, _) = repository.resolve_snapshot(query)?;
     set_protected(&repository, id, protected)?;
     if json {
@@ -169,7 +168,7 @@ pub fn compact(
     } else {
         parse_duration(grace)?
     };
-    let repository = Repository::open_writer(repo)?;
+    let repository = super::open_writer(repo)?;
     let plan = plan_compact_with_grace(&repository, max_unused, grace_us)?;
     let report = if dry_run {
         None

@@ -65,7 +65,7 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
     let report = match (is_url(&args.src), is_url(&args.dst)) {
         (false, false) => {
             let src = Repository::open(args.src.as_ref())?;
-            let dst = Repository::open_writer(args.dst.as_ref())?;
+            let dst = super::open_writer(args.dst.as_ref())?;
             tessera_engine::sync::sync(&src, &dst, &select, &opts, bars).map_err(refused)?
         }
         (src_remote, dst_remote) => {
@@ -88,7 +88,7 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
                 let mut dst = remote(&args.dst)?;
                 transfer(src, &mut dst, &select, &opts, bars).map_err(refused)?
             } else {
-                let dst = Repository::open_writer(args.dst.as_ref())?;
+                let dst = super::open_writer(args.dst.as_ref())?;
                 tessera_engine::sync::sync(src, &dst, &select, &opts, bars).map_err(refused)?
             }
         }
