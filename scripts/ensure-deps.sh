@@ -21,3 +21,8 @@ fi
 if ! python3 -c "import pyvhdi" >/dev/null 2>&1; then
     python3 -m pip install -q libvhdi-python >/dev/null 2>&1 || echo "warning: could not install libvhdi-python; the VHD chain check will be skipped" >&2
 fi
+# cargo-fuzz runs the libFuzzer targets of fuzz/ (scripts/fuzz.sh); a no-op when present.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "installing: cargo-fuzz" >&2
+    cargo install --locked --quiet cargo-fuzz --version '^0.13'
+fi
