@@ -129,7 +129,10 @@ fn snapshot(disks: &[(&str, u64, u32)]) -> Snapshot {
             .collect();
         let identity = vec![
             ("source.kind".to_owned(), "raw".to_owned()),
-            ("source.path".to_owned(), format!("/var/lib/images/{name}.img")),
+            (
+                "source.path".to_owned(),
+                format!("/var/lib/images/{name}.img"),
+            ),
             ("source.size".to_owned(), size.to_string()),
             ("backup.mode".to_owned(), "full".to_owned()),
         ];
@@ -156,7 +159,10 @@ fn snapshot(disks: &[(&str, u64, u32)]) -> Snapshot {
             series: "vm1".into(),
             time_us: 1_780_000_000_000_000,
             duration_ms: 5_300,
-            tags: vec![("owner".into(), "ops".into()), ("env".into(), String::new())],
+            tags: vec![
+                ("owner".into(), "ops".into()),
+                ("env".into(), String::new()),
+            ],
             disks: entries,
         },
         roots,
@@ -187,11 +193,7 @@ fn main() -> Result {
         PathBuf::from,
     );
     let objects = objects()?;
-    let packs = vec![
-        pack(&[])?,
-        pack(&objects[..1])?,
-        pack(&objects)?,
-    ];
+    let packs = vec![pack(&[])?, pack(&objects[..1])?, pack(&objects)?];
     let snapshots = snapshots();
 
     write(&dir, "config", &configs()?)?;
