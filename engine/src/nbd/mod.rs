@@ -17,7 +17,7 @@
 mod cache;
 mod export;
 mod handshake;
-pub(crate) mod proto;
+mod proto;
 mod transmission;
 
 use std::io::{BufReader, BufWriter, Read, Write};
