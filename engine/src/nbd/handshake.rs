@@ -9,8 +9,8 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use super::export::Export;
 use super::proto::{option_reply, read_u32, read_u64, Cursor, BASE_ALLOCATION_ID, EXPORT_FLAGS};
+use super::Export;
 use crate::formats::nbd::{
     BASE_ALLOCATION, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
     IHAVEOPT, INFO_BLOCK_SIZE, INFO_EXPORT, INFO_NAME, MAX_OPTION, MAX_REQUEST, NBDMAGIC,
