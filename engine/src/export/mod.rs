@@ -305,30 +305,6 @@ impl BlockList {
     }
 }
 
-/// Splits `buf` into the pieces `ranges` (ascending, disjoint, within `buf`) name, for
-/// filling them in parallel.
-pub(crate) fn carve(
-    mut buf: &mut [u8],
-    ranges: impl IntoIterator<Item = std::ops::Range<usize>>,
-) -> Result<Vec<&mut [u8]>> {
-    let mut at = 0;
-    let mut pieces = Vec::new();
-    for r in ranges {
-        let skip = r.start.checked_sub(at);
-        let fits = skip.is_some_and(|skip| skip + r.len() <= buf.len());
-        let (Some(skip), true) = (skip, fits) else {
-            return Err(Error::InvalidArgument(format!(
-                "export buffer piece {r:?} overlaps the previous one or lies past the end"
-            )));
-        };
-        let (piece, rest) = std::mem::take(&mut buf)[skip..].split_at_mut(r.len());
-        pieces.push(piece);
-        buf = rest;
-        at = r.end;
-    }
-    Ok(pieces)
-}
-
 /// Blocks read together (in parallel) by the writers.
 pub(crate) const BATCH: usize = 32;
 

@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{carve, round_up, BlockList, ExportOutcome, Format, Staged, BATCH};
+use super::{round_up, BlockList, ExportOutcome, Format, Staged, BATCH};
 use crate::error::{Error, Result};
 use crate::ops::disk_reader::DiskReader;
 use crate::progress::Progress;
@@ -204,20 +204,13 @@ pub fn write(
                 outcome.zero_blocks_written += 1;
                 continue;
             }
-            pieces.push((*block, r, end..end + len as usize));
+            pieces.push((*block, *r, end..end + len as usize));
             end += round_up(len, cs) as usize;
             outcome.bytes_written += len;
             outcome.blocks_written += 1;
         }
         let mut buf = vec![0u8; end];
-        let dsts = carve(&mut buf, pieces.iter().map(|(_, _, range)| range.clone()))?;
-        reader.read_blocks_into(
-            pieces
-                .iter()
-                .zip(dsts)
-                .map(|((block, r, _), dst)| (*block, *r, dst))
-                .collect(),
-        )?;
+        reader.read_blocks_into(&mut buf, &pieces)?;
         out.write_at(&buf, host * cs)?;
         host += end as u64 / cs;
         progress.advance(batch_len);

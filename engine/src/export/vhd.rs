@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tessera_format::{ChunkDigest, SnapshotId};
 
-use super::{carve, round_up, BlockList, ExportDisk, ExportOutcome, Format, Staged};
+use super::{round_up, BlockList, ExportDisk, ExportOutcome, Format, Staged};
 use crate::error::{Error, Result};
 use crate::formats::vhd::{checksum, DYNAMIC_COOKIE, FOOTER_COOKIE, SECTOR};
 use crate::ops::disk_reader::DiskReader;
@@ -297,20 +297,13 @@ fn write_blocks(
                 let len = reader.block_len(*block);
                 if !r.is_zero() {
                     let at = buf_at + (block * bs - disk_at) as usize;
-                    pieces.push((*block, r, at..at + len as usize));
+                    pieces.push((*block, *r, at..at + len as usize));
                     outcome.bytes_written += len;
                 }
             }
         }
         let mut buf = vec![0u8; batch.len() * unit as usize];
-        let dsts = carve(&mut buf, pieces.iter().map(|(_, _, range)| range.clone()))?;
-        reader.read_blocks_into(
-            pieces
-                .iter()
-                .zip(dsts)
-                .map(|((block, r, _), dst)| (*block, *r, dst))
-                .collect(),
-        )?;
+        reader.read_blocks_into(&mut buf, &pieces)?;
         for (u, (disk_at, buf_at)) in batch.iter().zip(&places) {
             let mut allocated: Vec<u64> = u
                 .iter()

@@ -358,14 +358,22 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
         .map_err(|e| self.at_block(block, e))
     }
 
-    /// Reads several blocks in parallel, each into its own buffer of exactly its length (see
-    /// [`Self::read_block_into`]); the first error wins.
-    pub fn read_blocks_into(&self, jobs: Vec<(u64, &BlockRef, &mut [u8])>) -> Result<()>
+    /// Decodes several blocks in parallel into `buf`, each at its place: `(block, ref, range
+    /// of buf)`, the ranges ascending, disjoint and each exactly its block's length (see
+    /// [`Self::read_block_into`]). The first error wins.
+    pub fn read_blocks_into(
+        &self,
+        buf: &mut [u8],
+        places: &[(u64, BlockRef, Range<usize>)],
+    ) -> Result<()>
     where
         R: Sync,
     {
-        jobs.into_par_iter()
-            .try_for_each(|(block, r, dst)| self.read_block_into(block, r, dst))
+        let dsts = carve(buf, places.iter().map(|(_, _, range)| range.clone()))?;
+        places
+            .par_iter()
+            .zip(dsts)
+            .try_for_each(|((block, r, _), dst)| self.read_block_into(*block, r, dst))
     }
 
     /// The decoded bytes of non-zero block `block` (exactly its length), from the chunk
@@ -447,4 +455,27 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
             e => e,
         }
     }
+}
+
+/// Splits `buf` into the pieces `ranges` (ascending, disjoint, within `buf`) name.
+fn carve(
+    mut buf: &mut [u8],
+    ranges: impl IntoIterator<Item = Range<usize>>,
+) -> Result<Vec<&mut [u8]>> {
+    let mut at = 0;
+    let mut pieces = Vec::new();
+    for r in ranges {
+        let skip = r.start.checked_sub(at);
+        let fits = skip.is_some_and(|skip| skip + r.len() <= buf.len());
+        let (Some(skip), true) = (skip, fits) else {
+            return Err(Error::InvalidArgument(format!(
+                "buffer piece {r:?} overlaps the previous one or lies past the buffer's end"
+            )));
+        };
+        let (piece, rest) = std::mem::take(&mut buf)[skip..].split_at_mut(r.len());
+        pieces.push(piece);
+        buf = rest;
+        at = r.end;
+    }
+    Ok(pieces)
 }

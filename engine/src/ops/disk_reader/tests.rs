@@ -122,14 +122,20 @@ fn reads_blocks_across_the_page_boundary_and_the_short_last_block() {
     let all = r.block_refs(0..BLOCKS).unwrap();
     assert_eq!(&all[510..], &refs[..]);
     let mut disk = vec![0xaa; SIZE as usize];
-    let jobs = disk
-        .chunks_mut(BS as usize)
+    let places: Vec<_> = (0..)
         .zip(&all)
-        .enumerate()
-        .map(|(i, (dst, rf))| (i as u64, rf, dst))
+        .map(|(b, rf)| {
+            (
+                b,
+                *rf,
+                (b * BS) as usize..(b * BS + r.block_len(b)) as usize,
+            )
+        })
         .collect();
-    r.read_blocks_into(jobs).unwrap();
+    r.read_blocks_into(&mut disk, &places).unwrap();
     assert!(disk == f.image, "the disk read back differs from the image");
+    let overlapping = [places[1].clone(), places[0].clone()];
+    assert!(r.read_blocks_into(&mut disk, &overlapping).is_err());
 
     // What a caller may get wrong is refused, not a panic.
     assert!(r.block_refs(510..BLOCKS + 1).is_err());
