@@ -1,9 +1,10 @@
 //! Read-only NBD export of a snapshot's disks.
 //!
 //! Contract:
-//! - Each disk of a snapshot is an [`Export`] (a [`DiskReader`]) named after the disk; an empty export name
-//!   means the first export. Exports are read-only (`NBD_FLAG_READ_ONLY`), may be used by
-//!   several connections at once (`CAN_MULTI_CONN`) and never change while served.
+//! - Each disk of a snapshot is an [`Export`] (a [`DiskReader`]) named after the disk; an
+//!   empty export name means the first export. Exports are read-only (`NBD_FLAG_READ_ONLY`),
+//!   may be used by several connections at once (`CAN_MULTI_CONN`) and never change while
+//!   served.
 //! - Fixed-newstyle handshake only (see `handshake.rs`); no TLS.
 //! - Transmission (see `transmission.rs`): READ, BLOCK_STATUS with `base:allocation`, FLUSH,
 //!   CACHE, DISC; writes get EPERM.
@@ -13,6 +14,8 @@
 //!   bounded LRU ([`ReadCache`]) shared by all exports and connections.
 //! - The repository is opened as a reader ([`Repository::open`](crate::Repository::open)),
 //!   so a backup may run next to the server.
+//! - [`bind_snapshot`] resolves a snapshot, makes its exports and binds the socket; its
+//!   [`ServeReport`] says where they are served.
 
 mod handshake;
 mod listen;

@@ -1,4 +1,8 @@
-//! Restoring one disk of a snapshot to a sparse raw file or an existing block device.
+//! Restoring one disk of a snapshot to a sparse raw file or an existing block device
+//! ([`restore_disk`]), or a whole snapshot laid out by [`restore_layout`]
+//! ([`restore_snapshot`]: several disks go to `OUT/DISK.raw`). Blocks are read through the
+//! disk's [`DiskReader`], several manifest pages per parallel pass, decoded straight into
+//! page-aligned buffers that a write pipeline hands to `O_DIRECT` writer threads.
 //!
 //! Every chunk is checked on the way out (record header, CRC, length, SHA-256). A new or
 //! overwritten file is written under a temporary name beside the target and renamed into
@@ -346,27 +350,39 @@ pub struct RestoreReport {
     pub disks: Vec<RestoreOutcome>,
 }
 
+/// Where the disks of a snapshot go when restored (see [`restore_layout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreLayout {
+    /// A directory to create first.
+    pub directory: Option<PathBuf>,
+    /// Each disk to restore, and where, in the snapshot's order.
+    pub targets: Vec<(String, PathBuf)>,
+}
+
 /// Where each disk of `snapshot` goes when restored to `out`: disk `disk` (or the only
 /// disk) to `out` itself; every disk of a several-disk snapshot to `out/DISK.raw`, `out`
 /// being a directory.
-pub fn restore_layout(
-    snapshot: &Snapshot,
-    disk: Option<&str>,
-    out: &Path,
-) -> Vec<(String, PathBuf)> {
+pub fn restore_layout(snapshot: &Snapshot, disk: Option<&str>, out: &Path) -> RestoreLayout {
+    let single = |name: &str| RestoreLayout {
+        directory: None,
+        targets: vec![(name.to_string(), out.to_path_buf())],
+    };
     match (disk, snapshot.header.disks.as_slice()) {
-        (Some(d), _) => vec![(d.to_string(), out.to_path_buf())],
-        (None, [only]) => vec![(only.name.clone(), out.to_path_buf())],
-        (None, disks) => disks
-            .iter()
-            .map(|d| (d.name.clone(), out.join(format!("{}.raw", d.name))))
-            .collect(),
+        (Some(d), _) => single(d),
+        (None, [only]) => single(&only.name),
+        (None, disks) => RestoreLayout {
+            directory: Some(out.to_path_buf()),
+            targets: disks
+                .iter()
+                .map(|d| (d.name.clone(), out.join(format!("{}.raw", d.name))))
+                .collect(),
+        },
     }
 }
 
 /// Restores the snapshot `query` names (see [`Repository::resolve_snapshot`]) to `out`, laid
-/// out by [`restore_layout`] (creating the directory for a several-disk snapshot); `force`
-/// allows overwriting files. Stops at the first disk that fails.
+/// out by [`restore_layout`]; `force` allows overwriting files. Stops at the first disk that
+/// fails.
 pub fn restore_snapshot(
     repo: &Repository,
     query: &str,
@@ -377,12 +393,13 @@ pub fn restore_snapshot(
 ) -> Result<RestoreReport> {
     let (id, _) = repo.resolve_snapshot(query)?;
     let snapshot = repo.load_snapshot(id)?;
-    let targets = restore_layout(&snapshot, disk, out);
-    if disk.is_none() && snapshot.header.disks.len() != 1 {
-        fs::create_dir_all(out).ctx(|| format!("creating directory {}", out.display()))?;
+    let layout = restore_layout(&snapshot, disk, out);
+    if let Some(dir) = &layout.directory {
+        fs::create_dir_all(dir).ctx(|| format!("creating directory {}", dir.display()))?;
     }
     let started = std::time::Instant::now();
-    let disks = targets
+    let disks = layout
+        .targets
         .iter()
         .map(|(name, path)| restore_disk(repo, id, &snapshot, name, path, force, progress))
         .collect::<Result<Vec<_>>>()?;
