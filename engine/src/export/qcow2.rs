@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{round_up, BlockList, ExportOutcome, Format, Staged, BATCH};
+use super::{round_up, zero_outside, BlockList, ExportOutcome, Format, Staged, BATCH};
 use crate::error::{Error, Result};
 use crate::ops::disk_reader::DiskReader;
 use crate::progress::Progress;
@@ -191,6 +191,7 @@ pub fn write(
         zero_blocks_written: 0,
         backing_file: backing.map(ToString::to_string),
     };
+    let mut buf = Vec::new();
     for batch in blocks.blocks.chunks(BATCH) {
         // The batch's data blocks, back to back, each padded to whole clusters with zeros.
         let refs = reader.locate(batch)?;
@@ -209,7 +210,7 @@ pub fn write(
             outcome.bytes_written += len;
             outcome.blocks_written += 1;
         }
-        let mut buf = vec![0u8; end];
+        zero_outside(&mut buf, end, &pieces);
         reader.read_blocks_into(&mut buf, &pieces)?;
         out.write_at(&buf, host * cs)?;
         host += end as u64 / cs;

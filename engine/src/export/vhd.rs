@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tessera_format::{ChunkDigest, SnapshotId};
 
-use super::{round_up, BlockList, ExportDisk, ExportOutcome, Format, Staged};
+use super::{round_up, zero_outside, BlockList, ExportDisk, ExportOutcome, Format, Staged};
 use crate::error::{Error, Result};
 use crate::formats::vhd::{checksum, DYNAMIC_COOKIE, FOOTER_COOKIE, SECTOR};
 use crate::ops::disk_reader::DiskReader;
@@ -275,6 +275,7 @@ fn write_blocks(
         .chunk_by(|a, b| a.0 * bs / unit == b.0 * bs / unit)
         .collect();
     let mut written = 0;
+    let mut buf = Vec::new();
     for batch in units.chunks((BATCH_BYTES / unit).max(1) as usize) {
         let listed: Vec<(u64, ChunkDigest)> =
             batch.iter().flat_map(|u| u.iter().copied()).collect();
@@ -302,7 +303,7 @@ fn write_blocks(
                 }
             }
         }
-        let mut buf = vec![0u8; batch.len() * unit as usize];
+        zero_outside(&mut buf, batch.len() * unit as usize, &pieces);
         reader.read_blocks_into(&mut buf, &pieces)?;
         for (u, (disk_at, buf_at)) in batch.iter().zip(&places) {
             let mut allocated: Vec<u64> = u
