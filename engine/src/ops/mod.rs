@@ -6,6 +6,7 @@ pub mod check;
 pub mod compact;
 pub mod damage;
 pub mod diff;
+pub mod disk_reader;
 pub mod forget;
 pub mod prune;
 pub mod publish;
