@@ -45,12 +45,15 @@ pub mod readers;
 pub mod recovery;
 pub mod refcount;
 pub mod repo;
+pub mod serde_ids;
+pub mod snapshot_ref;
 pub mod sources;
 pub mod storage;
 pub mod store;
 pub mod sync;
 pub mod time;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use progress::{NoProgress, Progress};
 pub use repo::{InitOptions, Repository};
+pub use snapshot_ref::{SnapshotDiskRef, SnapshotRef};

@@ -361,7 +361,7 @@ fn wrong_base_is_refused_and_nothing_is_stored() {
         "--reference",
         "latest",
     ]);
-    r.expect_code(1)
+    r.expect_code(5)
         .stderr_has("cbt:7")
         .stderr_has("cbt:0")
         .stderr_has("--fallback-full");

@@ -1,8 +1,8 @@
 //! `tessera sync`, `tessera seed`, `tessera serve`.
 
-use anyhow::{bail, Context, Result};
-use serde_json::json;
 use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 use tessera_engine::sync::bwlimit::parse_rate;
 
 use tessera_engine::sync::http::client::Remote;
@@ -14,30 +14,15 @@ use tessera_engine::sync::{Selection, SyncOptions, SyncReport};
 use tessera_engine::Repository;
 
 use crate::args::UsageError;
-use crate::output::{bytes, print_json, Bars};
+use crate::doc::print_ok;
+use crate::output::{bytes, Bars};
 use crate::sync_args::{SeedCommand, SelectArgs, ServeArgs, SyncArgs};
 
-fn selection(s: &SelectArgs) -> Result<Selection> {
-    for q in &s.snapshots {
-        if q.len() < 4 || !q.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(
-                UsageError(format!("--snapshot {q:?}: give 4+ hex digits of an id")).into(),
-            );
-        }
-    }
-    Ok(Selection {
+fn selection(s: &SelectArgs) -> Selection {
+    Selection {
         series: s.series.clone(),
         snapshots: s.snapshots.clone(),
         latest: s.latest,
-    })
-}
-
-/// A refusal of the engine's sync (incompatible repositories, untrusted data that does not
-/// check out) is a failed operation (exit 1), not a usage error: the command line was fine.
-fn refused(e: tessera_engine::Error) -> anyhow::Error {
-    match e {
-        tessera_engine::Error::InvalidArgument(msg) => anyhow::anyhow!(msg),
-        other => other.into(),
     }
 }
 
@@ -57,7 +42,7 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         bwlimit,
         jobs: args.jobs,
     };
-    let select = selection(&args.select)?;
+    let select = selection(&args.select);
     let is_https = |s: &str| s.starts_with("https://");
     if args.tls_ca.is_some() && !is_https(&args.src) && !is_https(&args.dst) {
         return Err(UsageError("--tls-ca applies only to an https:// side".into()).into());
@@ -66,14 +51,14 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         (false, false) => {
             let src = Repository::open(args.src.as_ref())?;
             let dst = Repository::open_writer(args.dst.as_ref())?;
-            tessera_engine::sync::sync(&src, &dst, &select, &opts, bars).map_err(refused)?
+            tessera_engine::sync::sync(&src, &dst, &select, &opts, bars)?
         }
         (src_remote, dst_remote) => {
             let token = read_token(args.token_file.as_deref())?;
             // The trusted roots of `--tls-ca` concern the https:// side(s) only.
             let remote = |url: &str| {
                 let ca = args.tls_ca.as_deref().filter(|_| is_https(url));
-                Remote::new(url, &token, ca).map_err(refused)
+                Remote::new(url, &token, ca)
             };
             let local_src;
             let remote_src;
@@ -86,10 +71,10 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
             };
             if dst_remote {
                 let mut dst = remote(&args.dst)?;
-                transfer(src, &mut dst, &select, &opts, bars).map_err(refused)?
+                transfer(src, &mut dst, &select, &opts, bars)?
             } else {
                 let dst = Repository::open_writer(args.dst.as_ref())?;
-                tessera_engine::sync::sync(src, &dst, &select, &opts, bars).map_err(refused)?
+                tessera_engine::sync::sync(src, &dst, &select, &opts, bars)?
             }
         }
     };
@@ -99,11 +84,7 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
 
 fn print_report(r: &SyncReport, json: bool) {
     if json {
-        let mut v = serde_json::to_value(r).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert("ok".into(), json!(true));
-        }
-        print_json(&v);
+        print_ok(r);
     } else {
         let verb = if r.dry_run { "would copy" } else { "copied" };
         println!(
@@ -122,16 +103,11 @@ fn print_report(r: &SyncReport, json: bool) {
 pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
     match cmd {
         SeedCommand::Export { repo, out, select } => {
-            let select = selection(select)?;
+            let select = selection(select);
             let repository = Repository::open(repo)?;
-            let r = tessera_engine::sync::bundle::export(&repository, out, &select, bars)
-                .map_err(refused)?;
+            let r = tessera_engine::sync::bundle::export(&repository, out, &select, bars)?;
             if json {
-                let mut v = serde_json::to_value(&r).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("ok".into(), json!(true));
-                }
-                print_json(&v);
+                print_ok(&r);
             } else {
                 println!(
                     "wrote {} snapshots, {} objects in {} packs ({}) to {}",
@@ -145,8 +121,7 @@ pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
         }
         SeedCommand::Import { bundle, repo } => {
             let r =
-                tessera_engine::sync::bundle::import(bundle, repo, &SyncOptions::default(), bars)
-                    .map_err(refused)?;
+                tessera_engine::sync::bundle::import(bundle, repo, &SyncOptions::default(), bars)?;
             print_report(&r, json);
         }
     }
@@ -167,22 +142,29 @@ fn read_token(path: Option<&Path>) -> Result<String> {
     Ok(token.to_string())
 }
 
+/// What `serve` prints once it listens.
+#[derive(serde::Serialize)]
+struct Listening<'a> {
+    /// The URL clients use.
+    listening: &'a str,
+}
+
 pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
     let token = read_token(Some(&args.token_file))?;
     tessera_engine::repo::read_config(&args.repo)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(server_config(cert, key).map_err(refused)?),
+        (Some(cert), Some(key)) => Some(server_config(cert, key)?),
         (None, None) => None,
         _ => return Err(UsageError("--tls-cert and --tls-key go together".into()).into()),
     };
-    let listener = bind(&args.listen, tls, args.keepalive.get()).map_err(refused)?;
+    let listener = bind(&args.listen, tls, args.keepalive.get())?;
     let url = listener.url();
     if json {
-        print_json(&json!({ "ok": true, "listening": url }));
+        print_ok(&Listening { listening: &url });
     } else {
         println!("listening on {url}");
     }
     std::io::Write::flush(&mut std::io::stdout())?;
-    http_serve(&listener, &args.repo, &token).map_err(refused)?;
+    http_serve(&listener, &args.repo, &token)?;
     Ok(0)
 }

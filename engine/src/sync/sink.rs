@@ -108,8 +108,9 @@ impl ObjectSink for LocalSink<'_> {
 /// Decodes an untrusted snapshot file and checks it against its content hash.
 pub fn decode_snapshot(from: &str, bytes: &[u8]) -> Result<(SnapshotId, Snapshot)> {
     let id = SnapshotId::of(bytes);
-    let snapshot = Snapshot::decode(bytes).map_err(|e| {
-        Error::InvalidArgument(format!("{from}: snapshot {id} does not decode: {e}"))
+    let snapshot = Snapshot::decode(bytes).map_err(|e| Error::UntrustedData {
+        from: from.to_string(),
+        reason: format!("snapshot {id} does not decode: {e}"),
     })?;
     Ok((id, snapshot))
 }
@@ -134,11 +135,12 @@ pub fn publish_checked(repo: &Repository, bytes: &[u8]) -> Result<SnapshotId> {
             *refs.pages.entry(*page).or_default() += 1;
             let digests = repo
                 .read_page(*page, blocks, disk.page_entries, page_no as u64)
-                .map_err(|e| {
-                    Error::InvalidArgument(format!(
+                .map_err(|e| Error::UntrustedData {
+                    from: from.clone(),
+                    reason: format!(
                         "snapshot {id} disk {:?} page {page_no} ({page}): {e}",
                         disk.name
-                    ))
+                    ),
                 })?;
             debug_assert_eq!(
                 digests.len() as u64,
@@ -154,9 +156,12 @@ pub fn publish_checked(repo: &Repository, bytes: &[u8]) -> Result<SnapshotId> {
     }
     let published = publish_snapshot(repo, &snapshot, &refs)?;
     if published != id {
-        return Err(Error::InvalidArgument(format!(
-            "snapshot {id} re-encoded as {published}: its file is not in canonical form"
-        )));
+        return Err(Error::UntrustedData {
+            from,
+            reason: format!(
+                "snapshot {id} re-encoded as {published}: its file is not in canonical form"
+            ),
+        });
     }
     Ok(id)
 }
@@ -181,10 +186,13 @@ pub fn check_block_sizes<S: std::hash::BuildHasher>(
     for (disk, bs) in &snap.disks {
         if let Some(have) = known.get(&(snap.series.clone(), disk.clone())) {
             if have != bs {
-                return Err(Error::InvalidArgument(format!(
-                    "series {:?} disk {disk:?}: snapshot {} uses block size {bs}, but the destination already has that disk at block size {have}; deduplication would silently fail, so nothing was copied (sync into a repository without this series, or back up with --block-size {have})",
-                    snap.series, snap.id
-                )));
+                return Err(Error::BlockSizeMismatch {
+                    series: snap.series.clone(),
+                    disk: disk.clone(),
+                    snapshot: snap.id,
+                    theirs: *bs,
+                    ours: *have,
+                });
             }
         }
     }
