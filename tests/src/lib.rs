@@ -460,6 +460,19 @@ pub fn assert_no_duplicates(repo: &Path, context: &str) {
     );
 }
 
+/// Writes a changed-block list (SPEC.md §14b, `backup --changes DISK=FILE`): a disk of
+/// `size` bytes whose `extents` (offset, length) changed since the state `base`, now in the
+/// state `state` (`*` as `base`: the whole disk, no base).
+pub fn write_change_list(path: &Path, size: u64, base: &str, state: &str, extents: &[(u64, u64)]) {
+    use std::fmt::Write as _;
+    let mut text =
+        format!("tessera-changed-blocks v1\nsize {size}\nbase-state {base}\nstate {state}\n");
+    for (o, l) in extents {
+        writeln!(text, "extent {o} {l}").expect("writing to a String");
+    }
+    fs::write(path, text).expect("writing the changed-block list");
+}
+
 /// Names of the entries of a directory (empty if it does not exist).
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
