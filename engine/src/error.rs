@@ -58,6 +58,12 @@ pub enum Error {
         /// When the holder took the lock.
         since: String,
     },
+    /// Another verification holds the verification ledger.
+    #[error("another `tessera verify` is running on this repository ({} is locked); wait for it to finish", lock.display())]
+    VerifyRunning {
+        /// The ledger's lock file.
+        lock: PathBuf,
+    },
     /// The RocksDB index is missing.
     #[error("the index at {path} is missing; rebuild it from packs and snapshots with `tessera repair REPO --rebuild-index`")]
     IndexMissing {
@@ -433,7 +439,7 @@ impl Error {
             | Self::Listen { .. }
             | Self::Threads { .. }
             | Self::PreviousIo => ErrorKind::Failed,
-            Self::Locked { .. } => ErrorKind::Locked,
+            Self::Locked { .. } | Self::VerifyRunning { .. } => ErrorKind::Locked,
             Self::WrongBase { .. }
             | Self::Refused { .. }
             | Self::Protected { .. }
