@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use tessera_tests::{
-    backup_json, dir_entries, finish_child, init_repo, list_ids, make_image, pack_bytes,
-    pack_files, restore, restored_sha, seed, sha256_file, snapshot_id, tessera, tessera_cmd,
-    verify, wait_until, DataGen, ImageSpec, Out,
+    back_up_a_damaged_victim, backup_json, dir_entries, finish_child, init_repo, list_ids,
+    make_image, pack_bytes, pack_files, restore, restored_sha, seed, sha256_file, snapshot_id,
+    tessera, tessera_cmd, verify, wait_until, DataGen, ImageSpec, Out,
 };
 
 /// A repository holding one good snapshot of a 1 MiB + 333 byte image.
@@ -342,31 +342,8 @@ fn failed_restore_removes_its_partial_file() {
 #[test]
 fn flipped_byte_in_a_pack() {
     let f = Fixture::new("bitrot_pack");
-    let (victim_id, pack_id) = {
-        // A victim in a pack of its own (random data: the flip lands in stored bytes).
-        let mut gen = DataGen::new(seed("bitrot_pack/victim"));
-        let before: Vec<PathBuf> = pack_files(&f.repo);
-        let other = f.path("other.img");
-        make_image(
-            &other,
-            ImageSpec {
-                weights: (0, 0, 1),
-                ..ImageSpec::mixed(2 * (1 << 20) + 99)
-            },
-            &mut gen,
-        );
-        let id = snapshot_id(&backup_json(&f.repo, "victim", &[("d", &other)]));
-        let pack = pack_files(&f.repo)
-            .into_iter()
-            .find(|p| !before.contains(p))
-            .expect("a new pack");
-        // Flip one byte in the middle of the pack: inside some chunk's stored bytes.
-        let mut bytes = fs::read(&pack).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0x01;
-        fs::write(&pack, bytes).unwrap();
-        (id, pack.file_stem().unwrap().to_string_lossy().into_owned())
-    };
+    let mut gen = DataGen::new(seed("bitrot_pack/victim"));
+    let (victim_id, pack_id) = back_up_a_damaged_victim(&f.repo, &f.path("other.img"), &mut gen);
     let out = restore(&f.repo, &victim_id, &f.path("victim.out"), false);
     out.expect_code(4)
         .stderr_has(&pack_id)

@@ -14,13 +14,13 @@
 //! Exit code 70 (`internal`, a bug) cannot be provoked without a fault-injection hook; the
 //! CLI's unit test `every_kind_has_its_own_documented_code` checks its mapping instead.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 use tessera_tests::{
-    backup_json, init_repo, make_image, pack_files, seed, snapshot_id, tessera, write_change_list,
+    back_up_a_damaged_victim, backup_json, init_repo, make_image, seed, tessera, write_change_list,
     DataGen, ImageSpec,
 };
 
@@ -114,26 +114,7 @@ impl Fixture {
         ])
         .ok();
 
-        // Random data: the flipped byte lands in some chunk's stored bytes.
-        let before = pack_files(&repo);
-        let victim_img = t.path().join("victim.img");
-        make_image(
-            &victim_img,
-            ImageSpec {
-                weights: (0, 0, 1),
-                ..ImageSpec::mixed(2 << 20)
-            },
-            &mut gen,
-        );
-        let victim = snapshot_id(&backup_json(&repo, "victim", &[("d", &victim_img)]));
-        let pack = pack_files(&repo)
-            .into_iter()
-            .find(|p| !before.contains(p))
-            .expect("the victim's backup wrote a pack of its own");
-        let mut bytes = fs::read(&pack).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0x01;
-        fs::write(&pack, bytes).unwrap();
+        let (victim, _) = back_up_a_damaged_victim(&repo, &t.path().join("victim.img"), &mut gen);
         Self { t, repo, victim }
     }
 
