@@ -1,15 +1,10 @@
 //! `tessera sync`, `tessera seed`, `tessera serve`.
 
-use std::path::Path;
-
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use tessera_engine::sync::bwlimit::parse_rate;
-
-use tessera_engine::sync::http::client::Remote;
+use tessera_engine::sync::endpoints::{read_token, sync_between, RemoteAccess};
 use tessera_engine::sync::http::server::{bind, serve as http_serve};
 use tessera_engine::sync::http::tls::server_config;
-use tessera_engine::sync::source::ObjectSource;
-use tessera_engine::sync::transfer::transfer;
 use tessera_engine::sync::{Selection, SyncOptions, SyncReport};
 use tessera_engine::Repository;
 
@@ -26,10 +21,6 @@ fn selection(s: &SelectArgs) -> Selection {
     }
 }
 
-fn is_url(s: &str) -> bool {
-    s.starts_with("http://") || s.starts_with("https://")
-}
-
 pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
     let bwlimit = match &args.bwlimit {
         Some(r) => Some(parse_rate(r).ok_or_else(|| {
@@ -42,42 +33,18 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         bwlimit,
         jobs: args.jobs,
     };
-    let select = selection(&args.select);
-    let is_https = |s: &str| s.starts_with("https://");
-    if args.tls_ca.is_some() && !is_https(&args.src) && !is_https(&args.dst) {
-        return Err(UsageError("--tls-ca applies only to an https:// side".into()).into());
-    }
-    let report = match (is_url(&args.src), is_url(&args.dst)) {
-        (false, false) => {
-            let src = Repository::open(args.src.as_ref())?;
-            let dst = Repository::open_writer(args.dst.as_ref())?;
-            tessera_engine::sync::sync(&src, &dst, &select, &opts, bars)?
-        }
-        (src_remote, dst_remote) => {
-            let token = read_token(args.token_file.as_deref())?;
-            // The trusted roots of `--tls-ca` concern the https:// side(s) only.
-            let remote = |url: &str| {
-                let ca = args.tls_ca.as_deref().filter(|_| is_https(url));
-                Remote::new(url, &token, ca)
-            };
-            let local_src;
-            let remote_src;
-            let src: &dyn ObjectSource = if src_remote {
-                remote_src = remote(&args.src)?;
-                &remote_src
-            } else {
-                local_src = Repository::open(args.src.as_ref())?;
-                &local_src
-            };
-            if dst_remote {
-                let mut dst = remote(&args.dst)?;
-                transfer(src, &mut dst, &select, &opts, bars)?
-            } else {
-                let dst = Repository::open_writer(args.dst.as_ref())?;
-                tessera_engine::sync::sync(src, &dst, &select, &opts, bars)?
-            }
-        }
+    let access = RemoteAccess {
+        token_file: args.token_file.as_deref(),
+        tls_ca: args.tls_ca.as_deref(),
     };
+    let report = sync_between(
+        &args.src,
+        &args.dst,
+        access,
+        &selection(&args.select),
+        &opts,
+        bars,
+    )?;
     print_report(&report, json);
     Ok(0)
 }
@@ -128,20 +95,6 @@ pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
     Ok(0)
 }
 
-/// The bearer token in `path` (surrounding whitespace removed; must not be empty).
-fn read_token(path: Option<&Path>) -> Result<String> {
-    let Some(path) = path else {
-        return Err(UsageError("a remote side needs --token-file FILE".into()).into());
-    };
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the token file {}", path.display()))?;
-    let token = token.trim();
-    if token.is_empty() {
-        bail!("the token file {} is empty", path.display());
-    }
-    Ok(token.to_string())
-}
-
 /// What `serve` prints once it listens.
 #[derive(serde::Serialize)]
 struct Listening<'a> {
@@ -150,7 +103,7 @@ struct Listening<'a> {
 }
 
 pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
-    let token = read_token(Some(&args.token_file))?;
+    let token = read_token(&args.token_file)?;
     tessera_engine::repo::read_config(&args.repo)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server_config(cert, key)?),

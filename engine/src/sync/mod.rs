@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod bundle_manifest;
 pub mod bwlimit;
 pub mod checked;
+pub mod endpoints;
 pub mod http;
 pub mod sink;
 pub mod source;
