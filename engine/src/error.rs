@@ -368,7 +368,7 @@ pub enum Error {
     PreviousIo,
 }
 
-/// Which kind of failure an [`Error`] is (see the module docs). Serialized as its
+/// Which kind of failure an [`enum@Error`] is (see the module docs). Serialized as its
 /// [`ErrorKind::as_str`] name, which is stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
