@@ -42,6 +42,7 @@ use crate::index::Index;
 use crate::lock::WriterLock;
 use crate::readers::ReaderLease;
 use crate::recovery::Recovery;
+use crate::snapshot_ref::SnapshotRef;
 use crate::storage::local::LocalBackend;
 use crate::storage::s3::{S3Backend, S3Location, S3Options};
 use crate::storage::sim::CrashClock;
@@ -66,6 +67,31 @@ pub struct InitOptions {
     pub block_size: u32,
     /// Compression of new objects.
     pub compression: Compression,
+}
+
+impl InitOptions {
+    /// Refuses parameters no repository may have (before anything is created).
+    pub fn validate(&self) -> Result<()> {
+        self.config().map(|_| ())
+    }
+
+    /// A new repository's config with these parameters, and its encoding.
+    fn config(&self) -> Result<(RepoConfig, Vec<u8>)> {
+        let config = RepoConfig {
+            format_version: FORMAT_VERSION,
+            repo_id: RepoId(rand::random()),
+            id_scheme: tessera_format::IdScheme::Sha256,
+            compression: self.compression,
+            default_block_size: self.block_size,
+            page_entries: DEFAULT_PAGE_ENTRIES,
+            created_at_us: crate::time::now_us(),
+        };
+        let bytes = config.encode().map_err(|source| Error::Unencodable {
+            what: "repository parameters".into(),
+            source,
+        })?;
+        Ok((config, bytes))
+    }
 }
 
 impl Default for InitOptions {
@@ -221,6 +247,7 @@ impl Repository {
     /// Creates a new local repository at `root`, which must not exist or be an empty
     /// directory.
     pub fn init(root: &Path, opts: InitOptions) -> Result<RepoConfig> {
+        opts.validate()?;
         if let Ok(mut entries) = std::fs::read_dir(root) {
             if entries.next().is_some() {
                 return Err(Error::AlreadyExists {
@@ -276,23 +303,12 @@ impl Repository {
     /// location without it is not a repository, so a crash during init leaves nothing that
     /// could be mistaken for one, and of two racing inits exactly one succeeds.
     pub fn init_on(storage: &RepoStorage, opts: InitOptions) -> Result<RepoConfig> {
-        let config = RepoConfig {
-            format_version: FORMAT_VERSION,
-            repo_id: RepoId(rand::random()),
-            id_scheme: tessera_format::IdScheme::Sha256,
-            compression: opts.compression,
-            default_block_size: opts.block_size,
-            page_entries: DEFAULT_PAGE_ENTRIES,
-            created_at_us: crate::time::now_us(),
-        };
+        let (config, bytes) = opts.config()?;
         if storage.backend.size(&ObjectKey::config())?.is_some() {
             return Err(Error::AlreadyExists {
                 path: PathBuf::from(storage.backend.describe()),
             });
         }
-        let bytes = config
-            .encode()
-            .map_err(|e| Error::InvalidArgument(format!("repository parameters: {e}")))?;
         drop(Index::create(&storage.index_path(), config.repo_id)?);
         match storage
             .backend
@@ -397,39 +413,15 @@ impl Repository {
         &self.index
     }
 
-    /// Resolves `latest`, `latest@SERIES`, a full id, or a unique id prefix (4+ hex digits).
+    /// Resolves a snapshot reference written as text (see [`SnapshotRef`]).
     pub fn resolve_snapshot(&self, query: &str) -> Result<(SnapshotId, SnapshotHeader)> {
-        let all = self.index.snapshots()?;
-        let not_found = || Error::SnapshotNotFound {
-            query: query.to_string(),
-        };
-        if query == "latest" {
-            return all.into_iter().last().ok_or_else(not_found);
-        }
-        if let Some(series) = query.strip_prefix("latest@") {
-            return all
-                .into_iter()
-                .rfind(|(_, h)| h.series == series)
-                .ok_or_else(not_found);
-        }
-        let q = query.to_ascii_lowercase();
-        if q.len() < 4 || !q.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::InvalidArgument(format!(
-                "{query:?} is not a snapshot reference: use `latest`, `latest@SERIES`, or 4+ hex digits of an id"
-            )));
-        }
-        let mut matches: Vec<_> = all
-            .into_iter()
-            .filter(|(id, _)| id.to_hex().starts_with(&q))
-            .collect();
-        match matches.len() {
-            0 => Err(not_found()),
-            1 => Ok(matches.remove(0)),
-            count => Err(Error::AmbiguousSnapshot {
-                query: query.to_string(),
-                count,
-            }),
-        }
+        self.resolve(&query.parse()?)
+    }
+
+    /// The catalogued snapshot `reference` names, with its catalog entry.
+    pub fn resolve(&self, reference: &SnapshotRef) -> Result<(SnapshotId, SnapshotHeader)> {
+        let catalog = self.index.snapshots()?;
+        reference.resolve(&catalog).cloned()
     }
 
     /// Reads a snapshot file and checks it against its id.

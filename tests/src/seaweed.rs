@@ -87,6 +87,9 @@ impl Seaweed {
             "-s3.port.iceberg=0".into(),
             "-s3.port.lance=0".into(),
             "-master.volumeSizeLimitMB=64".into(),
+            // Not derived from the free disk space: on a nearly full shared disk the
+            // automatic limit comes out at zero and every write fails with 500.
+            "-volume.max=32".into(),
         ];
         args.extend(ports.iter().map(|(flag, port)| format!("-{flag}={port}")));
         let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();

@@ -381,7 +381,16 @@ fn create_only_puts_race_and_exactly_one_wins() {
             .filter(|(_, r)| r.is_ok())
             .map(|(b, _)| b)
             .collect();
-        assert_eq!(winners.len(), 1, "round {round}: {} winners", winners.len());
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} winners: {:?}",
+            winners.len(),
+            outcomes
+                .iter()
+                .map(|(_, r)| r.as_ref().err().map(ToString::to_string))
+                .collect::<Vec<_>>()
+        );
         for (_, r) in &outcomes {
             if let Err(e) = r {
                 assert!(

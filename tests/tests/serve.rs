@@ -156,6 +156,54 @@ fn unauthorized_and_forged_requests_change_nothing() {
     verify(&b).ok();
 }
 
+/// A client with the token cannot plant a snapshot that outranks real ones in retention
+/// (SPEC §22.1): one from the future (year 9999) or one older than the series' newest is
+/// refused; a genuinely newer one is accepted.
+#[test]
+fn forged_snapshot_times_are_refused() {
+    let (_work, a, b, token_path, server) = pushed_pair("serve-forged-time", "right-token");
+    sync(a.to_str().unwrap(), &server.url, &token_path).ok();
+    let real = list_ids(&b);
+    assert_eq!(real.len(), 1);
+    let bytes = std::fs::read(a.join("snapshots").join(format!("{}.snap", real[0]))).unwrap();
+    let original = tessera_format::Snapshot::decode(&bytes).unwrap();
+    // (The duration differs too, so that no forgery is byte-identical to the real file.)
+    let with_time = |time_us: i64| {
+        let mut s = original.clone();
+        s.header.time_us = time_us;
+        s.header.duration_ms += 1;
+        s.encode().unwrap().1
+    };
+    let year_9999 = 253_402_214_400_000_000;
+    let day = 86_400_000_000;
+    for (time_us, why) in [
+        (year_9999, "ahead of this machine's clock"),
+        (original.header.time_us - day, "only add snapshots newer"),
+        (original.header.time_us, "only add snapshots newer"),
+    ] {
+        let (status, body) = http(
+            &server.url,
+            "POST",
+            "/v1/publish",
+            Some("right-token"),
+            &with_time(time_us),
+        );
+        assert_ne!(status, 200, "time {time_us} was accepted: {body}");
+        assert!(body.contains(why), "time {time_us}: {status} {body}");
+        assert_eq!(list_ids(&b), real);
+    }
+    let (status, body) = http(
+        &server.url,
+        "POST",
+        "/v1/publish",
+        Some("right-token"),
+        &with_time(original.header.time_us + 1_000_000),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(list_ids(&b).len(), 2);
+    verify(&b).ok();
+}
+
 /// Clients that stop in the middle of a request body (with and without the token) hold their
 /// own connections only: other clients are served meanwhile, and a push completes; the
 /// server closes each stalled connection once its deadline has passed, also one that

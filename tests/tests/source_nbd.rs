@@ -405,6 +405,7 @@ fn open_url(url: &str) -> Box<dyn BlockSource> {
         location: url.to_string(),
         format: tessera_engine::sources::SourceFormat::Auto,
         changes: None,
+        allow_backing_dirs: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("opening {url}: {e}"))
 }

@@ -471,6 +471,52 @@ fn backing_chain_cycle_is_refused() {
     fx.assert_refused(&a, "cycle");
 }
 
+/// A backing file is a path the image's maker chose: it is opened only from the top image's
+/// directory (or one allowed with `--allow-backing-dir`) and only if it is a regular file.
+#[test]
+fn backing_files_outside_the_image_directory_are_refused() {
+    let fx = Fx::new();
+    // `/etc/shadow` as a raw backing file (made with -u: qemu-img does not open it).
+    let shadow = fx.path("shadow.qcow2");
+    create(&shadow, "1M", &["-u", "-b", "/etc/shadow", "-F", "raw"]);
+    fx.assert_refused(&shadow, "outside");
+    fx.assert_refused(&shadow, "--allow-backing-dir");
+    // The same through a symbolic link inside the directory.
+    std::os::unix::fs::symlink("/etc/shadow", fx.path("innocent.raw")).unwrap();
+    let linked = fx.path("linked.qcow2");
+    create(&linked, "1M", &["-u", "-b", "innocent.raw", "-F", "raw"]);
+    fx.assert_refused(&linked, "outside");
+    // A FIFO inside the directory: refused instead of blocking the backup.
+    let fifo = fx.path("fifo.raw");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let piped = fx.path("piped.qcow2");
+    create(&piped, "1M", &["-u", "-b", "fifo.raw", "-F", "raw"]);
+    fx.assert_refused(&piped, "not a regular file");
+
+    // A genuine base in another directory: refused, then read with --allow-backing-dir.
+    let bases = fx.path("bases");
+    fs::create_dir(&bases).unwrap();
+    let base = bases.join("base.qcow2");
+    create(&base, "2M", &[]);
+    io(&base, &["write -P 0x5a 0 1M"]);
+    fs::create_dir(fx.path("vm")).unwrap();
+    let overlay = fx.path("vm/overlay.qcow2");
+    create(
+        &overlay,
+        "2M",
+        &["-b", "../bases/base.qcow2", "-F", "qcow2"],
+    );
+    io(&overlay, &["write -P 0x77 512k 64k"]);
+    fx.assert_refused(&overlay, "outside");
+    let allow = bases.display().to_string();
+    let v = fx.backup("allowed", &overlay, &["--allow-backing-dir", &allow]);
+    fx.assert_restores_as(&snapshot_id(&v), &overlay, "qcow2");
+}
+
 // ---------------------------------------------------------------------------------------
 // Delta backups of overlays (--reference)
 // ---------------------------------------------------------------------------------------
@@ -578,7 +624,7 @@ fn assert_wrong_base(fx: &Fx, overlay: &Path, base: &Path) {
     let snaps = list_ids(&fx.repo);
     let packs = pack_bytes(&fx.repo);
     let out = fx.backup_out("s", overlay, &["--reference", "latest"]);
-    out.expect_code(1)
+    out.expect_code(5)
         .stderr_has("applies on")
         .stderr_has(base.file_name().unwrap().to_str().unwrap())
         .stderr_has("--fallback-full");
@@ -596,10 +642,11 @@ fn overlay_with_missing_base_is_refused_as_delta() {
     fs::rename(&base, fx.path("moved.qcow2")).unwrap();
     let snaps = list_ids(&fx.repo);
     let out = fx.backup_out("chain", &ov1, &["--reference", "latest"]);
-    out.expect_code(1).stderr_has("base.qcow2 (missing");
+    // A wrong base (its state cannot be checked) is a refusal (5).
+    out.expect_code(5).stderr_has("base.qcow2 (missing");
     assert_eq!(list_ids(&fx.repo), snaps, "{out}");
     let out = fx.backup_out("chain", &ov1, &["--reference", "latest", "--fallback-full"]);
-    out.expect_code(1).stderr_has("base.qcow2");
+    out.expect_code(5).stderr_has("base.qcow2");
     assert_eq!(list_ids(&fx.repo), snaps, "{out}");
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rand::{Rng, RngCore};
 use tempfile::TempDir;
+use tessera_engine::sources::confine::Confinement;
 use tessera_engine::sources::vhd::VhdSource;
 use tessera_engine::sources::BlockSource;
 use tessera_tests::libvhdi::vhdi_read;
@@ -31,8 +32,11 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-/// `tessera --json backup REPO --series S NAME=PATH EXTRA...`.
+/// `tessera --json backup REPO --series S NAME=PATH --allow-backing-dir SCRATCH EXTRA...`:
+/// the chains here keep parents in sibling directories of the scratch directory (the
+/// repository's parent), which must be allowed explicitly (SPEC §19).
 fn backup(repo: &Path, series: &str, disk: &Path, extra: &[&str]) -> Out {
+    let scratch = repo.parent().expect("repository in a scratch directory");
     let mut args: Vec<String> = vec![
         "--json".into(),
         "backup".into(),
@@ -40,9 +44,17 @@ fn backup(repo: &Path, series: &str, disk: &Path, extra: &[&str]) -> Out {
         "--series".into(),
         series.into(),
         format!("disk={}", s(disk)),
+        "--allow-backing-dir".into(),
+        s(scratch).into(),
     ];
     args.extend(extra.iter().map(ToString::to_string));
     tessera(args)
+}
+
+/// Opens a VHD whose ancestors may lie anywhere under `scratch`.
+fn open_in(path: &Path, scratch: &Path) -> tessera_engine::Result<VhdSource> {
+    let confinement = Confinement::for_image(path, &[scratch.to_path_buf()])?;
+    VhdSource::open_confined(path, &confinement)
 }
 
 /// The one disk of a backup's JSON.
@@ -301,6 +313,32 @@ fn differencing_chain_reads_in_full_through_parent_locators() {
     verify(&repo).ok();
 }
 
+/// A parent in another directory is not opened unless that directory is allowed: without
+/// `--allow-backing-dir` the backup is refused, naming the flag, and stores nothing.
+#[test]
+fn parents_outside_the_image_directory_are_not_opened() {
+    let c = build_chain("vhd_chain_confined", 1);
+    let w = c.dir.path();
+    let repo = w.join("repo");
+    init_repo(&repo, &[]);
+    let err = VhdSource::open(&c.d1).err().expect("refused").to_string();
+    assert!(
+        err.contains("outside") && err.contains("--allow-backing-dir"),
+        "{err}"
+    );
+    let out = tessera([
+        "--json",
+        "backup",
+        s(&repo),
+        "--series",
+        "s",
+        &format!("disk={}", s(&c.d1)),
+    ]);
+    assert_ne!(out.code, 0, "{out}");
+    out.stderr_has("--allow-backing-dir");
+    assert!(list_ids(&repo).is_empty());
+}
+
 #[test]
 fn differencing_disk_without_its_parent_is_refused_naming_it() {
     let c = build_chain("vhd_chain_missing", 1);
@@ -312,7 +350,7 @@ fn differencing_disk_without_its_parent_is_refused_naming_it() {
 
     // Through the engine: the source opens (its own sectors are readable) but cannot read
     // what lies in the missing grandparent, and says which file is missing.
-    let src = VhdSource::open(&c.d2).expect("opening d2 without its grandparent");
+    let src = open_in(&c.d2, w).expect("opening d2 without its grandparent");
     assert!(!src.reads_full());
     let changes = src.changes().expect("a differencing disk is a delta");
     assert_eq!(
@@ -601,7 +639,7 @@ fn key_backup_of_a_chain_reports_drift_when_the_base_changed_in_place() {
         .expect("oracle");
     f.write_all_at(&vec![0x99; 65536], at)
         .expect("oracle write");
-    let src = VhdSource::open(&c.d2).expect("open d2");
+    let src = open_in(&c.d2, c.dir.path()).expect("open d2");
     let mut buf = vec![0u8; 65536];
     src.read_at(at, &mut buf).expect("read d2");
     assert!(

@@ -9,6 +9,7 @@
 //! disk carries the base's state token (see SPEC.md "Delta backups").
 
 pub mod changed_list;
+pub mod confine;
 pub mod nbd_client;
 pub mod qcow2;
 pub mod raw;
@@ -107,7 +108,7 @@ impl std::str::FromStr for SourceFormat {
             "raw" => Ok(Self::Raw),
             "vhd" | "vpc" => Ok(Self::Vhd),
             "qcow2" => Ok(Self::Qcow2),
-            _ => Err(Error::InvalidArgument(format!(
+            _ => Err(Error::Usage(format!(
                 "unknown source format {s:?}; use auto, raw, vhd or qcow2"
             ))),
         }
@@ -124,6 +125,9 @@ pub struct SourceSpec {
     pub format: SourceFormat,
     /// A changed-block list (see [`changed_list`]) describing a raw image's delta.
     pub changes: Option<std::path::PathBuf>,
+    /// Directories besides the image's own that its backing files or parents may be
+    /// opened from ([`confine`]).
+    pub allow_backing_dirs: Vec<std::path::PathBuf>,
 }
 
 /// Opens a source as `spec` says.
@@ -131,7 +135,7 @@ pub fn open_source(spec: &SourceSpec) -> Result<Box<dyn BlockSource>> {
     let is_nbd = spec.location.starts_with("nbd://") || spec.location.starts_with("nbd+unix://");
     let source: Box<dyn BlockSource> = if is_nbd {
         if spec.format != SourceFormat::Auto {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Usage(format!(
                 "{}: an NBD source is always read as the raw disk the server exports; drop --format",
                 spec.location
             )));
@@ -143,9 +147,12 @@ pub fn open_source(spec: &SourceSpec) -> Result<Box<dyn BlockSource>> {
             SourceFormat::Auto => detect_format(path)?,
             f => f,
         };
+        let confinement = || confine::Confinement::for_image(path, &spec.allow_backing_dirs);
         match format {
-            SourceFormat::Vhd => Box::new(vhd::VhdSource::open(path)?),
-            SourceFormat::Qcow2 => Box::new(qcow2::Qcow2Source::open(path)?),
+            SourceFormat::Vhd => Box::new(vhd::VhdSource::open_confined(path, &confinement()?)?),
+            SourceFormat::Qcow2 => {
+                Box::new(qcow2::Qcow2Source::open_confined(path, &confinement()?)?)
+            }
             SourceFormat::Raw | SourceFormat::Auto => Box::new(raw::RawSource::open(path)?),
         }
     };
@@ -153,7 +160,7 @@ pub fn open_source(spec: &SourceSpec) -> Result<Box<dyn BlockSource>> {
         None => Ok(source),
         Some(list) => {
             if source.changes().is_some() {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Usage(format!(
                     "{} carries its own change information; a changed-block list applies only to raw images and block devices",
                     spec.location
                 )));

@@ -2,14 +2,12 @@
 //! ([`LocalSink`]), or a remote server (the HTTP client, which the server turns back into
 //! a [`LocalSink`] on its side).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use tessera_format::manifest::entries_in_page;
-use tessera_format::{IdScheme, ObjectKind, PageDigest, Snapshot, SnapshotId};
+use tessera_format::{IdScheme, ObjectKind, Snapshot, SnapshotId};
 
 use crate::error::{Error, Result};
-use crate::ops::publish::publish_snapshot;
-use crate::refcount::RefDeltas;
+use crate::ops::publish::{plan_refs, publish_snapshot};
 use crate::repo::Repository;
 use crate::store::session::WriteSession;
 
@@ -32,14 +30,16 @@ pub trait ObjectSink: Catalog {
 pub struct LocalSink<'r> {
     repo: &'r Repository,
     session: Option<WriteSession<'r>>,
+    publisher: Publisher,
 }
 
 impl<'r> LocalSink<'r> {
-    /// A sink appending to `repo` (opened with [`Repository::open_writer`]).
-    pub fn new(repo: &'r Repository) -> Self {
+    /// A sink appending to `repo` (opened with [`Repository::open_writer`]) for `publisher`.
+    pub fn new(repo: &'r Repository, publisher: Publisher) -> Self {
         Self {
             repo,
             session: None,
+            publisher,
         }
     }
 
@@ -101,64 +101,107 @@ impl ObjectSink for LocalSink<'_> {
 
     fn publish(&mut self, snapshot_bytes: &[u8]) -> Result<SnapshotId> {
         self.seal()?;
-        publish_checked(self.repo, snapshot_bytes)
+        publish_checked(self.repo, snapshot_bytes, self.publisher)
     }
 }
 
 /// Decodes an untrusted snapshot file and checks it against its content hash.
 pub fn decode_snapshot(from: &str, bytes: &[u8]) -> Result<(SnapshotId, Snapshot)> {
     let id = SnapshotId::of(bytes);
-    let snapshot = Snapshot::decode(bytes).map_err(|e| {
-        Error::InvalidArgument(format!("{from}: snapshot {id} does not decode: {e}"))
+    let snapshot = Snapshot::decode(bytes).map_err(|e| Error::UntrustedData {
+        from: from.to_string(),
+        reason: format!("snapshot {id} does not decode: {e}"),
     })?;
     Ok((id, snapshot))
 }
 
-/// Publishes an untrusted snapshot file into `repo` (writer): every page it names must be
-/// in the index, readable, and hold the number of entries its position requires; every
-/// chunk of a page that becomes live must be in the index (checked while staging counts).
-/// The block size of each disk must match what `repo` already has for that series+disk.
-pub fn publish_checked(repo: &Repository, bytes: &[u8]) -> Result<SnapshotId> {
+/// How far in the future of this machine's clock a snapshot's time may be (clock skew).
+pub const MAX_CLOCK_SKEW_US: i64 = 5 * 60 * 1_000_000;
+
+/// Who hands a snapshot over for publishing, which decides how far its claimed time is
+/// trusted (SPEC §22.1). Retention and `latest` order snapshots by their time, so a forged
+/// time could make a planted snapshot "newest" forever (year 9999) or displace real ones
+/// from their retention slots (a past time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publisher {
+    /// An operator's own sync or seed import: history may arrive in any order.
+    Operator,
+    /// A client pushing through `tessera serve`: its snapshot must be newer than every
+    /// snapshot the series already has (time only moves forward within a series, as in
+    /// Proxmox Backup Server's backup groups).
+    Client,
+}
+
+/// Refuses a snapshot time too far in the future, and, for clients, one not newer than
+/// the newest snapshot of its series.
+pub fn check_time(repo: &Repository, snapshot: &Snapshot, publisher: Publisher) -> Result<()> {
+    let h = &snapshot.header;
+    let now = crate::time::now_us();
+    if h.time_us > now.saturating_add(MAX_CLOCK_SKEW_US) {
+        return Err(Error::Refused { reason: format!(
+            "snapshot of series {:?} claims the time {}, {} s ahead of this machine's clock ({}); a snapshot from the future would outrank every real one in retention, so it is refused (fix the sender's clock)",
+            h.series,
+            crate::time::format_us(h.time_us),
+            (h.time_us - now) / 1_000_000,
+            crate::time::format_us(now)
+        )});
+    }
+    if publisher == Publisher::Client {
+        let newest = repo
+            .index()
+            .snapshots()?
+            .into_iter()
+            .filter(|(_, other)| other.series == h.series)
+            .map(|(_, other)| other.time_us)
+            .max();
+        if let Some(newest) = newest.filter(|t| *t >= h.time_us) {
+            return Err(Error::Refused { reason: format!(
+                "series {:?} already has a snapshot from {}; a client may only add snapshots newer than its series' newest (this one claims {})",
+                h.series,
+                crate::time::format_us(newest),
+                crate::time::format_us(h.time_us)
+            )});
+        }
+    }
+    Ok(())
+}
+
+/// Publishes an untrusted snapshot file into `repo` (writer): its time must pass
+/// [`check_time`]; every page it names must be in the index, readable, and hold the number
+/// of entries its position requires; every chunk of a page that becomes live must be in the
+/// index (checked while staging counts). The block size of each disk must match what `repo`
+/// already has for that series+disk.
+pub fn publish_checked(
+    repo: &Repository,
+    bytes: &[u8],
+    publisher: Publisher,
+) -> Result<SnapshotId> {
     let from = repo.describe();
     let (id, snapshot) = decode_snapshot(&from, bytes)?;
     if repo.index().has_snapshot(id)? {
         return Ok(id);
     }
+    // The file must be in canonical form: publishing stores the engine's own encoding.
+    let canonical = snapshot.encode().is_ok_and(|(again, _)| again == id);
+    if !canonical {
+        return Err(Error::UntrustedData {
+            from,
+            reason: format!(
+                "snapshot {id} is not in canonical form (it would be stored under another id); nothing was published"
+            ),
+        });
+    }
+    check_time(repo, &snapshot, publisher)?;
     let known = block_sizes(&Catalog::snapshots(repo)?);
     check_block_sizes(&known, &SnapshotSummary::of(id, &snapshot.header))?;
-    let mut refs = RefDeltas::default();
-    let mut seen: HashSet<PageDigest> = HashSet::new();
-    for (disk, roots) in snapshot.header.disks.iter().zip(&snapshot.roots) {
-        let blocks = disk.size.div_ceil(u64::from(disk.block_size));
-        for (page_no, page) in roots.iter().enumerate() {
-            *refs.pages.entry(*page).or_default() += 1;
-            let digests = repo
-                .read_page(*page, blocks, disk.page_entries, page_no as u64)
-                .map_err(|e| {
-                    Error::InvalidArgument(format!(
-                        "snapshot {id} disk {:?} page {page_no} ({page}): {e}",
-                        disk.name
-                    ))
-                })?;
-            debug_assert_eq!(
-                digests.len() as u64,
-                entries_in_page(blocks, disk.page_entries, page_no as u64)
-            );
-            if seen.insert(*page) {
-                let entry = repo.index().get_object(ObjectKind::Page, page.as_bytes())?;
-                if entry.is_none_or(|e| e.refcount == 0) {
-                    refs.add_chunks(&digests, 1);
-                }
-            }
-        }
-    }
-    let published = publish_snapshot(repo, &snapshot, &refs)?;
-    if published != id {
-        return Err(Error::InvalidArgument(format!(
-            "snapshot {id} re-encoded as {published}: its file is not in canonical form"
-        )));
-    }
-    Ok(id)
+    let refs = plan_refs(repo.index(), repo.backend(), &snapshot).map_err(|e| match e {
+        Error::SnapshotIncomplete { reason } => Error::UntrustedData {
+            from: from.clone(),
+            reason: format!("snapshot {id}: {reason}"),
+        },
+        other => other,
+    })?;
+    publish_snapshot(repo, &snapshot, &refs)
 }
 
 /// `(series, disk) → block size` of a catalog.
@@ -181,10 +224,13 @@ pub fn check_block_sizes<S: std::hash::BuildHasher>(
     for (disk, bs) in &snap.disks {
         if let Some(have) = known.get(&(snap.series.clone(), disk.clone())) {
             if have != bs {
-                return Err(Error::InvalidArgument(format!(
-                    "series {:?} disk {disk:?}: snapshot {} uses block size {bs}, but the destination already has that disk at block size {have}; deduplication would silently fail, so nothing was copied (sync into a repository without this series, or back up with --block-size {have})",
-                    snap.series, snap.id
-                )));
+                return Err(Error::BlockSizeMismatch {
+                    series: snap.series.clone(),
+                    disk: disk.clone(),
+                    snapshot: snap.id,
+                    theirs: *bs,
+                    ours: *have,
+                });
             }
         }
     }

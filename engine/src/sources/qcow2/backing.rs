@@ -8,12 +8,15 @@
 //! chain of canonical paths is carried along so that a cycle (a → b → a) and chains deeper
 //! than [`MAX_DEPTH`] are refused instead of recursing forever. A backing file that does
 //! not exist leaves the overlay usable as a delta only: reads of ranges the overlay does not
-//! define fail and name the missing file.
+//! define fail and name the missing file. A backing file that exists must pass the chain's
+//! [`Confinement`] (a regular file inside the top image's directory or an allowed one); it
+//! is opened through its canonical path.
 
 use std::path::{Path, PathBuf};
 
 use super::{bad_image, Qcow2Source};
 use crate::error::{Error, Result};
+use crate::sources::confine::{Confinement, Named};
 use crate::sources::{detect_format, raw::RawSource, vhd::VhdSource, BlockSource, SourceFormat};
 
 /// Most images in one chain (the image itself included).
@@ -87,21 +90,21 @@ pub fn open(
     name: &str,
     recorded_format: Option<&str>,
     chain: &mut Vec<PathBuf>,
+    confinement: &Confinement,
 ) -> Result<Backing> {
     if name.starts_with("json:") {
         return Err(bad_image(image, format!("the backing file name {name:?} is a qemu JSON specification, not a file; rebase the image onto a file path")));
     }
     let path = resolve(image, name);
-    match std::fs::metadata(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let canonical = match confinement.check(image, "backing file", &path)? {
+        Named::Allowed(canonical) => canonical,
+        Named::Missing => {
             return Ok(Backing::Missing {
                 path,
                 format: recorded_format.map(ToString::to_string),
             })
         }
-        Err(e) => return Err(Error::Source { path, source: e }),
-        Ok(_) => {}
-    }
+    };
     let format = match recorded_format {
         Some("qcow2") => SourceFormat::Qcow2,
         Some("raw") => SourceFormat::Raw,
@@ -109,12 +112,18 @@ pub fn open(
         Some(other) => {
             return Err(bad_image(image, format!("the backing file {} has format {other:?} (backing format extension), which tessera does not read; convert it to raw or qcow2", path.display())))
         }
-        None => detect_format(&path)?,
+        None => detect_format(&canonical)?,
     };
     let (format, source): (&'static str, Box<dyn BlockSource>) = match format {
-        SourceFormat::Qcow2 => ("qcow2", Box::new(Qcow2Source::open_in_chain(&path, chain)?)),
-        SourceFormat::Vhd => ("vpc", Box::new(VhdSource::open(&path)?)),
-        SourceFormat::Raw | SourceFormat::Auto => ("raw", Box::new(RawSource::open(&path)?)),
+        SourceFormat::Qcow2 => (
+            "qcow2",
+            Box::new(Qcow2Source::open_in_chain(&canonical, chain, confinement)?),
+        ),
+        SourceFormat::Vhd => (
+            "vpc",
+            Box::new(VhdSource::open_confined(&canonical, confinement)?),
+        ),
+        SourceFormat::Raw | SourceFormat::Auto => ("raw", Box::new(RawSource::open(&canonical)?)),
     };
     Ok(Backing::Present {
         path,

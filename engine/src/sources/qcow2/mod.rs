@@ -34,6 +34,7 @@ use header::Header;
 use table::{ClusterMap, Geometry, L2Cache};
 
 use crate::error::{Error, Result};
+use crate::sources::confine::Confinement;
 use crate::sources::{file_state_token, BlockSource, Changes, STATE_KEY};
 
 /// An `Error::BadImage` for the qcow2 image at `path`.
@@ -61,12 +62,23 @@ pub struct Qcow2Source {
 
 impl Qcow2Source {
     /// Opens and validates a qcow2 file and its backing chain.
+    /// Backing files are opened only from the image's own directory.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_in_chain(path, &mut Vec::new())
+        Self::open_confined(path, &Confinement::for_image(path, &[])?)
+    }
+
+    /// Opens and validates a qcow2 file and its backing chain, whose files must pass
+    /// `confinement`.
+    pub fn open_confined(path: &Path, confinement: &Confinement) -> Result<Self> {
+        Self::open_in_chain(path, &mut Vec::new(), confinement)
     }
 
     /// Opens `path` as one image of a backing chain whose upper images are in `chain`.
-    fn open_in_chain(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Self> {
+    fn open_in_chain(
+        path: &Path,
+        chain: &mut Vec<PathBuf>,
+        confinement: &Confinement,
+    ) -> Result<Self> {
         backing::enter_chain(path, chain)?;
         let file = File::open(path).map_err(|e| Error::Source {
             path: path.to_path_buf(),
@@ -96,8 +108,13 @@ impl Qcow2Source {
         };
         let defined = scan::defined_extents(&source)?;
         if let Some(name) = source.header.backing_file.clone() {
-            source.backing =
-                backing::open(path, &name, source.header.backing_format.as_deref(), chain)?;
+            source.backing = backing::open(
+                path,
+                &name,
+                source.header.backing_format.as_deref(),
+                chain,
+                confinement,
+            )?;
             let base = source
                 .backing
                 .path()

@@ -12,6 +12,7 @@ use super::locator::ParentLink;
 use super::{bad, footer, source_err};
 use crate::error::Result;
 use crate::formats::vhd::format_uuid;
+use crate::sources::confine::{Confinement, Named};
 
 /// Most files in a chain (the image and its ancestors).
 const MAX_CHAIN: usize = 32;
@@ -24,8 +25,8 @@ pub struct Chain {
     pub missing_parent: Option<String>,
 }
 
-/// Opens `path` and follows its parents.
-pub fn open(path: &Path) -> Result<Chain> {
+/// Opens `path` and follows its parents, opening only parents that pass `confinement`.
+pub fn open(path: &Path, confinement: &Confinement) -> Result<Chain> {
     let mut layers = vec![Layer::open(path)?];
     let mut seen = HashSet::new();
     seen.insert(canonical(path));
@@ -40,7 +41,7 @@ pub fn open(path: &Path) -> Result<Chain> {
                 last.path.display()
             )));
         }
-        match find_parent(&last.path, link)? {
+        match find_parent(&last.path, link, confinement)? {
             Found::Parent(p) => {
                 if !seen.insert(canonical(&p)) {
                     return Err(bad(
@@ -72,12 +73,24 @@ enum Found {
 
 /// Tries the parent locators of `child`; refuses when files are found but none is the
 /// parent (wrong unique id).
-fn find_parent(child: &Path, link: &ParentLink) -> Result<Found> {
+fn find_parent(child: &Path, link: &ParentLink, confinement: &Confinement) -> Result<Found> {
     let want = format_uuid(&link.uuid);
     let mut tried = Vec::new();
     let mut wrong = Vec::new();
+    let mut refused = None;
     for (code, candidate) in link.candidates(child) {
-        let Ok(file) = File::open(&candidate) else {
+        let canonical = match confinement.check(child, "parent", &candidate) {
+            Ok(Named::Allowed(c)) => c,
+            Ok(Named::Missing) => {
+                tried.push(format!("{code} → {} (not found)", candidate.display()));
+                continue;
+            }
+            Err(e) => {
+                refused.get_or_insert(e);
+                continue;
+            }
+        };
+        let Ok(file) = File::open(&canonical) else {
             tried.push(format!("{code} → {} (not found)", candidate.display()));
             continue;
         };
@@ -87,13 +100,16 @@ fn find_parent(child: &Path, link: &ParentLink) -> Result<Found> {
             .len();
         let found = footer::read(&file, &candidate, len)?;
         if found.uuid == link.uuid {
-            return Ok(Found::Parent(candidate));
+            return Ok(Found::Parent(canonical));
         }
         wrong.push(format!(
             "{code} → {} has unique id {}",
             candidate.display(),
             format_uuid(&found.uuid)
         ));
+    }
+    if let Some(refusal) = refused {
+        return Err(refusal);
     }
     if !wrong.is_empty() {
         return Err(bad(child, format!(

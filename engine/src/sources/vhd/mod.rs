@@ -44,6 +44,7 @@ use std::path::Path;
 use self::layer::{Layer, Run};
 use crate::error::{Error, Result};
 use crate::formats::vhd::format_uuid;
+use crate::sources::confine::Confinement;
 use crate::sources::{normalize_extents, BlockSource, Changes, STATE_KEY};
 
 /// A VHD image opened for reading, with its parents.
@@ -57,11 +58,17 @@ pub struct VhdSource {
 
 impl VhdSource {
     /// Opens and validates a VHD file and, for a differencing disk, its parents.
+    /// Parents are opened only from the image's own directory.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_confined(path, &Confinement::for_image(path, &[])?)
+    }
+
+    /// Opens a VHD and its parents, which must pass `confinement`.
+    pub fn open_confined(path: &Path, confinement: &Confinement) -> Result<Self> {
         let chain::Chain {
             layers,
             missing_parent,
-        } = chain::open(path)?;
+        } = chain::open(path, confinement)?;
         let changes = layers.first().and_then(|top| {
             let link = top.sparse.as_ref()?.parent.as_ref()?;
             let mut base_description = link.describe();

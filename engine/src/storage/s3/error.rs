@@ -92,6 +92,23 @@ impl fmt::Display for RemoteProblem {
     }
 }
 
+impl RemoteProblem {
+    /// Which kind of failure this is: the caller's settings (no credentials, no bucket) are
+    /// usage; refused credentials and missing permission a refusal; an object too large to
+    /// be tessera's damage; an unreachable or failing server a failed operation.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            Self::NoCredentials | Self::NoSuchBucket { .. } => ErrorKind::Usage,
+            Self::CredentialsRefused { .. } | Self::AccessDenied => ErrorKind::Refused,
+            Self::TooLarge { .. } => ErrorKind::Damage,
+            Self::Unreachable { .. } | Self::Unavailable { .. } | Self::Protocol { .. } => {
+                ErrorKind::Failed
+            }
+        }
+    }
+}
+
 /// How an `object_store` failure maps onto the engine's errors.
 pub(super) struct Classify<'a> {
     /// `s3://BUCKET/PREFIX`.
