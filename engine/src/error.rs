@@ -40,6 +40,12 @@ pub enum Error {
         /// The path given.
         path: PathBuf,
     },
+    /// `init` was pointed at an object-store prefix that holds objects.
+    #[error("{location} already exists: objects are stored under that prefix (a repository or something else); choose an empty prefix for a new repository")]
+    PrefixNotEmpty {
+        /// `s3://BUCKET/PREFIX`.
+        location: String,
+    },
     /// The config file does not decode.
     #[error("repository config of {location} is unreadable: {source}")]
     BadConfig {
@@ -465,6 +471,7 @@ impl Error {
             } => ErrorKind::Refused,
             Self::NotARepository { .. }
             | Self::AlreadyExists { .. }
+            | Self::PrefixNotEmpty { .. }
             | Self::OutputExists { .. }
             | Self::SnapshotNotFound { .. }
             | Self::AmbiguousSnapshot { .. }

@@ -39,6 +39,7 @@ pub mod export;
 pub mod formats;
 pub mod index;
 pub mod ledger;
+pub mod location;
 pub mod lock;
 pub mod nbd;
 pub mod net;

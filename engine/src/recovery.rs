@@ -311,7 +311,10 @@ impl CacheRefresh {
     pub fn summary(&self) -> Option<String> {
         let mut parts = Vec::new();
         if let Some(why) = &self.rebuilt {
-            parts.push(format!("index rebuilt from the bucket ({why})"));
+            return Some(format!(
+                "index cache: rebuilt from the bucket ({why}): {} snapshots, {} packs",
+                self.snapshots_catalogued, self.packs_adopted
+            ));
         }
         for (n, what) in [
             (

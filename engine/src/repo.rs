@@ -17,7 +17,7 @@
 //! REPO/ledger/, ledger.lock                               verification ledger
 //! ```
 //!
-//! An S3 repository ([`RepoStorage::at`] with `s3://BUCKET/PREFIX`) keeps its objects in the
+//! An S3 repository ([`RepoStorage::at`], [`crate::location`], with `s3://BUCKET/PREFIX`) keeps its objects in the
 //! bucket and its local state in a cache directory, whose index every open first brings up
 //! to date from the bucket ([`crate::recovery::refresh_cache`]; SPEC §2a).
 //!
@@ -39,12 +39,13 @@ use tessera_format::{
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
+use crate::location::{Location, LocationOptions};
 use crate::lock::WriterLock;
 use crate::readers::ReaderLease;
 use crate::recovery::Recovery;
 use crate::snapshot_ref::SnapshotRef;
 use crate::storage::local::LocalBackend;
-use crate::storage::s3::{S3Backend, S3Location, S3Options};
+use crate::storage::s3::S3Backend;
 use crate::storage::sim::CrashClock;
 use crate::storage::{Backend, ObjectKey, PutMode};
 use crate::store::reader;
@@ -116,46 +117,7 @@ pub struct RepoStorage {
     pub pack_target: u64,
 }
 
-/// How to reach a repository named by a location string ([`RepoStorage::at`]).
-#[derive(Debug, Clone, Default)]
-pub struct LocationOptions {
-    /// Endpoint, region, addressing, profile and retry bounds of `s3://` locations.
-    pub s3: S3Options,
-    /// The local state directory (index cache, ledger, locks) of an `s3://` repository.
-    /// Default: `$XDG_CACHE_HOME/tessera/BUCKET/HASH` (else `~/.cache/…`), `HASH` = the first
-    /// 16 hex digits of SHA-256 of `ENDPOINT\nLOCATION`.
-    pub cache_dir: Option<PathBuf>,
-}
-
 impl RepoStorage {
-    /// The repository at `location`: `s3://BUCKET/PREFIX` (objects in the bucket, local
-    /// state in the cache directory of `options`), or `file://PATH` or a plain path (a local
-    /// repository, as [`Self::local`]). For S3 this connects and checks the bucket (a wrong
-    /// endpoint, refused credentials or a missing bucket fail here, before anything is
-    /// written), then creates and marks the cache directory. Opening the repository brings
-    /// the cache up to date ([`crate::recovery::refresh_cache`]).
-    pub fn at(location: &str, options: &LocationOptions) -> Result<Self> {
-        match Location::parse(location)? {
-            Location::Local(path) => Ok(Self::local(&path)),
-            Location::S3(s3) => Self::on_s3(S3Backend::connect(s3, &options.s3)?, options),
-        }
-    }
-
-    fn on_s3(backend: S3Backend, options: &LocationOptions) -> Result<Self> {
-        let identity = format!("{}\n{}", backend.describe(), backend.endpoint());
-        let local_dir = match &options.cache_dir {
-            Some(dir) => dir.clone(),
-            None => default_cache_dir(&backend.location().bucket, &identity)?,
-        };
-        crate::recovery::mark_cache(&local_dir, &identity)?;
-        Ok(Self {
-            backend: Arc::new(backend),
-            local_dir,
-            crash_clock: None,
-            pack_target: TARGET_PACK_SIZE,
-        })
-    }
-
     /// A repository in the local directory `root` (objects and local state alike).
     pub fn local(root: &Path) -> Self {
         Self {
@@ -187,44 +149,6 @@ impl RepoStorage {
         Ok(Index::open(&self.index_path(), config.repo_id, read_only)?
             .with_crash_clock(self.crash_clock.clone()))
     }
-}
-
-/// A location string, parsed.
-enum Location {
-    Local(PathBuf),
-    S3(S3Location),
-}
-
-impl Location {
-    fn parse(location: &str) -> Result<Self> {
-        if location.starts_with("s3://") {
-            return S3Location::parse(location).map(Self::S3);
-        }
-        let path = location.strip_prefix("file://").unwrap_or(location);
-        if path.is_empty() || path.contains("://") {
-            return Err(Error::InvalidArgument(format!(
-                "{location:?} is not a repository location: give a path, file://PATH or s3://BUCKET/PREFIX"
-            )));
-        }
-        Ok(Self::Local(PathBuf::from(path)))
-    }
-}
-
-/// `$XDG_CACHE_HOME/tessera/BUCKET/HASH` or `~/.cache/tessera/BUCKET/HASH` (see
-/// [`LocationOptions::cache_dir`]).
-fn default_cache_dir(bucket: &str, identity: &str) -> Result<PathBuf> {
-    use sha2::Digest;
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .ok_or_else(|| {
-            Error::InvalidArgument(
-                "no cache directory for the S3 repository's index: set XDG_CACHE_HOME or HOME, or name one".into(),
-            )
-        })?;
-    let hash = hex::encode(sha2::Sha256::digest(identity.as_bytes()));
-    Ok(base.join("tessera").join(bucket).join(&hash[..16]))
 }
 
 /// An open repository.
@@ -280,8 +204,8 @@ impl Repository {
             Location::S3(s3) => S3Backend::connect(s3, &options.s3)?,
         };
         if !s3.is_empty()? {
-            return Err(Error::AlreadyExists {
-                path: PathBuf::from(s3.describe()),
+            return Err(Error::PrefixNotEmpty {
+                location: s3.describe(),
             });
         }
         let storage = RepoStorage::on_s3(s3, options)?;

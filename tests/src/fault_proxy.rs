@@ -11,7 +11,9 @@
 //!   forwarding;
 //! - [`Fault::ResetMidBody`]: read half the request body, then reset the connection (RST);
 //! - [`Fault::ResetAfterForward`]: forward the request, let the server handle it, then reset
-//!   the connection instead of answering (the answer is lost; the change happened).
+//!   the connection instead of answering (the answer is lost; the change happened);
+//! - [`Fault::Delay`]: forward the request, then hold the server's answer back for a while
+//!   (a slow server or network; a client whose timeout is shorter gives up on it).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -29,6 +31,8 @@ pub enum Fault {
     ResetMidBody,
     /// Forward, then reset instead of answering.
     ResetAfterForward,
+    /// Forward, then wait this long before relaying the answer.
+    Delay(Duration),
 }
 
 /// One request as the rule sees it.
@@ -203,6 +207,9 @@ fn serve(shared: &Shared, mut client: TcpStream) -> io::Result<()> {
                 let mut sink = [0u8; 1];
                 let _ = upstream.read(&mut sink);
                 return reset(&client);
+            }
+            if let Some(Fault::Delay(wait)) = fault {
+                std::thread::sleep(wait);
             }
             relay_answer(&mut upstream, &mut client)
         }

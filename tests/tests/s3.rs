@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use tessera_engine::location::LocationOptions;
 use tessera_engine::ops::backup::{backup, BackupRequest, DiskSpec};
 use tessera_engine::ops::check::check;
 use tessera_engine::ops::compact::{apply_compact, plan_compact};
@@ -18,7 +19,7 @@ use tessera_engine::ops::forget::{apply_forget, plan_forget};
 use tessera_engine::ops::rebuild_index::rebuild_index;
 use tessera_engine::ops::repair::{repair, RepairSources};
 use tessera_engine::ops::restore::restore_disk;
-use tessera_engine::repo::{LocationOptions, RepoStorage};
+use tessera_engine::repo::RepoStorage;
 use tessera_engine::storage::s3::{S3Backend, S3Location, PART_SIZE};
 use tessera_engine::storage::{Backend, ObjectKey, PutMode};
 use tessera_engine::{Error, InitOptions, NoProgress, Repository};

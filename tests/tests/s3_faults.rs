@@ -1,8 +1,10 @@
 //! S3 under faults: a real SeaweedFS behind a fault-injecting proxy ([`FaultProxy`]) that
 //! answers chosen requests with 500 `InternalError` or 503 `SlowDown`, resets connections
-//! halfway through an upload, or loses the answer to a request the server carried out.
-//! Backups either complete after retries or fail with a message that says what happened;
-//! nothing is ever half-visible, and verify is clean afterwards.
+//! halfway through an upload, loses the answer to a request the server carried out, or
+//! answers slowly (some answers after the client's request timeout); and the server itself
+//! killed (SIGKILL) and restarted in the middle of a backup through the binary. Backups
+//! either complete after retries or fail with a message that says what happened; nothing is
+//! ever half-visible, and verify is clean afterwards.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +12,7 @@ use tessera_engine::ops::backup::{backup, BackupRequest};
 use tessera_engine::ops::check::check;
 use tessera_engine::ops::restore::restore_disk;
 use tessera_engine::storage::s3::{S3Backend, S3Location};
+use tessera_engine::storage::Backend;
 use tessera_engine::{NoProgress, Repository};
 use tessera_format::SnapshotId;
 use tessera_tests::fault_proxy::{Fault, FaultProxy, Request};
@@ -228,4 +231,119 @@ fn a_server_that_keeps_failing_fails_the_backup_clearly_and_leaves_nothing_visib
         "a failed multipart upload became visible"
     );
     w.assert_sound(&[(first, &img1)]);
+}
+
+#[test]
+fn slow_answers_are_waited_for_or_retried_past_the_request_timeout() {
+    let sw = Seaweed::start("slow");
+    let proxy = FaultProxy::start(&sw.endpoint);
+    let mut options = options_for(&proxy.endpoint, KEY_ID, SECRET);
+    options.retry.request_timeout = std::time::Duration::from_secs(3);
+    let client = Client::new(&sw.location("slow"), options);
+    client.init();
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("one.img");
+    make_image(&img, ImageSpec::mixed(40 * MIB), &mut DataGen::new(6));
+    // Every third part and the first snapshot put are answered after the request timeout
+    // (the client gives up, the change happened: the retry must cope); everything else
+    // after 200 ms, well within it.
+    let parts = std::sync::atomic::AtomicUsize::new(0);
+    let snapshots = std::sync::atomic::AtomicUsize::new(0);
+    proxy.set_rule(Box::new(move |r| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let late = std::time::Duration::from_secs(5);
+        let late_part = is_part(r) && parts.fetch_add(1, Relaxed).is_multiple_of(3);
+        let late_snapshot = r.method == "PUT"
+            && r.target.contains("/snapshots/")
+            && snapshots.fetch_add(1, Relaxed) == 0;
+        if late_part || late_snapshot {
+            Some(Fault::Delay(late))
+        } else {
+            Some(Fault::Delay(std::time::Duration::from_millis(200)))
+        }
+    }));
+    let repo = client.writer();
+    let id = backup(
+        &repo,
+        &BackupRequest::one_disk("vm", "d0", &img),
+        &NoProgress,
+    )
+    .expect("backup through slow answers")
+    .id;
+    drop(repo);
+    let injected = proxy.injected();
+    let late = injected
+        .iter()
+        .filter(|(_, f)| *f == Fault::Delay(std::time::Duration::from_secs(5)))
+        .count();
+    assert!(late >= 2, "{:?}", kinds(&injected));
+    proxy.set_rule(Box::new(|_| None));
+    let repo = client.writer();
+    let report = check(&repo, true, &NoProgress).unwrap();
+    assert!(report.is_clean(), "check: {:?}", report.problems);
+    assert_eq!(repo.index().snapshots().unwrap().len(), 1);
+    assert_restores(&repo, id, &img, work.path());
+}
+
+#[test]
+fn a_server_killed_and_restarted_mid_backup_loses_nothing() {
+    use tessera_tests::seaweed::CliClient;
+    let mut sw = Seaweed::start("restart");
+    let cli = CliClient::new(&sw);
+    let work = tempfile::tempdir().unwrap();
+    let repo = sw.location("repo");
+    cli.json(["init", &repo]);
+    let first_img = work.path().join("first.img");
+    make_image(&first_img, ImageSpec::mixed(8 * MIB), &mut DataGen::new(7));
+    let disk = |p: &Path| format!("d0={}", p.display());
+    cli.json(["backup", &repo, "--series", "vm", &disk(&first_img)]);
+    let img = work.path().join("big.img");
+    make_image(&img, ImageSpec::mixed(160 * MIB), &mut DataGen::new(8));
+    let watcher = S3Backend::connect(S3Location::parse(&repo).unwrap(), &sw.options()).unwrap();
+    let packs_before = watcher.list("packs/").unwrap().len();
+
+    let child = cli
+        .cmd(["--json", "backup", &repo, "--series", "vm", &disk(&img)])
+        .spawn()
+        .expect("starting the backup");
+    // Kill the server once the backup is uploading (a part in flight or a pack sealed).
+    let uploading = tessera_tests::wait_until(std::time::Duration::from_mins(2), || {
+        watcher.incomplete_uploads().is_ok_and(|u| !u.is_empty())
+            || watcher.list("packs/").is_ok_and(|p| p.len() > packs_before)
+    });
+    assert!(uploading, "the backup never started uploading");
+    sw.kill();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    sw.restart();
+    let out = tessera_tests::finish_child(child, &["backup", "(server killed mid-way)"]);
+    eprintln!(
+        "backup across the restart: exit {}: {}",
+        out.code,
+        out.stderr.trim()
+    );
+    let ids = |cli: &CliClient| -> usize {
+        cli.json(["list", &repo])["snapshots"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    if out.code == 0 {
+        let id = tessera_tests::snapshot_id(&out.json());
+        assert_eq!(ids(&cli), 2, "{out}");
+        let restored = work.path().join("restored.img");
+        cli.run(["restore", &repo, &id, &restored.display().to_string()])
+            .ok();
+        tessera_tests::assert_same_file(&img, &restored);
+    } else {
+        // Failing is allowed if it says why and nothing is half-visible; a rerun completes.
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains("kept failing") || out.stderr.contains("cannot connect"),
+            "unclear failure: {out}"
+        );
+        assert_eq!(ids(&cli), 1, "a failed backup published: {out}");
+        cli.json(["backup", &repo, "--series", "vm", &disk(&img)]);
+        assert_eq!(ids(&cli), 2);
+    }
+    let v = cli.json(["verify", &repo]);
+    assert_eq!(v["report"]["problems"], serde_json::json!([]), "{v}");
 }

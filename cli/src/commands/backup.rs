@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::backup::{
     backup as run_backup, BackupReport, BackupRequest, DeltaOptions, DiskSpec, Mode,
     ReferenceChoice,
@@ -17,7 +18,7 @@ use crate::output::{bytes, Bars};
     reason = "one argument per option group of the subcommand"
 )]
 pub fn backup(
-    repo: &Path,
+    repo: &RepoLocation,
     series: String,
     disks: &[String],
     tags: &[String],

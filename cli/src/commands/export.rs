@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use tessera_engine::export::{export_snapshot, ExportRequest, Format};
-use tessera_engine::Repository;
+use tessera_engine::location::RepoLocation;
 
 use super::restore::split_spec;
 use crate::output::{bytes, print_ok, Bars};
@@ -15,7 +15,7 @@ use crate::output::{bytes, print_ok, Bars};
     reason = "one argument per command-line option"
 )]
 pub fn run(
-    repo: &Path,
+    repo: &RepoLocation,
     snapshot: &str,
     out: &Path,
     format: &str,
@@ -26,7 +26,7 @@ pub fn run(
     bars: &Bars,
 ) -> Result<i32> {
     let format: Format = format.parse()?;
-    let repository = Repository::open(repo)?;
+    let repository = super::open_reader(repo)?;
     let (query, disk) = split_spec(snapshot);
     let request = ExportRequest {
         snapshot: query,

@@ -9,15 +9,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
+use tessera_engine::location::RepoLocation;
 use tessera_engine::nbd::{bind_snapshot, Endpoint};
 use tessera_engine::net::Keepalive;
-use tessera_engine::Repository;
 
 use super::restore::split_spec;
 use crate::output::print_ok;
 
 pub fn run(
-    repo: &Path,
+    repo: &RepoLocation,
     snapshot: &str,
     listen: &str,
     socket: Option<&Path>,
@@ -25,7 +25,7 @@ pub fn run(
     keepalive: Keepalive,
     json: bool,
 ) -> Result<i32> {
-    let repository = Arc::new(Repository::open(repo)?);
+    let repository = Arc::new(super::open_reader(repo)?);
     let (query, disk) = split_spec(snapshot);
     let endpoint = match socket {
         Some(path) => Endpoint::Unix(path),

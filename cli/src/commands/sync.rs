@@ -1,12 +1,12 @@
 //! `tessera sync`, `tessera seed`, `tessera serve`.
 
 use anyhow::Result;
+use tessera_engine::location::{LocationOptions, RepoLocation};
 use tessera_engine::sync::bwlimit::parse_rate;
 use tessera_engine::sync::endpoints::{read_token, sync_between, RemoteAccess};
 use tessera_engine::sync::http::server::{bind, serve as http_serve};
 use tessera_engine::sync::http::tls::server_config;
 use tessera_engine::sync::{Selection, SyncOptions, SyncReport};
-use tessera_engine::Repository;
 
 use crate::args::UsageError;
 use crate::doc::print_ok;
@@ -21,7 +21,7 @@ fn selection(s: &SelectArgs) -> Selection {
     }
 }
 
-pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
+pub fn sync(args: &SyncArgs, options: &LocationOptions, json: bool, bars: &Bars) -> Result<i32> {
     let bwlimit = match &args.bwlimit {
         Some(r) => Some(parse_rate(r).ok_or_else(|| {
             UsageError(format!("--bwlimit {r:?}: give bytes per second, e.g. 50M"))
@@ -41,6 +41,7 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         &args.src,
         &args.dst,
         access,
+        options,
         &selection(&args.select),
         &opts,
         bars,
@@ -67,11 +68,16 @@ fn print_report(r: &SyncReport, json: bool) {
     }
 }
 
-pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
+pub fn seed(
+    cmd: &SeedCommand,
+    at: &dyn Fn(&str) -> tessera_engine::Result<RepoLocation>,
+    json: bool,
+    bars: &Bars,
+) -> Result<i32> {
     match cmd {
         SeedCommand::Export { repo, out, select } => {
             let select = selection(select);
-            let repository = Repository::open(repo)?;
+            let repository = super::open_reader(&at(repo)?)?;
             let r = tessera_engine::sync::bundle::export(&repository, out, &select, bars)?;
             if json {
                 print_ok(&r);
@@ -87,8 +93,12 @@ pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
             }
         }
         SeedCommand::Import { bundle, repo } => {
-            let r =
-                tessera_engine::sync::bundle::import(bundle, repo, &SyncOptions::default(), bars)?;
+            let r = tessera_engine::sync::bundle::import(
+                bundle,
+                &at(repo)?,
+                &SyncOptions::default(),
+                bars,
+            )?;
             print_report(&r, json);
         }
     }
@@ -102,9 +112,10 @@ struct Listening<'a> {
     listening: &'a str,
 }
 
-pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
+pub fn serve(repo: &RepoLocation, args: &ServeArgs, json: bool) -> Result<i32> {
     let token = read_token(&args.token_file)?;
-    tessera_engine::repo::read_config(&args.repo)?;
+    let storage = repo.storage()?;
+    storage.read_config()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server_config(cert, key)?),
         (None, None) => None,
@@ -118,6 +129,6 @@ pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
         println!("listening on {url}");
     }
     std::io::Write::flush(&mut std::io::stdout())?;
-    http_serve(&listener, &args.repo, &token)?;
+    http_serve(&listener, &storage, &token)?;
     Ok(0)
 }

@@ -1,12 +1,11 @@
 //! `tessera init`: a new, empty repository, and the report of its parameters.
 
-use std::path::Path;
-
 use serde::Serialize;
 use tessera_format::RepoId;
 
 use crate::error::Result;
-use crate::repo::{InitOptions, Repository};
+use crate::location::RepoLocation;
+use crate::repo::InitOptions;
 use crate::serde_ids;
 
 /// What `init` created.
@@ -25,11 +24,11 @@ pub struct InitReport {
     pub format_version: u32,
 }
 
-/// Creates a repository at `root` (see [`Repository::init`]).
-pub fn init(root: &Path, opts: InitOptions) -> Result<InitReport> {
-    let config = Repository::init(root, opts)?;
+/// Creates a repository at `location` (see [`crate::Repository::init_at`]).
+pub fn init(location: &RepoLocation, opts: InitOptions) -> Result<InitReport> {
+    let (_, config) = location.init(opts)?;
     Ok(InitReport {
-        repo: root.display().to_string(),
+        repo: location.to_string(),
         repository_id: config.repo_id,
         block_size: config.default_block_size,
         compression: config.compression.to_string(),

@@ -22,6 +22,7 @@ use tessera_format::{Compression, IdScheme, ManifestPage, ObjectKind, PackId, Sn
 
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
+use crate::location::RepoLocation;
 use crate::progress::Progress;
 use crate::repo::{InitOptions, Repository};
 use crate::storage::local::LocalBackend;
@@ -422,17 +423,17 @@ impl ObjectSource for Bundle {
     }
 }
 
-/// Imports a bundle into the repository at `repo_path`, creating it (with the source's
-/// default block size and compression) when it does not exist. The bundle is checked in
-/// full before the repository is created or opened.
+/// Imports a bundle into the repository at `repo`, creating it (with the source's default
+/// block size and compression) when it does not exist. The bundle is checked in full before
+/// the repository is created or opened.
 pub fn import(
     bundle_dir: &Path,
-    repo_path: &Path,
+    repo: &RepoLocation,
     opts: &SyncOptions,
     progress: &dyn Progress,
 ) -> Result<SyncReport> {
     let bundle = Bundle::open(bundle_dir, progress)?;
-    if !repo_path.join("config").exists() {
+    if !repo.exists()? {
         let m = bundle.manifest();
         let compression = Compression::parse(&m.compression).map_err(|e| Error::UntrustedData {
             from: bundle.describe(),
@@ -448,9 +449,9 @@ pub fn import(
                 "the bundle's repository parameters are unusable ({e}); nothing was created"
             ),
         })?;
-        Repository::init(repo_path, opts)?;
+        repo.init(opts)?;
     }
-    let repo = Repository::open_writer(repo_path)?;
+    let repo = repo.open_writer()?;
     let mut sink = LocalSink::new(&repo, Publisher::Operator);
     super::transfer::transfer(&bundle, &mut sink, &Selection::default(), opts, progress)
 }

@@ -1,14 +1,14 @@
-//! The two sides of `tessera sync SRC DST` (SPEC.md §22.1): each a local repository (a
-//! directory) or a server (`http://HOST:PORT`, `https://HOST:PORT`). [`sync_between`] opens
-//! them — the source as a reader, a local destination as the writer — and runs the one
-//! transfer path. A remote side needs the bearer token of a token file ([`read_token`]);
+//! The two sides of `tessera sync SRC DST` (SPEC.md §22.1): each a repository location (a
+//! directory, `file://PATH` or `s3://BUCKET/PREFIX`, [`crate::location`]) or a server
+//! (`http://HOST:PORT`, `https://HOST:PORT`). [`sync_between`] opens them — the source as a
+//! reader, a repository destination as the writer — and runs the one transfer path. A remote side needs the bearer token of a token file ([`read_token`]);
 //! extra trusted roots (`--tls-ca`) apply only to `https://` sides.
 
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
+use crate::location::{LocationOptions, RepoLocation};
 use crate::progress::Progress;
-use crate::repo::Repository;
 
 use super::http::client::Remote;
 use super::source::ObjectSource;
@@ -47,13 +47,15 @@ pub fn read_token(path: &Path) -> Result<String> {
     Ok(token.to_string())
 }
 
-/// Syncs the selected snapshots of `src` into `dst` (see the module docs). Refused before
-/// anything is opened: `--tls-ca` without an `https://` side, a remote side without a
-/// token file.
+/// Syncs the selected snapshots of `src` into `dst` (see the module docs); repository sides
+/// are reached with `locations`. Refused before anything is opened: `--tls-ca` without an
+/// `https://` side, a remote side without a token file, one cache directory named for two
+/// S3 sides (each repository needs its own).
 pub fn sync_between(
     src: &str,
     dst: &str,
     access: RemoteAccess<'_>,
+    locations: &LocationOptions,
     selection: &Selection,
     opts: &SyncOptions,
     progress: &dyn Progress,
@@ -62,6 +64,15 @@ pub fn sync_between(
         return Err(Error::Usage(
             "--tls-ca applies only to an https:// side".into(),
         ));
+    }
+    let repository = |location: &str| RepoLocation::parse(location, locations.clone());
+    if !is_remote(src) && !is_remote(dst) && locations.cache_dir.is_some() {
+        let (a, b) = (repository(src)?, repository(dst)?);
+        if a.is_s3() && b.is_s3() {
+            return Err(Error::Usage(
+                "--cache-dir names the cache of one S3 repository, and both sides are in S3: leave it out (each side gets its own cache under $XDG_CACHE_HOME)".into(),
+            ));
+        }
     }
     let token = if is_remote(src) || is_remote(dst) {
         let path = access
@@ -78,13 +89,13 @@ pub fn sync_between(
         remote_src = remote(src)?;
         &remote_src
     } else {
-        local_src = Repository::open(Path::new(src))?;
+        local_src = repository(src)?.open()?;
         &local_src
     };
     if is_remote(dst) {
         transfer(source, &mut remote(dst)?, selection, opts, progress)
     } else {
-        let dst = Repository::open_writer(Path::new(dst))?;
+        let dst = repository(dst)?.open_writer()?;
         super::sync(source, &dst, selection, opts, progress)
     }
 }

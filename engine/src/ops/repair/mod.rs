@@ -37,7 +37,7 @@ mod fetch;
 pub mod request;
 mod round;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 use tessera_format::{ObjectKind, PackId, SnapshotId};
@@ -181,9 +181,4 @@ pub fn repair(
     report.unrecoverable = last.damaged;
     report.problems = last.problems;
     Ok(report)
-}
-
-/// Whether a path looks like a repository (has a config file).
-pub fn is_repository(path: &Path) -> bool {
-    path.join("config").is_file()
 }

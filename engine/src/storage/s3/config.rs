@@ -101,6 +101,12 @@ pub struct S3Options {
 
 /// Bounds of the retries (exponential backoff with jitter, on 5xx, 429, `SlowDown`, timeouts
 /// and dropped connections) and of each request.
+///
+/// `object_store` draws each wait at random between `first_backoff` and twice the previous
+/// wait (at most `max_backoff`), so its waits stay around one to three times
+/// `first_backoff`: the defaults (0.5 s, 40 retries, 2 minutes) ride out a server that is
+/// away for about half a minute (a restart), and give up within 2 minutes. Connecting
+/// retries once only (see [`super::S3Backend::connect`]).
 #[derive(Debug, Clone, Copy)]
 pub struct RetryBounds {
     /// Retries of one request at most.
@@ -120,9 +126,9 @@ pub struct RetryBounds {
 impl Default for RetryBounds {
     fn default() -> Self {
         Self {
-            max_retries: 8,
+            max_retries: 40,
             max_elapsed: Duration::from_mins(2),
-            first_backoff: Duration::from_millis(100),
+            first_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
             request_timeout: Duration::from_mins(2),
             connect_timeout: Duration::from_secs(10),

@@ -138,7 +138,7 @@ impl S3Backend {
             .with_secret_access_key(&credentials.secret)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_client_options(client_options.clone())
-            .with_retry(retry);
+            .with_retry(retry.clone());
         if let Some(token) = &credentials.token {
             builder = builder.with_token(token);
         }
@@ -153,6 +153,17 @@ impl S3Backend {
                 },
             )
         };
+        // The probe of `connect` retries once only: a wrong endpoint or a server that is
+        // down fails at once, before anything is written, instead of after the long retries
+        // that ride out a restart in the middle of a backup.
+        let probe_store = builder
+            .clone()
+            .with_retry(RetryConfig {
+                max_retries: 1,
+                ..retry.clone()
+            })
+            .build()
+            .map_err(|e| setup(&e))?;
         let store = builder.build().map_err(|e| setup(&e))?;
         let http = ReqwestConnector::default()
             .connect(&client_options)
@@ -160,6 +171,7 @@ impl S3Backend {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tessera-s3")
+            .on_thread_start(block_sigpipe)
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the S3 client's runtime", e))?;
@@ -186,16 +198,16 @@ impl S3Backend {
                 retry: options.retry,
             }),
         };
-        backend.probe()?;
+        backend.probe(&probe_store)?;
         Ok(backend)
     }
 
-    /// One listing request under the prefix (see [`Self::connect`]).
-    fn probe(&self) -> Result<()> {
+    /// One listing request under the prefix (see [`Self::connect`]), through `store`.
+    fn probe(&self, store: &AmazonS3) -> Result<()> {
         let inner = &*self.inner;
         let prefix = inner.path("");
         inner
-            .run(inner.store.list_with_delimiter(Some(&prefix)))
+            .run(store.list_with_delimiter(Some(&prefix)))
             .map(|_| ())
             .map_err(|e| inner.classify().error("checking the bucket", &e))
     }
@@ -251,21 +263,22 @@ impl Inner {
         StorePath::from(format!("{}{key}", self.root))
     }
 
-    /// Runs `future` on the backend's runtime. From inside another runtime (where
-    /// `block_on` is not allowed) it runs on a scoped thread instead.
+    /// Runs `future` on the backend's runtime, from a short-lived thread that blocks SIGPIPE
+    /// ([`block_sigpipe`]: the future may write to a connection itself), and which is
+    /// outside any other runtime (where `block_on` is not allowed). A thread costs tens of
+    /// microseconds, a request to the store at least a round trip.
     fn run<F: Future + Send>(&self, future: F) -> F::Output
     where
         F::Output: Send,
     {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| {
-                s.spawn(|| self.runtime.block_on(future))
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                block_sigpipe();
+                self.runtime.block_on(future)
             })
-        } else {
-            self.runtime.block_on(future)
-        }
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     /// Reads `key` (a range of it, or all of it up to [`MAX_OBJECT`]), buffering at most
@@ -347,6 +360,20 @@ impl Inner {
             },
         }
     }
+}
+
+/// Blocks SIGPIPE in the calling thread (each of the runtime's threads, where the HTTP
+/// connections write). A front end may restore SIGPIPE's default action so that a closed
+/// standard output ends it quietly (the CLI does), but the HTTP stack writes requests with
+/// `writev`, which raises SIGPIPE on a connection the server reset: that would kill the
+/// whole process instead of failing one request that the retries then repeat. Blocked, the
+/// write fails with `EPIPE` and the signal stays pending on that thread, never delivered.
+fn block_sigpipe() {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGPIPE);
+    // Cannot fail with a valid `how` and set.
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
 }
 
 fn past_end(context: String, why: String) -> Error {

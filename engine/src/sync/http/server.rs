@@ -23,7 +23,8 @@
 //! After a refusal the connection is closed (once the refused body, up to
 //! [`REFUSED_BODY_DRAINED`], has been read and dropped, so that the client sees the answer).
 //!
-//! The serving loop opens the repository for what each request does: reads open it as a
+//! The serving loop opens the repository (local, or in object storage through the index
+//! cache, which each open brings up to date) for what each request does: reads open it as a
 //! reader (seeing every snapshot published so far); `put` and `publish` open it as **the
 //! writer for the duration of that request** (lock, recovery, append, seal, release), so
 //! local backups can run between requests and a push never holds the lock while the client
@@ -33,7 +34,6 @@
 //! snapshot references (see [`crate::sync::sink::publish_checked`]).
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, SyncSender};
 use std::time::Duration;
@@ -44,7 +44,7 @@ use tessera_format::{ObjectKind, SnapshotId};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::{listen_tcp, Keepalive};
-use crate::repo::{read_config, Repository};
+use crate::repo::{RepoStorage, Repository};
 use crate::storage::ObjectKey;
 use crate::sync::checked::check_batch;
 use crate::sync::sink::{publish_checked, LocalSink, ObjectSink, Publisher};
@@ -136,10 +136,10 @@ struct Shared<'a> {
     in_flight: AtomicUsize,
 }
 
-/// Serves `repo` until the process ends.
-pub fn serve(listener: &Listener, repo: &Path, token: &str) -> Result<()> {
-    // Fail early on a path that is not a repository.
-    read_config(repo)?;
+/// Serves the repository in `repo` (local or in object storage) until the process ends.
+pub fn serve(listener: &Listener, repo: &RepoStorage, token: &str) -> Result<()> {
+    // Fail early on a location that is not a repository.
+    repo.read_config()?;
     let (jobs, queue) = std::sync::mpsc::channel::<Job>();
     let shared = Shared {
         token,
@@ -427,20 +427,20 @@ fn fail(e: Error) -> (u16, String) {
     (status_of(&e), e.to_string())
 }
 
-fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
+fn handle(method: &str, url: &str, body: &[u8], root: &RepoStorage) -> Reply {
     let parts: Vec<&str> = url.trim_start_matches('/').split('/').collect();
     let kind_of = |name: &str| -> std::result::Result<ObjectKind, (u16, String)> {
         parse_kind(name).ok_or((404, format!("unknown object kind {name:?}")))
     };
     match (method, parts.as_slice()) {
         ("GET", ["v1", "info"]) => {
-            let config = read_config(root).map_err(fail)?;
+            let config = root.read_config().map_err(fail)?;
             Ok(serde_json::json!({ "id_scheme": config.id_scheme as u8 })
                 .to_string()
                 .into_bytes())
         }
         ("GET", ["v1", "snapshots"]) => {
-            let repo = Repository::open(root).map_err(fail)?;
+            let repo = Repository::open_on(root.clone()).map_err(fail)?;
             let list: Vec<serde_json::Value> = Catalog::snapshots(&repo)
                 .map_err(fail)?
                 .into_iter()
@@ -457,7 +457,7 @@ fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
             let id: SnapshotId = id
                 .parse()
                 .map_err(|e| (400, format!("snapshot id {id:?}: {e}")))?;
-            let repo = Repository::open(root).map_err(fail)?;
+            let repo = Repository::open_on(root.clone()).map_err(fail)?;
             if !repo.index().has_snapshot(id).map_err(fail)? {
                 return Err((404, format!("no published snapshot {id}")));
             }
@@ -466,14 +466,14 @@ fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
         ("POST", ["v1", "have", kind]) => {
             let kind = kind_of(kind)?;
             let digests = decode_digests(body, MAX_HAVE_DIGESTS, CLIENT).map_err(fail)?;
-            let repo = Repository::open(root).map_err(fail)?;
+            let repo = Repository::open_on(root.clone()).map_err(fail)?;
             let have = repo.index().contains_many(kind, &digests).map_err(fail)?;
             Ok(have.into_iter().map(u8::from).collect())
         }
         ("POST", ["v1", "get", kind]) => {
             let kind = kind_of(kind)?;
             let digests = decode_digests(body, MAX_GET_DIGESTS, CLIENT).map_err(fail)?;
-            let repo = Repository::open(root).map_err(fail)?;
+            let repo = Repository::open_on(root.clone()).map_err(fail)?;
             let mut out = Vec::new();
             for o in repo.get_objects(kind, &digests).map_err(fail)? {
                 encode_record(&mut out, &o).map_err(fail)?;
@@ -487,7 +487,7 @@ fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
             let digests: Vec<[u8; 32]> = records.iter().map(|(i, _)| i.digest.0).collect();
             let checked = check_batch("the client", kind, &digests, records).map_err(fail)?;
             let stored = checked.len();
-            let repo = Repository::open_writer(root).map_err(fail)?;
+            let repo = Repository::open_writer_on(root.clone()).map_err(fail)?;
             let mut sink = LocalSink::new(&repo, Publisher::Client);
             sink.put(kind, checked).map_err(fail)?;
             sink.seal().map_err(fail)?;
@@ -496,7 +496,7 @@ fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
                 .into_bytes())
         }
         ("POST", ["v1", "publish"]) => {
-            let repo = Repository::open_writer(root).map_err(fail)?;
+            let repo = Repository::open_writer_on(root.clone()).map_err(fail)?;
             let id = publish_checked(&repo, body, Publisher::Client).map_err(fail)?;
             Ok(serde_json::json!({ "id": id.to_hex() })
                 .to_string()
