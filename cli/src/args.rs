@@ -330,7 +330,9 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Leave alone packs indexed within this long (e.g. 7d, 12h, 0): their objects may
-        /// belong to a push or an interrupted backup that has not published yet.
+        /// belong to a push or an interrupted backup that has not published yet. In an S3
+        /// repository also how long emptied packs stay (doomed) before a later compact
+        /// deletes them: other machines' operations must finish within it.
         #[arg(long, default_value = "7d")]
         grace: String,
     },

@@ -34,6 +34,7 @@
 
 pub mod damage_marks;
 pub mod direct_write;
+pub mod doomed;
 pub mod error;
 pub mod export;
 pub mod formats;

@@ -89,6 +89,7 @@ impl RepoStorage {
             local_dir,
             crash_clock: None,
             pack_target: TARGET_PACK_SIZE,
+            shared: true,
         })
     }
 }

@@ -63,6 +63,9 @@ pub struct Recovery {
     pub packs_unreadable: Vec<(String, String)>,
     /// Packs emptied by an earlier compaction whose files could now be deleted.
     pub doomed_packs_deleted: usize,
+    /// Doomed packs of a shared store indexed again, because a snapshot another client
+    /// published names objects only they hold (`doomed.rs`).
+    pub doomed_packs_rescued: usize,
     /// Snapshot files of forgotten snapshots that a crash had kept, now deleted.
     pub forgotten_files_deleted: usize,
     /// Stored snapshots the index did not list, now catalogued.
@@ -85,6 +88,10 @@ impl Recovery {
         let counted = [
             (self.staged_removed, "staged files removed"),
             (self.packs_adopted, "sealed packs adopted"),
+            (
+                self.doomed_packs_rescued,
+                "doomed packs kept (a new snapshot needs them)",
+            ),
             (self.packs_quarantined.len(), "damaged packs quarantined"),
             (
                 self.packs_unreadable.len(),
@@ -133,11 +140,18 @@ pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
         staged_removed: backend.clean_staging()?,
         ..Recovery::default()
     };
-    recovery.doomed_packs_deleted = delete_doomed_packs(storage, index)?;
+    let mut doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
+    if storage.shared {
+        // Other machines may still read them: record them, delete them later (doomed.rs).
+        crate::doomed::publish(storage, index)?;
+        doomed.extend(crate::doomed::records(backend)?.into_keys());
+    } else {
+        recovery.doomed_packs_deleted = delete_doomed_packs(storage, index)?;
+        doomed = index.doomed_packs()?.into_iter().collect();
+    }
     // Snapshots before packs (step 2 of the module docs).
     let listed = backend.list(key::SNAPSHOTS)?;
     let tombstoned: HashSet<SnapshotId> = index.tombstones()?.into_iter().collect();
-    let doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
     let adoption = adopt_unindexed_packs(index, backend, &doomed)?;
     recovery.packs_adopted = adoption.adopted;
     recovery.packs_quarantined = adoption.quarantined.iter().map(PackId::to_hex).collect();
@@ -152,7 +166,7 @@ pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
         .filter_map(ObjectKey::as_snapshot)
         .filter(|id| !tombstoned.contains(id))
         .collect();
-    catalogue_unlisted(backend, index, &stored, &mut recovery)?;
+    catalogue_unlisted(storage, index, &stored, &mut recovery)?;
     apply_markers(backend, index, &listed, &stored)?;
     for (id, _) in index.snapshots()? {
         if !stored.contains(&id) {
@@ -177,13 +191,17 @@ fn finish_forgets(backend: &dyn Backend, index: &Index, recovery: &mut Recovery)
     Ok(())
 }
 
-/// Step 5: catalogues stored snapshots the index does not list.
+/// Step 5: catalogues stored snapshots the index does not list. In a shared store, a
+/// snapshot naming objects the index lacks first makes the doomed packs be rescued (another
+/// client's backup may have used objects only they hold, see `doomed.rs`), once.
 fn catalogue_unlisted(
-    backend: &dyn Backend,
+    storage: &RepoStorage,
     index: &Index,
     stored: &HashSet<SnapshotId>,
     recovery: &mut Recovery,
 ) -> Result<()> {
+    let backend = &*storage.backend;
+    let mut rescued = !storage.shared;
     let mut unlisted: Vec<SnapshotId> = Vec::new();
     for id in stored {
         if !index.has_snapshot(*id)? {
@@ -208,7 +226,17 @@ fn catalogue_unlisted(
                 continue;
             }
         };
-        match catalogue_stored(index, backend, id, &snapshot) {
+        let mut catalogued = catalogue_stored(index, backend, id, &snapshot);
+        if matches!(
+            catalogued,
+            Err(crate::error::Error::SnapshotIncomplete { .. })
+        ) && !rescued
+        {
+            rescued = true;
+            recovery.doomed_packs_rescued = crate::doomed::rescue(storage, index)?;
+            catalogued = catalogue_stored(index, backend, id, &snapshot);
+        }
+        match catalogued {
             Ok(()) => recovery.snapshots_catalogued.push(id.to_hex()),
             Err(e @ crate::error::Error::SnapshotIncomplete { .. })
                 if !recovery.packs_unreadable.is_empty() =>
@@ -298,6 +326,8 @@ pub struct CacheRefresh {
     pub snapshots_catalogued: usize,
     /// Packs another client sealed, now indexed.
     pub packs_adopted: usize,
+    /// Doomed packs indexed again because a new snapshot needs them (`doomed.rs`).
+    pub doomed_packs_rescued: usize,
     /// Snapshots whose files are gone from the bucket (another client forgot them), dropped.
     pub snapshots_dropped: Vec<String>,
     /// Reference counts corrected after dropping them.
@@ -311,8 +341,12 @@ impl CacheRefresh {
     pub fn summary(&self) -> Option<String> {
         let mut parts = Vec::new();
         if let Some(why) = &self.rebuilt {
+            let rescued = match self.doomed_packs_rescued {
+                0 => String::new(),
+                n => format!(", {n} doomed packs kept (a new snapshot needs them)"),
+            };
             return Some(format!(
-                "index cache: rebuilt from the bucket ({why}): {} snapshots, {} packs",
+                "index cache: rebuilt from the bucket ({why}): {} snapshots, {} packs{rescued}",
                 self.snapshots_catalogued, self.packs_adopted
             ));
         }
@@ -322,6 +356,10 @@ impl CacheRefresh {
                 "snapshots of other clients catalogued",
             ),
             (self.packs_adopted, "packs of other clients indexed"),
+            (
+                self.doomed_packs_rescued,
+                "doomed packs kept (a new snapshot needs them)",
+            ),
             (
                 self.snapshots_dropped.len(),
                 "snapshots forgotten by other clients dropped",
@@ -434,7 +472,24 @@ pub fn refresh_cache(storage: &RepoStorage) -> Result<Option<CacheRefresh>> {
             format!("{vanished_packs} packs it knew are gone from the bucket"),
         );
     }
-    let doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
+    // Packs another client's compaction doomed: the cache must stop placing objects there
+    // (the live ones were copied to packs it may not know yet), so it is rebuilt, which
+    // skips doomed packs (doomed.rs).
+    let recorded = crate::doomed::records(backend)?;
+    let doomed_elsewhere = catalogued_packs
+        .iter()
+        .filter(|p| recorded.contains_key(p))
+        .count();
+    if doomed_elsewhere > 0 {
+        drop(index);
+        drop(lock);
+        return rebuild_cache(
+            storage,
+            format!("another client's compaction doomed {doomed_elsewhere} packs it knew"),
+        );
+    }
+    let mut doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
+    doomed.extend(recorded.into_keys());
     let catalogued: HashSet<SnapshotId> =
         index.snapshots()?.into_iter().map(|(id, _)| id).collect();
     let new_packs = listed_packs
@@ -449,6 +504,7 @@ pub fn refresh_cache(storage: &RepoStorage) -> Result<Option<CacheRefresh>> {
     let mut refresh = CacheRefresh {
         snapshots_catalogued: recovered.snapshots_catalogued.len(),
         packs_adopted: recovered.packs_adopted,
+        doomed_packs_rescued: recovered.doomed_packs_rescued,
         ..CacheRefresh::default()
     };
     let mut batch = index.batch();
@@ -474,6 +530,7 @@ fn rebuild_cache(storage: &RepoStorage, why: String) -> Result<Option<CacheRefre
         rebuilt: Some(why),
         snapshots_catalogued: report.snapshots,
         packs_adopted: report.packs,
+        doomed_packs_rescued: report.doomed_packs_rescued,
         ..CacheRefresh::default()
     }))
 }

@@ -115,6 +115,10 @@ pub struct RepoStorage {
     pub crash_clock: Option<Arc<CrashClock>>,
     /// Size at which packs are sealed ([`TARGET_PACK_SIZE`]; crash tests use small packs).
     pub pack_target: u64,
+    /// Whether other machines may use the objects at the same time (an object store): then
+    /// the local directory is only a cache, and packs are deleted in two phases with a grace
+    /// period ([`crate::doomed`]) instead of once no local reader holds a lease.
+    pub shared: bool,
 }
 
 impl RepoStorage {
@@ -125,6 +129,7 @@ impl RepoStorage {
             local_dir: root.to_path_buf(),
             crash_clock: None,
             pack_target: TARGET_PACK_SIZE,
+            shared: false,
         }
     }
 

@@ -93,6 +93,10 @@ impl Drop for NbdServer {
     }
 }
 
+#[expect(
+    clippy::zombie_processes,
+    reason = "the returned NbdServer kills and waits for it when dropped"
+)]
 fn serve_nbd(cli: &CliClient, repo: &str, spec: &str, socket: &Path) -> NbdServer {
     let mut child = cli
         .cmd(["--json", "serve-nbd", repo, spec, "--socket", &path(socket)])
@@ -120,6 +124,11 @@ fn serve_nbd(cli: &CliClient, repo: &str, spec: &str, socket: &Path) -> NbdServe
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    reason = "one repository's life, command by command; w, a, b, q... name its parts"
+)]
 fn every_command_works_on_an_s3_repository() {
     let sw = Seaweed::start("cli");
     let cli = CliClient::new(&sw);
@@ -140,11 +149,11 @@ fn every_command_works_on_an_s3_repository() {
     assert_eq!(first["disks"][0]["mode"], "full", "{first}");
     let raw_v1 = w.join("disk-v1.raw");
     std::fs::copy(&raw, &raw_v1).unwrap();
-    let changed = [(3 * MIB, 256 * 1024), (17 * MIB + 4096, 8192)];
+    let rewritten = [(3 * MIB, 256 * 1024), (17 * MIB + 4096, 8192)];
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
-        for (offset, len) in changed {
+        for (offset, len) in rewritten {
             f.write_all_at(
                 &gen.bytes(tessera_tests::Fill::Random, len as usize),
                 offset,
@@ -152,7 +161,7 @@ fn every_command_works_on_an_s3_repository() {
             .unwrap();
         }
     }
-    write_change_list(&list, 24 * MIB, "cbt:0", "cbt:1", &changed);
+    write_change_list(&list, 24 * MIB, "cbt:0", "cbt:1", &rewritten);
     let delta = backup(
         &cli,
         &repo,
@@ -291,7 +300,7 @@ fn every_command_works_on_an_s3_repository() {
     // Only `b` stays: what the others alone held (the first state of the changed blocks, the
     // overlay's writes, their manifest pages) is garbage now.
     cli.json(["forget", &repo, &snapshot_id(&q), &snapshot_id(&ov)]);
-    assert_eq!(ids(&cli, &repo), [b.clone()]);
+    assert_eq!(ids(&cli, &repo), std::slice::from_ref(&b));
     let c = cli.json(["compact", &repo, "--max-unused", "0%", "--grace", "0"]);
     assert!(
         c["report"]["packs_rewritten"].as_u64().unwrap_or(0) > 0,
@@ -514,6 +523,7 @@ fn seeds_and_sync_move_snapshots_between_local_s3_and_a_server_fronting_s3() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one failure per paragraph")]
 fn bad_input_fails_with_its_kind_and_writes_nothing() {
     let sw = Seaweed::start("badcli");
     let cli = CliClient::new(&sw);

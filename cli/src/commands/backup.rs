@@ -113,4 +113,16 @@ fn print_text(r: &BackupReport) {
             );
         }
     }
+    if let Some(n) = &r.storage_requests {
+        println!(
+            "  requests to the object store: {} ({} get, {} list, {} head, {} put, {} post, {} delete)",
+            n.total(),
+            n.get,
+            n.list,
+            n.head,
+            n.put,
+            n.post,
+            n.delete
+        );
+    }
 }

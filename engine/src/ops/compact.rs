@@ -8,7 +8,9 @@
 //! through the [`PackSink`]; when a new pack is sealed, one index batch points the moved
 //! objects at their new locations, deletes the entries of dead objects, and moves the
 //! emptied old packs to the doomed list. Doomed pack files are deleted once no reader holds
-//! a lease (see `readers.rs`), now or by a later writer.
+//! a lease (see `readers.rs`), now or by a later writer; in a store several machines share,
+//! they get doom records instead and are deleted by a compaction at least the grace period
+//! later (see `doomed.rs`).
 //!
 //! Crash reasoning: before a batch commits, the index points at the old packs, which still
 //! exist; a new pack sealed but not committed is adopted by the next writer as a pack whose
@@ -68,6 +70,9 @@ pub struct CompactPlan {
     pub bytes_to_free: u64,
     /// Packs left alone because they were indexed within the grace period.
     pub packs_in_grace: usize,
+    /// The grace period, in microseconds: also how long a doomed pack of a shared store
+    /// stays before it is deleted ([`crate::doomed`]).
+    pub grace_us: i64,
 }
 
 /// How long a newly indexed pack is left alone by default: its objects may belong to a
@@ -83,8 +88,11 @@ pub struct CompactReport {
     pub packs_written: usize,
     /// Stored bytes moved.
     pub bytes_moved: u64,
-    /// Old packs deleted now (others wait for running readers to finish).
+    /// Old packs deleted now (others wait for running readers to finish; in a shared store,
+    /// for the grace period after their doom record).
     pub packs_deleted: usize,
+    /// Doom records stored for the packs emptied now (shared stores).
+    pub packs_doomed: usize,
     /// Packs skipped because a live object in them is damaged.
     pub damaged: Vec<String>,
 }
@@ -196,6 +204,7 @@ pub fn plan_compact_with_grace(
         bytes_to_move,
         bytes_to_free,
         packs_in_grace,
+        grace_us,
     })
 }
 
@@ -300,6 +309,12 @@ pub fn apply_compact(
     mover.commit()?;
     progress.finish();
     let mut report = mover.report;
-    report.packs_deleted = delete_doomed_packs(repo.storage(), repo.index())?;
+    let storage = repo.storage();
+    if storage.shared {
+        report.packs_doomed = crate::doomed::publish(storage, repo.index())?;
+        report.packs_deleted = crate::doomed::delete_expired(storage, repo.index(), plan.grace_us)?;
+    } else {
+        report.packs_deleted = delete_doomed_packs(storage, repo.index())?;
+    }
     Ok(report)
 }

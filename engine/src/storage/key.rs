@@ -14,6 +14,7 @@
 //! | `quarantine/<pack id>.intent` | repair's intent to quarantine a pack (§11b) |
 //! | `quarantine/<snapshot id>.snap` | a snapshot file recovery could not catalogue (§9) |
 //! | `bundle.json` | a seed bundle's manifest (§22.2; flat layout only) |
+//! | `doomed/<pack id>` | doom record of a pack a compaction emptied, in a shared store (§13) |
 
 use std::fmt;
 
@@ -25,6 +26,8 @@ pub const PACKS: &str = "packs/";
 pub const SNAPSHOTS: &str = "snapshots/";
 /// Prefix of quarantined packs and quarantine intents.
 pub const QUARANTINE: &str = "quarantine/";
+/// Prefix of doom records.
+pub const DOOMED: &str = "doomed/";
 
 const PACK_EXT: &str = ".pack";
 const SNAP_EXT: &str = ".snap";
@@ -50,6 +53,8 @@ pub enum KeyKind {
     QuarantineIntent(PackId),
     /// A quarantined snapshot file.
     QuarantinedSnapshot(SnapshotId),
+    /// A doom record.
+    DoomRecord(PackId),
 }
 
 impl ObjectKey {
@@ -99,6 +104,11 @@ impl ObjectKey {
         Self(format!("{QUARANTINE}{}{INTENT_EXT}", id.to_hex()))
     }
 
+    /// The doom record of a pack (see [`crate::doomed`]).
+    pub fn doom_record(id: PackId) -> Self {
+        Self(format!("{DOOMED}{}", id.to_hex()))
+    }
+
     /// A key as found by listing a backend. Only the backend builds keys this way; the
     /// engine uses the typed constructors.
     pub fn from_listed(key: String) -> Self {
@@ -136,6 +146,9 @@ impl ObjectKey {
         }
         if let Some(hex) = name(QUARANTINE, SNAP_EXT) {
             return hex.parse().ok().map(KeyKind::QuarantinedSnapshot);
+        }
+        if let Some(hex) = name(DOOMED, "") {
+            return hex.parse().ok().map(KeyKind::DoomRecord);
         }
         None
     }
@@ -193,6 +206,10 @@ mod tests {
         assert_eq!(
             ObjectKey::quarantined_snapshot(snap).kind(),
             Some(KeyKind::QuarantinedSnapshot(snap))
+        );
+        assert_eq!(
+            ObjectKey::doom_record(pack).kind(),
+            Some(KeyKind::DoomRecord(pack))
         );
     }
 

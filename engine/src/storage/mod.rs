@@ -80,6 +80,30 @@ pub trait Backend: Send + Sync {
     /// Where the objects live, for messages (a path or a URL).
     fn describe(&self) -> String;
 
+    /// The keys under `prefix` with the time each object was stored, by the store's own
+    /// clock (Unix microseconds). Only stores that several machines share answer it (their
+    /// clock is the one every client agrees on, SPEC §13); the default refuses.
+    fn list_stamped(&self, prefix: &str) -> Result<Vec<(ObjectKey, i64)>> {
+        Err(Error::Internal(format!(
+            "{} keeps no storage times (listing {prefix})",
+            self.describe()
+        )))
+    }
+
+    /// The requests sent to a remote store so far by this process, by kind; `None` for a
+    /// store reached without requests (a directory).
+    fn requests(&self) -> Option<s3::RequestCounts> {
+        None
+    }
+
+    /// The store's clock now (Unix microseconds), the clock of [`Self::list_stamped`].
+    fn clock_us(&self) -> Result<i64> {
+        Err(Error::Internal(format!(
+            "{} has no clock of its own",
+            self.describe()
+        )))
+    }
+
     /// Puts a whole object from memory.
     fn put_bytes(&self, key: &ObjectKey, mode: PutMode, bytes: &[u8]) -> Result<()> {
         let mut writer = self.put(key, mode)?;

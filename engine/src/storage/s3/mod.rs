@@ -28,6 +28,7 @@
 //!   buffers more than the object's announced size; a ranged read never more than asked.
 
 mod config;
+mod counting;
 mod error;
 mod uploads;
 mod writer;
@@ -40,13 +41,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AwsCredential, S3ConditionalPut};
-use object_store::client::{HttpClient, HttpConnector, ReqwestConnector};
+use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path as StorePath;
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
 };
 
 pub use config::{Credentials, RetryBounds, S3Location, S3Options};
+pub use counting::RequestCounts;
+use counting::{Counters, CountingConnector};
 pub use error::RemoteProblem;
 
 use super::{Backend, ObjectKey, ObjectWriter, PutMode};
@@ -86,6 +89,8 @@ struct Inner {
     credential: AwsCredential,
     http: HttpClient,
     retry: RetryBounds,
+    /// Every HTTP request sent, by kind.
+    counters: Arc<Counters>,
 }
 
 impl S3Backend {
@@ -100,14 +105,8 @@ impl S3Backend {
             .clone()
             .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", resolved.region));
         let bucket = &location.bucket;
-        let bucket_endpoint = if resolved.path_style {
-            format!("{}/{bucket}", endpoint.trim_end_matches('/'))
-        } else {
-            match endpoint.split_once("://") {
-                Some((scheme, host)) => format!("{scheme}://{bucket}.{host}"),
-                None => endpoint.clone(),
-            }
-        };
+        let bucket_endpoint = bucket_endpoint(&endpoint, bucket, resolved.path_style);
+        let counters = Arc::new(Counters::default());
         let classify = Classify {
             location: &url,
             endpoint: &endpoint,
@@ -138,6 +137,7 @@ impl S3Backend {
             .with_secret_access_key(&credentials.secret)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_client_options(client_options.clone())
+            .with_http_connector(CountingConnector(counters.clone()))
             .with_retry(retry.clone());
         if let Some(token) = &credentials.token {
             builder = builder.with_token(token);
@@ -165,20 +165,13 @@ impl S3Backend {
             .build()
             .map_err(|e| setup(&e))?;
         let store = builder.build().map_err(|e| setup(&e))?;
-        let http = ReqwestConnector::default()
+        let http = CountingConnector(counters.clone())
             .connect(&client_options)
             .map_err(|e| setup(&e))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("tessera-s3")
-            .on_thread_start(block_sigpipe)
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("starting the S3 client's runtime", e))?;
         let backend = Self {
             inner: Arc::new(Inner {
                 store,
-                runtime,
+                runtime: runtime()?,
                 root: if location.prefix.is_empty() {
                     String::new()
                 } else {
@@ -196,6 +189,7 @@ impl S3Backend {
                 },
                 http,
                 retry: options.retry,
+                counters,
             }),
         };
         backend.probe(&probe_store)?;
@@ -362,6 +356,30 @@ impl Inner {
     }
 }
 
+/// The base URL of bucket-level requests: `ENDPOINT/BUCKET` (path style) or
+/// `SCHEME://BUCKET.HOST` (virtual-hosted).
+fn bucket_endpoint(endpoint: &str, bucket: &str, path_style: bool) -> String {
+    if path_style {
+        format!("{}/{bucket}", endpoint.trim_end_matches('/'))
+    } else {
+        match endpoint.split_once("://") {
+            Some((scheme, host)) => format!("{scheme}://{bucket}.{host}"),
+            None => endpoint.to_string(),
+        }
+    }
+}
+
+/// The backend's runtime: two worker threads, SIGPIPE blocked in each.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tessera-s3")
+        .on_thread_start(block_sigpipe)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the S3 client's runtime", e))
+}
+
 /// Blocks SIGPIPE in the calling thread (each of the runtime's threads, where the HTTP
 /// connections write). A front end may restore SIGPIPE's default action so that a closed
 /// standard output ends it quietly (the CLI does), but the HTTP stack writes requests with
@@ -457,5 +475,38 @@ impl Backend for S3Backend {
 
     fn describe(&self) -> String {
         self.inner.url.clone()
+    }
+
+    fn list_stamped(&self, prefix: &str) -> Result<Vec<(ObjectKey, i64)>> {
+        let inner = &*self.inner;
+        let base = inner.path(prefix.trim_end_matches('/'));
+        let listed = inner.run(async {
+            let mut out = Vec::new();
+            let mut stream = inner.store.list(Some(&base));
+            while let Some(meta) = stream.next().await {
+                let meta = meta?;
+                out.push((meta.location, meta.last_modified.timestamp_micros()));
+            }
+            Ok::<_, object_store::Error>(out)
+        });
+        let listed = listed.map_err(|e| inner.classify().error(format!("listing {prefix}"), &e))?;
+        let mut keys: Vec<(ObjectKey, i64)> = listed
+            .into_iter()
+            .filter_map(|(p, at)| {
+                let key = p.as_ref().strip_prefix(inner.root.as_str())?.to_string();
+                key.starts_with(prefix)
+                    .then(|| (ObjectKey::from_listed(key), at))
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn clock_us(&self) -> Result<i64> {
+        uploads::server_time(&self.inner).map(|t| t.timestamp_micros())
+    }
+
+    fn requests(&self) -> Option<RequestCounts> {
+        Some(self.inner.counters.read())
     }
 }

@@ -159,6 +159,13 @@ fn protocol(inner: &Inner, what: String) -> Error {
 
 /// A signed `GET` of the bucket with `query`, retried like `object_store`'s own requests;
 /// returns the body (at most [`MAX_PAGE`] bytes) and the server's `Date`.
+/// The server's clock now: the `Date` of its answer to a one-entry upload listing (the
+/// cheapest signed request whose answer tessera reads itself).
+pub(super) fn server_time(inner: &Inner) -> Result<DateTime<Utc>> {
+    let query = format!("uploads=&max-uploads=1&prefix={}", encode(&inner.root));
+    get_signed(inner, &query).map(|(_, now)| now)
+}
+
 fn get_signed(inner: &Inner, query: &str) -> Result<(String, DateTime<Utc>)> {
     let url = format!("{}?{query}", inner.bucket_endpoint.trim_end_matches('/'));
     inner
