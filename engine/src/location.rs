@@ -63,7 +63,7 @@ impl RepoStorage {
     /// repository, as [`Self::local`]). For S3 this connects and checks the bucket (a wrong
     /// endpoint, refused credentials or a missing bucket fail here, before anything is
     /// written), then creates and marks the cache directory. Opening the repository brings
-    /// the cache up to date ([`crate::recovery::refresh_cache`]).
+    /// the cache up to date ([`crate::cache::refresh_cache`]).
     pub fn at(location: &str, options: &LocationOptions) -> Result<Self> {
         Self::of(&Location::parse(location)?, options)
     }
@@ -83,7 +83,7 @@ impl RepoStorage {
             Some(dir) => dir.clone(),
             None => default_cache_dir(&backend.location().bucket, &identity)?,
         };
-        crate::recovery::mark_cache(&local_dir, &identity)?;
+        crate::cache::mark_cache(&local_dir, &identity)?;
         Ok(Self {
             backend: Arc::new(backend),
             local_dir,

@@ -19,7 +19,7 @@
 //!
 //! An S3 repository ([`RepoStorage::at`], [`crate::location`], with `s3://BUCKET/PREFIX`) keeps its objects in the
 //! bucket and its local state in a cache directory, whose index every open first brings up
-//! to date from the bucket ([`crate::recovery::refresh_cache`]; SPEC §2a).
+//! to date from the bucket ([`crate::cache::refresh_cache`]; SPEC §2a).
 //!
 //! Concurrency: one writer at a time (the lock); any number of readers next to it. Readers
 //! open the index read-only and see the snapshots published when they opened it; packs and
@@ -262,7 +262,7 @@ impl Repository {
 
     /// Opens for reading: no lock, a reader lease, the index read-only.
     pub fn open_on(storage: RepoStorage) -> Result<Self> {
-        let cache = crate::recovery::refresh_cache(&storage)?;
+        let cache = crate::cache::refresh_cache(&storage)?;
         let config = storage.read_config()?;
         let lease = ReaderLease::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, true)?;
@@ -281,7 +281,7 @@ impl Repository {
 
     /// Opens as the single writer: takes the lock, then recovers from any interrupted writer.
     pub fn open_writer_on(storage: RepoStorage) -> Result<Self> {
-        let cache = crate::recovery::refresh_cache(&storage)?;
+        let cache = crate::cache::refresh_cache(&storage)?;
         let config = storage.read_config()?;
         let lock = WriterLock::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, false)?;
