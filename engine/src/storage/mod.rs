@@ -90,6 +90,21 @@ pub trait Backend: Send + Sync {
         )))
     }
 
+    /// Reads several ranges (`key`, offset, length), each as [`Self::get_range`]; a remote
+    /// store runs several at once. The answers are in the order asked.
+    fn get_ranges(&self, ranges: &[(ObjectKey, u64, usize)]) -> Vec<Result<Vec<u8>>> {
+        ranges
+            .iter()
+            .map(|(key, offset, len)| self.get_range(key, *offset, *len))
+            .collect()
+    }
+
+    /// Whether each read is a request over a network (S3): then nearby records are read
+    /// together ([`crate::store::reader::fetch_records`]) rather than one by one.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
     /// The requests sent to a remote store so far by this process, by kind; `None` for a
     /// store reached without requests (a directory).
     fn requests(&self) -> Option<s3::RequestCounts> {

@@ -40,7 +40,7 @@ pub use range::{Extent, Segment};
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
 use crate::repo::Repository;
-use crate::store::reader::{read_object, read_object_into};
+use crate::store::reader::{decode_fetched_into, fetch_records, read_object, read_object_into};
 
 /// Pages a reader made with [`DiskReader::new`] keeps: 1 MiB, about 25 pages of 512 entries.
 const PRIVATE_PAGE_CACHE: usize = 1 << 20;
@@ -358,6 +358,11 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
         .map_err(|e| self.at_block(block, e))
     }
 
+    /// Whether the repository's store is remote (reads are requests: worth batching).
+    pub fn is_remote(&self) -> bool {
+        self.repo.backend().is_remote()
+    }
+
     /// Decodes several blocks in parallel into `buf`, each at its place: `(block, ref, range
     /// of buf)`, the ranges ascending, disjoint and each exactly its block's length (see
     /// [`Self::read_block_into`]). The first error wins.
@@ -370,10 +375,38 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
         R: Sync,
     {
         let dsts = carve(buf, places.iter().map(|(_, _, range)| range.clone()))?;
-        places
-            .par_iter()
+        if !self.repo.backend().is_remote() {
+            return places
+                .par_iter()
+                .zip(dsts)
+                .try_for_each(|((block, r, _), dst)| self.read_block_into(*block, r, dst));
+        }
+        // A remote store: nearby chunks are fetched together, then decoded in parallel.
+        let mut located = Vec::new();
+        for (block, r, _) in places.iter().filter(|(_, r, _)| !r.is_zero()) {
+            located.push(self.location(*block, r)?);
+        }
+        let mut fetched = fetch_records(self.repo.backend(), &located).into_iter();
+        let jobs: Vec<_> = places
+            .iter()
             .zip(dsts)
-            .try_for_each(|((block, r, _), dst)| self.read_block_into(*block, r, dst))
+            .map(|((block, r, _), dst)| {
+                let record = (!r.is_zero())
+                    .then(|| fetched.next())
+                    .flatten()
+                    .zip(r.location);
+                (*block, r, dst, record)
+            })
+            .collect();
+        jobs.into_par_iter()
+            .try_for_each(|(block, r, dst, record)| match record {
+                None => self.read_block_into(block, r, dst),
+                Some((bytes, location)) => {
+                    self.check_len(block, r, dst.len() as u64)?;
+                    decode_fetched_into(bytes, ObjectKind::Chunk, &r.digest.0, &location, dst)
+                        .map_err(|e| self.at_block(block, e))
+                }
+            })
     }
 
     /// The decoded bytes of non-zero block `block` (exactly its length), from the chunk

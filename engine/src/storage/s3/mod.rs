@@ -64,6 +64,9 @@ pub const MAX_OBJECT: u64 = 1 << 30;
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts of one object uploading at once.
 pub const PARTS_IN_FLIGHT: usize = 4;
+/// Ranged reads of one [`Backend::get_ranges`] call running at once: a single `GET` on
+/// loopback SeaweedFS moves ~100 MiB/s, several together several times that.
+pub const READS_IN_FLIGHT: usize = 8;
 /// Incomplete uploads younger than this are never aborted: another client sharing the
 /// bucket may be uploading them now (no upload of a 32 MiB pack takes an hour).
 pub const STALE_UPLOAD: Duration = Duration::from_hours(1);
@@ -431,6 +434,42 @@ impl Backend for S3Backend {
         self.inner.read(key, None).map(|(b, _)| b)
     }
 
+    fn get_ranges(&self, ranges: &[(ObjectKey, u64, usize)]) -> Vec<Result<Vec<u8>>> {
+        if ranges.len() <= 1 {
+            return ranges
+                .iter()
+                .map(|(key, offset, len)| self.get_range(key, *offset, *len))
+                .collect();
+        }
+        // Each reader thread takes the next range; answers go back to their places.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let answers: Vec<std::sync::Mutex<Option<Result<Vec<u8>>>>> =
+            ranges.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..READS_IN_FLIGHT.min(ranges.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((key, offset, len)) = ranges.get(i) else {
+                        return;
+                    };
+                    let answer = self.get_range(key, *offset, *len);
+                    if let Ok(mut slot) = answers[i].lock() {
+                        *slot = Some(answer);
+                    }
+                });
+            }
+        });
+        answers
+            .into_iter()
+            .map(|slot| {
+                slot.into_inner()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| Err(Error::Internal("a ranged read was lost".into())))
+            })
+            .collect()
+    }
+
     fn size(&self, key: &ObjectKey) -> Result<Option<u64>> {
         self.inner.size(key)
     }
@@ -504,6 +543,10 @@ impl Backend for S3Backend {
 
     fn clock_us(&self) -> Result<i64> {
         uploads::server_time(&self.inner).map(|t| t.timestamp_micros())
+    }
+
+    fn is_remote(&self) -> bool {
+        true
     }
 
     fn requests(&self) -> Option<RequestCounts> {
