@@ -170,7 +170,8 @@ pub const COALESCE_SPAN: u64 = 8 << 20;
 /// [`COALESCE_SPAN`] bytes, several at once ([`Backend::get_ranges`]). A 64 KiB block
 /// restored with one request each is latency-bound; an 8 MiB read is not (`macro-bench
 /// --s3`, 1 GiB: restore 26.5 s → 4.9 s, verify 31.7 s → 5.9 s). After a failed or short
-/// read, its records are read one by one, so each gets its own verdict. Nothing is checked
+/// read, its records are read one by one, so each gets its own verdict (but when the store
+/// itself failed, [`Error::Remote`], each gets that error without another read). Nothing is checked
 /// here: the caller checks every record as [`read_object`] does ([`check_fetched`],
 /// [`decode_fetched_into`]). Memory: the records asked for, at once.
 pub fn fetch_records(backend: &dyn Backend, entries: &[ObjectEntry]) -> Vec<Result<Vec<u8>>> {
@@ -216,6 +217,23 @@ pub fn fetch_records(backend: &dyn Backend, entries: &[ObjectEntry]) -> Vec<Resu
                         .map(<[u8]>::to_vec)
                         .ok_or_else(|| Error::Internal("a record outside its span".into()));
                     (i, record)
+                })
+                .collect(),
+            // The store itself failed, after its retries (unreachable, refusing): each record
+            // gets that verdict, without a read each that would wait out the same retries.
+            Err(Error::Remote {
+                location,
+                context,
+                problem,
+            }) => members
+                .into_iter()
+                .map(|i| {
+                    let e = Error::Remote {
+                        location: location.clone(),
+                        context: context.clone(),
+                        problem: problem.clone(),
+                    };
+                    (i, Err(e))
                 })
                 .collect(),
             // One by one, so that each record gets its own verdict (a truncated pack still
@@ -389,6 +407,8 @@ mod tests {
         inner: LocalBackend,
         reads: Mutex<Vec<(ObjectKey, u64, usize)>>,
         fail_longer_than: usize,
+        /// The injected failure is the store's own (after its retries), not an I/O error.
+        fail_as_store: bool,
     }
 
     impl Backend for Logged {
@@ -397,6 +417,15 @@ mod tests {
         }
         fn get_range(&self, key: &ObjectKey, offset: u64, len: usize) -> Result<Vec<u8>> {
             self.reads.lock().unwrap().push((key.clone(), offset, len));
+            if len > self.fail_longer_than && self.fail_as_store {
+                return Err(Error::Remote {
+                    location: "s3://injected".into(),
+                    context: format!("reading {len} bytes of {key}"),
+                    problem: crate::storage::s3::RemoteProblem::Unavailable {
+                        last: "injected: 503 Service Unavailable".into(),
+                    },
+                });
+            }
             if len > self.fail_longer_than {
                 return Err(Error::io(
                     format!("reading {len} bytes of {key}"),
@@ -433,6 +462,7 @@ mod tests {
             inner: LocalBackend::new(dir),
             reads: Mutex::default(),
             fail_longer_than,
+            fail_as_store: false,
         }
     }
 
@@ -555,6 +585,32 @@ mod tests {
         let reads = reads(&backend);
         assert_eq!(reads.len(), 1 + a.len(), "{reads:?}");
         assert!(reads[1..].iter().all(|r| r.2 <= 70_000), "{reads:?}");
+    }
+
+    #[test]
+    fn a_failed_store_fails_every_record_of_the_span_without_more_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = logged(dir.path(), usize::MAX);
+        let a = pack_of(&backend, &[65_536, 65_536, 65_536, 65_536]);
+        let b = pack_of(&backend, &[4096]);
+        backend.fail_longer_than = 70_000;
+        backend.fail_as_store = true;
+        // Pack a's span fails as the store's failure; pack b's single record is read.
+        let asked = [&a[1], &b[0], &a[3], &a[0]];
+        let entries: Vec<ObjectEntry> = asked.iter().map(|c| c.2).collect();
+        let fetched = fetch_records(&backend, &entries);
+        assert_eq!(reads(&backend).len(), 2);
+        for (c, got) in asked.iter().zip(fetched) {
+            let v = check_fetched(got, ObjectKind::Chunk, &c.0, &c.2);
+            if c.2.pack == b[0].2.pack {
+                assert!(v.is_ok(), "{v:?}");
+            } else {
+                assert!(
+                    matches!(&v, Err(e @ Error::Remote { .. }) if e.kind() == crate::error::ErrorKind::Failed),
+                    "{v:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -335,14 +335,7 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
     /// Decodes block `block`, described by `r`, into `dst`, which must be exactly the
     /// block's length; a zero block fills it with zeros. The chunk is checked on the way.
     pub fn read_block_into(&self, block: u64, r: &BlockRef, dst: &mut [u8]) -> Result<()> {
-        let len = self.block_len(block);
-        if dst.len() as u64 != len || block >= self.blocks {
-            return Err(Error::InvalidArgument(format!(
-                "a {}-byte buffer for block {block} of disk {}, which holds {len} bytes",
-                dst.len(),
-                self.name
-            )));
-        }
+        self.check_dst(block, dst)?;
         if r.is_zero() {
             dst.fill(0);
             return Ok(());
@@ -402,7 +395,7 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
             .try_for_each(|(block, r, dst, record)| match record {
                 None => self.read_block_into(block, r, dst),
                 Some((bytes, location)) => {
-                    self.check_len(block, r, dst.len() as u64)?;
+                    self.check_dst(block, dst)?;
                     decode_fetched_into(bytes, ObjectKind::Chunk, &r.digest.0, &location, dst)
                         .map_err(|e| self.at_block(block, e))
                 }
@@ -439,6 +432,20 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
         })?;
         self.check_len(block, r, u64::from(location.raw_len))?;
         Ok(location)
+    }
+
+    /// Refuses a buffer for block `block` that is not exactly its length (or a block past the
+    /// disk's end).
+    fn check_dst(&self, block: u64, dst: &[u8]) -> Result<()> {
+        let len = self.block_len(block);
+        if dst.len() as u64 != len || block >= self.blocks {
+            return Err(Error::InvalidArgument(format!(
+                "a {}-byte buffer for block {block} of disk {}, which holds {len} bytes",
+                dst.len(),
+                self.name
+            )));
+        }
+        Ok(())
     }
 
     /// Refuses a chunk of `raw_len` bytes for block `block`, unless that is its length.
