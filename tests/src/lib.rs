@@ -293,8 +293,16 @@ pub fn init_repo(repo: &Path, extra: &[&str]) {
 ///
 /// When the file cannot be written.
 pub fn token_file(dir: &Path, token: &str) -> PathBuf {
-    let path = dir.join("token");
+    token_file_named(dir, "token", token)
+}
+
+/// Writes `token` to `DIR/NAME` with mode 600 (servers and clients refuse token files that
+/// group or others may read); returns the path.
+pub fn token_file_named(dir: &Path, name: &str, token: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
     fs::write(&path, token).expect("writing the token file");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
     path
 }
 

@@ -14,8 +14,8 @@ use tessera_format::pack::encode_record_header;
 use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind};
 use tessera_tests::remote::Transport;
 use tessera_tests::{
-    backup_json, init_repo, list_ids, make_image, pack_files, seed, token_file, verify, DataGen,
-    ImageSpec, Out, Served,
+    backup_json, init_repo, list_ids, make_image, pack_files, seed, token_file, token_file_named,
+    verify, DataGen, ImageSpec, Out, Served,
 };
 
 const MIB: u64 = 1 << 20;
@@ -86,8 +86,7 @@ fn state(repo: &Path) -> (Vec<String>, Vec<PathBuf>) {
 #[test]
 fn unauthorized_and_forged_requests_change_nothing() {
     let (work, a, b, _token, server) = pushed_pair("serve-refuse", "right-token");
-    let wrong = work.path().join("wrong");
-    std::fs::write(&wrong, "wrong-token").unwrap();
+    let wrong = token_file_named(work.path(), "wrong", "wrong-token");
     let before = state(&b);
 
     // Wrong token through the CLI: refused with 401, nothing copied.

@@ -1,13 +1,16 @@
 //! `tessera sync`, `tessera seed`, `tessera serve`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
 use std::path::Path;
 use tessera_engine::sync::bwlimit::parse_rate;
 
+use tessera_engine::sync::http::audit::AuditLog;
 use tessera_engine::sync::http::client::Remote;
-use tessera_engine::sync::http::server::{bind, serve as http_serve};
+use tessera_engine::sync::http::server::{bind, serve as http_serve, ServeOptions};
+use tessera_engine::sync::http::service::TokenSource;
 use tessera_engine::sync::http::tls::server_config;
+use tessera_engine::sync::http::tokens::{read_private, Tokens};
 use tessera_engine::sync::source::ObjectSource;
 use tessera_engine::sync::transfer::transfer;
 use tessera_engine::sync::{Selection, SyncOptions, SyncReport};
@@ -73,7 +76,8 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
             // The trusted roots of `--tls-ca` concern the https:// side(s) only.
             let remote = |url: &str| {
                 let ca = args.tls_ca.as_deref().filter(|_| is_https(url));
-                Remote::new(url, &token, ca).map_err(refused)
+                let timeout = std::time::Duration::from_secs(args.io_timeout);
+                Remote::new(url, &token, ca, timeout).map_err(refused)
             };
             let local_src;
             let remote_src;
@@ -153,13 +157,13 @@ pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
     Ok(0)
 }
 
-/// The bearer token in `path` (surrounding whitespace removed; must not be empty).
+/// The bearer token in `path` (surrounding whitespace removed; must not be empty). The
+/// file must be readable by its owner only.
 fn read_token(path: Option<&Path>) -> Result<String> {
     let Some(path) = path else {
         return Err(UsageError("a remote side needs --token-file FILE".into()).into());
     };
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = read_private(path, "token file").map_err(refused)?;
     let token = token.trim();
     if token.is_empty() {
         bail!("the token file {} is empty", path.display());
@@ -168,14 +172,30 @@ fn read_token(path: Option<&Path>) -> Result<String> {
 }
 
 pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
-    let token = read_token(Some(&args.token_file))?;
+    let (tokens, usage_of) = match (&args.tokens, &args.token_file) {
+        (Some(file), None) => (
+            TokenSource::file(file.clone()).map_err(refused)?,
+            Some(file.clone()),
+        ),
+        (None, Some(file)) => {
+            let token = read_token(Some(file))?;
+            let single = Tokens::single_admin("token-file", &token);
+            (TokenSource::Fixed(std::sync::Arc::new(single)), None)
+        }
+        _ => return Err(UsageError("give --tokens FILE or --token-file FILE".into()).into()),
+    };
     tessera_engine::repo::read_config(&args.repo)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server_config(cert, key).map_err(refused)?),
         (None, None) => None,
         _ => return Err(UsageError("--tls-cert and --tls-key go together".into()).into()),
     };
-    let listener = bind(&args.listen, tls, args.keepalive.get()).map_err(refused)?;
+    let audit = match &args.audit_log {
+        Some(path) => AuditLog::file(path)?,
+        None => AuditLog::stderr(),
+    };
+    let listener =
+        bind(&args.listen, tls, args.keepalive.get(), args.insecure_http).map_err(refused)?;
     let url = listener.url();
     if json {
         print_json(&json!({ "ok": true, "listening": url }));
@@ -183,6 +203,11 @@ pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
         println!("listening on {url}");
     }
     std::io::Write::flush(&mut std::io::stdout())?;
-    http_serve(&listener, &args.repo, &token).map_err(refused)?;
+    let options = ServeOptions {
+        tokens,
+        usage_of,
+        audit,
+    };
+    http_serve(listener, &args.repo, options).map_err(refused)?;
     Ok(0)
 }
