@@ -872,7 +872,7 @@ pub fn slots_held_then_freed(keepalive_secs: u64, status: impl Fn() -> u16) -> D
 
 /// A running `tessera serve`, killed on drop.
 pub struct Served {
-    _child: KillOnDrop,
+    child: KillOnDrop,
     /// The URL it printed (`http://` or `https://127.0.0.1:PORT`).
     pub url: String,
 }
@@ -884,7 +884,7 @@ impl Served {
     ///
     /// Never (the child is held until drop).
     pub fn pid(&self) -> u32 {
-        self._child.0.as_ref().expect("the server").id()
+        self.child.0.as_ref().expect("the server").id()
     }
 
     /// `HOST:PORT` of the URL.
@@ -929,7 +929,7 @@ pub fn start_serve_args(repo: &Path, args: &[&OsStr]) -> Served {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
     Served {
-        _child: KillOnDrop(Some(child)),
+        child: KillOnDrop(Some(child)),
         url,
     }
 }

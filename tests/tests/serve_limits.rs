@@ -183,8 +183,7 @@ fn inflating_puts_are_refused_in_bounded_time_and_memory() {
 }
 
 /// A snapshot whose disk names one page two million times (a 64 MiB file, a 64 TiB disk):
-/// publishing it
-/// reads and counts the page once. With the page stored it is a valid snapshot (of a huge
+/// publishing it reads and counts the page once. With the page stored it is a valid snapshot (of a huge
 /// disk of identical blocks) and is published; with a page that is not there it is refused.
 /// Either way within bounded time and memory.
 #[test]
@@ -228,12 +227,12 @@ fn a_snapshot_naming_one_page_millions_of_times_is_bounded() {
     let missing = PageDigest::of(&ManifestPage { digests: vec![] }.encode().unwrap());
     let (status, body, took) = publish(&huge(missing, 1_000_000));
     assert_eq!(status, 422, "{body}");
-    assert!(took < Duration::from_secs(60), "took {took:?}");
-    assert_eq!(list_ids(&b), [id.clone()]);
+    assert!(took < Duration::from_secs(50), "took {took:?}");
+    assert_eq!(list_ids(&b), std::slice::from_ref(&id));
 
     let (status, body, took) = publish(&huge(original.roots[0][0], 2_000_000));
     assert_eq!(status, 200, "{body}");
-    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(took < Duration::from_secs(50), "took {took:?}");
     assert_eq!(list_ids(&b).len(), 2);
     let rss = peak_rss(server.pid());
     assert!(rss < 1 << 30, "the server peaked at {} MiB", rss >> 20);
@@ -253,7 +252,7 @@ fn a_stalled_server_fails_the_sync_within_its_timeout() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         let held: Vec<_> = listener.incoming().take(8).collect();
-        std::thread::sleep(Duration::from_secs(120));
+        std::thread::sleep(Duration::from_secs(100));
         drop(held);
     });
     let sync = |src: &str, dst: &str| {

@@ -30,6 +30,10 @@ use super::wire::{
 /// Longest a connection to the server may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default I/O timeout: longest one read or write of a request may wait.
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "Duration::from_mins needs Rust 1.91; the workspace's rust-version is 1.89"
+)]
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A repository served by `tessera serve`.
@@ -455,7 +459,7 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().unwrap());
         std::thread::spawn(move || {
             let held: Vec<_> = listener.incoming().take(4).collect();
-            std::thread::sleep(Duration::from_secs(60));
+            std::thread::sleep(Duration::from_secs(30));
             drop(held);
         });
         let remote = Remote::new(&url, "t", None, Duration::from_secs(1)).unwrap();

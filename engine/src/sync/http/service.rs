@@ -26,7 +26,7 @@ use super::conn::{Busy, ConnState};
 use super::limiter::Failures;
 use super::routes::{Endpoint, Job, Refusal};
 use super::server::{transfer_time, DRAIN_TIME, IO_TIMEOUT, MAX_REQUESTS, REFUSED_BODY_DRAINED};
-use super::tokens::{file_stamp, hash_token, TokenEntry, Tokens};
+use super::tokens::{file_stamp, hash_token, FileStamp, TokenEntry, Tokens};
 
 /// Where the tokens come from: fixed (`--token-file`), or a tokens file, read again when it
 /// changes (so `tessera token remove` takes effect without a restart; a changed file that
@@ -39,7 +39,7 @@ pub enum TokenSource {
         /// The file.
         path: PathBuf,
         /// Its stamp when last read, and its tokens.
-        cache: Mutex<(Option<(u64, u64, u64, i64, i64)>, Arc<Tokens>)>,
+        cache: Mutex<(Option<FileStamp>, Arc<Tokens>)>,
     },
 }
 
@@ -125,7 +125,6 @@ pub async fn respond(
     let (endpoint, token, slot) = match admit(&shared, &conn, peer, &req, len) {
         Ok(admitted) => admitted,
         Err((status, why, retry_after)) => {
-            record.token = None;
             return Ok(refuse(&conn, req, status, &why, retry_after, record));
         }
     };

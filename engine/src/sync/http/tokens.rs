@@ -310,7 +310,8 @@ impl Tokens {
                 }
                 n.to_string()
             }
-            None => (1..)
+            // Among len + 1 names one is free.
+            None => (1..=self.entries.len() + 1)
                 .map(|n| format!("{}-{n}", role.name()))
                 .find(|n| self.get(n).is_none())
                 .unwrap_or_default(),
@@ -407,8 +408,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// What identifies a version of a file cheaply: device, inode, size and modification time.
-pub fn file_stamp(path: &Path) -> Option<(u64, u64, u64, i64, i64)> {
+/// What identifies a version of a file cheaply: device, inode, size and modification time
+/// (seconds, nanoseconds).
+pub type FileStamp = (u64, u64, u64, i64, i64);
+
+/// The [`FileStamp`] of `path`, `None` when it cannot be read.
+pub fn file_stamp(path: &Path) -> Option<FileStamp> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
