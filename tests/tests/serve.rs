@@ -366,3 +366,60 @@ fn one_address_cannot_take_every_connection() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// What the hand-written HTTP/1.1 code's unit tests covered, now against hyper through the
+/// binary: a head over 16 KiB or with more than 32 headers gets 431, a malformed one 400,
+/// a method other than GET and POST 405 with `Allow`, a chunked body 411; each is answered
+/// and the connection closed.
+#[test]
+fn malformed_and_oversized_heads_are_refused() {
+    use std::time::Duration;
+
+    let (_work, _a, _b, _token, server) = pushed_pair("serve-heads", "t0ken");
+    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    let raw = |request: &str| {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = s.write_all(request.as_bytes());
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let auth = "Authorization: Bearer t0ken\r\n";
+    let long = format!(
+        "GET /v1/info HTTP/1.1\r\n{auth}X-Long: {}\r\n\r\n",
+        "a".repeat(17 << 10)
+    );
+    let many = format!(
+        "GET /v1/info HTTP/1.1\r\n{auth}{}\r\n",
+        "X-Many: y\r\n".repeat(40)
+    );
+    for (request, status) in [
+        (long.as_str(), "431"),
+        (many.as_str(), "431"),
+        ("GARBAGE\r\n\r\n", "400"),
+        ("GET /v1/info HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "400"),
+        (
+            &format!("PUT /v1/info HTTP/1.1\r\n{auth}\r\n") as &str,
+            "405",
+        ),
+        (
+            &format!(
+                "POST /v1/have/chunk HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ) as &str,
+            "411",
+        ),
+    ] {
+        let answer = raw(request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request:.60?}: {answer:?}"
+        );
+        if status == "405" {
+            assert!(
+                answer.to_ascii_lowercase().contains("allow: get, post"),
+                "{answer}"
+            );
+        }
+    }
+}
