@@ -30,3 +30,8 @@ if ! python3 -c "import pyvhdi" >/dev/null 2>&1; then
         exit 1
     fi
 fi
+# cargo-fuzz runs the libFuzzer targets of fuzz/ (scripts/fuzz.sh); a no-op when present.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "installing: cargo-fuzz" >&2
+    cargo install --locked --quiet cargo-fuzz --version '^0.13'
+fi

@@ -4,11 +4,16 @@
 # rebuild (3x), repair, sync, killed pushes; default 4; each loop fails unless one of its kills
 # interrupted the running operation), TESSERA_CRASH_IMAGE_MIB (image of the backup kill loop,
 # default 256), TESSERA_MODEL_GENERATIONS (default 12), TESSERA_MODEL_STEPS (retention model
-# steps, default 40), TESSERA_SEED (replay a seed).
+# steps, default 40), TESSERA_SEED (replay a seed), TESSERA_CRASH_KEEP_SEEDS (random-survival
+# reboots per step of the power-loss matrix, default 1), TESSERA_FUZZ_SECONDS (fuzz smoke per
+# target, default 3; longer runs by hand with scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/ensure-deps.sh
 cargo build --workspace --bins
+# Fuzz smoke: every decoder target for a few seconds (its own build cache, kept warm).
+CARGO_TARGET_DIR="${TESSERA_FUZZ_TARGET_DIR:-$HOME/.cache/tessera-fuzz-target}" \
+    ./scripts/fuzz.sh "${TESSERA_FUZZ_SECONDS:-3}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0

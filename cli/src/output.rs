@@ -65,6 +65,19 @@ pub fn print_json<T: Serialize>(value: &T) {
     }
 }
 
+/// Prints an engine report as the JSON document of a successful command: its fields, and
+/// `"ok": true`. Keys come out sorted, as every document's do.
+pub fn print_ok<T: Serialize>(report: &T) {
+    match serde_json::to_value(report) {
+        Ok(serde_json::Value::Object(mut doc)) => {
+            doc.insert("ok".into(), true.into());
+            print_json(&doc);
+        }
+        Ok(other) => eprintln!("error: a report encodes as {other}, not as a JSON object"),
+        Err(e) => eprintln!("error: cannot encode output as JSON: {e}"),
+    }
+}
+
 /// Prints an error: text on stderr, and with `json` also `{"error": ...}` on stdout.
 pub fn print_error(err: &anyhow::Error, json: bool) {
     let message = error_message(err);

@@ -132,7 +132,7 @@ fn rebuild_after_the_index_is_deleted() {
     for args in [vec!["list"], vec!["stats"], vec!["verify"]] {
         let mut a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
         a.push(repo.as_os_str());
-        tessera(&a).expect_code(1).stderr_has("--rebuild-index");
+        tessera(&a).expect_code(4).stderr_has("--rebuild-index");
     }
     let img = t.path().join("x");
     fs::write(&img, b"x").unwrap();
@@ -143,7 +143,7 @@ fn rebuild_after_the_index_is_deleted() {
         "s".as_ref(),
         format!("d={}", img.display()).as_ref(),
     ])
-    .expect_code(1)
+    .expect_code(4)
     .stderr_has("--rebuild-index");
     assert!(
         !repo.join("index").exists(),
@@ -234,5 +234,61 @@ fn kill_during_rebuild_then_rebuild_again() {
     kills.finish();
     for (spec, sha) in &expect {
         assert_eq!(&restored_sha(&repo, spec, t.path()), sha, "{spec}");
+    }
+}
+
+/// Snapshot files are the source of truth (SPEC §9): a writer that finds an index restored
+/// from an older copy catalogues the snapshots it lacks — it used to delete their files.
+#[test]
+fn a_writer_on_an_older_copy_of_the_index_keeps_every_snapshot() {
+    let t = TempDir::new().unwrap();
+    let mut gen = DataGen::new(seed("rebuild-older-index"));
+    let repo = t.path().join("repo");
+    init_repo(&repo, &[]);
+    let img = t.path().join("img");
+    make_image(&img, ImageSpec::mixed(2 * (1 << 20) + 5), &mut gen);
+    let first = snapshot_id(&backup_json(&repo, "vm", &[("d", &img)]));
+    let old_index = t.path().join("index.copy");
+    copy_tree(&repo.join("index"), &old_index);
+    fs::copy(repo.join("index.seq"), t.path().join("index.seq.copy")).unwrap();
+    let mut expect = vec![(first.clone(), sha256_file(&img))];
+    for _ in 0..2 {
+        mutate(&img, &mut gen, 8, 100_000, (1, 1, 1));
+        let id = snapshot_id(&backup_json(&repo, "vm", &[("d", &img)]));
+        expect.push((id, sha256_file(&img)));
+    }
+    // Put the older index back (an operator restoring the repository's local state).
+    fs::remove_dir_all(repo.join("index")).unwrap();
+    copy_tree(&old_index, &repo.join("index"));
+    fs::copy(t.path().join("index.seq.copy"), repo.join("index.seq")).unwrap();
+    // The next writer catalogues the two newer snapshots instead of deleting them.
+    let out = tessera(["protect".as_ref(), repo.as_os_str(), first.as_ref()]);
+    out.ok();
+    out.stderr_has("2 stored snapshots catalogued");
+    let listed: Vec<String> = catalog(&repo)
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut want: Vec<String> = expect.iter().map(|(id, _)| id.clone()).collect();
+    let mut got = listed.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    for (id, sha) in &expect {
+        assert_eq!(&restored_sha(&repo, id, t.path()), sha, "snapshot {id}");
+    }
+    verify(&repo).ok();
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
     }
 }

@@ -75,6 +75,8 @@ const COMPACT: Case = Case {
             repo.display().to_string(),
             "--max-unused".into(),
             "0%".into(),
+            "--grace".into(),
+            "0".into(),
         ]
     },
     leaves_no_garbage: true,

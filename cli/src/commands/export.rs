@@ -4,13 +4,11 @@
 use std::path::Path;
 
 use anyhow::Result;
-use serde_json::json;
-use tessera_engine::export::{export_disk, ExportDisk, Format};
-use tessera_engine::ops::diff::DiskView;
+use tessera_engine::export::{export_snapshot, ExportRequest, Format};
 use tessera_engine::Repository;
 
-use super::restore::{single_disk, split_spec};
-use crate::output::{bytes, print_json, Bars};
+use super::restore::split_spec;
+use crate::output::{bytes, print_ok, Bars};
 
 #[expect(
     clippy::too_many_arguments,
@@ -30,68 +28,34 @@ pub fn run(
     let format: Format = format.parse()?;
     let repository = Repository::open(repo)?;
     let (query, disk) = split_spec(snapshot);
-    let (id, _) = repository.resolve_snapshot(query)?;
-    let snap = repository.load_snapshot(id)?;
-    let disk = single_disk(&snap, disk)?;
-    let target = ExportDisk {
-        snapshot: id,
-        time_us: snap.header.time_us,
-        name: &disk,
-        view: DiskView::of(&snap, &disk)?,
-    };
-    let base_snap = match base {
-        Some(q) => {
-            let (bid, _) = repository.resolve_snapshot(q)?;
-            Some((bid, repository.load_snapshot(bid)?))
-        }
-        None => None,
-    };
-    let base_disk = match &base_snap {
-        Some((bid, s)) => Some(ExportDisk {
-            snapshot: *bid,
-            time_us: s.header.time_us,
-            name: &disk,
-            view: DiskView::of(s, &disk)?,
-        }),
-        None => None,
-    };
-    let started = std::time::Instant::now();
-    let r = export_disk(
-        &repository,
-        target,
-        base_disk,
+    let request = ExportRequest {
+        snapshot: query,
+        disk,
+        base,
         format,
-        out,
-        backing,
+        output: out,
+        backing_file: backing,
         force,
-        bars,
-    )?;
-    let secs = started.elapsed().as_secs_f64();
+    };
+    let r = export_snapshot(&repository, &request, bars)?;
     if json {
-        print_json(&json!({
-            "ok": true, "snapshot": id.to_hex(), "disk": disk,
-            "base": base_snap.as_ref().map(|(b, _)| b.to_hex()),
-            "format": r.format, "path": r.path.display().to_string(),
-            "disk_size": r.disk_size, "virtual_size": r.virtual_size, "file_size": r.file_size,
-            "bytes_written": r.bytes_written, "blocks_written": r.blocks_written,
-            "zero_blocks_written": r.zero_blocks_written, "backing_file": r.backing_file,
-            "seconds": secs,
-        }));
+        print_ok(&r);
     } else {
+        let o = &r.outcome;
         println!(
-            "exported {disk} of {}{} as {} to {} ({} disk, {} data in {} blocks, file {}){}",
-            &id.to_hex()[..16],
-            base_snap
-                .as_ref()
-                .map(|(b, _)| format!(" (delta from {})", &b.to_hex()[..16]))
+            "exported {} of {}{} as {} to {} ({} disk, {} data in {} blocks, file {}){}",
+            r.disk,
+            &r.snapshot.to_hex()[..16],
+            r.base
+                .map(|b| format!(" (delta from {})", &b.to_hex()[..16]))
                 .unwrap_or_default(),
-            r.format,
-            r.path.display(),
-            bytes(r.disk_size),
-            bytes(r.bytes_written),
-            r.blocks_written,
-            bytes(r.file_size),
-            r.backing_file
+            o.format,
+            o.path.display(),
+            bytes(o.disk_size),
+            bytes(o.bytes_written),
+            o.blocks_written,
+            bytes(o.file_size),
+            o.backing_file
                 .as_deref()
                 .map(|b| format!("; backing file {b}"))
                 .unwrap_or_default(),

@@ -120,7 +120,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             series,
             keep,
             dry_run,
-        } => retention::prune(&repo, series.as_deref(), &keep, dry_run, json),
+        } => retention::prune(&repo, series.as_deref(), &keep.policy(), dry_run, json),
         Command::Protect { repo, snapshot } => retention::protect(&repo, &snapshot, true, json),
         Command::Unprotect { repo, snapshot } => retention::protect(&repo, &snapshot, false, json),
         Command::Sync(args) => sync::sync(&args, json, &bars),
@@ -131,6 +131,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             repo,
             max_unused,
             dry_run,
-        } => retention::compact(&repo, &max_unused, dry_run, json, &bars),
+            grace,
+        } => retention::compact(&repo, &max_unused, &grace, dry_run, json, &bars),
     }
+}
+
+/// Opens `repo` as the writer and tells the operator (on stderr, never in `--json` output)
+/// what recovery finished or undid of an interrupted run.
+pub fn open_writer(repo: &std::path::Path) -> tessera_engine::Result<tessera_engine::Repository> {
+    let repository = tessera_engine::Repository::open_writer(repo)?;
+    if let Some(note) = repository.recovery.summary() {
+        eprintln!("note: {note}");
+    }
+    Ok(repository)
 }

@@ -10,15 +10,6 @@ use crate::args::{parse_size, UsageError};
 use crate::output::{bytes, print_json};
 use crate::sync_args::TokenCommand;
 
-/// A refusal of the engine (a malformed or unprotected file, a name taken or unknown) is a
-/// failed operation (exit 1), with the engine's message.
-fn engine(e: tessera_engine::Error) -> anyhow::Error {
-    match e {
-        tessera_engine::Error::InvalidArgument(msg) => anyhow::anyhow!(msg),
-        other => other.into(),
-    }
-}
-
 fn describe(e: &TokenEntry, used: u64) -> serde_json::Value {
     json!({
         "name": e.name,
@@ -41,10 +32,8 @@ pub fn run(cmd: &TokenCommand, json: bool) -> Result<i32> {
             let role = Role::parse(role)
                 .ok_or_else(|| UsageError(format!("--role {role:?}: backup, read or admin")))?;
             let quota = quota.as_deref().map(parse_size).transpose()?;
-            let mut tokens = Tokens::load_or_new(file).map_err(engine)?;
-            let (entry, token) = tokens
-                .add(role, series, name.as_deref(), quota)
-                .map_err(engine)?;
+            let mut tokens = Tokens::load_or_new(file)?;
+            let (entry, token) = tokens.add(role, series, name.as_deref(), quota)?;
             tokens.save(file)?;
             if json {
                 let mut v = describe(&entry, 0);
@@ -67,8 +56,8 @@ pub fn run(cmd: &TokenCommand, json: bool) -> Result<i32> {
             }
         }
         TokenCommand::List { file } => {
-            let tokens = Tokens::load(file).map_err(engine)?;
-            let usage = Usage::load(file).map_err(engine)?;
+            let tokens = Tokens::load(file)?;
+            let usage = Usage::load(file)?;
             if json {
                 let list: Vec<_> = tokens
                     .entries
@@ -90,8 +79,8 @@ pub fn run(cmd: &TokenCommand, json: bool) -> Result<i32> {
             }
         }
         TokenCommand::Remove { file, name } => {
-            let mut tokens = Tokens::load(file).map_err(engine)?;
-            let removed = tokens.remove(name).map_err(engine)?;
+            let mut tokens = Tokens::load(file)?;
+            let removed = tokens.remove(name)?;
             tokens.save(file)?;
             if json {
                 print_json(&json!({ "ok": true, "removed": removed.name }));

@@ -13,25 +13,26 @@
 //! an existing OUT is refused unless `force`.
 //!
 //! Which blocks a delta holds comes from [`crate::ops::diff::diff_disks`] (base → disk), so a
-//! base with another block size is refused with its error.
+//! base with another block size is refused with its error. Blocks are read through the
+//! disk's [`DiskReader`], decoded straight into the writers' buffers.
 
 pub mod qcow2;
 pub mod raw;
 pub mod vhd;
 
 use std::fs::{self, File};
+use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-use tessera_format::manifest::block_count;
-use tessera_format::{ChunkDigest, ObjectKind, SnapshotId};
+use tessera_format::{ChunkDigest, SnapshotId};
 
 use crate::error::{Error, IoContext, Result};
-use crate::ops::diff::{diff_disks, DiskView};
+use crate::ops::diff::diff_disks;
+use crate::ops::disk_reader::{BlockRef, DiskReader, DiskView};
+use crate::ops::restore::{hex_snapshot, path_text};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::storage::durable;
-use crate::store::reader::read_object;
 
 /// An output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -89,6 +90,7 @@ pub struct ExportOutcome {
     /// The format written.
     pub format: Format,
     /// Where it went.
+    #[serde(serialize_with = "path_text")]
     pub path: PathBuf,
     /// The disk's size.
     pub disk_size: u64,
@@ -132,18 +134,26 @@ pub fn export_disk(
         }
         return raw::write(repo, disk, output, force, progress);
     }
+    let reader = DiskReader::new(repo, disk.view)?;
     let blocks = match base {
-        None => BlockList::full(repo, disk.view)?,
+        None => BlockList::full(&reader)?,
         Some(b) => BlockList::delta(repo, b.view, disk.view)?,
     };
     let backing = base.map(|_| {
         backing_file.map_or_else(|| default_backing_name(output, format), ToString::to_string)
     });
     if format == Format::Qcow2 {
-        qcow2::write(repo, &blocks, output, backing.as_deref(), force, progress)
+        qcow2::write(
+            &reader,
+            &blocks,
+            output,
+            backing.as_deref(),
+            force,
+            progress,
+        )
     } else {
         vhd::write(
-            repo,
+            &reader,
             &blocks,
             disk,
             base.zip(backing.as_deref()),
@@ -152,6 +162,110 @@ pub fn export_disk(
             progress,
         )
     }
+}
+
+/// What `export` asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportRequest<'a> {
+    /// The snapshot (a query, see [`Repository::resolve_snapshot`]).
+    pub snapshot: &'a str,
+    /// The disk; without one, the snapshot's only disk.
+    pub disk: Option<&'a str>,
+    /// The base snapshot of a delta (a query).
+    pub base: Option<&'a str>,
+    /// The output format.
+    pub format: Format,
+    /// The output file.
+    pub output: &'a Path,
+    /// The base's export as a delta records it (default [`default_backing_name`]).
+    pub backing_file: Option<&'a str>,
+    /// Overwrite an existing output.
+    pub force: bool,
+}
+
+/// What `export` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportReport {
+    /// The snapshot exported.
+    #[serde(serialize_with = "hex_snapshot")]
+    pub snapshot: SnapshotId,
+    /// The disk exported.
+    pub disk: String,
+    /// The base of a delta.
+    #[serde(serialize_with = "hex_base")]
+    pub base: Option<SnapshotId>,
+    /// Seconds the export took (after resolving the snapshots).
+    pub seconds: f64,
+    /// What was written.
+    #[serde(flatten)]
+    pub outcome: ExportOutcome,
+}
+
+#[expect(
+    clippy::ref_option,
+    reason = "serde's serialize_with hands over the field by reference"
+)]
+fn hex_base<S: serde::Serializer>(
+    id: &Option<SnapshotId>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => hex_snapshot(id, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Exports what `request` names: resolves the snapshot, its disk and the base, then
+/// [`export_disk`].
+pub fn export_snapshot(
+    repo: &Repository,
+    request: &ExportRequest<'_>,
+    progress: &dyn Progress,
+) -> Result<ExportReport> {
+    let (id, _) = repo.resolve_snapshot(request.snapshot)?;
+    let snapshot = repo.load_snapshot(id)?;
+    let view = DiskView::named_or_only(&snapshot, request.disk)?;
+    let name = view.entry.name.clone();
+    let base = match request.base {
+        Some(q) => {
+            let (bid, _) = repo.resolve_snapshot(q)?;
+            Some((bid, repo.load_snapshot(bid)?))
+        }
+        None => None,
+    };
+    let base_disk = match &base {
+        Some((bid, s)) => Some(ExportDisk {
+            snapshot: *bid,
+            time_us: s.header.time_us,
+            name: &name,
+            view: DiskView::of(s, &name)?,
+        }),
+        None => None,
+    };
+    let disk = ExportDisk {
+        snapshot: id,
+        time_us: snapshot.header.time_us,
+        name: &name,
+        view,
+    };
+    let started = std::time::Instant::now();
+    let outcome = export_disk(
+        repo,
+        disk,
+        base_disk,
+        request.format,
+        request.output,
+        request.backing_file,
+        request.force,
+        progress,
+    )?;
+    Ok(ExportReport {
+        snapshot: id,
+        disk: name,
+        base: base.map(|(bid, _)| bid),
+        seconds: started.elapsed().as_secs_f64(),
+        outcome,
+    })
 }
 
 /// The backing file name a delta records when none is given: `STEM.base.EXT` beside the
@@ -166,10 +280,6 @@ pub fn default_backing_name(output: &Path, format: Format) -> String {
 
 /// The blocks an export writes, ascending.
 pub struct BlockList {
-    /// Disk size.
-    pub size: u64,
-    /// Block size.
-    pub block_size: u64,
     /// `(block, digest)`; a zero digest (deltas only) is a block that became all zero.
     pub blocks: Vec<(u64, ChunkDigest)>,
     /// Whether this is a delta over a base.
@@ -177,26 +287,10 @@ pub struct BlockList {
 }
 
 impl BlockList {
-    /// Every non-zero block of `disk`.
-    pub fn full(repo: &Repository, disk: DiskView<'_>) -> Result<Self> {
-        let e = disk.entry;
-        let n = block_count(e.size, e.block_size);
-        let mut blocks = Vec::new();
-        for (page_no, page) in disk.root.iter().enumerate() {
-            let digests = repo.read_page(*page, n, e.page_entries, page_no as u64)?;
-            let first = page_no as u64 * u64::from(e.page_entries);
-            blocks.extend(
-                digests
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, d)| !d.is_zero())
-                    .map(|(i, d)| (first + i as u64, *d)),
-            );
-        }
+    /// Every non-zero block of the disk `reader` reads.
+    pub fn full<R: Deref<Target = Repository>>(reader: &DiskReader<R>) -> Result<Self> {
         Ok(Self {
-            size: e.size,
-            block_size: u64::from(e.block_size),
-            blocks,
+            blocks: reader.nonzero_blocks()?,
             delta: false,
         })
     }
@@ -205,64 +299,30 @@ impl BlockList {
     pub fn delta(repo: &Repository, base: DiskView<'_>, disk: DiskView<'_>) -> Result<Self> {
         let diff = diff_disks(repo, base, disk)?;
         Ok(Self {
-            size: disk.entry.size,
-            block_size: u64::from(disk.entry.block_size),
             blocks: diff.changed,
             delta: true,
         })
     }
+}
 
-    /// Length of block `block` (the last one may be short).
-    pub fn len_of(&self, block: u64) -> u64 {
-        self.block_size
-            .min(self.size.saturating_sub(block * self.block_size))
+/// Makes `buf`, a buffer reused from batch to batch, `len` bytes long with zeros everywhere
+/// but in `pieces` (ascending, disjoint), which the batch's blocks are then decoded into.
+/// A fresh zeroed buffer per batch would cost a page fault per 4 KiB of every batch.
+pub(crate) fn zero_outside(
+    buf: &mut Vec<u8>,
+    len: usize,
+    pieces: &[(u64, BlockRef, Range<usize>)],
+) {
+    buf.resize(len, 0);
+    let mut at = 0;
+    for (_, _, range) in pieces {
+        if let Some(gap) = buf.get_mut(at..range.start) {
+            gap.fill(0);
+        }
+        at = range.end;
     }
-
-    /// Reads the given blocks (in parallel), checking each; a zero digest reads as an empty
-    /// vector.
-    pub fn read(&self, repo: &Repository, batch: &[(u64, ChunkDigest)]) -> Result<Vec<Vec<u8>>> {
-        let keys: Vec<[u8; 32]> = batch
-            .iter()
-            .filter(|(_, d)| !d.is_zero())
-            .map(|(_, d)| d.0)
-            .collect();
-        let mut locations = repo.index().get_many(ObjectKind::Chunk, &keys)?.into_iter();
-        let slots: Vec<_> = batch
-            .iter()
-            .map(|(b, d)| {
-                (
-                    *b,
-                    *d,
-                    if d.is_zero() {
-                        None
-                    } else {
-                        locations.next().flatten()
-                    },
-                )
-            })
-            .collect();
-        slots
-            .par_iter()
-            .map(|(block, digest, location)| {
-                if digest.is_zero() {
-                    return Ok(Vec::new());
-                }
-                let offset = block * self.block_size;
-                let location = location.ok_or_else(|| Error::ObjectMissing {
-                    kind: ObjectKind::Chunk,
-                    digest: format!("{digest} (offset {offset})"),
-                })?;
-                let raw = read_object(repo.backend(), ObjectKind::Chunk, &digest.0, &location)?;
-                if raw.len() as u64 != self.len_of(*block) {
-                    return Err(Error::InvalidArgument(format!(
-                        "chunk {digest} at offset {offset} holds {} bytes where the disk needs {}",
-                        raw.len(),
-                        self.len_of(*block)
-                    )));
-                }
-                Ok(raw)
-            })
-            .collect()
+    if let Some(tail) = buf.get_mut(at..) {
+        tail.fill(0);
     }
 }
 

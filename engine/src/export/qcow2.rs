@@ -27,8 +27,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{round_up, BlockList, ExportOutcome, Format, Staged, BATCH};
+use super::{round_up, zero_outside, BlockList, ExportOutcome, Format, Staged, BATCH};
 use crate::error::{Error, Result};
+use crate::ops::disk_reader::DiskReader;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
@@ -70,15 +71,15 @@ struct Layout {
 /// The first cluster of the L1 table (cluster 0 is the header).
 const L1_AT: u64 = 1;
 
-fn layout(blocks: &BlockList) -> Result<Layout> {
-    let bs = blocks.block_size;
+fn layout(reader: &DiskReader<&Repository>, blocks: &BlockList) -> Result<Layout> {
+    let bs = reader.block_size();
     let cs = bs.min(MAX_CLUSTER);
     if !cs.is_power_of_two() || cs < 512 {
         return Err(Error::InvalidArgument(format!(
             "block size {bs} cannot map to qcow2 clusters"
         )));
     }
-    let vsize = round_up(blocks.size, 512);
+    let vsize = round_up(reader.size(), 512);
     let l2_entries = cs / 8;
     let l1_size = vsize.div_ceil(cs * l2_entries);
     let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
@@ -86,7 +87,7 @@ fn layout(blocks: &BlockList) -> Result<Layout> {
     // Guest clusters, ascending.
     let mut guest: Vec<(u64, Mapping)> = Vec::new();
     for (block, digest) in &blocks.blocks {
-        let n = blocks.len_of(*block).div_ceil(cs);
+        let n = reader.block_len(*block).div_ceil(cs);
         let first = block * (bs / cs);
         let m = if digest.is_zero() {
             Mapping::Zero
@@ -154,16 +155,17 @@ fn layout(blocks: &BlockList) -> Result<Layout> {
     })
 }
 
-/// Writes `blocks` as a qcow2 image; with `backing`, an overlay on that backing file.
+/// Writes `blocks` of the disk `reader` reads as a qcow2 image; with `backing`, an overlay
+/// on that backing file.
 pub fn write(
-    repo: &Repository,
+    reader: &DiskReader<&Repository>,
     blocks: &BlockList,
     output: &Path,
     backing: Option<&str>,
     force: bool,
     progress: &dyn Progress,
 ) -> Result<ExportOutcome> {
-    let lay = layout(blocks)?;
+    let lay = layout(reader, blocks)?;
     let cs = lay.cs;
     let out = Staged::create(output, force)?;
     out.write_at(&header(&lay, backing)?, 0)?;
@@ -171,13 +173,17 @@ pub fn write(
     // Data, in guest order (the order `layout` assigned host clusters in).
     progress.start(
         "export qcow2",
-        blocks.blocks.iter().map(|(b, _)| blocks.len_of(*b)).sum(),
+        blocks
+            .blocks
+            .iter()
+            .map(|(b, _)| reader.block_len(*b))
+            .sum(),
     );
     let mut host = lay.data_at;
     let mut outcome = ExportOutcome {
         format: Format::Qcow2,
         path: output.to_path_buf(),
-        disk_size: blocks.size,
+        disk_size: reader.size(),
         virtual_size: lay.vsize,
         file_size: 0,
         bytes_written: 0,
@@ -185,22 +191,30 @@ pub fn write(
         zero_blocks_written: 0,
         backing_file: backing.map(ToString::to_string),
     };
+    let mut buf = Vec::new();
     for batch in blocks.blocks.chunks(BATCH) {
-        let data = blocks.read(repo, batch)?;
-        for ((block, _), bytes) in batch.iter().zip(data) {
-            let len = blocks.len_of(*block);
-            if bytes.is_empty() {
+        // The batch's data blocks, back to back, each padded to whole clusters with zeros.
+        let refs = reader.locate(batch)?;
+        let mut pieces = Vec::new();
+        let mut end = 0;
+        let mut batch_len = 0;
+        for ((block, _), r) in batch.iter().zip(&refs) {
+            let len = reader.block_len(*block);
+            batch_len += len;
+            if r.is_zero() {
                 outcome.zero_blocks_written += 1;
-            } else {
-                let mut buf = bytes;
-                buf.resize(round_up(len, cs) as usize, 0);
-                out.write_at(&buf, host * cs)?;
-                host += len.div_ceil(cs);
-                outcome.bytes_written += len;
-                outcome.blocks_written += 1;
+                continue;
             }
-            progress.advance(len);
+            pieces.push((*block, *r, end..end + len as usize));
+            end += round_up(len, cs) as usize;
+            outcome.bytes_written += len;
+            outcome.blocks_written += 1;
         }
+        zero_outside(&mut buf, end, &pieces);
+        reader.read_blocks_into(&mut buf, &pieces)?;
+        out.write_at(&buf, host * cs)?;
+        host += end as u64 / cs;
+        progress.advance(batch_len);
     }
     progress.finish();
 

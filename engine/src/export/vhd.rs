@@ -44,21 +44,23 @@
 //! qemu's `vpc` driver does not follow parents (it reads a differencing VHD as if dynamic);
 //! libvhdi and Windows do.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tessera_format::{ChunkDigest, SnapshotId};
 
-use super::{round_up, BlockList, ExportDisk, ExportOutcome, Format, Staged, BATCH};
+use super::{round_up, zero_outside, BlockList, ExportDisk, ExportOutcome, Format, Staged};
 use crate::error::{Error, Result};
 use crate::formats::vhd::{checksum, DYNAMIC_COOKIE, FOOTER_COOKIE, SECTOR};
+use crate::ops::disk_reader::DiskReader;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
 const VHD_BLOCK: u64 = 2 << 20;
-/// VHD blocks read together.
-const VBATCH: usize = BATCH / 8 + 1;
+/// Bytes of the disk read together (in parallel): at least one unit (see [`write_blocks`]).
+const BATCH_BYTES: u64 = 8 << 20;
 /// The VHD format's limit: 2040 GiB.
 const MAX_SIZE: u64 = 2040 << 30;
 /// Seconds from 1970-01-01 to 2000-01-01 UTC.
@@ -222,78 +224,111 @@ fn parent_of(output: &Path, base: ExportDisk<'_>, name: &str) -> Result<(Parent,
     Ok((parent, at))
 }
 
-/// Writes the allocated VHD blocks (bitmap and data) from `first_block` on, in BAT order.
+/// The VHD blocks the `len` bytes at disk offset `start` touch.
+fn vhd_blocks(start: u64, len: u64) -> Range<u64> {
+    start / VHD_BLOCK..(start + len).div_ceil(VHD_BLOCK)
+}
+
+/// The sector bitmap of VHD block `v`: every sector for a full export; for a delta
+/// (`listed`: the tessera blocks of `v`'s unit), exactly the sectors of those blocks
+/// (changed, or now all zero).
+fn sector_bitmap(
+    reader: &DiskReader<&Repository>,
+    listed: Option<&[(u64, ChunkDigest)]>,
+    v: u64,
+) -> [u8; SECTOR as usize] {
+    let Some(listed) = listed else {
+        return [0xff; SECTOR as usize];
+    };
+    let mut bitmap = [0u8; SECTOR as usize];
+    let bs = reader.block_size();
+    let v_start = v * VHD_BLOCK;
+    for (b, _) in listed {
+        let lo = (b * bs).max(v_start) - v_start;
+        let hi = (b * bs + reader.block_len(*b)).min(v_start + VHD_BLOCK);
+        for s in lo / SECTOR..hi.saturating_sub(v_start).div_ceil(SECTOR) {
+            bitmap[(s / 8) as usize] |= 0x80 >> (s % 8);
+        }
+    }
+    bitmap
+}
+
+/// Writes the allocated VHD blocks (bitmap, then data) from `first_block` on, in BAT order;
+/// returns how many.
+///
+/// Blocks are read in units of max(block size, 2 MiB): both are powers of two, so a unit
+/// holds whole tessera blocks and whole VHD blocks. A batch of units is decoded (in
+/// parallel) straight into one zeroed buffer, then each allocated VHD block of each unit is
+/// written as its sector bitmap and its 2 MiB of the buffer.
 fn write_blocks(
-    repo: &Repository,
+    reader: &DiskReader<&Repository>,
     blocks: &BlockList,
-    vblocks: &BTreeMap<u64, Vec<(u64, ChunkDigest)>>,
     out: &Staged,
     first_block: u64,
     outcome: &mut ExportOutcome,
     progress: &dyn Progress,
-) -> Result<()> {
-    let bs = blocks.block_size;
-    // Blocks read in batches of VHD blocks; a tessera block larger than 2 MiB is kept for
-    // the following VHD blocks it spans.
-    let vlist: Vec<(&u64, &Vec<(u64, ChunkDigest)>)> = vblocks.iter().collect();
-    let mut cache: Option<(u64, Vec<u8>)> = None;
-    for (k0, group) in vlist.chunks(VBATCH).enumerate() {
-        let mut wanted: Vec<(u64, ChunkDigest)> = group
+) -> Result<u64> {
+    let bs = reader.block_size();
+    let unit = bs.max(VHD_BLOCK);
+    let units: Vec<&[(u64, ChunkDigest)]> = blocks
+        .blocks
+        .chunk_by(|a, b| a.0 * bs / unit == b.0 * bs / unit)
+        .collect();
+    let mut written = 0;
+    let mut buf = Vec::new();
+    for batch in units.chunks((BATCH_BYTES / unit).max(1) as usize) {
+        let listed: Vec<(u64, ChunkDigest)> =
+            batch.iter().flat_map(|u| u.iter().copied()).collect();
+        let refs = reader.locate(&listed)?;
+        // Where each unit's first byte is on the disk and in the buffer.
+        let places: Vec<(u64, usize)> = batch
             .iter()
-            .flat_map(|(_, bl)| bl.iter().copied())
-            .filter(|(b, _)| cache.as_ref().is_none_or(|(c, _)| c != b))
+            .enumerate()
+            .map(|(i, u)| {
+                (
+                    u.first().map_or(0, |(b, _)| b * bs / unit * unit),
+                    i * unit as usize,
+                )
+            })
             .collect();
-        wanted.dedup_by_key(|(b, _)| *b);
-        let data = blocks.read(repo, &wanted)?;
-        let mut got: BTreeMap<u64, Vec<u8>> = wanted.iter().map(|(b, _)| *b).zip(data).collect();
-        if let Some((b, bytes)) = cache.take() {
-            got.insert(b, bytes);
-        }
-        for (i, (v, bl)) in group.iter().enumerate() {
-            let v_start = **v * VHD_BLOCK;
-            let mut buf = vec![0u8; (SECTOR + VHD_BLOCK) as usize];
-            for (block, _) in *bl {
-                let b_start = block * bs;
-                let b_len = blocks.len_of(*block);
-                let lo = b_start.max(v_start);
-                let hi = (b_start + b_len).min(v_start + VHD_BLOCK);
-                if let Some(bytes) = got.get(block).filter(|x| !x.is_empty()) {
-                    let src = &bytes[(lo - b_start) as usize..(hi - b_start) as usize];
-                    let dst = (SECTOR + lo - v_start) as usize;
-                    buf[dst..dst + src.len()].copy_from_slice(src);
-                    outcome.bytes_written += hi - lo;
-                }
-                if blocks.delta {
-                    for s in (lo - v_start) / SECTOR..(hi - v_start).div_ceil(SECTOR) {
-                        buf[(s / 8) as usize] |= 0x80 >> (s % 8);
-                    }
+        let mut pieces = Vec::new();
+        let mut refs_iter = refs.iter();
+        for (u, (disk_at, buf_at)) in batch.iter().zip(&places) {
+            for ((block, _), r) in u.iter().zip(refs_iter.by_ref()) {
+                let len = reader.block_len(*block);
+                if !r.is_zero() {
+                    let at = buf_at + (block * bs - disk_at) as usize;
+                    pieces.push((*block, *r, at..at + len as usize));
+                    outcome.bytes_written += len;
                 }
             }
-            if !blocks.delta {
-                buf[..SECTOR as usize].fill(0xff);
-            }
-            let k = k0 * (VBATCH) + i;
-            out.write_at(&buf, first_block + k as u64 * (SECTOR + VHD_BLOCK))?;
-            progress.advance(VHD_BLOCK);
         }
-        // Keep the last tessera block if it continues into the next VHD block.
-        if let Some((v, bl)) = group.last() {
-            if let Some((b, _)) = bl.last() {
-                if b * bs + blocks.len_of(*b) > (**v + 1) * VHD_BLOCK {
-                    if let Some(bytes) = got.remove(b) {
-                        cache = Some((*b, bytes));
-                    }
-                }
+        zero_outside(&mut buf, batch.len() * unit as usize, &pieces);
+        reader.read_blocks_into(&mut buf, &pieces)?;
+        for (u, (disk_at, buf_at)) in batch.iter().zip(&places) {
+            let mut allocated: Vec<u64> = u
+                .iter()
+                .flat_map(|(b, _)| vhd_blocks(b * bs, reader.block_len(*b)))
+                .collect();
+            allocated.dedup();
+            for v in allocated {
+                let v_start = v * VHD_BLOCK;
+                let data_at = buf_at + (v_start - disk_at) as usize;
+                let at = first_block + written * (SECTOR + VHD_BLOCK);
+                out.write_at(&sector_bitmap(reader, blocks.delta.then_some(*u), v), at)?;
+                out.write_at(&buf[data_at..data_at + VHD_BLOCK as usize], at + SECTOR)?;
+                written += 1;
+                progress.advance(VHD_BLOCK);
             }
         }
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Writes `blocks` as a dynamic VHD or, with `base` (its disk and the parent's file name as
 /// recorded), a differencing VHD.
 pub fn write(
-    repo: &Repository,
+    reader: &DiskReader<&Repository>,
     blocks: &BlockList,
     disk: ExportDisk<'_>,
     base: Option<(ExportDisk<'_>, &str)>,
@@ -301,11 +336,11 @@ pub fn write(
     force: bool,
     progress: &dyn Progress,
 ) -> Result<ExportOutcome> {
-    let vsize = round_up(blocks.size, SECTOR);
+    let vsize = round_up(reader.size(), SECTOR);
     if vsize > MAX_SIZE {
         return Err(Error::InvalidArgument(format!(
             "the disk holds {} bytes; VHD is limited to 2040 GiB: use --format qcow2",
-            blocks.size
+            reader.size()
         )));
     }
     if let Some((b, _)) = base {
@@ -314,7 +349,8 @@ pub fn write(
             return Err(Error::InvalidArgument(format!(
                 "a differencing VHD must have its parent's size, and the disk changed size \
                  ({} bytes in the base, {} now): export it in full, or as a qcow2 overlay",
-                b.view.entry.size, blocks.size
+                b.view.entry.size,
+                reader.size()
             )));
         }
     }
@@ -322,16 +358,13 @@ pub fn write(
     let time = timestamp(disk.time_us);
     let uuid = disk_uuid(disk.snapshot, disk.name);
 
-    // Tessera blocks per VHD block.
-    let bs = blocks.block_size;
-    let mut vblocks: BTreeMap<u64, Vec<(u64, ChunkDigest)>> = BTreeMap::new();
-    for &(block, digest) in &blocks.blocks {
-        let start = block * bs;
-        let end = start + blocks.len_of(block);
-        for v in start / VHD_BLOCK..end.div_ceil(VHD_BLOCK) {
-            vblocks.entry(v).or_default().push((block, digest));
-        }
-    }
+    // The VHD blocks holding a listed tessera block, ascending: the BAT order.
+    let bs = reader.block_size();
+    let vblocks: BTreeSet<u64> = blocks
+        .blocks
+        .iter()
+        .flat_map(|(b, _)| vhd_blocks(b * bs, reader.block_len(*b)))
+        .collect();
 
     let (parent, at) = match base {
         None => (None, 1536),
@@ -343,7 +376,7 @@ pub fn write(
     let bat_at = at;
     let first_block = bat_at + round_up(entries * 4, SECTOR);
     let mut bat = vec![u32::MAX; entries as usize];
-    for (k, v) in vblocks.keys().enumerate() {
+    for (k, v) in vblocks.iter().enumerate() {
         let offset = first_block + k as u64 * (SECTOR + VHD_BLOCK);
         bat[*v as usize] = u32::try_from(offset / SECTOR)
             .map_err(|_| Error::InvalidArgument("the VHD would exceed its offset range".into()))?;
@@ -369,7 +402,7 @@ pub fn write(
     let mut outcome = ExportOutcome {
         format: Format::Vhd,
         path: output.to_path_buf(),
-        disk_size: blocks.size,
+        disk_size: reader.size(),
         virtual_size: vsize,
         file_size: 0,
         bytes_written: 0,
@@ -385,15 +418,13 @@ pub fn write(
         }
     }
     progress.start("export vhd", vblocks.len() as u64 * VHD_BLOCK);
-    write_blocks(
-        repo,
-        blocks,
-        &vblocks,
-        &out,
-        first_block,
-        &mut outcome,
-        progress,
-    )?;
+    let written = write_blocks(reader, blocks, &out, first_block, &mut outcome, progress)?;
+    if written != vblocks.len() as u64 {
+        return Err(Error::InvalidArgument(format!(
+            "wrote {written} VHD blocks where the BAT maps {}",
+            vblocks.len()
+        )));
+    }
     progress.finish();
     out.write_at(&foot, end)?;
     outcome.file_size = out.commit(end + 512)?;

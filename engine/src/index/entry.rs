@@ -1,7 +1,7 @@
 //! The index's own records: where an object lives and how many references it has
 //! ([`ObjectEntry`]), and a pack's catalog entry ([`PackEntry`]). Little-endian, fixed size.
 
-use tessera_format::codec::{put_u32, put_u64, Reader};
+use tessera_format::codec::{put_i64, put_u32, put_u64, Reader};
 use tessera_format::pack::FooterEntry;
 use tessera_format::{Codec, PackId};
 
@@ -99,27 +99,48 @@ pub struct PackEntry {
     pub size: u64,
     /// Number of objects.
     pub objects: u32,
+    /// When this index learnt of the pack (sealed, adopted or rebuilt), Unix µs: the start
+    /// of its grace period against compaction (SPEC §13).
+    pub indexed_at_us: i64,
 }
 
 impl PackEntry {
+    /// The entry of a pack with `size` bytes and `objects` objects, indexed now.
+    pub fn now(size: u64, objects: u32) -> Self {
+        Self {
+            size,
+            objects,
+            indexed_at_us: crate::time::now_us(),
+        }
+    }
+
     /// Encodes the entry.
     pub fn encode(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12);
+        let mut out = Vec::with_capacity(20);
         put_u64(&mut out, self.size);
         put_u32(&mut out, self.objects);
+        put_i64(&mut out, self.indexed_at_us);
         out
     }
 
-    /// Decodes an entry.
+    /// Decodes an entry. An entry written before the time was recorded (12 bytes) reads as
+    /// indexed at time 0 (long out of its grace period).
     pub fn decode(buf: &[u8]) -> Result<Self> {
         let c = corrupt("index pack entry");
         let mut r = Reader::new(buf, "index pack entry");
-        let entry = Self {
-            size: r.u64().map_err(&c)?,
-            objects: r.u32().map_err(&c)?,
+        let size = r.u64().map_err(&c)?;
+        let objects = r.u32().map_err(&c)?;
+        let indexed_at_us = if buf.len() > 12 {
+            r.i64().map_err(&c)?
+        } else {
+            0
         };
         r.finish().map_err(&c)?;
-        Ok(entry)
+        Ok(Self {
+            size,
+            objects,
+            indexed_at_us,
+        })
     }
 }
 
@@ -146,8 +167,11 @@ mod tests {
         let p = PackEntry {
             size: 99,
             objects: 3,
+            indexed_at_us: 1_700_000_000_000_000,
         };
         assert_eq!(PackEntry::decode(&p.encode()).unwrap(), p);
+        let old = PackEntry::decode(&p.encode()[..12]).unwrap();
+        assert_eq!((old.size, old.objects, old.indexed_at_us), (99, 3, 0));
         assert!(PackEntry::decode(&[0; 13]).is_err());
     }
 }

@@ -10,7 +10,7 @@
 //! | `chunks` | chunk digest (32) | [`ObjectEntry`] (53 bytes) |
 //! | `pages` | page digest (32) | [`ObjectEntry`] |
 //! | `snapshots` | snapshot id (32) | encoded snapshot header |
-//! | `packs` | pack id (16) | size:u64 objects:u32 |
+//! | `packs` | pack id (16) | size:u64 objects:u32 indexed_at_us:i64 |
 //! | `meta` | `repo_id` | repository id (16) |
 //! | `protected` | snapshot id (32) | empty |
 //! | `doomed_packs` | pack id (16) | empty |

@@ -1,23 +1,25 @@
 //! Read-only NBD export of a snapshot's disks.
 //!
 //! Contract:
-//! - Each disk of a snapshot is an [`Export`] named after the disk; an empty export name
-//!   means the first export. Exports are read-only (`NBD_FLAG_READ_ONLY`), may be used by
-//!   several connections at once (`CAN_MULTI_CONN`) and never change while served.
+//! - Each disk of a snapshot is an [`Export`] (a [`DiskReader`]) named after the disk; an
+//!   empty export name means the first export. Exports are read-only (`NBD_FLAG_READ_ONLY`),
+//!   may be used by several connections at once (`CAN_MULTI_CONN`) and never change while
+//!   served.
 //! - Fixed-newstyle handshake only (see `handshake.rs`); no TLS.
 //! - Transmission (see `transmission.rs`): READ, BLOCK_STATUS with `base:allocation`, FLUSH,
 //!   CACHE, DISC; writes get EPERM.
 //! - Every client number is bounded: option payloads ≤ 64 KiB, requests ≤ 32 MiB, ranges
 //!   within the export. A client that breaks the protocol loses its own connection only.
 //! - One thread per connection; decoded chunks and manifest pages are cached in one
-//!   bounded LRU ([`Caches`]) shared by all exports and connections.
+//!   bounded LRU ([`ReadCache`]) shared by all exports and connections.
 //! - The repository is opened as a reader ([`Repository::open`](crate::Repository::open)),
 //!   so a backup may run next to the server.
+//! - [`bind_snapshot`] resolves a snapshot, makes its exports and binds the socket; its
+//!   [`ServeReport`] says where they are served.
 
-mod cache;
-mod export;
 mod handshake;
-pub(crate) mod proto;
+mod listen;
+mod proto;
 mod transmission;
 
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -26,9 +28,16 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use export::{Caches, Export, Extent, Segment};
+pub use listen::{bind_snapshot, Bound, Endpoint, ExportInfo, ServeReport};
+use tessera_format::Snapshot;
 
 use crate::error::{Error, Result};
+pub use crate::ops::disk_reader::ReadCache;
+use crate::ops::disk_reader::{DiskReader, DiskView};
+use crate::repo::Repository;
+
+/// One exported disk: a reader that keeps the repository open for the server's lifetime.
+pub type Export = DiskReader<Arc<Repository>>;
 
 /// A set of exports served over NBD.
 pub struct Server {
@@ -52,6 +61,37 @@ impl Server {
         Ok(Self {
             exports: exports.into_iter().map(Arc::new).collect(),
         })
+    }
+
+    /// A server for disk `disk` of `snapshot`, or for every disk, with `cache_bytes` of
+    /// decoded chunks and pages shared by all of them.
+    pub fn for_snapshot(
+        repo: &Arc<Repository>,
+        snapshot: &Snapshot,
+        disk: Option<&str>,
+        cache_bytes: u64,
+    ) -> Result<Self> {
+        let cache = Arc::new(ReadCache::new(cache_bytes));
+        let names: Vec<&str> = match disk {
+            Some(d) => vec![d],
+            None => snapshot
+                .header
+                .disks
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect(),
+        };
+        let exports = names
+            .into_iter()
+            .map(|name| {
+                DiskReader::with_cache(
+                    Arc::clone(repo),
+                    DiskView::of(snapshot, name)?,
+                    Arc::clone(&cache),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(exports)
     }
 
     /// The exports, the default (first) one first.

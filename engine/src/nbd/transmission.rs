@@ -10,15 +10,16 @@
 
 use std::io::{Read, Write};
 
-use super::export::Segment;
 use super::handshake::Negotiated;
-use super::proto::{
-    discard, read_u16, read_u32, read_u64, BASE_ALLOCATION_ID, CMD_BLOCK_STATUS, CMD_CACHE,
-    CMD_DISC, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, EINVAL,
-    EIO, EOVERFLOW, EPERM, MAX_REQUEST, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR,
-    REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE, REQUEST_MAGIC,
-    SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO, STRUCTURED_REPLY_MAGIC,
+use super::proto::{discard, read_u16, read_u32, read_u64, BASE_ALLOCATION_ID};
+use crate::formats::nbd::{
+    CMD_BLOCK_STATUS, CMD_CACHE, CMD_DISC, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM,
+    CMD_WRITE, CMD_WRITE_ZEROES, EINVAL, EIO, EOVERFLOW, EPERM, MAX_REQUEST, REPLY_FLAG_DONE,
+    REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR, REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA,
+    REPLY_TYPE_OFFSET_HOLE, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO,
+    STRUCTURED_REPLY_MAGIC,
 };
+use crate::ops::disk_reader::Segment;
 
 /// Most extents in one block-status reply.
 const MAX_EXTENTS: usize = 64 * 1024;
@@ -126,7 +127,7 @@ pub fn serve<R: Read, W: Write>(r: &mut R, w: &mut W, n: &Negotiated) -> std::io
                 } else if !in_range {
                     rep.error(EINVAL, "read past the end of the export")?;
                 } else {
-                    match export.read(offset, u64::from(len)) {
+                    match export.read_range(offset, u64::from(len)) {
                         Ok(segments) => read_reply(&mut rep, &segments)?,
                         Err(e) => rep.error(EIO, &e.to_string())?,
                     }

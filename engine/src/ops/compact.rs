@@ -35,7 +35,7 @@ use crate::store::reader::read_stored;
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct PackUsage {
     /// The pack.
-    #[serde(serialize_with = "hex_pack")]
+    #[serde(serialize_with = "crate::serde_ids::hex")]
     pub pack: PackId,
     /// File size.
     pub size: u64,
@@ -43,10 +43,6 @@ pub struct PackUsage {
     pub live_bytes: u64,
     /// Number of those objects.
     pub live_objects: u64,
-}
-
-fn hex_pack<S: serde::Serializer>(id: &PackId, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&id.to_hex())
 }
 
 impl PackUsage {
@@ -70,7 +66,13 @@ pub struct CompactPlan {
     pub bytes_to_move: u64,
     /// Bytes that will be freed.
     pub bytes_to_free: u64,
+    /// Packs left alone because they were indexed within the grace period.
+    pub packs_in_grace: usize,
 }
+
+/// How long a newly indexed pack is left alone by default: its objects may belong to a
+/// push or an interrupted backup that has not published yet (SPEC §13).
+pub const DEFAULT_GRACE_US: i64 = 7 * 24 * 3600 * 1_000_000;
 
 /// What compaction did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -87,12 +89,73 @@ pub struct CompactReport {
     pub damaged: Vec<String>,
 }
 
-/// Selects packs whose unused fraction exceeds `max_unused` (0.0..=1.0).
+/// What `tessera compact` did: the plan, and unless `dry_run` what applying it did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CompactOutcome {
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// The plan.
+    pub plan: CompactPlan,
+    /// What applying it did (`None` in a dry run).
+    pub report: Option<CompactReport>,
+}
+
+impl CompactOutcome {
+    /// Whether no pack had to be left alone because of damage.
+    pub fn is_clean(&self) -> bool {
+        self.report.as_ref().is_none_or(|r| r.damaged.is_empty())
+    }
+}
+
+/// Plans compaction at `max_unused` (0.0..=1.0), leaving packs younger than `grace_us`
+/// alone (see [`plan_compact_with_grace`]), and applies it unless `dry_run`. `repo` is open
+/// as the writer.
+pub fn compact(
+    repo: &Repository,
+    max_unused: f64,
+    grace_us: i64,
+    dry_run: bool,
+    progress: &dyn Progress,
+) -> Result<CompactOutcome> {
+    let plan = plan_compact_with_grace(repo, max_unused, grace_us)?;
+    let report = if dry_run {
+        None
+    } else {
+        Some(apply_compact(repo, &plan, progress)?)
+    };
+    Ok(CompactOutcome {
+        dry_run,
+        plan,
+        report,
+    })
+}
+
+/// Selects packs whose unused fraction exceeds `max_unused` (0.0..=1.0), with no grace
+/// period (see [`plan_compact_with_grace`]).
 pub fn plan_compact(repo: &Repository, max_unused: f64) -> Result<CompactPlan> {
+    plan_compact_with_grace(repo, max_unused, 0)
+}
+
+/// Selects packs whose unused fraction exceeds `max_unused` (0.0..=1.0), leaving alone
+/// every pack the index learnt of less than `grace_us` ago: objects of a push or of an
+/// interrupted backup are unreferenced (count 0) until their snapshot is published, and
+/// must not be reclaimed under it.
+pub fn plan_compact_with_grace(
+    repo: &Repository,
+    max_unused: f64,
+    grace_us: i64,
+) -> Result<CompactPlan> {
+    let young_after = crate::time::now_us().saturating_sub(grace_us);
+    let mut packs_in_grace = 0;
     let mut usage: HashMap<PackId, PackUsage> = repo
         .index()
         .packs()?
         .into_iter()
+        .filter(|(_, e)| {
+            let young = grace_us > 0 && e.indexed_at_us > young_after;
+            packs_in_grace += usize::from(young);
+            !young
+        })
         .map(|(pack, e)| {
             (
                 pack,
@@ -116,7 +179,7 @@ pub fn plan_compact(repo: &Repository, max_unused: f64) -> Result<CompactPlan> {
             Ok(())
         })?;
     }
-    let total_packs = usage.len();
+    let total_packs = usage.len() + packs_in_grace;
     let mut packs: Vec<PackUsage> = usage
         .into_values()
         .filter(|u| u.unused_fraction() > max_unused)
@@ -132,6 +195,7 @@ pub fn plan_compact(repo: &Repository, max_unused: f64) -> Result<CompactPlan> {
         total_packs,
         bytes_to_move,
         bytes_to_free,
+        packs_in_grace,
     })
 }
 

@@ -1,4 +1,8 @@
-//! Restoring one disk of a snapshot to a sparse raw file or an existing block device.
+//! Restoring one disk of a snapshot to a sparse raw file or an existing block device
+//! ([`restore_disk`]), or a whole snapshot laid out by [`restore_layout`]
+//! ([`restore_snapshot`]: several disks go to `OUT/DISK.raw`). Blocks are read through the
+//! disk's [`DiskReader`], several manifest pages per parallel pass, decoded straight into
+//! page-aligned buffers that a write pipeline hands to `O_DIRECT` writer threads.
 //!
 //! Every chunk is checked on the way out (record header, CRC, length, SHA-256). A new or
 //! overwritten file is written under a temporary name beside the target and renamed into
@@ -11,30 +15,31 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use tessera_format::manifest::block_count;
-use tessera_format::{ChunkDigest, DiskEntry, ObjectKind, PageDigest, Snapshot, SnapshotId};
+use tessera_format::{Snapshot, SnapshotId};
 
 use crate::direct_write::{
     with_aligned_buffer, write_pipeline, BlockWriter, PipelineProducer, Run,
 };
 use crate::error::{Error, IoContext, Result};
-use crate::index::ObjectEntry;
+use crate::ops::disk_reader::{disk_names, BlockRef, DiskReader, DiskView};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::storage::durable;
-use crate::store::reader::read_object_into;
 
-/// What a restore did.
-#[derive(Debug, Clone)]
+/// What the restore of one disk did.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct RestoreOutcome {
+    /// The disk's name.
+    pub name: String,
+    /// Where it went.
+    #[serde(serialize_with = "path_text")]
+    pub path: PathBuf,
     /// Disk size.
     pub size: u64,
     /// Bytes written (zero blocks left as holes are not counted).
     pub bytes_written: u64,
     /// Zero blocks.
     pub zero_blocks: u64,
-    /// Where it went.
-    pub path: PathBuf,
 }
 
 /// Creates `.NAME.tessera-partial` beside `output` (replacing a leftover of an interrupted
@@ -118,31 +123,24 @@ pub(crate) const GROUP_BYTES: u64 = 4 << 20;
 /// Manifest pages restored in one parallel pass (4 pages of 512 64 KiB blocks: 128 MiB).
 const PAGES_PER_PASS: usize = 4;
 
-/// One block position of a page, with where its chunk is stored.
-pub(crate) struct Slot {
-    pub(crate) block: u64,
-    pub(crate) digest: ChunkDigest,
-    pub(crate) location: Option<ObjectEntry>,
-}
-
+/// Restores groups of consecutive blocks of one disk: reads them through the disk's reader
+/// into a buffer and writes them as runs.
 pub(crate) struct GroupContext<'a> {
-    pub(crate) repo: &'a Repository,
-    pub(crate) size: u64,
-    pub(crate) bs: u64,
+    pub(crate) reader: &'a DiskReader<&'a Repository>,
     pub(crate) writer: &'a BlockWriter<'a>,
     /// Block devices get explicit zeros; fresh files keep holes.
     pub(crate) write_zeros: bool,
-    pub(crate) disk: &'a str,
     pub(crate) output: &'a Path,
 }
 
 impl GroupContext<'_> {
-    /// Reads, checks and writes one group of consecutive blocks; returns bytes written.
-    pub(crate) fn restore_group(&self, group: &[Slot]) -> Result<u64> {
-        let group_len = self.group_len(group);
+    /// Reads, checks and writes the blocks `first..` that `group` describes; returns bytes
+    /// written.
+    pub(crate) fn restore_group(&self, first: u64, group: &[BlockRef]) -> Result<u64> {
+        let group_len = self.group_len(first, group);
         with_aligned_buffer(group_len, |buf| {
             let mut written = 0;
-            for (start, end, offset) in self.fill_group(group, buf)? {
+            for (start, end, offset) in self.fill_group(first, group, buf)? {
                 self.writer
                     .write_at(&buf[start..end], offset)
                     .ctx(|| format!("writing {} at offset {offset}", self.output.display()))?;
@@ -157,55 +155,36 @@ impl GroupContext<'_> {
         })
     }
 
-    /// Bytes of the disk that `group` covers.
-    fn group_len(&self, group: &[Slot]) -> usize {
-        group.first().map_or(0, |first| {
-            (group.len() as u64 * self.bs).min(self.size - first.block * self.bs) as usize
-        })
+    /// Bytes of the disk that `group`, from block `first` on, covers.
+    fn group_len(&self, first: u64, group: &[BlockRef]) -> usize {
+        let bs = self.reader.block_size();
+        (group.len() as u64 * bs).min(self.reader.size().saturating_sub(first * bs)) as usize
     }
 
-    /// Reads and checks the chunks of one group of consecutive blocks into `buf` (at least
-    /// the group's length). Returns the runs of `buf` to write, with their disk offsets
-    /// (zero blocks of files are left out: they stay holes).
-    pub(crate) fn fill_group(&self, group: &[Slot], buf: &mut [u8]) -> Result<Vec<Run>> {
-        let Some(first) = group.first() else {
-            return Ok(Vec::new());
-        };
-        let group_offset = first.block * self.bs;
-        let group_len = self.group_len(group);
+    /// Reads and checks the blocks `first..` that `group` describes into `buf` (at least the
+    /// group's length). Returns the runs of `buf` to write, with their disk offsets (zero
+    /// blocks of files are left out: they stay holes).
+    pub(crate) fn fill_group(
+        &self,
+        first: u64,
+        group: &[BlockRef],
+        buf: &mut [u8],
+    ) -> Result<Vec<Run>> {
+        let bs = self.reader.block_size() as usize;
+        let group_offset = first * bs as u64;
+        let group_len = self.group_len(first, group);
         let mut present = vec![false; group.len()];
-        for (i, slot) in group.iter().enumerate() {
-            let start = i * self.bs as usize;
-            let len = (self.bs as usize).min(group_len - start);
+        for (i, r) in group.iter().enumerate() {
+            if r.is_zero() && !self.write_zeros {
+                continue;
+            }
+            let start = i * bs;
+            let len = bs.min(group_len - start);
             let dst = buf
                 .get_mut(start..start + len)
                 .ok_or_else(|| Error::InvalidArgument("restore buffer too small".into()))?;
-            if slot.digest.is_zero() {
-                if self.write_zeros {
-                    dst.fill(0);
-                    present[i] = true;
-                }
-                continue;
-            }
-            let offset = slot.block * self.bs;
-            let location = slot.location.ok_or_else(|| Error::ObjectMissing {
-                kind: ObjectKind::Chunk,
-                digest: format!("{} (disk {}, offset {offset})", slot.digest, self.disk),
-            })?;
-            if location.raw_len as usize != len {
-                return Err(Error::InvalidArgument(format!(
-                    "chunk {} at offset {offset} holds {} bytes where the disk needs {len}",
-                    slot.digest, location.raw_len
-                )));
-            }
             // Decoded and checked in place: no intermediate buffers.
-            read_object_into(
-                self.repo.backend(),
-                ObjectKind::Chunk,
-                &slot.digest.0,
-                &location,
-                dst,
-            )?;
+            self.reader.read_block_into(first + i as u64, r, dst)?;
             present[i] = true;
         }
         let mut runs = Vec::new();
@@ -218,8 +197,8 @@ impl GroupContext<'_> {
             let run_end = (i..group.len())
                 .find(|&j| !present[j])
                 .unwrap_or(group.len());
-            let start = i * self.bs as usize;
-            let end = (run_end * self.bs as usize).min(group_len);
+            let start = i * bs;
+            let end = (run_end * bs).min(group_len);
             runs.push((start, end, group_offset + start as u64));
             i = run_end;
         }
@@ -227,91 +206,53 @@ impl GroupContext<'_> {
     }
 }
 
-/// Slots for `(block, digest)` pairs, with each chunk's location from the index (one
-/// batched lookup).
-pub(crate) fn locate(
-    repo: &Repository,
-    blocks: impl Iterator<Item = (u64, ChunkDigest)> + Clone,
-) -> Result<Vec<Slot>> {
-    let keys: Vec<[u8; 32]> = blocks
-        .clone()
-        .filter(|(_, d)| !d.is_zero())
-        .map(|(_, d)| d.0)
-        .collect();
-    let mut locations = repo.index().get_many(ObjectKind::Chunk, &keys)?.into_iter();
-    Ok(blocks
-        .map(|(block, digest)| Slot {
-            block,
-            digest,
-            location: if digest.is_zero() {
-                None
-            } else {
-                locations.next().flatten()
-            },
-        })
-        .collect())
-}
-
-/// Fills the groups of `slots` in parallel (rayon workers read, check and decompress into
-/// page-aligned buffers) and hands them to the pipeline's writer threads.
+/// Fills the groups of `refs` (blocks `first..`) in parallel (rayon workers read, check and
+/// decompress into page-aligned buffers) and hands them to the pipeline's writer threads.
 fn fill_groups(
     ctx: &GroupContext<'_>,
     producer: &PipelineProducer,
-    slots: &[Slot],
+    first: u64,
+    refs: &[BlockRef],
     group_blocks: usize,
 ) -> Result<()> {
-    let buffer_len = (GROUP_BYTES.max(ctx.bs)) as usize;
-    slots.par_chunks(group_blocks).try_for_each(|group| {
-        let mut buf = producer
-            .buffer()
-            .ctx(|| format!("mapping a {buffer_len}-byte restore buffer"))?;
-        let runs = ctx.fill_group(group, &mut buf)?;
-        if producer.submit(buf, runs) {
-            Ok(())
-        } else {
-            // The writer failed; its error is what the caller reports.
-            Err(Error::PreviousIo)
-        }
-    })
+    let buffer_len = (GROUP_BYTES.max(ctx.reader.block_size())) as usize;
+    refs.par_chunks(group_blocks)
+        .enumerate()
+        .try_for_each(|(g, group)| {
+            let mut buf = producer
+                .buffer()
+                .ctx(|| format!("mapping a {buffer_len}-byte restore buffer"))?;
+            let runs = ctx.fill_group(first + (g * group_blocks) as u64, group, &mut buf)?;
+            if producer.submit(buf, runs) {
+                Ok(())
+            } else {
+                // The writer failed; its error is what the caller reports.
+                Err(Error::PreviousIo)
+            }
+        })
 }
 
-/// Fills the whole disk from its root list, several pages per parallel pass (each pass ends
-/// when its slowest group does, so passes of one page, 8 groups, left a core idle at every
-/// page's end). Returns the number of zero blocks.
+/// Fills the whole disk, several pages per parallel pass (each pass ends when its slowest
+/// group does, so passes of one page, 8 groups, left a core idle at every page's end).
+/// Returns the number of zero blocks.
 fn fill_disk(
     ctx: &GroupContext<'_>,
     producer: &PipelineProducer,
-    root: &[PageDigest],
-    entry: &DiskEntry,
     progress: &dyn Progress,
 ) -> Result<u64> {
-    let bs = u64::from(entry.block_size);
-    let blocks = block_count(entry.size, entry.block_size);
+    let reader = ctx.reader;
+    let bs = reader.block_size();
     let group_blocks = (GROUP_BYTES / bs).max(1) as usize;
+    let pass_blocks = PAGES_PER_PASS as u64 * reader.page_entries();
     let mut zero_blocks = 0;
-    for (pass, pages) in root.chunks(PAGES_PER_PASS).enumerate() {
-        let first_page = (pass * PAGES_PER_PASS) as u64;
-        let first_block = first_page * u64::from(entry.page_entries);
-        let mut digests = Vec::new();
-        for (i, page_digest) in pages.iter().enumerate() {
-            let page_no = first_page + i as u64;
-            digests.extend(ctx.repo.read_page(
-                *page_digest,
-                blocks,
-                entry.page_entries,
-                page_no,
-            )?);
-        }
-        let slots = locate(
-            ctx.repo,
-            digests
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (first_block + i as u64, *d)),
-        )?;
-        zero_blocks += slots.iter().filter(|s| s.digest.is_zero()).count() as u64;
-        fill_groups(ctx, producer, &slots, group_blocks)?;
-        progress.advance((digests.len() as u64 * bs).min(entry.size - first_block * bs));
+    let mut first = 0;
+    while first < reader.blocks() {
+        let end = (first + pass_blocks).min(reader.blocks());
+        let refs = reader.block_refs(first..end)?;
+        zero_blocks += refs.iter().filter(|r| r.is_zero()).count() as u64;
+        fill_groups(ctx, producer, first, &refs, group_blocks)?;
+        progress.advance((end * bs).min(reader.size()) - first * bs);
+        first = end;
     }
     Ok(zero_blocks)
 }
@@ -326,25 +267,14 @@ pub fn restore_disk(
     force: bool,
     progress: &dyn Progress,
 ) -> Result<RestoreOutcome> {
-    let pos = snapshot
-        .header
-        .disks
-        .iter()
-        .position(|d| d.name == disk)
-        .ok_or_else(|| Error::DiskNotFound {
-            snapshot: id,
-            disk: disk.to_string(),
-            available: snapshot
-                .header
-                .disks
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
-    let entry = &snapshot.header.disks[pos];
-    let root = &snapshot.roots[pos];
-    let target = open_target(output, entry.size, force)?;
+    let view = DiskView::find(snapshot, disk).ok_or_else(|| Error::DiskNotFound {
+        snapshot: id,
+        disk: disk.to_string(),
+        available: disk_names(snapshot),
+    })?;
+    let reader = DiskReader::new(repo, view)?;
+    let size = reader.size();
+    let target = open_target(output, size, force)?;
     let mut staged_guard = StagedFile(match &target {
         Target::Fresh { staged, .. } => Some(staged.clone()),
         Target::Device { .. } => None,
@@ -353,29 +283,27 @@ pub fn restore_disk(
         Target::Fresh { file, staged } => (file, BlockWriter::new(file, staged, true)),
         Target::Device { file } => (file, BlockWriter::new(file, output, false)),
     };
-    let bs = u64::from(entry.block_size);
+    let bs = reader.block_size();
     let ctx = GroupContext {
-        repo,
-        size: entry.size,
-        bs,
+        reader: &reader,
         writer: &writer,
         write_zeros: matches!(target, Target::Device { .. }),
-        disk,
         output,
     };
     let mut outcome = RestoreOutcome {
-        size: entry.size,
+        name: disk.to_string(),
+        path: output.to_path_buf(),
+        size,
         bytes_written: 0,
         zero_blocks: 0,
-        path: output.to_path_buf(),
     };
-    progress.start(&format!("restore {disk}"), entry.size);
+    progress.start(&format!("restore {disk}"), size);
     // Writer threads for the whole disk; workers fill buffers several pages at a time.
     let (producer, drain) =
         write_pipeline((GROUP_BYTES.max(bs)) as usize, rayon::current_num_threads());
     let filled: Result<()> = std::thread::scope(|scope| {
         let writer_thread = scope.spawn(|| drain.run(ctx.writer));
-        let filled = fill_disk(&ctx, &producer, root, entry, progress)
+        let filled = fill_disk(&ctx, &producer, progress)
             .map(|zero_blocks| outcome.zero_blocks += zero_blocks);
         drop(producer);
         let written = writer_thread
@@ -403,4 +331,92 @@ pub fn restore_disk(
             .ctx(|| format!("syncing {}", output.display()))?;
     }
     Ok(outcome)
+}
+
+/// What `restore` of a snapshot did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    /// The snapshot.
+    #[serde(serialize_with = "hex_snapshot")]
+    pub snapshot: SnapshotId,
+    /// Seconds the restores took, together.
+    pub seconds: f64,
+    /// Each disk restored, in the snapshot's order.
+    pub disks: Vec<RestoreOutcome>,
+}
+
+/// Where the disks of a snapshot go when restored (see [`restore_layout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreLayout {
+    /// A directory to create first.
+    pub directory: Option<PathBuf>,
+    /// Each disk to restore, and where, in the snapshot's order.
+    pub targets: Vec<(String, PathBuf)>,
+}
+
+/// Where each disk of `snapshot` goes when restored to `out`: disk `disk` (or the only
+/// disk) to `out` itself; every disk of a several-disk snapshot to `out/DISK.raw`, `out`
+/// being a directory.
+pub fn restore_layout(snapshot: &Snapshot, disk: Option<&str>, out: &Path) -> RestoreLayout {
+    let single = |name: &str| RestoreLayout {
+        directory: None,
+        targets: vec![(name.to_string(), out.to_path_buf())],
+    };
+    match (disk, snapshot.header.disks.as_slice()) {
+        (Some(d), _) => single(d),
+        (None, [only]) => single(&only.name),
+        (None, disks) => RestoreLayout {
+            directory: Some(out.to_path_buf()),
+            targets: disks
+                .iter()
+                .map(|d| (d.name.clone(), out.join(format!("{}.raw", d.name))))
+                .collect(),
+        },
+    }
+}
+
+/// Restores the snapshot `query` names (see [`Repository::resolve_snapshot`]) to `out`, laid
+/// out by [`restore_layout`]; `force` allows overwriting files. Stops at the first disk that
+/// fails.
+pub fn restore_snapshot(
+    repo: &Repository,
+    query: &str,
+    disk: Option<&str>,
+    out: &Path,
+    force: bool,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let (id, _) = repo.resolve_snapshot(query)?;
+    let snapshot = repo.load_snapshot(id)?;
+    let layout = restore_layout(&snapshot, disk, out);
+    if let Some(dir) = &layout.directory {
+        fs::create_dir_all(dir).ctx(|| format!("creating directory {}", dir.display()))?;
+    }
+    let started = std::time::Instant::now();
+    let disks = layout
+        .targets
+        .iter()
+        .map(|(name, path)| restore_disk(repo, id, &snapshot, name, path, force, progress))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RestoreReport {
+        snapshot: id,
+        seconds: started.elapsed().as_secs_f64().max(0.001),
+        disks,
+    })
+}
+
+/// Serializes a snapshot id as hex (for reports).
+pub(crate) fn hex_snapshot<S: serde::Serializer>(
+    id: &SnapshotId,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&id.to_hex())
+}
+
+/// Serializes a path as its display text (for reports; never fails on non-UTF-8 names).
+pub(crate) fn path_text<S: serde::Serializer>(
+    path: &Path,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(&path.display())
 }

@@ -11,16 +11,18 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom};
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use tessera_format::{is_all_zero, ChunkDigest};
+use tessera_format::{is_all_zero, ChunkDigest, SnapshotId};
 
 use crate::direct_write::BlockWriter;
 use crate::error::{Error, IoContext, Result};
-use crate::ops::diff::{diff_disks, DiskView};
-use crate::ops::restore::{locate, GroupContext, Slot, GROUP_BYTES};
+use crate::ops::diff::{diff_disks, ManifestDiff};
+use crate::ops::disk_reader::{DiskReader, DiskView};
+use crate::ops::restore::{hex_snapshot, path_text, GroupContext, GROUP_BYTES};
 use crate::progress::Progress;
 use crate::repo::Repository;
 
@@ -47,6 +49,7 @@ pub fn restore_onto(
     progress: &dyn Progress,
 ) -> Result<OntoOutcome> {
     let diff = diff_disks(repo, from, to)?;
+    let reader = DiskReader::new(repo, to)?;
     let (file, device) = open_target(target, &diff)?;
     let mut outcome = OntoOutcome {
         size: diff.size_to,
@@ -60,18 +63,15 @@ pub fn restore_onto(
         file.set_len(diff.size_to)
             .ctx(|| format!("resizing {}", target.display()))?;
     }
-    let slots = locate(repo, diff.changed.iter().copied())?;
-    let bs = u64::from(diff.block_size);
+    let refs = reader.locate(&diff.changed)?;
+    let bs = reader.block_size();
     let group_blocks = (GROUP_BYTES / bs).max(1) as usize;
-    let runs = consecutive_runs(&slots, group_blocks);
+    let runs = consecutive_runs(&diff.changed, group_blocks);
     let writer = BlockWriter::new(&file, target, false);
     let ctx = GroupContext {
-        repo,
-        size: diff.size_to,
-        bs,
+        reader: &reader,
         writer: &writer,
         write_zeros: true,
-        disk: &to.entry.name,
         output: target,
     };
     progress.start(
@@ -81,7 +81,7 @@ pub fn restore_onto(
     outcome.bytes_written = runs
         .par_iter()
         .map(|run| {
-            let n = ctx.restore_group(run)?;
+            let n = ctx.restore_group(diff.changed[run.start].0, &refs[run.clone()])?;
             progress.advance(n);
             Ok(n)
         })
@@ -94,7 +94,7 @@ pub fn restore_onto(
 
 /// Opens the target and checks its size against the diff; returns it and whether it is a
 /// block device.
-fn open_target(target: &Path, diff: &crate::ops::diff::ManifestDiff) -> Result<(fs::File, bool)> {
+fn open_target(target: &Path, diff: &ManifestDiff) -> Result<(fs::File, bool)> {
     let meta = fs::metadata(target).map_err(|e| {
         Error::io(
             format!(
@@ -138,16 +138,16 @@ fn open_target(target: &Path, diff: &crate::ops::diff::ManifestDiff) -> Result<(
     Ok((file, device))
 }
 
-/// Splits slots (ascending blocks) into runs of consecutive blocks of at most `max` blocks.
-fn consecutive_runs(slots: &[Slot], max: usize) -> Vec<&[Slot]> {
+/// Splits changed blocks (ascending) into index ranges of consecutive blocks, at most `max`
+/// blocks each.
+fn consecutive_runs(changed: &[(u64, ChunkDigest)], max: usize) -> Vec<Range<usize>> {
     let mut runs = Vec::new();
     let mut start = 0;
-    for i in 1..=slots.len() {
-        let breaks =
-            i == slots.len() || slots[i].block != slots[i - 1].block + 1 || i - start == max;
+    for i in 1..=changed.len() {
+        let breaks = i == changed.len() || changed[i].0 != changed[i - 1].0 + 1 || i - start == max;
         if breaks {
             if i > start {
-                runs.push(&slots[start..i]);
+                runs.push(start..i);
             }
             start = i;
         }
@@ -164,17 +164,15 @@ fn check_holds(
     from: DiskView<'_>,
     progress: &dyn Progress,
 ) -> Result<u64> {
-    let bs = u64::from(from.entry.block_size);
-    let pe = u64::from(from.entry.page_entries);
-    let blocks = tessera_format::manifest::block_count(from.entry.size, from.entry.block_size);
-    progress.start("check target", from.entry.size);
+    let reader = DiskReader::new(repo, from)?;
+    let bs = reader.block_size();
+    progress.start("check target", reader.size());
     let mut buf = Vec::new();
     let mut read = 0;
-    for (page_no, page) in from.root.iter().enumerate() {
-        let page_no = page_no as u64;
-        let digests = repo.read_page(*page, blocks, from.entry.page_entries, page_no)?;
-        let offset = page_no * pe * bs;
-        let len = (digests.len() as u64 * bs).min(from.entry.size - offset);
+    for page_no in 0..reader.pages() {
+        let digests = reader.digests(page_no)?;
+        let offset = page_no * reader.page_entries() * bs;
+        let len = (digests.len() as u64 * bs).min(reader.size() - offset);
         buf.resize(len as usize, 0);
         file.read_exact_at(&mut buf, offset)
             .ctx(|| format!("reading {} at offset {offset}", path.display()))?;
@@ -200,4 +198,60 @@ fn check_holds(
     }
     progress.finish();
     Ok(read)
+}
+
+/// What `restore --onto` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OntoReport {
+    /// The snapshot restored.
+    #[serde(serialize_with = "hex_snapshot")]
+    pub snapshot: SnapshotId,
+    /// The snapshot the target was assumed to hold.
+    #[serde(serialize_with = "hex_snapshot")]
+    pub assumed: SnapshotId,
+    /// The disk.
+    pub disk: String,
+    /// The target.
+    #[serde(serialize_with = "path_text")]
+    pub path: PathBuf,
+    /// Seconds the restore took (after resolving the snapshots).
+    pub seconds: f64,
+    /// What it did.
+    pub result: OntoOutcome,
+}
+
+/// Turns `target`, which holds disk `disk` (or the only disk) of the snapshot `assume` names,
+/// into that disk of the snapshot `query` names (see [`restore_onto`]).
+pub fn restore_onto_snapshot(
+    repo: &Repository,
+    query: &str,
+    disk: Option<&str>,
+    target: &Path,
+    assume: &str,
+    check_target: bool,
+    progress: &dyn Progress,
+) -> Result<OntoReport> {
+    let (to_id, _) = repo.resolve_snapshot(query)?;
+    let (from_id, _) = repo.resolve_snapshot(assume)?;
+    let to = repo.load_snapshot(to_id)?;
+    let from = repo.load_snapshot(from_id)?;
+    let to_disk = DiskView::named_or_only(&to, disk)?;
+    let name = to_disk.entry.name.clone();
+    let started = std::time::Instant::now();
+    let result = restore_onto(
+        repo,
+        to_disk,
+        DiskView::of(&from, &name)?,
+        target,
+        check_target,
+        progress,
+    )?;
+    Ok(OntoReport {
+        snapshot: to_id,
+        assumed: from_id,
+        disk: name,
+        path: target.to_path_buf(),
+        seconds: started.elapsed().as_secs_f64(),
+        result,
+    })
 }

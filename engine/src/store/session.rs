@@ -107,13 +107,7 @@ fn index_entries(index: &Index, pack: PackId, size: u64, entries: &[FooterEntry]
             }
         }
     }
-    batch.put_pack(
-        pack,
-        PackEntry {
-            size,
-            objects: entries.len() as u32,
-        },
-    );
+    batch.put_pack(pack, PackEntry::now(size, entries.len() as u32));
     index.commit(batch)
 }
 

@@ -275,6 +275,11 @@ fn fake_connection(mut s: TcpStream, mode: Misbehave, stats: &FakeStats) -> std:
         stats
             .hole_bytes_read
             .fetch_add(holes * 4096, Ordering::SeqCst);
+        if matches!(mode, Misbehave::OneClientAtATime) {
+            // Slow answers, so that the client's readers overlap and it wants a second
+            // connection however the machine schedules them (the test is about that wish).
+            std::thread::sleep(Duration::from_millis(100));
+        }
         match mode {
             Misbehave::LongRead => {
                 let extra = 4096;

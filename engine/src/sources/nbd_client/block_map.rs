@@ -19,7 +19,7 @@
 
 use super::transmission::Connection;
 use crate::error::{Error, Result};
-use crate::nbd::proto::{STATE_DIRTY, STATE_ZERO};
+use crate::formats::nbd::{STATE_DIRTY, STATE_ZERO};
 
 /// Largest span asked for in one BLOCK_STATUS request.
 pub const STATUS_SPAN: u64 = 1 << 30;

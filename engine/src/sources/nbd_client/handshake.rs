@@ -18,13 +18,12 @@
 
 use super::wire::Wire;
 use crate::error::Result;
-use crate::nbd::proto::{
-    BASE_ALLOCATION, CMD_DISC, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, FLAG_FIXED_NEWSTYLE,
-    FLAG_NO_ZEROES, IHAVEOPT, INFO_BLOCK_SIZE, INFO_EXPORT, MAX_OPTION, MAX_REQUEST, NBDMAGIC,
-    OLDSTYLE_MAGIC, OPT_ABORT, OPT_GO, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY,
-    QEMU_DIRTY_BITMAP, REPLY_MAGIC, REP_ACK, REP_ERR_BLOCK_SIZE_REQD, REP_ERR_INVALID,
-    REP_ERR_PLATFORM, REP_ERR_POLICY, REP_ERR_SHUTDOWN, REP_ERR_TLS_REQD, REP_ERR_TOO_BIG,
-    REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_FLAG_ERROR, REP_INFO, REP_META_CONTEXT, REQUEST_MAGIC,
+use crate::formats::nbd::{
+    option_error_name, BASE_ALLOCATION, CMD_DISC, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES,
+    FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO_BLOCK_SIZE, INFO_EXPORT, MAX_OPTION,
+    MAX_REQUEST, NBDMAGIC, OLDSTYLE_MAGIC, OPT_ABORT, OPT_GO, OPT_SET_META_CONTEXT,
+    OPT_STRUCTURED_REPLY, QEMU_DIRTY_BITMAP, REPLY_MAGIC, REP_ACK, REP_ERR_TLS_REQD,
+    REP_ERR_UNKNOWN, REP_FLAG_ERROR, REP_INFO, REP_META_CONTEXT, REQUEST_MAGIC,
     TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS,
 };
 
@@ -61,21 +60,6 @@ struct OptReply {
     data: Vec<u8>,
 }
 
-fn error_name(kind: u32) -> &'static str {
-    match kind {
-        REP_ERR_UNSUP => "NBD_REP_ERR_UNSUP",
-        REP_ERR_POLICY => "NBD_REP_ERR_POLICY",
-        REP_ERR_INVALID => "NBD_REP_ERR_INVALID",
-        REP_ERR_PLATFORM => "NBD_REP_ERR_PLATFORM",
-        REP_ERR_TLS_REQD => "NBD_REP_ERR_TLS_REQD",
-        REP_ERR_UNKNOWN => "NBD_REP_ERR_UNKNOWN",
-        REP_ERR_SHUTDOWN => "NBD_REP_ERR_SHUTDOWN",
-        REP_ERR_BLOCK_SIZE_REQD => "NBD_REP_ERR_BLOCK_SIZE_REQD",
-        REP_ERR_TOO_BIG => "NBD_REP_ERR_TOO_BIG",
-        _ => "an unknown error",
-    }
-}
-
 impl OptReply {
     fn is_error(&self) -> bool {
         self.kind & REP_FLAG_ERROR != 0
@@ -83,7 +67,7 @@ impl OptReply {
     /// "NBD_REP_ERR_X (server says: ...)".
     fn describe_error(&self) -> String {
         let text = String::from_utf8_lossy(&self.data);
-        let name = error_name(self.kind);
+        let name = option_error_name(self.kind);
         if text.trim().is_empty() {
             format!("{name} (0x{:08x})", self.kind)
         } else {

@@ -23,8 +23,8 @@ use std::path::PathBuf;
 use super::handshake::Negotiated;
 use super::wire::Wire;
 use crate::error::{Error, Result};
-use crate::nbd::proto::{
-    CMD_BLOCK_STATUS, CMD_DISC, CMD_READ, REPLY_FLAG_DONE, REPLY_FLAG_ERROR_TYPE,
+use crate::formats::nbd::{
+    errno_name, CMD_BLOCK_STATUS, CMD_DISC, CMD_READ, REPLY_FLAG_DONE, REPLY_FLAG_ERROR_TYPE,
     REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR_OFFSET, REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA,
     REPLY_TYPE_OFFSET_HOLE, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC,
 };
@@ -54,21 +54,6 @@ struct Chunk {
     flags: u16,
     kind: u16,
     len: u32,
-}
-
-/// Errno names for messages.
-fn errno_name(e: u32) -> &'static str {
-    match e {
-        1 => "EPERM",
-        5 => "EIO",
-        12 => "ENOMEM",
-        22 => "EINVAL",
-        28 => "ENOSPC",
-        75 => "EOVERFLOW",
-        95 => "ENOTSUP",
-        108 => "ESHUTDOWN",
-        _ => "error",
-    }
 }
 
 impl Connection {

@@ -67,7 +67,7 @@ impl Usage {
             _ => {
                 let text = read_private(&path, "token usage file")?;
                 parse(&text).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
+                    Error::Usage(format!(
                         "{} is not a tessera token usage file",
                         path.display()
                     ))

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tessera_format::pack::RECORD_HEADER_LEN;
 use tessera_format::{ObjectKind, Snapshot, SnapshotId};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::repo::{read_config, Repository};
 use crate::storage::ObjectKey;
 use crate::sync::checked::check_batch;
@@ -117,13 +117,18 @@ pub fn serving_loop(root: &Path, queue: &Receiver<Job>, mut usage: Option<Usage>
     }
 }
 
+/// Who sent a request body, in messages.
+const CLIENT: &str = "the client";
+
 /// The HTTP status for an engine error (the one place that maps error kinds to statuses).
+/// The client can retry after 409, fix its request or data after 404 and 422; 507 is a
+/// full disk; 500 is the server's own failure (its message says which).
 pub fn status_of(e: &Error) -> u16 {
-    match e {
-        Error::Locked { .. } => 409,
-        Error::SnapshotNotFound { .. } | Error::ObjectMissing { .. } => 404,
-        Error::InvalidArgument(_) => 422,
-        Error::NoSpace { .. } => 507,
+    match (e, e.kind()) {
+        (Error::NoSpace { .. }, _) => 507,
+        (_, ErrorKind::Locked) => 409,
+        (Error::SnapshotNotFound { .. } | Error::ObjectMissing { .. }, _) => 404,
+        (Error::UntrustedData { .. }, _) | (_, ErrorKind::Usage | ErrorKind::Refused) => 422,
         _ => 500,
     }
 }
@@ -176,13 +181,13 @@ fn handle(job: &Job, root: &Path, usage: Option<&mut Usage>) -> Reply {
             repo.backend().get(&ObjectKey::snapshot(id)).map_err(fail)
         }
         Endpoint::Have(kind) => {
-            let digests = decode_digests(body, MAX_HAVE_DIGESTS).map_err(fail)?;
+            let digests = decode_digests(body, MAX_HAVE_DIGESTS, CLIENT).map_err(fail)?;
             let repo = Repository::open(root).map_err(fail)?;
             let have = repo.index().contains_many(kind, &digests).map_err(fail)?;
             Ok(have.into_iter().map(u8::from).collect())
         }
         Endpoint::Get(kind) => {
-            let digests = decode_digests(body, MAX_GET_DIGESTS).map_err(fail)?;
+            let digests = decode_digests(body, MAX_GET_DIGESTS, CLIENT).map_err(fail)?;
             let repo = Repository::open(root).map_err(fail)?;
             let mut out = Vec::new();
             for o in repo.get_objects(kind, &digests).map_err(fail)? {
@@ -205,7 +210,7 @@ fn put(
     body: &[u8],
     usage: Option<&mut Usage>,
 ) -> Reply {
-    let records = decode_records(body, kind).map_err(fail)?;
+    let records = decode_records(body, kind, CLIENT).map_err(fail)?;
     // Decoding is bounded by what the records claim: refuse a request that claims more raw
     // bytes than any client sends in one, before anything is decompressed.
     let raw: u64 = records.iter().map(|(i, _)| u64::from(i.raw_len)).sum();

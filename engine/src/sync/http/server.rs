@@ -93,13 +93,14 @@ pub fn bind(
     keepalive: Keepalive,
     insecure_http: bool,
 ) -> Result<Listener> {
-    let cannot = |e: &dyn std::fmt::Display| {
-        Error::InvalidArgument(format!("cannot listen on {listen}: {e}"))
+    let cannot = |e: &dyn std::fmt::Display| Error::Listen {
+        address: listen.to_string(),
+        reason: e.to_string(),
     };
     let socket = listen_tcp(listen, keepalive).map_err(|e| cannot(&e))?;
     let addr = socket.local_addr().map_err(|e| cannot(&e))?;
     if tls.is_none() && !insecure_http && !addr.ip().is_loopback() {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Usage(format!(
             "refusing to serve plain HTTP on {addr}, which is not a loopback address: tokens and backups would cross the network in clear. Serve HTTPS with --tls-cert CERT.pem --tls-key KEY.pem, or give --insecure-http if the network is trusted (e.g. a TLS-terminating proxy on the same host)"
         )));
     }

@@ -136,7 +136,7 @@ fn check_word(what: &str, word: &str, star: bool) -> Result<()> {
         Ok(())
     } else {
         let extra = if star { " *" } else { "" };
-        Err(Error::InvalidArgument(format!(
+        Err(Error::Usage(format!(
             "{what} {word:?} must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -{extra} and not start with . or -"
         )))
     }
@@ -158,11 +158,11 @@ pub fn check_private(path: &Path, what: &str) -> Result<()> {
         .map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Refused { reason: format!(
             "the {what} {} has mode {mode:04o}: group or others may read it; run `chmod 600 {}` (and keep it owned by the user that runs tessera)",
             path.display(),
             path.display()
-        )));
+        )});
     }
     Ok(())
 }
@@ -175,7 +175,7 @@ pub fn read_private(path: &Path, what: &str) -> Result<String> {
         .map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))?
         .len();
     if len > MAX_FILE_BYTES {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Usage(format!(
             "the {what} {} has {len} bytes, more than {MAX_FILE_BYTES}",
             path.display()
         )));
@@ -214,7 +214,7 @@ impl Tokens {
         match lines.next() {
             Some((_, HEADER)) => {}
             other => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Usage(format!(
                     "{from}: the first line must be {HEADER:?}, not {:?}",
                     other.map_or("", |(_, l)| l)
                 )))
@@ -223,9 +223,9 @@ impl Tokens {
         let mut out = Self::default();
         for (no, line) in lines {
             let entry = parse_entry(line)
-                .map_err(|why| Error::InvalidArgument(format!("{from} line {}: {why}", no + 1)))?;
+                .map_err(|why| Error::Usage(format!("{from} line {}: {why}", no + 1)))?;
             if out.get(&entry.name).is_some() {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Usage(format!(
                     "{from} line {}: the name {:?} is used twice",
                     no + 1,
                     entry.name
@@ -304,7 +304,7 @@ impl Tokens {
             Some(n) => {
                 check_word("the token name", n, false)?;
                 if self.get(n).is_some() {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::Usage(format!(
                         "a token called {n:?} exists already; remove it first or choose another --name"
                     )));
                 }
@@ -336,7 +336,7 @@ impl Tokens {
             .entries
             .iter()
             .position(|e| e.name == name)
-            .ok_or_else(|| Error::InvalidArgument(format!("no token is called {name:?}")))?;
+            .ok_or_else(|| Error::Usage(format!("no token is called {name:?}")))?;
         Ok(self.entries.remove(at))
     }
 }
@@ -374,9 +374,9 @@ fn parse_entry(line: &str) -> std::result::Result<TokenEntry, String> {
 
 /// `DIR/.NAME.tmp`, where `path` = `DIR/NAME` is staged before it is renamed into place.
 fn staged_name(path: &Path) -> Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        Error::InvalidArgument(format!("{} does not name a file", path.display()))
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{} does not name a file", path.display())))?;
     let mut staged = std::ffi::OsString::from(".");
     staged.push(name);
     staged.push(".tmp");

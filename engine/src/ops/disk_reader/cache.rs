@@ -1,12 +1,48 @@
-//! A bounded least-recently-used cache of decoded objects, shared by all clients.
+//! Bounded least-recently-used caches of what disk readers load: located manifest pages and
+//! decoded chunks.
 //!
 //! Entries are `Arc`s, so a value handed out stays valid after eviction. The budget counts
 //! the bytes each entry declares; the least recently used entries go first once it is
-//! exceeded (an entry larger than the whole budget is returned but not kept).
+//! exceeded (an entry larger than the whole budget is returned but not kept, so a budget of
+//! zero keeps nothing).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use tessera_format::{ChunkDigest, PageDigest};
+
+use super::BlockRef;
+
+/// The caches of one or several [`super::DiskReader`]s: manifest pages with the locations of
+/// their chunks, and decoded chunks. Several readers (the disks an NBD server exports) may
+/// share one, across threads.
+pub struct ReadCache {
+    pub(super) chunks: Lru<ChunkDigest, Vec<u8>>,
+    pub(super) pages: Lru<PageDigest, Vec<BlockRef>>,
+}
+
+impl ReadCache {
+    /// Caches holding about `bytes` bytes in all: an eighth (at least 1 MiB) for pages, the
+    /// rest for decoded chunks.
+    pub fn new(bytes: u64) -> Self {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        let pages = (bytes / 8).max(1 << 20);
+        Self {
+            chunks: Lru::new(bytes.saturating_sub(pages)),
+            pages: Lru::new(pages),
+        }
+    }
+
+    /// Pages only, about `bytes` bytes of them: for readers that go through a disk once
+    /// (restore, export) and decode chunks straight into their own buffers.
+    pub fn pages_only(bytes: usize) -> Self {
+        Self {
+            chunks: Lru::new(0),
+            pages: Lru::new(bytes),
+        }
+    }
+}
 
 struct Inner<K, V> {
     map: HashMap<K, (Arc<V>, u64, usize)>,
@@ -16,14 +52,14 @@ struct Inner<K, V> {
 }
 
 /// LRU cache with a byte budget.
-pub struct Lru<K, V> {
+pub(super) struct Lru<K, V> {
     inner: Mutex<Inner<K, V>>,
     budget: usize,
 }
 
 impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     /// An empty cache keeping at most `budget` bytes.
-    pub fn new(budget: usize) -> Self {
+    pub(super) fn new(budget: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 map: HashMap::new(),
@@ -36,7 +72,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 
     /// The cached value of `key`, marked as recently used.
-    pub fn get(&self, key: &K) -> Option<Arc<V>> {
+    pub(super) fn get(&self, key: &K) -> Option<Arc<V>> {
         let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let inner = &mut *guard;
         inner.tick += 1;
@@ -50,7 +86,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 
     /// Stores `value` (costing `cost` bytes) under `key`; returns it as an `Arc`.
-    pub fn insert(&self, key: K, value: V, cost: usize) -> Arc<V> {
+    pub(super) fn insert(&self, key: K, value: V, cost: usize) -> Arc<V> {
         let value = Arc::new(value);
         if cost > self.budget {
             return value;

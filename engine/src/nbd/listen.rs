@@ -1,0 +1,155 @@
+//! Serving a snapshot: resolving it, binding the listening socket and describing where it
+//! is served, so that a front end only prints [`ServeReport`] and calls [`Bound::serve`].
+//!
+//! A Unix socket path that holds a socket (left by an earlier server) is replaced; any other
+//! file there is refused and left alone.
+
+use std::net::TcpListener;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use tessera_format::SnapshotId;
+
+use super::Server;
+use crate::error::{Error, IoContext, Result};
+use crate::net::{listen_tcp, Keepalive};
+use crate::ops::restore::hex_snapshot;
+use crate::repo::Repository;
+
+/// Where to listen.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint<'a> {
+    /// A TCP address (`HOST:PORT`; port 0 picks a free one), with keepalive on connections.
+    Tcp {
+        /// The address.
+        addr: &'a str,
+        /// Keepalive of accepted connections.
+        keepalive: Keepalive,
+    },
+    /// A Unix socket path.
+    Unix(&'a Path),
+}
+
+/// One export as the report lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportInfo {
+    /// The export's name (the disk's).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The manifest's block size.
+    pub block_size: u64,
+}
+
+/// Where a snapshot is served.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServeReport {
+    /// The snapshot.
+    #[serde(serialize_with = "hex_snapshot")]
+    pub snapshot: SnapshotId,
+    /// The TCP address listened on (with the port chosen), for TCP.
+    pub listen: Option<String>,
+    /// The socket path, for a Unix socket.
+    pub socket: Option<String>,
+    /// The exports, the default (first) one first.
+    pub exports: Vec<ExportInfo>,
+    /// An NBD URI per export, in the same order.
+    pub uris: Vec<String>,
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A server bound to its socket, ready to serve.
+pub struct Bound {
+    server: Arc<Server>,
+    listener: Listener,
+    report: ServeReport,
+}
+
+/// Resolves the snapshot `query` names, makes a [`Server`] for disk `disk` (or every disk)
+/// with `cache_bytes` of shared cache, and binds `endpoint`.
+pub fn bind_snapshot(
+    repo: &Arc<Repository>,
+    query: &str,
+    disk: Option<&str>,
+    cache_bytes: u64,
+    endpoint: Endpoint<'_>,
+) -> Result<Bound> {
+    let (id, _) = repo.resolve_snapshot(query)?;
+    let snapshot = repo.load_snapshot(id)?;
+    let server = Server::for_snapshot(repo, &snapshot, disk, cache_bytes)?;
+    let (listener, listen, socket) = match endpoint {
+        Endpoint::Unix(path) => {
+            replace_stale_socket(path)?;
+            let l = UnixListener::bind(path).ctx(|| format!("listening on {}", path.display()))?;
+            (Listener::Unix(l), None, Some(path.display().to_string()))
+        }
+        Endpoint::Tcp { addr, keepalive } => {
+            let l = listen_tcp(addr, keepalive).ctx(|| format!("listening on {addr}"))?;
+            let local = l
+                .local_addr()
+                .ctx(|| "reading the listening address".into())?;
+            (Listener::Tcp(l), Some(local.to_string()), None)
+        }
+    };
+    let uri = |name: &str| match (&listen, &socket) {
+        (Some(addr), _) => format!("nbd://{addr}/{name}"),
+        (None, path) => format!(
+            "nbd+unix:///{name}?socket={}",
+            path.as_deref().unwrap_or_default()
+        ),
+    };
+    let report = ServeReport {
+        snapshot: id,
+        exports: server
+            .exports()
+            .map(|e| ExportInfo {
+                name: e.name().to_string(),
+                size: e.size(),
+                block_size: e.block_size(),
+            })
+            .collect(),
+        uris: server.exports().map(|e| uri(e.name())).collect(),
+        listen,
+        socket,
+    };
+    Ok(Bound {
+        server: Arc::new(server),
+        listener,
+        report,
+    })
+}
+
+/// Removes a socket left at `path`; refuses any other kind of file there.
+fn replace_stale_socket(path: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::io(
+            format!("{} exists and is not a socket", path.display()),
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "not replacing it"),
+        ));
+    }
+    std::fs::remove_file(path).ctx(|| format!("removing stale socket {}", path.display()))
+}
+
+impl Bound {
+    /// Where and what is served.
+    pub fn report(&self) -> &ServeReport {
+        &self.report
+    }
+
+    /// Serves clients until the process ends.
+    pub fn serve(self) -> Result<()> {
+        match self.listener {
+            Listener::Tcp(l) => self.server.serve_tcp(&l),
+            Listener::Unix(l) => self.server.serve_unix(&l),
+        }
+    }
+}

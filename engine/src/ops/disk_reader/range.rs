@@ -1,0 +1,160 @@
+//! Byte ranges of a disk: which parts are zero ([`DiskReader::extents`]) and their bytes
+//! with zero runs left as holes ([`DiskReader::read_range`]), for readers that address a
+//! disk by offset (the NBD server).
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::DiskReader;
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+
+/// A piece of a read: data, or a run of zeros (`data` is `None`).
+#[derive(Debug)]
+pub struct Segment {
+    /// Disk offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// The bytes, or `None` for zeros.
+    pub data: Option<Vec<u8>>,
+}
+
+/// A run of blocks of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Length in bytes.
+    pub len: u64,
+    /// All zero (not stored).
+    pub zero: bool,
+}
+
+impl<R: Deref<Target = Repository>> DiskReader<R> {
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(Error::InvalidArgument(format!(
+                "range {offset}+{len} lies past the end of {} ({} bytes)",
+                self.name, self.size
+            ))),
+        }
+    }
+
+    /// The blocks `offset..offset+len` touches (`len > 0`, range checked).
+    fn blocks_of(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
+        offset / self.block_size..(offset + len - 1) / self.block_size + 1
+    }
+
+    /// The part of block `block` inside `offset..end`, as disk offsets.
+    fn clip(&self, block: u64, offset: u64, end: u64) -> (u64, u64) {
+        let block_start = block * self.block_size;
+        (
+            block_start.max(offset),
+            (block_start + self.block_len(block)).min(end),
+        )
+    }
+
+    /// Runs of zero / data blocks covering `offset..offset+len`, clipped to that range, at
+    /// most `max` of them (the last one may then end before the range does).
+    pub fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        self.check_range(offset, len)?;
+        let mut out: Vec<Extent> = Vec::new();
+        if len == 0 {
+            return Ok(out);
+        }
+        let end = offset + len;
+        let blocks = self.blocks_of(offset, len);
+        let mut block = blocks.start;
+        while block < blocks.end {
+            // One page at a time bounds the memory a huge status request takes.
+            let page_end = ((block / self.page_entries + 1) * self.page_entries).min(blocks.end);
+            let refs = self.block_refs(block..page_end)?;
+            for (b, r) in (block..).zip(&refs) {
+                let (start, stop) = self.clip(b, offset, end);
+                let zero = r.is_zero();
+                match out.last_mut() {
+                    Some(e) if e.zero == zero => e.len += stop - start,
+                    _ => {
+                        if out.len() == max {
+                            return Ok(out);
+                        }
+                        out.push(Extent {
+                            len: stop - start,
+                            zero,
+                        });
+                    }
+                }
+            }
+            block = page_end;
+        }
+        Ok(out)
+    }
+
+    /// The bytes of `offset..offset+len` as data and zero segments in order. Chunks are read
+    /// in parallel, through the chunk cache.
+    pub fn read_range(&self, offset: u64, len: u64) -> Result<Vec<Segment>>
+    where
+        R: Sync,
+    {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = offset + len;
+        let blocks = self.blocks_of(offset, len);
+        let refs = self.block_refs(blocks.clone())?;
+        let chunks: Vec<Option<Arc<Vec<u8>>>> = refs
+            .par_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if r.is_zero() {
+                    Ok(None)
+                } else {
+                    self.chunk(blocks.start + i as u64, r).map(Some)
+                }
+            })
+            .collect::<Result<_>>()?;
+        let mut out: Vec<Segment> = Vec::new();
+        for (b, chunk) in (blocks.start..).zip(&chunks) {
+            let block_start = b * self.block_size;
+            let (start, stop) = self.clip(b, offset, end);
+            let piece_len = stop - start;
+            match (chunk, out.last_mut()) {
+                (None, Some(seg)) if seg.data.is_none() => seg.len += piece_len,
+                (None, _) => out.push(Segment {
+                    offset: start,
+                    len: piece_len,
+                    data: None,
+                }),
+                (Some(bytes), last) => {
+                    let piece = bytes
+                        .get((start - block_start) as usize..(stop - block_start) as usize)
+                        .ok_or_else(|| {
+                            Error::InvalidArgument(format!(
+                                "a cached chunk of disk {} is shorter than block {b}",
+                                self.name
+                            ))
+                        })?;
+                    match last {
+                        Some(Segment {
+                            data: Some(buf),
+                            len,
+                            ..
+                        }) => {
+                            buf.extend_from_slice(piece);
+                            *len += piece_len;
+                        }
+                        _ => out.push(Segment {
+                            offset: start,
+                            len: piece_len,
+                            data: Some(piece.to_vec()),
+                        }),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
