@@ -341,7 +341,7 @@ fn unsafe_setups_are_refused() {
         run_to_exit(&args)
     };
 
-    // Token files that group or others may read.
+    // Token files that group or others may read: refused (exit 5).
     for f in [&tokens, &token] {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
@@ -353,26 +353,26 @@ fn unsafe_setups_are_refused() {
             flag.as_ref(),
             file.as_os_str(),
         ]);
-        out.expect_code(1).stderr_has("chmod 600");
+        out.expect_code(5).stderr_has("chmod 600");
         assert!(out.stdout.is_empty(), "{out}");
     }
     let client = sync(repo.to_str().unwrap(), "http://127.0.0.1:9", &token, None);
-    client.expect_code(1).stderr_has("chmod 600");
+    client.expect_code(5).stderr_has("chmod 600");
     tessera(["token", "list", tokens.to_str().unwrap()])
-        .expect_code(1)
+        .expect_code(5)
         .stderr_has("chmod 600");
     for f in [&tokens, &token] {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
-    // Plain HTTP on an address that is not loopback.
+    // Plain HTTP on an address that is not loopback: a usage error (exit 2).
     let open = serve(&[
         "--listen".as_ref(),
         "0.0.0.0:0".as_ref(),
         "--tokens".as_ref(),
         tokens.as_os_str(),
     ]);
-    open.expect_code(1)
+    open.expect_code(2)
         .stderr_has("not a loopback address")
         .stderr_has("--tls-cert")
         .stderr_has("--insecure-http");
