@@ -269,6 +269,9 @@ pub enum Command {
     Seed(crate::sync_args::SeedCommand),
     /// Serve a repository over HTTP, for `tessera sync` from or to another machine.
     Serve(crate::sync_args::ServeArgs),
+    /// Manage the tokens file of `serve --tokens` (tokens with roles, series and quotas).
+    #[command(subcommand)]
+    Token(crate::sync_args::TokenCommand),
     /// Rewrite packs with too much unreferenced data, reclaiming the space.
     Compact {
         /// The repository.

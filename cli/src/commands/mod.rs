@@ -9,6 +9,7 @@ mod restore;
 mod retention;
 mod serve_nbd;
 mod sync;
+mod token;
 mod verify;
 
 use anyhow::Result;
@@ -125,6 +126,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Sync(args) => sync::sync(&args, json, &bars),
         Command::Seed(cmd) => sync::seed(&cmd, json, &bars),
         Command::Serve(args) => sync::serve(&args, json),
+        Command::Token(cmd) => token::run(&cmd, json),
         Command::Compact {
             repo,
             max_unused,
