@@ -3,6 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use tessera_engine::ops::backup::ReferenceChoice;
+use tessera_engine::ops::prune::KeepPolicy;
+use tessera_engine::ops::repair::request::SourceImage;
+use tessera_engine::time::Span;
+use tessera_engine::SnapshotRef;
 
 /// A misuse of the command line detected after parsing.
 #[derive(Debug)]
@@ -101,11 +106,11 @@ impl NbdLimitArgs {
 /// bitmaps, changed-block lists).
 #[derive(Debug, clap::Args)]
 pub struct DeltaArgs {
-    /// The snapshot the delta applies on: an id prefix or `latest` (the series' newest).
-    /// Without it, a delta source is used as a delta when the series' newest snapshot was
-    /// taken from its base, and read in full otherwise.
+    /// The snapshot the delta applies on: `latest` (the series' newest), an id prefix, or
+    /// `latest@SERIES`. Without it, a delta source is used as a delta when the series'
+    /// newest snapshot was taken from its base, and read in full otherwise.
     #[arg(long)]
-    pub reference: Option<String>,
+    pub reference: Option<ReferenceChoice>,
     /// Read the whole disk when a delta does not belong to the reference, instead of failing.
     #[arg(long)]
     pub fallback_full: bool,
@@ -188,7 +193,7 @@ pub enum Command {
         /// The repository.
         repo: PathBuf,
         /// Snapshot: id prefix, `latest` or `latest@SERIES`.
-        snapshot: String,
+        snapshot: SnapshotRef,
     },
     /// Space used and saved by the repository.
     Stats {
@@ -286,7 +291,7 @@ pub enum Command {
         repo: PathBuf,
         /// Snapshots: id prefixes, `latest` or `latest@SERIES`.
         #[arg(required = true)]
-        snapshots: Vec<String>,
+        snapshots: Vec<SnapshotRef>,
         /// Show what would be forgotten and freed, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -309,14 +314,14 @@ pub enum Command {
         /// The repository.
         repo: PathBuf,
         /// The snapshot.
-        snapshot: String,
+        snapshot: SnapshotRef,
     },
     /// Remove a snapshot's protection.
     Unprotect {
         /// The repository.
         repo: PathBuf,
         /// The snapshot.
-        snapshot: String,
+        snapshot: SnapshotRef,
     },
     /// Copy snapshots to another repository, sending only the objects it lacks.
     Sync(crate::sync_args::SyncArgs),
@@ -352,7 +357,7 @@ pub struct VerifyArgs {
     pub metadata_only: bool,
     /// Only what these snapshots need (id prefixes, `latest`, `latest@SERIES`; repeatable).
     #[arg(long = "snapshot")]
-    pub snapshots: Vec<String>,
+    pub snapshots: Vec<SnapshotRef>,
     /// Only what the snapshots of this series need.
     #[arg(long)]
     pub series: Option<String>,
@@ -364,7 +369,7 @@ pub struct VerifyArgs {
     pub seed: Option<u64>,
     /// Skip objects the verification ledger says were verified within this duration (e.g. 30d).
     #[arg(long)]
-    pub skip_verified_within: Option<String>,
+    pub skip_verified_within: Option<Span>,
 }
 
 /// Options of `repair`.
@@ -383,7 +388,7 @@ pub struct RepairArgs {
     pub from: Option<PathBuf>,
     /// Re-read damaged or missing chunks from a source image of a disk, as DISK=PATH (repeatable).
     #[arg(long = "from-source")]
-    pub from_source: Vec<String>,
+    pub from_source: Vec<SourceImage>,
     /// Without other copies: move the intact objects of damaged packs (bad footer, trailer
     /// or records) into new packs, quarantine the old packs, and report what is lost.
     #[arg(long)]
@@ -417,7 +422,22 @@ pub struct KeepArgs {
     pub keep_yearly: u32,
     /// Keep everything within this duration of the newest snapshot (e.g. 30d, 12h, 1y6m).
     #[arg(long)]
-    pub keep_within: Option<String>,
+    pub keep_within: Option<Span>,
+}
+
+impl KeepArgs {
+    /// The engine's policy.
+    pub fn policy(&self) -> KeepPolicy {
+        KeepPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+        }
+    }
 }
 
 /// Parses a percentage like `10%`, `10` or `0.1` into a fraction.

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use tessera_engine::SnapshotRef;
 
 /// Which snapshots to copy.
 #[derive(Debug, Args)]
@@ -10,9 +11,10 @@ pub struct SelectArgs {
     /// Only snapshots of this series.
     #[arg(long)]
     pub series: Option<String>,
-    /// Only this snapshot (id or unique prefix; repeatable).
+    /// Only this snapshot (id prefix, `latest` or `latest@SERIES`, among the source's
+    /// snapshots of --series; repeatable).
     #[arg(long = "snapshot")]
-    pub snapshots: Vec<String>,
+    pub snapshots: Vec<SnapshotRef>,
     /// Only the newest N snapshots (after --series / --snapshot).
     #[arg(long)]
     pub latest: Option<usize>,

@@ -1,10 +1,23 @@
 //! The engine's error type. Every variant states a domain fact and, where there is one, what
-//! the operator should do next.
+//! the operator should do next; [`Error::kind`] says which kind of failure it is, and a
+//! front end derives everything else from the kind (the CLI its exit code, SPEC.md §11).
+//!
+//! | kind | meaning | examples |
+//! |---|---|---|
+//! | [`ErrorKind::Failed`] | the operation failed; the request and the data were fine | I/O, full disk, unreadable source, network |
+//! | [`ErrorKind::Usage`] | bad input from the caller | malformed argument, unknown snapshot, disk or series |
+//! | [`ErrorKind::Locked`] | another writer holds the repository | retry later |
+//! | [`ErrorKind::Damage`] | damaged or malicious data | corrupt object, pack, snapshot, config or index; a peer or bundle sending bad data |
+//! | [`ErrorKind::Refused`] | the request conflicts with the repository's state or policy | wrong delta base, protected snapshot, incompatible repositories |
+//! | [`ErrorKind::Internal`] | a bug in tessera | [`Error::Internal`] |
 
 use std::io;
 use std::path::PathBuf;
 
-use tessera_format::{DecodeError, ObjectKind, PackId, SnapshotId};
+use serde::Serialize;
+use tessera_format::{
+    ChunkDigest, DecodeError, EncodeError, IdScheme, ObjectKind, PackId, SnapshotId,
+};
 use thiserror::Error;
 
 /// Result alias for engine operations.
@@ -44,6 +57,12 @@ pub enum Error {
         host: String,
         /// When the holder took the lock.
         since: String,
+    },
+    /// Another verification holds the verification ledger.
+    #[error("another `tessera verify` is running on this repository ({} is locked); wait for it to finish", lock.display())]
+    VerifyRunning {
+        /// The ledger's lock file.
+        lock: PathBuf,
     },
     /// The RocksDB index is missing.
     #[error("the index at {path} is missing; rebuild it from packs and snapshots with `tessera repair REPO --rebuild-index`")]
@@ -168,9 +187,153 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The caller passed something invalid.
+    /// Transitional: the caller passed something invalid. Its remaining uses (NBD serving,
+    /// export, image formats, the NBD client, restore and diff) are being split into the
+    /// kinds of the variants below; new code uses [`Error::Usage`] or a domain variant.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The caller passed something invalid: an argument, an option value, a name.
+    #[error("{0}")]
+    Usage(String),
+    /// A snapshot reference is none of the accepted forms.
+    #[error("{query:?} is not a snapshot reference: use `latest`, `latest@SERIES`, or 4+ hex digits of an id")]
+    BadSnapshotRef {
+        /// What the caller gave.
+        query: String,
+    },
+    /// A series has no snapshots.
+    #[error("series {series:?} has no snapshots; see `tessera list REPO`")]
+    SeriesNotFound {
+        /// The series asked for.
+        series: String,
+    },
+    /// The request conflicts with the repository's state or policy.
+    #[error("{reason}")]
+    Refused {
+        /// What conflicts, and what to do instead.
+        reason: String,
+    },
+    /// Forgetting a protected snapshot.
+    #[error("snapshot {snapshot} is protected; run `tessera unprotect REPO {snapshot}` first if it really should go")]
+    Protected {
+        /// The snapshot.
+        snapshot: SnapshotId,
+    },
+    /// Two repositories (or a seed bundle and a repository) compute chunk ids differently:
+    /// no object can move between them.
+    #[error("{theirs} uses chunk id scheme {their_scheme:?} but {ours} uses {our_scheme:?}: their digests cannot be compared, so nothing was copied or repaired from it")]
+    IncompatibleRepositories {
+        /// The repository being written.
+        ours: String,
+        /// Its id scheme.
+        our_scheme: IdScheme,
+        /// The other side.
+        theirs: String,
+        /// Its id scheme.
+        their_scheme: IdScheme,
+    },
+    /// A snapshot to copy has a disk at another block size than the destination already
+    /// has for that series and disk: its blocks would never deduplicate.
+    #[error("series {series:?} disk {disk:?}: snapshot {snapshot} uses block size {theirs}, but the destination already has that disk at block size {ours}; deduplication would silently fail, so nothing was copied (sync into a repository without this series, or back up with --block-size {ours})")]
+    BlockSizeMismatch {
+        /// The series.
+        series: String,
+        /// The disk.
+        disk: String,
+        /// The snapshot being copied.
+        snapshot: SnapshotId,
+        /// Its block size.
+        theirs: u32,
+        /// The destination's block size for the disk.
+        ours: u32,
+    },
+    /// A backup asked for another block size than the series used for the disk.
+    #[error("disk {disk:?} of series {series:?} was backed up with {} KiB blocks; a different block size would share no data with it. Omit --block-size, or start a new series", previous / 1024)]
+    BlockSizeChange {
+        /// The series.
+        series: String,
+        /// The disk.
+        disk: String,
+        /// The block size of the series' previous backup of the disk.
+        previous: u32,
+    },
+    /// Another repository, a server or a seed bundle sent data that does not check out
+    /// (everything they send is untrusted).
+    #[error("{from}: {reason}")]
+    UntrustedData {
+        /// The sender (path or URL).
+        from: String,
+        /// What is wrong with the data, and what was (not) kept.
+        reason: String,
+    },
+    /// tessera refuses to write a value no reader would accept.
+    #[error("{what}: {source}")]
+    Unencodable {
+        /// The value (a snapshot, the repository config).
+        what: String,
+        /// Which rule of the format it breaks.
+        source: EncodeError,
+    },
+    /// A remote server answered a request with an error status.
+    #[error("{request}: HTTP {status}: {message}")]
+    RemoteStatus {
+        /// Method and URL.
+        request: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// A request to a remote server failed on the way (connection, TLS, timeout).
+    #[error("{request}: {reason}")]
+    Network {
+        /// Method and URL.
+        request: String,
+        /// Why, with a hint where a likely mistake explains it.
+        reason: String,
+    },
+    /// TLS could not be set up from the given files.
+    #[error("{reason}")]
+    Tls {
+        /// Which file, and what is wrong with it.
+        reason: String,
+    },
+    /// A server cannot listen on its address.
+    #[error("cannot listen on {address}: {reason}")]
+    Listen {
+        /// The address given.
+        address: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// Worker threads could not be started.
+    #[error("cannot start {count} threads: {reason}; ask for fewer with --jobs")]
+    Threads {
+        /// How many were asked for.
+        count: usize,
+        /// Why not.
+        reason: String,
+    },
+    /// A stored chunk's length differs from what the disk needs at its place.
+    #[error("chunk {digest} at offset {offset} holds {found} bytes where the disk needs {expected}; run `tessera verify REPO`, then `tessera repair`")]
+    ChunkLength {
+        /// The chunk.
+        digest: ChunkDigest,
+        /// Where the disk needs it.
+        offset: u64,
+        /// Its length.
+        found: u64,
+        /// The length needed.
+        expected: u64,
+    },
+    /// A delta backup needs a block of its reference snapshot that cannot be read.
+    #[error("a partial change at offset {offset} needs the reference's block there, which cannot be read ({source}); repair the repository, or take a key backup with --full")]
+    ReferenceBlockUnreadable {
+        /// Offset of the block.
+        offset: u64,
+        /// Why it cannot be read.
+        source: Box<Error>,
+    },
     /// The restore target exists and overwriting was not allowed.
     #[error("{path} already exists; pass --force to overwrite it")]
     OutputExists {
@@ -205,7 +368,116 @@ pub enum Error {
     PreviousIo,
 }
 
+/// Which kind of failure an [`enum@Error`] is (see the module docs). Serialized as its
+/// [`ErrorKind::as_str`] name, which is stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The operation failed: I/O, a full disk, an unreadable source, the network.
+    Failed,
+    /// Bad input from the caller: a malformed argument, an unknown snapshot, disk or series.
+    Usage,
+    /// Another writer holds the repository: retry later.
+    Locked,
+    /// Damaged or malicious data: a corrupt object, pack, snapshot, config or index, or an
+    /// untrusted peer or bundle that sent bad data.
+    Damage,
+    /// The request conflicts with the repository's state or policy.
+    Refused,
+    /// A bug in tessera.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, for tables and tests.
+    pub const ALL: [Self; 6] = [
+        Self::Failed,
+        Self::Usage,
+        Self::Locked,
+        Self::Damage,
+        Self::Refused,
+        Self::Internal,
+    ];
+
+    /// The stable name of the kind (`failed`, `usage`, `locked`, `damage`, `refused`,
+    /// `internal`), as `--json` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Failed => "failed",
+            Self::Usage => "usage",
+            Self::Locked => "locked",
+            Self::Damage => "damage",
+            Self::Refused => "refused",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Error {
+    /// Which kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            // A server's status tells the kinds that matter to the caller (its `status_of`).
+            Self::RemoteStatus { status, .. } => match status {
+                409 => ErrorKind::Locked,
+                422 => ErrorKind::Refused,
+                _ => ErrorKind::Failed,
+            },
+            Self::Io { .. }
+            | Self::NoSpace { .. }
+            | Self::Source { .. }
+            | Self::BadImage { .. }
+            | Self::Index(_)
+            | Self::Network { .. }
+            | Self::Tls { .. }
+            | Self::Listen { .. }
+            | Self::Threads { .. }
+            | Self::PreviousIo => ErrorKind::Failed,
+            Self::Locked { .. } | Self::VerifyRunning { .. } => ErrorKind::Locked,
+            Self::WrongBase { .. }
+            | Self::Refused { .. }
+            | Self::Protected { .. }
+            | Self::IncompatibleRepositories { .. }
+            | Self::BlockSizeMismatch { .. }
+            | Self::BlockSizeChange { .. }
+            | Self::Unencodable { .. }
+            | Self::TargetMismatch { .. }
+            | Self::ObjectExists { .. }
+            | Self::BadConfig {
+                source: DecodeError::UnsupportedVersion { .. },
+                ..
+            } => ErrorKind::Refused,
+            Self::NotARepository { .. }
+            | Self::AlreadyExists { .. }
+            | Self::OutputExists { .. }
+            | Self::SnapshotNotFound { .. }
+            | Self::AmbiguousSnapshot { .. }
+            | Self::DiskNotFound { .. }
+            | Self::SeriesNotFound { .. }
+            | Self::BadSnapshotRef { .. }
+            | Self::Usage(_)
+            | Self::InvalidArgument(_) => ErrorKind::Usage,
+            Self::BadConfig { .. }
+            | Self::IndexMissing { .. }
+            | Self::IndexCorrupt { .. }
+            | Self::ObjectMissing { .. }
+            | Self::ObjectCorrupt { .. }
+            | Self::PackCorrupt { .. }
+            | Self::SnapshotCorrupt { .. }
+            | Self::SnapshotIncomplete { .. }
+            | Self::ChunkLength { .. }
+            | Self::UntrustedData { .. } => ErrorKind::Damage,
+            Self::ReferenceBlockUnreadable { source, .. } => source.kind(),
+            Self::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
     /// Whether this is a read of something that does not exist (an object, a file).
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
@@ -233,5 +505,77 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::io(context(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_the_failure_not_the_variant_name() {
+        let config = |source| Error::BadConfig {
+            location: "r".into(),
+            source,
+        };
+        let newer = DecodeError::UnsupportedVersion {
+            what: "config",
+            version: 99,
+            supported: 1,
+        };
+        let flipped = DecodeError::ChecksumMismatch {
+            what: "config",
+            expected: 1,
+            got: 2,
+        };
+        let remote = |status| Error::RemoteStatus {
+            request: "GET x".into(),
+            status,
+            message: String::new(),
+        };
+        let unreadable = |source: Error| Error::ReferenceBlockUnreadable {
+            offset: 0,
+            source: Box::new(source),
+        };
+        let io = || Error::io("reading", io::Error::other("disk on fire"));
+        let missing = || Error::ObjectMissing {
+            kind: ObjectKind::Chunk,
+            digest: "00".into(),
+        };
+        for (err, kind) in [
+            (config(newer), ErrorKind::Refused),
+            (config(flipped), ErrorKind::Damage),
+            (remote(409), ErrorKind::Locked),
+            (remote(422), ErrorKind::Refused),
+            (remote(401), ErrorKind::Failed),
+            (unreadable(io()), ErrorKind::Failed),
+            (unreadable(missing()), ErrorKind::Damage),
+            (
+                Error::io("writing", io::Error::from_raw_os_error(libc::ENOSPC)),
+                ErrorKind::Failed,
+            ),
+            (
+                Error::Protected {
+                    snapshot: SnapshotId([1; 32]),
+                },
+                ErrorKind::Refused,
+            ),
+            (
+                Error::UntrustedData {
+                    from: "peer".into(),
+                    reason: "bad".into(),
+                },
+                ErrorKind::Damage,
+            ),
+            (Error::Internal("bug".into()), ErrorKind::Internal),
+        ] {
+            assert_eq!(err.kind(), kind, "{err}");
+        }
+        let names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["failed", "usage", "locked", "damage", "refused", "internal"]
+        );
+        assert_eq!(serde_json::to_value(ErrorKind::Refused).unwrap(), "refused");
     }
 }

@@ -63,12 +63,7 @@ impl LedgerLock {
         let (file, lock_path) = Self::open_file(root)?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file }),
-            Err(TryLockError::WouldBlock) => Err(Error::io(
-                format!("locking {}", lock_path.display()),
-                std::io::Error::other(
-                    "another `tessera verify` is running on this repository; wait for it to finish",
-                ),
-            )),
+            Err(TryLockError::WouldBlock) => Err(Error::VerifyRunning { lock: lock_path }),
             Err(TryLockError::Error(e)) => {
                 Err(Error::io(format!("locking {}", lock_path.display()), e))
             }

@@ -12,6 +12,9 @@
 //!   [`recovery`] finishes or undoes an interrupted writer; [`readers`] holds the reader
 //!   leases that keep compaction from deleting packs in use.
 //! - [`nbd`] serves snapshots read-only over NBD; [`export`] writes raw, qcow2 and VHD files.
+//! - [`error`]: every failure is an [`Error`] whose [`Error::kind`] (usage, damage, refusal,
+//!   lock, I/O, bug) a front end maps to its exit code; [`snapshot_ref`] parses snapshot
+//!   references for every command; reports serialize typed ids as hex with [`serde_ids`].
 //!
 //! ## Who may run together
 //!
@@ -45,12 +48,15 @@ pub mod readers;
 pub mod recovery;
 pub mod refcount;
 pub mod repo;
+pub mod serde_ids;
+pub mod snapshot_ref;
 pub mod sources;
 pub mod storage;
 pub mod store;
 pub mod sync;
 pub mod time;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use progress::{NoProgress, Progress};
 pub use repo::{InitOptions, Repository};
+pub use snapshot_ref::{SnapshotDiskRef, SnapshotRef};

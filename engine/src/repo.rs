@@ -38,6 +38,7 @@ use crate::index::Index;
 use crate::lock::WriterLock;
 use crate::readers::ReaderLease;
 use crate::recovery::Recovery;
+use crate::snapshot_ref::SnapshotRef;
 use crate::storage::local::LocalBackend;
 use crate::storage::sim::CrashClock;
 use crate::storage::{Backend, ObjectKey, PutMode};
@@ -80,9 +81,10 @@ impl InitOptions {
             page_entries: DEFAULT_PAGE_ENTRIES,
             created_at_us: crate::time::now_us(),
         };
-        let bytes = config
-            .encode()
-            .map_err(|e| Error::InvalidArgument(format!("repository parameters: {e}")))?;
+        let bytes = config.encode().map_err(|source| Error::Unencodable {
+            what: "repository parameters".into(),
+            source,
+        })?;
         Ok((config, bytes))
     }
 }
@@ -287,39 +289,15 @@ impl Repository {
         &self.index
     }
 
-    /// Resolves `latest`, `latest@SERIES`, a full id, or a unique id prefix (4+ hex digits).
+    /// Resolves a snapshot reference written as text (see [`SnapshotRef`]).
     pub fn resolve_snapshot(&self, query: &str) -> Result<(SnapshotId, SnapshotHeader)> {
-        let all = self.index.snapshots()?;
-        let not_found = || Error::SnapshotNotFound {
-            query: query.to_string(),
-        };
-        if query == "latest" {
-            return all.into_iter().last().ok_or_else(not_found);
-        }
-        if let Some(series) = query.strip_prefix("latest@") {
-            return all
-                .into_iter()
-                .rfind(|(_, h)| h.series == series)
-                .ok_or_else(not_found);
-        }
-        let q = query.to_ascii_lowercase();
-        if q.len() < 4 || !q.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::InvalidArgument(format!(
-                "{query:?} is not a snapshot reference: use `latest`, `latest@SERIES`, or 4+ hex digits of an id"
-            )));
-        }
-        let mut matches: Vec<_> = all
-            .into_iter()
-            .filter(|(id, _)| id.to_hex().starts_with(&q))
-            .collect();
-        match matches.len() {
-            0 => Err(not_found()),
-            1 => Ok(matches.remove(0)),
-            count => Err(Error::AmbiguousSnapshot {
-                query: query.to_string(),
-                count,
-            }),
-        }
+        self.resolve(&query.parse()?)
+    }
+
+    /// The catalogued snapshot `reference` names, with its catalog entry.
+    pub fn resolve(&self, reference: &SnapshotRef) -> Result<(SnapshotId, SnapshotHeader)> {
+        let catalog = self.index.snapshots()?;
+        reference.resolve(&catalog).cloned()
     }
 
     /// Reads a snapshot file and checks it against its id.

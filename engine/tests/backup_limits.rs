@@ -33,8 +33,8 @@ fn refused(req: &BackupRequest, repo: &Path) -> String {
         "snapshot written"
     );
     match err {
-        Error::InvalidArgument(message) => message,
-        other => panic!("expected a refusal, got {other}"),
+        Error::Usage(message) => message,
+        other => panic!("expected a usage error, got {other}"),
     }
 }
 

@@ -256,13 +256,13 @@ impl Case<'_> {
                 report.problems.iter().take(3).collect::<Vec<_>>()
             );
         }
-        let damaged: Vec<&str> = report
+        let damaged: Vec<SnapshotId> = report
             .damaged
             .iter()
-            .flat_map(|d| d.ranges.iter().map(|r| r.snapshot.as_str()))
+            .flat_map(|d| d.ranges.iter().map(|r| r.snapshot))
             .collect();
         for (id, bytes) in &model {
-            if damaged.contains(&id.to_hex().as_str()) {
+            if damaged.contains(id) {
                 continue;
             }
             let snapshot = repo.load_snapshot(*id).unwrap();

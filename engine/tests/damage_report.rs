@@ -77,8 +77,8 @@ fn a_flipped_chunk_is_mapped_to_every_snapshot_range_that_uses_it() {
         report.damaged
     );
     let damaged = &report.damaged[0];
-    assert_eq!(damaged.digest, victim.to_hex());
-    assert_eq!(damaged.pack.as_deref(), Some(entry.pack.to_hex().as_str()));
+    assert_eq!(damaged.digest, victim.0);
+    assert_eq!(damaged.pack, Some(entry.pack));
     assert_eq!(damaged.pack_offset, Some(entry.offset));
     // Expected: every block of every snapshot whose content hashes to the victim.
     let mut expected = Vec::new();
@@ -86,7 +86,7 @@ fn a_flipped_chunk_is_mapped_to_every_snapshot_range_that_uses_it() {
         for (i, block) in img.chunks(BLOCK).enumerate() {
             if ChunkDigest::of(block) == victim {
                 expected.push(DamagedRange {
-                    snapshot: id.to_hex(),
+                    snapshot: *id,
                     disk: "d0".into(),
                     offset: (i * BLOCK) as u64,
                     length: BLOCK as u64,
@@ -95,23 +95,23 @@ fn a_flipped_chunk_is_mapped_to_every_snapshot_range_that_uses_it() {
         }
     }
     let mut got = damaged.ranges.clone();
-    got.sort_by(|a, b| (&a.snapshot, a.offset).cmp(&(&b.snapshot, b.offset)));
-    expected.sort_by(|a, b| (&a.snapshot, a.offset).cmp(&(&b.snapshot, b.offset)));
+    got.sort_by_key(|r| (r.snapshot, r.offset));
+    expected.sort_by_key(|r| (r.snapshot, r.offset));
     assert_eq!(expected.len(), 5, "test setup: 2 + 2 + 1 places");
     assert_eq!(got, expected);
 }
 
-fn object(kind: &'static str, ranges: &[(&str, &str, u64, u64)]) -> DamagedObject {
+fn object(kind: ObjectKind, ranges: &[(SnapshotId, &str, u64, u64)]) -> DamagedObject {
     DamagedObject {
         kind,
-        digest: "00".repeat(32),
+        digest: [0; 32],
         pack: None,
         pack_offset: None,
         reason: "test".into(),
         ranges: ranges
             .iter()
             .map(|&(snapshot, disk, offset, length)| DamagedRange {
-                snapshot: snapshot.into(),
+                snapshot,
                 disk: disk.into(),
                 offset,
                 length,
@@ -122,34 +122,34 @@ fn object(kind: &'static str, ranges: &[(&str, &str, u64, u64)]) -> DamagedObjec
 
 #[test]
 fn damage_marks_count_merged_ranges_per_snapshot() {
-    let s1 = "11".repeat(32);
-    let s2 = "22".repeat(32);
-    let s3 = "33".repeat(32);
+    let s1 = SnapshotId([0x11; 32]);
+    let s2 = SnapshotId([0x22; 32]);
+    let s3 = SnapshotId([0x33; 32]);
     let damaged = vec![
         // A damaged page of s1/d0 covering 0..1000, and a chunk inside it: one range.
-        object("page", &[(&s1, "d0", 0, 1000)]),
+        object(ObjectKind::Page, &[(s1, "d0", 0, 1000)]),
         object(
-            "chunk",
+            ObjectKind::Chunk,
             &[
-                (&s1, "d0", 100, 50),
+                (s1, "d0", 100, 50),
                 // Touching the page's range: merged with it.
-                (&s1, "d0", 1000, 24),
+                (s1, "d0", 1000, 24),
                 // Another disk at the same offsets: a range of its own.
-                (&s1, "d1", 0, 10),
+                (s1, "d1", 0, 10),
                 // Two separate places in s2.
-                (&s2, "d0", 0, 64),
-                (&s2, "d0", 128, 64),
+                (s2, "d0", 0, 64),
+                (s2, "d0", 128, 64),
             ],
         ),
     ];
     let marks = damage_marks(&damaged, std::slice::from_ref(&s3), 42);
-    let get = |hex: &str| marks[&hex.parse::<SnapshotId>().unwrap()];
+    let get = |id: SnapshotId| marks[&id];
     assert_eq!(marks.len(), 3);
-    let m1 = get(&s1);
+    let m1 = get(s1);
     assert_eq!((m1.ranges, m1.bytes, m1.file_damaged), (2, 1034, false));
-    let m2 = get(&s2);
+    let m2 = get(s2);
     assert_eq!((m2.ranges, m2.bytes, m2.file_damaged), (2, 128, false));
-    let m3 = get(&s3);
+    let m3 = get(s3);
     assert_eq!((m3.ranges, m3.bytes, m3.file_damaged), (0, 0, true));
     assert_eq!(m3.marked_at_us, 42);
 }

@@ -5,6 +5,8 @@
 //! - [`DataGen`], [`make_image`], [`mutate`] produce seeded disk images: zero regions,
 //!   compressible text-like data and random data, optionally sparse with real holes.
 //! - [`sha256_file`], [`assert_same_file`], [`block_digests`] are the oracles.
+//! - [`write_change_list`] and [`back_up_a_damaged_victim`] set up a delta source and a
+//!   snapshot with a corrupted chunk.
 //! - [`kill::KillLoop`] kills writers inside their operation and proves it did.
 //! - [`remote::Transport`] runs `serve`/`sync` scenarios over `http://` or `https://`.
 //! - [`qemu`], [`libvhdi`] and [`vhd_build`] are the independent image tools.
@@ -458,6 +460,49 @@ pub fn assert_no_duplicates(repo: &Path, context: &str) {
         indexed,
         "{context}: pack records vs objects in the index: {s}"
     );
+}
+
+/// Backs up `image` (written here: 2 MiB + 99 bytes of random data, from `gen`) as series
+/// `victim`, into a pack of its own, then flips one byte in the middle of that pack: inside
+/// some chunk's stored bytes. Returns the snapshot id and the pack id.
+pub fn back_up_a_damaged_victim(repo: &Path, image: &Path, gen: &mut DataGen) -> (String, String) {
+    let before = pack_files(repo);
+    make_image(
+        image,
+        ImageSpec {
+            weights: (0, 0, 1),
+            ..ImageSpec::mixed(2 * (1 << 20) + 99)
+        },
+        gen,
+    );
+    let id = snapshot_id(&backup_json(repo, "victim", &[("d", image)]));
+    let pack = pack_files(repo)
+        .into_iter()
+        .find(|p| !before.contains(p))
+        .expect("the victim's backup wrote a pack of its own");
+    let mut bytes = fs::read(&pack).expect("reading the victim's pack");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&pack, bytes).expect("writing the victim's pack");
+    let pack_id = pack
+        .file_stem()
+        .expect("a pack file name")
+        .to_string_lossy()
+        .into_owned();
+    (id, pack_id)
+}
+
+/// Writes a changed-block list (SPEC.md §14b, `backup --changes DISK=FILE`): a disk of
+/// `size` bytes whose `extents` (offset, length) changed since the state `base`, now in the
+/// state `state` (`*` as `base`: the whole disk, no base).
+pub fn write_change_list(path: &Path, size: u64, base: &str, state: &str, extents: &[(u64, u64)]) {
+    use std::fmt::Write as _;
+    let mut text =
+        format!("tessera-changed-blocks v1\nsize {size}\nbase-state {base}\nstate {state}\n");
+    for (o, l) in extents {
+        writeln!(text, "extent {o} {l}").expect("writing to a String");
+    }
+    fs::write(path, text).expect("writing the changed-block list");
 }
 
 /// Names of the entries of a directory (empty if it does not exist).

@@ -6,7 +6,6 @@
 //! The oracle is the image itself: a copy is kept of every generation, and every snapshot
 //! must restore byte-identical to the copy of its generation.
 
-use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -14,19 +13,10 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use tessera_tests::{
     assert_same_file, env_usize, init_repo, list_ids, make_image, pack_files, restore, seed,
-    snapshot_id, tessera, verify, DataGen, ImageSpec, Value,
+    snapshot_id, tessera, verify, write_change_list, DataGen, ImageSpec, Value,
 };
 
 const BS: u64 = 64 * 1024;
-
-fn write_list(path: &Path, size: u64, base: &str, state: &str, extents: &[(u64, u64)]) {
-    let mut text =
-        format!("tessera-changed-blocks v1\nsize {size}\nbase-state {base}\nstate {state}\n");
-    for (o, l) in extents {
-        writeln!(text, "extent {o} {l}").unwrap();
-    }
-    fs::write(path, text).unwrap();
-}
 
 /// `tessera backup --json` of `image` as disk `d` of series `vm`, with `extra` arguments.
 fn backup_disk(repo: &Path, image: &Path, extra: &[&str]) -> Value {
@@ -103,7 +93,7 @@ fn changed_list_chain_restores_every_generation() {
     let size0 = 6 * BS * 16 + 12_345;
     make_image(&image, ImageSpec::mixed(size0), &mut gen);
     let list = dir.path().join("changes.txt");
-    write_list(&list, size0, "*", "cbt:0", &[(0, size0)]);
+    write_change_list(&list, size0, "*", "cbt:0", &[(0, size0)]);
     let first = backup_with_list(&repo, &image, &list, &["--key-interval", "4"]);
     assert_eq!(disk0(&first)["mode"], "full");
     let mut copies: Vec<(String, PathBuf)> = vec![(snapshot_id(&first), dir.path().join("g0"))];
@@ -126,7 +116,7 @@ fn changed_list_chain_restores_every_generation() {
             .filter(|&(o, _)| o < size)
             .map(|(o, l)| (o, l.min(size - o)))
             .collect();
-        write_list(
+        write_change_list(
             &list,
             size,
             &format!("cbt:{}", g - 1),
@@ -212,7 +202,7 @@ fn key_backup_reports_drift_and_heals_damaged_chunks() {
         &mut gen,
     );
     let list = dir.path().join("changes.txt");
-    write_list(&list, size, "*", "cbt:0", &[(0, size)]);
+    write_change_list(&list, size, "*", "cbt:0", &[(0, size)]);
     backup_with_list(&repo, &image, &list, &[]);
 
     // The tracker reports one write; two others (blocks 10, and 40-41) go unreported.
@@ -221,7 +211,7 @@ fn key_backup_reports_drift_and_heals_damaged_chunks() {
     f.write_all_at(&[0xBB; 10], 10 * BS + 3).unwrap();
     f.write_all_at(&[0xCC; 5000], 40 * BS + BS - 1000).unwrap();
     f.sync_all().unwrap();
-    write_list(&list, size, "cbt:0", "cbt:1", &[(5 * BS + 7, 100)]);
+    write_change_list(&list, size, "cbt:0", "cbt:1", &[(5 * BS + 7, 100)]);
     let delta = backup_with_list(&repo, &image, &list, &["--reference", "latest"]);
     assert_eq!(disk0(&delta)["mode"], "delta");
 
@@ -235,7 +225,7 @@ fn key_backup_reports_drift_and_heals_damaged_chunks() {
     let damaged = verify(&repo);
     assert_ne!(damaged.code, 0, "the flipped byte must be detected");
 
-    write_list(&list, size, "cbt:1", "cbt:2", &[]);
+    write_change_list(&list, size, "cbt:1", "cbt:2", &[]);
     let key = backup_with_list(&repo, &image, &list, &["--reference", "latest", "--full"]);
     let d = disk0(&key);
     assert_eq!(d["mode"], "key");
@@ -343,10 +333,10 @@ fn wrong_base_is_refused_and_nothing_is_stored() {
     let size = 16 * BS;
     make_image(&image, ImageSpec::mixed(size), &mut gen);
     let list = dir.path().join("changes.txt");
-    write_list(&list, size, "*", "cbt:0", &[(0, size)]);
+    write_change_list(&list, size, "*", "cbt:0", &[(0, size)]);
     backup_with_list(&repo, &image, &list, &[]);
     random_writes(&image, &mut gen, 3);
-    write_list(&list, size, "cbt:7", "cbt:8", &[(0, 10)]);
+    write_change_list(&list, size, "cbt:7", "cbt:8", &[(0, 10)]);
 
     let ids = list_ids(&repo);
     let packs = pack_files(&repo);
@@ -361,7 +351,7 @@ fn wrong_base_is_refused_and_nothing_is_stored() {
         "--reference",
         "latest",
     ]);
-    r.expect_code(1)
+    r.expect_code(5)
         .stderr_has("cbt:7")
         .stderr_has("cbt:0")
         .stderr_has("--fallback-full");

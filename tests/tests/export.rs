@@ -298,7 +298,7 @@ fn export_refuses_bad_requests() {
     fs::write(&out, b"keep me").unwrap();
 
     tessera(["export", r, &id, o, "--format", "qcow2"])
-        .expect_code(1)
+        .expect_code(2)
         .stderr_has("already exists");
     assert_eq!(fs::read(&out).unwrap(), b"keep me");
     tessera(["export", r, &id, o, "--format", "qcow2", "--force"]).ok();

@@ -131,7 +131,7 @@ fn check_target_refuses_a_target_that_does_not_hold_the_assumed_snapshot() {
         &new,
         "--check-target",
     ]);
-    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.code, 5, "{r}");
     assert!(
         r.stderr
             .contains("differs from the assumed snapshot at offset 1179648"),
@@ -158,7 +158,7 @@ fn check_target_refuses_a_target_that_does_not_hold_the_assumed_snapshot() {
         "--assume",
         &new,
     ]);
-    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.code, 5, "{r}");
     assert!(
         r.stderr.contains("differs from the assumed snapshot"),
         "{r}"

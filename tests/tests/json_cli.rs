@@ -1,6 +1,7 @@
 //! The machine interface: with `--json` every command prints exactly one JSON document on
-//! stdout, `"ok": true` on success and `"ok": false` with an `"error"` string on failure,
-//! with the documented exit codes; and no progress bars when stderr is not a terminal.
+//! stdout, `"ok": true` on success and `"ok": false` with an `"error"` string and the
+//! error's `"kind"` on failure, with the documented exit codes; and no progress bars when
+//! stderr is not a terminal.
 
 use std::fs;
 use std::path::Path;
@@ -28,6 +29,19 @@ fn assert_success(args: &[&str]) -> Value {
     v
 }
 
+/// The kind `--json` names for each exit code (SPEC.md §11).
+fn kind_of_code(code: i32) -> &'static str {
+    match code {
+        1 => "failed",
+        2 => "usage",
+        3 => "locked",
+        4 => "damage",
+        5 => "refused",
+        70 => "internal",
+        other => panic!("no kind has exit code {other}"),
+    }
+}
+
 #[track_caller]
 fn assert_failure(args: &[&str], code: i32) -> Value {
     let (out, v) = run_json(args);
@@ -37,6 +51,7 @@ fn assert_failure(args: &[&str], code: i32) -> Value {
         .as_str()
         .unwrap_or_else(|| panic!("no error string: {out}"));
     assert!(!err.is_empty(), "{out}");
+    assert_eq!(v["kind"], kind_of_code(code), "{out}");
     v
 }
 
@@ -124,7 +139,7 @@ fn every_command_fails_with_json() {
     let existing = img.display().to_string();
     let missing = format!("d={}", t.path().join("missing").display());
 
-    let v = assert_failure(&["init", &r], 1);
+    let v = assert_failure(&["init", &r], 2);
     assert!(v["error"].as_str().unwrap().contains("not empty"), "{v}");
     assert_failure(
         &[
@@ -152,13 +167,13 @@ fn every_command_fails_with_json() {
     assert_failure(&["backup", &r, "--series", "s", "noequals"], 2);
     assert_failure(
         &["backup", &n, "--series", "s", &format!("d={existing}")],
-        1,
+        2,
     );
-    assert_failure(&["list", &n], 1);
+    assert_failure(&["list", &n], 2);
     assert_failure(&["show", &r, "zzzz"], 2);
     assert_failure(&["show", &r, "ffffffff"], 2);
-    assert_failure(&["stats", &n], 1);
-    let v = assert_failure(&["restore", &r, "latest", &existing], 1);
+    assert_failure(&["stats", &n], 2);
+    let v = assert_failure(&["restore", &r, "latest", &existing], 2);
     assert!(
         v["error"].as_str().unwrap().contains("already exists"),
         "{v}"
@@ -170,11 +185,11 @@ fn every_command_fails_with_json() {
             "latest:nodisk",
             &t.path().join("o").display().to_string(),
         ],
-        1,
+        2,
     );
-    assert_failure(&["verify", &n], 1);
+    assert_failure(&["verify", &n], 2);
     assert_failure(&["repair", &r], 2);
-    assert_failure(&["repair", &n, "--rebuild-index"], 1);
+    assert_failure(&["repair", &n, "--rebuild-index"], 2);
 }
 
 #[test]
@@ -197,6 +212,8 @@ fn verify_with_problems_reports_ok_false() {
     let (out, v) = run_json(&["verify", &repo.display().to_string()]);
     out.expect_code(4);
     assert_eq!(v["ok"], false, "{out}");
+    assert_eq!(v["kind"], "damage", "{out}");
+    assert!(v["error"].as_str().unwrap().contains("problems"), "{out}");
     assert!(
         !v["report"]["problems"].as_array().unwrap().is_empty(),
         "{out}"
@@ -218,6 +235,7 @@ fn usage_errors_print_json_too() {
         let v = out.json();
         assert_eq!(v["ok"], false, "{out}");
         assert!(v["error"].is_string(), "{out}");
+        assert_eq!(v["kind"], "usage", "{out}");
     }
 }
 

@@ -132,7 +132,7 @@ fn rebuild_after_the_index_is_deleted() {
     for args in [vec!["list"], vec!["stats"], vec!["verify"]] {
         let mut a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
         a.push(repo.as_os_str());
-        tessera(&a).expect_code(1).stderr_has("--rebuild-index");
+        tessera(&a).expect_code(4).stderr_has("--rebuild-index");
     }
     let img = t.path().join("x");
     fs::write(&img, b"x").unwrap();
@@ -143,7 +143,7 @@ fn rebuild_after_the_index_is_deleted() {
         "s".as_ref(),
         format!("d={}", img.display()).as_ref(),
     ])
-    .expect_code(1)
+    .expect_code(4)
     .stderr_has("--rebuild-index");
     assert!(
         !repo.join("index").exists(),

@@ -938,5 +938,5 @@ fn snapshot_naming_a_missing_page_is_reported_unrecoverable() {
         format!("{forged}:a").as_ref(),
         f.path("forged-a").as_os_str(),
     ])
-    .expect_code(1);
+    .expect_code(4);
 }

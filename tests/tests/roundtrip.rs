@@ -228,7 +228,7 @@ fn restore_does_not_overwrite_without_force() {
     fs::write(&out, b"precious data that must survive").unwrap();
     let before = sha256_file(&out);
     let r = restore(&repo, "latest", &out, false);
-    r.expect_code(1).stderr_has("already exists");
+    r.expect_code(2).stderr_has("already exists");
     assert_eq!(sha256_file(&out), before, "the existing file was modified");
     assert!(
         !t.path().join(".existing.tessera-partial").exists(),

@@ -301,12 +301,13 @@ fn damaged_or_malicious_bundles_are_refused_and_change_nothing() {
         copy_dir(&good, &bundle);
         tamper(&bundle);
         let out = import(&bundle, &b);
-        assert_eq!(out.code, 1, "{what}: {out}");
+        // Damaged or malicious data (4).
+        assert_eq!(out.code, 4, "{what}: {out}");
         out.stderr_has(needle);
         assert_eq!(state(&b), before, "{what}: destination changed");
         // Refused before a new repository is even created.
         let fresh = work.path().join(format!("fresh{i}"));
-        import(&bundle, &fresh).expect_code(1);
+        import(&bundle, &fresh).expect_code(4);
         assert!(!fresh.exists(), "{what}: created {}", fresh.display());
     }
     verify(&b).ok();
@@ -327,7 +328,7 @@ fn damaged_or_malicious_bundles_are_refused_and_change_nothing() {
     init_repo(&c, &["--block-size", "128K"]);
     backup_json(&c, "vm", &[("d0", &disk)]);
     let before_c = state(&c);
-    import(&good, &c).expect_code(1).stderr_has("block size");
+    import(&good, &c).expect_code(5).stderr_has("block size");
     assert_eq!(state(&c), before_c);
     verify(&c).ok();
 

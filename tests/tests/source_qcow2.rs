@@ -624,7 +624,7 @@ fn assert_wrong_base(fx: &Fx, overlay: &Path, base: &Path) {
     let snaps = list_ids(&fx.repo);
     let packs = pack_bytes(&fx.repo);
     let out = fx.backup_out("s", overlay, &["--reference", "latest"]);
-    out.expect_code(1)
+    out.expect_code(5)
         .stderr_has("applies on")
         .stderr_has(base.file_name().unwrap().to_str().unwrap())
         .stderr_has("--fallback-full");
@@ -642,10 +642,11 @@ fn overlay_with_missing_base_is_refused_as_delta() {
     fs::rename(&base, fx.path("moved.qcow2")).unwrap();
     let snaps = list_ids(&fx.repo);
     let out = fx.backup_out("chain", &ov1, &["--reference", "latest"]);
-    out.expect_code(1).stderr_has("base.qcow2 (missing");
+    // A wrong base (its state cannot be checked) is a refusal (5).
+    out.expect_code(5).stderr_has("base.qcow2 (missing");
     assert_eq!(list_ids(&fx.repo), snaps, "{out}");
     let out = fx.backup_out("chain", &ov1, &["--reference", "latest", "--fallback-full"]);
-    out.expect_code(1).stderr_has("base.qcow2");
+    out.expect_code(5).stderr_has("base.qcow2");
     assert_eq!(list_ids(&fx.repo), snaps, "{out}");
 }
 

@@ -159,7 +159,7 @@ fn block_size_mismatch_is_refused_before_anything_is_written() {
     backup_json(&a, "vm", &[("d0", &disk)]);
     let before = fs::read_dir(b.join("packs")).unwrap().count();
     let out = tessera(["sync".as_ref(), a.as_os_str(), b.as_os_str()]);
-    out.expect_code(1).stderr_has("block size");
+    out.expect_code(5).stderr_has("block size");
     assert_eq!(list_ids(&b), vec![snapshot_id(&in_b)]);
     assert_eq!(fs::read_dir(b.join("packs")).unwrap().count(), before);
     verify(&b).ok();

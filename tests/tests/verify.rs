@@ -456,8 +456,9 @@ fn a_second_verify_is_refused_while_one_holds_the_ledger() {
         .unwrap();
     held.try_lock().unwrap();
     let repo = f.repo.display().to_string();
+    // Locked (3): retry later.
     tessera(["verify", &repo])
-        .expect_code(1)
+        .expect_code(3)
         .stderr_has("another `tessera verify` is running");
     // Metadata-only runs do not use the ledger.
     tessera(["verify", &repo, "--metadata-only"]).ok();

@@ -3,14 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use serde_json::json;
 use tessera_engine::ops::backup::{
-    backup as run_backup, BackupOutcome, BackupRequest, DeltaOptions, DiskSpec, Mode,
+    backup as run_backup, BackupReport, BackupRequest, DeltaOptions, DiskSpec, Mode,
     ReferenceChoice,
 };
 
 use crate::args::{parse_size, split_pair, DeltaArgs};
-use crate::output::{bytes, print_json, Bars};
+use crate::doc::print_ok;
+use crate::output::{bytes, Bars};
 
 #[expect(
     clippy::too_many_arguments,
@@ -38,29 +38,13 @@ pub fn backup(
         .map(parse_size)
         .transpose()?
         .map(|b| u32::try_from(b).unwrap_or(u32::MAX));
-    let repository = super::open_writer(repo)?;
-    let mut disks = disks;
-    for c in &delta.changes {
-        let (name, file) = split_pair("changed-block list", c)?;
-        let disk = disks.iter_mut().find(|d| d.name == name).ok_or_else(|| {
-            crate::args::UsageError(format!(
-                "--changes names disk {name:?}, which is not being backed up"
-            ))
-        })?;
-        disk.changes = Some(PathBuf::from(file));
-    }
-    let reference = match delta.reference.as_deref() {
-        None => ReferenceChoice::Auto,
-        Some("latest") => ReferenceChoice::Latest,
-        Some(id) => ReferenceChoice::Snapshot(id.to_string()),
-    };
-    let req = BackupRequest {
+    let mut req = BackupRequest {
         series,
         disks,
         tags,
         block_size,
         delta: DeltaOptions {
-            reference,
+            reference: delta.reference.clone().unwrap_or(ReferenceChoice::Auto),
             fallback_full: delta.fallback_full,
             force_key: delta.full,
             key_interval: delta.key_interval,
@@ -68,83 +52,64 @@ pub fn backup(
             allow_backing_dirs: delta.allow_backing_dirs.clone(),
         },
     };
-    let out = run_backup(&repository, &req, bars)?;
-    print_outcome(&out, json);
+    for c in &delta.changes {
+        let (disk, file) = split_pair("changed-block list", c)?;
+        req.attach_changes(disk, PathBuf::from(file))?;
+    }
+    let repository = super::open_writer(repo)?;
+    let report = run_backup(&repository, &req, bars)?.report();
+    if json {
+        print_ok(&report);
+    } else {
+        print_text(&report);
+    }
     Ok(0)
 }
 
-fn print_outcome(out: &BackupOutcome, json: bool) {
-    let h = &out.header;
-    if json {
-        print_json(&json!({
-            "ok": true,
-            "snapshot": out.id.to_hex(),
-            "series": h.series,
-            "time": tessera_engine::time::format_us(h.time_us),
-            "duration_ms": h.duration_ms,
-            "packs_written": out.packs_written,
-            "disks": h.disks.iter().zip(&out.disks).map(|(d, r)| json!({
-                "name": d.name, "size": d.size, "block_size": d.block_size,
-                "mode": r.mode.as_str(),
-                "reference": r.reference.map(|id| id.to_hex()),
-                "changed_bytes": r.changed_bytes,
-                "bytes_read": d.stats.bytes_read, "zero_blocks": d.stats.zero_blocks,
-                "new_chunks": d.stats.new_chunks, "new_raw_bytes": d.stats.new_raw_bytes,
-                "new_stored_bytes": d.stats.new_stored_bytes,
-                "drift_blocks": r.drift.as_ref().map(|x| x.blocks),
-                "drift_offsets": r.drift.as_ref().map(|x| x.offsets.clone()),
-                "healed_chunks": r.healed_chunks,
-                "note": r.note,
-            })).collect::<Vec<_>>(),
-        }));
-    } else {
+fn print_text(r: &BackupReport) {
+    println!(
+        "snapshot {} of series {} ({} ms)",
+        r.snapshot, r.series, r.duration_ms
+    );
+    let secs = (r.duration_ms as f64 / 1000.0).max(0.001);
+    for d in &r.disks {
+        let how = match (d.mode, d.reference, d.changed_bytes) {
+            (Mode::Delta, Some(id), Some(c)) => {
+                format!("delta on {} ({} changed)", &id.to_hex()[..12], bytes(c))
+            }
+            (mode, _, _) => mode.as_str().to_string(),
+        };
         println!(
-            "snapshot {} of series {} ({} ms)",
-            out.id.to_hex(),
-            h.series,
-            h.duration_ms
+            "  {}: {how}, {} ({} blocks of {}), read {}, new data {} stored as {}, {:.0} MB/s",
+            d.name,
+            bytes(d.size),
+            d.size.div_ceil(u64::from(d.block_size)),
+            bytes(u64::from(d.block_size)),
+            bytes(d.bytes_read),
+            bytes(d.new_raw_bytes),
+            bytes(d.new_stored_bytes),
+            d.size as f64 / 1e6 / secs
         );
-        for (d, r) in h.disks.iter().zip(&out.disks) {
-            let secs = (h.duration_ms as f64 / 1000.0).max(0.001);
-            let how = match (r.mode, r.reference, r.changed_bytes) {
-                (Mode::Delta, Some(id), Some(c)) => {
-                    format!("delta on {} ({} changed)", &id.to_hex()[..12], bytes(c))
-                }
-                (mode, _, _) => mode.as_str().to_string(),
-            };
-            println!(
-                "  {}: {how}, {} ({} blocks of {}), read {}, new data {} stored as {}, {:.0} MB/s",
-                d.name,
-                bytes(d.size),
-                d.size.div_ceil(u64::from(d.block_size)),
-                bytes(u64::from(d.block_size)),
-                bytes(d.stats.bytes_read),
-                bytes(d.stats.new_raw_bytes),
-                bytes(d.stats.new_stored_bytes),
-                d.size as f64 / 1e6 / secs
-            );
-            if let Some(note) = &r.note {
-                println!("    note: {note}");
-            }
-            if let Some(drift) = &r.drift {
-                if drift.blocks == 0 {
-                    println!("    drift: none (the delta information matched the disk)");
-                } else {
-                    let shown: Vec<String> = drift.offsets.iter().map(u64::to_string).collect();
-                    println!(
-                        "    DRIFT: {} blocks changed although no delta said so (changed-block tracking is unreliable); offsets: {}{}",
-                        drift.blocks,
-                        shown.join(", "),
-                        if drift.blocks as usize > shown.len() { ", ..." } else { "" }
-                    );
-                }
-            }
-            if r.healed_chunks > 0 {
+        if let Some(note) = &d.note {
+            println!("    note: {note}");
+        }
+        if let (Some(blocks), Some(offsets)) = (d.drift_blocks, &d.drift_offsets) {
+            if blocks == 0 {
+                println!("    drift: none (the delta information matched the disk)");
+            } else {
+                let shown: Vec<String> = offsets.iter().map(u64::to_string).collect();
                 println!(
-                    "    healed: {} damaged chunks in the store were rewritten from this disk",
-                    r.healed_chunks
+                    "    DRIFT: {blocks} blocks changed although no delta said so (changed-block tracking is unreliable); offsets: {}{}",
+                    shown.join(", "),
+                    if blocks as usize > shown.len() { ", ..." } else { "" }
                 );
             }
+        }
+        if d.healed_chunks > 0 {
+            println!(
+                "    healed: {} damaged chunks in the store were rewritten from this disk",
+                d.healed_chunks
+            );
         }
     }
 }

@@ -3,19 +3,20 @@
 use std::path::Path;
 
 use anyhow::Result;
-use serde_json::json;
-use tessera_engine::{InitOptions, Repository};
+use tessera_engine::ops::init::init as init_repository;
+use tessera_engine::InitOptions;
 use tessera_format::config::validate_block_size;
 use tessera_format::Compression;
 
 use crate::args::{parse_size, UsageError};
-use crate::output::{bytes, print_json};
+use crate::doc::print_ok;
+use crate::output::bytes;
 
 pub fn init(repo: &Path, block_size: &str, compression: &str, json: bool) -> Result<i32> {
     let block_size =
         validate_block_size(parse_size(block_size)?).map_err(|e| UsageError(e.to_string()))?;
     let compression = Compression::parse(compression).map_err(|e| UsageError(e.to_string()))?;
-    let config = Repository::init(
+    let r = init_repository(
         repo,
         InitOptions {
             block_size,
@@ -23,18 +24,14 @@ pub fn init(repo: &Path, block_size: &str, compression: &str, json: bool) -> Res
         },
     )?;
     if json {
-        print_json(&json!({
-            "ok": true, "repo": repo.display().to_string(), "repository_id": config.repo_id.to_hex(),
-            "block_size": config.default_block_size, "compression": config.compression.to_string(),
-            "format_version": config.format_version,
-        }));
+        print_ok(&r);
     } else {
         println!(
             "created repository {} (id {}, {} blocks, {})",
-            repo.display(),
-            config.repo_id,
-            bytes(u64::from(config.default_block_size)),
-            config.compression
+            r.repo,
+            r.repository_id,
+            bytes(u64::from(r.block_size)),
+            r.compression
         );
     }
     Ok(0)

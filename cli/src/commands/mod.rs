@@ -125,7 +125,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             series,
             keep,
             dry_run,
-        } => retention::prune(&repo, series.as_deref(), &keep, dry_run, json),
+        } => retention::prune(&repo, series.as_deref(), &keep.policy(), dry_run, json),
         Command::Protect { repo, snapshot } => retention::protect(&repo, &snapshot, true, json),
         Command::Unprotect { repo, snapshot } => retention::protect(&repo, &snapshot, false, json),
         Command::Sync(args) => sync::sync(&args, json, &bars),

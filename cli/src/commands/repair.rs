@@ -1,14 +1,19 @@
 //! `tessera repair`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
-use serde_json::json;
-use tessera_engine::ops::repair::{is_repository, RepairReport, RepairSources};
-use tessera_engine::Repository;
+use tessera_engine::ops::rebuild_index::rebuild_index;
+use tessera_engine::ops::repair::request::RepairRequest;
+use tessera_engine::ops::repair::RepairReport;
+use tessera_engine::repo::RepoStorage;
+use tessera_engine::serde_ids::kind_name;
+use tessera_engine::ErrorKind;
 
 use crate::args::{RepairArgs, UsageError};
-use crate::output::{print_json, Bars};
+use crate::doc::{print_doc, print_ok};
+use crate::exit_code_for;
+use crate::output::Bars;
 
 pub fn run(args: &RepairArgs, json: bool, bars: &Bars) -> Result<i32> {
     if args.from.is_some() || !args.from_source.is_empty() || args.quarantine {
@@ -20,107 +25,57 @@ pub fn run(args: &RepairArgs, json: bool, bars: &Bars) -> Result<i32> {
         }
         return repair_from(args, json, bars);
     }
-
-    repair(&args.repo, args.rebuild_index, args.recount, json, bars)
-}
-
-/// Parses the `DISK=PATH` values of `--from-source`.
-fn parse_sources(values: &[String]) -> Result<Vec<(String, PathBuf)>> {
-    let mut out: Vec<(String, PathBuf)> = Vec::new();
-    for v in values {
-        let Some((disk, path)) = v.split_once('=') else {
-            return Err(UsageError(format!("--from-source {v:?}: expected DISK=PATH")).into());
-        };
-        if disk.is_empty() || path.is_empty() {
-            return Err(UsageError(format!("--from-source {v:?}: expected DISK=PATH")).into());
-        }
-        if out.iter().any(|(d, _)| d == disk) {
-            return Err(UsageError(format!("--from-source: disk {disk:?} given twice")).into());
-        }
-        out.push((disk.to_string(), PathBuf::from(path)));
+    if args.recount && !args.rebuild_index {
+        return recount(&args.repo, json);
     }
-    Ok(out)
+    if !args.rebuild_index {
+        return Err(UsageError("say what to repair: --from OTHER_REPO and/or --from-source DISK=PATH (damaged objects and packs), --quarantine (damaged packs, no other copy), --rebuild-index or --recount".into()).into());
+    }
+    rebuild(&args.repo, json, bars)
 }
 
 fn repair_from(args: &RepairArgs, json: bool, bars: &Bars) -> Result<i32> {
-    let images = parse_sources(&args.from_source)?;
-    if let Some(other) = &args.from {
-        if !is_repository(other) {
-            return Err(UsageError(format!(
-                "--from {}: not a tessera repository (no config file)",
-                other.display()
-            ))
-            .into());
-        }
-    }
-    let repository = super::open_writer(&args.repo)?;
-    // Every named disk must be a disk of some snapshot.
-    let mut disks = std::collections::BTreeSet::new();
-    for (_, header) in repository.index().snapshots()? {
-        disks.extend(header.disks.iter().map(|d| d.name.clone()));
-    }
-    for (disk, _) in &images {
-        if !disks.contains(disk) {
-            return Err(UsageError(format!(
-                "--from-source: no snapshot has a disk named {disk:?} (disks: {})",
-                disks.iter().cloned().collect::<Vec<_>>().join(", ")
-            ))
-            .into());
-        }
-    }
-    let other = match &args.from {
-        Some(p) => {
-            if same_dir(p, &args.repo) {
-                return Err(UsageError("--from names the repository being repaired".into()).into());
-            }
-            Some(Repository::open(p)?)
-        }
-        None => None,
+    let request = RepairRequest {
+        from: args.from.clone(),
+        images: args.from_source.clone(),
     };
-    let sources = RepairSources {
-        other: other.as_ref(),
-        images,
-    };
-    let r = tessera_engine::ops::repair::repair(&repository, &sources, bars)?;
+    request.validate(&args.repo)?;
+    let r = request.run(&super::open_writer(&args.repo)?, bars)?;
     print_report(&r, json);
-    Ok(if r.is_clean() { 0 } else { 4 })
+    Ok(clean_or_damage(r.is_clean()))
 }
 
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+/// 0 when the repository came out clean, the exit code of damage otherwise.
+fn clean_or_damage(clean: bool) -> i32 {
+    if clean {
+        0
+    } else {
+        exit_code_for(ErrorKind::Damage)
     }
 }
 
 fn print_report(r: &RepairReport, json: bool) {
     if json {
-        let mut doc = json!({
-            "ok": r.is_clean(),
-            "damaged_found": r.damaged_found,
-            "repaired": r.repaired,
-            "rehomed": r.rehomed,
-            "counts_restored": r.counts_restored,
-            "quarantined": r.quarantined,
-            "missing_packs": r.missing_packs,
-            "packs_written": r.packs_written,
-            "unrecoverable": r.unrecoverable,
-            "damaged_packs_found": r.damaged_packs_found,
-            "damage_marks_updated": r.damage_marks_updated,
-            "problems": r.problems,
+        let problems = (!r.is_clean()).then(|| {
+            (
+                ErrorKind::Damage,
+                format!(
+                    "{} objects could not be recovered ({} problems remain)",
+                    r.unrecoverable.len(),
+                    r.problems.len()
+                ),
+            )
         });
-        if !r.is_clean() {
-            doc["error"] = json!(format!(
-                "{} objects could not be recovered ({} problems remain)",
-                r.unrecoverable.len(),
-                r.problems.len()
-            ));
-        }
-        print_json(&doc);
+        print_doc(r, problems);
         return;
     }
     for o in &r.repaired {
-        println!("repaired {} {} from {}", o.kind, o.digest, o.from);
+        println!(
+            "repaired {} {} from {}",
+            kind_name(o.kind),
+            hex::encode(o.digest),
+            o.from
+        );
     }
     for p in &r.damaged_packs_found {
         println!("pack {} had a damaged footer: {}", p.pack, p.reason);
@@ -134,15 +89,15 @@ fn print_report(r: &RepairReport, json: bool) {
     for d in &r.unrecoverable {
         println!(
             "unrecoverable {} {} ({}) is needed by {} ranges:",
-            d.kind,
-            d.digest,
+            kind_name(d.kind),
+            hex::encode(d.digest),
             d.reason,
             d.ranges.len()
         );
         for x in &d.ranges {
             println!(
                 "  snapshot {} disk {} bytes {}..{}",
-                x.snapshot.get(..16).unwrap_or(&x.snapshot),
+                &x.snapshot.to_hex()[..16],
                 x.disk,
                 x.offset,
                 x.offset + x.length
@@ -166,30 +121,31 @@ fn print_report(r: &RepairReport, json: bool) {
     );
 }
 
-fn repair(repo: &Path, rebuild_index: bool, recount: bool, json: bool, bars: &Bars) -> Result<i32> {
-    if recount && !rebuild_index {
-        let repository = super::open_writer(repo)?;
-        let fixed = tessera_engine::ops::check::recount(&repository)?;
-        if json {
-            print_json(&json!({ "ok": true, "counts_fixed": fixed }));
-        } else {
-            println!("reference counts recomputed: {fixed} fixed");
-        }
-        return Ok(0);
-    }
-    if !rebuild_index {
-        return Err(UsageError("say what to repair: --from OTHER_REPO and/or --from-source DISK=PATH (damaged objects and packs), --quarantine (damaged packs, no other copy), --rebuild-index or --recount".into()).into());
-    }
-    let r = tessera_engine::ops::rebuild_index::rebuild_index(
-        &tessera_engine::repo::RepoStorage::local(repo),
-        bars,
-    )?;
-    let clean = r.pack_problems.is_empty() && r.bad_snapshots.is_empty() && r.missing.is_empty();
+fn recount(repo: &Path, json: bool) -> Result<i32> {
+    let r = tessera_engine::ops::check::recount(&super::open_writer(repo)?)?;
     if json {
-        print_json(&json!({
-            "ok": clean, "packs": r.packs, "objects": r.objects, "snapshots": r.snapshots,
-            "pack_problems": r.pack_problems, "bad_snapshots": r.bad_snapshots, "missing": r.missing,
-        }));
+        print_ok(&r);
+    } else {
+        println!("reference counts recomputed: {} fixed", r.counts_fixed);
+    }
+    Ok(0)
+}
+
+fn rebuild(repo: &Path, json: bool, bars: &Bars) -> Result<i32> {
+    let r = rebuild_index(&RepoStorage::local(repo), bars)?;
+    if json {
+        let problems = (!r.is_clean()).then(|| {
+            (
+                ErrorKind::Damage,
+                format!(
+                    "{} packs, {} snapshot files and {} objects could not be used",
+                    r.pack_problems.len(),
+                    r.bad_snapshots.len(),
+                    r.missing.len()
+                ),
+            )
+        });
+        print_doc(&r, problems);
     } else {
         for (p, why) in &r.pack_problems {
             println!("pack {p}: {why}");
@@ -205,5 +161,5 @@ fn repair(repo: &Path, rebuild_index: bool, recount: bool, json: bool, bars: &Ba
             r.packs, r.objects, r.snapshots
         );
     }
-    Ok(if clean { 0 } else { 4 })
+    Ok(clean_or_damage(r.is_clean()))
 }

@@ -3,38 +3,24 @@
 use std::path::Path;
 
 use anyhow::Result;
-use serde_json::json;
-use tessera_engine::ops::compact::{apply_compact, plan_compact_with_grace};
-use tessera_engine::ops::forget::{apply_forget, plan_forget, set_protected, ForgetPlan};
-use tessera_engine::ops::prune::{parse_duration, plan_prune, KeepPolicy};
-use tessera_engine::time::format_us;
+use tessera_engine::ops::compact::compact as run_compact;
+use tessera_engine::ops::forget::{forget as run_forget, protect as run_protect};
+use tessera_engine::ops::prune::{prune as run_prune, KeepPolicy};
+use tessera_engine::time::{format_us, Span};
+use tessera_engine::{ErrorKind, SnapshotRef};
 
-use crate::args::{parse_fraction, KeepArgs};
-use crate::output::{bytes, print_json, Bars};
+use crate::args::parse_fraction;
+use crate::doc::{print_doc, print_ok};
+use crate::exit_code_for;
+use crate::output::{bytes, Bars};
 
-fn freed_json(plan: &ForgetPlan) -> serde_json::Value {
-    json!({ "objects": plan.freed_objects, "stored_bytes": plan.freed_stored_bytes, "raw_bytes": plan.freed_raw_bytes })
-}
-
-pub fn forget(repo: &Path, queries: &[String], dry_run: bool, json: bool) -> Result<i32> {
-    let repository = super::open_writer(repo)?;
-    let ids = queries
-        .iter()
-        .map(|q| repository.resolve_snapshot(q).map(|(id, _)| id))
-        .collect::<Result<Vec<_>, _>>()?;
-    let plan = plan_forget(&repository, &ids, false)?;
-    if !dry_run {
-        apply_forget(&repository, &plan)?;
-    }
+pub fn forget(repo: &Path, refs: &[SnapshotRef], dry_run: bool, json: bool) -> Result<i32> {
+    let r = run_forget(&super::open_writer(repo)?, refs, dry_run)?;
     if json {
-        print_json(&json!({
-            "ok": true, "dry_run": dry_run,
-            "forgotten": plan.snapshots.iter().map(|(id, _)| id.to_hex()).collect::<Vec<_>>(),
-            "freed": freed_json(&plan),
-        }));
+        print_ok(&r);
     } else {
         let verb = if dry_run { "would forget" } else { "forgot" };
-        for (id, h) in &plan.snapshots {
+        for (id, h) in &r.snapshots {
             println!(
                 "{verb} {} ({} {})",
                 &id.to_hex()[..16],
@@ -45,105 +31,69 @@ pub fn forget(repo: &Path, queries: &[String], dry_run: bool, json: bool) -> Res
         println!(
             "{} {} in {} objects become unreferenced (reclaimed by `tessera compact`)",
             if dry_run { "would free:" } else { "freed:" },
-            bytes(plan.freed_stored_bytes),
-            plan.freed_objects
+            bytes(r.freed.stored_bytes),
+            r.freed.objects
         );
     }
     Ok(0)
-}
-
-fn policy(keep: &KeepArgs) -> Result<KeepPolicy> {
-    Ok(KeepPolicy {
-        last: keep.keep_last,
-        hourly: keep.keep_hourly,
-        daily: keep.keep_daily,
-        weekly: keep.keep_weekly,
-        monthly: keep.keep_monthly,
-        yearly: keep.keep_yearly,
-        within_us: keep
-            .keep_within
-            .as_deref()
-            .map(parse_duration)
-            .transpose()?,
-    })
 }
 
 pub fn prune(
     repo: &Path,
     series: Option<&str>,
-    keep: &KeepArgs,
+    policy: &KeepPolicy,
     dry_run: bool,
     json: bool,
 ) -> Result<i32> {
-    let policy = policy(keep)?;
-    let repository = super::open_writer(repo)?;
-    let snapshots = repository.index().snapshots()?;
-    let decisions = plan_prune(
-        &snapshots,
-        &repository.index().protected()?,
-        &policy,
-        series,
-    )?;
-    let forget_ids: Vec<_> = decisions
-        .iter()
-        .filter(|d| !d.keep())
-        .map(|d| d.id)
-        .collect();
-    let plan = plan_forget(&repository, &forget_ids, false)?;
-    if !dry_run {
-        apply_forget(&repository, &plan)?;
-    }
+    policy.validate()?;
+    let r = run_prune(&super::open_writer(repo)?, policy, series, dry_run)?;
     if json {
-        print_json(
-            &json!({ "ok": true, "dry_run": dry_run, "decisions": decisions, "freed": freed_json(&plan) }),
-        );
-    } else {
-        for d in &decisions {
-            let fate = if d.keep() {
-                format!("keep    ({})", d.reasons.join(", "))
-            } else if dry_run {
-                "forget (dry run)".into()
-            } else {
-                "forgotten".into()
-            };
-            println!(
-                "{} {:<20} {}  {fate}",
-                &d.id.to_hex()[..16],
-                d.series,
-                format_us(d.time_us)
-            );
-        }
+        print_ok(&r);
+        return Ok(0);
+    }
+    for d in &r.decisions {
+        let fate = if d.keep() {
+            format!("keep    ({})", d.reasons.join(", "))
+        } else if dry_run {
+            "forget (dry run)".into()
+        } else {
+            "forgotten".into()
+        };
         println!(
-            "{} of {} snapshots {}; {} in {} objects {}",
-            forget_ids.len(),
-            decisions.len(),
-            if dry_run {
-                "would be forgotten"
-            } else {
-                "forgotten"
-            },
-            bytes(plan.freed_stored_bytes),
-            plan.freed_objects,
-            if dry_run {
-                "would become reclaimable"
-            } else {
-                "now reclaimable by `tessera compact`"
-            }
+            "{} {:<20} {}  {fate}",
+            &d.id.to_hex()[..16],
+            d.series,
+            format_us(d.time_us)
         );
     }
+    println!(
+        "{} of {} snapshots {}; {} in {} objects {}",
+        r.forgotten(),
+        r.decisions.len(),
+        if dry_run {
+            "would be forgotten"
+        } else {
+            "forgotten"
+        },
+        bytes(r.freed.stored_bytes),
+        r.freed.objects,
+        if dry_run {
+            "would become reclaimable"
+        } else {
+            "now reclaimable by `tessera compact`"
+        }
+    );
     Ok(0)
 }
 
-pub fn protect(repo: &Path, query: &str, protected: bool, json: bool) -> Result<i32> {
-    let repository = super::open_writer(repo)?;
-    let (id, _) = repository.resolve_snapshot(query)?;
-    set_protected(&repository, id, protected)?;
+pub fn protect(repo: &Path, reference: &SnapshotRef, protected: bool, json: bool) -> Result<i32> {
+    let r = run_protect(&super::open_writer(repo)?, reference, protected)?;
     if json {
-        print_json(&json!({ "ok": true, "snapshot": id.to_hex(), "protected": protected }));
+        print_ok(&r);
     } else {
         println!(
             "snapshot {} is {}",
-            &id.to_hex()[..16],
+            &r.snapshot.to_hex()[..16],
             if protected {
                 "protected"
             } else {
@@ -166,20 +116,28 @@ pub fn compact(
     let grace_us = if grace.trim() == "0" {
         0
     } else {
-        parse_duration(grace)?
+        grace.parse::<Span>()?.us
     };
-    let repository = super::open_writer(repo)?;
-    let plan = plan_compact_with_grace(&repository, max_unused, grace_us)?;
-    let report = if dry_run {
-        None
-    } else {
-        Some(apply_compact(&repository, &plan, bars)?)
-    };
+    let r = run_compact(
+        &super::open_writer(repo)?,
+        max_unused,
+        grace_us,
+        dry_run,
+        bars,
+    )?;
+    let damaged = r.report.as_ref().map_or(0, |r| r.damaged.len());
     if json {
-        print_json(
-            &json!({ "ok": report.as_ref().is_none_or(|r| r.damaged.is_empty()), "dry_run": dry_run, "plan": plan, "report": report }),
+        print_doc(
+            &r,
+            (!r.is_clean()).then(|| {
+                (
+                    ErrorKind::Damage,
+                    format!("{damaged} packs were left alone because of damaged objects; run `tessera verify`, then `tessera repair`"),
+                )
+            }),
         );
     } else {
+        let plan = &r.plan;
         println!(
             "{} of {} packs exceed {:.0}% unused: {} to move, {} to free",
             plan.packs.len(),
@@ -194,17 +152,17 @@ pub fn compact(
                 plan.packs_in_grace
             );
         }
-        if let Some(r) = &report {
-            for d in &r.damaged {
+        if let Some(report) = &r.report {
+            for d in &report.damaged {
                 println!("damaged: {d}");
             }
             println!(
                 "rewrote {} packs into {} new ones ({} moved); {} old packs deleted{}",
-                r.packs_rewritten,
-                r.packs_written,
-                bytes(r.bytes_moved),
-                r.packs_deleted,
-                if r.packs_deleted < r.packs_rewritten {
+                report.packs_rewritten,
+                report.packs_written,
+                bytes(report.bytes_moved),
+                report.packs_deleted,
+                if report.packs_deleted < report.packs_rewritten {
                     ", the rest once running readers finish"
                 } else {
                     ""
@@ -212,9 +170,9 @@ pub fn compact(
             );
         }
     }
-    Ok(if report.is_some_and(|r| !r.damaged.is_empty()) {
-        4
-    } else {
+    Ok(if r.is_clean() {
         0
+    } else {
+        exit_code_for(ErrorKind::Damage)
     })
 }

@@ -1,12 +1,15 @@
 //! `tessera verify`.
 
 use anyhow::Result;
-use serde_json::json;
-use tessera_engine::ops::check::{CheckReport, SampleSize, VerifyOptions};
-use tessera_engine::Repository;
+use tessera_engine::ops::check::{CheckReport, SampleSize};
+use tessera_engine::ops::verify::VerifyRequest;
+use tessera_engine::serde_ids::kind_name;
+use tessera_engine::{ErrorKind, Repository};
 
 use crate::args::{parse_fraction, parse_size, UsageError, VerifyArgs};
-use crate::output::{bytes, print_json, Bars};
+use crate::doc::{print_doc, Nested};
+use crate::exit_code_for;
+use crate::output::{bytes, Bars};
 
 /// `--sample`: a share (`5%`, `0.05`) or an amount of stored data (`10GiB`).
 fn parse_sample(s: &str) -> Result<SampleSize, UsageError> {
@@ -31,85 +34,37 @@ fn parse_sample(s: &str) -> Result<SampleSize, UsageError> {
 }
 
 pub fn run(args: &VerifyArgs, json: bool, bars: &Bars) -> Result<i32> {
-    // Parse everything before touching the repository.
-    let sample = args.sample.as_deref().map(parse_sample).transpose()?;
-    if args.seed.is_some() && sample.is_none() {
-        return Err(UsageError("--seed only applies to --sample".into()).into());
-    }
-    let skip_within = args
-        .skip_verified_within
-        .as_deref()
-        .map(tessera_engine::ops::prune::parse_duration)
-        .transpose()?;
-    if args.metadata_only
-        && (sample.is_some()
-            || skip_within.is_some()
-            || !args.snapshots.is_empty()
-            || args.series.is_some())
-    {
-        return Err(UsageError(
-            "--metadata-only reads no objects: it cannot be combined with --snapshot, --series, --sample or --skip-verified-within".into(),
-        )
-        .into());
-    }
-    let repository = Repository::open(&args.repo)?;
-    let scope = resolve_scope(&repository, args)?;
-    let opts = VerifyOptions {
-        read_data: !args.metadata_only,
-        scope,
-        sample: sample.map(|s| (s, args.seed.unwrap_or_else(rand_seed))),
-        skip_verified_within_us: skip_within,
-        use_ledger: true,
+    let request = VerifyRequest {
+        metadata_only: args.metadata_only,
+        snapshots: args.snapshots.clone(),
+        series: args.series.clone(),
+        sample: args.sample.as_deref().map(parse_sample).transpose()?,
+        seed: args.seed,
+        skip_verified_within: args.skip_verified_within,
     };
-    let report = tessera_engine::ops::check::verify(&repository, &opts, bars)?;
+    // Refuse bad combinations before touching the repository.
+    request.validate()?;
+    let repository = Repository::open(&args.repo)?;
+    let report = tessera_engine::ops::verify::run(&repository, &request, bars)?;
+    let problems = (!report.is_clean()).then(|| {
+        (
+            ErrorKind::Damage,
+            format!("{} problems found", report.problems.len()),
+        )
+    });
     if json {
-        let mut doc = json!({ "ok": report.is_clean(), "report": report });
-        if !report.is_clean() {
-            doc["error"] = json!(format!("{} problems found", report.problems.len()));
-        }
-        print_json(&doc);
+        print_doc(&Nested { report: &report }, problems);
     } else {
-        print_text(&report, args.metadata_only, skip_within.is_some());
+        print_text(
+            &report,
+            args.metadata_only,
+            args.skip_verified_within.is_some(),
+        );
     }
-    Ok(if report.is_clean() { 0 } else { 4 })
-}
-
-/// The snapshots named by `--snapshot` and `--series` (`None` = everything).
-fn resolve_scope(
-    repository: &Repository,
-    args: &VerifyArgs,
-) -> Result<Option<Vec<tessera_format::SnapshotId>>> {
-    Ok(if args.snapshots.is_empty() && args.series.is_none() {
-        None
+    Ok(if report.is_clean() {
+        0
     } else {
-        let mut ids = Vec::new();
-        for q in &args.snapshots {
-            let (id, _) = repository.resolve_snapshot(q)?;
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-        if let Some(series) = &args.series {
-            let members: Vec<_> = repository
-                .index()
-                .snapshots()?
-                .into_iter()
-                .filter(|(_, h)| &h.series == series)
-                .map(|(id, _)| id)
-                .collect();
-            if members.is_empty() {
-                return Err(UsageError(format!(
-                    "series {series:?} has no snapshots; see `tessera list REPO`"
-                ))
-                .into());
-            }
-            for id in members {
-                if !ids.contains(&id) {
-                    ids.push(id);
-                }
-            }
-        }
-        Some(ids)
+        exit_code_for(ErrorKind::Damage)
     })
 }
 
@@ -124,14 +79,14 @@ fn print_text(report: &CheckReport, metadata_only: bool, skipping: bool) {
         };
         println!(
             "damaged {} {} ({place}) is needed by {} ranges:",
-            d.kind,
-            d.digest,
+            kind_name(d.kind),
+            hex::encode(d.digest),
             d.ranges.len()
         );
         for r in &d.ranges {
             println!(
                 "  snapshot {} disk {} bytes {}..{}",
-                &r.snapshot[..16],
+                &r.snapshot.to_hex()[..16],
                 r.disk,
                 r.offset,
                 r.offset + r.length
@@ -190,17 +145,4 @@ fn print_text(report: &CheckReport, metadata_only: bool, skipping: bool) {
             format!("{} problems", report.problems.len())
         }
     );
-}
-
-fn rand_seed() -> u64 {
-    // Seconds and nanoseconds of now mixed with the pid: no need for cryptographic quality.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let x = now.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32);
-    // splitmix64 finaliser, so close starting times give unrelated seeds.
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

@@ -35,6 +35,7 @@ use crate::ops::damage::{damage_marks, map_damage, BadKey, DamagedObject, Damage
 use crate::progress::Progress;
 use crate::refcount::expected_counts_of;
 use crate::repo::Repository;
+use crate::serde_ids;
 use crate::store::pack_scan::check_footer;
 use crate::store::reader::read_object;
 
@@ -53,8 +54,9 @@ pub struct CheckReport {
     pub damaged: Vec<DamagedObject>,
     /// Packs whose footer or trailer is damaged or disagrees with the index.
     pub damaged_packs: Vec<DamagedPack>,
-    /// Catalogued snapshots whose file is unreadable or differs from its catalog entry (hex).
-    pub damaged_snapshot_files: Vec<String>,
+    /// Catalogued snapshots whose file is unreadable or differs from its catalog entry.
+    #[serde(serialize_with = "serde_ids::hex_list")]
+    pub damaged_snapshot_files: Vec<SnapshotId>,
     /// What was in scope of the read.
     pub scope: ScopeReport,
     /// The sample drawn from the scope, if any.
@@ -72,8 +74,9 @@ pub struct CheckReport {
 /// The scope of a verification run.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ScopeReport {
-    /// The snapshots whose objects were in scope (hex ids); `None` = every live object.
-    pub snapshots: Option<Vec<String>>,
+    /// The snapshots whose objects were in scope; `None` = every live object.
+    #[serde(serialize_with = "serde_ids::hex_list_opt")]
+    pub snapshots: Option<Vec<SnapshotId>>,
     /// Live objects in scope.
     pub objects: u64,
     /// Their stored bytes.
@@ -305,11 +308,11 @@ fn load_catalogued(
                 report.problems.push(format!(
                     "snapshot {id}: catalog entry differs from the snapshot file"
                 ));
-                report.damaged_snapshot_files.push(id.to_hex());
+                report.damaged_snapshot_files.push(id);
             }
             Err(e) => {
                 report.problems.push(format!("snapshot {id}: {e}"));
-                report.damaged_snapshot_files.push(id.to_hex());
+                report.damaged_snapshot_files.push(id);
             }
         }
     }
@@ -363,7 +366,7 @@ fn check_footers(repo: &Repository, live: &[Live], dead: &[Live]) -> Result<Vec<
         .map(|(pack, (catalog, indexed))| {
             let problem = check_footer(repo.backend(), *pack, *catalog, indexed)?;
             Ok(problem.map(|reason| DamagedPack {
-                pack: pack.to_hex(),
+                pack: *pack,
                 reason: if catalog.is_none() {
                     format!("{reason} (and the pack is not in the pack catalog)")
                 } else {
@@ -373,7 +376,7 @@ fn check_footers(repo: &Repository, live: &[Live], dead: &[Live]) -> Result<Vec<
         })
         .collect::<Result<_>>()?;
     let mut damaged: Vec<DamagedPack> = found.into_iter().flatten().collect();
-    damaged.sort_by(|a, b| a.pack.cmp(&b.pack));
+    damaged.sort_by_key(|p| p.pack);
     Ok(damaged)
 }
 
@@ -399,7 +402,7 @@ fn select(
         }
         let scoped = expected_counts_of(repo.index(), repo.backend(), chosen)?;
         live.retain(|(kind, digest, _)| scoped.count(*kind, *digest) > 0);
-        report.scope.snapshots = Some(ids.iter().map(SnapshotId::to_hex).collect());
+        report.scope.snapshots = Some(ids.clone());
     }
     report.scope.objects = live.len() as u64;
     report.scope.bytes = live.iter().map(|(_, _, e)| u64::from(e.stored_len)).sum();
@@ -544,23 +547,26 @@ fn damaged(
     reason: String,
 ) -> DamagedObject {
     DamagedObject {
-        kind: match kind {
-            ObjectKind::Chunk => "chunk",
-            ObjectKind::Page => "page",
-        },
-        digest: hex::encode(digest),
-        pack: entry.map(|e| e.pack.to_hex()),
+        kind,
+        digest,
+        pack: entry.map(|e| e.pack),
         pack_offset: entry.map(|e| e.offset),
         reason,
         ranges: Vec::new(),
     }
 }
 
+/// What `tessera repair --recount` did.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct RecountReport {
+    /// Reference counts that differed and were fixed.
+    pub counts_fixed: u64,
+}
+
 /// Recomputes every reference count from the published snapshots and writes the correct
-/// value wherever the index disagrees (`tessera repair --recount`). Returns the number of
-/// counts fixed. Objects referenced but absent from the index cannot be fixed here; they
-/// are reported by [`check`].
-pub fn recount(repo: &Repository) -> Result<u64> {
+/// value wherever the index disagrees (`tessera repair --recount`). Objects referenced but
+/// absent from the index cannot be fixed here; they are reported by [`check`].
+pub fn recount(repo: &Repository) -> Result<RecountReport> {
     let mut snapshots = Vec::new();
     for (id, _) in repo.index().snapshots()? {
         snapshots.push(repo.load_snapshot(id)?);
@@ -580,5 +586,7 @@ pub fn recount(repo: &Repository) -> Result<u64> {
         })?;
     }
     repo.index().commit(batch)?;
-    Ok(fixed)
+    Ok(RecountReport {
+        counts_fixed: fixed,
+    })
 }

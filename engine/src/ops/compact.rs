@@ -35,7 +35,7 @@ use crate::store::reader::read_stored;
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct PackUsage {
     /// The pack.
-    #[serde(serialize_with = "hex_pack")]
+    #[serde(serialize_with = "crate::serde_ids::hex")]
     pub pack: PackId,
     /// File size.
     pub size: u64,
@@ -43,10 +43,6 @@ pub struct PackUsage {
     pub live_bytes: u64,
     /// Number of those objects.
     pub live_objects: u64,
-}
-
-fn hex_pack<S: serde::Serializer>(id: &PackId, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&id.to_hex())
 }
 
 impl PackUsage {
@@ -91,6 +87,47 @@ pub struct CompactReport {
     pub packs_deleted: usize,
     /// Packs skipped because a live object in them is damaged.
     pub damaged: Vec<String>,
+}
+
+/// What `tessera compact` did: the plan, and unless `dry_run` what applying it did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CompactOutcome {
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// The plan.
+    pub plan: CompactPlan,
+    /// What applying it did (`None` in a dry run).
+    pub report: Option<CompactReport>,
+}
+
+impl CompactOutcome {
+    /// Whether no pack had to be left alone because of damage.
+    pub fn is_clean(&self) -> bool {
+        self.report.as_ref().is_none_or(|r| r.damaged.is_empty())
+    }
+}
+
+/// Plans compaction at `max_unused` (0.0..=1.0), leaving packs younger than `grace_us`
+/// alone (see [`plan_compact_with_grace`]), and applies it unless `dry_run`. `repo` is open
+/// as the writer.
+pub fn compact(
+    repo: &Repository,
+    max_unused: f64,
+    grace_us: i64,
+    dry_run: bool,
+    progress: &dyn Progress,
+) -> Result<CompactOutcome> {
+    let plan = plan_compact_with_grace(repo, max_unused, grace_us)?;
+    let report = if dry_run {
+        None
+    } else {
+        Some(apply_compact(repo, &plan, progress)?)
+    };
+    Ok(CompactOutcome {
+        dry_run,
+        plan,
+        report,
+    })
 }
 
 /// Selects packs whose unused fraction exceeds `max_unused` (0.0..=1.0), with no grace

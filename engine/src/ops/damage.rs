@@ -7,17 +7,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::Serialize;
 use tessera_format::manifest::block_count;
-use tessera_format::{ObjectKind, Snapshot, SnapshotId};
+use tessera_format::{ObjectKind, PackId, Snapshot, SnapshotId};
 
 use crate::damage_marks::DamageMark;
 use crate::repo::Repository;
+use crate::serde_ids;
 
 /// A byte range of one snapshot's disk that cannot be read intact.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DamagedRange {
-    /// The snapshot (hex id).
-    pub snapshot: String,
+    /// The snapshot.
+    #[serde(serialize_with = "serde_ids::hex")]
+    pub snapshot: SnapshotId,
     /// The disk.
     pub disk: String,
     /// First byte.
@@ -27,14 +30,17 @@ pub struct DamagedRange {
 }
 
 /// A damaged or missing object and everything that references it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DamagedObject {
-    /// `chunk` or `page`.
-    pub kind: &'static str,
-    /// Its digest (hex).
-    pub digest: String,
+    /// Chunk or page.
+    #[serde(serialize_with = "serde_ids::kind")]
+    pub kind: ObjectKind,
+    /// Its digest.
+    #[serde(serialize_with = "serde_ids::hex_digest")]
+    pub digest: [u8; 32],
     /// Where the index places it (`None` when it is not in the index at all).
-    pub pack: Option<String>,
+    #[serde(serialize_with = "serde_ids::hex_opt")]
+    pub pack: Option<PackId>,
     /// Offset of its record in that pack.
     pub pack_offset: Option<u64>,
     /// What is wrong.
@@ -46,16 +52,24 @@ pub struct DamagedObject {
 /// A pack whose footer or trailer is damaged, or disagrees with the records or the index
 /// (SPEC §11a). Its records may all be intact: the damage hurts no snapshot range, but the
 /// pack can no longer be adopted or re-indexed from its footer, so repair rewrites it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DamagedPack {
-    /// The pack (hex id).
-    pub pack: String,
+    /// The pack.
+    #[serde(serialize_with = "serde_ids::hex")]
+    pub pack: PackId,
     /// What is wrong.
     pub reason: String,
 }
 
 /// Key of a bad object.
 pub type BadKey = (ObjectKind, [u8; 32]);
+
+impl DamagedObject {
+    /// Its key.
+    pub fn key(&self) -> BadKey {
+        (self.kind, self.digest)
+    }
+}
 
 /// Fills in the `ranges` of each bad object from the snapshots' manifests.
 pub fn map_damage(
@@ -78,14 +92,14 @@ pub fn map_damage(
                 let ranges = &mut objects[slot].ranges;
                 match ranges.last_mut() {
                     Some(r)
-                        if r.snapshot == id.to_hex()
+                        if r.snapshot == *id
                             && r.disk == disk.name
                             && r.offset + r.length == offset =>
                     {
                         r.length += length;
                     }
                     _ => ranges.push(DamagedRange {
-                        snapshot: id.to_hex(),
+                        snapshot: *id,
                         disk: disk.name.clone(),
                         offset,
                         length,
@@ -119,21 +133,19 @@ pub fn map_damage(
 /// Per snapshot: how many byte ranges of its disks are damaged and how many bytes they hold,
 /// from the objects' ranges (ranges of one disk that overlap or touch are merged, so a
 /// block needed twice, or a chunk inside a damaged page, is counted once). Snapshots whose
-/// file is damaged get a mark too. Ranges of snapshots that are not valid ids are skipped.
+/// file is damaged get a mark too.
 pub fn damage_marks(
     damaged: &[DamagedObject],
-    damaged_files: &[String],
+    damaged_files: &[SnapshotId],
     at_us: i64,
 ) -> BTreeMap<SnapshotId, DamageMark> {
     let mut per: BTreeMap<SnapshotId, Vec<(&str, u64, u64)>> = BTreeMap::new();
     for r in damaged.iter().flat_map(|d| &d.ranges) {
-        if let Ok(id) = r.snapshot.parse::<SnapshotId>() {
-            per.entry(id).or_default().push((
-                r.disk.as_str(),
-                r.offset,
-                r.offset.saturating_add(r.length),
-            ));
-        }
+        per.entry(r.snapshot).or_default().push((
+            r.disk.as_str(),
+            r.offset,
+            r.offset.saturating_add(r.length),
+        ));
     }
     let mut marks = BTreeMap::new();
     for (id, mut ranges) in per {
@@ -160,12 +172,9 @@ pub fn damage_marks(
         }
         marks.insert(id, mark);
     }
-    for id in damaged_files
-        .iter()
-        .filter_map(|h| h.parse::<SnapshotId>().ok())
-    {
+    for id in damaged_files {
         marks
-            .entry(id)
+            .entry(*id)
             .or_insert(DamageMark {
                 marked_at_us: at_us,
                 ..DamageMark::default()

@@ -21,9 +21,12 @@ use tessera_format::{
     ChunkDigest, ManifestPage, ObjectKind, PageDigest, SnapshotHeader, SnapshotId,
 };
 
+use serde::Serialize;
+
 use crate::error::{Error, Result};
 use crate::refcount::RefDeltas;
 use crate::repo::Repository;
+use crate::snapshot_ref::SnapshotRef;
 use crate::storage::{ObjectKey, PutMode};
 
 /// What forgetting a set of snapshots would do.
@@ -59,9 +62,7 @@ pub fn plan_forget(
             .snapshot(*id)?
             .ok_or_else(|| Error::SnapshotNotFound { query: id.to_hex() })?;
         if !allow_protected && repo.index().is_protected(*id)? {
-            return Err(Error::InvalidArgument(format!(
-                "snapshot {id} is protected; run `tessera unprotect` first"
-            )));
+            return Err(Error::Protected { snapshot: *id });
         }
         let snapshot = repo.load_snapshot(*id)?;
         for p in snapshot.roots.iter().flatten() {
@@ -112,6 +113,92 @@ pub fn plan_forget(
         }
     }
     Ok(plan)
+}
+
+impl ForgetPlan {
+    /// What applying the plan frees.
+    pub fn freed(&self) -> Freed {
+        Freed {
+            objects: self.freed_objects,
+            stored_bytes: self.freed_stored_bytes,
+            raw_bytes: self.freed_raw_bytes,
+        }
+    }
+}
+
+/// What forgetting frees: objects that drop to zero references (reclaimed by compaction).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Freed {
+    /// Objects.
+    pub objects: u64,
+    /// Their stored bytes, with record headers.
+    pub stored_bytes: u64,
+    /// Raw bytes of the chunks among them.
+    pub raw_bytes: u64,
+}
+
+/// What `tessera forget` did, or would do with `dry_run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForgetReport {
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// The snapshots, as catalogued (serialized as their ids).
+    #[serde(rename = "forgotten", serialize_with = "ids_of")]
+    pub snapshots: Vec<(SnapshotId, SnapshotHeader)>,
+    /// What forgetting them frees.
+    pub freed: Freed,
+}
+
+fn ids_of<S: serde::Serializer>(
+    snapshots: &[(SnapshotId, SnapshotHeader)],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    let ids: Vec<SnapshotId> = snapshots.iter().map(|(id, _)| *id).collect();
+    crate::serde_ids::hex_list(&ids, s)
+}
+
+/// Forgets the snapshots `refs` name (plans, then applies unless `dry_run`). `repo` is open
+/// as the writer. A protected snapshot is refused ([`Error::Protected`]), before anything
+/// changes.
+pub fn forget(repo: &Repository, refs: &[SnapshotRef], dry_run: bool) -> Result<ForgetReport> {
+    let ids = refs
+        .iter()
+        .map(|r| repo.resolve(r).map(|(id, _)| id))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = plan_forget(repo, &ids, false)?;
+    if !dry_run {
+        apply_forget(repo, &plan)?;
+    }
+    let freed = plan.freed();
+    Ok(ForgetReport {
+        dry_run,
+        snapshots: plan.snapshots,
+        freed,
+    })
+}
+
+/// What `tessera protect` / `unprotect` did.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProtectReport {
+    /// The snapshot.
+    #[serde(serialize_with = "crate::serde_ids::hex")]
+    pub snapshot: SnapshotId,
+    /// Whether it is protected now.
+    pub protected: bool,
+}
+
+/// Protects (or unprotects) the snapshot `reference` names; see [`set_protected`].
+pub fn protect(
+    repo: &Repository,
+    reference: &SnapshotRef,
+    protected: bool,
+) -> Result<ProtectReport> {
+    let (snapshot, _) = repo.resolve(reference)?;
+    set_protected(repo, snapshot, protected)?;
+    Ok(ProtectReport {
+        snapshot,
+        protected,
+    })
 }
 
 /// Applies a plan made by [`plan_forget`] on the same writer (nothing may change between).

@@ -2,12 +2,14 @@
 //! operations that must run without a working index) and reports what it did.
 
 pub mod backup;
+pub mod catalog;
 pub mod check;
 pub mod compact;
 pub mod damage;
 pub mod diff;
 pub mod disk_reader;
 pub mod forget;
+pub mod init;
 pub mod prune;
 pub mod publish;
 pub mod rebuild_index;
@@ -16,3 +18,4 @@ pub mod restore;
 pub mod restore_onto;
 pub mod stats;
 pub mod usage;
+pub mod verify;

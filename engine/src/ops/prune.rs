@@ -4,15 +4,21 @@
 //! keeps the newest snapshot of each of the N most recent hours that have one, and likewise
 //! for days, ISO weeks, months and years (UTC); `within D` keeps every snapshot taken within
 //! D of the series' newest snapshot. A snapshot kept by any rule stays, and protected
-//! snapshots always stay. The plan is computed without touching the repository, so
-//! `--dry-run` shows exactly what a real run does.
+//! snapshots always stay. The plan ([`plan_prune`]) is computed without touching the
+//! repository, so `--dry-run` shows exactly what a real run does; [`prune`] then forgets
+//! what it does not keep through the forget plan (`forget.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use tessera_format::{SnapshotHeader, SnapshotId};
 
+use serde::Serialize;
+
 use crate::error::{Error, Result};
+use crate::ops::forget::{apply_forget, plan_forget, Freed};
+use crate::repo::Repository;
+use crate::time::Span;
 
 /// How many snapshots to keep by each rule.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,8 +35,8 @@ pub struct KeepPolicy {
     pub monthly: u32,
     /// Newest of each of the N latest years.
     pub yearly: u32,
-    /// Everything within this many microseconds of the newest snapshot.
-    pub within_us: Option<i64>,
+    /// Everything within this span of the newest snapshot.
+    pub within: Option<Span>,
 }
 
 impl KeepPolicy {
@@ -38,13 +44,23 @@ impl KeepPolicy {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// Refuses a policy without any rule (a usage error): it would forget everything.
+    pub fn validate(&self) -> Result<()> {
+        if self.is_empty() {
+            return Err(Error::Usage(
+                "no keep rule given: pass at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The fate of one snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     /// The snapshot.
-    #[serde(serialize_with = "hex_id")]
+    #[serde(serialize_with = "crate::serde_ids::hex")]
     pub id: SnapshotId,
     /// Its series.
     pub series: String,
@@ -54,10 +70,6 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
-fn hex_id<S: serde::Serializer>(id: &SnapshotId, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&id.to_hex())
-}
-
 impl Decision {
     /// Whether the snapshot stays.
     pub fn keep(&self) -> bool {
@@ -65,39 +77,53 @@ impl Decision {
     }
 }
 
-/// Parses durations such as `30d`, `12h`, `2w`, `6m` (30 days), `1y` (365 days), `1y6m`.
-pub fn parse_duration(s: &str) -> Result<i64> {
-    let bad = || {
-        Error::InvalidArgument(format!(
-            "{s:?} is not a duration (examples: 12h, 30d, 2w, 6m, 1y)"
-        ))
-    };
-    let mut total: i64 = 0;
-    let mut num = String::new();
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: i64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let hours = match c {
-            'h' => 1,
-            'd' => 24,
-            'w' => 24 * 7,
-            'm' => 24 * 30,
-            'y' => 24 * 365,
-            _ => return Err(bad()),
-        };
-        total = n
-            .checked_mul(hours * 3_600_000_000)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
+/// What `tessera prune` did, or would do with `dry_run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// The fate of every snapshot of the selected series, newest first per series.
+    pub decisions: Vec<Decision>,
+    /// What forgetting the snapshots no rule keeps frees.
+    pub freed: Freed,
+}
+
+impl PruneReport {
+    /// How many snapshots are (or would be) forgotten.
+    pub fn forgotten(&self) -> usize {
+        self.decisions.iter().filter(|d| !d.keep()).count()
     }
-    if !num.is_empty() || total == 0 {
-        return Err(bad());
+}
+
+/// Applies `policy` to the selected series (all when `series` is `None`): plans which
+/// snapshots stay ([`plan_prune`]) and forgets the others through the forget plan, unless
+/// `dry_run`. `repo` is open as the writer. A policy without any rule is a usage error.
+pub fn prune(
+    repo: &Repository,
+    policy: &KeepPolicy,
+    series: Option<&str>,
+    dry_run: bool,
+) -> Result<PruneReport> {
+    let decisions = plan_prune(
+        &repo.index().snapshots()?,
+        &repo.index().protected()?,
+        policy,
+        series,
+    )?;
+    let doomed: Vec<SnapshotId> = decisions
+        .iter()
+        .filter(|d| !d.keep())
+        .map(|d| d.id)
+        .collect();
+    let plan = plan_forget(repo, &doomed, false)?;
+    if !dry_run {
+        apply_forget(repo, &plan)?;
     }
-    Ok(total)
+    Ok(PruneReport {
+        dry_run,
+        decisions,
+        freed: plan.freed(),
+    })
 }
 
 type Bucket = fn(&DateTime<Utc>) -> (i32, u32, u32, u32);
@@ -124,11 +150,7 @@ pub fn plan_prune<S: std::hash::BuildHasher>(
     policy: &KeepPolicy,
     series: Option<&str>,
 ) -> Result<Vec<Decision>> {
-    if policy.is_empty() {
-        return Err(Error::InvalidArgument(
-            "no keep rule given: pass at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within".into(),
-        ));
-    }
+    policy.validate()?;
     let mut by_series: BTreeMap<&str, Vec<&(SnapshotId, SnapshotHeader)>> = BTreeMap::new();
     for s in snapshots
         .iter()
@@ -156,11 +178,10 @@ pub fn plan_prune<S: std::hash::BuildHasher>(
                 d.reasons.push(format!("last {}", i + 1));
             }
         }
-        if let (Some(within), Some(newest)) =
-            (policy.within_us, decisions.first().map(|d| d.time_us))
+        if let (Some(within), Some(newest)) = (policy.within, decisions.first().map(|d| d.time_us))
         {
             for d in &mut decisions {
-                if d.time_us >= newest.saturating_sub(within) {
+                if d.time_us >= newest.saturating_sub(within.us) {
                     d.reasons.push("within".into());
                 }
             }
@@ -277,7 +298,7 @@ mod tests {
             .map(|i| snap(i, "vm", i64::from(i) * DAY))
             .collect();
         let policy = KeepPolicy {
-            within_us: Some(parse_duration("3d").unwrap()),
+            within: Some("3d".parse().unwrap()),
             ..KeepPolicy::default()
         };
         let kept = plan_prune(&snaps, &HashSet::new(), &policy, None)
@@ -289,11 +310,8 @@ mod tests {
     }
 
     #[test]
-    fn empty_policy_and_bad_durations_are_refused() {
-        assert!(plan_prune(&[], &HashSet::new(), &KeepPolicy::default(), None).is_err());
-        for bad in ["", "30", "d", "3x", "0d", "99999999999999y"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-        assert_eq!(parse_duration("1d12h").unwrap(), DAY * 3 / 2);
+    fn an_empty_policy_is_a_usage_error() {
+        let err = plan_prune(&[], &HashSet::new(), &KeepPolicy::default(), None).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Usage, "{err}");
     }
 }

@@ -31,9 +31,10 @@ pub fn publish_snapshot(
     snapshot: &Snapshot,
     refs: &RefDeltas,
 ) -> Result<SnapshotId> {
-    let (id, bytes) = snapshot
-        .encode()
-        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let (id, bytes) = snapshot.encode().map_err(|source| Error::Unencodable {
+        what: format!("snapshot of series {:?}", snapshot.header.series),
+        source,
+    })?;
     let mut batch = repo.index().batch();
     refs.stage(repo.index(), &mut batch)?;
     repo.backend()

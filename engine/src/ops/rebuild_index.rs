@@ -23,7 +23,7 @@ use crate::store::pack_scan::read_pack_contents;
 use crate::store::reader::load_snapshot;
 
 /// What the rebuild found.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct RebuildReport {
     /// Packs indexed.
     pub packs: usize,
@@ -37,6 +37,13 @@ pub struct RebuildReport {
     pub bad_snapshots: Vec<(String, String)>,
     /// Objects referenced by snapshots but absent or unreadable.
     pub missing: Vec<String>,
+}
+
+impl RebuildReport {
+    /// Whether every pack and snapshot file was usable and nothing is missing.
+    pub fn is_clean(&self) -> bool {
+        self.pack_problems.is_empty() && self.bad_snapshots.is_empty() && self.missing.is_empty()
+    }
 }
 
 /// Rebuilds the index of the repository in `storage` from scratch. Takes the writer lock.

@@ -108,7 +108,7 @@ impl std::str::FromStr for SourceFormat {
             "raw" => Ok(Self::Raw),
             "vhd" | "vpc" => Ok(Self::Vhd),
             "qcow2" => Ok(Self::Qcow2),
-            _ => Err(Error::InvalidArgument(format!(
+            _ => Err(Error::Usage(format!(
                 "unknown source format {s:?}; use auto, raw, vhd or qcow2"
             ))),
         }
@@ -135,7 +135,7 @@ pub fn open_source(spec: &SourceSpec) -> Result<Box<dyn BlockSource>> {
     let is_nbd = spec.location.starts_with("nbd://") || spec.location.starts_with("nbd+unix://");
     let source: Box<dyn BlockSource> = if is_nbd {
         if spec.format != SourceFormat::Auto {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Usage(format!(
                 "{}: an NBD source is always read as the raw disk the server exports; drop --format",
                 spec.location
             )));
@@ -160,7 +160,7 @@ pub fn open_source(spec: &SourceSpec) -> Result<Box<dyn BlockSource>> {
         None => Ok(source),
         Some(list) => {
             if source.changes().is_some() {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Usage(format!(
                     "{} carries its own change information; a changed-block list applies only to raw images and block devices",
                     spec.location
                 )));

@@ -105,7 +105,7 @@ impl BlockSource for RawSource {
             let hi = (to - offset) as usize;
             let dst = buf
                 .get_mut(lo..hi)
-                .ok_or_else(|| Error::InvalidArgument("read range outside buffer".into()))?;
+                .ok_or_else(|| Error::Internal("read range outside buffer".into()))?;
             self.file.read_exact_at(dst, from).map_err(|e| {
                 Error::Source { path: self.path.clone(), source: std::io::Error::new(e.kind(), format!("reading {} bytes at offset {from}: {e} (did the source shrink while it was read?)", to - from)) }
             })?;

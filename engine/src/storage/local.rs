@@ -88,7 +88,7 @@ impl LocalBackend {
                     Some(KeyKind::Snapshot(id)) => format!("{id}.snap"),
                     _ if *key == ObjectKey::bundle_manifest() => key.as_str().to_string(),
                     _ => {
-                        return Err(Error::InvalidArgument(format!(
+                        return Err(Error::Internal(format!(
                             "a seed bundle holds no object {key}"
                         )))
                     }

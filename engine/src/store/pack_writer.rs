@@ -81,8 +81,8 @@ impl PackWriter {
             )));
         }
         let id = self.id;
-        let header =
-            encode_record_header(info).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let header = encode_record_header(info)
+            .map_err(|e| Error::Internal(format!("record header: {e}")))?;
         self.out
             .write_all(&header)
             .ctx(|| format!("writing pack {id}"))?;
@@ -111,7 +111,7 @@ impl PackWriter {
     pub fn finish(mut self) -> Result<SealedPack> {
         let id = self.id;
         let footer = encode_footer(&self.entries, self.len)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("pack footer: {e}")))?;
         self.out
             .write_all(&footer)
             .ctx(|| format!("writing pack {id}"))?;

@@ -41,8 +41,9 @@ use super::{Selection, SyncOptions, SyncReport};
 /// What an export wrote.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ExportReport {
-    /// Snapshot ids, oldest first.
-    pub snapshots: Vec<String>,
+    /// The snapshots, oldest first.
+    #[serde(serialize_with = "crate::serde_ids::hex_list")]
+    pub snapshots: Vec<SnapshotId>,
     /// Objects written (chunks and pages).
     pub objects: u64,
     /// Pack files written.
@@ -82,7 +83,7 @@ pub fn export(
         progress.start(&format!("snapshot {}", &s.id.to_hex()[..8]), 0);
         w.snapshot(s.id)?;
         progress.finish();
-        w.report.snapshots.push(s.id.to_hex());
+        w.report.snapshots.push(s.id);
     }
     w.seal()?;
     let mut report = w.report;
@@ -120,7 +121,7 @@ pub fn export(
                 block_size,
             })
             .collect(),
-        snapshots: report.snapshots.clone(),
+        snapshots: report.snapshots.iter().map(SnapshotId::to_hex).collect(),
         files: listed,
     };
     // The manifest goes last: a bundle without it is incomplete and refused by import.
@@ -321,10 +322,10 @@ impl Bundle {
 }
 
 fn bundle_error(dir: &Path, name: &str, reason: &str) -> Error {
-    Error::InvalidArgument(format!(
-        "seed bundle {}: file {name}: {reason}; nothing was imported",
-        dir.display()
-    ))
+    Error::UntrustedData {
+        from: format!("seed bundle {}", dir.display()),
+        reason: format!("file {name}: {reason}; nothing was imported"),
+    }
 }
 
 /// Checks every listed file: a regular file (not a symbolic link) of the listed size and
@@ -375,8 +376,10 @@ impl Catalog for Bundle {
     }
 
     fn id_scheme(&self) -> Result<IdScheme> {
-        IdScheme::try_from(self.manifest.id_scheme)
-            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", self.describe())))
+        IdScheme::try_from(self.manifest.id_scheme).map_err(|e| Error::UntrustedData {
+            from: self.describe(),
+            reason: e.to_string(),
+        })
     }
 
     fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
@@ -431,22 +434,19 @@ pub fn import(
     let bundle = Bundle::open(bundle_dir, progress)?;
     if !repo_path.join("config").exists() {
         let m = bundle.manifest();
-        let compression = Compression::parse(&m.compression).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "{}: compression {:?}: {e}",
-                bundle.describe(),
-                m.compression
-            ))
+        let compression = Compression::parse(&m.compression).map_err(|e| Error::UntrustedData {
+            from: bundle.describe(),
+            reason: format!("compression {:?}: {e}", m.compression),
         })?;
         let opts = InitOptions {
             block_size: m.default_block_size,
             compression,
         };
-        opts.validate().map_err(|e| {
-            Error::InvalidArgument(format!(
-                "{}: the bundle's repository parameters are unusable ({e}); nothing was created",
-                bundle.describe()
-            ))
+        opts.validate().map_err(|e| Error::UntrustedData {
+            from: bundle.describe(),
+            reason: format!(
+                "the bundle's repository parameters are unusable ({e}); nothing was created"
+            ),
         })?;
         Repository::init(repo_path, opts)?;
     }

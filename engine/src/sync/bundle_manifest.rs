@@ -124,12 +124,16 @@ impl Manifest {
     /// version, and that every listed name is a plain file name of a pack or snapshot
     /// (no directories, no `..`, no absolute paths), listed once.
     pub fn read(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Usage(format!(
+                "{} is not a directory: give the directory `tessera seed export` wrote",
+                dir.display()
+            )));
+        }
         let path = dir.join(MANIFEST_NAME);
-        let bad = |reason: String| {
-            Error::InvalidArgument(format!(
-                "seed bundle {}: {reason}; nothing was imported",
-                path.display()
-            ))
+        let bad = |reason: String| Error::UntrustedData {
+            from: format!("seed bundle {}", path.display()),
+            reason: format!("{reason}; nothing was imported"),
         };
         let meta = std::fs::symlink_metadata(&path).map_err(|e| {
             bad(format!(

@@ -11,6 +11,7 @@ use tessera_format::pack::MAX_OBJECT_LEN;
 use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind, PageDigest};
 
 use crate::error::{Error, Result};
+use crate::serde_ids::kind_name;
 use crate::store::encode::decode_stored;
 
 use super::source::StoredObject;
@@ -34,11 +35,13 @@ pub fn check_object(
     object: StoredObject,
 ) -> Result<CheckedObject> {
     let (info, stored) = object;
-    let bad = |reason: String| {
-        Error::InvalidArgument(format!(
-            "{from} sent a bad {kind:?} {}: {reason}; nothing from it was published",
+    let bad = |reason: String| Error::UntrustedData {
+        from: from.to_string(),
+        reason: format!(
+            "bad {} {}: {reason}; nothing from it was published",
+            kind_name(kind),
             hex::encode(digest)
-        ))
+        ),
     };
     if info.kind != kind || info.digest.as_bytes() != digest {
         return Err(bad(format!(
@@ -92,11 +95,14 @@ pub fn check_batch(
     objects: Vec<StoredObject>,
 ) -> Result<Vec<CheckedObject>> {
     if objects.len() > digests.len() || objects.is_empty() && !digests.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "{from} answered a request for {} objects with {}",
-            digests.len(),
-            objects.len()
-        )));
+        return Err(Error::UntrustedData {
+            from: from.to_string(),
+            reason: format!(
+                "answered a request for {} objects with {}",
+                digests.len(),
+                objects.len()
+            ),
+        });
     }
     objects
         .into_par_iter()

@@ -12,16 +12,19 @@ pub mod bundle;
 pub mod bundle_manifest;
 pub mod bwlimit;
 pub mod checked;
+pub mod endpoints;
 pub mod http;
 pub mod sink;
 pub mod source;
 pub mod transfer;
 
 use serde::Serialize;
+use tessera_format::SnapshotId;
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::snapshot_ref::SnapshotRef;
 
 use source::SnapshotSummary;
 
@@ -30,8 +33,8 @@ use source::SnapshotSummary;
 pub struct Selection {
     /// Only this series.
     pub series: Option<String>,
-    /// Only these snapshots (full ids or unique prefixes of 4+ hex digits).
-    pub snapshots: Vec<String>,
+    /// Only these snapshots (resolved in the source's catalog, after the series filter).
+    pub snapshots: Vec<SnapshotRef>,
     /// Only the newest N (after the other filters).
     pub latest: Option<usize>,
 }
@@ -46,29 +49,8 @@ impl Selection {
             .collect();
         if !self.snapshots.is_empty() {
             let mut wanted = std::collections::HashSet::new();
-            for q in &self.snapshots {
-                let q = q.to_ascii_lowercase();
-                if q.len() < 4 || !q.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(Error::InvalidArgument(format!(
-                        "{q:?} is not a snapshot id: give 4+ hex digits"
-                    )));
-                }
-                let hits: Vec<_> = out
-                    .iter()
-                    .filter(|s| s.id.to_hex().starts_with(&q))
-                    .collect();
-                match hits.as_slice() {
-                    [one] => {
-                        wanted.insert(one.id);
-                    }
-                    [] => return Err(Error::SnapshotNotFound { query: q }),
-                    many => {
-                        return Err(Error::AmbiguousSnapshot {
-                            query: q,
-                            count: many.len(),
-                        })
-                    }
-                }
+            for reference in &self.snapshots {
+                wanted.insert(reference.resolve(&out)?.id);
             }
             out.retain(|s| wanted.contains(&s.id));
         }
@@ -96,10 +78,12 @@ pub struct SyncOptions {
 pub struct SyncReport {
     /// Whether nothing was written.
     pub dry_run: bool,
-    /// Snapshots copied (ids, oldest first).
-    pub snapshots_copied: Vec<String>,
+    /// Snapshots copied, oldest first.
+    #[serde(serialize_with = "crate::serde_ids::hex_list")]
+    pub snapshots_copied: Vec<SnapshotId>,
     /// Selected snapshots the destination already had.
-    pub snapshots_skipped: Vec<String>,
+    #[serde(serialize_with = "crate::serde_ids::hex_list")]
+    pub snapshots_skipped: Vec<SnapshotId>,
     /// Pages fetched.
     pub pages_transferred: u64,
     /// Chunks fetched (in a dry run: that would be fetched).
@@ -132,7 +116,10 @@ pub fn pool(jobs: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build()
-            .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))
+            .map_err(|e| Error::Threads {
+                count: n,
+                reason: e.to_string(),
+            })
     })
     .transpose()
 }

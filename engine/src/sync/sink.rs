@@ -108,8 +108,9 @@ impl ObjectSink for LocalSink<'_> {
 /// Decodes an untrusted snapshot file and checks it against its content hash.
 pub fn decode_snapshot(from: &str, bytes: &[u8]) -> Result<(SnapshotId, Snapshot)> {
     let id = SnapshotId::of(bytes);
-    let snapshot = Snapshot::decode(bytes).map_err(|e| {
-        Error::InvalidArgument(format!("{from}: snapshot {id} does not decode: {e}"))
+    let snapshot = Snapshot::decode(bytes).map_err(|e| Error::UntrustedData {
+        from: from.to_string(),
+        reason: format!("snapshot {id} does not decode: {e}"),
     })?;
     Ok((id, snapshot))
 }
@@ -137,13 +138,13 @@ pub fn check_time(repo: &Repository, snapshot: &Snapshot, publisher: Publisher) 
     let h = &snapshot.header;
     let now = crate::time::now_us();
     if h.time_us > now.saturating_add(MAX_CLOCK_SKEW_US) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Refused { reason: format!(
             "snapshot of series {:?} claims the time {}, {} s ahead of this machine's clock ({}); a snapshot from the future would outrank every real one in retention, so it is refused (fix the sender's clock)",
             h.series,
             crate::time::format_us(h.time_us),
             (h.time_us - now) / 1_000_000,
             crate::time::format_us(now)
-        )));
+        )});
     }
     if publisher == Publisher::Client {
         let newest = repo
@@ -154,12 +155,12 @@ pub fn check_time(repo: &Repository, snapshot: &Snapshot, publisher: Publisher) 
             .map(|(_, other)| other.time_us)
             .max();
         if let Some(newest) = newest.filter(|t| *t >= h.time_us) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Refused { reason: format!(
                 "series {:?} already has a snapshot from {}; a client may only add snapshots newer than its series' newest (this one claims {})",
                 h.series,
                 crate::time::format_us(newest),
                 crate::time::format_us(h.time_us)
-            )));
+            )});
         }
     }
     Ok(())
@@ -183,17 +184,21 @@ pub fn publish_checked(
     // The file must be in canonical form: publishing stores the engine's own encoding.
     let canonical = snapshot.encode().is_ok_and(|(again, _)| again == id);
     if !canonical {
-        return Err(Error::InvalidArgument(format!(
-            "{from}: snapshot {id} is not in canonical form (it would be stored under another id); nothing was published"
-        )));
+        return Err(Error::UntrustedData {
+            from,
+            reason: format!(
+                "snapshot {id} is not in canonical form (it would be stored under another id); nothing was published"
+            ),
+        });
     }
     check_time(repo, &snapshot, publisher)?;
     let known = block_sizes(&Catalog::snapshots(repo)?);
     check_block_sizes(&known, &SnapshotSummary::of(id, &snapshot.header))?;
     let refs = plan_refs(repo.index(), repo.backend(), &snapshot).map_err(|e| match e {
-        Error::SnapshotIncomplete { reason } => {
-            Error::InvalidArgument(format!("snapshot {id}: {reason}"))
-        }
+        Error::SnapshotIncomplete { reason } => Error::UntrustedData {
+            from: from.clone(),
+            reason: format!("snapshot {id}: {reason}"),
+        },
         other => other,
     })?;
     publish_snapshot(repo, &snapshot, &refs)
@@ -219,10 +224,13 @@ pub fn check_block_sizes<S: std::hash::BuildHasher>(
     for (disk, bs) in &snap.disks {
         if let Some(have) = known.get(&(snap.series.clone(), disk.clone())) {
             if have != bs {
-                return Err(Error::InvalidArgument(format!(
-                    "series {:?} disk {disk:?}: snapshot {} uses block size {bs}, but the destination already has that disk at block size {have}; deduplication would silently fail, so nothing was copied (sync into a repository without this series, or back up with --block-size {have})",
-                    snap.series, snap.id
-                )));
+                return Err(Error::BlockSizeMismatch {
+                    series: snap.series.clone(),
+                    disk: disk.clone(),
+                    snapshot: snap.id,
+                    theirs: *bs,
+                    ours: *have,
+                });
             }
         }
     }

@@ -45,11 +45,12 @@ pub fn transfer(
 ) -> Result<SyncReport> {
     let (src_scheme, dst_scheme) = (src.id_scheme()?, dst.id_scheme()?);
     if src_scheme != dst_scheme {
-        return Err(Error::InvalidArgument(format!(
-            "{} uses chunk id scheme {src_scheme:?} but {} uses {dst_scheme:?}: their digests cannot be compared, nothing was copied",
-            src.describe(),
-            dst.describe()
-        )));
+        return Err(Error::IncompatibleRepositories {
+            ours: dst.describe(),
+            our_scheme: dst_scheme,
+            theirs: src.describe(),
+            their_scheme: src_scheme,
+        });
     }
     let selected = selection.select(&src.snapshots()?)?;
     let dst_catalog = dst.snapshots()?;
@@ -74,7 +75,7 @@ pub fn transfer(
     };
     for summary in &selected {
         if present.contains(&summary.id) {
-            run.report.snapshots_skipped.push(summary.id.to_hex());
+            run.report.snapshots_skipped.push(summary.id);
             continue;
         }
         run.copy_snapshot(dst, summary)?;
@@ -98,25 +99,30 @@ impl Run<'_> {
         self.count_transfer(bytes.len() as u64);
         let (id, snapshot) = decode_snapshot(&self.from, &bytes)?;
         if id != summary.id {
-            return Err(Error::InvalidArgument(format!(
-                "{}: snapshot {} has content hashing to {id}; nothing was copied from it",
-                self.from, summary.id
-            )));
+            return Err(Error::UntrustedData {
+                from: self.from.clone(),
+                reason: format!(
+                    "snapshot {} has content hashing to {id}; nothing was copied from it",
+                    summary.id
+                ),
+            });
         }
         // What is delivered must be what was listed (and selected by series, time and
         // disks): a source must not slip a snapshot of another series in under a listed id.
         let delivered = SnapshotSummary::of(id, &snapshot.header);
         if delivered != *summary {
-            return Err(Error::InvalidArgument(format!(
-                "{}: snapshot {id} was listed as series {:?} at {} with disks {:?}, but its file says series {:?} at {} with disks {:?}; nothing was copied from it",
-                self.from,
+            return Err(Error::UntrustedData {
+                from: self.from.clone(),
+                reason: format!(
+                "snapshot {id} was listed as series {:?} at {} with disks {:?}, but its file says series {:?} at {} with disks {:?}; nothing was copied from it",
                 summary.series,
                 crate::time::format_us(summary.time_us),
                 summary.disks,
                 delivered.series,
                 crate::time::format_us(delivered.time_us),
                 delivered.disks
-            )));
+            ),
+            });
         }
         let mut seen = HashSet::new();
         let pages: Vec<[u8; 32]> = snapshot
@@ -136,12 +142,12 @@ impl Run<'_> {
         let mut chunks = Vec::new();
         for page in &new_pages {
             let raw = page.raw_page.as_deref().unwrap_or_default();
-            let decoded = ManifestPage::decode(raw).map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "{}: page {} does not decode: {e}",
-                    self.from,
+            let decoded = ManifestPage::decode(raw).map_err(|e| Error::UntrustedData {
+                from: self.from.clone(),
+                reason: format!(
+                    "page {} does not decode: {e}",
                     PageDigest(page.info.digest.0)
-                ))
+                ),
             })?;
             chunks.extend(
                 decoded
@@ -177,7 +183,7 @@ impl Run<'_> {
             dst.publish(&bytes)?;
         }
         self.progress.finish();
-        self.report.snapshots_copied.push(id.to_hex());
+        self.report.snapshots_copied.push(id);
         Ok(())
     }
 
@@ -192,12 +198,14 @@ impl Run<'_> {
         for batch in all.chunks(QUERY_BATCH) {
             let have = dst.contains_many(kind, batch)?;
             if have.len() != batch.len() {
-                return Err(Error::InvalidArgument(format!(
-                    "{} answered a query for {} digests with {}",
-                    dst.describe(),
-                    batch.len(),
-                    have.len()
-                )));
+                return Err(Error::UntrustedData {
+                    from: dst.describe(),
+                    reason: format!(
+                        "answered a query for {} digests with {}",
+                        batch.len(),
+                        have.len()
+                    ),
+                });
             }
             for (d, h) in batch.iter().zip(have) {
                 if h {
@@ -224,11 +232,10 @@ impl Run<'_> {
             let got = self.src.get_objects(kind, ask)?;
             let n = got.len();
             if n == 0 || n > ask.len() {
-                return Err(Error::InvalidArgument(format!(
-                    "{} answered a request for {} objects with {n}",
-                    self.from,
-                    ask.len()
-                )));
+                return Err(Error::UntrustedData {
+                    from: self.from.clone(),
+                    reason: format!("answered a request for {} objects with {n}", ask.len()),
+                });
             }
             let stored: u64 = got.iter().map(|(i, _)| u64::from(i.stored_len)).sum();
             self.count_transfer(stored);

@@ -190,18 +190,19 @@ fn build_block(
     let covered: u64 = pieces.iter().map(|(s, e)| e - s).sum();
     let mut buf = match base {
         Some(d) if covered < len && !d.is_zero() => {
-            let data = repo
-                .read_object(ObjectKind::Chunk, &d.0)
-                .map_err(|e| {
-                    Error::InvalidArgument(format!(
-                        "a partial change at offset {start} needs the reference's block there, which cannot be read ({e}); repair the repository, or take a key backup with --full"
-                    ))
-                })?;
+            let data = repo.read_object(ObjectKind::Chunk, &d.0).map_err(|e| {
+                Error::ReferenceBlockUnreadable {
+                    offset: start,
+                    source: Box::new(e),
+                }
+            })?;
             if data.len() as u64 != base_len {
-                return Err(Error::InvalidArgument(format!(
-                    "the reference's block at offset {start} holds {} bytes where {base_len} belong",
-                    data.len()
-                )));
+                return Err(Error::ChunkLength {
+                    digest: d,
+                    offset: start,
+                    found: data.len() as u64,
+                    expected: base_len,
+                });
             }
             data
         }
@@ -212,7 +213,7 @@ fn build_block(
     for (s, e) in pieces {
         let dst = buf
             .get_mut((s - start) as usize..(e - start) as usize)
-            .ok_or_else(|| Error::InvalidArgument("changed extent outside its block".into()))?;
+            .ok_or_else(|| Error::Internal("changed extent outside its block".into()))?;
         read += source.read_at(s, dst)?;
     }
     Ok((buf, read))

@@ -106,8 +106,8 @@ impl DiskBackup<'_, '_> {
                 let extents = delta_extents.unwrap_or_default();
                 self.run_delta(name, source, extents, &mut reference, progress)
             }
-            (Mode::Delta, None) => Err(Error::InvalidArgument(format!(
-                "disk {name:?}: a delta backup needs a reference snapshot"
+            (Mode::Delta, None) => Err(Error::Internal(format!(
+                "disk {name:?}: planned as a delta without a reference snapshot"
             ))),
             (_, reference) => {
                 let label = if mode == Mode::Key {
@@ -221,7 +221,7 @@ impl DiskBackup<'_, '_> {
         };
         let (digest, bytes) = page
             .encode_with_digest()
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            .map_err(|e| Error::Internal(format!("encoding a manifest page: {e}")))?;
         if self.count_page(digest, || Ok(page.digests.clone()))? {
             let (info, stored) = encode_object(
                 ObjectKind::Page,

@@ -141,8 +141,8 @@ impl DiskBackup<'_, '_> {
                             prepare_batch(repo, source, key, (block, offset, bs), (buf, arena), references)
                         }))
                         .unwrap_or_else(|_| {
-                            Err(Error::InvalidArgument(format!(
-                                "reading or encoding the blocks at offset {offset} failed unexpectedly (a bug); nothing was committed"
+                            Err(Error::Internal(format!(
+                                "reading or encoding the blocks at offset {offset} panicked; nothing was committed"
                             )))
                         });
                         // The receiver outlives every job (it is drained below).
@@ -156,7 +156,7 @@ impl DiskBackup<'_, '_> {
                 }
                 let Ok((seq, r)) = rx.recv() else {
                     if outcome.is_ok() {
-                        outcome = Err(Error::InvalidArgument("a backup worker vanished".into()));
+                        outcome = Err(Error::Internal("a backup worker vanished".into()));
                     }
                     break;
                 };

@@ -13,6 +13,7 @@ mod full_read;
 mod heal;
 pub mod plan;
 mod reference;
+mod report;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use crate::ops::publish::publish_snapshot;
 use crate::progress::Progress;
 use crate::refcount::RefDeltas;
 use crate::repo::Repository;
+use crate::snapshot_ref::SnapshotRef;
 use crate::sources::{open_source, BlockSource, SourceFormat, SourceSpec};
 use crate::store::session::WriteSession;
 
@@ -36,6 +38,7 @@ pub use disk::Drift;
 pub use plan::Mode;
 use plan::{key_backup_due, plan_disk, DiskPlan, MODE_KEY};
 use reference::ReferenceManifest;
+pub use report::{BackupReport, DiskBackupReport};
 
 /// One disk to back up.
 #[derive(Debug, Clone)]
@@ -67,8 +70,21 @@ pub enum ReferenceChoice {
     Auto,
     /// The series' newest snapshot; a delta that does not belong to it is an error.
     Latest,
-    /// This snapshot (id prefix); a delta that does not belong to it is an error.
-    Snapshot(String),
+    /// This snapshot; a delta that does not belong to it is an error.
+    Snapshot(SnapshotRef),
+}
+
+impl std::str::FromStr for ReferenceChoice {
+    type Err = Error;
+
+    /// `--reference`: `latest` is the series' newest snapshot (not the repository's);
+    /// anything else is a [`SnapshotRef`].
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "latest" => Ok(Self::Latest),
+            other => Ok(Self::Snapshot(other.parse()?)),
+        }
+    }
 }
 
 /// How a backup uses delta information.
@@ -118,6 +134,22 @@ pub struct BackupRequest {
 }
 
 impl BackupRequest {
+    /// Gives disk `disk` the changed-block list `list` (`--changes DISK=FILE`); naming a
+    /// disk that is not being backed up is a usage error.
+    pub fn attach_changes(&mut self, disk: &str, list: PathBuf) -> Result<()> {
+        let spec = self
+            .disks
+            .iter_mut()
+            .find(|d| d.name == disk)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "--changes names disk {disk:?}, which is not being backed up"
+                ))
+            })?;
+        spec.changes = Some(list);
+        Ok(())
+    }
+
     /// A backup of one disk, with no tags and the default block size.
     pub fn one_disk(series: &str, disk: &str, path: &std::path::Path) -> Self {
         Self {
@@ -161,16 +193,14 @@ pub struct DiskReport {
 }
 
 fn validate(req: &BackupRequest) -> Result<()> {
-    let invalid = |e: tessera_format::DecodeError| Error::InvalidArgument(e.to_string());
+    let invalid = |e: tessera_format::DecodeError| Error::Usage(e.to_string());
     validate_name("series name", &req.series).map_err(invalid)?;
     if req.disks.is_empty() {
-        return Err(Error::InvalidArgument(
-            "name at least one disk as NAME=PATH".into(),
-        ));
+        return Err(Error::Usage("name at least one disk as NAME=PATH".into()));
     }
     // The snapshot file could not hold them (SPEC §6): refuse before reading or writing.
     if req.disks.len() > MAX_DISKS {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Usage(format!(
             "{} disks given, but one snapshot holds at most {MAX_DISKS}; back them up in several series",
             req.disks.len()
         )));
@@ -179,7 +209,7 @@ fn validate(req: &BackupRequest) -> Result<()> {
     for d in &req.disks {
         validate_name("disk name", &d.name).map_err(invalid)?;
         if !names.insert(&d.name) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Usage(format!(
                 "disk name {:?} is given twice",
                 d.name
             )));
@@ -188,7 +218,7 @@ fn validate(req: &BackupRequest) -> Result<()> {
     for (k, v) in &req.tags {
         validate_name("tag key", k).map_err(invalid)?;
         if v.len() > MAX_STRING_LEN {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Usage(format!(
                 "tag {k:?}: the value is {} bytes, at most {MAX_STRING_LEN} fit a snapshot",
                 v.len()
             )));
@@ -391,14 +421,14 @@ fn choose_reference(
         ReferenceChoice::Auto => (newest(), false),
         ReferenceChoice::Latest => {
             let id = newest().ok_or_else(|| {
-                Error::InvalidArgument(format!(
+                Error::Usage(format!(
                     "--reference latest: series {:?} has no snapshot yet; take a full backup first",
                     req.series
                 ))
             })?;
             (Some(id), true)
         }
-        ReferenceChoice::Snapshot(q) => (Some(repo.resolve_snapshot(q)?.0), true),
+        ReferenceChoice::Snapshot(r) => (Some(repo.resolve(r)?.0), true),
     };
     let loaded = match id {
         Some(id) => Some((id, repo.load_snapshot(id)?)),
@@ -417,13 +447,11 @@ fn block_size_for(
 ) -> Result<u32> {
     let previous = reference.and_then(|(_, s)| s.header.disks.iter().find(|d| d.name == spec.name));
     match (req.block_size, previous) {
-        (Some(bs), Some(d)) if bs != d.block_size => Err(Error::InvalidArgument(format!(
-            "disk {:?} of series {:?} was backed up with {} KiB blocks; a different block size would share no data with it. \
-             Omit --block-size, or start a new series",
-            spec.name,
-            req.series,
-            d.block_size / 1024
-        ))),
+        (Some(bs), Some(d)) if bs != d.block_size => Err(Error::BlockSizeChange {
+            series: req.series.clone(),
+            disk: spec.name.clone(),
+            previous: d.block_size,
+        }),
         (Some(bs), _) => Ok(bs),
         (None, Some(d)) => Ok(d.block_size),
         (None, None) => Ok(repo.config().default_block_size),

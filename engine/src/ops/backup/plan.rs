@@ -113,9 +113,11 @@ pub fn plan_disk(
             });
         }
         if opts.force_key {
-            return Err(Error::InvalidArgument(format!(
-                "disk {disk:?}: --full needs the whole disk, but {location} can only be read where it changed (its base cannot be found)"
-            )));
+            return Err(Error::Refused {
+                reason: format!(
+                    "disk {disk:?}: --full needs the whole disk, but {location} can only be read where it changed (its base cannot be found)"
+                ),
+            });
         }
         let note = key_wanted.then(|| {
             "key backup due, but the source can only be read where it changed: delta".to_string()
@@ -139,14 +141,18 @@ pub fn plan_disk(
                 .unwrap_or("a source without a state token")
                 .to_string(),
         },
-        None if source.reads_full() => Error::InvalidArgument(format!(
-            "disk {disk:?}: {location} is a delta on {}, but the reference snapshot has no disk {disk:?} with the same block size; back up its base first, or pass --fallback-full",
-            changes.base_description
-        )),
-        None => Error::InvalidArgument(format!(
-            "disk {disk:?}: {location} is a delta on {} and cannot be read in full; back up its base first, then this delta with --reference",
-            changes.base_description
-        )),
+        None if source.reads_full() => Error::Refused {
+            reason: format!(
+                "disk {disk:?}: {location} is a delta on {}, but the reference snapshot has no disk {disk:?} with the same block size; back up its base first, or pass --fallback-full",
+                changes.base_description
+            ),
+        },
+        None => Error::Refused {
+            reason: format!(
+                "disk {disk:?}: {location} is a delta on {} and cannot be read in full; back up its base first, then this delta with --reference",
+                changes.base_description
+            ),
+        },
     }
     };
     if explicit_reference && !opts.fallback_full {

@@ -30,10 +30,7 @@ pub(super) fn from_images(
         else {
             continue;
         };
-        let Some((_, snapshot)) = snapshots
-            .iter()
-            .find(|(id, _)| id.to_hex() == range.snapshot)
-        else {
+        let Some((_, snapshot)) = snapshots.iter().find(|(id, _)| *id == range.snapshot) else {
             continue;
         };
         let Some(disk) = snapshot.header.disks.iter().find(|d| d.name == range.disk) else {

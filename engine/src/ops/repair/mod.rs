@@ -34,11 +34,13 @@
 //! A rerun after a kill at any point finds whatever damage is left and finishes the work.
 
 mod fetch;
+pub mod request;
 mod round;
 
 use std::path::{Path, PathBuf};
 
-use tessera_format::{ObjectKind, SnapshotId};
+use serde::Serialize;
+use tessera_format::{ObjectKind, PackId, SnapshotId};
 
 use crate::error::{Error, Result};
 use crate::ledger::LedgerLock;
@@ -46,6 +48,7 @@ use crate::ops::check::{check, record_damage};
 use crate::ops::damage::{DamagedObject, DamagedPack};
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::serde_ids;
 use crate::sources::raw::RawSource;
 use crate::store::quarantine;
 
@@ -60,18 +63,20 @@ pub struct RepairSources<'a> {
 }
 
 /// One object stored again, and where the intact copy came from.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RepairedObject {
-    /// `chunk` or `page`.
-    pub kind: &'static str,
-    /// Digest (hex).
-    pub digest: String,
+    /// Chunk or page.
+    #[serde(serialize_with = "serde_ids::kind")]
+    pub kind: ObjectKind,
+    /// Its digest.
+    #[serde(serialize_with = "serde_ids::hex_digest")]
+    pub digest: [u8; 32],
     /// `repository OTHER`, or `source DISK=PATH`.
     pub from: String,
 }
 
 /// What the repair did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RepairReport {
     /// Damaged or missing objects found by the first check.
     pub damaged_found: usize,
@@ -81,11 +86,12 @@ pub struct RepairReport {
     pub rehomed: u64,
     /// Reference counts raised back after an interrupted repair.
     pub counts_restored: u64,
-    /// Packs moved to `REPO/quarantine/` (or dropped from the catalog when their file was
-    /// already gone).
-    pub quarantined: Vec<String>,
+    /// Packs moved to `REPO/quarantine/`.
+    #[serde(serialize_with = "serde_ids::hex_list")]
+    pub quarantined: Vec<PackId>,
     /// Packs whose file was already gone: dropped from the catalog.
-    pub missing_packs: Vec<String>,
+    #[serde(serialize_with = "serde_ids::hex_list")]
+    pub missing_packs: Vec<PackId>,
     /// New packs written.
     pub packs_written: usize,
     /// What still cannot be read after the repair, with every snapshot range needing it.
@@ -110,33 +116,14 @@ impl RepairReport {
 /// Checks that `other` can supply copies to `repo` (digests are comparable).
 pub fn check_compatible(repo: &Repository, other: &Repository) -> Result<()> {
     if repo.config().id_scheme != other.config().id_scheme {
-        return Err(Error::InvalidArgument(format!(
-            "{} uses another id scheme ({:?}, here {:?}): its digests cannot be compared",
-            other.describe(),
-            other.config().id_scheme,
-            repo.config().id_scheme
-        )));
+        return Err(Error::IncompatibleRepositories {
+            ours: repo.describe(),
+            our_scheme: repo.config().id_scheme,
+            theirs: other.describe(),
+            their_scheme: other.config().id_scheme,
+        });
     }
     Ok(())
-}
-
-fn kind_of(name: &str) -> ObjectKind {
-    if name == "page" {
-        ObjectKind::Page
-    } else {
-        ObjectKind::Chunk
-    }
-}
-
-pub(super) fn kind_name(kind: ObjectKind) -> &'static str {
-    match kind {
-        ObjectKind::Chunk => "chunk",
-        ObjectKind::Page => "page",
-    }
-}
-
-fn parse_digest(hex_digest: &str) -> Option<[u8; 32]> {
-    hex::decode(hex_digest).ok()?.try_into().ok()
 }
 
 /// Runs the repair (see module docs). `repo` is open as the writer.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use tessera_format::{ObjectInfo, ObjectKind, PackId, Snapshot, SnapshotId};
 
 use super::fetch::from_images;
-use super::{kind_name, kind_of, parse_digest, RepairReport, RepairedObject};
+use super::{RepairReport, RepairedObject};
 use crate::error::Result;
 use crate::index::ObjectEntry;
 use crate::ops::check::CheckReport;
@@ -83,23 +83,13 @@ pub(super) fn round(
     let mut bad_packs: HashSet<PackId> = pending_intents.into_iter().collect();
     let mut wanted: HashMap<(ObjectKind, [u8; 32]), Vec<DamagedRange>> = HashMap::new();
     for d in &first.damaged {
-        let Some(digest) = parse_digest(&d.digest) else {
-            continue;
-        };
-        wanted.insert((kind_of(d.kind), digest), d.ranges.clone());
-        if let Some(pack) = d.pack.as_deref().and_then(|p| p.parse::<PackId>().ok()) {
-            bad_packs.insert(pack);
-        }
+        wanted.insert(d.key(), d.ranges.clone());
+        bad_packs.extend(d.pack);
     }
     // A pack whose footer or trailer is damaged (or disagrees with the index) is rewritten
     // even when every record in it is intact: its footer can no longer be trusted by an
     // adoption or an index rebuild.
-    bad_packs.extend(
-        first
-            .damaged_packs
-            .iter()
-            .filter_map(|p| p.pack.parse::<PackId>().ok()),
-    );
+    bad_packs.extend(first.damaged_packs.iter().map(|p| p.pack));
     // Every index entry that lives in a bad pack, and counts an interrupted repair left at 0.
     let mut in_bad: Vec<(ObjectKind, [u8; 32], ObjectEntry)> = Vec::new();
     let mut batch = repo.index().batch();
@@ -192,8 +182,8 @@ pub(super) fn round(
                 };
                 out.append(*kind, *digest, template, &info, &stored)?;
                 report.repaired.push(RepairedObject {
-                    kind: kind_name(*kind),
-                    digest: hex::encode(digest),
+                    kind: *kind,
+                    digest: *digest,
                     from,
                 });
             }
@@ -230,8 +220,8 @@ pub(super) fn round(
     let mut batch = index.batch();
     for pack in &bad_sorted {
         match quarantine::quarantine_pack(repo.backend(), *pack)? {
-            Quarantined::Moved => report.quarantined.push(pack.to_hex()),
-            Quarantined::Missing => report.missing_packs.push(pack.to_hex()),
+            Quarantined::Moved => report.quarantined.push(*pack),
+            Quarantined::Missing => report.missing_packs.push(*pack),
         }
         batch.delete_pack(*pack);
     }

@@ -23,7 +23,7 @@ enum Run {
 fn slice(buf: &mut [u8], base: u64, guest: u64, len: u64) -> Result<&mut [u8]> {
     let lo = (guest - base) as usize;
     buf.get_mut(lo..lo + len as usize).ok_or_else(|| {
-        Error::InvalidArgument(format!("qcow2 read piece {guest}+{len} outside the buffer"))
+        Error::Internal(format!("qcow2 read piece {guest}+{len} outside the buffer"))
     })
 }
 
@@ -32,7 +32,7 @@ pub fn read_at(src: &Qcow2Source, offset: u64, buf: &mut [u8]) -> Result<u64> {
         .checked_add(buf.len() as u64)
         .filter(|&e| e <= src.header.size)
         .ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::Internal(format!(
                 "read of {} bytes at {offset} is outside the {}-byte qcow2 disk",
                 buf.len(),
                 src.header.size
@@ -100,9 +100,7 @@ pub fn read_at(src: &Qcow2Source, offset: u64, buf: &mut [u8]) -> Result<u64> {
                     let data = inflate(src, cluster_start, host, payload)?;
                     let from = (pos - cluster_start) as usize;
                     let bytes = data.get(from..from + len as usize).ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "qcow2 read piece {pos}+{len} outside its cluster"
-                        ))
+                        Error::Internal(format!("qcow2 read piece {pos}+{len} outside its cluster"))
                     })?;
                     slice(buf, offset, pos, len)?.copy_from_slice(bytes);
                     read += payload.min(src.geo.file_len - host);

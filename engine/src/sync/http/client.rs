@@ -49,14 +49,14 @@ impl Remote {
             agent.tls_connector(client_connector(tls_ca)?)
         } else if url.starts_with("http://") {
             if let Some(ca) = tls_ca {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Usage(format!(
                     "{url}: --tls-ca {} applies only to https:// URLs",
                     ca.display()
                 )));
             }
             agent
         } else {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Usage(format!(
                 "{url}: a remote repository is an http:// or https:// URL"
             )));
         };
@@ -117,13 +117,18 @@ impl Endpoint {
             Err(ureq::Error::Status(code, r)) => {
                 let mut msg = String::new();
                 let _ = r.into_reader().take(64 * 1024).read_to_string(&mut msg);
-                return Err(Error::InvalidArgument(format!(
-                    "{method} {url}: HTTP {code}: {msg}"
-                )));
+                return Err(Error::RemoteStatus {
+                    request: format!("{method} {url}"),
+                    status: code,
+                    message: msg,
+                });
             }
             Err(e) => {
                 let hint = transport_hint(&url, &e);
-                return Err(Error::InvalidArgument(format!("{method} {url}: {e}{hint}")));
+                return Err(Error::Network {
+                    request: format!("{method} {url}"),
+                    reason: format!("{e}{hint}"),
+                });
             }
         };
         let mut out = Vec::new();
@@ -133,23 +138,25 @@ impl Endpoint {
             .read_to_end(&mut out)
             .map_err(|e| Error::io(format!("reading the answer of {url}"), e))?;
         if out.len() as u64 > MAX_ANSWER_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "{url}: answer larger than {MAX_ANSWER_BYTES} bytes"
-            )));
+            return Err(Error::UntrustedData {
+                from: url,
+                reason: format!("answer larger than {MAX_ANSWER_BYTES} bytes"),
+            });
         }
         Ok(out)
     }
 
     fn json(&self, path: &str) -> Result<serde_json::Value> {
         let body = self.call("GET", path, None)?;
-        serde_json::from_slice(&body).map_err(|e| {
-            Error::InvalidArgument(format!("{}{path}: answer is not JSON: {e}", self.base))
+        serde_json::from_slice(&body).map_err(|e| Error::UntrustedData {
+            from: format!("{}{path}", self.base),
+            reason: format!("answer is not JSON: {e}"),
         })
     }
 
     fn catalog(&self) -> Result<Vec<SnapshotSummary>> {
         let v = self.json("/v1/snapshots")?;
-        let bad = || Error::InvalidArgument(format!("{}: malformed snapshot list", self.base));
+        let bad = || self.untrusted("malformed snapshot list".into());
         let mut out = Vec::new();
         for s in v.as_array().ok_or_else(bad)? {
             let id: SnapshotId = s["id"]
@@ -181,8 +188,16 @@ impl Endpoint {
         let n = v["id_scheme"]
             .as_u64()
             .and_then(|n| u8::try_from(n).ok())
-            .ok_or_else(|| Error::InvalidArgument(format!("{}: malformed info", self.base)))?;
-        IdScheme::try_from(n).map_err(|e| Error::InvalidArgument(format!("{}: {e}", self.base)))
+            .ok_or_else(|| self.untrusted("malformed info".into()))?;
+        IdScheme::try_from(n).map_err(|e| self.untrusted(e.to_string()))
+    }
+
+    /// The server sent `reason`-bad data.
+    fn untrusted(&self, reason: String) -> Error {
+        Error::UntrustedData {
+            from: self.base.clone(),
+            reason,
+        }
     }
 }
 
@@ -233,12 +248,7 @@ impl ObjectSource for Remote {
             &format!("/v1/get/{}", kind_name(kind)),
             Some(&encode_digests(ask)),
         )?;
-        decode_records(&body, kind).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "{}: malformed object answer: {e}",
-                self.endpoint.base
-            ))
-        })
+        decode_records(&body, kind, &self.endpoint.base)
     }
 }
 
@@ -275,10 +285,9 @@ impl ObjectSink for Remote {
         let id = SnapshotId::of(snapshot_bytes);
         let answer: serde_json::Value = serde_json::from_slice(&v).unwrap_or_default();
         if answer["id"].as_str() != Some(id.to_hex().as_str()) {
-            return Err(Error::InvalidArgument(format!(
-                "{}: publishing {id} answered {answer}",
-                self.endpoint.base
-            )));
+            return Err(self
+                .endpoint
+                .untrusted(format!("publishing {id} answered {answer}")));
         }
         Ok(id)
     }

@@ -42,7 +42,7 @@ use openssl::ssl::SslAcceptor;
 use sha2::{Digest, Sha256};
 use tessera_format::{ObjectKind, SnapshotId};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::net::{listen_tcp, Keepalive};
 use crate::repo::{read_config, Repository};
 use crate::storage::ObjectKey;
@@ -102,8 +102,9 @@ impl Listener {
 /// Binds `listen` (e.g. `127.0.0.1:0`) with TCP `keepalive` (see [`crate::net`]); with
 /// `tls` (see [`super::tls::server_config`]) it serves HTTPS only.
 pub fn bind(listen: &str, tls: Option<SslAcceptor>, keepalive: Keepalive) -> Result<Listener> {
-    let cannot = |e: &dyn std::fmt::Display| {
-        Error::InvalidArgument(format!("cannot listen on {listen}: {e}"))
+    let cannot = |e: &dyn std::fmt::Display| Error::Listen {
+        address: listen.to_string(),
+        reason: e.to_string(),
     };
     let socket = listen_tcp(listen, keepalive).map_err(|e| cannot(&e))?;
     let addr = socket.local_addr().map_err(|e| cannot(&e))?;
@@ -407,11 +408,16 @@ fn authorized(head: &Head, token: &str) -> bool {
 
 type Reply = std::result::Result<Vec<u8>, (u16, String)>;
 
+/// Who sent a request body, in messages.
+const CLIENT: &str = "the client";
+
+/// The status answering a failed request: the client can retry after 409, fix its request
+/// or data after 404 and 422; 500 is the server's own failure (its message says which).
 fn status_of(e: &Error) -> u16 {
-    match e {
-        Error::Locked { .. } => 409,
-        Error::SnapshotNotFound { .. } | Error::ObjectMissing { .. } => 404,
-        Error::InvalidArgument(_) => 422,
+    match (e, e.kind()) {
+        (_, ErrorKind::Locked) => 409,
+        (Error::SnapshotNotFound { .. } | Error::ObjectMissing { .. }, _) => 404,
+        (Error::UntrustedData { .. }, _) | (_, ErrorKind::Usage | ErrorKind::Refused) => 422,
         _ => 500,
     }
 }
@@ -459,14 +465,14 @@ fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
         }
         ("POST", ["v1", "have", kind]) => {
             let kind = kind_of(kind)?;
-            let digests = decode_digests(body, MAX_HAVE_DIGESTS).map_err(fail)?;
+            let digests = decode_digests(body, MAX_HAVE_DIGESTS, CLIENT).map_err(fail)?;
             let repo = Repository::open(root).map_err(fail)?;
             let have = repo.index().contains_many(kind, &digests).map_err(fail)?;
             Ok(have.into_iter().map(u8::from).collect())
         }
         ("POST", ["v1", "get", kind]) => {
             let kind = kind_of(kind)?;
-            let digests = decode_digests(body, MAX_GET_DIGESTS).map_err(fail)?;
+            let digests = decode_digests(body, MAX_GET_DIGESTS, CLIENT).map_err(fail)?;
             let repo = Repository::open(root).map_err(fail)?;
             let mut out = Vec::new();
             for o in repo.get_objects(kind, &digests).map_err(fail)? {
@@ -477,7 +483,7 @@ fn handle(method: &str, url: &str, body: &[u8], root: &Path) -> Reply {
         }
         ("POST", ["v1", "put", kind]) => {
             let kind = kind_of(kind)?;
-            let records = decode_records(body, kind).map_err(fail)?;
+            let records = decode_records(body, kind, CLIENT).map_err(fail)?;
             let digests: Vec<[u8; 32]> = records.iter().map(|(i, _)| i.digest.0).collect();
             let checked = check_batch("the client", kind, &digests, records).map_err(fail)?;
             let stored = checked.len();

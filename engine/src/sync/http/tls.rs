@@ -31,26 +31,30 @@ fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
         .map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))?
         .len();
     if len > MAX_PEM_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "the {what} {} has {len} bytes, more than the {MAX_PEM_BYTES} a PEM file may have",
-            path.display()
-        )));
+        return Err(Error::Tls {
+            reason: format!(
+                "the {what} {} has {len} bytes, more than the {MAX_PEM_BYTES} a PEM file may have",
+                path.display()
+            ),
+        });
     }
     std::fs::read(path).map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))
 }
 
 fn certificates(path: &Path, pem: &[u8], what: &str) -> Result<Vec<X509>> {
-    let certs = X509::stack_from_pem(pem).map_err(|e| {
-        Error::InvalidArgument(format!(
+    let certs = X509::stack_from_pem(pem).map_err(|e| Error::Tls {
+        reason: format!(
             "the {what} {} is not a PEM certificate: {e}",
             path.display()
-        ))
+        ),
     })?;
     if certs.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "the {what} {} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\")",
-            path.display()
-        )));
+        return Err(Error::Tls {
+            reason: format!(
+                "the {what} {} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\")",
+                path.display()
+            ),
+        });
     }
     Ok(certs)
 }
@@ -61,34 +65,36 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<SslAcceptor> {
     let certificate = read_pem(cert_path, "TLS certificate")?;
     let private_key = read_pem(key_path, "TLS private key")?;
     let certs = certificates(cert_path, &certificate, "TLS certificate")?;
-    let key = PKey::private_key_from_pem(&private_key).map_err(|e| {
-        Error::InvalidArgument(format!(
+    let key = PKey::private_key_from_pem(&private_key).map_err(|e| Error::Tls {
+        reason: format!(
             "the TLS private key {} is not an unencrypted PEM private key: {e}",
             key_path.display()
-        ))
+        ),
     })?;
     let leaf_key = certs
         .first()
         .and_then(|c| c.public_key().ok())
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
+        .ok_or_else(|| Error::Tls {
+            reason: format!(
                 "the first certificate in {} has no usable public key",
                 cert_path.display()
-            ))
+            ),
         })?;
     if !leaf_key.public_eq(&key) {
-        return Err(Error::InvalidArgument(format!(
-            "the TLS private key {} does not belong to the first certificate in {}",
-            key_path.display(),
-            cert_path.display()
-        )));
+        return Err(Error::Tls {
+            reason: format!(
+                "the TLS private key {} does not belong to the first certificate in {}",
+                key_path.display(),
+                cert_path.display()
+            ),
+        });
     }
-    let setup = |e: openssl::error::ErrorStack| {
-        Error::InvalidArgument(format!(
+    let setup = |e: openssl::error::ErrorStack| Error::Tls {
+        reason: format!(
             "setting up TLS with {} and {}: {e}",
             cert_path.display(),
             key_path.display()
-        ))
+        ),
     };
     let mut builder =
         SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(setup)?;
@@ -111,17 +117,17 @@ pub fn client_connector(ca: Option<&Path>) -> Result<Arc<TlsConnector>> {
     if let Some(path) = ca {
         let pem = read_pem(path, "TLS CA file")?;
         for cert in certificates(path, &pem, "TLS CA file")? {
-            let der = cert.to_der().map_err(|e| {
-                Error::InvalidArgument(format!("a certificate in {}: {e}", path.display()))
+            let der = cert.to_der().map_err(|e| Error::Tls {
+                reason: format!("a certificate in {}: {e}", path.display()),
             })?;
-            let cert = Certificate::from_der(&der).map_err(|e| {
-                Error::InvalidArgument(format!("a certificate in {}: {e}", path.display()))
+            let cert = Certificate::from_der(&der).map_err(|e| Error::Tls {
+                reason: format!("a certificate in {}: {e}", path.display()),
             })?;
             builder.add_root_certificate(cert);
         }
     }
-    let connector = builder
-        .build()
-        .map_err(|e| Error::InvalidArgument(format!("setting up TLS: {e}")))?;
+    let connector = builder.build().map_err(|e| Error::Tls {
+        reason: format!("setting up TLS: {e}"),
+    })?;
     Ok(Arc::new(connector))
 }

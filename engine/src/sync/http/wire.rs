@@ -16,36 +16,24 @@ pub const MAX_PUT_BYTES: u64 = 80 << 20;
 /// Largest `get` answer the client accepts, and the largest snapshot file.
 pub const MAX_ANSWER_BYTES: u64 = 80 << 20;
 
-/// `chunk` / `page`.
-pub fn kind_name(kind: ObjectKind) -> &'static str {
-    match kind {
-        ObjectKind::Chunk => "chunk",
-        ObjectKind::Page => "page",
-    }
-}
-
-/// The kind named in a URL.
-pub fn parse_kind(name: &str) -> Option<ObjectKind> {
-    match name {
-        "chunk" => Some(ObjectKind::Chunk),
-        "page" => Some(ObjectKind::Page),
-        _ => None,
-    }
-}
+pub use crate::serde_ids::{kind_name, parse_kind};
 
 /// Concatenated digests.
 pub fn encode_digests(digests: &[[u8; 32]]) -> Vec<u8> {
     digests.concat()
 }
 
-/// Splits a body into digests; its length must be a multiple of 32 and at most `max`
-/// digests.
-pub fn decode_digests(body: &[u8], max: usize) -> Result<Vec<[u8; 32]>> {
+/// Splits a body `from` sent into digests; its length must be a multiple of 32 and at most
+/// `max` digests.
+pub fn decode_digests(body: &[u8], max: usize, from: &str) -> Result<Vec<[u8; 32]>> {
     if !body.len().is_multiple_of(32) || body.len() / 32 > max {
-        return Err(Error::InvalidArgument(format!(
-            "a digest list of {} bytes is not a multiple of 32 or longer than {max} digests",
-            body.len()
-        )));
+        return Err(Error::UntrustedData {
+            from: from.to_string(),
+            reason: format!(
+                "a digest list of {} bytes is not a multiple of 32 or longer than {max} digests",
+                body.len()
+            ),
+        });
     }
     Ok(body
         .chunks_exact(32)
@@ -55,21 +43,23 @@ pub fn decode_digests(body: &[u8], max: usize) -> Result<Vec<[u8; 32]>> {
 
 /// Appends one record (header + stored bytes); refuses a header that would not decode.
 pub fn encode_record(out: &mut Vec<u8>, object: &StoredObject) -> Result<()> {
-    let header =
-        encode_record_header(&object.0).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let header = encode_record_header(&object.0)
+        .map_err(|e| Error::Internal(format!("record header: {e}")))?;
     out.extend_from_slice(&header);
     out.extend_from_slice(&object.1);
     Ok(())
 }
 
-/// Splits a record stream; every header is checked (magic, CRC, bounded lengths) and must
-/// name `kind`. The stored bytes are not checked here (see [`crate::sync::checked`]).
-pub fn decode_records(mut body: &[u8], kind: ObjectKind) -> Result<Vec<StoredObject>> {
+/// Splits a record stream `from` sent; every header is checked (magic, CRC, bounded
+/// lengths) and must name `kind`. The stored bytes are not checked here (see
+/// [`crate::sync::checked`]).
+pub fn decode_records(mut body: &[u8], kind: ObjectKind, from: &str) -> Result<Vec<StoredObject>> {
     let mut out = Vec::new();
     let mut offset = 0usize;
     while !body.is_empty() {
-        let bad = |reason: String| {
-            Error::InvalidArgument(format!("record at offset {offset} of the stream: {reason}"))
+        let bad = |reason: String| Error::UntrustedData {
+            from: from.to_string(),
+            reason: format!("malformed record stream: record at offset {offset}: {reason}"),
         };
         let header = body.get(..RECORD_HEADER_LEN).ok_or_else(|| {
             bad(format!(

@@ -1,0 +1,134 @@
+//! What `tessera repair --from OTHER --from-source DISK=PATH --quarantine` was asked for,
+//! checked in two steps: [`RepairRequest::validate`] before the repository is opened (the
+//! arguments alone), [`RepairRequest::run`] against the open repository (the disks named
+//! must exist) and then the repair itself. Every refusal comes before anything changes.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+use super::{is_repository, repair, RepairReport, RepairSources};
+
+/// `--from-source DISK=PATH`: a source image of a disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceImage {
+    /// The disk's name in the snapshots.
+    pub disk: String,
+    /// The image.
+    pub path: PathBuf,
+}
+
+impl FromStr for SourceImage {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once('=') {
+            Some((disk, path)) if !disk.is_empty() && !path.is_empty() => Ok(Self {
+                disk: disk.to_string(),
+                path: PathBuf::from(path),
+            }),
+            _ => Err(Error::Usage(format!(
+                "--from-source {s:?}: expected DISK=PATH"
+            ))),
+        }
+    }
+}
+
+/// Where a repair may take copies from.
+#[derive(Debug, Clone, Default)]
+pub struct RepairRequest {
+    /// Another repository.
+    pub from: Option<PathBuf>,
+    /// Source images.
+    pub images: Vec<SourceImage>,
+}
+
+impl RepairRequest {
+    /// Checks the arguments before the repository at `repo_root` is opened: no disk given
+    /// twice, and `from` is a repository other than this one.
+    pub fn validate(&self, repo_root: &Path) -> Result<()> {
+        let mut disks = BTreeSet::new();
+        for image in &self.images {
+            if !disks.insert(&image.disk) {
+                return Err(Error::Usage(format!(
+                    "--from-source: disk {:?} given twice",
+                    image.disk
+                )));
+            }
+        }
+        if let Some(other) = &self.from {
+            if !is_repository(other) {
+                return Err(Error::NotARepository {
+                    location: other.display().to_string(),
+                });
+            }
+            if same_dir(other, repo_root) {
+                return Err(Error::Usage(
+                    "--from names the repository being repaired".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Repairs `repo` (open as the writer) from these copies. Every disk named must be a
+    /// disk of some snapshot (a usage error otherwise).
+    pub fn run(&self, repo: &Repository, progress: &dyn Progress) -> Result<RepairReport> {
+        self.validate(&repo.storage().local_dir)?;
+        let mut disks = BTreeSet::new();
+        for (_, header) in repo.index().snapshots()? {
+            disks.extend(header.disks.into_iter().map(|d| d.name));
+        }
+        if let Some(unknown) = self.images.iter().find(|i| !disks.contains(&i.disk)) {
+            return Err(Error::Usage(format!(
+                "--from-source: no snapshot has a disk named {:?} (disks: {})",
+                unknown.disk,
+                disks.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let other = self.from.as_deref().map(Repository::open).transpose()?;
+        let sources = RepairSources {
+            other: other.as_ref(),
+            images: self
+                .images
+                .iter()
+                .map(|i| (i.disk.clone(), i.path.clone()))
+                .collect(),
+        };
+        repair(repo, &sources, progress)
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_images_parse_and_duplicates_are_refused() {
+        let a: SourceImage = "a=/x/y".parse().unwrap();
+        assert_eq!(
+            (a.disk.as_str(), a.path.as_path()),
+            ("a", Path::new("/x/y"))
+        );
+        for bad in ["a", "=x", "a=", ""] {
+            assert!(bad.parse::<SourceImage>().is_err(), "{bad}");
+        }
+        let twice = RepairRequest {
+            from: None,
+            images: vec![a.clone(), a],
+        };
+        let err = twice.validate(Path::new("/nonexistent")).unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
+    }
+}

@@ -1,0 +1,90 @@
+//! The two sides of `tessera sync SRC DST` (SPEC.md §22.1): each a local repository (a
+//! directory) or a server (`http://HOST:PORT`, `https://HOST:PORT`). [`sync_between`] opens
+//! them — the source as a reader, a local destination as the writer — and runs the one
+//! transfer path. A remote side needs the bearer token of a token file ([`read_token`]);
+//! extra trusted roots (`--tls-ca`) apply only to `https://` sides.
+
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+use super::http::client::Remote;
+use super::source::ObjectSource;
+use super::transfer::transfer;
+use super::{Selection, SyncOptions, SyncReport};
+
+/// Whether `location` names a server rather than a directory.
+pub fn is_remote(location: &str) -> bool {
+    location.starts_with("http://") || location.starts_with("https://")
+}
+
+fn is_https(location: &str) -> bool {
+    location.starts_with("https://")
+}
+
+/// How to reach the remote side(s).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RemoteAccess<'a> {
+    /// The file holding the bearer token (needed when a side is remote).
+    pub token_file: Option<&'a Path>,
+    /// PEM roots to trust for `https://` sides, besides the system's.
+    pub tls_ca: Option<&'a Path>,
+}
+
+/// The bearer token in `path` (surrounding whitespace removed; must not be empty).
+pub fn read_token(path: &Path) -> Result<String> {
+    let token = std::fs::read_to_string(path)
+        .ctx(|| format!("reading the token file {}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Error::Usage(format!(
+            "the token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+/// Syncs the selected snapshots of `src` into `dst` (see the module docs). Refused before
+/// anything is opened: `--tls-ca` without an `https://` side, a remote side without a
+/// token file.
+pub fn sync_between(
+    src: &str,
+    dst: &str,
+    access: RemoteAccess<'_>,
+    selection: &Selection,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<SyncReport> {
+    if access.tls_ca.is_some() && !is_https(src) && !is_https(dst) {
+        return Err(Error::Usage(
+            "--tls-ca applies only to an https:// side".into(),
+        ));
+    }
+    let token = if is_remote(src) || is_remote(dst) {
+        let path = access
+            .token_file
+            .ok_or_else(|| Error::Usage("a remote side needs --token-file FILE".into()))?;
+        read_token(path)?
+    } else {
+        String::new()
+    };
+    let remote = |url: &str| Remote::new(url, &token, access.tls_ca.filter(|_| is_https(url)));
+    let local_src;
+    let remote_src;
+    let source: &dyn ObjectSource = if is_remote(src) {
+        remote_src = remote(src)?;
+        &remote_src
+    } else {
+        local_src = Repository::open(Path::new(src))?;
+        &local_src
+    };
+    if is_remote(dst) {
+        transfer(source, &mut remote(dst)?, selection, opts, progress)
+    } else {
+        let dst = Repository::open_writer(Path::new(dst))?;
+        super::sync(source, &dst, selection, opts, progress)
+    }
+}
