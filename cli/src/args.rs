@@ -68,10 +68,10 @@ pub struct NbdTlsArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct NbdLimitArgs {
     /// Most clients served at once.
-    #[arg(long, value_name = "N", default_value_t = tessera_engine::nbd::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..=65_536).map(|n| n as usize))]
+    #[arg(long, value_name = "N", default_value_t = tessera_engine::nbd::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub max_connections: usize,
     /// Most clients served at once from one IP address (IPv6: one /64).
-    #[arg(long, value_name = "N", default_value_t = tessera_engine::nbd::DEFAULT_MAX_PER_PEER, value_parser = clap::value_parser!(u64).range(1..=65_536).map(|n| n as usize))]
+    #[arg(long, value_name = "N", default_value_t = tessera_engine::nbd::DEFAULT_MAX_PER_PEER, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub max_per_peer: usize,
     /// Seconds a client has from connecting to choosing its export (TLS included).
     #[arg(long, value_name = "SECS", default_value_t = tessera_engine::nbd::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -132,6 +132,10 @@ pub struct DeltaArgs {
     /// parents (VHD) that images name may be opened (repeatable).
     #[arg(long = "allow-backing-dir", value_name = "DIR")]
     pub allow_backing_dirs: Vec<std::path::PathBuf>,
+    /// PEM CA certificates trusted, besides the system's roots, for the certificates of
+    /// nbds:// servers.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// tessera: deduplicating, content-addressed backups of disk images.

@@ -9,6 +9,7 @@
 //!   snapshot with a corrupted chunk.
 //! - [`kill::KillLoop`] kills writers inside their operation and proves it did.
 //! - [`remote::Transport`] runs `serve`/`sync` scenarios over `http://` or `https://`.
+//! - [`pki::Pki`] makes a CA with server and client certificates for qemu and libnbd.
 //! - [`qemu`], [`libvhdi`] and [`vhd_build`] are the independent image tools.
 //!
 //! Every tool the tests use is installed by `scripts/ensure-deps.sh`; a test never skips
@@ -57,6 +58,7 @@ pub use serde_json::Value;
 
 pub mod kill;
 pub mod libvhdi;
+pub mod pki;
 pub mod qemu;
 pub mod remote;
 pub mod vhd_build;

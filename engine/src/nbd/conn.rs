@@ -185,11 +185,6 @@ impl<S: Socket> Conn<S> {
         !self.r.buffer().is_empty()
     }
 
-    /// Whether the connection runs over TLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self.r.get_ref(), Link::Tls(_))
-    }
-
     /// Upgrades a plain connection to TLS, the server side of the TLS handshake bounded
     /// by the current deadlines. Anything buffered (written but not flushed) is sent
     /// first. `InvalidData` if the client sent bytes after its STARTTLS before the

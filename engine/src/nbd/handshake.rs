@@ -33,9 +33,8 @@ use crate::formats::nbd::{
     BASE_ALLOCATION, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
     IHAVEOPT, INFO_BLOCK_SIZE, INFO_EXPORT, INFO_NAME, MAX_REQUEST, NBDMAGIC, OPT_ABORT,
     OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT,
-    OPT_STARTTLS, OPT_STRUCTURED_REPLY, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY,
-    REP_ERR_TLS_REQD, REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO,
-    REP_META_CONTEXT, REP_SERVER,
+    OPT_STARTTLS, OPT_STRUCTURED_REPLY, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_TLS_REQD,
+    REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER,
 };
 
 /// What the haggling settled on.
@@ -152,7 +151,11 @@ pub fn handshake<S: Socket>(
     let mut session = Session {
         exports,
         no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
-        tls: if tls.is_some() { Tls::Required } else { Tls::Off },
+        tls: if tls.is_some() {
+            Tls::Required
+        } else {
+            Tls::Off
+        },
         structured: false,
         meta_for: None,
     };
