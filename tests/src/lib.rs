@@ -10,6 +10,7 @@
 //! - [`kill::KillLoop`] kills writers inside their operation and proves it did.
 //! - [`remote::Transport`] runs `serve`/`sync` scenarios over `http://` or `https://`.
 //! - [`pki::Pki`] makes a CA with server and client certificates for qemu and libnbd.
+//! - [`serve_nbd::NbdServer`] runs `serve-nbd`; [`serve_nbd::raw`] is a hand-written client.
 //! - [`qemu`], [`libvhdi`] and [`vhd_build`] are the independent image tools.
 //!
 //! Every tool the tests use is installed by `scripts/ensure-deps.sh`; a test never skips
@@ -61,6 +62,7 @@ pub mod libvhdi;
 pub mod pki;
 pub mod qemu;
 pub mod remote;
+pub mod serve_nbd;
 pub mod vhd_build;
 
 // ---------------------------------------------------------------------------------------

@@ -72,7 +72,11 @@ pub fn run(
                 .as_deref()
                 .or(r.socket.as_deref())
                 .unwrap_or_default(),
-            if r.tls { " with TLS" } else { "" },
+            match (r.tls, r.client_certificates) {
+                (true, true) => " with TLS and client certificates",
+                (true, false) => " with TLS",
+                _ => "",
+            },
             names.join(", "),
             r.uris.join(" ")
         );

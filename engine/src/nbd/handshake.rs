@@ -148,6 +148,11 @@ pub fn handshake<S: Socket>(
     let Some(client_flags) = greet(&mut c)? else {
         return Ok(None);
     };
+    // proto.md: TLS needs fixed newstyle; a server that requires it cannot serve a client
+    // without it (that client could not even be told why).
+    if tls.is_some() && client_flags & FLAG_C_FIXED_NEWSTYLE == 0 {
+        return Ok(None);
+    }
     let mut session = Session {
         exports,
         no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,

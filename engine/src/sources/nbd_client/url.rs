@@ -141,9 +141,10 @@ impl NbdUrl {
                 }
                 "tls-certificates" => &mut tls_certificates,
                 "tls-hostname" => &mut tls_hostname,
-                _ => return Err(bad(
-                    url,
-                    format!(
+                _ => {
+                    return Err(bad(
+                        url,
+                        format!(
                         "unknown query parameter {key:?} (known: {}bitmap, track, connections{})",
                         if unix { "socket, " } else { "" },
                         if tls {
@@ -152,7 +153,8 @@ impl NbdUrl {
                             ""
                         }
                     ),
-                )),
+                    ))
+                }
             };
             if slot.replace(value).is_some() {
                 return Err(bad(url, format!("query parameter {key:?} is given twice")));
