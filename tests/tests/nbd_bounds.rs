@@ -116,14 +116,14 @@ fn a_full_server_refuses_with_a_reason_makes_room_from_stalled_handshakes_and_se
     request(&mut a, REQUEST_MAGIC, 2, 3, 0, 0);
     assert_closed(&mut a);
     let mut last = None;
-    let served = wait_until(Duration::from_secs(10), || {
+    let got_in = wait_until(Duration::from_secs(10), || {
         let copy = qemu_img_copy(&server.uri("disk0"), &out);
         let ok = copy.status.success();
         last = Some(copy);
         ok
     });
     assert!(
-        served,
+        got_in,
         "no client served after a slot freed: {}",
         text(&last.unwrap())
     );

@@ -20,6 +20,7 @@ use crate::args::{NbdLimitArgs, NbdTlsArgs};
 use crate::output::print_ok;
 
 /// Where to listen: `socket` if given, else `tcp` with `keepalive`.
+#[derive(Clone, Copy)]
 pub struct Listen<'a> {
     pub tcp: &'a str,
     pub socket: Option<&'a Path>,

@@ -241,8 +241,8 @@ mod tests {
         }
     }
 
-    fn ip(last: u8) -> Option<IpAddr> {
-        Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)))
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
     }
 
     /// A close hook that records that it ran.
@@ -260,7 +260,7 @@ mod tests {
         assert_eq!(peer_key(a), peer_key(b));
         assert_ne!(peer_key(a), peer_key(c));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(peer_key(mapped), ip(1).unwrap());
+        assert_eq!(peer_key(mapped), ip(1));
     }
 
     #[test]
@@ -268,24 +268,24 @@ mod tests {
         let adm = Arc::new(Admission::new(&limits(10, 2)));
         let (h1, c1) = hook();
         let (h2, c2) = hook();
-        let t1 = adm.admit(ip(1), h1).unwrap();
-        let _t2 = adm.admit(ip(1), h2).unwrap();
+        let t1 = adm.admit(Some(ip(1)), h1).unwrap();
+        let t2 = adm.admit(Some(ip(1)), h2).unwrap();
         // Another peer is not affected by peer 1's limit.
-        let _other = adm.admit(ip(2), hook().0).unwrap();
+        let _other = adm.admit(Some(ip(2)), hook().0).unwrap();
         // Peer 1's third connection closes its oldest handshake.
         let (h3, c3) = hook();
-        let t3 = adm.admit(ip(1), h3).unwrap();
+        let t3 = adm.admit(Some(ip(1)), h3).unwrap();
         assert!(c1.load(Ordering::SeqCst) && !c2.load(Ordering::SeqCst));
         drop(t1); // its thread ends later: nothing changes
         assert_eq!(adm.count(), 3);
         // With both of peer 1's connections in transmission, a third is refused.
-        _t2.in_transmission();
+        t2.in_transmission();
         t3.in_transmission();
-        let refused = adm.admit(ip(1), hook().0).map(drop).unwrap_err();
+        let refused = adm.admit(Some(ip(1)), hook().0).map(drop).unwrap_err();
         assert!(refused.0.contains("--max-per-peer"), "{refused:?}");
         assert!(!c2.load(Ordering::SeqCst) && !c3.load(Ordering::SeqCst));
         drop(t3);
-        assert!(adm.admit(ip(1), hook().0).is_ok());
+        assert!(adm.admit(Some(ip(1)), hook().0).is_ok());
     }
 
     #[test]
@@ -293,18 +293,18 @@ mod tests {
         let adm = Arc::new(Admission::new(&limits(3, 3)));
         let (h1, c1) = hook();
         let (h2, c2) = hook();
-        let _t1 = adm.admit(ip(1), h1).unwrap();
-        let _t2 = adm.admit(ip(2), h2).unwrap();
-        let t3 = adm.admit(ip(3), hook().0).unwrap();
+        let _t1 = adm.admit(Some(ip(1)), h1).unwrap();
+        let _t2 = adm.admit(Some(ip(2)), h2).unwrap();
+        let t3 = adm.admit(Some(ip(3)), hook().0).unwrap();
         // Peer 2 reconnects: its own handshake goes, not peer 1's older one.
-        let _t4 = adm.admit(ip(2), hook().0).unwrap();
+        let t4 = adm.admit(Some(ip(2)), hook().0).unwrap();
         assert!(c2.load(Ordering::SeqCst) && !c1.load(Ordering::SeqCst));
         // A new peer takes the oldest handshake of all.
-        let _t5 = adm.admit(ip(4), hook().0).unwrap();
+        let t5 = adm.admit(Some(ip(4)), hook().0).unwrap();
         assert!(c1.load(Ordering::SeqCst));
         assert_eq!(adm.count(), 3);
         // All in transmission: refused, naming the limit.
-        for t in [&t3, &_t4, &_t5] {
+        for t in [&t3, &t4, &t5] {
             t.in_transmission();
         }
         let refused = adm.admit(None, hook().0).map(drop).unwrap_err();

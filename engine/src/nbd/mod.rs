@@ -98,6 +98,7 @@ impl Server {
     }
 
     /// The same server requiring TLS with `acceptor` on every connection.
+    #[must_use]
     pub fn with_tls(mut self, acceptor: SslAcceptor) -> Self {
         self.tls = Some(acceptor);
         self

@@ -90,6 +90,71 @@ fn percent_decode(url: &str, what: &str, s: &str) -> Result<String> {
     String::from_utf8(out).map_err(|_| bad(url, format!("the {what} is not UTF-8 once decoded")))
 }
 
+/// The query parameters of a URL, percent-decoded, each at most once.
+#[derive(Default)]
+struct Query {
+    socket: Option<String>,
+    bitmap: Option<String>,
+    track: Option<String>,
+    connections: Option<String>,
+    tls_certificates: Option<String>,
+    tls_hostname: Option<String>,
+}
+
+impl Query {
+    /// Parses `query` (of `url`, with a Unix socket or TLS as the scheme says); refuses
+    /// unknown, repeated and empty parameters, and TLS parameters on a plain URL.
+    fn parse(url: &str, query: &str, unix: bool, tls: bool) -> Result<Self> {
+        let mut q = Self::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(url, format!("query parameter {pair:?} has no value")))?;
+            let value = percent_decode(url, key, value)?;
+            let slot = match key {
+                "socket" if unix => &mut q.socket,
+                "bitmap" => &mut q.bitmap,
+                "track" => &mut q.track,
+                "connections" => &mut q.connections,
+                "tls-certificates" | "tls-hostname" if !tls => {
+                    return Err(bad(
+                        url,
+                        format!("{key}= applies to TLS only: use nbds:// or nbds+unix://"),
+                    ))
+                }
+                "tls-certificates" => &mut q.tls_certificates,
+                "tls-hostname" => &mut q.tls_hostname,
+                _ => {
+                    let socket = if unix { "socket, " } else { "" };
+                    let tls = if tls {
+                        ", tls-certificates, tls-hostname"
+                    } else {
+                        ""
+                    };
+                    return Err(bad(
+                        url,
+                        format!(
+                            "unknown query parameter {key:?} (known: {socket}bitmap, track, connections{tls})"
+                        ),
+                    ));
+                }
+            };
+            if value.is_empty() {
+                let what = if matches!(key, "bitmap" | "track") {
+                    "a bitmap name"
+                } else {
+                    "a value"
+                };
+                return Err(bad(url, format!("{key}= needs {what}")));
+            }
+            if slot.replace(value).is_some() {
+                return Err(bad(url, format!("query parameter {key:?} is given twice")));
+            }
+        }
+        Ok(q)
+    }
+}
+
 impl NbdUrl {
     /// Parses `url`.
     pub fn parse(url: &str) -> Result<Self> {
@@ -117,63 +182,8 @@ impl NbdUrl {
         if export.len() > 4096 {
             return Err(bad(url, "export names are at most 4096 bytes"));
         }
-        let mut socket = None;
-        let mut bitmap = None;
-        let mut track = None;
-        let mut connections = None;
-        let mut tls_certificates = None;
-        let mut tls_hostname = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| bad(url, format!("query parameter {pair:?} has no value")))?;
-            let value = percent_decode(url, key, value)?;
-            let slot = match key {
-                "socket" if unix => &mut socket,
-                "bitmap" => &mut bitmap,
-                "track" => &mut track,
-                "connections" => &mut connections,
-                "tls-certificates" | "tls-hostname" if !tls => {
-                    return Err(bad(
-                        url,
-                        format!("{key}= applies to TLS only: use nbds:// or nbds+unix://"),
-                    ))
-                }
-                "tls-certificates" => &mut tls_certificates,
-                "tls-hostname" => &mut tls_hostname,
-                _ => {
-                    return Err(bad(
-                        url,
-                        format!(
-                        "unknown query parameter {key:?} (known: {}bitmap, track, connections{})",
-                        if unix { "socket, " } else { "" },
-                        if tls {
-                            ", tls-certificates, tls-hostname"
-                        } else {
-                            ""
-                        }
-                    ),
-                    ))
-                }
-            };
-            if slot.replace(value).is_some() {
-                return Err(bad(url, format!("query parameter {key:?} is given twice")));
-            }
-        }
-        for (key, name) in [("bitmap", &bitmap), ("track", &track)] {
-            if name.as_deref().is_some_and(str::is_empty) {
-                return Err(bad(url, format!("{key}= needs a bitmap name")));
-            }
-        }
-        for (key, value) in [
-            ("tls-certificates", &tls_certificates),
-            ("tls-hostname", &tls_hostname),
-        ] {
-            if value.as_deref().is_some_and(str::is_empty) {
-                return Err(bad(url, format!("{key}= needs a value")));
-            }
-        }
-        let connections = match connections {
+        let q = Query::parse(url, query, unix, tls)?;
+        let connections = match q.connections {
             None => DEFAULT_CONNECTIONS,
             Some(n) => n
                 .parse::<usize>()
@@ -193,7 +203,9 @@ impl NbdUrl {
                     "nbd+unix:// URLs have an empty host: nbd+unix:///EXPORT?socket=PATH",
                 ));
             }
-            let socket = socket.ok_or_else(|| bad(url, "nbd+unix:// needs ?socket=PATH"))?;
+            let socket = q
+                .socket
+                .ok_or_else(|| bad(url, "nbd+unix:// needs ?socket=PATH"))?;
             Endpoint::Unix(PathBuf::from(socket))
         } else {
             parse_authority(url, authority)?
@@ -201,12 +213,12 @@ impl NbdUrl {
         Ok(Self {
             endpoint,
             export,
-            bitmap,
-            track,
+            bitmap: q.bitmap,
+            track: q.track,
             connections,
             tls,
-            tls_certificates: tls_certificates.map(PathBuf::from),
-            tls_hostname,
+            tls_certificates: q.tls_certificates.map(PathBuf::from),
+            tls_hostname: q.tls_hostname,
         })
     }
 
