@@ -290,6 +290,22 @@ mod tests {
         feeder.join().unwrap();
     }
 
+    /// A peer that never reads cannot hold a writer past its deadline: a reply larger
+    /// than the socket buffers fails with `TimedOut` once the write deadline passes.
+    #[test]
+    fn a_peer_that_never_reads_cannot_stretch_a_write_deadline() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let start = Instant::now();
+        let mut c = Conn::new(ours, start + Duration::from_secs(60));
+        c.write_within(Duration::from_millis(300));
+        let reply = vec![0x5a_u8; 16 << 20];
+        let err = c.write_all(&reply).and_then(|()| c.flush()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        drop(theirs);
+    }
+
     /// Small writes are gathered until flush; large ones pass through in order.
     #[test]
     fn writes_are_gathered_and_keep_their_order() {
