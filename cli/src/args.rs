@@ -50,13 +50,13 @@ impl KeepaliveArg {
 #[derive(Debug, Clone, clap::Args)]
 pub struct NbdTlsArgs {
     /// Require TLS, with this PEM certificate (chain, leaf first); needs --tls-key.
-    #[arg(long, requires = "tls_key")]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert (unencrypted).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Require client certificates signed by a CA in this PEM file.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
     /// Serve plain NBD on an address that is not loopback (the disks cross the network in
     /// clear: only for a trusted network).
