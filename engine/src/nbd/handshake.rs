@@ -138,7 +138,11 @@ pub fn read_option<C: Read + Write>(
 
 /// Runs the handshake on `c` (upgrading it to TLS when `tls` is given and the client asks;
 /// a server with `tls` refuses everything else first). `Ok(None)` means the connection is
-/// to be closed (ABORT, EOF, a bound reached, a protocol error).
+/// to be closed (ABORT, EOF, a bound reached, a protocol error). On success the answer
+/// that chose the export is still buffered in the returned connection: the caller first
+/// counts the connection as in transmission (so it can no longer be closed to make room
+/// for another, see `admission.rs`), then flushes it; a client that has read its answer is
+/// therefore never evicted.
 pub fn handshake<S: Socket>(
     mut c: Conn<S>,
     exports: &[Arc<Export>],
@@ -186,10 +190,8 @@ pub fn handshake<S: Socket>(
                 c.flush()?;
                 return Ok(None);
             }
-            Step::Done(Some(negotiated)) => {
-                c.flush()?;
-                return Ok(Some((c, negotiated)));
-            }
+            // The answer that ends the handshake stays buffered: see `handshake`.
+            Step::Done(Some(negotiated)) => return Ok(Some((c, negotiated))),
             Step::StartTls => {
                 let Some(acceptor) = tls else {
                     return Ok(None);

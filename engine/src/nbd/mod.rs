@@ -152,6 +152,7 @@ impl Server {
         let Some((mut c, n)) = handshake::handshake(c, &self.exports, &self.limits, tls)? else {
             return Ok(());
         };
+        // Before the answer that chose the export leaves (the serving loop flushes it).
         ticket.in_transmission();
         let served = transmission::serve(&mut c, &n, self.limits.idle_timeout, &self.budget);
         c.close(REFUSAL_TIME);
