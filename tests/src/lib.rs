@@ -9,6 +9,8 @@
 //!   snapshot with a corrupted chunk.
 //! - [`kill::KillLoop`] kills writers inside their operation and proves it did.
 //! - [`remote::Transport`] runs `serve`/`sync` scenarios over `http://` or `https://`.
+//! - [`pki::Pki`] makes a CA with server and client certificates for qemu and libnbd.
+//! - [`serve_nbd::NbdServer`] runs `serve-nbd`; [`serve_nbd::raw`] is a hand-written client.
 //! - [`qemu`], [`libvhdi`] and [`vhd_build`] are the independent image tools.
 //!
 //! Every tool the tests use is installed by `scripts/ensure-deps.sh`; a test never skips
@@ -57,8 +59,10 @@ pub use serde_json::Value;
 
 pub mod kill;
 pub mod libvhdi;
+pub mod pki;
 pub mod qemu;
 pub mod remote;
+pub mod serve_nbd;
 pub mod vhd_build;
 
 // ---------------------------------------------------------------------------------------

@@ -80,13 +80,19 @@ pub fn run(cli: Cli) -> Result<i32> {
             socket,
             cache_mib,
             keepalive,
+            tls,
+            limits,
         } => serve_nbd::run(
             &repo,
             &snapshot,
-            &listen,
-            socket.as_deref(),
+            serve_nbd::Listen {
+                tcp: &listen,
+                socket: socket.as_deref(),
+                keepalive: keepalive.get(),
+            },
             cache_mib,
-            keepalive.get(),
+            &tls,
+            &limits,
             json,
         ),
         Command::Export {
