@@ -17,7 +17,7 @@ use tessera_engine::Repository;
 
 use super::restore::split_spec;
 use crate::args::{NbdLimitArgs, NbdTlsArgs};
-use crate::output::print_ok;
+use crate::doc::print_ok;
 
 /// Where to listen: `socket` if given, else `tcp` with `keepalive`.
 #[derive(Clone, Copy)]
