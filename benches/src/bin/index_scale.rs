@@ -110,45 +110,78 @@ fn main() -> anyhow::Result<()> {
     let locate_rate = lookups as f64 / t.elapsed().as_secs_f64();
     drop(index);
 
-    let bytes = dir_size(&path)?;
-    let rss_kib = peak_rss_kib();
-    let per_entry = bytes as f64 / entries as f64;
-    if json {
+    let report = Report {
+        entries,
+        fill_s,
+        index_bytes: dir_size(&path)?,
+        reopen_s,
+        absent_rate,
+        present_rate,
+        locate_rate,
+        peak_rss_kib: peak_rss_kib(),
+    };
+    report.print(json);
+    Ok(())
+}
+
+/// What one run measured.
+struct Report {
+    entries: u64,
+    fill_s: f64,
+    index_bytes: u64,
+    reopen_s: f64,
+    absent_rate: f64,
+    present_rate: f64,
+    locate_rate: f64,
+    peak_rss_kib: u64,
+}
+
+impl Report {
+    fn print(&self, json: bool) {
+        let per_entry = self.index_bytes as f64 / self.entries as f64;
+        let fill_rate = self.entries as f64 / self.fill_s;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "entries": self.entries,
+                    "fill_s": self.fill_s,
+                    "fill_per_s": fill_rate,
+                    "index_bytes": self.index_bytes,
+                    "bytes_per_entry": per_entry,
+                    "reopen_s": self.reopen_s,
+                    "absent_lookups_per_s": self.absent_rate,
+                    "present_lookups_per_s": self.present_rate,
+                    "locate_per_s": self.locate_rate,
+                    "peak_rss_kib": self.peak_rss_kib,
+                })
+            );
+            return;
+        }
         println!(
-            "{}",
-            serde_json::json!({
-                "entries": entries,
-                "fill_s": fill_s,
-                "fill_per_s": entries as f64 / fill_s,
-                "index_bytes": bytes,
-                "bytes_per_entry": per_entry,
-                "reopen_s": reopen_s,
-                "absent_lookups_per_s": absent_rate,
-                "present_lookups_per_s": present_rate,
-                "locate_per_s": locate_rate,
-                "peak_rss_kib": rss_kib,
-            })
+            "index scale: {} chunk entries (pseudo-random digests)",
+            self.entries
         );
-    } else {
-        println!("index scale: {entries} chunk entries (pseudo-random digests)");
         println!(
-            "  fill            {fill_s:>10.1} s  ({:.0} entries/s, a commit per {PER_COMMIT})",
-            entries as f64 / fill_s
+            "  fill            {:>10.1} s  ({fill_rate:.0} entries/s, a commit per {PER_COMMIT})",
+            self.fill_s
         );
         println!(
             "  size on disk    {:>10.1} MiB ({per_entry:.1} bytes/entry)",
-            bytes as f64 / f64::from(1 << 20)
+            self.index_bytes as f64 / f64::from(1 << 20)
         );
-        println!("  reopen          {reopen_s:>10.2} s");
-        println!("  absent lookups  {absent_rate:>10.0} /s (batches of {LOOKUP_BATCH})");
-        println!("  present lookups {present_rate:>10.0} /s");
-        println!("  locations       {locate_rate:>10.0} /s");
+        println!("  reopen          {:>10.2} s", self.reopen_s);
+        println!(
+            "  absent lookups  {:>10.0} /s (batches of {LOOKUP_BATCH})",
+            self.absent_rate
+        );
+        println!("  present lookups {:>10.0} /s", self.present_rate);
+        println!("  locations       {:>10.0} /s", self.locate_rate);
         println!(
             "  peak RSS        {:>10.1} MiB",
-            rss_kib as f64 / 1024.0
+            self.peak_rss_kib as f64 / 1024.0
         );
     }
-    Ok(())
 }
 
 /// The `i`-th pseudo-random digest (SHA-256 of `i`, as content digests are).
