@@ -357,6 +357,24 @@ pub enum Error {
         /// Offset of the first block that differs (or the size, when sizes differ).
         offset: u64,
     },
+    /// Compaction refused: stored snapshot files are not catalogued (they name objects the
+    /// repository lacks or cannot read now), so the objects they do find are at count 0 and
+    /// compaction would reclaim them.
+    #[error(
+        "{count} stored snapshot file(s) are not catalogued ({first}{more}): they name objects \
+         this repository lacks or cannot read now, and compaction would reclaim the objects \
+         they still have; bring the missing packs back, or fetch the objects with `tessera \
+         repair REPO --from OTHER`, or move the files to quarantine with `tessera repair REPO \
+         --quarantine`"
+    )]
+    UncataloguedSnapshots {
+        /// How many.
+        count: usize,
+        /// The first one's id.
+        first: String,
+        /// ", ..." when there are more.
+        more: &'static str,
+    },
     /// A snapshot to publish or catalogue names objects the repository lacks or cannot read.
     #[error("the snapshot refers to objects this repository lacks or cannot read: {reason}")]
     SnapshotIncomplete {
@@ -493,6 +511,7 @@ impl Error {
             | Self::PackCorrupt { .. }
             | Self::SnapshotCorrupt { .. }
             | Self::SnapshotIncomplete { .. }
+            | Self::UncataloguedSnapshots { .. }
             | Self::ChunkLength { .. }
             | Self::UntrustedData { .. } => ErrorKind::Damage,
             Self::ReferenceBlockUnreadable { source, .. } => source.kind(),
