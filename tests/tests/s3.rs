@@ -241,6 +241,7 @@ fn a_repository_lives_its_whole_life_on_s3() {
         &RepairSources {
             other: None,
             images: vec![("d0".into(), img.clone())],
+            quarantine_snapshots: false,
         },
         &NoProgress,
     )

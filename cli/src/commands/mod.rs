@@ -9,6 +9,7 @@ mod restore;
 mod retention;
 mod serve_nbd;
 mod sync;
+mod token;
 mod verify;
 
 use anyhow::Result;
@@ -91,13 +92,19 @@ pub fn run(cli: Cli) -> Result<i32> {
             socket,
             cache_mib,
             keepalive,
+            tls,
+            limits,
         } => serve_nbd::run(
             &at(&repo)?,
             &snapshot,
-            &listen,
-            socket.as_deref(),
+            serve_nbd::Listen {
+                tcp: &listen,
+                socket: socket.as_deref(),
+                keepalive: keepalive.get(),
+            },
             cache_mib,
-            keepalive.get(),
+            &tls,
+            &limits,
             json,
         ),
         Command::Export {
@@ -147,6 +154,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Sync(args) => sync::sync(&args, &options, json, &bars),
         Command::Seed(cmd) => sync::seed(&cmd, &at, json, &bars),
         Command::Serve(args) => sync::serve(&at(&args.repo)?, &args, json),
+        Command::Token(cmd) => token::run(&cmd, json),
         Command::Compact {
             repo,
             max_unused,
@@ -161,9 +169,7 @@ pub fn run(cli: Cli) -> Result<i32> {
 /// repository's index cache up to date did.
 pub fn open_writer(repo: &RepoLocation) -> tessera_engine::Result<Repository> {
     let repository = repo.open_writer()?;
-    if let Some(note) = repository.recovery.summary() {
-        eprintln!("note: {note}");
-    }
+    note_recovery(&repository.recovery);
     Ok(repository)
 }
 
@@ -171,8 +177,14 @@ pub fn open_writer(repo: &RepoLocation) -> tessera_engine::Result<Repository> {
 /// repository's index cache up to date did.
 pub fn open_reader(repo: &RepoLocation) -> tessera_engine::Result<Repository> {
     let repository = repo.open()?;
-    if let Some(note) = repository.recovery.summary() {
+    note_recovery(&repository.recovery);
+    Ok(repository)
+}
+
+/// Tells the operator (on stderr, also with `--json`) what a writer's recovery finished or
+/// undid, if anything: for commands whose engine call opens the writer itself.
+pub fn note_recovery(recovery: &tessera_engine::recovery::Recovery) {
+    if let Some(note) = recovery.summary() {
         eprintln!("note: {note}");
     }
-    Ok(repository)
 }

@@ -4,8 +4,11 @@ use anyhow::Result;
 use tessera_engine::location::{LocationOptions, RepoLocation};
 use tessera_engine::sync::bwlimit::parse_rate;
 use tessera_engine::sync::endpoints::{read_token, sync_between, RemoteAccess};
-use tessera_engine::sync::http::server::{bind, serve as http_serve};
+use tessera_engine::sync::http::audit::AuditLog;
+use tessera_engine::sync::http::server::{bind, serve as http_serve, ServeOptions};
+use tessera_engine::sync::http::service::TokenSource;
 use tessera_engine::sync::http::tls::server_config;
+use tessera_engine::sync::http::tokens::Tokens;
 use tessera_engine::sync::{Selection, SyncOptions, SyncReport};
 
 use crate::args::UsageError;
@@ -36,6 +39,8 @@ pub fn sync(args: &SyncArgs, options: &LocationOptions, json: bool, bars: &Bars)
     let access = RemoteAccess {
         token_file: args.token_file.as_deref(),
         tls_ca: args.tls_ca.as_deref(),
+        io_timeout: std::time::Duration::from_secs(args.io_timeout),
+        insecure_http: args.insecure_http,
     };
     let report = sync_between(
         &args.src,
@@ -45,6 +50,7 @@ pub fn sync(args: &SyncArgs, options: &LocationOptions, json: bool, bars: &Bars)
         &selection(&args.select),
         &opts,
         bars,
+        &super::note_recovery,
     )?;
     print_report(&report, json);
     Ok(0)
@@ -98,6 +104,7 @@ pub fn seed(
                 &at(repo)?,
                 &SyncOptions::default(),
                 bars,
+                &super::note_recovery,
             )?;
             print_report(&r, json);
         }
@@ -113,7 +120,14 @@ struct Listening<'a> {
 }
 
 pub fn serve(repo: &RepoLocation, args: &ServeArgs, json: bool) -> Result<i32> {
-    let token = read_token(&args.token_file)?;
+    let (tokens, usage_of) = match (&args.tokens, &args.token_file) {
+        (Some(file), None) => (TokenSource::file(file.clone())?, Some(file.clone())),
+        (None, Some(file)) => {
+            let single = Tokens::single_admin("token-file", &read_token(file)?);
+            (TokenSource::Fixed(std::sync::Arc::new(single)), None)
+        }
+        _ => return Err(UsageError("give --tokens FILE or --token-file FILE".into()).into()),
+    };
     let storage = repo.storage()?;
     storage.read_config()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -121,7 +135,11 @@ pub fn serve(repo: &RepoLocation, args: &ServeArgs, json: bool) -> Result<i32> {
         (None, None) => None,
         _ => return Err(UsageError("--tls-cert and --tls-key go together".into()).into()),
     };
-    let listener = bind(&args.listen, tls, args.keepalive.get())?;
+    let audit = match &args.audit_log {
+        Some(path) => AuditLog::file(path)?,
+        None => AuditLog::stderr(),
+    };
+    let listener = bind(&args.listen, tls, args.keepalive.get(), args.insecure_http)?;
     let url = listener.url();
     if json {
         print_ok(&Listening { listening: &url });
@@ -129,6 +147,12 @@ pub fn serve(repo: &RepoLocation, args: &ServeArgs, json: bool) -> Result<i32> {
         println!("listening on {url}");
     }
     std::io::Write::flush(&mut std::io::stdout())?;
-    http_serve(&listener, &storage, &token)?;
+    let options = ServeOptions {
+        tokens,
+        usage_of,
+        audit,
+        min_publish_interval: std::time::Duration::from_secs(args.min_publish_interval),
+    };
+    http_serve(listener, &storage, options)?;
     Ok(0)
 }

@@ -431,6 +431,7 @@ pub fn import(
     repo: &RepoLocation,
     opts: &SyncOptions,
     progress: &dyn Progress,
+    recovered: &dyn Fn(&crate::recovery::Recovery),
 ) -> Result<SyncReport> {
     let bundle = Bundle::open(bundle_dir, progress)?;
     if !repo.exists()? {
@@ -452,6 +453,7 @@ pub fn import(
         repo.init(opts)?;
     }
     let repo = repo.open_writer()?;
+    recovered(&repo.recovery);
     let mut sink = LocalSink::new(&repo, Publisher::Operator);
     super::transfer::transfer(&bundle, &mut sink, &Selection::default(), opts, progress)
 }

@@ -6,9 +6,10 @@
 
 use std::path::Path;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::location::{LocationOptions, RepoLocation};
 use crate::progress::Progress;
+use crate::recovery::Recovery;
 
 use super::http::client::Remote;
 use super::source::ObjectSource;
@@ -25,18 +26,23 @@ fn is_https(location: &str) -> bool {
 }
 
 /// How to reach the remote side(s).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct RemoteAccess<'a> {
     /// The file holding the bearer token (needed when a side is remote).
     pub token_file: Option<&'a Path>,
     /// PEM roots to trust for `https://` sides, besides the system's.
     pub tls_ca: Option<&'a Path>,
+    /// Longest a remote may stay silent within one request before the sync fails (so a
+    /// stalled server cannot hold the local writer lock forever).
+    pub io_timeout: std::time::Duration,
+    /// Send the token over plain `http://` to a host that is not loopback.
+    pub insecure_http: bool,
 }
 
-/// The bearer token in `path` (surrounding whitespace removed; must not be empty).
+/// The bearer token in `path` (surrounding whitespace removed; must not be empty). The
+/// file must be readable by its owner only.
 pub fn read_token(path: &Path) -> Result<String> {
-    let token = std::fs::read_to_string(path)
-        .ctx(|| format!("reading the token file {}", path.display()))?;
+    let token = super::http::tokens::read_private(path, "token file")?;
     let token = token.trim();
     if token.is_empty() {
         return Err(Error::Usage(format!(
@@ -49,8 +55,15 @@ pub fn read_token(path: &Path) -> Result<String> {
 
 /// Syncs the selected snapshots of `src` into `dst` (see the module docs); repository sides
 /// are reached with `locations`. Refused before anything is opened: `--tls-ca` without an
-/// `https://` side, a remote side without a token file, one cache directory named for two
-/// S3 sides (each repository needs its own).
+/// `https://` side, a remote side without a token file, a plain `http://` side that is not
+/// loopback without `insecure_http`, one cache directory named for two S3 sides (each
+/// repository needs its own). When a repository `dst` is opened as the writer, `recovered`
+/// gets what its recovery did (before the transfer, so the operator learns it also when the
+/// transfer fails).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the two sides, how each kind of side is reached, what and how to copy, and who hears"
+)]
 pub fn sync_between(
     src: &str,
     dst: &str,
@@ -59,6 +72,7 @@ pub fn sync_between(
     selection: &Selection,
     opts: &SyncOptions,
     progress: &dyn Progress,
+    recovered: &dyn Fn(&Recovery),
 ) -> Result<SyncReport> {
     if access.tls_ca.is_some() && !is_https(src) && !is_https(dst) {
         return Err(Error::Usage(
@@ -82,7 +96,15 @@ pub fn sync_between(
     } else {
         String::new()
     };
-    let remote = |url: &str| Remote::new(url, &token, access.tls_ca.filter(|_| is_https(url)));
+    let remote = |url: &str| {
+        Remote::new(
+            url,
+            &token,
+            access.tls_ca.filter(|_| is_https(url)),
+            access.io_timeout,
+            access.insecure_http,
+        )
+    };
     let local_src;
     let remote_src;
     let source: &dyn ObjectSource = if is_remote(src) {
@@ -96,6 +118,7 @@ pub fn sync_between(
         transfer(source, &mut remote(dst)?, selection, opts, progress)
     } else {
         let dst = repository(dst)?.open_writer()?;
+        recovered(&dst.recovery);
         super::sync(source, &dst, selection, opts, progress)
     }
 }

@@ -46,6 +46,8 @@ pub struct RepairRequest {
     pub from: Option<RepoLocation>,
     /// Source images.
     pub images: Vec<SourceImage>,
+    /// `--quarantine`: snapshot files that cannot be catalogued go to quarantine too.
+    pub quarantine: bool,
 }
 
 impl RepairRequest {
@@ -109,6 +111,7 @@ impl RepairRequest {
                 .iter()
                 .map(|i| (i.disk.clone(), i.path.clone()))
                 .collect(),
+            quarantine_snapshots: self.quarantine,
         };
         repair(repo, &sources, progress)
     }
@@ -136,6 +139,7 @@ mod tests {
         let twice = RepairRequest {
             from: None,
             images: vec![a.clone(), a],
+            quarantine: false,
         };
         let err = twice
             .validate(&RepoLocation::local(Path::new("/nonexistent")))
