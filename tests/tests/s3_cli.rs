@@ -443,6 +443,10 @@ fn caches_are_rebuilt_from_the_bucket_and_clients_see_each_other() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one way of moving snapshots per paragraph"
+)]
 fn seeds_and_sync_move_snapshots_between_local_s3_and_a_server_fronting_s3() {
     let sw = Seaweed::start("moves");
     let cli = CliClient::new(&sw);
@@ -505,7 +509,7 @@ fn seeds_and_sync_move_snapshots_between_local_s3_and_a_server_fronting_s3() {
     BufReader::new(served.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("reading the banner");
-    let _kill = tessera_tests::KillOnDrop(Some(served));
+    let kill = tessera_tests::KillOnDrop(Some(served));
     let url = line
         .trim()
         .strip_prefix("listening on ")
@@ -519,6 +523,54 @@ fn seeds_and_sync_move_snapshots_between_local_s3_and_a_server_fronting_s3() {
     let pushed = snapshot_id(&backup(&cli, &path(&local), "vm", &img, &[]));
     cli.json(["sync", &path(&local), &url, "--token-file", &path(&token)]);
     assert_restores(&cli, &s3, &pushed, &img, w);
+    assert_verifies(&cli, &s3);
+    drop(kill);
+
+    // The same server with a tokens file: a read token pulls from the bucket; a backup token
+    // for other series is refused (403) and publishes nothing.
+    let tokens = w.join("tokens");
+    let read = tessera_tests::token_add(&tokens, "read", "*", "puller", None);
+    let backup_db = tessera_tests::token_add(&tokens, "backup", "db*", "db-backup", None);
+    let read_f = tessera_tests::token_file_named(w, "read.tok", &read);
+    let backup_f = tessera_tests::token_file_named(w, "backup.tok", &backup_db);
+    let mut served = cli
+        .cmd([
+            "serve",
+            &s3,
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            &path(&tokens),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tessera serve --tokens");
+    let mut line = String::new();
+    BufReader::new(served.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("reading the banner");
+    let _kill = tessera_tests::KillOnDrop(Some(served));
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected banner {line:?}"))
+        .to_string();
+    let pulled = w.join("pulled-read");
+    cli.json(["init", &path(&pulled)]);
+    cli.json(["sync", &url, &path(&pulled), "--token-file", &path(&read_f)]);
+    assert_restores(&cli, &path(&pulled), &pushed, &img, w);
+    mutate(&img, &mut gen, 5, 100_000, (0, 1, 1));
+    backup(&cli, &path(&local), "vm", &img, &[]);
+    let bucket_before = ids(&cli, &s3);
+    let denied = cli.run([
+        "sync",
+        &path(&local),
+        &url,
+        "--token-file",
+        &path(&backup_f),
+    ]);
+    denied.expect_code(1).stderr_has("403");
+    assert_eq!(ids(&cli, &s3), bucket_before, "a refused push published");
     assert_verifies(&cli, &s3);
 }
 
