@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tessera_fuzz::nbd_client::{check_session, session, MAX_TRANSCRIPT};
 
 /// Copies `from` to `to` until `from` ends, appending what passed to `log`.
-fn pump(mut from: UnixStream, mut to: UnixStream, log: Option<Arc<Mutex<Vec<u8>>>>) {
+fn pump(mut from: UnixStream, mut to: UnixStream, log: Option<&Mutex<Vec<u8>>>) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match from.read(&mut buf) {
@@ -44,7 +44,7 @@ fn main() {
             proxy.try_clone().expect("clone"),
             log.clone(),
         );
-        std::thread::spawn(move || pump(from, to, Some(log)))
+        std::thread::spawn(move || pump(from, to, Some(&log)))
     };
     let up = std::thread::spawn(move || pump(proxy, server, None));
     let result = session(client, bitmap, 0);

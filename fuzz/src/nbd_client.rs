@@ -34,13 +34,16 @@ pub const READ_LEN: u64 = 8 << 10;
 /// below a socket buffer, so it never waits on a reader that is not there.
 pub const MAX_TRANSCRIPT: usize = 64 << 10;
 
+/// Sorted, disjoint byte ranges.
+pub type Ranges = Vec<(u64, u64)>;
+
 /// What one session settled.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Session {
     /// The handshake.
     pub neg: Negotiated,
     /// The block-status walk.
-    pub map: (Option<Vec<(u64, u64)>>, Option<Vec<(u64, u64)>>),
+    pub map: (Option<Ranges>, Option<Ranges>),
     /// Each read: offset, and the bytes or the error's text.
     pub reads: Vec<(u64, Result<Vec<u8>, String>)>,
 }
