@@ -46,6 +46,62 @@ impl KeepaliveArg {
     }
 }
 
+/// TLS of `serve-nbd` (NBD_OPT_STARTTLS; every client must use it).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NbdTlsArgs {
+    /// Require TLS, with this PEM certificate (chain, leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (unencrypted).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by a CA in this PEM file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve plain NBD on an address that is not loopback (the disks cross the network in
+    /// clear: only for a trusted network).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Bounds of `serve-nbd` (SPEC.md §15).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NbdLimitArgs {
+    /// Most clients served at once.
+    #[arg(long, value_name = "N", default_value_t = tessera_engine::nbd::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    pub max_connections: usize,
+    /// Most clients served at once from one IP address (IPv6: one /64).
+    #[arg(long, value_name = "N", default_value_t = tessera_engine::nbd::DEFAULT_MAX_PER_PEER, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    pub max_per_peer: usize,
+    /// Seconds a client has from connecting to choosing its export (TLS included).
+    #[arg(long, value_name = "SECS", default_value_t = tessera_engine::nbd::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub handshake_timeout: u64,
+    /// Seconds a client may stay silent between requests before it is disconnected (raise
+    /// it for a VM booted on the export that may sit idle longer).
+    #[arg(long, value_name = "SECS", default_value_t = tessera_engine::nbd::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub idle_timeout: u64,
+    /// Most options a client may send before choosing an export.
+    #[arg(long, value_name = "N", default_value_t = tessera_engine::nbd::DEFAULT_MAX_OPTIONS, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_options: u32,
+    /// Largest option a client may send, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = tessera_engine::nbd::DEFAULT_MAX_OPTION_BYTES, value_parser = clap::value_parser!(u32).range(i64::from(tessera_engine::nbd::MIN_OPTION_BYTES)..=i64::from(tessera_engine::formats::nbd::MAX_OPTION)))]
+    pub max_option_bytes: u32,
+}
+
+impl NbdLimitArgs {
+    /// The engine's form.
+    pub fn get(&self) -> tessera_engine::nbd::Limits {
+        tessera_engine::nbd::Limits {
+            max_connections: self.max_connections,
+            max_per_peer: self.max_per_peer,
+            handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
+            max_options: self.max_options,
+            max_option_bytes: self.max_option_bytes,
+        }
+    }
+}
+
 /// How `backup` uses delta information (VHD differencing disks, qcow2 overlays, NBD dirty
 /// bitmaps, changed-block lists).
 #[derive(Debug, clap::Args)]
@@ -76,6 +132,10 @@ pub struct DeltaArgs {
     /// parents (VHD) that images name may be opened (repeatable).
     #[arg(long = "allow-backing-dir", value_name = "DIR")]
     pub allow_backing_dirs: Vec<std::path::PathBuf>,
+    /// PEM CA certificates trusted, besides the system's roots, for the certificates of
+    /// nbds:// servers.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// tessera: deduplicating, content-addressed backups of disk images.
@@ -174,7 +234,8 @@ pub enum Command {
         repo: PathBuf,
         /// SNAPSHOT or SNAPSHOT:DISK (one export per disk, named after the disk).
         snapshot: String,
-        /// TCP address to listen on.
+        /// TCP address to listen on. Plain NBD is served on loopback addresses only, unless
+        /// --tls-cert or --insecure.
         #[arg(long, default_value = "127.0.0.1:10809", conflicts_with = "socket")]
         listen: String,
         /// Unix socket to listen on instead of TCP.
@@ -185,6 +246,10 @@ pub enum Command {
         cache_mib: u64,
         #[command(flatten)]
         keepalive: KeepaliveArg,
+        #[command(flatten)]
+        tls: NbdTlsArgs,
+        #[command(flatten)]
+        limits: NbdLimitArgs,
     },
     /// Export a snapshot's disk, or only its delta from a base snapshot, as raw, qcow2 or VHD.
     Export {
@@ -269,6 +334,9 @@ pub enum Command {
     Seed(crate::sync_args::SeedCommand),
     /// Serve a repository over HTTP, for `tessera sync` from or to another machine.
     Serve(crate::sync_args::ServeArgs),
+    /// Manage the tokens file of `serve --tokens` (tokens with roles, series and quotas).
+    #[command(subcommand)]
+    Token(crate::sync_args::TokenCommand),
     /// Rewrite packs with too much unreferenced data, reclaiming the space.
     Compact {
         /// The repository.

@@ -19,12 +19,6 @@
 mod args;
 mod commands;
 mod doc;
-// `output::print_error` is superseded by `doc::print_failure`, which adds the error's kind;
-// output.rs belongs to another branch: delete the function there when merging.
-#[expect(
-    dead_code,
-    reason = "output::print_error is superseded by doc::print_failure (see above)"
-)]
 mod output;
 mod sync_args;
 

@@ -65,42 +65,6 @@ pub fn print_json<T: Serialize>(value: &T) {
     }
 }
 
-/// Prints an engine report as the JSON document of a successful command: its fields, and
-/// `"ok": true`. Keys come out sorted, as every document's do.
-pub fn print_ok<T: Serialize>(report: &T) {
-    match serde_json::to_value(report) {
-        Ok(serde_json::Value::Object(mut doc)) => {
-            doc.insert("ok".into(), true.into());
-            print_json(&doc);
-        }
-        Ok(other) => eprintln!("error: a report encodes as {other}, not as a JSON object"),
-        Err(e) => eprintln!("error: cannot encode output as JSON: {e}"),
-    }
-}
-
-/// Prints an error: text on stderr, and with `json` also `{"error": ...}` on stdout.
-pub fn print_error(err: &anyhow::Error, json: bool) {
-    let message = error_message(err);
-    eprintln!("error: {message}");
-    if json {
-        print_json(&serde_json::json!({ "ok": false, "error": message }));
-    }
-}
-
-/// The error and its causes joined with ": ", leaving out a cause whose text the message
-/// already holds (engine errors quote their OS error, which is also their source).
-fn error_message(err: &anyhow::Error) -> String {
-    let mut message = String::new();
-    for cause in err.chain().map(ToString::to_string) {
-        if message.is_empty() {
-            message = cause;
-        } else if !message.contains(&cause) {
-            message = format!("{message}: {cause}");
-        }
-    }
-    message
-}
-
 /// Formats a byte count with binary units.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

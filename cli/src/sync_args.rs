@@ -1,4 +1,4 @@
-//! Command-line syntax of `sync`, `seed` and `serve`.
+//! Command-line syntax of `sync`, `seed`, `serve` and `token`.
 
 use std::path::PathBuf;
 
@@ -38,9 +38,15 @@ pub struct SyncArgs {
     /// Threads checking received objects (default: all cores).
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// File holding the bearer token of a remote side.
+    /// File holding the bearer token of a remote side (mode 600: readable by its owner
+    /// only).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Longest one read or write of a request to a remote side may wait, in seconds: a
+    /// stalled server fails the sync after this long. It must cover the longest the server
+    /// works on a request (a publish of a large snapshot).
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub io_timeout: u64,
     /// PEM file of root certificates to trust for an https:// side, besides the system's
     /// (e.g. a self-signed server certificate). Verification cannot be switched off.
     #[arg(long)]
@@ -70,21 +76,71 @@ pub enum SeedCommand {
 
 /// `tessera serve REPO`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["tokens", "token_file"])))]
 pub struct ServeArgs {
     /// The repository.
     pub repo: PathBuf,
-    /// Address to listen on, e.g. 127.0.0.1:8420 (port 0: any free port, printed).
+    /// Address to listen on, e.g. 127.0.0.1:8420 (port 0: any free port, printed). Plain
+    /// HTTP is served on loopback addresses only, unless --insecure-http.
     #[arg(long, default_value = "127.0.0.1:8420")]
     pub listen: String,
-    /// File holding the bearer token clients must present.
-    #[arg(long)]
-    pub token_file: PathBuf,
+    /// The tokens file (made with `tessera token add`; mode 600): tokens with roles, series
+    /// and quotas. Changes to it take effect at the next request.
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// A file holding one bearer token, which gets the admin role (mode 600). Kept for
+    /// compatibility; --tokens gives each client only what it needs.
+    #[arg(long, value_name = "FILE", conflicts_with = "tokens")]
+    pub token_file: Option<PathBuf>,
+    /// Append the audit log (one JSON line per request) to this file instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     /// Serve HTTPS with this PEM certificate (chain, leaf first); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert (unencrypted).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address that is not loopback (tokens and data cross the
+    /// network in clear: only for a trusted network or a TLS proxy on the same host).
+    #[arg(long)]
+    pub insecure_http: bool,
     #[command(flatten)]
     pub keepalive: crate::args::KeepaliveArg,
+}
+
+/// `tessera token ...`: the tokens file of `serve --tokens`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a new token, print it once on stdout, and store only its hash in FILE (created
+    /// with mode 600 if missing).
+    Add {
+        /// The tokens file.
+        file: PathBuf,
+        /// backup (push into its series, append-only), read (list and pull), or admin.
+        #[arg(long, value_parser = ["backup", "read", "admin"])]
+        role: String,
+        /// The series it may see and publish into; `*` stands for any characters
+        /// (e.g. 'vm*'). Default: all.
+        #[arg(long, default_value = "*")]
+        series: String,
+        /// Its name in the audit log and `token list` (default: ROLE-N).
+        #[arg(long)]
+        name: Option<String>,
+        /// Most bytes of new stored data it may add, e.g. 500G (default: no limit).
+        #[arg(long)]
+        quota: Option<String>,
+    },
+    /// List the tokens: names, roles, series, quotas and what they used (never the tokens).
+    List {
+        /// The tokens file.
+        file: PathBuf,
+    },
+    /// Remove a token (a running server stops accepting it at its next request).
+    Remove {
+        /// The tokens file.
+        file: PathBuf,
+        /// The token's name.
+        name: String,
+    },
 }

@@ -9,6 +9,8 @@
 //!   snapshot with a corrupted chunk.
 //! - [`kill::KillLoop`] kills writers inside their operation and proves it did.
 //! - [`remote::Transport`] runs `serve`/`sync` scenarios over `http://` or `https://`.
+//! - [`pki::Pki`] makes a CA with server and client certificates for qemu and libnbd.
+//! - [`serve_nbd::NbdServer`] runs `serve-nbd`; [`serve_nbd::raw`] is a hand-written client.
 //! - [`qemu`], [`libvhdi`] and [`vhd_build`] are the independent image tools.
 //!
 //! Every tool the tests use is installed by `scripts/ensure-deps.sh`; a test never skips
@@ -57,8 +59,10 @@ pub use serde_json::Value;
 
 pub mod kill;
 pub mod libvhdi;
+pub mod pki;
 pub mod qemu;
 pub mod remote;
+pub mod serve_nbd;
 pub mod vhd_build;
 
 // ---------------------------------------------------------------------------------------
@@ -295,8 +299,16 @@ pub fn init_repo(repo: &Path, extra: &[&str]) {
 ///
 /// When the file cannot be written.
 pub fn token_file(dir: &Path, token: &str) -> PathBuf {
-    let path = dir.join("token");
+    token_file_named(dir, "token", token)
+}
+
+/// Writes `token` to `DIR/NAME` with mode 600 (servers and clients refuse token files that
+/// group or others may read); returns the path.
+pub fn token_file_named(dir: &Path, name: &str, token: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
     fs::write(&path, token).expect("writing the token file");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
     path
 }
 
@@ -909,24 +921,48 @@ pub fn slots_held_then_freed(keepalive_secs: u64, status: impl Fn() -> u16) -> D
 
 /// A running `tessera serve`, killed on drop.
 pub struct Served {
-    _child: KillOnDrop,
+    child: KillOnDrop,
     /// The URL it printed (`http://` or `https://127.0.0.1:PORT`).
     pub url: String,
+}
+
+impl Served {
+    /// The server's process id.
+    ///
+    /// # Panics
+    ///
+    /// Never (the child is held until drop).
+    pub fn pid(&self) -> u32 {
+        self.child.0.as_ref().expect("the server").id()
+    }
+
+    /// `HOST:PORT` of the URL.
+    pub fn addr(&self) -> &str {
+        self.url.split_once("://").map_or(&self.url, |(_, a)| a)
+    }
 }
 
 /// Starts `tessera serve REPO --listen 127.0.0.1:0 --token-file TOKEN EXTRA...` and waits for
 /// its first line, `listening on URL`.
 pub fn start_serve(repo: &Path, token_file: &Path, extra: &[&OsStr]) -> Served {
-    let mut args: Vec<&OsStr> = vec![
-        "serve".as_ref(),
-        repo.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--token-file".as_ref(),
-        token_file.as_os_str(),
-    ];
+    let mut args: Vec<&OsStr> = vec!["--token-file".as_ref(), token_file.as_os_str()];
     args.extend_from_slice(extra);
-    let mut child = tessera_cmd(args)
+    start_serve_args(repo, &args)
+}
+
+/// Starts `tessera serve REPO --listen 127.0.0.1:0 ARGS...` (`--listen` only if ARGS have none;
+/// stderr, where the audit log goes by default, discarded) and waits for its first line, `listening on URL`.
+///
+/// # Panics
+///
+/// When the server does not start.
+pub fn start_serve_args(repo: &Path, args: &[&OsStr]) -> Served {
+    let mut all: Vec<&OsStr> = vec!["serve".as_ref(), repo.as_os_str()];
+    if !args.contains(&OsStr::new("--listen")) {
+        all.extend([OsStr::new("--listen"), OsStr::new("127.0.0.1:0")]);
+    }
+    all.extend_from_slice(args);
+    let mut child = tessera_cmd(all)
         .stderr(Stdio::null())
         .spawn()
         .expect("starting tessera serve");
@@ -942,7 +978,53 @@ pub fn start_serve(repo: &Path, token_file: &Path, extra: &[&OsStr]) -> Served {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
     Served {
-        _child: KillOnDrop(Some(child)),
+        child: KillOnDrop(Some(child)),
         url,
     }
+}
+
+/// `tessera token add FILE --role ROLE --series SERIES --name NAME [--quota QUOTA]`: returns
+/// the token it printed.
+///
+/// # Panics
+///
+/// When the command fails or prints anything but one token.
+pub fn token_add(file: &Path, role: &str, series: &str, name: &str, quota: Option<&str>) -> String {
+    let mut args = vec![
+        "token".to_string(),
+        "add".into(),
+        file.display().to_string(),
+        "--role".into(),
+        role.into(),
+        "--series".into(),
+        series.into(),
+        "--name".into(),
+        name.into(),
+    ];
+    if let Some(q) = quota {
+        args.extend(["--quota".into(), q.into()]);
+    }
+    let out = tessera(args);
+    out.ok();
+    let token = out.stdout.trim().to_string();
+    assert!(
+        token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{out}"
+    );
+    token
+}
+
+/// The peak resident memory (`VmHWM`) of process `pid`, in bytes.
+///
+/// # Panics
+///
+/// When `/proc/PID/status` has no `VmHWM` line.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib * 1024
 }

@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -141,11 +141,25 @@ impl Transport {
     ///
     /// When the connection or the TLS handshake fails.
     pub fn connect(&self, url: &str) -> Conn {
+        self.connect_from(None, url)
+    }
+
+    /// [`Transport::connect`] from the local address `src` (any of 127.0.0.0/8 works on
+    /// loopback), or the system's choice.
+    ///
+    /// # Panics
+    ///
+    /// When the connection or the TLS handshake fails.
+    pub fn connect_from(&self, src: Option<IpAddr>, url: &str) -> Conn {
         let addr = url
             .split_once("://")
             .map_or(url, |(_, rest)| rest)
             .trim_end_matches('/');
-        let tcp = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+        let tcp = match src {
+            Some(ip) => connect_from(ip, addr),
+            None => TcpStream::connect(addr),
+        }
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
         tcp.set_nodelay(true).expect("TCP_NODELAY");
         tcp.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("read timeout");
@@ -178,7 +192,24 @@ impl Transport {
         token: Option<&str>,
         body: &[u8],
     ) -> (u16, String) {
-        let mut conn = self.connect(url);
+        self.request_from(None, url, method, path, token, body)
+    }
+
+    /// [`Transport::request`] from the local address `src`.
+    ///
+    /// # Panics
+    ///
+    /// When the answer has no status line.
+    pub fn request_from(
+        &self,
+        src: Option<IpAddr>,
+        url: &str,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut conn = self.connect_from(src, url);
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
@@ -204,6 +235,38 @@ impl Transport {
             .unwrap_or_default();
         (status, body)
     }
+}
+
+/// A TCP connection to `addr` (`HOST:PORT`) from the local IPv4 address `src` (port chosen
+/// by the system).
+///
+/// # Errors
+///
+/// When binding or connecting fails.
+pub fn connect_from(src: IpAddr, addr: &str) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{
+        bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6,
+    };
+    let to: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let family = if to.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    match (SocketAddr::new(src, 0), to) {
+        (SocketAddr::V4(from), SocketAddr::V4(to)) => {
+            bind(raw, &SockaddrIn::from(from))?;
+            connect(raw, &SockaddrIn::from(to))?;
+        }
+        (SocketAddr::V6(from), SocketAddr::V6(to)) => {
+            bind(raw, &SockaddrIn6::from(from))?;
+            connect(raw, &SockaddrIn6::from(to))?;
+        }
+        _ => return Err(std::io::Error::other("mixed address families")),
+    }
+    Ok(TcpStream::from(fd))
 }
 
 /// A client connection, plain or TLS.

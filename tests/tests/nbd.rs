@@ -3,17 +3,20 @@
 //! with the image that was backed up; block status is compared with the image's own zero
 //! blocks. `scripts/ensure-deps.sh` installs the clients; a missing one fails the test.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::Command;
 
-use rand::Rng;
 use tempfile::TempDir;
+use tessera_tests::serve_nbd::raw::{
+    assert_closed, go, greet, option_reply, read_range, request, send_option, simple_reply, EINVAL,
+    EPERM, OPT_GO, REP_ACK, REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REQUEST_MAGIC,
+};
+use tessera_tests::serve_nbd::NbdServer;
 use tessera_tests::{
-    assert_same_file, backup_json, block_digests, init_repo, make_image, seed, tessera_cmd,
-    DataGen, ImageSpec, Value,
+    assert_same_file, backup_json, block_digests, init_repo, make_image, seed, DataGen, ImageSpec,
+    Value,
 };
 
 const BS: u64 = 64 * 1024;
@@ -35,102 +38,15 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A running `tessera serve-nbd`, killed on drop.
-struct NbdServer {
-    child: Child,
-    /// TCP port, if serving TCP.
-    port: Option<u16>,
-    /// The `--json` document it printed.
-    info: Value,
-}
-
-impl Drop for NbdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl NbdServer {
-    fn uri(&self, export: &str) -> String {
-        format!(
-            "nbd://127.0.0.1:{}/{export}",
-            self.port.expect("a TCP server")
-        )
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s =
-            TcpStream::connect(("127.0.0.1", self.port.expect("a TCP server"))).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s
-    }
-}
-
-/// Starts the server with `extra` args; reads its JSON announcement. `None` if the port
-/// was taken.
-fn spawn_server(repo: &Path, spec: &str, extra: &[String]) -> Option<NbdServer> {
-    let mut args = vec![
-        "--json".to_string(),
-        "serve-nbd".into(),
-        repo.display().to_string(),
-        spec.into(),
-    ];
-    args.extend_from_slice(extra);
-    let mut server = NbdServer {
-        child: tessera_cmd(&args).spawn().expect("spawning serve-nbd"),
-        port: None,
-        info: Value::Null,
-    };
-    let mut out = BufReader::new(server.child.stdout.take().expect("stdout"));
-    let mut doc = String::new();
-    loop {
-        let mut line = String::new();
-        let n = out.read_line(&mut line).expect("reading serve-nbd output");
-        if n == 0 {
-            let mut err = String::new();
-            let _ = server
-                .child
-                .stderr
-                .take()
-                .expect("stderr")
-                .read_to_string(&mut err);
-            if err.contains("in use") {
-                return None;
-            }
-            panic!("serve-nbd {args:?} exited early: {doc}\n{err}");
-        }
-        doc.push_str(&line);
-        if let Ok(info) = serde_json::from_str::<Value>(&doc) {
-            assert_eq!(info["ok"], true, "{doc}");
-            server.info = info;
-            return Some(server);
-        }
-    }
-}
-
 fn serve_tcp(repo: &Path, spec: &str) -> NbdServer {
-    for _ in 0..30 {
-        let port: u16 = rand::thread_rng().gen_range(20000..60000);
-        let listen = format!("127.0.0.1:{port}");
-        if let Some(mut s) = spawn_server(repo, spec, &["--listen".into(), listen.clone()]) {
-            assert_eq!(s.info["listen"], listen.as_str(), "{}", s.info);
-            s.port = Some(port);
-            // It printed after binding, so it accepts now.
-            TcpStream::connect(("127.0.0.1", port)).expect("server accepts");
-            return s;
-        }
-    }
-    panic!("no free port found in 30 tries");
+    let s = NbdServer::tcp(repo, spec, &[]);
+    // It printed after binding, so it accepts now.
+    TcpStream::connect(("127.0.0.1", s.port())).expect("server accepts");
+    s
 }
 
 fn serve_unix(repo: &Path, spec: &str, socket: &Path) -> NbdServer {
-    spawn_server(
-        repo,
-        spec,
-        &["--socket".into(), socket.display().to_string()],
-    )
-    .expect("serving on a unix socket")
+    NbdServer::unix(repo, spec, socket)
 }
 
 /// A repository with one snapshot of the given disks (64 KiB blocks).
@@ -295,118 +211,6 @@ fn nbdinfo_lists_every_disk_and_nbdcopy_copies_with_four_connections() {
 // ---------------------------------------------------------------------------------------
 // A raw client
 // ---------------------------------------------------------------------------------------
-
-const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const OPT_GO: u32 = 7;
-const REP_ACK: u32 = 1;
-const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
-const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const EPERM: u32 = 1;
-const EINVAL: u32 = 22;
-
-fn rd<const N: usize>(s: &mut TcpStream) -> [u8; N] {
-    let mut b = [0u8; N];
-    s.read_exact(&mut b).expect("reading from the server");
-    b
-}
-
-/// Reads the greeting and sends fixed-newstyle + no-zeroes client flags.
-fn greet(s: &mut TcpStream) {
-    let hello: [u8; 18] = rd(s);
-    assert_eq!(&hello[..8], b"NBDMAGIC");
-    assert_eq!(
-        u64::from_be_bytes(hello[8..16].try_into().unwrap()),
-        IHAVEOPT
-    );
-    assert_eq!(u16::from_be_bytes([hello[16], hello[17]]) & 3, 3);
-    s.write_all(&3u32.to_be_bytes()).unwrap();
-}
-
-fn send_option(s: &mut TcpStream, opt: u32, len: u32, data: &[u8]) {
-    let mut b = IHAVEOPT.to_be_bytes().to_vec();
-    b.extend_from_slice(&opt.to_be_bytes());
-    b.extend_from_slice(&len.to_be_bytes());
-    b.extend_from_slice(data);
-    s.write_all(&b).unwrap();
-}
-
-/// One option reply: (type, data).
-fn option_reply(s: &mut TcpStream, opt: u32) -> (u32, Vec<u8>) {
-    let h: [u8; 20] = rd(s);
-    assert_eq!(u64::from_be_bytes(h[..8].try_into().unwrap()), REPLY_MAGIC);
-    assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), opt);
-    let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
-    let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
-    let mut data = vec![0u8; len as usize];
-    s.read_exact(&mut data).unwrap();
-    (kind, data)
-}
-
-/// GO to `name`; returns the final reply type (ACK, or an error).
-fn go(s: &mut TcpStream, name: &str) -> u32 {
-    let mut d = (name.len() as u32).to_be_bytes().to_vec();
-    d.extend_from_slice(name.as_bytes());
-    d.extend_from_slice(&0u16.to_be_bytes());
-    send_option(s, OPT_GO, d.len() as u32, &d);
-    loop {
-        let (kind, _) = option_reply(s, OPT_GO);
-        if kind == REP_ACK || kind & (1 << 31) != 0 {
-            return kind;
-        }
-    }
-}
-
-fn request(s: &mut TcpStream, magic: u32, cmd: u16, cookie: u64, offset: u64, len: u32) {
-    let mut b = magic.to_be_bytes().to_vec();
-    b.extend_from_slice(&0u16.to_be_bytes());
-    b.extend_from_slice(&cmd.to_be_bytes());
-    b.extend_from_slice(&cookie.to_be_bytes());
-    b.extend_from_slice(&offset.to_be_bytes());
-    b.extend_from_slice(&len.to_be_bytes());
-    s.write_all(&b).unwrap();
-}
-
-/// A simple reply's error code, checking the cookie.
-fn simple_reply(s: &mut TcpStream, cookie: u64) -> u32 {
-    let h: [u8; 16] = rd(s);
-    assert_eq!(
-        u32::from_be_bytes(h[..4].try_into().unwrap()),
-        SIMPLE_REPLY_MAGIC
-    );
-    assert_eq!(u64::from_be_bytes(h[8..].try_into().unwrap()), cookie);
-    u32::from_be_bytes(h[4..8].try_into().unwrap())
-}
-
-fn read_range(s: &mut TcpStream, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
-    request(s, REQUEST_MAGIC, 0, cookie, offset, len);
-    assert_eq!(simple_reply(s, cookie), 0, "read {offset}+{len} failed");
-    let mut data = vec![0u8; len as usize];
-    s.read_exact(&mut data).unwrap();
-    data
-}
-
-/// The server closed the connection: EOF (or a reset) on read, not a timeout.
-fn assert_closed(s: &mut TcpStream) {
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut b = [0u8; 64];
-    match s.read(&mut b) {
-        Ok(0) => {}
-        Ok(n) => panic!(
-            "expected the connection closed, got {n} bytes: {:?}",
-            &b[..n]
-        ),
-        Err(e) => assert!(
-            !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
-            "the server kept the connection open"
-        ),
-    }
-}
 
 #[test]
 fn malformed_client_messages_only_end_that_connection() {

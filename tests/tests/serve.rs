@@ -14,8 +14,8 @@ use tessera_format::pack::encode_record_header;
 use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind};
 use tessera_tests::remote::Transport;
 use tessera_tests::{
-    backup_json, init_repo, list_ids, make_image, pack_files, seed, token_file, verify, DataGen,
-    ImageSpec, Out, Served,
+    backup_json, init_repo, list_ids, make_image, pack_files, seed, token_file, token_file_named,
+    verify, DataGen, ImageSpec, Out, Served,
 };
 
 const MIB: u64 = 1 << 20;
@@ -86,8 +86,7 @@ fn state(repo: &Path) -> (Vec<String>, Vec<PathBuf>) {
 #[test]
 fn unauthorized_and_forged_requests_change_nothing() {
     let (work, a, b, _token, server) = pushed_pair("serve-refuse", "right-token");
-    let wrong = work.path().join("wrong");
-    std::fs::write(&wrong, "wrong-token").unwrap();
+    let wrong = token_file_named(work.path(), "wrong", "wrong-token");
     let before = state(&b);
 
     // Wrong token through the CLI: refused with 401, nothing copied.
@@ -365,5 +364,62 @@ fn one_address_cannot_take_every_connection() {
             "not served after the idle connections closed"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the hand-written HTTP/1.1 code's unit tests covered, now against hyper through the
+/// binary: a head over 16 KiB or with more than 32 headers gets 431, a malformed one 400,
+/// a method other than GET and POST 405 with `Allow`, a chunked body 411; each is answered
+/// and the connection closed.
+#[test]
+fn malformed_and_oversized_heads_are_refused() {
+    use std::time::Duration;
+
+    let (_work, _a, _b, _token, server) = pushed_pair("serve-heads", "t0ken");
+    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    let raw = |request: &str| {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = s.write_all(request.as_bytes());
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let auth = "Authorization: Bearer t0ken\r\n";
+    let long = format!(
+        "GET /v1/info HTTP/1.1\r\n{auth}X-Long: {}\r\n\r\n",
+        "a".repeat(17 << 10)
+    );
+    let many = format!(
+        "GET /v1/info HTTP/1.1\r\n{auth}{}\r\n",
+        "X-Many: y\r\n".repeat(40)
+    );
+    for (request, status) in [
+        (long.as_str(), "431"),
+        (many.as_str(), "431"),
+        ("GARBAGE\r\n\r\n", "400"),
+        ("GET /v1/info HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "400"),
+        (
+            &format!("PUT /v1/info HTTP/1.1\r\n{auth}\r\n") as &str,
+            "405",
+        ),
+        (
+            &format!(
+                "POST /v1/have/chunk HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ) as &str,
+            "411",
+        ),
+    ] {
+        let answer = raw(request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request:.60?}: {answer:?}"
+        );
+        if status == "405" {
+            assert!(
+                answer.to_ascii_lowercase().contains("allow: get, post"),
+                "{answer}"
+            );
+        }
     }
 }

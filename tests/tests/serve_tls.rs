@@ -14,8 +14,8 @@ use std::time::Duration;
 use tessera_tests::remote::{localhost_cert, make_cert, Cert, Transport};
 use tessera_tests::{
     backup_json, init_repo, list_ids, make_image, mutate, pack_files, restored_sha, seed,
-    sha256_file, tessera, tessera_cmd, token_file, verify, wait_until, DataGen, ImageSpec,
-    KillOnDrop, Out, Served,
+    sha256_file, tessera, tessera_cmd, token_file, token_file_named, verify, wait_until, DataGen,
+    ImageSpec, KillOnDrop, Out, Served,
 };
 
 const MIB: u64 = 1 << 20;
@@ -168,8 +168,7 @@ fn plain_http_and_wrong_token_against_tls_server_fail() {
     source_repo(&src, &work.path().join("disk.img"), &mut gen);
     init_repo(&mid, &[]);
     let token = token_file(work.path(), "right-token");
-    let wrong = work.path().join("wrong");
-    std::fs::write(&wrong, "wrong-token").unwrap();
+    let wrong = token_file_named(work.path(), "wrong", "wrong-token");
     let cert = localhost_cert(work.path());
     let server = serve_tls(&mid, &token, &cert);
     let before = state(&mid);

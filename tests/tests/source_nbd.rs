@@ -406,6 +406,7 @@ fn open_url(url: &str) -> Box<dyn BlockSource> {
         format: tessera_engine::sources::SourceFormat::Auto,
         changes: None,
         allow_backing_dirs: Vec::new(),
+        tls_ca: None,
     })
     .unwrap_or_else(|e| panic!("opening {url}: {e}"))
 }

@@ -104,6 +104,9 @@ fn main() {
     let (local_secs, local) = run_json(&tessera, &["sync", p(&a), p(&b)]);
     let token = d.join("token");
     std::fs::write(&token, "bench-token").expect("token");
+    // `serve` and `sync` refuse token files that group or others may read.
+    let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+    std::fs::set_permissions(&token, private).expect("chmod 600 token");
     let mut child = Command::new(&tessera)
         .args([
             "serve",

@@ -50,6 +50,7 @@ pub fn backup(
             key_interval: delta.key_interval,
             format: delta.format.parse()?,
             allow_backing_dirs: delta.allow_backing_dirs.clone(),
+            tls_ca: delta.tls_ca.clone(),
         },
     };
     for c in &delta.changes {

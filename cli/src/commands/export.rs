@@ -8,7 +8,8 @@ use tessera_engine::export::{export_snapshot, ExportRequest, Format};
 use tessera_engine::Repository;
 
 use super::restore::split_spec;
-use crate::output::{bytes, print_ok, Bars};
+use crate::doc::print_ok;
+use crate::output::{bytes, Bars};
 
 #[expect(
     clippy::too_many_arguments,

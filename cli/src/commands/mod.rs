@@ -9,6 +9,7 @@ mod restore;
 mod retention;
 mod serve_nbd;
 mod sync;
+mod token;
 mod verify;
 
 use anyhow::Result;
@@ -79,13 +80,19 @@ pub fn run(cli: Cli) -> Result<i32> {
             socket,
             cache_mib,
             keepalive,
+            tls,
+            limits,
         } => serve_nbd::run(
             &repo,
             &snapshot,
-            &listen,
-            socket.as_deref(),
+            serve_nbd::Listen {
+                tcp: &listen,
+                socket: socket.as_deref(),
+                keepalive: keepalive.get(),
+            },
             cache_mib,
-            keepalive.get(),
+            &tls,
+            &limits,
             json,
         ),
         Command::Export {
@@ -125,6 +132,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Sync(args) => sync::sync(&args, json, &bars),
         Command::Seed(cmd) => sync::seed(&cmd, json, &bars),
         Command::Serve(args) => sync::serve(&args, json),
+        Command::Token(cmd) => token::run(&cmd, json),
         Command::Compact {
             repo,
             max_unused,

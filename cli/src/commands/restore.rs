@@ -8,7 +8,8 @@ use tessera_engine::ops::restore::restore_snapshot;
 use tessera_engine::ops::restore_onto::restore_onto_snapshot;
 use tessera_engine::Repository;
 
-use crate::output::{bytes, print_ok, Bars};
+use crate::doc::print_ok;
+use crate::output::{bytes, Bars};
 
 /// Splits `SNAPSHOT[:DISK]`.
 pub(crate) fn split_spec(spec: &str) -> (&str, Option<&str>) {

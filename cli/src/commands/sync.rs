@@ -3,8 +3,11 @@
 use anyhow::Result;
 use tessera_engine::sync::bwlimit::parse_rate;
 use tessera_engine::sync::endpoints::{read_token, sync_between, RemoteAccess};
-use tessera_engine::sync::http::server::{bind, serve as http_serve};
+use tessera_engine::sync::http::audit::AuditLog;
+use tessera_engine::sync::http::server::{bind, serve as http_serve, ServeOptions};
+use tessera_engine::sync::http::service::TokenSource;
 use tessera_engine::sync::http::tls::server_config;
+use tessera_engine::sync::http::tokens::Tokens;
 use tessera_engine::sync::{Selection, SyncOptions, SyncReport};
 use tessera_engine::Repository;
 
@@ -36,6 +39,7 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
     let access = RemoteAccess {
         token_file: args.token_file.as_deref(),
         tls_ca: args.tls_ca.as_deref(),
+        io_timeout: std::time::Duration::from_secs(args.io_timeout),
     };
     let report = sync_between(
         &args.src,
@@ -103,14 +107,25 @@ struct Listening<'a> {
 }
 
 pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
-    let token = read_token(&args.token_file)?;
+    let (tokens, usage_of) = match (&args.tokens, &args.token_file) {
+        (Some(file), None) => (TokenSource::file(file.clone())?, Some(file.clone())),
+        (None, Some(file)) => {
+            let single = Tokens::single_admin("token-file", &read_token(file)?);
+            (TokenSource::Fixed(std::sync::Arc::new(single)), None)
+        }
+        _ => return Err(UsageError("give --tokens FILE or --token-file FILE".into()).into()),
+    };
     tessera_engine::repo::read_config(&args.repo)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server_config(cert, key)?),
         (None, None) => None,
         _ => return Err(UsageError("--tls-cert and --tls-key go together".into()).into()),
     };
-    let listener = bind(&args.listen, tls, args.keepalive.get())?;
+    let audit = match &args.audit_log {
+        Some(path) => AuditLog::file(path)?,
+        None => AuditLog::stderr(),
+    };
+    let listener = bind(&args.listen, tls, args.keepalive.get(), args.insecure_http)?;
     let url = listener.url();
     if json {
         print_ok(&Listening { listening: &url });
@@ -118,6 +133,11 @@ pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
         println!("listening on {url}");
     }
     std::io::Write::flush(&mut std::io::stdout())?;
-    http_serve(&listener, &args.repo, &token)?;
+    let options = ServeOptions {
+        tokens,
+        usage_of,
+        audit,
+    };
+    http_serve(listener, &args.repo, options)?;
     Ok(0)
 }

@@ -3,6 +3,10 @@
 //!
 //! A Unix socket path that holds a socket (left by an earlier server) is replaced; any other
 //! file there is refused and left alone.
+//!
+//! Plain NBD (no `--tls-cert`) is served on loopback addresses and Unix sockets only,
+//! unless `insecure`: on any other address the disks' bytes would cross the network in
+//! clear, readable (and, without TLS, served to) anyone on the path.
 
 use std::net::TcpListener;
 use std::os::unix::fs::FileTypeExt;
@@ -12,6 +16,8 @@ use std::sync::Arc;
 
 use tessera_format::SnapshotId;
 
+use super::limits::Limits;
+use super::tls::{acceptor, TlsFiles};
 use super::Server;
 use crate::error::{Error, IoContext, Result};
 use crate::net::{listen_tcp, Keepalive};
@@ -30,6 +36,21 @@ pub enum Endpoint<'a> {
     },
     /// A Unix socket path.
     Unix(&'a Path),
+}
+
+/// How to serve.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions<'a> {
+    /// Only this disk (default: every disk of the snapshot).
+    pub disk: Option<&'a str>,
+    /// Memory for decoded chunks and pages shared by all exports.
+    pub cache_bytes: u64,
+    /// Connection, time and size bounds.
+    pub limits: Limits,
+    /// Require TLS with this certificate and key.
+    pub tls: Option<TlsFiles<'a>>,
+    /// Serve plain NBD on a TCP address that is not loopback.
+    pub insecure: bool,
 }
 
 /// One export as the report lists it.
@@ -53,6 +74,12 @@ pub struct ServeReport {
     pub listen: Option<String>,
     /// The socket path, for a Unix socket.
     pub socket: Option<String>,
+    /// Clients must use TLS (`nbds://` URIs).
+    pub tls: bool,
+    /// Client certificates are required (`--tls-ca`).
+    pub client_certificates: bool,
+    /// The bounds in force.
+    pub limits: Limits,
     /// The exports, the default (first) one first.
     pub exports: Vec<ExportInfo>,
     /// An NBD URI per export, in the same order.
@@ -71,18 +98,22 @@ pub struct Bound {
     report: ServeReport,
 }
 
-/// Resolves the snapshot `query` names, makes a [`Server`] for disk `disk` (or every disk)
-/// with `cache_bytes` of shared cache, and binds `endpoint`.
+/// Resolves the snapshot `query` names, makes a [`Server`] as `options` say, and binds
+/// `endpoint`. Plain NBD on a TCP address that is not loopback is refused unless
+/// `options.insecure`.
 pub fn bind_snapshot(
     repo: &Arc<Repository>,
     query: &str,
-    disk: Option<&str>,
-    cache_bytes: u64,
+    options: &ServeOptions<'_>,
     endpoint: Endpoint<'_>,
 ) -> Result<Bound> {
     let (id, _) = repo.resolve_snapshot(query)?;
     let snapshot = repo.load_snapshot(id)?;
-    let server = Server::for_snapshot(repo, &snapshot, disk, cache_bytes)?;
+    let mut server = Server::for_snapshot(repo, &snapshot, options.disk, options.cache_bytes)?
+        .with_limits(options.limits)?;
+    if let Some(files) = &options.tls {
+        server = server.with_tls(acceptor(files)?);
+    }
     let (listener, listen, socket) = match endpoint {
         Endpoint::Unix(path) => {
             replace_stale_socket(path)?;
@@ -94,13 +125,19 @@ pub fn bind_snapshot(
             let local = l
                 .local_addr()
                 .ctx(|| "reading the listening address".into())?;
+            if !server.has_tls() && !options.insecure && !local.ip().is_loopback() {
+                return Err(Error::InvalidArgument(format!(
+                    "refusing to serve plain NBD on {local}, which is not a loopback address: the disks would cross the network in clear, to anyone who connects. Serve TLS with --tls-cert CERT.pem --tls-key KEY.pem (and --tls-ca CA.pem to require client certificates), or give --insecure if the network is trusted"
+                )));
+            }
             (Listener::Tcp(l), Some(local.to_string()), None)
         }
     };
+    let s = if server.has_tls() { "s" } else { "" };
     let uri = |name: &str| match (&listen, &socket) {
-        (Some(addr), _) => format!("nbd://{addr}/{name}"),
+        (Some(addr), _) => format!("nbd{s}://{addr}/{name}"),
         (None, path) => format!(
-            "nbd+unix:///{name}?socket={}",
+            "nbd{s}+unix:///{name}?socket={}",
             path.as_deref().unwrap_or_default()
         ),
     };
@@ -117,6 +154,9 @@ pub fn bind_snapshot(
         uris: server.exports().map(|e| uri(e.name())).collect(),
         listen,
         socket,
+        tls: server.has_tls(),
+        client_certificates: options.tls.is_some_and(|t| t.client_ca.is_some()),
+        limits: options.limits,
     };
     Ok(Bound {
         server: Arc::new(server),

@@ -5,11 +5,16 @@
 //!   empty export name means the first export. Exports are read-only (`NBD_FLAG_READ_ONLY`),
 //!   may be used by several connections at once (`CAN_MULTI_CONN`) and never change while
 //!   served.
-//! - Fixed-newstyle handshake only (see `handshake.rs`); no TLS.
+//! - Fixed-newstyle handshake only (see `handshake.rs`), with TLS through
+//!   `NBD_OPT_STARTTLS` when the server has a certificate (FORCEDTLS: nothing but STARTTLS
+//!   and ABORT is answered before it; see `tls.rs`).
 //! - Transmission (see `transmission.rs`): READ, BLOCK_STATUS with `base:allocation`, FLUSH,
 //!   CACHE, DISC; writes get EPERM.
-//! - Every client number is bounded: option payloads ≤ 64 KiB, requests ≤ 32 MiB, ranges
-//!   within the export. A client that breaks the protocol loses its own connection only.
+//! - Every client number and every wait is bounded ([`Limits`], `limits.rs`): connections in
+//!   all and per peer (`admission.rs`), the handshake's time, the number and size of
+//!   options, the silence between requests, requests ≤ 32 MiB within the export, the
+//!   memory of READ replies being built. A client that breaks the protocol or a bound
+//!   loses its own connection only.
 //! - One thread per connection; decoded chunks and manifest pages are cached in one
 //!   bounded LRU ([`ReadCache`]) shared by all exports and connections.
 //! - The repository is opened as a reader ([`Repository::open`](crate::Repository::open)),
@@ -17,20 +22,32 @@
 //! - [`bind_snapshot`] resolves a snapshot, makes its exports and binds the socket; its
 //!   [`ServeReport`] says where they are served.
 
+mod admission;
+mod conn;
 mod handshake;
+mod limits;
 mod listen;
 mod proto;
+mod tls;
 mod transmission;
 
-use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-pub use listen::{bind_snapshot, Bound, Endpoint, ExportInfo, ServeReport};
+pub use limits::{
+    Limits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_OPTIONS, DEFAULT_MAX_OPTION_BYTES, DEFAULT_MAX_PER_PEER, MIN_OPTION_BYTES,
+};
+pub use listen::{bind_snapshot, Bound, Endpoint, ExportInfo, ServeOptions, ServeReport};
+use openssl::ssl::SslAcceptor;
 use tessera_format::Snapshot;
+pub use tls::TlsFiles;
 
+use self::admission::{Admission, Ticket};
+use self::conn::{Conn, Socket};
+use self::limits::{ReadBudget, MAX_READ_MEMORY, REFUSAL_TIME};
 use crate::error::{Error, Result};
 pub use crate::ops::disk_reader::ReadCache;
 use crate::ops::disk_reader::{DiskReader, DiskView};
@@ -42,6 +59,10 @@ pub type Export = DiskReader<Arc<Repository>>;
 /// A set of exports served over NBD.
 pub struct Server {
     exports: Vec<Arc<Export>>,
+    limits: Limits,
+    tls: Option<SslAcceptor>,
+    admission: Arc<Admission>,
+    budget: ReadBudget,
 }
 
 impl Server {
@@ -58,9 +79,34 @@ impl Server {
                 )));
             }
         }
+        let limits = Limits::default();
         Ok(Self {
             exports: exports.into_iter().map(Arc::new).collect(),
+            admission: Arc::new(Admission::new(&limits)),
+            limits,
+            tls: None,
+            budget: ReadBudget::new(MAX_READ_MEMORY),
         })
+    }
+
+    /// The same server with `limits` (checked) instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Result<Self> {
+        limits.check()?;
+        self.admission = Arc::new(Admission::new(&limits));
+        self.limits = limits;
+        Ok(self)
+    }
+
+    /// The same server requiring TLS with `acceptor` on every connection.
+    #[must_use]
+    pub fn with_tls(mut self, acceptor: SslAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// Whether clients must use TLS.
+    pub fn has_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// A server for disk `disk` of `snapshot`, or for every disk, with `cache_bytes` of
@@ -99,58 +145,63 @@ impl Server {
         self.exports.iter().map(AsRef::as_ref)
     }
 
-    /// Serves one connection until it ends; protocol errors end it quietly.
-    pub fn handle<R: Read, W: Write>(&self, reader: R, writer: W) -> Result<()> {
-        let mut r = BufReader::with_capacity(64 * 1024, reader);
-        let mut w = BufWriter::with_capacity(256 * 1024, writer);
-        let mut run = || -> std::io::Result<()> {
-            if let Some(n) = handshake::handshake(&mut r, &mut w, &self.exports)? {
-                transmission::serve(&mut r, &mut w, &n)?;
-            }
-            w.flush()
+    /// Serves one admitted connection until it ends, fails or breaks a bound.
+    fn connection<S: Socket>(&self, sock: S, ticket: &Ticket) -> std::io::Result<()> {
+        let c = Conn::new(sock, Instant::now() + self.limits.handshake_timeout);
+        let tls = self.tls.as_ref();
+        let Some((mut c, n)) = handshake::handshake(c, &self.exports, &self.limits, tls)? else {
+            return Ok(());
         };
-        run().map_err(|e| Error::io("serving an NBD client", e))
+        // Before the answer that chose the export leaves (the serving loop flushes it).
+        ticket.in_transmission();
+        let served = transmission::serve(&mut c, &n, self.limits.idle_timeout, &self.budget);
+        c.close(REFUSAL_TIME);
+        served
     }
 
-    /// Accepts TCP clients forever, one thread each.
+    /// Admits `sock` from `peer` and serves it on a thread of its own, or tells it why
+    /// not (see `admission.rs`).
+    fn accept<S: Socket>(self: &Arc<Self>, sock: S, peer: Option<std::net::IpAddr>) {
+        let Ok(handle) = sock.duplicate() else {
+            return;
+        };
+        match self.admission.admit(peer, Box::new(move || handle.shut())) {
+            Ok(ticket) => {
+                let server = Arc::clone(self);
+                // If no thread can be had, the socket and the ticket are dropped here.
+                let _ = std::thread::Builder::new()
+                    .name("nbd-client".into())
+                    .spawn(move || {
+                        // A client's failure (EOF, reset, timeout, protocol error)
+                        // concerns that client only.
+                        let _ = server.connection(sock, &ticket);
+                    });
+            }
+            Err(why) => self.admission.refuse(sock, why),
+        }
+    }
+
+    /// Accepts TCP clients forever.
     pub fn serve_tcp(self: Arc<Self>, listener: &TcpListener) -> Result<()> {
         loop {
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let Ok(reader) = stream.try_clone() else {
-                        continue;
-                    };
-                    let server = Arc::clone(&self);
-                    spawn(move || server.handle(reader, stream));
+                    self.accept(stream, Some(peer.ip()));
                 }
+                // Out of descriptors or memory: let connections finish rather than spin.
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
     }
 
-    /// Accepts Unix-socket clients forever, one thread each.
+    /// Accepts Unix-socket clients forever (they count towards the total limit only).
     pub fn serve_unix(self: Arc<Self>, listener: &UnixListener) -> Result<()> {
         loop {
             match listener.accept() {
-                Ok((stream, _)) => {
-                    let Ok(reader) = stream.try_clone() else {
-                        continue;
-                    };
-                    let server = Arc::clone(&self);
-                    spawn(move || server.handle(reader, stream));
-                }
+                Ok((stream, _)) => self.accept(stream, None),
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
     }
-}
-
-fn spawn(f: impl FnOnce() -> Result<()> + Send + 'static) {
-    // A client's failure (EOF, reset, protocol error) concerns that client only.
-    let _ = std::thread::Builder::new()
-        .name("nbd-client".into())
-        .spawn(move || {
-            let _ = f();
-        });
 }

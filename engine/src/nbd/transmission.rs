@@ -6,11 +6,15 @@
 //! payload is read and dropped first, or the connection closed if it is over
 //! [`MAX_REQUEST`]); reads over [`MAX_REQUEST`] get EOVERFLOW (structured) or EINVAL;
 //! ranges past the end get EINVAL; a store failure gets EIO. A bad request magic, DISC or
-//! EOF end the connection.
+//! EOF end the connection, and so does silence longer than the idle timeout between a
+//! reply and the next request ([`super::limits`]).
 
-use std::io::{Read, Write};
+use std::io::Write;
+use std::time::Duration;
 
+use super::conn::{Conn, Socket};
 use super::handshake::Negotiated;
+use super::limits::{transfer_time, ReadBudget};
 use super::proto::{discard, read_u16, read_u32, read_u64, BASE_ALLOCATION_ID};
 use crate::formats::nbd::{
     CMD_BLOCK_STATUS, CMD_CACHE, CMD_DISC, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM,
@@ -76,12 +80,20 @@ impl<W: Write> Replier<'_, W> {
     }
 }
 
-/// Serves requests until the client disconnects or breaks the protocol.
-pub fn serve<R: Read, W: Write>(r: &mut R, w: &mut W, n: &Negotiated) -> std::io::Result<()> {
+/// Serves requests until the client disconnects, breaks the protocol or stays silent for
+/// `idle` after a reply. Each WRITE payload and each reply gets [`transfer_time`] of its
+/// length; READ replies take their length from `budget` while they are built.
+pub fn serve<S: Socket>(
+    c: &mut Conn<S>,
+    n: &Negotiated,
+    idle: Duration,
+    budget: &ReadBudget,
+) -> std::io::Result<()> {
     let export = &n.export;
     loop {
-        w.flush()?;
-        let magic = match read_u32(r) {
+        c.flush()?;
+        c.read_within(idle);
+        let magic = match read_u32(c) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
@@ -89,13 +101,26 @@ pub fn serve<R: Read, W: Write>(r: &mut R, w: &mut W, n: &Negotiated) -> std::io
         if magic != REQUEST_MAGIC {
             return Ok(());
         }
-        let flags = read_u16(r)?;
-        let kind = read_u16(r)?;
-        let cookie = read_u64(r)?;
-        let offset = read_u64(r)?;
-        let len = read_u32(r)?;
+        let flags = read_u16(c)?;
+        let kind = read_u16(c)?;
+        let cookie = read_u64(c)?;
+        let offset = read_u64(c)?;
+        let len = read_u32(c)?;
+        if kind == CMD_WRITE {
+            if len > MAX_REQUEST {
+                return Ok(());
+            }
+            c.read_within(transfer_time(u64::from(len)));
+            discard(c, u64::from(len))?;
+        }
+        let reply_bytes = if kind == CMD_READ {
+            u64::from(len.min(MAX_REQUEST))
+        } else {
+            8 * MAX_EXTENTS as u64
+        };
+        c.write_within(transfer_time(reply_bytes));
         let mut rep = Replier {
-            w,
+            w: c,
             structured: n.structured,
             cookie,
         };
@@ -104,14 +129,9 @@ pub fn serve<R: Read, W: Write>(r: &mut R, w: &mut W, n: &Negotiated) -> std::io
             .is_some_and(|end| end <= export.size());
         match kind {
             CMD_DISC => return Ok(()),
-            CMD_WRITE => {
-                if len > MAX_REQUEST {
-                    return Ok(());
-                }
-                discard(r, u64::from(len))?;
+            CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES => {
                 rep.error(EPERM, "the export is read-only")?;
             }
-            CMD_TRIM | CMD_WRITE_ZEROES => rep.error(EPERM, "the export is read-only")?,
             CMD_FLUSH => rep.ok()?,
             CMD_CACHE => {
                 if in_range {
@@ -127,6 +147,7 @@ pub fn serve<R: Read, W: Write>(r: &mut R, w: &mut W, n: &Negotiated) -> std::io
                 } else if !in_range {
                     rep.error(EINVAL, "read past the end of the export")?;
                 } else {
+                    let _memory = budget.take(len);
                     match export.read_range(offset, u64::from(len)) {
                         Ok(segments) => read_reply(&mut rep, &segments)?,
                         Err(e) => rep.error(EIO, &e.to_string())?,

@@ -154,7 +154,7 @@ impl std::str::FromStr for SourceFormat {
 #[derive(Debug, Clone)]
 pub struct SourceSpec {
     /// File, block device, or `nbd://HOST[:PORT]/EXPORT[?bitmap=NAME&track=NAME]` /
-    /// `nbd+unix:///EXPORT?socket=PATH[&...]`.
+    /// `nbd+unix:///EXPORT?socket=PATH[&...]` (`nbds` for TLS).
     pub location: String,
     /// How to interpret it.
     pub format: SourceFormat,
@@ -163,19 +163,30 @@ pub struct SourceSpec {
     /// Directories besides the image's own that its backing files or parents may be
     /// opened from ([`confine`]).
     pub allow_backing_dirs: Vec<std::path::PathBuf>,
+    /// CA certificates trusted besides the system's roots by `nbds://` sources.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+/// Whether `location` names an NBD export rather than a file.
+pub fn is_nbd_url(location: &str) -> bool {
+    ["nbd://", "nbd+unix://", "nbds://", "nbds+unix://"]
+        .iter()
+        .any(|scheme| location.starts_with(scheme))
 }
 
 /// Opens a source as `spec` says.
 pub fn open_source(spec: &SourceSpec) -> Result<Box<dyn BlockSource>> {
-    let is_nbd = spec.location.starts_with("nbd://") || spec.location.starts_with("nbd+unix://");
-    let source: Box<dyn BlockSource> = if is_nbd {
+    let source: Box<dyn BlockSource> = if is_nbd_url(&spec.location) {
         if spec.format != SourceFormat::Auto {
             return Err(Error::Usage(format!(
                 "{}: an NBD source is always read as the raw disk the server exports; drop --format",
                 spec.location
             )));
         }
-        Box::new(nbd_client::NbdSource::connect(&spec.location)?)
+        Box::new(nbd_client::NbdSource::connect(
+            &spec.location,
+            spec.tls_ca.as_deref(),
+        )?)
     } else {
         let path = Path::new(&spec.location);
         let format = match spec.format {

@@ -7,6 +7,7 @@
 //! is believed.
 
 use rayon::prelude::*;
+use tessera_format::manifest::MAX_PAGE_ENTRIES;
 use tessera_format::pack::MAX_OBJECT_LEN;
 use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind, PageDigest};
 
@@ -15,6 +16,11 @@ use crate::serde_ids::kind_name;
 use crate::store::encode::decode_stored;
 
 use super::source::StoredObject;
+
+/// The longest encoded manifest page: magic, count, [`MAX_PAGE_ENTRIES`] digests. A page
+/// whose record claims more is refused before it is decoded (its raw bytes are kept, so a
+/// batch of them must not reach the 8 MiB an object may otherwise have).
+pub const MAX_PAGE_BYTES: u32 = 8 + 4 + 32 * MAX_PAGE_ENTRIES;
 
 /// An object whose stored bytes were decoded and hashed to its digest.
 #[derive(Debug)]
@@ -53,6 +59,12 @@ pub fn check_object(
         return Err(bad(format!(
             "raw length {} / stored length {} exceeds {MAX_OBJECT_LEN}",
             info.raw_len, info.stored_len
+        )));
+    }
+    if kind == ObjectKind::Page && info.raw_len > MAX_PAGE_BYTES {
+        return Err(bad(format!(
+            "a page of {} raw bytes, more than the {MAX_PAGE_BYTES} any page has",
+            info.raw_len
         )));
     }
     if stored.len() != info.stored_len as usize {

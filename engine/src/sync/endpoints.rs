@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::Repository;
 
@@ -25,18 +25,21 @@ fn is_https(location: &str) -> bool {
 }
 
 /// How to reach the remote side(s).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct RemoteAccess<'a> {
     /// The file holding the bearer token (needed when a side is remote).
     pub token_file: Option<&'a Path>,
     /// PEM roots to trust for `https://` sides, besides the system's.
     pub tls_ca: Option<&'a Path>,
+    /// Longest a remote may stay silent within one request before the sync fails (so a
+    /// stalled server cannot hold the local writer lock forever).
+    pub io_timeout: std::time::Duration,
 }
 
-/// The bearer token in `path` (surrounding whitespace removed; must not be empty).
+/// The bearer token in `path` (surrounding whitespace removed; must not be empty). The
+/// file must be readable by its owner only.
 pub fn read_token(path: &Path) -> Result<String> {
-    let token = std::fs::read_to_string(path)
-        .ctx(|| format!("reading the token file {}", path.display()))?;
+    let token = super::http::tokens::read_private(path, "token file")?;
     let token = token.trim();
     if token.is_empty() {
         return Err(Error::Usage(format!(
@@ -71,7 +74,14 @@ pub fn sync_between(
     } else {
         String::new()
     };
-    let remote = |url: &str| Remote::new(url, &token, access.tls_ca.filter(|_| is_https(url)));
+    let remote = |url: &str| {
+        Remote::new(
+            url,
+            &token,
+            access.tls_ca.filter(|_| is_https(url)),
+            access.io_timeout,
+        )
+    };
     let local_src;
     let remote_src;
     let source: &dyn ObjectSource = if is_remote(src) {

@@ -103,6 +103,8 @@ pub struct DeltaOptions {
     /// Directories besides each image's own that its backing files or parents may be
     /// opened from (`--allow-backing-dir`, SPEC §21).
     pub allow_backing_dirs: Vec<PathBuf>,
+    /// CA certificates trusted besides the system's roots by `nbds://` disks (`--tls-ca`).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for DeltaOptions {
@@ -114,6 +116,7 @@ impl Default for DeltaOptions {
             key_interval: 20,
             format: SourceFormat::Auto,
             allow_backing_dirs: Vec::new(),
+            tls_ca: None,
         }
     }
 }
@@ -340,8 +343,21 @@ pub fn backup(
     })
 }
 
-/// Opens every disk's source.
+/// Opens every disk's source. A `--tls-ca` no disk would use is a usage error (a plain
+/// `nbd://` URL given where `nbds://` was meant must not pass unnoticed).
 fn open_sources(req: &BackupRequest) -> Result<Vec<Box<dyn BlockSource>>> {
+    if let Some(ca) = &req.delta.tls_ca {
+        let tls_disk = req.disks.iter().any(|d| {
+            let location = d.path.to_string_lossy();
+            location.starts_with("nbds://") || location.starts_with("nbds+unix://")
+        });
+        if !tls_disk {
+            return Err(Error::Usage(format!(
+                "--tls-ca {} applies to nbds:// and nbds+unix:// disks, and none is given (nbd:// is plain NBD)",
+                ca.display()
+            )));
+        }
+    }
     req.disks
         .iter()
         .map(|d| {
@@ -350,6 +366,7 @@ fn open_sources(req: &BackupRequest) -> Result<Vec<Box<dyn BlockSource>>> {
                 format: req.delta.format,
                 changes: d.changes.clone(),
                 allow_backing_dirs: req.delta.allow_backing_dirs.clone(),
+                tls_ca: req.delta.tls_ca.clone(),
             })
         })
         .collect()

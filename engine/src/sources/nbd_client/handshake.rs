@@ -5,23 +5,28 @@
 //! 1. greeting `NBDMAGIC`, `IHAVEOPT`, handshake flags — FIXED_NEWSTYLE is required
 //!    (oldstyle servers are refused); the client answers FIXED_NEWSTYLE (+ NO_ZEROES when
 //!    offered);
-//! 2. `NBD_OPT_STRUCTURED_REPLY` — required: without it holes cannot be reported and
+//! 2. with TLS (`nbds://`), `NBD_OPT_STARTTLS` first (proto.md: a client that only wishes
+//!    to use TLS sends it first and ends the session when it is refused), then the TLS
+//!    handshake ([`ClientTls`]); everything after runs over TLS. Without TLS, a server that
+//!    answers NBD_REP_ERR_TLS_REQD is refused with a hint to use `nbds://`;
+//! 3. `NBD_OPT_STRUCTURED_REPLY` — required: without it holes cannot be reported and
 //!    BLOCK_STATUS is unavailable, so a server refusing it is refused;
-//! 3. `NBD_OPT_SET_META_CONTEXT` for `base:allocation` and, with `bitmap=NAME`,
+//! 4. `NBD_OPT_SET_META_CONTEXT` for `base:allocation` and, with `bitmap=NAME`,
 //!    `qemu:dirty-bitmap:NAME` — `base:allocation` is optional (without it every byte is
 //!    read), the bitmap is not;
-//! 4. `NBD_OPT_GO` asking for `NBD_INFO_BLOCK_SIZE`; `NBD_INFO_EXPORT` gives size and
+//! 5. `NBD_OPT_GO` asking for `NBD_INFO_BLOCK_SIZE`; `NBD_INFO_EXPORT` gives size and
 //!    transmission flags. An unknown export name is reported as such.
 //!
 //! Every option reply is checked: magic, echoed option, payload at most 64 KiB
 //! ([`MAX_OPTION`]); an error reply's text is quoted in the message.
 
+use super::tls::ClientTls;
 use super::wire::Wire;
 use crate::error::Result;
 use crate::formats::nbd::{
     option_error_name, BASE_ALLOCATION, CMD_DISC, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES,
     FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO_BLOCK_SIZE, INFO_EXPORT, MAX_OPTION,
-    MAX_REQUEST, NBDMAGIC, OLDSTYLE_MAGIC, OPT_ABORT, OPT_GO, OPT_SET_META_CONTEXT,
+    MAX_REQUEST, NBDMAGIC, OLDSTYLE_MAGIC, OPT_ABORT, OPT_GO, OPT_SET_META_CONTEXT, OPT_STARTTLS,
     OPT_STRUCTURED_REPLY, QEMU_DIRTY_BITMAP, REPLY_MAGIC, REP_ACK, REP_ERR_TLS_REQD,
     REP_ERR_UNKNOWN, REP_FLAG_ERROR, REP_INFO, REP_META_CONTEXT, REQUEST_MAGIC,
     TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS,
@@ -114,8 +119,14 @@ fn be_u32(b: &[u8], at: usize) -> Option<u32> {
         .map(u32::from_be_bytes)
 }
 
-/// Runs the handshake for `export`, asking for `bitmap` when given.
-pub fn negotiate(w: &mut Wire, export: &str, bitmap: Option<&str>) -> Result<Negotiated> {
+/// Runs the handshake for `export`, asking for `bitmap` when given, over TLS when `tls` is
+/// given.
+pub fn negotiate(
+    w: &mut Wire,
+    export: &str,
+    bitmap: Option<&str>,
+    tls: Option<&ClientTls>,
+) -> Result<Negotiated> {
     let magic = w.u64("reading the server greeting")?;
     if magic != NBDMAGIC {
         return Err(w.bad(format!(
@@ -146,8 +157,24 @@ pub fn negotiate(w: &mut Wire, export: &str, bitmap: Option<&str>) -> Result<Neg
 
     // On failure, say goodbye the way the phase allows (best effort), so the server logs a
     // clean disconnect rather than a broken handshake.
+    if let Some(tls) = tls {
+        if let Err(e) = start_tls(w, tls) {
+            let _ = send_option(w, OPT_ABORT, &[]);
+            return Err(e);
+        }
+    }
     let options = |w: &mut Wire| -> Result<_> {
-        structured_replies(w)?;
+        structured_replies(w, tls.is_some()).map_err(|e| match e {
+            // TLS 1.3 finishes the client's side of the handshake before the server has
+            // checked the client's certificate: its refusal is a closed connection here.
+            crate::error::Error::Source { source, .. } if tls.is_some() => crate::error::Error::Tls {
+                reason: format!(
+                    "{}: the NBD server ended the TLS session right after the handshake ({source}); it probably requires a client certificate it trusts: put client-cert.pem and client-key.pem in the directory given as tls-certificates=DIR",
+                    w.url
+                ),
+            },
+            e => e,
+        })?;
         let wanted = bitmap.map(|b| format!("{QEMU_DIRTY_BITMAP}{b}"));
         let (allocation_id, bitmap_id, meta_err) = meta_contexts(w, export, wanted.as_deref())?;
         Ok((allocation_id, bitmap_id, meta_err, wanted))
@@ -174,6 +201,14 @@ pub fn negotiate(w: &mut Wire, export: &str, bitmap: Option<&str>) -> Result<Neg
     Ok(neg)
 }
 
+/// A server in FORCEDTLS mode answered a plain client.
+fn tls_required(w: &Wire, r: &OptReply) -> crate::error::Error {
+    w.bad(format!(
+        "the server requires TLS ({}): use nbds:// (or nbds+unix://), with --tls-ca FILE or tls-certificates=DIR if its certificate is not signed by a system root",
+        r.describe_error()
+    ))
+}
+
 /// NBD_CMD_DISC, the goodbye of the transmission phase.
 fn disconnect_request() -> [u8; 28] {
     let mut buf = [0u8; 28];
@@ -182,11 +217,31 @@ fn disconnect_request() -> [u8; 28] {
     buf
 }
 
-fn structured_replies(w: &mut Wire) -> Result<()> {
+/// NBD_OPT_STARTTLS and the TLS handshake; any answer but NBD_REP_ACK ends the session.
+fn start_tls(w: &mut Wire, tls: &ClientTls) -> Result<()> {
+    send_option(w, OPT_STARTTLS, &[])?;
+    let r = read_reply(w, OPT_STARTTLS)?;
+    if r.kind == REP_ACK && r.data.is_empty() {
+        return w.start_tls(tls);
+    }
+    let what = if r.is_error() {
+        r.describe_error()
+    } else {
+        format!("reply type 0x{:08x}", r.kind)
+    };
+    Err(w.bad(format!(
+        "the server does not offer TLS (NBD_OPT_STARTTLS got {what}); the URL asks for it (nbds://), so nothing is sent in clear"
+    )))
+}
+
+fn structured_replies(w: &mut Wire, tls: bool) -> Result<()> {
     send_option(w, OPT_STRUCTURED_REPLY, &[])?;
     let r = read_reply(w, OPT_STRUCTURED_REPLY)?;
     if r.kind == REP_ACK && r.data.is_empty() {
         return Ok(());
+    }
+    if r.kind == REP_ERR_TLS_REQD && !tls {
+        return Err(tls_required(w, &r));
     }
     let what = if r.is_error() {
         r.describe_error()
@@ -334,12 +389,7 @@ fn go(w: &mut Wire, export: &str) -> Result<Negotiated> {
                     r.describe_error()
                 )))
             }
-            REP_ERR_TLS_REQD => {
-                return Err(w.bad(format!(
-                    "the server requires TLS, which tessera does not support ({})",
-                    r.describe_error()
-                )))
-            }
+            REP_ERR_TLS_REQD => return Err(tls_required(w, &r)),
             kind if kind & REP_FLAG_ERROR != 0 => {
                 return Err(w.bad(format!(
                     "NBD_OPT_GO for export {export:?} failed: {}",

@@ -1,8 +1,9 @@
 //! Reading a disk from an NBD server (issue 3, part 3): `nbd://HOST[:PORT]/EXPORT` and
-//! `nbd+unix:///EXPORT?socket=PATH` ([`url`]), optionally with a qemu dirty bitmap as the
-//! delta. See SPEC.md §20 "Sources: NBD client".
+//! `nbd+unix:///EXPORT?socket=PATH` ([`url`]), or over TLS `nbds://` and `nbds+unix://`
+//! ([`tls`]), optionally with a qemu dirty bitmap as the delta. See SPEC.md §20 "Sources:
+//! NBD client".
 //!
-//! - [`wire`]: sockets with timeouts, error kinds;
+//! - [`wire`]: sockets with timeouts (TLS after STARTTLS), error kinds;
 //! - [`handshake`]: fixed newstyle, structured replies (required), meta contexts, GO;
 //! - [`transmission`]: checked READ and BLOCK_STATUS replies on one connection;
 //! - [`pool`]: parallel connections (`connections=N`, used only when the server advertises
@@ -21,16 +22,20 @@
 pub mod block_map;
 pub mod handshake;
 pub mod pool;
+pub mod tls;
 pub mod transmission;
 pub mod url;
 pub mod wire;
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::sources::{normalize_extents, BlockSource, Changes, STATE_KEY};
 
 use self::pool::Pool;
+use self::tls::ClientTls;
 use self::transmission::Connection;
 use self::url::NbdUrl;
 use self::wire::Wire;
@@ -51,18 +56,17 @@ pub struct NbdSource {
     changes: Option<Changes>,
 }
 
-/// Opens and negotiates one connection.
-/// Opens and negotiates one connection. A further connection (`first` false) gets at most
+/// Opens and negotiates one connection (over TLS when `tls` is given). A further connection (`first` false) gets at most
 /// [`FURTHER_HANDSHAKE_SECS`] for its handshake: a server that limits its clients (qemu-nbd
 /// `-e N`) leaves connection N+1 waiting for a greeting, and the pool then carries on with
 /// the connections it has.
-fn open_connection(url: &NbdUrl, first: bool) -> Result<Connection> {
+fn open_connection(url: &NbdUrl, tls: Option<&ClientTls>, first: bool) -> Result<Connection> {
     let mut wire = Wire::connect(url)?;
     let normal = wire::timeout();
     if !first {
         wire.set_read_timeout(normal.min(Duration::from_secs(FURTHER_HANDSHAKE_SECS)))?;
     }
-    let neg = handshake::negotiate(&mut wire, &url.export, url.bitmap.as_deref())?;
+    let neg = handshake::negotiate(&mut wire, &url.export, url.bitmap.as_deref(), tls)?;
     wire.set_read_timeout(normal)?;
     Ok(Connection::new(wire, neg))
 }
@@ -72,11 +76,17 @@ pub const FURTHER_HANDSHAKE_SECS: u64 = 5;
 
 impl NbdSource {
     /// Connects to `url` (`nbd://HOST[:PORT]/EXPORT[?bitmap=NAME&track=NAME&connections=N]`
-    /// or `nbd+unix:///EXPORT?socket=PATH[&...]`), negotiates, and maps the export.
-    pub fn connect(url: &str) -> Result<Self> {
+    /// or `nbd+unix:///EXPORT?socket=PATH[&...]`, `nbds` for TLS), negotiates, and maps the
+    /// export. `tls_ca` is trusted besides the system's roots when the URL asks for TLS.
+    pub fn connect(url: &str, tls_ca: Option<&Path>) -> Result<Self> {
         let parsed = NbdUrl::parse(url)?;
         let display = parsed.display();
-        let mut first = open_connection(&parsed, true)?;
+        let tls = if parsed.tls {
+            Some(Arc::new(ClientTls::new(&parsed, tls_ca)?))
+        } else {
+            None
+        };
+        let mut first = open_connection(&parsed, tls.as_deref(), true)?;
         let map = block_map::map_export(&mut first, &display)?;
         let neg = first.neg.clone();
         let max = if neg.multi_conn() {
@@ -87,7 +97,7 @@ impl NbdSource {
         let opener_url = parsed.clone();
         let expected = neg.clone();
         let opener: pool::Opener = Box::new(move || {
-            let c = open_connection(&opener_url, false)?;
+            let c = open_connection(&opener_url, tls.as_deref(), false)?;
             // Context ids are per connection and may differ; only the first maps the disk.
             let same = (c.neg.size, c.neg.flags, c.neg.min_block, c.neg.max_read)
                 == (

@@ -2,14 +2,21 @@
 //!
 //! - `nbd://HOST[:PORT]/EXPORT` — TCP; PORT defaults to 10809; an IPv6 HOST is bracketed
 //!   (`nbd://[::1]:10809/disk`);
-//! - `nbd+unix:///EXPORT?socket=PATH` — a Unix socket; the authority must be empty.
+//! - `nbd+unix:///EXPORT?socket=PATH` — a Unix socket; the authority must be empty;
+//! - `nbds://...` and `nbds+unix://...` — the same over TLS (NBD_OPT_STARTTLS, required:
+//!   a server that does not offer it is refused).
 //!
 //! The export name is the percent-decoded path after the first `/` (empty when the path is
 //! empty or `/`, which qemu-nbd serves by default). Query parameters (percent-decoded):
 //! `socket=` (Unix only, required there), `bitmap=NAME`, `track=NAME`, `connections=N`
-//! (1 to [`MAX_CONNECTIONS`], default [`DEFAULT_CONNECTIONS`]). Anything else — unknown or
-//! repeated parameters, user info, TLS schemes — is refused: a typo must not silently turn
-//! a delta backup into something else.
+//! (1 to [`MAX_CONNECTIONS`], default [`DEFAULT_CONNECTIONS`]), and with TLS only, as
+//! libnbd names them: `tls-certificates=DIR` (a directory laid out as qemu and libnbd
+//! expect: `ca-cert.pem` trusted besides the system's roots, `client-cert.pem` and
+//! `client-key.pem` presented to a server that asks for a client certificate) and
+//! `tls-hostname=NAME` (the name the server's certificate must carry; default the host,
+//! `localhost` for a Unix socket). Anything else — unknown or repeated parameters, user
+//! info, TLS parameters on a plain URL — is refused: a typo must not silently turn a delta
+//! backup into something else, or a TLS connection into a plain one.
 
 use std::path::PathBuf;
 
@@ -49,6 +56,12 @@ pub struct NbdUrl {
     pub track: Option<String>,
     /// Parallel connections asked for.
     pub connections: usize,
+    /// TLS is required (`nbds://`, `nbds+unix://`).
+    pub tls: bool,
+    /// `tls-certificates=DIR`: CA and client certificate in qemu's and libnbd's layout.
+    pub tls_certificates: Option<PathBuf>,
+    /// `tls-hostname=NAME`: the name the server's certificate must carry.
+    pub tls_hostname: Option<String>,
 }
 
 fn bad(url: &str, reason: impl Into<String>) -> Error {
@@ -77,17 +90,87 @@ fn percent_decode(url: &str, what: &str, s: &str) -> Result<String> {
     String::from_utf8(out).map_err(|_| bad(url, format!("the {what} is not UTF-8 once decoded")))
 }
 
+/// The query parameters of a URL, percent-decoded, each at most once.
+#[derive(Default)]
+struct Query {
+    socket: Option<String>,
+    bitmap: Option<String>,
+    track: Option<String>,
+    connections: Option<String>,
+    tls_certificates: Option<String>,
+    tls_hostname: Option<String>,
+}
+
+impl Query {
+    /// Parses `query` (of `url`, with a Unix socket or TLS as the scheme says); refuses
+    /// unknown, repeated and empty parameters, and TLS parameters on a plain URL.
+    fn parse(url: &str, query: &str, unix: bool, tls: bool) -> Result<Self> {
+        let mut q = Self::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(url, format!("query parameter {pair:?} has no value")))?;
+            let value = percent_decode(url, key, value)?;
+            let slot = match key {
+                "socket" if unix => &mut q.socket,
+                "bitmap" => &mut q.bitmap,
+                "track" => &mut q.track,
+                "connections" => &mut q.connections,
+                "tls-certificates" | "tls-hostname" if !tls => {
+                    return Err(bad(
+                        url,
+                        format!("{key}= applies to TLS only: use nbds:// or nbds+unix://"),
+                    ))
+                }
+                "tls-certificates" => &mut q.tls_certificates,
+                "tls-hostname" => &mut q.tls_hostname,
+                _ => {
+                    let socket = if unix { "socket, " } else { "" };
+                    let tls = if tls {
+                        ", tls-certificates, tls-hostname"
+                    } else {
+                        ""
+                    };
+                    return Err(bad(
+                        url,
+                        format!(
+                            "unknown query parameter {key:?} (known: {socket}bitmap, track, connections{tls})"
+                        ),
+                    ));
+                }
+            };
+            if value.is_empty() {
+                let what = if matches!(key, "bitmap" | "track") {
+                    "a bitmap name"
+                } else {
+                    "a value"
+                };
+                return Err(bad(url, format!("{key}= needs {what}")));
+            }
+            if slot.replace(value).is_some() {
+                return Err(bad(url, format!("query parameter {key:?} is given twice")));
+            }
+        }
+        Ok(q)
+    }
+}
+
 impl NbdUrl {
     /// Parses `url`.
     pub fn parse(url: &str) -> Result<Self> {
-        let (unix, rest) = if let Some(r) = url.strip_prefix("nbd+unix://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("nbd://") {
-            (false, r)
-        } else {
+        let schemes = [
+            ("nbd://", false, false),
+            ("nbd+unix://", true, false),
+            ("nbds://", false, true),
+            ("nbds+unix://", true, true),
+        ];
+        let Some((unix, tls, rest)) = schemes
+            .iter()
+            .find_map(|&(scheme, unix, tls)| url.strip_prefix(scheme).map(|r| (unix, tls, r)))
+        else {
             return Err(bad(
                 url,
-                "expected nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH (TLS schemes are not supported)",
+                "expected nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH (nbds:// and nbds+unix:// for TLS)",
             ));
         };
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -99,40 +182,8 @@ impl NbdUrl {
         if export.len() > 4096 {
             return Err(bad(url, "export names are at most 4096 bytes"));
         }
-        let mut socket = None;
-        let mut bitmap = None;
-        let mut track = None;
-        let mut connections = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| bad(url, format!("query parameter {pair:?} has no value")))?;
-            let value = percent_decode(url, key, value)?;
-            let slot = match key {
-                "socket" if unix => &mut socket,
-                "bitmap" => &mut bitmap,
-                "track" => &mut track,
-                "connections" => &mut connections,
-                _ => {
-                    return Err(bad(
-                        url,
-                        format!(
-                            "unknown query parameter {key:?} (known: {}bitmap, track, connections)",
-                            if unix { "socket, " } else { "" }
-                        ),
-                    ))
-                }
-            };
-            if slot.replace(value).is_some() {
-                return Err(bad(url, format!("query parameter {key:?} is given twice")));
-            }
-        }
-        for (key, name) in [("bitmap", &bitmap), ("track", &track)] {
-            if name.as_deref().is_some_and(str::is_empty) {
-                return Err(bad(url, format!("{key}= needs a bitmap name")));
-            }
-        }
-        let connections = match connections {
+        let q = Query::parse(url, query, unix, tls)?;
+        let connections = match q.connections {
             None => DEFAULT_CONNECTIONS,
             Some(n) => n
                 .parse::<usize>()
@@ -152,7 +203,9 @@ impl NbdUrl {
                     "nbd+unix:// URLs have an empty host: nbd+unix:///EXPORT?socket=PATH",
                 ));
             }
-            let socket = socket.ok_or_else(|| bad(url, "nbd+unix:// needs ?socket=PATH"))?;
+            let socket = q
+                .socket
+                .ok_or_else(|| bad(url, "nbd+unix:// needs ?socket=PATH"))?;
             Endpoint::Unix(PathBuf::from(socket))
         } else {
             parse_authority(url, authority)?
@@ -160,9 +213,12 @@ impl NbdUrl {
         Ok(Self {
             endpoint,
             export,
-            bitmap,
-            track,
+            bitmap: q.bitmap,
+            track: q.track,
             connections,
+            tls,
+            tls_certificates: q.tls_certificates.map(PathBuf::from),
+            tls_hostname: q.tls_hostname,
         })
     }
 
@@ -170,13 +226,14 @@ impl NbdUrl {
     /// recorded in snapshots and shown in messages.
     pub fn display(&self) -> String {
         let export = escape(&self.export);
+        let s = if self.tls { "s" } else { "" };
         match &self.endpoint {
             Endpoint::Tcp { host, port } if host.contains(':') => {
-                format!("nbd://[{host}]:{port}/{export}")
+                format!("nbd{s}://[{host}]:{port}/{export}")
             }
-            Endpoint::Tcp { host, port } => format!("nbd://{host}:{port}/{export}"),
+            Endpoint::Tcp { host, port } => format!("nbd{s}://{host}:{port}/{export}"),
             Endpoint::Unix(path) => format!(
-                "nbd+unix:///{export}?socket={}",
+                "nbd{s}+unix:///{export}?socket={}",
                 escape(&path.display().to_string())
             ),
         }
@@ -201,7 +258,10 @@ fn escape(s: &str) -> String {
 
 fn parse_authority(url: &str, authority: &str) -> Result<Endpoint> {
     if authority.contains('@') {
-        return Err(bad(url, "user names are not supported (and TLS is not)"));
+        return Err(bad(
+            url,
+            "user names are not supported (TLS PSK users are not)",
+        ));
     }
     let (host, port) = if let Some(r) = authority.strip_prefix('[') {
         let (host, after) = r
@@ -280,9 +340,30 @@ mod tests {
     }
 
     #[test]
+    fn tls_urls() {
+        let u = NbdUrl::parse("nbds://127.0.0.1:7/d?tls-certificates=/etc/pki/x%20y").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.endpoint, tcp("127.0.0.1", 7));
+        assert_eq!(u.tls_certificates, Some(PathBuf::from("/etc/pki/x y")));
+        assert_eq!(u.tls_hostname, None);
+        assert_eq!(u.display(), "nbds://127.0.0.1:7/d");
+        let u = NbdUrl::parse("nbds+unix:///d?socket=/s&tls-hostname=nbd.example").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.endpoint, Endpoint::Unix("/s".into()));
+        assert_eq!(u.tls_hostname.as_deref(), Some("nbd.example"));
+        assert_eq!(u.display(), "nbds+unix:///d?socket=/s");
+        assert!(!NbdUrl::parse("nbd://h/x").unwrap().tls);
+    }
+
+    #[test]
     fn bad_urls_are_refused() {
         for url in [
-            "nbds://h/x",
+            "nbdx://h/x",
+            "nbd://h/x?tls-certificates=/d",
+            "nbd+unix:///x?socket=/s&tls-hostname=h",
+            "nbds://h/x?tls-certificates=",
+            "nbds://h/x?tls-verify-peer=false",
+            "nbds://h/x?tls-hostname=a&tls-hostname=b",
             "nbd://h/x?bitmap=a&bitmap=b",
             "nbd://h/x?frobnicate=1",
             "nbd://h/x?socket=/s",

@@ -5,6 +5,9 @@
 //! a hang. Errors name the URL: OS-level failures (refused, reset, timed out, cut off) are
 //! [`Error::Source`]; a server that breaks the protocol is [`Error::BadImage`] with format
 //! `NBD`.
+//!
+//! After NBD_OPT_STARTTLS the same socket carries TLS ([`Wire::start_tls`]); its timeouts
+//! keep bounding every read and write, the TLS handshake's included.
 
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -12,6 +15,9 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use openssl::ssl::SslStream;
+
+use super::tls::ClientTls;
 use super::url::{Endpoint, NbdUrl};
 use crate::error::{Error, Result};
 
@@ -62,9 +68,60 @@ impl Write for Stream {
     }
 }
 
+impl Stream {
+    fn set_read_timeout(&self, limit: Duration) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(Some(limit)),
+            Self::Unix(s) => s.set_read_timeout(Some(limit)),
+        }
+    }
+}
+
+/// The socket, plain or with TLS running over it.
+enum Link {
+    Plain(Stream),
+    Tls(Box<SslStream<Stream>>),
+    /// Only while [`Wire::start_tls`] runs, and after it failed: every use fails.
+    Gone,
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "the connection was closed after a failed TLS handshake",
+    )
+}
+
+impl Read for Link {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(buf),
+            Self::Tls(s) => s.read(buf),
+            Self::Gone => Err(gone()),
+        }
+    }
+}
+
+impl Write for Link {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(buf),
+            Self::Tls(s) => s.write(buf),
+            Self::Gone => Err(gone()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush(),
+            Self::Tls(s) => s.flush(),
+            Self::Gone => Err(gone()),
+        }
+    }
+}
+
 /// A buffered connection to one server, with the URL for messages.
 pub struct Wire {
-    io: BufReader<Stream>,
+    io: BufReader<Link>,
     /// The URL without parameters ([`NbdUrl::display`]).
     pub url: String,
     timeout: Duration,
@@ -112,7 +169,7 @@ impl Wire {
             }
         };
         Ok(Self {
-            io: BufReader::with_capacity(256 * 1024, stream),
+            io: BufReader::with_capacity(256 * 1024, Link::Plain(stream)),
             url: display,
             timeout,
         })
@@ -141,12 +198,35 @@ impl Wire {
     /// Changes the read timeout (the limit for the server's answers).
     pub fn set_read_timeout(&mut self, limit: Duration) -> Result<()> {
         let r = match self.io.get_ref() {
-            Stream::Tcp(s) => s.set_read_timeout(Some(limit)),
-            Stream::Unix(s) => s.set_read_timeout(Some(limit)),
+            Link::Plain(s) => s.set_read_timeout(limit),
+            Link::Tls(s) => s.get_ref().set_read_timeout(limit),
+            Link::Gone => Err(gone()),
         };
         r.map_err(|e| self.os("setting the socket timeout", &e))?;
         self.timeout = limit;
         Ok(())
+    }
+
+    /// Runs TLS over the socket from now on (the server acknowledged NBD_OPT_STARTTLS).
+    /// Bytes the server sent after its acknowledgement, before the TLS handshake, are a
+    /// protocol violation (they would be plaintext taken for part of the session).
+    pub fn start_tls(&mut self, tls: &ClientTls) -> Result<()> {
+        if !self.io.buffer().is_empty() {
+            return Err(self.bad(
+                "the server sent data between its STARTTLS acknowledgement and the TLS handshake",
+            ));
+        }
+        match std::mem::replace(self.io.get_mut(), Link::Gone) {
+            Link::Plain(stream) => {
+                let session = tls.connect(stream, &self.url)?;
+                *self.io.get_mut() = Link::Tls(Box::new(session));
+                Ok(())
+            }
+            other => {
+                *self.io.get_mut() = other;
+                Err(self.bad("STARTTLS on a connection that is not plain"))
+            }
+        }
     }
 
     /// A protocol violation: `BadImage` with format `NBD`.

@@ -2,9 +2,17 @@
 //! [`ObjectSource`] (pull) and an [`ObjectSink`] (push). Answers are bounded in size and
 //! checked like any untrusted input; what a remote source sends is checked again by the
 //! transfer ([`crate::sync::checked`]).
+//!
+//! Every wait on the server is bounded: connecting by [`CONNECT_TIMEOUT`], and each read
+//! and write of a request by the I/O timeout given to [`Remote::new`] (`sync --io-timeout`),
+//! so a server that accepts and then stalls fails the sync with a clear error instead of
+//! holding it — and, when pulling, the local repository's writer lock — forever. The
+//! timeout must cover the longest the server works on a request without answering (a
+//! `publish` of a large snapshot checks all of its pages).
 
 use std::io::Read;
 use std::path::Path;
+use std::time::Duration;
 
 use tessera_format::{IdScheme, ObjectKind, SnapshotId};
 
@@ -16,8 +24,17 @@ use crate::sync::source::{Catalog, ObjectSource, SnapshotSummary, StoredObject, 
 use super::tls::client_connector;
 use super::wire::{
     decode_records, encode_digests, encode_record, kind_name, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
-    MAX_HAVE_DIGESTS,
+    MAX_HAVE_DIGESTS, MAX_PUT_RAW_BYTES,
 };
+
+/// Longest a connection to the server may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default I/O timeout: longest one read or write of a request may wait.
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "Duration::from_mins needs Rust 1.91; the workspace's rust-version is 1.89"
+)]
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A repository served by `tessera serve`.
 ///
@@ -37,14 +54,24 @@ struct Endpoint {
     base: String,
     token: String,
     agent: ureq::Agent,
+    io_timeout: Duration,
 }
 
 impl Remote {
     /// A remote at `url` (`http://HOST:PORT` or `https://HOST:PORT`), authenticating with
     /// `token`. `tls_ca`: a PEM file of extra trusted root certificates for `https://` (see
     /// [`super::tls`]); refused with an `http://` URL, where it would silently do nothing.
-    pub fn new(url: &str, token: &str, tls_ca: Option<&Path>) -> Result<Self> {
-        let agent = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(10));
+    /// `io_timeout`: the longest one read or write may wait (see the module docs).
+    pub fn new(
+        url: &str,
+        token: &str,
+        tls_ca: Option<&Path>,
+        io_timeout: Duration,
+    ) -> Result<Self> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(CONNECT_TIMEOUT)
+            .timeout_read(io_timeout)
+            .timeout_write(io_timeout);
         let agent = if url.starts_with("https://") {
             agent.tls_connector(client_connector(tls_ca)?)
         } else if url.starts_with("http://") {
@@ -65,6 +92,7 @@ impl Remote {
                 base: url.trim_end_matches('/').to_string(),
                 token: token.to_string(),
                 agent: agent.build(),
+                io_timeout,
             },
             in_flight: None,
         })
@@ -124,7 +152,7 @@ impl Endpoint {
                 });
             }
             Err(e) => {
-                let hint = transport_hint(&url, &e);
+                let hint = transport_hint(&url, &e, self.io_timeout);
                 return Err(Error::Network {
                     request: format!("{method} {url}"),
                     reason: format!("{e}{hint}"),
@@ -136,7 +164,20 @@ impl Endpoint {
             .into_reader()
             .take(MAX_ANSWER_BYTES + 1)
             .read_to_end(&mut out)
-            .map_err(|e| Error::io(format!("reading the answer of {url}"), e))?;
+            .map_err(|e| {
+                let stalled = if is_timeout(&e) {
+                    format!(
+                        " (nothing for {} s: the server stalled; see --io-timeout)",
+                        self.io_timeout.as_secs()
+                    )
+                } else {
+                    String::new()
+                };
+                Error::Network {
+                    request: format!("{method} {url}"),
+                    reason: format!("reading the answer: {e}{stalled}"),
+                }
+            })?;
         if out.len() as u64 > MAX_ANSWER_BYTES {
             return Err(Error::UntrustedData {
                 from: url,
@@ -201,21 +242,43 @@ impl Endpoint {
     }
 }
 
-/// What a failed connection most likely means, for the two mistakes TLS makes likely: an
-/// `http://` URL for a server that speaks TLS (it drops the connection without an HTTP
-/// answer), and a server certificate the client does not trust for that host.
-fn transport_hint(url: &str, e: &ureq::Error) -> &'static str {
+/// Whether a read or write failed because its timeout passed (Linux reports a socket
+/// timeout as `EAGAIN`).
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
+}
+
+/// What a failed request most likely means: a server that stalled (a timeout passed), and
+/// the two mistakes TLS makes likely: an `http://` URL for a server that speaks TLS (it
+/// drops the connection without an HTTP answer), and a server certificate the client does
+/// not trust for that host.
+fn transport_hint(url: &str, e: &ureq::Error, io_timeout: Duration) -> String {
     let connected = !matches!(
         e.kind(),
         ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Dns
     );
-    if url.starts_with("http://") && connected {
-        " (no HTTP answer: if the server was started with --tls-cert, use an https:// URL)"
+    let timed_out = match e {
+        ureq::Error::Transport(t) => std::error::Error::source(t)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(is_timeout),
+        ureq::Error::Status(..) => false,
+    } || e.to_string().contains("timed out");
+    if timed_out {
+        format!(
+            " (no answer within {} s: the server accepted the request but stalled, or the network is down; nothing more was sent; see --io-timeout)",
+            io_timeout.as_secs()
+        )
+    } else if url.starts_with("http://") && connected {
+        " (no HTTP answer: if the server was started with --tls-cert, use an https:// URL)".into()
     } else if e.to_string().contains("certificate verify failed") {
         " (the server's certificate is not trusted for this host name or address: give its \
          certificate or CA with --tls-ca, and use a name or address the certificate is for)"
+            .into()
     } else {
-        ""
+        String::new()
     }
 }
 
@@ -268,10 +331,20 @@ impl ObjectSink for Remote {
 
     fn put(&mut self, kind: ObjectKind, objects: Vec<CheckedObject>) -> Result<()> {
         let mut body = Vec::new();
+        // The raw bytes the records in `body` decode to: the server refuses a put over
+        // MAX_PUT_RAW_BYTES (well compressed data reaches it before MAX_BATCH_BYTES).
+        let mut raw = 0u64;
         for o in objects {
+            let object_raw = u64::from(o.info.raw_len);
+            if !body.is_empty() && raw + object_raw > MAX_PUT_RAW_BYTES {
+                self.send_records(kind, std::mem::take(&mut body))?;
+                raw = 0;
+            }
             encode_record(&mut body, &(o.info, o.stored))?;
+            raw += object_raw;
             if body.len() as u64 >= MAX_BATCH_BYTES {
                 self.send_records(kind, std::mem::take(&mut body))?;
+                raw = 0;
             }
         }
         if !body.is_empty() {
@@ -295,15 +368,40 @@ impl ObjectSink for Remote {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
 
     use tessera_format::{ChunkDigest, Codec, Compression};
 
-    use std::time::Duration;
-
-    use super::super::http1::{Conn, Timed};
     use super::*;
     use crate::store::encode::encode_object;
+
+    /// Reads one request (head and `Content-Length` body) of a test client; `None` at the
+    /// end of the stream.
+    fn read_request(r: &mut impl BufRead) -> Option<(String, Vec<u8>)> {
+        let mut target = None;
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if target.is_none() {
+                target = line.split(' ').nth(1).map(str::to_string);
+            } else if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().ok()?;
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).ok()?;
+        Some((target?, body))
+    }
 
     /// A server on loopback that answers every `put` with 500 and accepts every `publish`.
     fn refusing_puts() -> String {
@@ -312,22 +410,27 @@ mod tests {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 std::thread::spawn(move || {
-                    let mut conn = Conn::new(Timed::new(stream, Duration::from_secs(30)));
-                    while conn.await_request().unwrap_or(false) {
-                        let Ok(head) = conn.read_head() else { return };
-                        let Ok(body) = conn.read_body(head.content_length) else {
-                            return;
-                        };
-                        let (status, answer) = if head.target.starts_with("/v1/put/") {
-                            (500, b"disk on fire".to_vec())
+                    let mut out = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    while let Some((target, body)) = read_request(&mut reader) {
+                        let (status, answer) = if target.starts_with("/v1/put/") {
+                            ("500 Internal Server Error", b"disk on fire".to_vec())
                         } else {
                             let id = SnapshotId::of(&body).to_hex();
                             (
-                                200,
+                                "200 OK",
                                 serde_json::json!({ "id": id }).to_string().into_bytes(),
                             )
                         };
-                        if conn.respond(status, &answer, false).is_err() {
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+                            answer.len()
+                        );
+                        if out
+                            .write_all(head.as_bytes())
+                            .and_then(|()| out.write_all(&answer))
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -341,7 +444,7 @@ mod tests {
     /// that no snapshot is published without its objects.
     #[test]
     fn a_failed_put_stops_the_publish_after_it() {
-        let mut remote = Remote::new(&refusing_puts(), "t", None).unwrap();
+        let mut remote = Remote::new(&refusing_puts(), "t", None, DEFAULT_IO_TIMEOUT).unwrap();
         let raw = vec![7u8; 4096];
         let zstd = Compression {
             codec: Codec::Zstd,
@@ -358,5 +461,27 @@ mod tests {
         assert!(refused.to_string().contains("disk on fire"), "{refused}");
         // Reported once: with nothing in flight, the publish itself goes through.
         remote.publish(b"a snapshot").unwrap();
+    }
+
+    /// A server that accepts connections and never answers: every call fails within the
+    /// I/O timeout, saying that the server stalled.
+    #[test]
+    fn a_stalled_server_fails_the_call_within_the_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(4).collect();
+            std::thread::sleep(Duration::from_secs(30));
+            drop(held);
+        });
+        let remote = Remote::new(&url, "t", None, Duration::from_secs(1)).unwrap();
+        let started = std::time::Instant::now();
+        let err = remote.snapshots().unwrap_err().to_string();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.contains("stalled"), "{err}");
     }
 }

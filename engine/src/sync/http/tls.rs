@@ -16,8 +16,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use openssl::pkey::PKey;
-use openssl::ssl::{SslAcceptor, SslMethod};
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{SslAcceptor, SslAcceptorBuilder, SslMethod};
 use openssl::x509::X509;
 use ureq::native_tls::{Certificate, Protocol, TlsConnector};
 
@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 /// Largest certificate or key file read (a PEM chain is a few KiB).
 const MAX_PEM_BYTES: u64 = 1 << 20;
 
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
     let len = std::fs::metadata(path)
         .map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))?
         .len();
@@ -41,7 +41,7 @@ fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))
 }
 
-fn certificates(path: &Path, pem: &[u8], what: &str) -> Result<Vec<X509>> {
+pub(crate) fn certificates(path: &Path, pem: &[u8], what: &str) -> Result<Vec<X509>> {
     let certs = X509::stack_from_pem(pem).map_err(|e| Error::Tls {
         reason: format!(
             "the {what} {} is not a PEM certificate: {e}",
@@ -59,9 +59,10 @@ fn certificates(path: &Path, pem: &[u8], what: &str) -> Result<Vec<X509>> {
     Ok(certs)
 }
 
-/// The TLS acceptor of `tessera serve`: the certificate chain and private key, checked
-/// (both parse, and the key is the private half of the first, leaf, certificate).
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<SslAcceptor> {
+/// A certificate chain (leaf first) and its private key, checked: both parse, and the key
+/// is the private half of the leaf certificate. Used by the servers and by clients that
+/// present a certificate.
+pub(crate) fn identity(cert_path: &Path, key_path: &Path) -> Result<(Vec<X509>, PKey<Private>)> {
     let certificate = read_pem(cert_path, "TLS certificate")?;
     let private_key = read_pem(key_path, "TLS private key")?;
     let certs = certificates(cert_path, &certificate, "TLS certificate")?;
@@ -89,6 +90,19 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<SslAcceptor> {
             ),
         });
     }
+    Ok((certs, key))
+}
+
+/// The TLS acceptor of `tessera serve`: the certificate chain and private key, checked
+/// ([`identity`]).
+pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<SslAcceptor> {
+    Ok(server_builder(cert_path, key_path)?.build())
+}
+
+/// The settings of [`server_config`], for a server that adds its own (`serve-nbd`'s client
+/// certificates).
+pub(crate) fn server_builder(cert_path: &Path, key_path: &Path) -> Result<SslAcceptorBuilder> {
+    let (certs, key) = identity(cert_path, key_path)?;
     let setup = |e: openssl::error::ErrorStack| Error::Tls {
         reason: format!(
             "setting up TLS with {} and {}: {e}",
@@ -107,7 +121,7 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<SslAcceptor> {
     }
     builder.set_private_key(&key).map_err(setup)?;
     builder.check_private_key().map_err(setup)?;
-    Ok(builder.build())
+    Ok(builder)
 }
 
 /// The client's TLS settings: system roots plus every certificate in `ca` (if given).

@@ -13,6 +13,11 @@ pub const MAX_HAVE_DIGESTS: usize = 65_536;
 pub const MAX_GET_DIGESTS: usize = 4096;
 /// Largest `put` body.
 pub const MAX_PUT_BYTES: u64 = 80 << 20;
+/// Most raw bytes the records of one `put` may decode to (their `raw_len` summed): what
+/// bounds the server's decompression work and memory per request, whatever the stored
+/// bytes are (80 MiB of tiny zstd frames could otherwise claim a terabyte). The client
+/// splits its batches to stay under it.
+pub const MAX_PUT_RAW_BYTES: u64 = 256 << 20;
 /// Largest `get` answer the client accepts, and the largest snapshot file.
 pub const MAX_ANSWER_BYTES: u64 = 80 << 20;
 
