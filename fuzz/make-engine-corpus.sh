@@ -8,6 +8,7 @@
 #   changed_list  the SPEC's examples (no tool writes them but the user's tracker);
 #   bundle_manifest  `tessera seed export` of a small repository: bundle.json and, as the
 #               target also reads it, the manifest text inside it;
+#   http_bodies  have/get digest lists and put record streams taken from that bundle's pack;
 #   nbd_client  what qemu-nbd and nbdkit sent in one client session each, recorded by
 #               examples/record_nbd.rs through a proxy.
 # Usage: fuzz/make-engine-corpus.sh [TESSERA_BINARY] (default: builds the CLI with cargo).
@@ -30,7 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 corpus="$fuzz/corpus"
-for t in vhd qcow2 changed_list bundle_manifest nbd_client; do
+for t in vhd qcow2 changed_list bundle_manifest nbd_client http_bodies; do
     rm -rf "${corpus:?}/$t"
     mkdir -p "$corpus/$t"
 done
@@ -144,6 +145,28 @@ cp "$work/bundle/bundle.json" "$corpus/bundle_manifest/bundle.json"
 python3 -c "import json,sys; sys.stdout.write(json.load(open(sys.argv[1]))['manifest'])" \
     "$work/bundle/bundle.json" >"$corpus/bundle_manifest/manifest"
 
+# --- http_bodies: a put body is pack records back to back (SPEC §4), a have/get body
+# digests; both taken from the bundle's pack, whose records are what a push sends ---
+mkdir -p "$corpus/http_bodies"
+python3 - "$work/bundle" "$corpus/http_bodies" <<'PY'
+import glob, os, struct, sys
+bundle, out = sys.argv[1], sys.argv[2]
+records = {1: [], 2: []}
+for pack in sorted(glob.glob(os.path.join(bundle, '*.pack'))):
+    b = open(pack, 'rb').read()
+    at = 16
+    while b[at:at + 4] == b'TREC':
+        stored = struct.unpack('<I', b[at + 44:at + 48])[0]
+        records[b[at + 4]].append(b[at:at + 56 + stored])
+        at += 56 + stored
+digests = b''.join(r[8:40] for r in records[1] + records[2])
+for name, which, body in [('have', 0, digests), ('get', 1, digests[:32 * 4]),
+                          ('put-chunks', 2, b''.join(records[1][:3])),
+                          ('put-pages', 3, b''.join(records[2][:2]))]:
+    assert body, name
+    open(os.path.join(out, name), 'wb').write(bytes([which]) + body)
+PY
+
 # --- nbd_client ---
 record="$(cd "$fuzz" && cargo build -q --example record_nbd && echo "${CARGO_TARGET_DIR:-$fuzz/target}/debug/examples/record_nbd")"
 serve() { # SOCKET COMMAND...: starts a server on SOCKET and waits for it
@@ -164,4 +187,4 @@ serve "$work/k1.sock" nbdkit -f -U "$work/k1.sock" -e disk data "1 2 3 @65536 4 
 "$record" "$work/k1.sock" 0 "$corpus/nbd_client/nbdkit-data"
 serve "$work/k2.sock" nbdkit -f -U "$work/k2.sock" -e disk pattern 96K
 "$record" "$work/k2.sock" 0 "$corpus/nbd_client/nbdkit-pattern"
-ls -l "$corpus"/{vhd,qcow2,changed_list,bundle_manifest,nbd_client}
+ls -l "$corpus"/{vhd,qcow2,changed_list,bundle_manifest,nbd_client,http_bodies}

@@ -70,7 +70,6 @@ pub mod serde_ids;
 pub mod snapshot_ref;
 pub mod sources;
 pub mod storage;
-#[cfg(feature = "repository")]
 pub mod store;
 pub mod sync;
 pub mod time;

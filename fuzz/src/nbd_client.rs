@@ -53,7 +53,7 @@ pub struct Session {
 pub fn session(stream: UnixStream, bitmap: bool, fill: u8) -> Result<Session, Error> {
     let url = format!("nbd+unix:///{EXPORT}");
     let mut wire = Wire::over(Stream::Unix(stream), url.clone())?;
-    let neg = negotiate(&mut wire, EXPORT, bitmap.then_some(BITMAP))?;
+    let neg = negotiate(&mut wire, EXPORT, bitmap.then_some(BITMAP), None)?;
     let mut conn = Connection::new(wire, neg.clone());
     let BlockMap { data, dirty } = map_export(&mut conn, &url)?;
     let starts: Vec<u64> = match &data {

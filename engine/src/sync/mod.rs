@@ -13,11 +13,9 @@ pub mod bundle;
 pub mod bundle_manifest;
 #[cfg(feature = "repository")]
 pub mod bwlimit;
-#[cfg(feature = "repository")]
 pub mod checked;
 #[cfg(feature = "repository")]
 pub mod endpoints;
-#[cfg(feature = "repository")]
 pub mod http;
 #[cfg(feature = "repository")]
 pub mod sink;

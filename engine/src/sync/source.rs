@@ -38,8 +38,7 @@ impl SnapshotSummary {
     }
 }
 
-/// One object as a source hands it over: its record info and stored bytes (unverified).
-pub type StoredObject = (ObjectInfo, Vec<u8>);
+pub use super::checked::StoredObject;
 
 /// What both ends of a transfer tell about themselves.
 pub trait Catalog {

@@ -189,7 +189,7 @@ impl Wire {
         };
         set.map_err(|e| os_error(&url, "setting socket options", &e, timeout))?;
         Ok(Self {
-            io: BufReader::with_capacity(256 * 1024, stream),
+            io: BufReader::with_capacity(256 * 1024, Link::Plain(stream)),
             url,
             timeout,
         })
