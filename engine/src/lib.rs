@@ -21,8 +21,9 @@
 //! `repository` (default) is everything that needs the RocksDB index: the repository and
 //! its operations, the store, sync, seed bundles, the NBD server and export. Without it
 //! the crate keeps the decoders of foreign input ([`sources`], [`formats`],
-//! [`sync::bundle_manifest`]) and what they need, and builds without RocksDB: `fuzz/`
-//! uses it that way.
+//! [`sync::bundle_manifest`], the request-body decoding of [`sync::http::wire`] and
+//! [`sync::checked`]) and what they need, and builds without RocksDB: `fuzz/` uses it that
+//! way.
 //!
 //! ## Who may run together
 //!

@@ -2,7 +2,7 @@
 //! server. Every implementation is **untrusted**: whatever it returns is decoded and hashed
 //! by the receiver ([`super::checked`]) before anything is appended.
 
-use tessera_format::{IdScheme, ObjectInfo, ObjectKind, SnapshotHeader, SnapshotId};
+use tessera_format::{IdScheme, ObjectKind, SnapshotHeader, SnapshotId};
 
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
