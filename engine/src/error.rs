@@ -64,6 +64,12 @@ pub enum Error {
         /// The ledger's lock file.
         lock: PathBuf,
     },
+    /// A reader could not open a consistent view of the index: a writer kept committing.
+    #[error("the index at {} kept changing while it was opened (a writer is busy committing); retry in a moment", path.display())]
+    IndexBusy {
+        /// The index directory.
+        path: PathBuf,
+    },
     /// The RocksDB index is missing.
     #[error("the index at {path} is missing; rebuild it from packs and snapshots with `tessera repair REPO --rebuild-index`")]
     IndexMissing {
@@ -439,7 +445,9 @@ impl Error {
             | Self::Listen { .. }
             | Self::Threads { .. }
             | Self::PreviousIo => ErrorKind::Failed,
-            Self::Locked { .. } | Self::VerifyRunning { .. } => ErrorKind::Locked,
+            Self::Locked { .. } | Self::VerifyRunning { .. } | Self::IndexBusy { .. } => {
+                ErrorKind::Locked
+            }
             Self::WrongBase { .. }
             | Self::Refused { .. }
             | Self::Protected { .. }

@@ -298,6 +298,31 @@ fn plain_nbd_off_loopback_is_refused_unless_insecure() {
     greet(&mut s);
     assert_eq!(go(&mut s, "disk0"), REP_ACK);
 
+    // TLS without client certificates still serves anyone who connects: refused too.
+    let pki = tessera_tests::pki::Pki::new(t.path(), "nbd-offloopback");
+    let (cert, key, ca) = (
+        pki.server_cert().display().to_string(),
+        pki.server_key().display().to_string(),
+        pki.ca().display().to_string(),
+    );
+    let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    let mut args = vec!["serve-nbd", &repo_s, "latest", "--listen", "0.0.0.0:0"];
+    args.extend(tls);
+    tessera(&args)
+        .expect_code(2)
+        .stderr_has("without --tls-ca")
+        .stderr_has("anyone who connects");
+    args.extend(["--tls-ca", ca.as_str()]);
+    let authenticated = NbdServer::spawn(
+        &repo,
+        "latest",
+        &args[3..]
+            .iter()
+            .map(|a| (*a).to_string())
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(authenticated.info["tls"], true, "{}", authenticated.info);
+
     // Limits that would refuse everyone are usage errors too.
     tessera(["serve-nbd", &repo_s, "latest", "--max-connections", "0"]).expect_code(2);
     tessera(["serve-nbd", &repo_s, "latest", "--max-option-bytes", "100"]).expect_code(2);

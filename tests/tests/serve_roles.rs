@@ -204,6 +204,16 @@ fn roles_series_and_the_audit_log() {
     assert_eq!(request(url, "GET", "/v1/info", &read, b"").0, 401);
     assert_eq!(request(url, "GET", "/v1/info", &admin, b"").0, 200);
 
+    // A tokens file that no longer loads (a slip while editing it) fails closed: no token
+    // works until it loads again.
+    let good = std::fs::read(&tokens).unwrap();
+    let mut broken = good.clone();
+    broken.extend_from_slice(b"this line is not a token entry\n");
+    std::fs::write(&tokens, &broken).unwrap();
+    assert_eq!(request(url, "GET", "/v1/info", &admin, b"").0, 401);
+    std::fs::write(&tokens, &good).unwrap();
+    assert_eq!(request(url, "GET", "/v1/info", &admin, b"").0, 200);
+
     // The audit log: one JSON line per request, token names, never tokens.
     let logged = std::fs::read_to_string(&audit).unwrap();
     for t in [&admin, &backup, &read] {
@@ -364,6 +374,21 @@ fn unsafe_setups_are_refused() {
     for f in [&tokens, &token] {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
+    // A private file in a directory others may write: they could swap in their own file.
+    let open_dir = work.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let exposed = open_dir.join("tokens");
+    std::fs::copy(&tokens, &exposed).unwrap();
+    std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o600)).unwrap();
+    serve(&[
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--tokens".as_ref(),
+        exposed.as_os_str(),
+    ])
+    .expect_code(5)
+    .stderr_has("group or others may write");
 
     // Plain HTTP on an address that is not loopback: a usage error (exit 2).
     let open = serve(&[

@@ -75,6 +75,9 @@ impl From<rocksdb::Error> for Error {
             Self::NoSpace {
                 context: format!("writing the index ({text})"),
             }
+        } else if e.kind() == rocksdb::ErrorKind::Corruption {
+            // Damage, not a failed operation: `repair --rebuild-index` is the way out.
+            Self::IndexCorrupt { what: text }
         } else {
             Self::Index(text)
         }
@@ -197,11 +200,9 @@ fn open_read_only_validated(
                 if current {
                     return Ok((db, secondary));
                 }
-                last = Some(Error::IndexCorrupt {
-                    what: format!(
-                        "the index at {} kept changing while it was opened; retry",
-                        path.display()
-                    ),
+                // A writer committing without pause, not damage: retrying later works.
+                last = Some(Error::IndexBusy {
+                    path: path.to_path_buf(),
                 });
             }
             Err(e) => last = Some(Error::from(e)),

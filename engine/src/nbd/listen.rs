@@ -99,8 +99,8 @@ pub struct Bound {
 }
 
 /// Resolves the snapshot `query` names, makes a [`Server`] as `options` say, and binds
-/// `endpoint`. Plain NBD on a TCP address that is not loopback is refused unless
-/// `options.insecure`.
+/// `endpoint`. On a TCP address that is not loopback, serving without TLS and client
+/// certificates (`--tls-ca`) is refused unless `options.insecure`.
 pub fn bind_snapshot(
     repo: &Arc<Repository>,
     query: &str,
@@ -125,10 +125,21 @@ pub fn bind_snapshot(
             let local = l
                 .local_addr()
                 .ctx(|| "reading the listening address".into())?;
-            if !server.has_tls() && !options.insecure && !local.ip().is_loopback() {
-                return Err(Error::InvalidArgument(format!(
-                    "refusing to serve plain NBD on {local}, which is not a loopback address: the disks would cross the network in clear, to anyone who connects. Serve TLS with --tls-cert CERT.pem --tls-key KEY.pem (and --tls-ca CA.pem to require client certificates), or give --insecure if the network is trusted"
-                )));
+            let clients_authenticated = options
+                .tls
+                .as_ref()
+                .is_some_and(|files| files.client_ca.is_some());
+            if !options.insecure && !local.ip().is_loopback() {
+                if !server.has_tls() {
+                    return Err(Error::Usage(format!(
+                        "refusing to serve plain NBD on {local}, which is not a loopback address: the disks would cross the network in clear, to anyone who connects. Serve TLS with --tls-cert CERT.pem --tls-key KEY.pem --tls-ca CA.pem (clients must then present a certificate signed by CA.pem), or give --insecure if the network is trusted"
+                    )));
+                }
+                if !clients_authenticated {
+                    return Err(Error::Usage(format!(
+                        "refusing to serve NBD on {local}, which is not a loopback address, without --tls-ca: TLS alone hides the disks from eavesdroppers but still serves them to anyone who connects. Give --tls-ca CA.pem so that only clients with a certificate signed by it are served, or --insecure if the network is trusted"
+                    )));
+                }
             }
             (Listener::Tcp(l), Some(local.to_string()), None)
         }

@@ -62,9 +62,14 @@ impl TokenSource {
                 let stamp = file_stamp(path);
                 if stamp != cache.0 {
                     cache.0 = stamp;
+                    // Fail closed: an edit that revokes a token must never leave it working
+                    // because the file did not load (a typo, a deleted file, a loosened mode).
                     match Tokens::load(path) {
                         Ok(t) => cache.1 = Arc::new(t),
-                        Err(e) => eprintln!("tessera serve: keeping the tokens loaded before: {e}"),
+                        Err(e) => {
+                            eprintln!("tessera serve: refusing every request until the tokens file loads again: {e}");
+                            cache.1 = Arc::new(Tokens::default());
+                        }
                     }
                 }
                 Arc::clone(&cache.1)

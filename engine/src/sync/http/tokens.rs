@@ -152,8 +152,13 @@ fn hashes_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Refuses a file that group or others may read or write: `chmod 600` it.
+/// Refuses a file that group or others may read or write (`chmod 600` it), one owned by
+/// another user than the one running tessera (or root), and one in a directory that group
+/// or others may write: whoever can write the directory can rename their own file into
+/// its place (the server reloads the tokens file when it changes).
 pub fn check_private(path: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))?;
     let mode = meta.permissions().mode() & 0o777;
@@ -163,6 +168,32 @@ pub fn check_private(path: &Path, what: &str) -> Result<()> {
             path.display(),
             path.display()
         )});
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(Error::Refused {
+            reason: format!(
+                "the {what} {} belongs to user id {}, not to the user running tessera ({me}) or root; chown it",
+                path.display(),
+                meta.uid()
+            ),
+        });
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dir_meta = std::fs::metadata(dir)
+        .map_err(|e| Error::io(format!("reading the directory {}", dir.display()), e))?;
+    if dir_meta.permissions().mode() & 0o022 != 0 {
+        return Err(Error::Refused {
+            reason: format!(
+                "the {what} {} is in {}, which group or others may write (mode {:04o}): they could put their own file in its place; keep it in a directory only its owner can write",
+                path.display(),
+                dir.display(),
+                dir_meta.permissions().mode() & 0o7777
+            ),
+        });
     }
     Ok(())
 }
