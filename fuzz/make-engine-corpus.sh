@@ -10,7 +10,10 @@
 #               target also reads it, the manifest text inside it;
 #   http_bodies  have/get digest lists and put record streams taken from that bundle's pack;
 #   nbd_client  what qemu-nbd and nbdkit sent in one client session each, recorded by
-#               examples/record_nbd.rs through a proxy.
+#               examples/record_nbd.rs through a proxy;
+#   nbd_server  what qemu-img and nbdinfo sent to `tessera serve-nbd` (list, info, map,
+#               convert, compare), recorded by a Python proxy; each seed twice, for the
+#               plain server (first byte 0) and for the one requiring TLS (first byte 1).
 # Usage: fuzz/make-engine-corpus.sh [TESSERA_BINARY] (default: builds the CLI with cargo).
 # Needs qemu-utils, nbdkit and python3 (scripts/ensure-deps.sh). Not deterministic (ids,
 # times); the committed seeds are what one run made.
@@ -31,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 corpus="$fuzz/corpus"
-for t in vhd qcow2 changed_list bundle_manifest nbd_client http_bodies; do
+for t in vhd qcow2 changed_list bundle_manifest nbd_client nbd_server http_bodies; do
     rm -rf "${corpus:?}/$t"
     mkdir -p "$corpus/$t"
 done
@@ -187,4 +190,76 @@ serve "$work/k1.sock" nbdkit -f -U "$work/k1.sock" -e disk data "1 2 3 @65536 4 
 "$record" "$work/k1.sock" 0 "$corpus/nbd_client/nbdkit-data"
 serve "$work/k2.sock" nbdkit -f -U "$work/k2.sock" -e disk pattern 96K
 "$record" "$work/k2.sock" 0 "$corpus/nbd_client/nbdkit-pattern"
-ls -l "$corpus"/{vhd,qcow2,changed_list,bundle_manifest,nbd_client,http_bodies}
+
+# --- nbd_server: real clients' conversations with `tessera serve-nbd` ---
+# The repository's two disks ("d", and "e" of 192 KiB with data and holes) over a Unix
+# socket; a proxy on another socket passes each connection through and keeps what the
+# client sent, one file per connection.
+python3 -c "import sys; open(sys.argv[1],'wb').write(bytes([3])*70000 + bytes(65536) + bytes([4])*60000)" "$work/e.raw"
+"$tessera" --quiet backup "$repo" --series two "d=$work/a.raw" "e=$work/e.raw" >/dev/null
+serve "$work/t.sock" "$tessera" --quiet serve-nbd "$repo" latest --socket "$work/t.sock"
+mkdir -p "$work/captured"
+python3 - "$work/p.sock" "$work/t.sock" "$work/captured" <<'PY' &
+import os, socket, sys, threading
+listen_at, server_at, out = sys.argv[1:4]
+n = 0
+def pump(src, dst, log):
+    while True:
+        try:
+            b = src.recv(65536)
+        except OSError:
+            b = b''
+        if not b:
+            break
+        if log is not None:
+            log.append(b)
+        try:
+            dst.sendall(b)
+        except OSError:
+            break
+    try:
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def serve(client, i):
+    server = socket.socket(socket.AF_UNIX)
+    server.connect(server_at)
+    log = []
+    down = threading.Thread(target=pump, args=(server, client, None))
+    down.start()
+    pump(client, server, log)
+    down.join()
+    with open(os.path.join(out, '%03d' % i), 'wb') as f:
+        f.write(b''.join(log))
+s = socket.socket(socket.AF_UNIX)
+s.bind(listen_at)
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c, n)).start()
+    n += 1
+PY
+pids+=($!)
+for _ in $(seq 100); do [ -S "$work/p.sock" ] && break; sleep 0.1; done
+uri="nbd+unix:///e?socket=$work/p.sock"
+capture() { # NAME COMMAND...: runs a client through the proxy, keeps what it sent as NAME
+    local before
+    before="$(ls "$work/captured" | wc -l)"
+    "${@:2}" >/dev/null
+    for _ in $(seq 50); do
+        [ "$(ls "$work/captured" | wc -l)" -gt "$before" ] && break
+        sleep 0.1
+    done
+    local file="$work/captured/$(ls "$work/captured" | sort | tail -1)"
+    { printf '\000'; cat "$file"; } >"$corpus/nbd_server/$1"
+    { printf '\001'; cat "$file"; } >"$corpus/nbd_server/$1-tls"
+}
+capture nbdinfo-list nbdinfo --list "nbd+unix://?socket=$work/p.sock"
+capture nbdinfo nbdinfo "$uri"
+capture nbdinfo-map nbdinfo --map "$uri"
+capture qemu-img-info qemu-img info "$uri"
+capture qemu-img-map qemu-img map --output=json "$uri"
+capture qemu-img-convert qemu-img convert -f raw -O raw "$uri" "$work/e.copy"
+cmp "$work/e.raw" "$work/e.copy"
+capture qemu-img-compare qemu-img compare -f raw -F raw "$uri" "$work/e.raw"
+ls -l "$corpus"/{vhd,qcow2,changed_list,bundle_manifest,nbd_client,nbd_server,http_bodies}

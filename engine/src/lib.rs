@@ -44,6 +44,7 @@
 #[cfg(feature = "repository")]
 pub mod damage_marks;
 pub mod direct_write;
+pub mod disk_range;
 pub mod error;
 #[cfg(feature = "repository")]
 pub mod export;
@@ -53,7 +54,6 @@ pub mod index;
 #[cfg(feature = "repository")]
 pub mod ledger;
 pub mod lock;
-#[cfg(feature = "repository")]
 pub mod nbd;
 pub mod net;
 #[cfg(feature = "repository")]

@@ -1,7 +1,7 @@
 //! Helpers shared by the fuzz targets.
 //!
 //! The engine targets' checks live in one module each ([`vhd`], [`qcow2`],
-//! [`changed_list`], [`bundle_manifest`], [`nbd_client`], [`http_bodies`]), over invariants in [`checks`];
+//! [`changed_list`], [`bundle_manifest`], [`nbd_client`], [`nbd_server`], [`http_bodies`]), over invariants in [`checks`];
 //! the rest of this file serves the `tessera-format` targets.
 //!
 //! Most structures end in a CRC-32C over everything before it. libFuzzer can often solve
@@ -16,6 +16,7 @@ pub mod changed_list;
 pub mod checks;
 pub mod http_bodies;
 pub mod nbd_client;
+pub mod nbd_server;
 pub mod qcow2;
 pub mod vhd;
 
