@@ -82,7 +82,10 @@ impl MemoryExport {
     }
 
     /// The pieces of `range`, each inside one block, with whether its block is all zero.
-    fn pieces(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
+    fn pieces(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
         let bs = self.block_size as usize;
         let mut at = range.start;
         std::iter::from_fn(move || {
@@ -135,10 +138,12 @@ impl NbdExport for MemoryExport {
         let mut out: Vec<Extent> = Vec::new();
         for (start, stop, zero) in self.pieces(range) {
             let n = (stop - start) as u64;
-            match out.last_mut() {
-                Some(e) if e.zero == zero => e.len += n,
-                _ if out.len() == max => break,
-                _ => out.push(Extent { len: n, zero }),
+            if let Some(e) = out.last_mut().filter(|e| e.zero == zero) {
+                e.len += n;
+            } else if out.len() == max {
+                break;
+            } else {
+                out.push(Extent { len: n, zero });
             }
         }
         Ok(out)
@@ -167,7 +172,10 @@ mod tests {
             at += s.len;
         }
         assert_eq!(back, bytes[500..3500]);
-        assert_eq!(segs.iter().map(|s| s.data.is_some()).collect::<Vec<_>>(), [false, true, false, true]);
+        assert_eq!(
+            segs.iter().map(|s| s.data.is_some()).collect::<Vec<_>>(),
+            [false, true, false, true]
+        );
         let ext = e.extents(0, 4096, 64).unwrap();
         let want = [(1024, true), (1024, false), (1024, true), (1024, false)];
         assert_eq!(ext, want.map(|(len, zero)| Extent { len, zero }));

@@ -51,9 +51,9 @@ use tessera_format::Snapshot;
 #[cfg(feature = "repository")]
 pub use tls::TlsFiles;
 
-use self::admission::{Admission, Ticket};
-pub use self::conn::Socket;
+use self::admission::Admission;
 use self::conn::Conn;
+pub use self::conn::Socket;
 pub use self::export::{MemoryExport, NbdExport};
 use self::limits::{ReadBudget, MAX_READ_MEMORY, REFUSAL_TIME};
 use crate::error::{Error, Result};
@@ -136,7 +136,11 @@ impl<E: NbdExport> Server<E> {
 
     /// Serves one admitted connection until it ends, fails or breaks a bound;
     /// `in_transmission` runs once the handshake chose an export, before its answer leaves.
-    fn connection<S: Socket>(&self, sock: S, in_transmission: impl FnOnce()) -> std::io::Result<()> {
+    fn connection<S: Socket>(
+        &self,
+        sock: S,
+        in_transmission: impl FnOnce(),
+    ) -> std::io::Result<()> {
         let c = Conn::new(sock, Instant::now() + self.limits.handshake_timeout);
         let tls = self.tls.as_ref();
         let Some((mut c, n)) = handshake::handshake(c, &self.exports, &self.limits, tls)? else {
