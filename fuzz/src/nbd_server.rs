@@ -27,7 +27,7 @@ use tessera_engine::formats::nbd::{
     NBDMAGIC, OPT_GO, OPT_STRUCTURED_REPLY, REPLY_MAGIC, REPLY_TYPE_BLOCK_STATUS,
     REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE, REP_ACK, REP_INFO, STRUCTURED_REPLY_MAGIC,
 };
-use tessera_engine::nbd::{Limits, MemoryExport, NbdExport, Server, Socket};
+use tessera_engine::nbd::{Limits, MemoryExport, Server, Socket};
 
 /// Most bytes the in-memory client takes from the server; writes past it fail as if the
 /// client had hung up (this bounds the time a run of large READs takes).
