@@ -167,7 +167,7 @@ mod tests {
             assert_eq!(s.offset, at);
             match &s.data {
                 Some(d) => back.extend_from_slice(d),
-                None => back.extend(std::iter::repeat(0).take(s.len as usize)),
+                None => back.extend(std::iter::repeat_n(0, s.len as usize)),
             }
             at += s.len;
         }
