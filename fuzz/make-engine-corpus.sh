@@ -192,11 +192,24 @@ serve "$work/k2.sock" nbdkit -f -U "$work/k2.sock" -e disk pattern 96K
 "$record" "$work/k2.sock" 0 "$corpus/nbd_client/nbdkit-pattern"
 
 # --- nbd_server: real clients' conversations with `tessera serve-nbd` ---
-# The repository's two disks ("d", and "e" of 192 KiB with data and holes) over a Unix
-# socket; a proxy on another socket passes each connection through and keeps what the
-# client sent, one file per connection.
-python3 -c "import sys; open(sys.argv[1],'wb').write(bytes([3])*70000 + bytes(65536) + bytes([4])*60000)" "$work/e.raw"
-"$tessera" --quiet backup "$repo" --series two "d=$work/a.raw" "e=$work/e.raw" >/dev/null
+# A snapshot of the fuzz target's two exports (same names and bytes as
+# fuzz/src/nbd_server.rs, so the recorded requests name and read what the fuzzed server
+# has) served over a Unix socket; a proxy on another socket passes each connection
+# through and keeps what the client sent, one file per connection.
+python3 - "$work/alpha.raw" "$work/beta.raw" <<'PY'
+import sys
+a = bytearray(256 * 1024)
+for i in range(64 * 1024):
+    a[i] = i % 251 + 1
+a[128 * 1024 + 17] = 0x5a
+b = bytearray(40000)
+for i in range(8192, 40000):
+    b[i] = i % 13
+open(sys.argv[1], 'wb').write(a)
+open(sys.argv[2], 'wb').write(b)
+PY
+"$tessera" --quiet backup "$repo" --series two "fuzz-export-alpha=$work/alpha.raw" \
+    "fuzz-export-beta=$work/beta.raw" >/dev/null
 serve "$work/t.sock" "$tessera" --quiet serve-nbd "$repo" latest --socket "$work/t.sock"
 mkdir -p "$work/captured"
 python3 - "$work/p.sock" "$work/t.sock" "$work/captured" <<'PY' &
@@ -241,7 +254,7 @@ while True:
 PY
 pids+=($!)
 for _ in $(seq 100); do [ -S "$work/p.sock" ] && break; sleep 0.1; done
-uri="nbd+unix:///e?socket=$work/p.sock"
+uri="nbd+unix:///fuzz-export-alpha?socket=$work/p.sock"
 capture() { # NAME COMMAND...: runs a client through the proxy, keeps what it sent as NAME
     local before
     before="$(ls "$work/captured" | wc -l)"
@@ -260,6 +273,6 @@ capture nbdinfo-map nbdinfo --map "$uri"
 capture qemu-img-info qemu-img info "$uri"
 capture qemu-img-map qemu-img map --output=json "$uri"
 capture qemu-img-convert qemu-img convert -f raw -O raw "$uri" "$work/e.copy"
-cmp "$work/e.raw" "$work/e.copy"
-capture qemu-img-compare qemu-img compare -f raw -F raw "$uri" "$work/e.raw"
+cmp "$work/alpha.raw" "$work/e.copy"
+capture qemu-img-compare qemu-img compare -f raw -F raw "$uri" "$work/alpha.raw"
 ls -l "$corpus"/{vhd,qcow2,changed_list,bundle_manifest,nbd_client,nbd_server,http_bodies}

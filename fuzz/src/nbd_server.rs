@@ -100,7 +100,9 @@ fn servers() -> &'static [Server<MemoryExport>; 2] {
         let tls = Server::new(exports()).expect("server");
         [
             plain.with_limits(limits.clone()).expect("limits"),
-            tls.with_limits(limits).expect("limits").with_tls(acceptor().clone()),
+            tls.with_limits(limits)
+                .expect("limits")
+                .with_tls(acceptor().clone()),
         ]
     })
 }
@@ -194,10 +196,12 @@ impl<'a> Out<'a> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+        self.take(4)
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+        self.take(8)
+            .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
     }
 }
 
@@ -209,13 +213,17 @@ pub fn check_plain(out: &[u8]) {
     let mut o = Out(&out[18.min(out.len())..]);
     let mut structured = false;
     let mut chosen = None;
-    // Option replies until an export is chosen.
-    while chosen.is_none() {
+    // Option replies until an export is chosen: GO's acknowledgement (after all its
+    // INFO replies) or the answer to EXPORT_NAME.
+    loop {
         let Some(head) = o.take(8) else { return };
         let magic = u64::from_be_bytes(head.try_into().unwrap());
         if magic != REPLY_MAGIC {
             // The answer to EXPORT_NAME: size, flags (and maybe 124 zero bytes).
-            assert!(sizes.contains(&magic), "EXPORT_NAME answered with size {magic}");
+            assert!(
+                sizes.contains(&magic),
+                "EXPORT_NAME answered with size {magic}"
+            );
             chosen = sizes.iter().position(|&s| s == magic);
             let Some(_flags) = o.u16() else { return };
             // Without NO_ZEROES the answer ends in 124 zeros; a structured reply or
@@ -229,7 +237,9 @@ pub fn check_plain(out: &[u8]) {
             return;
         };
         assert!(len <= 64 * 1024, "option reply of {len} bytes");
-        let Some(data) = o.take(len as usize) else { return };
+        let Some(data) = o.take(len as usize) else {
+            return;
+        };
         if kind == REP_INFO && data.len() >= 10 && data[..2] == [0, 0] {
             let size = u64::from_be_bytes(data[2..10].try_into().unwrap());
             assert!(sizes.contains(&size), "INFO tells size {size}");
@@ -241,14 +251,19 @@ pub fn check_plain(out: &[u8]) {
             structured = true;
         }
         if option == OPT_GO && kind == REP_ACK {
-            assert!(chosen.is_some(), "GO acknowledged without the export's INFO");
+            assert!(
+                chosen.is_some(),
+                "GO acknowledged without the export's INFO"
+            );
             break;
         }
         if option == OPT_GO && kind != REP_INFO {
             chosen = None;
         }
     }
-    let Some(export) = chosen.map(|i| &exports[i]) else { return };
+    let Some(export) = chosen.map(|i| &exports[i]) else {
+        return;
+    };
     if structured {
         check_chunks(&mut o, export);
     }
@@ -263,13 +278,18 @@ fn check_chunks(o: &mut Out<'_>, export: &[u8]) {
             return;
         };
         assert_eq!(magic, STRUCTURED_REPLY_MAGIC, "not a structured reply");
-        let Some(data) = o.take(len as usize) else { return };
+        let Some(data) = o.take(len as usize) else {
+            return;
+        };
         let mut d = Out(data);
         match kind {
             REPLY_TYPE_OFFSET_DATA => {
                 let offset = d.u64().expect("OFFSET_DATA without offset");
                 let end = offset as usize + d.0.len();
-                assert!(end <= export.len() && !d.0.is_empty(), "data past the export");
+                assert!(
+                    end <= export.len() && !d.0.is_empty(),
+                    "data past the export"
+                );
                 assert_eq!(d.0, &export[offset as usize..end], "data not the export's");
             }
             REPLY_TYPE_OFFSET_HOLE => {
@@ -278,7 +298,10 @@ fn check_chunks(o: &mut Out<'_>, export: &[u8]) {
                 assert!(d.0.is_empty(), "OFFSET_HOLE too long");
                 let end = offset as usize + n;
                 assert!(n > 0 && end <= export.len(), "hole past the export");
-                assert!(export[offset as usize..end].iter().all(|&b| b == 0), "hole over data");
+                assert!(
+                    export[offset as usize..end].iter().all(|&b| b == 0),
+                    "hole over data"
+                );
             }
             REPLY_TYPE_BLOCK_STATUS => {
                 assert_eq!(d.u32(), Some(1), "block status of another context");
