@@ -235,3 +235,35 @@ fn killed_sync_resumes_without_duplicates() {
     }
     kills.finish();
 }
+
+/// `sync` opens the destination as the writer inside the engine; what that writer's
+/// recovery finished or undid is told on stderr as every other writing command tells it,
+/// with and without `--json` (whose stdout stays one JSON document).
+#[test]
+fn sync_tells_what_recovery_of_the_destination_did() {
+    let mut gen = DataGen::new(seed("sync-recovery-note"));
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    init_repo(&a, &[]);
+    init_repo(&b, &[]);
+    let disk = work.path().join("disk.img");
+    make_image(&disk, ImageSpec::mixed(2 * MIB), &mut gen);
+    backup_json(&a, "vm", &[("d0", &disk)]);
+    // What a writer killed while staging a pack leaves behind.
+    let leftover = |name: &str| {
+        fs::create_dir_all(b.join("tmp")).unwrap();
+        fs::write(b.join("tmp").join(name), b"half a pack").unwrap();
+    };
+    leftover("staged-1");
+    let out = tessera(["sync", a.to_str().unwrap(), b.to_str().unwrap()]);
+    out.ok()
+        .stderr_has("note: recovered from an interrupted run: 1 staged files removed");
+    leftover("staged-2");
+    mutate(&disk, &mut gen, 4, 64 * 1024, (1, 2, 2));
+    backup_json(&a, "vm", &[("d0", &disk)]);
+    let out = tessera(["--json", "sync", a.to_str().unwrap(), b.to_str().unwrap()]);
+    out.ok()
+        .stderr_has("note: recovered from an interrupted run: 1 staged files removed");
+    assert_eq!(out.json()["snapshots_copied"].as_array().unwrap().len(), 1);
+    assert_eq!(list_ids(&b), list_ids(&a));
+}

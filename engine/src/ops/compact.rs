@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use tessera_format::pack::{PACK_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
 use tessera_format::{ObjectKind, PackId};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
 use crate::progress::Progress;
 use crate::recovery::delete_doomed_packs;
@@ -117,6 +117,7 @@ pub fn compact(
     dry_run: bool,
     progress: &dyn Progress,
 ) -> Result<CompactOutcome> {
+    refuse_uncatalogued(repo)?;
     let plan = plan_compact_with_grace(repo, max_unused, grace_us)?;
     let report = if dry_run {
         None
@@ -128,6 +129,20 @@ pub fn compact(
         plan,
         report,
     })
+}
+
+/// Refuses while stored snapshot files are not catalogued (see
+/// [`crate::recovery::uncatalogued_snapshots`]): the objects they name are at count 0.
+fn refuse_uncatalogued(repo: &Repository) -> Result<()> {
+    let ids = repo.uncatalogued_snapshots()?;
+    match ids.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::UncataloguedSnapshots {
+            count: ids.len(),
+            first: first.to_hex(),
+            more: if ids.len() > 1 { ", ..." } else { "" },
+        }),
+    }
 }
 
 /// Selects packs whose unused fraction exceeds `max_unused` (0.0..=1.0), with no grace
