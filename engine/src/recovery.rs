@@ -257,6 +257,12 @@ fn catalogue_unlisted(
             Err(e @ crate::error::Error::SnapshotIncomplete { .. }) => recovery
                 .snapshots_incomplete
                 .push((id.to_hex(), e.to_string())),
+            // A page it names could not be read now (EIO, EACCES): left for the next writer,
+            // which must still open.
+            Err(e @ crate::error::Error::Io { .. }) => recovery.snapshots_unreadable.push((
+                id.to_hex(),
+                format!("{e} (a page it names could not be read now)"),
+            )),
             Err(e) => return Err(e),
         }
     }
@@ -271,8 +277,10 @@ pub(crate) fn quarantine_snapshot(backend: &dyn Backend, id: SnapshotId) -> Resu
         PutMode::Replace,
         &bytes,
     )?;
-    backend.delete(&ObjectKey::protection(id))?;
-    backend.delete(&ObjectKey::snapshot(id))
+    // The file before its marker: a crash between the two leaves an orphan marker (which
+    // step 6 deletes), never an unprotected file.
+    backend.delete(&ObjectKey::snapshot(id))?;
+    backend.delete(&ObjectKey::protection(id))
 }
 
 /// Stored snapshot files the catalog does not list (forgotten ones whose files a crash kept

@@ -104,6 +104,9 @@ fn print_report(r: &RepairReport, json: bool) {
             "quarantined snapshot file {id}: it named objects this repository lacks (kept in quarantine/; the backup is lost to this repository)"
         );
     }
+    for (id, why) in &r.snapshots_not_quarantined {
+        println!("could not quarantine snapshot file {id}: {why}");
+    }
     for p in &r.missing_packs {
         println!("pack {p} was missing: dropped from the catalog");
     }

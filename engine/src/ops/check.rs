@@ -308,7 +308,9 @@ fn judge_uncatalogued(repo: &Repository, report: &mut CheckReport) -> Result<()>
     if ids.is_empty() {
         return Ok(());
     }
-    let indexed: HashSet<PackId> = repo.index().packs()?.into_iter().map(|(p, _)| p).collect();
+    // Packs the index knows, and doomed ones (stored until deleted, never adopted again).
+    let mut indexed: HashSet<PackId> = repo.index().packs()?.into_iter().map(|(p, _)| p).collect();
+    indexed.extend(repo.index().doomed_packs()?);
     let unadopted = repo
         .backend()
         .list(crate::storage::key::PACKS)?
@@ -332,7 +334,8 @@ fn judge_uncatalogued(repo: &Repository, report: &mut CheckReport) -> Result<()>
             Err(_) if unadopted => {}
             Err(e) => report.problems.push(format!(
                 "snapshot {id}: stored but not catalogued: {e} (bring the pack back, `tessera \
-                 repair REPO --from OTHER`, or `tessera repair REPO --quarantine`)"
+                 sync OTHER REPO` from a repository that has it, or `tessera repair REPO \
+                 --quarantine`)"
             )),
         }
         report.uncatalogued_snapshot_files.push(id);

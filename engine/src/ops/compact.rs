@@ -125,7 +125,6 @@ pub fn compact(
     dry_run: bool,
     progress: &dyn Progress,
 ) -> Result<CompactOutcome> {
-    refuse_uncatalogued(repo)?;
     let plan = plan_compact_with_grace(repo, max_unused, grace_us)?;
     let report = if dry_run {
         None
@@ -294,6 +293,7 @@ pub fn apply_compact(
     plan: &CompactPlan,
     progress: &dyn Progress,
 ) -> Result<CompactReport> {
+    refuse_uncatalogued(repo)?;
     let selected: HashSet<PackId> = plan.packs.iter().map(|p| p.pack).collect();
     let mut placed: HashMap<PackId, Vec<Placed>> = HashMap::new();
     for kind in [ObjectKind::Chunk, ObjectKind::Page] {

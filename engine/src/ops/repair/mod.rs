@@ -96,6 +96,9 @@ pub struct RepairReport {
     /// (`--quarantine`): the backups they held are lost to this repository.
     #[serde(serialize_with = "serde_ids::hex_list")]
     pub snapshots_quarantined: Vec<SnapshotId>,
+    /// Uncatalogued snapshot files that could not be moved (unreadable), with why: only an
+    /// operator can remove them (compaction refuses while they exist).
+    pub snapshots_not_quarantined: Vec<(String, String)>,
     /// Packs whose file was already gone: dropped from the catalog.
     #[serde(serialize_with = "serde_ids::hex_list")]
     pub missing_packs: Vec<PackId>,
@@ -151,8 +154,13 @@ pub fn repair(
     if sources.quarantine_snapshots {
         // The writer's recovery catalogued every file it could when the repository opened.
         for id in repo.uncatalogued_snapshots()? {
-            crate::recovery::quarantine_snapshot(repo.backend(), id)?;
-            report.snapshots_quarantined.push(id);
+            // A file that cannot be read cannot be copied: reported, the repair goes on.
+            match crate::recovery::quarantine_snapshot(repo.backend(), id) {
+                Ok(()) => report.snapshots_quarantined.push(id),
+                Err(e) => report
+                    .snapshots_not_quarantined
+                    .push((id.to_hex(), e.to_string())),
+            }
         }
     }
     let mut last = check(repo, true, progress)?;

@@ -306,7 +306,11 @@ fn status_error(request: String, status: u16, r: ureq::Response) -> Error {
 /// or `::1` (so that the token never leaves the machine).
 fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or_default();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // `http://localhost:1@HOST/` connects to HOST: any userinfo is refused outright.
+    if authority.contains('@') {
+        return false;
+    }
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
@@ -565,6 +569,11 @@ mod tests {
             "http://localhost.example.com:1",
             "http://127.0.0.1.example.com",
             "http://[::ffff:192.0.2.1]:1",
+            "http://localhost:1@192.0.2.1:8420",
+            "http://localhost:1@192.0.2.1/",
+            "http://127.0.0.1@192.0.2.1/",
+            "http://user@localhost:8420",
+            "http://192.0.2.1?x=localhost:1",
         ] {
             assert!(!is_loopback_url(url), "{url}");
         }

@@ -24,14 +24,23 @@
 //! The same protocol runs over HTTPS when the server is given a certificate and key
 //! ([`tls`]). The server is hyper's HTTP/1.1 on tokio ([`server`]).
 
+#[cfg(feature = "repository")]
 pub mod audit;
+#[cfg(feature = "repository")]
 pub mod client;
+#[cfg(feature = "repository")]
 pub mod conn;
+#[cfg(feature = "repository")]
 pub mod limiter;
+#[cfg(feature = "repository")]
 pub mod quota;
+#[cfg(feature = "repository")]
 pub mod routes;
+#[cfg(feature = "repository")]
 pub mod server;
+#[cfg(feature = "repository")]
 pub mod service;
 pub mod tls;
+#[cfg(feature = "repository")]
 pub mod tokens;
 pub mod wire;
