@@ -10,7 +10,8 @@
 //!    `doomed/<pack id>` ([`publish`]). The record's time is the one the store gives it (its
 //!    own clock, the same for every client). The pack stays.
 //! 2. **Delete.** A later compaction (of any client) deletes the pack, then the record, once
-//!    the record is older than the grace period by the store's clock ([`delete_expired`]).
+//!    the record was older than the grace period by the store's clock **when that compaction
+//!    opened the repository**, read before it listed the snapshots ([`delete_expired`]).
 //!
 //! Why that is safe, for operations shorter than the grace period:
 //! - A client that opens the repository after the record exists treats the pack as gone: its
@@ -24,7 +25,11 @@
 //!   finds the object missing from its index and **rescues** the doomed packs ([`rescue`]):
 //!   it indexes them again and deletes their records, so no compaction deletes them; a later
 //!   compaction redoes the work. The deleting compaction opens the repository first, so it
-//!   has catalogued every snapshot published before it runs.
+//!   has catalogued every snapshot published before its open; records expire against the
+//!   store's clock read just before that open's listing, never a later one, so a snapshot
+//!   published while a long compaction runs cannot lose a pack it needs: its backup opened
+//!   before the record, published before the record was `grace` old, and so before the
+//!   clock the expiry is measured against.
 //!
 //! Crash reasoning: a pack is doomed in the local index (its live objects moved) before its
 //! record is stored; a crash in between leaves a locally doomed pack without a record, and
@@ -81,11 +86,24 @@ pub fn publish(storage: &RepoStorage, index: &Index) -> Result<usize> {
     Ok(stored)
 }
 
-/// Phase 2: deletes each pack whose record is at least `grace_us` old by the store's clock,
-/// then its record; returns how many packs were deleted. Nothing is deleted while a local
-/// reader holds a lease. A pack the local index catalogues (rescued here, its record not yet
-/// deleted) is left alone.
-pub fn delete_expired(storage: &RepoStorage, index: &Index, grace_us: i64) -> Result<usize> {
+/// Phase 2: deletes each pack whose record was at least `grace_us` old at `catalogued_as_of`
+/// (the store's clock read before the caller's open listed the bucket's snapshots,
+/// [`crate::Repository::catalogued_as_of_us`]), then its record; returns how many packs were
+/// deleted. Nothing is deleted while a local reader holds a lease. A pack the local index
+/// catalogues (rescued here, its record not yet deleted) is left alone.
+///
+/// Why the clock of the open and not the clock now: a client that opened before the record
+/// (store time `R`) publishes by `R + grace` (the contract). If `R + grace <= as_of`, it
+/// published before the listing of the caller's open, which catalogued its snapshot and
+/// rescued the packs it needs. Measured against the clock at deletion time instead, a
+/// compaction that runs long would delete a pack a snapshot published during its run
+/// depends on: that snapshot was stored after the open and is in no index of the caller.
+pub fn delete_expired(
+    storage: &RepoStorage,
+    index: &Index,
+    grace_us: i64,
+    catalogued_as_of: i64,
+) -> Result<usize> {
     let backend = &*storage.backend;
     let recorded = records(backend)?;
     if recorded.is_empty() {
@@ -94,14 +112,15 @@ pub fn delete_expired(storage: &RepoStorage, index: &Index, grace_us: i64) -> Re
     let Some(_no_readers) = NoReaders::try_acquire(&storage.local_dir)? else {
         return Ok(0);
     };
-    let now = backend.clock_us()?;
     let catalogued: HashSet<PackId> = index.packs()?.into_iter().map(|(id, _)| id).collect();
     let locally_doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
     let mut batch = index.batch();
     let mut deleted = 0;
     let mut expired: Vec<PackId> = recorded
         .into_iter()
-        .filter(|(pack, at)| !catalogued.contains(pack) && now.saturating_sub(*at) >= grace_us)
+        .filter(|(pack, at)| {
+            !catalogued.contains(pack) && catalogued_as_of.saturating_sub(*at) >= grace_us
+        })
         .map(|(pack, _)| pack)
         .collect();
     expired.sort();

@@ -163,6 +163,9 @@ pub struct Repository {
     index: Index,
     lock: Option<WriterLock>,
     _lease: Option<ReaderLease>,
+    /// The store's clock read before this writer first listed the bucket's snapshots
+    /// (shared stores only; see [`Self::catalogued_as_of_us`]).
+    catalogued_as_of_us: Option<i64>,
     /// What recovery did (writers only).
     pub recovery: Recovery,
 }
@@ -272,6 +275,7 @@ impl Repository {
             index,
             lock: None,
             _lease: Some(lease),
+            catalogued_as_of_us: None,
             recovery: Recovery {
                 cache,
                 ..Recovery::default()
@@ -280,7 +284,12 @@ impl Repository {
     }
 
     /// Opens as the single writer: takes the lock, then recovers from any interrupted writer.
+    /// In a shared store it first reads the store's clock ([`Self::catalogued_as_of_us`]).
     pub fn open_writer_on(storage: RepoStorage) -> Result<Self> {
+        let catalogued_as_of_us = match storage.shared {
+            true => Some(storage.backend.clock_us()?),
+            false => None,
+        };
         let cache = crate::cache::refresh_cache(&storage)?;
         let config = storage.read_config()?;
         let lock = WriterLock::acquire(&storage.local_dir)?;
@@ -294,6 +303,7 @@ impl Repository {
             index,
             lock: Some(lock),
             _lease: None,
+            catalogued_as_of_us,
             recovery,
         })
     }
@@ -305,6 +315,16 @@ impl Repository {
         let lock = WriterLock::acquire(&storage.local_dir)?;
         storage.backend.clean_staging()?;
         Ok((config, lock))
+    }
+
+    /// For a writer of a shared store: the store's clock (Unix microseconds) read before the
+    /// writer listed the bucket's snapshots when it opened. Every snapshot stored before
+    /// this instant was catalogued by that open (the listing came after it), so this — not
+    /// the clock at some later moment of a long operation — is the `now` against which
+    /// doom records expire ([`crate::doomed::delete_expired`]). `None` for a reader or a
+    /// repository no other machine uses.
+    pub fn catalogued_as_of_us(&self) -> Option<i64> {
+        self.catalogued_as_of_us
     }
 
     /// Where the repository lives.

@@ -7,10 +7,15 @@
 //!   dead then publishes afterwards: whoever catalogues its snapshot next (the compacting
 //!   client through its cache, or a new client rebuilding its cache) finds the objects in
 //!   the doomed pack and rescues it, so the later deletion does not take them.
+//! - A compaction that runs longer than the grace period measures the age of doom records
+//!   against the store's clock of its open, so a snapshot published while it runs (by a
+//!   backup that opened before the doom) keeps the doomed packs it needs.
 //! - Through the binary: `compact --grace` dooms, a second client's cache stops using the
 //!   doomed pack, and a compaction after the grace deletes pack and record.
 
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
 
 use tessera_engine::ops::backup::{backup, BackupRequest};
 use tessera_engine::ops::check::check;
@@ -19,7 +24,7 @@ use tessera_engine::ops::forget::{apply_forget, plan_forget};
 use tessera_engine::ops::restore::restore_disk;
 use tessera_engine::storage::key::DOOMED;
 use tessera_engine::storage::Backend;
-use tessera_engine::{NoProgress, Repository};
+use tessera_engine::{NoProgress, Progress, Repository};
 use tessera_format::SnapshotId;
 use tessera_tests::seaweed::{CliClient, Client, Seaweed};
 use tessera_tests::{make_image, DataGen, ImageSpec};
@@ -168,6 +173,69 @@ fn doomed_packs_outlive_readers_and_are_rescued_for_late_backups() {
     let repo = b.writer();
     assert_clean(&repo, "B at the end");
     assert_restores(&repo, late, &old_img, w);
+}
+
+/// A progress report that runs `hook` once, when the compaction starts moving objects
+/// (after it checked that every stored snapshot is catalogued).
+struct DuringCompaction<F>(Mutex<Option<F>>);
+
+impl<F: FnOnce() + Send> Progress for DuringCompaction<F> {
+    fn start(&self, _phase: &str, _total: u64) {
+        let hook = self.0.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+    fn advance(&self, _n: u64) {}
+    fn finish(&self) {}
+}
+
+#[test]
+fn a_snapshot_published_during_a_long_compaction_keeps_its_doomed_packs() {
+    const GRACE: Duration = Duration::from_secs(3);
+    let sw = Seaweed::start("long-compaction");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let location = sw.location("shared");
+    let a = Client::new(&location, sw.options());
+    a.init();
+    let old_img = image(w, "old.img", 7);
+    let keep_img = image(w, "keep.img", 8);
+    let old = backup_image(&a.writer(), &old_img);
+    let keep = backup_image(&a.writer(), &keep_img);
+    forget(&a.writer(), old);
+    // B's backup opens before the doom and deduplicates against the dead objects.
+    let b = Client::new(&location, sw.options());
+    let late_writer = b.writer();
+    let grace_us = i64::try_from(GRACE.as_micros()).unwrap();
+    let first = compact(&a.writer(), grace_us);
+    assert!(first.packs_doomed > 0, "{first:?}");
+    // A's second compaction opens while the records are young, and runs longer than the
+    // grace: while it moves objects, B publishes, and the records grow older than the grace.
+    let repo = a.writer();
+    let mut plan = plan_compact(&repo, 0.0).expect("plan compaction");
+    plan.grace_us = grace_us;
+    let (published, late) = mpsc::channel();
+    let during = DuringCompaction(Mutex::new(Some(move || {
+        let id = backup_image(&late_writer, &old_img);
+        drop(late_writer);
+        published.send(id).unwrap();
+        std::thread::sleep(GRACE + Duration::from_secs(2));
+    })));
+    let second = apply_compact(&repo, &plan, &during).expect("the long compaction");
+    let late = late
+        .try_recv()
+        .expect("the late backup ran during the compaction");
+    assert_eq!(
+        second.packs_deleted, 0,
+        "records young when the compaction opened were taken for expired: {second:?}"
+    );
+    drop(repo);
+    // Whoever opens next catalogues the late snapshot and rescues the packs it needs.
+    let repo = Client::new(&location, sw.options()).reader();
+    assert_restores(&repo, late, &w.join("old.img"), w);
+    assert_restores(&repo, keep, &keep_img, w);
+    assert_clean(&repo, "a new client after the long compaction");
 }
 
 #[test]

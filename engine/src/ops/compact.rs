@@ -327,7 +327,13 @@ pub fn apply_compact(
     let storage = repo.storage();
     if storage.shared {
         report.packs_doomed = crate::doomed::publish(storage, repo.index())?;
-        report.packs_deleted = crate::doomed::delete_expired(storage, repo.index(), plan.grace_us)?;
+        let as_of = repo.catalogued_as_of_us().ok_or_else(|| {
+            Error::Internal(
+                "a compaction of a shared store opened without the store's clock".into(),
+            )
+        })?;
+        report.packs_deleted =
+            crate::doomed::delete_expired(storage, repo.index(), plan.grace_us, as_of)?;
     } else {
         report.packs_deleted = delete_doomed_packs(storage, repo.index())?;
     }
