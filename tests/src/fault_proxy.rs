@@ -13,7 +13,8 @@
 //! - [`Fault::ResetAfterForward`]: forward the request, let the server handle it, then reset
 //!   the connection instead of answering (the answer is lost; the change happened);
 //! - [`Fault::Delay`]: forward the request, then hold the server's answer back for a while
-//!   (a slow server or network; a client whose timeout is shorter gives up on it).
+//!   (a slow server or network; a client whose timeout is shorter gives up on it);
+//! - [`Fault::DropHeader`]: forward the request, relay the answer without one header.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -33,6 +34,8 @@ pub enum Fault {
     ResetAfterForward,
     /// Forward, then wait this long before relaying the answer.
     Delay(Duration),
+    /// Forward, and relay the answer without this header (e.g. `date`).
+    DropHeader(&'static str),
 }
 
 /// One request as the rule sees it.
@@ -211,7 +214,11 @@ fn serve(shared: &Shared, mut client: TcpStream) -> io::Result<()> {
             if let Some(Fault::Delay(wait)) = fault {
                 std::thread::sleep(wait);
             }
-            relay_answer(&mut upstream, &mut client)
+            let dropped = match fault {
+                Some(Fault::DropHeader(name)) => Some(name),
+                _ => None,
+            };
+            relay_answer(&mut upstream, &mut client, dropped)
         }
     }
 }
@@ -251,13 +258,23 @@ fn read_body(conn: &mut TcpStream, have: &mut Vec<u8>, len: usize) -> io::Result
     Ok(body)
 }
 
-/// Copies the server's answer to the client, with `Connection: close` in its head.
-fn relay_answer(upstream: &mut TcpStream, client: &mut TcpStream) -> io::Result<()> {
+/// Copies the server's answer to the client, with `Connection: close` in its head and
+/// without the header `dropped` (lower case), if given.
+fn relay_answer(
+    upstream: &mut TcpStream,
+    client: &mut TcpStream,
+    dropped: Option<&str>,
+) -> io::Result<()> {
     let (head, rest) = read_head(upstream)?;
     let text = String::from_utf8_lossy(&head);
     let mut out = String::new();
     for line in text.split("\r\n") {
-        if !line.to_ascii_lowercase().starts_with("connection:") {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if name != "connection" && Some(name.as_str()) != dropped {
             out.push_str(line);
             out.push_str("\r\n");
         }

@@ -234,6 +234,32 @@ fn a_server_that_keeps_failing_fails_the_backup_clearly_and_leaves_nothing_visib
 }
 
 #[test]
+fn an_answer_without_a_date_is_refused_never_replaced_by_the_local_clock() {
+    let w = world("nodate");
+    let img = w.image("one.img", 6);
+    let first = w.backup(&img).expect("backup");
+    // The upload listing (clock and staging) comes back without its Date header.
+    w.proxy.set_rule(Box::new(|r| {
+        (r.method == "GET" && r.target.contains("uploads")).then_some(Fault::DropHeader("date"))
+    }));
+    let Err(err) = Repository::open_writer_on(w.client.storage()) else {
+        panic!("a writer opened although the server's clock could not be read");
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.contains("without a valid Date header"),
+        "unclear message: {msg}"
+    );
+    assert_eq!(
+        err.kind(),
+        tessera_engine::ErrorKind::Failed,
+        "{msg}: a protocol failure, not the caller's fault"
+    );
+    assert!(!w.proxy.injected().is_empty());
+    w.assert_sound(&[(first, &img)]);
+}
+
+#[test]
 fn slow_answers_are_waited_for_or_retried_past_the_request_timeout() {
     let sw = Seaweed::start("slow");
     let proxy = FaultProxy::start(&sw.endpoint);

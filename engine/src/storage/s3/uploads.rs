@@ -3,7 +3,8 @@
 //! (`ListMultipartUploads`, which `object_store` does not offer: the request is signed with
 //! its public SigV4 signer) and aborts those of tessera keys started long enough ago by the
 //! server's clock (its `Date` header, so a skewed local clock cannot make a young upload look
-//! old); [`super::Backend::clean_staging`] waits [`super::STALE_UPLOAD`].
+//! old); [`super::Backend::clean_staging`] waits [`super::STALE_UPLOAD`]. An answer without
+//! a valid `Date` is a protocol error, never replaced by the local clock.
 
 use std::time::Duration;
 
@@ -219,7 +220,7 @@ async fn send(
         .get(http::header::DATE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
-        .map_or_else(Utc::now, |d| d.with_timezone(&Utc));
+        .map(|d| d.with_timezone(&Utc));
     let mut body = Vec::new();
     let mut stream = response.into_body().bytes_stream();
     while let Some(piece) = stream.next().await {
@@ -237,7 +238,11 @@ async fn send(
     let code = super::error::s3_code(&text).map(str::to_string);
     let code_or = |fallback: &str| code.clone().unwrap_or_else(|| fallback.to_string());
     match status.as_u16() {
-        200..=299 => Ok(Ok((text, date))),
+        // Never the local clock instead: ages of uploads and doom records must be measured
+        // by the one clock every client sharing the bucket agrees on.
+        200..=299 => date.map(|d| Ok((text, d))).ok_or_else(|| {
+            bad("an answer without a valid Date header (tessera measures ages by the server's clock, never the local one)")
+        }),
         429 | 500..=599 => Ok(Err(RemoteProblem::Unavailable {
             last: format!("HTTP {} {}", status.as_u16(), code_or("")),
         })),
