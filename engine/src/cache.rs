@@ -10,7 +10,7 @@ use tessera_format::{PackId, SnapshotId};
 
 use crate::error::Result;
 use crate::index::Index;
-use crate::recovery::recover;
+use crate::recovery::catch_up;
 use crate::repo::RepoStorage;
 use crate::storage::{key, ObjectKey, PutMode};
 
@@ -117,7 +117,9 @@ pub fn mark_cache(dir: &std::path::Path, identity: &str) -> Result<()> {
 ///   the bucket ([`crate::ops::rebuild_index`]);
 /// - a catalogued pack is gone from the bucket (another client compacted): rebuilt, since
 ///   the objects it held have moved to packs the index cannot tell apart;
-/// - snapshots or packs the index lacks: [`recover`] catalogues and adopts them;
+/// - snapshots or packs the index lacks: [`catch_up`] catalogues and adopts them (it never
+///   discards staged puts: readers run this too, and only a writer's open aborts stale
+///   uploads);
 /// - catalogued snapshots whose files are gone, by the listing and by a `HEAD` of each:
 ///   dropped from the catalog, then every reference count is recomputed (their root lists are
 ///   gone with the files, so their references cannot be subtracted one by one).
@@ -201,7 +203,7 @@ pub fn refresh_cache(storage: &RepoStorage) -> Result<Option<CacheRefresh>> {
     if !new_packs && vanished.is_empty() && stored.is_subset(&catalogued) {
         return Ok(Some(CacheRefresh::default()));
     }
-    let recovered = recover(storage, &index)?;
+    let recovered = catch_up(storage, &index)?;
     let mut refresh = CacheRefresh {
         snapshots_catalogued: recovered.snapshots_catalogued.len(),
         packs_adopted: recovered.packs_adopted,

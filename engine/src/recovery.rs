@@ -3,7 +3,9 @@
 //! them; nothing published is ever deleted here. Each step is idempotent, so a crash during
 //! recovery is recovered by the next writer in the same way.
 //!
-//! 1. Staged puts of crashed writers are discarded ([`Backend::clean_staging`]).
+//! 1. Staged puts of crashed writers are discarded ([`Backend::clean_staging`]); only when a
+//!    writer opens, never when a reader brings an object store's cache up to date
+//!    ([`catch_up`]), whose staged puts may be other clients' uploads in progress.
 //! 2. Doomed packs (emptied by compaction) are deleted if no reader holds a lease. Then the
 //!    snapshot files are listed, before any pack is: a snapshot file is stored only after
 //!    every pack it names, so every pack a listed snapshot names is in the pack listing of
@@ -148,13 +150,24 @@ impl Recovery {
     }
 }
 
-/// Runs the recovery steps (see module docs). The caller holds the writer lock.
+/// Runs the recovery steps (see module docs). The caller holds the writer lock and opens
+/// the repository as its writer.
 pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
+    let staged_removed = storage.backend.clean_staging()?;
+    Ok(Recovery {
+        staged_removed,
+        ..catch_up(storage, index)?
+    })
+}
+
+/// The recovery steps but the first (see module docs): what bringing an object store's cache
+/// up to date runs, for readers too ([`crate::cache::refresh_cache`]). It never discards
+/// staged puts: in a shared store those may be other clients' uploads in progress, and only
+/// a writer's open, under its lock, aborts the stale ones. The caller holds the writer lock
+/// of the local directory.
+pub fn catch_up(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
     let backend = &*storage.backend;
-    let mut recovery = Recovery {
-        staged_removed: backend.clean_staging()?,
-        ..Recovery::default()
-    };
+    let mut recovery = Recovery::default();
     let mut doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
     if storage.shared {
         // Other machines may still read them: record them, delete them later (doomed.rs).

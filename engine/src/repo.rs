@@ -308,12 +308,17 @@ impl Repository {
         })
     }
 
-    /// Takes the writer lock without opening the index (for rebuilding it) and discards
-    /// staged puts of crashed writers.
+    /// Takes the writer lock without opening the index (for rebuilding it) and, in a
+    /// repository no other machine uses, discards staged puts of crashed writers. In a shared
+    /// store a rebuild also runs when a reader opens ([`crate::cache::refresh_cache`]), and
+    /// staged puts may be other clients' uploads in progress: only a writer's open cleans
+    /// them ([`crate::recovery::recover`]).
     pub fn lock_for_rebuild(storage: &RepoStorage) -> Result<(RepoConfig, WriterLock)> {
         let config = storage.read_config()?;
         let lock = WriterLock::acquire(&storage.local_dir)?;
-        storage.backend.clean_staging()?;
+        if !storage.shared {
+            storage.backend.clean_staging()?;
+        }
         Ok((config, lock))
     }
 

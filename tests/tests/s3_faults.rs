@@ -259,6 +259,58 @@ fn an_answer_without_a_date_is_refused_never_replaced_by_the_local_clock() {
     w.assert_sound(&[(first, &img)]);
 }
 
+/// Whether `r` lists incomplete multipart uploads (cleaning staging, or reading the clock).
+fn lists_uploads(r: &Request) -> bool {
+    r.method == "GET" && r.target.contains("uploads")
+}
+
+#[test]
+fn readers_never_touch_other_clients_uploads() {
+    let sw = Seaweed::start("readers");
+    let proxy = FaultProxy::start(&sw.endpoint);
+    let location = sw.location("shared");
+    let direct = Client::new(&location, sw.options());
+    direct.init();
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("a.img");
+    make_image(&img, ImageSpec::mixed(8 * MIB), &mut DataGen::new(9));
+    let backup_one = |seed: u64| {
+        make_image(&img, ImageSpec::mixed(8 * MIB), &mut DataGen::new(seed));
+        backup(
+            &direct.writer(),
+            &BackupRequest::one_disk("vm", "d0", &img),
+            &NoProgress,
+        )
+        .expect("backup")
+    };
+    backup_one(9);
+    // A reader through the proxy: every upload listing is logged (and passed through).
+    let reader = Client::new(&location, options_for(&proxy.endpoint, KEY_ID, SECRET));
+    proxy.set_rule(Box::new(|r| {
+        lists_uploads(r).then_some(Fault::Delay(std::time::Duration::ZERO))
+    }));
+    // Its first open rebuilds the cache; after another client's backup, one catches up.
+    let repo = reader.reader();
+    assert!(repo.recovery.cache.as_ref().unwrap().rebuilt.is_some());
+    drop(repo);
+    backup_one(10);
+    let repo = reader.reader();
+    let refresh = repo.recovery.cache.clone().unwrap();
+    assert_eq!(refresh.snapshots_catalogued, 1, "{refresh:?}");
+    drop(repo);
+    assert_eq!(
+        kinds(&proxy.injected()),
+        Vec::<String>::new(),
+        "a reader listed (to abort) incomplete uploads"
+    );
+    // A writer's open does clean staging.
+    drop(reader.writer());
+    assert!(
+        !proxy.injected().is_empty(),
+        "the writer cleaned no staging"
+    );
+}
+
 #[test]
 fn slow_answers_are_waited_for_or_retried_past_the_request_timeout() {
     let sw = Seaweed::start("slow");

@@ -9,7 +9,8 @@
 //!   larger one (packs) as a multipart upload whose `CompleteMultipartUpload` at `finish`
 //!   makes it visible whole. An unfinished writer aborts its upload when dropped; what a
 //!   crash leaves is an incomplete upload, invisible to readers and listings, which
-//!   [`Backend::clean_staging`] aborts once it is an hour old.
+//!   [`Backend::clean_staging`] (run only when a writer opens) aborts once it is
+//!   [`STALE_UPLOAD`] (a week) old.
 //! - **Create-only.** Single puts send `If-None-Match: *` (S3 and SeaweedFS answer 412 when
 //!   the key is taken). A 412 is checked by reading the object back: the same bytes mean an
 //!   earlier attempt of this very put landed and its answer was lost (a retried request), so
@@ -68,8 +69,12 @@ pub const PARTS_IN_FLIGHT: usize = 4;
 /// loopback SeaweedFS moves ~100 MiB/s, several together several times that.
 pub const READS_IN_FLIGHT: usize = 8;
 /// Incomplete uploads younger than this are never aborted: another client sharing the
-/// bucket may be uploading them now (no upload of a 32 MiB pack takes an hour).
-pub const STALE_UPLOAD: Duration = Duration::from_hours(1);
+/// bucket may be uploading them now. It is the default grace period of shared stores
+/// (`ops::compact::DEFAULT_GRACE_US`, asserted there), whose contract is that every operation
+/// finishes within it of its open (SPEC §13): an upload is younger than the operation that
+/// started it, so one older than this belongs to an operation that crashed or broke the
+/// contract. The price is that a crashed writer's upload is billed for up to a week.
+pub const STALE_UPLOAD: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// See the module docs.
 pub struct S3Backend {
