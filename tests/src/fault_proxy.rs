@@ -47,6 +47,8 @@ pub struct Request {
     pub target: String,
     /// Body length.
     pub body_len: usize,
+    /// Length of the byte range a ranged `GET` asks for (`Range: bytes=A-B`).
+    pub range_len: Option<u64>,
     /// How many requests the proxy saw before this one.
     pub seq: usize,
 }
@@ -147,6 +149,7 @@ fn serve(shared: &Shared, mut client: TcpStream) -> io::Result<()> {
     let method = start.next().unwrap_or_default().to_string();
     let target = start.next().unwrap_or_default().to_string();
     let mut body_len = 0;
+    let mut range_len = None;
     let mut kept = Vec::new();
     for line in lines.filter(|l| !l.is_empty()) {
         let name = line
@@ -157,6 +160,13 @@ fn serve(shared: &Shared, mut client: TcpStream) -> io::Result<()> {
         if name == "content-length" {
             body_len = line[15..].trim().parse().unwrap_or(0);
         }
+        if name == "range" {
+            range_len = line[6..]
+                .trim()
+                .strip_prefix("bytes=")
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| Some(b.parse::<u64>().ok()? + 1 - a.parse::<u64>().ok()?));
+        }
         if name != "connection" {
             kept.push(line);
         }
@@ -165,6 +175,7 @@ fn serve(shared: &Shared, mut client: TcpStream) -> io::Result<()> {
         method,
         target,
         body_len,
+        range_len,
         seq: shared.seen.fetch_add(1, Ordering::Relaxed),
     };
     let fault = (shared.rule.lock().expect("rule lock"))(&request);

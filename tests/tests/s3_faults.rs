@@ -259,6 +259,65 @@ fn an_answer_without_a_date_is_refused_never_replaced_by_the_local_clock() {
     w.assert_sound(&[(first, &img)]);
 }
 
+#[test]
+fn a_store_failing_during_verify_stops_it_and_marks_nothing_damaged() {
+    let w = world("verify");
+    let img = w.image("one.img", 11);
+    let first = w.backup(&img).expect("backup");
+    let repo = w.client.writer();
+    // Every read of a pack's bytes fails, after the client's retries. The structural check
+    // reads the manifest pages to recompute the counts: it stops, rather than reporting the
+    // pages damaged and their chunks unreferenced.
+    w.proxy.set_rule(Box::new(|r| {
+        (r.method == "GET" && r.target.contains("/packs/"))
+            .then_some(Fault::Status(503, "SlowDown"))
+    }));
+    match check(&repo, false, &NoProgress) {
+        Ok(report) => panic!(
+            "a check whose page reads all failed finished: {:?}",
+            report.problems.iter().take(3).collect::<Vec<_>>()
+        ),
+        Err(e) => assert_eq!(e.kind(), tessera_engine::ErrorKind::Failed, "{e}"),
+    }
+    // Only the long (coalesced) reads of the data fail: the pages read, the data does not.
+    w.proxy.set_rule(Box::new(|r| {
+        (r.method == "GET" && r.target.contains("/packs/") && r.range_len > Some(MIB))
+            .then_some(Fault::Status(503, "SlowDown"))
+    }));
+    let outcome = tessera_engine::ops::check::verify(
+        &repo,
+        &tessera_engine::ops::check::VerifyOptions {
+            read_data: true,
+            scope: None,
+            sample: None,
+            skip_verified_within_us: None,
+            use_ledger: true,
+        },
+        &NoProgress,
+    );
+    w.proxy.set_rule(Box::new(|_| None));
+    assert!(!w.proxy.injected().is_empty());
+    let err = match outcome {
+        Ok(report) => panic!(
+            "a verify whose data reads all failed finished: {:?} {:?}",
+            report.problems.iter().take(3).collect::<Vec<_>>(),
+            report.damaged.len()
+        ),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), tessera_engine::ErrorKind::Failed, "{err}");
+    assert!(err.to_string().contains("503 SlowDown"), "{err}");
+    assert!(
+        repo.backend()
+            .get_if_exists(&tessera_engine::storage::ObjectKey::damage_marks())
+            .unwrap()
+            .is_none(),
+        "damage marks stored for an outage"
+    );
+    drop(repo);
+    w.assert_sound(&[(first, &img)]);
+}
+
 /// Whether `r` lists incomplete multipart uploads (cleaning staging, or reading the clock).
 fn lists_uploads(r: &Request) -> bool {
     r.method == "GET" && r.target.contains("uploads")

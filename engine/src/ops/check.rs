@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use tessera_format::{ObjectKind, PackId, SnapshotId};
 
 use crate::damage_marks::{update_damage_marks, DamageFindings};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::index::ObjectEntry;
 use crate::ledger::{Ledger, LedgerLock};
 use crate::ops::damage::{damage_marks, map_damage, BadKey, DamagedObject, DamagedPack};
@@ -544,6 +544,13 @@ fn draw_sample(live: Vec<Live>, size: SampleSize, seed: u64) -> (Vec<Live>, Samp
 
 /// Reads `live` back in parallel, in groups; records the intact ones in the ledger after
 /// each group. Returns the damaged ones, sorted.
+///
+/// Only a failure that is damage ([`ErrorKind::Damage`]: a record that does not check, a
+/// missing or truncated pack) makes an object damaged. Any other failure — the store
+/// unreachable or failing after its retries, an I/O error — says nothing about the object,
+/// so it stops the verification with that error (exit 1) before anything is marked: a
+/// passing outage must never put damage marks on snapshots. Groups read before it stay
+/// recorded in the ledger (they were read intact).
 fn read_back(
     repo: &Repository,
     live: &[Live],
@@ -590,14 +597,16 @@ fn read_back(
                 objects.fetch_add(1, Ordering::Relaxed);
                 bytes.fetch_add(u64::from(entry.stored_len), Ordering::Relaxed);
                 progress.advance(u64::from(entry.stored_len));
-                r.err().map(|e| {
-                    (
+                match r {
+                    Ok(()) => Ok(None),
+                    Err(e) if e.kind() == ErrorKind::Damage => Ok(Some((
                         (*kind, *digest),
                         damaged(*kind, *digest, Some(entry), e.to_string()),
-                    )
-                })
+                    ))),
+                    Err(e) => Err(e),
+                }
             })
-            .collect();
+            .collect::<Result<_>>()?;
         if let Some(ledger) = ledger {
             report.ledger_recorded += ledger.record(
                 crate::time::now_us(),
