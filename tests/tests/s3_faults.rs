@@ -308,10 +308,9 @@ fn a_store_failing_during_verify_stops_it_and_marks_nothing_damaged() {
     assert_eq!(err.kind(), tessera_engine::ErrorKind::Failed, "{err}");
     assert!(err.to_string().contains("503 SlowDown"), "{err}");
     assert!(
-        repo.backend()
-            .get_if_exists(&tessera_engine::storage::ObjectKey::damage_marks())
+        tessera_engine::damage_marks::load_damage_marks(repo.backend())
             .unwrap()
-            .is_none(),
+            .is_empty(),
         "damage marks stored for an outage"
     );
     drop(repo);

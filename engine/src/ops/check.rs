@@ -371,7 +371,7 @@ fn load_catalogued(
     Ok((snapshots, catalogued))
 }
 
-/// Updates the damage marks (`REPO/damaged`, see `crate::ledger`) with what `report` found:
+/// Updates the damage marks (`damage/<snapshot id>`, see `crate::damage_marks`) with what `report` found:
 /// snapshots it found damaged are marked, the `checked` ones it found clean are cleared.
 /// Called by verify (holding the ledger) and by repair after its final check.
 pub fn record_damage(

@@ -9,7 +9,8 @@
 //! | `packs/XY/<pack id>.pack` | a sealed pack (§4); `XY` = first two hex digits |
 //! | `snapshots/<snapshot id>.snap` | a snapshot file (§6) |
 //! | `snapshots/<snapshot id>.protected` | protection marker (§12) |
-//! | `damaged` | damage marks of the last verification (§11a) |
+//! | `damage/<snapshot id>` | damage mark of one snapshot (§11a) |
+//! | `damaged` | damage marks of older versions, all in one object (read, then migrated) |
 //! | `quarantine/<pack id>.pack` | a pack moved aside by repair (§11b) |
 //! | `quarantine/<pack id>.intent` | repair's intent to quarantine a pack (§11b) |
 //! | `quarantine/<snapshot id>.snap` | a snapshot file recovery could not catalogue (§9) |
@@ -28,6 +29,8 @@ pub const SNAPSHOTS: &str = "snapshots/";
 pub const QUARANTINE: &str = "quarantine/";
 /// Prefix of doom records.
 pub const DOOMED: &str = "doomed/";
+/// Prefix of damage marks.
+pub const DAMAGE: &str = "damage/";
 
 const PACK_EXT: &str = ".pack";
 const SNAP_EXT: &str = ".snap";
@@ -55,6 +58,8 @@ pub enum KeyKind {
     QuarantinedSnapshot(SnapshotId),
     /// A doom record.
     DoomRecord(PackId),
+    /// The damage mark of a snapshot.
+    DamageMark(SnapshotId),
 }
 
 impl ObjectKey {
@@ -63,9 +68,14 @@ impl ObjectKey {
         Self("config".into())
     }
 
-    /// The damage marks.
-    pub fn damage_marks() -> Self {
+    /// The damage marks as older versions kept them, all in one object.
+    pub fn legacy_damage_marks() -> Self {
         Self("damaged".into())
+    }
+
+    /// The damage mark of a snapshot.
+    pub fn damage_mark(id: SnapshotId) -> Self {
+        Self(format!("{DAMAGE}{}", id.to_hex()))
     }
 
     /// A seed bundle's manifest.
@@ -149,6 +159,9 @@ impl ObjectKey {
         }
         if let Some(hex) = name(DOOMED, "") {
             return hex.parse().ok().map(KeyKind::DoomRecord);
+        }
+        if let Some(hex) = name(DAMAGE, "") {
+            return hex.parse().ok().map(KeyKind::DamageMark);
         }
         None
     }

@@ -146,7 +146,7 @@ pub(super) fn list(inner: &Inner) -> Result<Vec<Pending>> {
 /// prefix belong to someone else and are never touched.
 fn is_tessera_key(key: &str) -> bool {
     ObjectKey::from_listed(key.to_string()).kind().is_some()
-        || [ObjectKey::config(), ObjectKey::damage_marks()]
+        || [ObjectKey::config(), ObjectKey::legacy_damage_marks()]
             .iter()
             .any(|k| k.as_str() == key)
 }
