@@ -2,7 +2,7 @@
 //! length, and finally the SHA-256 of the raw bytes against the digest that named them.
 
 use tessera_format::manifest::entries_in_page;
-use tessera_format::pack::{decode_record_header, RECORD_HEADER_LEN};
+use tessera_format::pack::{decode_record_header, MAX_OBJECT_LEN, RECORD_HEADER_LEN};
 use tessera_format::{
     ChunkDigest, Codec, ManifestPage, ObjectInfo, ObjectKind, PackId, PageDigest, Snapshot,
     SnapshotId,
@@ -164,25 +164,66 @@ pub const COALESCE_GAP: u64 = 1 << 20;
 /// The longest read [`fetch_records`] makes (several run at once, [`Backend::get_ranges`]).
 pub const COALESCE_SPAN: u64 = 8 << 20;
 
+/// The most bytes of coalesced reads [`fetch_records`] asks for with one
+/// [`Backend::get_ranges`] call (and so holds at once beyond the records themselves, which
+/// are copied out of each wave's reads before the next wave).
+pub const FETCH_WAVE_BYTES: u64 = 64 << 20;
+
 /// Fetches the records (header and stored bytes) at `entries`, in their order, for a store
 /// where each read is a request ([`Backend::is_remote`]): records of one pack that lie within
 /// [`COALESCE_GAP`] of each other are read with one ranged read of at most
-/// [`COALESCE_SPAN`] bytes, several at once ([`Backend::get_ranges`]). A 64 KiB block
-/// restored with one request each is latency-bound; an 8 MiB read is not (`macro-bench
-/// --s3`, 1 GiB: restore 26.5 s → 4.9 s, verify 31.7 s → 5.9 s). After a failed or short
-/// read, its records are read one by one, so each gets its own verdict (but when the store
-/// itself failed, [`Error::Remote`], each gets that error without another read). Nothing is checked
-/// here: the caller checks every record as [`read_object`] does ([`check_fetched`],
-/// [`decode_fetched_into`]). Memory: the records asked for, at once.
+/// [`COALESCE_SPAN`] bytes, several at once ([`Backend::get_ranges`]), in waves of at most
+/// [`FETCH_WAVE_BYTES`]. A 64 KiB block restored with one request each is latency-bound; an
+/// 8 MiB read is not (`macro-bench --s3`, 1 GiB: restore 26.5 s → 4.9 s, verify 31.7 s →
+/// 5.9 s). After a failed or short read, its records are read one by one, so each gets its
+/// own verdict (but when the store itself failed, [`Error::Remote`], each gets that error
+/// without another read). A location no record can have (a damaged index: a stored length
+/// over [`MAX_OBJECT_LEN`], a range past 2^64) is not read; the check reports it. Nothing is checked here: the
+/// caller checks every record as [`read_object`] does ([`check_fetched`],
+/// [`decode_fetched_into`]). Memory: the records asked for, plus one wave of reads.
 pub fn fetch_records(backend: &dyn Backend, entries: &[ObjectEntry]) -> Vec<Result<Vec<u8>>> {
-    use rayon::prelude::*;
+    fetch_records_in_waves(backend, entries, FETCH_WAVE_BYTES)
+}
+
+/// Why no record can lie where `entry` says (the index is untrusted), if none can: longer
+/// than any record may be, or ending past 2^64.
+fn impossible_location(entry: &ObjectEntry) -> Option<String> {
+    if entry.stored_len > MAX_OBJECT_LEN {
+        return Some(format!(
+            "the index gives it {} stored bytes, over the {MAX_OBJECT_LEN} a record may hold",
+            entry.stored_len
+        ));
+    }
+    let len = RECORD_HEADER_LEN as u64 + u64::from(entry.stored_len);
+    entry.offset.checked_add(len).is_none().then(|| {
+        format!(
+            "the index places it at offset {}, past any pack's end",
+            entry.offset
+        )
+    })
+}
+
+/// A coalesced read: its pack, start and end offsets, and the entries it covers.
+type Span = (PackId, u64, u64, Vec<usize>);
+
+fn fetch_records_in_waves(
+    backend: &dyn Backend,
+    entries: &[ObjectEntry],
+    wave_bytes: u64,
+) -> Vec<Result<Vec<u8>>> {
     let len = |e: &ObjectEntry| RECORD_HEADER_LEN as u64 + u64::from(e.stored_len);
+    let mut out: Vec<Option<Result<Vec<u8>>>> = entries.iter().map(|_| None).collect();
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| (entries[i].pack, entries[i].offset));
-    // Spans: (pack, start, end, the entries they cover).
-    let mut spans: Vec<(PackId, u64, u64, Vec<usize>)> = Vec::new();
+    let mut spans: Vec<Span> = Vec::new();
     for i in order {
         let e = &entries[i];
+        // A location no record can have (a damaged index): nothing is read, the caller's
+        // check reports it (`Record::fetched`).
+        if impossible_location(e).is_some() {
+            out[i] = Some(Ok(Vec::new()));
+            continue;
+        }
         let (start, end) = (e.offset, e.offset + len(e));
         match spans.last_mut() {
             Some((pack, s, last_end, members))
@@ -196,20 +237,50 @@ pub fn fetch_records(backend: &dyn Backend, entries: &[ObjectEntry]) -> Vec<Resu
             _ => spans.push((e.pack, start, end, vec![i])),
         }
     }
-    let requests: Vec<(ObjectKey, u64, usize)> = spans
+    let mut rest = &spans[..];
+    while !rest.is_empty() {
+        // At least one span per wave, however long (at most COALESCE_SPAN or one record).
+        let mut n = 1;
+        let mut bytes = rest[0].2 - rest[0].1;
+        while let Some((_, start, end, _)) = rest.get(n) {
+            if bytes + (end - start) > wave_bytes {
+                break;
+            }
+            bytes += end - start;
+            n += 1;
+        }
+        let (wave, tail) = rest.split_at(n);
+        rest = tail;
+        for (i, record) in fetch_wave(backend, entries, wave).into_iter().flatten() {
+            out[i] = Some(record);
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::Internal("a record was not fetched".into()))))
+        .collect()
+}
+
+/// Reads the spans of one wave at once; returns each covered entry's record (or failure).
+fn fetch_wave(
+    backend: &dyn Backend,
+    entries: &[ObjectEntry],
+    wave: &[Span],
+) -> Vec<Vec<(usize, Result<Vec<u8>>)>> {
+    use rayon::prelude::*;
+    let len = |e: &ObjectEntry| RECORD_HEADER_LEN as u64 + u64::from(e.stored_len);
+    let requests: Vec<(ObjectKey, u64, usize)> = wave
         .iter()
         .map(|(pack, start, end, _)| (ObjectKey::pack(*pack), *start, (end - start) as usize))
         .collect();
     let answers = backend.get_ranges(&requests);
-    let fetched: Vec<Vec<(usize, Result<Vec<u8>>)>> = spans
-        .into_par_iter()
+    wave.par_iter()
         .zip(answers)
         .map(|((pack, start, end, members), read)| match read {
             // A read gives exactly what was asked or fails (the contract of `get_range`);
             // a short answer anyway is treated as a failed read.
             Ok(bytes) if bytes.len() as u64 == end - start => members
-                .into_iter()
-                .map(|i| {
+                .iter()
+                .map(|&i| {
                     let e = &entries[i];
                     let from = (e.offset - start) as usize;
                     let record = bytes
@@ -226,8 +297,8 @@ pub fn fetch_records(backend: &dyn Backend, entries: &[ObjectEntry]) -> Vec<Resu
                 context,
                 problem,
             }) => members
-                .into_iter()
-                .map(|i| {
+                .iter()
+                .map(|&i| {
                     let e = Error::Remote {
                         location: location.clone(),
                         context: context.clone(),
@@ -239,23 +310,16 @@ pub fn fetch_records(backend: &dyn Backend, entries: &[ObjectEntry]) -> Vec<Resu
             // One by one, so that each record gets its own verdict (a truncated pack still
             // yields the records before the cut, a missing pack says so for each).
             _ => members
-                .into_iter()
-                .map(|i| {
+                .iter()
+                .map(|&i| {
                     let e = &entries[i];
                     (
                         i,
-                        backend.get_range(&ObjectKey::pack(pack), e.offset, len(e) as usize),
+                        backend.get_range(&ObjectKey::pack(*pack), e.offset, len(e) as usize),
                     )
                 })
                 .collect(),
         })
-        .collect();
-    let mut out: Vec<Option<Result<Vec<u8>>>> = entries.iter().map(|_| None).collect();
-    for (i, record) in fetched.into_iter().flatten() {
-        out[i] = Some(record);
-    }
-    out.into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(Error::Internal("a record was not fetched".into()))))
         .collect()
 }
 
@@ -296,12 +360,16 @@ impl<'a> Record<'a> {
         digest: &'a [u8; 32],
         entry: &'a ObjectEntry,
     ) -> Result<Self> {
+        if impossible_location(entry).is_some() {
+            return Self::fetched(kind, digest, entry, Ok(Vec::new()));
+        }
         let len = RECORD_HEADER_LEN + entry.stored_len as usize;
         let read = backend.get_range(&ObjectKey::pack(entry.pack), entry.offset, len);
         Self::fetched(kind, digest, entry, read)
     }
 
-    /// A record from the bytes a read of its range returned (or how it failed).
+    /// A record from the bytes a read of its range returned (or how it failed); damaged
+    /// whatever was read if the index gives a location no record can have.
     fn fetched(
         kind: ObjectKind,
         digest: &'a [u8; 32],
@@ -314,6 +382,9 @@ impl<'a> Record<'a> {
             entry,
             buf,
         };
+        if let Some(why) = impossible_location(entry) {
+            return Err(record(Vec::new()).corrupt(why));
+        }
         match read {
             Ok(buf) => Ok(record(buf)),
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -406,6 +477,8 @@ mod tests {
     struct Logged {
         inner: LocalBackend,
         reads: Mutex<Vec<(ObjectKey, u64, usize)>>,
+        /// The bytes each `get_ranges` call asked for.
+        waves: Mutex<Vec<u64>>,
         fail_longer_than: usize,
         /// The injected failure is the store's own (after its retries), not an I/O error.
         fail_as_store: bool,
@@ -455,12 +528,21 @@ mod tests {
         fn is_remote(&self) -> bool {
             true
         }
+        fn get_ranges(&self, ranges: &[(ObjectKey, u64, usize)]) -> Vec<Result<Vec<u8>>> {
+            let asked = ranges.iter().map(|r| r.2 as u64).sum();
+            self.waves.lock().unwrap().push(asked);
+            ranges
+                .iter()
+                .map(|(key, offset, len)| self.get_range(key, *offset, *len))
+                .collect()
+        }
     }
 
     fn logged(dir: &std::path::Path, fail_longer_than: usize) -> Logged {
         Logged {
             inner: LocalBackend::new(dir),
             reads: Mutex::default(),
+            waves: Mutex::default(),
             fail_longer_than,
             fail_as_store: false,
         }
@@ -651,5 +733,70 @@ mod tests {
             let v = check_fetched(got, ObjectKind::Chunk, &a[0].0, &a[0].2);
             assert!(matches!(v, Err(Error::ObjectMissing { .. })), "{v:?}");
         }
+    }
+
+    #[test]
+    fn coalesced_reads_go_in_waves_of_bounded_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = logged(dir.path(), usize::MAX);
+        // Five packs: five spans of about 64 KiB, then one record longer than a wave.
+        let packs: Vec<Written> = (0..5)
+            .map(|_| pack_of(&backend, &[65_536]))
+            .chain([pack_of(&backend, &[300_000])])
+            .collect();
+        let asked: Vec<_> = packs.iter().map(|p| &p[0]).collect();
+        let entries: Vec<ObjectEntry> = asked.iter().map(|c| c.2).collect();
+        let fetched = fetch_records_in_waves(&backend, &entries, 150_000);
+        for (c, got) in asked.iter().zip(fetched) {
+            check_fetched(got, ObjectKind::Chunk, &c.0, &c.2).unwrap();
+        }
+        let waves = std::mem::take(&mut *backend.waves.lock().unwrap());
+        // Two spans fit a wave of 150 000 bytes, three do not; the long record goes alone
+        // (spans go in pack order, so it may come anywhere).
+        let long = RECORD_HEADER_LEN as u64 + u64::from(packs[5][0].2.stored_len);
+        assert_eq!(waves.len(), 4, "{waves:?}");
+        assert_eq!(
+            waves.iter().filter(|&&w| w > 150_000).collect::<Vec<_>>(),
+            [&long],
+            "{waves:?}"
+        );
+        assert_eq!(
+            waves.iter().sum::<u64>(),
+            entries
+                .iter()
+                .map(|e| RECORD_HEADER_LEN as u64 + u64::from(e.stored_len))
+                .sum::<u64>()
+        );
+        assert_eq!(reads(&backend).len(), 6);
+    }
+
+    #[test]
+    fn impossible_record_locations_are_damage_without_a_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = logged(dir.path(), usize::MAX);
+        let a = pack_of(&backend, &[4096, 4096]);
+        let mut far = a[1].2;
+        far.offset = u64::MAX - 10;
+        let mut huge = a[1].2;
+        huge.stored_len = u32::MAX;
+        let fetched = fetch_records(&backend, &[a[0].2, far, huge]);
+        let mut verdicts = fetched.into_iter();
+        let first = verdicts.next().unwrap();
+        check_fetched(first, ObjectKind::Chunk, &a[0].0, &a[0].2).unwrap();
+        assert_eq!(reads(&backend).len(), 1, "a read of an impossible range");
+        for (bad, why) in [(far, "past any pack's end"), (huge, "a record may hold")] {
+            let v = check_fetched(verdicts.next().unwrap(), ObjectKind::Chunk, &a[1].0, &bad);
+            assert!(
+                matches!(&v, Err(Error::ObjectCorrupt { reason, .. }) if reason.contains(why)),
+                "{v:?}"
+            );
+            let one = read_object(&backend, ObjectKind::Chunk, &a[1].0, &bad).map(|_| ());
+            assert_eq!(format!("{one:?}"), format!("{v:?}"));
+        }
+        assert_eq!(
+            reads(&backend).len(),
+            0,
+            "read_object read an impossible range"
+        );
     }
 }

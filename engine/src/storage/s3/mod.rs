@@ -290,8 +290,18 @@ impl Inner {
             Some((offset, len)) => format!("reading {len} bytes at {offset} of {key}"),
             None => format!("reading {key}"),
         };
+        // The offset comes from the index or a pack's footer: untrusted, it may not fit.
+        let end = match range {
+            Some((offset, len)) => match offset.checked_add(len as u64) {
+                Some(end) => Some(end),
+                None => return Err(past_end(context(), "the range ends past 2^64".into())),
+            },
+            None => None,
+        };
         let options = GetOptions {
-            range: range.map(|(offset, len)| GetRange::Bounded(offset..offset + len as u64)),
+            range: range
+                .zip(end)
+                .map(|((offset, _), end)| GetRange::Bounded(offset..end)),
             ..GetOptions::default()
         };
         let path = self.path(key.as_str());
@@ -325,7 +335,10 @@ impl Inner {
             Ok(Ok((bytes, size))) => match range {
                 Some((offset, len)) if bytes.len() != len => Err(past_end(
                     context(),
-                    format!("the object ends at {size}, before {}", offset + len as u64),
+                    format!(
+                        "the object ends at {size}, before {}",
+                        offset.saturating_add(len as u64)
+                    ),
                 )),
                 None if bytes.len() as u64 != size => Err(self.classify().remote(
                     context(),
@@ -342,7 +355,7 @@ impl Inner {
                 // way the contract asks, if the object exists and is that short.
                 match (range, &err) {
                     (Some((offset, len)), Error::Remote { .. }) => match self.size(key) {
-                        Ok(Some(size)) if offset + len as u64 > size => {
+                        Ok(Some(size)) if offset.saturating_add(len as u64) > size => {
                             Err(past_end(context(), format!("the object ends at {size}")))
                         }
                         _ => Err(err),
