@@ -179,6 +179,10 @@ pub struct StorageArgs {
         value_name = "BOOL"
     )]
     pub s3_path_style: Option<bool>,
+    /// Allow a plain http:// S3 endpoint whose host is not a loopback address (requests are
+    /// signed, not encrypted: the backups cross the network in clear).
+    #[arg(long, global = true)]
+    pub s3_insecure_http: bool,
     /// Local directory of an s3:// repository's index cache, ledger and locks (default:
     /// $XDG_CACHE_HOME/tessera/BUCKET/HASH, else ~/.cache/tessera/BUCKET/HASH). Deleting it
     /// loses nothing: the index is rebuilt from the bucket.
@@ -194,6 +198,7 @@ impl StorageArgs {
                 endpoint: self.s3_endpoint.clone(),
                 region: self.s3_region.clone(),
                 path_style: self.s3_path_style,
+                insecure_http: self.s3_insecure_http,
                 ..Default::default()
             },
             cache_dir: self.cache_dir.clone(),

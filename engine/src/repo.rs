@@ -286,10 +286,10 @@ impl Repository {
     /// Opens as the single writer: takes the lock, then recovers from any interrupted writer.
     /// In a shared store it first reads the store's clock ([`Self::catalogued_as_of_us`]).
     pub fn open_writer_on(storage: RepoStorage) -> Result<Self> {
-        let catalogued_as_of_us = match storage.shared {
-            true => Some(storage.backend.clock_us()?),
-            false => None,
-        };
+        let catalogued_as_of_us = storage
+            .shared
+            .then(|| storage.backend.clock_us())
+            .transpose()?;
         let cache = crate::cache::refresh_cache(&storage)?;
         let config = storage.read_config()?;
         let lock = WriterLock::acquire(&storage.local_dir)?;

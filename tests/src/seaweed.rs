@@ -251,6 +251,7 @@ pub fn options_for(endpoint: &str, key_id: &str, secret: &str) -> S3Options {
             request_timeout: Duration::from_mins(1),
             connect_timeout: Duration::from_secs(5),
         },
+        insecure_http: false,
     }
 }
 

@@ -626,6 +626,22 @@ fn bad_input_fails_with_its_kind_and_writes_nothing() {
         "failed",
         "cannot connect to http://127.0.0.1:1",
     );
+    // Plain HTTP off loopback: refused before any request, unless --s3-insecure-http
+    // (then the unroutable documentation address fails to connect instead).
+    check(
+        &with("http://192.0.2.1:8333", KEY_ID, SECRET),
+        &backup_args,
+        2,
+        "usage",
+        "refusing a plain-HTTP S3 endpoint that is not a loopback address",
+    );
+    let mut insecure = vec!["--s3-insecure-http"];
+    insecure.extend_from_slice(&backup_args);
+    let out = with("http://192.0.2.1:8333", KEY_ID, SECRET).run(&insecure);
+    assert!(
+        !out.stderr.contains("plain-HTTP"),
+        "the opt-in did not lift the refusal: {out}"
+    );
     check(
         &with(&sw.endpoint, KEY_ID, "wrong-secret"),
         &backup_args,

@@ -81,8 +81,9 @@ pub const DEFAULT_GRACE_US: i64 = 7 * 24 * 3600 * 1_000_000;
 
 // An incomplete upload of a shared store is aborted only once older than the default grace:
 // operations within the grace contract may still be uploading younger ones.
-const _: () =
-    assert!(crate::storage::s3::STALE_UPLOAD.as_secs() as i64 * 1_000_000 >= DEFAULT_GRACE_US);
+const _: () = assert!(
+    crate::storage::s3::STALE_UPLOAD.as_secs().cast_signed() * 1_000_000 >= DEFAULT_GRACE_US
+);
 
 /// What compaction did.
 #[derive(Debug, Clone, Default, serde::Serialize)]

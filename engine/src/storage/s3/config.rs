@@ -97,6 +97,9 @@ pub struct S3Options {
     pub credentials: Option<Credentials>,
     /// Retry and timeout bounds.
     pub retry: RetryBounds,
+    /// Allow a plain `http://` endpoint whose host is not a loopback address (requests are
+    /// signed, not encrypted: the data would cross the network in clear).
+    pub insecure_http: bool,
 }
 
 /// Bounds of the retries (exponential backoff with jitter, on 5xx, 429, `SlowDown`, timeouts
@@ -258,7 +261,7 @@ pub(super) fn resolve(options: &S3Options, env: &Env<'_>) -> Result<Resolved> {
         .or_else(|| env.get("AWS_ENDPOINT_URL_S3"))
         .or_else(|| env.get("AWS_ENDPOINT_URL"));
     if let Some(url) = &endpoint {
-        check_endpoint(url)?;
+        check_endpoint(url, options.insecure_http)?;
     }
     let config_file = env.file("AWS_CONFIG_FILE", ".aws/config");
     let config_section = if profile == "default" {
@@ -303,18 +306,25 @@ pub(super) fn resolve(options: &S3Options, env: &Env<'_>) -> Result<Resolved> {
 }
 
 /// An endpoint is `http(s)://HOST[:PORT][/]`, without user info (a secret in a URL would
-/// end up in messages).
-fn check_endpoint(url: &str) -> Result<()> {
+/// end up in messages); a plain `http://` one only on a loopback host unless
+/// `insecure_http` ([`crate::net::is_loopback_url`], the rule of `sync`'s client too).
+fn check_endpoint(url: &str, insecure_http: bool) -> Result<()> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"));
     let host = rest.map(|r| r.trim_end_matches('/'));
     match host {
-        Some(h) if !h.is_empty() && !h.contains(['@', '/', '?', '#', ' ']) => Ok(()),
-        _ => Err(Error::InvalidArgument(
+        Some(h) if !h.is_empty() && !h.contains(['@', '/', '?', '#', ' ']) => {}
+        _ => return Err(Error::InvalidArgument(
             "the S3 endpoint must be http://HOST[:PORT] or https://HOST[:PORT], without a path or user name".into(),
         )),
     }
+    if url.starts_with("http://") && !insecure_http && !crate::net::is_loopback_url(url) {
+        return Err(Error::Usage(format!(
+            "{url}: refusing a plain-HTTP S3 endpoint that is not a loopback address: the backups would cross the network in clear. Use an https:// endpoint, or give --s3-insecure-http if the network is trusted"
+        )));
+    }
+    Ok(())
 }
 
 fn profile_credentials(path: &Path, profile: &str) -> Result<Option<Credentials>> {
@@ -473,5 +483,43 @@ mod tests {
             let err = resolve(&opts, &env_of(&vars, home.path())).unwrap_err();
             assert!(!err.to_string().contains("secret"), "{err}");
         }
+    }
+
+    #[test]
+    fn plain_http_endpoints_only_on_loopback_unless_allowed() {
+        let home = tempfile::tempdir().unwrap();
+        let mut vars = HashMap::new();
+        let with = |endpoint: &str, insecure_http: bool| S3Options {
+            endpoint: Some(endpoint.into()),
+            insecure_http,
+            ..S3Options::default()
+        };
+        for fine in [
+            "http://127.0.0.1:8333",
+            "http://localhost:8333/",
+            "http://[::1]:8333",
+            "https://s3.example.com",
+            "https://192.0.2.1:9000",
+        ] {
+            resolve(&with(fine, false), &env_of(&vars, home.path()))
+                .unwrap_or_else(|e| panic!("{fine}: {e}"));
+        }
+        for clear in [
+            "http://192.0.2.1:8333",
+            "http://minio.example.com",
+            "http://localhost.example.com:1",
+        ] {
+            let err = resolve(&with(clear, false), &env_of(&vars, home.path())).unwrap_err();
+            assert!(
+                err.to_string().contains("--s3-insecure-http"),
+                "{clear}: {err}"
+            );
+            assert_eq!(err.kind(), crate::error::ErrorKind::Usage, "{clear}");
+            resolve(&with(clear, true), &env_of(&vars, home.path()))
+                .unwrap_or_else(|e| panic!("{clear} with the opt-in: {e}"));
+        }
+        // The environment's endpoint is held to the same rule.
+        vars.insert("AWS_ENDPOINT_URL", "http://192.0.2.1:9".to_string());
+        assert!(resolve(&S3Options::default(), &env_of(&vars, home.path())).is_err());
     }
 }

@@ -74,7 +74,7 @@ pub const READS_IN_FLIGHT: usize = 8;
 /// finishes within it of its open (SPEC §13): an upload is younger than the operation that
 /// started it, so one older than this belongs to an operation that crashed or broke the
 /// contract. The price is that a crashed writer's upload is billed for up to a week.
-pub const STALE_UPLOAD: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const STALE_UPLOAD: Duration = Duration::from_hours(7 * 24);
 
 /// See the module docs.
 pub struct S3Backend {
