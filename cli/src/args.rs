@@ -408,6 +408,10 @@ pub enum Command {
         /// deletes them: other machines' operations must finish within it.
         #[arg(long, default_value = "7d")]
         grace: String,
+        /// Accept a --grace under 1d in an S3 repository (refused otherwise): only when no
+        /// other machine runs an operation on it for longer than the grace.
+        #[arg(long)]
+        allow_short_grace: bool,
     },
 }
 

@@ -301,7 +301,15 @@ fn every_command_works_on_an_s3_repository() {
     // overlay's writes, their manifest pages) is garbage now.
     cli.json(["forget", &repo, &snapshot_id(&q), &snapshot_id(&ov)]);
     assert_eq!(ids(&cli, &repo), std::slice::from_ref(&b));
-    let c = cli.json(["compact", &repo, "--max-unused", "0%", "--grace", "0"]);
+    let c = cli.json([
+        "compact",
+        &repo,
+        "--max-unused",
+        "0%",
+        "--grace",
+        "0",
+        "--allow-short-grace",
+    ]);
     assert!(
         c["report"]["packs_rewritten"].as_u64().unwrap_or(0) > 0,
         "{c}"

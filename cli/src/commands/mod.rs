@@ -160,7 +160,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             max_unused,
             dry_run,
             grace,
-        } => retention::compact(&at(&repo)?, &max_unused, &grace, dry_run, json, &bars),
+            allow_short_grace,
+        } => retention::compact(
+            &at(&repo)?,
+            &max_unused,
+            (&grace, allow_short_grace),
+            dry_run,
+            json,
+            &bars,
+        ),
     }
 }
 

@@ -111,7 +111,7 @@ pub fn protect(
 pub fn compact(
     repo: &RepoLocation,
     max_unused: &str,
-    grace: &str,
+    (grace, allow_short_grace): (&str, bool),
     dry_run: bool,
     json: bool,
     bars: &Bars,
@@ -126,6 +126,7 @@ pub fn compact(
         &super::open_writer(repo)?,
         max_unused,
         grace_us,
+        allow_short_grace,
         dry_run,
         bars,
     )?;

@@ -121,16 +121,33 @@ impl CompactOutcome {
     }
 }
 
+/// The shortest grace period a compaction of a repository other machines share accepts
+/// without `allow_short_grace` ([`compact`]): every operation on any machine must finish
+/// within the grace, or packs it uses are deleted under it (`doomed.rs`).
+pub const MIN_SHARED_GRACE_US: i64 = 24 * 3600 * 1_000_000;
+
 /// Plans compaction at `max_unused` (0.0..=1.0), leaving packs younger than `grace_us`
 /// alone (see [`plan_compact_with_grace`]), and applies it unless `dry_run`. `repo` is open
-/// as the writer.
+/// as the writer. In a shared store, a grace shorter than [`MIN_SHARED_GRACE_US`] is
+/// refused unless `allow_short_grace` (the operator's word that no other machine runs long
+/// operations on it); a dry run changes nothing and is never refused.
 pub fn compact(
     repo: &Repository,
     max_unused: f64,
     grace_us: i64,
+    allow_short_grace: bool,
     dry_run: bool,
     progress: &dyn Progress,
 ) -> Result<CompactOutcome> {
+    if repo.storage().shared && !dry_run && !allow_short_grace && grace_us < MIN_SHARED_GRACE_US {
+        return Err(Error::Refused {
+            reason: format!(
+                "a grace period of {} s in a repository other machines share: every backup, restore, export or verify on any of them must finish within it, or the packs it uses are deleted under it. Use --grace 1d or more, or give --allow-short-grace if no other machine uses {} for longer",
+                grace_us / 1_000_000,
+                repo.describe()
+            ),
+        });
+    }
     let plan = plan_compact_with_grace(repo, max_unused, grace_us)?;
     let report = if dry_run {
         None
