@@ -92,6 +92,9 @@ pub fn publish(storage: &RepoStorage, index: &Index) -> Result<usize> {
 /// deleted. Nothing is deleted while a local reader holds a lease. A pack the local index
 /// catalogues (rescued here, its record not yet deleted) is left alone.
 ///
+/// A grace of 0 (no other machine uses the store, SPEC §13) expires every record at once,
+/// those this very compaction stored included.
+///
 /// Why the clock of the open and not the clock now: a client that opened before the record
 /// (store time `R`) publishes by `R + grace` (the contract). If `R + grace <= as_of`, it
 /// published before the listing of the caller's open, which catalogued its snapshot and
@@ -119,7 +122,8 @@ pub fn delete_expired(
     let mut expired: Vec<PackId> = recorded
         .into_iter()
         .filter(|(pack, at)| {
-            !catalogued.contains(pack) && catalogued_as_of.saturating_sub(*at) >= grace_us
+            !catalogued.contains(pack)
+                && (grace_us <= 0 || catalogued_as_of.saturating_sub(*at) >= grace_us)
         })
         .map(|(pack, _)| pack)
         .collect();
