@@ -78,10 +78,19 @@ impl CacheRefresh {
 }
 
 /// Marks `dir` as the cache of the repository `identity` (its location and endpoint),
-/// creating it; refuses a directory that caches another repository.
+/// creating it; refuses a directory that caches another repository, a directory holding a
+/// repository's `config` (a local repository: its index must not be taken for a cache and
+/// rebuilt or cleared), and a non-empty directory without the marker (whatever it holds is
+/// not tessera's to overwrite).
 pub fn mark_cache(dir: &std::path::Path, identity: &str) -> Result<()> {
     let marker = dir.join(CACHE_MARKER);
     let want = format!("{identity}\n");
+    if dir.join("config").exists() {
+        return Err(crate::error::Error::InvalidArgument(format!(
+            "{} holds a repository (its config), so it cannot be the cache of {identity}; choose another cache directory",
+            dir.display()
+        )));
+    }
     match std::fs::read_to_string(&marker) {
         Ok(have) if have == want => Ok(()),
         Ok(have) => Err(crate::error::Error::InvalidArgument(format!(
@@ -90,6 +99,12 @@ pub fn mark_cache(dir: &std::path::Path, identity: &str) -> Result<()> {
             have.trim()
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+                return Err(crate::error::Error::InvalidArgument(format!(
+                    "{} is not empty and is not a tessera cache (no {CACHE_MARKER} file); choose an empty or new cache directory",
+                    dir.display()
+                )));
+            }
             std::fs::create_dir_all(dir)
                 .map_err(|e| crate::error::Error::io(format!("creating {}", dir.display()), e))?;
             crate::storage::durable::write_file(
@@ -236,4 +251,41 @@ fn rebuild_cache(storage: &RepoStorage, why: String) -> Result<Option<CacheRefre
         doomed_packs_rescued: report.doomed_packs_rescued,
         ..CacheRefresh::default()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mark_cache, CACHE_MARKER};
+
+    #[test]
+    fn only_new_empty_or_own_directories_become_caches() {
+        let root = tempfile::tempdir().unwrap();
+        let id = "s3://b/p at http://127.0.0.1:1";
+        // A new directory, an empty one, and again the same: fine.
+        let fresh = root.path().join("new");
+        mark_cache(&fresh, id).unwrap();
+        mark_cache(&fresh, id).unwrap();
+        assert!(fresh.join(CACHE_MARKER).exists());
+        let empty = root.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        mark_cache(&empty, id).unwrap();
+        // Another repository's cache.
+        let err = mark_cache(&fresh, "s3://b/other at http://127.0.0.1:1").unwrap_err();
+        assert!(err.to_string().contains("belongs to"), "{err}");
+        // A directory with other things in it, untouched.
+        let busy = root.path().join("busy");
+        std::fs::create_dir(&busy).unwrap();
+        std::fs::write(busy.join("notes.txt"), b"mine").unwrap();
+        let err = mark_cache(&busy, id).unwrap_err();
+        assert!(err.to_string().contains("not a tessera cache"), "{err}");
+        assert!(!busy.join(CACHE_MARKER).exists());
+        // A local repository, even one that somehow carries a marker.
+        let repo = root.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        std::fs::write(repo.join("config"), b"x").unwrap();
+        std::fs::write(repo.join(CACHE_MARKER), format!("{id}\n")).unwrap();
+        let err = mark_cache(&repo, id).unwrap_err();
+        assert!(err.to_string().contains("holds a repository"), "{err}");
+        assert_eq!(err.kind(), crate::error::ErrorKind::Usage);
+    }
 }
