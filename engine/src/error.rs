@@ -8,6 +8,7 @@
 //! | [`ErrorKind::Usage`] | bad input from the caller | malformed argument, unknown snapshot, disk or series |
 //! | [`ErrorKind::Locked`] | another writer holds the repository | retry later |
 //! | [`ErrorKind::Damage`] | damaged or malicious data | corrupt object, pack, snapshot, config or index; a peer or bundle sending bad data |
+//! | [`ErrorKind::Key`] | the secret given does not unlock the repository | wrong passphrase, key file or recovery key |
 //! | [`ErrorKind::Refused`] | the request conflicts with the repository's state or policy | wrong delta base, protected snapshot, incompatible repositories |
 //! | [`ErrorKind::Internal`] | a bug in tessera | [`Error::Internal`] |
 
@@ -33,6 +34,37 @@ pub enum Error {
     NotARepository {
         /// The path or URL given.
         location: String,
+    },
+    /// No key slot of the repository opens with the passphrase, key file or recovery key
+    /// given (SPEC.md §23.4). Nothing was written.
+    #[error("wrong {what}: it opens none of the repository's {tried} {what} slot(s); nothing was changed")]
+    WrongSecret {
+        /// "passphrase", "key file" or "recovery key".
+        what: &'static str,
+        /// How many slots of that kind were tried.
+        tried: usize,
+    },
+    /// The repository has no key slot of the kind presented.
+    #[error("the repository has no {what} slot; unlock it with one of: {available}")]
+    NoSuchSlot {
+        /// The kind presented.
+        what: &'static str,
+        /// The kinds it has.
+        available: String,
+    },
+    /// Removing this slot would leave the repository without a way to unlock it.
+    #[error("{slot} is the last key slot that is not the recovery key; add another slot first")]
+    LastKeySlot {
+        /// The slot's id.
+        slot: String,
+    },
+    /// A key slot object is damaged or malicious.
+    #[error("key slot {key} is damaged: {reason}")]
+    KeySlotDamaged {
+        /// Its object key.
+        key: String,
+        /// Why it cannot be used.
+        reason: String,
     },
     /// `init` was pointed at a non-empty directory.
     #[error("{path} already exists and is not empty; choose a new directory for the repository")]
@@ -388,6 +420,8 @@ pub enum ErrorKind {
     /// Damaged or malicious data: a corrupt object, pack, snapshot, config or index, or an
     /// untrusted peer or bundle that sent bad data.
     Damage,
+    /// The passphrase, key file or recovery key does not unlock the repository.
+    Key,
     /// The request conflicts with the repository's state or policy.
     Refused,
     /// A bug in tessera.
@@ -396,23 +430,25 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for tables and tests.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Failed,
         Self::Usage,
         Self::Locked,
         Self::Damage,
+        Self::Key,
         Self::Refused,
         Self::Internal,
     ];
 
-    /// The stable name of the kind (`failed`, `usage`, `locked`, `damage`, `refused`,
-    /// `internal`), as `--json` prints it.
+    /// The stable name of the kind (`failed`, `usage`, `locked`, `damage`, `key`,
+    /// `refused`, `internal`), as `--json` prints it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Failed => "failed",
             Self::Usage => "usage",
             Self::Locked => "locked",
             Self::Damage => "damage",
+            Self::Key => "key",
             Self::Refused => "refused",
             Self::Internal => "internal",
         }
@@ -483,6 +519,10 @@ impl Error {
             | Self::UntrustedData { .. } => ErrorKind::Damage,
             Self::ReferenceBlockUnreadable { source, .. } => source.kind(),
             Self::Internal(_) => ErrorKind::Internal,
+            Self::WrongSecret { .. } => ErrorKind::Key,
+            Self::NoSuchSlot { .. } => ErrorKind::Usage,
+            Self::LastKeySlot { .. } => ErrorKind::Refused,
+            Self::KeySlotDamaged { .. } => ErrorKind::Damage,
         }
     }
 

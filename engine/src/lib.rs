@@ -32,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod crypto;
 pub mod damage_marks;
 pub mod direct_write;
 pub mod error;

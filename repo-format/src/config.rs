@@ -42,6 +42,8 @@ pub const CONFIG_LEN: usize = 56;
 pub enum IdScheme {
     /// `SHA-256(raw block bytes)`.
     Sha256 = 1,
+    /// `HMAC-SHA-256(id key, raw block bytes)` (encrypted repositories, SPEC.md §23.2).
+    HmacSha256 = 2,
 }
 
 impl TryFrom<u8> for IdScheme {
@@ -49,6 +51,7 @@ impl TryFrom<u8> for IdScheme {
     fn try_from(v: u8) -> Result<Self, DecodeError> {
         match v {
             1 => Ok(Self::Sha256),
+            2 => Ok(Self::HmacSha256),
             other => Err(DecodeError::invalid(
                 WHAT,
                 format!("unknown chunk id scheme {other}"),
@@ -150,6 +153,12 @@ impl RepoConfig {
     /// version, a valid block size and 16..=65536 page entries.
     pub fn validate(&self) -> Result<(), DecodeError> {
         check_version(WHAT, self.format_version)?;
+        if self.id_scheme == IdScheme::HmacSha256 && self.format_version < 2 {
+            return Err(DecodeError::invalid(
+                WHAT,
+                format!("format version {} has no keyed ids", self.format_version),
+            ));
+        }
         validate_block_size(u64::from(self.default_block_size))?;
         if !(MIN_PAGE_ENTRIES..=MAX_PAGE_ENTRIES).contains(&self.page_entries) {
             return Err(DecodeError::invalid(

@@ -25,6 +25,7 @@ pub mod codec;
 pub mod config;
 mod error;
 mod ids;
+pub mod keyslot;
 pub mod manifest;
 pub mod pack;
 pub mod snapshot;

@@ -11,6 +11,10 @@
 //! | 4 | `damage` | a restore of a snapshot whose chunk was corrupted, and the verify that finds it |
 //! | 5 | `refused` | a delta backup on the wrong base, forgetting a protected snapshot |
 //!
+//! Exit code 6 (`key`, a wrong passphrase) has no command that reaches it until encrypted
+//! repositories can be created (SPEC.md §23.5); the engine's keyring tests check that a
+//! wrong passphrase is that kind, and the CLI's unit test checks the code.
+//!
 //! Exit code 70 (`internal`, a bug) cannot be provoked without a fault-injection hook; the
 //! CLI's unit test `every_kind_has_its_own_documented_code` checks its mapping instead.
 
