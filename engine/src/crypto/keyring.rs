@@ -83,7 +83,10 @@ pub fn load_slots(backend: &dyn Backend, repo_id: RepoId) -> Result<Vec<KeySlotF
 
 /// The slots, for listing.
 pub fn list(backend: &dyn Backend, repo_id: RepoId) -> Result<Vec<SlotInfo>> {
-    Ok(load_slots(backend, repo_id)?.iter().map(SlotInfo::of).collect())
+    Ok(load_slots(backend, repo_id)?
+        .iter()
+        .map(SlotInfo::of)
+        .collect())
 }
 
 /// Opens the repository keys with `secret`, trying each slot of its kind (each passphrase
@@ -151,7 +154,13 @@ pub fn create(
     let keys = shared.unwrap_or_else(RepoKeys::generate);
     let recovery = SecretKey::random();
     add(backend, repo_id, &keys, secret, kdf)?;
-    add(backend, repo_id, &keys, &SlotSecret::Recovery(recovery.clone()), kdf)?;
+    add(
+        backend,
+        repo_id,
+        &keys,
+        &SlotSecret::Recovery(recovery.clone()),
+        kdf,
+    )?;
     Ok((keys, recovery))
 }
 
@@ -209,18 +218,33 @@ mod tests {
             .unwrap();
         assert_eq!(unlock(&backend, REPO, &pass("old")).unwrap().0, keys);
         let wrong = unlock(&backend, REPO, &pass("bad")).unwrap_err();
-        assert!(matches!(wrong, Error::WrongSecret { tried: 1, .. }), "{wrong}");
+        assert!(
+            matches!(wrong, Error::WrongSecret { tried: 1, .. }),
+            "{wrong}"
+        );
         assert_eq!(wrong.kind(), ErrorKind::Key);
         let none = unlock(&backend, REPO, &SlotSecret::KeyFile(SecretKey::random())).unwrap_err();
         assert_eq!(none.kind(), ErrorKind::Usage, "{none}");
         // The last daily slot cannot go; change-passphrase is add then remove.
-        assert_eq!(remove(&backend, REPO, &first.id).unwrap_err().kind(), ErrorKind::Refused);
+        assert_eq!(
+            remove(&backend, REPO, &first.id).unwrap_err().kind(),
+            ErrorKind::Refused
+        );
         add(&backend, REPO, &keys, &pass("new"), CHEAP).unwrap();
         remove(&backend, REPO, &first.id).unwrap();
         assert!(unlock(&backend, REPO, &pass("old")).is_err());
         assert_eq!(unlock(&backend, REPO, &pass("new")).unwrap().0, keys);
-        assert_eq!(unlock(&backend, REPO, &SlotSecret::Recovery(recovery)).unwrap().0, keys);
-        let kinds: Vec<SlotKind> = list(&backend, REPO).unwrap().iter().map(|s| s.kind).collect();
+        assert_eq!(
+            unlock(&backend, REPO, &SlotSecret::Recovery(recovery))
+                .unwrap()
+                .0,
+            keys
+        );
+        let kinds: Vec<SlotKind> = list(&backend, REPO)
+            .unwrap()
+            .iter()
+            .map(|s| s.kind)
+            .collect();
         assert_eq!(kinds.len(), 2);
         assert!(kinds.contains(&SlotKind::Recovery) && kinds.contains(&SlotKind::Passphrase));
     }
@@ -235,9 +259,14 @@ mod tests {
         let mut bytes = backend.get(&key).unwrap();
         bytes[150] ^= 1;
         std::fs::write(dir.path().join(key.as_str()), &bytes).unwrap();
-        assert_eq!(unlock(&backend, REPO, &pass("pw")).unwrap_err().kind(), ErrorKind::Damage);
         assert_eq!(
-            unlock(&backend, RepoId([4; 16]), &pass("pw")).unwrap_err().kind(),
+            unlock(&backend, REPO, &pass("pw")).unwrap_err().kind(),
+            ErrorKind::Damage
+        );
+        assert_eq!(
+            unlock(&backend, RepoId([4; 16]), &pass("pw"))
+                .unwrap_err()
+                .kind(),
             ErrorKind::Damage
         );
     }
