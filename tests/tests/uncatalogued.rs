@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 use tessera_tests::{
-    backup_json, init_repo, list_ids, make_image, pack_files, restored_sha, seed, sha256_file,
-    snapshot_id, tessera, verify, DataGen, ImageSpec,
+    backup_json, init_repo, list_ids, make_image, pack_files, restored_sha, seed, snapshot_id,
+    tessera, verify, DataGen, ImageSpec,
 };
 
 /// A repository with one snapshot, plus a second snapshot's file and all but one of its new
@@ -37,25 +37,7 @@ fn setup(name: &str) -> Setup {
     make_image(&a, ImageSpec::mixed(3 << 20), &mut gen);
     let first = snapshot_id(&backup_json(&repo, "vm", &[("d", &a)]));
 
-    let twin = t.path().join("twin");
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&repo)
-        .arg(&twin)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let b = t.path().join("b");
-    make_image(
-        &b,
-        ImageSpec {
-            weights: (1, 2, 7),
-            ..ImageSpec::mixed((48 << 20) + 1)
-        },
-        &mut gen,
-    );
-    let sha_b = sha256_file(&b);
-    let lost = snapshot_id(&backup_json(&twin, "vm", &[("d", &b)]));
+    let (twin, _, lost, sha_b) = tessera_tests::back_up_in_a_twin(t.path(), &repo, &mut gen);
     let old_packs = pack_files(&repo);
     let mut new_packs: Vec<PathBuf> = pack_files(&twin)
         .into_iter()
@@ -80,6 +62,22 @@ fn setup(name: &str) -> Setup {
         sha_b,
         first,
     }
+}
+
+/// `compact` rewriting every pack with any unused byte, no grace.
+fn compact_everything(repo: &Path, json: bool) -> tessera_tests::Out {
+    let mut args = vec![
+        "compact".as_ref(),
+        repo.as_os_str(),
+        "--max-unused".as_ref(),
+        "0%".as_ref(),
+        "--grace".as_ref(),
+        "0".as_ref(),
+    ];
+    if json {
+        args.insert(0, "--json".as_ref());
+    }
+    tessera(args)
 }
 
 fn snapshot_file(repo: &Path, id: &str) -> PathBuf {
@@ -115,15 +113,7 @@ fn an_incomplete_snapshot_is_kept_blocks_compaction_and_is_catalogued_when_its_p
     assert!(v.stdout.contains("stored but not catalogued"), "{v}");
 
     let packs_before = pack_files(repo);
-    let c = tessera([
-        "--json".as_ref(),
-        "compact".as_ref(),
-        repo.as_os_str(),
-        "--max-unused".as_ref(),
-        "0%".as_ref(),
-        "--grace".as_ref(),
-        "0".as_ref(),
-    ]);
+    let c = compact_everything(repo, true);
     c.expect_code(4);
     assert_eq!(c.json()["kind"], "damage", "{}", c.stdout);
     assert!(c.stdout.contains("not catalogued"), "{}", c.stdout);
@@ -138,15 +128,7 @@ fn an_incomplete_snapshot_is_kept_blocks_compaction_and_is_catalogued_when_its_p
     let ids = list_ids(repo);
     assert!(ids.contains(&s.lost), "{ids:?}");
     verify(repo).ok();
-    tessera([
-        "compact".as_ref(),
-        repo.as_os_str(),
-        "--max-unused".as_ref(),
-        "0%".as_ref(),
-        "--grace".as_ref(),
-        "0".as_ref(),
-    ])
-    .ok();
+    compact_everything(repo, false).ok();
     verify(repo).ok();
     assert_eq!(restored_sha(repo, &s.lost, s.t.path()), s.sha_b);
 }
@@ -174,15 +156,7 @@ fn repair_quarantine_moves_an_incomplete_snapshot_away_on_request() {
         "the file is not in quarantine/"
     );
     verify(repo).ok();
-    tessera([
-        "compact".as_ref(),
-        repo.as_os_str(),
-        "--max-unused".as_ref(),
-        "0%".as_ref(),
-        "--grace".as_ref(),
-        "0".as_ref(),
-    ])
-    .ok();
+    compact_everything(repo, false).ok();
     verify(repo).ok();
     assert_eq!(list_ids(repo), vec![s.first]);
 }
