@@ -266,7 +266,7 @@ fn record_crypto(c: &mut Criterion) {
             b.iter(|| {
                 cipher
                     .open_into(&ad, black_box(&sealed), &mut dst)
-                    .expect("open")
+                    .expect("open");
             });
         });
         let key = [9u8; 32];

@@ -397,7 +397,9 @@ pub struct RepairArgs {
     #[arg(long = "from-source")]
     pub from_source: Vec<SourceImage>,
     /// Without other copies: move the intact objects of damaged packs (bad footer, trailer
-    /// or records) into new packs, quarantine the old packs, and report what is lost.
+    /// or records) into new packs, quarantine the old packs, and report what is lost; also
+    /// move stored snapshot files that cannot be catalogued (they name objects the
+    /// repository lacks) into quarantine, so that compaction may run again.
     #[arg(long)]
     pub quarantine: bool,
 }

@@ -51,6 +51,10 @@ pub struct SyncArgs {
     /// (e.g. a self-signed server certificate). Verification cannot be switched off.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
+    /// Send the token over plain http:// to a host that is not loopback (it crosses the
+    /// network in clear: only for a trusted network).
+    #[arg(long)]
+    pub insecure_http: bool,
 }
 
 /// `tessera seed ...`.
@@ -105,6 +109,11 @@ pub struct ServeArgs {
     /// network in clear: only for a trusted network or a TLS proxy on the same host).
     #[arg(long)]
     pub insecure_http: bool,
+    /// Least seconds between two snapshots a backup token publishes into one series (0: no
+    /// limit). Sooner is refused (429) and the client waits; so a compromised backup token
+    /// cannot flood its series and push real snapshots out of `prune --keep-last`.
+    #[arg(long, value_name = "SECS", default_value_t = tessera_engine::sync::http::server::DEFAULT_MIN_PUBLISH_INTERVAL.as_secs())]
+    pub min_publish_interval: u64,
     #[command(flatten)]
     pub keepalive: crate::args::KeepaliveArg,
 }

@@ -321,6 +321,9 @@ pub enum Error {
         status: u16,
         /// The server's message.
         message: String,
+        /// The kind of failure the server named in its answer (e.g. `damage` when its own
+        /// repository is damaged), if any.
+        kind: Option<ErrorKind>,
     },
     /// A request to a remote server failed on the way (connection, TLS, timeout).
     #[error("{request}: {reason}")]
@@ -385,6 +388,24 @@ pub enum Error {
         path: PathBuf,
         /// Offset of the first block that differs (or the size, when sizes differ).
         offset: u64,
+    },
+    /// Compaction refused: stored snapshot files are not catalogued (they name objects the
+    /// repository lacks or cannot read now), so the objects they do find are at count 0 and
+    /// compaction would reclaim them.
+    #[error(
+        "{count} stored snapshot file(s) are not catalogued ({first}{more}): they name objects \
+         this repository lacks or cannot read now, and compaction would reclaim the objects \
+         they still have; bring the missing packs back, or `tessera sync OTHER REPO` from a \
+         repository that has those snapshots, or move the files to quarantine with `tessera \
+         repair REPO --quarantine`"
+    )]
+    UncataloguedSnapshots {
+        /// How many.
+        count: usize,
+        /// The first one's id.
+        first: String,
+        /// ", ..." when there are more.
+        more: &'static str,
     },
     /// A snapshot to publish or catalogue names objects the repository lacks or cannot read.
     #[error("the snapshot refers to objects this repository lacks or cannot read: {reason}")]
@@ -455,6 +476,13 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// The kind named `name` (as [`Self::as_str`] spells it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
 impl std::fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -465,7 +493,11 @@ impl Error {
     /// Which kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            // A server's status tells the kinds that matter to the caller (its `status_of`).
+            // The server names the kind of its failure in its answer (`routes::Refusal`);
+            // otherwise its status tells the kinds that matter to the caller (`status_of`).
+            Self::RemoteStatus {
+                kind: Some(kind), ..
+            } => *kind,
             Self::RemoteStatus { status, .. } => match status {
                 409 => ErrorKind::Locked,
                 422 => ErrorKind::Refused,
@@ -493,6 +525,7 @@ impl Error {
             | Self::Unencodable { .. }
             | Self::TargetMismatch { .. }
             | Self::ObjectExists { .. }
+            | Self::LastKeySlot { .. }
             | Self::BadConfig {
                 source: DecodeError::UnsupportedVersion { .. },
                 ..
@@ -506,6 +539,7 @@ impl Error {
             | Self::SeriesNotFound { .. }
             | Self::BadSnapshotRef { .. }
             | Self::Usage(_)
+            | Self::NoSuchSlot { .. }
             | Self::InvalidArgument(_) => ErrorKind::Usage,
             Self::BadConfig { .. }
             | Self::IndexMissing { .. }
@@ -515,14 +549,13 @@ impl Error {
             | Self::PackCorrupt { .. }
             | Self::SnapshotCorrupt { .. }
             | Self::SnapshotIncomplete { .. }
+            | Self::UncataloguedSnapshots { .. }
             | Self::ChunkLength { .. }
+            | Self::KeySlotDamaged { .. }
             | Self::UntrustedData { .. } => ErrorKind::Damage,
             Self::ReferenceBlockUnreadable { source, .. } => source.kind(),
             Self::Internal(_) => ErrorKind::Internal,
             Self::WrongSecret { .. } => ErrorKind::Key,
-            Self::NoSuchSlot { .. } => ErrorKind::Usage,
-            Self::LastKeySlot { .. } => ErrorKind::Refused,
-            Self::KeySlotDamaged { .. } => ErrorKind::Damage,
         }
     }
 
@@ -580,6 +613,13 @@ mod tests {
             request: "GET x".into(),
             status,
             message: String::new(),
+            kind: None,
+        };
+        let remote_damage = Error::RemoteStatus {
+            request: "POST x".into(),
+            status: 500,
+            message: "pack corrupt".into(),
+            kind: Some(ErrorKind::Damage),
         };
         let unreadable = |source: Error| Error::ReferenceBlockUnreadable {
             offset: 0,
@@ -596,6 +636,7 @@ mod tests {
             (remote(409), ErrorKind::Locked),
             (remote(422), ErrorKind::Refused),
             (remote(401), ErrorKind::Failed),
+            (remote_damage, ErrorKind::Damage),
             (unreadable(io()), ErrorKind::Failed),
             (unreadable(missing()), ErrorKind::Damage),
             (
@@ -616,13 +657,20 @@ mod tests {
                 ErrorKind::Damage,
             ),
             (Error::Internal("bug".into()), ErrorKind::Internal),
+            (
+                Error::WrongSecret {
+                    what: "passphrase",
+                    tried: 1,
+                },
+                ErrorKind::Key,
+            ),
         ] {
             assert_eq!(err.kind(), kind, "{err}");
         }
         let names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
-            ["failed", "usage", "locked", "damage", "refused", "internal"]
+            ["failed", "usage", "locked", "damage", "key", "refused", "internal"]
         );
         assert_eq!(serde_json::to_value(ErrorKind::Refused).unwrap(), "refused");
     }

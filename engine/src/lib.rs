@@ -16,6 +16,15 @@
 //!   lock, I/O, bug) a front end maps to its exit code; [`snapshot_ref`] parses snapshot
 //!   references for every command; reports serialize typed ids as hex with [`serde_ids`].
 //!
+//! ## Features
+//!
+//! `repository` (default) is everything that needs the RocksDB index: the repository and
+//! its operations, the store, sync, seed bundles, the NBD server and export. Without it
+//! the crate keeps the decoders of foreign input ([`sources`], [`formats`],
+//! [`sync::bundle_manifest`], the request-body decoding of [`sync::http::wire`] and
+//! [`sync::checked`]) and what they need, and builds without RocksDB: `fuzz/` uses it that
+//! way.
+//!
 //! ## Who may run together
 //!
 //! | running \ starting | reader (list/show/stats/restore/verify/diff/export/serve-nbd) | writer (backup/repair/forget/prune/protect/compact) |
@@ -33,23 +42,33 @@
 #![warn(missing_docs)]
 
 pub mod crypto;
+#[cfg(feature = "repository")]
 pub mod damage_marks;
 pub mod direct_write;
+pub mod disk_range;
 pub mod error;
+#[cfg(feature = "repository")]
 pub mod export;
 pub mod formats;
+#[cfg(feature = "repository")]
 pub mod index;
+#[cfg(feature = "repository")]
 pub mod ledger;
 pub mod lock;
 pub mod nbd;
 pub mod net;
+#[cfg(feature = "repository")]
 pub mod ops;
 pub mod progress;
 pub mod readers;
+#[cfg(feature = "repository")]
 pub mod recovery;
+#[cfg(feature = "repository")]
 pub mod refcount;
+#[cfg(feature = "repository")]
 pub mod repo;
 pub mod serde_ids;
+#[cfg(feature = "repository")]
 pub mod snapshot_ref;
 pub mod sources;
 pub mod storage;
@@ -59,5 +78,7 @@ pub mod time;
 
 pub use error::{Error, ErrorKind, Result};
 pub use progress::{NoProgress, Progress};
+#[cfg(feature = "repository")]
 pub use repo::{InitOptions, Repository};
+#[cfg(feature = "repository")]
 pub use snapshot_ref::{SnapshotDiskRef, SnapshotRef};

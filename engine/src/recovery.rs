@@ -14,9 +14,14 @@
 //! 5. Snapshot files the catalog does not list are catalogued: a crash after storing the file
 //!    but before the publishing batch (the backup completed; everything it references was
 //!    durable first), or an index that lost entries (restored from an older copy, rebuilt
-//!    while a file could not be read). A file that cannot be catalogued — it does not hash to
-//!    its name, does not decode, or names objects the index lacks — is moved to quarantine,
-//!    never deleted; one that cannot be read right now is reported and left alone.
+//!    while a file could not be read). A file that is itself damaged — it does not hash to
+//!    its name or does not decode — is moved to quarantine, never deleted. A sound file that
+//!    names objects the index lacks (a pack unreadable right now, or lost) is left in place
+//!    and reported as incomplete: the pack may come back, or `repair` may fetch the objects;
+//!    compaction refuses to run while such a file exists, because the objects it does find
+//!    are at count 0 and would be reclaimed ([`uncatalogued_snapshots`]). Only `repair
+//!    --quarantine` moves it to quarantine, on the operator's word. One that cannot be read
+//!    right now is reported and left alone.
 //! 6. Protection markers are the truth about protection (a crash can only leave a snapshot
 //!    more protected than asked): a catalogued snapshot with a marker is marked protected;
 //!    a marker without a snapshot file is deleted (left by an interrupted forget).
@@ -54,8 +59,12 @@ pub struct Recovery {
     pub forgotten_files_deleted: usize,
     /// Stored snapshots the index did not list, now catalogued.
     pub snapshots_catalogued: Vec<String>,
-    /// Snapshot files that could not be catalogued, moved to quarantine, with why.
+    /// Snapshot files that are damaged (not hashing to their name, not decoding), moved to
+    /// quarantine, with why.
     pub snapshots_quarantined: Vec<(String, String)>,
+    /// Sound snapshot files naming objects the index lacks, with why: left in place,
+    /// uncatalogued (damage: compaction refuses until they are repaired or quarantined).
+    pub snapshots_incomplete: Vec<(String, String)>,
     /// Snapshot files that could not be read now, with why (left in place).
     pub snapshots_unreadable: Vec<(String, String)>,
     /// Catalogued snapshots whose files are missing.
@@ -86,6 +95,10 @@ impl Recovery {
             (
                 self.snapshots_quarantined.len(),
                 "snapshot files quarantined",
+            ),
+            (
+                self.snapshots_incomplete.len(),
+                "snapshot files naming objects the repository lacks (kept; run `tessera verify REPO`)",
             ),
             (
                 self.snapshots_unreadable.len(),
@@ -184,12 +197,16 @@ fn catalogue_unlisted(
         };
         match catalogue_stored(index, backend, id, &snapshot) {
             Ok(()) => recovery.snapshots_catalogued.push(id.to_hex()),
-            Err(e @ crate::error::Error::SnapshotIncomplete { .. }) => {
-                quarantine_snapshot(backend, id)?;
-                recovery
-                    .snapshots_quarantined
-                    .push((id.to_hex(), e.to_string()));
-            }
+            // The file is sound; what it names is missing or unreadable now. Kept in place.
+            Err(e @ crate::error::Error::SnapshotIncomplete { .. }) => recovery
+                .snapshots_incomplete
+                .push((id.to_hex(), e.to_string())),
+            // A page it names could not be read now (EIO, EACCES): left for the next writer,
+            // which must still open.
+            Err(e @ crate::error::Error::Io { .. }) => recovery.snapshots_unreadable.push((
+                id.to_hex(),
+                format!("{e} (a page it names could not be read now)"),
+            )),
             Err(e) => return Err(e),
         }
     }
@@ -197,15 +214,35 @@ fn catalogue_unlisted(
 }
 
 /// Moves a snapshot file that cannot be catalogued into quarantine (copy, then delete).
-fn quarantine_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<()> {
+pub(crate) fn quarantine_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<()> {
     let bytes = backend.get(&ObjectKey::snapshot(id))?;
     backend.put_bytes(
         &ObjectKey::quarantined_snapshot(id),
         PutMode::Replace,
         &bytes,
     )?;
-    backend.delete(&ObjectKey::protection(id))?;
-    backend.delete(&ObjectKey::snapshot(id))
+    // The file before its marker: a crash between the two leaves an orphan marker (which
+    // step 6 deletes), never an unprotected file.
+    backend.delete(&ObjectKey::snapshot(id))?;
+    backend.delete(&ObjectKey::protection(id))
+}
+
+/// Stored snapshot files the catalog does not list (forgotten ones whose files a crash kept
+/// excepted), sorted. After a writer's recovery these are the incomplete and the unreadable
+/// ones: the objects they name that the index has are at count 0, so compaction must not
+/// run while any exists.
+pub fn uncatalogued_snapshots(backend: &dyn Backend, index: &Index) -> Result<Vec<SnapshotId>> {
+    let tombstoned: HashSet<SnapshotId> = index.tombstones()?.into_iter().collect();
+    let mut ids = Vec::new();
+    for key in backend.list(key::SNAPSHOTS)? {
+        if let Some(id) = key.as_snapshot() {
+            if !tombstoned.contains(&id) && !index.has_snapshot(id)? {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort();
+    Ok(ids)
 }
 
 /// Step 6: protection markers decide protection.

@@ -150,7 +150,7 @@ pub struct Repository {
     storage: RepoStorage,
     config: RepoConfig,
     index: Index,
-    _lock: Option<WriterLock>,
+    lock: Option<WriterLock>,
     _lease: Option<ReaderLease>,
     /// What recovery did (writers only).
     pub recovery: Recovery,
@@ -222,7 +222,7 @@ impl Repository {
             storage,
             config,
             index,
-            _lock: None,
+            lock: None,
             _lease: Some(lease),
             recovery: Recovery::default(),
         })
@@ -239,7 +239,7 @@ impl Repository {
             storage,
             config,
             index,
-            _lock: Some(lock),
+            lock: Some(lock),
             _lease: None,
             recovery,
         })
@@ -287,6 +287,25 @@ impl Repository {
     /// The index.
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// Stored snapshot files the catalog does not list ([`crate::recovery::uncatalogued_snapshots`]).
+    /// A reader's index is a view from when it opened, so a snapshot a running writer
+    /// published since would look uncatalogued: a reader asks a freshly opened view again
+    /// about any it finds.
+    pub fn uncatalogued_snapshots(&self) -> Result<Vec<SnapshotId>> {
+        let ids = crate::recovery::uncatalogued_snapshots(self.backend(), &self.index)?;
+        if ids.is_empty() || self.lock.is_some() {
+            return Ok(ids);
+        }
+        let fresh = self.storage.open_index(&self.config, true)?;
+        let mut still = Vec::new();
+        for id in ids {
+            if !fresh.has_snapshot(id)? {
+                still.push(id);
+            }
+        }
+        Ok(still)
     }
 
     /// Resolves a snapshot reference written as text (see [`SnapshotRef`]).

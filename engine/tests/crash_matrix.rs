@@ -443,6 +443,7 @@ fn repair_survives_power_loss_at_every_step() {
                 &RepairSources {
                     other: None,
                     images: vec![("d0".into(), newest_image.clone())],
+                    quarantine_snapshots: false,
                 },
                 &NoProgress,
             )?;

@@ -1,11 +1,24 @@
 //! Helpers shared by the fuzz targets.
 //!
+//! The engine targets' checks live in one module each ([`vhd`], [`qcow2`],
+//! [`changed_list`], [`bundle_manifest`], [`nbd_client`], [`nbd_server`], [`http_bodies`]), over invariants in [`checks`];
+//! the rest of this file serves the `tessera-format` targets.
+//!
 //! Most structures end in a CRC-32C over everything before it. libFuzzer can often solve
 //! such a check (it sees the comparison), but each target also decodes a *re-sealed* copy
 //! of its input, with the checksums recomputed, so that every input reaches the field
 //! parsing behind them. Every target then checks the invariant that makes a decoder
 //! trustworthy, not just the absence of a panic: whatever decodes re-encodes to exactly
 //! the bytes it was decoded from (hence to bytes that decode to the same value).
+
+pub mod bundle_manifest;
+pub mod changed_list;
+pub mod checks;
+pub mod http_bodies;
+pub mod nbd_client;
+pub mod nbd_server;
+pub mod qcow2;
+pub mod vhd;
 
 /// `data` with its last 4 bytes replaced by the CRC-32C of the bytes before them, or
 /// `None` when `data` is shorter than a CRC.

@@ -184,7 +184,7 @@ impl KeySlotFile {
 
     /// Decodes and checks a slot.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        let (_, mut r) = checksummed(buf, WHAT, |r: &mut Reader<'_>| {
+        let ((), mut r) = checksummed(buf, WHAT, |r: &mut Reader<'_>| {
             r.magic(KEYSLOT_MAGIC)?;
             // Slots are new in format 2 and have had one layout since; the slot layout is
             // checked on its own so that slots can be tested before the repository format

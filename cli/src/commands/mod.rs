@@ -146,8 +146,14 @@ pub fn run(cli: Cli) -> Result<i32> {
 /// what recovery finished or undid of an interrupted run.
 pub fn open_writer(repo: &std::path::Path) -> tessera_engine::Result<tessera_engine::Repository> {
     let repository = tessera_engine::Repository::open_writer(repo)?;
-    if let Some(note) = repository.recovery.summary() {
+    note_recovery(&repository.recovery);
+    Ok(repository)
+}
+
+/// Tells the operator (on stderr, also with `--json`) what a writer's recovery finished or
+/// undid, if anything: for commands whose engine call opens the writer itself.
+pub fn note_recovery(recovery: &tessera_engine::recovery::Recovery) {
+    if let Some(note) = recovery.summary() {
         eprintln!("note: {note}");
     }
-    Ok(repository)
 }

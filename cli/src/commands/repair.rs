@@ -38,6 +38,7 @@ fn repair_from(args: &RepairArgs, json: bool, bars: &Bars) -> Result<i32> {
     let request = RepairRequest {
         from: args.from.clone(),
         images: args.from_source.clone(),
+        quarantine: args.quarantine,
     };
     request.validate(&args.repo)?;
     let r = request.run(&super::open_writer(&args.repo)?, bars)?;
@@ -82,6 +83,14 @@ fn print_report(r: &RepairReport, json: bool) {
     }
     for p in &r.quarantined {
         println!("quarantined pack {p} (kept in quarantine/ for inspection)");
+    }
+    for id in &r.snapshots_quarantined {
+        println!(
+            "quarantined snapshot file {id}: it named objects this repository lacks (kept in quarantine/; the backup is lost to this repository)"
+        );
+    }
+    for (id, why) in &r.snapshots_not_quarantined {
+        println!("could not quarantine snapshot file {id}: {why}");
     }
     for p in &r.missing_packs {
         println!("pack {p} was missing: dropped from the catalog");

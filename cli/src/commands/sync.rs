@@ -40,6 +40,7 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         token_file: args.token_file.as_deref(),
         tls_ca: args.tls_ca.as_deref(),
         io_timeout: std::time::Duration::from_secs(args.io_timeout),
+        insecure_http: args.insecure_http,
     };
     let report = sync_between(
         &args.src,
@@ -48,6 +49,7 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         &selection(&args.select),
         &opts,
         bars,
+        &super::note_recovery,
     )?;
     print_report(&report, json);
     Ok(0)
@@ -91,8 +93,13 @@ pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
             }
         }
         SeedCommand::Import { bundle, repo } => {
-            let r =
-                tessera_engine::sync::bundle::import(bundle, repo, &SyncOptions::default(), bars)?;
+            let r = tessera_engine::sync::bundle::import(
+                bundle,
+                repo,
+                &SyncOptions::default(),
+                bars,
+                &super::note_recovery,
+            )?;
             print_report(&r, json);
         }
     }
@@ -137,6 +144,7 @@ pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
         tokens,
         usage_of,
         audit,
+        min_publish_interval: std::time::Duration::from_secs(args.min_publish_interval),
     };
     http_serve(listener, &args.repo, options)?;
     Ok(0)

@@ -28,7 +28,7 @@ use openssl::ssl::SslAcceptor;
 use super::conn::{Conn, Socket};
 use super::limits::Limits;
 use super::proto::{option_reply, read_u32, read_u64, Cursor, BASE_ALLOCATION_ID, EXPORT_FLAGS};
-use super::Export;
+use super::NbdExport;
 use crate::formats::nbd::{
     BASE_ALLOCATION, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
     IHAVEOPT, INFO_BLOCK_SIZE, INFO_EXPORT, INFO_NAME, MAX_REQUEST, NBDMAGIC, OPT_ABORT,
@@ -38,16 +38,16 @@ use crate::formats::nbd::{
 };
 
 /// What the haggling settled on.
-pub struct Negotiated {
+pub struct Negotiated<E> {
     /// The export to serve.
-    pub export: Arc<Export>,
+    pub export: Arc<E>,
     /// Structured replies were negotiated.
     pub structured: bool,
     /// `base:allocation` was selected for this export.
     pub base_allocation: bool,
 }
 
-fn find<'a>(exports: &'a [Arc<Export>], name: &str) -> Option<&'a Arc<Export>> {
+fn find<'a, E: NbdExport>(exports: &'a [Arc<E>], name: &str) -> Option<&'a Arc<E>> {
     if name.is_empty() {
         exports.first()
     } else {
@@ -83,8 +83,8 @@ enum Tls {
 }
 
 /// Connection state while options are haggled.
-struct Session<'a> {
-    exports: &'a [Arc<Export>],
+struct Session<'a, E> {
+    exports: &'a [Arc<E>],
     no_zeroes: bool,
     tls: Tls,
     structured: bool,
@@ -93,13 +93,13 @@ struct Session<'a> {
 }
 
 /// What an option led to.
-enum Step {
+enum Step<E> {
     /// Haggle on.
     Continue,
     /// Upgrade to TLS (NBD_REP_ACK is buffered), then haggle on.
     StartTls,
     /// Stop haggling: transmission with this, or (`None`) close the connection.
-    Done(Option<Negotiated>),
+    Done(Option<Negotiated<E>>),
 }
 
 /// Sends the greeting and reads the client's flags; `None` when they hold unknown bits.
@@ -143,12 +143,12 @@ pub fn read_option<C: Read + Write>(
 /// counts the connection as in transmission (so it can no longer be closed to make room
 /// for another, see `admission.rs`), then flushes it; a client that has read its answer is
 /// therefore never evicted.
-pub fn handshake<S: Socket>(
+pub fn handshake<S: Socket, E: NbdExport>(
     mut c: Conn<S>,
-    exports: &[Arc<Export>],
+    exports: &[Arc<E>],
     limits: &Limits,
     tls: Option<&SslAcceptor>,
-) -> std::io::Result<Option<(Conn<S>, Negotiated)>> {
+) -> std::io::Result<Option<(Conn<S>, Negotiated<E>)>> {
     let Some(client_flags) = greet(&mut c)? else {
         return Ok(None);
     };
@@ -209,8 +209,8 @@ pub fn handshake<S: Socket>(
     }
 }
 
-impl Session<'_> {
-    fn negotiated(&self, export: &Arc<Export>) -> Negotiated {
+impl<E: NbdExport> Session<'_, E> {
+    fn negotiated(&self, export: &Arc<E>) -> Negotiated<E> {
         Negotiated {
             export: Arc::clone(export),
             structured: self.structured,
@@ -218,7 +218,7 @@ impl Session<'_> {
         }
     }
 
-    fn option(&mut self, w: &mut impl Write, option: u32, data: &[u8]) -> std::io::Result<Step> {
+    fn option(&mut self, w: &mut impl Write, option: u32, data: &[u8]) -> std::io::Result<Step<E>> {
         if self.tls == Tls::Required && option != OPT_STARTTLS {
             return match option {
                 OPT_ABORT => {
@@ -294,7 +294,7 @@ impl Session<'_> {
         Ok(Step::Continue)
     }
 
-    fn info(&mut self, w: &mut impl Write, option: u32, data: &[u8]) -> std::io::Result<Step> {
+    fn info(&mut self, w: &mut impl Write, option: u32, data: &[u8]) -> std::io::Result<Step<E>> {
         let mut c = Cursor(data);
         let parsed = (|| {
             let name = c.string()?;

@@ -18,7 +18,7 @@ use tessera_format::SnapshotId;
 
 use super::limits::Limits;
 use super::tls::{acceptor, TlsFiles};
-use super::Server;
+use super::{Export, Server};
 use crate::error::{Error, IoContext, Result};
 use crate::net::{listen_tcp, Keepalive};
 use crate::ops::restore::hex_snapshot;
@@ -93,7 +93,7 @@ enum Listener {
 
 /// A server bound to its socket, ready to serve.
 pub struct Bound {
-    server: Arc<Server>,
+    server: Arc<Server<Export>>,
     listener: Listener,
     report: ServeReport,
 }

@@ -24,10 +24,13 @@
 
 mod admission;
 mod conn;
+mod export;
 mod handshake;
 mod limits;
+#[cfg(feature = "repository")]
 mod listen;
 mod proto;
+#[cfg(feature = "repository")]
 mod tls;
 mod transmission;
 
@@ -40,34 +43,43 @@ pub use limits::{
     Limits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_OPTIONS, DEFAULT_MAX_OPTION_BYTES, DEFAULT_MAX_PER_PEER, MIN_OPTION_BYTES,
 };
+#[cfg(feature = "repository")]
 pub use listen::{bind_snapshot, Bound, Endpoint, ExportInfo, ServeOptions, ServeReport};
 use openssl::ssl::SslAcceptor;
+#[cfg(feature = "repository")]
 use tessera_format::Snapshot;
+#[cfg(feature = "repository")]
 pub use tls::TlsFiles;
 
-use self::admission::{Admission, Ticket};
-use self::conn::{Conn, Socket};
+use self::admission::Admission;
+use self::conn::Conn;
+pub use self::conn::Socket;
+pub use self::export::{MemoryExport, NbdExport};
 use self::limits::{ReadBudget, MAX_READ_MEMORY, REFUSAL_TIME};
 use crate::error::{Error, Result};
+#[cfg(feature = "repository")]
 pub use crate::ops::disk_reader::ReadCache;
+#[cfg(feature = "repository")]
 use crate::ops::disk_reader::{DiskReader, DiskView};
+#[cfg(feature = "repository")]
 use crate::repo::Repository;
 
 /// One exported disk: a reader that keeps the repository open for the server's lifetime.
+#[cfg(feature = "repository")]
 pub type Export = DiskReader<Arc<Repository>>;
 
-/// A set of exports served over NBD.
-pub struct Server {
-    exports: Vec<Arc<Export>>,
+/// A set of exports of type `E` served over NBD.
+pub struct Server<E: NbdExport> {
+    exports: Vec<Arc<E>>,
     limits: Limits,
     tls: Option<SslAcceptor>,
     admission: Arc<Admission>,
     budget: ReadBudget,
 }
 
-impl Server {
+impl<E: NbdExport> Server<E> {
     /// A server for `exports` (at least one; names must be unique).
-    pub fn new(exports: Vec<Export>) -> Result<Self> {
+    pub fn new(exports: Vec<E>) -> Result<Self> {
         if exports.is_empty() {
             return Err(Error::InvalidArgument("nothing to export".into()));
         }
@@ -109,6 +121,87 @@ impl Server {
         self.tls.is_some()
     }
 
+    /// The exports, the default (first) one first.
+    pub fn exports(&self) -> impl Iterator<Item = &E> {
+        self.exports.iter().map(AsRef::as_ref)
+    }
+
+    /// Serves one connection over `sock` until it ends, fails or breaks a bound, on the
+    /// calling thread and outside admission control (nothing counts it against the
+    /// connection limits). For streams that are not accepted sockets: the fuzzer feeds a
+    /// client's bytes through an in-memory one.
+    pub fn serve_stream<S: Socket>(&self, sock: S) -> std::io::Result<()> {
+        self.connection(sock, || {})
+    }
+
+    /// Serves one admitted connection until it ends, fails or breaks a bound;
+    /// `in_transmission` runs once the handshake chose an export, before its answer leaves.
+    fn connection<S: Socket>(
+        &self,
+        sock: S,
+        in_transmission: impl FnOnce(),
+    ) -> std::io::Result<()> {
+        let c = Conn::new(sock, Instant::now() + self.limits.handshake_timeout);
+        let tls = self.tls.as_ref();
+        let Some((mut c, n)) = handshake::handshake(c, &self.exports, &self.limits, tls)? else {
+            return Ok(());
+        };
+        // Before the answer that chose the export leaves (the serving loop flushes it).
+        in_transmission();
+        let served = transmission::serve(&mut c, &n, self.limits.idle_timeout, &self.budget);
+        c.close(REFUSAL_TIME);
+        served
+    }
+
+    /// Admits `sock` from `peer` and serves it on a thread of its own, or tells it why
+    /// not (see `admission.rs`).
+    fn accept<S: Socket>(self: &Arc<Self>, sock: S, peer: Option<std::net::IpAddr>) {
+        let Ok(handle) = sock.duplicate() else {
+            return;
+        };
+        match self.admission.admit(peer, Box::new(move || handle.shut())) {
+            Ok(ticket) => {
+                let server = Arc::clone(self);
+                // If no thread can be had, the socket and the ticket are dropped here.
+                let _ = std::thread::Builder::new()
+                    .name("nbd-client".into())
+                    .spawn(move || {
+                        // A client's failure (EOF, reset, timeout, protocol error)
+                        // concerns that client only.
+                        let _ = server.connection(sock, || ticket.in_transmission());
+                    });
+            }
+            Err(why) => self.admission.refuse(sock, why),
+        }
+    }
+
+    /// Accepts TCP clients forever.
+    pub fn serve_tcp(self: Arc<Self>, listener: &TcpListener) -> Result<()> {
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.accept(stream, Some(peer.ip()));
+                }
+                // Out of descriptors or memory: let connections finish rather than spin.
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Accepts Unix-socket clients forever (they count towards the total limit only).
+    pub fn serve_unix(self: Arc<Self>, listener: &UnixListener) -> Result<()> {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => self.accept(stream, None),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "repository")]
+impl Server<Export> {
     /// A server for disk `disk` of `snapshot`, or for every disk, with `cache_bytes` of
     /// decoded chunks and pages shared by all of them.
     pub fn for_snapshot(
@@ -138,70 +231,5 @@ impl Server {
             })
             .collect::<Result<Vec<_>>>()?;
         Self::new(exports)
-    }
-
-    /// The exports, the default (first) one first.
-    pub fn exports(&self) -> impl Iterator<Item = &Export> {
-        self.exports.iter().map(AsRef::as_ref)
-    }
-
-    /// Serves one admitted connection until it ends, fails or breaks a bound.
-    fn connection<S: Socket>(&self, sock: S, ticket: &Ticket) -> std::io::Result<()> {
-        let c = Conn::new(sock, Instant::now() + self.limits.handshake_timeout);
-        let tls = self.tls.as_ref();
-        let Some((mut c, n)) = handshake::handshake(c, &self.exports, &self.limits, tls)? else {
-            return Ok(());
-        };
-        // Before the answer that chose the export leaves (the serving loop flushes it).
-        ticket.in_transmission();
-        let served = transmission::serve(&mut c, &n, self.limits.idle_timeout, &self.budget);
-        c.close(REFUSAL_TIME);
-        served
-    }
-
-    /// Admits `sock` from `peer` and serves it on a thread of its own, or tells it why
-    /// not (see `admission.rs`).
-    fn accept<S: Socket>(self: &Arc<Self>, sock: S, peer: Option<std::net::IpAddr>) {
-        let Ok(handle) = sock.duplicate() else {
-            return;
-        };
-        match self.admission.admit(peer, Box::new(move || handle.shut())) {
-            Ok(ticket) => {
-                let server = Arc::clone(self);
-                // If no thread can be had, the socket and the ticket are dropped here.
-                let _ = std::thread::Builder::new()
-                    .name("nbd-client".into())
-                    .spawn(move || {
-                        // A client's failure (EOF, reset, timeout, protocol error)
-                        // concerns that client only.
-                        let _ = server.connection(sock, &ticket);
-                    });
-            }
-            Err(why) => self.admission.refuse(sock, why),
-        }
-    }
-
-    /// Accepts TCP clients forever.
-    pub fn serve_tcp(self: Arc<Self>, listener: &TcpListener) -> Result<()> {
-        loop {
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    self.accept(stream, Some(peer.ip()));
-                }
-                // Out of descriptors or memory: let connections finish rather than spin.
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
-
-    /// Accepts Unix-socket clients forever (they count towards the total limit only).
-    pub fn serve_unix(self: Arc<Self>, listener: &UnixListener) -> Result<()> {
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => self.accept(stream, None),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
     }
 }

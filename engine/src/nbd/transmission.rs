@@ -16,6 +16,8 @@ use super::conn::{Conn, Socket};
 use super::handshake::Negotiated;
 use super::limits::{transfer_time, ReadBudget};
 use super::proto::{discard, read_u16, read_u32, read_u64, BASE_ALLOCATION_ID};
+use super::NbdExport;
+use crate::disk_range::Segment;
 use crate::formats::nbd::{
     CMD_BLOCK_STATUS, CMD_CACHE, CMD_DISC, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM,
     CMD_WRITE, CMD_WRITE_ZEROES, EINVAL, EIO, EOVERFLOW, EPERM, MAX_REQUEST, REPLY_FLAG_DONE,
@@ -23,7 +25,6 @@ use crate::formats::nbd::{
     REPLY_TYPE_OFFSET_HOLE, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO,
     STRUCTURED_REPLY_MAGIC,
 };
-use crate::ops::disk_reader::Segment;
 
 /// Most extents in one block-status reply.
 const MAX_EXTENTS: usize = 64 * 1024;
@@ -83,9 +84,9 @@ impl<W: Write> Replier<'_, W> {
 /// Serves requests until the client disconnects, breaks the protocol or stays silent for
 /// `idle` after a reply. Each WRITE payload and each reply gets [`transfer_time`] of its
 /// length; READ replies take their length from `budget` while they are built.
-pub fn serve<S: Socket>(
+pub fn serve<S: Socket, E: NbdExport>(
     c: &mut Conn<S>,
-    n: &Negotiated,
+    n: &Negotiated<E>,
     idle: Duration,
     budget: &ReadBudget,
 ) -> std::io::Result<()> {

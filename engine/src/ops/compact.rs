@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use tessera_format::pack::{PACK_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
 use tessera_format::{ObjectKind, PackId};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
 use crate::progress::Progress;
 use crate::recovery::delete_doomed_packs;
@@ -128,6 +128,20 @@ pub fn compact(
         plan,
         report,
     })
+}
+
+/// Refuses while stored snapshot files are not catalogued (see
+/// [`crate::recovery::uncatalogued_snapshots`]): the objects they name are at count 0.
+fn refuse_uncatalogued(repo: &Repository) -> Result<()> {
+    let ids = repo.uncatalogued_snapshots()?;
+    match ids.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::UncataloguedSnapshots {
+            count: ids.len(),
+            first: first.to_hex(),
+            more: if ids.len() > 1 { ", ..." } else { "" },
+        }),
+    }
 }
 
 /// Selects packs whose unused fraction exceeds `max_unused` (0.0..=1.0), with no grace
@@ -270,6 +284,7 @@ pub fn apply_compact(
     plan: &CompactPlan,
     progress: &dyn Progress,
 ) -> Result<CompactReport> {
+    refuse_uncatalogued(repo)?;
     let selected: HashSet<PackId> = plan.packs.iter().map(|p| p.pack).collect();
     let mut placed: HashMap<PackId, Vec<Placed>> = HashMap::new();
     for kind in [ObjectKind::Chunk, ObjectKind::Page] {

@@ -22,6 +22,41 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+/// Positioned reads of an image's bytes: the seam between the image readers (VHD, qcow2)
+/// and where the image lives. A file in production; bytes in memory for tests and the fuzz
+/// targets (`fuzz/`), which then run exactly the decoding a file gets.
+pub trait ReadAt: Send + Sync {
+    /// Fills `buf` with the bytes at `at`; an [`std::io::ErrorKind::UnexpectedEof`] error
+    /// when the image ends first.
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()>;
+}
+
+impl ReadAt for std::fs::File {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, at)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        let src = usize::try_from(at)
+            .ok()
+            .and_then(|lo| self.get(lo..lo.checked_add(buf.len())?))
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} bytes at offset {at} lie past the end of the {}-byte image",
+                        buf.len(),
+                        self.len()
+                    ),
+                )
+            })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
 /// Identity key naming the state of the source a snapshot's disk was read from. A later
 /// delta whose [`Changes::base_state`] equals this value applies on top of that snapshot.
 pub const STATE_KEY: &str = "state";
@@ -203,10 +238,8 @@ pub fn detect_format(path: &Path) -> Result<SourceFormat> {
         return Ok(SourceFormat::Vhd);
     }
     if meta.len() >= 512 {
-        use std::os::unix::fs::FileExt;
         let mut tail = [0u8; 8];
-        file.read_exact_at(&mut tail, meta.len() - 512)
-            .map_err(source_err)?;
+        ReadAt::read_exact_at(&file, &mut tail, meta.len() - 512).map_err(source_err)?;
         if tail == *b"conectix" {
             return Ok(SourceFormat::Vhd);
         }

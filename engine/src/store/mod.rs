@@ -8,9 +8,15 @@
 //! what the backend staged, which the next writer discards.
 
 pub mod encode;
+#[cfg(feature = "repository")]
 pub mod pack_scan;
+#[cfg(feature = "repository")]
 pub mod pack_sink;
+#[cfg(feature = "repository")]
 pub mod pack_writer;
+#[cfg(feature = "repository")]
 pub mod quarantine;
+#[cfg(feature = "repository")]
 pub mod reader;
+#[cfg(feature = "repository")]
 pub mod session;

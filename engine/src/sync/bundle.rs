@@ -430,6 +430,7 @@ pub fn import(
     repo_path: &Path,
     opts: &SyncOptions,
     progress: &dyn Progress,
+    recovered: &dyn Fn(&crate::recovery::Recovery),
 ) -> Result<SyncReport> {
     let bundle = Bundle::open(bundle_dir, progress)?;
     if !repo_path.join("config").exists() {
@@ -451,6 +452,7 @@ pub fn import(
         Repository::init(repo_path, opts)?;
     }
     let repo = Repository::open_writer(repo_path)?;
+    recovered(&repo.recovery);
     let mut sink = LocalSink::new(&repo, Publisher::Operator);
     super::transfer::transfer(&bundle, &mut sink, &Selection::default(), opts, progress)
 }

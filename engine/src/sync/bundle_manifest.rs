@@ -154,33 +154,39 @@ impl Manifest {
             .take(MAX_MANIFEST_BYTES)
             .read_to_end(&mut bytes)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        let env: Envelope = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("the manifest is not valid JSON: {e}")))?;
+        Self::decode(&bytes).map_err(bad)
+    }
+
+    /// Decodes and checks the bytes of a `bundle.json` (everything [`Manifest::read`]
+    /// checks but the file itself); the error is the reason, for the caller to place.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let env: Envelope = serde_json::from_slice(bytes)
+            .map_err(|e| format!("the manifest is not valid JSON: {e}"))?;
         let actual = hex::encode(Sha256::digest(env.manifest.as_bytes()));
         if actual != env.manifest_sha256 {
-            return Err(bad(format!(
+            return Err(format!(
                 "the manifest hashes to {actual}, not to the recorded {}",
                 env.manifest_sha256
-            )));
+            ));
         }
         let m: Self = serde_json::from_str(&env.manifest)
-            .map_err(|e| bad(format!("the manifest does not parse: {e}")))?;
+            .map_err(|e| format!("the manifest does not parse: {e}"))?;
         if m.format != BUNDLE_FORMAT || m.version != BUNDLE_VERSION {
-            return Err(bad(format!(
+            return Err(format!(
                 "format {:?} version {} is not {BUNDLE_FORMAT:?} version {BUNDLE_VERSION}",
                 m.format, m.version
-            )));
+            ));
         }
         let mut names = HashSet::new();
         for f in &m.files {
             if !is_bundle_file_name(&f.name) {
-                return Err(bad(format!(
+                return Err(format!(
                     "entry {:?} is not a plain file name of a pack (<32 hex>.pack) or snapshot (<64 hex>.snap) inside the bundle",
                     f.name
-                )));
+                ));
             }
             if !names.insert(f.name.as_str()) {
-                return Err(bad(format!("entry {:?} is listed twice", f.name)));
+                return Err(format!("entry {:?} is listed twice", f.name));
             }
         }
         Ok(m)

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::serde_ids::kind_name;
 use crate::store::encode::decode_stored;
 
-use super::source::StoredObject;
+/// One object as a source hands it over: its record info and stored bytes (unverified).
+pub type StoredObject = (ObjectInfo, Vec<u8>);
 
 /// The longest encoded manifest page: magic, count, [`MAX_PAGE_ENTRIES`] digests. A page
 /// whose record claims more is refused before it is decoded (its raw bytes are kept, so a

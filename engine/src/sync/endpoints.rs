@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
+use crate::recovery::Recovery;
 use crate::repo::Repository;
 
 use super::http::client::Remote;
@@ -34,6 +35,8 @@ pub struct RemoteAccess<'a> {
     /// Longest a remote may stay silent within one request before the sync fails (so a
     /// stalled server cannot hold the local writer lock forever).
     pub io_timeout: std::time::Duration,
+    /// Send the token over plain `http://` to a host that is not loopback.
+    pub insecure_http: bool,
 }
 
 /// The bearer token in `path` (surrounding whitespace removed; must not be empty). The
@@ -52,7 +55,9 @@ pub fn read_token(path: &Path) -> Result<String> {
 
 /// Syncs the selected snapshots of `src` into `dst` (see the module docs). Refused before
 /// anything is opened: `--tls-ca` without an `https://` side, a remote side without a
-/// token file.
+/// token file, a plain `http://` side that is not loopback without `insecure_http`. When a
+/// local `dst` is opened as the writer, `recovered` gets what its recovery did (before the
+/// transfer, so the operator learns it also when the transfer fails).
 pub fn sync_between(
     src: &str,
     dst: &str,
@@ -60,6 +65,7 @@ pub fn sync_between(
     selection: &Selection,
     opts: &SyncOptions,
     progress: &dyn Progress,
+    recovered: &dyn Fn(&Recovery),
 ) -> Result<SyncReport> {
     if access.tls_ca.is_some() && !is_https(src) && !is_https(dst) {
         return Err(Error::Usage(
@@ -80,6 +86,7 @@ pub fn sync_between(
             &token,
             access.tls_ca.filter(|_| is_https(url)),
             access.io_timeout,
+            access.insecure_http,
         )
     };
     let local_src;
@@ -95,6 +102,7 @@ pub fn sync_between(
         transfer(source, &mut remote(dst)?, selection, opts, progress)
     } else {
         let dst = Repository::open_writer(Path::new(dst))?;
+        recovered(&dst.recovery);
         super::sync(source, &dst, selection, opts, progress)
     }
 }

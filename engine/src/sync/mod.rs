@@ -8,27 +8,41 @@
 //! indexed, with [`crate::ops::publish::publish_snapshot`], so a killed or refused transfer
 //! never leaves a partial snapshot visible.
 
+#[cfg(feature = "repository")]
 pub mod bundle;
 pub mod bundle_manifest;
+#[cfg(feature = "repository")]
 pub mod bwlimit;
 pub mod checked;
+#[cfg(feature = "repository")]
 pub mod endpoints;
 pub mod http;
+#[cfg(feature = "repository")]
 pub mod sink;
+#[cfg(feature = "repository")]
 pub mod source;
+#[cfg(feature = "repository")]
 pub mod transfer;
 
+#[cfg(feature = "repository")]
 use serde::Serialize;
+#[cfg(feature = "repository")]
 use tessera_format::SnapshotId;
 
+#[cfg(feature = "repository")]
 use crate::error::{Error, Result};
+#[cfg(feature = "repository")]
 use crate::progress::Progress;
+#[cfg(feature = "repository")]
 use crate::repo::Repository;
+#[cfg(feature = "repository")]
 use crate::snapshot_ref::SnapshotRef;
 
+#[cfg(feature = "repository")]
 use source::SnapshotSummary;
 
 /// Which snapshots of the source to copy.
+#[cfg(feature = "repository")]
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
     /// Only this series.
@@ -39,6 +53,7 @@ pub struct Selection {
     pub latest: Option<usize>,
 }
 
+#[cfg(feature = "repository")]
 impl Selection {
     /// The selected snapshots of `catalog` (oldest first), in catalog order.
     pub fn select(&self, catalog: &[SnapshotSummary]) -> Result<Vec<SnapshotSummary>> {
@@ -63,6 +78,7 @@ impl Selection {
 }
 
 /// How to transfer.
+#[cfg(feature = "repository")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SyncOptions {
     /// Report what would be copied; fetch only snapshot files and missing pages.
@@ -74,6 +90,7 @@ pub struct SyncOptions {
 }
 
 /// What a transfer did.
+#[cfg(feature = "repository")]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncReport {
     /// Whether nothing was written.
@@ -99,6 +116,7 @@ pub struct SyncReport {
 }
 
 /// Syncs the selected snapshots of `src` into `dst` (opened as writer).
+#[cfg(feature = "repository")]
 pub fn sync(
     src: &dyn source::ObjectSource,
     dst: &Repository,
@@ -111,6 +129,7 @@ pub fn sync(
 }
 
 /// A rayon pool of `jobs` threads, or `None` for the global pool.
+#[cfg(feature = "repository")]
 pub fn pool(jobs: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
     jobs.map(|n| {
         rayon::ThreadPoolBuilder::new()

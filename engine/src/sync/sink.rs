@@ -115,8 +115,15 @@ pub fn decode_snapshot(from: &str, bytes: &[u8]) -> Result<(SnapshotId, Snapshot
     Ok((id, snapshot))
 }
 
-/// How far in the future of this machine's clock a snapshot's time may be (clock skew).
+/// How far in the future of this machine's clock a snapshot's time may be (clock skew),
+/// when an operator brings it (sync, seed import).
 pub const MAX_CLOCK_SKEW_US: i64 = 5 * 60 * 1_000_000;
+/// The same for a snapshot a client pushes through `tessera serve`. A client's snapshot
+/// carries the time its backup *started*, and it is pushed after the backup ended, so on a
+/// clock kept by NTP it is in the past; this allows for a clock a little off. Kept short
+/// because a snapshot from the future is the newest of its series until then: it would be
+/// `latest`, and refuse the real client's next snapshots (not newer) for that long.
+pub const MAX_CLIENT_CLOCK_SKEW_US: i64 = 30 * 1_000_000;
 
 /// Who hands a snapshot over for publishing, which decides how far its claimed time is
 /// trusted (SPEC §22.1). Retention and `latest` order snapshots by their time, so a forged
@@ -137,13 +144,18 @@ pub enum Publisher {
 pub fn check_time(repo: &Repository, snapshot: &Snapshot, publisher: Publisher) -> Result<()> {
     let h = &snapshot.header;
     let now = crate::time::now_us();
-    if h.time_us > now.saturating_add(MAX_CLOCK_SKEW_US) {
+    let skew = match publisher {
+        Publisher::Operator => MAX_CLOCK_SKEW_US,
+        Publisher::Client => MAX_CLIENT_CLOCK_SKEW_US,
+    };
+    if h.time_us > now.saturating_add(skew) {
         return Err(Error::Refused { reason: format!(
-            "snapshot of series {:?} claims the time {}, {} s ahead of this machine's clock ({}); a snapshot from the future would outrank every real one in retention, so it is refused (fix the sender's clock)",
+            "snapshot of series {:?} claims the time {}, {} s ahead of this machine's clock ({}; at most {} s allowed); a snapshot from the future would outrank every real one in retention, so it is refused (fix the sender's clock)",
             h.series,
             crate::time::format_us(h.time_us),
             (h.time_us - now) / 1_000_000,
-            crate::time::format_us(now)
+            crate::time::format_us(now),
+            skew / 1_000_000
         )});
     }
     if publisher == Publisher::Client {

@@ -2,7 +2,7 @@
 //! server. Every implementation is **untrusted**: whatever it returns is decoded and hashed
 //! by the receiver ([`super::checked`]) before anything is appended.
 
-use tessera_format::{IdScheme, ObjectInfo, ObjectKind, SnapshotHeader, SnapshotId};
+use tessera_format::{IdScheme, ObjectKind, SnapshotHeader, SnapshotId};
 
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
@@ -38,8 +38,7 @@ impl SnapshotSummary {
     }
 }
 
-/// One object as a source hands it over: its record info and stored bytes (unverified).
-pub type StoredObject = (ObjectInfo, Vec<u8>);
+pub use super::checked::StoredObject;
 
 /// What both ends of a transfer tell about themselves.
 pub trait Catalog {

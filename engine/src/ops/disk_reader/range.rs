@@ -8,28 +8,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::DiskReader;
+pub use crate::disk_range::{Extent, Segment};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-
-/// A piece of a read: data, or a run of zeros (`data` is `None`).
-#[derive(Debug)]
-pub struct Segment {
-    /// Disk offset.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// The bytes, or `None` for zeros.
-    pub data: Option<Vec<u8>>,
-}
-
-/// A run of blocks of one kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    /// Length in bytes.
-    pub len: u64,
-    /// All zero (not stored).
-    pub zero: bool,
-}
 
 impl<R: Deref<Target = Repository>> DiskReader<R> {
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {

@@ -60,6 +60,9 @@ pub struct RepairSources<'a> {
     pub other: Option<&'a Repository>,
     /// Source images by disk name.
     pub images: Vec<(String, PathBuf)>,
+    /// `--quarantine`: also move stored snapshot files that cannot be catalogued (they name
+    /// objects the repository lacks) into quarantine, so that compaction may run again.
+    pub quarantine_snapshots: bool,
 }
 
 /// One object stored again, and where the intact copy came from.
@@ -89,6 +92,13 @@ pub struct RepairReport {
     /// Packs moved to `REPO/quarantine/`.
     #[serde(serialize_with = "serde_ids::hex_list")]
     pub quarantined: Vec<PackId>,
+    /// Stored snapshot files that could not be catalogued, moved to `REPO/quarantine/`
+    /// (`--quarantine`): the backups they held are lost to this repository.
+    #[serde(serialize_with = "serde_ids::hex_list")]
+    pub snapshots_quarantined: Vec<SnapshotId>,
+    /// Uncatalogued snapshot files that could not be moved (unreadable), with why: only an
+    /// operator can remove them (compaction refuses while they exist).
+    pub snapshots_not_quarantined: Vec<(String, String)>,
     /// Packs whose file was already gone: dropped from the catalog.
     #[serde(serialize_with = "serde_ids::hex_list")]
     pub missing_packs: Vec<PackId>,
@@ -141,6 +151,18 @@ pub fn repair(
         .map(|(disk, path)| Ok((disk.clone(), path.clone(), RawSource::open(path)?)))
         .collect::<Result<_>>()?;
     let mut report = RepairReport::default();
+    if sources.quarantine_snapshots {
+        // The writer's recovery catalogued every file it could when the repository opened.
+        for id in repo.uncatalogued_snapshots()? {
+            // A file that cannot be read cannot be copied: reported, the repair goes on.
+            match crate::recovery::quarantine_snapshot(repo.backend(), id) {
+                Ok(()) => report.snapshots_quarantined.push(id),
+                Err(e) => report
+                    .snapshots_not_quarantined
+                    .push((id.to_hex(), e.to_string())),
+            }
+        }
+    }
     let mut last = check(repo, true, progress)?;
     report.damaged_found = last.damaged.len();
     let first_packs = last.damaged_packs.clone();

@@ -45,6 +45,8 @@ pub struct RepairRequest {
     pub from: Option<PathBuf>,
     /// Source images.
     pub images: Vec<SourceImage>,
+    /// `--quarantine`: snapshot files that cannot be catalogued go to quarantine too.
+    pub quarantine: bool,
 }
 
 impl RepairRequest {
@@ -98,6 +100,7 @@ impl RepairRequest {
                 .iter()
                 .map(|i| (i.disk.clone(), i.path.clone()))
                 .collect(),
+            quarantine_snapshots: self.quarantine,
         };
         repair(repo, &sources, progress)
     }
@@ -127,6 +130,7 @@ mod tests {
         let twice = RepairRequest {
             from: None,
             images: vec![a.clone(), a],
+            quarantine: false,
         };
         let err = twice.validate(Path::new("/nonexistent")).unwrap_err();
         assert!(err.to_string().contains("given twice"), "{err}");

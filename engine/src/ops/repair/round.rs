@@ -125,11 +125,21 @@ pub(super) fn round(
         written: HashSet::new(),
     };
     let mut deletes: Vec<(ObjectKind, [u8; 32])> = Vec::new();
+    // A stored snapshot file the catalog does not list (§9) may name objects at count 0:
+    // while one exists, intact unreferenced objects are re-homed too, never dropped.
+    let keep_unreferenced = !repo.uncatalogued_snapshots()?.is_empty();
     // Re-home intact objects of bad packs.
     progress.start("re-home", in_bad.len() as u64);
     for (kind, digest, entry) in &in_bad {
         progress.advance(1);
         if entry.refcount == 0 && !wanted.contains_key(&(*kind, *digest)) {
+            if keep_unreferenced {
+                if let Ok((info, stored)) = read_stored(repo.backend(), *kind, digest, entry) {
+                    out.append(*kind, *digest, *entry, &info, &stored)?;
+                    report.rehomed += 1;
+                    continue;
+                }
+            }
             deletes.push((*kind, *digest));
             continue;
         }

@@ -175,6 +175,26 @@ impl Wire {
         })
     }
 
+    /// A wire over a `stream` connected elsewhere (one end of a socket pair in the fuzz
+    /// targets), named `url` in messages, with the same timeouts as [`Wire::connect`].
+    pub fn over(stream: Stream, url: String) -> Result<Self> {
+        let timeout = timeout();
+        let set = match &stream {
+            Stream::Tcp(s) => s
+                .set_read_timeout(Some(timeout))
+                .and_then(|()| s.set_write_timeout(Some(timeout))),
+            Stream::Unix(s) => s
+                .set_read_timeout(Some(timeout))
+                .and_then(|()| s.set_write_timeout(Some(timeout))),
+        };
+        set.map_err(|e| os_error(&url, "setting socket options", &e, timeout))?;
+        Ok(Self {
+            io: BufReader::with_capacity(256 * 1024, Link::Plain(stream)),
+            url,
+            timeout,
+        })
+    }
+
     /// Changes the read timeout (the limit for the server's answers).
     pub fn set_read_timeout(&mut self, limit: Duration) -> Result<()> {
         let r = match self.io.get_ref() {

@@ -4,10 +4,8 @@
 //! (`0xe2792aca`) and the feature name table (`0x6803f857`: 48-byte entries `type:u8 bit:u8
 //! name[46]`), which names unknown incompatible bits in the refusal. Others are skipped.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-
 use crate::formats::qcow2::{EXT_BACKING_FORMAT, EXT_END, EXT_FEATURE_NAMES};
+use crate::sources::ReadAt;
 
 /// What the extensions say.
 #[derive(Debug, Default)]
@@ -20,7 +18,7 @@ pub struct Extensions {
 
 /// Reads `len` bytes at `offset`, refusing ranges past `file_len`.
 pub fn read_range(
-    file: &File,
+    file: &dyn ReadAt,
     file_len: u64,
     offset: u64,
     len: u64,
@@ -37,7 +35,7 @@ pub fn read_range(
 }
 
 /// Walks the extensions in `[start, end)` of the file.
-pub fn read(file: &File, file_len: u64, start: u64, end: u64) -> Result<Extensions, String> {
+pub fn read(file: &dyn ReadAt, file_len: u64, start: u64, end: u64) -> Result<Extensions, String> {
     let mut out = Extensions::default();
     if start >= end {
         return Ok(out);

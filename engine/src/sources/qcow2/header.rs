@@ -17,11 +17,9 @@
 //! A version 2 header is 72 bytes. Header extensions follow it ([`super::extensions`]).
 //! Constants shared with the writer (`export/qcow2.rs`) are in `formats/qcow2.rs`.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-
 use super::extensions::{self, read_range};
 use crate::formats::qcow2::{MAGIC, MAX_BACKING_NAME, V2_HEADER_LEN, V3_HEADER_LEN};
+use crate::sources::ReadAt;
 
 /// Bytes of the header read up front: v3 fields plus `compression_type` and its padding.
 const HEADER_READ: usize = 112;
@@ -90,7 +88,7 @@ fn be64(h: &[u8; HEADER_READ], at: usize) -> u64 {
 
 /// Parses and checks the header of `file` (`file_len` bytes long). Errors are the reason
 /// text of an `Error::BadImage`.
-pub fn parse(file: &File, file_len: u64) -> Result<Header, String> {
+pub fn parse(file: &dyn ReadAt, file_len: u64) -> Result<Header, String> {
     if file_len < u64::from(V2_HEADER_LEN) {
         return Err(format!(
             "the file is {file_len} bytes, shorter than the {V2_HEADER_LEN}-byte qcow2 header"
@@ -253,7 +251,7 @@ fn check_l1(
 }
 
 fn read_backing_name(
-    file: &File,
+    file: &dyn ReadAt,
     file_len: u64,
     offset: u64,
     len: u32,

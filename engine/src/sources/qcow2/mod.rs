@@ -35,7 +35,7 @@ use table::{ClusterMap, Geometry, L2Cache};
 
 use crate::error::{Error, Result};
 use crate::sources::confine::Confinement;
-use crate::sources::{file_state_token, BlockSource, Changes, STATE_KEY};
+use crate::sources::{file_state_token, BlockSource, Changes, ReadAt, STATE_KEY};
 
 /// An `Error::BadImage` for the qcow2 image at `path`.
 pub(crate) fn bad_image(path: &Path, reason: impl Into<String>) -> Error {
@@ -49,7 +49,7 @@ pub(crate) fn bad_image(path: &Path, reason: impl Into<String>) -> Error {
 /// A qcow2 image opened for reading.
 pub struct Qcow2Source {
     path: PathBuf,
-    file: File,
+    file: Box<dyn ReadAt>,
     header: Header,
     geo: Geometry,
     /// L2 table offsets of the L1 entries that map the virtual size; 0 = none.
@@ -73,6 +73,23 @@ impl Qcow2Source {
         Self::open_in_chain(path, &mut Vec::new(), confinement)
     }
 
+    /// Decodes a qcow2 image held in memory, named `name` in messages, with exactly the
+    /// checks a file gets. A backing file is not looked for: an image naming one opens as
+    /// one whose backing file is missing (its own clusters read, anything else fails naming
+    /// the backing file). For tests and the fuzz targets (`fuzz/`).
+    pub fn from_bytes(name: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let len = bytes.len() as u64;
+        let (mut source, defined) = Self::decode(name, Box::new(bytes), len)?;
+        if let Some(backing_name) = source.header.backing_file.clone() {
+            let backing = Backing::Missing {
+                path: backing::resolve(name, &backing_name),
+                format: source.header.backing_format.clone(),
+            };
+            source.attach_backing(backing, defined)?;
+        }
+        Ok(source)
+    }
+
     /// Opens `path` as one image of a backing chain whose upper images are in `chain`.
     fn open_in_chain(
         path: &Path,
@@ -88,15 +105,36 @@ impl Qcow2Source {
             path: path.to_path_buf(),
             source: e,
         })?;
-        let header = header::parse(&file, file_len).map_err(|r| bad_image(path, r))?;
+        let (mut source, defined) = Self::decode(path, Box::new(file), file_len)?;
+        if let Some(name) = source.header.backing_file.clone() {
+            let backing = backing::open(
+                path,
+                &name,
+                source.header.backing_format.as_deref(),
+                chain,
+                confinement,
+            )?;
+            source.attach_backing(backing, defined)?;
+        }
+        Ok(source)
+    }
+
+    /// Checks the header, the L1 table and every L2 table of the `file_len` bytes of `file`;
+    /// returns the image (without its backing file) and the guest ranges it defines itself.
+    fn decode(
+        path: &Path,
+        file: Box<dyn ReadAt>,
+        file_len: u64,
+    ) -> Result<(Self, Vec<(u64, u64)>)> {
+        let header = header::parse(file.as_ref(), file_len).map_err(|r| bad_image(path, r))?;
         let geo = Geometry {
             cluster_bits: header.cluster_bits,
             extended_l2: header.extended_l2,
             version: header.version,
             file_len,
         };
-        let l1 = scan::read_l1(&file, &header, file_len).map_err(|r| bad_image(path, r))?;
-        let mut source = Self {
+        let l1 = scan::read_l1(file.as_ref(), &header, file_len).map_err(|r| bad_image(path, r))?;
+        let source = Self {
             path: path.to_path_buf(),
             file,
             cache: Mutex::new(L2Cache::new(geo.cluster_size())),
@@ -107,34 +145,29 @@ impl Qcow2Source {
             header,
         };
         let defined = scan::defined_extents(&source)?;
-        if let Some(name) = source.header.backing_file.clone() {
-            source.backing = backing::open(
-                path,
-                &name,
-                source.header.backing_format.as_deref(),
-                chain,
-                confinement,
-            )?;
-            let base = source
-                .backing
-                .path()
-                .unwrap_or(Path::new(&name))
-                .to_path_buf();
-            let (base_state, note) = match &source.backing {
-                // The base cannot be fingerprinted: no reference snapshot can match it.
-                Backing::Missing { .. } => (
-                    format!("missing-backing-file:{}", base.display()),
-                    " (missing, so its state cannot be checked)",
-                ),
-                _ => (file_state_token(&base)?, ""),
-            };
-            source.changes = Some(Changes {
-                base_state,
-                base_description: format!("backing file {}{note}", base.display()),
-                extents: defined,
-            });
-        }
-        Ok(source)
+        Ok((source, defined))
+    }
+
+    /// Sets the backing file; the ranges this image `defined` become its changes on top of
+    /// the backing file's state.
+    fn attach_backing(&mut self, backing: Backing, defined: Vec<(u64, u64)>) -> Result<()> {
+        let name = self.header.backing_file.clone().unwrap_or_default();
+        let base = backing.path().unwrap_or(Path::new(&name)).to_path_buf();
+        let (base_state, note) = match &backing {
+            // The base cannot be fingerprinted: no reference snapshot can match it.
+            Backing::Missing { .. } => (
+                format!("missing-backing-file:{}", base.display()),
+                " (missing, so its state cannot be checked)",
+            ),
+            _ => (file_state_token(&base)?, ""),
+        };
+        self.backing = backing;
+        self.changes = Some(Changes {
+            base_state,
+            base_description: format!("backing file {}{note}", base.display()),
+            extents: defined,
+        });
+        Ok(())
     }
 
     /// The L2 table at `offset`, from the cache or the file.
@@ -146,8 +179,8 @@ impl Qcow2Source {
         if let Some(t) = cache.get(offset) {
             return Ok(t);
         }
-        let table =
-            table::read_l2(&self.file, &self.geo, offset).map_err(|r| bad_image(&self.path, r))?;
+        let table = table::read_l2(self.file.as_ref(), &self.geo, offset)
+            .map_err(|r| bad_image(&self.path, r))?;
         cache.insert(offset, table.clone());
         Ok(table)
     }

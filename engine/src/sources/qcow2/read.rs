@@ -3,8 +3,6 @@
 //! that come from the backing file, into one read each, fills zeros, inflates compressed
 //! clusters. Returns the bytes read from files (this image and its backing chain).
 
-use std::os::unix::fs::FileExt;
-
 use super::backing::Backing;
 use super::table::{ClusterMap, Mapping};
 use super::{bad_image, compressed, Qcow2Source};

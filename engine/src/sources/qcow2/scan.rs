@@ -5,18 +5,16 @@
 //! Each L2 table may be named by one L1 entry only, so the scan reads at most the file's
 //! size and the extents it collects are bounded by it too.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-
 use super::header::Header;
 use super::table::{self, ClusterMap};
 use super::{bad_image, Qcow2Source};
 use crate::error::Result;
 use crate::formats::qcow2::OFFSET_MASK;
 use crate::sources::normalize_extents;
+use crate::sources::ReadAt;
 
 /// Reads the L1 entries that map the virtual size and checks where they point.
-pub fn read_l1(file: &File, h: &Header, file_len: u64) -> Result<Vec<u64>, String> {
+pub fn read_l1(file: &dyn ReadAt, h: &Header, file_len: u64) -> Result<Vec<u64>, String> {
     let mut bytes = vec![0u8; (h.l1_entries * 8) as usize];
     file.read_exact_at(&mut bytes, h.l1_table_offset)
         .map_err(|e| {
@@ -64,8 +62,8 @@ pub fn defined_extents(src: &Qcow2Source) -> Result<Vec<(u64, u64)>> {
         if l2_offset == 0 {
             continue;
         }
-        let t =
-            table::read_l2(&src.file, &src.geo, l2_offset).map_err(|r| bad_image(&src.path, r))?;
+        let t = table::read_l2(src.file.as_ref(), &src.geo, l2_offset)
+            .map_err(|r| bad_image(&src.path, r))?;
         for j in 0..per {
             let cluster = i as u64 * per + j;
             let start = cluster << cb;

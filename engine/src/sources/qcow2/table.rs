@@ -16,11 +16,10 @@
 //! both allocated and zero. Each problem names the guest offset and the L2 entry's place.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use crate::formats::qcow2::{COMPRESSED, OFFSET_MASK, ZERO_FLAG};
+use crate::sources::ReadAt;
 
 /// Subclusters per cluster with extended L2 entries.
 pub const SUBCLUSTERS: u64 = 32;
@@ -188,7 +187,7 @@ impl Geometry {
 }
 
 /// Reads the L2 table at `offset` (the caller checked it is aligned and inside the file).
-pub fn read_l2(file: &File, geo: &Geometry, offset: u64) -> Result<Arc<Vec<u64>>, String> {
+pub fn read_l2(file: &dyn ReadAt, geo: &Geometry, offset: u64) -> Result<Arc<Vec<u64>>, String> {
     let mut bytes = vec![0u8; geo.cluster_size() as usize];
     file.read_exact_at(&mut bytes, offset)
         .map_err(|e| format!("reading the L2 table at offset {offset:#x}: {e}"))?;

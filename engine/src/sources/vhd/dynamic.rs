@@ -20,7 +20,6 @@
 //! (differencing), without touching the file.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 
 use super::footer::{DiskType, Footer};
@@ -31,6 +30,7 @@ use crate::formats::vhd::{
     checksum_without_field, dynamic as h, BAT_UNALLOCATED, DYNAMIC_COOKIE, DYNAMIC_HEADER_LEN,
     FOOTER_LEN, SECTOR,
 };
+use crate::sources::ReadAt;
 
 /// Smallest block size read: one bitmap byte per block.
 const MIN_BLOCK: u64 = 4096;
@@ -97,7 +97,7 @@ fn fits(footer: &Footer, at: u64, len: u64) -> bool {
 }
 
 /// Reads the header, the BAT and the bitmaps of a dynamic or differencing disk.
-pub fn read(file: &File, path: &Path, footer: &Footer) -> Result<Sparse> {
+pub fn read(file: &dyn ReadAt, path: &Path, footer: &Footer) -> Result<Sparse> {
     let hdr_at = footer.data_offset;
     if !fits(footer, hdr_at, DYNAMIC_HEADER_LEN) {
         return Err(bad(path, format!(
@@ -284,7 +284,7 @@ fn check_overlaps(
 /// Reads the bitmaps of the allocated blocks; keeps those that are not all ones (bits for
 /// sectors beyond the block size are ignored).
 fn read_bitmaps(
-    file: &File,
+    file: &dyn ReadAt,
     path: &Path,
     placed: &[(u64, u64, u64)],
     bitmap_len: u64,

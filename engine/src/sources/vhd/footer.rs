@@ -4,7 +4,6 @@
 //! reserved and taken as zero). Dynamic and differencing disks must also carry an intact
 //! copy at offset 0 that agrees on type, size, data offset and unique id.
 
-use std::fs::File;
 use std::path::Path;
 
 use super::{bad, be_u32, be_u64, read_exact};
@@ -13,6 +12,7 @@ use crate::formats::vhd::{
     checksum_without_field, footer as f, format_uuid, FOOTER_COOKIE, FOOTER_LEN, TYPE_DIFFERENCING,
     TYPE_DYNAMIC, TYPE_FIXED,
 };
+use crate::sources::ReadAt;
 
 /// The three disk types tessera reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub struct Footer {
 }
 
 /// Reads and checks the footer of the VHD `file` of length `len`.
-pub fn read(file: &File, path: &Path, len: u64) -> Result<Footer> {
+pub fn read(file: &dyn ReadAt, path: &Path, len: u64) -> Result<Footer> {
     if len < FOOTER_LEN {
         return Err(bad(
             path,
@@ -80,7 +80,7 @@ pub fn read(file: &File, path: &Path, len: u64) -> Result<Footer> {
     Ok(footer)
 }
 
-fn no_footer(file: &File, path: &Path, len: u64, tail: &[u8]) -> crate::error::Error {
+fn no_footer(file: &dyn ReadAt, path: &Path, len: u64, tail: &[u8]) -> crate::error::Error {
     let mut head = [0u8; 8];
     let copy_ok =
         read_exact(file, path, &mut head, 0, "the footer copy").is_ok() && head == *FOOTER_COOKIE;
@@ -150,7 +150,7 @@ fn parse(raw: &[u8; FOOTER_LEN as usize], at: u64) -> std::result::Result<Footer
 }
 
 /// The copy at offset 0 of a dynamic or differencing disk must be intact and agree.
-fn check_copy(file: &File, path: &Path, footer: &Footer) -> Result<()> {
+fn check_copy(file: &dyn ReadAt, path: &Path, footer: &Footer) -> Result<()> {
     if footer.at < FOOTER_LEN {
         return Err(bad(
             path,

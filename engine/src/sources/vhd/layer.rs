@@ -11,6 +11,7 @@ use super::footer::{self, DiskType, Footer};
 use super::{read_exact, source_err};
 use crate::error::Result;
 use crate::formats::vhd::SECTOR;
+use crate::sources::ReadAt;
 
 /// Where a run of disk bytes comes from in one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,8 +26,11 @@ pub enum Run {
 
 /// An opened VHD file.
 pub struct Layer {
+    /// Where it is (for messages and identity).
     pub path: PathBuf,
-    pub file: File,
+    /// Its bytes.
+    pub file: Box<dyn ReadAt>,
+    /// The footer.
     pub footer: Footer,
     /// Block map of a dynamic or differencing disk.
     pub sparse: Option<Sparse>,
@@ -47,7 +51,13 @@ impl Layer {
         }
         let file = File::open(path).map_err(|e| source_err(path, e))?;
         let len = file.metadata().map_err(|e| source_err(path, e))?.len();
-        let footer = footer::read(&file, path, len)?;
+        Self::decode(path, Box::new(file), len)
+    }
+
+    /// Validates the `len` bytes of `file`, named `path` in messages: footer, and for a
+    /// dynamic or differencing disk its header, BAT, bitmaps and parent locators.
+    pub fn decode(path: &Path, file: Box<dyn ReadAt>, len: u64) -> Result<Self> {
+        let footer = footer::read(file.as_ref(), path, len)?;
         let sparse = match footer.disk_type {
             DiskType::Fixed => {
                 if footer.current_size > footer.at {
@@ -59,7 +69,7 @@ impl Layer {
                 None
             }
             DiskType::Dynamic | DiskType::Differencing => {
-                Some(dynamic::read(&file, path, &footer)?)
+                Some(dynamic::read(file.as_ref(), path, &footer)?)
             }
         };
         Ok(Self {
@@ -111,7 +121,7 @@ impl Layer {
 
     /// Reads `buf.len()` bytes at file offset `at`.
     pub fn read_file(&self, buf: &mut [u8], at: u64) -> Result<()> {
-        read_exact(&self.file, &self.path, buf, at, "disk data")
+        read_exact(self.file.as_ref(), &self.path, buf, at, "disk data")
     }
 
     /// The sectors this differencing disk holds itself, as disk byte ranges (unsorted runs).

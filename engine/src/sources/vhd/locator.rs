@@ -16,12 +16,12 @@
 //! W2ru, W2ku, MacX; the first existing file whose footer unique id equals the parent
 //! unique id is the parent. The parent's time stamp is not compared.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::{bad, be_u32, be_u64, read_exact};
 use crate::error::Result;
 use crate::formats::vhd::{dynamic as h, format_uuid, FOOTER_LEN};
+use crate::sources::ReadAt;
 
 /// Longest locator data read.
 const MAX_LOCATOR: u64 = 65536;
@@ -80,7 +80,13 @@ impl ParentLink {
 }
 
 /// Reads the parent fields of the dynamic header `hdr` (at `hdr_at`) and the locator data.
-pub fn read(file: &File, path: &Path, hdr: &[u8], hdr_at: u64, end: u64) -> Result<ParentLink> {
+pub fn read(
+    file: &dyn ReadAt,
+    path: &Path,
+    hdr: &[u8],
+    hdr_at: u64,
+    end: u64,
+) -> Result<ParentLink> {
     let mut uuid = [0u8; 16];
     if let Some(id) = hdr.get(h::PARENT_ID..h::PARENT_ID + 16) {
         uuid.copy_from_slice(id);

@@ -37,15 +37,13 @@ mod locator;
 #[cfg(test)]
 mod tests;
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use self::layer::{Layer, Run};
 use crate::error::{Error, Result};
 use crate::formats::vhd::format_uuid;
 use crate::sources::confine::Confinement;
-use crate::sources::{normalize_extents, BlockSource, Changes, STATE_KEY};
+use crate::sources::{normalize_extents, BlockSource, Changes, ReadAt, STATE_KEY};
 
 /// A VHD image opened for reading, with its parents.
 pub struct VhdSource {
@@ -69,6 +67,26 @@ impl VhdSource {
             layers,
             missing_parent,
         } = chain::open(path, confinement)?;
+        Ok(Self::assemble(layers, missing_parent))
+    }
+
+    /// Decodes a VHD held in memory, named `name` in messages, with exactly the checks a
+    /// file gets. Parents are not looked for: a differencing disk opens as one whose parent
+    /// is missing (its own sectors read, anything else fails naming the parent). For tests
+    /// and the fuzz targets (`fuzz/`).
+    pub fn from_bytes(name: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let len = bytes.len() as u64;
+        let layer = Layer::decode(name, Box::new(bytes), len)?;
+        let missing_parent = layer
+            .sparse
+            .as_ref()
+            .and_then(|s| s.parent.as_ref())
+            .map(|_| "the image was opened from memory, where parents are not looked for".into());
+        Ok(Self::assemble(vec![layer], missing_parent))
+    }
+
+    /// The source over opened `layers` (top first); computes the top's changes.
+    fn assemble(layers: Vec<Layer>, missing_parent: Option<String>) -> Self {
         let changes = layers.first().and_then(|top| {
             let link = top.sparse.as_ref()?.parent.as_ref()?;
             let mut base_description = link.describe();
@@ -84,11 +102,11 @@ impl VhdSource {
                 extents: normalize_extents(top.own_extents()),
             })
         });
-        Ok(Self {
+        Self {
             layers,
             missing_parent,
             changes,
-        })
+        }
     }
 
     /// Reads `buf` at `offset` from layer `i` down; returns bytes read from files.
@@ -202,7 +220,7 @@ fn source_err(path: &Path, source: std::io::Error) -> Error {
 }
 
 /// Reads exactly `buf.len()` bytes at `at`; a short file is a malformed image.
-fn read_exact(file: &File, path: &Path, buf: &mut [u8], at: u64, what: &str) -> Result<()> {
+fn read_exact(file: &dyn ReadAt, path: &Path, buf: &mut [u8], at: u64, what: &str) -> Result<()> {
     file.read_exact_at(buf, at).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             bad(

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tessera_format::{IdScheme, ObjectKind, SnapshotId};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::sync::checked::CheckedObject;
 use crate::sync::sink::ObjectSink;
 use crate::sync::source::{Catalog, ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
@@ -29,6 +29,13 @@ use super::wire::{
 
 /// Longest a connection to the server may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a `publish` waits when the server asks it to come back later (429 with
+/// `Retry-After`, e.g. `serve --min-publish-interval`); a longer wait is reported instead.
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "Duration::from_mins needs Rust 1.91; the workspace's rust-version is 1.89"
+)]
+pub const MAX_PUBLISH_WAIT: Duration = Duration::from_secs(600);
 /// The default I/O timeout: longest one read or write of a request may wait.
 #[expect(
     clippy::duration_suboptimal_units,
@@ -62,11 +69,14 @@ impl Remote {
     /// `token`. `tls_ca`: a PEM file of extra trusted root certificates for `https://` (see
     /// [`super::tls`]); refused with an `http://` URL, where it would silently do nothing.
     /// `io_timeout`: the longest one read or write may wait (see the module docs).
+    /// An `http://` URL whose host is not a loopback address is refused unless
+    /// `insecure_http`: the token would cross the network in clear.
     pub fn new(
         url: &str,
         token: &str,
         tls_ca: Option<&Path>,
         io_timeout: Duration,
+        insecure_http: bool,
     ) -> Result<Self> {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(CONNECT_TIMEOUT)
@@ -79,6 +89,11 @@ impl Remote {
                 return Err(Error::Usage(format!(
                     "{url}: --tls-ca {} applies only to https:// URLs",
                     ca.display()
+                )));
+            }
+            if !insecure_http && !is_loopback_url(url) {
+                return Err(Error::Usage(format!(
+                    "{url}: refusing to send the token over plain HTTP to a host that is not a loopback address: it and the backups would cross the network in clear. Use an https:// URL (serve --tls-cert/--tls-key), or give --insecure-http if the network is trusted"
                 )));
             }
             agent
@@ -131,32 +146,55 @@ impl Remote {
 
 impl Endpoint {
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
+        self.call_waiting(method, path, body, Duration::ZERO)
+    }
+
+    /// [`Self::call`], which, when the server answers 429 with a `Retry-After` of at most
+    /// what is left of `max_wait`, waits that long and asks again.
+    fn call_waiting(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        max_wait: Duration,
+    ) -> Result<Vec<u8>> {
         let url = format!("{}{path}", self.base);
-        let req = self
-            .agent
-            .request(method, &url)
-            .set("Authorization", &format!("Bearer {}", self.token));
-        let answer = match body {
-            Some(b) => req.send_bytes(b),
-            None => req.call(),
-        };
-        let response = match answer {
-            Ok(r) => r,
-            Err(ureq::Error::Status(code, r)) => {
-                let mut msg = String::new();
-                let _ = r.into_reader().take(64 * 1024).read_to_string(&mut msg);
-                return Err(Error::RemoteStatus {
-                    request: format!("{method} {url}"),
-                    status: code,
-                    message: msg,
-                });
-            }
-            Err(e) => {
-                let hint = transport_hint(&url, &e, self.io_timeout);
-                return Err(Error::Network {
-                    request: format!("{method} {url}"),
-                    reason: format!("{e}{hint}"),
-                });
+        let mut left = max_wait;
+        let response = loop {
+            let req = self
+                .agent
+                .request(method, &url)
+                .set("Authorization", &format!("Bearer {}", self.token));
+            let answer = match body {
+                Some(b) => req.send_bytes(b),
+                None => req.call(),
+            };
+            match answer {
+                Ok(r) => break r,
+                Err(ureq::Error::Status(429, r)) => {
+                    let wait = r
+                        .header("Retry-After")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs)
+                        .filter(|w| *w <= left);
+                    match wait {
+                        Some(w) => {
+                            left -= w;
+                            std::thread::sleep(w);
+                        }
+                        None => return Err(status_error(format!("{method} {url}"), 429, r)),
+                    }
+                }
+                Err(ureq::Error::Status(code, r)) => {
+                    return Err(status_error(format!("{method} {url}"), code, r));
+                }
+                Err(e) => {
+                    let hint = transport_hint(&url, &e, self.io_timeout);
+                    return Err(Error::Network {
+                        request: format!("{method} {url}"),
+                        reason: format!("{e}{hint}"),
+                    });
+                }
             }
         };
         let mut out = Vec::new();
@@ -240,6 +278,47 @@ impl Endpoint {
             reason,
         }
     }
+}
+
+/// The error for an answer with an error status: the server's message and the kind it
+/// named (its body is `{"kind": KIND|null, "message": TEXT}`; a body that is not, e.g. from
+/// a proxy in between, is the message as it is, and the status decides the kind).
+fn status_error(request: String, status: u16, r: ureq::Response) -> Error {
+    let mut text = String::new();
+    let _ = r.into_reader().take(64 * 1024).read_to_string(&mut text);
+    let answer: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    let (message, kind) = match answer {
+        Some(v) if v["message"].is_string() => (
+            v["message"].as_str().unwrap_or_default().to_string(),
+            v["kind"].as_str().and_then(ErrorKind::from_name),
+        ),
+        _ => (text, None),
+    };
+    Error::RemoteStatus {
+        request,
+        status,
+        message,
+        kind,
+    }
+}
+
+/// Whether `url` (`http://HOST[:PORT]...`) names a loopback host: `localhost`, 127.0.0.0/8
+/// or `::1` (so that the token never leaves the machine).
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // `http://localhost:1@HOST/` connects to HOST: any userinfo is refused outright.
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a read or write failed because its timeout passed (Linux reports a socket
@@ -354,7 +433,15 @@ impl ObjectSink for Remote {
     }
 
     fn publish(&mut self, snapshot_bytes: &[u8]) -> Result<SnapshotId> {
-        let v = self.call("POST", "/v1/publish", Some(snapshot_bytes))?;
+        self.settle()?;
+        // The server may take one snapshot per series per interval from this token
+        // (`serve --min-publish-interval`): come back when it says, if that is soon.
+        let v = self.endpoint.call_waiting(
+            "POST",
+            "/v1/publish",
+            Some(snapshot_bytes),
+            MAX_PUBLISH_WAIT,
+        )?;
         let id = SnapshotId::of(snapshot_bytes);
         let answer: serde_json::Value = serde_json::from_slice(&v).unwrap_or_default();
         if answer["id"].as_str() != Some(id.to_hex().as_str()) {
@@ -444,7 +531,8 @@ mod tests {
     /// that no snapshot is published without its objects.
     #[test]
     fn a_failed_put_stops_the_publish_after_it() {
-        let mut remote = Remote::new(&refusing_puts(), "t", None, DEFAULT_IO_TIMEOUT).unwrap();
+        let mut remote =
+            Remote::new(&refusing_puts(), "t", None, DEFAULT_IO_TIMEOUT, false).unwrap();
         let raw = vec![7u8; 4096];
         let zstd = Compression {
             codec: Codec::Zstd,
@@ -463,6 +551,43 @@ mod tests {
         remote.publish(b"a snapshot").unwrap();
     }
 
+    #[test]
+    fn loopback_urls_are_told_apart_from_others() {
+        for url in [
+            "http://127.0.0.1:8420",
+            "http://127.9.9.9:1/",
+            "http://localhost:8420",
+            "http://LOCALHOST",
+            "http://[::1]:8420",
+        ] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://192.0.2.1:8420",
+            "http://backup.example:8420",
+            "http://[2001:db8::1]:8420",
+            "http://localhost.example.com:1",
+            "http://127.0.0.1.example.com",
+            "http://[::ffff:192.0.2.1]:1",
+            "http://localhost:1@192.0.2.1:8420",
+            "http://localhost:1@192.0.2.1/",
+            "http://127.0.0.1@192.0.2.1/",
+            "http://user@localhost:8420",
+            "http://192.0.2.1?x=localhost:1",
+        ] {
+            assert!(!is_loopback_url(url), "{url}");
+        }
+        let refused = Remote::new(
+            "http://192.0.2.1:8420",
+            "t",
+            None,
+            DEFAULT_IO_TIMEOUT,
+            false,
+        );
+        assert!(matches!(refused, Err(Error::Usage(_))));
+        assert!(Remote::new("http://192.0.2.1:8420", "t", None, DEFAULT_IO_TIMEOUT, true).is_ok());
+    }
+
     /// A server that accepts connections and never answers: every call fails within the
     /// I/O timeout, saying that the server stalled.
     #[test]
@@ -474,7 +599,7 @@ mod tests {
             std::thread::sleep(Duration::from_secs(30));
             drop(held);
         });
-        let remote = Remote::new(&url, "t", None, Duration::from_secs(1)).unwrap();
+        let remote = Remote::new(&url, "t", None, Duration::from_secs(1), false).unwrap();
         let started = std::time::Instant::now();
         let err = remote.snapshots().unwrap_err().to_string();
         assert!(

@@ -5,8 +5,10 @@
 //! before the body is read; what depends on the repository (the series of a snapshot file,
 //! the series a published snapshot names, a quota) is decided here.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tessera_format::pack::RECORD_HEADER_LEN;
@@ -26,8 +28,59 @@ use super::wire::{
     MAX_HAVE_DIGESTS, MAX_PUT_BYTES, MAX_PUT_RAW_BYTES,
 };
 
-/// A refusal: HTTP status and a message for the client.
-pub type Refusal = (u16, String);
+/// A refusal: what the client is answered instead of what it asked for.
+///
+/// Its body is JSON `{"kind": KIND, "message": TEXT}`: KIND is the name of the
+/// [`ErrorKind`] the client should report (SPEC.md §11: `damage` for a damaged repository
+/// on the server, `refused`, `locked`, ...), or `null` when the status says it all (401,
+/// 403, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The HTTP status.
+    pub status: u16,
+    /// The kind of failure the client reports, if the status alone does not tell it.
+    pub kind: Option<ErrorKind>,
+    /// What went wrong, for the operator.
+    pub message: String,
+    /// For 429: how long to wait before trying again.
+    pub retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    /// A refusal with `status` and `message`, no kind.
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind: None,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The refusal for an engine error: status by [`status_of`], kind by [`kind_for_client`].
+    pub fn of(e: &Error) -> Self {
+        Self {
+            kind: Some(kind_for_client(e)),
+            ..Self::new(status_of(e), e.to_string())
+        }
+    }
+
+    /// This refusal with `kind`.
+    #[must_use]
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = Some(kind);
+        self
+    }
+
+    /// The answer body: `{"kind": KIND|null, "message": TEXT}`.
+    pub fn body(&self) -> Vec<u8> {
+        json(&serde_json::json!({
+            "kind": self.kind.map(ErrorKind::as_str),
+            "message": self.message,
+        }))
+    }
+}
+
 /// An answer body, or a refusal.
 pub type Reply = std::result::Result<Vec<u8>, Refusal>;
 
@@ -55,10 +108,12 @@ impl Endpoint {
     pub fn parse(method: &str, path: &str) -> std::result::Result<Self, Refusal> {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let kind = |name: &str| {
-            parse_kind(name).ok_or((
-                404,
-                format!("unknown object kind {name:?}; nothing was done"),
-            ))
+            parse_kind(name).ok_or_else(|| {
+                Refusal::new(
+                    404,
+                    format!("unknown object kind {name:?}; nothing was done"),
+                )
+            })
         };
         match (method, parts.as_slice()) {
             ("GET", ["v1", "info"]) => Ok(Self::Info),
@@ -66,12 +121,15 @@ impl Endpoint {
             ("GET", ["v1", "snapshots", id]) => id
                 .parse()
                 .map(Self::Snapshot)
-                .map_err(|e| (400, format!("snapshot id {id:?}: {e}"))),
+                .map_err(|e| Refusal::new(400, format!("snapshot id {id:?}: {e}"))),
             ("POST", ["v1", "have", k]) => kind(k).map(Self::Have),
             ("POST", ["v1", "get", k]) => kind(k).map(Self::Get),
             ("POST", ["v1", "put", k]) => kind(k).map(Self::Put),
             ("POST", ["v1", "publish"]) => Ok(Self::Publish),
-            _ => Err((404, format!("no such endpoint: {method} {path}"))),
+            _ => Err(Refusal::new(
+                404,
+                format!("no such endpoint: {method} {path}"),
+            )),
         }
     }
 
@@ -108,10 +166,49 @@ pub struct Job {
     pub reply: tokio::sync::oneshot::Sender<Reply>,
 }
 
+/// What the serving thread keeps between requests.
+pub struct ServingState {
+    /// Quota counts (`None`: no quotas).
+    pub usage: Option<Usage>,
+    /// Least time between two snapshots a `backup` token publishes into one series
+    /// (`serve --min-publish-interval`; zero: no limit).
+    pub min_publish_interval: Duration,
+    /// When a `backup` token last published into each series, on this server's clock
+    /// (entries older than the interval are dropped).
+    last_publish: HashMap<String, Instant>,
+}
+
+impl ServingState {
+    /// State with these quota counts and publish interval.
+    pub fn new(usage: Option<Usage>, min_publish_interval: Duration) -> Self {
+        Self {
+            usage,
+            min_publish_interval,
+            last_publish: HashMap::new(),
+        }
+    }
+
+    /// How much longer a `backup` token must wait before publishing into `series`.
+    fn publish_wait(&self, series: &str) -> Option<Duration> {
+        let last = self.last_publish.get(series)?;
+        self.min_publish_interval
+            .checked_sub(last.elapsed())
+            .filter(|w| !w.is_zero())
+    }
+
+    fn published(&mut self, series: &str) {
+        let interval = self.min_publish_interval;
+        self.last_publish.retain(|_, t| t.elapsed() < interval);
+        if !interval.is_zero() {
+            self.last_publish.insert(series.to_string(), Instant::now());
+        }
+    }
+}
+
 /// Does the repository work of `queue`'s jobs, one at a time, in the order they arrive.
-pub fn serving_loop(root: &Path, queue: &Receiver<Job>, mut usage: Option<Usage>) {
+pub fn serving_loop(root: &Path, queue: &Receiver<Job>, mut state: ServingState) {
     for job in queue {
-        let reply = handle(&job, root, usage.as_mut());
+        let reply = handle(&job, root, &mut state);
         // The request may be gone (its client hung up): nothing to do.
         let _ = job.reply.send(reply);
     }
@@ -120,9 +217,20 @@ pub fn serving_loop(root: &Path, queue: &Receiver<Job>, mut usage: Option<Usage>
 /// Who sent a request body, in messages.
 const CLIENT: &str = "the client";
 
+/// The kind of failure the client reports for an engine error on the server: the error's
+/// own kind, except that data the client sent and the server found bad (`UntrustedData`)
+/// is the client's request refused, not damage of the server's repository.
+pub fn kind_for_client(e: &Error) -> ErrorKind {
+    match e {
+        Error::UntrustedData { .. } => ErrorKind::Refused,
+        _ => e.kind(),
+    }
+}
+
 /// The HTTP status for an engine error (the one place that maps error kinds to statuses).
 /// The client can retry after 409, fix its request or data after 404 and 422; 507 is a
-/// full disk; 500 is the server's own failure (its message says which).
+/// full disk; 500 is the server's own failure (its message says which, and the body's kind
+/// tells the client whether it is damage).
 pub fn status_of(e: &Error) -> u16 {
     match (e, e.kind()) {
         (Error::NoSpace { .. }, _) => 507,
@@ -135,14 +243,14 @@ pub fn status_of(e: &Error) -> u16 {
 
 #[expect(clippy::needless_pass_by_value, reason = "used as `map_err(fail)`")]
 fn fail(e: Error) -> Refusal {
-    (status_of(&e), e.to_string())
+    Refusal::of(&e)
 }
 
 fn json(v: &serde_json::Value) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-fn handle(job: &Job, root: &Path, usage: Option<&mut Usage>) -> Reply {
+fn handle(job: &Job, root: &Path, state: &mut ServingState) -> Reply {
     let token = &job.token;
     let body = &job.body[..];
     match job.endpoint {
@@ -176,7 +284,10 @@ fn handle(job: &Job, root: &Path, usage: Option<&mut Usage>) -> Reply {
                 .into_iter()
                 .any(|(s, header)| s == id && token.covers(&header.series));
             if !visible {
-                return Err((404, format!("no published snapshot {id} for this token")));
+                return Err(Refusal::new(
+                    404,
+                    format!("no published snapshot {id} for this token"),
+                ));
             }
             repo.backend().get(&ObjectKey::snapshot(id)).map_err(fail)
         }
@@ -189,6 +300,9 @@ fn handle(job: &Job, root: &Path, usage: Option<&mut Usage>) -> Reply {
         Endpoint::Get(kind) => {
             let digests = decode_digests(body, MAX_GET_DIGESTS, CLIENT).map_err(fail)?;
             let repo = Repository::open(root).map_err(fail)?;
+            if kind == ObjectKind::Page {
+                pages_visible(&repo, token, &digests)?;
+            }
             let mut out = Vec::new();
             for o in repo.get_objects(kind, &digests).map_err(fail)? {
                 encode_record(&mut out, &o).map_err(fail)?;
@@ -196,8 +310,36 @@ fn handle(job: &Job, root: &Path, usage: Option<&mut Usage>) -> Reply {
             debug_assert!(out.len() as u64 <= MAX_ANSWER_BYTES);
             Ok(out)
         }
-        Endpoint::Put(kind) => put(root, token, kind, body, usage),
-        Endpoint::Publish => publish(root, token, body, usage),
+        Endpoint::Put(kind) => put(root, token, kind, body, state.usage.as_mut()),
+        Endpoint::Publish => publish(root, token, body, state),
+    }
+}
+
+/// Refuses (404, as if absent) a `get` of pages unless each is named by a snapshot of a
+/// series `token` covers: a token limited to some series must not read the manifest pages
+/// (the block maps) of other series. Chunks are not limited this way: a chunk is fetched by
+/// the SHA-256 of its content, which only a page naming it or the content itself tells.
+fn pages_visible(repo: &Repository, token: &TokenEntry, digests: &[[u8; 32]]) -> Reply {
+    if token.role == Role::Admin || token.series == "*" {
+        return Ok(Vec::new());
+    }
+    let mut visible = HashSet::new();
+    for (id, header) in repo.index().snapshots().map_err(fail)? {
+        if token.covers(&header.series) {
+            let snapshot = repo.load_snapshot(id).map_err(fail)?;
+            visible.extend(snapshot.roots.iter().flatten().map(|p| p.0));
+        }
+    }
+    match digests.iter().find(|d| !visible.contains(*d)) {
+        None => Ok(Vec::new()),
+        Some(d) => Err(Refusal::new(
+            404,
+            format!(
+                "page {} is not named by a snapshot of the series {:?} this token may read; nothing was sent",
+                hex::encode(d),
+                token.series
+            ),
+        )),
     }
 }
 
@@ -215,10 +357,10 @@ fn put(
     // bytes than any client sends in one, before anything is decompressed.
     let raw: u64 = records.iter().map(|(i, _)| u64::from(i.raw_len)).sum();
     if raw > MAX_PUT_RAW_BYTES {
-        return Err((
+        return Err(Refusal::new(
             413,
             format!("the records of this put decode to {raw} bytes, more than the {MAX_PUT_RAW_BYTES} a put may hold; nothing was stored"),
-        ));
+        ).with_kind(ErrorKind::Refused));
     }
     let digests: Vec<[u8; 32]> = records.iter().map(|(i, _)| i.digest.0).collect();
     let checked = check_batch("the client", kind, &digests, records).map_err(fail)?;
@@ -240,16 +382,19 @@ fn put(
     })
 }
 
-/// Publishes a snapshot file into a series the token covers, charging the file's bytes.
-fn publish(root: &Path, token: &TokenEntry, body: &[u8], usage: Option<&mut Usage>) -> Reply {
+/// Publishes a snapshot file into a series the token covers, charging the file's bytes. A
+/// `backup` token may publish into a series at most once per `min_publish_interval`
+/// (429 with `Retry-After` sooner; see SPEC.md §22.3).
+fn publish(root: &Path, token: &TokenEntry, body: &[u8], state: &mut ServingState) -> Reply {
     let header = Snapshot::decode_header(body).map_err(|e| {
-        (
+        Refusal::new(
             422,
             format!("the snapshot file does not decode: {e}; nothing was published"),
         )
+        .with_kind(ErrorKind::Refused)
     })?;
     if !token.covers(&header.series) {
-        return Err((
+        return Err(Refusal::new(
             403,
             format!(
                 "token {:?} may publish only into series matching {:?}, not {:?}; nothing was published",
@@ -267,10 +412,31 @@ fn publish(root: &Path, token: &TokenEntry, body: &[u8], usage: Option<&mut Usag
             &serde_json::json!({ "id": SnapshotId::of(body).to_hex() }),
         ));
     }
-    charged(token, body.len() as u64, usage, || {
+    let limited = token.role == Role::Backup;
+    if let Some(wait) = state.publish_wait(&header.series).filter(|_| limited) {
+        return Err(Refusal {
+            retry_after: Some(wait),
+            ..Refusal::new(
+                429,
+                format!(
+                    "series {:?} got a snapshot from a backup token less than {} s ago; this server takes one per series every {} s from backup tokens (serve --min-publish-interval), so that a flood of snapshots cannot push real ones out of retention; try again in {} s; nothing was published",
+                    header.series,
+                    state.min_publish_interval.as_secs(),
+                    state.min_publish_interval.as_secs(),
+                    wait.as_secs() + 1
+                ),
+            )
+            .with_kind(ErrorKind::Refused)
+        });
+    }
+    let id = charged(token, body.len() as u64, state.usage.as_mut(), || {
         let id = publish_checked(&repo, body, Publisher::Client).map_err(fail)?;
         Ok(json(&serde_json::json!({ "id": id.to_hex() })))
-    })
+    })?;
+    if limited {
+        state.published(&header.series);
+    }
+    Ok(id)
 }
 
 /// Runs `store` after charging `bytes` to `token` (507 when over its quota); refunds the
@@ -285,7 +451,7 @@ fn charged(
         return store();
     };
     if let Some(over) = usage.charge(token, bytes).map_err(fail)? {
-        return Err((507, over.to_string()));
+        return Err(Refusal::new(507, over.to_string()));
     }
     let result = store();
     if result.is_err() {

@@ -38,7 +38,7 @@ use crate::net::{listen_tcp, Keepalive};
 use super::audit::AuditLog;
 use super::conn::{ConnState, Connections};
 use super::quota::Usage;
-use super::routes::{check_repository, serving_loop};
+use super::routes::{check_repository, serving_loop, ServingState};
 use super::service::{respond, Shared, TokenSource};
 
 pub use super::conn::{MAX_CONNECTIONS, MAX_PER_ADDRESS};
@@ -116,17 +116,31 @@ pub struct ServeOptions {
     pub usage_of: Option<std::path::PathBuf>,
     /// The audit log.
     pub audit: AuditLog,
+    /// Least time between two snapshots a `backup` token publishes into one series (zero:
+    /// no limit); see [`DEFAULT_MIN_PUBLISH_INTERVAL`].
+    pub min_publish_interval: Duration,
 }
+
+/// The default of `serve --min-publish-interval`: a `backup` token may publish one snapshot
+/// per series per minute. A backup run publishes one snapshot per series (all disks of a VM
+/// are one snapshot), so real clients do not notice; a compromised token needs N minutes to
+/// push N real snapshots out of `prune --keep-last N`, instead of N requests.
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "Duration::from_mins needs Rust 1.91; the workspace's rust-version is 1.89"
+)]
+pub const DEFAULT_MIN_PUBLISH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Serves `repo` until the process ends.
 pub fn serve(listener: Listener, repo: &Path, options: ServeOptions) -> Result<()> {
     // Fail early on a path that is not a repository, or unusable usage counts.
     let root = check_repository(repo)?;
     let usage = options.usage_of.as_deref().map(Usage::load).transpose()?;
+    let state = ServingState::new(usage, options.min_publish_interval);
     let (jobs, queue) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("tessera-serving".into())
-        .spawn(move || serving_loop(&root, &queue, usage))
+        .spawn(move || serving_loop(&root, &queue, state))
         .map_err(|e| Error::io("starting the serving thread", e))?;
     let shared = Arc::new(Shared::new(options.tokens, jobs, options.audit));
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -127,13 +127,10 @@ pub async fn respond(
         .unwrap_or(0);
     // Covers the body (and, for a refusal, the answer), from the end of the head.
     conn.set_deadline(Some(transfer_time(len)));
-    let (endpoint, token, slot) = match admit(&shared, &conn, peer, &req, len) {
+    let (endpoint, token, slot) = match admit(&shared, &conn, peer, &req, len, &mut record) {
         Ok(admitted) => admitted,
-        Err((status, why, retry_after)) => {
-            return Ok(refuse(&conn, req, status, &why, retry_after, record));
-        }
+        Err(refusal) => return Ok(refuse(&conn, req, &refusal, record)),
     };
-    record.token = Some(token.name.clone());
     let body = read_body(req.into_body(), len, &mut record).await?;
     conn.set_deadline(None);
     let (reply, answer) = tokio::sync::oneshot::channel();
@@ -147,46 +144,51 @@ pub async fn respond(
         Ok(()) => answer.await.ok(),
         Err(_) => None,
     };
-    let (status, bytes) = match reply {
-        Some(Ok(b)) => (200, b),
-        Some(Err((s, m))) => (s, m.into_bytes()),
-        None => (500, b"the serving thread stopped".to_vec()),
+    let refusal = match reply {
+        Some(Ok(b)) => Ok(b),
+        Some(Err(refusal)) => Err(refusal),
+        None => Err(Refusal::new(500, "the serving thread stopped")),
+    };
+    let (status, bytes, retry_after) = match refusal {
+        Ok(b) => (200, b, None),
+        Err(r) => (r.status, r.body(), r.retry_after),
     };
     conn.set_deadline(Some(transfer_time(bytes.len() as u64)));
     record.status = Some(status);
     let body = Answer::new(bytes, Some(slot), record, &conn, IO_TIMEOUT);
-    Ok(response(status, body, false, None))
+    Ok(response(status, body, false, retry_after))
 }
 
-type Refused = (u16, String, Option<Duration>);
-
 /// The checks before a body is read; the endpoint, the token and a request slot, or the
-/// refusal (with a `Retry-After` for 429).
+/// refusal (with a `Retry-After` for 429). Names the token in `record` as soon as it is
+/// known, so that every later refusal's audit line says who was refused.
 fn admit(
     shared: &Shared,
     conn: &Arc<ConnState>,
     peer: SocketAddr,
     req: &Request<Incoming>,
     len: u64,
-) -> std::result::Result<(Endpoint, TokenEntry, Slot), Refused> {
-    let plain = |(status, why): Refusal| (status, why, None);
+    record: &mut Record,
+) -> std::result::Result<(Endpoint, TokenEntry, Slot), Refusal> {
     if let Some(wait) = shared.failures.locked_out(peer.ip()) {
-        return Err((
-            429,
-            format!(
-                "too many requests with a wrong token from {}; try again in {} s",
-                peer.ip(),
-                wait.as_secs() + 1
-            ),
-            Some(wait),
-        ));
+        return Err(Refusal {
+            retry_after: Some(wait),
+            ..Refusal::new(
+                429,
+                format!(
+                    "too many requests with a wrong token from {}; try again in {} s",
+                    peer.ip(),
+                    wait.as_secs() + 1
+                ),
+            )
+        });
     }
     let method = req.method().as_str();
     if method != "GET" && method != "POST" {
-        return Err(plain((
+        return Err(Refusal::new(
             405,
             format!("{method} is not served here: GET or POST"),
-        )));
+        ));
     }
     let given = req
         .headers()
@@ -195,27 +197,28 @@ fn admit(
         .unwrap_or_default();
     let Some(token) = shared.tokens.current().find(&hash_token(given)).cloned() else {
         shared.failures.failed(peer.ip());
-        return Err(plain((
+        return Err(Refusal::new(
             401,
-            "missing or wrong bearer token; nothing was done".into(),
-        )));
+            "missing or wrong bearer token; nothing was done",
+        ));
     };
+    record.token = Some(token.name.clone());
     if req.headers().contains_key(hyper::header::TRANSFER_ENCODING) {
-        return Err(plain((
+        return Err(Refusal::new(
             411,
-            "send the request body with a Content-Length".into(),
-        )));
+            "send the request body with a Content-Length",
+        ));
     }
-    let endpoint = Endpoint::parse(method, req.uri().path()).map_err(plain)?;
+    let endpoint = Endpoint::parse(method, req.uri().path())?;
     let limit = endpoint.body_limit();
     if len > limit {
-        return Err(plain((
+        return Err(Refusal::new(
             413,
             format!("request body larger than {limit} bytes"),
-        )));
+        ));
     }
     if !endpoint.allowed(token.role) {
-        return Err(plain((
+        return Err(Refusal::new(
             403,
             format!(
                 "token {:?} has the role {} and may not {method} {}; nothing was done",
@@ -223,13 +226,13 @@ fn admit(
                 token.role.name(),
                 req.uri().path()
             ),
-        )));
+        ));
     }
     let permit = Arc::clone(&shared.slots).try_acquire_owned().map_err(|_| {
-        plain((
+        Refusal::new(
             503,
             format!("more than {MAX_REQUESTS} requests in flight; try again later"),
-        ))
+        )
     })?;
     Ok((
         endpoint,
@@ -268,9 +271,7 @@ async fn read_body(mut body: Incoming, len: u64, record: &mut Record) -> std::io
 fn refuse(
     conn: &Arc<ConnState>,
     req: Request<Incoming>,
-    status: u16,
-    why: &str,
-    retry_after: Option<Duration>,
+    refusal: &Refusal,
     mut record: Record,
 ) -> Response<Answer> {
     let expects_continue = req
@@ -281,9 +282,9 @@ fn refuse(
         tokio::spawn(drain(req.into_body()));
     }
     conn.set_deadline(Some(IO_TIMEOUT));
-    record.status = Some(status);
-    let body = Answer::new(why.as_bytes().to_vec(), None, record, conn, DRAIN_TIME);
-    response(status, body, true, retry_after)
+    record.status = Some(refusal.status);
+    let body = Answer::new(refusal.body(), None, record, conn, DRAIN_TIME);
+    response(refusal.status, body, true, refusal.retry_after)
 }
 
 async fn drain(mut body: Incoming) {
@@ -312,7 +313,7 @@ fn response(
     let kind = if status == 200 {
         "application/octet-stream"
     } else {
-        "text/plain; charset=utf-8"
+        "application/json"
     };
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(kind));
     if status == 405 {

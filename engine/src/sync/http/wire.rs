@@ -5,7 +5,7 @@ use tessera_format::ObjectKind;
 
 use crate::error::{Error, Result};
 
-use super::super::source::StoredObject;
+use super::super::checked::StoredObject;
 
 /// Most digests per `have` request.
 pub const MAX_HAVE_DIGESTS: usize = 65_536;

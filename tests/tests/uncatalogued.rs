@@ -1,0 +1,162 @@
+//! A sound snapshot file the index does not list, naming objects the repository lacks right
+//! now (a pack on a disk that came back late, an index restored from an older copy while a
+//! pack is unreadable): the writer's recovery keeps it in place and says so, `verify` reports
+//! it as damage, `compact` refuses to run (the objects it does find are at count 0), and
+//! once the pack is back the next writer catalogues it and it restores byte for byte. Only
+//! `repair --quarantine` moves it away, on the operator's word. (Before, recovery moved such
+//! a file to quarantine at once and compaction then reclaimed its objects.)
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+use tessera_tests::{
+    backup_json, init_repo, list_ids, make_image, pack_files, restored_sha, seed, snapshot_id,
+    tessera, verify, DataGen, ImageSpec,
+};
+
+/// A repository with one snapshot, plus a second snapshot's file and all but one of its new
+/// packs carried in from a twin (as a crash before cataloguing would leave them, with one
+/// pack missing). Returns the scratch dir, the repository, the withheld pack (path in the
+/// twin, path in the repository), the uncatalogued snapshot's id and its image's SHA-256.
+struct Setup {
+    t: TempDir,
+    repo: PathBuf,
+    withheld: (PathBuf, PathBuf),
+    lost: String,
+    sha_b: String,
+    first: String,
+}
+
+fn setup(name: &str) -> Setup {
+    let mut gen = DataGen::new(seed(name));
+    let t = TempDir::new().unwrap();
+    let repo = t.path().join("repo");
+    init_repo(&repo, &[]);
+    let a = t.path().join("a");
+    make_image(&a, ImageSpec::mixed(3 << 20), &mut gen);
+    let first = snapshot_id(&backup_json(&repo, "vm", &[("d", &a)]));
+
+    let (twin, _, lost, sha_b) = tessera_tests::back_up_in_a_twin(t.path(), &repo, &mut gen);
+    let old_packs = pack_files(&repo);
+    let mut new_packs: Vec<PathBuf> = pack_files(&twin)
+        .into_iter()
+        .filter(|p| !old_packs.contains(&repo.join(p.strip_prefix(&twin).unwrap())))
+        .collect();
+    new_packs.sort();
+    assert!(new_packs.len() >= 2, "expected several new packs");
+    let held = new_packs.remove(0);
+    for p in &new_packs {
+        let to = repo.join(p.strip_prefix(&twin).unwrap());
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(p, to).unwrap();
+    }
+    let snap = format!("snapshots/{lost}.snap");
+    fs::copy(twin.join(&snap), repo.join(&snap)).unwrap();
+    let held_to = repo.join(held.strip_prefix(&twin).unwrap());
+    Setup {
+        t,
+        repo,
+        withheld: (held, held_to),
+        lost,
+        sha_b,
+        first,
+    }
+}
+
+/// `compact` rewriting every pack with any unused byte, no grace.
+fn compact_everything(repo: &Path, json: bool) -> tessera_tests::Out {
+    let mut args = vec![
+        "compact".as_ref(),
+        repo.as_os_str(),
+        "--max-unused".as_ref(),
+        "0%".as_ref(),
+        "--grace".as_ref(),
+        "0".as_ref(),
+    ];
+    if json {
+        args.insert(0, "--json".as_ref());
+    }
+    tessera(args)
+}
+
+fn snapshot_file(repo: &Path, id: &str) -> PathBuf {
+    repo.join(format!("snapshots/{id}.snap"))
+}
+
+/// Runs a writer command (a forget of nothing: `prune` keeping everything would do too).
+fn open_as_writer(repo: &Path) -> tessera_tests::Out {
+    tessera([
+        "--json".as_ref(),
+        "protect".as_ref(),
+        repo.as_os_str(),
+        "latest@vm".as_ref(),
+    ])
+}
+
+#[test]
+fn an_incomplete_snapshot_is_kept_blocks_compaction_and_is_catalogued_when_its_pack_returns() {
+    let s = setup("uncatalogued_kept");
+    let repo = &s.repo;
+
+    let out = open_as_writer(repo);
+    out.ok();
+    out.stderr_has("1 snapshot files naming objects the repository lacks (kept");
+    assert!(
+        snapshot_file(repo, &s.lost).is_file(),
+        "recovery moved a sound snapshot file away"
+    );
+    assert_eq!(list_ids(repo), vec![s.first.clone()]);
+
+    let v = tessera(["verify".as_ref(), repo.as_os_str()]);
+    v.expect_code(4);
+    assert!(v.stdout.contains("stored but not catalogued"), "{v}");
+
+    let packs_before = pack_files(repo);
+    let c = compact_everything(repo, true);
+    c.expect_code(4);
+    assert_eq!(c.json()["kind"], "damage", "{}", c.stdout);
+    assert!(c.stdout.contains("not catalogued"), "{}", c.stdout);
+    assert_eq!(pack_files(repo), packs_before, "compaction touched packs");
+
+    // The pack comes back: the next writer adopts it and catalogues the snapshot.
+    fs::create_dir_all(s.withheld.1.parent().unwrap()).unwrap();
+    fs::copy(&s.withheld.0, &s.withheld.1).unwrap();
+    let out = open_as_writer(repo);
+    out.ok();
+    out.stderr_has("1 stored snapshots catalogued");
+    let ids = list_ids(repo);
+    assert!(ids.contains(&s.lost), "{ids:?}");
+    verify(repo).ok();
+    compact_everything(repo, false).ok();
+    verify(repo).ok();
+    assert_eq!(restored_sha(repo, &s.lost, s.t.path()), s.sha_b);
+}
+
+#[test]
+fn repair_quarantine_moves_an_incomplete_snapshot_away_on_request() {
+    let s = setup("uncatalogued_quarantined");
+    let repo = &s.repo;
+    let r = tessera([
+        "--json".as_ref(),
+        "repair".as_ref(),
+        repo.as_os_str(),
+        "--quarantine".as_ref(),
+    ]);
+    r.ok();
+    let quarantined = r.json()["snapshots_quarantined"].clone();
+    assert_eq!(quarantined, serde_json::json!([s.lost]), "{}", r.stdout);
+    assert!(!snapshot_file(repo, &s.lost).exists());
+    assert!(
+        fs::read_dir(repo.join("quarantine")).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(&s.lost)),
+        "the file is not in quarantine/"
+    );
+    verify(repo).ok();
+    compact_everything(repo, false).ok();
+    verify(repo).ok();
+    assert_eq!(list_ids(repo), vec![s.first]);
+}
