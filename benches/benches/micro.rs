@@ -58,7 +58,10 @@ fn zstd_codec(c: &mut Criterion) {
                 codec: Codec::Zstd,
                 level,
             };
-            let (info, stored) = encode_object(ObjectKind::Chunk, digest, data, compression);
+            let plain = tessera_engine::crypto::RepoCrypto::plain();
+            let (info, stored) =
+                encode_object(&plain, ObjectKind::Chunk, digest, data, compression)
+                    .expect("encode");
             let stored: Vec<u8> = stored.to_vec();
             eprintln!(
                 "zstd-{level} {what} 64 KiB block: {} -> {} bytes ({:.2}x)",
@@ -67,7 +70,15 @@ fn zstd_codec(c: &mut Criterion) {
                 data.len() as f64 / stored.len() as f64
             );
             g.bench_function(format!("encode_object/{what}/zstd-{level}"), |b| {
-                b.iter(|| encode_object(ObjectKind::Chunk, digest, black_box(data), compression));
+                b.iter(|| {
+                    encode_object(
+                        &plain,
+                        ObjectKind::Chunk,
+                        digest,
+                        black_box(data),
+                        compression,
+                    )
+                });
             });
             g.bench_function(format!("decode_stored/{what}/zstd-{level}"), |b| {
                 b.iter_batched(

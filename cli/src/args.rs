@@ -138,6 +138,25 @@ pub struct DeltaArgs {
     pub tls_ca: Option<std::path::PathBuf>,
 }
 
+/// How `init` protects a new repository (SPEC.md §23).
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitEncryptionArgs {
+    /// aes-256-gcm (the default: a passphrase or --key-file unlocks it) or none (a plain
+    /// repository, readable by anyone who can read its files).
+    #[arg(long, default_value = "aes-256-gcm", value_parser = ["aes-256-gcm", "none"])]
+    pub encryption: String,
+    /// Write the recovery key to this new file (0600) instead of printing it; needed with
+    /// --json, whose output never holds a secret.
+    #[arg(long, value_name = "FILE")]
+    pub recovery_key_file: Option<PathBuf>,
+    /// Argon2id memory of the passphrase slot, MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub kdf_memory_mib: u32,
+    /// Argon2id passes of the passphrase slot.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub kdf_iterations: u32,
+}
+
 /// tessera: deduplicating, content-addressed backups of disk images.
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, about, long_about = None)]
@@ -148,6 +167,8 @@ pub struct Cli {
     /// Never show progress bars (they are shown only on a terminal anyway).
     #[arg(long, global = true)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub keys: crate::keys::KeyArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -164,6 +185,8 @@ pub enum Command {
         /// Compression of new data: zstd:LEVEL (1-19), zstd, or none.
         #[arg(long, default_value = "zstd:2")]
         compression: String,
+        #[command(flatten)]
+        encryption: InitEncryptionArgs,
     },
     /// Back up one or more disks into one snapshot.
     Backup {

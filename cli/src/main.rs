@@ -20,6 +20,7 @@
 mod args;
 mod commands;
 mod doc;
+mod keys;
 mod output;
 mod sync_args;
 

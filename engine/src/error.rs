@@ -44,6 +44,12 @@ pub enum Error {
         /// How many slots of that kind were tried.
         tried: usize,
     },
+    /// The repository is encrypted and no secret was given to unlock it.
+    #[error("{location} is encrypted: give its passphrase (asked on a terminal, or --passphrase-file, TESSERA_PASSPHRASE, --password-command) or --key-file")]
+    KeyRequired {
+        /// The repository.
+        location: String,
+    },
     /// The repository has no key slot of the kind presented.
     #[error("the repository has no {what} slot; unlock it with one of: {available}")]
     NoSuchSlot {
@@ -555,7 +561,7 @@ impl Error {
             | Self::UntrustedData { .. } => ErrorKind::Damage,
             Self::ReferenceBlockUnreadable { source, .. } => source.kind(),
             Self::Internal(_) => ErrorKind::Internal,
-            Self::WrongSecret { .. } => ErrorKind::Key,
+            Self::WrongSecret { .. } | Self::KeyRequired { .. } => ErrorKind::Key,
         }
     }
 

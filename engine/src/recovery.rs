@@ -32,6 +32,7 @@ use std::collections::HashSet;
 
 use tessera_format::{PackId, SnapshotId};
 
+use crate::crypto::RepoCrypto;
 use crate::error::Result;
 use crate::index::Index;
 use crate::ops::publish::catalogue_stored;
@@ -120,7 +121,7 @@ impl Recovery {
 }
 
 /// Runs the recovery steps (see module docs). The caller holds the writer lock.
-pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
+pub fn recover(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Result<Recovery> {
     let backend = &*storage.backend;
     let mut recovery = Recovery {
         staged_removed: backend.clean_staging()?,
@@ -139,7 +140,7 @@ pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
     finish_forgets(backend, index, &mut recovery)?;
     let listed = backend.list(key::SNAPSHOTS)?;
     let stored: HashSet<SnapshotId> = listed.iter().filter_map(ObjectKey::as_snapshot).collect();
-    catalogue_unlisted(backend, index, &stored, &mut recovery)?;
+    catalogue_unlisted(backend, index, crypto, &stored, &mut recovery)?;
     apply_markers(backend, index, &listed, &stored)?;
     for (id, _) in index.snapshots()? {
         if !stored.contains(&id) {
@@ -168,6 +169,7 @@ fn finish_forgets(backend: &dyn Backend, index: &Index, recovery: &mut Recovery)
 fn catalogue_unlisted(
     backend: &dyn Backend,
     index: &Index,
+    crypto: &RepoCrypto,
     stored: &HashSet<SnapshotId>,
     recovery: &mut Recovery,
 ) -> Result<()> {
@@ -179,7 +181,7 @@ fn catalogue_unlisted(
     }
     unlisted.sort();
     for id in unlisted {
-        let snapshot = match load_snapshot(backend, id) {
+        let snapshot = match load_snapshot(backend, crypto, id) {
             Ok(s) => s,
             Err(e @ crate::error::Error::SnapshotCorrupt { .. }) => {
                 quarantine_snapshot(backend, id)?;
@@ -195,7 +197,7 @@ fn catalogue_unlisted(
                 continue;
             }
         };
-        match catalogue_stored(index, backend, id, &snapshot) {
+        match catalogue_stored(index, backend, crypto, id, &snapshot) {
             Ok(()) => recovery.snapshots_catalogued.push(id.to_hex()),
             // The file is sound; what it names is missing or unreadable now. Kept in place.
             Err(e @ crate::error::Error::SnapshotIncomplete { .. }) => recovery

@@ -27,12 +27,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tessera_format::config::DEFAULT_PAGE_ENTRIES;
+use tessera_format::config::{DEFAULT_PAGE_ENTRIES, ENCRYPTED_FORMAT, PLAIN_FORMAT};
+use tessera_format::keyslot::KdfParams;
 use tessera_format::{
-    ChunkDigest, Compression, ObjectKind, PageDigest, RepoConfig, RepoId, Snapshot, SnapshotHeader,
-    SnapshotId, FORMAT_VERSION,
+    ChunkDigest, Compression, Encryption, IdScheme, ObjectKind, PageDigest, RepoConfig, RepoId,
+    Snapshot, SnapshotHeader, SnapshotId,
 };
 
+use crate::crypto::keyring::{self, NoSecret, SecretSource};
+use crate::crypto::{RepoCrypto, RepoKeys, SecretKey, SlotSecret};
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
 use crate::lock::WriterLock;
@@ -67,19 +70,30 @@ pub struct InitOptions {
 impl InitOptions {
     /// Refuses parameters no repository may have (before anything is created).
     pub fn validate(&self) -> Result<()> {
-        self.config().map(|_| ())
+        self.config(RepoId([0; 16]), Encryption::None).map(|_| ())
     }
 
-    /// A new repository's config with these parameters, and its encoding.
-    fn config(&self) -> Result<(RepoConfig, Vec<u8>)> {
+    /// A new repository's config with these parameters, and its encoding: format 1 when
+    /// plain, format 2 when encrypted (SPEC.md §3).
+    fn config(&self, repo_id: RepoId, encryption: Encryption) -> Result<(RepoConfig, Vec<u8>)> {
+        let encrypted = encryption.is_encrypted();
         let config = RepoConfig {
-            format_version: FORMAT_VERSION,
-            repo_id: RepoId(rand::random()),
-            id_scheme: tessera_format::IdScheme::Sha256,
+            format_version: if encrypted {
+                ENCRYPTED_FORMAT
+            } else {
+                PLAIN_FORMAT
+            },
+            repo_id,
+            id_scheme: if encrypted {
+                IdScheme::HmacSha256
+            } else {
+                IdScheme::Sha256
+            },
             compression: self.compression,
             default_block_size: self.block_size,
             page_entries: DEFAULT_PAGE_ENTRIES,
             created_at_us: crate::time::now_us(),
+            encryption,
         };
         let bytes = config.encode().map_err(|source| Error::Unencodable {
             what: "repository parameters".into(),
@@ -96,6 +110,26 @@ impl Default for InitOptions {
             compression: DEFAULT_COMPRESSION,
         }
     }
+}
+
+/// The keys of a new encrypted repository and the first secret that unlocks them.
+#[derive(Debug, Clone)]
+pub struct NewKeys {
+    /// What opens the first slot (a passphrase or a key file).
+    pub secret: SlotSecret,
+    /// Argon2id cost of a passphrase slot.
+    pub kdf: KdfParams,
+    /// Keys of another repository to share (`init --keys-from`), instead of new ones.
+    pub shared: Option<RepoKeys>,
+}
+
+/// What `init` created.
+#[derive(Debug)]
+pub struct Created {
+    /// The config written.
+    pub config: RepoConfig,
+    /// The recovery key of an encrypted repository: shown once, stored nowhere.
+    pub recovery: Option<SecretKey>,
 }
 
 /// Where a repository lives: its objects and its local state (see the module docs).
@@ -149,6 +183,7 @@ impl RepoStorage {
 pub struct Repository {
     storage: RepoStorage,
     config: RepoConfig,
+    crypto: RepoCrypto,
     index: Index,
     lock: Option<WriterLock>,
     _lease: Option<ReaderLease>,
@@ -165,6 +200,11 @@ impl Repository {
     /// Creates a new local repository at `root`, which must not exist or be an empty
     /// directory.
     pub fn init(root: &Path, opts: InitOptions) -> Result<RepoConfig> {
+        Self::init_with(root, opts, None).map(|c| c.config)
+    }
+
+    /// Creates a new local repository at `root`, encrypted when `keys` is given.
+    pub fn init_with(root: &Path, opts: InitOptions, keys: Option<&NewKeys>) -> Result<Created> {
         opts.validate()?;
         if let Ok(mut entries) = std::fs::read_dir(root) {
             if entries.next().is_some() {
@@ -178,19 +218,45 @@ impl Repository {
             crate::storage::durable::create_dir_all(&crate::storage::fs::OsFs, &path)
                 .ctx(|| format!("creating {}", path.display()))?;
         }
-        Self::init_on(&RepoStorage::local(root), opts)
+        Self::init_on(&RepoStorage::local(root), opts, keys)
     }
 
-    /// Creates a new repository in `storage`. The config is written last, create-only: a
-    /// location without it is not a repository, so a crash during init leaves nothing that
-    /// could be mistaken for one, and of two racing inits exactly one succeeds.
-    pub fn init_on(storage: &RepoStorage, opts: InitOptions) -> Result<RepoConfig> {
-        let (config, bytes) = opts.config()?;
+    /// Creates a new repository in `storage`, encrypted when `keys` is given. The key slots
+    /// come first, the config last, create-only: a location without it is not a
+    /// repository, so a crash during init leaves nothing that could be mistaken for one,
+    /// and of two racing inits exactly one succeeds.
+    pub fn init_on(
+        storage: &RepoStorage,
+        opts: InitOptions,
+        keys: Option<&NewKeys>,
+    ) -> Result<Created> {
+        opts.validate()?;
         if storage.backend.size(&ObjectKey::config())?.is_some() {
             return Err(Error::AlreadyExists {
                 path: PathBuf::from(storage.backend.describe()),
             });
         }
+        let repo_id = RepoId(rand::random());
+        let (encryption, recovery) = match keys {
+            None => (Encryption::None, None),
+            Some(new) => {
+                if matches!(&new.secret, SlotSecret::Passphrase(p) if p.is_empty()) {
+                    return Err(Error::Usage(
+                        "an empty passphrase protects nothing; give a passphrase, or --encryption none for a plain repository".into(),
+                    ));
+                }
+                let (keys, recovery) = keyring::create(
+                    &*storage.backend,
+                    repo_id,
+                    new.shared.clone(),
+                    &new.secret,
+                    new.kdf,
+                )?;
+                let fingerprint = keys.fingerprint();
+                (Encryption::Aes256Gcm { fingerprint }, Some(recovery))
+            }
+        };
+        let (config, bytes) = opts.config(repo_id, encryption)?;
         drop(Index::create(&storage.index_path(), config.repo_id)?);
         match storage
             .backend
@@ -199,28 +265,43 @@ impl Repository {
             Err(Error::ObjectExists { .. }) => Err(Error::AlreadyExists {
                 path: PathBuf::from(storage.backend.describe()),
             }),
-            other => other.map(|()| config),
+            other => other.map(|()| Created { config, recovery }),
         }
     }
 
-    /// Opens the local repository at `root` for reading.
+    /// Opens the local plain repository at `root` for reading (an encrypted one needs
+    /// [`Repository::open_with`]).
     pub fn open(root: &Path) -> Result<Self> {
-        Self::open_on(RepoStorage::local(root))
+        Self::open_on(RepoStorage::local(root), &NoSecret)
     }
 
-    /// Opens the local repository at `root` as the single writer.
+    /// Opens the local plain repository at `root` as the single writer.
     pub fn open_writer(root: &Path) -> Result<Self> {
-        Self::open_writer_on(RepoStorage::local(root))
+        Self::open_writer_on(RepoStorage::local(root), &NoSecret)
     }
 
-    /// Opens for reading: no lock, a reader lease, the index read-only.
-    pub fn open_on(storage: RepoStorage) -> Result<Self> {
+    /// Opens the local repository at `root` for reading; `keys` is asked for a secret
+    /// only if the repository is encrypted.
+    pub fn open_with(root: &Path, keys: &dyn SecretSource) -> Result<Self> {
+        Self::open_on(RepoStorage::local(root), keys)
+    }
+
+    /// Opens the local repository at `root` as the single writer (see [`Self::open_with`]).
+    pub fn open_writer_with(root: &Path, keys: &dyn SecretSource) -> Result<Self> {
+        Self::open_writer_on(RepoStorage::local(root), keys)
+    }
+
+    /// Opens for reading: no lock, a reader lease, the index read-only. An encrypted
+    /// repository is unlocked first (a wrong secret fails before anything is touched).
+    pub fn open_on(storage: RepoStorage, keys: &dyn SecretSource) -> Result<Self> {
         let config = storage.read_config()?;
+        let crypto = keyring::open_crypto(&*storage.backend, &config, keys)?;
         let lease = ReaderLease::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, true)?;
         Ok(Self {
             storage,
             config,
+            crypto,
             index,
             lock: None,
             _lease: Some(lease),
@@ -228,16 +309,20 @@ impl Repository {
         })
     }
 
-    /// Opens as the single writer: takes the lock, then recovers from any interrupted writer.
-    pub fn open_writer_on(storage: RepoStorage) -> Result<Self> {
+    /// Opens as the single writer: unlocks an encrypted repository (a wrong secret fails
+    /// before the lock is taken or anything is written), takes the lock, then recovers from
+    /// any interrupted writer.
+    pub fn open_writer_on(storage: RepoStorage, keys: &dyn SecretSource) -> Result<Self> {
         let config = storage.read_config()?;
+        let crypto = keyring::open_crypto(&*storage.backend, &config, keys)?;
         let lock = WriterLock::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, false)?;
-        let mut recovery = crate::recovery::recover(&storage, &index)?;
+        let mut recovery = crate::recovery::recover(&storage, &index, &crypto)?;
         recovery.stale_lock.clone_from(&lock.stale_holder);
         Ok(Self {
             storage,
             config,
+            crypto,
             index,
             lock: Some(lock),
             _lease: None,
@@ -247,11 +332,15 @@ impl Repository {
 
     /// Takes the writer lock without opening the index (for rebuilding it) and discards
     /// staged puts of crashed writers.
-    pub fn lock_for_rebuild(storage: &RepoStorage) -> Result<(RepoConfig, WriterLock)> {
+    pub fn lock_for_rebuild(
+        storage: &RepoStorage,
+        keys: &dyn SecretSource,
+    ) -> Result<(RepoConfig, RepoCrypto, WriterLock)> {
         let config = storage.read_config()?;
+        let crypto = keyring::open_crypto(&*storage.backend, &config, keys)?;
         let lock = WriterLock::acquire(&storage.local_dir)?;
         storage.backend.clean_staging()?;
-        Ok((config, lock))
+        Ok((config, crypto, lock))
     }
 
     /// Where the repository lives.
@@ -277,6 +366,11 @@ impl Repository {
     /// The config.
     pub fn config(&self) -> &RepoConfig {
         &self.config
+    }
+
+    /// The id scheme and record protection (plain, or encrypted under the unlocked keys).
+    pub fn crypto(&self) -> &RepoCrypto {
+        &self.crypto
     }
 
     /// The object storage.
@@ -321,12 +415,12 @@ impl Repository {
 
     /// Reads a snapshot file and checks it against its id.
     pub fn load_snapshot(&self, id: SnapshotId) -> Result<Snapshot> {
-        reader::load_snapshot(self.backend(), id)
+        reader::load_snapshot(self.backend(), &self.crypto, id)
     }
 
     /// Reads an object by digest, with every check of [`reader::read_object`].
     pub fn read_object(&self, kind: ObjectKind, digest: &[u8; 32]) -> Result<Vec<u8>> {
-        reader::read_indexed(&self.index, self.backend(), kind, digest)
+        reader::read_indexed(&self.index, self.backend(), &self.crypto, kind, digest)
     }
 
     /// Reads manifest page `page_no` of a disk with `blocks` blocks and checks its length.
@@ -340,6 +434,7 @@ impl Repository {
         reader::read_page(
             &self.index,
             self.backend(),
+            &self.crypto,
             digest,
             blocks,
             page_entries,

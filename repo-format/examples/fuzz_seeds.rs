@@ -45,6 +45,7 @@ fn configs() -> Result<Vec<Vec<u8>>> {
         default_block_size: block_size,
         page_entries,
         created_at_us: 1_780_000_000_000_000,
+        encryption: tessera_format::Encryption::None,
     };
     Ok(vec![
         config(Codec::Zstd, 3, 1 << 20, 512).encode()?,

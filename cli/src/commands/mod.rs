@@ -22,12 +22,14 @@ use crate::output::Bars;
 pub fn run(cli: Cli) -> Result<i32> {
     let bars = Bars::new(cli.json, cli.quiet);
     let json = cli.json;
+    crate::keys::set_global(cli.keys);
     match cli.command {
         Command::Init {
             repo,
             block_size,
             compression,
-        } => maintain::init(&repo, &block_size, &compression, json),
+            encryption,
+        } => maintain::init(&repo, &block_size, &compression, &encryption, json),
         Command::Backup {
             repo,
             series,
@@ -142,12 +144,18 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Opens `repo` as the writer and tells the operator (on stderr, never in `--json` output)
-/// what recovery finished or undid of an interrupted run.
+/// Opens `repo` as the writer (unlocking it with the key options when it is encrypted)
+/// and tells the operator (on stderr, never in `--json` output) what recovery finished or
+/// undid of an interrupted run.
 pub fn open_writer(repo: &std::path::Path) -> tessera_engine::Result<tessera_engine::Repository> {
-    let repository = tessera_engine::Repository::open_writer(repo)?;
+    let repository = tessera_engine::Repository::open_writer_with(repo, crate::keys::global())?;
     note_recovery(&repository.recovery);
     Ok(repository)
+}
+
+/// Opens `repo` for reading, unlocking it with the key options when it is encrypted.
+pub fn open(repo: &std::path::Path) -> tessera_engine::Result<tessera_engine::Repository> {
+    tessera_engine::Repository::open_with(repo, crate::keys::global())
 }
 
 /// Tells the operator (on stderr, also with `--json`) what a writer's recovery finished or

@@ -55,6 +55,23 @@ impl AeadKey {
         Ok(())
     }
 
+    /// Encrypts `buf` in place and returns the tag. `nonce` must never have been used
+    /// with this key before.
+    pub fn seal_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        ad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], CryptoError> {
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(ad), buf)
+            .map_err(|_| CryptoError::Library("AES-256-GCM seal failed".into()))?;
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
     /// Checks `tag` and decrypts `ciphertext` into `dst` (exactly as long). On failure
     /// `dst` holds bytes that must be discarded.
     pub fn open_into(

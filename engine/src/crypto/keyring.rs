@@ -8,13 +8,62 @@
 //! both (either passphrase opens the repository), never neither.
 
 use tessera_format::keyslot::{KdfParams, KeySlotFile, SlotKind};
-use tessera_format::RepoId;
+use tessera_format::{Encryption, RepoConfig, RepoId};
 
 use crate::crypto::slot::{unwrap, wrap, SlotSecret};
-use crate::crypto::{CryptoError, RepoKeys, SecretKey};
+use crate::crypto::{CryptoError, RepoCrypto, RepoKeys, SecretKey};
 use crate::error::{Error, Result};
 use crate::storage::key::KEYS;
 use crate::storage::{Backend, ObjectKey, PutMode};
+
+/// Where the secret that unlocks an encrypted repository comes from. Asked only when the
+/// repository is encrypted, so a plain repository never prompts for anything.
+pub trait SecretSource {
+    /// The secret for the repository at `location` (a path or URL, for a prompt).
+    fn secret(&self, location: &str) -> Result<SlotSecret>;
+}
+
+/// No secret: opens plain repositories; an encrypted one fails with [`Error::KeyRequired`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSecret;
+
+impl SecretSource for NoSecret {
+    fn secret(&self, location: &str) -> Result<SlotSecret> {
+        Err(Error::KeyRequired {
+            location: location.to_string(),
+        })
+    }
+}
+
+/// A secret already in hand.
+impl SecretSource for SlotSecret {
+    fn secret(&self, _location: &str) -> Result<SlotSecret> {
+        Ok(self.clone())
+    }
+}
+
+/// The id scheme and record protection of the repository `config` describes: plain, or
+/// encrypted under the keys `source`'s secret unlocks. The keys must have the fingerprint
+/// the config records (a slot that opens other keys was planted: damage). Writes nothing.
+pub fn open_crypto(
+    backend: &dyn Backend,
+    config: &RepoConfig,
+    source: &dyn SecretSource,
+) -> Result<RepoCrypto> {
+    let Encryption::Aes256Gcm { fingerprint } = config.encryption else {
+        return Ok(RepoCrypto::plain());
+    };
+    let secret = source.secret(&backend.describe())?;
+    let (keys, slot) = unlock(backend, config.repo_id, &secret)?;
+    if keys.fingerprint() != fingerprint {
+        return Err(Error::KeySlotDamaged {
+            key: ObjectKey::key_slot(&slot.id).to_string(),
+            reason: "it opens keys other than the ones the config names (fingerprint differs)"
+                .into(),
+        });
+    }
+    RepoCrypto::encrypted(&keys).map_err(|e| library(&e))
+}
 
 /// One stored slot, as `key list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

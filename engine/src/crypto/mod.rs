@@ -29,6 +29,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 
 pub use ids::IdHasher;
+pub use keyring::{NoSecret, SecretSource};
 pub use objects::{Protection, RepoCrypto};
 pub use record::{RecordAd, RecordCipher, RecordKind, RECORD_OVERHEAD};
 pub use secret::{Passphrase, SecretKey};

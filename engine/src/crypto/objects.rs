@@ -8,7 +8,9 @@ use std::borrow::Cow;
 
 use tessera_format::{is_all_zero, ChunkDigest, Codec, ObjectKind};
 
-use crate::crypto::record::{signed_cleartext, RecordAd, RecordCipher, RecordKind};
+use crate::crypto::record::{
+    signed_cleartext, RecordAd, RecordCipher, RecordKind, PREFIX_LEN, RECORD_OVERHEAD,
+};
 use crate::crypto::{CryptoError, IdHasher, RepoKeys};
 
 /// How an object's stored bytes are protected.
@@ -49,6 +51,100 @@ impl RepoCrypto {
     /// Whether records are sealed.
     pub fn is_encrypted(&self) -> bool {
         self.cipher.is_some()
+    }
+
+    /// Where the encoded bytes start in a slot given to [`RepoCrypto::protect_in_place`].
+    pub fn payload_offset(&self) -> usize {
+        if self.cipher.is_some() {
+            PREFIX_LEN
+        } else {
+            0
+        }
+    }
+
+    /// Bytes protection adds to an object's encoded bytes (0 for a plain repository).
+    pub fn overhead(&self) -> usize {
+        if self.cipher.is_some() {
+            RECORD_OVERHEAD
+        } else {
+            0
+        }
+    }
+
+    /// Protects in place: `slot[payload_offset()..payload_offset() + len]` holds the
+    /// encoded bytes; returns the length of the stored form, which starts at `slot[0]`
+    /// (`len + overhead()`; a plain repository changes nothing).
+    pub fn protect_in_place(
+        &self,
+        kind: ObjectKind,
+        codec: Codec,
+        raw_len: u32,
+        id: &[u8; 32],
+        slot: &mut [u8],
+        len: usize,
+    ) -> Result<usize, CryptoError> {
+        let Some(cipher) = &self.cipher else {
+            return Ok(len);
+        };
+        let ad = ad(kind, codec, raw_len, id);
+        cipher.protect_in_place(&ad, slot, len, kind == ObjectKind::Page)
+    }
+
+    /// Like [`RepoCrypto::unprotect`] for a sealed chunk stored without compression:
+    /// decrypts straight into `dst` (exactly the raw length). On failure `dst` holds bytes
+    /// that must be discarded.
+    pub fn unprotect_into(
+        &self,
+        kind: ObjectKind,
+        codec: Codec,
+        id: &[u8; 32],
+        stored: &[u8],
+        dst: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        let raw_len = u32::try_from(dst.len()).map_err(|_| CryptoError::Length {
+            expected: u32::MAX as usize,
+            found: dst.len(),
+        })?;
+        match (&self.cipher, kind) {
+            (Some(cipher), ObjectKind::Chunk) => {
+                cipher.open_into(&ad(kind, codec, raw_len, id), stored, dst)
+            }
+            _ => {
+                let encoded = self.unprotect(kind, codec, raw_len, id, stored)?;
+                if encoded.len() != dst.len() {
+                    return Err(CryptoError::Length {
+                        expected: dst.len(),
+                        found: encoded.len(),
+                    });
+                }
+                dst.copy_from_slice(&encoded);
+                Ok(())
+            }
+        }
+    }
+
+    /// Seals the private part of a snapshot file, bound to `binding` (the SHA-256 of the
+    /// file's cleartext part, SPEC.md §6a). A plain repository has no such part.
+    pub fn seal_snapshot_private(
+        &self,
+        binding: &[u8; 32],
+        private: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let cipher = self.cipher.as_ref().ok_or(CryptoError::Authentication)?;
+        cipher.seal(&snapshot_ad(binding, private.len())?, private)
+    }
+
+    /// Opens the sealed private part of a snapshot file whose cleartext part hashes to
+    /// `binding`: fails with [`CryptoError::Authentication`] when either part was altered
+    /// or the sealed part belongs to another file.
+    pub fn open_snapshot_private(
+        &self,
+        binding: &[u8; 32],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let cipher = self.cipher.as_ref().ok_or(CryptoError::Authentication)?;
+        let len = sealed.len().saturating_sub(RECORD_OVERHEAD);
+        cipher.open(&snapshot_ad(binding, len)?, sealed)
     }
 
     /// The id hasher.
@@ -133,6 +229,18 @@ pub fn page_without_key(protection: Protection, stored: &[u8]) -> Result<&[u8], 
         Protection::Signed => signed_cleartext(stored),
         Protection::Sealed => Err(CryptoError::Authentication),
     }
+}
+
+fn snapshot_ad(binding: &[u8; 32], len: usize) -> Result<RecordAd, CryptoError> {
+    Ok(RecordAd {
+        kind: RecordKind::SnapshotPrivate,
+        codec: Codec::None as u8,
+        raw_len: u32::try_from(len).map_err(|_| CryptoError::Length {
+            expected: u32::MAX as usize,
+            found: len,
+        })?,
+        id: *binding,
+    })
 }
 
 fn ad(kind: ObjectKind, codec: Codec, raw_len: u32, id: &[u8; 32]) -> RecordAd {

@@ -43,9 +43,10 @@ use crate::crypto::CryptoError;
 /// Length of the writer id.
 const WRITER_LEN: usize = 16;
 /// Length of the writer id and counter that start every envelope.
-const PREFIX_LEN: usize = WRITER_LEN + 8;
+pub const PREFIX_LEN: usize = WRITER_LEN + 8;
 /// Bytes a sealed or signed record adds to its plaintext.
 pub const RECORD_OVERHEAD: usize = PREFIX_LEN + TAG_LEN;
+const _: () = assert!(RECORD_OVERHEAD == tessera_format::pack::SEALED_OVERHEAD as usize);
 /// Subkeys of other writers a reader keeps; past this the cache starts over.
 const SUBKEY_CACHE: usize = 256;
 
@@ -205,6 +206,37 @@ impl RecordCipher {
         let mut out = Vec::with_capacity(plaintext.len() + RECORD_OVERHEAD);
         self.seal_into(ad, plaintext, &mut out)?;
         Ok(out)
+    }
+
+    /// Seals in place: `slot[PREFIX_LEN..PREFIX_LEN + len]` holds the plaintext; writes the
+    /// envelope around it and returns its length (`len + RECORD_OVERHEAD`). With
+    /// `signed`, the bytes stay cleartext and are authenticated only ([`Self::sign_into`]).
+    pub fn protect_in_place(
+        &self,
+        ad: &RecordAd,
+        slot: &mut [u8],
+        len: usize,
+        signed: bool,
+    ) -> Result<usize, CryptoError> {
+        let total = len + RECORD_OVERHEAD;
+        if slot.len() < total {
+            return Err(CryptoError::Length {
+                expected: total,
+                found: slot.len(),
+            });
+        }
+        let mut prefix = Vec::with_capacity(PREFIX_LEN);
+        let nonce = self.next_prefix(&mut prefix)?;
+        slot[..PREFIX_LEN].copy_from_slice(&prefix);
+        let body = &mut slot[PREFIX_LEN..PREFIX_LEN + len];
+        let tag = if signed {
+            let full_ad = [&ad.encode()[..], body].concat();
+            self.writer_key.seal_in_place(nonce, &full_ad, &mut [])?
+        } else {
+            self.writer_key.seal_in_place(nonce, &ad.encode(), body)?
+        };
+        slot[PREFIX_LEN + len..total].copy_from_slice(&tag);
+        Ok(total)
     }
 
     /// Decrypts a sealed record into `dst`, which must be exactly as long as its plaintext.

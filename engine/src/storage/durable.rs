@@ -30,7 +30,8 @@ pub fn commit(
     mode: PutMode,
 ) -> io::Result<()> {
     file.sync()?;
-    if let Some(dir) = target.parent() {
+    // A bare file name ("out.raw") has the empty parent: the working directory, which exists.
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_dir_all(fs, dir)?;
     }
     fs.rename(staged, target, mode == PutMode::Replace)?;

@@ -133,6 +133,11 @@ pub fn check_compatible(repo: &Repository, other: &Repository) -> Result<()> {
             their_scheme: other.config().id_scheme,
         });
     }
+    if other.crypto().is_encrypted() {
+        return Err(crate::sync::transfer::encrypted_not_supported(
+            &other.describe(),
+        ));
+    }
     Ok(())
 }
 
