@@ -173,9 +173,15 @@ impl RepoStorage {
         RepoConfig::decode(&bytes).map_err(|source| Error::BadConfig { location, source })
     }
 
-    fn open_index(&self, config: &RepoConfig, read_only: bool) -> Result<Index> {
+    fn open_index(
+        &self,
+        config: &RepoConfig,
+        read_only: bool,
+        crypto: &Arc<RepoCrypto>,
+    ) -> Result<Index> {
         Ok(Index::open(&self.index_path(), config.repo_id, read_only)?
-            .with_crash_clock(self.crash_clock.clone()))
+            .with_crash_clock(self.crash_clock.clone())
+            .with_crypto(Arc::clone(crypto)))
     }
 }
 
@@ -183,7 +189,7 @@ impl RepoStorage {
 pub struct Repository {
     storage: RepoStorage,
     config: RepoConfig,
-    crypto: RepoCrypto,
+    crypto: Arc<RepoCrypto>,
     index: Index,
     lock: Option<WriterLock>,
     _lease: Option<ReaderLease>,
@@ -206,6 +212,18 @@ impl Repository {
     /// Creates a new local repository at `root`, encrypted when `keys` is given.
     pub fn init_with(root: &Path, opts: InitOptions, keys: Option<&NewKeys>) -> Result<Created> {
         opts.validate()?;
+        Self::check_init_target(root)?;
+        for dir in ["packs", "snapshots", "tmp"] {
+            let path = root.join(dir);
+            crate::storage::durable::create_dir_all(&crate::storage::fs::OsFs, &path)
+                .ctx(|| format!("creating {}", path.display()))?;
+        }
+        Self::init_on(&RepoStorage::local(root), opts, keys)
+    }
+
+    /// Refuses a target directory that exists and is not empty (before anything is asked
+    /// for or created).
+    pub fn check_init_target(root: &Path) -> Result<()> {
         if let Ok(mut entries) = std::fs::read_dir(root) {
             if entries.next().is_some() {
                 return Err(Error::AlreadyExists {
@@ -213,12 +231,7 @@ impl Repository {
                 });
             }
         }
-        for dir in ["packs", "snapshots", "tmp"] {
-            let path = root.join(dir);
-            crate::storage::durable::create_dir_all(&crate::storage::fs::OsFs, &path)
-                .ctx(|| format!("creating {}", path.display()))?;
-        }
-        Self::init_on(&RepoStorage::local(root), opts, keys)
+        Ok(())
     }
 
     /// Creates a new repository in `storage`, encrypted when `keys` is given. The key slots
@@ -295,9 +308,9 @@ impl Repository {
     /// repository is unlocked first (a wrong secret fails before anything is touched).
     pub fn open_on(storage: RepoStorage, keys: &dyn SecretSource) -> Result<Self> {
         let config = storage.read_config()?;
-        let crypto = keyring::open_crypto(&*storage.backend, &config, keys)?;
+        let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
         let lease = ReaderLease::acquire(&storage.local_dir)?;
-        let index = storage.open_index(&config, true)?;
+        let index = storage.open_index(&config, true, &crypto)?;
         Ok(Self {
             storage,
             config,
@@ -314,9 +327,9 @@ impl Repository {
     /// any interrupted writer.
     pub fn open_writer_on(storage: RepoStorage, keys: &dyn SecretSource) -> Result<Self> {
         let config = storage.read_config()?;
-        let crypto = keyring::open_crypto(&*storage.backend, &config, keys)?;
+        let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
         let lock = WriterLock::acquire(&storage.local_dir)?;
-        let index = storage.open_index(&config, false)?;
+        let index = storage.open_index(&config, false, &crypto)?;
         let mut recovery = crate::recovery::recover(&storage, &index, &crypto)?;
         recovery.stale_lock.clone_from(&lock.stale_holder);
         Ok(Self {
@@ -335,9 +348,9 @@ impl Repository {
     pub fn lock_for_rebuild(
         storage: &RepoStorage,
         keys: &dyn SecretSource,
-    ) -> Result<(RepoConfig, RepoCrypto, WriterLock)> {
+    ) -> Result<(RepoConfig, Arc<RepoCrypto>, WriterLock)> {
         let config = storage.read_config()?;
-        let crypto = keyring::open_crypto(&*storage.backend, &config, keys)?;
+        let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
         let lock = WriterLock::acquire(&storage.local_dir)?;
         storage.backend.clean_staging()?;
         Ok((config, crypto, lock))
@@ -392,7 +405,7 @@ impl Repository {
         if ids.is_empty() || self.lock.is_some() {
             return Ok(ids);
         }
-        let fresh = self.storage.open_index(&self.config, true)?;
+        let fresh = self.storage.open_index(&self.config, true, &self.crypto)?;
         let mut still = Vec::new();
         for id in ids {
             if !fresh.has_snapshot(id)? {

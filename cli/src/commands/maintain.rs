@@ -30,6 +30,7 @@ pub fn init(
         compression,
     };
     opts.validate()?;
+    tessera_engine::Repository::check_init_target(repo)?;
     let new_keys = if encryption.encryption == "none" {
         None
     } else {

@@ -105,20 +105,40 @@ impl RepoCrypto {
             expected: u32::MAX as usize,
             found: dst.len(),
         })?;
-        match (&self.cipher, kind) {
-            (Some(cipher), ObjectKind::Chunk) => {
-                cipher.open_into(&ad(kind, codec, raw_len, id), stored, dst)
-            }
-            _ => {
-                let encoded = self.unprotect(kind, codec, raw_len, id, stored)?;
-                if encoded.len() != dst.len() {
-                    return Err(CryptoError::Length {
-                        expected: dst.len(),
-                        found: encoded.len(),
-                    });
-                }
-                dst.copy_from_slice(&encoded);
-                Ok(())
+        if let (Some(cipher), ObjectKind::Chunk) = (&self.cipher, kind) {
+            return cipher.open_into(&ad(kind, codec, raw_len, id), stored, dst);
+        }
+        let encoded = self.unprotect(kind, codec, raw_len, id, stored)?;
+        if encoded.len() != dst.len() {
+            return Err(CryptoError::Length {
+                expected: dst.len(),
+                found: encoded.len(),
+            });
+        }
+        dst.copy_from_slice(&encoded);
+        Ok(())
+    }
+
+    /// Seals a snapshot header for the index catalog under the snapshot id (a plain
+    /// repository stores it as it is).
+    pub fn seal_catalog(&self, id: &[u8; 32], header: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        match &self.cipher {
+            None => Ok(header.to_vec()),
+            Some(cipher) => cipher.seal(&catalog_ad(id, header.len())?, header),
+        }
+    }
+
+    /// Opens a catalog entry sealed by [`RepoCrypto::seal_catalog`].
+    pub fn open_catalog<'a>(
+        &self,
+        id: &[u8; 32],
+        stored: &'a [u8],
+    ) -> Result<Cow<'a, [u8]>, CryptoError> {
+        match &self.cipher {
+            None => Ok(Cow::Borrowed(stored)),
+            Some(cipher) => {
+                let len = stored.len().saturating_sub(RECORD_OVERHEAD);
+                cipher.open(&catalog_ad(id, len)?, stored).map(Cow::Owned)
             }
         }
     }
@@ -229,6 +249,12 @@ pub fn page_without_key(protection: Protection, stored: &[u8]) -> Result<&[u8], 
         Protection::Signed => signed_cleartext(stored),
         Protection::Sealed => Err(CryptoError::Authentication),
     }
+}
+
+fn catalog_ad(id: &[u8; 32], len: usize) -> Result<RecordAd, CryptoError> {
+    let mut ad = snapshot_ad(id, len)?;
+    ad.kind = RecordKind::CatalogEntry;
+    Ok(ad)
 }
 
 fn snapshot_ad(binding: &[u8; 32], len: usize) -> Result<RecordAd, CryptoError> {

@@ -62,6 +62,9 @@ pub enum RecordKind {
     /// The private part of a snapshot file (encrypted); its id is the SHA-256 of the
     /// snapshot's cleartext part.
     SnapshotPrivate = 3,
+    /// A snapshot's header in the local index's catalog (encrypted); its id is the
+    /// snapshot id.
+    CatalogEntry = 4,
 }
 
 /// The associated data of one record.

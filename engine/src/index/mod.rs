@@ -37,6 +37,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tessera_format::{ObjectKind, PackId, RepoId, SnapshotHeader, SnapshotId};
 
+use crate::crypto::RepoCrypto;
+
 pub use batch::IndexBatch;
 pub use entry::{ObjectEntry, PackEntry, OBJECT_ENTRY_LEN};
 
@@ -101,6 +103,9 @@ pub struct Index {
     hint: Option<(PathBuf, Vec<u8>)>,
     /// Crash tests: every commit is a step of this clock.
     clock: Option<Arc<CrashClock>>,
+    /// Seals catalog entries of an encrypted repository (disk names, tags, identities are
+    /// private; the index lies in the repository directory of a local repository).
+    catalog: Arc<RepoCrypto>,
 }
 
 /// Path of the sequence hint of the index at `path` (`REPO/index` → `REPO/index.seq`).
@@ -245,6 +250,7 @@ impl Index {
             db,
             _secondary: None,
             clock: None,
+            catalog: Arc::new(RepoCrypto::plain()),
         };
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
@@ -272,6 +278,7 @@ impl Index {
                 _secondary: Some(secondary),
                 hint: None,
                 clock: None,
+                catalog: Arc::new(RepoCrypto::plain()),
             }
         } else {
             let mut opts = opts;
@@ -282,6 +289,7 @@ impl Index {
                 db,
                 _secondary: None,
                 clock: None,
+                catalog: Arc::new(RepoCrypto::plain()),
             };
             index.publish_hint();
             index
@@ -303,6 +311,25 @@ impl Index {
     pub fn with_crash_clock(mut self, clock: Option<Arc<CrashClock>>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Seals and opens catalog entries under `crypto` (SPEC.md §7: an encrypted
+    /// repository's catalog holds sealed headers; a plain one's, headers as they are).
+    #[must_use]
+    pub fn with_crypto(mut self, crypto: Arc<RepoCrypto>) -> Self {
+        self.catalog = crypto;
+        self
+    }
+
+    fn decode_header(&self, id: SnapshotId, value: &[u8]) -> Result<SnapshotHeader> {
+        let corrupt = |e: String| Error::IndexCorrupt {
+            what: format!("catalog entry {id}: {e}"),
+        };
+        let plain = self
+            .catalog
+            .open_catalog(id.as_bytes(), value)
+            .map_err(|e| corrupt(e.to_string()))?;
+        SnapshotHeader::decode(&plain).map_err(|e| corrupt(e.to_string()))
     }
 
     /// Handle of a column family.
@@ -438,9 +465,7 @@ impl Index {
             let id = SnapshotId::from_slice(&k).map_err(|e| Error::IndexCorrupt {
                 what: e.to_string(),
             })?;
-            let header = SnapshotHeader::decode(&v).map_err(|e| Error::IndexCorrupt {
-                what: format!("catalog entry {id}: {e}"),
-            })?;
+            let header = self.decode_header(id, &v)?;
             out.push((id, header));
         }
         out.sort_by(|a, b| a.1.time_us.cmp(&b.1.time_us).then(a.0.cmp(&b.0)));
@@ -451,11 +476,7 @@ impl Index {
     pub fn snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotHeader>> {
         self.db
             .get_pinned_cf(self.cf(CF_SNAPSHOTS), id.as_bytes())?
-            .map(|v| {
-                SnapshotHeader::decode(&v).map_err(|e| Error::IndexCorrupt {
-                    what: format!("catalog entry {id}: {e}"),
-                })
-            })
+            .map(|v| self.decode_header(id, &v))
             .transpose()
     }
 

@@ -58,8 +58,9 @@ pub fn rebuild_index(
     let backend = &*storage.backend;
     let building = storage.local_dir.join("index.rebuild");
     remove_dir_if_exists(&building)?;
-    let index =
-        Index::create(&building, config.repo_id)?.with_crash_clock(storage.crash_clock.clone());
+    let index = Index::create(&building, config.repo_id)?
+        .with_crash_clock(storage.crash_clock.clone())
+        .with_crypto(std::sync::Arc::clone(&crypto));
     let mut report = RebuildReport::default();
     index_packs(&index, backend, &mut report, progress)?;
     let snapshots = read_snapshots(backend, &crypto, &mut report, progress)?;

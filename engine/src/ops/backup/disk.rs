@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use rayon::prelude::*;
 use tessera_format::{
-    ChunkDigest, Codec, DiskStats, ManifestPage, ObjectInfo, ObjectKind, PageDigest,
+    ChunkDigest, Codec, Compression, DiskStats, ManifestPage, ObjectInfo, ObjectKind, PageDigest,
 };
 
 use crate::error::{Error, Result};
@@ -404,12 +404,8 @@ pub fn prepare_chunks(
     }
     // One slot per new chunk, as long as the longest block plus the envelope of an
     // encrypted repository: jobs compress (and seal) side by side.
-    let crypto = repo.crypto();
-    let (at, longest) = (
-        crypto.payload_offset(),
-        items.iter().map(|it| it.data.len()).max().unwrap_or(0),
-    );
-    let slot = (longest + crypto.overhead()).max(1);
+    let longest = items.iter().map(|it| it.data.len()).max().unwrap_or(0);
+    let slot = (longest + repo.crypto().overhead()).max(1);
     let needed = slot * new.len();
     if out.arena.len() < needed {
         out.arena.resize(needed, 0);
@@ -420,48 +416,62 @@ pub fn prepare_chunks(
         .zip(new.par_iter())
         .enumerate()
         .map(|(n, (room, (i, _)))| {
-            let it = &items[*i];
-            let start = n * slot;
-            let compressed = compress_into(it.data, compression, &mut room[at..at + longest]);
-            let codec = if compressed.is_some() {
-                Codec::Zstd
-            } else {
-                Codec::None
-            };
-            if !crypto.is_encrypted() {
-                let stored = compressed.map_or(it.data, |len| &room[..len]);
-                let info = stored_info(ObjectKind::Chunk, it.digest, it.data.len(), codec, stored);
-                return Ok(EncodedChunk {
-                    info,
-                    item: *i,
-                    compressed: compressed.map(|len| start..start + len),
-                });
-            }
-            // Encrypted: the encoded bytes go into the slot after the envelope's prefix
-            // and are sealed in place; the stored form is always in the arena.
-            let len = compressed.unwrap_or_else(|| {
-                room[at..at + it.data.len()].copy_from_slice(it.data);
-                it.data.len()
-            });
-            let raw_len = it.data.len() as u32;
-            let stored_len = crypto
-                .protect_in_place(ObjectKind::Chunk, codec, raw_len, &it.digest.0, room, len)
-                .map_err(|e| Error::Internal(format!("sealing chunk {}: {e}", it.digest)))?;
-            let info = stored_info(
-                ObjectKind::Chunk,
-                it.digest,
-                it.data.len(),
-                codec,
-                &room[..stored_len],
-            );
-            Ok(EncodedChunk {
-                info,
-                item: *i,
-                compressed: Some(start..start + stored_len),
-            })
+            encode_new(repo, compression, &items[*i], *i, room, (n * slot, longest))
         })
         .collect::<Result<_>>()?;
     Ok(out)
+}
+
+/// Encodes new chunk `it` (item `item`) into its arena slot `room`, which starts at
+/// `start` in the arena and has room for the `longest` block plus the envelope: compressed
+/// when that helps, sealed in place in an encrypted repository.
+fn encode_new(
+    repo: &Repository,
+    compression: Compression,
+    it: &BlockItem<'_>,
+    item: usize,
+    room: &mut [u8],
+    (start, longest): (usize, usize),
+) -> Result<EncodedChunk> {
+    let crypto = repo.crypto();
+    let at = crypto.payload_offset();
+    let compressed = compress_into(it.data, compression, &mut room[at..at + longest]);
+    let codec = if compressed.is_some() {
+        Codec::Zstd
+    } else {
+        Codec::None
+    };
+    if !crypto.is_encrypted() {
+        let stored = compressed.map_or(it.data, |len| &room[..len]);
+        let info = stored_info(ObjectKind::Chunk, it.digest, it.data.len(), codec, stored);
+        return Ok(EncodedChunk {
+            info,
+            item,
+            compressed: compressed.map(|len| start..start + len),
+        });
+    }
+    // Encrypted: the encoded bytes go into the slot after the envelope's prefix and are
+    // sealed in place; the stored form is always in the arena.
+    let len = compressed.unwrap_or_else(|| {
+        room[at..at + it.data.len()].copy_from_slice(it.data);
+        it.data.len()
+    });
+    let raw_len = it.data.len() as u32;
+    let stored_len = crypto
+        .protect_in_place(ObjectKind::Chunk, codec, raw_len, &it.digest.0, room, len)
+        .map_err(|e| Error::Internal(format!("sealing chunk {}: {e}", it.digest)))?;
+    let info = stored_info(
+        ObjectKind::Chunk,
+        it.digest,
+        it.data.len(),
+        codec,
+        &room[..stored_len],
+    );
+    Ok(EncodedChunk {
+        info,
+        item,
+        compressed: Some(start..start + stored_len),
+    })
 }
 
 /// Whether `[start, end)` overlaps any of the sorted, disjoint `extents`.
