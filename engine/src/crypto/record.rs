@@ -390,6 +390,35 @@ mod tests {
         );
     }
 
+    /// Sealing and signing in place (the backup arena's path) give envelopes the ordinary
+    /// openers accept, and refuse a slot too short for the envelope.
+    #[test]
+    fn in_place_envelopes_open_like_the_others() {
+        let c = cipher();
+        let data = b"block bytes in the arena";
+        let mut slot = vec![0u8; data.len() + RECORD_OVERHEAD + 7];
+        slot[super::PREFIX_LEN..super::PREFIX_LEN + data.len()].copy_from_slice(data);
+        let n = c
+            .protect_in_place(&ad(9), &mut slot, data.len(), false)
+            .unwrap();
+        assert_eq!(n, data.len() + RECORD_OVERHEAD);
+        assert_ne!(
+            &slot[super::PREFIX_LEN..super::PREFIX_LEN + data.len()],
+            data
+        );
+        assert_eq!(c.open(&ad(9), &slot[..n]).unwrap(), data);
+        let mut page = ad(9);
+        page.kind = RecordKind::Page;
+        slot[super::PREFIX_LEN..super::PREFIX_LEN + data.len()].copy_from_slice(data);
+        let n = c
+            .protect_in_place(&page, &mut slot, data.len(), true)
+            .unwrap();
+        assert_eq!(c.check_signed(&page, &slot[..n]).unwrap(), data);
+        assert!(c
+            .protect_in_place(&ad(9), &mut slot[..data.len() + 10], data.len(), false)
+            .is_err());
+    }
+
     proptest! {
         #[test]
         fn seal_open_round_trips_and_any_flipped_bit_fails(
