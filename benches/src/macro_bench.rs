@@ -296,6 +296,10 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
     if let Some(tool) = tools.iter().find(|t| t.name() == "tessera") {
         phases::verify(&mut report, tool, work, &image_path, args.no_baselines)?;
     }
+    // The encrypted repository: verify alone (the baseline is the same as above).
+    if let Some(tool) = tools.iter().find(|t| t.name() == "tessera-enc") {
+        phases::verify(&mut report, tool, work, &image_path, true)?;
+    }
 
     // 6. Delta sources against full reads of the same image.
     let delta_rows = match (&tessera_bin, args.delta_sources) {
