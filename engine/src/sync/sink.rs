@@ -214,7 +214,18 @@ pub fn publish_checked(
             },
             other => other,
         })?;
-    publish_snapshot(repo, &snapshot, &refs)
+    // Staging the counts is where a chunk the snapshot's new pages name, but that was never
+    // sent, shows up: the index is the record of what is stored, so that is the sender's
+    // fault (refused), not damage here.
+    publish_snapshot(repo, &snapshot, &refs).map_err(|e| match e {
+        Error::ObjectMissing { kind, digest } => Error::UntrustedData {
+            from,
+            reason: format!(
+                "snapshot {id} names {kind:?} {digest}, which was never stored here (send it before publishing); nothing was published"
+            ),
+        },
+        other => other,
+    })
 }
 
 /// `(series, disk) → block size` of a catalog.
