@@ -199,6 +199,39 @@ pub fn new_secret(args: &KeyArgs, location: &str) -> tessera_engine::Result<Slot
     Ok(SlotSecret::Passphrase(first))
 }
 
+/// The environment variable holding the new passphrase of `key add`/`change-passphrase`.
+pub const NEW_PASSPHRASE_ENV: &str = "TESSERA_NEW_PASSPHRASE";
+
+/// The new secret of `key add` / `key change-passphrase` (see [`crate::args::NewSecretArgs`]).
+pub fn new_slot_secret(args: &crate::args::NewSecretArgs) -> tessera_engine::Result<SlotSecret> {
+    if let Some(path) = &args.new_key_file {
+        let key_args = KeyArgs {
+            key_file: Some(path.clone()),
+            ..KeyArgs::default()
+        };
+        return new_secret(&key_args, "the new slot");
+    }
+    if let Some(path) = &args.new_passphrase_file {
+        return Ok(SlotSecret::Passphrase(first_line(&read_secret_file(path)?)));
+    }
+    if let Ok(pass) = std::env::var(NEW_PASSPHRASE_ENV) {
+        return Ok(SlotSecret::Passphrase(Passphrase::new(pass)));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(failed(format!(
+            "give the new secret: --new-passphrase-file, {NEW_PASSPHRASE_ENV} or --new-key-file"
+        )));
+    }
+    let first = prompt("new passphrase: ")?;
+    let again = prompt("the same passphrase again: ")?;
+    if first.expose() != again.expose() {
+        return Err(failed(
+            "the two passphrases differ; nothing was changed".into(),
+        ));
+    }
+    Ok(SlotSecret::Passphrase(first))
+}
+
 /// Writes a secret to a new file readable by its owner only (0600, never over an existing
 /// file), synced.
 pub fn write_private(path: &Path, text: &str) -> tessera_engine::Result<()> {

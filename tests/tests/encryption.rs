@@ -590,3 +590,124 @@ fn a_truncated_or_swapped_snapshot_file_is_damage() {
         assert_eq!(sha256_file(&ok), sha256_file(&img));
     }
 }
+
+/// [`object_state`] without the key slots: the data.
+fn data_state(repo: &Path) -> Vec<(PathBuf, (u64, std::time::SystemTime))> {
+    object_state(repo)
+        .into_iter()
+        .filter(|(f, _)| !f.starts_with(repo.join("keys")))
+        .collect()
+}
+
+/// `tessera key …` changes slots only: packs and snapshot files stay byte for byte, every
+/// new secret opens the repository, every replaced one stops opening it (exit 6), and the
+/// last everyday slot cannot go (exit 5).
+#[test]
+fn key_slots_change_without_rewriting_data() {
+    let t = TempDir::new().unwrap();
+    let repo = t.path().join("repo");
+    let old_recovery = init_encrypted(&repo, t.path());
+    let img = t.path().join("img");
+    make_image(
+        &img,
+        ImageSpec::mixed(1 << 20),
+        &mut DataGen::new(seed("key_slots")),
+    );
+    let id = backup(&repo, "s", "d", &img, &[]);
+    let before = data_state(&repo);
+    let r = p(&repo);
+    let kdf = ["--kdf-memory-mib", "1", "--kdf-iterations", "1"];
+
+    // A key file slot, created 0600.
+    let key = t.path().join("second.key");
+    let mut args = vec!["--json", "key", "add", &r];
+    let key_s = p(&key);
+    args.extend(["--new-key-file", &key_s]);
+    let added = run(&args, Some(PASS));
+    added.ok();
+    assert_eq!(added.json()["added"][0]["kind"], "key-file", "{added}");
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let key_text = fs::read_to_string(&key).unwrap();
+    assert!(!added.stdout.contains(key_text.trim()));
+    run(&["list", &r, "--key-file", &key_s], None).ok();
+
+    // A new passphrase replaces the old one.
+    let mut cmd = tessera_cmd(
+        ["--json", "key", "change-passphrase", &r]
+            .iter()
+            .chain(kdf.iter()),
+    );
+    cmd.env("TESSERA_PASSPHRASE", PASS)
+        .env("TESSERA_NEW_PASSPHRASE", "a new passphrase");
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        exit_code(out.status),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("a new passphrase") && !stdout.contains(PASS));
+    run(&["list", &r], Some(PASS)).expect_code(6);
+    run(&["list", &r], Some("a new passphrase")).ok();
+
+    // A new recovery key replaces the old one.
+    let old_rec = t.path().join("old-recovery");
+    fs::write(&old_rec, &old_recovery).unwrap();
+    run(&["list", &r, "--key-file", &p(&old_rec)], None).ok();
+    let new_rec = t.path().join("new-recovery");
+    let exported = run(
+        &[
+            "--json",
+            "key",
+            "export-recovery",
+            &r,
+            "--recovery-key-file",
+            &p(&new_rec),
+        ],
+        Some("a new passphrase"),
+    );
+    exported.ok();
+    let new_text = fs::read_to_string(&new_rec).unwrap();
+    assert!(!exported.stdout.contains(new_text.trim()));
+    assert_eq!(
+        fs::metadata(&new_rec).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    run(&["list", &r, "--key-file", &p(&old_rec)], None).expect_code(6);
+    run(&["list", &r, "--key-file", &p(&new_rec)], None).ok();
+
+    // Removing the key file slot works; the last everyday slot (the passphrase) cannot go.
+    let slots = run(&["--json", "key", "list", &r], None);
+    slots.ok();
+    let id_of = |kind: &str| -> String {
+        slots.json()["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == kind)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    run(
+        &["key", "remove", &r, &id_of("key-file")[..8]],
+        Some("a new passphrase"),
+    )
+    .ok();
+    run(&["list", &r, "--key-file", &key_s], None).expect_code(2);
+    run(
+        &["key", "remove", &r, &id_of("passphrase")],
+        Some("a new passphrase"),
+    )
+    .expect_code(5);
+
+    assert_eq!(data_state(&repo), before, "a key command rewrote data");
+    let out = t.path().join("restored");
+    run(&["restore", &r, &id, &p(&out)], Some("a new passphrase")).ok();
+    assert_eq!(sha256_file(&out), sha256_file(&img));
+}

@@ -3,6 +3,7 @@
 mod backup;
 mod export;
 mod inspect;
+mod key;
 mod maintain;
 mod repair;
 mod restore;
@@ -135,6 +136,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Seed(cmd) => sync::seed(&cmd, json, &bars),
         Command::Serve(args) => sync::serve(&args, json),
         Command::Token(cmd) => token::run(&cmd, json),
+        Command::Key(cmd) => key::run(&cmd, json),
         Command::Compact {
             repo,
             max_unused,

@@ -1,0 +1,234 @@
+//! `tessera key …`: the key slots of an encrypted repository (SPEC.md §23.4). Slots are
+//! objects of their own: adding, removing or replacing one rewrites no data, and the
+//! repository keys they wrap never change.
+//!
+//! Every change unlocks the repository first (the caller proves it holds a secret) and
+//! needs no writer lock: a slot is put create-only under a fresh random id, and a removal
+//! deletes one object, so slot changes cannot conflict with a backup. Crash reasoning: a
+//! replacement (change-passphrase, a new recovery key) adds the new slot *before* removing
+//! the old one, so a crash in between leaves both, never neither.
+
+use std::path::Path;
+
+use serde::Serialize;
+use tessera_format::keyslot::{KdfParams, SlotKind};
+use tessera_format::RepoConfig;
+
+use crate::crypto::keyring::{self, SecretSource, SlotInfo};
+use crate::crypto::{RepoKeys, SecretKey, SlotSecret};
+use crate::error::{Error, Result};
+use crate::repo::RepoStorage;
+
+/// One slot as `key list` shows it (nothing secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotView {
+    /// Slot id (hex), as `key remove` takes it.
+    pub id: String,
+    /// `passphrase`, `key-file` or `recovery`.
+    pub kind: &'static str,
+    /// Argon2id memory, KiB (passphrase slots).
+    pub kdf_memory_kib: u32,
+    /// Argon2id passes (passphrase slots).
+    pub kdf_iterations: u32,
+    /// When it was added (RFC 3339).
+    pub created: String,
+}
+
+impl From<&SlotInfo> for SlotView {
+    fn from(s: &SlotInfo) -> Self {
+        Self {
+            id: s.id_hex(),
+            kind: s.kind.as_str(),
+            kdf_memory_kib: s.kdf.memory_kib,
+            kdf_iterations: s.kdf.iterations,
+            created: crate::time::format_us(s.created_at_us),
+        }
+    }
+}
+
+/// What a `key` command did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KeyReport {
+    /// Slots added.
+    pub added: Vec<SlotView>,
+    /// Slots removed.
+    pub removed: Vec<SlotView>,
+    /// The slots now (for `key list`, and after every change).
+    pub slots: Vec<SlotView>,
+}
+
+/// The repository at `root`, which must be encrypted.
+fn encrypted(root: &Path) -> Result<(RepoStorage, RepoConfig)> {
+    let storage = RepoStorage::local(root);
+    let config = storage.read_config()?;
+    if !config.encryption.is_encrypted() {
+        return Err(Error::Usage(format!(
+            "{} is not encrypted (format {}): it has no key slots",
+            root.display(),
+            config.format_version
+        )));
+    }
+    Ok((storage, config))
+}
+
+/// Unlocks the repository's keys with `source`; the slot that opened them.
+fn unlock(
+    storage: &RepoStorage,
+    config: &RepoConfig,
+    source: &dyn SecretSource,
+) -> Result<(RepoKeys, SlotInfo)> {
+    let secret = source.secret(&storage.backend.describe())?;
+    let (keys, slot) = keyring::unlock(&*storage.backend, config.repo_id, &secret)?;
+    if Some(keys.fingerprint()) != config.encryption.fingerprint() {
+        return Err(Error::KeySlotDamaged {
+            key: format!("keys/{}.key", slot.id_hex()),
+            reason: "it opens keys other than the ones the config names".into(),
+        });
+    }
+    Ok((keys, slot))
+}
+
+fn finish(storage: &RepoStorage, config: &RepoConfig, mut report: KeyReport) -> Result<KeyReport> {
+    report.slots = keyring::list(&*storage.backend, config.repo_id)?
+        .iter()
+        .map(SlotView::from)
+        .collect();
+    Ok(report)
+}
+
+/// `key list`: the slots (needs no secret: kinds, costs and times are not secret).
+pub fn list(root: &Path) -> Result<KeyReport> {
+    let (storage, config) = encrypted(root)?;
+    finish(&storage, &config, KeyReport::default())
+}
+
+/// `key add`: a slot that `new` opens, after unlocking with `source`.
+pub fn add(
+    root: &Path,
+    source: &dyn SecretSource,
+    new: &SlotSecret,
+    kdf: KdfParams,
+) -> Result<KeyReport> {
+    let (storage, config) = encrypted(root)?;
+    refuse_empty(new)?;
+    let (keys, _) = unlock(&storage, &config, source)?;
+    let added = keyring::add(&*storage.backend, config.repo_id, &keys, new, kdf)?;
+    finish(
+        &storage,
+        &config,
+        KeyReport {
+            added: vec![SlotView::from(&added)],
+            ..KeyReport::default()
+        },
+    )
+}
+
+/// `key remove`: the slot whose id starts with `prefix` (refused for the last slot that is
+/// not a recovery slot), after unlocking with `source`.
+pub fn remove(root: &Path, source: &dyn SecretSource, prefix: &str) -> Result<KeyReport> {
+    let (storage, config) = encrypted(root)?;
+    unlock(&storage, &config, source)?;
+    let slots = keyring::list(&*storage.backend, config.repo_id)?;
+    let prefix = prefix.to_ascii_lowercase();
+    let matching: Vec<&SlotInfo> = slots
+        .iter()
+        .filter(|s| !prefix.is_empty() && s.id_hex().starts_with(&prefix))
+        .collect();
+    let target = match matching.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(Error::Usage(format!(
+                "no key slot id starts with {prefix:?} (see `tessera key list`)"
+            )))
+        }
+        more => {
+            return Err(Error::Usage(format!(
+                "{} key slots start with {prefix:?}; give more digits",
+                more.len()
+            )))
+        }
+    };
+    keyring::remove(&*storage.backend, config.repo_id, &target.id)?;
+    finish(
+        &storage,
+        &config,
+        KeyReport {
+            removed: vec![SlotView::from(target)],
+            ..KeyReport::default()
+        },
+    )
+}
+
+/// `key change-passphrase`: a new passphrase slot, then the passphrase slot that `source`
+/// opened is removed.
+pub fn change_passphrase(
+    root: &Path,
+    source: &dyn SecretSource,
+    new: &SlotSecret,
+    kdf: KdfParams,
+) -> Result<KeyReport> {
+    let (storage, config) = encrypted(root)?;
+    if new.kind() != SlotKind::Passphrase {
+        return Err(Error::Usage("the new secret must be a passphrase".into()));
+    }
+    refuse_empty(new)?;
+    let (keys, opened) = unlock(&storage, &config, source)?;
+    if opened.kind != SlotKind::Passphrase {
+        return Err(Error::Usage(
+            "unlock with the passphrase to change (or use `key add` and `key remove`)".into(),
+        ));
+    }
+    let added = keyring::add(&*storage.backend, config.repo_id, &keys, new, kdf)?;
+    keyring::remove(&*storage.backend, config.repo_id, &opened.id)?;
+    finish(
+        &storage,
+        &config,
+        KeyReport {
+            added: vec![SlotView::from(&added)],
+            removed: vec![SlotView::from(&opened)],
+            ..KeyReport::default()
+        },
+    )
+}
+
+/// `key export-recovery`: a new recovery key (returned, to be shown once), then every
+/// older recovery slot is removed — the recovery key itself is stored nowhere, so a new one
+/// is what can be exported.
+pub fn new_recovery(root: &Path, source: &dyn SecretSource) -> Result<(KeyReport, SecretKey)> {
+    let (storage, config) = encrypted(root)?;
+    let (keys, _) = unlock(&storage, &config, source)?;
+    let recovery = SecretKey::random();
+    let added = keyring::add(
+        &*storage.backend,
+        config.repo_id,
+        &keys,
+        &SlotSecret::Recovery(recovery.clone()),
+        KdfParams::NONE,
+    )?;
+    let mut removed = Vec::new();
+    for old in keyring::list(&*storage.backend, config.repo_id)? {
+        if old.kind == SlotKind::Recovery && old.id != added.id {
+            keyring::remove(&*storage.backend, config.repo_id, &old.id)?;
+            removed.push(SlotView::from(&old));
+        }
+    }
+    let report = finish(
+        &storage,
+        &config,
+        KeyReport {
+            added: vec![SlotView::from(&added)],
+            removed,
+            ..KeyReport::default()
+        },
+    )?;
+    Ok((report, recovery))
+}
+
+fn refuse_empty(secret: &SlotSecret) -> Result<()> {
+    match secret {
+        SlotSecret::Passphrase(p) if p.is_empty() => {
+            Err(Error::Usage("an empty passphrase protects nothing".into()))
+        }
+        _ => Ok(()),
+    }
+}
