@@ -117,6 +117,7 @@ fn object_state(repo: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> 
     ["config", "keys", "packs", "snapshots"]
         .iter()
         .map(|d| repo.join(d))
+        .filter(|d| d.exists())
         .flat_map(|d| if d.is_dir() { all_files(&d) } else { vec![d] })
         .map(|f| {
             let m = fs::metadata(&f).unwrap();
@@ -710,4 +711,70 @@ fn key_slots_change_without_rewriting_data() {
     let out = t.path().join("restored");
     run(&["restore", &r, &id, &p(&out)], Some("a new passphrase")).ok();
     assert_eq!(sha256_file(&out), sha256_file(&img));
+}
+
+/// Sync, seed bundles, `repair --from` and `serve` do not handle encrypted repositories yet
+/// (SPEC.md §23.7): each refuses (exit 5) before copying or serving anything, whichever side
+/// is encrypted, even with the right passphrase.
+#[test]
+fn sync_seed_repair_from_and_serve_refuse_encrypted_repositories() {
+    let t = TempDir::new().unwrap();
+    let enc = t.path().join("enc");
+    init_encrypted(&enc, t.path());
+    let plain = t.path().join("plain");
+    run(&["init", &p(&plain), "--encryption", "none"], None).ok();
+    let img = t.path().join("img");
+    make_image(
+        &img,
+        ImageSpec::mixed(300_000),
+        &mut DataGen::new(seed("enc_refusals")),
+    );
+    backup(&enc, "s", "d", &img, &[]);
+    let before = object_state(&plain);
+    let bundle = t.path().join("bundle");
+    for (what, args) in [
+        (
+            "sync from encrypted",
+            vec!["sync".to_string(), p(&enc), p(&plain)],
+        ),
+        (
+            "sync into encrypted",
+            vec!["sync".into(), p(&plain), p(&enc)],
+        ),
+        (
+            "seed export",
+            vec!["seed".into(), "export".into(), p(&enc), p(&bundle)],
+        ),
+        (
+            "repair --from",
+            vec!["repair".into(), p(&plain), "--from".into(), p(&enc)],
+        ),
+        (
+            "serve",
+            vec![
+                "serve".into(),
+                p(&enc),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--token-file".into(),
+                p(&tessera_tests::token_file(
+                    t.path(),
+                    "a-token-of-thirty-two-characters-or-more",
+                )),
+            ],
+        ),
+    ] {
+        let out = run(&args, Some(PASS));
+        assert_eq!(out.code, 5, "{what}: {out}");
+        assert!(
+            out.stderr.contains("do not handle encrypted"),
+            "{what}: {out}"
+        );
+    }
+    assert!(!bundle.join("bundle.json").exists());
+    assert_eq!(
+        object_state(&plain),
+        before,
+        "the plain repository was written"
+    );
 }

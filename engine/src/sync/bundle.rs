@@ -440,6 +440,7 @@ pub fn import(
     progress: &dyn Progress,
     recovered: &dyn Fn(&crate::recovery::Recovery),
 ) -> Result<SyncReport> {
+    super::transfer::refuse_encrypted(repo_path)?;
     let bundle = Bundle::open(bundle_dir, progress)?;
     if !repo_path.join("config").exists() {
         let m = bundle.manifest();

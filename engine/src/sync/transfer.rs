@@ -35,13 +35,25 @@ pub const QUERY_BATCH: usize = 4096;
 /// Digests per object request (the source may return fewer).
 pub const FETCH_BATCH: usize = 1024;
 
-/// Sync, seed bundles and `repair --from` between encrypted repositories are not built
-/// yet (SPEC.md §23.7): refused before anything is copied.
+/// Sync, seed bundles, `repair --from` and `serve` of encrypted repositories are not built
+/// yet (SPEC.md §23.7): refused before anything is copied or served.
 pub fn encrypted_not_supported(location: &str) -> Error {
     Error::Refused {
         reason: format!(
-            "{location} is encrypted: sync, seed bundles and repair --from do not handle encrypted repositories yet (SPEC.md §23.7); nothing was copied"
+            "{location} is encrypted: sync, seed bundles, repair --from and serve do not handle encrypted repositories yet (SPEC.md §23.7); nothing was copied"
         ),
+    }
+}
+
+/// Refuses the local repository at `path` if it is encrypted ([`encrypted_not_supported`]),
+/// before anything asks for its key; a location that is not a repository is left for the
+/// open that follows to report.
+pub fn refuse_encrypted(path: &std::path::Path) -> Result<()> {
+    match crate::repo::read_config(path) {
+        Ok(config) if config.encryption.is_encrypted() => {
+            Err(encrypted_not_supported(&path.display().to_string()))
+        }
+        _ => Ok(()),
     }
 }
 
