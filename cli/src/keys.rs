@@ -162,6 +162,31 @@ impl SecretSource for KeyArgs {
             location: location.to_string(),
         })
     }
+
+    /// Warns (once per process, on stderr, naming no secret) when a secret was given
+    /// explicitly for a repository whose config says plain: the user expected an encrypted
+    /// repository, and a replaced config is how one would be downgraded (SPEC.md §23.5).
+    fn plain_repository(&self, location: &str) {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let given = if self.key_file.is_some() {
+            Some("--key-file")
+        } else if self.passphrase_file.is_some() {
+            Some("--passphrase-file")
+        } else if self.password_command.is_some() {
+            Some("--password-command")
+        } else if std::env::var_os(PASSPHRASE_ENV).is_some() {
+            Some(PASSPHRASE_ENV)
+        } else {
+            None
+        };
+        if let Some(given) = given {
+            WARNED.call_once(|| {
+                eprintln!(
+                    "warning: {location} is not encrypted (its config says plain), yet {given} was given; if it was made encrypted, its config has been replaced: check it before writing to it"
+                );
+            });
+        }
+    }
 }
 
 /// The first secret of a new repository (`init`): a key file (created when `--key-file`

@@ -72,6 +72,16 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The config says the repository is plain, or names other keys, than what the
+    /// repository holds (key slots, sealed snapshot files, the index's record): the config
+    /// may have been replaced to downgrade it. Nothing is written or quarantined.
+    #[error("{location}: {reason}; refusing to use it (its config may have been replaced: restore the original config)")]
+    EncryptionMismatch {
+        /// The repository.
+        location: String,
+        /// What contradicts the config.
+        reason: String,
+    },
     /// `init` was pointed at a non-empty directory.
     #[error("{path} already exists and is not empty; choose a new directory for the repository")]
     AlreadyExists {
@@ -558,6 +568,7 @@ impl Error {
             | Self::UncataloguedSnapshots { .. }
             | Self::ChunkLength { .. }
             | Self::KeySlotDamaged { .. }
+            | Self::EncryptionMismatch { .. }
             | Self::UntrustedData { .. } => ErrorKind::Damage,
             Self::ReferenceBlockUnreadable { source, .. } => source.kind(),
             Self::Internal(_) => ErrorKind::Internal,
@@ -663,6 +674,13 @@ mod tests {
                 ErrorKind::Damage,
             ),
             (Error::Internal("bug".into()), ErrorKind::Internal),
+            (
+                Error::EncryptionMismatch {
+                    location: "r".into(),
+                    reason: "plain config, sealed snapshots".into(),
+                },
+                ErrorKind::Damage,
+            ),
             (
                 Error::WrongSecret {
                     what: "passphrase",

@@ -184,7 +184,7 @@ fn catalogue_unlisted(
         let snapshot = match load_snapshot(backend, crypto, id) {
             Ok(s) => s,
             Err(e @ crate::error::Error::SnapshotCorrupt { .. }) => {
-                quarantine_snapshot(backend, id)?;
+                quarantine_snapshot(backend, crypto, id)?;
                 recovery
                     .snapshots_quarantined
                     .push((id.to_hex(), e.to_string()));
@@ -216,7 +216,22 @@ fn catalogue_unlisted(
 }
 
 /// Moves a snapshot file that cannot be catalogued into quarantine (copy, then delete).
-pub(crate) fn quarantine_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<()> {
+/// A sealed (format 2) file under a plain config is never moved: a plain repository has
+/// none, so the config was replaced (a downgrade), and the whole operation is refused with
+/// [`crate::Error::EncryptionMismatch`] instead (SPEC.md §23.5).
+pub(crate) fn quarantine_snapshot(
+    backend: &dyn Backend,
+    crypto: &RepoCrypto,
+    id: SnapshotId,
+) -> Result<()> {
+    if !crypto.is_encrypted() && crate::crypto::keyring::is_sealed_snapshot(backend, id)? {
+        return Err(crate::error::Error::EncryptionMismatch {
+            location: backend.describe(),
+            reason: format!(
+                "the config says the repository is not encrypted, yet snapshot file {id} is sealed (format 2)"
+            ),
+        });
+    }
     let bytes = backend.get(&ObjectKey::snapshot(id))?;
     backend.put_bytes(
         &ObjectKey::quarantined_snapshot(id),
@@ -288,4 +303,45 @@ pub fn delete_doomed_packs(storage: &RepoStorage, index: &Index) -> Result<usize
     }
     index.commit(batch)?;
     Ok(doomed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recover;
+    use crate::crypto::{RepoCrypto, RepoKeys};
+    use crate::error::{Error, ErrorKind};
+    use crate::index::Index;
+    use crate::repo::RepoStorage;
+    use crate::storage::key::QUARANTINE;
+    use crate::storage::{ObjectKey, PutMode};
+    use crate::store::snapshot_file::{encode, tests::snapshot};
+    use tessera_format::RepoId;
+
+    /// A config replaced by a plain one must not make recovery quarantine the sealed
+    /// snapshot files it cannot read as plain ones: it refuses, and the file stays.
+    #[test]
+    fn recovery_under_a_plain_config_never_quarantines_a_sealed_snapshot_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["packs", "snapshots", "tmp"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let storage = RepoStorage::local(dir.path());
+        let index = Index::create(&storage.index_path(), RepoId([5; 16])).unwrap();
+        let sealed = RepoCrypto::encrypted(&RepoKeys::generate()).unwrap();
+        let (id, file) = encode(&sealed, &snapshot("vm")).unwrap();
+        storage
+            .backend
+            .put_bytes(&ObjectKey::snapshot(id), PutMode::Create, &file)
+            .unwrap();
+        let err = recover(&storage, &index, &RepoCrypto::plain()).unwrap_err();
+        assert!(matches!(err, Error::EncryptionMismatch { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Damage);
+        assert_eq!(storage.backend.get(&ObjectKey::snapshot(id)).unwrap(), file);
+        assert!(storage.backend.list(QUARANTINE).unwrap().is_empty());
+        // Under its own keys the same file decodes (it names pages this test never stored,
+        // so it is kept as incomplete), and is not quarantined either.
+        let found = recover(&storage, &index, &sealed).unwrap();
+        assert!(found.snapshots_quarantined.is_empty());
+        assert_eq!(found.snapshots_incomplete.len(), 1, "{found:?}");
+    }
 }

@@ -179,9 +179,51 @@ impl RepoStorage {
         read_only: bool,
         crypto: &Arc<RepoCrypto>,
     ) -> Result<Index> {
-        Ok(Index::open(&self.index_path(), config.repo_id, read_only)?
+        let index = Index::open(&self.index_path(), config.repo_id, read_only)?;
+        let expected = encryption_record(config);
+        match index.recorded_encryption()? {
+            Some(recorded) if recorded != expected => {
+                return Err(Error::EncryptionMismatch {
+                    location: self.backend.describe(),
+                    reason: format!(
+                        "the config says encryption {} (key fingerprint {}), but the index was made for {}",
+                        config.encryption.name(),
+                        config.encryption.fingerprint().map_or_else(|| "none".into(), hex::encode),
+                        describe_record(&recorded),
+                    ),
+                });
+            }
+            Some(_) => {}
+            // An index made before the record existed: the first writer records it.
+            None if !read_only => index.record_encryption(&expected)?,
+            None => {}
+        }
+        Ok(index
             .with_crash_clock(self.crash_clock.clone())
             .with_crypto(Arc::clone(crypto)))
+    }
+}
+
+/// What the index records about the repository's encryption ([`Index::record_encryption`]):
+/// its name, then the key fingerprint when encrypted.
+pub(crate) fn encryption_record(config: &RepoConfig) -> Vec<u8> {
+    let mut out = config.encryption.name().as_bytes().to_vec();
+    if let Some(fingerprint) = config.encryption.fingerprint() {
+        out.push(b':');
+        out.extend_from_slice(&fingerprint);
+    }
+    out
+}
+
+/// A recorded [`encryption_record`] for an error message.
+fn describe_record(record: &[u8]) -> String {
+    match record.iter().position(|b| *b == b':') {
+        Some(at) => format!(
+            "encryption {} (key fingerprint {})",
+            String::from_utf8_lossy(&record[..at]),
+            hex::encode(&record[at + 1..])
+        ),
+        None => format!("encryption {}", String::from_utf8_lossy(record)),
     }
 }
 
@@ -270,7 +312,8 @@ impl Repository {
             }
         };
         let (config, bytes) = opts.config(repo_id, encryption)?;
-        drop(Index::create(&storage.index_path(), config.repo_id)?);
+        Index::create(&storage.index_path(), config.repo_id)?
+            .record_encryption(&encryption_record(&config))?;
         match storage
             .backend
             .put_bytes(&ObjectKey::config(), PutMode::Create, &bytes)

@@ -778,3 +778,110 @@ fn sync_seed_repair_from_and_serve_refuse_encrypted_repositories() {
         "the plain repository was written"
     );
 }
+
+/// The config of `repo` rewritten as a valid plain (format 1) config of the same
+/// repository: what someone who can write the repository could do to downgrade it.
+fn plain_config_of(repo: &Path) -> Vec<u8> {
+    let mut config =
+        tessera_format::RepoConfig::decode(&fs::read(repo.join("config")).unwrap()).unwrap();
+    config.format_version = tessera_format::config::PLAIN_FORMAT;
+    config.id_scheme = tessera_format::IdScheme::Sha256;
+    config.encryption = tessera_format::Encryption::None;
+    config.encode().unwrap()
+}
+
+fn files_under(dir: &Path) -> usize {
+    if dir.exists() {
+        all_files(dir).len()
+    } else {
+        0
+    }
+}
+
+/// An encrypted repository whose config is replaced by a plain one is refused (exit 4,
+/// nothing written, nothing quarantined), whether its key slots are still there, were moved
+/// away (its sealed snapshot files betray it), or both slots and snapshot files were moved
+/// away (the index recorded the encryption); with the original config back, everything is
+/// intact. A secret given for a genuinely plain repository draws a warning.
+#[test]
+fn a_config_downgraded_to_plain_is_refused_and_nothing_is_quarantined() {
+    let t = TempDir::new().unwrap();
+    let repo = t.path().join("repo");
+    init_encrypted(&repo, t.path());
+    let img = t.path().join("img");
+    make_image(
+        &img,
+        ImageSpec::mixed(1 << 20),
+        &mut DataGen::new(seed("downgrade")),
+    );
+    let id = backup(&repo, "s", "d", &img, &[]);
+    let original = fs::read(repo.join("config")).unwrap();
+    let r = p(&repo);
+    fs::write(repo.join("config"), plain_config_of(&repo)).unwrap();
+    let before = object_state(&repo);
+    let img2 = t.path().join("img2");
+    make_image(
+        &img2,
+        ImageSpec::mixed(1 << 20),
+        &mut DataGen::new(seed("downgrade2")),
+    );
+    let attempt = |phrase: &str| {
+        for pass in [None, Some(PASS)] {
+            let out = run(
+                &[
+                    "--json",
+                    "backup",
+                    &r,
+                    "--series",
+                    "s",
+                    &format!("d={}", p(&img2)),
+                ],
+                pass,
+            );
+            out.expect_code(4);
+            assert_eq!(out.json()["kind"], "damage", "{out}");
+            assert!(out.stdout.contains(phrase), "{out}");
+            run(&["verify", &r], pass).expect_code(4);
+            run(&["list", &r], pass).expect_code(4);
+        }
+        assert_eq!(
+            files_under(&repo.join("quarantine")),
+            0,
+            "something was quarantined"
+        );
+    };
+    // Slots still there.
+    attempt("key slot");
+    assert_eq!(object_state(&repo), before, "a refused command wrote");
+    // Slots moved away: the first snapshot file is sealed.
+    fs::rename(repo.join("keys"), t.path().join("keys.aside")).unwrap();
+    attempt("is sealed");
+    // Slots and snapshot files moved away: the index recorded the encryption.
+    fs::rename(repo.join("snapshots"), t.path().join("snapshots.aside")).unwrap();
+    fs::create_dir(repo.join("snapshots")).unwrap();
+    attempt("index was made for encryption aes-256-gcm");
+    fs::remove_dir(repo.join("snapshots")).unwrap();
+    fs::rename(t.path().join("snapshots.aside"), repo.join("snapshots")).unwrap();
+    fs::rename(t.path().join("keys.aside"), repo.join("keys")).unwrap();
+    assert_eq!(object_state(&repo), before, "a refused command wrote");
+
+    // The original config back: the repository is whole.
+    fs::write(repo.join("config"), &original).unwrap();
+    run(&["verify", &r], Some(PASS)).ok();
+    let out = t.path().join("restored");
+    restore_to(&repo, &id, &out).ok();
+    assert_eq!(sha256_file(&out), sha256_file(&img));
+
+    // A genuinely plain repository opened with a passphrase given: a warning, no secret.
+    let plain = t.path().join("plain");
+    run(&["init", &p(&plain), "--encryption", "none"], None).ok();
+    let listed = run(&["list", &p(&plain)], Some(PASS));
+    listed.ok();
+    assert!(
+        listed.stderr.contains("warning") && listed.stderr.contains("TESSERA_PASSPHRASE"),
+        "{listed}"
+    );
+    assert!(!listed.stderr.contains(PASS));
+    run(&["list", &p(&plain)], None).ok();
+    assert!(!run(&["list", &p(&plain)], None).stderr.contains("warning"));
+}

@@ -21,6 +21,11 @@ use crate::storage::{Backend, ObjectKey, PutMode};
 pub trait SecretSource {
     /// The secret for the repository at `location` (a path or URL, for a prompt).
     fn secret(&self, location: &str) -> Result<SlotSecret>;
+
+    /// Told when the repository at `location` turned out to be plain, so no secret was
+    /// asked for. A source the user gave explicitly may warn: a repository the user
+    /// believes encrypted but whose config says plain may have had its config replaced.
+    fn plain_repository(&self, _location: &str) {}
 }
 
 /// No secret: opens plain repositories; an encrypted one fails with [`Error::KeyRequired`].
@@ -44,13 +49,17 @@ impl SecretSource for SlotSecret {
 
 /// The id scheme and record protection of the repository `config` describes: plain, or
 /// encrypted under the keys `source`'s secret unlocks. The keys must have the fingerprint
-/// the config records (a slot that opens other keys was planted: damage). Writes nothing.
+/// the config records (a slot that opens other keys was planted: damage). A plain config
+/// over a repository that holds key slots or sealed snapshot files is refused
+/// ([`refuse_plain_downgrade`]). Writes nothing.
 pub fn open_crypto(
     backend: &dyn Backend,
     config: &RepoConfig,
     source: &dyn SecretSource,
 ) -> Result<RepoCrypto> {
     let Encryption::Aes256Gcm { fingerprint } = config.encryption else {
+        refuse_plain_downgrade(backend)?;
+        source.plain_repository(&backend.describe());
         return Ok(RepoCrypto::plain());
     };
     let secret = source.secret(&backend.describe())?;
@@ -63,6 +72,59 @@ pub fn open_crypto(
         });
     }
     RepoCrypto::encrypted(&keys).map_err(|e| library(&e))
+}
+
+/// Refuses a plain config over an encrypted repository. The config is not authenticated:
+/// whoever can write the repository could replace an encrypted repository's config with a
+/// valid plain one, so that backups would be written in clear text and recovery would take
+/// every sealed snapshot file for damage. A plain repository never has key slots, and never
+/// a sealed (format 2) snapshot file, so either is proof of a replaced config. Only the
+/// first snapshot file is looked at (its first 12 bytes), to keep opening cheap; recovery
+/// checks every file it would quarantine ([`crate::recovery`]).
+pub fn refuse_plain_downgrade(backend: &dyn Backend) -> Result<()> {
+    let mismatch = |reason: String| Error::EncryptionMismatch {
+        location: backend.describe(),
+        reason,
+    };
+    let slots = backend
+        .list(KEYS)?
+        .iter()
+        .filter(|k| k.as_key_slot().is_some())
+        .count();
+    if slots > 0 {
+        return Err(mismatch(format!(
+            "the config says the repository is not encrypted, yet it holds {slots} key slot(s) in keys/"
+        )));
+    }
+    let first = backend
+        .list(crate::storage::key::SNAPSHOTS)?
+        .iter()
+        .find_map(ObjectKey::as_snapshot);
+    if let Some(id) = first {
+        if is_sealed_snapshot(backend, id)? {
+            return Err(mismatch(format!(
+                "the config says the repository is not encrypted, yet snapshot file {id} is sealed (format 2)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the stored snapshot file `id` is a sealed (format 2) one, by its first 12 bytes.
+/// A file too short to tell, or gone, is not.
+pub fn is_sealed_snapshot(backend: &dyn Backend, id: tessera_format::SnapshotId) -> Result<bool> {
+    let key = ObjectKey::snapshot(id);
+    let Some(size) = backend.size(&key)? else {
+        return Ok(false);
+    };
+    if size < 12 {
+        return Ok(false);
+    }
+    let head = backend.get_range(&key, 0, 12)?;
+    Ok(matches!(
+        tessera_format::snapshot_sealed::snapshot_format(&head),
+        Ok(tessera_format::config::ENCRYPTED_FORMAT)
+    ))
 }
 
 /// One stored slot, as `key list` shows it.

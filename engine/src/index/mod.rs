@@ -12,6 +12,7 @@
 //! | `snapshots` | snapshot id (32) | encoded snapshot header |
 //! | `packs` | pack id (16) | size:u64 objects:u32 indexed_at_us:i64 |
 //! | `meta` | `repo_id` | repository id (16) |
+//! | `meta` | `encryption` | the repository's encryption when the index was made: `none`, or `aes-256-gcm` and the key fingerprint (16) |
 //! | `protected` | snapshot id (32) | empty |
 //! | `doomed_packs` | pack id (16) | empty |
 //! | `tombstones` | snapshot id (32) | empty: forgotten, its file not yet deleted |
@@ -68,6 +69,7 @@ const ALL_CFS: [&str; 8] = [
     CF_TOMBSTONES,
 ];
 const META_REPO_ID: &[u8] = b"repo_id";
+const META_ENCRYPTION: &[u8] = b"encryption";
 
 impl From<rocksdb::Error> for Error {
     /// RocksDB reports I/O errors as text; a full disk must not be mistaken for damage.
@@ -304,6 +306,24 @@ impl Index {
             });
         }
         Ok(index)
+    }
+
+    /// The repository's encryption as recorded in the index ([`Index::record_encryption`]);
+    /// `None` for an index made before it was recorded.
+    pub fn recorded_encryption(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_META), META_ENCRYPTION)?)
+    }
+
+    /// Records the repository's encryption (`record`, an opaque description including the
+    /// key fingerprint), synced. The config is not authenticated; this record, beside the
+    /// objects but written only by tessera, lets a writer notice a config replaced by one
+    /// that names another encryption (SPEC.md §23.5).
+    pub fn record_encryption(&self, record: &[u8]) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        Ok(self
+            .db
+            .put_cf_opt(self.cf(CF_META), META_ENCRYPTION, record, &wo)?)
     }
 
     /// Makes every commit a step of `clock` (crash tests).

@@ -58,7 +58,9 @@ pub fn rebuild_index(
     let backend = &*storage.backend;
     let building = storage.local_dir.join("index.rebuild");
     remove_dir_if_exists(&building)?;
-    let index = Index::create(&building, config.repo_id)?
+    let index = Index::create(&building, config.repo_id)?;
+    index.record_encryption(&crate::repo::encryption_record(&config))?;
+    let index = index
         .with_crash_clock(storage.crash_clock.clone())
         .with_crypto(std::sync::Arc::clone(&crypto));
     let mut report = RebuildReport::default();

@@ -40,13 +40,14 @@ pub fn decode(crypto: &RepoCrypto, bytes: &[u8]) -> std::result::Result<Snapshot
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::{decode, encode};
     use crate::crypto::{RepoCrypto, RepoKeys};
     use tessera_format::snapshot::root_digest;
     use tessera_format::{DiskEntry, DiskStats, PageDigest, Snapshot, SnapshotHeader, SnapshotId};
 
-    fn snapshot(series: &str) -> Snapshot {
+    /// A small valid snapshot of `series` (also for other modules' tests).
+    pub(crate) fn snapshot(series: &str) -> Snapshot {
         let roots = vec![vec![PageDigest([3; 32])]];
         Snapshot {
             header: SnapshotHeader {
