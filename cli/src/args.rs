@@ -149,11 +149,11 @@ pub struct InitEncryptionArgs {
     /// --json, whose output never holds a secret.
     #[arg(long, value_name = "FILE")]
     pub recovery_key_file: Option<PathBuf>,
-    /// Argon2id memory of the passphrase slot, MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// Argon2id memory of the passphrase slot, MiB (19 to 1024).
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(19..=1024))]
     pub kdf_memory_mib: u32,
-    /// Argon2id passes of the passphrase slot.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Argon2id passes of the passphrase slot (2 to 16).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
     pub kdf_iterations: u32,
 }
 
@@ -209,11 +209,11 @@ pub struct NewSecretArgs {
     /// A key file for the new slot (created 0600 when it does not exist).
     #[arg(long, value_name = "FILE")]
     pub new_key_file: Option<PathBuf>,
-    /// Argon2id memory of a new passphrase slot, MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// Argon2id memory of a new passphrase slot, MiB (19 to 1024).
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(19..=1024))]
     pub kdf_memory_mib: u32,
-    /// Argon2id passes of a new passphrase slot.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Argon2id passes of a new passphrase slot (2 to 16).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
     pub kdf_iterations: u32,
 }
 

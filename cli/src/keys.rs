@@ -163,6 +163,12 @@ impl SecretSource for KeyArgs {
         })
     }
 
+    /// Warns on stderr about a slot object unlocking skipped (its key and why; nothing
+    /// secret).
+    fn skipped_slot(&self, key: &str, reason: &str) {
+        eprintln!("warning: key slot {key} skipped: {reason}");
+    }
+
     /// Warns (once per process, on stderr, naming no secret) when a secret was given
     /// explicitly for a repository whose config says plain: the user expected an encrypted
     /// repository, and a replaced config is how one would be downgraded (SPEC.md §23.5).

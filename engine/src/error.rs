@@ -37,12 +37,15 @@ pub enum Error {
     },
     /// No key slot of the repository opens with the passphrase, key file or recovery key
     /// given (SPEC.md §23.4). Nothing was written.
-    #[error("wrong {what}: it opens none of the repository's {tried} {what} slot(s); nothing was changed")]
+    #[error("wrong {what}: it opens none of the repository's {tried} {what} slot(s) tried{}; nothing was changed", untried_note(*.untried))]
     WrongSecret {
         /// "passphrase", "key file" or "recovery key".
         what: &'static str,
         /// How many slots of that kind were tried.
         tried: usize,
+        /// How many more of that kind there are, not tried (at most
+        /// [`crate::crypto::keyring::MAX_SLOTS_TRIED`] are).
+        untried: usize,
     },
     /// The repository is encrypted and no secret was given to unlock it.
     #[error("{location} is encrypted: give its passphrase (asked on a terminal, or --passphrase-file, TESSERA_PASSPHRASE, --password-command) or --key-file")]
@@ -505,6 +508,15 @@ impl std::fmt::Display for ErrorKind {
     }
 }
 
+/// The note of [`Error::WrongSecret`] about slots left untried.
+fn untried_note(untried: usize) -> String {
+    if untried == 0 {
+        String::new()
+    } else {
+        format!(" ({untried} more were not tried: at most 16 are; remove the slots you do not know with `tessera key remove`)")
+    }
+}
+
 impl Error {
     /// Which kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
@@ -685,6 +697,7 @@ mod tests {
                 Error::WrongSecret {
                     what: "passphrase",
                     tried: 1,
+                    untried: 0,
                 },
                 ErrorKind::Key,
             ),

@@ -193,10 +193,9 @@ impl RepoStorage {
                     ),
                 });
             }
-            Some(_) => {}
             // An index made before the record existed: the first writer records it.
             None if !read_only => index.record_encryption(&expected)?,
-            None => {}
+            _ => {}
         }
         Ok(index
             .with_crash_clock(self.crash_clock.clone())

@@ -162,8 +162,8 @@ fn base_world_with(seed: u64, encrypted: bool) -> (World, Model, Vec<u8>) {
     let keys = secret.map(|secret| NewKeys {
         secret,
         kdf: KdfParams {
-            memory_kib: 64,
-            iterations: 1,
+            memory_kib: tessera_format::keyslot::MIN_KDF_MEMORY_KIB,
+            iterations: tessera_format::keyslot::MIN_KDF_ITERATIONS,
             parallelism: 1,
         },
         shared: None,

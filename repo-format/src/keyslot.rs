@@ -41,13 +41,19 @@ pub const KEYSLOT_AD_LEN: usize = 100;
 pub const WRAPPED_LEN: usize = 80;
 /// Version of the slot layout (slots exist from format version 2 on).
 pub const KEYSLOT_VERSION: u32 = 2;
-/// Largest Argon2id memory a slot may ask for (4 GiB), so a hostile slot cannot make
+/// Least Argon2id memory a passphrase slot may have (19 MiB, OWASP's minimum for
+/// Argon2id): a slot planted with a trivial cost would make every unlock a cheap guess.
+pub const MIN_KDF_MEMORY_KIB: u32 = 19 * 1024;
+/// Fewest Argon2id iterations a passphrase slot may have.
+pub const MIN_KDF_ITERATIONS: u32 = 2;
+/// Largest Argon2id memory a slot may ask for (1 GiB), so a hostile slot cannot make
 /// `open` allocate without bound.
-pub const MAX_KDF_MEMORY_KIB: u32 = 4 * 1024 * 1024;
-/// Most Argon2id iterations a slot may ask for.
-pub const MAX_KDF_ITERATIONS: u32 = 64;
+pub const MAX_KDF_MEMORY_KIB: u32 = 1024 * 1024;
+/// Most Argon2id iterations a slot may ask for (with the memory ceiling, this bounds the
+/// time one slot costs an unlock).
+pub const MAX_KDF_ITERATIONS: u32 = 16;
 /// Most Argon2id lanes a slot may ask for.
-pub const MAX_KDF_PARALLELISM: u32 = 16;
+pub const MAX_KDF_PARALLELISM: u32 = 8;
 
 /// What unlocks a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,8 +114,8 @@ impl KdfParams {
     fn check(self, kind: SlotKind) -> Result<(), DecodeError> {
         let ok = match kind {
             SlotKind::Passphrase => {
-                (8..=MAX_KDF_MEMORY_KIB).contains(&self.memory_kib)
-                    && (1..=MAX_KDF_ITERATIONS).contains(&self.iterations)
+                (MIN_KDF_MEMORY_KIB..=MAX_KDF_MEMORY_KIB).contains(&self.memory_kib)
+                    && (MIN_KDF_ITERATIONS..=MAX_KDF_ITERATIONS).contains(&self.iterations)
                     && (1..=MAX_KDF_PARALLELISM).contains(&self.parallelism)
                     && self.memory_kib >= self.parallelism.saturating_mul(8)
             }
@@ -236,7 +242,10 @@ impl KeySlotFile {
 #[cfg(test)]
 #[expect(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
 mod tests {
-    use super::{KdfParams, KeySlotFile, SlotKind, KEYSLOT_AD_LEN, KEYSLOT_LEN};
+    use super::{
+        KdfParams, KeySlotFile, SlotKind, KEYSLOT_AD_LEN, KEYSLOT_LEN, MAX_KDF_ITERATIONS,
+        MAX_KDF_MEMORY_KIB, MAX_KDF_PARALLELISM, MIN_KDF_ITERATIONS, MIN_KDF_MEMORY_KIB,
+    };
     use crate::{DecodeError, RepoId};
 
     fn slot() -> KeySlotFile {
@@ -272,9 +281,44 @@ mod tests {
             KeySlotFile::decode(&bytes),
             Err(DecodeError::ChecksumMismatch { .. })
         ));
-        let mut hostile = slot();
-        hostile.kdf.memory_kib = u32::MAX;
-        assert!(hostile.encode().is_err());
+        // Outside the floor (a planted cheap slot) or the ceiling (a planted costly one),
+        // a passphrase slot does not decode, whatever its CRC says.
+        for (m, t, p) in [
+            (u32::MAX, 3, 1),
+            (MAX_KDF_MEMORY_KIB + 1, 3, 1),
+            (MIN_KDF_MEMORY_KIB - 1, 3, 1),
+            (8, 1, 1),
+            (65536, 1, 1),
+            (65536, MAX_KDF_ITERATIONS + 1, 1),
+            (65536, 3, MAX_KDF_PARALLELISM + 1),
+        ] {
+            let mut hostile = slot();
+            hostile.kdf = KdfParams {
+                memory_kib: m,
+                iterations: t,
+                parallelism: p,
+            };
+            assert!(hostile.encode().is_err(), "m={m} t={t} p={p}");
+            let mut bytes = slot().encode().unwrap();
+            bytes[48..52].copy_from_slice(&m.to_le_bytes());
+            bytes[52..56].copy_from_slice(&t.to_le_bytes());
+            bytes[56..60].copy_from_slice(&p.to_le_bytes());
+            let crc = crc32c::crc32c(&bytes[..192]);
+            bytes[192..].copy_from_slice(&crc.to_le_bytes());
+            assert!(KeySlotFile::decode(&bytes).is_err(), "m={m} t={t} p={p}");
+        }
+        for (m, t, p) in [
+            (MIN_KDF_MEMORY_KIB, MIN_KDF_ITERATIONS, 1),
+            (MAX_KDF_MEMORY_KIB, MAX_KDF_ITERATIONS, MAX_KDF_PARALLELISM),
+        ] {
+            let mut edge = slot();
+            edge.kdf = KdfParams {
+                memory_kib: m,
+                iterations: t,
+                parallelism: p,
+            };
+            assert_eq!(KeySlotFile::decode(&edge.encode().unwrap()).unwrap(), edge);
+        }
         let mut keyfile = slot();
         keyfile.kind = SlotKind::KeyFile;
         assert!(

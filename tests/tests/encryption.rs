@@ -24,7 +24,8 @@ use tessera_tests::{
 
 const PASS: &str = "correct horse battery staple";
 /// A cheap Argon2id cost: the tests open repositories dozens of times.
-const CHEAP_KDF: [&str; 4] = ["--kdf-memory-mib", "1", "--kdf-iterations", "1"];
+/// The cheapest Argon2id cost a passphrase slot may have (SPEC.md §23.4).
+const CHEAP_KDF: [&str; 4] = ["--kdf-memory-mib", "19", "--kdf-iterations", "2"];
 
 /// Runs the binary with `TESSERA_PASSPHRASE` set to `pass` (unset when `None`).
 fn run<S: AsRef<OsStr>>(args: &[S], pass: Option<&str>) -> Out {
@@ -617,7 +618,7 @@ fn key_slots_change_without_rewriting_data() {
     let id = backup(&repo, "s", "d", &img, &[]);
     let before = data_state(&repo);
     let r = p(&repo);
-    let kdf = ["--kdf-memory-mib", "1", "--kdf-iterations", "1"];
+    let kdf = CHEAP_KDF;
 
     // A key file slot, created 0600.
     let key = t.path().join("second.key");
@@ -884,4 +885,154 @@ fn a_config_downgraded_to_plain_is_refused_and_nothing_is_quarantined() {
     assert!(!listed.stderr.contains(PASS));
     run(&["list", &p(&plain)], None).ok();
     assert!(!run(&["list", &p(&plain)], None).stderr.contains("warning"));
+}
+
+fn slot_ids(repo: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = fs::read_dir(repo.join("keys"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches(".key")
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Slots someone who can write the repository adds — one under the right passphrase
+/// wrapping other keys, a damaged copy of the real one, another repository's slot — neither
+/// lock the owner out (each is skipped with a warning naming no secret) nor make a wrong
+/// passphrase look different; `key list` shows the unusable ones and `key remove` removes
+/// them by id; below the Argon2id floor, a slot does not even decode.
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, slot by slot")]
+fn planted_damaged_and_foreign_slots_do_not_lock_the_owner_out() {
+    use tessera_engine::crypto::slot::{wrap, SlotSecret};
+    use tessera_engine::crypto::{Passphrase, RepoKeys};
+    use tessera_format::keyslot::{KdfParams, MIN_KDF_ITERATIONS, MIN_KDF_MEMORY_KIB};
+
+    let t = TempDir::new().unwrap();
+    let repo = t.path().join("repo");
+    init_encrypted(&repo, t.path());
+    let img = t.path().join("img");
+    make_image(
+        &img,
+        ImageSpec::mixed(1 << 20),
+        &mut DataGen::new(seed("planted")),
+    );
+    let id = backup(&repo, "s", "d", &img, &[]);
+    let r = p(&repo);
+    let real_ids = slot_ids(&repo);
+    let config =
+        tessera_format::RepoConfig::decode(&fs::read(repo.join("config")).unwrap()).unwrap();
+    let plant = |kdf: KdfParams| {
+        let slot = wrap(
+            &RepoKeys::generate(),
+            config.repo_id,
+            &SlotSecret::Passphrase(Passphrase::new(PASS.into())),
+            kdf,
+            0,
+        )
+        .unwrap();
+        let name: String = slot.slot_id.iter().fold(String::new(), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        });
+        (name, slot)
+    };
+    let (planted, slot) = plant(KdfParams {
+        memory_kib: MIN_KDF_MEMORY_KIB,
+        iterations: MIN_KDF_ITERATIONS,
+        parallelism: 1,
+    });
+    fs::write(
+        repo.join("keys").join(format!("{planted}.key")),
+        slot.encode().unwrap(),
+    )
+    .unwrap();
+    // A cheap slot (1 MiB, one pass) would make guessing cheap: it does not decode.
+    let (cheap, mut weak) = plant(KdfParams {
+        memory_kib: MIN_KDF_MEMORY_KIB,
+        iterations: MIN_KDF_ITERATIONS,
+        parallelism: 1,
+    });
+    weak.kdf = KdfParams {
+        memory_kib: 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let mut weak_bytes = weak.associated_data();
+    weak_bytes.extend_from_slice(&weak.nonce);
+    weak_bytes.extend_from_slice(&weak.wrapped);
+    weak_bytes.extend_from_slice(&crc32c(&weak_bytes).to_le_bytes());
+    fs::write(repo.join("keys").join(format!("{cheap}.key")), &weak_bytes).unwrap();
+    // A damaged copy of a real slot, under a new name.
+    let mut damaged_bytes =
+        fs::read(repo.join("keys").join(format!("{}.key", real_ids[0]))).unwrap();
+    damaged_bytes[150] ^= 1;
+    let damaged = "0".repeat(31) + "1";
+    fs::write(
+        repo.join("keys").join(format!("{damaged}.key")),
+        &damaged_bytes,
+    )
+    .unwrap();
+    // Another repository's slot under the same passphrase.
+    let other = t.path().join("other");
+    init_encrypted(&other, t.path());
+    let foreign = slot_ids(&other)[0].clone();
+    fs::copy(
+        other.join("keys").join(format!("{foreign}.key")),
+        repo.join("keys").join(format!("{foreign}.key")),
+    )
+    .unwrap();
+
+    let listed = run(&["list", &r], Some(PASS));
+    listed.ok();
+    for name in [&planted, &cheap, &damaged, &foreign] {
+        assert!(
+            listed.stderr.contains(name.as_str()),
+            "{name} not warned about: {listed}"
+        );
+    }
+    assert!(!listed.stderr.contains(PASS), "{listed}");
+    assert!(listed.stderr.contains("Argon2id parameters"), "{listed}");
+    // A wrong passphrase: exit 4 while unusable slots are there (the right slot may be
+    // among them), 6 once they are gone, opening the planted slot or not.
+    run(&["list", &r], Some("not the passphrase")).expect_code(4);
+
+    let keys_json = run(&["--json", "key", "list", &r], None);
+    keys_json.ok();
+    let unusable: Vec<String> = keys_json.json()["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut expected = vec![cheap.clone(), damaged.clone(), foreign.clone()];
+    expected.sort();
+    let mut got = unusable.clone();
+    got.sort();
+    assert_eq!(got, expected, "{keys_json}");
+    for name in &unusable {
+        let removed = run(&["--json", "key", "remove", &r, name], Some(PASS));
+        removed.ok();
+        assert_eq!(
+            removed.json()["removed_damaged"][0]["id"],
+            name.as_str(),
+            "{removed}"
+        );
+    }
+    let mut left = slot_ids(&repo);
+    left.retain(|n| !real_ids.contains(n));
+    assert_eq!(left, vec![planted.clone()]);
+    for wrong in [PASS.to_string() + "!", "x".to_string()] {
+        run(&["list", &r], Some(&wrong)).expect_code(6);
+    }
+    let out = t.path().join("restored");
+    restore_to(&repo, &id, &out).ok();
+    assert_eq!(sha256_file(&out), sha256_file(&img));
 }

@@ -78,6 +78,9 @@ fn print_report(r: &KeyReport) {
     for s in &r.removed {
         println!("removed {} slot {}", s.kind, s.id);
     }
+    for d in &r.removed_damaged {
+        println!("removed damaged slot {}", d.id);
+    }
     println!("{:<34} {:<11} {:>14}  created", "slot", "kind", "argon2id");
     for s in &r.slots {
         let cost = if s.kdf_memory_kib > 0 {
@@ -86,5 +89,8 @@ fn print_report(r: &KeyReport) {
             "-".into()
         };
         println!("{:<34} {:<11} {:>14}  {}", s.id, s.kind, cost, s.created);
+    }
+    for d in &r.damaged {
+        println!("{:<34} {:<11} {:>14}  ({})", d.id, "damaged", "-", d.reason);
     }
 }

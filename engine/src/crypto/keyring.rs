@@ -26,6 +26,10 @@ pub trait SecretSource {
     /// asked for. A source the user gave explicitly may warn: a repository the user
     /// believes encrypted but whose config says plain may have had its config replaced.
     fn plain_repository(&self, _location: &str) {}
+
+    /// Told when unlocking skipped the slot object `key` for `reason` (damaged, foreign, or
+    /// opening other keys); never told anything secret. The CLI warns on stderr.
+    fn skipped_slot(&self, _key: &str, _reason: &str) {}
 }
 
 /// No secret: opens plain repositories; an encrypted one fails with [`Error::KeyRequired`].
@@ -63,14 +67,7 @@ pub fn open_crypto(
         return Ok(RepoCrypto::plain());
     };
     let secret = source.secret(&backend.describe())?;
-    let (keys, slot) = unlock(backend, config.repo_id, &secret)?;
-    if keys.fingerprint() != fingerprint {
-        return Err(Error::KeySlotDamaged {
-            key: ObjectKey::key_slot(&slot.id).to_string(),
-            reason: "it opens keys other than the ones the config names (fingerprint differs)"
-                .into(),
-        });
-    }
+    let (keys, _) = unlock(backend, config.repo_id, fingerprint, &secret, source)?;
     RepoCrypto::encrypted(&keys).map_err(|e| library(&e))
 }
 
@@ -141,7 +138,7 @@ pub struct SlotInfo {
 }
 
 impl SlotInfo {
-    fn of(slot: &KeySlotFile) -> Self {
+    pub(crate) fn of(slot: &KeySlotFile) -> Self {
         Self {
             id: slot.slot_id,
             kind: slot.kind,
@@ -168,50 +165,105 @@ fn library(e: &CryptoError) -> Error {
     Error::Internal(format!("key slot cryptography: {e}"))
 }
 
-/// Every slot of the repository `repo_id`, in slot-id order. A slot that does not decode,
-/// or names another repository, is damage.
-pub fn load_slots(backend: &dyn Backend, repo_id: RepoId) -> Result<Vec<KeySlotFile>> {
-    let mut slots = Vec::new();
+/// Most slots of the presented kind one unlock tries (each passphrase slot costs one
+/// Argon2id run, at most [`tessera_format::keyslot::MAX_KDF_MEMORY_KIB`] and
+/// [`tessera_format::keyslot::MAX_KDF_ITERATIONS`]), so planted slots bound the time an
+/// unlock takes.
+pub const MAX_SLOTS_TRIED: usize = 16;
+
+/// A slot object that cannot be used: it does not decode, or names another slot or
+/// repository. Skipped when unlocking; `key list` shows it and `key remove` removes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedSlot {
+    /// Slot id, from the object's name.
+    pub id: [u8; 16],
+    /// Why it cannot be used.
+    pub reason: String,
+}
+
+impl DamagedSlot {
+    /// The object key, as warnings name it.
+    pub fn key(&self) -> String {
+        ObjectKey::key_slot(&self.id).to_string()
+    }
+}
+
+/// The slot objects of a repository: those that decode and belong to it, in slot-id
+/// order, and the others.
+#[derive(Debug, Default)]
+pub struct StoredSlots {
+    /// Sound slots.
+    pub sound: Vec<KeySlotFile>,
+    /// Slot objects that cannot be used.
+    pub damaged: Vec<DamagedSlot>,
+}
+
+/// Every slot object of the repository `repo_id`. One that does not decode, or names
+/// another slot or repository, is set aside in [`StoredSlots::damaged`] (one bad slot must
+/// not lock the owner out, nor be impossible to remove).
+pub fn load_slots(backend: &dyn Backend, repo_id: RepoId) -> Result<StoredSlots> {
+    let mut slots = StoredSlots::default();
     for key in backend.list(KEYS)? {
         let Some(id) = key.as_key_slot() else {
             continue;
         };
-        let damaged = |reason: String| Error::KeySlotDamaged {
-            key: key.to_string(),
-            reason,
-        };
         let bytes = backend.get(&key)?;
-        let slot = KeySlotFile::decode(&bytes).map_err(|e| damaged(e.to_string()))?;
-        if slot.slot_id != id || slot.repo_id != repo_id {
-            return Err(damaged(
-                "it names another slot or another repository".into(),
-            ));
+        match KeySlotFile::decode(&bytes) {
+            Ok(slot) if slot.slot_id == id && slot.repo_id == repo_id => slots.sound.push(slot),
+            Ok(_) => slots.damaged.push(DamagedSlot {
+                id,
+                reason: "it names another slot or another repository".into(),
+            }),
+            Err(e) => slots.damaged.push(DamagedSlot {
+                id,
+                reason: e.to_string(),
+            }),
         }
-        slots.push(slot);
     }
     Ok(slots)
 }
 
-/// The slots, for listing.
+/// The sound slots, for listing.
 pub fn list(backend: &dyn Backend, repo_id: RepoId) -> Result<Vec<SlotInfo>> {
     Ok(load_slots(backend, repo_id)?
+        .sound
         .iter()
         .map(SlotInfo::of)
         .collect())
 }
 
-/// Opens the repository keys with `secret`, trying each slot of its kind (each passphrase
-/// slot costs one Argon2id run). Returns the keys and the slot that opened. Writes nothing.
+/// Opens the repository keys with `secret`, trying each sound slot of its kind (at most
+/// [`MAX_SLOTS_TRIED`]; each passphrase slot costs one Argon2id run) until one opens keys
+/// with the config's `fingerprint`. Returns the keys and the slot that opened them. Writes
+/// nothing.
+///
+/// A slot that opens other keys (planted by someone who can write the repository, under a
+/// passphrase they guessed), a slot that does not decode or belongs elsewhere, and one
+/// whose key derivation fails are skipped, each told to `source`
+/// ([`SecretSource::skipped_slot`]), so that neither blocks the real slot. A slot that
+/// opens other keys counts as a wrong secret in the final answer: otherwise the exit code
+/// would tell the planter whether the guess was right. When no slot opens, the error is
+/// damage if a skipped slot was unusable (the right slot may be among them), else a wrong
+/// secret.
 pub fn unlock(
     backend: &dyn Backend,
     repo_id: RepoId,
+    fingerprint: [u8; 16],
     secret: &SlotSecret,
+    source: &dyn SecretSource,
 ) -> Result<(RepoKeys, SlotInfo)> {
     let slots = load_slots(backend, repo_id)?;
+    for bad in &slots.damaged {
+        source.skipped_slot(&bad.key(), &bad.reason);
+    }
     let kind = secret.kind();
-    let candidates: Vec<&KeySlotFile> = slots.iter().filter(|s| s.kind == kind).collect();
+    let candidates: Vec<&KeySlotFile> = slots.sound.iter().filter(|s| s.kind == kind).collect();
     if candidates.is_empty() {
-        let mut kinds: Vec<&str> = slots.iter().map(|s| what(s.kind)).collect();
+        if !slots.damaged.is_empty() {
+            return Err(unusable(&slots.damaged));
+        }
+        let mut kinds: Vec<&str> = slots.sound.iter().map(|s| what(s.kind)).collect();
+        kinds.sort_unstable();
         kinds.dedup();
         return Err(Error::NoSuchSlot {
             what: what(kind),
@@ -222,17 +274,49 @@ pub fn unlock(
             },
         });
     }
-    for slot in &candidates {
+    let mut failed = slots.damaged.clone();
+    for slot in candidates.iter().take(MAX_SLOTS_TRIED) {
         match unwrap(slot, secret) {
-            Ok(keys) => return Ok((keys, SlotInfo::of(slot))),
+            Ok(keys) if keys.fingerprint() == fingerprint => {
+                return Ok((keys, SlotInfo::of(slot)));
+            }
+            Ok(_) => source.skipped_slot(
+                &ObjectKey::key_slot(&slot.slot_id).to_string(),
+                "it opens keys other than the ones the config names (planted?)",
+            ),
             Err(CryptoError::WrongSecret) => {}
-            Err(e) => return Err(library(&e)),
+            Err(e) => {
+                let bad = DamagedSlot {
+                    id: slot.slot_id,
+                    reason: e.to_string(),
+                };
+                source.skipped_slot(&bad.key(), &bad.reason);
+                failed.push(bad);
+            }
         }
     }
+    if !failed.is_empty() {
+        return Err(unusable(&failed));
+    }
+    let untried = candidates.len().saturating_sub(MAX_SLOTS_TRIED);
     Err(Error::WrongSecret {
         what: what(kind),
-        tried: candidates.len(),
+        tried: candidates.len().min(MAX_SLOTS_TRIED),
+        untried,
     })
+}
+
+/// No slot opened and some could not be used: damage naming the first.
+fn unusable(damaged: &[DamagedSlot]) -> Error {
+    let first = &damaged[0];
+    Error::KeySlotDamaged {
+        key: first.key(),
+        reason: format!(
+            "{}; no other slot opened with the secret given ({} slot(s) unusable)",
+            first.reason,
+            damaged.len()
+        ),
+    }
 }
 
 /// Adds a slot wrapping `keys` that `secret` opens.
@@ -275,46 +359,72 @@ pub fn create(
     Ok((keys, recovery))
 }
 
-/// Removes slot `id`. Refuses to remove the last slot that is not a recovery slot (the
-/// recovery key is kept for emergencies, not for daily use).
+/// Removes slot `id`, sound or damaged. Refuses to remove the last sound slot that is not a
+/// recovery slot (the recovery key is kept for emergencies, not for daily use).
 pub fn remove(backend: &dyn Backend, repo_id: RepoId, id: &[u8; 16]) -> Result<()> {
     let slots = load_slots(backend, repo_id)?;
-    let Some(target) = slots.iter().find(|s| &s.slot_id == id) else {
-        return Err(Error::InvalidArgument(format!(
-            "the repository has no key slot {}",
-            hex::encode(id)
-        )));
-    };
     let daily = |s: &&KeySlotFile| s.kind != SlotKind::Recovery;
-    if daily(&target) && slots.iter().filter(daily).count() == 1 {
-        return Err(Error::LastKeySlot {
-            slot: hex::encode(id),
-        });
+    match slots.sound.iter().find(|s| &s.slot_id == id) {
+        Some(target) if daily(&target) && slots.sound.iter().filter(daily).count() == 1 => {
+            return Err(Error::LastKeySlot {
+                slot: hex::encode(id),
+            });
+        }
+        Some(_) => {}
+        None if slots.damaged.iter().any(|d| &d.id == id) => {}
+        None => {
+            return Err(Error::InvalidArgument(format!(
+                "the repository has no key slot {}",
+                hex::encode(id)
+            )))
+        }
     }
     backend.delete(&ObjectKey::key_slot(id))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{add, create, list, remove, unlock};
+    use std::cell::RefCell;
+
+    use super::{
+        add, create, list, load_slots, remove, unlock, NoSecret, SecretSource, MAX_SLOTS_TRIED,
+    };
     use crate::crypto::secret::{Passphrase, SecretKey};
-    use crate::crypto::slot::SlotSecret;
+    use crate::crypto::slot::{wrap, SlotSecret};
     use crate::crypto::RepoKeys;
-    use crate::error::{Error, ErrorKind};
+    use crate::error::{Error, ErrorKind, Result};
     use crate::storage::local::LocalBackend;
-    use crate::storage::{Backend, ObjectKey};
-    use tessera_format::keyslot::{KdfParams, SlotKind};
+    use crate::storage::{Backend, ObjectKey, PutMode};
+    use tessera_format::keyslot::{KdfParams, SlotKind, MIN_KDF_ITERATIONS, MIN_KDF_MEMORY_KIB};
     use tessera_format::RepoId;
 
+    /// The cheapest cost a stored passphrase slot may have.
     const CHEAP: KdfParams = KdfParams {
-        memory_kib: 64,
-        iterations: 1,
+        memory_kib: MIN_KDF_MEMORY_KIB,
+        iterations: MIN_KDF_ITERATIONS,
         parallelism: 1,
     };
     const REPO: RepoId = RepoId([3; 16]);
 
     fn pass(s: &str) -> SlotSecret {
         SlotSecret::Passphrase(Passphrase::new(s.into()))
+    }
+
+    /// Records the slots unlocking skipped.
+    #[derive(Default)]
+    struct Recorder(RefCell<Vec<String>>);
+
+    impl SecretSource for Recorder {
+        fn secret(&self, location: &str) -> Result<SlotSecret> {
+            NoSecret.secret(location)
+        }
+        fn skipped_slot(&self, key: &str, reason: &str) {
+            self.0.borrow_mut().push(format!("{key}: {reason}"));
+        }
+    }
+
+    fn open(backend: &LocalBackend, keys: &RepoKeys, secret: &SlotSecret) -> Result<RepoKeys> {
+        unlock(backend, REPO, keys.fingerprint(), secret, &NoSecret).map(|(k, _)| k)
     }
 
     #[test]
@@ -327,14 +437,14 @@ mod tests {
             .into_iter()
             .find(|s| s.kind == SlotKind::Passphrase)
             .unwrap();
-        assert_eq!(unlock(&backend, REPO, &pass("old")).unwrap().0, keys);
-        let wrong = unlock(&backend, REPO, &pass("bad")).unwrap_err();
+        assert_eq!(open(&backend, &keys, &pass("old")).unwrap(), keys);
+        let wrong = open(&backend, &keys, &pass("bad")).unwrap_err();
         assert!(
             matches!(wrong, Error::WrongSecret { tried: 1, .. }),
             "{wrong}"
         );
         assert_eq!(wrong.kind(), ErrorKind::Key);
-        let none = unlock(&backend, REPO, &SlotSecret::KeyFile(SecretKey::random())).unwrap_err();
+        let none = open(&backend, &keys, &SlotSecret::KeyFile(SecretKey::random())).unwrap_err();
         assert_eq!(none.kind(), ErrorKind::Usage, "{none}");
         // The last daily slot cannot go; change-passphrase is add then remove.
         assert_eq!(
@@ -343,12 +453,10 @@ mod tests {
         );
         add(&backend, REPO, &keys, &pass("new"), CHEAP).unwrap();
         remove(&backend, REPO, &first.id).unwrap();
-        assert!(unlock(&backend, REPO, &pass("old")).is_err());
-        assert_eq!(unlock(&backend, REPO, &pass("new")).unwrap().0, keys);
+        assert!(open(&backend, &keys, &pass("old")).is_err());
+        assert_eq!(open(&backend, &keys, &pass("new")).unwrap(), keys);
         assert_eq!(
-            unlock(&backend, REPO, &SlotSecret::Recovery(recovery))
-                .unwrap()
-                .0,
+            open(&backend, &keys, &SlotSecret::Recovery(recovery)).unwrap(),
             keys
         );
         let kinds: Vec<SlotKind> = list(&backend, REPO)
@@ -360,8 +468,78 @@ mod tests {
         assert!(kinds.contains(&SlotKind::Recovery) && kinds.contains(&SlotKind::Passphrase));
     }
 
+    /// A slot someone planted under the right passphrase (guessed) wrapping other keys is
+    /// skipped with a warning, and the real slot still opens, whichever is tried first; a
+    /// wrong passphrase is a wrong secret (exit 6) whether or not it opens the planted slot,
+    /// so the exit code tells the planter nothing about the guess.
     #[test]
-    fn a_damaged_or_foreign_slot_is_damage() {
+    fn a_planted_slot_under_the_right_passphrase_does_not_stop_the_real_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path());
+        let keys = RepoKeys::generate();
+        let real = add(&backend, REPO, &keys, &pass("pw"), CHEAP).unwrap();
+        let foreign = RepoKeys::generate();
+        // Planted slots sorting before the real one, so that they are tried first.
+        for guess in ["pw", "other"] {
+            let planted = loop {
+                let slot = wrap(&foreign, REPO, &pass(guess), CHEAP, 0).unwrap();
+                if slot.slot_id < real.id {
+                    break slot;
+                }
+            };
+            backend
+                .put_bytes(
+                    &ObjectKey::key_slot(&planted.slot_id),
+                    PutMode::Create,
+                    &planted.encode().unwrap(),
+                )
+                .unwrap();
+        }
+        let seen = Recorder::default();
+        let (opened, info) =
+            unlock(&backend, REPO, keys.fingerprint(), &pass("pw"), &seen).unwrap();
+        assert_eq!(opened, keys);
+        assert_eq!(info.id, real.id);
+        let warnings = seen.0.borrow();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("other than the ones the config names"));
+        assert!(!warnings[0].contains("pw"));
+        for guess in ["other", "neither"] {
+            let err = open(&backend, &keys, &pass(guess)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Key, "{guess}: {err}");
+        }
+    }
+
+    /// At most [`MAX_SLOTS_TRIED`] slots are tried per unlock (each may cost an Argon2id
+    /// run); the error says how many were left.
+    #[test]
+    fn at_most_sixteen_slots_are_tried() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path());
+        let keys = RepoKeys::generate();
+        for _ in 0..=MAX_SLOTS_TRIED {
+            let file = SlotSecret::KeyFile(SecretKey::random());
+            add(&backend, REPO, &keys, &file, KdfParams::NONE).unwrap();
+        }
+        let err = open(&backend, &keys, &SlotSecret::KeyFile(SecretKey::random())).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::WrongSecret {
+                    tried: MAX_SLOTS_TRIED,
+                    untried: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("1 more were not tried"), "{err}");
+    }
+
+    /// A damaged or foreign slot object is skipped with a warning (the others still open)
+    /// and removable by id; only when no slot opens is it damage.
+    #[test]
+    fn a_damaged_or_foreign_slot_is_skipped_and_removable() {
         let dir = tempfile::tempdir().unwrap();
         let backend = LocalBackend::new(dir.path());
         let keys = RepoKeys::generate();
@@ -370,15 +548,39 @@ mod tests {
         let mut bytes = backend.get(&key).unwrap();
         bytes[150] ^= 1;
         std::fs::write(dir.path().join(key.as_str()), &bytes).unwrap();
+        // The only slot is damaged: damage, for every secret.
         assert_eq!(
-            unlock(&backend, REPO, &pass("pw")).unwrap_err().kind(),
+            open(&backend, &keys, &pass("pw")).unwrap_err().kind(),
             ErrorKind::Damage
         );
+        // Another repository's slot, copied in: foreign.
+        let other = tempfile::tempdir().unwrap();
+        let other_backend = LocalBackend::new(other.path());
+        let stranger = add(&other_backend, RepoId([4; 16]), &keys, &pass("pw"), CHEAP).unwrap();
+        let stranger_key = ObjectKey::key_slot(&stranger.id);
+        backend
+            .put_bytes(
+                &stranger_key,
+                PutMode::Create,
+                &other_backend.get(&stranger_key).unwrap(),
+            )
+            .unwrap();
+        // A sound slot beside them opens; both bad ones are told.
+        let good = add(&backend, REPO, &keys, &pass("pw2"), CHEAP).unwrap();
+        let seen = Recorder::default();
+        let (opened, _) = unlock(&backend, REPO, keys.fingerprint(), &pass("pw2"), &seen).unwrap();
+        assert_eq!(opened, keys);
+        assert_eq!(seen.0.borrow().len(), 2, "{:?}", seen.0.borrow());
+        let stored = load_slots(&backend, REPO).unwrap();
+        assert_eq!(stored.sound.len(), 1);
+        assert_eq!(stored.damaged.len(), 2);
+        // Damaged slots are removed by id; the last sound daily slot still cannot go.
+        remove(&backend, REPO, &info.id).unwrap();
+        remove(&backend, REPO, &stranger.id).unwrap();
+        assert!(load_slots(&backend, REPO).unwrap().damaged.is_empty());
         assert_eq!(
-            unlock(&backend, RepoId([4; 16]), &pass("pw"))
-                .unwrap_err()
-                .kind(),
-            ErrorKind::Damage
+            remove(&backend, REPO, &good.id).unwrap_err().kind(),
+            ErrorKind::Refused
         );
     }
 }

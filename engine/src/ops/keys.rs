@@ -14,7 +14,7 @@ use serde::Serialize;
 use tessera_format::keyslot::{KdfParams, SlotKind};
 use tessera_format::RepoConfig;
 
-use crate::crypto::keyring::{self, SecretSource, SlotInfo};
+use crate::crypto::keyring::{self, DamagedSlot, SecretSource, SlotInfo};
 use crate::crypto::{RepoKeys, SecretKey, SlotSecret};
 use crate::error::{Error, Result};
 use crate::repo::RepoStorage;
@@ -34,6 +34,15 @@ pub struct SlotView {
     pub created: String,
 }
 
+impl From<&DamagedSlot> for DamagedSlotView {
+    fn from(d: &DamagedSlot) -> Self {
+        Self {
+            id: hex::encode(d.id),
+            reason: d.reason.clone(),
+        }
+    }
+}
+
 impl From<&SlotInfo> for SlotView {
     fn from(s: &SlotInfo) -> Self {
         Self {
@@ -46,6 +55,15 @@ impl From<&SlotInfo> for SlotView {
     }
 }
 
+/// A slot object that cannot be used (it does not decode or belongs elsewhere).
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedSlotView {
+    /// Slot id (hex, from the object's name), as `key remove` takes it.
+    pub id: String,
+    /// Why it cannot be used.
+    pub reason: String,
+}
+
 /// What a `key` command did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct KeyReport {
@@ -53,8 +71,13 @@ pub struct KeyReport {
     pub added: Vec<SlotView>,
     /// Slots removed.
     pub removed: Vec<SlotView>,
+    /// Damaged slot objects removed (by id).
+    pub removed_damaged: Vec<DamagedSlotView>,
     /// The slots now (for `key list`, and after every change).
     pub slots: Vec<SlotView>,
+    /// Slot objects that cannot be used, now (unlocking skips them; `key remove` removes
+    /// them).
+    pub damaged: Vec<DamagedSlotView>,
 }
 
 /// The repository at `root`, which must be encrypted.
@@ -62,6 +85,7 @@ fn encrypted(root: &Path) -> Result<(RepoStorage, RepoConfig)> {
     let storage = RepoStorage::local(root);
     let config = storage.read_config()?;
     if !config.encryption.is_encrypted() {
+        keyring::refuse_plain_downgrade(&*storage.backend)?;
         return Err(Error::Usage(format!(
             "{} is not encrypted (format {}): it has no key slots",
             root.display(),
@@ -77,22 +101,28 @@ fn unlock(
     config: &RepoConfig,
     source: &dyn SecretSource,
 ) -> Result<(RepoKeys, SlotInfo)> {
+    let fingerprint = config
+        .encryption
+        .fingerprint()
+        .ok_or_else(|| Error::Internal("unlocking a plain repository".into()))?;
     let secret = source.secret(&storage.backend.describe())?;
-    let (keys, slot) = keyring::unlock(&*storage.backend, config.repo_id, &secret)?;
-    if Some(keys.fingerprint()) != config.encryption.fingerprint() {
-        return Err(Error::KeySlotDamaged {
-            key: format!("keys/{}.key", slot.id_hex()),
-            reason: "it opens keys other than the ones the config names".into(),
-        });
-    }
-    Ok((keys, slot))
+    keyring::unlock(
+        &*storage.backend,
+        config.repo_id,
+        fingerprint,
+        &secret,
+        source,
+    )
 }
 
 fn finish(storage: &RepoStorage, config: &RepoConfig, mut report: KeyReport) -> Result<KeyReport> {
-    report.slots = keyring::list(&*storage.backend, config.repo_id)?
+    let stored = keyring::load_slots(&*storage.backend, config.repo_id)?;
+    report.slots = stored
+        .sound
         .iter()
-        .map(SlotView::from)
+        .map(|s| SlotView::from(&SlotInfo::of(s)))
         .collect();
+    report.damaged = stored.damaged.iter().map(DamagedSlotView::from).collect();
     Ok(report)
 }
 
@@ -123,16 +153,21 @@ pub fn add(
     )
 }
 
-/// `key remove`: the slot whose id starts with `prefix` (refused for the last slot that is
-/// not a recovery slot), after unlocking with `source`.
+/// `key remove`: the slot whose id starts with `prefix` (refused for the last sound slot
+/// that is not a recovery slot), after unlocking with `source`. A damaged slot object
+/// (see [`KeyReport::damaged`]) is removed by its id the same way.
 pub fn remove(root: &Path, source: &dyn SecretSource, prefix: &str) -> Result<KeyReport> {
     let (storage, config) = encrypted(root)?;
     unlock(&storage, &config, source)?;
-    let slots = keyring::list(&*storage.backend, config.repo_id)?;
+    let stored = keyring::load_slots(&*storage.backend, config.repo_id)?;
     let prefix = prefix.to_ascii_lowercase();
-    let matching: Vec<&SlotInfo> = slots
+    let sound: Vec<SlotInfo> = stored.sound.iter().map(SlotInfo::of).collect();
+    let ids = sound
         .iter()
-        .filter(|s| !prefix.is_empty() && s.id_hex().starts_with(&prefix))
+        .map(|s| s.id)
+        .chain(stored.damaged.iter().map(|d| d.id));
+    let matching: Vec<[u8; 16]> = ids
+        .filter(|id| !prefix.is_empty() && hex::encode(id).starts_with(&prefix))
         .collect();
     let target = match matching.as_slice() {
         [one] => *one,
@@ -148,15 +183,15 @@ pub fn remove(root: &Path, source: &dyn SecretSource, prefix: &str) -> Result<Ke
             )))
         }
     };
-    keyring::remove(&*storage.backend, config.repo_id, &target.id)?;
-    finish(
-        &storage,
-        &config,
-        KeyReport {
-            removed: vec![SlotView::from(target)],
-            ..KeyReport::default()
-        },
-    )
+    keyring::remove(&*storage.backend, config.repo_id, &target)?;
+    let mut report = KeyReport::default();
+    if let Some(slot) = sound.iter().find(|s| s.id == target) {
+        report.removed.push(SlotView::from(slot));
+    }
+    if let Some(bad) = stored.damaged.iter().find(|d| d.id == target) {
+        report.removed_damaged.push(DamagedSlotView::from(bad));
+    }
+    finish(&storage, &config, report)
 }
 
 /// `key change-passphrase`: a new passphrase slot, then the passphrase slot that `source`
