@@ -264,17 +264,44 @@ pub fn new_slot_secret(args: &crate::args::NewSecretArgs) -> tessera_engine::Res
 }
 
 /// Writes a secret to a new file readable by its owner only (0600, never over an existing
-/// file), synced.
+/// file), synced ([`create_private`], then [`fill_private`]).
 pub fn write_private(path: &Path, text: &str) -> tessera_engine::Result<()> {
-    let mut file = OpenOptions::new()
+    let file = create_private(path)?;
+    fill_private(file, path, text)
+}
+
+/// Creates `path` for a secret: a new file (never over an existing one), 0600 from the
+/// moment it exists. Callers that must not lose a secret open it before making the secret
+/// matter (`init --recovery-key-file`), so that a bad path fails first.
+pub fn create_private(path: &Path) -> tessera_engine::Result<std::fs::File> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| failed(format!("creating {}: {e}", path.display())))?;
-    file.write_all(text.as_bytes())
+        .map_err(|e| failed(format!("creating {}: {e}", path.display())))
+}
+
+/// Writes `text` into `file` (made by [`create_private`] at `path`) and makes it durable:
+/// the file and then its directory are synced. On failure the file is removed, so no
+/// truncated secret is left that someone could take for the real one.
+pub fn fill_private(
+    mut file: std::fs::File,
+    path: &Path,
+    text: &str,
+) -> tessera_engine::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let written = file
+        .write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        .and_then(|()| std::fs::File::open(parent)?.sync_all());
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        Error::io(format!("writing {}", path.display()), e)
+    })
 }
 
 #[cfg(test)]

@@ -123,6 +123,19 @@ pub struct NewKeys {
     pub shared: Option<RepoKeys>,
 }
 
+impl NewKeys {
+    /// Refuses a secret that protects nothing (an empty passphrase), before anything is
+    /// created.
+    pub fn validate(&self) -> Result<()> {
+        if matches!(&self.secret, SlotSecret::Passphrase(p) if p.is_empty()) {
+            return Err(Error::Usage(
+                "an empty passphrase protects nothing; give a passphrase, or --encryption none for a plain repository".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What `init` created.
 #[derive(Debug)]
 pub struct Created {
@@ -253,6 +266,9 @@ impl Repository {
     /// Creates a new local repository at `root`, encrypted when `keys` is given.
     pub fn init_with(root: &Path, opts: InitOptions, keys: Option<&NewKeys>) -> Result<Created> {
         opts.validate()?;
+        if let Some(new) = keys {
+            new.validate()?;
+        }
         Self::check_init_target(root)?;
         for dir in ["packs", "snapshots", "tmp"] {
             let path = root.join(dir);
@@ -294,11 +310,7 @@ impl Repository {
         let (encryption, recovery) = match keys {
             None => (Encryption::None, None),
             Some(new) => {
-                if matches!(&new.secret, SlotSecret::Passphrase(p) if p.is_empty()) {
-                    return Err(Error::Usage(
-                        "an empty passphrase protects nothing; give a passphrase, or --encryption none for a plain repository".into(),
-                    ));
-                }
+                new.validate()?;
                 let (keys, recovery) = keyring::create(
                     &*storage.backend,
                     repo_id,

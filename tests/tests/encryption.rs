@@ -1036,3 +1036,126 @@ fn planted_damaged_and_foreign_slots_do_not_lock_the_owner_out() {
     restore_to(&repo, &id, &out).ok();
     assert_eq!(sha256_file(&out), sha256_file(&img));
 }
+
+fn recovery_slots(repo: &Path) -> Vec<String> {
+    let listed = run(&["--json", "key", "list", &p(repo)], None);
+    listed.ok();
+    listed.json()["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "recovery")
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `key export-recovery` delivers the new key before it removes the old recovery slot: when
+/// the new key cannot be written, the new slot is removed and the old key still opens.
+#[test]
+fn export_recovery_keeps_the_old_key_when_the_new_one_cannot_be_delivered() {
+    let t = TempDir::new().unwrap();
+    let repo = t.path().join("repo");
+    let old = init_encrypted(&repo, t.path());
+    let old_file = t.path().join("old-recovery");
+    fs::write(&old_file, &old).unwrap();
+    let r = p(&repo);
+    let before = recovery_slots(&repo);
+    assert_eq!(before.len(), 1);
+    let nowhere = t.path().join("no such directory").join("recovery");
+    let out = run(
+        &[
+            "key",
+            "export-recovery",
+            &r,
+            "--recovery-key-file",
+            &p(&nowhere),
+        ],
+        Some(PASS),
+    );
+    assert_ne!(out.code, 0, "{out}");
+    assert!(!nowhere.exists());
+    assert_eq!(recovery_slots(&repo), before, "the old recovery slot went");
+    run(&["list", &r, "--key-file", &p(&old_file)], None).ok();
+    // Delivered: then the old one goes.
+    let new_file = t.path().join("new-recovery");
+    run(
+        &[
+            "key",
+            "export-recovery",
+            &r,
+            "--recovery-key-file",
+            &p(&new_file),
+        ],
+        Some(PASS),
+    )
+    .ok();
+    assert_eq!(recovery_slots(&repo).len(), 1);
+    assert_ne!(recovery_slots(&repo), before);
+    run(&["list", &r, "--key-file", &p(&new_file)], None).ok();
+    run(&["list", &r, "--key-file", &p(&old_file)], None).expect_code(6);
+}
+
+/// `init --recovery-key-file` creates the file before the repository: a path that cannot
+/// be written fails with no repository made, and a failed init removes the file.
+#[test]
+fn init_creates_the_recovery_key_file_first_and_removes_it_when_init_fails() {
+    let t = TempDir::new().unwrap();
+    let repo = t.path().join("repo");
+    let init = |recovery: &Path, pass: &str| {
+        let mut args = vec![
+            "init".to_string(),
+            p(&repo),
+            "--recovery-key-file".into(),
+            p(recovery),
+        ];
+        args.extend(CHEAP_KDF.iter().map(ToString::to_string));
+        run(&args, Some(pass))
+    };
+    let nowhere = t.path().join("no such directory").join("recovery");
+    let out = init(&nowhere, PASS);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        !repo.join("config").exists(),
+        "a repository was made: {out}"
+    );
+    // An empty passphrase fails inside init, after the file was created: it is removed.
+    let file = t.path().join("recovery");
+    init(&file, "").expect_code(2);
+    assert!(
+        !file.exists(),
+        "the recovery key file of a failed init was left"
+    );
+    assert!(!repo.join("config").exists());
+    init(&file, PASS).ok();
+    assert_eq!(
+        fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    fs::write(t.path().join("rk"), fs::read(&file).unwrap()).unwrap();
+    run(
+        &["list", &p(&repo), "--key-file", &p(&t.path().join("rk"))],
+        None,
+    )
+    .ok();
+}
+
+/// `keys/` is 0700 and every slot 0600, from init and from `key add`.
+#[test]
+fn key_slots_are_private_to_their_owner() {
+    let t = TempDir::new().unwrap();
+    let repo = t.path().join("repo");
+    init_encrypted(&repo, t.path());
+    let key = t.path().join("second.key");
+    run(
+        &["key", "add", &p(&repo), "--new-key-file", &p(&key)],
+        Some(PASS),
+    )
+    .ok();
+    let mode = |f: &Path| fs::metadata(f).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&repo.join("keys")), 0o700);
+    let slots = all_files(&repo.join("keys"));
+    assert_eq!(slots.len(), 3);
+    for slot in &slots {
+        assert_eq!(mode(slot), 0o600, "{}", slot.display());
+    }
+}

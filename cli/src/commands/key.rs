@@ -1,7 +1,10 @@
 //! `tessera key list|add|remove|change-passphrase|export-recovery`.
 
+use std::io::Write as _;
+
 use anyhow::Result;
 use tessera_engine::crypto::text::recovery_text;
+use tessera_engine::crypto::SecretKey;
 use tessera_engine::ops::keys::{self, KeyReport};
 use tessera_format::keyslot::KdfParams;
 
@@ -46,19 +49,26 @@ pub fn run(cmd: &KeyCommand, json: bool) -> Result<i32> {
                     .into());
                 }
             }
-            let (report, key) = keys::new_recovery(repo, global())?;
-            let text = recovery_text(&key);
-            match recovery_key_file {
-                Some(path) => {
-                    write_private(path, &format!("{}\n", text.as_str()))?;
-                    if !json {
-                        println!("new recovery key written to {} (0600)", path.display());
-                    }
+            // Delivered before the old recovery slots go (and the new slot removed if
+            // delivery fails): the file is created 0600 and synced, or the key printed
+            // and flushed.
+            let mut deliver = |key: &SecretKey| -> tessera_engine::Result<()> {
+                let text = recovery_text(key);
+                if let Some(path) = recovery_key_file {
+                    return write_private(path, &format!("{}\n", text.as_str()));
                 }
-                None => println!(
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
                     "new recovery key (shown once, stored nowhere; the old one no longer opens the repository):\n  {}",
                     text.as_str()
-                ),
+                )
+                .and_then(|()| out.flush())
+                .map_err(|e| tessera_engine::Error::io("printing the recovery key", e))
+            };
+            let report = keys::new_recovery(repo, global(), &mut deliver)?;
+            if let (Some(path), false) = (recovery_key_file, json) {
+                println!("new recovery key written to {} (0600)", path.display());
             }
             report
         }

@@ -59,10 +59,25 @@ pub fn init(
             shared: None,
         })
     };
-    let (r, recovery) = init_repository(repo, opts, new_keys.as_ref())?;
+    // The recovery key file is created (0600, create-only) before the repository, so a path
+    // that cannot be written fails before anything exists; it is removed if init fails.
+    let recovery_file = match (&new_keys, &encryption.recovery_key_file) {
+        (Some(_), Some(path)) => Some((keys::create_private(path)?, path)),
+        _ => None,
+    };
+    let (r, recovery) = match init_repository(repo, opts, new_keys.as_ref()) {
+        Ok(created) => created,
+        Err(e) => {
+            if let Some((file, path)) = recovery_file {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e.into());
+        }
+    };
     let recovery = recovery.map(|key| recovery_text(&key));
-    if let (Some(text), Some(path)) = (&recovery, &encryption.recovery_key_file) {
-        keys::write_private(path, &format!("{}\n", text.as_str()))?;
+    if let (Some(text), Some((file, path))) = (&recovery, recovery_file) {
+        keys::fill_private(file, path, &format!("{}\n", text.as_str()))?;
     }
     if json {
         print_ok(&r);

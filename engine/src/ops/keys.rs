@@ -4,7 +4,10 @@
 //!
 //! Every change unlocks the repository first (the caller proves it holds a secret) and
 //! needs no writer lock: a slot is put create-only under a fresh random id, and a removal
-//! deletes one object, so slot changes cannot conflict with a backup. Crash reasoning: a
+//! deletes one object, so slot changes cannot conflict with a backup. Changes hold the
+//! key-slot lock (`REPO/keys.lock`, [`WriterLock::acquire_keys`]) from before reading the
+//! slots until done, so that two concurrent commands cannot each pass the "not the last
+//! everyday slot" check and together remove every everyday slot. Crash reasoning: a
 //! replacement (change-passphrase, a new recovery key) adds the new slot *before* removing
 //! the old one, so a crash in between leaves both, never neither.
 
@@ -17,6 +20,7 @@ use tessera_format::RepoConfig;
 use crate::crypto::keyring::{self, DamagedSlot, SecretSource, SlotInfo};
 use crate::crypto::{RepoKeys, SecretKey, SlotSecret};
 use crate::error::{Error, Result};
+use crate::lock::WriterLock;
 use crate::repo::RepoStorage;
 
 /// One slot as `key list` shows it (nothing secret).
@@ -140,6 +144,7 @@ pub fn add(
     kdf: KdfParams,
 ) -> Result<KeyReport> {
     let (storage, config) = encrypted(root)?;
+    let _slots = WriterLock::acquire_keys(&storage.local_dir)?;
     refuse_empty(new)?;
     let (keys, _) = unlock(&storage, &config, source)?;
     let added = keyring::add(&*storage.backend, config.repo_id, &keys, new, kdf)?;
@@ -158,6 +163,7 @@ pub fn add(
 /// (see [`KeyReport::damaged`]) is removed by its id the same way.
 pub fn remove(root: &Path, source: &dyn SecretSource, prefix: &str) -> Result<KeyReport> {
     let (storage, config) = encrypted(root)?;
+    let _slots = WriterLock::acquire_keys(&storage.local_dir)?;
     unlock(&storage, &config, source)?;
     let stored = keyring::load_slots(&*storage.backend, config.repo_id)?;
     let prefix = prefix.to_ascii_lowercase();
@@ -203,6 +209,7 @@ pub fn change_passphrase(
     kdf: KdfParams,
 ) -> Result<KeyReport> {
     let (storage, config) = encrypted(root)?;
+    let _slots = WriterLock::acquire_keys(&storage.local_dir)?;
     if new.kind() != SlotKind::Passphrase {
         return Err(Error::Usage("the new secret must be a passphrase".into()));
     }
@@ -226,11 +233,19 @@ pub fn change_passphrase(
     )
 }
 
-/// `key export-recovery`: a new recovery key (returned, to be shown once), then every
-/// older recovery slot is removed — the recovery key itself is stored nowhere, so a new one
-/// is what can be exported.
-pub fn new_recovery(root: &Path, source: &dyn SecretSource) -> Result<(KeyReport, SecretKey)> {
+/// `key export-recovery`: a new recovery key — the recovery key itself is stored nowhere,
+/// so a new one is what can be exported. Order: the new slot is added, then `deliver`
+/// hands the key to the user (writes and syncs its file, or prints and flushes it), and
+/// only once delivered are the older recovery slots removed. If delivery fails, the new
+/// slot is removed instead and the old recovery key keeps working; a crash in between
+/// leaves both slots, never a repository whose only recovery key nobody has.
+pub fn new_recovery(
+    root: &Path,
+    source: &dyn SecretSource,
+    deliver: &mut dyn FnMut(&SecretKey) -> Result<()>,
+) -> Result<KeyReport> {
     let (storage, config) = encrypted(root)?;
+    let _slots = WriterLock::acquire_keys(&storage.local_dir)?;
     let (keys, _) = unlock(&storage, &config, source)?;
     let recovery = SecretKey::random();
     let added = keyring::add(
@@ -240,6 +255,11 @@ pub fn new_recovery(root: &Path, source: &dyn SecretSource) -> Result<(KeyReport
         &SlotSecret::Recovery(recovery.clone()),
         KdfParams::NONE,
     )?;
+    if let Err(e) = deliver(&recovery) {
+        // Never delivered: the new slot must not outlive the key. The old ones stay.
+        keyring::remove(&*storage.backend, config.repo_id, &added.id)?;
+        return Err(e);
+    }
     let mut removed = Vec::new();
     for old in keyring::list(&*storage.backend, config.repo_id)? {
         if old.kind == SlotKind::Recovery && old.id != added.id {
@@ -247,7 +267,7 @@ pub fn new_recovery(root: &Path, source: &dyn SecretSource) -> Result<(KeyReport
             removed.push(SlotView::from(&old));
         }
     }
-    let report = finish(
+    finish(
         &storage,
         &config,
         KeyReport {
@@ -255,8 +275,7 @@ pub fn new_recovery(root: &Path, source: &dyn SecretSource) -> Result<(KeyReport
             removed,
             ..KeyReport::default()
         },
-    )?;
-    Ok((report, recovery))
+    )
 }
 
 fn refuse_empty(secret: &SlotSecret) -> Result<()> {
@@ -265,5 +284,55 @@ fn refuse_empty(secret: &SlotSecret) -> Result<()> {
             Err(Error::Usage("an empty passphrase protects nothing".into()))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{new_recovery, remove};
+    use crate::crypto::{Passphrase, SecretKey, SlotSecret};
+    use crate::error::{Error, ErrorKind};
+    use crate::lock::WriterLock;
+    use crate::{InitOptions, NewKeys, Repository};
+    use tessera_format::keyslot::{KdfParams, MIN_KDF_ITERATIONS, MIN_KDF_MEMORY_KIB};
+
+    fn pass() -> SlotSecret {
+        SlotSecret::Passphrase(Passphrase::new("pw".into()))
+    }
+
+    fn encrypted_repository(root: &std::path::Path) {
+        let keys = NewKeys {
+            secret: pass(),
+            kdf: KdfParams {
+                memory_kib: MIN_KDF_MEMORY_KIB,
+                iterations: MIN_KDF_ITERATIONS,
+                parallelism: 1,
+            },
+            shared: None,
+        };
+        Repository::init_with(root, InitOptions::default(), Some(&keys)).unwrap();
+    }
+
+    /// Slot changes hold the key-slot lock: while another command holds it, a removal is
+    /// refused as locked (exit 3) before it reads or deletes anything.
+    #[test]
+    fn slot_changes_wait_for_the_key_slot_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        encrypted_repository(&root);
+        let before = std::fs::read_dir(root.join("keys")).unwrap().count();
+        let held = WriterLock::acquire_keys(&root).unwrap();
+        let err = remove(&root, &pass(), "0").unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Locked);
+        let err = new_recovery(&root, &pass(), &mut |_: &SecretKey| Ok(())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+        drop(held);
+        assert_eq!(
+            std::fs::read_dir(root.join("keys")).unwrap().count(),
+            before
+        );
+        // Released: the same export goes through.
+        new_recovery(&root, &pass(), &mut |_: &SecretKey| Ok(())).unwrap();
     }
 }
