@@ -89,22 +89,41 @@ fn first_line(text: &str) -> Passphrase {
     )
 }
 
+/// Runs `--password-command` and takes the first line of its output. The child does not
+/// inherit the passphrases of the environment (`TESSERA_PASSPHRASE`,
+/// `TESSERA_NEW_PASSPHRASE`): a password manager has no business seeing them. At most
+/// [`MAX_SECRET_BYTES`] of its output are read; a child printing more is killed and
+/// refused, so a runaway command cannot fill memory.
 fn run_password_command(command: &str) -> tessera_engine::Result<Passphrase> {
-    let child = Command::new("/bin/sh")
+    let mut child = Command::new("/bin/sh")
         .args(["-c", command])
+        .env_remove(PASSPHRASE_ENV)
+        .env_remove(NEW_PASSPHRASE_ENV)
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| failed(format!("--password-command: starting /bin/sh: {e}")))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| failed(format!("--password-command: {e}")))?;
-    let stdout = Zeroizing::new(out.stdout);
-    if !out.status.success() {
+    let mut stdout = Zeroizing::new(Vec::new());
+    let read = child
+        .stdout
+        .take()
+        .map(|out| out.take(MAX_SECRET_BYTES + 1).read_to_end(&mut stdout))
+        .transpose()
+        .map_err(|e| failed(format!("--password-command: reading its output: {e}")))?;
+    if read.unwrap_or(0) as u64 > MAX_SECRET_BYTES {
+        let _ = child.kill();
+        let _ = child.wait();
         return Err(failed(format!(
-            "--password-command failed ({}); no passphrase",
-            out.status
+            "--password-command printed more than {MAX_SECRET_BYTES} bytes; no passphrase"
+        )));
+    }
+    let status = child
+        .wait()
+        .map_err(|e| failed(format!("--password-command: {e}")))?;
+    if !status.success() {
+        return Err(failed(format!(
+            "--password-command failed ({status}); no passphrase"
         )));
     }
     let text = std::str::from_utf8(&stdout)

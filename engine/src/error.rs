@@ -567,7 +567,6 @@ impl Error {
             | Self::SeriesNotFound { .. }
             | Self::BadSnapshotRef { .. }
             | Self::Usage(_)
-            | Self::NoSuchSlot { .. }
             | Self::InvalidArgument(_) => ErrorKind::Usage,
             Self::BadConfig { .. }
             | Self::IndexMissing { .. }
@@ -584,7 +583,9 @@ impl Error {
             | Self::UntrustedData { .. } => ErrorKind::Damage,
             Self::ReferenceBlockUnreadable { source, .. } => source.kind(),
             Self::Internal(_) => ErrorKind::Internal,
-            Self::WrongSecret { .. } | Self::KeyRequired { .. } => ErrorKind::Key,
+            Self::WrongSecret { .. } | Self::KeyRequired { .. } | Self::NoSuchSlot { .. } => {
+                ErrorKind::Key
+            }
         }
     }
 

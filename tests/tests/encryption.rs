@@ -292,8 +292,11 @@ fn a_key_file_repository_and_private_key_files() {
     )
     .ok();
     assert_eq!(sha256_file(&restored), sha256_file(&img));
-    // A passphrase does not open a repository that has only a key-file slot.
-    run(&["list", &p(&repo)], Some(PASS)).expect_code(2);
+    // A passphrase does not open a repository that has only a key-file slot: the secret
+    // opens nothing, exit 6 (as a wrong one), not a usage error.
+    let out = run(&["--json", "list", &p(&repo)], Some(PASS));
+    out.expect_code(6);
+    assert_eq!(out.json()["kind"], "key", "{out}");
 }
 
 #[test]
@@ -701,7 +704,8 @@ fn key_slots_change_without_rewriting_data() {
         Some("a new passphrase"),
     )
     .ok();
-    run(&["list", &r, "--key-file", &key_s], None).expect_code(2);
+    // The repository has no key-file slot left: the key file opens nothing (exit 6).
+    run(&["list", &r, "--key-file", &key_s], None).expect_code(6);
     run(
         &["key", "remove", &r, &id_of("passphrase")],
         Some("a new passphrase"),
@@ -1158,4 +1162,43 @@ fn key_slots_are_private_to_their_owner() {
     for slot in &slots {
         assert_eq!(mode(slot), 0o600, "{}", slot.display());
     }
+}
+
+/// `--password-command` does not hand the environment's passphrases to the command, and
+/// its output is bounded; `key add --new-key-file` creates nothing until the repository is
+/// unlocked.
+#[test]
+fn the_password_command_sees_no_passphrase_and_key_add_creates_nothing_before_unlocking() {
+    let t = TempDir::new().unwrap();
+    let repo = t.path().join("repo");
+    init_encrypted(&repo, t.path());
+    let r = p(&repo);
+    // The command prints the passphrase only if neither variable reached it.
+    let command = format!(
+        "if [ -n \"$TESSERA_PASSPHRASE$TESSERA_NEW_PASSPHRASE\" ]; then echo leaked; else echo '{PASS}'; fi"
+    );
+    let mut cmd = tessera_cmd(["list", &r, "--password-command", &command]);
+    cmd.env("TESSERA_PASSPHRASE", PASS)
+        .env("TESSERA_NEW_PASSPHRASE", "new");
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        exit_code(out.status),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Endless output is cut off and refused, not read into memory.
+    let flood = run(&["list", &r, "--password-command", "yes"], None);
+    flood.expect_code(2);
+    assert!(flood.stderr.contains("more than"), "{flood}");
+
+    let key = t.path().join("new.key");
+    run(
+        &["key", "add", &r, "--new-key-file", &p(&key)],
+        Some("not the passphrase"),
+    )
+    .expect_code(6);
+    assert!(!key.exists(), "a key file was created before unlocking");
+    run(&["key", "add", &r, "--new-key-file", &p(&key)], Some(PASS)).ok();
+    run(&["list", &r, "--key-file", &p(&key)], None).ok();
 }

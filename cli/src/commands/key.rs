@@ -23,12 +23,14 @@ fn kdf(new: &NewSecretArgs) -> KdfParams {
 pub fn run(cmd: &KeyCommand, json: bool) -> Result<i32> {
     let report = match cmd {
         KeyCommand::List { repo } => keys::list(repo)?,
+        // The new secret is asked for (and a new key file created) only once the
+        // repository is unlocked.
         KeyCommand::Add { repo, new } => {
-            keys::add(repo, global(), &new_slot_secret(new)?, kdf(new))?
+            keys::add(repo, global(), &mut || new_slot_secret(new), kdf(new))?
         }
         KeyCommand::Remove { repo, slot } => keys::remove(repo, global(), slot)?,
         KeyCommand::ChangePassphrase { repo, new } => {
-            keys::change_passphrase(repo, global(), &new_slot_secret(new)?, kdf(new))?
+            keys::change_passphrase(repo, global(), &mut || new_slot_secret(new), kdf(new))?
         }
         KeyCommand::ExportRecovery {
             repo,

@@ -445,7 +445,9 @@ mod tests {
         );
         assert_eq!(wrong.kind(), ErrorKind::Key);
         let none = open(&backend, &keys, &SlotSecret::KeyFile(SecretKey::random())).unwrap_err();
-        assert_eq!(none.kind(), ErrorKind::Usage, "{none}");
+        // No slot of that kind: the secret opens nothing (exit 6), like a wrong one.
+        assert!(matches!(none, Error::NoSuchSlot { .. }), "{none}");
+        assert_eq!(none.kind(), ErrorKind::Key, "{none}");
         // The last daily slot cannot go; change-passphrase is add then remove.
         assert_eq!(
             remove(&backend, REPO, &first.id).unwrap_err().kind(),

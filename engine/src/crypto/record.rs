@@ -142,12 +142,16 @@ impl RecordCipher {
 
     /// Appends this writer's id and a counter never used before, and returns the nonce.
     fn next_prefix(&self, out: &mut Vec<u8>) -> Result<[u8; NONCE_LEN], CryptoError> {
-        let counter = self.next.fetch_add(1, Ordering::Relaxed);
-        if counter == u64::MAX {
-            return Err(CryptoError::Library(
-                "this writer sealed 2^64 records; open the repository again".into(),
-            ));
-        }
+        // Never wraps: once the counter is spent every later call fails too (a plain
+        // fetch_add would return 0 again after u64::MAX and repeat a nonce).
+        let counter = self
+            .next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_add(1))
+            .map_err(|_| {
+                CryptoError::Library(
+                    "this writer sealed 2^64 - 1 records; open the repository again".into(),
+                )
+            })?;
         out.extend_from_slice(&self.writer);
         out.extend_from_slice(&counter.to_le_bytes());
         Ok(nonce(counter))
@@ -328,6 +332,22 @@ mod tests {
 
     fn cipher() -> RecordCipher {
         RecordCipher::new(SecretKey::from_bytes([0x42; 32])).unwrap()
+    }
+
+    /// The nonce counter never wraps: the last counter is used once, then every seal fails
+    /// (it would otherwise start again at 0 and repeat nonces under the same subkey).
+    #[test]
+    fn the_nonce_counter_never_wraps() {
+        let c = cipher();
+        c.next
+            .store(u64::MAX - 1, std::sync::atomic::Ordering::Relaxed);
+        let sealed = c.seal(&ad(1), b"last").unwrap();
+        assert_eq!(c.open(&ad(1), &sealed).unwrap(), b"last");
+        for _ in 0..3 {
+            assert!(c.seal(&ad(1), b"again").is_err());
+            let mut out = Vec::new();
+            assert!(c.sign_into(&ad(2), b"page", &mut out).is_err());
+        }
     }
 
     #[test]

@@ -136,18 +136,23 @@ pub fn list(root: &Path) -> Result<KeyReport> {
     finish(&storage, &config, KeyReport::default())
 }
 
-/// `key add`: a slot that `new` opens, after unlocking with `source`.
+/// Where a new slot's secret comes from: asked only after the repository was unlocked, so
+/// a wrong secret neither prompts for a new one nor creates a new key file.
+pub type NewSecret<'a> = &'a mut dyn FnMut() -> Result<SlotSecret>;
+
+/// `key add`: a slot that the secret `new` gives opens, after unlocking with `source`.
 pub fn add(
     root: &Path,
     source: &dyn SecretSource,
-    new: &SlotSecret,
+    new: NewSecret<'_>,
     kdf: KdfParams,
 ) -> Result<KeyReport> {
     let (storage, config) = encrypted(root)?;
     let _slots = WriterLock::acquire_keys(&storage.local_dir)?;
-    refuse_empty(new)?;
     let (keys, _) = unlock(&storage, &config, source)?;
-    let added = keyring::add(&*storage.backend, config.repo_id, &keys, new, kdf)?;
+    let new = new()?;
+    refuse_empty(&new)?;
+    let added = keyring::add(&*storage.backend, config.repo_id, &keys, &new, kdf)?;
     finish(
         &storage,
         &config,
@@ -205,22 +210,23 @@ pub fn remove(root: &Path, source: &dyn SecretSource, prefix: &str) -> Result<Ke
 pub fn change_passphrase(
     root: &Path,
     source: &dyn SecretSource,
-    new: &SlotSecret,
+    new: NewSecret<'_>,
     kdf: KdfParams,
 ) -> Result<KeyReport> {
     let (storage, config) = encrypted(root)?;
     let _slots = WriterLock::acquire_keys(&storage.local_dir)?;
-    if new.kind() != SlotKind::Passphrase {
-        return Err(Error::Usage("the new secret must be a passphrase".into()));
-    }
-    refuse_empty(new)?;
     let (keys, opened) = unlock(&storage, &config, source)?;
     if opened.kind != SlotKind::Passphrase {
         return Err(Error::Usage(
             "unlock with the passphrase to change (or use `key add` and `key remove`)".into(),
         ));
     }
-    let added = keyring::add(&*storage.backend, config.repo_id, &keys, new, kdf)?;
+    let new = new()?;
+    if new.kind() != SlotKind::Passphrase {
+        return Err(Error::Usage("the new secret must be a passphrase".into()));
+    }
+    refuse_empty(&new)?;
+    let added = keyring::add(&*storage.backend, config.repo_id, &keys, &new, kdf)?;
     keyring::remove(&*storage.backend, config.repo_id, &opened.id)?;
     finish(
         &storage,
