@@ -159,7 +159,16 @@ pub fn encode_pack_header() -> [u8; PACK_HEADER_LEN] {
 pub fn decode_pack_header(buf: &[u8]) -> Result<(), DecodeError> {
     let mut r = Reader::new(buf, "pack header");
     r.magic(PACK_MAGIC)?;
-    r.version()?;
+    // Packs have one layout in every repository format (sealed records are told apart by
+    // their codec), so only PACK_VERSION is a pack header's version.
+    let version = r.u32()?;
+    if version != PACK_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            what: "pack header",
+            version,
+            supported: PACK_VERSION,
+        });
+    }
     r.reserved::<4>()
 }
 
