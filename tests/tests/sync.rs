@@ -231,10 +231,7 @@ fn killed_sync_resumes_without_duplicates() {
         };
         let (copied, skipped) = (names("snapshots_copied"), names("snapshots_skipped"));
         assert_eq!(copied.len() + skipped.len(), ids.len(), "{at} {rest}");
-        assert!(
-            listed.iter().all(|id| skipped.contains(id)),
-            "{at} {rest}"
-        );
+        assert!(listed.iter().all(|id| skipped.contains(id)), "{at} {rest}");
         assert_eq!(list_ids(&b), ids, "{at}");
         verify(&b).ok();
         assert_no_duplicates(&b, &at);

@@ -5,7 +5,7 @@
 //! before the body is read; what depends on the repository (the series of a snapshot file,
 //! the series a published snapshot names, a quota) is decided here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use crate::sync::source::{Catalog, ObjectSource};
 
 use super::quota::Usage;
 use super::tokens::{Role, TokenEntry};
+use super::visible::VisiblePages;
 use super::wire::{
     decode_digests, decode_records, encode_record, parse_kind, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
     MAX_HAVE_DIGESTS, MAX_PUT_BYTES, MAX_PUT_RAW_BYTES,
@@ -176,6 +177,8 @@ pub struct ServingState {
     /// When a `backup` token last published into each series, on this server's clock
     /// (entries older than the interval are dropped).
     last_publish: HashMap<String, Instant>,
+    /// The pages each series-scoped token may fetch ([`VisiblePages`]).
+    visible_pages: VisiblePages,
 }
 
 impl ServingState {
@@ -185,6 +188,7 @@ impl ServingState {
             usage,
             min_publish_interval,
             last_publish: HashMap::new(),
+            visible_pages: VisiblePages::default(),
         }
     }
 
@@ -301,7 +305,7 @@ fn handle(job: &Job, root: &Path, state: &mut ServingState) -> Reply {
             let digests = decode_digests(body, MAX_GET_DIGESTS, CLIENT).map_err(fail)?;
             let repo = Repository::open(root).map_err(fail)?;
             if kind == ObjectKind::Page {
-                pages_visible(&repo, token, &digests)?;
+                pages_visible(&repo, token, &digests, &mut state.visible_pages)?;
             }
             let mut out = Vec::new();
             for o in repo.get_objects(kind, &digests).map_err(fail)? {
@@ -319,18 +323,16 @@ fn handle(job: &Job, root: &Path, state: &mut ServingState) -> Reply {
 /// series `token` covers: a token limited to some series must not read the manifest pages
 /// (the block maps) of other series. Chunks are not limited this way: a chunk is fetched by
 /// the SHA-256 of its content, which only a page naming it or the content itself tells.
-fn pages_visible(repo: &Repository, token: &TokenEntry, digests: &[[u8; 32]]) -> Reply {
+fn pages_visible(
+    repo: &Repository,
+    token: &TokenEntry,
+    digests: &[[u8; 32]],
+    visible: &mut VisiblePages,
+) -> Reply {
     if token.role == Role::Admin || token.series == "*" {
         return Ok(Vec::new());
     }
-    let mut visible = HashSet::new();
-    for (id, header) in repo.index().snapshots().map_err(fail)? {
-        if token.covers(&header.series) {
-            let snapshot = repo.load_snapshot(id).map_err(fail)?;
-            visible.extend(snapshot.roots.iter().flatten().map(|p| p.0));
-        }
-    }
-    match digests.iter().find(|d| !visible.contains(*d)) {
+    match visible.first_hidden(repo, token, digests).map_err(fail)? {
         None => Ok(Vec::new()),
         Some(d) => Err(Refusal::new(
             404,
