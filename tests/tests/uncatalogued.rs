@@ -160,3 +160,46 @@ fn repair_quarantine_moves_an_incomplete_snapshot_away_on_request() {
     verify(repo).ok();
     assert_eq!(list_ids(repo), vec![s.first]);
 }
+
+/// `serve` opens the repository as a writer per put and publish: its recovery's note goes to
+/// the audit log, and a lasting finding (this incomplete file) is told once, not per request.
+#[test]
+fn serve_tells_a_lasting_recovery_finding_once_in_its_audit_log() {
+    let s = setup("uncatalogued_served");
+    let tokens = s.t.path().join("tokens");
+    let admin = tessera_tests::token_add(&tokens, "admin", "*", "ops", None);
+    let audit = s.t.path().join("audit.jsonl");
+    let server = tessera_tests::start_serve_args(
+        &s.repo,
+        &[
+            "--tokens".as_ref(),
+            tokens.as_os_str(),
+            "--audit-log".as_ref(),
+            audit.as_os_str(),
+        ],
+    );
+    let body = fs::read(snapshot_file(&s.repo, &s.first)).unwrap();
+    for _ in 0..3 {
+        let (status, answer) = tessera_tests::remote::Transport::Http.request(
+            &server.url,
+            "POST",
+            "/v1/publish",
+            Some(&admin),
+            &body,
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+    drop(server);
+    let logged = fs::read_to_string(&audit).unwrap();
+    let events: Vec<tessera_tests::Value> = logged
+        .lines()
+        .map(|l| serde_json::from_str::<tessera_tests::Value>(l).unwrap())
+        .filter(|l| l["event"] == "recovery")
+        .collect();
+    assert_eq!(events.len(), 1, "{logged}");
+    let note = events[0]["note"].as_str().unwrap();
+    assert!(
+        note.contains("naming objects the repository lacks"),
+        "{note}"
+    );
+}

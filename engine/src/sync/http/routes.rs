@@ -21,6 +21,7 @@ use crate::sync::checked::check_batch;
 use crate::sync::sink::{publish_checked, LocalSink, ObjectSink, Publisher};
 use crate::sync::source::{Catalog, ObjectSource};
 
+use super::audit::AuditLog;
 use super::quota::Usage;
 use super::tokens::{Role, TokenEntry};
 use super::visible::VisiblePages;
@@ -179,17 +180,40 @@ pub struct ServingState {
     last_publish: HashMap<String, Instant>,
     /// The pages each series-scoped token may fetch ([`VisiblePages`]).
     visible_pages: VisiblePages,
+    /// Where what a writer's recovery did is told, and the lasting findings told last.
+    audit: AuditLog,
+    last_recovery_note: Option<String>,
 }
 
 impl ServingState {
     /// State with these quota counts and publish interval.
-    pub fn new(usage: Option<Usage>, min_publish_interval: Duration) -> Self {
+    pub fn new(usage: Option<Usage>, min_publish_interval: Duration, audit: AuditLog) -> Self {
         Self {
             usage,
             min_publish_interval,
             last_publish: HashMap::new(),
             visible_pages: VisiblePages::default(),
+            audit,
+            last_recovery_note: None,
         }
+    }
+
+    /// Opens `root` for writing and tells the audit log what its recovery did. A lasting
+    /// state recovery only found (an uncatalogued snapshot file naming a lost pack, an
+    /// unreadable pack) is told when it changes, not on every request. What recovery costs is bounded
+    /// by the repository's own state (staged files, unadopted packs, uncatalogued snapshot
+    /// files), which only writers on the server's machine and earlier puts create, never by
+    /// what one request asks.
+    fn open_writer(&mut self, root: &Path) -> Result<Repository, Refusal> {
+        let repo = Repository::open_writer(root).map_err(fail)?;
+        let lasting = repo.recovery.lasting().summary();
+        if repo.recovery.acted() || lasting != self.last_recovery_note {
+            if let Some(note) = repo.recovery.summary() {
+                self.audit.event("recovery", &note);
+            }
+        }
+        self.last_recovery_note = lasting;
+        Ok(repo)
     }
 
     /// How much longer a `backup` token must wait before publishing into `series`.
@@ -314,7 +338,7 @@ fn handle(job: &Job, root: &Path, state: &mut ServingState) -> Reply {
             debug_assert!(out.len() as u64 <= MAX_ANSWER_BYTES);
             Ok(out)
         }
-        Endpoint::Put(kind) => put(root, token, kind, body, state.usage.as_mut()),
+        Endpoint::Put(kind) => put(root, token, kind, body, state),
         Endpoint::Publish => publish(root, token, body, state),
     }
 }
@@ -352,7 +376,7 @@ fn put(
     token: &TokenEntry,
     kind: ObjectKind,
     body: &[u8],
-    usage: Option<&mut Usage>,
+    state: &mut ServingState,
 ) -> Reply {
     let records = decode_records(body, kind, CLIENT).map_err(fail)?;
     // Decoding is bounded by what the records claim: refuse a request that claims more raw
@@ -367,7 +391,7 @@ fn put(
     let digests: Vec<[u8; 32]> = records.iter().map(|(i, _)| i.digest.0).collect();
     let checked = check_batch("the client", kind, &digests, records).map_err(fail)?;
     let stored = checked.len();
-    let repo = Repository::open_writer(root).map_err(fail)?;
+    let repo = state.open_writer(root)?;
     let held = repo.index().contains_many(kind, &digests).map_err(fail)?;
     let mut seen = std::collections::HashSet::new();
     let new_bytes: u64 = checked
@@ -376,7 +400,7 @@ fn put(
         .filter(|(o, held)| !held && seen.insert(o.info.digest.0))
         .map(|(o, _)| (RECORD_HEADER_LEN + o.stored.len()) as u64)
         .sum();
-    charged(token, new_bytes, usage, || {
+    charged(token, new_bytes, state.usage.as_mut(), || {
         let mut sink = LocalSink::new(&repo, Publisher::Client);
         sink.put(kind, checked).map_err(fail)?;
         sink.seal().map_err(fail)?;
@@ -404,7 +428,7 @@ fn publish(root: &Path, token: &TokenEntry, body: &[u8], state: &mut ServingStat
             ),
         ));
     }
-    let repo = Repository::open_writer(root).map_err(fail)?;
+    let repo = state.open_writer(root)?;
     if repo
         .index()
         .has_snapshot(SnapshotId::of(body))
