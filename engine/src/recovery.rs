@@ -89,6 +89,7 @@ impl Recovery {
     }
 
     /// Only the lasting states recovery found (what [`Recovery::acted`] leaves out).
+    #[must_use]
     pub fn lasting(&self) -> Recovery {
         Recovery {
             packs_unreadable: self.packs_unreadable.clone(),
