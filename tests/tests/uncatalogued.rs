@@ -119,9 +119,28 @@ fn an_incomplete_snapshot_is_kept_blocks_compaction_and_is_catalogued_when_its_p
     assert!(c.stdout.contains("not catalogued"), "{}", c.stdout);
     assert_eq!(pack_files(repo), packs_before, "compaction touched packs");
 
-    // The pack comes back: the next writer adopts it and catalogues the snapshot.
+    // A pack the index does not know but that holds none of the missing objects (here one
+    // from another repository) excuses nothing.
+    let other = s.t.path().join("other");
+    init_repo(&other, &[]);
+    let small = s.t.path().join("small");
+    fs::write(&small, vec![9u8; 1 << 20]).unwrap();
+    backup_json(&other, "vm", &[("d", &small)]);
+    let stray = pack_files(&other).remove(0);
+    let stray_to = repo.join(stray.strip_prefix(&other).unwrap());
+    fs::create_dir_all(stray_to.parent().unwrap()).unwrap();
+    fs::copy(&stray, &stray_to).unwrap();
+    let v = tessera(["verify".as_ref(), repo.as_os_str()]);
+    v.expect_code(4);
+    assert!(v.stdout.contains("stored but not catalogued"), "{v}");
+    fs::remove_file(&stray_to).unwrap();
+
+    // The pack comes back: before any writer, verify sees that the pack recovery will adopt
+    // holds what the file names; the next writer adopts it and catalogues the snapshot.
     fs::create_dir_all(s.withheld.1.parent().unwrap()).unwrap();
     fs::copy(&s.withheld.0, &s.withheld.1).unwrap();
+    let v = tessera(["verify".as_ref(), repo.as_os_str()]);
+    v.ok();
     let out = open_as_writer(repo);
     out.ok();
     out.stderr_has("1 stored snapshots catalogued");
