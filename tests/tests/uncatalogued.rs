@@ -222,3 +222,32 @@ fn serve_tells_a_lasting_recovery_finding_once_in_its_audit_log() {
         "{note}"
     );
 }
+
+/// `repair --from OTHER` completes an incomplete file from a repository that catalogues the
+/// snapshot (before, it fetched only for damage the check listed, and this file stayed).
+#[test]
+fn repair_from_another_repository_completes_an_incomplete_snapshot() {
+    let s = setup("uncatalogued_completed");
+    let repo = &s.repo;
+    let twin = s.t.path().join("twin");
+    let r = tessera([
+        "--json".as_ref(),
+        "repair".as_ref(),
+        repo.as_os_str(),
+        "--from".as_ref(),
+        twin.as_os_str(),
+    ]);
+    r.ok();
+    assert_eq!(
+        r.json()["snapshots_completed"],
+        serde_json::json!([s.lost]),
+        "{}",
+        r.stdout
+    );
+    let ids = list_ids(repo);
+    assert!(ids.contains(&s.lost) && ids.contains(&s.first), "{ids:?}");
+    verify(repo).ok();
+    compact_everything(repo, false).ok();
+    verify(repo).ok();
+    assert_eq!(restored_sha(repo, &s.lost, s.t.path()), s.sha_b);
+}

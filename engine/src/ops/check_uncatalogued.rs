@@ -57,8 +57,8 @@ pub fn judge_uncatalogued(repo: &Repository, report: &mut CheckReport) -> Result
             if let Some(why) = problem {
                 report.problems.push(format!(
                     "snapshot {id}: stored but not catalogued: {why} (bring the pack back, \
-                     `tessera sync OTHER REPO` from a repository that has it, or `tessera \
-                     repair REPO --quarantine`)"
+                     `tessera repair REPO --from OTHER` from a repository that has it, or \
+                     `tessera repair REPO --quarantine`)"
                 ));
             }
             report.uncatalogued_snapshot_files.push(id);
