@@ -75,6 +75,32 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// Whether recovery changed the repository (removed, adopted, moved, deleted or
+    /// catalogued something, or broke a stale lock), as opposed to only finding a lasting
+    /// state (unreadable or incomplete files, missing files) that the next writer finds again.
+    pub fn acted(&self) -> bool {
+        self.staged_removed > 0
+            || self.packs_adopted > 0
+            || !self.packs_quarantined.is_empty()
+            || self.doomed_packs_deleted > 0
+            || self.forgotten_files_deleted > 0
+            || !self.snapshots_catalogued.is_empty()
+            || !self.snapshots_quarantined.is_empty()
+            || self.stale_lock.is_some()
+    }
+
+    /// Only the lasting states recovery found (what [`Recovery::acted`] leaves out).
+    #[must_use]
+    pub fn lasting(&self) -> Recovery {
+        Recovery {
+            packs_unreadable: self.packs_unreadable.clone(),
+            snapshots_incomplete: self.snapshots_incomplete.clone(),
+            snapshots_unreadable: self.snapshots_unreadable.clone(),
+            snapshot_files_missing: self.snapshot_files_missing.clone(),
+            ..Recovery::default()
+        }
+    }
+
     /// What recovery did or found, in one line for the operator; `None` when nothing.
     pub fn summary(&self) -> Option<String> {
         let counted = [

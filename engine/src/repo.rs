@@ -469,6 +469,15 @@ impl Repository {
         Ok(still)
     }
 
+    /// Runs `f` on the index as it is now: a writer's own (it is current), or, for a
+    /// reader (whose index is a view from when it opened), a freshly opened view.
+    pub fn with_current_index<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Result<T> {
+        if self.lock.is_some() {
+            return f(&self.index);
+        }
+        f(&self.storage.open_index(&self.config, true, &self.crypto)?)
+    }
+
     /// Resolves a snapshot reference written as text (see [`SnapshotRef`]).
     pub fn resolve_snapshot(&self, query: &str) -> Result<(SnapshotId, SnapshotHeader)> {
         self.resolve(&query.parse()?)

@@ -119,9 +119,28 @@ fn an_incomplete_snapshot_is_kept_blocks_compaction_and_is_catalogued_when_its_p
     assert!(c.stdout.contains("not catalogued"), "{}", c.stdout);
     assert_eq!(pack_files(repo), packs_before, "compaction touched packs");
 
-    // The pack comes back: the next writer adopts it and catalogues the snapshot.
+    // A pack the index does not know but that holds none of the missing objects (here one
+    // from another repository) excuses nothing.
+    let other = s.t.path().join("other");
+    init_repo(&other, &[]);
+    let small = s.t.path().join("small");
+    fs::write(&small, vec![9u8; 1 << 20]).unwrap();
+    backup_json(&other, "vm", &[("d", &small)]);
+    let stray = pack_files(&other).remove(0);
+    let stray_to = repo.join(stray.strip_prefix(&other).unwrap());
+    fs::create_dir_all(stray_to.parent().unwrap()).unwrap();
+    fs::copy(&stray, &stray_to).unwrap();
+    let v = tessera(["verify".as_ref(), repo.as_os_str()]);
+    v.expect_code(4);
+    assert!(v.stdout.contains("stored but not catalogued"), "{v}");
+    fs::remove_file(&stray_to).unwrap();
+
+    // The pack comes back: before any writer, verify sees that the pack recovery will adopt
+    // holds what the file names; the next writer adopts it and catalogues the snapshot.
     fs::create_dir_all(s.withheld.1.parent().unwrap()).unwrap();
     fs::copy(&s.withheld.0, &s.withheld.1).unwrap();
+    let v = tessera(["verify".as_ref(), repo.as_os_str()]);
+    v.ok();
     let out = open_as_writer(repo);
     out.ok();
     out.stderr_has("1 stored snapshots catalogued");
@@ -159,4 +178,76 @@ fn repair_quarantine_moves_an_incomplete_snapshot_away_on_request() {
     compact_everything(repo, false).ok();
     verify(repo).ok();
     assert_eq!(list_ids(repo), vec![s.first]);
+}
+
+/// `serve` opens the repository as a writer per put and publish: its recovery's note goes to
+/// the audit log, and a lasting finding (this incomplete file) is told once, not per request.
+#[test]
+fn serve_tells_a_lasting_recovery_finding_once_in_its_audit_log() {
+    let s = setup("uncatalogued_served");
+    let tokens = s.t.path().join("tokens");
+    let admin = tessera_tests::token_add(&tokens, "admin", "*", "ops", None);
+    let audit = s.t.path().join("audit.jsonl");
+    let server = tessera_tests::start_serve_args(
+        &s.repo,
+        &[
+            "--tokens".as_ref(),
+            tokens.as_os_str(),
+            "--audit-log".as_ref(),
+            audit.as_os_str(),
+        ],
+    );
+    let body = fs::read(snapshot_file(&s.repo, &s.first)).unwrap();
+    for _ in 0..3 {
+        let (status, answer) = tessera_tests::remote::Transport::Http.request(
+            &server.url,
+            "POST",
+            "/v1/publish",
+            Some(&admin),
+            &body,
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+    drop(server);
+    let logged = fs::read_to_string(&audit).unwrap();
+    let events: Vec<tessera_tests::Value> = logged
+        .lines()
+        .map(|l| serde_json::from_str::<tessera_tests::Value>(l).unwrap())
+        .filter(|l| l["event"] == "recovery")
+        .collect();
+    assert_eq!(events.len(), 1, "{logged}");
+    let note = events[0]["note"].as_str().unwrap();
+    assert!(
+        note.contains("naming objects the repository lacks"),
+        "{note}"
+    );
+}
+
+/// `repair --from OTHER` completes an incomplete file from a repository that catalogues the
+/// snapshot (before, it fetched only for damage the check listed, and this file stayed).
+#[test]
+fn repair_from_another_repository_completes_an_incomplete_snapshot() {
+    let s = setup("uncatalogued_completed");
+    let repo = &s.repo;
+    let twin = s.t.path().join("twin");
+    let r = tessera([
+        "--json".as_ref(),
+        "repair".as_ref(),
+        repo.as_os_str(),
+        "--from".as_ref(),
+        twin.as_os_str(),
+    ]);
+    r.ok();
+    assert_eq!(
+        r.json()["snapshots_completed"],
+        serde_json::json!([s.lost]),
+        "{}",
+        r.stdout
+    );
+    let ids = list_ids(repo);
+    assert!(ids.contains(&s.lost) && ids.contains(&s.first), "{ids:?}");
+    verify(repo).ok();
+    compact_everything(repo, false).ok();
+    verify(repo).ok();
+    assert_eq!(restored_sha(repo, &s.lost, s.t.path()), s.sha_b);
 }

@@ -84,6 +84,11 @@ fn print_report(r: &RepairReport, json: bool) {
     for p in &r.quarantined {
         println!("quarantined pack {p} (kept in quarantine/ for inspection)");
     }
+    for id in &r.snapshots_completed {
+        println!(
+            "completed snapshot file {id} from the other repository and catalogued it (it named objects this repository lacked)"
+        );
+    }
     for id in &r.snapshots_quarantined {
         println!(
             "quarantined snapshot file {id}: it named objects this repository lacks (kept in quarantine/; the backup is lost to this repository)"

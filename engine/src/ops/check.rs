@@ -28,11 +28,11 @@ use rayon::prelude::*;
 use tessera_format::{ObjectKind, PackId, SnapshotId};
 
 use crate::damage_marks::{update_damage_marks, DamageFindings};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::index::ObjectEntry;
 use crate::ledger::{Ledger, LedgerLock};
+use crate::ops::check_uncatalogued::judge_uncatalogued;
 use crate::ops::damage::{damage_marks, map_damage, BadKey, DamagedObject, DamagedPack};
-use crate::ops::publish::plan_refs;
 use crate::progress::Progress;
 use crate::refcount::expected_counts_of;
 use crate::repo::Repository;
@@ -299,50 +299,6 @@ fn unreadable_pages(
 
 /// Snapshots loaded from their files.
 type Loaded = Vec<(SnapshotId, tessera_format::Snapshot)>;
-
-/// Lists the stored snapshot files the catalog does not list. One the next writer will
-/// catalogue (everything it names is indexed, or packs the index does not know yet are
-/// stored: a crash before cataloguing) is listed only; one naming objects the repository
-/// lacks, or unreadable, is a problem (recovery kept it; compaction refuses, §9).
-fn judge_uncatalogued(repo: &Repository, report: &mut CheckReport) -> Result<()> {
-    let ids = repo.uncatalogued_snapshots()?;
-    if ids.is_empty() {
-        return Ok(());
-    }
-    // Packs the index knows, and doomed ones (stored until deleted, never adopted again).
-    let mut indexed: HashSet<PackId> = repo.index().packs()?.into_iter().map(|(p, _)| p).collect();
-    indexed.extend(repo.index().doomed_packs()?);
-    let unadopted = repo
-        .backend()
-        .list(crate::storage::key::PACKS)?
-        .iter()
-        .filter_map(crate::storage::ObjectKey::as_pack)
-        .any(|p| !indexed.contains(&p));
-    for id in ids {
-        let judged = repo.load_snapshot(id).and_then(|snapshot| {
-            let refs = plan_refs(repo.index(), repo.backend(), repo.crypto(), &snapshot)?;
-            let chunks: Vec<[u8; 32]> = refs.chunks.keys().map(|c| c.0).collect();
-            let present = repo.index().contains_many(ObjectKind::Chunk, &chunks)?;
-            match present.iter().position(|p| !p) {
-                None => Ok(()),
-                Some(i) => Err(Error::SnapshotIncomplete {
-                    reason: format!("chunk {} is not in the index", hex::encode(chunks[i])),
-                }),
-            }
-        });
-        match judged {
-            Ok(()) => {}
-            Err(_) if unadopted => {}
-            Err(e) => report.problems.push(format!(
-                "snapshot {id}: stored but not catalogued: {e} (bring the pack back, `tessera \
-                 sync OTHER REPO` from a repository that has it, or `tessera repair REPO \
-                 --quarantine`)"
-            )),
-        }
-        report.uncatalogued_snapshot_files.push(id);
-    }
-    Ok(())
-}
 
 /// Loads every catalogued snapshot, reporting those whose file is unreadable or differs from
 /// its catalog entry. Returns the loaded ones and every catalogued id.

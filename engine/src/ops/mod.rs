@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod check;
+pub mod check_uncatalogued;
 pub mod compact;
 pub mod damage;
 pub mod diff;

@@ -12,6 +12,11 @@
 //!    chunk, the block at each range that needs it is read from the image and hashed; for a
 //!    page, the page is recomputed from the image's blocks and hashed). Only a copy whose
 //!    digest matches is stored.
+//! 0. With `--from OTHER`, a stored snapshot file this catalog does not list (it names
+//!    objects this repository lacks, §9) that OTHER catalogues is completed first: what it
+//!    names and this repository lacks is copied from OTHER and the file catalogued, through
+//!    the one path `sync` uses ([`crate::sync::transfer::transfer`]), so its crash reasoning
+//!    is sync's (packs sealed before the snapshot is catalogued).
 //! 4. The check runs again; the report says what was repaired (from where), what was
 //!    re-homed and quarantined, and what could not be recovered (with its ranges).
 //!
@@ -37,6 +42,7 @@ mod fetch;
 pub mod request;
 mod round;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -49,8 +55,12 @@ use crate::ops::damage::{DamagedObject, DamagedPack};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::serde_ids;
+use crate::snapshot_ref::SnapshotRef;
 use crate::sources::raw::RawSource;
 use crate::store::quarantine;
+use crate::sync::sink::{LocalSink, Publisher};
+use crate::sync::transfer::transfer;
+use crate::sync::{Selection, SyncOptions};
 
 use round::{round, MAX_ROUNDS};
 
@@ -99,6 +109,9 @@ pub struct RepairReport {
     /// Uncatalogued snapshot files that could not be moved (unreadable), with why: only an
     /// operator can remove them (compaction refuses while they exist).
     pub snapshots_not_quarantined: Vec<(String, String)>,
+    /// Uncatalogued snapshot files completed from `--from OTHER` and catalogued (step 0).
+    #[serde(serialize_with = "serde_ids::hex_list")]
+    pub snapshots_completed: Vec<SnapshotId>,
     /// Packs whose file was already gone: dropped from the catalog.
     #[serde(serialize_with = "serde_ids::hex_list")]
     pub missing_packs: Vec<PackId>,
@@ -168,6 +181,9 @@ pub fn repair(
             }
         }
     }
+    if let Some(other) = sources.other {
+        report.snapshots_completed = complete_uncatalogued(repo, other, progress)?;
+    }
     let mut last = check(repo, true, progress)?;
     report.damaged_found = last.damaged.len();
     let first_packs = last.damaged_packs.clone();
@@ -208,6 +224,43 @@ pub fn repair(
     report.unrecoverable = last.damaged;
     report.problems = last.problems;
     Ok(report)
+}
+
+/// Step 0: the uncatalogued snapshot files of `repo` that `other` catalogues, completed
+/// from `other` and catalogued. Returns their ids.
+fn complete_uncatalogued(
+    repo: &Repository,
+    other: &Repository,
+    progress: &dyn Progress,
+) -> Result<Vec<SnapshotId>> {
+    let theirs: HashSet<SnapshotId> = other
+        .index()
+        .snapshots()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let wanted: Vec<SnapshotRef> = repo
+        .uncatalogued_snapshots()?
+        .into_iter()
+        .filter(|id| theirs.contains(id))
+        .map(|id| SnapshotRef::Prefix(id.to_hex()))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let selection = Selection {
+        snapshots: wanted,
+        ..Selection::default()
+    };
+    let mut sink = LocalSink::new(repo, Publisher::Operator);
+    let copied = transfer(
+        other,
+        &mut sink,
+        &selection,
+        &SyncOptions::default(),
+        progress,
+    )?;
+    Ok(copied.snapshots_copied)
 }
 
 /// Whether a path looks like a repository (has a config file).

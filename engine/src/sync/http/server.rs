@@ -136,7 +136,7 @@ pub fn serve(listener: Listener, repo: &Path, options: ServeOptions) -> Result<(
     // Fail early on a path that is not a repository, or unusable usage counts.
     let root = check_repository(repo)?;
     let usage = options.usage_of.as_deref().map(Usage::load).transpose()?;
-    let state = ServingState::new(usage, options.min_publish_interval);
+    let state = ServingState::new(usage, options.min_publish_interval, options.audit.clone());
     let (jobs, queue) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("tessera-serving".into())
