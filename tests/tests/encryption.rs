@@ -948,11 +948,18 @@ fn planted_damaged_and_foreign_slots_do_not_lock_the_owner_out() {
         });
         (name, slot)
     };
-    let (planted, slot) = plant(KdfParams {
-        memory_kib: MIN_KDF_MEMORY_KIB,
-        iterations: MIN_KDF_ITERATIONS,
-        parallelism: 1,
-    });
+    // Slots are tried in the order of their ids: the planted one must come before the real
+    // ones to be tried (and warned about) at all, as an attacker would choose it.
+    let (planted, slot) = std::iter::repeat_with(|| {
+        plant(KdfParams {
+            memory_kib: MIN_KDF_MEMORY_KIB,
+            iterations: MIN_KDF_ITERATIONS,
+            parallelism: 1,
+        })
+    })
+    .take(200)
+    .find(|(name, _)| real_ids.iter().all(|real| name < real))
+    .expect("a slot id sorting before the real ones");
     fs::write(
         repo.join("keys").join(format!("{planted}.key")),
         slot.encode().unwrap(),
