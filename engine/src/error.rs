@@ -415,7 +415,7 @@ pub enum Error {
         "{count} stored snapshot file(s) are not catalogued ({first}{more}): they name objects \
          this repository lacks or cannot read now, and compaction would reclaim the objects \
          they still have; bring the missing packs back, or `tessera repair REPO --from OTHER` \
-         (or `tessera sync OTHER REPO`) from a repository that has those snapshots, or move the files to quarantine with `tessera \
+         from a repository that has those snapshots, or move the files to quarantine with `tessera \
          repair REPO --quarantine`"
     )]
     UncataloguedSnapshots {

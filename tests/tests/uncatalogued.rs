@@ -29,6 +29,53 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
+    setup_withholding(name, |_, _, _| 0)
+}
+
+/// The packs (by file stem) of `twin` holding a chunk of snapshot `id` that a page in
+/// another pack names: withholding one leaves a page present whose chunks are not.
+fn packs_with_chunks_named_from_elsewhere(twin: &Path, id: &str) -> Vec<String> {
+    use tessera_engine::store::reader::read_page;
+    use tessera_format::ObjectKind;
+    let r = tessera_engine::Repository::open(twin).unwrap();
+    let snapshot = r.load_snapshot(id.parse().unwrap()).unwrap();
+    let mut out = Vec::new();
+    for (disk, roots) in snapshot.header.disks.iter().zip(&snapshot.roots) {
+        let blocks = disk.size.div_ceil(u64::from(disk.block_size));
+        for (no, page) in roots.iter().enumerate() {
+            let page_pack = r
+                .index()
+                .get_object(ObjectKind::Page, page.as_bytes())
+                .unwrap()
+                .unwrap()
+                .pack;
+            let chunks = read_page(
+                r.index(),
+                r.backend(),
+                *page,
+                blocks,
+                disk.page_entries,
+                no as u64,
+            )
+            .unwrap();
+            for c in chunks.iter().filter(|c| !c.is_zero()) {
+                let pack = r
+                    .index()
+                    .get_object(ObjectKind::Chunk, &c.0)
+                    .unwrap()
+                    .unwrap()
+                    .pack;
+                if pack != page_pack {
+                    out.push(pack.to_hex());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`setup`], withholding the new pack `pick` chooses (an index into the sorted new packs).
+fn setup_withholding(name: &str, pick: impl Fn(&Path, &str, &[PathBuf]) -> usize) -> Setup {
     let mut gen = DataGen::new(seed(name));
     let t = TempDir::new().unwrap();
     let repo = t.path().join("repo");
@@ -45,7 +92,7 @@ fn setup(name: &str) -> Setup {
         .collect();
     new_packs.sort();
     assert!(new_packs.len() >= 2, "expected several new packs");
-    let held = new_packs.remove(0);
+    let held = new_packs.remove(pick(&twin, &lost, &new_packs));
     for p in &new_packs {
         let to = repo.join(p.strip_prefix(&twin).unwrap());
         fs::create_dir_all(to.parent().unwrap()).unwrap();
@@ -227,7 +274,15 @@ fn serve_tells_a_lasting_recovery_finding_once_in_its_audit_log() {
 /// snapshot (before, it fetched only for damage the check listed, and this file stayed).
 #[test]
 fn repair_from_another_repository_completes_an_incomplete_snapshot() {
-    let s = setup("uncatalogued_completed");
+    // The withheld pack holds chunks only, while the pages naming them are in packs the
+    // writer adopts: a page present does not mean its chunks are.
+    let s = setup_withholding("uncatalogued_completed", |twin, lost, packs| {
+        let wanted = packs_with_chunks_named_from_elsewhere(twin, lost);
+        packs
+            .iter()
+            .position(|p| wanted.contains(&p.file_stem().unwrap().to_string_lossy().into_owned()))
+            .expect("a new pack whose chunks a page in another pack names")
+    });
     let repo = &s.repo;
     let twin = s.t.path().join("twin");
     let r = tessera([

@@ -34,6 +34,7 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         dry_run: args.dry_run,
         bwlimit,
         jobs: args.jobs,
+        every_page: false,
     };
     let access = RemoteAccess {
         token_file: args.token_file.as_deref(),

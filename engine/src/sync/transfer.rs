@@ -96,6 +96,7 @@ pub fn transfer(
         },
         progress,
         count_only: opts.dry_run,
+        every_page: opts.every_page,
         pool: super::pool(opts.jobs)?,
     };
     for summary in &selected {
@@ -115,6 +116,7 @@ struct Run<'a> {
     report: SyncReport,
     progress: &'a dyn Progress,
     count_only: bool,
+    every_page: bool,
     pool: Option<rayon::ThreadPool>,
 }
 
@@ -158,14 +160,19 @@ impl Run<'_> {
             .filter(|p| seen.insert(*p))
             .collect();
         let missing_pages = self.missing(dst, ObjectKind::Page, &pages)?;
-        let mut new_pages = Vec::new();
-        self.fetch(ObjectKind::Page, &missing_pages, &mut |got| {
-            new_pages.extend(got);
+        let mut read_pages = Vec::new();
+        let to_read = if self.every_page {
+            &pages
+        } else {
+            &missing_pages
+        };
+        self.fetch(ObjectKind::Page, to_read, &mut |got| {
+            read_pages.extend(got);
             Ok(())
         })?;
         let mut seen_chunks = HashSet::new();
         let mut chunks = Vec::new();
-        for page in &new_pages {
+        for page in &read_pages {
             let raw = page.raw_page.as_deref().unwrap_or_default();
             let decoded = ManifestPage::decode(raw).map_err(|e| Error::UntrustedData {
                 from: self.from.clone(),
@@ -204,6 +211,11 @@ impl Run<'_> {
                 progress.advance(got.iter().map(|c| u64::from(c.info.raw_len)).sum());
                 dst.put(ObjectKind::Chunk, got)
             })?;
+            let lacking: HashSet<[u8; 32]> = missing_pages.into_iter().collect();
+            let new_pages = read_pages
+                .into_iter()
+                .filter(|p| lacking.contains(&p.info.digest.0))
+                .collect();
             dst.put(ObjectKind::Page, new_pages)?;
             dst.publish(&bytes)?;
         }

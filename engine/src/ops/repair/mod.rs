@@ -257,7 +257,10 @@ fn complete_uncatalogued(
         other,
         &mut sink,
         &selection,
-        &SyncOptions::default(),
+        &SyncOptions {
+            every_page: true,
+            ..SyncOptions::default()
+        },
         progress,
     )?;
     Ok(copied.snapshots_copied)
