@@ -69,6 +69,10 @@ struct Args {
     /// Also run restic and borg (skipped, with an install hint, when not installed).
     #[arg(long)]
     peers: bool,
+    /// Also run tessera on an encrypted repository (row `tessera-enc`; issue 16's goal:
+    /// backup, restore and verify at 90 % or more of the plain repository's speed).
+    #[arg(long)]
+    encrypted: bool,
     /// Write the results as JSON to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -253,6 +257,13 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
         work,
         tessera_init_args(args),
     )];
+    if args.encrypted {
+        tools.push(Tool::tessera_encrypted(
+            tessera_bin.clone(),
+            work,
+            tessera_init_args(args),
+        ));
+    }
     if args.peers {
         for (kind, prog, flag) in [
             (tools::Kind::Restic, "restic", "version"),
@@ -284,6 +295,10 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
     //    `zstd -d | openssl dgst -sha256` over the image.
     if let Some(tool) = tools.iter().find(|t| t.name() == "tessera") {
         phases::verify(&mut report, tool, work, &image_path, args.no_baselines)?;
+    }
+    // The encrypted repository: verify alone (the baseline is the same as above).
+    if let Some(tool) = tools.iter().find(|t| t.name() == "tessera-enc") {
+        phases::verify(&mut report, tool, work, &image_path, true)?;
     }
 
     // 6. Delta sources against full reads of the same image.

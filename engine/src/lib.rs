@@ -41,6 +41,7 @@
 
 #![warn(missing_docs)]
 
+pub mod crypto;
 #[cfg(feature = "repository")]
 pub mod damage_marks;
 pub mod direct_write;
@@ -78,6 +79,6 @@ pub mod time;
 pub use error::{Error, ErrorKind, Result};
 pub use progress::{NoProgress, Progress};
 #[cfg(feature = "repository")]
-pub use repo::{InitOptions, Repository};
+pub use repo::{InitOptions, NewKeys, Repository};
 #[cfg(feature = "repository")]
 pub use snapshot_ref::{SnapshotDiskRef, SnapshotRef};

@@ -32,6 +32,7 @@ use std::collections::HashSet;
 
 use tessera_format::{PackId, SnapshotId};
 
+use crate::crypto::RepoCrypto;
 use crate::error::Result;
 use crate::index::Index;
 use crate::ops::publish::catalogue_stored;
@@ -146,7 +147,7 @@ impl Recovery {
 }
 
 /// Runs the recovery steps (see module docs). The caller holds the writer lock.
-pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
+pub fn recover(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Result<Recovery> {
     let backend = &*storage.backend;
     let mut recovery = Recovery {
         staged_removed: backend.clean_staging()?,
@@ -165,7 +166,7 @@ pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
     finish_forgets(backend, index, &mut recovery)?;
     let listed = backend.list(key::SNAPSHOTS)?;
     let stored: HashSet<SnapshotId> = listed.iter().filter_map(ObjectKey::as_snapshot).collect();
-    catalogue_unlisted(backend, index, &stored, &mut recovery)?;
+    catalogue_unlisted(backend, index, crypto, &stored, &mut recovery)?;
     apply_markers(backend, index, &listed, &stored)?;
     for (id, _) in index.snapshots()? {
         if !stored.contains(&id) {
@@ -194,6 +195,7 @@ fn finish_forgets(backend: &dyn Backend, index: &Index, recovery: &mut Recovery)
 fn catalogue_unlisted(
     backend: &dyn Backend,
     index: &Index,
+    crypto: &RepoCrypto,
     stored: &HashSet<SnapshotId>,
     recovery: &mut Recovery,
 ) -> Result<()> {
@@ -205,10 +207,10 @@ fn catalogue_unlisted(
     }
     unlisted.sort();
     for id in unlisted {
-        let snapshot = match load_snapshot(backend, id) {
+        let snapshot = match load_snapshot(backend, crypto, id) {
             Ok(s) => s,
             Err(e @ crate::error::Error::SnapshotCorrupt { .. }) => {
-                quarantine_snapshot(backend, id)?;
+                quarantine_snapshot(backend, crypto, id)?;
                 recovery
                     .snapshots_quarantined
                     .push((id.to_hex(), e.to_string()));
@@ -221,7 +223,7 @@ fn catalogue_unlisted(
                 continue;
             }
         };
-        match catalogue_stored(index, backend, id, &snapshot) {
+        match catalogue_stored(index, backend, crypto, id, &snapshot) {
             Ok(()) => recovery.snapshots_catalogued.push(id.to_hex()),
             // The file is sound; what it names is missing or unreadable now. Kept in place.
             Err(e @ crate::error::Error::SnapshotIncomplete { .. }) => recovery
@@ -240,7 +242,22 @@ fn catalogue_unlisted(
 }
 
 /// Moves a snapshot file that cannot be catalogued into quarantine (copy, then delete).
-pub(crate) fn quarantine_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<()> {
+/// A sealed (format 2) file under a plain config is never moved: a plain repository has
+/// none, so the config was replaced (a downgrade), and the whole operation is refused with
+/// [`crate::Error::EncryptionMismatch`] instead (SPEC.md §23.5).
+pub(crate) fn quarantine_snapshot(
+    backend: &dyn Backend,
+    crypto: &RepoCrypto,
+    id: SnapshotId,
+) -> Result<()> {
+    if !crypto.is_encrypted() && crate::crypto::keyring::is_sealed_snapshot(backend, id)? {
+        return Err(crate::error::Error::EncryptionMismatch {
+            location: backend.describe(),
+            reason: format!(
+                "the config says the repository is not encrypted, yet snapshot file {id} is sealed (format 2)"
+            ),
+        });
+    }
     let bytes = backend.get(&ObjectKey::snapshot(id))?;
     backend.put_bytes(
         &ObjectKey::quarantined_snapshot(id),
@@ -312,4 +329,45 @@ pub fn delete_doomed_packs(storage: &RepoStorage, index: &Index) -> Result<usize
     }
     index.commit(batch)?;
     Ok(doomed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recover;
+    use crate::crypto::{RepoCrypto, RepoKeys};
+    use crate::error::{Error, ErrorKind};
+    use crate::index::Index;
+    use crate::repo::RepoStorage;
+    use crate::storage::key::QUARANTINE;
+    use crate::storage::{ObjectKey, PutMode};
+    use crate::store::snapshot_file::{encode, tests::snapshot};
+    use tessera_format::RepoId;
+
+    /// A config replaced by a plain one must not make recovery quarantine the sealed
+    /// snapshot files it cannot read as plain ones: it refuses, and the file stays.
+    #[test]
+    fn recovery_under_a_plain_config_never_quarantines_a_sealed_snapshot_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["packs", "snapshots", "tmp"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let storage = RepoStorage::local(dir.path());
+        let index = Index::create(&storage.index_path(), RepoId([5; 16])).unwrap();
+        let sealed = RepoCrypto::encrypted(&RepoKeys::generate()).unwrap();
+        let (id, file) = encode(&sealed, &snapshot("vm")).unwrap();
+        storage
+            .backend
+            .put_bytes(&ObjectKey::snapshot(id), PutMode::Create, &file)
+            .unwrap();
+        let err = recover(&storage, &index, &RepoCrypto::plain()).unwrap_err();
+        assert!(matches!(err, Error::EncryptionMismatch { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Damage);
+        assert_eq!(storage.backend.get(&ObjectKey::snapshot(id)).unwrap(), file);
+        assert!(storage.backend.list(QUARANTINE).unwrap().is_empty());
+        // Under its own keys the same file decodes (it names pages this test never stored,
+        // so it is kept as incomplete), and is not quarantined either.
+        let found = recover(&storage, &index, &sealed).unwrap();
+        assert!(found.snapshots_quarantined.is_empty());
+        assert_eq!(found.snapshots_incomplete.len(), 1, "{found:?}");
+    }
 }

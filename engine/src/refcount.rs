@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use tessera_format::{ChunkDigest, ObjectKind, PageDigest, Snapshot};
 
+use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
 use crate::index::{Index, IndexBatch};
 use crate::storage::Backend;
@@ -92,11 +93,13 @@ impl ExpectedCounts {
 pub fn expected_counts_of<'a>(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     snapshots: impl IntoIterator<Item = &'a Snapshot>,
 ) -> Result<ExpectedCounts> {
     expected_counts(
         index,
         backend,
+        crypto,
         snapshots
             .into_iter()
             .flat_map(|s| s.roots.iter().map(Vec::as_slice)),
@@ -108,6 +111,7 @@ pub fn expected_counts_of<'a>(
 pub fn expected_counts<'a>(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     roots: impl IntoIterator<Item = &'a [PageDigest]>,
 ) -> Result<ExpectedCounts> {
     let mut out = ExpectedCounts::default();
@@ -121,7 +125,7 @@ pub fn expected_counts<'a>(
             .get_object(ObjectKind::Page, page.as_bytes())?
             .ok_or_else(|| "not in the store".to_string())
             .and_then(|entry| {
-                read_object(backend, ObjectKind::Page, page.as_bytes(), &entry)
+                read_object(backend, crypto, ObjectKind::Page, page.as_bytes(), &entry)
                     .map_err(|e| e.to_string())
             })
             .and_then(|raw| tessera_format::ManifestPage::decode(&raw).map_err(|e| e.to_string()));

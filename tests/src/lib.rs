@@ -285,9 +285,13 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 // Repository helpers through the CLI
 // ---------------------------------------------------------------------------------------
 
-/// `tessera init REPO [extra...]`, asserting success.
+/// `tessera init REPO [extra...]`, asserting success: a plain repository unless `extra`
+/// names `--encryption` (the tests of other features do not need a passphrase).
 pub fn init_repo(repo: &Path, extra: &[&str]) {
     let mut args: Vec<&OsStr> = vec!["init".as_ref(), repo.as_os_str()];
+    if !extra.contains(&"--encryption") {
+        args.extend([OsStr::new("--encryption"), OsStr::new("none")]);
+    }
     args.extend(extra.iter().map(OsStr::new));
     tessera(args).ok();
 }

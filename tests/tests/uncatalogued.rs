@@ -52,6 +52,7 @@ fn packs_with_chunks_named_from_elsewhere(twin: &Path, id: &str) -> Vec<String> 
             let chunks = read_page(
                 r.index(),
                 r.backend(),
+                r.crypto(),
                 *page,
                 blocks,
                 disk.page_entries,

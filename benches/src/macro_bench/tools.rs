@@ -24,6 +24,8 @@ pub struct Tool {
     base: PathBuf,
     /// Extra arguments of `tessera init` (ignored for the peers).
     init_args: Vec<String>,
+    /// tessera only: an encrypted repository (AES-256-GCM, SPEC.md §23) instead of a plain one.
+    encrypted: bool,
     backups: u32,
 }
 
@@ -55,23 +57,36 @@ fn fsync_file(path: &Path) -> Result<Measured> {
 
 impl Tool {
     pub fn new(kind: Kind, bin: PathBuf, work: &Path, init_args: Vec<String>) -> Self {
-        let name = match kind {
-            Kind::Tessera => "tessera",
-            Kind::Restic => "restic",
-            Kind::Borg => "borg",
-        };
-        Self {
+        let mut tool = Self {
             kind,
             bin,
-            repo: work.join(format!("repo-{name}")),
-            base: work.join(format!("{name}-home")),
+            repo: PathBuf::new(),
+            base: PathBuf::new(),
             init_args,
+            encrypted: false,
             backups: 0,
-        }
+        };
+        tool.place(work);
+        tool
+    }
+
+    /// tessera with an encrypted repository (its own row in the report: `tessera-enc`).
+    pub fn tessera_encrypted(bin: PathBuf, work: &Path, init_args: Vec<String>) -> Self {
+        let mut tool = Self::new(Kind::Tessera, bin, work, init_args);
+        tool.encrypted = true;
+        tool.place(work);
+        tool
+    }
+
+    fn place(&mut self, work: &Path) {
+        let name = self.name();
+        self.repo = work.join(format!("repo-{name}"));
+        self.base = work.join(format!("{name}-home"));
     }
 
     pub fn name(&self) -> &'static str {
         match self.kind {
+            Kind::Tessera if self.encrypted => "tessera-enc",
             Kind::Tessera => "tessera",
             Kind::Restic => "restic",
             Kind::Borg => "borg",
@@ -81,7 +96,10 @@ impl Tool {
     fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
         match self.kind {
-            Kind::Tessera => {}
+            Kind::Tessera => {
+                // Read only by an encrypted repository.
+                c.env("TESSERA_PASSPHRASE", "tessera-bench");
+            }
             Kind::Restic => {
                 c.env("RESTIC_REPOSITORY", &self.repo)
                     .env("RESTIC_PASSWORD", "tessera-bench")
@@ -106,6 +124,13 @@ impl Tool {
             Kind::Tessera => {
                 c.arg("--json").arg("init").arg(&self.repo);
                 c.args(&self.init_args);
+                if self.encrypted {
+                    // The default Argon2id cost: what a user pays to unlock, per command.
+                    c.arg("--recovery-key-file")
+                        .arg(self.base.join("recovery-key"));
+                } else {
+                    c.args(["--encryption", "none"]);
+                }
             }
             Kind::Restic => {
                 c.arg("init");

@@ -5,7 +5,6 @@ use std::path::Path;
 
 use anyhow::Result;
 use tessera_engine::export::{export_snapshot, ExportRequest, Format};
-use tessera_engine::Repository;
 
 use super::restore::split_spec;
 use crate::doc::print_ok;
@@ -27,7 +26,7 @@ pub fn run(
     bars: &Bars,
 ) -> Result<i32> {
     let format: Format = format.parse()?;
-    let repository = Repository::open(repo)?;
+    let repository = super::open(repo)?;
     let (query, disk) = split_spec(snapshot);
     let request = ExportRequest {
         snapshot: query,

@@ -5,13 +5,13 @@ use std::path::Path;
 use anyhow::Result;
 use tessera_engine::ops::catalog::{self, DamageReport, ShowReport, StatsReport};
 use tessera_engine::time::format_us;
-use tessera_engine::{Repository, SnapshotRef};
+use tessera_engine::SnapshotRef;
 
 use crate::doc::print_ok;
 use crate::output::bytes;
 
 pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
-    let r = catalog::list(&Repository::open(repo)?, series)?;
+    let r = catalog::list(&super::open(repo)?, series)?;
     if json {
         print_ok(&r);
     } else if r.snapshots.is_empty() {
@@ -44,7 +44,7 @@ pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
 }
 
 pub fn show(repo: &Path, reference: &SnapshotRef, json: bool) -> Result<i32> {
-    let r = catalog::show(&Repository::open(repo)?, reference)?;
+    let r = catalog::show(&super::open(repo)?, reference)?;
     if json {
         print_ok(&r);
     } else {
@@ -55,8 +55,8 @@ pub fn show(repo: &Path, reference: &SnapshotRef, json: bool) -> Result<i32> {
 
 fn print_show(r: &ShowReport) {
     println!(
-        "snapshot {}\n  series   {}\n  time     {}\n  duration {} ms",
-        r.id, r.series, r.time, r.duration_ms
+        "snapshot {}\n  series   {}\n  time     {}\n  duration {} ms\n  encryption {}",
+        r.id, r.series, r.time, r.duration_ms, r.encryption
     );
     for (k, v) in &r.tags {
         println!("  tag      {k}={v}");
@@ -120,7 +120,7 @@ fn damage_text(m: &DamageReport) -> String {
 }
 
 pub fn stats(repo: &Path, json: bool) -> Result<i32> {
-    let r = catalog::stats_report(&Repository::open(repo)?)?;
+    let r = catalog::stats_report(&super::open(repo)?)?;
     if json {
         print_ok(&r);
     } else {
@@ -138,6 +138,16 @@ fn print_stats(r: &StatsReport) {
         );
     }
     let s = &r.stats;
+    match &s.key_fingerprint {
+        Some(fp) => println!(
+            "encryption           {} (format {}, key fingerprint {fp})",
+            s.encryption, s.format_version
+        ),
+        None => println!(
+            "encryption           none (format {}: anyone who can read the files reads the data)",
+            s.format_version
+        ),
+    }
     println!(
         "snapshots            {} in {} series",
         s.snapshots, s.series

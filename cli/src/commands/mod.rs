@@ -3,6 +3,7 @@
 mod backup;
 mod export;
 mod inspect;
+mod key;
 mod maintain;
 mod repair;
 mod restore;
@@ -22,12 +23,14 @@ use crate::output::Bars;
 pub fn run(cli: Cli) -> Result<i32> {
     let bars = Bars::new(cli.json, cli.quiet);
     let json = cli.json;
+    crate::keys::set_global(cli.keys);
     match cli.command {
         Command::Init {
             repo,
             block_size,
             compression,
-        } => maintain::init(&repo, &block_size, &compression, json),
+            encryption,
+        } => maintain::init(&repo, &block_size, &compression, &encryption, json),
         Command::Backup {
             repo,
             series,
@@ -133,6 +136,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Seed(cmd) => sync::seed(&cmd, json, &bars),
         Command::Serve(args) => sync::serve(&args, json),
         Command::Token(cmd) => token::run(&cmd, json),
+        Command::Key(cmd) => key::run(&cmd, json),
         Command::Compact {
             repo,
             max_unused,
@@ -142,12 +146,18 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Opens `repo` as the writer and tells the operator (on stderr, never in `--json` output)
-/// what recovery finished or undid of an interrupted run.
+/// Opens `repo` as the writer (unlocking it with the key options when it is encrypted)
+/// and tells the operator (on stderr, never in `--json` output) what recovery finished or
+/// undid of an interrupted run.
 pub fn open_writer(repo: &std::path::Path) -> tessera_engine::Result<tessera_engine::Repository> {
-    let repository = tessera_engine::Repository::open_writer(repo)?;
+    let repository = tessera_engine::Repository::open_writer_with(repo, crate::keys::global())?;
     note_recovery(&repository.recovery);
     Ok(repository)
+}
+
+/// Opens `repo` for reading, unlocking it with the key options when it is encrypted.
+pub fn open(repo: &std::path::Path) -> tessera_engine::Result<tessera_engine::Repository> {
+    tessera_engine::Repository::open_with(repo, crate::keys::global())
 }
 
 /// Tells the operator (on stderr, also with `--json`) what a writer's recovery finished or

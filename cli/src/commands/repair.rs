@@ -146,7 +146,7 @@ fn recount(repo: &Path, json: bool) -> Result<i32> {
 }
 
 fn rebuild(repo: &Path, json: bool, bars: &Bars) -> Result<i32> {
-    let r = rebuild_index(&RepoStorage::local(repo), bars)?;
+    let r = rebuild_index(&RepoStorage::local(repo), crate::keys::global(), bars)?;
     if json {
         let problems = (!r.is_clean()).then(|| {
             (

@@ -6,7 +6,6 @@ use anyhow::Result;
 use tessera_engine::ops::diff::diff_snapshots;
 use tessera_engine::ops::restore::restore_snapshot;
 use tessera_engine::ops::restore_onto::restore_onto_snapshot;
-use tessera_engine::Repository;
 
 use crate::doc::print_ok;
 use crate::output::{bytes, Bars};
@@ -27,7 +26,7 @@ pub fn restore(
     json: bool,
     bars: &Bars,
 ) -> Result<i32> {
-    let repository = Repository::open(repo)?;
+    let repository = super::open(repo)?;
     let (query, disk) = split_spec(spec);
     let r = restore_snapshot(&repository, query, disk, out, force, bars)?;
     if json {
@@ -57,7 +56,7 @@ pub fn restore_onto(
     json: bool,
     bars: &Bars,
 ) -> Result<i32> {
-    let repository = Repository::open(repo)?;
+    let repository = super::open(repo)?;
     let (query, disk) = split_spec(spec);
     let r = restore_onto_snapshot(&repository, query, disk, target, assume, check_target, bars)?;
     if json {
@@ -82,7 +81,7 @@ pub fn restore_onto(
 }
 
 pub fn diff(repo: &Path, from: &str, to: &str, disk: Option<&str>, json: bool) -> Result<i32> {
-    let repository = Repository::open(repo)?;
+    let repository = super::open(repo)?;
     let r = diff_snapshots(&repository, from, to, disk)?;
     if json {
         print_ok(&r);

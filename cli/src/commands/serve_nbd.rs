@@ -13,7 +13,6 @@ use std::sync::Arc;
 use anyhow::Result;
 use tessera_engine::nbd::{bind_snapshot, Endpoint, ServeOptions, TlsFiles};
 use tessera_engine::net::Keepalive;
-use tessera_engine::Repository;
 
 use super::restore::split_spec;
 use crate::args::{NbdLimitArgs, NbdTlsArgs};
@@ -36,7 +35,7 @@ pub fn run(
     limits: &NbdLimitArgs,
     json: bool,
 ) -> Result<i32> {
-    let repository = Arc::new(Repository::open(repo)?);
+    let repository = Arc::new(super::open(repo)?);
     let (query, disk) = split_spec(snapshot);
     let endpoint = match listen.socket {
         Some(path) => Endpoint::Unix(path),

@@ -9,7 +9,6 @@ use tessera_engine::sync::http::service::TokenSource;
 use tessera_engine::sync::http::tls::server_config;
 use tessera_engine::sync::http::tokens::Tokens;
 use tessera_engine::sync::{Selection, SyncOptions, SyncReport};
-use tessera_engine::Repository;
 
 use crate::args::UsageError;
 use crate::doc::print_ok;
@@ -78,7 +77,7 @@ pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
     match cmd {
         SeedCommand::Export { repo, out, select } => {
             let select = selection(select);
-            let repository = Repository::open(repo)?;
+            let repository = super::open(repo)?;
             let r = tessera_engine::sync::bundle::export(&repository, out, &select, bars)?;
             if json {
                 print_ok(&r);

@@ -4,7 +4,7 @@ use anyhow::Result;
 use tessera_engine::ops::check::{CheckReport, SampleSize};
 use tessera_engine::ops::verify::VerifyRequest;
 use tessera_engine::serde_ids::kind_name;
-use tessera_engine::{ErrorKind, Repository};
+use tessera_engine::ErrorKind;
 
 use crate::args::{parse_fraction, parse_size, UsageError, VerifyArgs};
 use crate::doc::{print_doc, Nested};
@@ -44,7 +44,7 @@ pub fn run(args: &VerifyArgs, json: bool, bars: &Bars) -> Result<i32> {
     };
     // Refuse bad combinations before touching the repository.
     request.validate()?;
-    let repository = Repository::open(&args.repo)?;
+    let repository = super::open(&args.repo)?;
     let report = tessera_engine::ops::verify::run(&repository, &request, bars)?;
     let problems = (!report.is_clean()).then(|| {
         (

@@ -172,6 +172,7 @@ pub fn verify(
     let expected = expected_counts_of(
         repo.index(),
         repo.backend(),
+        repo.crypto(),
         snapshots.iter().map(|(_, s)| s),
     )?;
     let mut bad = unreadable_pages(repo, &expected.unreadable_pages, &mut report)?;
@@ -407,7 +408,7 @@ fn select(
                 )),
             }
         }
-        let scoped = expected_counts_of(repo.index(), repo.backend(), chosen)?;
+        let scoped = expected_counts_of(repo.index(), repo.backend(), repo.crypto(), chosen)?;
         live.retain(|(kind, digest, _)| scoped.count(*kind, *digest) > 0);
         report.scope.snapshots = Some(ids.clone());
     }
@@ -516,7 +517,7 @@ fn read_back(
         let results: Vec<Option<(BadKey, DamagedObject)>> = group
             .par_iter()
             .map(|(kind, digest, entry)| {
-                let r = read_object(repo.backend(), *kind, digest, entry);
+                let r = read_object(repo.backend(), repo.crypto(), *kind, digest, entry);
                 objects.fetch_add(1, Ordering::Relaxed);
                 bytes.fetch_add(u64::from(entry.stored_len), Ordering::Relaxed);
                 progress.advance(u64::from(entry.stored_len));
@@ -578,7 +579,7 @@ pub fn recount(repo: &Repository) -> Result<RecountReport> {
     for (id, _) in repo.index().snapshots()? {
         snapshots.push(repo.load_snapshot(id)?);
     }
-    let expected = expected_counts_of(repo.index(), repo.backend(), &snapshots)?;
+    let expected = expected_counts_of(repo.index(), repo.backend(), repo.crypto(), &snapshots)?;
     let mut batch = repo.index().batch();
     let mut fixed = 0;
     for kind in [ObjectKind::Page, ObjectKind::Chunk] {

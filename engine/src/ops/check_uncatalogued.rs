@@ -16,6 +16,7 @@ use std::collections::HashSet;
 
 use tessera_format::{ObjectKind, PackId, Snapshot};
 
+use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::ops::check::CheckReport;
@@ -38,7 +39,7 @@ pub fn judge_uncatalogued(repo: &Repository, report: &mut CheckReport) -> Result
         for id in ids {
             let judged = repo
                 .load_snapshot(id)
-                .and_then(|s| missing_objects(index, repo.backend(), &s));
+                .and_then(|s| missing_objects(index, repo.backend(), repo.crypto(), &s));
             let problem = match judged {
                 Ok(missing) => {
                     missing
@@ -100,6 +101,7 @@ fn adoptable_objects(
 fn missing_objects(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     snapshot: &Snapshot,
 ) -> Result<Vec<(ObjectKind, [u8; 32])>> {
     let mut missing = Vec::new();
@@ -120,6 +122,7 @@ fn missing_objects(
             let chunks: Vec<[u8; 32]> = read_page(
                 index,
                 backend,
+                crypto,
                 *page,
                 blocks,
                 disk.page_entries,

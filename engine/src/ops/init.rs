@@ -5,11 +5,12 @@ use std::path::Path;
 use serde::Serialize;
 use tessera_format::RepoId;
 
+use crate::crypto::SecretKey;
 use crate::error::Result;
-use crate::repo::{InitOptions, Repository};
+use crate::repo::{InitOptions, NewKeys, Repository};
 use crate::serde_ids;
 
-/// What `init` created.
+/// What `init` created. Holds nothing secret: the recovery key is returned beside it.
 #[derive(Debug, Clone, Serialize)]
 pub struct InitReport {
     /// Where.
@@ -21,18 +22,34 @@ pub struct InitReport {
     pub block_size: u32,
     /// Its compression of new data (`zstd:LEVEL` or `none`).
     pub compression: String,
-    /// The format version it is written in.
+    /// The format version it is written in (1 plain, 2 encrypted).
     pub format_version: u32,
+    /// How its records are protected: `none` or `aes-256-gcm`.
+    pub encryption: String,
+    /// Public fingerprint of its keys (hex), when encrypted.
+    pub key_fingerprint: Option<String>,
 }
 
-/// Creates a repository at `root` (see [`Repository::init`]).
-pub fn init(root: &Path, opts: InitOptions) -> Result<InitReport> {
-    let config = Repository::init(root, opts)?;
-    Ok(InitReport {
-        repo: root.display().to_string(),
-        repository_id: config.repo_id,
-        block_size: config.default_block_size,
-        compression: config.compression.to_string(),
-        format_version: config.format_version,
-    })
+/// Creates a repository at `root` (see [`Repository::init_with`]), encrypted when `keys` is
+/// given. Returns the report and, for an encrypted repository, its recovery key, which the
+/// caller shows once and which is stored nowhere.
+pub fn init(
+    root: &Path,
+    opts: InitOptions,
+    keys: Option<&NewKeys>,
+) -> Result<(InitReport, Option<SecretKey>)> {
+    let created = Repository::init_with(root, opts, keys)?;
+    let config = created.config;
+    Ok((
+        InitReport {
+            repo: root.display().to_string(),
+            repository_id: config.repo_id,
+            block_size: config.default_block_size,
+            compression: config.compression.to_string(),
+            format_version: config.format_version,
+            encryption: config.encryption.name().to_string(),
+            key_fingerprint: config.encryption.fingerprint().map(hex::encode),
+        },
+        created.recovery,
+    ))
 }

@@ -11,6 +11,7 @@ pub mod diff;
 pub mod disk_reader;
 pub mod forget;
 pub mod init;
+pub mod keys;
 pub mod prune;
 pub mod publish;
 pub mod rebuild_index;

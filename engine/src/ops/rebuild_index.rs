@@ -11,6 +11,8 @@ use std::path::Path;
 
 use tessera_format::{ObjectKind, Snapshot, SnapshotId};
 
+use crate::crypto::keyring::SecretSource;
+use crate::crypto::RepoCrypto;
 use crate::error::{Error, IoContext, Result};
 use crate::index::{Index, ObjectEntry};
 use crate::progress::Progress;
@@ -47,17 +49,24 @@ impl RebuildReport {
 }
 
 /// Rebuilds the index of the repository in `storage` from scratch. Takes the writer lock.
-pub fn rebuild_index(storage: &RepoStorage, progress: &dyn Progress) -> Result<RebuildReport> {
-    let (config, _lock) = Repository::lock_for_rebuild(storage)?;
+pub fn rebuild_index(
+    storage: &RepoStorage,
+    keys: &dyn SecretSource,
+    progress: &dyn Progress,
+) -> Result<RebuildReport> {
+    let (config, crypto, _lock) = Repository::lock_for_rebuild(storage, keys)?;
     let backend = &*storage.backend;
     let building = storage.local_dir.join("index.rebuild");
     remove_dir_if_exists(&building)?;
-    let index =
-        Index::create(&building, config.repo_id)?.with_crash_clock(storage.crash_clock.clone());
+    let index = Index::create(&building, config.repo_id)?;
+    index.record_encryption(&crate::repo::encryption_record(&config))?;
+    let index = index
+        .with_crash_clock(storage.crash_clock.clone())
+        .with_crypto(std::sync::Arc::clone(&crypto));
     let mut report = RebuildReport::default();
     index_packs(&index, backend, &mut report, progress)?;
-    let snapshots = read_snapshots(backend, &mut report, progress)?;
-    publish_snapshots(&index, backend, &snapshots, &mut report)?;
+    let snapshots = read_snapshots(backend, &crypto, &mut report, progress)?;
+    publish_snapshots(&index, backend, &crypto, &snapshots, &mut report)?;
     drop(index);
     if let Some(clock) = &storage.crash_clock {
         clock
@@ -123,6 +132,7 @@ fn index_packs(
 /// Reads every snapshot file whose content hashes to its name.
 fn read_snapshots(
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     report: &mut RebuildReport,
     progress: &dyn Progress,
 ) -> Result<Vec<(SnapshotId, Snapshot)>> {
@@ -132,7 +142,7 @@ fn read_snapshots(
     for key in keys {
         progress.advance(1);
         match key.kind() {
-            Some(KeyKind::Snapshot(id)) => match load_snapshot(backend, id) {
+            Some(KeyKind::Snapshot(id)) => match load_snapshot(backend, crypto, id) {
                 Ok(s) => snapshots.push((id, s)),
                 Err(e) => report.bad_snapshots.push((id.to_hex(), e.to_string())),
             },
@@ -150,10 +160,11 @@ fn read_snapshots(
 fn publish_snapshots(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     snapshots: &[(SnapshotId, Snapshot)],
     report: &mut RebuildReport,
 ) -> Result<()> {
-    let counts = expected_counts_of(index, backend, snapshots.iter().map(|(_, s)| s))?;
+    let counts = expected_counts_of(index, backend, crypto, snapshots.iter().map(|(_, s)| s))?;
     for (page, reason) in &counts.unreadable_pages {
         report.missing.push(format!("page {page}: {reason}"));
     }

@@ -1,5 +1,8 @@
-//! Reading objects back, checking every layer: record header, stored-bytes CRC, decoded
-//! length, and finally the SHA-256 of the raw bytes against the digest that named them.
+//! Reading objects back, checking every layer: record header, stored-bytes CRC, in an
+//! encrypted repository the AEAD envelope (which binds kind, codec, length and id), decoded
+//! length, and finally the id of the raw bytes (SHA-256, or the keyed HMAC) against the
+//! digest that named them. A record that fails any check is damage: its bytes never leave
+//! this module.
 
 use tessera_format::manifest::entries_in_page;
 use tessera_format::pack::{decode_record_header, RECORD_HEADER_LEN};
@@ -8,13 +11,19 @@ use tessera_format::{
     SnapshotId,
 };
 
+use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
 use crate::index::{Index, ObjectEntry};
 use crate::storage::{Backend, ObjectKey};
 use crate::store::encode::{decode_into, decompress};
+use crate::store::snapshot_file;
 
-/// Reads a snapshot file and checks it against its id.
-pub fn load_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<Snapshot> {
+/// Reads a snapshot file and checks it against its id (and, encrypted, its seal).
+pub fn load_snapshot(
+    backend: &dyn Backend,
+    crypto: &RepoCrypto,
+    id: SnapshotId,
+) -> Result<Snapshot> {
     let bytes = backend.get(&ObjectKey::snapshot(id))?;
     if SnapshotId::of(&bytes) != id {
         return Err(Error::SnapshotCorrupt {
@@ -22,9 +31,9 @@ pub fn load_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<Snapshot> 
             reason: "file content does not hash to its name".into(),
         });
     }
-    Snapshot::decode(&bytes).map_err(|e| Error::SnapshotCorrupt {
+    snapshot_file::decode(crypto, &bytes).map_err(|reason| Error::SnapshotCorrupt {
         id: id.to_hex(),
-        reason: e.to_string(),
+        reason,
     })
 }
 
@@ -33,6 +42,7 @@ pub fn load_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<Snapshot> 
 pub fn read_indexed(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     kind: ObjectKind,
     digest: &[u8; 32],
 ) -> Result<Vec<u8>> {
@@ -42,19 +52,20 @@ pub fn read_indexed(
             kind,
             digest: hex::encode(digest),
         })?;
-    read_object(backend, kind, digest, &entry)
+    read_object(backend, crypto, kind, digest, &entry)
 }
 
 /// Reads manifest page `page_no` of a disk with `blocks` blocks and checks its length.
 pub fn read_page(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     digest: PageDigest,
     blocks: u64,
     page_entries: u32,
     page_no: u64,
 ) -> Result<Vec<ChunkDigest>> {
-    let raw = read_indexed(index, backend, ObjectKind::Page, digest.as_bytes())?;
+    let raw = read_indexed(index, backend, crypto, ObjectKind::Page, digest.as_bytes())?;
     let page = ManifestPage::decode(&raw).map_err(|e| Error::ObjectCorrupt {
         kind: ObjectKind::Page,
         digest: digest.to_hex(),
@@ -81,34 +92,35 @@ pub fn read_page(
 /// Reads and fully checks the object `digest` of `kind` at the location `entry` gives.
 pub fn read_object(
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     kind: ObjectKind,
     digest: &[u8; 32],
     entry: &ObjectEntry,
 ) -> Result<Vec<u8>> {
-    let record = Record::read(backend, kind, digest, entry)?;
+    let record = Record::read(backend, crypto, kind, digest, entry)?;
     let (info, stored) = record.check()?;
-    if info.codec == Codec::None {
+    if info.codec == Codec::None && !crypto.is_encrypted() {
         // The raw bytes are the record's own: drop the header in place, no second buffer.
         record.check_raw(&info, stored)?;
         let mut raw = record.buf;
         raw.drain(..RECORD_HEADER_LEN);
         return Ok(raw);
     }
-    let raw = decompress(stored, info.raw_len).map_err(|reason| record.corrupt(reason))?;
-    record.check_digest(&raw)?;
-    Ok(raw)
+    record.decode(&info, stored)
 }
 
 /// Like [`read_object`], but decodes straight into `dst`, which must be exactly the
-/// object's raw length (the restore path: no intermediate buffers).
+/// object's raw length (the restore path: no intermediate buffers for plain records). On
+/// failure `dst` holds bytes that must be discarded.
 pub fn read_object_into(
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     kind: ObjectKind,
     digest: &[u8; 32],
     entry: &ObjectEntry,
     dst: &mut [u8],
 ) -> Result<()> {
-    let record = Record::read(backend, kind, digest, entry)?;
+    let record = Record::read(backend, crypto, kind, digest, entry)?;
     let (info, stored) = record.check()?;
     if info.raw_len as usize != dst.len() {
         return Err(record.corrupt(format!(
@@ -117,7 +129,16 @@ pub fn read_object_into(
             dst.len()
         )));
     }
-    decode_into(info.codec, stored, dst).map_err(|reason| record.corrupt(reason))?;
+    if !crypto.is_encrypted() {
+        decode_into(info.codec, stored, dst).map_err(|reason| record.corrupt(reason))?;
+    } else if info.codec == Codec::None {
+        crypto
+            .unprotect_into(kind, info.codec, digest, stored, dst)
+            .map_err(|e| record.corrupt(e.to_string()))?;
+    } else {
+        let encoded = record.unprotect(&info, stored)?;
+        decode_into(info.codec, &encoded, dst).map_err(|reason| record.corrupt(reason))?;
+    }
     record.check_digest(dst)
 }
 
@@ -125,18 +146,17 @@ pub fn read_object_into(
 /// checks), for copying the object verbatim into another pack.
 pub fn read_stored(
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     kind: ObjectKind,
     digest: &[u8; 32],
     entry: &ObjectEntry,
 ) -> Result<(ObjectInfo, Vec<u8>)> {
-    let record = Record::read(backend, kind, digest, entry)?;
+    let record = Record::read(backend, crypto, kind, digest, entry)?;
     let (info, stored) = record.check()?;
-    match info.codec {
-        Codec::None => record.check_raw(&info, stored)?,
-        Codec::Zstd => {
-            let raw = decompress(stored, info.raw_len).map_err(|reason| record.corrupt(reason))?;
-            record.check_digest(&raw)?;
-        }
+    if info.codec == Codec::None && !crypto.is_encrypted() {
+        record.check_raw(&info, stored)?;
+    } else {
+        record.decode(&info, stored)?;
     }
     let mut stored = record.buf;
     stored.drain(..RECORD_HEADER_LEN);
@@ -145,6 +165,7 @@ pub fn read_stored(
 
 /// One record as read from its pack (header and stored bytes), with what it should be.
 struct Record<'a> {
+    crypto: &'a RepoCrypto,
     kind: ObjectKind,
     digest: &'a [u8; 32],
     entry: &'a ObjectEntry,
@@ -154,6 +175,7 @@ struct Record<'a> {
 impl<'a> Record<'a> {
     fn read(
         backend: &dyn Backend,
+        crypto: &'a RepoCrypto,
         kind: ObjectKind,
         digest: &'a [u8; 32],
         entry: &'a ObjectEntry,
@@ -161,6 +183,7 @@ impl<'a> Record<'a> {
         let len = RECORD_HEADER_LEN + entry.stored_len as usize;
         let read = backend.get_range(&ObjectKey::pack(entry.pack), entry.offset, len);
         let record = |buf| Record {
+            crypto,
             kind,
             digest,
             entry,
@@ -214,6 +237,40 @@ impl<'a> Record<'a> {
         Ok((info, stored))
     }
 
+    /// Removes the record's protection (an encrypted repository's envelope): its encoded
+    /// bytes. Authentication binds kind, codec, raw length and id.
+    fn unprotect<'s>(
+        &self,
+        info: &ObjectInfo,
+        stored: &'s [u8],
+    ) -> Result<std::borrow::Cow<'s, [u8]>> {
+        self.crypto
+            .unprotect(self.kind, info.codec, info.raw_len, self.digest, stored)
+            .map_err(|e| self.corrupt(e.to_string()))
+    }
+
+    /// Unprotects and decodes the stored bytes, checks length and id: the raw bytes.
+    fn decode(&self, info: &ObjectInfo, stored: &[u8]) -> Result<Vec<u8>> {
+        let encoded = self.unprotect(info, stored)?;
+        let raw = match info.codec {
+            Codec::None => {
+                if encoded.len() != info.raw_len as usize {
+                    return Err(self.corrupt(format!(
+                        "decoded to {} bytes, expected {}",
+                        encoded.len(),
+                        info.raw_len
+                    )));
+                }
+                encoded.into_owned()
+            }
+            Codec::Zstd => {
+                decompress(&encoded, info.raw_len).map_err(|reason| self.corrupt(reason))?
+            }
+        };
+        self.check_digest(&raw)?;
+        Ok(raw)
+    }
+
     /// Checks a record stored raw: its length and its digest.
     fn check_raw(&self, info: &ObjectInfo, stored: &[u8]) -> Result<()> {
         if stored.len() != info.raw_len as usize {
@@ -226,12 +283,10 @@ impl<'a> Record<'a> {
         self.check_digest(stored)
     }
 
-    /// Checks that `raw` hashes to the digest that named the object.
+    /// Checks that `raw` hashes (plain SHA-256, or keyed) to the digest that named the
+    /// object.
     fn check_digest(&self, raw: &[u8]) -> Result<()> {
-        let actual = match self.kind {
-            ObjectKind::Chunk => ChunkDigest::of(raw).0,
-            ObjectKind::Page => PageDigest::of(raw).0,
-        };
+        let actual = self.crypto.ids().id(raw);
         if &actual == self.digest {
             Ok(())
         } else {

@@ -95,12 +95,14 @@ pub fn sync_between(
         remote_src = remote(src)?;
         &remote_src
     } else {
+        super::transfer::refuse_encrypted(Path::new(src))?;
         local_src = Repository::open(Path::new(src))?;
         &local_src
     };
     if is_remote(dst) {
         transfer(source, &mut remote(dst)?, selection, opts, progress)
     } else {
+        super::transfer::refuse_encrypted(Path::new(dst))?;
         let dst = Repository::open_writer(Path::new(dst))?;
         recovered(&dst.recovery);
         super::sync(source, &dst, selection, opts, progress)

@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 
-use tessera_format::{ChunkDigest, ManifestPage, ObjectKind, PageDigest, SnapshotId};
+use tessera_format::{ChunkDigest, IdScheme, ManifestPage, ObjectKind, PageDigest, SnapshotId};
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -34,6 +34,28 @@ use super::{Selection, SyncOptions, SyncReport};
 pub const QUERY_BATCH: usize = 4096;
 /// Digests per object request (the source may return fewer).
 pub const FETCH_BATCH: usize = 1024;
+
+/// Sync, seed bundles, `repair --from` and `serve` of encrypted repositories are not built
+/// yet (SPEC.md §23.7): refused before anything is copied or served.
+pub fn encrypted_not_supported(location: &str) -> Error {
+    Error::Refused {
+        reason: format!(
+            "{location} is encrypted: sync, seed bundles, repair --from and serve do not handle encrypted repositories yet (SPEC.md §23.7); nothing was copied"
+        ),
+    }
+}
+
+/// Refuses the local repository at `path` if it is encrypted ([`encrypted_not_supported`]),
+/// before anything asks for its key; a location that is not a repository is left for the
+/// open that follows to report.
+pub fn refuse_encrypted(path: &std::path::Path) -> Result<()> {
+    match crate::repo::read_config(path) {
+        Ok(config) if config.encryption.is_encrypted() => {
+            Err(encrypted_not_supported(&path.display().to_string()))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Copies the selected snapshots (see the module docs).
 pub fn transfer(
@@ -51,6 +73,9 @@ pub fn transfer(
             theirs: src.describe(),
             their_scheme: src_scheme,
         });
+    }
+    if src_scheme == IdScheme::HmacSha256 {
+        return Err(encrypted_not_supported(&src.describe()));
     }
     let selected = selection.select(&src.snapshots()?)?;
     let dst_catalog = dst.snapshots()?;

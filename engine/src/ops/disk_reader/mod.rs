@@ -350,6 +350,7 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
         let location = self.location(block, r)?;
         read_object_into(
             self.repo.backend(),
+            self.repo.crypto(),
             ObjectKind::Chunk,
             &r.digest.0,
             &location,
@@ -385,6 +386,7 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
             let location = self.location(block, r)?;
             let raw = read_object(
                 self.repo.backend(),
+                self.repo.crypto(),
                 ObjectKind::Chunk,
                 &r.digest.0,
                 &location,

@@ -146,6 +146,11 @@ pub fn check_compatible(repo: &Repository, other: &Repository) -> Result<()> {
             their_scheme: other.config().id_scheme,
         });
     }
+    if other.crypto().is_encrypted() {
+        return Err(crate::sync::transfer::encrypted_not_supported(
+            &other.describe(),
+        ));
+    }
     Ok(())
 }
 
@@ -168,7 +173,7 @@ pub fn repair(
         // The writer's recovery catalogued every file it could when the repository opened.
         for id in repo.uncatalogued_snapshots()? {
             // A file that cannot be read cannot be copied: reported, the repair goes on.
-            match crate::recovery::quarantine_snapshot(repo.backend(), id) {
+            match crate::recovery::quarantine_snapshot(repo.backend(), repo.crypto(), id) {
                 Ok(()) => report.snapshots_quarantined.push(id),
                 Err(e) => report
                     .snapshots_not_quarantined

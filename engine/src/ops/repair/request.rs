@@ -92,6 +92,9 @@ impl RepairRequest {
                 disks.into_iter().collect::<Vec<_>>().join(", ")
             )));
         }
+        if let Some(from) = self.from.as_deref() {
+            crate::sync::transfer::refuse_encrypted(from)?;
+        }
         let other = self.from.as_deref().map(Repository::open).transpose()?;
         let sources = RepairSources {
             other: other.as_ref(),

@@ -486,8 +486,13 @@ fn charged(
     result
 }
 
-/// The repository at `root`, checked to exist before serving.
+/// The repository at `root`, checked to exist before serving. An encrypted repository is
+/// refused: the server holds no key, and keyless serving is not built yet (SPEC.md §23.7).
 pub fn check_repository(root: &Path) -> Result<PathBuf> {
-    read_config(root)?;
+    if read_config(root)?.encryption.is_encrypted() {
+        return Err(crate::sync::transfer::encrypted_not_supported(
+            &root.display().to_string(),
+        ));
+    }
     Ok(root.to_path_buf())
 }
