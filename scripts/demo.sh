@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on an embedded default: generate a sample disk, back it up, change
 # it, take a delta backup, restore both snapshots, and verify them byte for byte and with
-# `tessera verify`; then the same with a qcow2 overlay made by qemu-img as a delta source
+# `tessera verify`, in an encrypted repository; then the same with a qcow2 overlay made by qemu-img as a delta source
 # (only its changed clusters are read). Installs what it needs first. DEMO_SIZE_MIB sets the disk size (default 256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +22,25 @@ truncate -s "${SIZE_MIB}M" "$DISK"
 head -c "${q}M" /dev/urandom | dd of="$DISK" bs=1M seek="$((q * 3))" conv=notrunc status=none
 cp --sparse=always "$DISK" "$WORK/disk0.gen1"
 
-step "create a repository and take a full backup"
+step "create an encrypted repository (the default) and take a full backup"
 REPO="$WORK/repo"
-"$BIN" init "$REPO"
+# A real user types the passphrase at the prompt, or gives --passphrase-file/--password-command.
+export TESSERA_PASSPHRASE="demo passphrase"
+"$BIN" init "$REPO" --recovery-key-file "$WORK/recovery-key"
 "$BIN" backup "$REPO" --series demo-vm "disk0=$DISK" --tag generation=1
+if grep -rqa "tessera demo: a line" "$REPO"; then
+    echo "the repository holds the disk's text in clear" >&2
+    exit 1
+fi
+echo "no stored file holds the disk's text: chunks are sealed with AES-256-GCM"
+if TESSERA_PASSPHRASE=wrong "$BIN" list "$REPO" 2>/dev/null; then
+    echo "a wrong passphrase opened the repository" >&2
+    exit 1
+else
+    code=$?
+    [ "$code" -eq 6 ] || { echo "a wrong passphrase exited $code, not 6" >&2; exit 1; }
+fi
+echo "a wrong passphrase is refused (exit 6)"
 
 step "change 2% of the disk with random 64 KiB writes, then take a delta backup"
 blocks=$((SIZE_MIB * 16))

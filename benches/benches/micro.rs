@@ -58,7 +58,10 @@ fn zstd_codec(c: &mut Criterion) {
                 codec: Codec::Zstd,
                 level,
             };
-            let (info, stored) = encode_object(ObjectKind::Chunk, digest, data, compression);
+            let plain = tessera_engine::crypto::RepoCrypto::plain();
+            let (info, stored) =
+                encode_object(&plain, ObjectKind::Chunk, digest, data, compression)
+                    .expect("encode");
             let stored: Vec<u8> = stored.to_vec();
             eprintln!(
                 "zstd-{level} {what} 64 KiB block: {} -> {} bytes ({:.2}x)",
@@ -67,7 +70,15 @@ fn zstd_codec(c: &mut Criterion) {
                 data.len() as f64 / stored.len() as f64
             );
             g.bench_function(format!("encode_object/{what}/zstd-{level}"), |b| {
-                b.iter(|| encode_object(ObjectKind::Chunk, digest, black_box(data), compression));
+                b.iter(|| {
+                    encode_object(
+                        &plain,
+                        ObjectKind::Chunk,
+                        digest,
+                        black_box(data),
+                        compression,
+                    )
+                });
             });
             g.bench_function(format!("decode_stored/{what}/zstd-{level}"), |b| {
                 b.iter_batched(
@@ -233,9 +244,75 @@ fn manifest_diff(c: &mut Criterion) {
     g.finish();
 }
 
+/// The record codec and keyed ids of encrypted repositories (SPEC.md §23.3), next to the
+/// OpenSSL AEADs they were chosen against.
+fn record_crypto(c: &mut Criterion) {
+    use openssl::symm::{encrypt_aead, Cipher};
+    use tessera_engine::crypto::{IdHasher, RecordAd, RecordKind, RepoKeys};
+    let keys = RepoKeys::generate();
+    let cipher = keys.record_cipher().expect("record cipher");
+    let ids = keys.id_hasher();
+    let mut g = c.benchmark_group("record_crypto");
+    for (name, len) in [("64KiB", 64 * KIB), ("1MiB", MIB)] {
+        let data = block_of(Kind::Random, 0, 1, len);
+        let ad = RecordAd {
+            kind: RecordKind::Chunk,
+            codec: 0,
+            raw_len: len as u32,
+            id: [7; 32],
+        };
+        g.throughput(Throughput::Bytes(len as u64));
+        let mut out = Vec::with_capacity(len + 64);
+        g.bench_function(format!("seal aes-256-gcm ring/{name}"), |b| {
+            b.iter(|| {
+                out.clear();
+                cipher
+                    .seal_into(&ad, black_box(&data), &mut out)
+                    .expect("seal");
+            });
+        });
+        let sealed = cipher.seal(&ad, &data).expect("seal");
+        let mut dst = vec![0u8; len];
+        g.bench_function(format!("open aes-256-gcm ring/{name}"), |b| {
+            b.iter(|| {
+                cipher
+                    .open_into(&ad, black_box(&sealed), &mut dst)
+                    .expect("open");
+            });
+        });
+        let key = [9u8; 32];
+        for (label, alg) in [
+            ("openssl aes-256-gcm", Cipher::aes_256_gcm()),
+            ("openssl chacha20-poly1305", Cipher::chacha20_poly1305()),
+        ] {
+            g.bench_function(format!("{label}/{name}"), |b| {
+                b.iter(|| {
+                    let mut tag = [0u8; 16];
+                    encrypt_aead(
+                        alg,
+                        &key,
+                        Some(&[1u8; 12]),
+                        b"ad",
+                        black_box(&data),
+                        &mut tag,
+                    )
+                    .expect("openssl")
+                });
+            });
+        }
+        g.bench_function(format!("keyed id hmac-sha256/{name}"), |b| {
+            b.iter(|| ids.id(black_box(&data)));
+        });
+        g.bench_function(format!("plain id sha256/{name}"), |b| {
+            b.iter(|| IdHasher::Plain.id(black_box(&data)));
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = micro;
     config = short();
-    targets = sha256, zstd_codec, zero_check, index_lookups, manifest_pages, manifest_diff
+    targets = record_crypto, sha256, zstd_codec, zero_check, index_lookups, manifest_pages, manifest_diff
 }
 criterion_main!(micro);

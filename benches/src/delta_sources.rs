@@ -289,7 +289,11 @@ impl Ctx<'_> {
     }
 
     fn init(&self, repo: &Path) -> Result<()> {
-        tessera(self.bin, &["init", &repo.display().to_string()]).map(|_| ())
+        tessera(
+            self.bin,
+            &["init", &repo.display().to_string(), "--encryption", "none"],
+        )
+        .map(|_| ())
     }
 }
 

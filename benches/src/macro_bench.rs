@@ -71,6 +71,10 @@ struct Args {
     /// Also run restic and borg (skipped, with an install hint, when not installed).
     #[arg(long)]
     peers: bool,
+    /// Also run tessera on an encrypted repository (row `tessera-enc`; issue 16's goal:
+    /// backup, restore and verify at 90 % or more of the plain repository's speed).
+    #[arg(long)]
+    encrypted: bool,
     /// Write the results as JSON to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -262,6 +266,13 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
         work,
         tessera_init_args(args),
     )];
+    if args.encrypted {
+        tools.push(Tool::tessera_encrypted(
+            tessera_bin.clone(),
+            work,
+            tessera_init_args(args),
+        ));
+    }
     let mut s3_server = None;
     if args.s3 {
         let weed = s3::find_weed(args.weed.as_deref())?;
@@ -314,6 +325,10 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
     }
     if let Some(tool) = tools.iter().find(|t| t.kind == tools::Kind::TesseraS3) {
         phases::verify_s3(&mut report, tool, &image_path)?;
+    }
+    // The encrypted repository: verify alone (the baseline is the same as above).
+    if let Some(tool) = tools.iter().find(|t| t.name() == "tessera-enc") {
+        phases::verify(&mut report, tool, work, &image_path, true)?;
     }
 
     // 6. Delta sources against full reads of the same image.

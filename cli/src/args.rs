@@ -138,6 +138,85 @@ pub struct DeltaArgs {
     pub tls_ca: Option<std::path::PathBuf>,
 }
 
+/// How `init` protects a new repository (SPEC.md §23).
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitEncryptionArgs {
+    /// aes-256-gcm (the default: a passphrase or --key-file unlocks it) or none (a plain
+    /// repository, readable by anyone who can read its files).
+    #[arg(long, default_value = "aes-256-gcm", value_parser = ["aes-256-gcm", "none"])]
+    pub encryption: String,
+    /// Write the recovery key to this new file (0600) instead of printing it; needed with
+    /// --json, whose output never holds a secret.
+    #[arg(long, value_name = "FILE")]
+    pub recovery_key_file: Option<PathBuf>,
+    /// Argon2id memory of the passphrase slot, MiB (19 to 1024).
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(19..=1024))]
+    pub kdf_memory_mib: u32,
+    /// Argon2id passes of the passphrase slot (2 to 16).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
+    pub kdf_iterations: u32,
+}
+
+/// `tessera key …`: the key slots of an encrypted repository (SPEC.md §23.4). The global
+/// options (`--passphrase-file`, `--key-file`, …) unlock it; `--new-*` give the new secret.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List the key slots: kind, Argon2id cost, creation time (nothing secret).
+    List {
+        /// The repository.
+        repo: PathBuf,
+    },
+    /// Add a slot opened by a new passphrase or key file.
+    Add {
+        /// The repository.
+        repo: PathBuf,
+        #[command(flatten)]
+        new: NewSecretArgs,
+    },
+    /// Remove a slot (not the last one that is not the recovery key).
+    Remove {
+        /// The repository.
+        repo: PathBuf,
+        /// Slot id, or a unique prefix of it (see `key list`).
+        slot: String,
+    },
+    /// Replace the passphrase that unlocked the repository with a new one.
+    ChangePassphrase {
+        /// The repository.
+        repo: PathBuf,
+        #[command(flatten)]
+        new: NewSecretArgs,
+    },
+    /// Make a new recovery key (printed once, or written to --recovery-key-file) and remove
+    /// the old recovery slot: the recovery key itself is stored nowhere.
+    ExportRecovery {
+        /// The repository.
+        repo: PathBuf,
+        /// Write the new recovery key to this new file (0600) instead of printing it;
+        /// needed with --json.
+        #[arg(long, value_name = "FILE")]
+        recovery_key_file: Option<PathBuf>,
+    },
+}
+
+/// The new secret of `key add` / `key change-passphrase`: `--new-key-file`,
+/// `--new-passphrase-file`, `TESSERA_NEW_PASSPHRASE`, or a prompt (twice) on a terminal.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NewSecretArgs {
+    /// Read the new passphrase from this file (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "new_key_file")]
+    pub new_passphrase_file: Option<PathBuf>,
+    /// A key file for the new slot (created 0600 when it does not exist).
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: Option<PathBuf>,
+    /// Argon2id memory of a new passphrase slot, MiB (19 to 1024).
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(19..=1024))]
+    pub kdf_memory_mib: u32,
+    /// Argon2id passes of a new passphrase slot (2 to 16).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
+    pub kdf_iterations: u32,
+}
+
 /// tessera: deduplicating, content-addressed backups of disk images.
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, about, long_about = None)]
@@ -150,6 +229,8 @@ pub struct Cli {
     pub quiet: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub keys: crate::keys::KeyArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -219,6 +300,8 @@ pub enum Command {
         /// Compression of new data: zstd:LEVEL (1-19), zstd, or none.
         #[arg(long, default_value = "zstd:2")]
         compression: String,
+        #[command(flatten)]
+        encryption: InitEncryptionArgs,
     },
     /// Back up one or more disks into one snapshot.
     Backup {
@@ -392,6 +475,9 @@ pub enum Command {
     /// Manage the tokens file of `serve --tokens` (tokens with roles, series and quotas).
     #[command(subcommand)]
     Token(crate::sync_args::TokenCommand),
+    /// Manage the key slots of an encrypted repository (no data is rewritten).
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Rewrite packs with too much unreferenced data, reclaiming the space.
     Compact {
         /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.

@@ -12,6 +12,7 @@
 //! | 3 | `locked` | the repository is locked by another writer (retry later) |
 //! | 4 | `damage` | verification, repair or compaction found problems, or the operation met damaged or malicious data |
 //! | 5 | `refused` | the request conflicts with the repository's state or policy |
+//! | 6 | `key` | the passphrase, key file or recovery key does not unlock the repository |
 //! | 70 | `internal` | a bug in tessera |
 //!
 //! With `--json` a failure prints `{"ok": false, "error": MESSAGE, "kind": KIND}`.
@@ -19,6 +20,7 @@
 mod args;
 mod commands;
 mod doc;
+mod keys;
 mod output;
 mod sync_args;
 
@@ -89,6 +91,7 @@ pub(crate) fn exit_code_for(kind: ErrorKind) -> i32 {
         ErrorKind::Locked => 3,
         ErrorKind::Damage => 4,
         ErrorKind::Refused => 5,
+        ErrorKind::Key => 6,
         ErrorKind::Internal => 70,
     }
 }
@@ -100,7 +103,7 @@ mod tests {
     #[test]
     fn every_kind_has_its_own_documented_code() {
         let codes: Vec<i32> = ErrorKind::ALL.iter().map(|k| exit_code_for(*k)).collect();
-        assert_eq!(codes, [1, 2, 3, 4, 5, 70]);
+        assert_eq!(codes, [1, 2, 3, 4, 6, 5, 70]);
     }
 
     #[test]

@@ -138,7 +138,10 @@ pub fn mark_cache(dir: &std::path::Path, identity: &str) -> Result<()> {
 /// - catalogued snapshots whose files are gone, by the listing and by a `HEAD` of each:
 ///   dropped from the catalog, then every reference count is recomputed (their root lists are
 ///   gone with the files, so their references cannot be subtracted one by one).
-pub fn refresh_cache(storage: &RepoStorage) -> Result<Option<CacheRefresh>> {
+pub fn refresh_cache(
+    storage: &RepoStorage,
+    crypto: &std::sync::Arc<crate::crypto::RepoCrypto>,
+) -> Result<Option<CacheRefresh>> {
     use crate::error::Error;
     if !storage.local_dir.join(CACHE_MARKER).exists() {
         return Ok(None);
@@ -164,7 +167,7 @@ pub fn refresh_cache(storage: &RepoStorage) -> Result<Option<CacheRefresh>> {
                 Error::IndexMissing { .. } => "the cache had no index".to_string(),
                 other => format!("the cached index was unusable: {other}"),
             };
-            return rebuild_cache(storage, why);
+            return rebuild_cache(storage, crypto, why);
         }
         Err(e) => return Err(e),
     };
@@ -187,6 +190,7 @@ pub fn refresh_cache(storage: &RepoStorage) -> Result<Option<CacheRefresh>> {
         drop(lock);
         return rebuild_cache(
             storage,
+            crypto,
             format!("{vanished_packs} packs it knew are gone from the bucket"),
         );
     }
@@ -203,6 +207,7 @@ pub fn refresh_cache(storage: &RepoStorage) -> Result<Option<CacheRefresh>> {
         drop(lock);
         return rebuild_cache(
             storage,
+            crypto,
             format!("another client's compaction doomed {doomed_elsewhere} packs it knew"),
         );
     }
@@ -218,7 +223,7 @@ pub fn refresh_cache(storage: &RepoStorage) -> Result<Option<CacheRefresh>> {
     if !new_packs && vanished.is_empty() && stored.is_subset(&catalogued) {
         return Ok(Some(CacheRefresh::default()));
     }
-    let recovered = catch_up(storage, &index)?;
+    let recovered = catch_up(storage, &index, crypto)?;
     let mut refresh = CacheRefresh {
         snapshots_catalogued: recovered.snapshots_catalogued.len(),
         packs_adopted: recovered.packs_adopted,
@@ -237,13 +242,18 @@ pub fn refresh_cache(storage: &RepoStorage) -> Result<Option<CacheRefresh>> {
     }
     if !batch.is_empty() {
         index.commit(batch)?;
-        refresh.counts_fixed = crate::ops::check::recount_index(&index, backend)?;
+        refresh.counts_fixed = crate::ops::check::recount_index(&index, backend, crypto)?;
     }
     Ok(Some(refresh))
 }
 
-fn rebuild_cache(storage: &RepoStorage, why: String) -> Result<Option<CacheRefresh>> {
-    let report = crate::ops::rebuild_index::rebuild_index(storage, &crate::NoProgress)?;
+fn rebuild_cache(
+    storage: &RepoStorage,
+    crypto: &std::sync::Arc<crate::crypto::RepoCrypto>,
+    why: String,
+) -> Result<Option<CacheRefresh>> {
+    let report =
+        crate::ops::rebuild_index::rebuild_index_unlocked(storage, crypto, &crate::NoProgress)?;
     Ok(Some(CacheRefresh {
         rebuilt: Some(why),
         snapshots_catalogued: report.snapshots,

@@ -8,6 +8,7 @@
 //! | [`ErrorKind::Usage`] | bad input from the caller | malformed argument, unknown snapshot, disk or series |
 //! | [`ErrorKind::Locked`] | another writer holds the repository | retry later |
 //! | [`ErrorKind::Damage`] | damaged or malicious data | corrupt object, pack, snapshot, config or index; a peer or bundle sending bad data |
+//! | [`ErrorKind::Key`] | the secret given does not unlock the repository | wrong passphrase, key file or recovery key |
 //! | [`ErrorKind::Refused`] | the request conflicts with the repository's state or policy | wrong delta base, protected snapshot, incompatible repositories |
 //! | [`ErrorKind::Internal`] | a bug in tessera | [`Error::Internal`] |
 
@@ -33,6 +34,56 @@ pub enum Error {
     NotARepository {
         /// The path or URL given.
         location: String,
+    },
+    /// No key slot of the repository opens with the passphrase, key file or recovery key
+    /// given (SPEC.md §23.4). Nothing was written.
+    #[error("wrong {what}: it opens none of the repository's {tried} {what} slot(s) tried{}; nothing was changed", untried_note(*.untried))]
+    WrongSecret {
+        /// "passphrase", "key file" or "recovery key".
+        what: &'static str,
+        /// How many slots of that kind were tried.
+        tried: usize,
+        /// How many more of that kind there are, not tried (at most
+        /// [`crate::crypto::keyring::MAX_SLOTS_TRIED`] are).
+        untried: usize,
+    },
+    /// The repository is encrypted and no secret was given to unlock it.
+    #[error("{location} is encrypted: give its passphrase (asked on a terminal, or --passphrase-file, TESSERA_PASSPHRASE, --password-command) or --key-file")]
+    KeyRequired {
+        /// The repository.
+        location: String,
+    },
+    /// The repository has no key slot of the kind presented.
+    #[error("the repository has no {what} slot; unlock it with one of: {available}")]
+    NoSuchSlot {
+        /// The kind presented.
+        what: &'static str,
+        /// The kinds it has.
+        available: String,
+    },
+    /// Removing this slot would leave the repository without a way to unlock it.
+    #[error("{slot} is the last key slot that is not the recovery key; add another slot first")]
+    LastKeySlot {
+        /// The slot's id.
+        slot: String,
+    },
+    /// A key slot object is damaged or malicious.
+    #[error("key slot {key} is damaged: {reason}")]
+    KeySlotDamaged {
+        /// Its object key.
+        key: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The config says the repository is plain, or names other keys, than what the
+    /// repository holds (key slots, sealed snapshot files, the index's record): the config
+    /// may have been replaced to downgrade it. Nothing is written or quarantined.
+    #[error("{location}: {reason}; refusing to use it (its config may have been replaced: restore the original config)")]
+    EncryptionMismatch {
+        /// The repository.
+        location: String,
+        /// What contradicts the config.
+        reason: String,
     },
     /// `init` was pointed at a non-empty directory.
     #[error("{path} already exists and is not empty; choose a new directory for the repository")]
@@ -369,8 +420,8 @@ pub enum Error {
     #[error(
         "{count} stored snapshot file(s) are not catalogued ({first}{more}): they name objects \
          this repository lacks or cannot read now, and compaction would reclaim the objects \
-         they still have; bring the missing packs back, or `tessera sync OTHER REPO` from a \
-         repository that has those snapshots, or move the files to quarantine with `tessera \
+         they still have; bring the missing packs back, or `tessera repair REPO --from OTHER` \
+         from a repository that has those snapshots, or move the files to quarantine with `tessera \
          repair REPO --quarantine`"
     )]
     UncataloguedSnapshots {
@@ -425,6 +476,8 @@ pub enum ErrorKind {
     /// Damaged or malicious data: a corrupt object, pack, snapshot, config or index, or an
     /// untrusted peer or bundle that sent bad data.
     Damage,
+    /// The passphrase, key file or recovery key does not unlock the repository.
+    Key,
     /// The request conflicts with the repository's state or policy.
     Refused,
     /// A bug in tessera.
@@ -433,23 +486,25 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for tables and tests.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Failed,
         Self::Usage,
         Self::Locked,
         Self::Damage,
+        Self::Key,
         Self::Refused,
         Self::Internal,
     ];
 
-    /// The stable name of the kind (`failed`, `usage`, `locked`, `damage`, `refused`,
-    /// `internal`), as `--json` prints it.
+    /// The stable name of the kind (`failed`, `usage`, `locked`, `damage`, `key`,
+    /// `refused`, `internal`), as `--json` prints it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Failed => "failed",
             Self::Usage => "usage",
             Self::Locked => "locked",
             Self::Damage => "damage",
+            Self::Key => "key",
             Self::Refused => "refused",
             Self::Internal => "internal",
         }
@@ -466,6 +521,15 @@ impl ErrorKind {
 impl std::fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The note of [`Error::WrongSecret`] about slots left untried.
+fn untried_note(untried: usize) -> String {
+    if untried == 0 {
+        String::new()
+    } else {
+        format!(" ({untried} more were not tried: at most 16 are; remove the slots you do not know with `tessera key remove`)")
     }
 }
 
@@ -505,6 +569,7 @@ impl Error {
             | Self::Unencodable { .. }
             | Self::TargetMismatch { .. }
             | Self::ObjectExists { .. }
+            | Self::LastKeySlot { .. }
             | Self::BadConfig {
                 source: DecodeError::UnsupportedVersion { .. },
                 ..
@@ -530,10 +595,15 @@ impl Error {
             | Self::SnapshotIncomplete { .. }
             | Self::UncataloguedSnapshots { .. }
             | Self::ChunkLength { .. }
+            | Self::KeySlotDamaged { .. }
+            | Self::EncryptionMismatch { .. }
             | Self::UntrustedData { .. } => ErrorKind::Damage,
             Self::ReferenceBlockUnreadable { source, .. } => source.kind(),
             Self::Remote { problem, .. } => problem.kind(),
             Self::Internal(_) => ErrorKind::Internal,
+            Self::WrongSecret { .. } | Self::KeyRequired { .. } | Self::NoSuchSlot { .. } => {
+                ErrorKind::Key
+            }
         }
     }
 
@@ -635,13 +705,28 @@ mod tests {
                 ErrorKind::Damage,
             ),
             (Error::Internal("bug".into()), ErrorKind::Internal),
+            (
+                Error::EncryptionMismatch {
+                    location: "r".into(),
+                    reason: "plain config, sealed snapshots".into(),
+                },
+                ErrorKind::Damage,
+            ),
+            (
+                Error::WrongSecret {
+                    what: "passphrase",
+                    tried: 1,
+                    untried: 0,
+                },
+                ErrorKind::Key,
+            ),
         ] {
             assert_eq!(err.kind(), kind, "{err}");
         }
         let names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
-            ["failed", "usage", "locked", "damage", "refused", "internal"]
+            ["failed", "usage", "locked", "damage", "key", "refused", "internal"]
         );
         assert_eq!(serde_json::to_value(ErrorKind::Refused).unwrap(), "refused");
     }

@@ -43,6 +43,7 @@
 
 #[cfg(feature = "repository")]
 pub mod cache;
+pub mod crypto;
 #[cfg(feature = "repository")]
 pub mod damage_marks;
 pub mod direct_write;
@@ -84,6 +85,6 @@ pub mod time;
 pub use error::{Error, ErrorKind, Result};
 pub use progress::{NoProgress, Progress};
 #[cfg(feature = "repository")]
-pub use repo::{InitOptions, Repository};
+pub use repo::{InitOptions, NewKeys, Repository};
 #[cfg(feature = "repository")]
 pub use snapshot_ref::{SnapshotDiskRef, SnapshotRef};

@@ -16,10 +16,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tessera_format::RepoConfig;
-
+use crate::crypto::SecretSource;
 use crate::error::{Error, Result};
-use crate::repo::{InitOptions, RepoStorage, Repository};
+use crate::repo::{Created, InitOptions, NewKeys, RepoStorage, Repository};
 use crate::storage::s3::{S3Backend, S3Location, S3Options};
 use crate::storage::Backend;
 use crate::store::session::TARGET_PACK_SIZE;
@@ -154,19 +153,25 @@ impl RepoLocation {
         RepoStorage::of(&self.location, &self.options)
     }
 
-    /// Opens the repository for reading ([`Repository::open_on`]).
-    pub fn open(&self) -> Result<Repository> {
-        Repository::open_on(self.storage()?)
+    /// Opens the repository for reading ([`Repository::open_on`]); `keys` is asked for a
+    /// secret only if it is encrypted.
+    pub fn open(&self, keys: &dyn SecretSource) -> Result<Repository> {
+        Repository::open_on(self.storage()?, keys)
     }
 
     /// Opens the repository as its writer ([`Repository::open_writer_on`]).
-    pub fn open_writer(&self) -> Result<Repository> {
-        Repository::open_writer_on(self.storage()?)
+    pub fn open_writer(&self, keys: &dyn SecretSource) -> Result<Repository> {
+        Repository::open_writer_on(self.storage()?, keys)
     }
 
-    /// Creates a new repository here ([`Repository::init_at`]).
-    pub fn init(&self, opts: InitOptions) -> Result<(RepoStorage, RepoConfig)> {
-        Repository::init_at(&self.to_string(), &self.options, opts)
+    /// Creates a new repository here ([`Repository::init_at`]), encrypted when `keys` is
+    /// given.
+    pub fn init(
+        &self,
+        opts: InitOptions,
+        keys: Option<&NewKeys>,
+    ) -> Result<(RepoStorage, Created)> {
+        Repository::init_at(&self.to_string(), &self.options, opts, keys)
     }
 
     /// Whether a repository exists here (its config object does). Connects for S3.

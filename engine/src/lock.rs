@@ -23,13 +23,25 @@ pub struct WriterLock {
 impl WriterLock {
     /// Takes the lock or fails with [`Error::Locked`] naming the holder.
     pub fn acquire(repo: &Path) -> Result<Self> {
-        let path = repo.join("lock");
+        Self::acquire_at(&repo.join("lock"))
+    }
+
+    /// Takes the key-slot lock `REPO/keys.lock` (held by `key add|remove|change-passphrase|
+    /// export-recovery` around reading, checking and changing the slots, so that two of
+    /// them cannot each remove a different one of the last two everyday slots), or fails
+    /// with [`Error::Locked`]. Separate from the writer lock: slot changes touch no data,
+    /// so a backup may run meanwhile.
+    pub fn acquire_keys(repo: &Path) -> Result<Self> {
+        Self::acquire_at(&repo.join("keys.lock"))
+    }
+
+    fn acquire_at(path: &Path) -> Result<Self> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
+            .open(path)
             .ctx(|| format!("opening lock file {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {}

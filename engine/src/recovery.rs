@@ -46,6 +46,7 @@ use std::collections::HashSet;
 
 use tessera_format::{PackId, SnapshotId};
 
+use crate::crypto::RepoCrypto;
 use crate::error::Result;
 use crate::index::Index;
 use crate::ops::publish::catalogue_stored;
@@ -93,6 +94,32 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// Whether recovery changed the repository (removed, adopted, moved, deleted or
+    /// catalogued something, or broke a stale lock), as opposed to only finding a lasting
+    /// state (unreadable or incomplete files, missing files) that the next writer finds again.
+    pub fn acted(&self) -> bool {
+        self.staged_removed > 0
+            || self.packs_adopted > 0
+            || !self.packs_quarantined.is_empty()
+            || self.doomed_packs_deleted > 0
+            || self.forgotten_files_deleted > 0
+            || !self.snapshots_catalogued.is_empty()
+            || !self.snapshots_quarantined.is_empty()
+            || self.stale_lock.is_some()
+    }
+
+    /// Only the lasting states recovery found (what [`Recovery::acted`] leaves out).
+    #[must_use]
+    pub fn lasting(&self) -> Recovery {
+        Recovery {
+            packs_unreadable: self.packs_unreadable.clone(),
+            snapshots_incomplete: self.snapshots_incomplete.clone(),
+            snapshots_unreadable: self.snapshots_unreadable.clone(),
+            snapshot_files_missing: self.snapshot_files_missing.clone(),
+            ..Recovery::default()
+        }
+    }
+
     /// What recovery did or found, in one line for the operator; `None` when nothing.
     pub fn summary(&self) -> Option<String> {
         let counted = [
@@ -152,11 +179,11 @@ impl Recovery {
 
 /// Runs the recovery steps (see module docs). The caller holds the writer lock and opens
 /// the repository as its writer.
-pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
+pub fn recover(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Result<Recovery> {
     let staged_removed = storage.backend.clean_staging()?;
     Ok(Recovery {
         staged_removed,
-        ..catch_up(storage, index)?
+        ..catch_up(storage, index, crypto)?
     })
 }
 
@@ -165,7 +192,7 @@ pub fn recover(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
 /// staged puts: in a shared store those may be other clients' uploads in progress, and only
 /// a writer's open, under its lock, aborts the stale ones. The caller holds the writer lock
 /// of the local directory.
-pub fn catch_up(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
+pub fn catch_up(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Result<Recovery> {
     let backend = &*storage.backend;
     let mut recovery = Recovery::default();
     let mut doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
@@ -194,7 +221,7 @@ pub fn catch_up(storage: &RepoStorage, index: &Index) -> Result<Recovery> {
         .filter_map(ObjectKey::as_snapshot)
         .filter(|id| !tombstoned.contains(id))
         .collect();
-    catalogue_unlisted(storage, index, &stored, &mut recovery)?;
+    catalogue_unlisted(storage, index, crypto, &stored, &mut recovery)?;
     apply_markers(backend, index, &listed, &stored)?;
     for (id, _) in index.snapshots()? {
         if !stored.contains(&id) {
@@ -225,6 +252,7 @@ fn finish_forgets(backend: &dyn Backend, index: &Index, recovery: &mut Recovery)
 fn catalogue_unlisted(
     storage: &RepoStorage,
     index: &Index,
+    crypto: &RepoCrypto,
     stored: &HashSet<SnapshotId>,
     recovery: &mut Recovery,
 ) -> Result<()> {
@@ -238,10 +266,10 @@ fn catalogue_unlisted(
     }
     unlisted.sort();
     for id in unlisted {
-        let snapshot = match load_snapshot(backend, id) {
+        let snapshot = match load_snapshot(backend, crypto, id) {
             Ok(s) => s,
             Err(e @ crate::error::Error::SnapshotCorrupt { .. }) => {
-                quarantine_snapshot(backend, id)?;
+                quarantine_snapshot(backend, crypto, id)?;
                 recovery
                     .snapshots_quarantined
                     .push((id.to_hex(), e.to_string()));
@@ -254,7 +282,7 @@ fn catalogue_unlisted(
                 continue;
             }
         };
-        let mut catalogued = catalogue_stored(index, backend, id, &snapshot);
+        let mut catalogued = catalogue_stored(index, backend, crypto, id, &snapshot);
         if matches!(
             catalogued,
             Err(crate::error::Error::SnapshotIncomplete { .. })
@@ -262,7 +290,7 @@ fn catalogue_unlisted(
         {
             rescued = true;
             recovery.doomed_packs_rescued = crate::doomed::rescue(storage, index)?;
-            catalogued = catalogue_stored(index, backend, id, &snapshot);
+            catalogued = catalogue_stored(index, backend, crypto, id, &snapshot);
         }
         match catalogued {
             Ok(()) => recovery.snapshots_catalogued.push(id.to_hex()),
@@ -283,7 +311,22 @@ fn catalogue_unlisted(
 }
 
 /// Moves a snapshot file that cannot be catalogued into quarantine (copy, then delete).
-pub(crate) fn quarantine_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<()> {
+/// A sealed (format 2) file under a plain config is never moved: a plain repository has
+/// none, so the config was replaced (a downgrade), and the whole operation is refused with
+/// [`crate::Error::EncryptionMismatch`] instead (SPEC.md §23.5).
+pub(crate) fn quarantine_snapshot(
+    backend: &dyn Backend,
+    crypto: &RepoCrypto,
+    id: SnapshotId,
+) -> Result<()> {
+    if !crypto.is_encrypted() && crate::crypto::keyring::is_sealed_snapshot(backend, id)? {
+        return Err(crate::error::Error::EncryptionMismatch {
+            location: backend.describe(),
+            reason: format!(
+                "the config says the repository is not encrypted, yet snapshot file {id} is sealed (format 2)"
+            ),
+        });
+    }
     let bytes = backend.get(&ObjectKey::snapshot(id))?;
     backend.put_bytes(
         &ObjectKey::quarantined_snapshot(id),
@@ -355,4 +398,45 @@ pub fn delete_doomed_packs(storage: &RepoStorage, index: &Index) -> Result<usize
     }
     index.commit(batch)?;
     Ok(doomed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recover;
+    use crate::crypto::{RepoCrypto, RepoKeys};
+    use crate::error::{Error, ErrorKind};
+    use crate::index::Index;
+    use crate::repo::RepoStorage;
+    use crate::storage::key::QUARANTINE;
+    use crate::storage::{ObjectKey, PutMode};
+    use crate::store::snapshot_file::{encode, tests::snapshot};
+    use tessera_format::RepoId;
+
+    /// A config replaced by a plain one must not make recovery quarantine the sealed
+    /// snapshot files it cannot read as plain ones: it refuses, and the file stays.
+    #[test]
+    fn recovery_under_a_plain_config_never_quarantines_a_sealed_snapshot_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["packs", "snapshots", "tmp"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let storage = RepoStorage::local(dir.path());
+        let index = Index::create(&storage.index_path(), RepoId([5; 16])).unwrap();
+        let sealed = RepoCrypto::encrypted(&RepoKeys::generate()).unwrap();
+        let (id, file) = encode(&sealed, &snapshot("vm")).unwrap();
+        storage
+            .backend
+            .put_bytes(&ObjectKey::snapshot(id), PutMode::Create, &file)
+            .unwrap();
+        let err = recover(&storage, &index, &RepoCrypto::plain()).unwrap_err();
+        assert!(matches!(err, Error::EncryptionMismatch { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Damage);
+        assert_eq!(storage.backend.get(&ObjectKey::snapshot(id)).unwrap(), file);
+        assert!(storage.backend.list(QUARANTINE).unwrap().is_empty());
+        // Under its own keys the same file decodes (it names pages this test never stored,
+        // so it is kept as incomplete), and is not quarantined either.
+        let found = recover(&storage, &index, &sealed).unwrap();
+        assert!(found.snapshots_quarantined.is_empty());
+        assert_eq!(found.snapshots_incomplete.len(), 1, "{found:?}");
+    }
 }

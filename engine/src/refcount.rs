@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use tessera_format::{ChunkDigest, ObjectKind, PageDigest, Snapshot};
 
+use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
 use crate::index::{Index, IndexBatch};
 use crate::storage::Backend;
@@ -94,11 +95,13 @@ impl ExpectedCounts {
 pub fn expected_counts_of<'a>(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     snapshots: impl IntoIterator<Item = &'a Snapshot>,
 ) -> Result<ExpectedCounts> {
     expected_counts(
         index,
         backend,
+        crypto,
         snapshots
             .into_iter()
             .flat_map(|s| s.roots.iter().map(Vec::as_slice)),
@@ -110,6 +113,7 @@ pub fn expected_counts_of<'a>(
 pub fn expected_counts<'a>(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     roots: impl IntoIterator<Item = &'a [PageDigest]>,
 ) -> Result<ExpectedCounts> {
     let mut out = ExpectedCounts::default();
@@ -121,13 +125,15 @@ pub fn expected_counts<'a>(
     for page in out.pages.keys() {
         let read = match index.get_object(ObjectKind::Page, page.as_bytes())? {
             None => Err("not in the store".to_string()),
-            Some(entry) => match read_object(backend, ObjectKind::Page, page.as_bytes(), &entry) {
-                Ok(raw) => Ok(raw),
-                Err(e) if e.kind() == crate::error::ErrorKind::Damage => Err(e.to_string()),
-                // The store failing, an I/O error: nothing is known about the page, and
-                // counting without its chunks would make live chunks look unreferenced.
-                Err(e) => return Err(e),
-            },
+            Some(entry) => {
+                match read_object(backend, crypto, ObjectKind::Page, page.as_bytes(), &entry) {
+                    Ok(raw) => Ok(raw),
+                    Err(e) if e.kind() == crate::error::ErrorKind::Damage => Err(e.to_string()),
+                    // The store failing, an I/O error: nothing is known about the page, and
+                    // counting without its chunks would make live chunks look unreferenced.
+                    Err(e) => return Err(e),
+                }
+            }
         };
         let loaded = read
             .and_then(|raw| tessera_format::ManifestPage::decode(&raw).map_err(|e| e.to_string()));

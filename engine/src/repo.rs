@@ -31,12 +31,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tessera_format::config::DEFAULT_PAGE_ENTRIES;
+use tessera_format::config::{DEFAULT_PAGE_ENTRIES, ENCRYPTED_FORMAT, PLAIN_FORMAT};
+use tessera_format::keyslot::KdfParams;
 use tessera_format::{
-    ChunkDigest, Compression, ObjectKind, PageDigest, RepoConfig, RepoId, Snapshot, SnapshotHeader,
-    SnapshotId, FORMAT_VERSION,
+    ChunkDigest, Compression, Encryption, IdScheme, ObjectKind, PageDigest, RepoConfig, RepoId,
+    Snapshot, SnapshotHeader, SnapshotId,
 };
 
+use crate::crypto::keyring::{self, NoSecret, SecretSource};
+use crate::crypto::{RepoCrypto, RepoKeys, SecretKey, SlotSecret};
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
 use crate::location::{Location, LocationOptions};
@@ -73,19 +76,30 @@ pub struct InitOptions {
 impl InitOptions {
     /// Refuses parameters no repository may have (before anything is created).
     pub fn validate(&self) -> Result<()> {
-        self.config().map(|_| ())
+        self.config(RepoId([0; 16]), Encryption::None).map(|_| ())
     }
 
-    /// A new repository's config with these parameters, and its encoding.
-    fn config(&self) -> Result<(RepoConfig, Vec<u8>)> {
+    /// A new repository's config with these parameters, and its encoding: format 1 when
+    /// plain, format 2 when encrypted (SPEC.md §3).
+    fn config(&self, repo_id: RepoId, encryption: Encryption) -> Result<(RepoConfig, Vec<u8>)> {
+        let encrypted = encryption.is_encrypted();
         let config = RepoConfig {
-            format_version: FORMAT_VERSION,
-            repo_id: RepoId(rand::random()),
-            id_scheme: tessera_format::IdScheme::Sha256,
+            format_version: if encrypted {
+                ENCRYPTED_FORMAT
+            } else {
+                PLAIN_FORMAT
+            },
+            repo_id,
+            id_scheme: if encrypted {
+                IdScheme::HmacSha256
+            } else {
+                IdScheme::Sha256
+            },
             compression: self.compression,
             default_block_size: self.block_size,
             page_entries: DEFAULT_PAGE_ENTRIES,
             created_at_us: crate::time::now_us(),
+            encryption,
         };
         let bytes = config.encode().map_err(|source| Error::Unencodable {
             what: "repository parameters".into(),
@@ -102,6 +116,39 @@ impl Default for InitOptions {
             compression: DEFAULT_COMPRESSION,
         }
     }
+}
+
+/// The keys of a new encrypted repository and the first secret that unlocks them.
+#[derive(Debug, Clone)]
+pub struct NewKeys {
+    /// What opens the first slot (a passphrase or a key file).
+    pub secret: SlotSecret,
+    /// Argon2id cost of a passphrase slot.
+    pub kdf: KdfParams,
+    /// Keys of another repository to share (`init --keys-from`), instead of new ones.
+    pub shared: Option<RepoKeys>,
+}
+
+impl NewKeys {
+    /// Refuses a secret that protects nothing (an empty passphrase), before anything is
+    /// created.
+    pub fn validate(&self) -> Result<()> {
+        if matches!(&self.secret, SlotSecret::Passphrase(p) if p.is_empty()) {
+            return Err(Error::Usage(
+                "an empty passphrase protects nothing; give a passphrase, or --encryption none for a plain repository".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What `init` created.
+#[derive(Debug)]
+pub struct Created {
+    /// The config written.
+    pub config: RepoConfig,
+    /// The recovery key of an encrypted repository: shown once, stored nowhere.
+    pub recovery: Option<SecretKey>,
 }
 
 /// Where a repository lives: its objects and its local state (see the module docs).
@@ -150,9 +197,56 @@ impl RepoStorage {
         RepoConfig::decode(&bytes).map_err(|source| Error::BadConfig { location, source })
     }
 
-    fn open_index(&self, config: &RepoConfig, read_only: bool) -> Result<Index> {
-        Ok(Index::open(&self.index_path(), config.repo_id, read_only)?
-            .with_crash_clock(self.crash_clock.clone()))
+    fn open_index(
+        &self,
+        config: &RepoConfig,
+        read_only: bool,
+        crypto: &Arc<RepoCrypto>,
+    ) -> Result<Index> {
+        let index = Index::open(&self.index_path(), config.repo_id, read_only)?;
+        let expected = encryption_record(config);
+        match index.recorded_encryption()? {
+            Some(recorded) if recorded != expected => {
+                return Err(Error::EncryptionMismatch {
+                    location: self.backend.describe(),
+                    reason: format!(
+                        "the config says encryption {} (key fingerprint {}), but the index was made for {}",
+                        config.encryption.name(),
+                        config.encryption.fingerprint().map_or_else(|| "none".into(), hex::encode),
+                        describe_record(&recorded),
+                    ),
+                });
+            }
+            // An index made before the record existed: the first writer records it.
+            None if !read_only => index.record_encryption(&expected)?,
+            _ => {}
+        }
+        Ok(index
+            .with_crash_clock(self.crash_clock.clone())
+            .with_crypto(Arc::clone(crypto)))
+    }
+}
+
+/// What the index records about the repository's encryption ([`Index::record_encryption`]):
+/// its name, then the key fingerprint when encrypted.
+pub(crate) fn encryption_record(config: &RepoConfig) -> Vec<u8> {
+    let mut out = config.encryption.name().as_bytes().to_vec();
+    if let Some(fingerprint) = config.encryption.fingerprint() {
+        out.push(b':');
+        out.extend_from_slice(&fingerprint);
+    }
+    out
+}
+
+/// A recorded [`encryption_record`] for an error message.
+fn describe_record(record: &[u8]) -> String {
+    match record.iter().position(|b| *b == b':') {
+        Some(at) => format!(
+            "encryption {} (key fingerprint {})",
+            String::from_utf8_lossy(&record[..at]),
+            hex::encode(&record[at + 1..])
+        ),
+        None => format!("encryption {}", String::from_utf8_lossy(record)),
     }
 }
 
@@ -160,6 +254,7 @@ impl RepoStorage {
 pub struct Repository {
     storage: RepoStorage,
     config: RepoConfig,
+    crypto: Arc<RepoCrypto>,
     index: Index,
     lock: Option<WriterLock>,
     _lease: Option<ReaderLease>,
@@ -179,7 +274,27 @@ impl Repository {
     /// Creates a new local repository at `root`, which must not exist or be an empty
     /// directory.
     pub fn init(root: &Path, opts: InitOptions) -> Result<RepoConfig> {
+        Self::init_with(root, opts, None).map(|c| c.config)
+    }
+
+    /// Creates a new local repository at `root`, encrypted when `keys` is given.
+    pub fn init_with(root: &Path, opts: InitOptions, keys: Option<&NewKeys>) -> Result<Created> {
         opts.validate()?;
+        if let Some(new) = keys {
+            new.validate()?;
+        }
+        Self::check_init_target(root)?;
+        for dir in ["packs", "snapshots", "tmp"] {
+            let path = root.join(dir);
+            crate::storage::durable::create_dir_all(&crate::storage::fs::OsFs, &path)
+                .ctx(|| format!("creating {}", path.display()))?;
+        }
+        Self::init_on(&RepoStorage::local(root), opts, keys)
+    }
+
+    /// Refuses a target directory that exists and is not empty (before anything is asked
+    /// for or created).
+    pub fn check_init_target(root: &Path) -> Result<()> {
         if let Ok(mut entries) = std::fs::read_dir(root) {
             if entries.next().is_some() {
                 return Err(Error::AlreadyExists {
@@ -187,27 +302,23 @@ impl Repository {
                 });
             }
         }
-        for dir in ["packs", "snapshots", "tmp"] {
-            let path = root.join(dir);
-            crate::storage::durable::create_dir_all(&crate::storage::fs::OsFs, &path)
-                .ctx(|| format!("creating {}", path.display()))?;
-        }
-        Self::init_on(&RepoStorage::local(root), opts)
+        Ok(())
     }
 
-    /// Creates a new repository at a location string ([`RepoStorage::at`]). A local one as
-    /// [`Self::init`]; an S3 one only under a prefix that holds no object at all (a
+    /// Creates a new repository at a location string ([`RepoStorage::at`]), encrypted when
+    /// `keys` is given. A local one as [`Self::init_with`]; an S3 one only under a prefix that holds no object at all (a
     /// repository or anything else), after clearing what its cache directory may hold of
     /// an earlier repository there.
     pub fn init_at(
         location: &str,
         options: &LocationOptions,
         opts: InitOptions,
-    ) -> Result<(RepoStorage, RepoConfig)> {
+        keys: Option<&NewKeys>,
+    ) -> Result<(RepoStorage, Created)> {
         let s3 = match Location::parse(location)? {
             Location::Local(path) => {
-                let config = Self::init(&path, opts)?;
-                return Ok((RepoStorage::local(&path), config));
+                let created = Self::init_with(&path, opts, keys)?;
+                return Ok((RepoStorage::local(&path), created));
             }
             Location::S3(s3) => S3Backend::connect(s3, &options.s3)?,
         };
@@ -227,21 +338,44 @@ impl Repository {
                 _ => {}
             }
         }
-        let config = Self::init_on(&storage, opts)?;
-        Ok((storage, config))
+        let created = Self::init_on(&storage, opts, keys)?;
+        Ok((storage, created))
     }
 
-    /// Creates a new repository in `storage`. The config is written last, create-only: a
-    /// location without it is not a repository, so a crash during init leaves nothing that
-    /// could be mistaken for one, and of two racing inits exactly one succeeds.
-    pub fn init_on(storage: &RepoStorage, opts: InitOptions) -> Result<RepoConfig> {
-        let (config, bytes) = opts.config()?;
+    /// Creates a new repository in `storage`, encrypted when `keys` is given. The key slots
+    /// come first, the config last, create-only: a location without it is not a
+    /// repository, so a crash during init leaves nothing that could be mistaken for one,
+    /// and of two racing inits exactly one succeeds.
+    pub fn init_on(
+        storage: &RepoStorage,
+        opts: InitOptions,
+        keys: Option<&NewKeys>,
+    ) -> Result<Created> {
+        opts.validate()?;
         if storage.backend.size(&ObjectKey::config())?.is_some() {
             return Err(Error::AlreadyExists {
                 path: PathBuf::from(storage.backend.describe()),
             });
         }
-        drop(Index::create(&storage.index_path(), config.repo_id)?);
+        let repo_id = RepoId(rand::random());
+        let (encryption, recovery) = match keys {
+            None => (Encryption::None, None),
+            Some(new) => {
+                new.validate()?;
+                let (keys, recovery) = keyring::create(
+                    &*storage.backend,
+                    repo_id,
+                    new.shared.clone(),
+                    &new.secret,
+                    new.kdf,
+                )?;
+                let fingerprint = keys.fingerprint();
+                (Encryption::Aes256Gcm { fingerprint }, Some(recovery))
+            }
+        };
+        let (config, bytes) = opts.config(repo_id, encryption)?;
+        Index::create(&storage.index_path(), config.repo_id)?
+            .record_encryption(&encryption_record(&config))?;
         match storage
             .backend
             .put_bytes(&ObjectKey::config(), PutMode::Create, &bytes)
@@ -249,29 +383,44 @@ impl Repository {
             Err(Error::ObjectExists { .. }) => Err(Error::AlreadyExists {
                 path: PathBuf::from(storage.backend.describe()),
             }),
-            other => other.map(|()| config),
+            other => other.map(|()| Created { config, recovery }),
         }
     }
 
-    /// Opens the local repository at `root` for reading.
+    /// Opens the local plain repository at `root` for reading (an encrypted one needs
+    /// [`Repository::open_with`]).
     pub fn open(root: &Path) -> Result<Self> {
-        Self::open_on(RepoStorage::local(root))
+        Self::open_on(RepoStorage::local(root), &NoSecret)
     }
 
-    /// Opens the local repository at `root` as the single writer.
+    /// Opens the local plain repository at `root` as the single writer.
     pub fn open_writer(root: &Path) -> Result<Self> {
-        Self::open_writer_on(RepoStorage::local(root))
+        Self::open_writer_on(RepoStorage::local(root), &NoSecret)
     }
 
-    /// Opens for reading: no lock, a reader lease, the index read-only.
-    pub fn open_on(storage: RepoStorage) -> Result<Self> {
-        let cache = crate::cache::refresh_cache(&storage)?;
+    /// Opens the local repository at `root` for reading; `keys` is asked for a secret
+    /// only if the repository is encrypted.
+    pub fn open_with(root: &Path, keys: &dyn SecretSource) -> Result<Self> {
+        Self::open_on(RepoStorage::local(root), keys)
+    }
+
+    /// Opens the local repository at `root` as the single writer (see [`Self::open_with`]).
+    pub fn open_writer_with(root: &Path, keys: &dyn SecretSource) -> Result<Self> {
+        Self::open_writer_on(RepoStorage::local(root), keys)
+    }
+
+    /// Opens for reading: no lock, a reader lease, the index read-only. An encrypted
+    /// repository is unlocked first (a wrong secret fails before anything is touched).
+    pub fn open_on(storage: RepoStorage, keys: &dyn SecretSource) -> Result<Self> {
         let config = storage.read_config()?;
+        let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
+        let cache = crate::cache::refresh_cache(&storage, &crypto)?;
         let lease = ReaderLease::acquire(&storage.local_dir)?;
-        let index = storage.open_index(&config, true)?;
+        let index = storage.open_index(&config, true, &crypto)?;
         Ok(Self {
             storage,
             config,
+            crypto,
             index,
             lock: None,
             _lease: Some(lease),
@@ -283,23 +432,27 @@ impl Repository {
         })
     }
 
-    /// Opens as the single writer: takes the lock, then recovers from any interrupted writer.
-    /// In a shared store it first reads the store's clock ([`Self::catalogued_as_of_us`]).
-    pub fn open_writer_on(storage: RepoStorage) -> Result<Self> {
+    /// Opens as the single writer: unlocks an encrypted repository (a wrong secret fails
+    /// before the lock is taken or anything is written), takes the lock, then recovers from
+    /// any interrupted writer. In a shared store it first reads the store's clock
+    /// ([`Self::catalogued_as_of_us`]).
+    pub fn open_writer_on(storage: RepoStorage, keys: &dyn SecretSource) -> Result<Self> {
         let catalogued_as_of_us = storage
             .shared
             .then(|| storage.backend.clock_us())
             .transpose()?;
-        let cache = crate::cache::refresh_cache(&storage)?;
         let config = storage.read_config()?;
+        let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
+        let cache = crate::cache::refresh_cache(&storage, &crypto)?;
         let lock = WriterLock::acquire(&storage.local_dir)?;
-        let index = storage.open_index(&config, false)?;
-        let mut recovery = crate::recovery::recover(&storage, &index)?;
+        let index = storage.open_index(&config, false, &crypto)?;
+        let mut recovery = crate::recovery::recover(&storage, &index, &crypto)?;
         recovery.stale_lock.clone_from(&lock.stale_holder);
         recovery.cache = cache;
         Ok(Self {
             storage,
             config,
+            crypto,
             index,
             lock: Some(lock),
             _lease: None,
@@ -357,6 +510,11 @@ impl Repository {
         &self.config
     }
 
+    /// The id scheme and record protection (plain, or encrypted under the unlocked keys).
+    pub fn crypto(&self) -> &RepoCrypto {
+        &self.crypto
+    }
+
     /// The object storage.
     pub fn backend(&self) -> &dyn Backend {
         &*self.storage.backend
@@ -376,7 +534,7 @@ impl Repository {
         if ids.is_empty() || self.lock.is_some() {
             return Ok(ids);
         }
-        let fresh = self.storage.open_index(&self.config, true)?;
+        let fresh = self.storage.open_index(&self.config, true, &self.crypto)?;
         let mut still = Vec::new();
         for id in ids {
             if !fresh.has_snapshot(id)? {
@@ -384,6 +542,15 @@ impl Repository {
             }
         }
         Ok(still)
+    }
+
+    /// Runs `f` on the index as it is now: a writer's own (it is current), or, for a
+    /// reader (whose index is a view from when it opened), a freshly opened view.
+    pub fn with_current_index<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Result<T> {
+        if self.lock.is_some() {
+            return f(&self.index);
+        }
+        f(&self.storage.open_index(&self.config, true, &self.crypto)?)
     }
 
     /// Resolves a snapshot reference written as text (see [`SnapshotRef`]).
@@ -399,12 +566,12 @@ impl Repository {
 
     /// Reads a snapshot file and checks it against its id.
     pub fn load_snapshot(&self, id: SnapshotId) -> Result<Snapshot> {
-        reader::load_snapshot(self.backend(), id)
+        reader::load_snapshot(self.backend(), &self.crypto, id)
     }
 
     /// Reads an object by digest, with every check of [`reader::read_object`].
     pub fn read_object(&self, kind: ObjectKind, digest: &[u8; 32]) -> Result<Vec<u8>> {
-        reader::read_indexed(&self.index, self.backend(), kind, digest)
+        reader::read_indexed(&self.index, self.backend(), &self.crypto, kind, digest)
     }
 
     /// Reads manifest page `page_no` of a disk with `blocks` blocks and checks its length.
@@ -418,6 +585,7 @@ impl Repository {
         reader::read_page(
             &self.index,
             self.backend(),
+            &self.crypto,
             digest,
             blocks,
             page_entries,

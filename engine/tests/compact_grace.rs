@@ -22,8 +22,14 @@ fn unpublished_uploads_survive_compaction_within_the_grace_period() {
     for i in 0..20u8 {
         let raw = vec![i; 65536];
         let digest = ChunkDigest::of(&raw);
-        let (info, stored) =
-            encode_object(ObjectKind::Chunk, digest, &raw, repo.config().compression);
+        let (info, stored) = encode_object(
+            repo.crypto(),
+            ObjectKind::Chunk,
+            digest,
+            &raw,
+            repo.config().compression,
+        )
+        .unwrap();
         session.add(&info, &stored).unwrap();
         digests.push(digest);
     }

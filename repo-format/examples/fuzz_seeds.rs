@@ -45,11 +45,21 @@ fn configs() -> Result<Vec<Vec<u8>>> {
         default_block_size: block_size,
         page_entries,
         created_at_us: 1_780_000_000_000_000,
+        encryption: tessera_format::Encryption::None,
     };
     Ok(vec![
         config(Codec::Zstd, 3, 1 << 20, 512).encode()?,
         config(Codec::None, 0, 1 << 16, 16).encode()?,
         config(Codec::Zstd, 19, 1 << 23, 65_536).encode()?,
+        RepoConfig {
+            format_version: 2,
+            id_scheme: IdScheme::HmacSha256,
+            encryption: tessera_format::Encryption::Aes256Gcm {
+                fingerprint: [0x42; 16],
+            },
+            ..config(Codec::Zstd, 2, 1 << 16, 512)
+        }
+        .encode()?,
     ])
 }
 
@@ -187,6 +197,30 @@ fn write(dir: &Path, target: &str, seeds: &[Vec<u8>]) -> Result {
     Ok(())
 }
 
+fn key_slots() -> Result<Vec<Vec<u8>>> {
+    use tessera_format::keyslot::{KdfParams, KeySlotFile, SlotKind, WRAPPED_LEN};
+    let slot = |kind, kdf, n: u8| KeySlotFile {
+        repo_id: RepoId([0x5e; 16]),
+        slot_id: [n; 16],
+        kind,
+        kdf,
+        salt: [n.wrapping_add(1); 32],
+        created_at_us: 1_780_000_000_000_000,
+        nonce: [n.wrapping_add(2); 12],
+        wrapped: [n.wrapping_add(3); WRAPPED_LEN],
+    };
+    let argon = KdfParams {
+        memory_kib: 64 * 1024,
+        iterations: 3,
+        parallelism: 1,
+    };
+    Ok(vec![
+        slot(SlotKind::Passphrase, argon, 1).encode()?,
+        slot(SlotKind::KeyFile, KdfParams::NONE, 2).encode()?,
+        slot(SlotKind::Recovery, KdfParams::NONE, 3).encode()?,
+    ])
+}
+
 fn main() -> Result {
     let dir = std::env::args_os().nth(1).map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus"),
@@ -234,6 +268,18 @@ fn main() -> Result {
         .map(|s| Ok(s.encode()?.1))
         .collect::<Result<_>>()?;
     write(&dir, "snapshot_file", &files)?;
+    // Encrypted snapshot files, with the private part itself standing for its seal (what
+    // the `snapshot_sealed` target checks against).
+    let sealed: Vec<Vec<u8>> = snapshots
+        .iter()
+        .map(|s| {
+            let parts = tessera_format::snapshot_sealed::split(s)?;
+            let private = parts.private().to_vec();
+            Ok(parts.assemble(&private)?.1)
+        })
+        .collect::<Result<_>>()?;
+    write(&dir, "snapshot_sealed", &sealed)?;
+    write(&dir, "key_slot", &key_slots()?)?;
     let headers: Vec<Vec<u8>> = snapshots
         .iter()
         .map(|s| Ok(s.header.encode()?))

@@ -5,18 +5,24 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `TSRCONF1` |
-//! | 8 | 4 | format version (1) |
+//! | 8 | 4 | format version (1 plain, 2 encrypted) |
 //! | 12 | 16 | repository id |
-//! | 28 | 1 | chunk id scheme (1 = plain SHA-256) |
+//! | 28 | 1 | chunk id scheme (1 = plain SHA-256, 2 = HMAC-SHA-256; format 2 only) |
 //! | 29 | 1 | compression codec (0 = none, 1 = zstd) |
-//! | 30 | 2 | reserved, 0 (readers refuse any other value) |
+//! | 30 | 1 | encryption (format 2: 1 = AES-256-GCM records; format 1: reserved, 0) |
+//! | 31 | 1 | reserved, 0 (readers refuse any other value) |
 //! | 32 | 4 | compression level (i32) |
 //! | 36 | 4 | default block size in bytes |
 //! | 40 | 4 | manifest page entries |
 //! | 44 | 8 | created-at, Unix microseconds (i64) |
-//! | 52 | 4 | CRC-32C of bytes 0..52 |
+//! | 52 | 16 | format 2 only: key fingerprint (SPEC.md §23.4) |
+//! | 52 or 68 | 4 | CRC-32C of the bytes before it |
+//!
+//! Format 1 is a plain repository (56 bytes); format 2 an encrypted one (72 bytes): keyed
+//! ids and sealed records always go together, and a plain repository is still written as
+//! format 1, so that releases before encryption keep reading it.
 
-use crate::codec::{check_version, checksummed, push_crc_trailer, put_i64, put_u16, put_u32};
+use crate::codec::{check_version, checksummed, push_crc_trailer, put_i64, put_u32};
 use crate::manifest::MAX_PAGE_ENTRIES;
 use crate::{Codec, DecodeError, EncodeError, RepoId};
 
@@ -33,8 +39,14 @@ pub const MAX_BLOCK_SIZE: u32 = 8 * 1024 * 1024;
 pub const DEFAULT_PAGE_ENTRIES: u32 = 512;
 /// Fewest manifest page entries a repository may be configured with.
 pub const MIN_PAGE_ENTRIES: u32 = 16;
-/// Encoded size of the config file.
+/// Encoded size of a format-1 (plain) config file.
 pub const CONFIG_LEN: usize = 56;
+/// Encoded size of a format-2 (encrypted) config file.
+pub const CONFIG_LEN_V2: usize = 72;
+/// Format version of plain repositories.
+pub const PLAIN_FORMAT: u32 = 1;
+/// Format version of encrypted repositories.
+pub const ENCRYPTED_FORMAT: u32 = 2;
 
 /// How chunk ids are derived from content. Versioned so that keyed ids (for encryption at
 /// rest) can be added without a new repository layout.
@@ -42,6 +54,8 @@ pub const CONFIG_LEN: usize = 56;
 pub enum IdScheme {
     /// `SHA-256(raw block bytes)`.
     Sha256 = 1,
+    /// `HMAC-SHA-256(id key, raw block bytes)` (encrypted repositories, SPEC.md §23.2).
+    HmacSha256 = 2,
 }
 
 impl TryFrom<u8> for IdScheme {
@@ -49,10 +63,47 @@ impl TryFrom<u8> for IdScheme {
     fn try_from(v: u8) -> Result<Self, DecodeError> {
         match v {
             1 => Ok(Self::Sha256),
+            2 => Ok(Self::HmacSha256),
             other => Err(DecodeError::invalid(
                 WHAT,
                 format!("unknown chunk id scheme {other}"),
             )),
+        }
+    }
+}
+
+/// How a repository's records are protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encryption {
+    /// Stored as encoded (format 1).
+    None,
+    /// Chunks and snapshot private parts sealed, pages signed with AES-256-GCM under the
+    /// repository's data key; `fingerprint` names the key pair (SPEC.md §23.3, §23.4).
+    Aes256Gcm {
+        /// Public fingerprint of the repository keys.
+        fingerprint: [u8; 16],
+    },
+}
+
+impl Encryption {
+    /// Whether records are protected.
+    pub fn is_encrypted(&self) -> bool {
+        !matches!(self, Self::None)
+    }
+
+    /// The name `stats` and `show` print.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Aes256Gcm { .. } => "aes-256-gcm",
+        }
+    }
+
+    /// The key fingerprint, if encrypted.
+    pub fn fingerprint(&self) -> Option<[u8; 16]> {
+        match self {
+            Self::None => None,
+            Self::Aes256Gcm { fingerprint } => Some(*fingerprint),
         }
     }
 }
@@ -130,6 +181,8 @@ pub struct RepoConfig {
     pub page_entries: u32,
     /// Creation time, Unix microseconds.
     pub created_at_us: i64,
+    /// How records are protected (format 2: encrypted).
+    pub encryption: Encryption,
 }
 
 /// Checks that `size` is a power of two within [`MIN_BLOCK_SIZE`]..=[`MAX_BLOCK_SIZE`].
@@ -150,6 +203,24 @@ impl RepoConfig {
     /// version, a valid block size and 16..=65536 page entries.
     pub fn validate(&self) -> Result<(), DecodeError> {
         check_version(WHAT, self.format_version)?;
+        let consistent = match (self.format_version, self.encryption) {
+            (PLAIN_FORMAT, Encryption::None) => self.id_scheme == IdScheme::Sha256,
+            (ENCRYPTED_FORMAT, Encryption::Aes256Gcm { .. }) => {
+                self.id_scheme == IdScheme::HmacSha256
+            }
+            _ => false,
+        };
+        if !consistent {
+            return Err(DecodeError::invalid(
+                WHAT,
+                format!(
+                    "format version {} with id scheme {} and encryption {}: format 1 is plain with SHA-256 ids, format 2 encrypted with keyed ids",
+                    self.format_version,
+                    self.id_scheme as u8,
+                    self.encryption.name()
+                ),
+            ));
+        }
         validate_block_size(u64::from(self.default_block_size))?;
         if !(MIN_PAGE_ENTRIES..=MAX_PAGE_ENTRIES).contains(&self.page_entries) {
             return Err(DecodeError::invalid(
@@ -166,17 +237,21 @@ impl RepoConfig {
     /// Encodes the config file; refuses a config [`RepoConfig::validate`] refuses.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         self.validate()?;
-        let mut out = Vec::with_capacity(CONFIG_LEN);
+        let mut out = Vec::with_capacity(CONFIG_LEN_V2);
         out.extend_from_slice(CONFIG_MAGIC);
         put_u32(&mut out, self.format_version);
         out.extend_from_slice(self.repo_id.as_bytes());
         out.push(self.id_scheme as u8);
         out.push(self.compression.codec as u8);
-        put_u16(&mut out, 0);
+        out.push(u8::from(self.encryption.is_encrypted()));
+        out.push(0);
         put_u32(&mut out, self.compression.level.cast_unsigned());
         put_u32(&mut out, self.default_block_size);
         put_u32(&mut out, self.page_entries);
         put_i64(&mut out, self.created_at_us);
+        if let Some(fingerprint) = self.encryption.fingerprint() {
+            out.extend_from_slice(&fingerprint);
+        }
         push_crc_trailer(&mut out);
         Ok(out)
     }
@@ -190,11 +265,24 @@ impl RepoConfig {
         let repo_id = RepoId(r.array()?);
         let id_scheme = IdScheme::try_from(r.u8()?)?;
         let codec = Codec::try_from(r.u8()?)?;
-        r.reserved::<2>()?;
+        let encrypted = r.u8()?;
+        r.reserved::<1>()?;
         let level = r.u32()?.cast_signed();
         let default_block_size = r.u32()?;
         let page_entries = r.u32()?;
         let created_at_us = r.i64()?;
+        let encryption = match encrypted {
+            0 => Encryption::None,
+            1 => Encryption::Aes256Gcm {
+                fingerprint: r.array()?,
+            },
+            other => {
+                return Err(DecodeError::invalid(
+                    WHAT,
+                    format!("unknown encryption {other}"),
+                ))
+            }
+        };
         r.finish()?;
         let config = Self {
             format_version,
@@ -204,6 +292,7 @@ impl RepoConfig {
             default_block_size,
             page_entries,
             created_at_us,
+            encryption,
         };
         config.validate()?;
         Ok(config)

@@ -25,11 +25,13 @@ pub mod codec;
 pub mod config;
 mod error;
 mod ids;
+pub mod keyslot;
 pub mod manifest;
 pub mod pack;
 pub mod snapshot;
+pub mod snapshot_sealed;
 
-pub use config::{Compression, IdScheme, RepoConfig};
+pub use config::{Compression, Encryption, IdScheme, RepoConfig};
 pub use error::{DecodeError, EncodeError};
 pub use ids::{is_all_zero, ChunkDigest, PackId, PageDigest, RepoId, SnapshotId};
 pub use manifest::ManifestPage;
@@ -37,5 +39,6 @@ pub use pack::{Codec, ObjectInfo, ObjectKind};
 pub use snapshot::{DiskEntry, DiskStats, Snapshot, SnapshotHeader};
 
 /// The newest format version this build writes and reads. Bump it, and record why in
-/// SPEC.md's version log, whenever any byte layout changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// SPEC.md's version log, whenever any byte layout changes. Version 2 is an encrypted
+/// repository; plain repositories are still written as version 1 (SPEC.md §18).
+pub const FORMAT_VERSION: u32 = 2;

@@ -19,7 +19,7 @@
 use crate::codec::{
     checksummed, push_crc_trailer, put_u16, put_u32, put_u64, split_crc_trailer, to_u32, Reader,
 };
-use crate::{ChunkDigest, DecodeError, EncodeError, FORMAT_VERSION};
+use crate::{ChunkDigest, DecodeError, EncodeError};
 
 /// Magic at the start of every pack.
 pub const PACK_MAGIC: &[u8; 8] = b"TSRPACK1";
@@ -37,9 +37,19 @@ pub const FOOTER_ENTRY_LEN: usize = 56;
 pub const TRAILER_LEN: usize = 32;
 /// Trailer bytes before the end magic: the fields and the CRC-32C that covers them.
 const TRAILER_CHECKED_LEN: usize = TRAILER_LEN - PACK_END_MAGIC.len();
-/// Largest raw or stored length of one object (a 8 MiB block; pages are far smaller).
-/// Bounds every allocation and every decompression (no decompression bombs).
+/// Largest raw length of one object, and largest stored length of a plain one (a 8 MiB
+/// block; pages are far smaller). Bounds every allocation and every decompression (no
+/// decompression bombs).
 pub const MAX_OBJECT_LEN: u32 = 8 * 1024 * 1024;
+/// Bytes the AEAD envelope of an encrypted repository adds to a record's encoded bytes
+/// (writer id 16, counter 8, tag 16; SPEC.md §23.3).
+pub const SEALED_OVERHEAD: u32 = 40;
+/// Largest stored length of any record: an incompressible 8 MiB block, sealed.
+pub const MAX_STORED_LEN: u32 = MAX_OBJECT_LEN + SEALED_OVERHEAD;
+/// Version written in pack headers. The pack layout is the same in format 1 and 2 (an
+/// encrypted repository's records carry their envelope inside the stored bytes), so packs
+/// stay version 1 and a plain repository remains readable by releases before format 2.
+pub const PACK_VERSION: u32 = 1;
 
 /// What an object in a pack is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,19 +115,25 @@ pub struct ObjectInfo {
 }
 
 impl ObjectInfo {
-    /// Checks the rules every record header and footer entry obeys: raw and stored lengths
-    /// of at most [`MAX_OBJECT_LEN`], and stored length = raw length for `codec = none`.
+    /// Checks the rules every record header and footer entry obeys: a raw length of at
+    /// most [`MAX_OBJECT_LEN`], a stored length of at most [`MAX_STORED_LEN`], and for
+    /// `codec = none` a stored length equal to the raw length, or to the raw length plus
+    /// [`SEALED_OVERHEAD`] (a sealed record; the engine checks which one its repository
+    /// uses).
     fn check(&self, what: &'static str) -> Result<(), DecodeError> {
-        if self.raw_len > MAX_OBJECT_LEN || self.stored_len > MAX_OBJECT_LEN {
+        if self.raw_len > MAX_OBJECT_LEN || self.stored_len > MAX_STORED_LEN {
             return Err(DecodeError::invalid(
                 what,
                 format!(
-                    "object length raw {} / stored {} exceeds {MAX_OBJECT_LEN}",
+                    "object length raw {} / stored {} exceeds {MAX_OBJECT_LEN} / {MAX_STORED_LEN}",
                     self.raw_len, self.stored_len
                 ),
             ));
         }
-        if self.codec == Codec::None && self.raw_len != self.stored_len {
+        if self.codec == Codec::None
+            && self.raw_len != self.stored_len
+            && self.raw_len.checked_add(SEALED_OVERHEAD) != Some(self.stored_len)
+        {
             return Err(DecodeError::invalid(
                 what,
                 "uncompressed object with raw length != stored length",
@@ -131,7 +147,7 @@ impl ObjectInfo {
 pub fn encode_pack_header() -> [u8; PACK_HEADER_LEN] {
     let mut out = Vec::with_capacity(PACK_HEADER_LEN);
     out.extend_from_slice(PACK_MAGIC);
-    put_u32(&mut out, FORMAT_VERSION);
+    put_u32(&mut out, PACK_VERSION);
     put_u32(&mut out, 0);
     let mut arr = [0u8; PACK_HEADER_LEN];
     arr.copy_from_slice(&out);
@@ -143,7 +159,16 @@ pub fn encode_pack_header() -> [u8; PACK_HEADER_LEN] {
 pub fn decode_pack_header(buf: &[u8]) -> Result<(), DecodeError> {
     let mut r = Reader::new(buf, "pack header");
     r.magic(PACK_MAGIC)?;
-    r.version()?;
+    // Packs have one layout in every repository format (sealed records are told apart by
+    // their codec), so only PACK_VERSION is a pack header's version.
+    let version = r.u32()?;
+    if version != PACK_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            what: "pack header",
+            version,
+            supported: PACK_VERSION,
+        });
+    }
     r.reserved::<4>()
 }
 

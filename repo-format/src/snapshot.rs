@@ -27,8 +27,9 @@ use crate::codec::{
     Reader,
 };
 use crate::config::validate_block_size;
+use crate::config::PLAIN_FORMAT;
 use crate::manifest::{block_count, page_count, MAX_PAGE_ENTRIES};
-use crate::{DecodeError, EncodeError, PageDigest, SnapshotId, FORMAT_VERSION};
+use crate::{DecodeError, EncodeError, PageDigest, SnapshotId};
 
 /// Magic at the start of every snapshot file.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"TSRSNAP1";
@@ -38,9 +39,9 @@ pub const MAX_DISKS: usize = 1024;
 pub const MAX_NAME_LEN: usize = 128;
 
 /// Names a snapshot header in errors.
-const HEADER_WHAT: &str = "snapshot header";
+pub(crate) const HEADER_WHAT: &str = "snapshot header";
 /// Names a snapshot file in errors.
-const FILE_WHAT: &str = "snapshot file";
+pub(crate) const FILE_WHAT: &str = "snapshot file";
 /// Bytes before the header: magic, version, header length.
 const SNAPSHOT_PREAMBLE_LEN: usize = 16;
 /// Smallest encoded disk entry: an empty-name length (4), size, block size, page entries,
@@ -128,7 +129,7 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), DecodeError> 
     Ok(())
 }
 
-fn put_kv(
+pub(crate) fn put_kv(
     out: &mut Vec<u8>,
     field: &'static str,
     kv: &[(String, String)],
@@ -141,7 +142,7 @@ fn put_kv(
     Ok(())
 }
 
-fn read_kv(r: &mut Reader<'_>) -> Result<Vec<(String, String)>, DecodeError> {
+pub(crate) fn read_kv(r: &mut Reader<'_>) -> Result<Vec<(String, String)>, DecodeError> {
     // Each pair is at least two empty strings: two 4-byte lengths.
     let n = r.count(8)?;
     let mut kv = Vec::with_capacity(n);
@@ -151,7 +152,7 @@ fn read_kv(r: &mut Reader<'_>) -> Result<Vec<(String, String)>, DecodeError> {
     Ok(kv)
 }
 
-fn check_disk_count(n: usize) -> Result<(), DecodeError> {
+pub(crate) fn check_disk_count(n: usize) -> Result<(), DecodeError> {
     check_count(HEADER_WHAT, "disks", n, MAX_DISKS)
 }
 
@@ -364,7 +365,7 @@ impl Snapshot {
                 .saturating_add(SNAPSHOT_PREAMBLE_LEN + 4),
         );
         out.extend_from_slice(SNAPSHOT_MAGIC);
-        put_u32(&mut out, FORMAT_VERSION);
+        put_u32(&mut out, PLAIN_FORMAT);
         put_len(&mut out, FILE_WHAT, "header bytes", header.len())?;
         out.extend_from_slice(&header);
         for root in &self.roots {
@@ -376,11 +377,19 @@ impl Snapshot {
         Ok((SnapshotId::of(&out), out))
     }
 
-    /// Decodes a snapshot file, checking its checksum, its structure and each disk's root digest.
+    /// Decodes a plain (format 1) snapshot file, checking its checksum, its structure and
+    /// each disk's root digest. An encrypted repository's snapshot file (format 2,
+    /// [`crate::snapshot_sealed`]) is refused.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let ((), mut r) = checksummed(buf, FILE_WHAT, |r| {
             r.magic(SNAPSHOT_MAGIC)?;
-            r.version().map(drop)
+            match r.version()? {
+                PLAIN_FORMAT => Ok(()),
+                other => Err(DecodeError::invalid(
+                    FILE_WHAT,
+                    format!("a format-{other} (encrypted) snapshot file where a plain one belongs"),
+                )),
+            }
         })?;
         let header_len = r.u32()? as usize;
         let header = SnapshotHeader::decode(r.take(header_len)?)?;

@@ -289,9 +289,13 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 // Repository helpers through the CLI
 // ---------------------------------------------------------------------------------------
 
-/// `tessera init REPO [extra...]`, asserting success.
+/// `tessera init REPO [extra...]`, asserting success: a plain repository unless `extra`
+/// names `--encryption` (the tests of other features do not need a passphrase).
 pub fn init_repo(repo: &Path, extra: &[&str]) {
     let mut args: Vec<&OsStr> = vec!["init".as_ref(), repo.as_os_str()];
+    if !extra.contains(&"--encryption") {
+        args.extend([OsStr::new("--encryption"), OsStr::new("none")]);
+    }
     args.extend(extra.iter().map(OsStr::new));
     tessera(args).ok();
 }
@@ -506,6 +510,37 @@ pub fn back_up_a_damaged_victim(repo: &Path, image: &Path, gen: &mut DataGen) ->
         .to_string_lossy()
         .into_owned();
     (id, pack_id)
+}
+
+/// What a crash just before cataloguing leaves, made deterministically: a copy of `repo` at
+/// `DIR/twin` with one more backup (series `vm`, disk `d`) of a new 48 MiB image `DIR/b` made
+/// in it, so that its new packs and snapshot file can be carried into `repo`. Returns the
+/// twin, the image, the new snapshot's id and the image's SHA-256.
+pub fn back_up_in_a_twin(
+    dir: &Path,
+    repo: &Path,
+    gen: &mut DataGen,
+) -> (PathBuf, PathBuf, String, String) {
+    let twin = dir.join("twin");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(repo)
+        .arg(&twin)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let b = dir.join("b");
+    make_image(
+        &b,
+        ImageSpec {
+            weights: (1, 2, 7),
+            ..ImageSpec::mixed((48 << 20) + 1)
+        },
+        gen,
+    );
+    let sha_b = sha256_file(&b);
+    let lost = snapshot_id(&backup_json(&twin, "vm", &[("d", &b)]));
+    (twin, b, lost, sha_b)
 }
 
 /// Writes a changed-block list (SPEC.md §14b, `backup --changes DISK=FILE`): a disk of

@@ -301,19 +301,23 @@ impl Client {
             &self.location,
             &self.options,
             tessera_engine::InitOptions::default(),
+            None,
         )
         .unwrap_or_else(|e| panic!("init {}: {e}", self.location));
     }
 
     /// Opens it as the writer (the cache is brought up to date first).
     pub fn writer(&self) -> tessera_engine::Repository {
-        tessera_engine::Repository::open_writer_on(self.storage())
-            .unwrap_or_else(|e| panic!("opening {} as writer: {e}", self.location))
+        tessera_engine::Repository::open_writer_on(
+            self.storage(),
+            &tessera_engine::crypto::NoSecret,
+        )
+        .unwrap_or_else(|e| panic!("opening {} as writer: {e}", self.location))
     }
 
     /// Opens it for reading (the cache is brought up to date first).
     pub fn reader(&self) -> tessera_engine::Repository {
-        tessera_engine::Repository::open_on(self.storage())
+        tessera_engine::Repository::open_on(self.storage(), &tessera_engine::crypto::NoSecret)
             .unwrap_or_else(|e| panic!("opening {} for reading: {e}", self.location))
     }
 }

@@ -247,25 +247,7 @@ fn crash_just_before_publishing_is_recovered_and_catalogued() {
     let first = snapshot_id(&backup_json(&repo, "vm", &[("d", &a)]));
     let sha_a = sha256_file(&a);
 
-    let twin = t.path().join("twin");
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&repo)
-        .arg(&twin)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let b = t.path().join("b");
-    make_image(
-        &b,
-        ImageSpec {
-            weights: (1, 2, 7),
-            ..ImageSpec::mixed((48 << 20) + 1)
-        },
-        &mut gen,
-    );
-    let sha_b = sha256_file(&b);
-    let lost = snapshot_id(&backup_json(&twin, "vm", &[("d", &b)]));
+    let (twin, b, lost, sha_b) = tessera_tests::back_up_in_a_twin(t.path(), &repo, &mut gen);
     let old_packs = tessera_tests::pack_files(&repo);
     let mut carried = 0;
     for p in tessera_tests::pack_files(&twin) {

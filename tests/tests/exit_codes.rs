@@ -10,6 +10,7 @@
 //! | 3 | `locked` | a backup while another process holds the writer lock |
 //! | 4 | `damage` | a restore of a snapshot whose chunk was corrupted, and the verify that finds it |
 //! | 5 | `refused` | a delta backup on the wrong base, forgetting a protected snapshot |
+//! | 6 | `key` | a wrong passphrase for an encrypted repository (more cases in `encryption.rs`) |
 //!
 //! Exit code 70 (`internal`, a bug) cannot be provoked without a fault-injection hook; the
 //! CLI's unit test `every_kind_has_its_own_documented_code` checks its mapping instead.
@@ -264,6 +265,34 @@ fn every_exit_code_comes_from_a_real_situation() {
     )
     .check();
     drop(lock);
+
+    // 6: an encrypted repository and a wrong passphrase (a key file that opens nothing).
+    let encrypted = f.path("encrypted");
+    let wrong = f.path("wrong.key");
+    let recovery = f.path("recovery");
+    tessera([
+        "init",
+        &encrypted.display().to_string(),
+        "--key-file",
+        &f.path("right.key").display().to_string(),
+        "--recovery-key-file",
+        &recovery.display().to_string(),
+    ])
+    .ok();
+    std::fs::write(&wrong, format!("tessera-key-v1:{}\n", "ab".repeat(32))).unwrap();
+    Case::new(
+        "wrong key file",
+        &[
+            "list",
+            &encrypted.display().to_string(),
+            "--key-file",
+            &wrong.display().to_string(),
+        ],
+        6,
+        "key",
+        "wrong key file",
+    )
+    .check();
 
     // Nothing a refused or failed command did changed the catalog.
     let out = tessera(["--json", "list", &r]);

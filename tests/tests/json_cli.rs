@@ -72,6 +72,8 @@ fn every_command_succeeds_with_json() {
     let v = assert_success(&[
         "init",
         &r,
+        "--encryption",
+        "none",
         "--block-size",
         "128K",
         "--compression",
@@ -257,7 +259,7 @@ fn no_progress_output_when_stderr_is_not_a_terminal() {
     let img = t.path().join("img");
     make_image(&img, ImageSpec::mixed(48 << 20), &mut gen);
     let disk = format!("d={}", img.display());
-    quiet_stderr(&["init", &r]);
+    quiet_stderr(&["init", &r, "--encryption", "none"]);
     for json in [false, true] {
         let j: &[&str] = if json { &["--json"] } else { &[] };
         let with = |args: &[&str]| -> Vec<String> {

@@ -254,7 +254,12 @@ fn a_repository_lives_its_whole_life_on_s3() {
     drop(repo);
 
     // Rebuild the index from the bucket alone.
-    let report = rebuild_index(&client.storage(), &NoProgress).expect("rebuild");
+    let report = rebuild_index(
+        &client.storage(),
+        &tessera_engine::crypto::NoSecret,
+        &NoProgress,
+    )
+    .expect("rebuild");
     assert_eq!(report.snapshots, 1, "{report:?}");
     assert!(
         report.bad_snapshots.is_empty() && report.missing.is_empty(),
@@ -527,7 +532,7 @@ fn bad_input_fails_clearly_and_writes_nothing() {
             cache_dir: Some(cache.clone()),
         };
         let err = RepoStorage::at(location, &opts)
-            .and_then(Repository::open_on)
+            .and_then(|s| Repository::open_on(s, &tessera_engine::crypto::NoSecret))
             .err()
             .unwrap_or_else(|| panic!("{location} opened"));
         assert!(
@@ -574,7 +579,7 @@ fn bad_input_fails_clearly_and_writes_nothing() {
             b"hello",
         )
         .unwrap();
-    let msg = Repository::open_on(other.storage())
+    let msg = Repository::open_on(other.storage(), &tessera_engine::crypto::NoSecret)
         .err()
         .expect("opened")
         .to_string();
@@ -582,7 +587,7 @@ fn bad_input_fails_clearly_and_writes_nothing() {
         msg.contains("s3://bad/other is not a tessera repository"),
         "{msg}"
     );
-    let msg = Repository::init_at(&foreign, &other.options, InitOptions::default())
+    let msg = Repository::init_at(&foreign, &other.options, InitOptions::default(), None)
         .err()
         .expect("init over a foreign object")
         .to_string();
@@ -593,7 +598,7 @@ fn bad_input_fails_clearly_and_writes_nothing() {
         "init wrote next to the foreign object"
     );
     // And init refuses an existing repository.
-    assert!(Repository::init_at(&location, &good.options, InitOptions::default()).is_err());
+    assert!(Repository::init_at(&location, &good.options, InitOptions::default(), None).is_err());
     assert_eq!(
         bucket_listing(&*backend),
         before,
@@ -631,7 +636,7 @@ fn truncated_objects_are_named_and_opening_them_writes_nothing() {
         .put_bytes(&ObjectKey::config(), PutMode::Replace, &config[..20])
         .unwrap();
     let fresh = Client::new(&location, sw.options());
-    let msg = Repository::open_on(fresh.storage())
+    let msg = Repository::open_on(fresh.storage(), &tessera_engine::crypto::NoSecret)
         .err()
         .expect("opened")
         .to_string();

@@ -242,7 +242,9 @@ fn an_answer_without_a_date_is_refused_never_replaced_by_the_local_clock() {
     w.proxy.set_rule(Box::new(|r| {
         (r.method == "GET" && r.target.contains("uploads")).then_some(Fault::DropHeader("date"))
     }));
-    let Err(err) = Repository::open_writer_on(w.client.storage()) else {
+    let Err(err) =
+        Repository::open_writer_on(w.client.storage(), &tessera_engine::crypto::NoSecret)
+    else {
         panic!("a writer opened although the server's clock could not be read");
     };
     let msg = err.to_string();

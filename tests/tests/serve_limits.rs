@@ -128,7 +128,14 @@ fn record(kind: ObjectKind, raw: &[u8]) -> Vec<u8> {
         codec: Codec::Zstd,
         level: 19,
     };
-    let (info, stored) = encode_object(kind, digest, raw, zstd);
+    let (info, stored) = encode_object(
+        &tessera_engine::crypto::RepoCrypto::plain(),
+        kind,
+        digest,
+        raw,
+        zstd,
+    )
+    .unwrap();
     assert_eq!(info.codec, Codec::Zstd);
     let mut out = encode_record_header(&info).unwrap().to_vec();
     out.extend_from_slice(&stored);

@@ -404,3 +404,57 @@ fn the_client_sends_no_token_over_plain_http_off_loopback_unless_told() {
     let logged = std::fs::read_to_string(&audit).unwrap();
     assert!(logged.lines().count() >= 2, "{logged}");
 }
+
+/// A client that publishes a snapshot whose pages name a chunk it never sent is refused
+/// (the client's request, exit 5 / kind `refused`), not told the server is damaged; nothing
+/// is published and the server's repository still verifies.
+#[test]
+fn a_snapshot_naming_a_chunk_never_sent_is_refused_not_damage() {
+    use tessera_engine::sync::http::wire::encode_record;
+    use tessera_engine::sync::source::ObjectSource;
+    use tessera_format::ObjectKind;
+
+    let mut gen = DataGen::new(seed("serve-unsent-chunk"));
+    let work = tempfile::tempdir().unwrap();
+    let w = |n: &str| work.path().join(n);
+    let a = w("a");
+    init_repo(&a, &[]);
+    let disk = w("web.img");
+    let random = ImageSpec {
+        weights: (0, 0, 1),
+        ..ImageSpec::mixed(2 * MIB)
+    };
+    make_image(&disk, random, &mut gen);
+    let id = snapshot_id(&backup_json(&a, "vm-web", &[("d0", &disk)]));
+    // The snapshot's pages and its file, as a client that skipped the chunks would send them.
+    let (pages, file) = {
+        let r = Repository::open(&a).unwrap();
+        let sid = id.parse::<SnapshotId>().unwrap();
+        let s = r.load_snapshot(sid).unwrap();
+        let digests: Vec<[u8; 32]> = s.roots.iter().flatten().map(|p| p.0).collect();
+        let mut body = Vec::new();
+        for o in r.get_objects(ObjectKind::Page, &digests).unwrap() {
+            encode_record(&mut body, &o).unwrap();
+        }
+        (body, s.encode().unwrap().1)
+    };
+    let server_repo = w("server");
+    init_repo(&server_repo, &[]);
+    let tokens = w("tokens");
+    let backup = token_add(&tokens, "backup", "vm*", "web-backup", None);
+    let server = serve(&server_repo, &tokens, &w("audit.jsonl"), &[]);
+    let url = server.url.as_str();
+    let (status, body) = request(url, "POST", "/v1/put/page", &backup, &pages);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = request(url, "POST", "/v1/publish", &backup, &file);
+    assert_eq!(status, 422, "{body}");
+    let answer = refusal(&body);
+    assert_eq!(answer["kind"], "refused", "{body}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("never stored"),
+        "{body}"
+    );
+    drop(server);
+    assert!(list_ids(&server_repo).is_empty());
+    verify(&server_repo).ok();
+}

@@ -60,7 +60,10 @@ fn main() {
     );
     let d = dir.path();
     let repo = d.join("repo");
-    run(Command::new(&tessera).arg("init").arg(&repo));
+    run(Command::new(&tessera)
+        .arg("init")
+        .arg(&repo)
+        .args(["--encryption", "none"]));
     run(Command::new(&tessera)
         .arg("backup")
         .arg(&repo)

@@ -67,7 +67,7 @@ fn main() {
     let d = dir.path();
     let (a, b, c, served) = (d.join("a"), d.join("b"), d.join("c"), d.join("served"));
     for r in [&a, &b, &served] {
-        run_json(&tessera, &["init", p(r)]);
+        run_json(&tessera, &["init", p(r), "--encryption", "none"]);
     }
     let disk = format!("d0={}", image.display());
     run_json(&tessera, &["backup", p(&a), "--series", "vm", &disk]);

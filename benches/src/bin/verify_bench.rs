@@ -64,7 +64,7 @@ fn main() {
     drop(data);
     let repo = d.join("repo");
     let repo_s = repo.to_str().expect("utf-8 path");
-    timed(&tessera, &["init", repo_s]);
+    timed(&tessera, &["init", repo_s, "--encryption", "none"]);
     timed(
         &tessera,
         &[

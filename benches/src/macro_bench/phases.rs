@@ -300,8 +300,8 @@ pub fn verify(
     if no_baselines {
         let m = verify_measure::time_verify(&tool.bin, &tool.repo)?;
         report.push(Row::new(
-            "tessera.verify",
-            "tessera",
+            &format!("{}.verify", tool.name()),
+            tool.name(),
             "verify (every object)",
             m,
             size,

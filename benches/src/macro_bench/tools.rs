@@ -34,6 +34,8 @@ pub struct Tool {
     base: PathBuf,
     /// Extra arguments of `tessera init` (ignored for the peers).
     init_args: Vec<String>,
+    /// tessera only: an encrypted repository (AES-256-GCM, SPEC.md §23) instead of a plain one.
+    encrypted: bool,
     backups: u32,
     /// `tessera-s3` only.
     s3: Option<S3Access>,
@@ -69,17 +71,33 @@ fn fsync_file(path: &Path) -> Result<Measured> {
 
 impl Tool {
     pub fn new(kind: Kind, bin: PathBuf, work: &Path, init_args: Vec<String>) -> Self {
-        let name = kind_name(kind);
-        Self {
+        let mut tool = Self {
             kind,
             bin,
-            repo: work.join(format!("repo-{name}")),
-            base: work.join(format!("{name}-home")),
+            repo: PathBuf::new(),
+            base: PathBuf::new(),
             init_args,
+            encrypted: false,
             backups: 0,
             s3: None,
             generation: 0,
-        }
+        };
+        tool.place(work);
+        tool
+    }
+
+    /// tessera with an encrypted repository (its own row in the report: `tessera-enc`).
+    pub fn tessera_encrypted(bin: PathBuf, work: &Path, init_args: Vec<String>) -> Self {
+        let mut tool = Self::new(Kind::Tessera, bin, work, init_args);
+        tool.encrypted = true;
+        tool.place(work);
+        tool
+    }
+
+    fn place(&mut self, work: &Path) {
+        let name = self.name();
+        self.repo = work.join(format!("repo-{name}"));
+        self.base = work.join(format!("{name}-home"));
     }
 
     /// tessera with its repository in the bucket `access` reaches.
@@ -91,7 +109,11 @@ impl Tool {
     }
 
     pub fn name(&self) -> &'static str {
-        kind_name(self.kind)
+        if self.encrypted {
+            "tessera-enc"
+        } else {
+            kind_name(self.kind)
+        }
     }
 
     /// The repository argument of tessera's commands: the directory, or `s3://BUCKET/PREFIX`.
@@ -107,11 +129,15 @@ impl Tool {
     fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
         match self.kind {
-            Kind::Tessera => {}
+            Kind::Tessera => {
+                // Read only by an encrypted repository.
+                c.env("TESSERA_PASSPHRASE", "tessera-bench");
+            }
             Kind::TesseraS3 => {
                 if let Some(s3) = &self.s3 {
                     c.envs(s3.env.iter().map(|(k, v)| (k, v)));
                 }
+                c.env("TESSERA_PASSPHRASE", "tessera-bench");
                 c.arg("--cache-dir")
                     .arg(self.base.join(format!("cache-{}", self.generation)));
             }
@@ -139,6 +165,13 @@ impl Tool {
             Kind::Tessera | Kind::TesseraS3 => {
                 c.arg("--json").arg("init").arg(self.location());
                 c.args(&self.init_args);
+                if self.encrypted {
+                    // The default Argon2id cost: what a user pays to unlock, per command.
+                    c.arg("--recovery-key-file")
+                        .arg(self.base.join("recovery-key"));
+                } else {
+                    c.args(["--encryption", "none"]);
+                }
             }
             Kind::Restic => {
                 c.arg("init");

@@ -54,8 +54,8 @@ pub fn show(repo: &RepoLocation, reference: &SnapshotRef, json: bool) -> Result<
 
 fn print_show(r: &ShowReport) {
     println!(
-        "snapshot {}\n  series   {}\n  time     {}\n  duration {} ms",
-        r.id, r.series, r.time, r.duration_ms
+        "snapshot {}\n  series   {}\n  time     {}\n  duration {} ms\n  encryption {}",
+        r.id, r.series, r.time, r.duration_ms, r.encryption
     );
     for (k, v) in &r.tags {
         println!("  tag      {k}={v}");
@@ -137,6 +137,16 @@ fn print_stats(r: &StatsReport) {
         );
     }
     let s = &r.stats;
+    match &s.key_fingerprint {
+        Some(fp) => println!(
+            "encryption           {} (format {}, key fingerprint {fp})",
+            s.encryption, s.format_version
+        ),
+        None => println!(
+            "encryption           none (format {}: anyone who can read the files reads the data)",
+            s.format_version
+        ),
+    }
     println!(
         "snapshots            {} in {} series",
         s.snapshots, s.series

@@ -1,37 +1,107 @@
 //! `tessera init`.
 
 use anyhow::Result;
+use tessera_engine::crypto::text::recovery_text;
 use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::init::init as init_repository;
-use tessera_engine::InitOptions;
+use tessera_engine::{InitOptions, NewKeys};
 use tessera_format::config::validate_block_size;
+use tessera_format::keyslot::KdfParams;
 use tessera_format::Compression;
 
-use crate::args::{parse_size, UsageError};
+use crate::args::{parse_size, InitEncryptionArgs, UsageError};
 use crate::doc::print_ok;
+use crate::keys;
 use crate::output::bytes;
 
-pub fn init(repo: &RepoLocation, block_size: &str, compression: &str, json: bool) -> Result<i32> {
+pub fn init(
+    repo: &RepoLocation,
+    block_size: &str,
+    compression: &str,
+    encryption: &InitEncryptionArgs,
+    json: bool,
+) -> Result<i32> {
     let block_size =
         validate_block_size(parse_size(block_size)?).map_err(|e| UsageError(e.to_string()))?;
     let compression = Compression::parse(compression).map_err(|e| UsageError(e.to_string()))?;
-    let r = init_repository(
-        repo,
-        InitOptions {
-            block_size,
-            compression,
-        },
-    )?;
+    let opts = InitOptions {
+        block_size,
+        compression,
+    };
+    opts.validate()?;
+    if let Some(path) = repo.local_path() {
+        tessera_engine::Repository::check_init_target(path)?;
+    }
+    let new_keys = if encryption.encryption == "none" {
+        None
+    } else {
+        if json && encryption.recovery_key_file.is_none() {
+            return Err(UsageError(
+                "with --json, give --recovery-key-file FILE: the recovery key is never printed in JSON".into(),
+            )
+            .into());
+        }
+        if let Some(path) = &encryption.recovery_key_file {
+            if path.exists() {
+                return Err(UsageError(format!(
+                    "{} exists; the recovery key goes into a new file",
+                    path.display()
+                ))
+                .into());
+            }
+        }
+        Some(NewKeys {
+            secret: keys::new_secret(keys::global(), &repo.to_string())?,
+            kdf: KdfParams {
+                memory_kib: encryption.kdf_memory_mib * 1024,
+                iterations: encryption.kdf_iterations,
+                parallelism: 1,
+            },
+            shared: None,
+        })
+    };
+    // The recovery key file is created (0600, create-only) before the repository, so a path
+    // that cannot be written fails before anything exists; it is removed if init fails.
+    let recovery_file = match (&new_keys, &encryption.recovery_key_file) {
+        (Some(_), Some(path)) => Some((keys::create_private(path)?, path)),
+        _ => None,
+    };
+    let (r, recovery) = match init_repository(repo, opts, new_keys.as_ref()) {
+        Ok(created) => created,
+        Err(e) => {
+            if let Some((file, path)) = recovery_file {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e.into());
+        }
+    };
+    let recovery = recovery.map(|key| recovery_text(&key));
+    if let (Some(text), Some((file, path))) = (&recovery, recovery_file) {
+        keys::fill_private(file, path, &format!("{}\n", text.as_str()))?;
+    }
     if json {
         print_ok(&r);
-    } else {
-        println!(
-            "created repository {} (id {}, {} blocks, {})",
-            r.repo,
-            r.repository_id,
-            bytes(u64::from(r.block_size)),
-            r.compression
-        );
+        return Ok(0);
+    }
+    println!(
+        "created repository {} (id {}, {} blocks, {}, encryption {})",
+        r.repo,
+        r.repository_id,
+        bytes(u64::from(r.block_size)),
+        r.compression,
+        r.encryption
+    );
+    match (&recovery, &encryption.recovery_key_file) {
+        (Some(_), Some(path)) => println!(
+            "recovery key written to {} (0600): keep it apart from the repository; it opens the repository if the passphrase or key file is lost",
+            path.display()
+        ),
+        (Some(text), None) => println!(
+            "recovery key (shown once, stored nowhere; write it down and keep it apart from the repository):\n  {}",
+            text.as_str()
+        ),
+        _ => println!("the repository is not encrypted: anyone who can read its files reads the backed-up disks"),
     }
     Ok(0)
 }

@@ -3,6 +3,7 @@
 mod backup;
 mod export;
 mod inspect;
+mod key;
 mod maintain;
 mod repair;
 mod restore;
@@ -26,12 +27,14 @@ pub fn run(cli: Cli) -> Result<i32> {
     let json = cli.json;
     let options = cli.storage.options();
     let at = |repo: &str| RepoLocation::parse(repo, options.clone());
+    crate::keys::set_global(cli.keys);
     match cli.command {
         Command::Init {
             repo,
             block_size,
             compression,
-        } => maintain::init(&at(&repo)?, &block_size, &compression, json),
+            encryption,
+        } => maintain::init(&at(&repo)?, &block_size, &compression, &encryption, json),
         Command::Backup {
             repo,
             series,
@@ -155,6 +158,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Seed(cmd) => sync::seed(&cmd, &at, json, &bars),
         Command::Serve(args) => sync::serve(&at(&args.repo)?, &args, json),
         Command::Token(cmd) => token::run(&cmd, json),
+        Command::Key(cmd) => key::run(&cmd, json),
         Command::Compact {
             repo,
             max_unused,
@@ -172,19 +176,20 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Opens `repo` as the writer and tells the operator (on stderr, never in `--json` output)
-/// what recovery finished or undid of an interrupted run, and what bringing an S3
-/// repository's index cache up to date did.
+/// Opens `repo` as the writer (unlocking it with the key options when it is encrypted)
+/// and tells the operator (on stderr, never in `--json` output) what recovery finished or
+/// undid of an interrupted run, and what bringing an S3 repository's index cache up to date
+/// did.
 pub fn open_writer(repo: &RepoLocation) -> tessera_engine::Result<Repository> {
-    let repository = repo.open_writer()?;
+    let repository = repo.open_writer(crate::keys::global())?;
     note_recovery(&repository.recovery);
     Ok(repository)
 }
 
-/// Opens `repo` for reading, telling the operator (on stderr) what bringing an S3
-/// repository's index cache up to date did.
+/// Opens `repo` for reading (unlocking it when it is encrypted), telling the operator (on
+/// stderr) what bringing an S3 repository's index cache up to date did.
 pub fn open_reader(repo: &RepoLocation) -> tessera_engine::Result<Repository> {
-    let repository = repo.open()?;
+    let repository = repo.open(crate::keys::global())?;
     note_recovery(&repository.recovery);
     Ok(repository)
 }

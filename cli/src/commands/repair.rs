@@ -99,6 +99,11 @@ fn print_report(r: &RepairReport, json: bool) {
     for p in &r.quarantined {
         println!("quarantined pack {p} (kept in quarantine/ for inspection)");
     }
+    for id in &r.snapshots_completed {
+        println!(
+            "completed snapshot file {id} from the other repository and catalogued it (it named objects this repository lacked)"
+        );
+    }
     for id in &r.snapshots_quarantined {
         println!(
             "quarantined snapshot file {id}: it named objects this repository lacks (kept in quarantine/; the backup is lost to this repository)"
@@ -156,7 +161,7 @@ fn recount(repo: &RepoLocation, json: bool) -> Result<i32> {
 }
 
 fn rebuild(repo: &RepoLocation, json: bool, bars: &Bars) -> Result<i32> {
-    let r = rebuild_index(&repo.storage()?, bars)?;
+    let r = rebuild_index(&repo.storage()?, crate::keys::global(), bars)?;
     if json {
         let problems = (!r.is_clean()).then(|| {
             (

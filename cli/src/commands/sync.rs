@@ -35,6 +35,7 @@ pub fn sync(args: &SyncArgs, options: &LocationOptions, json: bool, bars: &Bars)
         dry_run: args.dry_run,
         bwlimit,
         jobs: args.jobs,
+        every_page: false,
     };
     let access = RemoteAccess {
         token_file: args.token_file.as_deref(),

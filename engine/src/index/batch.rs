@@ -81,7 +81,12 @@ impl<'i> IndexBatch<'i> {
                 "catalog entry of snapshot {id} cannot be encoded: {e}"
             ))
         })?;
-        self.put(CF_SNAPSHOTS, id.as_bytes(), &bytes);
+        let stored = self
+            .index
+            .catalog
+            .seal_catalog(id.as_bytes(), &bytes)
+            .map_err(|e| Error::Internal(format!("sealing the catalog entry of {id}: {e}")))?;
+        self.put(CF_SNAPSHOTS, id.as_bytes(), &stored);
         Ok(())
     }
 

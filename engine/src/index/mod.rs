@@ -12,6 +12,7 @@
 //! | `snapshots` | snapshot id (32) | encoded snapshot header |
 //! | `packs` | pack id (16) | size:u64 objects:u32 indexed_at_us:i64 |
 //! | `meta` | `repo_id` | repository id (16) |
+//! | `meta` | `encryption` | the repository's encryption when the index was made: `none`, or `aes-256-gcm` and the key fingerprint (16) |
 //! | `protected` | snapshot id (32) | empty |
 //! | `doomed_packs` | pack id (16) | empty |
 //! | `tombstones` | snapshot id (32) | empty: forgotten, its file not yet deleted |
@@ -36,6 +37,8 @@ use rocksdb::{
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tessera_format::{ObjectKind, PackId, RepoId, SnapshotHeader, SnapshotId};
+
+use crate::crypto::RepoCrypto;
 
 pub use batch::IndexBatch;
 pub use entry::{ObjectEntry, PackEntry, OBJECT_ENTRY_LEN};
@@ -66,6 +69,7 @@ const ALL_CFS: [&str; 8] = [
     CF_TOMBSTONES,
 ];
 const META_REPO_ID: &[u8] = b"repo_id";
+const META_ENCRYPTION: &[u8] = b"encryption";
 
 impl From<rocksdb::Error> for Error {
     /// RocksDB reports I/O errors as text; a full disk must not be mistaken for damage.
@@ -101,6 +105,9 @@ pub struct Index {
     hint: Option<(PathBuf, Vec<u8>)>,
     /// Crash tests: every commit is a step of this clock.
     clock: Option<Arc<CrashClock>>,
+    /// Seals catalog entries of an encrypted repository (disk names, tags, identities are
+    /// private; the index lies in the repository directory of a local repository).
+    catalog: Arc<RepoCrypto>,
 }
 
 /// Path of the sequence hint of the index at `path` (`REPO/index` → `REPO/index.seq`).
@@ -245,6 +252,7 @@ impl Index {
             db,
             _secondary: None,
             clock: None,
+            catalog: Arc::new(RepoCrypto::plain()),
         };
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
@@ -272,6 +280,7 @@ impl Index {
                 _secondary: Some(secondary),
                 hint: None,
                 clock: None,
+                catalog: Arc::new(RepoCrypto::plain()),
             }
         } else {
             let mut opts = opts;
@@ -282,6 +291,7 @@ impl Index {
                 db,
                 _secondary: None,
                 clock: None,
+                catalog: Arc::new(RepoCrypto::plain()),
             };
             index.publish_hint();
             index
@@ -298,11 +308,48 @@ impl Index {
         Ok(index)
     }
 
+    /// The repository's encryption as recorded in the index ([`Index::record_encryption`]);
+    /// `None` for an index made before it was recorded.
+    pub fn recorded_encryption(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_META), META_ENCRYPTION)?)
+    }
+
+    /// Records the repository's encryption (`record`, an opaque description including the
+    /// key fingerprint), synced. The config is not authenticated; this record, beside the
+    /// objects but written only by tessera, lets a writer notice a config replaced by one
+    /// that names another encryption (SPEC.md §23.5).
+    pub fn record_encryption(&self, record: &[u8]) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        Ok(self
+            .db
+            .put_cf_opt(self.cf(CF_META), META_ENCRYPTION, record, &wo)?)
+    }
+
     /// Makes every commit a step of `clock` (crash tests).
     #[must_use]
     pub fn with_crash_clock(mut self, clock: Option<Arc<CrashClock>>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Seals and opens catalog entries under `crypto` (SPEC.md §7: an encrypted
+    /// repository's catalog holds sealed headers; a plain one's, headers as they are).
+    #[must_use]
+    pub fn with_crypto(mut self, crypto: Arc<RepoCrypto>) -> Self {
+        self.catalog = crypto;
+        self
+    }
+
+    fn decode_header(&self, id: SnapshotId, value: &[u8]) -> Result<SnapshotHeader> {
+        let corrupt = |e: String| Error::IndexCorrupt {
+            what: format!("catalog entry {id}: {e}"),
+        };
+        let plain = self
+            .catalog
+            .open_catalog(id.as_bytes(), value)
+            .map_err(|e| corrupt(e.to_string()))?;
+        SnapshotHeader::decode(&plain).map_err(|e| corrupt(e.to_string()))
     }
 
     /// Handle of a column family.
@@ -438,9 +485,7 @@ impl Index {
             let id = SnapshotId::from_slice(&k).map_err(|e| Error::IndexCorrupt {
                 what: e.to_string(),
             })?;
-            let header = SnapshotHeader::decode(&v).map_err(|e| Error::IndexCorrupt {
-                what: format!("catalog entry {id}: {e}"),
-            })?;
+            let header = self.decode_header(id, &v)?;
             out.push((id, header));
         }
         out.sort_by(|a, b| a.1.time_us.cmp(&b.1.time_us).then(a.0.cmp(&b.0)));
@@ -451,11 +496,7 @@ impl Index {
     pub fn snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotHeader>> {
         self.db
             .get_pinned_cf(self.cf(CF_SNAPSHOTS), id.as_bytes())?
-            .map(|v| {
-                SnapshotHeader::decode(&v).map_err(|e| Error::IndexCorrupt {
-                    what: format!("catalog entry {id}: {e}"),
-                })
-            })
+            .map(|v| self.decode_header(id, &v))
             .transpose()
     }
 

@@ -110,6 +110,8 @@ pub struct ShowReport {
     pub duration_ms: u64,
     /// Whether it is protected from prune and forget.
     pub protected: bool,
+    /// How the repository protects its records: `none` or `aes-256-gcm` (SPEC.md §23).
+    pub encryption: String,
     /// Its space accounting, unless it could not be computed (a page missing or unreadable).
     pub usage: Option<SnapshotUsage>,
     /// Why the space accounting could not be computed.
@@ -244,6 +246,7 @@ pub fn show(repo: &Repository, reference: &SnapshotRef) -> Result<ShowReport> {
         time_us,
         duration_ms,
         protected,
+        encryption: repo.config().encryption.name().to_string(),
         usage: usage.as_ref().ok().copied(),
         usage_error: usage.err(),
         damaged: damage.is_some(),

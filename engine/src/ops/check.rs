@@ -28,11 +28,11 @@ use rayon::prelude::*;
 use tessera_format::{ObjectKind, PackId, SnapshotId};
 
 use crate::damage_marks::{update_damage_marks, DamageFindings};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{ErrorKind, Result};
 use crate::index::ObjectEntry;
 use crate::ledger::{Ledger, LedgerLock};
+use crate::ops::check_uncatalogued::judge_uncatalogued;
 use crate::ops::damage::{damage_marks, map_damage, BadKey, DamagedObject, DamagedPack};
-use crate::ops::publish::plan_refs;
 use crate::progress::Progress;
 use crate::refcount::expected_counts_of;
 use crate::repo::Repository;
@@ -172,6 +172,7 @@ pub fn verify(
     let expected = expected_counts_of(
         repo.index(),
         repo.backend(),
+        repo.crypto(),
         snapshots.iter().map(|(_, s)| s),
     )?;
     let mut bad = unreadable_pages(repo, &expected.unreadable_pages, &mut report)?;
@@ -299,50 +300,6 @@ fn unreadable_pages(
 /// Snapshots loaded from their files.
 type Loaded = Vec<(SnapshotId, tessera_format::Snapshot)>;
 
-/// Lists the stored snapshot files the catalog does not list. One the next writer will
-/// catalogue (everything it names is indexed, or packs the index does not know yet are
-/// stored: a crash before cataloguing) is listed only; one naming objects the repository
-/// lacks, or unreadable, is a problem (recovery kept it; compaction refuses, §9).
-fn judge_uncatalogued(repo: &Repository, report: &mut CheckReport) -> Result<()> {
-    let ids = repo.uncatalogued_snapshots()?;
-    if ids.is_empty() {
-        return Ok(());
-    }
-    // Packs the index knows, and doomed ones (stored until deleted, never adopted again).
-    let mut indexed: HashSet<PackId> = repo.index().packs()?.into_iter().map(|(p, _)| p).collect();
-    indexed.extend(repo.index().doomed_packs()?);
-    let unadopted = repo
-        .backend()
-        .list(crate::storage::key::PACKS)?
-        .iter()
-        .filter_map(crate::storage::ObjectKey::as_pack)
-        .any(|p| !indexed.contains(&p));
-    for id in ids {
-        let judged = repo.load_snapshot(id).and_then(|snapshot| {
-            let refs = plan_refs(repo.index(), repo.backend(), &snapshot)?;
-            let chunks: Vec<[u8; 32]> = refs.chunks.keys().map(|c| c.0).collect();
-            let present = repo.index().contains_many(ObjectKind::Chunk, &chunks)?;
-            match present.iter().position(|p| !p) {
-                None => Ok(()),
-                Some(i) => Err(Error::SnapshotIncomplete {
-                    reason: format!("chunk {} is not in the index", hex::encode(chunks[i])),
-                }),
-            }
-        });
-        match judged {
-            Ok(()) => {}
-            Err(_) if unadopted => {}
-            Err(e) => report.problems.push(format!(
-                "snapshot {id}: stored but not catalogued: {e} (bring the pack back, `tessera \
-                 sync OTHER REPO` from a repository that has it, or `tessera repair REPO \
-                 --quarantine`)"
-            )),
-        }
-        report.uncatalogued_snapshot_files.push(id);
-    }
-    Ok(())
-}
-
 /// Loads every catalogued snapshot, reporting those whose file is unreadable or differs from
 /// its catalog entry. Returns the loaded ones and every catalogued id.
 fn load_catalogued(
@@ -451,7 +408,7 @@ fn select(
                 )),
             }
         }
-        let scoped = expected_counts_of(repo.index(), repo.backend(), chosen)?;
+        let scoped = expected_counts_of(repo.index(), repo.backend(), repo.crypto(), chosen)?;
         live.retain(|(kind, digest, _)| scoped.count(*kind, *digest) > 0);
         report.scope.snapshots = Some(ids.clone());
     }
@@ -591,8 +548,10 @@ fn read_back(
             .zip(fetched.par_iter_mut())
             .map(|((kind, digest, entry), fetched)| {
                 let r = match fetched.take() {
-                    Some(bytes) => check_fetched(bytes, *kind, digest, entry),
-                    None => read_object(repo.backend(), *kind, digest, entry).map(|_| ()),
+                    Some(bytes) => check_fetched(bytes, repo.crypto(), *kind, digest, entry),
+                    None => {
+                        read_object(repo.backend(), repo.crypto(), *kind, digest, entry).map(|_| ())
+                    }
                 };
                 objects.fetch_add(1, Ordering::Relaxed);
                 bytes.fetch_add(u64::from(entry.stored_len), Ordering::Relaxed);
@@ -654,7 +613,7 @@ pub struct RecountReport {
 /// absent from the index cannot be fixed here; they are reported by [`check`].
 pub fn recount(repo: &Repository) -> Result<RecountReport> {
     Ok(RecountReport {
-        counts_fixed: recount_index(repo.index(), repo.backend())?,
+        counts_fixed: recount_index(repo.index(), repo.backend(), repo.crypto())?,
     })
 }
 
@@ -663,12 +622,13 @@ pub fn recount(repo: &Repository) -> Result<RecountReport> {
 pub fn recount_index(
     index: &crate::index::Index,
     backend: &dyn crate::storage::Backend,
+    crypto: &crate::crypto::RepoCrypto,
 ) -> Result<u64> {
     let mut snapshots = Vec::new();
     for (id, _) in index.snapshots()? {
-        snapshots.push(crate::store::reader::load_snapshot(backend, id)?);
+        snapshots.push(crate::store::reader::load_snapshot(backend, crypto, id)?);
     }
-    let expected = expected_counts_of(index, backend, &snapshots)?;
+    let expected = expected_counts_of(index, backend, crypto, &snapshots)?;
     let mut batch = index.batch();
     let mut fixed = 0;
     for kind in [ObjectKind::Page, ObjectKind::Chunk] {

@@ -269,7 +269,13 @@ impl Mover<'_> {
                 dead.push((kind, digest));
                 continue;
             }
-            match read_stored(self.repo.backend(), kind, &digest, &entry) {
+            match read_stored(
+                self.repo.backend(),
+                self.repo.crypto(),
+                kind,
+                &digest,
+                &entry,
+            ) {
                 Ok((info, stored)) => copies.push((info, stored, (kind, digest, entry))),
                 Err(e) => {
                     self.report.damaged.push(format!("pack {pack} kept: {e}"));

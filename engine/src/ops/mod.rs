@@ -4,12 +4,14 @@
 pub mod backup;
 pub mod catalog;
 pub mod check;
+pub mod check_uncatalogued;
 pub mod compact;
 pub mod damage;
 pub mod diff;
 pub mod disk_reader;
 pub mod forget;
 pub mod init;
+pub mod keys;
 pub mod prune;
 pub mod publish;
 pub mod rebuild_index;

@@ -18,12 +18,14 @@ use std::collections::HashSet;
 
 use tessera_format::{ObjectKind, PageDigest, Snapshot, SnapshotId};
 
+use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::refcount::RefDeltas;
 use crate::repo::Repository;
 use crate::storage::{Backend, ObjectKey};
 use crate::store::reader::read_page;
+use crate::store::snapshot_file;
 
 /// Stores the snapshot file durably, then commits catalog entry and counts in one batch.
 pub fn publish_snapshot(
@@ -31,10 +33,7 @@ pub fn publish_snapshot(
     snapshot: &Snapshot,
     refs: &RefDeltas,
 ) -> Result<SnapshotId> {
-    let (id, bytes) = snapshot.encode().map_err(|source| Error::Unencodable {
-        what: format!("snapshot of series {:?}", snapshot.header.series),
-        source,
-    })?;
+    let (id, bytes) = snapshot_file::encode(repo.crypto(), snapshot)?;
     let mut batch = repo.index().batch();
     refs.stage(repo.index(), &mut batch)?;
     repo.backend()
@@ -48,7 +47,12 @@ pub fn publish_snapshot(
 /// is in the index, readable, and holds the number of entries its position requires. The
 /// chunks of pages that become live are checked when the changes are staged (a chunk the
 /// index lacks fails [`RefDeltas::stage`]).
-pub fn plan_refs(index: &Index, backend: &dyn Backend, snapshot: &Snapshot) -> Result<RefDeltas> {
+pub fn plan_refs(
+    index: &Index,
+    backend: &dyn Backend,
+    crypto: &RepoCrypto,
+    snapshot: &Snapshot,
+) -> Result<RefDeltas> {
     let mut refs = RefDeltas::default();
     let mut seen: HashSet<PageDigest> = HashSet::new();
     for (disk, roots) in snapshot.header.disks.iter().zip(&snapshot.roots) {
@@ -61,6 +65,7 @@ pub fn plan_refs(index: &Index, backend: &dyn Backend, snapshot: &Snapshot) -> R
             let digests = read_page(
                 index,
                 backend,
+                crypto,
                 *page,
                 blocks,
                 disk.page_entries,
@@ -88,10 +93,11 @@ pub fn plan_refs(index: &Index, backend: &dyn Backend, snapshot: &Snapshot) -> R
 pub fn catalogue_stored(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     id: SnapshotId,
     snapshot: &Snapshot,
 ) -> Result<()> {
-    let refs = plan_refs(index, backend, snapshot)?;
+    let refs = plan_refs(index, backend, crypto, snapshot)?;
     let mut batch = index.batch();
     refs.stage(index, &mut batch).map_err(|e| match e {
         Error::ObjectMissing { .. } => Error::SnapshotIncomplete {

@@ -13,6 +13,8 @@ use std::collections::HashSet;
 
 use tessera_format::{ObjectKind, PackId, Snapshot, SnapshotId};
 
+use crate::crypto::keyring::SecretSource;
+use crate::crypto::RepoCrypto;
 use crate::error::{Error, IoContext, Result};
 use crate::index::{Index, ObjectEntry};
 use crate::progress::Progress;
@@ -52,13 +54,37 @@ impl RebuildReport {
 }
 
 /// Rebuilds the index of the repository in `storage` from scratch. Takes the writer lock.
-pub fn rebuild_index(storage: &RepoStorage, progress: &dyn Progress) -> Result<RebuildReport> {
+pub fn rebuild_index(
+    storage: &RepoStorage,
+    keys: &dyn SecretSource,
+    progress: &dyn Progress,
+) -> Result<RebuildReport> {
+    let config = storage.read_config()?;
+    let crypto = std::sync::Arc::new(crate::crypto::keyring::open_crypto(
+        &*storage.backend,
+        &config,
+        keys,
+    )?);
+    rebuild_index_unlocked(storage, &crypto, progress)
+}
+
+/// [`rebuild_index`] of a repository whose keys are already open (`crypto`), as bringing an
+/// object store's cache up to date does. Takes the writer lock.
+pub fn rebuild_index_unlocked(
+    storage: &RepoStorage,
+    crypto: &std::sync::Arc<RepoCrypto>,
+    progress: &dyn Progress,
+) -> Result<RebuildReport> {
     let (config, _lock) = Repository::lock_for_rebuild(storage)?;
+    let crypto = std::sync::Arc::clone(crypto);
     let backend = &*storage.backend;
     let building = storage.local_dir.join("index.rebuild");
     remove_dir_if_exists(&building)?;
-    let index =
-        Index::create(&building, config.repo_id)?.with_crash_clock(storage.crash_clock.clone());
+    let index = Index::create(&building, config.repo_id)?;
+    index.record_encryption(&crate::repo::encryption_record(&config))?;
+    let index = index
+        .with_crash_clock(storage.crash_clock.clone())
+        .with_crypto(std::sync::Arc::clone(&crypto));
     let mut report = RebuildReport::default();
     // In a shared store, packs with doom records are left out (their live objects were
     // copied elsewhere), unless a snapshot needs what only they hold (doomed.rs).
@@ -69,13 +95,13 @@ pub fn rebuild_index(storage: &RepoStorage, progress: &dyn Progress) -> Result<R
     };
     let first = |p: Option<PackId>| p.is_none_or(|p| !doomed.contains(&p));
     index_packs(&index, backend, first, &mut report, progress)?;
-    let snapshots = read_snapshots(backend, &mut report, progress)?;
-    publish_snapshots(&index, backend, &snapshots, &mut report)?;
+    let snapshots = read_snapshots(backend, &crypto, &mut report, progress)?;
+    publish_snapshots(&index, backend, &crypto, &snapshots, &mut report)?;
     if !report.missing.is_empty() && !doomed.is_empty() {
         let rescued = |p: Option<PackId>| p.is_some_and(|p| doomed.contains(&p));
         index_packs(&index, backend, rescued, &mut report, progress)?;
         report.missing.clear();
-        publish_snapshots(&index, backend, &snapshots, &mut report)?;
+        publish_snapshots(&index, backend, &crypto, &snapshots, &mut report)?;
         report.doomed_packs_rescued = doomed.len();
         for pack in &doomed {
             backend.delete(&crate::storage::ObjectKey::doom_record(*pack))?;
@@ -152,6 +178,7 @@ fn index_packs(
 /// Reads every snapshot file whose content hashes to its name.
 fn read_snapshots(
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     report: &mut RebuildReport,
     progress: &dyn Progress,
 ) -> Result<Vec<(SnapshotId, Snapshot)>> {
@@ -161,7 +188,7 @@ fn read_snapshots(
     for key in keys {
         progress.advance(1);
         match key.kind() {
-            Some(KeyKind::Snapshot(id)) => match load_snapshot(backend, id) {
+            Some(KeyKind::Snapshot(id)) => match load_snapshot(backend, crypto, id) {
                 Ok(s) => snapshots.push((id, s)),
                 Err(e) => report.bad_snapshots.push((id.to_hex(), e.to_string())),
             },
@@ -179,10 +206,11 @@ fn read_snapshots(
 fn publish_snapshots(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     snapshots: &[(SnapshotId, Snapshot)],
     report: &mut RebuildReport,
 ) -> Result<()> {
-    let counts = expected_counts_of(index, backend, snapshots.iter().map(|(_, s)| s))?;
+    let counts = expected_counts_of(index, backend, crypto, snapshots.iter().map(|(_, s)| s))?;
     for (page, reason) in &counts.unreadable_pages {
         report.missing.push(format!("page {page}: {reason}"));
     }

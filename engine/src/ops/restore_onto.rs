@@ -16,7 +16,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use tessera_format::{is_all_zero, ChunkDigest, SnapshotId};
+use tessera_format::{ChunkDigest, SnapshotId};
 
 use crate::direct_write::BlockWriter;
 use crate::error::{Error, IoContext, Result};
@@ -179,14 +179,7 @@ fn check_holds(
         let first_bad = buf
             .par_chunks(bs as usize)
             .zip(digests.par_iter())
-            .position_first(|(block, want)| {
-                let got = if is_all_zero(block) {
-                    ChunkDigest::ZERO
-                } else {
-                    ChunkDigest::of(block)
-                };
-                got != *want
-            });
+            .position_first(|(block, want)| repo.crypto().chunk_id(block) != *want);
         if let Some(i) = first_bad {
             return Err(Error::TargetMismatch {
                 path: path.to_path_buf(),

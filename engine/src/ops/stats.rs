@@ -11,6 +11,12 @@ use crate::repo::Repository;
 /// Space figures of a repository.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct RepoStats {
+    /// Format version of the repository (1 plain, 2 encrypted).
+    pub format_version: u32,
+    /// How records are protected: `none` or `aes-256-gcm` (SPEC.md §23).
+    pub encryption: String,
+    /// Public fingerprint of an encrypted repository's keys (hex; SPEC.md §23.4).
+    pub key_fingerprint: Option<String>,
     /// Published snapshots.
     pub snapshots: u64,
     /// Distinct series.
@@ -44,6 +50,10 @@ pub struct RepoStats {
 /// Computes [`RepoStats`] by one pass over the index.
 pub fn stats(repo: &Repository) -> Result<RepoStats> {
     let mut s = RepoStats::default();
+    let config = repo.config();
+    s.format_version = config.format_version;
+    s.encryption = config.encryption.name().to_string();
+    s.key_fingerprint = config.encryption.fingerprint().map(hex::encode);
     let snapshots = repo.index().snapshots()?;
     s.snapshots = snapshots.len() as u64;
     s.series = snapshots

@@ -30,7 +30,7 @@ pub fn commit(
     mode: PutMode,
 ) -> io::Result<()> {
     file.sync()?;
-    // A bare file name (`out.img`) has the empty path as its parent: the current directory.
+    // A bare file name ("out.raw") has the empty parent: the working directory, which exists.
     if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_dir_all(fs, dir)?;
     }
@@ -111,7 +111,8 @@ pub fn rename(fs: &dyn Fs, from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn sync_parent(fs: &dyn Fs, path: &Path) -> io::Result<()> {
+/// Makes the name of `path` durable (fsync of the directory holding it).
+pub(crate) fn sync_parent(fs: &dyn Fs, path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => fs.sync_dir(p),
         _ => fs.sync_dir(Path::new(".")),

@@ -41,6 +41,15 @@ pub trait FsReader: Send + Sync {
 pub trait Fs: Send + Sync {
     /// Creates a new, empty file (fails with `AlreadyExists` if the name is taken).
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsWriter>>;
+    /// [`Fs::create_new`] for a secret-bearing file (a key slot): readable and writable by
+    /// its owner only (0600) from the moment it exists.
+    fn create_new_private(&self, path: &Path) -> io::Result<Box<dyn FsWriter>> {
+        self.create_new(path)
+    }
+    /// [`Fs::create_dir`] for a directory of secret-bearing files (`keys/`): 0700.
+    fn create_dir_private(&self, path: &Path) -> io::Result<()> {
+        self.create_dir(path)
+    }
     /// Opens a file for reading. Never follows a symbolic link in the last component.
     fn open_read(&self, path: &Path) -> io::Result<Arc<dyn FsReader>>;
     /// Reads a whole file.
@@ -75,6 +84,17 @@ struct OsWriter {
     path: std::path::PathBuf,
     small: Vec<u8>,
     large: Option<SequentialWriter>,
+}
+
+impl OsWriter {
+    fn new(file: File, path: &Path) -> Self {
+        Self {
+            file: Some(file),
+            path: path.to_path_buf(),
+            small: Vec::new(),
+            large: None,
+        }
+    }
 }
 
 impl Write for OsWriter {
@@ -155,12 +175,21 @@ fn open_nofollow(path: &Path) -> io::Result<File> {
 impl Fs for OsFs {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsWriter>> {
         let file = OpenOptions::new().write(true).create_new(true).open(path)?;
-        Ok(Box::new(OsWriter {
-            file: Some(file),
-            path: path.to_path_buf(),
-            small: Vec::new(),
-            large: None,
-        }))
+        Ok(Box::new(OsWriter::new(file, path)))
+    }
+
+    fn create_new_private(&self, path: &Path) -> io::Result<Box<dyn FsWriter>> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Box::new(OsWriter::new(file, path)))
+    }
+
+    fn create_dir_private(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().mode(0o700).create(path)
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Arc<dyn FsReader>> {

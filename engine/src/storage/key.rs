@@ -16,6 +16,7 @@
 //! | `quarantine/<snapshot id>.snap` | a snapshot file recovery could not catalogue (§9) |
 //! | `bundle.json` | a seed bundle's manifest (§22.2; flat layout only) |
 //! | `doomed/<pack id>` | doom record of a pack a compaction emptied, in a shared store (§13) |
+//! | `keys/<slot id>.key` | a key slot of an encrypted repository (§23.4) |
 
 use std::fmt;
 
@@ -32,7 +33,11 @@ pub const DOOMED: &str = "doomed/";
 /// Prefix of damage marks.
 pub const DAMAGE: &str = "damage/";
 
+/// Prefix of key slots.
+pub const KEYS: &str = "keys/";
+
 const PACK_EXT: &str = ".pack";
+const KEY_EXT: &str = ".key";
 const SNAP_EXT: &str = ".snap";
 const PROTECTED_EXT: &str = ".protected";
 const INTENT_EXT: &str = ".intent";
@@ -117,6 +122,19 @@ impl ObjectKey {
     /// The doom record of a pack (see [`crate::doomed`]).
     pub fn doom_record(id: PackId) -> Self {
         Self(format!("{DOOMED}{}", id.to_hex()))
+    }
+
+    /// A key slot (SPEC §23.4), named by its 16-byte slot id.
+    pub fn key_slot(id: &[u8; 16]) -> Self {
+        Self(format!("{KEYS}{}{KEY_EXT}", hex::encode(id)))
+    }
+
+    /// The slot id, if this key names a key slot.
+    pub fn as_key_slot(&self) -> Option<[u8; 16]> {
+        let hex = self.0.strip_prefix(KEYS)?.strip_suffix(KEY_EXT)?;
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(hex, &mut id).ok()?;
+        Some(id)
     }
 
     /// A key as found by listing a backend. Only the backend builds keys this way; the

@@ -246,7 +246,26 @@ impl Backend for LocalBackend {
     fn put(&self, key: &ObjectKey, mode: PutMode) -> Result<Box<dyn ObjectWriter>> {
         let target = self.path_of(key)?;
         let staged = self.staged_path(key);
-        let open = |fs: &dyn Fs| fs.create_new(&staged);
+        // Key slots are secret-bearing (a passphrase slot is an offline guessing target):
+        // `keys/` is 0700 and each slot 0600 from creation (SPEC.md §23.4).
+        let private = key.as_key_slot().is_some();
+        if private {
+            if let Some(dir) = target.parent() {
+                match self.fs.create_dir_private(dir) {
+                    Ok(()) => durable::sync_parent(&*self.fs, dir),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                    Err(e) => Err(e),
+                }
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            }
+        }
+        let open = |fs: &dyn Fs| {
+            if private {
+                fs.create_new_private(&staged)
+            } else {
+                fs.create_new(&staged)
+            }
+        };
         let file = match open(&*self.fs) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && self.layout == Layout::Tree => {
                 durable::create_dir_all(&*self.fs, &self.root.join(STAGING_DIR))

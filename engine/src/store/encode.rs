@@ -6,6 +6,9 @@ use std::cell::RefCell;
 use tessera_format::pack::MAX_OBJECT_LEN;
 use tessera_format::{ChunkDigest, Codec, Compression, ObjectInfo, ObjectKind};
 
+use crate::crypto::RepoCrypto;
+use crate::error::{Error, Result};
+
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
@@ -13,11 +16,42 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Encodes `raw` for storage. Compression is kept only when it makes the object smaller;
-/// otherwise the raw bytes are stored with [`Codec::None`]. The compressed copy is allocated
-/// at its exact size (queues of encoded objects are bounded by their lengths);
-/// [`compress_into`] is the allocation-free form.
-pub fn encode_object(
+/// Encodes `raw` for storage in a repository protected by `crypto` (SPEC.md §23.3: an
+/// encrypted repository seals chunks and signs pages after compressing them). Compression
+/// is kept only when it makes the object smaller; otherwise the raw bytes are stored with
+/// [`Codec::None`]. The stored copy is allocated at its exact size (queues of encoded
+/// objects are bounded by their lengths); [`compress_into`] and
+/// [`RepoCrypto::protect_in_place`] are the allocation-free forms.
+pub fn encode_object<'r>(
+    crypto: &RepoCrypto,
+    kind: ObjectKind,
+    digest: ChunkDigest,
+    raw: &'r [u8],
+    compression: Compression,
+) -> Result<(ObjectInfo, Cow<'r, [u8]>)> {
+    let (info, encoded) = encode_plain(kind, digest, raw, compression);
+    if !crypto.is_encrypted() {
+        return Ok((info, encoded));
+    }
+    let mut out = Vec::with_capacity(encoded.len() + crypto.overhead());
+    crypto
+        .protect(
+            kind,
+            info.codec,
+            info.raw_len,
+            &digest.0,
+            &encoded,
+            &mut out,
+        )
+        .map_err(|e| Error::Internal(format!("sealing {kind:?} {digest}: {e}")))?;
+    Ok((
+        stored_info(kind, digest, raw.len(), info.codec, &out),
+        Cow::Owned(out),
+    ))
+}
+
+/// [`encode_object`] for a plain repository.
+fn encode_plain(
     kind: ObjectKind,
     digest: ChunkDigest,
     raw: &[u8],
@@ -31,11 +65,13 @@ pub fn encode_object(
         let room = scratch.get_mut(..raw.len())?;
         compress_into(raw, compression, room).and_then(|len| room.get(..len).map(<[u8]>::to_vec))
     });
+    let codec = if compressed.is_some() {
+        Codec::Zstd
+    } else {
+        Codec::None
+    };
     let stored = compressed.map_or(Cow::Borrowed(raw), Cow::Owned);
-    (
-        stored_info(kind, digest, raw.len(), &stored, stored.len() < raw.len()),
-        stored,
-    )
+    (stored_info(kind, digest, raw.len(), codec, &stored), stored)
 }
 
 /// Compresses `raw` into `out` with `compression`; returns the compressed length, or `None`
@@ -66,18 +102,18 @@ pub fn compress_into(raw: &[u8], compression: Compression, out: &mut [u8]) -> Op
     }
 }
 
-/// The record header of an object whose stored form is `stored` (`compressed`: zstd, else
-/// the raw bytes themselves).
+/// The record header of an object of `raw_len` raw bytes encoded with `codec` whose stored
+/// form (after any protection) is `stored`.
 pub fn stored_info(
     kind: ObjectKind,
     digest: ChunkDigest,
     raw_len: usize,
+    codec: Codec,
     stored: &[u8],
-    compressed: bool,
 ) -> ObjectInfo {
     ObjectInfo {
         kind,
-        codec: if compressed { Codec::Zstd } else { Codec::None },
+        codec,
         digest,
         raw_len: raw_len as u32,
         stored_len: stored.len() as u32,
@@ -151,6 +187,7 @@ fn expect_len(actual: usize, expected: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::{compress_into, decode_stored, encode_object};
+    use crate::crypto::RepoCrypto;
     use tessera_format::{ChunkDigest, Codec, Compression, ObjectKind};
 
     const ZSTD: Compression = Compression {
@@ -184,7 +221,14 @@ mod tests {
             level: 0,
         };
         assert_eq!(compress_into(&text, none, &mut vec![0u8; 4096]), None);
-        let (info, stored) = encode_object(ObjectKind::Chunk, ChunkDigest::of(&raw), &raw, ZSTD);
+        let (info, stored) = encode_object(
+            &RepoCrypto::plain(),
+            ObjectKind::Chunk,
+            ChunkDigest::of(&raw),
+            &raw,
+            ZSTD,
+        )
+        .unwrap();
         assert_eq!((info.codec, &stored[..]), (Codec::None, &raw[..]));
         assert_eq!(info.stored_crc, crc32c::crc32c(&raw));
     }

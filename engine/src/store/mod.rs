@@ -20,3 +20,4 @@ pub mod quarantine;
 pub mod reader;
 #[cfg(feature = "repository")]
 pub mod session;
+pub mod snapshot_file;

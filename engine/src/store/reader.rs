@@ -1,5 +1,8 @@
-//! Reading objects back, checking every layer: record header, stored-bytes CRC, decoded
-//! length, and finally the SHA-256 of the raw bytes against the digest that named them.
+//! Reading objects back, checking every layer: record header, stored-bytes CRC, in an
+//! encrypted repository the AEAD envelope (which binds kind, codec, length and id), decoded
+//! length, and finally the id of the raw bytes (SHA-256, or the keyed HMAC) against the
+//! digest that named them. A record that fails any check is damage: its bytes never leave
+//! this module.
 
 use tessera_format::manifest::entries_in_page;
 use tessera_format::pack::{decode_record_header, MAX_OBJECT_LEN, RECORD_HEADER_LEN};
@@ -8,13 +11,19 @@ use tessera_format::{
     SnapshotId,
 };
 
+use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
 use crate::index::{Index, ObjectEntry};
 use crate::storage::{Backend, ObjectKey};
 use crate::store::encode::{decode_into, decompress};
+use crate::store::snapshot_file;
 
-/// Reads a snapshot file and checks it against its id.
-pub fn load_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<Snapshot> {
+/// Reads a snapshot file and checks it against its id (and, encrypted, its seal).
+pub fn load_snapshot(
+    backend: &dyn Backend,
+    crypto: &RepoCrypto,
+    id: SnapshotId,
+) -> Result<Snapshot> {
     let bytes = backend.get(&ObjectKey::snapshot(id))?;
     if SnapshotId::of(&bytes) != id {
         return Err(Error::SnapshotCorrupt {
@@ -22,9 +31,9 @@ pub fn load_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<Snapshot> 
             reason: "file content does not hash to its name".into(),
         });
     }
-    Snapshot::decode(&bytes).map_err(|e| Error::SnapshotCorrupt {
+    snapshot_file::decode(crypto, &bytes).map_err(|reason| Error::SnapshotCorrupt {
         id: id.to_hex(),
-        reason: e.to_string(),
+        reason,
     })
 }
 
@@ -33,6 +42,7 @@ pub fn load_snapshot(backend: &dyn Backend, id: SnapshotId) -> Result<Snapshot> 
 pub fn read_indexed(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     kind: ObjectKind,
     digest: &[u8; 32],
 ) -> Result<Vec<u8>> {
@@ -42,19 +52,20 @@ pub fn read_indexed(
             kind,
             digest: hex::encode(digest),
         })?;
-    read_object(backend, kind, digest, &entry)
+    read_object(backend, crypto, kind, digest, &entry)
 }
 
 /// Reads manifest page `page_no` of a disk with `blocks` blocks and checks its length.
 pub fn read_page(
     index: &Index,
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     digest: PageDigest,
     blocks: u64,
     page_entries: u32,
     page_no: u64,
 ) -> Result<Vec<ChunkDigest>> {
-    let raw = read_indexed(index, backend, ObjectKind::Page, digest.as_bytes())?;
+    let raw = read_indexed(index, backend, crypto, ObjectKind::Page, digest.as_bytes())?;
     let page = ManifestPage::decode(&raw).map_err(|e| Error::ObjectCorrupt {
         kind: ObjectKind::Page,
         digest: digest.to_hex(),
@@ -81,34 +92,66 @@ pub fn read_page(
 /// Reads and fully checks the object `digest` of `kind` at the location `entry` gives.
 pub fn read_object(
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     kind: ObjectKind,
     digest: &[u8; 32],
     entry: &ObjectEntry,
 ) -> Result<Vec<u8>> {
-    let record = Record::read(backend, kind, digest, entry)?;
+    into_raw(Record::read(backend, crypto, kind, digest, entry)?)
+}
+
+/// Like [`read_object`], but decodes straight into `dst`, which must be exactly the
+/// object's raw length (the restore path: no intermediate buffers for plain records). On
+/// failure `dst` holds bytes that must be discarded.
+pub fn read_object_into(
+    backend: &dyn Backend,
+    crypto: &RepoCrypto,
+    kind: ObjectKind,
+    digest: &[u8; 32],
+    entry: &ObjectEntry,
+    dst: &mut [u8],
+) -> Result<()> {
+    into_dst(Record::read(backend, crypto, kind, digest, entry)?, dst)
+}
+
+/// Like [`read_object_into`], for a record already fetched ([`fetch_records`]).
+pub fn decode_fetched_into(
+    fetched: Result<Vec<u8>>,
+    crypto: &RepoCrypto,
+    kind: ObjectKind,
+    digest: &[u8; 32],
+    entry: &ObjectEntry,
+    dst: &mut [u8],
+) -> Result<()> {
+    into_dst(Record::fetched(crypto, kind, digest, entry, fetched)?, dst)
+}
+
+/// Like [`read_object`], for a record already fetched ([`fetch_records`]), keeping nothing.
+pub fn check_fetched(
+    fetched: Result<Vec<u8>>,
+    crypto: &RepoCrypto,
+    kind: ObjectKind,
+    digest: &[u8; 32],
+    entry: &ObjectEntry,
+) -> Result<()> {
+    into_raw(Record::fetched(crypto, kind, digest, entry, fetched)?).map(drop)
+}
+
+/// The checked raw bytes of a record.
+fn into_raw(record: Record<'_>) -> Result<Vec<u8>> {
     let (info, stored) = record.check()?;
-    if info.codec == Codec::None {
+    if info.codec == Codec::None && !record.crypto.is_encrypted() {
         // The raw bytes are the record's own: drop the header in place, no second buffer.
         record.check_raw(&info, stored)?;
         let mut raw = record.buf;
         raw.drain(..RECORD_HEADER_LEN);
         return Ok(raw);
     }
-    let raw = decompress(stored, info.raw_len).map_err(|reason| record.corrupt(reason))?;
-    record.check_digest(&raw)?;
-    Ok(raw)
+    record.decode(&info, stored)
 }
 
-/// Like [`read_object`], but decodes straight into `dst`, which must be exactly the
-/// object's raw length (the restore path: no intermediate buffers).
-pub fn read_object_into(
-    backend: &dyn Backend,
-    kind: ObjectKind,
-    digest: &[u8; 32],
-    entry: &ObjectEntry,
-    dst: &mut [u8],
-) -> Result<()> {
-    let record = Record::read(backend, kind, digest, entry)?;
+/// A record's checked raw bytes, decoded into `dst` (exactly its raw length).
+fn into_dst(record: Record<'_>, dst: &mut [u8]) -> Result<()> {
     let (info, stored) = record.check()?;
     if info.raw_len as usize != dst.len() {
         return Err(record.corrupt(format!(
@@ -117,45 +160,18 @@ pub fn read_object_into(
             dst.len()
         )));
     }
-    decode_into(info.codec, stored, dst).map_err(|reason| record.corrupt(reason))?;
-    record.check_digest(dst)
-}
-
-/// Like [`read_object_into`], for a record already fetched ([`fetch_records`]).
-pub fn decode_fetched_into(
-    fetched: Result<Vec<u8>>,
-    kind: ObjectKind,
-    digest: &[u8; 32],
-    entry: &ObjectEntry,
-    dst: &mut [u8],
-) -> Result<()> {
-    let record = Record::fetched(kind, digest, entry, fetched)?;
-    let (info, stored) = record.check()?;
-    if info.raw_len as usize != dst.len() {
-        return Err(record.corrupt(format!(
-            "record holds {} raw bytes where {} are needed",
-            info.raw_len,
-            dst.len()
-        )));
+    let crypto = record.crypto;
+    if !crypto.is_encrypted() {
+        decode_into(info.codec, stored, dst).map_err(|reason| record.corrupt(reason))?;
+    } else if info.codec == Codec::None {
+        crypto
+            .unprotect_into(record.kind, info.codec, record.digest, stored, dst)
+            .map_err(|e| record.corrupt(e.to_string()))?;
+    } else {
+        let encoded = record.unprotect(&info, stored)?;
+        decode_into(info.codec, &encoded, dst).map_err(|reason| record.corrupt(reason))?;
     }
-    decode_into(info.codec, stored, dst).map_err(|reason| record.corrupt(reason))?;
     record.check_digest(dst)
-}
-
-/// Like [`read_object`], for a record already fetched ([`fetch_records`]).
-pub fn check_fetched(
-    fetched: Result<Vec<u8>>,
-    kind: ObjectKind,
-    digest: &[u8; 32],
-    entry: &ObjectEntry,
-) -> Result<()> {
-    let record = Record::fetched(kind, digest, entry, fetched)?;
-    let (info, stored) = record.check()?;
-    if info.codec == Codec::None {
-        return record.check_raw(&info, stored);
-    }
-    let raw = decompress(stored, info.raw_len).map_err(|reason| record.corrupt(reason))?;
-    record.check_digest(&raw)
 }
 
 /// Records of one pack whose ranges are at most this far apart are fetched with one read
@@ -327,18 +343,17 @@ fn fetch_wave(
 /// checks), for copying the object verbatim into another pack.
 pub fn read_stored(
     backend: &dyn Backend,
+    crypto: &RepoCrypto,
     kind: ObjectKind,
     digest: &[u8; 32],
     entry: &ObjectEntry,
 ) -> Result<(ObjectInfo, Vec<u8>)> {
-    let record = Record::read(backend, kind, digest, entry)?;
+    let record = Record::read(backend, crypto, kind, digest, entry)?;
     let (info, stored) = record.check()?;
-    match info.codec {
-        Codec::None => record.check_raw(&info, stored)?,
-        Codec::Zstd => {
-            let raw = decompress(stored, info.raw_len).map_err(|reason| record.corrupt(reason))?;
-            record.check_digest(&raw)?;
-        }
+    if info.codec == Codec::None && !crypto.is_encrypted() {
+        record.check_raw(&info, stored)?;
+    } else {
+        record.decode(&info, stored)?;
     }
     let mut stored = record.buf;
     stored.drain(..RECORD_HEADER_LEN);
@@ -347,6 +362,7 @@ pub fn read_stored(
 
 /// One record as read from its pack (header and stored bytes), with what it should be.
 struct Record<'a> {
+    crypto: &'a RepoCrypto,
     kind: ObjectKind,
     digest: &'a [u8; 32],
     entry: &'a ObjectEntry,
@@ -356,27 +372,30 @@ struct Record<'a> {
 impl<'a> Record<'a> {
     fn read(
         backend: &dyn Backend,
+        crypto: &'a RepoCrypto,
         kind: ObjectKind,
         digest: &'a [u8; 32],
         entry: &'a ObjectEntry,
     ) -> Result<Self> {
         if impossible_location(entry).is_some() {
-            return Self::fetched(kind, digest, entry, Ok(Vec::new()));
+            return Self::fetched(crypto, kind, digest, entry, Ok(Vec::new()));
         }
         let len = RECORD_HEADER_LEN + entry.stored_len as usize;
         let read = backend.get_range(&ObjectKey::pack(entry.pack), entry.offset, len);
-        Self::fetched(kind, digest, entry, read)
+        Self::fetched(crypto, kind, digest, entry, read)
     }
 
     /// A record from the bytes a read of its range returned (or how it failed); damaged
     /// whatever was read if the index gives a location no record can have.
     fn fetched(
+        crypto: &'a RepoCrypto,
         kind: ObjectKind,
         digest: &'a [u8; 32],
         entry: &'a ObjectEntry,
         read: Result<Vec<u8>>,
     ) -> Result<Self> {
         let record = |buf| Record {
+            crypto,
             kind,
             digest,
             entry,
@@ -433,6 +452,40 @@ impl<'a> Record<'a> {
         Ok((info, stored))
     }
 
+    /// Removes the record's protection (an encrypted repository's envelope): its encoded
+    /// bytes. Authentication binds kind, codec, raw length and id.
+    fn unprotect<'s>(
+        &self,
+        info: &ObjectInfo,
+        stored: &'s [u8],
+    ) -> Result<std::borrow::Cow<'s, [u8]>> {
+        self.crypto
+            .unprotect(self.kind, info.codec, info.raw_len, self.digest, stored)
+            .map_err(|e| self.corrupt(e.to_string()))
+    }
+
+    /// Unprotects and decodes the stored bytes, checks length and id: the raw bytes.
+    fn decode(&self, info: &ObjectInfo, stored: &[u8]) -> Result<Vec<u8>> {
+        let encoded = self.unprotect(info, stored)?;
+        let raw = match info.codec {
+            Codec::None => {
+                if encoded.len() != info.raw_len as usize {
+                    return Err(self.corrupt(format!(
+                        "decoded to {} bytes, expected {}",
+                        encoded.len(),
+                        info.raw_len
+                    )));
+                }
+                encoded.into_owned()
+            }
+            Codec::Zstd => {
+                decompress(&encoded, info.raw_len).map_err(|reason| self.corrupt(reason))?
+            }
+        };
+        self.check_digest(&raw)?;
+        Ok(raw)
+    }
+
     /// Checks a record stored raw: its length and its digest.
     fn check_raw(&self, info: &ObjectInfo, stored: &[u8]) -> Result<()> {
         if stored.len() != info.raw_len as usize {
@@ -445,12 +498,10 @@ impl<'a> Record<'a> {
         self.check_digest(stored)
     }
 
-    /// Checks that `raw` hashes to the digest that named the object.
+    /// Checks that `raw` hashes (plain SHA-256, or keyed) to the digest that named the
+    /// object.
     fn check_digest(&self, raw: &[u8]) -> Result<()> {
-        let actual = match self.kind {
-            ObjectKind::Chunk => ChunkDigest::of(raw).0,
-            ObjectKind::Page => PageDigest::of(raw).0,
-        };
+        let actual = self.crypto.ids().id(raw);
         if &actual == self.digest {
             Ok(())
         } else {
@@ -567,11 +618,13 @@ mod tests {
             }
             let digest = ChunkDigest::of(&raw);
             let (info, stored) = encode_object(
+                &RepoCrypto::plain(),
                 ObjectKind::Chunk,
                 digest,
                 &raw,
                 Compression::parse("zstd:1").unwrap(),
-            );
+            )
+            .unwrap();
             writer.append(&info, &stored).unwrap();
             raws.push((digest.0, raw));
         }
@@ -589,7 +642,15 @@ mod tests {
         assert_eq!(fetched.len(), chunks.len());
         for ((digest, raw, entry), got) in chunks.iter().zip(fetched) {
             let mut dst = vec![0u8; raw.len()];
-            decode_fetched_into(got, ObjectKind::Chunk, digest, entry, &mut dst).unwrap();
+            decode_fetched_into(
+                got,
+                &RepoCrypto::plain(),
+                ObjectKind::Chunk,
+                digest,
+                entry,
+                &mut dst,
+            )
+            .unwrap();
             assert!(dst == *raw, "chunk at {} decoded wrong", entry.offset);
         }
     }
@@ -627,7 +688,7 @@ mod tests {
         // check_fetched agrees with read_object on every record.
         let entries: Vec<ObjectEntry> = a.iter().map(|c| c.2).collect();
         for (c, got) in a.iter().zip(fetch_records(&backend, &entries)) {
-            check_fetched(got, ObjectKind::Chunk, &c.0, &c.2).unwrap();
+            check_fetched(got, &RepoCrypto::plain(), ObjectKind::Chunk, &c.0, &c.2).unwrap();
         }
     }
 
@@ -683,7 +744,7 @@ mod tests {
         let fetched = fetch_records(&backend, &entries);
         assert_eq!(reads(&backend).len(), 2);
         for (c, got) in asked.iter().zip(fetched) {
-            let v = check_fetched(got, ObjectKind::Chunk, &c.0, &c.2);
+            let v = check_fetched(got, &RepoCrypto::plain(), ObjectKind::Chunk, &c.0, &c.2);
             if c.2.pack == b[0].2.pack {
                 assert!(v.is_ok(), "{v:?}");
             } else {
@@ -712,7 +773,7 @@ mod tests {
         let verdicts: Vec<_> = a
             .iter()
             .zip(fetched)
-            .map(|(c, got)| check_fetched(got, ObjectKind::Chunk, &c.0, &c.2))
+            .map(|(c, got)| check_fetched(got, &RepoCrypto::plain(), ObjectKind::Chunk, &c.0, &c.2))
             .collect();
         assert!(verdicts[0].is_ok() && verdicts[1].is_ok(), "{verdicts:?}");
         for v in &verdicts[2..] {
@@ -723,14 +784,27 @@ mod tests {
         }
         // The same verdicts as reading one by one.
         for (c, v) in a.iter().zip(&verdicts) {
-            let one = read_object(&backend, ObjectKind::Chunk, &c.0, &c.2).map(|_| ());
+            let one = read_object(
+                &backend,
+                &RepoCrypto::plain(),
+                ObjectKind::Chunk,
+                &c.0,
+                &c.2,
+            )
+            .map(|_| ());
             assert_eq!(format!("{one:?}"), format!("{v:?}"));
         }
         // A missing pack: every record says the pack is missing.
         backend.delete(&key).unwrap();
         let backend = logged(dir.path(), usize::MAX);
         for got in fetch_records(&backend, &entries) {
-            let v = check_fetched(got, ObjectKind::Chunk, &a[0].0, &a[0].2);
+            let v = check_fetched(
+                got,
+                &RepoCrypto::plain(),
+                ObjectKind::Chunk,
+                &a[0].0,
+                &a[0].2,
+            );
             assert!(matches!(v, Err(Error::ObjectMissing { .. })), "{v:?}");
         }
     }
@@ -748,7 +822,7 @@ mod tests {
         let entries: Vec<ObjectEntry> = asked.iter().map(|c| c.2).collect();
         let fetched = fetch_records_in_waves(&backend, &entries, 150_000);
         for (c, got) in asked.iter().zip(fetched) {
-            check_fetched(got, ObjectKind::Chunk, &c.0, &c.2).unwrap();
+            check_fetched(got, &RepoCrypto::plain(), ObjectKind::Chunk, &c.0, &c.2).unwrap();
         }
         let waves = std::mem::take(&mut *backend.waves.lock().unwrap());
         // Two spans fit a wave of 150 000 bytes, three do not; the long record goes alone
@@ -782,15 +856,35 @@ mod tests {
         let fetched = fetch_records(&backend, &[a[0].2, far, huge]);
         let mut verdicts = fetched.into_iter();
         let first = verdicts.next().unwrap();
-        check_fetched(first, ObjectKind::Chunk, &a[0].0, &a[0].2).unwrap();
+        check_fetched(
+            first,
+            &RepoCrypto::plain(),
+            ObjectKind::Chunk,
+            &a[0].0,
+            &a[0].2,
+        )
+        .unwrap();
         assert_eq!(reads(&backend).len(), 1, "a read of an impossible range");
         for (bad, why) in [(far, "past any pack's end"), (huge, "a record may hold")] {
-            let v = check_fetched(verdicts.next().unwrap(), ObjectKind::Chunk, &a[1].0, &bad);
+            let v = check_fetched(
+                verdicts.next().unwrap(),
+                &RepoCrypto::plain(),
+                ObjectKind::Chunk,
+                &a[1].0,
+                &bad,
+            );
             assert!(
                 matches!(&v, Err(Error::ObjectCorrupt { reason, .. }) if reason.contains(why)),
                 "{v:?}"
             );
-            let one = read_object(&backend, ObjectKind::Chunk, &a[1].0, &bad).map(|_| ());
+            let one = read_object(
+                &backend,
+                &RepoCrypto::plain(),
+                ObjectKind::Chunk,
+                &a[1].0,
+                &bad,
+            )
+            .map(|_| ());
             assert_eq!(format!("{one:?}"), format!("{v:?}"));
         }
         assert_eq!(

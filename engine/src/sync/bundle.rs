@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use tessera_format::pack::FooterEntry;
 use tessera_format::{Compression, IdScheme, ManifestPage, ObjectKind, PackId, SnapshotId};
 
+use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
 use crate::location::RepoLocation;
@@ -73,6 +74,9 @@ pub fn export(
     std::fs::create_dir_all(out)
         .map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
     let flat = LocalBackend::flat(out);
+    if repo.crypto().is_encrypted() {
+        return Err(super::transfer::encrypted_not_supported(&repo.describe()));
+    }
     let selected = selection.select(&Catalog::snapshots(repo)?)?;
     let mut w = BundleWriter {
         repo,
@@ -182,7 +186,7 @@ impl BundleWriter<'_> {
                     kind,
                     digest: hex::encode(d),
                 })?;
-                read_stored(backend, kind, d, &e)
+                read_stored(backend, self.repo.crypto(), kind, d, &e)
             })
             .collect::<Result<_>>()?;
         for (info, stored) in objects {
@@ -238,12 +242,15 @@ impl Bundle {
         }
         // Every object decodes and hashes to its digest; pages are kept to check completeness.
         let all: Vec<(PackId, FooterEntry)> = objects.values().copied().collect();
+        // Bundles come from plain repositories only (export refuses an encrypted one).
+        let plain = RepoCrypto::plain();
         let page_digests: HashMap<[u8; 32], Vec<[u8; 32]>> = all
             .par_iter()
             .map(|(pack, e)| {
                 let name = format!("{pack}.pack");
                 let raw = read_object(
                     &flat,
+                    &plain,
                     e.info.kind,
                     &e.info.digest.0,
                     &ObjectEntry::found(*pack, e),
@@ -414,6 +421,7 @@ impl ObjectSource for Bundle {
             bytes += u64::from(e.info.stored_len);
             out.push(read_stored(
                 &self.flat,
+                &RepoCrypto::plain(),
                 kind,
                 d,
                 &ObjectEntry::found(*pack, e),
@@ -433,6 +441,7 @@ pub fn import(
     progress: &dyn Progress,
     recovered: &dyn Fn(&crate::recovery::Recovery),
 ) -> Result<SyncReport> {
+    super::transfer::refuse_encrypted(repo)?;
     let bundle = Bundle::open(bundle_dir, progress)?;
     if !repo.exists()? {
         let m = bundle.manifest();
@@ -450,9 +459,9 @@ pub fn import(
                 "the bundle's repository parameters are unusable ({e}); nothing was created"
             ),
         })?;
-        repo.init(opts)?;
+        repo.init(opts, None)?;
     }
-    let repo = repo.open_writer()?;
+    let repo = repo.open_writer(&crate::crypto::NoSecret)?;
     recovered(&repo.recovery);
     let mut sink = LocalSink::new(&repo, Publisher::Operator);
     super::transfer::transfer(&bundle, &mut sink, &Selection::default(), opts, progress)

@@ -111,13 +111,17 @@ pub fn sync_between(
         remote_src = remote(src)?;
         &remote_src
     } else {
-        local_src = repository(src)?.open()?;
+        let src = repository(src)?;
+        super::transfer::refuse_encrypted(&src)?;
+        local_src = src.open(&crate::crypto::NoSecret)?;
         &local_src
     };
     if is_remote(dst) {
         transfer(source, &mut remote(dst)?, selection, opts, progress)
     } else {
-        let dst = repository(dst)?.open_writer()?;
+        let dst = repository(dst)?;
+        super::transfer::refuse_encrypted(&dst)?;
+        let dst = dst.open_writer(&crate::crypto::NoSecret)?;
         recovered(&dst.recovery);
         super::sync(source, &dst, selection, opts, progress)
     }

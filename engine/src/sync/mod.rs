@@ -87,6 +87,11 @@ pub struct SyncOptions {
     pub bwlimit: Option<u64>,
     /// Threads checking objects (default: all cores).
     pub jobs: Option<usize>,
+    /// Read every page of a copied snapshot, not only those the destination lacks, and ask
+    /// for every chunk they name. A destination's page normally implies its chunks (pages
+    /// are stored after them); completing an uncatalogued snapshot file (`repair --from`)
+    /// cannot assume it: the page's pack may have been adopted while the chunks' was lost.
+    pub every_page: bool,
 }
 
 /// What a transfer did.

@@ -206,14 +206,26 @@ pub fn publish_checked(
     check_time(repo, &snapshot, publisher)?;
     let known = block_sizes(&Catalog::snapshots(repo)?);
     check_block_sizes(&known, &SnapshotSummary::of(id, &snapshot.header))?;
-    let refs = plan_refs(repo.index(), repo.backend(), &snapshot).map_err(|e| match e {
-        Error::SnapshotIncomplete { reason } => Error::UntrustedData {
-            from: from.clone(),
-            reason: format!("snapshot {id}: {reason}"),
+    let refs =
+        plan_refs(repo.index(), repo.backend(), repo.crypto(), &snapshot).map_err(|e| match e {
+            Error::SnapshotIncomplete { reason } => Error::UntrustedData {
+                from: from.clone(),
+                reason: format!("snapshot {id}: {reason}"),
+            },
+            other => other,
+        })?;
+    // Staging the counts is where a chunk the snapshot's new pages name, but that was never
+    // sent, shows up: the index is the record of what is stored, so that is the sender's
+    // fault (refused), not damage here.
+    publish_snapshot(repo, &snapshot, &refs).map_err(|e| match e {
+        Error::ObjectMissing { kind, digest } => Error::UntrustedData {
+            from,
+            reason: format!(
+                "snapshot {id} names {kind:?} {digest}, which was never stored here (send it before publishing); nothing was published"
+            ),
         },
         other => other,
-    })?;
-    publish_snapshot(repo, &snapshot, &refs)
+    })
 }
 
 /// `(series, disk) → block size` of a catalog.

@@ -101,7 +101,13 @@ impl ObjectSource for Repository {
                 break;
             }
             bytes += u64::from(entry.stored_len);
-            out.push(read_stored(self.backend(), kind, digest, &entry)?);
+            out.push(read_stored(
+                self.backend(),
+                self.crypto(),
+                kind,
+                digest,
+                &entry,
+            )?);
         }
         Ok(out)
     }

@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 
-use tessera_format::{ChunkDigest, ManifestPage, ObjectKind, PageDigest, SnapshotId};
+use tessera_format::{ChunkDigest, IdScheme, ManifestPage, ObjectKind, PageDigest, SnapshotId};
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -34,6 +34,28 @@ use super::{Selection, SyncOptions, SyncReport};
 pub const QUERY_BATCH: usize = 4096;
 /// Digests per object request (the source may return fewer).
 pub const FETCH_BATCH: usize = 1024;
+
+/// Sync, seed bundles, `repair --from` and `serve` of encrypted repositories are not built
+/// yet (SPEC.md §23.7): refused before anything is copied or served.
+pub fn encrypted_not_supported(location: &str) -> Error {
+    Error::Refused {
+        reason: format!(
+            "{location} is encrypted: sync, seed bundles, repair --from and serve do not handle encrypted repositories yet (SPEC.md §23.7); nothing was copied"
+        ),
+    }
+}
+
+/// Refuses the repository at `location` if it is encrypted ([`encrypted_not_supported`]),
+/// before anything asks for its key; a location that is not a repository (or cannot be
+/// read now) is left for the open that follows to report.
+pub fn refuse_encrypted(location: &crate::location::RepoLocation) -> Result<()> {
+    match location.storage().and_then(|s| s.read_config()) {
+        Ok(config) if config.encryption.is_encrypted() => {
+            Err(encrypted_not_supported(&location.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Copies the selected snapshots (see the module docs).
 pub fn transfer(
@@ -51,6 +73,9 @@ pub fn transfer(
             theirs: src.describe(),
             their_scheme: src_scheme,
         });
+    }
+    if src_scheme == IdScheme::HmacSha256 {
+        return Err(encrypted_not_supported(&src.describe()));
     }
     let selected = selection.select(&src.snapshots()?)?;
     let dst_catalog = dst.snapshots()?;
@@ -71,6 +96,7 @@ pub fn transfer(
         },
         progress,
         count_only: opts.dry_run,
+        every_page: opts.every_page,
         pool: super::pool(opts.jobs)?,
     };
     for summary in &selected {
@@ -90,6 +116,7 @@ struct Run<'a> {
     report: SyncReport,
     progress: &'a dyn Progress,
     count_only: bool,
+    every_page: bool,
     pool: Option<rayon::ThreadPool>,
 }
 
@@ -133,14 +160,19 @@ impl Run<'_> {
             .filter(|p| seen.insert(*p))
             .collect();
         let missing_pages = self.missing(dst, ObjectKind::Page, &pages)?;
-        let mut new_pages = Vec::new();
-        self.fetch(ObjectKind::Page, &missing_pages, &mut |got| {
-            new_pages.extend(got);
+        let mut read_pages = Vec::new();
+        let to_read = if self.every_page {
+            &pages
+        } else {
+            &missing_pages
+        };
+        self.fetch(ObjectKind::Page, to_read, &mut |got| {
+            read_pages.extend(got);
             Ok(())
         })?;
         let mut seen_chunks = HashSet::new();
         let mut chunks = Vec::new();
-        for page in &new_pages {
+        for page in &read_pages {
             let raw = page.raw_page.as_deref().unwrap_or_default();
             let decoded = ManifestPage::decode(raw).map_err(|e| Error::UntrustedData {
                 from: self.from.clone(),
@@ -179,6 +211,11 @@ impl Run<'_> {
                 progress.advance(got.iter().map(|c| u64::from(c.info.raw_len)).sum());
                 dst.put(ObjectKind::Chunk, got)
             })?;
+            let lacking: HashSet<[u8; 32]> = missing_pages.into_iter().collect();
+            let new_pages = read_pages
+                .into_iter()
+                .filter(|p| lacking.contains(&p.info.digest.0))
+                .collect();
             dst.put(ObjectKind::Page, new_pages)?;
             dst.publish(&bytes)?;
         }

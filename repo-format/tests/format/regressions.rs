@@ -68,6 +68,7 @@ fn reserved_fields_must_be_zero() {
         default_block_size: 1 << 20,
         page_entries: 512,
         created_at_us: 0,
+        encryption: tessera_format::Encryption::None,
     };
     let mut bytes = config.encode().unwrap();
     bytes[31] = 1;
@@ -76,7 +77,7 @@ fn reserved_fields_must_be_zero() {
         RepoConfig::decode(&bytes),
         Err(DecodeError::ReservedNotZero {
             what: "config",
-            offset: 30
+            offset: 31
         })
     );
 

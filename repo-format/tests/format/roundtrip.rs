@@ -23,6 +23,7 @@ proptest! {
 
     #[test]
     fn config_rejects_any_single_bit_flip(c in config(), bit in 0usize..(56 * 8)) {
+        // (56 bytes: the whole of a format-1 config, all but the fingerprint of a format-2 one)
         let mut bytes = c.encode().unwrap();
         bytes[bit / 8] ^= 1 << (bit % 8);
         prop_assert!(RepoConfig::decode(&bytes).is_err());
@@ -120,12 +121,13 @@ fn future_versions_are_refused_by_name() {
         default_block_size: 1 << 20,
         page_entries: 512,
         created_at_us: 0,
+        encryption: tessera_format::Encryption::None,
     };
     let mut bytes = c.encode().unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     assert!(matches!(
         RepoConfig::decode(&bytes),
-        Err(DecodeError::UnsupportedVersion { version: 2, .. })
+        Err(DecodeError::UnsupportedVersion { version: 3, .. })
     ));
     let mut header = encode_pack_header();
     header[8..12].copy_from_slice(&9u32.to_le_bytes());

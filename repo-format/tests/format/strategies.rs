@@ -26,11 +26,16 @@ pub fn config() -> impl Strategy<Value = RepoConfig> {
         1i32..=19,
         16u32..=65536,
         any::<i64>(),
+        prop::option::of(any::<[u8; 16]>()),
     )
-        .prop_map(|(id, shift, zstd, level, pe, t)| RepoConfig {
-            format_version: 1,
+        .prop_map(|(id, shift, zstd, level, pe, t, key)| RepoConfig {
+            format_version: if key.is_some() { 2 } else { 1 },
             repo_id: RepoId(id),
-            id_scheme: IdScheme::Sha256,
+            id_scheme: if key.is_some() {
+                IdScheme::HmacSha256
+            } else {
+                IdScheme::Sha256
+            },
             compression: if zstd {
                 Compression {
                     codec: Codec::Zstd,
@@ -45,6 +50,10 @@ pub fn config() -> impl Strategy<Value = RepoConfig> {
             default_block_size: 1 << shift,
             page_entries: pe,
             created_at_us: t,
+            encryption: match key {
+                Some(fingerprint) => tessera_format::Encryption::Aes256Gcm { fingerprint },
+                None => tessera_format::Encryption::None,
+            },
         })
 }
 

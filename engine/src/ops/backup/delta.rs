@@ -20,7 +20,7 @@ use tessera_format::manifest::{block_count, page_count};
 use tessera_format::{ChunkDigest, ObjectKind};
 
 use crate::error::{Error, Result};
-use crate::ops::backup::disk::{digest_of, BlockItem, DiskBackup, BATCH_BYTES};
+use crate::ops::backup::disk::{BlockItem, DiskBackup, BATCH_BYTES};
 use crate::ops::backup::reference::ReferenceManifest;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -96,7 +96,8 @@ impl DiskBackup<'_, '_> {
                 self.stats.bytes_read += read;
                 contents.push(data);
             }
-            let digests: Vec<ChunkDigest> = contents.par_iter().map(|d| digest_of(d)).collect();
+            let ids = repo.crypto();
+            let digests: Vec<ChunkDigest> = contents.par_iter().map(|d| ids.chunk_id(d)).collect();
             let items: Vec<BlockItem<'_>> = group
                 .iter()
                 .zip(&digests)

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use rayon::prelude::*;
 use tessera_format::{
-    is_all_zero, ChunkDigest, DiskStats, ManifestPage, ObjectInfo, ObjectKind, PageDigest,
+    ChunkDigest, Codec, Compression, DiskStats, ManifestPage, ObjectInfo, ObjectKind, PageDigest,
 };
 
 use crate::error::{Error, Result};
@@ -30,15 +30,6 @@ pub const BATCH_BYTES: u64 = 8 << 20;
 
 /// Drift offsets kept in the report and the snapshot record (the count is always exact).
 pub const MAX_DRIFT_OFFSETS: usize = 64;
-
-/// The digest of a block's content (all-zero blocks get [`ChunkDigest::ZERO`]).
-pub fn digest_of(block: &[u8]) -> ChunkDigest {
-    if is_all_zero(block) {
-        ChunkDigest::ZERO
-    } else {
-        ChunkDigest::of(block)
-    }
-}
 
 /// One block with its content, ready to be stored.
 pub struct BlockItem<'b> {
@@ -180,8 +171,13 @@ impl DiskBackup<'_, '_> {
         for &i in &prepared.damaged {
             let Some(it) = items.get(i) else { continue };
             if self.checked.insert(it.digest) {
-                let (info, stored) =
-                    encode_object(ObjectKind::Chunk, it.digest, it.data, compression);
+                let (info, stored) = encode_object(
+                    self.repo.crypto(),
+                    ObjectKind::Chunk,
+                    it.digest,
+                    it.data,
+                    compression,
+                )?;
                 self.heal.push((info, stored.into_owned()));
                 self.healed += 1;
             }
@@ -219,16 +215,18 @@ impl DiskBackup<'_, '_> {
         let page = ManifestPage {
             digests: std::mem::take(&mut self.page),
         };
-        let (digest, bytes) = page
-            .encode_with_digest()
+        let bytes = page
+            .encode()
             .map_err(|e| Error::Internal(format!("encoding a manifest page: {e}")))?;
+        let digest = self.repo.crypto().ids().page(&bytes);
         if self.count_page(digest, || Ok(page.digests.clone()))? {
             let (info, stored) = encode_object(
+                self.repo.crypto(),
                 ObjectKind::Page,
                 ChunkDigest(digest.0),
                 &bytes,
                 self.repo.config().compression,
-            );
+            )?;
             self.session.add(&info, &stored)?;
         }
         self.roots.push(digest);
@@ -281,7 +279,8 @@ pub struct EncodedChunk {
     pub info: ObjectInfo,
     /// The item (block) it encodes.
     pub item: usize,
-    /// Its compressed bytes in [`PreparedChunks::arena`]; `None`: stored raw (the item's
+    /// Its stored bytes in [`PreparedChunks::arena`] (compressed, and sealed in an
+    /// encrypted repository); `None`: stored raw (the item's
     /// own bytes, not copied).
     pub compressed: Option<std::ops::Range<usize>>,
 }
@@ -378,7 +377,13 @@ pub fn prepare_chunks(
             .with_min_len(cores.min_len())
             .filter_map(|(i, entry)| entry.as_ref().map(|e| (*i, e)))
             .map(|(i, entry)| {
-                match read_object(backend, ObjectKind::Chunk, &items[i].digest.0, entry) {
+                match read_object(
+                    backend,
+                    repo.crypto(),
+                    ObjectKind::Chunk,
+                    &items[i].digest.0,
+                    entry,
+                ) {
                     Ok(_) => Ok((i, true)),
                     Err(
                         Error::ObjectCorrupt { .. }
@@ -397,13 +402,10 @@ pub fn prepare_chunks(
             }
         }
     }
-    // One slot per new chunk, as long as the longest block: jobs compress side by side.
-    let slot = items
-        .iter()
-        .map(|it| it.data.len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
+    // One slot per new chunk, as long as the longest block plus the envelope of an
+    // encrypted repository: jobs compress (and seal) side by side.
+    let longest = items.iter().map(|it| it.data.len()).max().unwrap_or(0);
+    let slot = (longest + repo.crypto().overhead()).max(1);
     let needed = slot * new.len();
     if out.arena.len() < needed {
         out.arena.resize(needed, 0);
@@ -414,25 +416,62 @@ pub fn prepare_chunks(
         .zip(new.par_iter())
         .enumerate()
         .map(|(n, (room, (i, _)))| {
-            let it = &items[*i];
-            let compressed = compress_into(it.data, compression, room);
-            let stored = compressed.map_or(it.data, |len| &room[..len]);
-            let info = stored_info(
-                ObjectKind::Chunk,
-                it.digest,
-                it.data.len(),
-                stored,
-                compressed.is_some(),
-            );
-            let start = n * slot;
-            EncodedChunk {
-                info,
-                item: *i,
-                compressed: compressed.map(|len| start..start + len),
-            }
+            encode_new(repo, compression, &items[*i], *i, room, (n * slot, longest))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(out)
+}
+
+/// Encodes new chunk `it` (item `item`) into its arena slot `room`, which starts at
+/// `start` in the arena and has room for the `longest` block plus the envelope: compressed
+/// when that helps, sealed in place in an encrypted repository.
+fn encode_new(
+    repo: &Repository,
+    compression: Compression,
+    it: &BlockItem<'_>,
+    item: usize,
+    room: &mut [u8],
+    (start, longest): (usize, usize),
+) -> Result<EncodedChunk> {
+    let crypto = repo.crypto();
+    let at = crypto.payload_offset();
+    let compressed = compress_into(it.data, compression, &mut room[at..at + longest]);
+    let codec = if compressed.is_some() {
+        Codec::Zstd
+    } else {
+        Codec::None
+    };
+    if !crypto.is_encrypted() {
+        let stored = compressed.map_or(it.data, |len| &room[..len]);
+        let info = stored_info(ObjectKind::Chunk, it.digest, it.data.len(), codec, stored);
+        return Ok(EncodedChunk {
+            info,
+            item,
+            compressed: compressed.map(|len| start..start + len),
+        });
+    }
+    // Encrypted: the encoded bytes go into the slot after the envelope's prefix and are
+    // sealed in place; the stored form is always in the arena.
+    let len = compressed.unwrap_or_else(|| {
+        room[at..at + it.data.len()].copy_from_slice(it.data);
+        it.data.len()
+    });
+    let raw_len = it.data.len() as u32;
+    let stored_len = crypto
+        .protect_in_place(ObjectKind::Chunk, codec, raw_len, &it.digest.0, room, len)
+        .map_err(|e| Error::Internal(format!("sealing chunk {}: {e}", it.digest)))?;
+    let info = stored_info(
+        ObjectKind::Chunk,
+        it.digest,
+        it.data.len(),
+        codec,
+        &room[..stored_len],
+    );
+    Ok(EncodedChunk {
+        info,
+        item,
+        compressed: Some(start..start + stored_len),
+    })
 }
 
 /// Whether `[start, end)` overlaps any of the sorted, disjoint `extents`.

@@ -23,7 +23,7 @@ use tessera_format::ChunkDigest;
 
 use crate::error::{Error, Result};
 use crate::ops::backup::disk::{
-    digest_of, prepare_chunks, BlockItem, Cores, DiskBackup, PreparedChunks, BATCH_BYTES,
+    prepare_chunks, BlockItem, Cores, DiskBackup, PreparedChunks, BATCH_BYTES,
 };
 use crate::ops::backup::reference::ReferenceManifest;
 use crate::progress::Progress;
@@ -50,7 +50,8 @@ fn prepare_batch(
     references: Vec<Option<ChunkDigest>>,
 ) -> Result<Prepared> {
     let read = source.read_at(offset, &mut buf)?;
-    let digests: Vec<ChunkDigest> = buf.chunks(bs as usize).map(digest_of).collect();
+    let ids = repo.crypto();
+    let digests: Vec<ChunkDigest> = buf.chunks(bs as usize).map(|b| ids.chunk_id(b)).collect();
     let chunks = {
         let items = items_of(first_block, bs, &buf, &digests, &references);
         prepare_chunks(repo, &items, (key, Cores::One), |_| false, arena)?

@@ -343,6 +343,7 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
         let location = self.location(block, r)?;
         read_object_into(
             self.repo.backend(),
+            self.repo.crypto(),
             ObjectKind::Chunk,
             &r.digest.0,
             &location,
@@ -396,8 +397,15 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
                 None => self.read_block_into(block, r, dst),
                 Some((bytes, location)) => {
                     self.check_dst(block, dst)?;
-                    decode_fetched_into(bytes, ObjectKind::Chunk, &r.digest.0, &location, dst)
-                        .map_err(|e| self.at_block(block, e))
+                    decode_fetched_into(
+                        bytes,
+                        self.repo.crypto(),
+                        ObjectKind::Chunk,
+                        &r.digest.0,
+                        &location,
+                        dst,
+                    )
+                    .map_err(|e| self.at_block(block, e))
                 }
             })
     }
@@ -411,6 +419,7 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
             let location = self.location(block, r)?;
             let raw = read_object(
                 self.repo.backend(),
+                self.repo.crypto(),
                 ObjectKind::Chunk,
                 &r.digest.0,
                 &location,

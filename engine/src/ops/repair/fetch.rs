@@ -5,11 +5,9 @@
 use std::path::PathBuf;
 
 use tessera_format::manifest::{block_count, entries_in_page};
-use tessera_format::{
-    is_all_zero, ChunkDigest, ManifestPage, ObjectInfo, ObjectKind, PageDigest, Snapshot,
-    SnapshotId,
-};
+use tessera_format::{ChunkDigest, ManifestPage, ObjectInfo, ObjectKind, Snapshot, SnapshotId};
 
+use crate::crypto::RepoCrypto;
 use crate::ops::damage::DamagedRange;
 use crate::repo::Repository;
 use crate::sources::raw::RawSource;
@@ -45,7 +43,7 @@ pub(super) fn from_images(
                 }
                 let mut buf = vec![0u8; len as usize];
                 if source.read_at(range.offset, &mut buf).is_err()
-                    || ChunkDigest::of(&buf).0 != *digest
+                    || repo.crypto().chunk_id(&buf).0 != *digest
                 {
                     continue;
                 }
@@ -53,6 +51,7 @@ pub(super) fn from_images(
             }
             ObjectKind::Page => {
                 let Some(encoded) = page_from_image(
+                    repo.crypto(),
                     source,
                     disk.size,
                     disk.block_size,
@@ -61,14 +60,21 @@ pub(super) fn from_images(
                 ) else {
                     continue;
                 };
-                if PageDigest::of(&encoded).0 != *digest {
+                if repo.crypto().ids().page(&encoded).0 != *digest {
                     continue;
                 }
                 encoded
             }
         };
-        let (info, stored) =
-            encode_object(kind, ChunkDigest(*digest), &raw, repo.config().compression);
+        let Ok((info, stored)) = encode_object(
+            repo.crypto(),
+            kind,
+            ChunkDigest(*digest),
+            &raw,
+            repo.config().compression,
+        ) else {
+            continue;
+        };
         return Some((
             info,
             stored.into_owned(),
@@ -80,6 +86,7 @@ pub(super) fn from_images(
 
 /// Recomputes the encoded manifest page starting at byte `offset` of a disk from an image.
 fn page_from_image(
+    crypto: &RepoCrypto,
     source: &RawSource,
     size: u64,
     block_size: u32,
@@ -102,11 +109,7 @@ fn page_from_image(
         let len = bs.min(size - at) as usize;
         source.read_at(at, &mut buf[..len]).ok()?;
         let block = &buf[..len];
-        digests.push(if is_all_zero(block) {
-            ChunkDigest::ZERO
-        } else {
-            ChunkDigest::of(block)
-        });
+        digests.push(crypto.chunk_id(block));
     }
     ManifestPage { digests }.encode().ok()
 }

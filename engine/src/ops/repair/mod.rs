@@ -12,6 +12,11 @@
 //!    chunk, the block at each range that needs it is read from the image and hashed; for a
 //!    page, the page is recomputed from the image's blocks and hashed). Only a copy whose
 //!    digest matches is stored.
+//! 0. With `--from OTHER`, a stored snapshot file this catalog does not list (it names
+//!    objects this repository lacks, §9) that OTHER catalogues is completed first: what it
+//!    names and this repository lacks is copied from OTHER and the file catalogued, through
+//!    the one path `sync` uses ([`crate::sync::transfer::transfer`]), so its crash reasoning
+//!    is sync's (packs sealed before the snapshot is catalogued).
 //! 4. The check runs again; the report says what was repaired (from where), what was
 //!    re-homed and quarantined, and what could not be recovered (with its ranges).
 //!
@@ -37,6 +42,7 @@ mod fetch;
 pub mod request;
 mod round;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -49,8 +55,12 @@ use crate::ops::damage::{DamagedObject, DamagedPack};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::serde_ids;
+use crate::snapshot_ref::SnapshotRef;
 use crate::sources::raw::RawSource;
 use crate::store::quarantine;
+use crate::sync::sink::{LocalSink, Publisher};
+use crate::sync::transfer::transfer;
+use crate::sync::{Selection, SyncOptions};
 
 use round::{round, MAX_ROUNDS};
 
@@ -99,6 +109,9 @@ pub struct RepairReport {
     /// Uncatalogued snapshot files that could not be moved (unreadable), with why: only an
     /// operator can remove them (compaction refuses while they exist).
     pub snapshots_not_quarantined: Vec<(String, String)>,
+    /// Uncatalogued snapshot files completed from `--from OTHER` and catalogued (step 0).
+    #[serde(serialize_with = "serde_ids::hex_list")]
+    pub snapshots_completed: Vec<SnapshotId>,
     /// Packs whose file was already gone: dropped from the catalog.
     #[serde(serialize_with = "serde_ids::hex_list")]
     pub missing_packs: Vec<PackId>,
@@ -133,6 +146,11 @@ pub fn check_compatible(repo: &Repository, other: &Repository) -> Result<()> {
             their_scheme: other.config().id_scheme,
         });
     }
+    if other.crypto().is_encrypted() {
+        return Err(crate::sync::transfer::encrypted_not_supported(
+            &other.describe(),
+        ));
+    }
     Ok(())
 }
 
@@ -155,13 +173,16 @@ pub fn repair(
         // The writer's recovery catalogued every file it could when the repository opened.
         for id in repo.uncatalogued_snapshots()? {
             // A file that cannot be read cannot be copied: reported, the repair goes on.
-            match crate::recovery::quarantine_snapshot(repo.backend(), id) {
+            match crate::recovery::quarantine_snapshot(repo.backend(), repo.crypto(), id) {
                 Ok(()) => report.snapshots_quarantined.push(id),
                 Err(e) => report
                     .snapshots_not_quarantined
                     .push((id.to_hex(), e.to_string())),
             }
         }
+    }
+    if let Some(other) = sources.other {
+        report.snapshots_completed = complete_uncatalogued(repo, other, progress)?;
     }
     let mut last = check(repo, true, progress)?;
     report.damaged_found = last.damaged.len();
@@ -203,4 +224,44 @@ pub fn repair(
     report.unrecoverable = last.damaged;
     report.problems = last.problems;
     Ok(report)
+}
+
+/// Step 0: the uncatalogued snapshot files of `repo` that `other` catalogues, completed
+/// from `other` and catalogued. Returns their ids.
+fn complete_uncatalogued(
+    repo: &Repository,
+    other: &Repository,
+    progress: &dyn Progress,
+) -> Result<Vec<SnapshotId>> {
+    let theirs: HashSet<SnapshotId> = other
+        .index()
+        .snapshots()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let wanted: Vec<SnapshotRef> = repo
+        .uncatalogued_snapshots()?
+        .into_iter()
+        .filter(|id| theirs.contains(id))
+        .map(|id| SnapshotRef::Prefix(id.to_hex()))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let selection = Selection {
+        snapshots: wanted,
+        ..Selection::default()
+    };
+    let mut sink = LocalSink::new(repo, Publisher::Operator);
+    let copied = transfer(
+        other,
+        &mut sink,
+        &selection,
+        &SyncOptions {
+            every_page: true,
+            ..SyncOptions::default()
+        },
+        progress,
+    )?;
+    Ok(copied.snapshots_copied)
 }

@@ -103,7 +103,14 @@ impl RepairRequest {
                 disks.into_iter().collect::<Vec<_>>().join(", ")
             )));
         }
-        let other = self.from.as_ref().map(RepoLocation::open).transpose()?;
+        if let Some(from) = self.from.as_ref() {
+            crate::sync::transfer::refuse_encrypted(from)?;
+        }
+        let other = self
+            .from
+            .as_ref()
+            .map(|from| from.open(&crate::crypto::NoSecret))
+            .transpose()?;
         let sources = RepairSources {
             other: other.as_ref(),
             images: self

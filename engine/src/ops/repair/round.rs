@@ -76,6 +76,7 @@ pub(super) fn round(
     let expected = expected_counts_of(
         repo.index(),
         repo.backend(),
+        repo.crypto(),
         snapshots.iter().map(|(_, s)| s),
     )?;
 
@@ -134,7 +135,9 @@ pub(super) fn round(
         progress.advance(1);
         if entry.refcount == 0 && !wanted.contains_key(&(*kind, *digest)) {
             if keep_unreferenced {
-                if let Ok((info, stored)) = read_stored(repo.backend(), *kind, digest, entry) {
+                if let Ok((info, stored)) =
+                    read_stored(repo.backend(), repo.crypto(), *kind, digest, entry)
+                {
                     out.append(*kind, *digest, *entry, &info, &stored)?;
                     report.rehomed += 1;
                     continue;
@@ -143,7 +146,7 @@ pub(super) fn round(
             deletes.push((*kind, *digest));
             continue;
         }
-        match read_stored(repo.backend(), *kind, digest, entry) {
+        match read_stored(repo.backend(), repo.crypto(), *kind, digest, entry) {
             Ok((info, stored)) => {
                 out.append(*kind, *digest, *entry, &info, &stored)?;
                 report.rehomed += 1;
@@ -171,7 +174,9 @@ pub(super) fn round(
         let mut found = None;
         if let Some(other) = other {
             if let Some(e) = other.index().get_object(*kind, digest)? {
-                if let Ok((info, stored)) = read_stored(other.backend(), *kind, digest, &e) {
+                if let Ok((info, stored)) =
+                    read_stored(other.backend(), other.crypto(), *kind, digest, &e)
+                {
                     found = Some((info, stored, format!("repository {}", other.describe())));
                 }
             }

@@ -49,6 +49,13 @@ impl AuditLog {
         }
     }
 
+    /// A line that is not a request's: `{"time", "event", "note"}` (for example what a
+    /// writer's recovery did).
+    pub fn event(&self, event: &str, note: &str) {
+        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        self.write(&serde_json::json!({ "time": time, "event": event, "note": note }));
+    }
+
     fn write(&self, line: &serde_json::Value) {
         let mut text = line.to_string();
         text.push('\n');

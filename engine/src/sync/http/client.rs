@@ -520,7 +520,14 @@ mod tests {
             codec: Codec::Zstd,
             level: 2,
         };
-        let (info, stored) = encode_object(ObjectKind::Chunk, ChunkDigest::of(&raw), &raw, zstd);
+        let (info, stored) = encode_object(
+            &crate::crypto::RepoCrypto::plain(),
+            ObjectKind::Chunk,
+            ChunkDigest::of(&raw),
+            &raw,
+            zstd,
+        )
+        .unwrap();
         let object = CheckedObject {
             info,
             stored: stored.into_owned(),

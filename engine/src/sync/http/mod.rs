@@ -43,4 +43,6 @@ pub mod service;
 pub mod tls;
 #[cfg(feature = "repository")]
 pub mod tokens;
+#[cfg(feature = "repository")]
+pub mod visible;
 pub mod wire;

@@ -5,7 +5,7 @@
 //! before the body is read; what depends on the repository (the series of a snapshot file,
 //! the series a published snapshot names, a quota) is decided here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tessera_format::pack::RECORD_HEADER_LEN;
 use tessera_format::{ObjectKind, Snapshot, SnapshotId};
 
+use crate::crypto::NoSecret;
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::{RepoStorage, Repository};
 use crate::storage::ObjectKey;
@@ -20,8 +21,10 @@ use crate::sync::checked::check_batch;
 use crate::sync::sink::{publish_checked, LocalSink, ObjectSink, Publisher};
 use crate::sync::source::{Catalog, ObjectSource};
 
+use super::audit::AuditLog;
 use super::quota::Usage;
 use super::tokens::{Role, TokenEntry};
+use super::visible::VisiblePages;
 use super::wire::{
     decode_digests, decode_records, encode_record, parse_kind, MAX_ANSWER_BYTES, MAX_GET_DIGESTS,
     MAX_HAVE_DIGESTS, MAX_PUT_BYTES, MAX_PUT_RAW_BYTES,
@@ -175,16 +178,42 @@ pub struct ServingState {
     /// When a `backup` token last published into each series, on this server's clock
     /// (entries older than the interval are dropped).
     last_publish: HashMap<String, Instant>,
+    /// The pages each series-scoped token may fetch ([`VisiblePages`]).
+    visible_pages: VisiblePages,
+    /// Where what a writer's recovery did is told, and the lasting findings told last.
+    audit: AuditLog,
+    last_recovery_note: Option<String>,
 }
 
 impl ServingState {
     /// State with these quota counts and publish interval.
-    pub fn new(usage: Option<Usage>, min_publish_interval: Duration) -> Self {
+    pub fn new(usage: Option<Usage>, min_publish_interval: Duration, audit: AuditLog) -> Self {
         Self {
             usage,
             min_publish_interval,
             last_publish: HashMap::new(),
+            visible_pages: VisiblePages::default(),
+            audit,
+            last_recovery_note: None,
         }
+    }
+
+    /// Opens `root` for writing and tells the audit log what its recovery did. A lasting
+    /// state recovery only found (an uncatalogued snapshot file naming a lost pack, an
+    /// unreadable pack) is told when it changes, not on every request. What recovery costs is bounded
+    /// by the repository's own state (staged files, unadopted packs, uncatalogued snapshot
+    /// files), which only writers on the server's machine and earlier puts create, never by
+    /// what one request asks.
+    fn open_writer(&mut self, root: &RepoStorage) -> Result<Repository, Refusal> {
+        let repo = Repository::open_writer_on(root.clone(), &NoSecret).map_err(fail)?;
+        let lasting = repo.recovery.lasting().summary();
+        if repo.recovery.acted() || lasting != self.last_recovery_note {
+            if let Some(note) = repo.recovery.summary() {
+                self.audit.event("recovery", &note);
+            }
+        }
+        self.last_recovery_note = lasting;
+        Ok(repo)
     }
 
     /// How much longer a `backup` token must wait before publishing into `series`.
@@ -260,7 +289,7 @@ fn handle(job: &Job, root: &RepoStorage, state: &mut ServingState) -> Reply {
             ))
         }
         Endpoint::Snapshots => {
-            let repo = Repository::open_on(root.clone()).map_err(fail)?;
+            let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
             let list: Vec<serde_json::Value> = Catalog::snapshots(&repo)
                 .map_err(fail)?
                 .into_iter()
@@ -275,7 +304,7 @@ fn handle(job: &Job, root: &RepoStorage, state: &mut ServingState) -> Reply {
             Ok(json(&serde_json::Value::from(list)))
         }
         Endpoint::Snapshot(id) => {
-            let repo = Repository::open_on(root.clone()).map_err(fail)?;
+            let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
             let visible = repo
                 .index()
                 .snapshots()
@@ -292,15 +321,15 @@ fn handle(job: &Job, root: &RepoStorage, state: &mut ServingState) -> Reply {
         }
         Endpoint::Have(kind) => {
             let digests = decode_digests(body, MAX_HAVE_DIGESTS, CLIENT).map_err(fail)?;
-            let repo = Repository::open_on(root.clone()).map_err(fail)?;
+            let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
             let have = repo.index().contains_many(kind, &digests).map_err(fail)?;
             Ok(have.into_iter().map(u8::from).collect())
         }
         Endpoint::Get(kind) => {
             let digests = decode_digests(body, MAX_GET_DIGESTS, CLIENT).map_err(fail)?;
-            let repo = Repository::open_on(root.clone()).map_err(fail)?;
+            let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
             if kind == ObjectKind::Page {
-                pages_visible(&repo, token, &digests)?;
+                pages_visible(&repo, token, &digests, &mut state.visible_pages)?;
             }
             let mut out = Vec::new();
             for o in repo.get_objects(kind, &digests).map_err(fail)? {
@@ -309,7 +338,7 @@ fn handle(job: &Job, root: &RepoStorage, state: &mut ServingState) -> Reply {
             debug_assert!(out.len() as u64 <= MAX_ANSWER_BYTES);
             Ok(out)
         }
-        Endpoint::Put(kind) => put(root, token, kind, body, state.usage.as_mut()),
+        Endpoint::Put(kind) => put(root, token, kind, body, state),
         Endpoint::Publish => publish(root, token, body, state),
     }
 }
@@ -318,18 +347,16 @@ fn handle(job: &Job, root: &RepoStorage, state: &mut ServingState) -> Reply {
 /// series `token` covers: a token limited to some series must not read the manifest pages
 /// (the block maps) of other series. Chunks are not limited this way: a chunk is fetched by
 /// the SHA-256 of its content, which only a page naming it or the content itself tells.
-fn pages_visible(repo: &Repository, token: &TokenEntry, digests: &[[u8; 32]]) -> Reply {
+fn pages_visible(
+    repo: &Repository,
+    token: &TokenEntry,
+    digests: &[[u8; 32]],
+    visible: &mut VisiblePages,
+) -> Reply {
     if token.role == Role::Admin || token.series == "*" {
         return Ok(Vec::new());
     }
-    let mut visible = HashSet::new();
-    for (id, header) in repo.index().snapshots().map_err(fail)? {
-        if token.covers(&header.series) {
-            let snapshot = repo.load_snapshot(id).map_err(fail)?;
-            visible.extend(snapshot.roots.iter().flatten().map(|p| p.0));
-        }
-    }
-    match digests.iter().find(|d| !visible.contains(*d)) {
+    match visible.first_hidden(repo, token, digests).map_err(fail)? {
         None => Ok(Vec::new()),
         Some(d) => Err(Refusal::new(
             404,
@@ -349,7 +376,7 @@ fn put(
     token: &TokenEntry,
     kind: ObjectKind,
     body: &[u8],
-    usage: Option<&mut Usage>,
+    state: &mut ServingState,
 ) -> Reply {
     let records = decode_records(body, kind, CLIENT).map_err(fail)?;
     // Decoding is bounded by what the records claim: refuse a request that claims more raw
@@ -364,7 +391,7 @@ fn put(
     let digests: Vec<[u8; 32]> = records.iter().map(|(i, _)| i.digest.0).collect();
     let checked = check_batch("the client", kind, &digests, records).map_err(fail)?;
     let stored = checked.len();
-    let repo = Repository::open_writer_on(root.clone()).map_err(fail)?;
+    let repo = state.open_writer(root)?;
     let held = repo.index().contains_many(kind, &digests).map_err(fail)?;
     let mut seen = std::collections::HashSet::new();
     let new_bytes: u64 = checked
@@ -373,7 +400,7 @@ fn put(
         .filter(|(o, held)| !held && seen.insert(o.info.digest.0))
         .map(|(o, _)| (RECORD_HEADER_LEN + o.stored.len()) as u64)
         .sum();
-    charged(token, new_bytes, usage, || {
+    charged(token, new_bytes, state.usage.as_mut(), || {
         let mut sink = LocalSink::new(&repo, Publisher::Client);
         sink.put(kind, checked).map_err(fail)?;
         sink.seal().map_err(fail)?;
@@ -401,7 +428,7 @@ fn publish(root: &RepoStorage, token: &TokenEntry, body: &[u8], state: &mut Serv
             ),
         ));
     }
-    let repo = Repository::open_writer_on(root.clone()).map_err(fail)?;
+    let repo = state.open_writer(root)?;
     if repo
         .index()
         .has_snapshot(SnapshotId::of(body))
@@ -459,8 +486,13 @@ fn charged(
     result
 }
 
-/// The repository at `root`, checked to exist before serving.
+/// The repository at `root`, checked to exist before serving. An encrypted repository is
+/// refused: the server holds no key, and keyless serving is not built yet (SPEC.md §23.7).
 pub fn check_repository(root: &RepoStorage) -> Result<RepoStorage> {
-    root.read_config()?;
+    if root.read_config()?.encryption.is_encrypted() {
+        return Err(crate::sync::transfer::encrypted_not_supported(
+            &root.backend.describe(),
+        ));
+    }
     Ok(root.clone())
 }

@@ -137,7 +137,7 @@ pub fn serve(listener: Listener, repo: &RepoStorage, options: ServeOptions) -> R
     // Fail early on a location that is not a repository, or unusable usage counts.
     let root = check_repository(repo)?;
     let usage = options.usage_of.as_deref().map(Usage::load).transpose()?;
-    let state = ServingState::new(usage, options.min_publish_interval);
+    let state = ServingState::new(usage, options.min_publish_interval, options.audit.clone());
     let (jobs, queue) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("tessera-serving".into())
