@@ -394,6 +394,13 @@ impl CliClient {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        let mut args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        // As `init_repo`: plain unless the test names `--encryption`.
+        let subcommand = args.iter().find(|a| *a != "--json");
+        if subcommand.is_some_and(|a| a == "init") && !args.iter().any(|a| a == "--encryption") {
+            args.extend(["--encryption".into(), "none".into()]);
+        }
         let mut cmd = crate::tessera_cmd(args);
         for var in INHERITED_AWS {
             cmd.env_remove(var);

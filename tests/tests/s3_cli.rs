@@ -785,3 +785,78 @@ fn bad_input_fails_with_its_kind_and_writes_nothing() {
         assert_eq!(bucket_listing(&*st.backend), damaged, "{out} wrote");
     }
 }
+
+/// An encrypted repository in a bucket: init with a passphrase (`TESSERA_PASSPHRASE`) and
+/// the recovery key in a file, backup, restore byte for byte and verify; a second client
+/// with an empty cache rebuilds its index from the bucket (sealed snapshot headers) and
+/// restores too; the bucket holds key slots and no snapshot in the clear; a wrong
+/// passphrase exits 6 and writes nothing.
+#[test]
+fn an_encrypted_repository_lives_in_a_bucket() {
+    let sw = Seaweed::start("enc");
+    let with_passphrase = |p: &str| {
+        let mut env = sw.env();
+        env.push(("TESSERA_PASSPHRASE", p.to_string()));
+        CliClient::with_env(env)
+    };
+    let cli = with_passphrase("correct horse battery staple");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let repo = sw.location("vault/vm");
+    let recovery = w.join("recovery.key");
+    let v = cli.json([
+        "init",
+        &repo,
+        "--encryption",
+        "aes-256-gcm",
+        "--kdf-memory-mib",
+        "19",
+        "--kdf-iterations",
+        "2",
+        "--recovery-key-file",
+        &path(&recovery),
+    ]);
+    assert_eq!(v["encryption"], "aes-256-gcm", "{v}");
+    let mut gen = DataGen::new(seed("s3_cli_encrypted"));
+    let raw = w.join("disk.raw");
+    make_image(&raw, ImageSpec::mixed(12 * MIB), &mut gen);
+    let disk = format!("confidential-disk={}", raw.display());
+    let first = snapshot_id(&cli.json(["backup", &repo, "--series", "vm", &disk]));
+    assert_restores(&cli, &repo, &first, &raw, w);
+    assert_verifies(&cli, &repo);
+
+    let inspect = storage(&sw, &repo, &w.join("inspect-cache"));
+    let listing = bucket_listing(&*inspect.backend);
+    assert!(
+        listing.keys().any(|k| k.starts_with("keys/")),
+        "no key slot in the bucket: {listing:?}"
+    );
+    let snapshot = listing
+        .keys()
+        .find(|k| k.starts_with("snapshots/"))
+        .expect("a snapshot object");
+    let bytes = inspect
+        .backend
+        .get(&tessera_engine::storage::ObjectKey::from_listed(snapshot.clone()))
+        .unwrap();
+    assert!(
+        !bytes.windows(17).any(|b| b == b"confidential-disk"),
+        "the disk name is in the clear in the bucket"
+    );
+
+    // Another machine: empty cache, same passphrase.
+    let other = with_passphrase("correct horse battery staple");
+    assert_eq!(ids(&other, &repo), [first.clone()]);
+    assert_restores(&other, &repo, &first, &raw, w);
+
+    let wrong = with_passphrase("not the passphrase");
+    let before = bucket_listing(&*inspect.backend);
+    let out = wrong.run(["backup", &repo, "--series", "x", &format!("d0={}", raw.display())]);
+    out.expect_code(6);
+    assert!(!out.stderr.contains("not the passphrase"), "{out}");
+    assert_eq!(
+        bucket_listing(&*inspect.backend),
+        before,
+        "a wrong passphrase wrote to the bucket"
+    );
+}

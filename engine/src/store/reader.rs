@@ -111,7 +111,7 @@ pub fn read_object_into(
     entry: &ObjectEntry,
     dst: &mut [u8],
 ) -> Result<()> {
-    into_dst(Record::read(backend, crypto, kind, digest, entry)?, dst)
+    into_dst(&Record::read(backend, crypto, kind, digest, entry)?, dst)
 }
 
 /// Like [`read_object_into`], for a record already fetched ([`fetch_records`]).
@@ -123,7 +123,7 @@ pub fn decode_fetched_into(
     entry: &ObjectEntry,
     dst: &mut [u8],
 ) -> Result<()> {
-    into_dst(Record::fetched(crypto, kind, digest, entry, fetched)?, dst)
+    into_dst(&Record::fetched(crypto, kind, digest, entry, fetched)?, dst)
 }
 
 /// Like [`read_object`], for a record already fetched ([`fetch_records`]), keeping nothing.
@@ -151,7 +151,7 @@ fn into_raw(record: Record<'_>) -> Result<Vec<u8>> {
 }
 
 /// A record's checked raw bytes, decoded into `dst` (exactly its raw length).
-fn into_dst(record: Record<'_>, dst: &mut [u8]) -> Result<()> {
+fn into_dst(record: &Record<'_>, dst: &mut [u8]) -> Result<()> {
     let (info, stored) = record.check()?;
     if info.raw_len as usize != dst.len() {
         return Err(record.corrupt(format!(
