@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use tessera_format::{PackId, SnapshotId};
 
 use crate::error::Result;
-use crate::index::Index;
 use crate::recovery::catch_up;
 use crate::repo::RepoStorage;
 use crate::storage::{key, ObjectKey, PutMode};
@@ -159,7 +158,7 @@ pub fn refresh_cache(
         }
         other => other?,
     };
-    let index = match Index::open(&storage.index_path(), config.repo_id, false) {
+    let index = match storage.open_index(&config, false, crypto) {
         Ok(index) => index,
         Err(e @ (Error::IndexMissing { .. } | Error::IndexCorrupt { .. } | Error::Index(_))) => {
             drop(lock);

@@ -197,7 +197,9 @@ impl RepoStorage {
         RepoConfig::decode(&bytes).map_err(|source| Error::BadConfig { location, source })
     }
 
-    fn open_index(
+    /// Opens the local index, checked against the config's encryption and reading and
+    /// writing catalog entries with `crypto`.
+    pub(crate) fn open_index(
         &self,
         config: &RepoConfig,
         read_only: bool,

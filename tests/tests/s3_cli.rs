@@ -837,7 +837,9 @@ fn an_encrypted_repository_lives_in_a_bucket() {
         .expect("a snapshot object");
     let bytes = inspect
         .backend
-        .get(&tessera_engine::storage::ObjectKey::from_listed(snapshot.clone()))
+        .get(&tessera_engine::storage::ObjectKey::from_listed(
+            snapshot.clone(),
+        ))
         .unwrap();
     assert!(
         !bytes.windows(17).any(|b| b == b"confidential-disk"),
@@ -846,12 +848,18 @@ fn an_encrypted_repository_lives_in_a_bucket() {
 
     // Another machine: empty cache, same passphrase.
     let other = with_passphrase("correct horse battery staple");
-    assert_eq!(ids(&other, &repo), [first.clone()]);
+    assert_eq!(ids(&other, &repo), std::slice::from_ref(&first));
     assert_restores(&other, &repo, &first, &raw, w);
 
     let wrong = with_passphrase("not the passphrase");
     let before = bucket_listing(&*inspect.backend);
-    let out = wrong.run(["backup", &repo, "--series", "x", &format!("d0={}", raw.display())]);
+    let out = wrong.run([
+        "backup",
+        &repo,
+        "--series",
+        "x",
+        &format!("d0={}", raw.display()),
+    ]);
     out.expect_code(6);
     assert!(!out.stderr.contains("not the passphrase"), "{out}");
     assert_eq!(
