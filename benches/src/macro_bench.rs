@@ -22,6 +22,8 @@ mod image;
 mod phases;
 #[path = "macro_bench/report.rs"]
 mod report;
+#[path = "macro_bench/s3.rs"]
+mod s3;
 #[path = "macro_bench/tools.rs"]
 mod tools;
 
@@ -113,6 +115,13 @@ struct Args {
     /// Also print the retention curves: forget cost with 10/100/1000 snapshots, compaction rate.
     #[arg(long)]
     retention: bool,
+    /// Also run tessera with its repository in S3: a SeaweedFS started on loopback (data in
+    /// the work directory), next to the local repository (column `tessera-s3`).
+    #[arg(long)]
+    s3: bool,
+    /// The SeaweedFS `weed` binary for --s3 (default: the workspace's .deps/seaweedfs/bin/weed).
+    #[arg(long)]
+    weed: Option<PathBuf>,
 }
 
 fn main() {
@@ -264,6 +273,24 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
             tessera_init_args(args),
         ));
     }
+    let mut s3_server = None;
+    if args.s3 {
+        let weed = s3::find_weed(args.weed.as_deref())?;
+        eprintln!("starting SeaweedFS ({}) ...", weed.display());
+        let server = s3::Server::start(&weed, &work.join("seaweedfs"), &tessera_bin)?;
+        header["versions"]["seaweedfs"] = json!(version_of(&weed, &["version"]));
+        header["s3_endpoint"] = json!(server.endpoint);
+        tools.push(Tool::on_s3(
+            tessera_bin.clone(),
+            work,
+            tessera_init_args(args),
+            tools::S3Access {
+                env: server.env(),
+                data_dir: server.dir.clone(),
+            },
+        ));
+        s3_server = Some(server);
+    }
     if args.peers {
         for (kind, prog, flag) in [
             (tools::Kind::Restic, "restic", "version"),
@@ -295,6 +322,9 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
     //    `zstd -d | openssl dgst -sha256` over the image.
     if let Some(tool) = tools.iter().find(|t| t.name() == "tessera") {
         phases::verify(&mut report, tool, work, &image_path, args.no_baselines)?;
+    }
+    if let Some(tool) = tools.iter().find(|t| t.kind == tools::Kind::TesseraS3) {
+        phases::verify_s3(&mut report, tool, &image_path)?;
     }
     // The encrypted repository: verify alone (the baseline is the same as above).
     if let Some(tool) = tools.iter().find(|t| t.name() == "tessera-enc") {
@@ -368,6 +398,9 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
             }
         }
     }
+
+    // Every measurement is done: stop the server.
+    drop(s3_server);
 
     // 8. Ratios, table, JSON.
     phases::ratios(&mut report);

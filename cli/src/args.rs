@@ -228,17 +228,72 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub quiet: bool,
     #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
     pub keys: crate::keys::KeyArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How to reach repositories in S3-compatible object storage (`s3://BUCKET/PREFIX`), for
+/// every command. Credentials come from the AWS environment variables (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) or the `~/.aws` profile (`AWS_PROFILE`),
+/// never from the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageArgs {
+    /// Endpoint URL of an S3-compatible server, e.g. http://127.0.0.1:8333 (default:
+    /// AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS itself).
+    #[arg(long, global = true, env = "TESSERA_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// Region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's, else us-east-1).
+    #[arg(long, global = true, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style requests (ENDPOINT/BUCKET/KEY) rather than virtual-hosted ones
+    /// (BUCKET.ENDPOINT/KEY). Default: on with a custom endpoint, off for AWS;
+    /// --s3-path-style=false turns it off.
+    #[arg(
+        long,
+        global = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub s3_path_style: Option<bool>,
+    /// Allow a plain http:// S3 endpoint whose host is not a loopback address (requests are
+    /// signed, not encrypted: the backups cross the network in clear).
+    #[arg(long, global = true)]
+    pub s3_insecure_http: bool,
+    /// Local directory of an s3:// repository's index cache, ledger and locks (default:
+    /// $XDG_CACHE_HOME/tessera/BUCKET/HASH, else ~/.cache/tessera/BUCKET/HASH). Deleting it
+    /// loses nothing: the index is rebuilt from the bucket.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl StorageArgs {
+    /// The engine's options.
+    pub fn options(&self) -> tessera_engine::location::LocationOptions {
+        tessera_engine::location::LocationOptions {
+            s3: tessera_engine::storage::s3::S3Options {
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                path_style: self.s3_path_style,
+                insecure_http: self.s3_insecure_http,
+                ..Default::default()
+            },
+            cache_dir: self.cache_dir.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a new, empty repository.
     Init {
-        /// Directory to create (must not exist or be empty).
-        repo: PathBuf,
+        /// Where: a directory to create (must not exist or be empty), `file://PATH`, or
+        /// `s3://BUCKET/PREFIX` (an existing bucket; nothing stored under the prefix yet).
+        repo: String,
         /// Default block size: a power of two from 64K to 8M (e.g. 64K, 1M).
         #[arg(long, default_value = "64K")]
         block_size: String,
@@ -250,8 +305,8 @@ pub enum Command {
     },
     /// Back up one or more disks into one snapshot.
     Backup {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// Series (backup job) name, e.g. the VM's name.
         #[arg(long)]
         series: String,
@@ -269,28 +324,28 @@ pub enum Command {
     },
     /// List snapshots, oldest first.
     List {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// Only this series.
         #[arg(long)]
         series: Option<String>,
     },
     /// Show one snapshot in detail.
     Show {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// Snapshot: id prefix, `latest` or `latest@SERIES`.
         snapshot: SnapshotRef,
     },
     /// Space used and saved by the repository.
     Stats {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
     },
     /// Restore a snapshot's disk to a raw file (sparse) or an existing block device.
     Restore {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// SNAPSHOT or SNAPSHOT:DISK. Without :DISK, a one-disk snapshot restores to OUT, and a
         /// snapshot with several disks restores each to OUT/DISK.raw.
         snapshot: String,
@@ -313,8 +368,8 @@ pub enum Command {
     },
     /// Serve a snapshot's disks read-only over NBD (qemu-img, nbdcopy, nbd-client, a VM).
     ServeNbd {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// SNAPSHOT or SNAPSHOT:DISK (one export per disk, named after the disk).
         snapshot: String,
         /// TCP address to listen on. Plain NBD is served on loopback addresses only, unless
@@ -336,8 +391,8 @@ pub enum Command {
     },
     /// Export a snapshot's disk, or only its delta from a base snapshot, as raw, qcow2 or VHD.
     Export {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// SNAPSHOT or SNAPSHOT:DISK.
         snapshot: String,
         /// Output file.
@@ -358,8 +413,8 @@ pub enum Command {
     },
     /// Changed extents between two snapshots, from their manifests alone.
     Diff {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// The older snapshot.
         from: String,
         /// The newer snapshot.
@@ -374,8 +429,8 @@ pub enum Command {
     Repair(RepairArgs),
     /// Forget snapshots (metadata only; `compact` reclaims the space later).
     Forget {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// Snapshots: id prefixes, `latest` or `latest@SERIES`.
         #[arg(required = true)]
         snapshots: Vec<SnapshotRef>,
@@ -385,8 +440,8 @@ pub enum Command {
     },
     /// Forget the snapshots a retention policy does not keep.
     Prune {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// Only this series (default: every series, each on its own).
         #[arg(long)]
         series: Option<String>,
@@ -398,15 +453,15 @@ pub enum Command {
     },
     /// Protect a snapshot from prune and forget.
     Protect {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// The snapshot.
         snapshot: SnapshotRef,
     },
     /// Remove a snapshot's protection.
     Unprotect {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// The snapshot.
         snapshot: SnapshotRef,
     },
@@ -425,8 +480,8 @@ pub enum Command {
     Key(KeyCommand),
     /// Rewrite packs with too much unreferenced data, reclaiming the space.
     Compact {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// Rewrite packs whose unused share exceeds this (e.g. 10%).
         #[arg(long, default_value = "10%")]
         max_unused: String,
@@ -434,17 +489,23 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Leave alone packs indexed within this long (e.g. 7d, 12h, 0): their objects may
-        /// belong to a push or an interrupted backup that has not published yet.
+        /// belong to a push or an interrupted backup that has not published yet. In an S3
+        /// repository also how long emptied packs stay (doomed) before a later compact
+        /// deletes them: other machines' operations must finish within it.
         #[arg(long, default_value = "7d")]
         grace: String,
+        /// Accept a --grace under 1d in an S3 repository (refused otherwise): only when no
+        /// other machine runs an operation on it for longer than the grace.
+        #[arg(long)]
+        allow_short_grace: bool,
     },
 }
 
 /// Options of `verify`.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The repository.
-    pub repo: PathBuf,
+    /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+    pub repo: String,
     /// Check structure and counts without reading chunk data.
     #[arg(long)]
     pub metadata_only: bool,
@@ -468,17 +529,18 @@ pub struct VerifyArgs {
 /// Options of `repair`.
 #[derive(Debug, clap::Args)]
 pub struct RepairArgs {
-    /// The repository.
-    pub repo: PathBuf,
+    /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+    pub repo: String,
     /// Rebuild the index from packs and snapshot files (also when it is missing or corrupt).
     #[arg(long)]
     pub rebuild_index: bool,
     /// Recompute every reference count from the snapshots and fix the ones that differ.
     #[arg(long)]
     pub recount: bool,
-    /// Fetch intact copies of damaged or missing objects from another repository.
+    /// Fetch intact copies of damaged or missing objects from another repository (a
+    /// directory, `file://PATH` or `s3://BUCKET/PREFIX`).
     #[arg(long)]
-    pub from: Option<PathBuf>,
+    pub from: Option<String>,
     /// Re-read damaged or missing chunks from a source image of a disk, as DISK=PATH (repeatable).
     #[arg(long = "from-source")]
     pub from_source: Vec<SourceImage>,

@@ -28,7 +28,9 @@ use clap::Parser as _;
 use tessera_engine::ErrorKind;
 
 /// Makes a closed stdout (e.g. `tessera list | head`) end the process quietly, as for any
-/// Unix tool, instead of panicking inside `println!`.
+/// Unix tool, instead of panicking inside `println!`. Network writes that could raise
+/// SIGPIPE on a reset connection are kept from it where they happen: std's sockets send with
+/// `MSG_NOSIGNAL`, and the S3 client's threads block SIGPIPE (`storage::s3`).
 #[expect(
     unsafe_code,
     reason = "signal(2) has no safe wrapper in std; SIG_DFL for SIGPIPE is always valid"

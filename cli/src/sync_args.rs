@@ -23,9 +23,11 @@ pub struct SelectArgs {
 /// `tessera sync SRC DST`.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// Source repository: a directory, `http://HOST:PORT` or `https://HOST:PORT`.
+    /// Source repository: a directory, `file://PATH`, `s3://BUCKET/PREFIX`,
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
     pub src: String,
-    /// Destination repository: a directory, `http://HOST:PORT` or `https://HOST:PORT`.
+    /// Destination repository: a directory, `file://PATH`, `s3://BUCKET/PREFIX`,
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
     pub dst: String,
     #[command(flatten)]
     pub select: SelectArgs,
@@ -62,8 +64,8 @@ pub struct SyncArgs {
 pub enum SeedCommand {
     /// Write a self-contained, checksummed bundle of snapshots.
     Export {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// Output directory (must not exist or be empty).
         out: PathBuf,
         #[command(flatten)]
@@ -73,8 +75,9 @@ pub enum SeedCommand {
     Import {
         /// The bundle.
         bundle: PathBuf,
-        /// The repository (created with the bundle's block size if it does not exist).
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX` (created with
+        /// the bundle's block size if it does not exist).
+        repo: String,
     },
 }
 
@@ -82,8 +85,8 @@ pub enum SeedCommand {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("who").required(true).args(["tokens", "token_file"])))]
 pub struct ServeArgs {
-    /// The repository.
-    pub repo: PathBuf,
+    /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+    pub repo: String,
     /// Address to listen on, e.g. 127.0.0.1:8420 (port 0: any free port, printed). Plain
     /// HTTP is served on loopback addresses only, unless --insecure-http.
     #[arg(long, default_value = "127.0.0.1:8420")]

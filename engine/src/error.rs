@@ -91,6 +91,12 @@ pub enum Error {
         /// The path given.
         path: PathBuf,
     },
+    /// `init` was pointed at an object-store prefix that holds objects.
+    #[error("{location} already exists: objects are stored under that prefix (a repository or something else); choose an empty prefix for a new repository")]
+    PrefixNotEmpty {
+        /// `s3://BUCKET/PREFIX`.
+        location: String,
+    },
     /// The config file does not decode.
     #[error("repository config of {location} is unreadable: {source}")]
     BadConfig {
@@ -438,6 +444,16 @@ pub enum Error {
         /// The object's key.
         key: String,
     },
+    /// Remote object storage (S3) refused or failed a request, after the retries that help.
+    #[error("{location}: {context}: {problem}")]
+    Remote {
+        /// The repository (`s3://BUCKET/PREFIX`; never credentials).
+        location: String,
+        /// What was being done.
+        context: String,
+        /// What went wrong and what to do about it.
+        problem: crate::storage::s3::RemoteProblem,
+    },
     /// An invariant of tessera's own code does not hold: a bug, not bad input.
     #[error("internal error: {0}; please report this as a bug")]
     Internal(String),
@@ -560,6 +576,7 @@ impl Error {
             } => ErrorKind::Refused,
             Self::NotARepository { .. }
             | Self::AlreadyExists { .. }
+            | Self::PrefixNotEmpty { .. }
             | Self::OutputExists { .. }
             | Self::SnapshotNotFound { .. }
             | Self::AmbiguousSnapshot { .. }
@@ -582,6 +599,7 @@ impl Error {
             | Self::EncryptionMismatch { .. }
             | Self::UntrustedData { .. } => ErrorKind::Damage,
             Self::ReferenceBlockUnreadable { source, .. } => source.kind(),
+            Self::Remote { problem, .. } => problem.kind(),
             Self::Internal(_) => ErrorKind::Internal,
             Self::WrongSecret { .. } | Self::KeyRequired { .. } | Self::NoSuchSlot { .. } => {
                 ErrorKind::Key

@@ -41,11 +41,15 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "repository")]
+pub mod cache;
 pub mod crypto;
 #[cfg(feature = "repository")]
 pub mod damage_marks;
 pub mod direct_write;
 pub mod disk_range;
+#[cfg(feature = "repository")]
+pub mod doomed;
 pub mod error;
 #[cfg(feature = "repository")]
 pub mod export;
@@ -54,6 +58,8 @@ pub mod formats;
 pub mod index;
 #[cfg(feature = "repository")]
 pub mod ledger;
+#[cfg(feature = "repository")]
+pub mod location;
 pub mod lock;
 pub mod nbd;
 pub mod net;

@@ -74,6 +74,26 @@ pub fn listen_tcp(addr: &str, keepalive: Keepalive) -> std::io::Result<TcpListen
     Ok(listener)
 }
 
+/// Whether `url` (`http://HOST[:PORT]...`) names a loopback host: `localhost`, 127.0.0.0/8
+/// or `::1` (so that a token or secret sent to it never leaves the machine). Used by
+/// `sync`'s client and by the S3 backend for plain `http://` endpoints.
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // `http://localhost:1@HOST/` connects to HOST: any userinfo is refused outright.
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::TcpStream;

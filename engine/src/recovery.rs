@@ -3,8 +3,13 @@
 //! them; nothing published is ever deleted here. Each step is idempotent, so a crash during
 //! recovery is recovered by the next writer in the same way.
 //!
-//! 1. Staged puts of crashed writers are discarded ([`Backend::clean_staging`]).
-//! 2. Doomed packs (emptied by compaction) are deleted if no reader holds a lease.
+//! 1. Staged puts of crashed writers are discarded ([`Backend::clean_staging`]); only when a
+//!    writer opens, never when a reader brings an object store's cache up to date
+//!    ([`catch_up`]), whose staged puts may be other clients' uploads in progress.
+//! 2. Doomed packs (emptied by compaction) are deleted if no reader holds a lease. Then the
+//!    snapshot files are listed, before any pack is: a snapshot file is stored only after
+//!    every pack it names, so every pack a listed snapshot names is in the pack listing of
+//!    step 3, even while another client sharing an object store publishes.
 //! 3. Sealed packs the catalog does not know are adopted (a crash between sealing a pack and
 //!    indexing it), so a rerun of the interrupted backup reuses them. Doomed packs are not
 //!    adopted: their objects live elsewhere now. A pack too damaged to scan is moved to
@@ -27,6 +32,15 @@
 //!    a marker without a snapshot file is deleted (left by an interrupted forget).
 //! 7. Catalogued snapshots whose files are missing are reported (only `repair
 //!    --rebuild-index` can correct their counts: their root lists are gone with the files).
+//!
+//! # The index of an object store is a cache
+//!
+//! For a repository in an object store shared by several clients (S3), the local state
+//! directory is a cache, marked by a [`crate::cache::CACHE_MARKER`] file. Every open of such
+//! a repository first brings the cache up to date from the bucket
+//! ([`crate::cache::refresh_cache`], under the writer lock of the cache directory; a reader
+//! does it before opening the index read-only). See SPEC §2a, "The index of an S3
+//! repository".
 
 use std::collections::HashSet;
 
@@ -56,6 +70,9 @@ pub struct Recovery {
     pub packs_unreadable: Vec<(String, String)>,
     /// Packs emptied by an earlier compaction whose files could now be deleted.
     pub doomed_packs_deleted: usize,
+    /// Doomed packs of a shared store indexed again, because a snapshot another client
+    /// published names objects only they hold (`doomed.rs`).
+    pub doomed_packs_rescued: usize,
     /// Snapshot files of forgotten snapshots that a crash had kept, now deleted.
     pub forgotten_files_deleted: usize,
     /// Stored snapshots the index did not list, now catalogued.
@@ -72,6 +89,8 @@ pub struct Recovery {
     pub snapshot_files_missing: Vec<String>,
     /// The lock file's content if its previous holder died holding it.
     pub stale_lock: Option<String>,
+    /// What bringing the cache up to date did (object-store repositories).
+    pub cache: Option<crate::cache::CacheRefresh>,
 }
 
 impl Recovery {
@@ -106,6 +125,10 @@ impl Recovery {
         let counted = [
             (self.staged_removed, "staged files removed"),
             (self.packs_adopted, "sealed packs adopted"),
+            (
+                self.doomed_packs_rescued,
+                "doomed packs kept (a new snapshot needs them)",
+            ),
             (self.packs_quarantined.len(), "damaged packs quarantined"),
             (
                 self.packs_unreadable.len(),
@@ -141,20 +164,49 @@ impl Recovery {
             .filter(|(n, _)| *n > 0)
             .map(|(n, what)| format!("{n} {what}"))
             .collect();
-        (!parts.is_empty())
-            .then(|| format!("recovered from an interrupted run: {}", parts.join(", ")))
+        let recovered = (!parts.is_empty())
+            .then(|| format!("recovered from an interrupted run: {}", parts.join(", ")));
+        let cache = self
+            .cache
+            .as_ref()
+            .and_then(crate::cache::CacheRefresh::summary);
+        match (recovered, cache) {
+            (Some(r), Some(c)) => Some(format!("{c}; {r}")),
+            (r, c) => r.or(c),
+        }
     }
 }
 
-/// Runs the recovery steps (see module docs). The caller holds the writer lock.
+/// Runs the recovery steps (see module docs). The caller holds the writer lock and opens
+/// the repository as its writer.
 pub fn recover(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Result<Recovery> {
+    let staged_removed = storage.backend.clean_staging()?;
+    Ok(Recovery {
+        staged_removed,
+        ..catch_up(storage, index, crypto)?
+    })
+}
+
+/// The recovery steps but the first (see module docs): what bringing an object store's cache
+/// up to date runs, for readers too ([`crate::cache::refresh_cache`]). It never discards
+/// staged puts: in a shared store those may be other clients' uploads in progress, and only
+/// a writer's open, under its lock, aborts the stale ones. The caller holds the writer lock
+/// of the local directory.
+pub fn catch_up(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Result<Recovery> {
     let backend = &*storage.backend;
-    let mut recovery = Recovery {
-        staged_removed: backend.clean_staging()?,
-        ..Recovery::default()
-    };
-    recovery.doomed_packs_deleted = delete_doomed_packs(storage, index)?;
-    let doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
+    let mut recovery = Recovery::default();
+    let mut doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
+    if storage.shared {
+        // Other machines may still read them: record them, delete them later (doomed.rs).
+        crate::doomed::publish(storage, index)?;
+        doomed.extend(crate::doomed::records(backend)?.into_keys());
+    } else {
+        recovery.doomed_packs_deleted = delete_doomed_packs(storage, index)?;
+        doomed = index.doomed_packs()?.into_iter().collect();
+    }
+    // Snapshots before packs (step 2 of the module docs).
+    let listed = backend.list(key::SNAPSHOTS)?;
+    let tombstoned: HashSet<SnapshotId> = index.tombstones()?.into_iter().collect();
     let adoption = adopt_unindexed_packs(index, backend, &doomed)?;
     recovery.packs_adopted = adoption.adopted;
     recovery.packs_quarantined = adoption.quarantined.iter().map(PackId::to_hex).collect();
@@ -164,9 +216,12 @@ pub fn recover(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Res
         .map(|(id, why)| (id.to_hex(), why))
         .collect();
     finish_forgets(backend, index, &mut recovery)?;
-    let listed = backend.list(key::SNAPSHOTS)?;
-    let stored: HashSet<SnapshotId> = listed.iter().filter_map(ObjectKey::as_snapshot).collect();
-    catalogue_unlisted(backend, index, crypto, &stored, &mut recovery)?;
+    let stored: HashSet<SnapshotId> = listed
+        .iter()
+        .filter_map(ObjectKey::as_snapshot)
+        .filter(|id| !tombstoned.contains(id))
+        .collect();
+    catalogue_unlisted(storage, index, crypto, &stored, &mut recovery)?;
     apply_markers(backend, index, &listed, &stored)?;
     for (id, _) in index.snapshots()? {
         if !stored.contains(&id) {
@@ -191,14 +246,18 @@ fn finish_forgets(backend: &dyn Backend, index: &Index, recovery: &mut Recovery)
     Ok(())
 }
 
-/// Step 5: catalogues stored snapshots the index does not list.
+/// Step 5: catalogues stored snapshots the index does not list. In a shared store, a
+/// snapshot naming objects the index lacks first makes the doomed packs be rescued (another
+/// client's backup may have used objects only they hold, see `doomed.rs`), once.
 fn catalogue_unlisted(
-    backend: &dyn Backend,
+    storage: &RepoStorage,
     index: &Index,
     crypto: &RepoCrypto,
     stored: &HashSet<SnapshotId>,
     recovery: &mut Recovery,
 ) -> Result<()> {
+    let backend = &*storage.backend;
+    let mut rescued = !storage.shared;
     let mut unlisted: Vec<SnapshotId> = Vec::new();
     for id in stored {
         if !index.has_snapshot(*id)? {
@@ -223,7 +282,17 @@ fn catalogue_unlisted(
                 continue;
             }
         };
-        match catalogue_stored(index, backend, crypto, id, &snapshot) {
+        let mut catalogued = catalogue_stored(index, backend, crypto, id, &snapshot);
+        if matches!(
+            catalogued,
+            Err(crate::error::Error::SnapshotIncomplete { .. })
+        ) && !rescued
+        {
+            rescued = true;
+            recovery.doomed_packs_rescued = crate::doomed::rescue(storage, index)?;
+            catalogued = catalogue_stored(index, backend, crypto, id, &snapshot);
+        }
+        match catalogued {
             Ok(()) => recovery.snapshots_catalogued.push(id.to_hex()),
             // The file is sound; what it names is missing or unreadable now. Kept in place.
             Err(e @ crate::error::Error::SnapshotIncomplete { .. }) => recovery

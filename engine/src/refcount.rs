@@ -74,7 +74,9 @@ pub struct ExpectedCounts {
     pub pages: HashMap<PageDigest, u64>,
     /// Chunk counts.
     pub chunks: HashMap<ChunkDigest, u64>,
-    /// Pages that could not be read, with the reason; their chunks are not counted.
+    /// Pages that are damaged or missing, with the reason; their chunks are not counted. A
+    /// page that cannot be read for any other reason (the store failing) fails the
+    /// recomputation instead.
     pub unreadable_pages: Vec<(PageDigest, String)>,
 }
 
@@ -121,13 +123,19 @@ pub fn expected_counts<'a>(
         }
     }
     for page in out.pages.keys() {
-        let loaded = index
-            .get_object(ObjectKind::Page, page.as_bytes())?
-            .ok_or_else(|| "not in the store".to_string())
-            .and_then(|entry| {
-                read_object(backend, crypto, ObjectKind::Page, page.as_bytes(), &entry)
-                    .map_err(|e| e.to_string())
-            })
+        let read = match index.get_object(ObjectKind::Page, page.as_bytes())? {
+            None => Err("not in the store".to_string()),
+            Some(entry) => {
+                match read_object(backend, crypto, ObjectKind::Page, page.as_bytes(), &entry) {
+                    Ok(raw) => Ok(raw),
+                    Err(e) if e.kind() == crate::error::ErrorKind::Damage => Err(e.to_string()),
+                    // The store failing, an I/O error: nothing is known about the page, and
+                    // counting without its chunks would make live chunks look unreferenced.
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let loaded = read
             .and_then(|raw| tessera_format::ManifestPage::decode(&raw).map_err(|e| e.to_string()));
         match loaded {
             Ok(p) => {

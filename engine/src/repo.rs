@@ -17,6 +17,10 @@
 //! REPO/ledger/, ledger.lock                               verification ledger
 //! ```
 //!
+//! An S3 repository ([`RepoStorage::at`], [`crate::location`], with `s3://BUCKET/PREFIX`) keeps its objects in the
+//! bucket and its local state in a cache directory, whose index every open first brings up
+//! to date from the bucket ([`crate::cache::refresh_cache`]; SPEC §2a).
+//!
 //! Concurrency: one writer at a time (the lock); any number of readers next to it. Readers
 //! open the index read-only and see the snapshots published when they opened it; packs and
 //! snapshot files are immutable, so nothing a reader uses changes under it.
@@ -38,11 +42,13 @@ use crate::crypto::keyring::{self, NoSecret, SecretSource};
 use crate::crypto::{RepoCrypto, RepoKeys, SecretKey, SlotSecret};
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
+use crate::location::{Location, LocationOptions};
 use crate::lock::WriterLock;
 use crate::readers::ReaderLease;
 use crate::recovery::Recovery;
 use crate::snapshot_ref::SnapshotRef;
 use crate::storage::local::LocalBackend;
+use crate::storage::s3::S3Backend;
 use crate::storage::sim::CrashClock;
 use crate::storage::{Backend, ObjectKey, PutMode};
 use crate::store::reader;
@@ -156,6 +162,10 @@ pub struct RepoStorage {
     pub crash_clock: Option<Arc<CrashClock>>,
     /// Size at which packs are sealed ([`TARGET_PACK_SIZE`]; crash tests use small packs).
     pub pack_target: u64,
+    /// Whether other machines may use the objects at the same time (an object store): then
+    /// the local directory is only a cache, and packs are deleted in two phases with a grace
+    /// period ([`crate::doomed`]) instead of once no local reader holds a lease.
+    pub shared: bool,
 }
 
 impl RepoStorage {
@@ -166,6 +176,7 @@ impl RepoStorage {
             local_dir: root.to_path_buf(),
             crash_clock: None,
             pack_target: TARGET_PACK_SIZE,
+            shared: false,
         }
     }
 
@@ -186,7 +197,9 @@ impl RepoStorage {
         RepoConfig::decode(&bytes).map_err(|source| Error::BadConfig { location, source })
     }
 
-    fn open_index(
+    /// Opens the local index, checked against the config's encryption and reading and
+    /// writing catalog entries with `crypto`.
+    pub(crate) fn open_index(
         &self,
         config: &RepoConfig,
         read_only: bool,
@@ -247,6 +260,9 @@ pub struct Repository {
     index: Index,
     lock: Option<WriterLock>,
     _lease: Option<ReaderLease>,
+    /// The store's clock read before this writer first listed the bucket's snapshots
+    /// (shared stores only; see [`Self::catalogued_as_of_us`]).
+    catalogued_as_of_us: Option<i64>,
     /// What recovery did (writers only).
     pub recovery: Recovery,
 }
@@ -289,6 +305,43 @@ impl Repository {
             }
         }
         Ok(())
+    }
+
+    /// Creates a new repository at a location string ([`RepoStorage::at`]), encrypted when
+    /// `keys` is given. A local one as [`Self::init_with`]; an S3 one only under a prefix that holds no object at all (a
+    /// repository or anything else), after clearing what its cache directory may hold of
+    /// an earlier repository there.
+    pub fn init_at(
+        location: &str,
+        options: &LocationOptions,
+        opts: InitOptions,
+        keys: Option<&NewKeys>,
+    ) -> Result<(RepoStorage, Created)> {
+        let s3 = match Location::parse(location)? {
+            Location::Local(path) => {
+                let created = Self::init_with(&path, opts, keys)?;
+                return Ok((RepoStorage::local(&path), created));
+            }
+            Location::S3(s3) => S3Backend::connect(s3, &options.s3)?,
+        };
+        if !s3.is_empty()? {
+            return Err(Error::PrefixNotEmpty {
+                location: s3.describe(),
+            });
+        }
+        let storage = RepoStorage::on_s3(s3, options)?;
+        let _lock = WriterLock::acquire(&storage.local_dir)?;
+        for stale in ["index", "index.rebuild", "index.old", "ledger"] {
+            let path = storage.local_dir.join(stale);
+            match std::fs::remove_dir_all(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(format!("clearing {}", path.display()), e))
+                }
+                _ => {}
+            }
+        }
+        let created = Self::init_on(&storage, opts, keys)?;
+        Ok((storage, created))
     }
 
     /// Creates a new repository in `storage`, encrypted when `keys` is given. The key slots
@@ -363,6 +416,7 @@ impl Repository {
     pub fn open_on(storage: RepoStorage, keys: &dyn SecretSource) -> Result<Self> {
         let config = storage.read_config()?;
         let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
+        let cache = crate::cache::refresh_cache(&storage, &crypto)?;
         let lease = ReaderLease::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, true, &crypto)?;
         Ok(Self {
@@ -372,20 +426,31 @@ impl Repository {
             index,
             lock: None,
             _lease: Some(lease),
-            recovery: Recovery::default(),
+            catalogued_as_of_us: None,
+            recovery: Recovery {
+                cache,
+                ..Recovery::default()
+            },
         })
     }
 
     /// Opens as the single writer: unlocks an encrypted repository (a wrong secret fails
     /// before the lock is taken or anything is written), takes the lock, then recovers from
-    /// any interrupted writer.
+    /// any interrupted writer. In a shared store it first reads the store's clock
+    /// ([`Self::catalogued_as_of_us`]).
     pub fn open_writer_on(storage: RepoStorage, keys: &dyn SecretSource) -> Result<Self> {
+        let catalogued_as_of_us = storage
+            .shared
+            .then(|| storage.backend.clock_us())
+            .transpose()?;
         let config = storage.read_config()?;
         let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
+        let cache = crate::cache::refresh_cache(&storage, &crypto)?;
         let lock = WriterLock::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, false, &crypto)?;
         let mut recovery = crate::recovery::recover(&storage, &index, &crypto)?;
         recovery.stale_lock.clone_from(&lock.stale_holder);
+        recovery.cache = cache;
         Ok(Self {
             storage,
             config,
@@ -393,21 +458,33 @@ impl Repository {
             index,
             lock: Some(lock),
             _lease: None,
+            catalogued_as_of_us,
             recovery,
         })
     }
 
-    /// Takes the writer lock without opening the index (for rebuilding it) and discards
-    /// staged puts of crashed writers.
-    pub fn lock_for_rebuild(
-        storage: &RepoStorage,
-        keys: &dyn SecretSource,
-    ) -> Result<(RepoConfig, Arc<RepoCrypto>, WriterLock)> {
+    /// Takes the writer lock without opening the index (for rebuilding it) and, in a
+    /// repository no other machine uses, discards staged puts of crashed writers. In a shared
+    /// store a rebuild also runs when a reader opens ([`crate::cache::refresh_cache`]), and
+    /// staged puts may be other clients' uploads in progress: only a writer's open cleans
+    /// them ([`crate::recovery::recover`]).
+    pub fn lock_for_rebuild(storage: &RepoStorage) -> Result<(RepoConfig, WriterLock)> {
         let config = storage.read_config()?;
-        let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
         let lock = WriterLock::acquire(&storage.local_dir)?;
-        storage.backend.clean_staging()?;
-        Ok((config, crypto, lock))
+        if !storage.shared {
+            storage.backend.clean_staging()?;
+        }
+        Ok((config, lock))
+    }
+
+    /// For a writer of a shared store: the store's clock (Unix microseconds) read before the
+    /// writer listed the bucket's snapshots when it opened. Every snapshot stored before
+    /// this instant was catalogued by that open (the listing came after it), so this — not
+    /// the clock at some later moment of a long operation — is the `now` against which
+    /// doom records expire ([`crate::doomed::delete_expired`]). `None` for a reader or a
+    /// repository no other machine uses.
+    pub fn catalogued_as_of_us(&self) -> Option<i64> {
+        self.catalogued_as_of_us
     }
 
     /// Where the repository lives.

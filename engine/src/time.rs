@@ -25,7 +25,7 @@ pub fn now_rfc3339() -> String {
 }
 
 /// A span of time as retention and verification options write it: a sum of terms like
-/// `12h`, `30d`, `2w`, `6m` (30 days), `1y` (365 days), e.g. `1y6m`. Never zero.
+/// `90s`, `12h`, `30d`, `2w`, `6m` (30 days), `1y` (365 days), e.g. `1y6m`. Never zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Span {
     /// Length in microseconds (positive).
@@ -38,7 +38,7 @@ impl FromStr for Span {
     fn from_str(s: &str) -> Result<Self, Error> {
         let bad = || {
             Error::Usage(format!(
-                "{s:?} is not a duration (examples: 12h, 30d, 2w, 6m, 1y)"
+                "{s:?} is not a duration (examples: 90s, 12h, 30d, 2w, 6m, 1y)"
             ))
         };
         let mut total: i64 = 0;
@@ -50,16 +50,17 @@ impl FromStr for Span {
             }
             let n: i64 = num.parse().map_err(|_| bad())?;
             num.clear();
-            let hours = match c {
-                'h' => 1,
-                'd' => 24,
-                'w' => 24 * 7,
-                'm' => 24 * 30,
-                'y' => 24 * 365,
+            let seconds: i64 = match c {
+                's' => 1,
+                'h' => 3600,
+                'd' => 3600 * 24,
+                'w' => 3600 * 24 * 7,
+                'm' => 3600 * 24 * 30,
+                'y' => 3600 * 24 * 365,
                 _ => return Err(bad()),
             };
             total = n
-                .checked_mul(hours * 3_600_000_000)
+                .checked_mul(seconds * 1_000_000)
                 .and_then(|v| total.checked_add(v))
                 .ok_or_else(bad)?;
         }
@@ -79,6 +80,7 @@ mod tests {
         const DAY: i64 = 86_400_000_000;
         assert_eq!("1d12h".parse::<Span>().unwrap().us, DAY * 3 / 2);
         assert_eq!("1y6m".parse::<Span>().unwrap().us, DAY * (365 + 180));
+        assert_eq!("90s".parse::<Span>().unwrap().us, 90_000_000);
         for bad in ["", "30", "d", "3x", "0d", "99999999999999y"] {
             let err = bad.parse::<Span>().unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::Usage, "{bad}");

@@ -66,6 +66,7 @@ impl World {
             local_dir: self.local.path().to_path_buf(),
             crash_clock: Some(self.sim.clock()),
             pack_target: PACK_TARGET,
+            shared: false,
         }
     }
 

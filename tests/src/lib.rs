@@ -12,6 +12,8 @@
 //! - [`pki::Pki`] makes a CA with server and client certificates for qemu and libnbd.
 //! - [`serve_nbd::NbdServer`] runs `serve-nbd`; [`serve_nbd::raw`] is a hand-written client.
 //! - [`qemu`], [`libvhdi`] and [`vhd_build`] are the independent image tools.
+//! - [`seaweed::Seaweed`] runs a real SeaweedFS (S3) on loopback for one test;
+//!   [`fault_proxy::FaultProxy`] sits in front of it and breaks chosen requests.
 //!
 //! Every tool the tests use is installed by `scripts/ensure-deps.sh`; a test never skips
 //! because one is missing, it fails and names the script.
@@ -57,11 +59,13 @@ use sha2::{Digest, Sha256};
 
 pub use serde_json::Value;
 
+pub mod fault_proxy;
 pub mod kill;
 pub mod libvhdi;
 pub mod pki;
 pub mod qemu;
 pub mod remote;
+pub mod seaweed;
 pub mod serve_nbd;
 pub mod vhd_build;
 

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::host::{settle, warm};
 use crate::image::{apply_delta, file_digest, Delta};
 use crate::report::{human, Ratio, Report, Row};
-use crate::tools::{Kind, Step, Tool};
+use crate::tools::{Step, Tool};
 use tessera_benches::verify_measure;
 
 fn tessera_note(info: &Value) -> String {
@@ -20,8 +20,27 @@ fn tessera_note(info: &Value) -> String {
     if d.is_null() {
         return String::new();
     }
+    let requests = &info["storage_requests"];
+    let requests = if requests.is_object() {
+        let n = |k: &str| requests[k].as_u64().unwrap_or(0);
+        format!(
+            "{} requests ({} get, {} list, {} head, {} put, {} post, {} delete); ",
+            ["get", "list", "head", "put", "post", "delete"]
+                .iter()
+                .map(|k| n(k))
+                .sum::<u64>(),
+            n("get"),
+            n("list"),
+            n("head"),
+            n("put"),
+            n("post"),
+            n("delete")
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "engine {:.2} s; new {} stored as {}; {} packs; ",
+        "engine {:.2} s; new {} stored as {}; {} packs; {requests}",
         info["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0,
         human(d["new_raw_bytes"].as_u64().unwrap_or(0)),
         human(d["new_stored_bytes"].as_u64().unwrap_or(0)),
@@ -62,7 +81,7 @@ fn record(
 ) {
     let name = tool.name();
     let mut note = size_note(tool, before.map(|b| after.saturating_sub(b)));
-    if tool.kind == Kind::Tessera {
+    if tool.is_tessera() {
         note = tessera_note(&step.info) + &note;
     }
     if runs > 1 {
@@ -312,8 +331,67 @@ pub fn verify(
     Ok(())
 }
 
+/// `tessera verify` of the S3 repository (every object read back from the bucket).
+pub fn verify_s3(report: &mut Report, tool: &Tool, image: &Path) -> Result<()> {
+    eprintln!("full verify (S3):");
+    let size = fs::metadata(image)?.len();
+    let m = tool.verify()?;
+    report.push(Row::new(
+        &format!("{}.verify", tool.name()),
+        tool.name(),
+        "verify (every object)",
+        m,
+        size,
+        "every object read from the bucket".into(),
+    ));
+    Ok(())
+}
+
+/// tessera on S3 against tessera on the local disk, same run; and the requests of the S3
+/// delta backup per MiB of new data.
+fn s3_ratios(report: &mut Report) {
+    for (op, what) in [
+        ("first_backup", "first backup"),
+        ("unchanged_backup", "unchanged re-backup"),
+        ("delta_backup", "delta backup"),
+        ("restore", "restore"),
+        ("verify", "verify"),
+    ] {
+        let goal = if matches!(op, "first_backup" | "restore") {
+            "goal >= 0.60"
+        } else {
+            "(no goal)"
+        };
+        report.rate_ratio(
+            &format!("tessera-s3 / tessera local: {what} speed"),
+            &format!("tessera-s3.{op}"),
+            &format!("tessera.{op}"),
+            goal,
+        );
+    }
+    let delta = report
+        .get("tessera-s3.delta_backup")
+        .map(|r| r.extra["tool_output"].clone());
+    if let Some(info) = delta {
+        let requests: u64 = ["get", "list", "head", "put", "post", "delete"]
+            .iter()
+            .map(|k| info["storage_requests"][k].as_u64().unwrap_or(0))
+            .sum();
+        let stored = info["disks"][0]["new_stored_bytes"].as_u64().unwrap_or(0);
+        report.ratios.push(Ratio {
+            label: "tessera-s3 delta backup: requests per MiB stored".into(),
+            value: requests as f64 / (stored as f64 / f64::from(1 << 20)).max(1e-9),
+            context: format!(
+                "{requests} requests for {} of new data (listings and opening included)",
+                human(stored)
+            ),
+        });
+    }
+}
+
 /// The ratios: tessera against the baselines and the goals, and the peers against tessera.
 pub fn ratios(report: &mut Report) {
+    s3_ratios(report);
     report.rate_ratio(
         "tessera verify / zstd -d | openssl dgst -sha256",
         "tessera.verify",

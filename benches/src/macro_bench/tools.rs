@@ -1,5 +1,5 @@
 //! The backup tools under test, driven through their command lines: tessera (always), and
-//! optionally restic and borg as peers.
+//! optionally tessera on S3 (`--s3`, a SeaweedFS on loopback) and restic and borg as peers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,8 +12,18 @@ use tessera_benches::measure::{run, Measured};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Tessera,
+    /// tessera with its repository in a SeaweedFS bucket.
+    TesseraS3,
     Restic,
     Borg,
+}
+
+/// How `tessera-s3` reaches its bucket.
+pub struct S3Access {
+    /// Environment: endpoint and credentials.
+    pub env: Vec<(String, String)>,
+    /// The server's data directory (what its repository occupies on disk).
+    pub data_dir: PathBuf,
 }
 
 /// One tool with its repository in the work directory.
@@ -27,6 +37,10 @@ pub struct Tool {
     /// tessera only: an encrypted repository (AES-256-GCM, SPEC.md §23) instead of a plain one.
     encrypted: bool,
     backups: u32,
+    /// `tessera-s3` only.
+    s3: Option<S3Access>,
+    /// `tessera-s3`: repositories created so far (each reset starts a new prefix).
+    generation: u32,
 }
 
 /// A measured step and what the tool said about it.
@@ -65,6 +79,8 @@ impl Tool {
             init_args,
             encrypted: false,
             backups: 0,
+            s3: None,
+            generation: 0,
         };
         tool.place(work);
         tool
@@ -84,12 +100,29 @@ impl Tool {
         self.base = work.join(format!("{name}-home"));
     }
 
+    /// tessera with its repository in the bucket `access` reaches.
+    pub fn on_s3(bin: PathBuf, work: &Path, init_args: Vec<String>, access: S3Access) -> Self {
+        let mut tool = Self::new(Kind::TesseraS3, bin, work, init_args);
+        tool.repo.clone_from(&access.data_dir);
+        tool.s3 = Some(access);
+        tool
+    }
+
     pub fn name(&self) -> &'static str {
+        if self.encrypted {
+            "tessera-enc"
+        } else {
+            kind_name(self.kind)
+        }
+    }
+
+    /// The repository argument of tessera's commands: the directory, or `s3://BUCKET/PREFIX`.
+    pub fn location(&self) -> std::ffi::OsString {
         match self.kind {
-            Kind::Tessera if self.encrypted => "tessera-enc",
-            Kind::Tessera => "tessera",
-            Kind::Restic => "restic",
-            Kind::Borg => "borg",
+            Kind::TesseraS3 => {
+                format!("s3://{}/repo-{}", super::s3::BUCKET, self.generation).into()
+            }
+            _ => self.repo.clone().into_os_string(),
         }
     }
 
@@ -99,6 +132,14 @@ impl Tool {
             Kind::Tessera => {
                 // Read only by an encrypted repository.
                 c.env("TESSERA_PASSPHRASE", "tessera-bench");
+            }
+            Kind::TesseraS3 => {
+                if let Some(s3) = &self.s3 {
+                    c.envs(s3.env.iter().map(|(k, v)| (k, v)));
+                }
+                c.env("TESSERA_PASSPHRASE", "tessera-bench");
+                c.arg("--cache-dir")
+                    .arg(self.base.join(format!("cache-{}", self.generation)));
             }
             Kind::Restic => {
                 c.env("RESTIC_REPOSITORY", &self.repo)
@@ -121,8 +162,8 @@ impl Tool {
         std::fs::create_dir_all(&self.base)?;
         let mut c = self.cmd();
         match self.kind {
-            Kind::Tessera => {
-                c.arg("--json").arg("init").arg(&self.repo);
+            Kind::Tessera | Kind::TesseraS3 => {
+                c.arg("--json").arg("init").arg(self.location());
                 c.args(&self.init_args);
                 if self.encrypted {
                     // The default Argon2id cost: what a user pays to unlock, per command.
@@ -150,10 +191,10 @@ impl Tool {
         self.backups += 1;
         let mut c = self.cmd();
         match self.kind {
-            Kind::Tessera => {
+            Kind::Tessera | Kind::TesseraS3 => {
                 c.arg("--json")
                     .arg("backup")
-                    .arg(&self.repo)
+                    .arg(self.location())
                     .args(["--series", "bench"])
                     .arg(format!("disk={}", image.display()));
             }
@@ -187,8 +228,8 @@ impl Tool {
     fn first_backup_id(&self) -> Result<String> {
         let mut c = self.cmd();
         match self.kind {
-            Kind::Tessera => {
-                c.arg("--json").arg("list").arg(&self.repo);
+            Kind::Tessera | Kind::TesseraS3 => {
+                c.arg("--json").arg("list").arg(self.location());
             }
             Kind::Restic => {
                 c.args(["snapshots", "--json"]);
@@ -197,7 +238,7 @@ impl Tool {
         }
         let m = check(run(&mut c)?, &format!("{} list", self.name()))?;
         let v: Value = serde_json::from_str(&m.stdout).context("list output")?;
-        let list = if self.kind == Kind::Tessera {
+        let list = if self.is_tessera() {
             &v["snapshots"]
         } else {
             &v
@@ -226,11 +267,11 @@ impl Tool {
         let relative = image.strip_prefix("/").unwrap_or(&image).to_path_buf();
         let mut c = self.cmd();
         let restored = match self.kind {
-            Kind::Tessera => {
+            Kind::Tessera | Kind::TesseraS3 => {
                 let out = out_dir.join("restored.raw");
                 c.arg("--json")
                     .arg("restore")
-                    .arg(&self.repo)
+                    .arg(self.location())
                     .arg(which.as_deref().unwrap_or("latest"))
                     .arg(&out);
                 out
@@ -251,7 +292,7 @@ impl Tool {
             }
         };
         let mut m = check(run(&mut c)?, &format!("{} restore", self.name()))?;
-        if self.kind != Kind::Tessera {
+        if !self.is_tessera() {
             m = m.then(&fsync_file(&restored)?);
         }
         let info = parse_json(self.kind, &m.stdout);
@@ -265,8 +306,16 @@ impl Tool {
         Ok((Step { m, info }, restored))
     }
 
-    /// Deletes the repository (and the tool's cache) so that `init` can run again.
+    /// Deletes the repository (and the tool's cache) so that `init` can run again; on S3 the
+    /// next repository gets a new prefix.
     pub fn reset(&mut self) -> Result<()> {
+        if self.kind == Kind::TesseraS3 {
+            if self.backups > 0 || self.generation > 0 {
+                self.generation += 1;
+            }
+            self.backups = 0;
+            return Ok(());
+        }
         for d in [&self.repo, &self.base] {
             if d.exists() {
                 std::fs::remove_dir_all(d)?;
@@ -276,9 +325,30 @@ impl Tool {
         Ok(())
     }
 
-    /// Apparent size of the repository.
+    /// Whether this is tessera (local or on S3).
+    pub fn is_tessera(&self) -> bool {
+        matches!(self.kind, Kind::Tessera | Kind::TesseraS3)
+    }
+
+    /// Apparent size of the repository; on S3 the bytes of its packs (`tessera stats`).
     pub fn repo_size(&self) -> u64 {
+        if self.kind == Kind::TesseraS3 {
+            let mut c = self.cmd();
+            c.arg("--json").arg("stats").arg(self.location());
+            return run(&mut c)
+                .ok()
+                .and_then(|m| serde_json::from_str::<Value>(&m.stdout).ok())
+                .and_then(|v| v["stats"]["pack_bytes"].as_u64())
+                .unwrap_or(0);
+        }
         tessera_benches::measure::tree_size(&self.repo)
+    }
+
+    /// `tessera verify` of every object (either tessera kind).
+    pub fn verify(&self) -> Result<Measured> {
+        let mut c = self.cmd();
+        c.arg("verify").arg(self.location());
+        check(run(&mut c)?, &format!("{} verify", self.name()))
     }
 
     /// For tessera: bytes in packs, index and snapshots.
@@ -290,8 +360,17 @@ impl Tool {
     }
 }
 
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Tessera => "tessera",
+        Kind::TesseraS3 => "tessera-s3",
+        Kind::Restic => "restic",
+        Kind::Borg => "borg",
+    }
+}
+
 fn parse_json(kind: Kind, stdout: &str) -> Value {
-    if kind == Kind::Tessera {
+    if matches!(kind, Kind::Tessera | Kind::TesseraS3) {
         serde_json::from_str(stdout).unwrap_or(Value::Null)
     } else {
         Value::Null

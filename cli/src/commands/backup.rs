@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::backup::{
     backup as run_backup, BackupReport, BackupRequest, DeltaOptions, DiskSpec, Mode,
     ReferenceChoice,
@@ -17,7 +18,7 @@ use crate::output::{bytes, Bars};
     reason = "one argument per option group of the subcommand"
 )]
 pub fn backup(
-    repo: &Path,
+    repo: &RepoLocation,
     series: String,
     disks: &[String],
     tags: &[String],
@@ -112,5 +113,17 @@ fn print_text(r: &BackupReport) {
                 d.healed_chunks
             );
         }
+    }
+    if let Some(n) = &r.storage_requests {
+        println!(
+            "  requests to the object store: {} ({} get, {} list, {} head, {} put, {} post, {} delete)",
+            n.total(),
+            n.get,
+            n.list,
+            n.head,
+            n.put,
+            n.post,
+            n.delete
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use tessera_engine::export::{export_snapshot, ExportRequest, Format};
+use tessera_engine::location::RepoLocation;
 
 use super::restore::split_spec;
 use crate::doc::print_ok;
@@ -15,7 +16,7 @@ use crate::output::{bytes, Bars};
     reason = "one argument per command-line option"
 )]
 pub fn run(
-    repo: &Path,
+    repo: &RepoLocation,
     snapshot: &str,
     out: &Path,
     format: &str,
@@ -26,7 +27,7 @@ pub fn run(
     bars: &Bars,
 ) -> Result<i32> {
     let format: Format = format.parse()?;
-    let repository = super::open(repo)?;
+    let repository = super::open_reader(repo)?;
     let (query, disk) = split_spec(snapshot);
     let request = ExportRequest {
         snapshot: query,

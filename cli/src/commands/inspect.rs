@@ -1,8 +1,7 @@
 //! `tessera list`, `show`, `stats`: read-only views.
 
-use std::path::Path;
-
 use anyhow::Result;
+use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::catalog::{self, DamageReport, ShowReport, StatsReport};
 use tessera_engine::time::format_us;
 use tessera_engine::SnapshotRef;
@@ -10,8 +9,8 @@ use tessera_engine::SnapshotRef;
 use crate::doc::print_ok;
 use crate::output::bytes;
 
-pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
-    let r = catalog::list(&super::open(repo)?, series)?;
+pub fn list(repo: &RepoLocation, series: Option<&str>, json: bool) -> Result<i32> {
+    let r = catalog::list(&super::open_reader(repo)?, series)?;
     if json {
         print_ok(&r);
     } else if r.snapshots.is_empty() {
@@ -43,8 +42,8 @@ pub fn list(repo: &Path, series: Option<&str>, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-pub fn show(repo: &Path, reference: &SnapshotRef, json: bool) -> Result<i32> {
-    let r = catalog::show(&super::open(repo)?, reference)?;
+pub fn show(repo: &RepoLocation, reference: &SnapshotRef, json: bool) -> Result<i32> {
+    let r = catalog::show(&super::open_reader(repo)?, reference)?;
     if json {
         print_ok(&r);
     } else {
@@ -119,8 +118,8 @@ fn damage_text(m: &DamageReport) -> String {
     )
 }
 
-pub fn stats(repo: &Path, json: bool) -> Result<i32> {
-    let r = catalog::stats_report(&super::open(repo)?)?;
+pub fn stats(repo: &RepoLocation, json: bool) -> Result<i32> {
+    let r = catalog::stats_report(&super::open_reader(repo)?)?;
     if json {
         print_ok(&r);
     } else {

@@ -1,9 +1,8 @@
 //! `tessera init`.
 
-use std::path::Path;
-
 use anyhow::Result;
 use tessera_engine::crypto::text::recovery_text;
+use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::init::init as init_repository;
 use tessera_engine::{InitOptions, NewKeys};
 use tessera_format::config::validate_block_size;
@@ -16,7 +15,7 @@ use crate::keys;
 use crate::output::bytes;
 
 pub fn init(
-    repo: &Path,
+    repo: &RepoLocation,
     block_size: &str,
     compression: &str,
     encryption: &InitEncryptionArgs,
@@ -30,7 +29,9 @@ pub fn init(
         compression,
     };
     opts.validate()?;
-    tessera_engine::Repository::check_init_target(repo)?;
+    if let Some(path) = repo.local_path() {
+        tessera_engine::Repository::check_init_target(path)?;
+    }
     let new_keys = if encryption.encryption == "none" {
         None
     } else {
@@ -50,7 +51,7 @@ pub fn init(
             }
         }
         Some(NewKeys {
-            secret: keys::new_secret(keys::global(), &repo.display().to_string())?,
+            secret: keys::new_secret(keys::global(), &repo.to_string())?,
             kdf: KdfParams {
                 memory_kib: encryption.kdf_memory_mib * 1024,
                 iterations: encryption.kdf_iterations,

@@ -14,6 +14,8 @@ mod token;
 mod verify;
 
 use anyhow::Result;
+use tessera_engine::location::RepoLocation;
+use tessera_engine::Repository;
 
 use crate::args::{Cli, Command};
 use crate::output::Bars;
@@ -23,6 +25,8 @@ use crate::output::Bars;
 pub fn run(cli: Cli) -> Result<i32> {
     let bars = Bars::new(cli.json, cli.quiet);
     let json = cli.json;
+    let options = cli.storage.options();
+    let at = |repo: &str| RepoLocation::parse(repo, options.clone());
     crate::keys::set_global(cli.keys);
     match cli.command {
         Command::Init {
@@ -30,7 +34,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             block_size,
             compression,
             encryption,
-        } => maintain::init(&repo, &block_size, &compression, &encryption, json),
+        } => maintain::init(&at(&repo)?, &block_size, &compression, &encryption, json),
         Command::Backup {
             repo,
             series,
@@ -39,7 +43,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             block_size,
             delta,
         } => backup::backup(
-            &repo,
+            &at(&repo)?,
             series,
             &disks,
             &tags,
@@ -48,16 +52,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
             &bars,
         ),
-        Command::List { repo, series } => inspect::list(&repo, series.as_deref(), json),
-        Command::Show { repo, snapshot } => inspect::show(&repo, &snapshot, json),
-        Command::Stats { repo } => inspect::stats(&repo, json),
+        Command::List { repo, series } => inspect::list(&at(&repo)?, series.as_deref(), json),
+        Command::Show { repo, snapshot } => inspect::show(&at(&repo)?, &snapshot, json),
+        Command::Stats { repo } => inspect::stats(&at(&repo)?, json),
         Command::Restore {
             repo,
             snapshot,
             out: Some(out),
             force,
             ..
-        } => restore::restore(&repo, &snapshot, &out, force, json, &bars),
+        } => restore::restore(&at(&repo)?, &snapshot, &out, force, json, &bars),
         Command::Restore {
             repo,
             snapshot,
@@ -65,7 +69,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             assume: Some(assume),
             check_target,
             ..
-        } => restore::restore_onto(&repo, &snapshot, &onto, &assume, check_target, json, &bars),
+        } => restore::restore_onto(
+            &at(&repo)?,
+            &snapshot,
+            &onto,
+            &assume,
+            check_target,
+            json,
+            &bars,
+        ),
         Command::Restore { .. } => Err(crate::args::UsageError(
             "give OUT, or --onto TARGET --assume SNAPSHOT".into(),
         )
@@ -75,7 +87,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             from,
             to,
             disk,
-        } => restore::diff(&repo, &from, &to, disk.as_deref(), json),
+        } => restore::diff(&at(&repo)?, &from, &to, disk.as_deref(), json),
         Command::ServeNbd {
             repo,
             snapshot,
@@ -86,7 +98,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             tls,
             limits,
         } => serve_nbd::run(
-            &repo,
+            &at(&repo)?,
             &snapshot,
             serve_nbd::Listen {
                 tcp: &listen,
@@ -107,7 +119,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             backing_file,
             force,
         } => export::run(
-            &repo,
+            &at(&repo)?,
             &snapshot,
             &out,
             &format,
@@ -117,24 +129,34 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
             &bars,
         ),
-        Command::Verify(args) => verify::run(&args, json, &bars),
-        Command::Repair(args) => repair::run(&args, json, &bars),
+        Command::Verify(args) => verify::run(&at(&args.repo)?, &args, json, &bars),
+        Command::Repair(args) => repair::run(&at(&args.repo)?, &args, &options, json, &bars),
         Command::Forget {
             repo,
             snapshots,
             dry_run,
-        } => retention::forget(&repo, &snapshots, dry_run, json),
+        } => retention::forget(&at(&repo)?, &snapshots, dry_run, json),
         Command::Prune {
             repo,
             series,
             keep,
             dry_run,
-        } => retention::prune(&repo, series.as_deref(), &keep.policy(), dry_run, json),
-        Command::Protect { repo, snapshot } => retention::protect(&repo, &snapshot, true, json),
-        Command::Unprotect { repo, snapshot } => retention::protect(&repo, &snapshot, false, json),
-        Command::Sync(args) => sync::sync(&args, json, &bars),
-        Command::Seed(cmd) => sync::seed(&cmd, json, &bars),
-        Command::Serve(args) => sync::serve(&args, json),
+        } => retention::prune(
+            &at(&repo)?,
+            series.as_deref(),
+            &keep.policy(),
+            dry_run,
+            json,
+        ),
+        Command::Protect { repo, snapshot } => {
+            retention::protect(&at(&repo)?, &snapshot, true, json)
+        }
+        Command::Unprotect { repo, snapshot } => {
+            retention::protect(&at(&repo)?, &snapshot, false, json)
+        }
+        Command::Sync(args) => sync::sync(&args, &options, json, &bars),
+        Command::Seed(cmd) => sync::seed(&cmd, &at, json, &bars),
+        Command::Serve(args) => sync::serve(&at(&args.repo)?, &args, json),
         Command::Token(cmd) => token::run(&cmd, json),
         Command::Key(cmd) => key::run(&cmd, json),
         Command::Compact {
@@ -142,22 +164,34 @@ pub fn run(cli: Cli) -> Result<i32> {
             max_unused,
             dry_run,
             grace,
-        } => retention::compact(&repo, &max_unused, &grace, dry_run, json, &bars),
+            allow_short_grace,
+        } => retention::compact(
+            &at(&repo)?,
+            &max_unused,
+            (&grace, allow_short_grace),
+            dry_run,
+            json,
+            &bars,
+        ),
     }
 }
 
 /// Opens `repo` as the writer (unlocking it with the key options when it is encrypted)
 /// and tells the operator (on stderr, never in `--json` output) what recovery finished or
-/// undid of an interrupted run.
-pub fn open_writer(repo: &std::path::Path) -> tessera_engine::Result<tessera_engine::Repository> {
-    let repository = tessera_engine::Repository::open_writer_with(repo, crate::keys::global())?;
+/// undid of an interrupted run, and what bringing an S3 repository's index cache up to date
+/// did.
+pub fn open_writer(repo: &RepoLocation) -> tessera_engine::Result<Repository> {
+    let repository = repo.open_writer(crate::keys::global())?;
     note_recovery(&repository.recovery);
     Ok(repository)
 }
 
-/// Opens `repo` for reading, unlocking it with the key options when it is encrypted.
-pub fn open(repo: &std::path::Path) -> tessera_engine::Result<tessera_engine::Repository> {
-    tessera_engine::Repository::open_with(repo, crate::keys::global())
+/// Opens `repo` for reading (unlocking it when it is encrypted), telling the operator (on
+/// stderr) what bringing an S3 repository's index cache up to date did.
+pub fn open_reader(repo: &RepoLocation) -> tessera_engine::Result<Repository> {
+    let repository = repo.open(crate::keys::global())?;
+    note_recovery(&repository.recovery);
+    Ok(repository)
 }
 
 /// Tells the operator (on stderr, also with `--json`) what a writer's recovery finished or

@@ -1,12 +1,11 @@
 //! `tessera repair`.
 
-use std::path::Path;
-
 use anyhow::Result;
+use tessera_engine::location::LocationOptions;
+use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::rebuild_index::rebuild_index;
 use tessera_engine::ops::repair::request::RepairRequest;
 use tessera_engine::ops::repair::RepairReport;
-use tessera_engine::repo::RepoStorage;
 use tessera_engine::serde_ids::kind_name;
 use tessera_engine::ErrorKind;
 
@@ -15,7 +14,13 @@ use crate::doc::{print_doc, print_ok};
 use crate::exit_code_for;
 use crate::output::Bars;
 
-pub fn run(args: &RepairArgs, json: bool, bars: &Bars) -> Result<i32> {
+pub fn run(
+    repo: &RepoLocation,
+    args: &RepairArgs,
+    options: &LocationOptions,
+    json: bool,
+    bars: &Bars,
+) -> Result<i32> {
     if args.from.is_some() || !args.from_source.is_empty() || args.quarantine {
         if args.rebuild_index || args.recount {
             return Err(UsageError(
@@ -23,25 +28,35 @@ pub fn run(args: &RepairArgs, json: bool, bars: &Bars) -> Result<i32> {
             )
             .into());
         }
-        return repair_from(args, json, bars);
+        return repair_from(repo, args, options, json, bars);
     }
     if args.recount && !args.rebuild_index {
-        return recount(&args.repo, json);
+        return recount(repo, json);
     }
     if !args.rebuild_index {
         return Err(UsageError("say what to repair: --from OTHER_REPO and/or --from-source DISK=PATH (damaged objects and packs), --quarantine (damaged packs, no other copy), --rebuild-index or --recount".into()).into());
     }
-    rebuild(&args.repo, json, bars)
+    rebuild(repo, json, bars)
 }
 
-fn repair_from(args: &RepairArgs, json: bool, bars: &Bars) -> Result<i32> {
+fn repair_from(
+    repo: &RepoLocation,
+    args: &RepairArgs,
+    options: &LocationOptions,
+    json: bool,
+    bars: &Bars,
+) -> Result<i32> {
     let request = RepairRequest {
-        from: args.from.clone(),
+        from: args
+            .from
+            .as_deref()
+            .map(|from| RepoLocation::parse(from, options.clone()))
+            .transpose()?,
         images: args.from_source.clone(),
         quarantine: args.quarantine,
     };
-    request.validate(&args.repo)?;
-    let r = request.run(&super::open_writer(&args.repo)?, bars)?;
+    request.validate(repo)?;
+    let r = request.run(&super::open_writer(repo)?, bars)?;
     print_report(&r, json);
     Ok(clean_or_damage(r.is_clean()))
 }
@@ -135,7 +150,7 @@ fn print_report(r: &RepairReport, json: bool) {
     );
 }
 
-fn recount(repo: &Path, json: bool) -> Result<i32> {
+fn recount(repo: &RepoLocation, json: bool) -> Result<i32> {
     let r = tessera_engine::ops::check::recount(&super::open_writer(repo)?)?;
     if json {
         print_ok(&r);
@@ -145,8 +160,8 @@ fn recount(repo: &Path, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-fn rebuild(repo: &Path, json: bool, bars: &Bars) -> Result<i32> {
-    let r = rebuild_index(&RepoStorage::local(repo), crate::keys::global(), bars)?;
+fn rebuild(repo: &RepoLocation, json: bool, bars: &Bars) -> Result<i32> {
+    let r = rebuild_index(&repo.storage()?, crate::keys::global(), bars)?;
     if json {
         let problems = (!r.is_clean()).then(|| {
             (

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
+use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::diff::diff_snapshots;
 use tessera_engine::ops::restore::restore_snapshot;
 use tessera_engine::ops::restore_onto::restore_onto_snapshot;
@@ -19,14 +20,14 @@ pub(crate) fn split_spec(spec: &str) -> (&str, Option<&str>) {
 }
 
 pub fn restore(
-    repo: &Path,
+    repo: &RepoLocation,
     spec: &str,
     out: &Path,
     force: bool,
     json: bool,
     bars: &Bars,
 ) -> Result<i32> {
-    let repository = super::open(repo)?;
+    let repository = super::open_reader(repo)?;
     let (query, disk) = split_spec(spec);
     let r = restore_snapshot(&repository, query, disk, out, force, bars)?;
     if json {
@@ -48,7 +49,7 @@ pub fn restore(
 }
 
 pub fn restore_onto(
-    repo: &Path,
+    repo: &RepoLocation,
     spec: &str,
     target: &Path,
     assume: &str,
@@ -56,7 +57,7 @@ pub fn restore_onto(
     json: bool,
     bars: &Bars,
 ) -> Result<i32> {
-    let repository = super::open(repo)?;
+    let repository = super::open_reader(repo)?;
     let (query, disk) = split_spec(spec);
     let r = restore_onto_snapshot(&repository, query, disk, target, assume, check_target, bars)?;
     if json {
@@ -80,8 +81,14 @@ pub fn restore_onto(
     Ok(0)
 }
 
-pub fn diff(repo: &Path, from: &str, to: &str, disk: Option<&str>, json: bool) -> Result<i32> {
-    let repository = super::open(repo)?;
+pub fn diff(
+    repo: &RepoLocation,
+    from: &str,
+    to: &str,
+    disk: Option<&str>,
+    json: bool,
+) -> Result<i32> {
+    let repository = super::open_reader(repo)?;
     let r = diff_snapshots(&repository, from, to, disk)?;
     if json {
         print_ok(&r);

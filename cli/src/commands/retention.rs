@@ -1,8 +1,7 @@
 //! `tessera forget`, `prune`, `protect`/`unprotect`, `compact`.
 
-use std::path::Path;
-
 use anyhow::Result;
+use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::compact::compact as run_compact;
 use tessera_engine::ops::forget::{forget as run_forget, protect as run_protect};
 use tessera_engine::ops::prune::{prune as run_prune, KeepPolicy};
@@ -14,7 +13,7 @@ use crate::doc::{print_doc, print_ok};
 use crate::exit_code_for;
 use crate::output::{bytes, Bars};
 
-pub fn forget(repo: &Path, refs: &[SnapshotRef], dry_run: bool, json: bool) -> Result<i32> {
+pub fn forget(repo: &RepoLocation, refs: &[SnapshotRef], dry_run: bool, json: bool) -> Result<i32> {
     let r = run_forget(&super::open_writer(repo)?, refs, dry_run)?;
     if json {
         print_ok(&r);
@@ -39,7 +38,7 @@ pub fn forget(repo: &Path, refs: &[SnapshotRef], dry_run: bool, json: bool) -> R
 }
 
 pub fn prune(
-    repo: &Path,
+    repo: &RepoLocation,
     series: Option<&str>,
     policy: &KeepPolicy,
     dry_run: bool,
@@ -86,7 +85,12 @@ pub fn prune(
     Ok(0)
 }
 
-pub fn protect(repo: &Path, reference: &SnapshotRef, protected: bool, json: bool) -> Result<i32> {
+pub fn protect(
+    repo: &RepoLocation,
+    reference: &SnapshotRef,
+    protected: bool,
+    json: bool,
+) -> Result<i32> {
     let r = run_protect(&super::open_writer(repo)?, reference, protected)?;
     if json {
         print_ok(&r);
@@ -105,9 +109,9 @@ pub fn protect(repo: &Path, reference: &SnapshotRef, protected: bool, json: bool
 }
 
 pub fn compact(
-    repo: &Path,
+    repo: &RepoLocation,
     max_unused: &str,
-    grace: &str,
+    (grace, allow_short_grace): (&str, bool),
     dry_run: bool,
     json: bool,
     bars: &Bars,
@@ -122,6 +126,7 @@ pub fn compact(
         &super::open_writer(repo)?,
         max_unused,
         grace_us,
+        allow_short_grace,
         dry_run,
         bars,
     )?;

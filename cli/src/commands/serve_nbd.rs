@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
+use tessera_engine::location::RepoLocation;
 use tessera_engine::nbd::{bind_snapshot, Endpoint, ServeOptions, TlsFiles};
 use tessera_engine::net::Keepalive;
 
@@ -27,7 +28,7 @@ pub struct Listen<'a> {
 }
 
 pub fn run(
-    repo: &Path,
+    repo: &RepoLocation,
     snapshot: &str,
     listen: Listen<'_>,
     cache_mib: u64,
@@ -35,7 +36,7 @@ pub fn run(
     limits: &NbdLimitArgs,
     json: bool,
 ) -> Result<i32> {
-    let repository = Arc::new(super::open(repo)?);
+    let repository = Arc::new(super::open_reader(repo)?);
     let (query, disk) = split_spec(snapshot);
     let endpoint = match listen.socket {
         Some(path) => Endpoint::Unix(path),

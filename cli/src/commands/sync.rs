@@ -1,6 +1,7 @@
 //! `tessera sync`, `tessera seed`, `tessera serve`.
 
 use anyhow::Result;
+use tessera_engine::location::{LocationOptions, RepoLocation};
 use tessera_engine::sync::bwlimit::parse_rate;
 use tessera_engine::sync::endpoints::{read_token, sync_between, RemoteAccess};
 use tessera_engine::sync::http::audit::AuditLog;
@@ -23,7 +24,7 @@ fn selection(s: &SelectArgs) -> Selection {
     }
 }
 
-pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
+pub fn sync(args: &SyncArgs, options: &LocationOptions, json: bool, bars: &Bars) -> Result<i32> {
     let bwlimit = match &args.bwlimit {
         Some(r) => Some(parse_rate(r).ok_or_else(|| {
             UsageError(format!("--bwlimit {r:?}: give bytes per second, e.g. 50M"))
@@ -46,6 +47,7 @@ pub fn sync(args: &SyncArgs, json: bool, bars: &Bars) -> Result<i32> {
         &args.src,
         &args.dst,
         access,
+        options,
         &selection(&args.select),
         &opts,
         bars,
@@ -73,11 +75,16 @@ fn print_report(r: &SyncReport, json: bool) {
     }
 }
 
-pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
+pub fn seed(
+    cmd: &SeedCommand,
+    at: &dyn Fn(&str) -> tessera_engine::Result<RepoLocation>,
+    json: bool,
+    bars: &Bars,
+) -> Result<i32> {
     match cmd {
         SeedCommand::Export { repo, out, select } => {
             let select = selection(select);
-            let repository = super::open(repo)?;
+            let repository = super::open_reader(&at(repo)?)?;
             let r = tessera_engine::sync::bundle::export(&repository, out, &select, bars)?;
             if json {
                 print_ok(&r);
@@ -95,7 +102,7 @@ pub fn seed(cmd: &SeedCommand, json: bool, bars: &Bars) -> Result<i32> {
         SeedCommand::Import { bundle, repo } => {
             let r = tessera_engine::sync::bundle::import(
                 bundle,
-                repo,
+                &at(repo)?,
                 &SyncOptions::default(),
                 bars,
                 &super::note_recovery,
@@ -113,7 +120,7 @@ struct Listening<'a> {
     listening: &'a str,
 }
 
-pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
+pub fn serve(repo: &RepoLocation, args: &ServeArgs, json: bool) -> Result<i32> {
     let (tokens, usage_of) = match (&args.tokens, &args.token_file) {
         (Some(file), None) => (TokenSource::file(file.clone())?, Some(file.clone())),
         (None, Some(file)) => {
@@ -122,7 +129,8 @@ pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
         }
         _ => return Err(UsageError("give --tokens FILE or --token-file FILE".into()).into()),
     };
-    tessera_engine::repo::read_config(&args.repo)?;
+    let storage = repo.storage()?;
+    storage.read_config()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server_config(cert, key)?),
         (None, None) => None,
@@ -146,6 +154,6 @@ pub fn serve(args: &ServeArgs, json: bool) -> Result<i32> {
         audit,
         min_publish_interval: std::time::Duration::from_secs(args.min_publish_interval),
     };
-    http_serve(listener, &args.repo, options)?;
+    http_serve(listener, &storage, options)?;
     Ok(0)
 }

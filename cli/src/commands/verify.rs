@@ -1,6 +1,7 @@
 //! `tessera verify`.
 
 use anyhow::Result;
+use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::check::{CheckReport, SampleSize};
 use tessera_engine::ops::verify::VerifyRequest;
 use tessera_engine::serde_ids::kind_name;
@@ -33,7 +34,7 @@ fn parse_sample(s: &str) -> Result<SampleSize, UsageError> {
     }
 }
 
-pub fn run(args: &VerifyArgs, json: bool, bars: &Bars) -> Result<i32> {
+pub fn run(repo: &RepoLocation, args: &VerifyArgs, json: bool, bars: &Bars) -> Result<i32> {
     let request = VerifyRequest {
         metadata_only: args.metadata_only,
         snapshots: args.snapshots.clone(),
@@ -44,7 +45,7 @@ pub fn run(args: &VerifyArgs, json: bool, bars: &Bars) -> Result<i32> {
     };
     // Refuse bad combinations before touching the repository.
     request.validate()?;
-    let repository = super::open(&args.repo)?;
+    let repository = super::open_reader(repo)?;
     let report = tessera_engine::ops::verify::run(&repository, &request, bars)?;
     let problems = (!report.is_clean()).then(|| {
         (

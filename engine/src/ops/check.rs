@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use tessera_format::{ObjectKind, PackId, SnapshotId};
 
 use crate::damage_marks::{update_damage_marks, DamageFindings};
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::index::ObjectEntry;
 use crate::ledger::{Ledger, LedgerLock};
 use crate::ops::check_uncatalogued::judge_uncatalogued;
@@ -38,7 +38,7 @@ use crate::refcount::expected_counts_of;
 use crate::repo::Repository;
 use crate::serde_ids;
 use crate::store::pack_scan::check_footer;
-use crate::store::reader::read_object;
+use crate::store::reader::{check_fetched, fetch_records, read_object};
 
 /// What the check found. `is_clean` tells whether the repository is consistent.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -328,7 +328,7 @@ fn load_catalogued(
     Ok((snapshots, catalogued))
 }
 
-/// Updates the damage marks (`REPO/damaged`, see `crate::ledger`) with what `report` found:
+/// Updates the damage marks (`damage/<snapshot id>`, see `crate::damage_marks`) with what `report` found:
 /// snapshots it found damaged are marked, the `checked` ones it found clean are cleared.
 /// Called by verify (holding the ledger) and by repair after its final check.
 pub fn record_damage(
@@ -501,6 +501,13 @@ fn draw_sample(live: Vec<Live>, size: SampleSize, seed: u64) -> (Vec<Live>, Samp
 
 /// Reads `live` back in parallel, in groups; records the intact ones in the ledger after
 /// each group. Returns the damaged ones, sorted.
+///
+/// Only a failure that is damage ([`ErrorKind::Damage`]: a record that does not check, a
+/// missing or truncated pack) makes an object damaged. Any other failure — the store
+/// unreachable or failing after its retries, an I/O error — says nothing about the object,
+/// so it stops the verification with that error (exit 1) before anything is marked: a
+/// passing outage must never put damage marks on snapshots. Groups read before it stay
+/// recorded in the ledger (they were read intact).
 fn read_back(
     repo: &Repository,
     live: &[Live],
@@ -513,22 +520,52 @@ fn read_back(
     let objects = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let mut unreadable: Vec<(BadKey, DamagedObject)> = Vec::new();
-    for group in live.chunks(GROUP) {
+    let remote = repo.backend().is_remote();
+    // From a remote store, in pack order, so that a group's records lie together and are
+    // fetched with few reads; a group's fetched records are held at once: a quarter group.
+    let mut sorted;
+    let live = if remote {
+        sorted = live.to_vec();
+        sorted.sort_by_key(|(_, _, e)| (e.pack, e.offset));
+        &sorted[..]
+    } else {
+        live
+    };
+    let group_len = if remote { GROUP / 4 } else { GROUP };
+    for group in live.chunks(group_len) {
+        // A remote store: nearby records are fetched together (one request per span).
+        let mut fetched: Vec<Option<Result<Vec<u8>>>> = if remote {
+            let entries: Vec<ObjectEntry> = group.iter().map(|(_, _, e)| *e).collect();
+            fetch_records(repo.backend(), &entries)
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            group.iter().map(|_| None).collect()
+        };
         let results: Vec<Option<(BadKey, DamagedObject)>> = group
             .par_iter()
-            .map(|(kind, digest, entry)| {
-                let r = read_object(repo.backend(), repo.crypto(), *kind, digest, entry);
+            .zip(fetched.par_iter_mut())
+            .map(|((kind, digest, entry), fetched)| {
+                let r = match fetched.take() {
+                    Some(bytes) => check_fetched(bytes, repo.crypto(), *kind, digest, entry),
+                    None => {
+                        read_object(repo.backend(), repo.crypto(), *kind, digest, entry).map(|_| ())
+                    }
+                };
                 objects.fetch_add(1, Ordering::Relaxed);
                 bytes.fetch_add(u64::from(entry.stored_len), Ordering::Relaxed);
                 progress.advance(u64::from(entry.stored_len));
-                r.err().map(|e| {
-                    (
+                match r {
+                    Ok(()) => Ok(None),
+                    Err(e) if e.kind() == ErrorKind::Damage => Ok(Some((
                         (*kind, *digest),
                         damaged(*kind, *digest, Some(entry), e.to_string()),
-                    )
-                })
+                    ))),
+                    Err(e) => Err(e),
+                }
             })
-            .collect();
+            .collect::<Result<_>>()?;
         if let Some(ledger) = ledger {
             report.ledger_recorded += ledger.record(
                 crate::time::now_us(),
@@ -575,15 +612,27 @@ pub struct RecountReport {
 /// value wherever the index disagrees (`tessera repair --recount`). Objects referenced but
 /// absent from the index cannot be fixed here; they are reported by [`check`].
 pub fn recount(repo: &Repository) -> Result<RecountReport> {
+    Ok(RecountReport {
+        counts_fixed: recount_index(repo.index(), repo.backend(), repo.crypto())?,
+    })
+}
+
+/// [`recount`] on an index and the backend of its objects (the writer holds the lock);
+/// returns the number of counts fixed.
+pub fn recount_index(
+    index: &crate::index::Index,
+    backend: &dyn crate::storage::Backend,
+    crypto: &crate::crypto::RepoCrypto,
+) -> Result<u64> {
     let mut snapshots = Vec::new();
-    for (id, _) in repo.index().snapshots()? {
-        snapshots.push(repo.load_snapshot(id)?);
+    for (id, _) in index.snapshots()? {
+        snapshots.push(crate::store::reader::load_snapshot(backend, crypto, id)?);
     }
-    let expected = expected_counts_of(repo.index(), repo.backend(), repo.crypto(), &snapshots)?;
-    let mut batch = repo.index().batch();
+    let expected = expected_counts_of(index, backend, crypto, &snapshots)?;
+    let mut batch = index.batch();
     let mut fixed = 0;
     for kind in [ObjectKind::Page, ObjectKind::Chunk] {
-        repo.index().for_each_object(kind, |digest, mut entry| {
+        index.for_each_object(kind, |digest, mut entry| {
             let want = expected.count(kind, digest);
             if want != entry.refcount {
                 entry.refcount = want;
@@ -593,8 +642,6 @@ pub fn recount(repo: &Repository) -> Result<RecountReport> {
             Ok(())
         })?;
     }
-    repo.index().commit(batch)?;
-    Ok(RecountReport {
-        counts_fixed: fixed,
-    })
+    index.commit(batch)?;
+    Ok(fixed)
 }

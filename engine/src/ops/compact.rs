@@ -8,7 +8,9 @@
 //! through the [`PackSink`]; when a new pack is sealed, one index batch points the moved
 //! objects at their new locations, deletes the entries of dead objects, and moves the
 //! emptied old packs to the doomed list. Doomed pack files are deleted once no reader holds
-//! a lease (see `readers.rs`), now or by a later writer.
+//! a lease (see `readers.rs`), now or by a later writer; in a store several machines share,
+//! they get doom records instead and are deleted by a compaction at least the grace period
+//! later (see `doomed.rs`).
 //!
 //! Crash reasoning: before a batch commits, the index points at the old packs, which still
 //! exist; a new pack sealed but not committed is adopted by the next writer as a pack whose
@@ -68,11 +70,20 @@ pub struct CompactPlan {
     pub bytes_to_free: u64,
     /// Packs left alone because they were indexed within the grace period.
     pub packs_in_grace: usize,
+    /// The grace period, in microseconds: also how long a doomed pack of a shared store
+    /// stays before it is deleted ([`crate::doomed`]).
+    pub grace_us: i64,
 }
 
 /// How long a newly indexed pack is left alone by default: its objects may belong to a
 /// push or an interrupted backup that has not published yet (SPEC §13).
 pub const DEFAULT_GRACE_US: i64 = 7 * 24 * 3600 * 1_000_000;
+
+// An incomplete upload of a shared store is aborted only once older than the default grace:
+// operations within the grace contract may still be uploading younger ones.
+const _: () = assert!(
+    crate::storage::s3::STALE_UPLOAD.as_secs().cast_signed() * 1_000_000 >= DEFAULT_GRACE_US
+);
 
 /// What compaction did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -83,8 +94,11 @@ pub struct CompactReport {
     pub packs_written: usize,
     /// Stored bytes moved.
     pub bytes_moved: u64,
-    /// Old packs deleted now (others wait for running readers to finish).
+    /// Old packs deleted now (others wait for running readers to finish; in a shared store,
+    /// for the grace period after their doom record).
     pub packs_deleted: usize,
+    /// Doom records stored for the packs emptied now (shared stores).
+    pub packs_doomed: usize,
     /// Packs skipped because a live object in them is damaged.
     pub damaged: Vec<String>,
 }
@@ -107,16 +121,33 @@ impl CompactOutcome {
     }
 }
 
+/// The shortest grace period a compaction of a repository other machines share accepts
+/// without `allow_short_grace` ([`compact`]): every operation on any machine must finish
+/// within the grace, or packs it uses are deleted under it (`doomed.rs`).
+pub const MIN_SHARED_GRACE_US: i64 = 24 * 3600 * 1_000_000;
+
 /// Plans compaction at `max_unused` (0.0..=1.0), leaving packs younger than `grace_us`
 /// alone (see [`plan_compact_with_grace`]), and applies it unless `dry_run`. `repo` is open
-/// as the writer.
+/// as the writer. In a shared store, a grace shorter than [`MIN_SHARED_GRACE_US`] is
+/// refused unless `allow_short_grace` (the operator's word that no other machine runs long
+/// operations on it); a dry run changes nothing and is never refused.
 pub fn compact(
     repo: &Repository,
     max_unused: f64,
     grace_us: i64,
+    allow_short_grace: bool,
     dry_run: bool,
     progress: &dyn Progress,
 ) -> Result<CompactOutcome> {
+    if repo.storage().shared && !dry_run && !allow_short_grace && grace_us < MIN_SHARED_GRACE_US {
+        return Err(Error::Refused {
+            reason: format!(
+                "a grace period of {} s in a repository other machines share: every backup, restore, export or verify on any of them must finish within it, or the packs it uses are deleted under it. Use --grace 1d or more, or give --allow-short-grace if no other machine uses {} for longer",
+                grace_us / 1_000_000,
+                repo.describe()
+            ),
+        });
+    }
     let plan = plan_compact_with_grace(repo, max_unused, grace_us)?;
     let report = if dry_run {
         None
@@ -210,6 +241,7 @@ pub fn plan_compact_with_grace(
         bytes_to_move,
         bytes_to_free,
         packs_in_grace,
+        grace_us,
     })
 }
 
@@ -321,6 +353,18 @@ pub fn apply_compact(
     mover.commit()?;
     progress.finish();
     let mut report = mover.report;
-    report.packs_deleted = delete_doomed_packs(repo.storage(), repo.index())?;
+    let storage = repo.storage();
+    if storage.shared {
+        report.packs_doomed = crate::doomed::publish(storage, repo.index())?;
+        let as_of = repo.catalogued_as_of_us().ok_or_else(|| {
+            Error::Internal(
+                "a compaction of a shared store opened without the store's clock".into(),
+            )
+        })?;
+        report.packs_deleted =
+            crate::doomed::delete_expired(storage, repo.index(), plan.grace_us, as_of)?;
+    } else {
+        report.packs_deleted = delete_doomed_packs(storage, repo.index())?;
+    }
     Ok(report)
 }

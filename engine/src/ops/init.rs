@@ -1,13 +1,12 @@
 //! `tessera init`: a new, empty repository, and the report of its parameters.
 
-use std::path::Path;
-
 use serde::Serialize;
 use tessera_format::RepoId;
 
 use crate::crypto::SecretKey;
 use crate::error::Result;
-use crate::repo::{InitOptions, NewKeys, Repository};
+use crate::location::RepoLocation;
+use crate::repo::{InitOptions, NewKeys};
 use crate::serde_ids;
 
 /// What `init` created. Holds nothing secret: the recovery key is returned beside it.
@@ -30,19 +29,19 @@ pub struct InitReport {
     pub key_fingerprint: Option<String>,
 }
 
-/// Creates a repository at `root` (see [`Repository::init_with`]), encrypted when `keys` is
-/// given. Returns the report and, for an encrypted repository, its recovery key, which the
-/// caller shows once and which is stored nowhere.
+/// Creates a repository at `location` (see [`crate::Repository::init_at`]), encrypted when
+/// `keys` is given. Returns the report and, for an encrypted repository, its recovery key,
+/// which the caller shows once and which is stored nowhere.
 pub fn init(
-    root: &Path,
+    location: &RepoLocation,
     opts: InitOptions,
     keys: Option<&NewKeys>,
 ) -> Result<(InitReport, Option<SecretKey>)> {
-    let created = Repository::init_with(root, opts, keys)?;
+    let (_, created) = location.init(opts, keys)?;
     let config = created.config;
     Ok((
         InitReport {
-            repo: root.display().to_string(),
+            repo: location.to_string(),
             repository_id: config.repo_id,
             block_size: config.default_block_size,
             compression: config.compression.to_string(),

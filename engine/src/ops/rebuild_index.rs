@@ -9,7 +9,9 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use tessera_format::{ObjectKind, Snapshot, SnapshotId};
+use std::collections::HashSet;
+
+use tessera_format::{ObjectKind, PackId, Snapshot, SnapshotId};
 
 use crate::crypto::keyring::SecretSource;
 use crate::crypto::RepoCrypto;
@@ -39,6 +41,9 @@ pub struct RebuildReport {
     pub bad_snapshots: Vec<(String, String)>,
     /// Objects referenced by snapshots but absent or unreadable.
     pub missing: Vec<String>,
+    /// Doomed packs of a shared store indexed after all, because a snapshot names objects
+    /// only they hold (their doom records are deleted).
+    pub doomed_packs_rescued: usize,
 }
 
 impl RebuildReport {
@@ -54,7 +59,24 @@ pub fn rebuild_index(
     keys: &dyn SecretSource,
     progress: &dyn Progress,
 ) -> Result<RebuildReport> {
-    let (config, crypto, _lock) = Repository::lock_for_rebuild(storage, keys)?;
+    let config = storage.read_config()?;
+    let crypto = std::sync::Arc::new(crate::crypto::keyring::open_crypto(
+        &*storage.backend,
+        &config,
+        keys,
+    )?);
+    rebuild_index_unlocked(storage, &crypto, progress)
+}
+
+/// [`rebuild_index`] of a repository whose keys are already open (`crypto`), as bringing an
+/// object store's cache up to date does. Takes the writer lock.
+pub fn rebuild_index_unlocked(
+    storage: &RepoStorage,
+    crypto: &std::sync::Arc<RepoCrypto>,
+    progress: &dyn Progress,
+) -> Result<RebuildReport> {
+    let (config, _lock) = Repository::lock_for_rebuild(storage)?;
+    let crypto = std::sync::Arc::clone(crypto);
     let backend = &*storage.backend;
     let building = storage.local_dir.join("index.rebuild");
     remove_dir_if_exists(&building)?;
@@ -64,9 +86,27 @@ pub fn rebuild_index(
         .with_crash_clock(storage.crash_clock.clone())
         .with_crypto(std::sync::Arc::clone(&crypto));
     let mut report = RebuildReport::default();
-    index_packs(&index, backend, &mut report, progress)?;
+    // In a shared store, packs with doom records are left out (their live objects were
+    // copied elsewhere), unless a snapshot needs what only they hold (doomed.rs).
+    let doomed: HashSet<PackId> = if storage.shared {
+        crate::doomed::records(backend)?.into_keys().collect()
+    } else {
+        HashSet::new()
+    };
+    let first = |p: Option<PackId>| p.is_none_or(|p| !doomed.contains(&p));
+    index_packs(&index, backend, first, &mut report, progress)?;
     let snapshots = read_snapshots(backend, &crypto, &mut report, progress)?;
     publish_snapshots(&index, backend, &crypto, &snapshots, &mut report)?;
+    if !report.missing.is_empty() && !doomed.is_empty() {
+        let rescued = |p: Option<PackId>| p.is_some_and(|p| doomed.contains(&p));
+        index_packs(&index, backend, rescued, &mut report, progress)?;
+        report.missing.clear();
+        publish_snapshots(&index, backend, &crypto, &snapshots, &mut report)?;
+        report.doomed_packs_rescued = doomed.len();
+        for pack in &doomed {
+            backend.delete(&crate::storage::ObjectKey::doom_record(*pack))?;
+        }
+    }
     drop(index);
     if let Some(clock) = &storage.crash_clock {
         clock
@@ -77,14 +117,20 @@ pub fn rebuild_index(
     Ok(report)
 }
 
-/// Indexes every object of every readable pack (first copy wins), count 0.
+/// Indexes every object of every readable pack whose key `wanted` selects (by its pack id,
+/// `None` for a key that names no pack; first copy wins), count 0.
 fn index_packs(
     index: &Index,
     backend: &dyn Backend,
+    wanted: impl Fn(Option<PackId>) -> bool,
     report: &mut RebuildReport,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let packs = backend.list(key::PACKS)?;
+    let packs: Vec<_> = backend
+        .list(key::PACKS)?
+        .into_iter()
+        .filter(|k| wanted(k.as_pack()))
+        .collect();
     progress.start("index packs", packs.len() as u64);
     for key in packs {
         progress.advance(1);

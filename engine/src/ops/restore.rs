@@ -174,18 +174,27 @@ impl GroupContext<'_> {
         let group_offset = first * bs as u64;
         let group_len = self.group_len(first, group);
         let mut present = vec![false; group.len()];
+        let mut places = Vec::new();
         for (i, r) in group.iter().enumerate() {
             if r.is_zero() && !self.write_zeros {
                 continue;
             }
             let start = i * bs;
             let len = bs.min(group_len - start);
-            let dst = buf
-                .get_mut(start..start + len)
-                .ok_or_else(|| Error::InvalidArgument("restore buffer too small".into()))?;
-            // Decoded and checked in place: no intermediate buffers.
-            self.reader.read_block_into(first + i as u64, r, dst)?;
+            places.push((first + i as u64, *r, start..start + len));
             present[i] = true;
+        }
+        if self.reader.is_remote() {
+            // Nearby chunks fetched together, then decoded in parallel into place.
+            self.reader.read_blocks_into(buf, &places)?;
+        } else {
+            for (block, r, range) in places {
+                let dst = buf
+                    .get_mut(range)
+                    .ok_or_else(|| Error::InvalidArgument("restore buffer too small".into()))?;
+                // Decoded and checked in place: no intermediate buffers.
+                self.reader.read_block_into(block, &r, dst)?;
+            }
         }
         let mut runs = Vec::new();
         let mut i = 0;

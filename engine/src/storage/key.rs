@@ -9,11 +9,13 @@
 //! | `packs/XY/<pack id>.pack` | a sealed pack (§4); `XY` = first two hex digits |
 //! | `snapshots/<snapshot id>.snap` | a snapshot file (§6) |
 //! | `snapshots/<snapshot id>.protected` | protection marker (§12) |
-//! | `damaged` | damage marks of the last verification (§11a) |
+//! | `damage/<snapshot id>` | damage mark of one snapshot (§11a) |
+//! | `damaged` | damage marks of older versions, all in one object (read, then migrated) |
 //! | `quarantine/<pack id>.pack` | a pack moved aside by repair (§11b) |
 //! | `quarantine/<pack id>.intent` | repair's intent to quarantine a pack (§11b) |
 //! | `quarantine/<snapshot id>.snap` | a snapshot file recovery could not catalogue (§9) |
 //! | `bundle.json` | a seed bundle's manifest (§22.2; flat layout only) |
+//! | `doomed/<pack id>` | doom record of a pack a compaction emptied, in a shared store (§13) |
 //! | `keys/<slot id>.key` | a key slot of an encrypted repository (§23.4) |
 
 use std::fmt;
@@ -26,6 +28,10 @@ pub const PACKS: &str = "packs/";
 pub const SNAPSHOTS: &str = "snapshots/";
 /// Prefix of quarantined packs and quarantine intents.
 pub const QUARANTINE: &str = "quarantine/";
+/// Prefix of doom records.
+pub const DOOMED: &str = "doomed/";
+/// Prefix of damage marks.
+pub const DAMAGE: &str = "damage/";
 
 /// Prefix of key slots.
 pub const KEYS: &str = "keys/";
@@ -55,6 +61,10 @@ pub enum KeyKind {
     QuarantineIntent(PackId),
     /// A quarantined snapshot file.
     QuarantinedSnapshot(SnapshotId),
+    /// A doom record.
+    DoomRecord(PackId),
+    /// The damage mark of a snapshot.
+    DamageMark(SnapshotId),
 }
 
 impl ObjectKey {
@@ -63,9 +73,14 @@ impl ObjectKey {
         Self("config".into())
     }
 
-    /// The damage marks.
-    pub fn damage_marks() -> Self {
+    /// The damage marks as older versions kept them, all in one object.
+    pub fn legacy_damage_marks() -> Self {
         Self("damaged".into())
+    }
+
+    /// The damage mark of a snapshot.
+    pub fn damage_mark(id: SnapshotId) -> Self {
+        Self(format!("{DAMAGE}{}", id.to_hex()))
     }
 
     /// A seed bundle's manifest.
@@ -102,6 +117,11 @@ impl ObjectKey {
     /// Repair's intent to quarantine a pack.
     pub fn quarantine_intent(id: PackId) -> Self {
         Self(format!("{QUARANTINE}{}{INTENT_EXT}", id.to_hex()))
+    }
+
+    /// The doom record of a pack (see [`crate::doomed`]).
+    pub fn doom_record(id: PackId) -> Self {
+        Self(format!("{DOOMED}{}", id.to_hex()))
     }
 
     /// A key slot (SPEC §23.4), named by its 16-byte slot id.
@@ -154,6 +174,12 @@ impl ObjectKey {
         }
         if let Some(hex) = name(QUARANTINE, SNAP_EXT) {
             return hex.parse().ok().map(KeyKind::QuarantinedSnapshot);
+        }
+        if let Some(hex) = name(DOOMED, "") {
+            return hex.parse().ok().map(KeyKind::DoomRecord);
+        }
+        if let Some(hex) = name(DAMAGE, "") {
+            return hex.parse().ok().map(KeyKind::DamageMark);
         }
         None
     }
@@ -211,6 +237,10 @@ mod tests {
         assert_eq!(
             ObjectKey::quarantined_snapshot(snap).kind(),
             Some(KeyKind::QuarantinedSnapshot(snap))
+        );
+        assert_eq!(
+            ObjectKey::doom_record(pack).kind(),
+            Some(KeyKind::DoomRecord(pack))
         );
     }
 

@@ -30,12 +30,14 @@
 //!
 //! Implementations: [`local::LocalBackend`] on a POSIX directory (through the [`fs::Fs`]
 //! seam, so that [`sim::SimFs`] can simulate power loss under it), in two layouts: the
-//! repository tree and the flat layout of a seed bundle.
+//! repository tree and the flat layout of a seed bundle; [`s3::S3Backend`] on an
+//! S3-compatible bucket and key prefix.
 
 pub mod durable;
 pub mod fs;
 pub mod key;
 pub mod local;
+pub mod s3;
 pub mod sim;
 
 use std::io::Write;
@@ -77,6 +79,45 @@ pub trait Backend: Send + Sync {
     fn clean_staging(&self) -> Result<usize>;
     /// Where the objects live, for messages (a path or a URL).
     fn describe(&self) -> String;
+
+    /// The keys under `prefix` with the time each object was stored, by the store's own
+    /// clock (Unix microseconds). Only stores that several machines share answer it (their
+    /// clock is the one every client agrees on, SPEC §13); the default refuses.
+    fn list_stamped(&self, prefix: &str) -> Result<Vec<(ObjectKey, i64)>> {
+        Err(Error::Internal(format!(
+            "{} keeps no storage times (listing {prefix})",
+            self.describe()
+        )))
+    }
+
+    /// Reads several ranges (`key`, offset, length), each as [`Self::get_range`]; a remote
+    /// store runs several at once. The answers are in the order asked.
+    fn get_ranges(&self, ranges: &[(ObjectKey, u64, usize)]) -> Vec<Result<Vec<u8>>> {
+        ranges
+            .iter()
+            .map(|(key, offset, len)| self.get_range(key, *offset, *len))
+            .collect()
+    }
+
+    /// Whether each read is a request over a network (S3): then nearby records are read
+    /// together ([`crate::store::reader::fetch_records`]) rather than one by one.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    /// The requests sent to a remote store so far by this process, by kind; `None` for a
+    /// store reached without requests (a directory).
+    fn requests(&self) -> Option<s3::RequestCounts> {
+        None
+    }
+
+    /// The store's clock now (Unix microseconds), the clock of [`Self::list_stamped`].
+    fn clock_us(&self) -> Result<i64> {
+        Err(Error::Internal(format!(
+            "{} has no clock of its own",
+            self.describe()
+        )))
+    }
 
     /// Puts a whole object from memory.
     fn put_bytes(&self, key: &ObjectKey, mode: PutMode, bytes: &[u8]) -> Result<()> {

@@ -144,7 +144,9 @@ pub fn check_footer(
                 e.offset
             )));
         }
-        next = e.offset + (RECORD_HEADER_LEN as u64) + u64::from(e.info.stored_len);
+        next = e
+            .offset
+            .saturating_add(RECORD_HEADER_LEN as u64 + u64::from(e.info.stored_len));
     }
     if next != footer_offset {
         return Ok(Some(format!(

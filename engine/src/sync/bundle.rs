@@ -23,6 +23,7 @@ use tessera_format::{Compression, IdScheme, ManifestPage, ObjectKind, PackId, Sn
 use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
+use crate::location::RepoLocation;
 use crate::progress::Progress;
 use crate::repo::{InitOptions, Repository};
 use crate::storage::local::LocalBackend;
@@ -430,19 +431,19 @@ impl ObjectSource for Bundle {
     }
 }
 
-/// Imports a bundle into the repository at `repo_path`, creating it (with the source's
-/// default block size and compression) when it does not exist. The bundle is checked in
-/// full before the repository is created or opened.
+/// Imports a bundle into the repository at `repo`, creating it (with the source's default
+/// block size and compression) when it does not exist. The bundle is checked in full before
+/// the repository is created or opened.
 pub fn import(
     bundle_dir: &Path,
-    repo_path: &Path,
+    repo: &RepoLocation,
     opts: &SyncOptions,
     progress: &dyn Progress,
     recovered: &dyn Fn(&crate::recovery::Recovery),
 ) -> Result<SyncReport> {
-    super::transfer::refuse_encrypted(repo_path)?;
+    super::transfer::refuse_encrypted(repo)?;
     let bundle = Bundle::open(bundle_dir, progress)?;
-    if !repo_path.join("config").exists() {
+    if !repo.exists()? {
         let m = bundle.manifest();
         let compression = Compression::parse(&m.compression).map_err(|e| Error::UntrustedData {
             from: bundle.describe(),
@@ -458,9 +459,9 @@ pub fn import(
                 "the bundle's repository parameters are unusable ({e}); nothing was created"
             ),
         })?;
-        Repository::init(repo_path, opts)?;
+        repo.init(opts, None)?;
     }
-    let repo = Repository::open_writer(repo_path)?;
+    let repo = repo.open_writer(&crate::crypto::NoSecret)?;
     recovered(&repo.recovery);
     let mut sink = LocalSink::new(&repo, Publisher::Operator);
     super::transfer::transfer(&bundle, &mut sink, &Selection::default(), opts, progress)

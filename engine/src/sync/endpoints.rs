@@ -1,15 +1,15 @@
-//! The two sides of `tessera sync SRC DST` (SPEC.md §22.1): each a local repository (a
-//! directory) or a server (`http://HOST:PORT`, `https://HOST:PORT`). [`sync_between`] opens
-//! them — the source as a reader, a local destination as the writer — and runs the one
-//! transfer path. A remote side needs the bearer token of a token file ([`read_token`]);
+//! The two sides of `tessera sync SRC DST` (SPEC.md §22.1): each a repository location (a
+//! directory, `file://PATH` or `s3://BUCKET/PREFIX`, [`crate::location`]) or a server
+//! (`http://HOST:PORT`, `https://HOST:PORT`). [`sync_between`] opens them — the source as a
+//! reader, a repository destination as the writer — and runs the one transfer path. A remote side needs the bearer token of a token file ([`read_token`]);
 //! extra trusted roots (`--tls-ca`) apply only to `https://` sides.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::location::{LocationOptions, RepoLocation};
 use crate::progress::Progress;
 use crate::recovery::Recovery;
-use crate::repo::Repository;
 
 use super::http::client::Remote;
 use super::source::ObjectSource;
@@ -53,15 +53,22 @@ pub fn read_token(path: &Path) -> Result<String> {
     Ok(token.to_string())
 }
 
-/// Syncs the selected snapshots of `src` into `dst` (see the module docs). Refused before
-/// anything is opened: `--tls-ca` without an `https://` side, a remote side without a
-/// token file, a plain `http://` side that is not loopback without `insecure_http`. When a
-/// local `dst` is opened as the writer, `recovered` gets what its recovery did (before the
-/// transfer, so the operator learns it also when the transfer fails).
+/// Syncs the selected snapshots of `src` into `dst` (see the module docs); repository sides
+/// are reached with `locations`. Refused before anything is opened: `--tls-ca` without an
+/// `https://` side, a remote side without a token file, a plain `http://` side that is not
+/// loopback without `insecure_http`, one cache directory named for two S3 sides (each
+/// repository needs its own). When a repository `dst` is opened as the writer, `recovered`
+/// gets what its recovery did (before the transfer, so the operator learns it also when the
+/// transfer fails).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the two sides, how each kind of side is reached, what and how to copy, and who hears"
+)]
 pub fn sync_between(
     src: &str,
     dst: &str,
     access: RemoteAccess<'_>,
+    locations: &LocationOptions,
     selection: &Selection,
     opts: &SyncOptions,
     progress: &dyn Progress,
@@ -71,6 +78,15 @@ pub fn sync_between(
         return Err(Error::Usage(
             "--tls-ca applies only to an https:// side".into(),
         ));
+    }
+    let repository = |location: &str| RepoLocation::parse(location, locations.clone());
+    if !is_remote(src) && !is_remote(dst) && locations.cache_dir.is_some() {
+        let (a, b) = (repository(src)?, repository(dst)?);
+        if a.is_s3() && b.is_s3() {
+            return Err(Error::Usage(
+                "--cache-dir names the cache of one S3 repository, and both sides are in S3: leave it out (each side gets its own cache under $XDG_CACHE_HOME)".into(),
+            ));
+        }
     }
     let token = if is_remote(src) || is_remote(dst) {
         let path = access
@@ -95,15 +111,17 @@ pub fn sync_between(
         remote_src = remote(src)?;
         &remote_src
     } else {
-        super::transfer::refuse_encrypted(Path::new(src))?;
-        local_src = Repository::open(Path::new(src))?;
+        let src = repository(src)?;
+        super::transfer::refuse_encrypted(&src)?;
+        local_src = src.open(&crate::crypto::NoSecret)?;
         &local_src
     };
     if is_remote(dst) {
         transfer(source, &mut remote(dst)?, selection, opts, progress)
     } else {
-        super::transfer::refuse_encrypted(Path::new(dst))?;
-        let dst = Repository::open_writer(Path::new(dst))?;
+        let dst = repository(dst)?;
+        super::transfer::refuse_encrypted(&dst)?;
+        let dst = dst.open_writer(&crate::crypto::NoSecret)?;
         recovered(&dst.recovery);
         super::sync(source, &dst, selection, opts, progress)
     }

@@ -45,13 +45,13 @@ pub fn encrypted_not_supported(location: &str) -> Error {
     }
 }
 
-/// Refuses the local repository at `path` if it is encrypted ([`encrypted_not_supported`]),
-/// before anything asks for its key; a location that is not a repository is left for the
-/// open that follows to report.
-pub fn refuse_encrypted(path: &std::path::Path) -> Result<()> {
-    match crate::repo::read_config(path) {
+/// Refuses the repository at `location` if it is encrypted ([`encrypted_not_supported`]),
+/// before anything asks for its key; a location that is not a repository (or cannot be
+/// read now) is left for the open that follows to report.
+pub fn refuse_encrypted(location: &crate::location::RepoLocation) -> Result<()> {
+    match location.storage().and_then(|s| s.read_config()) {
         Ok(config) if config.encryption.is_encrypted() => {
-            Err(encrypted_not_supported(&path.display().to_string()))
+            Err(encrypted_not_supported(&location.to_string()))
         }
         _ => Ok(()),
     }

@@ -176,6 +176,8 @@ pub struct BackupOutcome {
     pub packs_written: u64,
     /// How each disk was read, in the order of the header's disks.
     pub disks: Vec<DiskReport>,
+    /// Requests this process sent to the object store so far (S3 repositories).
+    pub storage_requests: Option<crate::storage::s3::RequestCounts>,
 }
 
 /// How one disk was backed up (also recorded in the disk's identity, see [`plan::MODE_KEY`]).
@@ -234,6 +236,10 @@ fn validate(req: &BackupRequest) -> Result<()> {
 }
 
 /// Runs a backup (each disk full, delta or key, see [`plan`]) and publishes it as one snapshot.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the backup's steps in their order: plan, read each disk, publish, report"
+)]
 pub fn backup(
     repo: &Repository,
     req: &BackupRequest,
@@ -245,7 +251,6 @@ pub fn backup(
     // Open every source before writing anything, so a bad path or image costs nothing.
     let sources = open_sources(req)?;
     let plans = plan_disks(repo, req, &sources)?;
-
     let mut session = WriteSession::new(repo.index(), repo.backend(), repo.pack_target());
     let mut refs = RefDeltas::default();
     let mut heal = Vec::new();
@@ -340,6 +345,7 @@ pub fn backup(
         header: snapshot.header,
         packs_written: session_stats.packs,
         disks: reports,
+        storage_requests: repo.backend().requests(),
     })
 }
 

@@ -24,6 +24,10 @@ pub struct BackupReport {
     pub packs_written: u64,
     /// Its disks, in snapshot order.
     pub disks: Vec<DiskBackupReport>,
+    /// Requests this process sent to the object store (S3 repositories only), opening the
+    /// repository included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_requests: Option<crate::storage::s3::RequestCounts>,
 }
 
 /// How one disk was backed up.
@@ -81,6 +85,7 @@ impl BackupOutcome {
             time: format_us(h.time_us),
             duration_ms: h.duration_ms,
             packs_written: self.packs_written,
+            storage_requests: self.storage_requests,
             disks: h
                 .disks
                 .iter()

@@ -40,7 +40,7 @@ pub use range::{Extent, Segment};
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
 use crate::repo::Repository;
-use crate::store::reader::{read_object, read_object_into};
+use crate::store::reader::{decode_fetched_into, fetch_records, read_object, read_object_into};
 
 /// Pages a reader made with [`DiskReader::new`] keeps: 1 MiB, about 25 pages of 512 entries.
 const PRIVATE_PAGE_CACHE: usize = 1 << 20;
@@ -335,14 +335,7 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
     /// Decodes block `block`, described by `r`, into `dst`, which must be exactly the
     /// block's length; a zero block fills it with zeros. The chunk is checked on the way.
     pub fn read_block_into(&self, block: u64, r: &BlockRef, dst: &mut [u8]) -> Result<()> {
-        let len = self.block_len(block);
-        if dst.len() as u64 != len || block >= self.blocks {
-            return Err(Error::InvalidArgument(format!(
-                "a {}-byte buffer for block {block} of disk {}, which holds {len} bytes",
-                dst.len(),
-                self.name
-            )));
-        }
+        self.check_dst(block, dst)?;
         if r.is_zero() {
             dst.fill(0);
             return Ok(());
@@ -359,6 +352,11 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
         .map_err(|e| self.at_block(block, e))
     }
 
+    /// Whether the repository's store is remote (reads are requests: worth batching).
+    pub fn is_remote(&self) -> bool {
+        self.repo.backend().is_remote()
+    }
+
     /// Decodes several blocks in parallel into `buf`, each at its place: `(block, ref, range
     /// of buf)`, the ranges ascending, disjoint and each exactly its block's length (see
     /// [`Self::read_block_into`]). The first error wins.
@@ -371,10 +369,45 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
         R: Sync,
     {
         let dsts = carve(buf, places.iter().map(|(_, _, range)| range.clone()))?;
-        places
-            .par_iter()
+        if !self.repo.backend().is_remote() {
+            return places
+                .par_iter()
+                .zip(dsts)
+                .try_for_each(|((block, r, _), dst)| self.read_block_into(*block, r, dst));
+        }
+        // A remote store: nearby chunks are fetched together, then decoded in parallel.
+        let mut located = Vec::new();
+        for (block, r, _) in places.iter().filter(|(_, r, _)| !r.is_zero()) {
+            located.push(self.location(*block, r)?);
+        }
+        let mut fetched = fetch_records(self.repo.backend(), &located).into_iter();
+        let jobs: Vec<_> = places
+            .iter()
             .zip(dsts)
-            .try_for_each(|((block, r, _), dst)| self.read_block_into(*block, r, dst))
+            .map(|((block, r, _), dst)| {
+                let record = (!r.is_zero())
+                    .then(|| fetched.next())
+                    .flatten()
+                    .zip(r.location);
+                (*block, r, dst, record)
+            })
+            .collect();
+        jobs.into_par_iter()
+            .try_for_each(|(block, r, dst, record)| match record {
+                None => self.read_block_into(block, r, dst),
+                Some((bytes, location)) => {
+                    self.check_dst(block, dst)?;
+                    decode_fetched_into(
+                        bytes,
+                        self.repo.crypto(),
+                        ObjectKind::Chunk,
+                        &r.digest.0,
+                        &location,
+                        dst,
+                    )
+                    .map_err(|e| self.at_block(block, e))
+                }
+            })
     }
 
     /// The decoded bytes of non-zero block `block` (exactly its length), from the chunk
@@ -408,6 +441,20 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
         })?;
         self.check_len(block, r, u64::from(location.raw_len))?;
         Ok(location)
+    }
+
+    /// Refuses a buffer for block `block` that is not exactly its length (or a block past the
+    /// disk's end).
+    fn check_dst(&self, block: u64, dst: &[u8]) -> Result<()> {
+        let len = self.block_len(block);
+        if dst.len() as u64 != len || block >= self.blocks {
+            return Err(Error::InvalidArgument(format!(
+                "a {}-byte buffer for block {block} of disk {}, which holds {len} bytes",
+                dst.len(),
+                self.name
+            )));
+        }
+        Ok(())
     }
 
     /// Refuses a chunk of `raw_len` bytes for block `block`, unless that is its length.

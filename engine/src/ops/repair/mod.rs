@@ -43,7 +43,7 @@ pub mod request;
 mod round;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 use tessera_format::{ObjectKind, PackId, SnapshotId};
@@ -264,9 +264,4 @@ fn complete_uncatalogued(
         progress,
     )?;
     Ok(copied.snapshots_copied)
-}
-
-/// Whether a path looks like a repository (has a config file).
-pub fn is_repository(path: &Path) -> bool {
-    path.join("config").is_file()
 }

@@ -4,14 +4,15 @@
 //! must exist) and then the repair itself. Every refusal comes before anything changes.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use crate::location::RepoLocation;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
-use super::{is_repository, repair, RepairReport, RepairSources};
+use super::{repair, RepairReport, RepairSources};
 
 /// `--from-source DISK=PATH`: a source image of a disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +42,8 @@ impl FromStr for SourceImage {
 /// Where a repair may take copies from.
 #[derive(Debug, Clone, Default)]
 pub struct RepairRequest {
-    /// Another repository.
-    pub from: Option<PathBuf>,
+    /// Another repository (local or in object storage).
+    pub from: Option<RepoLocation>,
     /// Source images.
     pub images: Vec<SourceImage>,
     /// `--quarantine`: snapshot files that cannot be catalogued go to quarantine too.
@@ -50,9 +51,24 @@ pub struct RepairRequest {
 }
 
 impl RepairRequest {
-    /// Checks the arguments before the repository at `repo_root` is opened: no disk given
-    /// twice, and `from` is a repository other than this one.
-    pub fn validate(&self, repo_root: &Path) -> Result<()> {
+    /// Checks the arguments before the repository at `repo` is opened: no disk given twice,
+    /// and `from` is a repository other than this one (it is connected to, for S3).
+    pub fn validate(&self, repo: &RepoLocation) -> Result<()> {
+        self.check_images()?;
+        if let Some(other) = &self.from {
+            if other.same_repository(repo) {
+                return Err(same_repository());
+            }
+            if !other.exists()? {
+                return Err(Error::NotARepository {
+                    location: other.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_images(&self) -> Result<()> {
         let mut disks = BTreeSet::new();
         for image in &self.images {
             if !disks.insert(&image.disk) {
@@ -62,25 +78,20 @@ impl RepairRequest {
                 )));
             }
         }
-        if let Some(other) = &self.from {
-            if !is_repository(other) {
-                return Err(Error::NotARepository {
-                    location: other.display().to_string(),
-                });
-            }
-            if same_dir(other, repo_root) {
-                return Err(Error::Usage(
-                    "--from names the repository being repaired".into(),
-                ));
-            }
-        }
         Ok(())
     }
 
     /// Repairs `repo` (open as the writer) from these copies. Every disk named must be a
-    /// disk of some snapshot (a usage error otherwise).
+    /// disk of some snapshot (a usage error otherwise). Call [`Self::validate`] first.
     pub fn run(&self, repo: &Repository, progress: &dyn Progress) -> Result<RepairReport> {
-        self.validate(&repo.storage().local_dir)?;
+        self.check_images()?;
+        if self
+            .from
+            .as_ref()
+            .is_some_and(|other| other.is_location_of(repo.storage()))
+        {
+            return Err(same_repository());
+        }
         let mut disks = BTreeSet::new();
         for (_, header) in repo.index().snapshots()? {
             disks.extend(header.disks.into_iter().map(|d| d.name));
@@ -92,10 +103,14 @@ impl RepairRequest {
                 disks.into_iter().collect::<Vec<_>>().join(", ")
             )));
         }
-        if let Some(from) = self.from.as_deref() {
+        if let Some(from) = self.from.as_ref() {
             crate::sync::transfer::refuse_encrypted(from)?;
         }
-        let other = self.from.as_deref().map(Repository::open).transpose()?;
+        let other = self
+            .from
+            .as_ref()
+            .map(|from| from.open(&crate::crypto::NoSecret))
+            .transpose()?;
         let sources = RepairSources {
             other: other.as_ref(),
             images: self
@@ -109,16 +124,14 @@ impl RepairRequest {
     }
 }
 
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
+fn same_repository() -> Error {
+    Error::Usage("--from names the repository being repaired".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn source_images_parse_and_duplicates_are_refused() {
@@ -135,7 +148,9 @@ mod tests {
             images: vec![a.clone(), a],
             quarantine: false,
         };
-        let err = twice.validate(Path::new("/nonexistent")).unwrap_err();
+        let err = twice
+            .validate(&RepoLocation::local(Path::new("/nonexistent")))
+            .unwrap_err();
         assert!(err.to_string().contains("given twice"), "{err}");
     }
 }

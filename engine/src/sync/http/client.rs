@@ -17,6 +17,7 @@ use std::time::Duration;
 use tessera_format::{IdScheme, ObjectKind, SnapshotId};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::net::is_loopback_url;
 use crate::sync::checked::CheckedObject;
 use crate::sync::sink::ObjectSink;
 use crate::sync::source::{Catalog, ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
@@ -300,25 +301,6 @@ fn status_error(request: String, status: u16, r: ureq::Response) -> Error {
         message,
         kind,
     }
-}
-
-/// Whether `url` (`http://HOST[:PORT]...`) names a loopback host: `localhost`, 127.0.0.0/8
-/// or `::1` (so that the token never leaves the machine).
-fn is_loopback_url(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    // `http://localhost:1@HOST/` connects to HOST: any userinfo is refused outright.
-    if authority.contains('@') {
-        return false;
-    }
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a read or write failed because its timeout passed (Linux reports a socket

@@ -6,7 +6,6 @@
 //! the series a published snapshot names, a quota) is decided here.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,9 @@ use bytes::Bytes;
 use tessera_format::pack::RECORD_HEADER_LEN;
 use tessera_format::{ObjectKind, Snapshot, SnapshotId};
 
+use crate::crypto::NoSecret;
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::{read_config, Repository};
+use crate::repo::{RepoStorage, Repository};
 use crate::storage::ObjectKey;
 use crate::sync::checked::check_batch;
 use crate::sync::sink::{publish_checked, LocalSink, ObjectSink, Publisher};
@@ -204,8 +204,8 @@ impl ServingState {
     /// by the repository's own state (staged files, unadopted packs, uncatalogued snapshot
     /// files), which only writers on the server's machine and earlier puts create, never by
     /// what one request asks.
-    fn open_writer(&mut self, root: &Path) -> Result<Repository, Refusal> {
-        let repo = Repository::open_writer(root).map_err(fail)?;
+    fn open_writer(&mut self, root: &RepoStorage) -> Result<Repository, Refusal> {
+        let repo = Repository::open_writer_on(root.clone(), &NoSecret).map_err(fail)?;
         let lasting = repo.recovery.lasting().summary();
         if repo.recovery.acted() || lasting != self.last_recovery_note {
             if let Some(note) = repo.recovery.summary() {
@@ -234,7 +234,7 @@ impl ServingState {
 }
 
 /// Does the repository work of `queue`'s jobs, one at a time, in the order they arrive.
-pub fn serving_loop(root: &Path, queue: &Receiver<Job>, mut state: ServingState) {
+pub fn serving_loop(root: &RepoStorage, queue: &Receiver<Job>, mut state: ServingState) {
     for job in queue {
         let reply = handle(&job, root, &mut state);
         // The request may be gone (its client hung up): nothing to do.
@@ -278,18 +278,18 @@ fn json(v: &serde_json::Value) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-fn handle(job: &Job, root: &Path, state: &mut ServingState) -> Reply {
+fn handle(job: &Job, root: &RepoStorage, state: &mut ServingState) -> Reply {
     let token = &job.token;
     let body = &job.body[..];
     match job.endpoint {
         Endpoint::Info => {
-            let config = read_config(root).map_err(fail)?;
+            let config = root.read_config().map_err(fail)?;
             Ok(json(
                 &serde_json::json!({ "id_scheme": config.id_scheme as u8 }),
             ))
         }
         Endpoint::Snapshots => {
-            let repo = Repository::open(root).map_err(fail)?;
+            let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
             let list: Vec<serde_json::Value> = Catalog::snapshots(&repo)
                 .map_err(fail)?
                 .into_iter()
@@ -304,7 +304,7 @@ fn handle(job: &Job, root: &Path, state: &mut ServingState) -> Reply {
             Ok(json(&serde_json::Value::from(list)))
         }
         Endpoint::Snapshot(id) => {
-            let repo = Repository::open(root).map_err(fail)?;
+            let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
             let visible = repo
                 .index()
                 .snapshots()
@@ -321,13 +321,13 @@ fn handle(job: &Job, root: &Path, state: &mut ServingState) -> Reply {
         }
         Endpoint::Have(kind) => {
             let digests = decode_digests(body, MAX_HAVE_DIGESTS, CLIENT).map_err(fail)?;
-            let repo = Repository::open(root).map_err(fail)?;
+            let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
             let have = repo.index().contains_many(kind, &digests).map_err(fail)?;
             Ok(have.into_iter().map(u8::from).collect())
         }
         Endpoint::Get(kind) => {
             let digests = decode_digests(body, MAX_GET_DIGESTS, CLIENT).map_err(fail)?;
-            let repo = Repository::open(root).map_err(fail)?;
+            let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
             if kind == ObjectKind::Page {
                 pages_visible(&repo, token, &digests, &mut state.visible_pages)?;
             }
@@ -372,7 +372,7 @@ fn pages_visible(
 /// Checks every record (nothing is stored if one fails), then, as the writer: charges the
 /// new bytes to the token's quota, appends, seals and indexes them.
 fn put(
-    root: &Path,
+    root: &RepoStorage,
     token: &TokenEntry,
     kind: ObjectKind,
     body: &[u8],
@@ -411,7 +411,7 @@ fn put(
 /// Publishes a snapshot file into a series the token covers, charging the file's bytes. A
 /// `backup` token may publish into a series at most once per `min_publish_interval`
 /// (429 with `Retry-After` sooner; see SPEC.md §22.3).
-fn publish(root: &Path, token: &TokenEntry, body: &[u8], state: &mut ServingState) -> Reply {
+fn publish(root: &RepoStorage, token: &TokenEntry, body: &[u8], state: &mut ServingState) -> Reply {
     let header = Snapshot::decode_header(body).map_err(|e| {
         Refusal::new(
             422,
@@ -488,11 +488,11 @@ fn charged(
 
 /// The repository at `root`, checked to exist before serving. An encrypted repository is
 /// refused: the server holds no key, and keyless serving is not built yet (SPEC.md §23.7).
-pub fn check_repository(root: &Path) -> Result<PathBuf> {
-    if read_config(root)?.encryption.is_encrypted() {
+pub fn check_repository(root: &RepoStorage) -> Result<RepoStorage> {
+    if root.read_config()?.encryption.is_encrypted() {
         return Err(crate::sync::transfer::encrypted_not_supported(
-            &root.display().to_string(),
+            &root.backend.describe(),
         ));
     }
-    Ok(root.to_path_buf())
+    Ok(root.clone())
 }

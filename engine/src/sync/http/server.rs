@@ -25,7 +25,6 @@
 //! of the audit log ([`super::audit`]).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +33,7 @@ use openssl::ssl::{Ssl, SslAcceptor};
 
 use crate::error::{Error, Result};
 use crate::net::{listen_tcp, Keepalive};
+use crate::repo::RepoStorage;
 
 use super::audit::AuditLog;
 use super::conn::{ConnState, Connections};
@@ -131,9 +131,10 @@ pub struct ServeOptions {
 )]
 pub const DEFAULT_MIN_PUBLISH_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Serves `repo` until the process ends.
-pub fn serve(listener: Listener, repo: &Path, options: ServeOptions) -> Result<()> {
-    // Fail early on a path that is not a repository, or unusable usage counts.
+/// Serves `repo` (local, or in object storage through its index cache) until the process
+/// ends.
+pub fn serve(listener: Listener, repo: &RepoStorage, options: ServeOptions) -> Result<()> {
+    // Fail early on a location that is not a repository, or unusable usage counts.
     let root = check_repository(repo)?;
     let usage = options.usage_of.as_deref().map(Usage::load).transpose()?;
     let state = ServingState::new(usage, options.min_publish_interval, options.audit.clone());

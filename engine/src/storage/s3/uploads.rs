@@ -1,0 +1,305 @@
+//! Staging on S3: incomplete multipart uploads. A crashed writer leaves its pack's upload
+//! incomplete: invisible, but billed. [`abort_stale`] lists the uploads under the prefix
+//! (`ListMultipartUploads`, which `object_store` does not offer: the request is signed with
+//! its public SigV4 signer) and aborts those of tessera keys started long enough ago by the
+//! server's clock (its `Date` header, so a skewed local clock cannot make a young upload look
+//! old); [`super::Backend::clean_staging`] waits [`super::STALE_UPLOAD`]. An answer without
+//! a valid `Date` is a protocol error, never replaced by the local clock.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use object_store::aws::AwsAuthorizer;
+use object_store::client::HttpRequestBody;
+use object_store::multipart::MultipartStore;
+use serde::Deserialize;
+
+use super::config::Attempt;
+use super::error::RemoteProblem;
+use super::Inner;
+use crate::error::{Error, Result};
+use crate::storage::ObjectKey;
+
+/// Largest listing page read (S3 pages hold at most 1000 uploads, ~300 bytes each).
+const MAX_PAGE: usize = 8 << 20;
+/// Most pages followed (10 million uploads).
+const MAX_PAGES: usize = 10_000;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListPage {
+    #[serde(default)]
+    upload: Vec<Upload>,
+    #[serde(default)]
+    is_truncated: bool,
+    next_key_marker: Option<String>,
+    next_upload_id_marker: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+#[expect(
+    clippy::struct_field_names,
+    reason = "the field names are S3's XML element names"
+)]
+struct Upload {
+    key: String,
+    upload_id: String,
+    initiated: String,
+}
+
+/// One incomplete upload: its key (without the prefix), id and age.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Pending {
+    pub key: String,
+    pub upload_id: String,
+    pub age: Duration,
+}
+
+/// Aborts the uploads of tessera keys started at least `age` ago; returns how many.
+pub(super) fn abort_older_than(inner: &Inner, age: Duration) -> Result<usize> {
+    let mut aborted = 0;
+    for upload in list(inner)? {
+        if upload.age < age {
+            continue;
+        }
+        let path = inner.path(&upload.key);
+        let id = upload.upload_id.clone();
+        match inner.run(inner.store.abort_multipart(&path, &id)) {
+            Ok(()) => aborted += 1,
+            Err(e) => match inner
+                .classify()
+                .error(format!("aborting the stale upload of {}", upload.key), &e)
+            {
+                err if err.is_not_found() => {}
+                err => return Err(err),
+            },
+        }
+    }
+    Ok(aborted)
+}
+
+/// Every incomplete upload of a tessera key under the prefix, with its age by the server's
+/// clock.
+pub(super) fn list(inner: &Inner) -> Result<Vec<Pending>> {
+    let mut out = Vec::new();
+    let mut markers: Option<(String, String)> = None;
+    for _ in 0..MAX_PAGES {
+        let mut query = format!("uploads=&prefix={}", encode(&inner.root));
+        if let Some((key, id)) = &markers {
+            query = format!(
+                "{query}&key-marker={}&upload-id-marker={}",
+                encode(key),
+                encode(id)
+            );
+        }
+        let (body, now) = get_signed(inner, &query)?;
+        let page: ListPage = quick_xml::de::from_str(&body)
+            .map_err(|e| protocol(inner, format!("an unreadable upload listing ({e})")))?;
+        for upload in page.upload {
+            let Some(key) = upload.key.strip_prefix(inner.root.as_str()) else {
+                continue;
+            };
+            if !is_tessera_key(key) {
+                continue;
+            }
+            let initiated = DateTime::parse_from_rfc3339(&upload.initiated)
+                .map_err(|_| protocol(inner, "an upload without a valid start time".into()))?;
+            let age = (now - initiated.with_timezone(&Utc))
+                .to_std()
+                .unwrap_or_default();
+            out.push(Pending {
+                key: key.to_string(),
+                upload_id: upload.upload_id,
+                age,
+            });
+        }
+        match (
+            page.is_truncated,
+            page.next_key_marker,
+            page.next_upload_id_marker,
+        ) {
+            (true, Some(key), id) => {
+                let next = (key, id.unwrap_or_default());
+                if markers.as_ref() == Some(&next) {
+                    return Err(protocol(inner, "a listing that does not advance".into()));
+                }
+                markers = Some(next);
+            }
+            (true, None, _) => {
+                return Err(protocol(
+                    inner,
+                    "a truncated listing without a marker".into(),
+                ))
+            }
+            (false, _, _) => return Ok(out),
+        }
+    }
+    Err(protocol(
+        inner,
+        format!("more than {MAX_PAGES} pages of uploads"),
+    ))
+}
+
+/// Whether `key` (under the prefix) is one tessera writes: other uploads under the same
+/// prefix belong to someone else and are never touched.
+fn is_tessera_key(key: &str) -> bool {
+    ObjectKey::from_listed(key.to_string()).kind().is_some()
+        || [ObjectKey::config(), ObjectKey::legacy_damage_marks()]
+            .iter()
+            .any(|k| k.as_str() == key)
+}
+
+fn protocol(inner: &Inner, what: String) -> Error {
+    inner.classify().remote(
+        "listing incomplete uploads",
+        RemoteProblem::Protocol { what },
+    )
+}
+
+/// A signed `GET` of the bucket with `query`, retried like `object_store`'s own requests;
+/// returns the body (at most [`MAX_PAGE`] bytes) and the server's `Date`.
+/// The server's clock now: the `Date` of its answer to a one-entry upload listing (the
+/// cheapest signed request whose answer tessera reads itself).
+pub(super) fn server_time(inner: &Inner) -> Result<DateTime<Utc>> {
+    let query = format!("uploads=&max-uploads=1&prefix={}", encode(&inner.root));
+    get_signed(inner, &query).map(|(_, now)| now)
+}
+
+fn get_signed(inner: &Inner, query: &str) -> Result<(String, DateTime<Utc>)> {
+    let url = format!("{}?{query}", inner.bucket_endpoint.trim_end_matches('/'));
+    inner
+        .retry
+        .retry(|| match inner.run(send(inner, &url)) {
+            Ok(Ok(answer)) => Attempt::Done(answer),
+            Ok(Err(problem)) => Attempt::Again(problem),
+            Err(problem) => Attempt::Fail(problem),
+        })
+        .map_err(|problem| {
+            inner
+                .classify()
+                .remote("listing incomplete uploads", problem)
+        })
+}
+
+/// One attempt. `Ok(Err(_))` is a failure worth retrying, `Err(_)` one that is not.
+async fn send(
+    inner: &Inner,
+    url: &str,
+) -> std::result::Result<std::result::Result<(String, DateTime<Utc>), RemoteProblem>, RemoteProblem>
+{
+    let bad = |what: &str| RemoteProblem::Protocol { what: what.into() };
+    let mut request = http::Request::get(url)
+        .body(HttpRequestBody::empty())
+        .map_err(|_| bad("the upload listing URL is invalid"))?;
+    AwsAuthorizer::new(&inner.credential, "s3", &inner.region)
+        .try_authorize(&mut request, None)
+        .map_err(|_| bad("the request could not be signed"))?;
+    let response = match inner.http.execute(request).await {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = e.to_string();
+            return Ok(Err(match e.kind() {
+                object_store::client::HttpErrorKind::Connect => RemoteProblem::Unreachable {
+                    endpoint: inner.endpoint.clone(),
+                    reason: "connection failed".into(),
+                },
+                kind if reason.contains("://") => RemoteProblem::Unavailable {
+                    last: format!("{kind:?}"),
+                },
+                kind => RemoteProblem::Unavailable {
+                    last: format!("{kind:?}: {reason}"),
+                },
+            }));
+        }
+    };
+    let status = response.status();
+    let date = response
+        .headers()
+        .get(http::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
+        .map(|d| d.with_timezone(&Utc));
+    let mut body = Vec::new();
+    let mut stream = response.into_body().bytes_stream();
+    while let Some(piece) = stream.next().await {
+        let Ok(piece) = piece else {
+            return Ok(Err(RemoteProblem::Unavailable {
+                last: "the connection broke while reading the answer".into(),
+            }));
+        };
+        if body.len() + piece.len() > MAX_PAGE {
+            return Err(bad("an upload listing page over 8 MiB"));
+        }
+        body.extend_from_slice(&piece);
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let code = super::error::s3_code(&text).map(str::to_string);
+    let code_or = |fallback: &str| code.clone().unwrap_or_else(|| fallback.to_string());
+    match status.as_u16() {
+        // Never the local clock instead: ages of uploads and doom records must be measured
+        // by the one clock every client sharing the bucket agrees on.
+        200..=299 => date.map(|d| Ok((text, d))).ok_or_else(|| {
+            bad("an answer without a valid Date header (tessera measures ages by the server's clock, never the local one)")
+        }),
+        429 | 500..=599 => Ok(Err(RemoteProblem::Unavailable {
+            last: format!("HTTP {} {}", status.as_u16(), code_or("")),
+        })),
+        404 if code.as_deref() == Some("NoSuchBucket") => Err(RemoteProblem::NoSuchBucket {
+            bucket: inner.location.bucket.clone(),
+        }),
+        401 | 403 if code.as_deref() == Some("AccessDenied") => Err(RemoteProblem::AccessDenied),
+        401 | 403 => Err(RemoteProblem::CredentialsRefused {
+            code: code_or("HTTP 403"),
+        }),
+        s => Err(RemoteProblem::Protocol {
+            what: format!("HTTP {s} {}", code_or("")),
+        }),
+    }
+}
+
+/// Percent-encodes a query value as SigV4 wants (all but `A-Z a-z 0-9 - . _ ~`).
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out = format!("{out}%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{encode, ListPage};
+
+    #[test]
+    fn listing_pages_parse() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Bucket>b</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>
+  <NextKeyMarker>p/packs/ab/x.pack</NextKeyMarker><NextUploadIdMarker>id2</NextUploadIdMarker>
+  <MaxUploads>1000</MaxUploads><IsTruncated>true</IsTruncated>
+  <Upload><Key>p/packs/ab/x.pack</Key><UploadId>id1</UploadId><Initiated>2024-01-02T03:04:05.000Z</Initiated></Upload>
+  <Upload><Key>p/config</Key><UploadId>id2</UploadId><Initiated>2024-01-02T03:04:06Z</Initiated><StorageClass>STANDARD</StorageClass></Upload>
+</ListMultipartUploadsResult>"#;
+        let page: ListPage = quick_xml::de::from_str(xml).unwrap();
+        assert_eq!(page.upload.len(), 2);
+        assert!(page.is_truncated);
+        assert_eq!(page.next_upload_id_marker.as_deref(), Some("id2"));
+        assert_eq!(page.upload[1].key, "p/config");
+        let empty: ListPage = quick_xml::de::from_str(
+            "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>",
+        )
+        .unwrap();
+        assert!(empty.upload.is_empty() && !empty.is_truncated);
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(encode("a b/c~d"), "a%20b%2Fc~d");
+    }
+}
