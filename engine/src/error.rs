@@ -92,7 +92,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// `init` was pointed at an object-store prefix that holds objects.
-    #[error("{location} already exists: objects are stored under that prefix (a repository or something else); choose an empty prefix for a new repository")]
+    #[error("{location} already exists: objects are stored under that prefix (a repository or something else); choose an empty prefix for a new repository (an encrypted init killed before it wrote its config leaves only keys/ there: delete that to retry)")]
     PrefixNotEmpty {
         /// `s3://BUCKET/PREFIX`.
         location: String,

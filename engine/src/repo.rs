@@ -375,17 +375,36 @@ impl Repository {
                 (Encryption::Aes256Gcm { fingerprint }, Some(recovery))
             }
         };
-        let (config, bytes) = opts.config(repo_id, encryption)?;
-        Index::create(&storage.index_path(), config.repo_id)?
-            .record_encryption(&encryption_record(&config))?;
-        match storage
-            .backend
-            .put_bytes(&ObjectKey::config(), PutMode::Create, &bytes)
-        {
-            Err(Error::ObjectExists { .. }) => Err(Error::AlreadyExists {
-                path: PathBuf::from(storage.backend.describe()),
-            }),
-            other => other.map(|()| Created { config, recovery }),
+        let finish = || {
+            let (config, bytes) = opts.config(repo_id, encryption)?;
+            Index::create(&storage.index_path(), config.repo_id)?
+                .record_encryption(&encryption_record(&config))?;
+            match storage
+                .backend
+                .put_bytes(&ObjectKey::config(), PutMode::Create, &bytes)
+            {
+                Err(Error::ObjectExists { .. }) => Err(Error::AlreadyExists {
+                    path: PathBuf::from(storage.backend.describe()),
+                }),
+                other => other.map(|()| config),
+            }
+        };
+        match finish() {
+            Ok(config) => Ok(Created { config, recovery }),
+            Err(e) => {
+                // No config, so no repository: the slots this init wrote (named by its new
+                // repository id) must not stay behind, where they would make a racing plain
+                // init's repository look downgraded and block a retry at this location.
+                // Best effort: the error that stopped the init is the one reported.
+                if keys.is_some() {
+                    if let Ok(slots) = keyring::load_slots(&*storage.backend, repo_id) {
+                        for slot in slots.sound {
+                            let _ = storage.backend.delete(&ObjectKey::key_slot(&slot.slot_id));
+                        }
+                    }
+                }
+                Err(e)
+            }
         }
     }
 

@@ -776,12 +776,23 @@ fn sync_seed_repair_from_and_serve_refuse_encrypted_repositories() {
             "{what}: {out}"
         );
     }
-    assert!(!bundle.join("bundle.json").exists());
+    assert!(
+        !bundle.exists(),
+        "seed export made its output before refusing"
+    );
     assert_eq!(
         object_state(&plain),
         before,
         "the plain repository was written"
     );
+    // Key commands take local repositories only (SPEC.md §23.7): an s3:// location is
+    // refused as such, not reported as a missing local path.
+    let out = run(
+        &["key", "list", "s3://bucket/repo"],
+        Some(PASS),
+    );
+    assert_eq!(out.code, 5, "{out}");
+    assert!(out.stderr.contains("local repositories only"), "{out}");
 }
 
 /// The config of `repo` rewritten as a valid plain (format 1) config of the same

@@ -851,6 +851,23 @@ fn an_encrypted_repository_lives_in_a_bucket() {
     assert_eq!(ids(&other, &repo), std::slice::from_ref(&first));
     assert_restores(&other, &repo, &first, &raw, w);
 
+    // It publishes a second snapshot; the first machine's existing cache catches up
+    // (cataloguing a sealed snapshot) and restores it; after the other forgets the first,
+    // the first machine's cache drops it and still verifies.
+    mutate(&raw, &mut gen, 8, 64 * 1024, (1, 2, 2));
+    let second = snapshot_id(&other.json(["backup", &repo, "--series", "vm", &disk]));
+    assert_eq!(ids(&cli, &repo), [first.clone(), second.clone()]);
+    assert_restores(&cli, &repo, &second, &raw, w);
+    other.json(["forget", &repo, &first]);
+    assert_eq!(ids(&cli, &repo), std::slice::from_ref(&second));
+    assert_verifies(&cli, &repo);
+
+    // Copies of an encrypted repository are refused (exit 5) at an s3:// location too.
+    let local = w.join("copy");
+    let out = cli.run(["sync", &repo, &path(&local)]);
+    out.expect_code(5);
+    assert!(out.stderr.contains("do not handle encrypted"), "{out}");
+
     let wrong = with_passphrase("not the passphrase");
     let before = bucket_listing(&*inspect.backend);
     let out = wrong.run([

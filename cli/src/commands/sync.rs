@@ -84,7 +84,10 @@ pub fn seed(
     match cmd {
         SeedCommand::Export { repo, out, select } => {
             let select = selection(select);
-            let repository = super::open_reader(&at(repo)?)?;
+            let location = at(repo)?;
+            // Refused before any key is asked for or the output made (SPEC.md §23.7).
+            tessera_engine::sync::transfer::refuse_encrypted(&location)?;
+            let repository = super::open_reader(&location)?;
             let r = tessera_engine::sync::bundle::export(&repository, out, &select, bars)?;
             if json {
                 print_ok(&r);

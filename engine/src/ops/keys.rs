@@ -86,6 +86,14 @@ pub struct KeyReport {
 
 /// The repository at `root`, which must be encrypted.
 fn encrypted(root: &Path) -> Result<(RepoStorage, RepoConfig)> {
+    if root.to_str().is_some_and(|r| r.starts_with("s3://")) {
+        return Err(Error::Refused {
+            reason: format!(
+                "{}: key commands take local repositories only for now (SPEC.md §23.7); nothing was changed",
+                root.display()
+            ),
+        });
+    }
     let storage = RepoStorage::local(root);
     let config = storage.read_config()?;
     if !config.encryption.is_encrypted() {
