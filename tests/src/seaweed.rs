@@ -33,6 +33,8 @@ pub struct Seaweed {
     process: Option<Process>,
     args: Vec<String>,
     s3_port: u16,
+    /// Every port it was given (released when it is dropped).
+    ports: Vec<u16>,
     /// Its data directory and log.
     pub dir: tempfile::TempDir,
     /// `http://127.0.0.1:PORT` of the S3 gateway.
@@ -52,15 +54,43 @@ pub fn weed_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/seaweedfs/bin/weed")
 }
 
-/// A port nothing listens on now, whose `+ 10000` neighbour is free too (`weed` puts a
-/// component's gRPC port there unless told otherwise).
+/// Ports handed out by [`free_port`] to servers of this test process that still exist:
+/// a killed server keeps its ports for [`Seaweed::restart`], so another test starting
+/// meanwhile must not take them.
+static RESERVED: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Where [`free_port`] looks: below the kernel's ephemeral range (32768 and up on Linux),
+/// so no outgoing connection of any process takes one of them as its source port between a
+/// kill and a restart (which once made a restarted filer fail with "address already in
+/// use"); each port's `+ 10000` neighbour, where `weed` puts a gRPC port unless told
+/// otherwise, stays below it too.
+const PORT_RANGE: std::ops::Range<u16> = 12_000..22_000;
+
+/// A port nothing listens on now, not reserved by another server of this process, whose
+/// `+ 10000` neighbour is free too; reserved until [`release_ports`].
 fn free_port() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-        let port = l.local_addr().expect("local address").port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+    use rand::Rng;
+    let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = rand::thread_rng();
+    for _ in 0..10_000 {
+        let port = rng.gen_range(PORT_RANGE);
+        if !reserved.contains(&port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            reserved.insert(port);
             return port;
         }
+    }
+    panic!("no free port pair in {PORT_RANGE:?} on 127.0.0.1");
+}
+
+/// Gives `ports` back for other servers.
+fn release_ports(ports: &[u16]) {
+    let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+    for port in ports {
+        reserved.remove(port);
     }
 }
 
@@ -122,6 +152,7 @@ impl Seaweed {
             process: None,
             args,
             s3_port: s3,
+            ports: ports.iter().map(|(_, port)| *port).collect(),
             endpoint: format!("http://127.0.0.1:{s3}"),
             bucket: bucket.to_string(),
             dir,
@@ -258,6 +289,7 @@ pub fn options_for(endpoint: &str, key_id: &str, secret: &str) -> S3Options {
 impl Drop for Seaweed {
     fn drop(&mut self) {
         self.kill();
+        release_ports(&self.ports);
     }
 }
 
