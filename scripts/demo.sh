@@ -2,7 +2,8 @@
 # The main job end to end on an embedded default: generate a sample disk, back it up, change
 # it, take a delta backup, restore both snapshots, and verify them byte for byte and with
 # `tessera verify`, in an encrypted repository; then the same with a qcow2 overlay made by qemu-img as a delta source
-# (only its changed clusters are read). Installs what it needs first. DEMO_SIZE_MIB sets the disk size (default 256).
+# (only its changed clusters are read); then an off-site copy sharing its keys, seeded from a
+# bundle and brought up to date with sync. Installs what it needs first. DEMO_SIZE_MIB sets the disk size (default 256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/ensure-deps.sh
@@ -77,7 +78,25 @@ qemu-img convert -f qcow2 -O raw "$WORK/overlay.qcow2" "$WORK/overlay.raw"
 cmp "$WORK/restored.qcow2.raw" "$WORK/overlay.raw"
 echo "the delta snapshot restores byte-identical to qemu-img's reading of the overlay"
 
+step "seed then ship, encrypted: an off-site copy sharing the keys, from a bundle, then sync"
+"$BIN" seed export "$REPO" "$WORK/usb-seed" --series demo-vm --snapshot "$first"
+if grep -rqa "tessera demo: a line" "$WORK/usb-seed"; then
+    echo "the seed bundle holds the disk's text in clear" >&2
+    exit 1
+fi
+# Off-site, from the bundle alone: the copy's own passphrase and recovery key, the same keys.
+OFFSITE_PASS_FILE="$WORK/offsite-pass"
+echo "off-site passphrase" > "$OFFSITE_PASS_FILE"
+"$BIN" init "$WORK/offsite" --keys-from "$WORK/usb-seed" \
+    --new-passphrase-file "$OFFSITE_PASS_FILE" --recovery-key-file "$WORK/offsite-recovery-key"
+TESSERA_PASSPHRASE="off-site passphrase" "$BIN" seed import "$WORK/usb-seed" "$WORK/offsite"
+"$BIN" sync "$REPO" "$WORK/offsite"             # later: only what the bundle did not carry
+TESSERA_PASSPHRASE="off-site passphrase" "$BIN" restore "$WORK/offsite" latest@demo-vm "$WORK/offsite.gen2"
+cmp "$WORK/offsite.gen2" "$WORK/disk0.gen2"
+echo "the off-site copy restores byte-identical, opened with its own passphrase"
+
 step "verify every stored byte and every reference count"
 "$BIN" verify "$REPO"
+TESSERA_PASSPHRASE="off-site passphrase" "$BIN" verify "$WORK/offsite"
 echo
 echo "demo OK"

@@ -155,6 +155,24 @@ pub struct InitEncryptionArgs {
     /// Argon2id passes of the passphrase slot (2 to 16).
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
     pub kdf_iterations: u32,
+    /// Share the keys of this encrypted repository (unlocked with --passphrase-file,
+    /// --key-file, ...), so that sync and repair --from can copy records between the two
+    /// without re-encrypting them. The same secret opens the new repository unless
+    /// --new-passphrase-file or --new-key-file gives another.
+    #[arg(long, value_name = "REPO")]
+    pub keys_from: Option<String>,
+    /// With --keys-from: read the new repository's passphrase from this file instead.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "keys_from",
+        conflicts_with = "new_key_file"
+    )]
+    pub new_passphrase_file: Option<PathBuf>,
+    /// With --keys-from: a key file for the new repository instead (created 0600 when it
+    /// does not exist).
+    #[arg(long, value_name = "FILE", requires = "keys_from")]
+    pub new_key_file: Option<PathBuf>,
 }
 
 /// `tessera key …`: the key slots of an encrypted repository (SPEC.md §23.4). The global
@@ -163,35 +181,35 @@ pub struct InitEncryptionArgs {
 pub enum KeyCommand {
     /// List the key slots: kind, Argon2id cost, creation time (nothing secret).
     List {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
     },
     /// Add a slot opened by a new passphrase or key file.
     Add {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         #[command(flatten)]
         new: NewSecretArgs,
     },
     /// Remove a slot (not the last one that is not the recovery key).
     Remove {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// Slot id, or a unique prefix of it (see `key list`).
         slot: String,
     },
     /// Replace the passphrase that unlocked the repository with a new one.
     ChangePassphrase {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         #[command(flatten)]
         new: NewSecretArgs,
     },
     /// Make a new recovery key (printed once, or written to --recovery-key-file) and remove
     /// the old recovery slot: the recovery key itself is stored nowhere.
     ExportRecovery {
-        /// The repository.
-        repo: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
         /// Write the new recovery key to this new file (0600) instead of printing it;
         /// needed with --json.
         #[arg(long, value_name = "FILE")]

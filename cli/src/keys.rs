@@ -249,6 +249,33 @@ pub fn new_secret(args: &KeyArgs, location: &str) -> tessera_engine::Result<Slot
     Ok(SlotSecret::Passphrase(first))
 }
 
+/// `init --keys-from FROM`: the keys of `FROM`, unlocked with the global options' secret
+/// (asked once), and the new repository's first secret: `--new-passphrase-file` or
+/// `--new-key-file` when given, else the same secret (a recovery key cannot be reused:
+/// every repository gets its own).
+pub fn shared_keys_and_secret(
+    from: &tessera_engine::location::RepoLocation,
+    args: &crate::args::InitEncryptionArgs,
+) -> tessera_engine::Result<(SlotSecret, Option<tessera_engine::crypto::RepoKeys>)> {
+    let secret = global().secret(&from.to_string())?;
+    let keys = tessera_engine::ops::keys::keys_of(from, &secret)?;
+    let new = if args.new_passphrase_file.is_some() || args.new_key_file.is_some() {
+        new_slot_secret(&crate::args::NewSecretArgs {
+            new_passphrase_file: args.new_passphrase_file.clone(),
+            new_key_file: args.new_key_file.clone(),
+            kdf_memory_mib: args.kdf_memory_mib,
+            kdf_iterations: args.kdf_iterations,
+        })?
+    } else if matches!(secret, SlotSecret::Recovery(_)) {
+        return Err(failed(format!(
+            "{from} was unlocked with its recovery key, which the new repository cannot reuse: give its secret with --new-passphrase-file or --new-key-file"
+        )));
+    } else {
+        secret
+    };
+    Ok((new, Some(keys)))
+}
+
 /// The environment variable holding the new passphrase of `key add`/`change-passphrase`.
 pub const NEW_PASSPHRASE_ENV: &str = "TESSERA_NEW_PASSPHRASE";
 

@@ -536,6 +536,11 @@ impl Repository {
         &self.crypto
     }
 
+    /// [`Self::crypto`], shared (for work that outlives a borrow of the repository).
+    pub fn crypto_arc(&self) -> Arc<RepoCrypto> {
+        Arc::clone(&self.crypto)
+    }
+
     /// The object storage.
     pub fn backend(&self) -> &dyn Backend {
         &*self.storage.backend

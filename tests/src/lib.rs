@@ -59,6 +59,7 @@ use sha2::{Digest, Sha256};
 
 pub use serde_json::Value;
 
+pub mod encrypted;
 pub mod fault_proxy;
 pub mod kill;
 pub mod libvhdi;

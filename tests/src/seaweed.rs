@@ -71,7 +71,9 @@ const PORT_RANGE: std::ops::Range<u16> = 12_000..22_000;
 /// `+ 10000` neighbour is free too; reserved until [`release_ports`].
 fn free_port() -> u16 {
     use rand::Rng;
-    let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut reserved = RESERVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut rng = rand::thread_rng();
     for _ in 0..10_000 {
         let port = rng.gen_range(PORT_RANGE);
@@ -88,7 +90,9 @@ fn free_port() -> u16 {
 
 /// Gives `ports` back for other servers.
 fn release_ports(ports: &[u16]) {
-    let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut reserved = RESERVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for port in ports {
         reserved.remove(port);
     }

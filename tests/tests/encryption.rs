@@ -5,127 +5,20 @@
 //! moved under another id, a forged page, a truncated or swapped snapshot file — reported
 //! as damage (exit 4) by verify and restore, which never writes the disk.
 
-use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
-use tessera_format::pack::{
-    decode_footer, decode_trailer, encode_footer, encode_record_header, FooterEntry,
-    PACK_HEADER_LEN, TRAILER_LEN,
-};
+use tessera_format::pack::FooterEntry;
 use tessera_format::ObjectKind;
-use tessera_tests::{
-    exit_code, make_image, pack_files, seed, sha256_file, tessera_cmd, DataGen, ImageSpec, Out,
-    Value,
+use tessera_tests::encrypted::{
+    all_files, backup, crc32c, init_encrypted, object_state, p, read_pack, restore_to, run,
+    write_pack, CHEAP_KDF, PASS,
 };
-
-const PASS: &str = "correct horse battery staple";
-/// A cheap Argon2id cost: the tests open repositories dozens of times.
-/// The cheapest Argon2id cost a passphrase slot may have (SPEC.md §23.4).
-const CHEAP_KDF: [&str; 4] = ["--kdf-memory-mib", "19", "--kdf-iterations", "2"];
-
-/// Runs the binary with `TESSERA_PASSPHRASE` set to `pass` (unset when `None`).
-fn run<S: AsRef<OsStr>>(args: &[S], pass: Option<&str>) -> Out {
-    let mut cmd = tessera_cmd(args);
-    cmd.env_remove("TESSERA_PASSPHRASE");
-    if let Some(pass) = pass {
-        cmd.env("TESSERA_PASSPHRASE", pass);
-    }
-    let output = cmd.output().expect("running tessera");
-    Out {
-        args: args
-            .iter()
-            .map(|a| a.as_ref().to_string_lossy().into_owned())
-            .collect(),
-        code: exit_code(output.status),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn p(path: &Path) -> String {
-    path.display().to_string()
-}
-
-/// An encrypted repository with the passphrase [`PASS`]; returns the recovery key text.
-fn init_encrypted(repo: &Path, scratch: &Path) -> String {
-    let recovery = scratch.join(format!("recovery-{}", rand::random::<u32>()));
-    let mut args = vec![
-        "--json".to_string(),
-        "init".into(),
-        p(repo),
-        "--recovery-key-file".into(),
-        p(&recovery),
-    ];
-    args.extend(CHEAP_KDF.iter().map(ToString::to_string));
-    let out = run(&args, Some(PASS));
-    out.ok();
-    let v = out.json();
-    assert_eq!(v["encryption"], "aes-256-gcm", "{out}");
-    assert_eq!(v["format_version"], 2, "{out}");
-    let text = fs::read_to_string(&recovery).unwrap();
-    assert_eq!(
-        fs::metadata(&recovery).unwrap().permissions().mode() & 0o777,
-        0o600,
-        "the recovery key file is private"
-    );
-    assert!(!out.stdout.contains(text.trim()) && !out.stderr.contains(text.trim()));
-    text.trim().to_string()
-}
-
-fn backup(repo: &Path, series: &str, disk: &str, image: &Path, tags: &[&str]) -> String {
-    let mut args = vec![
-        "--json".to_string(),
-        "backup".into(),
-        p(repo),
-        "--series".into(),
-        series.into(),
-    ];
-    for t in tags {
-        args.extend(["--tag".into(), (*t).to_string()]);
-    }
-    args.push(format!("{disk}={}", image.display()));
-    let out = run(&args, Some(PASS));
-    out.ok();
-    assert!(!out.stdout.contains(PASS) && !out.stderr.contains(PASS));
-    out.json()["snapshot"].as_str().unwrap().to_string()
-}
-
-/// Restores `id` to `out` with the passphrase; the exit code.
-fn restore_to(repo: &Path, id: &str, out: &Path) -> Out {
-    run(&["restore", &p(repo), id, &p(out)], Some(PASS))
-}
-
-fn all_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap() {
-        let path = e.unwrap().path();
-        if path.is_dir() {
-            out.extend(all_files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
-/// Path, size and modification time of every file of the repository's objects (what a
-/// command that must write nothing may not change).
-fn object_state(repo: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
-    ["config", "keys", "packs", "snapshots"]
-        .iter()
-        .map(|d| repo.join(d))
-        .filter(|d| d.exists())
-        .flat_map(|d| if d.is_dir() { all_files(&d) } else { vec![d] })
-        .map(|f| {
-            let m = fs::metadata(&f).unwrap();
-            (f, (m.len(), m.modified().unwrap()))
-        })
-        .collect()
-}
+use tessera_tests::{
+    exit_code, make_image, pack_files, seed, sha256_file, tessera_cmd, DataGen, ImageSpec, Value,
+};
 
 #[test]
 fn an_encrypted_repository_works_end_to_end_and_stores_nothing_readable() {
@@ -390,58 +283,6 @@ fn init_refuses_json_without_a_recovery_key_file_and_plain_says_so() {
 // ---------------------------------------------------------------------------------------
 // Tampering with every CRC kept valid (what only the AEAD can catch)
 // ---------------------------------------------------------------------------------------
-
-/// A pack's records as (footer entry, stored bytes).
-fn read_pack(path: &Path) -> Vec<(FooterEntry, Vec<u8>)> {
-    let bytes = fs::read(path).unwrap();
-    let trailer = decode_trailer(&bytes[bytes.len() - TRAILER_LEN..], bytes.len() as u64).unwrap();
-    let footer = decode_footer(
-        &bytes[trailer.footer_offset as usize..bytes.len() - TRAILER_LEN],
-        &trailer,
-    )
-    .unwrap();
-    footer
-        .into_iter()
-        .map(|e| {
-            let start = e.data_offset() as usize;
-            (e, bytes[start..start + e.info.stored_len as usize].to_vec())
-        })
-        .collect()
-}
-
-/// Writes a pack holding `records` (headers, CRCs, footer and trailer all recomputed).
-fn write_pack(path: &Path, records: &[(FooterEntry, Vec<u8>)]) {
-    let mut out = fs::read(path).unwrap()[..PACK_HEADER_LEN].to_vec();
-    let mut entries = Vec::new();
-    for (e, stored) in records {
-        let mut info = e.info;
-        info.stored_len = stored.len() as u32;
-        info.stored_crc = crc32c(stored);
-        let offset = out.len() as u64;
-        out.extend_from_slice(&encode_record_header(&info).unwrap());
-        out.extend_from_slice(stored);
-        entries.push(FooterEntry { info, offset });
-    }
-    let footer_offset = out.len() as u64;
-    out.extend_from_slice(&encode_footer(&entries, footer_offset).unwrap());
-    fs::write(path, out).unwrap();
-}
-
-fn crc32c(bytes: &[u8]) -> u32 {
-    // CRC-32C (Castagnoli), bitwise: the tests crate does not depend on the crc32c crate.
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
 
 /// A repository of one snapshot of a mostly random image (so that chunks are stored
 /// uncompressed, at equal lengths), with its index rebuilt after `tamper` changed packs.
@@ -718,11 +559,12 @@ fn key_slots_change_without_rewriting_data() {
     assert_eq!(sha256_file(&out), sha256_file(&img));
 }
 
-/// Sync, seed bundles, `repair --from` and `serve` do not handle encrypted repositories yet
-/// (SPEC.md §23.7): each refuses (exit 5) before copying or serving anything, whichever side
-/// is encrypted, even with the right passphrase.
+/// Sync, seed import and `repair --from` between a plain and an encrypted repository, and
+/// `serve` of an encrypted one, are refused (exit 5, SPEC.md §23.8) before anything is
+/// copied or served, even with the right passphrase. (Between repositories that share keys:
+/// `encryption_sharing.rs`.)
 #[test]
-fn sync_seed_repair_from_and_serve_refuse_encrypted_repositories() {
+fn copies_between_plain_and_encrypted_and_serving_encrypted_are_refused() {
     let t = TempDir::new().unwrap();
     let enc = t.path().join("enc");
     init_encrypted(&enc, t.path());
@@ -737,25 +579,25 @@ fn sync_seed_repair_from_and_serve_refuse_encrypted_repositories() {
     backup(&enc, "s", "d", &img, &[]);
     let before = object_state(&plain);
     let bundle = t.path().join("bundle");
-    for (what, args) in [
+    for (what, phrase, args) in [
         (
             "sync from encrypted",
+            "is encrypted and",
             vec!["sync".to_string(), p(&enc), p(&plain)],
         ),
         (
             "sync into encrypted",
+            "would re-encrypt every record",
             vec!["sync".into(), p(&plain), p(&enc)],
         ),
         (
-            "seed export",
-            vec!["seed".into(), "export".into(), p(&enc), p(&bundle)],
-        ),
-        (
             "repair --from",
+            "is encrypted and",
             vec!["repair".into(), p(&plain), "--from".into(), p(&enc)],
         ),
         (
             "serve",
+            "not built for encrypted repositories",
             vec![
                 "serve".into(),
                 p(&enc),
@@ -771,28 +613,21 @@ fn sync_seed_repair_from_and_serve_refuse_encrypted_repositories() {
     ] {
         let out = run(&args, Some(PASS));
         assert_eq!(out.code, 5, "{what}: {out}");
-        assert!(
-            out.stderr.contains("do not handle encrypted"),
-            "{what}: {out}"
-        );
+        assert!(out.stderr.contains(phrase), "{what}: {out}");
     }
+    // A bundle of the plain repository does not go into the encrypted one.
+    run(&["seed", "export", &p(&plain), &p(&bundle)], None).ok();
+    let out = run(&["seed", "import", &p(&bundle), &p(&enc)], Some(PASS));
+    assert_eq!(out.code, 5, "{out}");
     assert!(
-        !bundle.exists(),
-        "seed export made its output before refusing"
+        out.stderr.contains("would re-encrypt every record"),
+        "{out}"
     );
     assert_eq!(
         object_state(&plain),
         before,
         "the plain repository was written"
     );
-    // Key commands take local repositories only (SPEC.md §23.7): an s3:// location is
-    // refused as such, not reported as a missing local path.
-    let out = run(
-        &["key", "list", "s3://bucket/repo"],
-        Some(PASS),
-    );
-    assert_eq!(out.code, 5, "{out}");
-    assert!(out.stderr.contains("local repositories only"), "{out}");
 }
 
 /// The config of `repo` rewritten as a valid plain (format 1) config of the same

@@ -61,6 +61,79 @@ fn assert_verifies(cli: &CliClient, repo: &str) -> Value {
     v
 }
 
+/// `init COPY --keys-from REPO` (a repository in a bucket), then `sync REPO COPY`: the copy
+/// lists `snapshot` (the only one) and restores it as `raw`.
+fn a_local_copy_shares_the_keys(cli: &CliClient, repo: &str, w: &Path, snapshot: &str, raw: &Path) {
+    let local = w.join("copy");
+    cli.json([
+        "init",
+        &path(&local),
+        "--keys-from",
+        repo,
+        "--encryption",
+        "aes-256-gcm",
+        "--kdf-memory-mib",
+        "19",
+        "--kdf-iterations",
+        "2",
+        "--recovery-key-file",
+        &path(&w.join("copy-recovery.key")),
+    ]);
+    let synced = cli.json(["sync", repo, &path(&local)]);
+    assert_eq!(
+        synced["snapshots_copied"].as_array().unwrap().len(),
+        1,
+        "{synced}"
+    );
+    assert_eq!(ids(cli, &path(&local)), [snapshot.to_string()]);
+    assert_restores(cli, &path(&local), snapshot, raw, w);
+}
+
+/// `key list/add/remove` on a repository in a bucket: `cli` adds a passphrase slot for
+/// "a second passphrase" (what `second_pass` gives), which then opens it and lists
+/// `snapshot`, and removes it again, after which it no longer opens (exit 6).
+fn key_slots_change_in_a_bucket(
+    cli: &CliClient,
+    second_pass: &CliClient,
+    repo: &str,
+    w: &Path,
+    snapshot: &str,
+) {
+    assert_eq!(
+        cli_slots(cli, repo).len(),
+        2,
+        "a passphrase and a recovery slot"
+    );
+    let new_pass = w.join("new-pass");
+    std::fs::write(&new_pass, "a second passphrase\n").unwrap();
+    let added = cli.json([
+        "key",
+        "add",
+        repo,
+        "--new-passphrase-file",
+        &path(&new_pass),
+        "--kdf-memory-mib",
+        "19",
+        "--kdf-iterations",
+        "2",
+    ]);
+    let added_id = added["added"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(ids(second_pass, repo), [snapshot.to_string()]);
+    cli.json(["key", "remove", repo, &added_id]);
+    assert_eq!(cli_slots(cli, repo).len(), 2);
+    second_pass.run(["list", repo]).expect_code(6);
+}
+
+/// The key slot ids `key list` shows.
+fn cli_slots(cli: &CliClient, repo: &str) -> Vec<String> {
+    cli.json(["key", "list", repo])["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn ids(cli: &CliClient, repo: &str) -> Vec<String> {
     cli.json(["list", repo])["snapshots"]
         .as_array()
@@ -862,11 +935,18 @@ fn an_encrypted_repository_lives_in_a_bucket() {
     assert_eq!(ids(&cli, &repo), std::slice::from_ref(&second));
     assert_verifies(&cli, &repo);
 
-    // Copies of an encrypted repository are refused (exit 5) at an s3:// location too.
-    let local = w.join("copy");
-    let out = cli.run(["sync", &repo, &path(&local)]);
-    out.expect_code(5);
-    assert!(out.stderr.contains("do not handle encrypted"), "{out}");
+    // A local copy sharing the bucket repository's keys (init --keys-from an s3://
+    // location): sync moves the sealed records and snapshot files verbatim.
+    a_local_copy_shares_the_keys(&cli, &repo, w, &second, &raw);
+
+    // Key slots of a repository in a bucket: add a passphrase, open with it, remove it.
+    key_slots_change_in_a_bucket(
+        &cli,
+        &with_passphrase("a second passphrase"),
+        &repo,
+        w,
+        &second,
+    );
 
     let wrong = with_passphrase("not the passphrase");
     let before = bucket_listing(&*inspect.backend);

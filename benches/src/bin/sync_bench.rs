@@ -4,7 +4,9 @@
 //!   over the loopback HTTP server: bytes received vs the new unique data the backup
 //!   reported (target ≤ 1.05);
 //! - a full seed transfer (`seed export` + `seed import`) and a full local `sync`, vs
-//!   `cp -r` of the source packs (+ `sync`).
+//!   `cp -r` of the source packs (+ `sync`);
+//! - the same full sync and seed transfer between encrypted repositories that share keys
+//!   (`init --keys-from`), whose received records are opened and re-hashed under the keys.
 //!
 //! `cargo run --release -p tessera-benches --bin sync-bench [-- --size-mib 512 --tessera PATH]`
 
@@ -17,11 +19,16 @@ use rand::Rng;
 use serde_json::Value;
 use tessera_benches::bin_args::{arg, scratch_with_image, tessera_path, ScratchImage};
 
+/// The passphrase of the encrypted repositories (cheapest Argon2id cost: the unlock is not
+/// what is measured).
+const PASS: &str = "sync bench passphrase";
+
 fn run_json(tessera: &Path, args: &[&str]) -> (f64, Value) {
     let started = Instant::now();
     let out = Command::new(tessera)
         .arg("--json")
         .args(args)
+        .env("TESSERA_PASSPHRASE", PASS)
         .stderr(Stdio::piped())
         .output()
         .expect("spawn");
@@ -49,6 +56,38 @@ impl Drop for Server {
 
 fn disk_u64(backup: &Value, field: &str) -> u64 {
     backup["disks"][0][field].as_u64().expect(field)
+}
+
+/// Full transfers between encrypted repositories sharing keys: (local sync, seed export,
+/// seed import) seconds.
+fn encrypted_transfers(tessera: &Path, d: &Path, disk: &str) -> (f64, f64, f64) {
+    let (ea, eb, ec) = (d.join("ea"), d.join("eb"), d.join("ec"));
+    let cheap = ["--kdf-memory-mib", "19", "--kdf-iterations", "2"];
+    let recovery = |name: &str| d.join(format!("{name}.recovery"));
+    let ea_recovery = recovery("ea");
+    let mut init_ea = vec!["init", p(&ea), "--recovery-key-file", p(&ea_recovery)];
+    init_ea.extend(cheap);
+    run_json(tessera, &init_ea);
+    run_json(tessera, &["backup", p(&ea), "--series", "vm", disk]);
+    let sharing = |dst: &Path, from: &Path, rec: &Path| {
+        let mut args = vec![
+            "init",
+            p(dst),
+            "--keys-from",
+            p(from),
+            "--recovery-key-file",
+            p(rec),
+        ];
+        args.extend(cheap);
+        run_json(tessera, &args);
+    };
+    sharing(&eb, &ea, &recovery("eb"));
+    let (sync_secs, _) = run_json(tessera, &["sync", p(&ea), p(&eb)]);
+    let bundle = d.join("enc-bundle");
+    let (export_secs, _) = run_json(tessera, &["seed", "export", p(&ea), p(&bundle)]);
+    sharing(&ec, &bundle, &recovery("ec"));
+    let (import_secs, _) = run_json(tessera, &["seed", "import", p(&bundle), p(&ec)]);
+    (sync_secs, export_secs, import_secs)
 }
 
 fn main() {
@@ -88,6 +127,8 @@ fn main() {
     let (export_secs, _) = run_json(&tessera, &["seed", "export", p(&a), p(&bundle)]);
     let (import_secs, _) = run_json(&tessera, &["seed", "import", p(&bundle), p(&c)]);
     run_json(&tessera, &["sync", p(&a), p(&served)]);
+
+    let (enc_sync_secs, enc_export_secs, enc_import_secs) = encrypted_transfers(&tessera, d, &disk);
 
     // A 2 % change, then delta syncs: local, and pushed over HTTP.
     let blocks = data.len() / 65536;
@@ -138,6 +179,11 @@ fn main() {
         "  local sync {sync_secs:.2} s ({:.2}x cp); seed export {export_secs:.2} s + import {import_secs:.2} s ({:.2}x cp)",
         sync_secs / cp_secs,
         (export_secs + import_secs) / cp_secs
+    );
+    println!(
+        "  encrypted, sharing keys: local sync {enc_sync_secs:.2} s ({:.2}x the plain sync); seed export {enc_export_secs:.2} s + import {enc_import_secs:.2} s ({:.2}x the plain seed transfer)",
+        enc_sync_secs / sync_secs,
+        (enc_export_secs + enc_import_secs) / (export_secs + import_secs)
     );
     println!("delta: backup reported {new_raw} new raw bytes, {new_stored} stored");
     for (name, secs, r) in [

@@ -5,6 +5,7 @@ use std::io::Write as _;
 use anyhow::Result;
 use tessera_engine::crypto::text::recovery_text;
 use tessera_engine::crypto::SecretKey;
+use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::keys::{self, KeyReport};
 use tessera_format::keyslot::KdfParams;
 
@@ -20,17 +21,21 @@ fn kdf(new: &NewSecretArgs) -> KdfParams {
     }
 }
 
-pub fn run(cmd: &KeyCommand, json: bool) -> Result<i32> {
+pub fn run(
+    cmd: &KeyCommand,
+    at: &dyn Fn(&str) -> tessera_engine::Result<RepoLocation>,
+    json: bool,
+) -> Result<i32> {
     let report = match cmd {
-        KeyCommand::List { repo } => keys::list(repo)?,
+        KeyCommand::List { repo } => keys::list(&at(repo)?)?,
         // The new secret is asked for (and a new key file created) only once the
         // repository is unlocked.
         KeyCommand::Add { repo, new } => {
-            keys::add(repo, global(), &mut || new_slot_secret(new), kdf(new))?
+            keys::add(&at(repo)?, global(), &mut || new_slot_secret(new), kdf(new))?
         }
-        KeyCommand::Remove { repo, slot } => keys::remove(repo, global(), slot)?,
+        KeyCommand::Remove { repo, slot } => keys::remove(&at(repo)?, global(), slot)?,
         KeyCommand::ChangePassphrase { repo, new } => {
-            keys::change_passphrase(repo, global(), &mut || new_slot_secret(new), kdf(new))?
+            keys::change_passphrase(&at(repo)?, global(), &mut || new_slot_secret(new), kdf(new))?
         }
         KeyCommand::ExportRecovery {
             repo,
@@ -68,7 +73,7 @@ pub fn run(cmd: &KeyCommand, json: bool) -> Result<i32> {
                 .and_then(|()| out.flush())
                 .map_err(|e| tessera_engine::Error::io("printing the recovery key", e))
             };
-            let report = keys::new_recovery(repo, global(), &mut deliver)?;
+            let report = keys::new_recovery(&at(repo)?, global(), &mut deliver)?;
             if let (Some(path), false) = (recovery_key_file, json) {
                 println!("new recovery key written to {} (0600)", path.display());
             }

@@ -16,6 +16,7 @@ use crate::output::bytes;
 
 pub fn init(
     repo: &RepoLocation,
+    keys_from: Option<&RepoLocation>,
     block_size: &str,
     compression: &str,
     encryption: &InitEncryptionArgs,
@@ -33,6 +34,12 @@ pub fn init(
         tessera_engine::Repository::check_init_target(path)?;
     }
     let new_keys = if encryption.encryption == "none" {
+        if keys_from.is_some() {
+            return Err(UsageError(
+                "--keys-from makes an encrypted repository; leave out --encryption none".into(),
+            )
+            .into());
+        }
         None
     } else {
         if json && encryption.recovery_key_file.is_none() {
@@ -50,14 +57,18 @@ pub fn init(
                 .into());
             }
         }
+        let (secret, shared) = match keys_from {
+            None => (keys::new_secret(keys::global(), &repo.to_string())?, None),
+            Some(from) => keys::shared_keys_and_secret(from, encryption)?,
+        };
         Some(NewKeys {
-            secret: keys::new_secret(keys::global(), &repo.to_string())?,
+            secret,
             kdf: KdfParams {
                 memory_kib: encryption.kdf_memory_mib * 1024,
                 iterations: encryption.kdf_iterations,
                 parallelism: 1,
             },
-            shared: None,
+            shared,
         })
     };
     // The recovery key file is created (0600, create-only) before the repository, so a path

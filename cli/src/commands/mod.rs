@@ -34,7 +34,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             block_size,
             compression,
             encryption,
-        } => maintain::init(&at(&repo)?, &block_size, &compression, &encryption, json),
+        } => {
+            let keys_from = encryption.keys_from.as_deref().map(&at).transpose()?;
+            maintain::init(
+                &at(&repo)?,
+                keys_from.as_ref(),
+                &block_size,
+                &compression,
+                &encryption,
+                json,
+            )
+        }
         Command::Backup {
             repo,
             series,
@@ -158,7 +168,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Seed(cmd) => sync::seed(&cmd, &at, json, &bars),
         Command::Serve(args) => sync::serve(&at(&args.repo)?, &args, json),
         Command::Token(cmd) => token::run(&cmd, json),
-        Command::Key(cmd) => key::run(&cmd, json),
+        Command::Key(cmd) => key::run(&cmd, &at, json),
         Command::Compact {
             repo,
             max_unused,

@@ -52,6 +52,7 @@ pub fn sync(args: &SyncArgs, options: &LocationOptions, json: bool, bars: &Bars)
         &opts,
         bars,
         &super::note_recovery,
+        crate::keys::global(),
     )?;
     print_report(&report, json);
     Ok(0)
@@ -85,8 +86,6 @@ pub fn seed(
         SeedCommand::Export { repo, out, select } => {
             let select = selection(select);
             let location = at(repo)?;
-            // Refused before any key is asked for or the output made (SPEC.md §23.7).
-            tessera_engine::sync::transfer::refuse_encrypted(&location)?;
             let repository = super::open_reader(&location)?;
             let r = tessera_engine::sync::bundle::export(&repository, out, &select, bars)?;
             if json {
@@ -109,6 +108,7 @@ pub fn seed(
                 &SyncOptions::default(),
                 bars,
                 &super::note_recovery,
+                crate::keys::global(),
             )?;
             print_report(&r, json);
         }

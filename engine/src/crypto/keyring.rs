@@ -30,6 +30,30 @@ pub trait SecretSource {
     /// Told when unlocking skipped the slot object `key` for `reason` (damaged, foreign, or
     /// opening other keys); never told anything secret. The CLI warns on stderr.
     fn skipped_slot(&self, _key: &str, _reason: &str) {}
+
+    /// Keys already unlocked (from another repository that shares them, `init
+    /// --keys-from`): a repository whose config names their fingerprint opens with them, no
+    /// slot tried and no secret asked for.
+    fn known_keys(&self) -> Option<&RepoKeys> {
+        None
+    }
+}
+
+/// Keys in hand ([`SecretSource::known_keys`]): opens the repositories whose config names
+/// their fingerprint, and no other (asking for a secret fails with [`Error::KeyRequired`]).
+#[derive(Debug, Clone)]
+pub struct KnownKeys(pub RepoKeys);
+
+impl SecretSource for KnownKeys {
+    fn secret(&self, location: &str) -> Result<SlotSecret> {
+        Err(Error::KeyRequired {
+            location: location.to_string(),
+        })
+    }
+
+    fn known_keys(&self) -> Option<&RepoKeys> {
+        Some(&self.0)
+    }
 }
 
 /// No secret: opens plain repositories; an encrypted one fails with [`Error::KeyRequired`].
@@ -66,9 +90,53 @@ pub fn open_crypto(
         source.plain_repository(&backend.describe());
         return Ok(RepoCrypto::plain());
     };
+    if let Some(keys) = source
+        .known_keys()
+        .filter(|k| k.fingerprint() == fingerprint)
+    {
+        return RepoCrypto::encrypted(keys).map_err(|e| library(&e));
+    }
     let secret = source.secret(&backend.describe())?;
     let (keys, _) = unlock(backend, config.repo_id, fingerprint, &secret, source)?;
     RepoCrypto::encrypted(&keys).map_err(|e| library(&e))
+}
+
+/// The keys that `source`'s secret (asked once) unlocks in the first of `repositories`
+/// whose slots it opens. Each is given as its slot storage, repository id (slots are bound
+/// to it) and key fingerprint: repositories sharing keys, or a seed bundle carrying a
+/// repository's slots. For commands that read one and write another (sync, seed import,
+/// `repair --from`), where the operator may hold the secret of either. When none opens,
+/// the first error is returned, except that damage to a slot wins over a wrong secret (as
+/// in [`unlock`]).
+pub fn unlock_any(
+    repositories: &[(&dyn Backend, RepoId, [u8; 16])],
+    source: &dyn SecretSource,
+) -> Result<RepoKeys> {
+    let mut first_error: Option<Error> = None;
+    let mut secret = None;
+    for (backend, repo_id, fingerprint) in repositories {
+        if let Some(keys) = source
+            .known_keys()
+            .filter(|k| k.fingerprint() == *fingerprint)
+        {
+            return Ok(keys.clone());
+        }
+        let secret = match &secret {
+            Some(s) => s,
+            None => secret.insert(source.secret(&backend.describe())?),
+        };
+        match unlock(*backend, *repo_id, *fingerprint, secret, source) {
+            Ok((keys, _)) => return Ok(keys),
+            Err(e) => {
+                let damage = matches!(e, Error::KeySlotDamaged { .. });
+                let first_is_damage = matches!(first_error, Some(Error::KeySlotDamaged { .. }));
+                if first_error.is_none() || damage && !first_is_damage {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| Error::Internal("unlocking no repository".into())))
 }
 
 /// Refuses a plain config over an encrypted repository. The config is not authenticated:

@@ -29,6 +29,8 @@ pub enum Protection {
 pub struct RepoCrypto {
     ids: IdHasher,
     cipher: Option<RecordCipher>,
+    /// The keys, for opening a repository that shares them (`repair --from`).
+    keys: Option<RepoKeys>,
 }
 
 impl RepoCrypto {
@@ -37,6 +39,7 @@ impl RepoCrypto {
         Self {
             ids: IdHasher::Plain,
             cipher: None,
+            keys: None,
         }
     }
 
@@ -45,7 +48,13 @@ impl RepoCrypto {
         Ok(Self {
             ids: keys.id_hasher(),
             cipher: Some(keys.record_cipher()?),
+            keys: Some(keys.clone()),
         })
+    }
+
+    /// The keys of an encrypted repository (wiped on drop, never printed).
+    pub fn keys(&self) -> Option<&RepoKeys> {
+        self.keys.as_ref()
     }
 
     /// Whether records are sealed.

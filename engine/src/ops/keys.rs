@@ -11,8 +11,6 @@
 //! replacement (change-passphrase, a new recovery key) adds the new slot *before* removing
 //! the old one, so a crash in between leaves both, never neither.
 
-use std::path::Path;
-
 use serde::Serialize;
 use tessera_format::keyslot::{KdfParams, SlotKind};
 use tessera_format::RepoConfig;
@@ -20,6 +18,7 @@ use tessera_format::RepoConfig;
 use crate::crypto::keyring::{self, DamagedSlot, SecretSource, SlotInfo};
 use crate::crypto::{RepoKeys, SecretKey, SlotSecret};
 use crate::error::{Error, Result};
+use crate::location::RepoLocation;
 use crate::lock::WriterLock;
 use crate::repo::RepoStorage;
 
@@ -84,27 +83,38 @@ pub struct KeyReport {
     pub damaged: Vec<DamagedSlotView>,
 }
 
-/// The repository at `root`, which must be encrypted.
-fn encrypted(root: &Path) -> Result<(RepoStorage, RepoConfig)> {
-    if root.to_str().is_some_and(|r| r.starts_with("s3://")) {
-        return Err(Error::Refused {
-            reason: format!(
-                "{}: key commands take local repositories only for now (SPEC.md §23.7); nothing was changed",
-                root.display()
-            ),
-        });
-    }
-    let storage = RepoStorage::local(root);
+/// The repository at `location` (a directory or `s3://BUCKET/PREFIX`), which must be
+/// encrypted.
+fn encrypted(location: &RepoLocation) -> Result<(RepoStorage, RepoConfig)> {
+    let storage = location.storage()?;
     let config = storage.read_config()?;
     if !config.encryption.is_encrypted() {
         keyring::refuse_plain_downgrade(&*storage.backend)?;
         return Err(Error::Usage(format!(
-            "{} is not encrypted (format {}): it has no key slots",
-            root.display(),
+            "{location} is not encrypted (format {}): it has no key slots",
             config.format_version
         )));
     }
     Ok((storage, config))
+}
+
+/// The keys of the encrypted repository at `location`, or of the encrypted repository a
+/// seed bundle at `location` was exported from (it carries the repository's key slots),
+/// unlocked with `source` (`init --keys-from`: a new repository that shares them exchanges
+/// records with that one).
+pub fn keys_of(location: &RepoLocation, source: &dyn SecretSource) -> Result<RepoKeys> {
+    if let Some(bundle) = location.local_path().filter(|dir| {
+        dir.join(crate::sync::bundle_manifest::MANIFEST_NAME)
+            .is_file()
+    }) {
+        return crate::sync::bundle::bundle_keys(bundle, source);
+    }
+    let (storage, config) = encrypted(location)?;
+    let fingerprint = config
+        .encryption
+        .fingerprint()
+        .ok_or_else(|| Error::Internal("unlocking a plain repository".into()))?;
+    keyring::unlock_any(&[(&*storage.backend, config.repo_id, fingerprint)], source)
 }
 
 /// Unlocks the repository's keys with `source`; the slot that opened them.
@@ -139,8 +149,8 @@ fn finish(storage: &RepoStorage, config: &RepoConfig, mut report: KeyReport) -> 
 }
 
 /// `key list`: the slots (needs no secret: kinds, costs and times are not secret).
-pub fn list(root: &Path) -> Result<KeyReport> {
-    let (storage, config) = encrypted(root)?;
+pub fn list(location: &RepoLocation) -> Result<KeyReport> {
+    let (storage, config) = encrypted(location)?;
     finish(&storage, &config, KeyReport::default())
 }
 
@@ -150,12 +160,12 @@ pub type NewSecret<'a> = &'a mut dyn FnMut() -> Result<SlotSecret>;
 
 /// `key add`: a slot that the secret `new` gives opens, after unlocking with `source`.
 pub fn add(
-    root: &Path,
+    location: &RepoLocation,
     source: &dyn SecretSource,
     new: NewSecret<'_>,
     kdf: KdfParams,
 ) -> Result<KeyReport> {
-    let (storage, config) = encrypted(root)?;
+    let (storage, config) = encrypted(location)?;
     let _slots = WriterLock::acquire_keys(&storage.local_dir)?;
     let (keys, _) = unlock(&storage, &config, source)?;
     let new = new()?;
@@ -174,8 +184,12 @@ pub fn add(
 /// `key remove`: the slot whose id starts with `prefix` (refused for the last sound slot
 /// that is not a recovery slot), after unlocking with `source`. A damaged slot object
 /// (see [`KeyReport::damaged`]) is removed by its id the same way.
-pub fn remove(root: &Path, source: &dyn SecretSource, prefix: &str) -> Result<KeyReport> {
-    let (storage, config) = encrypted(root)?;
+pub fn remove(
+    location: &RepoLocation,
+    source: &dyn SecretSource,
+    prefix: &str,
+) -> Result<KeyReport> {
+    let (storage, config) = encrypted(location)?;
     let _slots = WriterLock::acquire_keys(&storage.local_dir)?;
     unlock(&storage, &config, source)?;
     let stored = keyring::load_slots(&*storage.backend, config.repo_id)?;
@@ -216,12 +230,12 @@ pub fn remove(root: &Path, source: &dyn SecretSource, prefix: &str) -> Result<Ke
 /// `key change-passphrase`: a new passphrase slot, then the passphrase slot that `source`
 /// opened is removed.
 pub fn change_passphrase(
-    root: &Path,
+    location: &RepoLocation,
     source: &dyn SecretSource,
     new: NewSecret<'_>,
     kdf: KdfParams,
 ) -> Result<KeyReport> {
-    let (storage, config) = encrypted(root)?;
+    let (storage, config) = encrypted(location)?;
     let _slots = WriterLock::acquire_keys(&storage.local_dir)?;
     let (keys, opened) = unlock(&storage, &config, source)?;
     if opened.kind != SlotKind::Passphrase {
@@ -254,11 +268,11 @@ pub fn change_passphrase(
 /// slot is removed instead and the old recovery key keeps working; a crash in between
 /// leaves both slots, never a repository whose only recovery key nobody has.
 pub fn new_recovery(
-    root: &Path,
+    location: &RepoLocation,
     source: &dyn SecretSource,
     deliver: &mut dyn FnMut(&SecretKey) -> Result<()>,
 ) -> Result<KeyReport> {
-    let (storage, config) = encrypted(root)?;
+    let (storage, config) = encrypted(location)?;
     let _slots = WriterLock::acquire_keys(&storage.local_dir)?;
     let (keys, _) = unlock(&storage, &config, source)?;
     let recovery = SecretKey::random();
@@ -336,10 +350,11 @@ mod tests {
         encrypted_repository(&root);
         let before = std::fs::read_dir(root.join("keys")).unwrap().count();
         let held = WriterLock::acquire_keys(&root).unwrap();
-        let err = remove(&root, &pass(), "0").unwrap_err();
+        let location = crate::location::RepoLocation::local(&root);
+        let err = remove(&location, &pass(), "0").unwrap_err();
         assert!(matches!(err, Error::Locked { .. }), "{err}");
         assert_eq!(err.kind(), ErrorKind::Locked);
-        let err = new_recovery(&root, &pass(), &mut |_: &SecretKey| Ok(())).unwrap_err();
+        let err = new_recovery(&location, &pass(), &mut |_: &SecretKey| Ok(())).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
         drop(held);
         assert_eq!(
@@ -347,6 +362,6 @@ mod tests {
             before
         );
         // Released: the same export goes through.
-        new_recovery(&root, &pass(), &mut |_: &SecretKey| Ok(())).unwrap();
+        new_recovery(&location, &pass(), &mut |_: &SecretKey| Ok(())).unwrap();
     }
 }

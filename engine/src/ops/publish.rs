@@ -34,10 +34,25 @@ pub fn publish_snapshot(
     refs: &RefDeltas,
 ) -> Result<SnapshotId> {
     let (id, bytes) = snapshot_file::encode(repo.crypto(), snapshot)?;
+    publish_file(repo, id, &bytes, snapshot, refs)
+}
+
+/// [`publish_snapshot`] of a snapshot file already encoded (by this repository, or
+/// received from one sharing its keys and checked with
+/// [`snapshot_file::decode_canonical`]): `bytes` are stored verbatim under `id`, their
+/// SHA-256, so a copy keeps its snapshot's id.
+pub fn publish_file(
+    repo: &Repository,
+    id: SnapshotId,
+    bytes: &[u8],
+    snapshot: &Snapshot,
+    refs: &RefDeltas,
+) -> Result<SnapshotId> {
+    debug_assert_eq!(SnapshotId::of(bytes), id);
     let mut batch = repo.index().batch();
     refs.stage(repo.index(), &mut batch)?;
     repo.backend()
-        .put_content_addressed(&ObjectKey::snapshot(id), &bytes)?;
+        .put_content_addressed(&ObjectKey::snapshot(id), bytes)?;
     batch.put_snapshot(id, &snapshot.header)?;
     repo.index().commit(batch)?;
     Ok(id)

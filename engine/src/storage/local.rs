@@ -10,8 +10,9 @@
 //!
 //! Two layouts:
 //! - [`Layout::Tree`], a repository: a key is a relative path (`packs/ab/<id>.pack`);
-//! - [`Layout::Flat`], a seed bundle: packs as `<id>.pack` and snapshot files as
-//!   `<id>.snap` side by side, plus the bundle manifest; no other objects.
+//! - [`Layout::Flat`], a seed bundle: packs as `<id>.pack`, snapshot files as `<id>.snap`
+//!   and (from an encrypted repository) key slots as `<id>.key` side by side, plus the
+//!   bundle manifest; no other objects.
 //!
 //! Reads never follow a symbolic link in the last path component (a planted link in a
 //! bundle or repository is not followed). Pack readers are cached: a restore reads tens of
@@ -25,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use super::durable;
 use super::fs::{Fs, FsReader, FsWriter, OsFs};
-use super::key::{KeyKind, ObjectKey, PACKS, SNAPSHOTS};
+use super::key::{KeyKind, ObjectKey, KEYS, PACKS, SNAPSHOTS};
 use super::{Backend, ObjectWriter, PutMode};
 use crate::error::{Error, Result};
 
@@ -86,6 +87,11 @@ impl LocalBackend {
                 let name = match key.kind() {
                     Some(KeyKind::Pack(id)) => format!("{id}.pack"),
                     Some(KeyKind::Snapshot(id)) => format!("{id}.snap"),
+                    _ if key.as_key_slot().is_some() => key
+                        .as_str()
+                        .strip_prefix(KEYS)
+                        .unwrap_or_default()
+                        .to_string(),
                     _ if *key == ObjectKey::bundle_manifest() => key.as_str().to_string(),
                     _ => {
                         return Err(Error::Internal(format!(
@@ -172,6 +178,11 @@ impl LocalBackend {
                         Ok(id) => ObjectKey::snapshot(id),
                         Err(_) => ObjectKey::from_listed(format!("{SNAPSHOTS}{}", entry.name)),
                     })
+            } else if prefix == KEYS {
+                entry
+                    .name
+                    .strip_suffix(".key")
+                    .map(|_| ObjectKey::from_listed(format!("{KEYS}{}", entry.name)))
             } else {
                 None
             };

@@ -39,6 +39,39 @@ pub fn decode(crypto: &RepoCrypto, bytes: &[u8]) -> std::result::Result<Snapshot
     public.join(&private).map_err(|e| e.to_string())
 }
 
+/// Decodes a snapshot file received from elsewhere ([`decode`]) and checks that it is in
+/// canonical form: exactly the bytes this repository's encoding of the decoded snapshot
+/// gives (plain), or, when encrypted, whose cleartext part and private plaintext are
+/// exactly that encoding's (the sealed envelope itself is random, so it is kept as
+/// received). A file that is not would be stored under an id no writer here produces.
+pub fn decode_canonical(
+    crypto: &RepoCrypto,
+    bytes: &[u8],
+) -> std::result::Result<Snapshot, String> {
+    let not_canonical =
+        || "not in canonical form (it would be stored under another id)".to_string();
+    if !crypto.is_encrypted() {
+        let snapshot = Snapshot::decode(bytes).map_err(|e| e.to_string())?;
+        return match snapshot.encode() {
+            Ok((again, _)) if again == SnapshotId::of(bytes) => Ok(snapshot),
+            _ => Err(not_canonical()),
+        };
+    }
+    let public = decode_public(bytes).map_err(|e| e.to_string())?;
+    let private = crypto
+        .open_snapshot_private(&public.binding, public.sealed)
+        .map_err(|e| format!("private part: {e}"))?;
+    let snapshot = public.join(&private).map_err(|e| e.to_string())?;
+    let parts = split(&snapshot).map_err(|e| e.to_string())?;
+    if parts.private() != private.as_slice() {
+        return Err(not_canonical());
+    }
+    match parts.assemble(public.sealed) {
+        Ok((again, _)) if again == SnapshotId::of(bytes) => Ok(snapshot),
+        _ => Err(not_canonical()),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::{decode, encode};

@@ -6,6 +6,11 @@
 //! usually also holds objects of other snapshots or dead ones. Then the snapshot files,
 //! then the manifest, last (see [`super::bundle_manifest`]).
 //!
+//! A bundle of an encrypted repository (manifest version 2) carries the sealed records and
+//! snapshot files verbatim, the key fingerprint and the repository's key slots: the
+//! destination is made from it with `init --keys-from BUNDLE` and then imports it like a
+//! sync between repositories that share keys (SPEC.md §23.7).
+//!
 //! Import trusts nothing in the bundle. Before the destination is touched (or even
 //! created) it checks the manifest, every listed file (plain name, regular file — not a
 //! symbolic link —, size, SHA-256), every pack's footer, every object (decoded and hashed),
@@ -15,12 +20,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use tessera_format::pack::FooterEntry;
 use tessera_format::{Compression, IdScheme, ManifestPage, ObjectKind, PackId, SnapshotId};
 
-use crate::crypto::RepoCrypto;
+use crate::crypto::keyring::{unlock_any, KnownKeys, NoSecret, SecretSource};
+use crate::crypto::{RepoCrypto, RepoKeys};
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
 use crate::location::RepoLocation;
@@ -35,7 +42,9 @@ use crate::store::session::TARGET_PACK_SIZE;
 
 use super::bundle_manifest::{
     hash_file, BundleBlockSize, BundleFile, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION,
+    ENCRYPTED_BUNDLE_VERSION, MANIFEST_NAME,
 };
+use super::shared_keys::{check_pairing, SharedKeys};
 use super::sink::{block_sizes, decode_snapshot, LocalSink, Publisher};
 use super::source::{Catalog, ObjectSource, SnapshotSummary, StoredObject, MAX_BATCH_BYTES};
 use super::{Selection, SyncOptions, SyncReport};
@@ -74,9 +83,6 @@ pub fn export(
     std::fs::create_dir_all(out)
         .map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
     let flat = LocalBackend::flat(out);
-    if repo.crypto().is_encrypted() {
-        return Err(super::transfer::encrypted_not_supported(&repo.describe()));
-    }
     let selected = selection.select(&Catalog::snapshots(repo)?)?;
     let mut w = BundleWriter {
         repo,
@@ -104,22 +110,40 @@ pub fn export(
         flat.put_bytes(&key, PutMode::Create, &bytes)?;
         files.push(format!("{}.snap", s.id.to_hex()));
     }
+    let config = repo.config();
+    let fingerprint = config.encryption.fingerprint();
+    if fingerprint.is_some() {
+        // The key slots travel with the sealed records, so that the destination can be made
+        // with the source's keys from the bundle alone (`init --keys-from BUNDLE`); a courier
+        // learns nothing from them that the records themselves do not hide (SPEC.md §23.7).
+        for key in repo.backend().list(key::KEYS)? {
+            if let Some(id) = key.as_key_slot() {
+                flat.put_bytes(&key, PutMode::Create, &repo.backend().get(&key)?)?;
+                files.push(format!("{}.key", hex::encode(id)));
+            }
+        }
+    }
     let mut listed = Vec::new();
     for name in files {
         let (size, sha256) = hash_file(&out.join(&name))?;
         report.bytes += size;
         listed.push(BundleFile { name, size, sha256 });
     }
-    let config = repo.config();
     let manifest = Manifest {
         format: BUNDLE_FORMAT.into(),
-        version: BUNDLE_VERSION,
+        version: if fingerprint.is_some() {
+            ENCRYPTED_BUNDLE_VERSION
+        } else {
+            BUNDLE_VERSION
+        },
         source_repo: config.repo_id.to_string(),
         id_scheme: config.id_scheme as u8,
         default_block_size: config.default_block_size,
         compression: config.compression.to_string(),
+        // Disk names are private in an encrypted repository (SPEC.md §23.1): not listed.
         block_sizes: block_sizes(&selected)
             .into_iter()
+            .filter(|_| fingerprint.is_none())
             .map(|((series, disk), block_size)| BundleBlockSize {
                 series,
                 disk,
@@ -128,6 +152,7 @@ pub fn export(
             .collect(),
         snapshots: report.snapshots.iter().map(SnapshotId::to_hex).collect(),
         files: listed,
+        key_fingerprint: fingerprint.map(hex::encode),
     };
     // The manifest goes last: a bundle without it is incomplete and refused by import.
     flat.put_bytes(
@@ -211,16 +236,21 @@ impl BundleWriter<'_> {
 pub struct Bundle {
     dir: PathBuf,
     flat: LocalBackend,
+    /// The receiving repository's protection, which every object was checked under.
+    crypto: Arc<RepoCrypto>,
     manifest: Manifest,
     objects: HashMap<(ObjectKind, [u8; 32]), (PackId, FooterEntry)>,
     snapshots: Vec<(SnapshotSummary, Vec<u8>)>,
 }
 
 impl Bundle {
-    /// Opens and checks the bundle at `dir` (see the module docs).
-    pub fn open(dir: &Path, progress: &dyn Progress) -> Result<Self> {
+    /// Opens and checks the bundle at `dir` (see the module docs) under `crypto`, the
+    /// receiving repository's protection: plain for a bundle from a plain repository, else
+    /// the keys whose fingerprint the manifest names.
+    pub fn open(dir: &Path, crypto: Arc<RepoCrypto>, progress: &dyn Progress) -> Result<Self> {
         let manifest = Manifest::read(dir)?;
         let bad = |name: &str, reason: String| bundle_error(dir, name, &reason);
+        check_opened_for(dir, &manifest, &crypto)?;
         check_files(dir, &manifest, progress)?;
         let flat = LocalBackend::flat(dir);
         let mut objects = HashMap::new();
@@ -241,39 +271,7 @@ impl Bundle {
             }
         }
         // Every object decodes and hashes to its digest; pages are kept to check completeness.
-        let all: Vec<(PackId, FooterEntry)> = objects.values().copied().collect();
-        // Bundles come from plain repositories only (export refuses an encrypted one).
-        let plain = RepoCrypto::plain();
-        let page_digests: HashMap<[u8; 32], Vec<[u8; 32]>> = all
-            .par_iter()
-            .map(|(pack, e)| {
-                let name = format!("{pack}.pack");
-                let raw = read_object(
-                    &flat,
-                    &plain,
-                    e.info.kind,
-                    &e.info.digest.0,
-                    &ObjectEntry::found(*pack, e),
-                )
-                .map_err(|err| bad(&name, err.to_string()))?;
-                if e.info.kind != ObjectKind::Page {
-                    return Ok(None);
-                }
-                let page = ManifestPage::decode(&raw)
-                    .map_err(|err| bad(&name, format!("page {}: {err}", e.info.digest)))?;
-                Ok(Some((
-                    e.info.digest.0,
-                    page.digests
-                        .iter()
-                        .filter(|d| !d.is_zero())
-                        .map(|d| d.0)
-                        .collect(),
-                )))
-            })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
+        let page_digests = check_objects(dir, &flat, &crypto, &objects)?;
         let listed: HashSet<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
         let mut snapshots = Vec::new();
         for id_hex in &manifest.snapshots {
@@ -288,7 +286,7 @@ impl Bundle {
                 .parse()
                 .map_err(|e| bad(&name, format!("not a snapshot id: {e}")))?;
             let bytes = flat.get(&ObjectKey::snapshot(snapshot_id))?;
-            let (id, snapshot) = decode_snapshot(&dir.display().to_string(), &bytes)?;
+            let (id, snapshot) = decode_snapshot(&dir.display().to_string(), &crypto, &bytes)?;
             if &id.to_hex() != id_hex {
                 return Err(bad(&name, format!("content hashes to {id}")));
             }
@@ -317,6 +315,7 @@ impl Bundle {
         Ok(Self {
             dir: dir.to_path_buf(),
             flat,
+            crypto,
             manifest,
             objects,
             snapshots,
@@ -327,6 +326,61 @@ impl Bundle {
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
+}
+
+/// Reads every object of the bundle with every check under `crypto` (decoded, opened,
+/// hashed to its digest); returns each page's non-zero chunk digests.
+fn check_objects(
+    dir: &Path,
+    flat: &LocalBackend,
+    crypto: &RepoCrypto,
+    objects: &HashMap<(ObjectKind, [u8; 32]), (PackId, FooterEntry)>,
+) -> Result<HashMap<[u8; 32], Vec<[u8; 32]>>> {
+    let bad = |name: &str, reason: String| bundle_error(dir, name, &reason);
+    let all: Vec<(PackId, FooterEntry)> = objects.values().copied().collect();
+    Ok(all
+        .par_iter()
+        .map(|(pack, e)| {
+            let name = format!("{pack}.pack");
+            let raw = read_object(
+                flat,
+                crypto,
+                e.info.kind,
+                &e.info.digest.0,
+                &ObjectEntry::found(*pack, e),
+            )
+            .map_err(|err| bad(&name, err.to_string()))?;
+            if e.info.kind != ObjectKind::Page {
+                return Ok(None);
+            }
+            let page = ManifestPage::decode(&raw)
+                .map_err(|err| bad(&name, format!("page {}: {err}", e.info.digest)))?;
+            Ok(Some((
+                e.info.digest.0,
+                page.digests
+                    .iter()
+                    .filter(|d| !d.is_zero())
+                    .map(|d| d.0)
+                    .collect(),
+            )))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// Refuses a manifest whose key fingerprint is not the one of `crypto`, the keys the
+/// bundle is opened under (none for a plain bundle).
+fn check_opened_for(dir: &Path, manifest: &Manifest, crypto: &RepoCrypto) -> Result<()> {
+    let bad = |reason: String| bundle_error(dir, MANIFEST_NAME, &reason);
+    if manifest.fingerprint().map_err(bad)? != crypto.keys().map(RepoKeys::fingerprint) {
+        return Err(bad(
+            "its key fingerprint is not the one the bundle was opened for (changed meanwhile?)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn bundle_error(dir: &Path, name: &str, reason: &str) -> Error {
@@ -390,6 +444,15 @@ impl Catalog for Bundle {
         })
     }
 
+    fn key_fingerprint(&self) -> Result<Option<[u8; 16]>> {
+        self.manifest
+            .fingerprint()
+            .map_err(|reason| Error::UntrustedData {
+                from: self.describe(),
+                reason,
+            })
+    }
+
     fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
         Ok(self.snapshots.iter().map(|(s, _)| s.clone()).collect())
     }
@@ -421,7 +484,7 @@ impl ObjectSource for Bundle {
             bytes += u64::from(e.info.stored_len);
             out.push(read_stored(
                 &self.flat,
-                &RepoCrypto::plain(),
+                &self.crypto,
                 kind,
                 d,
                 &ObjectEntry::found(*pack, e),
@@ -431,19 +494,78 @@ impl ObjectSource for Bundle {
     }
 }
 
-/// Imports a bundle into the repository at `repo`, creating it (with the source's default
-/// block size and compression) when it does not exist. The bundle is checked in full before
-/// the repository is created or opened.
+/// The keys of the encrypted repository the bundle at `dir` was exported from, unlocked with
+/// `source` from the key slots it carries (`init --keys-from BUNDLE`). A slot is bound to
+/// its repository id and must open keys of the manifest's fingerprint, so a planted slot
+/// is skipped like one planted in a repository.
+pub fn bundle_keys(dir: &Path, source: &dyn SecretSource) -> Result<RepoKeys> {
+    let manifest = Manifest::read(dir)?;
+    let bad = |reason: String| bundle_error(dir, MANIFEST_NAME, &reason);
+    let Some(fingerprint) = manifest.fingerprint().map_err(bad)? else {
+        return Err(Error::Usage(format!(
+            "the seed bundle {} comes from a plain repository: it has no keys to share (import it into a plain repository)",
+            dir.display()
+        )));
+    };
+    let repo_id = manifest.source_repo_id().map_err(bad)?;
+    unlock_any(&[(&LocalBackend::flat(dir), repo_id, fingerprint)], source)
+}
+
+/// Imports a bundle into the repository at `repo`. A bundle from a plain repository
+/// creates it (with the source's default block size and compression) when it does not
+/// exist; one from an encrypted repository needs it made first with `init --keys-from`
+/// (the bundle or the source), so that both share keys, and `secrets` unlocks it (the
+/// secret may open the destination's slots or those the bundle carries). The bundle is
+/// checked in full before the repository is created or opened as the writer.
 pub fn import(
     bundle_dir: &Path,
     repo: &RepoLocation,
     opts: &SyncOptions,
     progress: &dyn Progress,
     recovered: &dyn Fn(&crate::recovery::Recovery),
+    secrets: &dyn SecretSource,
 ) -> Result<SyncReport> {
-    super::transfer::refuse_encrypted(repo)?;
-    let bundle = Bundle::open(bundle_dir, progress)?;
-    if !repo.exists()? {
+    let manifest = Manifest::read(bundle_dir)?;
+    let bad = |reason: String| bundle_error(bundle_dir, MANIFEST_NAME, &reason);
+    let fingerprint = manifest.fingerprint().map_err(bad)?;
+    let described = format!("seed bundle {}", bundle_dir.display());
+    let exists = repo.exists()?;
+    let keys = if exists {
+        let storage = repo.storage()?;
+        let config = storage.read_config()?;
+        let ours = config.encryption.fingerprint();
+        check_pairing(&described, fingerprint, &repo.to_string(), ours)?;
+        match (fingerprint, ours) {
+            (Some(theirs), Some(ours)) => {
+                let source_id = manifest.source_repo_id().map_err(bad)?;
+                let flat = LocalBackend::flat(bundle_dir);
+                let keys = unlock_any(
+                    &[
+                        (&*storage.backend, config.repo_id, ours),
+                        (&flat, source_id, theirs),
+                    ],
+                    secrets,
+                )?;
+                SharedKeys::Encrypted(KnownKeys(keys))
+            }
+            _ => SharedKeys::Plain(NoSecret),
+        }
+    } else if fingerprint.is_some() {
+        return Err(Error::Usage(format!(
+            "the {described} comes from an encrypted repository: make the destination first with `tessera init {repo} --keys-from {}` (it takes the keys from the bundle, unlocked with the source's passphrase or key file); nothing was imported",
+            bundle_dir.display()
+        )));
+    } else {
+        SharedKeys::Plain(NoSecret)
+    };
+    let crypto = match &keys {
+        SharedKeys::Encrypted(KnownKeys(k)) => {
+            RepoCrypto::encrypted(k).map_err(|e| Error::Internal(format!("record cipher: {e}")))?
+        }
+        SharedKeys::Plain(_) => RepoCrypto::plain(),
+    };
+    let bundle = Bundle::open(bundle_dir, Arc::new(crypto), progress)?;
+    if !exists {
         let m = bundle.manifest();
         let compression = Compression::parse(&m.compression).map_err(|e| Error::UntrustedData {
             from: bundle.describe(),
@@ -461,7 +583,7 @@ pub fn import(
         })?;
         repo.init(opts, None)?;
     }
-    let repo = repo.open_writer(&crate::crypto::NoSecret)?;
+    let repo = repo.open_writer(keys.source())?;
     recovered(&repo.recovery);
     let mut sink = LocalSink::new(&repo, Publisher::Operator);
     super::transfer::transfer(&bundle, &mut sink, &Selection::default(), opts, progress)

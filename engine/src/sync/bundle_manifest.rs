@@ -19,8 +19,12 @@ use crate::error::{Error, Result};
 pub const MANIFEST_NAME: &str = "bundle.json";
 /// `format` of a seed bundle manifest.
 pub const BUNDLE_FORMAT: &str = "tessera-seed-bundle";
-/// Version of the manifest layout.
+/// Version of the manifest layout of a bundle from a plain repository.
 pub const BUNDLE_VERSION: u32 = 1;
+/// Version of the manifest layout of a bundle from an encrypted repository (it carries the
+/// key fingerprint and the repository's key slots; a release that reads only version 1
+/// refuses it instead of taking its sealed records for damage).
+pub const ENCRYPTED_BUNDLE_VERSION: u32 = 2;
 /// Largest manifest read (files are listed at ~150 bytes each).
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
@@ -73,6 +77,10 @@ pub struct Manifest {
     pub snapshots: Vec<String>,
     /// Every file of the bundle except the manifest.
     pub files: Vec<BundleFile>,
+    /// Public fingerprint of the source repository's keys (hex), when it is encrypted
+    /// (version [`ENCRYPTED_BUNDLE_VERSION`]); its key slots are then among the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
 }
 
 /// Opens a file for reading without following a symbolic link in its last component.
@@ -171,17 +179,31 @@ impl Manifest {
         }
         let m: Self = serde_json::from_str(&env.manifest)
             .map_err(|e| format!("the manifest does not parse: {e}"))?;
-        if m.format != BUNDLE_FORMAT || m.version != BUNDLE_VERSION {
+        if m.format != BUNDLE_FORMAT
+            || ![BUNDLE_VERSION, ENCRYPTED_BUNDLE_VERSION].contains(&m.version)
+        {
             return Err(format!(
-                "format {:?} version {} is not {BUNDLE_FORMAT:?} version {BUNDLE_VERSION}",
+                "format {:?} version {} is not {BUNDLE_FORMAT:?} version {BUNDLE_VERSION} or {ENCRYPTED_BUNDLE_VERSION}",
                 m.format, m.version
             ));
         }
+        if (m.version == ENCRYPTED_BUNDLE_VERSION) != m.key_fingerprint.is_some() {
+            return Err(format!(
+                "version {} with{} a key fingerprint",
+                m.version,
+                if m.key_fingerprint.is_some() {
+                    ""
+                } else {
+                    "out"
+                }
+            ));
+        }
+        m.fingerprint()?;
         let mut names = HashSet::new();
         for f in &m.files {
             if !is_bundle_file_name(&f.name) {
                 return Err(format!(
-                    "entry {:?} is not a plain file name of a pack (<32 hex>.pack) or snapshot (<64 hex>.snap) inside the bundle",
+                    "entry {:?} is not a plain file name of a pack (<32 hex>.pack), snapshot (<64 hex>.snap) or key slot (<32 hex>.key) inside the bundle",
                     f.name
                 ));
             }
@@ -191,18 +213,41 @@ impl Manifest {
         }
         Ok(m)
     }
+
+    /// The key fingerprint of an encrypted bundle's source.
+    pub fn fingerprint(&self) -> std::result::Result<Option<[u8; 16]>, String> {
+        let Some(text) = &self.key_fingerprint else {
+            return Ok(None);
+        };
+        let mut fp = [0u8; 16];
+        hex::decode_to_slice(text, &mut fp)
+            .map_err(|e| format!("key fingerprint {text:?}: {e}"))?;
+        Ok(Some(fp))
+    }
+
+    /// The source repository's id.
+    pub fn source_repo_id(&self) -> std::result::Result<tessera_format::RepoId, String> {
+        self.source_repo
+            .parse()
+            .map_err(|e| format!("source repository id {:?}: {e}", self.source_repo))
+    }
 }
 
-/// `<32 hex>.pack` or `<64 hex>.snap`, lower-case: nothing else may appear in a manifest.
+/// `<32 hex>.pack`, `<64 hex>.snap` or `<32 hex>.key`, lower-case: nothing else may appear
+/// in a manifest.
 pub fn is_bundle_file_name(name: &str) -> bool {
     let hex_of = |s: &str, n: usize| {
         s.len() == n
             && s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
-    match (name.strip_suffix(".pack"), name.strip_suffix(".snap")) {
-        (Some(stem), _) => hex_of(stem, 32),
-        (_, Some(stem)) => hex_of(stem, 64),
+    match (
+        name.strip_suffix(".pack"),
+        name.strip_suffix(".snap"),
+        name.strip_suffix(".key"),
+    ) {
+        (Some(stem), _, _) | (_, _, Some(stem)) => hex_of(stem, 32),
+        (_, Some(stem), _) => hex_of(stem, 64),
         _ => false,
     }
 }
@@ -215,6 +260,7 @@ mod tests {
     fn only_plain_names_pass() {
         assert!(is_bundle_file_name(&format!("{}.pack", "ab".repeat(16))));
         assert!(is_bundle_file_name(&format!("{}.snap", "0f".repeat(32))));
+        assert!(is_bundle_file_name(&format!("{}.key", "0f".repeat(16))));
         for bad in [
             "../x",
             "/etc/passwd",
@@ -223,6 +269,8 @@ mod tests {
             "bundle.json",
             &format!("../{}.pack", "ab".repeat(15)),
             &format!("{}.pack", "AB".repeat(16)),
+            &format!("{}.key", "0f".repeat(32)),
+            "../x.key",
         ] {
             assert!(!is_bundle_file_name(bad), "{bad}");
         }

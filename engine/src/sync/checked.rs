@@ -4,13 +4,17 @@
 //! the stored bytes must match their length and CRC, decode to exactly `raw_len` bytes
 //! (never more is allocated), and the raw bytes must hash to the digest. Only then is the
 //! object "checked". The receiver recomputes all of this itself: nothing the sender claims
-//! is believed.
+//! is believed. Between encrypted repositories that share keys (SPEC.md §23.7) the stored
+//! bytes are an envelope: it must open (or its signature check) under the receiver's keys,
+//! bound to the kind, codec, raw length and id asked for, and the plaintext must hash to
+//! the id under the keyed id scheme; the envelope is then appended verbatim.
 
 use rayon::prelude::*;
 use tessera_format::manifest::MAX_PAGE_ENTRIES;
 use tessera_format::pack::MAX_OBJECT_LEN;
-use tessera_format::{ChunkDigest, Codec, ObjectInfo, ObjectKind, PageDigest};
+use tessera_format::{Codec, ObjectInfo, ObjectKind};
 
+use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
 use crate::serde_ids::kind_name;
 use crate::store::encode::decode_stored;
@@ -34,9 +38,10 @@ pub struct CheckedObject {
     pub raw_page: Option<Vec<u8>>,
 }
 
-/// Checks one object that `from` sent for `(kind, digest)`.
+/// Checks one object that `from` sent for `(kind, digest)`, under the receiver's `crypto`.
 pub fn check_object(
     from: &str,
+    crypto: &RepoCrypto,
     kind: ObjectKind,
     digest: &[u8; 32],
     object: StoredObject,
@@ -75,8 +80,13 @@ pub fn check_object(
             info.stored_len
         )));
     }
-    if info.codec == Codec::None && info.raw_len != info.stored_len {
-        return Err(bad("uncompressed with raw length != stored length".into()));
+    let overhead = crypto.overhead() as u64;
+    if info.codec == Codec::None && u64::from(info.raw_len) + overhead != u64::from(info.stored_len)
+    {
+        return Err(bad(format!(
+            "uncompressed with raw length {} and stored length {} (protection adds {overhead})",
+            info.raw_len, info.stored_len
+        )));
     }
     let crc = crc32c::crc32c(&stored);
     if crc != info.stored_crc {
@@ -85,13 +95,15 @@ pub fn check_object(
             info.stored_crc
         )));
     }
-    let raw = decode_stored(info.codec, stored.clone(), info.raw_len).map_err(bad)?;
-    let actual = match kind {
-        ObjectKind::Chunk => ChunkDigest::of(&raw).0,
-        ObjectKind::Page => PageDigest::of(&raw).0,
-    };
-    if &actual != digest {
-        return Err(bad(format!("content hashes to {}", hex::encode(actual))));
+    let encoded = crypto
+        .unprotect(kind, info.codec, info.raw_len, digest, &stored)
+        .map_err(|e| bad(e.to_string()))?;
+    let raw = decode_stored(info.codec, encoded.into_owned(), info.raw_len).map_err(bad)?;
+    if !crypto.id_matches(kind, &raw, digest) {
+        return Err(bad(format!(
+            "content hashes to {}",
+            hex::encode(crypto.ids().id(&raw))
+        )));
     }
     Ok(CheckedObject {
         info,
@@ -103,6 +115,7 @@ pub fn check_object(
 /// Checks a batch in parallel; the first failure (in batch order) fails the batch.
 pub fn check_batch(
     from: &str,
+    crypto: &RepoCrypto,
     kind: ObjectKind,
     digests: &[[u8; 32]],
     objects: Vec<StoredObject>,
@@ -120,6 +133,6 @@ pub fn check_batch(
     objects
         .into_par_iter()
         .zip(digests.par_iter())
-        .map(|(o, d)| check_object(from, kind, d, o))
+        .map(|(o, d)| check_object(from, crypto, kind, d, o))
         .collect()
 }

@@ -59,10 +59,11 @@ pub fn read_token(path: &Path) -> Result<String> {
 /// loopback without `insecure_http`, one cache directory named for two S3 sides (each
 /// repository needs its own). When a repository `dst` is opened as the writer, `recovered`
 /// gets what its recovery did (before the transfer, so the operator learns it also when the
-/// transfer fails).
+/// transfer fails). Two repository sides must both be plain or share keys, and `secrets`
+/// unlocks them ([`super::shared_keys`]); a repository side of a server must be plain.
 #[expect(
     clippy::too_many_arguments,
-    reason = "the two sides, how each kind of side is reached, what and how to copy, and who hears"
+    reason = "the two sides, how each kind of side is reached and unlocked, what and how to copy, and who hears"
 )]
 pub fn sync_between(
     src: &str,
@@ -73,6 +74,7 @@ pub fn sync_between(
     opts: &SyncOptions,
     progress: &dyn Progress,
     recovered: &dyn Fn(&Recovery),
+    secrets: &dyn crate::crypto::SecretSource,
 ) -> Result<SyncReport> {
     if access.tls_ca.is_some() && !is_https(src) && !is_https(dst) {
         return Err(Error::Usage(
@@ -105,6 +107,15 @@ pub fn sync_between(
             access.insecure_http,
         )
     };
+    if !is_remote(src) && !is_remote(dst) {
+        let (src, dst) = (repository(src)?, repository(dst)?);
+        let keys = super::shared_keys::shared_keys(&src, &dst, secrets)?;
+        let source = src.open(keys.source())?;
+        let dst = dst.open_writer(keys.source())?;
+        recovered(&dst.recovery);
+        return super::sync(&source, &dst, selection, opts, progress);
+    }
+    // A server serves plain repositories only (SPEC.md §23.8).
     let local_src;
     let remote_src;
     let source: &dyn ObjectSource = if is_remote(src) {

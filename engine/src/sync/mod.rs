@@ -18,6 +18,7 @@ pub mod checked;
 pub mod endpoints;
 pub mod http;
 #[cfg(feature = "repository")]
+pub mod shared_keys;
 pub mod sink;
 #[cfg(feature = "repository")]
 pub mod source;

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 
 use tessera_format::{IdScheme, ObjectKind, Snapshot, SnapshotId};
 
+use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
-use crate::ops::publish::{plan_refs, publish_snapshot};
+use crate::ops::publish::{plan_refs, publish_file};
 use crate::repo::Repository;
 use crate::store::session::WriteSession;
 
@@ -24,6 +25,9 @@ pub trait ObjectSink: Catalog {
     /// Makes everything put so far durable and indexed, checks that the snapshot's objects
     /// are all present, computes its reference counts and publishes it.
     fn publish(&mut self, snapshot_bytes: &[u8]) -> Result<SnapshotId>;
+    /// The id scheme and record protection objects are checked under before they are put:
+    /// the destination's (a source it exchanges records with shares its keys).
+    fn crypto(&self) -> std::sync::Arc<RepoCrypto>;
 }
 
 /// A local repository opened as the writer.
@@ -71,6 +75,10 @@ impl Catalog for LocalSink<'_> {
         self.repo.id_scheme()
     }
 
+    fn key_fingerprint(&self) -> Result<Option<[u8; 16]>> {
+        Ok(self.repo.config().encryption.fingerprint())
+    }
+
     fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
         self.repo.snapshots()
     }
@@ -103,15 +111,25 @@ impl ObjectSink for LocalSink<'_> {
         self.seal()?;
         publish_checked(self.repo, snapshot_bytes, self.publisher)
     }
+
+    fn crypto(&self) -> std::sync::Arc<RepoCrypto> {
+        self.repo.crypto_arc()
+    }
 }
 
-/// Decodes an untrusted snapshot file and checks it against its content hash.
-pub fn decode_snapshot(from: &str, bytes: &[u8]) -> Result<(SnapshotId, Snapshot)> {
+/// Decodes an untrusted snapshot file under the receiver's `crypto` (a sealed one must open
+/// under its keys) and names it by its content hash.
+pub fn decode_snapshot(
+    from: &str,
+    crypto: &RepoCrypto,
+    bytes: &[u8],
+) -> Result<(SnapshotId, Snapshot)> {
     let id = SnapshotId::of(bytes);
-    let snapshot = Snapshot::decode(bytes).map_err(|e| Error::UntrustedData {
-        from: from.to_string(),
-        reason: format!("snapshot {id} does not decode: {e}"),
-    })?;
+    let snapshot =
+        crate::store::snapshot_file::decode(crypto, bytes).map_err(|e| Error::UntrustedData {
+            from: from.to_string(),
+            reason: format!("snapshot {id} does not decode: {e}"),
+        })?;
     Ok((id, snapshot))
 }
 
@@ -189,20 +207,18 @@ pub fn publish_checked(
     publisher: Publisher,
 ) -> Result<SnapshotId> {
     let from = repo.describe();
-    let (id, snapshot) = decode_snapshot(&from, bytes)?;
+    let id = SnapshotId::of(bytes);
     if repo.index().has_snapshot(id)? {
         return Ok(id);
     }
-    // The file must be in canonical form: publishing stores the engine's own encoding.
-    let canonical = snapshot.encode().is_ok_and(|(again, _)| again == id);
-    if !canonical {
-        return Err(Error::UntrustedData {
-            from,
-            reason: format!(
-                "snapshot {id} is not in canonical form (it would be stored under another id); nothing was published"
-            ),
-        });
-    }
+    // The file must be in canonical form: publishing stores it verbatim under its hash.
+    let snapshot =
+        crate::store::snapshot_file::decode_canonical(repo.crypto(), bytes).map_err(|reason| {
+            Error::UntrustedData {
+                from: from.clone(),
+                reason: format!("snapshot {id}: {reason}; nothing was published"),
+            }
+        })?;
     check_time(repo, &snapshot, publisher)?;
     let known = block_sizes(&Catalog::snapshots(repo)?);
     check_block_sizes(&known, &SnapshotSummary::of(id, &snapshot.header))?;
@@ -217,7 +233,7 @@ pub fn publish_checked(
     // Staging the counts is where a chunk the snapshot's new pages name, but that was never
     // sent, shows up: the index is the record of what is stored, so that is the sender's
     // fault (refused), not damage here.
-    publish_snapshot(repo, &snapshot, &refs).map_err(|e| match e {
+    publish_file(repo, id, bytes, &snapshot, &refs).map_err(|e| match e {
         Error::ObjectMissing { kind, digest } => Error::UntrustedData {
             from,
             reason: format!(

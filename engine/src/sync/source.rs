@@ -46,6 +46,11 @@ pub trait Catalog {
     fn describe(&self) -> String;
     /// The chunk id scheme of its digests.
     fn id_scheme(&self) -> Result<IdScheme>;
+    /// The public fingerprint of its keys (SPEC.md §23.4), when it is an encrypted
+    /// repository that says; `None` for a plain one, or a side that cannot tell (a server).
+    fn key_fingerprint(&self) -> Result<Option<[u8; 16]>> {
+        Ok(None)
+    }
     /// Published snapshots, oldest first.
     fn snapshots(&self) -> Result<Vec<SnapshotSummary>>;
 }
@@ -70,6 +75,10 @@ impl Catalog for Repository {
 
     fn id_scheme(&self) -> Result<IdScheme> {
         Ok(self.config().id_scheme)
+    }
+
+    fn key_fingerprint(&self) -> Result<Option<[u8; 16]>> {
+        Ok(self.config().encryption.fingerprint())
     }
 
     fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {

@@ -35,12 +35,12 @@ pub const QUERY_BATCH: usize = 4096;
 /// Digests per object request (the source may return fewer).
 pub const FETCH_BATCH: usize = 1024;
 
-/// Sync, seed bundles, `repair --from` and `serve` of encrypted repositories are not built
-/// yet (SPEC.md §23.7): refused before anything is copied or served.
+/// Serving an encrypted repository over HTTP (`tessera serve`, sync with an `http(s)://`
+/// side) is not built yet (SPEC.md §23.8): refused before anything is copied or served.
 pub fn encrypted_not_supported(location: &str) -> Error {
     Error::Refused {
         reason: format!(
-            "{location} is encrypted: sync, seed bundles, repair --from and serve do not handle encrypted repositories yet (SPEC.md §23.7); nothing was copied"
+            "{location} is encrypted: serving it over HTTP (serve, sync with an http(s):// side) is not built for encrypted repositories yet (SPEC.md §23.8; sync, seed bundles and repair --from between repositories that share keys are); nothing was copied"
         ),
     }
 }
@@ -54,6 +54,34 @@ pub fn refuse_encrypted(location: &crate::location::RepoLocation) -> Result<()> 
             Err(encrypted_not_supported(&location.to_string()))
         }
         _ => Ok(()),
+    }
+}
+
+/// Refuses to exchange records between encrypted sides unless both are repositories that
+/// say they share keys (equal fingerprints): a record sealed under one key set is damage
+/// under another. A server does not say (it serves plain repositories only, §23.8).
+fn check_shared_keys(src: &dyn ObjectSource, dst: &dyn ObjectSink) -> Result<()> {
+    match (src.key_fingerprint()?, dst.key_fingerprint()?) {
+        (Some(theirs), Some(ours)) if theirs == ours => Ok(()),
+        (Some(theirs), Some(ours)) => Err(different_keys(
+            &src.describe(),
+            &theirs,
+            &dst.describe(),
+            &ours,
+        )),
+        (None, _) => Err(encrypted_not_supported(&src.describe())),
+        (_, None) => Err(encrypted_not_supported(&dst.describe())),
+    }
+}
+
+/// Two encrypted repositories whose keys differ: refused (SPEC.md §23.7).
+pub fn different_keys(src: &str, theirs: &[u8; 16], dst: &str, ours: &[u8; 16]) -> Error {
+    Error::Refused {
+        reason: format!(
+            "{src} (key fingerprint {}) and {dst} (key fingerprint {}) are encrypted under different keys: their records cannot move between them without re-encrypting every record and changing every id; make the destination with `tessera init DST --keys-from SRC` so both share keys; nothing was copied",
+            hex::encode(theirs),
+            hex::encode(ours)
+        ),
     }
 }
 
@@ -75,7 +103,7 @@ pub fn transfer(
         });
     }
     if src_scheme == IdScheme::HmacSha256 {
-        return Err(encrypted_not_supported(&src.describe()));
+        check_shared_keys(src, dst)?;
     }
     let selected = selection.select(&src.snapshots()?)?;
     let dst_catalog = dst.snapshots()?;
@@ -88,6 +116,7 @@ pub fn transfer(
     }
     let mut run = Run {
         src,
+        crypto: dst.crypto(),
         from: src.describe(),
         bucket: opts.bwlimit.map(TokenBucket::new),
         report: SyncReport {
@@ -111,6 +140,8 @@ pub fn transfer(
 
 struct Run<'a> {
     src: &'a dyn ObjectSource,
+    /// The destination's protection, which every received object is checked under.
+    crypto: std::sync::Arc<crate::crypto::RepoCrypto>,
     from: String,
     bucket: Option<TokenBucket>,
     report: SyncReport,
@@ -124,7 +155,7 @@ impl Run<'_> {
     fn copy_snapshot(&mut self, dst: &mut dyn ObjectSink, summary: &SnapshotSummary) -> Result<()> {
         let bytes = self.src.snapshot_bytes(summary.id)?;
         self.count_transfer(bytes.len() as u64);
-        let (id, snapshot) = decode_snapshot(&self.from, &bytes)?;
+        let (id, snapshot) = decode_snapshot(&self.from, &self.crypto, &bytes)?;
         if id != summary.id {
             return Err(Error::UntrustedData {
                 from: self.from.clone(),
@@ -279,8 +310,8 @@ impl Run<'_> {
             let asked = ask.get(..n).unwrap_or(ask);
             let from = self.from.as_str();
             let checked = match &self.pool {
-                Some(pool) => pool.install(|| check_batch(from, kind, asked, got))?,
-                None => check_batch(from, kind, asked, got)?,
+                Some(pool) => pool.install(|| check_batch(from, &self.crypto, kind, asked, got))?,
+                None => check_batch(from, &self.crypto, kind, asked, got)?,
             };
             for c in &checked {
                 self.report.raw_bytes_transferred += u64::from(c.info.raw_len);
@@ -307,9 +338,12 @@ impl Run<'_> {
 #[cfg(test)]
 mod tests {
     use super::{transfer, ObjectSource, SnapshotSummary};
+    use crate::crypto::keyring::KnownKeys;
+    use crate::crypto::SlotSecret;
     use crate::error::Result;
+    use crate::location::RepoLocation;
     use crate::ops::backup::{backup, BackupRequest};
-    use crate::repo::{InitOptions, Repository};
+    use crate::repo::{InitOptions, NewKeys, RepoStorage, Repository};
     use crate::sync::sink::{LocalSink, Publisher};
     use crate::sync::source::{Catalog, StoredObject};
     use crate::sync::{Selection, SyncOptions};
@@ -378,5 +412,125 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("was listed as series"), "{err}");
         assert!(dst.index().snapshots().unwrap().is_empty());
+    }
+
+    /// A source that alters one byte of every chunk it hands over and recomputes the CRC
+    /// (a hostile or broken side between repositories that share keys).
+    struct Altering<'a>(&'a Repository);
+
+    impl Catalog for Altering<'_> {
+        fn describe(&self) -> String {
+            "an altering source".into()
+        }
+        fn id_scheme(&self) -> Result<IdScheme> {
+            self.0.id_scheme()
+        }
+        fn key_fingerprint(&self) -> Result<Option<[u8; 16]>> {
+            self.0.key_fingerprint()
+        }
+        fn snapshots(&self) -> Result<Vec<SnapshotSummary>> {
+            Catalog::snapshots(self.0)
+        }
+    }
+
+    impl ObjectSource for Altering<'_> {
+        fn snapshot_bytes(&self, id: SnapshotId) -> Result<Vec<u8>> {
+            self.0.snapshot_bytes(id)
+        }
+        fn get_objects(&self, kind: ObjectKind, d: &[[u8; 32]]) -> Result<Vec<StoredObject>> {
+            let mut objects = self.0.get_objects(kind, d)?;
+            if kind == ObjectKind::Chunk {
+                for (info, stored) in &mut objects {
+                    let mid = stored.len() / 2;
+                    stored[mid] ^= 1;
+                    info.stored_crc = crc32c::crc32c(stored);
+                }
+            }
+            Ok(objects)
+        }
+    }
+
+    fn encrypted(root: &std::path::Path, shared: Option<crate::crypto::RepoKeys>) -> SlotSecret {
+        let secret = SlotSecret::KeyFile(crate::crypto::SecretKey::random());
+        let keys = NewKeys {
+            secret: secret.clone(),
+            kdf: tessera_format::keyslot::KdfParams::NONE,
+            shared,
+        };
+        Repository::init_with(root, InitOptions::default(), Some(&keys)).unwrap();
+        secret
+    }
+
+    #[test]
+    fn a_record_altered_in_transit_between_repositories_sharing_keys_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        let secret = encrypted(&a, None);
+        let keys = crate::ops::keys::keys_of(&RepoLocation::local(&a), &secret).unwrap();
+        encrypted(&b, Some(keys.clone()));
+        let c_secret = encrypted(&c, None);
+        let image = dir.path().join("image");
+        let random: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&image, random).unwrap();
+        let known = KnownKeys(keys);
+        let open =
+            |root: &std::path::Path| Repository::open_writer_on(RepoStorage::local(root), &known);
+        {
+            let src = open(&a).unwrap();
+            backup(
+                &src,
+                &BackupRequest::one_disk("s", "d0", &image),
+                &NoProgress,
+            )
+            .unwrap();
+        }
+        let src = Repository::open_on(RepoStorage::local(&a), &known).unwrap();
+        let dst = open(&b).unwrap();
+        let mut sink = LocalSink::new(&dst, Publisher::Operator);
+        let err = transfer(
+            &Altering(&src),
+            &mut sink,
+            &Selection::default(),
+            &SyncOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+        assert!(matches!(err, crate::Error::UntrustedData { .. }), "{err}");
+        assert!(err.to_string().contains("authentication"), "{err}");
+        assert!(dst.index().snapshots().unwrap().is_empty());
+        drop(sink);
+        // Unaltered, the same records go through verbatim: same snapshot id.
+        let mut sink = LocalSink::new(&dst, Publisher::Operator);
+        let report = transfer(
+            &src,
+            &mut sink,
+            &Selection::default(),
+            &SyncOptions::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_eq!(
+            report.snapshots_copied,
+            vec![src.index().snapshots().unwrap()[0].0]
+        );
+        // Other keys: refused before anything moves.
+        let other = Repository::open_writer_on(RepoStorage::local(&c), &c_secret).unwrap();
+        let mut sink = LocalSink::new(&other, Publisher::Operator);
+        let err = transfer(
+            &src,
+            &mut sink,
+            &Selection::default(),
+            &SyncOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("different keys"), "{err}");
+        assert!(other.index().snapshots().unwrap().is_empty());
     }
 }

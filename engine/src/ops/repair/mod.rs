@@ -136,7 +136,8 @@ impl RepairReport {
     }
 }
 
-/// Checks that `other` can supply copies to `repo` (digests are comparable).
+/// Checks that `other` can supply copies to `repo` (digests are comparable, records
+/// readable under `repo`'s keys).
 pub fn check_compatible(repo: &Repository, other: &Repository) -> Result<()> {
     if repo.config().id_scheme != other.config().id_scheme {
         return Err(Error::IncompatibleRepositories {
@@ -146,12 +147,14 @@ pub fn check_compatible(repo: &Repository, other: &Repository) -> Result<()> {
             their_scheme: other.config().id_scheme,
         });
     }
-    if other.crypto().is_encrypted() {
-        return Err(crate::sync::transfer::encrypted_not_supported(
-            &other.describe(),
-        ));
-    }
-    Ok(())
+    // Records are copied verbatim: both plain, or both under the same keys.
+    crate::sync::shared_keys::check_pairing(
+        &other.describe(),
+        other.config().encryption.fingerprint(),
+        &repo.describe(),
+        repo.config().encryption.fingerprint(),
+    )
+    .map(drop)
 }
 
 /// Runs the repair (see module docs). `repo` is open as the writer.

@@ -103,13 +103,10 @@ impl RepairRequest {
                 disks.into_iter().collect::<Vec<_>>().join(", ")
             )));
         }
-        if let Some(from) = self.from.as_ref() {
-            crate::sync::transfer::refuse_encrypted(from)?;
-        }
         let other = self
             .from
             .as_ref()
-            .map(|from| from.open(&crate::crypto::NoSecret))
+            .map(|from| open_sharing_keys(from, repo))
             .transpose()?;
         let sources = RepairSources {
             other: other.as_ref(),
@@ -121,6 +118,22 @@ impl RepairRequest {
             quarantine_snapshots: self.quarantine,
         };
         repair(repo, &sources, progress)
+    }
+}
+
+/// Opens `from` for reading with `repo`'s keys: both must be plain or share keys
+/// ([`crate::sync::shared_keys::check_pairing`]), since records are copied verbatim.
+fn open_sharing_keys(from: &RepoLocation, repo: &Repository) -> Result<Repository> {
+    let config = from.storage()?.read_config()?;
+    let shared = crate::sync::shared_keys::check_pairing(
+        &from.to_string(),
+        config.encryption.fingerprint(),
+        &repo.describe(),
+        repo.config().encryption.fingerprint(),
+    )?;
+    match repo.crypto().keys().filter(|_| shared) {
+        Some(keys) => from.open(&crate::crypto::keyring::KnownKeys(keys.clone())),
+        None => from.open(&crate::crypto::NoSecret),
     }
 }
 

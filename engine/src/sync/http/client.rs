@@ -414,6 +414,11 @@ impl ObjectSink for Remote {
         Ok(())
     }
 
+    /// A server serves plain repositories only (SPEC.md §23.8).
+    fn crypto(&self) -> std::sync::Arc<crate::crypto::RepoCrypto> {
+        std::sync::Arc::new(crate::crypto::RepoCrypto::plain())
+    }
+
     fn publish(&mut self, snapshot_bytes: &[u8]) -> Result<SnapshotId> {
         self.settle()?;
         // The server may take one snapshot per series per interval from this token

@@ -389,7 +389,14 @@ fn put(
         ).with_kind(ErrorKind::Refused));
     }
     let digests: Vec<[u8; 32]> = records.iter().map(|(i, _)| i.digest.0).collect();
-    let checked = check_batch("the client", kind, &digests, records).map_err(fail)?;
+    let checked = check_batch(
+        "the client",
+        &crate::crypto::RepoCrypto::plain(),
+        kind,
+        &digests,
+        records,
+    )
+    .map_err(fail)?;
     let stored = checked.len();
     let repo = state.open_writer(root)?;
     let held = repo.index().contains_many(kind, &digests).map_err(fail)?;
@@ -487,7 +494,7 @@ fn charged(
 }
 
 /// The repository at `root`, checked to exist before serving. An encrypted repository is
-/// refused: the server holds no key, and keyless serving is not built yet (SPEC.md §23.7).
+/// refused: the server holds no key, and keyless serving is not built yet (SPEC.md §23.8).
 pub fn check_repository(root: &RepoStorage) -> Result<RepoStorage> {
     if root.read_config()?.encryption.is_encrypted() {
         return Err(crate::sync::transfer::encrypted_not_supported(
