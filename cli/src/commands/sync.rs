@@ -133,7 +133,8 @@ pub fn serve(repo: &RepoLocation, args: &ServeArgs, json: bool) -> Result<i32> {
         _ => return Err(UsageError("give --tokens FILE or --token-file FILE".into()).into()),
     };
     let storage = repo.storage()?;
-    storage.read_config()?;
+    // Refused (an encrypted repository too) before anything listens or says it does.
+    tessera_engine::sync::http::routes::check_repository(&storage)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server_config(cert, key)?),
         (None, None) => None,
