@@ -257,8 +257,16 @@ pub fn shared_keys_and_secret(
     from: &tessera_engine::location::RepoLocation,
     args: &crate::args::InitEncryptionArgs,
 ) -> tessera_engine::Result<(SlotSecret, Option<tessera_engine::crypto::RepoKeys>)> {
-    let secret = global().secret(&from.to_string())?;
-    let keys = tessera_engine::ops::keys::keys_of(from, &secret)?;
+    // Asked only once SRC turned out to be encrypted, and kept for the new slot.
+    let asked = AskedOnce {
+        inner: global(),
+        secret: std::cell::RefCell::new(None),
+    };
+    let keys = tessera_engine::ops::keys::keys_of(from, &asked)?;
+    let secret = asked
+        .secret
+        .into_inner()
+        .ok_or_else(|| Error::Internal("no secret was asked for".into()))?;
     let new = if args.new_passphrase_file.is_some() || args.new_key_file.is_some() {
         new_slot_secret(&crate::args::NewSecretArgs {
             new_passphrase_file: args.new_passphrase_file.clone(),
@@ -274,6 +282,32 @@ pub fn shared_keys_and_secret(
         secret
     };
     Ok((new, Some(keys)))
+}
+
+/// [`KeyArgs`] asked at most once, the answer kept (a command that unlocks one repository
+/// and gives the same secret to a new one); warnings go through.
+struct AskedOnce<'a> {
+    inner: &'a KeyArgs,
+    secret: std::cell::RefCell<Option<SlotSecret>>,
+}
+
+impl SecretSource for AskedOnce<'_> {
+    fn secret(&self, location: &str) -> tessera_engine::Result<SlotSecret> {
+        if let Some(secret) = self.secret.borrow().as_ref() {
+            return Ok(secret.clone());
+        }
+        let secret = self.inner.secret(location)?;
+        *self.secret.borrow_mut() = Some(secret.clone());
+        Ok(secret)
+    }
+
+    fn skipped_slot(&self, key: &str, reason: &str) {
+        self.inner.skipped_slot(key, reason);
+    }
+
+    fn plain_repository(&self, location: &str) {
+        self.inner.plain_repository(location);
+    }
 }
 
 /// The environment variable holding the new passphrase of `key add`/`change-passphrase`.

@@ -6,6 +6,7 @@
 //! snapshot id, the `text` target covers; a `publish` body is a snapshot file
 //! (`snapshot_file`).
 
+use tessera_engine::crypto::RepoCrypto;
 use tessera_engine::sync::checked::check_batch;
 use tessera_engine::sync::http::wire::{
     decode_digests, decode_records, encode_digests, encode_record, MAX_GET_DIGESTS,
@@ -53,7 +54,7 @@ pub fn put(body: &[u8], kind: ObjectKind) {
         return;
     }
     let digests: Vec<[u8; 32]> = records.iter().map(|(i, _)| i.digest.0).collect();
-    match check_batch(FROM, kind, &digests, records.clone()) {
+    match check_batch(FROM, &RepoCrypto::plain(), kind, &digests, records.clone()) {
         Ok(checked) => {
             assert_eq!(checked.len(), records.len());
             for (c, (info, stored)) in checked.iter().zip(&records) {
@@ -65,6 +66,15 @@ pub fn put(body: &[u8], kind: ObjectKind) {
             }
         }
         Err(e) => assert!(matches!(e, Error::UntrustedData { .. }), "{e:?}"),
+    }
+    // Under keys (between repositories that share them): refused the same way, never a
+    // panic; nothing the fuzzer makes can carry a valid tag.
+    static SEALED: std::sync::LazyLock<RepoCrypto> = std::sync::LazyLock::new(|| {
+        RepoCrypto::encrypted(&tessera_engine::crypto::RepoKeys::from_bytes(&[7; 64]))
+            .expect("a record cipher")
+    });
+    if let Err(e) = check_batch(FROM, &SEALED, kind, &digests, records) {
+        assert!(matches!(e, Error::UntrustedData { .. }), "{e:?}");
     }
 }
 

@@ -614,7 +614,10 @@ fn copies_between_plain_and_encrypted_and_serving_encrypted_are_refused() {
         let out = run(&args, Some(PASS));
         assert_eq!(out.code, 5, "{what}: {out}");
         assert!(out.stderr.contains(phrase), "{what}: {out}");
-        assert!(!out.stdout.contains("listening"), "{what} listened first: {out}");
+        assert!(
+            !out.stdout.contains("listening"),
+            "{what} listened first: {out}"
+        );
     }
     // A bundle of the plain repository does not go into the encrypted one.
     run(&["seed", "export", &p(&plain), &p(&bundle)], None).ok();

@@ -18,7 +18,7 @@ use tessera_tests::{make_image, mutate, pack_files, seed, sha256_file, DataGen, 
 const PASS_B: &str = "a different passphrase for the copy";
 
 /// `init DST --keys-from SRC`, unlocking SRC with `unlock` and giving DST `PASS_B`.
-fn init_sharing(dst: &Path, src: &Path, unlock: &str, scratch: &Path) -> Out {
+fn init_sharing(dst: &Path, src: &Path, unlock: Option<&str>, scratch: &Path) -> Out {
     let new_pass = scratch.join(format!("new-pass-{}", rand::random::<u32>()));
     fs::write(&new_pass, format!("{PASS_B}\n")).unwrap();
     let recovery = scratch.join(format!("recovery-{}", rand::random::<u32>()));
@@ -34,7 +34,7 @@ fn init_sharing(dst: &Path, src: &Path, unlock: &str, scratch: &Path) -> Out {
         p(&recovery),
     ];
     args.extend(CHEAP_KDF.iter().map(ToString::to_string));
-    run(&args, Some(unlock))
+    run(&args, unlock)
 }
 
 fn fingerprint(repo: &Path, pass: &str) -> String {
@@ -84,13 +84,13 @@ fn repositories_sharing_keys_sync_and_repair_from_each_other() {
     backup(&a, "vm", "d0", &img, &[]);
 
     // --keys-from needs the source's secret; a wrong one makes nothing.
-    let wrong = init_sharing(&b, &a, "not the passphrase", t.path());
+    let wrong = init_sharing(&b, &a, Some("not the passphrase"), t.path());
     assert_eq!(wrong.code, 6, "{wrong}");
     assert!(
         !b.join("config").exists(),
         "a refused init left a repository"
     );
-    let made = init_sharing(&b, &a, PASS, t.path());
+    let made = init_sharing(&b, &a, Some(PASS), t.path());
     made.ok();
     assert_eq!(made.json()["encryption"], "aes-256-gcm", "{made}");
     assert!(!made.stdout.contains(PASS) && !made.stdout.contains(PASS_B));
@@ -154,7 +154,8 @@ fn repositories_sharing_keys_sync_and_repair_from_each_other() {
         assert!(out.stderr.contains(&fp), "names the fingerprints: {out}");
     }
     assert_eq!(object_state(&c), c_before);
-    let out = run(&["repair", &p(&c), "--from", &p(&a)], Some(PASS));
+    // Refused before any secret is asked for (none is given) or recovery runs.
+    let out = run(&["repair", &p(&c), "--from", &p(&a)], None);
     assert_eq!(out.code, 5, "{out}");
     assert!(out.stderr.contains("different keys"), "{out}");
 
@@ -188,7 +189,7 @@ fn a_tampered_source_record_is_refused_by_the_copy() {
     let mut gen = DataGen::new(seed("encryption_sharing_tamper"));
     fs::write(&img, gen.bytes(tessera_tests::Fill::Random, 8 * 65536)).unwrap();
     backup(&a, "s", "d", &img, &[]);
-    init_sharing(&b, &a, PASS, t.path()).ok();
+    init_sharing(&b, &a, Some(PASS), t.path()).ok();
     for pack in pack_files(&a) {
         let mut records = read_pack(&pack);
         for (entry, stored) in &mut records {
@@ -256,12 +257,42 @@ fn an_encrypted_seed_bundle_makes_and_fills_a_repository_sharing_keys() {
         }
     }
 
+    // A key slot file the manifest does not list is never read: the bundle is refused.
+    let planted = t.path().join("planted");
+    fs::create_dir(&planted).unwrap();
+    for name in &names {
+        fs::copy(bundle.join(name), planted.join(name)).unwrap();
+    }
+    let slot = names
+        .iter()
+        .find(|n| n.strip_suffix(".key").is_some())
+        .unwrap();
+    fs::copy(
+        bundle.join(slot),
+        planted.join(format!("{}.key", "ab".repeat(16))),
+    )
+    .unwrap();
+    let out = init_sharing(
+        &t.path().join("from-planted"),
+        &planted,
+        Some(PASS),
+        t.path(),
+    );
+    assert_eq!(out.code, 4, "{out}");
+    assert!(out.stderr.contains("does not list"), "{out}");
+    // A plain repository has no keys to share: refused before any secret is asked for.
+    let plain = t.path().join("plain");
+    run(&["init", &p(&plain), "--encryption", "none"], None).ok();
+    let out = init_sharing(&t.path().join("from-plain"), &plain, None, t.path());
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("is not encrypted"), "{out}");
+
     // The destination must share the keys before the import.
     let early = run(&["seed", "import", &p(&bundle), &p(&b)], Some(PASS));
     assert_eq!(early.code, 2, "{early}");
     assert!(early.stderr.contains("--keys-from"), "{early}");
     assert!(!b.exists(), "a refused import made a repository");
-    init_sharing(&b, &bundle, PASS, t.path()).ok();
+    init_sharing(&b, &bundle, Some(PASS), t.path()).ok();
     assert_eq!(fingerprint(&b, PASS_B), fingerprint(&a, PASS));
 
     // A wrong secret: exit 6, nothing written.

@@ -17,7 +17,7 @@ use anyhow::Result;
 use tessera_engine::location::RepoLocation;
 use tessera_engine::Repository;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, UsageError};
 use crate::output::Bars;
 
 /// Runs the parsed command line.
@@ -36,8 +36,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             encryption,
         } => {
             let keys_from = encryption.keys_from.as_deref().map(&at).transpose()?;
+            let repo = at(&repo)?;
+            if options.cache_dir.is_some()
+                && repo.is_s3()
+                && keys_from.as_ref().is_some_and(RepoLocation::is_s3)
+            {
+                return Err(UsageError(
+                    "--cache-dir names the cache of one S3 repository, and both the new repository and --keys-from are in S3: leave it out (each gets its own cache under $XDG_CACHE_HOME)".into(),
+                )
+                .into());
+            }
             maintain::init(
-                &at(&repo)?,
+                &repo,
                 keys_from.as_ref(),
                 &block_size,
                 &compression,

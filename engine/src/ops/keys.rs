@@ -103,9 +103,12 @@ fn encrypted(location: &RepoLocation) -> Result<(RepoStorage, RepoConfig)> {
 /// unlocked with `source` (`init --keys-from`: a new repository that shares them exchanges
 /// records with that one).
 pub fn keys_of(location: &RepoLocation, source: &dyn SecretSource) -> Result<RepoKeys> {
+    // A directory with a manifest and no config is a seed bundle; a repository's config
+    // wins (a manifest planted in a repository does not replace its own slots and config).
     if let Some(bundle) = location.local_path().filter(|dir| {
         dir.join(crate::sync::bundle_manifest::MANIFEST_NAME)
             .is_file()
+            && !dir.join("config").exists()
     }) {
         return crate::sync::bundle::bundle_keys(bundle, source);
     }

@@ -5,7 +5,7 @@
 //! this module.
 
 use tessera_format::manifest::entries_in_page;
-use tessera_format::pack::{decode_record_header, MAX_OBJECT_LEN, RECORD_HEADER_LEN};
+use tessera_format::pack::{decode_record_header, MAX_STORED_LEN, RECORD_HEADER_LEN};
 use tessera_format::{
     ChunkDigest, Codec, ManifestPage, ObjectInfo, ObjectKind, PackId, PageDigest, Snapshot,
     SnapshotId,
@@ -194,7 +194,7 @@ pub const FETCH_WAVE_BYTES: u64 = 64 << 20;
 /// 5.9 s). After a failed or short read, its records are read one by one, so each gets its
 /// own verdict (but when the store itself failed, [`Error::Remote`], each gets that error
 /// without another read). A location no record can have (a damaged index: a stored length
-/// over [`MAX_OBJECT_LEN`], a range past 2^64) is not read; the check reports it. Nothing is checked here: the
+/// over [`MAX_STORED_LEN`], a range past 2^64) is not read; the check reports it. Nothing is checked here: the
 /// caller checks every record as [`read_object`] does ([`check_fetched`],
 /// [`decode_fetched_into`]). Memory: the records asked for, plus one wave of reads.
 pub fn fetch_records(backend: &dyn Backend, entries: &[ObjectEntry]) -> Vec<Result<Vec<u8>>> {
@@ -204,9 +204,10 @@ pub fn fetch_records(backend: &dyn Backend, entries: &[ObjectEntry]) -> Vec<Resu
 /// Why no record can lie where `entry` says (the index is untrusted), if none can: longer
 /// than any record may be, or ending past 2^64.
 fn impossible_location(entry: &ObjectEntry) -> Option<String> {
-    if entry.stored_len > MAX_OBJECT_LEN {
+    // A sealed record may hold its envelope beyond the largest object.
+    if entry.stored_len > MAX_STORED_LEN {
         return Some(format!(
-            "the index gives it {} stored bytes, over the {MAX_OBJECT_LEN} a record may hold",
+            "the index gives it {} stored bytes, over the {MAX_STORED_LEN} a record may hold",
             entry.stored_len
         ));
     }

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rayon::prelude::*;
+use tessera_format::keyslot::KEYSLOT_LEN;
 use tessera_format::pack::FooterEntry;
 use tessera_format::{Compression, IdScheme, ManifestPage, ObjectKind, PackId, SnapshotId};
 
@@ -41,8 +42,8 @@ use crate::store::reader::{read_object, read_stored};
 use crate::store::session::TARGET_PACK_SIZE;
 
 use super::bundle_manifest::{
-    hash_file, BundleBlockSize, BundleFile, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION,
-    ENCRYPTED_BUNDLE_VERSION, MANIFEST_NAME,
+    hash_file, is_key_slot_file, BundleBlockSize, BundleFile, Manifest, BUNDLE_FORMAT,
+    BUNDLE_VERSION, ENCRYPTED_BUNDLE_VERSION, MANIFEST_NAME,
 };
 use super::shared_keys::{check_pairing, SharedKeys};
 use super::sink::{block_sizes, decode_snapshot, LocalSink, Publisher};
@@ -118,7 +119,9 @@ pub fn export(
         // learns nothing from them that the records themselves do not hide (SPEC.md §23.7).
         for key in repo.backend().list(key::KEYS)? {
             if let Some(id) = key.as_key_slot() {
-                flat.put_bytes(&key, PutMode::Create, &repo.backend().get(&key)?)?;
+                // Named canonically (a store may list the key with upper-case hex).
+                let bytes = repo.backend().get(&key)?;
+                flat.put_bytes(&ObjectKey::key_slot(&id), PutMode::Create, &bytes)?;
                 files.push(format!("{}.key", hex::encode(id)));
             }
         }
@@ -508,7 +511,57 @@ pub fn bundle_keys(dir: &Path, source: &dyn SecretSource) -> Result<RepoKeys> {
         )));
     };
     let repo_id = manifest.source_repo_id().map_err(bad)?;
+    check_key_files(dir, &manifest)?;
     unlock_any(&[(&LocalBackend::flat(dir), repo_id, fingerprint)], source)
+}
+
+/// Checks the key slot files of a bundle before any is read for unlocking (the rest of the
+/// bundle is checked later, by [`Bundle::open`]): each listed one a regular file of a
+/// slot's size and its listed SHA-256, and no `.key` file in the directory that the
+/// manifest does not list (a planted, huge or blocking file is never opened).
+fn check_key_files(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let bad = |name: &str, reason: String| bundle_error(dir, name, &reason);
+    let listed: HashSet<&str> = manifest
+        .files
+        .iter()
+        .map(|f| f.name.as_str())
+        .filter(|n| is_key_slot_file(n))
+        .collect();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_key_slot_file(&name) && !listed.contains(name.as_str()) {
+            return Err(bad(
+                &name,
+                "is a key slot file the manifest does not list".into(),
+            ));
+        }
+    }
+    for f in manifest
+        .files
+        .iter()
+        .filter(|f| listed.contains(f.name.as_str()))
+    {
+        let path = dir.join(&f.name);
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|e| bad(&f.name, format!("missing or unreadable ({e})")))?;
+        if !meta.file_type().is_file() || meta.len() != KEYSLOT_LEN as u64 || f.size != meta.len() {
+            return Err(bad(
+                &f.name,
+                format!("is not a regular file of a key slot's {KEYSLOT_LEN} bytes as listed"),
+            ));
+        }
+        let (_, sha) = hash_file(&path)?;
+        if sha != f.sha256 {
+            return Err(bad(
+                &f.name,
+                format!("content hashes to {sha}, the manifest says {}", f.sha256),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Imports a bundle into the repository at `repo`. A bundle from a plain repository
@@ -538,6 +591,7 @@ pub fn import(
         match (fingerprint, ours) {
             (Some(theirs), Some(ours)) => {
                 let source_id = manifest.source_repo_id().map_err(bad)?;
+                check_key_files(bundle_dir, &manifest)?;
                 let flat = LocalBackend::flat(bundle_dir);
                 let keys = unlock_any(
                     &[

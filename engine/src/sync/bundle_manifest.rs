@@ -207,6 +207,12 @@ impl Manifest {
                     f.name
                 ));
             }
+            if is_key_slot_file(&f.name) && m.version != ENCRYPTED_BUNDLE_VERSION {
+                return Err(format!(
+                    "entry {:?} is a key slot in a bundle of a plain repository",
+                    f.name
+                ));
+            }
             if !names.insert(f.name.as_str()) {
                 return Err(format!("entry {:?} is listed twice", f.name));
             }
@@ -231,6 +237,11 @@ impl Manifest {
             .parse()
             .map_err(|e| format!("source repository id {:?}: {e}", self.source_repo))
     }
+}
+
+/// Whether `name` is a key slot's file (`….key`) of a bundle.
+pub fn is_key_slot_file(name: &str) -> bool {
+    name.strip_suffix(".key").is_some()
 }
 
 /// `<32 hex>.pack`, `<64 hex>.snap` or `<32 hex>.key`, lower-case: nothing else may appear

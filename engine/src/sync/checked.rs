@@ -61,9 +61,12 @@ pub fn check_object(
             info.kind, info.digest
         )));
     }
-    if info.raw_len > MAX_OBJECT_LEN || info.stored_len > MAX_OBJECT_LEN {
+    // Protection adds its envelope to the stored bytes: a sealed incompressible 8 MiB block
+    // is stored in 8 MiB + 40 bytes.
+    let max_stored = MAX_OBJECT_LEN + crypto.overhead() as u32;
+    if info.raw_len > MAX_OBJECT_LEN || info.stored_len > max_stored {
         return Err(bad(format!(
-            "raw length {} / stored length {} exceeds {MAX_OBJECT_LEN}",
+            "raw length {} / stored length {} exceeds {MAX_OBJECT_LEN} / {max_stored}",
             info.raw_len, info.stored_len
         )));
     }
@@ -135,4 +138,49 @@ pub fn check_batch(
         .zip(digests.par_iter())
         .map(|(o, d)| check_object(from, crypto, kind, d, o))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_object;
+    use crate::crypto::{RepoCrypto, RepoKeys};
+    use crate::store::encode::stored_info;
+    use tessera_format::pack::MAX_OBJECT_LEN;
+    use tessera_format::{Codec, ObjectKind};
+
+    /// The largest record an encrypted repository stores, an incompressible 8 MiB block
+    /// sealed (8 MiB + 40 bytes), passes the receiver's checks; a plain repository, whose
+    /// records carry no envelope, refuses that stored length.
+    #[test]
+    fn a_sealed_record_of_the_largest_block_is_accepted() {
+        let crypto = RepoCrypto::encrypted(&RepoKeys::generate()).unwrap();
+        let raw: Vec<u8> = (0..MAX_OBJECT_LEN)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        let id = crypto.chunk_id(&raw);
+        let mut stored = Vec::new();
+        crypto
+            .protect(
+                ObjectKind::Chunk,
+                Codec::None,
+                MAX_OBJECT_LEN,
+                &id.0,
+                &raw,
+                &mut stored,
+            )
+            .unwrap();
+        assert_eq!(stored.len(), MAX_OBJECT_LEN as usize + crypto.overhead());
+        let info = stored_info(ObjectKind::Chunk, id, raw.len(), Codec::None, &stored);
+        let checked = check_object(
+            "test",
+            &crypto,
+            ObjectKind::Chunk,
+            &id.0,
+            (info, stored.clone()),
+        );
+        assert!(checked.is_ok(), "{checked:?}");
+        let plain = RepoCrypto::plain();
+        let refused = check_object("test", &plain, ObjectKind::Chunk, &id.0, (info, stored));
+        assert!(refused.unwrap_err().to_string().contains("exceeds"));
+    }
 }

@@ -19,6 +19,7 @@ pub mod endpoints;
 pub mod http;
 #[cfg(feature = "repository")]
 pub mod shared_keys;
+#[cfg(feature = "repository")]
 pub mod sink;
 #[cfg(feature = "repository")]
 pub mod source;

@@ -52,7 +52,8 @@ pub struct RepairRequest {
 
 impl RepairRequest {
     /// Checks the arguments before the repository at `repo` is opened: no disk given twice,
-    /// and `from` is a repository other than this one (it is connected to, for S3).
+    /// and `from` is a repository other than this one (it is connected to, for S3) that is
+    /// plain or shares keys as `repo` is or does.
     pub fn validate(&self, repo: &RepoLocation) -> Result<()> {
         self.check_images()?;
         if let Some(other) = &self.from {
@@ -64,6 +65,18 @@ impl RepairRequest {
                     location: other.to_string(),
                 });
             }
+            // Before any secret is asked for or recovery runs: records are copied verbatim,
+            // so both must be plain or share keys.
+            let (theirs, ours) = (
+                other.storage()?.read_config()?,
+                repo.storage()?.read_config()?,
+            );
+            crate::sync::shared_keys::check_pairing(
+                &other.to_string(),
+                theirs.encryption.fingerprint(),
+                &repo.to_string(),
+                ours.encryption.fingerprint(),
+            )?;
         }
         Ok(())
     }
