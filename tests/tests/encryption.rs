@@ -968,7 +968,7 @@ fn export_recovery_keeps_the_old_key_when_the_new_one_cannot_be_delivered() {
 /// `init --recovery-key-file` creates the file before the repository: a path that cannot
 /// be written fails with no repository made, and a failed init removes the file.
 #[test]
-fn init_creates_the_recovery_key_file_first_and_removes_it_when_init_fails() {
+fn init_creates_the_recovery_key_file_first_and_removes_what_it_made_when_init_fails() {
     let t = TempDir::new().unwrap();
     let repo = t.path().join("repo");
     let init = |recovery: &Path, pass: &str| {
@@ -988,6 +988,21 @@ fn init_creates_the_recovery_key_file_first_and_removes_it_when_init_fails() {
         !repo.join("config").exists(),
         "a repository was made: {out}"
     );
+    // A key file the failed init made for the first slot is removed too.
+    let key_file = t.path().join("new.key");
+    let out = run(
+        &[
+            "init",
+            &p(&repo),
+            "--key-file",
+            &p(&key_file),
+            "--recovery-key-file",
+            &p(&nowhere),
+        ],
+        None,
+    );
+    assert_ne!(out.code, 0, "{out}");
+    assert!(!key_file.exists(), "the key file of a failed init was left");
     // An empty passphrase fails inside init, after the file was created: it is removed.
     let file = t.path().join("recovery");
     init(&file, "").expect_code(2);

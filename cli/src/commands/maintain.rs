@@ -33,6 +33,16 @@ pub fn init(
     if let Some(path) = repo.local_path() {
         tessera_engine::Repository::check_init_target(path)?;
     }
+    // A key file this init creates for the new repository's first slot is removed again if
+    // the init then fails (the recovery key file likewise, below).
+    let mut created_key_file = Unmade(
+        match keys_from {
+            None => keys::global().key_file.as_ref(),
+            Some(_) => encryption.new_key_file.as_ref(),
+        }
+        .filter(|path| encryption.encryption != "none" && !path.exists())
+        .cloned(),
+    );
     let new_keys = if encryption.encryption == "none" {
         if keys_from.is_some() {
             return Err(UsageError(
@@ -87,6 +97,7 @@ pub fn init(
             return Err(e.into());
         }
     };
+    created_key_file.0 = None;
     let recovery = recovery.map(|key| recovery_text(&key));
     if let (Some(text), Some((file, path))) = (&recovery, recovery_file) {
         keys::fill_private(file, path, &format!("{}\n", text.as_str()))?;
@@ -115,4 +126,16 @@ pub fn init(
         _ => println!("the repository is not encrypted: anyone who can read its files reads the backed-up disks"),
     }
     Ok(0)
+}
+
+/// A file to remove when dropped, unless taken out first (it was made for a repository
+/// whose creation then failed).
+struct Unmade(Option<std::path::PathBuf>);
+
+impl Drop for Unmade {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
