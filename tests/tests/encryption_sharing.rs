@@ -210,6 +210,36 @@ fn a_tampered_source_record_is_refused_by_the_copy() {
     run(&["verify", &p(&b)], Some(PASS_B)).ok();
 }
 
+/// `init --keys-from` refuses a copy of `bundle` (whose files are `names`) with a planted
+/// key slot file the manifest does not list (exit 4), and a plain repository (exit 2, no
+/// secret given or asked for).
+fn refusals_before_any_key_is_read(scratch: &Path, bundle: &Path, names: &[String]) {
+    // A key slot file the manifest does not list is never read: the bundle is refused.
+    let planted = scratch.join("planted");
+    fs::create_dir(&planted).unwrap();
+    for name in names {
+        fs::copy(bundle.join(name), planted.join(name)).unwrap();
+    }
+    let slot = names
+        .iter()
+        .find(|n| n.strip_suffix(".key").is_some())
+        .unwrap();
+    fs::copy(
+        bundle.join(slot),
+        planted.join(format!("{}.key", "ab".repeat(16))),
+    )
+    .unwrap();
+    let out = init_sharing(&scratch.join("from-planted"), &planted, Some(PASS), scratch);
+    assert_eq!(out.code, 4, "{out}");
+    assert!(out.stderr.contains("does not list"), "{out}");
+    // A plain repository has no keys to share: refused before any secret is asked for.
+    let plain = scratch.join("plain");
+    run(&["init", &p(&plain), "--encryption", "none"], None).ok();
+    let out = init_sharing(&scratch.join("from-plain"), &plain, None, scratch);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("is not encrypted"), "{out}");
+}
+
 /// Seed then ship, encrypted: the bundle carries sealed records, the key fingerprint and
 /// the key slots; the off-site repository is made from the bundle alone (`init --keys-from
 /// BUNDLE`) and imports it verbatim; a later bundle imports with either passphrase.
@@ -257,35 +287,7 @@ fn an_encrypted_seed_bundle_makes_and_fills_a_repository_sharing_keys() {
         }
     }
 
-    // A key slot file the manifest does not list is never read: the bundle is refused.
-    let planted = t.path().join("planted");
-    fs::create_dir(&planted).unwrap();
-    for name in &names {
-        fs::copy(bundle.join(name), planted.join(name)).unwrap();
-    }
-    let slot = names
-        .iter()
-        .find(|n| n.strip_suffix(".key").is_some())
-        .unwrap();
-    fs::copy(
-        bundle.join(slot),
-        planted.join(format!("{}.key", "ab".repeat(16))),
-    )
-    .unwrap();
-    let out = init_sharing(
-        &t.path().join("from-planted"),
-        &planted,
-        Some(PASS),
-        t.path(),
-    );
-    assert_eq!(out.code, 4, "{out}");
-    assert!(out.stderr.contains("does not list"), "{out}");
-    // A plain repository has no keys to share: refused before any secret is asked for.
-    let plain = t.path().join("plain");
-    run(&["init", &p(&plain), "--encryption", "none"], None).ok();
-    let out = init_sharing(&t.path().join("from-plain"), &plain, None, t.path());
-    assert_eq!(out.code, 2, "{out}");
-    assert!(out.stderr.contains("is not encrypted"), "{out}");
+    refusals_before_any_key_is_read(t.path(), &bundle, &names);
 
     // The destination must share the keys before the import.
     let early = run(&["seed", "import", &p(&bundle), &p(&b)], Some(PASS));
