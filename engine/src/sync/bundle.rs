@@ -396,42 +396,43 @@ fn bundle_error(dir: &Path, name: &str, reason: &str) -> Error {
 /// Checks every listed file: a regular file (not a symbolic link) of the listed size and
 /// SHA-256.
 fn check_files(dir: &Path, manifest: &Manifest, progress: &dyn Progress) -> Result<()> {
-    let bad = |name: &str, reason: String| bundle_error(dir, name, &reason);
     let total: u64 = manifest.files.iter().map(|f| f.size).sum();
     progress.start("checking bundle", total);
     for f in &manifest.files {
-        let path = dir.join(&f.name);
-        let meta = std::fs::symlink_metadata(&path)
-            .map_err(|e| bad(&f.name, format!("missing or unreadable ({e})")))?;
-        if meta.file_type().is_symlink() {
-            return Err(bad(&f.name, "is a symbolic link".into()));
-        }
-        if !meta.file_type().is_file() {
-            return Err(bad(&f.name, "is not a regular file".into()));
-        }
-        if meta.len() != f.size {
-            return Err(bad(
-                &f.name,
-                format!(
-                    "is {} bytes, the manifest says {} (truncated or altered)",
-                    meta.len(),
-                    f.size
-                ),
-            ));
-        }
-        let (len, sha) = hash_file(&path)?;
-        if len != f.size || sha != f.sha256 {
-            return Err(bad(
-                &f.name,
-                format!(
-                    "content hashes to {sha}, the manifest says {} (altered)",
-                    f.sha256
-                ),
-            ));
-        }
+        check_file(dir, f)?;
         progress.advance(f.size);
     }
     progress.finish();
+    Ok(())
+}
+
+/// Checks one listed file: a regular file (not a symbolic link) of the listed size and
+/// SHA-256.
+fn check_file(dir: &Path, f: &BundleFile) -> Result<()> {
+    let bad = |reason: String| bundle_error(dir, &f.name, &reason);
+    let path = dir.join(&f.name);
+    let meta = std::fs::symlink_metadata(&path)
+        .map_err(|e| bad(format!("missing or unreadable ({e})")))?;
+    if meta.file_type().is_symlink() {
+        return Err(bad("is a symbolic link".into()));
+    }
+    if !meta.file_type().is_file() {
+        return Err(bad("is not a regular file".into()));
+    }
+    if meta.len() != f.size {
+        return Err(bad(format!(
+            "is {} bytes, the manifest says {} (truncated or altered)",
+            meta.len(),
+            f.size
+        )));
+    }
+    let (len, sha) = hash_file(&path)?;
+    if len != f.size || sha != f.sha256 {
+        return Err(bad(format!(
+            "content hashes to {sha}, the manifest says {} (altered)",
+            f.sha256
+        )));
+    }
     Ok(())
 }
 
@@ -544,22 +545,16 @@ fn check_key_files(dir: &Path, manifest: &Manifest) -> Result<()> {
         .iter()
         .filter(|f| listed.contains(f.name.as_str()))
     {
-        let path = dir.join(&f.name);
-        let meta = std::fs::symlink_metadata(&path)
-            .map_err(|e| bad(&f.name, format!("missing or unreadable ({e})")))?;
-        if !meta.file_type().is_file() || meta.len() != KEYSLOT_LEN as u64 || f.size != meta.len() {
+        if f.size != KEYSLOT_LEN as u64 {
             return Err(bad(
                 &f.name,
-                format!("is not a regular file of a key slot's {KEYSLOT_LEN} bytes as listed"),
+                format!(
+                    "is listed with {} bytes; a key slot has {KEYSLOT_LEN}",
+                    f.size
+                ),
             ));
         }
-        let (_, sha) = hash_file(&path)?;
-        if sha != f.sha256 {
-            return Err(bad(
-                &f.name,
-                format!("content hashes to {sha}, the manifest says {}", f.sha256),
-            ));
-        }
+        check_file(dir, f)?;
     }
     Ok(())
 }
