@@ -496,6 +496,9 @@ pub enum Command {
     /// Manage the key slots of an encrypted repository (no data is rewritten).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Files and folders inside a snapshot's disks: list, read, restore, find across a series.
+    #[command(subcommand)]
+    Files(crate::files_args::FilesCommand),
     /// Rewrite packs with too much unreferenced data, reclaiming the space.
     Compact {
         /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.

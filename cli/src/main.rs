@@ -20,6 +20,7 @@
 mod args;
 mod commands;
 mod doc;
+mod files_args;
 mod keys;
 mod output;
 mod sync_args;

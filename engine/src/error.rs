@@ -454,6 +454,14 @@ pub enum Error {
         /// What went wrong and what to do about it.
         problem: crate::storage::s3::RemoteProblem,
     },
+    /// A file inside a snapshot's disk cannot be found or read (`files`, SPEC.md §24).
+    #[error("{place}: {source}")]
+    Explore {
+        /// The volume and path.
+        place: String,
+        /// What went wrong.
+        source: crate::explore::FsError,
+    },
     /// An invariant of tessera's own code does not hold: a bug, not bad input.
     #[error("internal error: {0}; please report this as a bug")]
     Internal(String),
@@ -601,6 +609,7 @@ impl Error {
             Self::ReferenceBlockUnreadable { source, .. } => source.kind(),
             Self::Remote { problem, .. } => problem.kind(),
             Self::Internal(_) => ErrorKind::Internal,
+            Self::Explore { source, .. } => explore_kind(source),
             Self::WrongSecret { .. } | Self::KeyRequired { .. } | Self::NoSuchSlot { .. } => {
                 ErrorKind::Key
             }
@@ -622,6 +631,21 @@ impl Error {
         } else {
             Self::Io { context, source }
         }
+    }
+}
+
+/// The kind of a filesystem reading failure: a path that is not there is the caller's
+/// mistake; a damaged chunk keeps its kind; a malformed or unsupported filesystem is a
+/// failure of the command, not damage to the repository (the guest's bytes were stored
+/// faithfully).
+fn explore_kind(e: &crate::explore::FsError) -> ErrorKind {
+    use crate::explore::FsError;
+    match e {
+        FsError::NotFound { .. } | FsError::NotADirectory { .. } => ErrorKind::Usage,
+        FsError::Unsupported(_) => ErrorKind::Refused,
+        FsError::Corrupt(_) => ErrorKind::Failed,
+        FsError::Image(inner) => inner.kind(),
+        FsError::Unreadable { source, .. } => explore_kind(source),
     }
 }
 

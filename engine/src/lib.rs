@@ -53,6 +53,7 @@ pub mod doomed;
 pub mod error;
 #[cfg(feature = "repository")]
 pub mod export;
+pub mod explore;
 pub mod formats;
 #[cfg(feature = "repository")]
 pub mod index;

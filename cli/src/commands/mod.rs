@@ -2,6 +2,7 @@
 
 mod backup;
 mod export;
+mod files;
 mod inspect;
 mod key;
 mod maintain;
@@ -179,6 +180,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Serve(args) => sync::serve(&at(&args.repo)?, &args, json),
         Command::Token(cmd) => token::run(&cmd, json),
         Command::Key(cmd) => key::run(&cmd, &at, json),
+        Command::Files(cmd) => files::run(&cmd, &at, json, &bars),
         Command::Compact {
             repo,
             max_unused,

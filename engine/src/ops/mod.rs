@@ -9,6 +9,7 @@ pub mod compact;
 pub mod damage;
 pub mod diff;
 pub mod disk_reader;
+pub mod files;
 pub mod forget;
 pub mod init;
 pub mod keys;

@@ -1,0 +1,82 @@
+//! Command-line syntax of `files` (SPEC.md §24).
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use tessera_engine::ops::files::FileRef;
+use tessera_engine::SnapshotDiskRef;
+
+/// `tessera files …`: files and folders inside a snapshot's disks, read in place.
+/// A file is named `SNAPSHOT[:DISK[:PART]]:/PATH`: `latest@vm1:/etc/hostname`,
+/// `latest@vm1:sda:2:/home` (PART: number, GPT name or GPT partition GUID).
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// Show a disk's partition table and what each partition holds.
+    Parts {
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
+        /// SNAPSHOT or SNAPSHOT:DISK.
+        disk: SnapshotDiskRef,
+    },
+    /// List a directory (name, type, size, mode, owner, mtime).
+    Ls {
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
+        /// SNAPSHOT[:DISK[:PART]]:/PATH.
+        path: FileRef,
+        /// Long listing, like `ls -l`.
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+    /// Describe one file (a symlink itself, not its target).
+    Stat {
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
+        /// SNAPSHOT[:DISK[:PART]]:/PATH.
+        path: FileRef,
+    },
+    /// Write one file's bytes to stdout.
+    Cat {
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
+        /// SNAPSHOT[:DISK[:PART]]:/PATH.
+        path: FileRef,
+    },
+    /// Restore a file or a directory tree (modes, times, symlinks, hard links, holes; owners
+    /// as root), or write it as a tar stream.
+    Get {
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
+        /// SNAPSHOT[:DISK[:PART]]:/PATH.
+        path: FileRef,
+        /// Where: a new path, or an existing directory to restore into; with --tar a file
+        /// to create, or `-` for stdout.
+        dest: PathBuf,
+        /// Write a tar stream (GNU format) instead of files.
+        #[arg(long)]
+        tar: bool,
+        /// Replace existing files and merge into existing directories.
+        #[arg(long)]
+        force: bool,
+    },
+    /// In which snapshots of a series a path (or names matching --name) exists, and where it
+    /// changed (kind, size, mtime, SHA-256 of the content).
+    Find {
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
+        /// The series to search, oldest snapshot first.
+        #[arg(long)]
+        series: String,
+        /// The disk (needed when the snapshots have several).
+        #[arg(long)]
+        disk: Option<String>,
+        /// The partition: number, GPT name or GPT partition GUID.
+        #[arg(long)]
+        part: Option<String>,
+        /// Names matching this shell glob anywhere (e.g. '*.conf'), instead of a path.
+        #[arg(long, value_name = "GLOB", conflicts_with = "path", required_unless_present = "path")]
+        name: Option<String>,
+        /// The path to follow through the series, e.g. /etc/passwd.
+        path: Option<String>,
+    },
+}

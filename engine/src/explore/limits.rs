@@ -1,0 +1,27 @@
+//! Bounds on what a crafted image can make a reader do. Each is far above what a real
+//! filesystem needs and low enough that the memory it allows is modest.
+
+/// Symlinks followed while resolving one path (Linux's `MAXSYMLINKS` is 40).
+pub const SYMLINK_HOPS: usize = 40;
+
+/// Longest symlink target read (Linux's `PATH_MAX`).
+pub const MAX_LINK_TARGET: u64 = 4096;
+
+/// Largest directory read, in bytes of directory data (ext4's largest real directories are
+/// a few hundred MiB with `large_dir`; 1 GiB bounds the memory a listing takes).
+pub const MAX_DIR_BYTES: u64 = 1 << 30;
+
+/// Most entries one directory may list.
+pub const MAX_DIR_ENTRIES: usize = 10_000_000;
+
+/// Most extents (runs) one file may have.
+pub const MAX_EXTENTS: usize = 1 << 22;
+
+/// Deepest directory nesting a walk descends (each level holds one listing in memory).
+pub const MAX_DEPTH: usize = 4096;
+
+/// Most logical partitions followed in an MBR extended partition's chain.
+pub const MAX_LOGICAL_PARTITIONS: usize = 256;
+
+/// Most GPT partition entries read (the usual table has 128).
+pub const MAX_GPT_ENTRIES: u32 = 4096;

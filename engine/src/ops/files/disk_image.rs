@@ -1,0 +1,76 @@
+//! One disk of a snapshot as an [`Image`]: byte reads answered by the disk reader, through a
+//! chunk cache keyed by chunk digest that several disks (the snapshots `files find` scans)
+//! may share, so metadata blocks unchanged between snapshots are decoded once.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tessera_format::ChunkDigest;
+
+use crate::error::Result;
+use crate::explore::{FsError, Image};
+use crate::ops::disk_reader::{DiskReader, DiskView, ReadCache};
+use crate::repo::Repository;
+
+/// A snapshot's disk, readable at any byte offset.
+pub struct DiskImage {
+    reader: DiskReader<Arc<Repository>>,
+    /// Manifest blocks any read touched (for `files ls`'s "blocks read").
+    touched: Mutex<HashSet<u64>>,
+}
+
+impl DiskImage {
+    /// The disk `disk` of a snapshot, reading through `cache`.
+    pub fn new(repo: Arc<Repository>, disk: DiskView<'_>, cache: Arc<ReadCache>) -> Result<Self> {
+        Ok(Self {
+            reader: DiskReader::with_cache(repo, disk, cache)?,
+            touched: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// How many distinct manifest blocks reads have touched, and how many the disk has.
+    pub fn blocks_read(&self) -> (u64, u64) {
+        let touched = self.touched.lock().unwrap_or_else(PoisonError::into_inner);
+        (touched.len() as u64, self.reader.blocks())
+    }
+
+    /// The digests of the blocks holding disk bytes `range`, and where the range starts in
+    /// its first block: what those bytes are, as content, without reading them.
+    pub fn digests_of(&self, range: Range<u64>) -> Result<(u64, Vec<ChunkDigest>)> {
+        if range.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let bs = self.reader.block_size();
+        let blocks = range.start / bs..(range.end - 1) / bs + 1;
+        let refs = self.reader.block_refs(blocks)?;
+        Ok((range.start % bs, refs.iter().map(|r| r.digest).collect()))
+    }
+}
+
+impl Image for DiskImage {
+    fn len(&self) -> u64 {
+        self.reader.size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), FsError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let bs = self.reader.block_size();
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(PoisonError::into_inner);
+            let last = (offset + buf.len() as u64 - 1) / bs;
+            touched.extend(offset / bs..=last);
+        }
+        for segment in self.reader.read_range(offset, buf.len() as u64)? {
+            let start = (segment.offset - offset) as usize;
+            let dst = &mut buf[start..start + segment.len as usize];
+            match segment.data {
+                Some(bytes) => dst.copy_from_slice(&bytes),
+                None => dst.fill(0),
+            }
+        }
+        Ok(())
+    }
+}

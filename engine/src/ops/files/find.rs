@@ -1,0 +1,287 @@
+//! `files find`: in which snapshots of a series a path (or names matching a glob) exists,
+//! and in which it changed (kind, size, mtime, content hash).
+//!
+//! Scanning a series is cheap because snapshots share chunks: every snapshot's disk reads
+//! through one chunk cache keyed by chunk digest, so a metadata block unchanged since the
+//! previous snapshot is decoded once; and a file's content hash is kept under a key made of
+//! its extents and the digests of the chunks holding them, so an unchanged file is hashed
+//! once for the whole series (SPEC.md §24.4).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tessera_format::SnapshotId;
+
+use super::{open_volume, Volume, VolumeRef};
+use crate::error::{Error, Result};
+use crate::explore::content::{stream, Piece};
+use crate::explore::path::resolve;
+use crate::explore::walk::walk;
+use crate::explore::{ExtentData, FileKind, FsError, Stat, Timestamp};
+use crate::ops::catalog::list;
+use crate::ops::disk_reader::ReadCache;
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+/// Chunk cache shared by the snapshots one `find` scans.
+const FIND_CACHE_BYTES: u64 = 256 << 20;
+
+/// What to look for.
+#[derive(Debug, Clone)]
+pub enum FindQuery {
+    /// One path.
+    Path(String),
+    /// Every name matching a shell glob (`*.conf`), anywhere in the filesystem.
+    Name(String),
+}
+
+/// One name found in one snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Found {
+    /// Its path in the filesystem.
+    pub path: String,
+    /// Its kind.
+    pub kind: FileKind,
+    /// Its size.
+    pub size: u64,
+    /// Its modification time.
+    pub mtime: Timestamp,
+    /// SHA-256 of a regular file's content, or of a symlink's target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Against the previous snapshot scanned: `added`, `changed` or `unchanged`.
+    pub change: &'static str,
+}
+
+/// One snapshot of the series.
+#[derive(Debug, Serialize)]
+pub struct SnapshotFinds {
+    /// The snapshot.
+    #[serde(serialize_with = "crate::serde_ids::hex")]
+    pub snapshot: SnapshotId,
+    /// When it was taken (RFC 3339).
+    pub time: String,
+    /// What matched.
+    pub found: Vec<Found>,
+    /// Paths that matched in the previous snapshot and are gone in this one.
+    pub removed: Vec<String>,
+    /// Why this snapshot could not be searched, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `files find`'s answer.
+#[derive(Debug, Serialize)]
+pub struct FindReport {
+    /// The series.
+    pub series: String,
+    /// Its snapshots, oldest first.
+    pub snapshots: Vec<SnapshotFinds>,
+    /// Distinct versions seen (of each path: the times its kind, size, mtime or content
+    /// changed, counting its first appearance).
+    pub versions: u64,
+    /// Files whose content was hashed, and how many of those hashes came from the cache.
+    pub hashed: u64,
+    /// Content hashes reused from an earlier snapshot without reading the file.
+    pub hash_cache_hits: u64,
+    /// Snapshots that could not be searched.
+    pub errors: u64,
+}
+
+/// Searches every snapshot of `series` for `query` in volume `which`.
+pub fn find(
+    repo: &Arc<Repository>,
+    series: &str,
+    which: &VolumeRef,
+    query: &FindQuery,
+    progress: &dyn Progress,
+) -> Result<FindReport> {
+    let snapshots = list(repo, Some(series))?.snapshots;
+    if snapshots.is_empty() {
+        return Err(Error::SeriesNotFound {
+            series: series.to_string(),
+        });
+    }
+    let glob = match query {
+        FindQuery::Name(pattern) => Some(
+            globset::Glob::new(pattern)
+                .map_err(|e| Error::Usage(format!("--name {pattern:?}: {e}")))?
+                .compile_matcher(),
+        ),
+        FindQuery::Path(_) => None,
+    };
+    let cache = Arc::new(ReadCache::new(FIND_CACHE_BYTES));
+    let mut hasher = ContentHasher::default();
+    let mut previous: BTreeMap<String, Found> = BTreeMap::new();
+    let mut report = FindReport {
+        series: series.to_string(),
+        snapshots: Vec::new(),
+        versions: 0,
+        hashed: 0,
+        hash_cache_hits: 0,
+        errors: 0,
+    };
+    progress.start("searching snapshots", snapshots.len() as u64);
+    for listed in &snapshots {
+        let searched = open_volume(repo, listed.id, which, &cache).and_then(|volume| {
+            search(&volume, query, glob.as_ref(), &mut hasher).map_err(|(path, e)| volume.error(&path, e))
+        });
+        let mut finds = SnapshotFinds {
+            snapshot: listed.id,
+            time: listed.time.clone(),
+            found: Vec::new(),
+            removed: Vec::new(),
+            error: None,
+        };
+        match searched {
+            Ok(found) => {
+                let mut now = BTreeMap::new();
+                for mut f in found {
+                    f.change = match previous.get(&f.path) {
+                        None => "added",
+                        Some(p) if same_version(p, &f) => "unchanged",
+                        Some(_) => "changed",
+                    };
+                    if f.change != "unchanged" {
+                        report.versions += 1;
+                    }
+                    now.insert(f.path.clone(), f.clone());
+                    finds.found.push(f);
+                }
+                finds.removed = previous.keys().filter(|p| !now.contains_key(*p)).cloned().collect();
+                previous = now;
+            }
+            Err(e) => {
+                report.errors += 1;
+                finds.error = Some(e.to_string());
+            }
+        }
+        report.snapshots.push(finds);
+        progress.advance(1);
+    }
+    progress.finish();
+    report.hashed = hasher.hashed;
+    report.hash_cache_hits = hasher.hits;
+    Ok(report)
+}
+
+fn same_version(a: &Found, b: &Found) -> bool {
+    a.kind == b.kind && a.size == b.size && a.mtime == b.mtime && a.sha256 == b.sha256
+}
+
+/// The matches in one volume; an error comes with the path it concerns.
+fn search(
+    volume: &Volume,
+    query: &FindQuery,
+    glob: Option<&globset::GlobMatcher>,
+    hasher: &mut ContentHasher,
+) -> std::result::Result<Vec<Found>, (String, FsError)> {
+    let fs = volume.fs.as_ref();
+    match query {
+        FindQuery::Path(path) => match resolve(fs, path.as_bytes(), false) {
+            Ok(r) => {
+                let shown = String::from_utf8_lossy(&r.path).into_owned();
+                let found = describe(volume, shown.clone(), &r.stat, hasher).map_err(|e| (shown, e))?;
+                Ok(vec![found])
+            }
+            Err(FsError::NotFound { .. } | FsError::NotADirectory { .. }) => Ok(Vec::new()),
+            Err(e) => Err((path.clone(), e)),
+        },
+        FindQuery::Name(_) => {
+            let mut hits = Vec::new();
+            let root = fs.root();
+            let stat = fs.stat(root).map_err(|e| ("/".to_string(), e))?;
+            walk(fs, root, stat, &mut |v| {
+                let name = v.rel.rsplit(|b| *b == b'/').next().unwrap_or_default();
+                let name = String::from_utf8_lossy(name);
+                if !v.rel.is_empty() && glob.is_some_and(|g| g.is_match(name.as_ref())) {
+                    let path = format!("/{}", String::from_utf8_lossy(&v.rel));
+                    hits.push(describe(volume, path, &v.stat, hasher)?);
+                }
+                Ok(true)
+            })
+            .map_err(|e| ("/".to_string(), e))?;
+            Ok(hits)
+        }
+    }
+}
+
+fn describe(volume: &Volume, path: String, stat: &Stat, hasher: &mut ContentHasher) -> std::result::Result<Found, FsError> {
+    let sha256 = match stat.kind {
+        FileKind::File => Some(hasher.file(volume, stat)?),
+        FileKind::Symlink => Some(hex::encode(Sha256::digest(volume.fs.read_link(stat.ino)?))),
+        _ => None,
+    };
+    Ok(Found {
+        path,
+        kind: stat.kind,
+        size: stat.size,
+        mtime: stat.mtime,
+        sha256,
+        change: "added",
+    })
+}
+
+/// Content hashes of files, cached under what determines the content: the size, the
+/// extents (file offset, length, kind) and the digests of the disk chunks holding each
+/// stored run with the run's offset in its first chunk. Equal keys mean equal bytes.
+#[derive(Default)]
+struct ContentHasher {
+    cache: HashMap<[u8; 32], String>,
+    hashed: u64,
+    hits: u64,
+}
+
+impl ContentHasher {
+    fn file(&mut self, volume: &Volume, stat: &Stat) -> std::result::Result<String, FsError> {
+        let extents = volume.fs.extents(stat.ino)?;
+        let mut key = Sha256::new();
+        key.update(stat.size.to_le_bytes());
+        for e in &extents {
+            key.update(e.offset.to_le_bytes());
+            key.update(e.len.to_le_bytes());
+            match &e.data {
+                ExtentData::Zero => key.update([0]),
+                ExtentData::Inline(bytes) => {
+                    key.update([1]);
+                    key.update(bytes);
+                }
+                ExtentData::Volume(at) => {
+                    let start = volume.disk_offset() + at;
+                    let (skew, digests) = volume.image.digests_of(start..start + e.len)?;
+                    key.update([2]);
+                    key.update(skew.to_le_bytes());
+                    for d in digests {
+                        key.update(d.0);
+                    }
+                }
+            }
+        }
+        let key: [u8; 32] = key.finalize().into();
+        self.hashed += 1;
+        if let Some(hash) = self.cache.get(&key) {
+            self.hits += 1;
+            return Ok(hash.clone());
+        }
+        let mut content = Sha256::new();
+        let zeros = vec![0u8; 1 << 16];
+        stream(volume.bytes.as_ref(), &extents, &mut |piece| {
+            match piece {
+                Piece::Data(_, bytes) => content.update(bytes),
+                Piece::Hole(_, mut len) => {
+                    while len > 0 {
+                        let n = len.min(zeros.len() as u64) as usize;
+                        content.update(&zeros[..n]);
+                        len -= n as u64;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let hash = hex::encode(content.finalize());
+        self.cache.insert(key, hash.clone());
+        Ok(hash)
+    }
+}

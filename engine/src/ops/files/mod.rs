@@ -1,0 +1,290 @@
+//! Files and folders inside a snapshot's disks, without restoring the disk (SPEC.md §24):
+//! `files parts|ls|stat|cat|get|find`.
+//!
+//! A file is named `SNAPSHOT[:DISK[:PART]]:/PATH` ([`FileRef`]). The disk is read through the
+//! repository lazily, block by block ([`disk_image::DiskImage`]); its partition table and
+//! filesystem are read by [`crate::explore`]. Nothing is written to the repository: these
+//! are readers, holding a reader lease like `restore`, so a concurrent `compact` keeps the
+//! packs they read.
+
+mod disk_image;
+pub mod find;
+pub mod get;
+pub mod query;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tessera_format::SnapshotId;
+
+pub use disk_image::DiskImage;
+
+use crate::error::{Error, Result};
+use crate::explore::partition::{read_table, Partition, Table};
+use crate::explore::{detect, Filesystem, FsError, Image, Slice, Stat};
+use crate::ops::disk_reader::{DiskView, ReadCache};
+use crate::repo::Repository;
+use crate::snapshot_ref::SnapshotRef;
+
+/// Chunk cache of one `files` command on one snapshot (decoded chunks and pages).
+pub const CACHE_BYTES: u64 = 64 << 20;
+
+/// `SNAPSHOT[:DISK[:PART]]:/PATH`: a path inside one volume of one snapshot's disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// The snapshot.
+    pub snapshot: SnapshotRef,
+    /// Where in it.
+    pub volume: VolumeRef,
+    /// The path inside the filesystem (absolute).
+    pub path: String,
+}
+
+/// Which volume of a snapshot: a disk (the only one when not named) and a partition (none
+/// needed when the disk has no table, or a table with one partition).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VolumeRef {
+    /// The disk's name.
+    pub disk: Option<String>,
+    /// The partition: number, GPT name or GPT unique GUID.
+    pub part: Option<String>,
+}
+
+impl FromStr for FileRef {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let Some(colon) = s.find(":/") else {
+            return Err(Error::Usage(format!(
+                "{s:?} names no path: write SNAPSHOT[:DISK[:PART]]:/PATH, e.g. latest@vm1:/etc/hostname"
+            )));
+        };
+        let (head, path) = (&s[..colon], &s[colon + 1..]);
+        let mut parts = head.split(':');
+        let snapshot = parts.next().unwrap_or_default().parse()?;
+        let disk = parts.next().map(str::to_string);
+        let part = parts.next().map(str::to_string);
+        if parts.next().is_some() || disk.as_deref() == Some("") || part.as_deref() == Some("") {
+            return Err(Error::Usage(format!(
+                "{s:?}: write SNAPSHOT[:DISK[:PART]]:/PATH (at most a disk and a partition, neither empty)"
+            )));
+        }
+        Ok(Self {
+            snapshot,
+            volume: VolumeRef { disk, part },
+            path: path.to_string(),
+        })
+    }
+}
+
+/// An opened volume: its filesystem and where it came from.
+pub struct Volume {
+    /// The snapshot.
+    pub snapshot: SnapshotId,
+    /// The disk's name.
+    pub disk: String,
+    /// The partition, if the disk has a table.
+    pub partition: Option<Partition>,
+    /// The disk, for block accounting and content keys.
+    pub image: Arc<DiskImage>,
+    /// The volume's bytes: the partition, or the whole disk.
+    pub bytes: Arc<dyn Image>,
+    /// The filesystem.
+    pub fs: Box<dyn Filesystem>,
+}
+
+impl Volume {
+    /// Where it is, for messages: `SNAPSHOT:DISK[:PART]`.
+    pub fn place(&self) -> String {
+        let mut s = format!("{}:{}", &self.snapshot.to_hex()[..16], self.disk);
+        if let Some(p) = &self.partition {
+            s.push_str(&format!(":{}", p.number));
+        }
+        s
+    }
+
+    /// Turns a filesystem error into a repository error naming this volume and `path`.
+    pub fn error(&self, path: &str, e: FsError) -> Error {
+        explore_error(format!("{} {path}", self.place()), e)
+    }
+
+    /// The byte offset of the volume on its disk.
+    pub fn disk_offset(&self) -> u64 {
+        self.partition.as_ref().map_or(0, |p| p.start)
+    }
+}
+
+/// Wraps a filesystem error with where it happened; a failed read of the repository keeps
+/// its own kind (damage, I/O).
+pub fn explore_error(place: String, e: FsError) -> Error {
+    match e {
+        FsError::Image(inner) => *inner,
+        source => Error::Explore { place, source },
+    }
+}
+
+/// Opens volume `which` of snapshot `id`, reading through `cache`.
+pub fn open_volume(
+    repo: &Arc<Repository>,
+    id: SnapshotId,
+    which: &VolumeRef,
+    cache: &Arc<ReadCache>,
+) -> Result<Volume> {
+    let snapshot = repo.load_snapshot(id)?;
+    let disk = DiskView::named_or_only(&snapshot, which.disk.as_deref())?;
+    let name = disk.entry.name.clone();
+    let image = Arc::new(DiskImage::new(repo.clone(), disk, cache.clone())?);
+    let place = format!("{}:{name}", &id.to_hex()[..16]);
+    let table = read_table(image.as_ref()).map_err(|e| explore_error(place.clone(), e))?;
+    let partition = pick_partition(table.as_ref(), which.part.as_deref(), &place)?;
+    let volume: Arc<dyn Image> = match &partition {
+        Some(p) => Arc::new(
+            Slice::new(image.clone(), p.start, p.len).map_err(|e| explore_error(place.clone(), e))?,
+        ),
+        None => image.clone(),
+    };
+    let at = match &partition {
+        Some(p) => format!("{place}:{}", p.number),
+        None => place,
+    };
+    let fs = detect::open(volume.clone()).map_err(|e| explore_error(at, e))?;
+    Ok(Volume {
+        snapshot: id,
+        disk: name,
+        partition,
+        image,
+        bytes: volume,
+        fs,
+    })
+}
+
+/// The partition `query` names, or the only one, or none for a disk without a table.
+fn pick_partition(table: Option<&Table>, query: Option<&str>, place: &str) -> Result<Option<Partition>> {
+    let listing = |t: &Table| {
+        t.partitions
+            .iter()
+            .map(|p| {
+                if p.name.is_empty() {
+                    p.number.to_string()
+                } else {
+                    format!("{} ({})", p.number, p.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (table, query) {
+        (None, None) => Ok(None),
+        (None, Some(q)) => Err(Error::Usage(format!(
+            "{place} has no partition table, so no partition {q:?}: leave the partition out"
+        ))),
+        (Some(t), Some(q)) => t.find(q).cloned().map(Some).ok_or_else(|| {
+            Error::Usage(format!(
+                "{place} has no partition {q:?}; its partitions: {}",
+                listing(t)
+            ))
+        }),
+        (Some(t), None) => match t.partitions.as_slice() {
+            [only] => Ok(Some(only.clone())),
+            _ => Err(Error::Usage(format!(
+                "{place} has several partitions: name one as SNAPSHOT:DISK:PART:/PATH ({})",
+                listing(t)
+            ))),
+        },
+    }
+}
+
+/// What `files parts` shows about one partition (or the whole disk).
+#[derive(Debug, Serialize)]
+pub struct PartInfo {
+    /// The partition, or `None` for a disk without a table.
+    pub partition: Option<Partition>,
+    /// What it holds.
+    pub holds: detect::VolumeKind,
+}
+
+/// `files parts`: a disk's partition table and what each partition holds.
+#[derive(Debug, Serialize)]
+pub struct PartsReport {
+    /// The snapshot.
+    #[serde(serialize_with = "crate::serde_ids::hex")]
+    pub snapshot: SnapshotId,
+    /// The disk.
+    pub disk: String,
+    /// Its table kind, if it has one.
+    pub table: Option<crate::explore::partition::TableKind>,
+    /// Its partitions (one entry without a partition for a disk without a table).
+    pub volumes: Vec<PartInfo>,
+}
+
+/// Lists the partitions of one disk and what each holds.
+pub fn parts(repo: &Arc<Repository>, snapshot: &SnapshotRef, disk: Option<&str>) -> Result<PartsReport> {
+    let (id, _) = repo.resolve(snapshot)?;
+    let loaded = repo.load_snapshot(id)?;
+    let view = DiskView::named_or_only(&loaded, disk)?;
+    let name = view.entry.name.clone();
+    let image: Arc<dyn Image> = Arc::new(DiskImage::new(
+        repo.clone(),
+        view,
+        Arc::new(ReadCache::new(CACHE_BYTES)),
+    )?);
+    let place = format!("{}:{name}", &id.to_hex()[..16]);
+    let table = read_table(image.as_ref()).map_err(|e| explore_error(place.clone(), e))?;
+    let mut volumes = Vec::new();
+    match &table {
+        None => volumes.push(PartInfo {
+            partition: None,
+            holds: detect::detect(image.as_ref()).map_err(|e| explore_error(place.clone(), e))?,
+        }),
+        Some(t) => {
+            for p in &t.partitions {
+                let slice = Slice::new(image.clone(), p.start, p.len)
+                    .map_err(|e| explore_error(place.clone(), e))?;
+                volumes.push(PartInfo {
+                    partition: Some(p.clone()),
+                    holds: detect::detect(&slice).map_err(|e| explore_error(place.clone(), e))?,
+                });
+            }
+        }
+    }
+    Ok(PartsReport {
+        snapshot: id,
+        disk: name,
+        table: table.map(|t| t.kind),
+        volumes,
+    })
+}
+
+/// What `files ls` and `files stat` show about one name.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryInfo {
+    /// The name (lossily UTF-8 for display; `name_bytes` holds the exact bytes when they
+    /// are not UTF-8).
+    pub name: String,
+    /// The exact name, hex-encoded, when it is not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_hex: Option<String>,
+    /// What the filesystem says.
+    #[serde(flatten)]
+    pub stat: Stat,
+    /// A symlink's target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl EntryInfo {
+    pub(crate) fn new(name: &[u8], stat: Stat, fs: &dyn Filesystem) -> std::result::Result<Self, FsError> {
+        let target = if stat.kind == crate::explore::FileKind::Symlink {
+            Some(String::from_utf8_lossy(&fs.read_link(stat.ino)?).into_owned())
+        } else {
+            None
+        };
+        Ok(Self {
+            name: String::from_utf8_lossy(name).into_owned(),
+            name_hex: std::str::from_utf8(name).is_err().then(|| hex::encode(name)),
+            stat,
+            target,
+        })
+    }
+}
