@@ -5,11 +5,15 @@
 # (nbdinfo, nbdcopy), the real NBD clients the tests use; nbdkit, a second NBD server;
 # libssl-dev and pkg-config (the system OpenSSL that `tessera serve`/`sync` use for TLS) and
 # openssl (the CLI the TLS tests make certificates with); bsdutils (`script`, the terminal the
-# progress-bar test runs the CLI on); python3-venv (SeaweedFS's virtual environment, below).
+# progress-bar test runs the CLI on); python3-venv (SeaweedFS's virtual environment, below);
+# the filesystem and partitioning tools the `files` tests make real images with (SPEC §24):
+# e2fsprogs (mkfs.ext4 -d, debugfs), dosfstools and mtools (FAT), fdisk (sfdisk) and gdisk
+# (sgdisk), xfsprogs and ntfs-3g (XFS and NTFS images `files` must refuse by name).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pkg in libclang-dev qemu-utils libnbd-bin nbdkit libssl-dev pkg-config openssl bsdutils python3-venv; do
+for pkg in libclang-dev qemu-utils libnbd-bin nbdkit libssl-dev pkg-config openssl bsdutils python3-venv \
+    e2fsprogs dosfstools mtools fdisk gdisk xfsprogs ntfs-3g; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

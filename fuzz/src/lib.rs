@@ -1,7 +1,7 @@
 //! Helpers shared by the fuzz targets.
 //!
 //! The engine targets' checks live in one module each ([`vhd`], [`qcow2`],
-//! [`changed_list`], [`bundle_manifest`], [`nbd_client`], [`nbd_server`], [`http_bodies`]), over invariants in [`checks`];
+//! [`changed_list`], [`bundle_manifest`], [`explore`], [`nbd_client`], [`nbd_server`], [`http_bodies`]), over invariants in [`checks`];
 //! the rest of this file serves the `tessera-format` targets.
 //!
 //! Most structures end in a CRC-32C over everything before it. libFuzzer can often solve
@@ -14,6 +14,7 @@
 pub mod bundle_manifest;
 pub mod changed_list;
 pub mod checks;
+pub mod explore;
 pub mod http_bodies;
 pub mod nbd_client;
 pub mod nbd_server;

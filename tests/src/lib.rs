@@ -61,6 +61,7 @@ pub use serde_json::Value;
 
 pub mod encrypted;
 pub mod fault_proxy;
+pub mod fs_images;
 pub mod kill;
 pub mod libvhdi;
 pub mod pki;

@@ -1,14 +1,13 @@
 //! `tessera files parts|ls|stat|cat|get|find`.
 
-use std::fs::OpenOptions;
 use std::io::BufWriter;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tessera_engine::explore::{FileKind, Timestamp};
 use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::files::find::{find, FindQuery};
-use tessera_engine::ops::files::get::{get, get_tar, GetReport};
+use tessera_engine::ops::files::get::{get, get_tar, get_tar_file, GetReport};
 use tessera_engine::ops::files::query::{cat, ls, stat};
 use tessera_engine::ops::files::{parts, EntryInfo, VolumeRef};
 use tessera_engine::time::format_us;
@@ -109,20 +108,7 @@ pub fn run(
                 let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
                 get_tar(&repo, path, &mut out, "-")?
             } else if *tar {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(*force)
-                    .create_new(!*force)
-                    .open(dest)
-                    .with_context(|| format!("creating {}", dest.display()))?;
-                let mut out = BufWriter::with_capacity(1 << 20, file);
-                let r = get_tar(&repo, path, &mut out, &dest.display().to_string());
-                if r.is_err() {
-                    drop(out);
-                    let _ = std::fs::remove_file(dest);
-                }
-                r?
+                get_tar_file(&repo, path, dest, *force)?
             } else {
                 get(&repo, path, dest, *force, bars)?
             };

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::image::Image;
-use super::{ext4, FsError, Filesystem};
+use super::{ext4, fat, FsError, Filesystem};
 
 /// What a volume's first bytes say it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -96,11 +96,12 @@ pub fn detect(volume: &dyn Image) -> Result<VolumeKind, FsError> {
 pub fn open(volume: Arc<dyn Image>) -> Result<Box<dyn Filesystem>, FsError> {
     match detect(volume.as_ref())? {
         VolumeKind::Ext => Ok(Box::new(ext4::Ext4::open(volume)?)),
+        VolumeKind::Fat => Ok(Box::new(fat::Fat::open(volume)?)),
         kind => Err(FsError::Unsupported(format!(
-            "the volume holds {}; tessera reads files from ext2/3/4 in-process{}",
+            "the volume holds {}; tessera reads files from ext2/3/4 and FAT in-process{}",
             kind.name(),
             match kind {
-                VolumeKind::Xfs | VolumeKind::Btrfs | VolumeKind::Ntfs | VolumeKind::Fat =>
+                VolumeKind::Xfs | VolumeKind::Btrfs | VolumeKind::Ntfs =>
                     "; restore or `tessera serve-nbd` the disk and mount it read-only to read this one",
                 _ => "",
             }

@@ -15,6 +15,7 @@
 pub mod content;
 pub mod detect;
 pub mod ext4;
+pub mod fat;
 
 mod fs_error;
 pub mod image;

@@ -29,17 +29,22 @@ pub fn resolve(fs: &dyn Filesystem, path: &[u8], follow_last: bool) -> Result<Re
     let mut current = (root, fs.stat(root)?);
     let mut hops = 0usize;
     while let Some(name) = pending.pop_front() {
+        // Every component, `.` and `..` too, is looked up in a directory: `file/..` and
+        // `file/` are "not a directory", as on Linux.
+        if current.1.kind != FileKind::Dir {
+            return Err(FsError::NotADirectory {
+                path: String::from_utf8_lossy(&join(&stack)).into_owned(),
+            });
+        }
+        if name == b"." {
+            continue;
+        }
         if name == b".." {
             if stack.pop().is_some() {
                 let parent = stack.last().map_or(root, |(i, _)| *i);
                 current = (parent, fs.stat(parent)?);
             }
             continue;
-        }
-        if current.1.kind != FileKind::Dir {
-            return Err(FsError::NotADirectory {
-                path: String::from_utf8_lossy(&join(&stack)).into_owned(),
-            });
         }
         let entry = fs
             .read_dir(current.0)?
@@ -75,11 +80,14 @@ pub fn resolve(fs: &dyn Filesystem, path: &[u8], follow_last: bool) -> Result<Re
     })
 }
 
-/// The non-empty components of `path` other than `.`.
+/// The non-empty components of `path`, with a trailing slash kept as a final `.` (so what
+/// precedes it must be a directory, a symlink to one followed).
 fn components(path: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let trailing = path.len() > 1 && path.ends_with(b"/");
     path.split(|b| *b == b'/')
-        .filter(|c| !c.is_empty() && *c != b".")
+        .filter(|c| !c.is_empty())
         .map(<[u8]>::to_vec)
+        .chain(trailing.then(|| b".".to_vec()))
 }
 
 fn join(stack: &[(u64, Vec<u8>)]) -> Vec<u8> {

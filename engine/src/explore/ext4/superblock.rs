@@ -27,6 +27,9 @@ const INCOMPAT_KNOWN: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_LARGEDIR
     | INCOMPAT_INLINE_DATA;
 const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
+/// Block bitmaps count clusters of `1 << log_cluster_ratio` blocks; everything the reader
+/// uses (extents, descriptors, inode tables) still counts blocks.
+const RO_COMPAT_BIGALLOC: u32 = 0x200;
 
 /// What the reader needs from the superblock, checked.
 #[derive(Debug, Clone)]
@@ -42,6 +45,8 @@ pub(super) struct Superblock {
     pub incompat: u32,
     ro_compat: u32,
     first_meta_bg: u64,
+    /// Blocks per allocation cluster, as a power of two (0 without bigalloc).
+    log_cluster_ratio: u32,
     pub groups: u64,
 }
 
@@ -80,6 +85,13 @@ impl Superblock {
         if bit64 {
             blocks_count |= u64::from(le.u32(0x150)?) << 32;
         }
+        let log_cluster_ratio = if ro_compat & RO_COMPAT_BIGALLOC != 0 {
+            le.u32(0x1c)?.checked_sub(log_block).filter(|r| *r <= 16).ok_or_else(|| {
+                FsError::corrupt("ext superblock: a bigalloc cluster smaller than a block or above 64 K blocks")
+            })?
+        } else {
+            0
+        };
         let sb = Self {
             block_size,
             blocks_count,
@@ -92,6 +104,7 @@ impl Superblock {
             incompat,
             ro_compat,
             first_meta_bg: u64::from(le.u32(0x104)?),
+            log_cluster_ratio,
             groups: 0,
         };
         sb.checked(volume.len())
@@ -105,7 +118,8 @@ impl Superblock {
         if !(32..=1024).contains(&self.desc_size) || !self.desc_size.is_power_of_two() {
             return bad(format!("group descriptor size {}", self.desc_size));
         }
-        if self.blocks_per_group == 0 || self.blocks_per_group > 8 * self.block_size {
+        // A group's block bitmap is one block: one bit per cluster.
+        if self.blocks_per_group == 0 || self.blocks_per_group > (8 * self.block_size) << self.log_cluster_ratio {
             return bad(format!("{} blocks per group", self.blocks_per_group));
         }
         if self.inodes_per_group == 0 || self.inodes_per_group > 8 * self.block_size {

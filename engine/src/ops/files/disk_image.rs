@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tessera_format::ChunkDigest;
 
 use crate::error::Result;
+use crate::explore::image::check_range;
 use crate::explore::{FsError, Image};
 use crate::ops::disk_reader::{DiskReader, DiskView, ReadCache};
 use crate::repo::Repository;
@@ -57,11 +58,47 @@ impl Image for DiskImage {
         if buf.is_empty() {
             return Ok(());
         }
+        check_range(self.len(), offset, buf.len() as u64, "a read")?;
         let bs = self.reader.block_size();
         {
             let mut touched = self.touched.lock().unwrap_or_else(PoisonError::into_inner);
             let last = (offset + buf.len() as u64 - 1) / bs;
             touched.extend(offset / bs..=last);
+        }
+        // Whole blocks inside a large read (a file's content) are decoded in parallel
+        // straight into `buf`, past the chunk cache: streaming a big file would only evict
+        // the metadata blocks the cache is for, and copy every byte twice.
+        let end = offset + buf.len() as u64;
+        let whole = offset.div_ceil(bs)..end / bs;
+        if whole.end < whole.start + DIRECT_MIN_BLOCKS {
+            return self.read_cached(offset, buf);
+        }
+        let (head, rest) = buf.split_at_mut((whole.start * bs - offset) as usize);
+        let (middle, tail) = rest.split_at_mut(((whole.end - whole.start) * bs) as usize);
+        self.read_cached(offset, head)?;
+        let refs = self.reader.block_refs(whole.clone())?;
+        let places: Vec<_> = whole
+            .clone()
+            .zip(refs)
+            .enumerate()
+            .map(|(i, (block, r))| {
+                let at = i * bs as usize;
+                (block, r, at..at + bs as usize)
+            })
+            .collect();
+        self.reader.read_blocks_into(middle, &places)?;
+        self.read_cached(whole.end * bs, tail)
+    }
+}
+
+/// Whole blocks a read must span before it bypasses the chunk cache.
+const DIRECT_MIN_BLOCKS: u64 = 2;
+
+impl DiskImage {
+    /// Reads `buf.len()` bytes at `offset` through the chunk cache.
+    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), FsError> {
+        if buf.is_empty() {
+            return Ok(());
         }
         for segment in self.reader.read_range(offset, buf.len() as u64)? {
             let start = (segment.offset - offset) as usize;

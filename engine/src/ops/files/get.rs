@@ -4,9 +4,12 @@
 //! length set at the end), hard links are linked again, symlinks are made as symlinks,
 //! FIFOs are made, device nodes only as root; permissions and times are set on everything
 //! (directories last, so writing their contents does not change their times), ownership
-//! when running as root. Each file is written under a temporary name in its directory and
-//! renamed (`.tessera-part-INODE`) when complete, so a killed `get` never leaves a short file under the real name.
-//! Nothing existing is overwritten without `force`. Like `cp` and `tar`, nothing is fsynced.
+//! when running as root. Each file is written under a temporary name in its directory
+//! (`.tessera-part-INODE-N`, created exclusively, so it never is a name the tree restores or
+//! holds) and renamed when complete, so a killed `get` never leaves a short file under the
+//! real name; a failed one removes only the temporary file it created, and still sets the
+//! modes and times of the directories it made. Nothing existing is overwritten without
+//! `force`. Like `cp` and `tar`, nothing is fsynced.
 //!
 //! As tar (the `tar` crate, GNU format: long names, large files, uid/gid, mtime): holes are
 //! written as zeros.
@@ -103,9 +106,13 @@ pub fn get(
     };
     let total = if found.stat.kind == FileKind::File { found.stat.size } else { 0 };
     progress.start("restoring files", total);
-    walk(volume.fs.as_ref(), found.ino, found.stat.clone(), &mut |v| w.visit(v))
-        .map_err(|e| volume.error(&file.path, e))?;
-    w.finish_dirs()?;
+    let walked = walk(volume.fs.as_ref(), found.ino, found.stat.clone(), &mut |v| w.visit(v))
+        .map_err(|e| volume.error(&file.path, e));
+    // Directories get their modes back even when the walk failed: a half-restored tree is
+    // not left with every directory 0700.
+    let finished = w.finish_dirs();
+    walked?;
+    finished?;
     progress.finish();
     Ok(w.report)
 }
@@ -186,8 +193,11 @@ impl TreeWriter<'_> {
                     })));
                 }
             }
-            Ok(_) => self.clear(out)?,
-            Err(_) => fs::create_dir(out).map_err(|e| io_fs(&format!("creating {}", out.display()), e))?,
+            Ok(_) => {
+                self.clear(out)?;
+                create_dir(out)?;
+            }
+            Err(_) => create_dir(out)?,
         }
         // Writable while its contents are written; its own mode is set at the end.
         fs::set_permissions(out, fs::Permissions::from_mode(0o700))
@@ -208,14 +218,16 @@ impl TreeWriter<'_> {
             }
         }
         let extents = self.volume.fs.extents(stat.ino)?;
-        let temp = temp_name(out, stat.ino);
-        let result = write_sparse(self.volume.bytes.as_ref(), &extents, stat.size, &temp, self.progress)
+        let (file, temp) = create_temp(out, stat.ino)?;
+        let result = write_sparse(self.volume.bytes.as_ref(), &extents, stat.size, &file, &temp, self.progress)
             .and_then(|written| {
+                drop(file);
                 self.report.bytes_written += written;
                 finish(&temp, stat, self.root, true)?;
                 fs::rename(&temp, out).map_err(|e| io_fs(&format!("renaming {}", temp.display()), e))
             });
         if result.is_err() {
+            // Created exclusively above: ours to remove.
             let _ = fs::remove_file(&temp);
         }
         result?;
@@ -263,9 +275,26 @@ impl TreeWriter<'_> {
     }
 }
 
-/// `.tessera-part-INODE` beside `out` (short: the real name may be 255 bytes already).
-fn temp_name(out: &Path, ino: u64) -> PathBuf {
-    out.with_file_name(format!(".tessera-part-{ino}"))
+fn create_dir(out: &Path) -> std::result::Result<(), FsError> {
+    fs::create_dir(out).map_err(|e| io_fs(&format!("creating {}", out.display()), e))
+}
+
+/// Creates `.tessera-part-INODE-N` beside `out` exclusively (short: the real name may be 255
+/// bytes already), taking the next `N` while the name is taken, so an existing file (one the
+/// tree itself restored under such a name, say) is never opened or removed.
+fn create_temp(out: &Path, ino: u64) -> std::result::Result<(fs::File, PathBuf), FsError> {
+    for n in 0..1000 {
+        let temp = out.with_file_name(format!(".tessera-part-{ino}-{n}"));
+        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp) {
+            Ok(file) => return Ok((file, temp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_fs(&format!("creating {}", temp.display()), e)),
+        }
+    }
+    Err(io_fs(
+        &format!("creating a temporary file beside {}", out.display()),
+        std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+    ))
 }
 
 /// Writes a file's stored runs at their offsets and sets its length, so holes stay holes.
@@ -274,15 +303,10 @@ fn write_sparse(
     volume: &dyn Image,
     extents: &[FileExtent],
     size: u64,
+    file: &fs::File,
     path: &Path,
     progress: &dyn Progress,
 ) -> std::result::Result<u64, FsError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io_fs(&format!("creating {}", path.display()), e))?;
     let mut written = 0u64;
     stream(volume, extents, &mut |piece| {
         if let Piece::Data(offset, bytes) = piece {
@@ -338,6 +362,53 @@ fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Sets a GNU header's mtime, a time before 1970 in GNU tar's base-256 form (a leading
+/// `0xff`, then the 96-bit two's complement), which GNU tar and libarchive read back.
+fn set_mtime(header: &mut tar::Header, secs: i64) {
+    match u64::try_from(secs) {
+        Ok(secs) => header.set_mtime(secs),
+        Err(_) => {
+            let field = &mut header.as_old_mut().mtime;
+            field[..4].fill(0xff);
+            field[4..].copy_from_slice(&secs.to_be_bytes());
+        }
+    }
+}
+
+/// Writes what `file` names as a tar file at `dest`: staged beside it and renamed when
+/// complete, so a failed or killed run leaves no partial tar under the name. An existing
+/// `dest` is an error unless `force`.
+pub fn get_tar_file(repo: &Arc<Repository>, file: &FileRef, dest: &Path, force: bool) -> Result<GetReport> {
+    if !force && fs::symlink_metadata(dest).is_ok() {
+        return Err(Error::OutputExists { path: dest.to_path_buf() });
+    }
+    let (staged_file, staged) = crate::ops::restore::create_staged(dest)?;
+    let written = (|| {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, staged_file);
+        let report = get_tar(repo, file, &mut out, &dest.display().to_string())?;
+        out.into_inner()
+            .map_err(|e| e.into_error())
+            .ctx(|| format!("writing {}", staged.display()))?;
+        let flags = if force {
+            rustix::fs::RenameFlags::empty()
+        } else {
+            rustix::fs::RenameFlags::NOREPLACE
+        };
+        rustix::fs::renameat_with(rustix::fs::CWD, &staged, rustix::fs::CWD, dest, flags).map_err(|e| {
+            if e == rustix::io::Errno::EXIST {
+                Error::OutputExists { path: dest.to_path_buf() }
+            } else {
+                Error::io(format!("renaming {}", staged.display()), e.into())
+            }
+        })?;
+        Ok(report)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&staged);
+    }
+    written
+}
+
 /// Writes what `file` names as a tar stream to `out` (GNU format).
 pub fn get_tar(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write, dest: &str) -> Result<GetReport> {
     let (volume, found) = open_path(repo, file, false)?;
@@ -363,7 +434,7 @@ pub fn get_tar(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write, dest
         header.set_mode(v.stat.mode & 0o7777);
         header.set_uid(u64::from(v.stat.uid));
         header.set_gid(u64::from(v.stat.gid));
-        header.set_mtime(u64::try_from(v.stat.mtime.secs).unwrap_or(0));
+        set_mtime(&mut header, v.stat.mtime.secs);
         let tar_err = |e: std::io::Error| io_fs("writing the tar stream", e);
         match v.stat.kind {
             FileKind::Dir => {
@@ -392,9 +463,11 @@ pub fn get_tar(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write, dest
                     size: v.stat.size,
                     error: None,
                 };
-                let mut reader = reader;
+                // Large reads: the tar builder copies in 8 KiB pieces.
+                let mut reader =
+                    std::io::BufReader::with_capacity(crate::explore::content::STREAM_PIECE as usize, reader);
                 let appended = builder.append_data(&mut header, path, &mut reader);
-                if let Some(e) = reader.error.take() {
+                if let Some(e) = reader.get_mut().error.take() {
                     return Err(e);
                 }
                 appended.map_err(tar_err)?;

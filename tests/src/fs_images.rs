@@ -1,0 +1,652 @@
+//! Real filesystem images for the `tessera files` tests (`tests/tests/files_explore.rs`):
+//! made with the distribution's own tools (`mkfs.ext4 -d`, `debugfs -w`, `sfdisk`, `sgdisk`,
+//! `mkfs.xfs`, `mkfs.ntfs`), never by mounting; and the oracles that compare what `files get`
+//! wrote with the source tree, check a `files get --tar` stream while `tar x` unpacks it, and
+//! damage one chosen chunk in a repository's packs.
+//!
+//! Every tool is installed by `scripts/ensure-deps.sh`; a missing one fails the test with a
+//! message naming the script.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sha2::{Digest, Sha256};
+
+use crate::{exit_code, hex, tessera_cmd};
+
+// ---------------------------------------------------------------------------------------
+// Running tools
+// ---------------------------------------------------------------------------------------
+
+/// Runs `cmd` to completion and asserts that it succeeded; returns its output.
+#[track_caller]
+pub fn run_tool(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| {
+        panic!("cannot run {shown}: {e} (install the test tools with scripts/ensure-deps.sh)")
+    });
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `mkfs.ext4 -q -F EXTRA... -d SRC IMAGE SIZE` (`EXTRA` may hold `-t ext2`, `-b 1024`,
+/// `-O inline_data`...): a new image file populated from `src` without mounting.
+pub fn mkfs_ext(image: &Path, src: &Path, size: &str, extra: &[&str]) {
+    let _ = fs::remove_file(image);
+    run_tool(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .args(extra)
+            .arg("-d")
+            .arg(src)
+            .arg(image)
+            .arg(size),
+    );
+}
+
+/// `debugfs -R REQUEST IMAGE` (read-only): its stdout.
+pub fn debugfs(image: &Path, request: &str) -> String {
+    let out = run_tool(Command::new("debugfs").arg("-R").arg(request).arg(image));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `commands` in one `debugfs -w -f FILE IMAGE`, asserting that none reported an error
+/// (debugfs exits 0 regardless; its errors go to stderr, after its version banner).
+#[track_caller]
+pub fn debugfs_w(image: &Path, commands: &[String]) {
+    let script = image.with_extension("debugfs-cmds");
+    fs::write(&script, commands.join("\n") + "\n").expect("writing the debugfs script");
+    let out = run_tool(Command::new("debugfs").arg("-w").arg("-f").arg(&script).arg(image));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "debugfs -w {} reported errors for {commands:?}: {errors:?}",
+        image.display()
+    );
+    let _ = fs::remove_file(&script);
+}
+
+/// The block size of the ext filesystem in `image` (from `dumpe2fs -h`).
+pub fn ext_block_size(image: &Path) -> u64 {
+    let out = run_tool(Command::new("dumpe2fs").arg("-h").arg(image));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no block size in dumpe2fs -h {}", image.display()))
+}
+
+/// The byte offset, inside `image`, of the inode record of `path` (`debugfs imap`).
+pub fn inode_offset(image: &Path, path: &str) -> u64 {
+    let text = debugfs(image, &format!("imap {path}"));
+    let (block, offset) = text
+        .lines()
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix("located at block ")?;
+            let (block, offset) = rest.split_once(", offset ")?;
+            Some((
+                block.parse::<u64>().ok()?,
+                u64::from_str_radix(offset.trim().trim_start_matches("0x"), 16).ok()?,
+            ))
+        })
+        .unwrap_or_else(|| panic!("unexpected `debugfs imap {path}` output: {text:?}"));
+    block * ext_block_size(image) + offset
+}
+
+/// The filesystem block holding logical block `logical` of `path` (`debugfs bmap`).
+pub fn bmap(image: &Path, path: &str, logical: u64) -> u64 {
+    let text = debugfs(image, &format!("bmap {path} {logical}"));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("unexpected `debugfs bmap {path} {logical}` output: {text:?}"))
+}
+
+/// Overwrites `bytes` at `offset` of the file at `path` (like `dd conv=notrunc`).
+pub fn poke(path: &Path, offset: u64, bytes: &[u8]) {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    f.write_all_at(bytes, offset)
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+/// `len` bytes of the file at `path` from `offset`.
+pub fn peek(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let f = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    buf
+}
+
+/// Sets a path's access and modification times to `secs` (not following a symlink:
+/// `touch -h`, which also never opens a FIFO).
+pub fn set_mtime(path: &Path, secs: i64) {
+    run_tool(
+        Command::new("touch")
+            .arg("-h")
+            .arg("-d")
+            .arg(format!("@{secs}"))
+            .arg(path),
+    );
+}
+
+/// Whether this process runs as root (owners are restored, device nodes can be made).
+pub fn running_as_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Running tessera with binary output
+// ---------------------------------------------------------------------------------------
+
+/// A finished run of the binary with its stdout as bytes (`files cat`).
+#[derive(Debug, Clone)]
+pub struct RawOut {
+    /// The arguments (for messages).
+    pub args: Vec<String>,
+    /// Exit code; `128 + signal` if it died of a signal.
+    pub code: i32,
+    /// Standard output, as written.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl RawOut {
+    /// Panics, showing the command and stderr, unless the exit code is `code`; also
+    /// whenever stderr shows a panic.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_no_panic(&self.stderr, &self.args);
+        assert_eq!(
+            self.code,
+            code,
+            "`tessera {}` exit {} (stdout {} bytes)\n--- stderr ---\n{}",
+            self.args.join(" "),
+            self.code,
+            self.stdout.len(),
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs the binary to completion, keeping stdout as bytes.
+pub fn tessera_raw<I, S>(args: I) -> RawOut
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let output = tessera_cmd(&args).output().expect("running tessera");
+    RawOut {
+        args: args.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+        code: exit_code(output.status),
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Panics if `stderr` shows a Rust panic (or a crash) of the command `args`.
+#[track_caller]
+pub fn assert_no_panic(stderr: &str, args: &[String]) {
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "`tessera {}` panicked:\n{stderr}",
+        args.join(" ")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Comparing trees
+// ---------------------------------------------------------------------------------------
+
+/// What one name in a tree is, as `lstat` sees it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its absolute path.
+    pub path: PathBuf,
+    /// `lstat`.
+    pub meta: fs::Metadata,
+    /// A symlink's target.
+    pub target: Option<PathBuf>,
+}
+
+/// Every name under `root` (not `root` itself), keyed by its path relative to `root` as
+/// bytes, without following symlinks.
+pub fn scan_tree(root: &Path) -> BTreeMap<Vec<u8>, Node> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>) {
+        for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())) {
+            let path = entry.expect("listing").path();
+            let meta = fs::symlink_metadata(&path)
+                .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+            let target = meta
+                .file_type()
+                .is_symlink()
+                .then(|| fs::read_link(&path).expect("readlink"));
+            let rel = path
+                .strip_prefix(root)
+                .expect("under the root")
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let is_dir = meta.is_dir();
+            out.insert(
+                rel,
+                Node {
+                    path: path.clone(),
+                    meta,
+                    target,
+                },
+            );
+            if is_dir {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// The kind of a file as a word, for messages.
+pub fn kind_name(t: fs::FileType) -> &'static str {
+    if t.is_file() {
+        "file"
+    } else if t.is_dir() {
+        "dir"
+    } else if t.is_symlink() {
+        "symlink"
+    } else if t.is_fifo() {
+        "fifo"
+    } else if t.is_char_device() {
+        "chardev"
+    } else if t.is_block_device() {
+        "blockdev"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "other"
+    }
+}
+
+/// What [`assert_trees_equal`] compares and skips.
+#[derive(Debug, Clone, Default)]
+pub struct TreeCompare<'a> {
+    /// Relative paths left out on both sides (and everything below them).
+    pub ignore: &'a [&'a str],
+    /// Relative paths that only the actual tree has (`lost+found`), and everything below.
+    pub only_in_actual: &'a [&'a str],
+    /// Compare owners (uid, gid).
+    pub owners: bool,
+    /// Compare symlinks' own mtimes.
+    pub symlink_times: bool,
+}
+
+fn under(rel: &[u8], prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| {
+        let p = p.as_bytes();
+        rel == p || (rel.starts_with(p) && rel.get(p.len()) == Some(&b'/'))
+    })
+}
+
+/// Asserts that the tree at `actual` holds what the tree at `expected` holds: the same
+/// names, kinds, bytes, permission bits (with set-id and sticky bits), mtimes (seconds),
+/// symlink targets, device numbers, owners (when asked) and hard-link structure (names that
+/// are one inode in `expected` are one inode in `actual`, with the same link count, and
+/// different inodes stay different).
+#[track_caller]
+pub fn assert_trees_equal(expected: &Path, actual: &Path, how: &TreeCompare<'_>) {
+    let want: BTreeMap<Vec<u8>, Node> = scan_tree(expected)
+        .into_iter()
+        .filter(|(rel, _)| !under(rel, how.ignore))
+        .collect();
+    let got: BTreeMap<Vec<u8>, Node> = scan_tree(actual)
+        .into_iter()
+        .filter(|(rel, _)| !under(rel, how.ignore) && !under(rel, how.only_in_actual))
+        .collect();
+    let show = |k: &Vec<u8>| String::from_utf8_lossy(k).into_owned();
+    let missing: Vec<String> = want.keys().filter(|k| !got.contains_key(*k)).map(show).collect();
+    let extra: Vec<String> = got.keys().filter(|k| !want.contains_key(*k)).map(show).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} vs {}: missing {missing:?}, unexpected {extra:?}",
+        actual.display(),
+        expected.display()
+    );
+    for (rel, w) in &want {
+        let g = &got[rel];
+        let name = show(rel);
+        let (wt, gt) = (w.meta.file_type(), g.meta.file_type());
+        assert_eq!(kind_name(wt), kind_name(gt), "kind of {name}");
+        if !wt.is_symlink() {
+            assert_eq!(
+                format!("{:o}", w.meta.mode() & 0o7777),
+                format!("{:o}", g.meta.mode() & 0o7777),
+                "permission bits of {name}"
+            );
+        }
+        if !wt.is_symlink() || how.symlink_times {
+            assert_eq!(w.meta.mtime(), g.meta.mtime(), "mtime (seconds) of {name}");
+        }
+        if how.owners {
+            assert_eq!(
+                (w.meta.uid(), w.meta.gid()),
+                (g.meta.uid(), g.meta.gid()),
+                "owner of {name}"
+            );
+        }
+        if wt.is_file() {
+            crate::assert_same_file(&w.path, &g.path);
+        }
+        if wt.is_symlink() {
+            assert_eq!(w.target, g.target, "symlink target of {name}");
+        }
+        if wt.is_char_device() || wt.is_block_device() {
+            assert_eq!(w.meta.rdev(), g.meta.rdev(), "device number of {name}");
+        }
+    }
+    // Hard links: group the expected names by inode; each group must be one inode in the
+    // actual tree with the same link count, and different groups different inodes.
+    let mut groups: BTreeMap<u64, Vec<&Vec<u8>>> = BTreeMap::new();
+    for (rel, w) in &want {
+        if w.meta.is_file() {
+            groups.entry(w.meta.ino()).or_default().push(rel);
+        }
+    }
+    let mut seen: HashMap<u64, String> = HashMap::new();
+    for names in groups.values() {
+        let first = &got[names[0]];
+        for n in names {
+            let g = &got[*n];
+            assert_eq!(
+                g.meta.ino(),
+                first.meta.ino(),
+                "{} and {} are one file in the source, not in {}",
+                show(n),
+                show(names[0]),
+                actual.display()
+            );
+            assert_eq!(
+                g.meta.nlink(),
+                want[*n].meta.nlink(),
+                "link count of {}",
+                show(n)
+            );
+        }
+        if let Some(other) = seen.insert(first.meta.ino(), show(names[0])) {
+            panic!(
+                "{} and {other} are different files in the source but one inode in {}",
+                show(names[0]),
+                actual.display()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A tar stream checked on its way to `tar x`
+// ---------------------------------------------------------------------------------------
+
+/// One member of a tar stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarMember {
+    /// Its name (the GNU long name when there is one).
+    pub name: Vec<u8>,
+    /// The type flag (`b'0'` file, `b'1'` hard link, `b'2'` symlink, `b'5'` directory...).
+    pub kind: u8,
+    /// The size in the header.
+    pub size: u64,
+    /// SHA-256 of a regular member's data (hex), unless it was compared with a source file.
+    pub sha256: Option<String>,
+}
+
+/// A reader that copies everything it reads into `sink`.
+/// A sink that went away (`tar` exited early) is noted, not an error: the caller reports
+/// `tar`'s own failure.
+struct Tee<R, W> {
+    inner: R,
+    sink: Option<W>,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(sink) = &mut self.sink {
+            match sink.write_all(&buf[..n]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => self.sink = None,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn parse_octal(field: &[u8]) -> u64 {
+    if field[0] & 0x80 != 0 {
+        // GNU base-256.
+        let mut v = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            v = (v << 8) | u64::from(*b);
+        }
+        return v;
+    }
+    let text: String = field
+        .iter()
+        .take_while(|b| **b != 0)
+        .map(|b| *b as char)
+        .collect();
+    let text = text.trim();
+    if text.is_empty() {
+        0
+    } else {
+        u64::from_str_radix(text, 8).unwrap_or_else(|_| panic!("bad octal tar field {text:?}"))
+    }
+}
+
+fn cstr(field: &[u8]) -> Vec<u8> {
+    field.iter().take_while(|b| **b != 0).copied().collect()
+}
+
+/// Runs `tessera ARGS` (a `files get ... --tar -`), pipes its stdout into
+/// `tar -x -f - -C DEST EXTRA...`, and parses the stream on the way: every header's checksum
+/// is checked, and the data of the member named `compare.0` is compared byte for byte with
+/// the file `compare.1` (so a member that `EXTRA` excludes from extraction is still checked).
+/// Returns tessera's exit code and stderr, and the members.
+pub fn tar_through(
+    args: &[OsString],
+    dest: &Path,
+    extra: &[&str],
+    compare: Option<(&str, &Path)>,
+) -> (i32, String, Vec<TarMember>) {
+    let errs = tempfile::NamedTempFile::new().expect("temp file");
+    let mut producer = tessera_cmd(args)
+        .stderr(Stdio::from(errs.reopen().expect("reopen")))
+        .spawn()
+        .expect("starting tessera");
+    let tar_errs = tempfile::NamedTempFile::new().expect("temp file");
+    let mut tar = Command::new("tar")
+        .arg("-x")
+        .arg("-f")
+        .arg("-")
+        .arg("-C")
+        .arg(dest)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(tar_errs.reopen().expect("reopen")))
+        .spawn()
+        .expect("starting tar (install it with scripts/ensure-deps.sh)");
+    let mut tee = Tee {
+        inner: producer.stdout.take().expect("piped stdout"),
+        sink: Some(tar.stdin.take().expect("piped stdin")),
+    };
+    let members = read_tar(&mut tee, compare);
+    // The end: two zero blocks and the rest of the record, all copied to tar.
+    io::copy(&mut tee, &mut io::sink()).expect("copying the end of the stream");
+    drop(tee);
+    let tar_status = tar.wait().expect("waiting for tar");
+    let status = producer.wait().expect("waiting for tessera");
+    let stderr = fs::read_to_string(errs.path()).unwrap_or_default();
+    assert!(
+        tar_status.success(),
+        "tar -x failed ({tar_status}): {}\n(tessera stderr: {stderr})",
+        fs::read_to_string(tar_errs.path()).unwrap_or_default()
+    );
+    (exit_code(status), stderr, members)
+}
+
+fn read_tar(input: &mut impl Read, compare: Option<(&str, &Path)>) -> Vec<TarMember> {
+    let mut members = Vec::new();
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut header = [0u8; 512];
+    let mut buf = vec![0u8; 1 << 20];
+    let mut other = vec![0u8; 1 << 20];
+    loop {
+        if let Err(e) = input.read_exact(&mut header) {
+            panic!("the tar stream ends inside a header or before its end blocks: {e}");
+        }
+        if header.iter().all(|b| *b == 0) {
+            return members;
+        }
+        let stored = parse_octal(&header[148..156]);
+        let sum: u64 = header
+            .iter()
+            .enumerate()
+            .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) })
+            .sum();
+        assert_eq!(stored, sum, "tar header checksum of member {}", members.len());
+        let kind = header[156];
+        let size = parse_octal(&header[124..136]);
+        let padded = size.div_ceil(512) * 512;
+        if kind == b'L' || kind == b'K' {
+            let mut data = vec![0u8; usize::try_from(padded).expect("small")];
+            input.read_exact(&mut data).expect("reading a GNU long name");
+            if kind == b'L' {
+                long_name = Some(cstr(&data[..size as usize]));
+            }
+            continue;
+        }
+        let name = long_name.take().unwrap_or_else(|| cstr(&header[..100]));
+        let mut member = TarMember {
+            name,
+            kind,
+            size,
+            sha256: None,
+        };
+        let has_data = matches!(kind, b'0' | 0 | b'7');
+        if has_data {
+            let watched = compare.filter(|(n, _)| member.name == n.as_bytes());
+            let mut source = watched.map(|(_, p)| {
+                File::open(p).unwrap_or_else(|e| panic!("opening {}: {e}", p.display()))
+            });
+            let mut hasher = Sha256::new();
+            let mut left = size;
+            let mut at = 0u64;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                input
+                    .read_exact(&mut buf[..n])
+                    .unwrap_or_else(|e| panic!("the tar stream ends inside {:?}: {e}", String::from_utf8_lossy(&member.name)));
+                match &mut source {
+                    Some(src) => {
+                        src.read_exact(&mut other[..n]).unwrap_or_else(|e| {
+                            panic!("the member {:?} is longer than its source: {e}", String::from_utf8_lossy(&member.name))
+                        });
+                        if buf[..n] != other[..n] {
+                            let i = buf[..n].iter().zip(&other[..n]).position(|(a, b)| a != b).unwrap_or(0);
+                            panic!(
+                                "tar member {:?} differs from its source first at byte {}",
+                                String::from_utf8_lossy(&member.name),
+                                at + i as u64
+                            );
+                        }
+                    }
+                    None => hasher.update(&buf[..n]),
+                }
+                left -= n as u64;
+                at += n as u64;
+            }
+            if let Some(src) = &mut source {
+                let mut one = [0u8; 1];
+                assert_eq!(
+                    src.read(&mut one).expect("reading the source"),
+                    0,
+                    "the member {:?} is shorter than its source",
+                    String::from_utf8_lossy(&member.name)
+                );
+            } else {
+                member.sha256 = Some(hex(&hasher.finalize()));
+            }
+            let mut pad = vec![0u8; (padded - size) as usize];
+            input.read_exact(&mut pad).expect("reading padding");
+        } else {
+            assert_eq!(
+                size,
+                0,
+                "a non-file member {:?} with data",
+                String::from_utf8_lossy(&member.name)
+            );
+        }
+        members.push(member);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Damaging one chunk
+// ---------------------------------------------------------------------------------------
+
+/// SHA-256 of the bytes `start..start+len` of `image` (clipped at its end): the digest a
+/// plain repository stores that disk block under.
+pub fn block_digest(image: &Path, start: u64, len: u64) -> [u8; 32] {
+    let size = fs::metadata(image).expect("image metadata").len();
+    let len = len.min(size - start);
+    Sha256::digest(peek(image, start, len as usize)).into()
+}
+
+/// Flips a byte in the middle of the stored bytes of every pack record (SPEC.md §4) whose
+/// digest is `digest`, walking each pack's records from its header to its footer; returns
+/// how many records were damaged.
+pub fn damage_chunk(repo: &Path, digest: &[u8; 32]) -> usize {
+    let mut damaged = 0;
+    for pack in crate::pack_files(repo) {
+        let mut bytes = fs::read(&pack).expect("reading a pack");
+        let len = bytes.len();
+        let footer = u64::from_le_bytes(bytes[len - 32..len - 24].try_into().expect("8 bytes")) as usize;
+        let mut at = 16usize;
+        let mut changed = false;
+        while at + 56 <= footer {
+            assert_eq!(&bytes[at..at + 4], b"TREC", "a record header at {at} of {}", pack.display());
+            let stored = u32::from_le_bytes(bytes[at + 44..at + 48].try_into().expect("4 bytes")) as usize;
+            if bytes[at + 8..at + 40] == digest[..] {
+                bytes[at + 56 + stored / 2] ^= 0x5a;
+                damaged += 1;
+                changed = true;
+            }
+            at += 56 + stored;
+        }
+        if changed {
+            fs::write(&pack, bytes).expect("writing a pack");
+        }
+    }
+    damaged
+}
