@@ -1,8 +1,9 @@
-//! Real filesystem images for the `tessera files` tests (`tests/tests/files_explore.rs`):
-//! made with the distribution's own tools (`mkfs.ext4 -d`, `debugfs -w`, `sfdisk`, `sgdisk`,
-//! `mkfs.xfs`, `mkfs.ntfs`), never by mounting; and the oracles that compare what `files get`
-//! wrote with the source tree, check a `files get --tar` stream while `tar x` unpacks it, and
-//! damage one chosen chunk in a repository's packs.
+//! Real filesystem images for the `tessera files` tests (`tests/tests/files_explore.rs`,
+//! `tests/tests/files_fat.rs`): made with the distribution's own tools (`mkfs.ext4 -d`,
+//! `debugfs -w`, `sfdisk`, `sgdisk`, `mkfs.xfs`, `mkfs.ntfs`, `mkfs.vfat` and mtools), never
+//! by mounting; and the oracles that compare what `files get` wrote with the source tree,
+//! check a `files get --tar` stream while `tar x` unpacks it, and damage one chosen chunk in
+//! a repository's packs.
 //!
 //! Every tool is installed by `scripts/ensure-deps.sh`; a missing one fails the test with a
 //! message naming the script.
@@ -649,4 +650,291 @@ pub fn damage_chunk(repo: &Path, digest: &[u8; 32]) -> usize {
         }
     }
     damaged
+}
+
+// ---------------------------------------------------------------------------------------
+// Running `tessera files`
+// ---------------------------------------------------------------------------------------
+
+/// `tessera files ARGS...`, checked for panics.
+pub fn files(args: &[&str]) -> crate::Out {
+    let mut all = vec!["files"];
+    all.extend_from_slice(args);
+    let out = crate::tessera(&all);
+    assert_no_panic(&out.stderr, &out.args);
+    out
+}
+
+/// `tessera files ARGS... --json`, asserting success; the document.
+#[track_caller]
+pub fn files_json(args: &[&str]) -> crate::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = files(&all);
+    out.ok();
+    let v = out.json();
+    assert_eq!(v["ok"], true, "{out}");
+    v
+}
+
+/// Names of the `entries` of a `files ls --json` document, in order.
+pub fn entry_names(listing: &crate::Value) -> Vec<String> {
+    listing["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no entries in {listing}"))
+        .iter()
+        .map(|e| e["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+/// Names in a source directory, sorted by their bytes (the order `files ls` promises).
+pub fn source_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<Vec<u8>> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|e| e.expect("listing").file_name().as_bytes().to_vec())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| String::from_utf8(n).expect("utf-8 test names"))
+        .collect()
+}
+
+/// Runs the binary like [`tessera_raw`], but kills it and panics when it has not finished
+/// within `limit` (a reader that loops on a crafted image hangs instead of failing).
+#[track_caller]
+pub fn tessera_raw_within<I, S>(limit: std::time::Duration, args: I) -> RawOut
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut child = tessera_cmd(&args).spawn().expect("running tessera");
+    let mut out_pipe = child.stdout.take().expect("piped stdout");
+    let mut err_pipe = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let mut status = None;
+    let finished = crate::wait_until(limit, || {
+        status = child.try_wait().expect("waiting for tessera");
+        status.is_some()
+    });
+    if !finished {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("`tessera {}` still ran after {limit:?}: a hang", shown.join(" "));
+    }
+    let stdout = out_reader.join().expect("stdout reader");
+    let stderr = String::from_utf8_lossy(&err_reader.join().expect("stderr reader")).into_owned();
+    RawOut {
+        args: shown,
+        code: exit_code(status.expect("finished")),
+        stdout,
+        stderr,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// FAT images: dosfstools and mtools
+// ---------------------------------------------------------------------------------------
+
+/// `mkfs.vfat -F BITS EXTRA...` on a new image file of `bytes` bytes (`BITS` 12, 16 or 32;
+/// `EXTRA` may hold `-S 4096` (sector size), `-s 1` (sectors per cluster), `-f 1` (FATs),
+/// `-R 7` (reserved sectors), `-r 16` (root directory entries)...).
+pub fn mkfs_fat(image: &Path, bits: u8, bytes: u64, extra: &[&str]) {
+    let _ = fs::remove_file(image);
+    File::create(image)
+        .and_then(|f| f.set_len(bytes))
+        .unwrap_or_else(|e| panic!("creating {}: {e}", image.display()));
+    run_tool(
+        Command::new("mkfs.vfat")
+            .arg("-F")
+            .arg(bits.to_string())
+            .args(extra)
+            .arg(image),
+    );
+}
+
+/// An mtools command (`mcopy`, `mmd`, `mdel`, `mattrib`...) to run on an image named with
+/// `-i`: in the `C.UTF-8` locale (long names are converted from the locale's charset to
+/// UTF-16) and with `TZ=UTC`, so FAT's local times are UTC times (override `TZ` with
+/// `.env` to store another zone's local time).
+pub fn mtools(tool: &str) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.env("LC_ALL", "C.UTF-8")
+        .env("LANG", "C.UTF-8")
+        .env("TZ", "UTC")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env_remove("SOURCE_DATE_EPOCH");
+    cmd
+}
+
+/// Copies every name in the directory `src` into the directory `to` (`::/` is the root) of
+/// the FAT image, recursively and with their modification times (`mcopy -s -m`).
+pub fn mcopy_tree(image: &Path, src: &Path, to: &str) {
+    let mut names: Vec<PathBuf> = fs::read_dir(src)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", src.display()))
+        .map(|e| e.expect("listing").path())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return;
+    }
+    run_tool(
+        mtools("mcopy")
+            .args(["-s", "-m", "-i"])
+            .arg(image)
+            .args(&names)
+            .arg(to),
+    );
+}
+
+/// The layout of a FAT volume, as `minfo` reads it from the boot sector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FatGeometry {
+    /// 12, 16 or 32, from the boot sector's file system type label.
+    pub bits: u8,
+    /// Bytes per sector.
+    pub sector_bytes: u64,
+    /// Bytes per cluster.
+    pub cluster_bytes: u64,
+    /// Reserved sectors before the first FAT.
+    pub reserved_sectors: u64,
+    /// How many copies of the FAT there are.
+    pub fats: u64,
+    /// Sectors of one FAT.
+    pub fat_sectors: u64,
+    /// Entries of the fixed root directory (0 on FAT32).
+    pub root_entries: u64,
+    /// Sectors of the volume.
+    pub total_sectors: u64,
+}
+
+impl FatGeometry {
+    /// The byte offset in the volume of FAT copy `copy` (from 0).
+    pub fn fat_offset(&self, copy: u64) -> u64 {
+        (self.reserved_sectors + copy * self.fat_sectors) * self.sector_bytes
+    }
+
+    /// The byte offset in the volume of cluster 2, the first data cluster.
+    pub fn data_offset(&self) -> u64 {
+        self.fat_offset(self.fats) + (self.root_entries * 32).div_ceil(self.sector_bytes) * self.sector_bytes
+    }
+
+    /// How many data clusters there are (numbered from 2).
+    pub fn clusters(&self) -> u64 {
+        (self.total_sectors * self.sector_bytes - self.data_offset()) / self.cluster_bytes
+    }
+}
+
+/// The geometry of the FAT volume in `image` (`minfo -i IMAGE ::`).
+pub fn fat_geometry(image: &Path) -> FatGeometry {
+    let out = run_tool(mtools("minfo").arg("-i").arg(image).arg("::"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| -> Option<u64> {
+        text.lines().find_map(|l| {
+            let v = l.trim().strip_prefix(name)?;
+            v.split_whitespace().next()?.parse().ok()
+        })
+    };
+    let need = |name: &str| field(name).unwrap_or_else(|| panic!("no {name:?} in minfo: {text}"));
+    let sector_bytes = need("sector size:");
+    let label = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("disk type=\""))
+        .unwrap_or_else(|| panic!("no disk type in minfo: {text}"));
+    let bits = match label.trim_end_matches('"').trim() {
+        "FAT12" => 12,
+        "FAT16" => 16,
+        "FAT32" => 32,
+        other => panic!("minfo: disk type {other:?}"),
+    };
+    // FAT32 keeps its FAT length in the extended BPB ("Big fatlen"); "sectors per fat" is 0.
+    let fat_sectors = match field("sectors per fat:") {
+        Some(n) if n > 0 => n,
+        _ => need("Big fatlen="),
+    };
+    let total_sectors = match field("small size:") {
+        Some(n) if n > 0 => n,
+        _ => need("big size:"),
+    };
+    FatGeometry {
+        bits,
+        sector_bytes,
+        cluster_bytes: need("cluster size:") * sector_bytes,
+        reserved_sectors: need("reserved (boot) sectors:"),
+        fats: need("fats:"),
+        fat_sectors,
+        root_entries: need("max available root directory slots:"),
+        total_sectors,
+    }
+}
+
+/// The clusters of `path` in the FAT image, in chain order (`mshowfat`, which prints runs
+/// such as `<5-7> <9-15>`).
+pub fn fat_chain(image: &Path, path: &str) -> Vec<u32> {
+    let out = run_tool(mtools("mshowfat").arg("-i").arg(image).arg(path));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut clusters = Vec::new();
+    for run in text.split('<').skip(1) {
+        let run = run.split('>').next().unwrap_or_default();
+        let (a, b) = run.split_once('-').unwrap_or((run, run));
+        let parse = |v: &str| -> u32 {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("unexpected mshowfat output for {path}: {text:?}"))
+        };
+        clusters.extend(parse(a)..=parse(b));
+    }
+    clusters
+}
+
+/// Sets the FAT entry of `cluster` to `value` in every copy of the FAT of `image` (FAT12
+/// entries packed in 12 bits, FAT32's top 4 bits kept); returns what the first copy held.
+pub fn set_fat_entry(image: &Path, geom: &FatGeometry, cluster: u32, value: u32) -> u32 {
+    let mut old = None;
+    for copy in 0..geom.fats {
+        let fat = geom.fat_offset(copy);
+        let c = u64::from(cluster);
+        let was = match geom.bits {
+            12 => {
+                let at = fat + c + c / 2;
+                let b = peek(image, at, 2);
+                let pair = u16::from_le_bytes([b[0], b[1]]);
+                let v = (value & 0xfff) as u16;
+                let (was, new) = if cluster % 2 == 1 {
+                    (pair >> 4, (pair & 0x000f) | (v << 4))
+                } else {
+                    (pair & 0x0fff, (pair & 0xf000) | v)
+                };
+                poke(image, at, &new.to_le_bytes());
+                u32::from(was)
+            }
+            16 => {
+                let at = fat + 2 * c;
+                let b = peek(image, at, 2);
+                poke(image, at, &((value & 0xffff) as u16).to_le_bytes());
+                u32::from(u16::from_le_bytes([b[0], b[1]]))
+            }
+            32 => {
+                let at = fat + 4 * c;
+                let b = peek(image, at, 4);
+                let cur = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                poke(image, at, &((cur & 0xf000_0000) | (value & 0x0fff_ffff)).to_le_bytes());
+                cur & 0x0fff_ffff
+            }
+            other => panic!("a FAT{other}?"),
+        };
+        old.get_or_insert(was);
+    }
+    old.expect("at least one FAT")
 }

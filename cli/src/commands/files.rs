@@ -7,7 +7,8 @@ use anyhow::Result;
 use tessera_engine::explore::{FileKind, Timestamp};
 use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::files::find::{find, FindQuery};
-use tessera_engine::ops::files::get::{get, get_tar, get_tar_file, GetReport};
+use tessera_engine::ops::files::get::{get, GetReport};
+use tessera_engine::ops::files::tar_stream::{get_tar, get_tar_file};
 use tessera_engine::ops::files::query::{cat, ls, stat};
 use tessera_engine::ops::files::{parts, EntryInfo, VolumeRef};
 use tessera_engine::time::format_us;
@@ -64,7 +65,7 @@ pub fn run(
                 if *long {
                     println!("{}", long_line(e));
                 } else {
-                    println!("{}", e.name);
+                    println!("{}", printable(&e.name));
                 }
             }
             eprintln!(
@@ -156,14 +157,14 @@ pub fn run(
                             "{}  {id}  {:<9}  {}  {}  mtime {}  {}",
                             s.time,
                             f.change,
-                            f.path,
+                            printable(&f.path),
                             bytes(f.size),
                             time(f.mtime),
                             f.sha256.as_deref().map_or("", |h| &h[..16])
                         );
                     }
                     for p in &s.removed {
-                        println!("{}  {id}  removed    {p}", s.time);
+                        println!("{}  {id}  removed    {}", s.time, printable(p));
                     }
                 }
                 eprintln!(
@@ -192,7 +193,7 @@ fn print_get(r: &GetReport, json: bool, tar_on_stdout: bool) {
         eprintln!("warning: {w}");
     }
     for s in &r.skipped {
-        eprintln!("skipped {}: {}", s.path, s.reason);
+        eprintln!("skipped {}: {}", printable(&s.path), s.reason);
     }
     eprintln!(
         "restored to {}: {} files ({}, {} written), {} directories, {} symlinks, {} hard links, {} special{}",
@@ -223,13 +224,27 @@ fn long_line(e: &EntryInfo) -> String {
         s.gid,
         s.size,
         time(s.mtime),
-        e.name
+        printable(&e.name)
     );
     if let Some(t) = &e.target {
         line.push_str(" -> ");
-        line.push_str(t);
+        line.push_str(&printable(t));
     }
     line
+}
+
+/// A name from a guest's filesystem as it is safe to print on a terminal: control
+/// characters (escape sequences, newlines) as `\u{..}` escapes, like `ls` quoting them.
+/// `--json` keeps the exact name.
+fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.chars().any(char::is_control) {
+        name.chars()
+            .map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() })
+            .collect::<String>()
+            .into()
+    } else {
+        name.into()
+    }
 }
 
 fn mode_string(kind: FileKind, mode: u32) -> String {

@@ -193,7 +193,8 @@ impl Fat {
     fn chain(&self, first: u32, max_bytes: u64) -> Result<Vec<(u64, u64)>, FsError> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut c = first;
-        let mut steps = 0u64;
+        // A cluster met twice is a loop, even one shorter than the file's length.
+        let mut visited = std::collections::HashSet::new();
         let mut bytes = 0u64;
         while bytes < max_bytes {
             if c < 2 || c >= self.clusters + 2 {
@@ -202,8 +203,7 @@ impl Fat {
                     self.clusters + 2
                 )));
             }
-            steps += 1;
-            if steps > u64::from(self.clusters) {
+            if !visited.insert(c) {
                 return Err(FsError::corrupt(format!(
                     "the FAT cluster chain from cluster {first} loops"
                 )));
@@ -337,8 +337,8 @@ struct Parsed {
 /// the short entry that follows it.
 fn parse_dir(bytes: &[u8]) -> Result<Vec<(usize, Parsed)>, FsError> {
     let mut out = Vec::new();
-    let mut long: Vec<(u8, [u16; 13])> = Vec::new();
-    let mut long_sum = None;
+    // (ordinal, name part, checksum of the short name it is for), last part first.
+    let mut long: Vec<(u8, [u16; 13], u8)> = Vec::new();
     for (i, e) in bytes.chunks_exact(32).enumerate() {
         match e[0] {
             0x00 => break,
@@ -353,13 +353,17 @@ fn parse_dir(bytes: &[u8]) -> Result<Vec<(usize, Parsed)>, FsError> {
             let ord = e[0];
             if ord & 0x40 != 0 {
                 long.clear();
-                long_sum = Some(e[13]);
             }
             let mut units = [0u16; 13];
             for (k, at) in [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30].iter().enumerate() {
                 units[k] = u16::from_le_bytes([e[*at], e[*at + 1]]);
             }
-            long.push((ord & 0x1f, units));
+            // A long name has at most 20 parts (255 UTF-16 units); more is not one.
+            if long.len() < 20 {
+                long.push((ord & 0x1f, units, e[13]));
+            } else {
+                long.clear();
+            }
             continue;
         }
         if attr & ATTR_VOLUME_ID != 0 {
@@ -367,7 +371,7 @@ fn parse_dir(bytes: &[u8]) -> Result<Vec<(usize, Parsed)>, FsError> {
             continue;
         }
         let short = &e[..11];
-        let name = match long_name(&long, long_sum, short) {
+        let name = match long_name(&long, short) {
             Some(name) => name,
             None => short_name(short, e[12]),
         };
@@ -414,17 +418,17 @@ fn parse_dir(bytes: &[u8]) -> Result<Vec<(usize, Parsed)>, FsError> {
     Ok(out)
 }
 
-/// The long name the collected entries spell, if they are complete, in order, and made for
-/// `short` (checksum).
-fn long_name(long: &[(u8, [u16; 13])], sum: Option<u8>, short: &[u8]) -> Option<Vec<u8>> {
-    let sum = sum?;
-    if long.is_empty() || sum != short_checksum(short) {
+/// The long name the collected entries spell, if they are complete, in order, and every one
+/// made for `short` (its checksum), as the kernel's vfat and mtools require.
+fn long_name(long: &[(u8, [u16; 13], u8)], short: &[u8]) -> Option<Vec<u8>> {
+    let sum = short_checksum(short);
+    if long.is_empty() || long.iter().any(|(_, _, s)| *s != sum) {
         return None;
     }
     // Stored last part first: ordinals n, n-1, ..., 1.
     let n = long.len();
     let mut units = Vec::with_capacity(13 * n);
-    for (k, (ord, part)) in long.iter().rev().enumerate() {
+    for (k, (ord, part, _)) in long.iter().rev().enumerate() {
         if usize::from(*ord) != k + 1 {
             return None;
         }

@@ -61,6 +61,10 @@ pub fn resolve(fs: &dyn Filesystem, path: &[u8], follow_last: bool) -> Result<Re
                 )));
             }
             let target = fs.read_link(entry.ino)?;
+            if target.is_empty() {
+                // Linux: an empty symlink target resolves to nothing (ENOENT).
+                return Err(FsError::NotFound { path: shown });
+            }
             if target.first() == Some(&b'/') {
                 stack.clear();
                 current = (root, fs.stat(root)?);

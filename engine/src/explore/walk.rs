@@ -1,6 +1,10 @@
 //! Walking a directory tree depth-first, parents before children, names sorted, without
 //! following symlinks. A directory met twice (a loop, or a directory with two names, which
 //! no Linux filesystem allows) is refused rather than walked again, and depth is bounded.
+//! Names are checked here, once for every reader: a name that is empty, `.` or `..`, holds
+//! a `/` or a NUL, or appears twice in one directory is refused, so a relative path a walk
+//! gives is always a plain path below where it started (`files get` joins it to its
+//! destination, and a tar carries it).
 
 use std::collections::HashSet;
 
@@ -55,7 +59,22 @@ fn descend(
     }
     let mut entries = fs.read_dir(ino)?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
-    for entry in entries {
+    for (i, entry) in entries.iter().enumerate() {
+        let name = entry.name.as_slice();
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+            return Err(FsError::corrupt(format!(
+                "directory /{} holds an entry named {:?}, which no path can name",
+                shown(),
+                String::from_utf8_lossy(name)
+            )));
+        }
+        if i > 0 && entries[i - 1].name == entry.name {
+            return Err(FsError::corrupt(format!(
+                "directory /{} holds two entries named {:?}",
+                shown(),
+                String::from_utf8_lossy(name)
+            )));
+        }
         let mut rel = here.rel.clone();
         if !rel.is_empty() {
             rel.push(b'/');
@@ -65,4 +84,71 @@ fn descend(
         descend(fs, entry.ino, Visit { rel, stat }, depth + 1, seen_dirs, visit)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explore::{DirEntry, FileExtent, Timestamp};
+
+    /// A root directory (inode 1) listing `names`, each a regular file (inode 2).
+    struct OneDir(Vec<&'static [u8]>);
+
+    fn stat(ino: u64, kind: FileKind) -> Stat {
+        Stat {
+            ino,
+            kind,
+            size: 0,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            mtime: Timestamp::default(),
+            atime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            rdev: 0,
+        }
+    }
+
+    impl Filesystem for OneDir {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn root(&self) -> u64 {
+            1
+        }
+        fn stat(&self, ino: u64) -> Result<Stat, FsError> {
+            Ok(stat(ino, if ino == 1 { FileKind::Dir } else { FileKind::File }))
+        }
+        fn read_dir(&self, _: u64) -> Result<Vec<DirEntry>, FsError> {
+            Ok(self.0.iter().map(|n| DirEntry { name: n.to_vec(), ino: 2 }).collect())
+        }
+        fn read_link(&self, _: u64) -> Result<Vec<u8>, FsError> {
+            Ok(Vec::new())
+        }
+        fn extents(&self, _: u64) -> Result<Vec<FileExtent>, FsError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn walked(names: Vec<&'static [u8]>) -> Result<Vec<Vec<u8>>, FsError> {
+        let fs = OneDir(names);
+        let mut seen = Vec::new();
+        walk(&fs, 1, fs.stat(1)?, &mut |v| {
+            seen.push(v.rel.clone());
+            Ok(true)
+        })?;
+        Ok(seen)
+    }
+
+    #[test]
+    fn names_no_path_can_hold_are_refused_before_anyone_joins_them() {
+        assert_eq!(walked(vec![b"b", b"a"]).unwrap(), vec![b"".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+        for bad in [&b"../../etc/passwd"[..], b"..", b".", b"", b"a/b", b"nul\0"] {
+            let err = walked(vec![b"ok", bad]).unwrap_err();
+            assert!(matches!(err, FsError::Corrupt(_)), "{bad:?}: {err}");
+        }
+        let err = walked(vec![b"twice", b"other", b"twice"]).unwrap_err();
+        assert!(err.to_string().contains("two entries named"), "{err}");
+    }
 }

@@ -72,7 +72,17 @@ impl Ext4 {
         let raw = self
             .volume
             .read_vec(at, self.sb.inode_size as usize, "an ext inode")?;
-        Inode::parse(ino, &raw)
+        let inode = Inode::parse(ino, &raw)?;
+        // Logical block numbers are 32 bits: no ext file is longer than 2^32 blocks. A
+        // larger size would only stream zeros (tar, cat, find's hash) for ever.
+        let max = self.sb.block_size << 32;
+        if inode.stat.size > max {
+            return Err(FsError::corrupt(format!(
+                "ext inode {ino} claims {} bytes, more than any ext file can hold ({max})",
+                inode.stat.size
+            )));
+        }
+        Ok(inode)
     }
 }
 

@@ -1,36 +1,46 @@
-//! `files get`: a file or a whole tree out of a snapshot, to a directory or as a tar stream.
+//! `files get`: a file or a whole tree out of a snapshot, to a directory.
 //!
-//! To a directory: regular files keep their holes (only the stored runs are written, the
-//! length set at the end), hard links are linked again, symlinks are made as symlinks,
-//! FIFOs are made, device nodes only as root; permissions and times are set on everything
-//! (directories last, so writing their contents does not change their times), ownership
-//! when running as root. Each file is written under a temporary name in its directory
-//! (`.tessera-part-INODE-N`, created exclusively, so it never is a name the tree restores or
-//! holds) and renamed when complete, so a killed `get` never leaves a short file under the
-//! real name; a failed one removes only the temporary file it created, and still sets the
-//! modes and times of the directories it made. Nothing existing is overwritten without
-//! `force`. Like `cp` and `tar`, nothing is fsynced.
+//! What is kept: contents (holes stay holes: only the stored runs are written, then the
+//! length is set), permissions, times, hard links (linked again), symlinks (as symlinks),
+//! FIFOs; device nodes and ownership only when running as root.
 //!
-//! As tar (the `tar` crate, GNU format: long names, large files, uid/gid, mtime): holes are
-//! written as zeros.
+//! **Safety against the directory it writes into.** Every name is made relative to an open
+//! handle on its parent directory, never through a path: the directories of the tree are
+//! held open (a stack, as the walk is depth-first) from the destination's parent down, each
+//! opened with `O_NOFOLLOW`, so someone who can rename entries where the tree is written
+//! (the destination's parent, or a directory merged with `force`) cannot redirect a write,
+//! a `chown` or a `chmod` through a symlink swapped in mid-run. Directories are made `0700`
+//! (only the restoring user can enter them while their contents are written) and get their
+//! mode, owner and times through their handle once their subtree is complete.
+//!
+//! **Crash and failure.** Each file, symlink, hard link and special file is made under a
+//! temporary name (`.tessera-part-INODE-N`, created exclusively, so it is never a name the
+//! tree restores or already holds), finished, then renamed onto its name: a killed `get`
+//! leaves at most one temporary file and never a short file under a real name, and with
+//! `force` an existing file is replaced only by a complete one (a failed read leaves it as
+//! it was). A failed `get` removes the temporary file it made and nothing else, and still
+//! finishes the directories it made. Nothing existing is replaced without `force`. Like
+//! `cp` and `tar`, nothing is fsynced.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
+use std::fs;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::io::Errno;
 use serde::Serialize;
 
 use super::query::{io_fs, open_path};
 use super::{FileRef, Volume};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::explore::content::{stream, Piece};
 use crate::explore::walk::{walk, Visit};
-use crate::explore::{ExtentData, FileExtent, FileKind, FsError, Image, Stat, Timestamp};
+use crate::explore::{FileExtent, FileKind, FsError, Image, Stat, Timestamp};
 use crate::progress::Progress;
 use crate::repo::Repository;
 
@@ -88,14 +98,19 @@ pub fn get(
     } else {
         dest.to_path_buf()
     };
+    let (parent, leaf) = split_target(&target)?;
+    let base = rustix::fs::open(&parent, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::io(format!("opening {}", parent.display()), e.into()))?;
+    raise_open_file_limit();
     let root = running_as_root();
     let mut w = TreeWriter {
         volume: &volume,
-        target: target.clone(),
+        base: Arc::new(base),
+        leaf,
         force,
         root,
+        open_dirs: Vec::new(),
         links: HashMap::new(),
-        dirs: Vec::new(),
         report: GetReport {
             dest: target.display().to_string(),
             owners_restored: root,
@@ -108,53 +123,118 @@ pub fn get(
     progress.start("restoring files", total);
     let walked = walk(volume.fs.as_ref(), found.ino, found.stat.clone(), &mut |v| w.visit(v))
         .map_err(|e| volume.error(&file.path, e));
-    // Directories get their modes back even when the walk failed: a half-restored tree is
-    // not left with every directory 0700.
-    let finished = w.finish_dirs();
+    // Directories get their modes and times even when the walk failed: a half-restored
+    // tree is not left with every directory 0700.
+    let finished = w.close_dirs_to(0).map_err(|e| super::explore_error(target.display().to_string(), e));
     walked?;
     finished?;
     progress.finish();
     Ok(w.report)
 }
 
+/// The directory `target` goes in, and its name there.
+fn split_target(target: &Path) -> Result<(PathBuf, Vec<u8>)> {
+    let target = match target.file_name() {
+        Some(_) => target.to_path_buf(),
+        // `.`, `..` or `/`: the directory it names, by its real path.
+        None => fs::canonicalize(target).map_err(|e| Error::io(format!("resolving {}", target.display()), e))?,
+    };
+    let leaf = target.file_name().ok_or_else(|| {
+        Error::Usage(format!("{} cannot be restored onto: name a directory below it", target.display()))
+    })?;
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, leaf.as_bytes().to_vec()))
+}
+
+/// A directory of the tree being written, held open while its subtree is.
+struct OpenDir {
+    /// Its path relative to the restored root (empty for the root).
+    rel: Vec<u8>,
+    fd: Arc<OwnedFd>,
+    stat: Stat,
+}
+
 struct TreeWriter<'a> {
     volume: &'a Volume,
-    target: PathBuf,
+    /// The directory the restored root is made in.
+    base: Arc<OwnedFd>,
+    /// The restored root's name in `base`.
+    leaf: Vec<u8>,
     force: bool,
     root: bool,
-    /// Inode → where its first name was written (hard links).
-    links: HashMap<u64, PathBuf>,
-    /// Directories made, with their stats, to finish after their contents.
-    dirs: Vec<(PathBuf, Stat)>,
+    /// The directories from the restored root down to the one being written.
+    open_dirs: Vec<OpenDir>,
+    /// Inode → the path of its first name relative to `base` (hard links).
+    links: HashMap<u64, Vec<u8>>,
     report: GetReport,
     progress: &'a dyn Progress,
 }
 
-impl TreeWriter<'_> {
-    fn out_path(&self, v: &Visit) -> PathBuf {
-        if v.rel.is_empty() {
-            self.target.clone()
-        } else {
-            self.target.join(OsStr::from_bytes(&v.rel))
-        }
-    }
+type FsResult<T> = std::result::Result<T, FsError>;
 
-    fn visit(&mut self, v: &Visit) -> std::result::Result<bool, FsError> {
-        let out = self.out_path(v);
+/// An `io_fs` error from a rustix call.
+fn errno(what: String) -> impl FnOnce(Errno) -> FsError {
+    move |e| io_fs(&what, e.into())
+}
+
+impl TreeWriter<'_> {
+    fn visit(&mut self, v: &Visit) -> FsResult<bool> {
+        let (parent_rel, name) = match v.rel.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&v.rel[..i], v.rel[i + 1..].to_vec()),
+            None if v.rel.is_empty() => (&v.rel[..0], self.leaf.clone()),
+            None => (&v.rel[..0], v.rel.clone()),
+        };
+        // The walk is depth-first: directories not above this name are complete.
+        let parent = if v.rel.is_empty() {
+            self.close_dirs_to(0)?;
+            self.base.clone()
+        } else {
+            let keep = self.open_dirs.iter().position(|d| d.rel == parent_rel).map_or(0, |i| i + 1);
+            self.close_dirs_to(keep)?;
+            match self.open_dirs.last() {
+                Some(d) if d.rel == parent_rel => d.fd.clone(),
+                _ => return Err(FsError::corrupt("the walk left a directory before its entries")),
+            }
+        };
+        let at = Place {
+            dir: parent.as_fd(),
+            name: &name,
+            shown: self.shown(&v.rel),
+        };
         match v.stat.kind {
-            FileKind::Dir => self.dir(&out, &v.stat)?,
-            FileKind::File => self.file(&out, &v.stat)?,
-            FileKind::Symlink => self.symlink(&out, &v.stat)?,
+            FileKind::Dir => {
+                let fd = self.dir(&at)?;
+                self.open_dirs.push(OpenDir {
+                    rel: v.rel.clone(),
+                    fd: Arc::new(fd),
+                    stat: v.stat.clone(),
+                });
+            }
+            FileKind::File => self.file(&at, &v.stat, &v.rel)?,
+            FileKind::Symlink => self.symlink(&at, &v.stat)?,
             FileKind::Fifo | FileKind::CharDevice | FileKind::BlockDevice => {
                 if v.stat.kind != FileKind::Fifo && !self.root {
                     self.skip(v, "a device node: made only when running as root");
                 } else {
-                    self.special(&out, &v.stat)?;
+                    self.special(&at, &v.stat)?;
                 }
             }
             FileKind::Socket => self.skip(v, "a socket: made by the program that listens on it"),
         }
         Ok(true)
+    }
+
+    /// The host path of `rel`, for messages.
+    fn shown(&self, rel: &[u8]) -> String {
+        let mut p = self.report.dest.clone();
+        if !rel.is_empty() {
+            p.push('/');
+            p.push_str(&String::from_utf8_lossy(rel));
+        }
+        p
     }
 
     fn skip(&mut self, v: &Visit, reason: &str) {
@@ -164,137 +244,254 @@ impl TreeWriter<'_> {
         });
     }
 
-    /// Makes room for `out`: refuses an existing name unless `force`, which removes a
-    /// non-directory in the way.
-    fn clear(&self, out: &Path) -> std::result::Result<(), FsError> {
-        let Ok(meta) = fs::symlink_metadata(out) else {
-            return Ok(());
-        };
-        if !self.force {
-            return Err(FsError::Image(Box::new(Error::OutputExists {
-                path: out.to_path_buf(),
-            })));
+    /// Finishes and closes open directories, deepest first, until `keep` remain. Goes on
+    /// past a failure (returning the first), so every directory is finished.
+    fn close_dirs_to(&mut self, keep: usize) -> FsResult<()> {
+        let mut first = Ok(());
+        while self.open_dirs.len() > keep {
+            let Some(d) = self.open_dirs.pop() else { break };
+            let finished = finish_fd(d.fd.as_fd(), &d.stat, self.root, &self.shown(&d.rel));
+            if first.is_ok() {
+                first = finished;
+            }
         }
-        if meta.is_dir() {
-            return Err(FsError::Image(Box::new(Error::Usage(format!(
-                "{} is a directory in the way of a file; remove it first",
-                out.display()
-            )))));
-        }
-        fs::remove_file(out).map_err(|e| io_fs(&format!("removing {}", out.display()), e))
+        first
     }
 
-    fn dir(&mut self, out: &Path, stat: &Stat) -> std::result::Result<(), FsError> {
-        match fs::symlink_metadata(out) {
-            Ok(meta) if meta.is_dir() && (self.force || out == self.target) => {
-                if out == self.target && !self.force && fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    /// Whether `at` may be made: nothing is there, or `force` (then a directory in the way
+    /// of a non-directory is still an error). Returns whether something is there.
+    fn check_free(&self, at: &Place<'_>) -> FsResult<bool> {
+        match rustix::fs::statat(at.dir, at.name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(errno(format!("looking at {}", at.shown))(e)),
+            Ok(_) if !self.force => Err(FsError::Image(Box::new(Error::OutputExists {
+                path: PathBuf::from(&at.shown),
+            }))),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => Err(FsError::Image(Box::new(
+                Error::Usage(format!("{} is a directory in the way of a file; remove it first", at.shown)),
+            ))),
+            Ok(_) => Ok(true),
+        }
+    }
+
+    /// Makes (or with `force` merges into) directory `at`, writable only by us while its
+    /// contents are written, and opens it.
+    fn dir(&mut self, at: &Place<'_>) -> FsResult<OwnedFd> {
+        let existing = rustix::fs::statat(at.dir, at.name, AtFlags::SYMLINK_NOFOLLOW);
+        match existing {
+            Err(Errno::NOENT) => {
+                rustix::fs::mkdirat(at.dir, at.name, Mode::RWXU).map_err(errno(format!("creating {}", at.shown)))?;
+                self.report.dirs += 1;
+            }
+            Err(e) => return Err(errno(format!("looking at {}", at.shown))(e)),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                let is_root = self.open_dirs.is_empty();
+                let empty = is_root && self.open_dir(at)?.and_then_empty()?;
+                if !self.force && !empty {
                     return Err(FsError::Image(Box::new(Error::OutputExists {
-                        path: out.to_path_buf(),
+                        path: PathBuf::from(&at.shown),
                     })));
                 }
             }
             Ok(_) => {
-                self.clear(out)?;
-                create_dir(out)?;
+                self.check_free(at)?;
+                rustix::fs::unlinkat(at.dir, at.name, AtFlags::empty())
+                    .map_err(errno(format!("removing {}", at.shown)))?;
+                rustix::fs::mkdirat(at.dir, at.name, Mode::RWXU).map_err(errno(format!("creating {}", at.shown)))?;
+                self.report.dirs += 1;
             }
-            Err(_) => create_dir(out)?,
         }
-        // Writable while its contents are written; its own mode is set at the end.
-        fs::set_permissions(out, fs::Permissions::from_mode(0o700))
-            .map_err(|e| io_fs(&format!("setting permissions on {}", out.display()), e))?;
-        self.dirs.push((out.to_path_buf(), stat.clone()));
-        self.report.dirs += 1;
-        Ok(())
+        let fd = self.open_dir(at)?;
+        rustix::fs::fchmod(&fd.0, Mode::RWXU).map_err(errno(format!("setting permissions on {}", at.shown)))?;
+        Ok(fd.0)
     }
 
-    fn file(&mut self, out: &Path, stat: &Stat) -> std::result::Result<(), FsError> {
-        self.clear(out)?;
+    fn open_dir(&self, at: &Place<'_>) -> FsResult<DirFd> {
+        rustix::fs::openat(
+            at.dir,
+            at.name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map(DirFd)
+        .map_err(errno(format!("opening {} (a symlink put in its place?)", at.shown)))
+    }
+
+    fn file(&mut self, at: &Place<'_>, stat: &Stat, rel: &[u8]) -> FsResult<()> {
+        self.check_free(at)?;
         if stat.nlink > 1 {
             if let Some(first) = self.links.get(&stat.ino) {
-                fs::hard_link(first, out)
-                    .map_err(|e| io_fs(&format!("linking {} to {}", out.display(), first.display()), e))?;
+                let (first_dir, first_name) = self.open_beneath(first)?;
+                place_temp(at, stat.ino, |temp| {
+                    rustix::fs::linkat(first_dir.as_fd(), first_name, at.dir, temp, AtFlags::empty())
+                })?;
                 self.report.hard_links += 1;
                 return Ok(());
             }
         }
         let extents = self.volume.fs.extents(stat.ino)?;
-        let (file, temp) = create_temp(out, stat.ino)?;
-        let result = write_sparse(self.volume.bytes.as_ref(), &extents, stat.size, &file, &temp, self.progress)
+        let (file, temp) = create_temp(at, stat.ino)?;
+        let file = fs::File::from(file);
+        let written = write_sparse(self.volume.bytes.as_ref(), &extents, stat.size, &file, &at.shown, self.progress)
             .and_then(|written| {
+                finish_fd(file.as_fd(), stat, self.root, &at.shown)?;
                 drop(file);
-                self.report.bytes_written += written;
-                finish(&temp, stat, self.root, true)?;
-                fs::rename(&temp, out).map_err(|e| io_fs(&format!("renaming {}", temp.display()), e))
+                rustix::fs::renameat(at.dir, &temp, at.dir, at.name)
+                    .map_err(errno(format!("renaming a temporary file onto {}", at.shown)))?;
+                Ok(written)
             });
-        if result.is_err() {
+        let written = written.inspect_err(|_| {
             // Created exclusively above: ours to remove.
-            let _ = fs::remove_file(&temp);
-        }
-        result?;
+            let _ = rustix::fs::unlinkat(at.dir, &temp, AtFlags::empty());
+        })?;
+        self.report.bytes_written += written;
         self.report.files += 1;
         self.report.logical_bytes += stat.size;
         if stat.nlink > 1 {
-            self.links.insert(stat.ino, out.to_path_buf());
+            let mut path = self.leaf.clone();
+            if !rel.is_empty() {
+                path.push(b'/');
+                path.extend_from_slice(rel);
+            }
+            self.links.insert(stat.ino, path);
         }
         Ok(())
     }
 
-    fn symlink(&mut self, out: &Path, stat: &Stat) -> std::result::Result<(), FsError> {
-        self.clear(out)?;
+    /// The directory holding `path` (relative to `base`), opened without following any
+    /// symlink on the way and without leaving `base`, and the last name.
+    fn open_beneath<'p>(&self, path: &'p [u8]) -> FsResult<(OwnedFd, &'p [u8])> {
+        let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&b"."[..], path),
+        };
+        let fd = rustix::fs::openat2(
+            self.base.as_fd(),
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
+        )
+        .map_err(errno(format!("opening the directory of {}", String::from_utf8_lossy(path))))?;
+        Ok((fd, name))
+    }
+
+    fn symlink(&mut self, at: &Place<'_>, stat: &Stat) -> FsResult<()> {
+        self.check_free(at)?;
         let target = self.volume.fs.read_link(stat.ino)?;
-        symlink(OsStr::from_bytes(&target), out)
-            .map_err(|e| io_fs(&format!("making symlink {}", out.display()), e))?;
-        finish(out, stat, self.root, false)?;
+        let root = self.root;
+        place_temp(at, stat.ino, |temp| {
+            rustix::fs::symlinkat(target.as_slice(), at.dir, temp)?;
+            finish_nofollow(at.dir, temp, stat, root)
+        })?;
         self.report.symlinks += 1;
         Ok(())
     }
 
-    fn special(&mut self, out: &Path, stat: &Stat) -> std::result::Result<(), FsError> {
-        use rustix::fs::{mknodat, FileType, Mode, CWD};
-        self.clear(out)?;
+    fn special(&mut self, at: &Place<'_>, stat: &Stat) -> FsResult<()> {
+        self.check_free(at)?;
         let kind = match stat.kind {
             FileKind::CharDevice => FileType::CharacterDevice,
             FileKind::BlockDevice => FileType::BlockDevice,
             _ => FileType::Fifo,
         };
         let dev = rustix::fs::makedev((stat.rdev >> 32) as u32, stat.rdev as u32);
-        mknodat(CWD, out, kind, Mode::from_raw_mode(0o600), dev)
-            .map_err(|e| io_fs(&format!("making {}", out.display()), e.into()))?;
-        finish(out, stat, self.root, true)?;
+        let root = self.root;
+        place_temp(at, stat.ino, |temp| {
+            // Made with no permissions, so nothing can open it before it is finished.
+            rustix::fs::mknodat(at.dir, temp, kind, Mode::empty(), dev)?;
+            // Owner before mode (a chown clears set-id bits); the mode through a handle
+            // (opening a FIFO or device with O_PATH neither blocks nor touches the device).
+            let fd = rustix::fs::openat(at.dir, temp, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+            if root {
+                rustix::fs::chownat(fd.as_fd(), "", Some(uid(stat)), Some(gid(stat)), AtFlags::EMPTY_PATH)?;
+            }
+            rustix::fs::chmodat(
+                rustix::fs::CWD,
+                format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)),
+                Mode::from_raw_mode(stat.mode & 0o7777),
+                AtFlags::empty(),
+            )?;
+            rustix::fs::utimensat(at.dir, temp, &timestamps(stat), AtFlags::SYMLINK_NOFOLLOW)
+        })?;
         self.report.special += 1;
         Ok(())
     }
+}
 
-    /// Sets directories' modes, owners and times, deepest first.
-    fn finish_dirs(&mut self) -> Result<()> {
-        for (path, stat) in self.dirs.iter().rev() {
-            finish(path, stat, self.root, true)
-                .map_err(|e| super::explore_error(path.display().to_string(), e))?;
+/// Where a name is made: a directory handle, the name in it, and its host path for messages.
+struct Place<'a> {
+    dir: BorrowedFd<'a>,
+    name: &'a [u8],
+    shown: String,
+}
+
+/// An open directory.
+struct DirFd(OwnedFd);
+
+impl DirFd {
+    /// Whether the directory has no entries besides `.` and `..`.
+    fn and_then_empty(self) -> FsResult<bool> {
+        let dir = rustix::fs::Dir::read_from(&self.0).map_err(errno("listing a directory".into()))?;
+        for entry in dir {
+            let entry = entry.map_err(errno("listing a directory".into()))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
-fn create_dir(out: &Path) -> std::result::Result<(), FsError> {
-    fs::create_dir(out).map_err(|e| io_fs(&format!("creating {}", out.display()), e))
+/// The temporary name of inode `ino`'s `n`th try.
+fn temp_name(ino: u64, n: u32) -> Vec<u8> {
+    format!(".tessera-part-{ino}-{n}").into_bytes()
 }
 
-/// Creates `.tessera-part-INODE-N` beside `out` exclusively (short: the real name may be 255
-/// bytes already), taking the next `N` while the name is taken, so an existing file (one the
-/// tree itself restored under such a name, say) is never opened or removed.
-fn create_temp(out: &Path, ino: u64) -> std::result::Result<(fs::File, PathBuf), FsError> {
-    for n in 0..1000 {
-        let temp = out.with_file_name(format!(".tessera-part-{ino}-{n}"));
-        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp) {
-            Ok(file) => return Ok((file, temp)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_fs(&format!("creating {}", temp.display()), e)),
+/// Tries to make a temporary name (`make`, which fails with `EEXIST` when the name is
+/// taken) beside `at`, the next name while taken; renames it onto `at` when made and
+/// finished, removes it when not.
+fn place_temp(at: &Place<'_>, ino: u64, make: impl Fn(&[u8]) -> rustix::io::Result<()>) -> FsResult<()> {
+    for n in 0..TEMP_TRIES {
+        let temp = temp_name(ino, n);
+        match make(&temp) {
+            Err(Errno::EXIST) => continue,
+            Err(e) => {
+                // EEXIST aside, a failure after the name was made leaves it: ours to remove.
+                let _ = rustix::fs::unlinkat(at.dir, temp.as_slice(), AtFlags::empty());
+                return Err(errno(format!("making {}", at.shown))(e));
+            }
+            Ok(()) => {
+                return rustix::fs::renameat(at.dir, temp.as_slice(), at.dir, at.name).map_err(|e| {
+                    let _ = rustix::fs::unlinkat(at.dir, temp.as_slice(), AtFlags::empty());
+                    errno(format!("renaming a temporary name onto {}", at.shown))(e)
+                });
+            }
         }
     }
-    Err(io_fs(
-        &format!("creating a temporary file beside {}", out.display()),
-        std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-    ))
+    Err(errno(format!("making a temporary name beside {}", at.shown))(Errno::EXIST))
+}
+
+/// Temporary names tried before giving up.
+const TEMP_TRIES: u32 = 1000;
+
+/// Creates a temporary file beside `at` exclusively, readable and writable by us only.
+fn create_temp(at: &Place<'_>, ino: u64) -> FsResult<(OwnedFd, Vec<u8>)> {
+    for n in 0..TEMP_TRIES {
+        let temp = temp_name(ino, n);
+        match rustix::fs::openat(
+            at.dir,
+            temp.as_slice(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        ) {
+            Ok(fd) => return Ok((fd, temp)),
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(errno(format!("creating a temporary file beside {}", at.shown))(e)),
+        }
+    }
+    Err(errno(format!("creating a temporary file beside {}", at.shown))(Errno::EXIST))
 }
 
 /// Writes a file's stored runs at their offsets and sets its length, so holes stay holes.
@@ -304,263 +501,75 @@ fn write_sparse(
     extents: &[FileExtent],
     size: u64,
     file: &fs::File,
-    path: &Path,
+    shown: &str,
     progress: &dyn Progress,
-) -> std::result::Result<u64, FsError> {
+) -> FsResult<u64> {
     let mut written = 0u64;
     stream(volume, extents, &mut |piece| {
         if let Piece::Data(offset, bytes) = piece {
             file.write_all_at(bytes, offset)
-                .map_err(|e| io_fs(&format!("writing {}", path.display()), e))?;
+                .map_err(|e| io_fs(&format!("writing {shown}"), e))?;
             written += bytes.len() as u64;
             progress.advance(bytes.len() as u64);
         }
         Ok(())
     })?;
     file.set_len(size)
-        .map_err(|e| io_fs(&format!("setting the length of {}", path.display()), e))?;
+        .map_err(|e| io_fs(&format!("setting the length of {shown}"), e))?;
     Ok(written)
 }
 
-/// Owner (as root), permissions (not on symlinks) and times, in that order: changing the
-/// owner clears set-id bits, and both change the status time, not the times set last.
-fn finish(path: &Path, stat: &Stat, root: bool, follow: bool) -> std::result::Result<(), FsError> {
-    use rustix::fs::{chownat, utimensat, AtFlags, Gid, Timespec, Timestamps, Uid, CWD};
-    let flags = if follow { AtFlags::empty() } else { AtFlags::SYMLINK_NOFOLLOW };
-    let ctx = |what: &str| format!("{what} {}", path.display());
-    if root {
-        chownat(
-            CWD,
-            path,
-            Some(Uid::from_raw(stat.uid)),
-            Some(Gid::from_raw(stat.gid)),
-            flags,
-        )
-        .map_err(|e| io_fs(&ctx("setting the owner of"), e.into()))?;
-    }
-    if follow {
-        fs::set_permissions(path, fs::Permissions::from_mode(stat.mode & 0o7777))
-            .map_err(|e| io_fs(&ctx("setting permissions on"), e))?;
-    }
+fn uid(stat: &Stat) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(stat.uid)
+}
+
+fn gid(stat: &Stat) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(stat.gid)
+}
+
+fn timestamps(stat: &Stat) -> Timestamps {
     let ts = |t: Timestamp| Timespec {
         tv_sec: t.secs,
         tv_nsec: i64::from(t.nanos),
     };
-    utimensat(
-        CWD,
-        path,
-        &Timestamps {
-            last_access: ts(stat.atime),
-            last_modification: ts(stat.mtime),
-        },
-        flags,
-    )
-    .map_err(|e| io_fs(&ctx("setting the times of"), e.into()))
+    Timestamps {
+        last_access: ts(stat.atime),
+        last_modification: ts(stat.mtime),
+    }
+}
+
+/// Owner (as root), permissions and times of an open file or directory, in that order:
+/// changing the owner clears set-id bits, and both change the status time, not the times
+/// set last.
+fn finish_fd(fd: BorrowedFd<'_>, stat: &Stat, root: bool, shown: &str) -> FsResult<()> {
+    if root {
+        rustix::fs::fchown(fd, Some(uid(stat)), Some(gid(stat)))
+            .map_err(errno(format!("setting the owner of {shown}")))?;
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(stat.mode & 0o7777))
+        .map_err(errno(format!("setting permissions on {shown}")))?;
+    rustix::fs::futimens(fd, &timestamps(stat)).map_err(errno(format!("setting the times of {shown}")))
+}
+
+/// Owner (as root) and times of a symlink, not following it (a symlink has no mode).
+fn finish_nofollow(dir: BorrowedFd<'_>, name: &[u8], stat: &Stat, root: bool) -> rustix::io::Result<()> {
+    if root {
+        rustix::fs::chownat(dir, name, Some(uid(stat)), Some(gid(stat)), AtFlags::SYMLINK_NOFOLLOW)?;
+    }
+    rustix::fs::utimensat(dir, name, &timestamps(stat), AtFlags::SYMLINK_NOFOLLOW)
 }
 
 fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Sets a GNU header's mtime, a time before 1970 in GNU tar's base-256 form (a leading
-/// `0xff`, then the 96-bit two's complement), which GNU tar and libarchive read back.
-fn set_mtime(header: &mut tar::Header, secs: i64) {
-    match u64::try_from(secs) {
-        Ok(secs) => header.set_mtime(secs),
-        Err(_) => {
-            let field = &mut header.as_old_mut().mtime;
-            field[..4].fill(0xff);
-            field[4..].copy_from_slice(&secs.to_be_bytes());
-        }
-    }
-}
-
-/// Writes what `file` names as a tar file at `dest`: staged beside it and renamed when
-/// complete, so a failed or killed run leaves no partial tar under the name. An existing
-/// `dest` is an error unless `force`.
-pub fn get_tar_file(repo: &Arc<Repository>, file: &FileRef, dest: &Path, force: bool) -> Result<GetReport> {
-    if !force && fs::symlink_metadata(dest).is_ok() {
-        return Err(Error::OutputExists { path: dest.to_path_buf() });
-    }
-    let (staged_file, staged) = crate::ops::restore::create_staged(dest)?;
-    let written = (|| {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, staged_file);
-        let report = get_tar(repo, file, &mut out, &dest.display().to_string())?;
-        out.into_inner()
-            .map_err(|e| e.into_error())
-            .ctx(|| format!("writing {}", staged.display()))?;
-        let flags = if force {
-            rustix::fs::RenameFlags::empty()
-        } else {
-            rustix::fs::RenameFlags::NOREPLACE
-        };
-        rustix::fs::renameat_with(rustix::fs::CWD, &staged, rustix::fs::CWD, dest, flags).map_err(|e| {
-            if e == rustix::io::Errno::EXIST {
-                Error::OutputExists { path: dest.to_path_buf() }
-            } else {
-                Error::io(format!("renaming {}", staged.display()), e.into())
-            }
-        })?;
-        Ok(report)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&staged);
-    }
-    written
-}
-
-/// Writes what `file` names as a tar stream to `out` (GNU format).
-pub fn get_tar(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write, dest: &str) -> Result<GetReport> {
-    let (volume, found) = open_path(repo, file, false)?;
-    let base = found.path.rsplit(|b| *b == b'/').next().unwrap_or_default().to_vec();
-    let mut report = GetReport {
-        dest: dest.to_string(),
-        warning: volume.fs.warning(),
-        ..GetReport::default()
-    };
-    let mut builder = tar::Builder::new(out);
-    let mut links: HashMap<u64, Vec<u8>> = HashMap::new();
-    let mut visit = |v: &Visit| -> std::result::Result<bool, FsError> {
-        // Names relative to the tree's parent (`etc/passwd` for /etc), or for the root
-        // relative to the root itself (`./` first), as `tar -C DIR .` would write them.
-        let name = match (base.is_empty(), v.rel.is_empty()) {
-            (true, true) => b"./".to_vec(),
-            (true, false) => v.rel.clone(),
-            (false, true) => base.clone(),
-            (false, false) => [base.as_slice(), b"/", &v.rel].concat(),
-        };
-        let path = Path::new(OsStr::from_bytes(&name));
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(v.stat.mode & 0o7777);
-        header.set_uid(u64::from(v.stat.uid));
-        header.set_gid(u64::from(v.stat.gid));
-        set_mtime(&mut header, v.stat.mtime.secs);
-        let tar_err = |e: std::io::Error| io_fs("writing the tar stream", e);
-        match v.stat.kind {
-            FileKind::Dir => {
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_size(0);
-                builder.append_data(&mut header, path, std::io::empty()).map_err(tar_err)?;
-                report.dirs += 1;
-            }
-            FileKind::File => {
-                if let Some(first) = links.get(&v.stat.ino).filter(|_| v.stat.nlink > 1) {
-                    header.set_entry_type(tar::EntryType::Link);
-                    header.set_size(0);
-                    builder
-                        .append_link(&mut header, path, Path::new(OsStr::from_bytes(first)))
-                        .map_err(tar_err)?;
-                    report.hard_links += 1;
-                    return Ok(true);
-                }
-                let extents = volume.fs.extents(v.stat.ino)?;
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(v.stat.size);
-                let reader = ExtentReader {
-                    volume: volume.bytes.as_ref(),
-                    extents: &extents,
-                    pos: 0,
-                    size: v.stat.size,
-                    error: None,
-                };
-                // Large reads: the tar builder copies in 8 KiB pieces.
-                let mut reader =
-                    std::io::BufReader::with_capacity(crate::explore::content::STREAM_PIECE as usize, reader);
-                let appended = builder.append_data(&mut header, path, &mut reader);
-                if let Some(e) = reader.get_mut().error.take() {
-                    return Err(e);
-                }
-                appended.map_err(tar_err)?;
-                report.files += 1;
-                report.logical_bytes += v.stat.size;
-                report.bytes_written += v.stat.size;
-                if v.stat.nlink > 1 {
-                    links.insert(v.stat.ino, name);
-                }
-            }
-            FileKind::Symlink => {
-                let target = volume.fs.read_link(v.stat.ino)?;
-                header.set_entry_type(tar::EntryType::Symlink);
-                header.set_size(0);
-                builder
-                    .append_link(&mut header, path, Path::new(OsStr::from_bytes(&target)))
-                    .map_err(tar_err)?;
-                report.symlinks += 1;
-            }
-            FileKind::Fifo | FileKind::CharDevice | FileKind::BlockDevice => {
-                header.set_entry_type(match v.stat.kind {
-                    FileKind::Fifo => tar::EntryType::Fifo,
-                    FileKind::CharDevice => tar::EntryType::Char,
-                    _ => tar::EntryType::Block,
-                });
-                header.set_size(0);
-                header.set_device_major((v.stat.rdev >> 32) as u32).map_err(tar_err)?;
-                header.set_device_minor(v.stat.rdev as u32).map_err(tar_err)?;
-                builder.append_data(&mut header, path, std::io::empty()).map_err(tar_err)?;
-                report.special += 1;
-            }
-            FileKind::Socket => report.skipped.push(Skipped {
-                path: String::from_utf8_lossy(&v.rel).into_owned(),
-                reason: "a socket: tar has no entry for one".into(),
-            }),
-        }
-        Ok(true)
-    };
-    walk(volume.fs.as_ref(), found.ino, found.stat.clone(), &mut visit)
-        .map_err(|e| volume.error(&file.path, e))?;
-    builder
-        .into_inner()
-        .and_then(|w| w.flush())
-        .ctx(|| "finishing the tar stream".into())?;
-    Ok(report)
-}
-
-/// A file's bytes as a [`Read`] (the tar builder pulls), zeros for holes. A read failure
-/// is kept in `error`, so the caller reports it with its byte range instead of an I/O error.
-struct ExtentReader<'a> {
-    volume: &'a dyn Image,
-    extents: &'a [FileExtent],
-    pos: u64,
-    size: u64,
-    error: Option<FsError>,
-}
-
-impl Read for ExtentReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.pos >= self.size || buf.is_empty() {
-            return Ok(0);
-        }
-        let Some(e) = self
-            .extents
-            .iter()
-            .find(|e| e.offset <= self.pos && self.pos < e.offset + e.len)
-        else {
-            return Ok(0);
-        };
-        let within = self.pos - e.offset;
-        let n = (e.len - within).min(buf.len() as u64).min(crate::explore::content::STREAM_PIECE) as usize;
-        let dst = &mut buf[..n];
-        match &e.data {
-            ExtentData::Zero => dst.fill(0),
-            ExtentData::Inline(bytes) => {
-                let start = within as usize;
-                match bytes.get(start..start + n) {
-                    Some(src) => dst.copy_from_slice(src),
-                    None => dst.fill(0),
-                }
-            }
-            ExtentData::Volume(at) => {
-                if let Err(source) = self.volume.read_exact_at(at + within, dst, "a file's data") {
-                    self.error = Some(FsError::Unreadable {
-                        start: self.pos,
-                        end: self.pos + n as u64,
-                        source: Box::new(source),
-                    });
-                    return Err(std::io::Error::other("a file's data cannot be read"));
-                }
-            }
-        }
-        self.pos += n as u64;
-        Ok(n)
+/// Raises the soft limit on open files to the hard one: the walk holds one handle per level
+/// of directory nesting (up to `MAX_DEPTH`).
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
     }
 }

@@ -10,6 +10,7 @@
 mod disk_image;
 pub mod find;
 pub mod get;
+pub mod tar_stream;
 pub mod query;
 
 use std::str::FromStr;
