@@ -59,6 +59,12 @@ impl<'f> BlockWriter<'f> {
         Self { buffered, direct }
     }
 
+    /// `buffered`, with `direct` (an `O_DIRECT` descriptor on the same file) if the caller
+    /// could open one.
+    pub fn with_direct(buffered: &'f File, direct: Option<File>) -> Self {
+        Self { buffered, direct }
+    }
+
     /// Writes `data` at `offset`. The largest 4 KiB-aligned prefix goes through `O_DIRECT`
     /// when `data` itself starts on a page boundary; everything else is written normally.
     pub fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {

@@ -37,12 +37,13 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tessera_tests::fs_images::{
     assert_no_panic, assert_trees_equal, block_digest, bmap, damage_chunk, debugfs, debugfs_w,
-    ext_block_size, inode_offset, mkfs_ext, peek, poke, run_tool, running_as_root, scan_tree,
-    set_mtime, tar_through, tessera_raw, RawOut, TreeCompare,
+    entry_names, ext_block_size, files, files_json, inode_offset, kind_name, mkfs_ext, peek, poke,
+    run_tool, running_as_root, scan_tree, set_mtime, source_names, tar_through, tessera_raw,
+    RawOut, TreeCompare,
 };
 use tessera_tests::{
-    allocated_bytes, backup_json, hex, init_repo, seed, sha256_file, snapshot_id, tessera, DataGen,
-    Fill, Out, Value,
+    allocated_bytes, backup_json, hex, init_repo, seed, sha256_file, snapshot_id, DataGen, Fill,
+    Out, Value,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -51,27 +52,6 @@ use tessera_tests::{
 
 fn s(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// `tessera files ARGS...`, checked for panics.
-fn files(args: &[&str]) -> Out {
-    let mut all = vec!["files"];
-    all.extend_from_slice(args);
-    let out = tessera(&all);
-    assert_no_panic(&out.stderr, &out.args);
-    out
-}
-
-/// `tessera files ARGS... --json`, asserting success; the document.
-#[track_caller]
-fn files_json(args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = files(&all);
-    out.ok();
-    let v = out.json();
-    assert_eq!(v["ok"], true, "{out}");
-    v
 }
 
 /// `tessera files cat REPO REF` with stdout as bytes.
@@ -148,29 +128,6 @@ fn sparse_file(path: &Path, size: u64, pieces: &[(u64, Vec<u8>)]) {
     }
 }
 
-/// Names of the `entries` of a `files ls --json` document, in order.
-fn entry_names(listing: &Value) -> Vec<String> {
-    listing["entries"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no entries in {listing}"))
-        .iter()
-        .map(|e| e["name"].as_str().expect("name").to_string())
-        .collect()
-}
-
-/// Names in a source directory, sorted by their bytes (the order `files ls` promises).
-fn source_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<Vec<u8>> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|n| String::from_utf8(n).expect("utf-8 test names"))
-        .collect()
-}
-
 /// The kind word `files ls --json` uses for a source file.
 fn json_kind(meta: &fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
@@ -212,6 +169,67 @@ fn assert_entry_matches(entry: &Value, src: &Path) {
     } else {
         assert!(entry.get("target").is_none(), "a target on a non-symlink: {what}");
     }
+}
+
+/// One host name as `lstat` and its content show it: kind, inode, permission bits, mtime
+/// with nanoseconds, and a file's size and SHA-256, a symlink's target or a directory's
+/// entries. Equal before and after a command: the command did not touch it.
+fn host_state(path: &Path) -> String {
+    let meta = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        format!("size {} sha256 {}", meta.len(), sha256_file(path))
+    } else if t.is_symlink() {
+        format!("-> {}", fs::read_link(path).unwrap().display())
+    } else if t.is_dir() {
+        format!("entries {:?}", tessera_tests::dir_entries(path))
+    } else {
+        String::new()
+    };
+    format!(
+        "{} ino {} mode {:o} mtime {}.{:09} {what}",
+        kind_name(t),
+        meta.ino(),
+        meta.mode() & 0o7777,
+        meta.mtime(),
+        meta.mtime_nsec()
+    )
+}
+
+/// [`host_state`] of `root` (under the key `.`) and of every name below it, symlinks not
+/// followed.
+fn tree_state(root: &Path) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = scan_tree(root)
+        .into_iter()
+        .map(|(rel, node)| (String::from_utf8_lossy(&rel).into_owned(), host_state(&node.path)))
+        .collect();
+    out.insert(".".into(), host_state(root));
+    out
+}
+
+/// The `.tessera-part-*` names anywhere under `root` (temporary names `get` left behind).
+fn temp_names(root: &Path) -> Vec<String> {
+    scan_tree(root)
+        .keys()
+        .map(|rel| String::from_utf8_lossy(rel).into_owned())
+        .filter(|rel| rel.rsplit('/').next().is_some_and(|n| n.starts_with(".tessera-part-")))
+        .collect()
+}
+
+/// Asserts that the directory `got` has the permission bits and mtime of the source
+/// directory `src` (so not the `0700` it is made with while its contents are written).
+#[track_caller]
+fn assert_dir_finished(src: &Path, got: &Path) {
+    let want = fs::symlink_metadata(src).unwrap();
+    let meta = fs::symlink_metadata(got).unwrap_or_else(|e| panic!("lstat {}: {e}", got.display()));
+    assert!(meta.is_dir(), "{} is a {}, not a directory", got.display(), kind_name(meta.file_type()));
+    assert_eq!(
+        format!("{:o}", meta.mode() & 0o7777),
+        format!("{:o}", want.mode() & 0o7777),
+        "permission bits of {} (directories are 0700 while their contents are written)",
+        got.display()
+    );
+    assert_eq!(meta.mtime(), want.mtime(), "mtime of {}", got.display());
 }
 
 /// `(start, end)` of the first `bytes START..END` in `text`.
@@ -762,6 +780,348 @@ fn get_restores_names_that_look_like_its_temporary_files() {
     got.ok();
     assert_eq!(fs::read(out.join("a")).unwrap(), b"the file\n");
     assert_eq!(fs::read(out.join(&tricky)).unwrap(), b"looks temporary\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// §24.3: what `get` promises about what is already at the destination
+// ---------------------------------------------------------------------------------------
+
+/// With `--force` an existing file is replaced only by a complete one: a chunk of the file
+/// that cannot be read fails `get` with exit 4 and leaves the host file as it was (the same
+/// inode, bytes, mode and mtime), with no temporary name beside it. A small file (2 MiB)
+/// and a large one (24 MiB: large files may be written another way, through `O_DIRECT`
+/// and writer threads), damaged past their first MiB so part of each was already written.
+#[test]
+fn get_force_keeps_the_existing_file_when_a_chunk_of_the_new_one_is_damaged() {
+    let mut gen = DataGen::new(seed("files_force_damaged_file"));
+    let t = TempDir::new().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    // (name, size, a byte to damage)
+    let victims = [("big", 2 * MIB + 77, MIB + 12_345), ("huge", 24 * MIB + 77, 13 * MIB + 4321)];
+    for (name, size, _) in victims {
+        write(&src.join(name), &gen.bytes(Fill::Random, usize::try_from(size).unwrap()));
+    }
+    write(&src.join("small.txt"), b"fine\n");
+    let img = dir.join("img");
+    mkfs_ext(&img, &src, "64M", &["-b", "4096"]);
+    let repo = new_repo(dir);
+    backup_json(&repo, "fd", &[("disk0", &img)]);
+    let r = s(&repo);
+
+    // The control: before the damage, --force does replace an existing file.
+    let ctl = dir.join("ctl");
+    for (name, _, _) in victims {
+        write(&ctl.join(name), b"replace me\n");
+        files_json(&["get", &r, &format!("latest@fd:/{name}"), &s(&ctl), "--force"]);
+        tessera_tests::assert_same_file(&src.join(name), &ctl.join(name));
+    }
+
+    // Damage the 64 KiB chunk holding the chosen byte of each.
+    for (name, _, hit) in victims {
+        let block = bmap(&img, &format!("/{name}"), hit / 4096);
+        let chunk = (block * 4096 + hit % 4096) / (64 << 10) * (64 << 10);
+        assert_eq!(damage_chunk(&repo, &block_digest(&img, chunk, 64 << 10)), 1, "{name}");
+    }
+    assert_eq!(cat_ok(&repo, "latest@fd:/small.txt"), b"fine\n");
+
+    let dest = dir.join("dest");
+    for (i, (name, _, _)) in victims.iter().enumerate() {
+        let p = dest.join(name);
+        write(&p, format!("the old {name} file\n").as_bytes());
+        chmod(&p, 0o640);
+        set_mtime(&p, 1_234_567_890 + i64::try_from(i).unwrap());
+    }
+    write(&dest.join("other"), b"unrelated\n");
+    let before = tree_state(&dest);
+    for (name, _, hit) in victims {
+        // Into the directory, and naming the file itself.
+        for target in [dest.clone(), dest.join(name)] {
+            let g = files(&["get", &r, &format!("latest@fd:/{name}"), &s(&target), "--force"]);
+            g.expect_code(4);
+            let (start, end) = byte_range(&g.stderr).unwrap_or_else(|| panic!("no byte range in {g}"));
+            assert!(start <= hit && hit < end, "range {start}..{end} for damaged byte {hit}: {g}");
+            assert!(g.stderr.contains(name), "{g}");
+            assert!(temp_names(&dest).is_empty(), "left behind: {:?}\n{g}", temp_names(&dest));
+            assert_eq!(host_state(&dest.join(name)), before[name], "the old file changed: {g}");
+            assert_eq!(fs::read(dest.join(name)).unwrap(), format!("the old {name} file\n").as_bytes());
+            assert_eq!(tessera_tests::dir_entries(&dest), ["big", "huge", "other"], "{g}");
+            assert_eq!(tree_state(&dest).remove("other"), Some(before["other"].clone()), "{g}");
+        }
+    }
+}
+
+/// A tree with a file to damage (`etc/m/big`), files before and after it in walk (name)
+/// order, and directories whose modes are not 0700.
+fn build_damage_tree(src: &Path, gen: &mut DataGen) {
+    write(&src.join("etc/a/one.txt"), b"one\n");
+    chmod(&src.join("etc/a/one.txt"), 0o640);
+    write(&src.join("etc/a/deep/two.bin"), &gen.bytes(Fill::Random, 100_000));
+    chmod(&src.join("etc/a/deep/two.bin"), 0o600);
+    write(&src.join("etc/b/x.txt"), b"x\n");
+    write(&src.join("etc/m/aa.txt"), b"before big\n");
+    chmod(&src.join("etc/m/aa.txt"), 0o604);
+    write(&src.join("etc/m/big"), &gen.bytes(Fill::Random, usize::try_from(2 * MIB + 77).unwrap()));
+    write(&src.join("etc/m/zz.txt"), b"after big\n");
+    write(&src.join("etc/z/late.txt"), b"late\n");
+    for (d, mode) in [("etc", 0o751), ("etc/a", 0o750), ("etc/a/deep", 0o705), ("etc/b", 0o755), ("etc/m", 0o775), ("etc/z", 0o711)] {
+        chmod(&src.join(d), mode);
+    }
+    stamp_tree(src, &[]);
+}
+
+/// A tree restored with `--force` over an existing tree, when a chunk of one file cannot
+/// be read: exit 4; the files restored before it are complete; its old host copy is left
+/// as it was; no temporary name is left; and every directory the run made or merged has
+/// its source mode and mtime, not 0700. The same into a new destination, where the damaged
+/// file's directory was made by the run and was still being written when the read failed.
+#[test]
+fn get_force_of_a_tree_keeps_the_damaged_files_old_copy_and_finishes_its_directories() {
+    let mut gen = DataGen::new(seed("files_force_damaged_tree"));
+    let t = TempDir::new().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    build_damage_tree(&src, &mut gen);
+    let img = dir.join("img");
+    mkfs_ext(&img, &src, "32M", &["-b", "4096"]);
+    let repo = new_repo(dir);
+    backup_json(&repo, "tr", &[("disk0", &img)]);
+    let r = s(&repo);
+    let hit = MIB + 4321;
+    let block = bmap(&img, "/etc/m/big", hit / 4096);
+    let chunk = (block * 4096 + hit % 4096) / (64 << 10) * (64 << 10);
+    assert_eq!(damage_chunk(&repo, &block_digest(&img, chunk, 64 << 10)), 1);
+    let s_etc = src.join("etc");
+
+    // The host's older copy: directories with other modes, files with other contents,
+    // `a/deep`, `b` and `m/aa.txt` missing, a name of its own.
+    let dest = dir.join("dest");
+    let old = dest.join("etc");
+    write(&old.join("a/one.txt"), b"old one\n");
+    write(&old.join("m/big"), b"the old big file\n");
+    chmod(&old.join("m/big"), 0o600);
+    write(&old.join("m/zz.txt"), b"old zz\n");
+    write(&old.join("z/late.txt"), b"old late\n");
+    write(&old.join("host-only.txt"), b"mine\n");
+    for d in ["", "a", "m", "z"] {
+        chmod(&old.join(d), 0o777);
+    }
+    set_mtime(&old.join("m/big"), 1_111_111_111);
+    let before = tree_state(&old);
+
+    let g = files(&["get", &r, "latest@tr:/etc", &s(&dest), "--force"]);
+    g.expect_code(4);
+    assert!(byte_range(&g.stderr).is_some(), "{g}");
+    assert!(temp_names(&dest).is_empty(), "left behind: {:?}\n{g}", temp_names(&dest));
+    // The damaged file's old copy, and the host's own name, as they were.
+    assert_eq!(host_state(&old.join("m/big")), before["m/big"], "the old copy of the damaged file changed: {g}");
+    assert_eq!(host_state(&old.join("host-only.txt")), before["host-only.txt"], "{g}");
+    // Everything before it in the walk: complete, with modes and times.
+    assert_trees_equal(&s_etc.join("a"), &old.join("a"), &TreeCompare::default());
+    assert_trees_equal(&s_etc.join("b"), &old.join("b"), &TreeCompare::default());
+    tessera_tests::assert_same_file(&s_etc.join("m/aa.txt"), &old.join("m/aa.txt"));
+    let (w, m) = (fs::metadata(s_etc.join("m/aa.txt")).unwrap(), fs::metadata(old.join("m/aa.txt")).unwrap());
+    assert_eq!((m.mode() & 0o7777, m.mtime()), (w.mode() & 0o7777, w.mtime()), "m/aa.txt");
+    // After it: never a partial file (the old copy, or the whole new one).
+    for f in ["m/zz.txt", "z/late.txt"] {
+        let got = fs::read(old.join(f)).unwrap();
+        let new = fs::read(s_etc.join(f)).unwrap();
+        assert!(host_state(&old.join(f)) == before[f] || got == new, "{f}: {got:?}");
+    }
+    // Every directory the run made (a/deep, b) or merged (the root, a, m): finished.
+    for d in ["", "a", "a/deep", "b", "m"] {
+        assert_dir_finished(&s_etc.join(d), &old.join(d));
+    }
+    assert_eq!(tessera_tests::dir_entries(&old.join("m")), ["aa.txt", "big", "zz.txt"], "{g}");
+
+    // Into a new destination: the run makes every directory, and the damaged file's
+    // directory is open when the read fails.
+    let fresh = dir.join("fresh");
+    let g = files(&["get", &r, "latest@tr:/etc", &s(&fresh)]);
+    g.expect_code(4);
+    assert!(temp_names(&fresh).is_empty(), "left behind: {:?}\n{g}", temp_names(&fresh));
+    assert_trees_equal(&s_etc.join("a"), &fresh.join("a"), &TreeCompare::default());
+    assert_trees_equal(&s_etc.join("b"), &fresh.join("b"), &TreeCompare::default());
+    assert_eq!(tessera_tests::dir_entries(&fresh.join("m")), ["aa.txt"], "{g}");
+    for d in ["", "a", "a/deep", "b", "m"] {
+        assert_dir_finished(&s_etc.join(d), &fresh.join(d));
+    }
+}
+
+/// §24.3: a chunk that cannot be read fails `get` with exit 4 "naming the file and the
+/// byte range of the file": when a tree is restored, the file is the one being written
+/// (`/etc/m/big`), not the tree's root, else the range names no file at all.
+#[test]
+fn get_of_a_tree_with_a_damaged_chunk_names_the_damaged_file() {
+    let mut gen = DataGen::new(seed("files_damaged_tree_name"));
+    let t = TempDir::new().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    build_damage_tree(&src, &mut gen);
+    let img = dir.join("img");
+    mkfs_ext(&img, &src, "32M", &["-b", "4096"]);
+    let repo = new_repo(dir);
+    backup_json(&repo, "nm", &[("disk0", &img)]);
+    let hit = MIB + 4321;
+    let block = bmap(&img, "/etc/m/big", hit / 4096);
+    let chunk = (block * 4096 + hit % 4096) / (64 << 10) * (64 << 10);
+    assert_eq!(damage_chunk(&repo, &block_digest(&img, chunk, 64 << 10)), 1);
+    // The file on its own is named (the reference is its path).
+    files(&["get", &s(&repo), "latest@nm:/etc/m/big", &s(&dir.join("one"))])
+        .expect_code(4)
+        .stderr_has("/etc/m/big");
+    // And within a tree.
+    let g = files(&["get", &s(&repo), "latest@nm:/etc", &s(&dir.join("tree"))]);
+    g.expect_code(4);
+    assert!(byte_range(&g.stderr).is_some(), "{g}");
+    assert!(g.stderr.contains("m/big"), "the damaged file is not named: {g}");
+}
+
+/// A symlink where the restored root goes (`DEST/etc -> OTHER`) is an existing name:
+/// without `--force` exit 2 and nothing changes, even when OTHER is an empty directory
+/// (which a root restore may merge into); with `--force` the symlink itself is replaced by
+/// a real directory. Nothing is ever written, chmodded or timed through it; nor through a
+/// symlink in the place of a directory or file inside a merged tree.
+#[test]
+fn get_never_writes_through_a_symlink_where_the_restored_tree_goes() {
+    let mut gen = DataGen::new(seed("files_symlink_dest"));
+    let t = TempDir::new().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    fs::create_dir(&src).unwrap();
+    build_small_etc(&src, &mut gen);
+    let img = dir.join("img");
+    mkfs_ext(&img, &src, "16M", &[]);
+    let repo = new_repo(dir);
+    backup_json(&repo, "sl", &[("disk0", &img)]);
+    let r = s(&repo);
+    let how = TreeCompare {
+        owners: running_as_root(),
+        symlink_times: true,
+        ..TreeCompare::default()
+    };
+
+    // OTHER holds names the tree also has (passwd, sub/); EMPTY holds nothing.
+    let other = dir.join("other");
+    write(&other.join("passwd"), b"other's passwd\n");
+    write(&other.join("sub/keep"), b"keep\n");
+    chmod(&other.join("sub"), 0o755);
+    chmod(&other, 0o755);
+    set_mtime(&other.join("sub"), 1_000_000);
+    set_mtime(&other, 2_000_000);
+    let empty = dir.join("empty");
+    fs::create_dir(&empty).unwrap();
+    chmod(&empty, 0o755);
+    set_mtime(&empty, 3_000_000);
+    let other_before = tree_state(&other);
+    let empty_before = tree_state(&empty);
+    let untouched = |what: &Out| {
+        assert_eq!(tree_state(&other), other_before, "written through a symlink to {}: {what}", other.display());
+        assert_eq!(tree_state(&empty), empty_before, "written through a symlink to {}: {what}", empty.display());
+    };
+
+    let dest = dir.join("dest");
+    fs::create_dir(&dest).unwrap();
+    symlink(&other, dest.join("etc")).unwrap();
+    let dest2 = dir.join("dest2");
+    fs::create_dir(&dest2).unwrap();
+    symlink(&empty, dest2.join("etc")).unwrap();
+
+    // Without --force: exit 2, the symlinks and what they point to as they were.
+    for d in [&dest, &dest2] {
+        let before = tree_state(d);
+        let g = files(&["get", &r, "latest@sl:/etc", &s(d)]);
+        g.expect_code(2).stderr_has("already exists");
+        assert_eq!(tree_state(d), before, "{g}");
+        untouched(&g);
+    }
+
+    // With --force: the symlink is replaced by the directory; its target is left alone.
+    for d in [&dest, &dest2] {
+        let g = files(&["get", &r, "latest@sl:/etc", &s(d), "--force"]);
+        g.ok();
+        let meta = fs::symlink_metadata(d.join("etc")).unwrap();
+        assert!(meta.is_dir(), "{} is a {}: {g}", d.join("etc").display(), kind_name(meta.file_type()));
+        assert_trees_equal(&src.join("etc"), &d.join("etc"), &how);
+        untouched(&g);
+    }
+
+    // Inside a tree merged with --force: symlinks in the place of a directory and a file.
+    let dest3 = dir.join("dest3");
+    fs::create_dir_all(dest3.join("etc")).unwrap();
+    symlink(&other, dest3.join("etc/sub")).unwrap();
+    symlink(other.join("passwd"), dest3.join("etc/passwd")).unwrap();
+    let g = files(&["get", &r, "latest@sl:/etc", &s(&dest3), "--force"]);
+    g.ok();
+    assert!(fs::symlink_metadata(dest3.join("etc/sub")).unwrap().is_dir(), "{g}");
+    assert!(fs::symlink_metadata(dest3.join("etc/passwd")).unwrap().is_file(), "{g}");
+    assert_trees_equal(&src.join("etc"), &dest3.join("etc"), &how);
+    untouched(&g);
+}
+
+/// Without `--force` an existing name is an error (exit 2) and nothing changes: a file at
+/// the file's name (named as DEST or found in it), a dangling symlink there (whose target
+/// must not be created), a symlink to a file elsewhere, a file where a symlink or a
+/// directory goes, a directory where a file goes.
+#[test]
+fn get_without_force_refuses_an_existing_name_and_changes_nothing() {
+    let mut gen = DataGen::new(seed("files_no_force"));
+    let t = TempDir::new().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    fs::create_dir(&src).unwrap();
+    build_small_etc(&src, &mut gen);
+    let img = dir.join("img");
+    mkfs_ext(&img, &src, "16M", &[]);
+    let repo = new_repo(dir);
+    backup_json(&repo, "nf", &[("disk0", &img)]);
+    let r = s(&repo);
+
+    let other = dir.join("other");
+    write(&other.join("file"), b"elsewhere\n");
+    set_mtime(&other.join("file"), 4_000_000);
+    set_mtime(&other, 5_000_000);
+    let dest = dir.join("dest");
+    write(&dest.join("passwd"), b"my passwd\n");
+    chmod(&dest.join("passwd"), 0o600);
+    write(&dest.join("custom"), b"my custom file\n");
+    write(&dest.join("link"), b"a file where a symlink goes\n");
+    write(&dest.join("etc"), b"a file where a directory goes\n");
+    write(&dest.join("a.conf/inside"), b"a directory where a file goes\n");
+    symlink(dest.join("nowhere"), dest.join("hostname")).unwrap();
+    symlink(other.join("file"), dest.join("to-other")).unwrap();
+    for (i, name) in ["passwd", "custom", "link", "etc", "a.conf/inside", "a.conf"].iter().enumerate() {
+        set_mtime(&dest.join(name), 6_000_000 + i64::try_from(i).unwrap());
+    }
+    set_mtime(&dest.join("hostname"), 7_000_000);
+    set_mtime(&dest.join("to-other"), 7_000_001);
+    set_mtime(&dest, 8_000_000);
+    let dest_before = tree_state(&dest);
+    let other_before = tree_state(&other);
+
+    let at = |name: &str| s(&dest.join(name));
+    let cases: Vec<(&str, String)> = vec![
+        ("latest@nf:/etc/passwd", s(&dest)),
+        ("latest@nf:/etc/passwd", at("passwd")),
+        ("latest@nf:/etc/passwd", at("custom")),
+        ("latest@nf:/etc/hostname", s(&dest)),
+        ("latest@nf:/etc/hostname", at("hostname")),
+        ("latest@nf:/etc/passwd", at("to-other")),
+        ("latest@nf:/etc/link", s(&dest)),
+        ("latest@nf:/etc", s(&dest)),
+        ("latest@nf:/etc/a.conf", s(&dest)),
+    ];
+    for (file, target) in &cases {
+        let g = files(&["get", &r, file, target]);
+        g.expect_code(2);
+        assert_eq!(tree_state(&dest), dest_before, "{g}");
+        assert_eq!(tree_state(&other), other_before, "{g}");
+        assert!(!dest.join("nowhere").exists(), "created through a dangling symlink: {g}");
+    }
+    // The control: with --force the same command does replace the file.
+    let g = files(&["get", &r, "latest@nf:/etc/passwd", &s(&dest), "--force"]);
+    g.ok();
+    assert_eq!(fs::read(dest.join("passwd")).unwrap(), fs::read(src.join("etc/passwd")).unwrap(), "{g}");
 }
 
 /// An encrypted repository: without the key nothing is read (exit 6); with it, the files

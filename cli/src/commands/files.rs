@@ -6,11 +6,11 @@ use std::sync::Arc;
 use anyhow::Result;
 use tessera_engine::explore::{FileKind, Timestamp};
 use tessera_engine::location::RepoLocation;
-use tessera_engine::ops::files::find::{find, FindQuery};
+use tessera_engine::ops::files::find::{find, FindQuery, FindReport};
 use tessera_engine::ops::files::get::{get, GetReport};
 use tessera_engine::ops::files::tar_stream::{get_tar, get_tar_file};
 use tessera_engine::ops::files::query::{cat, ls, stat};
-use tessera_engine::ops::files::{parts, EntryInfo, VolumeRef};
+use tessera_engine::ops::files::{parts, EntryInfo, PartsReport, VolumeRef};
 use tessera_engine::time::format_us;
 use tessera_engine::ErrorKind;
 
@@ -34,23 +34,7 @@ pub fn run(
                 print_ok(&r);
                 return Ok(0);
             }
-            let table = r.table.map_or("no partition table".to_string(), |t| format!("{t:?} table").to_uppercase());
-            println!("{}:{}: {table}", &r.snapshot.to_hex()[..16], r.disk);
-            for v in &r.volumes {
-                match &v.partition {
-                    Some(p) => println!(
-                        "  {:>3}  {:>12}  {:>10}  type {}  {}{}  holds {}",
-                        p.number,
-                        p.start,
-                        bytes(p.len),
-                        p.type_id,
-                        p.name,
-                        if p.uuid.is_empty() { String::new() } else { format!(" {}", p.uuid) },
-                        v.holds.name()
-                    ),
-                    None => println!("  whole disk holds {}", v.holds.name()),
-                }
-            }
+            print_parts(&r);
         }
         FilesCommand::Ls { repo, path, long } => {
             let r = ls(&open(repo)?, path)?;
@@ -133,55 +117,81 @@ pub fn run(
                 part: part.clone(),
             };
             let r = find(&open(repo)?, series, &which, &query, bars)?;
-            let problems = (r.errors > 0).then(|| {
-                (
-                    ErrorKind::Failed,
-                    format!("{} of {} snapshots could not be searched", r.errors, r.snapshots.len()),
-                )
-            });
-            let failed = problems.is_some();
-            if json {
-                print_doc(&r, problems);
-            } else {
-                for s in &r.snapshots {
-                    let id = &s.snapshot.to_hex()[..16];
-                    if let Some(e) = &s.error {
-                        println!("{}  {id}  error: {e}", s.time);
-                        continue;
-                    }
-                    if s.found.is_empty() && s.removed.is_empty() {
-                        println!("{}  {id}  (not present)", s.time);
-                    }
-                    for f in &s.found {
-                        println!(
-                            "{}  {id}  {:<9}  {}  {}  mtime {}  {}",
-                            s.time,
-                            f.change,
-                            printable(&f.path),
-                            bytes(f.size),
-                            time(f.mtime),
-                            f.sha256.as_deref().map_or("", |h| &h[..16])
-                        );
-                    }
-                    for p in &s.removed {
-                        println!("{}  {id}  removed    {}", s.time, printable(p));
-                    }
-                }
-                eprintln!(
-                    "{} snapshots, {} versions; {} files hashed, {} from the cache",
-                    r.snapshots.len(),
-                    r.versions,
-                    r.hashed,
-                    r.hash_cache_hits
-                );
-                if let Some((_, msg)) = &problems {
-                    eprintln!("error: {msg}");
-                }
-            }
-            return Ok(i32::from(failed));
+            return Ok(print_find(&r, json));
         }
     }
     Ok(0)
+}
+
+/// Prints `files parts`.
+fn print_parts(r: &PartsReport) {
+    let table = r.table.map_or("no partition table".to_string(), |t| format!("{t:?} table").to_uppercase());
+    println!("{}:{}: {table}", &r.snapshot.to_hex()[..16], r.disk);
+    for v in &r.volumes {
+        match &v.partition {
+            Some(p) => println!(
+                "  {:>3}  {:>12}  {:>10}  type {}  {}{}  holds {}",
+                p.number,
+                p.start,
+                bytes(p.len),
+                p.type_id,
+                p.name,
+                if p.uuid.is_empty() { String::new() } else { format!(" {}", p.uuid) },
+                v.holds.name()
+            ),
+            None => println!("  whole disk holds {}", v.holds.name()),
+        }
+    }
+}
+
+/// Prints `files find`'s report; returns the exit code (1 when a snapshot could not be searched).
+fn print_find(r: &FindReport, json: bool) -> i32 {
+    let problems = (r.errors > 0).then(|| {
+        (
+            ErrorKind::Failed,
+            format!("{} of {} snapshots could not be searched", r.errors, r.snapshots.len()),
+        )
+    });
+    let failed = problems.is_some();
+    if json {
+        print_doc(r, problems);
+    } else {
+        for s in &r.snapshots {
+            let id = &s.snapshot.to_hex()[..16];
+            if let Some(e) = &s.error {
+                println!("{}  {id}  error: {}", s.time, printable(e));
+                continue;
+            }
+            if s.found.is_empty() && s.removed.is_empty() {
+                println!("{}  {id}  (not present)", s.time);
+            }
+            for f in &s.found {
+                println!(
+                    "{}  {id}  {:<9}  {}  {}  mtime {}  {}",
+                    s.time,
+                    f.change,
+                    printable(&f.path),
+                    bytes(f.size),
+                    time(f.mtime),
+                    f.sha256.as_deref().map_or("", |h| &h[..16])
+                );
+            }
+            for p in &s.removed {
+                println!("{}  {id}  removed    {}", s.time, printable(p));
+            }
+        }
+        eprintln!(
+            "{} snapshots, {} versions; {} files hashed, {} from the cache",
+            r.snapshots.len(),
+            r.versions,
+            r.hashed,
+            r.hash_cache_hits
+        );
+        if let Some((_, msg)) = &problems {
+            eprintln!("error: {msg}");
+        }
+    }
+    i32::from(failed)
 }
 
 fn print_get(r: &GetReport, json: bool, tar_on_stdout: bool) {

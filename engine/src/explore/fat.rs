@@ -51,7 +51,7 @@ pub struct Fat {
     clusters: u32,
     /// FAT12/16: the fixed root directory's offset and length.
     root_region: Option<(u64, u64)>,
-    fat: Vec<u8>,
+    table: Vec<u8>,
     nodes: Mutex<HashMap<u64, Node>>,
 }
 
@@ -118,7 +118,7 @@ impl Fat {
             data_start: data_sector * bps,
             clusters: u32::try_from(clusters).map_err(|_| FsError::corrupt("too many FAT clusters"))?,
             root_region,
-            fat,
+            table: fat,
             nodes: Mutex::new(HashMap::new()),
         };
         let root = Node {
@@ -154,7 +154,7 @@ impl Fat {
     /// The FAT's entry for cluster `c`.
     fn next(&self, c: u32) -> Result<u32, FsError> {
         let at = |i: usize, n: usize| {
-            self.fat
+            self.table
                 .get(i..i + n)
                 .ok_or_else(|| FsError::corrupt(format!("FAT entry of cluster {c} lies past the FAT")))
         };
@@ -442,7 +442,7 @@ fn long_name(long: &[(u8, [u16; 13], u8)], short: &[u8]) -> Option<Vec<u8>> {
 fn short_checksum(short: &[u8]) -> u8 {
     short
         .iter()
-        .fold(0u8, |sum, b| (sum >> 1 | sum << 7).wrapping_add(*b))
+        .fold(0u8, |sum, b| sum.rotate_right(1).wrapping_add(*b))
 }
 
 /// `NAME.EXT` from an 8.3 entry, lower-cased where the NT flags say so; bytes above 0x7f are

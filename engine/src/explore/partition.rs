@@ -189,7 +189,7 @@ fn read_logical(disk: &dyn Image, ext: &MbrEntry, out: &mut Vec<Partition>) -> R
                 "the extended partition chains more than {MAX_LOGICAL_PARTITIONS} logical partitions"
             )));
         }
-        let at = ebr_lba.checked_mul(SECTOR).unwrap_or(u64::MAX);
+        let at = ebr_lba.saturating_mul(SECTOR);
         let sector = disk.read_vec(at, SECTOR as usize, "an extended boot record")?;
         if sector[510..512] != [0x55, 0xaa] {
             return Err(FsError::corrupt(format!(

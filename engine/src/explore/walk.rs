@@ -20,28 +20,32 @@ pub struct Visit {
     pub stat: Stat,
 }
 
-/// Visits `start` (an inode whose stat is `stat`) and, when it is a directory, everything
+/// Visits `start` (an inode whose stat is `start_stat`) and, when it is a directory, everything
 /// below it. `visit` returns whether to descend into a directory it is given.
 pub fn walk(
     fs: &dyn Filesystem,
     start: u64,
-    stat: Stat,
+    start_stat: Stat,
     visit: &mut dyn FnMut(&Visit) -> Result<bool, FsError>,
 ) -> Result<(), FsError> {
     let mut seen_dirs = HashSet::new();
-    descend(fs, start, Visit { rel: Vec::new(), stat }, 0, &mut seen_dirs, visit)
+    let here = Visit {
+        rel: Vec::new(),
+        stat: start_stat,
+    };
+    descend(fs, start, &here, 0, &mut seen_dirs, visit)
 }
 
 fn descend(
     fs: &dyn Filesystem,
     ino: u64,
-    here: Visit,
+    here: &Visit,
     depth: usize,
     seen_dirs: &mut HashSet<u64>,
     visit: &mut dyn FnMut(&Visit) -> Result<bool, FsError>,
 ) -> Result<(), FsError> {
     let is_dir = here.stat.kind == FileKind::Dir;
-    if !visit(&here)? || !is_dir {
+    if !visit(here)? || !is_dir {
         return Ok(());
     }
     let shown = || String::from_utf8_lossy(&here.rel).into_owned();
@@ -81,7 +85,7 @@ fn descend(
         }
         rel.extend_from_slice(&entry.name);
         let stat = fs.stat(entry.ino)?;
-        descend(fs, entry.ino, Visit { rel, stat }, depth + 1, seen_dirs, visit)?;
+        descend(fs, entry.ino, &Visit { rel, stat }, depth + 1, seen_dirs, visit)?;
     }
     Ok(())
 }

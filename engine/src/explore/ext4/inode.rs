@@ -52,7 +52,7 @@ impl Inode {
             0
         };
         let time = |base: usize, extra_at: usize| -> Result<Timestamp, FsError> {
-            let secs = i64::from(le.u32(base)? as i32);
+            let secs = i64::from(le.u32(base)?.cast_signed());
             if extra_at + 4 <= 128 + extra as usize {
                 let x = le.u32(extra_at)?;
                 Ok(Timestamp {

@@ -193,7 +193,9 @@ fn search(
             let mut hits = Vec::new();
             let root = fs.root();
             let stat = fs.stat(root).map_err(|e| ("/".to_string(), e))?;
+            let mut current = Vec::new();
             walk(fs, root, stat, &mut |v| {
+                current.clone_from(&v.rel);
                 let name = v.rel.rsplit(|b| *b == b'/').next().unwrap_or_default();
                 let name = String::from_utf8_lossy(name);
                 if !v.rel.is_empty() && glob.is_some_and(|g| g.is_match(name.as_ref())) {
@@ -202,7 +204,7 @@ fn search(
                 }
                 Ok(true)
             })
-            .map_err(|e| ("/".to_string(), e))?;
+            .map_err(|e| (super::below(b"/", &current), e))?;
             Ok(hits)
         }
     }
@@ -249,8 +251,8 @@ impl ContentHasher {
                     key.update(bytes);
                 }
                 ExtentData::Volume(at) => {
-                    let start = volume.disk_offset() + at;
-                    let (skew, digests) = volume.image.digests_of(start..start + e.len)?;
+                    let disk_at = volume.disk_offset() + at;
+                    let (skew, digests) = volume.image.digests_of(disk_at..disk_at + e.len)?;
                     key.update([2]);
                     key.update(skew.to_le_bytes());
                     for d in digests {

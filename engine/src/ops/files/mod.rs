@@ -100,7 +100,7 @@ impl Volume {
     pub fn place(&self) -> String {
         let mut s = format!("{}:{}", &self.snapshot.to_hex()[..16], self.disk);
         if let Some(p) = &self.partition {
-            s.push_str(&format!(":{}", p.number));
+            s = format!("{s}:{}", p.number);
         }
         s
     }
@@ -114,6 +114,18 @@ impl Volume {
     pub fn disk_offset(&self) -> u64 {
         self.partition.as_ref().map_or(0, |p| p.start)
     }
+}
+
+/// The path of `rel` (relative, as a walk gives it) below `root` (absolute), for messages.
+pub(crate) fn below(root: &[u8], rel: &[u8]) -> String {
+    let mut path = root.to_vec();
+    if !rel.is_empty() {
+        if !path.ends_with(b"/") {
+            path.push(b'/');
+        }
+        path.extend_from_slice(rel);
+    }
+    String::from_utf8_lossy(&path).into_owned()
 }
 
 /// Wraps a filesystem error with where it happened; a failed read of the repository keeps

@@ -22,13 +22,12 @@ use crate::repo::Repository;
 /// Sets a GNU header's mtime, a time before 1970 in GNU tar's base-256 form (a leading
 /// `0xff`, then the 96-bit two's complement), which GNU tar and libarchive read back.
 fn set_mtime(header: &mut tar::Header, secs: i64) {
-    match u64::try_from(secs) {
-        Ok(secs) => header.set_mtime(secs),
-        Err(_) => {
-            let field = &mut header.as_old_mut().mtime;
-            field[..4].fill(0xff);
-            field[4..].copy_from_slice(&secs.to_be_bytes());
-        }
+    if let Ok(secs) = u64::try_from(secs) {
+        header.set_mtime(secs);
+    } else {
+        let field = &mut header.as_old_mut().mtime;
+        field[..4].fill(0xff);
+        field[4..].copy_from_slice(&secs.to_be_bytes());
     }
 }
 
@@ -44,7 +43,7 @@ pub fn get_tar_file(repo: &Arc<Repository>, file: &FileRef, dest: &Path, force: 
         let mut out = std::io::BufWriter::with_capacity(1 << 20, staged_file);
         let report = get_tar(repo, file, &mut out, &dest.display().to_string())?;
         out.into_inner()
-            .map_err(|e| e.into_error())
+            .map_err(std::io::IntoInnerError::into_error)
             .ctx(|| format!("writing {}", staged.display()))?;
         let flags = if force {
             rustix::fs::RenameFlags::empty()
@@ -163,12 +162,14 @@ pub fn get_tar(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write, dest
         }
         Ok(true)
     };
-    walk(volume.fs.as_ref(), found.ino, found.stat.clone(), &mut visit)
-        .map_err(|e| volume.error(&file.path, e))?;
-    builder
-        .into_inner()
-        .and_then(|w| w.flush())
-        .ctx(|| "finishing the tar stream".into())?;
+    let mut current = Vec::new();
+    walk(volume.fs.as_ref(), found.ino, found.stat.clone(), &mut |v| {
+        current.clone_from(&v.rel);
+        visit(v)
+    })
+    .map_err(|e| volume.error(&super::below(&found.path, &current), e))?;
+    let out = builder.into_inner().ctx(|| "finishing the tar stream".into())?;
+    out.flush().ctx(|| "finishing the tar stream".into())?;
     Ok(report)
 }
 
