@@ -74,7 +74,12 @@ pub enum FilesCommand {
         #[arg(long)]
         part: Option<String>,
         /// Names matching this shell glob anywhere (e.g. '*.conf'), instead of a path.
-        #[arg(long, value_name = "GLOB", conflicts_with = "path", required_unless_present = "path")]
+        #[arg(
+            long,
+            value_name = "GLOB",
+            conflicts_with = "path",
+            required_unless_present = "path"
+        )]
         name: Option<String>,
         /// The path to follow through the series, e.g. /etc/passwd.
         path: Option<String>,

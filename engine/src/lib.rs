@@ -51,9 +51,9 @@ pub mod disk_range;
 #[cfg(feature = "repository")]
 pub mod doomed;
 pub mod error;
+pub mod explore;
 #[cfg(feature = "repository")]
 pub mod export;
-pub mod explore;
 pub mod formats;
 #[cfg(feature = "repository")]
 pub mod index;

@@ -69,7 +69,13 @@ pub fn debugfs(image: &Path, request: &str) -> String {
 pub fn debugfs_w(image: &Path, commands: &[String]) {
     let script = image.with_extension("debugfs-cmds");
     fs::write(&script, commands.join("\n") + "\n").expect("writing the debugfs script");
-    let out = run_tool(Command::new("debugfs").arg("-w").arg("-f").arg(&script).arg(image));
+    let out = run_tool(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(image),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let errors: Vec<&str> = stderr
         .lines()
@@ -199,7 +205,10 @@ where
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let output = tessera_cmd(&args).output().expect("running tessera");
     RawOut {
-        args: args.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+        args: args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
         code: exit_code(output.status),
         stdout: output.stdout,
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -235,7 +244,8 @@ pub struct Node {
 /// bytes, without following symlinks.
 pub fn scan_tree(root: &Path) -> BTreeMap<Vec<u8>, Node> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>) {
-        for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())) {
+        for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        {
             let path = entry.expect("listing").path();
             let meta = fs::symlink_metadata(&path)
                 .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
@@ -325,8 +335,16 @@ pub fn assert_trees_equal(expected: &Path, actual: &Path, how: &TreeCompare<'_>)
         .filter(|(rel, _)| !under(rel, how.ignore) && !under(rel, how.only_in_actual))
         .collect();
     let show = |k: &Vec<u8>| String::from_utf8_lossy(k).into_owned();
-    let missing: Vec<String> = want.keys().filter(|k| !got.contains_key(*k)).map(show).collect();
-    let extra: Vec<String> = got.keys().filter(|k| !want.contains_key(*k)).map(show).collect();
+    let missing: Vec<String> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .map(show)
+        .collect();
+    let extra: Vec<String> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .map(show)
+        .collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "{} vs {}: missing {missing:?}, unexpected {extra:?}",
@@ -516,6 +534,10 @@ pub fn tar_through(
     (exit_code(status), stderr, members)
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pass over a tar: parse each header kind and check it against the source"
+)]
 fn read_tar(input: &mut impl Read, compare: Option<(&str, &Path)>) -> Vec<TarMember> {
     let mut members = Vec::new();
     let mut long_name: Option<Vec<u8>> = None;
@@ -533,15 +555,28 @@ fn read_tar(input: &mut impl Read, compare: Option<(&str, &Path)>) -> Vec<TarMem
         let sum: u64 = header
             .iter()
             .enumerate()
-            .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) })
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u64::from(*b)
+                }
+            })
             .sum();
-        assert_eq!(stored, sum, "tar header checksum of member {}", members.len());
+        assert_eq!(
+            stored,
+            sum,
+            "tar header checksum of member {}",
+            members.len()
+        );
         let kind = header[156];
         let size = parse_octal(&header[124..136]);
         let padded = size.div_ceil(512) * 512;
         if kind == b'L' || kind == b'K' {
             let mut data = vec![0u8; usize::try_from(padded).expect("small")];
-            input.read_exact(&mut data).expect("reading a GNU long name");
+            input
+                .read_exact(&mut data)
+                .expect("reading a GNU long name");
             if kind == b'L' {
                 long_name = Some(cstr(&data[..size as usize]));
             }
@@ -565,16 +600,26 @@ fn read_tar(input: &mut impl Read, compare: Option<(&str, &Path)>) -> Vec<TarMem
             let mut at = 0u64;
             while left > 0 {
                 let n = left.min(buf.len() as u64) as usize;
-                input
-                    .read_exact(&mut buf[..n])
-                    .unwrap_or_else(|e| panic!("the tar stream ends inside {:?}: {e}", String::from_utf8_lossy(&member.name)));
+                input.read_exact(&mut buf[..n]).unwrap_or_else(|e| {
+                    panic!(
+                        "the tar stream ends inside {:?}: {e}",
+                        String::from_utf8_lossy(&member.name)
+                    )
+                });
                 match &mut source {
                     Some(src) => {
                         src.read_exact(&mut other[..n]).unwrap_or_else(|e| {
-                            panic!("the member {:?} is longer than its source: {e}", String::from_utf8_lossy(&member.name))
+                            panic!(
+                                "the member {:?} is longer than its source: {e}",
+                                String::from_utf8_lossy(&member.name)
+                            )
                         });
                         if buf[..n] != other[..n] {
-                            let i = buf[..n].iter().zip(&other[..n]).position(|(a, b)| a != b).unwrap_or(0);
+                            let i = buf[..n]
+                                .iter()
+                                .zip(&other[..n])
+                                .position(|(a, b)| a != b)
+                                .unwrap_or(0);
                             panic!(
                                 "tar member {:?} differs from its source first at byte {}",
                                 String::from_utf8_lossy(&member.name),
@@ -632,12 +677,19 @@ pub fn damage_chunk(repo: &Path, digest: &[u8; 32]) -> usize {
     for pack in crate::pack_files(repo) {
         let mut bytes = fs::read(&pack).expect("reading a pack");
         let len = bytes.len();
-        let footer = u64::from_le_bytes(bytes[len - 32..len - 24].try_into().expect("8 bytes")) as usize;
+        let footer =
+            u64::from_le_bytes(bytes[len - 32..len - 24].try_into().expect("8 bytes")) as usize;
         let mut at = 16usize;
         let mut changed = false;
         while at + 56 <= footer {
-            assert_eq!(&bytes[at..at + 4], b"TREC", "a record header at {at} of {}", pack.display());
-            let stored = u32::from_le_bytes(bytes[at + 44..at + 48].try_into().expect("4 bytes")) as usize;
+            assert_eq!(
+                &bytes[at..at + 4],
+                b"TREC",
+                "a record header at {at} of {}",
+                pack.display()
+            );
+            let stored =
+                u32::from_le_bytes(bytes[at + 44..at + 48].try_into().expect("4 bytes")) as usize;
             if bytes[at + 8..at + 40] == digest[..] {
                 bytes[at + 56 + stored / 2] ^= 0x5a;
                 damaged += 1;
@@ -709,7 +761,10 @@ where
     S: AsRef<OsStr>,
 {
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let mut child = tessera_cmd(&args).spawn().expect("running tessera");
     let mut out_pipe = child.stdout.take().expect("piped stdout");
     let mut err_pipe = child.stderr.take().expect("piped stderr");
@@ -731,7 +786,10 @@ where
     if !finished {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("`tessera {}` still ran after {limit:?}: a hang", shown.join(" "));
+        panic!(
+            "`tessera {}` still ran after {limit:?}: a hang",
+            shown.join(" ")
+        );
     }
     let stdout = out_reader.join().expect("stdout reader");
     let stderr = String::from_utf8_lossy(&err_reader.join().expect("stderr reader")).into_owned();
@@ -827,7 +885,8 @@ impl FatGeometry {
 
     /// The byte offset in the volume of cluster 2, the first data cluster.
     pub fn data_offset(&self) -> u64 {
-        self.fat_offset(self.fats) + (self.root_entries * 32).div_ceil(self.sector_bytes) * self.sector_bytes
+        self.fat_offset(self.fats)
+            + (self.root_entries * 32).div_ceil(self.sector_bytes) * self.sector_bytes
     }
 
     /// How many data clusters there are (numbered from 2).
@@ -929,7 +988,11 @@ pub fn set_fat_entry(image: &Path, geom: &FatGeometry, cluster: u32, value: u32)
                 let at = fat + 4 * c;
                 let b = peek(image, at, 4);
                 let cur = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                poke(image, at, &((cur & 0xf000_0000) | (value & 0x0fff_ffff)).to_le_bytes());
+                poke(
+                    image,
+                    at,
+                    &((cur & 0xf000_0000) | (value & 0x0fff_ffff)).to_le_bytes(),
+                );
                 cur & 0x0fff_ffff
             }
             other => panic!("a FAT{other}?"),

@@ -88,7 +88,10 @@ fn stamp_tree(root: &Path, fixed: &[(&str, i64)]) {
         let secs = fixed
             .iter()
             .find(|(p, _)| p.as_bytes() == rel.as_slice())
-            .map_or(1_000_000_000 + 7919 * i64::try_from(i).unwrap(), |(_, t)| *t);
+            .map_or(
+                1_000_000_000 + 7919 * i64::try_from(i).unwrap(),
+                |(_, t)| *t,
+            );
         set_mtime(&node.path, secs);
     }
 }
@@ -155,7 +158,11 @@ fn assert_entry_matches(entry: &Value, src: &Path) {
     let meta = fs::symlink_metadata(src).unwrap();
     let what = format!("{entry} vs {}", src.display());
     assert_eq!(entry["kind"], json_kind(&meta), "kind: {what}");
-    assert_eq!(entry["mode"], u64::from(meta.mode() & 0o7777), "mode: {what}");
+    assert_eq!(
+        entry["mode"],
+        u64::from(meta.mode() & 0o7777),
+        "mode: {what}"
+    );
     assert_eq!(entry["uid"], u64::from(meta.uid()), "uid: {what}");
     assert_eq!(entry["gid"], u64::from(meta.gid()), "gid: {what}");
     assert_eq!(entry["mtime"]["secs"], meta.mtime(), "mtime: {what}");
@@ -167,7 +174,10 @@ fn assert_entry_matches(entry: &Value, src: &Path) {
         let target = fs::read_link(src).unwrap();
         assert_eq!(entry["target"], target.to_str().unwrap(), "target: {what}");
     } else {
-        assert!(entry.get("target").is_none(), "a target on a non-symlink: {what}");
+        assert!(
+            entry.get("target").is_none(),
+            "a target on a non-symlink: {what}"
+        );
     }
 }
 
@@ -175,7 +185,8 @@ fn assert_entry_matches(entry: &Value, src: &Path) {
 /// with nanoseconds, and a file's size and SHA-256, a symlink's target or a directory's
 /// entries. Equal before and after a command: the command did not touch it.
 fn host_state(path: &Path) -> String {
-    let meta = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+    let meta =
+        fs::symlink_metadata(path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
     let t = meta.file_type();
     let what = if t.is_file() {
         format!("size {} sha256 {}", meta.len(), sha256_file(path))
@@ -201,7 +212,12 @@ fn host_state(path: &Path) -> String {
 fn tree_state(root: &Path) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = scan_tree(root)
         .into_iter()
-        .map(|(rel, node)| (String::from_utf8_lossy(&rel).into_owned(), host_state(&node.path)))
+        .map(|(rel, node)| {
+            (
+                String::from_utf8_lossy(&rel).into_owned(),
+                host_state(&node.path),
+            )
+        })
         .collect();
     out.insert(".".into(), host_state(root));
     out
@@ -212,7 +228,11 @@ fn temp_names(root: &Path) -> Vec<String> {
     scan_tree(root)
         .keys()
         .map(|rel| String::from_utf8_lossy(rel).into_owned())
-        .filter(|rel| rel.rsplit('/').next().is_some_and(|n| n.starts_with(".tessera-part-")))
+        .filter(|rel| {
+            rel.rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with(".tessera-part-"))
+        })
         .collect()
 }
 
@@ -222,7 +242,12 @@ fn temp_names(root: &Path) -> Vec<String> {
 fn assert_dir_finished(src: &Path, got: &Path) {
     let want = fs::symlink_metadata(src).unwrap();
     let meta = fs::symlink_metadata(got).unwrap_or_else(|e| panic!("lstat {}: {e}", got.display()));
-    assert!(meta.is_dir(), "{} is a {}, not a directory", got.display(), kind_name(meta.file_type()));
+    assert!(
+        meta.is_dir(),
+        "{} is a {}, not a directory",
+        got.display(),
+        kind_name(meta.file_type())
+    );
     assert_eq!(
         format!("{:o}", meta.mode() & 0o7777),
         format!("{:o}", want.mode() & 0o7777),
@@ -260,14 +285,30 @@ fn name_255() -> String {
 fn build_rich_tree(src: &Path, gen: &mut DataGen) -> Vec<(u64, Vec<u8>)> {
     let root = running_as_root();
     write(&src.join("unicode/héllo wörld.txt"), b"bonjour, monde\n");
-    write(&src.join("unicode/日本語のファイル名.txt"), "こんにちは\n".as_bytes());
-    write(&src.join("unicode/emoji 🦀 crab.bin"), &gen.bytes(Fill::Random, 70_001));
+    write(
+        &src.join("unicode/日本語のファイル名.txt"),
+        "こんにちは\n".as_bytes(),
+    );
+    write(
+        &src.join("unicode/emoji 🦀 crab.bin"),
+        &gen.bytes(Fill::Random, 70_001),
+    );
     write(&src.join("unicode/new\nline and\ttab"), b"odd name\n");
-    write(&src.join("unicode").join(name_255()), b"a name of 255 bytes\n");
+    write(
+        &src.join("unicode").join(name_255()),
+        b"a name of 255 bytes\n",
+    );
     // Not UTF-8: ext names are bytes.
-    write(&src.join("unicode").join(std::ffi::OsStr::from_bytes(b"bad\xff\xfe name")), b"latin-1?\n");
+    write(
+        &src.join("unicode")
+            .join(std::ffi::OsStr::from_bytes(b"bad\xff\xfe name")),
+        b"latin-1?\n",
+    );
     write(&src.join("empty"), b"");
-    write(&src.join("data/random"), &gen.bytes(Fill::Random, (3 << 19) + 17));
+    write(
+        &src.join("data/random"),
+        &gen.bytes(Fill::Random, (3 << 19) + 17),
+    );
     write(&src.join("data/text"), &gen.bytes(Fill::Text, 300_000));
     write(&src.join("data/one-block"), &gen.bytes(Fill::Random, 4096));
     // Sparse, past 4 GiB: data at the start, in the middle, across the 4 GiB boundary and
@@ -312,7 +353,13 @@ fn build_rich_tree(src: &Path, gen: &mut DataGen) -> Vec<(u64, Vec<u8>)> {
     }
     drop(std::os::unix::net::UnixListener::bind(src.join("special/sock")).unwrap());
     // Modes.
-    for (name, mode) in [("suid", 0o4755), ("sgid", 0o2711), ("none", 0o000), ("ro", 0o444), ("exec", 0o700)] {
+    for (name, mode) in [
+        ("suid", 0o4755),
+        ("sgid", 0o2711),
+        ("none", 0o000),
+        ("ro", 0o444),
+        ("exec", 0o700),
+    ] {
         let p = src.join("modes").join(name);
         write(&p, name.as_bytes());
         chmod(&p, mode);
@@ -320,7 +367,10 @@ fn build_rich_tree(src: &Path, gen: &mut DataGen) -> Vec<(u64, Vec<u8>)> {
     fs::create_dir_all(src.join("modes/sticky")).unwrap();
     write(&src.join("modes/sticky/inside"), b"sticky\n");
     chmod(&src.join("modes/sticky"), 0o1777);
-    write(&src.join("modes/readonly-dir/inside"), b"read-only directory\n");
+    write(
+        &src.join("modes/readonly-dir/inside"),
+        b"read-only directory\n",
+    );
     chmod(&src.join("modes/readonly-dir"), 0o555);
     write(&src.join("old/pre-epoch"), b"1960\n");
     if root {
@@ -330,7 +380,10 @@ fn build_rich_tree(src: &Path, gen: &mut DataGen) -> Vec<(u64, Vec<u8>)> {
         // Past 16 bits: the ids' high halves.
         std::os::unix::fs::chown(src.join("data/one-block"), Some(100_000), Some(200_000)).unwrap();
     }
-    stamp_tree(src, &[("old/pre-epoch", -301_234_567), ("old", 86_400 * 365)]);
+    stamp_tree(
+        src,
+        &[("old/pre-epoch", -301_234_567), ("old", 86_400 * 365)],
+    );
     pieces
 }
 
@@ -368,32 +421,52 @@ fn ext4_tree_round_trips_through_get_and_tar() {
     );
     // The report counts what the source holds.
     let tree = scan_tree(&src);
-    let regular: Vec<&fs::Metadata> = tree.values().map(|n| &n.meta).filter(|m| m.is_file()).collect();
+    let regular: Vec<&fs::Metadata> = tree
+        .values()
+        .map(|n| &n.meta)
+        .filter(|m| m.is_file())
+        .collect();
     let mut inodes: Vec<u64> = regular.iter().map(|m| m.ino()).collect();
     inodes.sort_unstable();
     inodes.dedup();
-    let count = |f: &dyn Fn(&fs::Metadata) -> bool| tree.values().filter(|n| f(&n.meta)).count() as u64;
+    let count =
+        |f: &dyn Fn(&fs::Metadata) -> bool| tree.values().filter(|n| f(&n.meta)).count() as u64;
     assert_eq!(report["files"], inodes.len() as u64, "{report}");
-    assert_eq!(report["hard_links"], regular.len() as u64 - inodes.len() as u64, "{report}");
-    assert_eq!(report["symlinks"], count(&|m| m.file_type().is_symlink()), "{report}");
+    assert_eq!(
+        report["hard_links"],
+        regular.len() as u64 - inodes.len() as u64,
+        "{report}"
+    );
+    assert_eq!(
+        report["symlinks"],
+        count(&|m| m.file_type().is_symlink()),
+        "{report}"
+    );
     // + the root and lost+found.
     assert_eq!(report["dirs"], count(&|m| m.is_dir()) + 2, "{report}");
     assert_eq!(report["special"], if root { 4 } else { 1 }, "{report}");
     assert_eq!(report["owners_restored"], root, "{report}");
     let skipped = report["skipped"].as_array().unwrap();
     assert!(
-        skipped
-            .iter()
-            .any(|x| x["path"] == "special/sock" && x["reason"].as_str().unwrap().contains("socket")),
+        skipped.iter().any(
+            |x| x["path"] == "special/sock" && x["reason"].as_str().unwrap().contains("socket")
+        ),
         "{report}"
     );
     assert_eq!(skipped.len(), 1, "{report}");
     let logical: u64 = {
         let mut seen = std::collections::HashSet::new();
-        regular.iter().filter(|m| seen.insert(m.ino())).map(|m| m.len()).sum()
+        regular
+            .iter()
+            .filter(|m| seen.insert(m.ino()))
+            .map(|m| m.len())
+            .sum()
     };
     assert_eq!(report["logical_bytes"], logical, "{report}");
-    assert!(report["bytes_written"].as_u64().unwrap() < 8 << 20, "holes were written: {report}");
+    assert!(
+        report["bytes_written"].as_u64().unwrap() < 8 << 20,
+        "holes were written: {report}"
+    );
 
     // The restored root takes the filesystem root's mode and mtime.
     let root_stat = files_json(&["stat", &s(&repo), "latest@t1:/"]);
@@ -411,17 +484,27 @@ fn ext4_tree_round_trips_through_get_and_tar() {
         "sparse/big took {} bytes on disk",
         allocated_bytes(&big)
     );
-    eprintln!("[rich tree] get compared after {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[rich tree] get compared after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 
     // The same tree as a tar stream into `tar x`: everything but the big file extracted
     // (5 GiB of zeros on disk otherwise), the big file compared byte for byte in the stream.
     let tar_dir = t.path().join("tar-out");
     fs::create_dir(&tar_dir).unwrap();
     let repo_arg = s(&repo);
-    let args: Vec<OsString> = ["files", "get", repo_arg.as_str(), "latest@t1:/", "-", "--tar"]
-        .iter()
-        .map(OsString::from)
-        .collect();
+    let args: Vec<OsString> = [
+        "files",
+        "get",
+        repo_arg.as_str(),
+        "latest@t1:/",
+        "-",
+        "--tar",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
     let (code, stderr, members) = tar_through(
         &args,
         &tar_dir,
@@ -430,7 +513,10 @@ fn ext4_tree_round_trips_through_get_and_tar() {
     );
     assert_no_panic(&stderr, &["files get --tar -".into()]);
     assert_eq!(code, 0, "files get --tar - failed: {stderr}");
-    assert!(stderr.contains("special/sock"), "the skipped socket is not reported: {stderr}");
+    assert!(
+        stderr.contains("special/sock"),
+        "the skipped socket is not reported: {stderr}"
+    );
     assert_trees_equal(
         &src,
         &tar_dir,
@@ -446,14 +532,23 @@ fn ext4_tree_round_trips_through_get_and_tar() {
     // The stream itself: each regular member's bytes are its source's; hard links,
     // symlinks and special files have their own entries; the big file's size is exact.
     let by_kind = |k: u8| members.iter().filter(|m| m.kind == k).count() as u64;
-    assert_eq!(members.first().map(|m| m.name.as_slice()), Some(b"./".as_slice()));
+    assert_eq!(
+        members.first().map(|m| m.name.as_slice()),
+        Some(b"./".as_slice())
+    );
     assert_eq!(by_kind(b'1'), regular.len() as u64 - inodes.len() as u64);
     assert_eq!(by_kind(b'2'), count(&|m| m.file_type().is_symlink()));
     assert_eq!(by_kind(b'6'), 1);
     assert_eq!(by_kind(b'3') + by_kind(b'4'), if root { 3 } else { 0 });
-    let big_member = members.iter().find(|m| m.name == b"sparse/big").expect("sparse/big in the tar");
+    let big_member = members
+        .iter()
+        .find(|m| m.name == b"sparse/big")
+        .expect("sparse/big in the tar");
     assert_eq!(big_member.size, BIG);
-    for m in members.iter().filter(|m| m.kind == b'0' && m.name != b"sparse/big") {
+    for m in members
+        .iter()
+        .filter(|m| m.kind == b'0' && m.name != b"sparse/big")
+    {
         let name = std::ffi::OsStr::from_bytes(&m.name);
         assert_eq!(
             m.sha256.as_deref(),
@@ -476,9 +571,16 @@ fn ext4_tree_round_trips_through_get_and_tar() {
         assert_eq!(dev["kind"], "chardevice", "{dev}");
         assert_eq!(dev["rdev"], (300u64 << 32) | 0x1_1170, "{dev}");
         let ids = files_json(&["stat", &s(&repo), "latest@t1:/data/one-block"]);
-        assert_eq!((ids["uid"].clone(), ids["gid"].clone()), (100_000.into(), 200_000.into()), "{ids}");
+        assert_eq!(
+            (ids["uid"].clone(), ids["gid"].clone()),
+            (100_000.into(), 200_000.into()),
+            "{ids}"
+        );
     }
-    eprintln!("[rich tree] done after {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[rich tree] done after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// `get` keeps a pre-1970 mtime (a negative time), and so must `get --tar`: GNU tar encodes
@@ -494,7 +596,10 @@ fn tar_keeps_pre_1970_mtimes() {
     let repo = new_repo(t.path());
     backup_json(&repo, "old", &[("disk0", &img)]);
     let r = s(&repo);
-    assert_eq!(files_json(&["stat", &r, "latest@old:/old/file"])["mtime"]["secs"], -301_234_567);
+    assert_eq!(
+        files_json(&["stat", &r, "latest@old:/old/file"])["mtime"]["secs"],
+        -301_234_567
+    );
     let out = t.path().join("out");
     files_json(&["get", &r, "latest@old:/", &s(&out)]);
     let how = TreeCompare {
@@ -529,7 +634,10 @@ fn build_small_etc(src: &Path, gen: &mut DataGen) {
     fs::create_dir_all(src.join("etc/sub")).unwrap();
     write(&src.join("etc/sub/deeper.txt"), b"deeper\n");
     symlink("passwd", src.join("etc/link")).unwrap();
-    write(&src.join("bin/tool"), &gen.bytes(Fill::Random, 200 * 1024 + 3));
+    write(
+        &src.join("bin/tool"),
+        &gen.bytes(Fill::Random, 200 * 1024 + 3),
+    );
     chmod(&src.join("bin/tool"), 0o755);
     write(&src.join("bin/suid"), b"set-uid\n");
     chmod(&src.join("bin/suid"), 0o4755);
@@ -562,7 +670,11 @@ fn ls_stat_cat_agree_with_the_source_and_misuse_exits_2() {
     assert_eq!(etc["path"], "/etc");
     for e in etc["entries"].as_array().unwrap() {
         assert_entry_matches(e, &src.join("etc").join(e["name"].as_str().unwrap()));
-        let one = files_json(&["stat", &r, &format!("latest@vm1:/etc/{}", e["name"].as_str().unwrap())]);
+        let one = files_json(&[
+            "stat",
+            &r,
+            &format!("latest@vm1:/etc/{}", e["name"].as_str().unwrap()),
+        ]);
         assert_eq!(one["ino"], e["ino"], "stat and ls disagree on {e}");
     }
     let disk_blocks = etc["disk_blocks"].as_u64().unwrap();
@@ -580,27 +692,52 @@ fn ls_stat_cat_agree_with_the_source_and_misuse_exits_2() {
         }
     }
     // Through a symlink to a directory; and a file lists as itself.
-    assert_eq!(entry_names(&files_json(&["ls", &r, "latest@vm1:/etcdir"])), source_names(&src.join("etc")));
+    assert_eq!(
+        entry_names(&files_json(&["ls", &r, "latest@vm1:/etcdir"])),
+        source_names(&src.join("etc"))
+    );
     let one = files_json(&["ls", &r, "latest@vm1:/bin/suid"]);
     assert_eq!(entry_names(&one), ["suid"]);
     assert_entry_matches(&one["entries"][0], &src.join("bin/suid"));
     // Text output: one name a line; -l like ls -l.
     let text = files(&["ls", &r, "latest@vm1:/etc"]);
     text.ok();
-    assert_eq!(text.stdout.lines().collect::<Vec<_>>(), source_names(&src.join("etc")));
+    assert_eq!(
+        text.stdout.lines().collect::<Vec<_>>(),
+        source_names(&src.join("etc"))
+    );
     let long = files(&["ls", "-l", &r, "latest@vm1:/bin"]);
     long.ok();
-    let suid_line = long.stdout.lines().find(|l| l.ends_with(" suid")).expect("suid line");
+    let suid_line = long
+        .stdout
+        .lines()
+        .find(|l| l.ends_with(" suid"))
+        .expect("suid line");
     assert!(suid_line.starts_with("-rwsr-xr-x"), "{suid_line}");
     let long_etc = files(&["ls", "-l", &r, "latest@vm1:/etc"]);
     long_etc.ok();
-    assert!(long_etc.stdout.lines().any(|l| l.starts_with('l') && l.ends_with("link -> passwd")), "{long_etc}");
-    assert!(long_etc.stdout.lines().any(|l| l.starts_with('d') && l.ends_with(" sub")), "{long_etc}");
+    assert!(
+        long_etc
+            .stdout
+            .lines()
+            .any(|l| l.starts_with('l') && l.ends_with("link -> passwd")),
+        "{long_etc}"
+    );
+    assert!(
+        long_etc
+            .stdout
+            .lines()
+            .any(|l| l.starts_with('d') && l.ends_with(" sub")),
+        "{long_etc}"
+    );
 
     // cat: bytes, through symlinks and dot-dot.
     let passwd = fs::read(src.join("etc/passwd")).unwrap();
     assert_eq!(cat_ok(&repo, "latest@vm1:/etc/passwd"), passwd);
-    assert_eq!(cat_ok(&repo, "latest@vm1:/bin/tool"), fs::read(src.join("bin/tool")).unwrap());
+    assert_eq!(
+        cat_ok(&repo, "latest@vm1:/bin/tool"),
+        fs::read(src.join("bin/tool")).unwrap()
+    );
     assert_eq!(cat_ok(&repo, "latest@vm1:/etc/link"), passwd);
     assert_eq!(cat_ok(&repo, "latest@vm1:/etc/../etc/./passwd"), passwd);
     assert_eq!(cat_ok(&repo, "latest@vm1:/etcdir/sub/../link"), passwd);
@@ -614,7 +751,10 @@ fn ls_stat_cat_agree_with_the_source_and_misuse_exits_2() {
     assert_eq!(link["name"], "link");
     assert_entry_matches(&link, &src.join("etc/link"));
     assert_eq!(link["target"], "passwd");
-    assert_eq!(files_json(&["stat", &r, "latest@vm1:/abs"])["target"], "/etc/hostname");
+    assert_eq!(
+        files_json(&["stat", &r, "latest@vm1:/abs"])["target"],
+        "/etc/hostname"
+    );
     let pre = files_json(&["stat", &r, "latest@vm1:/etc/hostname"]);
     assert_eq!(pre["mtime"]["secs"], -86_400);
     let stat_text = files(&["stat", &r, "latest@vm1:/etc/link"]);
@@ -654,7 +794,12 @@ fn ls_stat_cat_agree_with_the_source_and_misuse_exits_2() {
     fs::create_dir(&got).unwrap();
     files_json(&["get", &r, "latest@vm1:/etc/passwd", &s(&got)]);
     assert_eq!(fs::read(got.join("passwd")).unwrap(), passwd);
-    files_json(&["get", &r, "latest@vm1:/etc/hostname", &s(&got.join("renamed"))]);
+    files_json(&[
+        "get",
+        &r,
+        "latest@vm1:/etc/hostname",
+        &s(&got.join("renamed")),
+    ]);
     assert_eq!(fs::read(got.join("renamed")).unwrap(), b"vm1\n");
     assert_eq!(
         fs::metadata(got.join("renamed")).unwrap().mtime(),
@@ -662,7 +807,10 @@ fn ls_stat_cat_agree_with_the_source_and_misuse_exits_2() {
         "the restored file's mtime"
     );
     files_json(&["get", &r, "latest@vm1:/etc/link", &s(&got)]);
-    assert_eq!(fs::read_link(got.join("link")).unwrap(), Path::new("passwd"));
+    assert_eq!(
+        fs::read_link(got.join("link")).unwrap(),
+        Path::new("passwd")
+    );
 
     // Existing outputs are left alone without --force.
     let keep = got.join("keep");
@@ -684,7 +832,10 @@ fn ls_stat_cat_agree_with_the_source_and_misuse_exits_2() {
     files(&["get", &r, "latest@vm1:/etc", &s(&merge)])
         .expect_code(2)
         .stderr_has("already exists");
-    assert_eq!(tessera_tests::dir_entries(&merge.join("etc")), ["keep.txt", "passwd"]);
+    assert_eq!(
+        tessera_tests::dir_entries(&merge.join("etc")),
+        ["keep.txt", "passwd"]
+    );
     assert_eq!(fs::read(merge.join("etc/passwd")).unwrap(), b"old passwd");
     // The root into a non-empty directory.
     files(&["get", &r, "latest@vm1:/", &s(&merge)])
@@ -697,7 +848,10 @@ fn ls_stat_cat_agree_with_the_source_and_misuse_exits_2() {
     files_json(&["get", &r, "latest@vm1:/etc", &s(&merge), "--force"]);
     assert_eq!(fs::read(merge.join("etc/passwd")).unwrap(), passwd);
     assert_eq!(fs::read(merge.join("etc/keep.txt")).unwrap(), b"mine");
-    assert_eq!(fs::read(merge.join("etc/sub/deeper.txt")).unwrap(), b"deeper\n");
+    assert_eq!(
+        fs::read(merge.join("etc/sub/deeper.txt")).unwrap(),
+        b"deeper\n"
+    );
 
     // A tar file that exists is refused like any other output, and left alone.
     let tar_file = t.path().join("existing.tar");
@@ -767,16 +921,30 @@ fn get_restores_names_that_look_like_its_temporary_files() {
         .and_then(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("debugfs stat /a: {stat}"));
     let tricky = format!(".tessera-part-{ino}");
-    debugfs_w(&img, &[format!("ln /placeholder /{tricky}"), "unlink /placeholder".into()]);
+    debugfs_w(
+        &img,
+        &[
+            format!("ln /placeholder /{tricky}"),
+            "unlink /placeholder".into(),
+        ],
+    );
     let repo = new_repo(t.path());
     backup_json(&repo, "tp", &[("disk0", &img)]);
     let listing = files_json(&["ls", &s(&repo), "latest@tp:/"]);
-    assert_eq!(entry_names(&listing), [tricky.as_str(), "a", "lost+found"], "{listing}");
+    assert_eq!(
+        entry_names(&listing),
+        [tricky.as_str(), "a", "lost+found"],
+        "{listing}"
+    );
 
     let out = t.path().join("out");
     let got = files(&["get", &s(&repo), "latest@tp:/", &s(&out)]);
     let left = tessera_tests::dir_entries(&out);
-    assert_eq!(left, [tricky.clone(), "a".into(), "lost+found".into()], "{got}");
+    assert_eq!(
+        left,
+        [tricky.clone(), "a".into(), "lost+found".into()],
+        "{got}"
+    );
     got.ok();
     assert_eq!(fs::read(out.join("a")).unwrap(), b"the file\n");
     assert_eq!(fs::read(out.join(&tricky)).unwrap(), b"looks temporary\n");
@@ -798,9 +966,15 @@ fn get_force_keeps_the_existing_file_when_a_chunk_of_the_new_one_is_damaged() {
     let dir = t.path();
     let src = dir.join("src");
     // (name, size, a byte to damage)
-    let victims = [("big", 2 * MIB + 77, MIB + 12_345), ("huge", 24 * MIB + 77, 13 * MIB + 4321)];
+    let victims = [
+        ("big", 2 * MIB + 77, MIB + 12_345),
+        ("huge", 24 * MIB + 77, 13 * MIB + 4321),
+    ];
     for (name, size, _) in victims {
-        write(&src.join(name), &gen.bytes(Fill::Random, usize::try_from(size).unwrap()));
+        write(
+            &src.join(name),
+            &gen.bytes(Fill::Random, usize::try_from(size).unwrap()),
+        );
     }
     write(&src.join("small.txt"), b"fine\n");
     let img = dir.join("img");
@@ -813,7 +987,13 @@ fn get_force_keeps_the_existing_file_when_a_chunk_of_the_new_one_is_damaged() {
     let ctl = dir.join("ctl");
     for (name, _, _) in victims {
         write(&ctl.join(name), b"replace me\n");
-        files_json(&["get", &r, &format!("latest@fd:/{name}"), &s(&ctl), "--force"]);
+        files_json(&[
+            "get",
+            &r,
+            &format!("latest@fd:/{name}"),
+            &s(&ctl),
+            "--force",
+        ]);
         tessera_tests::assert_same_file(&src.join(name), &ctl.join(name));
     }
 
@@ -821,7 +1001,11 @@ fn get_force_keeps_the_existing_file_when_a_chunk_of_the_new_one_is_damaged() {
     for (name, _, hit) in victims {
         let block = bmap(&img, &format!("/{name}"), hit / 4096);
         let chunk = (block * 4096 + hit % 4096) / (64 << 10) * (64 << 10);
-        assert_eq!(damage_chunk(&repo, &block_digest(&img, chunk, 64 << 10)), 1, "{name}");
+        assert_eq!(
+            damage_chunk(&repo, &block_digest(&img, chunk, 64 << 10)),
+            1,
+            "{name}"
+        );
     }
     assert_eq!(cat_ok(&repo, "latest@fd:/small.txt"), b"fine\n");
 
@@ -837,16 +1021,45 @@ fn get_force_keeps_the_existing_file_when_a_chunk_of_the_new_one_is_damaged() {
     for (name, _, hit) in victims {
         // Into the directory, and naming the file itself.
         for target in [dest.clone(), dest.join(name)] {
-            let g = files(&["get", &r, &format!("latest@fd:/{name}"), &s(&target), "--force"]);
+            let g = files(&[
+                "get",
+                &r,
+                &format!("latest@fd:/{name}"),
+                &s(&target),
+                "--force",
+            ]);
             g.expect_code(4);
-            let (start, end) = byte_range(&g.stderr).unwrap_or_else(|| panic!("no byte range in {g}"));
-            assert!(start <= hit && hit < end, "range {start}..{end} for damaged byte {hit}: {g}");
+            let (start, end) =
+                byte_range(&g.stderr).unwrap_or_else(|| panic!("no byte range in {g}"));
+            assert!(
+                start <= hit && hit < end,
+                "range {start}..{end} for damaged byte {hit}: {g}"
+            );
             assert!(g.stderr.contains(name), "{g}");
-            assert!(temp_names(&dest).is_empty(), "left behind: {:?}\n{g}", temp_names(&dest));
-            assert_eq!(host_state(&dest.join(name)), before[name], "the old file changed: {g}");
-            assert_eq!(fs::read(dest.join(name)).unwrap(), format!("the old {name} file\n").as_bytes());
-            assert_eq!(tessera_tests::dir_entries(&dest), ["big", "huge", "other"], "{g}");
-            assert_eq!(tree_state(&dest).remove("other"), Some(before["other"].clone()), "{g}");
+            assert!(
+                temp_names(&dest).is_empty(),
+                "left behind: {:?}\n{g}",
+                temp_names(&dest)
+            );
+            assert_eq!(
+                host_state(&dest.join(name)),
+                before[name],
+                "the old file changed: {g}"
+            );
+            assert_eq!(
+                fs::read(dest.join(name)).unwrap(),
+                format!("the old {name} file\n").as_bytes()
+            );
+            assert_eq!(
+                tessera_tests::dir_entries(&dest),
+                ["big", "huge", "other"],
+                "{g}"
+            );
+            assert_eq!(
+                tree_state(&dest).remove("other"),
+                Some(before["other"].clone()),
+                "{g}"
+            );
         }
     }
 }
@@ -856,15 +1069,28 @@ fn get_force_keeps_the_existing_file_when_a_chunk_of_the_new_one_is_damaged() {
 fn build_damage_tree(src: &Path, gen: &mut DataGen) {
     write(&src.join("etc/a/one.txt"), b"one\n");
     chmod(&src.join("etc/a/one.txt"), 0o640);
-    write(&src.join("etc/a/deep/two.bin"), &gen.bytes(Fill::Random, 100_000));
+    write(
+        &src.join("etc/a/deep/two.bin"),
+        &gen.bytes(Fill::Random, 100_000),
+    );
     chmod(&src.join("etc/a/deep/two.bin"), 0o600);
     write(&src.join("etc/b/x.txt"), b"x\n");
     write(&src.join("etc/m/aa.txt"), b"before big\n");
     chmod(&src.join("etc/m/aa.txt"), 0o604);
-    write(&src.join("etc/m/big"), &gen.bytes(Fill::Random, usize::try_from(2 * MIB + 77).unwrap()));
+    write(
+        &src.join("etc/m/big"),
+        &gen.bytes(Fill::Random, usize::try_from(2 * MIB + 77).unwrap()),
+    );
     write(&src.join("etc/m/zz.txt"), b"after big\n");
     write(&src.join("etc/z/late.txt"), b"late\n");
-    for (d, mode) in [("etc", 0o751), ("etc/a", 0o750), ("etc/a/deep", 0o705), ("etc/b", 0o755), ("etc/m", 0o775), ("etc/z", 0o711)] {
+    for (d, mode) in [
+        ("etc", 0o751),
+        ("etc/a", 0o750),
+        ("etc/a/deep", 0o705),
+        ("etc/b", 0o755),
+        ("etc/m", 0o775),
+        ("etc/z", 0o711),
+    ] {
         chmod(&src.join(d), mode);
     }
     stamp_tree(src, &[]);
@@ -876,6 +1102,10 @@ fn build_damage_tree(src: &Path, gen: &mut DataGen) {
 /// its source mode and mtime, not 0700. The same into a new destination, where the damaged
 /// file's directory was made by the run and was still being written when the read failed.
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "t, r, f, g, w: the temp dir, repo, and outputs of one scenario"
+)]
 fn get_force_of_a_tree_keeps_the_damaged_files_old_copy_and_finishes_its_directories() {
     let mut gen = DataGen::new(seed("files_force_damaged_tree"));
     let t = TempDir::new().unwrap();
@@ -912,37 +1142,71 @@ fn get_force_of_a_tree_keeps_the_damaged_files_old_copy_and_finishes_its_directo
     let g = files(&["get", &r, "latest@tr:/etc", &s(&dest), "--force"]);
     g.expect_code(4);
     assert!(byte_range(&g.stderr).is_some(), "{g}");
-    assert!(temp_names(&dest).is_empty(), "left behind: {:?}\n{g}", temp_names(&dest));
+    assert!(
+        temp_names(&dest).is_empty(),
+        "left behind: {:?}\n{g}",
+        temp_names(&dest)
+    );
     // The damaged file's old copy, and the host's own name, as they were.
-    assert_eq!(host_state(&old.join("m/big")), before["m/big"], "the old copy of the damaged file changed: {g}");
-    assert_eq!(host_state(&old.join("host-only.txt")), before["host-only.txt"], "{g}");
+    assert_eq!(
+        host_state(&old.join("m/big")),
+        before["m/big"],
+        "the old copy of the damaged file changed: {g}"
+    );
+    assert_eq!(
+        host_state(&old.join("host-only.txt")),
+        before["host-only.txt"],
+        "{g}"
+    );
     // Everything before it in the walk: complete, with modes and times.
     assert_trees_equal(&s_etc.join("a"), &old.join("a"), &TreeCompare::default());
     assert_trees_equal(&s_etc.join("b"), &old.join("b"), &TreeCompare::default());
     tessera_tests::assert_same_file(&s_etc.join("m/aa.txt"), &old.join("m/aa.txt"));
-    let (w, m) = (fs::metadata(s_etc.join("m/aa.txt")).unwrap(), fs::metadata(old.join("m/aa.txt")).unwrap());
-    assert_eq!((m.mode() & 0o7777, m.mtime()), (w.mode() & 0o7777, w.mtime()), "m/aa.txt");
+    let (w, m) = (
+        fs::metadata(s_etc.join("m/aa.txt")).unwrap(),
+        fs::metadata(old.join("m/aa.txt")).unwrap(),
+    );
+    assert_eq!(
+        (m.mode() & 0o7777, m.mtime()),
+        (w.mode() & 0o7777, w.mtime()),
+        "m/aa.txt"
+    );
     // After it: never a partial file (the old copy, or the whole new one).
     for f in ["m/zz.txt", "z/late.txt"] {
         let got = fs::read(old.join(f)).unwrap();
         let new = fs::read(s_etc.join(f)).unwrap();
-        assert!(host_state(&old.join(f)) == before[f] || got == new, "{f}: {got:?}");
+        assert!(
+            host_state(&old.join(f)) == before[f] || got == new,
+            "{f}: {got:?}"
+        );
     }
     // Every directory the run made (a/deep, b) or merged (the root, a, m): finished.
     for d in ["", "a", "a/deep", "b", "m"] {
         assert_dir_finished(&s_etc.join(d), &old.join(d));
     }
-    assert_eq!(tessera_tests::dir_entries(&old.join("m")), ["aa.txt", "big", "zz.txt"], "{g}");
+    assert_eq!(
+        tessera_tests::dir_entries(&old.join("m")),
+        ["aa.txt", "big", "zz.txt"],
+        "{g}"
+    );
 
     // Into a new destination: the run makes every directory, and the damaged file's
     // directory is open when the read fails.
     let fresh = dir.join("fresh");
     let g = files(&["get", &r, "latest@tr:/etc", &s(&fresh)]);
     g.expect_code(4);
-    assert!(temp_names(&fresh).is_empty(), "left behind: {:?}\n{g}", temp_names(&fresh));
+    assert!(
+        temp_names(&fresh).is_empty(),
+        "left behind: {:?}\n{g}",
+        temp_names(&fresh)
+    );
     assert_trees_equal(&s_etc.join("a"), &fresh.join("a"), &TreeCompare::default());
     assert_trees_equal(&s_etc.join("b"), &fresh.join("b"), &TreeCompare::default());
-    assert_eq!(tessera_tests::dir_entries(&fresh.join("m")), ["aa.txt"], "{g}");
+    assert_eq!(
+        tessera_tests::dir_entries(&fresh.join("m")),
+        ["aa.txt"],
+        "{g}"
+    );
     for d in ["", "a", "a/deep", "b", "m"] {
         assert_dir_finished(&s_etc.join(d), &fresh.join(d));
     }
@@ -967,14 +1231,22 @@ fn get_of_a_tree_with_a_damaged_chunk_names_the_damaged_file() {
     let chunk = (block * 4096 + hit % 4096) / (64 << 10) * (64 << 10);
     assert_eq!(damage_chunk(&repo, &block_digest(&img, chunk, 64 << 10)), 1);
     // The file on its own is named (the reference is its path).
-    files(&["get", &s(&repo), "latest@nm:/etc/m/big", &s(&dir.join("one"))])
-        .expect_code(4)
-        .stderr_has("/etc/m/big");
+    files(&[
+        "get",
+        &s(&repo),
+        "latest@nm:/etc/m/big",
+        &s(&dir.join("one")),
+    ])
+    .expect_code(4)
+    .stderr_has("/etc/m/big");
     // And within a tree.
     let g = files(&["get", &s(&repo), "latest@nm:/etc", &s(&dir.join("tree"))]);
     g.expect_code(4);
     assert!(byte_range(&g.stderr).is_some(), "{g}");
-    assert!(g.stderr.contains("m/big"), "the damaged file is not named: {g}");
+    assert!(
+        g.stderr.contains("m/big"),
+        "the damaged file is not named: {g}"
+    );
 }
 
 /// A symlink where the restored root goes (`DEST/etc -> OTHER`) is an existing name:
@@ -1016,8 +1288,18 @@ fn get_never_writes_through_a_symlink_where_the_restored_tree_goes() {
     let other_before = tree_state(&other);
     let empty_before = tree_state(&empty);
     let untouched = |what: &Out| {
-        assert_eq!(tree_state(&other), other_before, "written through a symlink to {}: {what}", other.display());
-        assert_eq!(tree_state(&empty), empty_before, "written through a symlink to {}: {what}", empty.display());
+        assert_eq!(
+            tree_state(&other),
+            other_before,
+            "written through a symlink to {}: {what}",
+            other.display()
+        );
+        assert_eq!(
+            tree_state(&empty),
+            empty_before,
+            "written through a symlink to {}: {what}",
+            empty.display()
+        );
     };
 
     let dest = dir.join("dest");
@@ -1041,7 +1323,12 @@ fn get_never_writes_through_a_symlink_where_the_restored_tree_goes() {
         let g = files(&["get", &r, "latest@sl:/etc", &s(d), "--force"]);
         g.ok();
         let meta = fs::symlink_metadata(d.join("etc")).unwrap();
-        assert!(meta.is_dir(), "{} is a {}: {g}", d.join("etc").display(), kind_name(meta.file_type()));
+        assert!(
+            meta.is_dir(),
+            "{} is a {}: {g}",
+            d.join("etc").display(),
+            kind_name(meta.file_type())
+        );
         assert_trees_equal(&src.join("etc"), &d.join("etc"), &how);
         untouched(&g);
     }
@@ -1053,8 +1340,18 @@ fn get_never_writes_through_a_symlink_where_the_restored_tree_goes() {
     symlink(other.join("passwd"), dest3.join("etc/passwd")).unwrap();
     let g = files(&["get", &r, "latest@sl:/etc", &s(&dest3), "--force"]);
     g.ok();
-    assert!(fs::symlink_metadata(dest3.join("etc/sub")).unwrap().is_dir(), "{g}");
-    assert!(fs::symlink_metadata(dest3.join("etc/passwd")).unwrap().is_file(), "{g}");
+    assert!(
+        fs::symlink_metadata(dest3.join("etc/sub"))
+            .unwrap()
+            .is_dir(),
+        "{g}"
+    );
+    assert!(
+        fs::symlink_metadata(dest3.join("etc/passwd"))
+            .unwrap()
+            .is_file(),
+        "{g}"
+    );
     assert_trees_equal(&src.join("etc"), &dest3.join("etc"), &how);
     untouched(&g);
 }
@@ -1087,10 +1384,16 @@ fn get_without_force_refuses_an_existing_name_and_changes_nothing() {
     write(&dest.join("custom"), b"my custom file\n");
     write(&dest.join("link"), b"a file where a symlink goes\n");
     write(&dest.join("etc"), b"a file where a directory goes\n");
-    write(&dest.join("a.conf/inside"), b"a directory where a file goes\n");
+    write(
+        &dest.join("a.conf/inside"),
+        b"a directory where a file goes\n",
+    );
     symlink(dest.join("nowhere"), dest.join("hostname")).unwrap();
     symlink(other.join("file"), dest.join("to-other")).unwrap();
-    for (i, name) in ["passwd", "custom", "link", "etc", "a.conf/inside", "a.conf"].iter().enumerate() {
+    for (i, name) in ["passwd", "custom", "link", "etc", "a.conf/inside", "a.conf"]
+        .iter()
+        .enumerate()
+    {
         set_mtime(&dest.join(name), 6_000_000 + i64::try_from(i).unwrap());
     }
     set_mtime(&dest.join("hostname"), 7_000_000);
@@ -1116,12 +1419,19 @@ fn get_without_force_refuses_an_existing_name_and_changes_nothing() {
         g.expect_code(2);
         assert_eq!(tree_state(&dest), dest_before, "{g}");
         assert_eq!(tree_state(&other), other_before, "{g}");
-        assert!(!dest.join("nowhere").exists(), "created through a dangling symlink: {g}");
+        assert!(
+            !dest.join("nowhere").exists(),
+            "created through a dangling symlink: {g}"
+        );
     }
     // The control: with --force the same command does replace the file.
     let g = files(&["get", &r, "latest@nf:/etc/passwd", &s(&dest), "--force"]);
     g.ok();
-    assert_eq!(fs::read(dest.join("passwd")).unwrap(), fs::read(src.join("etc/passwd")).unwrap(), "{g}");
+    assert_eq!(
+        fs::read(dest.join("passwd")).unwrap(),
+        fs::read(src.join("etc/passwd")).unwrap(),
+        "{g}"
+    );
 }
 
 /// An encrypted repository: without the key nothing is read (exit 6); with it, the files
@@ -1145,7 +1455,10 @@ fn encrypted_repository_needs_the_key_and_reads_the_same_files() {
     no_key.expect_code(6);
     let cat = run(&["files", "cat", &r, "latest@enc:/etc/passwd"], Some(PASS));
     cat.ok();
-    assert_eq!(cat.stdout.as_bytes(), fs::read(src.join("etc/passwd")).unwrap());
+    assert_eq!(
+        cat.stdout.as_bytes(),
+        fs::read(src.join("etc/passwd")).unwrap()
+    );
     let out = t.path().join("out");
     run(&["files", "get", &r, "latest@enc:/", &s(&out)], Some(PASS)).ok();
     assert_trees_equal(
@@ -1159,10 +1472,25 @@ fn encrypted_repository_needs_the_key_and_reads_the_same_files() {
         },
     );
     enc_backup(&repo, "enc", "disk0", &img, &[]);
-    let f = run(&["files", "find", &r, "--series", "enc", "/bin/tool", "--json"], Some(PASS));
+    let f = run(
+        &[
+            "files",
+            "find",
+            &r,
+            "--series",
+            "enc",
+            "/bin/tool",
+            "--json",
+        ],
+        Some(PASS),
+    );
     f.ok();
     let v = f.json();
-    assert_eq!(v["snapshots"][0]["found"][0]["sha256"], sha256_file(&src.join("bin/tool")), "{f}");
+    assert_eq!(
+        v["snapshots"][0]["found"][0]["sha256"],
+        sha256_file(&src.join("bin/tool")),
+        "{f}"
+    );
     assert_eq!(v["snapshots"][1]["found"][0]["change"], "unchanged", "{f}");
     assert_eq!(v["hash_cache_hits"], 1, "{f}");
 }
@@ -1175,7 +1503,10 @@ fn encrypted_repository_needs_the_key_and_reads_the_same_files() {
 fn partition_fs(dir: &Path, id: &str, bytes: u64, extra: &[&str]) -> (PathBuf, PathBuf) {
     let src = dir.join(format!("src-{id}"));
     write(&src.join("id.txt"), format!("{id}\n").as_bytes());
-    write(&src.join(format!("only-{id}/file")), id.repeat(1000).as_bytes());
+    write(
+        &src.join(format!("only-{id}/file")),
+        id.repeat(1000).as_bytes(),
+    );
     let img = dir.join(format!("fs-{id}.img"));
     mkfs_ext(&img, &src, &format!("{}k", bytes / 1024), extra);
     assert_eq!(fs::metadata(&img).unwrap().len(), bytes);
@@ -1189,13 +1520,18 @@ fn place(disk: &Path, at: u64, fs_image: &Path) {
 
 /// `sgdisk -i N DISK`: (unique GUID, first sector, last sector).
 fn sgdisk_info(disk: &Path, n: u32) -> (String, u64, u64) {
-    let out = run_tool(Command::new("sgdisk").arg("-i").arg(n.to_string()).arg(disk));
+    let out = run_tool(
+        Command::new("sgdisk")
+            .arg("-i")
+            .arg(n.to_string())
+            .arg(disk),
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().split(' ').next().unwrap_or_default().to_string())
-            .unwrap_or_else(|| panic!("no {name:?} in sgdisk -i {n}: {text}"))
+        text.lines().find_map(|l| l.strip_prefix(name)).map_or_else(
+            || panic!("no {name:?} in sgdisk -i {n}: {text}"),
+            |v| v.trim().split(' ').next().unwrap_or_default().to_string(),
+        )
     };
     (
         field("Partition unique GUID:"),
@@ -1275,7 +1611,12 @@ fn mbr_logical_and_gpt_partitions_by_number_name_and_guid() {
     backup_json(
         &repo,
         "parts",
-        &[("mbr", &mbr), ("gpt", &gpt), ("gpt2", &gpt2), ("bare", &bare)],
+        &[
+            ("mbr", &mbr),
+            ("gpt", &gpt),
+            ("gpt2", &gpt2),
+            ("bare", &bare),
+        ],
     );
     let r = s(&repo);
 
@@ -1297,22 +1638,32 @@ fn mbr_logical_and_gpt_partitions_by_number_name_and_guid() {
     assert_eq!(p["table"], "gpt", "{p}");
     let vols = p["volumes"].as_array().unwrap();
     assert_eq!(vols.len(), 3, "{p}");
-    for ((n, (guid, first, last)), (v, (name, holds))) in gpt_info
-        .iter()
-        .zip(vols.iter().zip([("boot", "ext"), ("données", "ext"), ("spare", "empty")]))
-    {
+    for ((n, (guid, first, last)), (v, (name, holds))) in gpt_info.iter().zip(vols.iter().zip([
+        ("boot", "ext"),
+        ("données", "ext"),
+        ("spare", "empty"),
+    ])) {
         let part = &v["partition"];
         assert_eq!(part["number"], *n, "{p}");
         assert_eq!(part["name"], name, "{p}");
         assert_eq!(part["uuid"], guid.to_lowercase(), "{p}");
         assert_eq!(part["start"], first * 512, "{p}");
         assert_eq!(part["len"], (last - first + 1) * 512, "{p}");
-        assert_eq!(part["type_id"], "0fc63daf-8483-4772-8e79-3d69d8477de4", "{p}");
+        assert_eq!(
+            part["type_id"], "0fc63daf-8483-4772-8e79-3d69d8477de4",
+            "{p}"
+        );
         assert_eq!(v["holds"], holds, "{p}");
     }
     let p2 = files_json(&["parts", &r, "latest@parts:gpt2"]);
-    assert_eq!(p2["volumes"], p["volumes"], "the backup GPT header describes another table");
-    assert_eq!(cat_ok(&repo, "latest@parts:gpt2:données:/id.txt"), b"gpt2\n");
+    assert_eq!(
+        p2["volumes"], p["volumes"],
+        "the backup GPT header describes another table"
+    );
+    assert_eq!(
+        cat_ok(&repo, "latest@parts:gpt2:données:/id.txt"),
+        b"gpt2\n"
+    );
     let p = files_json(&["parts", &r, "latest@parts:bare"]);
     assert_eq!(p["table"], Value::Null, "{p}");
     assert_eq!(p["volumes"][0]["partition"], Value::Null, "{p}");
@@ -1321,10 +1672,27 @@ fn mbr_logical_and_gpt_partitions_by_number_name_and_guid() {
 
     // Files by partition number, primary and logical.
     for (n, _, _, _) in mbr_parts {
-        assert_eq!(cat_ok(&repo, &format!("latest@parts:mbr:{n}:/id.txt")), format!("mbr{n}\n").as_bytes());
+        assert_eq!(
+            cat_ok(&repo, &format!("latest@parts:mbr:{n}:/id.txt")),
+            format!("mbr{n}\n").as_bytes()
+        );
         let ls = files_json(&["ls", &r, &format!("latest@parts:mbr:{n}:/")]);
-        assert_eq!(entry_names(&ls), ["id.txt".to_string(), "lost+found".into(), format!("only-mbr{n}")], "{ls}");
-        assert!(ls["volume"].as_str().unwrap().ends_with(&format!(":mbr:{n}")), "{ls}");
+        assert_eq!(
+            entry_names(&ls),
+            [
+                "id.txt".to_string(),
+                "lost+found".into(),
+                format!("only-mbr{n}")
+            ],
+            "{ls}"
+        );
+        assert!(
+            ls["volume"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(":mbr:{n}")),
+            "{ls}"
+        );
     }
     // A logical partition's whole tree.
     let out6 = dir.join("out6");
@@ -1353,7 +1721,12 @@ fn mbr_logical_and_gpt_partitions_by_number_name_and_guid() {
         let want = format!("gpt{n}\n");
         let name = if n == 1 { "boot" } else { "données" };
         let guid = &gpt_info[&n].0;
-        for part in [n.to_string(), name.to_string(), guid.to_lowercase(), guid.to_uppercase()] {
+        for part in [
+            n.to_string(),
+            name.to_string(),
+            guid.to_lowercase(),
+            guid.to_uppercase(),
+        ] {
             assert_eq!(
                 cat_ok(&repo, &format!("latest@parts:gpt:{part}:/id.txt")),
                 want.as_bytes(),
@@ -1367,20 +1740,32 @@ fn mbr_logical_and_gpt_partitions_by_number_name_and_guid() {
     files(&["ls", &r, "latest@parts:gpt:spare:/"])
         .expect_code(5)
         .stderr_has("zeros");
-    files(&["ls", &r, "latest@parts:gpt:nosuch:/"]).expect_code(2).stderr_has("nosuch");
+    files(&["ls", &r, "latest@parts:gpt:nosuch:/"])
+        .expect_code(2)
+        .stderr_has("nosuch");
     // The bare filesystem needs no partition, and takes none.
     assert_eq!(cat_ok(&repo, "latest@parts:bare:/id.txt"), b"bare\n");
     assert_eq!(
         cat_ok(&repo, "latest@parts:bare:/only-bare/file"),
         fs::read(bare_src.join("only-bare/file")).unwrap()
     );
-    files(&["ls", &r, "latest@parts:bare:1:/"]).expect_code(2).stderr_has("no partition table");
+    files(&["ls", &r, "latest@parts:bare:1:/"])
+        .expect_code(2)
+        .stderr_has("no partition table");
     // Several disks: the disk must be named.
     files(&["ls", &r, "latest@parts:/"]).expect_code(2);
 
     // find with --disk and --part.
     let f = files_json(&[
-        "find", &r, "--series", "parts", "--disk", "gpt", "--part", "données", "/only-gpt2/file",
+        "find",
+        &r,
+        "--series",
+        "parts",
+        "--disk",
+        "gpt",
+        "--part",
+        "données",
+        "/only-gpt2/file",
     ]);
     let found = &f["snapshots"][0]["found"][0];
     assert_eq!(found["change"], "added", "{f}");
@@ -1395,7 +1780,14 @@ fn mbr_logical_and_gpt_partitions_by_number_name_and_guid() {
 // 4. find across generations
 // ---------------------------------------------------------------------------------------
 
+/// Per snapshot: the (path, content) versions expected and how each changed.
+type Expected<'a> = Vec<(&'a (&'a str, Vec<u8>), &'a str)>;
+
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "t, r, f, g, w: the temp dir, repo, and outputs of one scenario"
+)]
 fn find_reports_changes_across_generations_with_content_hashes() {
     let t = TempDir::new().unwrap();
     let dir = t.path();
@@ -1424,10 +1816,21 @@ fn find_reports_changes_across_generations_with_content_hashes() {
     // What each generation does to the image before its backup.
     let steps: Vec<Vec<String>> = vec![
         vec![],
-        vec!["cd /etc".into(), "rm passwd".into(), format!("write {} passwd", local("v2", &v2))],
-        vec!["cd /etc".into(), format!("write {} new.conf", local("new", &new_conf))],
+        vec![
+            "cd /etc".into(),
+            "rm passwd".into(),
+            format!("write {} passwd", local("v2", &v2)),
+        ],
+        vec![
+            "cd /etc".into(),
+            format!("write {} new.conf", local("new", &new_conf)),
+        ],
         vec!["rm /etc/old.conf".into()],
-        vec!["cd /etc".into(), "rm passwd".into(), format!("write {} passwd", local("v3", &v3))],
+        vec![
+            "cd /etc".into(),
+            "rm passwd".into(),
+            format!("write {} passwd", local("v3", &v3)),
+        ],
         vec![],
     ];
     let mut ids = Vec::new();
@@ -1453,16 +1856,36 @@ fn find_reports_changes_across_generations_with_content_hashes() {
         ("unchanged", &v3),
     ];
     for (i, (snap, (change, content))) in snaps.iter().zip(want).enumerate() {
-        assert_eq!(snap["snapshot"], ids[i].as_str(), "generation {}: {f}", i + 1);
+        assert_eq!(
+            snap["snapshot"],
+            ids[i].as_str(),
+            "generation {}: {f}",
+            i + 1
+        );
         assert!(snap.get("error").is_none(), "generation {}: {f}", i + 1);
         let found = snap["found"].as_array().unwrap();
         assert_eq!(found.len(), 1, "generation {}: {f}", i + 1);
         assert_eq!(found[0]["path"], "/etc/passwd");
         assert_eq!(found[0]["kind"], "file");
         assert_eq!(found[0]["change"], change, "generation {}: {f}", i + 1);
-        assert_eq!(found[0]["size"], content.len() as u64, "generation {}: {f}", i + 1);
-        assert_eq!(found[0]["sha256"], sha_hex(content), "generation {}: {f}", i + 1);
-        assert_eq!(snap["removed"], serde_json::json!([]), "generation {}: {f}", i + 1);
+        assert_eq!(
+            found[0]["size"],
+            content.len() as u64,
+            "generation {}: {f}",
+            i + 1
+        );
+        assert_eq!(
+            found[0]["sha256"],
+            sha_hex(content),
+            "generation {}: {f}",
+            i + 1
+        );
+        assert_eq!(
+            snap["removed"],
+            serde_json::json!([]),
+            "generation {}: {f}",
+            i + 1
+        );
     }
     assert_eq!(f["versions"], 3, "{f}");
     assert_eq!(f["hashed"], 6, "{f}");
@@ -1482,17 +1905,45 @@ fn find_reports_changes_across_generations_with_content_hashes() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["found"].as_array().unwrap().first().map_or("-".to_string(), |x| x["change"].as_str().unwrap().to_string()))
+        .map(|s| {
+            s["found"]
+                .as_array()
+                .unwrap()
+                .first()
+                .map_or("-".to_string(), |x| {
+                    x["change"].as_str().unwrap().to_string()
+                })
+        })
         .collect();
-    assert_eq!(changes, ["-", "-", "added", "unchanged", "unchanged", "unchanged"], "{f}");
+    assert_eq!(
+        changes,
+        ["-", "-", "added", "unchanged", "unchanged", "unchanged"],
+        "{f}"
+    );
     let f = files_json(&["find", &r, "--series", "gens", "/etc/old.conf"]);
     let snaps = f["snapshots"].as_array().unwrap();
     let changes: Vec<String> = snaps
         .iter()
-        .map(|s| s["found"].as_array().unwrap().first().map_or("-".to_string(), |x| x["change"].as_str().unwrap().to_string()))
+        .map(|s| {
+            s["found"]
+                .as_array()
+                .unwrap()
+                .first()
+                .map_or("-".to_string(), |x| {
+                    x["change"].as_str().unwrap().to_string()
+                })
+        })
         .collect();
-    assert_eq!(changes, ["added", "unchanged", "unchanged", "-", "-", "-"], "{f}");
-    assert_eq!(snaps[3]["removed"], serde_json::json!(["/etc/old.conf"]), "{f}");
+    assert_eq!(
+        changes,
+        ["added", "unchanged", "unchanged", "-", "-", "-"],
+        "{f}"
+    );
+    assert_eq!(
+        snaps[3]["removed"],
+        serde_json::json!(["/etc/old.conf"]),
+        "{f}"
+    );
     assert_eq!(snaps[4]["removed"], serde_json::json!([]), "{f}");
 
     // Names matching a glob, anywhere.
@@ -1504,13 +1955,44 @@ fn find_reports_changes_across_generations_with_content_hashes() {
     let new = ("/etc/new.conf", new_conf.clone());
     // A symlink's hash is its target's text.
     let link = ("/etc/sub/link.conf", b"../a.conf".to_vec());
-    let expect: [Vec<(&(&str, Vec<u8>), &str)>; 6] = [
-        vec![(&a, "added"), (&old, "added"), (&b, "added"), (&link, "added")],
-        vec![(&a, "unchanged"), (&old, "unchanged"), (&b, "unchanged"), (&link, "unchanged")],
-        vec![(&a, "unchanged"), (&new, "added"), (&old, "unchanged"), (&b, "unchanged"), (&link, "unchanged")],
-        vec![(&a, "unchanged"), (&new, "unchanged"), (&b, "unchanged"), (&link, "unchanged")],
-        vec![(&a, "unchanged"), (&new, "unchanged"), (&b, "unchanged"), (&link, "unchanged")],
-        vec![(&a, "unchanged"), (&new, "unchanged"), (&b, "unchanged"), (&link, "unchanged")],
+    let expect: [Expected<'_>; 6] = [
+        vec![
+            (&a, "added"),
+            (&old, "added"),
+            (&b, "added"),
+            (&link, "added"),
+        ],
+        vec![
+            (&a, "unchanged"),
+            (&old, "unchanged"),
+            (&b, "unchanged"),
+            (&link, "unchanged"),
+        ],
+        vec![
+            (&a, "unchanged"),
+            (&new, "added"),
+            (&old, "unchanged"),
+            (&b, "unchanged"),
+            (&link, "unchanged"),
+        ],
+        vec![
+            (&a, "unchanged"),
+            (&new, "unchanged"),
+            (&b, "unchanged"),
+            (&link, "unchanged"),
+        ],
+        vec![
+            (&a, "unchanged"),
+            (&new, "unchanged"),
+            (&b, "unchanged"),
+            (&link, "unchanged"),
+        ],
+        vec![
+            (&a, "unchanged"),
+            (&new, "unchanged"),
+            (&b, "unchanged"),
+            (&link, "unchanged"),
+        ],
     ];
     let mut total = 0;
     for (i, (snap, want)) in snaps.iter().zip(&expect).enumerate() {
@@ -1543,19 +2025,44 @@ fn find_reports_changes_across_generations_with_content_hashes() {
         .map(|x| x["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["symlink"], "{f}");
-    assert_eq!(snaps[3]["removed"], serde_json::json!(["/etc/old.conf"]), "{f}");
+    assert_eq!(
+        snaps[3]["removed"],
+        serde_json::json!(["/etc/old.conf"]),
+        "{f}"
+    );
     assert_eq!(f["hashed"], total, "{f}");
     // Every file of generation 6 (generation 5's image) came from the cache.
     assert!(f["hash_cache_hits"].as_u64().unwrap() >= 3, "{f}");
     let f = files_json(&["find", &r, "--series", "gens", "--name", "*.log"]);
-    assert_eq!(f["snapshots"][0]["found"][0]["path"], "/var/log/x.log", "{f}");
-    assert_eq!(f["snapshots"][0]["found"][0]["sha256"], sha_hex(&vec![b'l'; 50_000]), "{f}");
+    assert_eq!(
+        f["snapshots"][0]["found"][0]["path"], "/var/log/x.log",
+        "{f}"
+    );
+    assert_eq!(
+        f["snapshots"][0]["found"][0]["sha256"],
+        sha_hex(&vec![b'l'; 50_000]),
+        "{f}"
+    );
 
     // Text output; a series that does not exist.
     let text = files(&["find", &r, "--series", "gens", "/etc/passwd"]);
     text.ok();
-    assert_eq!(text.stdout.lines().filter(|l| l.contains(" changed ")).count(), 2, "{text}");
-    assert_eq!(text.stdout.lines().filter(|l| l.contains(" added ")).count(), 1, "{text}");
+    assert_eq!(
+        text.stdout
+            .lines()
+            .filter(|l| l.contains(" changed "))
+            .count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.stdout
+            .lines()
+            .filter(|l| l.contains(" added "))
+            .count(),
+        1,
+        "{text}"
+    );
     files(&["find", &r, "--series", "nope", "/etc/passwd"]).expect_code(2);
     files(&["find", &r, "--series", "gens"]).expect_code(2);
 }
@@ -1587,18 +2094,25 @@ fn build_variant_tree(src: &Path, gen: &mut DataGen) {
         ],
     );
     // Many separate runs: more extents than an inode holds, so an extent tree of depth 1.
-    let islands: Vec<(u64, Vec<u8>)> = (0..24u64).map(|i| (i * 3 * 4096, gen.bytes(Fill::Random, 4096))).collect();
+    let islands: Vec<(u64, Vec<u8>)> = (0..24u64)
+        .map(|i| (i * 3 * 4096, gen.bytes(Fill::Random, 4096)))
+        .collect();
     // (Ending with data: `mkfs.ext4 -O inline_data -d` 1.47.0 drops a trailing hole from
     // the size it records.)
     sparse_file(&src.join("fragmented"), (23 * 3 + 1) * 4096, &islands);
     // 400 runs of 1 KiB: on 1 KiB blocks more extents than one level of index blocks
     // holds (4 × 84), so an extent tree of depth 2.
-    let islands: Vec<(u64, Vec<u8>)> = (0..400u64).map(|i| (i * 3072, gen.bytes(Fill::Random, 1024))).collect();
+    let islands: Vec<(u64, Vec<u8>)> = (0..400u64)
+        .map(|i| (i * 3072, gen.bytes(Fill::Random, 1024)))
+        .collect();
     sparse_file(&src.join("very-fragmented"), 399 * 3072 + 1024, &islands);
     write(&src.join("smalldir/one"), b"1\n");
     write(&src.join("smalldir/two"), b"2\n");
     for i in 0..300 {
-        write(&src.join(format!("bigdir/entry-number-{i:04}")), format!("{i}\n").as_bytes());
+        write(
+            &src.join(format!("bigdir/entry-number-{i:04}")),
+            format!("{i}\n").as_bytes(),
+        );
     }
     symlink("tiny", src.join("sym-short")).unwrap();
     symlink("s".repeat(59), src.join("sym59")).unwrap();
@@ -1643,7 +2157,21 @@ fn ext2_ext3_small_block_and_inline_data_variants_read_back_equal() {
         ("inline", &["-t", "ext4", "-b", "4096", "-O", "inline_data"]),
         // meta_bg: group descriptors inside each meta group (16 groups of 1 MiB with
         // 64-byte descriptors on 1 KiB blocks), with inodes spread over 40 groups.
-        ("metabg", &["-t", "ext4", "-b", "1024", "-g", "1024", "-N", "640", "-O", "meta_bg,^resize_inode"]),
+        (
+            "metabg",
+            &[
+                "-t",
+                "ext4",
+                "-b",
+                "1024",
+                "-g",
+                "1024",
+                "-N",
+                "640",
+                "-O",
+                "meta_bg,^resize_inode",
+            ],
+        ),
     ];
     let mut images = Vec::new();
     for (name, extra) in variants {
@@ -1653,17 +2181,35 @@ fn ext2_ext3_small_block_and_inline_data_variants_read_back_equal() {
     }
     // Hashed (htree) directories on the 1 KiB ext4: e2fsck -D indexes every directory.
     let ext4k1 = &images[2].1;
-    let fsck = Command::new("e2fsck").args(["-f", "-y", "-D"]).arg(ext4k1).output().expect("e2fsck");
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-y", "-D"])
+        .arg(ext4k1)
+        .output()
+        .expect("e2fsck");
     assert!(
         matches!(fsck.status.code(), Some(0 | 1)),
         "e2fsck -fyD: {}",
         String::from_utf8_lossy(&fsck.stdout)
     );
     // The images hold what they are meant to exercise.
-    assert!(debugfs(&images[0].1, "stat /holes").contains("(TIND)"), "no triple-indirect block in ext2");
-    assert_eq!(inode_flags(&images[0].1, "/text-400k") & 0x8_0000, 0, "ext2 uses extents?");
-    assert_eq!(inode_flags(&images[1].1, "/text-400k") & 0x8_0000, 0, "ext3 uses extents?");
-    assert!(debugfs(ext4k1, "stat /fragmented").contains("ETB"), "no extent tree block in ext4");
+    assert!(
+        debugfs(&images[0].1, "stat /holes").contains("(TIND)"),
+        "no triple-indirect block in ext2"
+    );
+    assert_eq!(
+        inode_flags(&images[0].1, "/text-400k") & 0x8_0000,
+        0,
+        "ext2 uses extents?"
+    );
+    assert_eq!(
+        inode_flags(&images[1].1, "/text-400k") & 0x8_0000,
+        0,
+        "ext3 uses extents?"
+    );
+    assert!(
+        debugfs(ext4k1, "stat /fragmented").contains("ETB"),
+        "no extent tree block in ext4"
+    );
     let tree = debugfs(ext4k1, "ex /very-fragmented");
     assert!(tree.contains(" 0/ 2 "), "no extent tree of depth 2: {tree}");
     let metabg = &images[4].1;
@@ -1674,8 +2220,15 @@ fn ext2_ext3_small_block_and_inline_data_variants_read_back_equal() {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|g| g.parse().ok())
         .unwrap_or_else(|| panic!("debugfs imap: {imap}"));
-    assert!(group >= 16, "the inode is in group {group}, inside the first meta group");
-    assert_ne!(inode_flags(ext4k1, "/bigdir") & 0x1000, 0, "bigdir is not hashed after e2fsck -D");
+    assert!(
+        group >= 16,
+        "the inode is in group {group}, inside the first meta group"
+    );
+    assert_ne!(
+        inode_flags(ext4k1, "/bigdir") & 0x1000,
+        0,
+        "bigdir is not hashed after e2fsck -D"
+    );
     let inline = &images[3].1;
     for p in ["/tiny", "/f120", "/smalldir", "/f59"] {
         assert_ne!(inode_flags(inline, p) & 0x1000_0000, 0, "{p} is not inline");
@@ -1700,7 +2253,11 @@ fn ext2_ext3_small_block_and_inline_data_variants_read_back_equal() {
             },
         );
         let big = files_json(&["ls", &r, &format!("latest@variants:{name}:/bigdir")]);
-        assert_eq!(entry_names(&big), source_names(&src.join("bigdir")), "{name}");
+        assert_eq!(
+            entry_names(&big),
+            source_names(&src.join("bigdir")),
+            "{name}"
+        );
         assert_eq!(
             cat_ok(&repo, &format!("latest@variants:{name}:/f120")),
             fs::read(src.join("f120")).unwrap(),
@@ -1712,7 +2269,10 @@ fn ext2_ext3_small_block_and_inline_data_variants_read_back_equal() {
             "{name}"
         );
         let holes = out.join("holes");
-        assert!(allocated_bytes(&holes) < 1 << 20, "{name}: holes restored as data");
+        assert!(
+            allocated_bytes(&holes) < 1 << 20,
+            "{name}: holes restored as data"
+        );
     }
     // 80 MiB through stdout, holes as zeros.
     assert!(cat_ok(&repo, "latest@variants:ext2:/holes") == fs::read(src.join("holes")).unwrap());
@@ -1728,7 +2288,12 @@ fn ext4_bigalloc_reads_back_equal() {
     fs::create_dir(&src).unwrap();
     build_variant_tree(&src, &mut gen);
     let img = t.path().join("bigalloc.img");
-    mkfs_ext(&img, &src, "64M", &["-t", "ext4", "-b", "4096", "-O", "bigalloc", "-C", "16384"]);
+    mkfs_ext(
+        &img,
+        &src,
+        "64M",
+        &["-t", "ext4", "-b", "4096", "-O", "bigalloc", "-C", "16384"],
+    );
     let repo = new_repo(t.path());
     backup_json(&repo, "ba", &[("disk0", &img)]);
     let out = t.path().join("out");
@@ -1766,7 +2331,11 @@ fn path_resolution_refuses_what_the_kernel_refuses() {
     assert_eq!(cat_ok(&repo, "latest@vm1:/../../etc//hostname"), b"vm1\n");
     // What does not.
     let out = cat(&repo, "latest@vm1:/etc/passwd/../hostname");
-    assert_eq!(out.stdout, b"", "cat went through a regular file: {}", out.stderr);
+    assert_eq!(
+        out.stdout, b"",
+        "cat went through a regular file: {}",
+        out.stderr
+    );
     out.expect_code(2);
     assert!(out.stderr.contains("not a directory"), "{}", out.stderr);
     let out = cat(&repo, "latest@vm1:/etc/passwd/");
@@ -1820,7 +2389,10 @@ fn unwritten_extents_read_as_zeros_and_times_keep_epoch_bits_and_nanoseconds() {
             words.get(dash + 2)?.parse().ok()
         })
         .unwrap_or_else(|| panic!("{ex}"));
-    assert!(peek(&img, first * 4096, 4096).iter().any(|b| *b != 0), "the preallocated blocks are zero on disk");
+    assert!(
+        peek(&img, first * 4096, 4096).iter().any(|b| *b != 0),
+        "the preallocated blocks are zero on disk"
+    );
 
     let repo = new_repo(dir);
     backup_json(&repo, "u", &[("disk0", &img)]);
@@ -1830,17 +2402,31 @@ fn unwritten_extents_read_as_zeros_and_times_keep_epoch_bits_and_nanoseconds() {
     want.resize(40960, 0);
     assert_eq!(cat_ok(&repo, "latest@u:/mixed"), want);
     let keep = files_json(&["stat", &r, "latest@u:/keep"]);
-    assert_eq!(keep["mtime"]["secs"], 1_700_000_000i64 + (1i64 << 32), "{keep}");
+    assert_eq!(
+        keep["mtime"]["secs"],
+        1_700_000_000i64 + (1i64 << 32),
+        "{keep}"
+    );
     assert_eq!(keep["mtime"]["nanos"], nanos, "{keep}");
     let out = dir.join("out");
     files_json(&["get", &r, "latest@u:/", &s(&out)]);
     assert_eq!(fs::read(out.join("prealloc")).unwrap(), vec![0u8; 65536]);
-    assert!(allocated_bytes(&out.join("prealloc")) == 0, "unwritten extents restored as data");
+    assert!(
+        allocated_bytes(&out.join("prealloc")) == 0,
+        "unwritten extents restored as data"
+    );
     assert_eq!(fs::read(out.join("mixed")).unwrap(), want);
     let meta = fs::metadata(out.join("keep")).unwrap();
-    assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_700_000_000 + (1 << 32), i64::try_from(nanos).unwrap()));
+    assert_eq!(
+        (meta.mtime(), meta.mtime_nsec()),
+        (1_700_000_000 + (1 << 32), i64::try_from(nanos).unwrap())
+    );
     let f = files_json(&["find", &r, "--series", "u", "/prealloc"]);
-    assert_eq!(f["snapshots"][0]["found"][0]["sha256"], sha_hex(&vec![0u8; 65536]), "{f}");
+    assert_eq!(
+        f["snapshots"][0]["found"][0]["sha256"],
+        sha_hex(&vec![0u8; 65536]),
+        "{f}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1858,7 +2444,11 @@ fn unsupported_empty_and_corrupt_volumes_fail_cleanly() {
     run_tool(Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&xfs));
     let ntfs = dir.join("ntfs.img");
     fs::File::create(&ntfs).unwrap().set_len(8 * MIB).unwrap();
-    run_tool(Command::new("mkfs.ntfs").args(["-F", "-Q", "-q"]).arg(&ntfs));
+    run_tool(
+        Command::new("mkfs.ntfs")
+            .args(["-F", "-Q", "-q"])
+            .arg(&ntfs),
+    );
     let zeros = dir.join("zeros.img");
     fs::File::create(&zeros).unwrap().set_len(4 * MIB).unwrap();
 
@@ -1886,7 +2476,11 @@ fn unsupported_empty_and_corrupt_volumes_fail_cleanly() {
     let badroot = copy("badroot");
     poke(&badroot, root_inode, &[0, 0]);
     let badextent = copy("badextent");
-    assert_eq!(peek(&badextent, victim_inode + 0x28, 2), [0x0a, 0xf3], "victim has no extent header");
+    assert_eq!(
+        peek(&badextent, victim_inode + 0x28, 2),
+        [0x0a, 0xf3],
+        "victim has no extent header"
+    );
     poke(&badextent, victim_inode + 0x28, &[0x0b, 0xad]);
     let outside = copy("outside");
     // The first extent's ee_start_hi: 12-byte header, then ee_block(4) ee_len(2).
@@ -1902,7 +2496,10 @@ fn unsupported_empty_and_corrupt_volumes_fail_cleanly() {
     debugfs_w(&looped, &["link /a /a/b/up".into()]);
     // A partition table whose partition runs past the end of the disk.
     let badtable = dir.join("badtable.img");
-    fs::File::create(&badtable).unwrap().set_len(4 * MIB).unwrap();
+    fs::File::create(&badtable)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
     let mut sfdisk = Command::new("sfdisk")
         .args(["-q", "--no-reread", "--no-tell-kernel"])
         .arg(&badtable)
@@ -1910,7 +2507,11 @@ fn unsupported_empty_and_corrupt_volumes_fail_cleanly() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("sfdisk");
-    std::io::Write::write_all(&mut sfdisk.stdin.take().unwrap(), b"label: dos\nstart=2048, size=4096, type=83\n").unwrap();
+    std::io::Write::write_all(
+        &mut sfdisk.stdin.take().unwrap(),
+        b"label: dos\nstart=2048, size=4096, type=83\n",
+    )
+    .unwrap();
     assert!(sfdisk.wait().unwrap().success());
     // 4096 sectors from 2048 would end at 3 MiB; claim 40000 sectors instead.
     poke(&badtable, 446 + 12, &40_000u32.to_le_bytes());
@@ -1939,12 +2540,27 @@ fn unsupported_empty_and_corrupt_volumes_fail_cleanly() {
     let at = |disk: &str, path: &str| format!("latest@bad:{disk}:{path}");
 
     // Refused by name, with exit 5; `parts` says what the volume holds.
-    files(&["ls", &r, &at("xfs", "/")]).expect_code(5).stderr_has("XFS");
-    files(&["cat", &r, &at("ntfs", "/x")]).expect_code(5).stderr_has("NTFS");
-    files(&["ls", &r, &at("zeros", "/")]).expect_code(5).stderr_has("zeros");
-    assert_eq!(files_json(&["parts", &r, "latest@bad:xfs"])["volumes"][0]["holds"], "xfs");
-    assert_eq!(files_json(&["parts", &r, "latest@bad:ntfs"])["volumes"][0]["holds"], "ntfs");
-    assert_eq!(files_json(&["parts", &r, "latest@bad:zeros"])["volumes"][0]["holds"], "empty");
+    files(&["ls", &r, &at("xfs", "/")])
+        .expect_code(5)
+        .stderr_has("XFS");
+    files(&["cat", &r, &at("ntfs", "/x")])
+        .expect_code(5)
+        .stderr_has("NTFS");
+    files(&["ls", &r, &at("zeros", "/")])
+        .expect_code(5)
+        .stderr_has("zeros");
+    assert_eq!(
+        files_json(&["parts", &r, "latest@bad:xfs"])["volumes"][0]["holds"],
+        "xfs"
+    );
+    assert_eq!(
+        files_json(&["parts", &r, "latest@bad:ntfs"])["volumes"][0]["holds"],
+        "ntfs"
+    );
+    assert_eq!(
+        files_json(&["parts", &r, "latest@bad:zeros"])["volumes"][0]["holds"],
+        "empty"
+    );
     let json = files(&["ls", &r, &at("xfs", "/"), "--json"]);
     json.expect_code(5);
     assert_eq!(json.json()["ok"], false, "{json}");
@@ -1952,45 +2568,109 @@ fn unsupported_empty_and_corrupt_volumes_fail_cleanly() {
 
     // The good one reads; a symlink loop is refused.
     assert_eq!(cat_ok(&repo, &at("good", "/ok.txt")), b"fine\n");
-    files(&["cat", &r, &at("good", "/l1")]).expect_code(1).stderr_has("symlinks");
-    files(&["ls", &r, &at("good", "/l1/x")]).expect_code(1).stderr_has("symlinks");
+    files(&["cat", &r, &at("good", "/l1")])
+        .expect_code(1)
+        .stderr_has("symlinks");
+    files(&["ls", &r, &at("good", "/l1/x")])
+        .expect_code(1)
+        .stderr_has("symlinks");
     files_json(&["stat", &r, &at("good", "/l1")]);
 
     // Malformed filesystems: exit 1 and a message saying what is wrong; never a panic.
-    files(&["ls", &r, &at("badmagic", "/")]).expect_code(5).stderr_has("no filesystem");
-    files(&["ls", &r, &at("badroot", "/")]).expect_code(1).stderr_has("inode 2");
-    files(&["ls", &r, &at("truncated", "/")]).expect_code(1).stderr_has("do not fit");
-    files(&["ls", &r, &at("baddir", "/")]).expect_code(1).stderr_has("malformed entry");
+    files(&["ls", &r, &at("badmagic", "/")])
+        .expect_code(5)
+        .stderr_has("no filesystem");
+    files(&["ls", &r, &at("badroot", "/")])
+        .expect_code(1)
+        .stderr_has("inode 2");
+    files(&["ls", &r, &at("truncated", "/")])
+        .expect_code(1)
+        .stderr_has("do not fit");
+    files(&["ls", &r, &at("baddir", "/")])
+        .expect_code(1)
+        .stderr_has("malformed entry");
     files(&["get", &r, &at("baddir", "/"), &s(&dir.join("out-baddir"))]).expect_code(1);
     // A broken extent tree spoils one file, not the listing.
-    assert!(entry_names(&files_json(&["ls", &r, &at("badextent", "/")])).contains(&"victim".to_string()));
-    files(&["cat", &r, &at("badextent", "/victim")]).expect_code(1).stderr_has("extent");
-    files(&["get", &r, &at("badextent", "/"), &s(&dir.join("out-badextent"))]).expect_code(1).stderr_has("extent");
-    files(&["cat", &r, &at("outside", "/victim")]).expect_code(1).stderr_has("outside the filesystem");
-    files(&["find", &r, "--series", "bad", "--disk", "outside", "/victim"]).expect_code(1);
+    assert!(entry_names(&files_json(&["ls", &r, &at("badextent", "/")]))
+        .contains(&"victim".to_string()));
+    files(&["cat", &r, &at("badextent", "/victim")])
+        .expect_code(1)
+        .stderr_has("extent");
+    files(&[
+        "get",
+        &r,
+        &at("badextent", "/"),
+        &s(&dir.join("out-badextent")),
+    ])
+    .expect_code(1)
+    .stderr_has("extent");
+    files(&["cat", &r, &at("outside", "/victim")])
+        .expect_code(1)
+        .stderr_has("outside the filesystem");
+    files(&[
+        "find", &r, "--series", "bad", "--disk", "outside", "/victim",
+    ])
+    .expect_code(1);
     // A directory linked into itself: listed where asked, refused when walked.
-    assert_eq!(entry_names(&files_json(&["ls", &r, &at("looped", "/a/b/up")])), ["b"]);
+    assert_eq!(
+        entry_names(&files_json(&["ls", &r, &at("looped", "/a/b/up")])),
+        ["b"]
+    );
     files(&["get", &r, &at("looped", "/"), &s(&dir.join("out-looped"))])
         .expect_code(1)
         .stderr_has("loop");
-    let tar = files(&["get", &r, &at("looped", "/a"), &s(&dir.join("looped.tar")), "--tar"]);
+    let tar = files(&[
+        "get",
+        &r,
+        &at("looped", "/a"),
+        &s(&dir.join("looped.tar")),
+        "--tar",
+    ]);
     tar.expect_code(1).stderr_has("loop");
-    assert!(!dir.join("looped.tar").exists(), "a failed tar was left behind");
-    let f = files(&["find", &r, "--series", "bad", "--disk", "looped", "--name", "*.txt", "--json"]);
+    assert!(
+        !dir.join("looped.tar").exists(),
+        "a failed tar was left behind"
+    );
+    let f = files(&[
+        "find", &r, "--series", "bad", "--disk", "looped", "--name", "*.txt", "--json",
+    ]);
     f.expect_code(1);
     assert_eq!(f.json()["errors"], 1, "{f}");
-    assert!(f.json()["snapshots"][0]["error"].as_str().unwrap().contains("loop"), "{f}");
+    assert!(
+        f.json()["snapshots"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("loop"),
+        "{f}"
+    );
     // A journal not replayed: read, with a warning.
     let listing = files_json(&["ls", &r, &at("dirty", "/")]);
-    assert!(listing["warning"].as_str().is_some_and(|w| w.contains("journal")), "{listing}");
-    assert!(files_json(&["ls", &r, &at("good", "/")]).get("warning").is_none());
-    files(&["ls", &r, &at("dirty", "/")]).ok().stderr_has("warning");
+    assert!(
+        listing["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("journal")),
+        "{listing}"
+    );
+    assert!(files_json(&["ls", &r, &at("good", "/")])
+        .get("warning")
+        .is_none());
+    files(&["ls", &r, &at("dirty", "/")])
+        .ok()
+        .stderr_has("warning");
     // A partition past the end of the disk.
-    files(&["ls", &r, &at("badtable", "/")]).expect_code(1).stderr_has("past the end");
-    files(&["parts", &r, "latest@bad:badtable"]).expect_code(1).stderr_has("past the end");
+    files(&["ls", &r, &at("badtable", "/")])
+        .expect_code(1)
+        .stderr_has("past the end");
+    files(&["parts", &r, "latest@bad:badtable"])
+        .expect_code(1)
+        .stderr_has("past the end");
 }
 
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "t, r, f, g, w: the temp dir, repo, and outputs of one scenario"
+)]
 fn a_damaged_chunk_fails_cat_get_and_find_with_exit_4_naming_the_range() {
     let mut gen = DataGen::new(seed("files_damage"));
     let t = TempDir::new().unwrap();
@@ -2014,7 +2694,8 @@ fn a_damaged_chunk_fails_cat_get_and_find_with_exit_4_naming_the_range() {
 
     let out = cat(&repo, "latest@dmg:/big");
     out.expect_code(4);
-    let (start, end) = byte_range(&out.stderr).unwrap_or_else(|| panic!("no byte range in {}", out.stderr));
+    let (start, end) =
+        byte_range(&out.stderr).unwrap_or_else(|| panic!("no byte range in {}", out.stderr));
     assert!(
         start <= hit && hit < end && end <= size && end - start <= 8 * MIB,
         "range {start}..{end} for a damaged byte {hit} of a {size}-byte file: {}",
@@ -2023,14 +2704,21 @@ fn a_damaged_chunk_fails_cat_get_and_find_with_exit_4_naming_the_range() {
     assert!(out.stderr.contains("big"), "{}", out.stderr);
     // Nothing else is affected.
     assert_eq!(cat_ok(&repo, "latest@dmg:/small.txt"), b"unaffected\n");
-    assert_eq!(entry_names(&files_json(&["ls", &r, "latest@dmg:/"])), ["big", "lost+found", "small.txt"]);
+    assert_eq!(
+        entry_names(&files_json(&["ls", &r, "latest@dmg:/"])),
+        ["big", "lost+found", "small.txt"]
+    );
     // get: exit 4, and no file, not even a partial one.
     let dest = dir.join("restored");
     fs::create_dir(&dest).unwrap();
     let g = files(&["get", &r, "latest@dmg:/big", &s(&dest)]);
     g.expect_code(4);
     assert!(byte_range(&g.stderr).is_some(), "{g}");
-    assert!(tessera_tests::dir_entries(&dest).is_empty(), "left behind: {:?}", tessera_tests::dir_entries(&dest));
+    assert!(
+        tessera_tests::dir_entries(&dest).is_empty(),
+        "left behind: {:?}",
+        tessera_tests::dir_entries(&dest)
+    );
     let tar = dir.join("out.tar");
     files(&["get", &r, "latest@dmg:/", &s(&tar), "--tar"]).expect_code(4);
     assert!(!tar.exists(), "a failed tar was left behind");
@@ -2039,7 +2727,10 @@ fn a_damaged_chunk_fails_cat_get_and_find_with_exit_4_naming_the_range() {
     f.expect_code(1);
     let v = f.json();
     assert_eq!(v["errors"], 1, "{f}");
-    assert!(byte_range(v["snapshots"][0]["error"].as_str().unwrap()).is_some(), "{f}");
+    assert!(
+        byte_range(v["snapshots"][0]["error"].as_str().unwrap()).is_some(),
+        "{f}"
+    );
 
     // Damaged metadata (the chunk holding the inode table) is damage too: exit 4, not a
     // malformed filesystem.

@@ -108,16 +108,28 @@ fn main() {
     let disk_a = d.join("a.img");
     let size_a = (file_mib + 96) << 20;
     mkfs(&disk_a, &src, size_a);
-    run(&mut tessera(&bin, &["backup", &r, "--series", "a", &format!("d0={}", s(&disk_a))]));
+    run(&mut tessera(
+        &bin,
+        &["backup", &r, "--series", "a", &format!("d0={}", s(&disk_a))],
+    ));
     let restored = d.join("restored.raw");
-    let (restore_secs, _) = run(&mut tessera(&bin, &["restore", &r, "latest@a", &s(&restored)]));
+    let (restore_secs, _) = run(&mut tessera(
+        &bin,
+        &["restore", &r, "latest@a", &s(&restored)],
+    ));
     fs::remove_file(&restored).expect("rm");
     let got = d.join("big.out");
     let started = Instant::now();
-    run(&mut tessera(&bin, &["files", "get", &r, "latest@a:/big.bin", &s(&got)]));
+    run(&mut tessera(
+        &bin,
+        &["files", "get", &r, "latest@a:/big.bin", &s(&got)],
+    ));
     sync_file(&got);
     let get_secs = started.elapsed().as_secs_f64();
-    assert!(fs::read(&got).expect("read") == big, "files get did not give the file back");
+    assert!(
+        fs::read(&got).expect("read") == big,
+        "files get did not give the file back"
+    );
     fs::remove_file(&got).expect("rm");
     drop(big);
 
@@ -126,7 +138,10 @@ fn main() {
     write_etc(&small, &mut rng, 2000);
     let disk_b = d.join("b.img");
     mkfs(&disk_b, &small, big_gib << 30);
-    run(&mut tessera(&bin, &["backup", &r, "--series", "b", &format!("d0={}", s(&disk_b))]));
+    run(&mut tessera(
+        &bin,
+        &["backup", &r, "--series", "b", &format!("d0={}", s(&disk_b))],
+    ));
     fs::remove_file(&disk_b).expect("rm");
     let ls = ["--json", "files", "ls", &r, "latest@b:/etc/sub"];
     let _cold = json(&mut tessera(&bin, &ls));
@@ -138,7 +153,16 @@ fn main() {
     let disk_c = d.join("c.img");
     mkfs(&disk_c, &small, 256 << 20);
     let backup_c = |series: &str| {
-        run(&mut tessera(&bin, &["backup", &r, "--series", series, &format!("d0={}", s(&disk_c))]));
+        run(&mut tessera(
+            &bin,
+            &[
+                "backup",
+                &r,
+                "--series",
+                series,
+                &format!("d0={}", s(&disk_c)),
+            ],
+        ));
     };
     backup_c("one");
     for generation in 0..generations {
@@ -151,12 +175,20 @@ fn main() {
         }
         if generation % 3 == 0 {
             let local = d.join("passwd");
-            fs::write(&local, format!("root:x:0:0:gen {generation}:/root:/bin/sh\n")).expect("passwd");
+            fs::write(
+                &local,
+                format!("root:x:0:0:gen {generation}:/root:/bin/sh\n"),
+            )
+            .expect("passwd");
             let _ = writeln!(script, "rm /etc/passwd\nwrite {} /etc/passwd", s(&local));
         }
         let cmds = d.join("debugfs.cmds");
         fs::write(&cmds, script).expect("cmds");
-        run(Command::new("debugfs").arg("-w").arg("-f").arg(&cmds).arg(&disk_c));
+        run(Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&cmds)
+            .arg(&disk_c));
         backup_c("c");
     }
     let find = |series: &str, what: &[&str]| {
@@ -194,7 +226,10 @@ fn main() {
         "{:<58} {find_many:>9.2}",
         format!("tessera files find /etc/passwd, {generations} snapshots ({versions} versions)")
     );
-    println!("{:<58} {glob_one:>9.2}", "tessera files find --name '*.conf', 1 snapshot");
+    println!(
+        "{:<58} {glob_one:>9.2}",
+        "tessera files find --name '*.conf', 1 snapshot"
+    );
     println!(
         "{:<58} {glob_many:>9.2}",
         format!(

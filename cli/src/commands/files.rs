@@ -8,8 +8,8 @@ use tessera_engine::explore::{FileKind, Timestamp};
 use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::files::find::{find, FindQuery, FindReport};
 use tessera_engine::ops::files::get::{get, GetReport};
-use tessera_engine::ops::files::tar_stream::{get_tar, get_tar_file};
 use tessera_engine::ops::files::query::{cat, ls, stat};
+use tessera_engine::ops::files::tar_stream::{get_tar, get_tar_file};
 use tessera_engine::ops::files::{parts, EntryInfo, PartsReport, VolumeRef};
 use tessera_engine::time::format_us;
 use tessera_engine::ErrorKind;
@@ -125,7 +125,9 @@ pub fn run(
 
 /// Prints `files parts`.
 fn print_parts(r: &PartsReport) {
-    let table = r.table.map_or("no partition table".to_string(), |t| format!("{t:?} table").to_uppercase());
+    let table = r.table.map_or("no partition table".to_string(), |t| {
+        format!("{t:?} table").to_uppercase()
+    });
     println!("{}:{}: {table}", &r.snapshot.to_hex()[..16], r.disk);
     for v in &r.volumes {
         match &v.partition {
@@ -136,7 +138,11 @@ fn print_parts(r: &PartsReport) {
                 bytes(p.len),
                 p.type_id,
                 p.name,
-                if p.uuid.is_empty() { String::new() } else { format!(" {}", p.uuid) },
+                if p.uuid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", p.uuid)
+                },
                 v.holds.name()
             ),
             None => println!("  whole disk holds {}", v.holds.name()),
@@ -149,7 +155,11 @@ fn print_find(r: &FindReport, json: bool) -> i32 {
     let problems = (r.errors > 0).then(|| {
         (
             ErrorKind::Failed,
-            format!("{} of {} snapshots could not be searched", r.errors, r.snapshots.len()),
+            format!(
+                "{} of {} snapshots could not be searched",
+                r.errors,
+                r.snapshots.len()
+            ),
         )
     });
     let failed = problems.is_some();
@@ -249,7 +259,13 @@ fn long_line(e: &EntryInfo) -> String {
 fn printable(name: &str) -> std::borrow::Cow<'_, str> {
     if name.chars().any(char::is_control) {
         name.chars()
-            .map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() })
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
             .collect::<String>()
             .into()
     } else {
@@ -260,7 +276,11 @@ fn printable(name: &str) -> std::borrow::Cow<'_, str> {
 fn mode_string(kind: FileKind, mode: u32) -> String {
     let mut out = String::with_capacity(10);
     out.push(kind.ls_letter());
-    for (shift, special, set, unset) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+    for (shift, special, set, unset) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
         let bits = (mode >> shift) & 7;
         out.push(if bits & 4 != 0 { 'r' } else { '-' });
         out.push(if bits & 2 != 0 { 'w' } else { '-' });

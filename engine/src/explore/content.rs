@@ -18,7 +18,11 @@ pub enum Piece<'a> {
 
 /// The first `size` bytes the extents describe, in one buffer. `size` must be bounded by
 /// the caller (directories and symlink targets are).
-pub fn read_extents(volume: &dyn Image, extents: &[FileExtent], size: u64) -> Result<Vec<u8>, FsError> {
+pub fn read_extents(
+    volume: &dyn Image,
+    extents: &[FileExtent],
+    size: u64,
+) -> Result<Vec<u8>, FsError> {
     let mut out = vec![0u8; usize::try_from(size).map_err(|_| FsError::corrupt("a huge size"))?];
     stream(volume, extents, &mut |piece| {
         if let Piece::Data(offset, bytes) = piece {
@@ -44,7 +48,9 @@ pub fn stream(
         match &e.data {
             ExtentData::Zero => sink(Piece::Hole(e.offset, e.len))?,
             ExtentData::Inline(bytes) => {
-                let len = usize::try_from(e.len).unwrap_or(usize::MAX).min(bytes.len());
+                let len = usize::try_from(e.len)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
                 sink(Piece::Data(e.offset, &bytes[..len]))?;
             }
             ExtentData::Volume(at) => {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::image::Image;
-use super::{ext4, fat, FsError, Filesystem};
+use super::{ext4, fat, Filesystem, FsError};
 
 /// What a volume's first bytes say it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

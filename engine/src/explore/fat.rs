@@ -73,7 +73,12 @@ impl Fat {
             0 => u64::from(le.u32(36)?),
             n => u64::from(n),
         };
-        if !matches!(bps, 512 | 1024 | 2048 | 4096) || !spc.is_power_of_two() || reserved == 0 || fats == 0 || fat_sectors == 0 {
+        if !matches!(bps, 512 | 1024 | 2048 | 4096)
+            || !spc.is_power_of_two()
+            || reserved == 0
+            || fats == 0
+            || fat_sectors == 0
+        {
             return Err(FsError::corrupt(format!(
                 "FAT boot sector: {bps} bytes per sector, {spc} per cluster, {reserved} reserved, {fats} FATs of {fat_sectors} sectors"
             )));
@@ -109,14 +114,18 @@ impl Fat {
         let (root_region, root_cluster) = if width == Width::Fat32 {
             (None, le.u32(44)?)
         } else {
-            (Some(((reserved + fats * fat_sectors) * bps, root_entries * 32)), 0)
+            (
+                Some(((reserved + fats * fat_sectors) * bps, root_entries * 32)),
+                0,
+            )
         };
         let fs = Self {
             volume,
             width,
             cluster_bytes: spc * bps,
             data_start: data_sector * bps,
-            clusters: u32::try_from(clusters).map_err(|_| FsError::corrupt("too many FAT clusters"))?,
+            clusters: u32::try_from(clusters)
+                .map_err(|_| FsError::corrupt("too many FAT clusters"))?,
             root_region,
             table: fat,
             nodes: Mutex::new(HashMap::new()),
@@ -147,16 +156,18 @@ impl Fat {
 
     fn node(&self, ino: u64) -> Result<Node, FsError> {
         self.nodes().get(&ino).cloned().ok_or_else(|| {
-            FsError::corrupt(format!("FAT entry {ino} is not in a directory listed so far"))
+            FsError::corrupt(format!(
+                "FAT entry {ino} is not in a directory listed so far"
+            ))
         })
     }
 
     /// The FAT's entry for cluster `c`.
     fn next(&self, c: u32) -> Result<u32, FsError> {
         let at = |i: usize, n: usize| {
-            self.table
-                .get(i..i + n)
-                .ok_or_else(|| FsError::corrupt(format!("FAT entry of cluster {c} lies past the FAT")))
+            self.table.get(i..i + n).ok_or_else(|| {
+                FsError::corrupt(format!("FAT entry of cluster {c} lies past the FAT"))
+            })
         };
         let c = c as usize;
         Ok(match self.width {
@@ -270,7 +281,11 @@ impl Filesystem for Fat {
         let runs = self.dir_runs(&node)?;
         let mut bytes = Vec::new();
         for (offset, len) in &runs {
-            bytes.append(&mut self.volume.read_vec(*offset, *len as usize, "a FAT directory")?);
+            bytes.append(
+                &mut self
+                    .volume
+                    .read_vec(*offset, *len as usize, "a FAT directory")?,
+            );
         }
         let entries = parse_dir(&bytes)?;
         let mut nodes = self.nodes();
@@ -296,7 +311,9 @@ impl Filesystem for Fat {
     }
 
     fn read_link(&self, ino: u64) -> Result<Vec<u8>, FsError> {
-        Err(FsError::corrupt(format!("FAT entry {ino} is not a symlink: FAT has none")))
+        Err(FsError::corrupt(format!(
+            "FAT entry {ino} is not a symlink: FAT has none"
+        )))
     }
 
     fn extents(&self, ino: u64) -> Result<Vec<FileExtent>, FsError> {
@@ -355,7 +372,10 @@ fn parse_dir(bytes: &[u8]) -> Result<Vec<(usize, Parsed)>, FsError> {
                 long.clear();
             }
             let mut units = [0u16; 13];
-            for (k, at) in [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30].iter().enumerate() {
+            for (k, at) in [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30]
+                .iter()
+                .enumerate()
+            {
                 units[k] = u16::from_le_bytes([e[*at], e[*at + 1]]);
             }
             // A long name has at most 20 parts (255 UTF-16 units); more is not one.
@@ -434,7 +454,10 @@ fn long_name(long: &[(u8, [u16; 13], u8)], short: &[u8]) -> Option<Vec<u8>> {
         }
         units.extend_from_slice(part);
     }
-    let end = units.iter().position(|u| *u == 0 || *u == 0xffff).unwrap_or(units.len());
+    let end = units
+        .iter()
+        .position(|u| *u == 0 || *u == 0xffff)
+        .unwrap_or(units.len());
     let name = String::from_utf16(&units[..end]).ok()?;
     (!name.is_empty() && !name.contains('/')).then(|| name.into_bytes())
 }
@@ -449,7 +472,10 @@ fn short_checksum(short: &[u8]) -> u8 {
 /// taken as Latin-1.
 fn short_name(short: &[u8], nt_flags: u8) -> Vec<u8> {
     let part = |bytes: &[u8], lower: bool| -> String {
-        let trimmed = bytes.iter().rposition(|b| *b != b' ').map_or(&bytes[..0], |i| &bytes[..=i]);
+        let trimmed = bytes
+            .iter()
+            .rposition(|b| *b != b' ')
+            .map_or(&bytes[..0], |i| &bytes[..=i]);
         trimmed
             .iter()
             .enumerate()
@@ -466,7 +492,11 @@ fn short_name(short: &[u8], nt_flags: u8) -> Vec<u8> {
     };
     let base = part(&short[..8], nt_flags & 0x08 != 0);
     let ext = part(&short[8..11], nt_flags & 0x10 != 0);
-    let name = if ext.is_empty() { base } else { format!("{base}.{ext}") };
+    let name = if ext.is_empty() {
+        base
+    } else {
+        format!("{base}.{ext}")
+    };
     name.replace('/', "_").into_bytes()
 }
 
@@ -476,7 +506,11 @@ fn fat_time(date: u16, time: u16, tenths: u8) -> Timestamp {
     let year = 1980 + i32::from(date >> 9);
     let month = u32::from((date >> 5) & 0xf);
     let day = u32::from(date & 0x1f);
-    let (h, m, s) = (u32::from(time >> 11), u32::from((time >> 5) & 0x3f), u32::from(time & 0x1f) * 2);
+    let (h, m, s) = (
+        u32::from(time >> 11),
+        u32::from((time >> 5) & 0x3f),
+        u32::from(time & 0x1f) * 2,
+    );
     let Some(date) = chrono::NaiveDate::from_ymd_opt(year, month, day) else {
         return Timestamp::default();
     };

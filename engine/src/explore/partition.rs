@@ -151,7 +151,12 @@ fn read_mbr(disk: &dyn Image, entries: &[MbrEntry; 4]) -> Result<Table, FsError>
     })
 }
 
-fn mbr_partition(disk: &dyn Image, number: u32, e: &MbrEntry, base: u64) -> Result<Partition, FsError> {
+fn mbr_partition(
+    disk: &dyn Image,
+    number: u32,
+    e: &MbrEntry,
+    base: u64,
+) -> Result<Partition, FsError> {
     let start = base
         .checked_add(e.lba)
         .and_then(|lba| lba.checked_mul(SECTOR))

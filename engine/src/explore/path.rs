@@ -50,7 +50,9 @@ pub fn resolve(fs: &dyn Filesystem, path: &[u8], follow_last: bool) -> Result<Re
             .read_dir(current.0)?
             .into_iter()
             .find(|e| e.name == name)
-            .ok_or_else(|| FsError::NotFound { path: shown.clone() })?;
+            .ok_or_else(|| FsError::NotFound {
+                path: shown.clone(),
+            })?;
         let stat = fs.stat(entry.ino)?;
         let last = pending.is_empty();
         if stat.kind == FileKind::Symlink && (!last || follow_last) {

@@ -65,7 +65,12 @@ fn descend(
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     for (i, entry) in entries.iter().enumerate() {
         let name = entry.name.as_slice();
-        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        if name.is_empty()
+            || name == b"."
+            || name == b".."
+            || name.contains(&b'/')
+            || name.contains(&0)
+        {
             return Err(FsError::corrupt(format!(
                 "directory /{} holds an entry named {:?}, which no path can name",
                 shown(),
@@ -85,7 +90,14 @@ fn descend(
         }
         rel.extend_from_slice(&entry.name);
         let stat = fs.stat(entry.ino)?;
-        descend(fs, entry.ino, &Visit { rel, stat }, depth + 1, seen_dirs, visit)?;
+        descend(
+            fs,
+            entry.ino,
+            &Visit { rel, stat },
+            depth + 1,
+            seen_dirs,
+            visit,
+        )?;
     }
     Ok(())
 }
@@ -122,10 +134,24 @@ mod tests {
             1
         }
         fn stat(&self, ino: u64) -> Result<Stat, FsError> {
-            Ok(stat(ino, if ino == 1 { FileKind::Dir } else { FileKind::File }))
+            Ok(stat(
+                ino,
+                if ino == 1 {
+                    FileKind::Dir
+                } else {
+                    FileKind::File
+                },
+            ))
         }
         fn read_dir(&self, _: u64) -> Result<Vec<DirEntry>, FsError> {
-            Ok(self.0.iter().map(|n| DirEntry { name: n.to_vec(), ino: 2 }).collect())
+            Ok(self
+                .0
+                .iter()
+                .map(|n| DirEntry {
+                    name: n.to_vec(),
+                    ino: 2,
+                })
+                .collect())
         }
         fn read_link(&self, _: u64) -> Result<Vec<u8>, FsError> {
             Ok(Vec::new())
@@ -147,7 +173,10 @@ mod tests {
 
     #[test]
     fn names_no_path_can_hold_are_refused_before_anyone_joins_them() {
-        assert_eq!(walked(vec![b"b", b"a"]).unwrap(), vec![b"".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            walked(vec![b"b", b"a"]).unwrap(),
+            vec![b"".to_vec(), b"a".to_vec(), b"b".to_vec()]
+        );
         for bad in [&b"../../etc/passwd"[..], b"..", b".", b"", b"a/b", b"nul\0"] {
             let err = walked(vec![b"ok", bad]).unwrap_err();
             assert!(matches!(err, FsError::Corrupt(_)), "{bad:?}: {err}");

@@ -128,7 +128,12 @@ fn extent_node(
 
 /// Collects the runs of a classic block map: 12 direct pointers, then single, double and
 /// triple indirect blocks. A zero pointer is a hole (and a whole hole subtree).
-fn block_map(fs: &Ext4, inode: &Inode, file_blocks: u64, runs: &mut Vec<Run>) -> Result<(), FsError> {
+fn block_map(
+    fs: &Ext4,
+    inode: &Inode,
+    file_blocks: u64,
+    runs: &mut Vec<Run>,
+) -> Result<(), FsError> {
     let le = Le::new(&inode.block, "an ext block map");
     let per_block = fs.sb.block_size / 4;
     let mut logical = 0u64;
@@ -142,7 +147,16 @@ fn block_map(fs: &Ext4, inode: &Inode, file_blocks: u64, runs: &mut Vec<Run>) ->
             break;
         }
         if ptr != 0 {
-            map_level(fs, inode.ino, ptr, level, logical, file_blocks, runs, &mut budget)?;
+            map_level(
+                fs,
+                inode.ino,
+                ptr,
+                level,
+                logical,
+                file_blocks,
+                runs,
+                &mut budget,
+            )?;
         }
         logical = logical.saturating_add(span);
     }
@@ -232,7 +246,10 @@ fn to_extents(fs: &Ext4, ino: u64, size: u64, runs: &[Run]) -> Result<Vec<FileEx
         let len = run.len.saturating_mul(bs).min(size - start);
         match run.physical {
             Some(p) => {
-                if p.checked_add(run.len).is_none_or(|end| end > fs.sb.blocks_count) || p == 0 {
+                if p.checked_add(run.len)
+                    .is_none_or(|end| end > fs.sb.blocks_count)
+                    || p == 0
+                {
                     return Err(FsError::corrupt(format!(
                         "ext inode {ino}: an extent at block {p} (+{}) lies outside the filesystem ({} blocks)",
                         run.len, fs.sb.blocks_count

@@ -54,8 +54,11 @@ impl Ext4 {
                 self.sb.blocks_count
             )));
         }
-        self.volume
-            .read_vec(block * self.sb.block_size, self.sb.block_size as usize, what)
+        self.volume.read_vec(
+            block * self.sb.block_size,
+            self.sb.block_size as usize,
+            what,
+        )
     }
 
     fn inode(&self, ino: u64) -> Result<Inode, FsError> {

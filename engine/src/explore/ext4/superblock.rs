@@ -77,7 +77,9 @@ impl Superblock {
             )));
         }
         if incompat & INCOMPAT_JOURNAL_DEV != 0 {
-            return Err(FsError::Unsupported("the volume is an external ext journal".into()));
+            return Err(FsError::Unsupported(
+                "the volume is an external ext journal".into(),
+            ));
         }
         let bit64 = incompat & INCOMPAT_64BIT != 0;
         let desc_size = if bit64 { u64::from(le.u16(0xfe)?) } else { 32 };
@@ -112,14 +114,17 @@ impl Superblock {
 
     fn checked(mut self, volume_len: u64) -> Result<Self, FsError> {
         let bad = |what: String| Err(FsError::corrupt(format!("ext superblock: {what}")));
-        if !(128..=self.block_size).contains(&self.inode_size) || !self.inode_size.is_power_of_two() {
+        if !(128..=self.block_size).contains(&self.inode_size) || !self.inode_size.is_power_of_two()
+        {
             return bad(format!("inode size {}", self.inode_size));
         }
         if !(32..=1024).contains(&self.desc_size) || !self.desc_size.is_power_of_two() {
             return bad(format!("group descriptor size {}", self.desc_size));
         }
         // A group's block bitmap is one block: one bit per cluster.
-        if self.blocks_per_group == 0 || self.blocks_per_group > (8 * self.block_size) << self.log_cluster_ratio {
+        if self.blocks_per_group == 0
+            || self.blocks_per_group > (8 * self.block_size) << self.log_cluster_ratio
+        {
             return bad(format!("{} blocks per group", self.blocks_per_group));
         }
         if self.inodes_per_group == 0 || self.inodes_per_group > 8 * self.block_size {
@@ -188,7 +193,8 @@ impl Superblock {
     /// The first block of group `group`'s inode table.
     pub(super) fn inode_table(&self, volume: &dyn Image, group: u64) -> Result<u64, FsError> {
         let per_block = self.block_size / self.desc_size;
-        let at = self.descriptor_block(group) * self.block_size + (group % per_block) * self.desc_size;
+        let at =
+            self.descriptor_block(group) * self.block_size + (group % per_block) * self.desc_size;
         let raw = volume.read_vec(at, self.desc_size as usize, "an ext group descriptor")?;
         let le = Le::new(&raw, "an ext group descriptor");
         let mut table = u64::from(le.u32(0x8)?);

@@ -126,7 +126,8 @@ pub fn find(
     progress.start("searching snapshots", snapshots.len() as u64);
     for listed in &snapshots {
         let searched = open_volume(repo, listed.id, which, &cache).and_then(|volume| {
-            search(&volume, query, glob.as_ref(), &mut hasher).map_err(|(path, e)| volume.error(&path, e))
+            search(&volume, query, glob.as_ref(), &mut hasher)
+                .map_err(|(path, e)| volume.error(&path, e))
         });
         let mut finds = SnapshotFinds {
             snapshot: listed.id,
@@ -150,7 +151,11 @@ pub fn find(
                     now.insert(f.path.clone(), f.clone());
                     finds.found.push(f);
                 }
-                finds.removed = previous.keys().filter(|p| !now.contains_key(*p)).cloned().collect();
+                finds.removed = previous
+                    .keys()
+                    .filter(|p| !now.contains_key(*p))
+                    .cloned()
+                    .collect();
                 previous = now;
             }
             Err(e) => {
@@ -183,7 +188,8 @@ fn search(
         FindQuery::Path(path) => match resolve(fs, path.as_bytes(), false) {
             Ok(r) => {
                 let shown = String::from_utf8_lossy(&r.path).into_owned();
-                let found = describe(volume, shown.clone(), &r.stat, hasher).map_err(|e| (shown, e))?;
+                let found =
+                    describe(volume, shown.clone(), &r.stat, hasher).map_err(|e| (shown, e))?;
                 Ok(vec![found])
             }
             Err(FsError::NotFound { .. } | FsError::NotADirectory { .. }) => Ok(Vec::new()),
@@ -210,7 +216,12 @@ fn search(
     }
 }
 
-fn describe(volume: &Volume, path: String, stat: &Stat, hasher: &mut ContentHasher) -> std::result::Result<Found, FsError> {
+fn describe(
+    volume: &Volume,
+    path: String,
+    stat: &Stat,
+    hasher: &mut ContentHasher,
+) -> std::result::Result<Found, FsError> {
     let sha256 = match stat.kind {
         FileKind::File => Some(hasher.file(volume, stat)?),
         FileKind::Symlink => Some(hex::encode(Sha256::digest(volume.fs.read_link(stat.ino)?))),

@@ -37,10 +37,10 @@ use serde::Serialize;
 
 use super::query::{io_fs, open_path};
 use super::{FileRef, Volume};
+use crate::direct_write::{write_pipeline, BlockWriter, PipelineProducer};
 use crate::error::{Error, Result};
 use crate::explore::content::{stream, Piece};
 use crate::explore::walk::{walk, Visit};
-use crate::direct_write::{write_pipeline, BlockWriter, PipelineProducer};
 use crate::explore::{ExtentData, FileExtent, FileKind, FsError, Image, Stat, Timestamp};
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -93,15 +93,24 @@ pub fn get(
     progress: &dyn Progress,
 ) -> Result<GetReport> {
     let (volume, found) = open_path(repo, file, false)?;
-    let name = found.path.rsplit(|b| *b == b'/').next().unwrap_or_default().to_vec();
+    let name = found
+        .path
+        .rsplit(|b| *b == b'/')
+        .next()
+        .unwrap_or_default()
+        .to_vec();
     let target = if dest.is_dir() && !name.is_empty() {
         dest.join(OsStr::from_bytes(&name))
     } else {
         dest.to_path_buf()
     };
     let (parent, leaf) = split_target(&target)?;
-    let base = rustix::fs::open(&parent, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io(format!("opening {}", parent.display()), e.into()))?;
+    let base = rustix::fs::open(
+        &parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(format!("opening {}", parent.display()), e.into()))?;
     raise_open_file_limit();
     let root = running_as_root();
     let mut w = TreeWriter {
@@ -120,18 +129,29 @@ pub fn get(
         },
         progress,
     };
-    let total = if found.stat.kind == FileKind::File { found.stat.size } else { 0 };
+    let total = if found.stat.kind == FileKind::File {
+        found.stat.size
+    } else {
+        0
+    };
     progress.start("restoring files", total);
     // The name being restored, so a failure names the file it happened in.
     let mut current = Vec::new();
-    let walked = walk(volume.fs.as_ref(), found.ino, found.stat.clone(), &mut |v| {
-        current.clone_from(&v.rel);
-        w.visit(v)
-    })
+    let walked = walk(
+        volume.fs.as_ref(),
+        found.ino,
+        found.stat.clone(),
+        &mut |v| {
+            current.clone_from(&v.rel);
+            w.visit(v)
+        },
+    )
     .map_err(|e| volume.error(&super::below(&found.path, &current), e));
     // Directories get their modes and times even when the walk failed: a half-restored
     // tree is not left with every directory 0700.
-    let finished = w.close_dirs_to(0).map_err(|e| super::explore_error(target.display().to_string(), e));
+    let finished = w
+        .close_dirs_to(0)
+        .map_err(|e| super::explore_error(target.display().to_string(), e));
     walked?;
     finished?;
     progress.finish();
@@ -143,10 +163,14 @@ fn split_target(target: &Path) -> Result<(PathBuf, Vec<u8>)> {
     let target = match target.file_name() {
         Some(_) => target.to_path_buf(),
         // `.`, `..` or `/`: the directory it names, by its real path.
-        None => fs::canonicalize(target).map_err(|e| Error::io(format!("resolving {}", target.display()), e))?,
+        None => fs::canonicalize(target)
+            .map_err(|e| Error::io(format!("resolving {}", target.display()), e))?,
     };
     let leaf = target.file_name().ok_or_else(|| {
-        Error::Usage(format!("{} cannot be restored onto: name a directory below it", target.display()))
+        Error::Usage(format!(
+            "{} cannot be restored onto: name a directory below it",
+            target.display()
+        ))
     })?;
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -198,11 +222,19 @@ impl TreeWriter<'_> {
             self.close_dirs_to(0)?;
             self.base.clone()
         } else {
-            let keep = self.open_dirs.iter().position(|d| d.rel == parent_rel).map_or(0, |i| i + 1);
+            let keep = self
+                .open_dirs
+                .iter()
+                .position(|d| d.rel == parent_rel)
+                .map_or(0, |i| i + 1);
             self.close_dirs_to(keep)?;
             match self.open_dirs.last() {
                 Some(d) if d.rel == parent_rel => d.fd.clone(),
-                _ => return Err(FsError::corrupt("the walk left a directory before its entries")),
+                _ => {
+                    return Err(FsError::corrupt(
+                        "the walk left a directory before its entries",
+                    ))
+                }
             }
         };
         let at = Place {
@@ -273,9 +305,12 @@ impl TreeWriter<'_> {
             Ok(_) if !self.force => Err(FsError::Image(Box::new(Error::OutputExists {
                 path: PathBuf::from(&at.shown),
             }))),
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => Err(FsError::Image(Box::new(
-                Error::Usage(format!("{} is a directory in the way of a file; remove it first", at.shown)),
-            ))),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                Err(FsError::Image(Box::new(Error::Usage(format!(
+                    "{} is a directory in the way of a file; remove it first",
+                    at.shown
+                )))))
+            }
             Ok(_) => Ok(true),
         }
     }
@@ -286,7 +321,8 @@ impl TreeWriter<'_> {
         let existing = rustix::fs::statat(at.dir, at.name, AtFlags::SYMLINK_NOFOLLOW);
         match existing {
             Err(Errno::NOENT) => {
-                rustix::fs::mkdirat(at.dir, at.name, Mode::RWXU).map_err(errno(format!("creating {}", at.shown)))?;
+                rustix::fs::mkdirat(at.dir, at.name, Mode::RWXU)
+                    .map_err(errno(format!("creating {}", at.shown)))?;
                 self.report.dirs += 1;
             }
             Err(e) => return Err(errno(format!("looking at {}", at.shown))(e)),
@@ -303,12 +339,14 @@ impl TreeWriter<'_> {
                 self.check_free(at)?;
                 rustix::fs::unlinkat(at.dir, at.name, AtFlags::empty())
                     .map_err(errno(format!("removing {}", at.shown)))?;
-                rustix::fs::mkdirat(at.dir, at.name, Mode::RWXU).map_err(errno(format!("creating {}", at.shown)))?;
+                rustix::fs::mkdirat(at.dir, at.name, Mode::RWXU)
+                    .map_err(errno(format!("creating {}", at.shown)))?;
                 self.report.dirs += 1;
             }
         }
         let fd = Self::open_dir(at)?;
-        rustix::fs::fchmod(&fd.0, Mode::RWXU).map_err(errno(format!("setting permissions on {}", at.shown)))?;
+        rustix::fs::fchmod(&fd.0, Mode::RWXU)
+            .map_err(errno(format!("setting permissions on {}", at.shown)))?;
         Ok(fd.0)
     }
 
@@ -320,7 +358,10 @@ impl TreeWriter<'_> {
             Mode::empty(),
         )
         .map(DirFd)
-        .map_err(errno(format!("opening {} (a symlink put in its place?)", at.shown)))
+        .map_err(errno(format!(
+            "opening {} (a symlink put in its place?)",
+            at.shown
+        )))
     }
 
     fn file(&mut self, at: &Place<'_>, stat: &Stat, rel: &[u8]) -> FsResult<()> {
@@ -329,7 +370,13 @@ impl TreeWriter<'_> {
             if let Some(first) = self.links.get(&stat.ino) {
                 let (first_dir, first_name) = self.open_beneath(first)?;
                 place_temp(at, stat.ino, |temp| {
-                    rustix::fs::linkat(first_dir.as_fd(), first_name, at.dir, temp, AtFlags::empty())
+                    rustix::fs::linkat(
+                        first_dir.as_fd(),
+                        first_name,
+                        at.dir,
+                        temp,
+                        AtFlags::empty(),
+                    )
                 })?;
                 self.report.hard_links += 1;
                 return Ok(());
@@ -348,18 +395,34 @@ impl TreeWriter<'_> {
             .ok()
             .map(fs::File::from);
             let writer = BlockWriter::with_direct(&file, direct);
-            write_pipelined(self.volume.bytes.as_ref(), &extents, stat.size, &file, &writer, &at.shown, self.progress)
+            write_pipelined(
+                self.volume.bytes.as_ref(),
+                &extents,
+                stat.size,
+                &file,
+                &writer,
+                &at.shown,
+                self.progress,
+            )
         } else {
-            write_sparse(self.volume.bytes.as_ref(), &extents, stat.size, &file, &at.shown, self.progress)
+            write_sparse(
+                self.volume.bytes.as_ref(),
+                &extents,
+                stat.size,
+                &file,
+                &at.shown,
+                self.progress,
+            )
         };
-        let written = written
-            .and_then(|written| {
-                finish_fd(file.as_fd(), stat, self.root, &at.shown)?;
-                drop(file);
-                rustix::fs::renameat(at.dir, &temp, at.dir, at.name)
-                    .map_err(errno(format!("renaming a temporary file onto {}", at.shown)))?;
-                Ok(written)
-            });
+        let written = written.and_then(|written| {
+            finish_fd(file.as_fd(), stat, self.root, &at.shown)?;
+            drop(file);
+            rustix::fs::renameat(at.dir, &temp, at.dir, at.name).map_err(errno(format!(
+                "renaming a temporary file onto {}",
+                at.shown
+            )))?;
+            Ok(written)
+        });
         let written = written.inspect_err(|_| {
             // Created exclusively above: ours to remove.
             let _ = rustix::fs::unlinkat(at.dir, &temp, AtFlags::empty());
@@ -392,7 +455,10 @@ impl TreeWriter<'_> {
             Mode::empty(),
             ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
         )
-        .map_err(errno(format!("opening the directory of {}", String::from_utf8_lossy(path))))?;
+        .map_err(errno(format!(
+            "opening the directory of {}",
+            String::from_utf8_lossy(path)
+        )))?;
         Ok((fd, name))
     }
 
@@ -422,9 +488,20 @@ impl TreeWriter<'_> {
             rustix::fs::mknodat(at.dir, temp, kind, Mode::empty(), dev)?;
             // Owner before mode (a chown clears set-id bits); the mode through a handle
             // (opening a FIFO or device with O_PATH neither blocks nor touches the device).
-            let fd = rustix::fs::openat(at.dir, temp, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+            let fd = rustix::fs::openat(
+                at.dir,
+                temp,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
             if root {
-                rustix::fs::chownat(fd.as_fd(), "", Some(uid(stat)), Some(gid(stat)), AtFlags::EMPTY_PATH)?;
+                rustix::fs::chownat(
+                    fd.as_fd(),
+                    "",
+                    Some(uid(stat)),
+                    Some(gid(stat)),
+                    AtFlags::EMPTY_PATH,
+                )?;
             }
             rustix::fs::chmodat(
                 rustix::fs::CWD,
@@ -452,7 +529,8 @@ struct DirFd(OwnedFd);
 impl DirFd {
     /// Whether the directory has no entries besides `.` and `..`.
     fn and_then_empty(self) -> FsResult<bool> {
-        let dir = rustix::fs::Dir::read_from(&self.0).map_err(errno("listing a directory".into()))?;
+        let dir =
+            rustix::fs::Dir::read_from(&self.0).map_err(errno("listing a directory".into()))?;
         for entry in dir {
             let entry = entry.map_err(errno("listing a directory".into()))?;
             let name = entry.file_name().to_bytes();
@@ -472,7 +550,11 @@ fn temp_name(ino: u64, n: u32) -> Vec<u8> {
 /// Tries to make a temporary name (`make`, which fails with `EEXIST` when the name is
 /// taken) beside `at`, the next name while taken; renames it onto `at` when made and
 /// finished, removes it when not.
-fn place_temp(at: &Place<'_>, ino: u64, make: impl Fn(&[u8]) -> rustix::io::Result<()>) -> FsResult<()> {
+fn place_temp(
+    at: &Place<'_>,
+    ino: u64,
+    make: impl Fn(&[u8]) -> rustix::io::Result<()>,
+) -> FsResult<()> {
     for n in 0..TEMP_TRIES {
         let temp = temp_name(ino, n);
         match make(&temp) {
@@ -483,14 +565,19 @@ fn place_temp(at: &Place<'_>, ino: u64, make: impl Fn(&[u8]) -> rustix::io::Resu
                 return Err(errno(format!("making {}", at.shown))(e));
             }
             Ok(()) => {
-                return rustix::fs::renameat(at.dir, temp.as_slice(), at.dir, at.name).map_err(|e| {
-                    let _ = rustix::fs::unlinkat(at.dir, temp.as_slice(), AtFlags::empty());
-                    errno(format!("renaming a temporary name onto {}", at.shown))(e)
-                });
+                return rustix::fs::renameat(at.dir, temp.as_slice(), at.dir, at.name).map_err(
+                    |e| {
+                        let _ = rustix::fs::unlinkat(at.dir, temp.as_slice(), AtFlags::empty());
+                        errno(format!("renaming a temporary name onto {}", at.shown))(e)
+                    },
+                );
             }
         }
     }
-    Err(errno(format!("making a temporary name beside {}", at.shown))(Errno::EXIST))
+    Err(errno(format!(
+        "making a temporary name beside {}",
+        at.shown
+    ))(Errno::EXIST))
 }
 
 /// Temporary names tried before giving up.
@@ -508,10 +595,18 @@ fn create_temp(at: &Place<'_>, ino: u64) -> FsResult<(OwnedFd, Vec<u8>)> {
         ) {
             Ok(fd) => return Ok((fd, temp)),
             Err(Errno::EXIST) => {}
-            Err(e) => return Err(errno(format!("creating a temporary file beside {}", at.shown))(e)),
+            Err(e) => {
+                return Err(errno(format!(
+                    "creating a temporary file beside {}",
+                    at.shown
+                ))(e))
+            }
         }
     }
-    Err(errno(format!("creating a temporary file beside {}", at.shown))(Errno::EXIST))
+    Err(errno(format!(
+        "creating a temporary file beside {}",
+        at.shown
+    ))(Errno::EXIST))
 }
 
 /// Writes a file's stored runs at their offsets and sets its length, so holes stay holes.
@@ -588,7 +683,9 @@ fn fill_pipeline(
         match &e.data {
             ExtentData::Zero => {}
             ExtentData::Inline(bytes) => {
-                let len = usize::try_from(e.len).unwrap_or(usize::MAX).min(bytes.len());
+                let len = usize::try_from(e.len)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
                 let mut buf = producer.buffer().map_err(buffer_failed)?;
                 let Some(dst) = buf.get_mut(..len) else {
                     return Err(FsError::corrupt("inline data longer than a write buffer"));
@@ -652,13 +749,25 @@ fn finish_fd(fd: BorrowedFd<'_>, stat: &Stat, root: bool, shown: &str) -> FsResu
     }
     rustix::fs::fchmod(fd, Mode::from_raw_mode(stat.mode & 0o7777))
         .map_err(errno(format!("setting permissions on {shown}")))?;
-    rustix::fs::futimens(fd, &timestamps(stat)).map_err(errno(format!("setting the times of {shown}")))
+    rustix::fs::futimens(fd, &timestamps(stat))
+        .map_err(errno(format!("setting the times of {shown}")))
 }
 
 /// Owner (as root) and times of a symlink, not following it (a symlink has no mode).
-fn finish_nofollow(dir: BorrowedFd<'_>, name: &[u8], stat: &Stat, root: bool) -> rustix::io::Result<()> {
+fn finish_nofollow(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    stat: &Stat,
+    root: bool,
+) -> rustix::io::Result<()> {
     if root {
-        rustix::fs::chownat(dir, name, Some(uid(stat)), Some(gid(stat)), AtFlags::SYMLINK_NOFOLLOW)?;
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(uid(stat)),
+            Some(gid(stat)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
     }
     rustix::fs::utimensat(dir, name, &timestamps(stat), AtFlags::SYMLINK_NOFOLLOW)
 }

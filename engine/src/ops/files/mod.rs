@@ -10,8 +10,8 @@
 mod disk_image;
 pub mod find;
 pub mod get;
-pub mod tar_stream;
 pub mod query;
+pub mod tar_stream;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -153,7 +153,8 @@ pub fn open_volume(
     let partition = pick_partition(table.as_ref(), which.part.as_deref(), &place)?;
     let volume: Arc<dyn Image> = match &partition {
         Some(p) => Arc::new(
-            Slice::new(image.clone(), p.start, p.len).map_err(|e| explore_error(place.clone(), e))?,
+            Slice::new(image.clone(), p.start, p.len)
+                .map_err(|e| explore_error(place.clone(), e))?,
         ),
         None => image.clone(),
     };
@@ -173,7 +174,11 @@ pub fn open_volume(
 }
 
 /// The partition `query` names, or the only one, or none for a disk without a table.
-fn pick_partition(table: Option<&Table>, query: Option<&str>, place: &str) -> Result<Option<Partition>> {
+fn pick_partition(
+    table: Option<&Table>,
+    query: Option<&str>,
+    place: &str,
+) -> Result<Option<Partition>> {
     let listing = |t: &Table| {
         t.partitions
             .iter()
@@ -232,7 +237,11 @@ pub struct PartsReport {
 }
 
 /// Lists the partitions of one disk and what each holds.
-pub fn parts(repo: &Arc<Repository>, snapshot: &SnapshotRef, disk: Option<&str>) -> Result<PartsReport> {
+pub fn parts(
+    repo: &Arc<Repository>,
+    snapshot: &SnapshotRef,
+    disk: Option<&str>,
+) -> Result<PartsReport> {
     let (id, _) = repo.resolve(snapshot)?;
     let loaded = repo.load_snapshot(id)?;
     let view = DiskView::named_or_only(&loaded, disk)?;
@@ -287,7 +296,11 @@ pub struct EntryInfo {
 }
 
 impl EntryInfo {
-    pub(crate) fn new(name: &[u8], stat: Stat, fs: &dyn Filesystem) -> std::result::Result<Self, FsError> {
+    pub(crate) fn new(
+        name: &[u8],
+        stat: Stat,
+        fs: &dyn Filesystem,
+    ) -> std::result::Result<Self, FsError> {
         let target = if stat.kind == crate::explore::FileKind::Symlink {
             Some(String::from_utf8_lossy(&fs.read_link(stat.ino)?).into_owned())
         } else {
@@ -295,7 +308,9 @@ impl EntryInfo {
         };
         Ok(Self {
             name: String::from_utf8_lossy(name).into_owned(),
-            name_hex: std::str::from_utf8(name).is_err().then(|| hex::encode(name)),
+            name_hex: std::str::from_utf8(name)
+                .is_err()
+                .then(|| hex::encode(name)),
             stat,
             target,
         })

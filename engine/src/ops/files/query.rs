@@ -16,11 +16,20 @@ use crate::repo::Repository;
 
 /// Opens the volume a [`FileRef`] names and resolves its path (following a final symlink
 /// when `follow`).
-pub fn open_path(repo: &Arc<Repository>, file: &FileRef, follow: bool) -> Result<(Volume, Resolved)> {
+pub fn open_path(
+    repo: &Arc<Repository>,
+    file: &FileRef,
+    follow: bool,
+) -> Result<(Volume, Resolved)> {
     let (id, _) = repo.resolve(&file.snapshot)?;
-    let volume = open_volume(repo, id, &file.volume, &Arc::new(ReadCache::new(CACHE_BYTES)))?;
-    let resolved =
-        resolve(volume.fs.as_ref(), file.path.as_bytes(), follow).map_err(|e| volume.error(&file.path, e))?;
+    let volume = open_volume(
+        repo,
+        id,
+        &file.volume,
+        &Arc::new(ReadCache::new(CACHE_BYTES)),
+    )?;
+    let resolved = resolve(volume.fs.as_ref(), file.path.as_bytes(), follow)
+        .map_err(|e| volume.error(&file.path, e))?;
     Ok((volume, resolved))
 }
 
@@ -81,7 +90,11 @@ pub fn ls(repo: &Arc<Repository>, file: &FileRef) -> Result<Listing> {
 pub fn stat(repo: &Arc<Repository>, file: &FileRef) -> Result<EntryInfo> {
     let (volume, found) = open_path(repo, file, false)?;
     let name = found.path.rsplit(|b| *b == b'/').next().unwrap_or_default();
-    let name = if name.is_empty() { b"/".as_slice() } else { name };
+    let name = if name.is_empty() {
+        b"/".as_slice()
+    } else {
+        name
+    };
     EntryInfo::new(name, found.stat, volume.fs.as_ref()).map_err(|e| volume.error(&file.path, e))
 }
 
@@ -113,7 +126,8 @@ pub fn cat(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write) -> Resul
             Piece::Hole(_, mut len) => {
                 while len > 0 {
                     let n = len.min(zeros.len() as u64) as usize;
-                    out.write_all(&zeros[..n]).map_err(|e| io_fs("writing", e))?;
+                    out.write_all(&zeros[..n])
+                        .map_err(|e| io_fs("writing", e))?;
                     len -= n as u64;
                 }
             }

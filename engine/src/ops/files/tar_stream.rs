@@ -34,9 +34,16 @@ fn set_mtime(header: &mut tar::Header, secs: i64) {
 /// Writes what `file` names as a tar file at `dest`: staged beside it and renamed when
 /// complete, so a failed or killed run leaves no partial tar under the name. An existing
 /// `dest` is an error unless `force`.
-pub fn get_tar_file(repo: &Arc<Repository>, file: &FileRef, dest: &Path, force: bool) -> Result<GetReport> {
+pub fn get_tar_file(
+    repo: &Arc<Repository>,
+    file: &FileRef,
+    dest: &Path,
+    force: bool,
+) -> Result<GetReport> {
     if !force && fs::symlink_metadata(dest).is_ok() {
-        return Err(Error::OutputExists { path: dest.to_path_buf() });
+        return Err(Error::OutputExists {
+            path: dest.to_path_buf(),
+        });
     }
     let (staged_file, staged) = crate::ops::restore::create_staged(dest)?;
     let written = (|| {
@@ -50,13 +57,17 @@ pub fn get_tar_file(repo: &Arc<Repository>, file: &FileRef, dest: &Path, force: 
         } else {
             rustix::fs::RenameFlags::NOREPLACE
         };
-        rustix::fs::renameat_with(rustix::fs::CWD, &staged, rustix::fs::CWD, dest, flags).map_err(|e| {
-            if e == rustix::io::Errno::EXIST {
-                Error::OutputExists { path: dest.to_path_buf() }
-            } else {
-                Error::io(format!("renaming {}", staged.display()), e.into())
-            }
-        })?;
+        rustix::fs::renameat_with(rustix::fs::CWD, &staged, rustix::fs::CWD, dest, flags).map_err(
+            |e| {
+                if e == rustix::io::Errno::EXIST {
+                    Error::OutputExists {
+                        path: dest.to_path_buf(),
+                    }
+                } else {
+                    Error::io(format!("renaming {}", staged.display()), e.into())
+                }
+            },
+        )?;
         Ok(report)
     })();
     if written.is_err() {
@@ -66,9 +77,19 @@ pub fn get_tar_file(repo: &Arc<Repository>, file: &FileRef, dest: &Path, force: 
 }
 
 /// Writes what `file` names as a tar stream to `out` (GNU format).
-pub fn get_tar(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write, dest: &str) -> Result<GetReport> {
+pub fn get_tar(
+    repo: &Arc<Repository>,
+    file: &FileRef,
+    out: &mut dyn Write,
+    dest: &str,
+) -> Result<GetReport> {
     let (volume, found) = open_path(repo, file, false)?;
-    let base = found.path.rsplit(|b| *b == b'/').next().unwrap_or_default().to_vec();
+    let base = found
+        .path
+        .rsplit(|b| *b == b'/')
+        .next()
+        .unwrap_or_default()
+        .to_vec();
     let mut report = GetReport {
         dest: dest.to_string(),
         warning: volume.fs.warning(),
@@ -77,14 +98,7 @@ pub fn get_tar(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write, dest
     let mut builder = tar::Builder::new(out);
     let mut links: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut visit = |v: &Visit| -> std::result::Result<bool, FsError> {
-        // Names relative to the tree's parent (`etc/passwd` for /etc), or for the root
-        // relative to the root itself (`./` first), as `tar -C DIR .` would write them.
-        let name = match (base.is_empty(), v.rel.is_empty()) {
-            (true, true) => b"./".to_vec(),
-            (true, false) => v.rel.clone(),
-            (false, true) => base.clone(),
-            (false, false) => [base.as_slice(), b"/", &v.rel].concat(),
-        };
+        let name = entry_name(&base, &v.rel);
         let path = Path::new(OsStr::from_bytes(&name));
         let mut header = tar::Header::new_gnu();
         header.set_mode(v.stat.mode & 0o7777);
@@ -96,7 +110,9 @@ pub fn get_tar(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write, dest
             FileKind::Dir => {
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_size(0);
-                builder.append_data(&mut header, path, std::io::empty()).map_err(tar_err)?;
+                builder
+                    .append_data(&mut header, path, std::io::empty())
+                    .map_err(tar_err)?;
                 report.dirs += 1;
             }
             FileKind::File => {
@@ -109,24 +125,7 @@ pub fn get_tar(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write, dest
                     report.hard_links += 1;
                     return Ok(true);
                 }
-                let extents = volume.fs.extents(v.stat.ino)?;
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(v.stat.size);
-                let reader = ExtentReader {
-                    volume: volume.bytes.as_ref(),
-                    extents: &extents,
-                    pos: 0,
-                    size: v.stat.size,
-                    error: None,
-                };
-                // Large reads: the tar builder copies in 8 KiB pieces.
-                let mut reader =
-                    std::io::BufReader::with_capacity(crate::explore::content::STREAM_PIECE as usize, reader);
-                let appended = builder.append_data(&mut header, path, &mut reader);
-                if let Some(e) = reader.get_mut().error.take() {
-                    return Err(e);
-                }
-                appended.map_err(tar_err)?;
+                append_file(&mut builder, &volume, &v.stat, &mut header, path)?;
                 report.files += 1;
                 report.logical_bytes += v.stat.size;
                 report.bytes_written += v.stat.size;
@@ -150,9 +149,15 @@ pub fn get_tar(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write, dest
                     _ => tar::EntryType::Block,
                 });
                 header.set_size(0);
-                header.set_device_major((v.stat.rdev >> 32) as u32).map_err(tar_err)?;
-                header.set_device_minor(v.stat.rdev as u32).map_err(tar_err)?;
-                builder.append_data(&mut header, path, std::io::empty()).map_err(tar_err)?;
+                header
+                    .set_device_major((v.stat.rdev >> 32) as u32)
+                    .map_err(tar_err)?;
+                header
+                    .set_device_minor(v.stat.rdev as u32)
+                    .map_err(tar_err)?;
+                builder
+                    .append_data(&mut header, path, std::io::empty())
+                    .map_err(tar_err)?;
                 report.special += 1;
             }
             FileKind::Socket => report.skipped.push(Skipped {
@@ -163,14 +168,60 @@ pub fn get_tar(repo: &Arc<Repository>, file: &FileRef, out: &mut dyn Write, dest
         Ok(true)
     };
     let mut current = Vec::new();
-    walk(volume.fs.as_ref(), found.ino, found.stat.clone(), &mut |v| {
-        current.clone_from(&v.rel);
-        visit(v)
-    })
+    walk(
+        volume.fs.as_ref(),
+        found.ino,
+        found.stat.clone(),
+        &mut |v| {
+            current.clone_from(&v.rel);
+            visit(v)
+        },
+    )
     .map_err(|e| volume.error(&super::below(&found.path, &current), e))?;
-    let out = builder.into_inner().ctx(|| "finishing the tar stream".into())?;
+    let out = builder
+        .into_inner()
+        .ctx(|| "finishing the tar stream".into())?;
     out.flush().ctx(|| "finishing the tar stream".into())?;
     Ok(report)
+}
+
+/// Appends a regular file's entry and content (holes as zeros).
+fn append_file(
+    builder: &mut tar::Builder<&mut dyn Write>,
+    volume: &super::Volume,
+    stat: &crate::explore::Stat,
+    header: &mut tar::Header,
+    path: &Path,
+) -> std::result::Result<(), FsError> {
+    let extents = volume.fs.extents(stat.ino)?;
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(stat.size);
+    let reader = ExtentReader {
+        volume: volume.bytes.as_ref(),
+        extents: &extents,
+        pos: 0,
+        size: stat.size,
+        error: None,
+    };
+    // Large reads: the tar builder copies in 8 KiB pieces.
+    let mut reader =
+        std::io::BufReader::with_capacity(crate::explore::content::STREAM_PIECE as usize, reader);
+    let appended = builder.append_data(header, path, &mut reader);
+    if let Some(e) = reader.get_mut().error.take() {
+        return Err(e);
+    }
+    appended.map_err(|e| io_fs("writing the tar stream", e))
+}
+
+/// A tar entry's name: relative to the tree's parent (`etc/passwd` for /etc), or for the
+/// root relative to the root itself (`./` first), as `tar -C DIR .` would write them.
+fn entry_name(base: &[u8], rel: &[u8]) -> Vec<u8> {
+    match (base.is_empty(), rel.is_empty()) {
+        (true, true) => b"./".to_vec(),
+        (true, false) => rel.to_vec(),
+        (false, true) => base.to_vec(),
+        (false, false) => [base, b"/", rel].concat(),
+    }
 }
 
 /// A file's bytes as a [`Read`] (the tar builder pulls), zeros for holes. A read failure
@@ -190,7 +241,11 @@ impl Read for ExtentReader<'_> {
         }
         // The extents are in file order with no gap (`Filesystem::extents`): step past
         // those already read instead of searching them all on every read.
-        while self.extents.first().is_some_and(|e| e.offset + e.len <= self.pos) {
+        while self
+            .extents
+            .first()
+            .is_some_and(|e| e.offset + e.len <= self.pos)
+        {
             self.extents = &self.extents[1..];
         }
         let Some(e) = self.extents.first().filter(|e| e.offset <= self.pos) else {
@@ -202,7 +257,9 @@ impl Read for ExtentReader<'_> {
             return Err(std::io::Error::other("a file's extents end early"));
         };
         let within = self.pos - e.offset;
-        let n = (e.len - within).min(buf.len() as u64).min(crate::explore::content::STREAM_PIECE) as usize;
+        let n = (e.len - within)
+            .min(buf.len() as u64)
+            .min(crate::explore::content::STREAM_PIECE) as usize;
         let dst = &mut buf[..n];
         match &e.data {
             ExtentData::Zero => dst.fill(0),
