@@ -7,8 +7,9 @@ use tessera_engine::ops::files::FileRef;
 use tessera_engine::SnapshotDiskRef;
 
 /// `tessera files …`: files and folders inside a snapshot's disks, read in place.
-/// A file is named `SNAPSHOT[:DISK[:PART]]:/PATH`: `latest@vm1:/etc/hostname`,
-/// `latest@vm1:sda:2:/home` (PART: number, GPT name or GPT partition GUID).
+/// A file is named `SNAPSHOT[:DISK[:PART]][:VG/LV]:/PATH`: `latest@vm1:/etc/hostname`,
+/// `latest@vm1:sda:2:/home` (PART: number, GPT name or GPT partition GUID),
+/// `latest@vm1:sda:2:vg0/root:/etc` (an LVM2 logical volume on that partition).
 #[derive(Debug, Subcommand)]
 pub enum FilesCommand {
     /// Show a disk's partition table and what each partition holds.
@@ -22,7 +23,7 @@ pub enum FilesCommand {
     Ls {
         /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
         repo: String,
-        /// SNAPSHOT[:DISK[:PART]]:/PATH.
+        /// SNAPSHOT[:DISK[:PART]][:VG/LV]:/PATH.
         path: FileRef,
         /// Long listing, like `ls -l`.
         #[arg(short = 'l', long)]
@@ -32,14 +33,14 @@ pub enum FilesCommand {
     Stat {
         /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
         repo: String,
-        /// SNAPSHOT[:DISK[:PART]]:/PATH.
+        /// SNAPSHOT[:DISK[:PART]][:VG/LV]:/PATH.
         path: FileRef,
     },
     /// Write one file's bytes to stdout.
     Cat {
         /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
         repo: String,
-        /// SNAPSHOT[:DISK[:PART]]:/PATH.
+        /// SNAPSHOT[:DISK[:PART]][:VG/LV]:/PATH.
         path: FileRef,
     },
     /// Restore a file or a directory tree (modes, times, symlinks, hard links, holes; owners
@@ -47,7 +48,7 @@ pub enum FilesCommand {
     Get {
         /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
         repo: String,
-        /// SNAPSHOT[:DISK[:PART]]:/PATH.
+        /// SNAPSHOT[:DISK[:PART]][:VG/LV]:/PATH.
         path: FileRef,
         /// Where: a new path, or an existing directory to restore into; with --tar a file
         /// to create, or `-` for stdout.
@@ -73,6 +74,9 @@ pub enum FilesCommand {
         /// The partition: number, GPT name or GPT partition GUID.
         #[arg(long)]
         part: Option<String>,
+        /// The LVM2 logical volume, as VG/LV (when the volume is a physical volume).
+        #[arg(long)]
+        lv: Option<String>,
         /// Names matching this shell glob anywhere (e.g. '*.conf'), instead of a path.
         #[arg(
             long,

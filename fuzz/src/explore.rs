@@ -1,5 +1,6 @@
-//! Disk images as `tessera files` reads them (`explore`: MBR/GPT tables, ext2/3/4 and FAT):
-//! the partition table, then every volume's filesystem, walked whole with every file's
+//! Disk images as `tessera files` reads them (`explore`: MBR/GPT tables, LVM2 logical
+//! volumes, ext2/3/4 and FAT): the partition table, then every volume's (and every linear
+//! LV's) filesystem, walked whole with every file's
 //! extents, symlink and content read. Never panics, never allocates without bound; what
 //! opens must be self-consistent: a walk never visits a directory twice, extents cover each
 //! file's size exactly in order, and inline data is as long as its extent says.
@@ -7,7 +8,8 @@
 use std::sync::Arc;
 
 use tessera_engine::explore::content::{stream, Piece};
-use tessera_engine::explore::detect::open;
+use tessera_engine::explore::detect::{detect, open, VolumeKind};
+use tessera_engine::explore::lvm::read_volume_group;
 use tessera_engine::explore::partition::read_table;
 use tessera_engine::explore::path::resolve;
 use tessera_engine::explore::walk::walk;
@@ -33,7 +35,32 @@ pub fn check(data: &[u8]) {
         Err(_) => return,
     };
     for volume in volumes {
+        read_logical_volumes(&volume);
         read_volume(volume);
+    }
+}
+
+/// When `volume` is an LVM2 PV: every logical volume it lists, checked to lie inside the PV
+/// and read like any volume.
+fn read_logical_volumes(volume: &Arc<dyn Image>) {
+    if detect(volume.as_ref()).ok() != Some(VolumeKind::Lvm2) {
+        return;
+    }
+    let Ok(vg) = read_volume_group(volume.as_ref()) else {
+        return;
+    };
+    for lv in &vg.logical_volumes {
+        let Ok((image, described)) = vg.open(volume.clone(), &lv.name) else {
+            continue;
+        };
+        let mut end = 0;
+        for (lv_at, pv_at, len) in described.segments() {
+            assert_eq!(*lv_at, end, "LV segments with a gap or overlap");
+            assert!(pv_at + len <= volume.len(), "an LV segment past the PV");
+            end += len; // No overflow: the segments are contiguous from 0 below 2^64.
+        }
+        assert_eq!(image.len(), end, "an LV's size is not its segments'");
+        read_volume(image);
     }
 }
 

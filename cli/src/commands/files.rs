@@ -104,6 +104,7 @@ pub fn run(
             series,
             disk,
             part,
+            lv,
             name,
             path,
         } => {
@@ -115,6 +116,7 @@ pub fn run(
             let which = VolumeRef {
                 disk: disk.clone(),
                 part: part.clone(),
+                lv: lv.clone(),
             };
             let r = find(&open(repo)?, series, &which, &query, bars)?;
             return Ok(print_find(&r, json));
@@ -146,6 +148,14 @@ fn print_parts(r: &PartsReport) {
                 v.holds.name()
             ),
             None => println!("  whole disk holds {}", v.holds.name()),
+        }
+        for l in &v.logical_volumes {
+            let what = match (&l.lv.unreadable, l.holds) {
+                (Some(why), _) => format!("not readable: {why}"),
+                (None, Some(kind)) => format!("holds {}", kind.name()),
+                (None, None) => "unreadable".to_string(),
+            };
+            println!("       LV {}  {}  {what}", l.lv.name, bytes(l.lv.size));
         }
     }
 }

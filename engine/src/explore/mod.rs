@@ -1,5 +1,6 @@
 //! Reading the files inside a disk image, read-only and in-process (SPEC.md §24): partition
-//! tables ([`partition`]), which filesystem a volume holds ([`detect`]), and the filesystem
+//! tables ([`partition`]), LVM2 logical volumes ([`lvm`]), which filesystem a volume holds
+//! ([`detect`]), and the filesystem
 //! readers ([`ext4`], [`fat`]), behind one [`Filesystem`] interface that [`walk`] and
 //! [`content`] use for every kind.
 //!
@@ -20,6 +21,7 @@ pub mod fat;
 mod fs_error;
 pub mod image;
 pub mod limits;
+pub mod lvm;
 pub mod partition;
 pub mod path;
 pub mod walk;

@@ -262,12 +262,13 @@ impl ContentHasher {
                     key.update(bytes);
                 }
                 ExtentData::Volume(at) => {
-                    let disk_at = volume.disk_offset() + at;
-                    let (skew, digests) = volume.image.digests_of(disk_at..disk_at + e.len)?;
                     key.update([2]);
-                    key.update(skew.to_le_bytes());
-                    for d in digests {
-                        key.update(d.0);
+                    for range in volume.disk_ranges(*at, e.len) {
+                        let (skew, digests) = volume.image.digests_of(range)?;
+                        key.update(skew.to_le_bytes());
+                        for d in digests {
+                            key.update(d.0);
+                        }
                     }
                 }
             }

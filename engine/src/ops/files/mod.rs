@@ -1,7 +1,7 @@
 //! Files and folders inside a snapshot's disks, without restoring the disk (SPEC.md §24):
 //! `files parts|ls|stat|cat|get|find`.
 //!
-//! A file is named `SNAPSHOT[:DISK[:PART]]:/PATH` ([`FileRef`]). The disk is read through the
+//! A file is named `SNAPSHOT[:DISK[:PART]][:VG/LV]:/PATH` ([`FileRef`]). The disk is read through the
 //! repository lazily, block by block ([`disk_image::DiskImage`]); its partition table and
 //! filesystem are read by [`crate::explore`]. Nothing is written to the repository: these
 //! are readers, holding a reader lease like `restore`, so a concurrent `compact` keeps the
@@ -22,6 +22,8 @@ use tessera_format::SnapshotId;
 pub use disk_image::DiskImage;
 
 use crate::error::{Error, Result};
+use crate::explore::detect::VolumeKind;
+use crate::explore::lvm::{read_volume_group, LogicalVolume};
 use crate::explore::partition::{read_table, Partition, Table};
 use crate::explore::{detect, Filesystem, FsError, Image, Slice, Stat};
 use crate::ops::disk_reader::{DiskView, ReadCache};
@@ -31,7 +33,8 @@ use crate::snapshot_ref::SnapshotRef;
 /// Chunk cache of one `files` command on one snapshot (decoded chunks and pages).
 pub const CACHE_BYTES: u64 = 64 << 20;
 
-/// `SNAPSHOT[:DISK[:PART]]:/PATH`: a path inside one volume of one snapshot's disk.
+/// `SNAPSHOT[:DISK[:PART]][:VG/LV]:/PATH`: a path inside one volume of one snapshot's disk.
+/// The logical volume is told apart by its `/` (disk names cannot hold one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRef {
     /// The snapshot.
@@ -50,6 +53,8 @@ pub struct VolumeRef {
     pub disk: Option<String>,
     /// The partition: number, GPT name or GPT unique GUID.
     pub part: Option<String>,
+    /// The LVM2 logical volume (`VG/LV`) when the volume is a physical volume.
+    pub lv: Option<String>,
 }
 
 impl FromStr for FileRef {
@@ -62,18 +67,24 @@ impl FromStr for FileRef {
             )));
         };
         let (head, path) = (&s[..colon], &s[colon + 1..]);
-        let mut parts = head.split(':');
-        let snapshot = parts.next().unwrap_or_default().parse()?;
+        let mut parts: Vec<&str> = head.split(':').collect();
+        let snapshot = parts.remove(0).parse()?;
+        let lv = match parts.last() {
+            Some(last) if last.contains('/') => parts.pop().map(str::to_string),
+            _ => None,
+        };
+        let mut parts = parts.into_iter();
         let disk = parts.next().map(str::to_string);
         let part = parts.next().map(str::to_string);
-        if parts.next().is_some() || disk.as_deref() == Some("") || part.as_deref() == Some("") {
+        let empty = |p: &Option<String>| p.as_deref().is_some_and(str::is_empty);
+        if parts.next().is_some() || empty(&disk) || empty(&part) {
             return Err(Error::Usage(format!(
-                "{s:?}: write SNAPSHOT[:DISK[:PART]]:/PATH (at most a disk and a partition, neither empty)"
+                "{s:?}: write SNAPSHOT[:DISK[:PART]][:VG/LV]:/PATH (at most a disk, a partition and a logical volume, none empty)"
             )));
         }
         Ok(Self {
             snapshot,
-            volume: VolumeRef { disk, part },
+            volume: VolumeRef { disk, part, lv },
             path: path.to_string(),
         })
     }
@@ -87,6 +98,8 @@ pub struct Volume {
     pub disk: String,
     /// The partition, if the disk has a table.
     pub partition: Option<Partition>,
+    /// The logical volume, when the volume is one.
+    pub lv: Option<LogicalVolume>,
     /// The disk, for block accounting and content keys.
     pub image: Arc<DiskImage>,
     /// The volume's bytes: the partition, or the whole disk.
@@ -102,6 +115,9 @@ impl Volume {
         if let Some(p) = &self.partition {
             s = format!("{s}:{}", p.number);
         }
+        if let Some(lv) = &self.lv {
+            s = format!("{s}:{}", lv.name);
+        }
         s
     }
 
@@ -110,9 +126,21 @@ impl Volume {
         explore_error(format!("{} {path}", self.place()), e)
     }
 
-    /// The byte offset of the volume on its disk.
-    pub fn disk_offset(&self) -> u64 {
-        self.partition.as_ref().map_or(0, |p| p.start)
+    /// Where bytes `start..start + len` of the volume lie on its disk, in order.
+    pub fn disk_ranges(&self, start: u64, len: u64) -> Vec<std::ops::Range<u64>> {
+        let base = self.partition.as_ref().map_or(0, |p| p.start);
+        let Some(lv) = &self.lv else {
+            return std::iter::once(base + start..base + start + len).collect();
+        };
+        let end = start + len;
+        lv.segments()
+            .iter()
+            .filter_map(|(lv_at, pv_at, seg_len)| {
+                let from = start.max(*lv_at);
+                let to = end.min(lv_at + seg_len);
+                (from < to).then(|| base + pv_at + (from - lv_at)..base + pv_at + (to - lv_at))
+            })
+            .collect()
     }
 }
 
@@ -162,15 +190,54 @@ pub fn open_volume(
         Some(p) => format!("{place}:{}", p.number),
         None => place,
     };
+    let (volume, lv, at) = open_logical_volume(volume, which.lv.as_deref(), at)?;
     let fs = detect::open(volume.clone()).map_err(|e| explore_error(at, e))?;
     Ok(Volume {
         snapshot: id,
         disk: name,
         partition,
+        lv,
         image,
         bytes: volume,
         fs,
     })
+}
+
+/// The logical volume `lv` names on the PV `volume`; `volume` itself when none is named and
+/// it is not a PV (a PV without an LV named is a usage error listing its LVs).
+fn open_logical_volume(
+    volume: Arc<dyn Image>,
+    lv: Option<&str>,
+    at: String,
+) -> Result<(Arc<dyn Image>, Option<LogicalVolume>, String)> {
+    let is_pv = detect::detect(volume.as_ref()).map_err(|e| explore_error(at.clone(), e))?
+        == VolumeKind::Lvm2;
+    match (lv, is_pv) {
+        (None, false) => Ok((volume, None, at)),
+        (Some(name), false) => Err(Error::Usage(format!(
+            "{at} is not an LVM2 physical volume, so it has no logical volume {name:?}"
+        ))),
+        (lv, true) => {
+            let vg =
+                read_volume_group(volume.as_ref()).map_err(|e| explore_error(at.clone(), e))?;
+            let Some(name) = lv else {
+                return Err(Error::Usage(format!(
+                    "{at} is an LVM2 physical volume of volume group {}: name a logical volume as SNAPSHOT:DISK[:PART]:VG/LV:/PATH ({})",
+                    vg.name,
+                    vg.names()
+                )));
+            };
+            let (image, described) = vg.open(volume, name).map_err(|e| match e {
+                FsError::NotFound { .. } => Error::Usage(format!(
+                    "{at} has no logical volume {name:?}; volume group {} has: {}",
+                    vg.name,
+                    vg.names()
+                )),
+                other => explore_error(format!("{at}:{name}"), other),
+            })?;
+            Ok((image, Some(described), format!("{at}:{name}")))
+        }
+    }
 }
 
 /// The partition `query` names, or the only one, or none for a disk without a table.
@@ -220,6 +287,49 @@ pub struct PartInfo {
     pub partition: Option<Partition>,
     /// What it holds.
     pub holds: detect::VolumeKind,
+    /// When it is an LVM2 physical volume: its volume group's logical volumes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logical_volumes: Vec<LvInfo>,
+}
+
+/// A logical volume in `files parts`.
+#[derive(Debug, Serialize)]
+pub struct LvInfo {
+    /// Its name, size and whether it can be read.
+    #[serde(flatten)]
+    pub lv: LogicalVolume,
+    /// What it holds (when it can be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds: Option<detect::VolumeKind>,
+}
+
+/// What a volume (a partition, or a disk without a table) holds, with its LVs if it is a PV.
+fn part_info(
+    partition: Option<Partition>,
+    volume: &Arc<dyn Image>,
+    place: &str,
+) -> Result<PartInfo> {
+    let holds = detect::detect(volume.as_ref()).map_err(|e| explore_error(place.to_string(), e))?;
+    let mut logical_volumes = Vec::new();
+    if holds == VolumeKind::Lvm2 {
+        let vg =
+            read_volume_group(volume.as_ref()).map_err(|e| explore_error(place.to_string(), e))?;
+        for lv in &vg.logical_volumes {
+            let holds = vg
+                .open(volume.clone(), &lv.name)
+                .ok()
+                .and_then(|(image, _)| detect::detect(image.as_ref()).ok());
+            logical_volumes.push(LvInfo {
+                lv: lv.clone(),
+                holds,
+            });
+        }
+    }
+    Ok(PartInfo {
+        partition,
+        holds,
+        logical_volumes,
+    })
 }
 
 /// `files parts`: a disk's partition table and what each partition holds.
@@ -255,18 +365,16 @@ pub fn parts(
     let table = read_table(image.as_ref()).map_err(|e| explore_error(place.clone(), e))?;
     let mut volumes = Vec::new();
     match &table {
-        None => volumes.push(PartInfo {
-            partition: None,
-            holds: detect::detect(image.as_ref()).map_err(|e| explore_error(place.clone(), e))?,
-        }),
+        None => volumes.push(part_info(None, &image, &place)?),
         Some(t) => {
             for p in &t.partitions {
                 let slice = Slice::new(image.clone(), p.start, p.len)
                     .map_err(|e| explore_error(place.clone(), e))?;
-                volumes.push(PartInfo {
-                    partition: Some(p.clone()),
-                    holds: detect::detect(&slice).map_err(|e| explore_error(place.clone(), e))?,
-                });
+                volumes.push(part_info(
+                    Some(p.clone()),
+                    &(Arc::new(slice) as Arc<dyn Image>),
+                    &format!("{place}:{}", p.number),
+                )?);
             }
         }
     }
