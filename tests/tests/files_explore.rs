@@ -777,7 +777,10 @@ fn ls_stat_cat_agree_with_the_source_and_misuse_exits_2() {
     for (file, needle) in [
         ("latest@vm1", "SNAPSHOT[:DISK[:PART]]:/PATH"),
         ("latest@vm1:etc/passwd", "SNAPSHOT[:DISK[:PART]]:/PATH"),
-        ("latest@vm1:a:b:c:/x", "SNAPSHOT[:DISK[:PART]][:VG/LV]:/PATH"),
+        (
+            "latest@vm1:a:b:c:/x",
+            "SNAPSHOT[:DISK[:PART]][:VG/LV]:/PATH",
+        ),
         ("latest@vm1::/etc", "none empty"),
         ("zz:/etc", "zz"),
         ("latest@vm1:nodisk:/etc", "nodisk"),

@@ -450,3 +450,33 @@ fn a_pv_in_an_mbr_partition_and_an_lv_on_another_disk() {
         "{not_pv}"
     );
 }
+
+/// A PV in no volume group (only `pvcreate`d) is listed by `parts` with why its group cannot
+/// be read, and naming an LV on it is refused with that reason; neither fails the listing.
+#[test]
+fn a_pv_in_no_volume_group_is_listed_with_the_reason() {
+    let t = TempDir::new().unwrap();
+    let dir = t.path();
+    let disk = dir.join("lonely.img");
+    fs::File::create(&disk).unwrap().set_len(16 << 20).unwrap();
+    {
+        let dev = Loop::attach(&disk, 0);
+        run_tool(lvm("pvcreate").args(["-q", "-y", &dev.0]));
+    }
+    let repo = dir.join("repo");
+    init_repo(&repo, &[]);
+    backup_json(&repo, "lonely", &[("disk0", &disk)]);
+    let r = s(&repo);
+    let parts = files_json(&["parts", &r, "latest@lonely"]);
+    let vol = &parts["volumes"][0];
+    assert_eq!(vol["holds"], "lvm2", "{parts}");
+    assert!(
+        vol["lvm_problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("no VG")),
+        "{parts}"
+    );
+    let named = files(&["ls", &r, "latest@lonely:vg/lv:/"]);
+    named.expect_code(5);
+    assert!(named.stderr.contains("no VG"), "{named}");
+}

@@ -149,6 +149,9 @@ fn print_parts(r: &PartsReport) {
             ),
             None => println!("  whole disk holds {}", v.holds.name()),
         }
+        if let Some(why) = &v.lvm_problem {
+            println!("       its volume group cannot be read: {why}");
+        }
         for l in &v.logical_volumes {
             let what = match (&l.lv.unreadable, l.holds) {
                 (Some(why), _) => format!("not readable: {why}"),

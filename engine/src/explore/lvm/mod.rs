@@ -33,6 +33,10 @@ const MAX_TEXT: u64 = 16 << 20;
 /// Most segments one LV may have.
 const MAX_SEGMENTS: usize = 1 << 16;
 const MDA_MAGIC: &[u8; 16] = b"\x20LVM2\x20x[5A%r0N*>";
+/// A metadata location flag: LVM no longer updates this area (its text may be stale).
+const RAW_LOCN_IGNORED: u32 = 1;
+/// Most logical volumes one VG may list (LVM's practical limits are far lower).
+const MAX_LVS: usize = 4096;
 
 /// The sector offset of the label, if there is one.
 fn find_label(volume: &dyn Image) -> Result<Option<u64>, FsError> {
@@ -98,12 +102,20 @@ pub fn read_volume_group(volume: &dyn Image) -> Result<VolumeGroup, FsError> {
         .collect();
     let areas_at = header_at as usize + 40;
     let (_data, metadata) = area_lists(&le, areas_at)?;
-    let (mda_start, mda_size) = *metadata.first().ok_or_else(|| {
+    // The first metadata area LVM keeps up to date (one marked ignored keeps stale text).
+    let mut text = None;
+    for (mda_start, mda_size) in metadata {
+        if let Some(current) = metadata_text(volume, mda_start, mda_size)? {
+            text = Some(current);
+            break;
+        }
+    }
+    let text = text.ok_or_else(|| {
         FsError::Unsupported(
-            "the LVM2 PV has no metadata area (its VG's metadata is on another PV)".into(),
+            "the LVM2 PV keeps no metadata (its VG's metadata is on another PV, or it is in no VG)"
+                .into(),
         )
     })?;
-    let text = metadata_text(volume, mda_start, mda_size)?;
     volume_group(&text::parse(&text)?, &pv_uuid)
 }
 
@@ -126,8 +138,9 @@ fn area_lists(le: &Le<'_>, mut at: usize) -> Result<(Areas, Areas), FsError> {
     Ok((data, metadata))
 }
 
-/// The current metadata text of the area at `start` (`size` bytes).
-fn metadata_text(volume: &dyn Image, start: u64, size: u64) -> Result<Vec<u8>, FsError> {
+/// The current metadata text of the area at `start` (`size` bytes); `None` when the area is
+/// marked ignored or holds no text (a PV in no VG).
+fn metadata_text(volume: &dyn Image, start: u64, size: u64) -> Result<Option<Vec<u8>>, FsError> {
     check_range(volume.len(), start, size, "the LVM2 metadata area")?;
     let raw = volume.read_vec(start, SECTOR as usize, "the LVM2 metadata area header")?;
     let le = Le::new(&raw, "the LVM2 metadata area header");
@@ -136,8 +149,18 @@ fn metadata_text(volume: &dyn Image, start: u64, size: u64) -> Result<Vec<u8>, F
             "no LVM2 metadata area header at byte {start}"
         )));
     }
-    let (offset, len) = (le.u64(40)?, le.u64(48)?);
-    if len == 0 || len > MAX_TEXT || offset < SECTOR || offset >= size {
+    if le.u32(20)? != 1 || le.u64(24)? != start {
+        return Err(FsError::corrupt(format!(
+            "the LVM2 metadata area header at byte {start} has version {} and says it starts at {}",
+            le.u32(20)?,
+            le.u64(24)?
+        )));
+    }
+    let (offset, len, flags) = (le.u64(40)?, le.u64(48)?, le.u32(60)?);
+    if flags & RAW_LOCN_IGNORED != 0 || (offset == 0 && len == 0) {
+        return Ok(None);
+    }
+    if len > MAX_TEXT || offset < SECTOR || offset >= size {
         return Err(FsError::corrupt(format!(
             "LVM2 metadata text of {len} bytes at {offset} in an area of {size}"
         )));
@@ -152,7 +175,7 @@ fn metadata_text(volume: &dyn Image, start: u64, size: u64) -> Result<Vec<u8>, F
         }
         text.extend(volume.read_vec(start + SECTOR, rest as usize, "the LVM2 metadata text")?);
     }
-    Ok(text)
+    Ok(Some(text))
 }
 
 fn int(section: &Value, key: &str, what: &str) -> Result<u64, FsError> {
@@ -199,7 +222,19 @@ fn volume_group(top: &Value, pv_uuid: &str) -> Result<VolumeGroup, FsError> {
         .map(Value::items)
         .unwrap_or_default();
     let mut logical_volumes = Vec::new();
+    if lvs.len() > MAX_LVS {
+        return Err(FsError::corrupt(format!(
+            "LVM2 metadata: VG {name} lists {} logical volumes (at most {MAX_LVS} are read)",
+            lvs.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
     for (lv_name, lv) in lvs {
+        if !seen.insert(lv_name.as_str()) {
+            return Err(FsError::corrupt(format!(
+                "LVM2 metadata: VG {name} lists logical volume {lv_name} twice"
+            )));
+        }
         let full = format!("{name}/{lv_name}");
         let (segments, unreadable) =
             match linear_segments(lv, this_pv, pe_start, pe_count, extent_bytes) {

@@ -9,6 +9,9 @@ use super::super::FsError;
 
 /// Sections and lists nested deeper than this are refused (LVM writes four levels).
 const MAX_DEPTH: usize = 32;
+/// Most items and list elements one text may hold (a VG's metadata has a few thousand):
+/// bounds the parsed tree's memory whatever the text.
+const MAX_VALUES: usize = 1 << 20;
 
 /// One value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +62,11 @@ impl Value {
 
 /// Parses a whole metadata text into its top-level section.
 pub fn parse(text: &[u8]) -> Result<Value, FsError> {
-    let mut p = Parser { text, at: 0 };
+    let mut p = Parser {
+        text,
+        at: 0,
+        values: 0,
+    };
     let items = p.items(0, false)?;
     Ok(Value::Section(items))
 }
@@ -67,9 +74,19 @@ pub fn parse(text: &[u8]) -> Result<Value, FsError> {
 struct Parser<'a> {
     text: &'a [u8],
     at: usize,
+    /// Items and list elements parsed so far.
+    values: usize,
 }
 
 impl Parser<'_> {
+    fn count(&mut self) -> Result<(), FsError> {
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(self.error("more than a million items"));
+        }
+        Ok(())
+    }
+
     fn error(&self, what: &str) -> FsError {
         FsError::corrupt(format!("LVM2 metadata text, byte {}: {what}", self.at))
     }
@@ -105,6 +122,7 @@ impl Parser<'_> {
                 }
                 Some(_) => {}
             }
+            self.count()?;
             let key = self.identifier()?;
             match self.peek() {
                 Some(b'=') => {
@@ -154,7 +172,10 @@ impl Parser<'_> {
                         }
                         Some(b',') if !list.is_empty() => self.at += 1,
                         None => return Err(self.error("a list is not closed")),
-                        _ => list.push(self.value(depth + 1)?),
+                        _ => {
+                            self.count()?;
+                            list.push(self.value(depth + 1)?);
+                        }
                     }
                 }
             }
@@ -264,5 +285,10 @@ vg0 {
         assert!(parse(deep.as_bytes()).is_err());
         let deep_list = format!("a = {}", "[".repeat(100_000));
         assert!(parse(deep_list.as_bytes()).is_err());
+        // The tree's memory is bounded whatever the text: a list of 2^20 + 1 elements.
+        let long = format!("a = [{}0]", "0,".repeat(MAX_VALUES));
+        assert!(parse(long.as_bytes()).is_err());
+        let fits = format!("a = [{}0]", "0,".repeat(MAX_VALUES - 2));
+        assert!(parse(fits.as_bytes()).is_ok());
     }
 }

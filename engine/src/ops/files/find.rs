@@ -263,7 +263,12 @@ impl ContentHasher {
                 }
                 ExtentData::Volume(at) => {
                     key.update([2]);
-                    for range in volume.disk_ranges(*at, e.len) {
+                    // Each range's length too: an LV run split differently across its
+                    // segments must not give the same key.
+                    let ranges = volume.disk_ranges(*at, e.len);
+                    key.update((ranges.len() as u64).to_le_bytes());
+                    for range in ranges {
+                        key.update((range.end - range.start).to_le_bytes());
                         let (skew, digests) = volume.image.digests_of(range)?;
                         key.update(skew.to_le_bytes());
                         for d in digests {

@@ -290,6 +290,9 @@ pub struct PartInfo {
     /// When it is an LVM2 physical volume: its volume group's logical volumes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logical_volumes: Vec<LvInfo>,
+    /// When it is an LVM2 physical volume whose group cannot be read: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lvm_problem: Option<String>,
 }
 
 /// A logical volume in `files parts`.
@@ -311,10 +314,22 @@ fn part_info(
 ) -> Result<PartInfo> {
     let holds = detect::detect(volume.as_ref()).map_err(|e| explore_error(place.to_string(), e))?;
     let mut logical_volumes = Vec::new();
+    let mut lvm_problem = None;
     if holds == VolumeKind::Lvm2 {
-        let vg =
-            read_volume_group(volume.as_ref()).map_err(|e| explore_error(place.to_string(), e))?;
-        for lv in &vg.logical_volumes {
+        // A PV whose group cannot be read (in no VG, metadata elsewhere, damaged) is still
+        // listed, with why; a damaged repository chunk is an error like anywhere else.
+        let vg = match read_volume_group(volume.as_ref()) {
+            Ok(vg) => Some(vg),
+            Err(FsError::Image(e)) => return Err(*e),
+            Err(e) => {
+                lvm_problem = Some(e.to_string());
+                None
+            }
+        };
+        for (vg, lv) in vg
+            .iter()
+            .flat_map(|vg| vg.logical_volumes.iter().map(move |lv| (vg, lv)))
+        {
             let holds = vg
                 .open(volume.clone(), &lv.name)
                 .ok()
@@ -329,6 +344,7 @@ fn part_info(
         partition,
         holds,
         logical_volumes,
+        lvm_problem,
     })
 }
 
