@@ -12,7 +12,8 @@ use tessera_engine::SnapshotDiskRef;
 /// `latest@vm1:sda:2:vg0/root:/etc` (an LVM2 logical volume on that partition).
 #[derive(Debug, Subcommand)]
 pub enum FilesCommand {
-    /// Show a disk's partition table and what each partition holds.
+    /// Show a disk's partition table, what each partition holds, and the logical volumes of
+    /// an LVM2 physical volume.
     Parts {
         /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
         repo: String,
