@@ -131,19 +131,7 @@ impl Fat {
             nodes: Mutex::new(HashMap::new()),
         };
         let root = Node {
-            stat: Stat {
-                ino: ROOT,
-                kind: FileKind::Dir,
-                size: 0,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                nlink: 1,
-                mtime: Timestamp::default(),
-                atime: Timestamp::default(),
-                ctime: Timestamp::default(),
-                rdev: 0,
-            },
+            stat: Stat::bare(ROOT, FileKind::Dir, 0o755),
             first_cluster: root_cluster,
         };
         fs.nodes().insert(ROOT, root);

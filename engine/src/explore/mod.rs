@@ -115,6 +115,26 @@ pub struct Stat {
     pub rdev: u64,
 }
 
+impl Stat {
+    /// An inode that records nothing but its kind and mode: owned by root, one link, empty,
+    /// all times at the epoch (a FAT root directory has no entry to hold them).
+    pub fn bare(ino: u64, kind: FileKind, mode: u32) -> Self {
+        Self {
+            ino,
+            kind,
+            size: 0,
+            mode,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            mtime: Timestamp::default(),
+            atime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            rdev: 0,
+        }
+    }
+}
+
 /// One name in a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {

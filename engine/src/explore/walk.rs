@@ -105,25 +105,13 @@ fn descend(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::explore::{DirEntry, FileExtent, Timestamp};
+    use crate::explore::{DirEntry, FileExtent};
 
     /// A root directory (inode 1) listing `names`, each a regular file (inode 2).
     struct OneDir(Vec<&'static [u8]>);
 
     fn stat(ino: u64, kind: FileKind) -> Stat {
-        Stat {
-            ino,
-            kind,
-            size: 0,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-            mtime: Timestamp::default(),
-            atime: Timestamp::default(),
-            ctime: Timestamp::default(),
-            rdev: 0,
-        }
+        Stat::bare(ino, kind, 0o644)
     }
 
     impl Filesystem for OneDir {
