@@ -212,6 +212,8 @@ fn compare() -> TreeCompare<'static> {
 #[test]
 fn linear_logical_volumes_on_a_whole_disk_pv_read_back_equal() {
     let mut gen = DataGen::new(seed("files_lvm_whole"));
+    // Unique on this host: LVM knows VGs by name, and another run may be building its own.
+    let vg = format!("tvgwhole{}", std::process::id());
     let t = TempDir::new().unwrap();
     let dir = t.path();
     let disk = dir.join("disk.img");
@@ -241,7 +243,7 @@ fn linear_logical_volumes_on_a_whole_disk_pv_read_back_equal() {
         let dev = Loop::attach(&disk, 0);
         make_vg(
             dir,
-            "tvgwhole",
+            &vg,
             &[&dev],
             &[
                 ("root", root_segments_clone(&root_segments)),
@@ -291,12 +293,12 @@ fn linear_logical_volumes_on_a_whole_disk_pv_read_back_equal() {
             .find(|l| l["name"] == name)
             .unwrap_or_else(|| panic!("{name} in {parts}"))
     };
-    assert_eq!(find("tvgwhole/root")["size"], 16 << 20);
-    assert_eq!(find("tvgwhole/root")["holds"], "ext");
-    assert_eq!(find("tvgwhole/boot")["holds"], "fat");
+    assert_eq!(find(&format!("{vg}/root"))["size"], 16 << 20);
+    assert_eq!(find(&format!("{vg}/root"))["holds"], "ext");
+    assert_eq!(find(&format!("{vg}/boot"))["holds"], "fat");
 
     // ls, cat, get through each LV.
-    let root = "latest@lvm:tvgwhole/root:";
+    let root = format!("latest@lvm:{vg}/root:");
     assert_eq!(
         entry_names(&files_json(&["ls", &r, &format!("{root}/etc")])),
         source_names(&src.join("etc"))
@@ -311,7 +313,12 @@ fn linear_logical_volumes_on_a_whole_disk_pv_read_back_equal() {
     files_json(&["get", &r, &format!("{root}/"), &s(&out)]);
     assert_trees_equal(&src, &out, &compare());
     let boot_out = dir.join("boot-out");
-    files_json(&["get", &r, "latest@lvm:disk0:tvgwhole/boot:/", &s(&boot_out)]);
+    files_json(&[
+        "get",
+        &r,
+        &format!("latest@lvm:disk0:{vg}/boot:/"),
+        &s(&boot_out),
+    ]);
     assert_trees_equal(&boot_src, &boot_out, &TreeCompare::default());
 
     // find follows the file through the series.
@@ -321,7 +328,7 @@ fn linear_logical_volumes_on_a_whole_disk_pv_read_back_equal() {
         "--series",
         "lvm",
         "--lv",
-        "tvgwhole/root",
+        &format!("{vg}/root"),
         "/etc/hostname",
     ]);
     assert_eq!(found["snapshots"][0]["found"][0]["size"], 10, "{found}");
@@ -330,12 +337,13 @@ fn linear_logical_volumes_on_a_whole_disk_pv_read_back_equal() {
     let no_lv = files(&["ls", &r, "latest@lvm:/"]);
     no_lv.expect_code(2);
     assert!(
-        no_lv.stderr.contains("tvgwhole/boot") && no_lv.stderr.contains("tvgwhole/root"),
+        no_lv.stderr.contains(&format!("{vg}/boot"))
+            && no_lv.stderr.contains(&format!("{vg}/root")),
         "{no_lv}"
     );
-    let unknown = files(&["ls", &r, "latest@lvm:tvgwhole/nope:/"]);
+    let unknown = files(&["ls", &r, &format!("latest@lvm:{vg}/nope:/")]);
     unknown.expect_code(2);
-    assert!(unknown.stderr.contains("tvgwhole/root"), "{unknown}");
+    assert!(unknown.stderr.contains(&format!("{vg}/root")), "{unknown}");
     files(&["ls", &r, "latest@lvm:othervg/root:/"]).expect_code(2);
 }
 
@@ -354,6 +362,7 @@ fn root_segments_clone(segments: &[Segment]) -> Vec<Segment> {
 #[test]
 fn a_pv_in_an_mbr_partition_and_an_lv_on_another_disk() {
     let mut gen = DataGen::new(seed("files_lvm_part"));
+    let vg = format!("tvgpart{}", std::process::id());
     let t = TempDir::new().unwrap();
     let dir = t.path();
     // disk0: MBR, partition 1 a small ext4, partition 2 a PV; disk1: a whole-disk PV of the
@@ -400,7 +409,7 @@ fn a_pv_in_an_mbr_partition_and_an_lv_on_another_disk() {
         let pv1 = Loop::attach(&disk1, 0);
         make_vg(
             dir,
-            "tvgpart",
+            &vg,
             &[&pv0, &pv1],
             &[
                 ("data", root_segments_clone(&local)),
@@ -425,7 +434,7 @@ fn a_pv_in_an_mbr_partition_and_an_lv_on_another_disk() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|l| l["name"] == "tvgpart/spread")
+        .find(|l| l["name"] == format!("{vg}/spread"))
         .unwrap();
     assert!(
         spread_info["unreadable"].as_str().unwrap().contains("pv1"),
@@ -433,17 +442,22 @@ fn a_pv_in_an_mbr_partition_and_an_lv_on_another_disk() {
     );
 
     let out = dir.join("out");
-    files_json(&["get", &r, "latest@p:disk0:2:tvgpart/data:/", &s(&out)]);
+    files_json(&[
+        "get",
+        &r,
+        &format!("latest@p:disk0:2:{vg}/data:/"),
+        &s(&out),
+    ]);
     assert_trees_equal(&src, &out, &compare());
     // The LV with extents on the other disk is refused by name (exit 5), never read as zeros.
-    let spread_ls = files(&["ls", &r, "latest@p:disk0:2:tvgpart/spread:/"]);
+    let spread_ls = files(&["ls", &r, &format!("latest@p:disk0:2:{vg}/spread:/")]);
     spread_ls.expect_code(5);
     assert!(
         spread_ls.stderr.contains("another physical volume"),
         "{spread_ls}"
     );
     // An LV named on the ext4 partition: not a PV.
-    let not_pv = files(&["ls", &r, "latest@p:disk0:1:tvgpart/data:/"]);
+    let not_pv = files(&["ls", &r, &format!("latest@p:disk0:1:{vg}/data:/")]);
     not_pv.expect_code(2);
     assert!(
         not_pv.stderr.contains("not an LVM2 physical volume"),

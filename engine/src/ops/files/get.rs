@@ -267,12 +267,7 @@ impl TreeWriter<'_> {
 
     /// The host path of `rel`, for messages.
     fn shown(&self, rel: &[u8]) -> String {
-        let mut p = self.report.dest.clone();
-        if !rel.is_empty() {
-            p.push('/');
-            p.push_str(&String::from_utf8_lossy(rel));
-        }
-        p
+        super::below(self.report.dest.as_bytes(), rel)
     }
 
     fn skip(&mut self, v: &Visit, reason: &str) {
@@ -297,10 +292,10 @@ impl TreeWriter<'_> {
     }
 
     /// Whether `at` may be made: nothing is there, or `force` (then a directory in the way
-    /// of a non-directory is still an error). Returns whether something is there.
-    fn check_free(&self, at: &Place<'_>) -> FsResult<bool> {
+    /// of a non-directory is still an error).
+    fn check_free(&self, at: &Place<'_>) -> FsResult<()> {
         match rustix::fs::statat(at.dir, at.name, AtFlags::SYMLINK_NOFOLLOW) {
-            Err(Errno::NOENT) => Ok(false),
+            Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(errno(format!("looking at {}", at.shown))(e)),
             Ok(_) if !self.force => Err(FsError::Image(Box::new(Error::OutputExists {
                 path: PathBuf::from(&at.shown),
@@ -311,7 +306,7 @@ impl TreeWriter<'_> {
                     at.shown
                 )))))
             }
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(()),
         }
     }
 
