@@ -1783,6 +1783,24 @@ fn mbr_logical_and_gpt_partitions_by_number_name_and_guid() {
 // 4. find across generations
 // ---------------------------------------------------------------------------------------
 
+/// A one-path `files find` report's change per snapshot (`-` where the path is absent).
+fn change_per_snapshot(report: &Value) -> Vec<String> {
+    report["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s["found"]
+                .as_array()
+                .unwrap()
+                .first()
+                .map_or("-".to_string(), |x| {
+                    x["change"].as_str().unwrap().to_string()
+                })
+        })
+        .collect()
+}
+
 /// Per snapshot: the (path, content) versions expected and how each changed.
 type Expected<'a> = Vec<(&'a (&'a str, Vec<u8>), &'a str)>;
 
@@ -1904,41 +1922,15 @@ fn find_reports_changes_across_generations_with_content_hashes() {
 
     // A path that comes and one that goes.
     let f = files_json(&["find", &r, "--series", "gens", "/etc/new.conf"]);
-    let changes: Vec<String> = f["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            s["found"]
-                .as_array()
-                .unwrap()
-                .first()
-                .map_or("-".to_string(), |x| {
-                    x["change"].as_str().unwrap().to_string()
-                })
-        })
-        .collect();
     assert_eq!(
-        changes,
+        change_per_snapshot(&f),
         ["-", "-", "added", "unchanged", "unchanged", "unchanged"],
         "{f}"
     );
     let f = files_json(&["find", &r, "--series", "gens", "/etc/old.conf"]);
     let snaps = f["snapshots"].as_array().unwrap();
-    let changes: Vec<String> = snaps
-        .iter()
-        .map(|s| {
-            s["found"]
-                .as_array()
-                .unwrap()
-                .first()
-                .map_or("-".to_string(), |x| {
-                    x["change"].as_str().unwrap().to_string()
-                })
-        })
-        .collect();
     assert_eq!(
-        changes,
+        change_per_snapshot(&f),
         ["added", "unchanged", "unchanged", "-", "-", "-"],
         "{f}"
     );
