@@ -129,6 +129,7 @@ fn index_lookups(c: &mut Criterion) {
                 codec: Codec::Zstd,
                 stored_crc: i as u32,
                 refcount: 1,
+                dead_since_us: 0,
             };
             batch.put_object(ObjectKind::Chunk, d, &entry);
         }

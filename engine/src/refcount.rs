@@ -50,6 +50,7 @@ fn stage_kind(
     kind: ObjectKind,
     deltas: &[([u8; 32], i64)],
 ) -> Result<()> {
+    let now = crate::time::now_us();
     for group in deltas.chunks(4096) {
         let keys: Vec<[u8; 32]> = group.iter().map(|(d, _)| *d).collect();
         for ((digest, delta), entry) in group.iter().zip(index.get_many(kind, &keys)?) {
@@ -58,9 +59,10 @@ fn stage_kind(
                 digest: hex::encode(digest),
             })?;
             let new = i128::from(entry.refcount) + i128::from(*delta);
-            entry.refcount = u64::try_from(new).map_err(|_| Error::IndexCorrupt {
+            let count = u64::try_from(new).map_err(|_| Error::IndexCorrupt {
                 what: format!("{kind:?} {} reference count would become {new}; run `tessera repair REPO --rebuild-index`", hex::encode(digest)),
             })?;
+            entry.set_count(count, now);
             batch.put_object(kind, digest, &entry);
         }
     }

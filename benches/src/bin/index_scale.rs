@@ -55,6 +55,7 @@ fn main() -> anyhow::Result<()> {
                 codec: Codec::Zstd,
                 stored_crc: 0,
                 refcount: 1,
+                dead_since_us: 0,
             };
             offset += 32 << 10;
             batch.put_object(ObjectKind::Chunk, &digest(written + i), &entry);

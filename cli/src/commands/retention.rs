@@ -157,6 +157,12 @@ pub fn compact(
                 plan.packs_in_grace
             );
         }
+        if plan.dying_objects > 0 {
+            println!(
+                "{} unreferenced objects that died within the last {grace} kept (--grace): a writer may still publish a snapshot naming them",
+                plan.dying_objects
+            );
+        }
         if let Some(report) = &r.report {
             for d in &report.damaged {
                 println!("damaged: {d}");

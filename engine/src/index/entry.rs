@@ -24,10 +24,17 @@ pub struct ObjectEntry {
     pub stored_crc: u32,
     /// Hierarchical reference count.
     pub refcount: u64,
+    /// While the count is 0: when it dropped to 0, or when a push last sent the object
+    /// again (Unix µs), the start of its grace period against compaction (SPEC §13
+    /// "Dead objects"); 0 when live, or dead since before anything recorded it. Change the
+    /// count only through [`ObjectEntry::set_count`], which keeps this true.
+    pub dead_since_us: i64,
 }
 
-/// Encoded size of an [`ObjectEntry`]: 45 bytes of fields and 8 reserved bytes (formerly a
-/// "verified at" time, which the verification ledger replaced; written as zero, ignored).
+/// Encoded size of an [`ObjectEntry`]: 45 bytes of fields and the 8-byte `dead_since_us`.
+/// Those 8 bytes once held a "verified at" time (replaced by the verification ledger and
+/// then written as zero); an old index may still hold such a time there, which reads as a
+/// recent death only for objects already dead, and only keeps them one grace longer.
 pub const OBJECT_ENTRY_LEN: usize = 53;
 
 fn corrupt(what: &'static str) -> impl Fn(tessera_format::DecodeError) -> Error {
@@ -47,16 +54,36 @@ impl ObjectEntry {
             codec: fe.info.codec,
             stored_crc: fe.info.stored_crc,
             refcount: 0,
+            dead_since_us: 0,
         }
     }
 
-    /// The same object, with the same count, at its new location `fe` in `pack`.
+    /// The same object, with the same count (and death time), at its new location `fe` in
+    /// `pack`.
     #[must_use]
     pub fn relocated(&self, pack: PackId, fe: &FooterEntry) -> Self {
         Self {
             refcount: self.refcount,
+            dead_since_us: self.dead_since_us,
             ..Self::found(pack, fe)
         }
+    }
+
+    /// Sets the reference count to `count` at time `now_us`: a count dropping to 0 records
+    /// the death, a live count clears it, a dead object staying dead keeps its time.
+    pub fn set_count(&mut self, count: u64, now_us: i64) {
+        if count > 0 {
+            self.dead_since_us = 0;
+        } else if self.refcount > 0 {
+            self.dead_since_us = now_us;
+        }
+        self.refcount = count;
+    }
+
+    /// Whether compaction may drop it: dead, and not dead since `young_after` (a death
+    /// within the grace period keeps it; see SPEC §13 "Dead objects").
+    pub fn reclaimable(&self, young_after: i64) -> bool {
+        self.refcount == 0 && self.dead_since_us <= young_after
     }
 
     /// Encodes the entry.
@@ -69,7 +96,7 @@ impl ObjectEntry {
         out.push(self.codec as u8);
         put_u32(&mut out, self.stored_crc);
         put_u64(&mut out, self.refcount);
-        out.extend_from_slice(&[0; 8]);
+        put_i64(&mut out, self.dead_since_us);
         out
     }
 
@@ -85,8 +112,8 @@ impl ObjectEntry {
             codec: Codec::try_from(r.u8().map_err(&c)?).map_err(&c)?,
             stored_crc: r.u32().map_err(&c)?,
             refcount: r.u64().map_err(&c)?,
+            dead_since_us: r.i64().map_err(&c)?,
         };
-        let _reserved: [u8; 8] = r.array().map_err(&c)?;
         r.finish().map_err(&c)?;
         Ok(entry)
     }
@@ -159,6 +186,7 @@ mod tests {
             codec: Codec::Zstd,
             stored_crc: 0xdead_beef,
             refcount: 42,
+            dead_since_us: -5,
         };
         let bytes = e.encode();
         assert_eq!(bytes.len(), OBJECT_ENTRY_LEN);
@@ -173,5 +201,41 @@ mod tests {
         let old = PackEntry::decode(&p.encode()[..12]).unwrap();
         assert_eq!((old.size, old.objects, old.indexed_at_us), (99, 3, 0));
         assert!(PackEntry::decode(&[0; 13]).is_err());
+    }
+
+    /// A death is stamped when the count drops to 0, kept while it stays 0, cleared when it
+    /// rises; only a death at or before the cutoff is reclaimable, never a live object.
+    #[test]
+    fn counts_record_deaths_and_only_old_deaths_are_reclaimable() {
+        let mut e = ObjectEntry {
+            pack: PackId([1; 16]),
+            offset: 0,
+            stored_len: 1,
+            raw_len: 1,
+            codec: Codec::None,
+            stored_crc: 0,
+            refcount: 0,
+            dead_since_us: 0,
+        };
+        assert!(e.reclaimable(0), "never named, nothing recorded");
+        e.set_count(2, 100);
+        assert_eq!((e.refcount, e.dead_since_us), (2, 0));
+        assert!(
+            !e.reclaimable(i64::MAX),
+            "a live object is never reclaimable"
+        );
+        e.set_count(0, 500);
+        assert_eq!(e.dead_since_us, 500);
+        assert!(!e.reclaimable(499) && e.reclaimable(500));
+        e.set_count(0, 900);
+        assert_eq!(e.dead_since_us, 500, "staying dead keeps the time of death");
+        e.set_count(1, 1000);
+        assert_eq!(e.dead_since_us, 0);
+        let decoded = ObjectEntry::decode(&{
+            e.set_count(0, 1234);
+            e.encode()
+        })
+        .unwrap();
+        assert_eq!(decoded.dead_since_us, 1234);
     }
 }

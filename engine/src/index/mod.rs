@@ -384,6 +384,19 @@ impl Index {
         res.into_iter().map(|r| Ok(r?.is_some())).collect()
     }
 
+    /// Whether each of `digests` is present *and referenced* (count > 0), in one batched
+    /// lookup: what `tessera serve` tells a pushing client it holds. A dead object (count
+    /// 0) may be reclaimed by a compaction before the client publishes, so the client is
+    /// told to send it; its put renews the object's grace instead of storing it again
+    /// (SPEC §13 "Dead objects").
+    pub fn referenced_many(&self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<bool>> {
+        Ok(self
+            .get_many(kind, digests)?
+            .into_iter()
+            .map(|e| e.is_some_and(|e| e.refcount > 0))
+            .collect())
+    }
+
     /// Looks up many objects at once.
     pub fn get_many(
         &self,

@@ -631,11 +631,12 @@ pub fn recount_index(
     let expected = expected_counts_of(index, backend, crypto, &snapshots)?;
     let mut batch = index.batch();
     let mut fixed = 0;
+    let now = crate::time::now_us();
     for kind in [ObjectKind::Page, ObjectKind::Chunk] {
         index.for_each_object(kind, |digest, mut entry| {
             let want = expected.count(kind, digest);
             if want != entry.refcount {
-                entry.refcount = want;
+                entry.set_count(want, now);
                 batch.put_object(kind, &digest, &entry);
                 fixed += 1;
             }

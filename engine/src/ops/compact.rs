@@ -1,8 +1,10 @@
 //! Pack compaction: reclaiming the space of unreferenced objects.
 //!
 //! Plan: one pass over the index sums, per pack, the stored bytes of the objects that are
-//! referenced *and* located in that pack; packs whose unused fraction exceeds the threshold
-//! are selected. Apply: the objects the **index** places in selected packs (never the
+//! kept *and* located in that pack; packs whose unused fraction exceeds the threshold are
+//! selected. An object is kept when it is referenced, or dead for less than the grace
+//! period (its count dropped to 0, or a push sent it again, recently: a writer may be about
+//! to publish a snapshot naming it; SPEC §13 "Dead objects"). Apply: the objects the **index** places in selected packs (never the
 //! packs' own footers, which may be damaged or incomplete) are taken one pack at a time: the
 //! live ones are read, fully checked, and copied verbatim (no recompression) into new packs
 //! through the [`PackSink`]; when a new pack is sealed, one index batch points the moved
@@ -41,7 +43,8 @@ pub struct PackUsage {
     pub pack: PackId,
     /// File size.
     pub size: u64,
-    /// Stored bytes (with record headers and footer entries) of referenced objects located here.
+    /// Stored bytes (with record headers and footer entries) of the objects located here
+    /// that compaction keeps: referenced, or dead within the grace period.
     pub live_bytes: u64,
     /// Number of those objects.
     pub live_objects: u64,
@@ -70,6 +73,12 @@ pub struct CompactPlan {
     pub bytes_to_free: u64,
     /// Packs left alone because they were indexed within the grace period.
     pub packs_in_grace: usize,
+    /// Dead objects in the selected packs that are kept (copied) because they died within
+    /// the grace period.
+    pub dying_objects: u64,
+    /// Objects dead since this time (Unix µs) or earlier, and packs indexed then or
+    /// earlier, may be reclaimed: the plan's time minus the grace period.
+    pub young_after_us: i64,
     /// The grace period, in microseconds: also how long a doomed pack of a shared store
     /// stays before it is deleted ([`crate::doomed`]).
     pub grace_us: i64,
@@ -192,6 +201,7 @@ pub fn plan_compact_with_grace(
 ) -> Result<CompactPlan> {
     let young_after = crate::time::now_us().saturating_sub(grace_us);
     let mut packs_in_grace = 0;
+    let mut dying_by_pack: HashMap<PackId, u64> = HashMap::new();
     let mut usage: HashMap<PackId, PackUsage> = repo
         .index()
         .packs()?
@@ -215,10 +225,13 @@ pub fn plan_compact_with_grace(
         .collect();
     for kind in [ObjectKind::Chunk, ObjectKind::Page] {
         repo.index().for_each_object(kind, |_, e| {
-            if e.refcount > 0 {
+            if !e.reclaimable(young_after) {
                 if let Some(u) = usage.get_mut(&e.pack) {
                     u.live_bytes += u64::from(e.stored_len) + 2 * RECORD_HEADER_LEN as u64;
                     u.live_objects += 1;
+                    if e.refcount == 0 {
+                        *dying_by_pack.entry(e.pack).or_default() += 1;
+                    }
                 }
             }
             Ok(())
@@ -235,12 +248,18 @@ pub fn plan_compact_with_grace(
         .iter()
         .map(|u| u.size.saturating_sub(u.live_bytes))
         .sum();
+    let dying_objects = packs
+        .iter()
+        .filter_map(|u| dying_by_pack.get(&u.pack))
+        .sum();
     Ok(CompactPlan {
         packs,
         total_packs,
         bytes_to_move,
         bytes_to_free,
         packs_in_grace,
+        dying_objects,
+        young_after_us: young_after,
         grace_us,
     })
 }
@@ -250,6 +269,8 @@ type Placed = (ObjectKind, [u8; 32], ObjectEntry);
 
 struct Mover<'r> {
     repo: &'r Repository,
+    /// Dead objects dead since this time or earlier are dropped; younger deaths are copied.
+    young_after_us: i64,
     sink: PackSink<'r, Placed>,
     /// Dead index entries to delete.
     dead: Vec<(ObjectKind, [u8; 32])>,
@@ -259,13 +280,14 @@ struct Mover<'r> {
 }
 
 impl Mover<'_> {
-    /// Moves the live objects the index places in `pack` into the sink; keeps the pack
-    /// (and moves nothing of it) if any of them cannot be read intact.
+    /// Moves the objects the index places in `pack` and compaction keeps (referenced, or
+    /// dead within the grace) into the sink; keeps the pack (and moves nothing of it) if
+    /// any of them cannot be read intact.
     fn drain(&mut self, pack: PackId, objects: Vec<Placed>) -> Result<()> {
         let mut copies = Vec::new();
         let mut dead = Vec::new();
         for (kind, digest, entry) in objects {
-            if entry.refcount == 0 {
+            if entry.reclaimable(self.young_after_us) {
                 dead.push((kind, digest));
                 continue;
             }
@@ -338,6 +360,7 @@ pub fn apply_compact(
     }
     let mut mover = Mover {
         repo,
+        young_after_us: plan.young_after_us,
         sink: PackSink::new(repo.backend(), repo.pack_target()),
         dead: Vec::new(),
         emptied: Vec::new(),

@@ -226,7 +226,7 @@ fn publish_snapshots(
     for (kind, digest, n) in pages.chain(chunks) {
         match index.get_object(kind, &digest)? {
             Some(mut entry) => {
-                entry.refcount = n;
+                entry.set_count(n, crate::time::now_us());
                 batch.put_object(kind, &digest, &entry);
             }
             // Unreadable pages are already reported above.

@@ -72,6 +72,7 @@ pub(super) fn round(
     progress: &dyn Progress,
 ) -> Result<usize> {
     let repaired_before = report.repaired.len();
+    let now = crate::time::now_us();
     let snapshots = load_snapshots(repo);
     let expected = expected_counts_of(
         repo.index(),
@@ -102,7 +103,7 @@ pub(super) fn round(
             }
             let want = expected.count(kind, digest);
             if entry.refcount == 0 && want > 0 {
-                entry.refcount = want;
+                entry.set_count(want, now);
                 batch.put_object(kind, &digest, &entry);
                 raised += 1;
             }
@@ -115,7 +116,7 @@ pub(super) fn round(
         repo.index().commit(batch)?;
         for (kind, digest, e) in &mut in_bad {
             if e.refcount == 0 {
-                e.refcount = expected.count(*kind, *digest);
+                e.set_count(expected.count(*kind, *digest), now);
             }
         }
     }
@@ -127,14 +128,17 @@ pub(super) fn round(
     };
     let mut deletes: Vec<(ObjectKind, [u8; 32])> = Vec::new();
     // A stored snapshot file the catalog does not list (§9) may name objects at count 0:
-    // while one exists, intact unreferenced objects are re-homed too, never dropped.
+    // while one exists, intact unreferenced objects are re-homed too, never dropped. So are
+    // objects that died within the default grace period: a push may be about to publish a
+    // snapshot naming them (§13 "Dead objects").
     let keep_unreferenced = !repo.uncatalogued_snapshots()?.is_empty();
+    let dying_after = now.saturating_sub(crate::ops::compact::DEFAULT_GRACE_US);
     // Re-home intact objects of bad packs.
     progress.start("re-home", in_bad.len() as u64);
     for (kind, digest, entry) in &in_bad {
         progress.advance(1);
         if entry.refcount == 0 && !wanted.contains_key(&(*kind, *digest)) {
-            if keep_unreferenced {
+            if keep_unreferenced || !entry.reclaimable(dying_after) {
                 if let Ok((info, stored)) =
                     read_stored(repo.backend(), repo.crypto(), *kind, digest, entry)
                 {
@@ -194,6 +198,7 @@ pub(super) fn round(
                     codec: info.codec,
                     stored_crc: info.stored_crc,
                     refcount,
+                    dead_since_us: if refcount == 0 { now } else { 0 },
                 };
                 out.append(*kind, *digest, template, &info, &stored)?;
                 report.repaired.push(RepairedObject {

@@ -322,7 +322,7 @@ fn handle(job: &Job, root: &RepoStorage, state: &mut ServingState) -> Reply {
         Endpoint::Have(kind) => {
             let digests = decode_digests(body, MAX_HAVE_DIGESTS, CLIENT).map_err(fail)?;
             let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
-            let have = repo.index().contains_many(kind, &digests).map_err(fail)?;
+            let have = repo.index().referenced_many(kind, &digests).map_err(fail)?;
             Ok(have.into_iter().map(u8::from).collect())
         }
         Endpoint::Get(kind) => {
