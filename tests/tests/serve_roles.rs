@@ -223,6 +223,21 @@ fn roles_series_and_the_audit_log() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // Event lines (SPEC §22: `renew`, `recovery`) carry time, event and note; here the
+    // admin's push renews the pages the refused backup push left unreferenced.
+    let (events, lines): (Vec<Value>, Vec<Value>) =
+        lines.into_iter().partition(|l| l.get("event").is_some());
+    for e in &events {
+        for field in ["time", "event", "note"] {
+            assert!(e.get(field).is_some(), "{field} missing in {e}");
+        }
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "renew" && e["note"].as_str().unwrap().contains("\"ops\"")),
+        "no renew event for the admin's push: {events:?}"
+    );
     for l in &lines {
         for field in [
             "time",

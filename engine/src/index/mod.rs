@@ -384,11 +384,35 @@ impl Index {
         res.into_iter().map(|r| Ok(r?.is_some())).collect()
     }
 
+    /// Whether each of `digests` is present, renewing the death of those present at count
+    /// 0 to now in one synced batch before returning (the writer's verb: the caller holds
+    /// the writer lock). A writer that is told an object is held is about to publish a
+    /// snapshot naming it, so a compaction within the grace period must keep it (SPEC §13
+    /// "Dead objects"). Returns the answers and how many objects were renewed.
+    pub fn hold_many(&self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<(Vec<bool>, usize)> {
+        let now = crate::time::now_us();
+        let mut renew = self.batch();
+        let mut renewed = 0;
+        let mut held = Vec::with_capacity(digests.len());
+        for (digest, entry) in digests.iter().zip(self.get_many(kind, digests)?) {
+            if let Some(mut entry) = entry.filter(|e| e.refcount == 0) {
+                entry.dead_since_us = now;
+                renew.put_object(kind, digest, &entry);
+                renewed += 1;
+            }
+            held.push(entry.is_some());
+        }
+        if renewed > 0 {
+            self.commit(renew)?;
+        }
+        Ok((held, renewed))
+    }
+
     /// Whether each of `digests` is present *and referenced* (count > 0), in one batched
-    /// lookup: what `tessera serve` tells a pushing client it holds. A dead object (count
-    /// 0) may be reclaimed by a compaction before the client publishes, so the client is
-    /// told to send it; its put renews the object's grace instead of storing it again
-    /// (SPEC §13 "Dead objects").
+    /// lookup: what `tessera serve` tells a pushing client it holds when it cannot take the
+    /// writer lock to [`Index::hold_many`] them. A dead object (count 0) may be reclaimed
+    /// by a compaction before the client publishes, so the client is told to send it; its
+    /// put renews the object's grace instead of storing it again (SPEC §13 "Dead objects").
     pub fn referenced_many(&self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<bool>> {
         Ok(self
             .get_many(kind, digests)?

@@ -84,7 +84,7 @@ impl Catalog for LocalSink<'_> {
     }
 }
 
-impl<'r> ObjectSink for LocalSink<'r> {
+impl ObjectSink for LocalSink<'_> {
     fn contains_many(&mut self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<bool>> {
         let known = self.repo.index().contains_many(kind, digests)?;
         let session = self.session.as_ref();
@@ -95,35 +95,27 @@ impl<'r> ObjectSink for LocalSink<'r> {
             .collect())
     }
 
-    /// Appends the objects the index lacks. An object it holds dead (count 0) is not
-    /// stored again, but its death is renewed to now, in one synced batch before this
-    /// returns: the sender is about to publish a snapshot naming it, and a compaction
-    /// within the grace period must keep it (SPEC §13 "Dead objects").
+    /// Appends the objects the index lacks, each once. An object it holds dead (count 0)
+    /// is not stored again, but its death is renewed ([`crate::index::Index::hold_many`]):
+    /// the sender is about to publish a snapshot naming it.
     fn put(&mut self, kind: ObjectKind, objects: Vec<CheckedObject>) -> Result<()> {
-        let repo: &'r Repository = self.repo;
-        let index = repo.index();
         let digests: Vec<[u8; 32]> = objects.iter().map(|o| o.info.digest.0).collect();
-        let held = index.get_many(kind, &digests)?;
-        let mut renewed = index.batch();
-        let now = crate::time::now_us();
+        let (held, _) = self.repo.index().hold_many(kind, &digests)?;
         for (o, held) in objects.into_iter().zip(held) {
             debug_assert_eq!(o.info.kind, kind);
-            match held {
-                Some(mut entry) if entry.refcount == 0 => {
-                    entry.dead_since_us = now;
-                    renewed.put_object(kind, &o.info.digest.0, &entry);
-                }
-                Some(_) => {}
-                None => {
-                    self.session().add(&o.info, &o.stored)?;
-                }
+            // A digest twice in one put: the session forgets what it appended once a pack
+            // is sealed (the index knows it then), so ask the index again.
+            if !held
+                && self
+                    .repo
+                    .index()
+                    .get_object(kind, &o.info.digest.0)?
+                    .is_none()
+            {
+                self.session().add(&o.info, &o.stored)?;
             }
         }
-        if renewed.is_empty() {
-            Ok(())
-        } else {
-            index.commit(renewed)
-        }
+        Ok(())
     }
 
     fn publish(&mut self, snapshot_bytes: &[u8]) -> Result<SnapshotId> {

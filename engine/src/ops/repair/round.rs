@@ -129,16 +129,27 @@ pub(super) fn round(
     let mut deletes: Vec<(ObjectKind, [u8; 32])> = Vec::new();
     // A stored snapshot file the catalog does not list (§9) may name objects at count 0:
     // while one exists, intact unreferenced objects are re-homed too, never dropped. So are
-    // objects that died within the default grace period: a push may be about to publish a
-    // snapshot naming them (§13 "Dead objects").
+    // those compaction would keep with the default grace (§13): objects that died, or whose
+    // pack was indexed, within it (a push or an interrupted backup may be about to publish a
+    // snapshot naming them).
     let keep_unreferenced = !repo.uncatalogued_snapshots()?.is_empty();
-    let dying_after = now.saturating_sub(crate::ops::compact::DEFAULT_GRACE_US);
+    let young_after = now.saturating_sub(crate::ops::compact::DEFAULT_GRACE_US);
+    let young_packs: HashSet<PackId> = repo
+        .index()
+        .packs()?
+        .into_iter()
+        .filter(|(_, e)| e.indexed_at_us > young_after)
+        .map(|(p, _)| p)
+        .collect();
     // Re-home intact objects of bad packs.
     progress.start("re-home", in_bad.len() as u64);
     for (kind, digest, entry) in &in_bad {
         progress.advance(1);
         if entry.refcount == 0 && !wanted.contains_key(&(*kind, *digest)) {
-            if keep_unreferenced || !entry.reclaimable(dying_after) {
+            if keep_unreferenced
+                || !entry.reclaimable(young_after)
+                || young_packs.contains(&entry.pack)
+            {
                 if let Ok((info, stored)) =
                     read_stored(repo.backend(), repo.crypto(), *kind, digest, entry)
                 {

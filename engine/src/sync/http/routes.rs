@@ -319,12 +319,7 @@ fn handle(job: &Job, root: &RepoStorage, state: &mut ServingState) -> Reply {
             }
             repo.backend().get(&ObjectKey::snapshot(id)).map_err(fail)
         }
-        Endpoint::Have(kind) => {
-            let digests = decode_digests(body, MAX_HAVE_DIGESTS, CLIENT).map_err(fail)?;
-            let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
-            let have = repo.index().referenced_many(kind, &digests).map_err(fail)?;
-            Ok(have.into_iter().map(u8::from).collect())
-        }
+        Endpoint::Have(kind) => have(root, token, kind, body, state),
         Endpoint::Get(kind) => {
             let digests = decode_digests(body, MAX_GET_DIGESTS, CLIENT).map_err(fail)?;
             let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
@@ -341,6 +336,44 @@ fn handle(job: &Job, root: &RepoStorage, state: &mut ServingState) -> Reply {
         Endpoint::Put(kind) => put(root, token, kind, body, state),
         Endpoint::Publish => publish(root, token, body, state),
     }
+}
+
+/// Which of the digests in `body` the repository holds (SPEC §13 "Dead objects"). As the
+/// writer, every object present is held, and the dead ones among them get their death
+/// renewed before the answer leaves, so that a compaction within the grace keeps them
+/// until the client publishes (and a rerun of an interrupted push sends nothing twice).
+/// While another writer (a compaction, a forget) holds the lock, only referenced objects
+/// are held: a dead one may be reclaimed under the client, which is told to send it, and
+/// its put renews it.
+fn have(
+    root: &RepoStorage,
+    token: &TokenEntry,
+    kind: ObjectKind,
+    body: &[u8],
+    state: &mut ServingState,
+) -> Reply {
+    let digests = decode_digests(body, MAX_HAVE_DIGESTS, CLIENT).map_err(fail)?;
+    let held = match state.open_writer(root) {
+        Ok(repo) => {
+            let (held, renewed) = repo.index().hold_many(kind, &digests).map_err(fail)?;
+            if renewed > 0 {
+                state.audit.event(
+                    "renew",
+                    &format!(
+                        "token {:?} was told {renewed} unreferenced {kind:?} objects are held; compaction keeps them for --grace from now",
+                        token.name
+                    ),
+                );
+            }
+            held
+        }
+        Err(r) if r.kind == Some(ErrorKind::Locked) => {
+            let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
+            repo.index().referenced_many(kind, &digests).map_err(fail)?
+        }
+        Err(r) => return Err(r),
+    };
+    Ok(held.into_iter().map(u8::from).collect())
 }
 
 /// Refuses (404, as if absent) a `get` of pages unless each is named by a snapshot of a
@@ -399,20 +432,31 @@ fn put(
     .map_err(fail)?;
     let stored = checked.len();
     let repo = state.open_writer(root)?;
-    let held = repo.index().contains_many(kind, &digests).map_err(fail)?;
+    let held = repo.index().get_many(kind, &digests).map_err(fail)?;
+    let renewing = held.iter().flatten().filter(|e| e.refcount == 0).count();
     let mut seen = std::collections::HashSet::new();
     let new_bytes: u64 = checked
         .iter()
-        .zip(held)
-        .filter(|(o, held)| !held && seen.insert(o.info.digest.0))
+        .zip(&held)
+        .filter(|(o, held)| held.is_none() && seen.insert(o.info.digest.0))
         .map(|(o, _)| (RECORD_HEADER_LEN + o.stored.len()) as u64)
         .sum();
-    charged(token, new_bytes, state.usage.as_mut(), || {
+    let answer = charged(token, new_bytes, state.usage.as_mut(), || {
         let mut sink = LocalSink::new(&repo, Publisher::Client);
         sink.put(kind, checked).map_err(fail)?;
         sink.seal().map_err(fail)?;
         Ok(json(&serde_json::json!({ "stored": stored })))
-    })
+    })?;
+    if renewing > 0 {
+        state.audit.event(
+            "renew",
+            &format!(
+                "token {:?} sent {renewing} unreferenced {kind:?} objects the repository holds; compaction keeps them for --grace from now",
+                token.name
+            ),
+        );
+    }
+    Ok(answer)
 }
 
 /// Publishes a snapshot file into a series the token covers, charging the file's bytes. A
