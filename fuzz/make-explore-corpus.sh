@@ -7,8 +7,11 @@
 # lvm-ext2.img: an LVM2 PV (pvcreate/vgcreate on a loop device, the LV laid out with
 # vgcfgrestore: device-mapper is not needed) whose LV `fuzzvg/root` is two segments in
 # reverse order holding the ext2 image, cut just past the LV's last extent.
-# Needs e2fsprogs, dosfstools, mtools, fdisk, gdisk and lvm2 (scripts/ensure-deps.sh), root
-# and a free loop device.
+# ntfs.img: mkfs.ntfs on 1100 KiB (its minimum is about 1 MiB) with 512-byte clusters, the
+# tree written through an ntfs-3g FUSE mount (ntfs-3g's symlinks are reparse points; a
+# resident, a non-resident and a sparse file; a hard link; a non-ASCII name).
+# Needs e2fsprogs, dosfstools, mtools, fdisk, gdisk, lvm2 and ntfs-3g (scripts/ensure-deps.sh),
+# root, FUSE and a free loop device.
 set -euo pipefail
 out="$(cd "$(dirname "$0")" && pwd)/corpus/explore"
 work="$(mktemp -d)"
@@ -59,5 +62,16 @@ mkfs.ext4 -q -F -t ext2 -b 1024 -N 16 -O ^resize_inode -d src ext2-1m.img
 dd if=ext2-1m.img of=lvm-ext2.img bs=64K count=8 seek=18 conv=notrunc status=none
 dd if=ext2-1m.img of=lvm-ext2.img bs=64K skip=8 count=8 seek=2 conv=notrunc status=none
 truncate -s 1664K lvm-ext2.img
+truncate -s 1100K ntfs.img
+mkfs.ntfs -F -Q -q -c 512 ntfs.img >/dev/null 2>&1
+mkdir -p mnt
+ntfs-3g ntfs.img mnt
+trap 'umount "$work/mnt" 2>/dev/null || true; rm -rf "$work"' EXIT
+cp -r src/d src/a.txt mnt/
+ln -s a.txt mnt/link
+ln mnt/a.txt mnt/hard
+echo été > "mnt/d/été.txt"
+python3 -c "f = open('mnt/sparse', 'wb'); f.write(b'x' * 10); f.seek(40000); f.write(b'y')"
+umount mnt
 mkdir -p "$out"
-cp ext2.img ext4-inline.img fat12.img mbr-ext2-fat.img gpt-ext4-fat.img lvm-ext2.img "$out/"
+cp ext2.img ext4-inline.img fat12.img mbr-ext2-fat.img gpt-ext4-fat.img lvm-ext2.img ntfs.img "$out/"

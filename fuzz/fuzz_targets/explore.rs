@@ -1,4 +1,4 @@
-//! Disk images as `tessera files` reads them: partition tables, ext2/3/4 and FAT, walked
+//! Disk images as `tessera files` reads them: partition tables, ext2/3/4, FAT and NTFS, walked
 //! whole (`src/explore.rs`). Never panics; what opens is self-consistent.
 #![no_main]
 

@@ -1,5 +1,5 @@
 //! Disk images as `tessera files` reads them (`explore`: MBR/GPT tables, LVM2 logical
-//! volumes, ext2/3/4 and FAT): the partition table, then every volume's (and every linear
+//! volumes, ext2/3/4, FAT and NTFS): the partition table, then every volume's (and every linear
 //! LV's) filesystem, walked whole with every file's
 //! extents, symlink and content read. Never panics, never allocates without bound; what
 //! opens must be self-consistent: a walk never visits a directory twice, extents cover each

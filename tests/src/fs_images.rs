@@ -1001,3 +1001,158 @@ pub fn set_fat_entry(image: &Path, geom: &FatGeometry, cluster: u32, value: u32)
     }
     old.expect("at least one FAT")
 }
+
+// ---------------------------------------------------------------------------------------
+// NTFS images: ntfs-3g (mkfs.ntfs, FUSE mounts, ntfsinfo)
+// ---------------------------------------------------------------------------------------
+
+/// `mkfs.ntfs -F -Q -q` on a new image file of `bytes` bytes.
+pub fn mkfs_ntfs(image: &Path, bytes: u64) {
+    let _ = fs::remove_file(image);
+    File::create(image)
+        .and_then(|f| f.set_len(bytes))
+        .unwrap_or_else(|e| panic!("creating {}: {e}", image.display()));
+    run_tool(
+        Command::new("mkfs.ntfs")
+            .args(["-F", "-Q", "-q"])
+            .arg(image),
+    );
+}
+
+/// An NTFS image mounted with `ntfs-3g` (FUSE, as root) on a directory; unmounted when
+/// dropped, also when the test panics, so no mount outlives its test.
+pub struct NtfsMount {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl NtfsMount {
+    /// Mounts `image` on `dir` (made if missing), read-only when `read_only`. Fails the test
+    /// when ntfs-3g or FUSE is not there: the NTFS tests need them (scripts/ensure-deps.sh).
+    #[track_caller]
+    pub fn new(image: &Path, dir: &Path, read_only: bool) -> Self {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("making {}: {e}", dir.display()));
+        let mut cmd = Command::new("ntfs-3g");
+        if read_only {
+            cmd.args(["-o", "ro"]);
+        }
+        run_tool(cmd.arg(image).arg(dir));
+        Self {
+            dir: dir.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Unmounts it now (ntfs-3g writes everything back before `umount` returns).
+    #[track_caller]
+    pub fn unmount(mut self) {
+        assert!(self.try_unmount(), "cannot unmount {}", self.dir.display());
+    }
+
+    fn try_unmount(&mut self) -> bool {
+        if !self.mounted {
+            return true;
+        }
+        for _ in 0..100 {
+            for tool in [
+                &["umount"][..],
+                &["fusermount3", "-u"],
+                &["fusermount", "-u"],
+            ] {
+                let ok = Command::new(tool[0])
+                    .args(&tool[1..])
+                    .arg(&self.dir)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    self.mounted = false;
+                    return true;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl Drop for NtfsMount {
+    fn drop(&mut self) {
+        if !self.try_unmount() {
+            eprintln!("warning: {} is still mounted", self.dir.display());
+        }
+    }
+}
+
+/// Sets the NTFS file attributes of a file on an ntfs-3g mount (`system.ntfs_attrib_be`:
+/// 0x01 read-only, 0x800 compressed, ...), through Python's `os.setxattr`.
+pub fn set_ntfs_attributes(path: &Path, attributes: u32) {
+    run_tool(
+        Command::new("python3")
+            .arg("-c")
+            .arg("import os, sys; os.setxattr(sys.argv[1], 'system.ntfs_attrib_be', int(sys.argv[2]).to_bytes(4, 'big'))")
+            .arg(path)
+            .arg(attributes.to_string()),
+    );
+}
+
+/// `ntfsinfo -v -F PATH IMAGE` (the image not mounted).
+pub fn ntfsinfo(image: &Path, path: &str) -> String {
+    let out = run_tool(Command::new("ntfsinfo").args(["-v", "-F", path]).arg(image));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How many data runs the last attribute ntfsinfo dumps for `path` has ("Total runs: N").
+pub fn ntfs_runs(image: &Path, path: &str) -> usize {
+    let text = ntfsinfo(image, path);
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Total runs:"))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no runs in ntfsinfo of {path}: {text}"))
+}
+
+/// The byte offset in `image` of the MFT record of `path`: the record number ntfsinfo
+/// gives ("Dumping Inode N"), placed with the boot sector's MFT cluster and record size
+/// (a new volume's MFT is contiguous); checked by the record's own number at 0x2C.
+pub fn ntfs_record_offset(image: &Path, path: &str) -> u64 {
+    let text = ntfsinfo(image, path);
+    let number: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Dumping Inode ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no inode in ntfsinfo of {path}: {text}"));
+    let boot = peek(image, 0, 512);
+    let sector = u64::from(u16::from_le_bytes([boot[11], boot[12]]));
+    let cluster = sector * u64::from(boot[13]);
+    let mft = u64::from_le_bytes(boot[0x30..0x38].try_into().expect("8 bytes")) * cluster;
+    let info = boot[0x40].cast_signed();
+    let record = if info > 0 {
+        cluster * u64::from(info.unsigned_abs())
+    } else {
+        1 << info.unsigned_abs()
+    };
+    let at = mft + number * record;
+    let head = peek(image, at, 0x30);
+    assert_eq!(&head[..4], b"FILE", "no FILE record at {at} for {path}");
+    assert_eq!(
+        u64::from(u32::from_le_bytes(
+            head[0x2c..0x30].try_into().expect("4 bytes")
+        )),
+        number,
+        "the record at {at} is not record {number} ({path})"
+    );
+    at
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::image::Image;
-use super::{ext4, fat, Filesystem, FsError};
+use super::{ext4, fat, ntfs, Filesystem, FsError};
 
 /// What a volume's first bytes say it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -97,11 +97,12 @@ pub fn open(volume: Arc<dyn Image>) -> Result<Box<dyn Filesystem>, FsError> {
     match detect(volume.as_ref())? {
         VolumeKind::Ext => Ok(Box::new(ext4::Ext4::open(volume)?)),
         VolumeKind::Fat => Ok(Box::new(fat::Fat::open(volume)?)),
+        VolumeKind::Ntfs => Ok(Box::new(ntfs::Ntfs::open(volume)?)),
         kind => Err(FsError::Unsupported(format!(
-            "the volume holds {}; tessera reads files from ext2/3/4 and FAT in-process{}",
+            "the volume holds {}; tessera reads files from ext2/3/4, FAT and NTFS in-process{}",
             kind.name(),
             match kind {
-                VolumeKind::Xfs | VolumeKind::Btrfs | VolumeKind::Ntfs =>
+                VolumeKind::Xfs | VolumeKind::Btrfs =>
                     "; restore or `tessera serve-nbd` the disk and mount it read-only to read this one",
                 _ => "",
             }

@@ -17,6 +17,15 @@ pub const MAX_DIR_ENTRIES: usize = 10_000_000;
 /// Most extents (runs) one file may have.
 pub const MAX_EXTENTS: usize = 1 << 22;
 
+/// Bytes of NTFS metadata one lookup may read (a file record and the records its attribute
+/// list names, a directory's index besides its allocation, which is granted on top): a few
+/// hundred times what a fragmented file needs, and it ends a crafted index or attribute list
+/// that makes the `ntfs` crate read in a loop.
+pub const MAX_NTFS_METADATA_READ: u64 = 64 << 20;
+
+/// Largest NTFS reparse point read (Windows' `MAXIMUM_REPARSE_DATA_BUFFER_SIZE`).
+pub const MAX_REPARSE_BYTES: u64 = 16 * 1024;
+
 /// Deepest directory nesting a walk descends (each level holds one listing in memory).
 pub const MAX_DEPTH: usize = 4096;
 

@@ -1,7 +1,7 @@
 //! Reading the files inside a disk image, read-only and in-process (SPEC.md §24): partition
 //! tables ([`partition`]), LVM2 logical volumes ([`lvm`]), which filesystem a volume holds
 //! ([`detect`]), and the filesystem
-//! readers ([`ext4`], [`fat`]), behind one [`Filesystem`] interface that [`walk`] and
+//! readers ([`ext4`], [`fat`], [`ntfs`]), behind one [`Filesystem`] interface that [`walk`] and
 //! [`content`] use for every kind.
 //!
 //! Everything here reads bytes that came from a backed-up guest, so nothing trusts them:
@@ -17,6 +17,7 @@ pub mod content;
 pub mod detect;
 pub mod ext4;
 pub mod fat;
+pub mod ntfs;
 
 mod fs_error;
 pub mod image;
