@@ -22,6 +22,10 @@ pub const MAX_EXTENTS: usize = 1 << 22;
 /// hundred times what a fragmented file needs, and it ends a crafted index or attribute list
 /// that makes the `ntfs` crate read in a loop.
 pub const MAX_NTFS_METADATA_READ: u64 = 64 << 20;
+/// Bytes of one NTFS directory's index allocation read (and, through a loop in its tree, at
+/// most held) by one listing, on top of [`MAX_NTFS_METADATA_READ`]: about two million
+/// entries of average names. A larger directory is refused as damage, naming the limit.
+pub const MAX_NTFS_INDEX_READ: u64 = 256 << 20;
 
 /// Largest NTFS reparse point read (Windows' `MAXIMUM_REPARSE_DATA_BUFFER_SIZE`).
 pub const MAX_REPARSE_BYTES: u64 = 16 * 1024;

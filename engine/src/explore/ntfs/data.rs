@@ -288,7 +288,12 @@ fn listed_data(
             )));
         };
         let vcn = u64::try_from(entry.lowest_vcn().value()).unwrap_or(u64::MAX);
-        if raw_attr.resident || vcn.checked_mul(cluster) != Some(covered) {
+        // The piece the entry names must itself start there: list entries that all name one
+        // attribute would otherwise repeat its runs once per entry.
+        if raw_attr.resident
+            || piece_raw.lowest_vcn(&raw_attr)? != vcn
+            || vcn.checked_mul(cluster) != Some(covered)
+        {
             return Err(FsError::corrupt(format!(
                 "{}: a piece starts at VCN {vcn}, the pieces before it end at byte {covered}",
                 what()

@@ -33,7 +33,8 @@ fn install_hook() {
             let in_crate = info
                 .location()
                 .is_some_and(|l| CAUGHT.iter().any(|c| l.file().contains(c)));
-            if in_crate && INSIDE.with(Cell::get) {
+            // Under panic=abort nothing unwinds to `guarded`: the previous hook must tell.
+            if cfg!(panic = "unwind") && in_crate && INSIDE.with(Cell::get) {
                 let payload = info
                     .payload()
                     .downcast_ref::<&str>()

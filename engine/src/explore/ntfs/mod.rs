@@ -43,7 +43,9 @@ use ::ntfs::structured_values::{
 use ::ntfs::{NtfsAttributeType, NtfsError, NtfsFile, NtfsFileFlags, NtfsReadSeek};
 
 use super::image::{Image, Le};
-use super::limits::{MAX_DIR_BYTES, MAX_DIR_ENTRIES, MAX_NTFS_METADATA_READ, MAX_REPARSE_BYTES};
+use super::limits::{
+    MAX_DIR_ENTRIES, MAX_NTFS_INDEX_READ, MAX_NTFS_METADATA_READ, MAX_REPARSE_BYTES,
+};
 use super::{DirEntry, FileExtent, FileKind, Filesystem, FsError, Stat};
 use data::{Data, FLAG_COMPRESSED, FLAG_ENCRYPTED};
 use guard::guarded;
@@ -227,6 +229,12 @@ impl Ntfs {
                 target = Some(link);
             }
         }
+        if target.as_ref().is_some_and(|t| t.contains(&0)) {
+            return Err(FsError::corrupt(format!(
+                "{}: a link target with a NUL character",
+                what()
+            )));
+        }
         let stat = Stat {
             ino,
             kind,
@@ -300,15 +308,20 @@ fn check_boot_sector(volume: &dyn Image) -> Result<(), FsError> {
     } else {
         u64::from(spc)
     };
-    let cluster = sector * per_cluster;
+    // Checked: a crafted sectors-per-cluster shift (up to 2^63) must not overflow before it
+    // is refused below (0 is refused as a size).
+    let cluster = sector.checked_mul(per_cluster).unwrap_or(0);
     let record = match le.u8(0x40)?.cast_signed() {
-        n if n > 0 => cluster * u64::from(n.unsigned_abs()),
+        n if n > 0 => cluster
+            .checked_mul(u64::from(n.unsigned_abs()))
+            .unwrap_or(0),
         n => 1u64.checked_shl(u32::from(n.unsigned_abs())).unwrap_or(0),
     };
     let bytes = le.u64(0x28)?.checked_mul(sector);
     let mft = le.u64(0x30)?.checked_mul(cluster);
     let bad = |why: String| Err(FsError::corrupt(format!("the NTFS boot sector: {why}")));
-    if !matches!(sector, 512 | 1024 | 2048 | 4096) || !per_cluster.is_power_of_two() {
+    if !matches!(sector, 512 | 1024 | 2048 | 4096) || !per_cluster.is_power_of_two() || cluster == 0
+    {
         return bad(format!(
             "{sector} bytes per sector, {per_cluster} sectors per cluster"
         ));
@@ -419,13 +432,18 @@ impl Filesystem for Ntfs {
 
 impl Ntfs {
     /// Refuses an index whose record size the crate would allocate unchecked, or whose
-    /// allocation is larger than a directory may be; grants the read budget the allocation
-    /// needs (each index record is read once by a walk that does not loop).
+    /// allocation is larger than a directory may be; grants the read budget the `$I30`
+    /// allocation needs, once (each index record is read once by a walk that does not
+    /// loop). The crate keeps one index record per level of its walk in memory, so what a
+    /// loop in the tree can make it hold is bounded by the budget: at most
+    /// [`MAX_NTFS_INDEX_READ`] plus the metadata budget, however many allocation attributes
+    /// (of any name, or repeated through an attribute list) a record claims.
     fn check_index_sizes(
         r: &mut Reader<'_>,
         rec: &Record<'_>,
         what: &dyn Fn() -> String,
     ) -> Result<(), FsError> {
+        let mut granted = false;
         let mut attrs = rec.file.attributes();
         while let Some(item) = attrs.next(r) {
             let item = check_result(item, r, what)?;
@@ -447,13 +465,17 @@ impl Ntfs {
                 }
                 Some(NtfsAttributeType::IndexAllocation) => {
                     let len = attr.value_length();
-                    if len > MAX_DIR_BYTES {
+                    if len > MAX_NTFS_INDEX_READ {
                         return Err(FsError::corrupt(format!(
-                            "{}: {len} bytes of index, more than {MAX_DIR_BYTES}",
+                            "{}: {len} bytes of index, more than the {MAX_NTFS_INDEX_READ} tessera reads of one directory",
                             what()
                         )));
                     }
-                    r.allow(len);
+                    let i30 = attr.name().is_ok_and(|n| n == "$I30");
+                    if i30 && !granted {
+                        r.allow(len);
+                        granted = true;
+                    }
                 }
                 _ => {}
             }
