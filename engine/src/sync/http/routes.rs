@@ -216,6 +216,20 @@ impl ServingState {
         Ok(repo)
     }
 
+    /// Tells the audit log that `count` unreferenced objects of `kind` had their grace
+    /// renewed because `token` `how` (SPEC §13 "Dead objects"); nothing when none were.
+    fn renewed(&self, token: &TokenEntry, kind: ObjectKind, count: usize, how: &str) {
+        if count > 0 {
+            self.audit.event(
+                "renew",
+                &format!(
+                    "token {:?} {how}: {count} unreferenced {kind:?} objects the repository holds, which compaction now keeps for --grace",
+                    token.name
+                ),
+            );
+        }
+    }
+
     /// How much longer a `backup` token must wait before publishing into `series`.
     fn publish_wait(&self, series: &str) -> Option<Duration> {
         let last = self.last_publish.get(series)?;
@@ -356,15 +370,7 @@ fn have(
     let held = match state.open_writer(root) {
         Ok(repo) => {
             let (held, renewed) = repo.index().hold_many(kind, &digests).map_err(fail)?;
-            if renewed > 0 {
-                state.audit.event(
-                    "renew",
-                    &format!(
-                        "token {:?} was told {renewed} unreferenced {kind:?} objects are held; compaction keeps them for --grace from now",
-                        token.name
-                    ),
-                );
-            }
+            state.renewed(token, kind, renewed, "was told they are held");
             held
         }
         Err(r) if r.kind == Some(ErrorKind::Locked) => {
@@ -447,15 +453,7 @@ fn put(
         sink.seal().map_err(fail)?;
         Ok(json(&serde_json::json!({ "stored": stored })))
     })?;
-    if renewing > 0 {
-        state.audit.event(
-            "renew",
-            &format!(
-                "token {:?} sent {renewing} unreferenced {kind:?} objects the repository holds; compaction keeps them for --grace from now",
-                token.name
-            ),
-        );
-    }
+    state.renewed(token, kind, renewing, "sent them again");
     Ok(answer)
 }
 
