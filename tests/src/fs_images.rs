@@ -752,6 +752,27 @@ pub fn source_names(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// How long one `tessera files` command on the tests' small volumes may take before it
+/// counts as a hang.
+pub const FILES_LIMIT: std::time::Duration = std::time::Duration::from_mins(2);
+
+/// `tessera files ARGS...` with stdout as bytes, killed (and failed) if it runs longer
+/// than [`FILES_LIMIT`].
+#[track_caller]
+pub fn files_raw(args: &[&str]) -> RawOut {
+    let mut all = vec!["files"];
+    all.extend_from_slice(args);
+    tessera_raw_within(FILES_LIMIT, all)
+}
+
+/// The bytes `tessera files cat REPO FILE` gives, asserting success.
+#[track_caller]
+pub fn files_cat_ok(repo: &Path, file: &str) -> Vec<u8> {
+    let out = files_raw(&["cat", &repo.display().to_string(), file]);
+    out.expect_code(0);
+    out.stdout
+}
+
 /// Runs the binary like [`tessera_raw`], but kills it and panics when it has not finished
 /// within `limit` (a reader that loops on a crafted image hangs instead of failing).
 #[track_caller]

@@ -27,19 +27,17 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tempfile::TempDir;
 use tessera_tests::fs_images::{
-    assert_trees_equal, entry_names, fat_chain, fat_geometry, files, files_json, mcopy_tree,
-    mkfs_fat, mtools, peek, poke, run_tool, scan_tree, set_fat_entry, set_mtime, source_names,
-    tar_through, tessera_raw_within, FatGeometry, RawOut, TreeCompare,
+    assert_trees_equal, entry_names, fat_chain, fat_geometry, files, files_cat_ok, files_json,
+    files_raw, mcopy_tree, mkfs_fat, mtools, peek, poke, run_tool, scan_tree, set_fat_entry,
+    set_mtime, source_names, tar_through, FatGeometry, RawOut, TreeCompare,
 };
 use tessera_tests::{backup_json, init_repo, seed, DataGen, Fill, Value};
 
 const MIB: u64 = 1 << 20;
-/// How long one `files` command may take on these small volumes before it counts as a hang.
-const LIMIT: Duration = Duration::from_mins(2);
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -61,21 +59,6 @@ fn new_repo(dir: &Path) -> PathBuf {
     let repo = dir.join("repo");
     init_repo(&repo, &[]);
     repo
-}
-
-/// `tessera files ARGS...` with stdout as bytes, killed (and failed) if it hangs.
-fn files_raw(args: &[&str]) -> RawOut {
-    let mut all = vec!["files"];
-    all.extend_from_slice(args);
-    tessera_raw_within(LIMIT, all)
-}
-
-/// The bytes `files cat` gives, asserting success.
-#[track_caller]
-fn cat_ok(repo: &Path, file: &str) -> Vec<u8> {
-    let out = files_raw(&["cat", &s(repo), file]);
-    out.expect_code(0);
-    out.stdout
 }
 
 /// Asserts that a finished command failed with `code` and a message holding one of
@@ -201,7 +184,7 @@ fn assert_listings_and_contents(repo: &Path, at: &str, src: &Path, filesystem: &
             || rel.contains(" 077 ")
             || rel.contains(" 149 ");
         if node.meta.is_file() && sampled {
-            let got = cat_ok(repo, &format!("{at}/{rel}"));
+            let got = files_cat_ok(repo, &format!("{at}/{rel}"));
             assert!(
                 got == fs::read(&node.path).unwrap(),
                 "`files cat` of /{rel}: {} bytes that differ from the source",
@@ -533,7 +516,7 @@ fn fat_in_mbr_and_gpt_partitions() {
         "latest@parts:gpt:/id.txt",
     ] {
         assert_eq!(
-            cat_ok(&repo, at),
+            files_cat_ok(&repo, at),
             fs::read(src32.join("id.txt")).unwrap(),
             "{at}"
         );
@@ -716,8 +699,11 @@ fn assert_rest_reads(repo: &Path, at: &str) {
         ["dir", "ok.txt", "victim.bin"],
         "{listing}"
     );
-    assert_eq!(cat_ok(repo, &format!("{at}/ok.txt")), b"fine\n");
-    assert_eq!(cat_ok(repo, &format!("{at}/dir/inner.txt")), b"inner\n");
+    assert_eq!(files_cat_ok(repo, &format!("{at}/ok.txt")), b"fine\n");
+    assert_eq!(
+        files_cat_ok(repo, &format!("{at}/dir/inner.txt")),
+        b"inner\n"
+    );
 }
 
 /// What a `files cat` of a damaged file that succeeded printed, against the source's bytes.
@@ -846,7 +832,7 @@ fn broken_chains_fail(bits: u8) {
     // The good one reads.
     assert_rest_reads(&repo, &at("good"));
     assert!(
-        cat_ok(&repo, &format!("{}/victim.bin", at("good"))) == v.content,
+        files_cat_ok(&repo, &format!("{}/victim.bin", at("good"))) == v.content,
         "the good victim"
     );
     for (name, _, words) in disks.drain(1..) {
@@ -855,7 +841,7 @@ fn broken_chains_fail(bits: u8) {
     }
     // A directory whose chain loops: listed where asked, refused when read.
     assert_eq!(
-        cat_ok(&repo, &format!("{}/ok.txt", at("dir-loop"))),
+        files_cat_ok(&repo, &format!("{}/ok.txt", at("dir-loop"))),
         b"fine\n"
     );
     assert_fails(
@@ -1151,13 +1137,13 @@ fn long_names_with_a_wrong_checksum_fall_back_to_the_8_3_name() {
     for long in [all_wrong, one_wrong] {
         let short = &short_names[long];
         assert_eq!(
-            cat_ok(&repo, &format!("latest@lfn:/{short}")),
+            files_cat_ok(&repo, &format!("latest@lfn:/{short}")),
             long.as_bytes(),
             "{short}"
         );
     }
     assert_eq!(
-        cat_ok(&repo, &format!("latest@lfn:/{kept}")),
+        files_cat_ok(&repo, &format!("latest@lfn:/{kept}")),
         kept.as_bytes()
     );
 }

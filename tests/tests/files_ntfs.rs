@@ -24,38 +24,22 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use tempfile::TempDir;
 use tessera_tests::fs_images::{
-    entry_names, files_json, kind_name, mkfs_ntfs, ntfs_record_offset, ntfs_runs, poke, run_tool,
-    scan_tree, set_mtime, set_ntfs_attributes, source_names, tar_through, tessera_raw_within,
-    NtfsMount, RawOut,
+    entry_names, files_cat_ok, files_json, files_raw, kind_name, mkfs_ntfs, ntfs_record_offset,
+    ntfs_runs, poke, run_tool, scan_tree, set_mtime, set_ntfs_attributes, source_names,
+    tar_through, NtfsMount, RawOut,
 };
 use tessera_tests::{allocated_bytes, backup_json, init_repo, seed, DataGen, Fill, Value};
 
 const MIB: u64 = 1 << 20;
-/// How long one `files` command may take before it counts as a hang.
-const LIMIT: Duration = Duration::from_mins(2);
 /// NTFS's read-only file attribute; compressed (0x800) and directory (0x10) ones.
 const ATTR_READ_ONLY: u32 = 0x01;
 const ATTR_COMPRESSED_DIR: u32 = 0x810;
 
 fn s(p: &Path) -> String {
     p.display().to_string()
-}
-
-fn files_raw(args: &[&str]) -> RawOut {
-    let mut all = vec!["files"];
-    all.extend_from_slice(args);
-    tessera_raw_within(LIMIT, all)
-}
-
-#[track_caller]
-fn cat_ok(repo: &Path, file: &str) -> Vec<u8> {
-    let out = files_raw(&["cat", &s(repo), file]);
-    out.expect_code(0);
-    out.stdout
 }
 
 /// Asserts a failure with `code` and a message holding `word` (case-insensitive).
@@ -178,7 +162,7 @@ fn assert_reads_like_the_mount(repo: &Path, at: &str, mnt: &Path) {
         let rel = String::from_utf8(rel.clone()).unwrap();
         let sampled = !rel.starts_with("many/") || rel.contains(" 000 ") || rel.contains(" 299 ");
         if node.meta.is_file() && sampled {
-            let got = cat_ok(repo, &format!("{at}/{rel}"));
+            let got = files_cat_ok(repo, &format!("{at}/{rel}"));
             assert!(
                 got == fs::read(&node.path).unwrap(),
                 "`files cat` of /{rel}: {} bytes that differ from the mount",
@@ -308,11 +292,11 @@ fn ntfs_tree_reads_like_ntfs_3g_mounts_it() {
     assert_entry_matches(&link, &mnt.join("reports-link"));
     // Symlinks are followed: through a directory link, and up from a subdirectory.
     assert_eq!(
-        cat_ok(&repo, "latest@ntfs:bare:/reports-link/2024/Q1 report.txt"),
+        files_cat_ok(&repo, "latest@ntfs:bare:/reports-link/2024/Q1 report.txt"),
         fs::read(mnt.join("Documents/Reports/2024/Q1 report.txt")).unwrap()
     );
     assert_eq!(
-        cat_ok(&repo, "latest@ntfs:bare:/Documents/up-link"),
+        files_cat_ok(&repo, "latest@ntfs:bare:/Documents/up-link"),
         fs::read(mnt.join("small.txt")).unwrap()
     );
 
@@ -390,16 +374,19 @@ fn compressed_and_damaged_ntfs_files_fail_cleanly() {
         5,
         "NTFS-compressed",
     );
-    assert_eq!(cat_ok(&repo, "latest@bad:odd:/d/victim.bin"), victim);
+    assert_eq!(files_cat_ok(&repo, "latest@bad:odd:/d/victim.bin"), victim);
     // A record without its signature: exit 1 naming it; its neighbours read.
     assert_fails(
         &files_raw(&["cat", &r, "latest@bad:damaged:/d/victim.bin"]),
         1,
         "signature",
     );
-    assert_eq!(cat_ok(&repo, "latest@bad:damaged:/d/ok.txt"), b"fine\n");
     assert_eq!(
-        cat_ok(&repo, "latest@bad:damaged:/packed/../d/ok.txt"),
+        files_cat_ok(&repo, "latest@bad:damaged:/d/ok.txt"),
+        b"fine\n"
+    );
+    assert_eq!(
+        files_cat_ok(&repo, "latest@bad:damaged:/packed/../d/ok.txt"),
         b"fine\n"
     );
     // A volume shorter than its boot sector says.
