@@ -305,6 +305,33 @@ impl StorageArgs {
     }
 }
 
+/// `tessera import …`.
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Import a Xen Orchestra backup remote's incremental backups, one snapshot per backup,
+    /// each a synthetic full (SPEC §25). Reruns import only what is new.
+    Xo {
+        /// The remote's folder (an NFS or SMB mount): the one holding `xo-vm-backups/`.
+        remote: PathBuf,
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
+        /// Only this VM (its UUID); repeatable.
+        #[arg(long = "vm")]
+        vms: Vec<String>,
+        /// Only backups taken at or after this time (2026-01-31, 2026-01-31T12:00:00 in
+        /// UTC, or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Report what would be imported; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A file holding the encrypted remote's key (its 32 characters, as given to XO; a
+        /// trailing newline is ignored).
+        #[arg(long)]
+        encryption_key_file: Option<PathBuf>,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a new, empty repository.
@@ -493,6 +520,9 @@ pub enum Command {
     /// Manage the tokens file of `serve --tokens` (tokens with roles, series and quotas).
     #[command(subcommand)]
     Token(crate::sync_args::TokenCommand),
+    /// Bring backups made by another tool into a repository.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Manage the key slots of an encrypted repository (no data is rewritten).
     #[command(subcommand)]
     Key(KeyCommand),

@@ -78,6 +78,18 @@ fn read_secret_file(path: &Path) -> tessera_engine::Result<Zeroizing<String>> {
     Ok(text)
 }
 
+/// The key of an encrypted Xen Orchestra remote: the first line of `path` (its 32
+/// characters; the engine checks the length).
+pub fn xo_remote_key(path: &Path) -> tessera_engine::Result<Zeroizing<Vec<u8>>> {
+    let text = read_secret_file(path)?;
+    let line = text
+        .split('\n')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('\r');
+    Ok(Zeroizing::new(line.as_bytes().to_vec()))
+}
+
 /// The first line of `text` (without its line ending): the passphrase.
 fn first_line(text: &str) -> Passphrase {
     Passphrase::new(

@@ -47,6 +47,12 @@ pub enum Error {
         /// [`crate::crypto::keyring::MAX_SLOTS_TRIED`] are).
         untried: usize,
     },
+    /// The key given for an encrypted Xen Orchestra remote does not decrypt it (SPEC §25).
+    #[error("the Xen Orchestra remote key does not decrypt the remote's metadata.json: {reason}; nothing was imported")]
+    XoWrongKey {
+        /// What failed.
+        reason: String,
+    },
     /// The repository is encrypted and no secret was given to unlock it.
     #[error("{location} is encrypted: give its passphrase (asked on a terminal, or --passphrase-file, TESSERA_PASSPHRASE, --password-command) or --key-file")]
     KeyRequired {
@@ -610,9 +616,10 @@ impl Error {
             Self::Remote { problem, .. } => problem.kind(),
             Self::Internal(_) => ErrorKind::Internal,
             Self::Explore { source, .. } => explore_kind(source),
-            Self::WrongSecret { .. } | Self::KeyRequired { .. } | Self::NoSuchSlot { .. } => {
-                ErrorKind::Key
-            }
+            Self::WrongSecret { .. }
+            | Self::KeyRequired { .. }
+            | Self::NoSuchSlot { .. }
+            | Self::XoWrongKey { .. } => ErrorKind::Key,
         }
     }
 

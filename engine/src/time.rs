@@ -24,6 +24,28 @@ pub fn now_rfc3339() -> String {
     format_us(now_us())
 }
 
+/// A point in time as options write it: RFC 3339 (`2026-01-31T12:00:00Z`, any offset), or
+/// a UTC date `2026-01-31` (its midnight) or date and time `2026-01-31T12:00:00`; in Unix
+/// microseconds.
+pub fn parse_time(s: &str) -> Result<i64, Error> {
+    let t = s.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Ok(d.timestamp_micros());
+    }
+    if let Ok(d) = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S") {
+        return Ok(d.and_utc().timestamp_micros());
+    }
+    if let Some(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+    {
+        return Ok(d.and_utc().timestamp_micros());
+    }
+    Err(Error::Usage(format!(
+        "{s:?} is not a time (examples: 2026-01-31, 2026-01-31T12:00:00 in UTC, 2026-01-31T12:00:00+01:00)"
+    )))
+}
+
 /// A span of time as retention and verification options write it: a sum of terms like
 /// `90s`, `12h`, `30d`, `2w`, `6m` (30 days), `1y` (365 days), e.g. `1y6m`. Never zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,6 +96,27 @@ impl FromStr for Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_parse_in_utc_and_bad_ones_are_usage_errors() {
+        let day = parse_time("2026-01-31").unwrap();
+        assert_eq!(format_us(day), "2026-01-31T00:00:00Z");
+        assert_eq!(
+            parse_time("2026-01-31T01:00:00").unwrap(),
+            day + 3_600_000_000
+        );
+        assert_eq!(
+            parse_time("2026-01-31T02:00:00+01:00").unwrap(),
+            day + 3_600_000_000
+        );
+        for bad in ["", "yesterday", "2026-13-01", "31/01/2026"] {
+            assert_eq!(
+                parse_time(bad).unwrap_err().kind(),
+                crate::ErrorKind::Usage,
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn spans_parse_and_bad_ones_are_usage_errors() {

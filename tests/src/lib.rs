@@ -70,6 +70,7 @@ pub mod remote;
 pub mod seaweed;
 pub mod serve_nbd;
 pub mod vhd_build;
+pub mod xo_build;
 
 // ---------------------------------------------------------------------------------------
 // Locating and running the binary

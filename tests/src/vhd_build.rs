@@ -101,6 +101,9 @@ pub struct ParentSpec {
     pub locators: Vec<Locator>,
 }
 
+/// A VhdDirectory's header, footer and blocks (index, bitmap ‖ data).
+pub type DirectoryParts = ([u8; 1024], [u8; 512], Vec<(u64, Vec<u8>)>);
+
 /// A dynamic or differencing VHD being built.
 #[derive(Debug, Clone)]
 pub struct VhdImage {
@@ -183,6 +186,44 @@ impl VhdImage {
         f[68..84].copy_from_slice(&self.uuid);
         fix_checksum(&mut f, FOOTER_CHECKSUM);
         f
+    }
+
+    /// The parts a Xen Orchestra VhdDirectory stores (`vhd-lib/Vhd/VhdDirectory.js`):
+    /// the 1024-byte header (table offset 1536, no locators), the footer (data offset 512),
+    /// and each allocated block as its bitmap (padded to 512 bytes) followed by its data.
+    pub fn directory_parts(&self) -> DirectoryParts {
+        let bs = self.block_size;
+        let entries = self.size.div_ceil(bs);
+        let bitmap_len = (bs / SECTOR / 8).next_multiple_of(SECTOR) as usize;
+        let mut hdr = [0u8; 1024];
+        hdr[0..8].copy_from_slice(b"cxsparse");
+        hdr[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        hdr[16..24].copy_from_slice(&1536u64.to_be_bytes());
+        hdr[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+        hdr[28..32].copy_from_slice(&(entries as u32).to_be_bytes());
+        hdr[32..36].copy_from_slice(&(bs as u32).to_be_bytes());
+        if let Some(p) = &self.parent {
+            hdr[40..56].copy_from_slice(&p.uuid);
+            let name: Vec<u8> = p
+                .name
+                .encode_utf16()
+                .take(256)
+                .flat_map(u16::to_be_bytes)
+                .collect();
+            hdr[64..64 + name.len()].copy_from_slice(&name);
+        }
+        fix_checksum(&mut hdr, HEADER_CHECKSUM);
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|(i, (bitmap, data))| {
+                let mut full = bitmap.clone();
+                full.resize(bitmap_len, 0);
+                full.extend_from_slice(data);
+                (*i, full)
+            })
+            .collect();
+        (hdr, self.footer(), blocks)
     }
 
     /// The image's bytes.

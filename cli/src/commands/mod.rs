@@ -3,6 +3,7 @@
 mod backup;
 mod export;
 mod files;
+mod import;
 mod inspect;
 mod key;
 mod maintain;
@@ -180,6 +181,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Serve(args) => sync::serve(&at(&args.repo)?, &args, json),
         Command::Token(cmd) => token::run(&cmd, json),
         Command::Key(cmd) => key::run(&cmd, &at, json),
+        Command::Import(cmd) => import::run(&cmd, &at, json, &bars),
         Command::Files(cmd) => files::run(&cmd, &at, json, &bars),
         Command::Compact {
             repo,

@@ -14,6 +14,7 @@ pub mod nbd_client;
 pub mod qcow2;
 pub mod raw;
 pub mod vhd;
+pub mod xo;
 
 use std::io::Read;
 use std::path::Path;

@@ -236,21 +236,42 @@ fn validate(req: &BackupRequest) -> Result<()> {
 }
 
 /// Runs a backup (each disk full, delta or key, see [`plan`]) and publishes it as one snapshot.
-#[expect(
-    clippy::too_many_lines,
-    reason = "the backup's steps in their order: plan, read each disk, publish, report"
-)]
 pub fn backup(
     repo: &Repository,
     req: &BackupRequest,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
     validate(req)?;
-    let started = Instant::now();
-    let time_us = crate::time::now_us();
     // Open every source before writing anything, so a bad path or image costs nothing.
     let sources = open_sources(req)?;
-    let plans = plan_disks(repo, req, &sources)?;
+    backup_sources(repo, req, &sources, None, progress)
+}
+
+/// [`backup`] of disks already opened (`sources`, in the order of `req.disks`, whose paths
+/// then only name them in messages), taken at `time_us` (now when `None`): how an import
+/// records points of another tool's history at their own times.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the backup's steps in their order: plan, read each disk, publish, report"
+)]
+pub fn backup_sources(
+    repo: &Repository,
+    req: &BackupRequest,
+    sources: &[Box<dyn BlockSource>],
+    time_us: Option<i64>,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
+    validate(req)?;
+    if sources.len() != req.disks.len() {
+        return Err(Error::Internal(format!(
+            "{} sources given for {} disks",
+            sources.len(),
+            req.disks.len()
+        )));
+    }
+    let started = Instant::now();
+    let time_us = time_us.unwrap_or_else(crate::time::now_us);
+    let plans = plan_disks(repo, req, sources)?;
     let mut session = WriteSession::new(repo.index(), repo.backend(), repo.pack_target());
     let mut refs = RefDeltas::default();
     let mut heal = Vec::new();
@@ -258,7 +279,7 @@ pub fn backup(
     let mut disks = Vec::new();
     let mut roots = Vec::new();
     let mut reports = Vec::new();
-    for ((spec, source), (block_size, reference, plan)) in req.disks.iter().zip(&sources).zip(plans)
+    for ((spec, source), (block_size, reference, plan)) in req.disks.iter().zip(sources).zip(plans)
     {
         let DiskPlan {
             mode,

@@ -80,6 +80,26 @@ impl Layer {
         })
     }
 
+    /// The footer's unique id.
+    pub fn uuid(&self) -> [u8; 16] {
+        self.footer.uuid
+    }
+
+    /// The parent's unique id, for a differencing disk.
+    pub fn parent_uuid(&self) -> Option<&[u8; 16]> {
+        self.sparse.as_ref()?.parent.as_ref().map(|p| &p.uuid)
+    }
+
+    /// The parent unicode name of a differencing disk's header (how Xen Orchestra names the
+    /// parent file, relative to the child's folder).
+    pub fn parent_name(&self) -> Option<&str> {
+        self.sparse
+            .as_ref()?
+            .parent
+            .as_ref()
+            .map(|p| p.name.as_str())
+    }
+
     /// Disk size.
     pub fn size(&self) -> u64 {
         self.footer.current_size

@@ -38,8 +38,10 @@ mod locator;
 mod tests;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use self::layer::{Layer, Run};
+pub use self::layer::Layer;
+use self::layer::Run;
 use crate::error::{Error, Result};
 use crate::formats::vhd::format_uuid;
 use crate::sources::confine::Confinement;
@@ -47,8 +49,9 @@ use crate::sources::{normalize_extents, BlockSource, Changes, ReadAt, STATE_KEY}
 
 /// A VHD image opened for reading, with its parents.
 pub struct VhdSource {
-    /// The image first, then its parent, grandparent, …
-    layers: Vec<Layer>,
+    /// The image first, then its parent, grandparent, … (shared, so that importing a
+    /// chain point by point opens each file once: [`VhdSource::from_layers`]).
+    layers: Vec<Arc<Layer>>,
     /// Why the last layer's parent is missing, when it is a differencing disk.
     missing_parent: Option<String>,
     changes: Option<Changes>,
@@ -67,7 +70,53 @@ impl VhdSource {
             layers,
             missing_parent,
         } = chain::open(path, confinement)?;
-        Ok(Self::assemble(layers, missing_parent))
+        Ok(Self::assemble(
+            layers.into_iter().map(Arc::new).collect(),
+            missing_parent,
+        ))
+    }
+
+    /// The source over a chain whose files were found by the caller (a Xen Orchestra
+    /// remote names parents its own way): `layers` top first, each differencing layer's
+    /// parent unique id equal to the next layer's footer unique id, and the last one not a
+    /// differencing disk. `name` names the chain in messages.
+    pub fn from_layers(name: &Path, layers: Vec<Arc<Layer>>) -> Result<Self> {
+        if layers.is_empty() {
+            return Err(bad(name, "the chain holds no VHD"));
+        }
+        for (i, layer) in layers.iter().enumerate() {
+            let parent = layer.parent_uuid();
+            match (parent, layers.get(i + 1)) {
+                (Some(want), Some(next)) if *want != next.uuid() => {
+                    return Err(bad(
+                        &layer.path,
+                        format!(
+                            "its parent must have unique id {}, but {} has unique id {}",
+                            format_uuid(want),
+                            next.path.display(),
+                            format_uuid(&next.uuid())
+                        ),
+                    ));
+                }
+                (None, Some(next)) => {
+                    return Err(bad(&layer.path, format!(
+                        "it is not a differencing disk, so it has no parent, but {} was given as its parent",
+                        next.path.display()
+                    )));
+                }
+                (Some(want), None) => {
+                    return Err(bad(
+                        &layer.path,
+                        format!(
+                            "it is a differencing disk and its parent ({}) was not given",
+                            format_uuid(want)
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(Self::assemble(layers, None))
     }
 
     /// Decodes a VHD held in memory, named `name` in messages, with exactly the checks a
@@ -82,11 +131,11 @@ impl VhdSource {
             .as_ref()
             .and_then(|s| s.parent.as_ref())
             .map(|_| "the image was opened from memory, where parents are not looked for".into());
-        Ok(Self::assemble(vec![layer], missing_parent))
+        Ok(Self::assemble(vec![Arc::new(layer)], missing_parent))
     }
 
     /// The source over opened `layers` (top first); computes the top's changes.
-    fn assemble(layers: Vec<Layer>, missing_parent: Option<String>) -> Self {
+    fn assemble(layers: Vec<Arc<Layer>>, missing_parent: Option<String>) -> Self {
         let changes = layers.first().and_then(|top| {
             let link = top.sparse.as_ref()?.parent.as_ref()?;
             let mut base_description = link.describe();
@@ -158,7 +207,7 @@ fn state_token(uuid: &[u8; 16]) -> String {
 
 impl BlockSource for VhdSource {
     fn size(&self) -> u64 {
-        self.layers.first().map_or(0, Layer::size)
+        self.layers.first().map_or(0, |l| l.size())
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<u64> {
@@ -166,7 +215,7 @@ impl BlockSource for VhdSource {
     }
 
     fn identity(&self) -> Vec<(String, String)> {
-        let Some(top) = self.layers.first() else {
+        let Some(top) = self.layers.first().map(Arc::as_ref) else {
             return Vec::new();
         };
         let mut id = vec![

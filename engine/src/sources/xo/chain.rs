@@ -1,0 +1,167 @@
+//! A backup's disk as Xen Orchestra restores it: its VHD and every ancestor, found the way
+//! `vhd-lib` finds them (`aliases.js`, `chain.js`, `merge.js`).
+//!
+//! - A name ending in `.alias.vhd` is a small file holding the path of a VhdDirectory,
+//!   relative to the alias's folder; an alias naming another alias is refused (XO refuses
+//!   it too). Other names are VHD files or VhdDirectory folders.
+//! - A differencing disk's header names its parent in the *parent unicode name* field,
+//!   relative to the folder of the child's name (the alias's, for an alias); the parent's
+//!   footer unique id must equal the child's parent unique id. A merge keeps this true: the
+//!   merged ancestor takes the unique id of the last child it absorbed and that child's
+//!   name.
+//! - At most [`MAX_CHAIN`] files; a name met twice is a loop.
+//!
+//! Opened files are kept by name, so importing the points of one VDI one after the other
+//! opens each file of the chain once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::remote::{EntryKind, RemotePath, XoRemote};
+use super::vhd_directory::VhdDirectoryFile;
+use crate::error::{Error, Result};
+use crate::sources::vhd::{Layer, VhdSource};
+
+/// Most files in one chain. Each opened file keeps its block table in memory (about 32
+/// bytes per block), so a 1 TiB disk costs about 16 MiB per file.
+pub const MAX_CHAIN: usize = 256;
+/// Largest alias file (XO's `ALIAS_MAX_PATH_LENGTH`).
+const MAX_ALIAS: u64 = 1024;
+
+/// Opens chains of one remote, keeping what it opened.
+pub struct ChainOpener {
+    remote: Arc<XoRemote>,
+    opened: HashMap<RemotePath, Arc<Layer>>,
+    alias_targets: HashSet<RemotePath>,
+}
+
+/// An opened chain.
+pub struct OpenedChain {
+    /// The disk.
+    pub source: VhdSource,
+    /// The names of its files, top first (aliases as named, not their targets).
+    pub names: Vec<RemotePath>,
+}
+
+impl ChainOpener {
+    /// An opener for `remote`.
+    pub fn new(remote: Arc<XoRemote>) -> Self {
+        Self {
+            remote,
+            opened: HashMap::new(),
+            alias_targets: HashSet::new(),
+        }
+    }
+
+    /// The VhdDirectory folders aliases led to.
+    pub fn alias_targets(&self) -> &HashSet<RemotePath> {
+        &self.alias_targets
+    }
+
+    /// Opens the VHD named `top` and its ancestors.
+    pub fn open(&mut self, top: &RemotePath) -> Result<OpenedChain> {
+        let mut names = vec![top.clone()];
+        let mut layers = vec![self.layer(top)?];
+        let mut seen: HashSet<RemotePath> = names.iter().cloned().collect();
+        while let (Some(last), Some(layer)) = (names.last(), layers.last()) {
+            let Some(parent) = layer.parent_name() else {
+                break;
+            };
+            if parent.is_empty() {
+                return Err(self.bad(
+                    last,
+                    "it is a differencing disk whose header names no parent".into(),
+                ));
+            }
+            let parent = last.parent().join(parent, "parent name")?;
+            if !seen.insert(parent.clone()) {
+                return Err(self.bad(
+                    top,
+                    format!("the chain of parents loops: {parent} is its own ancestor"),
+                ));
+            }
+            if names.len() >= MAX_CHAIN {
+                return Err(self.bad(top, format!("the chain is longer than {MAX_CHAIN} VHDs")));
+            }
+            layers.push(self.layer(&parent).map_err(|e| match e {
+                Error::Source { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                    self.bad(last, format!("its parent {parent} is missing"))
+                }
+                other => other,
+            })?);
+            names.push(parent);
+        }
+        let source = VhdSource::from_layers(&self.remote.local(top), layers)?;
+        Ok(OpenedChain { source, names })
+    }
+
+    /// The file named `name`, opened (or from the ones already opened).
+    fn layer(&mut self, name: &RemotePath) -> Result<Arc<Layer>> {
+        if let Some(l) = self.opened.get(name) {
+            return Ok(Arc::clone(l));
+        }
+        let (layer, target) = self.open_layer(name)?;
+        let layer = Arc::new(layer);
+        if &target != name {
+            self.alias_targets.insert(target);
+        }
+        self.opened.insert(name.clone(), Arc::clone(&layer));
+        Ok(layer)
+    }
+
+    /// Opens `name`; returns the layer and what was opened (an alias's target).
+    fn open_layer(&self, name: &RemotePath) -> Result<(Layer, RemotePath)> {
+        let remote = &self.remote;
+        let target = if name.file_name().ends_with(".alias.vhd") {
+            let text = remote.read(name, MAX_ALIAS, "an alias")?;
+            let text = String::from_utf8(text)
+                .map_err(|_| self.bad(name, "the alias is not UTF-8 text".into()))?;
+            let text = text.trim();
+            if text.ends_with(".alias.vhd") {
+                return Err(self.bad(
+                    name,
+                    format!("the alias names another alias ({text}); chained aliases are refused"),
+                ));
+            }
+            let target = name.parent().join(text, "alias target")?;
+            if remote.kind(&target)? != Some(EntryKind::Dir) {
+                return Err(self.bad(name, format!("the alias names {target}, which is not a VhdDirectory folder in the remote")));
+            }
+            target
+        } else {
+            name.clone()
+        };
+        let local = remote.local(&target);
+        match remote.kind(&target)? {
+            Some(EntryKind::Dir) => {
+                let dir = VhdDirectoryFile::open(Arc::clone(remote), &target)?;
+                let len = dir.len();
+                Ok((Layer::decode(&local, Box::new(dir), len)?, target))
+            }
+            Some(EntryKind::File) => {
+                if remote.encrypted() {
+                    return Err(self.bad(name, "on an encrypted remote a VHD is a VhdDirectory (a file is encrypted whole and cannot be read by range; XO cannot either)".into()));
+                }
+                let file = remote.open_raw(&target)?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| Error::Source { path: local.clone(), source: e })?
+                    .len();
+                Ok((Layer::decode(&local, Box::new(file), len)?, target))
+            }
+            Some(EntryKind::Other) => Err(self.bad(name, "not a file or folder inside the remote (a link leading out of it, or a special file)".into())),
+            None => Err(Error::Source {
+                path: local,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such VHD"),
+            }),
+        }
+    }
+
+    fn bad(&self, name: &RemotePath, reason: String) -> Error {
+        Error::BadImage {
+            path: self.remote.local(name).display().to_string(),
+            format: "VHD",
+            reason,
+        }
+    }
+}
