@@ -245,6 +245,16 @@ fn an_xo_remote_imports_as_synthetic_fulls_and_backups_continue_from_it() {
     let again = again.json();
     assert_eq!(again["imported"].as_array().unwrap().len(), 0, "{again:#}");
     assert_eq!(again["already_imported"], 7);
+    // Chains of imported backups are still followed: the planted VHD is the only orphan.
+    for r in [&report, &again] {
+        let orphans: Vec<&Value> = r["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["reason"].as_str().unwrap().contains("orphan"))
+            .collect();
+        assert_eq!(orphans.len(), 1, "{orphans:#?}");
+    }
     let secs = T0 + 5 * 86_400;
     let wa = writes(&mut rng, a.size, 3);
     a.point(&remote, &vm1, secs, &wa, false);

@@ -128,9 +128,11 @@ fn import_vm(
             .any(|(_, h)| has_tag(h, BACKUP_TAG, &backup.id));
         let time_us = backup.metadata.time_ms().cast_signed().saturating_mul(1000);
         if done {
-            // Still walk its chains, so their files are not reported as orphans.
-            if let Ok(disks) = open_disks(&mut opener, &vm_dir, vm, backup) {
-                reached.extend(disks.into_iter().flat_map(|d| d.1));
+            // Still follow its chains (headers only), so their files are not orphans.
+            for disk in backup.metadata.disks().unwrap_or_default() {
+                if let Ok(top) = vm_dir.join(&disk.vhd, "VHD path") {
+                    reached.extend(opener.reach(&top));
+                }
             }
             report.already_imported += 1;
             continue;

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use super::remote::{EntryKind, RemotePath, XoRemote};
 use super::vhd_directory::VhdDirectoryFile;
 use crate::error::{Error, Result};
+use crate::formats::vhd::{dynamic as h, footer as f, FOOTER_LEN, TYPE_DIFFERENCING};
 use crate::sources::vhd::{Layer, VhdSource};
+use crate::sources::ReadAt;
 
 /// Most files in one chain. Each opened file keeps its block table in memory (about 32
 /// bytes per block), so a 1 TiB disk costs about 16 MiB per file.
@@ -111,6 +113,76 @@ impl ChainOpener {
 
     /// Opens `name`; returns the layer and what was opened (an alias's target).
     fn open_layer(&self, name: &RemotePath) -> Result<(Layer, RemotePath)> {
+        let (bytes, len, target) = self.open_bytes(name)?;
+        let layer = Layer::decode(&self.remote.local(&target), bytes, len)?;
+        Ok((layer, target))
+    }
+
+    /// The names `top`'s chain reaches, top first, found from the headers alone (no block
+    /// table or bitmap is read): how a rerun tells orphans without re-reading the chains
+    /// of backups already imported. Stops quietly where the chain cannot be followed.
+    pub fn reach(&mut self, top: &RemotePath) -> Vec<RemotePath> {
+        let mut out = vec![top.clone()];
+        let mut seen: HashSet<RemotePath> = out.iter().cloned().collect();
+        while out.len() < MAX_CHAIN {
+            let Some(name) = out.last().cloned() else {
+                break;
+            };
+            let parent = match self.opened.get(&name) {
+                Some(layer) => layer.parent_name().map(str::to_string),
+                None => self.peek_parent_name(&name).ok().flatten(),
+            };
+            let Some(parent) = parent.and_then(|p| name.parent().join(&p, "parent name").ok())
+            else {
+                break;
+            };
+            if !seen.insert(parent.clone()) {
+                break;
+            }
+            out.push(parent);
+        }
+        out
+    }
+
+    /// The parent unicode name in `name`'s header, if it is a differencing disk.
+    fn peek_parent_name(&mut self, name: &RemotePath) -> Result<Option<String>> {
+        let (bytes, len, target) = self.open_bytes(name)?;
+        if &target != name {
+            self.alias_targets.insert(target);
+        }
+        let mut footer = [0u8; FOOTER_LEN as usize];
+        let footer_at = len
+            .checked_sub(FOOTER_LEN)
+            .ok_or_else(|| self.bad(name, "shorter than a footer".into()))?;
+        bytes
+            .read_exact_at(&mut footer, footer_at)
+            .map_err(|e| self.bad(name, e.to_string()))?;
+        if footer.get(f::DISK_TYPE..f::DISK_TYPE + 4) != Some(&TYPE_DIFFERENCING.to_be_bytes()[..])
+        {
+            return Ok(None);
+        }
+        let header_at = footer
+            .get(f::DATA_OFFSET..f::DATA_OFFSET + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        let mut name_field = [0u8; 512];
+        bytes
+            .read_exact_at(
+                &mut name_field,
+                header_at.saturating_add(h::PARENT_NAME as u64),
+            )
+            .map_err(|e| self.bad(name, e.to_string()))?;
+        let units: Vec<u16> = name_field
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        Ok(Some(String::from_utf16_lossy(&units)))
+    }
+
+    /// The bytes of the VHD named `name` (a file, or a VhdDirectory directly or through an
+    /// alias): a reader, its length, and what was opened (an alias's target).
+    fn open_bytes(&self, name: &RemotePath) -> Result<(Box<dyn ReadAt>, u64, RemotePath)> {
         let remote = &self.remote;
         let target = if name.file_name().ends_with(".alias.vhd") {
             let text = remote.read(name, MAX_ALIAS, "an alias")?;
@@ -136,7 +208,7 @@ impl ChainOpener {
             Some(EntryKind::Dir) => {
                 let dir = VhdDirectoryFile::open(Arc::clone(remote), &target)?;
                 let len = dir.len();
-                Ok((Layer::decode(&local, Box::new(dir), len)?, target))
+                Ok((Box::new(dir), len, target))
             }
             Some(EntryKind::File) => {
                 if remote.encrypted() {
@@ -147,7 +219,7 @@ impl ChainOpener {
                     .metadata()
                     .map_err(|e| Error::Source { path: local.clone(), source: e })?
                     .len();
-                Ok((Layer::decode(&local, Box::new(file), len)?, target))
+                Ok((Box::new(file), len, target))
             }
             Some(EntryKind::Other) => Err(self.bad(name, "not a file or folder inside the remote (a link leading out of it, or a special file)".into())),
             None => Err(Error::Source {
