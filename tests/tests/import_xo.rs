@@ -260,10 +260,11 @@ fn an_xo_remote_imports_as_synthetic_fulls_and_backups_continue_from_it() {
     a.point(&remote, &vm1, secs, &wa, false);
     let wb = writes(&mut rng, b.size, 3);
     b.point(&remote, &vm1, secs, &wb, false);
+    // Renamed in XO since: it stays in its series.
     write_metadata(
         &remote,
         &vm1,
-        "web server (prod)",
+        "web (renamed)",
         secs,
         "job1",
         "sched1",
@@ -274,6 +275,7 @@ fn an_xo_remote_imports_as_synthetic_fulls_and_backups_continue_from_it() {
     let next = next.json();
     assert_eq!(next["imported"].as_array().unwrap().len(), 1, "{next:#}");
     assert_eq!(next["imported"][0]["disks"][0]["mode"], "delta");
+    assert_eq!(next["imported"][0]["series"], "web-server--prod-");
     verify(&repo).ok();
 
     // Keep going with tessera: XO's next differencing export of disk A (its parent, the
@@ -719,4 +721,58 @@ fn tessera_tests_time(secs: i64) -> String {
         &d[11..13],
         &d[13..15]
     )
+}
+
+/// XO at work on the same remote: a VM whose lock is held is left for a rerun, and a chain
+/// whose files change after they were opened is noticed before anything is published.
+#[test]
+fn xo_working_on_the_remote_is_waited_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scratch = dir.path();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("import_xo_busy"));
+    let remote = Remote::new(&scratch.join("remote"), None);
+    let repo = scratch.join("repo");
+    init_repo(&repo, &[]);
+    let vm = uuid_text(&rand::random());
+    let mut d = Disk::new(0, "job", Storage::Directory(None), 4 << 20);
+    for p in 0..2 {
+        d.point(&remote, &vm, T0 + p * 60, &writes(&mut rng, d.size, 4), false);
+        write_metadata(&remote, &vm, "busy", T0 + p * 60, "job", "s", &[&d]);
+    }
+    // An uncompressed VhdDirectory may say so: ["none"].
+    let folder = remote.vm_dir(&vm).join(format!("vdis/job/{}", d.vdi));
+    let data = folder.join(format!("data/{}.vhd", d.points[1].data_name));
+    fs::write(data.join("chunk-filters.json"), br#"["none"]"#).unwrap();
+
+    let lock = remote.root.join("xo-vm-backups").join(format!("{vm}.lock"));
+    fs::create_dir(&lock).unwrap();
+    let out = import(&remote.root, &repo, &[]);
+    out.ok();
+    let report = out.json();
+    assert_eq!(report["imported"].as_array().unwrap().len(), 0, "{report:#}");
+    let skipped = report["skipped"].to_string();
+    assert!(skipped.contains("lock"), "{skipped}");
+    assert!(list_json(&repo).is_empty());
+    fs::remove_dir(&lock).unwrap();
+    let out = import(&remote.root, &repo, &[]);
+    out.ok();
+    assert_eq!(out.json()["imported"].as_array().unwrap().len(), 2, "{out}");
+
+    // A file of an opened chain rewritten (as a merge rewrites the parent's footer) is
+    // noticed by the check the import runs before publishing.
+    let root = remote.root.clone();
+    let opened = tessera_engine::sources::xo::open_remote(&root, None).unwrap();
+    let mut opener = tessera_engine::sources::xo::chain::ChainOpener::new(std::sync::Arc::new(opened));
+    let top = tessera_engine::sources::xo::remote::RemotePath::root()
+        .join(&format!("xo-vm-backups/{vm}/{}", d.points[1].vhd), "t")
+        .unwrap();
+    let chain = opener.open(&top).expect("chain opens");
+    assert_eq!(chain.names.len(), 2);
+    opener.unchanged(&chain.names).expect("nothing changed yet");
+    let parent_data = folder.join(format!("data/{}.vhd", d.points[0].data_name));
+    std::thread::sleep(Duration::from_millis(20));
+    let footer = fs::read(parent_data.join("footer")).unwrap();
+    fs::write(parent_data.join("footer"), &footer).unwrap();
+    let why = opener.unchanged(&chain.names).expect_err("the rewrite is noticed");
+    assert!(why.contains("footer"), "{why}");
 }

@@ -244,12 +244,15 @@ pub fn backup(
     validate(req)?;
     // Open every source before writing anything, so a bad path or image costs nothing.
     let sources = open_sources(req)?;
-    backup_sources(repo, req, &sources, None, progress)
+    backup_sources(repo, req, &sources, None, None, progress)
 }
 
 /// [`backup`] of disks already opened (`sources`, in the order of `req.disks`, whose paths
 /// then only name them in messages), taken at `time_us` (now when `None`): how an import
-/// records points of another tool's history at their own times.
+/// records points of another tool's history at their own times. `before_publish` runs
+/// after every disk was read and stored, just before the snapshot is published; an error
+/// from it publishes nothing (an import checks there that the other tool did not change
+/// what was read).
 #[expect(
     clippy::too_many_lines,
     reason = "the backup's steps in their order: plan, read each disk, publish, report"
@@ -259,6 +262,7 @@ pub fn backup_sources(
     req: &BackupRequest,
     sources: &[Box<dyn BlockSource>],
     time_us: Option<i64>,
+    before_publish: Option<&dyn Fn() -> Result<()>>,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
     validate(req)?;
@@ -360,6 +364,9 @@ pub fn backup_sources(
         disks,
     };
     let snapshot = Snapshot { header, roots };
+    if let Some(check) = before_publish {
+        check()?;
+    }
     let id = publish_snapshot(repo, &snapshot, &refs)?;
     Ok(BackupOutcome {
         id,

@@ -54,8 +54,8 @@ pub const BACKUP_TAG: &str = "xo.backup";
 /// Tag naming the VM.
 pub const VM_TAG: &str = "xo.vm";
 
-/// What to import.
-#[derive(Debug, Clone, Default)]
+/// What to import. (`Debug` leaves the key out.)
+#[derive(Clone, Default)]
 pub struct XoImportRequest {
     /// The remote's root (the folder holding `xo-vm-backups/`).
     pub remote: PathBuf,
@@ -67,6 +67,18 @@ pub struct XoImportRequest {
     pub since_us: Option<i64>,
     /// Report what would be imported; write nothing.
     pub dry_run: bool,
+}
+
+impl std::fmt::Debug for XoImportRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XoImportRequest")
+            .field("remote", &self.remote)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("vms", &self.vms)
+            .field("since_us", &self.since_us)
+            .field("dry_run", &self.dry_run)
+            .finish()
+    }
 }
 
 /// Opens the remote and lists what it holds: the part of an import that needs no
@@ -140,6 +152,14 @@ fn import_vm(
         if req.since_us.is_some_and(|since| time_us < since) {
             continue;
         }
+        if vm.locked {
+            report.skipped.push(Skipped {
+                path: backup.file.to_string(),
+                reason: format!("XO holds the VM's lock ({}.lock: a backup, merge or cleanup is running); rerun the import once it is done", vm.uuid),
+                damaged: false,
+            });
+            continue;
+        }
         let disks = match open_disks(&mut opener, &vm_dir, vm, backup) {
             Ok(d) => d,
             Err(Refusal { reason, damaged }) => {
@@ -153,12 +173,17 @@ fn import_vm(
         };
         reached.extend(disks.iter().flat_map(|d| d.1.iter().cloned()));
         match import_backup(
-            repo, req, remote, &series, vm, backup, disks, time_us, catalog, progress,
+            repo, req, remote, &opener, &series, vm, backup, disks, time_us, catalog, progress,
         ) {
-            Ok(imported) => {
-                add_totals(report, &imported.1);
-                report.imported.push(imported.0);
+            Ok(Outcome::Imported(entry, disks)) => {
+                add_totals(report, &disks);
+                report.imported.push(entry);
             }
+            Ok(Outcome::Changed(why)) => report.skipped.push(Skipped {
+                path: backup.file.to_string(),
+                reason: format!("{why} while it was read, so nothing of it was stored; rerun the import once XO is done"),
+                damaged: false,
+            }),
             Err(e) if is_source_error(&e) => report.skipped.push(Skipped {
                 path: backup.file.to_string(),
                 reason: format!("reading it failed, nothing of it was stored: {e}"),
@@ -237,23 +262,51 @@ fn open_disks(
     Ok(out)
 }
 
-/// Publishes one backup (or plans it, in a dry run).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the import's state, passed down one level"
-)]
-fn import_backup(
-    repo: &Repository,
-    req: &XoImportRequest,
+/// What became of one backup.
+enum Outcome {
+    /// Published (or planned, in a dry run), with its disks' entries.
+    Imported(ImportedBackup, Vec<tessera_format::DiskEntry>),
+    /// XO changed the chain while it was read: not published.
+    Changed(String),
+}
+
+/// Why the chain of a point may no longer be what was read: XO took the VM's lock,
+/// started a merge in one of its VDI folders, or one of its files changed.
+fn changed_since_opened(
     remote: &XoRemote,
-    series: &str,
+    opener: &ChainOpener,
     vm: &VmFolder,
-    backup: &RemoteBackup,
-    disks: Vec<OpenedDisk>,
+    names: &[RemotePath],
+    folders: &[RemotePath],
+) -> Option<String> {
+    if crate::sources::xo::locked(remote, &vm.uuid).unwrap_or(true) {
+        return Some(format!("XO took the VM's lock ({}.lock)", vm.uuid));
+    }
+    if let Some(f) = folders
+        .iter()
+        .find(|f| crate::sources::xo::merging(remote, f).unwrap_or(true))
+    {
+        return Some(format!("XO started merging VHDs in {f}"));
+    }
+    opener.unchanged(names).err()
+}
+
+/// The VM's newest imported point in `series` older than `time_us`: the delta reference.
+fn previous_point(
+    catalog: &[(SnapshotId, SnapshotHeader)],
+    series: &str,
+    vm: &str,
     time_us: i64,
-    catalog: &mut Vec<(SnapshotId, SnapshotHeader)>,
-    progress: &dyn Progress,
-) -> Result<(ImportedBackup, Vec<tessera_format::DiskEntry>)> {
+) -> Option<SnapshotId> {
+    catalog
+        .iter()
+        .filter(|(_, h)| h.series == series && has_tag(h, VM_TAG, vm) && h.time_us < time_us)
+        .max_by_key(|(_, h)| h.time_us)
+        .map(|(id, _)| *id)
+}
+
+/// The tags every imported snapshot carries (disks add theirs).
+fn backup_tags(vm: &VmFolder, backup: &RemoteBackup) -> Vec<(String, String)> {
     let m = &backup.metadata;
     let mut tags = vec![
         (BACKUP_TAG.to_string(), backup.id.clone()),
@@ -265,10 +318,36 @@ fn import_backup(
     if let Some(schedule) = &m.schedule_id {
         tags.push(("xo.schedule".into(), schedule.clone()));
     }
+    tags
+}
+
+/// Publishes one backup (or plans it, in a dry run).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the import's state, passed down one level"
+)]
+fn import_backup(
+    repo: &Repository,
+    req: &XoImportRequest,
+    remote: &XoRemote,
+    opener: &ChainOpener,
+    series: &str,
+    vm: &VmFolder,
+    backup: &RemoteBackup,
+    disks: Vec<OpenedDisk>,
+    time_us: i64,
+    catalog: &mut Vec<(SnapshotId, SnapshotHeader)>,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    let mut tags = backup_tags(vm, backup);
     let mut specs = Vec::new();
     let mut sources = Vec::new();
     let mut imported = Vec::new();
+    let mut names = Vec::new();
+    let mut folders = Vec::new();
     for (name, chain, source, vhd, vdi, snapshot_vdi) in disks {
+        names.extend(chain.iter().cloned());
+        folders.extend(chain.first().map(RemotePath::parent));
         tags.push((format!("xo.vdi.{name}"), vdi));
         tags.push((format!("xo.vdi-snapshot.{name}"), snapshot_vdi));
         let local = chain
@@ -285,11 +364,7 @@ fn import_backup(
         });
         sources.push(source);
     }
-    let reference = catalog
-        .iter()
-        .filter(|(_, h)| h.series == series && has_tag(h, VM_TAG, &vm.uuid) && h.time_us < time_us)
-        .max_by_key(|(_, h)| h.time_us)
-        .map(|(id, _)| *id);
+    let reference = previous_point(catalog, series, &vm.uuid, time_us);
     let mut entry = ImportedBackup {
         backup: backup.id.clone(),
         vm: vm.uuid.clone(),
@@ -299,7 +374,7 @@ fn import_backup(
         disks: imported,
     };
     if req.dry_run {
-        return Ok((entry, Vec::new()));
+        return Ok(Outcome::Imported(entry, Vec::new()));
     }
     let request = BackupRequest {
         series: series.to_string(),
@@ -317,7 +392,33 @@ fn import_backup(
             ..DeltaOptions::default()
         },
     };
-    let outcome = backup_sources(repo, &request, &sources, Some(time_us), progress)?;
+    let changed = std::cell::RefCell::new(None);
+    let check = || match changed_since_opened(remote, opener, vm, &names, &folders) {
+        None => Ok(()),
+        Some(why) => {
+            let err = Error::Refused {
+                reason: why.clone(),
+            };
+            *changed.borrow_mut() = Some(why);
+            Err(err)
+        }
+    };
+    let outcome = match backup_sources(
+        repo,
+        &request,
+        &sources,
+        Some(time_us),
+        Some(&check),
+        progress,
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            return match changed.into_inner() {
+                Some(why) => Ok(Outcome::Changed(why)),
+                None => Err(e),
+            }
+        }
+    };
     let mut stats = Vec::new();
     for ((disk, header), report) in entry
         .disks
@@ -335,7 +436,7 @@ fn import_backup(
     }
     entry.snapshot = Some(outcome.id);
     catalog.push((outcome.id, outcome.header));
-    Ok((entry, stats))
+    Ok(Outcome::Imported(entry, stats))
 }
 
 fn add_totals(report: &mut XoImportReport, disks: &[tessera_format::DiskEntry]) {

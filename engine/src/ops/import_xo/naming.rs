@@ -6,7 +6,8 @@
 //! carries this VM's `xo.vm` tag (another VM of the same name, or the operator's own
 //! series), the series is `<name>-<first 8 characters of the UUID>` instead. An empty name
 //! gives `vm-<UUID>`. So one VM's points always land in one series, reruns find it again,
-//! and `tessera backup --series NAME` after the import continues it.
+//! and `tessera backup --series NAME` after the import continues it. A VM already imported
+//! keeps the series it went into, whatever its label has become.
 
 use tessera_format::{SnapshotHeader, SnapshotId};
 
@@ -15,8 +16,17 @@ use super::VM_TAG;
 /// Longest name kept from a label (room for the `-<uuid8>` suffix within 128).
 const MAX_LABEL: usize = 100;
 
-/// The series for the VM `uuid` named `label`, given the repository's catalog.
+/// The series for the VM `uuid` named `label`, given the repository's catalog: the series
+/// of the newest snapshot already imported from this VM, if any (a VM renamed in XO stays
+/// in its series), else one named after the label.
 pub fn series_for(label: &str, uuid: &str, catalog: &[(SnapshotId, SnapshotHeader)]) -> String {
+    if let Some((_, h)) = catalog
+        .iter()
+        .filter(|(_, h)| h.tags.iter().any(|(k, v)| k == VM_TAG && v == uuid))
+        .max_by_key(|(_, h)| h.time_us)
+    {
+        return h.series.clone();
+    }
     let cleaned: String = label
         .chars()
         .map(|c| {

@@ -100,6 +100,12 @@ impl Layer {
             .map(|p| p.name.as_str())
     }
 
+    /// Entries of its block map (0 for a fixed disk): what it keeps in memory, about 32
+    /// bytes each.
+    pub fn block_count(&self) -> u64 {
+        self.sparse.as_ref().map_or(0, |s| s.blocks.len() as u64)
+    }
+
     /// Disk size.
     pub fn size(&self) -> u64 {
         self.footer.current_size

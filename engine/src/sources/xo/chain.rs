@@ -12,7 +12,16 @@
 //! - At most [`MAX_CHAIN`] files; a name met twice is a loop.
 //!
 //! Opened files are kept by name, so importing the points of one VDI one after the other
-//! opens each file of the chain once.
+//! opens each file of the chain once; files the newest chain no longer uses are dropped.
+//! Each kept file's block map costs about 32 bytes per block; a chain may hold at most
+//! [`MAX_CHAIN_BLOCKS`] of them (about 1 GiB), which a hostile remote cannot exceed.
+//!
+//! **XO working at the same time.** A layer remembers the size and modification time of
+//! the files it was read from (the VHD file; an alias and its folder's header, footer,
+//! `bat` and filters) when it was opened. [`ChainOpener::unchanged`] compares them again:
+//! the import calls it just before publishing a point, together with checks that XO holds
+//! no lock on the VM and no merge is running, so a point read while XO merged or rewrote
+//! its chain is not published.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,14 +35,19 @@ use crate::sources::ReadAt;
 
 /// Most files in one chain. Each opened file keeps its block table in memory (about 32
 /// bytes per block), so a 1 TiB disk costs about 16 MiB per file.
-pub const MAX_CHAIN: usize = 256;
+pub const MAX_CHAIN: usize = 128;
+/// Most block-map entries of one chain (all its files together).
+pub const MAX_CHAIN_BLOCKS: u64 = 1 << 25;
+
+/// Size and modification time of the files a layer was read from.
+type Fingerprint = Vec<(RemotePath, Option<(u64, i128)>)>;
 /// Largest alias file (XO's `ALIAS_MAX_PATH_LENGTH`).
 const MAX_ALIAS: u64 = 1024;
 
 /// Opens chains of one remote, keeping what it opened.
 pub struct ChainOpener {
     remote: Arc<XoRemote>,
-    opened: HashMap<RemotePath, Arc<Layer>>,
+    opened: HashMap<RemotePath, (Arc<Layer>, Fingerprint)>,
     alias_targets: HashSet<RemotePath>,
 }
 
@@ -93,22 +107,84 @@ impl ChainOpener {
             })?);
             names.push(parent);
         }
+        let blocks: u64 = layers.iter().map(|l| l.block_count()).sum();
+        if blocks > MAX_CHAIN_BLOCKS {
+            return Err(self.bad(top, format!(
+                "its {} VHDs map {blocks} blocks together; tessera keeps at most {MAX_CHAIN_BLOCKS} in memory",
+                layers.len()
+            )));
+        }
+        self.opened.retain(|name, _| names.contains(name));
         let source = VhdSource::from_layers(&self.remote.local(top), layers)?;
         Ok(OpenedChain { source, names })
     }
 
     /// The file named `name`, opened (or from the ones already opened).
     fn layer(&mut self, name: &RemotePath) -> Result<Arc<Layer>> {
-        if let Some(l) = self.opened.get(name) {
+        if let Some((l, _)) = self.opened.get(name) {
             return Ok(Arc::clone(l));
         }
+        let before = self.fingerprint(name);
         let (layer, target) = self.open_layer(name)?;
         let layer = Arc::new(layer);
         if &target != name {
             self.alias_targets.insert(target);
         }
-        self.opened.insert(name.clone(), Arc::clone(&layer));
+        self.opened
+            .insert(name.clone(), (Arc::clone(&layer), before));
         Ok(layer)
+    }
+
+    /// Whether the files of the layers `names` are as they were when each was opened; an
+    /// error names the first that changed.
+    pub fn unchanged(&self, names: &[RemotePath]) -> std::result::Result<(), String> {
+        for name in names {
+            let Some((_, then)) = self.opened.get(name) else {
+                continue;
+            };
+            let now = self.fingerprint(name);
+            if let Some(((path, _), _)) = then.iter().zip(&now).find(|(a, b)| a != b) {
+                return Err(format!("{path} changed while it was read"));
+            }
+            if then.len() != now.len() {
+                return Err(format!("{name} changed while it was read"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Size and modification time of the files `name` is read from.
+    fn fingerprint(&self, name: &RemotePath) -> Fingerprint {
+        let stat = |p: &RemotePath| {
+            let meta = std::fs::symlink_metadata(self.remote.local(p)).ok()?;
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos().cast_signed());
+            Some((meta.len(), mtime))
+        };
+        let mut out = vec![(name.clone(), stat(name))];
+        let target = if name.file_name().ends_with(".alias.vhd") {
+            self.remote
+                .read(name, MAX_ALIAS, "an alias")
+                .ok()
+                .and_then(|t| String::from_utf8(t).ok())
+                .and_then(|t| name.parent().join(t.trim(), "alias target").ok())
+        } else {
+            Some(name.clone())
+        };
+        if let Some(dir) =
+            target.filter(|t| std::fs::metadata(self.remote.local(t)).is_ok_and(|m| m.is_dir()))
+        {
+            for part in ["header", "footer", "bat", "chunk-filters.json"] {
+                if let Ok(p) = dir.join(part, "chunk") {
+                    let s = stat(&p);
+                    out.push((p, s));
+                }
+            }
+        }
+        out
     }
 
     /// Opens `name`; returns the layer and what was opened (an alias's target).
@@ -129,7 +205,7 @@ impl ChainOpener {
                 break;
             };
             let parent = match self.opened.get(&name) {
-                Some(layer) => layer.parent_name().map(str::to_string),
+                Some((layer, _)) => layer.parent_name().map(str::to_string),
                 None => self.peek_parent_name(&name).ok().flatten(),
             };
             let Some(parent) = parent.and_then(|p| name.parent().join(&p, "parent name").ok())

@@ -76,15 +76,17 @@ pub struct XoCipher {
 impl XoCipher {
     /// A cipher for `algorithm` with the remote key `key` (its text, exactly 32 bytes).
     pub fn new(algorithm: XoAlgorithm, key: &[u8]) -> Result<Self, String> {
-        let key: [u8; KEY_LEN] = key.try_into().map_err(|_| {
-            format!(
+        if key.len() != KEY_LEN {
+            return Err(format!(
                 "a Xen Orchestra remote key is {KEY_LEN} characters; the key given is {} bytes",
                 key.len()
-            )
-        })?;
+            ));
+        }
+        let mut copy = Zeroizing::new([0u8; KEY_LEN]);
+        copy.copy_from_slice(key);
         Ok(Self {
             algorithm,
-            key: Zeroizing::new(key),
+            key: copy,
         })
     }
 

@@ -124,6 +124,24 @@ pub struct VmFolder {
     pub vhds: Vec<RemotePath>,
     /// VDI folders with a merge in progress (`.<name>.merge.json`).
     pub merging: Vec<RemotePath>,
+    /// Whether XO held the VM's lock (`<VM UUID>.lock`) when the remote was scanned.
+    pub locked: bool,
+}
+
+/// Whether XO holds the lock of the VM `uuid` (`xo-vm-backups/<uuid>.lock` exists).
+pub fn locked(remote: &XoRemote, uuid: &str) -> Result<bool> {
+    let lock = RemotePath::root()
+        .join(BACKUP_DIR, "backup folder")?
+        .join(&format!("{uuid}.lock"), "lock")?;
+    Ok(remote.kind(&lock)?.is_some())
+}
+
+/// Whether the VDI folder `dir` holds a merge's state file (`.<name>.merge.json`).
+pub fn merging(remote: &XoRemote, dir: &RemotePath) -> Result<bool> {
+    Ok(remote
+        .list(dir)?
+        .iter()
+        .any(|(n, _)| n.starts_with('.') && n.to_ascii_lowercase().ends_with(".merge.json")))
 }
 
 /// What a remote holds.
@@ -145,8 +163,18 @@ pub fn scan(remote: &XoRemote, only: &[String]) -> Result<Scan> {
         )));
     }
     let mut out = Scan::default();
-    for (name, kind) in remote.list(&base)? {
-        let path = base.join(&name, "VM folder")?;
+    let entries = remote.list(&base)?;
+    for (name, kind) in &entries {
+        let (name, kind) = (name.as_str(), *kind);
+        let path = base.join(name, "VM folder")?;
+        if let Some(vm) = name.strip_suffix(".lock") {
+            // XO's lock on a VM folder (`handler.lock`, proper-lockfile): a backup, merge or
+            // cleanup of that VM is running; its import waits for a rerun.
+            if !entries.iter().any(|(n, _)| n == vm) {
+                out.skipped.push(skip(&path, "a lock", true));
+            }
+            continue;
+        }
         if kind != EntryKind::Dir {
             if name != "index.json" {
                 out.skipped
@@ -154,11 +182,12 @@ pub fn scan(remote: &XoRemote, only: &[String]) -> Result<Scan> {
             }
             continue;
         }
-        if !only.is_empty() && !only.contains(&name) {
+        if !only.iter().any(|o| o == name) && !only.is_empty() {
             continue;
         }
-        out.vms
-            .push(scan_vm(remote, &path, &name, &mut out.skipped)?);
+        let mut vm = scan_vm(remote, &path, name, &mut out.skipped)?;
+        vm.locked = locked(remote, name)?;
+        out.vms.push(vm);
     }
     for want in only {
         if !out.vms.iter().any(|v| &v.uuid == want) {
@@ -193,6 +222,7 @@ fn scan_vm(
         backups: Vec::new(),
         vhds: Vec::new(),
         merging: Vec::new(),
+        locked: false,
     };
     for (name, kind) in remote.list(dir)? {
         let path = dir.join(&name, "entry")?;

@@ -7,7 +7,11 @@
 //! absolute paths, NUL bytes and `..` climbing above the remote's root are refused. Then,
 //! when opened, the file's canonical path (symbolic links resolved) must still lie inside
 //! the remote's canonical root and be a regular file (or a directory where one is expected),
-//! so a symbolic link leaving the remote is refused too. Nothing is ever read outside it.
+//! so a symbolic link leaving the remote is refused too. Files are then opened with
+//! `openat2(RESOLVE_BENEATH)` from a handle on the root (the kernel refuses any resolution
+//! that leaves it, so a link swapped in after the check cannot lead out either), without
+//! blocking (a FIFO cannot hang the import), and must be regular files by `fstat`. Nothing
+//! is ever read outside the remote.
 //!
 //! **Bounds.** Metadata files are read whole only up to a size given by the caller;
 //! anything larger is refused before it is read.
@@ -105,6 +109,8 @@ pub enum EntryKind {
 pub struct XoRemote {
     /// Canonical path of the remote's root.
     root: PathBuf,
+    /// A handle on the root, for `openat2(RESOLVE_BENEATH)`.
+    root_fd: rustix::fd::OwnedFd,
     /// How its files are encrypted, if they are.
     cipher: Option<XoCipher>,
 }
@@ -122,8 +128,15 @@ impl XoRemote {
                 root.display()
             )));
         }
+        let root_fd = rustix::fs::open(
+            &canonical,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| source(&canonical, e.into()))?;
         Ok(Self {
             root: canonical,
+            root_fd,
             cipher,
         })
     }
@@ -171,11 +184,20 @@ impl XoRemote {
         for entry in std::fs::read_dir(&local).map_err(|e| source(&local, e))? {
             let entry = entry.map_err(|e| source(&local, e))?;
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                // XO writes ASCII names; anything else is reported, not followed.
+                out.push((
+                    entry.file_name().to_string_lossy().into_owned(),
+                    EntryKind::Other,
+                ));
                 continue;
             };
             let child = path.join(&name, "entry")?;
-            if let Some(kind) = self.kind(&child)? {
-                out.push((name, kind));
+            // An entry that cannot be resolved (a link loop, no permission) is reported as
+            // something that is not part of a backup, not a reason to stop.
+            match self.kind(&child) {
+                Ok(Some(kind)) => out.push((name, kind)),
+                Ok(None) => {}
+                Err(_) => out.push((name, EntryKind::Other)),
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -184,8 +206,31 @@ impl XoRemote {
 
     /// Opens the regular file `path` (confined to the remote) as stored, not decrypted.
     pub fn open_raw(&self, path: &RemotePath) -> Result<File> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
         let local = self.confined(path, EntryKind::File, "file")?;
-        File::open(&local).map_err(|e| source(&local, e))
+        let fd = rustix::fs::openat2(
+            &self.root_fd,
+            path.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|e| {
+            if e == rustix::io::Errno::XDEV {
+                xo_error(
+                    path.as_str(),
+                    "leads outside the remote (a link changed while it was read)".into(),
+                )
+            } else {
+                source(&local, e.into())
+            }
+        })?;
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(|e| source(&local, e))?;
+        if !meta.is_file() {
+            return Err(xo_error(path.as_str(), "is not a regular file".into()));
+        }
+        Ok(file)
     }
 
     /// The whole content of the file `path`, decrypted, refusing files larger than `limit`

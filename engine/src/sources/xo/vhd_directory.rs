@@ -40,8 +40,10 @@ use crate::sources::ReadAt;
 
 /// Largest `chunk-filters.json`, header, footer read.
 const SMALL_CHUNK: u64 = 64 << 10;
-/// Most blocks of one disk (as the VHD reader: 32 TiB at 2 MiB blocks).
-const MAX_BLOCKS: u64 = 1 << 24;
+/// Most blocks of one disk: 2 TiB at 2 MiB blocks (a VHD holds at most 2040 GiB).
+const MAX_BLOCKS: u64 = 1 << 20;
+/// The block size of every VhdDirectory XO writes (`DEFAULT_BLOCK_SIZE`).
+const XO_BLOCK: u64 = 2 << 20;
 /// Decompressed blocks kept.
 const CACHED_BLOCKS: usize = 4;
 
@@ -104,9 +106,11 @@ impl VhdDirectoryFile {
         }
         let size = be_u64(&footer, f::CURRENT_SIZE);
         let block_size = u64::from(be_u32(&header, h::BLOCK_SIZE));
-        if !block_size.is_power_of_two() || !(4096..=(256 << 20)).contains(&block_size) {
+        // XO writes 2 MiB blocks only; anything else would let a tiny folder claim millions
+        // of blocks (and the memory to map them).
+        if block_size != XO_BLOCK {
             return Err(bad(format!(
-                "the header's block size {block_size} is not a power of two between 4 KiB and 256 MiB"
+                "the header's block size is {block_size}; XO's VhdDirectories use {XO_BLOCK}"
             )));
         }
         let declared = u64::from(be_u32(&header, h::MAX_TABLE_ENTRIES));
@@ -360,7 +364,8 @@ impl ReadAt for VhdDirectoryFile {
     }
 }
 
-/// `chunk-filters.json`: absent or `[]` means none.
+/// `chunk-filters.json`: absent, `[]` or `["none"]` means none. XO applies only the first
+/// entry (`getCompressor(chunkFilters[0])`), and so does tessera.
 fn read_filters(remote: &XoRemote, dir: &RemotePath) -> Result<Vec<Filter>> {
     let path = dir.join("chunk-filters.json", "filters")?;
     if remote.kind(&path)?.is_none() {
@@ -374,18 +379,16 @@ fn read_filters(remote: &XoRemote, dir: &RemotePath) -> Result<Vec<Filter>> {
             format!("chunk-filters.json is not a JSON array of names: {e}"),
         )
     })?;
-    names
-        .iter()
-        .map(|n| match n.as_str() {
-            "gzip" => Ok(Filter::Gzip),
-            "brotli" => Ok(Filter::Brotli),
-            other => Err(bad(
-                remote,
-                dir,
-                format!("chunk-filters.json names {other:?}; tessera reads gzip and brotli"),
-            )),
-        })
-        .collect()
+    match names.first().map(String::as_str) {
+        None | Some("none") => Ok(Vec::new()),
+        Some("gzip") => Ok(vec![Filter::Gzip]),
+        Some("brotli") => Ok(vec![Filter::Brotli]),
+        Some(other) => Err(bad(
+            remote,
+            dir,
+            format!("chunk-filters.json names {other:?}; tessera reads gzip, brotli and none"),
+        )),
+    }
 }
 
 /// The content of the chunk `name`: decrypted, then decompressed to at most `max` bytes
