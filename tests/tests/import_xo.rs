@@ -342,6 +342,44 @@ fn an_xo_remote_imports_as_synthetic_fulls_and_backups_continue_from_it() {
     ])
     .expect_code(5)
     .stderr_has("applies on");
+    // Or from a changed-block tracking path (NBD + CBT): a changed-block list whose base is
+    // the state the last snapshot was taken from continues the chain the same way.
+    let mut raw2 = raw.clone();
+    let mut extents = Vec::new();
+    for (at, data) in writes(&mut rng, a.size, 3) {
+        raw2[at as usize..at as usize + data.len()].copy_from_slice(&data);
+        extents.push((at, data.len() as u64));
+    }
+    let cbt_image = scratch.join("export").join("cbt.raw");
+    fs::write(&cbt_image, &raw2).unwrap();
+    let list = scratch.join("export").join("cbt.list");
+    tessera_tests::write_change_list(
+        &list,
+        a.size,
+        &format!("vhd:{}", uuid_text(&delta.uuid)),
+        "cbt:42",
+        &extents,
+    );
+    let cbt = tessera([
+        "--json",
+        "backup",
+        repo.to_str().unwrap(),
+        "--series",
+        series,
+        &format!("xvda={}", cbt_image.display()),
+        "--changes",
+        &format!("xvda={}", list.display()),
+    ]);
+    cbt.ok();
+    let cbt = cbt.json();
+    assert_eq!(cbt["disks"][0]["mode"], "delta", "{cbt:#}");
+    assert_disk(
+        &repo,
+        cbt["snapshot"].as_str().unwrap(),
+        "xvda",
+        &raw2,
+        scratch,
+    );
     verify(&repo).ok();
 }
 
@@ -736,7 +774,13 @@ fn xo_working_on_the_remote_is_waited_for() {
     let vm = uuid_text(&rand::random());
     let mut d = Disk::new(0, "job", Storage::Directory(None), 4 << 20);
     for p in 0..2 {
-        d.point(&remote, &vm, T0 + p * 60, &writes(&mut rng, d.size, 4), false);
+        d.point(
+            &remote,
+            &vm,
+            T0 + p * 60,
+            &writes(&mut rng, d.size, 4),
+            false,
+        );
         write_metadata(&remote, &vm, "busy", T0 + p * 60, "job", "s", &[&d]);
     }
     // An uncompressed VhdDirectory may say so: ["none"].
@@ -749,7 +793,11 @@ fn xo_working_on_the_remote_is_waited_for() {
     let out = import(&remote.root, &repo, &[]);
     out.ok();
     let report = out.json();
-    assert_eq!(report["imported"].as_array().unwrap().len(), 0, "{report:#}");
+    assert_eq!(
+        report["imported"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
     let skipped = report["skipped"].to_string();
     assert!(skipped.contains("lock"), "{skipped}");
     assert!(list_json(&repo).is_empty());
@@ -762,7 +810,8 @@ fn xo_working_on_the_remote_is_waited_for() {
     // noticed by the check the import runs before publishing.
     let root = remote.root.clone();
     let opened = tessera_engine::sources::xo::open_remote(&root, None).unwrap();
-    let mut opener = tessera_engine::sources::xo::chain::ChainOpener::new(std::sync::Arc::new(opened));
+    let mut opener =
+        tessera_engine::sources::xo::chain::ChainOpener::new(std::sync::Arc::new(opened));
     let top = tessera_engine::sources::xo::remote::RemotePath::root()
         .join(&format!("xo-vm-backups/{vm}/{}", d.points[1].vhd), "t")
         .unwrap();
@@ -773,6 +822,8 @@ fn xo_working_on_the_remote_is_waited_for() {
     std::thread::sleep(Duration::from_millis(20));
     let footer = fs::read(parent_data.join("footer")).unwrap();
     fs::write(parent_data.join("footer"), &footer).unwrap();
-    let why = opener.unchanged(&chain.names).expect_err("the rewrite is noticed");
+    let why = opener
+        .unchanged(&chain.names)
+        .expect_err("the rewrite is noticed");
     assert!(why.contains("footer"), "{why}");
 }
