@@ -1,7 +1,7 @@
 //! Helpers shared by the fuzz targets.
 //!
 //! The engine targets' checks live in one module each ([`vhd`], [`qcow2`],
-//! [`changed_list`], [`bundle_manifest`], [`explore`], [`nbd_client`], [`nbd_server`], [`http_bodies`]), over invariants in [`checks`];
+//! [`changed_list`], [`bundle_manifest`], [`explore`], [`nbd_client`], [`nbd_server`], [`http_bodies`], [`xo`]), over invariants in [`checks`];
 //! the rest of this file serves the `tessera-format` targets.
 //!
 //! Most structures end in a CRC-32C over everything before it. libFuzzer can often solve
@@ -20,6 +20,7 @@ pub mod nbd_client;
 pub mod nbd_server;
 pub mod qcow2;
 pub mod vhd;
+pub mod xo;
 
 /// `data` with its last 4 bytes replaced by the CRC-32C of the bytes before them, or
 /// `None` when `data` is shorter than a CRC.

@@ -809,9 +809,9 @@ fn xo_working_on_the_remote_is_waited_for() {
     // A file of an opened chain rewritten (as a merge rewrites the parent's footer) is
     // noticed by the check the import runs before publishing.
     let root = remote.root.clone();
-    let opened = tessera_engine::sources::xo::open_remote(&root, None).unwrap();
+    let handle = tessera_engine::sources::xo::open_remote(&root, None).unwrap();
     let mut opener =
-        tessera_engine::sources::xo::chain::ChainOpener::new(std::sync::Arc::new(opened));
+        tessera_engine::sources::xo::chain::ChainOpener::new(std::sync::Arc::new(handle));
     let top = tessera_engine::sources::xo::remote::RemotePath::root()
         .join(&format!("xo-vm-backups/{vm}/{}", d.points[1].vhd), "t")
         .unwrap();
@@ -826,4 +826,99 @@ fn xo_working_on_the_remote_is_waited_for() {
         .unchanged(&chain.names)
         .expect_err("the rewrite is noticed");
     assert!(why.contains("footer"), "{why}");
+}
+
+/// Calls `action` once, when the first disk of the first point starts being read: XO
+/// rewriting the remote in the middle of an import, at a deterministic moment.
+struct Meddler<F: Fn() + Sync> {
+    armed: std::sync::atomic::AtomicBool,
+    action: F,
+}
+
+impl<F: Fn() + Sync> tessera_engine::progress::Progress for Meddler<F> {
+    fn start(&self, _phase: &str, _total: u64) {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            (self.action)();
+        }
+    }
+    fn advance(&self, _n: u64) {}
+    fn finish(&self) {}
+}
+
+/// A point whose chain XO rewrites while tessera reads it is not published, on whichever
+/// disk of the VM the rewrite lands; the next point and a rerun import everything.
+#[test]
+fn a_point_xo_rewrites_while_it_is_read_is_not_published() {
+    use tessera_engine::ops::import_xo::{
+        import as run_import, open as open_import, XoImportRequest,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scratch = dir.path();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("import_xo_meddle"));
+    let remote = Remote::new(&scratch.join("remote"), None);
+    let repo = scratch.join("repo");
+    init_repo(&repo, &[]);
+    let vm = uuid_text(&rand::random());
+    let mut a = Disk::new(0, "job", Storage::File, 4 << 20);
+    let mut b = Disk::new(1, "job", Storage::Directory(Some("gzip")), 4 << 20);
+    let mut points = Vec::new();
+    for p in 0..2 {
+        let secs = T0 + p * 60;
+        a.point(&remote, &vm, secs, &writes(&mut rng, a.size, 4), false);
+        b.point(&remote, &vm, secs, &writes(&mut rng, b.size, 4), false);
+        write_metadata(&remote, &vm, "meddled", secs, "job", "s", &[&a, &b]);
+        points.push((
+            secs,
+            a.points.last().unwrap().raw.clone(),
+            b.points.last().unwrap().raw.clone(),
+        ));
+    }
+    // The first disk's first VHD is rewritten (same bytes, new time) while the point is read.
+    let victim = remote.vm_dir(&vm).join(&a.points[0].vhd);
+    let meddler = Meddler {
+        armed: std::sync::atomic::AtomicBool::new(true),
+        action: || {
+            let bytes = fs::read(&victim).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            fs::write(&victim, bytes).unwrap();
+        },
+    };
+    let req = XoImportRequest {
+        remote: remote.root.clone(),
+        ..XoImportRequest::default()
+    };
+    let (handle, listing) = open_import(&req).expect("remote opens");
+    let repository = tessera_engine::Repository::open_writer(&repo).expect("repository");
+    let report = run_import(&repository, &req, &handle, listing, &meddler).expect("import runs");
+    drop(repository);
+    assert_eq!(report.imported.len(), 1, "{report:#?}");
+    assert_eq!(report.imported[0].backup, backup_id(&vm, points[1].0));
+    let skipped = report
+        .skipped
+        .iter()
+        .find(|s| {
+            s.path
+                .ends_with(&format!("{}.json", file_date(points[0].0)))
+        })
+        .unwrap_or_else(|| panic!("the first point is not reported: {report:#?}"));
+    assert!(
+        !skipped.damaged && skipped.reason.contains("changed while it was read"),
+        "{skipped:?}"
+    );
+    assert_eq!(report.damaged, 0);
+    // A rerun imports the point left out, and both restore exactly.
+    let out = import(&remote.root, &repo, &[]);
+    out.ok();
+    assert_eq!(out.json()["imported"].as_array().unwrap().len(), 1, "{out}");
+    let list = list_json(&repo);
+    assert_eq!(list.len(), 2);
+    for (secs, ra, rb) in &points {
+        let snap = list
+            .iter()
+            .find(|s| s["time"] == tessera_tests_time(*secs))
+            .expect("snapshot of the point");
+        assert_disk(&repo, snap["id"].as_str().unwrap(), "xvda", ra, scratch);
+        assert_disk(&repo, snap["id"].as_str().unwrap(), "xvdb", rb, scratch);
+    }
+    verify(&repo).ok();
 }

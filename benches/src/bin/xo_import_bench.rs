@@ -74,7 +74,15 @@ fn main() -> Result<()> {
         let key_vhd = remote.vm_dir(&vm).join(&disk.points[0].vhd);
         let baseline = if storage == Storage::File {
             let repo = dir.join("repo-backup");
-            tessera(&bin, &["init", repo.to_str().unwrap_or_default(), "--encryption", "none"])?;
+            tessera(
+                &bin,
+                &[
+                    "init",
+                    repo.to_str().unwrap_or_default(),
+                    "--encryption",
+                    "none",
+                ],
+            )?;
             Some(tessera(
                 &bin,
                 &[
@@ -89,7 +97,15 @@ fn main() -> Result<()> {
             None
         };
         let repo = dir.join("repo-import");
-        tessera(&bin, &["init", repo.to_str().unwrap_or_default(), "--encryption", "none"])?;
+        tessera(
+            &bin,
+            &[
+                "init",
+                repo.to_str().unwrap_or_default(),
+                "--encryption",
+                "none",
+            ],
+        )?;
         let first = tessera(
             &bin,
             &[

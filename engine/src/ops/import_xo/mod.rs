@@ -130,6 +130,8 @@ fn import_vm(
         .map_or("", |b| b.metadata.vm.name_label.as_str());
     let series = naming::series_for(label, &vm.uuid, catalog);
     let mut opener = ChainOpener::new(Arc::clone(remote));
+    // The chains of the last backup opened: what stays open for the next one.
+    let mut kept: Vec<RemotePath> = Vec::new();
     let mut reached: BTreeSet<RemotePath> = BTreeSet::new();
     let vm_dir = RemotePath::root()
         .join(crate::sources::xo::BACKUP_DIR, "backup folder")?
@@ -161,8 +163,13 @@ fn import_vm(
             continue;
         }
         let disks = match open_disks(&mut opener, &vm_dir, vm, backup) {
-            Ok(d) => d,
+            Ok(d) => {
+                kept = d.iter().flat_map(|d| d.1.iter().cloned()).collect();
+                opener.keep_only(&kept);
+                d
+            }
             Err(Refusal { reason, damaged }) => {
+                opener.keep_only(&kept);
                 report.skipped.push(Skipped {
                     path: backup.file.to_string(),
                     reason,
@@ -179,11 +186,16 @@ fn import_vm(
                 add_totals(report, &disks);
                 report.imported.push(entry);
             }
-            Ok(Outcome::Changed(why)) => report.skipped.push(Skipped {
+            Ok(Outcome::Changed(why)) => {
+                // What was read may be stale: later points open their chains afresh.
+                kept.clear();
+                opener.keep_only(&kept);
+                report.skipped.push(Skipped {
                 path: backup.file.to_string(),
                 reason: format!("{why} while it was read, so nothing of it was stored; rerun the import once XO is done"),
                 damaged: false,
-            }),
+            });
+            }
             Err(e) if is_source_error(&e) => report.skipped.push(Skipped {
                 path: backup.file.to_string(),
                 reason: format!("reading it failed, nothing of it was stored: {e}"),
@@ -192,7 +204,8 @@ fn import_vm(
             Err(e) => return Err(e),
         }
     }
-    for name in &vm.vhds {
+    // A locked VM's skipped backups were not followed: its files are not orphans.
+    for name in vm.vhds.iter().filter(|_| !vm.locked) {
         if !reached.contains(name) && !reached_as_alias_target(&opener, name) {
             report.skipped.push(Skipped {
                 path: name.to_string(),

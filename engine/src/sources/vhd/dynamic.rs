@@ -16,7 +16,8 @@
 //!   data. So every bitmap kept in memory is distinct bytes of the file.
 //!
 //! Bitmaps are read once when the image is opened: all-ones bitmaps (what qemu writes) are
-//! not kept; others are. A sector whose bit is 0 reads as zeros (dynamic) or from the parent
+//! not kept, a block with an all-zero bitmap holds nothing and is treated as unallocated;
+//! other bitmaps are kept. A sector whose bit is 0 reads as zeros (dynamic) or from the parent
 //! (differencing), without touching the file.
 
 use std::collections::HashMap;
@@ -143,10 +144,15 @@ pub fn read(file: &dyn ReadAt, path: &Path, footer: &Footer) -> Result<Sparse> {
     let mut bitmaps = read_bitmaps(file, path, &placed, bitmap_len, table.block_size)?;
     let mut blocks: Vec<Option<Block>> = (0..table.needed).map(|_| None).collect();
     for &(start, _, i) in &placed {
+        let bits = match bitmaps.remove(&i) {
+            None => Bits::All,
+            Some(Some(map)) => Bits::Map(map),
+            Some(None) => continue,
+        };
         if let Some(slot) = blocks.get_mut(i as usize) {
             *slot = Some(Block {
                 data_at: start + bitmap_len,
-                bits: bitmaps.remove(&i).map_or(Bits::All, Bits::Map),
+                bits,
             });
         }
     }
@@ -281,23 +287,27 @@ fn check_overlaps(
     Ok(())
 }
 
-/// Reads the bitmaps of the allocated blocks; keeps those that are not all ones (bits for
-/// sectors beyond the block size are ignored).
+/// Reads the bitmaps of the allocated blocks; keeps those that are neither all ones nor
+/// all zeros (bits for sectors beyond the block size are ignored). An all-zero bitmap is
+/// `None`: the block holds no sector, exactly as if it were not allocated, and costs no
+/// memory.
 fn read_bitmaps(
     file: &dyn ReadAt,
     path: &Path,
     placed: &[(u64, u64, u64)],
     bitmap_len: u64,
     block_size: u64,
-) -> Result<HashMap<u64, Box<[u8]>>> {
+) -> Result<HashMap<u64, Option<Box<[u8]>>>> {
     let used = (block_size / SECTOR / 8) as usize;
     let mut buf = vec![0u8; bitmap_len as usize];
     let mut kept = HashMap::new();
     for &(start, _, i) in placed {
         read_exact(file, path, &mut buf, start, "a sector bitmap")?;
         let bits = buf.get(..used).unwrap_or_default();
-        if bits.iter().any(|&b| b != 0xff) {
-            kept.insert(i, bits.to_vec().into_boxed_slice());
+        if bits.iter().all(|&b| b == 0) {
+            kept.insert(i, None);
+        } else if bits.iter().any(|&b| b != 0xff) {
+            kept.insert(i, Some(bits.to_vec().into_boxed_slice()));
         }
     }
     Ok(kept)

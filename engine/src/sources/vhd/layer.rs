@@ -100,10 +100,21 @@ impl Layer {
             .map(|p| p.name.as_str())
     }
 
-    /// Entries of its block map (0 for a fixed disk): what it keeps in memory, about 32
-    /// bytes each.
-    pub fn block_count(&self) -> u64 {
-        self.sparse.as_ref().map_or(0, |s| s.blocks.len() as u64)
+    /// The memory its block map holds: an entry per block and every partial bitmap kept.
+    pub fn map_bytes(&self) -> u64 {
+        self.sparse.as_ref().map_or(0, |s| {
+            let entries = s.blocks.len() * std::mem::size_of::<Option<super::dynamic::Block>>();
+            let bitmaps: usize = s
+                .blocks
+                .iter()
+                .flatten()
+                .map(|b| match &b.bits {
+                    super::dynamic::Bits::All => 0,
+                    super::dynamic::Bits::Map(m) => m.len(),
+                })
+                .sum();
+            (entries + bitmaps) as u64
+        })
     }
 
     /// Disk size.

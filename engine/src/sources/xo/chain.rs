@@ -12,9 +12,11 @@
 //! - At most [`MAX_CHAIN`] files; a name met twice is a loop.
 //!
 //! Opened files are kept by name, so importing the points of one VDI one after the other
-//! opens each file of the chain once; files the newest chain no longer uses are dropped.
-//! Each kept file's block map costs about 32 bytes per block; a chain may hold at most
-//! [`MAX_CHAIN_BLOCKS`] of them (about 1 GiB), which a hostile remote cannot exceed.
+//! opens each file of the chain once; the importer drops the files the backup being
+//! imported does not use ([`ChainOpener::keep_only`]). Each open file's block map costs
+//! about 32 bytes per block plus its partial bitmaps; all open files together hold at most
+//! [`MAX_MAP_BYTES`], checked as each file is opened (so at most that plus one file's map,
+//! itself bounded by the VHD reader), which a hostile remote cannot exceed.
 //!
 //! **XO working at the same time.** A layer remembers the size and modification time of
 //! the files it was read from (the VHD file; an alias and its folder's header, footer,
@@ -36,8 +38,9 @@ use crate::sources::ReadAt;
 /// Most files in one chain. Each opened file keeps its block table in memory (about 32
 /// bytes per block), so a 1 TiB disk costs about 16 MiB per file.
 pub const MAX_CHAIN: usize = 128;
-/// Most block-map entries of one chain (all its files together).
-pub const MAX_CHAIN_BLOCKS: u64 = 1 << 25;
+/// Most memory the block maps of all open files hold together (entries and kept partial
+/// bitmaps): 2 GiB, a 2 TiB disk with a chain of about 60 files.
+pub const MAX_MAP_BYTES: u64 = 2 << 30;
 
 /// Size and modification time of the files a layer was read from.
 type Fingerprint = Vec<(RemotePath, Option<(u64, i128)>)>;
@@ -67,6 +70,12 @@ impl ChainOpener {
             opened: HashMap::new(),
             alias_targets: HashSet::new(),
         }
+    }
+
+    /// Keeps only the files named `names` open (the chains of the backup being imported,
+    /// which the next one mostly shares), dropping the rest.
+    pub fn keep_only(&mut self, names: &[RemotePath]) {
+        self.opened.retain(|name, _| names.contains(name));
     }
 
     /// The VhdDirectory folders aliases led to.
@@ -107,14 +116,6 @@ impl ChainOpener {
             })?);
             names.push(parent);
         }
-        let blocks: u64 = layers.iter().map(|l| l.block_count()).sum();
-        if blocks > MAX_CHAIN_BLOCKS {
-            return Err(self.bad(top, format!(
-                "its {} VHDs map {blocks} blocks together; tessera keeps at most {MAX_CHAIN_BLOCKS} in memory",
-                layers.len()
-            )));
-        }
-        self.opened.retain(|name, _| names.contains(name));
         let source = VhdSource::from_layers(&self.remote.local(top), layers)?;
         Ok(OpenedChain { source, names })
     }
@@ -126,6 +127,13 @@ impl ChainOpener {
         }
         let before = self.fingerprint(name);
         let (layer, target) = self.open_layer(name)?;
+        let kept: u64 = self.opened.values().map(|(l, _)| l.map_bytes()).sum();
+        if kept + layer.map_bytes() > MAX_MAP_BYTES {
+            return Err(self.bad(name, format!(
+                "its block map ({} bytes) and those of the VHDs already open ({kept} bytes) exceed the {MAX_MAP_BYTES} bytes tessera keeps in memory",
+                layer.map_bytes()
+            )));
+        }
         let layer = Arc::new(layer);
         if &target != name {
             self.alias_targets.insert(target);
@@ -140,7 +148,7 @@ impl ChainOpener {
     pub fn unchanged(&self, names: &[RemotePath]) -> std::result::Result<(), String> {
         for name in names {
             let Some((_, then)) = self.opened.get(name) else {
-                continue;
+                return Err(format!("{name} is no longer open, so it cannot be checked"));
             };
             let now = self.fingerprint(name);
             if let Some(((path, _), _)) = then.iter().zip(&now).find(|(a, b)| a != b) {

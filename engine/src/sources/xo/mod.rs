@@ -186,7 +186,7 @@ pub fn scan(remote: &XoRemote, only: &[String]) -> Result<Scan> {
             continue;
         }
         let mut vm = scan_vm(remote, &path, name, &mut out.skipped)?;
-        vm.locked = locked(remote, name)?;
+        vm.locked = locked(remote, name).unwrap_or(true);
         out.vms.push(vm);
     }
     for want in only {

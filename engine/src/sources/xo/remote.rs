@@ -191,7 +191,10 @@ impl XoRemote {
                 ));
                 continue;
             };
-            let child = path.join(&name, "entry")?;
+            let Ok(child) = path.join(&name, "entry") else {
+                out.push((name, EntryKind::Other));
+                continue;
+            };
             // An entry that cannot be resolved (a link loop, no permission) is reported as
             // something that is not part of a backup, not a reason to stop.
             match self.kind(&child) {
