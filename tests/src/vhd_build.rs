@@ -188,20 +188,16 @@ impl VhdImage {
         f
     }
 
-    /// The parts a Xen Orchestra VhdDirectory stores (`vhd-lib/Vhd/VhdDirectory.js`):
-    /// the 1024-byte header (table offset 1536, no locators), the footer (data offset 512),
-    /// and each allocated block as its bitmap (padded to 512 bytes) followed by its data.
-    pub fn directory_parts(&self) -> DirectoryParts {
-        let bs = self.block_size;
-        let entries = self.size.div_ceil(bs);
-        let bitmap_len = (bs / SECTOR / 8).next_multiple_of(SECTOR) as usize;
+    /// The dynamic header without table offset, locators and checksum: cookie, version,
+    /// entries, block size, and the parent's id and name.
+    fn header_fields(&self) -> [u8; 1024] {
+        let entries = self.size.div_ceil(self.block_size);
         let mut hdr = [0u8; 1024];
         hdr[0..8].copy_from_slice(b"cxsparse");
         hdr[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
-        hdr[16..24].copy_from_slice(&1536u64.to_be_bytes());
         hdr[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
         hdr[28..32].copy_from_slice(&(entries as u32).to_be_bytes());
-        hdr[32..36].copy_from_slice(&(bs as u32).to_be_bytes());
+        hdr[32..36].copy_from_slice(&(self.block_size as u32).to_be_bytes());
         if let Some(p) = &self.parent {
             hdr[40..56].copy_from_slice(&p.uuid);
             let name: Vec<u8> = p
@@ -212,6 +208,16 @@ impl VhdImage {
                 .collect();
             hdr[64..64 + name.len()].copy_from_slice(&name);
         }
+        hdr
+    }
+
+    /// The parts a Xen Orchestra VhdDirectory stores (`vhd-lib/Vhd/VhdDirectory.js`):
+    /// the 1024-byte header (table offset 1536, no locators), the footer (data offset 512),
+    /// and each allocated block as its bitmap (padded to 512 bytes) followed by its data.
+    pub fn directory_parts(&self) -> DirectoryParts {
+        let bitmap_len = (self.block_size / SECTOR / 8).next_multiple_of(SECTOR) as usize;
+        let mut hdr = self.header_fields();
+        hdr[16..24].copy_from_slice(&1536u64.to_be_bytes());
         fix_checksum(&mut hdr, HEADER_CHECKSUM);
         let blocks = self
             .blocks
@@ -232,21 +238,8 @@ impl VhdImage {
         let entries = self.size.div_ceil(bs);
         let bitmap_len = (bs / SECTOR / 8).next_multiple_of(SECTOR);
         let mut out = vec![0u8; 1536];
-        let mut hdr = [0u8; 1024];
-        hdr[0..8].copy_from_slice(b"cxsparse");
-        hdr[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
-        hdr[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
-        hdr[28..32].copy_from_slice(&(entries as u32).to_be_bytes());
-        hdr[32..36].copy_from_slice(&(bs as u32).to_be_bytes());
+        let mut hdr = self.header_fields();
         if let Some(p) = &self.parent {
-            hdr[40..56].copy_from_slice(&p.uuid);
-            let name: Vec<u8> = p
-                .name
-                .encode_utf16()
-                .take(256)
-                .flat_map(u16::to_be_bytes)
-                .collect();
-            hdr[64..64 + name.len()].copy_from_slice(&name);
             for (i, (code, data)) in p.locators.iter().enumerate() {
                 let at = out.len() as u64;
                 out.extend_from_slice(data);

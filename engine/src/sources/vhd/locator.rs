@@ -91,14 +91,7 @@ pub fn read(
     if let Some(id) = hdr.get(h::PARENT_ID..h::PARENT_ID + 16) {
         uuid.copy_from_slice(id);
     }
-    let name_units: Vec<u16> = hdr
-        .get(h::PARENT_NAME..h::PARENT_NAME + 512)
-        .unwrap_or_default()
-        .chunks_exact(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    let name = String::from_utf16_lossy(&name_units);
+    let name = parent_name(hdr.get(h::PARENT_NAME..).unwrap_or_default());
     let mut locators = Vec::new();
     for i in 0..h::LOCATOR_COUNT {
         let e = h::LOCATORS + i * h::LOCATOR_LEN;
@@ -143,6 +136,19 @@ pub fn read(
         name,
         locators,
     })
+}
+
+/// The parent unicode name field (UTF-16BE, 512 bytes, NUL-terminated) at the start of
+/// `field`.
+pub fn parent_name(field: &[u8]) -> String {
+    let units: Vec<u16> = field
+        .get(..512)
+        .unwrap_or(field)
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16_lossy(&units)
 }
 
 /// The path a locator's data names (see the module docs).

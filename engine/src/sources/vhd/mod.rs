@@ -42,6 +42,7 @@ use std::sync::Arc;
 
 pub use self::layer::Layer;
 use self::layer::Run;
+pub use self::locator::parent_name;
 use crate::error::{Error, Result};
 use crate::formats::vhd::format_uuid;
 use crate::sources::confine::Confinement;
@@ -292,14 +293,14 @@ fn read_exact(file: &dyn ReadAt, path: &Path, buf: &mut [u8], at: u64, what: &st
 }
 
 /// Big-endian u32 at `at` (0 when out of range; callers pass fixed-size structures).
-fn be_u32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn be_u32(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4)
         .and_then(|s| s.try_into().ok())
         .map_or(0, u32::from_be_bytes)
 }
 
 /// Big-endian u64 at `at` (0 when out of range).
-fn be_u64(b: &[u8], at: usize) -> u64 {
+pub(crate) fn be_u64(b: &[u8], at: usize) -> u64 {
     b.get(at..at + 8)
         .and_then(|s| s.try_into().ok())
         .map_or(0, u64::from_be_bytes)

@@ -32,7 +32,7 @@ use super::remote::{EntryKind, RemotePath, XoRemote};
 use super::vhd_directory::VhdDirectoryFile;
 use crate::error::{Error, Result};
 use crate::formats::vhd::{dynamic as h, footer as f, FOOTER_LEN, TYPE_DIFFERENCING};
-use crate::sources::vhd::{Layer, VhdSource};
+use crate::sources::vhd::{be_u32, be_u64, parent_name, Layer, VhdSource};
 use crate::sources::ReadAt;
 
 /// Most files in one chain. Each opened file keeps its block table in memory (about 32
@@ -241,14 +241,10 @@ impl ChainOpener {
         bytes
             .read_exact_at(&mut footer, footer_at)
             .map_err(|e| self.bad(name, e.to_string()))?;
-        if footer.get(f::DISK_TYPE..f::DISK_TYPE + 4) != Some(&TYPE_DIFFERENCING.to_be_bytes()[..])
-        {
+        if be_u32(&footer, f::DISK_TYPE) != TYPE_DIFFERENCING {
             return Ok(None);
         }
-        let header_at = footer
-            .get(f::DATA_OFFSET..f::DATA_OFFSET + 8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_be_bytes);
+        let header_at = be_u64(&footer, f::DATA_OFFSET);
         let mut name_field = [0u8; 512];
         bytes
             .read_exact_at(
@@ -256,12 +252,7 @@ impl ChainOpener {
                 header_at.saturating_add(h::PARENT_NAME as u64),
             )
             .map_err(|e| self.bad(name, e.to_string()))?;
-        let units: Vec<u16> = name_field
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .take_while(|&u| u != 0)
-            .collect();
-        Ok(Some(String::from_utf16_lossy(&units)))
+        Ok(Some(parent_name(&name_field)))
     }
 
     /// The bytes of the VHD named `name` (a file, or a VhdDirectory directly or through an

@@ -36,6 +36,7 @@ use crate::formats::vhd::{
     checksum_without_field, dynamic as h, footer as f, BAT_UNALLOCATED, DYNAMIC_HEADER_LEN,
     FOOTER_LEN, SECTOR, TYPE_DIFFERENCING, TYPE_DYNAMIC,
 };
+use crate::sources::vhd::{be_u32, be_u64};
 use crate::sources::ReadAt;
 
 /// Largest `chunk-filters.json`, header, footer read.
@@ -421,18 +422,6 @@ fn unfilter<'a>(reader: Box<dyn Read + 'a>, filters: &[Filter]) -> Box<dyn Read 
 fn set_checksum(bytes: &mut [u8], field: usize) {
     let sum = checksum_without_field(bytes, field);
     bytes[field..field + 4].copy_from_slice(&sum.to_be_bytes());
-}
-
-fn be_u32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u32::from_be_bytes)
-}
-
-fn be_u64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_be_bytes)
 }
 
 fn bad(remote: &XoRemote, dir: &RemotePath, reason: String) -> Error {
