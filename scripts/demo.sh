@@ -109,6 +109,37 @@ mkfs.ext4 -q -F -d "$WORK/vm2-root" "$WORK/vm2.img"
 diff -r --no-dereference "$WORK/vm2-root" "$WORK/vm2-files" -x lost+found
 echo "the tree restored from the snapshot equals the source, byte for byte"
 
+step "a job file: backup, retention, verify and an off-site sync as one run, with its history"
+mkdir -p "$WORK/jobs"
+cat > "$WORK/jobs/vm2.toml" <<TOML
+[repository]
+location = "$REPO"              # the passphrase comes from TESSERA_PASSPHRASE here
+
+[backup]
+series = "vm2"
+[[backup.disk]]
+name = "root"
+source = "$WORK/vm2.img"
+
+[retention]
+keep-last = 2
+
+[verify]
+full-every = "7d"
+
+[[sync]]
+to = "$WORK/offsite"
+TOML
+"$BIN" job check "$WORK/jobs/vm2.toml"
+"$BIN" job run "$WORK/jobs/vm2.toml" --state-dir "$WORK/state"
+echo "more data" >> "$WORK/vm2-root/etc/hostname"
+mkfs.ext4 -q -F -d "$WORK/vm2-root" "$WORK/vm2.img"
+"$BIN" job run "$WORK/jobs/vm2.toml" --state-dir "$WORK/state"
+"$BIN" job history vm2 --state-dir "$WORK/state"
+TESSERA_PASSPHRASE="off-site passphrase" "$BIN" restore "$WORK/offsite" latest@vm2:root "$WORK/vm2.offsite"
+cmp "$WORK/vm2.offsite" "$WORK/vm2.img"
+echo "the job's newest snapshot reached the off-site copy and restores byte-identical"
+
 step "verify every stored byte and every reference count"
 "$BIN" verify "$REPO"
 TESSERA_PASSPHRASE="off-site passphrase" "$BIN" verify "$WORK/offsite"

@@ -106,8 +106,8 @@ impl NbdLimitArgs {
 /// bitmaps, changed-block lists).
 #[derive(Debug, clap::Args)]
 pub struct DeltaArgs {
-    /// The snapshot the delta applies on: `latest` (the series' newest), an id prefix, or
-    /// `latest@SERIES`. Without it, a delta source is used as a delta when the series'
+    /// The snapshot the delta applies on: `latest` (the series' newest), `latest-full` (its
+    /// newest read in full: a differential), an id prefix, or `latest@SERIES`. Without it, a delta source is used as a delta when the series'
     /// newest snapshot was taken from its base, and read in full otherwise.
     #[arg(long)]
     pub reference: Option<ReferenceChoice>,
@@ -523,6 +523,11 @@ pub enum Command {
     /// Bring backups made by another tool into a repository.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Job files: check one, run one now, list a directory's, show a job's past runs.
+    #[command(subcommand)]
+    Job(crate::job_args::JobCommand),
+    /// Run every job of a directory on its schedule; metrics at --metrics-listen.
+    Daemon(crate::job_args::DaemonArgs),
     /// Manage the key slots of an encrypted repository (no data is rewritten).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -648,47 +653,7 @@ impl KeepArgs {
     }
 }
 
-/// Parses a percentage like `10%`, `10` or `0.1` into a fraction.
-pub fn parse_fraction(s: &str) -> Result<f64, UsageError> {
-    let t = s.trim();
-    let v: f64 = t
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| UsageError(format!("{s:?} is not a percentage (e.g. 10%)")))?;
-    let f = if t.ends_with('%') || v > 1.0 {
-        v / 100.0
-    } else {
-        v
-    };
-    if (0.0..=1.0).contains(&f) {
-        Ok(f)
-    } else {
-        Err(UsageError(format!("{s:?} is outside 0%..100%")))
-    }
-}
-
-/// Parses sizes like `65536`, `64K`, `64KiB`, `1M`, `1MiB`, `8M` (binary units).
-pub fn parse_size(s: &str) -> Result<u64, UsageError> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| UsageError(format!("{s:?} is not a size (examples: 64K, 1M)")))?;
-    let mult = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => {
-            return Err(UsageError(format!(
-                "{s:?} has an unknown unit (use K, M or G)"
-            )))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| UsageError(format!("{s:?} is too large")))
-}
+pub use tessera_engine::units::{parse_fraction, parse_size};
 
 /// Splits `KEY=VALUE`.
 pub fn split_pair<'a>(what: &str, s: &'a str) -> Result<(&'a str, &'a str), UsageError> {

@@ -21,6 +21,7 @@ mod args;
 mod commands;
 mod doc;
 mod files_args;
+mod job_args;
 mod keys;
 mod output;
 mod sync_args;

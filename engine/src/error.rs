@@ -121,6 +121,21 @@ pub enum Error {
         /// When the holder took the lock.
         since: String,
     },
+    /// A run of the same job holds the job's lock (SPEC.md §26.4).
+    #[error("job {job:?} is already running (PID {pid} on {host} since {since}); two runs of one job never overlap")]
+    JobRunning {
+        /// The job.
+        job: String,
+        /// Holder's PID as recorded in the lock file.
+        pid: String,
+        /// Holder's host name.
+        host: String,
+        /// When the holder took the lock.
+        since: String,
+    },
+    /// A job's hook failed, hung past its timeout, or could not be started (SPEC.md §26.3).
+    #[error("{0}")]
+    Hook(String),
     /// Another verification holds the verification ledger.
     #[error("another `tessera verify` is running on this repository ({} is locked); wait for it to finish", lock.display())]
     VerifyRunning {
@@ -570,10 +585,12 @@ impl Error {
             | Self::Tls { .. }
             | Self::Listen { .. }
             | Self::Threads { .. }
+            | Self::Hook(_)
             | Self::PreviousIo => ErrorKind::Failed,
-            Self::Locked { .. } | Self::VerifyRunning { .. } | Self::IndexBusy { .. } => {
-                ErrorKind::Locked
-            }
+            Self::Locked { .. }
+            | Self::JobRunning { .. }
+            | Self::VerifyRunning { .. }
+            | Self::IndexBusy { .. } => ErrorKind::Locked,
             Self::WrongBase { .. }
             | Self::Refused { .. }
             | Self::Protected { .. }

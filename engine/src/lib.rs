@@ -58,6 +58,8 @@ pub mod formats;
 #[cfg(feature = "repository")]
 pub mod index;
 #[cfg(feature = "repository")]
+pub mod jobs;
+#[cfg(feature = "repository")]
 pub mod ledger;
 #[cfg(feature = "repository")]
 pub mod location;
@@ -82,6 +84,8 @@ pub mod storage;
 pub mod store;
 pub mod sync;
 pub mod time;
+#[cfg(feature = "repository")]
+pub mod units;
 
 pub use error::{Error, ErrorKind, Result};
 pub use progress::{NoProgress, Progress};

@@ -35,7 +35,9 @@ impl WriterLock {
         Self::acquire_at(&repo.join("keys.lock"))
     }
 
-    fn acquire_at(path: &Path) -> Result<Self> {
+    /// Takes the lock file `path` (a job's lock, SPEC.md §26.4) or fails with
+    /// [`Error::Locked`] naming the holder.
+    pub fn acquire_at(path: &Path) -> Result<Self> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

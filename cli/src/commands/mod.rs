@@ -5,6 +5,7 @@ mod export;
 mod files;
 mod import;
 mod inspect;
+mod job;
 mod key;
 mod maintain;
 mod repair;
@@ -182,6 +183,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Token(cmd) => token::run(&cmd, json),
         Command::Key(cmd) => key::run(&cmd, &at, json),
         Command::Import(cmd) => import::run(&cmd, &at, json, &bars),
+        Command::Job(cmd) => job::run(&cmd, json, &bars),
+        Command::Daemon(args) => job::daemon(&args),
         Command::Files(cmd) => files::run(&cmd, &at, json, &bars),
         Command::Compact {
             repo,

@@ -2,44 +2,29 @@
 
 use anyhow::Result;
 use tessera_engine::location::RepoLocation;
-use tessera_engine::ops::check::{CheckReport, SampleSize};
+use tessera_engine::ops::check::CheckReport;
 use tessera_engine::ops::verify::VerifyRequest;
 use tessera_engine::serde_ids::kind_name;
 use tessera_engine::ErrorKind;
 
-use crate::args::{parse_fraction, parse_size, UsageError, VerifyArgs};
+use tessera_engine::units::parse_sample;
+
+use crate::args::{UsageError, VerifyArgs};
 use crate::doc::{print_doc, Nested};
 use crate::exit_code_for;
 use crate::output::{bytes, Bars};
-
-/// `--sample`: a share (`5%`, `0.05`) or an amount of stored data (`10GiB`).
-fn parse_sample(s: &str) -> Result<SampleSize, UsageError> {
-    let t = s.trim();
-    let looks_like_share = t.ends_with('%') || (t.contains('.') && t.parse::<f64>().is_ok());
-    if looks_like_share {
-        let f = parse_fraction(t).map_err(|e| UsageError(format!("--sample: {e}")))?;
-        if f <= 0.0 {
-            return Err(UsageError(format!(
-                "--sample {s:?} would read nothing; give a share above 0%"
-            )));
-        }
-        return Ok(SampleSize::Share(f));
-    }
-    match parse_size(t) {
-        Ok(0) => Err(UsageError(format!("--sample {s:?} would read nothing; give a size above 0"))),
-        Ok(n) => Ok(SampleSize::Bytes(n)),
-        Err(_) => Err(UsageError(format!(
-            "--sample {s:?} is neither a share of the objects (e.g. 5%) nor an amount of stored data (e.g. 10GiB)"
-        ))),
-    }
-}
 
 pub fn run(repo: &RepoLocation, args: &VerifyArgs, json: bool, bars: &Bars) -> Result<i32> {
     let request = VerifyRequest {
         metadata_only: args.metadata_only,
         snapshots: args.snapshots.clone(),
         series: args.series.clone(),
-        sample: args.sample.as_deref().map(parse_sample).transpose()?,
+        sample: args
+            .sample
+            .as_deref()
+            .map(parse_sample)
+            .transpose()
+            .map_err(|e| UsageError(format!("--{e}")))?,
         seed: args.seed,
         skip_verified_within: args.skip_verified_within,
     };

@@ -72,16 +72,21 @@ pub enum ReferenceChoice {
     Latest,
     /// This snapshot; a delta that does not belong to it is an error.
     Snapshot(SnapshotRef),
+    /// The series' newest snapshot whose every disk was read in full (`full` or `key`):
+    /// a *differential* (SPEC.md §26.2); a delta that does not belong to it is an error.
+    /// With no such snapshot, as [`Self::Auto`].
+    LatestFull,
 }
 
 impl std::str::FromStr for ReferenceChoice {
     type Err = Error;
 
-    /// `--reference`: `latest` is the series' newest snapshot (not the repository's);
-    /// anything else is a [`SnapshotRef`].
+    /// `--reference`: `latest` is the series' newest snapshot (not the repository's),
+    /// `latest-full` its newest snapshot read in full; anything else is a [`SnapshotRef`].
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "latest" => Ok(Self::Latest),
+            "latest-full" => Ok(Self::LatestFull),
             other => Ok(Self::Snapshot(other.parse()?)),
         }
     }
@@ -480,6 +485,16 @@ fn choose_reference(
             (Some(id), true)
         }
         ReferenceChoice::Snapshot(r) => (Some(repo.resolve(r)?.0), true),
+        ReferenceChoice::LatestFull => {
+            let full = catalog
+                .iter()
+                .rfind(|(_, h)| h.series == req.series && plan::read_in_full(h))
+                .map(|(id, _)| *id);
+            match full {
+                Some(id) => (Some(id), true),
+                None => (newest(), false),
+            }
+        }
     };
     let loaded = match id {
         Some(id) => Some((id, repo.load_snapshot(id)?)),

@@ -70,6 +70,16 @@ pub fn key_backup_due(series: &[&SnapshotHeader], interval: u32) -> bool {
     since + 1 >= interval as usize
 }
 
+/// Whether every disk of the snapshot was read in full (`full` or `key`): what Macrium calls
+/// a full backup, the base of a differential (SPEC.md §26.2).
+pub fn read_in_full(h: &SnapshotHeader) -> bool {
+    h.disks.iter().all(|d| {
+        d.identity
+            .iter()
+            .any(|(k, v)| k == MODE_KEY && (v == "full" || v == "key"))
+    })
+}
+
 fn is_key(h: &SnapshotHeader) -> bool {
     h.disks
         .iter()

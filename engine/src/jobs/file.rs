@@ -1,0 +1,619 @@
+//! Job files (SPEC.md §26.1): one TOML file per job, parsed into [`JobDef`] with every value
+//! checked where it is read, and every error reported as `FILE: line L, column C: KEY:
+//! message` (a usage error).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::schedule::Schedule;
+use super::values::{Argv, Dur, Event, Name, Rate, RefMode, Sample, Within};
+use crate::error::{Error, Result};
+use crate::ops::prune::KeepPolicy;
+
+/// Largest job file read (a job file is a page of text).
+const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
+
+/// A whole job file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct JobDef {
+    /// Notify `stale` when no run succeeded for longer than this.
+    pub stale_after: Option<Dur>,
+    /// Where the backups go.
+    pub repository: RepositoryDef,
+    /// What is backed up, and how.
+    pub backup: Spanned<BackupDef>,
+    /// Prune of the series after each successful backup.
+    pub retention: Option<Spanned<RetentionDef>>,
+    /// Verification after each run.
+    pub verify: Option<VerifyDef>,
+    /// Off-site copies.
+    #[serde(default)]
+    pub sync: Vec<SyncDef>,
+    /// Commands around the backup.
+    #[serde(default)]
+    pub hooks: HooksDef,
+    /// When the daemon runs the job.
+    pub schedule: Option<Schedule>,
+    /// Who is told.
+    #[serde(default)]
+    pub notify: Vec<Spanned<NotifyDef>>,
+}
+
+/// `[repository]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RepositoryDef {
+    /// A path or `s3://BUCKET/PREFIX`.
+    pub location: Spanned<String>,
+    /// A key file or the recovery key.
+    pub key_file: Option<PathBuf>,
+    /// A file holding the passphrase.
+    pub passphrase_file: Option<PathBuf>,
+    /// A command printing the passphrase.
+    pub password_command: Option<String>,
+    /// As `--s3-endpoint`.
+    pub s3_endpoint: Option<String>,
+    /// As `--s3-region`.
+    pub s3_region: Option<String>,
+    /// As `--s3-path-style`.
+    pub s3_path_style: Option<bool>,
+    /// As `--s3-insecure-http`.
+    #[serde(default)]
+    pub s3_insecure_http: bool,
+    /// As `--cache-dir`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[backup]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BackupDef {
+    /// The series (default: the job's name).
+    pub series: Option<Name>,
+    /// Which snapshot deltas apply on.
+    #[serde(default)]
+    pub mode: RefMode,
+    /// Every Nth backup is a key backup.
+    #[serde(default = "default_key_interval")]
+    pub key_interval: u32,
+    /// How to read the disks.
+    #[serde(default = "default_format")]
+    pub format: Spanned<String>,
+    /// Read a disk in full when its delta does not apply.
+    #[serde(default = "yes")]
+    pub fallback_full: bool,
+    /// Directories backing files and parents may be opened from.
+    #[serde(default)]
+    pub allow_backing_dirs: Vec<PathBuf>,
+    /// CA certificates for nbds:// sources.
+    pub tls_ca: Option<PathBuf>,
+    /// Tags of every snapshot.
+    #[serde(default)]
+    pub tags: BTreeMap<Name, String>,
+    /// The disks.
+    #[serde(default)]
+    pub disk: Vec<Spanned<DiskDef>>,
+}
+
+fn default_key_interval() -> u32 {
+    20
+}
+
+fn default_format() -> Spanned<String> {
+    Spanned::new(0..0, "auto".into())
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[[backup.disk]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DiskDef {
+    /// Disk name within the snapshot.
+    pub name: Name,
+    /// Image, block device or NBD URL.
+    pub source: String,
+    /// A changed-block list.
+    pub changes: Option<PathBuf>,
+}
+
+/// `[retention]`: as `tessera prune`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[expect(
+    clippy::struct_field_names,
+    reason = "the keys of the file, as `tessera prune` names them"
+)]
+pub struct RetentionDef {
+    #[serde(default)]
+    keep_last: u32,
+    #[serde(default)]
+    keep_hourly: u32,
+    #[serde(default)]
+    keep_daily: u32,
+    #[serde(default)]
+    keep_weekly: u32,
+    #[serde(default)]
+    keep_monthly: u32,
+    #[serde(default)]
+    keep_yearly: u32,
+    keep_within: Option<Within>,
+}
+
+impl RetentionDef {
+    /// The policy `prune` applies.
+    pub fn policy(&self) -> KeepPolicy {
+        KeepPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within.map(|w| w.0),
+        }
+    }
+}
+
+/// `[verify]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VerifyDef {
+    /// The sampled verify.
+    pub sample: Option<Sample>,
+    /// At most one sampled verify per span.
+    pub sample_every: Option<Dur>,
+    /// A full verify when the last one is older.
+    pub full_every: Option<Dur>,
+    /// Skip objects verified within this span.
+    pub skip_verified_within: Option<Within>,
+}
+
+/// `[[sync]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SyncDef {
+    /// A path, `s3://` location, or `tessera serve` URL.
+    pub to: String,
+    /// The server's token.
+    pub token_file: Option<PathBuf>,
+    /// CA certificates for the server.
+    pub tls_ca: Option<PathBuf>,
+    /// Bytes per second.
+    pub bwlimit: Option<Rate>,
+    /// Allow http:// to a non-loopback server.
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// Per-request network timeout (default 60 s).
+    pub io_timeout: Option<Dur>,
+}
+
+/// `[hooks]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksDef {
+    /// Before the backup.
+    pub before: Option<HookDef>,
+    /// Right after the backup.
+    pub after: Option<HookDef>,
+}
+
+/// One hook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookDef {
+    /// Program and arguments.
+    pub command: Argv,
+    /// Killed after this long (default 10 min).
+    pub timeout: Option<Dur>,
+}
+
+/// `[[notify]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NotifyDef {
+    /// POST the event here.
+    pub webhook: Option<String>,
+    /// Mail the event to these addresses.
+    pub email: Option<Vec<String>>,
+    /// The mail server (`smtp://`, `smtps://`, `smtp+starttls://`).
+    pub smtp: Option<String>,
+    /// The sender.
+    pub from: Option<String>,
+    /// SMTP user.
+    pub username: Option<String>,
+    /// File holding the SMTP password.
+    pub password_file: Option<PathBuf>,
+    /// Which events.
+    pub on: Option<Vec<Event>>,
+    /// Allow http:// or smtp:// to a non-loopback host.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl NotifyDef {
+    /// The events this target gets.
+    pub fn events(&self) -> Vec<Event> {
+        self.on.clone().unwrap_or_else(|| Event::DEFAULT.to_vec())
+    }
+}
+
+/// A job: its name, its file, its definition.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The file's stem.
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// What it says.
+    pub def: JobDef,
+    /// Paths it names that do not exist now (reported, not refused: a before-hook may
+    /// make them).
+    pub warnings: Vec<String>,
+}
+
+impl Job {
+    /// The series backed up.
+    pub fn series(&self) -> &str {
+        self.def
+            .backup
+            .get_ref()
+            .series
+            .as_ref()
+            .map_or(&self.name, |s| &s.0)
+    }
+
+    /// Reads and checks the job file `path` (SPEC.md §26.1).
+    pub fn load(path: &Path) -> Result<Self> {
+        let name = job_name(path)?;
+        let text = read_bounded(path)?;
+        Self::parse(&name, path, &text)
+    }
+
+    /// Checks `text` as the job file `path` of job `name`.
+    pub fn parse(name: &str, path: &Path, text: &str) -> Result<Self> {
+        let located = |span: Option<Range<usize>>, message: &str| {
+            Error::Usage(locate(path, text, span, message))
+        };
+        let def: JobDef = toml::from_str(text).map_err(|e| located(e.span(), e.message()))?;
+        check(&def).map_err(|(span, message)| located(Some(span), &message))?;
+        let mut job = Self {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            def,
+            warnings: Vec::new(),
+        };
+        job.warnings = missing_paths(&job.def);
+        Ok(job)
+    }
+}
+
+/// The job's name from its file name: the stem, under the rule of series names.
+pub fn job_name(path: &Path) -> Result<String> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|_| path.extension().is_some_and(|e| e == "toml"))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: a job file is named NAME.toml (the job's name is NAME)",
+                path.display()
+            ))
+        })?;
+    tessera_format::snapshot::validate_name("job name", stem).map_err(|e| {
+        Error::Usage(format!(
+            "{}: {e} (the job's name is its file name without .toml)",
+            path.display()
+        ))
+    })?;
+    Ok(stem.to_string())
+}
+
+fn read_bounded(path: &Path) -> Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    let file =
+        std::fs::File::open(path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+    let n = file
+        .take(MAX_JOB_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+    if n as u64 > MAX_JOB_FILE_BYTES {
+        return Err(Error::Usage(format!(
+            "{}: larger than {MAX_JOB_FILE_BYTES} bytes; this is not a job file",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+/// `FILE: line L, column C: KEY: message` (or `FILE: message` without a span).
+fn locate(path: &Path, text: &str, span: Option<Range<usize>>, message: &str) -> String {
+    let message = message.trim_end();
+    let Some(span) = span else {
+        return format!("{}: {message}", path.display());
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
+    let key = super::keys::key_at(text, span.start);
+    match key {
+        Some(key) => format!(
+            "{}: line {line}, column {column}: {key}: {message}",
+            path.display()
+        ),
+        None => format!(
+            "{}: line {line}, column {column}: {message}",
+            path.display()
+        ),
+    }
+}
+
+type Problem = (Range<usize>, String);
+
+/// The checks no single value can make alone.
+fn check(def: &JobDef) -> std::result::Result<(), Problem> {
+    let location = &def.repository.location;
+    if location.get_ref().starts_with("http://") || location.get_ref().starts_with("https://") {
+        return Err((
+            location.span(),
+            "a job backs up into a local or s3:// repository; list a `tessera serve` server under [[sync]] to copy there".into(),
+        ));
+    }
+    crate::location::RepoLocation::parse(
+        location.get_ref(),
+        crate::location::LocationOptions::default(),
+    )
+    .map_err(|e| (location.span(), e.to_string()))?;
+    let secrets = [
+        def.repository.key_file.is_some(),
+        def.repository.passphrase_file.is_some(),
+        def.repository.password_command.is_some(),
+    ];
+    if secrets.iter().filter(|&&s| s).count() > 1 {
+        return Err((
+            location.span(),
+            "give at most one of key-file, passphrase-file, password-command".into(),
+        ));
+    }
+    let backup = def.backup.get_ref();
+    let format = &backup.format;
+    format
+        .get_ref()
+        .parse::<crate::sources::SourceFormat>()
+        .map_err(|e| (format.span(), e.to_string()))?;
+    if backup.disk.is_empty() {
+        return Err((
+            def.backup.span(),
+            "no [[backup.disk]]: name at least one disk (name and source)".into(),
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for disk in &backup.disk {
+        if !names.insert(&disk.get_ref().name) {
+            return Err((
+                disk.span(),
+                format!("disk name {:?} is given twice", disk.get_ref().name.0),
+            ));
+        }
+        if disk.get_ref().source.is_empty() {
+            return Err((disk.span(), "the disk's source is empty".into()));
+        }
+    }
+    if let Some(r) = &def.retention {
+        if r.get_ref().policy().is_empty() {
+            return Err((
+                r.span(),
+                "[retention] has no keep rule: give at least one of keep-last, keep-hourly, keep-daily, keep-weekly, keep-monthly, keep-yearly, keep-within (without [retention] nothing is pruned)".into(),
+            ));
+        }
+    }
+    for n in &def.notify {
+        super::notify::check_target(n.get_ref()).map_err(|m| (n.span(), m))?;
+    }
+    Ok(())
+}
+
+/// Paths the job names that do not exist now.
+fn missing_paths(def: &JobDef) -> Vec<String> {
+    let mut paths: Vec<(&str, &Path)> = Vec::new();
+    let r = &def.repository;
+    for (what, p) in [
+        ("repository.key-file", &r.key_file),
+        ("repository.passphrase-file", &r.passphrase_file),
+        ("backup.tls-ca", &def.backup.get_ref().tls_ca),
+    ] {
+        if let Some(p) = p {
+            paths.push((what, p));
+        }
+    }
+    for d in &def.backup.get_ref().disk {
+        let d = d.get_ref();
+        if !d.source.contains("://") {
+            paths.push(("backup.disk.source", Path::new(&d.source)));
+        }
+        if let Some(c) = &d.changes {
+            paths.push(("backup.disk.changes", c));
+        }
+    }
+    for s in &def.sync {
+        if let Some(t) = &s.token_file {
+            paths.push(("sync.token-file", t));
+        }
+    }
+    for (what, h) in [
+        ("hooks.before", &def.hooks.before),
+        ("hooks.after", &def.hooks.after),
+    ] {
+        if let Some(h) = h {
+            let program = Path::new(&h.command.0[0]);
+            if program.is_absolute() {
+                paths.push((what, program));
+            }
+        }
+    }
+    paths
+        .into_iter()
+        .filter(|(_, p)| !p.exists())
+        .map(|(what, p)| format!("{what}: {} does not exist (yet)", p.display()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"stale-after = "36h"
+[repository]
+location = "/srv/tessera"
+key-file = "/etc/tessera/vm1.key"
+
+[backup]
+mode = "differential"
+tags = { site = "paris" }
+[[backup.disk]]
+name = "xvda"
+source = "/var/lib/vm/vm1.qcow2"
+[[backup.disk]]
+name = "xvdb"
+source = "nbd://127.0.0.1:10809/disk"
+
+[retention]
+keep-last = 7
+keep-within = "6m"
+
+[verify]
+sample = "5%"
+full-every = "7d"
+
+[[sync]]
+to = "https://backup.example:8443"
+bwlimit = "50M"
+
+[hooks.before]
+command = ["/bin/true"]
+timeout = "5min"
+
+[schedule]
+cron = "30 2 * * *"
+timezone = "Europe/Paris"
+random-delay = "15min"
+
+[[notify]]
+webhook = "https://hooks.example/x"
+[[notify]]
+email = ["ops@example.com"]
+smtp = "smtp+starttls://mail.example"
+on = ["failure", "success"]
+"#;
+
+    fn parse(text: &str) -> Result<Job> {
+        Job::parse("vm1", Path::new("vm1.toml"), text)
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let job = parse(GOOD).unwrap();
+        assert_eq!(job.series(), "vm1");
+        assert_eq!(job.def.backup.get_ref().disk.len(), 2);
+        assert_eq!(job.def.retention.unwrap().get_ref().policy().last, 7);
+        assert_eq!(
+            job.def.hooks.before.unwrap().timeout.unwrap().0.us,
+            300_000_000
+        );
+        assert_eq!(
+            job.def.notify[1].get_ref().events(),
+            vec![Event::Failure, Event::Success]
+        );
+    }
+
+    /// Each broken variant of [`GOOD`] is refused with its line and key.
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("keep-last = 7", "kep-last = 7", "line 17,", "kep-last"),
+            (
+                "cron = \"30 2 * * *\"",
+                "cron = \"61 2 * * *\"",
+                "line 33,",
+                "[schedule].cron",
+            ),
+            (
+                "\"Europe/Paris\"",
+                "\"Mars/Olympus\"",
+                "line 34,",
+                "[schedule].timezone",
+            ),
+            (
+                "\"15min\"",
+                "\"15m\"",
+                "line 35,",
+                "[schedule].random-delay",
+            ),
+            (
+                "name = \"xvdb\"",
+                "name = \"xvda\"",
+                "line 1",
+                "duplicate disk",
+            ),
+            (
+                "keep-last = 7\nkeep-within = \"6m\"",
+                "",
+                "line 16,",
+                "[retention]",
+            ),
+            (
+                "webhook = \"https://hooks.example/x\"",
+                "on = [\"failure\"]",
+                "line 3",
+                "[[notify]]#1",
+            ),
+            (
+                "sample = \"5%\"",
+                "sample = \"0%\"",
+                "line 21,",
+                "[verify].sample",
+            ),
+            (
+                "name = \"xvda\"",
+                "name = \"../x\"",
+                "line 10,",
+                "[[backup.disk]]#1.name",
+            ),
+            (
+                "mode = \"differential\"",
+                "mode = \"sometimes\"",
+                "line 7,",
+                "[backup].mode",
+            ),
+        ];
+        for (from, to, line, key) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with("vm1.toml: "), "{err}");
+            assert!(err.contains(line), "{from} -> {to}: {err}");
+            let expected = if *key == "duplicate disk" {
+                "given twice"
+            } else {
+                key
+            };
+            assert!(err.contains(expected), "{from} -> {to}: {err}");
+        }
+    }
+
+    #[test]
+    fn job_names_follow_the_series_rule() {
+        assert_eq!(job_name(Path::new("/etc/jobs/vm-1.toml")).unwrap(), "vm-1");
+        for bad in ["bad name.toml", ".hidden.toml", "vm1.yaml", "-x.toml"] {
+            assert!(job_name(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Where runs are recorded (SPEC.md §26.4): `STATE/jobs/NAME/{lock,runs/ID.json,stale.json}`.
+//!
+//! Crash reasoning: a record is replaced whole through the durable-write protocol
+//! (`storage::durable`), so after a crash at any moment it is the last version written: the
+//! run's start, or its last completed step. A record that still says `running` when its
+//! job's lock is free belongs to a process that died (the kernel drops a `flock` with its
+//! holder); whoever takes the lock next rewrites it as `interrupted` ([`JobState::settle`]).
+
+use std::path::{Path, PathBuf};
+
+use super::record::{Outcome, RunRecord};
+use crate::error::{Error, IoContext as _, Result};
+use crate::lock::WriterLock;
+use crate::storage::durable;
+use crate::storage::fs::OsFs;
+use crate::storage::PutMode;
+
+/// Records kept per job.
+pub const KEEP_RECORDS: usize = 1000;
+
+/// Largest record read back (a record is a few KiB; a larger file is not ours).
+const MAX_RECORD_BYTES: u64 = 4 << 20;
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir(pub PathBuf);
+
+impl StateDir {
+    /// `explicit`, else `$TESSERA_STATE_DIR`, else `$XDG_STATE_HOME/tessera`, else
+    /// `~/.local/state/tessera`.
+    pub fn resolve(explicit: Option<&Path>) -> Result<Self> {
+        if let Some(p) = explicit {
+            return Ok(Self(p.to_path_buf()));
+        }
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        if let Some(p) = env("TESSERA_STATE_DIR") {
+            return Ok(Self(p));
+        }
+        if let Some(p) = env("XDG_STATE_HOME") {
+            return Ok(Self(p.join("tessera")));
+        }
+        env("HOME")
+            .map(|h| Self(h.join(".local/state/tessera")))
+            .ok_or_else(|| {
+                Error::Usage(
+                    "no state directory: give --state-dir or set TESSERA_STATE_DIR (HOME is not set)"
+                        .into(),
+                )
+            })
+    }
+
+    /// One job's state.
+    pub fn job(&self, name: &str) -> JobState {
+        JobState {
+            name: name.to_string(),
+            dir: self.0.join("jobs").join(name),
+        }
+    }
+}
+
+/// One job's part of the state directory.
+#[derive(Debug, Clone)]
+pub struct JobState {
+    /// The job.
+    pub name: String,
+    /// `STATE/jobs/NAME`.
+    pub dir: PathBuf,
+}
+
+impl JobState {
+    fn runs(&self) -> PathBuf {
+        self.dir.join("runs")
+    }
+
+    /// Takes the job's lock, or fails with [`Error::JobRunning`] (exit 3).
+    pub fn lock(&self) -> Result<WriterLock> {
+        durable::create_dir_all(&OsFs, &self.runs())
+            .ctx(|| format!("creating {}", self.runs().display()))?;
+        WriterLock::acquire_at(&self.dir.join("lock")).map_err(|e| match e {
+            Error::Locked { pid, host, since } => Error::JobRunning {
+                job: self.name.clone(),
+                pid,
+                host,
+                since,
+            },
+            other => other,
+        })
+    }
+
+    /// Whether a run holds the lock now, judged without touching the lock (a reader that
+    /// took it, even shared and briefly, could make a starting run fail as "running"): the
+    /// holder writes its PID into the lock file and clears it when done; a killed holder's
+    /// PID is left, so the process must also still exist.
+    pub fn is_running(&self) -> bool {
+        let text = std::fs::read_to_string(self.dir.join("lock")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("pid="))
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    /// Writes `record` durably (replacing its previous version).
+    pub fn write(&self, record: &RunRecord) -> Result<()> {
+        // Unique per write: a daemon's scheduler may settle a record its run is rewriting.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| Error::Internal(format!("encoding a run record: {e}")))?;
+        let target = self.runs().join(format!("{}.json", record.id));
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staged = self.runs().join(format!(
+            ".{}.json.{}-{n}.tmp",
+            record.id,
+            std::process::id()
+        ));
+        durable::write_file(&OsFs, &staged, &target, &bytes, PutMode::Replace)
+            .ctx(|| format!("writing {}", target.display()))
+    }
+
+    /// Record file names, oldest first (staged files and strangers are ignored).
+    fn record_names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let dir = match std::fs::read_dir(self.runs()) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+            Err(e) => return Err(Error::io(format!("listing {}", self.runs().display()), e)),
+        };
+        for entry in dir {
+            let entry = entry.ctx(|| format!("listing {}", self.runs().display()))?;
+            if let Some(name) = entry.file_name().to_str() {
+                let json = Path::new(name).extension().is_some_and(|e| e == "json");
+                if !name.starts_with('.') && json {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read_record(&self, name: &str) -> Result<RunRecord> {
+        use std::io::Read as _;
+        let path = self.runs().join(name);
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(MAX_RECORD_BYTES).read_to_end(&mut bytes))
+            .ctx(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::io(
+                format!("reading {}", path.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("not a run record: {e}"),
+                ),
+            )
+        })
+    }
+
+    /// Up to `limit` records, newest first; a `running` one whose lock is free is shown as
+    /// `interrupted`. Unreadable records are skipped with a warning in `skipped`.
+    pub fn history(&self, limit: usize) -> Result<(Vec<RunRecord>, Vec<String>)> {
+        let running = self.is_running();
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        for name in self.record_names()?.iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            match self.read_record(name) {
+                Ok(mut r) => {
+                    if r.outcome == Outcome::Running && !running {
+                        r.outcome = Outcome::Interrupted;
+                    }
+                    out.push(r);
+                }
+                Err(e) => skipped.push(e.to_string()),
+            }
+        }
+        Ok((out, skipped))
+    }
+
+    /// The newest record satisfying `pred`, looking back at most [`KEEP_RECORDS`].
+    pub fn newest(&self, pred: impl Fn(&RunRecord) -> bool) -> Result<Option<RunRecord>> {
+        Ok(self.history(KEEP_RECORDS)?.0.into_iter().find(|r| pred(r)))
+    }
+
+    /// Rewrites records left `running` as `interrupted` (call with the lock held) and
+    /// returns them; removes records beyond the newest [`KEEP_RECORDS`].
+    pub fn settle(&self, _lock: &WriterLock) -> Result<Vec<RunRecord>> {
+        let names = self.record_names()?;
+        let mut settled = Vec::new();
+        for name in names.iter().rev().take(16) {
+            let Ok(mut r) = self.read_record(name) else {
+                continue;
+            };
+            if r.outcome == Outcome::Running {
+                r.outcome = Outcome::Interrupted;
+                self.write(&r)?;
+                settled.push(r);
+            }
+        }
+        if names.len() > KEEP_RECORDS {
+            for name in &names[..names.len() - KEEP_RECORDS] {
+                let _ = std::fs::remove_file(self.runs().join(name));
+            }
+        }
+        Ok(settled)
+    }
+
+    /// The `last_success_us` a `stale` notification was last sent for (SPEC.md §26.5).
+    pub fn stale_sent_for(&self) -> Option<i64> {
+        let text = std::fs::read_to_string(self.dir.join("stale.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()?
+            .get("last_success_us")?
+            .as_i64()
+    }
+
+    /// Remembers that `stale` was sent for the episode since `last_success_us`.
+    pub fn mark_stale_sent(&self, last_success_us: i64) -> Result<()> {
+        let target = self.dir.join("stale.json");
+        let staged = self
+            .dir
+            .join(format!(".stale.json.{}.tmp", std::process::id()));
+        let body = serde_json::json!({ "last_success_us": last_success_us, "sent": crate::time::now_rfc3339() });
+        durable::write_file(
+            &OsFs,
+            &staged,
+            &target,
+            body.to_string().as_bytes(),
+            PutMode::Replace,
+        )
+        .ctx(|| format!("writing {}", target.display()))
+    }
+}

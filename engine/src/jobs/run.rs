@@ -1,0 +1,617 @@
+//! One run of a job (SPEC.md §26.3): hook before → backup → hook after → prune → verify →
+//! repository figures → sync, stopping at the first failure, recorded step by step.
+//!
+//! Crash reasoning: the record is rewritten durably before each step (naming it) and after
+//! the run, so a killed run is found `running` at a known step and settled as
+//! `interrupted` by the next holder of the job's lock ([`super::history`]). Each step is one
+//! engine operation with its own crash safety (§9): a killed backup publishes nothing, a
+//! killed prune forgets whole snapshots or none, a killed sync leaves whole snapshots.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::file::{Job, RepositoryDef};
+use super::history::{JobState, StateDir};
+use super::hooks::{run_hook, DEFAULT_TIMEOUT};
+use super::notify;
+use super::record::{
+    Failure, Outcome, PruneRecord, RunRecord, StepRecord, SyncRecord, Trigger, VerifyRecord,
+};
+use super::values::{Dur, Event, RefMode};
+use crate::crypto::SecretSource;
+use crate::error::{Error, ErrorKind, Result};
+use crate::location::{LocationOptions, RepoLocation};
+use crate::ops::backup::{BackupRequest, DeltaOptions, DiskSpec, ReferenceChoice};
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::storage::s3::S3Options;
+use crate::time::{format_us, now_us};
+
+/// Where the secrets of a job's repository come from: the caller (the CLI) turns the
+/// repository's `key-file`/`passphrase-file`/`password-command` into a source.
+pub trait KeySources: Sync {
+    /// The secret source for `repository`.
+    fn for_repository(&self, repository: &RepositoryDef) -> Box<dyn SecretSource>;
+}
+
+/// A sync target's per-request network timeout when its file gives none (as `sync`'s).
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "Duration::from_mins needs Rust 1.91; the workspace's rust-version is 1.89"
+)]
+const SYNC_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How to run.
+pub struct RunRequest<'a> {
+    /// Overrides the file's `mode` for this run.
+    pub mode: Option<RefMode>,
+    /// Why.
+    pub trigger: Trigger,
+    /// The slot a scheduled run is for.
+    pub slot_us: Option<i64>,
+    /// Set by the daemon at shutdown: no further step starts.
+    pub stop: Option<&'a AtomicBool>,
+    /// Progress of the long steps.
+    pub progress: &'a dyn Progress,
+    /// Called with the record after each durable write (the daemon keeps the latest, to
+    /// settle it if it must abandon the run).
+    pub on_record: Option<&'a (dyn Fn(&RunRecord) + Sync)>,
+}
+
+/// A finished run.
+pub struct Finished {
+    /// Its record (as written).
+    pub record: RunRecord,
+    /// The kind of the error that failed it, if one did.
+    pub error_kind: Option<ErrorKind>,
+}
+
+/// The job's location options (`[repository]` S3 and cache settings).
+pub fn location_options(r: &RepositoryDef) -> LocationOptions {
+    LocationOptions {
+        s3: S3Options {
+            endpoint: r.s3_endpoint.clone(),
+            region: r.s3_region.clone(),
+            path_style: r.s3_path_style,
+            insecure_http: r.s3_insecure_http,
+            ..Default::default()
+        },
+        cache_dir: r.cache_dir.clone(),
+    }
+}
+
+/// Runs `job` once. Fails only when the run cannot start (its lock is held: exit 3) or its
+/// record cannot be written; a failing step is an outcome in the returned record.
+pub fn run(
+    job: &Job,
+    state: &StateDir,
+    req: &RunRequest<'_>,
+    keys: &dyn KeySources,
+) -> Result<Finished> {
+    let job_state = state.job(&job.name);
+    let lock = job_state.lock()?;
+    for old in job_state.settle(&lock)? {
+        // A run of this job died: tell whoever wants failures (its record is rewritten).
+        let mut old = old;
+        let sent = notify::notify(job, Event::Failure, &old.summary(), Some(&old));
+        if !sent.is_empty() {
+            old.notifications.extend(sent);
+            job_state.write(&old)?;
+        }
+    }
+    let started_us = now_us();
+    let mode = req.mode.unwrap_or(job.def.backup.get_ref().mode);
+    let record = RunRecord {
+        job: job.name.clone(),
+        series: job.series().to_string(),
+        repository: job.def.repository.location.get_ref().clone(),
+        id: run_id(started_us),
+        trigger: req.trigger,
+        slot: req.slot_us.map(format_us),
+        mode: mode.as_str().to_string(),
+        started: format_us(started_us),
+        started_us,
+        finished: None,
+        duration_ms: 0,
+        outcome: Outcome::Running,
+        step: None,
+        failure: None,
+        warnings: Vec::new(),
+        steps: Vec::new(),
+        backup: None,
+        prune: None,
+        verify: None,
+        sync: Vec::new(),
+        repository_stats: None,
+        hooks: Vec::new(),
+        notifications: Vec::new(),
+        pid: std::process::id(),
+    };
+    let mut run = Run {
+        job,
+        state: &job_state,
+        req,
+        keys,
+        record,
+        started: Instant::now(),
+        error_kind: None,
+    };
+    run.save()?;
+    run.steps(mode)?;
+    run.finish()?;
+    drop(lock);
+    Ok(Finished {
+        record: run.record,
+        error_kind: run.error_kind,
+    })
+}
+
+/// A run's id: its UTC start time to the microsecond, sortable as text.
+fn run_id(us: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us).map_or_else(
+        || us.to_string(),
+        |t| t.format("%Y%m%dT%H%M%S%.6fZ").to_string(),
+    )
+}
+
+struct Run<'a> {
+    job: &'a Job,
+    state: &'a JobState,
+    req: &'a RunRequest<'a>,
+    keys: &'a dyn KeySources,
+    record: RunRecord,
+    started: Instant,
+    error_kind: Option<ErrorKind>,
+}
+
+/// A step's result: its detail line, or the error that failed it.
+type StepResult = Result<String>;
+
+impl Run<'_> {
+    fn save(&mut self) -> Result<()> {
+        self.record.duration_ms = self.started.elapsed().as_millis() as u64;
+        self.state.write(&self.record)?;
+        if let Some(f) = self.req.on_record {
+            f(&self.record);
+        }
+        Ok(())
+    }
+
+    fn stopping(&self) -> bool {
+        self.req.stop.is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
+    /// Runs one step: records that it runs, runs it, records how it went. Returns whether
+    /// the run goes on.
+    fn step(&mut self, name: &str, body: impl FnOnce(&mut Self) -> StepResult) -> Result<bool> {
+        if self.stopping() {
+            self.record.outcome = Outcome::Interrupted;
+            self.record.step = Some(name.to_string());
+            self.record.warnings.push(format!(
+                "stopped before {name}: the daemon is shutting down"
+            ));
+            return Ok(false);
+        }
+        self.record.step = Some(name.to_string());
+        self.save()?;
+        let t = Instant::now();
+        let result = body(self);
+        let duration_ms = t.elapsed().as_millis() as u64;
+        let (outcome, detail, go_on) = match result {
+            Ok(detail) => ("ok", detail, true),
+            Err(e) => {
+                let damage = self.record.outcome == Outcome::Damage;
+                if !damage {
+                    self.record.outcome = Outcome::Failure;
+                }
+                self.error_kind = Some(if damage { ErrorKind::Damage } else { e.kind() });
+                self.record.failure = Some(Failure {
+                    step: name.to_string(),
+                    kind: self
+                        .error_kind
+                        .unwrap_or(ErrorKind::Failed)
+                        .as_str()
+                        .to_string(),
+                    message: e.to_string(),
+                });
+                (
+                    if damage { "damage" } else { "failed" },
+                    e.to_string(),
+                    false,
+                )
+            }
+        };
+        self.record.steps.push(StepRecord {
+            step: name.to_string(),
+            outcome: outcome.to_string(),
+            duration_ms,
+            detail,
+        });
+        if go_on {
+            self.record.step = None;
+        }
+        self.save()?;
+        Ok(go_on)
+    }
+
+    fn skipped(&mut self, name: &str, why: &str) {
+        self.record.steps.push(StepRecord {
+            step: name.to_string(),
+            outcome: "skipped".into(),
+            duration_ms: 0,
+            detail: why.to_string(),
+        });
+    }
+
+    fn hook_env(&self, phase: &str) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("TESSERA_JOB", self.job.name.clone()),
+            ("TESSERA_SERIES", self.job.series().to_string()),
+            ("TESSERA_REPOSITORY", self.record.repository.clone()),
+            ("TESSERA_PHASE", phase.to_string()),
+        ];
+        if phase == "after" {
+            // The backup's report is recorded only when it succeeded.
+            let ok = self.record.backup.is_some();
+            env.push((
+                "TESSERA_OUTCOME",
+                if ok { "success" } else { "failure" }.into(),
+            ));
+            let snapshot = self
+                .record
+                .backup
+                .as_ref()
+                .and_then(|b| b.get("snapshot"))
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_string();
+            env.push(("TESSERA_SNAPSHOT", snapshot));
+        }
+        env
+    }
+
+    fn hook(&mut self, phase: &str) -> StepResult {
+        let hooks = &self.job.def.hooks;
+        let Some(hook) = (if phase == "before" {
+            &hooks.before
+        } else {
+            &hooks.after
+        }) else {
+            return Ok(String::new());
+        };
+        let timeout = hook.timeout.map_or(DEFAULT_TIMEOUT, Dur::as_std);
+        let env = self.hook_env(phase);
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let (record, result) = run_hook(phase, &hook.command.0, &env, timeout);
+        let detail = format!(
+            "{:?} exited {}",
+            hook.command.0[0],
+            record
+                .exit_code
+                .map_or_else(|| "by a signal".to_string(), |c| c.to_string())
+        );
+        self.record.hooks.push(record);
+        result.map(|()| detail)
+    }
+
+    fn open(&self) -> Result<Repository> {
+        let def = &self.job.def.repository;
+        let location = RepoLocation::parse(def.location.get_ref(), location_options(def))?;
+        location.open_writer(self.keys.for_repository(def).as_ref())
+    }
+
+    fn steps(&mut self, mode: RefMode) -> Result<()> {
+        let has_before = self.job.def.hooks.before.is_some();
+        if has_before && !self.step("hook-before", |r| r.hook("before"))? {
+            return Ok(());
+        }
+        let mut repository = None;
+        let backed_up = self.step("backup", |r| {
+            let repo = r.open()?;
+            let detail = r.backup(&repo, mode);
+            repository = Some(repo);
+            detail
+        })?;
+        if self.job.def.hooks.after.is_some() {
+            let backup_failure = self.record.failure.take();
+            let backup_kind = self.error_kind.take();
+            let after_ok = self.step("hook-after", |r| r.hook("after"))?;
+            if let Some(f) = backup_failure {
+                // The backup's failure is the run's; the after-hook's, if any, is a warning.
+                if let Some(after) = self.record.failure.replace(f) {
+                    self.record
+                        .warnings
+                        .push(format!("hook after: {}", after.message));
+                }
+                self.error_kind = backup_kind;
+                self.record.outcome = Outcome::Failure;
+                self.record.step = Some("backup".into());
+                self.save()?;
+            } else if !after_ok {
+                return Ok(());
+            }
+        }
+        if !backed_up {
+            return Ok(());
+        }
+        let Some(repo) = repository else {
+            return Ok(());
+        };
+        match &self.job.def.retention {
+            Some(_) => {
+                if !self.step("prune", |r| r.prune(&repo))? {
+                    return Ok(());
+                }
+            }
+            None => self.skipped("prune", "no [retention]"),
+        }
+        if !self.step("verify", |r| r.verify(&repo))? {
+            return Ok(());
+        }
+        if !self.step("stats", |r| r.stats(&repo))? {
+            return Ok(());
+        }
+        // Sync opens the repository itself, as its source: let go of the writer first.
+        drop(repo);
+        for (i, _) in self.job.def.sync.iter().enumerate() {
+            if !self.step("sync", |r| r.sync(i))? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn backup(&mut self, repo: &Repository, mode: RefMode) -> StepResult {
+        let def = self.job.def.backup.get_ref();
+        let mut disks = Vec::new();
+        for d in &def.disk {
+            let d = d.get_ref();
+            let mut spec = DiskSpec::new(&d.name.0, Path::new(&d.source));
+            spec.changes.clone_from(&d.changes);
+            disks.push(spec);
+        }
+        let req = BackupRequest {
+            series: self.job.series().to_string(),
+            disks,
+            tags: def
+                .tags
+                .iter()
+                .map(|(k, v)| (k.0.clone(), v.clone()))
+                .chain([("job".to_string(), self.job.name.clone())])
+                .collect(),
+            block_size: None,
+            delta: DeltaOptions {
+                reference: match mode {
+                    RefMode::Differential => ReferenceChoice::LatestFull,
+                    RefMode::Incremental | RefMode::Full => ReferenceChoice::Auto,
+                },
+                fallback_full: def.fallback_full,
+                force_key: mode == RefMode::Full,
+                key_interval: def.key_interval,
+                format: def.format.get_ref().parse()?,
+                allow_backing_dirs: def.allow_backing_dirs.clone(),
+                tls_ca: def.tls_ca.clone(),
+            },
+        };
+        let outcome = crate::ops::backup::backup(repo, &req, self.req.progress)?;
+        let report = outcome.report();
+        for d in &report.disks {
+            if let Some(n) = d.drift_blocks.filter(|&n| n > 0) {
+                self.record.warnings.push(format!(
+                    "disk {}: drift: {n} blocks changed although no delta said so (changed-block tracking is unreliable)",
+                    d.name
+                ));
+            }
+            if d.healed_chunks > 0 {
+                self.record.warnings.push(format!(
+                    "disk {}: {} damaged stored chunks were rewritten from the source",
+                    d.name, d.healed_chunks
+                ));
+            }
+            if let Some(note) = d.note.as_ref().filter(|n| n.ends_with("read in full")) {
+                self.record
+                    .warnings
+                    .push(format!("disk {}: {note}", d.name));
+            }
+        }
+        let modes: Vec<String> = report
+            .disks
+            .iter()
+            .map(|d| format!("{} {}", d.name, d.mode.as_str()))
+            .collect();
+        let detail = format!(
+            "snapshot {} ({})",
+            &report.snapshot.to_hex()[..16],
+            modes.join(", ")
+        );
+        self.record.backup = Some(
+            serde_json::to_value(&report)
+                .map_err(|e| Error::Internal(format!("encoding the backup report: {e}")))?,
+        );
+        Ok(detail)
+    }
+
+    fn prune(&mut self, repo: &Repository) -> StepResult {
+        let Some(retention) = &self.job.def.retention else {
+            return Ok(String::new());
+        };
+        let policy = retention.get_ref().policy();
+        let report = crate::ops::prune::prune(repo, &policy, Some(self.job.series()), false)?;
+        let forgotten: Vec<String> = report
+            .decisions
+            .iter()
+            .filter(|d| !d.keep())
+            .map(|d| d.id.to_hex())
+            .collect();
+        let kept = report.decisions.len() - forgotten.len();
+        let detail = format!("kept {kept}, forgot {}", forgotten.len());
+        self.record.prune = Some(PruneRecord {
+            kept: kept as u64,
+            forgotten: forgotten.len() as u64,
+            forgotten_ids: forgotten,
+        });
+        Ok(detail)
+    }
+
+    /// The verify this run owes (SPEC.md §26.3): full when the last full one is older than
+    /// `full-every`, else a sample when the last of any kind is older than `sample-every`.
+    fn verify_due(&self) -> Result<Option<(&'static str, Option<crate::ops::check::SampleSize>)>> {
+        let Some(v) = &self.job.def.verify else {
+            return Ok(None);
+        };
+        let now = self.record.started_us;
+        let last = |kind: Option<&str>| -> Result<Option<i64>> {
+            Ok(self
+                .state
+                .newest(|r| {
+                    r.verify
+                        .as_ref()
+                        .is_some_and(|v| kind.is_none_or(|k| v.kind == k))
+                })?
+                .map(|r| r.started_us))
+        };
+        if let Some(every) = v.full_every {
+            if last(Some("full"))?.is_none_or(|t| now - t >= every.0.us) {
+                return Ok(Some(("full", None)));
+            }
+        }
+        if let Some(sample) = v.sample {
+            let due = match v.sample_every {
+                None => true,
+                Some(every) => last(None)?.is_none_or(|t| now - t >= every.0.us),
+            };
+            if due {
+                return Ok(Some(("sample", Some(sample.0))));
+            }
+        }
+        Ok(None)
+    }
+
+    fn verify(&mut self, repo: &Repository) -> StepResult {
+        let Some((kind, sample)) = self.verify_due()? else {
+            return Ok(match &self.job.def.verify {
+                None => "no [verify]".into(),
+                Some(_) => "not due".into(),
+            });
+        };
+        let request = crate::ops::verify::VerifyRequest {
+            series: Some(self.job.series().to_string()),
+            sample,
+            skip_verified_within: self
+                .job
+                .def
+                .verify
+                .as_ref()
+                .and_then(|v| v.skip_verified_within)
+                .map(|w| w.0),
+            ..Default::default()
+        };
+        let report = crate::ops::verify::run(repo, &request, self.req.progress)?;
+        let damaged = report.damaged.len() as u64 + report.damaged_packs.len() as u64;
+        self.record.verify = Some(VerifyRecord {
+            kind: kind.to_string(),
+            objects_read: report.objects_read,
+            problems: report.problems.len() as u64,
+            damaged_objects: damaged,
+        });
+        if report.is_clean() {
+            Ok(format!(
+                "{kind}: read {} objects, no problems",
+                report.objects_read
+            ))
+        } else {
+            self.record.outcome = Outcome::Damage;
+            Err(Error::Refused {
+                reason: format!(
+                    "verify ({kind}) found {} problems ({damaged} damaged objects or packs): see `tessera verify` and `tessera repair`",
+                    report.problems.len()
+                ),
+            })
+        }
+    }
+
+    fn stats(&mut self, repo: &Repository) -> StepResult {
+        let s = crate::ops::stats::stats(repo)?;
+        let detail = format!(
+            "{} snapshots, {} unique bytes in {} pack bytes",
+            s.snapshots, s.live_raw_bytes, s.pack_bytes
+        );
+        self.record.repository_stats = Some(
+            serde_json::to_value(&s)
+                .map_err(|e| Error::Internal(format!("encoding repository figures: {e}")))?,
+        );
+        Ok(detail)
+    }
+
+    fn sync(&mut self, i: usize) -> StepResult {
+        let target = &self.job.def.sync[i];
+        let def = &self.job.def.repository;
+        let access = crate::sync::endpoints::RemoteAccess {
+            token_file: target.token_file.as_deref(),
+            tls_ca: target.tls_ca.as_deref(),
+            io_timeout: target.io_timeout.map_or(SYNC_IO_TIMEOUT, Dur::as_std),
+            insecure_http: target.insecure_http,
+        };
+        let selection = crate::sync::Selection {
+            series: Some(self.job.series().to_string()),
+            snapshots: Vec::new(),
+            latest: None,
+        };
+        let opts = crate::sync::SyncOptions {
+            dry_run: false,
+            bwlimit: target.bwlimit.map(|r| r.0),
+            jobs: None,
+            every_page: false,
+        };
+        let keys = self.keys.for_repository(def);
+        let report = crate::sync::endpoints::sync_between(
+            def.location.get_ref(),
+            &target.to,
+            access,
+            &location_options(def),
+            &selection,
+            &opts,
+            self.req.progress,
+            &|_| {},
+            keys.as_ref(),
+        )?;
+        self.record.sync.push(SyncRecord {
+            to: target.to.clone(),
+            snapshots_copied: report.snapshots_copied.len() as u64,
+            snapshots_skipped: report.snapshots_skipped.len() as u64,
+        });
+        Ok(format!(
+            "to {}: copied {} snapshots ({} already there)",
+            target.to,
+            report.snapshots_copied.len(),
+            report.snapshots_skipped.len()
+        ))
+    }
+
+    /// Settles the outcome, writes the final record and sends the notifications.
+    fn finish(&mut self) -> Result<()> {
+        if self.record.outcome == Outcome::Running {
+            self.record.outcome = if self.record.warnings.is_empty() {
+                Outcome::Success
+            } else {
+                Outcome::Warning
+            };
+        }
+        let now = now_us();
+        self.record.finished = Some(format_us(now));
+        self.save()?;
+        let event = match self.record.outcome {
+            Outcome::Success => Event::Success,
+            Outcome::Warning => Event::Warning,
+            Outcome::Damage => Event::Damage,
+            Outcome::Failure | Outcome::Interrupted | Outcome::Running => Event::Failure,
+        };
+        let sent = notify::notify(self.job, event, &self.record.summary(), Some(&self.record));
+        if !sent.is_empty() {
+            self.record.notifications.extend(sent);
+            self.state.write(&self.record)?;
+        }
+        Ok(())
+    }
+}
