@@ -49,6 +49,19 @@ if [ ! -x "$weed" ]; then
         exit 1
     fi
 fi
+# Python tools of the job tests (SPEC §26), in a project-local virtual environment
+# (gitignored), .deps/pytools: aiosmtpd, the real SMTP server the notification tests send
+# mail to, and prometheus_client, whose text-format parser checks the daemon's /metrics.
+pytools=.deps/pytools/bin/python
+if ! "$pytools" -c "import aiosmtpd, prometheus_client.parser" >/dev/null 2>&1; then
+    echo "installing: aiosmtpd prometheus_client (pip, into .deps/pytools)" >&2
+    python3 -m venv .deps/pytools
+    .deps/pytools/bin/pip install -q aiosmtpd prometheus_client
+    if ! "$pytools" -c "import aiosmtpd, prometheus_client.parser" >/dev/null 2>&1; then
+        echo "error: $pytools cannot import aiosmtpd and prometheus_client after installing them" >&2
+        exit 1
+    fi
+fi
 # cargo-fuzz runs the libFuzzer targets of fuzz/ (scripts/fuzz.sh); a no-op when present.
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     echo "installing: cargo-fuzz" >&2

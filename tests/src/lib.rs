@@ -69,6 +69,7 @@ pub mod qemu;
 pub mod remote;
 pub mod seaweed;
 pub mod serve_nbd;
+pub mod sinks;
 pub mod vhd_build;
 pub mod xo_build;
 
