@@ -9,6 +9,9 @@ use super::file::Job;
 use super::history::StateDir;
 use super::record::{Outcome, RunRecord};
 
+/// The Content-Type of the page.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// One metric family being written.
 struct Family<'a> {
     out: &'a mut String,
@@ -298,4 +301,65 @@ fn repository_families(out: &mut String, figures: &[JobFigures]) {
             }
         }
     }
+}
+
+/// The page `tessera serve` answers `GET /metrics` with (SPEC.md §26.7): per series, from the
+/// catalog (no index scan), the snapshots a token may see.
+pub fn render_repository(snapshots: &[crate::ops::catalog::ListedSnapshot]) -> String {
+    #[derive(Default)]
+    struct Series {
+        count: u64,
+        damaged: u64,
+        newest_us: i64,
+        newest_bytes: u64,
+    }
+    type Figure = fn(&Series) -> f64;
+    let mut series: BTreeMap<&str, Series> = BTreeMap::new();
+    for s in snapshots {
+        let e = series.entry(s.series.as_str()).or_default();
+        e.count += 1;
+        e.damaged += u64::from(s.damaged);
+        if e.count == 1 || s.time_us >= e.newest_us {
+            e.newest_us = s.time_us;
+            e.newest_bytes = s.logical_bytes;
+        }
+    }
+    let mut out = String::new();
+    let name = "tessera_repository_snapshots";
+    Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "Published snapshots (of the series the token covers).",
+    )
+    .sample(name, &[], snapshots.len() as f64);
+    let families: [(&str, &str, Figure); 4] = [
+        (
+            "tessera_series_snapshots",
+            "Snapshots of the series.",
+            |s| s.count as f64,
+        ),
+        (
+            "tessera_series_last_snapshot_timestamp_seconds",
+            "Time of the series' newest snapshot.",
+            |s| seconds(s.newest_us),
+        ),
+        (
+            "tessera_series_last_snapshot_logical_bytes",
+            "Disk sizes of the series' newest snapshot.",
+            |s| s.newest_bytes as f64,
+        ),
+        (
+            "tessera_series_damaged_snapshots",
+            "Snapshots the last verification found damaged.",
+            |s| s.damaged as f64,
+        ),
+    ];
+    for (name, help, value) in families {
+        let mut f = Family::new(&mut out, name, "gauge", help);
+        for (s, figures) in &series {
+            f.sample(name, &[("series", s)], value(figures));
+        }
+    }
+    out
 }

@@ -103,6 +103,8 @@ pub enum Endpoint {
     Put(ObjectKind),
     /// `POST /v1/publish`.
     Publish,
+    /// `GET /metrics`: Prometheus text (SPEC.md §26.7), of the series the token covers.
+    Metrics,
 }
 
 impl Endpoint {
@@ -128,6 +130,7 @@ impl Endpoint {
             ("POST", ["v1", "get", k]) => kind(k).map(Self::Get),
             ("POST", ["v1", "put", k]) => kind(k).map(Self::Put),
             ("POST", ["v1", "publish"]) => Ok(Self::Publish),
+            ("GET", ["metrics"]) => Ok(Self::Metrics),
             _ => Err(Refusal::new(
                 404,
                 format!("no such endpoint: {method} {path}"),
@@ -142,7 +145,7 @@ impl Endpoint {
             Self::Get(_) => (MAX_GET_DIGESTS * 32) as u64,
             Self::Put(_) => MAX_PUT_BYTES,
             Self::Publish => MAX_ANSWER_BYTES,
-            Self::Info | Self::Snapshots | Self::Snapshot(_) => 64 << 10,
+            Self::Info | Self::Snapshots | Self::Snapshot(_) | Self::Metrics => 64 << 10,
         }
     }
 
@@ -151,7 +154,8 @@ impl Endpoint {
         match self {
             Self::Info | Self::Snapshots | Self::Snapshot(_) => true,
             Self::Have(_) | Self::Put(_) | Self::Publish => role != Role::Read,
-            Self::Get(_) => role != Role::Backup,
+            // A backup token writes; reading objects or the series' figures is not its.
+            Self::Get(_) | Self::Metrics => role != Role::Backup,
         }
     }
 }
@@ -316,6 +320,16 @@ fn handle(job: &Job, root: &RepoStorage, state: &mut ServingState) -> Reply {
                 })
                 .collect();
             Ok(json(&serde_json::Value::from(list)))
+        }
+        Endpoint::Metrics => {
+            let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;
+            let listed = crate::ops::catalog::list(&repo, None).map_err(fail)?;
+            let visible: Vec<_> = listed
+                .snapshots
+                .into_iter()
+                .filter(|s| token.covers(&s.series))
+                .collect();
+            Ok(crate::jobs::metrics::render_repository(&visible).into_bytes())
         }
         Endpoint::Snapshot(id) => {
             let repo = Repository::open_on(root.clone(), &NoSecret).map_err(fail)?;

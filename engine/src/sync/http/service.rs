@@ -131,6 +131,7 @@ pub async fn respond(
         Ok(admitted) => admitted,
         Err(refusal) => return Ok(refuse(&conn, req, &refusal, record)),
     };
+    let metrics = matches!(endpoint, Endpoint::Metrics);
     let body = read_body(req.into_body(), len, &mut record).await?;
     conn.set_deadline(None);
     let (reply, answer) = tokio::sync::oneshot::channel();
@@ -156,7 +157,14 @@ pub async fn respond(
     conn.set_deadline(Some(transfer_time(bytes.len() as u64)));
     record.status = Some(status);
     let body = Answer::new(bytes, Some(slot), record, &conn, IO_TIMEOUT);
-    Ok(response(status, body, false, retry_after))
+    let mut answer = response(status, body, false, retry_after);
+    if metrics && status == 200 {
+        answer.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(crate::jobs::metrics::CONTENT_TYPE),
+        );
+    }
+    Ok(answer)
 }
 
 /// The checks before a body is read; the endpoint, the token and a request slot, or the
