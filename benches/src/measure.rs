@@ -51,6 +51,16 @@ impl Measured {
     }
 }
 
+/// Runs `tessera ARGS` with the binary `bin`, measured; fails with its stderr unless it
+/// exits 0.
+pub fn tessera_ok(bin: &Path, args: &[&str]) -> anyhow::Result<Measured> {
+    let m = run(Command::new(bin).args(args))?;
+    if !m.ok() {
+        anyhow::bail!("tessera {} failed: {}", args.join(" "), m.stderr);
+    }
+    Ok(m)
+}
+
 /// Runs `cmd` to completion (stdin empty, stdout and stderr captured) and measures it.
 pub fn run(cmd: &mut Command) -> std::io::Result<Measured> {
     cmd.stdin(Stdio::null())

@@ -11,14 +11,12 @@
 //! `cargo run --release -p tessera-benches --bin xo-import-bench -- [--size-mib 1024] [--percent 2]`
 
 use std::fs::File;
-use std::path::Path;
-use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use tessera_benches::bin_args::{arg, tessera_path};
 use tessera_benches::datagen::Layout;
-use tessera_benches::measure::{run, tree_size, Measured};
+use tessera_benches::measure::{tessera_ok as tessera, tree_size, Measured};
 use tessera_tests::xo_build::{write_metadata, Disk, Remote, Storage};
 
 const T0: i64 = 1_767_225_600;
@@ -153,12 +151,4 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn tessera(bin: &Path, args: &[&str]) -> Result<Measured> {
-    let m = run(Command::new(bin).args(args))?;
-    if !m.ok() {
-        bail!("tessera {} failed: {}", args.join(" "), m.stderr);
-    }
-    Ok(m)
 }

@@ -21,6 +21,18 @@ pub const KEEP_RECORDS: usize = 1000;
 /// Largest record read back (a record is a few KiB; a larger file is not ours).
 const MAX_RECORD_BYTES: u64 = 4 << 20;
 
+/// Whether process `pid` exists and is not a zombie (a killed holder its parent has not
+/// reaped yet holds no lock any more).
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `PID (COMM) STATE ...`: COMM may hold spaces and parentheses; STATE follows the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir(pub PathBuf);
@@ -100,7 +112,7 @@ impl JobState {
         text.lines()
             .find_map(|l| l.strip_prefix("pid="))
             .and_then(|pid| pid.trim().parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .is_some_and(process_alive)
     }
 
     /// Writes `record` durably (replacing its previous version).
