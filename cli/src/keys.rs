@@ -21,8 +21,7 @@ use tessera_engine::crypto::{Passphrase, SecretKey, SecretSource, SlotSecret};
 use tessera_engine::Error;
 use zeroize::Zeroizing;
 
-/// The environment variable holding a passphrase.
-pub const PASSPHRASE_ENV: &str = "TESSERA_PASSPHRASE";
+pub use tessera_engine::crypto::{NEW_PASSPHRASE_ENV, PASSPHRASE_ENV};
 
 /// Largest secret file or command output read (a passphrase is far shorter).
 const MAX_SECRET_BYTES: u64 = 64 * 1024;
@@ -321,9 +320,6 @@ impl SecretSource for AskedOnce<'_> {
         self.inner.plain_repository(location);
     }
 }
-
-/// The environment variable holding the new passphrase of `key add`/`change-passphrase`.
-pub const NEW_PASSPHRASE_ENV: &str = "TESSERA_NEW_PASSPHRASE";
 
 /// The new secret of `key add` / `key change-passphrase` (see [`crate::args::NewSecretArgs`]).
 pub fn new_slot_secret(args: &crate::args::NewSecretArgs) -> tessera_engine::Result<SlotSecret> {

@@ -28,6 +28,15 @@ pub mod text;
 use hkdf::Hkdf;
 use sha2::Sha256;
 
+/// The environment variable holding a passphrase (read by the CLI).
+pub const PASSPHRASE_ENV: &str = "TESSERA_PASSPHRASE";
+
+/// The environment variable holding the new passphrase of `key add`/`change-passphrase`.
+pub const NEW_PASSPHRASE_ENV: &str = "TESSERA_NEW_PASSPHRASE";
+
+/// Variables a child process (a password command, a job's hook) must not inherit.
+pub const SECRET_ENV: [&str; 2] = [PASSPHRASE_ENV, NEW_PASSPHRASE_ENV];
+
 pub use ids::IdHasher;
 pub use keyring::{NoSecret, SecretSource};
 pub use objects::{Protection, RepoCrypto};

@@ -56,6 +56,8 @@ struct Entry {
     /// A run waiting to start: trigger and slot.
     pending: Option<(Trigger, Option<i64>)>,
     running: bool,
+    /// The repository its running run holds (its file may change meanwhile).
+    running_repo: Option<String>,
     /// The newest record of its running run.
     latest: Arc<Mutex<Option<RunRecord>>>,
     /// Loaded when the daemon found it (for `stale-after` without any run).
@@ -243,6 +245,7 @@ impl Daemon<'_> {
                         next: schedule.as_ref().and_then(|s| next_run(s, now)),
                         pending: None,
                         running: false,
+                        running_repo: None,
                         latest: Arc::new(Mutex::new(None)),
                         since_us: now,
                     };
@@ -390,6 +393,7 @@ impl Daemon<'_> {
                 continue;
             };
             e.running = true;
+            e.running_repo = Some(repo.clone());
             self.busy_repos.insert(repo);
             let job = Arc::clone(&e.job);
             let latest = Arc::clone(&e.latest);
@@ -445,9 +449,10 @@ impl Daemon<'_> {
                 self.say(&format!("error: job {name}: cannot start a thread: {e}"));
                 if let Some(e) = self.entries.get_mut(&name) {
                     e.running = false;
+                    if let Some(repo) = e.running_repo.take() {
+                        self.busy_repos.remove(&repo);
+                    }
                 }
-                self.busy_repos
-                    .remove(&repository_key(&self.entries[&name].job));
             }
         }
     }
@@ -458,8 +463,9 @@ impl Daemon<'_> {
         };
         e.running = false;
         *e.latest.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        let repo = repository_key(&e.job);
-        self.busy_repos.remove(&repo);
+        if let Some(repo) = e.running_repo.take() {
+            self.busy_repos.remove(&repo);
+        }
         // A job whose file went away while it ran.
         let gone = !job_files(&self.opts.jobs_dir)
             .unwrap_or_default()
@@ -500,20 +506,29 @@ impl Daemon<'_> {
                 after.0.us / 1_000_000
             );
             self.say(&summary);
-            let sent = super::notify::notify(&e.job, Event::Stale, &summary, runs.first());
-            for n in &sent {
-                if !n.ok {
-                    self.say(&format!(
-                        "warning: job {}: {} not notified: {}",
-                        e.job.name,
-                        n.target,
-                        n.error.as_deref().unwrap_or("?")
-                    ));
-                }
-            }
+            // Marked before sending, so a slow or dead target is tried once per episode, on
+            // a thread of its own: sending may take 3 attempts of 10 s per target, which the
+            // schedule must not wait for.
             if let Err(err) = js.mark_stale_sent(since) {
                 self.say(&format!("error: job {}: {err}", e.job.name));
+                continue;
             }
+            let job = Arc::clone(&e.job);
+            let log = Arc::clone(&self.log);
+            let newest = runs.into_iter().next();
+            let _ = std::thread::Builder::new()
+                .name(format!("stale {}", job.name))
+                .spawn(move || {
+                    let sent = super::notify::notify(&job, Event::Stale, &summary, newest.as_ref());
+                    for n in sent.iter().filter(|n| !n.ok) {
+                        log(&format!(
+                            "warning: job {}: {} not notified: {}",
+                            job.name,
+                            n.target,
+                            n.error.as_deref().unwrap_or("?")
+                        ));
+                    }
+                });
         }
     }
 

@@ -108,6 +108,10 @@ pub fn run_hook(
         .stdout(writer)
         .stderr(writer2)
         .process_group(0);
+    // A hook is not told the repository's passphrase.
+    for k in crate::crypto::SECRET_ENV {
+        command.env_remove(k);
+    }
     for (k, v) in env {
         command.env(k, v);
     }
