@@ -143,7 +143,7 @@ to = {local_copy}
 
 [hooks.before]
 command = [{before}, "create", "vm1"]
-timeout = "5m"
+timeout = "5min"
 
 [hooks.after]
 command = [{after}, "release", "vm1"]
@@ -151,7 +151,7 @@ command = [{after}, "release", "vm1"]
 [schedule]
 cron = "30 2 * * *"
 timezone = "Europe/Paris"
-random-delay = "15m"
+random-delay = "15min"
 
 [[notify]]
 webhook = "https://hooks.example/tessera"
@@ -307,6 +307,17 @@ fn cases(dir: &Path) -> Vec<Case> {
         needles: vec!["stale-after"],
     });
 
+    // A bare `m` is ambiguous (minutes or months): refused (SPEC §26.1).
+    let text = format!("{base}\n[hooks.before]\ncommand = [\"/bin/true\"]\ntimeout = \"5m\"\n");
+    let (l, c) = position(&text, "\"5m\"");
+    cases.push(Case {
+        name: "bare_m",
+        text,
+        lines: l..=l,
+        column: Some(c),
+        needles: vec!["[hooks.before].timeout"],
+    });
+
     // A share that is not one.
     let text = format!("{base}\n[verify]\nsample = \"5 percent\"\n");
     let (l, c) = position(&text, "\"5 percent\"");
@@ -354,7 +365,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         text,
         lines: second..=second + 2,
         column: None,
-        needles: vec!["xvda"],
+        needles: vec!["[[backup.disk]]#2.name", "xvda"],
     });
 
     // A retention policy without any rule.
@@ -376,7 +387,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         text,
         lines: l..=l + 1,
         column: None,
-        needles: vec!["notify"],
+        needles: vec!["[[notify]]#1"],
     });
 
     // An unknown event name.
@@ -389,7 +400,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         text,
         lines: l..=l,
         column: None,
-        needles: vec!["sucess"],
+        needles: vec!["[[notify]]#1", "on", "sucess"],
     });
 
     // A webhook URL of a scheme it cannot be.
@@ -400,7 +411,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         text,
         lines: l..=l,
         column: Some(c),
-        needles: vec!["webhook"],
+        needles: vec!["[[notify]]#1.webhook"],
     });
 
     // TOML that does not parse (an unclosed string).
@@ -507,10 +518,13 @@ fn each_mistake_is_refused_with_its_line_column_and_key() {
 fn bad_job_file_names_are_refused() {
     let t = tempfile::tempdir().unwrap();
     let text = minimal(t.path());
-    let long = format!("{}.toml", "j".repeat(65));
+    // Job names follow series names (SPEC §26.1, §6): 1-128 of A-Z a-z 0-9 . _ -, not
+    // starting with `.` or `-`.
+    let long = format!("{}.toml", "j".repeat(129));
     for name in [
         "bad name.toml",
         ".hidden.toml",
+        "-dash.toml",
         "caf\u{e9}.toml",
         long.as_str(),
     ] {
@@ -530,7 +544,7 @@ fn bad_job_file_names_are_refused() {
     // The longest name and every allowed character pass.
     let ok = format!(
         "{}.toml",
-        "A-z_0.9".repeat(9).chars().take(64).collect::<String>()
+        "A-z_0.9".repeat(19).chars().take(128).collect::<String>()
     );
     let out = check(&job_file(t.path(), &ok, &text), true);
     out.ok();

@@ -147,11 +147,8 @@ fn a_failure_reaches_webhook_and_email_and_a_success_only_who_asked() {
         "the mail does not start with the summary {summary:?}: {}",
         mail.body
     );
-    let record: Value = serde_json::from_str(mail.body[json_at..].trim())
-        .unwrap_or_else(|e| panic!("the mail's record is not JSON ({e}): {}", mail.body));
-    assert_eq!(record["id"], doc["id"], "{record:#}");
-    assert_eq!(record["outcome"], "failure", "{record:#}");
-    assert_eq!(record["failure"]["step"], "backup", "{record:#}");
+    let mail_record = mail.body[json_at..].trim().to_string();
+    let failed_id = doc["id"].clone();
 
     let n = notifications(&doc);
     assert_eq!(n.len(), 2, "{n:#?}");
@@ -182,6 +179,16 @@ fn a_failure_reaches_webhook_and_email_and_a_success_only_who_asked() {
     assert_eq!(n[0]["target"], "webhook #3", "{n:#?}");
     assert_eq!(n[0]["event"], "success", "{n:#?}");
     assert_eq!(n[0]["ok"], true, "{n:#?}");
+
+    // The mail's body: the summary, then the run record itself as JSON.
+    let record: Value = serde_json::from_str(&mail_record)
+        .unwrap_or_else(|e| panic!("the mail's record is not JSON ({e}): {mail_record}"));
+    assert_eq!(
+        record["id"], failed_id,
+        "the mail's JSON is not the run record: {record:#}"
+    );
+    assert_eq!(record["outcome"], "failure", "{record:#}");
+    assert_eq!(record["failure"]["step"], "backup", "{record:#}");
 }
 
 #[test]

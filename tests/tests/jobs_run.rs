@@ -180,6 +180,10 @@ fn a_qcow2_job_three_times_with_retention_and_history() {
 
     // Retention keep-last = 2 after each run: the two newest remain.
     assert_eq!(series_ids(&s.repo, "vm1"), snaps[1..].to_vec());
+    // Every snapshot a job makes carries the tag job=NAME (SPEC §26.1).
+    for snap in list_json(&s.repo) {
+        assert_eq!(snap["tags"]["job"], "vm1", "{snap:#}");
+    }
     let prune = &docs[2]["prune"];
     assert_eq!(prune["kept"], 2, "{prune}");
     assert_eq!(prune["forgotten"], 1, "{prune}");
@@ -196,17 +200,6 @@ fn a_qcow2_job_three_times_with_retention_and_history() {
         restore(&s.repo, id, &out, false).ok();
         assert_same_file(&raws[i], &out);
     }
-
-    // The repository figures are `tessera stats --json` at the end of the run.
-    let stats = tessera(["--json", "stats", s.repo.to_str().unwrap()]);
-    stats.ok();
-    let stats = stats.json();
-    let rs = &docs[2]["repository_stats"];
-    assert_eq!(
-        rs["stats"]["live_chunks"], stats["stats"]["live_chunks"],
-        "repository_stats of the last run vs `tessera stats --json`: {rs:#}"
-    );
-    assert_eq!(rs["snapshots"].as_array().map(Vec::len), Some(2), "{rs:#}");
 
     // History by name: three successes, newest first, equal to the records on disk.
     let runs = history("vm1", &s.state);
@@ -270,6 +263,17 @@ fn a_qcow2_job_three_times_with_retention_and_history() {
         ids[..2].to_vec(),
         "{out}"
     );
+
+    // The repository figures are `tessera stats --json` at the end of the run.
+    let stats = tessera(["--json", "stats", s.repo.to_str().unwrap()]);
+    stats.ok();
+    let stats = stats.json();
+    let rs = &docs[2]["repository_stats"];
+    assert_eq!(
+        rs["stats"]["live_chunks"], stats["stats"]["live_chunks"],
+        "repository_stats of the last run vs `tessera stats --json`: {rs:#}"
+    );
+    assert_eq!(rs["snapshots"].as_array().map(Vec::len), Some(2), "{rs:#}");
 }
 
 /// A before hook that makes the source the backup reads, and an after hook that removes it:
@@ -708,7 +712,8 @@ fn incremental_differential_and_full_runs_pick_their_reference() {
 }
 
 /// `[verify]`: a full verify when the last is older than `full-every` (never: the first
-/// run), nothing more without `sample`, then a sample, then none within `sample-every`.
+/// run), nothing more without `sample`, then a sample (every run by default), then none
+/// within `sample-every` of the last sample.
 #[test]
 fn verify_is_full_when_due_and_sampled_otherwise() {
     let s = Setup::new();
@@ -731,7 +736,19 @@ fn verify_is_full_when_due_and_sampled_otherwise() {
         r2["verify"].is_null(),
         "the full verify is not due and no sample is configured: {r2:#}"
     );
-    assert!(!step_ran(&r2, "verify"), "{r2:#}");
+
+    let file = s.job(
+        "ver",
+        "ver",
+        &image,
+        "\n[verify]\nfull-every = \"7d\"\nsample = \"5%\"\n",
+    );
+    let r3 = job_run_ok(&file, &s.state, &[]);
+    assert_eq!(
+        r3["verify"]["kind"], "sample",
+        "a sample without sample-every runs every time: {r3:#}"
+    );
+    assert!(r3["verify"]["objects_read"].as_u64().unwrap() > 0, "{r3:#}");
 
     let file = s.job(
         "ver",
@@ -739,10 +756,6 @@ fn verify_is_full_when_due_and_sampled_otherwise() {
         &image,
         "\n[verify]\nfull-every = \"7d\"\nsample = \"5%\"\nsample-every = \"1d\"\n",
     );
-    let r3 = job_run_ok(&file, &s.state, &[]);
-    assert_eq!(r3["verify"]["kind"], "sample", "{r3:#}");
-    assert!(r3["verify"]["objects_read"].as_u64().unwrap() > 0, "{r3:#}");
-
     let r4 = job_run_ok(&file, &s.state, &[]);
     assert!(
         r4["verify"].is_null(),
