@@ -83,6 +83,6 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub metrics_insecure_http: bool,
     /// Seconds running steps get to finish at SIGTERM before they are abandoned.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub stop_grace: u64,
 }

@@ -45,6 +45,10 @@ pub struct KeyArgs {
     /// password managers.
     #[arg(long, global = true, value_name = "COMMAND")]
     pub password_command: Option<String>,
+    /// Never prompt on the terminal (the daemon: a run must not wait for a human while it
+    /// holds its locks).
+    #[arg(skip)]
+    pub no_prompt: bool,
 }
 
 static GLOBAL: OnceLock<KeyArgs> = OnceLock::new();
@@ -60,6 +64,7 @@ pub fn global() -> &'static KeyArgs {
         key_file: None,
         passphrase_file: None,
         password_command: None,
+        no_prompt: false,
     };
     GLOBAL.get().unwrap_or(&NONE)
 }
@@ -106,10 +111,12 @@ fn first_line(text: &str) -> Passphrase {
 /// [`MAX_SECRET_BYTES`] of its output are read; a child printing more is killed and
 /// refused, so a runaway command cannot fill memory.
 fn run_password_command(command: &str) -> tessera_engine::Result<Passphrase> {
-    let mut child = Command::new("/bin/sh")
-        .args(["-c", command])
-        .env_remove(PASSPHRASE_ENV)
-        .env_remove(NEW_PASSPHRASE_ENV)
+    let mut shell = Command::new("/bin/sh");
+    shell.args(["-c", command]);
+    for secret in tessera_engine::crypto::SECRET_ENV {
+        shell.env_remove(secret);
+    }
+    let mut child = shell
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -185,7 +192,7 @@ impl SecretSource for KeyArgs {
         if let Some(pass) = given_passphrase(self)? {
             return Ok(SlotSecret::Passphrase(pass));
         }
-        if std::io::stdin().is_terminal() {
+        if !self.no_prompt && std::io::stdin().is_terminal() {
             return prompt(&format!("passphrase for {location}: ")).map(SlotSecret::Passphrase);
         }
         Err(Error::KeyRequired {

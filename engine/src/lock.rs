@@ -69,7 +69,7 @@ impl WriterLock {
         let mut previous = String::new();
         let _ = file.read_to_string(&mut previous);
         let stale_holder = (!previous.trim().is_empty()).then_some(previous);
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = crate::net::hostname();
         let record = format!(
             "pid={}\nhost={}\nsince={}\n",
             std::process::id(),

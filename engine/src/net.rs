@@ -74,6 +74,13 @@ pub fn listen_tcp(addr: &str, keepalive: Keepalive) -> std::io::Result<TcpListen
     Ok(listener)
 }
 
+/// This machine's host name (empty if it cannot be read).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// Whether `url` (`http://HOST[:PORT]...`) names a loopback host: `localhost`, 127.0.0.0/8
 /// or `::1` (so that a token or secret sent to it never leaves the machine). Used by
 /// `sync`'s client and by the S3 backend for plain `http://` endpoints.

@@ -7,9 +7,9 @@ use anyhow::Result;
 use serde::Serialize;
 use tessera_engine::crypto::SecretSource;
 use tessera_engine::jobs::daemon::{daemon as run_daemon, DaemonOptions};
-use tessera_engine::jobs::file::{job_name, RepositoryDef};
+use tessera_engine::jobs::file::{job_files, job_name, RepositoryDef};
 use tessera_engine::jobs::history::StateDir;
-use tessera_engine::jobs::record::{Outcome, RunRecord, Trigger};
+use tessera_engine::jobs::record::{short, Outcome, RunRecord, Trigger};
 use tessera_engine::jobs::run::{run as run_job, KeySources, RunRequest};
 use tessera_engine::jobs::values::RefMode;
 use tessera_engine::jobs::Job;
@@ -23,19 +23,28 @@ use crate::keys::KeyArgs;
 use crate::output::{bytes, Bars};
 
 /// A job's secrets: what its `[repository]` names, else the global options (and
-/// `TESSERA_PASSPHRASE`).
-struct JobKeys;
+/// `TESSERA_PASSPHRASE`). The daemon never prompts.
+struct JobKeys {
+    no_prompt: bool,
+}
 
 impl KeySources for JobKeys {
     fn for_repository(&self, r: &RepositoryDef) -> Box<dyn SecretSource> {
-        if r.key_file.is_none() && r.passphrase_file.is_none() && r.password_command.is_none() {
-            return Box::new(crate::keys::global().clone());
-        }
-        Box::new(KeyArgs {
-            key_file: r.key_file.clone(),
-            passphrase_file: r.passphrase_file.clone(),
-            password_command: r.password_command.clone(),
-        })
+        let mut keys = if r.key_file.is_none()
+            && r.passphrase_file.is_none()
+            && r.password_command.is_none()
+        {
+            crate::keys::global().clone()
+        } else {
+            KeyArgs {
+                key_file: r.key_file.clone(),
+                passphrase_file: r.passphrase_file.clone(),
+                password_command: r.password_command.clone(),
+                no_prompt: false,
+            }
+        };
+        keys.no_prompt |= self.no_prompt;
+        Box::new(keys)
     }
 }
 
@@ -127,7 +136,7 @@ fn run_now(file: &Path, mode: &ModeArgs, state: &StateDir, json: bool, bars: &Ba
         progress: bars,
         on_record: None,
     };
-    let finished = run_job(&job, state, &req, &JobKeys)?;
+    let finished = run_job(&job, state, &req, &JobKeys { no_prompt: false })?;
     let r = &finished.record;
     let code = match r.outcome {
         Outcome::Success | Outcome::Warning => 0,
@@ -190,13 +199,8 @@ struct JobList {
 }
 
 fn list(dir: &Path, state: &StateDir, json: bool) -> Result<i32> {
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| tessera_engine::Error::Usage(format!("--jobs {}: {e}", dir.display())))?
-        .filter_map(std::result::Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    files.sort();
+    let files = job_files(dir)
+        .map_err(|e| tessera_engine::Error::Usage(format!("--jobs {}: {e}", dir.display())))?;
     let mut jobs = Vec::new();
     for file in files {
         let listed = match Job::load(&file) {
@@ -287,12 +291,7 @@ fn history(job: &str, limit: usize, state: &StateDir, json: bool) -> Result<i32>
             .map_or((String::from("-"), String::from("-")), |(a, b, _)| {
                 (bytes(a), bytes(b))
             });
-        let snapshot = r
-            .backup
-            .as_ref()
-            .and_then(|b| b.get("snapshot"))
-            .and_then(|s| s.as_str())
-            .map_or("-", |s| &s[..s.len().min(16)]);
+        let snapshot = r.snapshot().map_or("-", short);
         println!(
             "{}  {:<11} {:>8.1} s  read {read:<10} stored {stored:<10} {snapshot}{}",
             r.started,
@@ -322,6 +321,6 @@ pub fn daemon(args: &DaemonArgs) -> Result<i32> {
             tessera_engine::time::now_rfc3339()
         );
     });
-    run_daemon(&opts, Arc::new(JobKeys), log)?;
+    run_daemon(&opts, Arc::new(JobKeys { no_prompt: true }), log)?;
     Ok(0)
 }

@@ -11,19 +11,20 @@
 //! exits, which the engine's crash safety (§9) makes invisible in the repository.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::file::Job;
+use super::file::{job_files, Job};
 use super::history::StateDir;
 use super::metrics_server::MetricsServer;
 use super::record::{Outcome, RunRecord, Trigger};
 use super::run::{run, KeySources, RunRequest};
 use super::values::Event;
 use crate::error::{Error, Result};
+use crate::location::RepoLocation;
 use crate::time::{format_us, now_us};
 
 /// How the daemon runs.
@@ -42,6 +43,9 @@ pub struct DaemonOptions {
     pub stop_grace: Duration,
 }
 
+/// How long notifications about runs abandoned at shutdown may delay the exit.
+const NOTIFY_AT_EXIT: Duration = Duration::from_secs(5);
+
 /// What reaches the scheduling thread.
 enum Msg {
     Reload,
@@ -56,8 +60,6 @@ struct Entry {
     /// A run waiting to start: trigger and slot.
     pending: Option<(Trigger, Option<i64>)>,
     running: bool,
-    /// The repository its running run holds (its file may change meanwhile).
-    running_repo: Option<String>,
     /// The newest record of its running run.
     latest: Arc<Mutex<Option<RunRecord>>>,
     /// Loaded when the daemon found it (for `stale-after` without any run).
@@ -105,7 +107,8 @@ pub fn daemon(
         entries: BTreeMap::new(),
         invalid: BTreeMap::new(),
         stop: Arc::new(AtomicBool::new(false)),
-        busy_repos: BTreeSet::new(),
+        busy: Vec::new(),
+        stale_sent: BTreeMap::new(),
         last_stale_check: None,
     };
     d.reload(true);
@@ -160,29 +163,27 @@ struct Daemon<'a> {
     /// Files refused at the last reading, with why.
     invalid: BTreeMap<PathBuf, String>,
     stop: Arc<AtomicBool>,
-    busy_repos: BTreeSet<String>,
+    /// The repositories running runs write: their own and their sync targets'.
+    busy: Vec<(String, Vec<RepoLocation>)>,
     last_stale_check: Option<Instant>,
+    /// Stale episodes notified (also when `stale.json` cannot be written).
+    stale_sent: BTreeMap<String, Option<i64>>,
 }
 
-/// The job files of `dir`, sorted.
-fn job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(std::result::Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// The key runs on one repository are serialized by.
-fn repository_key(job: &Job) -> String {
-    let location = job.def.repository.location.get_ref();
-    if location.starts_with("s3://") {
-        return location.clone();
-    }
-    let path = location.strip_prefix("file://").unwrap_or(location);
-    std::fs::canonicalize(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
+/// The repositories a run of `job` writes: its own, and every repository (not server) it
+/// syncs to. Runs writing one repository wait for each other: it has one writer.
+fn written_repositories(job: &Job) -> Vec<RepoLocation> {
+    let options = super::run::location_options(&job.def.repository);
+    std::iter::once(job.def.repository.location.get_ref().as_str())
+        .chain(
+            job.def
+                .sync
+                .iter()
+                .map(|s| s.get_ref().to.as_str())
+                .filter(|to| !crate::sync::endpoints::is_remote(to)),
+        )
+        .filter_map(|l| RepoLocation::parse(l, options.clone()).ok())
+        .collect()
 }
 
 impl Daemon<'_> {
@@ -190,7 +191,8 @@ impl Daemon<'_> {
         (self.log)(line);
     }
 
-    /// Reads the directory; at `start`, also schedules catch-up runs.
+    /// Reads the directory; at `start`, also settles runs a previous daemon left and
+    /// schedules catch-up runs (SPEC.md §26.6).
     fn reload(&mut self, start: bool) {
         let files = match job_files(&self.opts.jobs_dir) {
             Ok(f) => f,
@@ -232,10 +234,11 @@ impl Daemon<'_> {
             let name = job.name.clone();
             let schedule = job.def.schedule.clone();
             if let Some(entry) = self.entries.get_mut(&name) {
-                let changed = entry.job.def.schedule.as_ref().map(|s| &s.cron.text)
-                    != schedule.as_ref().map(|s| &s.cron.text);
+                // A changed schedule (expression, zone, delay), or one that was stopped
+                // because the file had gone, starts again from now.
+                let changed = format!("{:?}", entry.job.def.schedule) != format!("{schedule:?}");
                 entry.job = Arc::new(job);
-                if changed {
+                if changed || entry.next.is_none() {
                     entry.next = schedule.as_ref().and_then(|s| next_run(s, now));
                 }
             } else {
@@ -245,11 +248,11 @@ impl Daemon<'_> {
                         next: schedule.as_ref().and_then(|s| next_run(s, now)),
                         pending: None,
                         running: false,
-                        running_repo: None,
                         latest: Arc::new(Mutex::new(None)),
                         since_us: now,
                     };
-                    if let Some(s) = &schedule {
+                    if let (Some(s), true) = (&schedule, start) {
+                        self.settle(&entry.job);
                         if let Some(slot) = self.missed_slot(&name, s, now) {
                             self.say(&format!(
                                 "job {name}: the slot of {} was missed while the daemon was down: running once now",
@@ -267,7 +270,7 @@ impl Daemon<'_> {
                 }
             }
         }
-        let _ = start;
+        self.warn_shared_series();
         let gone: Vec<String> = self
             .entries
             .keys()
@@ -293,8 +296,60 @@ impl Daemon<'_> {
         self.publish();
     }
 
+    /// Settles runs of `job` that a killed or stopped daemon left `running` (taking the job
+    /// lock for a moment; a `job run` holding it is left alone), and notifies them.
+    fn settle(&self, job: &Job) {
+        let js = self.opts.state.job(&job.name);
+        let Ok(lock) = js.lock() else { return };
+        match js.settle(&lock) {
+            Ok(settled) => {
+                for mut r in settled {
+                    self.say(&format!(
+                        "job {}: the run of {} was interrupted during {}",
+                        job.name,
+                        r.started,
+                        r.step.as_deref().unwrap_or("?")
+                    ));
+                    let sent = super::notify::notify(job, Event::Failure, &r.summary(), Some(&r));
+                    if !sent.is_empty() {
+                        r.notifications.extend(sent);
+                        let _ = js.write(&r);
+                    }
+                }
+            }
+            Err(e) => self.say(&format!("error: job {}: {e}", job.name)),
+        }
+    }
+
+    /// Warns when two jobs back up one series of one repository: each one's retention
+    /// would prune the other's snapshots.
+    fn warn_shared_series(&self) {
+        let jobs: Vec<&Job> = self.entries.values().map(|e| e.job.as_ref()).collect();
+        for (i, a) in jobs.iter().enumerate() {
+            for b in &jobs[i + 1..] {
+                let (ra, rb) = (written_repositories(a), written_repositories(b));
+                let same = ra
+                    .first()
+                    .zip(rb.first())
+                    .is_some_and(|(x, y)| x.same_repository(y));
+                if same
+                    && a.series() == b.series()
+                    && (a.def.retention.is_some() || b.def.retention.is_some())
+                {
+                    self.say(&format!(
+                        "warning: jobs {} and {} back up series {} of one repository, and retention prunes the whole series: each prunes the other's snapshots; give them different series",
+                        a.name,
+                        b.name,
+                        a.series()
+                    ));
+                }
+            }
+        }
+    }
+
     /// The newest slot of `schedule` after the job's newest recorded run and not after
-    /// `now`, if any: a run the daemon missed while it was down.
+    /// `now`, if any: a run the daemon missed while it was down. A newest run that was
+    /// interrupted counts as missed: its slot's backup was not made.
     fn missed_slot(
         &self,
         name: &str,
@@ -302,6 +357,9 @@ impl Daemon<'_> {
         now: i64,
     ) -> Option<i64> {
         let newest = self.opts.state.job(name).newest(|_| true).ok().flatten()?;
+        if newest.outcome == super::record::Outcome::Interrupted {
+            return schedule.prev_at_or_before(now).or(Some(now));
+        }
         let since = newest.started_us;
         let first = schedule.next_after(since)?;
         if first > now {
@@ -385,16 +443,19 @@ impl Daemon<'_> {
             let Some(e) = self.entries.get_mut(&name) else {
                 continue;
             };
-            let repo = repository_key(&e.job);
-            if self.busy_repos.contains(&repo) {
+            let writes = written_repositories(&e.job);
+            let conflict = self.busy.iter().any(|(_, held)| {
+                held.iter()
+                    .any(|h| writes.iter().any(|w| w.same_repository(h)))
+            });
+            if conflict {
                 continue;
             }
             let Some((trigger, slot)) = e.pending.take() else {
                 continue;
             };
             e.running = true;
-            e.running_repo = Some(repo.clone());
-            self.busy_repos.insert(repo);
+            self.busy.push((name.clone(), writes));
             let job = Arc::clone(&e.job);
             let latest = Arc::clone(&e.latest);
             let state = self.opts.state.clone();
@@ -449,10 +510,8 @@ impl Daemon<'_> {
                 self.say(&format!("error: job {name}: cannot start a thread: {e}"));
                 if let Some(e) = self.entries.get_mut(&name) {
                     e.running = false;
-                    if let Some(repo) = e.running_repo.take() {
-                        self.busy_repos.remove(&repo);
-                    }
                 }
+                self.busy.retain(|(n, _)| *n != name);
             }
         }
     }
@@ -463,9 +522,7 @@ impl Daemon<'_> {
         };
         e.running = false;
         *e.latest.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        if let Some(repo) = e.running_repo.take() {
-            self.busy_repos.remove(&repo);
-        }
+        self.busy.retain(|(n, _)| n != name);
         // A job whose file went away while it ran.
         let gone = !job_files(&self.opts.jobs_dir)
             .unwrap_or_default()
@@ -479,24 +536,28 @@ impl Daemon<'_> {
     }
 
     /// Sends `stale` for jobs without a successful run for longer than `stale-after`, once
-    /// per episode (SPEC.md §26.5).
-    fn check_stale(&self) {
+    /// per episode (SPEC.md §26.5). An episode is named by the job's last success (or by
+    /// none, for a job that never succeeded); it begins at that success, else at the oldest
+    /// record kept, else when the daemon loaded the job.
+    fn check_stale(&mut self) {
         let now = now_us();
+        let mut sent_now = Vec::new();
         for e in self.entries.values() {
             let Some(after) = e.job.def.stale_after else {
                 continue;
             };
             let js = self.opts.state.job(&e.job.name);
-            let Ok((runs, _)) = js.history(super::history::KEEP_RECORDS) else {
-                continue;
-            };
-            let since = runs
-                .iter()
-                .find(|r| r.outcome.succeeded())
-                .map(|r| r.started_us)
-                .or_else(|| runs.last().map(|r| r.started_us))
+            let last_success = js
+                .newest(|r| r.outcome.succeeded())
+                .ok()
+                .flatten()
+                .map(|r| r.started_us);
+            let since = last_success
+                .or_else(|| js.oldest().map(|r| r.started_us))
                 .unwrap_or(e.since_us);
-            if now - since < after.0.us || js.stale_sent_for() == Some(since) {
+            let notified = self.stale_sent.get(&e.job.name) == Some(&last_success)
+                || js.stale_sent_for() == Some(last_success);
+            if now - since < after.0.us || notified {
                 continue;
             }
             let summary = format!(
@@ -506,16 +567,17 @@ impl Daemon<'_> {
                 after.0.us / 1_000_000
             );
             self.say(&summary);
-            // Marked before sending, so a slow or dead target is tried once per episode, on
-            // a thread of its own: sending may take 3 attempts of 10 s per target, which the
-            // schedule must not wait for.
-            if let Err(err) = js.mark_stale_sent(since) {
+            // Remembered before sending (in memory too, should the state directory refuse
+            // it), so a slow or dead target is tried once per episode, on a thread of its
+            // own: sending may take 3 attempts of 10 s per target, which the schedule must
+            // not wait for.
+            if let Err(err) = js.mark_stale_sent(last_success) {
                 self.say(&format!("error: job {}: {err}", e.job.name));
-                continue;
             }
+            sent_now.push((e.job.name.clone(), last_success));
             let job = Arc::clone(&e.job);
             let log = Arc::clone(&self.log);
-            let newest = runs.into_iter().next();
+            let newest = js.newest(|_| true).ok().flatten();
             let _ = std::thread::Builder::new()
                 .name(format!("stale {}", job.name))
                 .spawn(move || {
@@ -530,6 +592,7 @@ impl Daemon<'_> {
                     }
                 });
         }
+        self.stale_sent.extend(sent_now);
     }
 
     fn shutdown(&mut self, rx: &std::sync::mpsc::Receiver<Msg>) {
@@ -555,28 +618,46 @@ impl Daemon<'_> {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        // Runs still going are abandoned by the process exit. A record that already says
+        // how its run ended (it was sending notifications) is left alone; the others are
+        // rewritten `interrupted` and notified as failures, for at most NOTIFY_AT_EXIT.
+        let mut notifying = Vec::new();
         for e in self.entries.values().filter(|e| e.running) {
             let latest = e
                 .latest
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
-            if let Some(mut r) = latest {
-                r.outcome = Outcome::Interrupted;
-                r.warnings.push(format!(
-                    "abandoned during {} at shutdown after {} s of grace",
-                    r.step.as_deref().unwrap_or("its step"),
-                    self.opts.stop_grace.as_secs()
-                ));
-                match self.opts.state.job(&e.job.name).write(&r) {
-                    Ok(()) => self.say(&format!(
-                        "job {}: abandoned during {}",
-                        e.job.name,
-                        r.step.as_deref().unwrap_or("?")
-                    )),
-                    Err(err) => self.say(&format!("error: job {}: {err}", e.job.name)),
-                }
+            let Some(mut r) = latest.filter(|r| r.finished.is_none()) else {
+                continue;
+            };
+            r.outcome = Outcome::Interrupted;
+            r.warnings.push(format!(
+                "abandoned during {} at shutdown after {} s of grace",
+                r.step.as_deref().unwrap_or("its step"),
+                self.opts.stop_grace.as_secs()
+            ));
+            let js = self.opts.state.job(&e.job.name);
+            if let Err(err) = js.write(&r) {
+                self.say(&format!("error: job {}: {err}", e.job.name));
             }
+            self.say(&format!(
+                "job {}: abandoned during {}",
+                e.job.name,
+                r.step.as_deref().unwrap_or("?")
+            ));
+            let job = Arc::clone(&e.job);
+            notifying.push(std::thread::spawn(move || {
+                let sent = super::notify::notify(&job, Event::Failure, &r.summary(), Some(&r));
+                if !sent.is_empty() {
+                    r.notifications.extend(sent);
+                    let _ = js.write(&r);
+                }
+            }));
+        }
+        let deadline = Instant::now() + NOTIFY_AT_EXIT;
+        while notifying.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
         self.say("stopped");
     }
@@ -593,5 +674,5 @@ fn trigger_name(t: Trigger) -> &'static str {
 /// The next slot after `after_us` and when its run is due (with the random delay).
 fn next_run(schedule: &super::schedule::Schedule, after_us: i64) -> Option<(i64, i64)> {
     let slot = schedule.next_after(after_us)?;
-    Some((slot, slot + schedule.draw_delay_us()))
+    Some((slot, slot.saturating_add(schedule.draw_delay_us())))
 }

@@ -30,10 +30,10 @@ pub struct JobDef {
     /// Prune of the series after each successful backup.
     pub retention: Option<Spanned<RetentionDef>>,
     /// Verification after each run.
-    pub verify: Option<VerifyDef>,
+    pub verify: Option<Spanned<VerifyDef>>,
     /// Off-site copies.
     #[serde(default)]
-    pub sync: Vec<SyncDef>,
+    pub sync: Vec<Spanned<SyncDef>>,
     /// Commands around the backup.
     #[serde(default)]
     pub hooks: HooksDef,
@@ -101,7 +101,7 @@ pub struct BackupDef {
 }
 
 fn default_key_interval() -> u32 {
-    20
+    crate::ops::backup::DeltaOptions::default().key_interval
 }
 
 fn default_format() -> Spanned<String> {
@@ -191,7 +191,7 @@ pub struct SyncDef {
     /// Allow http:// to a non-loopback server.
     #[serde(default)]
     pub insecure_http: bool,
-    /// Per-request network timeout (default 60 s).
+    /// Per-request network timeout (default 600 s, as `sync`'s).
     pub io_timeout: Option<Dur>,
 }
 
@@ -273,6 +273,7 @@ impl Job {
     /// Reads and checks the job file `path` (SPEC.md §26.1).
     pub fn load(path: &Path) -> Result<Self> {
         let name = job_name(path)?;
+        check_permissions(path)?;
         let text = read_bounded(path)?;
         Self::parse(&name, path, &text)
     }
@@ -295,6 +296,17 @@ impl Job {
     }
 }
 
+/// The job files of `dir` (`*.toml`, regular files), sorted.
+pub fn job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(std::result::Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// The job's name from its file name: the stem, under the rule of series names.
 pub fn job_name(path: &Path) -> Result<String> {
     let stem = path
@@ -314,6 +326,33 @@ pub fn job_name(path: &Path) -> Result<String> {
         ))
     })?;
     Ok(stem.to_string())
+}
+
+/// Refuses a job file others may write: its hooks and password command run with the
+/// daemon's rights (root, usually), so whoever can edit it can run anything (sshd's
+/// StrictModes reasoning).
+fn check_permissions(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(Error::Usage(format!(
+            "{}: writable by group or others (mode {:o}); its hooks run with this process's rights, so only its owner may write it: chmod go-w {}",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        )));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(Error::Usage(format!(
+            "{}: owned by uid {}, neither this user (uid {me}) nor root; its hooks would run as this user",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    Ok(())
 }
 
 fn read_bounded(path: &Path) -> Result<String> {
@@ -419,6 +458,60 @@ fn check(def: &JobDef) -> std::result::Result<(), Problem> {
     for n in &def.notify {
         super::notify::check_target(n.get_ref()).map_err(|m| (n.span(), m))?;
     }
+    if let Some(v) = &def.verify {
+        let v = v.get_ref();
+        if v.sample.is_none() && v.full_every.is_none() {
+            return Err((
+                def.verify.as_ref().map_or(0..0, Spanned::span),
+                "[verify] says neither `sample` nor `full-every`: it would never verify (leave it out, or say what to verify)".into(),
+            ));
+        }
+        if v.sample_every.is_some() && v.sample.is_none() {
+            return Err((
+                def.verify.as_ref().map_or(0..0, Spanned::span),
+                "`sample-every` without `sample`".into(),
+            ));
+        }
+    }
+    for s in &def.sync {
+        check_sync_target(s.get_ref(), def).map_err(|m| (s.span(), m))?;
+    }
+    if let Some(s) = &def.schedule {
+        if s.next_after(crate::time::now_us()).is_none() {
+            return Err((
+                def.backup.span().start..def.backup.span().start,
+                format!("[schedule] cron {:?} never fires", s.cron.text),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A `[[sync]]` target: a path, `s3://`, or an `http(s)://` server (plain http only on
+/// loopback unless `insecure-http`), as `sync` would accept it.
+fn check_sync_target(s: &SyncDef, def: &JobDef) -> std::result::Result<(), String> {
+    let to = s.to.as_str();
+    if to.starts_with("http://") || to.starts_with("https://") {
+        if to.starts_with("http://") && !s.insecure_http && !crate::net::is_loopback_url(to) {
+            return Err("a server over plain http:// must be on a loopback address: use https://, or say `insecure-http = true` if the network is trusted".into());
+        }
+        if s.token_file.is_none() {
+            return Err("a server target needs `token-file`".into());
+        }
+        return Ok(());
+    }
+    if s.tls_ca.is_some() {
+        return Err("`tls-ca` applies to https:// targets only".into());
+    }
+    let target =
+        crate::location::RepoLocation::parse(to, crate::location::LocationOptions::default())
+            .map_err(|e| e.to_string())?;
+    if target.is_s3()
+        && def.repository.cache_dir.is_some()
+        && def.repository.location.get_ref().starts_with("s3://")
+    {
+        return Err("[repository] cache-dir names the cache of one S3 repository, and this target is in S3 too: leave cache-dir out (each gets its own cache)".into());
+    }
     Ok(())
 }
 
@@ -445,8 +538,17 @@ fn missing_paths(def: &JobDef) -> Vec<String> {
         }
     }
     for s in &def.sync {
+        let s = s.get_ref();
         if let Some(t) = &s.token_file {
             paths.push(("sync.token-file", t));
+        }
+        if let Some(t) = &s.tls_ca {
+            paths.push(("sync.tls-ca", t));
+        }
+    }
+    for n in &def.notify {
+        if let Some(p) = &n.get_ref().password_file {
+            paths.push(("notify.password-file", p));
         }
     }
     for (what, h) in [
@@ -496,6 +598,7 @@ full-every = "7d"
 
 [[sync]]
 to = "https://backup.example:8443"
+token-file = "/etc/tessera/offsite.token"
 bwlimit = "50M"
 
 [hooks.before]
@@ -543,19 +646,19 @@ on = ["failure", "success"]
             (
                 "cron = \"30 2 * * *\"",
                 "cron = \"61 2 * * *\"",
-                "line 33,",
+                "line 34,",
                 "[schedule].cron",
             ),
             (
                 "\"Europe/Paris\"",
                 "\"Mars/Olympus\"",
-                "line 34,",
+                "line 35,",
                 "[schedule].timezone",
             ),
             (
                 "\"15min\"",
                 "\"15m\"",
-                "line 35,",
+                "line 36,",
                 "[schedule].random-delay",
             ),
             (

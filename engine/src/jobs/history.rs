@@ -1,4 +1,5 @@
-//! Where runs are recorded (SPEC.md §26.4): `STATE/jobs/NAME/{lock,runs/ID.json,stale.json}`.
+//! Where runs are recorded (SPEC.md §26.4):
+//! `STATE/jobs/NAME/{lock,runs/ID.json,stale.json,verify.json}`.
 //!
 //! Crash reasoning: a record is replaced whole through the durable-write protocol
 //! (`storage::durable`), so after a crash at any moment it is the last version written: the
@@ -14,6 +15,9 @@ use crate::lock::WriterLock;
 use crate::storage::durable;
 use crate::storage::fs::OsFs;
 use crate::storage::PutMode;
+
+/// The state directory of root (and of the systemd unit).
+pub const ROOT_STATE_DIR: &str = "/var/lib/tessera";
 
 /// Records kept per job.
 pub const KEEP_RECORDS: usize = 1000;
@@ -38,8 +42,9 @@ fn process_alive(pid: u32) -> bool {
 pub struct StateDir(pub PathBuf);
 
 impl StateDir {
-    /// `explicit`, else `$TESSERA_STATE_DIR`, else `$XDG_STATE_HOME/tessera`, else
-    /// `~/.local/state/tessera`.
+    /// `explicit`, else `$TESSERA_STATE_DIR`, else `$XDG_STATE_HOME/tessera`, else for root
+    /// `/var/lib/tessera` (the systemd unit's, so that `sudo tessera job run` and the
+    /// daemon share one lock and one history), else `~/.local/state/tessera`.
     pub fn resolve(explicit: Option<&Path>) -> Result<Self> {
         if let Some(p) = explicit {
             return Ok(Self(p.to_path_buf()));
@@ -54,6 +59,9 @@ impl StateDir {
         }
         if let Some(p) = env("XDG_STATE_HOME") {
             return Ok(Self(p.join("tessera")));
+        }
+        if rustix::process::geteuid().is_root() {
+            return Ok(Self(PathBuf::from(ROOT_STATE_DIR)));
         }
         env("HOME")
             .map(|h| Self(h.join(".local/state/tessera")))
@@ -194,9 +202,23 @@ impl JobState {
         Ok((out, skipped))
     }
 
-    /// The newest record satisfying `pred`, looking back at most [`KEEP_RECORDS`].
+    /// The newest record satisfying `pred` (read newest first, one at a time; unreadable
+    /// ones skipped).
     pub fn newest(&self, pred: impl Fn(&RunRecord) -> bool) -> Result<Option<RunRecord>> {
-        Ok(self.history(KEEP_RECORDS)?.0.into_iter().find(|r| pred(r)))
+        for name in self.record_names()?.iter().rev() {
+            if let Ok(r) = self.read_record(name) {
+                if pred(&r) {
+                    return Ok(Some(r));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The oldest record kept, if readable.
+    pub fn oldest(&self) -> Option<RunRecord> {
+        let names = self.record_names().ok()?;
+        self.read_record(names.first()?).ok()
     }
 
     /// Rewrites records left `running` as `interrupted` (call with the lock held) and
@@ -219,25 +241,35 @@ impl JobState {
                 let _ = std::fs::remove_file(self.runs().join(name));
             }
         }
+        // Staged records of killed writers (nobody else writes here while we hold the lock).
+        if let Ok(dir) = std::fs::read_dir(self.runs()) {
+            for entry in dir.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(settled)
     }
 
-    /// The `last_success_us` a `stale` notification was last sent for (SPEC.md §26.5).
-    pub fn stale_sent_for(&self) -> Option<i64> {
-        let text = std::fs::read_to_string(self.dir.join("stale.json")).ok()?;
-        serde_json::from_str::<serde_json::Value>(&text)
-            .ok()?
-            .get("last_success_us")?
-            .as_i64()
+    /// A small JSON summary file of the job (`stale.json`, `verify.json`), if readable.
+    fn summary(&self, file: &str) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join(file)).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
-    /// Remembers that `stale` was sent for the episode since `last_success_us`.
-    pub fn mark_stale_sent(&self, last_success_us: i64) -> Result<()> {
-        let target = self.dir.join("stale.json");
+    /// Replaces a summary file durably (creating the job's directory if need be).
+    fn write_summary(&self, file: &str, body: &serde_json::Value) -> Result<()> {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        durable::create_dir_all(&OsFs, &self.dir)
+            .ctx(|| format!("creating {}", self.dir.display()))?;
+        let target = self.dir.join(file);
         let staged = self
             .dir
-            .join(format!(".stale.json.{}.tmp", std::process::id()));
-        let body = serde_json::json!({ "last_success_us": last_success_us, "sent": crate::time::now_rfc3339() });
+            .join(format!(".{file}.{}-{n}.tmp", std::process::id()));
         durable::write_file(
             &OsFs,
             &staged,
@@ -246,5 +278,45 @@ impl JobState {
             PutMode::Replace,
         )
         .ctx(|| format!("writing {}", target.display()))
+    }
+
+    /// The stale episode a notification was last sent for: `Some(last success)` (`None`
+    /// inside: the job never succeeded), or `None` if none was sent (SPEC.md §26.5).
+    pub fn stale_sent_for(&self) -> Option<Option<i64>> {
+        let v = self.summary("stale.json")?;
+        Some(v.get("last_success_us")?.as_i64())
+    }
+
+    /// Remembers that `stale` was sent for the episode after `last_success_us`.
+    pub fn mark_stale_sent(&self, last_success_us: Option<i64>) -> Result<()> {
+        self.write_summary(
+            "stale.json",
+            &serde_json::json!({
+                "last_success_us": last_success_us,
+                "sent": crate::time::now_rfc3339(),
+            }),
+        )
+    }
+
+    /// When the newest verify of each kind ran (µs): `(sample, full)`. Kept beside the
+    /// history, so the verify policy holds beyond the records kept.
+    pub fn verified(&self) -> (Option<i64>, Option<i64>) {
+        let v = self.summary("verify.json");
+        let at = |k: &str| v.as_ref().and_then(|v| v.get(k)?.as_i64());
+        (at("sample_us"), at("full_us"))
+    }
+
+    /// Records a verify of `kind` (`sample` or `full`) at `us`.
+    pub fn mark_verified(&self, kind: &str, us: i64) -> Result<()> {
+        let (mut sample, mut full) = self.verified();
+        if kind == "full" {
+            full = Some(us);
+        } else {
+            sample = Some(us);
+        }
+        self.write_summary(
+            "verify.json",
+            &serde_json::json!({ "sample_us": sample, "full_us": full }),
+        )
     }
 }

@@ -25,28 +25,73 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// hold the pipe open for ever).
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
-/// Reads the hook's output on a thread, keeping the last [`KEEP_OUTPUT`] bytes.
-fn collect_output(
-    mut reader: std::io::PipeReader,
-) -> (std::thread::JoinHandle<()>, Arc<Mutex<VecDeque<u8>>>) {
-    let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
-    let kept = Arc::clone(&tail);
-    let handle = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let mut t = kept
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            t.extend(&buf[..n]);
-            let excess = t.len().saturating_sub(KEEP_OUTPUT);
-            t.drain(..excess);
-        }
-    });
-    (handle, tail)
+/// The hook's output, collected on a thread that keeps the last [`KEEP_OUTPUT`] bytes.
+struct Collector {
+    handle: std::thread::JoinHandle<()>,
+    tail: Arc<Mutex<VecDeque<u8>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
+
+impl Collector {
+    /// Starts reading `reader`. The thread polls, so that [`Self::finish`] can stop it even
+    /// when a process the hook left behind keeps the pipe open for ever.
+    fn start(mut reader: std::io::PipeReader) -> Self {
+        use std::os::fd::AsFd as _;
+        use std::sync::atomic::Ordering;
+        let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (kept, stopped) = (Arc::clone(&tail), Arc::clone(&stop));
+        let handle = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !stopped.load(Ordering::SeqCst) {
+                let mut fds = [nix::poll::PollFd::new(
+                    reader.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)) {
+                    Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut t = kept
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        t.extend(&buf[..n]);
+                        let excess = t.len().saturating_sub(KEEP_OUTPUT);
+                        t.drain(..excess);
+                    }
+                }
+            }
+        });
+        Self { handle, tail, stop }
+    }
+
+    /// Waits at most [`OUTPUT_GRACE`] for the end of the output, stops the thread, and
+    /// returns what was kept.
+    fn finish(self) -> String {
+        let waited = Instant::now();
+        while !self.handle.is_finished() && waited.elapsed() < OUTPUT_GRACE {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.handle.join();
+        let t = self
+            .tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (a, b) = t.as_slices();
+        String::from_utf8_lossy(&[a, b].concat()).into_owned()
+    }
+}
+
+/// The variables of this process a hook keeps: what programs need to run, nothing more
+/// (no passphrase, no S3 or other credentials the daemon was given).
+const KEPT_ENV: [&str; 9] = [
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "TMPDIR",
+];
 
 /// Waits for `child` at most `timeout`, then kills its whole process group. Returns its
 /// status (if it could be had) and whether it timed out.
@@ -108,9 +153,19 @@ pub fn run_hook(
         .stdout(writer)
         .stderr(writer2)
         .process_group(0);
-    // A hook is not told the repository's passphrase.
-    for k in crate::crypto::SECRET_ENV {
-        command.env_remove(k);
+    // A hook gets a clean environment: the repository's passphrase and the S3 credentials
+    // of the daemon are none of its business.
+    command.env_clear();
+    for k in KEPT_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            command.env(k, v);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        command.env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
     }
     for (k, v) in env {
         command.env(k, v);
@@ -130,7 +185,7 @@ pub fn run_hook(
     // The command holds the write ends; drop ours so the reader sees EOF when the group is
     // done with them.
     drop(command);
-    let (collector, tail) = collect_output(reader);
+    let collector = Collector::start(reader);
     let (status, timed_out) = match wait_or_kill(&mut child, timeout) {
         Ok(r) => r,
         Err(e) => {
@@ -141,17 +196,7 @@ pub fn run_hook(
         }
     };
     record.timed_out = timed_out;
-    let waited = Instant::now();
-    while !collector.is_finished() && waited.elapsed() < OUTPUT_GRACE {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    {
-        let t = tail
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (a, b) = t.as_slices();
-        record.output = String::from_utf8_lossy(&[a, b].concat()).into_owned();
-    }
+    record.output = collector.finish();
     record.exit_code = status.and_then(|s| s.code());
     let result = if record.timed_out {
         Err(Error::Hook(format!(
@@ -219,5 +264,19 @@ mod tests {
         );
         assert!(res.is_ok());
         assert_eq!(r.output.len(), KEEP_OUTPUT);
+        // A child left behind holding the output open does not keep the hook waiting.
+        let t = Instant::now();
+        let (_, res) = run_hook("after", &sh("sleep 5 & echo started"), &[], DEFAULT_TIMEOUT);
+        assert!(res.is_ok());
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        // Variables of this process (passphrases, credentials) do not reach a hook.
+        std::env::set_var("TESSERA_HOOK_TEST_SECRET", "s3cr3t");
+        let (r, _) = run_hook(
+            "before",
+            &sh("echo \"[$TESSERA_HOOK_TEST_SECRET]\" \"$PATH\""),
+            &[],
+            DEFAULT_TIMEOUT,
+        );
+        assert!(r.output.starts_with("[] /"), "{}", r.output);
     }
 }

@@ -104,9 +104,7 @@ fn answer(
     render: &Render,
 ) -> hyper::Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET, "/metrics") => {
-            (200, "text/plain; version=0.0.4; charset=utf-8", render())
-        }
+        (&hyper::Method::GET, "/metrics") => (200, super::metrics::CONTENT_TYPE, render()),
         (&hyper::Method::GET, _) => (404, "text/plain", "not found: try /metrics\n".into()),
         _ => (405, "text/plain", "only GET\n".into()),
     };

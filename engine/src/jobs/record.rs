@@ -150,6 +150,12 @@ pub struct NotificationRecord {
     pub error: Option<String>,
 }
 
+/// The first 16 characters of an id (all of a shorter or odd one: records are read back
+/// from disk).
+pub fn short(id: &str) -> &str {
+    id.char_indices().nth(16).map_or(id, |(i, _)| &id[..i])
+}
+
 /// One run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -226,11 +232,8 @@ impl RunRecord {
             ),
             (None, o) => {
                 let snapshot = self
-                    .backup
-                    .as_ref()
-                    .and_then(|b| b.get("snapshot"))
-                    .and_then(|s| s.as_str())
-                    .map(|s| format!(", snapshot {}", &s[..s.len().min(16)]))
+                    .snapshot()
+                    .map(|s| format!(", snapshot {}", short(s)))
                     .unwrap_or_default();
                 format!(
                     "job {}: {} in {:.1} s{snapshot}",
@@ -240,6 +243,11 @@ impl RunRecord {
                 )
             }
         }
+    }
+
+    /// The snapshot the run's backup made (hex), if it made one.
+    pub fn snapshot(&self) -> Option<&str> {
+        self.backup.as_ref()?.get("snapshot")?.as_str()
     }
 
     /// Bytes the backup read, added to packs, and found already stored.

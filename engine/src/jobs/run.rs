@@ -136,10 +136,23 @@ pub fn run(
         record,
         started: Instant::now(),
         error_kind: None,
+        before_ok: false,
+        after_ran: false,
     };
-    run.save()?;
-    run.steps(mode)?;
-    run.finish()?;
+    let mut result = run.save().and_then(|()| run.steps(mode));
+    // The after-hook releases what the before-hook took (a hypervisor snapshot): it runs
+    // whenever the before-hook succeeded, also when a record could not be written.
+    if run.before_ok && !run.after_ran {
+        let _ = run.hook("after");
+    }
+    result = result.and_then(|()| run.finish());
+    if let Err(e) = &result {
+        // The history could not be written (a full state disk): say so to whoever listens,
+        // since nothing else will.
+        let summary = format!("job {}: cannot record its run: {e}", job.name);
+        notify::notify(job, Event::Failure, &summary, Some(&run.record));
+    }
+    result?;
     drop(lock);
     Ok(Finished {
         record: run.record,
@@ -163,6 +176,10 @@ struct Run<'a> {
     record: RunRecord,
     started: Instant,
     error_kind: Option<ErrorKind>,
+    /// The before-hook succeeded (so the after-hook must run).
+    before_ok: bool,
+    /// The after-hook ran.
+    after_ran: bool,
 }
 
 /// A step's result: its detail line, or the error that failed it.
@@ -185,7 +202,8 @@ impl Run<'_> {
     /// Runs one step: records that it runs, runs it, records how it went. Returns whether
     /// the run goes on.
     fn step(&mut self, name: &str, body: impl FnOnce(&mut Self) -> StepResult) -> Result<bool> {
-        if self.stopping() {
+        // The after-hook is cleanup: it runs at shutdown too.
+        if self.stopping() && name != "hook-after" {
             self.record.outcome = Outcome::Interrupted;
             self.record.step = Some(name.to_string());
             self.record.warnings.push(format!(
@@ -201,7 +219,12 @@ impl Run<'_> {
         let (outcome, detail, go_on) = match result {
             Ok(detail) => ("ok", detail, true),
             Err(e) => {
-                let damage = self.record.outcome == Outcome::Damage;
+                // Damage found by verify, or damaged data met by any step.
+                let damage =
+                    self.record.outcome == Outcome::Damage || e.kind() == ErrorKind::Damage;
+                if damage {
+                    self.record.outcome = Outcome::Damage;
+                }
                 if !damage {
                     self.record.outcome = Outcome::Failure;
                 }
@@ -258,20 +281,16 @@ impl Run<'_> {
                 "TESSERA_OUTCOME",
                 if ok { "success" } else { "failure" }.into(),
             ));
-            let snapshot = self
-                .record
-                .backup
-                .as_ref()
-                .and_then(|b| b.get("snapshot"))
-                .and_then(|s| s.as_str())
-                .unwrap_or_default()
-                .to_string();
+            let snapshot = self.record.snapshot().unwrap_or_default().to_string();
             env.push(("TESSERA_SNAPSHOT", snapshot));
         }
         env
     }
 
     fn hook(&mut self, phase: &str) -> StepResult {
+        if phase == "after" {
+            self.after_ran = true;
+        }
         let hooks = &self.job.def.hooks;
         let Some(hook) = (if phase == "before" {
             &hooks.before
@@ -292,6 +311,9 @@ impl Run<'_> {
                 .map_or_else(|| "by a signal".to_string(), |c| c.to_string())
         );
         self.record.hooks.push(record);
+        if phase == "before" && result.is_ok() {
+            self.before_ok = true;
+        }
         result.map(|()| detail)
     }
 
@@ -349,7 +371,9 @@ impl Run<'_> {
         if !self.step("verify", |r| r.verify(&repo))? {
             return Ok(());
         }
-        if !self.step("stats", |r| r.stats(&repo))? {
+        // The figures feed the metrics only: their failure is a warning, and the off-site
+        // copies still go.
+        if !self.step("stats", |r| Ok(r.stats(&repo)))? {
             return Ok(());
         }
         // Sync opens the repository itself, as its source: let go of the writer first.
@@ -409,7 +433,11 @@ impl Run<'_> {
                     d.name, d.healed_chunks
                 ));
             }
-            if let Some(note) = d.note.as_ref().filter(|n| n.ends_with("read in full")) {
+            if let Some(note) = d
+                .note
+                .as_ref()
+                .filter(|n| n.ends_with(crate::ops::backup::READ_IN_FULL_NOTE))
+            {
                 self.record
                     .warnings
                     .push(format!("disk {}: {note}", d.name));
@@ -456,40 +484,24 @@ impl Run<'_> {
 
     /// The verify this run owes (SPEC.md §26.3): full when the last full one is older than
     /// `full-every`, else a sample when the last of any kind is older than `sample-every`.
-    fn verify_due(&self) -> Result<Option<(&'static str, Option<crate::ops::check::SampleSize>)>> {
-        let Some(v) = &self.job.def.verify else {
-            return Ok(None);
-        };
+    fn verify_due(&self) -> Option<(&'static str, Option<crate::ops::check::SampleSize>)> {
+        let v = self.job.def.verify.as_ref()?.get_ref();
         let now = self.record.started_us;
-        let last = |kind: Option<&str>| -> Result<Option<i64>> {
-            Ok(self
-                .state
-                .newest(|r| {
-                    r.verify
-                        .as_ref()
-                        .is_some_and(|v| kind.is_none_or(|k| v.kind == k))
-                })?
-                .map(|r| r.started_us))
-        };
-        if let Some(every) = v.full_every {
-            if last(Some("full"))?.is_none_or(|t| now - t >= every.0.us) {
-                return Ok(Some(("full", None)));
-            }
+        let (sample_at, full_at) = self.state.verified();
+        let older =
+            |at: Option<i64>, every: super::values::Dur| at.is_none_or(|t| now - t >= every.0.us);
+        if v.full_every.is_some_and(|every| older(full_at, every)) {
+            return Some(("full", None));
         }
-        if let Some(sample) = v.sample {
-            let due = match v.sample_every {
-                None => true,
-                Some(every) => last(None)?.is_none_or(|t| now - t >= every.0.us),
-            };
-            if due {
-                return Ok(Some(("sample", Some(sample.0))));
-            }
-        }
-        Ok(None)
+        let sample = v.sample?;
+        let due = v
+            .sample_every
+            .is_none_or(|every| older(sample_at.max(full_at), every));
+        due.then_some(("sample", Some(sample.0)))
     }
 
     fn verify(&mut self, repo: &Repository) -> StepResult {
-        let Some((kind, sample)) = self.verify_due()? else {
+        let Some((kind, sample)) = self.verify_due() else {
             return Ok(match &self.job.def.verify {
                 None => "no [verify]".into(),
                 Some(_) => "not due".into(),
@@ -503,11 +515,12 @@ impl Run<'_> {
                 .def
                 .verify
                 .as_ref()
-                .and_then(|v| v.skip_verified_within)
+                .and_then(|v| v.get_ref().skip_verified_within)
                 .map(|w| w.0),
             ..Default::default()
         };
         let report = crate::ops::verify::run(repo, &request, self.req.progress)?;
+        self.state.mark_verified(kind, self.record.started_us)?;
         let damaged = report.damaged.len() as u64 + report.damaged_packs.len() as u64;
         self.record.verify = Some(VerifyRecord {
             kind: kind.to_string(),
@@ -531,21 +544,26 @@ impl Run<'_> {
         }
     }
 
-    fn stats(&mut self, repo: &Repository) -> StepResult {
-        let s = crate::ops::stats::stats(repo)?;
+    fn stats(&mut self, repo: &Repository) -> String {
+        let s = match crate::ops::stats::stats(repo) {
+            Ok(s) => s,
+            Err(e) => {
+                self.record
+                    .warnings
+                    .push(format!("repository figures for the metrics: {e}"));
+                return format!("not computed: {e}");
+            }
+        };
         let detail = format!(
             "{} snapshots, {} unique bytes in {} pack bytes",
             s.snapshots, s.live_raw_bytes, s.pack_bytes
         );
-        self.record.repository_stats = Some(
-            serde_json::to_value(&s)
-                .map_err(|e| Error::Internal(format!("encoding repository figures: {e}")))?,
-        );
-        Ok(detail)
+        self.record.repository_stats = serde_json::to_value(&s).ok();
+        detail
     }
 
     fn sync(&mut self, i: usize) -> StepResult {
-        let target = &self.job.def.sync[i];
+        let target = self.job.def.sync[i].get_ref();
         let def = &self.job.def.repository;
         let access = crate::sync::endpoints::RemoteAccess {
             token_file: target.token_file.as_deref(),

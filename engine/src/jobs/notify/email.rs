@@ -32,38 +32,48 @@ pub struct Server {
 }
 
 impl Server {
-    /// Parses `smtp://HOST[:PORT]`, `smtps://...`, `smtp+starttls://...`.
+    /// Parses `smtp://HOST[:PORT]`, `smtps://...`, `smtp+starttls://...` (`[v6]:PORT` too).
+    /// Errors never repeat the URL: a mistaken `smtps://user:password@host` must not reach a
+    /// log.
     pub fn parse(url: &str) -> Result<Self, String> {
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| format!("smtp {url:?} is not a URL (smtps://HOST[:PORT])"))?;
+            .ok_or_else(|| "smtp is not a URL (smtps://HOST[:PORT])".to_string())?;
         let (security, default_port) = match scheme {
             "smtp" => (Security::Plain, 25),
             "smtps" => (Security::Wrapper, 465),
             "smtp+starttls" => (Security::StartTls, 587),
             _ => {
                 return Err(format!(
-                    "smtp {url:?}: the scheme is smtps://, smtp+starttls:// or smtp://"
+                    "smtp: the scheme {scheme:?} is none of smtps://, smtp+starttls://, smtp://"
                 ))
             }
         };
         let authority = rest.trim_end_matches('/');
         if authority.contains(['@', '/', '?', '#']) || authority.is_empty() {
-            return Err(format!(
-                "smtp {url:?}: give only HOST[:PORT] (credentials go in username and password-file)"
-            ));
+            return Err("smtp: give only SCHEME://HOST[:PORT] (credentials go in username and password-file)".into());
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-                h.trim_start_matches('[').trim_end_matches(']').to_string(),
-                p.parse::<u16>()
-                    .map_err(|_| format!("smtp {url:?}: {p:?} is not a port"))?,
-            ),
-            _ => (authority.to_string(), default_port),
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6
+                    .split_once(']')
+                    .ok_or("smtp: an IPv6 host is written [ADDRESS]")?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| "smtp: the port is not a number from 0 to 65535".to_string())?,
+            None => default_port,
         };
         Ok(Self {
             security,
-            host,
+            host: host.to_string(),
             port,
         })
     }
@@ -80,8 +90,45 @@ impl Server {
     }
 }
 
+/// Longest one attempt may take, however a server trickles its answers. lettre bounds each
+/// read and write, not a whole conversation: the attempt runs on a thread that is given up
+/// on after this long (it ends when its connection does).
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`send`] within [`DEADLINE`].
+pub fn send_within(
+    target: &NotifyDef,
+    job: &str,
+    event: Event,
+    summary: &str,
+    doc: &serde_json::Value,
+) -> Result<(), (bool, String)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (target, job, summary, doc) = (
+        target.clone(),
+        job.to_string(),
+        summary.to_string(),
+        doc.clone(),
+    );
+    std::thread::Builder::new()
+        .name("smtp".into())
+        .spawn(move || {
+            let _ = tx.send(send(&target, &job, event, &summary, &doc));
+        })
+        .map_err(|e| (true, format!("starting the mail thread: {e}")))?;
+    rx.recv_timeout(DEADLINE).unwrap_or_else(|_| {
+        Err((
+            false,
+            format!(
+                "the mail server did not finish within {} s",
+                DEADLINE.as_secs()
+            ),
+        ))
+    })
+}
+
 /// Mails `doc` about `event` of job `job` to the target. Errors are `(transient, message)`.
-pub fn send(
+fn send(
     target: &NotifyDef,
     job: &str,
     event: Event,
@@ -93,7 +140,7 @@ pub fn send(
     let from = target
         .from
         .clone()
-        .unwrap_or_else(|| format!("tessera@{}", super::hostname().trim_end_matches('.')));
+        .unwrap_or_else(|| format!("tessera@{}", crate::net::hostname().trim_end_matches('.')));
     let mut message = Message::builder()
         .from(
             from.parse()
@@ -137,4 +184,37 @@ pub fn send(
         .send(&message)
         .map(|_| ())
         .map_err(|e| (!e.is_permanent(), format!("sending mail: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_parse_and_errors_never_repeat_the_url() {
+        let s = Server::parse("smtps://mail.example").unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.encrypted()),
+            ("mail.example", 465, true)
+        );
+        let s = Server::parse("smtp://[::1]:2525").unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.is_loopback()),
+            ("::1", 2525, true)
+        );
+        let s = Server::parse("smtp+starttls://127.0.0.1").unwrap();
+        assert_eq!((s.port, s.is_loopback()), (587, true));
+        for bad in [
+            "smtps://user:hunter2@mail",
+            "imap://hunter2",
+            "hunter2",
+            "smtp://h:hunter2",
+        ] {
+            let e = Server::parse(bad).unwrap_err();
+            assert!(
+                !e.contains("hunter2") || e.contains("is not a port"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }

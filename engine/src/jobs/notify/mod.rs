@@ -36,17 +36,11 @@ fn payload(
         "event": event.as_str(),
         "job": job.name,
         "series": job.series(),
-        "host": hostname(),
+        "host": crate::net::hostname(),
         "time": crate::time::now_rfc3339(),
         "summary": summary,
         "run": record,
     })
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Refuses a target that could not work: neither or both kinds, a bad URL, mail without a
@@ -78,7 +72,8 @@ pub fn check_target(n: &NotifyDef) -> Result<(), String> {
                     Err("a webhook over plain http:// must be on a loopback address: use https://, or say `insecure = true` if the network is trusted".into())
                 }
             } else {
-                Err(format!("webhook {url:?} is not an http:// or https:// URL"))
+                // Not echoed: a webhook URL often carries its token.
+                Err("webhook is not an http:// or https:// URL".into())
             }
         }
         (None, Some(to)) => {
@@ -131,7 +126,7 @@ pub fn notify(
         } else {
             (
                 format!("email #{}", i + 1),
-                attempt(|| email::send(target, &job.name, event, summary, &doc)),
+                attempt(|| email::send_within(target, &job.name, event, summary, &doc)),
             )
         };
         sent.push(NotificationRecord {

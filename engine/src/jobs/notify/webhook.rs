@@ -15,6 +15,8 @@ pub fn post(url: &str, doc: &serde_json::Value) -> Result<(), (bool, String)> {
         .timeout_connect(TIMEOUT)
         .timeout_read(TIMEOUT)
         .timeout_write(TIMEOUT)
+        // The whole request, however slowly a hostile server trickles its answer.
+        .timeout(TIMEOUT)
         .redirects(0);
     let agent = if url.starts_with("https://") {
         let connector =
@@ -30,6 +32,13 @@ pub fn post(url: &str, doc: &serde_json::Value) -> Result<(), (bool, String)> {
         .set("User-Agent", concat!("tessera/", env!("CARGO_PKG_VERSION")))
         .send_string(&doc.to_string());
     match answer {
+        Ok(response) if response.status() >= 300 => Err((
+            false,
+            format!(
+                "the webhook answered HTTP {} (a redirect is not followed: give its final URL)",
+                response.status()
+            ),
+        )),
         Ok(response) => {
             let mut sink = Vec::new();
             let _ = response

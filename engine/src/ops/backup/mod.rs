@@ -35,8 +35,8 @@ use crate::store::session::WriteSession;
 
 use disk::DiskBackup;
 pub use disk::Drift;
-pub use plan::Mode;
 use plan::{key_backup_due, plan_disk, DiskPlan, MODE_KEY};
+pub use plan::{Mode, READ_IN_FULL_NOTE};
 use reference::ReferenceManifest;
 pub use report::{BackupReport, DiskBackupReport};
 
@@ -425,7 +425,7 @@ fn plan_disks<'r>(
         .map(|(_, h)| h)
         .collect();
     let key_due = key_backup_due(&series, req.delta.key_interval);
-    let (reference_snapshot, explicit) = choose_reference(repo, req, &catalog)?;
+    let (reference_snapshot, explicit) = choose_reference(repo, req, &catalog, sources)?;
 
     let mut plans = Vec::new();
     for (spec, source) in req.disks.iter().zip(sources) {
@@ -461,11 +461,24 @@ fn clipped_extents(source: &dyn BlockSource) -> Option<Vec<(u64, u64)>> {
     })
 }
 
+/// The base state each delta source's changes apply on, by disk name.
+fn base_states<'a>(
+    req: &'a BackupRequest,
+    sources: &'a [Box<dyn BlockSource>],
+) -> Vec<(&'a str, &'a str)> {
+    req.disks
+        .iter()
+        .zip(sources)
+        .filter_map(|(d, s)| Some((d.name.as_str(), s.changes()?.base_state.as_str())))
+        .collect()
+}
+
 /// The reference snapshot (loaded) and whether the operator named it.
 fn choose_reference(
     repo: &Repository,
     req: &BackupRequest,
     catalog: &[(SnapshotId, SnapshotHeader)],
+    sources: &[Box<dyn BlockSource>],
 ) -> Result<(Option<(SnapshotId, Snapshot)>, bool)> {
     let newest = || {
         catalog
@@ -486,13 +499,10 @@ fn choose_reference(
         }
         ReferenceChoice::Snapshot(r) => (Some(repo.resolve(r)?.0), true),
         ReferenceChoice::LatestFull => {
-            let full = catalog
-                .iter()
-                .rfind(|(_, h)| h.series == req.series && plan::read_in_full(h))
-                .map(|(id, _)| *id);
-            match full {
+            match plan::differential_base(catalog, &req.series, &base_states(req, sources)) {
                 Some(id) => (Some(id), true),
-                None => (newest(), false),
+                // No snapshot read in full yet: this backup is the full one.
+                None => (None, false),
             }
         }
     };

@@ -10,12 +10,16 @@
 //!   `--full`, every `key_interval`-th backup of the series, when a delta source's size
 //!   changed since the reference, and when a delta source no longer matches the reference.
 
-use tessera_format::SnapshotHeader;
+use tessera_format::{SnapshotHeader, SnapshotId};
 
 use crate::error::{Error, Result};
 use crate::ops::backup::reference::ReferenceManifest;
 use crate::ops::backup::DeltaOptions;
 use crate::sources::BlockSource;
+
+/// How the note of a disk whose delta did not apply on the reference ends (the job layer
+/// reports such a disk as a warning: its changed-block tracking and the repository disagree).
+pub const READ_IN_FULL_NOTE: &str = "read in full";
 
 /// Identity key recording how a disk was read: `full`, `delta` or `key`.
 pub const MODE_KEY: &str = "backup.mode";
@@ -78,6 +82,40 @@ pub fn read_in_full(h: &SnapshotHeader) -> bool {
             .iter()
             .any(|(k, v)| k == MODE_KEY && (v == "full" || v == "key"))
     })
+}
+
+/// The base of a differential (SPEC.md §26.2): among the series' snapshots read in full,
+/// newest first, the one whose disks recorded the states the delta sources' changes apply on
+/// (`wanted`: disk name and base state) — the full backup the changes are relative to,
+/// however many key backups were taken since; without such a snapshot (or without delta
+/// sources), the newest read in full, on which a delta that does not belong is refused or
+/// read in full as for any reference. `None` when no snapshot of the series was read in full.
+pub fn differential_base(
+    catalog: &[(SnapshotId, SnapshotHeader)],
+    series: &str,
+    wanted: &[(&str, &str)],
+) -> Option<SnapshotId> {
+    let mut fulls = catalog
+        .iter()
+        .rev()
+        .filter(|(_, h)| h.series == series && read_in_full(h))
+        .peekable();
+    let newest = fulls.peek().map(|(id, _)| *id);
+    let recorded = |h: &SnapshotHeader, disk: &str, state: &str| {
+        h.disks.iter().any(|d| {
+            d.name == disk
+                && d.identity
+                    .iter()
+                    .any(|(k, v)| k == crate::sources::STATE_KEY && v == state)
+        })
+    };
+    if wanted.is_empty() {
+        return newest;
+    }
+    fulls
+        .find(|(_, h)| wanted.iter().all(|(disk, state)| recorded(h, disk, state)))
+        .map(|(id, _)| *id)
+        .or(newest)
 }
 
 fn is_key(h: &SnapshotHeader) -> bool {
@@ -173,7 +211,7 @@ pub fn plan_disk(
     }
     let note = reference.map(|r| {
         format!(
-            "the delta applies on {}, not on snapshot {}: read in full",
+            "the delta applies on {}, not on snapshot {}: {READ_IN_FULL_NOTE}",
             changes.base_description,
             r.snapshot.to_hex()
         )
@@ -233,5 +271,44 @@ mod tests {
         let one = [header(false)];
         assert!(key_backup_due(&one.iter().collect::<Vec<_>>(), 1));
         assert!(!key_backup_due(&one.iter().collect::<Vec<_>>(), 0));
+    }
+
+    fn with(mode: &str, state: &str) -> SnapshotHeader {
+        let mut h = header(false);
+        h.disks[0].identity = vec![
+            (MODE_KEY.into(), mode.into()),
+            (crate::sources::STATE_KEY.into(), state.into()),
+        ];
+        h
+    }
+
+    /// A differential applies on the full backup its changes are relative to, not on a key
+    /// backup taken since (whose state is another), nor on a delta.
+    #[test]
+    fn the_differential_base_is_the_full_whose_state_the_changes_name() {
+        let id = |n: u8| SnapshotId([n; 32]);
+        let catalog = vec![
+            (id(1), with("full", "cbt:1")),
+            (id(2), with("delta", "cbt:2")),
+            (id(3), with("key", "cbt:3")),
+            (id(4), with("delta", "cbt:4")),
+        ];
+        assert_eq!(
+            differential_base(&catalog, "s", &[("d", "cbt:1")]),
+            Some(id(1))
+        );
+        assert_eq!(
+            differential_base(&catalog, "s", &[("d", "cbt:3")]),
+            Some(id(3))
+        );
+        // No full recorded that state, or no delta source: the newest read in full.
+        assert_eq!(
+            differential_base(&catalog, "s", &[("d", "cbt:2")]),
+            Some(id(3))
+        );
+        assert_eq!(differential_base(&catalog, "s", &[]), Some(id(3)));
+        assert_eq!(differential_base(&catalog, "other", &[]), None);
+        let deltas_only = vec![(id(9), with("delta", "x"))];
+        assert_eq!(differential_base(&deltas_only, "s", &[("d", "x")]), None);
     }
 }
