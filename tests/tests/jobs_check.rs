@@ -425,6 +425,22 @@ fn cases(dir: &Path) -> Vec<Case> {
         needles: vec![],
     });
 
+    // A `tessera serve` URL as the repository: it is a sync target, not one to back up into
+    // (SPEC §26.9).
+    let text = base.replacen(
+        &format!("location = {}", toml_str(dir.join("repo"))),
+        "location = \"https://backup.example:8443\"",
+        1,
+    );
+    let (l, c) = position(&text, "\"https://backup");
+    cases.push(Case {
+        name: "served_location",
+        text,
+        lines: l..=l,
+        column: Some(c),
+        needles: vec!["[repository].location"],
+    });
+
     // No [repository].location.
     let text = base.replace("location = ", "# location = ");
     let l = position(&text, "[repository]").0;

@@ -707,7 +707,7 @@ fn missed_slots_make_one_catch_up_run_at_start() {
     let (img_cu, img_no) = (s.image("cu.raw"), s.image("nocu.raw"));
     // Three slots a few seconds from now, then none for a minute.
     let t0 = now_secs();
-    let mut secs: Vec<u64> = (3..=5).map(|d| (t0 + d) % 60).collect();
+    let mut secs: Vec<u64> = (4..=6).map(|d| (t0 + d) % 60).collect();
     secs.sort_unstable();
     let cron = format!(
         "{} * * * * *",
@@ -726,10 +726,10 @@ fn missed_slots_make_one_catch_up_run_at_start() {
     // cu's newest run is before the slots; nocu's after them.
     job_run_ok(&cu, &s.state, &[]);
     assert!(
-        now_secs() < t0 + 3,
-        "the manual run of cu took too long to leave it before the slots"
+        now_secs() < t0 + 4,
+        "the manual run of cu took too long to end before the slots"
     );
-    while now_secs() < t0 + 6 {
+    while now_secs() < t0 + 7 {
         std::thread::sleep(Duration::from_millis(100));
     }
     job_run_ok(&nocu, &s.state, &[]);
@@ -767,7 +767,7 @@ fn missed_slots_make_one_catch_up_run_at_start() {
             .unwrap_or_else(|| panic!("no slot: {r:#}")),
     );
     let t0_us = i64::try_from(t0).unwrap() * 1_000_000;
-    let (first, last) = (t0_us + 3_000_000, t0_us + 5_000_000);
+    let (first, last) = (t0_us + 4_000_000, t0_us + 6_000_000);
     assert!(
         slot >= first && slot <= last,
         "the catch-up's slot {slot} is not one of the missed slots [{first}, {last}]: {r:#}"
