@@ -1213,15 +1213,47 @@ fn job_list_shows_schedules_next_slots_and_last_runs() {
     );
 }
 
+/// Whether this process runs as root (from `/proc/self/status`: the workspace forbids the
+/// `unsafe` of `libc::getuid`).
+fn running_as_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
+        .expect("a Uid line")
+}
+
+/// Removes `STATE/jobs/NAME` on drop, and `STATE` itself if it did not exist before (a run
+/// as root without any state option writes the system's `/var/lib/tessera`).
+struct RemoveJobState {
+    state: PathBuf,
+    job: String,
+    state_existed: bool,
+}
+
+impl Drop for RemoveJobState {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(self.state.join("jobs").join(&self.job));
+        if !self.state_existed {
+            let _ = fs::remove_dir(self.state.join("jobs"));
+            let _ = fs::remove_dir(&self.state);
+        }
+    }
+}
+
 /// The state directory: `--state-dir`, else `$TESSERA_STATE_DIR`, else
-/// `$XDG_STATE_HOME/tessera`, else `~/.local/state/tessera` (SPEC §26.4).
+/// `$XDG_STATE_HOME/tessera`, else `/var/lib/tessera` for root and `~/.local/state/tessera`
+/// for others (SPEC §26.4).
 #[test]
 fn the_state_directory_is_found_in_order() {
     let s = Setup::new();
     let mut gen = DataGen::new(seed("jobs_run_state_dir"));
     let image = s.path("disk.raw");
     make_image(&image, ImageSpec::mixed(256 * 1024), &mut gen);
-    let file = s.job("where", "where", &image, "");
+    // A name of its own: the last case may write the system's state directory.
+    let job = format!("where-{:016x}", rand::random::<u64>());
+    let file = s.job(&job, &job, &image, "");
     let (home, xdg, env_dir, flag) = (
         s.path("home"),
         s.path("xdg"),
@@ -1229,6 +1261,16 @@ fn the_state_directory_is_found_in_order() {
         s.path("flag-state"),
     );
     fs::create_dir_all(&home).unwrap();
+    let default_dir = if running_as_root() {
+        PathBuf::from("/var/lib/tessera")
+    } else {
+        home.join(".local/state/tessera")
+    };
+    let _cleanup = RemoveJobState {
+        state_existed: default_dir.exists(),
+        state: default_dir.clone(),
+        job: job.clone(),
+    };
     let run = |with_flag: bool, env: &[(&str, Option<PathBuf>)]| {
         let mut args: Vec<std::ffi::OsString> = vec![
             "job".into(),
@@ -1269,10 +1311,13 @@ fn the_state_directory_is_found_in_order() {
         (flag, "--state-dir"),
         (env_dir, "TESSERA_STATE_DIR"),
         (xdg.join("tessera"), "XDG_STATE_HOME/tessera"),
-        (home.join(".local/state/tessera"), "~/.local/state/tessera"),
+        (
+            default_dir,
+            "the default (/var/lib/tessera for root, else ~/.local/state/tessera)",
+        ),
     ] {
         assert_eq!(
-            record_files(&dir, "where").len(),
+            record_files(&dir, &job).len(),
             1,
             "{what}: one record expected under {}",
             dir.display()
