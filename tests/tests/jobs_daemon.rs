@@ -6,8 +6,8 @@
 //!   `/metrics` (parsed by prometheus_client) agrees with the history;
 //! - SIGHUP: a new file starts running, a file that became invalid keeps its old definition
 //!   (and is logged), a removed file stops; `--max-parallel 1` runs one job at a time;
-//! - SIGTERM during a run: exit 0 within the grace, the run recorded as interrupted; SIGINT
-//!   of an idle daemon: exit 0;
+//! - SIGTERM during a run: exit 0 within the grace, the run recorded as interrupted; the
+//!   next daemon catches that run up at start; SIGINT of an idle daemon: exit 0;
 //! - `kill -9` during a run: the restarted daemon rewrites the record as interrupted and runs
 //!   on;
 //! - catch-up: several slots missed while no daemon ran make exactly one run at start;
@@ -615,8 +615,18 @@ fn sigterm_during_a_run_exits_within_the_grace_and_records_it_interrupted() {
         "slow",
         &job_text(&repo, "slow", &image, "0 0 1 1 *", ""),
     );
+    // The newest run was interrupted: the next daemon catches it up at once (SPEC §26.6),
+    // then has nothing to do until January.
     let mut d = Daemon::start(&s.jobs, &s.state, true, &[]);
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        poll_until(Duration::from_secs(15), || records(&s.state, "slow")
+            .iter()
+            .any(|r| r["trigger"] == "catch-up" && r["outcome"] == "success")),
+        "the interrupted run was not caught up at start: {:#?}\n{}",
+        records(&s.state, "slow"),
+        d.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(500));
     d.signal("INT");
     let (code, took) = d.wait_exit(Duration::from_secs(30));
     assert_eq!(code, 0, "exit code after SIGINT:\n{}", d.stderr());

@@ -231,12 +231,19 @@ fn unreachable_or_failing_targets_never_change_the_outcome() {
         "unreach",
         &s.image,
         &format!(
-            "\n[[notify]]\nwebhook = \"http://127.0.0.1:{closed}/nobody\"\non = [\"success\"]\n\n[[notify]]\nwebhook = {}\non = [\"success\"]\n\n[[notify]]\nemail = [\"ops@example.com\"]\nsmtp = \"smtp://127.0.0.1:{closed}\"\nfrom = \"tessera@example.com\"\non = [\"success\"]\n",
+            "\n[[notify]]\nwebhook = \"http://127.0.0.1:{closed}/nobody?token=leak-me-7\"\non = [\"success\"]\n\n[[notify]]\nwebhook = {}\non = [\"success\"]\n\n[[notify]]\nemail = [\"ops@example.com\"]\nsmtp = \"smtp://127.0.0.1:{closed}\"\nfrom = \"tessera@example.com\"\non = [\"success\"]\n",
             toml_str(sink.url())
         ),
     );
     let started = std::time::Instant::now();
-    let doc = job_run_ok(&file, &s.state, &[]);
+    let (out, doc) = job_run(&file, &s.state, &[]);
+    out.ok();
+    assert_eq!(doc["outcome"], "success", "{out}");
+    // An error about a URL never repeats it: it may carry a token (SPEC §26.5).
+    assert!(
+        !out.stdout.contains("leak-me-7") && !out.stderr.contains("leak-me-7"),
+        "the webhook URL's token is in the output: {out}"
+    );
     let n = notifications(&doc);
     assert_eq!(n.len(), 3, "{n:#?}");
     for x in &n {
