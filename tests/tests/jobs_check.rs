@@ -579,3 +579,35 @@ fn a_missing_file_is_a_usage_error() {
         "{out}"
     );
 }
+
+/// Plain http:// webhooks and smtp:// servers must be on loopback unless the target says
+/// `insecure = true` (SPEC §26.5).
+#[test]
+fn plain_targets_off_loopback_need_insecure() {
+    let t = tempfile::tempdir().unwrap();
+    let base = minimal(t.path());
+    for target in [
+        "webhook = \"http://192.0.2.10/hook\"",
+        "email = [\"ops@example.com\"]\nsmtp = \"smtp://192.0.2.10:25\"\nfrom = \"t@example.com\"",
+    ] {
+        let text = format!("{base}\n[[notify]]\n{target}\n");
+        let file = job_file(t.path(), "plain.toml", &text);
+        let out = check(&file, false);
+        assert_eq!(out.code, 2, "a plain target off loopback: {out}");
+        assert!(out.stderr.contains("[[notify]]#1"), "{out}");
+        let line = reported_line(&out.stderr);
+        let header = position(&text, "[[notify]]").0;
+        assert!(
+            (header..=text.lines().count()).contains(&line),
+            "line {line} is not in the [[notify]] table: {out}"
+        );
+        let text = format!("{base}\n[[notify]]\n{target}\ninsecure = true\n");
+        let out = check(&job_file(t.path(), "plain.toml", &text), false);
+        out.ok();
+    }
+    // On loopback, no `insecure` is needed.
+    let text = format!(
+        "{base}\n[[notify]]\nwebhook = \"http://127.0.0.1:9/hook\"\n\n[[notify]]\nemail = [\"ops@example.com\"]\nsmtp = \"smtp://[::1]:25\"\nfrom = \"t@example.com\"\n"
+    );
+    check(&job_file(t.path(), "loop.toml", &text), false).ok();
+}
