@@ -117,7 +117,7 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DiskDef {
     /// Disk name within the snapshot.
-    pub name: Name,
+    pub name: Spanned<Name>,
     /// Image, block device or NBD URL.
     pub source: String,
     /// A changed-block list.
@@ -220,13 +220,13 @@ pub struct HookDef {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NotifyDef {
     /// POST the event here.
-    pub webhook: Option<String>,
+    pub webhook: Option<Spanned<String>>,
     /// Mail the event to these addresses.
-    pub email: Option<Vec<String>>,
+    pub email: Option<Spanned<Vec<String>>>,
     /// The mail server (`smtp://`, `smtps://`, `smtp+starttls://`).
-    pub smtp: Option<String>,
+    pub smtp: Option<Spanned<String>>,
     /// The sender.
-    pub from: Option<String>,
+    pub from: Option<Spanned<String>>,
     /// SMTP user.
     pub username: Option<String>,
     /// File holding the SMTP password.
@@ -437,10 +437,11 @@ fn check(def: &JobDef) -> std::result::Result<(), Problem> {
     }
     let mut names = std::collections::HashSet::new();
     for disk in &backup.disk {
-        if !names.insert(&disk.get_ref().name) {
+        let name = &disk.get_ref().name;
+        if !names.insert(name.get_ref()) {
             return Err((
-                disk.span(),
-                format!("disk name {:?} is given twice", disk.get_ref().name.0),
+                name.span(),
+                format!("disk name {:?} is given twice", name.get_ref().0),
             ));
         }
         if disk.get_ref().source.is_empty() {
@@ -456,7 +457,8 @@ fn check(def: &JobDef) -> std::result::Result<(), Problem> {
         }
     }
     for n in &def.notify {
-        super::notify::check_target(n.get_ref()).map_err(|m| (n.span(), m))?;
+        super::notify::check_target(n.get_ref())
+            .map_err(|(span, m)| (span.unwrap_or_else(|| n.span()), m))?;
     }
     if let Some(v) = &def.verify {
         let v = v.get_ref();

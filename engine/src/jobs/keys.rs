@@ -9,8 +9,8 @@ use toml::Spanned;
 /// One step of a key path.
 enum Step {
     Key(String),
-    /// 1-based position in an array (of tables).
-    Item(usize),
+    /// 1-based position in an array, and whether the item is a table (`[[array]]`).
+    Item(usize, bool),
 }
 
 /// The key path at `offset` of `text`, rendered as `[table].key`, `[[array]]#2.key` or
@@ -60,7 +60,7 @@ fn walk_value(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut Vec<Step>)
         DeValue::Array(a) => {
             for (i, item) in a.iter().enumerate() {
                 if contains(&item.span(), offset) || inside(item, offset) {
-                    path.push(Step::Item(i + 1));
+                    path.push(Step::Item(i + 1, item.get_ref().is_table()));
                     walk_value(item, offset, path);
                     return;
                 }
@@ -71,41 +71,40 @@ fn walk_value(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut Vec<Step>)
 }
 
 fn render(path: &[Step]) -> String {
-    // The table part is every step but a last plain key.
-    let (table, key) = match path.last() {
-        Some(Step::Key(k)) if path.len() > 1 => (&path[..path.len() - 1], Some(k.as_str())),
-        Some(Step::Key(k)) => return k.clone(),
-        _ => (path, None),
-    };
     let mut out = String::new();
-    let mut names: Vec<&str> = Vec::new();
-    let mut item = None;
-    for step in table {
+    // Keys since the last item of an array of tables.
+    let mut names: Vec<String> = Vec::new();
+    for step in path {
         match step {
-            Step::Key(k) => {
-                if let Some(i) = item.take() {
-                    // a key below an array item: close the array part first
-                    let _ = write!(out, "[[{}]]#{i}", names.join("."));
-                    names.clear();
+            Step::Key(k) => names.push(k.clone()),
+            Step::Item(i, true) => {
+                if !out.is_empty() {
                     out.push('.');
                 }
-                names.push(k);
+                let _ = write!(out, "[[{}]]#{i}", names.join("."));
+                names.clear();
             }
-            Step::Item(i) => item = Some(*i),
+            Step::Item(i, false) => {
+                if let Some(last) = names.last_mut() {
+                    let _ = write!(last, "[{i}]");
+                }
+            }
         }
     }
-    match item {
-        Some(i) => {
-            let _ = write!(out, "[[{}]]#{i}", names.join("."));
+    // Of the keys left, the last is the key and the others the tables holding it.
+    if let Some((key, tables)) = names.split_last() {
+        match (out.is_empty(), tables.is_empty()) {
+            (true, true) => out.push_str(key),
+            (true, false) => {
+                let _ = write!(out, "[{}].{key}", tables.join("."));
+            }
+            (false, true) => {
+                let _ = write!(out, ".{key}");
+            }
+            (false, false) => {
+                let _ = write!(out, ".{}.{key}", tables.join("."));
+            }
         }
-        None if !names.is_empty() => {
-            let _ = write!(out, "[{}]", names.join("."));
-        }
-        None => {}
-    }
-    if let Some(k) = key {
-        out.push('.');
-        out.push_str(k);
     }
     out
 }
@@ -122,5 +121,10 @@ mod tests {
         assert_eq!(at("\"x\""), "[schedule].cron");
         assert_eq!(at("\"a\""), "[[backup.disk]]#1.name");
         assert_eq!(at("\"b\""), "[[backup.disk]]#2.name");
+        let text = "[[notify]]\non = [\"failure\", \"sometimes\"]\n";
+        assert_eq!(
+            key_at(text, text.find("\"sometimes\"").unwrap()).unwrap(),
+            "[[notify]]#1.on[2]"
+        );
     }
 }

@@ -182,6 +182,9 @@ struct Run<'a> {
     after_ran: bool,
 }
 
+/// The verify a run owes: its kind (`full`, `sample`) and the sample's size.
+type VerifyDue = (&'static str, Option<crate::ops::check::SampleSize>);
+
 /// A step's result: its detail line, or the error that failed it.
 type StepResult = Result<String>;
 
@@ -368,8 +371,14 @@ impl Run<'_> {
             }
             None => self.skipped("prune", "no [retention]"),
         }
-        if !self.step("verify", |r| r.verify(&repo))? {
-            return Ok(());
+        match (self.verify_due(), &self.job.def.verify) {
+            (Some(due), _) => {
+                if !self.step("verify", |r| r.verify(&repo, due))? {
+                    return Ok(());
+                }
+            }
+            (None, None) => self.skipped("verify", "no [verify]"),
+            (None, Some(_)) => self.skipped("verify", "not due"),
         }
         // The figures feed the metrics only: their failure is a warning, and the off-site
         // copies still go.
@@ -391,7 +400,7 @@ impl Run<'_> {
         let mut disks = Vec::new();
         for d in &def.disk {
             let d = d.get_ref();
-            let mut spec = DiskSpec::new(&d.name.0, Path::new(&d.source));
+            let mut spec = DiskSpec::new(&d.name.get_ref().0, Path::new(&d.source));
             spec.changes.clone_from(&d.changes);
             disks.push(spec);
         }
@@ -484,7 +493,7 @@ impl Run<'_> {
 
     /// The verify this run owes (SPEC.md §26.3): full when the last full one is older than
     /// `full-every`, else a sample when the last of any kind is older than `sample-every`.
-    fn verify_due(&self) -> Option<(&'static str, Option<crate::ops::check::SampleSize>)> {
+    fn verify_due(&self) -> Option<VerifyDue> {
         let v = self.job.def.verify.as_ref()?.get_ref();
         let now = self.record.started_us;
         let (sample_at, full_at) = self.state.verified();
@@ -500,13 +509,7 @@ impl Run<'_> {
         due.then_some(("sample", Some(sample.0)))
     }
 
-    fn verify(&mut self, repo: &Repository) -> StepResult {
-        let Some((kind, sample)) = self.verify_due() else {
-            return Ok(match &self.job.def.verify {
-                None => "no [verify]".into(),
-                Some(_) => "not due".into(),
-            });
-        };
+    fn verify(&mut self, repo: &Repository, (kind, sample): VerifyDue) -> StepResult {
         let request = crate::ops::verify::VerifyRequest {
             series: Some(self.job.series().to_string()),
             sample,

@@ -136,11 +136,12 @@ fn send(
     doc: &serde_json::Value,
 ) -> Result<(), (bool, String)> {
     let permanent = |m: String| (false, m);
-    let server = Server::parse(target.smtp.as_deref().unwrap_or_default()).map_err(permanent)?;
-    let from = target
-        .from
-        .clone()
-        .unwrap_or_else(|| format!("tessera@{}", crate::net::hostname().trim_end_matches('.')));
+    let server = Server::parse(target.smtp.as_ref().map_or("", |s| s.get_ref().as_str()))
+        .map_err(permanent)?;
+    let from = target.from.as_ref().map_or_else(
+        || format!("tessera@{}", crate::net::hostname().trim_end_matches('.')),
+        |f| f.get_ref().clone(),
+    );
     let mut message = Message::builder()
         .from(
             from.parse()
@@ -148,14 +149,19 @@ fn send(
         )
         .subject(format!("[tessera] {job}: {}", event.as_str()))
         .header(ContentType::TEXT_PLAIN);
-    for to in target.email.iter().flatten() {
+    for to in target.email.iter().flat_map(toml::Spanned::get_ref) {
         message = message.to(to
             .parse()
             .map_err(|e| permanent(format!("email address {to:?}: {e}")))?);
     }
+    // The summary, then the run's record (SPEC.md §26.5); `stale` has the newest run.
+    let run = doc.get("run").filter(|r| !r.is_null());
     let body = format!(
         "{summary}\n\n{}\n",
-        serde_json::to_string_pretty(doc).unwrap_or_default()
+        run.map_or_else(
+            || "(no run recorded yet)".into(),
+            |r| serde_json::to_string_pretty(r).unwrap_or_default()
+        )
     );
     let message = message
         .body(body)

@@ -7,6 +7,7 @@
 mod email;
 mod webhook;
 
+use std::ops::Range;
 use std::time::Duration;
 
 use super::file::{Job, NotifyDef};
@@ -44,59 +45,66 @@ fn payload(
 }
 
 /// Refuses a target that could not work: neither or both kinds, a bad URL, mail without a
-/// server, plain text to a remote host without `insecure`.
-pub fn check_target(n: &NotifyDef) -> Result<(), String> {
+/// server, plain text to a remote host without `insecure`. The error carries the span of
+/// the value at fault, when one is.
+pub fn check_target(n: &NotifyDef) -> Result<(), (Option<Range<usize>>, String)> {
+    let whole = |m: &str| (None, m.to_string());
     match (&n.webhook, &n.email) {
-        (None, None) => {
-            Err("a [[notify]] target needs `webhook = URL` or `email = [ADDRESSES]`".into())
-        }
-        (Some(_), Some(_)) => {
-            Err("a [[notify]] target is either a webhook or an email: make two targets".into())
-        }
+        (None, None) => Err(whole(
+            "a [[notify]] target needs `webhook = URL` or `email = [ADDRESSES]`",
+        )),
+        (Some(_), Some(_)) => Err(whole(
+            "a [[notify]] target is either a webhook or an email: make two targets",
+        )),
         (Some(url), None) => {
             if n.smtp.is_some()
                 || n.from.is_some()
                 || n.username.is_some()
                 || n.password_file.is_some()
             {
-                return Err(
-                    "smtp, from, username and password-file belong to email targets".into(),
-                );
+                return Err(whole(
+                    "smtp, from, username and password-file belong to email targets",
+                ));
             }
+            let at = |m: &str| (Some(url.span()), m.to_string());
+            let url = url.get_ref();
             if url.starts_with("https://") {
                 Ok(())
             } else if url.starts_with("http://") {
                 if is_loopback_url(url) || n.insecure {
                     Ok(())
                 } else {
-                    Err("a webhook over plain http:// must be on a loopback address: use https://, or say `insecure = true` if the network is trusted".into())
+                    Err(at("a webhook over plain http:// must be on a loopback address: use https://, or say `insecure = true` if the network is trusted"))
                 }
             } else {
                 // Not echoed: a webhook URL often carries its token.
-                Err("webhook is not an http:// or https:// URL".into())
+                Err(at("webhook is not an http:// or https:// URL"))
             }
         }
         (None, Some(to)) => {
-            if to.is_empty() {
-                return Err("email = [] names no address".into());
+            let at_to = |m: String| (Some(to.span()), m);
+            if to.get_ref().is_empty() {
+                return Err(at_to("email = [] names no address".into()));
             }
-            for a in to {
+            for a in to.get_ref() {
                 a.parse::<lettre::Address>()
-                    .map_err(|e| format!("email address {a:?}: {e}"))?;
+                    .map_err(|e| at_to(format!("email address {a:?}: {e}")))?;
             }
             if let Some(from) = &n.from {
-                from.parse::<lettre::message::Mailbox>()
-                    .map_err(|e| format!("from {from:?}: {e}"))?;
+                from.get_ref()
+                    .parse::<lettre::message::Mailbox>()
+                    .map_err(|e| (Some(from.span()), format!("from {:?}: {e}", from.get_ref())))?;
             }
             let Some(smtp) = &n.smtp else {
-                return Err("an email target needs `smtp = \"smtps://HOST\"` (or smtp+starttls://, or smtp:// on loopback)".into());
+                return Err(whole("an email target needs `smtp = \"smtps://HOST\"` (or smtp+starttls://, or smtp:// on loopback)"));
             };
-            let server = email::Server::parse(smtp)?;
+            let at_smtp = |m: String| (Some(smtp.span()), m);
+            let server = email::Server::parse(smtp.get_ref()).map_err(at_smtp)?;
             if !server.encrypted() && !n.insecure && !server.is_loopback() {
-                return Err("smtp:// sends mail (and any password) in clear: use smtps:// or smtp+starttls://, or say `insecure = true` if the network is trusted".into());
+                return Err(at_smtp("smtp:// sends mail (and any password) in clear: use smtps:// or smtp+starttls://, or say `insecure = true` if the network is trusted".into()));
             }
             if n.username.is_some() != n.password_file.is_some() {
-                return Err("give both username and password-file, or neither".into());
+                return Err(whole("give both username and password-file, or neither"));
             }
             Ok(())
         }
@@ -121,7 +129,7 @@ pub fn notify(
         let (name, result) = if let Some(url) = &target.webhook {
             (
                 format!("webhook #{}", i + 1),
-                attempt(|| webhook::post(url, &doc)),
+                attempt(|| webhook::post(url.get_ref(), &doc)),
             )
         } else {
             (
