@@ -54,7 +54,10 @@ struct JobFigures {
     last: Option<RunRecord>,
     last_success: Option<RunRecord>,
     last_backup: Option<RunRecord>,
-    last_verify: [Option<RunRecord>; 2],
+    /// When the newest sampled and full verify ran (`verify.json`).
+    last_verify: [Option<i64>; 2],
+    /// Damaged objects the newest verify found.
+    last_damage: Option<u64>,
 }
 
 fn seconds(us: i64) -> f64 {
@@ -80,25 +83,36 @@ pub fn render(state: &StateDir, jobs: &[Job], invalid: usize) -> String {
     out
 }
 
+/// Each job's figures, from its newest records: read newest first and only as far back as
+/// each figure needs (usually the newest record answers all), so a scrape costs a few
+/// record reads per job, not its whole history.
 fn figures(state: &StateDir, jobs: &[Job]) -> Vec<JobFigures> {
     jobs.iter()
         .map(|job| {
-            let runs = state
-                .job(&job.name)
-                .history(super::history::KEEP_RECORDS)
-                .map(|(r, _)| r)
-                .unwrap_or_default();
-            let find = |pred: &dyn Fn(&RunRecord) -> bool| runs.iter().find(|r| pred(r)).cloned();
-            let verified = |kind: &str| {
-                find(&|r: &RunRecord| r.verify.as_ref().is_some_and(|v| v.kind == kind))
-            };
+            let js = state.job(&job.name);
+            let find = |pred: &dyn Fn(&RunRecord) -> bool| js.newest(pred).ok().flatten();
+            let (sample_us, full_us) = js.verified();
+            // Only a job that verifies has a verify to look back for.
+            let last_damage = job
+                .def
+                .verify
+                .as_ref()
+                .and_then(|_| find(&|r| r.verify.is_some()))
+                .and_then(|r| r.verify.map(|v| v.damaged_objects));
+            let last = find(&|_| true).map(|mut r| {
+                if r.outcome == Outcome::Running && !js.is_running() {
+                    r.outcome = Outcome::Interrupted;
+                }
+                r
+            });
             JobFigures {
                 job: job.name.clone(),
                 series: job.series().to_string(),
-                last: runs.first().cloned(),
+                last,
                 last_success: find(&|r| r.outcome.succeeded()),
                 last_backup: find(&|r| r.backup.is_some()),
-                last_verify: [verified("sample"), verified("full")],
+                last_verify: [sample_us, full_us],
+                last_damage,
             }
         })
         .collect()
@@ -222,12 +236,12 @@ fn backup_and_verify_families(out: &mut String, figures: &[JobFigures]) {
         "Start of the run that did the newest verify of each kind.",
     );
     for j in figures {
-        for (kind, r) in ["sample", "full"].iter().zip(&j.last_verify) {
-            if let Some(r) = r {
+        for (kind, at) in ["sample", "full"].iter().zip(&j.last_verify) {
+            if let Some(at) = at {
                 f.sample(
                     name,
                     &[("job", &j.job), ("series", &j.series), ("kind", kind)],
-                    seconds(r.started_us),
+                    seconds(*at),
                 );
             }
         }
@@ -239,14 +253,7 @@ fn backup_and_verify_families(out: &mut String, figures: &[JobFigures]) {
             "tessera_job_last_verify_damaged_objects",
             "Damaged objects or packs the newest verify found.",
         ),
-        &|j| {
-            j.last_verify
-                .iter()
-                .flatten()
-                .max_by_key(|r| r.started_us)
-                .and_then(|r| r.verify.as_ref())
-                .map(|v| v.damaged_objects as f64)
-        },
+        &|j| j.last_damage.map(|n| n as f64),
     );
 }
 
