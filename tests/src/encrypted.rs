@@ -13,7 +13,7 @@ use tessera_format::pack::{
     PACK_HEADER_LEN, TRAILER_LEN,
 };
 
-use crate::{exit_code, tessera_cmd, Out};
+use crate::{tessera_cmd, Out};
 
 pub const PASS: &str = "correct horse battery staple";
 /// A cheap Argon2id cost: the tests open repositories dozens of times.
@@ -27,16 +27,7 @@ pub fn run<S: AsRef<OsStr>>(args: &[S], pass: Option<&str>) -> Out {
     if let Some(pass) = pass {
         cmd.env("TESSERA_PASSPHRASE", pass);
     }
-    let output = cmd.output().expect("running tessera");
-    Out {
-        args: args
-            .iter()
-            .map(|a| a.as_ref().to_string_lossy().into_owned())
-            .collect(),
-        code: exit_code(output.status),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Out::of(args, &cmd.output().expect("running tessera"))
 }
 
 pub fn p(path: &Path) -> String {

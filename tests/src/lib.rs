@@ -167,6 +167,19 @@ pub struct Out {
 }
 
 impl Out {
+    /// The outcome of a finished `tessera ARGS...`.
+    pub fn of<A: AsRef<std::ffi::OsStr>>(args: &[A], output: &std::process::Output) -> Self {
+        Self {
+            args: args
+                .iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect(),
+            code: exit_code(output.status),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     /// Panics, showing everything, unless the exit code is `code`.
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Self {
@@ -232,16 +245,10 @@ where
     S: AsRef<OsStr>,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let output = tessera_cmd(&args).output().expect("running tessera");
-    Out {
-        args: args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        code: exit_code(output.status),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Out::of(
+        &args,
+        &tessera_cmd(&args).output().expect("running tessera"),
+    )
 }
 
 /// Exit code, or `128 + signal` for a process killed by a signal.
@@ -255,13 +262,10 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
 
 /// Collects a spawned child's output.
 pub fn finish_child(child: Child, args: &[&str]) -> Out {
-    let output = child.wait_with_output().expect("waiting for tessera");
-    Out {
-        args: args.iter().map(ToString::to_string).collect(),
-        code: exit_code(output.status),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Out::of(
+        args,
+        &child.wait_with_output().expect("waiting for tessera"),
+    )
 }
 
 /// Sends a signal by name (`STOP`, `CONT`, ...) with the `kill` utility (the workspace
@@ -276,7 +280,12 @@ pub fn signal(pid: u32, sig: &str) {
 }
 
 /// Polls `cond` every 2 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    wait_every(timeout, Duration::from_millis(2), cond)
+}
+
+/// Polls `cond` every `interval` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_every(timeout: Duration, interval: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     loop {
         if cond() {
@@ -285,7 +294,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() > end {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(interval);
     }
 }
 

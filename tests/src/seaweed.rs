@@ -455,16 +455,7 @@ impl CliClient {
     {
         let args: Vec<std::ffi::OsString> =
             args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let output = self.cmd(&args).output().expect("running tessera");
-        crate::Out {
-            args: args
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect(),
-            code: crate::exit_code(output.status),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        crate::Out::of(&args, &self.cmd(&args).output().expect("running tessera"))
     }
 
     /// Runs `tessera --json ARGS`, asserting success; returns the document.

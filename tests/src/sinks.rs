@@ -23,7 +23,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -120,9 +120,8 @@ impl Drop for PyServer {
     }
 }
 
-/// Runs `python -c SCRIPT ARGS...` of `.deps/pytools` with `input` on stdin; returns stdout,
-/// panicking with stderr unless it succeeds.
-fn python_output(script: &str, args: &[&OsStr], input: &[u8]) -> String {
+/// Runs `python -c SCRIPT ARGS...` of `.deps/pytools` with `input` on stdin, to completion.
+fn python_run(script: &str, args: &[&OsStr], input: &[u8]) -> std::process::Output {
     let mut child = Command::new(pytools_python())
         .arg("-c")
         .arg(script)
@@ -139,6 +138,12 @@ fn python_output(script: &str, args: &[&OsStr], input: &[u8]) -> String {
     });
     let out = child.wait_with_output().expect("waiting for python");
     writer.join().expect("stdin writer");
+    out
+}
+
+/// [`python_run`]; returns stdout, panicking with stderr unless it succeeds.
+fn python_output(script: &str, args: &[&OsStr], input: &[u8]) -> String {
+    let out = python_run(script, args, input);
     assert!(
         out.status.success(),
         "python failed ({}):\n{}",
@@ -463,21 +468,7 @@ pub struct Sample {
 /// Parses a Prometheus text-format page with `prometheus_client`'s parser (panics, showing
 /// the page, if that parser refuses it).
 pub fn parse_metrics(text: &str) -> Vec<Sample> {
-    let mut child = Command::new(pytools_python())
-        .arg("-c")
-        .arg(METRICS_PARSE)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running .deps/pytools/bin/python");
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let input = text.as_bytes().to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().expect("waiting for python");
-    writer.join().expect("stdin writer");
+    let out = python_run(METRICS_PARSE, &[], text.as_bytes());
     assert!(
         out.status.success(),
         "prometheus_client cannot parse the metrics page:\n{}\n--- page ---\n{text}",
@@ -578,16 +569,7 @@ pub fn tessera_env(args: &[&OsStr], env: &[(&str, &OsStr)]) -> Out {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let output = cmd.output().expect("running tessera");
-    Out {
-        args: args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        code: crate::exit_code(output.status),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Out::of(args, &cmd.output().expect("running tessera"))
 }
 
 /// The arguments of `tessera job run FILE --state-dir STATE --json EXTRA...`.
@@ -749,6 +731,21 @@ pub fn pids_in(file: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Starts `tessera job run FILE --state-dir STATE`, waits until its before hook has written
+/// its pid into `pidfile`, and kills the run with SIGKILL (the hook, in its own process
+/// group, lives on: see [`KillPidsOnDrop`]).
+pub fn kill_run_during_before_hook(file: &Path, state: &Path, pidfile: &Path) {
+    let mut child = crate::tessera_cmd(job_run_args(file, state, &[]))
+        .spawn()
+        .expect("starting tessera job run");
+    assert!(
+        poll_until(Duration::from_secs(20), || !pids_in(pidfile).is_empty()),
+        "the before hook never ran"
+    );
+    child.kill().expect("killing the run");
+    child.wait().expect("reaping the run");
+}
+
 /// Kills every pid listed in `file` on drop: hooks that outlive a killed run.
 pub struct KillPidsOnDrop(pub PathBuf);
 
@@ -762,17 +759,8 @@ impl Drop for KillPidsOnDrop {
 
 /// Waits up to `timeout` for `cond`, polling every 50 ms (for conditions that read files
 /// or run processes, unlike [`crate::wait_until`]'s 2 ms).
-pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn poll_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    crate::wait_every(timeout, Duration::from_millis(50), cond)
 }
 
 /// Every file under `dir` (recursively) whose bytes contain `needle`.

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tessera_tests::sinks::{
-    free_port, job_run, job_run_args, job_run_ok, kill_if_alive, pids_in, poll_until, rfc3339_us,
-    script, toml_str, KillPidsOnDrop, SmtpSink, WebhookSink,
+    free_port, job_run, job_run_ok, kill_if_alive, pids_in, rfc3339_us, script, toml_str,
+    KillPidsOnDrop, SmtpSink, WebhookSink,
 };
-use tessera_tests::{init_repo, make_image, seed, tessera_cmd, DataGen, ImageSpec, Value};
+use tessera_tests::{init_repo, make_image, seed, DataGen, ImageSpec, Value};
 
 const MIB: u64 = 1 << 20;
 
@@ -284,15 +284,7 @@ fn a_killed_run_is_notified_as_a_failure_by_the_next_run() {
             toml_str(&hook)
         ),
     );
-    let mut child = tessera_cmd(job_run_args(&file, &s.state, &[]))
-        .spawn()
-        .unwrap();
-    assert!(
-        poll_until(Duration::from_secs(20), || !pids_in(&pidfile).is_empty()),
-        "the before hook never ran"
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    tessera_tests::sinks::kill_run_during_before_hook(&file, &s.state, &pidfile);
     let killed = tessera_tests::sinks::records(&s.state, "intr").remove(0);
     assert!(sink.requests().is_empty());
 

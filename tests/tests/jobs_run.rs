@@ -952,15 +952,7 @@ fn a_killed_run_is_recorded_as_interrupted() {
         &image,
         &format!("\n[hooks.before]\ncommand = [{}]\n", toml_str(&hook)),
     );
-    let mut child = tessera_cmd(job_run_args(&file, &s.state, &[]))
-        .spawn()
-        .unwrap();
-    assert!(
-        poll_until(Duration::from_secs(20), || !pids_in(&pidfile).is_empty()),
-        "the before hook never ran"
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    tessera_tests::sinks::kill_run_during_before_hook(&file, &s.state, &pidfile);
 
     // The hook (in its own process group) may still run; the lock is free all the same.
     let runs = history("kil", &s.state);
