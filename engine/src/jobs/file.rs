@@ -67,6 +67,23 @@ pub struct RepositoryDef {
     pub s3_insecure_http: bool,
     /// As `--cache-dir`.
     pub cache_dir: Option<PathBuf>,
+    /// A `tessera serve` repository: the local (plain) repository backups go into first,
+    /// then are pushed from.
+    pub staging: Option<PathBuf>,
+    /// A `tessera serve` repository: the token (a `backup` token suffices).
+    pub token_file: Option<PathBuf>,
+    /// A `tessera serve` repository: CA certificates for its https:// certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// A `tessera serve` repository: allow http:// to a host that is not loopback.
+    #[serde(default)]
+    pub insecure_http: bool,
+}
+
+impl RepositoryDef {
+    /// Whether the repository is a `tessera serve` server.
+    pub fn is_server(&self) -> bool {
+        crate::sync::endpoints::is_remote(self.location.get_ref())
+    }
 }
 
 /// `[backup]`.
@@ -285,6 +302,7 @@ impl Job {
         };
         let def: JobDef = toml::from_str(text).map_err(|e| located(e.span(), e.message()))?;
         check(&def).map_err(|(span, message)| located(Some(span), &message))?;
+        let def = through_staging(def);
         let mut job = Self {
             name: name.to_string(),
             path: path.to_path_buf(),
@@ -305,6 +323,31 @@ pub fn job_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// A job on a `tessera serve` repository is run as a job on its staging repository whose
+/// first `[[sync]]` target is the server: the backup, retention and verify happen in the
+/// staging repository (a backup token cannot prune or read the server), then the push
+/// (SPEC.md §26.1).
+fn through_staging(mut def: JobDef) -> JobDef {
+    let r = &mut def.repository;
+    let Some(staging) = r.staging.take() else {
+        return def;
+    };
+    let server = std::mem::replace(
+        &mut r.location,
+        Spanned::new(0..0, staging.display().to_string()),
+    );
+    let push = SyncDef {
+        to: server.into_inner(),
+        token_file: r.token_file.take(),
+        tls_ca: r.tls_ca.take(),
+        bwlimit: None,
+        insecure_http: std::mem::take(&mut r.insecure_http),
+        io_timeout: None,
+    };
+    def.sync.insert(0, Spanned::new(0..0, push));
+    def
 }
 
 /// The job's name from its file name: the stem, under the rule of series names.
@@ -401,17 +444,22 @@ type Problem = (Range<usize>, String);
 /// The checks no single value can make alone.
 fn check(def: &JobDef) -> std::result::Result<(), Problem> {
     let location = &def.repository.location;
-    if location.get_ref().starts_with("http://") || location.get_ref().starts_with("https://") {
+    let r = &def.repository;
+    if r.is_server() {
+        check_server_repository(r).map_err(|m| (location.span(), m))?;
+    } else if r.staging.is_some() || r.token_file.is_some() || r.tls_ca.is_some() || r.insecure_http
+    {
         return Err((
             location.span(),
-            "a job backs up into a local or s3:// repository; list a `tessera serve` server under [[sync]] to copy there".into(),
+            "staging, token-file, tls-ca and insecure-http belong to a `tessera serve` repository (an http:// or https:// location)".into(),
         ));
+    } else {
+        crate::location::RepoLocation::parse(
+            location.get_ref(),
+            crate::location::LocationOptions::default(),
+        )
+        .map_err(|e| (location.span(), e.to_string()))?;
     }
-    crate::location::RepoLocation::parse(
-        location.get_ref(),
-        crate::location::LocationOptions::default(),
-    )
-    .map_err(|e| (location.span(), e.to_string()))?;
     let secrets = [
         def.repository.key_file.is_some(),
         def.repository.passphrase_file.is_some(),
@@ -485,6 +533,30 @@ fn check(def: &JobDef) -> std::result::Result<(), Problem> {
                 format!("[schedule] cron {:?} never fires", s.cron.text),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A `tessera serve` repository: backups go into `staging` (a local plain repository) and
+/// are pushed to the server with its token (SPEC.md §26.1).
+fn check_server_repository(r: &RepositoryDef) -> std::result::Result<(), String> {
+    let url = r.location.get_ref();
+    if r.staging.is_none() {
+        return Err("a `tessera serve` repository needs `staging = DIR`: a local plain repository (`tessera init DIR --encryption none`) the backups go into first, then are pushed from".into());
+    }
+    if r.token_file.is_none() {
+        return Err(
+            "a `tessera serve` repository needs `token-file` (a `backup` token suffices)".into(),
+        );
+    }
+    if url.starts_with("http://") && !r.insecure_http && !crate::net::is_loopback_url(url) {
+        return Err("a server over plain http:// must be on a loopback address: use https://, or say `insecure-http = true` if the network is trusted".into());
+    }
+    if r.key_file.is_some() || r.passphrase_file.is_some() || r.password_command.is_some() {
+        return Err(
+            "a `tessera serve` server takes plain repositories: its staging repository has no key"
+                .into(),
+        );
     }
     Ok(())
 }
