@@ -133,6 +133,7 @@ fn run_now(file: &Path, mode: &ModeArgs, state: &StateDir, json: bool, bars: &Ba
         trigger: Trigger::Manual,
         slot_us: None,
         stop: None,
+        frozen: None,
         progress: bars,
         on_record: None,
     };

@@ -107,6 +107,7 @@ pub fn daemon(
         entries: BTreeMap::new(),
         invalid: BTreeMap::new(),
         stop: Arc::new(AtomicBool::new(false)),
+        frozen: Arc::new(AtomicBool::new(false)),
         busy: Vec::new(),
         stale_sent: BTreeMap::new(),
         last_stale_check: None,
@@ -163,6 +164,8 @@ struct Daemon<'a> {
     /// Files refused at the last reading, with why.
     invalid: BTreeMap<PathBuf, String>,
     stop: Arc<AtomicBool>,
+    /// Set at shutdown once running runs are abandoned: they write nothing more.
+    frozen: Arc<AtomicBool>,
     /// The repositories running runs write: their own and their sync targets'.
     busy: Vec<(String, Vec<RepoLocation>)>,
     last_stale_check: Option<Instant>,
@@ -251,8 +254,10 @@ impl Daemon<'_> {
                         latest: Arc::new(Mutex::new(None)),
                         since_us: now,
                     };
-                    if let (Some(s), true) = (&schedule, start) {
+                    if start {
                         self.settle(&entry.job);
+                    }
+                    if let (Some(s), true) = (&schedule, start) {
                         if let Some(slot) = self.missed_slot(&name, s, now) {
                             self.say(&format!(
                                 "job {name}: the slot of {} was missed while the daemon was down: running once now",
@@ -298,27 +303,56 @@ impl Daemon<'_> {
 
     /// Settles runs of `job` that a killed or stopped daemon left `running` (taking the job
     /// lock for a moment; a `job run` holding it is left alone), and notifies them.
-    fn settle(&self, job: &Job) {
+    fn settle(&self, job: &Arc<Job>) {
         let js = self.opts.state.job(&job.name);
-        let Ok(lock) = js.lock() else { return };
-        match js.settle(&lock) {
-            Ok(settled) => {
+        let settled = match js.lock() {
+            Ok(lock) => {
+                let settled = js.settle(&lock);
+                drop(lock);
+                settled
+            }
+            Err(_) => return,
+        };
+        let settled = match settled {
+            Ok(s) => s,
+            Err(e) => {
+                self.say(&format!("error: job {}: {e}", job.name));
+                return;
+            }
+        };
+        for r in &settled {
+            self.say(&format!(
+                "job {}: the run of {} was interrupted during {}",
+                job.name,
+                r.started,
+                r.step.as_deref().unwrap_or("?")
+            ));
+        }
+        if settled.is_empty() {
+            return;
+        }
+        // Releasing (after-hooks) and notifying may take long: not on the scheduling
+        // thread, and without the job's lock.
+        let job = Arc::clone(job);
+        let log = Arc::clone(&self.log);
+        let _ = std::thread::Builder::new()
+            .name(format!("settle {}", job.name))
+            .spawn(move || {
                 for mut r in settled {
-                    self.say(&format!(
-                        "job {}: the run of {} was interrupted during {}",
-                        job.name,
-                        r.started,
-                        r.step.as_deref().unwrap_or("?")
-                    ));
-                    let sent = super::notify::notify(job, Event::Failure, &r.summary(), Some(&r));
-                    if !sent.is_empty() {
+                    let released = super::run::release_interrupted(&job, &mut r);
+                    if released {
+                        log(&format!(
+                            "job {}: after-hook run for the interrupted run of {}",
+                            job.name, r.started
+                        ));
+                    }
+                    let sent = super::notify::notify(&job, Event::Failure, &r.summary(), Some(&r));
+                    if released || !sent.is_empty() {
                         r.notifications.extend(sent);
                         let _ = js.write(&r);
                     }
                 }
-            }
-            Err(e) => self.say(&format!("error: job {}: {e}", job.name)),
-        }
+            });
     }
 
     /// Warns when two jobs back up one series of one repository: each one's retention
@@ -357,7 +391,11 @@ impl Daemon<'_> {
         now: i64,
     ) -> Option<i64> {
         let newest = self.opts.state.job(name).newest(|_| true).ok().flatten()?;
-        if newest.outcome == super::record::Outcome::Interrupted {
+        // An interrupted run is caught up once: not when it was itself a catch-up (a run that
+        // kills the daemon must not run again at every restart).
+        if newest.outcome == super::record::Outcome::Interrupted
+            && newest.trigger != Trigger::CatchUp
+        {
             return schedule.prev_at_or_before(now).or(Some(now));
         }
         let since = newest.started_us;
@@ -461,6 +499,7 @@ impl Daemon<'_> {
             let state = self.opts.state.clone();
             let keys = Arc::clone(&self.keys);
             let stop = Arc::clone(&self.stop);
+            let frozen = Arc::clone(&self.frozen);
             let tx = self.tx.clone();
             let log = Arc::clone(&self.log);
             log(&format!(
@@ -478,6 +517,7 @@ impl Daemon<'_> {
                         trigger,
                         slot_us: slot,
                         stop: Some(&stop),
+                        frozen: Some(&frozen),
                         progress: &crate::progress::NoProgress,
                         on_record: Some(&on_record),
                     };
@@ -547,11 +587,7 @@ impl Daemon<'_> {
                 continue;
             };
             let js = self.opts.state.job(&e.job.name);
-            let last_success = js
-                .newest(|r| r.outcome.succeeded())
-                .ok()
-                .flatten()
-                .map(|r| r.started_us);
+            let last_success = js.last_success();
             let since = last_success
                 .or_else(|| js.oldest().map(|r| r.started_us))
                 .unwrap_or(e.since_us);
@@ -618,9 +654,13 @@ impl Daemon<'_> {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        // Runs still going are abandoned by the process exit. A record that already says
-        // how its run ended (it was sending notifications) is left alone; the others are
-        // rewritten `interrupted` and notified as failures, for at most NOTIFY_AT_EXIT.
+        // Runs still going are abandoned by the process exit; from now on they write
+        // nothing (their records are ours). A record that already says how its run ended
+        // (it was sending notifications) is left alone; the others are rewritten
+        // `interrupted`, their after-hooks run and their failures notified, for at most
+        // NOTIFY_AT_EXIT (an after-hook still running then was recorded as started, so the
+        // next settle does not run it again).
+        self.frozen.store(true, Ordering::SeqCst);
         let mut notifying = Vec::new();
         for e in self.entries.values().filter(|e| e.running) {
             let latest = e
@@ -637,6 +677,10 @@ impl Daemon<'_> {
                 r.step.as_deref().unwrap_or("its step"),
                 self.opts.stop_grace.as_secs()
             ));
+            let owes_after = super::run::owes_after_hook(&e.job, &r);
+            if owes_after {
+                r.step = Some("hook-after".into());
+            }
             let js = self.opts.state.job(&e.job.name);
             if let Err(err) = js.write(&r) {
                 self.say(&format!("error: job {}: {err}", e.job.name));
@@ -648,11 +692,14 @@ impl Daemon<'_> {
             ));
             let job = Arc::clone(&e.job);
             notifying.push(std::thread::spawn(move || {
-                let sent = super::notify::notify(&job, Event::Failure, &r.summary(), Some(&r));
-                if !sent.is_empty() {
-                    r.notifications.extend(sent);
-                    let _ = js.write(&r);
+                if owes_after {
+                    r.step = None;
+                    super::run::release_interrupted(&job, &mut r);
+                    r.step = Some("hook-after".into());
                 }
+                let sent = super::notify::notify(&job, Event::Failure, &r.summary(), Some(&r));
+                r.notifications.extend(sent);
+                let _ = js.write(&r);
             }));
         }
         let deadline = Instant::now() + NOTIFY_AT_EXIT;

@@ -541,8 +541,12 @@ fn check(def: &JobDef) -> std::result::Result<(), Problem> {
 /// are pushed to the server with its token (SPEC.md §26.1).
 fn check_server_repository(r: &RepositoryDef) -> std::result::Result<(), String> {
     let url = r.location.get_ref();
-    if r.staging.is_none() {
-        return Err("a `tessera serve` repository needs `staging = DIR`: a local plain repository (`tessera init DIR --encryption none`) the backups go into first, then are pushed from".into());
+    match &r.staging {
+        None => return Err("a `tessera serve` repository needs `staging = DIR`: a local plain repository (`tessera init DIR --encryption none`) the backups go into first, then are pushed from".into()),
+        Some(dir) if !dir.is_absolute() || dir.to_string_lossy().contains("://") => {
+            return Err("`staging` is the absolute path of a local directory (the daemon runs in /, a shell elsewhere)".into());
+        }
+        Some(_) => {}
     }
     if r.token_file.is_none() {
         return Err(

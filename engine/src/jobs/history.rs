@@ -1,5 +1,5 @@
 //! Where runs are recorded (SPEC.md §26.4):
-//! `STATE/jobs/NAME/{lock,runs/ID.json,stale.json,verify.json}`.
+//! `STATE/jobs/NAME/{lock,runs/ID.json,stale.json,verify.json,success.json}`.
 //!
 //! Crash reasoning: a record is replaced whole through the durable-write protocol
 //! (`storage::durable`), so after a crash at any moment it is the last version written: the
@@ -296,6 +296,24 @@ impl JobState {
                 "sent": crate::time::now_rfc3339(),
             }),
         )
+    }
+
+    /// When the newest successful run started (µs), kept beside the records (which are
+    /// pruned); else the newest successful record's.
+    pub fn last_success(&self) -> Option<i64> {
+        self.summary("success.json")
+            .and_then(|v| v.get("started_us")?.as_i64())
+            .or_else(|| {
+                self.newest(|r| r.outcome.succeeded())
+                    .ok()
+                    .flatten()
+                    .map(|r| r.started_us)
+            })
+    }
+
+    /// Records a successful run that started at `us`.
+    pub fn mark_success(&self, us: i64) -> Result<()> {
+        self.write_summary("success.json", &serde_json::json!({ "started_us": us }))
     }
 
     /// When the newest verify of each kind ran (µs): `(sample, full)`. Kept beside the

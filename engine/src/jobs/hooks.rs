@@ -189,10 +189,11 @@ pub fn run_hook(
     let (status, timed_out) = match wait_or_kill(&mut child, timeout) {
         Ok(r) => r,
         Err(e) => {
+            record.output = collector.finish();
             return (
                 record,
                 Err(Error::Hook(format!("hook {phase}: waiting: {e}"))),
-            )
+            );
         }
     };
     record.timed_out = timed_out;

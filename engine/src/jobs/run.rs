@@ -54,6 +54,9 @@ pub struct RunRequest<'a> {
     pub stop: Option<&'a AtomicBool>,
     /// Progress of the long steps.
     pub progress: &'a dyn Progress,
+    /// Set by the daemon when it has abandoned the run at shutdown and written its record:
+    /// from then on the run writes nothing more.
+    pub frozen: Option<&'a AtomicBool>,
     /// Called with the record after each durable write (the daemon keeps the latest, to
     /// settle it if it must abandon the run).
     pub on_record: Option<&'a (dyn Fn(&RunRecord) + Sync)>,
@@ -91,9 +94,12 @@ pub fn run(
 ) -> Result<Finished> {
     let job_state = state.job(&job.name);
     let lock = job_state.lock()?;
-    for old in job_state.settle(&lock)? {
-        // A run of this job died: tell whoever wants failures (its record is rewritten).
-        let mut old = old;
+    for mut old in job_state.settle(&lock)? {
+        // A run of this job died: release what its before-hook took, and tell whoever wants
+        // failures (its record is rewritten).
+        if release_interrupted(job, &mut old) {
+            job_state.write(&old)?;
+        }
         let sent = notify::notify(job, Event::Failure, &old.summary(), Some(&old));
         if !sent.is_empty() {
             old.notifications.extend(sent);
@@ -136,7 +142,8 @@ pub fn run(
         record,
         started: Instant::now(),
         error_kind: None,
-        before_ok: false,
+        // Without a before-hook there is nothing to wait for: the after-hook is owed.
+        before_ok: job.def.hooks.before.is_none(),
         after_ran: false,
     };
     let mut result = run.save().and_then(|()| run.steps(mode));
@@ -158,6 +165,84 @@ pub fn run(
         record: run.record,
         error_kind: run.error_kind,
     })
+}
+
+/// Runs `job`'s hook of `phase` (`before`/`after`) for the run `record`, adding what it did
+/// to the record. For `after`, `TESSERA_OUTCOME` says whether the backup succeeded (its
+/// report is recorded only then).
+fn run_job_hook(job: &Job, record: &mut RunRecord, phase: &str) -> StepResult {
+    let hooks = &job.def.hooks;
+    let Some(hook) = (if phase == "before" {
+        &hooks.before
+    } else {
+        &hooks.after
+    }) else {
+        return Ok(String::new());
+    };
+    let mut env = vec![
+        ("TESSERA_JOB", job.name.clone()),
+        ("TESSERA_SERIES", job.series().to_string()),
+        ("TESSERA_REPOSITORY", record.repository.clone()),
+        ("TESSERA_PHASE", phase.to_string()),
+    ];
+    if phase == "after" {
+        let ok = record.backup.is_some() && record.outcome != Outcome::Interrupted;
+        env.push((
+            "TESSERA_OUTCOME",
+            if ok { "success" } else { "failure" }.into(),
+        ));
+        env.push((
+            "TESSERA_SNAPSHOT",
+            record.snapshot().unwrap_or_default().to_string(),
+        ));
+    }
+    let timeout = hook.timeout.map_or(DEFAULT_TIMEOUT, Dur::as_std);
+    let (done, result) = run_hook(phase, &hook.command.0, &env, timeout);
+    let detail = format!(
+        "{:?} exited {}",
+        hook.command.0[0],
+        done.exit_code
+            .map_or_else(|| "by a signal".to_string(), |c| c.to_string())
+    );
+    record.hooks.push(done);
+    result.map(|()| detail)
+}
+
+/// Whether the interrupted run `record` still owes its after-hook: its before-hook
+/// succeeded (or there is none, and the run got as far as the backup) and the after-hook
+/// neither ran nor was running when the process ended.
+pub fn owes_after_hook(job: &Job, record: &RunRecord) -> bool {
+    if job.def.hooks.after.is_none()
+        || record.hooks.iter().any(|h| h.phase == "after")
+        || record.step.as_deref() == Some("hook-after")
+    {
+        return false;
+    }
+    match &job.def.hooks.before {
+        Some(_) => record
+            .hooks
+            .iter()
+            .any(|h| h.phase == "before" && h.exit_code == Some(0) && !h.timed_out),
+        None => {
+            record.steps.iter().any(|s| s.step == "backup")
+                || record.step.as_deref() == Some("backup")
+        }
+    }
+}
+
+/// Settles an interrupted run's after-hook (SPEC.md §26.3): runs it if the run owed it
+/// (with `TESSERA_OUTCOME=failure`), recording it. The process that ran the backup is gone,
+/// so what the before-hook took is no longer being read. Returns whether it ran.
+pub fn release_interrupted(job: &Job, record: &mut RunRecord) -> bool {
+    if !owes_after_hook(job, record) {
+        return false;
+    }
+    let done = run_job_hook(job, record, "after");
+    record.warnings.push(match done {
+        Ok(_) => "the after-hook ran when the interrupted run was settled".into(),
+        Err(e) => format!("the after-hook, run when the interrupted run was settled: {e}"),
+    });
+    true
 }
 
 /// A run's id: its UTC start time to the microsecond, sortable as text.
@@ -190,6 +275,9 @@ type StepResult = Result<String>;
 
 impl Run<'_> {
     fn save(&mut self) -> Result<()> {
+        if self.req.frozen.is_some_and(|f| f.load(Ordering::SeqCst)) {
+            return Ok(());
+        }
         self.record.duration_ms = self.started.elapsed().as_millis() as u64;
         self.state.write(&self.record)?;
         if let Some(f) = self.req.on_record {
@@ -270,54 +358,31 @@ impl Run<'_> {
         });
     }
 
-    fn hook_env(&self, phase: &str) -> Vec<(&'static str, String)> {
-        let mut env = vec![
-            ("TESSERA_JOB", self.job.name.clone()),
-            ("TESSERA_SERIES", self.job.series().to_string()),
-            ("TESSERA_REPOSITORY", self.record.repository.clone()),
-            ("TESSERA_PHASE", phase.to_string()),
-        ];
-        if phase == "after" {
-            // The backup's report is recorded only when it succeeded.
-            let ok = self.record.backup.is_some();
-            env.push((
-                "TESSERA_OUTCOME",
-                if ok { "success" } else { "failure" }.into(),
-            ));
-            let snapshot = self.record.snapshot().unwrap_or_default().to_string();
-            env.push(("TESSERA_SNAPSHOT", snapshot));
-        }
-        env
-    }
-
     fn hook(&mut self, phase: &str) -> StepResult {
         if phase == "after" {
             self.after_ran = true;
         }
-        let hooks = &self.job.def.hooks;
-        let Some(hook) = (if phase == "before" {
-            &hooks.before
-        } else {
-            &hooks.after
-        }) else {
-            return Ok(String::new());
-        };
-        let timeout = hook.timeout.map_or(DEFAULT_TIMEOUT, Dur::as_std);
-        let env = self.hook_env(phase);
-        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
-        let (record, result) = run_hook(phase, &hook.command.0, &env, timeout);
-        let detail = format!(
-            "{:?} exited {}",
-            hook.command.0[0],
-            record
-                .exit_code
-                .map_or_else(|| "by a signal".to_string(), |c| c.to_string())
-        );
-        self.record.hooks.push(record);
+        let result = run_job_hook(self.job, &mut self.record, phase);
         if phase == "before" && result.is_ok() {
             self.before_ok = true;
         }
-        result.map(|()| detail)
+        result
+    }
+
+    /// Whether the job's previous run got to a sync that failed (or was interrupted in one).
+    fn previous_sync_failed(&self) -> bool {
+        if self.job.def.sync.is_empty() {
+            return false;
+        }
+        let id = self.record.id.clone();
+        self.state
+            .newest(|r| r.id != id)
+            .ok()
+            .flatten()
+            .is_some_and(|r| {
+                r.failure.as_ref().is_some_and(|f| f.step == "sync")
+                    || (r.outcome == Outcome::Interrupted && r.step.as_deref() == Some("sync"))
+            })
     }
 
     fn open(&self) -> Result<Repository> {
@@ -341,6 +406,7 @@ impl Run<'_> {
         if self.job.def.hooks.after.is_some() {
             let backup_failure = self.record.failure.take();
             let backup_kind = self.error_kind.take();
+            let backup_outcome = self.record.outcome;
             let after_ok = self.step("hook-after", |r| r.hook("after"))?;
             if let Some(f) = backup_failure {
                 // The backup's failure is the run's; the after-hook's, if any, is a warning.
@@ -350,7 +416,8 @@ impl Run<'_> {
                         .push(format!("hook after: {}", after.message));
                 }
                 self.error_kind = backup_kind;
-                self.record.outcome = Outcome::Failure;
+                // `damage` stays `damage`.
+                self.record.outcome = backup_outcome;
                 self.record.step = Some("backup".into());
                 self.save()?;
             } else if !after_ok {
@@ -364,6 +431,11 @@ impl Run<'_> {
             return Ok(());
         };
         match &self.job.def.retention {
+            Some(_) if self.previous_sync_failed() => {
+                let why = "the previous run's sync failed: retention waits until the off-site copies have caught up, so that nothing is forgotten before it was copied";
+                self.record.warnings.push(format!("prune skipped: {why}"));
+                self.skipped("prune", why);
+            }
             Some(_) => {
                 if !self.step("prune", |r| r.prune(&repo))? {
                     return Ok(());
@@ -523,7 +595,11 @@ impl Run<'_> {
             ..Default::default()
         };
         let report = crate::ops::verify::run(repo, &request, self.req.progress)?;
-        self.state.mark_verified(kind, self.record.started_us)?;
+        if let Err(e) = self.state.mark_verified(kind, self.record.started_us) {
+            self.record.warnings.push(format!(
+                "the verify policy could not record this verify: {e}"
+            ));
+        }
         let damaged = report.damaged.len() as u64 + report.damaged_packs.len() as u64;
         self.record.verify = Some(VerifyRecord {
             kind: kind.to_string(),
@@ -612,6 +688,10 @@ impl Run<'_> {
 
     /// Settles the outcome, writes the final record and sends the notifications.
     fn finish(&mut self) -> Result<()> {
+        if self.req.frozen.is_some_and(|f| f.load(Ordering::SeqCst)) {
+            // Abandoned at shutdown: the daemon has recorded and notified the run.
+            return Ok(());
+        }
         if self.record.outcome == Outcome::Running {
             self.record.outcome = if self.record.warnings.is_empty() {
                 Outcome::Success
@@ -622,6 +702,10 @@ impl Run<'_> {
         let now = now_us();
         self.record.finished = Some(format_us(now));
         self.save()?;
+        if self.record.outcome.succeeded() {
+            // Kept beside the records, which are pruned: the `stale` episodes need it.
+            let _ = self.state.mark_success(self.record.started_us);
+        }
         let event = match self.record.outcome {
             Outcome::Success => Event::Success,
             Outcome::Warning => Event::Warning,

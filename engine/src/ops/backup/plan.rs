@@ -112,10 +112,19 @@ pub fn differential_base(
     if wanted.is_empty() {
         return newest;
     }
-    fulls
-        .find(|(_, h)| wanted.iter().all(|(disk, state)| recorded(h, disk, state)))
-        .map(|(id, _)| *id)
-        .or(newest)
+    // The newest full matching the most delta disks (one reference serves every disk; a
+    // disk it does not match is read in full or refused by `plan_disk`, never mixed up).
+    let mut best: Option<(usize, SnapshotId)> = None;
+    for (id, h) in fulls {
+        let matched = wanted
+            .iter()
+            .filter(|(disk, state)| recorded(h, disk, state))
+            .count();
+        if matched > best.map_or(0, |b| b.0) {
+            best = Some((matched, *id));
+        }
+    }
+    best.map(|b| b.1).or(newest)
 }
 
 fn is_key(h: &SnapshotHeader) -> bool {
