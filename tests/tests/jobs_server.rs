@@ -72,7 +72,20 @@ fn a_job_on_a_server_backs_up_through_staging_and_pushes_every_snapshot() {
         toml_str(&vhd)
     );
     std::fs::write(&file, job).unwrap();
-    tessera(["job".as_ref(), "check".as_ref(), file.as_os_str()]).ok();
+    let checked = tessera([
+        "--json".as_ref(),
+        "job".as_ref(),
+        "check".as_ref(),
+        file.as_os_str(),
+    ]);
+    checked.ok();
+    let checked = checked.json();
+    assert_eq!(checked["server"], served.url.as_str(), "{checked:#}");
+    assert_eq!(
+        checked["repository"],
+        staging.to_str().unwrap(),
+        "{checked:#}"
+    );
 
     let mut digests = Vec::new();
     for round in 0..2 {

@@ -75,6 +75,8 @@ struct Checked<'a> {
     name: &'a str,
     series: &'a str,
     repository: &'a str,
+    /// The `tessera serve` server pushed to, when the job's repository is one.
+    server: Option<&'a str>,
     schedule: Option<&'a str>,
     next: Option<String>,
     warnings: &'a [String],
@@ -87,6 +89,7 @@ fn check(file: &Path, json: bool) -> Result<i32> {
         name: &job.name,
         series: job.series(),
         repository: job.def.repository.location.get_ref(),
+        server: job.server.as_deref(),
         schedule: schedule.map(|s| s.cron.text.as_str()),
         next: schedule.and_then(|s| s.next_after(now_us())).map(format_us),
         warnings: &job.warnings,
@@ -94,12 +97,20 @@ fn check(file: &Path, json: bool) -> Result<i32> {
     if json {
         print_ok(&report);
     } else {
+        let target = report.server.map_or_else(
+            || format!("repository {}", report.repository),
+            |s| {
+                format!(
+                    "server {s} through staging repository {}",
+                    report.repository
+                )
+            },
+        );
         println!(
-            "{}: job {} is valid (series {}, repository {})",
+            "{}: job {} is valid (series {}, {target})",
             file.display(),
             report.name,
             report.series,
-            report.repository
         );
         if let (Some(s), Some(n)) = (report.schedule, &report.next) {
             println!("  schedule {s:?}: next run {n}");

@@ -274,6 +274,9 @@ pub struct Job {
     /// Paths it names that do not exist now (reported, not refused: a before-hook may
     /// make them).
     pub warnings: Vec<String>,
+    /// The `tessera serve` server the job's repository is, when it is one (its `location`
+    /// is then the staging repository, and the server its first sync target).
+    pub server: Option<String>,
 }
 
 impl Job {
@@ -302,12 +305,17 @@ impl Job {
         };
         let def: JobDef = toml::from_str(text).map_err(|e| located(e.span(), e.message()))?;
         check(&def).map_err(|(span, message)| located(Some(span), &message))?;
+        let server = def
+            .repository
+            .is_server()
+            .then(|| def.repository.location.get_ref().clone());
         let def = through_staging(def);
         let mut job = Self {
             name: name.to_string(),
             path: path.to_path_buf(),
             def,
             warnings: Vec::new(),
+            server,
         };
         job.warnings = missing_paths(&job.def);
         Ok(job)
