@@ -554,6 +554,22 @@ pub fn toml_str(s: impl AsRef<OsStr>) -> String {
     out
 }
 
+/// Writes the job file `path`: repository `repo`, series `series`, one disk `d` of
+/// `source`, then `extra` (more tables); returns `path`.
+pub fn write_job(path: &Path, repo: &Path, series: &str, source: &Path, extra: &str) -> PathBuf {
+    fs::write(
+        path,
+        format!(
+            "[repository]\nlocation = {}\n\n[backup]\nseries = {}\n\n[[backup.disk]]\nname = \"d\"\nsource = {}\n{extra}",
+            toml_str(repo),
+            toml_str(series),
+            toml_str(source)
+        ),
+    )
+    .expect("writing a job file");
+    path.to_path_buf()
+}
+
 /// Writes an executable `/bin/sh` script `DIR/NAME` with `body`; returns its path.
 pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;

@@ -5,7 +5,6 @@
 //! and its failure is in the record; a run killed with `kill -9` is notified as a failure
 //! by the next run.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,17 +46,13 @@ impl Setup {
 
     /// `DIR/NAME.toml` backing up `source` as series `nts`, then `extra`.
     fn job(&self, name: &str, source: &Path, extra: &str) -> PathBuf {
-        let file = self.path(&format!("{name}.toml"));
-        fs::write(
-            &file,
-            format!(
-                "[repository]\nlocation = {}\n\n[backup]\nseries = \"nts\"\n\n[[backup.disk]]\nname = \"d\"\nsource = {}\n{extra}",
-                toml_str(&self.repo),
-                toml_str(source)
-            ),
+        tessera_tests::sinks::write_job(
+            &self.path(&format!("{name}.toml")),
+            &self.repo,
+            "nts",
+            source,
+            extra,
         )
-        .unwrap();
-        file
     }
 }
 

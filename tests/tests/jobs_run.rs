@@ -65,18 +65,13 @@ impl Setup {
     /// Writes `DIR/NAME.toml`: the repository, series `series`, one disk `d` of `source`,
     /// then `extra` (more tables).
     fn job(&self, name: &str, series: &str, source: &Path, extra: &str) -> PathBuf {
-        let file = self.path(&format!("{name}.toml"));
-        fs::write(
-            &file,
-            format!(
-                "[repository]\nlocation = {}\n\n[backup]\nseries = {}\n\n[[backup.disk]]\nname = \"d\"\nsource = {}\n{extra}",
-                toml_str(&self.repo),
-                toml_str(series),
-                toml_str(source)
-            ),
+        tessera_tests::sinks::write_job(
+            &self.path(&format!("{name}.toml")),
+            &self.repo,
+            series,
+            source,
+            extra,
         )
-        .unwrap();
-        file
     }
 }
 

@@ -320,4 +320,39 @@ mod tests {
         let deltas_only = vec![(id(9), with("delta", "x"))];
         assert_eq!(differential_base(&deltas_only, "s", &[("d", "x")]), None);
     }
+
+    /// Two delta disks whose trackers' bases lie in different fulls: the newest full that
+    /// matches the most of them serves (the other disk is then read in full by `plan_disk`).
+    #[test]
+    fn a_differential_of_two_disks_takes_the_full_matching_most() {
+        let id = |n: u8| SnapshotId([n; 32]);
+        let two = |a: &str, b: &str| {
+            let mut h = with("full", a);
+            let mut second = h.disks[0].clone();
+            second.name = "e".into();
+            second.identity[1].1 = b.into();
+            h.disks.push(second);
+            h
+        };
+        let catalog = vec![
+            (id(1), two("d:1", "e:1")),
+            (id(2), two("d:2", "e:9")),
+            (id(3), two("d:3", "e:3")),
+        ];
+        // d's base is in full 2, e's nowhere: full 2 (one match) beats the newest (none).
+        assert_eq!(
+            differential_base(&catalog, "s", &[("d", "d:2"), ("e", "e:5")]),
+            Some(id(2))
+        );
+        // Both bases in full 1: full 1, though newer fulls each match none.
+        assert_eq!(
+            differential_base(&catalog, "s", &[("d", "d:1"), ("e", "e:1")]),
+            Some(id(1))
+        );
+        // d in full 1, e in full 3: equally good, the newest of them.
+        assert_eq!(
+            differential_base(&catalog, "s", &[("d", "d:1"), ("e", "e:3")]),
+            Some(id(3))
+        );
+    }
 }
