@@ -338,18 +338,15 @@ impl Daemon<'_> {
         let _ = std::thread::Builder::new()
             .name(format!("settle {}", job.name))
             .spawn(move || {
-                for mut r in settled {
-                    let released = super::run::release_interrupted(&job, &mut r);
-                    if released {
-                        log(&format!(
-                            "job {}: after-hook run for the interrupted run of {}",
-                            job.name, r.started
-                        ));
-                    }
-                    let sent = super::notify::notify(&job, Event::Failure, &r.summary(), Some(&r));
-                    if released || !sent.is_empty() {
-                        r.notifications.extend(sent);
-                        let _ = js.write(&r);
+                for r in settled {
+                    let started = r.started.clone();
+                    match super::run::finish_interrupted(&job, &js, r) {
+                        Ok(true) => log(&format!(
+                            "job {}: after-hook run for the interrupted run of {started}",
+                            job.name
+                        )),
+                        Ok(false) => {}
+                        Err(e) => log(&format!("error: job {}: {e}", job.name)),
                     }
                 }
             });

@@ -16,6 +16,18 @@ use crate::storage::durable;
 use crate::storage::fs::OsFs;
 use crate::storage::PutMode;
 
+/// Replaces `DIR/NAME` with `bytes` through the durable-write protocol, staged under a name
+/// unique to this write (`.NAME.PID-N.tmp`: a daemon's scheduler may settle a record its run
+/// is rewriting).
+fn replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let target = dir.join(name);
+    let staged = dir.join(format!(".{name}.{}-{n}.tmp", std::process::id()));
+    durable::write_file(&OsFs, &staged, &target, bytes, PutMode::Replace)
+        .ctx(|| format!("writing {}", target.display()))
+}
+
 /// The state directory of root (and of the systemd unit).
 pub const ROOT_STATE_DIR: &str = "/var/lib/tessera";
 
@@ -125,19 +137,9 @@ impl JobState {
 
     /// Writes `record` durably (replacing its previous version).
     pub fn write(&self, record: &RunRecord) -> Result<()> {
-        // Unique per write: a daemon's scheduler may settle a record its run is rewriting.
-        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let bytes = serde_json::to_vec_pretty(record)
             .map_err(|e| Error::Internal(format!("encoding a run record: {e}")))?;
-        let target = self.runs().join(format!("{}.json", record.id));
-        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let staged = self.runs().join(format!(
-            ".{}.json.{}-{n}.tmp",
-            record.id,
-            std::process::id()
-        ));
-        durable::write_file(&OsFs, &staged, &target, &bytes, PutMode::Replace)
-            .ctx(|| format!("writing {}", target.display()))
+        replace(&self.runs(), &format!("{}.json", record.id), &bytes)
     }
 
     /// Record file names, oldest first (staged files and strangers are ignored).
@@ -262,22 +264,9 @@ impl JobState {
 
     /// Replaces a summary file durably (creating the job's directory if need be).
     fn write_summary(&self, file: &str, body: &serde_json::Value) -> Result<()> {
-        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         durable::create_dir_all(&OsFs, &self.dir)
             .ctx(|| format!("creating {}", self.dir.display()))?;
-        let target = self.dir.join(file);
-        let staged = self
-            .dir
-            .join(format!(".{file}.{}-{n}.tmp", std::process::id()));
-        durable::write_file(
-            &OsFs,
-            &staged,
-            &target,
-            body.to_string().as_bytes(),
-            PutMode::Replace,
-        )
-        .ctx(|| format!("writing {}", target.display()))
+        replace(&self.dir, file, body.to_string().as_bytes())
     }
 
     /// The stale episode a notification was last sent for: `Some(last success)` (`None`

@@ -94,17 +94,8 @@ pub fn run(
 ) -> Result<Finished> {
     let job_state = state.job(&job.name);
     let lock = job_state.lock()?;
-    for mut old in job_state.settle(&lock)? {
-        // A run of this job died: release what its before-hook took, and tell whoever wants
-        // failures (its record is rewritten).
-        if release_interrupted(job, &mut old) {
-            job_state.write(&old)?;
-        }
-        let sent = notify::notify(job, Event::Failure, &old.summary(), Some(&old));
-        if !sent.is_empty() {
-            old.notifications.extend(sent);
-            job_state.write(&old)?;
-        }
+    for old in job_state.settle(&lock)? {
+        finish_interrupted(job, &job_state, old)?;
     }
     let started_us = now_us();
     let mode = req.mode.unwrap_or(job.def.backup.get_ref().mode);
@@ -243,6 +234,18 @@ pub fn release_interrupted(job: &Job, record: &mut RunRecord) -> bool {
         Err(e) => format!("the after-hook, run when the interrupted run was settled: {e}"),
     });
     true
+}
+
+/// A settled run of `job` died: releases what its before-hook took, tells whoever wants
+/// failures, and records both. Returns whether the after-hook ran.
+pub fn finish_interrupted(job: &Job, state: &JobState, mut record: RunRecord) -> Result<bool> {
+    let released = release_interrupted(job, &mut record);
+    let sent = notify::notify(job, Event::Failure, &record.summary(), Some(&record));
+    if released || !sent.is_empty() {
+        record.notifications.extend(sent);
+        state.write(&record)?;
+    }
+    Ok(released)
 }
 
 /// A run's id: its UTC start time to the microsecond, sortable as text.
