@@ -117,8 +117,24 @@ pub struct ServeArgs {
     /// cannot flood its series and push real snapshots out of `prune --keep-last`.
     #[arg(long, value_name = "SECS", default_value_t = tessera_engine::sync::http::server::DEFAULT_MIN_PUBLISH_INTERVAL.as_secs())]
     pub min_publish_interval: u64,
+    /// The dashboard shows these jobs (NAME.toml): their runs, their retention, and how old
+    /// a series' newest snapshot may be by their schedule.
+    #[arg(long, value_name = "DIR")]
+    pub jobs: Option<PathBuf>,
+    /// The jobs' state directory, for their run history (as `tessera job --state-dir`).
+    #[arg(long, value_name = "DIR", requires = "jobs")]
+    pub state_dir: Option<PathBuf>,
+    /// The dashboard marks a series stale when its newest snapshot is older than this and no
+    /// job says otherwise (e.g. 36h, 2d).
+    #[arg(long, value_name = "DURATION", default_value = "36h", value_parser = parse_stale_after)]
+    pub stale_after: std::time::Duration,
     #[command(flatten)]
     pub keepalive: crate::args::KeepaliveArg,
+}
+
+fn parse_stale_after(text: &str) -> Result<std::time::Duration, String> {
+    tessera_engine::jobs::values::Dur::parse(text)
+        .map(|d| std::time::Duration::from_micros(d.0.us.unsigned_abs()))
 }
 
 /// `tessera token ...`: the tokens file of `serve --tokens`.

@@ -46,6 +46,8 @@ pub mod cache;
 pub mod crypto;
 #[cfg(feature = "repository")]
 pub mod damage_marks;
+#[cfg(feature = "repository")]
+pub mod dashboard;
 pub mod direct_write;
 pub mod disk_range;
 #[cfg(feature = "repository")]
@@ -86,6 +88,8 @@ pub mod sync;
 pub mod time;
 #[cfg(feature = "repository")]
 pub mod units;
+#[cfg(feature = "repository")]
+pub mod verify_log;
 
 pub use error::{Error, ErrorKind, Result};
 pub use progress::{NoProgress, Progress};

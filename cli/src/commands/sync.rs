@@ -132,6 +132,14 @@ pub fn serve(repo: &RepoLocation, args: &ServeArgs, json: bool) -> Result<i32> {
         }
         _ => return Err(UsageError("give --tokens FILE or --token-file FILE".into()).into()),
     };
+    let jobs = tessera_engine::dashboard::jobs::JobsConfig {
+        dir: args.jobs.clone(),
+        state: tessera_engine::dashboard::jobs::state_dir(
+            args.jobs.as_deref(),
+            args.state_dir.as_deref(),
+        )?,
+        default_max_age: args.stale_after,
+    };
     let storage = repo.storage()?;
     // Refused (an encrypted repository too) before anything listens or says it does.
     tessera_engine::sync::http::routes::check_repository(&storage)?;
@@ -157,6 +165,7 @@ pub fn serve(repo: &RepoLocation, args: &ServeArgs, json: bool) -> Result<i32> {
         usage_of,
         audit,
         min_publish_interval: std::time::Duration::from_secs(args.min_publish_interval),
+        jobs,
     };
     http_serve(listener, &storage, options)?;
     Ok(0)

@@ -276,7 +276,11 @@ fn update_ledger(
         (None, Some(ids)) => ids.clone(),
         (None, None) => catalogued.clone(),
     };
-    record_damage(repo, ledger.lock(), report, checked, catalogued)
+    record_damage(repo, ledger.lock(), report, checked, catalogued)?;
+    crate::verify_log::write_verify_record(
+        repo.backend(),
+        &crate::verify_log::VerifyRecord::of(report, opts),
+    )
 }
 
 /// The pages the count recomputation could not read, as damaged objects.

@@ -17,6 +17,7 @@
 //! | `bundle.json` | a seed bundle's manifest (§22.2; flat layout only) |
 //! | `doomed/<pack id>` | doom record of a pack a compaction emptied, in a shared store (§13) |
 //! | `keys/<slot id>.key` | a key slot of an encrypted repository (§23.4) |
+//! | `verified/<time µs, 16 digits>-<8 hex>` | the record of one verification run (§11a) |
 
 use std::fmt;
 
@@ -35,6 +36,8 @@ pub const DAMAGE: &str = "damage/";
 
 /// Prefix of key slots.
 pub const KEYS: &str = "keys/";
+/// Prefix of verification records.
+pub const VERIFIED: &str = "verified/";
 
 const PACK_EXT: &str = ".pack";
 const KEY_EXT: &str = ".key";
@@ -122,6 +125,12 @@ impl ObjectKey {
     /// The doom record of a pack (see [`crate::doomed`]).
     pub fn doom_record(id: PackId) -> Self {
         Self(format!("{DOOMED}{}", id.to_hex()))
+    }
+
+    /// The record of a verification run that ended at `time_us` (its 16 digits sort the
+    /// records by time), told apart from a run ending in the same microsecond by `tag`.
+    pub fn verify_record(time_us: i64, tag: u32) -> Self {
+        Self(format!("{VERIFIED}{:016}-{tag:08x}", time_us.max(0)))
     }
 
     /// A key slot (SPEC §23.4), named by its 16-byte slot id.

@@ -172,8 +172,18 @@ pub struct Job {
     pub reply: tokio::sync::oneshot::Sender<Reply>,
 }
 
+/// What the serving thread is asked to do: a request of the sync API or of the dashboard.
+pub enum Queued {
+    /// A request of the sync API.
+    Api(Job),
+    /// A request of the dashboard.
+    Dashboard(crate::dashboard::work::UiJob),
+}
+
 /// What the serving thread keeps between requests.
 pub struct ServingState {
+    /// The dashboard's caches and configuration.
+    pub dashboard: crate::dashboard::work::DashboardState,
     /// Quota counts (`None`: no quotas).
     pub usage: Option<Usage>,
     /// Least time between two snapshots a `backup` token publishes into one series
@@ -193,6 +203,7 @@ impl ServingState {
     /// State with these quota counts and publish interval.
     pub fn new(usage: Option<Usage>, min_publish_interval: Duration, audit: AuditLog) -> Self {
         Self {
+            dashboard: crate::dashboard::work::DashboardState::default(),
             usage,
             min_publish_interval,
             last_publish: HashMap::new(),
@@ -208,7 +219,7 @@ impl ServingState {
     /// by the repository's own state (staged files, unadopted packs, uncatalogued snapshot
     /// files), which only writers on the server's machine and earlier puts create, never by
     /// what one request asks.
-    fn open_writer(&mut self, root: &RepoStorage) -> Result<Repository, Refusal> {
+    pub(crate) fn open_writer(&mut self, root: &RepoStorage) -> Result<Repository, Refusal> {
         let repo = Repository::open_writer_on(root.clone(), &NoSecret).map_err(fail)?;
         let lasting = repo.recovery.lasting().summary();
         if repo.recovery.acted() || lasting != self.last_recovery_note {
@@ -252,11 +263,19 @@ impl ServingState {
 }
 
 /// Does the repository work of `queue`'s jobs, one at a time, in the order they arrive.
-pub fn serving_loop(root: &RepoStorage, queue: &Receiver<Job>, mut state: ServingState) {
-    for job in queue {
-        let reply = handle(&job, root, &mut state);
-        // The request may be gone (its client hung up): nothing to do.
-        let _ = job.reply.send(reply);
+pub fn serving_loop(root: &RepoStorage, queue: &Receiver<Queued>, mut state: ServingState) {
+    // The request may be gone (its client hung up): then its answer is dropped.
+    for queued in queue {
+        match queued {
+            Queued::Api(job) => {
+                let reply = handle(&job, root, &mut state);
+                let _ = job.reply.send(reply);
+            }
+            Queued::Dashboard(job) => {
+                let outcome = crate::dashboard::work::handle(&job, root, &mut state);
+                let _ = job.reply.send(outcome);
+            }
+        }
     }
 }
 

@@ -119,6 +119,8 @@ pub struct ServeOptions {
     /// Least time between two snapshots a `backup` token publishes into one series (zero:
     /// no limit); see [`DEFAULT_MIN_PUBLISH_INTERVAL`].
     pub min_publish_interval: Duration,
+    /// Where the dashboard finds jobs (`serve --jobs`, `--state-dir`, `--stale-after`).
+    pub jobs: crate::dashboard::jobs::JobsConfig,
 }
 
 /// The default of `serve --min-publish-interval`: a `backup` token may publish one snapshot
@@ -137,13 +139,16 @@ pub fn serve(listener: Listener, repo: &RepoStorage, options: ServeOptions) -> R
     // Fail early on a location that is not a repository, or unusable usage counts.
     let root = check_repository(repo)?;
     let usage = options.usage_of.as_deref().map(Usage::load).transpose()?;
-    let state = ServingState::new(usage, options.min_publish_interval, options.audit.clone());
+    let mut state = ServingState::new(usage, options.min_publish_interval, options.audit.clone());
+    state.dashboard.jobs = options.jobs;
+    state.dashboard.repository = repo.backend.describe();
     let (jobs, queue) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("tessera-serving".into())
         .spawn(move || serving_loop(&root, &queue, state))
         .map_err(|e| Error::io("starting the serving thread", e))?;
-    let shared = Arc::new(Shared::new(options.tokens, jobs, options.audit));
+    let tls = listener.tls.is_some();
+    let shared = Arc::new(Shared::new(options.tokens, jobs, options.audit, tls));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("tessera-serve")

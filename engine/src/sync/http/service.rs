@@ -24,7 +24,7 @@ use crate::error::Result;
 use super::audit::{AuditLog, Record};
 use super::conn::{Busy, ConnState};
 use super::limiter::Failures;
-use super::routes::{Endpoint, Job, Refusal};
+use super::routes::{Endpoint, Job, Queued, Refusal};
 use super::server::{transfer_time, DRAIN_TIME, IO_TIMEOUT, MAX_REQUESTS, REFUSED_BODY_DRAINED};
 use super::tokens::{file_stamp, hash_token, FileStamp, TokenEntry, Tokens};
 
@@ -87,26 +87,42 @@ pub struct Shared {
     /// Request slots.
     pub slots: Arc<Semaphore>,
     /// The serving thread's queue.
-    pub jobs: std::sync::mpsc::Sender<Job>,
+    pub jobs: std::sync::mpsc::Sender<Queued>,
     /// The audit log.
     pub audit: AuditLog,
+    /// The dashboard's sessions.
+    pub sessions: crate::dashboard::session::Sessions,
+    /// Whether the server speaks TLS (the session cookie is then `Secure`).
+    pub tls: bool,
 }
 
 impl Shared {
     /// Shared state serving `tokens`, queueing work on `jobs`, logging to `audit`.
-    pub fn new(tokens: TokenSource, jobs: std::sync::mpsc::Sender<Job>, audit: AuditLog) -> Self {
+    pub fn new(
+        tokens: TokenSource,
+        jobs: std::sync::mpsc::Sender<Queued>,
+        audit: AuditLog,
+        tls: bool,
+    ) -> Self {
         Self {
             tokens,
             failures: Failures::default(),
             slots: Arc::new(Semaphore::new(MAX_REQUESTS)),
             jobs,
             audit,
+            sessions: crate::dashboard::session::Sessions::default(),
+            tls,
         }
+    }
+
+    /// The current tokens (a tokens file is read again when it changed).
+    pub fn tokens(&self) -> Arc<Tokens> {
+        self.tokens.current()
     }
 }
 
 /// A taken request slot, and its mark on the connection.
-struct Slot {
+pub struct Slot {
     _permit: OwnedSemaphorePermit,
     _busy: Busy,
 }
@@ -120,6 +136,9 @@ pub async fn respond(
     req: Request<Incoming>,
 ) -> std::io::Result<Response<Answer>> {
     let mut record = Record::start(&shared.audit, peer, req.method().as_str(), req.uri().path());
+    if crate::dashboard::route::is_dashboard_path(req.uri().path()) {
+        return crate::dashboard::respond::respond(&shared, &conn, peer, req, record).await;
+    }
     let len = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -141,7 +160,7 @@ pub async fn respond(
         body,
         reply,
     };
-    let reply = match shared.jobs.send(job) {
+    let reply = match shared.jobs.send(Queued::Api(job)) {
         Ok(()) => answer.await.ok(),
         Err(_) => None,
     };
@@ -236,24 +255,32 @@ fn admit(
             ),
         ));
     }
+    Ok((endpoint, token, take_slot(shared, conn)?))
+}
+
+/// Takes one of the [`MAX_REQUESTS`] request slots, or the refusal (503).
+pub(crate) fn take_slot(
+    shared: &Shared,
+    conn: &Arc<ConnState>,
+) -> std::result::Result<Slot, Refusal> {
     let permit = Arc::clone(&shared.slots).try_acquire_owned().map_err(|_| {
         Refusal::new(
             503,
             format!("more than {MAX_REQUESTS} requests in flight; try again later"),
         )
     })?;
-    Ok((
-        endpoint,
-        token,
-        Slot {
-            _permit: permit,
-            _busy: conn.busy(),
-        },
-    ))
+    Ok(Slot {
+        _permit: permit,
+        _busy: conn.busy(),
+    })
 }
 
 /// Reads a body of exactly `len` bytes (checked against its endpoint's limit).
-async fn read_body(mut body: Incoming, len: u64, record: &mut Record) -> std::io::Result<Bytes> {
+pub(crate) async fn read_body(
+    mut body: Incoming,
+    len: u64,
+    record: &mut Record,
+) -> std::io::Result<Bytes> {
     let cut = || std::io::Error::other("the request body does not match its Content-Length");
     let mut buf = Vec::with_capacity(usize::try_from(len).map_err(std::io::Error::other)?);
     while let Some(frame) = body.frame().await {
@@ -276,10 +303,29 @@ async fn read_body(mut body: Incoming, len: u64, record: &mut Record) -> std::io
 /// refused body has been read and dropped for at most [`DRAIN_TIME`] (so that a client
 /// still sending it reads the answer rather than a reset). A client that waits for
 /// `100 Continue` has sent no body and gets none drained.
-fn refuse(
+pub(crate) fn refuse(
     conn: &Arc<ConnState>,
     req: Request<Incoming>,
     refusal: &Refusal,
+    record: Record,
+) -> Response<Answer> {
+    refuse_with(
+        conn,
+        req,
+        refusal.status,
+        refusal.body(),
+        refusal.retry_after,
+        record,
+    )
+}
+
+/// [`refuse`] with the answer body `body` (the caller sets its content type).
+pub(crate) fn refuse_with(
+    conn: &Arc<ConnState>,
+    req: Request<Incoming>,
+    status: u16,
+    body: Vec<u8>,
+    retry_after: Option<Duration>,
     mut record: Record,
 ) -> Response<Answer> {
     let expects_continue = req
@@ -290,9 +336,9 @@ fn refuse(
         tokio::spawn(drain(req.into_body()));
     }
     conn.set_deadline(Some(IO_TIMEOUT));
-    record.status = Some(refusal.status);
-    let body = Answer::new(refusal.body(), None, record, conn, DRAIN_TIME);
-    response(refusal.status, body, true, refusal.retry_after)
+    record.status = Some(status);
+    let body = Answer::new(body, None, record, conn, DRAIN_TIME);
+    response(status, body, true, retry_after)
 }
 
 async fn drain(mut body: Incoming) {
@@ -358,7 +404,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn new(
+    pub(crate) fn new(
         data: Vec<u8>,
         slot: Option<Slot>,
         record: Record,

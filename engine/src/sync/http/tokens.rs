@@ -91,6 +91,11 @@ impl TokenEntry {
     pub fn covers(&self, series: &str) -> bool {
         self.role == Role::Admin || series_matches(&self.series, series)
     }
+
+    /// Whether this token sees every series (an admin token, or the pattern `*`).
+    pub fn covers_all(&self) -> bool {
+        self.role == Role::Admin || self.series == "*"
+    }
 }
 
 /// Whether `series` matches `pattern`, where `*` stands for any run of characters.
