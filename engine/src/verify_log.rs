@@ -21,8 +21,11 @@ use crate::storage::{Backend, ObjectKey, PutMode};
 
 /// Records kept: the newest this many runs.
 pub const KEEP: usize = 100;
-/// Largest record read back (records are a few hundred bytes; a larger object is skipped).
-pub const MAX_RECORD_BYTES: usize = 64 << 10;
+/// Largest record read back (a record with [`MAX_RANGES`] ranges and [`MAX_SNAPSHOTS`]
+/// snapshots is about 200 KB; a larger object is skipped unread).
+pub const MAX_RECORD_BYTES: u64 = 1 << 20;
+/// Most damaged snapshots one record names.
+pub const MAX_SNAPSHOTS: usize = 1000;
 
 /// What one verification run did and found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,8 +46,16 @@ pub struct VerifyRecord {
     pub damaged_objects: u64,
     /// Packs with a damaged footer or trailer.
     pub damaged_packs: u64,
-    /// Snapshots found damaged (hex ids), including those with a damaged file.
+    /// Snapshots found damaged (hex ids, the first [`MAX_SNAPSHOTS`]), including those with
+    /// a damaged file.
     pub damaged_snapshots: Vec<String>,
+    /// How many snapshots were found damaged, in all.
+    #[serde(default)]
+    pub damaged_snapshot_count: u64,
+    /// Objects in scope not read because the ledger says they were verified recently
+    /// (`verify --skip-verified-within`).
+    #[serde(default)]
+    pub objects_skipped_recently_verified: u64,
     /// Problems reported, in all.
     pub problems: u64,
     /// The damaged byte ranges (the first [`MAX_RANGES`]), for the damage map.
@@ -72,8 +83,10 @@ pub struct RangeRecord {
 pub const MAX_RANGES: usize = 1000;
 
 impl VerifyRecord {
-    /// The record of a run with `opts` that reported `report`, ending now.
-    pub fn of(report: &CheckReport, opts: &VerifyOptions) -> Self {
+    /// The record of a run with `opts` that reported `report`, ending now. An encrypted
+    /// repository's record names no host and no disk (its ranges are left out, counted):
+    /// a keyless holder must not learn disk names (SPEC §23.1).
+    pub fn of(report: &CheckReport, opts: &VerifyOptions, encrypted: bool) -> Self {
         let kind = match (opts.read_data, &opts.sample) {
             (false, _) => "metadata",
             (true, Some(_)) => "sample",
@@ -87,6 +100,8 @@ impl VerifyRecord {
             .collect();
         damaged.sort();
         damaged.dedup();
+        let damaged_snapshot_count = damaged.len() as u64;
+        damaged.truncate(MAX_SNAPSHOTS);
         let mut ranges: Vec<RangeRecord> = report
             .damaged
             .iter()
@@ -102,11 +117,16 @@ impl VerifyRecord {
             (&a.snapshot, &a.disk, a.offset).cmp(&(&b.snapshot, &b.disk, b.offset))
         });
         ranges.dedup();
-        let ranges_left_out = ranges.len().saturating_sub(MAX_RANGES) as u64;
-        ranges.truncate(MAX_RANGES);
+        let keep = if encrypted { 0 } else { MAX_RANGES };
+        let ranges_left_out = ranges.len().saturating_sub(keep) as u64;
+        ranges.truncate(keep);
         Self {
             time_us: crate::time::now_us(),
-            host: crate::net::hostname(),
+            host: if encrypted {
+                String::new()
+            } else {
+                crate::net::hostname()
+            },
             kind: kind.to_string(),
             scope_snapshots: opts.scope.as_ref().map(Vec::len),
             objects_read: report.objects_read,
@@ -114,6 +134,8 @@ impl VerifyRecord {
             damaged_objects: report.damaged.len() as u64,
             damaged_packs: report.damaged_packs.len() as u64,
             damaged_snapshots: damaged,
+            damaged_snapshot_count,
+            objects_skipped_recently_verified: report.objects_skipped_recently_verified,
             problems: report.problems.len() as u64,
             damaged_ranges: ranges,
             ranges_left_out,
@@ -149,11 +171,10 @@ pub fn verify_records(backend: &dyn Backend, limit: usize) -> Result<Vec<VerifyR
         .iter()
         .rev()
         .filter_map(|k| {
-            let bytes = backend.get_if_exists(k).ok()??;
-            if bytes.len() > MAX_RECORD_BYTES {
+            if backend.size(k).ok()?? > MAX_RECORD_BYTES {
                 return None;
             }
-            serde_json::from_slice(&bytes).ok()
+            serde_json::from_slice(&backend.get_if_exists(k).ok()??).ok()
         })
         .take(limit)
         .collect())
@@ -175,6 +196,8 @@ mod tests {
             damaged_objects: problems,
             damaged_packs: 0,
             damaged_snapshots: Vec::new(),
+            damaged_snapshot_count: 0,
+            objects_skipped_recently_verified: 0,
             problems,
             damaged_ranges: Vec::new(),
             ranges_left_out: 0,

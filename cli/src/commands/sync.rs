@@ -139,6 +139,7 @@ pub fn serve(repo: &RepoLocation, args: &ServeArgs, json: bool) -> Result<i32> {
             args.state_dir.as_deref(),
         )?,
         default_max_age: args.stale_after,
+        served: Some(repo.clone()),
     };
     let storage = repo.storage()?;
     // Refused (an encrypted repository too) before anything listens or says it does.

@@ -114,6 +114,9 @@ fn print_text(report: &CheckReport, metadata_only: bool, skipping: bool) {
             p.pack, p.reason
         );
     }
+    if let Some(e) = &report.verify_record_error {
+        eprintln!("warning: this run's verification record was not written (the dashboard will not show it): {e}");
+    }
     if report.ledger_pruned > 0 {
         println!(
             "ledger: removed {} entries of objects no longer in the index",

@@ -139,7 +139,7 @@ pub fn catalogue(repo: &Repository, token: &TokenEntry) -> Result<Catalogue> {
             header,
         })
         .collect();
-    snaps.sort_by(|a, b| (a.header.time_us, a.id).cmp(&(b.header.time_us, b.id)));
+    snaps.sort_by_key(|s| (s.header.time_us, s.id));
     Ok(Catalogue {
         snaps,
         whole,

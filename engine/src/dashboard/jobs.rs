@@ -7,9 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::jobs::daemon::written_repositories;
 use crate::jobs::file::{job_files, Job};
 use crate::jobs::history::StateDir;
 use crate::jobs::record::RunRecord;
+use crate::location::RepoLocation;
 use crate::ops::prune::KeepPolicy;
 
 /// Where the dashboard finds jobs, and the age limit of series no job covers.
@@ -21,6 +23,9 @@ pub struct JobsConfig {
     pub state: Option<StateDir>,
     /// How old a series' newest snapshot may be when no job says otherwise.
     pub default_max_age: Duration,
+    /// The repository served: only jobs that write into it (their repository, or a local
+    /// `[[sync]]` target) are shown. `None`: every job of the directory.
+    pub served: Option<RepoLocation>,
 }
 
 /// The default of `serve --stale-after`: daily backups, with half a day of slack.
@@ -36,6 +41,7 @@ impl Default for JobsConfig {
             dir: None,
             state: None,
             default_max_age: DEFAULT_MAX_AGE,
+            served: None,
         }
     }
 }
@@ -69,7 +75,8 @@ impl JobsView {
             Ok(files) => {
                 for f in files {
                     match Job::load(&f) {
-                        Ok(job) => view.jobs.push(job),
+                        Ok(job) if writes_into(&job, config.served.as_ref()) => view.jobs.push(job),
+                        Ok(_) => {}
                         Err(e) => view.errors.push((f, e.to_string())),
                     }
                 }
@@ -79,7 +86,7 @@ impl JobsView {
         view
     }
 
-    /// The job backing up `series`, if any.
+    /// The job backing up `series`, if any (the first, by file name, if several do).
     pub fn for_series(&self, series: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.series() == series)
     }
@@ -152,6 +159,15 @@ impl JobsView {
             })
             .collect()
     }
+}
+
+/// Whether `job` writes into `served` (any repository when `None`).
+fn writes_into(job: &Job, served: Option<&RepoLocation>) -> bool {
+    served.is_none_or(|s| {
+        written_repositories(job)
+            .iter()
+            .any(|w| w.same_repository(s))
+    })
 }
 
 /// `36 h`, `2 d 4 h`, `15 min`: a span as people read it.

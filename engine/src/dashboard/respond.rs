@@ -24,8 +24,7 @@ use std::sync::Arc;
 use cookie::{Cookie, SameSite};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, ORIGIN,
-    SET_COOKIE,
+    HeaderMap, HeaderValue, CONTENT_TYPE, COOKIE, HOST, LOCATION, ORIGIN, SET_COOKIE,
 };
 use hyper::{Request, Response};
 use tessera_format::SnapshotId;
@@ -38,7 +37,9 @@ use crate::sync::http::audit::Record;
 use crate::sync::http::conn::ConnState;
 use crate::sync::http::routes::Queued;
 use crate::sync::http::server::{transfer_time, IO_TIMEOUT};
-use crate::sync::http::service::{read_body, refuse_with, take_slot, Answer, Shared, Slot};
+use crate::sync::http::service::{
+    content_length, read_body, refuse_with, take_slot, Answer, Shared, Slot,
+};
 use crate::sync::http::tokens::{hash_token, Role, TokenEntry};
 
 /// What a form without the session's CSRF secret is told.
@@ -74,6 +75,8 @@ struct Reply {
     content_type: &'static str,
     location: Option<String>,
     set_cookie: Option<String>,
+    /// For 405: the methods the path allows.
+    allow: Option<&'static str>,
 }
 
 impl Reply {
@@ -84,6 +87,7 @@ impl Reply {
             content_type: "text/html; charset=utf-8",
             location: None,
             set_cookie: None,
+            allow: None,
         }
     }
 
@@ -100,24 +104,18 @@ impl Reply {
     }
 }
 
-/// A refusal before the request is worked on: its page, and whether the connection closes
-/// (a body may still be coming).
+/// A refusal before the request is worked on (its connection closes: a body may still be
+/// coming), with how long to wait for a 429.
 struct Refused {
     reply: Reply,
     retry_after: Option<std::time::Duration>,
 }
 
-impl From<Reply> for Refused {
-    fn from(reply: Reply) -> Self {
-        Self {
-            reply,
-            retry_after: None,
-        }
-    }
-}
-
 fn refused_page(status: u16, viewer: Option<&Viewer>, title: &str, message: &str) -> Refused {
-    Reply::html(status, pages::error_page(viewer, title, message)).into()
+    Refused {
+        reply: Reply::html(status, pages::error_page(viewer, title, message)),
+        retry_after: None,
+    }
 }
 
 /// Answers one dashboard request (`req.uri().path()` is a dashboard path).
@@ -128,11 +126,7 @@ pub async fn respond(
     req: Request<Incoming>,
     mut record: Record,
 ) -> std::io::Result<Response<Answer>> {
-    let len = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let len = content_length(&req);
     conn.set_deadline(Some(transfer_time(len)));
     let admitted = admit(shared, peer, &req, len, &mut record);
     let (route, session) = match admitted {
@@ -153,6 +147,10 @@ pub async fn respond(
     let reply = match route {
         Route::Login => {
             let form = read_body(req.into_body(), len, &mut record).await?;
+            // A new login replaces the browser's old session, whoever's it was.
+            if let Some((cookie, _, _)) = &session {
+                shared.sessions.logout(cookie);
+            }
             login(shared, peer, &form, &mut record)
         }
         Route::Action(action) => {
@@ -182,6 +180,11 @@ pub async fn respond(
             let Some((cookie, session, token)) = session else {
                 return Ok(answer(conn, record, Reply::redirect("/ui/login"), None));
             };
+            if matches!(page, Page::ConfirmForget(_)) && token.role != Role::Admin {
+                let v = viewer(&session, &token);
+                let page = pages::error_page(Some(&v), "Refused", &only_admin(&token));
+                return Ok(answer(conn, record, Reply::html(403, page), None));
+            }
             let notice = notice(&page, req.uri().query().unwrap_or(""));
             match page_reply(shared, conn, &cookie, &session, &token, page, notice).await {
                 Ok((r, slot)) => return Ok(answer(conn, record, r, Some(slot))),
@@ -199,6 +202,7 @@ pub async fn respond(
             content_type: asset.content_type,
             location: None,
             set_cookie: None,
+            allow: None,
         },
     };
     Ok(answer(conn, record, reply, None))
@@ -207,6 +211,10 @@ pub async fn respond(
 /// The checks before any body is read: the route, and the live session with its token
 /// (when the route needs one: `None` sends the browser to the login page).
 #[expect(clippy::type_complexity, reason = "one tuple, named at its one use")]
+#[expect(
+    clippy::result_large_err,
+    reason = "a refusal is answered at once; it never travels up a call chain"
+)]
 fn admit(
     shared: &Shared,
     peer: SocketAddr,
@@ -215,21 +223,21 @@ fn admit(
     record: &mut Record,
 ) -> Result<(Route, Option<(String, Session, TokenEntry)>), Refused> {
     if let Some(wait) = shared.failures.locked_out(peer.ip()) {
-        return Err(Refused {
-            retry_after: Some(wait),
-            ..refused_page(
-                429,
-                None,
-                "Too many tries",
-                &format!(
-                    "Too many wrong tokens from {}; try again in {} s.",
-                    peer.ip(),
-                    wait.as_secs() + 1
-                ),
-            )
-        });
+        let mut refused = refused_page(
+            429,
+            None,
+            "Too many tries",
+            &format!(
+                "Too many wrong tokens from {}; try again in {} s.",
+                peer.ip(),
+                wait.as_secs() + 1
+            ),
+        );
+        refused.retry_after = Some(wait);
+        return Err(refused);
     }
     let method = req.method().as_str();
+    let is_post = method == "POST";
     let route = Route::parse(method, req.uri().path()).map_err(|e| match e {
         NoRoute::NotFound => refused_page(404, None, "Not found", "There is no such page."),
         NoRoute::Method(allowed) => {
@@ -239,12 +247,13 @@ fn admit(
                 "Not allowed",
                 &format!("{method} is not allowed here; {allowed} is."),
             );
-            r.reply.location = None;
+            r.reply.allow = Some(allowed);
             r
         }
     })?;
-    let is_post = method == "POST";
-    if req.headers().contains_key(hyper::header::TRANSFER_ENCODING) {
+    if req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
+        || (is_post && !req.headers().contains_key(hyper::header::CONTENT_LENGTH))
+    {
         return Err(refused_page(
             411,
             None,
@@ -370,6 +379,14 @@ fn login(shared: &Shared, peer: SocketAddr, form: &[u8], record: &mut Record) ->
     Reply::redirect("/ui/").with_cookie(session_cookie(cookie, shared.tls))
 }
 
+fn only_admin(token: &TokenEntry) -> String {
+    format!(
+        "Token {:?} has the role {}: only admin tokens may change snapshots; nothing was done.",
+        token.name,
+        token.role.name()
+    )
+}
+
 fn viewer(session: &Session, token: &TokenEntry) -> Viewer {
     Viewer {
         name: token.name.clone(),
@@ -385,7 +402,7 @@ fn notice(page: &Page, query: &str) -> Option<String> {
     match (page, q("done").as_deref(), q("changed").as_deref()) {
         (Page::Snapshot(_), Some("protected"), _) => Some("Protected: prune and forget will leave this snapshot alone.".into()),
         (Page::Snapshot(_), Some("unprotected"), _) => Some("Unprotected.".into()),
-        (Page::Series(_), Some("forgotten"), _) => {
+        (Page::Series(_) | Page::Overview, Some("forgotten"), _) => {
             let id = q("id").filter(|i| i.parse::<SnapshotId>().is_ok())?;
             let freed = q("freed")?.parse::<u64>().ok()?;
             Some(format!(
@@ -479,7 +496,10 @@ async fn act(
         ));
     }
     if token.role != Role::Admin {
-        return Err(Reply::html(403, pages::error_page(Some(&v), "Refused", &format!("Token {:?} has the role {}: only admin tokens may change snapshots; nothing was done.", token.name, token.role.name()))));
+        return Err(Reply::html(
+            403,
+            pages::error_page(Some(&v), "Refused", &only_admin(token)),
+        ));
     }
     let work = match action {
         Action::Protect(id, on) => Work::Protect(id, on),
@@ -544,6 +564,9 @@ fn finish_headers(r: &mut Response<Answer>, reply: &Reply) {
         .and_then(|l| HeaderValue::from_str(l).ok())
     {
         h.insert(LOCATION, to);
+    }
+    if let Some(a) = reply.allow {
+        h.insert(hyper::header::ALLOW, HeaderValue::from_static(a));
     }
     if let Some(c) = reply
         .set_cookie

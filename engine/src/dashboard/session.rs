@@ -25,6 +25,8 @@ use tessera_format::SnapshotId;
 pub const COOKIE: &str = "tessera_session";
 /// Most sessions held at once.
 pub const MAX_SESSIONS: usize = 256;
+/// Most sessions of one token (its least recently used is ended for a new login).
+pub const MAX_SESSIONS_PER_TOKEN: usize = 16;
 /// A session ends after this long without a request.
 #[expect(
     clippy::duration_suboptimal_units,
@@ -102,14 +104,21 @@ impl Sessions {
         let now = Instant::now();
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         table.retain(|_, s| s.alive(now));
-        if table.len() >= MAX_SESSIONS {
-            if let Some(oldest) = table
-                .iter()
-                .min_by_key(|(_, s)| s.last_seen)
-                .map(|(k, _)| *k)
-            {
-                table.remove(&oldest);
-            }
+        // One token's logins make room among its own sessions first, so that the holder of
+        // one token cannot log everyone else out by logging in many times.
+        let own = table
+            .values()
+            .filter(|s| s.token_hash == token_hash)
+            .count();
+        let evict = if own >= MAX_SESSIONS_PER_TOKEN {
+            least_recent(&table, |s| s.token_hash == token_hash)
+        } else if table.len() >= MAX_SESSIONS {
+            least_recent(&table, |_| true)
+        } else {
+            None
+        };
+        if let Some(key) = evict {
+            table.remove(&key);
         }
         table.insert(
             key_of(&cookie),
@@ -194,6 +203,18 @@ impl Sessions {
     }
 }
 
+/// The key of the least recently used session `pick` accepts.
+fn least_recent(
+    table: &HashMap<[u8; 32], Session>,
+    pick: impl Fn(&Session) -> bool,
+) -> Option<[u8; 32]> {
+    table
+        .iter()
+        .filter(|(_, s)| pick(s))
+        .min_by_key(|(_, s)| s.last_seen)
+        .map(|(k, _)| *k)
+}
+
 impl Session {
     fn alive(&self, now: Instant) -> bool {
         now.duration_since(self.last_seen) < IDLE && now.duration_since(self.created) < LIFETIME
@@ -235,11 +256,21 @@ mod tests {
     }
 
     #[test]
+    fn one_token_cannot_log_out_the_others() {
+        let sessions = Sessions::default();
+        let admin = sessions.login([9; 32]);
+        for _ in 0..MAX_SESSIONS * 2 {
+            sessions.login([1; 32]);
+        }
+        assert!(sessions.get(&admin).is_some());
+    }
+
+    #[test]
     fn the_table_is_bounded() {
         let sessions = Sessions::default();
         let first = sessions.login([0; 32]);
-        for _ in 0..MAX_SESSIONS {
-            sessions.login([0; 32]);
+        for i in 0..MAX_SESSIONS {
+            sessions.login([(i % 250) as u8 + 1; 32]);
         }
         assert!(sessions.get(&first).is_none());
         assert_eq!(

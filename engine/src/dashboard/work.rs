@@ -22,7 +22,6 @@ use crate::ops::diff::diff_disks;
 use crate::ops::disk_reader::DiskView;
 use crate::ops::forget::{apply_forget, plan_forget, set_protected};
 use crate::ops::prune::plan_prune;
-use crate::ops::usage::snapshot_usage;
 use crate::repo::{RepoStorage, Repository};
 use crate::storage::key::QUARANTINE;
 use crate::sync::http::routes::{status_of, ServingState};
@@ -31,6 +30,8 @@ use crate::verify_log::{verify_records, VerifyRecord};
 
 /// Verification runs shown on the health page.
 pub const VERIFY_RUNS_SHOWN: usize = 30;
+/// Quarantined objects listed (with their sizes: one request each on object storage).
+pub const QUARANTINE_SHOWN: usize = 200;
 /// Runs shown per job.
 pub const JOB_RUNS_SHOWN: usize = 20;
 
@@ -109,7 +110,14 @@ pub fn handle(job: &UiJob, root: &RepoStorage, state: &mut ServingState) -> Outc
             Error::Protected { .. } => 409,
             _ => status_of(e),
         };
-        failed(status, &e.to_string())
+        // The engine's message may name paths and other series: only for tokens of every
+        // series. Others learn what the status says.
+        let message = match status {
+            404 => "There is no such series or snapshot for this token.".to_string(),
+            _ if job.token.covers_all() => e.to_string(),
+            _ => format!("The server could not do that (status {status}); its operator can find out why with a token of every series."),
+        };
+        failed(status, &message)
     };
     match &job.work {
         Work::Page(page) => Repository::open_on(root.clone(), &NoSecret)
@@ -174,7 +182,10 @@ fn overview(repo: &Repository, ctx: &Ctx<'_>, state: &mut DashboardState) -> Res
         .keys()
         .map(|s| ((*s).to_string(), jobs.age_limit(s, &state.jobs, ctx.now_us)))
         .collect();
-    let verifies = verify_records(repo.backend(), 1)?;
+    // The newest run that covered everything: a run of some snapshots says nothing about
+    // the series it did not read.
+    let verifies = verify_records(repo.backend(), VERIFY_RUNS_SHOWN)?;
+    let last_verify = verifies.iter().find(|v| v.scope_snapshots.is_none());
     let totals = if ctx.cat.whole {
         Some(state.caches.stats(repo, ctx.cat.fingerprint)?)
     } else {
@@ -185,7 +196,8 @@ fn overview(repo: &Repository, ctx: &Ctx<'_>, state: &mut DashboardState) -> Res
         &pages::overview::Overview {
             catalogue: &ctx.cat,
             limits,
-            last_verify: verifies.first(),
+            last_verify,
+            notice: ctx.job.notice.clone(),
             stats: totals,
             now_us: ctx.now_us,
         },
@@ -234,14 +246,17 @@ fn series(
 fn snapshot(
     repo: &Repository,
     ctx: &Ctx<'_>,
-    state: &DashboardState,
+    state: &mut DashboardState,
     id: SnapshotId,
 ) -> Result<String> {
     let snap = visible(&ctx.cat, id)?;
     let verifies = verify_records(repo.backend(), VERIFY_RUNS_SHOWN)?;
     let hex = id.to_hex();
+    // Ranges only while the snapshot is marked damaged (a later clean run or a repair
+    // cleared the mark: the old ranges are history).
     let ranges = verifies
         .iter()
+        .filter(|_| snap.damage.is_some())
         .find(|v| v.damaged_snapshots.contains(&hex))
         .map(|v| {
             v.damaged_ranges
@@ -250,11 +265,14 @@ fn snapshot(
                 .collect()
         })
         .unwrap_or_default();
+    // From the cache of every snapshot's exclusive bytes: a page must not cost a pass over
+    // a whole disk's manifest.
+    let (exclusive, at) = state.caches.exclusive(repo, ctx.cat.fingerprint)?;
     Ok(pages::snapshot::page(
         &ctx.job.viewer,
         &pages::snapshot::SnapshotView {
             snap,
-            usage: snapshot_usage(repo, id).map_err(|e| e.to_string()),
+            freed: (exclusive.get(&id).copied(), at),
             changes: changes(repo, &ctx.cat, snap),
             damaged_ranges: ranges,
             repository: state.repository.clone(),
@@ -291,12 +309,12 @@ fn health(repo: &Repository, ctx: &Ctx<'_>, state: &DashboardState) -> Result<St
     let jobs = JobsView::load(&state.jobs);
     let quarantine = if ctx.cat.whole {
         let keys = repo.backend().list(QUARANTINE)?;
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            let size = repo.backend().size(&k)?.unwrap_or(0);
+        let mut out = Vec::with_capacity(keys.len().min(QUARANTINE_SHOWN));
+        for k in keys.iter().take(QUARANTINE_SHOWN) {
+            let size = repo.backend().size(k)?.unwrap_or(0);
             out.push((k.to_string(), size));
         }
-        Some(out)
+        Some((out, keys.len()))
     } else {
         None
     };
@@ -308,9 +326,11 @@ fn health(repo: &Repository, ctx: &Ctx<'_>, state: &DashboardState) -> Result<St
             verifies: &verifies,
             quarantine,
             jobs: runs,
+            // A job file that does not load may be any series': only for tokens of every series.
             job_errors: jobs
                 .errors
                 .iter()
+                .filter(|_| ctx.cat.whole)
                 .map(|(p, e)| format!("{}: {e}", p.display()))
                 .collect(),
             jobs_configured: state.jobs.dir.is_some(),
@@ -376,8 +396,14 @@ fn forget(repo: &Repository, token: &TokenEntry, id: SnapshotId, expected: u64) 
         )));
     }
     apply_forget(repo, &plan)?;
+    // Back to the series, or to the overview when that was its last snapshot.
+    let to = if cat.series(&series).len() > 1 {
+        format!("/ui/series/{series}")
+    } else {
+        "/ui/".to_string()
+    };
     Ok(Outcome::Redirect(format!(
-        "/ui/series/{series}?done=forgotten&id={}&freed={}",
+        "{to}?done=forgotten&id={}&freed={}",
         id.to_hex(),
         plan.freed_stored_bytes
     )))

@@ -175,7 +175,7 @@ struct Daemon<'a> {
 
 /// The repositories a run of `job` writes: its own, and every repository (not server) it
 /// syncs to. Runs writing one repository wait for each other: it has one writer.
-fn written_repositories(job: &Job) -> Vec<RepoLocation> {
+pub(crate) fn written_repositories(job: &Job) -> Vec<RepoLocation> {
     let options = super::run::location_options(&job.def.repository);
     std::iter::once(job.def.repository.location.get_ref().as_str())
         .chain(

@@ -75,6 +75,10 @@ pub struct CheckReport {
     pub ledger_recorded: u64,
     /// Ledger entries of objects no longer in the index, removed by this run.
     pub ledger_pruned: u64,
+    /// Why this run's verification record (SPEC §11a) could not be written, if it could
+    /// not: the record is history for the dashboard, so the run's findings stand.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_record_error: Option<String>,
 }
 
 /// The scope of a verification run.
@@ -277,10 +281,12 @@ fn update_ledger(
         (None, None) => catalogued.clone(),
     };
     record_damage(repo, ledger.lock(), report, checked, catalogued)?;
-    crate::verify_log::write_verify_record(
-        repo.backend(),
-        &crate::verify_log::VerifyRecord::of(report, opts),
-    )
+    let record =
+        crate::verify_log::VerifyRecord::of(report, opts, repo.config().encryption.is_encrypted());
+    report.verify_record_error = crate::verify_log::write_verify_record(repo.backend(), &record)
+        .err()
+        .map(|e| e.to_string());
+    Ok(())
 }
 
 /// The pages the count recomputation could not read, as damaged objects.

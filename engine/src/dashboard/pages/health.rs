@@ -14,8 +14,9 @@ pub struct HealthView<'a> {
     pub catalogue: &'a Catalogue,
     /// Verification runs, newest first.
     pub verifies: &'a [VerifyRecord],
-    /// Quarantined objects (key, bytes), for viewers of every series.
-    pub quarantine: Option<Vec<(String, u64)>>,
+    /// Quarantined objects (key, bytes; the first of them) and how many there are, for
+    /// viewers of every series.
+    pub quarantine: Option<(Vec<(String, u64)>, usize)>,
     /// Job runs per job (name, newest first, unreadable records).
     pub jobs: Vec<(String, Vec<RunRecord>, Vec<String>)>,
     /// Job files that did not load.
@@ -74,7 +75,7 @@ fn damage_section(h: &HealthView<'_>) -> Markup {
                 @if let Some(v) = ranges_from {
                     h2 { "Damage map" }
                     p.muted { "Byte ranges the verification of " (time_cell(h.now_us, v.time_us)) " found damaged"
-                        @if v.ranges_left_out > 0 { " (" (v.ranges_left_out) " more not listed)" } "." }
+                        @if v.ranges_left_out > 0 && h.catalogue.whole { " (" (v.ranges_left_out) " more not listed)" } "." }
                     div.scroll { table #damage-map {
                         thead { tr { th { "Snapshot" } th { "Disk" } th.num { "Offset" } th.num { "Length" } } }
                         tbody { @for r in v.damaged_ranges.iter().filter(|r| damaged.iter().any(|s| s.id.to_hex() == r.snapshot)) {
@@ -116,7 +117,7 @@ fn verify_section(h: &HealthView<'_>) -> Markup {
                             tr data-kind=(v.kind) data-clean=(u8::from(v.clean())) data-problems=(v.problems) {
                                 (run_cells(h, v))
                                 td { @if v.clean() { span.good { "clean" } } @else {
-                                    span.bad { (v.problems) " problem(s): " (v.damaged_objects) " damaged object(s), " (v.damaged_packs) " damaged pack(s), " (v.damaged_snapshots.len()) " snapshot(s)" }
+                                    span.bad { (v.problems) " problem(s): " (v.damaged_objects) " damaged object(s), " (v.damaged_packs) " damaged pack(s), " (v.damaged_snapshot_count.max(v.damaged_snapshots.len() as u64)) " snapshot(s)" }
                                 } }
                             }
                         } @else {
@@ -138,9 +139,13 @@ fn verify_section(h: &HealthView<'_>) -> Markup {
 fn run_cells(h: &HealthView<'_>, v: &VerifyRecord) -> Markup {
     html! {
         td { (time_cell(h.now_us, v.time_us)) }
-        td { (v.kind) }
+        td { (v.kind) @if v.objects_skipped_recently_verified > 0 { " (skipping " (v.objects_skipped_recently_verified) " recently verified)" } }
         td { (v.host) }
-        td { @match v.scope_snapshots { Some(n) => { (n) " snapshot(s)" }, None => "everything" } }
+        td { @match (v.scope_snapshots, h.catalogue.whole) {
+            (None, _) => "everything",
+            (Some(n), true) => { (n) " snapshot(s)" },
+            (Some(_), false) => "some snapshots",
+        } }
         td.num { (v.objects_read) }
         td.num { (bytes_cell(v.bytes_read)) }
     }
@@ -149,9 +154,12 @@ fn run_cells(h: &HealthView<'_>, v: &VerifyRecord) -> Markup {
 /// The quarantine (for viewers of every series).
 fn quarantine_section(h: &HealthView<'_>) -> Markup {
     html! {
-        @if let Some(q) = &h.quarantine {
+        @if let Some((q, count)) = &h.quarantine {
             section {
                 h2 { "Quarantine" }
+                @if *count > q.len() {
+                    p.muted #quarantine-more { (count) " objects are quarantined; the first " (q.len()) " are listed." }
+                }
                 @if q.is_empty() {
                     p.muted #quarantine-empty { "Nothing is quarantined." }
                 } @else {

@@ -27,6 +27,8 @@ pub struct Overview<'a> {
     pub stats: Option<(RepoStats, i64)>,
     /// Now, µs.
     pub now_us: i64,
+    /// A line about what was just done (after a forget of a series' last snapshot).
+    pub notice: Option<String>,
 }
 
 /// `a / b` as a ratio, or a dash when nothing was added (`b` zero).
@@ -46,6 +48,9 @@ pub fn page(viewer: &Viewer, o: &Overview<'_>) -> String {
     let daily = daily_deltas(o.catalogue, o.now_us, DAYS);
     let body = html! {
         h1 { "Overview" }
+        @if let Some(n) = &o.notice {
+            p.notice #notice { (n) }
+        }
         @if let Some((s, at)) = &o.stats {
             section #totals {
                 h2 { "Repository" }
@@ -95,7 +100,7 @@ pub fn page(viewer: &Viewer, o: &Overview<'_>) -> String {
                                     }
                                     @match (o.last_verify, damaged) {
                                         (_, d) if d > 0 => td.verify.bad data-result="damaged" { (d) " damaged snapshot(s)" },
-                                        (Some(v), _) => td.verify.good data-result="clean" { "clean, " (v.kind) " " (age(o.now_us, v.time_us)) },
+                                        (Some(v), _) => td.verify.good data-result="clean" title="the newest run that read the whole repository" { "clean, " (v.kind) " " (age(o.now_us, v.time_us)) },
                                         (None, _) => td.verify.warn data-result="never" { "never verified" },
                                     }
                                     td.num.logical { (bytes_cell(newest.logical_bytes)) }

@@ -7,7 +7,6 @@ use maud::{html, Markup};
 use super::{bytes_cell, csrf_field, layout, short, time_cell, Viewer};
 use crate::dashboard::data::Snap;
 use crate::dashboard::svg;
-use crate::ops::usage::SnapshotUsage;
 use crate::verify_log::RangeRecord;
 
 /// The most rects a strip draws (extents are merged to this resolution).
@@ -27,8 +26,8 @@ pub struct DiskChanges {
 pub struct SnapshotView<'a> {
     /// The snapshot.
     pub snap: &'a Snap,
-    /// Its space, or why it could not be computed.
-    pub usage: Result<SnapshotUsage, String>,
+    /// Stored bytes it alone references (from the cache), and when they were computed.
+    pub freed: (Option<u64>, i64),
     /// The previous snapshot of the series (hex) and the changes since, or why there are none.
     pub changes: Result<(String, Vec<DiskChanges>), String>,
     /// Damaged ranges the last verification that found damage listed for it.
@@ -79,12 +78,8 @@ pub fn page(viewer: &Viewer, v: &SnapshotView<'_>) -> String {
             div { dt { "Protected" } dd #protected data-protected=(u8::from(snap.protected)) { @if snap.protected { "yes" } @else { "no" } } }
             div { dt { "Logical" } dd { (bytes_cell(snap.logical_bytes)) } }
             div { dt { "New stored" } dd #new-stored { (bytes_cell(snap.new_stored_bytes)) } }
-            @match &v.usage {
-                Ok(u) => {
-                    div { dt { "Freed if forgotten" } dd #freed { (bytes_cell(u.exclusive_stored_bytes)) } }
-                    div { dt { "Shared" } dd #shared { (bytes_cell(u.shared_stored_bytes)) } }
-                }
-                Err(e) => { div { dt { "Space" } dd.bad #usage-error { (e) } } }
+            @if let Some(freed) = v.freed.0 {
+                div { dt { "Freed if forgotten" } dd #freed title=(format!("as of {}", crate::time::format_us(v.freed.1))) { (bytes_cell(freed)) } }
             }
             div { dt { "Took" } dd { (snap.header.duration_ms) " ms" } }
         }

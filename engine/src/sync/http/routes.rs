@@ -266,6 +266,15 @@ impl ServingState {
 pub fn serving_loop(root: &RepoStorage, queue: &Receiver<Queued>, mut state: ServingState) {
     // The request may be gone (its client hung up): then its answer is dropped.
     for queued in queue {
+        // A request whose client is gone (it hung up, or its connection's deadline passed
+        // while it waited) is not worked on: nobody would see the answer.
+        let gone = match &queued {
+            Queued::Api(job) => job.reply.is_closed(),
+            Queued::Dashboard(job) => job.reply.is_closed(),
+        };
+        if gone {
+            continue;
+        }
         match queued {
             Queued::Api(job) => {
                 let reply = handle(&job, root, &mut state);

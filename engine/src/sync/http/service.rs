@@ -139,11 +139,7 @@ pub async fn respond(
     if crate::dashboard::route::is_dashboard_path(req.uri().path()) {
         return crate::dashboard::respond::respond(&shared, &conn, peer, req, record).await;
     }
-    let len = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let len = content_length(&req);
     // Covers the body (and, for a refusal, the answer), from the end of the head.
     conn.set_deadline(Some(transfer_time(len)));
     let (endpoint, token, slot) = match admit(&shared, &conn, peer, &req, len, &mut record) {
@@ -184,6 +180,14 @@ pub async fn respond(
         );
     }
     Ok(answer)
+}
+
+/// The request's Content-Length (0 without one; hyper refuses a malformed one).
+pub(crate) fn content_length(req: &Request<Incoming>) -> u64 {
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// The checks before a body is read; the endpoint, the token and a request slot, or the
