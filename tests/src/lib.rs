@@ -59,6 +59,7 @@ use sha2::{Digest, Sha256};
 
 pub use serde_json::Value;
 
+pub mod browser;
 pub mod encrypted;
 pub mod fault_proxy;
 pub mod fs_images;
@@ -1079,4 +1080,19 @@ pub fn peak_rss(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM");
     kib * 1024
+}
+
+/// Stored bytes `tessera forget REPO ID --dry-run --json` says forgetting `id` frees.
+pub fn forget_freed(repo: &Path, id: &str) -> u64 {
+    let out = tessera([
+        OsStr::new("--json"),
+        "forget".as_ref(),
+        repo.as_os_str(),
+        id.as_ref(),
+        "--dry-run".as_ref(),
+    ]);
+    out.ok();
+    out.json()["freed"]["stored_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no freed.stored_bytes in {out}"))
 }

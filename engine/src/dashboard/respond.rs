@@ -59,7 +59,7 @@ pub fn security_headers(h: &mut HeaderMap) {
         ("content-security-policy", CSP),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        ("referrer-policy", "same-origin"),
         ("cross-origin-opener-policy", "same-origin"),
         ("cross-origin-resource-policy", "same-origin"),
         ("cache-control", "no-store"),
@@ -236,6 +236,10 @@ fn admit(
         refused.retry_after = Some(wait);
         return Err(refused);
     }
+    let session = session_of(shared, req.headers());
+    if let Some((_, _, token)) = &session {
+        record.token = Some(token.name.clone());
+    }
     let method = req.method().as_str();
     let is_post = method == "POST";
     let route = Route::parse(method, req.uri().path()).map_err(|e| match e {
@@ -269,12 +273,8 @@ fn admit(
             "The request body is larger than a dashboard form.",
         ));
     }
-    if is_post && !same_origin(req.headers(), shared.tls) {
+    if is_post && !same_origin(req.headers()) {
         return Err(refused_page(403, None, "Refused", "This form was not sent from this dashboard (Origin or Sec-Fetch-Site differs); nothing was done."));
-    }
-    let session = session_of(shared, req.headers());
-    if let Some((_, _, token)) = &session {
-        record.token = Some(token.name.clone());
     }
     Ok((route, session))
 }
@@ -303,8 +303,11 @@ fn session_of(shared: &Shared, headers: &HeaderMap) -> Option<(String, Session, 
     Some((value, session, token))
 }
 
-/// Whether a POST comes from this dashboard's origin (see the module docs).
-fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
+/// Whether a POST comes from this dashboard's origin (see the module docs). The origin's
+/// host and port are compared with the request's `Host`, not its scheme: behind a
+/// TLS-terminating proxy the browser's origin is `https://` while this server speaks HTTP
+/// (the proxy must pass `Host` through).
+fn same_origin(headers: &HeaderMap) -> bool {
     let text = |name| {
         headers
             .get(name)
@@ -318,8 +321,10 @@ fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
     match text(ORIGIN.as_str()) {
         None => true,
         Some(origin) => {
-            let scheme = if tls { "https" } else { "http" };
-            text(HOST.as_str()).is_some_and(|host| origin == format!("{scheme}://{host}"))
+            let authority = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            authority.is_some_and(|a| text(HOST.as_str()) == Some(a))
         }
     }
 }
@@ -426,6 +431,9 @@ async fn dispatch(
 ) -> Result<(Outcome, Slot), Reply> {
     let slot = take_slot(shared, conn)
         .map_err(|r| Reply::html(r.status, pages::error_page(None, "Busy", &r.message)))?;
+    // While the serving thread works on it there is no deadline (as for the API): the
+    // answer's own deadline is set when it is handed over.
+    conn.set_deadline(None);
     let (tx, rx) = tokio::sync::oneshot::channel();
     shared.jobs.send(Queued::Dashboard(job(tx))).map_err(|_| {
         Reply::html(

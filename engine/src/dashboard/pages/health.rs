@@ -192,7 +192,7 @@ fn jobs_section(h: &HealthView<'_>) -> Markup {
                             td { (format!("{:?}", r.trigger).to_lowercase()) }
                             td { (r.mode) }
                             td class=(if r.outcome.succeeded() { "good" } else { "bad" }) { (r.outcome.as_str()) }
-                            td.num { (r.duration_ms / 1000) " s" }
+                            td.num { @if r.duration_ms < 1000 { (r.duration_ms) " ms" } @else { (r.duration_ms / 1000) " s" } }
                             td {
                                 details.run-log {
                                     summary { (r.summary()) }

@@ -42,7 +42,7 @@ pub fn layout(title: &str, viewer: Option<&Viewer>, here: &str, body: &Markup) -
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="referrer" content="no-referrer";
+                meta name="referrer" content="same-origin";
                 title { (title) " · tessera" }
                 link rel="stylesheet" href="/ui/static/app.css";
                 link rel="icon" href="/ui/static/icon.svg" type="image/svg+xml";
