@@ -85,4 +85,10 @@ pub struct DaemonArgs {
     /// Seconds running steps get to finish at SIGTERM before they are abandoned.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub stop_grace: u64,
+    /// Also serve this repository as `tessera serve` does (sync API, dashboard with these
+    /// jobs' runs, /metrics), with --tokens or --token-file, --listen, --tls-cert ... below.
+    #[arg(long, value_name = "REPO")]
+    pub serve: Option<String>,
+    #[command(flatten)]
+    pub server: crate::sync_args::ServerArgs,
 }

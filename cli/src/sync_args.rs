@@ -87,6 +87,20 @@ pub enum SeedCommand {
 pub struct ServeArgs {
     /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
     pub repo: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The dashboard shows these jobs (NAME.toml): their runs, their retention, and how old
+    /// a series' newest snapshot may be by their schedule.
+    #[arg(long, value_name = "DIR")]
+    pub jobs: Option<PathBuf>,
+    /// The jobs' state directory, for their run history (as `tessera job --state-dir`).
+    #[arg(long, value_name = "DIR", requires = "jobs")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// How `tessera serve` (and `tessera daemon --serve`) listens and whom it lets in.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
     /// Address to listen on, e.g. 127.0.0.1:8420 (port 0: any free port, printed). Plain
     /// HTTP is served on loopback addresses only, unless --insecure-http.
     #[arg(long, default_value = "127.0.0.1:8420")]
@@ -117,13 +131,6 @@ pub struct ServeArgs {
     /// cannot flood its series and push real snapshots out of `prune --keep-last`.
     #[arg(long, value_name = "SECS", default_value_t = tessera_engine::sync::http::server::DEFAULT_MIN_PUBLISH_INTERVAL.as_secs())]
     pub min_publish_interval: u64,
-    /// The dashboard shows these jobs (NAME.toml): their runs, their retention, and how old
-    /// a series' newest snapshot may be by their schedule.
-    #[arg(long, value_name = "DIR")]
-    pub jobs: Option<PathBuf>,
-    /// The jobs' state directory, for their run history (as `tessera job --state-dir`).
-    #[arg(long, value_name = "DIR", requires = "jobs")]
-    pub state_dir: Option<PathBuf>,
     /// The dashboard marks a series stale when its newest snapshot is older than this and no
     /// job says otherwise (e.g. 36h, 2d).
     #[arg(long, value_name = "DURATION", default_value = "36h", value_parser = parse_stale_after)]

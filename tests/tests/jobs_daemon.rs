@@ -859,3 +859,118 @@ fn stale_is_notified_once_per_episode() {
     );
     d.stop();
 }
+
+/// One raw HTTP/1.0 request to `addr`: the status, the `Set-Cookie` value (name=value) if
+/// any, and the body.
+fn http(addr: &str, request: &str) -> (u16, Option<String>, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the daemon's server");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .map(str::to_string);
+    (status, cookie, body.to_string())
+}
+
+#[test]
+fn the_daemon_serves_the_dashboard_with_its_job_runs() {
+    let mut s = Setup::new("jobs_daemon_dashboard");
+    let repo = s.repo("repo");
+    let img = s.image("vm.raw");
+    write_job(
+        &s.jobs,
+        "nightly",
+        &job_text(
+            &repo,
+            "vm",
+            &img,
+            "*/2 * * * * *",
+            "[retention]\nkeep-last = 2\n",
+        ),
+    );
+    let tokens = s.path("tokens");
+    let token = tessera_tests::token_add(&tokens, "read", "*", "viewer", None);
+    let (repo_arg, tokens_arg) = (repo.to_str().unwrap(), tokens.to_str().unwrap());
+    let mut d = Daemon::start(
+        &s.jobs,
+        &s.state,
+        false,
+        &[
+            "--serve",
+            repo_arg,
+            "--tokens",
+            tokens_arg,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut addr = None;
+    assert!(
+        poll_until(Duration::from_secs(30), || {
+            addr = d.lines().iter().find_map(|l| {
+                l.split_once("serving ")?
+                    .1
+                    .split_once(" on http://")
+                    .map(|(_, a)| a.trim().to_string())
+            });
+            addr.is_some() || d.exited()
+        }) && addr.is_some(),
+        "the daemon printed no `serving REPO on http://ADDR` line:\n{}",
+        d.stderr()
+    );
+    let addr = addr.unwrap();
+    assert!(
+        poll_until(Duration::from_secs(30), || finished(&s.state, "nightly")
+            .iter()
+            .any(|r| r["outcome"] == "success")),
+        "the job never succeeded:\n{}",
+        d.stderr()
+    );
+    let form = format!("token={token}");
+    let (status, cookie, _) = http(
+        &addr,
+        &format!(
+            "POST /ui/login HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(status, 303, "login through the daemon's server");
+    let cookie = cookie.expect("a session cookie");
+    let get = |path: &str| {
+        http(
+            &addr,
+            &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n"),
+        )
+    };
+    let (status, _, health) = get("/ui/health");
+    assert_eq!(status, 200, "{health}");
+    assert!(
+        health.contains(r#"data-job="nightly""#) && health.contains(r#"data-outcome="success""#),
+        "the health page shows the daemon's job runs:\n{health}"
+    );
+    let (status, _, overview) = get("/ui/");
+    assert_eq!(status, 200);
+    assert!(overview.contains(r#"data-series="vm""#), "{overview}");
+    let (status, _, series) = get("/ui/series/vm");
+    assert_eq!(status, 200);
+    assert!(
+        series.contains("Retention of job") && series.contains("nightly"),
+        "the series page shows the job's retention:\n{series}"
+    );
+    // The sync API is served too (a read token lists the snapshots).
+    let (status, _, list) = http(
+        &addr,
+        &format!(
+            "GET /v1/snapshots HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{list}");
+    assert!(list.contains(r#""series":"vm""#), "{list}");
+}

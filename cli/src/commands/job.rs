@@ -318,7 +318,10 @@ fn history(job: &str, limit: usize, state: &StateDir, json: bool) -> Result<i32>
     Ok(0)
 }
 
-pub fn daemon(args: &DaemonArgs) -> Result<i32> {
+pub fn daemon(
+    args: &DaemonArgs,
+    at: &dyn Fn(&str) -> tessera_engine::Result<tessera_engine::location::RepoLocation>,
+) -> Result<i32> {
     let opts = DaemonOptions {
         jobs_dir: args.jobs.clone(),
         state: StateDir::resolve(args.state.state_dir.as_deref())?,
@@ -333,6 +336,26 @@ pub fn daemon(args: &DaemonArgs) -> Result<i32> {
             tessera_engine::time::now_rfc3339()
         );
     });
+    if let Some(repo) = &args.serve {
+        // Bound (and every refusal reported) before the first job runs.
+        let repo = at(repo)?;
+        let jobs = tessera_engine::dashboard::jobs::JobsConfig {
+            dir: Some(opts.jobs_dir.clone()),
+            state: Some(opts.state.clone()),
+            default_max_age: args.server.stale_after,
+            served: Some(repo.clone()),
+        };
+        let server = super::sync::Server::start(&repo, &args.server, jobs)?;
+        log(&format!("serving {repo} on {}", server.listener.url()));
+        std::thread::Builder::new()
+            .name("tessera-serve".into())
+            .spawn(move || {
+                if let Err(e) = server.run() {
+                    eprintln!("tessera daemon: serving stopped: {e:#}");
+                    std::process::exit(1);
+                }
+            })?;
+    }
     run_daemon(&opts, Arc::new(JobKeys { no_prompt: true }), log)?;
     Ok(0)
 }

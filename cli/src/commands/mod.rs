@@ -184,7 +184,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Key(cmd) => key::run(&cmd, &at, json),
         Command::Import(cmd) => import::run(&cmd, &at, json, &bars),
         Command::Job(cmd) => job::run(&cmd, json, &bars),
-        Command::Daemon(args) => job::daemon(&args),
+        Command::Daemon(args) => job::daemon(&args, &at),
         Command::Files(cmd) => files::run(&cmd, &at, json, &bars),
         Command::Compact {
             repo,

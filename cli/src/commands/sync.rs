@@ -1,11 +1,13 @@
 //! `tessera sync`, `tessera seed`, `tessera serve`.
 
 use anyhow::Result;
+use tessera_engine::dashboard::jobs::JobsConfig;
 use tessera_engine::location::{LocationOptions, RepoLocation};
+use tessera_engine::repo::RepoStorage;
 use tessera_engine::sync::bwlimit::parse_rate;
 use tessera_engine::sync::endpoints::{read_token, sync_between, RemoteAccess};
 use tessera_engine::sync::http::audit::AuditLog;
-use tessera_engine::sync::http::server::{bind, serve as http_serve, ServeOptions};
+use tessera_engine::sync::http::server::{bind, serve as http_serve, Listener, ServeOptions};
 use tessera_engine::sync::http::service::TokenSource;
 use tessera_engine::sync::http::tls::server_config;
 use tessera_engine::sync::http::tokens::Tokens;
@@ -14,7 +16,7 @@ use tessera_engine::sync::{Selection, SyncOptions, SyncReport};
 use crate::args::UsageError;
 use crate::doc::print_ok;
 use crate::output::{bytes, Bars};
-use crate::sync_args::{SeedCommand, SelectArgs, ServeArgs, SyncArgs};
+use crate::sync_args::{SeedCommand, SelectArgs, ServeArgs, ServerArgs, SyncArgs};
 
 fn selection(s: &SelectArgs) -> Selection {
     Selection {
@@ -124,50 +126,76 @@ struct Listening<'a> {
 }
 
 pub fn serve(repo: &RepoLocation, args: &ServeArgs, json: bool) -> Result<i32> {
-    let (tokens, usage_of) = match (&args.tokens, &args.token_file) {
-        (Some(file), None) => (TokenSource::file(file.clone())?, Some(file.clone())),
-        (None, Some(file)) => {
-            let single = Tokens::single_admin("token-file", &read_token(file)?);
-            (TokenSource::Fixed(std::sync::Arc::new(single)), None)
-        }
-        _ => return Err(UsageError("give --tokens FILE or --token-file FILE".into()).into()),
-    };
-    let jobs = tessera_engine::dashboard::jobs::JobsConfig {
+    let jobs = JobsConfig {
         dir: args.jobs.clone(),
         state: tessera_engine::dashboard::jobs::state_dir(
             args.jobs.as_deref(),
             args.state_dir.as_deref(),
         )?,
-        default_max_age: args.stale_after,
+        default_max_age: args.server.stale_after,
         served: Some(repo.clone()),
     };
-    let storage = repo.storage()?;
-    // Refused (an encrypted repository too) before anything listens or says it does.
-    tessera_engine::sync::http::routes::check_repository(&storage)?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(server_config(cert, key)?),
-        (None, None) => None,
-        _ => return Err(UsageError("--tls-cert and --tls-key go together".into()).into()),
-    };
-    let audit = match &args.audit_log {
-        Some(path) => AuditLog::file(path)?,
-        None => AuditLog::stderr(),
-    };
-    let listener = bind(&args.listen, tls, args.keepalive.get(), args.insecure_http)?;
-    let url = listener.url();
+    let server = Server::start(repo, &args.server, jobs)?;
+    let url = server.listener.url();
     if json {
         print_ok(&Listening { listening: &url });
     } else {
         println!("listening on {url}");
     }
     std::io::Write::flush(&mut std::io::stdout())?;
-    let options = ServeOptions {
-        tokens,
-        usage_of,
-        audit,
-        min_publish_interval: std::time::Duration::from_secs(args.min_publish_interval),
-        jobs,
-    };
-    http_serve(listener, &storage, options)?;
+    server.run()?;
     Ok(0)
+}
+
+/// A bound `tessera serve`, not yet serving: everything that can be refused (tokens, the
+/// repository, TLS files, the address) has been checked.
+pub struct Server {
+    /// Where it listens.
+    pub listener: Listener,
+    storage: RepoStorage,
+    options: ServeOptions,
+}
+
+impl Server {
+    /// Checks `args` and binds the listener for `repo`, showing `jobs` on the dashboard.
+    pub fn start(repo: &RepoLocation, args: &ServerArgs, jobs: JobsConfig) -> Result<Self> {
+        let (tokens, usage_of) = match (&args.tokens, &args.token_file) {
+            (Some(file), None) => (TokenSource::file(file.clone())?, Some(file.clone())),
+            (None, Some(file)) => {
+                let single = Tokens::single_admin("token-file", &read_token(file)?);
+                (TokenSource::Fixed(std::sync::Arc::new(single)), None)
+            }
+            _ => return Err(UsageError("give --tokens FILE or --token-file FILE".into()).into()),
+        };
+        let storage = repo.storage()?;
+        // Refused (an encrypted repository too) before anything listens or says it does.
+        tessera_engine::sync::http::routes::check_repository(&storage)?;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(server_config(cert, key)?),
+            (None, None) => None,
+            _ => return Err(UsageError("--tls-cert and --tls-key go together".into()).into()),
+        };
+        let audit = match &args.audit_log {
+            Some(path) => AuditLog::file(path)?,
+            None => AuditLog::stderr(),
+        };
+        let listener = bind(&args.listen, tls, args.keepalive.get(), args.insecure_http)?;
+        Ok(Self {
+            listener,
+            storage,
+            options: ServeOptions {
+                tokens,
+                usage_of,
+                audit,
+                min_publish_interval: std::time::Duration::from_secs(args.min_publish_interval),
+                jobs,
+            },
+        })
+    }
+
+    /// Serves until the process ends.
+    pub fn run(self) -> Result<()> {
+        http_serve(self.listener, &self.storage, self.options)?;
+        Ok(())
+    }
 }
