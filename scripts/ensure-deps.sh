@@ -9,13 +9,14 @@
 # the filesystem and partitioning tools the `files` tests make real images with (SPEC §24):
 # e2fsprogs (mkfs.ext4 -d, debugfs), dosfstools and mtools (FAT), fdisk (sfdisk) and gdisk
 # (sgdisk), xfsprogs and ntfs-3g (XFS and NTFS images `files` must refuse by name), lvm2
-# (pvcreate, vgcreate, vgcfgrestore: LVM2 metadata for the logical-volume tests); chromium,
+# (pvcreate, vgcreate, vgcfgrestore: LVM2 metadata for the logical-volume tests); fuse3
+# (fusermount3, which `tessera mount` mounts with; SPEC §24.8); chromium,
 # the real browser the dashboard tests drive headless over the DevTools protocol (SPEC §27).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 for pkg in libclang-dev qemu-utils libnbd-bin nbdkit libssl-dev pkg-config openssl bsdutils python3-venv \
-    e2fsprogs dosfstools mtools fdisk gdisk xfsprogs ntfs-3g lvm2 chromium; do
+    e2fsprogs dosfstools mtools fdisk gdisk xfsprogs ntfs-3g lvm2 fuse3 chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

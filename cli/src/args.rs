@@ -411,6 +411,14 @@ pub enum Command {
         #[arg(long, requires = "onto")]
         check_target: bool,
     },
+    /// Mount every snapshot's disks and partitions as read-only files (FUSE) until Ctrl-C:
+    /// MOUNTPOINT/SERIES/TIME-ID/DISK.raw and DISK.partN.raw, for `mount -o loop,ro`.
+    Mount {
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
+        /// An empty directory to mount on.
+        mountpoint: PathBuf,
+    },
     /// Serve a snapshot's disks read-only over NBD (qemu-img, nbdcopy, nbd-client, a VM).
     ServeNbd {
         /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.

@@ -66,6 +66,8 @@ pub mod ledger;
 #[cfg(feature = "repository")]
 pub mod location;
 pub mod lock;
+#[cfg(feature = "repository")]
+pub mod mount;
 pub mod nbd;
 pub mod net;
 #[cfg(feature = "repository")]

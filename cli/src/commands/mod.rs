@@ -8,6 +8,7 @@ mod inspect;
 mod job;
 mod key;
 mod maintain;
+mod mount;
 mod repair;
 mod restore;
 mod retention;
@@ -111,6 +112,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             to,
             disk,
         } => restore::diff(&at(&repo)?, &from, &to, disk.as_deref(), json),
+        Command::Mount { repo, mountpoint } => mount::run(&at(&repo)?, &mountpoint, json),
         Command::ServeNbd {
             repo,
             snapshot,

@@ -179,6 +179,8 @@ fn commands(v: &SnapshotView<'_>) -> Markup {
             "tessera export " (repo) " " (hex) ":" (first_disk) " " (first_disk) ".qcow2 --format qcow2\n"
             "# serve it read-only over NBD (mount it with qemu-nbd or nbdfuse)\n"
             "tessera serve-nbd " (repo) " " (hex) " --listen 127.0.0.1:10809\n"
+            "# mount every snapshot's disks and partitions as files (FUSE), for mount -o loop,ro\n"
+            "tessera mount " (repo) " /mnt/backups\n"
             "# list files inside it\n"
             "tessera files ls -l " (repo) " " (hex) ":" (first_disk) ":/"
         }

@@ -7,7 +7,7 @@
 //! are readers, holding a reader lease like `restore`, so a concurrent `compact` keeps the
 //! packs they read.
 
-mod disk_image;
+pub mod disk_image;
 pub mod find;
 pub mod get;
 pub mod query;

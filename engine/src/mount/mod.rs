@@ -1,0 +1,208 @@
+//! `tessera mount REPO MOUNTPOINT` (SPEC §24.8): every snapshot's disks, and the partitions
+//! of their partition tables, as read-only files through FUSE (`fuser`), read lazily, so
+//! that any filesystem the kernel knows (XFS, btrfs, ...) can be loop-mounted from them:
+//!
+//! ```text
+//! MOUNTPOINT/SERIES/2026-12-07T081112Z-17196f3b65b2/DISK.raw
+//!                                                  /DISK.part1.raw   (an MBR or GPT entry)
+//! ```
+//!
+//! The tree of series and snapshots is the catalogue at mount time. A snapshot's directory
+//! is filled when first looked at: its disks' manifests are loaded then, and each disk's
+//! partition table read (a few blocks). Reads go through the disk reader with one shared
+//! chunk cache; a damaged chunk answers `EIO` for that read and names the disk and range on
+//! stderr.
+//!
+//! The repository stays open as a reader for the whole mount, holding a reader lease (§13):
+//! a snapshot forgotten while mounted keeps reading, because compaction keeps what a lease
+//! holder may read. Nothing is ever written.
+
+mod tree;
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner,
+    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, Request,
+};
+
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+
+pub use tree::{snapshot_dir_name, Tree};
+
+/// How long the kernel may cache names and attributes (nothing changes while mounted).
+const TTL: Duration = Duration::from_secs(599);
+/// Bytes of decoded chunks and pages kept for reads.
+pub const CACHE_BYTES: u64 = 256 << 20;
+
+/// The filesystem `fuser` serves.
+struct SnapshotFs {
+    tree: Tree,
+}
+
+fn errno(e: &Error) -> Errno {
+    match e {
+        Error::SnapshotNotFound { .. } => Errno::ENOENT,
+        _ => Errno::EIO,
+    }
+}
+
+impl Filesystem for SnapshotFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.tree.lookup(parent.into(), name) {
+            Ok(Some(attr)) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.tree.attr(ino.into()) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.tree.read(ino.into(), offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => {
+                eprintln!("tessera mount: {e}");
+                reply.error(errno(&e));
+            }
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.tree.children(ino.into()) {
+            Ok(Some(e)) => e,
+            Ok(None) => return reply.error(Errno::ENOTDIR),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let all = [(ino.into(), FileType::Directory, ".".to_string())]
+            .into_iter()
+            .chain(std::iter::once((
+                self.tree.parent(ino.into()),
+                FileType::Directory,
+                "..".to_string(),
+            )))
+            .chain(entries);
+        for (i, (child, kind, name)) in all
+            .enumerate()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+        {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+}
+
+/// A mounted repository; unmounted when dropped (or by [`Mounted::unmount`]).
+pub struct Mounted {
+    session: fuser::BackgroundSession,
+    signals: signal_hook::iterator::Signals,
+}
+
+impl Mounted {
+    /// Waits for SIGINT, SIGTERM or SIGHUP (registered before mounting, so none is missed),
+    /// then unmounts.
+    pub fn unmount_at_signal(mut self) -> Result<()> {
+        let _ = self.signals.forever().next();
+        self.unmount()
+    }
+
+    /// Unmounts and waits for the filesystem thread. Fails (the mount stays) while the
+    /// mountpoint is busy, e.g. a loop device still mounted from one of its files.
+    pub fn unmount(self) -> Result<()> {
+        self.session
+            .umount_and_join()
+            .map_err(|e| Error::io("unmounting", e))
+    }
+}
+
+/// Mounts `repo` read-only at `mountpoint` (an empty directory), served by a background
+/// thread until the returned [`Mounted`] is unmounted or dropped.
+pub fn mount(repo: Arc<Repository>, mountpoint: &Path) -> Result<Mounted> {
+    let meta = std::fs::metadata(mountpoint)
+        .map_err(|e| Error::io(format!("the mountpoint {}", mountpoint.display()), e))?;
+    if !meta.is_dir() {
+        return Err(Error::Usage(format!(
+            "the mountpoint {} is not a directory",
+            mountpoint.display()
+        )));
+    }
+    let tree = Tree::new(repo)?;
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| Error::io("installing signal handlers", e))?;
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoExec,
+        MountOption::FSName("tessera".into()),
+        MountOption::Subtype("tessera".into()),
+    ];
+    let session = fuser::spawn_mount2(SnapshotFs { tree }, mountpoint, &config).map_err(|e| {
+        Error::io(
+            format!(
+                "mounting at {} (FUSE: is /dev/fuse there and fusermount3 installed?)",
+                mountpoint.display()
+            ),
+            e,
+        )
+    })?;
+    Ok(Mounted { session, signals })
+}
+
+/// The attributes of a directory or a read-only file.
+fn attr(ino: u64, kind: FileType, size: u64, mtime: std::time::SystemTime) -> FileAttr {
+    let (perm, nlink) = match kind {
+        FileType::Directory => (0o555, 2),
+        _ => (0o444, 1),
+    };
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+        crtime: mtime,
+        kind,
+        perm,
+        nlink,
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+        rdev: 0,
+        blksize: 64 << 10,
+        flags: 0,
+    }
+}

@@ -1,0 +1,261 @@
+//! The mounted tree: root → series → snapshot directories → disk and partition files.
+//! Inode numbers are positions in one table (root is 1); snapshot directories are filled on
+//! first use (their disks opened, their partition tables read), under one lock.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType};
+use tessera_format::{SnapshotHeader, SnapshotId};
+
+use crate::error::{Error, Result};
+use crate::explore::image::Slice;
+use crate::explore::partition::read_table;
+use crate::explore::Image;
+use crate::ops::disk_reader::{DiskView, ReadCache};
+use crate::ops::files::disk_image::DiskImage;
+use crate::repo::Repository;
+
+/// Largest read answered at once (the kernel asks for at most 128 KiB by default).
+const MAX_READ: u32 = 1 << 20;
+
+/// `2026-12-07T081112Z-17196f3b65b2`: sortable, no characters a shell needs quoted.
+pub fn snapshot_dir_name(id: SnapshotId, time_us: i64) -> String {
+    let time = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(time_us).map_or_else(
+        || "unknown-time".to_string(),
+        |t| t.format("%Y-%m-%dT%H%M%SZ").to_string(),
+    );
+    format!("{time}-{}", &id.to_hex()[..12])
+}
+
+enum Kind {
+    /// A directory and its entries (name → inode), `None` for a snapshot not yet opened.
+    Dir(Option<BTreeMap<String, u64>>),
+    /// A disk or partition.
+    File(Arc<dyn Image>),
+}
+
+struct Node {
+    parent: u64,
+    kind: Kind,
+    mtime: SystemTime,
+    /// The snapshot a not yet opened directory stands for.
+    snapshot: Option<SnapshotId>,
+}
+
+/// The tree (see the module docs).
+pub struct Tree {
+    repo: Arc<Repository>,
+    cache: Arc<ReadCache>,
+    nodes: Mutex<Vec<Node>>,
+}
+
+fn time_of(us: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(us.max(0).unsigned_abs())
+}
+
+impl Tree {
+    /// The tree of `repo`'s catalogue now.
+    pub fn new(repo: Arc<Repository>) -> Result<Self> {
+        let catalogue: Vec<(SnapshotId, SnapshotHeader)> = repo.index().snapshots()?;
+        let newest = catalogue.iter().map(|(_, h)| h.time_us).max().unwrap_or(0);
+        let mut nodes = vec![
+            // Inode 0 is unused: inodes are 1-based.
+            Node {
+                parent: 1,
+                kind: Kind::Dir(Some(BTreeMap::new())),
+                mtime: UNIX_EPOCH,
+                snapshot: None,
+            },
+            Node {
+                parent: 1,
+                kind: Kind::Dir(Some(BTreeMap::new())),
+                mtime: time_of(newest),
+                snapshot: None,
+            },
+        ];
+        let mut series_ino: BTreeMap<String, u64> = BTreeMap::new();
+        for (id, h) in &catalogue {
+            let parent = if let Some(&ino) = series_ino.get(&h.series) {
+                ino
+            } else {
+                let ino = nodes.len() as u64;
+                nodes.push(Node {
+                    parent: 1,
+                    kind: Kind::Dir(Some(BTreeMap::new())),
+                    mtime: time_of(h.time_us),
+                    snapshot: None,
+                });
+                series_ino.insert(h.series.clone(), ino);
+                add_child(&mut nodes, 1, h.series.clone(), ino);
+                ino
+            };
+            let ino = nodes.len() as u64;
+            nodes.push(Node {
+                parent,
+                kind: Kind::Dir(None),
+                mtime: time_of(h.time_us),
+                snapshot: Some(*id),
+            });
+            add_child(&mut nodes, parent, snapshot_dir_name(*id, h.time_us), ino);
+            if let Some(node) = nodes.get_mut(parent as usize) {
+                node.mtime = node.mtime.max(time_of(h.time_us));
+            }
+        }
+        Ok(Self {
+            repo,
+            cache: Arc::new(ReadCache::new(super::CACHE_BYTES)),
+            nodes: Mutex::new(nodes),
+        })
+    }
+
+    /// The parent of `ino` (the root's is itself).
+    pub fn parent(&self, ino: u64) -> u64 {
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        nodes.get(ino as usize).map_or(1, |n| n.parent)
+    }
+
+    /// The attributes of `ino`.
+    pub fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        let node = nodes.get(ino as usize).filter(|_| ino >= 1)?;
+        Some(match &node.kind {
+            Kind::Dir(_) => super::attr(ino, FileType::Directory, 0, node.mtime),
+            Kind::File(image) => super::attr(ino, FileType::RegularFile, image.len(), node.mtime),
+        })
+    }
+
+    /// The entry `name` of the directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Option<FileAttr>> {
+        let Some(children) = self.children(parent)? else {
+            return Ok(None);
+        };
+        let found = children.into_iter().find(|(_, _, n)| OsStr::new(n) == name);
+        Ok(found.and_then(|(ino, _, _)| self.attr(ino)))
+    }
+
+    /// The entries of the directory `ino` (inode, type, name), filling a snapshot's
+    /// directory first; `None` when `ino` is not a directory.
+    pub fn children(&self, ino: u64) -> Result<Option<Vec<(u64, FileType, String)>>> {
+        self.open_snapshot(ino)?;
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(Node {
+            kind: Kind::Dir(Some(entries)),
+            ..
+        }) = nodes.get(ino as usize)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(
+            entries
+                .iter()
+                .map(|(name, &child)| {
+                    let kind = match nodes.get(child as usize).map(|n| &n.kind) {
+                        Some(Kind::File(_)) => FileType::RegularFile,
+                        _ => FileType::Directory,
+                    };
+                    (child, kind, name.clone())
+                })
+                .collect(),
+        ))
+    }
+
+    /// Reads up to `size` bytes of the file `ino` at `offset` (fewer at its end).
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let image = {
+            let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+            match nodes.get(ino as usize).map(|n| &n.kind) {
+                Some(Kind::File(image)) => Arc::clone(image),
+                _ => return Err(Error::Usage(format!("inode {ino} is not a file"))),
+            }
+        };
+        let len = image.len();
+        let end = offset
+            .saturating_add(u64::from(size.min(MAX_READ)))
+            .min(len);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
+        image
+            .read_at(offset, &mut buf)
+            .map_err(|source| Error::Explore {
+                place: format!("inode {ino}, bytes {offset}..{end}"),
+                source,
+            })?;
+        Ok(buf)
+    }
+
+    /// Fills the directory of the snapshot `ino` stands for, if it is one not yet opened:
+    /// a file per disk, and one per partition of each disk's table.
+    fn open_snapshot(&self, ino: u64) -> Result<()> {
+        let id = {
+            let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+            match nodes.get(ino as usize) {
+                Some(Node {
+                    kind: Kind::Dir(None),
+                    snapshot: Some(id),
+                    ..
+                }) => *id,
+                _ => return Ok(()),
+            }
+        };
+        // Loaded without the lock: other directories stay usable meanwhile.
+        let snapshot = self.repo.load_snapshot(id)?;
+        let mut files: Vec<(String, Arc<dyn Image>)> = Vec::new();
+        for disk in &snapshot.header.disks {
+            let image: Arc<dyn Image> = Arc::new(DiskImage::new(
+                Arc::clone(&self.repo),
+                DiskView::of(&snapshot, &disk.name)?,
+                Arc::clone(&self.cache),
+            )?);
+            // A disk whose first blocks are damaged still mounts as a whole disk.
+            if let Ok(Some(table)) = read_table(image.as_ref()) {
+                for p in &table.partitions {
+                    if let Ok(slice) = Slice::new(Arc::clone(&image), p.start, p.len) {
+                        files.push((
+                            format!("{}.part{}.raw", disk.name, p.number),
+                            Arc::new(slice),
+                        ));
+                    }
+                }
+            }
+            files.push((format!("{}.raw", disk.name), image));
+        }
+        let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mtime = nodes.get(ino as usize).map_or(UNIX_EPOCH, |n| n.mtime);
+        if !matches!(
+            nodes.get(ino as usize).map(|n| &n.kind),
+            Some(Kind::Dir(None))
+        ) {
+            return Ok(()); // Another request filled it meanwhile.
+        }
+        let mut entries = BTreeMap::new();
+        for (name, image) in files {
+            let child = nodes.len() as u64;
+            nodes.push(Node {
+                parent: ino,
+                kind: Kind::File(image),
+                mtime,
+                snapshot: None,
+            });
+            entries.insert(name, child);
+        }
+        if let Some(node) = nodes.get_mut(ino as usize) {
+            node.kind = Kind::Dir(Some(entries));
+        }
+        Ok(())
+    }
+}
+
+fn add_child(nodes: &mut [Node], parent: u64, name: String, child: u64) {
+    if let Some(Node {
+        kind: Kind::Dir(Some(entries)),
+        ..
+    }) = nodes.get_mut(parent as usize)
+    {
+        entries.insert(name, child);
+    }
+}

@@ -1,0 +1,232 @@
+//! `tessera mount` (SPEC §24.8) through the real kernel: FUSE (`/dev/fuse`, `fusermount3`),
+//! then loop mounts of the files it shows. A disk with an MBR table holding an XFS
+//! partition (a filesystem tessera has no reader of: the mount path is how its files are
+//! reached) and an ext4 one is backed up; the mounted disk file must equal the image byte
+//! for byte, each partition file must loop-mount read-only with its files intact, a
+//! snapshot forgotten and compacted away while mounted must keep reading (the mount's
+//! reader lease), and SIGINT must unmount cleanly. Needs root (loop mounts), as the
+//! suite does everywhere here; fails rather than skips without it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tessera_tests::fs_images::{mkfs_ext, poke, run_tool, running_as_root};
+use tessera_tests::{
+    init_repo, sha256_file, signal, snapshot_id, tessera, tessera_cmd, wait_until, KillOnDrop,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// Whether `path` is a mountpoint now.
+fn mounted(path: &Path) -> bool {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == path.to_str())
+}
+
+/// Unmounts a loop mount when dropped, so a failing test leaves no mount behind.
+struct LoopMount(PathBuf);
+
+impl LoopMount {
+    fn new(file: &Path, at: &Path, options: &str) -> Self {
+        fs::create_dir_all(at).unwrap();
+        run_tool(
+            Command::new("mount")
+                .args(["-o", options])
+                .arg(file)
+                .arg(at),
+        );
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// An XFS filesystem image of `bytes` holding `files` (made through a loop mount).
+fn xfs_image(dir: &Path, bytes: u64, files: &[(&str, Vec<u8>)]) -> PathBuf {
+    let img = dir.join("xfs.img");
+    fs::File::create(&img).unwrap().set_len(bytes).unwrap();
+    run_tool(Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&img));
+    {
+        let m = LoopMount::new(&img, &dir.join("xfs-rw"), "loop");
+        for (name, data) in files {
+            fs::write(m.0.join(name), data).unwrap();
+        }
+    }
+    img
+}
+
+/// Partition sizes of [`partitioned_disk`]: XFS (300 MiB, its least) and ext4.
+const XFS_LEN: u64 = 300 * MIB;
+const EXT_LEN: u64 = 8 * MIB;
+
+/// A disk with an MBR table: partition 1 XFS holding `hello.txt` and `big.bin` (returned),
+/// partition 2 ext4 holding `etc/hostname`.
+fn partitioned_disk(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let (xfs_start, xfs_len) = (MIB, XFS_LEN);
+    let (ext_start, ext_len) = (xfs_start + xfs_len, EXT_LEN);
+    let disk = dir.join("disk.img");
+    fs::File::create(&disk)
+        .unwrap()
+        .set_len(ext_start + ext_len + MIB)
+        .unwrap();
+    let table = format!(
+        "label: dos\nstart={}, size={}, type=83\nstart={}, size={}, type=83\n",
+        xfs_start / 512,
+        xfs_len / 512,
+        ext_start / 512,
+        ext_len / 512
+    );
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&disk)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sfdisk (install it with scripts/ensure-deps.sh)");
+    std::io::Write::write_all(&mut sfdisk.stdin.take().unwrap(), table.as_bytes()).unwrap();
+    assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
+    let big: Vec<u8> = (0..3 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+    let xfs = xfs_image(
+        dir,
+        xfs_len,
+        &[
+            ("hello.txt", b"hello from xfs\n".to_vec()),
+            ("big.bin", big.clone()),
+        ],
+    );
+    poke(&disk, xfs_start, &fs::read(&xfs).unwrap());
+    let src = dir.join("ext-src");
+    fs::create_dir_all(src.join("etc")).unwrap();
+    fs::write(src.join("etc/hostname"), b"vm1\n").unwrap();
+    let ext = dir.join("ext.img");
+    mkfs_ext(&ext, &src, &format!("{}k", ext_len / 1024), &[]);
+    poke(&disk, ext_start, &fs::read(&ext).unwrap());
+    (disk, big)
+}
+
+#[test]
+fn snapshots_mount_as_files_that_loop_mount_and_survive_a_forget() {
+    assert!(
+        running_as_root(),
+        "this test loop-mounts images: run the suite as root (scripts/test.sh does here)"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let (disk, big) = partitioned_disk(dir);
+    let disk_sha = sha256_file(&disk);
+
+    let repo = dir.join("repo");
+    init_repo(&repo, &[]);
+    let disk_arg = format!("d={}", disk.display());
+    let out = tessera([
+        "--json",
+        "backup",
+        repo.to_str().unwrap(),
+        "--series",
+        "vm",
+        &disk_arg,
+    ]);
+    out.ok();
+    let id = snapshot_id(&out.json());
+
+    let mnt = dir.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let child = tessera_cmd(["mount".as_ref(), repo.as_os_str(), mnt.as_os_str()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting tessera mount");
+    let mut guard = KillOnDrop(Some(child));
+    let pid = guard.0.as_ref().unwrap().id();
+    assert!(
+        wait_until(Duration::from_secs(30), || mnt.join("vm").is_dir()),
+        "tessera mount never showed the series"
+    );
+    let snaps: Vec<String> = fs::read_dir(mnt.join("vm"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert!(snaps[0].ends_with(&id[..12]), "{snaps:?} names {id}");
+    let snap_dir = mnt.join("vm").join(&snaps[0]);
+    let mut names: Vec<String> = fs::read_dir(&snap_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["d.part1.raw", "d.part2.raw", "d.raw"]);
+    assert_eq!(
+        sha256_file(&snap_dir.join("d.raw")),
+        disk_sha,
+        "the mounted disk equals the image"
+    );
+    assert_eq!(
+        fs::metadata(snap_dir.join("d.part1.raw")).unwrap().len(),
+        XFS_LEN
+    );
+    assert_eq!(
+        fs::metadata(snap_dir.join("d.part2.raw")).unwrap().len(),
+        EXT_LEN
+    );
+    assert!(
+        fs::write(snap_dir.join("d.raw"), b"x").is_err(),
+        "the mount is read-only"
+    );
+
+    // Kernel filesystems from the partition files: XFS (no in-process reader) and ext4.
+    {
+        let x = LoopMount::new(&snap_dir.join("d.part1.raw"), &dir.join("x"), "loop,ro");
+        assert_eq!(
+            fs::read(x.0.join("hello.txt")).unwrap(),
+            b"hello from xfs\n"
+        );
+        assert_eq!(fs::read(x.0.join("big.bin")).unwrap(), big);
+        let e = LoopMount::new(&snap_dir.join("d.part2.raw"), &dir.join("e"), "loop,ro");
+        assert_eq!(fs::read(e.0.join("etc/hostname")).unwrap(), b"vm1\n");
+    }
+
+    // Forgotten and compacted away while mounted: the mount's lease keeps it readable.
+    tessera(["forget", repo.to_str().unwrap(), &id]).ok();
+    tessera([
+        "compact",
+        repo.to_str().unwrap(),
+        "--grace",
+        "0",
+        "--max-unused",
+        "0",
+    ])
+    .ok();
+    assert!(tessera_tests::list_ids(&repo).is_empty());
+    assert_eq!(
+        sha256_file(&snap_dir.join("d.raw")),
+        disk_sha,
+        "a snapshot forgotten while mounted keeps reading"
+    );
+
+    // SIGINT unmounts and exits 0.
+    signal(pid, "INT");
+    let status = guard.0.take().unwrap().wait().unwrap();
+    assert!(status.success(), "tessera mount exited {status}");
+    assert!(!mounted(&mnt), "still mounted after SIGINT");
+    assert_eq!(fs::read_dir(&mnt).unwrap().count(), 0);
+}
+
+#[test]
+fn a_mountpoint_that_is_not_a_directory_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    init_repo(&repo, &[]);
+    let file = t.path().join("file");
+    fs::write(&file, b"").unwrap();
+    let out = tessera(["mount", repo.to_str().unwrap(), file.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("not a directory"), "{out}");
+}
