@@ -211,12 +211,87 @@ fn snapshots_mount_as_files_that_loop_mount_and_survive_a_forget() {
         "a snapshot forgotten while mounted keeps reading"
     );
 
-    // SIGINT unmounts and exits 0.
+    // While a loop device still reads from it, SIGINT unmounts nothing: the mount keeps
+    // serving (cutting it off would wreck the loop-mounted filesystem), and says why.
+    {
+        let e = LoopMount::new(&snap_dir.join("d.part2.raw"), &dir.join("e2"), "loop,ro");
+        signal(pid, "INT");
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            guard.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "tessera mount exited while its mountpoint was busy"
+        );
+        assert!(mounted(&mnt));
+        assert_eq!(fs::read(e.0.join("etc/hostname")).unwrap(), b"vm1\n");
+    }
+    // Not busy any more: SIGINT unmounts and exits 0.
     signal(pid, "INT");
     let status = guard.0.take().unwrap().wait().unwrap();
     assert!(status.success(), "tessera mount exited {status}");
     assert!(!mounted(&mnt), "still mounted after SIGINT");
     assert_eq!(fs::read_dir(&mnt).unwrap().count(), 0);
+}
+
+/// Starts `tessera mount REPO MNT` and waits until `MNT/SERIES` shows.
+fn start_mount(repo: &Path, mnt: &Path, series: &str) -> KillOnDrop {
+    fs::create_dir_all(mnt).unwrap();
+    let child = tessera_cmd(["mount".as_ref(), repo.as_os_str(), mnt.as_os_str()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting tessera mount");
+    let guard = KillOnDrop(Some(child));
+    assert!(
+        wait_until(Duration::from_secs(30), || mnt.join(series).is_dir()),
+        "tessera mount never showed {series}"
+    );
+    guard
+}
+
+#[test]
+fn a_snapshot_forgotten_before_it_was_opened_is_gone_and_an_outside_unmount_ends_the_mount() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let img = dir.join("small.img");
+    fs::write(&img, (0..MIB).map(|i| (i % 253) as u8).collect::<Vec<u8>>()).unwrap();
+    let repo = dir.join("repo");
+    init_repo(&repo, &[]);
+    let disk_arg = format!("d={}", img.display());
+    let out = tessera([
+        "--json",
+        "backup",
+        repo.to_str().unwrap(),
+        "--series",
+        "vm",
+        &disk_arg,
+    ]);
+    out.ok();
+    let id = snapshot_id(&out.json());
+    let mnt = dir.join("mnt");
+    let mut guard = start_mount(&repo, &mnt, "vm");
+    let snap = fs::read_dir(mnt.join("vm"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    tessera(["forget", repo.to_str().unwrap(), &id]).ok();
+    let err = fs::read_dir(&snap)
+        .and_then(|mut d| d.next().transpose())
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+
+    // Unmounted from outside: the process ends by itself (and with it its reader lease).
+    run_tool(Command::new("fusermount3").arg("-u").arg(&mnt));
+    let child = guard.0.as_mut().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "tessera mount kept running after an outside unmount"
+    );
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]

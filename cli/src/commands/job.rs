@@ -336,6 +336,19 @@ pub fn daemon(
             tessera_engine::time::now_rfc3339()
         );
     });
+    let server_options = [
+        ("--tokens", args.server.tokens.is_some()),
+        ("--token-file", args.server.token_file.is_some()),
+        ("--audit-log", args.server.audit_log.is_some()),
+        ("--tls-cert", args.server.tls_cert.is_some()),
+        ("--insecure-http", args.server.insecure_http),
+    ];
+    if let (None, Some((name, _))) = (&args.serve, server_options.iter().find(|(_, set)| *set)) {
+        return Err(crate::args::UsageError(format!(
+            "{name} applies to the repository --serve REPO serves; give --serve REPO or leave it out"
+        ))
+        .into());
+    }
     if let Some(repo) = &args.serve {
         // Bound (and every refusal reported) before the first job runs.
         let repo = at(repo)?;

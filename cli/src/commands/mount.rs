@@ -28,7 +28,7 @@ pub fn run(repo: &RepoLocation, mountpoint: &Path, json: bool) -> Result<i32> {
         );
     }
     std::io::Write::flush(&mut std::io::stdout())?;
-    mounted.unmount_at_signal()?;
+    mounted.serve_until_signal(&|why| eprintln!("tessera mount: {why}"))?;
     if !json {
         eprintln!("unmounted {}", mountpoint.display());
     }

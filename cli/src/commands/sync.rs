@@ -167,6 +167,11 @@ impl Server {
             }
             _ => return Err(UsageError("give --tokens FILE or --token-file FILE".into()).into()),
         };
+        if let Some(tokens) = &usage_of {
+            // The quota counts beside the tokens file, checked now rather than when serving
+            // starts (for `daemon --serve`, before any job runs).
+            tessera_engine::sync::http::quota::Usage::load(tokens)?;
+        }
         let storage = repo.storage()?;
         // Refused (an encrypted repository too) before anything listens or says it does.
         tessera_engine::sync::http::routes::check_repository(&storage)?;

@@ -124,14 +124,67 @@ impl Filesystem for SnapshotFs {
 pub struct Mounted {
     session: fuser::BackgroundSession,
     signals: signal_hook::iterator::Signals,
+    mountpoint: std::path::PathBuf,
+}
+
+/// Unmounts `mountpoint` now, never lazily: as root with `umount2`, otherwise through
+/// `fusermount3 -u` (which refuses a busy mount). `Err` says why it stays mounted.
+fn unmount_now(mountpoint: &Path) -> std::result::Result<(), String> {
+    match nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => Err(format!(
+            "{} is busy (a loop device or a process still uses a file of it): unmount that first, then send the signal again; still mounted",
+            mountpoint.display()
+        )),
+        Err(nix::errno::Errno::EPERM) => {
+            let out = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg(mountpoint)
+                .output()
+                .map_err(|e| format!("running fusermount3 -u: {e}; still mounted"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "fusermount3 -u {}: {}; still mounted",
+                    mountpoint.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        }
+        Err(e) => Err(format!("unmounting {}: {e}; still mounted", mountpoint.display())),
+    }
 }
 
 impl Mounted {
-    /// Waits for SIGINT, SIGTERM or SIGHUP (registered before mounting, so none is missed),
-    /// then unmounts.
-    pub fn unmount_at_signal(mut self) -> Result<()> {
-        let _ = self.signals.forever().next();
-        self.unmount()
+    /// Serves until SIGINT, SIGTERM or SIGHUP (registered before mounting, so none is
+    /// missed) unmounts it, or until it is unmounted from outside (`fusermount3 -u`,
+    /// `umount`). While the mountpoint is busy (a loop device still mounted from one of its
+    /// files) a signal unmounts nothing: `busy` is told why and the mount keeps serving, so
+    /// the filesystems read from it are never cut off.
+    pub fn serve_until_signal(mut self, busy: &dyn Fn(&str)) -> Result<()> {
+        loop {
+            if self.session.guard.is_finished() {
+                // Unmounted from outside: the session ended by itself.
+                return self
+                    .session
+                    .join()
+                    .map_err(|e| Error::io("serving the mount", e));
+            }
+            if self.signals.pending().next().is_some() {
+                match unmount_now(&self.mountpoint) {
+                    // Unmounted: the serving threads end by themselves.
+                    Ok(()) => {
+                        return self
+                            .session
+                            .join()
+                            .map_err(|e| Error::io("serving the mount", e))
+                    }
+                    Err(why) => busy(&why),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Unmounts and waits for the filesystem thread. Fails (the mount stays) while the
@@ -146,8 +199,14 @@ impl Mounted {
 /// Mounts `repo` read-only at `mountpoint` (an empty directory), served by a background
 /// thread until the returned [`Mounted`] is unmounted or dropped.
 pub fn mount(repo: Arc<Repository>, mountpoint: &Path) -> Result<Mounted> {
-    let meta = std::fs::metadata(mountpoint)
-        .map_err(|e| Error::io(format!("the mountpoint {}", mountpoint.display()), e))?;
+    let meta = std::fs::metadata(mountpoint).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::ENOTCONN) {
+            " (a mount left by a killed process: fusermount3 -u it first)"
+        } else {
+            ""
+        };
+        Error::io(format!("the mountpoint {}{hint}", mountpoint.display()), e)
+    })?;
     if !meta.is_dir() {
         return Err(Error::Usage(format!(
             "the mountpoint {} is not a directory",
@@ -162,6 +221,8 @@ pub fn mount(repo: Arc<Repository>, mountpoint: &Path) -> Result<Mounted> {
     ])
     .map_err(|e| Error::io("installing signal handlers", e))?;
     let mut config = Config::default();
+    // Several requests at once: a slow snapshot opening or chunk read stalls only its own.
+    config.n_threads = Some(4);
     config.mount_options = vec![
         MountOption::RO,
         MountOption::NoSuid,
@@ -179,7 +240,11 @@ pub fn mount(repo: Arc<Repository>, mountpoint: &Path) -> Result<Mounted> {
             e,
         )
     })?;
-    Ok(Mounted { session, signals })
+    Ok(Mounted {
+        session,
+        signals,
+        mountpoint: mountpoint.to_path_buf(),
+    })
 }
 
 /// The attributes of a directory or a read-only file.

@@ -18,8 +18,9 @@ use crate::ops::disk_reader::{DiskView, ReadCache};
 use crate::ops::files::disk_image::DiskImage;
 use crate::repo::Repository;
 
-/// Largest read answered at once (the kernel asks for at most 128 KiB by default).
-const MAX_READ: u32 = 1 << 20;
+/// Largest read answered at once: what fuser lets the kernel ask for (16 MiB); the
+/// kernel's own limit is lower (1 MiB by default). A shorter answer would read as EOF.
+const MAX_READ: u32 = 16 << 20;
 
 /// `2026-12-07T081112Z-17196f3b65b2`: sortable, no characters a shell needs quoted.
 pub fn snapshot_dir_name(id: SnapshotId, time_us: i64) -> String {
@@ -132,8 +133,35 @@ impl Tree {
         let Some(children) = self.children(parent)? else {
             return Ok(None);
         };
-        let found = children.into_iter().find(|(_, _, n)| OsStr::new(n) == name);
-        Ok(found.and_then(|(ino, _, _)| self.attr(ino)))
+        let Some((ino, _, _)) = children.into_iter().find(|(_, _, n)| OsStr::new(n) == name) else {
+            return Ok(None);
+        };
+        // A snapshot forgotten since the mount, never opened, is gone: its file is (one
+        // size request, only for directories not opened yet).
+        if let Some(id) = self.unopened_snapshot(ino) {
+            if self
+                .repo
+                .backend()
+                .size(&crate::storage::ObjectKey::snapshot(id))?
+                .is_none()
+            {
+                return Ok(None);
+            }
+        }
+        Ok(self.attr(ino))
+    }
+
+    /// The snapshot `ino` stands for, if it is a snapshot directory not yet opened.
+    fn unopened_snapshot(&self, ino: u64) -> Option<SnapshotId> {
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        match nodes.get(ino as usize) {
+            Some(Node {
+                kind: Kind::Dir(None),
+                snapshot: Some(id),
+                ..
+            }) => Some(*id),
+            _ => None,
+        }
     }
 
     /// The entries of the directory `ino` (inode, type, name), filling a snapshot's
@@ -191,22 +219,34 @@ impl Tree {
     /// Fills the directory of the snapshot `ino` stands for, if it is one not yet opened:
     /// a file per disk, and one per partition of each disk's table.
     fn open_snapshot(&self, ino: u64) -> Result<()> {
-        let id = {
-            let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
-            match nodes.get(ino as usize) {
-                Some(Node {
-                    kind: Kind::Dir(None),
-                    snapshot: Some(id),
-                    ..
-                }) => *id,
-                _ => return Ok(()),
+        let Some(id) = self.unopened_snapshot(ino) else {
+            return Ok(());
+        };
+        // Loaded without the lock: other directories stay usable meanwhile. A snapshot
+        // forgotten since the mount, whose directory was never opened, is gone (its file
+        // is deleted at once; only its data stays under the reader lease).
+        let snapshot = match self.repo.load_snapshot(id) {
+            Ok(s) => s,
+            Err(e) => {
+                let gone = matches!(
+                    self.repo
+                        .backend()
+                        .size(&crate::storage::ObjectKey::snapshot(id)),
+                    Ok(None)
+                );
+                return Err(if gone {
+                    Error::SnapshotNotFound { query: id.to_hex() }
+                } else {
+                    e
+                });
             }
         };
-        // Loaded without the lock: other directories stay usable meanwhile.
-        let snapshot = self.repo.load_snapshot(id)?;
+        // Disks first, then partitions: a partition file never hides a disk whose name
+        // happens to look like one (`d.part1` beside `d`'s partition 1).
         let mut files: Vec<(String, Arc<dyn Image>)> = Vec::new();
+        let mut partitions: Vec<(String, Arc<dyn Image>)> = Vec::new();
         for disk in &snapshot.header.disks {
-            let image: Arc<dyn Image> = Arc::new(DiskImage::new(
+            let image: Arc<dyn Image> = Arc::new(DiskImage::uncounted(
                 Arc::clone(&self.repo),
                 DiskView::of(&snapshot, &disk.name)?,
                 Arc::clone(&self.cache),
@@ -215,15 +255,14 @@ impl Tree {
             if let Ok(Some(table)) = read_table(image.as_ref()) {
                 for p in &table.partitions {
                     if let Ok(slice) = Slice::new(Arc::clone(&image), p.start, p.len) {
-                        files.push((
-                            format!("{}.part{}.raw", disk.name, p.number),
-                            Arc::new(slice),
-                        ));
+                        let name = format!("{}.part{}.raw", disk.name, p.number);
+                        partitions.push((name, Arc::new(slice)));
                     }
                 }
             }
             files.push((format!("{}.raw", disk.name), image));
         }
+        files.extend(partitions);
         let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
         let mtime = nodes.get(ino as usize).map_or(UNIX_EPOCH, |n| n.mtime);
         if !matches!(
@@ -234,14 +273,15 @@ impl Tree {
         }
         let mut entries = BTreeMap::new();
         for (name, image) in files {
-            let child = nodes.len() as u64;
-            nodes.push(Node {
-                parent: ino,
-                kind: Kind::File(image),
-                mtime,
-                snapshot: None,
-            });
-            entries.insert(name, child);
+            if let std::collections::btree_map::Entry::Vacant(slot) = entries.entry(name) {
+                slot.insert(nodes.len() as u64);
+                nodes.push(Node {
+                    parent: ino,
+                    kind: Kind::File(image),
+                    mtime,
+                    snapshot: None,
+                });
+            }
         }
         if let Some(node) = nodes.get_mut(ino as usize) {
             node.kind = Kind::Dir(Some(entries));

@@ -17,8 +17,10 @@ use crate::repo::Repository;
 /// A snapshot's disk, readable at any byte offset.
 pub struct DiskImage {
     reader: DiskReader<Arc<Repository>>,
-    /// Manifest blocks any read touched (for `files ls`'s "blocks read").
-    touched: Mutex<HashSet<u64>>,
+    /// Manifest blocks any read touched (for `files ls`'s "blocks read"); `None` when not
+    /// counted (a long-lived reader such as `tessera mount`, whose reads would grow it
+    /// without bound).
+    touched: Option<Mutex<HashSet<u64>>>,
 }
 
 impl DiskImage {
@@ -26,14 +28,28 @@ impl DiskImage {
     pub fn new(repo: Arc<Repository>, disk: DiskView<'_>, cache: Arc<ReadCache>) -> Result<Self> {
         Ok(Self {
             reader: DiskReader::with_cache(repo, disk, cache)?,
-            touched: Mutex::new(HashSet::new()),
+            touched: Some(Mutex::new(HashSet::new())),
+        })
+    }
+
+    /// [`DiskImage::new`] without counting the blocks reads touch.
+    pub fn uncounted(
+        repo: Arc<Repository>,
+        disk: DiskView<'_>,
+        cache: Arc<ReadCache>,
+    ) -> Result<Self> {
+        Ok(Self {
+            reader: DiskReader::with_cache(repo, disk, cache)?,
+            touched: None,
         })
     }
 
     /// How many distinct manifest blocks reads have touched, and how many the disk has.
     pub fn blocks_read(&self) -> (u64, u64) {
-        let touched = self.touched.lock().unwrap_or_else(PoisonError::into_inner);
-        (touched.len() as u64, self.reader.blocks())
+        let touched = self.touched.as_ref().map_or(0, |t| {
+            t.lock().unwrap_or_else(PoisonError::into_inner).len() as u64
+        });
+        (touched, self.reader.blocks())
     }
 
     /// The digests of the blocks holding disk bytes `range`, and where the range starts in
@@ -60,8 +76,8 @@ impl Image for DiskImage {
         }
         check_range(self.len(), offset, buf.len() as u64, "a read")?;
         let bs = self.reader.block_size();
-        {
-            let mut touched = self.touched.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(touched) = &self.touched {
+            let mut touched = touched.lock().unwrap_or_else(PoisonError::into_inner);
             let last = (offset + buf.len() as u64 - 1) / bs;
             touched.extend(offset / bs..=last);
         }
