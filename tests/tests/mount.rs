@@ -124,32 +124,10 @@ fn snapshots_mount_as_files_that_loop_mount_and_survive_a_forget() {
     let (disk, big) = partitioned_disk(dir);
     let disk_sha = sha256_file(&disk);
 
-    let repo = dir.join("repo");
-    init_repo(&repo, &[]);
-    let disk_arg = format!("d={}", disk.display());
-    let out = tessera([
-        "--json",
-        "backup",
-        repo.to_str().unwrap(),
-        "--series",
-        "vm",
-        &disk_arg,
-    ]);
-    out.ok();
-    let id = snapshot_id(&out.json());
-
+    let (repo, id) = backed_up(dir, &disk);
     let mnt = dir.join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let child = tessera_cmd(["mount".as_ref(), repo.as_os_str(), mnt.as_os_str()])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting tessera mount");
-    let mut guard = KillOnDrop(Some(child));
+    let mut guard = start_mount(&repo, &mnt, "vm");
     let pid = guard.0.as_ref().unwrap().id();
-    assert!(
-        wait_until(Duration::from_secs(30), || mnt.join("vm").is_dir()),
-        "tessera mount never showed the series"
-    );
     let snaps: Vec<String> = fs::read_dir(mnt.join("vm"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -232,6 +210,25 @@ fn snapshots_mount_as_files_that_loop_mount_and_survive_a_forget() {
     assert_eq!(fs::read_dir(&mnt).unwrap().count(), 0);
 }
 
+/// A new repository `DIR/repo` with one backup of `disk` (series `vm`, disk `d`), and the
+/// snapshot's id.
+fn backed_up(dir: &Path, disk: &Path) -> (PathBuf, String) {
+    let repo = dir.join("repo");
+    init_repo(&repo, &[]);
+    let disk_arg = format!("d={}", disk.display());
+    let out = tessera([
+        "--json",
+        "backup",
+        repo.to_str().unwrap(),
+        "--series",
+        "vm",
+        &disk_arg,
+    ]);
+    out.ok();
+    let id = snapshot_id(&out.json());
+    (repo, id)
+}
+
 /// Starts `tessera mount REPO MNT` and waits until `MNT/SERIES` shows.
 fn start_mount(repo: &Path, mnt: &Path, series: &str) -> KillOnDrop {
     fs::create_dir_all(mnt).unwrap();
@@ -253,19 +250,7 @@ fn a_snapshot_forgotten_before_it_was_opened_is_gone_and_an_outside_unmount_ends
     let dir = t.path();
     let img = dir.join("small.img");
     fs::write(&img, (0..MIB).map(|i| (i % 253) as u8).collect::<Vec<u8>>()).unwrap();
-    let repo = dir.join("repo");
-    init_repo(&repo, &[]);
-    let disk_arg = format!("d={}", img.display());
-    let out = tessera([
-        "--json",
-        "backup",
-        repo.to_str().unwrap(),
-        "--series",
-        "vm",
-        &disk_arg,
-    ]);
-    out.ok();
-    let id = snapshot_id(&out.json());
+    let (repo, id) = backed_up(dir, &img);
     let mnt = dir.join("mnt");
     let mut guard = start_mount(&repo, &mnt, "vm");
     let snap = fs::read_dir(mnt.join("vm"))
