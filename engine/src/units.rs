@@ -70,6 +70,23 @@ pub fn parse_sample(s: &str) -> Result<SampleSize> {
     }
 }
 
+/// `17 B`, `1.50 KiB`, `300.00 MiB`: a byte count as the CLI and the dashboard print it
+/// (binary units, two decimals).
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,22 +85,9 @@ pub fn error_page(viewer: Option<&Viewer>, title: &str, message: &str) -> String
     )
 }
 
-/// `1.5 GiB`, `312 KiB`, `17 B`.
+/// A byte count as the CLI prints it.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else if v >= 100.0 {
-        format!("{v:.0} {}", UNITS[unit])
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    crate::units::format_bytes(n)
 }
 
 /// A byte count: its human form, the exact count in `data-bytes` and the title.
@@ -146,9 +133,9 @@ mod tests {
     #[test]
     fn bytes_read_as_people_write_them() {
         assert_eq!(bytes(17), "17 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(300 << 20), "300 MiB");
-        assert_eq!(bytes(u64::MAX), "16384 PiB");
+        assert_eq!(bytes(1536), "1.50 KiB");
+        assert_eq!(bytes(300 << 20), "300.00 MiB");
+        assert_eq!(bytes(u64::MAX), "16384.00 PiB");
     }
 
     #[test]
