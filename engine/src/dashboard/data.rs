@@ -156,10 +156,30 @@ struct Cached<T> {
     value: T,
 }
 
-impl<T: Clone> Cached<T> {
-    fn fresh(slot: Option<&Self>, fingerprint: [u8; 32]) -> Option<(T, i64)> {
-        slot.filter(|c| c.fingerprint == fingerprint && c.at.elapsed() < CACHE_TIME)
-            .map(|c| (c.value.clone(), c.computed_us))
+impl<T> Cached<T> {
+    /// The value `slot` holds for `fingerprint` while it is fresh, else the one `compute`
+    /// gives now (then kept); with when it was computed (Unix µs).
+    fn get_or_compute(
+        slot: &mut Option<Self>,
+        fingerprint: [u8; 32],
+        compute: impl FnOnce() -> Result<T>,
+    ) -> Result<(&T, i64)> {
+        let fresh = slot
+            .as_ref()
+            .is_some_and(|c| c.fingerprint == fingerprint && c.at.elapsed() < CACHE_TIME);
+        if !fresh {
+            let value = compute()?;
+            *slot = Some(Self {
+                fingerprint,
+                at: Instant::now(),
+                computed_us: crate::time::now_us(),
+                value,
+            });
+        }
+        let cached = slot.as_ref().ok_or_else(|| {
+            crate::error::Error::Internal("a cache slot just filled is empty".into())
+        })?;
+        Ok((&cached.value, cached.computed_us))
     }
 }
 
@@ -173,18 +193,8 @@ pub struct Caches {
 impl Caches {
     /// The repository's totals, and when they were computed (Unix µs).
     pub fn stats(&mut self, repo: &Repository, fingerprint: [u8; 32]) -> Result<(RepoStats, i64)> {
-        if let Some(hit) = Cached::fresh(self.stats.as_ref(), fingerprint) {
-            return Ok(hit);
-        }
-        let value = stats(repo)?;
-        let computed_us = crate::time::now_us();
-        self.stats = Some(Cached {
-            fingerprint,
-            at: Instant::now(),
-            computed_us,
-            value: value.clone(),
-        });
-        Ok((value, computed_us))
+        Cached::get_or_compute(&mut self.stats, fingerprint, || stats(repo))
+            .map(|(value, at)| (value.clone(), at))
     }
 
     /// The stored bytes each snapshot alone references (freed, after compaction, by
@@ -193,19 +203,10 @@ impl Caches {
         &mut self,
         repo: &Repository,
         fingerprint: [u8; 32],
-    ) -> Result<(HashMap<SnapshotId, u64>, i64)> {
-        if let Some(hit) = Cached::fresh(self.exclusive.as_ref(), fingerprint) {
-            return Ok(hit);
-        }
-        let value: HashMap<SnapshotId, u64> = exclusive_bytes_all(repo)?.into_iter().collect();
-        let computed_us = crate::time::now_us();
-        self.exclusive = Some(Cached {
-            fingerprint,
-            at: Instant::now(),
-            computed_us,
-            value: value.clone(),
-        });
-        Ok((value, computed_us))
+    ) -> Result<(&HashMap<SnapshotId, u64>, i64)> {
+        Cached::get_or_compute(&mut self.exclusive, fingerprint, || {
+            Ok(exclusive_bytes_all(repo)?.into_iter().collect())
+        })
     }
 
     /// Forgets every cached figure (after the dashboard changed the catalogue).

@@ -235,7 +235,7 @@ fn series(
         &pages::series::SeriesView {
             name,
             snaps,
-            exclusive: (&exclusive, at),
+            exclusive: (exclusive, at),
             retention,
             now_us: ctx.now_us,
             notice: ctx.job.notice.clone(),
