@@ -88,5 +88,9 @@ pub enum FilesCommand {
         name: Option<String>,
         /// The path to follow through the series, e.g. /etc/passwd.
         path: Option<String>,
+        /// With --name: list every match in every snapshot, not only what was added, changed
+        /// or removed (a PATH is always listed in every snapshot that has it).
+        #[arg(long)]
+        all: bool,
     },
 }

@@ -1942,7 +1942,7 @@ fn find_reports_changes_across_generations_with_content_hashes() {
     assert_eq!(snaps[4]["removed"], serde_json::json!([]), "{f}");
 
     // Names matching a glob, anywhere.
-    let f = files_json(&["find", &r, "--series", "gens", "--name", "*.conf"]);
+    let f = files_json(&["find", &r, "--series", "gens", "--name", "*.conf", "--all"]);
     let snaps = f["snapshots"].as_array().unwrap();
     let a = ("/etc/a.conf", b"a = 1\n".to_vec());
     let old = ("/etc/old.conf", b"old = yes\n".to_vec());
@@ -1989,6 +1989,39 @@ fn find_reports_changes_across_generations_with_content_hashes() {
             (&link, "unchanged"),
         ],
     ];
+    // Without --all only what was added or changed is listed; the rest is counted.
+    let changes = files_json(&["find", &r, "--series", "gens", "--name", "*.conf"]);
+    for (i, (snap, want)) in changes["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&expect)
+        .enumerate()
+    {
+        let mut got: Vec<(&str, &str)> = snap["found"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x["path"].as_str().unwrap(), x["change"].as_str().unwrap()))
+            .collect();
+        got.sort_unstable();
+        let mut listed: Vec<(&str, &str)> = want
+            .iter()
+            .filter(|(_, ch)| *ch != "unchanged")
+            .map(|((p, _), ch)| (*p, *ch))
+            .collect();
+        listed.sort_unstable();
+        assert_eq!(got, listed, "generation {}: {changes}", i + 1);
+        let unchanged = want.iter().filter(|(_, ch)| *ch == "unchanged").count();
+        assert_eq!(
+            snap["unchanged"],
+            unchanged,
+            "generation {}: {changes}",
+            i + 1
+        );
+        assert_eq!(snap["removed"], snaps[i]["removed"], "{changes}");
+    }
+    assert_eq!(changes["versions"], f["versions"], "{changes}");
     let mut total = 0;
     for (i, (snap, want)) in snaps.iter().zip(&expect).enumerate() {
         let mut got: Vec<(String, String, String)> = snap["found"]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use tessera_engine::explore::{FileKind, Timestamp};
 use tessera_engine::location::RepoLocation;
-use tessera_engine::ops::files::find::{find, FindQuery, FindReport};
+use tessera_engine::ops::files::find::{find, FindOptions, FindQuery, FindReport};
 use tessera_engine::ops::files::get::{get, GetReport};
 use tessera_engine::ops::files::query::{cat, ls, stat};
 use tessera_engine::ops::files::tar_stream::{get_tar, get_tar_file};
@@ -99,30 +99,47 @@ pub fn run(
             };
             print_get(&r, json, *tar && dest.as_os_str() == "-");
         }
-        FilesCommand::Find {
-            repo,
-            series,
-            disk,
-            part,
-            lv,
-            name,
-            path,
-        } => {
-            let query = match (name, path) {
-                (Some(glob), _) => FindQuery::Name(glob.clone()),
-                (None, Some(p)) => FindQuery::Path(p.clone()),
-                (None, None) => unreachable!("clap requires a path or --name"),
-            };
-            let which = VolumeRef {
-                disk: disk.clone(),
-                part: part.clone(),
-                lv: lv.clone(),
-            };
-            let r = find(&open(repo)?, series, &which, &query, bars)?;
-            return Ok(print_find(&r, json));
-        }
+        FilesCommand::Find { .. } => return run_find(cmd, at, json, bars),
     }
     Ok(0)
+}
+
+/// `files find`.
+fn run_find(
+    cmd: &FilesCommand,
+    at: &dyn Fn(&str) -> tessera_engine::Result<RepoLocation>,
+    json: bool,
+    bars: &Bars,
+) -> Result<i32> {
+    let FilesCommand::Find {
+        repo,
+        series,
+        disk,
+        part,
+        lv,
+        name,
+        path,
+        all,
+    } = cmd
+    else {
+        unreachable!("run_find is called for files find only");
+    };
+    let query = match (name, path) {
+        (Some(glob), _) => FindQuery::Name(glob.clone()),
+        (None, Some(p)) => FindQuery::Path(p.clone()),
+        (None, None) => unreachable!("clap requires a path or --name"),
+    };
+    let which = VolumeRef {
+        disk: disk.clone(),
+        part: part.clone(),
+        lv: lv.clone(),
+    };
+    let options = FindOptions {
+        list_unchanged: *all || path.is_some(),
+    };
+    let repo = Arc::new(super::open_reader(&at(repo)?)?);
+    let r = find(&repo, series, &which, &query, options, bars)?;
+    Ok(print_find(&r, json))
 }
 
 /// Prints `files parts`.
@@ -186,7 +203,11 @@ fn print_find(r: &FindReport, json: bool) -> i32 {
                 continue;
             }
             if s.found.is_empty() && s.removed.is_empty() {
-                println!("{}  {id}  (not present)", s.time);
+                if s.unchanged == 0 {
+                    println!("{}  {id}  (not present)", s.time);
+                } else {
+                    println!("{}  {id}  no changes ({} unchanged)", s.time, s.unchanged);
+                }
             }
             for f in &s.found {
                 println!(

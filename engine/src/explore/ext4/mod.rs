@@ -16,7 +16,8 @@ mod extents;
 mod inode;
 mod superblock;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::content::read_extents;
 use super::image::Image;
@@ -32,13 +33,21 @@ const ROOT_INO: u64 = 2;
 pub struct Ext4 {
     volume: Arc<dyn Image>,
     sb: Superblock,
+    /// Inode table block of each group met so far: every inode read needs its group's, and
+    /// reading the descriptor again each time was a third of a tree walk. At most one entry
+    /// per group holding an inode that was read.
+    inode_tables: Mutex<HashMap<u64, u64>>,
 }
 
 impl Ext4 {
     /// Reads and checks the superblock of the filesystem on `volume`.
     pub fn open(volume: Arc<dyn Image>) -> Result<Self, FsError> {
         let sb = Superblock::read(volume.as_ref())?;
-        let fs = Self { volume, sb };
+        let fs = Self {
+            volume,
+            sb,
+            inode_tables: Mutex::new(HashMap::new()),
+        };
         let root = fs.inode(ROOT_INO)?;
         if root.stat.kind != FileKind::Dir {
             return Err(FsError::corrupt("the ext root inode is not a directory"));
@@ -61,6 +70,21 @@ impl Ext4 {
         )
     }
 
+    fn inode_table(&self, group: u64) -> Result<u64, FsError> {
+        let tables = || {
+            self.inode_tables
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        let known = tables().get(&group).copied();
+        if let Some(table) = known {
+            return Ok(table);
+        }
+        let table = self.sb.inode_table(self.volume.as_ref(), group)?;
+        tables().insert(group, table);
+        Ok(table)
+    }
+
     fn inode(&self, ino: u64) -> Result<Inode, FsError> {
         if ino == 0 || ino > self.sb.inodes_count {
             return Err(FsError::corrupt(format!(
@@ -70,7 +94,7 @@ impl Ext4 {
         }
         let group = (ino - 1) / self.sb.inodes_per_group;
         let index = (ino - 1) % self.sb.inodes_per_group;
-        let table = self.sb.inode_table(self.volume.as_ref(), group)?;
+        let table = self.inode_table(group)?;
         let at = table * self.sb.block_size + index * self.sb.inode_size;
         let raw = self
             .volume

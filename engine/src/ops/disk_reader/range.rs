@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::DiskReader;
+use super::{BlockRef, DiskReader};
 pub use crate::disk_range::{Extent, Segment};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
@@ -71,6 +71,76 @@ impl<R: Deref<Target = Repository>> DiskReader<R> {
             block = page_end;
         }
         Ok(out)
+    }
+
+    /// Fills `buf` with the bytes from `offset`, through the chunk cache: what a reader that
+    /// wants bytes rather than segments calls (the files and mount readers). A read inside one
+    /// block, the common case for filesystem metadata, is answered on the calling thread with
+    /// one copy; longer ones fill their blocks in parallel.
+    pub fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<()>
+    where
+        R: Sync,
+    {
+        let len = buf.len() as u64;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let blocks = self.blocks_of(offset, len);
+        let refs = self.block_refs(blocks.clone())?;
+        let mut pieces = Vec::with_capacity(refs.len());
+        let mut rest = buf;
+        for (b, r) in (blocks.start..).zip(&refs) {
+            let (start, stop) = self.clip(b, offset, end);
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut((stop - start) as usize);
+            pieces.push((b, r, start, piece));
+            rest = tail;
+        }
+        let fill = |(b, r, start, piece): (u64, &BlockRef, u64, &mut [u8])| -> Result<()> {
+            if r.is_zero() {
+                piece.fill(0);
+                return Ok(());
+            }
+            let bytes = self.chunk(b, r)?;
+            piece.copy_from_slice(self.within(&bytes, b, start, piece.len())?);
+            Ok(())
+        };
+        if pieces.len() == 1 {
+            pieces.into_iter().try_for_each(fill)
+        } else {
+            pieces.into_par_iter().try_for_each(fill)
+        }
+    }
+
+    /// `len` bytes from disk offset `start` out of block `block`'s decoded `bytes`.
+    pub(crate) fn within<'b>(
+        &self,
+        bytes: &'b [u8],
+        block: u64,
+        start: u64,
+        len: usize,
+    ) -> Result<&'b [u8]> {
+        let from = start
+            .checked_sub(block * self.block_size)
+            .and_then(|from| usize::try_from(from).ok());
+        from.and_then(|from| bytes.get(from..from.checked_add(len)?))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "bytes {start}+{len} of disk {} do not lie in its block {block}",
+                    self.name
+                ))
+            })
+    }
+
+    /// The decoded bytes of block `block` (exactly [`DiskReader::block_len`] of them, checked),
+    /// shared through the chunk cache; `None` for an all-zero block.
+    pub fn block_data(&self, block: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        let r = self.block_refs(block..block + 1)?[0];
+        if r.is_zero() {
+            return Ok(None);
+        }
+        self.chunk(block, &r).map(Some)
     }
 
     /// The bytes of `offset..offset+len` as data and zero segments in order. Chunks are read

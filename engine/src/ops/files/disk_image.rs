@@ -14,6 +14,9 @@ use crate::explore::{FsError, Image};
 use crate::ops::disk_reader::{DiskReader, DiskView, ReadCache};
 use crate::repo::Repository;
 
+/// A block number and its decoded bytes (`None`: all zero).
+type HeldBlock = (u64, Option<Arc<Vec<u8>>>);
+
 /// A snapshot's disk, readable at any byte offset.
 pub struct DiskImage {
     reader: DiskReader<Arc<Repository>>,
@@ -21,6 +24,8 @@ pub struct DiskImage {
     /// counted (a long-lived reader such as `tessera mount`, whose reads would grow it
     /// without bound).
     touched: Option<Mutex<HashSet<u64>>>,
+    /// The block of the last one-block read and its bytes (`None`: all zero).
+    last_block: Mutex<Option<HeldBlock>>,
 }
 
 impl DiskImage {
@@ -29,6 +34,7 @@ impl DiskImage {
         Ok(Self {
             reader: DiskReader::with_cache(repo, disk, cache)?,
             touched: Some(Mutex::new(HashSet::new())),
+            last_block: Mutex::new(None),
         })
     }
 
@@ -41,6 +47,7 @@ impl DiskImage {
         Ok(Self {
             reader: DiskReader::with_cache(repo, disk, cache)?,
             touched: None,
+            last_block: Mutex::new(None),
         })
     }
 
@@ -111,18 +118,36 @@ impl Image for DiskImage {
 const DIRECT_MIN_BLOCKS: u64 = 2;
 
 impl DiskImage {
-    /// Reads `buf.len()` bytes at `offset` through the chunk cache.
+    /// Reads `buf.len()` bytes at `offset` through the chunk cache. A read inside the block
+    /// the previous one-block read was in (the next inode of a table, the next directory
+    /// block) is copied from that block, held here, without asking the cache again.
     fn read_cached(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), FsError> {
         if buf.is_empty() {
             return Ok(());
         }
-        for segment in self.reader.read_range(offset, buf.len() as u64)? {
-            let start = (segment.offset - offset) as usize;
-            let dst = &mut buf[start..start + segment.len as usize];
-            match segment.data {
-                Some(bytes) => dst.copy_from_slice(&bytes),
-                None => dst.fill(0),
+        let bs = self.reader.block_size();
+        let block = offset / bs;
+        if (offset + buf.len() as u64 - 1) / bs != block {
+            return Ok(self.reader.read_into(offset, buf)?);
+        }
+        let mut last = self
+            .last_block
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let data = match &*last {
+            Some((b, data)) if *b == block => data.clone(),
+            _ => {
+                let data = self.reader.block_data(block)?;
+                *last = Some((block, data.clone()));
+                data
             }
+        };
+        drop(last);
+        match data {
+            Some(bytes) => {
+                buf.copy_from_slice(self.reader.within(&bytes, block, offset, buf.len())?);
+            }
+            None => buf.fill(0),
         }
         Ok(())
     }
