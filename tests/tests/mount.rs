@@ -290,3 +290,135 @@ fn a_mountpoint_that_is_not_a_directory_is_refused() {
     assert_eq!(out.code, 2, "{out}");
     assert!(out.stderr.contains("not a directory"), "{out}");
 }
+
+/// `lseek(SEEK_DATA / SEEK_HOLE)` on `file` from `offset`: the offset found, or the errno.
+fn seek(file: &fs::File, offset: u64, whence: nix::unistd::Whence) -> Result<u64, nix::Error> {
+    nix::unistd::lseek(file, i64::try_from(offset).unwrap(), whence)
+        .map(|at| u64::try_from(at).unwrap())
+}
+
+/// Data and holes of a file as `qemu-img map` sees them (it asks with SEEK_DATA/SEEK_HOLE):
+/// `(start, length, data)` runs, neighbours of one kind merged.
+fn qemu_map(file: &Path) -> Vec<(u64, u64, bool)> {
+    let out = Command::new("qemu-img")
+        .args(["map", "--output=json", "-f", "raw"])
+        .arg(file)
+        .output()
+        .expect("qemu-img (install it with scripts/ensure-deps.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let map: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    for m in map {
+        let (start, len, data) = (
+            m["start"].as_u64().unwrap(),
+            m["length"].as_u64().unwrap(),
+            m["data"].as_bool().unwrap(),
+        );
+        match runs.last_mut() {
+            Some(last) if last.2 == data && last.0 + last.1 == start => last.1 += len,
+            _ => runs.push((start, len, data)),
+        }
+    }
+    runs
+}
+
+#[test]
+fn mounted_disks_and_partitions_show_their_unstored_zero_blocks_as_holes() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    // A 64 MiB disk with an MBR partition from 1 MiB to 41 MiB. Stored (non-zero) 64 KiB
+    // blocks: the table's, 1 MiB + [0, 64 KiB) and 1 MiB + [20 MiB, 20 MiB + 100 KiB) (two
+    // blocks) inside the partition, and the disk's last block.
+    let disk = dir.join("sparse.img");
+    fs::File::create(&disk).unwrap().set_len(64 * MIB).unwrap();
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&disk)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sfdisk (install it with scripts/ensure-deps.sh)");
+    std::io::Write::write_all(
+        &mut sfdisk.stdin.take().unwrap(),
+        b"label: dos\nstart=2048, size=81920, type=83\n",
+    )
+    .unwrap();
+    assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
+    let ones = |n: u64| vec![0x5a_u8; n as usize];
+    poke(&disk, MIB, &ones(64 << 10));
+    poke(&disk, 21 * MIB, &ones(100 << 10));
+    poke(&disk, 64 * MIB - 10, &ones(10));
+    let (repo, _) = backed_up(dir, &disk);
+    let mnt = dir.join("mnt");
+    let _guard = start_mount(&repo, &mnt, "vm");
+    let snap = fs::read_dir(mnt.join("vm"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let whole = snap.join("d.raw");
+    let part = snap.join("d.part1.raw");
+    assert_eq!(
+        sha256_file(&whole),
+        sha256_file(&disk),
+        "the disk reads back"
+    );
+
+    let k64 = 64 << 10;
+    let f = fs::File::open(&whole).unwrap();
+    let (data, hole) = (nix::unistd::Whence::SeekData, nix::unistd::Whence::SeekHole);
+    assert_eq!(seek(&f, 0, data), Ok(0));
+    assert_eq!(seek(&f, 0, hole), Ok(k64), "the table's block is stored");
+    assert_eq!(seek(&f, k64, data), Ok(MIB));
+    assert_eq!(seek(&f, MIB + 5, hole), Ok(MIB + k64));
+    assert_eq!(seek(&f, MIB + k64, data), Ok(21 * MIB));
+    assert_eq!(seek(&f, 21 * MIB, hole), Ok(21 * MIB + 2 * k64));
+    assert_eq!(seek(&f, 21 * MIB + 2 * k64, data), Ok(64 * MIB - k64));
+    assert_eq!(
+        seek(&f, 64 * MIB - 1, hole),
+        Ok(64 * MIB),
+        "the end is a hole"
+    );
+    assert_eq!(seek(&f, 64 * MIB, data), Err(nix::Error::ENXIO));
+    assert_eq!(seek(&f, 64 * MIB, hole), Err(nix::Error::ENXIO));
+
+    // The partition's offsets are its own.
+    let p = fs::File::open(&part).unwrap();
+    assert_eq!(seek(&p, 0, data), Ok(0));
+    assert_eq!(seek(&p, 0, hole), Ok(k64));
+    assert_eq!(seek(&p, k64, data), Ok(20 * MIB));
+    assert_eq!(
+        seek(&p, 20 * MIB + 2 * k64, data),
+        Err(nix::Error::ENXIO),
+        "none after"
+    );
+    assert_eq!(seek(&p, 20 * MIB + 2 * k64, hole), Ok(20 * MIB + 2 * k64));
+
+    // A real client: qemu-img's map of the mounted files.
+    assert_eq!(
+        qemu_map(&whole),
+        [
+            (0, k64, true),
+            (k64, MIB - k64, false),
+            (MIB, k64, true),
+            (MIB + k64, 20 * MIB - k64, false),
+            (21 * MIB, 2 * k64, true),
+            (21 * MIB + 2 * k64, 43 * MIB - 3 * k64, false),
+            (64 * MIB - k64, k64, true),
+        ]
+    );
+    assert_eq!(
+        qemu_map(&part),
+        [
+            (0, k64, true),
+            (k64, 20 * MIB - k64, false),
+            (20 * MIB, 2 * k64, true),
+            (20 * MIB + 2 * k64, 20 * MIB - 2 * k64, false),
+        ]
+    );
+}

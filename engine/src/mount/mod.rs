@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner,
-    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, Request,
+    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyLseek, Request,
 };
 
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 
-pub use tree::{snapshot_dir_name, Tree};
+pub use tree::{snapshot_dir_name, SeekFor, Tree};
 
 /// How long the kernel may cache names and attributes (nothing changes while mounted).
 const TTL: Duration = Duration::from_secs(599);
@@ -80,6 +80,34 @@ impl Filesystem for SnapshotFs {
     ) {
         match self.tree.read(ino.into(), offset, size) {
             Ok(data) => reply.data(&data),
+            Err(e) => {
+                eprintln!("tessera mount: {e}");
+                reply.error(errno(&e));
+            }
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // The kernel answers SEEK_SET, SEEK_CUR and SEEK_END itself; only these reach here.
+        let want = match whence {
+            libc::SEEK_DATA => SeekFor::Data,
+            libc::SEEK_HOLE => SeekFor::Hole,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.tree.seek(ino.into(), offset, want) {
+            Ok(Some(at)) => reply.offset(i64::try_from(at).unwrap_or(i64::MAX)),
+            Ok(None) => reply.error(Errno::ENXIO),
             Err(e) => {
                 eprintln!("tessera mount: {e}");
                 reply.error(errno(&e));

@@ -35,8 +35,31 @@ enum Kind {
     /// A directory and its entries (name → inode), `None` for a snapshot not yet opened.
     Dir(Option<BTreeMap<String, u64>>),
     /// A disk or partition.
-    File(Arc<dyn Image>),
+    File(MountedFile),
 }
+
+/// A disk, or a partition of one.
+#[derive(Clone)]
+struct MountedFile {
+    /// Its bytes.
+    image: Arc<dyn Image>,
+    /// The disk it lies on (for where its holes are).
+    disk: Arc<DiskImage>,
+    /// Where it starts on that disk.
+    start: u64,
+}
+
+/// Which kind of run `lseek` looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekFor {
+    /// Stored bytes (`SEEK_DATA`).
+    Data,
+    /// A run of zeros that is not stored, or the end of the file (`SEEK_HOLE`).
+    Hole,
+}
+
+/// Zero/stored runs asked of the disk reader at a time while seeking.
+const SEEK_EXTENTS: usize = 1024;
 
 struct Node {
     parent: u64,
@@ -124,16 +147,29 @@ impl Tree {
         let node = nodes.get(ino as usize).filter(|_| ino >= 1)?;
         Some(match &node.kind {
             Kind::Dir(_) => super::attr(ino, FileType::Directory, 0, node.mtime),
-            Kind::File(image) => super::attr(ino, FileType::RegularFile, image.len(), node.mtime),
+            Kind::File(file) => {
+                super::attr(ino, FileType::RegularFile, file.image.len(), node.mtime)
+            }
         })
     }
 
     /// The entry `name` of the directory `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Option<FileAttr>> {
-        let Some(children) = self.children(parent)? else {
-            return Ok(None);
+        self.open_snapshot(parent)?;
+        let ino = {
+            let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+            match (nodes.get(parent as usize), name.to_str()) {
+                (
+                    Some(Node {
+                        kind: Kind::Dir(Some(entries)),
+                        ..
+                    }),
+                    Some(name),
+                ) => entries.get(name).copied(),
+                _ => None,
+            }
         };
-        let Some((ino, _, _)) = children.into_iter().find(|(_, _, n)| OsStr::new(n) == name) else {
+        let Some(ino) = ino else {
             return Ok(None);
         };
         // A snapshot forgotten since the mount, never opened, is gone: its file is (one
@@ -190,15 +226,43 @@ impl Tree {
         ))
     }
 
+    /// The file `ino`.
+    fn file(&self, ino: u64) -> Result<MountedFile> {
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        match nodes.get(ino as usize).map(|n| &n.kind) {
+            Some(Kind::File(file)) => Ok(file.clone()),
+            _ => Err(Error::Usage(format!("inode {ino} is not a file"))),
+        }
+    }
+
+    /// `lseek(SEEK_DATA)` or `lseek(SEEK_HOLE)` on the file `ino` from `offset`: where the
+    /// next stored byte, or the next unstored zero run, starts. The end of the file counts as
+    /// a hole; `None` (`ENXIO`) from at or past the end, or for data when none follows.
+    pub fn seek(&self, ino: u64, offset: u64, want: SeekFor) -> Result<Option<u64>> {
+        let file = self.file(ino)?;
+        let len = file.image.len();
+        let mut at = offset;
+        while at < len {
+            let runs = file.disk.extents(file.start + at, len - at, SEEK_EXTENTS)?;
+            if runs.is_empty() {
+                break;
+            }
+            for run in runs {
+                if run.zero == (want == SeekFor::Hole) {
+                    return Ok(Some(at));
+                }
+                at += run.len;
+            }
+        }
+        Ok(match want {
+            SeekFor::Hole if offset < len => Some(len),
+            _ => None,
+        })
+    }
+
     /// Reads up to `size` bytes of the file `ino` at `offset` (fewer at its end).
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let image = {
-            let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
-            match nodes.get(ino as usize).map(|n| &n.kind) {
-                Some(Kind::File(image)) => Arc::clone(image),
-                _ => return Err(Error::Usage(format!("inode {ino} is not a file"))),
-            }
-        };
+        let image = self.file(ino)?.image;
         let len = image.len();
         let end = offset
             .saturating_add(u64::from(size.min(MAX_READ)))
@@ -243,10 +307,10 @@ impl Tree {
         };
         // Disks first, then partitions: a partition file never hides a disk whose name
         // happens to look like one (`d.part1` beside `d`'s partition 1).
-        let mut files: Vec<(String, Arc<dyn Image>)> = Vec::new();
-        let mut partitions: Vec<(String, Arc<dyn Image>)> = Vec::new();
+        let mut files: Vec<(String, MountedFile)> = Vec::new();
+        let mut partitions: Vec<(String, MountedFile)> = Vec::new();
         for disk in &snapshot.header.disks {
-            let image: Arc<dyn Image> = Arc::new(DiskImage::uncounted(
+            let image = Arc::new(DiskImage::uncounted(
                 Arc::clone(&self.repo),
                 DiskView::of(&snapshot, &disk.name)?,
                 Arc::clone(&self.cache),
@@ -254,13 +318,28 @@ impl Tree {
             // A disk whose first blocks are damaged still mounts as a whole disk.
             if let Ok(Some(table)) = read_table(image.as_ref()) {
                 for p in &table.partitions {
-                    if let Ok(slice) = Slice::new(Arc::clone(&image), p.start, p.len) {
+                    let whole: Arc<dyn Image> = image.clone();
+                    if let Ok(slice) = Slice::new(whole, p.start, p.len) {
                         let name = format!("{}.part{}.raw", disk.name, p.number);
-                        partitions.push((name, Arc::new(slice)));
+                        partitions.push((
+                            name,
+                            MountedFile {
+                                image: Arc::new(slice),
+                                disk: Arc::clone(&image),
+                                start: p.start,
+                            },
+                        ));
                     }
                 }
             }
-            files.push((format!("{}.raw", disk.name), image));
+            files.push((
+                format!("{}.raw", disk.name),
+                MountedFile {
+                    image: image.clone(),
+                    disk: image,
+                    start: 0,
+                },
+            ));
         }
         files.extend(partitions);
         let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -272,12 +351,12 @@ impl Tree {
             return Ok(()); // Another request filled it meanwhile.
         }
         let mut entries = BTreeMap::new();
-        for (name, image) in files {
+        for (name, file) in files {
             if let std::collections::btree_map::Entry::Vacant(slot) = entries.entry(name) {
                 slot.insert(nodes.len() as u64);
                 nodes.push(Node {
                     parent: ino,
-                    kind: Kind::File(image),
+                    kind: Kind::File(file),
                     mtime,
                     snapshot: None,
                 });

@@ -196,6 +196,24 @@ fn zero_blocks_read_as_zeros_and_show_as_zero_extents() {
     );
     assert!(segments[1].data.as_deref() == Some(f.bytes(510 * BS, 3 * BS + 100)));
     assert!(r.read_range(SIZE - 1, 2).is_err());
+
+    // Byte reads into a buffer: inside one block, across blocks, zero and stored, and the
+    // short last block; the buffer starts dirty so a zero run must be written.
+    for (offset, len) in [
+        (BS + 7, 100),
+        (2 * BS + 5, 10),
+        (BS - 3, 2 * BS + 6),
+        (offset, len),
+        (SIZE - 1, 1),
+        (0, SIZE),
+    ] {
+        let mut buf = vec![0xee; len as usize];
+        r.read_into(offset, &mut buf).unwrap();
+        assert!(buf == f.bytes(offset, len), "read_into({offset}, {len})");
+    }
+    let mut buf = [0u8; 2];
+    assert!(r.read_into(SIZE - 1, &mut buf).is_err());
+    r.read_into(SIZE, &mut []).unwrap();
 }
 
 #[test]

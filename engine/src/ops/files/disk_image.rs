@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tessera_format::ChunkDigest;
 
+use crate::disk_range::Extent;
 use crate::error::Result;
 use crate::explore::image::check_range;
 use crate::explore::{FsError, Image};
@@ -57,6 +58,12 @@ impl DiskImage {
             t.lock().unwrap_or_else(PoisonError::into_inner).len() as u64
         });
         (touched, self.reader.blocks())
+    }
+
+    /// Runs of zero and stored blocks covering `offset..offset+len`, at most `max` of them
+    /// (the last may end before the range does): where a sparse reader's holes are.
+    pub fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        self.reader.extents(offset, len, max)
     }
 
     /// The digests of the blocks holding disk bytes `range`, and where the range starts in
@@ -130,19 +137,24 @@ impl DiskImage {
         if (offset + buf.len() as u64 - 1) / bs != block {
             return Ok(self.reader.read_into(offset, buf)?);
         }
-        let mut last = self
-            .last_block
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let data = match &*last {
-            Some((b, data)) if *b == block => data.clone(),
-            _ => {
-                let data = self.reader.block_data(block)?;
-                *last = Some((block, data.clone()));
-                data
-            }
+        // The lock is never held while a block is fetched: other readers (mount's threads)
+        // go on meanwhile.
+        let held = || {
+            self.last_block
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
         };
-        drop(last);
+        let known = match &*held() {
+            Some((b, data)) if *b == block => Some(data.clone()),
+            _ => None,
+        };
+        let data = if let Some(data) = known {
+            data
+        } else {
+            let data = self.reader.block_data(block)?;
+            *held() = Some((block, data.clone()));
+            data
+        };
         match data {
             Some(bytes) => {
                 buf.copy_from_slice(self.reader.within(&bytes, block, offset, buf.len())?);

@@ -142,16 +142,15 @@ pub fn find(
     // Snapshots are walked a few at a time in parallel (the walks share only the chunk
     // cache), then taken in order: content hashes from the one cache, compared with the
     // previous snapshot. The window bounds how many walks' matches are held at once.
-    let window = rayon::current_num_threads().max(1) * 2;
+    let window = (rayon::current_num_threads() * 2).clamp(2, MAX_WINDOW);
     for batch in snapshots.chunks(window) {
-        let walked: Vec<Result<(Volume, Vec<Match>)>> = batch
+        let walked: Vec<Result<Walked>> = batch
             .par_iter()
             .map(|listed| {
                 let volume = open_volume(repo, listed.id, which, &cache)?;
-                match search(&volume, query, glob.as_ref()) {
-                    Ok(matches) => Ok((volume, matches)),
-                    Err((path, e)) => Err(volume.error(&path, e)),
-                }
+                let (matches, failed) = search(&volume, query, glob.as_ref());
+                let failed = failed.map(|(path, e)| volume.error(&path, e));
+                Ok((volume, matches, failed))
             })
             .collect();
         for (listed, walked) in batch.iter().zip(walked) {
@@ -163,7 +162,13 @@ pub fn find(
                 removed: Vec::new(),
                 error: None,
             };
-            match walked.and_then(|(volume, matches)| hasher.resolve(&volume, matches)) {
+            // The matches before a failure are hashed first, as a walk that hashed as it went
+            // would have: the first failure in walk order is the one reported.
+            let outcome = walked.and_then(|(volume, matches, failed)| {
+                let found = hasher.resolve(&volume, matches)?;
+                failed.map_or(Ok(found), Err)
+            });
+            match outcome {
                 Ok(found) => {
                     let mut now = BTreeMap::new();
                     for mut f in found {
@@ -208,37 +213,51 @@ fn same_version(a: &Found, b: &Found) -> bool {
     a.kind == b.kind && a.size == b.size && a.mtime == b.mtime && a.sha256 == b.sha256
 }
 
+/// Snapshots walked at once at most, whatever the number of threads: each holds its
+/// matches until it is taken in order.
+const MAX_WINDOW: usize = 8;
+
+/// A walked snapshot: its volume, its matches, and the failure that ended the walk early.
+type Walked = (Volume, Vec<Match>, Option<Error>);
+
 /// A match the walk found, its content not hashed yet.
 struct Match {
     /// What it is (`sha256` still `None` for a regular file).
     found: Found,
-    /// A regular file's content key and extents.
-    content: Option<([u8; 32], Vec<FileExtent>)>,
+    /// A regular file's content key and inode (its extents are read again only when the
+    /// key is not in the cache).
+    content: Option<([u8; 32], u64)>,
 }
 
-/// The matches in one volume; an error comes with the path it concerns.
+/// The matches in one volume, and the error that stopped the search (with the path it
+/// concerns) after the matches before it.
 fn search(
     volume: &Volume,
     query: &FindQuery,
     glob: Option<&globset::GlobMatcher>,
-) -> std::result::Result<Vec<Match>, (String, FsError)> {
+) -> (Vec<Match>, Option<(String, FsError)>) {
     let fs = volume.fs.as_ref();
     match query {
         FindQuery::Path(path) => match resolve(fs, path.as_bytes(), false) {
             Ok(r) => {
                 let shown = String::from_utf8_lossy(&r.path).into_owned();
-                let found = describe(volume, shown.clone(), &r.stat).map_err(|e| (shown, e))?;
-                Ok(vec![found])
+                match describe(volume, shown.clone(), &r.stat) {
+                    Ok(found) => (vec![found], None),
+                    Err(e) => (Vec::new(), Some((shown, e))),
+                }
             }
-            Err(FsError::NotFound { .. } | FsError::NotADirectory { .. }) => Ok(Vec::new()),
-            Err(e) => Err((path.clone(), e)),
+            Err(FsError::NotFound { .. } | FsError::NotADirectory { .. }) => (Vec::new(), None),
+            Err(e) => (Vec::new(), Some((path.clone(), e))),
         },
         FindQuery::Name(_) => {
             let mut hits = Vec::new();
             let root = fs.root();
-            let stat = fs.stat(root).map_err(|e| ("/".to_string(), e))?;
+            let stat = match fs.stat(root) {
+                Ok(stat) => stat,
+                Err(e) => return (hits, Some(("/".to_string(), e))),
+            };
             let mut current = Vec::new();
-            walk(fs, root, stat, &mut |v| {
+            let walked = walk(fs, root, stat, &mut |v| {
                 current.clone_from(&v.rel);
                 let name = v.rel.rsplit(|b| *b == b'/').next().unwrap_or_default();
                 let name = String::from_utf8_lossy(name);
@@ -247,9 +266,9 @@ fn search(
                     hits.push(describe(volume, path, &v.stat)?);
                 }
                 Ok(true)
-            })
-            .map_err(|e| (super::below(b"/", &current), e))?;
-            Ok(hits)
+            });
+            let failed = walked.err().map(|e| (super::below(b"/", &current), e));
+            (hits, failed)
         }
     }
 }
@@ -258,7 +277,7 @@ fn describe(volume: &Volume, path: String, stat: &Stat) -> std::result::Result<M
     let (sha256, content) = match stat.kind {
         FileKind::File => {
             let extents = volume.fs.extents(stat.ino)?;
-            (None, Some((content_key(volume, stat, &extents)?, extents)))
+            (None, Some((content_key(volume, stat, &extents)?, stat.ino)))
         }
         FileKind::Symlink => (
             Some(hex::encode(Sha256::digest(volume.fs.read_link(stat.ino)?))),
@@ -336,9 +355,9 @@ impl ContentHasher {
             .into_iter()
             .map(|m| {
                 let mut found = m.found;
-                if let Some((key, extents)) = m.content {
+                if let Some((key, ino)) = m.content {
                     let hash = self
-                        .hash(volume, key, &extents)
+                        .hash(volume, key, ino)
                         .map_err(|e| volume.error(&found.path, e))?;
                     found.sha256 = Some(hash);
                 }
@@ -351,16 +370,17 @@ impl ContentHasher {
         &mut self,
         volume: &Volume,
         key: [u8; 32],
-        extents: &[FileExtent],
+        ino: u64,
     ) -> std::result::Result<String, FsError> {
         self.hashed += 1;
         if let Some(hash) = self.cache.get(&key) {
             self.hits += 1;
             return Ok(hash.clone());
         }
+        let extents = volume.fs.extents(ino)?;
         let mut content = Sha256::new();
         let zeros = vec![0u8; 1 << 16];
-        stream(volume.bytes.as_ref(), extents, &mut |piece| {
+        stream(volume.bytes.as_ref(), &extents, &mut |piece| {
             match piece {
                 Piece::Data(_, bytes) => content.update(bytes),
                 Piece::Hole(_, mut len) => {
