@@ -64,6 +64,29 @@ fn xfs_image(dir: &Path, bytes: u64, files: &[(&str, Vec<u8>)]) -> PathBuf {
     img
 }
 
+/// Writes the partition table `table` (an `sfdisk` script) onto `disk`.
+fn sfdisk(disk: &Path, table: &str) {
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("-q")
+        .arg(disk)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sfdisk (install it with scripts/ensure-deps.sh)");
+    std::io::Write::write_all(&mut sfdisk.stdin.take().unwrap(), table.as_bytes()).unwrap();
+    assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
+}
+
+/// The directory of the one snapshot of series `vm` under `mnt`.
+fn only_snapshot(mnt: &Path) -> PathBuf {
+    fs::read_dir(mnt.join("vm"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
 /// Partition sizes of [`partitioned_disk`]: XFS (300 MiB, its least) and ext4.
 const XFS_LEN: u64 = 300 * MIB;
 const EXT_LEN: u64 = 8 * MIB;
@@ -85,15 +108,7 @@ fn partitioned_disk(dir: &Path) -> (PathBuf, Vec<u8>) {
         ext_start / 512,
         ext_len / 512
     );
-    let mut sfdisk = Command::new("sfdisk")
-        .arg("-q")
-        .arg(&disk)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("sfdisk (install it with scripts/ensure-deps.sh)");
-    std::io::Write::write_all(&mut sfdisk.stdin.take().unwrap(), table.as_bytes()).unwrap();
-    assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
+    sfdisk(&disk, &table);
     let big: Vec<u8> = (0..3 * MIB).map(|i| (i * 7 % 251) as u8).collect();
     let xfs = xfs_image(
         dir,
@@ -253,12 +268,7 @@ fn a_snapshot_forgotten_before_it_was_opened_is_gone_and_an_outside_unmount_ends
     let (repo, id) = backed_up(dir, &img);
     let mnt = dir.join("mnt");
     let mut guard = start_mount(&repo, &mnt, "vm");
-    let snap = fs::read_dir(mnt.join("vm"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let snap = only_snapshot(&mnt);
     tessera(["forget", repo.to_str().unwrap(), &id]).ok();
     let err = fs::read_dir(&snap)
         .and_then(|mut d| d.next().transpose())
@@ -335,19 +345,7 @@ fn mounted_disks_and_partitions_show_their_unstored_zero_blocks_as_holes() {
     // blocks) inside the partition, and the disk's last block.
     let disk = dir.join("sparse.img");
     fs::File::create(&disk).unwrap().set_len(64 * MIB).unwrap();
-    let mut sfdisk = Command::new("sfdisk")
-        .arg("-q")
-        .arg(&disk)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("sfdisk (install it with scripts/ensure-deps.sh)");
-    std::io::Write::write_all(
-        &mut sfdisk.stdin.take().unwrap(),
-        b"label: dos\nstart=2048, size=81920, type=83\n",
-    )
-    .unwrap();
-    assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
+    sfdisk(&disk, "label: dos\nstart=2048, size=81920, type=83\n");
     let ones = |n: u64| vec![0x5a_u8; n as usize];
     poke(&disk, MIB, &ones(64 << 10));
     poke(&disk, 21 * MIB, &ones(100 << 10));
@@ -355,12 +353,7 @@ fn mounted_disks_and_partitions_show_their_unstored_zero_blocks_as_holes() {
     let (repo, _) = backed_up(dir, &disk);
     let mnt = dir.join("mnt");
     let _guard = start_mount(&repo, &mnt, "vm");
-    let snap = fs::read_dir(mnt.join("vm"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let snap = only_snapshot(&mnt);
     let whole = snap.join("d.raw");
     let part = snap.join("d.part1.raw");
     assert_eq!(
