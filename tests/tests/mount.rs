@@ -415,3 +415,40 @@ fn mounted_disks_and_partitions_show_their_unstored_zero_blocks_as_holes() {
         ]
     );
 }
+
+#[test]
+fn a_directory_longer_than_one_readdir_reply_lists_every_entry_once() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    // 300 disks in one snapshot: about 70 names fit one reply, so the kernel asks again
+    // and again from the offsets the previous replies gave.
+    let img = dir.join("tiny.img");
+    fs::write(&img, vec![7u8; 4096]).unwrap();
+    let repo = dir.join("repo");
+    init_repo(&repo, &[]);
+    let mut args = vec![
+        "backup".to_string(),
+        repo.to_str().unwrap().to_string(),
+        "--series".to_string(),
+        "vm".to_string(),
+    ];
+    let names: Vec<String> = (0..300)
+        .map(|i| format!("disk-with-a-long-name-{i:03}"))
+        .collect();
+    args.extend(names.iter().map(|n| format!("{n}={}", img.display())));
+    tessera(&args).ok();
+    let mnt = dir.join("mnt");
+    let _guard = start_mount(&repo, &mnt, "vm");
+    let snap = only_snapshot(&mnt);
+    let mut listed: Vec<String> = fs::read_dir(&snap)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    let want: Vec<String> = names.iter().map(|n| format!("{n}.raw")).collect();
+    assert_eq!(listed, want);
+    assert_eq!(
+        fs::read(snap.join("disk-with-a-long-name-299.raw")).unwrap(),
+        vec![7u8; 4096]
+    );
+}

@@ -36,6 +36,8 @@ pub use tree::{snapshot_dir_name, SeekFor, Tree};
 
 /// How long the kernel may cache names and attributes (nothing changes while mounted).
 const TTL: Duration = Duration::from_secs(599);
+/// Directory entries looked up per `readdir` call (a reply holds about a hundred).
+const READDIR_BATCH: usize = 512;
 /// Bytes of decoded chunks and pages kept for reads.
 pub const CACHE_BYTES: u64 = 256 << 20;
 
@@ -123,24 +125,29 @@ impl Filesystem for SnapshotFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.tree.children(ino.into()) {
+        // Cookies are positions in the listing `.`, `..`, then the entries by name: the
+        // entry at position k carries k + 1, the offset the next call starts from.
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let entries = match self
+            .tree
+            .children(ino.into(), skip.saturating_sub(2), READDIR_BATCH)
+        {
             Ok(Some(e)) => e,
             Ok(None) => return reply.error(Errno::ENOTDIR),
             Err(e) => return reply.error(errno(&e)),
         };
-        let all = [(ino.into(), FileType::Directory, ".".to_string())]
-            .into_iter()
-            .chain(std::iter::once((
+        let dots = [
+            (ino.into(), FileType::Directory, ".".to_string()),
+            (
                 self.tree.parent(ino.into()),
                 FileType::Directory,
                 "..".to_string(),
-            )))
-            .chain(entries);
-        for (i, (child, kind, name)) in all
-            .enumerate()
-            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-        {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+            ),
+        ];
+        let listing = dots.into_iter().skip(skip.min(2)).chain(entries);
+        for (i, (child, kind, name)) in listing.enumerate() {
+            let cookie = skip.saturating_add(i + 1) as u64;
+            if reply.add(INodeNo(child), cookie, kind, name) {
                 break;
             }
         }

@@ -200,9 +200,15 @@ impl Tree {
         }
     }
 
-    /// The entries of the directory `ino` (inode, type, name), filling a snapshot's
-    /// directory first; `None` when `ino` is not a directory.
-    pub fn children(&self, ino: u64) -> Result<Option<Vec<(u64, FileType, String)>>> {
+    /// At most `take` entries of the directory `ino` (inode, type, name) from the `skip`th,
+    /// in name order, filling a snapshot's directory first; `None` when `ino` is not a
+    /// directory. A listing asks batch after batch: each copies only what it returns.
+    pub fn children(
+        &self,
+        ino: u64,
+        skip: usize,
+        take: usize,
+    ) -> Result<Option<Vec<(u64, FileType, String)>>> {
         self.open_snapshot(ino)?;
         let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(Node {
@@ -215,6 +221,8 @@ impl Tree {
         Ok(Some(
             entries
                 .iter()
+                .skip(skip)
+                .take(take)
                 .map(|(name, &child)| {
                     let kind = match nodes.get(child as usize).map(|n| &n.kind) {
                         Some(Kind::File(_)) => FileType::RegularFile,
