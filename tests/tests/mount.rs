@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use tessera_tests::fs_images::{mkfs_ext, poke, run_tool, running_as_root};
 use tessera_tests::{
-    init_repo, sha256_file, signal, snapshot_id, tessera, tessera_cmd, wait_until, KillOnDrop,
+    back_up_a_damaged_victim, init_repo, sha256_file, signal, snapshot_id, tessera, tessera_cmd,
+    wait_until, DataGen, KillOnDrop,
 };
 
 const MIB: u64 = 1 << 20;
@@ -246,9 +247,15 @@ fn backed_up(dir: &Path, disk: &Path) -> (PathBuf, String) {
 
 /// Starts `tessera mount REPO MNT` and waits until `MNT/SERIES` shows.
 fn start_mount(repo: &Path, mnt: &Path, series: &str) -> KillOnDrop {
+    start_mount_logging(repo, mnt, series, Stdio::inherit())
+}
+
+/// [`start_mount`] with the mount's stderr sent to `stderr`.
+fn start_mount_logging(repo: &Path, mnt: &Path, series: &str, stderr: Stdio) -> KillOnDrop {
     fs::create_dir_all(mnt).unwrap();
     let child = tessera_cmd(["mount".as_ref(), repo.as_os_str(), mnt.as_os_str()])
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("starting tessera mount");
     let guard = KillOnDrop(Some(child));
@@ -450,5 +457,55 @@ fn a_directory_longer_than_one_readdir_reply_lists_every_entry_once() {
     assert_eq!(
         fs::read(snap.join("disk-with-a-long-name-299.raw")).unwrap(),
         vec![7u8; 4096]
+    );
+}
+
+#[test]
+fn failed_reads_of_a_damaged_chunk_fail_with_eio_and_are_not_all_logged() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let repo = dir.join("repo");
+    init_repo(&repo, &[]);
+    back_up_a_damaged_victim(&repo, &dir.join("victim.img"), &mut DataGen::new(18));
+    let log = dir.join("mount.log");
+    let mnt = dir.join("mnt");
+    let mut guard = start_mount_logging(
+        &repo,
+        &mnt,
+        "victim",
+        Stdio::from(fs::File::create(&log).unwrap()),
+    );
+    let disk = fs::read_dir(mnt.join("victim"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("d.raw");
+    for _ in 0..30 {
+        let err = fs::read(&disk).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    }
+    signal(guard.0.as_ref().unwrap().id(), "INT");
+    let child = guard.0.as_mut().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "tessera mount kept running after SIGINT"
+    );
+    let text = fs::read_to_string(&log).unwrap();
+    let failures = text
+        .lines()
+        .filter(|l| l.starts_with("tessera mount: ") && !l.contains("further failed reads"))
+        .count();
+    assert!(
+        (1..=10).contains(&failures),
+        "{failures} failed reads logged of at least 30:\n{text}"
+    );
+    assert!(
+        text.contains("further failed reads this minute are counted, not shown"),
+        "{text}"
     );
 }

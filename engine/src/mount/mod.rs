@@ -21,8 +21,8 @@ mod tree;
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner,
@@ -44,6 +44,56 @@ pub const CACHE_BYTES: u64 = 256 << 20;
 /// The filesystem `fuser` serves.
 struct SnapshotFs {
     tree: Tree,
+    complaints: Mutex<Complaints>,
+}
+
+/// Failed reads shown on stderr: at most [`COMPLAINTS_PER_MINUTE`] a minute, then how many
+/// were not shown. The kernel retries a failed read and a loop-mounted filesystem reads the
+/// same damaged block again and again: one message each would flood a journal.
+struct Complaints {
+    since: Instant,
+    shown: u32,
+    hidden: u64,
+}
+
+/// Failed-read messages shown a minute at most.
+const COMPLAINTS_PER_MINUTE: u32 = 10;
+/// The minute they are counted over.
+#[expect(
+    clippy::duration_suboptimal_units,
+    reason = "Duration::from_mins needs Rust 1.91; the workspace supports 1.89"
+)]
+const COMPLAINT_WINDOW: Duration = Duration::from_secs(60);
+
+impl SnapshotFs {
+    fn complain(&self, e: &Error) {
+        let mut c = self
+            .complaints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if c.since.elapsed() >= COMPLAINT_WINDOW {
+            if c.hidden > 0 {
+                eprintln!(
+                    "tessera mount: {} more failed reads in the last minute were not shown",
+                    c.hidden
+                );
+            }
+            *c = Complaints {
+                since: Instant::now(),
+                shown: 0,
+                hidden: 0,
+            };
+        }
+        if c.shown < COMPLAINTS_PER_MINUTE {
+            c.shown += 1;
+            eprintln!("tessera mount: {e}");
+            if c.shown == COMPLAINTS_PER_MINUTE {
+                eprintln!("tessera mount: further failed reads this minute are counted, not shown");
+            }
+        } else {
+            c.hidden += 1;
+        }
+    }
 }
 
 fn errno(e: &Error) -> Errno {
@@ -83,7 +133,7 @@ impl Filesystem for SnapshotFs {
         match self.tree.read(ino.into(), offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => {
-                eprintln!("tessera mount: {e}");
+                self.complain(&e);
                 reply.error(errno(&e));
             }
         }
@@ -111,7 +161,7 @@ impl Filesystem for SnapshotFs {
             Ok(Some(at)) => reply.offset(i64::try_from(at).unwrap_or(i64::MAX)),
             Ok(None) => reply.error(Errno::ENXIO),
             Err(e) => {
-                eprintln!("tessera mount: {e}");
+                self.complain(&e);
                 reply.error(errno(&e));
             }
         }
@@ -266,7 +316,19 @@ pub fn mount(repo: Arc<Repository>, mountpoint: &Path) -> Result<Mounted> {
         MountOption::FSName("tessera".into()),
         MountOption::Subtype("tessera".into()),
     ];
-    let session = fuser::spawn_mount2(SnapshotFs { tree }, mountpoint, &config).map_err(|e| {
+    let session = fuser::spawn_mount2(
+        SnapshotFs {
+            tree,
+            complaints: Mutex::new(Complaints {
+                since: Instant::now(),
+                shown: 0,
+                hidden: 0,
+            }),
+        },
+        mountpoint,
+        &config,
+    )
+    .map_err(|e| {
         Error::io(
             format!(
                 "mounting at {} (FUSE: is /dev/fuse there and fusermount3 installed?)",
