@@ -78,9 +78,9 @@ fn sfdisk(disk: &Path, table: &str) {
     assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
 }
 
-/// The directory of the one snapshot of series `vm` under `mnt`.
-fn only_snapshot(mnt: &Path) -> PathBuf {
-    fs::read_dir(mnt.join("vm"))
+/// The directory of the first snapshot of `series` under `mnt`.
+fn first_snapshot(mnt: &Path, series: &str) -> PathBuf {
+    fs::read_dir(mnt.join(series))
         .unwrap()
         .next()
         .unwrap()
@@ -275,7 +275,7 @@ fn a_snapshot_forgotten_before_it_was_opened_is_gone_and_an_outside_unmount_ends
     let (repo, id) = backed_up(dir, &img);
     let mnt = dir.join("mnt");
     let mut guard = start_mount(&repo, &mnt, "vm");
-    let snap = only_snapshot(&mnt);
+    let snap = first_snapshot(&mnt, "vm");
     tessera(["forget", repo.to_str().unwrap(), &id]).ok();
     let err = fs::read_dir(&snap)
         .and_then(|mut d| d.next().transpose())
@@ -360,7 +360,7 @@ fn mounted_disks_and_partitions_show_their_unstored_zero_blocks_as_holes() {
     let (repo, _) = backed_up(dir, &disk);
     let mnt = dir.join("mnt");
     let _guard = start_mount(&repo, &mnt, "vm");
-    let snap = only_snapshot(&mnt);
+    let snap = first_snapshot(&mnt, "vm");
     let whole = snap.join("d.raw");
     let part = snap.join("d.part1.raw");
     assert_eq!(
@@ -446,7 +446,7 @@ fn a_directory_longer_than_one_readdir_reply_lists_every_entry_once() {
     tessera(&args).ok();
     let mnt = dir.join("mnt");
     let _guard = start_mount(&repo, &mnt, "vm");
-    let snap = only_snapshot(&mnt);
+    let snap = first_snapshot(&mnt, "vm");
     let mut listed: Vec<String> = fs::read_dir(&snap)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -475,13 +475,7 @@ fn failed_reads_of_a_damaged_chunk_fail_with_eio_and_are_not_all_logged() {
         "victim",
         Stdio::from(fs::File::create(&log).unwrap()),
     );
-    let disk = fs::read_dir(mnt.join("victim"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
-        .join("d.raw");
+    let disk = first_snapshot(&mnt, "victim").join("d.raw");
     for _ in 0..30 {
         let err = fs::read(&disk).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
