@@ -347,16 +347,19 @@ fn qemu_map(file: &Path) -> Vec<(u64, u64, bool)> {
 fn mounted_disks_and_partitions_show_their_unstored_zero_blocks_as_holes() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    // A 64 MiB disk with an MBR partition from 1 MiB to 41 MiB. Stored (non-zero) 64 KiB
-    // blocks: the table's, 1 MiB + [0, 64 KiB) and 1 MiB + [20 MiB, 20 MiB + 100 KiB) (two
-    // blocks) inside the partition, and the disk's last block.
+    // A disk of 64 MiB + 4 KiB (its last 64 KiB block is short) with an MBR partition from
+    // 1 MiB to 41 MiB + 512 (ending inside a block). Stored (non-zero) 64 KiB blocks: the
+    // table's, 1 MiB + [0, 64 KiB) and 1 MiB + [20 MiB, 20 MiB + 100 KiB) (two blocks)
+    // inside the partition, and the disk's short last block.
+    let size = 64 * MIB + 4096;
     let disk = dir.join("sparse.img");
-    fs::File::create(&disk).unwrap().set_len(64 * MIB).unwrap();
-    sfdisk(&disk, "label: dos\nstart=2048, size=81920, type=83\n");
+    fs::File::create(&disk).unwrap().set_len(size).unwrap();
+    sfdisk(&disk, "label: dos\nstart=2048, size=81921, type=83\n");
+    let part_len = 40 * MIB + 512;
     let ones = |n: u64| vec![0x5a_u8; n as usize];
     poke(&disk, MIB, &ones(64 << 10));
     poke(&disk, 21 * MIB, &ones(100 << 10));
-    poke(&disk, 64 * MIB - 10, &ones(10));
+    poke(&disk, size - 10, &ones(10));
     let (repo, _) = backed_up(dir, &disk);
     let mnt = dir.join("mnt");
     let _guard = start_mount(&repo, &mnt, "vm");
@@ -378,14 +381,15 @@ fn mounted_disks_and_partitions_show_their_unstored_zero_blocks_as_holes() {
     assert_eq!(seek(&f, MIB + 5, hole), Ok(MIB + k64));
     assert_eq!(seek(&f, MIB + k64, data), Ok(21 * MIB));
     assert_eq!(seek(&f, 21 * MIB, hole), Ok(21 * MIB + 2 * k64));
-    assert_eq!(seek(&f, 21 * MIB + 2 * k64, data), Ok(64 * MIB - k64));
+    assert_eq!(seek(&f, 21 * MIB + 2 * k64, data), Ok(64 * MIB));
     assert_eq!(
-        seek(&f, 64 * MIB - 1, hole),
+        seek(&f, 64 * MIB, data),
         Ok(64 * MIB),
-        "the end is a hole"
+        "inside data: the offset"
     );
-    assert_eq!(seek(&f, 64 * MIB, data), Err(nix::Error::ENXIO));
-    assert_eq!(seek(&f, 64 * MIB, hole), Err(nix::Error::ENXIO));
+    assert_eq!(seek(&f, size - 1, hole), Ok(size), "the end is a hole");
+    assert_eq!(seek(&f, size, data), Err(nix::Error::ENXIO));
+    assert_eq!(seek(&f, size, hole), Err(nix::Error::ENXIO));
 
     // The partition's offsets are its own.
     let p = fs::File::open(&part).unwrap();
@@ -398,6 +402,8 @@ fn mounted_disks_and_partitions_show_their_unstored_zero_blocks_as_holes() {
         "none after"
     );
     assert_eq!(seek(&p, 20 * MIB + 2 * k64, hole), Ok(20 * MIB + 2 * k64));
+    assert_eq!(seek(&p, part_len - 1, hole), Ok(part_len - 1));
+    assert_eq!(seek(&p, part_len, hole), Err(nix::Error::ENXIO));
 
     // A real client: qemu-img's map of the mounted files.
     assert_eq!(
@@ -408,8 +414,8 @@ fn mounted_disks_and_partitions_show_their_unstored_zero_blocks_as_holes() {
             (MIB, k64, true),
             (MIB + k64, 20 * MIB - k64, false),
             (21 * MIB, 2 * k64, true),
-            (21 * MIB + 2 * k64, 43 * MIB - 3 * k64, false),
-            (64 * MIB - k64, k64, true),
+            (21 * MIB + 2 * k64, 43 * MIB - 2 * k64, false),
+            (64 * MIB, 4096, true),
         ]
     );
     assert_eq!(
@@ -418,7 +424,7 @@ fn mounted_disks_and_partitions_show_their_unstored_zero_blocks_as_holes() {
             (0, k64, true),
             (k64, 20 * MIB - k64, false),
             (20 * MIB, 2 * k64, true),
-            (20 * MIB + 2 * k64, 20 * MIB - 2 * k64, false),
+            (20 * MIB + 2 * k64, 20 * MIB - 2 * k64 + 512, false),
         ]
     );
 }

@@ -58,9 +58,6 @@ pub enum SeekFor {
     Hole,
 }
 
-/// Zero/stored runs asked of the disk reader at a time while seeking.
-const SEEK_EXTENTS: usize = 1024;
-
 struct Node {
     parent: u64,
     kind: Kind,
@@ -249,22 +246,23 @@ impl Tree {
     pub fn seek(&self, ino: u64, offset: u64, want: SeekFor) -> Result<Option<u64>> {
         let file = self.file(ino)?;
         let len = file.image.len();
-        let mut at = offset;
-        while at < len {
-            let runs = file.disk.extents(file.start + at, len - at, SEEK_EXTENTS)?;
-            if runs.is_empty() {
-                break;
-            }
-            for run in runs {
-                if run.zero == (want == SeekFor::Hole) {
-                    return Ok(Some(at));
-                }
-                at += run.len;
-            }
+        if offset >= len {
+            return Ok(None);
         }
+        // One run: the reader stops at the first block of the other kind, so only the
+        // manifest pages up to the answer are read.
+        let runs = file.disk.extents(file.start + offset, len - offset, 1)?;
+        let Some(run) = runs.first() else {
+            return Ok(None);
+        };
+        if run.zero == (want == SeekFor::Hole) {
+            return Ok(Some(offset));
+        }
+        let next = offset + run.len;
         Ok(match want {
-            SeekFor::Hole if offset < len => Some(len),
-            _ => None,
+            _ if next < len => Some(next),
+            SeekFor::Hole => Some(len),
+            SeekFor::Data => None,
         })
     }
 
