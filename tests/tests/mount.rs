@@ -78,6 +78,19 @@ fn sfdisk(disk: &Path, table: &str) {
     assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
 }
 
+/// How the mount in `guard` ended, which it must within 10 s of `what`.
+fn exited_within_10s(guard: &mut KillOnDrop, what: &str) -> std::process::ExitStatus {
+    let child = guard.0.as_mut().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "tessera mount kept running after {what}"
+    );
+    child.wait().unwrap()
+}
+
 /// The directory of the first snapshot of `series` under `mnt`.
 fn first_snapshot(mnt: &Path, series: &str) -> PathBuf {
     fs::read_dir(mnt.join(series))
@@ -285,15 +298,8 @@ fn a_snapshot_forgotten_before_it_was_opened_is_gone_and_an_outside_unmount_ends
 
     // Unmounted from outside: the process ends by itself (and with it its reader lease).
     run_tool(Command::new("fusermount3").arg("-u").arg(&mnt));
-    let child = guard.0.as_mut().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || child
-            .try_wait()
-            .unwrap()
-            .is_some()),
-        "tessera mount kept running after an outside unmount"
-    );
-    assert!(child.wait().unwrap().success());
+    let status = exited_within_10s(&mut guard, "an outside unmount");
+    assert!(status.success(), "tessera mount exited {status}");
 }
 
 #[test]
@@ -487,14 +493,7 @@ fn failed_reads_of_a_damaged_chunk_fail_with_eio_and_are_not_all_logged() {
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     }
     signal(guard.0.as_ref().unwrap().id(), "INT");
-    let child = guard.0.as_mut().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || child
-            .try_wait()
-            .unwrap()
-            .is_some()),
-        "tessera mount kept running after SIGINT"
-    );
+    exited_within_10s(&mut guard, "SIGINT");
     let text = fs::read_to_string(&log).unwrap();
     let failures = text
         .lines()
