@@ -115,6 +115,11 @@ struct Args {
     /// Also print the retention curves: forget cost with 10/100/1000 snapshots, compaction rate.
     #[arg(long)]
     retention: bool,
+    /// Also measure many writers at once (`tessera_benches::fleet`): 4 clients of --size / 8
+    /// each backing up together, then beside a compaction; prints the aggregate throughput
+    /// over one client's (goal >= 0.9) and the compaction's slowdown (goal <= 20 %).
+    #[arg(long)]
+    fleet: bool,
     /// Also run tessera with its repository in S3: a SeaweedFS started on loopback (data in
     /// the work directory), next to the local repository (column `tessera-s3`).
     #[arg(long)]
@@ -444,6 +449,14 @@ fn bench(args: &Args, size: u64, seed: u64, block_size: u64, work: &Path) -> Res
     if args.retention {
         println!();
         tessera_benches::retention::run_and_print(&[10, 100, 1000], 16, 512);
+    }
+    if args.fleet {
+        println!();
+        let dir = work.join("fleet");
+        fs::create_dir_all(&dir)?;
+        let figures =
+            tessera_benches::fleet::measure(&tessera_bin, &dir, 4, (size / 8).max(1 << 20), seed)?;
+        tessera_benches::fleet::print(&figures);
     }
     Ok(())
 }

@@ -121,6 +121,18 @@ pub enum Error {
         /// When the holder took the lock.
         since: String,
     },
+    /// Another backup of the same series is running (SPEC.md §8).
+    #[error("series {series:?} is being backed up by PID {pid} on {host} since {since}; one series takes one backup at a time (other series may run meanwhile)")]
+    SeriesLocked {
+        /// The series.
+        series: String,
+        /// Holder's PID as recorded in the lock file.
+        pid: String,
+        /// Holder's host name.
+        host: String,
+        /// When the holder took the lock.
+        since: String,
+    },
     /// A run of the same job holds the job's lock (SPEC.md §26.4).
     #[error("job {job:?} is already running (PID {pid} on {host} since {since}); two runs of one job never overlap")]
     JobRunning {
@@ -453,6 +465,15 @@ pub enum Error {
         /// ", ..." when there are more.
         more: &'static str,
     },
+    /// A backup deduplicated against an unreferenced object that a compaction running
+    /// beside it reclaimed before the backup published (SPEC.md §13, race 4).
+    #[error("{kind:?} {digest} was stored when the backup looked for it, unreferenced, and a compaction that ran meanwhile reclaimed it; nothing was published: run the backup again (it stores the data anew)")]
+    ReclaimedMeanwhile {
+        /// Chunk or page.
+        kind: ObjectKind,
+        /// Its digest, hex.
+        digest: String,
+    },
     /// A snapshot to publish or catalogue names objects the repository lacks or cannot read.
     #[error("the snapshot refers to objects this repository lacks or cannot read: {reason}")]
     SnapshotIncomplete {
@@ -586,9 +607,11 @@ impl Error {
             | Self::Listen { .. }
             | Self::Threads { .. }
             | Self::Hook(_)
+            | Self::ReclaimedMeanwhile { .. }
             | Self::PreviousIo => ErrorKind::Failed,
             Self::Locked { .. }
             | Self::JobRunning { .. }
+            | Self::SeriesLocked { .. }
             | Self::VerifyRunning { .. }
             | Self::IndexBusy { .. } => ErrorKind::Locked,
             Self::WrongBase { .. }

@@ -159,9 +159,15 @@ impl RepoLocation {
         Repository::open_on(self.storage()?, keys)
     }
 
-    /// Opens the repository as its writer ([`Repository::open_writer_on`]).
+    /// Opens the repository as its writer, waiting up to [`writer_wait`] for the writer
+    /// lock ([`Repository::open_writer_waiting`]).
     pub fn open_writer(&self, keys: &dyn SecretSource) -> Result<Repository> {
-        Repository::open_writer_on(self.storage()?, keys)
+        Repository::open_writer_waiting(self.storage()?, keys, writer_wait())
+    }
+
+    /// Opens the repository for a backup of `series` ([`Repository::open_backup_on`]).
+    pub fn open_backup(&self, keys: &dyn SecretSource, series: &str) -> Result<Repository> {
+        Repository::open_backup_on(self.storage()?, keys, series)
     }
 
     /// Creates a new repository here ([`Repository::init_at`]), encrypted when `keys` is
@@ -281,4 +287,17 @@ mod tests {
         assert!(!s("s3://bkt/x").same_repository(&s("s3://bkt/y")));
         assert!(!s("s3://bkt/x").same_repository(&a));
     }
+}
+
+/// How long a command that needs the writer lock (forget, prune, compact, repair, sync into
+/// the repository, seed import, a job's steps after its backup) waits while another writer
+/// holds it, before failing with exit code 3 (SPEC.md §8): `TESSERA_LOCK_WAIT` seconds,
+/// default 30. Backups hold the lock only while they publish (usually well under a
+/// second); a longer holder (a compaction) still makes the command fail, naming it.
+pub fn writer_wait() -> std::time::Duration {
+    let secs = std::env::var("TESSERA_LOCK_WAIT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(30);
+    std::time::Duration::from_secs(secs)
 }

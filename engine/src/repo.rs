@@ -259,6 +259,8 @@ pub struct Repository {
     crypto: Arc<RepoCrypto>,
     index: Index,
     lock: Option<WriterLock>,
+    /// A backup's: the lock of its series, held for its whole run.
+    _series_lock: Option<WriterLock>,
     _lease: Option<ReaderLease>,
     /// The store's clock read before this writer first listed the bucket's snapshots
     /// (shared stores only; see [`Self::catalogued_as_of_us`]).
@@ -419,6 +421,12 @@ impl Repository {
         Self::open_writer_on(RepoStorage::local(root), &NoSecret)
     }
 
+    /// Opens the local plain repository at `root` for a backup of `series`
+    /// ([`Self::open_backup_on`]).
+    pub fn open_backup(root: &Path, series: &str) -> Result<Self> {
+        Self::open_backup_on(RepoStorage::local(root), &NoSecret, series)
+    }
+
     /// Opens the local repository at `root` for reading; `keys` is asked for a secret
     /// only if the repository is encrypted.
     pub fn open_with(root: &Path, keys: &dyn SecretSource) -> Result<Self> {
@@ -444,6 +452,7 @@ impl Repository {
             crypto,
             index,
             lock: None,
+            _series_lock: None,
             _lease: Some(lease),
             catalogued_as_of_us: None,
             recovery: Recovery {
@@ -458,6 +467,17 @@ impl Repository {
     /// any interrupted writer. In a shared store it first reads the store's clock
     /// ([`Self::catalogued_as_of_us`]).
     pub fn open_writer_on(storage: RepoStorage, keys: &dyn SecretSource) -> Result<Self> {
+        Self::open_writer_waiting(storage, keys, std::time::Duration::ZERO)
+    }
+
+    /// [`Self::open_writer_on`], waiting up to `wait` for the writer lock while another
+    /// writer holds it: backups take it for a moment to publish (SPEC.md §8), and a forget
+    /// or compaction started at that moment should not fail for it.
+    pub fn open_writer_waiting(
+        storage: RepoStorage,
+        keys: &dyn SecretSource,
+        wait: std::time::Duration,
+    ) -> Result<Self> {
         let catalogued_as_of_us = storage
             .shared
             .then(|| storage.backend.clock_us())
@@ -465,7 +485,7 @@ impl Repository {
         let config = storage.read_config()?;
         let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
         let cache = crate::cache::refresh_cache(&storage, &crypto)?;
-        let lock = WriterLock::acquire(&storage.local_dir)?;
+        let lock = WriterLock::acquire_within(&storage.local_dir, wait)?;
         let index = storage.open_index(&config, false, &crypto)?;
         let mut recovery = crate::recovery::recover(&storage, &index, &crypto)?;
         recovery.stale_lock.clone_from(&lock.stale_holder);
@@ -476,10 +496,88 @@ impl Repository {
             crypto,
             index,
             lock: Some(lock),
+            _series_lock: None,
             _lease: None,
             catalogued_as_of_us,
             recovery,
         })
+    }
+
+    /// Opens for a backup of `series` (SPEC.md §8): unlocks an encrypted repository, takes
+    /// the series' lock ([`WriterLock::acquire_series`]; a second backup of the series
+    /// fails with [`Error::SeriesLocked`]), runs a writer's recovery if no other writer holds
+    /// the writer lock right now (so that a rerun of an interrupted backup finds the packs it
+    /// sealed), then opens like a reader: a lease and a view of the index. The backup reads
+    /// and stores under the series lock alone, side by side with backups of other series
+    /// and with forget, prune and compaction; it takes the writer lock only to publish
+    /// ([`Self::publisher`]).
+    pub fn open_backup_on(
+        storage: RepoStorage,
+        keys: &dyn SecretSource,
+        series: &str,
+    ) -> Result<Self> {
+        let config = storage.read_config()?;
+        let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
+        let series_lock = WriterLock::acquire_series(&storage.local_dir, series)?;
+        let cache = crate::cache::refresh_cache(&storage, &crypto)?;
+        let mut recovery = match WriterLock::acquire(&storage.local_dir) {
+            Ok(lock) => {
+                let index = storage.open_index(&config, false, &crypto)?;
+                let mut recovery = crate::recovery::recover(&storage, &index, &crypto)?;
+                recovery.stale_lock.clone_from(&lock.stale_holder);
+                recovery
+            }
+            // That writer's own open recovered, or a publishing backup's will.
+            Err(Error::Locked { .. }) => Recovery::default(),
+            Err(e) => return Err(e),
+        };
+        recovery.cache = cache;
+        let lease = ReaderLease::acquire(&storage.local_dir)?;
+        let index = storage.open_index(&config, true, &crypto)?;
+        Ok(Self {
+            storage,
+            config,
+            crypto,
+            index,
+            lock: None,
+            _series_lock: Some(series_lock),
+            _lease: Some(lease),
+            catalogued_as_of_us: None,
+            recovery,
+        })
+    }
+
+    /// The writer a backup opened with [`Self::open_backup_on`] publishes through: takes the
+    /// writer lock, waiting while another writer holds it (`waiting` is told who, once),
+    /// opens the index as its writer and recovers (which indexes the packs the backup
+    /// sealed, found unindexed). The repository's keys are reused, not asked for again.
+    pub fn publisher(&self, waiting: &dyn Fn(&Error)) -> Result<Self> {
+        let catalogued_as_of_us = self
+            .storage
+            .shared
+            .then(|| self.storage.backend.clock_us())
+            .transpose()?;
+        let lock = WriterLock::acquire_waiting(&self.storage.local_dir, waiting)?;
+        let index = self.storage.open_index(&self.config, false, &self.crypto)?;
+        let mut recovery = crate::recovery::recover(&self.storage, &index, &self.crypto)?;
+        recovery.stale_lock.clone_from(&lock.stale_holder);
+        Ok(Self {
+            storage: self.storage.clone(),
+            config: self.config.clone(),
+            crypto: Arc::clone(&self.crypto),
+            index,
+            lock: Some(lock),
+            _series_lock: None,
+            _lease: None,
+            catalogued_as_of_us,
+            recovery,
+        })
+    }
+
+    /// Whether this is the repository's writer (it holds the writer lock and its index is
+    /// the one writers change), rather than a reader or a backup not yet publishing.
+    pub fn is_writer(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// Takes the writer lock without opening the index (for rebuilding it) and, in a

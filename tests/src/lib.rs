@@ -913,6 +913,36 @@ pub fn lock_says(repo: &Path, pid: u32) -> bool {
         .is_ok_and(|s| s.lines().any(|l| l == format!("pid={pid}")))
 }
 
+/// Whether `repo/tmp` holds a staged pack of process `pid` (`packs%….<pid>.<random>.tmp`,
+/// SPEC.md §2a): the process is storing blocks, past its open and before its publish.
+pub fn stages_pack(repo: &Path, pid: u32) -> bool {
+    let marker = format!(".{pid}.");
+    fs::read_dir(repo.join("tmp")).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("packs%") && name.contains(&marker)
+        })
+    })
+}
+
+/// Takes the `flock` on the lock file `path` and records this process as its holder, as
+/// tessera's locks do (SPEC.md §8); held until the file is dropped.
+pub fn hold_lock(path: &Path) -> File {
+    use std::io::Write as _;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .expect("opening the lock file");
+    file.lock().expect("taking the lock");
+    file.set_len(0).expect("clearing the lock file");
+    write!(file, "pid={}\nhost=test\nsince=now\n", std::process::id())
+        .expect("writing the lock file");
+    file
+}
+
 /// A child process that is SIGKILLed when dropped (e.g. if the test fails while it is
 /// frozen), so no stopped writer outlives the test.
 pub struct KillOnDrop(pub Option<Child>);

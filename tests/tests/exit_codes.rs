@@ -15,14 +15,12 @@
 //! Exit code 70 (`internal`, a bug) cannot be provoked without a fault-injection hook; the
 //! CLI's unit test `every_kind_has_its_own_documented_code` checks its mapping instead.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 use tessera_tests::{
-    back_up_a_damaged_victim, backup_json, init_repo, make_image, seed, tessera, write_change_list,
-    DataGen, ImageSpec,
+    back_up_a_damaged_victim, backup_json, hold_lock, init_repo, make_image, seed, tessera,
+    tessera_cmd, write_change_list, DataGen, ImageSpec, Out,
 };
 
 /// One situation and what the binary must answer.
@@ -33,6 +31,8 @@ struct Case {
     kind: &'static str,
     /// A phrase of the message (the text output, and `"error"` with `--json`).
     phrase: String,
+    /// Environment variables the command runs with.
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl Case {
@@ -43,12 +43,26 @@ impl Case {
             code,
             kind,
             phrase: phrase.to_string(),
+            env: Vec::new(),
         }
+    }
+
+    fn with_env(mut self, name: &'static str, value: &'static str) -> Self {
+        self.env.push((name, value));
+        self
+    }
+
+    fn run(&self, args: &[String]) -> Out {
+        let output = tessera_cmd(args)
+            .envs(self.env.iter().copied())
+            .output()
+            .expect("running tessera");
+        Out::of(args, &output)
     }
 
     /// Runs the case as text, then with `--json`.
     fn check(&self) {
-        let out = tessera(&self.args);
+        let out = self.run(&self.args);
         assert_eq!(out.code, self.code, "{}: {out}", self.what);
         // Failures say why on stderr; a verify that found problems lists them on stdout.
         assert!(
@@ -59,7 +73,7 @@ impl Case {
         );
         let mut json_args = vec!["--json".to_string()];
         json_args.extend(self.args.iter().cloned());
-        let out = tessera(&json_args);
+        let out = self.run(&json_args);
         assert_eq!(out.code, self.code, "{} (--json): {out}", self.what);
         let v = out.json();
         assert_eq!(v["ok"], false, "{}: {out}", self.what);
@@ -126,22 +140,6 @@ impl Fixture {
     fn r(&self) -> String {
         self.repo.display().to_string()
     }
-}
-
-/// Holds `REPO/lock` the way a running writer does (an exclusive `flock`, with its record),
-/// until dropped.
-fn hold_writer_lock(repo: &Path) -> File {
-    let mut lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(repo.join("lock"))
-        .unwrap();
-    lock.lock().unwrap();
-    lock.set_len(0).unwrap();
-    write!(lock, "pid={}\nhost=test\nsince=now\n", std::process::id()).unwrap();
-    lock
 }
 
 /// The failures other than a held lock (exit codes 1, 2, 4 and 5); a restore writes to
@@ -254,8 +252,9 @@ fn every_exit_code_comes_from_a_real_situation() {
     }
     assert!(!out_file.exists(), "a failed restore left its output");
 
-    // 3: another process holds the writer lock.
-    let lock = hold_writer_lock(&f.repo);
+    // 3: another process holds the writer lock (for longer than the writer waits).
+    let lock = hold_lock(&f.repo.join("lock"));
+    let started = std::time::Instant::now();
     Case::new(
         "second writer",
         &["forget", &r, "latest@cbt"],
@@ -263,7 +262,12 @@ fn every_exit_code_comes_from_a_real_situation() {
         "locked",
         &format!("locked by PID {}", std::process::id()),
     )
+    .with_env("TESSERA_LOCK_WAIT", "1")
     .check();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "the writers did not wait TESSERA_LOCK_WAIT seconds for the lock"
+    );
     drop(lock);
 
     // 6: an encrypted repository and a wrong passphrase (a key file that opens nothing).

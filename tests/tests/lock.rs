@@ -1,5 +1,7 @@
-//! The single-writer lock: a second writer is refused with exit code 3 naming the holder,
-//! readers keep working next to the writer, and a lock left by a killed writer is recovered.
+//! The locks of SPEC.md §8: a second backup of a series is refused with exit code 3 naming
+//! the holder while backups of other series, writers and readers run beside it; a writer
+//! waits for the writer lock a moment before it is refused; locks left by a killed process
+//! are recovered.
 
 use std::fs;
 use std::path::Path;
@@ -9,38 +11,51 @@ use std::time::Duration;
 use rand::RngCore;
 use tempfile::TempDir;
 use tessera_tests::{
-    backup_args, backup_json, finish_child, init_repo, list_ids, lock_says, make_image,
-    restored_sha, seed, sha256_file, signal, snapshot_id, tessera, tessera_cmd, verify, wait_until,
-    DataGen, ImageSpec, KillOnDrop,
+    backup_args, backup_json, finish_child, hold_lock, init_repo, list_ids, lock_says, make_image,
+    restored_sha, seed, sha256_file, signal, snapshot_id, stages_pack, tessera, tessera_cmd,
+    verify, wait_every, DataGen, ImageSpec, KillOnDrop,
 };
 
-/// Spawns a backup of `img` and freezes it (SIGSTOP) once it holds the writer lock, so the
-/// test does not depend on how long the backup would take. The backup is big anyway (64
-/// MiB) so that it is still running when the lock file shows its pid.
-fn frozen_writer(repo: &Path, img: &Path) -> Child {
-    for attempt in 0..5 {
+/// Whether a series lock file of `repo` names `pid` as its holder.
+fn series_lock_says(repo: &Path, pid: u32) -> bool {
+    fs::read_dir(repo.join("locks")).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            fs::read_to_string(e.path()).is_ok_and(|s| s.lines().any(|l| l == format!("pid={pid}")))
+        })
+    })
+}
+
+/// Spawns a backup of `img` as series `big` and freezes it (SIGSTOP) while it stores a pack
+/// (it holds its series lock, and not the writer lock, which it takes only at its open's
+/// recovery and to publish), so the test does not depend on how long the backup would take.
+/// The backup is big anyway (64 MiB) so that it is still running then.
+fn frozen_backup(repo: &Path, img: &Path) -> Child {
+    for attempt in 0..20 {
         let mut child = tessera_cmd(backup_args(repo, "big", &[("d", img)]))
             .spawn()
             .unwrap();
         let pid = child.id();
-        let held = wait_until(Duration::from_secs(30), || {
-            lock_says(repo, pid) || child.try_wait().unwrap().is_some()
+        let storing = wait_every(Duration::from_secs(30), Duration::from_millis(1), || {
+            stages_pack(repo, pid) || child.try_wait().unwrap().is_some()
         });
-        assert!(held, "the backup never wrote its pid into REPO/lock");
+        assert!(storing, "the backup never staged a pack");
         signal(pid, "STOP");
-        if child.try_wait().unwrap().is_none() && lock_says(repo, pid) {
+        if child.try_wait().unwrap().is_none()
+            && stages_pack(repo, pid)
+            && series_lock_says(repo, pid)
+        {
             return child;
         }
         // It finished between our look at the lock and the STOP: try again.
-        eprintln!("attempt {attempt}: the writer finished before it could be frozen");
+        eprintln!("attempt {attempt}: the backup finished before it could be frozen");
         signal(pid, "CONT");
         let _ = child.wait();
     }
-    panic!("could not catch a backup holding the lock");
+    panic!("could not catch a backup holding its series lock");
 }
 
 #[test]
-fn second_writer_is_refused_readers_work_and_stale_lock_is_recovered() {
+fn a_series_takes_one_backup_others_run_beside_it_and_a_killed_one_is_recovered() {
     let mut gen = DataGen::new(seed("lock"));
     let t = TempDir::new().unwrap();
     let repo = t.path().join("repo");
@@ -59,22 +74,23 @@ fn second_writer_is_refused_readers_work_and_stale_lock_is_recovered() {
         &mut gen,
     );
 
-    let mut holder = KillOnDrop(Some(frozen_writer(&repo, &big)));
+    let mut holder = KillOnDrop(Some(frozen_backup(&repo, &big)));
     let pid = holder.0.as_ref().unwrap().id();
 
-    // A second writer: exit 3, naming the holder.
-    let small_arg = format!("d={}", small.display());
+    // A second backup of the series: exit 3, naming the holder.
+    let big_arg = format!("d={}", big.display());
     let r = repo.display().to_string();
-    let second = tessera(["backup", &r, "--series", "small", &small_arg]);
+    let second = tessera(["backup", &r, "--series", "big", &big_arg]);
     second
         .expect_code(3)
-        .stderr_has("locked by PID")
+        .stderr_has("series \"big\" is being backed up by PID")
         .stderr_has(&format!("PID {pid} "));
     // With --json too.
-    let second = tessera(["--json", "backup", &r, "--series", "small", &small_arg]);
+    let second = tessera(["--json", "backup", &r, "--series", "big", &big_arg]);
     second.expect_code(3);
     let v = second.json();
     assert_eq!(v["ok"], false);
+    assert_eq!(v["kind"], "locked");
     assert!(
         v["error"]
             .as_str()
@@ -82,32 +98,35 @@ fn second_writer_is_refused_readers_work_and_stale_lock_is_recovered() {
             .contains(&format!("PID {pid} ")),
         "{v}"
     );
-    // Repair is a writer too.
-    tessera(["repair", &r, "--rebuild-index"])
-        .expect_code(3)
-        .stderr_has("locked by PID");
+
+    // Another series backs up meanwhile, and writers run: the frozen backup holds no
+    // repository-wide lock.
+    let beside = snapshot_id(&backup_json(&repo, "small", &[("d", &small)]));
+    tessera(["compact", &r]).ok();
+    assert!(!lock_says(&repo, pid), "the backup holds the writer lock");
 
     // Readers work meanwhile.
-    assert_eq!(list_ids(&repo), vec![first.clone()]);
+    assert_eq!(list_ids(&repo), vec![first.clone(), beside.clone()]);
     tessera(["show", &r, &first]).ok();
     tessera(["stats", &r]).ok();
-    assert_eq!(restored_sha(&repo, &first, t.path()), small_sha);
+    assert_eq!(restored_sha(&repo, &beside, t.path()), small_sha);
     verify(&repo).ok();
 
-    // Kill the holder (SIGKILL works on a stopped process): its lock is stale.
+    // Kill the holder (SIGKILL works on a stopped process): its series lock is stale.
     let mut child = holder.0.take().unwrap();
     child.kill().unwrap();
     let out = finish_child(child, &[]);
     assert_eq!(out.code, 128 + 9, "{out}");
     assert!(
-        lock_says(&repo, pid),
-        "the killed holder's record should still be in the lock file"
+        series_lock_says(&repo, pid),
+        "the killed holder's record should still be in its series lock file"
     );
 
-    // The next writer takes over.
-    let next = backup_json(&repo, "small", &[("d", &small)]);
-    let ids = list_ids(&repo);
-    assert_eq!(ids, vec![first.clone(), snapshot_id(&next)]);
+    // The killed backup can be rerun, and everything verifies and restores.
+    let b = backup_json(&repo, "big", &[("d", &big)]);
+    let out = t.path().join("big.out");
+    tessera_tests::restore(&repo, &snapshot_id(&b), &out, false).ok();
+    tessera_tests::assert_same_file(&big, &out);
     assert!(
         fs::read_to_string(repo.join("lock"))
             .unwrap()
@@ -116,31 +135,32 @@ fn second_writer_is_refused_readers_work_and_stale_lock_is_recovered() {
         "a writer that finished left its record in the lock file"
     );
     verify(&repo).ok();
-    for id in ids {
+    for id in [first, beside] {
         assert_eq!(restored_sha(&repo, &id, t.path()), small_sha);
     }
-    // And the killed backup can be rerun.
-    let b = backup_json(&repo, "big", &[("d", &big)]);
-    let out = t.path().join("big.out");
-    tessera_tests::restore(&repo, &snapshot_id(&b), &out, false).ok();
-    tessera_tests::assert_same_file(&big, &out);
 }
 
 #[test]
-fn writers_run_one_after_another() {
-    // Two writers started together: each either succeeds or is refused with exit 3; at
-    // least one succeeds, and every success is published.
+fn backups_of_one_series_run_one_after_another_and_of_others_side_by_side() {
+    // Two backups of one series started together, with one of another series: each of the
+    // two either succeeds or is refused with exit 3; at least one succeeds; the other series
+    // always succeeds; every success is published.
     let mut gen = DataGen::new(seed("lock_race"));
     let t = TempDir::new().unwrap();
     let repo = t.path().join("repo");
     init_repo(&repo, &[]);
     let img = t.path().join("img");
     make_image(&img, ImageSpec::mixed(8 << 20), &mut gen);
+    let other = t.path().join("other");
+    make_image(&other, ImageSpec::mixed(8 << 20), &mut gen);
     let mut published = Vec::new();
     for round in 0..4 {
         let args = backup_args(&repo, "race", &[("d", &img)]);
         let a = tessera_cmd(&args).spawn().unwrap();
         let b = tessera_cmd(&args).spawn().unwrap();
+        let c = tessera_cmd(backup_args(&repo, "other", &[("d", &other)]))
+            .spawn()
+            .unwrap();
         let outs = [finish_child(a, &[]), finish_child(b, &[])];
         let mut ok = 0;
         for o in &outs {
@@ -150,18 +170,46 @@ fn writers_run_one_after_another() {
                     published.push(snapshot_id(&o.json()));
                 }
                 3 => {
-                    o.stderr_has("locked by PID");
+                    o.stderr_has("series \"race\" is being backed up by PID");
                 }
                 _ => panic!("round {round}: unexpected result {o}"),
             }
         }
-        assert!(ok >= 1, "round {round}: both writers were refused");
+        assert!(ok >= 1, "round {round}: both backups were refused");
+        let c = finish_child(c, &[]);
+        assert_eq!(c.code, 0, "round {round}: the other series failed: {c}");
+        published.push(snapshot_id(&c.json()));
     }
     let mut listed = list_ids(&repo);
     listed.sort();
     published.sort();
     assert_eq!(listed, published);
     verify(&repo).ok();
+}
+
+#[test]
+fn a_writer_waits_for_a_publish_and_is_refused_by_a_longer_holder() {
+    let t = TempDir::new().unwrap();
+    let repo = t.path().join("repo");
+    init_repo(&repo, &[]);
+    let r = repo.display().to_string();
+    // A holder that lets go after a second: the writer waits for it (default wait 30 s).
+    let lock = hold_lock(&repo.join("lock"));
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        drop(lock);
+    });
+    tessera(["compact", &r]).ok();
+    release.join().unwrap();
+    // One that holds on past TESSERA_LOCK_WAIT: exit 3, naming it.
+    let _lock = hold_lock(&repo.join("lock"));
+    let out = tessera_cmd(["compact", &r])
+        .env("TESSERA_LOCK_WAIT", "1")
+        .output()
+        .unwrap();
+    let out = tessera_tests::Out::of(&["compact", &r], &out);
+    out.expect_code(3)
+        .stderr_has(&format!("locked by PID {}", std::process::id()));
 }
 
 #[test]

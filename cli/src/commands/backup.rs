@@ -58,7 +58,7 @@ pub fn backup(
         let (disk, file) = split_pair("changed-block list", c)?;
         req.attach_changes(disk, PathBuf::from(file))?;
     }
-    let repository = super::open_writer(repo)?;
+    let repository = super::open_for_backup(repo, &req.series)?;
     let report = run_backup(&repository, &req, bars)?.report();
     if json {
         print_ok(&report);

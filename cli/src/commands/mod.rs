@@ -215,6 +215,14 @@ pub fn open_writer(repo: &RepoLocation) -> tessera_engine::Result<Repository> {
     Ok(repository)
 }
 
+/// Opens `repo` for a backup of `series` (SPEC.md §8: the series' lock for the whole run,
+/// the writer lock only to publish), telling the operator what recovery did.
+pub fn open_for_backup(repo: &RepoLocation, series: &str) -> tessera_engine::Result<Repository> {
+    let repository = repo.open_backup(crate::keys::global(), series)?;
+    note_recovery(&repository.recovery);
+    Ok(repository)
+}
+
 /// Opens `repo` for reading (unlocking it when it is encrypted), telling the operator (on
 /// stderr) what bringing an S3 repository's index cache up to date did.
 pub fn open_reader(repo: &RepoLocation) -> tessera_engine::Result<Repository> {

@@ -263,6 +263,11 @@ impl Index {
         Ok(index)
     }
 
+    /// Whether this is the writer's index (opened read-write), not a reader's view.
+    pub fn is_writer(&self) -> bool {
+        self._secondary.is_none()
+    }
+
     /// Opens an existing index; `read_only` opens without taking RocksDB's lock, so readers
     /// can run next to a writer (they see the state as of opening).
     pub fn open(path: &Path, repo_id: RepoId, read_only: bool) -> Result<Self> {

@@ -388,10 +388,22 @@ impl Run<'_> {
             })
     }
 
+    fn location(&self) -> Result<RepoLocation> {
+        let def = &self.job.def.repository;
+        RepoLocation::parse(def.location.get_ref(), location_options(def))
+    }
+
     fn open(&self) -> Result<Repository> {
         let def = &self.job.def.repository;
-        let location = RepoLocation::parse(def.location.get_ref(), location_options(def))?;
-        location.open_writer(self.keys.for_repository(def).as_ref())
+        self.location()?
+            .open_writer(self.keys.for_repository(def).as_ref())
+    }
+
+    /// Opens for the backup: under the series' lock, beside other jobs' backups (SPEC §8).
+    fn open_for_backup(&self) -> Result<Repository> {
+        let def = &self.job.def.repository;
+        self.location()?
+            .open_backup(self.keys.for_repository(def).as_ref(), self.job.series())
     }
 
     fn steps(&mut self, mode: RefMode) -> Result<()> {
@@ -401,10 +413,14 @@ impl Run<'_> {
         }
         let mut repository = None;
         let backed_up = self.step("backup", |r| {
-            let repo = r.open()?;
-            let detail = r.backup(&repo, mode);
-            repository = Some(repo);
-            detail
+            let detail = r.backup(&r.open_for_backup()?, mode)?;
+            // Prune needs the writer; verify and stats must see the new snapshot.
+            repository = Some(r.open().map_err(|e| Error::Refused {
+                reason: format!(
+                    "{detail}, but opening the repository for the steps after the backup failed: {e}"
+                ),
+            })?);
+            Ok(detail)
         })?;
         if self.job.def.hooks.after.is_some() {
             let backup_failure = self.record.failure.take();

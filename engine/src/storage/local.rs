@@ -201,6 +201,8 @@ struct LocalWriter {
     mode: PutMode,
     key: ObjectKey,
     failed: bool,
+    /// Keeps writer opens from discarding the staged file meanwhile; dropped last.
+    _in_flight: super::staging::InFlight,
 }
 
 impl Write for LocalWriter {
@@ -270,6 +272,7 @@ impl Backend for LocalBackend {
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
             }
         }
+        let in_flight = super::staging::InFlight::register(&staged);
         let open = |fs: &dyn Fs| {
             if private {
                 fs.create_new_private(&staged)
@@ -293,6 +296,7 @@ impl Backend for LocalBackend {
             mode,
             key: key.clone(),
             failed: false,
+            _in_flight: in_flight,
         }))
     }
 
@@ -371,7 +375,7 @@ impl Backend for LocalBackend {
                             .is_some_and(|e| e == "tmp")
                 }
             };
-            if staged {
+            if staged && super::staging::abandoned(&dir.join(&entry.name)) {
                 let path = dir.join(&entry.name);
                 self.fs
                     .remove_file(&path)

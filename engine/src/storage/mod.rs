@@ -25,8 +25,11 @@
 //!   put finished before the call started and that was not deleted before it started; objects
 //!   put or deleted during the call may or may not appear. Unfinished puts never appear.
 //! - **Staging.** [`Backend::clean_staging`] discards what unfinished puts of crashed
-//!   processes left behind (staged files, incomplete multipart uploads). Only a process that
-//!   knows no put of its own repository is in flight may call it (the writer, under its lock).
+//!   processes left behind (staged files, incomplete multipart uploads). A writer's open
+//!   calls it, under the writer lock; since backups store without that lock (SPEC.md §8),
+//!   it must leave every put that can still finish: the local backend keeps staged files of
+//!   live processes and of this process's open puts ([`staging`]), the S3 backend uploads
+//!   younger than the grace period.
 //!
 //! Implementations: [`local::LocalBackend`] on a POSIX directory (through the [`fs::Fs`]
 //! seam, so that [`sim::SimFs`] can simulate power loss under it), in two layouts: the
@@ -39,6 +42,7 @@ pub mod key;
 pub mod local;
 pub mod s3;
 pub mod sim;
+pub mod staging;
 
 use std::io::Write;
 

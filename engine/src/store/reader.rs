@@ -66,13 +66,7 @@ pub fn read_page(
     page_no: u64,
 ) -> Result<Vec<ChunkDigest>> {
     let raw = read_indexed(index, backend, crypto, ObjectKind::Page, digest.as_bytes())?;
-    let page = ManifestPage::decode(&raw).map_err(|e| Error::ObjectCorrupt {
-        kind: ObjectKind::Page,
-        digest: digest.to_hex(),
-        pack: PackId([0; 16]),
-        offset: 0,
-        reason: e.to_string(),
-    })?;
+    let page = decode_page(digest, &raw)?;
     let expected = entries_in_page(blocks, page_entries, page_no);
     if page.digests.len() as u64 != expected {
         return Err(Error::ObjectCorrupt {
@@ -87,6 +81,17 @@ pub fn read_page(
         });
     }
     Ok(page.digests)
+}
+
+/// Decodes the raw bytes of page `digest` (read with every check of [`read_object`]).
+pub fn decode_page(digest: PageDigest, raw: &[u8]) -> Result<ManifestPage> {
+    ManifestPage::decode(raw).map_err(|e| Error::ObjectCorrupt {
+        kind: ObjectKind::Page,
+        digest: digest.to_hex(),
+        pack: PackId([0; 16]),
+        offset: 0,
+        reason: e.to_string(),
+    })
 }
 
 /// Reads and fully checks the object `digest` of `kind` at the location `entry` gives.

@@ -1,6 +1,12 @@
 //! A writer's session with the store: appends encoded objects into packs through the
 //! [`PackSink`], and indexes each sealed pack's objects (with reference count 0; counts are
 //! raised only when a snapshot that references them is committed).
+//!
+//! A backup stores under its series lock only, with a reader's view of the index (SPEC.md
+//! §8): its session cannot index what it seals. It remembers every object it wrote instead
+//! (32 bytes and a few of set overhead per object) and leaves its sealed packs to the
+//! recovery of the writer it publishes through, which finds them unindexed and adopts
+//! them ([`adopt_unindexed_packs`]); a crash before that leaves them to the next writer.
 
 use std::collections::HashSet;
 
@@ -29,7 +35,7 @@ pub struct SessionStats {
     pub stored_bytes: u64,
 }
 
-/// See the module docs. Must be used by the lock holder only.
+/// See the module docs.
 pub struct WriteSession<'a> {
     index: &'a Index,
     sink: PackSink<'a, ()>,
@@ -50,8 +56,8 @@ impl<'a> WriteSession<'a> {
         }
     }
 
-    /// Whether the object was appended in this session but its pack is not sealed yet
-    /// (the index does not know it yet).
+    /// Whether the object was appended in this session and the index does not know it yet
+    /// (its pack is not sealed yet, or the session cannot index).
     pub fn is_pending(&self, kind: ObjectKind, digest: &[u8; 32]) -> bool {
         self.pending.contains(&(kind, *digest))
     }
@@ -72,17 +78,21 @@ impl<'a> WriteSession<'a> {
         Ok(true)
     }
 
-    /// Seals the open pack, if any, and indexes its objects.
+    /// Seals the open pack, if any, and indexes its objects if the session's index is the
+    /// writer's (see the module docs).
     pub fn seal(&mut self) -> Result<()> {
         if let Some(sealed) = self.sink.seal()? {
-            index_pack(self.index, &sealed.pack)?;
-            self.pending.clear();
+            if self.index.is_writer() {
+                index_pack(self.index, &sealed.pack)?;
+                self.pending.clear();
+            }
             self.stats.packs += 1;
         }
         Ok(())
     }
 
-    /// Seals the last pack. After this every object of the session is in the index.
+    /// Seals the last pack. After this every object of the session is in the writer's
+    /// index, or (a backup's session) in a sealed pack the publishing writer adopts.
     pub fn finish(mut self) -> Result<SessionStats> {
         self.seal()?;
         Ok(self.stats)

@@ -268,6 +268,7 @@ impl DiskBackup<'_, '_> {
             .get_object(ObjectKind::Page, digest.as_bytes())?;
         if existing.is_none_or(|e| e.refcount == 0) {
             self.refs.add_chunks(&digests()?, 1);
+            self.refs.activated.insert(digest);
         }
         Ok(existing.is_none() && !self.session.is_pending(ObjectKind::Page, digest.as_bytes()))
     }

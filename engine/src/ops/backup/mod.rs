@@ -2,10 +2,14 @@
 //! backups that read in full, report drift and heal the store ([`heal`]); which one each
 //! disk gets is decided in [`plan`].
 //!
-//! Commit order (see SPEC.md "Crash safety"): all packs sealed and indexed → snapshot file
+//! Commit order (see SPEC.md "Crash safety"): all packs sealed → the writer lock taken (a
+//! backup opened with [`Repository::open_backup_on`] stores under its series lock alone and
+//! takes the writer lock only now; the writer's recovery indexes its packs) → count changes
+//! corrected for what other writers changed meanwhile ([`RefDeltas::rebase`]) → snapshot file
 //! durable → one index batch with the catalog entry and every reference count change. A
-//! crash anywhere before that batch leaves the previous state (the next writer removes the
-//! unpublished snapshot file), and a rerun finds the sealed packs' objects in the index.
+//! crash before the snapshot file is stored leaves the previous state, and a rerun finds the
+//! sealed packs' objects in the index (adopted by the next writer's recovery); a crash after
+//! it leaves a snapshot file the next writer catalogues.
 
 mod delta;
 mod disk;
@@ -360,7 +364,6 @@ pub fn backup_sources(
         reports.push(report);
     }
     let session_stats = session.finish()?;
-    heal::rehome_objects(repo, &heal)?;
     let header = SnapshotHeader {
         series: req.series.clone(),
         time_us,
@@ -372,7 +375,28 @@ pub fn backup_sources(
     if let Some(check) = before_publish {
         check()?;
     }
-    let id = publish_snapshot(repo, &snapshot, &refs)?;
+    // A backup opened with `open_backup_on` publishes through the writer (SPEC.md §8).
+    let publisher;
+    let writer = if repo.is_writer() {
+        repo
+    } else {
+        publisher = repo.publisher(&|holder| {
+            let phase = match holder {
+                Error::Locked { pid, host, since } => format!(
+                    "waiting to publish: PID {pid} on {host} holds the writer lock since {since}"
+                ),
+                other => format!("waiting to publish: {other}"),
+            };
+            progress.start(&phase, 0);
+        })?;
+        progress.finish();
+        &publisher
+    };
+    heal::rehome_objects(writer, &heal)?;
+    refs.rebase(writer.index(), writer.backend(), writer.crypto())
+        .map_err(|e| reclaimed_meanwhile(repo, e))?;
+    let id =
+        publish_snapshot(writer, &snapshot, &refs).map_err(|e| reclaimed_meanwhile(repo, e))?;
     Ok(BackupOutcome {
         id,
         header: snapshot.header,
@@ -380,6 +404,18 @@ pub fn backup_sources(
         disks: reports,
         storage_requests: repo.backend().requests(),
     })
+}
+
+/// A backup that did not hold the writer lock while it stored (SPEC.md §8) found, when it
+/// published, an object missing that its view of the index had: a compaction beside it
+/// reclaimed an unreferenced object it deduplicated against (SPEC.md §13, race 4).
+fn reclaimed_meanwhile(repo: &Repository, e: Error) -> Error {
+    match e {
+        Error::ObjectMissing { kind, digest } if !repo.is_writer() => {
+            Error::ReclaimedMeanwhile { kind, digest }
+        }
+        other => other,
+    }
 }
 
 /// Opens every disk's source. A `--tls-ca` no disk would use is a usage error (a plain
