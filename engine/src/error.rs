@@ -466,7 +466,7 @@ pub enum Error {
         more: &'static str,
     },
     /// A backup deduplicated against an unreferenced object that a compaction running
-    /// beside it reclaimed before the backup published (SPEC.md §13, race 4).
+    /// beside it reclaimed before the backup published (SPEC.md §13, race 6).
     #[error("{kind:?} {digest} was stored when the backup looked for it, unreferenced, and a compaction that ran meanwhile reclaimed it; nothing was published: run the backup again (it stores the data anew)")]
     ReclaimedMeanwhile {
         /// Chunk or page.

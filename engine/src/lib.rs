@@ -62,6 +62,7 @@ pub mod index;
 #[cfg(feature = "repository")]
 pub mod jobs;
 #[cfg(feature = "repository")]
+pub mod leases;
 pub mod ledger;
 #[cfg(feature = "repository")]
 pub mod location;

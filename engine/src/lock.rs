@@ -19,6 +19,9 @@ pub struct WriterLock {
     file: File,
     /// What the lock file said before we took it, if a previous holder died holding it.
     pub stale_holder: Option<String>,
+    /// Whether another holder had it when we asked, so that we waited for it (an object
+    /// store's cache may have to be brought up to date again: SPEC.md §2a).
+    pub waited: bool,
 }
 
 impl WriterLock {
@@ -40,11 +43,20 @@ impl WriterLock {
     /// the holder may be a backup publishing for a moment), then fails with
     /// [`Error::Locked`] naming the holder.
     pub fn acquire_within(repo: &Path, wait: std::time::Duration) -> Result<Self> {
-        let deadline = std::time::Instant::now() + wait;
+        // A wait too long to add to the clock is a wait without end.
+        let deadline = std::time::Instant::now().checked_add(wait);
+        let mut waited = false;
         loop {
             match Self::acquire(repo) {
-                Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                Err(Error::Locked { .. })
+                    if deadline.is_none_or(|d| std::time::Instant::now() < d) =>
+                {
+                    waited = true;
                     std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Ok(mut lock) => {
+                    lock.waited = waited;
+                    return Ok(lock);
                 }
                 other => return other,
             }
@@ -64,6 +76,9 @@ impl WriterLock {
                 waiting(&holder(&mut file));
                 file.lock()
                     .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+                let mut lock = Self::record(file, &path)?;
+                lock.waited = true;
+                return Ok(lock);
             }
             Err(TryLockError::Error(e)) => {
                 return Err(Error::io(format!("locking {}", path.display()), e))
@@ -128,7 +143,11 @@ impl WriterLock {
             .ctx(|| format!("writing lock file {}", path.display()))?;
         file.write_all(record.as_bytes())
             .ctx(|| format!("writing lock file {}", path.display()))?;
-        Ok(Self { file, stale_holder })
+        Ok(Self {
+            file,
+            stale_holder,
+            waited: false,
+        })
     }
 }
 

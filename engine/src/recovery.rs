@@ -382,22 +382,32 @@ fn apply_markers(
     Ok(())
 }
 
-/// Deletes the files of doomed packs if no reader is running; returns how many.
+/// Deletes the files of doomed packs no reader and no running backup can still read (no
+/// reader holds `readers.lock`; every backup lease's view includes the doom,
+/// [`crate::leases`]); returns how many.
 pub fn delete_doomed_packs(storage: &RepoStorage, index: &Index) -> Result<usize> {
-    let doomed = index.doomed_packs()?;
+    let doomed = index.doomed_packs_since()?;
     if doomed.is_empty() {
         return Ok(0);
     }
     let Some(_no_readers) = NoReaders::try_acquire(&storage.local_dir)? else {
         return Ok(0);
     };
+    // Running backups hold leases, not `readers.lock`: a pack goes once every one of them
+    // reads through a view that no longer places objects in it (`leases.rs`).
+    let oldest = crate::leases::oldest_view(&storage.local_dir, &index.identity()?)?;
     let mut batch = index.batch();
-    for pack in &doomed {
+    let mut deleted = 0;
+    for (pack, doomed_at) in &doomed {
+        if oldest.is_some_and(|view| view < *doomed_at) {
+            continue;
+        }
         storage.backend.delete(&ObjectKey::pack(*pack))?;
         batch.forget_doomed(*pack);
+        deleted += 1;
     }
     index.commit(batch)?;
-    Ok(doomed.len())
+    Ok(deleted)
 }
 
 #[cfg(test)]

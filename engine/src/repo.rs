@@ -34,8 +34,8 @@ use std::sync::Arc;
 use tessera_format::config::{DEFAULT_PAGE_ENTRIES, ENCRYPTED_FORMAT, PLAIN_FORMAT};
 use tessera_format::keyslot::KdfParams;
 use tessera_format::{
-    ChunkDigest, Compression, Encryption, IdScheme, ObjectKind, PageDigest, RepoConfig, RepoId,
-    Snapshot, SnapshotHeader, SnapshotId,
+    ChunkDigest, Compression, Encryption, IdScheme, ObjectKind, PackId, PageDigest, RepoConfig,
+    RepoId, Snapshot, SnapshotHeader, SnapshotId,
 };
 
 use crate::crypto::keyring::{self, NoSecret, SecretSource};
@@ -261,12 +261,34 @@ pub struct Repository {
     lock: Option<WriterLock>,
     /// A backup's: the lock of its series, held for its whole run.
     _series_lock: Option<WriterLock>,
+    /// A backup's lease (instead of a reader's): which doomed packs its view may still use.
+    _backup_lease: Option<crate::leases::BackupLease>,
     _lease: Option<ReaderLease>,
     /// The store's clock read before this writer first listed the bucket's snapshots
     /// (shared stores only; see [`Self::catalogued_as_of_us`]).
     catalogued_as_of_us: Option<i64>,
     /// What recovery did (writers only).
     pub recovery: Recovery,
+}
+
+/// Takes the writer lock with `take` after bringing an object store's cache up to date
+/// ([`crate::cache::refresh_cache`], which takes the lock itself and skips the work while
+/// another writer holds it). When `take` had to wait, the holder may have been another
+/// client's writer of this cache, or the store may have changed meanwhile: the lock is let
+/// go, the cache brought up to date again, and the lock taken again.
+fn lock_with_fresh_cache(
+    storage: &RepoStorage,
+    crypto: &Arc<RepoCrypto>,
+    take: impl Fn() -> Result<WriterLock>,
+) -> Result<(WriterLock, Option<crate::cache::CacheRefresh>)> {
+    let cache = crate::cache::refresh_cache(storage, crypto)?;
+    let lock = take()?;
+    if !(lock.waited && cache.is_some()) {
+        return Ok((lock, cache));
+    }
+    drop(lock);
+    let cache = crate::cache::refresh_cache(storage, crypto)?;
+    Ok((take()?, cache))
 }
 
 /// Reads and decodes the config of the local repository at `root`.
@@ -453,6 +475,7 @@ impl Repository {
             index,
             lock: None,
             _series_lock: None,
+            _backup_lease: None,
             _lease: Some(lease),
             catalogued_as_of_us: None,
             recovery: Recovery {
@@ -484,8 +507,9 @@ impl Repository {
             .transpose()?;
         let config = storage.read_config()?;
         let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
-        let cache = crate::cache::refresh_cache(&storage, &crypto)?;
-        let lock = WriterLock::acquire_within(&storage.local_dir, wait)?;
+        let (lock, cache) = lock_with_fresh_cache(&storage, &crypto, || {
+            WriterLock::acquire_within(&storage.local_dir, wait)
+        })?;
         let index = storage.open_index(&config, false, &crypto)?;
         let mut recovery = crate::recovery::recover(&storage, &index, &crypto)?;
         recovery.stale_lock.clone_from(&lock.stale_holder);
@@ -497,6 +521,7 @@ impl Repository {
             index,
             lock: Some(lock),
             _series_lock: None,
+            _backup_lease: None,
             _lease: None,
             catalogued_as_of_us,
             recovery,
@@ -507,7 +532,8 @@ impl Repository {
     /// the series' lock ([`WriterLock::acquire_series`]; a second backup of the series
     /// fails with [`Error::SeriesLocked`]), runs a writer's recovery if no other writer holds
     /// the writer lock right now (so that a rerun of an interrupted backup finds the packs it
-    /// sealed), then opens like a reader: a lease and a view of the index. The backup reads
+    /// sealed), then takes a backup lease ([`crate::leases`]) and opens a view of the index
+    /// as a reader does. The backup reads
     /// and stores under the series lock alone, side by side with backups of other series
     /// and with forget, prune and compaction; it takes the writer lock only to publish
     /// ([`Self::publisher`]).
@@ -519,21 +545,31 @@ impl Repository {
         let config = storage.read_config()?;
         let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
         let series_lock = WriterLock::acquire_series(&storage.local_dir, series)?;
-        let cache = crate::cache::refresh_cache(&storage, &crypto)?;
-        let mut recovery = match WriterLock::acquire(&storage.local_dir) {
-            Ok(lock) => {
-                let index = storage.open_index(&config, false, &crypto)?;
-                let mut recovery = crate::recovery::recover(&storage, &index, &crypto)?;
-                recovery.stale_lock.clone_from(&lock.stale_holder);
-                recovery
+        let recovery = loop {
+            let cache = crate::cache::refresh_cache(&storage, &crypto)?;
+            let mut recovery = match WriterLock::acquire(&storage.local_dir) {
+                Ok(lock) => {
+                    let index = storage.open_index(&config, false, &crypto)?;
+                    let mut recovery = crate::recovery::recover(&storage, &index, &crypto)?;
+                    recovery.stale_lock.clone_from(&lock.stale_holder);
+                    recovery
+                }
+                // That writer's own open recovered, or a publishing backup's will.
+                Err(Error::Locked { .. }) => Recovery::default(),
+                Err(e) => return Err(e),
+            };
+            recovery.cache = cache;
+            if storage.index_path().join("CURRENT").exists() {
+                break recovery;
             }
-            // That writer's own open recovered, or a publishing backup's will.
-            Err(Error::Locked { .. }) => Recovery::default(),
-            Err(e) => return Err(e),
+            // An object store's cache without an index yet, which another process of this
+            // machine is building under the lock (another backup's open): wait for it, then
+            // bring the cache up to date again.
+            drop(WriterLock::acquire_waiting(&storage.local_dir, &|_| {})?);
         };
-        recovery.cache = cache;
-        let lease = ReaderLease::acquire(&storage.local_dir)?;
+        let mut lease = crate::leases::BackupLease::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, true, &crypto)?;
+        lease.set_view(&index.identity()?, index.latest_sequence())?;
         Ok(Self {
             storage,
             config,
@@ -541,7 +577,8 @@ impl Repository {
             index,
             lock: None,
             _series_lock: Some(series_lock),
-            _lease: Some(lease),
+            _backup_lease: Some(lease),
+            _lease: None,
             catalogued_as_of_us: None,
             recovery,
         })
@@ -551,16 +588,24 @@ impl Repository {
     /// writer lock, waiting while another writer holds it (`waiting` is told who, once),
     /// opens the index as its writer and recovers (which indexes the packs the backup
     /// sealed, found unindexed). The repository's keys are reused, not asked for again.
-    pub fn publisher(&self, waiting: &dyn Fn(&Error)) -> Result<Self> {
+    pub fn publisher(&self, own_packs: &[PackId], waiting: &dyn Fn(&Error)) -> Result<Self> {
         let catalogued_as_of_us = self
             .storage
             .shared
             .then(|| self.storage.backend.clock_us())
             .transpose()?;
-        let lock = WriterLock::acquire_waiting(&self.storage.local_dir, waiting)?;
+        let (lock, cache) = lock_with_fresh_cache(&self.storage, &self.crypto, || {
+            WriterLock::acquire_waiting(&self.storage.local_dir, waiting)
+        })?;
         let index = self.storage.open_index(&self.config, false, &self.crypto)?;
+        let mut own_unindexed = 0;
+        for id in own_packs {
+            own_unindexed += usize::from(!index.has_pack(*id)?);
+        }
         let mut recovery = crate::recovery::recover(&self.storage, &index, &self.crypto)?;
+        recovery.packs_adopted = recovery.packs_adopted.saturating_sub(own_unindexed);
         recovery.stale_lock.clone_from(&lock.stale_holder);
+        recovery.cache = cache;
         Ok(Self {
             storage: self.storage.clone(),
             config: self.config.clone(),
@@ -568,6 +613,7 @@ impl Repository {
             index,
             lock: Some(lock),
             _series_lock: None,
+            _backup_lease: None,
             _lease: None,
             catalogued_as_of_us,
             recovery,
@@ -587,7 +633,7 @@ impl Repository {
     /// them ([`crate::recovery::recover`]).
     pub fn lock_for_rebuild(storage: &RepoStorage) -> Result<(RepoConfig, WriterLock)> {
         let config = storage.read_config()?;
-        let lock = WriterLock::acquire(&storage.local_dir)?;
+        let lock = WriterLock::acquire_within(&storage.local_dir, crate::location::writer_wait())?;
         if !storage.shared {
             storage.backend.clean_staging()?;
         }

@@ -1,4 +1,5 @@
-//! Many writers into one local repository (SPEC.md §8, §13 races 3–6), through the binary.
+//! Many writers into one repository (SPEC.md §8, §13 races 3–6), through the binary: a local
+//! one, and an S3 one in a real SeaweedFS written from two machines (cache directories).
 //!
 //! Rounds of backups of several series at once, some of identical images (so that they race
 //! to store and publish the same pages), with forgets and a compaction running beside them
@@ -9,21 +10,52 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use rand::Rng;
 use tempfile::TempDir;
+use tessera_tests::seaweed::{CliClient, Seaweed};
 use tessera_tests::{
-    backup_args, env_usize, finish_child, init_repo, list_json, make_image, mutate, restored_sha,
-    seed, sha256_file, signal, snapshot_id, stages_pack, tessera, tessera_cmd, verify, wait_every,
-    DataGen, ImageSpec, KillOnDrop,
+    backup_args, env_usize, finish_child, init_repo, make_image, mutate, restored_sha, seed,
+    sha256_file, signal, snapshot_id, stages_pack, tessera, tessera_cmd, verify, wait_every,
+    DataGen, ImageSpec, KillOnDrop, Out,
 };
 
 /// Snapshot id → (series, SHA-256 of the image it was taken from).
 type Model = HashMap<String, (String, String)>;
 
-fn catalog(repo: &Path) -> Vec<(String, String)> {
-    list_json(repo)
+/// Where the commands run: the local repository from this process's environment, or the
+/// machines (each with its own cache) of an S3 repository.
+trait Machine {
+    fn cmd(&self, args: &[String]) -> Command;
+}
+
+struct Local;
+
+impl Machine for Local {
+    fn cmd(&self, args: &[String]) -> Command {
+        tessera_cmd(args)
+    }
+}
+
+impl Machine for CliClient {
+    fn cmd(&self, args: &[String]) -> Command {
+        CliClient::cmd(self, args)
+    }
+}
+
+fn run(m: &dyn Machine, args: &[&str]) -> Out {
+    let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+    Out::of(&args, &m.cmd(&args).output().expect("running tessera"))
+}
+
+fn catalog(m: &dyn Machine, location: &str) -> Vec<(String, String)> {
+    let out = run(m, &["--json", "list", location]);
+    out.ok();
+    out.json()["snapshots"]
+        .as_array()
+        .unwrap()
         .iter()
         .map(|s| {
             (
@@ -34,15 +66,28 @@ fn catalog(repo: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn backups_of_many_series_run_at_once_beside_retention_and_kills() {
+/// Restores every snapshot of the model and compares its SHA-256.
+fn assert_restores(m: &dyn Machine, location: &str, model: &Model, scratch: &Path, when: &str) {
+    let out = scratch.join("restored.img");
+    for (id, (_, sha)) in model {
+        let _ = std::fs::remove_file(&out);
+        run(m, &["restore", location, id, &out.display().to_string()]).ok();
+        assert_eq!(
+            &sha256_file(&out),
+            sha,
+            "{when}: snapshot {id} restores differently"
+        );
+    }
+}
+
+/// Rounds of `writers` backups at once spread over `machines` (series `s{i}` on machine
+/// `i % machines`), beside forgets, a compaction and a kill (see the module docs).
+fn fleet(machines: &[&dyn Machine], location: &str, seed_name: &str) {
     let rounds = env_usize("TESSERA_FLEET_ROUNDS", 3);
     let writers = env_usize("TESSERA_FLEET_WRITERS", 4).max(2);
-    let mut gen = DataGen::new(seed("fleet"));
+    let mut gen = DataGen::new(seed(seed_name));
     let t = TempDir::new().unwrap();
-    let repo = t.path().join("repo");
-    init_repo(&repo, &[]);
-    let r = repo.display().to_string();
+    let operator = machines[0];
     // Half as many images as writers: series i backs up image i % images.
     let images: Vec<PathBuf> = (0..writers.div_ceil(2))
         .map(|i| {
@@ -66,11 +111,16 @@ fn backups_of_many_series_run_at_once_beside_retention_and_kills() {
             .enumerate()
             .map(|(i, s)| {
                 let img = &images[i % images.len()];
-                KillOnDrop(Some(
-                    tessera_cmd(backup_args(&repo, s, &[("d", img)]))
-                        .spawn()
-                        .unwrap(),
-                ))
+                let args = vec![
+                    "--json".to_string(),
+                    "backup".into(),
+                    location.to_string(),
+                    "--series".into(),
+                    s.clone(),
+                    format!("d={}", img.display()),
+                ];
+                let mut cmd = machines[i % machines.len()].cmd(&args);
+                KillOnDrop(Some(cmd.spawn().unwrap()))
             })
             .collect();
         // Beside them: forget some earlier snapshots, compact what is not young, kill one.
@@ -83,10 +133,10 @@ fn backups_of_many_series_run_at_once_beside_retention_and_kills() {
             .collect();
         std::thread::sleep(Duration::from_millis(gen.rng.gen_range(0..300)));
         for id in &forget {
-            tessera(["forget", &r, id]).ok();
+            run(operator, &["forget", location, id]).ok();
             model.remove(id);
         }
-        tessera(["compact", &r, "--max-unused", "0"]).ok();
+        run(operator, &["compact", location, "--max-unused", "0"]).ok();
         std::thread::sleep(kill_after);
         let victim_pid = children[victim].0.as_ref().unwrap().id();
         signal(victim_pid, "KILL");
@@ -103,7 +153,7 @@ fn backups_of_many_series_run_at_once_beside_retention_and_kills() {
         }
         // A victim killed after it published (or that finished first) has its snapshot in
         // the catalog: it counts, with its image's bytes.
-        for (id, s) in catalog(&repo) {
+        for (id, s) in catalog(operator, location) {
             if !model.contains_key(&id) {
                 assert_eq!(
                     s,
@@ -113,33 +163,60 @@ fn backups_of_many_series_run_at_once_beside_retention_and_kills() {
                 model.insert(id, (s, shas[victim % images.len()].clone()));
             }
         }
-        let mut listed: Vec<String> = catalog(&repo).into_iter().map(|(id, _)| id).collect();
-        let mut expected: Vec<String> = model.keys().cloned().collect();
-        listed.sort();
-        expected.sort();
-        assert_eq!(
-            listed, expected,
-            "round {round}: the catalog is not the model's"
-        );
-        verify(&repo).ok();
-        for (id, (_, sha)) in &model {
-            assert_eq!(
-                &restored_sha(&repo, id, t.path()),
-                sha,
-                "round {round}: snapshot {id} restores differently"
-            );
+        let when = format!("round {round}");
+        for m in machines {
+            let mut listed: Vec<String> = catalog(*m, location)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            let mut expected: Vec<String> = model.keys().cloned().collect();
+            listed.sort();
+            expected.sort();
+            assert_eq!(listed, expected, "{when}: the catalog is not the model's");
+            run(*m, &["verify", location]).ok();
         }
+        assert_restores(operator, location, &model, t.path(), &when);
     }
     // With nothing running, everything unreferenced goes, and all still restores.
-    tessera(["compact", &r, "--grace", "0", "--max-unused", "0"]).ok();
-    verify(&repo).ok();
-    for (id, (_, sha)) in &model {
-        assert_eq!(&restored_sha(&repo, id, t.path()), sha);
+    run(
+        operator,
+        &[
+            "compact",
+            location,
+            "--grace",
+            "0",
+            "--allow-short-grace",
+            "--max-unused",
+            "0",
+        ],
+    )
+    .ok();
+    for m in machines {
+        run(*m, &["verify", location]).ok();
+        assert_restores(*m, location, &model, t.path(), "at the end");
     }
     eprintln!(
-        "{rounds} rounds of {writers} writers: {} snapshots kept, {kills} backups killed before publishing",
+        "{rounds} rounds of {writers} writers on {} machine(s): {} snapshots kept, {kills} backups killed before publishing",
+        machines.len(),
         model.len()
     );
+}
+
+#[test]
+fn backups_of_many_series_run_at_once_beside_retention_and_kills() {
+    let t = TempDir::new().unwrap();
+    let repo = t.path().join("repo");
+    init_repo(&repo, &[]);
+    fleet(&[&Local], &repo.display().to_string(), "fleet");
+}
+
+#[test]
+fn backups_from_two_machines_run_at_once_into_seaweedfs() {
+    let server = Seaweed::start("fleet");
+    let location = server.location("fleet");
+    let (a, b) = (CliClient::new(&server), CliClient::new(&server));
+    a.run(["init", &location]).ok();
+    fleet(&[&a, &b], &location, "fleet_s3");
 }
 
 #[test]
@@ -160,27 +237,8 @@ fn a_writer_opening_during_a_backup_keeps_its_staged_pack() {
         },
         &mut gen,
     );
-    let mut child = KillOnDrop(Some(
-        tessera_cmd(backup_args(&repo, "vm", &[("d", &img)]))
-            .spawn()
-            .unwrap(),
-    ));
+    let mut child = frozen_backup(&repo, "vm", &img);
     let pid = child.0.as_ref().unwrap().id();
-    // Stop it at a moment it has a staged file (it may be between two packs: try again).
-    let mut frozen = false;
-    for _ in 0..50 {
-        let staging = wait_every(Duration::from_secs(60), Duration::from_millis(1), || {
-            stages_pack(&repo, pid)
-        });
-        assert!(staging, "the backup never staged a pack");
-        signal(pid, "STOP");
-        if stages_pack(&repo, pid) {
-            frozen = true;
-            break;
-        }
-        signal(pid, "CONT");
-    }
-    assert!(frozen, "could not stop the backup while it staged a pack");
     tessera(["compact", &repo.display().to_string()]).ok();
     let kept = stages_pack(&repo, pid);
     signal(pid, "CONT");
@@ -198,4 +256,114 @@ fn a_writer_opening_during_a_backup_keeps_its_staged_pack() {
         sha256_file(&img)
     );
     verify(&repo).ok();
+}
+
+/// The pack files of `repo`.
+fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(repo.join("packs")).unwrap().flatten() {
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            out.push(f.path());
+        }
+    }
+    out
+}
+
+/// Starts a backup of `img` as `series` and stops it (SIGSTOP) while it stages a pack.
+fn frozen_backup(repo: &Path, series: &str, img: &Path) -> KillOnDrop {
+    for _ in 0..20 {
+        let child = tessera_cmd(backup_args(repo, series, &[("d", img)]))
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut child = KillOnDrop(Some(child));
+        let staging = wait_every(Duration::from_secs(60), Duration::from_millis(1), || {
+            stages_pack(repo, pid)
+        });
+        assert!(staging, "the backup of {series} never staged a pack");
+        signal(pid, "STOP");
+        if stages_pack(repo, pid) {
+            return child;
+        }
+        signal(pid, "CONT");
+        finish_child(child.0.take().unwrap(), &[]).ok();
+    }
+    panic!("could not stop the backup of {series} while it staged a pack");
+}
+
+#[test]
+fn packs_doomed_while_backups_run_go_once_every_running_backup_sees_the_doom() {
+    // Backup leases (SPEC.md §13): a compaction beside a backup that opened before it keeps
+    // the packs it doomed; once the only backup running opened after the doom, a writer
+    // deletes them.
+    let mut gen = DataGen::new(seed("fleet_leases"));
+    let t = TempDir::new().unwrap();
+    let repo = t.path().join("repo");
+    init_repo(&repo, &[]);
+    let r = repo.display().to_string();
+    // A half-dead history: an image, then the same with most of it rewritten.
+    let old = t.path().join("old");
+    make_image(&old, ImageSpec::mixed(8 << 20), &mut gen);
+    let first = snapshot_id(&tessera_tests::backup_json(&repo, "old", &[("d", &old)]));
+    mutate(&old, &mut gen, 40, 256 * 1024, (0, 1, 3));
+    let second = snapshot_id(&tessera_tests::backup_json(&repo, "old", &[("d", &old)]));
+    tessera(["forget", &r, &first]).ok();
+    let history = pack_files(&repo);
+    let random = |name: &str, gen: &mut DataGen| {
+        let p = t.path().join(name);
+        make_image(
+            &p,
+            ImageSpec {
+                weights: (0, 0, 1),
+                ..ImageSpec::mixed(96 << 20)
+            },
+            gen,
+        );
+        p
+    };
+    let (img1, img2) = (random("b1", &mut gen), random("b2", &mut gen));
+
+    // b1 opens before the doom.
+    let mut b1 = frozen_backup(&repo, "b1", &img1);
+    std::thread::sleep(Duration::from_secs(4));
+    let out = tessera([
+        "--json",
+        "compact",
+        &r,
+        "--grace",
+        "3s",
+        "--max-unused",
+        "0",
+    ]);
+    out.ok();
+    let report = &out.json()["report"];
+    assert!(
+        report["packs_rewritten"].as_u64().unwrap() >= 1,
+        "nothing was compacted: {out}"
+    );
+    assert!(
+        history.iter().all(|p| p.exists()),
+        "a pack was deleted while a backup that opened before its doom ran: {out}"
+    );
+    // b1 finishes; b2 opens after the doom; a writer now deletes the doomed packs.
+    signal(b1.0.as_ref().unwrap().id(), "CONT");
+    let b1_out = finish_child(b1.0.take().unwrap(), &[]);
+    assert_eq!(b1_out.code, 0, "{b1_out}");
+    let mut b2 = frozen_backup(&repo, "b2", &img2);
+    tessera(["compact", &r]).ok();
+    assert!(
+        history.iter().any(|p| !p.exists()),
+        "no doomed pack was deleted although the only backup running opened after the doom"
+    );
+    signal(b2.0.as_ref().unwrap().id(), "CONT");
+    let b2_out = finish_child(b2.0.take().unwrap(), &[]);
+    assert_eq!(b2_out.code, 0, "{b2_out}");
+    verify(&repo).ok();
+    for (id, img) in [
+        (snapshot_id(&b1_out.json()), &img1),
+        (snapshot_id(&b2_out.json()), &img2),
+        (second, &old),
+    ] {
+        assert_eq!(restored_sha(&repo, &id, t.path()), sha256_file(img));
+    }
 }

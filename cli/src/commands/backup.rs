@@ -59,7 +59,11 @@ pub fn backup(
         req.attach_changes(disk, PathBuf::from(file))?;
     }
     let repository = super::open_for_backup(repo, &req.series)?;
-    let report = run_backup(&repository, &req, bars)?.report();
+    let outcome = run_backup(&repository, &req, bars)?;
+    if let Some(recovery) = &outcome.publish_recovery {
+        super::note_recovery(recovery);
+    }
+    let report = outcome.report();
     if json {
         print_ok(&report);
     } else {

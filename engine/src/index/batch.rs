@@ -63,10 +63,11 @@ impl<'i> IndexBatch<'i> {
     }
 
     /// Moves a pack from the catalog to the doomed list (emptied by compaction; its file is
-    /// deleted once no reader can use it).
-    pub fn doom_pack(&mut self, pack: PackId) {
+    /// deleted once no reader can use it), recording `seq`, the batch's
+    /// [`super::Index::doom_sequence`] (see [`crate::leases`]).
+    pub fn doom_pack(&mut self, pack: PackId, seq: u64) {
         self.delete(CF_PACKS, pack.as_bytes());
-        self.put(CF_DOOMED, pack.as_bytes(), &[]);
+        self.put(CF_DOOMED, pack.as_bytes(), &seq.to_le_bytes());
     }
 
     /// Removes a pack from the doomed list (its file is gone).

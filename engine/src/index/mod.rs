@@ -558,6 +558,50 @@ impl Index {
             .is_some())
     }
 
+    /// The sequence number a doom committed by the next batch is recorded with (its first:
+    /// a view whose latest sequence number is at least this includes the whole batch). Only
+    /// the writer commits, one batch at a time, so the next batch starts right after the
+    /// latest (see [`crate::leases`]).
+    pub fn doom_sequence(&self) -> u64 {
+        self.db.latest_sequence_number() + 1
+    }
+
+    /// The latest sequence number this view (or the writer's index) includes.
+    pub fn latest_sequence(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
+    /// The database's identity (a rebuilt index has another).
+    pub fn identity(&self) -> Result<Vec<u8>> {
+        Ok(self.db.get_db_identity()?)
+    }
+
+    /// Doomed packs with the sequence number each was doomed at (0: doomed by a tessera that
+    /// did not record it, when no backup could run beside the compaction).
+    pub fn doomed_packs_since(&self) -> Result<Vec<(PackId, u64)>> {
+        let Some(handle) = self.db.cf_handle(CF_DOOMED) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(handle, IteratorMode::Start) {
+            let (k, v) = item?;
+            let id = PackId::from_slice(&k).map_err(|e| Error::IndexCorrupt {
+                what: format!("{CF_DOOMED} key: {e}"),
+            })?;
+            let seq = <[u8; 8]>::try_from(&*v).map_or(0, u64::from_le_bytes);
+            out.push((id, seq));
+        }
+        Ok(out)
+    }
+
+    /// Whether the pack is catalogued.
+    pub fn has_pack(&self, id: PackId) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(&self.cf(CF_PACKS), id.as_bytes())?
+            .is_some())
+    }
+
     /// All catalogued packs.
     pub fn packs(&self) -> Result<Vec<(PackId, PackEntry)>> {
         let mut out = Vec::new();

@@ -399,6 +399,12 @@ impl Run<'_> {
             .open_writer(self.keys.for_repository(def).as_ref())
     }
 
+    fn open_reader(&self) -> Result<Repository> {
+        let def = &self.job.def.repository;
+        self.location()?
+            .open(self.keys.for_repository(def).as_ref())
+    }
+
     /// Opens for the backup: under the series' lock, beside other jobs' backups (SPEC §8).
     fn open_for_backup(&self) -> Result<Repository> {
         let def = &self.job.def.repository;
@@ -411,17 +417,10 @@ impl Run<'_> {
         if has_before && !self.step("hook-before", |r| r.hook("before"))? {
             return Ok(());
         }
-        let mut repository = None;
-        let backed_up = self.step("backup", |r| {
-            let detail = r.backup(&r.open_for_backup()?, mode)?;
-            // Prune needs the writer; verify and stats must see the new snapshot.
-            repository = Some(r.open().map_err(|e| Error::Refused {
-                reason: format!(
-                    "{detail}, but opening the repository for the steps after the backup failed: {e}"
-                ),
-            })?);
-            Ok(detail)
-        })?;
+        // Each step opens the repository as it needs it (SPEC §8): the backup under its
+        // series' lock, prune as the writer, verify and stats as readers that see the new
+        // snapshot; a failure to open is that step's.
+        let backed_up = self.step("backup", |r| r.backup(&r.open_for_backup()?, mode))?;
         if self.job.def.hooks.after.is_some() {
             let backup_failure = self.record.failure.take();
             let backup_kind = self.error_kind.take();
@@ -446,9 +445,6 @@ impl Run<'_> {
         if !backed_up {
             return Ok(());
         }
-        let Some(repo) = repository else {
-            return Ok(());
-        };
         match &self.job.def.retention {
             Some(_) if self.previous_sync_failed() => {
                 let why = "the previous run's sync failed: retention waits until the off-site copies have caught up, so that nothing is forgotten before it was copied";
@@ -456,7 +452,7 @@ impl Run<'_> {
                 self.skipped("prune", why);
             }
             Some(_) => {
-                if !self.step("prune", |r| r.prune(&repo))? {
+                if !self.step("prune", |r| r.prune(&r.open()?))? {
                     return Ok(());
                 }
             }
@@ -464,7 +460,7 @@ impl Run<'_> {
         }
         match (self.verify_due(), &self.job.def.verify) {
             (Some(due), _) => {
-                if !self.step("verify", |r| r.verify(&repo, due))? {
+                if !self.step("verify", |r| r.verify(&r.open_reader()?, due))? {
                     return Ok(());
                 }
             }
@@ -473,11 +469,9 @@ impl Run<'_> {
         }
         // The figures feed the metrics only: their failure is a warning, and the off-site
         // copies still go.
-        if !self.step("stats", |r| Ok(r.stats(&repo)))? {
+        if !self.step("stats", |r| Ok(r.stats()))? {
             return Ok(());
         }
-        // Sync opens the repository itself, as its source: let go of the writer first.
-        drop(repo);
         for (i, _) in self.job.def.sync.iter().enumerate() {
             if !self.step("sync", |r| r.sync(i))? {
                 return Ok(());
@@ -642,8 +636,11 @@ impl Run<'_> {
         }
     }
 
-    fn stats(&mut self, repo: &Repository) -> String {
-        let s = match crate::ops::stats::stats(repo) {
+    fn stats(&mut self) -> String {
+        let s = match self
+            .open_reader()
+            .and_then(|repo| crate::ops::stats::stats(&repo))
+        {
             Ok(s) => s,
             Err(e) => {
                 self.record

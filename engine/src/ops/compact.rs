@@ -322,6 +322,7 @@ impl Mover<'_> {
     fn commit(&mut self) -> Result<()> {
         let index = self.repo.index();
         let mut batch = index.batch();
+        let doomed_at = index.doom_sequence();
         if let Some(sealed) = self.sink.seal()? {
             self.report.packs_written += 1;
             let known: Vec<Option<ObjectEntry>> =
@@ -332,7 +333,7 @@ impl Mover<'_> {
             batch.delete_object(kind, &digest);
         }
         for pack in self.emptied.drain(..) {
-            batch.doom_pack(pack);
+            batch.doom_pack(pack, doomed_at);
         }
         index.commit(batch)
     }

@@ -10,25 +10,33 @@
 //!   one would fail a live backup);
 //! - one of this process, when no put of this process holds it ([`InFlight`]): a crash test
 //!   (or a daemon running several jobs) has finished and in-progress puts side by side.
+//!
+//! PIDs are only meaningful on one host and in one PID namespace: writers of one repository
+//! directory from several containers or NFS clients at once are not supported (a live
+//! staged file of another namespace would look abandoned).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
-static IN_FLIGHT: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+static IN_FLIGHT: Mutex<Option<HashSet<OsString>>> = Mutex::new(None);
 
-/// A staged file this process is writing; registered while the value lives.
-pub struct InFlight(PathBuf);
+/// A staged file this process is writing; registered while the value lives. Registered by
+/// file name, which the PID and random part make unique: one repository may be named by
+/// several paths (a symbolic link, a relative path) in one process.
+pub struct InFlight(OsString);
 
 impl InFlight {
     /// Registers `staged` (before the file is created, so that no clean sees it unclaimed).
     pub fn register(staged: &Path) -> Self {
+        let name = staged.file_name().unwrap_or_default().to_os_string();
         IN_FLIGHT
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get_or_insert_with(HashSet::new)
-            .insert(staged.to_path_buf());
-        Self(staged.to_path_buf())
+            .insert(name.clone());
+        Self(name)
     }
 }
 
@@ -56,7 +64,7 @@ pub fn abandoned(path: &Path) -> bool {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .is_some_and(|set| set.contains(path));
+            .is_some_and(|set| path.file_name().is_some_and(|n| set.contains(n)));
     }
     !process_alive(pid)
 }

@@ -42,6 +42,8 @@ pub struct WriteSession<'a> {
     pending: HashSet<(ObjectKind, [u8; 32])>,
     /// What was written.
     pub stats: SessionStats,
+    /// The packs sealed, in order.
+    pub sealed: Vec<PackId>,
 }
 
 impl<'a> WriteSession<'a> {
@@ -53,6 +55,7 @@ impl<'a> WriteSession<'a> {
             sink: PackSink::new(backend, pack_target),
             pending: HashSet::new(),
             stats: SessionStats::default(),
+            sealed: Vec::new(),
         }
     }
 
@@ -86,6 +89,7 @@ impl<'a> WriteSession<'a> {
                 index_pack(self.index, &sealed.pack)?;
                 self.pending.clear();
             }
+            self.sealed.push(sealed.pack.id);
             self.stats.packs += 1;
         }
         Ok(())
@@ -93,9 +97,14 @@ impl<'a> WriteSession<'a> {
 
     /// Seals the last pack. After this every object of the session is in the writer's
     /// index, or (a backup's session) in a sealed pack the publishing writer adopts.
-    pub fn finish(mut self) -> Result<SessionStats> {
+    pub fn finish(self) -> Result<SessionStats> {
+        self.finish_sealed().map(|(stats, _)| stats)
+    }
+
+    /// [`Self::finish`], also returning the packs sealed.
+    pub fn finish_sealed(mut self) -> Result<(SessionStats, Vec<PackId>)> {
         self.seal()?;
-        Ok(self.stats)
+        Ok((self.stats, self.sealed))
     }
 }
 

@@ -59,6 +59,8 @@ pub struct DiskBackup<'a, 'r> {
     pub refs: &'a mut RefDeltas,
     /// Damaged chunks found by a key backup, re-encoded from the source; shared by disks.
     pub heal: &'a mut Vec<(ObjectInfo, Vec<u8>)>,
+    /// Packs of healed copies already stored, re-pointed when the backup publishes.
+    pub healed_packs: &'a mut Vec<crate::store::pack_writer::SealedPack>,
     /// Damaged chunks this disk rewrote (queued or already re-homed).
     pub healed: u64,
     /// Chunks a key backup has already checked (shared by disks).
@@ -186,7 +188,7 @@ impl DiskBackup<'_, '_> {
         // Re-home a pack's worth at a time: a lost pack must not be held in memory whole.
         let queued: usize = self.heal.iter().map(|(_, s)| s.len()).sum();
         if queued as u64 >= crate::store::session::TARGET_PACK_SIZE {
-            crate::ops::backup::heal::rehome_objects(self.repo, self.heal)?;
+            crate::ops::backup::heal::store_copies(self.repo, self.heal, self.healed_packs)?;
             self.heal.clear();
         }
         Ok(())

@@ -1,7 +1,8 @@
 //! Healing during key backups: chunks whose stored copy is damaged or missing get a fresh
 //! copy, re-encoded from the source block that hashes to the same digest.
 //!
-//! The copies go into new packs, sealed (durable) first; then one synced index batch points
+//! The copies go into new packs, sealed (durable) while the backup stores, a pack's worth at
+//! a time; when it publishes, under the writer lock, one synced index batch per pack points
 //! each object's entry at its new location, keeping its reference count. A crash before the
 //! batch leaves sealed packs the next writer adopts (the index still names the damaged
 //! copy, which the next key backup or `repair` heals again); after it, the damaged record is
@@ -11,31 +12,42 @@ use tessera_format::ObjectInfo;
 
 use crate::error::Result;
 use crate::repo::Repository;
-use crate::store::pack_sink::{PackSink, Sealed};
+use crate::store::pack_sink::PackSink;
+use crate::store::pack_writer::SealedPack;
 
-/// Stores `objects` in new packs and re-points their index entries. Returns how many.
-pub fn rehome_objects(repo: &Repository, objects: &[(ObjectInfo, Vec<u8>)]) -> Result<u64> {
+/// Stores `objects` in new packs (sealed, durable) and adds them to `sealed`, without
+/// indexing them: a backup stores without the writer lock (SPEC.md §8), so the re-pointing
+/// waits for [`repoint`] under the writer that publishes.
+pub fn store_copies(
+    repo: &Repository,
+    objects: &[(ObjectInfo, Vec<u8>)],
+    sealed: &mut Vec<SealedPack>,
+) -> Result<()> {
     let mut sink = PackSink::new(repo.backend(), repo.pack_target());
     for (info, stored) in objects {
         sink.append(info, stored, ())?;
-        if let Some(sealed) = sink.seal_if_full()? {
-            commit(repo, &sealed)?;
+        if let Some(full) = sink.seal_if_full()? {
+            sealed.push(full.pack);
         }
     }
-    if let Some(sealed) = sink.seal()? {
-        commit(repo, &sealed)?;
+    if let Some(last) = sink.seal()? {
+        sealed.push(last.pack);
     }
-    Ok(objects.len() as u64)
+    Ok(())
 }
 
-/// Points the objects of a sealed pack at their new locations, keeping their counts.
-fn commit(repo: &Repository, sealed: &Sealed<()>) -> Result<()> {
-    let index = repo.index();
-    let mut known = Vec::with_capacity(sealed.pack.entries.len());
-    for fe in &sealed.pack.entries {
-        known.push(index.get_object(fe.info.kind, &fe.info.digest.0)?);
+/// Points the objects of the sealed packs at their new locations, keeping their counts: one
+/// synced batch per pack. `writer` holds the writer lock.
+pub fn repoint(writer: &Repository, sealed: &[SealedPack]) -> Result<()> {
+    let index = writer.index();
+    for pack in sealed {
+        let mut known = Vec::with_capacity(pack.entries.len());
+        for fe in &pack.entries {
+            known.push(index.get_object(fe.info.kind, &fe.info.digest.0)?);
+        }
+        let mut batch = index.batch();
+        pack.index_into(&mut batch, &known);
+        index.commit(batch)?;
     }
-    let mut batch = index.batch();
-    sealed.pack.index_into(&mut batch, &known);
-    index.commit(batch)
+    Ok(())
 }

@@ -187,6 +187,9 @@ pub struct BackupOutcome {
     pub disks: Vec<DiskReport>,
     /// Requests this process sent to the object store so far (S3 repositories).
     pub storage_requests: Option<crate::storage::s3::RequestCounts>,
+    /// What the recovery of the writer the backup published through did (a backup opened
+    /// with [`Repository::open_backup_on`]; SPEC.md §8), for the operator.
+    pub publish_recovery: Option<crate::recovery::Recovery>,
 }
 
 /// How one disk was backed up (also recorded in the disk's identity, see [`plan::MODE_KEY`]).
@@ -288,6 +291,7 @@ pub fn backup_sources(
     let mut session = WriteSession::new(repo.index(), repo.backend(), repo.pack_target());
     let mut refs = RefDeltas::default();
     let mut heal = Vec::new();
+    let mut healed_packs = Vec::new();
     let mut checked = HashSet::new();
     let mut disks = Vec::new();
     let mut roots = Vec::new();
@@ -309,6 +313,7 @@ pub fn backup_sources(
             session: &mut session,
             refs: &mut refs,
             heal: &mut heal,
+            healed_packs: &mut healed_packs,
             healed: 0,
             checked: &mut checked,
             block_size,
@@ -363,7 +368,9 @@ pub fn backup_sources(
         roots.push(root);
         reports.push(report);
     }
-    let session_stats = session.finish()?;
+    let (session_stats, mut own_packs) = session.finish_sealed()?;
+    heal::store_copies(repo, &heal, &mut healed_packs)?;
+    own_packs.extend(healed_packs.iter().map(|p| p.id));
     let header = SnapshotHeader {
         series: req.series.clone(),
         time_us,
@@ -380,7 +387,7 @@ pub fn backup_sources(
     let writer = if repo.is_writer() {
         repo
     } else {
-        publisher = repo.publisher(&|holder| {
+        publisher = repo.publisher(&own_packs, &|holder| {
             let phase = match holder {
                 Error::Locked { pid, host, since } => format!(
                     "waiting to publish: PID {pid} on {host} holds the writer lock since {since}"
@@ -392,7 +399,7 @@ pub fn backup_sources(
         progress.finish();
         &publisher
     };
-    heal::rehome_objects(writer, &heal)?;
+    heal::repoint(writer, &healed_packs)?;
     refs.rebase(writer.index(), writer.backend(), writer.crypto())
         .map_err(|e| reclaimed_meanwhile(repo, e))?;
     let id =
@@ -403,16 +410,26 @@ pub fn backup_sources(
         packs_written: session_stats.packs,
         disks: reports,
         storage_requests: repo.backend().requests(),
+        publish_recovery: (!repo.is_writer()).then(|| writer.recovery.clone()),
     })
 }
 
 /// A backup that did not hold the writer lock while it stored (SPEC.md §8) found, when it
 /// published, an object missing that its view of the index had: a compaction beside it
-/// reclaimed an unreferenced object it deduplicated against (SPEC.md §13, race 4).
+/// reclaimed an unreferenced object it deduplicated against (SPEC.md §13, race 6).
+/// Only an object the view had: one the backup wrote itself and its publisher could not
+/// index (a pack unreadable or quarantined by the recovery) is damage, reported as such.
 fn reclaimed_meanwhile(repo: &Repository, e: Error) -> Error {
     match e {
         Error::ObjectMissing { kind, digest } if !repo.is_writer() => {
-            Error::ReclaimedMeanwhile { kind, digest }
+            let mut key = [0u8; 32];
+            let in_view = hex::decode_to_slice(&digest, &mut key).is_ok()
+                && repo.index().get_object(kind, &key).ok().flatten().is_some();
+            if in_view {
+                Error::ReclaimedMeanwhile { kind, digest }
+            } else {
+                Error::ObjectMissing { kind, digest }
+            }
         }
         other => other,
     }
