@@ -14,11 +14,6 @@
 //!    so that the forgotten history is reclaimable, and long enough that the packs the
 //!    backups seal (which the compaction's open adopts) are not.
 
-#![expect(
-    clippy::missing_panics_doc,
-    reason = "benchmark code: any failure aborts the run with its message"
-)]
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -251,6 +251,19 @@ impl From<S3Options> for LocationOptions {
     }
 }
 
+/// How long a command that needs the writer lock (forget, prune, compact, repair, sync into
+/// the repository, seed import, a job's steps after its backup) waits while another writer
+/// holds it, before failing with exit code 3 (SPEC.md §8): `TESSERA_LOCK_WAIT` seconds,
+/// default 30. Backups hold the lock only while they publish (usually well under a
+/// second); a longer holder (a compaction) still makes the command fail, naming it.
+pub fn writer_wait() -> std::time::Duration {
+    let secs = std::env::var("TESSERA_LOCK_WAIT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(30);
+    std::time::Duration::from_secs(secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,17 +300,4 @@ mod tests {
         assert!(!s("s3://bkt/x").same_repository(&s("s3://bkt/y")));
         assert!(!s("s3://bkt/x").same_repository(&a));
     }
-}
-
-/// How long a command that needs the writer lock (forget, prune, compact, repair, sync into
-/// the repository, seed import, a job's steps after its backup) waits while another writer
-/// holds it, before failing with exit code 3 (SPEC.md §8): `TESSERA_LOCK_WAIT` seconds,
-/// default 30. Backups hold the lock only while they publish (usually well under a
-/// second); a longer holder (a compaction) still makes the command fail, naming it.
-pub fn writer_wait() -> std::time::Duration {
-    let secs = std::env::var("TESSERA_LOCK_WAIT")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(30);
-    std::time::Duration::from_secs(secs)
 }

@@ -925,6 +925,29 @@ pub fn stages_pack(repo: &Path, pid: u32) -> bool {
     })
 }
 
+/// Starts a backup of `img` as `series` and stops it (SIGSTOP) while it stages a pack: past
+/// its open (it holds its series lock, not the writer lock) and before its publish.
+pub fn frozen_backup(repo: &Path, series: &str, img: &Path) -> KillOnDrop {
+    for _ in 0..20 {
+        let child = tessera_cmd(backup_args(repo, series, &[("d", img)]))
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut child = KillOnDrop(Some(child));
+        let staging = wait_every(Duration::from_secs(30), Duration::from_millis(1), || {
+            stages_pack(repo, pid)
+        });
+        assert!(staging, "the backup of {series} never staged a pack");
+        signal(pid, "STOP");
+        if stages_pack(repo, pid) {
+            return child;
+        }
+        signal(pid, "CONT");
+        finish_child(child.0.take().unwrap(), &[]).ok();
+    }
+    panic!("could not stop the backup of {series} while it staged a pack");
+}
+
 /// Takes the `flock` on the lock file `path` and records this process as its holder, as
 /// tessera's locks do (SPEC.md §8); held until the file is dropped.
 pub fn hold_lock(path: &Path) -> File {

@@ -17,9 +17,9 @@ use rand::Rng;
 use tempfile::TempDir;
 use tessera_tests::seaweed::{CliClient, Seaweed};
 use tessera_tests::{
-    backup_args, env_usize, finish_child, init_repo, make_image, mutate, restored_sha, seed,
-    sha256_file, signal, snapshot_id, stages_pack, tessera, tessera_cmd, verify, wait_every,
-    DataGen, ImageSpec, KillOnDrop, Out,
+    env_usize, finish_child, frozen_backup, init_repo, make_image, mutate, restored_sha, seed,
+    sha256_file, signal, snapshot_id, stages_pack, tessera, tessera_cmd, verify, DataGen,
+    ImageSpec, KillOnDrop, Out,
 };
 
 /// Snapshot id → (series, SHA-256 of the image it was taken from).
@@ -80,6 +80,10 @@ fn assert_restores(m: &dyn Machine, location: &str, model: &Model, scratch: &Pat
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one round's steps in their order: start, interfere, collect, check"
+)]
 /// Rounds of `writers` backups at once spread over `machines` (series `s{i}` on machine
 /// `i % machines`), beside forgets, a compaction and a kill (see the module docs).
 fn fleet(machines: &[&dyn Machine], location: &str, seed_name: &str) {
@@ -154,13 +158,14 @@ fn fleet(machines: &[&dyn Machine], location: &str, seed_name: &str) {
         // A victim killed after it published (or that finished first) has its snapshot in
         // the catalog: it counts, with its image's bytes.
         for (id, s) in catalog(operator, location) {
-            if !model.contains_key(&id) {
+            if let std::collections::hash_map::Entry::Vacant(e) = model.entry(id) {
                 assert_eq!(
                     s,
                     series[victim],
-                    "round {round}: snapshot {id} of {s} is in the catalog but no backup published it"
+                    "round {round}: snapshot {} of {s} is in the catalog but no backup published it",
+                    e.key()
                 );
-                model.insert(id, (s, shas[victim % images.len()].clone()));
+                e.insert((s, shas[victim % images.len()].clone()));
             }
         }
         let when = format!("round {round}");
@@ -267,28 +272,6 @@ fn pack_files(repo: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-/// Starts a backup of `img` as `series` and stops it (SIGSTOP) while it stages a pack.
-fn frozen_backup(repo: &Path, series: &str, img: &Path) -> KillOnDrop {
-    for _ in 0..20 {
-        let child = tessera_cmd(backup_args(repo, series, &[("d", img)]))
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let mut child = KillOnDrop(Some(child));
-        let staging = wait_every(Duration::from_secs(60), Duration::from_millis(1), || {
-            stages_pack(repo, pid)
-        });
-        assert!(staging, "the backup of {series} never staged a pack");
-        signal(pid, "STOP");
-        if stages_pack(repo, pid) {
-            return child;
-        }
-        signal(pid, "CONT");
-        finish_child(child.0.take().unwrap(), &[]).ok();
-    }
-    panic!("could not stop the backup of {series} while it staged a pack");
 }
 
 #[test]

@@ -5,15 +5,14 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Child;
 use std::time::Duration;
 
 use rand::RngCore;
 use tempfile::TempDir;
 use tessera_tests::{
-    backup_args, backup_json, finish_child, hold_lock, init_repo, list_ids, lock_says, make_image,
-    restored_sha, seed, sha256_file, signal, snapshot_id, stages_pack, tessera, tessera_cmd,
-    verify, wait_every, DataGen, ImageSpec, KillOnDrop,
+    backup_args, backup_json, finish_child, frozen_backup, hold_lock, init_repo, list_ids,
+    lock_says, make_image, restored_sha, seed, sha256_file, snapshot_id, tessera, tessera_cmd,
+    verify, DataGen, ImageSpec,
 };
 
 /// Whether a series lock file of `repo` names `pid` as its holder.
@@ -23,35 +22,6 @@ fn series_lock_says(repo: &Path, pid: u32) -> bool {
             fs::read_to_string(e.path()).is_ok_and(|s| s.lines().any(|l| l == format!("pid={pid}")))
         })
     })
-}
-
-/// Spawns a backup of `img` as series `big` and freezes it (SIGSTOP) while it stores a pack
-/// (it holds its series lock, and not the writer lock, which it takes only at its open's
-/// recovery and to publish), so the test does not depend on how long the backup would take.
-/// The backup is big anyway (64 MiB) so that it is still running then.
-fn frozen_backup(repo: &Path, img: &Path) -> Child {
-    for attempt in 0..20 {
-        let mut child = tessera_cmd(backup_args(repo, "big", &[("d", img)]))
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let storing = wait_every(Duration::from_secs(30), Duration::from_millis(1), || {
-            stages_pack(repo, pid) || child.try_wait().unwrap().is_some()
-        });
-        assert!(storing, "the backup never staged a pack");
-        signal(pid, "STOP");
-        if child.try_wait().unwrap().is_none()
-            && stages_pack(repo, pid)
-            && series_lock_says(repo, pid)
-        {
-            return child;
-        }
-        // It finished between our look at the lock and the STOP: try again.
-        eprintln!("attempt {attempt}: the backup finished before it could be frozen");
-        signal(pid, "CONT");
-        let _ = child.wait();
-    }
-    panic!("could not catch a backup holding its series lock");
 }
 
 #[test]
@@ -74,8 +44,12 @@ fn a_series_takes_one_backup_others_run_beside_it_and_a_killed_one_is_recovered(
         &mut gen,
     );
 
-    let mut holder = KillOnDrop(Some(frozen_backup(&repo, &big)));
+    let mut holder = frozen_backup(&repo, "big", &big);
     let pid = holder.0.as_ref().unwrap().id();
+    assert!(
+        series_lock_says(&repo, pid),
+        "the frozen backup holds no series lock"
+    );
 
     // A second backup of the series: exit 3, naming the holder.
     let big_arg = format!("d={}", big.display());

@@ -100,7 +100,7 @@ fn cf_for(kind: ObjectKind) -> &'static str {
 pub struct Index {
     db: DB,
     /// Readers: the secondary instance's directory (dropped after `db`).
-    _secondary: Option<SecondaryDir>,
+    secondary: Option<SecondaryDir>,
     /// Writers: where to publish the sequence hint after each commit, and the DB identity.
     hint: Option<(PathBuf, Vec<u8>)>,
     /// Crash tests: every commit is a step of this clock.
@@ -250,7 +250,7 @@ impl Index {
         let index = Self {
             hint: Some((hint_path(path), db.get_db_identity()?)),
             db,
-            _secondary: None,
+            secondary: None,
             clock: None,
             catalog: Arc::new(RepoCrypto::plain()),
         };
@@ -265,7 +265,7 @@ impl Index {
 
     /// Whether this is the writer's index (opened read-write), not a reader's view.
     pub fn is_writer(&self) -> bool {
-        self._secondary.is_none()
+        self.secondary.is_none()
     }
 
     /// Opens an existing index; `read_only` opens without taking RocksDB's lock, so readers
@@ -282,7 +282,7 @@ impl Index {
             let (db, secondary) = open_read_only_validated(&opts, path, &cache)?;
             Self {
                 db,
-                _secondary: Some(secondary),
+                secondary: Some(secondary),
                 hint: None,
                 clock: None,
                 catalog: Arc::new(RepoCrypto::plain()),
@@ -294,7 +294,7 @@ impl Index {
             let index = Self {
                 hint: Some((hint_path(path), db.get_db_identity()?)),
                 db,
-                _secondary: None,
+                secondary: None,
                 clock: None,
                 catalog: Arc::new(RepoCrypto::plain()),
             };
