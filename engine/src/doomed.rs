@@ -116,13 +116,22 @@ pub fn delete_expired(
         return Ok(0);
     };
     let catalogued: HashSet<PackId> = index.packs()?.into_iter().map(|(id, _)| id).collect();
-    let locally_doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
+    let locally_doomed: std::collections::HashMap<PackId, u64> =
+        index.doomed_packs_since()?.into_iter().collect();
+    // A running backup of this machine keeps what its view may still use (`leases.rs`), as
+    // in a local repository: what this machine doomed after its view, and while one runs
+    // anything another machine doomed (this machine's index does not say when).
+    let oldest = crate::leases::oldest_view(&storage.local_dir, &index.identity()?)?;
+    let leased = |pack: &PackId| {
+        oldest.is_some_and(|view| locally_doomed.get(pack).is_none_or(|at| view < *at))
+    };
     let mut batch = index.batch();
     let mut deleted = 0;
     let mut expired: Vec<PackId> = recorded
         .into_iter()
         .filter(|(pack, at)| {
             !catalogued.contains(pack)
+                && !leased(pack)
                 && (grace_us <= 0 || catalogued_as_of.saturating_sub(*at) >= grace_us)
         })
         .map(|(pack, _)| pack)
@@ -131,7 +140,7 @@ pub fn delete_expired(
     for pack in expired {
         backend.delete(&ObjectKey::pack(pack))?;
         backend.delete(&ObjectKey::doom_record(pack))?;
-        if locally_doomed.contains(&pack) {
+        if locally_doomed.contains_key(&pack) {
             batch.forget_doomed(pack);
         }
         deleted += 1;

@@ -5,14 +5,19 @@
 //! (SPEC.md §8), back to back around the clock: were they readers of that kind, doomed packs
 //! would never be deleted. So a backup holds a lease of its own instead: a file
 //! `REPO/leases/<pid>.<random>.lease` it keeps an exclusive `flock` on, which records the
-//! index view it reads through (`<database identity hex> <sequence number>`, written once the
-//! view is open; `opening` before). Compaction records with every doomed pack the first
-//! sequence number of the batch that doomed it ([`crate::index::Index::doom_sequence`]). A
-//! view whose sequence number is at least that includes the batch, so it never places an
-//! object in that pack; a pack is deleted only when every live lease's view does (and no
+//! index view it reads through (`<database identity hex> <doom epoch>`, written once the view
+//! is open; `opening` before). Every compaction batch that dooms packs raises the index's
+//! doom epoch by one and records it with each pack it dooms
+//! ([`crate::index::Index::doom_epoch`]). A view reads the epoch of the last doom batch it
+//! includes (batches are seen whole), so a view whose epoch is at least a pack's never places
+//! an object in that pack; a pack is deleted only when every live lease's view does (and no
 //! reader holds `readers.lock`). A lease still `opening`, or of another database (the index
 //! was rebuilt), keeps every pack. A lease file whose `flock` can be taken belongs to a dead
-//! process and is removed.
+//! process and is removed (so is a `.lease.new` over a minute old, left by one that died
+//! creating its lease).
+//! Epochs rather than RocksDB sequence numbers: a secondary view's latest sequence number
+//! can come from a flush record of the MANIFEST without the view holding every batch below
+//! it.
 //!
 //! Order: the lease file exists before the view opens, so a lease the deleter did not see
 //! opened its view after the deleter looked, i.e. after the doom was committed.
@@ -60,9 +65,9 @@ impl BackupLease {
         Ok(Self { file, path })
     }
 
-    /// Records the view the backup reads through: database `identity`, sequence `seq`.
-    pub fn set_view(&mut self, identity: &[u8], seq: u64) -> Result<()> {
-        let text = format!("{} {seq}\n", hex::encode(identity));
+    /// Records the view the backup reads through: database `identity`, doom `epoch`.
+    pub fn set_view(&mut self, identity: &[u8], epoch: u64) -> Result<()> {
+        let text = format!("{} {epoch}\n", hex::encode(identity));
         self.file
             .set_len(0)
             .and_then(|()| self.file.seek(SeekFrom::Start(0)).map(|_| ()))
@@ -91,7 +96,22 @@ pub fn oldest_view(repo: &Path, identity: &[u8]) -> Result<Option<u64>> {
     for entry in entries {
         let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
         let path = entry.path();
-        if path.extension().is_none_or(|e| e != "lease") {
+        let Some(ext) = path.extension() else {
+            continue;
+        };
+        if ext == "new" {
+            // Left by a process that died creating its lease (a minute old, unlocked; a
+            // younger one may be between its creation and its lock).
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60));
+            if old && File::open(&path).is_ok_and(|f| f.try_lock().is_ok()) {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
+        if ext != "lease" {
             continue;
         }
         let mut file = match File::open(&path) {

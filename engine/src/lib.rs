@@ -63,6 +63,7 @@ pub mod index;
 pub mod jobs;
 #[cfg(feature = "repository")]
 pub mod leases;
+#[cfg(feature = "repository")]
 pub mod ledger;
 #[cfg(feature = "repository")]
 pub mod location;

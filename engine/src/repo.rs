@@ -569,7 +569,7 @@ impl Repository {
         };
         let mut lease = crate::leases::BackupLease::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, true, &crypto)?;
-        lease.set_view(&index.identity()?, index.latest_sequence())?;
+        lease.set_view(&index.identity()?, index.doom_epoch()?)?;
         Ok(Self {
             storage,
             config,

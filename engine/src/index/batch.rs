@@ -63,11 +63,17 @@ impl<'i> IndexBatch<'i> {
     }
 
     /// Moves a pack from the catalog to the doomed list (emptied by compaction; its file is
-    /// deleted once no reader can use it), recording `seq`, the batch's
-    /// [`super::Index::doom_sequence`] (see [`crate::leases`]).
-    pub fn doom_pack(&mut self, pack: PackId, seq: u64) {
+    /// deleted once no reader or running backup can use it), recording `epoch`, which the
+    /// batch sets with [`Self::set_doom_epoch`] (see [`crate::leases`]).
+    pub fn doom_pack(&mut self, pack: PackId, epoch: u64) {
         self.delete(CF_PACKS, pack.as_bytes());
-        self.put(CF_DOOMED, pack.as_bytes(), &seq.to_le_bytes());
+        self.put(CF_DOOMED, pack.as_bytes(), &epoch.to_le_bytes());
+    }
+
+    /// Sets the index's doom epoch ([`super::Index::doom_epoch`]) in this batch: one more
+    /// than before, in every batch that dooms packs.
+    pub fn set_doom_epoch(&mut self, epoch: u64) {
+        self.put(super::CF_META, super::META_DOOM_EPOCH, &epoch.to_le_bytes());
     }
 
     /// Removes a pack from the doomed list (its file is gone).

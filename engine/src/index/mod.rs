@@ -70,6 +70,7 @@ const ALL_CFS: [&str; 8] = [
 ];
 const META_REPO_ID: &[u8] = b"repo_id";
 const META_ENCRYPTION: &[u8] = b"encryption";
+const META_DOOM_EPOCH: &[u8] = b"doom_epoch";
 
 impl From<rocksdb::Error> for Error {
     /// RocksDB reports I/O errors as text; a full disk must not be mistaken for damage.
@@ -558,17 +559,18 @@ impl Index {
             .is_some())
     }
 
-    /// The sequence number a doom committed by the next batch is recorded with (its first:
-    /// a view whose latest sequence number is at least this includes the whole batch). Only
-    /// the writer commits, one batch at a time, so the next batch starts right after the
-    /// latest (see [`crate::leases`]).
-    pub fn doom_sequence(&self) -> u64 {
-        self.db.latest_sequence_number() + 1
-    }
-
-    /// The latest sequence number this view (or the writer's index) includes.
-    pub fn latest_sequence(&self) -> u64 {
-        self.db.latest_sequence_number()
+    /// How many batches have doomed packs (the `doom_epoch` of `meta`, 0 when none has),
+    /// as this view (or the writer's index) sees it: a view that reads epoch `e` includes
+    /// every doom recorded with an epoch up to `e` — the epoch is written in the batch that
+    /// dooms, which a view includes whole or not at all ([`crate::leases`]).
+    pub fn doom_epoch(&self) -> Result<u64> {
+        let Some(value) = self.db.get_cf(self.cf(CF_META), META_DOOM_EPOCH)? else {
+            return Ok(0);
+        };
+        let bytes = <[u8; 8]>::try_from(&*value).map_err(|_| Error::IndexCorrupt {
+            what: format!("meta doom_epoch is {} bytes, not 8", value.len()),
+        })?;
+        Ok(u64::from_le_bytes(bytes))
     }
 
     /// The database's identity (a rebuilt index has another).
@@ -576,8 +578,8 @@ impl Index {
         Ok(self.db.get_db_identity()?)
     }
 
-    /// Doomed packs with the sequence number each was doomed at (0: doomed by a tessera that
-    /// did not record it, when no backup could run beside the compaction).
+    /// Doomed packs with the doom epoch of the batch that doomed each (0: doomed by a
+    /// tessera that did not record it, when no backup could run beside the compaction).
     pub fn doomed_packs_since(&self) -> Result<Vec<(PackId, u64)>> {
         let Some(handle) = self.db.cf_handle(CF_DOOMED) else {
             return Ok(Vec::new());

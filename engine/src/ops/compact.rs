@@ -322,7 +322,10 @@ impl Mover<'_> {
     fn commit(&mut self) -> Result<()> {
         let index = self.repo.index();
         let mut batch = index.batch();
-        let doomed_at = index.doom_sequence();
+        let doomed_at = index.doom_epoch()? + 1;
+        if !self.emptied.is_empty() {
+            batch.set_doom_epoch(doomed_at);
+        }
         if let Some(sealed) = self.sink.seal()? {
             self.report.packs_written += 1;
             let known: Vec<Option<ObjectEntry>> =

@@ -37,10 +37,19 @@ pub fn store_copies(
 }
 
 /// Points the objects of the sealed packs at their new locations, keeping their counts: one
-/// synced batch per pack. `writer` holds the writer lock.
+/// synced batch per pack. `writer` holds the writer lock. A pack another writer's recovery
+/// adopted meanwhile (all its objects were known elsewhere, so it held nothing live) and a
+/// compaction then doomed is left alone: pointing objects into it would lose them when it is
+/// deleted. Those objects keep their damaged copy, which the next key backup or `repair`
+/// heals again.
 pub fn repoint(writer: &Repository, sealed: &[SealedPack]) -> Result<()> {
     let index = writer.index();
-    for pack in sealed {
+    let doomed: std::collections::HashSet<_> = index
+        .doomed_packs_since()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    for pack in sealed.iter().filter(|p| !doomed.contains(&p.id)) {
         let mut known = Vec::with_capacity(pack.entries.len());
         for fe in &pack.entries {
             known.push(index.get_object(fe.info.kind, &fe.info.digest.0)?);
