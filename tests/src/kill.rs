@@ -1,10 +1,11 @@
 //! `kill -9` of a writer at a random moment *inside* its operation, with proof that the kills
 //! landed there: a kill loop whose kills all land after the process exited proves nothing.
 //!
-//! Every writer holds the repository's writer lock from the start of its operation to its
-//! end: it writes `pid=PID` into `REPO/lock` when it takes the lock and clears the file when
-//! it lets go (engine `lock.rs`), which a process killed by SIGKILL never does. So a kill
-//! *interrupted the operation* exactly when the process died of the signal and the lock file
+//! Every writer holds a lock from the start of its operation to its end — a backup its
+//! series' lock (`REPO/locks/series-*.lock`), the others the writer lock `REPO/lock` (SPEC.md
+//! §8): it writes `pid=PID` into the file when it takes the lock and clears the file when it
+//! lets go (engine `lock.rs`), which a process killed by SIGKILL never does. So a kill
+//! *interrupted the operation* exactly when the process died of the signal and a lock file
 //! still names it afterwards: a test made after the fact, which no race can fool.
 //!
 //! [`KillLoop`] measures how long an uninterrupted run holds the lock, kills each trial's run
@@ -19,7 +20,14 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{env_usize, finish_child, lock_says, seed, tessera_cmd, wait_until, Out};
+use crate::{
+    env_usize, finish_child, lock_says, seed, series_lock_says, tessera_cmd, wait_until, Out,
+};
+
+/// Whether `pid` holds the lock of its operation on `repo` (see the module docs).
+fn holds_its_lock(repo: &Path, pid: u32) -> bool {
+    series_lock_says(repo, pid) || lock_says(repo, pid)
+}
 
 /// Trials of each kill loop unless `TESSERA_KILL_TRIALS` says otherwise.
 pub const DEFAULT_KILL_TRIALS: usize = 4;
@@ -70,7 +78,7 @@ fn spawn_until_locked(repo: &Path, args: &[String]) -> (Child, Option<Instant>) 
     let mut exited = false;
     let seen = wait_until(Duration::from_mins(1), || {
         exited = child.try_wait().expect("polling the writer").is_some();
-        exited || lock_says(repo, pid)
+        exited || holds_its_lock(repo, pid)
     });
     assert!(
         seen,
@@ -99,7 +107,7 @@ impl KillLoop {
         let window = window.unwrap_or_else(|| {
             panic!("[{name}] the uninterrupted run exited before it was seen holding the lock")
         });
-        eprintln!("[{name}] an uninterrupted run holds the writer lock for {window:?}");
+        eprintln!("[{name}] an uninterrupted run holds its lock for {window:?}");
         let this = Self {
             name: name.to_string(),
             window,
@@ -131,7 +139,7 @@ impl KillLoop {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = finish_child(child, &refs);
         let landed = if out.code == 128 + 9 {
-            if lock_says(repo, pid) {
+            if holds_its_lock(repo, pid) {
                 Landed::Inside
             } else {
                 Landed::AfterUnlock

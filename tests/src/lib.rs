@@ -966,6 +966,16 @@ pub fn hold_lock(path: &Path) -> File {
     file
 }
 
+/// Whether a series lock file of `repo` names `pid` as its holder (a backup holds its
+/// series' lock for its whole run, SPEC.md §8).
+pub fn series_lock_says(repo: &Path, pid: u32) -> bool {
+    fs::read_dir(repo.join("locks")).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            fs::read_to_string(e.path()).is_ok_and(|s| s.lines().any(|l| l == format!("pid={pid}")))
+        })
+    })
+}
+
 /// A child process that is SIGKILLed when dropped (e.g. if the test fails while it is
 /// frozen), so no stopped writer outlives the test.
 pub struct KillOnDrop(pub Option<Child>);

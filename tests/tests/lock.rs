@@ -4,25 +4,15 @@
 //! are recovered.
 
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 use rand::RngCore;
 use tempfile::TempDir;
 use tessera_tests::{
     backup_args, backup_json, finish_child, frozen_backup, hold_lock, init_repo, list_ids,
-    lock_says, make_image, restored_sha, seed, sha256_file, snapshot_id, tessera, tessera_cmd,
-    verify, DataGen, ImageSpec,
+    lock_says, make_image, restored_sha, seed, series_lock_says, sha256_file, snapshot_id, tessera,
+    tessera_cmd, verify, DataGen, ImageSpec,
 };
-
-/// Whether a series lock file of `repo` names `pid` as its holder.
-fn series_lock_says(repo: &Path, pid: u32) -> bool {
-    fs::read_dir(repo.join("locks")).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            fs::read_to_string(e.path()).is_ok_and(|s| s.lines().any(|l| l == format!("pid={pid}")))
-        })
-    })
-}
 
 #[test]
 fn a_series_takes_one_backup_others_run_beside_it_and_a_killed_one_is_recovered() {
