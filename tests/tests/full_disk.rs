@@ -231,10 +231,24 @@ fn index_writes_on_a_full_disk() {
             "[{}] a failed backup with {slack} bytes free changed the catalog: {out}",
             f.case
         );
+        // A backup that ran out of space when it came to publish has sealed packs no snapshot
+        // references (it stores before it takes the writer lock, SPEC.md §8): the next
+        // writer adopts them and a compaction reclaims them, leaving the packs of before.
+        if pack_files(&f.repo) != packs {
+            tessera([
+                "compact".as_ref(),
+                f.repo.as_os_str(),
+                "--grace".as_ref(),
+                "0".as_ref(),
+                "--max-unused".as_ref(),
+                "0".as_ref(),
+            ])
+            .ok();
+        }
         assert_eq!(
             pack_files(&f.repo),
             packs,
-            "[{}] a failed backup with {slack} bytes free left a pack: {out}",
+            "[{}] a failed backup with {slack} bytes free left a pack that compaction did not reclaim: {out}",
             f.case
         );
         verify(&f.repo).ok();
