@@ -73,7 +73,8 @@ pub struct DaemonArgs {
     pub jobs: PathBuf,
     #[command(flatten)]
     pub state: StateArgs,
-    /// Most runs at once (runs on one repository always wait for each other).
+    /// Most runs at once (runs backing up one series of one repository, or syncing into a
+    /// repository another run writes, wait for each other).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub max_parallel: u16,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9469).

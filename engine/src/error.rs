@@ -121,6 +121,16 @@ pub enum Error {
         /// When the holder took the lock.
         since: String,
     },
+    /// Another compaction is running (SPEC.md §8).
+    #[error("a compaction is running: PID {pid} on {host} since {since}; one compaction runs at a time (backups, forget and prune may run beside it)")]
+    CompactionRunning {
+        /// Holder's PID as recorded in the lock file.
+        pid: String,
+        /// Holder's host name.
+        host: String,
+        /// When the holder took the lock.
+        since: String,
+    },
     /// Another backup of the same series is running (SPEC.md §8).
     #[error("series {series:?} is being backed up by PID {pid} on {host} since {since}; one series takes one backup at a time (other series may run meanwhile)")]
     SeriesLocked {
@@ -612,6 +622,7 @@ impl Error {
             Self::Locked { .. }
             | Self::JobRunning { .. }
             | Self::SeriesLocked { .. }
+            | Self::CompactionRunning { .. }
             | Self::VerifyRunning { .. }
             | Self::IndexBusy { .. } => ErrorKind::Locked,
             Self::WrongBase { .. }

@@ -86,13 +86,47 @@ impl Drop for BackupLease {
 /// `None` when no lease is live, `Some(0)` when one is `opening` or of another database.
 /// Lease files of dead processes are removed on the way.
 pub fn oldest_view(repo: &Path, identity: &[u8]) -> Result<Option<u64>> {
+    let mut oldest: Option<u64> = None;
+    for_each_live(repo, |file, _| {
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        let seq = text
+            .trim()
+            .split_once(' ')
+            .filter(|(id, _)| hex::decode(id).ok().as_deref() == Some(identity))
+            .and_then(|(_, seq)| seq.parse::<u64>().ok())
+            .unwrap_or(0);
+        oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+    })?;
+    Ok(oldest)
+}
+
+/// When the oldest live lease in `repo` was last written (Unix µs; its view is recorded
+/// right after it is taken, before the backup stores anything): every pack a running backup
+/// sealed was indexed after this. `None` when no lease is live.
+pub fn oldest_start_us(repo: &Path) -> Result<Option<i64>> {
+    let mut oldest: Option<i64> = None;
+    for_each_live(repo, |file, path| {
+        let written = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ctx(|| format!("reading the time of {}", path.display()));
+        // A lease whose time cannot be read counts as started at the epoch: it keeps all.
+        let us = written.ok().map_or(0, crate::time::system_time_us);
+        oldest = Some(oldest.map_or(us, |o| o.min(us)));
+    })?;
+    Ok(oldest)
+}
+
+/// Calls `f` with each live lease file of `repo` (its holder's `flock` held), removing on
+/// the way the lease files of dead processes.
+fn for_each_live(repo: &Path, mut f: impl FnMut(&mut File, &Path)) -> Result<()> {
     let dir = repo.join(DIR);
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
     };
-    let mut oldest: Option<u64> = None;
     for entry in entries {
         let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
         let path = entry.path();
@@ -125,17 +159,9 @@ pub fn oldest_view(repo: &Path, identity: &[u8]) -> Result<Option<u64>> {
             let _ = std::fs::remove_file(&path);
             continue;
         }
-        let mut text = String::new();
-        let _ = file.read_to_string(&mut text);
-        let seq = text
-            .trim()
-            .split_once(' ')
-            .filter(|(id, _)| hex::decode(id).ok().as_deref() == Some(identity))
-            .and_then(|(_, seq)| seq.parse::<u64>().ok())
-            .unwrap_or(0);
-        oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+        f(&mut file, &path);
     }
-    Ok(oldest)
+    Ok(())
 }
 
 #[cfg(test)]

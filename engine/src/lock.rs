@@ -109,6 +109,21 @@ impl WriterLock {
         })
     }
 
+    /// Takes the compaction lock `REPO/locks/compact.lock`, held by a compaction for its
+    /// whole run (it holds the writer lock only to plan and for each step's commit: SPEC.md
+    /// §8), or fails with [`Error::CompactionRunning`] naming the holder. Two compactions
+    /// planning the same packs would copy them twice and each doom what the other
+    /// re-pointed.
+    pub fn acquire_compaction(repo: &Path) -> Result<Self> {
+        let dir = repo.join("locks");
+        crate::storage::durable::create_dir_all(&crate::storage::fs::OsFs, &dir)
+            .ctx(|| format!("creating {}", dir.display()))?;
+        Self::acquire_at(&dir.join("compact.lock")).map_err(|e| match e {
+            Error::Locked { pid, host, since } => Error::CompactionRunning { pid, host, since },
+            other => other,
+        })
+    }
+
     /// Takes the lock file `path` (a job's lock, SPEC.md §26.4) or fails with
     /// [`Error::Locked`] naming the holder.
     pub fn acquire_at(path: &Path) -> Result<Self> {

@@ -620,6 +620,38 @@ impl Repository {
         })
     }
 
+    /// Lets go of the writer lock (closing the index first) and opens a view of the index
+    /// as a reader does, but without a reader's lease: how a compaction goes on after its
+    /// plan (SPEC.md §8). It reads only packs it alone may doom (under the compaction lock)
+    /// and commits each step through [`Self::publisher`]; a lease would keep the packs it
+    /// dooms from being deleted at its own end.
+    pub fn step_down(self) -> Result<Self> {
+        let Self {
+            storage,
+            config,
+            crypto,
+            index,
+            lock,
+            recovery,
+            ..
+        } = self;
+        drop(index);
+        drop(lock);
+        let index = storage.open_index(&config, true, &crypto)?;
+        Ok(Self {
+            storage,
+            config,
+            crypto,
+            index,
+            lock: None,
+            _series_lock: None,
+            _backup_lease: None,
+            _lease: None,
+            catalogued_as_of_us: None,
+            recovery,
+        })
+    }
+
     /// Whether this is the repository's writer (it holds the writer lock and its index is
     /// the one writers change), rather than a reader or a backup not yet publishing.
     pub fn is_writer(&self) -> bool {

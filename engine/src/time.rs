@@ -11,6 +11,11 @@ pub fn now_us() -> i64 {
     Utc::now().timestamp_micros()
 }
 
+/// A file time, in Unix microseconds.
+pub fn system_time_us(t: std::time::SystemTime) -> i64 {
+    DateTime::<Utc>::from(t).timestamp_micros()
+}
+
 /// Formats Unix microseconds as RFC 3339 UTC with second precision.
 pub fn format_us(us: i64) -> String {
     DateTime::<Utc>::from_timestamp_micros(us).map_or_else(

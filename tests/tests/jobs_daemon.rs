@@ -1,9 +1,10 @@
 //! `tessera daemon` (SPEC.md §26.6, §26.7): scheduled runs of a directory of jobs.
 //!
 //! - three jobs every 2 s on two repositories plus an invalid file: each runs several times,
-//!   runs of one job and runs on one repository never overlap, runs on different
-//!   repositories do run side by side, the invalid file is logged and stops nothing, and
-//!   `/metrics` (parsed by prometheus_client) agrees with the history;
+//!   runs of one job never overlap, runs of different series of one repository and runs on
+//!   different repositories do run side by side (SPEC.md §8), the invalid file is logged and
+//!   stops nothing, and `/metrics` (parsed by prometheus_client) agrees with the history;
+//! - two jobs backing up one series of one repository never run at once;
 //! - SIGHUP: a new file starts running, a file that became invalid keeps its old definition
 //!   (and is logged), a removed file stops; `--max-parallel 1` runs one job at a time;
 //! - SIGTERM during a run: exit 0 within the grace, the run recorded as interrupted; the
@@ -307,7 +308,7 @@ fn sum_bytes_read(r: &Value) -> f64 {
 }
 
 #[test]
-fn three_jobs_on_two_repositories_run_on_schedule_without_overlap() {
+fn three_jobs_on_two_repositories_run_on_schedule_side_by_side() {
     let mut s = Setup::new("jobs_daemon_schedule");
     let (repo_a, repo_b) = (s.repo("repo-a"), s.repo("repo-b"));
     let jobs = [("a1", &repo_a), ("a2", &repo_a), ("b1", &repo_b)];
@@ -326,7 +327,7 @@ fn three_jobs_on_two_repositories_run_on_schedule_without_overlap() {
         &job_text(&repo_b, "s-broken", &broken_image, "not a cron", ""),
     );
 
-    let mut d = Daemon::start(&s.jobs, &s.state, true, &[]);
+    let mut d = Daemon::start(&s.jobs, &s.state, true, &["--max-parallel", "3"]);
     let secs = env_usize("TESSERA_JOBS_DAEMON_SECS", 15) as u64;
     std::thread::sleep(Duration::from_secs(secs));
 
@@ -369,9 +370,8 @@ fn three_jobs_on_two_repositories_run_on_schedule_without_overlap() {
         "the invalid job ran"
     );
 
-    let mut by_repo: Vec<Value> = Vec::new();
     let mut all: Vec<(String, Vec<Interval>)> = Vec::new();
-    for ((name, repo), at_scrape) in jobs.iter().zip(&recs) {
+    for ((name, _), at_scrape) in jobs.iter().zip(&recs) {
         let done = finished(&s.state, name);
         let ok = done.iter().filter(|r| r["outcome"] == "success").count();
         assert!(
@@ -392,9 +392,6 @@ fn three_jobs_on_two_repositories_run_on_schedule_without_overlap() {
         );
         let iv = intervals(&done);
         assert_no_overlap(&format!("job {name}"), &iv);
-        if **repo == repo_a {
-            by_repo.extend(done.iter().cloned());
-        }
         all.push(((*name).to_string(), iv));
 
         // Metrics of the newest success at the scrape.
@@ -442,9 +439,17 @@ fn three_jobs_on_two_repositories_run_on_schedule_without_overlap() {
             "{name}: last run before last success"
         );
     }
-    assert_no_overlap("repository a", &intervals(&by_repo));
+    // Jobs of different series of one repository run side by side: each backup holds its
+    // series' lock, not the repository (SPEC.md §8).
+    let overlaps =
+        |x: &[Interval], y: &[Interval]| x.iter().any(|a| y.iter().any(|b| a.0 < b.1 && b.0 < a.1));
+    assert!(
+        overlaps(&all[0].1, &all[1].1),
+        "no run of a1 ever overlapped a run of a2 (one repository, two series), though both \
+         are due at the same slots: {all:#?}"
+    );
 
-    // Jobs on different repositories run side by side (max-parallel 2).
+    // Jobs on different repositories run side by side (max-parallel 3).
     let b1 = &all[2].1;
     let side_by_side = all[..2]
         .iter()
@@ -473,6 +478,37 @@ fn three_jobs_on_two_repositories_run_on_schedule_without_overlap() {
         .unwrap_or_else(|| panic!("no tessera_repository_snapshots of {}", repo.display()));
         assert!(n >= 1.0, "{}: {n}", repo.display());
     }
+}
+
+#[test]
+fn two_jobs_of_one_series_never_run_at_once() {
+    // Both are due at every slot; the second waits for the first, as its backup would fail on
+    // the series lock (one series takes one backup at a time, SPEC.md §8).
+    let mut s = Setup::new("jobs_daemon_series");
+    let repo = s.repo("repo");
+    for name in ["first", "second"] {
+        let image = s.image(&format!("{name}.raw"));
+        write_job(
+            &s.jobs,
+            name,
+            &job_text(&repo, "shared", &image, "*/2 * * * * *", ""),
+        );
+    }
+    let mut d = Daemon::start(&s.jobs, &s.state, false, &["--max-parallel", "2"]);
+    let enough = |name| finished(&s.state, name).len() >= 2;
+    assert!(
+        poll_until(Duration::from_secs(30), || enough("first")
+            && enough("second")),
+        "both jobs did not run twice in 30 s:\n{}",
+        d.stderr()
+    );
+    d.stop();
+    let mut both = finished(&s.state, "first");
+    both.extend(finished(&s.state, "second"));
+    for r in &both {
+        assert_eq!(r["outcome"], "success", "{r:#}");
+    }
+    assert_no_overlap("one series, two jobs", &intervals(&both));
 }
 
 #[test]

@@ -123,7 +123,7 @@ pub fn compact(
         grace.parse::<Span>()?.us
     };
     let r = run_compact(
-        &super::open_writer(repo)?,
+        super::open_writer(repo)?,
         max_unused,
         grace_us,
         allow_short_grace,
@@ -153,7 +153,7 @@ pub fn compact(
         );
         if plan.packs_in_grace > 0 {
             println!(
-                "{} packs indexed within the last {grace} left alone (--grace)",
+                "{} packs indexed within the last {grace} (--grace), or since the oldest backup still running started, left alone",
                 plan.packs_in_grace
             );
         }
@@ -166,6 +166,12 @@ pub fn compact(
         if let Some(report) = &r.report {
             for d in &report.damaged {
                 println!("damaged: {d}");
+            }
+            if report.packs_revived > 0 {
+                println!(
+                    "{} packs left in place: a writer referenced one of their unreferenced objects again while the compaction ran (their live objects moved; the next compaction takes the rest)",
+                    report.packs_revived
+                );
             }
             println!(
                 "rewrote {} packs into {} new ones ({} moved); {} old packs deleted{}",

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::jobs::daemon::written_repositories;
+use crate::jobs::daemon::claims;
 use crate::jobs::file::{job_files, Job};
 use crate::jobs::history::StateDir;
 use crate::jobs::record::RunRecord;
@@ -164,9 +164,9 @@ impl JobsView {
 /// Whether `job` writes into `served` (any repository when `None`).
 fn writes_into(job: &Job, served: Option<&RepoLocation>) -> bool {
     served.is_none_or(|s| {
-        written_repositories(job)
+        claims(job)
             .iter()
-            .any(|w| w.same_repository(s))
+            .any(|w| w.repository().same_repository(s))
     })
 }
 

@@ -3,8 +3,10 @@
 //! One scheduling thread owns all state; runs happen on threads of their own and report back
 //! over a channel, as do the signal thread (SIGHUP, SIGTERM, SIGINT) and nothing else.
 //! Concurrency rules: a job has at most one run (the scheduler's `running` flag, and the
-//! job lock against a `job run` started by hand); runs on one repository wait for each
-//! other (it has one writer); at most `max_parallel` runs at once.
+//! job lock against a `job run` started by hand); runs that back up one series of one
+//! repository, or sync into a repository another run writes, wait for each other
+//! ([`Claim`]); runs backing up different series of one repository run side by side, as
+//! backups from the command line do (SPEC.md §8); at most `max_parallel` runs at once.
 //!
 //! Shutdown: no new run or step starts; runs get `stop_grace` to finish their step; a run
 //! still going is then abandoned: its record is rewritten `interrupted` and the process
@@ -167,25 +169,62 @@ struct Daemon<'a> {
     /// Set at shutdown once running runs are abandoned: they write nothing more.
     frozen: Arc<AtomicBool>,
     /// The repositories running runs write: their own and their sync targets'.
-    busy: Vec<(String, Vec<RepoLocation>)>,
+    busy: Vec<(String, Vec<Claim>)>,
     last_stale_check: Option<Instant>,
     /// Stale episodes notified (also when `stale.json` cannot be written).
     stale_sent: BTreeMap<String, Option<i64>>,
 }
 
-/// The repositories a run of `job` writes: its own, and every repository (not server) it
-/// syncs to. Runs writing one repository wait for each other: it has one writer.
-pub(crate) fn written_repositories(job: &Job) -> Vec<RepoLocation> {
+/// What a run writes, for deciding which runs may go side by side.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// Its own repository, where it backs up one series (under that series' lock) and
+    /// prunes (taking the writer lock for a moment, waiting for it: SPEC.md §8).
+    Series(RepoLocation, String),
+    /// A repository (not a server) it syncs into, holding the writer lock for the whole
+    /// sync.
+    Whole(RepoLocation),
+}
+
+impl Claim {
+    /// The repository written.
+    pub(crate) fn repository(&self) -> &RepoLocation {
+        match self {
+            Self::Series(r, _) | Self::Whole(r) => r,
+        }
+    }
+
+    /// Whether runs holding `self` and `other` must wait for each other: one series of a
+    /// repository takes one backup at a time, and a sync holds its target's writer lock
+    /// throughout (a backup's publish or a prune beside it would wait for all of it).
+    pub(crate) fn conflicts(&self, other: &Self) -> bool {
+        if !self.repository().same_repository(other.repository()) {
+            return false;
+        }
+        match (self, other) {
+            (Self::Series(_, a), Self::Series(_, b)) => a == b,
+            _ => true,
+        }
+    }
+}
+
+/// What a run of `job` writes: the series it backs up in its own repository, and every
+/// repository (not server) it syncs to.
+pub(crate) fn claims(job: &Job) -> Vec<Claim> {
     let options = super::run::location_options(&job.def.repository);
-    std::iter::once(job.def.repository.location.get_ref().as_str())
+    let own = RepoLocation::parse(job.def.repository.location.get_ref(), options.clone())
+        .ok()
+        .map(|r| Claim::Series(r, job.series().to_string()));
+    own.into_iter()
         .chain(
             job.def
                 .sync
                 .iter()
                 .map(|s| s.get_ref().to.as_str())
-                .filter(|to| !crate::sync::endpoints::is_remote(to)),
+                .filter(|to| !crate::sync::endpoints::is_remote(to))
+                .filter_map(|l| RepoLocation::parse(l, options.clone()).ok())
+                .map(Claim::Whole),
         )
-        .filter_map(|l| RepoLocation::parse(l, options.clone()).ok())
         .collect()
 }
 
@@ -358,15 +397,10 @@ impl Daemon<'_> {
         let jobs: Vec<&Job> = self.entries.values().map(|e| e.job.as_ref()).collect();
         for (i, a) in jobs.iter().enumerate() {
             for b in &jobs[i + 1..] {
-                let (ra, rb) = (written_repositories(a), written_repositories(b));
-                let same = ra
-                    .first()
-                    .zip(rb.first())
-                    .is_some_and(|(x, y)| x.same_repository(y));
-                if same
-                    && a.series() == b.series()
-                    && (a.def.retention.is_some() || b.def.retention.is_some())
-                {
+                let (ca, cb) = (claims(a), claims(b));
+                let own = |c: &[Claim]| matches!(c.first(), Some(Claim::Series(..)));
+                let same = own(&ca) && own(&cb) && ca[0].conflicts(&cb[0]);
+                if same && (a.def.retention.is_some() || b.def.retention.is_some()) {
                     self.say(&format!(
                         "warning: jobs {} and {} back up series {} of one repository, and retention prunes the whole series: each prunes the other's snapshots; give them different series",
                         a.name,
@@ -478,11 +512,11 @@ impl Daemon<'_> {
             let Some(e) = self.entries.get_mut(&name) else {
                 continue;
             };
-            let writes = written_repositories(&e.job);
-            let conflict = self.busy.iter().any(|(_, held)| {
-                held.iter()
-                    .any(|h| writes.iter().any(|w| w.same_repository(h)))
-            });
+            let writes = claims(&e.job);
+            let conflict = self
+                .busy
+                .iter()
+                .any(|(_, held)| held.iter().any(|h| writes.iter().any(|w| w.conflicts(h))));
             if conflict {
                 continue;
             }

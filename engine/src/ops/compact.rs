@@ -29,6 +29,7 @@ use tessera_format::{ObjectKind, PackId};
 
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
+use crate::lock::WriterLock;
 use crate::progress::Progress;
 use crate::recovery::delete_doomed_packs;
 use crate::repo::Repository;
@@ -71,7 +72,8 @@ pub struct CompactPlan {
     pub bytes_to_move: u64,
     /// Bytes that will be freed.
     pub bytes_to_free: u64,
-    /// Packs left alone because they were indexed within the grace period.
+    /// Packs left alone because they were indexed within the grace period, or since the
+    /// oldest backup still running started (they may be its own).
     pub packs_in_grace: usize,
     /// Dead objects in the selected packs that are kept (copied) because they died within
     /// the grace period.
@@ -110,6 +112,12 @@ pub struct CompactReport {
     pub packs_doomed: usize,
     /// Packs skipped because a live object in them is damaged.
     pub damaged: Vec<String>,
+    /// Packs left in place because a writer referenced one of their dead objects again
+    /// between the plan and the step that would have doomed them (their live objects were
+    /// re-pointed; a later compaction takes the rest).
+    pub packs_revived: usize,
+    /// Commits made (each under the writer lock for a moment).
+    pub steps: usize,
 }
 
 /// What `tessera compact` did: the plan, and unless `dry_run` what applying it did.
@@ -136,12 +144,13 @@ impl CompactOutcome {
 pub const MIN_SHARED_GRACE_US: i64 = 24 * 3600 * 1_000_000;
 
 /// Plans compaction at `max_unused` (0.0..=1.0), leaving packs younger than `grace_us`
-/// alone (see [`plan_compact_with_grace`]), and applies it unless `dry_run`. `repo` is open
-/// as the writer. In a shared store, a grace shorter than [`MIN_SHARED_GRACE_US`] is
+/// alone (see [`plan_compact_with_grace`]), and applies it in steps unless `dry_run`
+/// (letting go of the writer lock between them: SPEC.md §8). `repo` is open as the
+/// writer. In a shared store, a grace shorter than [`MIN_SHARED_GRACE_US`] is
 /// refused unless `allow_short_grace` (the operator's word that no other machine runs long
 /// operations on it); a dry run changes nothing and is never refused.
 pub fn compact(
-    repo: &Repository,
+    repo: Repository,
     max_unused: f64,
     grace_us: i64,
     allow_short_grace: bool,
@@ -157,17 +166,39 @@ pub fn compact(
             ),
         });
     }
-    let plan = plan_compact_with_grace(repo, max_unused, grace_us)?;
+    let plan = plan_compact_with_grace(&repo, max_unused, grace_us)?;
     let report = if dry_run {
         None
     } else {
-        Some(apply_compact(repo, &plan, progress)?)
+        Some(apply_in_steps(repo, &plan, progress)?)
     };
     Ok(CompactOutcome {
         dry_run,
         plan,
         report,
     })
+}
+
+/// Rewrites the packs of `plan` in steps (SPEC.md §8): under the compaction lock for its
+/// whole run, it finds where the index places their objects while `repo` is still the
+/// writer, lets go of the writer lock, copies the live objects into new packs without it,
+/// and takes it again only to commit each sealed pack (with the re-checks of
+/// [`Mover::commit`]) and at the end to delete what it doomed.
+fn apply_in_steps(
+    repo: Repository,
+    plan: &CompactPlan,
+    progress: &dyn Progress,
+) -> Result<CompactReport> {
+    let _compacting = WriterLock::acquire_compaction(repo.local_dir())?;
+    refuse_uncatalogued(&repo)?;
+    let placed = placement(&repo, plan)?;
+    let identity = repo.index().identity()?;
+    let view = repo.step_down()?;
+    let committer = Committer::PerStep {
+        view: &view,
+        current: None,
+    };
+    run_steps(&view, committer, identity, plan, placed, progress)
 }
 
 /// Refuses while stored snapshot files are not catalogued (see
@@ -200,6 +231,11 @@ pub fn plan_compact_with_grace(
     grace_us: i64,
 ) -> Result<CompactPlan> {
     let young_after = crate::time::now_us().saturating_sub(grace_us);
+    // Packs indexed since the oldest running backup started may be its own, sealed and
+    // adopted by a writer's recovery but not yet published (SPEC.md §8): whatever the grace,
+    // they are left alone while it runs. (The lease's time is the kernel's coarse clock at
+    // its last write, never after that write; the backup seals its first pack after it.)
+    let running_since = crate::leases::oldest_start_us(repo.local_dir())?;
     let mut packs_in_grace = 0;
     let mut dying_by_pack: HashMap<PackId, u64> = HashMap::new();
     let mut usage: HashMap<PackId, PackUsage> = repo
@@ -207,7 +243,8 @@ pub fn plan_compact_with_grace(
         .packs()?
         .into_iter()
         .filter(|(_, e)| {
-            let young = grace_us > 0 && e.indexed_at_us > young_after;
+            let young = (grace_us > 0 && e.indexed_at_us > young_after)
+                || running_since.is_some_and(|since| e.indexed_at_us >= since);
             packs_in_grace += usize::from(young);
             !young
         })
@@ -264,91 +301,11 @@ pub fn plan_compact_with_grace(
     })
 }
 
-/// An object the index places in a pack: its kind, digest and entry.
+/// An object the index places in a pack: its kind, digest and entry (as planned).
 type Placed = (ObjectKind, [u8; 32], ObjectEntry);
 
-struct Mover<'r> {
-    repo: &'r Repository,
-    /// Dead objects dead since this time or earlier are dropped; younger deaths are copied.
-    young_after_us: i64,
-    sink: PackSink<'r, Placed>,
-    /// Dead index entries to delete.
-    dead: Vec<(ObjectKind, [u8; 32])>,
-    /// Old packs whose live objects are all in the sink since the last commit.
-    emptied: Vec<PackId>,
-    report: CompactReport,
-}
-
-impl Mover<'_> {
-    /// Moves the objects the index places in `pack` and compaction keeps (referenced, or
-    /// dead within the grace) into the sink; keeps the pack (and moves nothing of it) if
-    /// any of them cannot be read intact.
-    fn drain(&mut self, pack: PackId, objects: Vec<Placed>) -> Result<()> {
-        let mut copies = Vec::new();
-        let mut dead = Vec::new();
-        for (kind, digest, entry) in objects {
-            if entry.reclaimable(self.young_after_us) {
-                dead.push((kind, digest));
-                continue;
-            }
-            match read_stored(
-                self.repo.backend(),
-                self.repo.crypto(),
-                kind,
-                &digest,
-                &entry,
-            ) {
-                Ok((info, stored)) => copies.push((info, stored, (kind, digest, entry))),
-                Err(e) => {
-                    self.report.damaged.push(format!("pack {pack} kept: {e}"));
-                    return Ok(());
-                }
-            }
-        }
-        for (info, stored, placed) in copies {
-            self.sink.append(&info, &stored, placed)?;
-            self.report.bytes_moved += stored.len() as u64;
-        }
-        self.dead.extend(dead);
-        self.emptied.push(pack);
-        self.report.packs_rewritten += 1;
-        if self.sink.is_full() {
-            self.commit()?;
-        }
-        Ok(())
-    }
-
-    /// Seals the new pack and commits new locations, dead entries and doomed packs at once.
-    fn commit(&mut self) -> Result<()> {
-        let index = self.repo.index();
-        let mut batch = index.batch();
-        let doomed_at = index.doom_epoch()? + 1;
-        if !self.emptied.is_empty() {
-            batch.set_doom_epoch(doomed_at);
-        }
-        if let Some(sealed) = self.sink.seal()? {
-            self.report.packs_written += 1;
-            let known: Vec<Option<ObjectEntry>> =
-                sealed.tags.iter().map(|(_, _, e)| Some(*e)).collect();
-            sealed.pack.index_into(&mut batch, &known);
-        }
-        for (kind, digest) in self.dead.drain(..) {
-            batch.delete_object(kind, &digest);
-        }
-        for pack in self.emptied.drain(..) {
-            batch.doom_pack(pack, doomed_at);
-        }
-        index.commit(batch)
-    }
-}
-
-/// Rewrites the packs of `plan`. The caller holds the writer lock (opened as writer).
-pub fn apply_compact(
-    repo: &Repository,
-    plan: &CompactPlan,
-    progress: &dyn Progress,
-) -> Result<CompactReport> {
-    refuse_uncatalogued(repo)?;
+/// The objects the index places in the packs of `plan`, per pack, in pack order.
+fn placement(repo: &Repository, plan: &CompactPlan) -> Result<HashMap<PackId, Vec<Placed>>> {
     let selected: HashSet<PackId> = plan.packs.iter().map(|p| p.pack).collect();
     let mut placed: HashMap<PackId, Vec<Placed>> = HashMap::new();
     for kind in [ObjectKind::Chunk, ObjectKind::Page] {
@@ -362,8 +319,202 @@ pub fn apply_compact(
             Ok(())
         })?;
     }
+    for objects in placed.values_mut() {
+        objects.sort_by_key(|(_, _, e)| e.offset);
+    }
+    Ok(placed)
+}
+
+/// Where a compaction commits its steps.
+enum Committer<'r> {
+    /// The caller's writer, held for the whole run.
+    Held(&'r Repository),
+    /// A writer taken from `view` ([`Repository::publisher`]) for each step and let go after
+    /// it, so that backups publish between steps (SPEC.md §8).
+    PerStep {
+        view: &'r Repository,
+        current: Option<Box<Repository>>,
+    },
+}
+
+impl Committer<'_> {
+    /// The writer, taken now if need be; `own` are packs this compaction sealed since the
+    /// last step (not counted as adopted by the writer's recovery).
+    fn writer(&mut self, own: &[PackId]) -> Result<&Repository> {
+        match self {
+            Self::Held(repo) => Ok(repo),
+            Self::PerStep { view, current } => {
+                // One process cannot take the lock (nor RocksDB's) twice: let go first.
+                *current = None;
+                Ok(current.insert(Box::new(view.publisher(own, &|_| {})?)))
+            }
+        }
+    }
+
+    /// Lets go of a writer taken for a step.
+    fn release(&mut self) {
+        if let Self::PerStep { current, .. } = self {
+            *current = None;
+        }
+    }
+}
+
+struct Mover<'r> {
+    /// Where objects are read from and new packs written to.
+    repo: &'r Repository,
+    committer: Committer<'r>,
+    /// The identity of the index the plan was made on: a rebuilt index places objects anew.
+    identity: Vec<u8>,
+    /// Dead objects dead since this time or earlier are dropped; younger deaths are copied.
+    young_after_us: i64,
+    sink: PackSink<'r, Placed>,
+    /// Dead objects (as planned) whose entries are to be deleted.
+    dead: Vec<Placed>,
+    /// Old packs whose planned objects are all in the sink or dead since the last commit.
+    emptied: Vec<PackId>,
+    report: CompactReport,
+}
+
+impl Mover<'_> {
+    /// Moves the objects the index places in `pack` and compaction keeps (referenced, or
+    /// dead within the grace) into the sink; keeps the pack (and moves nothing of it) if
+    /// any of them cannot be read intact.
+    fn drain(&mut self, pack: PackId, objects: Vec<Placed>) -> Result<()> {
+        let mut copies = Vec::new();
+        let mut dead = Vec::new();
+        for placed in objects {
+            let (kind, digest, entry) = placed;
+            if entry.reclaimable(self.young_after_us) {
+                dead.push(placed);
+                continue;
+            }
+            match read_stored(
+                self.repo.backend(),
+                self.repo.crypto(),
+                kind,
+                &digest,
+                &entry,
+            ) {
+                Ok((info, stored)) => copies.push((info, stored, placed)),
+                Err(e) => {
+                    self.report.damaged.push(format!("pack {pack} kept: {e}"));
+                    return Ok(());
+                }
+            }
+        }
+        for (info, stored, placed) in copies {
+            self.sink.append(&info, &stored, placed)?;
+            self.report.bytes_moved += stored.len() as u64;
+        }
+        self.dead.extend(dead);
+        self.emptied.push(pack);
+        if self.sink.is_full() {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Seals the new pack (without the writer lock), then, as the writer, re-checks what
+    /// the plan saw and commits at once: new locations with the counts the index holds
+    /// *now*, the deletion of objects still dead, and the doom of the old packs all of whose
+    /// planned objects are settled (SPEC.md §8, "Compaction in steps").
+    fn commit(&mut self) -> Result<()> {
+        let sealed = self.sink.seal()?;
+        if sealed.is_none() && self.dead.is_empty() && self.emptied.is_empty() {
+            return Ok(());
+        }
+        let own: Vec<PackId> = sealed.iter().map(|s| s.pack.id).collect();
+        let writer = self.committer.writer(&own)?;
+        let index = writer.index();
+        if index.identity()? != self.identity {
+            return Err(Error::Refused {
+                reason: "the index was rebuilt while this compaction ran: what it planned no longer holds. Nothing of its last step was committed; run `tessera compact` again".into(),
+            });
+        }
+        refuse_uncatalogued(writer)?;
+        let mut batch = index.batch();
+        // Old packs one of whose planned objects is still there and must stay (a dead
+        // object a writer referenced again meanwhile): not doomed now.
+        let mut unsettled: HashSet<PackId> = HashSet::new();
+        if let Some(sealed) = sealed {
+            self.report.packs_written += 1;
+            batch.put_pack(sealed.pack.id, sealed.pack.catalog_entry());
+            for (fe, (kind, digest, planned)) in sealed.pack.entries.iter().zip(&sealed.tags) {
+                // Still where the plan found it: re-point it, with its count as of now. Gone
+                // or elsewhere (re-pointed by a repair or a key backup's heal): the copy is
+                // left unindexed, space for a later compaction.
+                if let Some(now) = index.get_object(*kind, digest)? {
+                    if now.pack == planned.pack {
+                        batch.put_object(*kind, digest, &now.relocated(sealed.pack.id, fe));
+                    }
+                }
+            }
+        }
+        for (kind, digest, planned) in self.dead.drain(..) {
+            if let Some(now) = index.get_object(kind, &digest)? {
+                if now.pack == planned.pack {
+                    if now.reclaimable(self.young_after_us) {
+                        batch.delete_object(kind, &digest);
+                    } else {
+                        unsettled.insert(planned.pack);
+                    }
+                }
+            }
+        }
+        let doomed_at = index.doom_epoch()? + 1;
+        let mut dooms = 0;
+        for pack in self.emptied.drain(..) {
+            if unsettled.contains(&pack) {
+                self.report.packs_revived += 1;
+            } else {
+                batch.doom_pack(pack, doomed_at);
+                dooms += 1;
+            }
+        }
+        if dooms > 0 {
+            batch.set_doom_epoch(doomed_at);
+        }
+        index.commit(batch)?;
+        self.report.packs_rewritten += dooms;
+        self.report.steps += 1;
+        self.committer.release();
+        Ok(())
+    }
+}
+
+/// Rewrites the packs of `plan` while the caller holds the writer lock throughout (opened
+/// as writer). [`compact`] instead lets go of it between steps.
+pub fn apply_compact(
+    repo: &Repository,
+    plan: &CompactPlan,
+    progress: &dyn Progress,
+) -> Result<CompactReport> {
+    refuse_uncatalogued(repo)?;
+    let placed = placement(repo, plan)?;
+    let identity = repo.index().identity()?;
+    run_steps(
+        repo,
+        Committer::Held(repo),
+        identity,
+        plan,
+        placed,
+        progress,
+    )
+}
+
+/// Copies, commits in steps through `committer`, then deletes or records what is doomed.
+fn run_steps(
+    repo: &Repository,
+    committer: Committer<'_>,
+    identity: Vec<u8>,
+    plan: &CompactPlan,
+    mut placed: HashMap<PackId, Vec<Placed>>,
+    progress: &dyn Progress,
+) -> Result<CompactReport> {
     let mut mover = Mover {
         repo,
+        committer,
+        identity,
         young_after_us: plan.young_after_us,
         sink: PackSink::new(repo.backend(), repo.pack_target()),
         dead: Vec::new(),
@@ -372,26 +523,26 @@ pub fn apply_compact(
     };
     progress.start("compact", plan.packs.iter().map(|p| p.size).sum());
     for usage in &plan.packs {
-        let mut objects = placed.remove(&usage.pack).unwrap_or_default();
-        objects.sort_by_key(|(_, _, e)| e.offset);
+        let objects = placed.remove(&usage.pack).unwrap_or_default();
         mover.drain(usage.pack, objects)?;
         progress.advance(usage.size);
     }
     mover.commit()?;
     progress.finish();
     let mut report = mover.report;
-    let storage = repo.storage();
+    let writer = mover.committer.writer(&[])?;
+    let storage = writer.storage();
     if storage.shared {
-        report.packs_doomed = crate::doomed::publish(storage, repo.index())?;
-        let as_of = repo.catalogued_as_of_us().ok_or_else(|| {
+        report.packs_doomed = crate::doomed::publish(storage, writer.index())?;
+        let as_of = writer.catalogued_as_of_us().ok_or_else(|| {
             Error::Internal(
                 "a compaction of a shared store opened without the store's clock".into(),
             )
         })?;
         report.packs_deleted =
-            crate::doomed::delete_expired(storage, repo.index(), plan.grace_us, as_of)?;
+            crate::doomed::delete_expired(storage, writer.index(), plan.grace_us, as_of)?;
     } else {
-        report.packs_deleted = delete_doomed_packs(storage, repo.index())?;
+        report.packs_deleted = delete_doomed_packs(storage, writer.index())?;
     }
     Ok(report)
 }
