@@ -101,15 +101,17 @@ pub fn oldest_view(repo: &Path, identity: &[u8]) -> Result<Option<u64>> {
     Ok(oldest)
 }
 
-/// When the oldest live lease in `repo` was last written (Unix µs; its view is recorded
-/// right after it is taken, before the backup stores anything): every pack a running backup
-/// sealed was indexed after this. `None` when no lease is live.
+/// When the oldest live lease in `repo` was created (Unix µs; the file's birth time, or
+/// where the filesystem keeps none its last write, when the backup recorded its view, which
+/// is still before it stored anything): every pack a running backup sealed, and every pack
+/// of an interrupted run its open adopted, was indexed after this. `None` when no lease is
+/// live.
 pub fn oldest_start_us(repo: &Path) -> Result<Option<i64>> {
     let mut oldest: Option<i64> = None;
     for_each_live(repo, |file, path| {
         let written = file
             .metadata()
-            .and_then(|m| m.modified())
+            .and_then(|m| m.created().or_else(|_| m.modified()))
             .ctx(|| format!("reading the time of {}", path.display()));
         // A lease whose time cannot be read counts as started at the epoch: it keeps all.
         let us = written.ok().map_or(0, crate::time::system_time_us);

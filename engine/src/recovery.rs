@@ -70,6 +70,8 @@ pub struct Recovery {
     pub packs_unreadable: Vec<(String, String)>,
     /// Packs emptied by an earlier compaction whose files could now be deleted.
     pub doomed_packs_deleted: usize,
+    /// Doom records stored for packs this machine doomed (shared stores, `doomed.rs`).
+    pub doom_records_stored: usize,
     /// Doomed packs of a shared store indexed again, because a snapshot another client
     /// published names objects only they hold (`doomed.rs`).
     pub doomed_packs_rescued: usize,
@@ -198,7 +200,7 @@ pub fn catch_up(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Re
     let mut doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
     if storage.shared {
         // Other machines may still read them: record them, delete them later (doomed.rs).
-        crate::doomed::publish(storage, index)?;
+        recovery.doom_records_stored = crate::doomed::publish(storage, index)?;
         doomed.extend(crate::doomed::records(backend)?.into_keys());
     } else {
         recovery.doomed_packs_deleted = delete_doomed_packs(storage, index)?;

@@ -545,6 +545,10 @@ impl Repository {
         let config = storage.read_config()?;
         let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
         let series_lock = WriterLock::acquire_series(&storage.local_dir, series)?;
+        // The lease before the recovery: the packs of an interrupted run that the recovery
+        // adopts for this rerun are then indexed after the lease was created, and no
+        // compaction reclaims them while the rerun runs (SPEC.md §13, race 3).
+        let mut lease = crate::leases::BackupLease::acquire(&storage.local_dir)?;
         let recovery = loop {
             let cache = crate::cache::refresh_cache(&storage, &crypto)?;
             let mut recovery = match WriterLock::acquire(&storage.local_dir) {
@@ -567,7 +571,6 @@ impl Repository {
             // bring the cache up to date again.
             drop(WriterLock::acquire_waiting(&storage.local_dir, &|_| {})?);
         };
-        let mut lease = crate::leases::BackupLease::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, true, &crypto)?;
         lease.set_view(&index.identity()?, index.doom_epoch()?)?;
         Ok(Self {

@@ -707,6 +707,38 @@ fn incremental_differential_and_full_runs_pick_their_reference() {
     assert_eq!(history("modes", &s.state).len(), 5);
 }
 
+/// A verify step waits while another verify holds the repository's verify ledger (the
+/// daemon runs jobs of other series of one repository side by side, SPEC.md §26.6), instead
+/// of failing the run.
+#[test]
+fn a_verify_step_waits_for_another_verify_of_the_repository() {
+    let s = Setup::new();
+    let mut gen = DataGen::new(seed("jobs_run_verify_wait"));
+    let image = s.path("disk.raw");
+    make_image(&image, ImageSpec::mixed(2 * MIB), &mut gen);
+    let file = s.job(
+        "waits",
+        "waits",
+        &image,
+        "\n[verify]\nfull-every = \"7d\"\n",
+    );
+    // Another verify holds the ledger for 3 s from before the run starts.
+    let held = tessera_tests::hold_lock(&s.repo.join("ledger.lock"));
+    let started = Instant::now();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        drop(held);
+    });
+    let r = job_run_ok(&file, &s.state, &[]);
+    release.join().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the run ended before the other verify let go of the ledger: {r:#}"
+    );
+    assert_eq!(r["verify"]["kind"], "full", "{r:#}");
+    assert_eq!(r["verify"]["problems"], 0, "{r:#}");
+}
+
 /// `[verify]`: a full verify when the last is older than `full-every` (never: the first
 /// run), nothing more without `sample`, then a sample (every run by default), then none
 /// within `sample-every` of the last sample.

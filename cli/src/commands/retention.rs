@@ -167,6 +167,9 @@ pub fn compact(
             for d in &report.damaged {
                 println!("damaged: {d}");
             }
+            if let Some(why) = &report.deletion_deferred {
+                println!("{why}");
+            }
             if report.packs_revived > 0 {
                 println!(
                     "{} packs left in place: a writer referenced one of their unreferenced objects again while the compaction ran (their live objects moved; the next compaction takes the rest)",

@@ -43,7 +43,7 @@ use crate::crypto::RepoCrypto;
 pub use batch::IndexBatch;
 pub use entry::{ObjectEntry, PackEntry, OBJECT_ENTRY_LEN};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::storage::sim::CrashClock;
 
 const CF_CHUNKS: &str = "chunks";
@@ -178,6 +178,23 @@ fn options(block_cache: &Cache) -> Options {
     opts
 }
 
+/// The identity of the database at `path` open as `db`. A secondary instance (a reader's
+/// view) reports an empty one, so it is read from the primary's `IDENTITY` file then, which
+/// is what the primary reports (tested below): readers validate their view against the
+/// writer's hint with it, and backup leases record it (`leases.rs`).
+fn identity_of(db: &DB, path: &Path) -> Result<Vec<u8>> {
+    let reported = db.get_db_identity()?;
+    if !reported.is_empty() {
+        return Ok(reported);
+    }
+    let file = path.join("IDENTITY");
+    let mut bytes = std::fs::read(&file).ctx(|| format!("reading {}", file.display()))?;
+    while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+        bytes.pop();
+    }
+    Ok(bytes)
+}
+
 /// Opens a reader's view: a secondary instance caught up with the primary, validated
 /// against the sequence hint and retried while it races with the writer (see [`hint_path`]).
 fn open_read_only_validated(
@@ -200,7 +217,7 @@ fn open_read_only_validated(
             Ok(db) => {
                 let current = match &hint {
                     Some((identity, seq)) => {
-                        db.get_db_identity().ok().as_ref() != Some(identity)
+                        identity_of(&db, path).ok().as_ref() != Some(identity)
                             || db.latest_sequence_number() >= *seq
                     }
                     None => true,
@@ -573,9 +590,10 @@ impl Index {
         Ok(u64::from_le_bytes(bytes))
     }
 
-    /// The database's identity (a rebuilt index has another).
+    /// The database's identity (a rebuilt index has another), the same through a reader's
+    /// view as through the writer.
     pub fn identity(&self) -> Result<Vec<u8>> {
-        Ok(self.db.get_db_identity()?)
+        identity_of(&self.db, Path::new(self.db.path()))
     }
 
     /// Doomed packs with the doom epoch of the batch that doomed each (0: doomed by a
@@ -634,5 +652,32 @@ impl Index {
             f(digest, ObjectEntry::decode(&v)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::Index;
+    use tessera_format::RepoId;
+
+    /// A reader's view reports the writer's identity (a secondary instance's own is empty:
+    /// then backup leases named no database and kept every doomed pack, and readers never
+    /// waited for the writer's hint).
+    #[test]
+    fn a_view_has_the_identity_of_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        let repo_id = RepoId([3; 16]);
+        drop(Index::create(&path, repo_id).unwrap());
+        let writer = Index::open(&path, repo_id, false).unwrap();
+        let id = writer.identity().unwrap();
+        assert!(!id.is_empty());
+        let view = Index::open(&path, repo_id, true).unwrap();
+        assert_eq!(view.identity().unwrap(), id);
+        drop((view, writer));
+        let rebuilt = dir.path().join("other");
+        drop(Index::create(&rebuilt, repo_id).unwrap());
+        let other = Index::open(&rebuilt, repo_id, true).unwrap();
+        assert_ne!(other.identity().unwrap(), id, "another database");
     }
 }

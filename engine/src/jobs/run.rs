@@ -607,7 +607,17 @@ impl Run<'_> {
                 .map(|w| w.0),
             ..Default::default()
         };
-        let report = crate::ops::verify::run(repo, &request, self.req.progress)?;
+        // Runs of other series of this repository may verify right now (the daemon runs them
+        // side by side, SPEC.md §26.6), and the ledger takes one verify at a time: wait for
+        // it, unless the daemon is stopping.
+        let report = loop {
+            match crate::ops::verify::run(repo, &request, self.req.progress) {
+                Err(Error::VerifyRunning { .. }) if !self.stopping() => {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                other => break other?,
+            }
+        };
         if let Err(e) = self.state.mark_verified(kind, self.record.started_us) {
             self.record.warnings.push(format!(
                 "the verify policy could not record this verify: {e}"

@@ -118,6 +118,8 @@ pub struct CompactReport {
     pub packs_revived: usize,
     /// Commits made (each under the writer lock for a moment).
     pub steps: usize,
+    /// Why expired doomed packs of a shared store were not deleted at the end, if so.
+    pub deletion_deferred: Option<String>,
 }
 
 /// What `tessera compact` did: the plan, and unless `dry_run` what applying it did.
@@ -197,6 +199,8 @@ fn apply_in_steps(
     let committer = Committer::PerStep {
         view: &view,
         current: None,
+        deleted: 0,
+        recorded: 0,
     };
     run_steps(&view, committer, identity, plan, placed, progress)
 }
@@ -233,8 +237,9 @@ pub fn plan_compact_with_grace(
     let young_after = crate::time::now_us().saturating_sub(grace_us);
     // Packs indexed since the oldest running backup started may be its own, sealed and
     // adopted by a writer's recovery but not yet published (SPEC.md §8): whatever the grace,
-    // they are left alone while it runs. (The lease's time is the kernel's coarse clock at
-    // its last write, never after that write; the backup seals its first pack after it.)
+    // they are left alone while it runs. (The lease is created before the backup's open
+    // adopts anything and before it seals anything; file times are the kernel's coarse
+    // clock, never after the event.)
     let running_since = crate::leases::oldest_start_us(repo.local_dir())?;
     let mut packs_in_grace = 0;
     let mut dying_by_pack: HashMap<PackId, u64> = HashMap::new();
@@ -334,6 +339,11 @@ enum Committer<'r> {
     PerStep {
         view: &'r Repository,
         current: Option<Box<Repository>>,
+        /// What the recoveries of the step writers' opens did with doomed packs (among
+        /// them this compaction's own, doomed at earlier steps): deleted, doom records
+        /// stored.
+        deleted: usize,
+        recorded: usize,
     },
 }
 
@@ -343,10 +353,18 @@ impl Committer<'_> {
     fn writer(&mut self, own: &[PackId]) -> Result<&Repository> {
         match self {
             Self::Held(repo) => Ok(repo),
-            Self::PerStep { view, current } => {
+            Self::PerStep {
+                view,
+                current,
+                deleted,
+                recorded,
+            } => {
                 // One process cannot take the lock (nor RocksDB's) twice: let go first.
                 *current = None;
-                Ok(current.insert(Box::new(view.publisher(own, &|_| {})?)))
+                let writer = view.publisher(own, &|_| {})?;
+                *deleted += writer.recovery.doomed_packs_deleted;
+                *recorded += writer.recovery.doom_records_stored;
+                Ok(current.insert(Box::new(writer)))
             }
         }
     }
@@ -431,7 +449,13 @@ impl Mover<'_> {
                 reason: "the index was rebuilt while this compaction ran: what it planned no longer holds. Nothing of its last step was committed; run `tessera compact` again".into(),
             });
         }
-        refuse_uncatalogued(writer)?;
+        // A snapshot file a crashed local writer left uncatalogued names objects at count 0
+        // (as at the plan). In a shared store other machines' snapshots appear at any time:
+        // this open's catch-up catalogued those it listed, and doom records with their
+        // rescue cover the rest (§13 "Shared repositories").
+        if !writer.storage().shared {
+            refuse_uncatalogued(writer)?;
+        }
         let mut batch = index.batch();
         // Old packs one of whose planned objects is still there and must stay (a dead
         // object a writer referenced again meanwhile): not doomed now.
@@ -530,7 +554,8 @@ fn run_steps(
     mover.commit()?;
     progress.finish();
     let mut report = mover.report;
-    let writer = mover.committer.writer(&[])?;
+    let mut committer = mover.committer;
+    let writer = committer.writer(&[])?;
     let storage = writer.storage();
     if storage.shared {
         report.packs_doomed = crate::doomed::publish(storage, writer.index())?;
@@ -539,10 +564,28 @@ fn run_steps(
                 "a compaction of a shared store opened without the store's clock".into(),
             )
         })?;
-        report.packs_deleted =
-            crate::doomed::delete_expired(storage, writer.index(), plan.grace_us, as_of)?;
+        // The deletion trusts that every snapshot stored before `as_of` is catalogued (its
+        // doomed packs rescued): not so when this open's catch-up could not read one.
+        let r = &writer.recovery;
+        let unsure = r.snapshots_unreadable.len() + r.snapshots_incomplete.len();
+        if unsure == 0 {
+            report.packs_deleted =
+                crate::doomed::delete_expired(storage, writer.index(), plan.grace_us, as_of)?;
+        } else {
+            report.deletion_deferred = Some(format!(
+                "{unsure} stored snapshot files could not be catalogued when the compaction ended (unreadable or incomplete): no doomed pack was deleted; a later compaction deletes them"
+            ));
+        }
     } else {
+        refuse_uncatalogued(writer)?;
         report.packs_deleted = delete_doomed_packs(storage, writer.index())?;
+    }
+    if let Committer::PerStep {
+        deleted, recorded, ..
+    } = committer
+    {
+        report.packs_deleted += deleted;
+        report.packs_doomed += recorded;
     }
     Ok(report)
 }
