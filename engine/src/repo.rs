@@ -468,20 +468,13 @@ impl Repository {
         let cache = crate::cache::refresh_cache(&storage, &crypto)?;
         let lease = ReaderLease::acquire(&storage.local_dir)?;
         let index = storage.open_index(&config, true, &crypto)?;
+        let recovery = Recovery {
+            cache,
+            ..Recovery::default()
+        };
         Ok(Self {
-            storage,
-            config,
-            crypto,
-            index,
-            lock: None,
-            _series_lock: None,
-            _backup_lease: None,
             _lease: Some(lease),
-            catalogued_as_of_us: None,
-            recovery: Recovery {
-                cache,
-                ..Recovery::default()
-            },
+            ..Self::holding_nothing(storage, config, crypto, index, recovery)
         })
     }
 
@@ -515,16 +508,9 @@ impl Repository {
         recovery.stale_lock.clone_from(&lock.stale_holder);
         recovery.cache = cache;
         Ok(Self {
-            storage,
-            config,
-            crypto,
-            index,
             lock: Some(lock),
-            _series_lock: None,
-            _backup_lease: None,
-            _lease: None,
             catalogued_as_of_us,
-            recovery,
+            ..Self::holding_nothing(storage, config, crypto, index, recovery)
         })
     }
 
@@ -574,16 +560,9 @@ impl Repository {
         let index = storage.open_index(&config, true, &crypto)?;
         lease.set_view(&index.identity()?, index.doom_epoch()?)?;
         Ok(Self {
-            storage,
-            config,
-            crypto,
-            index,
-            lock: None,
             _series_lock: Some(series_lock),
             _backup_lease: Some(lease),
-            _lease: None,
-            catalogued_as_of_us: None,
-            recovery,
+            ..Self::holding_nothing(storage, config, crypto, index, recovery)
         })
     }
 
@@ -610,16 +589,15 @@ impl Repository {
         recovery.stale_lock.clone_from(&lock.stale_holder);
         recovery.cache = cache;
         Ok(Self {
-            storage: self.storage.clone(),
-            config: self.config.clone(),
-            crypto: Arc::clone(&self.crypto),
-            index,
             lock: Some(lock),
-            _series_lock: None,
-            _backup_lease: None,
-            _lease: None,
             catalogued_as_of_us,
-            recovery,
+            ..Self::holding_nothing(
+                self.storage.clone(),
+                self.config.clone(),
+                Arc::clone(&self.crypto),
+                index,
+                recovery,
+            )
         })
     }
 
@@ -641,7 +619,21 @@ impl Repository {
         drop(index);
         drop(lock);
         let index = storage.open_index(&config, true, &crypto)?;
-        Ok(Self {
+        Ok(Self::holding_nothing(
+            storage, config, crypto, index, recovery,
+        ))
+    }
+
+    /// An open repository holding no lock, lease or store clock: each way of opening adds
+    /// what it holds.
+    fn holding_nothing(
+        storage: RepoStorage,
+        config: RepoConfig,
+        crypto: Arc<RepoCrypto>,
+        index: Index,
+        recovery: Recovery,
+    ) -> Self {
+        Self {
             storage,
             config,
             crypto,
@@ -652,7 +644,7 @@ impl Repository {
             _lease: None,
             catalogued_as_of_us: None,
             recovery,
-        })
+        }
     }
 
     /// Whether this is the repository's writer (it holds the writer lock and its index is

@@ -8,16 +8,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use common::{assert_sound, forget, writer, writer_backup};
 use tessera_engine::crypto::NoSecret;
-use tessera_engine::ops::backup::{backup, BackupRequest};
-use tessera_engine::ops::check::check;
-use tessera_engine::ops::compact::{apply_compact, compact, plan_compact, CompactReport};
-use tessera_engine::ops::forget::{apply_forget, plan_forget};
+use tessera_engine::ops::compact::{compact, CompactReport};
 use tessera_engine::ops::rebuild_index::rebuild_index;
-use tessera_engine::ops::restore::restore_disk;
 use tessera_engine::repo::RepoStorage;
 use tessera_engine::{Error, InitOptions, NoProgress, Progress, Repository};
-use tessera_format::SnapshotId;
+
+mod common;
 
 const PACK_TARGET: u64 = 256 << 10;
 
@@ -40,30 +38,6 @@ fn image(dir: &Path, name: &str, seed: u64, blocks: u64, vary_all: bool) -> Path
     path
 }
 
-fn storage(root: &Path) -> RepoStorage {
-    RepoStorage {
-        pack_target: PACK_TARGET,
-        ..RepoStorage::local(root)
-    }
-}
-
-fn writer(root: &Path) -> Repository {
-    Repository::open_writer_on(storage(root), &NoSecret).unwrap()
-}
-
-fn writer_backup(root: &Path, series: &str, img: &Path) -> SnapshotId {
-    let w = writer(root);
-    backup(&w, &BackupRequest::one_disk(series, "d0", img), &NoProgress)
-        .unwrap()
-        .id
-}
-
-fn forget(root: &Path, id: SnapshotId) {
-    let w = writer(root);
-    let plan = plan_forget(&w, &[id], false).unwrap();
-    apply_forget(&w, &plan).unwrap();
-}
-
 /// Progress that runs `between(n)` after the `n`-th old pack is drained (between steps).
 struct Between<F: Fn(usize) + Sync> {
     drained: Mutex<usize>,
@@ -83,43 +57,24 @@ impl<F: Fn(usize) + Sync> Progress for Between<F> {
     fn finish(&self) {}
 }
 
-/// Compacts `root` in steps without a grace period, running `between` between steps.
+/// Compacts `s` in steps without a grace period, running `between` between steps.
 fn compact_with(
-    root: &Path,
+    s: &RepoStorage,
     between: impl Fn(usize) + Sync,
 ) -> tessera_engine::Result<CompactReport> {
     let progress = Between {
         drained: Mutex::new(0),
         between,
     };
-    let outcome = compact(writer(root), 0.0, 0, false, false, &progress)?;
+    let outcome = compact(writer(s), 0.0, 0, false, false, &progress)?;
     Ok(outcome.report.expect("not a dry run"))
 }
 
-/// Counts exact; then, everything unreferenced reclaimed, counts still exact and every
-/// snapshot in `expect` restores its image.
-fn assert_sound(root: &Path, expect: &[(SnapshotId, &Path)]) {
-    let w = writer(root);
-    let report = check(&w, true, &NoProgress).unwrap();
-    assert!(report.is_clean(), "check found {:?}", report.problems);
-    apply_compact(&w, &plan_compact(&w, 0.0).unwrap(), &NoProgress).unwrap();
-    let report = check(&w, true, &NoProgress).unwrap();
-    assert!(report.is_clean(), "after compaction: {:?}", report.problems);
-    let out = root.parent().unwrap().join("restored");
-    for (id, img) in expect {
-        let snapshot = w.load_snapshot(*id).unwrap();
-        restore_disk(&w, *id, &snapshot, "d0", &out, true, &NoProgress).unwrap();
-        assert!(
-            std::fs::read(&out).unwrap() == std::fs::read(img).unwrap(),
-            "snapshot {id} restores differently"
-        );
-    }
-}
-
-fn new_repo(dir: &Path) -> PathBuf {
+/// A new repository in `dir` with small packs (one compaction, many steps).
+fn new_repo(dir: &Path) -> RepoStorage {
     let root = dir.join("repo");
     Repository::init(&root, InitOptions::default()).unwrap();
-    root
+    common::storage(&root, PACK_TARGET)
 }
 
 #[test]
@@ -128,22 +83,22 @@ fn dead_objects_a_backup_references_again_between_steps_are_kept() {
     // between two steps a backup of the same image publishes, deduplicating against them.
     // A step committing the plan's deletions would take them from under that snapshot.
     let dir = tempfile::tempdir().unwrap();
-    let root = new_repo(dir.path());
+    let s = new_repo(dir.path());
     let img = image(dir.path(), "img", 1, 48, true);
     let other = image(dir.path(), "other", 2, 48, true);
-    let old = writer_backup(&root, "old", &img);
-    let kept = writer_backup(&root, "kept", &other);
-    forget(&root, old);
+    let old = writer_backup(&s, "old", &img);
+    let kept = writer_backup(&s, "kept", &other);
+    forget(&s, old);
     let again = Mutex::new(None);
-    let report = compact_with(&root, |n| {
+    let report = compact_with(&s, |n| {
         if n == 0 {
             // The writer lock is free between steps: this opens without waiting.
-            *again.lock().unwrap() = Some(writer_backup(&root, "again", &img));
+            *again.lock().unwrap() = Some(writer_backup(&s, "again", &img));
         }
     })
     .unwrap();
     let again = again.into_inner().unwrap().unwrap();
-    assert_sound(&root, &[(again, &img), (kept, &other)]);
+    assert_sound(&s, &[(again, &img), (kept, &other)]);
     assert!(
         report.packs_revived >= 1,
         "no pack was kept for the objects referenced again: {report:?}"
@@ -157,65 +112,65 @@ fn counts_a_forget_changes_between_steps_are_the_ones_relocated() {
     // entries the later steps re-point must carry count 0 (as of the commit), not the plan's
     // count 1, or `check` finds counts no snapshot explains and the space never comes back.
     let dir = tempfile::tempdir().unwrap();
-    let root = new_repo(dir.path());
+    let s = new_repo(dir.path());
     let v1 = image(dir.path(), "v1", 3, 64, false);
     let v2 = image(dir.path(), "v2", 4, 64, false);
     let keep = image(dir.path(), "keep", 5, 16, true);
-    let first = writer_backup(&root, "vm", &v1);
-    let second = writer_backup(&root, "vm", &v2);
-    let kept = writer_backup(&root, "keep", &keep);
-    forget(&root, first);
-    let report = compact_with(&root, |n| {
+    let first = writer_backup(&s, "vm", &v1);
+    let second = writer_backup(&s, "vm", &v2);
+    let kept = writer_backup(&s, "keep", &keep);
+    forget(&s, first);
+    let report = compact_with(&s, |n| {
         if n == 0 {
-            forget(&root, second);
+            forget(&s, second);
         }
     })
     .unwrap();
     assert!(report.steps >= 2, "one step only: {report:?}");
-    assert_sound(&root, &[(kept, &keep)]);
+    assert_sound(&s, &[(kept, &keep)]);
 }
 
 #[test]
 fn one_compaction_at_a_time_and_writers_between_its_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let root = new_repo(dir.path());
+    let s = new_repo(dir.path());
     let img = image(dir.path(), "img", 6, 48, true);
     let other = image(dir.path(), "other", 7, 48, true);
-    let old = writer_backup(&root, "old", &img);
-    forget(&root, old);
+    let old = writer_backup(&s, "old", &img);
+    forget(&s, old);
     let second = Mutex::new(None);
-    let report = compact_with(&root, |n| {
+    let report = compact_with(&s, |n| {
         if n == 0 {
             // A second compaction is refused by name (exit 3), and a backup publishes.
-            let err = compact(writer(&root), 0.0, 0, false, false, &NoProgress).unwrap_err();
+            let err = compact(writer(&s), 0.0, 0, false, false, &NoProgress).unwrap_err();
             assert!(
                 matches!(err, Error::CompactionRunning { .. }),
                 "a second compaction: {err}"
             );
             assert_eq!(err.kind(), tessera_engine::ErrorKind::Locked);
-            *second.lock().unwrap() = Some(writer_backup(&root, "other", &other));
+            *second.lock().unwrap() = Some(writer_backup(&s, "other", &other));
         }
     })
     .unwrap();
     assert!(report.packs_rewritten >= 1, "{report:?}");
     let second = second.into_inner().unwrap().unwrap();
     // The lock is free again once it ended.
-    compact_with(&root, |_| {}).unwrap();
-    assert_sound(&root, &[(second, &other)]);
+    compact_with(&s, |_| {}).unwrap();
+    assert_sound(&s, &[(second, &other)]);
 }
 
 #[test]
 fn an_index_rebuilt_between_steps_stops_the_compaction_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let root = new_repo(dir.path());
+    let s = new_repo(dir.path());
     let img = image(dir.path(), "img", 8, 32, false);
     let next = image(dir.path(), "next", 9, 32, false);
-    let first = writer_backup(&root, "vm", &img);
-    let second = writer_backup(&root, "vm", &next);
-    forget(&root, first);
-    let err = compact_with(&root, |n| {
+    let first = writer_backup(&s, "vm", &img);
+    let second = writer_backup(&s, "vm", &next);
+    forget(&s, first);
+    let err = compact_with(&s, |n| {
         if n == 0 {
-            let report = rebuild_index(&storage(&root), &NoSecret, &NoProgress).unwrap();
+            let report = rebuild_index(&s, &NoSecret, &NoProgress).unwrap();
             assert!(report.is_clean(), "{report:?}");
         }
     })
@@ -225,5 +180,5 @@ fn an_index_rebuilt_between_steps_stops_the_compaction_cleanly() {
             .contains("the index was rebuilt while this compaction ran"),
         "{err}"
     );
-    assert_sound(&root, &[(second, &next)]);
+    assert_sound(&s, &[(second, &next)]);
 }

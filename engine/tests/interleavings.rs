@@ -24,18 +24,18 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
+use common::{assert_restores, assert_sound, catalog, raw_source, writer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tessera_engine::crypto::NoSecret;
 use tessera_engine::ops::backup::{backup_sources, BackupRequest};
-use tessera_engine::ops::check::check;
-use tessera_engine::ops::compact::{apply_compact, compact, plan_compact};
+use tessera_engine::ops::compact::compact;
 use tessera_engine::ops::forget::{apply_forget, plan_forget};
-use tessera_engine::ops::restore::restore_disk;
 use tessera_engine::repo::RepoStorage;
-use tessera_engine::sources::{open_source, SourceFormat, SourceSpec};
 use tessera_engine::{Error, InitOptions, NoProgress, Progress, Repository};
 use tessera_format::SnapshotId;
+
+mod common;
 
 const BLOCK: usize = 64 << 10;
 const POOL: u64 = 24;
@@ -46,17 +46,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(default)
-}
-
-fn storage(root: &Path) -> RepoStorage {
-    RepoStorage {
-        pack_target: 256 << 10,
-        ..RepoStorage::local(root)
-    }
-}
-
-fn writer(root: &Path) -> Repository {
-    Repository::open_writer_on(storage(root), &NoSecret).unwrap()
 }
 
 /// Block `n` of the pool: incompressible, distinct for distinct `n`.
@@ -147,10 +136,15 @@ impl Op {
     }
 }
 
-fn spawn(kind: Kind, series: Option<&'static str>, image: Option<PathBuf>, root: &Path) -> Op {
+fn spawn(
+    kind: Kind,
+    series: Option<&'static str>,
+    image: Option<PathBuf>,
+    store: &RepoStorage,
+) -> Op {
     let (events_tx, events) = channel();
     let (go, go_rx) = channel();
-    let root = root.to_path_buf();
+    let store = store.clone();
     let (s, img) = (series, image.clone());
     let thread = std::thread::spawn(move || {
         let gate = Gate {
@@ -158,10 +152,10 @@ fn spawn(kind: Kind, series: Option<&'static str>, image: Option<PathBuf>, root:
             go: Mutex::new(go_rx),
         };
         let outcome = match kind {
-            Kind::Backup => run_backup(&root, s.unwrap(), img.as_deref().unwrap(), &gate),
+            Kind::Backup => run_backup(&store, s.unwrap(), img.as_deref().unwrap(), &gate),
             Kind::Compaction => {
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    compact(writer(&root), 0.0, 0, false, false, &StepGate(&gate))
+                    compact(writer(&store), 0.0, 0, false, false, &StepGate(&gate))
                 }));
                 match run {
                     Ok(Ok(_)) => Ok(None),
@@ -184,55 +178,41 @@ fn spawn(kind: Kind, series: Option<&'static str>, image: Option<PathBuf>, root:
 }
 
 fn run_backup(
-    root: &Path,
+    store: &RepoStorage,
     series: &str,
     img: &Path,
     gate: &Gate,
 ) -> Result<Option<SnapshotId>, String> {
     let repo =
-        Repository::open_backup_on(storage(root), &NoSecret, series).map_err(|e| e.to_string())?;
-    let source = open_source(&SourceSpec {
-        location: img.display().to_string(),
-        format: SourceFormat::Auto,
-        changes: None,
-        allow_backing_dirs: Vec::new(),
-        tls_ca: None,
-    })
-    .unwrap();
+        Repository::open_backup_on(store.clone(), &NoSecret, series).map_err(|e| e.to_string())?;
     let hook = || match gate.pause() {
         Go::On => Ok(()),
         Go::Crash => Err(Error::Hook("crashed".into())),
     };
     let req = BackupRequest::one_disk(series, "d0", img);
-    backup_sources(&repo, &req, &[source], None, Some(&hook), &NoProgress)
-        .map(|o| Some(o.id))
-        .map_err(|e| e.to_string())
+    backup_sources(
+        &repo,
+        &req,
+        &[raw_source(img)],
+        None,
+        Some(&hook),
+        &NoProgress,
+    )
+    .map(|o| Some(o.id))
+    .map_err(|e| e.to_string())
+}
+
+fn reader(store: &RepoStorage) -> Repository {
+    Repository::open_on(store.clone(), &NoSecret).unwrap()
 }
 
 /// Asserts that the catalog is the model's.
-fn assert_catalog(root: &Path, model: &BTreeMap<SnapshotId, PathBuf>, step: usize) {
-    let repo = Repository::open_on(storage(root), &NoSecret).unwrap();
-    let listed: BTreeSet<SnapshotId> = repo
-        .index()
-        .snapshots()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+fn assert_catalog(store: &RepoStorage, model: &BTreeMap<SnapshotId, PathBuf>, step: usize) {
     let expected: BTreeSet<SnapshotId> = model.keys().copied().collect();
     assert_eq!(
-        listed, expected,
+        catalog(&reader(store)),
+        expected,
         "step {step}: the catalog is not the model's"
-    );
-}
-
-fn restore_equals(root: &Path, id: SnapshotId, img: &Path, out: &Path) {
-    let repo = Repository::open_on(storage(root), &NoSecret).unwrap();
-    let snapshot = repo.load_snapshot(id).unwrap();
-    restore_disk(&repo, id, &snapshot, "d0", out, true, &NoProgress).unwrap();
-    assert!(
-        std::fs::read(out).unwrap() == std::fs::read(img).unwrap(),
-        "snapshot {id} restores differently from its image"
     );
 }
 
@@ -252,6 +232,7 @@ fn random_interleavings_of_backups_compactions_forgets_and_crashes() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("repo");
     Repository::init(&root, InitOptions::default()).unwrap();
+    let store = common::storage(&root, 256 << 10);
     let out = dir.path().join("restored");
 
     let mut model: BTreeMap<SnapshotId, PathBuf> = BTreeMap::new();
@@ -320,7 +301,7 @@ fn random_interleavings_of_backups_compactions_forgets_and_crashes() {
                 images += 1;
                 std::fs::write(&img, bytes).unwrap();
                 let same = ops.iter().any(|o| o.series == Some(series));
-                let mut op = spawn(Kind::Backup, Some(series), Some(img), &root);
+                let mut op = spawn(Kind::Backup, Some(series), Some(img), &store);
                 let event = op.next();
                 if settle(&op, event, false, &mut model, &mut tally, same, false) {
                     ops.push(op);
@@ -334,7 +315,7 @@ fn random_interleavings_of_backups_compactions_forgets_and_crashes() {
                 if other && rng.gen_bool(0.8) {
                     continue;
                 }
-                let mut op = spawn(Kind::Compaction, None, None, &root);
+                let mut op = spawn(Kind::Compaction, None, None, &store);
                 let event = op.next();
                 compacted_during.fill(true);
                 if settle(&op, event, true, &mut model, &mut tally, false, other) {
@@ -367,7 +348,7 @@ fn random_interleavings_of_backups_compactions_forgets_and_crashes() {
             // Forget a published snapshot.
             80..=91 if !model.is_empty() => {
                 let id = *model.keys().nth(rng.gen_range(0..model.len())).unwrap();
-                let w = writer(&root);
+                let w = writer(&store);
                 let plan = plan_forget(&w, &[id], false).unwrap();
                 apply_forget(&w, &plan).unwrap();
                 model.remove(&id);
@@ -376,12 +357,12 @@ fn random_interleavings_of_backups_compactions_forgets_and_crashes() {
             // Restore a published snapshot while the others are paused.
             _ if !model.is_empty() => {
                 let (id, img) = model.iter().nth(rng.gen_range(0..model.len())).unwrap();
-                restore_equals(&root, *id, img, &out);
+                assert_restores(&reader(&store), *id, img, &out);
                 *tally.entry("restores").or_default() += 1;
             }
             _ => {}
         }
-        assert_catalog(&root, &model, step);
+        assert_catalog(&store, &model, step);
     }
     // Let everything still paused finish.
     while let Some(mut op) = ops.pop() {
@@ -402,23 +383,12 @@ fn random_interleavings_of_backups_compactions_forgets_and_crashes() {
             }
         }
     }
-    assert_catalog(&root, &model, steps);
+    assert_catalog(&store, &model, steps);
     eprintln!("seed {seed}: {tally:?}");
 
-    let w = writer(&root);
-    let report = check(&w, true, &NoProgress).unwrap();
-    assert!(report.is_clean(), "check found {:?}", report.problems);
-    apply_compact(&w, &plan_compact(&w, 0.0).unwrap(), &NoProgress).unwrap();
-    let report = check(&w, true, &NoProgress).unwrap();
-    assert!(
-        report.is_clean(),
-        "after the last compaction: {:?}",
-        report.problems
-    );
-    drop(w);
-    for (id, img) in &model {
-        restore_equals(&root, *id, img, &out);
-    }
+    let expect: Vec<(SnapshotId, &Path)> =
+        model.iter().map(|(id, img)| (*id, img.as_path())).collect();
+    assert_sound(&store, &expect);
     assert!(
         tally.get("backups published").copied().unwrap_or(0) > 0,
         "no backup published: {tally:?}"
