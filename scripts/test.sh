@@ -7,7 +7,9 @@
 # steps, default 40), TESSERA_SEED (replay a seed), TESSERA_CRASH_KEEP_SEEDS (random-survival
 # reboots per step of the power-loss matrix, default 1), TESSERA_FUZZ_SECONDS (fuzz smoke per
 # target, default 3; longer runs by hand with scripts/fuzz.sh), TESSERA_JOBS_DAEMON_SECS (how
-# long the job daemon's schedule test watches three jobs run every 2 s, default 15).
+# long the job daemon's schedule test watches three jobs run every 2 s, default 15),
+# TESSERA_INTERLEAVE_STEPS (random interleavings of backups, compactions, forgets and crashes
+# through the engine, default 150).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/ensure-deps.sh
