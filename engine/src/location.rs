@@ -88,6 +88,7 @@ impl RepoStorage {
             local_dir,
             crash_clock: None,
             pack_target: TARGET_PACK_SIZE,
+            publish_group: crate::ops::publish::PUBLISH_GROUP,
             shared: true,
         })
     }

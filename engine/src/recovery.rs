@@ -3,6 +3,9 @@
 //! them; nothing published is ever deleted here. Each step is idempotent, so a crash during
 //! recovery is recovered by the next writer in the same way.
 //!
+//! 0. A publication in steps whose publisher died has its applied steps undone
+//!    ([`crate::ops::publish::undo_publishing`]); its stored snapshot file is catalogued in
+//!    step 5.
 //! 1. Staged puts of crashed writers are discarded ([`Backend::clean_staging`]); only when a
 //!    writer opens, never when a reader brings an object store's cache up to date
 //!    ([`catch_up`]), whose staged puts may be other clients' uploads in progress.
@@ -49,7 +52,7 @@ use tessera_format::{PackId, SnapshotId};
 use crate::crypto::RepoCrypto;
 use crate::error::Result;
 use crate::index::Index;
-use crate::ops::publish::catalogue_stored;
+use crate::ops::publish::{catalogue_stored, undo_publishing};
 use crate::readers::NoReaders;
 use crate::repo::RepoStorage;
 use crate::storage::key::{self, KeyKind};
@@ -75,6 +78,13 @@ pub struct Recovery {
     /// Doomed packs of a shared store indexed again, because a snapshot another client
     /// published names objects only they hold (`doomed.rs`).
     pub doomed_packs_rescued: usize,
+    /// The snapshot whose publication in steps a crash interrupted: its applied steps were
+    /// undone (its stored file is then catalogued like any other).
+    pub publication_undone: Option<String>,
+    /// Pages of that publication that could not be read to undo their step, with why: their
+    /// chunks keep one reference too many (nothing is lost; `verify` reports them and
+    /// `repair` recounts).
+    pub publication_pages_unread: Vec<String>,
     /// Snapshot files of forgotten snapshots that a crash had kept, now deleted.
     pub forgotten_files_deleted: usize,
     /// Stored snapshots the index did not list, now catalogued.
@@ -105,6 +115,7 @@ impl Recovery {
             || !self.packs_quarantined.is_empty()
             || self.doomed_packs_deleted > 0
             || self.forgotten_files_deleted > 0
+            || self.publication_undone.is_some()
             || !self.snapshots_catalogued.is_empty()
             || !self.snapshots_quarantined.is_empty()
             || self.stale_lock.is_some()
@@ -135,6 +146,14 @@ impl Recovery {
             (
                 self.packs_unreadable.len(),
                 "packs unreadable now (left in place)",
+            ),
+            (
+                usize::from(self.publication_undone.is_some()),
+                "interrupted publication undone",
+            ),
+            (
+                self.publication_pages_unread.len(),
+                "pages of it unreadable (their chunks keep a reference too many; run `tessera verify REPO`)",
             ),
             (
                 self.forgotten_files_deleted,
@@ -197,6 +216,11 @@ pub fn recover(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Res
 pub fn catch_up(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Result<Recovery> {
     let backend = &*storage.backend;
     let mut recovery = Recovery::default();
+    // Step 0: the counts a dead publisher raised, lowered again (ops/publish.rs).
+    if let Some((id, unread)) = undo_publishing(index, backend, crypto, storage.publish_group)? {
+        recovery.publication_undone = Some(id.to_hex());
+        recovery.publication_pages_unread = unread;
+    }
     let mut doomed: HashSet<PackId> = index.doomed_packs()?.into_iter().collect();
     if storage.shared {
         // Other machines may still read them: record them, delete them later (doomed.rs).
@@ -284,7 +308,8 @@ fn catalogue_unlisted(
                 continue;
             }
         };
-        let mut catalogued = catalogue_stored(index, backend, crypto, id, &snapshot);
+        let group = storage.publish_group;
+        let mut catalogued = catalogue_stored(index, backend, crypto, group, id, &snapshot);
         if matches!(
             catalogued,
             Err(crate::error::Error::SnapshotIncomplete { .. })
@@ -292,7 +317,7 @@ fn catalogue_unlisted(
         {
             rescued = true;
             recovery.doomed_packs_rescued = crate::doomed::rescue(storage, index)?;
-            catalogued = catalogue_stored(index, backend, crypto, id, &snapshot);
+            catalogued = catalogue_stored(index, backend, crypto, group, id, &snapshot);
         }
         match catalogued {
             Ok(()) => recovery.snapshots_catalogued.push(id.to_hex()),

@@ -6,7 +6,7 @@
 //! So publishing or dropping a snapshot touches only its own pages, and the chunks of
 //! the pages that it alone holds: cost proportional to what it uniquely owns.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use tessera_format::{ChunkDigest, ObjectKind, PageDigest, Snapshot};
 
@@ -16,65 +16,18 @@ use crate::index::{Index, IndexBatch};
 use crate::storage::Backend;
 use crate::store::reader::read_object;
 
-/// Pending count changes, applied in one batch.
+/// Pending count changes, applied in one batch (a forget: what it drops is what the
+/// snapshots it forgets alone hold; publishing derives its changes itself, in steps, see
+/// [`crate::ops::publish`]).
 #[derive(Debug, Default)]
 pub struct RefDeltas {
     /// Page count changes.
     pub pages: HashMap<PageDigest, i64>,
     /// Chunk count changes.
     pub chunks: HashMap<ChunkDigest, i64>,
-    /// Pages whose chunks `chunks` counts as gaining a reference because the page was dead
-    /// (count 0, or not indexed) when the changes were planned: a backup plans from its view
-    /// of the index, and [`Self::rebase`] corrects for what changed until it publishes.
-    pub activated: HashSet<PageDigest>,
 }
 
 impl RefDeltas {
-    /// Corrects the changes planned from an older view of the index for `index` as it is
-    /// now (the publishing writer's, under the writer lock). A backup plans while other
-    /// writers run: a page it found live may have died since (a forget), or one it found
-    /// dead may have come alive (another backup published it). A page that is dead now and
-    /// was not counted as becoming live gains its chunks; one counted as becoming live that
-    /// is live now loses them again (only such pages are read). Without this, the first case
-    /// leaves its chunks one reference short: a later forget would take them to 0 while a
-    /// snapshot still names them, and a compaction would reclaim them.
-    pub fn rebase(
-        &mut self,
-        index: &Index,
-        backend: &dyn Backend,
-        crypto: &RepoCrypto,
-    ) -> Result<()> {
-        let pages: Vec<PageDigest> = self
-            .pages
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(d, _)| *d)
-            .collect();
-        for group in pages.chunks(4096) {
-            let keys: Vec<[u8; 32]> = group.iter().map(|d| d.0).collect();
-            for (page, entry) in group.iter().zip(index.get_many(ObjectKind::Page, &keys)?) {
-                let live = entry.as_ref().is_some_and(|e| e.refcount > 0);
-                let counted = self.activated.contains(page);
-                if live == counted {
-                    let delta = if live { -1 } else { 1 };
-                    let entry = entry.ok_or_else(|| Error::ObjectMissing {
-                        kind: ObjectKind::Page,
-                        digest: page.to_hex(),
-                    })?;
-                    let raw = read_object(backend, crypto, ObjectKind::Page, &page.0, &entry)?;
-                    let decoded = crate::store::reader::decode_page(*page, &raw)?;
-                    self.add_chunks(&decoded.digests, delta);
-                    if live {
-                        self.activated.remove(page);
-                    } else {
-                        self.activated.insert(*page);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Adds `delta` references to each non-zero chunk in `digests`.
     pub fn add_chunks(&mut self, digests: &[ChunkDigest], delta: i64) {
         for d in digests.iter().filter(|d| !d.is_zero()) {
@@ -88,12 +41,15 @@ impl RefDeltas {
     pub fn stage(&self, index: &Index, batch: &mut IndexBatch<'_>) -> Result<()> {
         let pages: Vec<([u8; 32], i64)> = self.pages.iter().map(|(d, n)| (d.0, *n)).collect();
         let chunks: Vec<([u8; 32], i64)> = self.chunks.iter().map(|(d, n)| (d.0, *n)).collect();
-        stage_kind(index, batch, ObjectKind::Page, &pages)?;
-        stage_kind(index, batch, ObjectKind::Chunk, &chunks)
+        stage_counts(index, batch, ObjectKind::Page, &pages)?;
+        stage_counts(index, batch, ObjectKind::Chunk, &chunks)
     }
 }
 
-fn stage_kind(
+/// Adds count changes of objects of one kind to `batch`, reading their entries as the index
+/// holds them now. Every object must be in the index; a count that would go negative means
+/// the index is inconsistent and is refused rather than clamped.
+pub(crate) fn stage_counts(
     index: &Index,
     batch: &mut IndexBatch<'_>,
     kind: ObjectKind,

@@ -71,6 +71,9 @@ pub struct InitOptions {
     pub block_size: u32,
     /// Compression of new objects.
     pub compression: Compression,
+    /// Digests per manifest page ([`DEFAULT_PAGE_ENTRIES`]; tests use small pages so that
+    /// small images span several).
+    pub page_entries: u32,
 }
 
 impl InitOptions {
@@ -97,7 +100,7 @@ impl InitOptions {
             },
             compression: self.compression,
             default_block_size: self.block_size,
-            page_entries: DEFAULT_PAGE_ENTRIES,
+            page_entries: self.page_entries,
             created_at_us: crate::time::now_us(),
             encryption,
         };
@@ -114,6 +117,7 @@ impl Default for InitOptions {
         Self {
             block_size: DEFAULT_BLOCK_SIZE,
             compression: DEFAULT_COMPRESSION,
+            page_entries: DEFAULT_PAGE_ENTRIES,
         }
     }
 }
@@ -162,6 +166,9 @@ pub struct RepoStorage {
     pub crash_clock: Option<Arc<CrashClock>>,
     /// Size at which packs are sealed ([`TARGET_PACK_SIZE`]; crash tests use small packs).
     pub pack_target: u64,
+    /// Chunk count updates one publishing batch holds at most
+    /// ([`crate::ops::publish::PUBLISH_GROUP`]; crash tests use small groups).
+    pub publish_group: usize,
     /// Whether other machines may use the objects at the same time (an object store): then
     /// the local directory is only a cache, and packs are deleted in two phases with a grace
     /// period ([`crate::doomed`]) instead of once no local reader holds a lease.
@@ -176,6 +183,7 @@ impl RepoStorage {
             local_dir: root.to_path_buf(),
             crash_clock: None,
             pack_target: TARGET_PACK_SIZE,
+            publish_group: crate::ops::publish::PUBLISH_GROUP,
             shared: false,
         }
     }

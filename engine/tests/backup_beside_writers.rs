@@ -129,3 +129,31 @@ fn a_second_backup_of_a_series_is_refused_and_other_series_run() {
     let vm = backup_beside(&s, "vm", &img, &|| Ok(())).unwrap();
     assert_sound(&s, &[(other.id, &img), (vm.id, &img)]);
 }
+
+/// A backup beside the writer cannot index what it seals, so it remembers what it wrote in
+/// its scratch set on disk: a block repeated after its first copy's pack was sealed is not
+/// stored again, and the scratch directory is gone once the backup has stored everything.
+#[test]
+fn blocks_repeated_across_sealed_packs_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    Repository::init(&root, InitOptions::default()).unwrap();
+    let s = storage(&root, 256 << 10);
+    // 64 distinct incompressible blocks (packs seal every 4), four times over.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let once: Vec<u8> = (0..(64 << 16) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let img = dir.path().join("img");
+    std::fs::write(&img, once.repeat(4)).unwrap();
+    let out = backup_beside(&s, "a", &img, &|| Ok(())).unwrap();
+    let stats = out.header.disks[0].stats;
+    assert_eq!(stats.new_chunks, 64, "repeated blocks stored again");
+    assert_eq!(std::fs::read_dir(root.join("scratch")).unwrap().count(), 0);
+    assert_sound(&s, &[(out.id, &img)]);
+}

@@ -44,6 +44,9 @@ const ROOT: &str = "/sim/repo";
 const BLOCK: usize = 64 * 1024;
 /// Small packs, so one backup seals several and every sealing step is a crash point.
 const PACK_TARGET: u64 = 256 << 10;
+/// Small publishing steps, so a publication that raises more than a few chunks is
+/// committed in steps and every step is a crash point.
+const PUBLISH_GROUP: usize = 8;
 
 /// A repository whose objects are in a simulated disk and whose index, ledger and locks are
 /// in a real directory.
@@ -66,6 +69,7 @@ impl World {
             local_dir: self.local.path().to_path_buf(),
             crash_clock: Some(self.sim.clock()),
             pack_target: PACK_TARGET,
+            publish_group: PUBLISH_GROUP,
             shared: false,
         }
     }
@@ -169,7 +173,12 @@ fn base_world_with(seed: u64, encrypted: bool) -> (World, Model, Vec<u8>) {
         },
         shared: None,
     });
-    Repository::init_on(&world.storage(), InitOptions::default(), keys.as_ref()).unwrap();
+    // Small pages: the 25-block image spans two, so publishing raises its chunks in steps.
+    let opts = InitOptions {
+        page_entries: tessera_format::config::MIN_PAGE_ENTRIES,
+        ..InitOptions::default()
+    };
+    Repository::init_on(&world.storage(), opts, keys.as_ref()).unwrap();
     let mut model = Model::new();
     let repo = world.writer();
     let mut bytes = image(&mut rng, 24);

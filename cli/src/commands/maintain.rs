@@ -28,6 +28,7 @@ pub fn init(
     let opts = InitOptions {
         block_size,
         compression,
+        ..InitOptions::default()
     };
     opts.validate()?;
     if let Some(path) = repo.local_path() {

@@ -81,6 +81,28 @@ impl<'i> IndexBatch<'i> {
         self.delete(CF_DOOMED, pack.as_bytes());
     }
 
+    /// Records a publication in progress (see [`super::Publishing`]), none of its pages
+    /// applied.
+    pub fn begin_publishing(&mut self, record: &super::Publishing) {
+        self.put(super::CF_META, super::publishing::META_PUBLISHING, &record.encode());
+        self.delete(super::CF_META, super::publishing::META_PUBLISHING_APPLIED);
+    }
+
+    /// Sets how many pages of the publication in progress have had their chunks raised.
+    pub fn set_publishing_applied(&mut self, applied: u32) {
+        self.put(
+            super::CF_META,
+            super::publishing::META_PUBLISHING_APPLIED,
+            &applied.to_le_bytes(),
+        );
+    }
+
+    /// Drops the record of the publication in progress.
+    pub fn end_publishing(&mut self) {
+        self.delete(super::CF_META, super::publishing::META_PUBLISHING);
+        self.delete(super::CF_META, super::publishing::META_PUBLISHING_APPLIED);
+    }
+
     /// Adds a snapshot to the catalog; refuses a header that would not decode.
     pub fn put_snapshot(&mut self, id: SnapshotId, header: &SnapshotHeader) -> Result<()> {
         let bytes = header.encode().map_err(|e| {

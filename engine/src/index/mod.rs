@@ -29,6 +29,8 @@
 
 mod batch;
 mod entry;
+mod publishing;
+mod scratch;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
@@ -42,6 +44,8 @@ use crate::crypto::RepoCrypto;
 
 pub use batch::IndexBatch;
 pub use entry::{ObjectEntry, PackEntry, OBJECT_ENTRY_LEN};
+pub use publishing::Publishing;
+pub use scratch::ScratchSet;
 
 use crate::error::{Error, IoContext, Result};
 use crate::storage::sim::CrashClock;
@@ -155,6 +159,9 @@ impl Drop for SecondaryDir {
     }
 }
 
+/// The memory all memtables of an index may hold together before RocksDB flushes them.
+const MEMTABLE_BUDGET: usize = 8 << 20;
+
 /// How long a reader keeps retrying an open that races with the writer.
 const READ_OPEN_ATTEMPTS: u32 = 20;
 
@@ -165,6 +172,11 @@ fn options(block_cache: &Cache) -> Options {
     opts.set_max_background_jobs(2);
     opts.set_bytes_per_sync(1 << 20);
     opts.set_keep_log_file_num(3);
+    // All memtables together (every column family): a backup's publish indexes and then
+    // counts every new object, and with RocksDB's default (64 MiB per column family) the
+    // memory of a first backup grew with the disk until those filled (SPEC.md §7,
+    // "Publishing in steps").
+    opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
     // One commit writes several column families; their flushes must be recorded in the
     // MANIFEST as one atomic edit, or a reader opening next to a flush can see one column
     // family flushed and another not (a catalog entry missing although later batches are
@@ -588,6 +600,18 @@ impl Index {
             what: format!("meta doom_epoch is {} bytes, not 8", value.len()),
         })?;
         Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// The publication in progress, if any (see [`Publishing`]).
+    pub fn publishing(&self) -> Result<Option<Publishing>> {
+        let meta = self.cf(CF_META);
+        let Some(record) = self.db.get_cf(meta, publishing::META_PUBLISHING)? else {
+            return Ok(None);
+        };
+        let applied = self
+            .db
+            .get_cf(meta, publishing::META_PUBLISHING_APPLIED)?;
+        Publishing::decode(&record, applied.as_deref()).map(Some)
     }
 
     /// The database's identity (a rebuilt index has another), the same through a reader's

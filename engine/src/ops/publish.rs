@@ -3,38 +3,46 @@
 //! already stored.
 //!
 //! Preconditions: every object the snapshot references is in a sealed, durable pack and in
-//! the index; `refs` holds exactly the count changes publishing it implies (each root-list
-//! entry +1 on its page; for each page that goes from count 0 to live, +1 on each of its
-//! non-zero chunks — see [`crate::refcount`]).
+//! the index, and the caller holds the writer lock. The count changes are derived here, from
+//! the index as it is now: each root-list entry +1 on its page; for each page at count 0,
+//! +1 on each of its non-zero chunks (see [`crate::refcount`]). Nothing per chunk is held in
+//! memory beyond one group ([`PUBLISH_GROUP`]): a publication that raises more chunks than
+//! that is committed in steps (see [`crate::index::Publishing`]).
 //!
 //! Crash reasoning: the snapshot file is the source of truth. It is stored (durably) first;
-//! the catalog entry and all counts then go in one synced index batch. A crash between the
-//! two leaves a complete snapshot file the index does not list: the next writer's recovery
-//! catalogues it ([`catalogue_stored`]), because everything it references was durable before
-//! it. So a snapshot is visible either whole or not at all, and once `publish_snapshot`
-//! returns it is never lost.
+//! the catalog entry and the page counts then go in one synced index batch, the last one.
+//! A crash before it leaves a complete snapshot file the index does not list: the next
+//! writer's recovery undoes any applied steps ([`undo_publishing`]) and catalogues it
+//! ([`catalogue_stored`]), because everything it references was durable before it. So a
+//! snapshot is visible either whole or not at all, and once `publish_snapshot` returns it is
+//! never lost.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
-use tessera_format::{ObjectKind, PageDigest, Snapshot, SnapshotId};
+use rayon::prelude::*;
+use tessera_format::{ChunkDigest, ObjectKind, PageDigest, Snapshot, SnapshotHeader, SnapshotId};
 
 use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
-use crate::index::Index;
-use crate::refcount::RefDeltas;
+use crate::index::{Index, IndexBatch, Publishing};
+use crate::refcount::stage_counts;
 use crate::repo::Repository;
 use crate::storage::{Backend, ObjectKey};
-use crate::store::reader::read_page;
+use crate::store::reader::{decode_page, read_indexed, read_page};
 use crate::store::snapshot_file;
 
-/// Stores the snapshot file durably, then commits catalog entry and counts in one batch.
-pub fn publish_snapshot(
-    repo: &Repository,
-    snapshot: &Snapshot,
-    refs: &RefDeltas,
-) -> Result<SnapshotId> {
+/// Chunk count updates one publishing batch holds at most (about 100 bytes each in memory):
+/// 32768 is 2 GiB of new 64 KiB blocks per step.
+pub const PUBLISH_GROUP: usize = 32 * 1024;
+
+/// Pages read at once (in parallel) while raising their chunks.
+const PAGES_AT_ONCE: usize = 64;
+
+/// Stores the snapshot file durably, then commits catalog entry and counts.
+pub fn publish_snapshot(repo: &Repository, snapshot: &Snapshot) -> Result<SnapshotId> {
     let (id, bytes) = snapshot_file::encode(repo.crypto(), snapshot)?;
-    publish_file(repo, id, &bytes, snapshot, refs)
+    publish_file(repo, id, &bytes, snapshot)
 }
 
 /// [`publish_snapshot`] of a snapshot file already encoded (by this repository, or
@@ -46,38 +54,38 @@ pub fn publish_file(
     id: SnapshotId,
     bytes: &[u8],
     snapshot: &Snapshot,
-    refs: &RefDeltas,
 ) -> Result<SnapshotId> {
     debug_assert_eq!(SnapshotId::of(bytes), id);
-    let mut batch = repo.index().batch();
-    refs.stage(repo.index(), &mut batch)?;
+    let counts = Counts {
+        index: repo.index(),
+        backend: repo.backend(),
+        crypto: repo.crypto(),
+        group: repo.storage().publish_group,
+    };
+    let plan = counts.plan(snapshot)?;
     repo.backend()
         .put_content_addressed(&ObjectKey::snapshot(id), bytes)?;
-    batch.put_snapshot(id, &snapshot.header)?;
-    repo.index().commit(batch)?;
+    counts.commit(&plan, id, &snapshot.header)?;
     Ok(id)
 }
 
-/// The count changes publishing `snapshot` implies, after checking that every page it names
-/// is in the index, readable, and holds the number of entries its position requires. The
-/// chunks of pages that become live are checked when the changes are staged (a chunk the
-/// index lacks fails [`RefDeltas::stage`]).
-pub fn plan_refs(
+/// Checks that every page `snapshot` names is in the index, readable, and holds the number
+/// of entries its position requires. The chunks of its pages are checked when it is
+/// published (a chunk the index lacks fails it with [`Error::ObjectMissing`]).
+pub fn check_pages(
     index: &Index,
     backend: &dyn Backend,
     crypto: &RepoCrypto,
     snapshot: &Snapshot,
-) -> Result<RefDeltas> {
-    let mut refs = RefDeltas::default();
+) -> Result<()> {
     let mut seen: HashSet<PageDigest> = HashSet::new();
     for (disk, roots) in snapshot.header.disks.iter().zip(&snapshot.roots) {
         let blocks = disk.size.div_ceil(u64::from(disk.block_size));
         for (page_no, page) in roots.iter().enumerate() {
-            *refs.pages.entry(*page).or_default() += 1;
             if !seen.insert(*page) {
                 continue;
             }
-            let digests = read_page(
+            read_page(
                 index,
                 backend,
                 crypto,
@@ -94,32 +102,256 @@ pub fn plan_refs(
                 }
                 other => other,
             })?;
-            let entry = index.get_object(ObjectKind::Page, page.as_bytes())?;
-            if entry.is_none_or(|e| e.refcount == 0) {
-                refs.add_chunks(&digests, 1);
-            }
         }
     }
-    Ok(refs)
+    Ok(())
 }
 
 /// Catalogues a snapshot whose file is already stored under `id` (recovery, index rebuild):
-/// its counts and catalog entry in one synced batch.
+/// its counts and catalog entry, in steps of `group` chunk updates.
 pub fn catalogue_stored(
     index: &Index,
     backend: &dyn Backend,
     crypto: &RepoCrypto,
+    group: usize,
     id: SnapshotId,
     snapshot: &Snapshot,
 ) -> Result<()> {
-    let refs = plan_refs(index, backend, crypto, snapshot)?;
-    let mut batch = index.batch();
-    refs.stage(index, &mut batch).map_err(|e| match e {
+    check_pages(index, backend, crypto, snapshot)?;
+    let counts = Counts {
+        index,
+        backend,
+        crypto,
+        group,
+    };
+    let incomplete = |e| match e {
         Error::ObjectMissing { .. } => Error::SnapshotIncomplete {
             reason: e.to_string(),
         },
         other => other,
-    })?;
-    batch.put_snapshot(id, &snapshot.header)?;
-    index.commit(batch)
+    };
+    let plan = counts.plan(snapshot).map_err(incomplete)?;
+    counts.commit(&plan, id, &snapshot.header).map_err(incomplete)
+}
+
+/// Undoes the applied steps of a publication whose publisher died (the caller holds the
+/// writer lock, so no publisher is alive): lowers the chunks it raised again, last step
+/// first, and drops its record. Returns the snapshot it was publishing and the pages whose
+/// chunks could not be lowered because the page could not be read (their counts stay one
+/// too high, which keeps objects rather than losing them; `verify` reports them and `repair`
+/// recounts). Its stored snapshot file is catalogued afterwards like any other.
+pub fn undo_publishing(
+    index: &Index,
+    backend: &dyn Backend,
+    crypto: &RepoCrypto,
+    group: usize,
+) -> Result<Option<(SnapshotId, Vec<String>)>> {
+    let Some(record) = index.publishing()? else {
+        return Ok(None);
+    };
+    let counts = Counts {
+        index,
+        backend,
+        crypto,
+        group,
+    };
+    let mut skipped = Vec::new();
+    let mut applied = record.applied as usize;
+    while applied > 0 {
+        let start = applied.saturating_sub(PAGES_AT_ONCE);
+        let mut batch = index.batch();
+        skipped.extend(counts.raise(&mut batch, &record.pages[start..applied], -1, true)?);
+        batch.set_publishing_applied(start as u32);
+        index.commit(batch)?;
+        applied = start;
+    }
+    let mut batch = index.batch();
+    batch.end_publishing();
+    index.commit(batch)?;
+    Ok(Some((record.snapshot, skipped)))
+}
+
+/// The chunk references a publication in progress (seen through a reader's view) has
+/// already added, which the catalogued snapshots do not account for (see
+/// [`crate::index::Publishing`]).
+pub fn applied_by_publishing(
+    index: &Index,
+    backend: &dyn Backend,
+    crypto: &RepoCrypto,
+) -> Result<HashMap<ChunkDigest, u64>> {
+    let mut out = HashMap::new();
+    let Some(record) = index.publishing()? else {
+        return Ok(out);
+    };
+    for page in &record.pages[..record.applied as usize] {
+        for d in page_digests(index, backend, crypto, *page)? {
+            if !d.is_zero() {
+                *out.entry(d).or_default() += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What publishing one snapshot changes, planned from the index as it is now.
+struct Plan {
+    /// Each page's new references (one per root-list entry naming it).
+    pages: Vec<([u8; 32], i64)>,
+    /// The pages at count 0 now, whose chunks gain a reference each.
+    activated: Vec<PageDigest>,
+    /// `activated` cut into steps of at most about a group of chunk updates.
+    steps: Vec<Range<usize>>,
+}
+
+/// The index and store a publication reads and writes, and its group size.
+struct Counts<'a> {
+    index: &'a Index,
+    backend: &'a dyn Backend,
+    crypto: &'a RepoCrypto,
+    group: usize,
+}
+
+impl Counts<'_> {
+    /// Plans the publication of `snapshot`: every page must be indexed, and every chunk of
+    /// the pages it brings to life too ([`Error::ObjectMissing`] otherwise). Nothing is
+    /// written.
+    fn plan(&self, snapshot: &Snapshot) -> Result<Plan> {
+        let mut refs: HashMap<PageDigest, i64> = HashMap::new();
+        for p in snapshot.roots.iter().flatten() {
+            *refs.entry(*p).or_default() += 1;
+        }
+        let mut pages: Vec<([u8; 32], i64)> = refs.into_iter().map(|(d, n)| (d.0, n)).collect();
+        pages.sort_unstable();
+        let mut activated = Vec::new();
+        for group in pages.chunks(4096) {
+            let keys: Vec<[u8; 32]> = group.iter().map(|(d, _)| *d).collect();
+            for (digest, entry) in keys
+                .iter()
+                .zip(self.index.get_many(ObjectKind::Page, &keys)?)
+            {
+                let entry = entry.ok_or_else(|| Error::ObjectMissing {
+                    kind: ObjectKind::Page,
+                    digest: hex::encode(digest),
+                })?;
+                if entry.refcount == 0 {
+                    activated.push(PageDigest(*digest));
+                }
+            }
+        }
+        let mut steps = Vec::new();
+        let (mut start, mut in_step) = (0, 0usize);
+        for (at, group) in activated.chunks(PAGES_AT_ONCE).enumerate() {
+            for (i, digests) in self.read_pages(group)?.into_iter().enumerate() {
+                let keys: Vec<[u8; 32]> = digests
+                    .iter()
+                    .filter(|d| !d.is_zero())
+                    .map(|d| d.0)
+                    .collect();
+                let present = self.index.contains_many(ObjectKind::Chunk, &keys)?;
+                if let Some((d, _)) = keys.iter().zip(&present).find(|(_, p)| !**p) {
+                    return Err(Error::ObjectMissing {
+                        kind: ObjectKind::Chunk,
+                        digest: hex::encode(d),
+                    });
+                }
+                in_step += keys.len();
+                if in_step >= self.group {
+                    let end = at * PAGES_AT_ONCE + i + 1;
+                    steps.push(start..end);
+                    (start, in_step) = (end, 0);
+                }
+            }
+        }
+        if start < activated.len() {
+            steps.push(start..activated.len());
+        }
+        Ok(Plan {
+            pages,
+            activated,
+            steps,
+        })
+    }
+
+    /// Commits a planned publication of snapshot `id`, whose file is stored: in one batch,
+    /// or in steps under a [`Publishing`] record when its chunk updates exceed one group.
+    fn commit(&self, plan: &Plan, id: SnapshotId, header: &SnapshotHeader) -> Result<()> {
+        let mut last = self.index.batch();
+        if plan.steps.len() > 1 {
+            let mut batch = self.index.batch();
+            batch.begin_publishing(&Publishing {
+                snapshot: id,
+                pages: plan.activated.clone(),
+                applied: 0,
+            });
+            self.index.commit(batch)?;
+            for step in &plan.steps {
+                let mut batch = self.index.batch();
+                self.raise(&mut batch, &plan.activated[step.clone()], 1, false)?;
+                batch.set_publishing_applied(step.end as u32);
+                self.index.commit(batch)?;
+            }
+            last.end_publishing();
+        } else {
+            self.raise(&mut last, &plan.activated, 1, false)?;
+        }
+        stage_counts(self.index, &mut last, ObjectKind::Page, &plan.pages)?;
+        last.put_snapshot(id, header)?;
+        self.index.commit(last)
+    }
+
+    /// Adds `delta` references to every non-zero chunk of `pages` in `batch`. With
+    /// `skip_unreadable`, a page that cannot be read as sound is left out and named in the
+    /// result instead of failing.
+    fn raise(
+        &self,
+        batch: &mut IndexBatch<'_>,
+        pages: &[PageDigest],
+        delta: i64,
+        skip_unreadable: bool,
+    ) -> Result<Vec<String>> {
+        let mut changes: HashMap<[u8; 32], i64> = HashMap::new();
+        let mut skipped = Vec::new();
+        for group in pages.chunks(PAGES_AT_ONCE) {
+            let read: Vec<Result<Vec<ChunkDigest>>> = group
+                .par_iter()
+                .map(|p| page_digests(self.index, self.backend, self.crypto, *p))
+                .collect();
+            for (page, digests) in group.iter().zip(read) {
+                let digests = match digests {
+                    Ok(d) => d,
+                    Err(e) if skip_unreadable => {
+                        skipped.push(format!("page {page}: {e}"));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                for d in digests.iter().filter(|d| !d.is_zero()) {
+                    *changes.entry(d.0).or_default() += delta;
+                }
+            }
+        }
+        let mut changes: Vec<([u8; 32], i64)> = changes.into_iter().collect();
+        changes.sort_unstable();
+        stage_counts(self.index, batch, ObjectKind::Chunk, &changes)?;
+        Ok(skipped)
+    }
+
+    /// The chunk digests of `pages`, read in parallel, in order.
+    fn read_pages(&self, pages: &[PageDigest]) -> Result<Vec<Vec<ChunkDigest>>> {
+        pages
+            .par_iter()
+            .map(|p| page_digests(self.index, self.backend, self.crypto, *p))
+            .collect()
+    }
+}
+
+/// The chunk digests page `digest` lists (read and checked through the index).
+fn page_digests(
+    index: &Index,
+    backend: &dyn Backend,
+    crypto: &RepoCrypto,
+    digest: PageDigest,
+) -> Result<Vec<ChunkDigest>> {
+    let raw = read_indexed(index, backend, crypto, ObjectKind::Page, digest.as_bytes())?;
+    Ok(decode_page(digest, &raw)?.digests)
 }

@@ -3,10 +3,11 @@
 //! raised only when a snapshot that references them is committed).
 //!
 //! A backup stores under its series lock only, with a reader's view of the index (SPEC.md
-//! §8): its session cannot index what it seals. It remembers every object it wrote instead
-//! (32 bytes and a few of set overhead per object) and leaves its sealed packs to the
-//! recovery of the writer it publishes through, which finds them unindexed and adopts
-//! them ([`adopt_unindexed_packs`]); a crash before that leaves them to the next writer.
+//! §8): its session cannot index what it seals. It remembers every object it wrote instead,
+//! in a [`ScratchSet`] on disk (the open pack's objects in memory), and leaves its sealed
+//! packs to the recovery of the writer it publishes through, which finds them unindexed and
+//! adopts them ([`adopt_unindexed_packs`]); a crash before that leaves them to the next
+//! writer.
 
 use std::collections::HashSet;
 
@@ -14,7 +15,7 @@ use tessera_format::pack::FooterEntry;
 use tessera_format::{ObjectInfo, ObjectKind, PackId};
 
 use crate::error::Result;
-use crate::index::{Index, ObjectEntry, PackEntry};
+use crate::index::{Index, ObjectEntry, PackEntry, ScratchSet};
 use crate::storage::Backend;
 use crate::store::pack_scan::read_pack_contents;
 use crate::store::pack_sink::PackSink;
@@ -39,7 +40,11 @@ pub struct SessionStats {
 pub struct WriteSession<'a> {
     index: &'a Index,
     sink: PackSink<'a, ()>,
+    /// The open pack's objects (and, in a session that cannot index and has no scratch
+    /// set, every object written).
     pending: HashSet<(ObjectKind, [u8; 32])>,
+    /// Objects of sealed packs the index does not know (a session that cannot index).
+    scratch: Option<ScratchSet>,
     /// What was written.
     pub stats: SessionStats,
     /// The packs sealed, in order.
@@ -54,23 +59,39 @@ impl<'a> WriteSession<'a> {
             index,
             sink: PackSink::new(backend, pack_target),
             pending: HashSet::new(),
+            scratch: None,
             stats: SessionStats::default(),
             sealed: Vec::new(),
         }
     }
 
+    /// Remembers the objects of sealed packs in `scratch` rather than in memory (a session
+    /// whose index is a reader's view).
+    #[must_use]
+    pub fn with_scratch(mut self, scratch: ScratchSet) -> Self {
+        self.scratch = Some(scratch);
+        self
+    }
+
     /// Whether the object was appended in this session and the index does not know it yet
     /// (its pack is not sealed yet, or the session cannot index).
-    pub fn is_pending(&self, kind: ObjectKind, digest: &[u8; 32]) -> bool {
-        self.pending.contains(&(kind, *digest))
+    pub fn is_pending(&self, kind: ObjectKind, digest: &[u8; 32]) -> Result<bool> {
+        if self.pending.contains(&(kind, *digest)) {
+            return Ok(true);
+        }
+        match &self.scratch {
+            Some(scratch) => scratch.contains(kind, digest),
+            None => Ok(false),
+        }
     }
 
     /// Appends an encoded object unless this session already holds it. The caller has
     /// checked that the index does not. Returns whether it was written.
     pub fn add(&mut self, info: &ObjectInfo, stored: &[u8]) -> Result<bool> {
-        if !self.pending.insert((info.kind, info.digest.0)) {
+        if self.is_pending(info.kind, &info.digest.0)? {
             return Ok(false);
         }
+        self.pending.insert((info.kind, info.digest.0));
         self.sink.append(info, stored, ())?;
         self.stats.objects += 1;
         self.stats.raw_bytes += u64::from(info.raw_len);
@@ -87,6 +108,9 @@ impl<'a> WriteSession<'a> {
         if let Some(sealed) = self.sink.seal()? {
             if self.index.is_writer() {
                 index_pack(self.index, &sealed.pack)?;
+                self.pending.clear();
+            } else if let Some(scratch) = &self.scratch {
+                scratch.insert_many(&self.pending)?;
                 self.pending.clear();
             }
             self.sealed.push(sealed.pack.id);

@@ -623,6 +623,7 @@ pub fn import(
         let opts = InitOptions {
             block_size: m.default_block_size,
             compression,
+            ..InitOptions::default()
         };
         opts.validate().map_err(|e| Error::UntrustedData {
             from: bundle.describe(),

@@ -8,7 +8,7 @@ use tessera_format::{IdScheme, ObjectKind, Snapshot, SnapshotId};
 
 use crate::crypto::RepoCrypto;
 use crate::error::{Error, Result};
-use crate::ops::publish::{plan_refs, publish_file};
+use crate::ops::publish::{check_pages, publish_file};
 use crate::repo::Repository;
 use crate::store::session::WriteSession;
 
@@ -88,11 +88,14 @@ impl ObjectSink for LocalSink<'_> {
     fn contains_many(&mut self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<bool>> {
         let known = self.repo.index().contains_many(kind, digests)?;
         let session = self.session.as_ref();
-        Ok(known
+        known
             .into_iter()
             .zip(digests)
-            .map(|(k, d)| k || session.is_some_and(|s| s.is_pending(kind, d)))
-            .collect())
+            .map(|(k, d)| match session {
+                Some(s) if !k => s.is_pending(kind, d),
+                _ => Ok(k),
+            })
+            .collect()
     }
 
     /// Appends the objects the index lacks, each once. An object it holds dead (count 0)
@@ -233,18 +236,17 @@ pub fn publish_checked(
     check_time(repo, &snapshot, publisher)?;
     let known = block_sizes(&Catalog::snapshots(repo)?);
     check_block_sizes(&known, &SnapshotSummary::of(id, &snapshot.header))?;
-    let refs =
-        plan_refs(repo.index(), repo.backend(), repo.crypto(), &snapshot).map_err(|e| match e {
+    check_pages(repo.index(), repo.backend(), repo.crypto(), &snapshot).map_err(|e| match e {
             Error::SnapshotIncomplete { reason } => Error::UntrustedData {
                 from: from.clone(),
                 reason: format!("snapshot {id}: {reason}"),
             },
             other => other,
         })?;
-    // Staging the counts is where a chunk the snapshot's new pages name, but that was never
+    // Planning the counts is where a chunk the snapshot's new pages name, but that was never
     // sent, shows up: the index is the record of what is stored, so that is the sender's
     // fault (refused), not damage here.
-    publish_file(repo, id, bytes, &snapshot, &refs).map_err(|e| match e {
+    publish_file(repo, id, bytes, &snapshot).map_err(|e| match e {
         Error::ObjectMissing { kind, digest } => Error::UntrustedData {
             from,
             reason: format!(

@@ -150,11 +150,7 @@ impl DiskBackup<'_, '_> {
             && (start + page_entries).min(reference.blocks) == end;
         if !touched && same_span {
             if let Some(&digest) = reference.roots.get(page_no as usize) {
-                let (blocks_ref, entries_ref) = (reference.blocks, reference.entry.page_entries);
-                let repo = self.repo;
-                return self.push_existing_page(digest, || {
-                    repo.read_page(digest, blocks_ref, entries_ref, page_no)
-                });
+                return self.push_existing_page(digest);
             }
         }
         for b in start..end {

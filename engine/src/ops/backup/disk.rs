@@ -18,7 +18,6 @@ use crate::error::{Error, Result};
 use crate::ops::backup::plan::Mode;
 use crate::ops::backup::reference::ReferenceManifest;
 use crate::progress::Progress;
-use crate::refcount::RefDeltas;
 use crate::repo::Repository;
 use crate::sources::BlockSource;
 use crate::store::encode::{compress_into, encode_object, stored_info};
@@ -56,7 +55,8 @@ pub struct Drift {
 pub struct DiskBackup<'a, 'r> {
     pub repo: &'r Repository,
     pub session: &'a mut WriteSession<'r>,
-    pub refs: &'a mut RefDeltas,
+    /// Pages already named by this backup (each is looked up and stored once).
+    pub seen_pages: &'a mut HashSet<PageDigest>,
     /// Damaged chunks found by a key backup, re-encoded from the source; shared by disks.
     pub heal: &'a mut Vec<(ObjectInfo, Vec<u8>)>,
     /// Packs of healed copies already stored, re-pointed when the backup publishes.
@@ -148,7 +148,7 @@ impl DiskBackup<'_, '_> {
             self.repo,
             items,
             (self.key, Cores::All),
-            |d| session.is_pending(ObjectKind::Chunk, &d.0) || checked.contains(d),
+            |d| Ok(checked.contains(d) || session.is_pending(ObjectKind::Chunk, &d.0)?),
             std::mem::take(&mut self.arena),
         )?;
         self.absorb(items, &prepared)?;
@@ -221,7 +221,7 @@ impl DiskBackup<'_, '_> {
             .encode()
             .map_err(|e| Error::Internal(format!("encoding a manifest page: {e}")))?;
         let digest = self.repo.crypto().ids().page(&bytes);
-        if self.count_page(digest, || Ok(page.digests.clone()))? {
+        if self.first_sight(digest)? {
             let (info, stored) = encode_object(
                 self.repo.crypto(),
                 ObjectKind::Page,
@@ -236,12 +236,8 @@ impl DiskBackup<'_, '_> {
     }
 
     /// Appends a page that already exists (the reference's, unchanged) to the root list.
-    pub fn push_existing_page(
-        &mut self,
-        digest: PageDigest,
-        digests: impl FnOnce() -> Result<Vec<ChunkDigest>>,
-    ) -> Result<()> {
-        if self.count_page(digest, digests)? {
+    pub fn push_existing_page(&mut self, digest: PageDigest) -> Result<()> {
+        if self.first_sight(digest)? {
             return Err(Error::ObjectMissing {
                 kind: ObjectKind::Page,
                 digest: digest.to_hex(),
@@ -251,28 +247,21 @@ impl DiskBackup<'_, '_> {
         Ok(())
     }
 
-    /// Records one more reference to page `digest`; when the page becomes live with this
-    /// snapshot, its chunks gain a reference too. Returns whether the page must be stored
-    /// (neither in the index nor written in this session).
-    fn count_page(
-        &mut self,
-        digest: PageDigest,
-        digests: impl FnOnce() -> Result<Vec<ChunkDigest>>,
-    ) -> Result<bool> {
-        let first_in_backup = !self.refs.pages.contains_key(&digest);
-        *self.refs.pages.entry(digest).or_default() += 1;
-        if !first_in_backup {
+    /// Whether page `digest` must be stored: named for the first time in this backup, and
+    /// neither in the index nor written in this session. (Its count and its chunks' are
+    /// derived when the snapshot is published, from the index as it is then.)
+    fn first_sight(&mut self, digest: PageDigest) -> Result<bool> {
+        if !self.seen_pages.insert(digest) {
             return Ok(false);
         }
-        let existing = self
+        let indexed = self
             .repo
             .index()
-            .get_object(ObjectKind::Page, digest.as_bytes())?;
-        if existing.is_none_or(|e| e.refcount == 0) {
-            self.refs.add_chunks(&digests()?, 1);
-            self.refs.activated.insert(digest);
-        }
-        Ok(existing.is_none() && !self.session.is_pending(ObjectKind::Page, digest.as_bytes()))
+            .contains_many(ObjectKind::Page, &[digest.0])?
+            .first()
+            .copied()
+            .unwrap_or(false);
+        Ok(!indexed && !self.session.is_pending(ObjectKind::Page, digest.as_bytes())?)
     }
 }
 
@@ -345,7 +334,7 @@ pub fn prepare_chunks(
     repo: &Repository,
     items: &[BlockItem<'_>],
     (key, cores): (bool, Cores),
-    skip: impl Fn(&ChunkDigest) -> bool,
+    skip: impl Fn(&ChunkDigest) -> Result<bool>,
     arena: Vec<u8>,
 ) -> Result<PreparedChunks> {
     let compression = repo.config().compression;
@@ -362,7 +351,7 @@ pub fn prepare_chunks(
             continue;
         }
         // Known live through the reference (a key backup checks those too).
-        if (!key && it.reference == Some(d)) || skip(&d) || !seen.insert(d) {
+        if (!key && it.reference == Some(d)) || skip(&d)? || !seen.insert(d) {
             continue;
         }
         candidates.push(i);

@@ -54,7 +54,7 @@ fn prepare_batch(
     let digests: Vec<ChunkDigest> = buf.chunks(bs as usize).map(|b| ids.chunk_id(b)).collect();
     let chunks = {
         let items = items_of(first_block, bs, &buf, &digests, &references);
-        prepare_chunks(repo, &items, (key, Cores::One), |_| false, arena)?
+        prepare_chunks(repo, &items, (key, Cores::One), |_| Ok(false), arena)?
     };
     Ok(Prepared {
         first_block,

@@ -5,11 +5,12 @@
 //! Commit order (see SPEC.md "Crash safety"): all packs sealed → the writer lock taken (a
 //! backup opened with [`Repository::open_backup_on`] stores under its series lock alone and
 //! takes the writer lock only now; the writer's recovery indexes its packs) → count changes
-//! corrected for what other writers changed meanwhile ([`RefDeltas::rebase`]) → snapshot file
-//! durable → one index batch with the catalog entry and every reference count change. A
-//! crash before the snapshot file is stored leaves the previous state, and a rerun finds the
-//! sealed packs' objects in the index (adopted by the next writer's recovery); a crash after
-//! it leaves a snapshot file the next writer catalogues.
+//! derived from the index as it is now, under the lock (so whatever other writers changed
+//! meanwhile is accounted for) → snapshot file durable → the catalog entry and every count
+//! change, in one index batch or in steps ([`crate::ops::publish`]). A crash before the
+//! snapshot file is stored leaves the previous state, and a rerun finds the sealed packs'
+//! objects in the index (adopted by the next writer's recovery); a crash after it leaves a
+//! snapshot file the next writer catalogues.
 
 mod delta;
 mod disk;
@@ -29,9 +30,9 @@ use tessera_format::snapshot::{root_digest, validate_name, MAX_DISKS};
 use tessera_format::{DiskEntry, DiskStats, Snapshot, SnapshotHeader, SnapshotId};
 
 use crate::error::{Error, Result};
+use crate::index::ScratchSet;
 use crate::ops::publish::publish_snapshot;
 use crate::progress::Progress;
-use crate::refcount::RefDeltas;
 use crate::repo::Repository;
 use crate::snapshot_ref::SnapshotRef;
 use crate::sources::{open_source, BlockSource, SourceFormat, SourceSpec};
@@ -289,7 +290,11 @@ pub fn backup_sources(
     let time_us = time_us.unwrap_or_else(crate::time::now_us);
     let plans = plan_disks(repo, req, sources)?;
     let mut session = WriteSession::new(repo.index(), repo.backend(), repo.pack_target());
-    let mut refs = RefDeltas::default();
+    if !repo.is_writer() {
+        // What it wrote stays unindexed until it publishes: remembered on disk.
+        session = session.with_scratch(ScratchSet::create(repo.local_dir())?);
+    }
+    let mut seen_pages = HashSet::new();
     let mut heal = Vec::new();
     let mut healed_packs = Vec::new();
     let mut checked = HashSet::new();
@@ -311,7 +316,7 @@ pub fn backup_sources(
         let mut disk = DiskBackup {
             repo,
             session: &mut session,
-            refs: &mut refs,
+            seen_pages: &mut seen_pages,
             heal: &mut heal,
             healed_packs: &mut healed_packs,
             healed: 0,
@@ -400,10 +405,7 @@ pub fn backup_sources(
         &publisher
     };
     heal::repoint(writer, &healed_packs)?;
-    refs.rebase(writer.index(), writer.backend(), writer.crypto())
-        .map_err(|e| reclaimed_meanwhile(repo, e))?;
-    let id =
-        publish_snapshot(writer, &snapshot, &refs).map_err(|e| reclaimed_meanwhile(repo, e))?;
+    let id = publish_snapshot(writer, &snapshot).map_err(|e| reclaimed_meanwhile(repo, e))?;
     Ok(BackupOutcome {
         id,
         header: snapshot.header,
