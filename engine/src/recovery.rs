@@ -217,7 +217,7 @@ pub fn catch_up(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Re
     let backend = &*storage.backend;
     let mut recovery = Recovery::default();
     // Step 0: the counts a dead publisher raised, lowered again (ops/publish.rs).
-    if let Some((id, unread)) = undo_publishing(index, backend, crypto, storage.publish_group)? {
+    if let Some((id, unread)) = undo_publishing(index, backend, crypto)? {
         recovery.publication_undone = Some(id.to_hex());
         recovery.publication_pages_unread = unread;
     }

@@ -58,7 +58,7 @@ pub(crate) fn stage_counts(
     let now = crate::time::now_us();
     for group in deltas.chunks(4096) {
         let keys: Vec<[u8; 32]> = group.iter().map(|(d, _)| *d).collect();
-        for ((digest, delta), entry) in group.iter().zip(index.get_many(kind, &keys)?) {
+        for ((digest, delta), entry) in group.iter().zip(index.get_many_once(kind, &keys)?) {
             let mut entry = entry.ok_or_else(|| Error::ObjectMissing {
                 kind,
                 digest: hex::encode(digest),

@@ -140,15 +140,10 @@ fn blocks_repeated_across_sealed_packs_are_stored_once() {
     Repository::init(&root, InitOptions::default()).unwrap();
     let s = storage(&root, 256 << 10);
     // 64 distinct incompressible blocks (packs seal every 4), four times over.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let once: Vec<u8> = (0..(64 << 16) / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
+    let mut once = Vec::new();
+    for block in 1..=64u64 {
+        common::push_noise_block(&mut once, block.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
     let img = dir.path().join("img");
     std::fs::write(&img, once.repeat(4)).unwrap();
     let out = backup_beside(&s, "a", &img, &|| Ok(())).unwrap();

@@ -25,13 +25,8 @@ fn image(dir: &Path, name: &str, seed: u64, blocks: u64, vary_all: bool) -> Path
     let mut bytes = Vec::with_capacity((blocks as usize) << 16);
     for block in 0..blocks {
         let salt = if vary_all || block % 2 == 1 { seed } else { 0 };
-        let mut x = (block + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xD1B5);
-        for _ in 0..8192 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            bytes.extend_from_slice(&x.to_le_bytes());
-        }
+        let x = (block + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xD1B5);
+        common::push_noise_block(&mut bytes, x);
     }
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();

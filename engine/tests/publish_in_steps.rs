@@ -29,13 +29,8 @@ fn image(dir: &Path, name: &str, seed: u64, period: u64) -> PathBuf {
             bytes.resize(bytes.len() + (1 << 16), 0);
             continue;
         }
-        let mut x = (block % period + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
-        for _ in 0..8192 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            bytes.extend_from_slice(&x.to_le_bytes());
-        }
+        let x = (block % period + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
+        common::push_noise_block(&mut bytes, x);
     }
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -61,7 +56,10 @@ fn init(root: &Path) {
     Repository::init_on(&storage(root, None), opts, None).unwrap();
 }
 
-fn backup_with(storage: &RepoStorage, img: &Path) -> tessera_engine::Result<tessera_format::SnapshotId> {
+fn backup_with(
+    storage: &RepoStorage,
+    img: &Path,
+) -> tessera_engine::Result<tessera_format::SnapshotId> {
     let w = Repository::open_writer_on(storage.clone(), &NoSecret)?;
     backup(&w, &BackupRequest::one_disk("vm", "d0", img), &NoProgress).map(|o| o.id)
 }
@@ -89,7 +87,10 @@ fn a_publication_stopped_at_any_step_is_clean_beside_and_after() {
         let first = backup_with(&storage(&root, None), &base).unwrap();
         clock.arm(n);
         let stopped = backup_with(&storage(&root, Some(clock.clone())), &next);
-        assert!(stopped.is_err(), "step {n}/{steps}: the stopped backup succeeded");
+        assert!(
+            stopped.is_err(),
+            "step {n}/{steps}: the stopped backup succeeded"
+        );
         let plain = storage(&root, None);
         let reader = Repository::open_on(plain.clone(), &NoSecret).unwrap();
         let record = reader.index().publishing().unwrap();
@@ -112,7 +113,11 @@ fn a_publication_stopped_at_any_step_is_clean_beside_and_after() {
         );
         assert!(w.index().publishing().unwrap().is_none());
         let report = check(&w, true, &NoProgress).unwrap();
-        assert!(report.is_clean(), "step {n}: after recovery: {:?}", report.problems);
+        assert!(
+            report.is_clean(),
+            "step {n}: after recovery: {:?}",
+            report.problems
+        );
         let out = dir.path().join("out");
         assert_restores(&w, first, &base, &out);
         let catalogued = catalog(&w);
@@ -125,7 +130,10 @@ fn a_publication_stopped_at_any_step_is_clean_beside_and_after() {
         for id in catalogued.iter().filter(|id| **id != first) {
             assert_restores(&w, *id, &next, &out);
         }
-        assert!(catalogued.contains(&first) && catalogued.len() <= 2, "step {n}");
+        assert!(
+            catalogued.contains(&first) && catalogued.len() <= 2,
+            "step {n}"
+        );
         drop(w);
         std::fs::remove_dir_all(&root).unwrap();
     }
@@ -161,7 +169,10 @@ fn counts_published_in_steps_are_exact_through_forgets() {
     let report = check(&w, true, &NoProgress).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     let mut live = 0;
-    for kind in [tessera_format::ObjectKind::Page, tessera_format::ObjectKind::Chunk] {
+    for kind in [
+        tessera_format::ObjectKind::Page,
+        tessera_format::ObjectKind::Chunk,
+    ] {
         w.index()
             .for_each_object(kind, |_, e| {
                 live += u64::from(e.refcount > 0);
@@ -169,5 +180,54 @@ fn counts_published_in_steps_are_exact_through_forgets() {
             })
             .unwrap();
     }
-    assert_eq!(live, 0, "objects still referenced after every snapshot was forgotten");
+    assert_eq!(
+        live, 0,
+        "objects still referenced after every snapshot was forgotten"
+    );
+}
+
+/// A recount of an index that still holds the record of an unfinished publication (a
+/// publisher that failed and could not undo, then `repair --recount` in the same state)
+/// undoes it first: the next writer's recovery must not undo it a second time, which left
+/// counts one below their references (review of the first version of this change).
+#[test]
+fn a_recount_beside_an_unfinished_publication_leaves_counts_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = image(dir.path(), "base", 5, 40);
+    let next = image(dir.path(), "next", 6, 29);
+    let clock = Arc::new(CrashClock::default());
+    for n in 1.. {
+        let root = dir.path().join(format!("repo{n}"));
+        init(&root);
+        let first = backup_with(&storage(&root, None), &base).unwrap();
+        clock.arm(n);
+        assert!(
+            backup_with(&storage(&root, Some(clock.clone())), &next).is_err(),
+            "no stop left a publication with applied steps"
+        );
+        let plain = storage(&root, None);
+        let repo_id = plain.read_config().unwrap().repo_id;
+        let index =
+            tessera_engine::index::Index::open(&plain.index_path(), repo_id, false).unwrap();
+        if index.publishing().unwrap().is_none_or(|r| r.applied == 0) {
+            continue;
+        }
+        let crypto = tessera_engine::crypto::RepoCrypto::plain();
+        tessera_engine::ops::check::recount_index(&index, &*plain.backend, &crypto).unwrap();
+        assert!(
+            index.publishing().unwrap().is_none(),
+            "the recount left the record"
+        );
+        drop(index);
+        let w = Repository::open_writer_on(plain, &NoSecret).unwrap();
+        let report = check(&w, true, &NoProgress).unwrap();
+        assert!(report.is_clean(), "stop {n}: {:?}", report.problems);
+        assert_restores(&w, first, &base, &dir.path().join("out"));
+        assert_eq!(
+            catalog(&w).len(),
+            2,
+            "stop {n}: the stored snapshot was not catalogued"
+        );
+        return;
+    }
 }

@@ -22,8 +22,13 @@ fn main() -> anyhow::Result<()> {
         .split(',')
         .map(|s| parse_size(s).map(|n| (s.to_string(), n)))
         .collect::<anyhow::Result<_>>()?;
-    println!("first backup of an nbdkit pattern disk (every 64 KiB block unique), plain repository");
-    println!("{:>8} {:>10} {:>10} {:>12} {:>10}", "disk", "wall s", "MiB/s", "peak RSS MB", "vs first");
+    println!(
+        "first backup of an nbdkit pattern disk (every 64 KiB block unique), plain repository"
+    );
+    println!(
+        "{:>8} {:>10} {:>10} {:>12} {:>10}",
+        "disk", "wall s", "MiB/s", "peak RSS MB", "vs first"
+    );
     let mut first_rss = None;
     for (label, size) in sizes {
         let dir = tempfile::Builder::new()
@@ -42,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{label:>8} {:>10.1} {:>10.0} {rss_mb:>12.0} {:>9.2}x",
             m.wall_s,
-            size as f64 / (1 << 20) as f64 / m.wall_s,
+            size as f64 / f64::from(1 << 20) / m.wall_s,
             rss_mb / base
         );
     }

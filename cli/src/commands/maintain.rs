@@ -24,10 +24,9 @@ pub fn init(
 ) -> Result<i32> {
     let block_size =
         validate_block_size(parse_size(block_size)?).map_err(|e| UsageError(e.to_string()))?;
-    let compression = Compression::parse(compression).map_err(|e| UsageError(e.to_string()))?;
     let opts = InitOptions {
         block_size,
-        compression,
+        compression: Compression::parse(compression).map_err(|e| UsageError(e.to_string()))?,
         ..InitOptions::default()
     };
     opts.validate()?;

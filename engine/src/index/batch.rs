@@ -84,7 +84,11 @@ impl<'i> IndexBatch<'i> {
     /// Records a publication in progress (see [`super::Publishing`]), none of its pages
     /// applied.
     pub fn begin_publishing(&mut self, record: &super::Publishing) {
-        self.put(super::CF_META, super::publishing::META_PUBLISHING, &record.encode());
+        self.put(
+            super::CF_META,
+            super::publishing::META_PUBLISHING,
+            &record.encode(),
+        );
         self.delete(super::CF_META, super::publishing::META_PUBLISHING_APPLIED);
     }
 

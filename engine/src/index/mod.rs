@@ -159,6 +159,15 @@ impl Drop for SecondaryDir {
     }
 }
 
+/// Whether a lookup's blocks may stay in the block cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// Lookups that may come back to the same blocks.
+    Cached,
+    /// A pass that reads each object once.
+    Once,
+}
+
 /// The memory all memtables of an index may hold together before RocksDB flushes them.
 const MEMTABLE_BUDGET: usize = 8 << 20;
 
@@ -411,12 +420,45 @@ impl Index {
 
     /// Whether each of `digests` is present, in one batched lookup.
     pub fn contains_many(&self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<bool>> {
+        self.lookup_many(kind, digests, Reads::Cached, |v| Ok(v.is_some()))
+    }
+
+    /// [`Self::contains_many`] for a pass over many objects read once (a publish, an
+    /// adoption): the blocks it reads do not fill the block cache, which would otherwise
+    /// grow to its size with every first backup of a large disk (SPEC.md §7).
+    pub fn contains_many_once(&self, kind: ObjectKind, digests: &[[u8; 32]]) -> Result<Vec<bool>> {
+        self.lookup_many(kind, digests, Reads::Once, |v| Ok(v.is_some()))
+    }
+
+    /// [`Self::get_many`] for a pass over many objects read once (see
+    /// [`Self::contains_many_once`]).
+    pub fn get_many_once(
+        &self,
+        kind: ObjectKind,
+        digests: &[[u8; 32]],
+    ) -> Result<Vec<Option<ObjectEntry>>> {
+        self.lookup_many(kind, digests, Reads::Once, |v| {
+            v.map(ObjectEntry::decode).transpose()
+        })
+    }
+
+    fn lookup_many<T>(
+        &self,
+        kind: ObjectKind,
+        digests: &[[u8; 32]],
+        reads: Reads,
+        decode: impl Fn(Option<&[u8]>) -> Result<T>,
+    ) -> Result<Vec<T>> {
         if digests.is_empty() {
             return Ok(Vec::new());
         }
         let cf = self.cf(cf_for(kind));
-        let res = self.db.batched_multi_get_cf(&cf, digests.iter(), false);
-        res.into_iter().map(|r| Ok(r?.is_some())).collect()
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.fill_cache(reads == Reads::Cached);
+        let res = self
+            .db
+            .batched_multi_get_cf_opt(&cf, digests.iter(), false, &ro);
+        res.into_iter().map(|r| decode(r?.as_deref())).collect()
     }
 
     /// Whether each of `digests` is present, renewing the death of those present at count
@@ -462,14 +504,9 @@ impl Index {
         kind: ObjectKind,
         digests: &[[u8; 32]],
     ) -> Result<Vec<Option<ObjectEntry>>> {
-        if digests.is_empty() {
-            return Ok(Vec::new());
-        }
-        let cf = self.cf(cf_for(kind));
-        let res = self.db.batched_multi_get_cf(&cf, digests.iter(), false);
-        res.into_iter()
-            .map(|r| r?.map(|v| ObjectEntry::decode(&v)).transpose())
-            .collect()
+        self.lookup_many(kind, digests, Reads::Cached, |v| {
+            v.map(ObjectEntry::decode).transpose()
+        })
     }
 
     /// Packs waiting for deletion.
@@ -608,9 +645,7 @@ impl Index {
         let Some(record) = self.db.get_cf(meta, publishing::META_PUBLISHING)? else {
             return Ok(None);
         };
-        let applied = self
-            .db
-            .get_cf(meta, publishing::META_PUBLISHING_APPLIED)?;
+        let applied = self.db.get_cf(meta, publishing::META_PUBLISHING_APPLIED)?;
         Publishing::decode(&record, applied.as_deref()).map(Some)
     }
 

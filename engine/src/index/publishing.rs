@@ -58,10 +58,12 @@ impl Publishing {
 
     /// Decodes a record and its applied count; refuses anything malformed.
     pub(super) fn decode(record: &[u8], applied: Option<&[u8]>) -> Result<Self> {
-        let corrupt = |why: String| Error::IndexCorrupt {
+        let corrupt = |why: String| {
+            Error::IndexCorrupt {
             what: format!(
                 "the record of a publication in progress: {why}; run `tessera repair REPO --rebuild-index`"
             ),
+        }
         };
         let mut r = Reader::new(record, "publication record");
         let version = r.u8().map_err(|e| corrupt(e.to_string()))?;
@@ -78,7 +80,9 @@ impl Publishing {
         }
         let mut pages = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            pages.push(PageDigest(r.array::<32>().map_err(|e| corrupt(e.to_string()))?));
+            pages.push(PageDigest(
+                r.array::<32>().map_err(|e| corrupt(e.to_string()))?,
+            ));
         }
         let applied = match applied {
             None => 0,
@@ -114,7 +118,10 @@ mod tests {
         assert_eq!(decoded, record);
         assert_eq!(Publishing::decode(&bytes, None).unwrap().applied, 0);
         for cut in 0..bytes.len() {
-            assert!(Publishing::decode(&bytes[..cut], None).is_err(), "cut at {cut}");
+            assert!(
+                Publishing::decode(&bytes[..cut], None).is_err(),
+                "cut at {cut}"
+            );
         }
         assert!(Publishing::decode(&bytes, Some(&3u32.to_le_bytes())).is_err());
         assert!(Publishing::decode(&bytes, Some(&[1, 0])).is_err());

@@ -182,7 +182,10 @@ mod tests {
         for group in many.chunks(512) {
             set.insert_many(group).unwrap();
         }
-        assert!(many.iter().step_by(997).all(|(k, d)| set.contains(*k, d).unwrap()));
+        assert!(many
+            .iter()
+            .step_by(997)
+            .all(|(k, d)| set.contains(*k, d).unwrap()));
         let mut absent = many[5].1;
         absent[31] = 8;
         assert!(!set.contains(ObjectKind::Chunk, &absent).unwrap());

@@ -228,6 +228,13 @@ pub(crate) fn claims(job: &Job) -> Vec<Claim> {
         .collect()
 }
 
+/// The series `job` backs up in its own repository (`None`: the location does not parse).
+fn own_series(job: &Job) -> Option<Claim> {
+    claims(job)
+        .into_iter()
+        .find(|c| matches!(c, Claim::Series(..)))
+}
+
 impl Daemon<'_> {
     fn say(&self, line: &str) {
         (self.log)(line);
@@ -397,9 +404,10 @@ impl Daemon<'_> {
         let jobs: Vec<&Job> = self.entries.values().map(|e| e.job.as_ref()).collect();
         for (i, a) in jobs.iter().enumerate() {
             for b in &jobs[i + 1..] {
-                let (ca, cb) = (claims(a), claims(b));
-                let own = |c: &[Claim]| matches!(c.first(), Some(Claim::Series(..)));
-                let same = own(&ca) && own(&cb) && ca[0].conflicts(&cb[0]);
+                let same = match (own_series(a), own_series(b)) {
+                    (Some(x), Some(y)) => x.conflicts(&y),
+                    _ => false,
+                };
                 if same && (a.def.retention.is_some() || b.def.retention.is_some()) {
                     self.say(&format!(
                         "warning: jobs {} and {} back up series {} of one repository, and retention prunes the whole series: each prunes the other's snapshots; give them different series",

@@ -33,8 +33,8 @@ use crate::index::ObjectEntry;
 use crate::ledger::{Ledger, LedgerLock};
 use crate::ops::check_uncatalogued::judge_uncatalogued;
 use crate::ops::damage::{damage_marks, map_damage, BadKey, DamagedObject, DamagedPack};
-use crate::progress::Progress;
 use crate::ops::publish::applied_by_publishing;
+use crate::progress::Progress;
 use crate::refcount::expected_counts_of;
 use crate::repo::Repository;
 use crate::serde_ids;
@@ -155,6 +155,15 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
     )
 }
 
+/// Adds what a publication in steps running beside this view has raised already (see
+/// [`crate::index::Publishing`]) to the counts the catalogued snapshots give.
+fn add_publishing(repo: &Repository, expected: &mut crate::refcount::ExpectedCounts) -> Result<()> {
+    for (chunk, n) in applied_by_publishing(repo.index(), repo.backend(), repo.crypto())? {
+        *expected.chunks.entry(chunk).or_default() += n;
+    }
+    Ok(())
+}
+
 /// Objects are read and recorded in the ledger in groups of this many.
 const GROUP: usize = 4096;
 
@@ -180,10 +189,7 @@ pub fn verify(
         repo.crypto(),
         snapshots.iter().map(|(_, s)| s),
     )?;
-    // A publication in steps running beside this view has raised some chunks already.
-    for (chunk, n) in applied_by_publishing(repo.index(), repo.backend(), repo.crypto())? {
-        *expected.chunks.entry(chunk).or_default() += n;
-    }
+    add_publishing(repo, &mut expected)?;
     let mut bad = unreadable_pages(repo, &expected.unreadable_pages, &mut report)?;
     let mut indexed: HashSet<BadKey> = HashSet::new();
     let mut live: Vec<Live> = Vec::new();
@@ -639,6 +645,10 @@ pub fn recount_index(
     backend: &dyn crate::storage::Backend,
     crypto: &crate::crypto::RepoCrypto,
 ) -> Result<u64> {
+    // Counts raised by a publication that did not finish are undone first: the recount
+    // sets counts from the catalogued snapshots, and a record left in place would then be
+    // undone a second time by the next recovery.
+    crate::ops::publish::undo_publishing(index, backend, crypto)?;
     let mut snapshots = Vec::new();
     for (id, _) in index.snapshots()? {
         snapshots.push(crate::store::reader::load_snapshot(backend, crypto, id)?);

@@ -442,6 +442,7 @@ impl Mover<'_> {
             return Ok(());
         }
         let own: Vec<PackId> = sealed.iter().map(|s| s.pack.id).collect();
+        let stepping = matches!(self.committer, Committer::PerStep { .. });
         let writer = self.committer.writer(&own)?;
         let index = writer.index();
         if index.identity()? != self.identity {
@@ -452,8 +453,9 @@ impl Mover<'_> {
         // A snapshot file a crashed local writer left uncatalogued names objects at count 0
         // (as at the plan). In a shared store other machines' snapshots appear at any time:
         // this open's catch-up catalogued those it listed, and doom records with their
-        // rescue cover the rest (§13 "Shared repositories").
-        if !writer.storage().shared {
+        // rescue cover the rest (§13 "Shared repositories"). A compaction that holds the
+        // writer lock throughout (`apply_compact`) checked once: no writer could run since.
+        if stepping && !writer.storage().shared {
             refuse_uncatalogued(writer)?;
         }
         let mut batch = index.batch();

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use tessera_format::{ChunkDigest, ObjectKind, PageDigest, Snapshot, SnapshotHeader, SnapshotId};
 
 use crate::crypto::RepoCrypto;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::index::{Index, IndexBatch, Publishing};
 use crate::refcount::stage_counts;
 use crate::repo::Repository;
@@ -131,20 +131,23 @@ pub fn catalogue_stored(
         other => other,
     };
     let plan = counts.plan(snapshot).map_err(incomplete)?;
-    counts.commit(&plan, id, &snapshot.header).map_err(incomplete)
+    counts
+        .commit(&plan, id, &snapshot.header)
+        .map_err(incomplete)
 }
 
-/// Undoes the applied steps of a publication whose publisher died (the caller holds the
-/// writer lock, so no publisher is alive): lowers the chunks it raised again, last step
-/// first, and drops its record. Returns the snapshot it was publishing and the pages whose
-/// chunks could not be lowered because the page could not be read (their counts stay one
-/// too high, which keeps objects rather than losing them; `verify` reports them and `repair`
-/// recounts). Its stored snapshot file is catalogued afterwards like any other.
+/// Undoes the applied steps of a publication that did not finish (the caller holds the
+/// writer lock: its publisher died, or failed and is undoing its own): lowers the chunks it
+/// raised again, last step first, and drops its record. Returns the snapshot it was
+/// publishing and the pages whose chunks could not be lowered because the page is damaged or
+/// missing (their counts stay one too high, which keeps objects rather than losing them;
+/// `verify` reports them and `repair --recount` recounts). A page that cannot be read for
+/// any other reason (the store failing) fails the undo, and the record stays for the next
+/// writer to retry. Its stored snapshot file is catalogued afterwards like any other.
 pub fn undo_publishing(
     index: &Index,
     backend: &dyn Backend,
     crypto: &RepoCrypto,
-    group: usize,
 ) -> Result<Option<(SnapshotId, Vec<String>)>> {
     let Some(record) = index.publishing()? else {
         return Ok(None);
@@ -153,7 +156,7 @@ pub fn undo_publishing(
         index,
         backend,
         crypto,
-        group,
+        group: PUBLISH_GROUP,
     };
     let mut skipped = Vec::new();
     let mut applied = record.applied as usize;
@@ -184,10 +187,14 @@ pub fn applied_by_publishing(
         return Ok(out);
     };
     for page in &record.pages[..record.applied as usize] {
-        for d in page_digests(index, backend, crypto, *page)? {
-            if !d.is_zero() {
-                *out.entry(d).or_default() += 1;
-            }
+        let digests = match page_digests(index, backend, crypto, *page) {
+            Ok(d) => d,
+            // Its chunks then show counts one above what is expected: reported.
+            Err(e) if e.kind() == ErrorKind::Damage => continue,
+            Err(e) => return Err(e),
+        };
+        for d in digests.iter().filter(|d| !d.is_zero()) {
+            *out.entry(*d).or_default() += 1;
         }
     }
     Ok(out)
@@ -227,7 +234,7 @@ impl Counts<'_> {
             let keys: Vec<[u8; 32]> = group.iter().map(|(d, _)| *d).collect();
             for (digest, entry) in keys
                 .iter()
-                .zip(self.index.get_many(ObjectKind::Page, &keys)?)
+                .zip(self.index.get_many_once(ObjectKind::Page, &keys)?)
             {
                 let entry = entry.ok_or_else(|| Error::ObjectMissing {
                     kind: ObjectKind::Page,
@@ -247,7 +254,7 @@ impl Counts<'_> {
                     .filter(|d| !d.is_zero())
                     .map(|d| d.0)
                     .collect();
-                let present = self.index.contains_many(ObjectKind::Chunk, &keys)?;
+                let present = self.index.contains_many_once(ObjectKind::Chunk, &keys)?;
                 if let Some((d, _)) = keys.iter().zip(&present).find(|(_, p)| !**p) {
                     return Err(Error::ObjectMissing {
                         kind: ObjectKind::Chunk,
@@ -274,40 +281,71 @@ impl Counts<'_> {
 
     /// Commits a planned publication of snapshot `id`, whose file is stored: in one batch,
     /// or in steps under a [`Publishing`] record when its chunk updates exceed one group.
+    ///
+    /// A failure after the record was committed undoes the applied steps before returning
+    /// (if that fails too, the record stays, no publication starts over it, and the next
+    /// writer's recovery undoes it): a record must never outlive its publisher's attempt in
+    /// the same process, where a recount or a second publication would not know of it.
     fn commit(&self, plan: &Plan, id: SnapshotId, header: &SnapshotHeader) -> Result<()> {
-        let mut last = self.index.batch();
-        if plan.steps.len() > 1 {
-            let mut batch = self.index.batch();
-            batch.begin_publishing(&Publishing {
-                snapshot: id,
-                pages: plan.activated.clone(),
-                applied: 0,
-            });
-            self.index.commit(batch)?;
-            for step in &plan.steps {
-                let mut batch = self.index.batch();
-                self.raise(&mut batch, &plan.activated[step.clone()], 1, false)?;
-                batch.set_publishing_applied(step.end as u32);
-                self.index.commit(batch)?;
-            }
-            last.end_publishing();
-        } else {
+        if plan.steps.len() <= 1 {
+            let mut last = self.index.batch();
             self.raise(&mut last, &plan.activated, 1, false)?;
+            return self.finish(last, plan, id, header);
         }
+        if let Some(other) = self.index.publishing()? {
+            return Err(Error::IndexCorrupt {
+                what: format!(
+                    "snapshot {} is still recorded as being published; reopen the repository so that recovery undoes it",
+                    other.snapshot
+                ),
+            });
+        }
+        let mut batch = self.index.batch();
+        batch.begin_publishing(&Publishing {
+            snapshot: id,
+            pages: plan.activated.clone(),
+            applied: 0,
+        });
+        self.index.commit(batch)?;
+        let stepped = plan.steps.iter().try_for_each(|step| {
+            let mut batch = self.index.batch();
+            self.raise(&mut batch, &plan.activated[step.clone()], 1, false)?;
+            batch.set_publishing_applied(step.end as u32);
+            self.index.commit(batch)
+        });
+        let finished = stepped.and_then(|()| {
+            let mut last = self.index.batch();
+            last.end_publishing();
+            self.finish(last, plan, id, header)
+        });
+        if finished.is_err() {
+            let _ = undo_publishing(self.index, self.backend, self.crypto);
+        }
+        finished
+    }
+
+    /// Adds the page counts and the catalog entry to `last` and commits it.
+    fn finish(
+        &self,
+        mut last: IndexBatch<'_>,
+        plan: &Plan,
+        id: SnapshotId,
+        header: &SnapshotHeader,
+    ) -> Result<()> {
         stage_counts(self.index, &mut last, ObjectKind::Page, &plan.pages)?;
         last.put_snapshot(id, header)?;
         self.index.commit(last)
     }
 
     /// Adds `delta` references to every non-zero chunk of `pages` in `batch`. With
-    /// `skip_unreadable`, a page that cannot be read as sound is left out and named in the
-    /// result instead of failing.
+    /// `skip_damaged`, a page that is damaged or missing is left out and named in the result
+    /// instead of failing.
     fn raise(
         &self,
         batch: &mut IndexBatch<'_>,
         pages: &[PageDigest],
         delta: i64,
-        skip_unreadable: bool,
+        skip_damaged: bool,
     ) -> Result<Vec<String>> {
         let mut changes: HashMap<[u8; 32], i64> = HashMap::new();
         let mut skipped = Vec::new();
@@ -319,7 +357,7 @@ impl Counts<'_> {
             for (page, digests) in group.iter().zip(read) {
                 let digests = match digests {
                     Ok(d) => d,
-                    Err(e) if skip_unreadable => {
+                    Err(e) if skip_damaged && e.kind() == ErrorKind::Damage => {
                         skipped.push(format!("page {page}: {e}"));
                         continue;
                     }

@@ -143,7 +143,7 @@ fn index_entries(index: &Index, pack: PackId, size: u64, entries: &[FooterEntry]
     for kind in [ObjectKind::Chunk, ObjectKind::Page] {
         let of_kind: Vec<&FooterEntry> = entries.iter().filter(|e| e.info.kind == kind).collect();
         let keys: Vec<[u8; 32]> = of_kind.iter().map(|e| e.info.digest.0).collect();
-        let known = index.contains_many(kind, &keys)?;
+        let known = index.contains_many_once(kind, &keys)?;
         for (e, known) in of_kind.iter().zip(known) {
             if !known {
                 batch.put_object(kind, &e.info.digest.0, &ObjectEntry::found(pack, e));

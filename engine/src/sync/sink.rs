@@ -237,12 +237,12 @@ pub fn publish_checked(
     let known = block_sizes(&Catalog::snapshots(repo)?);
     check_block_sizes(&known, &SnapshotSummary::of(id, &snapshot.header))?;
     check_pages(repo.index(), repo.backend(), repo.crypto(), &snapshot).map_err(|e| match e {
-            Error::SnapshotIncomplete { reason } => Error::UntrustedData {
-                from: from.clone(),
-                reason: format!("snapshot {id}: {reason}"),
-            },
-            other => other,
-        })?;
+        Error::SnapshotIncomplete { reason } => Error::UntrustedData {
+            from: from.clone(),
+            reason: format!("snapshot {id}: {reason}"),
+        },
+        other => other,
+    })?;
     // Planning the counts is where a chunk the snapshot's new pages name, but that was never
     // sent, shows up: the index is the record of what is stored, so that is the sender's
     // fault (refused), not damage here.

@@ -115,3 +115,13 @@ pub fn assert_sound(storage: &RepoStorage, expect: &[(SnapshotId, &Path)]) {
         assert_restores(&w, *id, img, &out);
     }
 }
+
+/// Appends one incompressible 64 KiB block, a function of `x` alone (xorshift from it).
+pub fn push_noise_block(bytes: &mut Vec<u8>, mut x: u64) {
+    for _ in 0..8192 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+}

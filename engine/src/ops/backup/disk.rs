@@ -261,7 +261,10 @@ impl DiskBackup<'_, '_> {
             .first()
             .copied()
             .unwrap_or(false);
-        Ok(!indexed && !self.session.is_pending(ObjectKind::Page, digest.as_bytes())?)
+        Ok(!indexed
+            && !self
+                .session
+                .is_pending(ObjectKind::Page, digest.as_bytes())?)
     }
 }
 
