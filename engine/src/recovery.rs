@@ -217,7 +217,16 @@ pub fn catch_up(storage: &RepoStorage, index: &Index, crypto: &RepoCrypto) -> Re
     let backend = &*storage.backend;
     let mut recovery = Recovery::default();
     // Step 0: the counts a dead publisher raised, lowered again (ops/publish.rs).
-    if let Some((id, unread)) = undo_publishing(index, backend, crypto)? {
+    let undone = undo_publishing(index, backend, crypto).map_err(|e| match e {
+        crate::error::Error::Io { context, source } => crate::error::Error::Io {
+            context: format!(
+                "{context}, undoing an interrupted publication (retried at every open; if its pack stays unreadable, `tessera repair REPO --rebuild-index` rebuilds the index without it)"
+            ),
+            source,
+        },
+        other => other,
+    })?;
+    if let Some((id, unread)) = undone {
         recovery.publication_undone = Some(id.to_hex());
         recovery.publication_pages_unread = unread;
     }

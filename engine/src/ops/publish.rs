@@ -293,9 +293,9 @@ impl Counts<'_> {
             return self.finish(last, plan, id, header);
         }
         if let Some(other) = self.index.publishing()? {
-            return Err(Error::IndexCorrupt {
-                what: format!(
-                    "snapshot {} is still recorded as being published; reopen the repository so that recovery undoes it",
+            return Err(Error::Refused {
+                reason: format!(
+                    "snapshot {} is still recorded as being published (its publish failed and could not undo its steps); nothing was published: run the command again, and the repository's recovery undoes it first",
                     other.snapshot
                 ),
             });
