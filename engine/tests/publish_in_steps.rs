@@ -213,6 +213,25 @@ fn a_recount_beside_an_unfinished_publication_leaves_counts_exact() {
             continue;
         }
         let crypto = tessera_engine::crypto::RepoCrypto::plain();
+        // A publication in steps does not start over the record: refused, nothing changed.
+        let record = index.publishing().unwrap().unwrap();
+        let stored =
+            tessera_engine::store::reader::load_snapshot(&*plain.backend, &crypto, record.snapshot)
+                .unwrap();
+        let again = tessera_engine::ops::publish::catalogue_stored(
+            &index,
+            &*plain.backend,
+            &crypto,
+            8,
+            record.snapshot,
+            &stored,
+        );
+        assert!(
+            matches!(again, Err(tessera_engine::Error::Refused { .. })),
+            "{again:?}"
+        );
+        assert!(!index.has_snapshot(record.snapshot).unwrap());
+        assert_eq!(index.publishing().unwrap(), Some(record));
         tessera_engine::ops::check::recount_index(&index, &*plain.backend, &crypto).unwrap();
         assert!(
             index.publishing().unwrap().is_none(),

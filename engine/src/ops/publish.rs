@@ -272,6 +272,17 @@ impl Counts<'_> {
         if start < activated.len() {
             steps.push(start..activated.len());
         }
+        // Refused before the snapshot file is stored (see [`Self::commit`]).
+        if steps.len() > 1 {
+            if let Some(other) = self.index.publishing()? {
+                return Err(Error::Refused {
+                    reason: format!(
+                        "snapshot {} is still recorded as being published (its publish failed and could not undo its steps); nothing was published: run the command again, and the repository's recovery undoes it first",
+                        other.snapshot
+                    ),
+                });
+            }
+        }
         Ok(Plan {
             pages,
             activated,
@@ -283,22 +294,15 @@ impl Counts<'_> {
     /// or in steps under a [`Publishing`] record when its chunk updates exceed one group.
     ///
     /// A failure after the record was committed undoes the applied steps before returning
-    /// (if that fails too, the record stays, no publication starts over it, and the next
-    /// writer's recovery undoes it): a record must never outlive its publisher's attempt in
-    /// the same process, where a recount or a second publication would not know of it.
+    /// (if that fails too, the record stays, [`Self::plan`] refuses the next publication in
+    /// steps, and the next writer's recovery undoes it): a record must never outlive its
+    /// publisher's attempt in the same process, where a recount or a second publication
+    /// would not know of it.
     fn commit(&self, plan: &Plan, id: SnapshotId, header: &SnapshotHeader) -> Result<()> {
         if plan.steps.len() <= 1 {
             let mut last = self.index.batch();
             self.raise(&mut last, &plan.activated, 1, false)?;
             return self.finish(last, plan, id, header);
-        }
-        if let Some(other) = self.index.publishing()? {
-            return Err(Error::Refused {
-                reason: format!(
-                    "snapshot {} is still recorded as being published (its publish failed and could not undo its steps); nothing was published: run the command again, and the repository's recovery undoes it first",
-                    other.snapshot
-                ),
-            });
         }
         let mut batch = self.index.batch();
         batch.begin_publishing(&Publishing {
