@@ -63,9 +63,11 @@ pub fn publish_file(
         group: repo.storage().publish_group,
     };
     let plan = counts.plan(snapshot)?;
-    repo.backend()
-        .put_content_addressed(&ObjectKey::snapshot(id), bytes)?;
-    counts.commit(&plan, id, &snapshot.header)?;
+    let store = || {
+        repo.backend()
+            .put_content_addressed(&ObjectKey::snapshot(id), bytes)
+    };
+    counts.commit(&plan, id, &snapshot.header, &store)?;
     Ok(id)
 }
 
@@ -132,7 +134,7 @@ pub fn catalogue_stored(
     };
     let plan = counts.plan(snapshot).map_err(incomplete)?;
     counts
-        .commit(&plan, id, &snapshot.header)
+        .commit(&plan, id, &snapshot.header, &|| Ok(()))
         .map_err(incomplete)
 }
 
@@ -290,7 +292,7 @@ impl Counts<'_> {
         })
     }
 
-    /// Commits a planned publication of snapshot `id`, whose file is stored: in one batch,
+    /// Stores the file and commits a planned publication of snapshot `id`: in one batch,
     /// or in steps under a [`Publishing`] record when its chunk updates exceed one group.
     ///
     /// A failure after the record was committed undoes the applied steps before returning
@@ -298,12 +300,26 @@ impl Counts<'_> {
     /// steps, and the next writer's recovery undoes it): a record must never outlive its
     /// publisher's attempt in the same process, where a recount or a second publication
     /// would not know of it.
-    fn commit(&self, plan: &Plan, id: SnapshotId, header: &SnapshotHeader) -> Result<()> {
+    ///
+    /// `store` stores the snapshot file durably (a no-op when it is already stored). It runs
+    /// as late as it can: for one batch, after every count change is read and staged, so
+    /// that a crash leaves a stored, uncatalogued file (which the next writer catalogues)
+    /// only for the moment of the commit.
+    fn commit(
+        &self,
+        plan: &Plan,
+        id: SnapshotId,
+        header: &SnapshotHeader,
+        store: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
         if plan.steps.len() <= 1 {
             let mut last = self.index.batch();
             self.raise(&mut last, &plan.activated, 1, false)?;
-            return self.finish(last, plan, id, header);
+            stage_counts(self.index, &mut last, ObjectKind::Page, &plan.pages)?;
+            store()?;
+            return self.finish(last, id, header);
         }
+        store()?;
         let mut batch = self.index.batch();
         batch.begin_publishing(&Publishing {
             snapshot: id,
@@ -320,7 +336,8 @@ impl Counts<'_> {
         let finished = stepped.and_then(|()| {
             let mut last = self.index.batch();
             last.end_publishing();
-            self.finish(last, plan, id, header)
+            stage_counts(self.index, &mut last, ObjectKind::Page, &plan.pages)?;
+            self.finish(last, id, header)
         });
         if finished.is_err() {
             let _ = undo_publishing(self.index, self.backend, self.crypto);
@@ -328,15 +345,13 @@ impl Counts<'_> {
         finished
     }
 
-    /// Adds the page counts and the catalog entry to `last` and commits it.
+    /// Adds the catalog entry to `last` and commits it.
     fn finish(
         &self,
         mut last: IndexBatch<'_>,
-        plan: &Plan,
         id: SnapshotId,
         header: &SnapshotHeader,
     ) -> Result<()> {
-        stage_counts(self.index, &mut last, ObjectKind::Page, &plan.pages)?;
         last.put_snapshot(id, header)?;
         self.index.commit(last)
     }
