@@ -64,6 +64,21 @@ if ! "$pytools" -c "import aiosmtpd, prometheus_client.parser" >/dev/null 2>&1; 
         exit 1
     fi
 fi
+# moto, a mock of AWS S3 (`moto_server`, started on loopback by the immutable-backup tests,
+# SPEC §28) that refuses to delete an Object Lock-retained version as AWS does, and boto3,
+# the independent client the tests read retentions back with (from moto and SeaweedFS); in
+# its own project-local virtual environment (gitignored), .deps/moto, since moto[server]
+# brings Flask and Werkzeug versions of its own.
+moto=.deps/moto/bin
+if ! { "$moto/python" -c "import moto, boto3" && "$moto/moto_server" --help; } >/dev/null 2>&1; then
+    echo "installing: moto[server] (pip, into .deps/moto)" >&2
+    python3 -m venv .deps/moto
+    "$moto/pip" install -q 'moto[server]>=5.1'
+    if ! { "$moto/python" -c "import moto, boto3" && "$moto/moto_server" --help; } >/dev/null 2>&1; then
+        echo "error: $moto/moto_server does not run (or moto, boto3 do not import) after installing moto[server]" >&2
+        exit 1
+    fi
+fi
 # cargo-fuzz runs the libFuzzer targets of fuzz/ (scripts/fuzz.sh); a no-op when present.
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     echo "installing: cargo-fuzz" >&2

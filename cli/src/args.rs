@@ -332,6 +332,19 @@ pub enum ImportCommand {
     },
 }
 
+/// Immutable backups at init (SPEC §28).
+#[derive(Debug, clap::Args)]
+pub struct ImmutabilityArgs {
+    /// Keep every snapshot immutable this long after it is taken (e.g. 30d, 12h): on S3
+    /// through Object Lock (the bucket must have it enabled), in a directory with
+    /// `chattr +i` (needs root and a filesystem that supports it). Default: off.
+    #[arg(long, value_name = "DURATION")]
+    pub immutable: Option<String>,
+    /// On S3: compliance (no one can shorten a retention) or governance.
+    #[arg(long, value_parser = ["compliance", "governance"], default_value = "compliance")]
+    pub lock_mode: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a new, empty repository.
@@ -347,6 +360,20 @@ pub enum Command {
         compression: String,
         #[command(flatten)]
         encryption: InitEncryptionArgs,
+        #[command(flatten)]
+        immutability: ImmutabilityArgs,
+    },
+    /// Show or raise how long snapshots stay immutable (S3 Object Lock, `chattr +i`), and
+    /// extend the retention of existing snapshots' objects where it falls short.
+    Immutable {
+        /// The repository: a directory, `file://PATH` or `s3://BUCKET/PREFIX`.
+        repo: String,
+        /// New period (e.g. 30d, 12h): enables immutability, or lengthens it (never shortens).
+        #[arg(long)]
+        period: Option<String>,
+        /// On S3: compliance (no one can shorten it) or governance.
+        #[arg(long, value_parser = ["compliance", "governance"])]
+        lock_mode: Option<String>,
     },
     /// Back up one or more disks into one snapshot.
     Backup {

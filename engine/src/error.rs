@@ -319,6 +319,15 @@ pub enum Error {
         /// What conflicts, and what to do instead.
         reason: String,
     },
+    /// Removing or shortening what is immutable (SPEC §28): a snapshot or pack whose
+    /// retention has not passed.
+    #[error("{what} is immutable until {until}: it cannot be removed before then")]
+    Immutable {
+        /// The snapshot or object.
+        what: String,
+        /// Its retention date (RFC 3339).
+        until: String,
+    },
     /// Forgetting a protected snapshot.
     #[error("snapshot {snapshot} is protected; run `tessera unprotect REPO {snapshot}` first if it really should go")]
     Protected {
@@ -627,6 +636,7 @@ impl Error {
             | Self::IndexBusy { .. } => ErrorKind::Locked,
             Self::WrongBase { .. }
             | Self::Refused { .. }
+            | Self::Immutable { .. }
             | Self::Protected { .. }
             | Self::IncompatibleRepositories { .. }
             | Self::BlockSizeMismatch { .. }

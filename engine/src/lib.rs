@@ -57,6 +57,7 @@ pub mod explore;
 #[cfg(feature = "repository")]
 pub mod export;
 pub mod formats;
+pub mod in_flight;
 #[cfg(feature = "repository")]
 pub mod index;
 #[cfg(feature = "repository")]

@@ -50,7 +50,7 @@ use std::collections::HashSet;
 use tessera_format::{PackId, SnapshotId};
 
 use crate::crypto::RepoCrypto;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::ops::publish::{catalogue_stored, undo_publishing};
 use crate::readers::NoReaders;
@@ -273,7 +273,12 @@ fn finish_forgets(backend: &dyn Backend, index: &Index, recovery: &mut Recovery)
         if backend.size(&ObjectKey::snapshot(id))?.is_some() {
             recovery.forgotten_files_deleted += 1;
         }
-        backend.delete(&ObjectKey::snapshot(id))?;
+        match backend.delete(&ObjectKey::snapshot(id)) {
+            // Retained longer than the forget saw (SPEC §28): the tombstone stays, and a
+            // later open deletes the file once its retention has passed.
+            Err(Error::Immutable { .. }) => continue,
+            other => other?,
+        }
         let mut batch = index.batch();
         batch.clear_tombstone(id);
         index.commit(batch)?;
@@ -438,7 +443,12 @@ pub fn delete_doomed_packs(storage: &RepoStorage, index: &Index) -> Result<usize
         if oldest.is_some_and(|view| view < *doomed_at) {
             continue;
         }
-        storage.backend.delete(&ObjectKey::pack(*pack))?;
+        match storage.backend.delete(&ObjectKey::pack(*pack)) {
+            // Retained (SPEC §28: a publish extended it between a compaction's plan and
+            // its step): it stays doomed until its retention passes.
+            Err(Error::Immutable { .. }) => continue,
+            other => other?,
+        }
         batch.forget_doomed(*pack);
         deleted += 1;
     }

@@ -74,6 +74,9 @@ pub struct InitOptions {
     /// Digests per manifest page ([`DEFAULT_PAGE_ENTRIES`]; tests use small pages so that
     /// small images span several).
     pub page_entries: u32,
+    /// Immutable backups (SPEC §28): checked against the store before anything is written,
+    /// stored before the config.
+    pub immutability: Option<crate::ops::immutable::Policy>,
 }
 
 impl InitOptions {
@@ -118,6 +121,7 @@ impl Default for InitOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             compression: DEFAULT_COMPRESSION,
             page_entries: DEFAULT_PAGE_ENTRIES,
+            immutability: None,
         }
     }
 }
@@ -391,6 +395,9 @@ impl Repository {
                 path: PathBuf::from(storage.backend.describe()),
             });
         }
+        if opts.immutability.is_some() {
+            storage.backend.check_retention()?;
+        }
         let repo_id = RepoId(rand::random());
         let (encryption, recovery) = match keys {
             None => (Encryption::None, None),
@@ -409,6 +416,9 @@ impl Repository {
         };
         let finish = || {
             let (config, bytes) = opts.config(repo_id, encryption)?;
+            if let Some(policy) = &opts.immutability {
+                crate::ops::immutable::store_for_init(&*storage.backend, policy)?;
+            }
             Index::create(&storage.index_path(), config.repo_id)?
                 .record_encryption(&encryption_record(&config))?;
             match storage

@@ -24,6 +24,17 @@ pub fn format_us(us: i64) -> String {
     )
 }
 
+/// `us` rounded up to a whole second (retention dates are kept in whole seconds, and must
+/// never come out earlier than asked).
+pub fn ceil_to_second(us: i64) -> i64 {
+    let rem = us.rem_euclid(1_000_000);
+    if rem == 0 {
+        us
+    } else {
+        us.saturating_add(1_000_000 - rem)
+    }
+}
+
 /// Now, as RFC 3339 UTC.
 pub fn now_rfc3339() -> String {
     format_us(now_us())

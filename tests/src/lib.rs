@@ -14,6 +14,8 @@
 //! - [`qemu`], [`libvhdi`] and [`vhd_build`] are the independent image tools.
 //! - [`seaweed::Seaweed`] runs a real SeaweedFS (S3) on loopback for one test;
 //!   [`fault_proxy::FaultProxy`] sits in front of it and breaks chosen requests.
+//! - [`moto::Moto`] runs moto, a mock of AWS S3 that enforces Object Lock, on loopback;
+//!   [`moto::Boto`] is boto3, an independent S3 client, reading back what tessera stored.
 //!
 //! Every tool the tests use is installed by `scripts/ensure-deps.sh`; a test never skips
 //! because one is missing, it fails and names the script.
@@ -65,6 +67,7 @@ pub mod fault_proxy;
 pub mod fs_images;
 pub mod kill;
 pub mod libvhdi;
+pub mod moto;
 pub mod pki;
 pub mod qemu;
 pub mod remote;

@@ -3,11 +3,11 @@
 //! `scripts/ensure-deps.sh` into `.deps/seaweedfs/bin/weed`; a test that cannot start it
 //! fails and says why (it never skips).
 //!
-//! `weed` runs under a small `sh` whose standard input is a pipe held by [`Seaweed`]: when
-//! the test ends (the value is dropped) or its process dies however it dies, the pipe closes
-//! and the shell kills `weed` with SIGKILL (`weed mini` does not stop on SIGTERM or SIGINT
-//! within minutes), so no server outlives its test. Telemetry, WebDAV and the Iceberg and
-//! Lance endpoints are off, and every port is bound on 127.0.0.1 only.
+//! `weed` runs under a small `sh` whose standard input is a pipe held by [`Seaweed`] (a
+//! [`Tied`] process): when the test ends (the value is dropped) or its process dies however
+//! it dies, the pipe closes and the shell kills `weed` with SIGKILL (`weed mini` does not stop
+//! on SIGTERM or SIGINT within minutes), so no server outlives its test. Telemetry, WebDAV
+//! and the Iceberg and Lance endpoints are off, and every port is bound on 127.0.0.1 only.
 //!
 //! The data directory is on `/dev/shm` when there is one: SeaweedFS turns every volume
 //! read-only (and every write into HTTP 500) when the disk holding it has less than 1 % free,
@@ -30,7 +30,7 @@ const READY_WITHIN: Duration = Duration::from_mins(1);
 
 /// A running SeaweedFS; stopped when dropped.
 pub struct Seaweed {
-    process: Option<Process>,
+    process: Option<Tied>,
     args: Vec<String>,
     s3_port: u16,
     /// Every port it was given (released when it is dropped).
@@ -43,10 +43,52 @@ pub struct Seaweed {
     pub bucket: String,
 }
 
-/// The shell running `weed`, and the pipe that keeps it running.
-struct Process {
+/// A server run under a small `sh` whose standard input is a pipe held here: when the value
+/// is dropped, or this test process dies however it dies, the pipe closes and the shell kills
+/// the server with SIGKILL, so no server outlives its test (see the module docs).
+pub struct Tied {
     child: Child,
     stdin: Option<ChildStdin>,
+}
+
+impl Tied {
+    /// Starts `args` (the program first) with the variables `env` added to the environment,
+    /// its output appended to `log`.
+    pub fn spawn(args: &[String], env: &[(&str, &str)], log: &Path) -> Self {
+        let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+        let script = format!(
+            "{} >>'{}' 2>&1 & w=$!; read _; kill -9 $w; wait $w",
+            quoted.join(" "),
+            log.display()
+        );
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            // The shell's own "Killed" notice when it kills the server; it logs to its file.
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting sh for {}: {e}", args[0]));
+        let stdin = child.stdin.take();
+        Self { child, stdin }
+    }
+}
+
+impl Drop for Tied {
+    /// Closes the pipe (the shell kills the server) and waits for the shell, up to 20 s.
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The `weed` binary ensure-deps installs.
@@ -69,7 +111,7 @@ const PORT_RANGE: std::ops::Range<u16> = 12_000..22_000;
 
 /// A port nothing listens on now, not reserved by another server of this process, whose
 /// `+ 10000` neighbour is free too; reserved until [`release_ports`].
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use rand::Rng;
     let mut reserved = RESERVED
         .lock()
@@ -89,7 +131,7 @@ fn free_port() -> u16 {
 }
 
 /// Gives `ports` back for other servers.
-fn release_ports(ports: &[u16]) {
+pub fn release_ports(ports: &[u16]) {
     let mut reserved = RESERVED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -167,25 +209,11 @@ impl Seaweed {
 
     /// Starts `weed` (again, on the same ports and data) and waits until it answers.
     fn run(&mut self) {
-        let quoted: Vec<String> = self.args.iter().map(|a| format!("'{a}'")).collect();
-        let log = self.log_path();
-        let script = format!(
-            "{} >>'{}' 2>&1 & w=$!; read _; kill -9 $w; wait $w",
-            quoted.join(" "),
-            log.display()
-        );
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .env("AWS_ACCESS_KEY_ID", KEY_ID)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .stdin(Stdio::piped())
-            // The shell's own "Killed" notice when it kills weed; weed logs to its file.
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting sh for SeaweedFS");
-        let stdin = child.stdin.take();
-        self.process = Some(Process { child, stdin });
+        let env = [
+            ("AWS_ACCESS_KEY_ID", KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ];
+        self.process = Some(Tied::spawn(&self.args, &env, &self.log_path()));
         self.wait_ready();
     }
 
@@ -196,19 +224,8 @@ impl Seaweed {
     /// Kills the server at once (SIGKILL: what a crash or power loss of the server does to
     /// requests in flight); its data stays for [`Self::restart`].
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            // Closing the pipe makes the shell kill weed.
-            drop(p.stdin.take());
-            let end = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = p.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
+        // Dropping it closes the pipe: the shell kills weed.
+        drop(self.process.take());
         // The ports are free once nothing accepts on the S3 port.
         let end = Instant::now() + Duration::from_secs(10);
         while Instant::now() < end && TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok() {
@@ -260,13 +277,30 @@ impl Seaweed {
     /// Environment variables for the `tessera` binary reaching this server: endpoint and
     /// credentials (the credentials never go on a command line).
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("TESSERA_S3_ENDPOINT", self.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", KEY_ID.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET.to_string()),
-            ("AWS_REGION", "us-east-1".to_string()),
-        ]
+        env_for(&self.endpoint)
     }
+
+    /// boto3, an independent S3 client, on this server (e.g. to read Object Lock retentions
+    /// back: SeaweedFS stores and enforces them once the bucket has Object Lock enabled).
+    pub fn boto(&self) -> crate::moto::Boto {
+        crate::moto::Boto::new(&self.endpoint)
+    }
+
+    /// The Object Lock retention of `key` in the bucket, as HeadObject reports it.
+    pub fn retention(&self, key: &str) -> Option<crate::moto::Retention> {
+        self.boto().retention(&self.bucket, key)
+    }
+}
+
+/// Environment variables for the `tessera` binary reaching the S3 server at `endpoint` with
+/// [`KEY_ID`] and [`SECRET`]: endpoint, credentials and region.
+pub fn env_for(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TESSERA_S3_ENDPOINT", endpoint.to_string()),
+        ("AWS_ACCESS_KEY_ID", KEY_ID.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ]
 }
 
 /// Options for `endpoint` with the given key, path-style, and retries bounded for tests

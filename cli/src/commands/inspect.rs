@@ -1,5 +1,7 @@
 //! `tessera list`, `show`, `stats`: read-only views.
 
+use std::fmt::Write as _;
+
 use anyhow::Result;
 use tessera_engine::location::RepoLocation;
 use tessera_engine::ops::catalog::{self, DamageReport, ShowReport, StatsReport};
@@ -25,6 +27,9 @@ pub fn list(repo: &RepoLocation, series: Option<&str>, json: bool) -> Result<i32
             let mut mark = String::new();
             if s.protected {
                 mark.push_str("  (protected)");
+            }
+            if let Some(until) = &s.protected_until {
+                let _ = write!(mark, "  (immutable until {until})");
             }
             if s.damaged {
                 mark.push_str("  DAMAGED (see `tessera show`, `tessera repair`)");

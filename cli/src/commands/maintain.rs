@@ -3,13 +3,15 @@
 use anyhow::Result;
 use tessera_engine::crypto::text::recovery_text;
 use tessera_engine::location::RepoLocation;
+use tessera_engine::ops::immutable::Policy;
 use tessera_engine::ops::init::init as init_repository;
+use tessera_engine::storage::RetentionMode;
 use tessera_engine::{InitOptions, NewKeys};
 use tessera_format::config::validate_block_size;
 use tessera_format::keyslot::KdfParams;
 use tessera_format::Compression;
 
-use crate::args::{parse_size, InitEncryptionArgs, UsageError};
+use crate::args::{parse_size, ImmutabilityArgs, InitEncryptionArgs, UsageError};
 use crate::doc::print_ok;
 use crate::keys;
 use crate::output::bytes;
@@ -20,16 +22,10 @@ pub fn init(
     block_size: &str,
     compression: &str,
     encryption: &InitEncryptionArgs,
+    immutability: &ImmutabilityArgs,
     json: bool,
 ) -> Result<i32> {
-    let block_size =
-        validate_block_size(parse_size(block_size)?).map_err(|e| UsageError(e.to_string()))?;
-    let opts = InitOptions {
-        block_size,
-        compression: Compression::parse(compression).map_err(|e| UsageError(e.to_string()))?,
-        ..InitOptions::default()
-    };
-    opts.validate()?;
+    let opts = init_options(block_size, compression, immutability)?;
     if let Some(path) = repo.local_path() {
         tessera_engine::Repository::check_init_target(path)?;
     }
@@ -138,4 +134,41 @@ impl Drop for Unmade {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// The `--lock-mode` value (clap allows only the two).
+pub fn parse_lock_mode(mode: &str) -> RetentionMode {
+    if mode == "governance" {
+        RetentionMode::Governance
+    } else {
+        RetentionMode::Compliance
+    }
+}
+
+/// The new repository's parameters, checked.
+fn init_options(
+    block_size: &str,
+    compression: &str,
+    immutability: &ImmutabilityArgs,
+) -> Result<InitOptions> {
+    let opts = InitOptions {
+        block_size: validate_block_size(parse_size(block_size)?)
+            .map_err(|e| UsageError(e.to_string()))?,
+        compression: Compression::parse(compression).map_err(|e| UsageError(e.to_string()))?,
+        immutability: policy_of(immutability)?,
+        ..InitOptions::default()
+    };
+    opts.validate()?;
+    Ok(opts)
+}
+
+/// The policy `--immutable` and `--lock-mode` ask for, if any.
+fn policy_of(args: &ImmutabilityArgs) -> Result<Option<Policy>> {
+    let Some(period) = args.immutable.as_deref() else {
+        return Ok(None);
+    };
+    Ok(Some(Policy::new(
+        period.parse()?,
+        parse_lock_mode(&args.lock_mode),
+    )))
 }

@@ -38,6 +38,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             block_size,
             compression,
             encryption,
+            immutability,
         } => {
             let keys_from = encryption.keys_from.as_deref().map(&at).transpose()?;
             let repo = at(&repo)?;
@@ -56,9 +57,15 @@ pub fn run(cli: Cli) -> Result<i32> {
                 &block_size,
                 &compression,
                 &encryption,
+                &immutability,
                 json,
             )
         }
+        Command::Immutable {
+            repo,
+            period,
+            lock_mode,
+        } => retention::immutable(&at(&repo)?, period.as_deref(), lock_mode.as_deref(), json),
         Command::Backup {
             repo,
             series,

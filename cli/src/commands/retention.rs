@@ -108,6 +108,43 @@ pub fn protect(
     Ok(0)
 }
 
+pub fn immutable(
+    repo: &RepoLocation,
+    period: Option<&str>,
+    lock_mode: Option<&str>,
+    json: bool,
+) -> Result<i32> {
+    let period = period.map(str::parse).transpose()?;
+    let mode = lock_mode.map(super::maintain::parse_lock_mode);
+    let r = tessera_engine::ops::immutable::apply(&super::open_writer(repo)?, period, mode)?;
+    if json {
+        print_ok(&r);
+        return Ok(0);
+    }
+    println!(
+        "snapshots stay immutable for {} s ({:.1} days) after they are taken (mode {:?} on S3); {} packs extended now",
+        r.period_s,
+        r.period_s as f64 / 86400.0,
+        r.mode,
+        r.packs_extended
+    );
+    for s in &r.snapshots {
+        println!(
+            "{:<16} {:<20} {:<24} {} {}",
+            &s.id.to_hex()[..16],
+            s.series,
+            s.time,
+            if s.protected {
+                "protected until"
+            } else {
+                "expired"
+            },
+            s.protected_until
+        );
+    }
+    Ok(0)
+}
+
 pub fn compact(
     repo: &RepoLocation,
     max_unused: &str,
@@ -155,6 +192,12 @@ pub fn compact(
             println!(
                 "{} packs indexed within the last {grace} (--grace), or since the oldest backup still running started, left alone",
                 plan.packs_in_grace
+            );
+        }
+        if plan.packs_locked > 0 {
+            println!(
+                "{} packs left alone: immutable until their retention passes (see `tessera immutable`)",
+                plan.packs_locked
             );
         }
         if plan.dying_objects > 0 {

@@ -32,7 +32,7 @@ impl<'i> IndexBatch<'i> {
         self.changes == 0
     }
 
-    fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
+    pub(super) fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
         self.batch.put_cf(self.index.cf(cf), key, value);
         self.changes += 1;
     }

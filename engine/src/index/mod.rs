@@ -12,6 +12,7 @@
 //! | `snapshots` | snapshot id (32) | encoded snapshot header |
 //! | `packs` | pack id (16) | size:u64 objects:u32 indexed_at_us:i64 |
 //! | `meta` | `repo_id` | repository id (16) |
+//! | `meta` | `retained/` tag id | a retention date, i64 µs ([`Retained`]: `p` pack, `g` page, `s` snapshot) |
 //! | `meta` | `encryption` | the repository's encryption when the index was made: `none`, or `aes-256-gcm` and the key fingerprint (16) |
 //! | `protected` | snapshot id (32) | empty |
 //! | `doomed_packs` | pack id (16) | empty |
@@ -30,6 +31,7 @@
 mod batch;
 mod entry;
 mod publishing;
+mod retained;
 mod scratch;
 
 use rocksdb::{
@@ -45,6 +47,7 @@ use crate::crypto::RepoCrypto;
 pub use batch::IndexBatch;
 pub use entry::{ObjectEntry, PackEntry, OBJECT_ENTRY_LEN};
 pub use publishing::Publishing;
+pub use retained::Retained;
 pub use scratch::ScratchSet;
 
 use crate::error::{Error, IoContext, Result};

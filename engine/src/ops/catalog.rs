@@ -47,6 +47,9 @@ pub struct ListedSnapshot {
     pub protected: bool,
     /// Whether the last verification found it damaged.
     pub damaged: bool,
+    /// Until when it is immutable (RFC 3339; SPEC §28), `None` without an immutability
+    /// policy or a retention.
+    pub protected_until: Option<String>,
     /// Its tags.
     #[serde(serialize_with = "pairs_as_map")]
     pub tags: Vec<(String, String)>,
@@ -67,12 +70,24 @@ pub struct ListedDisk {
 pub fn list(repo: &Repository, series: Option<&str>) -> Result<ListReport> {
     let protected = repo.index().protected()?;
     let marks = load_damage_marks(repo.backend())?;
+    let immutable = crate::ops::immutable::read_policy(repo.backend())?.is_some();
     let snapshots = repo
         .index()
         .snapshots()?
         .into_iter()
         .filter(|(_, h)| series.is_none_or(|s| h.series == s))
-        .map(|(id, h)| ListedSnapshot {
+        .map(|(id, h)| {
+            let until = if immutable {
+                crate::ops::immutable::protected_until(repo, id)?
+            } else {
+                None
+            };
+            Ok((id, h, until))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .map(|(id, h, until)| ListedSnapshot {
+            protected_until: until.map(format_us),
             id,
             time: format_us(h.time_us),
             time_us: h.time_us,

@@ -30,6 +30,7 @@ use tessera_format::{ObjectKind, PackId};
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
 use crate::lock::WriterLock;
+use crate::ops::immutable::{self, Policy};
 use crate::progress::Progress;
 use crate::recovery::delete_doomed_packs;
 use crate::repo::Repository;
@@ -84,6 +85,9 @@ pub struct CompactPlan {
     /// The grace period, in microseconds: also how long a doomed pack of a shared store
     /// stays before it is deleted ([`crate::doomed`]).
     pub grace_us: i64,
+    /// Packs that would be selected but are retained (immutable, SPEC §28) past now: left
+    /// alone, never rewritten nor deleted, until their retention passes.
+    pub packs_locked: usize,
 }
 
 /// How long a newly indexed pack is left alone by default: its objects may belong to a
@@ -284,6 +288,7 @@ pub fn plan_compact_with_grace(
         .into_values()
         .filter(|u| u.unused_fraction() > max_unused)
         .collect();
+    let packs_locked = leave_locked(repo, &mut packs)?;
     packs.sort_by_key(|u| u.pack);
     let bytes_to_move = packs.iter().map(|u| u.live_bytes).sum();
     let bytes_to_free = packs
@@ -303,7 +308,31 @@ pub fn plan_compact_with_grace(
         dying_objects,
         young_after_us: young_after,
         grace_us,
+        packs_locked,
     })
+}
+
+/// Drops from `packs` those retained past now (SPEC §28): compaction never tries to delete
+/// an immutable object. Returns how many. In a store several machines share, now is the
+/// store's clock.
+fn leave_locked(repo: &Repository, packs: &mut Vec<PackUsage>) -> Result<usize> {
+    if packs.is_empty() || immutable::read_policy(repo.backend())?.is_none() {
+        return Ok(0);
+    }
+    let now = if repo.storage().shared {
+        repo.backend().clock_us()?
+    } else {
+        crate::time::now_us()
+    };
+    let before = packs.len();
+    let mut kept = Vec::with_capacity(before);
+    for usage in packs.drain(..) {
+        if immutable::pack_locked(repo, usage.pack, now)?.is_none() {
+            kept.push(usage);
+        }
+    }
+    *packs = kept;
+    Ok(before - packs.len())
 }
 
 /// An object the index places in a pack: its kind, digest and entry (as planned).
@@ -390,6 +419,8 @@ struct Mover<'r> {
     dead: Vec<Placed>,
     /// Old packs whose planned objects are all in the sink or dead since the last commit.
     emptied: Vec<PackId>,
+    /// The immutability policy, if any: a new pack gets the retention of those it empties.
+    policy: Option<Policy>,
     report: CompactReport,
 }
 
@@ -464,6 +495,9 @@ impl Mover<'_> {
         let mut unsettled: HashSet<PackId> = HashSet::new();
         if let Some(sealed) = sealed {
             self.report.packs_written += 1;
+            if let Some(policy) = &self.policy {
+                immutable::carry_over(writer, &mut batch, sealed.pack.id, &self.emptied, policy)?;
+            }
             batch.put_pack(sealed.pack.id, sealed.pack.catalog_entry());
             for (fe, (kind, digest, planned)) in sealed.pack.entries.iter().zip(&sealed.tags) {
                 // Still where the plan found it: re-point it, with its count as of now. Gone
@@ -545,6 +579,7 @@ fn run_steps(
         sink: PackSink::new(repo.backend(), repo.pack_target()),
         dead: Vec::new(),
         emptied: Vec::new(),
+        policy: immutable::read_policy(repo.backend())?,
         report: CompactReport::default(),
     };
     progress.start("compact", plan.packs.iter().map(|p| p.size).sum());

@@ -51,6 +51,9 @@ pub fn plan_forget(
     ids: &[SnapshotId],
     allow_protected: bool,
 ) -> Result<ForgetPlan> {
+    // Immutable snapshots (SPEC §28) go only once their retention has passed, whatever
+    // `allow_protected` says.
+    crate::ops::immutable::refuse_if_immutable(repo, ids)?;
     let mut plan = ForgetPlan::default();
     let mut seen = HashSet::new();
     for id in ids {

@@ -11,6 +11,7 @@ pub mod diff;
 pub mod disk_reader;
 pub mod files;
 pub mod forget;
+pub mod immutable;
 pub mod import_xo;
 pub mod init;
 pub mod keys;

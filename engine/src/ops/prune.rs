@@ -104,12 +104,20 @@ pub fn prune(
     series: Option<&str>,
     dry_run: bool,
 ) -> Result<PruneReport> {
-    let decisions = plan_prune(
-        &repo.index().snapshots()?,
-        &repo.index().protected()?,
-        policy,
-        series,
-    )?;
+    let snapshots = repo.index().snapshots()?;
+    let mut decisions = plan_prune(&snapshots, &repo.index().protected()?, policy, series)?;
+    // Immutable snapshots (SPEC §28) stay until their retention passes, whatever the rules.
+    if crate::ops::immutable::read_policy(repo.backend())?.is_some() {
+        let now = crate::time::now_us();
+        for d in &mut decisions {
+            if let Some(until) =
+                crate::ops::immutable::protected_until(repo, d.id)?.filter(|&u| u > now)
+            {
+                d.reasons
+                    .push(format!("immutable until {}", crate::time::format_us(until)));
+            }
+        }
+    }
     let doomed: Vec<SnapshotId> = decisions
         .iter()
         .filter(|d| !d.keep())

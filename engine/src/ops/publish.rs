@@ -26,6 +26,7 @@ use tessera_format::{ChunkDigest, ObjectKind, PageDigest, Snapshot, SnapshotHead
 use crate::crypto::RepoCrypto;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{Index, IndexBatch, Publishing};
+use crate::ops::immutable;
 use crate::refcount::stage_counts;
 use crate::repo::Repository;
 use crate::storage::{Backend, ObjectKey};
@@ -63,9 +64,22 @@ pub fn publish_file(
         group: repo.storage().publish_group,
     };
     let plan = counts.plan(snapshot)?;
+    // Immutable backups (SPEC §28): every pack the snapshot uses is retained before its
+    // file is stored, and the file right after (before the catalog entry).
+    let policy = immutable::read_policy(repo.backend())?;
+    let retention = policy
+        .as_ref()
+        .map(|p| immutable::retain_for_publish(immutable::Store::of(repo), snapshot, p))
+        .transpose()?;
     let store = || {
         repo.backend()
-            .put_content_addressed(&ObjectKey::snapshot(id), bytes)
+            .put_content_addressed(&ObjectKey::snapshot(id), bytes)?;
+        match (&policy, retention) {
+            (Some(policy), Some(r)) => {
+                immutable::retain_file(immutable::Store::of(repo), id, r.until_us, policy)
+            }
+            _ => Ok(()),
+        }
     };
     counts.commit(&plan, id, &snapshot.header, &store)?;
     Ok(id)
@@ -133,6 +147,14 @@ pub fn catalogue_stored(
         other => other,
     };
     let plan = counts.plan(snapshot).map_err(incomplete)?;
+    if let Some(policy) = immutable::read_policy(backend)? {
+        let store = immutable::Store {
+            index,
+            backend,
+            crypto,
+        };
+        immutable::retain_stored(store, id, snapshot, &policy).map_err(incomplete)?;
+    }
     counts
         .commit(&plan, id, &snapshot.header, &|| Ok(()))
         .map_err(incomplete)
@@ -395,11 +417,21 @@ impl Counts<'_> {
 
     /// The chunk digests of `pages`, read in parallel, in order.
     fn read_pages(&self, pages: &[PageDigest]) -> Result<Vec<Vec<ChunkDigest>>> {
-        pages
-            .par_iter()
-            .map(|p| page_digests(self.index, self.backend, self.crypto, *p))
-            .collect()
+        read_pages(self.index, self.backend, self.crypto, pages)
     }
+}
+
+/// The chunk digests of `pages`, read in parallel, in order.
+pub(crate) fn read_pages(
+    index: &Index,
+    backend: &dyn Backend,
+    crypto: &RepoCrypto,
+    pages: &[PageDigest],
+) -> Result<Vec<Vec<ChunkDigest>>> {
+    pages
+        .par_iter()
+        .map(|p| page_digests(index, backend, crypto, *p))
+        .collect()
 }
 
 /// The chunk digests page `digest` lists (read and checked through the index).

@@ -6,6 +6,7 @@
 //! | key | object |
 //! |---|---|
 //! | `config` | the repository config (§3) |
+//! | `immutability` | the immutability policy (§28) |
 //! | `packs/XY/<pack id>.pack` | a sealed pack (§4); `XY` = first two hex digits |
 //! | `snapshots/<snapshot id>.snap` | a snapshot file (§6) |
 //! | `snapshots/<snapshot id>.protected` | protection marker (§12) |
@@ -74,6 +75,11 @@ impl ObjectKey {
     /// The repository config.
     pub fn config() -> Self {
         Self("config".into())
+    }
+
+    /// The immutability policy (SPEC §28).
+    pub fn immutability() -> Self {
+        Self("immutability".into())
     }
 
     /// The damage marks as older versions kept them, all in one object.

@@ -26,8 +26,9 @@ use std::sync::{Arc, Mutex};
 
 use super::durable;
 use super::fs::{Fs, FsReader, FsWriter, OsFs};
+use super::immutable_file;
 use super::key::{KeyKind, ObjectKey, KEYS, PACKS, SNAPSHOTS};
-use super::{Backend, ObjectWriter, PutMode};
+use super::{Backend, ObjectWriter, PutMode, RetentionMode};
 use crate::error::{Error, Result};
 
 /// How keys map to files (see the module docs).
@@ -348,9 +349,31 @@ impl Backend for LocalBackend {
             m.remove(key);
         }
         let path = self.path_of(key)?;
-        durable::remove(&*self.fs, &path)
-            .map(|_| ())
-            .map_err(|e| Error::io(format!("deleting {}", path.display()), e))
+        let remove = || {
+            durable::remove(&*self.fs, &path)
+                .map(|_| ())
+                .map_err(|e| Error::io(format!("deleting {}", path.display()), e))
+        };
+        match remove() {
+            // An immutable file (SPEC §28): removed only once its retention has passed.
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied => {
+                immutable_file::release(&path, crate::time::now_us())?;
+                remove()
+            }
+            other => other,
+        }
+    }
+
+    fn check_retention(&self) -> Result<()> {
+        immutable_file::check(&self.root)
+    }
+
+    fn retain(&self, key: &ObjectKey, until_us: i64, _mode: RetentionMode) -> Result<i64> {
+        immutable_file::retain(&self.path_of(key)?, until_us)
+    }
+
+    fn retention(&self, key: &ObjectKey) -> Result<Option<i64>> {
+        immutable_file::retention(&self.path_of(key)?)
     }
 
     fn clean_staging(&self) -> Result<usize> {

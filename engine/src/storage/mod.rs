@@ -38,6 +38,7 @@
 
 pub mod durable;
 pub mod fs;
+pub mod immutable_file;
 pub mod key;
 pub mod local;
 pub mod s3;
@@ -57,6 +58,26 @@ pub enum PutMode {
     Create,
     /// Replace the object atomically.
     Replace,
+}
+
+/// How an S3 store enforces a retention (a local directory has one way: `chattr +i`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionMode {
+    /// No one can shorten or remove it, not even the account's root user.
+    Compliance,
+    /// Users with `s3:BypassGovernanceRetention` can; tessera never asks to.
+    Governance,
+}
+
+impl RetentionMode {
+    /// The name S3 uses.
+    pub fn s3_name(self) -> &'static str {
+        match self {
+            Self::Compliance => "COMPLIANCE",
+            Self::Governance => "GOVERNANCE",
+        }
+    }
 }
 
 /// An object being written (see the module contract).
@@ -121,6 +142,31 @@ pub trait Backend: Send + Sync {
             "{} has no clock of its own",
             self.describe()
         )))
+    }
+
+    /// Whether objects can be made immutable here: an S3 bucket with Object Lock enabled,
+    /// a directory whose filesystem takes `chattr +i` from this process. The error names
+    /// what is missing (SPEC §28).
+    fn check_retention(&self) -> Result<()> {
+        Err(Error::Refused {
+            reason: format!("{} cannot make objects immutable", self.describe()),
+        })
+    }
+
+    /// Makes `key` immutable until `until_us` (Unix µs) at least, in `mode` where the store
+    /// has modes. Never shortens: an object already retained longer keeps its date.
+    /// Returns the date the object is retained until now.
+    fn retain(&self, key: &ObjectKey, until_us: i64, mode: RetentionMode) -> Result<i64> {
+        let _ = (until_us, mode);
+        Err(Error::Refused {
+            reason: format!("{} cannot make {key} immutable", self.describe()),
+        })
+    }
+
+    /// The date `key` is retained until (Unix µs), `None` if it has no retention.
+    fn retention(&self, key: &ObjectKey) -> Result<Option<i64>> {
+        let _ = key;
+        Ok(None)
     }
 
     /// Puts a whole object from memory.

@@ -31,6 +31,8 @@
 mod config;
 mod counting;
 mod error;
+mod retention;
+mod signed;
 mod uploads;
 mod writer;
 
@@ -53,7 +55,7 @@ pub use counting::RequestCounts;
 use counting::{Counters, CountingConnector};
 pub use error::RemoteProblem;
 
-use super::{Backend, ObjectKey, ObjectWriter, PutMode};
+use super::{Backend, ObjectKey, ObjectWriter, PutMode, RetentionMode};
 use crate::error::{Error, Result};
 use error::Classify;
 
@@ -453,39 +455,9 @@ impl Backend for S3Backend {
     }
 
     fn get_ranges(&self, ranges: &[(ObjectKey, u64, usize)]) -> Vec<Result<Vec<u8>>> {
-        if ranges.len() <= 1 {
-            return ranges
-                .iter()
-                .map(|(key, offset, len)| self.get_range(key, *offset, *len))
-                .collect();
-        }
-        // Each reader thread takes the next range; answers go back to their places.
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let answers: Vec<std::sync::Mutex<Option<Result<Vec<u8>>>>> =
-            ranges.iter().map(|_| std::sync::Mutex::new(None)).collect();
-        std::thread::scope(|s| {
-            for _ in 0..READS_IN_FLIGHT.min(ranges.len()) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((key, offset, len)) = ranges.get(i) else {
-                        return;
-                    };
-                    let answer = self.get_range(key, *offset, *len);
-                    if let Ok(mut slot) = answers[i].lock() {
-                        *slot = Some(answer);
-                    }
-                });
-            }
-        });
-        answers
-            .into_iter()
-            .map(|slot| {
-                slot.into_inner()
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| Err(Error::Internal("a ranged read was lost".into())))
-            })
-            .collect()
+        crate::in_flight::map_in_flight(ranges, READS_IN_FLIGHT, |(key, offset, len)| {
+            self.get_range(key, *offset, *len)
+        })
     }
 
     fn size(&self, key: &ObjectKey) -> Result<Option<u64>> {
@@ -565,6 +537,18 @@ impl Backend for S3Backend {
 
     fn is_remote(&self) -> bool {
         true
+    }
+
+    fn check_retention(&self) -> Result<()> {
+        retention::check(&self.inner)
+    }
+
+    fn retain(&self, key: &ObjectKey, until_us: i64, mode: RetentionMode) -> Result<i64> {
+        retention::retain(&self.inner, key, until_us, mode)
+    }
+
+    fn retention(&self, key: &ObjectKey) -> Result<Option<i64>> {
+        retention::get(&self.inner, key)
     }
 
     fn requests(&self) -> Option<RequestCounts> {

@@ -9,20 +9,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
-use object_store::aws::AwsAuthorizer;
-use object_store::client::HttpRequestBody;
 use object_store::multipart::MultipartStore;
 use serde::Deserialize;
 
-use super::config::Attempt;
 use super::error::RemoteProblem;
-use super::Inner;
+use super::{signed, Inner};
 use crate::error::{Error, Result};
 use crate::storage::ObjectKey;
 
-/// Largest listing page read (S3 pages hold at most 1000 uploads, ~300 bytes each).
-const MAX_PAGE: usize = 8 << 20;
 /// Most pages followed (10 million uploads).
 const MAX_PAGES: usize = 10_000;
 
@@ -158,8 +152,6 @@ fn protocol(inner: &Inner, what: String) -> Error {
     )
 }
 
-/// A signed `GET` of the bucket with `query`, retried like `object_store`'s own requests;
-/// returns the body (at most [`MAX_PAGE`] bytes) and the server's `Date`.
 /// The server's clock now: the `Date` of its answer to a one-entry upload listing (the
 /// cheapest signed request whose answer tessera reads itself).
 pub(super) fn server_time(inner: &Inner) -> Result<DateTime<Utc>> {
@@ -167,100 +159,24 @@ pub(super) fn server_time(inner: &Inner) -> Result<DateTime<Utc>> {
     get_signed(inner, &query).map(|(_, now)| now)
 }
 
+/// A signed `GET` of the bucket with `query`; returns the body and the server's `Date`.
 fn get_signed(inner: &Inner, query: &str) -> Result<(String, DateTime<Utc>)> {
+    const WHAT: &str = "listing incomplete uploads";
     let url = format!("{}?{query}", inner.bucket_endpoint.trim_end_matches('/'));
-    inner
-        .retry
-        .retry(|| match inner.run(send(inner, &url)) {
-            Ok(Ok(answer)) => Attempt::Done(answer),
-            Ok(Err(problem)) => Attempt::Again(problem),
-            Err(problem) => Attempt::Fail(problem),
-        })
-        .map_err(|problem| {
-            inner
-                .classify()
-                .remote("listing incomplete uploads", problem)
-        })
-}
-
-/// One attempt. `Ok(Err(_))` is a failure worth retrying, `Err(_)` one that is not.
-async fn send(
-    inner: &Inner,
-    url: &str,
-) -> std::result::Result<std::result::Result<(String, DateTime<Utc>), RemoteProblem>, RemoteProblem>
-{
-    let bad = |what: &str| RemoteProblem::Protocol { what: what.into() };
-    let mut request = http::Request::get(url)
-        .body(HttpRequestBody::empty())
-        .map_err(|_| bad("the upload listing URL is invalid"))?;
-    AwsAuthorizer::new(&inner.credential, "s3", &inner.region)
-        .try_authorize(&mut request, None)
-        .map_err(|_| bad("the request could not be signed"))?;
-    let response = match inner.http.execute(request).await {
-        Ok(r) => r,
-        Err(e) => {
-            let reason = e.to_string();
-            return Ok(Err(match e.kind() {
-                object_store::client::HttpErrorKind::Connect => RemoteProblem::Unreachable {
-                    endpoint: inner.endpoint.clone(),
-                    reason: "connection failed".into(),
-                },
-                kind if reason.contains("://") => RemoteProblem::Unavailable {
-                    last: format!("{kind:?}"),
-                },
-                kind => RemoteProblem::Unavailable {
-                    last: format!("{kind:?}: {reason}"),
-                },
-            }));
-        }
-    };
-    let status = response.status();
-    let date = response
-        .headers()
-        .get(http::header::DATE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
-        .map(|d| d.with_timezone(&Utc));
-    let mut body = Vec::new();
-    let mut stream = response.into_body().bytes_stream();
-    while let Some(piece) = stream.next().await {
-        let Ok(piece) = piece else {
-            return Ok(Err(RemoteProblem::Unavailable {
-                last: "the connection broke while reading the answer".into(),
-            }));
-        };
-        if body.len() + piece.len() > MAX_PAGE {
-            return Err(bad("an upload listing page over 8 MiB"));
-        }
-        body.extend_from_slice(&piece);
+    let answer = signed::request(inner, &signed::Request::get(url), WHAT)?;
+    if !answer.is_success() {
+        return Err(inner.classify().remote(WHAT, answer.refusal(inner)));
     }
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let code = super::error::s3_code(&text).map(str::to_string);
-    let code_or = |fallback: &str| code.clone().unwrap_or_else(|| fallback.to_string());
-    match status.as_u16() {
-        // Never the local clock instead: ages of uploads and doom records must be measured
-        // by the one clock every client sharing the bucket agrees on.
-        200..=299 => date.map(|d| Ok((text, d))).ok_or_else(|| {
-            bad("an answer without a valid Date header (tessera measures ages by the server's clock, never the local one)")
-        }),
-        429 | 500..=599 => Ok(Err(RemoteProblem::Unavailable {
-            last: format!("HTTP {} {}", status.as_u16(), code_or("")),
-        })),
-        404 if code.as_deref() == Some("NoSuchBucket") => Err(RemoteProblem::NoSuchBucket {
-            bucket: inner.location.bucket.clone(),
-        }),
-        401 | 403 if code.as_deref() == Some("AccessDenied") => Err(RemoteProblem::AccessDenied),
-        401 | 403 => Err(RemoteProblem::CredentialsRefused {
-            code: code_or("HTTP 403"),
-        }),
-        s => Err(RemoteProblem::Protocol {
-            what: format!("HTTP {s} {}", code_or("")),
-        }),
+    // Never the local clock instead: ages of uploads and doom records must be measured by
+    // the one clock every client sharing the bucket agrees on.
+    match answer.date {
+        Some(date) => Ok((answer.text, date)),
+        None => Err(protocol(inner, "an answer without a valid Date header (tessera measures ages by the server's clock, never the local one)".into())),
     }
 }
 
 /// Percent-encodes a query value as SigV4 wants (all but `A-Z a-z 0-9 - . _ ~`).
-fn encode(value: &str) -> String {
+pub(super) fn encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
