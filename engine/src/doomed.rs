@@ -137,7 +137,17 @@ pub fn delete_expired(
         .map(|(pack, _)| pack)
         .collect();
     expired.sort();
+    // A pack the store retains is never deleted (SPEC §28): on a versioned bucket the delete
+    // would succeed as a delete marker and hide what a snapshot may still need.
+    let retaining = crate::ops::immutable::read_policy(backend)?.is_some();
     for pack in expired {
+        if retaining
+            && backend
+                .retention(&ObjectKey::pack(pack))?
+                .is_some_and(|until| until > catalogued_as_of)
+        {
+            continue;
+        }
         backend.delete(&ObjectKey::pack(pack))?;
         backend.delete(&ObjectKey::doom_record(pack))?;
         if locally_doomed.contains_key(&pack) {

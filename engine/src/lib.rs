@@ -85,6 +85,8 @@ pub mod refcount;
 pub mod repo;
 pub mod serde_ids;
 #[cfg(feature = "repository")]
+pub mod series_lease;
+#[cfg(feature = "repository")]
 pub mod snapshot_ref;
 pub mod sources;
 pub mod storage;

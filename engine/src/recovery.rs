@@ -50,7 +50,7 @@ use std::collections::HashSet;
 use tessera_format::{PackId, SnapshotId};
 
 use crate::crypto::RepoCrypto;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::index::Index;
 use crate::ops::publish::{catalogue_stored, undo_publishing};
 use crate::readers::NoReaders;
@@ -273,11 +273,10 @@ fn finish_forgets(backend: &dyn Backend, index: &Index, recovery: &mut Recovery)
         if backend.size(&ObjectKey::snapshot(id))?.is_some() {
             recovery.forgotten_files_deleted += 1;
         }
-        match backend.delete(&ObjectKey::snapshot(id)) {
-            // Retained longer than the forget saw (SPEC §28): the tombstone stays, and a
-            // later open deletes the file once its retention has passed.
-            Err(Error::Immutable { .. }) => continue,
-            other => other?,
+        // Retained longer than the forget saw (SPEC §28): the tombstone stays, and a later
+        // open deletes the file once its retention has passed.
+        if !backend.delete_unless_retained(&ObjectKey::snapshot(id))? {
+            continue;
         }
         let mut batch = index.batch();
         batch.clear_tombstone(id);
@@ -376,7 +375,7 @@ pub(crate) fn quarantine_snapshot(
     )?;
     // The file before its marker: a crash between the two leaves an orphan marker (which
     // step 6 deletes), never an unprotected file.
-    backend.delete(&ObjectKey::snapshot(id))?;
+    backend.delete_unless_retained(&ObjectKey::snapshot(id))?;
     backend.delete(&ObjectKey::protection(id))
 }
 
@@ -443,11 +442,13 @@ pub fn delete_doomed_packs(storage: &RepoStorage, index: &Index) -> Result<usize
         if oldest.is_some_and(|view| view < *doomed_at) {
             continue;
         }
-        match storage.backend.delete(&ObjectKey::pack(*pack)) {
-            // Retained (SPEC §28: a publish extended it between a compaction's plan and
-            // its step): it stays doomed until its retention passes.
-            Err(Error::Immutable { .. }) => continue,
-            other => other?,
+        // Retained (SPEC §28: a publish extended it between a compaction's plan and its
+        // step): it stays doomed until its retention passes.
+        if !storage
+            .backend
+            .delete_unless_retained(&ObjectKey::pack(*pack))?
+        {
+            continue;
         }
         batch.forget_doomed(*pack);
         deleted += 1;

@@ -273,6 +273,9 @@ pub struct Repository {
     lock: Option<WriterLock>,
     /// A backup's: the lock of its series, held for its whole run.
     _series_lock: Option<WriterLock>,
+    /// A backup's in a store several machines share: the series' lease there, checked
+    /// before publishing ([`crate::series_lease`]).
+    series_lease: Option<crate::series_lease::SeriesLease>,
     /// A backup's lease (instead of a reader's): which doomed packs its view may still use.
     _backup_lease: Option<crate::leases::BackupLease>,
     _lease: Option<ReaderLease>,
@@ -549,6 +552,12 @@ impl Repository {
         let config = storage.read_config()?;
         let crypto = Arc::new(keyring::open_crypto(&*storage.backend, &config, keys)?);
         let series_lock = WriterLock::acquire_series(&storage.local_dir, series)?;
+        // Other machines' backups of the series: the lease in the store (after the local
+        // lock, so that one machine's backups never race each other for it).
+        let series_lease = storage
+            .shared
+            .then(|| crate::series_lease::SeriesLease::acquire(storage.backend.clone(), series))
+            .transpose()?;
         // The lease before the recovery: the packs of an interrupted run that the recovery
         // adopts for this rerun are then indexed after the lease was created, and no
         // compaction reclaims them while the rerun runs (SPEC.md §13, race 3).
@@ -579,6 +588,7 @@ impl Repository {
         lease.set_view(&index.identity()?, index.doom_epoch()?)?;
         Ok(Self {
             _series_lock: Some(series_lock),
+            series_lease,
             _backup_lease: Some(lease),
             ..Self::holding_nothing(storage, config, crypto, index, recovery)
         })
@@ -589,6 +599,9 @@ impl Repository {
     /// opens the index as its writer and recovers (which indexes the packs the backup
     /// sealed, found unindexed). The repository's keys are reused, not asked for again.
     pub fn publisher(&self, own_packs: &[PackId], waiting: &dyn Fn(&Error)) -> Result<Self> {
+        if let Some(lease) = &self.series_lease {
+            lease.check()?;
+        }
         let catalogued_as_of_us = self
             .storage
             .shared
@@ -658,6 +671,7 @@ impl Repository {
             index,
             lock: None,
             _series_lock: None,
+            series_lease: None,
             _backup_lease: None,
             _lease: None,
             catalogued_as_of_us: None,

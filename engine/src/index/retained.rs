@@ -56,3 +56,21 @@ impl IndexBatch<'_> {
         self.put(CF_META, &subject.key(), &until_us.to_le_bytes());
     }
 }
+
+/// `meta` key of the policy as this index last saw it (SPEC §28: a policy that disappears
+/// from the store is refused, not taken as "no immutability").
+const META_POLICY: &[u8] = b"retained/policy";
+
+impl Index {
+    /// The immutability policy this index last published under, as stored (JSON).
+    pub fn pinned_policy(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_META), META_POLICY)?)
+    }
+}
+
+impl IndexBatch<'_> {
+    /// Records the policy publications run under.
+    pub fn pin_policy(&mut self, policy: &[u8]) {
+        self.put(CF_META, META_POLICY, policy);
+    }
+}

@@ -31,6 +31,11 @@ use crate::time::{format_us, Span};
 
 /// Largest policy object read.
 const MAX_POLICY: usize = 4096;
+/// The longest period: 100 years.
+pub const MAX_PERIOD_S: u64 = 100 * 366 * 86_400;
+/// Retentions ending this close to now are not asked for (a store refuses a date in the
+/// past, and one that is about to pass protects nothing).
+const MARGIN_US: i64 = 2 * 1_000_000;
 /// Most a retention is extended beyond what is needed.
 const MAX_RENEWAL_US: i64 = 7 * 24 * 3600 * 1_000_000;
 
@@ -86,8 +91,11 @@ pub fn read_policy(backend: &dyn Backend) -> Result<Option<Policy>> {
     };
     let policy: Policy =
         serde_json::from_slice(&bytes).map_err(|e| bad_policy(backend, &e.to_string()))?;
-    if policy.period_s == 0 {
-        return Err(bad_policy(backend, "a period of 0 s"));
+    if policy.period_s == 0 || policy.period_s > MAX_PERIOD_S {
+        return Err(bad_policy(
+            backend,
+            &format!("a period of {} s", policy.period_s),
+        ));
     }
     Ok(Some(policy))
 }
@@ -99,6 +107,42 @@ fn bad_policy(backend: &dyn Backend, why: &str) -> Error {
             backend.describe()
         ),
     }
+}
+
+/// The policy a publication runs under: the store's, pinned in the index. A policy the
+/// index saw that is gone from the store, or weaker there (a shorter period, another
+/// mode), is refused: deleting or replacing one object must not switch immutability off.
+pub(crate) fn policy_for_publish(repo: &Repository) -> Result<Option<Policy>> {
+    let stored = read_policy(repo.backend())?;
+    let pinned: Option<Policy> = repo
+        .index()
+        .pinned_policy()?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if let Some(pinned) = pinned {
+        if stored.is_none_or(|s| s.period_s < pinned.period_s || s.mode != pinned.mode) {
+            return Err(Error::Refused {
+                reason: format!(
+                    "the immutability policy of {} is {} in the store, but this index published under {} s ({:?}): someone removed or weakened it. Nothing was published; restore it with `tessera immutable REPO --period {}s`",
+                    repo.describe(),
+                    stored.map_or_else(|| "gone".to_string(), |s| format!("{} s ({:?})", s.period_s, s.mode)),
+                    pinned.period_s,
+                    pinned.mode,
+                    pinned.period_s
+                ),
+            });
+        }
+    }
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    if pinned != Some(stored) {
+        let bytes = serde_json::to_vec(&stored)
+            .map_err(|e| Error::Internal(format!("encoding a policy: {e}")))?;
+        let mut batch = repo.index().batch();
+        batch.pin_policy(&bytes);
+        repo.index().commit(batch)?;
+    }
+    Ok(Some(stored))
 }
 
 /// Sets the policy of a repository being created, or of one that has none: checks that
@@ -129,6 +173,8 @@ pub struct Retention {
     pub packs_extended: usize,
     /// Pages whose packs were looked up (the others were known retained long enough).
     pub pages_checked: usize,
+    /// Whether the protection is still ahead (else nothing was retained, nor is the file).
+    pub needed: bool,
 }
 
 /// Retains every pack `snapshot` uses until its protected-until and records it; the caller
@@ -143,6 +189,12 @@ pub(crate) fn retain_for_publish(
         until_us: until,
         ..Retention::default()
     };
+    // A snapshot whose protection has already ended (synced or pushed history older than
+    // the period) is published unretained.
+    if until <= store.now()?.saturating_add(MARGIN_US) {
+        return Ok(done);
+    }
+    done.needed = true;
     let index = store.index;
     let mut pages: Vec<PageDigest> = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -261,53 +313,53 @@ fn retain_pack(store: Store<'_>, pack: PackId, until: i64, policy: &Policy) -> R
     {
         return Ok((date, false));
     }
-    let key = ObjectKey::pack(pack);
     let want = until.saturating_add(policy.renewal_us());
-    let before = store.backend.retention(&key)?;
-    let date = match before {
-        Some(have) if have >= until => have,
-        _ => store.backend.retain(&key, want, policy.mode)?,
-    };
-    Ok((date, before.is_none_or(|have| have < until)))
+    let date = store
+        .backend
+        .retain(&ObjectKey::pack(pack), until, want, policy.mode)?;
+    Ok((date, date == crate::time::ceil_to_second(want)))
 }
 
-/// Retains the stored snapshot file `id` until `until_us` and records it.
-pub(crate) fn retain_file(
+/// Stores snapshot file `id` (`bytes`) retained until `until_us` ([`Backend::put_retained`])
+/// and records it.
+pub(crate) fn store_file(
     store: Store<'_>,
     id: SnapshotId,
+    bytes: &[u8],
     until_us: i64,
     policy: &Policy,
 ) -> Result<()> {
-    let date = store
-        .backend
-        .retain(&ObjectKey::snapshot(id), until_us, policy.mode)?;
+    let date =
+        store
+            .backend
+            .put_retained(&ObjectKey::snapshot(id), bytes, until_us, policy.mode)?;
     let mut batch = store.index.batch();
     batch.set_retained(Retained::Snapshot(id), date);
     store.index.commit(batch)
 }
 
-/// Recovery and the index rebuild, before cataloguing the stored snapshot file `id`: a file
-/// retained until its protected-until was published whole (its packs were retained
-/// before it was stored) and is only recorded; otherwise its packs and file are retained
-/// now (its publisher died between storing and retaining it).
-pub(crate) fn retain_stored(
-    store: Store<'_>,
-    id: SnapshotId,
-    snapshot: &Snapshot,
-    policy: &Policy,
-) -> Result<()> {
-    let until = policy.until(snapshot.header.time_us);
-    if let Some(date) = store
+/// Retains the stored snapshot file `id` until `until_us` and records it.
+fn retain_file(store: Store<'_>, id: SnapshotId, until_us: i64, policy: &Policy) -> Result<()> {
+    let date = store
         .backend
-        .retention(&ObjectKey::snapshot(id))?
-        .filter(|&d| d >= until)
-    {
+        .retain(&ObjectKey::snapshot(id), until_us, until_us, policy.mode)?;
+    let mut batch = store.index.batch();
+    batch.set_retained(Retained::Snapshot(id), date);
+    store.index.commit(batch)
+}
+
+/// Recovery, a cache's catch-up and the index rebuild, cataloguing the stored snapshot
+/// file `id`: record what the store says of its retention. Nothing is retained here (a
+/// reader's cache may have no right to, and an open must not fail on it): on S3 a
+/// snapshot file is stored retained from the start; a local one whose publisher died
+/// between storing and retaining it is retained by the next `tessera immutable`.
+pub(crate) fn record_stored(store: Store<'_>, id: SnapshotId) -> Result<()> {
+    if let Some(date) = store.backend.retention(&ObjectKey::snapshot(id))? {
         let mut batch = store.index.batch();
         batch.set_retained(Retained::Snapshot(id), date);
-        return store.index.commit(batch);
+        store.index.commit(batch)?;
     }
-    retain_for_publish(store, snapshot, policy)?;
-    retain_file(store, id, until, policy)
+    Ok(())
 }
 
 /// Where retention is read and set: the index, the store, and the keys to read pages.
@@ -316,6 +368,23 @@ pub(crate) struct Store<'a> {
     pub index: &'a crate::index::Index,
     pub backend: &'a dyn Backend,
     pub crypto: &'a crate::crypto::RepoCrypto,
+}
+
+impl Store<'_> {
+    /// Now, by the store's clock when it is shared by several machines (S3).
+    pub fn now(&self) -> Result<i64> {
+        store_now(self.backend)
+    }
+}
+
+/// Now, by the store's clock when it is remote (shared by several machines), else this
+/// machine's.
+pub fn store_now(backend: &dyn Backend) -> Result<i64> {
+    if backend.is_remote() {
+        backend.clock_us()
+    } else {
+        Ok(crate::time::now_us())
+    }
 }
 
 impl<'a> Store<'a> {
@@ -330,8 +399,10 @@ impl<'a> Store<'a> {
 }
 
 /// Compaction, under the writer lock, before committing `new_pack` into which it moved the
-/// objects of `sources`: gives it at least the recorded retention of each source, so that
-/// no page record ever exceeds the date of a pack holding its objects.
+/// objects of `sources`: gives it at least the retention of each source still retained
+/// (its record, or the store's own when that is later: another machine of a shared store
+/// may have extended it), so that no page record ever exceeds the date of a pack holding
+/// its objects.
 pub(crate) fn carry_over(
     repo: &Repository,
     batch: &mut crate::index::IndexBatch<'_>,
@@ -339,31 +410,40 @@ pub(crate) fn carry_over(
     sources: &[PackId],
     policy: &Policy,
 ) -> Result<()> {
-    let index = repo.index();
+    let now = store_now(repo.backend())?;
+    let mut sources = sources.to_vec();
+    sources.sort_unstable();
+    sources.dedup();
     let mut need: Option<i64> = None;
-    for source in sources {
-        if let Some(date) = index.retained(Retained::Pack(*source))? {
+    for source in &sources {
+        if let Some(date) = pack_locked(repo, *source, now)? {
             need = Some(need.map_or(date, |n| n.max(date)));
         }
     }
-    if let Some(need) = need.filter(|&n| n > crate::time::now_us()) {
+    if let Some(need) = need {
         let date = repo
             .backend()
-            .retain(&ObjectKey::pack(new_pack), need, policy.mode)?;
+            .retain(&ObjectKey::pack(new_pack), need, need, policy.mode)?;
         batch.set_retained(Retained::Pack(new_pack), date);
     }
     Ok(())
 }
 
-/// Whether `pack` is retained past `now_us`: by its record, or, with no record, by the
-/// store (recorded then).
+/// The date `pack` is retained until, if past `now_us`: by its record, else by the store.
 pub(crate) fn pack_locked(repo: &Repository, pack: PackId, now_us: i64) -> Result<Option<i64>> {
-    let index = repo.index();
-    let date = match index.retained(Retained::Pack(pack))? {
-        Some(date) => Some(date),
-        None => repo.backend().retention(&ObjectKey::pack(pack))?,
-    };
-    Ok(date.filter(|&d| d > now_us))
+    if let Some(date) = repo
+        .index()
+        .retained(Retained::Pack(pack))?
+        .filter(|&d| d > now_us)
+    {
+        return Ok(Some(date));
+    }
+    // No record, or one that passed: the store may know a later date (set by another
+    // machine, or lost with a rebuilt index).
+    Ok(repo
+        .backend()
+        .retention(&ObjectKey::pack(pack))?
+        .filter(|&d| d > now_us))
 }
 
 /// The protected-until of snapshot `id`: its record, else what the store says of its file.
@@ -380,11 +460,9 @@ pub fn refuse_if_immutable(repo: &Repository, ids: &[SnapshotId]) -> Result<()> 
     if read_policy(repo.backend())?.is_none() {
         return Ok(());
     }
-    let now = crate::time::now_us();
+    let now = store_now(repo.backend())?;
     for id in ids {
-        let recorded = repo.index().retained(Retained::Snapshot(*id))?;
-        let stored = repo.backend().retention(&ObjectKey::snapshot(*id))?;
-        if let Some(until) = recorded.max(stored).filter(|&u| u > now) {
+        if let Some(until) = still_protected(repo, *id, now)? {
             return Err(Error::Immutable {
                 what: format!("snapshot {id}"),
                 until: format_us(until),
@@ -392,6 +470,22 @@ pub fn refuse_if_immutable(repo: &Repository, ids: &[SnapshotId]) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// The date snapshot `id` is protected until, if past `now_us`: its record, else the
+/// store's retention of its file (a record may be missing or earlier than the store's).
+pub fn still_protected(repo: &Repository, id: SnapshotId, now_us: i64) -> Result<Option<i64>> {
+    if let Some(date) = repo
+        .index()
+        .retained(Retained::Snapshot(id))?
+        .filter(|&d| d > now_us)
+    {
+        return Ok(Some(date));
+    }
+    Ok(repo
+        .backend()
+        .retention(&ObjectKey::snapshot(id))?
+        .filter(|&d| d > now_us))
 }
 
 /// One snapshot in [`Status`].
@@ -447,7 +541,16 @@ pub fn apply(
             enable(repo.backend(), &policy)?;
             policy
         }
-        (Some(policy), None) => policy,
+        (Some(policy), None) if mode.is_none_or(|m| m == policy.mode) => policy,
+        (Some(policy), None) => {
+            return Err(Error::Refused {
+                reason: format!(
+                    "the retention mode of {} is {:?}; it cannot be changed",
+                    repo.describe(),
+                    policy.mode
+                ),
+            })
+        }
         (Some(policy), Some(period)) => {
             let wanted = Policy::new(period, mode.unwrap_or(policy.mode));
             if wanted.period_s < policy.period_s {
@@ -476,7 +579,7 @@ pub fn apply(
     };
     let mut snapshots = repo.index().snapshots()?;
     snapshots.sort_by_key(|(id, h)| (h.time_us, *id));
-    let now = crate::time::now_us();
+    let now = store_now(repo.backend())?;
     let mut status = Status {
         period_s: policy.period_s,
         mode: policy.mode,
@@ -486,7 +589,7 @@ pub fn apply(
     for (id, header) in snapshots {
         let until = policy.until(header.time_us);
         let mut date = protected_until(repo, id)?.unwrap_or(i64::MIN);
-        if date < until && until > now {
+        if date < until && until > now.saturating_add(MARGIN_US) {
             let snapshot = repo.load_snapshot(id)?;
             let store = Store::of(repo);
             status.packs_extended += retain_for_publish(store, &snapshot, &policy)?.packs_extended;

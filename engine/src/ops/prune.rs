@@ -108,11 +108,9 @@ pub fn prune(
     let mut decisions = plan_prune(&snapshots, &repo.index().protected()?, policy, series)?;
     // Immutable snapshots (SPEC §28) stay until their retention passes, whatever the rules.
     if crate::ops::immutable::read_policy(repo.backend())?.is_some() {
-        let now = crate::time::now_us();
+        let now = crate::ops::immutable::store_now(repo.backend())?;
         for d in &mut decisions {
-            if let Some(until) =
-                crate::ops::immutable::protected_until(repo, d.id)?.filter(|&u| u > now)
-            {
+            if let Some(until) = crate::ops::immutable::still_protected(repo, d.id, now)? {
                 d.reasons
                     .push(format!("immutable until {}", crate::time::format_us(until)));
             }

@@ -65,21 +65,19 @@ pub fn publish_file(
     };
     let plan = counts.plan(snapshot)?;
     // Immutable backups (SPEC §28): every pack the snapshot uses is retained before its
-    // file is stored, and the file right after (before the catalog entry).
-    let policy = immutable::read_policy(repo.backend())?;
+    // file is stored, and the file is stored retained (before the catalog entry).
+    let policy = immutable::policy_for_publish(repo)?;
     let retention = policy
         .as_ref()
         .map(|p| immutable::retain_for_publish(immutable::Store::of(repo), snapshot, p))
         .transpose()?;
-    let store = || {
-        repo.backend()
-            .put_content_addressed(&ObjectKey::snapshot(id), bytes)?;
-        match (&policy, retention) {
-            (Some(policy), Some(r)) => {
-                immutable::retain_file(immutable::Store::of(repo), id, r.until_us, policy)
-            }
-            _ => Ok(()),
+    let store = || match (&policy, retention) {
+        (Some(policy), Some(r)) if r.needed => {
+            immutable::store_file(immutable::Store::of(repo), id, bytes, r.until_us, policy)
         }
+        _ => repo
+            .backend()
+            .put_content_addressed(&ObjectKey::snapshot(id), bytes),
     };
     counts.commit(&plan, id, &snapshot.header, &store)?;
     Ok(id)
@@ -147,13 +145,13 @@ pub fn catalogue_stored(
         other => other,
     };
     let plan = counts.plan(snapshot).map_err(incomplete)?;
-    if let Some(policy) = immutable::read_policy(backend)? {
+    if immutable::read_policy(backend)?.is_some() {
         let store = immutable::Store {
             index,
             backend,
             crypto,
         };
-        immutable::retain_stored(store, id, snapshot, &policy).map_err(incomplete)?;
+        immutable::record_stored(store, id)?;
     }
     counts
         .commit(&plan, id, &snapshot.header, &|| Ok(()))

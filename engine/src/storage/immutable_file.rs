@@ -89,17 +89,26 @@ fn read_date(file: &File, path: &Path) -> Result<Option<i64>> {
     }
 }
 
-/// Makes `path` immutable until `until_us` at least (in whole seconds, rounded up); returns
-/// the date it is retained until.
-pub fn retain(path: &Path, until_us: i64) -> Result<i64> {
-    let until_us = crate::time::ceil_to_second(until_us);
+/// Makes `path` immutable until `at_least_us` at least: a date that far already stays;
+/// otherwise `until_us` (whole seconds, rounded up, and no earlier than `at_least_us`).
+/// Returns the date it is retained until.
+pub fn retain(path: &Path, at_least_us: i64, until_us: i64) -> Result<i64> {
+    let until_us = crate::time::ceil_to_second(until_us.max(at_least_us));
     let io = |doing: &str, e: rustix::io::Errno| {
+        if e == rustix::io::Errno::PERM {
+            return Error::Refused {
+                reason: format!(
+                    "{doing} {}: not permitted. A repository with immutable backups is written by a process with CAP_LINUX_IMMUTABLE (root); see SPEC §28.1",
+                    path.display()
+                ),
+            };
+        }
         Error::io(format!("{doing} {}", path.display()), e.into())
     };
     let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let flags = rustix::fs::ioctl_getflags(&file).map_err(|e| io("reading the flags of", e))?;
     let have = read_date(&file, path)?;
-    if let Some(have) = have.filter(|&h| h >= until_us) {
+    if let Some(have) = have.filter(|&h| h >= at_least_us) {
         if !flags.contains(IFlags::IMMUTABLE) {
             rustix::fs::ioctl_setflags(&file, flags | IFlags::IMMUTABLE)
                 .map_err(|e| io("making immutable", e))?;
@@ -139,13 +148,11 @@ pub fn release(path: &Path, now_us: i64) -> Result<()> {
             what: path.display().to_string(),
             until: format_us(until),
         }),
-        // Passed, or flagged by hand without a date: tessera's own flag has one, so a
-        // dateless flag is the operator's and stays.
-        None => Err(Error::Refused {
-            reason: format!(
-                "{} is immutable (chattr +i) without a tessera retention date: set by hand, so tessera leaves it; `chattr -i` it if it should go",
-                path.display()
-            ),
+        // Flagged by hand without a date: tessera's own flag has one, so a dateless flag
+        // is the operator's and stays.
+        None => Err(Error::Immutable {
+            what: format!("{} (chattr +i set by hand)", path.display()),
+            until: "`chattr -i` lifts it".into(),
         }),
         Some(_) => rustix::fs::ioctl_setflags(&file, flags - IFlags::IMMUTABLE).map_err(|e| {
             Error::io(

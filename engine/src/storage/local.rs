@@ -368,8 +368,14 @@ impl Backend for LocalBackend {
         immutable_file::check(&self.root)
     }
 
-    fn retain(&self, key: &ObjectKey, until_us: i64, _mode: RetentionMode) -> Result<i64> {
-        immutable_file::retain(&self.path_of(key)?, until_us)
+    fn retain(
+        &self,
+        key: &ObjectKey,
+        at_least_us: i64,
+        until_us: i64,
+        _mode: RetentionMode,
+    ) -> Result<i64> {
+        immutable_file::retain(&self.path_of(key)?, at_least_us, until_us)
     }
 
     fn retention(&self, key: &ObjectKey) -> Result<Option<i64>> {

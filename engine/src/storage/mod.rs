@@ -153,11 +153,18 @@ pub trait Backend: Send + Sync {
         })
     }
 
-    /// Makes `key` immutable until `until_us` (Unix µs) at least, in `mode` where the store
-    /// has modes. Never shortens: an object already retained longer keeps its date.
-    /// Returns the date the object is retained until now.
-    fn retain(&self, key: &ObjectKey, until_us: i64, mode: RetentionMode) -> Result<i64> {
-        let _ = (until_us, mode);
+    /// Makes `key` immutable until `at_least_us` (Unix µs) at least, in `mode` where the
+    /// store has modes: an object retained that long already keeps its date (never
+    /// shortened); otherwise it is retained until `until_us` (no earlier than
+    /// `at_least_us`). Returns the date the object is retained until now.
+    fn retain(
+        &self,
+        key: &ObjectKey,
+        at_least_us: i64,
+        until_us: i64,
+        mode: RetentionMode,
+    ) -> Result<i64> {
+        let _ = (at_least_us, until_us, mode);
         Err(Error::Refused {
             reason: format!("{} cannot make {key} immutable", self.describe()),
         })
@@ -167,6 +174,31 @@ pub trait Backend: Send + Sync {
     fn retention(&self, key: &ObjectKey) -> Result<Option<i64>> {
         let _ = key;
         Ok(None)
+    }
+
+    /// Stores `bytes` under `key` as [`Self::put_content_addressed`] does, retained until
+    /// `until_us` at least; returns the date. A store that can retain an object as it is
+    /// written (S3) leaves no moment it exists unretained; the default retains it right
+    /// after.
+    fn put_retained(
+        &self,
+        key: &ObjectKey,
+        bytes: &[u8],
+        until_us: i64,
+        mode: RetentionMode,
+    ) -> Result<i64> {
+        self.put_content_addressed(key, bytes)?;
+        self.retain(key, until_us, until_us, mode)
+    }
+
+    /// Deletes `key` unless it is retained ([`Error::Immutable`]): returns whether it is
+    /// gone. For paths that must not fail on what immutability keeps (it goes later).
+    fn delete_unless_retained(&self, key: &ObjectKey) -> Result<bool> {
+        match self.delete(key) {
+            Ok(()) => Ok(true),
+            Err(Error::Immutable { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Puts a whole object from memory.

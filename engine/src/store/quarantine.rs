@@ -25,7 +25,9 @@ pub fn quarantine_pack(backend: &dyn Backend, id: PackId) -> Result<Quarantined>
     match backend.get_if_exists(&from)? {
         Some(bytes) => {
             backend.put_bytes(&to, PutMode::Replace, &bytes)?;
-            backend.delete(&from)?;
+            // A retained pack (SPEC §28) stays in place until its retention passes; its
+            // copy is in quarantine and the catalog drops it, as for any other.
+            backend.delete_unless_retained(&from)?;
             Ok(Quarantined::Moved)
         }
         None if backend.size(&to)?.is_some() => Ok(Quarantined::Moved),

@@ -49,12 +49,18 @@ pub fn repoint(writer: &Repository, sealed: &[SealedPack]) -> Result<()> {
         .into_iter()
         .map(|(id, _)| id)
         .collect();
+    let policy = crate::ops::immutable::read_policy(writer.backend())?;
     for pack in sealed.iter().filter(|p| !doomed.contains(&p.id)) {
         let mut known = Vec::with_capacity(pack.entries.len());
         for fe in &pack.entries {
             known.push(index.get_object(fe.info.kind, &fe.info.digest.0)?);
         }
         let mut batch = index.batch();
+        if let Some(policy) = &policy {
+            // The copies take the retention of what they replace (SPEC §28.3).
+            let sources: Vec<_> = known.iter().flatten().map(|e| e.pack).collect();
+            crate::ops::immutable::carry_over(writer, &mut batch, pack.id, &sources, policy)?;
+        }
         pack.index_into(&mut batch, &known);
         index.commit(batch)?;
     }

@@ -236,9 +236,15 @@ pub(super) fn round(
     }
     let index = repo.index();
     let mut batch = index.batch();
+    let policy = crate::ops::immutable::read_policy(repo.backend())?;
     for sealed in &out.sealed {
         let known: Vec<Option<ObjectEntry>> =
             sealed.tags.iter().map(|(_, _, e)| Some(*e)).collect();
+        if let Some(policy) = &policy {
+            // The copies take the retention of what they replace (SPEC §28.3).
+            let sources: Vec<PackId> = known.iter().flatten().map(|e| e.pack).collect();
+            crate::ops::immutable::carry_over(repo, &mut batch, sealed.pack.id, &sources, policy)?;
+        }
         sealed.pack.index_into(&mut batch, &known);
         report.packs_written += 1;
     }

@@ -543,12 +543,28 @@ impl Backend for S3Backend {
         retention::check(&self.inner)
     }
 
-    fn retain(&self, key: &ObjectKey, until_us: i64, mode: RetentionMode) -> Result<i64> {
-        retention::retain(&self.inner, key, until_us, mode)
+    fn retain(
+        &self,
+        key: &ObjectKey,
+        at_least_us: i64,
+        until_us: i64,
+        mode: RetentionMode,
+    ) -> Result<i64> {
+        retention::retain(&self.inner, key, at_least_us, until_us, mode)
     }
 
     fn retention(&self, key: &ObjectKey) -> Result<Option<i64>> {
         retention::get(&self.inner, key)
+    }
+
+    fn put_retained(
+        &self,
+        key: &ObjectKey,
+        bytes: &[u8],
+        until_us: i64,
+        mode: RetentionMode,
+    ) -> Result<i64> {
+        retention::put_retained(&self.inner, key, bytes, until_us, mode)
     }
 
     fn requests(&self) -> Option<RequestCounts> {

@@ -1,6 +1,8 @@
 //! Object Lock on S3 (SPEC §28): `GetObjectLockConfiguration` to check that the bucket
-//! can lock, `HEAD` (its Object Lock headers) and `PutObjectRetention` per object. `object_store` offers
-//! none of them; they go through [`super::signed`].
+//! can lock; per object, `HEAD` (its Object Lock headers) or `GetObjectRetention` to read a
+//! retention, `PutObjectRetention` to set one, and `PutObject` with the Object Lock headers
+//! for a snapshot file retained from the start. `object_store` offers none of them; they go
+//! through [`super::signed`].
 //!
 //! [`retain`] reads the retention first and sends a new one only when it is earlier than
 //! asked, so it never tries to shorten one (COMPLIANCE refuses that anyway; GOVERNANCE would
@@ -42,18 +44,24 @@ pub(super) fn check(inner: &Inner) -> Result<()> {
     Err(inner.classify().remote(WHAT, answer.refusal(inner)))
 }
 
-/// The URL of `key`.
+/// The URL of `key`, each path segment percent-encoded.
 fn object_url(inner: &Inner, key: &ObjectKey) -> String {
+    let path: Vec<String> = format!("{}{}", inner.root, key.as_str())
+        .split('/')
+        .map(super::uploads::encode)
+        .collect();
     format!(
-        "{}/{}{}",
+        "{}/{}",
         inner.bucket_endpoint.trim_end_matches('/'),
-        inner.root,
-        key.as_str()
+        path.join("/")
     )
 }
 
-/// The retention date of `key`, `None` if it has none: from the Object Lock headers of a
-/// `HEAD` (what AWS, SeaweedFS and moto all answer; moto has no `GetObjectRetention`).
+/// The retention date of `key`, `None` if it has none. A `HEAD`'s Object Lock headers
+/// answer when present; they are sent only to callers allowed `s3:GetObjectRetention`, so
+/// without them `GetObjectRetention` decides: no retention (404), or refused (403, an error
+/// naming the permission). A server that ignores `?retention` (moto answers with the
+/// object, not read) has no other way to tell: the `HEAD` stands.
 pub(super) fn get(inner: &Inner, key: &ObjectKey) -> Result<Option<i64>> {
     let what = format!("reading the retention of {key}");
     let head = Request {
@@ -67,11 +75,33 @@ pub(super) fn get(inner: &Inner, key: &ObjectKey) -> Result<Option<i64>> {
     if !answer.is_success() {
         return Err(inner.classify().remote(what, answer.refusal(inner)));
     }
-    let Some(date) = answer.retain_until else {
-        return Ok(None);
+    if let Some(date) = &answer.retain_until {
+        return parse_date(inner, &what, date).map(Some);
+    }
+    let ask = Request {
+        xml_only: true,
+        ..Request::get(format!("{}?retention=", object_url(inner, key)))
     };
+    let answer = signed::request(inner, &ask, &what)?;
+    match answer.status {
+        404 => Ok(None),
+        200..=299 => match element(&answer.text, "RetainUntilDate") {
+            Some(date) => parse_date(inner, &what, date).map(Some),
+            None => Ok(None),
+        },
+        401 | 403 if answer.code.as_deref() == Some("AccessDenied") => Err(Error::Refused {
+            reason: format!(
+                "{what}: access denied. Immutable backups need s3:GetObjectRetention and s3:PutObjectRetention on {}",
+                inner.url
+            ),
+        }),
+        _ => Err(inner.classify().remote(what, answer.refusal(inner))),
+    }
+}
+
+fn parse_date(inner: &Inner, what: &str, date: &str) -> Result<i64> {
     DateTime::parse_from_rfc3339(date.trim())
-        .map(|d| Some(d.timestamp_micros()))
+        .map(|d| d.timestamp_micros())
         .map_err(|_| {
             inner.classify().remote(
                 what,
@@ -82,34 +112,35 @@ pub(super) fn get(inner: &Inner, key: &ObjectKey) -> Result<Option<i64>> {
         })
 }
 
-/// Retains `key` until `until_us` at least (see the module docs); returns its date.
+/// Retains `key` until `at_least_us` at least, extending it to `until_us` when short (see
+/// [`crate::storage::Backend::retain`]); returns its date.
 pub(super) fn retain(
     inner: &Inner,
     key: &ObjectKey,
+    at_least_us: i64,
     until_us: i64,
     mode: RetentionMode,
 ) -> Result<i64> {
-    if let Some(have) = get(inner, key)?.filter(|&have| have >= until_us) {
+    if let Some(have) = get(inner, key)?.filter(|&have| have >= at_least_us) {
         return Ok(have);
     }
     // Whole seconds, rounded up: never earlier than asked.
-    let until_us = crate::time::ceil_to_second(until_us);
+    let until_us = crate::time::ceil_to_second(until_us.max(at_least_us));
     let body = format!(
         "<Retention xmlns=\"{NS}\"><Mode>{}</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>",
         mode.s3_name(),
         format_us(until_us)
     )
     .into_bytes();
-    let md5 = openssl::hash::hash(openssl::hash::MessageDigest::md5(), &body)
-        .map_err(|e| Error::Internal(format!("MD5 of a retention request: {e}")))?;
     let request = Request {
         method: http::Method::PUT,
-        url: format!("{}?retention", object_url(inner, key)),
+        url: format!("{}?retention=", object_url(inner, key)),
         headers: vec![
-            ("content-md5", openssl::base64::encode_block(&md5)),
+            ("content-md5", content_md5(&body)?),
             ("content-type", "application/xml".into()),
         ],
         body,
+        xml_only: false,
     };
     let what = format!("setting the retention of {key}");
     let answer = signed::request(inner, &request, &what)?;
@@ -117,6 +148,52 @@ pub(super) fn retain(
         return Ok(until_us);
     }
     Err(inner.classify().remote(what, answer.refusal(inner)))
+}
+
+/// Stores `bytes` under `key` create-only, retained from the start (`PutObject` with the
+/// Object Lock headers, so there is no moment the object exists unretained). An object
+/// already there with the same bytes (an earlier attempt, or another writer of the same
+/// content-addressed object) counts, and is retained as asked; other bytes are
+/// [`Error::ObjectExists`].
+pub(super) fn put_retained(
+    inner: &Inner,
+    key: &ObjectKey,
+    bytes: &[u8],
+    until_us: i64,
+    mode: RetentionMode,
+) -> Result<i64> {
+    let until_us = crate::time::ceil_to_second(until_us);
+    let request = Request {
+        method: http::Method::PUT,
+        url: object_url(inner, key),
+        headers: vec![
+            ("content-md5", content_md5(bytes)?),
+            ("if-none-match", "*".into()),
+            ("x-amz-object-lock-mode", mode.s3_name().into()),
+            ("x-amz-object-lock-retain-until-date", format_us(until_us)),
+        ],
+        body: bytes.to_vec(),
+        xml_only: false,
+    };
+    let what = format!("storing {key}");
+    let answer = signed::request(inner, &request, &what)?;
+    match answer.status {
+        200..=299 => Ok(until_us),
+        409 | 412 => match inner.read(key, None) {
+            Ok((have, _)) if have == bytes => retain(inner, key, until_us, until_us, mode),
+            Ok(_) => Err(Error::ObjectExists {
+                key: key.to_string(),
+            }),
+            Err(e) => Err(e),
+        },
+        _ => Err(inner.classify().remote(what, answer.refusal(inner))),
+    }
+}
+
+fn content_md5(body: &[u8]) -> Result<String> {
+    let md5 = openssl::hash::hash(openssl::hash::MessageDigest::md5(), body)
+        .map_err(|e| Error::Internal(format!("MD5 of a request body: {e}")))?;
+    Ok(openssl::base64::encode_block(&md5))
 }
 
 /// The text of the first `<name>` element of `xml` (S3's answers here are flat).

@@ -22,6 +22,9 @@ pub(super) struct Request {
     pub url: String,
     pub body: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
+    /// Read the answer's body only if it is XML (a server that ignores a subresource such
+    /// as `?retention` answers with the object itself, which is not read).
+    pub xml_only: bool,
 }
 
 impl Request {
@@ -31,6 +34,7 @@ impl Request {
             url,
             body: Vec::new(),
             headers: Vec::new(),
+            xml_only: false,
         }
     }
 }
@@ -132,8 +136,22 @@ async fn send(
         .get("x-amz-object-lock-retain-until-date")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let xml = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("xml"));
     let mut body = Vec::new();
     let mut stream = response.into_body().bytes_stream();
+    if request.xml_only && !xml && status < 300 {
+        return Ok(Ok(Answer {
+            status,
+            code: None,
+            text: String::new(),
+            date,
+            retain_until,
+        }));
+    }
     while let Some(piece) = stream.next().await {
         let Ok(piece) = piece else {
             return Ok(Err(RemoteProblem::Unavailable {
