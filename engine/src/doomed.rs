@@ -139,7 +139,7 @@ pub fn delete_expired(
     expired.sort();
     // A pack the store retains is never deleted (SPEC §28): on a versioned bucket the delete
     // would succeed as a delete marker and hide what a snapshot may still need.
-    let retaining = crate::ops::immutable::read_policy(backend)?.is_some();
+    let retaining = crate::ops::immutable::effective_policy(index, backend)?.is_some();
     for pack in expired {
         if retaining
             && backend

@@ -271,11 +271,16 @@ pub struct Repository {
     crypto: Arc<RepoCrypto>,
     index: Index,
     lock: Option<WriterLock>,
+    /// A backup's in a store several machines share: the series' lease there, checked
+    /// before publishing ([`crate::series_lease`]). Declared (so dropped) before the local
+    /// series lock: the lease is let go while the lock still keeps this machine's next
+    /// backup of the series out.
+    series_lease: Option<crate::series_lease::SeriesLease>,
+    /// The writer a backup publishes through: its lease, checked again right before the
+    /// snapshot file is stored ([`Self::check_series_lease`]).
+    lease_check: Option<crate::series_lease::LeaseCheck>,
     /// A backup's: the lock of its series, held for its whole run.
     _series_lock: Option<WriterLock>,
-    /// A backup's in a store several machines share: the series' lease there, checked
-    /// before publishing ([`crate::series_lease`]).
-    series_lease: Option<crate::series_lease::SeriesLease>,
     /// A backup's lease (instead of a reader's): which doomed packs its view may still use.
     _backup_lease: Option<crate::leases::BackupLease>,
     _lease: Option<ReaderLease>,
@@ -556,7 +561,13 @@ impl Repository {
         // lock, so that one machine's backups never race each other for it).
         let series_lease = storage
             .shared
-            .then(|| crate::series_lease::SeriesLease::acquire(storage.backend.clone(), series))
+            .then(|| {
+                crate::series_lease::SeriesLease::acquire(
+                    storage.backend.clone(),
+                    series,
+                    &storage.local_dir,
+                )
+            })
             .transpose()?;
         // The lease before the recovery: the packs of an interrupted run that the recovery
         // adopts for this rerun are then indexed after the lease was created, and no
@@ -622,6 +633,10 @@ impl Repository {
         Ok(Self {
             lock: Some(lock),
             catalogued_as_of_us,
+            lease_check: self
+                .series_lease
+                .as_ref()
+                .map(crate::series_lease::SeriesLease::checker),
             ..Self::holding_nothing(
                 self.storage.clone(),
                 self.config.clone(),
@@ -672,10 +687,20 @@ impl Repository {
             lock: None,
             _series_lock: None,
             series_lease: None,
+            lease_check: None,
             _backup_lease: None,
             _lease: None,
             catalogued_as_of_us: None,
             recovery,
+        }
+    }
+
+    /// Refuses if this writer publishes for a backup whose series lease (a store several
+    /// machines share) is lost: called right before a snapshot file is stored.
+    pub fn check_series_lease(&self) -> Result<()> {
+        match &self.lease_check {
+            Some(lease) => lease.check(),
+            None => Ok(()),
         }
     }
 

@@ -42,7 +42,7 @@ fn leave_held_record(backend: &dyn Backend, series: &str, generation: u64) {
         "{}{generation:020}",
         tessera_engine::series_lease::prefix_of(series)
     ));
-    let record = br#"{"host":"elsewhere","pid":4242,"since":"2026-12-08T00:00:00Z","held":true}"#;
+    let record = br#"{"host":"elsewhere","pid":4242,"since":"2026-12-08T00:00:00Z","held":true,"nonce":"00","lease_s":4,"place":"another machine"}"#;
     backend.put_bytes(&key, PutMode::Create, record).unwrap();
 }
 

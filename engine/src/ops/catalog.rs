@@ -77,8 +77,9 @@ pub fn list(repo: &Repository, series: Option<&str>) -> Result<ListReport> {
         .into_iter()
         .filter(|(_, h)| series.is_none_or(|s| h.series == s))
         .map(|(id, h)| {
+            // Best effort: a reader without `s3:GetObjectRetention` still lists.
             let until = if immutable {
-                crate::ops::immutable::protected_until(repo, id)?
+                crate::ops::immutable::protected_until(repo, id).unwrap_or(None)
             } else {
                 None
             };

@@ -316,7 +316,7 @@ pub fn plan_compact_with_grace(
 /// an immutable object. Returns how many. In a store several machines share, now is the
 /// store's clock.
 fn leave_locked(repo: &Repository, packs: &mut Vec<PackUsage>) -> Result<usize> {
-    if packs.is_empty() || immutable::read_policy(repo.backend())?.is_none() {
+    if packs.is_empty() || immutable::effective_policy(repo.index(), repo.backend())?.is_none() {
         return Ok(0);
     }
     let now = if repo.storage().shared {
@@ -579,7 +579,7 @@ fn run_steps(
         sink: PackSink::new(repo.backend(), repo.pack_target()),
         dead: Vec::new(),
         emptied: Vec::new(),
-        policy: immutable::read_policy(repo.backend())?,
+        policy: immutable::effective_policy(repo.index(), repo.backend())?,
         report: CompactReport::default(),
     };
     progress.start("compact", plan.packs.iter().map(|p| p.size).sum());

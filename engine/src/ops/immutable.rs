@@ -109,6 +109,24 @@ fn bad_policy(backend: &dyn Backend, why: &str) -> Error {
     }
 }
 
+/// The policy every decision about removing or moving objects follows: the store's, or
+/// the one this index pinned when that is stronger (the store's object removed or
+/// weakened by someone: see [`policy_for_publish`]).
+pub fn effective_policy(
+    index: &crate::index::Index,
+    backend: &dyn Backend,
+) -> Result<Option<Policy>> {
+    let stored = read_policy(backend)?;
+    let pinned: Option<Policy> = index
+        .pinned_policy()?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    Ok(match (stored, pinned) {
+        (Some(s), Some(p)) if p.period_s > s.period_s => Some(p),
+        (Some(s), _) => Some(s),
+        (None, p) => p,
+    })
+}
+
 /// The policy a publication runs under: the store's, pinned in the index. A policy the
 /// index saw that is gone from the store, or weaker there (a shorter period, another
 /// mode), is refused: deleting or replacing one object must not switch immutability off.
@@ -353,13 +371,15 @@ fn retain_file(store: Store<'_>, id: SnapshotId, until_us: i64, policy: &Policy)
 /// reader's cache may have no right to, and an open must not fail on it): on S3 a
 /// snapshot file is stored retained from the start; a local one whose publisher died
 /// between storing and retaining it is retained by the next `tessera immutable`.
-pub(crate) fn record_stored(store: Store<'_>, id: SnapshotId) -> Result<()> {
-    if let Some(date) = store.backend.retention(&ObjectKey::snapshot(id))? {
+///
+/// Best effort: the records are a cache, and a reader without `s3:GetObjectRetention`
+/// must still open.
+pub(crate) fn record_stored(store: Store<'_>, id: SnapshotId) {
+    if let Ok(Some(date)) = store.backend.retention(&ObjectKey::snapshot(id)) {
         let mut batch = store.index.batch();
         batch.set_retained(Retained::Snapshot(id), date);
-        store.index.commit(batch)?;
+        let _ = store.index.commit(batch);
     }
-    Ok(())
 }
 
 /// Where retention is read and set: the index, the store, and the keys to read pages.
@@ -457,12 +477,25 @@ pub fn protected_until(repo: &Repository, id: SnapshotId) -> Result<Option<i64>>
 /// Refuses ([`Error::Immutable`]) if one of `ids` is still protected: by its record or by
 /// the store's own retention of its file (the later of the two).
 pub fn refuse_if_immutable(repo: &Repository, ids: &[SnapshotId]) -> Result<()> {
-    if read_policy(repo.backend())?.is_none() {
+    let Some(policy) = effective_policy(repo.index(), repo.backend())? else {
         return Ok(());
-    }
+    };
     let now = store_now(repo.backend())?;
     for id in ids {
         if let Some(until) = still_protected(repo, *id, now)? {
+            return Err(Error::Immutable {
+                what: format!("snapshot {id}"),
+                until: format_us(until),
+            });
+        }
+        // By definition protected until its time plus the period, whatever was recorded
+        // or retained (a file whose publisher died before retaining it).
+        let until = repo
+            .index()
+            .snapshot(*id)?
+            .map(|h| policy.until(h.time_us))
+            .filter(|&u| u > now);
+        if let Some(until) = until {
             return Err(Error::Immutable {
                 what: format!("snapshot {id}"),
                 until: format_us(until),

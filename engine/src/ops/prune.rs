@@ -107,10 +107,13 @@ pub fn prune(
     let snapshots = repo.index().snapshots()?;
     let mut decisions = plan_prune(&snapshots, &repo.index().protected()?, policy, series)?;
     // Immutable snapshots (SPEC §28) stay until their retention passes, whatever the rules.
-    if crate::ops::immutable::read_policy(repo.backend())?.is_some() {
+    if let Some(policy) = crate::ops::immutable::effective_policy(repo.index(), repo.backend())? {
         let now = crate::ops::immutable::store_now(repo.backend())?;
         for d in &mut decisions {
-            if let Some(until) = crate::ops::immutable::still_protected(repo, d.id, now)? {
+            let by_time = Some(policy.until(d.time_us)).filter(|&u| u > now);
+            if let Some(until) =
+                crate::ops::immutable::still_protected(repo, d.id, now)?.max(by_time)
+            {
                 d.reasons
                     .push(format!("immutable until {}", crate::time::format_us(until)));
             }

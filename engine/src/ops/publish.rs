@@ -71,8 +71,12 @@ pub fn publish_file(
         .as_ref()
         .map(|p| immutable::retain_for_publish(immutable::Store::of(repo), snapshot, p))
         .transpose()?;
+    // The last moment before anything of the snapshot becomes visible.
+    repo.check_series_lease()?;
     let store = || match (&policy, retention) {
-        (Some(policy), Some(r)) if r.needed => {
+        (Some(policy), Some(r))
+            if r.needed && r.until_us > immutable::store_now(repo.backend())? =>
+        {
             immutable::store_file(immutable::Store::of(repo), id, bytes, r.until_us, policy)
         }
         _ => repo
@@ -145,13 +149,13 @@ pub fn catalogue_stored(
         other => other,
     };
     let plan = counts.plan(snapshot).map_err(incomplete)?;
-    if immutable::read_policy(backend)?.is_some() {
+    if immutable::effective_policy(index, backend)?.is_some() {
         let store = immutable::Store {
             index,
             backend,
             crypto,
         };
-        immutable::record_stored(store, id)?;
+        immutable::record_stored(store, id);
     }
     counts
         .commit(&plan, id, &snapshot.header, &|| Ok(()))

@@ -74,11 +74,12 @@ fn read_date(file: &File, path: &Path) -> Result<Option<i64>> {
             let text = std::str::from_utf8(&buf[..n]).unwrap_or_default();
             chrono::DateTime::parse_from_rfc3339(text)
                 .map(|d| Some(d.timestamp_micros()))
-                .map_err(|_| Error::Refused {
-                    reason: format!(
-                        "{} carries {RETAIN_XATTR} = {text:?}, not a date: set by hand? Fix or remove it (setfattr -x) after checking",
+                .map_err(|_| Error::Immutable {
+                    what: format!(
+                        "{} (its {RETAIN_XATTR} is {text:?}, not a date: fix or remove it with setfattr after checking)",
                         path.display()
                     ),
+                    until: "an unknown date".into(),
                 })
         }
         Err(rustix::io::Errno::NODATA) => Ok(None),

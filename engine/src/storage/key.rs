@@ -17,6 +17,7 @@
 //! | `quarantine/<snapshot id>.snap` | a snapshot file recovery could not catalogue (§9) |
 //! | `bundle.json` | a seed bundle's manifest (§22.2; flat layout only) |
 //! | `doomed/<pack id>` | doom record of a pack a compaction emptied, in a shared store (§13) |
+//! | `locks/series-<hash>/<generation>` | a series lease generation, in a shared store (§8; built in `series_lease.rs`) |
 //! | `keys/<slot id>.key` | a key slot of an encrypted repository (§23.4) |
 //! | `verified/<time µs, 16 digits>-<8 hex>` | the record of one verification run (§11a) |
 

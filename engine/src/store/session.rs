@@ -176,6 +176,18 @@ pub fn adopt_unindexed_packs(
 ) -> Result<Adoption> {
     let mut known: HashSet<PackId> = index.packs()?.into_iter().map(|(id, _)| id).collect();
     known.extend(skip);
+    // A pack with a copy in quarantine was put there by repair (or recovery) and stays in
+    // place only because the store retains it (SPEC §28): adopting it again would undo the
+    // repair.
+    known.extend(
+        backend
+            .list(crate::storage::key::QUARANTINE)?
+            .iter()
+            .filter_map(|key| match key.kind() {
+                Some(crate::storage::key::KeyKind::Quarantined(id)) => Some(id),
+                _ => None,
+            }),
+    );
     let mut found = Adoption::default();
     for key in backend.list(crate::storage::key::PACKS)? {
         let Some(id) = key.as_pack() else {

@@ -64,7 +64,7 @@ pub struct DiskBackup<'a, 'r> {
     /// Damaged chunks this disk rewrote (queued or already re-homed).
     pub healed: u64,
     /// Chunks a key backup has already checked (shared by disks).
-    pub checked: &'a mut HashSet<ChunkDigest>,
+    pub checked: &'a super::checked::CheckedChunks,
     pub block_size: u32,
     /// Key backup: check the stored copy of every referenced chunk.
     pub key: bool,
@@ -143,12 +143,12 @@ impl DiskBackup<'_, '_> {
     /// Stores the blocks' chunks that the store lacks. In a key backup, also reads back the
     /// stored copy of every chunk the blocks reference and queues damaged ones for healing.
     pub fn store(&mut self, items: &[BlockItem<'_>]) -> Result<()> {
-        let (session, checked) = (&*self.session, &*self.checked);
+        let (session, checked) = (&*self.session, self.checked);
         let prepared = prepare_chunks(
             self.repo,
             items,
             (self.key, Cores::All),
-            |d| Ok(checked.contains(d) || session.is_pending(ObjectKind::Chunk, &d.0)?),
+            |d| Ok(checked.contains(d)? || session.is_pending(ObjectKind::Chunk, &d.0)?),
             std::mem::take(&mut self.arena),
         )?;
         self.absorb(items, &prepared)?;
@@ -172,7 +172,7 @@ impl DiskBackup<'_, '_> {
         }
         for &i in &prepared.damaged {
             let Some(it) = items.get(i) else { continue };
-            if self.checked.insert(it.digest) {
+            if self.checked.insert(it.digest)? {
                 let (info, stored) = encode_object(
                     self.repo.crypto(),
                     ObjectKind::Chunk,
@@ -184,7 +184,7 @@ impl DiskBackup<'_, '_> {
                 self.healed += 1;
             }
         }
-        self.checked.extend(prepared.checked.iter().copied());
+        self.checked.extend(&prepared.checked)?;
         // Re-home a pack's worth at a time: a lost pack must not be held in memory whole.
         let queued: usize = self.heal.iter().map(|(_, s)| s.len()).sum();
         if queued as u64 >= crate::store::session::TARGET_PACK_SIZE {

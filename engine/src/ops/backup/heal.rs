@@ -49,7 +49,7 @@ pub fn repoint(writer: &Repository, sealed: &[SealedPack]) -> Result<()> {
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    let policy = crate::ops::immutable::read_policy(writer.backend())?;
+    let policy = crate::ops::immutable::effective_policy(writer.index(), writer.backend())?;
     for pack in sealed.iter().filter(|p| !doomed.contains(&p.id)) {
         let mut known = Vec::with_capacity(pack.entries.len());
         for fe in &pack.entries {

@@ -12,6 +12,7 @@
 //! objects in the index (adopted by the next writer's recovery); a crash after it leaves a
 //! snapshot file the next writer catalogues.
 
+mod checked;
 mod delta;
 mod disk;
 mod full_read;
@@ -38,6 +39,7 @@ use crate::snapshot_ref::SnapshotRef;
 use crate::sources::{open_source, BlockSource, SourceFormat, SourceSpec};
 use crate::store::session::WriteSession;
 
+use checked::CheckedChunks;
 use disk::DiskBackup;
 pub use disk::Drift;
 use plan::{key_backup_due, plan_disk, DiskPlan, MODE_KEY};
@@ -297,7 +299,8 @@ pub fn backup_sources(
     let mut seen_pages = HashSet::new();
     let mut heal = Vec::new();
     let mut healed_packs = Vec::new();
-    let mut checked = HashSet::new();
+    let key = plans.iter().any(|(_, _, plan)| plan.mode == Mode::Key);
+    let checked = CheckedChunks::new(key, repo.local_dir())?;
     let mut disks = Vec::new();
     let mut roots = Vec::new();
     let mut reports = Vec::new();
@@ -320,7 +323,7 @@ pub fn backup_sources(
             heal: &mut heal,
             healed_packs: &mut healed_packs,
             healed: 0,
-            checked: &mut checked,
+            checked: &checked,
             block_size,
             key: mode == Mode::Key,
             roots: Vec::new(),

@@ -236,14 +236,20 @@ pub(super) fn round(
     }
     let index = repo.index();
     let mut batch = index.batch();
-    let policy = crate::ops::immutable::read_policy(repo.backend())?;
+    let policy = crate::ops::immutable::effective_policy(repo.index(), repo.backend())?;
     for sealed in &out.sealed {
         let known: Vec<Option<ObjectEntry>> =
             sealed.tags.iter().map(|(_, _, e)| Some(*e)).collect();
         if let Some(policy) = &policy {
             // The copies take the retention of what they replace (SPEC §28.3).
-            let sources: Vec<PackId> = known.iter().flatten().map(|e| e.pack).collect();
-            crate::ops::immutable::carry_over(repo, &mut batch, sealed.pack.id, &sources, policy)?;
+            // The copies come from the damaged packs (the tags name no source pack).
+            crate::ops::immutable::carry_over(
+                repo,
+                &mut batch,
+                sealed.pack.id,
+                &bad_sorted,
+                policy,
+            )?;
         }
         sealed.pack.index_into(&mut batch, &known);
         report.packs_written += 1;

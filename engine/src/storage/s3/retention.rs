@@ -83,6 +83,16 @@ pub(super) fn get(inner: &Inner, key: &ObjectKey) -> Result<Option<i64>> {
         ..Request::get(format!("{}?retention=", object_url(inner, key)))
     };
     let answer = signed::request(inner, &ask, &what)?;
+    // No retention: AWS says NoSuchObjectLockConfiguration (404), MinIO the same code with
+    // 400, SeaweedFS ObjectLockConfigurationNotFoundError.
+    if matches!(
+        answer.code.as_deref(),
+        Some(
+            "NoSuchObjectLockConfiguration" | "ObjectLockConfigurationNotFoundError" | "NoSuchKey"
+        )
+    ) {
+        return Ok(None);
+    }
     match answer.status {
         404 => Ok(None),
         200..=299 => match element(&answer.text, "RetainUntilDate") {
@@ -146,6 +156,11 @@ pub(super) fn retain(
     let answer = signed::request(inner, &request, &what)?;
     if answer.is_success() {
         return Ok(until_us);
+    }
+    // Another machine may have extended it meanwhile (then this request would shorten it,
+    // which the store refuses): what counts is the date it has now.
+    if let Some(have) = get(inner, key)?.filter(|&have| have >= at_least_us) {
+        return Ok(have);
     }
     Err(inner.classify().remote(what, answer.refusal(inner)))
 }
