@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet};
 
 use tessera_format::pack::{PACK_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
-use tessera_format::{ObjectKind, PackId};
+use tessera_format::{ObjectKind, PackId, SnapshotId};
 
 use crate::error::{Error, Result};
 use crate::index::ObjectEntry;
@@ -211,13 +211,33 @@ fn apply_in_steps(
 
 /// Refuses while stored snapshot files are not catalogued (see
 /// [`crate::recovery::uncatalogued_snapshots`]): the objects they name are at count 0.
+///
+/// In a store several machines share, other machines' snapshot files appear at any time:
+/// one stored after this open's catch-up listed the snapshots would look uncatalogued here
+/// without being damaged (doom records and their rescue cover it, SPEC §13). There, only
+/// the files the catch-up listed and could not catalogue count.
 fn refuse_uncatalogued(repo: &Repository) -> Result<()> {
-    let ids = repo.uncatalogued_snapshots()?;
+    let ids: Vec<String> = if repo.storage().shared {
+        let r = &repo.recovery;
+        let mut ids: Vec<String> = r
+            .snapshots_incomplete
+            .iter()
+            .chain(&r.snapshots_unreadable)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    } else {
+        repo.uncatalogued_snapshots()?
+            .iter()
+            .map(SnapshotId::to_hex)
+            .collect()
+    };
     match ids.first() {
         None => Ok(()),
         Some(first) => Err(Error::UncataloguedSnapshots {
             count: ids.len(),
-            first: first.to_hex(),
+            first: first.clone(),
             more: if ids.len() > 1 { ", ..." } else { "" },
         }),
     }

@@ -451,19 +451,22 @@ pub(crate) fn carry_over(
 
 /// The date `pack` is retained until, if past `now_us`: by its record, else by the store.
 pub(crate) fn pack_locked(repo: &Repository, pack: PackId, now_us: i64) -> Result<Option<i64>> {
-    if let Some(date) = repo
-        .index()
-        .retained(Retained::Pack(pack))?
-        .filter(|&d| d > now_us)
-    {
+    retained_past(repo, Retained::Pack(pack), &ObjectKey::pack(pack), now_us)
+}
+
+/// The date `subject` (stored as `key`) is retained until, if past `now_us`: by its
+/// record, else by the store. No record, or one that passed: the store may know a later
+/// date (set by another machine, or lost with a rebuilt index).
+fn retained_past(
+    repo: &Repository,
+    subject: Retained,
+    key: &ObjectKey,
+    now_us: i64,
+) -> Result<Option<i64>> {
+    if let Some(date) = repo.index().retained(subject)?.filter(|&d| d > now_us) {
         return Ok(Some(date));
     }
-    // No record, or one that passed: the store may know a later date (set by another
-    // machine, or lost with a rebuilt index).
-    Ok(repo
-        .backend()
-        .retention(&ObjectKey::pack(pack))?
-        .filter(|&d| d > now_us))
+    Ok(repo.backend().retention(key)?.filter(|&d| d > now_us))
 }
 
 /// The protected-until of snapshot `id`: its record, else what the store says of its file.
@@ -508,17 +511,12 @@ pub fn refuse_if_immutable(repo: &Repository, ids: &[SnapshotId]) -> Result<()> 
 /// The date snapshot `id` is protected until, if past `now_us`: its record, else the
 /// store's retention of its file (a record may be missing or earlier than the store's).
 pub fn still_protected(repo: &Repository, id: SnapshotId, now_us: i64) -> Result<Option<i64>> {
-    if let Some(date) = repo
-        .index()
-        .retained(Retained::Snapshot(id))?
-        .filter(|&d| d > now_us)
-    {
-        return Ok(Some(date));
-    }
-    Ok(repo
-        .backend()
-        .retention(&ObjectKey::snapshot(id))?
-        .filter(|&d| d > now_us))
+    retained_past(
+        repo,
+        Retained::Snapshot(id),
+        &ObjectKey::snapshot(id),
+        now_us,
+    )
 }
 
 /// One snapshot in [`Status`].
