@@ -116,10 +116,7 @@ pub fn effective_policy(
     index: &crate::index::Index,
     backend: &dyn Backend,
 ) -> Result<Option<Policy>> {
-    let stored = read_policy(backend)?;
-    let pinned: Option<Policy> = index
-        .pinned_policy()?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let (stored, pinned) = stored_and_pinned(index, backend)?;
     Ok(match (stored, pinned) {
         (Some(s), Some(p)) if p.period_s > s.period_s => Some(p),
         (Some(s), _) => Some(s),
@@ -127,15 +124,22 @@ pub fn effective_policy(
     })
 }
 
+/// The store's policy, and the one `index` pinned.
+fn stored_and_pinned(
+    index: &crate::index::Index,
+    backend: &dyn Backend,
+) -> Result<(Option<Policy>, Option<Policy>)> {
+    let pinned = index
+        .pinned_policy()?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    Ok((read_policy(backend)?, pinned))
+}
+
 /// The policy a publication runs under: the store's, pinned in the index. A policy the
 /// index saw that is gone from the store, or weaker there (a shorter period, another
 /// mode), is refused: deleting or replacing one object must not switch immutability off.
 pub(crate) fn policy_for_publish(repo: &Repository) -> Result<Option<Policy>> {
-    let stored = read_policy(repo.backend())?;
-    let pinned: Option<Policy> = repo
-        .index()
-        .pinned_policy()?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let (stored, pinned) = stored_and_pinned(repo.index(), repo.backend())?;
     if let Some(pinned) = pinned {
         if stored.is_none_or(|s| s.period_s < pinned.period_s || s.mode != pinned.mode) {
             return Err(Error::Refused {
@@ -351,9 +355,7 @@ pub(crate) fn store_file(
         store
             .backend
             .put_retained(&ObjectKey::snapshot(id), bytes, until_us, policy.mode)?;
-    let mut batch = store.index.batch();
-    batch.set_retained(Retained::Snapshot(id), date);
-    store.index.commit(batch)
+    record_snapshot(store, id, date)
 }
 
 /// Retains the stored snapshot file `id` until `until_us` and records it.
@@ -361,6 +363,11 @@ fn retain_file(store: Store<'_>, id: SnapshotId, until_us: i64, policy: &Policy)
     let date = store
         .backend
         .retain(&ObjectKey::snapshot(id), until_us, until_us, policy.mode)?;
+    record_snapshot(store, id, date)
+}
+
+/// Records that snapshot `id`'s file is retained until `date`.
+fn record_snapshot(store: Store<'_>, id: SnapshotId, date: i64) -> Result<()> {
     let mut batch = store.index.batch();
     batch.set_retained(Retained::Snapshot(id), date);
     store.index.commit(batch)
@@ -376,9 +383,7 @@ fn retain_file(store: Store<'_>, id: SnapshotId, until_us: i64, policy: &Policy)
 /// must still open.
 pub(crate) fn record_stored(store: Store<'_>, id: SnapshotId) {
     if let Ok(Some(date)) = store.backend.retention(&ObjectKey::snapshot(id)) {
-        let mut batch = store.index.batch();
-        batch.set_retained(Retained::Snapshot(id), date);
-        let _ = store.index.commit(batch);
+        let _ = record_snapshot(store, id, date);
     }
 }
 
